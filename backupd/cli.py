@@ -1,0 +1,206 @@
+"""The ``backupd`` command line: parses arguments, then hands each command to its module.
+
+Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration (one line
+on stderr naming the setting or argument).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, NoReturn
+
+import typer
+
+# typer >= 0.2x vendors click: its usage errors are typer's own classes.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+from backupd import __version__
+from backupd.commands import backup as backup_cmd
+from backupd.commands import listing
+from backupd.commands import prune as prune_cmd
+from backupd.commands import restore as restore_cmd
+from backupd.commands import verify as verify_cmd
+from backupd.errors import BackupdError, ConfigError
+from backupd.job import JobContext, run_job
+from backupd.log import configure_logging, redact
+from backupd.notify import build_chain
+from backupd.result import JobResult
+from backupd.settings import Settings, load_settings
+from backupd.storage.local import LocalStore
+
+app = typer.Typer(
+    name="backupd",
+    help="PostgreSQL backup sidecar: verified dumps, retention, offsite copies, restores.\n\n"
+    "Settings come from environment variables (and ./.env); see docs/configuration.md.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"backupd: error: {redact(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def bootstrap() -> Settings:
+    """Settings and logging for every command; a bad setting ends here with exit 2."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        configure_logging()
+        fail(str(exc))
+    configure_logging(settings.log_format)
+    redact.add(*settings.secret_values())
+    return settings
+
+
+def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
+    if result.exit_code == 2:
+        fail(result.error or "bad usage")
+    if not quiet:
+        stream = sys.stdout if result.ok else sys.stderr
+        print(redact(result.summary()), file=stream)
+    raise typer.Exit(result.exit_code)
+
+
+def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) -> JobResult:
+    return run_job(job, settings, body, build_chain(settings))
+
+
+@app.command()
+def backup(
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip the retention sweep.")] = False,
+) -> None:
+    """Dump POSTGRES_DB, verify the new backup, then apply retention."""
+    settings = bootstrap()
+    finish(execute("backup", settings,
+                   lambda ctx: backup_cmd.run(ctx, apply_retention=not no_prune)))
+
+
+@app.command()
+def verify(
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="[NAME]...", help="Backup file names (default: the newest DB_BACKUP_KEEP_MIN).")]
+    = None,
+    verify_all: Annotated[bool, typer.Option("--all", help="Verify every backup.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check backups: gzip integrity, SQL completeness, size and SHA-256."""
+    settings = bootstrap()
+    result = execute("verify", settings,
+                     lambda ctx: _discard(verify_cmd.run(ctx, names or [], verify_all)))
+    reports = result.details.get("reports", [])
+    if as_json:
+        print(json.dumps(reports, indent=2))
+    else:
+        for report in reports:
+            print(f"{'OK    ' if report['ok'] else 'FAILED'} {report['name']}")
+            for check in report["checks"]:
+                mark = "ok" if check["ok"] else "FAIL"
+                detail = f": {check['detail']}" if check["detail"] else ""
+                print(f"    {mark:<4} {check['check']}{detail}")
+            if not report["content_checked"]:
+                print("    note content not checked (see the report's details)")
+    finish(result, quiet=bool(reports) and result.ok)
+
+
+@app.command()
+def restore(
+    name: Annotated[str | None, typer.Argument(help="Backup file name in DB_BACKUP_DIR.")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Restore the newest verified backup.")]
+    = False,
+    target_db: Annotated[str | None, typer.Option(
+        "--target-db", help="Restore into this database (created if missing).")] = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Target holds data: restore into a new database and swap it in, "
+        "keeping the old one renamed.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Verify a backup, then restore it into POSTGRES_DB (or --target-db)."""
+    if name and latest:
+        fail("NAME and --latest: give one of them, not both")
+    if not name and not latest:
+        fail("NAME: give a backup file name or --latest; see `backupd list`")
+    if not yes and not sys.stdin.isatty():
+        fail("--yes: no terminal to confirm on; pass --yes to restore without asking")
+    settings = bootstrap()
+    confirm = None if yes else _confirm_by_typing
+    finish(execute("restore", settings, lambda ctx: restore_cmd.run(
+        ctx, name, latest=latest, target_db=target_db, replace=replace, confirm=confirm)))
+
+
+def _confirm_by_typing(target: str) -> bool:
+    typer.echo(f"This restores into database {target!r}.", err=True)
+    answer: str = typer.prompt("Type the database name to continue", err=True, default="",
+                               show_default=False)
+    return answer == target
+
+
+@app.command(name="list")
+def list_backups(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List backups, newest first: name, size, age, verified or not."""
+    settings = bootstrap()
+    data = listing.rows(LocalStore(settings.backup_dir).list_backups(settings.postgres_db))
+    print(json.dumps(data, indent=2) if as_json else listing.render_table(data))
+
+
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would go.")] = False,
+) -> None:
+    """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones."""
+    settings = bootstrap()
+    result = execute("prune", settings, lambda ctx: prune_cmd.run(ctx, dry_run=dry_run))
+    for name in result.deleted:
+        print(f"{'would delete' if dry_run else 'deleted'} {name}")
+    finish(result)
+
+
+@app.command()
+def version() -> None:
+    """Print backupd's version."""
+    print(__version__)
+
+
+def _discard(_: object) -> None:
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; click's multi-line usage errors become one line and exit 2."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "see backupd --help", err=True)
+        return 2
+    except UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        typer.echo(f"backupd: error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except BackupdError as exc:
+        typer.echo(f"backupd: error: {redact(str(exc))}", err=True)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt, EOFError):
+        typer.echo("backupd: aborted; nothing was changed", err=True)
+        return 1
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)  # typer.Exit and click's Exit
+        if isinstance(code, int):
+            return code
+        raise
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""``backupd backup``: dump, write, verify, then sweep retention.
+
+The order is the guarantee: the data file is committed (fsync + rename) before
+its manifest, and the manifest says "verified" only after the file has been read
+back in full. A failure at any step leaves either nothing or an unverified file.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from backupd.commands import prune
+from backupd.commands.verify import record_outcome
+from backupd.errors import JobFailed
+from backupd.job import JobContext
+from backupd.manifest import Manifest
+from backupd.naming import backup_name, data_suffix, parse_backup_name
+from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
+from backupd.pipeline.run import DumpFailed, dump_to_file
+from backupd.result import human_bytes
+from backupd.verification import verify_file
+
+
+def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
+    settings = ctx.settings
+    store = ctx.store
+    store.prepare()
+    with advisory_lock(settings, "dump"):
+        with connect(settings) as conn:
+            server_version, pg_dump_version = check_pg_dump_not_older(conn)
+        previous = next((e for e in store.list_backups(settings.postgres_db) if e.verified), None)
+        suffix = data_suffix(settings.backup_format, settings.compression, encrypted=False)
+        started = _unique_start(ctx, suffix)
+        name = backup_name(settings.postgres_db, started, suffix)
+        parsed = parse_backup_name(name)
+        assert parsed is not None
+        ctx.result.backup_name = name
+        ctx.say(f"Starting backup of database {settings.postgres_db!r} to {name}")
+        try:
+            outcome = dump_to_file(
+                settings, store.directory / name, ctx.cancel,
+                backup_format=settings.backup_format, compression=settings.compression,
+                level=settings.compression_level,
+            )
+        except DumpFailed as exc:
+            ctx.result.stderr_tail = exc.stderr_tail
+            ctx.result.backup_name = None
+            raise
+        except BaseException:
+            ctx.result.backup_name = None
+            raise
+        manifest = Manifest(
+            name=name, database=settings.postgres_db, server_version=server_version,
+            pg_dump_version=pg_dump_version, started_at=started, finished_at=datetime.now(UTC),
+            format=settings.backup_format,
+            compression="none" if settings.backup_format == "custom" else settings.compression,
+            compression_level=settings.compression_level, raw_bytes=outcome.raw_bytes,
+            stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
+        )
+        store.write_manifest(manifest)
+        ctx.result.size_bytes = outcome.stored_bytes
+        ctx.result.stderr_tail = outcome.stderr_tail or None
+        report = verify_file(store.directory / name, parsed, manifest)
+        record_outcome(store, manifest, report)
+        ctx.result.details["verify"] = report.to_dict()
+        if not report.ok:
+            raise JobFailed(f"the new backup {name} failed verification: {report.problem}")
+        ctx.say(f"Backup completed and verified: {name} ({human_bytes(outcome.stored_bytes)}, "
+                f"{human_bytes(outcome.raw_bytes)} of SQL)")
+        if previous is not None:
+            ctx.result.previous_size_bytes = previous.size
+            _warn_if_shrunk(ctx, previous.size, outcome.stored_bytes)
+    if apply_retention and settings.retention_schedule is None:
+        ctx.result.deleted = prune.sweep(ctx, store)
+
+
+def _unique_start(ctx: JobContext, suffix: str) -> datetime:
+    """Names have one-second resolution: never reuse an existing backup's name."""
+    while True:
+        now = datetime.now(UTC).replace(microsecond=0)
+        if not (ctx.store.directory / backup_name(ctx.settings.postgres_db, now, suffix)).exists():
+            return now
+        time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)
+
+
+def _warn_if_shrunk(ctx: JobContext, previous: int, current: int) -> None:
+    threshold = ctx.settings.shrink_warn_percent
+    if threshold and previous > 0 and current < previous * (100 - threshold) / 100:
+        ctx.warn(f"backup is {100 - current * 100 / previous:.0f}% smaller than the previous one "
+                 f"({human_bytes(current)} vs {human_bytes(previous)}); check that the database "
+                 "was not emptied")

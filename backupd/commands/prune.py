@@ -1,0 +1,109 @@
+"""``backupd prune``: the retention sweep.
+
+Deletes this database's backups older than DB_BACKUP_RETENTION_DAYS, but never:
+fewer than DB_BACKUP_KEEP_MIN good backups; the newest good backup before an
+unverified one; anything that is not one of backupd's own backup files.
+A "good" backup is verified per its manifest, and its SHA-256 is re-checked
+before the sweep relies on it, so a file corrupted on disk never counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from backupd.job import JobContext
+from backupd.pipeline.checksum import sha256_of
+from backupd.settings import Settings
+from backupd.storage.base import BackupEntry, BackupStore
+
+
+@dataclass
+class PrunePlan:
+    delete: list[BackupEntry]
+    keep: list[BackupEntry]
+    reasons: dict[str, str]
+
+
+def plan_prune(
+    entries: list[BackupEntry],
+    settings: Settings,
+    now: datetime,
+    is_good: Iterable[BackupEntry] | None = None,
+) -> PrunePlan:
+    """Decide what retention deletes. ``entries`` newest first; ``is_good`` overrides
+    which entries count as good (the local store re-checks checksums first)."""
+    good = list(is_good) if is_good is not None else [e for e in entries if e.verified]
+    good_names = {e.name for e in good}
+    cutoff = now - timedelta(days=settings.retention_days)
+    protected: dict[str, str] = {}
+    for entry in good[: settings.keep_min]:
+        protected[entry.name] = f"one of the newest {settings.keep_min} verified backups"
+    for index, entry in enumerate(entries):
+        if entry.name in good_names:
+            continue
+        # An unverified (or broken) backup must not lose its last good predecessor.
+        older_good = next((e for e in entries[index + 1 :] if e.name in good_names), None)
+        if older_good is not None:
+            protected.setdefault(older_good.name, f"last good backup before {entry.name}")
+    delete, keep = [], []
+    for entry in entries:
+        if entry.parsed.taken_at < cutoff and entry.name not in protected:
+            delete.append(entry)
+        else:
+            keep.append(entry)
+    return PrunePlan(delete, keep, protected)
+
+
+def good_local_backups(
+    ctx: JobContext, entries: list[BackupEntry], needed: int
+) -> list[BackupEntry]:
+    """The newest ``needed`` verified backups whose bytes still match their manifest."""
+    good: list[BackupEntry] = []
+    for entry in entries:
+        if len(good) >= needed:
+            break
+        if not entry.verified or entry.manifest is None:
+            continue
+        digest, _ = sha256_of(str(ctx.store.resolve(entry.name)))
+        if digest == entry.manifest.sha256:
+            good.append(entry)
+        else:
+            ctx.warn(f"{entry.name} no longer matches its checksum; not counted as a good backup")
+    return good
+
+
+def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
+          recheck: bool = True) -> list[str]:
+    """Apply retention to one store; returns the names deleted (or that would be)."""
+    settings = ctx.settings
+    entries = store.list_backups(settings.postgres_db)
+    now = datetime.now(tz=ctx.result.started_at.tzinfo)
+    plan = plan_prune(entries, settings, now)
+    if not plan.delete:
+        return []
+    if recheck:
+        # Re-check before trusting: only done when something would be deleted.
+        good = good_local_backups(ctx, entries, settings.keep_min)
+        plan = plan_prune(entries, settings, now, is_good=good)
+    deleted: list[str] = []
+    for entry in plan.delete:
+        if dry_run:
+            ctx.say(f"would delete {entry.name} from {store.description} "
+                    f"(taken {entry.parsed.taken_at:%Y-%m-%d %H:%M} UTC)")
+        else:
+            store.delete(entry.name)
+            ctx.say(f"deleted {entry.name} from {store.description} (older than "
+                    f"{settings.retention_days} days)")
+        deleted.append(entry.name)
+    return deleted
+
+
+def run(ctx: JobContext, *, dry_run: bool = False) -> None:
+    ctx.store.prepare()
+    ctx.result.deleted = sweep(ctx, ctx.store, dry_run=dry_run)
+    ctx.result.details["dry_run"] = dry_run
+    if not ctx.result.deleted:
+        ctx.say(f"retention: nothing to delete (retention {ctx.settings.retention_days} days, "
+                f"keeping at least {ctx.settings.keep_min} verified backups)")

@@ -1,0 +1,198 @@
+"""``backupd restore``: verify first, then restore, and never leave a half-restored database.
+
+* The file is fully verified before the database is touched.
+* A target that does not exist is created, restored in one transaction with
+  psql stopping at the first error, and dropped again if the restore fails.
+* A target that already holds tables is refused unless ``--replace``: then the
+  backup is restored into a scratch database and swapped in only once complete;
+  the old database is kept, renamed, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from backupd.errors import ConfigError, JobFailed
+from backupd.job import JobContext
+from backupd.naming import ParsedName, parse_backup_name
+from backupd.pg import (
+    child_env,
+    connect,
+    create_database,
+    database_exists,
+    drop_database,
+    tool_path,
+)
+from backupd.pipeline.compress import open_decompressed
+from backupd.settings import Settings
+from backupd.storage.base import BackupEntry
+from backupd.storage.local import UnsafePathError
+from backupd.verification import verify_file
+
+MAINTENANCE_DB = "postgres"
+Confirm = Callable[[str], bool]
+
+
+def derived_name(base: str, suffix: str) -> str:
+    """``base + suffix`` cut to PostgreSQL's 63-byte identifier limit, on a character boundary."""
+    room = 63 - len(suffix.encode())
+    cut = base.encode()[:room].decode("utf-8", errors="ignore")
+    return cut + suffix
+
+
+def pick(ctx: JobContext, name: str | None, latest: bool) -> tuple[Path, BackupEntry]:
+    store = ctx.store
+    entries = store.list_backups(ctx.settings.postgres_db)
+    if latest:
+        entry = next((e for e in entries if e.verified), None)
+        if entry is None:
+            raise JobFailed(f"no verified backup of {ctx.settings.postgres_db!r} in "
+                            f"{store.description}; see `backupd list`")
+        return store.resolve(entry.name), entry
+    if not name:
+        raise ConfigError("NAME: give a backup file name or --latest; see `backupd list`")
+    try:
+        path = store.resolve(name)
+    except UnsafePathError as exc:
+        raise ConfigError(f"NAME: {exc}") from None
+    parsed = parse_backup_name(path.name)
+    if parsed is None:
+        raise ConfigError(f"NAME: {path.name!r} is not a backupd backup file name "
+                          "(expected <db>_<YYYYmmdd_HHMMSS>.sql.gz); see `backupd list`")
+    if not path.is_file():
+        raise ConfigError(f"NAME: no backup {path.name!r} in {store.description}; "
+                          "see `backupd list`")
+    manifest, problem = store.load_manifest(path.name)
+    return path, BackupEntry(parsed, path.stat().st_size, manifest, problem)
+
+
+def run(
+    ctx: JobContext,
+    name: str | None,
+    *,
+    latest: bool = False,
+    target_db: str | None = None,
+    replace: bool = False,
+    confirm: Confirm | None = None,
+) -> None:
+    path, entry = pick(ctx, name, latest)
+    restore_file(ctx, path, entry, target_db=target_db, replace=replace, confirm=confirm)
+
+
+def restore_file(
+    ctx: JobContext,
+    path: Path,
+    entry: BackupEntry,
+    *,
+    target_db: str | None = None,
+    replace: bool = False,
+    confirm: Confirm | None = None,
+) -> None:
+    """Verify ``path`` and restore it into the target database (shared with S3 and drills)."""
+    settings = ctx.settings
+    target = target_db or settings.postgres_db
+    ctx.result.backup_name = entry.name
+    ctx.result.details["target_database"] = target
+    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error)
+    ctx.result.details["verify"] = report.to_dict()
+    if not report.ok:
+        raise JobFailed(f"refusing to restore {entry.name}: it failed verification: "
+                        f"{report.problem}")
+    ctx.say(f"{entry.name} verified; restoring into database {target!r}")
+    if confirm is not None and not confirm(target):
+        raise ConfigError("restore: not confirmed; nothing was changed")
+
+    with connect(settings, MAINTENANCE_DB) as admin:
+        exists = database_exists(admin, target)
+        if exists and not replace and not _is_empty(settings, target):
+            raise ConfigError(
+                f"--target-db: database {target!r} already holds tables; pass --replace to "
+                "restore into a fresh database and swap it in (the current one is kept, renamed)"
+            )
+        stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+        scratch = derived_name(target, f"__restoring_{stamp}") if exists and replace else target
+        created = not exists or scratch != target
+        if created:
+            create_database(admin, scratch)
+        started = datetime.now(UTC)
+        try:
+            stream_into_psql(ctx, path, entry.parsed, scratch)
+        except BaseException:
+            if created:
+                drop_database(admin, scratch)
+                ctx.say(f"restore failed; dropped the incomplete database {scratch!r}")
+            raise
+        ctx.result.details["restore_seconds"] = (datetime.now(UTC) - started).total_seconds()
+        if scratch != target:
+            kept = derived_name(target, f"_before_restore_{stamp}")
+            _swap(admin, target, scratch, kept)
+            ctx.result.details["previous_database_kept_as"] = kept
+            ctx.say(f"the previous database was kept as {kept!r}; drop it when satisfied")
+    ctx.say(f"restore of {entry.name} into {target!r} completed")
+
+
+def _is_empty(settings: Settings, database: str) -> bool:
+    with connect(settings, database) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%%' AND c.relkind IN ('r','p','v','m','S','f')"
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def _swap(admin: psycopg.Connection[tuple], target: str, scratch: str, kept: str) -> None:  # type: ignore[type-arg]
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(target), sql.Identifier(kept)))
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(scratch), sql.Identifier(target)))
+
+
+def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: str) -> None:
+    """Feed the decompressed dump to psql: one transaction, stop at the first error."""
+    argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction",
+            "--set", "ON_ERROR_STOP=1", "--output", "/dev/null"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=child_env(ctx.settings, database),
+                               start_new_session=True)
+    assert process.stdin is not None and process.stderr is not None
+    errors: collections.deque[str] = collections.deque(maxlen=20)
+    reader = threading.Thread(target=lambda: errors.extend(
+        line.decode("utf-8", "replace").rstrip() for line in process.stderr  # type: ignore[union-attr]
+    ), daemon=True)
+    reader.start()
+    unregister = ctx.cancel.on_cancel(process.terminate)
+    broken_pipe = False
+    try:
+        with open_decompressed(str(path), parsed.compression) as source:
+            try:
+                shutil.copyfileobj(source, process.stdin, 1024 * 1024)
+                process.stdin.close()
+            except BrokenPipeError:
+                broken_pipe = True  # psql stopped at an error; its stderr says which
+        code = process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        unregister()
+        reader.join(5)
+    ctx.cancel.raise_if_cancelled()
+    if code != 0 or broken_pipe:
+        detail = next((line for line in errors if "ERROR" in line or "FATAL" in line),
+                      errors[-1] if errors else f"psql exit code {code}")
+        ctx.result.stderr_tail = "\n".join(errors) or None
+        raise JobFailed(f"restore into {database!r} failed and was rolled back: {detail}")

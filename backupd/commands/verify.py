@@ -1,0 +1,77 @@
+"""``backupd verify``: prove backup files intact, and record what was proven."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from backupd.errors import ConfigError, JobFailed
+from backupd.job import JobContext
+from backupd.manifest import Manifest
+from backupd.naming import parse_backup_name
+from backupd.storage.base import BackupEntry
+from backupd.storage.local import LocalStore, UnsafePathError
+from backupd.verification import VerifyReport, verify_file
+
+
+def verify_entry(store: LocalStore, entry: BackupEntry, record: bool = True) -> VerifyReport:
+    """Verify one local backup and, when it has a manifest, write down the outcome."""
+    report = verify_file(store.resolve(entry.name), entry.parsed, entry.manifest,
+                         entry.manifest_error)
+    if record and entry.manifest is not None:
+        record_outcome(store, entry.manifest, report)
+    return report
+
+
+def record_outcome(store: LocalStore, manifest: Manifest, report: VerifyReport) -> None:
+    manifest.verified = report.ok
+    manifest.verified_at = datetime.now(UTC)
+    manifest.verify_error = report.problem
+    store.write_manifest(manifest)
+
+
+def select(ctx: JobContext, names: list[str], verify_all: bool) -> list[BackupEntry]:
+    store = ctx.store
+    entries = store.list_backups(ctx.settings.postgres_db)
+    if verify_all:
+        return entries
+    if not names:
+        return entries[: ctx.settings.keep_min]
+    by_name = {entry.name: entry for entry in entries}
+    chosen: list[BackupEntry] = []
+    for name in names:
+        try:
+            path = store.resolve(name)
+        except UnsafePathError as exc:
+            raise ConfigError(f"NAME: {exc}") from None
+        entry = by_name.get(path.name)
+        if entry is None:
+            parsed = parse_backup_name(path.name)
+            if parsed is None:
+                raise ConfigError(f"NAME: {path.name!r} is not a backupd backup file name "
+                                  "(expected <db>_<YYYYmmdd_HHMMSS>.sql.gz); see `backupd list`")
+            if not path.exists():
+                raise ConfigError(f"NAME: no backup {path.name!r} in {store.description}; "
+                                  "see `backupd list`")
+            manifest, problem = store.load_manifest(path.name)
+            entry = BackupEntry(parsed, path.stat().st_size, manifest, problem)
+        chosen.append(entry)
+    return chosen
+
+
+def run(ctx: JobContext, names: list[str], verify_all: bool = False) -> list[VerifyReport]:
+    entries = select(ctx, names, verify_all)
+    if not entries:
+        raise JobFailed(f"no backups of {ctx.settings.postgres_db!r} in {ctx.store.description}")
+    reports = []
+    for entry in entries:
+        ctx.cancel.raise_if_cancelled()
+        report = verify_entry(ctx.store, entry)
+        ctx.say(f"{'OK' if report.ok else 'FAILED'} {entry.name}"
+                + ("" if report.ok else f": {report.problem}"))
+        reports.append(report)
+    ctx.result.details["reports"] = [r.to_dict() for r in reports]
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        raise JobFailed(f"{len(failed)} of {len(reports)} backups failed verification: "
+                        + ", ".join(r.name for r in failed))
+    return reports

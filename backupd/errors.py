@@ -1,0 +1,33 @@
+"""The two kinds of failure a user sees, mapped to exit codes by the CLI."""
+
+from __future__ import annotations
+
+
+class BackupdError(Exception):
+    """Base class; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(BackupdError):
+    """Bad settings or arguments: one line naming what and how to fix it (exit 2)."""
+
+    exit_code = 2
+
+
+class JobFailed(BackupdError):
+    """A job ran and failed (exit 1)."""
+
+    exit_code = 1
+
+
+class JobSkipped(BackupdError):
+    """A job did not run, for a reason that is not a failure of the data (exit 1)."""
+
+    exit_code = 1
+
+
+class Cancelled(BackupdError):
+    """The job was cancelled by a shutdown signal."""
+
+    exit_code = 1

@@ -1,0 +1,78 @@
+"""Running a job: one context in, one result out, and the result to every notifier.
+
+The CLI and the daemon both run jobs through :func:`run_job`, so a one-off
+``backupd backup`` and a scheduled one behave, log and report the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from backupd.cancel import CancelToken
+from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped
+from backupd.log import JobLogFile, get_logger, redact
+from backupd.notify.base import NotifierChain
+from backupd.result import JobResult, Status
+from backupd.settings import Settings
+from backupd.storage.local import LocalStore
+
+
+@dataclass
+class JobContext:
+    settings: Settings
+    result: JobResult
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+    @property
+    def store(self) -> LocalStore:
+        return LocalStore(self.settings.backup_dir)
+
+    def say(self, message: str, **fields: Any) -> None:
+        """A progress line for people (the job's log file) and machines (structlog)."""
+        JobLogFile(self.settings.backup_dir, self.result.job).write(message)
+        get_logger(job=self.result.job).info(message, **fields)
+
+    def warn(self, message: str) -> None:
+        self.result.warnings.append(message)
+        get_logger(job=self.result.job).warning(message)
+
+
+JobBody = Callable[[JobContext], None]
+
+
+def run_job(
+    job: str,
+    settings: Settings,
+    body: JobBody,
+    chain: NotifierChain,
+    cancel: CancelToken | None = None,
+) -> JobResult:
+    """Run ``body``; whatever happens, finish the result and deliver it."""
+    result = JobResult(job=job, database=settings.postgres_db)
+    context = JobContext(settings, result, cancel or CancelToken())
+    try:
+        body(context)
+        result.finish(Status.SUCCESS, exit_code=0)
+    except Cancelled as exc:
+        result.finish(Status.CANCELLED, redact(str(exc)))
+    except JobSkipped as exc:
+        result.finish(Status.SKIPPED, redact(str(exc)))
+    except ConfigError as exc:
+        result.finish(Status.FAILED, redact(str(exc)), exit_code=2)
+    except BackupdError as exc:
+        result.stderr_tail = result.stderr_tail or getattr(exc, "stderr_tail", None)
+        result.finish(Status.FAILED, redact(str(exc)), exit_code=exc.exit_code)
+    except Exception as exc:  # an unforeseen bug is still a reported failure, never silence
+        get_logger(job=job).exception("unexpected error")
+        result.finish(Status.FAILED, redact(f"internal error: {type(exc).__name__}: {exc}"))
+    chain.deliver(result)
+    return result
+
+
+def skipped_result(job: str, settings: Settings, status: Status, reason: str) -> JobResult:
+    """A result for a run that never started (missed by the scheduler, ...)."""
+    result = JobResult(job=job, database=settings.postgres_db)
+    result.finish(status, reason)
+    return result

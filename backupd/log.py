@@ -1,0 +1,113 @@
+"""Logging: structlog for machines (JSON off a terminal), per-job text files for people.
+
+Every line, structured or human, passes through the redactor, so a secret that
+ends up in an exception message or a libpq error is masked before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+MASK = "***"
+
+# Each job kind's human log in DB_BACKUP_DIR; people tail these files.
+JOB_LOG_FILES = {
+    "backup": "backup_log.txt",
+    "prune": "backup_log.txt",
+    "upload": "backup_log.txt",
+    "verify": "verify_log.txt",
+    "restore": "restore_log.txt",
+    "drill": "drill_log.txt",
+}
+
+
+class Redactor:
+    """Masks every registered secret in any text; shared by all sinks."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, *secrets: str | None) -> None:
+        with self._lock:
+            # Very short values would mask ordinary words; a 1-3 char password is
+            # already a configuration problem, so only mask 4+ characters.
+            self._secrets.update(s for s in secrets if s and len(s) >= 4)
+
+    def __call__(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub(v) for v in value)
+        return value
+
+
+redact = Redactor()
+
+
+def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    return {key: redact.scrub(value) for key, value in event_dict.items()}
+
+
+def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
+    """Structured logs on stderr: JSON when not on a terminal (containers), else readable."""
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    return structlog.get_logger("backupd").bind(**context)
+
+
+class JobLogFile:
+    """Appends timestamped human-readable lines to a job kind's file in DB_BACKUP_DIR."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, directory: Path, job: str) -> None:
+        self.path = directory / JOB_LOG_FILES.get(job, f"{job}_log.txt")
+
+    def write(self, message: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        # One line per entry, whatever the message holds (database names may hold newlines).
+        line = f"[{stamp}] " + redact(message).replace("\r", "\\r").replace("\n", "\\n") + "\n"
+        try:
+            with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+        except OSError as exc:
+            # The human log is a convenience; losing it must not fail the job.
+            get_logger().warning("job log file not writable", path=str(self.path),
+                                 error=exc.strerror)

@@ -1,0 +1,62 @@
+"""The JSON manifest beside each backup: what it is, and what has been proven about it.
+
+The manifest is written after the data file, so it doubles as the commit marker
+(pgBackRest's habit): a data file without a manifest is an old-script backup locally,
+and an incomplete upload in S3.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ValidationError
+
+MANIFEST_VERSION = 1
+
+
+class Manifest(BaseModel):
+    manifest_version: int = MANIFEST_VERSION
+    name: str
+    database: str
+    server_version: str | None = None
+    pg_dump_version: str | None = None
+    started_at: datetime
+    finished_at: datetime
+    format: str = "plain"
+    compression: str = "gzip"
+    compression_level: int | None = None
+    encrypted: bool = False
+    age_recipients: list[str] = []
+    raw_bytes: int
+    stored_bytes: int
+    sha256: str
+    verified: bool = False
+    verified_at: datetime | None = None
+    verify_error: str | None = None
+    # Offsite state (issue 4): set when the upload has been committed.
+    uploaded_at: datetime | None = None
+    upload_error: str | None = None
+    # Restore drills (issue 7).
+    drilled_at: datetime | None = None
+    drill_ok: bool | None = None
+    drill_restore_seconds: float | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        return cls.model_validate_json(data)
+
+
+class ManifestError(ValueError):
+    """A manifest that exists but cannot be trusted (not JSON, wrong schema)."""
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    try:
+        return Manifest.from_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "document"
+        raise ManifestError(f"manifest is not valid ({where}: {first.get('msg')})") from None

@@ -1,0 +1,125 @@
+"""Backup file names: ``<db>_<YYYYmmdd_HHMMSS><suffix>``, safe for any database name.
+
+PostgreSQL allows almost any character in a database name (spaces, quotes, ``/``,
+``..``, newlines, non-ASCII). The file name keeps letters, digits, ``_`` and ``-``
+as they are, so ``certificate_verification`` stays recognisable, and percent-encodes
+every other byte, so no name can leave DB_BACKUP_DIR or break a log line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
+MANIFEST_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+
+# Every data suffix backupd writes; the shell scripts wrote only ".sql.gz".
+DATA_SUFFIXES = (".sql.gz", ".sql.zst", ".dump")
+ENCRYPTED_SUFFIX = ".age"
+
+_NAME_RE = re.compile(
+    r"^(?P<db>.+)_(?P<ts>\d{8}_\d{6})"
+    r"(?P<suffix>(?:\.sql\.gz|\.sql\.zst|\.dump)(?:\.age)?)$"
+)
+
+
+def encode_database(database: str) -> str:
+    """The file-name form of a database name (reversible with :func:`decode_database`)."""
+    out: list[str] = []
+    for index, char in enumerate(database):
+        keep = (char.isascii() and (char.isalnum() or char in "_-")) or (
+            not char.isascii() and char.isalnum()
+        )
+        if char == "-" and index == 0:
+            keep = False  # a leading dash would read as an option to gunzip, psql, ...
+        if keep:
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_database(encoded: str) -> str:
+    raw = bytearray()
+    index = 0
+    while index < len(encoded):
+        if encoded[index] == "%" and _is_hex(encoded[index + 1 : index + 3]):
+            raw.append(int(encoded[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            raw.extend(encoded[index].encode("utf-8"))
+            index += 1
+    return raw.decode("utf-8", errors="replace")
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789ABCDEFabcdef" for c in text)
+
+
+def data_suffix(backup_format: str, compression: str, encrypted: bool) -> str:
+    if backup_format == "custom":
+        base = ".dump"
+    else:
+        base = ".sql.zst" if compression == "zstd" else ".sql.gz"
+    return base + (ENCRYPTED_SUFFIX if encrypted else "")
+
+
+def backup_name(database: str, when: datetime, suffix: str = ".sql.gz") -> str:
+    return f"{encode_database(database)}_{when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)}{suffix}"
+
+
+def manifest_name(name: str) -> str:
+    return name + MANIFEST_SUFFIX
+
+
+def partial_name(name: str) -> str:
+    # Leading dot and a suffix no reader accepts: a partial file never looks like a backup.
+    return f".{name}{PARTIAL_SUFFIX}"
+
+
+def is_partial(name: str) -> bool:
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    name: str
+    database: str
+    encoded_database: str
+    taken_at: datetime
+    suffix: str
+
+    @property
+    def encrypted(self) -> bool:
+        return self.suffix.endswith(ENCRYPTED_SUFFIX)
+
+    @property
+    def backup_format(self) -> str:
+        return "custom" if self.suffix.startswith(".dump") else "plain"
+
+    @property
+    def compression(self) -> str:
+        if self.suffix.startswith(".sql.zst"):
+            return "zstd"
+        return "gzip" if self.suffix.startswith(".sql.gz") else "none"
+
+
+def parse_backup_name(name: str) -> ParsedName | None:
+    """Parse a backup file name; ``None`` for anything that is not one of ours."""
+    match = _NAME_RE.match(name)
+    if match is None or "/" in name:
+        return None
+    try:
+        taken_at = datetime.strptime(match["ts"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return ParsedName(
+        name=name,
+        database=decode_database(match["db"]),
+        encoded_database=match["db"],
+        taken_at=taken_at,
+        suffix=match["suffix"],
+    )

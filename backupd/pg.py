@@ -1,0 +1,146 @@
+"""Talking to PostgreSQL: connections for backupd itself, environments for its children.
+
+The password reaches pg_dump, pg_restore and psql only through the child's
+environment (PGPASSWORD), never argv, and the child environment carries no other
+secret of backupd's (webhooks, AWS keys).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from backupd.errors import ConfigError, JobFailed, JobSkipped
+from backupd.settings import Settings
+
+APPLICATION_NAME = "backupd"
+
+# Only what a libpq client needs from our own environment; everything else,
+# notably AWS_* and webhook URLs, stays out of the children.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "TMPDIR", "PGSSLMODE",
+              "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSERVICEFILE", "PGSERVICE")
+
+
+def child_env(settings: Settings, database: str | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.update(
+        PGHOST=settings.postgres_host,
+        PGPORT=str(settings.postgres_port),
+        PGUSER=settings.postgres_user,
+        PGDATABASE=database or settings.postgres_db,
+        PGPASSWORD=settings.password,
+        PGCONNECT_TIMEOUT=str(settings.postgres_connect_timeout),
+        PGAPPNAME=APPLICATION_NAME,
+    )
+    return env
+
+
+def connect(settings: Settings, database: str | None = None) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
+    """An autocommit connection; connection errors become JobFailed with libpq's reason."""
+    try:
+        return psycopg.connect(
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            user=settings.postgres_user,
+            password=settings.password,
+            dbname=database or settings.postgres_db,
+            connect_timeout=settings.postgres_connect_timeout,
+            application_name=APPLICATION_NAME,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        raise JobFailed(f"cannot connect to PostgreSQL: {describe_pg_error(exc)}") from None
+
+
+def describe_pg_error(exc: BaseException) -> str:
+    """libpq's message on one line (it may span several)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def server_version(conn: psycopg.Connection[tuple]) -> str:  # type: ignore[type-arg]
+    row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "unknown"
+
+
+def server_major(conn: psycopg.Connection[tuple]) -> int:  # type: ignore[type-arg]
+    return int(conn.info.server_version) // 10000
+
+
+def tool_path(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ConfigError(f"{tool}: not found on PATH; install the PostgreSQL client tools")
+    return path
+
+
+def tool_version(tool: str) -> tuple[str, int]:
+    """(full version text, major) of a PostgreSQL client tool, e.g. ("15.20", 15)."""
+    out = subprocess.run([tool_path(tool), "--version"], capture_output=True, text=True,
+                         check=False, timeout=30).stdout
+    match = re.search(r"(\d+)(?:\.(\d+))?", out)
+    if match is None:
+        raise ConfigError(f"{tool}: cannot tell its version from {out.strip()!r}")
+    return match.group(0), int(match.group(1))
+
+
+def check_pg_dump_not_older(conn: psycopg.Connection[tuple]) -> tuple[str, str]:  # type: ignore[type-arg]
+    """(server version, pg_dump version); refuses a pg_dump older than the server."""
+    server = server_version(conn)
+    dump_text, dump_major = tool_version("pg_dump")
+    if dump_major < server_major(conn):
+        raise ConfigError(
+            f"pg_dump {dump_text} is older than the server ({server}); "
+            f"use a client of major version {server_major(conn)} or newer (PG_MAJOR build argument)"
+        )
+    return server, dump_text
+
+
+def database_exists(conn: psycopg.Connection[tuple], name: str) -> bool:  # type: ignore[type-arg]
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def create_database(conn: psycopg.Connection[tuple], name: str) -> None:  # type: ignore[type-arg]
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(conn: psycopg.Connection[tuple], name: str) -> None:  # type: ignore[type-arg]
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def lock_key(purpose: str, database: str) -> int:
+    # A stable signed 64-bit key; crc32 of both halves keeps it deterministic across processes.
+    high = zlib.crc32(f"backupd:{purpose}".encode())
+    low = zlib.crc32(database.encode())
+    value = (high << 32) | low
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@contextmanager
+def advisory_lock(settings: Settings, purpose: str = "dump") -> Iterator[None]:
+    """Hold a session advisory lock on a dedicated connection for the duration of a job.
+
+    Every backupd process pointed at the same database takes the same key, so two
+    daemons (or a daemon and a one-off ``backupd backup``) never dump at once.
+    """
+    conn = connect(settings)
+    try:
+        key = lock_key(purpose, settings.postgres_db)
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not row or not row[0]:
+            raise JobSkipped(
+                f"another backupd is already running a {purpose} job on database "
+                f"{settings.postgres_db!r} (advisory lock held); this run was skipped"
+            )
+        yield
+    finally:
+        conn.close()  # closing the session releases the lock, also after a crash

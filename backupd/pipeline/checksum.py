@@ -1,0 +1,48 @@
+"""A pass-through writer that counts and hashes what goes into the file."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+
+class HashingWriter:
+    """Wraps the output file; sees exactly the bytes stored, so its SHA-256 is the file's."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self._hash = hashlib.sha256()
+        self.bytes_written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        written = self._sink.write(data)
+        self.bytes_written += len(data)
+        return written if written is not None else len(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """The atomic writer owns the file; closing the wrapper must not close it."""
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def sha256_of(path: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size

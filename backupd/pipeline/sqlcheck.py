@@ -1,0 +1,52 @@
+"""Is this plain SQL a complete pg_dump? Looks at the very start and the very end only.
+
+Text inside the data (a row that happens to contain the closing line) never counts:
+the closing line must be the last thing pg_dump wrote.
+"""
+
+from __future__ import annotations
+
+HEADER = b"--\n-- PostgreSQL database dump\n--\n"
+FOOTER = b"--\n-- PostgreSQL database dump complete\n--"
+# pg_dump 17.6/16.10/15.14 and later end with "\unrestrict <key>" after the footer.
+_UNRESTRICT = b"\\unrestrict "
+
+HEAD_BYTES = len(HEADER)
+TAIL_BYTES = 4096
+
+
+def header_problem(head: bytes) -> str | None:
+    if not head:
+        return "the dump is empty"
+    if not head.startswith(HEADER[: len(head)]) or len(head) < len(HEADER):
+        return "the content does not start with pg_dump's header (not a pg_dump plain SQL file)"
+    return None
+
+
+def footer_problem(tail: bytes) -> str | None:
+    end = tail.rstrip()
+    last_newline = end.rfind(b"\n")
+    if end[last_newline + 1 :].startswith(_UNRESTRICT):
+        end = end[: last_newline + 1].rstrip()
+    if not end.endswith(FOOTER):
+        return ("the dump is incomplete: it does not end with pg_dump's closing line "
+                "'-- PostgreSQL database dump complete'")
+    return None
+
+
+class HeadTail:
+    """Keeps the first and last bytes of a stream, for the checks above."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.tail = b""
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += chunk[: HEAD_BYTES - len(self.head)]
+        self.tail = (self.tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
+        self.total += len(chunk)
+
+    def problem(self) -> str | None:
+        return header_problem(self.head) or footer_problem(self.tail)

@@ -1,0 +1,196 @@
+"""Every setting backupd reads, in one place.
+
+The environment variable names are the public contract inherited from the shell
+scripts this tool replaces; each field's ``validation_alias`` is the exact name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backupd.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment (and an optional ``.env`` file)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_ignore_empty=True,  # compose passes `${VAR:-}` as "": treat it as "not set"
+        extra="ignore",
+        populate_by_name=False,
+    )
+
+    # --- the database -------------------------------------------------------
+    postgres_host: str = Field("postgres", validation_alias="POSTGRES_HOST")
+    postgres_port: int = Field(5432, ge=1, le=65535, validation_alias="POSTGRES_PORT")
+    postgres_db: str = Field("certificate_verification", validation_alias="POSTGRES_DB")
+    postgres_user: str = Field("postgres", validation_alias="POSTGRES_USER")
+    postgres_password: SecretStr = Field(
+        SecretStr("postgres"), validation_alias="POSTGRES_PASSWORD"
+    )
+    postgres_password_file: Path | None = Field(None, validation_alias="POSTGRES_PASSWORD_FILE")
+    postgres_connect_timeout: int = Field(
+        10, ge=1, le=3600, validation_alias="POSTGRES_CONNECT_TIMEOUT"
+    )
+
+    # --- where backups live, and for how long ----------------------------------
+    backup_dir: Path = Field(Path("/backups"), validation_alias="DB_BACKUP_DIR")
+    retention_days: int = Field(7, ge=0, le=36500, validation_alias="DB_BACKUP_RETENTION_DAYS")
+    keep_min: int = Field(3, ge=1, le=10000, validation_alias="DB_BACKUP_KEEP_MIN")
+
+    # --- what a backup looks like (issue 6) ------------------------------------
+    backup_format: Literal["plain", "custom"] = Field("plain", validation_alias="DB_BACKUP_FORMAT")
+    compression: Literal["gzip", "zstd"] = Field("gzip", validation_alias="DB_BACKUP_COMPRESSION")
+    compression_level: int | None = Field(
+        None, ge=0, le=22, validation_alias="DB_BACKUP_COMPRESSION_LEVEL"
+    )
+    age_recipients: str | None = Field(None, validation_alias="DB_BACKUP_AGE_RECIPIENTS")
+    age_recipients_file: Path | None = Field(
+        None, validation_alias="DB_BACKUP_AGE_RECIPIENTS_FILE"
+    )
+    age_identity_file: Path | None = Field(None, validation_alias="DB_BACKUP_AGE_IDENTITY_FILE")
+    restore_jobs: int = Field(2, ge=1, le=64, validation_alias="DB_RESTORE_JOBS")
+
+    # --- offsite copies (issue 4) ----------------------------------------------
+    s3_bucket: str | None = Field(None, validation_alias="DB_BACKUP_S3_BUCKET")
+    s3_prefix: str = Field("", validation_alias="DB_BACKUP_S3_PREFIX")
+    s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
+    s3_region: str | None = Field(None, validation_alias="S3_REGION")
+    s3_sse: Literal["AES256", "aws:kms"] | None = Field(None, validation_alias="S3_SSE")
+    s3_sse_kms_key_id: SecretStr | None = Field(None, validation_alias="S3_SSE_KMS_KEY_ID")
+    s3_storage_class: str | None = Field(None, validation_alias="S3_STORAGE_CLASS")
+    s3_timeout_seconds: float = Field(30.0, gt=0, le=3600, validation_alias="S3_TIMEOUT_SECONDS")
+
+    # --- the daemon's schedule (issue 3) ---------------------------------------
+    backup_schedule: str = Field("0 2 * * *", validation_alias="BACKUP_SCHEDULE")
+    verify_schedule: str | None = Field(None, validation_alias="VERIFY_SCHEDULE")
+    retention_schedule: str | None = Field(None, validation_alias="RETENTION_SCHEDULE")
+    drill_schedule: str | None = Field("0 4 * * 0", validation_alias="DRILL_SCHEDULE")
+    timezone: str = Field("UTC", validation_alias="TZ")
+    misfire_grace_seconds: int = Field(
+        3600, ge=1, le=7 * 86400, validation_alias="SCHEDULE_MISFIRE_GRACE_SECONDS"
+    )
+    backup_on_start: bool = Field(True, validation_alias="BACKUP_ON_START")
+    shutdown_timeout_seconds: float = Field(
+        20.0, gt=0, le=3600, validation_alias="SHUTDOWN_TIMEOUT_SECONDS"
+    )
+
+    # --- reporting ---------------------------------------------------------------
+    slack_webhook_url: SecretStr | None = Field(None, validation_alias="SLACK_WEBHOOK_URL")
+    slack_notify_on: Literal["all", "failure"] = Field("all", validation_alias="SLACK_NOTIFY_ON")
+    heartbeat_url: SecretStr | None = Field(None, validation_alias="HEARTBEAT_URL")
+    notify_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, validation_alias="NOTIFY_TIMEOUT_SECONDS"
+    )
+    shrink_warn_percent: int = Field(
+        50, ge=0, le=100, validation_alias="BACKUP_SHRINK_WARN_PERCENT"
+    )
+    health_port: int = Field(8080, ge=0, le=65535, validation_alias="HEALTH_PORT")
+    backup_max_age_hours: float | None = Field(
+        None, gt=0, validation_alias="BACKUP_MAX_AGE_HOURS"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", validation_alias="BACKUPD_LOG_FORMAT"
+    )
+
+    # --- restore drills (issue 7) ----------------------------------------------
+    drill_database: str | None = Field(None, validation_alias="DRILL_DATABASE")
+    drill_max_age_days: float | None = Field(None, gt=0, validation_alias="DRILL_MAX_AGE_DAYS")
+    drill_min_free_percent: float = Field(
+        10.0, ge=0, le=100, validation_alias="DRILL_MIN_FREE_PERCENT"
+    )
+    drill_max_db_bytes: int | None = Field(None, gt=0, validation_alias="DRILL_MAX_DB_BYTES")
+
+    @field_validator("postgres_db")
+    @classmethod
+    def _database_name_is_valid(cls, value: str) -> str:
+        # PostgreSQL identifiers: at most 63 bytes, no NUL. Everything else is allowed,
+        # and naming.py makes whatever is allowed safe for a file name.
+        if not value or len(value.encode()) > 63 or "\x00" in value:
+            raise ValueError("must be 1 to 63 bytes with no NUL character")
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix_is_normalised(cls, value: str) -> str:
+        value = value.strip("/")
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..' path segments")
+        return f"{value}/" if value else ""
+
+    @field_validator("drill_schedule", "verify_schedule", "retention_schedule")
+    @classmethod
+    def _blank_schedule_disables(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def password(self) -> str:
+        """The database password: the secret file wins over the variable."""
+        if self.postgres_password_file is not None:
+            return _read_secret_file(self.postgres_password_file, "POSTGRES_PASSWORD_FILE")
+        return self.postgres_password.get_secret_value()
+
+    @property
+    def drill_database_name(self) -> str:
+        return self.drill_database or f"{self.postgres_db}_drill"
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, so the log redactor can mask them."""
+        values = [self.postgres_password.get_secret_value()]
+        if self.postgres_password_file is not None:
+            with contextlib.suppress(ConfigError):
+                values.append(self.password)
+        for secret in (self.slack_webhook_url, self.heartbeat_url, self.s3_sse_kms_key_id):
+            if secret is not None:
+                values.append(secret.get_secret_value())
+        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
+            if os.environ.get(name):
+                values.append(os.environ[name])
+        return [v for v in values if v]
+
+
+def _read_secret_file(path: Path, setting: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"{setting}: cannot read {path}: {exc.strerror}; "
+            "point it at a readable file holding only the secret"
+        ) from None
+
+
+# pydantic's field name -> the environment variable users know it by.
+ENV_NAMES: dict[str, str] = {
+    name: str(field.validation_alias.choices[0])
+    if isinstance(field.validation_alias, AliasChoices)
+    else str(field.validation_alias)
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings, turning any problem into one ConfigError line per setting."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(error) for error in exc.errors())) from None
+    if settings.postgres_password_file is not None:
+        settings.password  # noqa: B018  -- fail now, not at 2 a.m.
+    return settings
+
+
+def _describe(error: Any) -> str:
+    # Never echo the input: it may be a password or a webhook URL.
+    location = error.get("loc") or ("?",)
+    field = str(location[0])
+    env_name = ENV_NAMES.get(field, field.upper())
+    message = re.sub(r"^Value error, ", "", str(error.get("msg", "invalid value")))
+    return f"{env_name}: {message.rstrip('.').lower()}; fix the environment variable"

@@ -1,0 +1,63 @@
+"""One storage interface, with the providers behind it (local directory, S3).
+
+Listing a store yields only this tool's own, committed backups of one database:
+a name that parses as ours, with the manifest as the commit marker where the
+store requires one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from backupd.manifest import Manifest
+from backupd.naming import ParsedName
+
+
+@dataclass
+class BackupEntry:
+    """A backup as a store sees it, before anyone has read its content."""
+
+    parsed: ParsedName
+    size: int
+    manifest: Manifest | None
+    manifest_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.parsed.name
+
+    @property
+    def verified(self) -> bool:
+        """Verified, and the file still has the size the manifest promised."""
+        return (
+            self.manifest is not None
+            and self.manifest.verified
+            and self.manifest.stored_bytes == self.size
+        )
+
+
+class BackupStore(Protocol):
+    """What every storage provider offers; the jobs never know which one they hold."""
+
+    @property
+    def description(self) -> str:
+        """Where this store is, for messages (never including credentials)."""
+        ...
+
+    def list_backups(self, database: str) -> list[BackupEntry]:
+        """This database's backups, newest first."""
+        ...
+
+    def read_manifest(self, name: str) -> Manifest | None: ...
+
+    def write_manifest(self, manifest: Manifest) -> None: ...
+
+    def fetch(self, name: str, destination: Path) -> None:
+        """Copy a backup's data into ``destination`` (a local path)."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Delete a backup and its manifest."""
+        ...

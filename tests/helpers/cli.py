@@ -1,0 +1,137 @@
+"""Run backupd as a real subprocess, the way a container runtime would: explicit environment,
+no terminal, exit codes and output observed from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+
+def build_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` over a minimal base, so a developer's POSTGRES_*/AWS_*/DB_BACKUP_* never leak in."""
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        # Unbuffered so a daemon's log files are current while it runs, and on SIGKILL.
+        "PYTHONUNBUFFERED": "1",
+    }
+    return {**base, **env}
+
+
+def _command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "backupd", *args]
+
+
+def run_backupd(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    input: str | None = None,
+    timeout: float = 120,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one backupd command to completion; never raises on a non-zero exit code."""
+    return subprocess.run(
+        _command(args),
+        env=build_env(env),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+    )
+
+
+class BackupdProcess(subprocess.Popen[str]):
+    """A long-running backupd whose stdout/stderr go to files (pipes could fill and block it)."""
+
+    stdout_path: Path
+    stderr_path: Path
+
+    def read_stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def read_stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def start_backupd(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    log_dir: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> BackupdProcess:
+    out_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="backupd-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stdout_path, stderr_path = out_dir / "stdout.log", out_dir / "stderr.log"
+    files: list[IO[Any]] = [stdout_path.open("w"), stderr_path.open("w")]
+    try:
+        proc = BackupdProcess(
+            _command(args),
+            env=build_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=files[0],
+            stderr=files[1],
+            text=True,
+            cwd=cwd,
+            # Own process group: stop_backupd can kill stray children (pg_dump) without
+            # touching pytest, and terminal signals (Ctrl-C) don't hit the daemon directly.
+            start_new_session=True,
+        )
+    finally:
+        for f in files:
+            f.close()  # the child holds its own copies
+    proc.stdout_path, proc.stderr_path = stdout_path, stderr_path
+    return proc
+
+
+def stop_backupd(
+    proc: subprocess.Popen[str],
+    *,
+    sig: int = signal.SIGTERM,
+    timeout: float = 30,
+    reap_group: bool = True,
+) -> int:
+    """Send ``sig`` to the daemon only (as an orchestrator would) and wait for it to exit.
+
+    If it is still alive after ``timeout``, SIGKILL its whole process group and raise
+    TimeoutError: a daemon that ignores SIGTERM is a bug. Returns the exit code. With
+    ``reap_group`` leftover children (an orphaned pg_dump) are killed too; pass False to
+    check ``group_alive`` yourself first.
+    """
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.wait()
+        raise TimeoutError(f"backupd did not exit within {timeout}s of signal {sig}") from None
+    finally:
+        if reap_group:
+            kill_group(proc)
+
+
+def group_alive(proc: subprocess.Popen[str]) -> bool:
+    """Whether any process (the daemon or a child it left behind) remains in its group."""
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

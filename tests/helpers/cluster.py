@@ -1,0 +1,150 @@
+"""A throwaway PostgreSQL cluster with password (scram) auth, for tests the shared server can't
+host: wrong-password handling, server restarts and crashes mid-backup, separate restore targets.
+
+The server binaries refuse to run as root, so every server command goes through
+``runuser -u postgres`` and the whole cluster lives in a temp dir owned by postgres.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from .pg import ServerAddress, pg_binary
+
+SERVER_OS_USER = "postgres"
+
+
+def free_port() -> int:
+    # The OS picks a free port; there is a small window before the server binds it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateCluster:
+    def __init__(self, password: str, *, port: int | None = None) -> None:
+        self.password = password
+        self.port = port or free_port()
+        self.root: Path | None = None
+
+    # --- paths ---------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        if self.root is None:
+            raise RuntimeError("PrivateCluster used outside its `with` block")
+        return self.root / name
+
+    @property
+    def data_dir(self) -> Path:
+        return self._path("data")
+
+    @property
+    def log_file(self) -> Path:
+        return self._path("server.log")
+
+    @property
+    def address(self) -> ServerAddress:
+        return ServerAddress("127.0.0.1", self.port, "postgres", self.password)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def _as_server_user(self, args: list[str], *, check: bool = True) -> int:
+        # cwd inside our dir: postgres can't read root's cwd. LC_ALL keeps initdb's locale fixed.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+        proc = subprocess.run(
+            ["runuser", "-u", SERVER_OS_USER, "--", *args],
+            cwd=self._path(""),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            log = self.log_file.read_text() if self.log_file.exists() else ""
+            raise RuntimeError(
+                f"{args[0]} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}\n{log}"
+            )
+        return proc.returncode
+
+    def __enter__(self) -> PrivateCluster:
+        # Short path under /tmp: unix socket paths are limited to ~107 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="bk-pg-"))
+        try:
+            shutil.chown(self.root, SERVER_OS_USER, SERVER_OS_USER)
+            pwfile = self._path("pwfile")
+            # Create 0600 before writing so the password is never world-readable.
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
+            shutil.chown(pwfile, SERVER_OS_USER, SERVER_OS_USER)
+            self._as_server_user([
+                pg_binary("initdb"), "-D", str(self.data_dir), "--username=postgres",
+                f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
+                "--locale=C.UTF-8", "--no-sync", "--no-instructions",
+            ])  # fmt: skip
+            pwfile.unlink()
+            settings = {
+                "listen_addresses": "'127.0.0.1'",
+                "port": str(self.port),
+                "unix_socket_directories": f"'{self.root}'",
+                # Small footprint: CI has 2 cores and several clusters may run in a session.
+                "shared_buffers": "'16MB'",
+                "max_connections": "30",
+                "fsync": "off",
+                "log_min_messages": "warning",
+            }
+            with (self.data_dir / "postgresql.conf").open("a") as conf:
+                conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.root is None:
+            return
+        try:
+            if self.data_dir.exists() and self.is_running():
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def start(self) -> None:
+        self._as_server_user([
+            pg_binary("pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
+            "-w", "-t", "60",
+        ])  # fmt: skip
+
+    def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
+        self._as_server_user(
+            [pg_binary("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60"]
+        )
+
+    def restart(self) -> None:
+        if self.is_running():
+            self.stop()
+        self.start()
+
+    def is_running(self) -> bool:
+        # pg_ctl status: 0 = running, 3 = not running, 4 = no data dir.
+        rc = self._as_server_user(
+            [pg_binary("pg_ctl"), "status", "-D", str(self.data_dir)], check=False
+        )
+        return rc == 0

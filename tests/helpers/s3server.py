@@ -1,0 +1,120 @@
+"""A real S3 HTTP endpoint (moto in server mode) that can go down and come back on the same port.
+
+backupd runs as a subprocess and reaches it over HTTP exactly as it would reach AWS/MinIO.
+moto keeps its state in this process, so buckets and objects survive stop()/start().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import urllib.request
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from moto.server import ThreadedMotoServer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+REGION = "us-east-1"
+ACCESS_KEY = "testing"
+SECRET_KEY = "testing"  # moto accepts any credentials
+
+
+class S3Server:
+    def __init__(self) -> None:
+        self.port = 0  # chosen by the OS on first start, then reused by every restart
+        self._moto: ThreadedMotoServer | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint_url(self) -> str:
+        if not self.port:
+            raise RuntimeError("S3Server not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def is_running(self) -> bool:
+        return self._moto is not None
+
+    def start(self) -> None:
+        if self._moto is not None:
+            return
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        moto.start()
+        server = moto._server  # the werkzeug server; moto exposes no public handle
+        assert server is not None
+        self.port = moto.get_host_and_port()[1]
+        # Track accepted connections so stop() can cut them: otherwise keep-alive connections
+        # outlive the listener and an upload "interrupted" by stop() would quietly succeed.
+        accept = server.get_request
+
+        def tracking_accept() -> tuple[socket.socket, Any]:
+            conn, addr = accept()
+            with self._lock:
+                self._conns.add(conn)
+            return conn, addr
+
+        server.get_request = tracking_accept  # type: ignore[method-assign]
+        self._moto = moto
+
+    def stop(self) -> None:
+        """Take S3 down: close the listener (new connections are refused) and open ones."""
+        moto, self._moto = self._moto, None
+        if moto is None:
+            return
+        moto.stop()
+        if moto._server is not None:
+            # moto's stop() leaves the socket bound, which would block a restart on this port.
+            moto._server.server_close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            with contextlib.suppress(OSError):  # already closed by its handler
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def reset(self) -> None:
+        """Forget all buckets and objects (moto's global in-memory state)."""
+        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+    def client(self) -> S3Client:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            # Few, quick retries: a test that stops the server wants the failure, not a wait.
+            config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5),
+        )
+
+    def env(self) -> dict[str, str]:
+        """The variables backupd reads to reach this endpoint."""
+        return {
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "S3_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+
+    def __enter__(self) -> S3Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
