@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from . import leakcheck
+
 
 def build_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` over a minimal base, so a developer's POSTGRES_*/AWS_*/DB_BACKUP_* never leak in."""
@@ -22,6 +24,8 @@ def build_env(env: dict[str, str]) -> dict[str, str]:
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         # Unbuffered so a daemon's log files are current while it runs, and on SIGKILL.
         "PYTHONUNBUFFERED": "1",
+        # Records every child's argv for the secret-leak check (helpers/leakcheck.py).
+        **leakcheck.hook_env(),
     }
     return {**base, **env}
 
@@ -39,7 +43,8 @@ def run_backupd(
     cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one backupd command to completion; never raises on a non-zero exit code."""
-    return subprocess.run(
+    leakcheck.record_run(args, env)
+    proc = subprocess.run(
         _command(args),
         env=build_env(env),
         input=input,
@@ -50,6 +55,8 @@ def run_backupd(
         cwd=cwd,
         check=False,
     )
+    leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
+    return proc
 
 
 class BackupdProcess(subprocess.Popen[str]):
@@ -93,6 +100,9 @@ def start_backupd(
         for f in files:
             f.close()  # the child holds its own copies
     proc.stdout_path, proc.stderr_path = stdout_path, stderr_path
+    leakcheck.record_run(args, env)
+    leakcheck.record_output_file(stdout_path)
+    leakcheck.record_output_file(stderr_path)
     return proc
 
 

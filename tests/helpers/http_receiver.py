@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
+from . import leakcheck
+
 Behaviour = Literal["ok", "error", "ratelimit", "hang", "refuse"]
 
 
@@ -103,6 +105,9 @@ class HttpReceiver:
                 self._listen()
 
     def _record_and_decide(self, req: RecordedRequest) -> tuple[int | None, dict[str, str], str]:
+        # What backupd sent (payload, query, headers) is evidence for the secret-leak check.
+        leakcheck.record_output(f"http {req.method} {req.path}", f"{req.path}\n{req.headers}\n"
+                                + req.body.decode("utf-8", "replace"))
         with self._cond:
             self.requests.append(req)
             self._cond.notify_all()

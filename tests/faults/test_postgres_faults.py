@@ -1,0 +1,158 @@
+"""PostgreSQL failing under backupd: killed mid-dump, unreachable, wrong password, database
+missing, permission denied. Each is a failed job with a clear reason that reaches the
+notifiers, leaves no partial file, and the next run after the fault is gone succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers.cli import run_backupd, stop_backupd
+from helpers.cluster import PrivateCluster, free_port
+from helpers.faults import SlowDump, partial_files, wait_until
+from helpers.pg import ServerAddress, connect, psql, unique_db_name
+from psycopg import sql
+
+CLUSTER_PASSWORD = "s3cr3t-PW'\"$ \\:x"
+
+
+def cluster_env(cluster: PrivateCluster, database: str, directory: Path,
+                **extra: str) -> dict[str, str]:
+    return {
+        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(cluster.port),
+        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": cluster.password,
+        "POSTGRES_DB": database, "DB_BACKUP_DIR": str(directory), "BACKUPD_LOG_FORMAT": "json",
+        "POSTGRES_CONNECT_TIMEOUT": "3", **extra,
+    }
+
+
+def data_files(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((".sql.gz", ".dump")))
+
+
+def failure_records(stderr: str, job: str = "backup") -> list[dict[str, object]]:
+    """The structured "job finished" records of failed jobs (what the notifiers received)."""
+    records = []
+    for line in stderr.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "job finished" and record.get("status") == "failed":
+            records.append(record)
+    return records
+
+
+def assert_failed_cleanly(proc_stderr: str, directory: Path, reason: str) -> None:
+    (record,) = failure_records(proc_stderr)
+    assert reason in str(record["error"]), record["error"]
+    assert partial_files(directory) == []
+    log = (directory / "backup_log.txt").read_text()
+    assert "backup failed" in log and reason in log
+
+
+def test_server_killed_mid_dump(
+    private_cluster: Callable[..., PrivateCluster], backupd_daemon: Callable[..., object],
+    slow_dump: SlowDump, tmp_path: Path,
+) -> None:
+    cluster = private_cluster(CLUSTER_PASSWORD)
+    # ~20 MB of rows: far more than the socket buffers, so the server is still sending
+    # when it dies, while the shim holds pg_dump back.
+    with connect(cluster.address) as conn:
+        conn.execute("CREATE DATABASE big")
+    psql(cluster.address, "big",
+         "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 3) AS v "
+         "FROM generate_series(1, 200000) g;")
+    directory = tmp_path / "backups"
+    env = cluster_env(cluster, "big", directory, PATH=slow_dump.path())
+
+    proc = backupd_daemon(["backup"], env)
+    wait_until(lambda: any(p.stat().st_size > 0 for p in partial_files(directory)),
+               what="the partial backup file to grow")
+    cluster.stop("immediate")
+    slow_dump.slow = False  # let pg_dump drain what it had buffered and notice the loss
+    code = stop_backupd(proc, sig=0, timeout=60)  # sig 0: just wait for it
+
+    assert code == 1
+    assert "backup failed" in proc.read_stdout() + proc.read_stderr()
+    assert_failed_cleanly(proc.read_stderr(), directory, "pg_dump failed")
+    assert data_files(directory) == []
+
+    cluster.start()
+    again = run_backupd(["backup"], env)
+    assert again.returncode == 0, again.stderr
+    (name,) = data_files(directory)
+    rows = json.loads(run_backupd(["list", "--json"], env).stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [(name, "verified")]
+
+
+@pytest.fixture
+def limited_role(pg_server: ServerAddress) -> Iterator[str]:
+    role = unique_db_name("limited")
+    with connect(pg_server) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    yield role
+    with connect(pg_server) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_unreachable_server_then_recovers(
+    private_cluster: Callable[..., PrivateCluster], tmp_path: Path
+) -> None:
+    cluster = private_cluster(CLUSTER_PASSWORD)
+    cluster.stop("immediate")
+    directory = tmp_path / "backups"
+    env = cluster_env(cluster, "postgres", directory)
+
+    failed = run_backupd(["backup"], env)
+    assert failed.returncode == 1
+    assert_failed_cleanly(failed.stderr, directory, "cannot connect to PostgreSQL")
+    assert data_files(directory) == []
+
+    cluster.start()
+    assert run_backupd(["backup"], env).returncode == 0
+    assert len(data_files(directory)) == 1
+
+
+def test_nothing_listening_on_the_port(backupd_env: Callable[..., dict[str, str]],
+                                       backup_dir: Path) -> None:
+    env = backupd_env("postgres", POSTGRES_PORT=str(free_port()), POSTGRES_CONNECT_TIMEOUT="3")
+    proc = run_backupd(["backup"], env)
+    assert proc.returncode == 1
+    assert_failed_cleanly(proc.stderr, backup_dir, "Connection refused")
+
+
+def test_wrong_password(private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
+    cluster = private_cluster(CLUSTER_PASSWORD)
+    directory = tmp_path / "backups"
+    wrong = "wr0ng-PW-not-the-one"
+    proc = run_backupd(["backup"], cluster_env(cluster, "postgres", directory,
+                                               POSTGRES_PASSWORD=wrong))
+    assert proc.returncode == 1
+    assert_failed_cleanly(proc.stderr, directory, "password authentication failed")
+    assert wrong not in proc.stderr + proc.stdout
+
+
+def test_database_missing(backupd_env: Callable[..., dict[str, str]], backup_dir: Path) -> None:
+    missing = unique_db_name("missing")
+    proc = run_backupd(["backup"], backupd_env(missing))
+    assert proc.returncode == 1
+    assert_failed_cleanly(proc.stderr, backup_dir, "does not exist")
+
+
+def test_permission_denied_on_a_table(
+    pg_server: ServerAddress, make_db: Callable[..., str], limited_role: str,
+    backupd_env: Callable[..., dict[str, str]], backup_dir: Path,
+) -> None:
+    database = make_db()
+    psql(pg_server, database, "CREATE TABLE secret_stuff (id int); INSERT INTO secret_stuff "
+                              "VALUES (1);")
+    proc = run_backupd(["backup"], backupd_env(database, POSTGRES_USER=limited_role))
+    assert proc.returncode == 1
+    assert_failed_cleanly(proc.stderr, backup_dir, "permission denied")
+    assert data_files(backup_dir) == []

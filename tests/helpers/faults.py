@@ -1,0 +1,83 @@
+"""Helpers for the fault-injection suite (tests/faults/): a slow pg_dump, waiting, leftovers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .pg import pg_binary
+
+# --- PATH shims: a pg_dump that can be slowed down on demand ------------------------------------
+
+_SLOW_PG_DUMP = '''#!{python}
+"""pg_dump shim: runs the real pg_dump; while {flag} exists, passes its output on slowly."""
+import os, signal, subprocess, sys, time
+real = {real!r}
+if any(a in ("--version", "-V") for a in sys.argv[1:]):
+    os.execv(real, [real, *sys.argv[1:]])
+child = subprocess.Popen([real, *sys.argv[1:]], stdout=subprocess.PIPE)
+def stop(signum, frame):
+    child.terminate()
+    child.wait()
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+out = sys.stdout.buffer
+while True:
+    chunk = child.stdout.read1({chunk})
+    if not chunk:
+        break
+    out.write(chunk)
+    out.flush()
+    if os.path.exists({flag!r}):
+        time.sleep({delay})
+sys.exit(child.wait())
+'''
+
+
+class SlowDump:
+    """A PATH directory whose pg_dump throttles its output while ``slow`` is on."""
+
+    def __init__(self, directory: Path, chunk: int = 65536, delay: float = 0.02) -> None:
+        self.bin_dir = directory
+        self.flag = directory / "slow.flag"
+        directory.mkdir(parents=True, exist_ok=True)
+        shim = directory / "pg_dump"
+        shim.write_text(_SLOW_PG_DUMP.format(python=sys.executable, real=pg_binary("pg_dump"),
+                                             flag=str(self.flag), chunk=chunk, delay=delay))
+        shim.chmod(0o755)
+        self.slow = True
+
+    @property
+    def slow(self) -> bool:
+        return self.flag.exists()
+
+    @slow.setter
+    def slow(self, on: bool) -> None:
+        if on:
+            self.flag.touch()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.flag.unlink()
+
+    def path(self) -> str:
+        """PATH for backupd with this shim first."""
+        return f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def partial_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if p.name.endswith(".partial")]

@@ -1,0 +1,124 @@
+"""The bad-input table: every wrong setting or argument is exit 2 and one line naming it.
+
+Each case runs the real CLI as a subprocess. Besides the one ``backupd: error:`` line, stderr
+may only hold structured JSON log lines (the failed job's record for log shippers); stdout
+must be empty, the secret password must not appear anywhere, and nothing may be created in
+DB_BACKUP_DIR. The table is listed in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from helpers.cli import run_backupd
+
+pytestmark = pytest.mark.faults
+
+SECRET_PASSWORD = "s3cr3t-PW'\"$ \\:x"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    names: str = ""  # what the one error line must name
+
+
+SETTINGS_CASES = [
+    Case("port-not-a-number", ["list"], {"POSTGRES_PORT": "abc"}, "POSTGRES_PORT"),
+    Case("port-too-large", ["list"], {"POSTGRES_PORT": "70000"}, "POSTGRES_PORT"),
+    Case("port-zero", ["list"], {"POSTGRES_PORT": "0"}, "POSTGRES_PORT"),
+    Case("connect-timeout-zero", ["list"], {"POSTGRES_CONNECT_TIMEOUT": "0"},
+         "POSTGRES_CONNECT_TIMEOUT"),
+    Case("retention-negative", ["prune"], {"DB_BACKUP_RETENTION_DAYS": "-1"},
+         "DB_BACKUP_RETENTION_DAYS"),
+    Case("retention-word", ["prune"], {"DB_BACKUP_RETENTION_DAYS": "seven"},
+         "DB_BACKUP_RETENTION_DAYS"),
+    Case("keep-min-zero", ["prune"], {"DB_BACKUP_KEEP_MIN": "0"}, "DB_BACKUP_KEEP_MIN"),
+    Case("compression-unknown", ["backup"], {"DB_BACKUP_COMPRESSION": "lzma"},
+         "DB_BACKUP_COMPRESSION"),
+    Case("compression-level-99", ["backup"], {"DB_BACKUP_COMPRESSION_LEVEL": "99"},
+         "DB_BACKUP_COMPRESSION_LEVEL"),
+    Case("format-tar", ["backup"], {"DB_BACKUP_FORMAT": "tar"}, "DB_BACKUP_FORMAT"),
+    Case("health-port-negative", ["list"], {"HEALTH_PORT": "-5"}, "HEALTH_PORT"),
+    Case("s3-sse-unknown", ["list"], {"S3_SSE": "foo"}, "S3_SSE"),
+    Case("s3-timeout-zero", ["list"], {"S3_TIMEOUT_SECONDS": "0"}, "S3_TIMEOUT_SECONDS"),
+    Case("s3-prefix-dotdot", ["list"], {"DB_BACKUP_S3_PREFIX": "a/../b"}, "DB_BACKUP_S3_PREFIX"),
+    Case("slack-notify-on-unknown", ["list"], {"SLACK_NOTIFY_ON": "sometimes"},
+         "SLACK_NOTIFY_ON"),
+    Case("notify-timeout-negative", ["list"], {"NOTIFY_TIMEOUT_SECONDS": "-1"},
+         "NOTIFY_TIMEOUT_SECONDS"),
+    Case("backup-on-start-maybe", ["list"], {"BACKUP_ON_START": "maybe"}, "BACKUP_ON_START"),
+    Case("misfire-grace-word", ["list"], {"SCHEDULE_MISFIRE_GRACE_SECONDS": "abc"},
+         "SCHEDULE_MISFIRE_GRACE_SECONDS"),
+    Case("log-format-xml", ["list"], {"BACKUPD_LOG_FORMAT": "xml"}, "BACKUPD_LOG_FORMAT"),
+    Case("shrink-percent-150", ["list"], {"BACKUP_SHRINK_WARN_PERCENT": "150"},
+         "BACKUP_SHRINK_WARN_PERCENT"),
+    Case("drill-free-percent-101", ["list"], {"DRILL_MIN_FREE_PERCENT": "101"},
+         "DRILL_MIN_FREE_PERCENT"),
+    Case("restore-jobs-zero", ["list"], {"DB_RESTORE_JOBS": "0"}, "DB_RESTORE_JOBS"),
+    Case("database-name-too-long", ["list"], {"POSTGRES_DB": "d" * 64}, "POSTGRES_DB"),
+    Case("password-file-missing", ["list"], {"POSTGRES_PASSWORD_FILE": "/nonexistent"},
+         "POSTGRES_PASSWORD_FILE"),
+    Case("backup-dir-under-a-file", ["prune"], {"DB_BACKUP_DIR": "/etc/passwd/backups"},
+         "DB_BACKUP_DIR"),
+    Case("backup-dir-is-a-file", ["backup"], {"DB_BACKUP_DIR": "/etc/passwd"}, "DB_BACKUP_DIR"),
+]
+
+COMMAND_CASES = [
+    Case("unknown-command", ["frobnicate"], names="frobnicate"),
+    Case("unknown-option", ["list", "--frob"], names="--frob"),
+    Case("flag-with-a-value", ["backup", "--no-prune=yes"], names="--no-prune"),
+    Case("unexpected-argument", ["prune", "everything"], names="everything"),
+    Case("restore-without-name", ["restore", "--yes"], names="NAME"),
+    Case("restore-name-and-latest",
+         ["restore", "db_20200101_000000.sql.gz", "--latest", "--yes"], names="--latest"),
+    Case("restore-without-yes-no-tty", ["restore", "--latest"], names="--yes"),
+    Case("verify-path-traversal", ["verify", "../../etc/passwd"], names="NAME"),
+    Case("restore-absolute-path-outside", ["restore", "/etc/passwd", "--yes"], names="NAME"),
+    Case("verify-not-a-backup-name", ["verify", "notes.txt"], names="NAME"),
+    Case("restore-missing-backup", ["restore", "db_20200101_000000.sql.gz", "--yes"],
+         names="NAME"),
+]
+
+
+@pytest.mark.parametrize("case", SETTINGS_CASES + COMMAND_CASES, ids=lambda c: c.id)
+def test_bad_input_is_exit_2_with_one_line_naming_it(case: Case, tmp_path: Path) -> None:
+    backup_dir = tmp_path / "backups"
+    env = {
+        # Nothing listens here: a case that wrongly got as far as connecting fails differently.
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": "1",
+        "POSTGRES_DB": "db",
+        "POSTGRES_PASSWORD": SECRET_PASSWORD,
+        "DB_BACKUP_DIR": str(backup_dir),
+        "BACKUPD_LOG_FORMAT": "json",
+        **case.env,
+    }
+    proc = run_backupd(case.args, env, timeout=60)
+
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    human = [line for line in proc.stderr.splitlines() if line.strip() and not _is_json(line)]
+    assert len(human) == 1, proc.stderr
+    assert human[0].startswith("backupd: error: ")
+    assert case.names in human[0]
+    assert SECRET_PASSWORD not in proc.stderr
+    # Nothing half-done: the backup directory was not even created.
+    if "DB_BACKUP_DIR" not in case.env:
+        assert not backup_dir.exists()
+
+
+def _is_json(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def test_the_table_is_at_least_twenty_cases() -> None:
+    assert len(SETTINGS_CASES) + len(COMMAND_CASES) >= 20
