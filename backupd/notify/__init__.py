@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from backupd.notify.base import Notifier, NotifierChain
+from backupd.notify.deadline import checked_url
+from backupd.notify.heartbeat import HeartbeatNotifier
 from backupd.notify.logfile import LogFileNotifier, StructuredLogNotifier
+from backupd.notify.metrics import MetricsNotifier, shared_metrics
+from backupd.notify.slack import SlackNotifier
 from backupd.settings import Settings
 
 
 def build_chain(settings: Settings, *extra: Notifier) -> NotifierChain:
     """The notifiers the settings ask for, in delivery order; ``extra`` go last."""
     notifiers: list[Notifier] = [StructuredLogNotifier(), LogFileNotifier(settings.backup_dir)]
+    # Local, instant notifiers first; network ones after, each bounded by the chain's timeout.
+    if settings.health_port:
+        notifiers.append(MetricsNotifier(shared_metrics(settings)))
+    if settings.heartbeat_url is not None:
+        url = checked_url(settings.heartbeat_url.get_secret_value(), "HEARTBEAT_URL")
+        notifiers.append(HeartbeatNotifier(url, timeout_seconds=settings.notify_timeout_seconds))
+    if settings.slack_webhook_url is not None:
+        url = checked_url(settings.slack_webhook_url.get_secret_value(), "SLACK_WEBHOOK_URL")
+        notifiers.append(SlackNotifier(url, notify_on=settings.slack_notify_on,
+                                       timeout_seconds=settings.notify_timeout_seconds,
+                                       state_dir=settings.backup_dir))
     notifiers.extend(extra)
     return NotifierChain(notifiers, timeout_seconds=settings.notify_timeout_seconds)
 

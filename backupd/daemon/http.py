@@ -1,0 +1,128 @@
+"""``GET /healthz`` and ``GET /metrics`` on HEALTH_PORT, in a background thread of the daemon.
+
+Both answers are computed per request from the backup directory and the scheduler's
+state, so they can never be staler than the request. The server never blocks a job:
+it runs in its own threads and only reads.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from backupd.errors import ConfigError
+from backupd.health import DrillRecord, evaluate
+from backupd.log import get_logger, redact
+from backupd.notify.metrics import BackupdMetrics, shared_metrics
+from backupd.result import JobResult, Status
+from backupd.settings import Settings
+from backupd.storage.local import LocalStore
+
+# Every interface: probes and Prometheus come from outside the container.
+LISTEN_HOST = "0.0.0.0"  # noqa: S104
+# A client that connects and never sends a request must not hold a thread forever.
+REQUEST_TIMEOUT_SECONDS = 10
+
+
+class SchedulerState(Protocol):
+    """What the server needs from the daemon (backupd.daemon.state.DaemonState provides it)."""
+
+    def scheduler_alive(self) -> bool: ...
+
+    def next_runs(self) -> Mapping[str, datetime | None]: ...
+
+    @property
+    def last_results(self) -> Mapping[str, JobResult]: ...
+
+
+def start_http_server(
+    settings: Settings,
+    state: SchedulerState,
+    *,
+    metrics: BackupdMetrics | None = None,
+    host: str = LISTEN_HOST,
+) -> Callable[[], None]:
+    """Serve on HEALTH_PORT until the returned function is called; ConfigError if taken."""
+    metrics = metrics or shared_metrics(settings)
+    metrics.state = state
+    metrics.seed(state.last_results.values())  # the last values survive a restart
+    try:
+        server = _Server((host, settings.health_port), _Handler)
+    except OSError as exc:
+        hint = "is another process using it? " if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"HEALTH_PORT: cannot listen on port {settings.health_port} "
+                          f"({exc.strerror}); {hint}choose another port, or 0 to turn the "
+                          "health and metrics server off") from None
+    server.settings, server.state, server.metrics = settings, state, metrics
+    thread = threading.Thread(target=server.serve_forever, name="health-http", daemon=True)
+    thread.start()
+    get_logger().info("health and metrics server listening", port=server.server_address[1])
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    settings: Settings
+    state: SchedulerState
+    metrics: BackupdMetrics
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT_SECONDS
+    server_version = "backupd"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def _answer(self, *, head: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/healthz":
+                status, content_type, body = self._healthz()
+            elif path == "/metrics":
+                status, content_type, body = 200, CONTENT_TYPE_LATEST, self.server.metrics.render()
+            else:
+                status, content_type, body = 404, "text/plain; charset=utf-8", \
+                    b"not found: try /healthz or /metrics\n"
+        except Exception as exc:  # a probe must get an answer, and the reason
+            get_logger().exception("health server error")
+            status, content_type = 500, "text/plain; charset=utf-8"
+            body = redact(f"error: {type(exc).__name__}: {exc}\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _healthz(self) -> tuple[int, str, bytes]:
+        settings, state = self.server.settings, self.server.state
+        drill = state.last_results.get("drill")
+        records = [DrillRecord(drill.finished_at, drill.status == Status.SUCCESS)] \
+            if drill is not None and drill.finished_at is not None else []
+        report = evaluate(settings, LocalStore(settings.backup_dir), state.scheduler_alive(),
+                          datetime.now(UTC), drill_records=records)
+        body = redact(report.render_text()).encode()
+        return (200 if report.ok else 503), "text/plain; charset=utf-8", body
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # probes every few seconds would drown the log; failures are logged above

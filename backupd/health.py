@@ -1,0 +1,206 @@
+"""Is backupd doing its job? One answer for ``GET /healthz`` and ``backupd health``.
+
+Healthy means: the scheduler runs (when we can see it), the newest *verified* backup
+is younger than BACKUP_MAX_AGE_HOURS, and, when DRILL_MAX_AGE_DAYS is set, a restore
+drill succeeded recently enough. Each failed condition adds one reason a person can
+act on; the facts say what was found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from backupd.daemon.cron import parse_cron, parse_zone
+from backupd.errors import ConfigError
+from backupd.settings import Settings
+from backupd.storage.base import BackupEntry
+from backupd.storage.local import LocalStore
+
+# Written by the daemon (backupd.daemon.state); `backupd health` reads its heartbeat.
+STATE_FILE = ".backupd-state.json"
+# The daemon refreshes `updated_at` at least once a minute; five missed refreshes = dead.
+DAEMON_STATE_STALE = timedelta(minutes=5)
+# BACKUP_MAX_AGE_HOURS default: the longest gap between two scheduled runs, times this,
+# plus MAX_AGE_SLACK (one slow or retried backup must not flap the health check).
+MAX_AGE_FACTOR = 1.5
+MAX_AGE_SLACK = timedelta(hours=1)
+_GAPS_SAMPLED = 32
+_SAMPLE_HORIZON = timedelta(days=400)
+
+
+@dataclass
+class HealthReport:
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def render_text(self) -> str:
+        lines = ["ok" if self.ok else "unhealthy"]
+        lines += [f"reason: {reason}" for reason in self.reasons]
+        lines += [f"{key}: {value}" for key, value in self.facts.items()]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reasons": self.reasons, "facts": self.facts}
+
+
+@dataclass(frozen=True)
+class DrillRecord:
+    """A restore drill's outcome from outside the manifests (the daemon's last result)."""
+
+    finished_at: datetime
+    ok: bool
+
+
+def evaluate(
+    settings: Settings,
+    store: LocalStore,
+    scheduler_alive: bool | None,
+    now: datetime | None = None,
+    *,
+    daemon_updated_at: datetime | None = None,
+    drill_records: Iterable[DrillRecord] = (),
+) -> HealthReport:
+    """Check everything; ``scheduler_alive=None`` means "cannot tell" (the CLI)."""
+    now = now or datetime.now(UTC)
+    report = HealthReport(ok=True)
+    facts, reasons = report.facts, report.reasons
+    facts["database"] = settings.postgres_db
+
+    if scheduler_alive is not None:
+        facts["scheduler_alive"] = scheduler_alive
+        if not scheduler_alive:
+            reasons.append("the scheduler is not running: no backup will be taken")
+    if daemon_updated_at is not None:
+        quiet = now - daemon_updated_at
+        facts["daemon_state_age_seconds"] = int(quiet.total_seconds())
+        if quiet > DAEMON_STATE_STALE:
+            reasons.append(f"the daemon has not updated its state for {_human(quiet)} "
+                           "(is it running?)")
+
+    max_age = max_backup_age(settings, now)
+    facts["backup_max_age_hours"] = round(max_age.total_seconds() / 3600, 2)
+    entries = store.list_backups(settings.postgres_db)
+    newest = next((e for e in entries if e.verified), None)
+    facts["local_backups"] = len(entries)
+    if newest is None:
+        reasons.append(f"no verified backup of database {settings.postgres_db!r} in "
+                       f"{store.directory}")
+    else:
+        age = now - newest.parsed.taken_at
+        facts["newest_verified_backup"] = newest.name
+        facts["newest_verified_backup_age_hours"] = round(age.total_seconds() / 3600, 2)
+        if age > max_age:
+            reasons.append(f"the newest verified backup {newest.name} is {_human(age)} old, "
+                           f"more than BACKUP_MAX_AGE_HOURS ({_human(max_age)})")
+
+    if settings.drill_max_age_days is not None:
+        _check_drill(settings.drill_max_age_days, entries, drill_records, now, report)
+
+    report.ok = not reasons
+    return report
+
+
+def _check_drill(max_days: float, entries: list[BackupEntry], records: Iterable[DrillRecord],
+                 now: datetime, report: HealthReport) -> None:
+    successes = [e.manifest.drilled_at for e in entries
+                 if e.manifest and e.manifest.drill_ok and e.manifest.drilled_at]
+    # A drilled backup may since have been pruned: the daemon's record still counts.
+    successes += [r.finished_at for r in records if r.ok]
+    limit = timedelta(days=max_days)
+    if not successes:
+        report.reasons.append("no successful restore drill on record "
+                              f"(DRILL_MAX_AGE_DAYS={max_days:g}); run `backupd drill`")
+        return
+    age = now - max(successes)
+    report.facts["last_successful_drill_age_hours"] = round(age.total_seconds() / 3600, 2)
+    if age > limit:
+        report.reasons.append(f"the last successful restore drill is {_human(age)} old, more "
+                              f"than DRILL_MAX_AGE_DAYS ({_human(limit)})")
+
+
+def max_backup_age(settings: Settings, now: datetime | None = None) -> timedelta:
+    """BACKUP_MAX_AGE_HOURS, or derived from BACKUP_SCHEDULE when unset."""
+    if settings.backup_max_age_hours is not None:
+        return timedelta(hours=settings.backup_max_age_hours)
+    return longest_gap(settings.backup_schedule, settings.timezone, now) * MAX_AGE_FACTOR \
+        + MAX_AGE_SLACK
+
+
+def longest_gap(expression: str, zone_name: str, now: datetime | None = None) -> timedelta:
+    """The longest interval between consecutive runs of a cron schedule, from ``now`` on.
+
+    The longest, not the next: "0 2 * * 1-5" is 24 h most days but 72 h over a weekend,
+    and a health check must not fail every Monday morning.
+    """
+    zone = parse_zone(zone_name)
+    schedule = parse_cron(expression, "BACKUP_SCHEDULE", zone,
+                          allow_seconds=os.environ.get("SCHEDULE_SECONDS_FIELD") == "1")
+    start = now or datetime.now(UTC)
+    fire = schedule.next_at_or_after(start)
+    if fire is None:  # parse_cron already refuses schedules that never fire
+        raise ConfigError(f"BACKUP_SCHEDULE: {expression!r} never fires")
+    first, longest = fire, timedelta(0)
+    for _ in range(_GAPS_SAMPLED):
+        following = schedule.next_at_or_after(fire + timedelta(seconds=1))
+        if following is None:
+            break
+        longest = max(longest, following - fire)
+        fire = following
+        if fire - first > _SAMPLE_HORIZON:
+            break
+    return longest
+
+
+# --- the daemon's state file, as `backupd health` sees it ------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonStateFile:
+    updated_at: datetime | None
+    drill_records: list[DrillRecord]
+
+
+def read_daemon_state(directory: Path) -> DaemonStateFile | None:
+    """What the daemon last wrote, or None when there is no (readable) state file."""
+    try:
+        data = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    last_results = data.get("last_results")
+    drill = last_results.get("drill") if isinstance(last_results, Mapping) else None
+    records: list[DrillRecord] = []
+    if isinstance(drill, Mapping):
+        finished = _parse_time(drill.get("finished_at"))
+        if finished is not None:
+            records.append(DrillRecord(finished, drill.get("status") == "success"))
+    return DaemonStateFile(_parse_time(data.get("updated_at")), records)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _human(span: timedelta) -> str:
+    seconds = span.total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
