@@ -18,13 +18,10 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from backupd import __version__
 from backupd.commands import backup as backup_cmd
-from backupd.commands import drill as drill_cmd
 from backupd.commands import health as health_cmd
 from backupd.commands import listing
 from backupd.commands import prune as prune_cmd
 from backupd.commands import restore as restore_cmd
-from backupd.commands import run as run_cmd
-from backupd.commands import status as status_cmd
 from backupd.commands import verify as verify_cmd
 from backupd.errors import BackupdError, ConfigError
 from backupd.job import JobContext, run_job
@@ -108,8 +105,7 @@ def verify(
                 detail = f": {check['detail']}" if check["detail"] else ""
                 print(f"    {mark:<4} {check['check']}{detail}")
             if not report["content_checked"]:
-                print("    note content not checked: "
-                      + (report.get("content_note") or "see the report's details"))
+                print("    note content not checked (see the report's details)")
     finish(result, quiet=bool(reports) and result.ok)
 
 
@@ -145,27 +141,6 @@ def _confirm_by_typing(target: str) -> bool:
     return answer == target
 
 
-@app.command()
-def drill(
-    name: Annotated[str | None, typer.Argument(
-        help="Backup file name in DB_BACKUP_DIR (default: the newest verified backup).")] = None,
-) -> None:
-    """Restore a backup into a scratch database (DRILL_DATABASE), compare it with the live
-    database, record the restore time in its manifest, then drop the scratch database."""
-    settings = bootstrap()
-    result = execute("drill", settings, lambda ctx: drill_cmd.run(ctx, name))
-    if result.details.get("comparison_summary"):
-        seconds = result.details.get("restore_seconds")
-        if seconds is not None:
-            print(f"restore time: {seconds:.1f}s")
-        print(f"comparison: {result.details['comparison_summary']}")
-        for line in result.details.get("differences", []):
-            print(f"  difference: {line}")
-        for line in result.details.get("drift", []):
-            print(f"  drift: {line}")
-    finish(result)
-
-
 @app.command(name="list")
 def list_backups(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -186,23 +161,6 @@ def prune(
     for name in result.deleted:
         print(f"{'would delete' if dry_run else 'deleted'} {name}")
     finish(result)
-
-
-@app.command(name="run")
-def run_daemon() -> None:
-    """Run as a daemon: back up on BACKUP_SCHEDULE (cron, in TZ), plus VERIFY_SCHEDULE,
-    RETENTION_SCHEDULE and DRILL_SCHEDULE; SIGTERM cancels a running dump and exits 0."""
-    settings = bootstrap()
-    raise typer.Exit(run_cmd.run(settings))
-
-
-@app.command()
-def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Show the daemon: next run times, last result per job, newest verified backup, health."""
-    settings = bootstrap()
-    raise typer.Exit(status_cmd.run(settings, as_json=as_json))
 
 
 @app.command()
