@@ -7,6 +7,7 @@ ends up in an exception message or a libpq error is masked before it is written.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -92,6 +93,10 @@ def get_logger(**context: Any) -> Any:
     return structlog.get_logger("backupd").bind(**context)
 
 
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 class JobLogFile:
     """Appends timestamped human-readable lines to a job kind's file in DB_BACKUP_DIR."""
 
@@ -105,7 +110,9 @@ class JobLogFile:
         # One line per entry, whatever the message holds (database names may hold newlines).
         line = f"[{stamp}] " + redact(message).replace("\r", "\\r").replace("\n", "\\n") + "\n"
         try:
-            with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+            # 0600 like the backups: the lines name databases and failures.
+            with self._lock, open(self.path, "a", encoding="utf-8",
+                                  opener=_private_opener) as handle:
                 handle.write(line)
         except OSError as exc:
             # The human log is a convenience; losing it must not fail the job.
