@@ -129,7 +129,11 @@ class Settings(BaseSettings):
     @field_validator("drill_schedule", "verify_schedule", "retention_schedule")
     @classmethod
     def _blank_schedule_disables(cls, value: str | None) -> str | None:
-        return value.strip() or None if value is not None else None
+        # An empty variable means "not set" (env_ignore_empty), i.e. the default, so a
+        # default-on schedule (DRILL_SCHEDULE) is switched off with an explicit word.
+        if value is None or value.strip().lower() in ("", "off", "none", "disabled"):
+            return None
+        return value.strip()
 
     @property
     def password(self) -> str:
