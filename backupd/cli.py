@@ -16,7 +16,7 @@ import typer
 # typer >= 0.2x vendors click: its usage errors are typer's own classes.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from backupd import __version__
+from backupd import __version__, offsite
 from backupd.commands import backup as backup_cmd
 from backupd.commands import health as health_cmd
 from backupd.commands import listing
@@ -89,11 +89,14 @@ def verify(
     = None,
     verify_all: Annotated[bool, typer.Option("--all", help="Verify every backup.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="Verify the copies in S3 (downloaded to DB_BACKUP_DIR, then removed); "
+        "also reports incomplete uploads.")] = False,
 ) -> None:
     """Check backups: gzip integrity, SQL completeness, size and SHA-256."""
     settings = bootstrap()
-    result = execute("verify", settings,
-                     lambda ctx: _discard(verify_cmd.run(ctx, names or [], verify_all)))
+    result = execute("verify", settings, lambda ctx: _discard(
+        verify_cmd.run(ctx, names or [], verify_all, remote=remote)))
     reports = result.details.get("reports", [])
     if as_json:
         print(json.dumps(reports, indent=2))
@@ -111,9 +114,13 @@ def verify(
 
 @app.command()
 def restore(
-    name: Annotated[str | None, typer.Argument(help="Backup file name in DB_BACKUP_DIR.")] = None,
+    name: Annotated[str | None, typer.Argument(
+        help="Backup file name in DB_BACKUP_DIR (in S3 with --from-s3).")] = None,
     latest: Annotated[bool, typer.Option("--latest", help="Restore the newest verified backup.")]
     = False,
+    from_s3: Annotated[bool, typer.Option(
+        "--from-s3", help="Take the backup from S3 (DB_BACKUP_S3_BUCKET): downloaded into "
+        "DB_BACKUP_DIR, verified against its manifest, restored, then removed.")] = False,
     target_db: Annotated[str | None, typer.Option(
         "--target-db", help="Restore into this database (created if missing).")] = None,
     replace: Annotated[bool, typer.Option(
@@ -131,7 +138,8 @@ def restore(
     settings = bootstrap()
     confirm = None if yes else _confirm_by_typing
     finish(execute("restore", settings, lambda ctx: restore_cmd.run(
-        ctx, name, latest=latest, target_db=target_db, replace=replace, confirm=confirm)))
+        ctx, name, latest=latest, target_db=target_db, replace=replace, confirm=confirm,
+        from_s3=from_s3)))
 
 
 def _confirm_by_typing(target: str) -> bool:
@@ -144,11 +152,25 @@ def _confirm_by_typing(target: str) -> bool:
 @app.command(name="list")
 def list_backups(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="List the committed backups in S3 instead of DB_BACKUP_DIR.")] = False,
 ) -> None:
     """List backups, newest first: name, size, age, verified or not."""
     settings = bootstrap()
-    data = listing.rows(LocalStore(settings.backup_dir).list_backups(settings.postgres_db))
+    try:
+        store = offsite.require_store(settings, "--remote") if remote else LocalStore(
+            settings.backup_dir)
+        data = listing.rows(store.list_backups(settings.postgres_db))
+    except BackupdError as exc:  # ConfigError: exit 2; S3 unreachable: exit 1
+        fail(str(exc), exc.exit_code)
     print(json.dumps(data, indent=2) if as_json else listing.render_table(data))
+
+
+@app.command()
+def upload() -> None:
+    """Upload verified backups that are not in S3 yet (pending uploads) now."""
+    settings = bootstrap()
+    finish(execute("upload", settings, offsite.run_upload_job))
 
 
 @app.command()

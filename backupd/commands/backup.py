@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from backupd import offsite
 from backupd.commands import prune
 from backupd.commands.verify import record_outcome
 from backupd.errors import JobFailed
@@ -25,6 +26,7 @@ from backupd.verification import verify_file
 def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
     settings = ctx.settings
     store = ctx.store
+    s3 = offsite.configured_store(settings)  # bad S3 settings: exit 2 before any dump
     store.prepare()
     with advisory_lock(settings, "dump"):
         with connect(settings) as conn:
@@ -71,8 +73,12 @@ def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
         if previous is not None:
             ctx.result.previous_size_bytes = previous.size
             _warn_if_shrunk(ctx, previous.size, outcome.stored_bytes)
+    # Outside the lock: a long upload must not hold back other dumps. A failed upload
+    # leaves the backup pending (result.offsite), never fails the backup.
+    offsite.after_backup(ctx, s3, name)
     if apply_retention and settings.retention_schedule is None:
         ctx.result.deleted = prune.sweep(ctx, store)
+        ctx.result.deleted += offsite.sweep_remote(ctx, s3)
 
 
 def _unique_start(ctx: JobContext, suffix: str) -> datetime:

@@ -101,9 +101,14 @@ def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
 
 
 def run(ctx: JobContext, *, dry_run: bool = False) -> None:
+    from backupd import offsite  # imported here: offsite builds on sweep()
+
+    s3 = offsite.configured_store(ctx.settings)
     ctx.store.prepare()
     ctx.result.deleted = sweep(ctx, ctx.store, dry_run=dry_run)
     ctx.result.details["dry_run"] = dry_run
+    # The same policy on S3 (this database's own backups under the prefix only).
+    ctx.result.deleted += offsite.sweep_remote(ctx, s3, dry_run=dry_run, strict=True)
     if not ctx.result.deleted:
         ctx.say(f"retention: nothing to delete (retention {ctx.settings.retention_days} days, "
                 f"keeping at least {ctx.settings.keep_min} verified backups)")

@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from backupd import offsite
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import ParsedName, parse_backup_name
@@ -83,7 +84,16 @@ def run(
     target_db: str | None = None,
     replace: bool = False,
     confirm: Confirm | None = None,
+    from_s3: bool = False,
 ) -> None:
+    if from_s3:
+        # Disaster recovery: download into DB_BACKUP_DIR, then the very same verify + restore.
+        s3 = offsite.require_store(ctx.settings, "--from-s3")
+        entry = offsite.pick_remote(ctx, s3, name, latest)
+        with offsite.downloaded(ctx, s3, entry) as downloaded:
+            restore_file(ctx, downloaded, entry, target_db=target_db, replace=replace,
+                         confirm=confirm)
+        return
     path, entry = pick(ctx, name, latest)
     restore_file(ctx, path, entry, target_db=target_db, replace=replace, confirm=confirm)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from backupd import offsite
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.manifest import Manifest
@@ -58,7 +59,10 @@ def select(ctx: JobContext, names: list[str], verify_all: bool) -> list[BackupEn
     return chosen
 
 
-def run(ctx: JobContext, names: list[str], verify_all: bool = False) -> list[VerifyReport]:
+def run(ctx: JobContext, names: list[str], verify_all: bool = False,
+        remote: bool = False) -> list[VerifyReport]:
+    if remote:
+        return offsite.verify_remote(ctx, names, verify_all)  # the S3 copies (issue 4)
     entries = select(ctx, names, verify_all)
     if not entries:
         raise JobFailed(f"no backups of {ctx.settings.postgres_db!r} in {ctx.store.description}")

@@ -10,6 +10,7 @@ import contextlib
 import socket
 import threading
 import urllib.request
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ class S3Server:
         self._moto: ThreadedMotoServer | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._hold: Callable[[str, str], bool] | None = None
+        self._held = threading.Event()
+        self._release = threading.Event()
 
     @property
     def endpoint_url(self) -> str:
@@ -60,12 +64,37 @@ class S3Server:
             return conn, addr
 
         server.get_request = tracking_accept  # type: ignore[method-assign]
+        server.app = self._holding(server.app)
         self._moto = moto
+
+    def hold_requests(self, match: Callable[[str, str], bool]) -> threading.Event:
+        """From now on, requests for which ``match(method, path_and_query)`` is true hang
+        (unanswered, body unread) until stop(): a deterministic "S3 died mid-upload".
+        Returns an Event set when the first such request has arrived."""
+        self._held.clear()
+        self._release.clear()
+        self._hold = match
+        return self._held
+
+    def _holding(self, app: Any) -> Any:
+        def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+            target = environ.get("PATH_INFO", "") + "?" + environ.get("QUERY_STRING", "")
+            match = self._hold
+            if match is not None and match(environ["REQUEST_METHOD"], target):
+                self._held.set()
+                self._release.wait(60)
+                start_response("503 Service Unavailable", [("Content-Length", "0")])
+                return [b""]
+            return app(environ, start_response)
+
+        return wrapped
 
     def stop(self) -> None:
         """Take S3 down: close the listener (new connections are refused) and open ones."""
         moto, self._moto = self._moto, None
+        self._hold = None
         if moto is None:
+            self._release.set()
             return
         moto.stop()
         if moto._server is not None:
@@ -76,6 +105,7 @@ class S3Server:
         for conn in conns:
             with contextlib.suppress(OSError):  # already closed by its handler
                 conn.shutdown(socket.SHUT_RDWR)
+        self._release.set()  # held requests end, on connections already cut
 
     def restart(self) -> None:
         self.stop()

@@ -1,0 +1,329 @@
+"""The S3 store: offsite copies in AWS S3 or any S3-compatible store (MinIO, Ceph, R2, ...).
+
+Layout: ``<prefix><backup name>`` holds the data and ``<prefix><backup name>.manifest.json``
+its manifest. The manifest is uploaded after the data and is the commit marker: a data
+object without one is an incomplete upload, never listed or restored as a backup.
+Only keys directly under the prefix whose names parse as this database's backups are
+ever listed or deleted, so other objects (and other databases' backups) in the same
+bucket are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from backupd.cancel import CancelToken
+from backupd.errors import ConfigError, JobFailed
+from backupd.log import redact
+from backupd.manifest import Manifest, ManifestError, parse_manifest
+from backupd.naming import MANIFEST_SUFFIX, manifest_name, parse_backup_name
+from backupd.settings import Settings
+from backupd.storage.atomic import FILE_MODE
+from backupd.storage.base import BackupEntry
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MiB = 1024 * 1024
+# S3's hard limits: at most 10,000 parts, each at least 5 MiB (except the last) and at
+# most 5 GiB. Aim below the part limit so a file that grows a little while we plan it
+# (it cannot, it is committed, but a margin costs nothing) still fits.
+MAX_PARTS = 10_000
+TARGET_PARTS = 9_000
+MIN_PART_SIZE = 8 * MiB  # boto3's default; comfortably above S3's 5 MiB minimum
+MAX_PART_SIZE = 5 * 1024 * MiB
+# A few parallel parts saturate most links; more only costs memory and connections.
+MAX_CONCURRENCY = 4
+
+
+class OffsiteError(JobFailed):
+    """S3 was unreachable or refused a request; the message is one line, secret-free."""
+
+
+def part_size_for(size: int) -> int:
+    """Multipart chunk size for a file of ``size`` bytes: a whole number of MiB, at least
+    8 MiB, and large enough that the upload needs fewer than 10,000 parts (1 TB -> ~106 MiB)."""
+    needed = math.ceil(size / TARGET_PARTS) if size > 0 else 0
+    chunk = max(MIN_PART_SIZE, math.ceil(needed / MiB) * MiB)
+    return min(chunk, MAX_PART_SIZE)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for people; never includes credentials (and is redacted anyway)."""
+    if isinstance(exc, NoCredentialsError):
+        text = ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, or give the machine an instance role")
+    elif isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "error")
+        message = error.get("Message") or ""
+        operation = getattr(exc, "operation_name", "request")
+        text = f"{operation} failed: {code}" + (f" ({message})" if message else "")
+    elif isinstance(exc, BotoCoreError | OSError):
+        text = str(exc) or type(exc).__name__
+    else:
+        # s3transfer's S3UploadFailedError and friends carry the ClientError text.
+        text = f"{type(exc).__name__}: {exc}"
+    return redact(" ".join(text.split()))
+
+
+@contextlib.contextmanager
+def translated_errors(action: str) -> Iterator[None]:
+    """Turn boto/network exceptions into OffsiteError("<action>: <reason>")."""
+    try:
+        yield
+    except OffsiteError:
+        raise
+    except (BotoCoreError, ClientError, OSError) as exc:
+        raise OffsiteError(f"{action}: {describe_error(exc)}") from None
+    except Exception as exc:
+        # boto3.exceptions.S3UploadFailedError, s3transfer errors: not BotoCoreError.
+        if type(exc).__module__.split(".")[0] in ("boto3", "s3transfer", "botocore", "urllib3"):
+            raise OffsiteError(f"{action}: {describe_error(exc)}") from None
+        raise
+
+
+@dataclass
+class RemoteObject:
+    """A data object under the prefix whose name is one of this database's backups."""
+
+    entry: BackupEntry
+    has_manifest: bool
+    last_modified: datetime | None
+
+
+class S3Store:
+    """The BackupStore protocol on an S3 bucket (see the module docstring for the layout)."""
+
+    def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
+        bucket = settings.s3_bucket
+        if not bucket:
+            raise ConfigError("DB_BACKUP_S3_BUCKET: not set; set it to the bucket to copy to")
+        check_settings(settings)
+        self.bucket = bucket
+        self.prefix = settings.s3_prefix
+        self.settings = settings
+        self.client: S3Client = client or make_client(settings)
+
+    @property
+    def description(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def uri(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.key(name)}"
+
+    # --- listing -------------------------------------------------------------------
+    def scan(self, database: str) -> list[RemoteObject]:
+        """Every data object of ``database`` under the prefix, committed or not, newest first."""
+        sizes: dict[str, tuple[int, datetime | None]] = {}
+        manifests: set[str] = set()
+        with translated_errors(f"listing {self.description}"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            # Delimiter "/": only keys directly under the prefix; names never hold "/".
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix,
+                                           Delimiter="/"):
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(self.prefix):]
+                    if name.endswith(MANIFEST_SUFFIX):
+                        manifests.add(name[: -len(MANIFEST_SUFFIX)])
+                    else:
+                        sizes[name] = (item.get("Size", 0), item.get("LastModified"))
+        objects: list[RemoteObject] = []
+        for name, (size, modified) in sizes.items():
+            parsed = parse_backup_name(name)
+            if parsed is None or parsed.database != database:
+                continue  # not ours: never listed, never deleted
+            committed = name in manifests
+            manifest, problem = self.load_manifest(name) if committed else (None, None)
+            objects.append(RemoteObject(BackupEntry(parsed, size, manifest, problem),
+                                        committed, modified))
+        objects.sort(key=lambda o: (o.entry.parsed.taken_at, o.entry.name), reverse=True)
+        return objects
+
+    def list_backups(self, database: str) -> list[BackupEntry]:
+        """This database's committed backups (data object + manifest), newest first."""
+        return [o.entry for o in self.scan(database) if o.has_manifest]
+
+    def find(self, name: str) -> RemoteObject | None:
+        """One object by name (committed or not); None if there is no data object."""
+        parsed = parse_backup_name(name)
+        if parsed is None:
+            return None
+        with translated_errors(f"reading {self.uri(name)}"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+            except ClientError as exc:
+                if _is_missing(exc):
+                    return None
+                raise
+        manifest, problem = self.load_manifest(name)
+        committed = manifest is not None or problem is not None
+        return RemoteObject(BackupEntry(parsed, head["ContentLength"], manifest, problem),
+                            committed, head.get("LastModified"))
+
+    # --- manifests -----------------------------------------------------------------
+    def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
+        """(manifest, None), (None, None) when there is none, or (None, problem)."""
+        with translated_errors(f"reading {self.uri(manifest_name(name))}"):
+            try:
+                response = self.client.get_object(Bucket=self.bucket,
+                                                  Key=self.key(manifest_name(name)))
+            except ClientError as exc:
+                if _is_missing(exc):
+                    return None, None
+                raise
+            data = response["Body"].read()
+        try:
+            manifest = parse_manifest(data)
+        except ManifestError as exc:
+            return None, str(exc)
+        if manifest.name != name:
+            return None, f"manifest describes {manifest.name}, not {name}"
+        return manifest, None
+
+    def read_manifest(self, name: str) -> Manifest | None:
+        manifest, problem = self.load_manifest(name)
+        if problem is not None:
+            raise ManifestError(problem)
+        return manifest
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        with translated_errors(f"writing {self.uri(manifest_name(manifest.name))}"):
+            self.client.put_object(Bucket=self.bucket, Key=self.key(manifest_name(manifest.name)),
+                                   Body=manifest.to_json(), ContentType="application/json",
+                                   **self._object_args())
+
+    # --- data ----------------------------------------------------------------------
+    def upload(self, path: Path, manifest: Manifest, cancel: CancelToken | None = None) -> None:
+        """Upload a verified local backup, check its size in S3, then commit its manifest."""
+        name = manifest.name
+        size = path.stat().st_size
+        if size != manifest.stored_bytes:
+            raise OffsiteError(f"{name}: {size} bytes on disk but the manifest says "
+                               f"{manifest.stored_bytes}; not uploaded")
+        with translated_errors(f"uploading {name} to {self.description}"):
+            self._transfer(lambda manager: manager.upload(
+                str(path), self.bucket, self.key(name),
+                extra_args={"ContentType": "application/octet-stream", **self._object_args()},
+            ), size, cancel)
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+        if head["ContentLength"] != size:
+            raise OffsiteError(f"uploaded {name} but S3 holds {head['ContentLength']} bytes, "
+                               f"not {size}; it stays pending")
+        self.write_manifest(manifest)
+
+    def fetch(self, name: str, destination: Path, cancel: CancelToken | None = None) -> None:
+        """Download into ``destination`` (created here, 0600; must not exist)."""
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle, \
+                translated_errors(f"downloading {self.uri(name)}"):
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+            self._transfer(lambda manager: manager.download(
+                self.bucket, self.key(name), handle), head["ContentLength"], cancel)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def delete(self, name: str) -> None:
+        # Manifest first: a crash in between leaves an uncommitted object (never listed,
+        # reported by verify --remote), never a manifest vouching for missing data.
+        with translated_errors(f"deleting {self.uri(name)}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(manifest_name(name)))
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+
+    # --- helpers -------------------------------------------------------------------
+    def _object_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self.settings.s3_sse:
+            args["ServerSideEncryption"] = self.settings.s3_sse
+        if self.settings.s3_sse_kms_key_id is not None:
+            args["SSEKMSKeyId"] = self.settings.s3_sse_kms_key_id.get_secret_value()
+        if self.settings.s3_storage_class:
+            args["StorageClass"] = self.settings.s3_storage_class
+        return args
+
+    def _transfer(self, start: Any, size: int, cancel: CancelToken | None) -> None:
+        chunk = part_size_for(size)
+        config = TransferConfig(
+            multipart_threshold=MIN_PART_SIZE, multipart_chunksize=chunk,
+            max_concurrency=MAX_CONCURRENCY, use_threads=True,
+            # Bounded memory for downloads: a few chunks in flight, whatever the file size.
+            max_io_queue=MAX_CONCURRENCY * 4, preferred_transfer_client="classic",
+        )
+        with create_transfer_manager(self.client, config) as manager:
+            future = start(manager)
+            unregister = cancel.on_cancel(future.cancel) if cancel is not None else None
+            try:
+                future.result()
+            finally:
+                if unregister is not None:
+                    unregister()
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+
+
+def _is_missing(exc: ClientError) -> bool:
+    return str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound")
+
+
+def check_settings(settings: Settings) -> None:
+    """Settings that would only fail at upload time, refused up front with one line."""
+    endpoint = settings.s3_endpoint_url
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError("S3_ENDPOINT_URL: must start with http:// or https:// "
+                          "(e.g. https://minio.example.com:9000)")
+    if settings.s3_sse_kms_key_id is not None and settings.s3_sse != "aws:kms":
+        raise ConfigError("S3_SSE_KMS_KEY_ID: only used with S3_SSE=aws:kms; set S3_SSE=aws:kms "
+                          "or unset S3_SSE_KMS_KEY_ID")
+    bucket = settings.s3_bucket or ""
+    if "/" in bucket or not bucket.strip():
+        raise ConfigError("DB_BACKUP_S3_BUCKET: give the bucket name only (no s3:// or path); "
+                          "put a path in DB_BACKUP_S3_PREFIX")
+
+
+def make_client(settings: Settings) -> S3Client:
+    """A client that works against AWS and real S3-compatible stores.
+
+    Credentials come from boto3's standard chain only (environment, profile, instance
+    role); the values found are registered with the log redactor.
+    """
+    timeout = settings.s3_timeout_seconds
+    config = Config(
+        region_name=settings.s3_region,
+        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        # Stores that predate the 2025 default integrity headers (older MinIO, Ceph, R2
+        # at the time) reject them; send and check checksums only where S3 requires them.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # Custom endpoints rarely have wildcard DNS for virtual-hosted buckets.
+        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        max_pool_connections=MAX_CONCURRENCY * 2,
+        user_agent_extra="backupd",
+    )
+    try:
+        session = boto3.session.Session()
+        credentials = session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            redact.add(frozen.access_key, frozen.secret_key, frozen.token)
+        return session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
+    except ValueError as exc:  # botocore: invalid endpoint or region
+        raise ConfigError(f"S3_ENDPOINT_URL/S3_REGION: {redact(str(exc))}") from None
+    except BotoCoreError as exc:  # a broken profile, for example
+        raise ConfigError(f"AWS configuration: {describe_error(exc)}") from None
