@@ -108,7 +108,8 @@ def verify(
                 detail = f": {check['detail']}" if check["detail"] else ""
                 print(f"    {mark:<4} {check['check']}{detail}")
             if not report["content_checked"]:
-                print("    note content not checked (see the report's details)")
+                print("    note content not checked: "
+                      + (report.get("content_note") or "see the report's details"))
     finish(result, quiet=bool(reports) and result.ok)
 
 

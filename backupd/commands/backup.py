@@ -18,9 +18,10 @@ from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
+from backupd.pipeline.encrypt import encryptor_for, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.result import human_bytes
-from backupd.verification import verify_file
+from backupd.verification import content_checker_for, verify_file
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
@@ -32,7 +33,11 @@ def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
         with connect(settings) as conn:
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
         previous = next((e for e in store.list_backups(settings.postgres_db) if e.verified), None)
-        suffix = data_suffix(settings.backup_format, settings.compression, encrypted=False)
+        # Keys are checked before pg_dump starts: a bad key is a ConfigError, not a lost dump.
+        recipients = recipient_strings(settings)
+        checker = content_checker_for(settings)
+        suffix = data_suffix(settings.backup_format, settings.compression,
+                             encrypted=bool(recipients))
         started = _unique_start(ctx, suffix)
         name = backup_name(settings.postgres_db, started, suffix)
         parsed = parse_backup_name(name)
@@ -43,7 +48,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
             outcome = dump_to_file(
                 settings, store.directory / name, ctx.cancel,
                 backup_format=settings.backup_format, compression=settings.compression,
-                level=settings.compression_level,
+                level=settings.compression_level, encryptor=encryptor_for(settings),
             )
         except DumpFailed as exc:
             ctx.result.stderr_tail = exc.stderr_tail
@@ -59,11 +64,12 @@ def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
             compression="none" if settings.backup_format == "custom" else settings.compression,
             compression_level=settings.compression_level, raw_bytes=outcome.raw_bytes,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
+            encrypted=bool(recipients), age_recipients=recipients,
         )
         store.write_manifest(manifest)
         ctx.result.size_bytes = outcome.stored_bytes
         ctx.result.stderr_tail = outcome.stderr_tail or None
-        report = verify_file(store.directory / name, parsed, manifest)
+        report = verify_file(store.directory / name, parsed, manifest, content_checker=checker)
         record_outcome(store, manifest, report)
         ctx.result.details["verify"] = report.to_dict()
         if not report.ok:

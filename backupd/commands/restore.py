@@ -17,9 +17,11 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 from psycopg import sql
+from pyrage import x25519
 
 from backupd import offsite
 from backupd.errors import ConfigError, JobFailed
@@ -34,10 +36,12 @@ from backupd.pg import (
     tool_path,
 )
 from backupd.pipeline.compress import open_decompressed
+from backupd.pipeline.custom import restore_archive
+from backupd.pipeline.encrypt import DecryptedReader, load_identities
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
 from backupd.storage.local import UnsafePathError
-from backupd.verification import verify_file
+from backupd.verification import check_other_content, verify_file
 
 MAINTENANCE_DB = "postgres"
 Confirm = Callable[[str], bool]
@@ -112,7 +116,13 @@ def restore_file(
     target = target_db or settings.postgres_db
     ctx.result.backup_name = entry.name
     ctx.result.details["target_database"] = target
-    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error)
+    identities = load_identities(settings)
+    if entry.parsed.encrypted and identities is None:
+        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name} is encrypted; set it to "
+                          "the age identity file whose key it was encrypted to; nothing was "
+                          "changed")
+    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
+                         lambda p, parsed, r: check_other_content(p, parsed, r, identities))
     ctx.result.details["verify"] = report.to_dict()
     if not report.ok:
         raise JobFailed(f"refusing to restore {entry.name}: it failed verification: "
@@ -135,7 +145,10 @@ def restore_file(
             create_database(admin, scratch)
         started = datetime.now(UTC)
         try:
-            stream_into_psql(ctx, path, entry.parsed, scratch)
+            if entry.parsed.backup_format == "custom":
+                _pg_restore(ctx, path, entry.parsed, scratch, identities, atomic=not created)
+            else:
+                stream_into_psql(ctx, path, entry.parsed, scratch, identities)
         except BaseException:
             if created:
                 drop_database(admin, scratch)
@@ -170,7 +183,20 @@ def _swap(admin: psycopg.Connection[tuple], target: str, scratch: str, kept: str
         sql.Identifier(scratch), sql.Identifier(target)))
 
 
-def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: str) -> None:
+def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
+                identities: list[x25519.Identity] | None, *, atomic: bool) -> None:
+    """Custom format: pg_restore with DB_RESTORE_JOBS parallel jobs into a database we created
+    (dropped on failure); one transaction when restoring into an existing empty database."""
+    problem, stderr = restore_archive(
+        ctx.settings, path, database, ctx.cancel,
+        identities=identities if parsed.encrypted else None, single_transaction=atomic)
+    if problem is not None:
+        ctx.result.stderr_tail = "\n".join(stderr) or None
+        raise JobFailed(f"restore into {database!r} failed: {problem}")
+
+
+def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
+                     identities: list[x25519.Identity] | None = None) -> None:
     """Feed the decompressed dump to psql: one transaction, stop at the first error."""
     argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction",
             "--set", "ON_ERROR_STOP=1", "--output", "/dev/null"]
@@ -186,7 +212,11 @@ def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: 
     unregister = ctx.cancel.on_cancel(process.terminate)
     broken_pipe = False
     try:
-        with open_decompressed(str(path), parsed.compression) as source:
+        raw: str | BinaryIO = str(path)
+        if parsed.encrypted:
+            assert identities is not None
+            raw = DecryptedReader(path, identities)  # type: ignore[assignment]
+        with open_decompressed(raw, parsed.compression) as source:
             try:
                 shutil.copyfileobj(source, process.stdin, 1024 * 1024)
                 process.stdin.close()

@@ -11,14 +11,20 @@ from backupd.manifest import Manifest
 from backupd.naming import parse_backup_name
 from backupd.storage.base import BackupEntry
 from backupd.storage.local import LocalStore, UnsafePathError
-from backupd.verification import VerifyReport, verify_file
+from backupd.verification import (
+    ContentChecker,
+    VerifyReport,
+    content_checker_for,
+    verify_file,
+)
 
 
-def verify_entry(store: LocalStore, entry: BackupEntry, record: bool = True) -> VerifyReport:
+def verify_entry(store: LocalStore, entry: BackupEntry, record: bool = True,
+                 content_checker: ContentChecker | None = None) -> VerifyReport:
     """Verify one local backup and, when it has a manifest, write down the outcome."""
     report = verify_file(store.resolve(entry.name), entry.parsed, entry.manifest,
-                         entry.manifest_error)
-    if record and entry.manifest is not None:
+                         entry.manifest_error, content_checker)
+    if record and entry.manifest is not None and not report.inconclusive:
         record_outcome(store, entry.manifest, report)
     return report
 
@@ -67,9 +73,10 @@ def run(ctx: JobContext, names: list[str], verify_all: bool = False,
     if not entries:
         raise JobFailed(f"no backups of {ctx.settings.postgres_db!r} in {ctx.store.description}")
     reports = []
+    checker = content_checker_for(ctx.settings)  # decrypts .age files where an identity is set
     for entry in entries:
         ctx.cancel.raise_if_cancelled()
-        report = verify_entry(ctx.store, entry)
+        report = verify_entry(ctx.store, entry, content_checker=checker)
         ctx.say(f"{'OK' if report.ok else 'FAILED'} {entry.name}"
                 + ("" if report.ok else f": {report.problem}"))
         reports.append(report)

@@ -45,9 +45,10 @@ class GzipStreamChecker:
         self.finished_member = False
 
     def feed(self, chunk: bytes) -> bytes:
-        out = bytearray()
+        # A list, not a growing bytearray: one member (the usual case) is returned uncopied.
+        out: list[bytes] = []
         while chunk:
-            out += self._inflater.decompress(chunk)
+            out.append(self._inflater.decompress(chunk))
             if not self._inflater.eof:
                 break
             chunk = self._inflater.unused_data
@@ -57,7 +58,7 @@ class GzipStreamChecker:
                     raise ValueError("trailing garbage after the gzip stream")
                 self._inflater = isal_zlib.decompressobj(wbits=31)
                 self.finished_member = False
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finish(self) -> None:
         if not self._inflater.eof:
@@ -90,10 +91,11 @@ def open_checker(compression: str) -> GzipStreamChecker | ZstdStreamChecker:
     raise ValueError(f"unknown compression {compression!r}")
 
 
-def open_decompressed(path: str, compression: str) -> BinaryIO:
-    """A readable stream of the decompressed content (used by restore)."""
+def open_decompressed(path: str | BinaryIO, compression: str) -> BinaryIO:
+    """A readable stream of the decompressed content of a file path or a stream (restore)."""
     if compression == "gzip":
         return igzip_threaded.open(path, "rb", threads=1)  # type: ignore[no-any-return,no-untyped-call]
+    source = open(path, "rb") if isinstance(path, str) else path  # noqa: SIM115
     if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
+        return zstandard.ZstdDecompressor().stream_reader(source, closefd=True)
+    return source

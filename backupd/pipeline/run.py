@@ -53,6 +53,9 @@ def dump_to_file(
 ) -> DumpOutcome:
     """Write a complete, fsynced backup at ``destination``, or raise and leave nothing."""
     dump = PgDump(settings, backup_format)
+    if backup_format == "custom" and level is not None:
+        # Custom format compresses inside pg_dump (zlib, levels 0-9).
+        dump.argv.append(f"--compress={min(level, 9)}")
     head_tail = HeadTail()
     with atomic_write(destination) as out:
         hashing = HashingWriter(out)
@@ -76,6 +79,9 @@ def dump_to_file(
             code = dump.wait()
         except BaseException:
             dump.stop()
+            abort = getattr(encrypting, "abort", None)
+            if abort is not None:
+                abort()  # stop the encrypting thread; the partial file is discarded
             raise
         finally:
             unregister()

@@ -1,0 +1,309 @@
+"""Encryption at rest with age (https://age-encryption.org), streaming, via pyrage.
+
+The sidecar only ever holds *public* keys (DB_BACKUP_AGE_RECIPIENTS[_FILE]): a stolen
+sidecar or bucket cannot read the backups. Decrypting (restore, full verify) takes the
+identity file (DB_BACKUP_AGE_IDENTITY_FILE) on the restoring machine.
+
+pyrage's ``encrypt_io``/``decrypt_io`` stream in age's 64 KiB STREAM chunks, but they
+*pull* from a reader while the backup pipeline *pushes* into writers. The adapters here
+join the two with a small bounded queue or a pipe and one thread, so memory stays at
+a few blocks whatever the size of the backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import pyrage
+from pyrage import x25519
+
+from backupd.errors import ConfigError, JobFailed
+from backupd.log import redact
+from backupd.settings import Settings
+
+# Chunks in flight between the compressor and the encrypting thread (each <= ~1 MiB).
+QUEUE_DEPTH = 8
+PIPE_CHUNK = 1024 * 1024
+_EOF = b""
+
+
+class AgeError(JobFailed):
+    """Decryption failed: wrong identity, or a damaged/tampered file. One line, no secret."""
+
+    @property
+    def key_mismatch(self) -> bool:
+        """The identity does not fit: says nothing about the file itself."""
+        return str(self).startswith(_NO_MATCHING_KEY)
+
+
+_NO_MATCHING_KEY = "no identity in DB_BACKUP_AGE_IDENTITY_FILE matches"
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+def _key_lines(text: str) -> list[str]:
+    """age key files: one key per line, ``#`` comments and blank lines ignored."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def load_recipients(settings: Settings) -> list[x25519.Recipient]:
+    """The public keys to encrypt to; empty when encryption is off. ConfigError if invalid."""
+    sources: list[tuple[str, str]] = []
+    if settings.age_recipients:
+        # Several keys may be given separated by commas, spaces or newlines.
+        text = settings.age_recipients.replace(",", " ")
+        sources += [("DB_BACKUP_AGE_RECIPIENTS", key) for key in text.split()]
+    if settings.age_recipients_file is not None:
+        try:
+            text = settings.age_recipients_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"DB_BACKUP_AGE_RECIPIENTS_FILE: cannot read {settings.age_recipients_file}: "
+                f"{exc.strerror}; point it at a file of age public keys (age1...), one a line"
+            ) from None
+        sources += [("DB_BACKUP_AGE_RECIPIENTS_FILE", key) for key in _key_lines(text)]
+        if not any(s == "DB_BACKUP_AGE_RECIPIENTS_FILE" for s, _ in sources):
+            raise ConfigError(f"DB_BACKUP_AGE_RECIPIENTS_FILE: {settings.age_recipients_file} "
+                              "holds no public key; add one age1... key a line")
+    recipients: list[x25519.Recipient] = []
+    for setting, key in sources:
+        if key.startswith("AGE-SECRET-KEY-"):
+            # Someone pasted the private key: never echo it, and say why it is refused.
+            redact.add(key)
+            raise ConfigError(f"{setting}: holds an age *identity* (private key); give the "
+                              "public key instead (age-keygen -y FILE prints it) and keep the "
+                              "identity off this machine")
+        try:
+            recipients.append(x25519.Recipient.from_str(key))
+        except pyrage.RecipientError:
+            shown = key if len(key) <= 80 else key[:77] + "..."
+            raise ConfigError(f"{setting}: {shown!r} is not an age public key (expected "
+                              "age1...; create one with age-keygen)") from None
+    return recipients
+
+
+def load_identities(settings: Settings) -> list[x25519.Identity] | None:
+    """The private keys for decrypting, or None when DB_BACKUP_AGE_IDENTITY_FILE is unset."""
+    path = settings.age_identity_file
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: cannot read {path}: {exc.strerror}; "
+                          "point it at the age identity file (age-keygen output)") from None
+    keys = _key_lines(text)
+    redact.add(*keys)  # secrets: masked in every log line from here on
+    identities: list[x25519.Identity] = []
+    for key in keys:
+        try:
+            identities.append(x25519.Identity.from_str(key))
+        except pyrage.IdentityError:
+            raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {path} holds a line that is not "
+                              "an age identity (expected AGE-SECRET-KEY-1...)") from None
+    if not identities:
+        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {path} holds no age identity "
+                          "(expected a line AGE-SECRET-KEY-1...)")
+    return identities
+
+
+def describe_decrypt_error(exc: BaseException) -> str:
+    text = str(exc)
+    if "No matching keys" in text:
+        return f"{_NO_MATCHING_KEY} this backup's recipients (wrong key file?)"
+    if "Header MAC" in text or "header" in text.lower():
+        return f"the age header is damaged or was tampered with ({text})"
+    return f"the encrypted data is damaged, truncated or was tampered with ({text})"
+
+
+# --- encrypting: a writer in the backup pipeline -------------------------------------------
+
+class _QueueReader:
+    """The reader end handed to pyrage: hands out the queued chunks in small slices."""
+
+    def __init__(self, chunks: queue.Queue[bytes]) -> None:
+        self._chunks = chunks
+        self._current = memoryview(b"")
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._current:
+            if self._done:
+                return b""
+            chunk = self._chunks.get()
+            if chunk is _EOF:
+                self._done = True
+                return b""
+            self._current = memoryview(chunk)
+        if size < 0:
+            size = len(self._current)
+        piece = bytes(self._current[:size])
+        self._current = self._current[size:]
+        return piece
+
+
+class AgeEncryptingWriter:
+    """A writable stream that age-encrypts into ``sink`` (the hashing writer) in a thread."""
+
+    def __init__(self, sink: BinaryIO, recipients: list[x25519.Recipient]) -> None:
+        self._chunks: queue.Queue[bytes] = queue.Queue(QUEUE_DEPTH)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._encrypt, args=(_QueueReader(self._chunks), sink, recipients),
+            name="age-encrypt", daemon=True)
+        self._thread.start()
+
+    def _encrypt(self, reader: _QueueReader, sink: BinaryIO,
+                 recipients: list[x25519.Recipient]) -> None:
+        try:
+            pyrage.encrypt_io(reader, sink, recipients)
+        except BaseException as exc:  # reported by write()/close() in the pipeline's thread
+            self._error = exc
+
+    def _put(self, chunk: bytes) -> None:
+        while True:
+            if self._error is not None or not self._thread.is_alive():
+                raise JobFailed(f"age encryption failed: {self._error or 'encryptor stopped'}")
+            try:
+                self._chunks.put(chunk, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if data:
+            self._put(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush: close() finishes the age stream."""
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Finish the age stream (final chunk and its tag); raise if encryption failed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._put(_EOF)
+        self._thread.join()
+        if self._error is not None:
+            raise JobFailed(f"age encryption failed: {self._error}")
+
+    def abort(self) -> None:
+        """Stop the thread after a failure elsewhere in the pipeline (the file is discarded)."""
+        if self._closed:
+            return
+        self._closed = True
+        # Unblock a reader waiting for data; drop whatever is queued.
+        while True:
+            try:
+                self._chunks.get_nowait()
+            except queue.Empty:
+                break
+        with contextlib.suppress(queue.Full):
+            self._chunks.put_nowait(_EOF)
+        self._thread.join(10)
+
+
+def encryptor_for(settings: Settings) -> Callable[[BinaryIO], BinaryIO] | None:
+    """The pipeline's EncryptorFactory, or None when no recipients are configured."""
+    recipients = load_recipients(settings)
+    if not recipients:
+        return None
+    return lambda sink: AgeEncryptingWriter(sink, recipients)  # type: ignore[return-value]
+
+
+def recipient_strings(settings: Settings) -> list[str]:
+    return [str(r) for r in load_recipients(settings)]
+
+
+# --- decrypting -----------------------------------------------------------------------------
+
+class Feed(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+
+def decrypt_into(source: BinaryIO, sink: Feed, identities: list[x25519.Identity]) -> None:
+    """Stream-decrypt ``source`` into ``sink``; AgeError (one line) on any failure.
+
+    age authenticates every 64 KiB chunk before it is released, so ``sink`` only ever
+    sees authentic plaintext; a truncated or altered file fails at the damaged chunk.
+    """
+    try:
+        pyrage.decrypt_io(source, sink, identities)
+    except (pyrage.DecryptError, OSError, ValueError) as exc:
+        raise AgeError(describe_decrypt_error(exc)) from None
+
+
+def decrypt_to_path(source: Path, destination_fd: int, identities: list[x25519.Identity]) -> None:
+    """Decrypt ``source`` into an already-open (0600, private) file descriptor."""
+    with open(source, "rb") as reader, os.fdopen(destination_fd, "wb", closefd=False,
+                                                  buffering=PIPE_CHUNK) as writer:
+        decrypt_into(reader, writer, identities)
+        writer.flush()
+
+
+class DecryptedReader:
+    """A readable stream of the plaintext of an .age file, decrypted in a thread.
+
+    End of stream is reported only after the whole file decrypted and authenticated;
+    if decryption fails, read() raises AgeError instead of returning a short stream,
+    so a consumer (psql) never mistakes a truncated plaintext for a complete one.
+    """
+
+    def __init__(self, path: Path, identities: list[x25519.Identity]) -> None:
+        read_fd, write_fd = os.pipe()
+        self._pipe = os.fdopen(read_fd, "rb", buffering=0)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._decrypt, args=(path, write_fd, identities),
+                                        name="age-decrypt", daemon=True)
+        self._thread.start()
+
+    def _decrypt(self, path: Path, write_fd: int, identities: list[x25519.Identity]) -> None:
+        try:
+            with open(path, "rb") as source, os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK) as out:
+                decrypt_into(source, out, identities)
+        except BaseException as exc:
+            self._error = exc
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._pipe.read(size if size >= 0 else PIPE_CHUNK)
+        if not data:
+            self._thread.join()
+            if self._error is not None:
+                if isinstance(self._error, AgeError):
+                    raise self._error
+                raise AgeError(describe_decrypt_error(self._error))
+        return data or b""
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._pipe.close()  # a writer still running gets EPIPE and ends
+        self._thread.join(10)
+
+    def __enter__(self) -> DecryptedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

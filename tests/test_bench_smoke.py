@@ -1,0 +1,38 @@
+"""The benchmark harness runs end to end at the smallest scale (a smoke test, not a timed test:
+it checks that the harness works and prints its tables, never the figures themselves)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers.pg import REPO_ROOT, ServerAddress, connect, fixture_sql_path
+
+
+def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
+    pg_server: ServerAddress, tmp_path: Path,
+) -> None:
+    out = tmp_path / "bench.md"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "PGHOST": pg_server.host, "PGPORT": str(pg_server.port), "PGUSER": pg_server.user}
+    with subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--scale", "1", "--repeat", "1",
+         "--fixture", str(fixture_sql_path()), "--workdir", str(tmp_path), "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        stdout, stderr = proc.communicate(timeout=280)
+
+    assert proc.returncode == 0, stderr[-3000:]
+    for heading in ("### Backup", "### Verify", "### Restore", "### Peak memory"):
+        assert heading in stdout
+    assert "ratio vs `pg_dump \\| gzip`" in stdout
+    assert "ratio vs `gzip -t`" in stdout
+    assert "ratio vs `gunzip -c \\| psql`" in stdout
+    assert "Default backup vs the floor" in stdout
+    assert out.read_text().strip() == stdout.strip()
+    # It cleans up after itself: no database of this run is left on the server.
+    with connect(pg_server) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                            (f"backupd\\_bench\\_{proc.pid}\\_%",)).fetchall()
+    assert left == []
