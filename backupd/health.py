@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from backupd.daemon.cron import parse_cron, parse_zone
+from backupd.daemon.state import STALE_AFTER, STATE_FILE
 from backupd.errors import ConfigError
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
 from backupd.storage.local import LocalStore
 
-# Written by the daemon (backupd.daemon.state); `backupd health` reads its heartbeat.
-STATE_FILE = ".backupd-state.json"
-# The daemon refreshes `updated_at` at least once a minute; five missed refreshes = dead.
-DAEMON_STATE_STALE = timedelta(minutes=5)
+# The daemon refreshes `updated_at` every HEARTBEAT_SECONDS; silent for longer than the
+# daemon's own STALE_AFTER, it is gone (the same rule `backupd status` applies).
+DAEMON_STATE_STALE = STALE_AFTER
 # BACKUP_MAX_AGE_HOURS default: the longest gap between two scheduled runs, times this,
 # plus MAX_AGE_SLACK (one slow or retried backup must not flap the health check).
 MAX_AGE_FACTOR = 1.5

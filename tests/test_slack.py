@@ -74,7 +74,8 @@ def deliver(receiver: HttpReceiver, result: JobResult, **kwargs: Any) -> dict[st
 
 
 def test_success_payload_says_what_which_how_big_how_long(http_receiver: HttpReceiver) -> None:
-    result = make_result(Status.SUCCESS, backup_name="certificate_verification_20250101_020000.sql.gz",
+    result = make_result(Status.SUCCESS,
+                         backup_name="certificate_verification_20250101_020000.sql.gz",
                          size_bytes=5 * MiB, previous_size_bytes=4 * MiB, deleted=["old.sql.gz"])
     payload = deliver(http_receiver, result)
     text = payload_text(payload)
@@ -185,9 +186,9 @@ def test_server_errors_are_retried_within_the_budget(http_receiver: HttpReceiver
     http_receiver.set_behaviour("error")
     started = time.monotonic()
     with pytest.raises(SlackDeliveryError, match="HTTP 500"):
-        SlackNotifier(webhook_url(http_receiver), timeout_seconds=3).notify(
+        SlackNotifier(webhook_url(http_receiver), timeout_seconds=2).notify(
             make_result(Status.FAILED, error="x"))
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 2.0
     assert len(http_receiver.requests) >= 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import socket
 import threading
 import time
@@ -27,7 +28,9 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.http_retry.jitter import Jitter
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
@@ -290,7 +293,8 @@ class _WithinBudget(RetryHandler):
     """Retry only while the wait plus a useful attempt still fit in the deadline."""
 
     def __init__(self, deadline: Deadline, before_retry: Any) -> None:
-        super().__init__(max_retry_count=_MAX_RETRIES)
+        super().__init__(max_retry_count=_MAX_RETRIES,
+                         interval_calculator=BackoffRetryIntervalCalculator(0.5, _SmallJitter()))
         self.deadline = deadline
         self.before_retry = before_retry
 
@@ -321,6 +325,13 @@ class _WithinBudget(RetryHandler):
         self.before_retry()
         state.next_attempt_requested = True
         state.increment_current_attempt()
+
+
+class _SmallJitter(Jitter):
+    """Up to +20%: slack-sdk's default adds up to a whole second, most of a small budget."""
+
+    def recalculate(self, duration: float) -> float:
+        return duration * (1 + 0.2 * random.random())  # noqa: S311 -- not for security
 
 
 class _ConnectionErrors(_WithinBudget, ConnectionErrorRetryHandler):

@@ -1,0 +1,115 @@
+"""The chain the settings build: which notifiers, in which order, and that one broken notifier
+never keeps a result from the others.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import structlog
+from helpers.cli import run_backupd
+from helpers.http_receiver import HttpReceiver
+
+from backupd.errors import ConfigError
+from backupd.log import configure_logging
+from backupd.notify import build_chain
+from backupd.notify.base import NotifierChain
+from backupd.notify.heartbeat import HeartbeatNotifier
+from backupd.notify.slack import SlackNotifier
+from backupd.result import JobResult, Status
+from backupd.settings import Settings
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.results: list[JobResult] = []
+        self.delivered = threading.Event()
+
+    def notify(self, result: JobResult) -> None:
+        self.results.append(result)
+        self.delivered.set()
+
+
+class Exploding:
+    name = "exploding"
+
+    def notify(self, result: JobResult) -> None:
+        raise RuntimeError("notifier bug")
+
+
+def settings(**env: object) -> Settings:
+    return Settings(**env)  # type: ignore[arg-type]
+
+
+def test_chain_holds_what_the_settings_ask_for_in_order(tmp_path: Path) -> None:
+    plain = build_chain(settings(HEALTH_PORT=0, DB_BACKUP_DIR=str(tmp_path)))
+    assert [n.name for n in plain.notifiers] == ["structlog", "logfile"]
+    full = build_chain(settings(
+        DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT=9999, NOTIFY_TIMEOUT_SECONDS=3,
+        SLACK_WEBHOOK_URL="https://hooks.slack.example/services/T/B/x",
+        HEARTBEAT_URL="https://hc-ping.example/abc",
+    ), Recorder())
+    assert [n.name for n in full.notifiers] == [
+        "structlog", "logfile", "metrics", "heartbeat", "slack", "recorder"]
+    assert full.timeout_seconds == 3
+
+
+@pytest.mark.parametrize("variable", ["SLACK_WEBHOOK_URL", "HEARTBEAT_URL"])
+def test_a_url_that_is_not_http_is_a_config_error(variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}: must be an http"):
+        build_chain(settings(HEALTH_PORT=0, **{variable: "hooks.slack.com/services/T/B/x"}))
+
+
+def test_cli_names_the_bad_url_setting_and_hides_its_value() -> None:
+    secret = "file:///services/T000/B000/not-a-web-url"
+    proc = run_backupd(["backup"], {"SLACK_WEBHOOK_URL": secret, "HEALTH_PORT": "0",
+                                    "DB_BACKUP_DIR": "/nonexistent/backupd-test"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "backupd: error: SLACK_WEBHOOK_URL: must be an http")
+    assert secret not in proc.stderr + proc.stdout
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """backupd's real log configuration (redaction included), written into a buffer."""
+    configure_logging("json")
+    buffer = io.StringIO()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=buffer))
+    yield buffer
+    structlog.reset_defaults()
+
+
+def test_every_notifier_gets_the_result_despite_broken_ones(
+    http_receiver: HttpReceiver, json_logs: io.StringIO
+) -> None:
+    """A hanging Slack, a refused heartbeat and a raising notifier: the last one still hears."""
+    http_receiver.set_behaviour("hang")
+    slack_url = f"{http_receiver.url}/T1/B1/secret-token-123"
+    heartbeat_url = http_receiver.refused_url()
+    recorder = Recorder()
+    chain = NotifierChain([
+        Exploding(),
+        SlackNotifier(slack_url, timeout_seconds=1.0),
+        HeartbeatNotifier(heartbeat_url, timeout_seconds=1.0),
+        recorder,
+    ], timeout_seconds=1.0)
+    result = JobResult(job="backup", database="db", started_at=datetime.now(UTC))
+    result.finish(Status.MISSED, "the daemon was down at 02:00")
+    started = time.monotonic()
+    chain.deliver(result)
+    elapsed = time.monotonic() - started
+    assert recorder.results == [result]
+    assert elapsed < 2 * 1.0 + 0.5  # each network notifier at most its timeout
+    err = json_logs.getvalue()
+    assert err.count('"notifier failed"') + err.count('"notifier timed out"') == 3
+    assert "notifier bug" in err
+    assert slack_url not in err and heartbeat_url not in err and "secret-token-123" not in err
