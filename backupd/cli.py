@@ -22,6 +22,8 @@ from backupd.commands import health as health_cmd
 from backupd.commands import listing
 from backupd.commands import prune as prune_cmd
 from backupd.commands import restore as restore_cmd
+from backupd.commands import run as run_cmd
+from backupd.commands import status as status_cmd
 from backupd.commands import verify as verify_cmd
 from backupd.errors import BackupdError, ConfigError
 from backupd.job import JobContext, run_job
@@ -184,6 +186,23 @@ def prune(
     for name in result.deleted:
         print(f"{'would delete' if dry_run else 'deleted'} {name}")
     finish(result)
+
+
+@app.command(name="run")
+def run_daemon() -> None:
+    """Run as a daemon: back up on BACKUP_SCHEDULE (cron, in TZ), plus VERIFY_SCHEDULE,
+    RETENTION_SCHEDULE and DRILL_SCHEDULE; SIGTERM cancels a running dump and exits 0."""
+    settings = bootstrap()
+    raise typer.Exit(run_cmd.run(settings))
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the daemon: next run times, last result per job, newest verified backup, health."""
+    settings = bootstrap()
+    raise typer.Exit(status_cmd.run(settings, as_json=as_json))
 
 
 @app.command()

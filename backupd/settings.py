@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         20.0, gt=0, le=3600, validation_alias="SHUTDOWN_TIMEOUT_SECONDS"
     )
+    # A leading seconds field in the *_SCHEDULE expressions (6 fields); meant for tests.
+    schedule_seconds_field: bool = Field(False, validation_alias="SCHEDULE_SECONDS_FIELD")
 
     # --- reporting ---------------------------------------------------------------
     slack_webhook_url: SecretStr | None = Field(None, validation_alias="SLACK_WEBHOOK_URL")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from backupd import offsite
 from backupd.commands import prune
 from backupd.commands.verify import record_outcome
-from backupd.errors import JobFailed
+from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import backup_name, data_suffix, parse_backup_name
@@ -24,12 +24,17 @@ from backupd.result import human_bytes
 from backupd.verification import content_checker_for, verify_file
 
 
-def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
+def run(ctx: JobContext, *, apply_retention: bool = True,
+        not_before: datetime | None = None) -> None:
+    """``not_before``: skip if a verified backup taken at or after it already exists (the
+    daemon passes its schedule slot, so replicas produce exactly one backup per slot)."""
     settings = ctx.settings
     store = ctx.store
     s3 = offsite.configured_store(settings)  # bad S3 settings: exit 2 before any dump
     store.prepare()
     with advisory_lock(settings, "dump"):
+        if not_before is not None:
+            _skip_if_slot_taken(ctx, not_before)
         with connect(settings) as conn:
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
         previous = next((e for e in store.list_backups(settings.postgres_db) if e.verified), None)
@@ -85,6 +90,15 @@ def run(ctx: JobContext, *, apply_retention: bool = True) -> None:
     if apply_retention and settings.retention_schedule is None:
         ctx.result.deleted = prune.sweep(ctx, store)
         ctx.result.deleted += offsite.sweep_remote(ctx, s3)
+
+
+def _skip_if_slot_taken(ctx: JobContext, not_before: datetime) -> None:
+    # Checked under the lock: the other daemon has finished (and verified) by now.
+    for entry in ctx.store.list_backups(ctx.settings.postgres_db):
+        if entry.verified and entry.parsed.taken_at >= not_before.replace(microsecond=0):
+            raise JobSkipped(f"{entry.name} already covers the run due at "
+                             f"{not_before.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
+                             "(another backupd run took it); this run was skipped")
 
 
 def _unique_start(ctx: JobContext, suffix: str) -> datetime:

@@ -1,0 +1,164 @@
+"""``backupd run``: the long-running sidecar that replaces cron.
+
+Start-up validates everything first (schedules, zone, directory, pg_dump against the
+server) so a bad setting is one line and exit 2, not a failure at 2 a.m. Then it
+removes what an interrupted run left behind, schedules the jobs and waits.
+
+SIGTERM/SIGINT: the handler only sets a flag. The main thread stops the scheduler,
+cancels running jobs (pg_dump is terminated and its temporary file removed by the
+pipeline), waits up to SHUTDOWN_TIMEOUT_SECONDS for their results to reach the
+notifiers, and exits 0 (1 if a job could not be stopped in time).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from backupd.daemon.scheduler import Daemon, load_schedules
+from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
+from backupd.errors import JobFailed, JobSkipped
+from backupd.log import get_logger
+from backupd.notify import build_chain
+from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
+from backupd.settings import Settings
+from backupd.storage.local import LocalStore
+
+HTTP_MODULE = "backupd.daemon.http"
+POLL_SECONDS = 0.2
+
+
+class _StopFlag:
+    """Set from a signal handler: a plain attribute, no locks (a handler that takes a
+    lock the interrupted main thread already holds would deadlock)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+
+def run(settings: Settings) -> int:
+    log = get_logger()
+    jobs = load_schedules(settings)  # ConfigError: one line, exit 2
+    store = LocalStore(settings.backup_dir)
+    store.prepare()
+    _check_server(settings)
+    _remove_leftovers(settings, store)
+
+    state = DaemonState(settings.backup_dir)
+    daemon = Daemon(settings, jobs, build_chain(settings), state)
+    stop_http = _start_http(settings, state)  # a taken HEALTH_PORT is exit 2, here
+    stop = _StopFlag()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.start()
+        state.persist()
+        log.info("backupd daemon started", pid=os.getpid(), jobs=sorted(daemon.jobs),
+                 timezone=settings.timezone)
+        next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        # time.sleep returns early on a signal (its handler runs first), so the flag is
+        # seen within POLL_SECONDS without any lock shared with the handler.
+        while stop.signal is None:
+            time.sleep(POLL_SECONDS)
+            if time.monotonic() >= next_heartbeat:
+                state.persist()
+                next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+                if not daemon.alive():
+                    log.error("scheduler thread died; exiting so the container restarts")
+                    stop.signal = -1
+        log.info("shutdown requested", signal=_signal_name(stop.signal),
+                 running=daemon.running_jobs(),
+                 timeout_seconds=settings.shutdown_timeout_seconds)
+        # Keep a margin for the last state write and the exit itself.
+        budget = max(0.5, settings.shutdown_timeout_seconds - 1.0)
+        clean = daemon.shutdown(budget)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stop_http is not None:
+            _call_quietly(stop_http)
+    state.persist(stopped=True)
+    if not clean:
+        log.error("jobs still running at the shutdown deadline; exiting anyway (the next "
+                  "start removes their temporary files)", running=daemon.running_jobs())
+        _hard_exit(1)
+    if stop.signal == -1:
+        return 1
+    log.info("backupd daemon stopped")
+    return 0
+
+
+def _check_server(settings: Settings) -> None:
+    """Refuse a pg_dump older than the server; an unreachable server is not fatal."""
+    log = get_logger()
+    try:
+        with connect(settings) as conn:
+            server, dump = check_pg_dump_not_older(conn)
+    except JobFailed as exc:
+        # The database may start after us (compose); the backup job fails, reports
+        # and succeeds once it is up.
+        log.warning("database not reachable at start-up; continuing", error=str(exc))
+        return
+    log.info("database reachable", server_version=server, pg_dump_version=dump)
+
+
+def _remove_leftovers(settings: Settings, store: LocalStore) -> None:
+    """Delete temporary files of interrupted runs, unless another backupd is dumping now
+    (a replica sharing the directory: its temporary file is live)."""
+    log = get_logger()
+    try:
+        with advisory_lock(settings, "dump"):
+            removed = store.remove_leftovers()
+    except JobSkipped:
+        log.info("another backupd is dumping; leaving temporary files alone")
+        return
+    except JobFailed:
+        removed = store.remove_leftovers()  # no database: nobody can be dumping from it
+    for name in removed:
+        log.warning("removed leftover of an interrupted run", file=name,
+                    directory=str(store.directory))
+
+
+def _start_http(settings: Settings, state: DaemonState) -> Callable[[], Any] | None:
+    if settings.health_port == 0:
+        return None
+    try:
+        module = importlib.import_module(HTTP_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != HTTP_MODULE:
+            raise
+        get_logger().info("health/metrics server not part of this build; HEALTH_PORT ignored")
+        return None
+    stopper: Callable[[], Any] = module.start_http_server(settings, state)
+    return stopper
+
+
+def _call_quietly(function: Callable[[], Any]) -> None:
+    try:
+        function()
+    except Exception as exc:
+        get_logger().warning("stopping the health server failed", error=repr(exc))
+
+
+def _signal_name(signum: int | None) -> str:
+    if signum is None or signum < 0:
+        return "internal"
+    return signal.Signals(signum).name
+
+
+def _hard_exit(code: int) -> None:
+    # Worker threads stuck in a job would keep the interpreter alive past the
+    # orchestrator's kill timeout; leave now, after flushing what was logged.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+

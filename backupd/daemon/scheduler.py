@@ -1,0 +1,306 @@
+"""The daemon's scheduler: one table of jobs, APScheduler 3 to fire them, every run reported.
+
+Every run, whether scheduled, caught up after a restart or started at boot, goes
+through :func:`backupd.job.run_job`, so it ends in one JobResult delivered to the
+notifier chain. Runs that never start (missed beyond the grace period, skipped
+because the previous run is still going) get a result too: nothing is silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from backupd.cancel import CancelToken
+from backupd.commands import backup as backup_cmd
+from backupd.commands import prune as prune_cmd
+from backupd.commands import verify as verify_cmd
+from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
+from backupd.daemon.state import DaemonState
+from backupd.errors import JobFailed
+from backupd.job import JobContext, run_job, skipped_result
+from backupd.log import get_logger
+from backupd.notify.base import NotifierChain
+from backupd.pg import advisory_lock
+from backupd.result import JobResult, Status
+from backupd.settings import ENV_NAMES, Settings
+from backupd.storage.local import LocalStore
+
+# A job body gets the schedule slot the run stands for (None when there is none).
+SlotBody = Callable[[JobContext, datetime | None], None]
+DRILL_MODULE = "backupd.commands.drill"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    field: str  # the Settings field holding the cron expression
+    body: SlotBody
+
+    @property
+    def setting(self) -> str:
+        return ENV_NAMES[self.field]
+
+
+def job_table(settings: Settings) -> list[JobSpec]:
+    """Every job the daemon can schedule. Disabled ones are filtered by the caller."""
+    specs = [
+        # The backup body skips if the slot's backup already exists: replicas that
+        # fire the same slot produce exactly one backup between them.
+        JobSpec("backup", "backup_schedule",
+                lambda ctx, slot: backup_cmd.run(ctx, apply_retention=True, not_before=slot)),
+        JobSpec("verify", "verify_schedule",
+                _locked("verify", lambda ctx: _discard(verify_cmd.run(ctx, [])), needs_db=False)),
+        JobSpec("prune", "retention_schedule",
+                _locked("prune", lambda ctx: prune_cmd.run(ctx), needs_db=False)),
+    ]
+    if importlib.util.find_spec(DRILL_MODULE) is not None:
+        specs.append(JobSpec("drill", "drill_schedule", _locked("drill", _run_drill,
+                                                                 needs_db=True)))
+    elif settings.drill_schedule:
+        get_logger().info("restore drills are not part of this build; DRILL_SCHEDULE ignored")
+    return specs
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    spec: JobSpec
+    schedule: CronSchedule
+
+
+def load_schedules(settings: Settings) -> list[ScheduledJob]:
+    """Parse every enabled job's schedule; a bad expression or zone is a ConfigError."""
+    zone = parse_zone(settings.timezone, "TZ")
+    jobs = []
+    for spec in job_table(settings):
+        expression = getattr(settings, spec.field)
+        if expression:
+            schedule = parse_cron(expression, spec.setting, zone,
+                                  allow_seconds=settings.schedule_seconds_field)
+            jobs.append(ScheduledJob(spec, schedule))
+    return jobs
+
+
+class Daemon:
+    """Owns the APScheduler instance, the running jobs' cancel tokens and the shutdown."""
+
+    def __init__(self, settings: Settings, jobs: list[ScheduledJob], chain: NotifierChain,
+                 state: DaemonState) -> None:
+        self.settings = settings
+        self.jobs = {job.spec.name: job for job in jobs}
+        self.chain = chain
+        self.state = state
+        self.log = get_logger()
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,  # internal arithmetic in UTC; each trigger carries TZ itself
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, len(jobs)))},
+            job_defaults={
+                "coalesce": True,  # runs missed while busy or down become one
+                "max_instances": 1,
+                "misfire_grace_time": settings.misfire_grace_seconds,
+            },
+        )
+        self.scheduler.add_listener(self._on_event,
+                                    EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
+        self._cond = threading.Condition()
+        self._active: dict[str, CancelToken] = {}
+        self._reporters: list[threading.Thread] = []
+        self._stopping = False
+        state.bind_scheduler(self.alive, self.next_runs)
+
+    # --- state for status / health ---------------------------------------------------
+    def alive(self) -> bool:
+        thread = getattr(self.scheduler, "_thread", None)
+        return bool(self.scheduler.running and thread is not None and thread.is_alive())
+
+    def next_runs(self) -> dict[str, datetime | None]:
+        runs: dict[str, datetime | None] = {}
+        for name in self.jobs:
+            job = self.scheduler.get_job(name)
+            runs[name] = job.next_run_time if job is not None else None
+        return runs
+
+    # --- starting ------------------------------------------------------------------------
+    def start(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        run_now = self._startup_runs(now)
+        for name, job in self.jobs.items():
+            options: dict[str, Any] = {}
+            if name in run_now:
+                options["next_run_time"] = now
+            self.scheduler.add_job(self._fire, trigger=job.schedule.trigger(), args=[name],
+                                   id=name, name=name, **options)
+        self.scheduler.start()
+        for name, when in self.next_runs().items():
+            self.log.info("job scheduled", job=name, schedule=self.jobs[name].schedule.expression,
+                          timezone=self.settings.timezone,
+                          next_run=when.isoformat() if when else None,
+                          reason=run_now.get(name))
+
+    def _startup_runs(self, now: datetime) -> dict[str, str]:
+        """Jobs to run at once: slots missed while down (within grace), BACKUP_ON_START."""
+        grace = timedelta(seconds=self.settings.misfire_grace_seconds)
+        run_now: dict[str, str] = {}
+        for name, job in self.jobs.items():
+            due = job.schedule.previous_at_or_before(now)
+            if due is None:
+                continue
+            handled = self.state.persisted_last_slot(name)
+            if handled is None or handled >= due:
+                # First start ever, or nothing missed: from now on this slot counts as seen.
+                self.state.mark_slot_handled(name, due)
+            elif now - due <= grace:
+                run_now[name] = f"catching up the run due at {_fmt(due)}, missed while down"
+            else:
+                self._report(name, due, Status.MISSED,
+                             f"the run due at {_fmt(due)} was missed while backupd was not "
+                             f"running, more than SCHEDULE_MISFIRE_GRACE_SECONDS "
+                             f"({self.settings.misfire_grace_seconds}s) ago; skipped")
+        backup = self.jobs.get("backup")
+        if backup is not None and "backup" not in run_now and self.settings.backup_on_start:
+            reason = self._backup_on_start_reason(backup.schedule, now)
+            if reason is not None:
+                run_now["backup"] = reason
+        return run_now
+
+    def _backup_on_start_reason(self, schedule: CronSchedule, now: datetime) -> str | None:
+        entries = LocalStore(self.settings.backup_dir).list_backups(self.settings.postgres_db)
+        newest = next((e for e in entries if e.verified), None)
+        if newest is None:
+            return "BACKUP_ON_START: no verified backup yet"
+        interval = schedule.interval_around(now)
+        age = now - newest.parsed.taken_at
+        if interval is not None and age > interval:
+            return (f"BACKUP_ON_START: newest verified backup {newest.name} is older than "
+                    f"one schedule interval ({interval})")
+        return None
+
+    # --- running ------------------------------------------------------------------------
+    def _fire(self, name: str) -> None:
+        job = self.jobs[name]
+        token = CancelToken()
+        with self._cond:
+            if self._stopping:
+                return
+            self._active[name] = token
+        try:
+            # The slot this run stands for: the schedule's last firing at or before now
+            # (for a catch-up run, the missed one).
+            slot = job.schedule.previous_at_or_before(datetime.now(UTC))
+            self.log.info("job starting", job=name, slot=slot.isoformat() if slot else None)
+            self.state.job_started(name)
+            result = run_job(name, self.settings, lambda ctx: job.spec.body(ctx, slot),
+                             self.chain, token)
+            self.state.record(result, slot)
+        finally:
+            with self._cond:
+                self._active.pop(name, None)
+                self._cond.notify_all()
+
+    def _on_event(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
+        name = str(event.job_id)
+        if event.code == EVENT_JOB_MISSED:
+            assert isinstance(event, JobExecutionEvent)
+            due = event.scheduled_run_time
+            late = (datetime.now(UTC) - due).total_seconds()
+            self._report_async(name, due, Status.MISSED,
+                               f"the run due at {_fmt(due)} started {late:.0f}s late, more than "
+                               f"SCHEDULE_MISFIRE_GRACE_SECONDS "
+                               f"({self.settings.misfire_grace_seconds}s); skipped")
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            assert isinstance(event, JobSubmissionEvent)
+            due = max(event.scheduled_run_times)
+            self._report_async(name, due, Status.SKIPPED,
+                               f"the run due at {_fmt(due)} was skipped: the previous {name} "
+                               "run was still in progress")
+        else:  # EVENT_JOB_ERROR: _fire itself failed (run_job never raises)
+            self.log.error("job wrapper failed", job=name,
+                           error=repr(getattr(event, "exception", None)))
+
+    def _report_async(self, name: str, due: datetime, status: Status, reason: str) -> None:
+        # Listeners run on the scheduler's threads: never make them wait for notifiers.
+        worker = threading.Thread(target=self._report, args=(name, due, status, reason),
+                                  name=f"report-{name}", daemon=True)
+        with self._cond:
+            self._reporters.append(worker)
+        worker.start()
+
+    def _report(self, name: str, due: datetime, status: Status, reason: str) -> JobResult:
+        result = skipped_result(name, self.settings, status, reason)
+        result.details["scheduled_for"] = due.astimezone(UTC).isoformat()
+        self.log.warning("job run not started", job=name, status=status.value, reason=reason)
+        self.chain.deliver(result)
+        self.state.record(result, due)
+        return result
+
+    # --- stopping -------------------------------------------------------------------------
+    def shutdown(self, timeout: float) -> bool:
+        """Stop scheduling, cancel running jobs, wait for their results; True if all done."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._stopping = True
+            tokens = dict(self._active)
+        with contextlib.suppress(Exception):  # already stopped is fine
+            self.scheduler.shutdown(wait=False)
+        for name, token in tokens.items():
+            self.log.info("cancelling running job", job=name)
+            token.cancel()
+        with self._cond:
+            finished = self._cond.wait_for(lambda: not self._active,
+                                           max(0.0, deadline - time.monotonic()))
+            reporters = list(self._reporters)
+        for worker in reporters:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return finished and not any(worker.is_alive() for worker in reporters)
+
+    def running_jobs(self) -> list[str]:
+        with self._cond:
+            return sorted(self._active)
+
+
+def _locked(purpose: str, body: Callable[[JobContext], None], *, needs_db: bool) -> SlotBody:
+    """Run ``body`` under an advisory lock of its own, so replicas never run it twice at once.
+
+    Jobs that only read DB_BACKUP_DIR (verify, prune) still run, with a warning, when
+    the database is unreachable: that is when a good backup matters most.
+    """
+    def run(ctx: JobContext, _slot: datetime | None) -> None:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(advisory_lock(ctx.settings, f"scheduled-{purpose}"))
+            except JobFailed as exc:
+                if needs_db:
+                    raise
+                ctx.warn(f"{exc}; running {purpose} without the advisory lock")
+            body(ctx)
+
+    return run
+
+
+def _run_drill(ctx: JobContext) -> None:
+    module = importlib.import_module(DRILL_MODULE)
+    module.run(ctx)
+
+
+def _discard(_: object) -> None:
+    return None
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,239 @@
+"""``backupd run`` as a real subprocess against real PostgreSQL: bad schedules, SIGTERM in the
+middle of a dump, cleanup at the next start, two daemons sharing one database, and runs
+missed while the daemon was down."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from helpers.pg import ServerAddress, connect
+from helpers.slow_pg_dump import slow_pg_dump_dir
+
+from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
+from backupd.naming import is_partial, parse_backup_name
+
+FAST = {"SCHEDULE_SECONDS_FIELD": "1", "DRILL_SCHEDULE": "off"}
+# Far from any test's runtime: the schedule never fires during a test.
+NEVER_DURING_TEST = "0 0 1 1 *"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def log_events(proc: BackupdProcess) -> list[dict[str, Any]]:
+    events = []
+    for line in proc.read_stderr().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def finished(proc: BackupdProcess, job: str = "backup") -> list[dict[str, Any]]:
+    return [e for e in log_events(proc) if e.get("event") == "job finished" and e.get("job") == job]
+
+
+def partial_files(directory: Path) -> list[Path]:
+    if not directory.exists():
+        return []
+    return [p for p in directory.iterdir() if is_partial(p.name)]
+
+
+def started(proc: BackupdProcess) -> bool:
+    return any(e.get("event") == "backupd daemon started" for e in log_events(proc))
+
+
+# --- start-up validation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("BACKUP_SCHEDULE", "0 2 * *"),
+    ("BACKUP_SCHEDULE", "0 2 * * 8"),
+    ("VERIFY_SCHEDULE", "every day"),
+    ("RETENTION_SCHEDULE", "0 25 * * *"),
+    ("DRILL_SCHEDULE", "0 4 31 2 *"),
+    ("TZ", "Mars/Olympus_Mons"),
+])
+def test_bad_schedule_or_zone_is_one_line_and_exit_2(
+    backupd_env: Callable[..., dict[str, str]], backup_dir: Path, variable: str, value: str
+) -> None:
+    proc = run_backupd(["run"], backupd_env("postgres", **{variable: value}), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"backupd: error: {variable}: ")
+    assert not backup_dir.exists() or not any(backup_dir.iterdir())  # nothing half-done
+
+
+# --- SIGTERM and leftovers ---------------------------------------------------------------------
+
+
+def slow_env(backupd_env: Callable[..., dict[str, str]], db: str, tmp_path: Path,
+             **extra: str) -> dict[str, str]:
+    env = backupd_env(db, BACKUP_SCHEDULE=NEVER_DURING_TEST, **FAST, **extra)
+    # ~100 KiB/s: the fixture's dump takes far longer than the test waits.
+    shim = slow_pg_dump_dir(tmp_path / "shim", 100 * 1024)
+    env["PATH"] = f"{shim}:{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+    return env
+
+
+def dump_sessions(server: ServerAddress, db: str) -> int:
+    with connect(server) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
+            "'backupd' AND pid <> pg_backend_pid()", (db,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_sigterm_mid_dump_exits_in_time_and_leaves_no_backup(
+    pg_server: ServerAddress, fixture_db: str, backup_dir: Path, tmp_path: Path,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = slow_env(backupd_env, fixture_db, tmp_path, SHUTDOWN_TIMEOUT_SECONDS="8")
+    daemon = backupd_daemon(["run"], env)  # BACKUP_ON_START: no backup yet -> dump at once
+    wait_for(lambda: partial_files(backup_dir), 30, "the dump to start")
+    time.sleep(1)  # well into the dump: the shim makes it last minutes
+    began = time.monotonic()
+    code = stop_backupd(daemon, timeout=15)
+    elapsed = time.monotonic() - began
+    assert code == 0, daemon.read_stderr()[-3000:]
+    assert elapsed < 8, f"took {elapsed:.1f}s, SHUTDOWN_TIMEOUT_SECONDS is 8"
+
+    # Nothing that looks like a backup, nothing temporary, pg_dump gone from the server.
+    assert partial_files(backup_dir) == []
+    assert [p.name for p in backup_dir.iterdir() if parse_backup_name(p.name)] == []
+    listed = run_backupd(["list", "--json"], env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    verified = run_backupd(["verify"], env)
+    assert verified.returncode == 1 and "no backups" in verified.stderr
+    wait_for(lambda: dump_sessions(pg_server, fixture_db) == 0, 10, "pg_dump's session to end")
+
+    # The cancellation was reported, not swallowed.
+    results = finished(daemon)
+    assert [r["status"] for r in results] == ["cancelled"]
+    assert read_state(backup_dir).jobs["backup"].last_result["status"] == "cancelled"  # type: ignore[index]
+    assert "backup cancelled" in (backup_dir / "backup_log.txt").read_text()
+
+
+def test_next_start_removes_leftovers_of_a_killed_dump(
+    fixture_db: str, backup_dir: Path, tmp_path: Path,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = slow_env(backupd_env, fixture_db, tmp_path)
+    first = backupd_daemon(["run"], env)
+    wait_for(lambda: partial_files(backup_dir), 30, "the dump to start")
+    stop_backupd(first, sig=signal.SIGKILL, timeout=10)  # what `docker kill` leaves behind
+    leftovers = [p.name for p in partial_files(backup_dir)]
+    assert leftovers
+
+    second = backupd_daemon(["run"], {**env, "BACKUP_ON_START": "false"})
+    wait_for(lambda: started(second), 30, "the second daemon to start")
+    assert partial_files(backup_dir) == []
+    logged = {e.get("file") for e in log_events(second)
+              if e.get("event") == "removed leftover of an interrupted run"}
+    assert logged == set(leftovers)
+    assert stop_backupd(second, timeout=15) == 0
+
+
+# --- two daemons, one database -------------------------------------------------------------------
+
+SLOT_SECONDS = 4
+
+
+def test_two_daemons_take_exactly_one_backup_per_slot(
+    fixture_db: str, backup_dir: Path, backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = backupd_env(fixture_db, BACKUP_SCHEDULE=f"*/{SLOT_SECONDS} * * * * *",
+                      BACKUP_ON_START="false", **FAST)
+    daemons = [backupd_daemon(["run"], env), backupd_daemon(["run"], env)]
+    for daemon in daemons:
+        wait_for(lambda d=daemon: started(d), 30, "both daemons to start")
+    both_up = datetime.now(UTC)
+    first_slot = _slot_of(both_up) + timedelta(seconds=SLOT_SECONDS)
+    slots = [first_slot + timedelta(seconds=SLOT_SECONDS * i) for i in range(3)]
+    # Wait until both daemons have reported on the third slot.
+    wait_for(lambda: all(
+        any(_slot_of(_time(r["started_at"])) == slots[-1] for r in finished(d)) for d in daemons),
+        SLOT_SECONDS * 5 + 10, "both daemons to finish three slots")
+    for daemon in daemons:
+        assert stop_backupd(daemon, timeout=15) == 0
+
+    taken: dict[datetime, list[str]] = defaultdict(list)
+    for path in backup_dir.iterdir():
+        parsed = parse_backup_name(path.name)
+        if parsed is not None:
+            taken[_slot_of(parsed.taken_at)].append(path.name)
+    for slot in slots:
+        assert len(taken[slot]) == 1, f"slot {slot:%H:%M:%S}: {taken[slot]}"
+
+    outcomes: dict[datetime, list[str]] = defaultdict(list)
+    for daemon in daemons:
+        for result in finished(daemon):
+            outcomes[_slot_of(_time(result["started_at"]))].append(result["status"])
+    for slot in slots:
+        assert sorted(outcomes[slot]) == ["skipped", "success"], (slot, outcomes[slot])
+
+
+def _slot_of(moment: datetime) -> datetime:
+    moment = moment.astimezone(UTC).replace(microsecond=0)
+    return moment - timedelta(seconds=moment.second % SLOT_SECONDS)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# --- runs missed while the daemon was down ---------------------------------------------
+
+
+@pytest.mark.parametrize(("grace", "expected"), [("7200", "success"), ("60", "missed")])
+def test_run_missed_while_down_is_caught_up_or_reported_once(
+    fixture_db: str, backup_dir: Path, backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess], grace: str, expected: str,
+) -> None:
+    # An hourly schedule whose last slot was ~30 minutes ago; the state file says the
+    # daemon last dealt with a slot two hours back, so two slots passed while it was down.
+    now = datetime.now(UTC)
+    minute = (now.minute + 30) % 60
+    backup_dir.mkdir(mode=0o700)
+
+    def down_since_two_hours(state: StateFile) -> None:
+        state.jobs["backup"] = JobRecord(last_slot=now - timedelta(hours=2))
+
+    update_state(backup_dir, down_since_two_hours)
+    env = backupd_env(fixture_db, BACKUP_SCHEDULE=f"{minute} * * * *", BACKUP_ON_START="false",
+                      SCHEDULE_MISFIRE_GRACE_SECONDS=grace, **FAST)
+    daemon = backupd_daemon(["run"], env)
+    wait_for(lambda: finished(daemon), 30, "the missed run to be dealt with")
+    time.sleep(0.5)  # a second (wrong) catch-up would show up by now
+    assert stop_backupd(daemon, timeout=15) == 0
+
+    results = finished(daemon)
+    assert [r["status"] for r in results] == [expected]  # two missed slots -> one result
+    backups = [p for p in backup_dir.iterdir() if parse_backup_name(p.name)]
+    assert len(backups) == (1 if expected == "success" else 0)
+    if expected == "missed":
+        assert "missed while backupd was not running" in results[0]["error"]
+        assert "SCHEDULE_MISFIRE_GRACE_SECONDS" in (backup_dir / "backup_log.txt").read_text()
+    record = read_state(backup_dir).jobs["backup"]
+    assert record.last_slot is not None and now - record.last_slot < timedelta(hours=1)

@@ -1,0 +1,70 @@
+"""``backupd status`` from another process while the daemon runs, and after it stopped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from test_daemon import FAST, finished, wait_for
+
+
+def test_status_shows_next_runs_last_results_newest_backup_and_health(
+    fixture_db: str, backup_dir: Path, backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = backupd_env(fixture_db, BACKUP_SCHEDULE="*/2 * * * * *", BACKUP_ON_START="false",
+                      **FAST)
+    daemon = backupd_daemon(["run"], env)
+    wait_for(lambda: any(r["status"] == "success" for r in finished(daemon)), 30,
+             "a scheduled backup")
+
+    asked = datetime.now(UTC)
+    proc = run_backupd(["status", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["daemon"]["running"] is True
+    assert [i["pid"] for i in data["daemon"]["instances"]] == [daemon.pid]
+    jobs = {job["job"]: job for job in data["jobs"]}
+    backup = jobs["backup"]
+    assert backup["schedule"] == "*/2 * * * * *"
+    next_run = datetime.fromisoformat(backup["next_run"])
+    assert timedelta(0) < next_run - asked <= timedelta(seconds=4)  # in the future, not stale
+    assert backup["last_result"]["status"] == "success"
+    names = {p.name for p in backup_dir.glob("*.sql.gz")}
+    assert backup["last_result"]["backup_name"] in names
+    assert jobs["verify"]["schedule"] is None and jobs["prune"]["schedule"] is None
+    assert data["newest_verified_backup"]["name"] == max(names)
+    assert data["health"]["ok"] is True
+
+    text = run_backupd(["status"], env)
+    assert text.returncode == 0
+    assert f"pid {daemon.pid}" in text.stdout
+    assert "verify  off (VERIFY_SCHEDULE not set)" in text.stdout
+    assert "last: success" in text.stdout and "health: ok" in text.stdout
+
+    assert stop_backupd(daemon, timeout=15) == 0
+    after = json.loads(run_backupd(["status", "--json"], env).stdout)
+    assert after["daemon"]["running"] is False
+    assert after["jobs"][0]["last_result"]["status"] == "success"  # survives the daemon
+
+
+def test_status_without_a_daemon_computes_next_runs_from_the_settings(
+    backupd_env: Callable[..., dict[str, str]], backup_dir: Path,
+) -> None:
+    env = backupd_env("postgres", BACKUP_SCHEDULE="30 2 * * 0", TZ="Europe/Berlin")
+    proc = run_backupd(["status", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    backup = next(job for job in data["jobs"] if job["job"] == "backup")
+    when = datetime.fromisoformat(backup["next_run"]).astimezone(ZoneInfo("Europe/Berlin"))
+    assert (when.strftime("%a"), when.hour, when.minute) == ("Sun", 2, 30)
+    assert backup["last_result"] is None
+    assert data["daemon"]["running"] is False
+    assert data["newest_verified_backup"] is None and data["health"]["ok"] is False
+
+    bad = run_backupd(["status"], {**env, "BACKUP_SCHEDULE": "0 2 * * 9"})
+    assert bad.returncode == 2 and bad.stderr.startswith("backupd: error: BACKUP_SCHEDULE:")
