@@ -78,7 +78,8 @@ def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) ->
 def backup(
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip the retention sweep.")] = False,
 ) -> None:
-    """Dump POSTGRES_DB, verify the new backup, then apply retention."""
+    """Dump POSTGRES_DB, verify the new backup, copy it to S3 (if DB_BACKUP_S3_BUCKET is set),
+    then apply retention (locally and in S3)."""
     settings = bootstrap()
     finish(execute("backup", settings,
                    lambda ctx: backup_cmd.run(ctx, apply_retention=not no_prune)))

@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from backupd.commands import prune
-from backupd.errors import ConfigError, JobFailed
+from backupd.errors import Cancelled, ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import parse_backup_name, partial_name
 from backupd.pipeline.checksum import sha256_of
@@ -136,11 +136,12 @@ def upload_pending(ctx: JobContext, s3: S3Store, first: str | None = None) -> No
     uploaded: list[str] = []
     error: str | None = None
     for index, entry in enumerate(pending):
-        ctx.cancel.raise_if_cancelled()
         try:
+            ctx.cancel.raise_if_cancelled()
             upload_entry(ctx, s3, entry, recheck=entry.name != first)
-        except OffsiteError as exc:
-            error = str(exc)
+        except (OffsiteError, Cancelled) as exc:
+            # A shutdown mid-upload does not undo the verified backup: it stays pending.
+            error = str(exc) if isinstance(exc, OffsiteError) else "interrupted by shutdown"
             left = [e.name for e in pending[index:]]
             break
         uploaded.append(entry.name)
