@@ -15,6 +15,7 @@ import pytest
 from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import read_manifest, refresh_manifest, take_backup, truncate
 from helpers.cli import run_backupd
+from helpers.offsite import get_bytes, s3_env
 from helpers.pg import (
     ServerAddress,
     connect,
@@ -24,6 +25,7 @@ from helpers.pg import (
     psql,
     unique_db_name,
 )
+from helpers.s3server import S3Server
 
 EnvFactory = Callable[..., dict[str, str]]
 
@@ -163,3 +165,35 @@ def test_failed_custom_restore_drops_the_database_it_created(
     with connect(pg_server) as conn:
         row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target_db,))
         assert row.fetchone() is None
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["clear", "age"])
+@pytest.mark.parametrize(("fmt", "compression", "suffix"), FORMATS,
+                         ids=[f"{f}-{c}" for f, c, _ in FORMATS])
+def test_round_trip_through_s3_every_format_compression_and_encryption(
+    pg_server: ServerAddress, fixture_db: str, target_db: str, backupd_env: EnvFactory,
+    keys: AgeKeys, tmp_path: Path, s3_server: S3Server, s3_bucket: str,
+    fmt: str, compression: str, suffix: str, encrypted: bool,
+) -> None:
+    """The sidecar uploads; a new machine with only the bucket settings (and the identity)
+    restores with --from-s3. The bucket holds nothing readable without the identity."""
+    before = fingerprint(pg_server, fixture_db)
+    settings = {"DB_BACKUP_FORMAT": fmt, "DB_BACKUP_COMPRESSION": compression,
+                **s3_env(s3_server, s3_bucket, "formats")}
+    sidecar = backupd_env(fixture_db, **settings, **(
+        {"DB_BACKUP_AGE_RECIPIENTS_FILE": str(keys.recipients_file)} if encrypted else {}))
+    backup = take_backup(sidecar)
+    assert backup.name.endswith(suffix + (".age" if encrypted else ""))
+    stored = get_bytes(s3_server, s3_bucket, f"formats/{backup.name}")
+    assert stored == backup.read_bytes()
+    if encrypted:
+        assert stored.startswith(AGE_MAGIC)
+
+    new_machine = backupd_env(fixture_db, **settings, DB_BACKUP_DIR=str(tmp_path / "new"),
+                              DB_RESTORE_JOBS="2", **(
+        {"DB_BACKUP_AGE_IDENTITY_FILE": str(keys.identity_file)} if encrypted else {}))
+    proc = run_backupd(["restore", "--from-s3", "--latest", "--target-db", target_db, "--yes"],
+                       new_machine)
+
+    assert proc.returncode == 0, proc.stderr
+    assert fingerprint(pg_server, target_db) == before
