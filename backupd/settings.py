@@ -120,6 +120,20 @@ class Settings(BaseSettings):
             raise ValueError("must be 1 to 63 bytes with no NUL character")
         return value
 
+    @field_validator("backup_dir")
+    @classmethod
+    def _backup_dir_can_be_a_directory(cls, value: Path) -> Path:
+        # Caught at start-up, not at the first backup hours later. Only the shape is checked
+        # here (writability is proven by LocalStore.prepare): a read-only mount is still fine
+        # for list, verify and restore.
+        probe = value
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ValueError(f"{probe} is not a directory; point it at a directory "
+                             "(a missing one is created)")
+        return value
+
     @field_validator("s3_prefix")
     @classmethod
     def _prefix_is_normalised(cls, value: str) -> str:
@@ -160,17 +174,28 @@ class Settings(BaseSettings):
         for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
             if os.environ.get(name):
                 values.append(os.environ[name])
-        return [v for v in values if v]
+        # A "secret" equal to a public setting (the stock password `postgres` is also the
+        # host, user and database name) is not secret; masking it would blank out every
+        # log line naming the database while protecting nothing.
+        public = {self.postgres_host, self.postgres_user, self.postgres_db}
+        return [v for v in values if v and v not in public]
 
 
 def _read_secret_file(path: Path, setting: str) -> str:
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        value = path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(
             f"{setting}: cannot read {path}: {exc.strerror}; "
             "point it at a readable file holding only the secret"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting}: {path} is not UTF-8 text; "
+                          "put only the secret in it, as text") from None
+    if not value:
+        # An empty file is a secret that was not mounted, not an empty password.
+        raise ConfigError(f"{setting}: {path} is empty; put the secret in it")
+    return value
 
 
 # pydantic's field name -> the environment variable users know it by.
@@ -199,4 +224,7 @@ def _describe(error: Any) -> str:
     field = str(location[0])
     env_name = ENV_NAMES.get(field, field.upper())
     message = re.sub(r"^Value error, ", "", str(error.get("msg", "invalid value")))
-    return f"{env_name}: {message.rstrip('.').lower()}; fix the environment variable"
+    message = message.rstrip(".")
+    # Lower-case only pydantic's leading capital: the message may hold a path or a name.
+    message = message[:1].lower() + message[1:]
+    return f"{env_name}: {message}; fix the environment variable"

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from backupd import offsite
 from backupd.commands import prune
 from backupd.commands.verify import record_outcome
+from backupd.drill_compare import table_row_counts
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.manifest import Manifest
@@ -37,6 +38,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _skip_if_slot_taken(ctx, not_before)
         with connect(settings) as conn:
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
+            # What the database held at backup time, for restore drills (issue 7).
+            table_rows = table_row_counts(conn)
         previous = next((e for e in store.list_backups(settings.postgres_db) if e.verified), None)
         # Keys are checked before pg_dump starts: a bad key is a ConfigError, not a lost dump.
         recipients = recipient_strings(settings)
@@ -69,7 +72,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             compression="none" if settings.backup_format == "custom" else settings.compression,
             compression_level=settings.compression_level, raw_bytes=outcome.raw_bytes,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
-            encrypted=bool(recipients), age_recipients=recipients,
+            encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
         )
         store.write_manifest(manifest)
         ctx.result.size_bytes = outcome.stored_bytes
