@@ -18,6 +18,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from backupd import __version__, offsite
 from backupd.commands import backup as backup_cmd
+from backupd.commands import drill as drill_cmd
 from backupd.commands import health as health_cmd
 from backupd.commands import listing
 from backupd.commands import prune as prune_cmd
@@ -151,6 +152,31 @@ def _confirm_by_typing(target: str) -> bool:
     answer: str = typer.prompt("Type the database name to continue", err=True, default="",
                                show_default=False)
     return answer == target
+
+
+@app.command()
+def drill(
+    name: Annotated[str | None, typer.Argument(
+        help="Backup file name in DB_BACKUP_DIR, or in S3 with --from-s3 "
+        "(default: the newest verified backup).")] = None,
+    from_s3: Annotated[bool, typer.Option(
+        "--from-s3", help="Drill the copy in S3 (DB_BACKUP_S3_BUCKET): downloaded into "
+        "DB_BACKUP_DIR, verified, restored; removed afterwards.")] = False,
+) -> None:
+    """Restore a backup into a scratch database (DRILL_DATABASE), compare it with the live
+    database, record the restore time in its manifest, then drop the scratch database."""
+    settings = bootstrap()
+    result = execute("drill", settings, lambda ctx: drill_cmd.run(ctx, name, from_s3=from_s3))
+    if result.details.get("comparison_summary"):
+        seconds = result.details.get("restore_seconds")
+        if seconds is not None:
+            print(f"restore time: {seconds:.1f}s")
+        print(f"comparison: {result.details['comparison_summary']}")
+        for line in result.details.get("differences", []):
+            print(f"  difference: {line}")
+        for line in result.details.get("drift", []):
+            print(f"  drift: {line}")
+    finish(result)
 
 
 @app.command(name="list")

@@ -40,6 +40,10 @@ class Manifest(BaseModel):
     drilled_at: datetime | None = None
     drill_ok: bool | None = None
     drill_restore_seconds: float | None = None
+    # Rows per table ("schema.table") when the backup was taken: exact for small tables,
+    # estimated for large ones (backupd.drill_compare). A drill fails a table that had
+    # rows then and is empty in the restore. None in manifests of older backups.
+    table_rows: dict[str, int] | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode() + b"\n"

@@ -1,0 +1,256 @@
+"""``backupd drill``: prove that the latest backup restores, and that it matches the live database.
+
+1. Refuse a scratch name that could be the live database (or a database backupd
+   did not create), and skip with a reason when the server lacks room.
+2. Create the scratch database (same encoding and locale as the live one, from
+   template0, a small connection limit), mark it with a comment, and restore the
+   backup into it with the same code as ``backupd restore`` (verified first).
+3. Compare it with the live database (:mod:`backupd.drill_compare`).
+4. Record the outcome and the measured restore time in the backup's manifest.
+5. Drop the scratch database -- in a ``finally``, and, should the process have been
+   killed, at the start of the next drill: only a database carrying backupd's
+   mark is ever dropped, so a name typed by mistake never costs anyone their data.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from backupd import offsite
+from backupd.commands import restore
+from backupd.drill_compare import Comparison, Connection, compare, read_catalog
+from backupd.errors import ConfigError, JobFailed, JobSkipped
+from backupd.job import JobContext
+from backupd.manifest import Manifest
+from backupd.pg import advisory_lock, connect, describe_pg_error, drop_database
+from backupd.result import human_bytes
+from backupd.settings import Settings
+from backupd.storage.base import BackupEntry
+from backupd.storage.s3 import OffsiteError, S3Store
+
+SCRATCH_MARK = "backupd restore drill scratch database"
+# psql (or pg_restore) plus the comparison's one connection. Superusers are exempt
+# from connection limits; the drill itself never opens more than this anyway.
+SCRATCH_CONNECTION_LIMIT = 2
+RESERVED_DATABASES = frozenset({restore.MAINTENANCE_DB, "template0", "template1"})
+
+
+Recorder = Callable[[Manifest], None]
+
+
+def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> None:
+    """Drill backup ``name`` (default: the newest verified one). The daemon calls ``run(ctx)``.
+
+    ``from_s3``: drill the copy in S3 instead (downloaded, verified, then restored), and
+    record the outcome in its S3 manifest.
+    """
+    settings = ctx.settings
+    scratch = scratch_database(settings)
+    ctx.result.details["scratch_database"] = scratch
+    with advisory_lock(settings, "drill"):
+        if not from_s3:
+            path, entry = restore.pick(ctx, name, latest=name is None)
+            _drill(ctx, path, entry, scratch, _record_locally(ctx))
+            return
+        s3 = offsite.require_store(settings, "--from-s3")
+        entry = offsite.pick_remote(ctx, s3, name, latest=name is None)
+        check_room(settings)  # before the download, too
+        with offsite.downloaded(ctx, s3, entry) as path:
+            _drill(ctx, path, entry, scratch, _record_in_s3(ctx, s3))
+
+
+def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
+           record: Recorder) -> None:
+    settings = ctx.settings
+    ctx.result.backup_name = entry.name
+    check_room(settings)
+    ctx.say(f"Restore drill of {entry.name} into scratch database {scratch!r}")
+    with _admin(settings) as admin:
+        _drop_leftover(ctx, admin, scratch)
+        _create_scratch(admin, scratch, settings.postgres_db)
+    try:
+        comparison = _restore_and_compare(ctx, path, entry, scratch, record)
+    finally:
+        _drop_scratch(ctx, scratch)
+    if not comparison.ok:
+        raise JobFailed(f"restore drill of {entry.name} failed: {comparison.summary}")
+    ctx.say(f"Restore drill of {entry.name} passed in "
+            f"{ctx.result.details['restore_seconds']:.1f}s: {comparison.summary}")
+
+
+def scratch_database(settings: Settings) -> str:
+    """DRILL_DATABASE (default ``<db>_drill``), refused when it could be a real database."""
+    name = settings.drill_database or restore.derived_name(settings.postgres_db, "_drill")
+    if name == settings.postgres_db:
+        raise ConfigError(
+            f"DRILL_DATABASE: {name!r} is POSTGRES_DB, the live database; the drill drops its "
+            "scratch database afterwards, so give it another name (or unset it for "
+            f"{restore.derived_name(settings.postgres_db, '_drill')!r})")
+    if name in RESERVED_DATABASES:
+        raise ConfigError(f"DRILL_DATABASE: {name!r} is a system database; choose another name")
+    if not name or len(name.encode()) > 63 or "\x00" in name:
+        raise ConfigError("DRILL_DATABASE: must be 1 to 63 bytes with no NUL character")
+    return name
+
+
+def check_room(settings: Settings) -> None:
+    """Skip (not fail) when a scratch copy of the database could crowd the server."""
+    probe = _existing_parent(settings.backup_dir)
+    usage = shutil.disk_usage(probe)
+    free_percent = usage.free * 100 / usage.total if usage.total else 0.0
+    if free_percent < settings.drill_min_free_percent:
+        raise JobSkipped(
+            f"restore drill skipped: only {free_percent:.1f}% free on the filesystem of "
+            f"DB_BACKUP_DIR ({probe}); DRILL_MIN_FREE_PERCENT asks for "
+            f"{settings.drill_min_free_percent:g}%")
+    if settings.drill_max_db_bytes is not None:
+        with connect(settings) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        size = int(row[0]) if row else 0
+        if size > settings.drill_max_db_bytes:
+            raise JobSkipped(
+                f"restore drill skipped: database {settings.postgres_db!r} is "
+                f"{human_bytes(size)}, more than DRILL_MAX_DB_BYTES "
+                f"({human_bytes(settings.drill_max_db_bytes)}) allows for a scratch copy")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@contextmanager
+def _admin(settings: Settings) -> Iterator[Connection]:
+    # Short-lived: the drill holds no maintenance connection while it restores.
+    with connect(settings, restore.MAINTENANCE_DB) as conn:
+        yield conn
+
+
+def _drop_scratch(ctx: JobContext, scratch: str) -> None:
+    # Never masks the drill's own outcome: a drop that fails is a warning, and the
+    # next drill drops the leftover (it carries the mark).
+    try:
+        with _admin(ctx.settings) as admin:
+            drop_database(admin, scratch)
+    except (JobFailed, psycopg.Error) as exc:
+        ctx.warn(f"could not drop the scratch database {scratch!r} "
+                 f"({describe_pg_error(exc)}); the next drill drops it")
+        return
+    ctx.say(f"dropped the scratch database {scratch!r}")
+
+
+def _drop_leftover(ctx: JobContext, admin: Connection, scratch: str) -> None:
+    row = admin.execute(
+        "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
+        "WHERE datname = %s", (scratch,)).fetchone()
+    if row is None:
+        return
+    if not str(row[0]).startswith(SCRATCH_MARK):
+        raise ConfigError(
+            f"DRILL_DATABASE: database {scratch!r} already exists and was not created by a "
+            "backupd drill, so backupd will not drop it; set DRILL_DATABASE to an unused name "
+            "or drop that database yourself")
+    drop_database(admin, scratch)
+    ctx.warn(f"dropped the scratch database {scratch!r} that an interrupted drill left behind")
+    ctx.say(f"dropped the scratch database {scratch!r} that an interrupted drill left behind")
+
+
+def _create_scratch(admin: Connection, scratch: str, live: str) -> None:
+    # template0 with the live database's encoding and locale: the restore starts from
+    # nothing (objects someone added to template1 would show up as differences) and
+    # text sorts and converts as it does live.
+    row = admin.execute(
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+        "WHERE datname = %s", (live,)).fetchone()
+    if row is None:
+        raise JobFailed(f"database {live!r} (POSTGRES_DB) does not exist on the server")
+    encoding, collate, ctype = (str(value) for value in row)
+    admin.execute(sql.SQL(
+        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {} "
+        "CONNECTION LIMIT {}").format(
+        sql.Identifier(scratch), sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype),
+        sql.Literal(SCRATCH_CONNECTION_LIMIT)))
+    # The mark goes on at once: it is what later allows dropping a leftover.
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(scratch),
+        sql.Literal(f"{SCRATCH_MARK} for {live}; backupd drops it after every drill")))
+
+
+def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
+                         record: Recorder) -> Comparison:
+    details = ctx.result.details
+    details["restore_seconds"] = None
+    try:
+        restore.restore_file(ctx, path, entry, target_db=scratch)
+    except JobFailed as exc:
+        details["differences"] = [f"the backup does not restore: {exc}"]
+        details["drift"] = []
+        details["comparison_summary"] = "not compared: the restore failed"
+        _record(ctx, entry, record, ok=False, seconds=None)
+        raise JobFailed(f"restore drill of {entry.name} failed: {exc}") from None
+    seconds = float(details["restore_seconds"])
+    ctx.cancel.raise_if_cancelled()
+    with connect(ctx.settings, ctx.settings.postgres_db) as live_conn:
+        live_conn.execute("SET default_transaction_read_only = on")
+        live = read_catalog(live_conn)
+    with connect(ctx.settings, scratch) as scratch_conn:
+        restored = read_catalog(scratch_conn)
+    backup_rows = entry.manifest.table_rows if entry.manifest is not None else None
+    comparison = compare(live, restored, backup_rows)
+    details["differences"] = comparison.differences
+    details["drift"] = comparison.drift
+    details["drift_rows"] = comparison.drift_rows
+    details["objects_compared"] = comparison.objects_compared
+    details["comparison_summary"] = comparison.summary
+    for warning in comparison.warnings:
+        ctx.warn(warning)
+    for line in comparison.differences:
+        ctx.say(f"difference: {line}")
+    for line in comparison.drift:
+        ctx.say(f"drift: {line}")
+    _record(ctx, entry, record, ok=comparison.ok, seconds=seconds)
+    return comparison
+
+
+def _record(ctx: JobContext, entry: BackupEntry, record: Recorder, *, ok: bool,
+            seconds: float | None) -> None:
+    if entry.manifest is None:
+        ctx.warn(f"{entry.name} has no usable manifest ({entry.manifest_error or 'missing'}); "
+                 "the drill's outcome was not recorded")
+        return
+    manifest = entry.manifest.model_copy()
+    manifest.drilled_at = datetime.now(UTC)
+    manifest.drill_ok = ok
+    manifest.drill_restore_seconds = seconds
+    record(manifest)
+
+
+def _record_locally(ctx: JobContext) -> Recorder:
+    def write(drilled: Manifest) -> None:
+        # Re-read first: a verify may have rewritten the manifest while the drill ran.
+        current, _ = ctx.store.load_manifest(drilled.name)
+        manifest = current or drilled
+        manifest.drilled_at = drilled.drilled_at
+        manifest.drill_ok = drilled.drill_ok
+        manifest.drill_restore_seconds = drilled.drill_restore_seconds
+        ctx.store.write_manifest(manifest)
+
+    return write
+
+
+def _record_in_s3(ctx: JobContext, s3: S3Store) -> Recorder:
+    def write(drilled: Manifest) -> None:
+        try:
+            s3.write_manifest(drilled)
+        except OffsiteError as exc:  # read-only credentials lose the record, not the drill
+            ctx.warn(f"could not record the drill's outcome in S3: {exc}")
+
+    return write

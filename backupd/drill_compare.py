@@ -1,0 +1,231 @@
+"""Comparing a restored drill database with the live one.
+
+Three sources of truth meet here:
+
+* the live database, now;
+* the restored copy, which is exactly what the backup holds;
+* the row counts written into the manifest when the backup was taken
+  (:func:`table_row_counts`), the only record of what the database held *then*.
+
+A difference the backup should not have is a failure: an object of the live
+database (table, view, sequence, function, index) that the restore lacks, a table
+the manifest says existed at backup time that the restore lacks, or a table that
+had rows at backup time and is empty in the restore. Everything else that differs
+is drift -- rows written or objects changed since the backup -- and is reported,
+never failed on. An object created after the backup was taken cannot be told from
+one the backup lost (PostgreSQL records no creation time), so it counts as
+missing: take a new backup after a migration, and the next drill is clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+# Row counts must not hurt the live database: tables up to this size are counted
+# exactly (a sequential scan of a small table is cheap), larger ones use the
+# planner's estimate plus an exact "is it empty?" probe, and the exact counting of
+# one database stops after this many bytes in total.
+EXACT_COUNT_MAX_TABLE_BYTES = 64 * 1024 * 1024
+EXACT_COUNT_BUDGET_BYTES = 1024 * 1024 * 1024
+# A table locked by a migration is estimated rather than waited for.
+COUNT_LOCK_TIMEOUT = "2s"
+COUNT_STATEMENT_TIMEOUT = "60s"
+# How many differences the one-line summary names before "and N more".
+SUMMARY_ITEMS = 3
+
+# User objects only: the system schemas and toast/temp namespaces are the server's business.
+# (Written out in every query rather than spliced in, so no SQL is built from strings.)
+
+# kind -> query yielding one unambiguous identity per object (identifiers quoted by %I).
+_OBJECT_QUERIES: dict[str, str] = {
+    "table": """
+        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'f')
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'""",
+    "view": """
+        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('v', 'm')
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'""",
+    "sequence": """
+        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'S'
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'""",
+    "function": """
+        SELECT format('%I.%I(%s)', n.nspname, p.proname,
+                      pg_get_function_identity_arguments(p.oid))
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'""",
+    "index": """
+        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('i', 'I')
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'""",
+}
+KINDS = tuple(_OBJECT_QUERIES)
+_PLURALS = {"index": "indexes"}
+
+# Only ordinary tables (partitions included) hold rows of their own: a partitioned
+# parent would count its partitions twice, and a foreign table lives elsewhere.
+_COUNTABLE_TABLES = """
+    SELECT format('%I.%I', n.nspname, c.relname), n.nspname, c.relname,
+           pg_relation_size(c.oid), c.reltuples, coalesce(s.n_live_tup, 0)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+    WHERE c.relkind = 'r'
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+    ORDER BY pg_relation_size(c.oid), 1"""
+
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True)
+class RowCount:
+    rows: int
+    exact: bool
+
+    def __str__(self) -> str:
+        return f"{self.rows}" if self.exact else f"~{self.rows}"
+
+
+@dataclass
+class Catalog:
+    """What one database holds: object identities per kind, and rows per table."""
+
+    objects: dict[str, set[str]]
+    rows: dict[str, RowCount]
+
+
+def read_catalog(conn: Connection) -> Catalog:
+    objects = {kind: {str(row[0]) for row in conn.execute(query)}
+               for kind, query in _OBJECT_QUERIES.items()}
+    return Catalog(objects, count_rows(conn))
+
+
+def count_rows(conn: Connection) -> dict[str, RowCount]:
+    """Rows per table: exact for small tables (within a byte budget), else estimated.
+
+    An estimate is never 0 for a table that has a row, nor above 0 for an empty
+    one: emptiness is always probed exactly (it reads at most one page).
+    """
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (COUNT_LOCK_TIMEOUT,))
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", (COUNT_STATEMENT_TIMEOUT,))
+    budget = EXACT_COUNT_BUDGET_BYTES
+    counts: dict[str, RowCount] = {}
+    for identity, schema, table, size, reltuples, live_tuples in conn.execute(
+            _COUNTABLE_TABLES).fetchall():
+        relation = sql.Identifier(schema, table)
+        if size <= EXACT_COUNT_MAX_TABLE_BYTES and size <= budget:
+            exact = _try_scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(relation))
+            if exact is not None:
+                budget -= size
+                counts[identity] = RowCount(int(exact), True)
+                continue
+        has_rows = _try_scalar(conn, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(relation))
+        estimate = max(int(reltuples), int(live_tuples), 0)
+        if has_rows is False:
+            estimate = 0
+        elif has_rows and estimate == 0:
+            estimate = 1  # "at least one": stale statistics must not call a full table empty
+        counts[identity] = RowCount(estimate, False)
+    conn.execute("RESET statement_timeout")
+    conn.execute("RESET lock_timeout")
+    return counts
+
+
+def _try_scalar(conn: Connection, query: sql.Composed) -> Any:
+    """The single value of ``query``, or None when it hit the lock or statement timeout."""
+    try:
+        row = conn.execute(query).fetchone()
+    except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
+        return None
+    return row[0] if row else None
+
+
+def table_row_counts(conn: Connection) -> dict[str, int]:
+    """Rows per table for the manifest at backup time (see :func:`count_rows`)."""
+    return {name: count.rows for name, count in count_rows(conn).items()}
+
+
+@dataclass
+class Comparison:
+    differences: list[str] = field(default_factory=list)  # what the backup lacks: failures
+    drift: list[str] = field(default_factory=list)  # what changed since the backup
+    warnings: list[str] = field(default_factory=list)
+    objects_compared: dict[str, int] = field(default_factory=dict)
+    drift_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    @property
+    def summary(self) -> str:
+        counted = ", ".join(f"{n} {kind if n == 1 else _PLURALS.get(kind, kind + 's')}"
+                            for kind, n in self.objects_compared.items())
+        if self.differences:
+            named = "; ".join(self.differences[:SUMMARY_ITEMS])
+            more = len(self.differences) - SUMMARY_ITEMS
+            tail = f"; and {more} more" if more > 0 else ""
+            return (f"{len(self.differences)} difference(s) the backup should not have: "
+                    f"{named}{tail}")
+        drift = (f"; drift since the backup: {len(self.drift)} change(s), "
+                 f"{self.drift_rows:+d} rows") if self.drift else "; no drift"
+        return f"matches the live database ({counted}){drift}"
+
+
+def compare(live: Catalog, restored: Catalog, backup_rows: dict[str, int] | None) -> Comparison:
+    """Compare the restored backup with the live database; ``backup_rows`` from the manifest."""
+    result = Comparison(objects_compared={kind: len(live.objects[kind]) for kind in KINDS})
+    live_tables, restored_tables = live.objects["table"], restored.objects["table"]
+    if live_tables and not live_tables & restored_tables:
+        result.differences.append(
+            f"the backup holds none of the live database's {len(live_tables)} tables "
+            "(a backup of a different or an empty database?)")
+    for kind in KINDS:
+        for name in sorted(live.objects[kind] - restored.objects[kind]):
+            result.differences.append(f"{kind} {name} is missing from the backup")
+        for name in sorted(restored.objects[kind] - live.objects[kind]):
+            result.drift.append(f"{kind} {name} is in the backup but no longer in the live "
+                                "database (dropped or renamed since the backup)")
+    if backup_rows is not None:
+        for name in sorted(set(backup_rows) - restored_tables - live_tables):
+            result.differences.append(
+                f"table {name} existed when the backup was taken but is missing from the backup")
+    for name in sorted(restored.rows):
+        _compare_rows(result, name, restored.rows[name], live.rows.get(name), backup_rows)
+    return result
+
+
+def _compare_rows(result: Comparison, name: str, restored: RowCount, live: RowCount | None,
+                  backup_rows: dict[str, int] | None) -> None:
+    at_backup = backup_rows.get(name) if backup_rows is not None else None
+    if restored.rows == 0 and at_backup:
+        result.differences.append(
+            f"table {name} is empty in the backup but had {at_backup} rows when the backup "
+            "was taken")
+        return
+    if live is None or restored.rows == live.rows:
+        return
+    change = live.rows - restored.rows
+    result.drift_rows += change
+    result.drift.append(f"table {name}: {restored} rows in the backup, {live} now "
+                        f"({change:+d} since the backup)")
+    if restored.rows == 0 and backup_rows is None:
+        result.warnings.append(
+            f"table {name} is empty in the backup and has {live} rows now; this backup's "
+            "manifest has no row counts from backup time, so the drill cannot tell whether "
+            "the rows were written after the backup")
