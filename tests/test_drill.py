@@ -43,6 +43,7 @@ from backupd.commands import backup as backup_cmd
 from backupd.commands import drill as drill_cmd
 from backupd.job import run_job
 from backupd.notify.base import NotifierChain
+from backupd.notify.slack import build_message
 from backupd.result import JobResult
 from backupd.settings import load_settings
 
@@ -145,16 +146,19 @@ def test_rows_written_after_the_backup_are_drift_not_failure(
         SELECT 'late issuer ' || i, 'NL', '\\x00' FROM generate_series(1, 5) i;
         DELETE FROM verification_events WHERE id <= 10;""")
 
-    code, result = drill_here(env, backup.name)
+    job = _run_here("drill", env, lambda ctx: drill_cmd.run(ctx, backup.name))
 
-    assert code == 0, result
-    details = result["details"]
+    assert job.exit_code == 0, job.summary()
+    details = job.details
     assert details["differences"] == []
     drift = "\n".join(details["drift"])
     assert "table public.issuers:" in drift and "(+5 since the backup)" in drift
     assert "table public.verification_events:" in drift and "(-10 since the backup)" in drift
     assert details["drift_rows"] == -5
     assert "drift since the backup: 2 change(s)" in details["comparison_summary"]
+    # Slack shows the restore time and the comparison.
+    slack = json.dumps(build_message(job))
+    assert "*Restore time*" in slack and "drift since the backup: 2 change(s)" in slack
     assert read_manifest(backup)["drill_ok"] is True
     assert not database_exists(pg_server, scratch_of(env))
 

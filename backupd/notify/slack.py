@@ -191,6 +191,15 @@ def _facts(result: JobResult) -> list[dict[str, str]]:
         facts.append(("Retention deleted", f"{len(result.deleted)}: {_escape(names)}"))
     if result.offsite:
         facts.append(("Offsite copy", _escape(result.offsite)))
+    # --- restore drills (issue 7): the measured restore time and the comparison -------
+    if result.job == "drill":
+        seconds = result.details.get("restore_seconds")
+        if isinstance(seconds, int | float):
+            facts.append(("Restore time", _duration(float(seconds))))
+        summary = result.details.get("comparison_summary")
+        if summary:
+            facts.append(("Comparison", _escape(_one_line(str(summary)))))
+    # --- end restore drills ------------------------------------------------------------
     # Slack allows at most 10 fields per section.
     return [{"type": "mrkdwn", "text": _clip(f"*{k}*\n{v}", 1900)} for k, v in facts[:10]]
 
