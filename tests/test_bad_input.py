@@ -64,6 +64,8 @@ SETTINGS_CASES = [
     Case("database-name-too-long", ["list"], {"POSTGRES_DB": "d" * 64}, "POSTGRES_DB"),
     Case("password-file-missing", ["list"], {"POSTGRES_PASSWORD_FILE": "/nonexistent"},
          "POSTGRES_PASSWORD_FILE"),
+    Case("schedule-minute-61", ["run"], {"BACKUP_SCHEDULE": "61 * * * *"}, "BACKUP_SCHEDULE"),
+    Case("timezone-unknown", ["run"], {"TZ": "Mars/Olympus"}, "TZ"),
     Case("backup-dir-under-a-file", ["prune"], {"DB_BACKUP_DIR": "/etc/passwd/backups"},
          "DB_BACKUP_DIR"),
     Case("backup-dir-is-a-file", ["backup"], {"DB_BACKUP_DIR": "/etc/passwd"}, "DB_BACKUP_DIR"),

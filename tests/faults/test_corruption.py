@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import run_backupd
+from helpers.faults import place_copy
 from helpers.pg import ServerAddress, connect, create_database, drop_database, psql, unique_db_name
 
 G_STAMP, C_STAMP = "20200101_000000", "20200102_000000"
@@ -67,16 +68,6 @@ class Scene:
     @property
     def corrupt_manifest(self) -> Path:
         return Path(f"{self.corrupt}.manifest.json")
-
-
-def _place(taken: Taken, directory: Path, stamp: str) -> Path:
-    name = taken.path.name.replace(taken.path.name.rsplit("_", 2)[-2] + "_"
-                                   + taken.path.name.rsplit("_", 2)[-1].split(".")[0], stamp)
-    target = directory / name
-    shutil.copyfile(taken.path, target)
-    target.chmod(0o600)
-    Path(f"{target}.manifest.json").write_text(json.dumps({**taken.manifest, "name": name}))
-    return target
 
 
 def _rewrite_manifest(scene: Scene, **changes: object) -> None:
@@ -144,8 +135,8 @@ def scene(request: pytest.FixtureRequest, taken: Taken, tmp_path: Path) -> Scene
     directory, outside = tmp_path / "backups", tmp_path / "outside"
     directory.mkdir(mode=0o700)
     outside.mkdir()
-    scene = Scene(directory, outside, _place(taken, directory, G_STAMP),
-                  _place(taken, directory, C_STAMP))
+    scene = Scene(directory, outside, place_copy(taken.path, directory, G_STAMP),
+                  place_copy(taken.path, directory, C_STAMP))
     CORRUPTIONS[request.param](scene)
     return scene
 
@@ -199,8 +190,8 @@ def test_backup_without_manifest_is_never_counted_good(
     never "verified", never chosen by --latest, never counted by retention."""
     directory = tmp_path / "backups"
     directory.mkdir(mode=0o700)
-    good = _place(taken, directory, G_STAMP)
-    legacy = _place(taken, directory, C_STAMP)
+    good = place_copy(taken.path, directory, G_STAMP)
+    legacy = place_copy(taken.path, directory, C_STAMP)
     Path(f"{legacy}.manifest.json").unlink()
     env = _env(pg_server, taken.database, directory,
                DB_BACKUP_RETENTION_DAYS="1", DB_BACKUP_KEEP_MIN="1")

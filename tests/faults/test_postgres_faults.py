@@ -13,6 +13,7 @@ import pytest
 from helpers.cli import run_backupd, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
 from helpers.faults import SlowDump, partial_files, wait_until
+from helpers.http_receiver import HttpReceiver
 from helpers.pg import ServerAddress, connect, psql, unique_db_name
 from psycopg import sql
 
@@ -58,7 +59,7 @@ def assert_failed_cleanly(proc_stderr: str, directory: Path, reason: str) -> Non
 
 def test_server_killed_mid_dump(
     private_cluster: Callable[..., PrivateCluster], backupd_daemon: Callable[..., object],
-    slow_dump: SlowDump, tmp_path: Path,
+    slow_dump: SlowDump, http_receiver: HttpReceiver, tmp_path: Path,
 ) -> None:
     cluster = private_cluster(CLUSTER_PASSWORD)
     # ~20 MB of rows: far more than the socket buffers, so the server is still sending
@@ -69,7 +70,8 @@ def test_server_killed_mid_dump(
          "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 3) AS v "
          "FROM generate_series(1, 200000) g;")
     directory = tmp_path / "backups"
-    env = cluster_env(cluster, "big", directory, PATH=slow_dump.path())
+    slack = f"http://127.0.0.1:{http_receiver.port}/services/T000/B000/XXXXSECRETXXXX"
+    env = cluster_env(cluster, "big", directory, PATH=slow_dump.path(), SLACK_WEBHOOK_URL=slack)
 
     proc = backupd_daemon(["backup"], env)
     wait_until(lambda: any(p.stat().st_size > 0 for p in partial_files(directory)),
@@ -82,6 +84,8 @@ def test_server_killed_mid_dump(
     assert "backup failed" in proc.read_stdout() + proc.read_stderr()
     assert_failed_cleanly(proc.read_stderr(), directory, "pg_dump failed")
     assert data_files(directory) == []
+    (posted,) = [r for r in http_receiver.requests if r.json is not None]
+    assert "pg_dump failed" in json.dumps(posted.json), posted.json
 
     cluster.start()
     again = run_backupd(["backup"], env)

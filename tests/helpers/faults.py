@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -81,3 +83,19 @@ def partial_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return [p for p in directory.iterdir() if p.name.endswith(".partial")]
+
+
+def place_copy(source: Path, directory: Path, stamp: str) -> Path:
+    """Copy backup ``source`` (and its manifest) into ``directory`` as if taken at ``stamp``
+    (``YYYYmmdd_HHMMSS``): how tests make "old" backups without waiting for time to pass."""
+    prefix, _date, _time_and_suffix = source.name.rsplit("_", 2)
+    suffix = _time_and_suffix[6:]
+    name = f"{prefix}_{stamp}{suffix}"
+    target = directory / name
+    shutil.copyfile(source, target)
+    target.chmod(0o600)
+    manifest = json.loads(Path(f"{source}.manifest.json").read_text())
+    manifest_path = Path(f"{target}.manifest.json")
+    manifest_path.write_text(json.dumps({**manifest, "name": name}))
+    manifest_path.chmod(0o600)
+    return target

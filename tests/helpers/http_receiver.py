@@ -105,8 +105,10 @@ class HttpReceiver:
                 self._listen()
 
     def _record_and_decide(self, req: RecordedRequest) -> tuple[int | None, dict[str, str], str]:
-        # What backupd sent (payload, query, headers) is evidence for the secret-leak check.
-        leakcheck.record_output(f"http {req.method} {req.path}", f"{req.path}\n{req.headers}\n"
+        # What backupd sent (query, headers, payload) is evidence for the secret-leak check;
+        # the path is where the test told it to send, so it is the secret, not a leak.
+        query = req.path.partition("?")[2]
+        leakcheck.record_output(f"http {req.method} request", f"{query}\n{req.headers}\n"
                                 + req.body.decode("utf-8", "replace"))
         with self._cond:
             self.requests.append(req)
