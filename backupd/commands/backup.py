@@ -62,6 +62,12 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.result.stderr_tail = exc.stderr_tail
             ctx.result.backup_name = None
             raise
+        except OSError as exc:
+            # Disk full, I/O error, ...: the storage's fault, not a bug in backupd; the
+            # partial file is already gone (atomic_write).
+            ctx.result.backup_name = None
+            raise JobFailed(f"writing {name} to DB_BACKUP_DIR ({store.directory}) failed: "
+                            f"{exc.strerror or exc}; the partial file was removed") from None
         except BaseException:
             ctx.result.backup_name = None
             raise
