@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers.backups import seed_small_db
 from helpers.cli import BackupdProcess, kill_group, start_backupd, stop_backupd
 from helpers.cluster import PrivateCluster
 from helpers.http_receiver import HttpReceiver
@@ -101,6 +102,15 @@ def make_db(pg_server: ServerAddress) -> Iterator[Callable[..., str]]:
     yield make
     for db in created:
         drop_database(pg_server, db)
+
+
+@pytest.fixture
+def small_db(pg_server: ServerAddress, make_db: Callable[..., str]) -> str:
+    """A throwaway database with a few hundred rows (helpers.backups.seed_small_db): for tests
+    that need a real dump but not the whole certificates fixture."""
+    db = make_db()
+    seed_small_db(pg_server, db)
+    return db
 
 
 @pytest.fixture

@@ -56,22 +56,32 @@ def plan_prune(
     return PrunePlan(delete, keep, protected)
 
 
-def good_local_backups(
-    ctx: JobContext, entries: list[BackupEntry], needed: int
-) -> list[BackupEntry]:
-    """The newest ``needed`` verified backups whose bytes still match their manifest."""
-    good: list[BackupEntry] = []
-    for entry in entries:
-        if len(good) >= needed:
-            break
-        if not entry.verified or entry.manifest is None:
-            continue
-        digest, _ = sha256_of(str(ctx.store.resolve(entry.name)))
-        if digest == entry.manifest.sha256:
-            good.append(entry)
-        else:
-            ctx.warn(f"{entry.name} no longer matches its checksum; not counted as a good backup")
-    return good
+def rechecked_plan(
+    ctx: JobContext, entries: list[BackupEntry], settings: Settings, now: datetime
+) -> PrunePlan:
+    """The plan, relying only on verified backups whose bytes still match their manifest.
+
+    Only the backups the plan protects are read (not every backup): when one turns out
+    corrupted, it stops counting as good, the plan is made again (so an older good backup
+    takes its place), and the newly protected ones are checked in turn.
+    """
+    proven: set[str] = set()
+    corrupted: set[str] = set()
+    while True:
+        good = [e for e in entries if e.verified and e.name not in corrupted]
+        plan = plan_prune(entries, settings, now, is_good=good)
+        relied_on = [e for e in good if e.name in plan.reasons and e.name not in proven]
+        if not relied_on:
+            return plan
+        for entry in relied_on:
+            assert entry.manifest is not None  # verified implies a manifest
+            digest, _ = sha256_of(str(ctx.store.resolve(entry.name)))
+            if digest == entry.manifest.sha256:
+                proven.add(entry.name)
+            else:
+                corrupted.add(entry.name)
+                ctx.warn(f"{entry.name} no longer matches its checksum; "
+                         "not counted as a good backup")
 
 
 def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
@@ -85,8 +95,7 @@ def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
         return []
     if recheck:
         # Re-check before trusting: only done when something would be deleted.
-        good = good_local_backups(ctx, entries, settings.keep_min)
-        plan = plan_prune(entries, settings, now, is_good=good)
+        plan = rechecked_plan(ctx, entries, settings, now)
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:

@@ -48,7 +48,11 @@ class GzipStreamChecker:
         # A list, not a growing bytearray: one member (the usual case) is returned uncopied.
         out: list[bytes] = []
         while chunk:
-            out.append(self._inflater.decompress(chunk))
+            try:
+                out.append(self._inflater.decompress(chunk))
+            except isal_zlib.error as exc:  # type: ignore[misc]  # the stub calls it an instance
+                # IsalError is no ValueError: callers would treat corruption as a crash.
+                raise ValueError(f"not a valid gzip stream ({exc})") from None
             if not self._inflater.eof:
                 break
             chunk = self._inflater.unused_data

@@ -1,0 +1,106 @@
+"""Backup file names: any database name becomes a safe, recognisable, reversible file name, and
+only backupd's own names parse as backups."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from backupd.naming import (
+    backup_name,
+    data_suffix,
+    decode_database,
+    encode_database,
+    is_partial,
+    manifest_name,
+    parse_backup_name,
+    partial_name,
+)
+
+WHEN = datetime(2024, 3, 5, 1, 2, 3, tzinfo=UTC)
+
+ODD_NAMES = [
+    "certificate_verification",
+    "we'ird \"db\" /../ näme",
+    "..",
+    "../../etc/passwd",
+    "-rf",
+    ".hidden",
+    "a%2Fb",  # looks already encoded: must still round-trip
+    "line\nbreak\ttab",
+    "東京 データ",
+    "emoji 🐘",
+    "x_20240101_000000",  # looks like it already carries a timestamp
+    "x" * 63,
+    "\x7f" * 63,  # the longest encoding there is: every byte percent-encoded
+]
+
+
+@pytest.mark.parametrize("database", ODD_NAMES)
+def test_any_database_name_makes_a_safe_reversible_file_name(database: str) -> None:
+    name = backup_name(database, WHEN)
+
+    assert "/" not in name and "\x00" not in name and "\n" not in name
+    assert not name.startswith((".", "-"))
+    assert name not in (".", "..")
+    # Even its longest relative (encrypted, manifest, being written) fits a file name.
+    longest = partial_name(manifest_name(backup_name(database, WHEN, ".sql.gz.age")))
+    assert len(longest.encode()) <= 255
+    parsed = parse_backup_name(name)
+    assert parsed is not None
+    assert parsed.database == database
+    assert decode_database(encode_database(database)) == database
+    assert parsed.taken_at == WHEN
+    assert parsed.suffix == ".sql.gz"
+
+
+def test_plain_names_stay_readable() -> None:
+    assert backup_name("certificate_verification", WHEN) == (
+        "certificate_verification_20240305_010203.sql.gz"
+    )
+    assert encode_database("näme-2") == "näme-2"
+    assert encode_database("a b") == "a%20b"
+
+
+def test_timestamp_is_utc_whatever_the_input_zone() -> None:
+    local = WHEN.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    assert backup_name("db", local) == backup_name("db", WHEN)
+
+
+def test_distinct_databases_never_share_a_name() -> None:
+    names = {encode_database(db) for db in ["a b", "a%20b", "a_b", "a-b", "a/b", "a.b"]}
+    assert len(names) == 6
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "notes.txt",
+        "db.sql.gz",  # no timestamp
+        "db_20240305.sql.gz",  # the date alone
+        "db_2024-03-05_010203.sql.gz",
+        "db_20240305_010203.sql",  # uncompressed: the old scripts never wrote these
+        "db_20240305_010203.sql.gz.bak",
+        "db_20240305_010203.sql.gz.manifest.json",
+        "db_20241305_010203.sql.gz",  # month 13
+        "_20240305_010203.sql.gz",  # no database part
+        ".db_20240305_010203.sql.gz.partial",
+    ],
+)
+def test_foreign_names_are_not_backups(name: str) -> None:
+    assert parse_backup_name(name) is None
+
+
+def test_suffixes_and_helpers() -> None:
+    assert data_suffix("plain", "gzip", False) == ".sql.gz"
+    assert data_suffix("plain", "zstd", False) == ".sql.zst"
+    assert data_suffix("custom", "gzip", True) == ".dump.age"
+    for suffix in (".sql.gz", ".sql.zst", ".dump", ".sql.gz.age"):
+        parsed = parse_backup_name(backup_name("db", WHEN, suffix))
+        assert parsed is not None and parsed.suffix == suffix
+    name = backup_name("db", WHEN)
+    assert manifest_name(name) == name + ".manifest.json"
+    assert is_partial(partial_name(name))
+    assert parse_backup_name(partial_name(name)) is None
+    assert not is_partial(name)

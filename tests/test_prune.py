@@ -1,0 +1,151 @@
+"""Retention (``backupd prune``) on real backup files re-dated into the past: it keeps enough good
+backups, never anything it does not own, and never trusts a file that no longer matches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from helpers.backups import (
+    backup_files,
+    flip_byte,
+    read_manifest,
+    redate,
+    take_backup,
+    write_manifest,
+)
+from helpers.cli import run_backupd
+
+EnvFactory = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def real_backup(small_db: str, backupd_env: EnvFactory) -> Path:
+    return take_backup(backupd_env(small_db))
+
+
+def aged(source: Path, *days: float) -> list[Path]:
+    """Copies of a real backup (and manifest) taken ``days`` ago each, newest first."""
+    now = datetime.now(UTC)
+    return [redate(source, now - timedelta(days=d)) for d in sorted(days)]
+
+
+def prune(env: dict[str, str], *args: str, **settings: str) -> tuple[int, str]:
+    proc = run_backupd(["prune", *args], {**env, **settings})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_keeps_keep_min_verified_backups_when_all_are_expired(
+    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+) -> None:
+    env = backupd_env(small_db)
+    backups = aged(real_backup, 10, 20, 30, 40, 50)
+    real_backup.unlink()
+    real_backup.with_name(real_backup.name + ".manifest.json").unlink()
+
+    code, output = prune(env, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="3")
+
+    assert code == 0, output
+    assert backup_files(backup_dir) == sorted(p.name for p in backups[:3])
+    # Deleted backups take their manifests with them.
+    for gone in backups[3:]:
+        assert not gone.with_name(gone.name + ".manifest.json").exists()
+        assert f"deleted {gone.name}" in output
+
+
+def test_leaves_foreign_files_alone(
+    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+) -> None:
+    env = backupd_env(small_db)
+    aged(real_backup, 30, 40)
+    old = datetime.now(UTC) - timedelta(days=400)
+    foreign = {
+        "notes.txt": b"keep me",
+        "other_db_20200101_000000.sql.gz": real_backup.read_bytes(),  # another database's
+        f"{small_db}.sql.gz": real_backup.read_bytes(),  # no timestamp: not ours
+        f"{small_db}_20200101_000000.sql.gz.bak": b"x",
+        f"{small_db}_2020-01-01.sql.gz": b"x",
+    }
+    for name, data in foreign.items():
+        (backup_dir / name).write_bytes(data)
+    (backup_dir / "subdir").mkdir()
+    for path in backup_dir.iterdir():  # old mtimes too: age must come from the name only
+        os.utime(path, (old.timestamp(), old.timestamp()))
+
+    code, output = prune(env, DB_BACKUP_RETENTION_DAYS="1", DB_BACKUP_KEEP_MIN="1")
+
+    assert code == 0, output
+    for name, data in foreign.items():
+        assert (backup_dir / name).read_bytes() == data
+    assert (backup_dir / "subdir").is_dir()
+    # It did prune its own: only the newest (keep_min=1) is left of this database's.
+    mine = [n for n in backup_files(backup_dir) if n.startswith(f"{small_db}_20")
+            and n not in foreign]
+    assert mine == [real_backup.name]
+
+
+def test_keeps_the_last_good_backup_before_an_unverified_one(
+    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+) -> None:
+    env = backupd_env(small_db)
+    unverified, last_good_before, oldest = aged(real_backup, 10, 20, 30)
+    manifest = read_manifest(unverified)
+    manifest.update(verified=False, verify_error="gzip integrity: truncated")
+    write_manifest(unverified, manifest)
+
+    code, output = prune(env, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="1")
+
+    assert code == 0, output
+    left = backup_files(backup_dir)
+    assert real_backup.name in left  # the newest verified (keep_min)
+    assert last_good_before.name in left
+    assert oldest.name not in left
+
+
+def test_corrupted_backup_is_not_counted_as_good(
+    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+) -> None:
+    """A flipped byte keeps the size, so only the checksum tells; the manifest still says
+    verified. Two good backups must survive besides it."""
+    env = backupd_env(small_db)
+    corrupt, good1, good2 = aged(real_backup, 10, 20, 30)
+    real_backup.unlink()
+    real_backup.with_name(real_backup.name + ".manifest.json").unlink()
+    flip_byte(corrupt)
+    assert read_manifest(corrupt)["verified"] is True
+
+    code, output = prune(env, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="2")
+
+    assert code == 0, output
+    left = backup_files(backup_dir)
+    assert good1.name in left and good2.name in left
+    assert corrupt.name in output  # the user is told which file no longer matches
+
+
+def test_dry_run_deletes_nothing(
+    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+) -> None:
+    env = backupd_env(small_db)
+    backups = aged(real_backup, 10, 20, 30)
+    before = sorted(p.name for p in backup_dir.iterdir())
+
+    code, output = prune(env, "--dry-run", DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="1")
+
+    assert code == 0, output
+    assert sorted(p.name for p in backup_dir.iterdir()) == before
+    for path in backups:
+        assert f"would delete {path.name}" in output
+
+
+def test_backup_applies_retention_after_a_verified_backup(
+    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+) -> None:
+    env = backupd_env(small_db, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="2")
+    old = aged(real_backup, 10, 20)
+    new = take_backup(env, prune=True)
+    left = backup_files(backup_dir)
+    assert new.name in left and real_backup.name in left
+    assert old[0].name not in left and old[1].name not in left
