@@ -6,6 +6,7 @@ leaves nothing that looks like a backup.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import stat
@@ -88,6 +89,11 @@ def test_backup_file_name_mode_and_manifest(
     assert manifest["verified"] is True
     assert stat.S_IMODE(backup.with_name(backup.name + ".manifest.json").stat().st_mode) == 0o600
     assert backup.name in (backup_dir / "backup_log.txt").read_text()
+    listed = run_backupd(["list", "--json"], backupd_env(small_db))
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert (row["name"], row["state"], row["verified"], row["sha256"], row["size_bytes"]) == (
+        backup.name, "verified", True, manifest["sha256"], backup.stat().st_size)
 
 
 def test_database_name_with_odd_characters_stays_inside_and_round_trips(

@@ -149,3 +149,25 @@ def test_backup_applies_retention_after_a_verified_backup(
     left = backup_files(backup_dir)
     assert new.name in left and real_backup.name in left
     assert old[0].name not in left and old[1].name not in left
+
+
+def test_old_script_backups_count_as_good_only_when_their_content_verifies(
+    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+) -> None:
+    """Backups from the old scripts have no manifest. Right after switching to backupd they
+    may be the only backups there are: retention must not wipe them all, yet a broken one
+    must not count towards DB_BACKUP_KEEP_MIN."""
+    env = backupd_env(small_db)
+    broken, good1, good2, oldest = aged(real_backup, 10, 20, 30, 40)
+    for path in (real_backup, broken, good1, good2, oldest):
+        path.with_name(path.name + ".manifest.json").unlink()
+    real_backup.unlink()
+    broken.write_bytes(b"not gzip at all")
+
+    code, output = prune(env, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="2")
+
+    assert code == 0, output
+    left = backup_files(backup_dir)
+    assert good1.name in left and good2.name in left
+    assert oldest.name not in left
+    assert broken.name in output

@@ -254,3 +254,26 @@ def test_typing_the_right_name_restores(
         assert fingerprint(pg_server, target) == fingerprint(pg_server, small_db)
     finally:
         psql(pg_server, "postgres", f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+
+
+def test_replace_swaps_in_the_backup_and_keeps_the_old_database(
+    pg_server: ServerAddress, small_db: str, env: dict[str, str], backup: Path
+) -> None:
+    backed_up = fingerprint(pg_server, small_db)
+    psql(pg_server, small_db, "DELETE FROM items WHERE id > 10")
+    changed = fingerprint(pg_server, small_db)
+
+    proc = run_backupd(["restore", backup.name, "--yes", "--replace"], env)
+
+    assert proc.returncode == 0, proc.stderr
+    kept = psql(pg_server, "postgres",
+                "SELECT datname FROM pg_database WHERE datname LIKE "
+                f"'{small_db}_before_restore_%'").split()
+    try:
+        assert fingerprint(pg_server, small_db) == backed_up
+        assert len(kept) == 1
+        assert fingerprint(pg_server, kept[0]) == changed
+        assert kept[0] in (Path(env["DB_BACKUP_DIR"]) / "restore_log.txt").read_text()
+    finally:
+        for name in kept:
+            psql(pg_server, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

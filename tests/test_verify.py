@@ -168,3 +168,13 @@ def test_verify_good_backup_passes(env: dict[str, str], good_backup: Path) -> No
     assert reports[0]["ok"] and not failed_checks(reports[0])
     assert {c["check"] for c in reports[0]["checks"]} >= {"size", "gzip integrity",
                                                            "sql content", "sha256"}
+
+
+@pytest.mark.parametrize("name", ["../elsewhere.sql.gz", "db_20240101_000000.sql.gz", "notes.txt"])
+def test_verify_of_a_name_that_is_not_a_backup_here_is_exit_2(
+    env: dict[str, str], good_backup: Path, name: str
+) -> None:
+    proc = run_backupd(["verify", name], env)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("backupd: error:")]
+    assert len(errors) == 1 and "NAME" in errors[0], proc.stderr

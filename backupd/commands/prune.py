@@ -4,7 +4,8 @@ Deletes this database's backups older than DB_BACKUP_RETENTION_DAYS, but never:
 fewer than DB_BACKUP_KEEP_MIN good backups; the newest good backup before an
 unverified one; anything that is not one of backupd's own backup files.
 A "good" backup is verified per its manifest, and its SHA-256 is re-checked
-before the sweep relies on it, so a file corrupted on disk never counts.
+before the sweep relies on it, so a file corrupted on disk never counts. A backup
+from the old scripts (no manifest) counts as good once its content verifies in full.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from backupd.job import JobContext
 from backupd.pipeline.checksum import sha256_of
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, BackupStore
+from backupd.verification import verify_file
 
 
 @dataclass
@@ -59,29 +61,45 @@ def plan_prune(
 def rechecked_plan(
     ctx: JobContext, entries: list[BackupEntry], settings: Settings, now: datetime
 ) -> PrunePlan:
-    """The plan, relying only on verified backups whose bytes still match their manifest.
+    """The plan, relying only on backups proven good now: verified ones whose bytes still
+    match their manifest, and old-script ones (no manifest) whose content verifies.
 
     Only the backups the plan protects are read (not every backup): when one turns out
-    corrupted, it stops counting as good, the plan is made again (so an older good backup
+    bad, it stops counting as good, the plan is made again (so an older good backup
     takes its place), and the newly protected ones are checked in turn.
     """
+    candidates = [e for e in entries if e.verified or _from_old_scripts(e)]
     proven: set[str] = set()
-    corrupted: set[str] = set()
+    bad: set[str] = set()
     while True:
-        good = [e for e in entries if e.verified and e.name not in corrupted]
+        good = [e for e in candidates if e.name not in bad]
         plan = plan_prune(entries, settings, now, is_good=good)
         relied_on = [e for e in good if e.name in plan.reasons and e.name not in proven]
         if not relied_on:
             return plan
         for entry in relied_on:
-            assert entry.manifest is not None  # verified implies a manifest
-            digest, _ = sha256_of(str(ctx.store.resolve(entry.name)))
-            if digest == entry.manifest.sha256:
+            problem = _problem_now(ctx, entry)
+            if problem is None:
                 proven.add(entry.name)
             else:
-                corrupted.add(entry.name)
-                ctx.warn(f"{entry.name} no longer matches its checksum; "
-                         "not counted as a good backup")
+                bad.add(entry.name)
+                ctx.warn(f"{entry.name} {problem}; not counted as a good backup")
+
+
+def _from_old_scripts(entry: BackupEntry) -> bool:
+    return entry.manifest is None and entry.manifest_error is None
+
+
+def _problem_now(ctx: JobContext, entry: BackupEntry) -> str | None:
+    path = ctx.store.resolve(entry.name)
+    if entry.manifest is not None:
+        digest, _ = sha256_of(str(path))
+        return None if digest == entry.manifest.sha256 else "no longer matches its checksum"
+    # No checksum to compare with: only reading the whole content proves it.
+    report = verify_file(path, entry.parsed, None)
+    if not report.ok:
+        return f"(no manifest) fails verification: {report.problem}"
+    return None if report.content_checked else "(no manifest) cannot be verified here"
 
 
 def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
