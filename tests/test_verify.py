@@ -66,6 +66,10 @@ def _not_gzip(path: Path) -> None:
     manifest_path(path).unlink()
 
 
+def _tiny_not_gzip(path: Path) -> None:
+    path.write_bytes(b"junk\n")
+
+
 def _empty(path: Path) -> None:
     path.write_bytes(b"")
     manifest_path(path).unlink()
@@ -96,6 +100,7 @@ CORRUPTIONS: list[tuple[Callable[[Path], None], set[str]]] = [
     (_truncated, {"size", "gzip integrity", "sha256"}),
     (_flipped, {"gzip integrity", "sha256"}),
     (_not_gzip, {"gzip integrity"}),
+    (_tiny_not_gzip, {"size", "gzip integrity", "sha256"}),
     (_empty, {"non-empty"}),
     (_cut_short_valid_gzip, {"sql content"}),
     (_cut_short_without_manifest, {"sql content"}),
@@ -118,6 +123,9 @@ def test_verify_detects_damage(
     assert [r["name"] for r in reports] == [good_backup.name]
     assert reports[0]["ok"] is False
     assert failed_checks(reports[0]) == expected
+    if damage in (_not_gzip, _tiny_not_gzip):
+        [gzip_check] = [c for c in reports[0]["checks"] if c["check"] == "gzip integrity"]
+        assert "not a gzip file" in gzip_check["detail"]
     if had_manifest and manifest_path(good_backup).exists():
         # The verdict is written down, so list/prune/restore --latest stop trusting it.
         manifest = read_manifest(good_backup)

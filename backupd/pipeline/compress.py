@@ -43,8 +43,14 @@ class GzipStreamChecker:
     def __init__(self) -> None:
         self._inflater = isal_zlib.decompressobj(wbits=31)
         self.finished_member = False
+        self._started = False
 
     def feed(self, chunk: bytes) -> bytes:
+        if not self._started and chunk:
+            self._started = True
+            # Else a short non-gzip file would only be reported as "truncated".
+            if not chunk.startswith(b"\x1f\x8b"[: len(chunk)]):
+                raise ValueError("not a gzip file (it does not start with gzip's magic bytes)")
         # A list, not a growing bytearray: one member (the usual case) is returned uncopied.
         out: list[bytes] = []
         while chunk:
