@@ -44,6 +44,8 @@ from backupd.storage.local import UnsafePathError
 from backupd.verification import check_other_content, verify_file
 
 MAINTENANCE_DB = "postgres"
+# psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
+COMMIT_CONFIRMATION = b"backupd: restore committed"
 Confirm = Callable[[str], bool]
 
 
@@ -197,10 +199,16 @@ def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
 
 def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
                      identities: list[x25519.Identity] | None = None) -> None:
-    """Feed the decompressed dump to psql: one transaction, stop at the first error."""
-    argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction",
+    """Feed the decompressed dump to psql: one transaction, stop at the first error.
+
+    backupd writes BEGIN itself and COMMIT only after the last byte of the dump, rather
+    than using psql's --single-transaction: that option commits at end of input, so a
+    backupd killed mid-stream would leave a half-restored database. Here psql sees end
+    of input inside an open transaction and PostgreSQL rolls it back.
+    """
+    argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password",
             "--set", "ON_ERROR_STOP=1", "--output", "/dev/null"]
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=child_env(ctx.settings, database),
                                start_new_session=True)
     assert process.stdin is not None and process.stderr is not None
@@ -209,6 +217,10 @@ def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: 
         line.decode("utf-8", "replace").rstrip() for line in process.stderr  # type: ignore[union-attr]
     ), daemon=True)
     reader.start()
+    confirmations: list[bytes] = []
+    confirmer = threading.Thread(target=lambda: confirmations.append(
+        process.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    confirmer.start()
     unregister = ctx.cancel.on_cancel(process.terminate)
     broken_pipe = False
     try:
@@ -218,7 +230,9 @@ def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: 
             raw = DecryptedReader(path, identities)  # type: ignore[assignment]
         with open_decompressed(raw, parsed.compression) as source:
             try:
+                process.stdin.write(b"BEGIN;\n")
                 shutil.copyfileobj(source, process.stdin, 1024 * 1024)
+                process.stdin.write(b"\nCOMMIT;\n\\echo " + COMMIT_CONFIRMATION + b"\n")
                 process.stdin.close()
             except BrokenPipeError:
                 broken_pipe = True  # psql stopped at an error; its stderr says which
@@ -230,7 +244,12 @@ def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: 
     finally:
         unregister()
         reader.join(5)
+        confirmer.join(5)
     ctx.cancel.raise_if_cancelled()
+    if code == 0 and COMMIT_CONFIRMATION not in b"".join(confirmations):
+        # psql ended without an error but never got as far as the COMMIT: nothing was restored.
+        raise JobFailed(f"restore into {database!r} failed: psql did not confirm the COMMIT "
+                        "(it stopped reading early); the transaction was rolled back")
     if code != 0 or broken_pipe:
         detail = next((line for line in errors if "ERROR" in line or "FATAL" in line),
                       errors[-1] if errors else f"psql exit code {code}")

@@ -3,6 +3,7 @@ restore) while a real restore transaction is open in the target database."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .pg import pg_binary
@@ -25,6 +26,33 @@ def pausing_psql(directory: Path, pid_file: Path, pause_seconds: float = 60) -> 
         "'{ print; fflush() } !done && /^ALTER TABLE .* OWNER TO .*;$/ "
         "{ print pause; fflush(); done = 1 }' "
         f"| '{pg_binary('psql')}' \"$@\"\n"
+    )
+    script.chmod(0o755)
+    return directory
+
+
+
+def cut_at_statement_psql(directory: Path, done_file: Path) -> Path:
+    """A directory to put first on PATH whose ``psql`` passes the dump to the real psql only
+    up to and including the first complete ``ALTER TABLE ... OWNER TO`` line, then closes the
+    real psql's input (end of input exactly on a statement boundary: where committing at end
+    of input would keep a half-restored database), touches ``done_file`` once the real psql
+    has exited, and stops reading, so the feeder blocks until the test kills it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "psql"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import pathlib, re, subprocess, sys, time\n"
+        f"real = subprocess.Popen([{str(pg_binary('psql'))!r}, *sys.argv[1:]],"
+        " stdin=subprocess.PIPE)\n"
+        "for line in sys.stdin.buffer:\n"
+        "    real.stdin.write(line)\n"
+        "    if re.match(rb'ALTER TABLE .* OWNER TO .*;$', line.rstrip(b'\\n')):\n"
+        "        break\n"
+        "real.stdin.close()\n"
+        "real.wait()\n"
+        f"pathlib.Path({str(done_file)!r}).write_text(str(real.returncode))\n"
+        "time.sleep(600)\n"
     )
     script.chmod(0o755)
     return directory
