@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from helpers.backups import seed_small_db
 from helpers.cli import BackupdProcess, kill_group, start_backupd, stop_backupd
-from helpers.cluster import PrivateCluster
+from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
 from helpers.http_receiver import HttpReceiver
 from helpers.pg import (
     LOCAL,
@@ -30,7 +30,6 @@ from helpers.pg import (
 from helpers.s3server import S3Server
 
 # Quote, double quote, colon, backslash, space and dollar: breaks naive conninfo/URL/shell use.
-DEFAULT_CLUSTER_PASSWORD = "p'w\"d:x\\ y$z"
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_CLUSTER_PASSWORD
 from helpers.backups import only_backup, path_with, read_tool_log, tool_wrapper_dir
 from helpers.cli import run_backupd
-from helpers.cluster import PrivateCluster
+from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
 from helpers.pg import create_database, fingerprint, psql
 
 EnvFactory = Callable[..., dict[str, str]]

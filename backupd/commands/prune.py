@@ -68,7 +68,10 @@ def rechecked_plan(
     bad, it stops counting as good, the plan is made again (so an older good backup
     takes its place), and the newly protected ones are checked in turn.
     """
-    candidates = [e for e in entries if e.verified or _from_old_scripts(e)]
+    # backupd's own verified backups (checksum recorded at write time) fill the minimum kept
+    # first; old-script files, proven only by content, count when there are too few of those.
+    candidates = sorted((e for e in entries if e.verified or _from_old_scripts(e)),
+                        key=_from_old_scripts)
     proven: set[str] = set()
     bad: set[str] = set()
     while True:

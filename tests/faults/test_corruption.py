@@ -187,7 +187,8 @@ def test_backup_without_manifest_is_never_counted_good(
     taken: Taken, pg_server: ServerAddress, tmp_path: Path
 ) -> None:
     """An intact file without a manifest is a legacy (shell-script) backup: listed as such,
-    never "verified", never chosen by --latest, never counted by retention."""
+    never "verified", never chosen by --latest, and counted by retention only after backupd's
+    own verified backups (so it never pushes a verified backup out of the minimum kept)."""
     directory = tmp_path / "backups"
     directory.mkdir(mode=0o700)
     good = place_copy(taken.path, directory, G_STAMP)

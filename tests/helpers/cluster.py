@@ -20,6 +20,10 @@ from .pg import ServerAddress, pg_binary
 
 SERVER_OS_USER = "postgres"
 
+# A password with a quote, double quote, colon, backslash, space and dollar: every
+# character that breaks naive quoting in a conninfo string, a pgpass line or a shell.
+DEFAULT_CLUSTER_PASSWORD = "p'w\"d:x\\ y$z"
+
 
 def free_port() -> int:
     # The OS picks a free port; there is a small window before the server binds it.
