@@ -16,16 +16,9 @@ import typer
 # typer >= 0.2x vendors click: its usage errors are typer's own classes.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from backupd import __version__, offsite
-from backupd.commands import backup as backup_cmd
-from backupd.commands import drill as drill_cmd
-from backupd.commands import health as health_cmd
-from backupd.commands import listing
-from backupd.commands import prune as prune_cmd
-from backupd.commands import restore as restore_cmd
-from backupd.commands import run as run_cmd
-from backupd.commands import status as status_cmd
-from backupd.commands import verify as verify_cmd
+# Each command imports its own module when it runs: a `backupd list` should not pay for
+# boto3, slack_sdk or prometheus_client (start-up time and memory are per invocation).
+from backupd import __version__
 from backupd.errors import BackupdError, ConfigError
 from backupd.job import JobContext, run_job
 from backupd.log import configure_logging, redact
@@ -81,6 +74,8 @@ def backup(
 ) -> None:
     """Dump POSTGRES_DB, verify the new backup, copy it to S3 (if DB_BACKUP_S3_BUCKET is set),
     then apply retention (locally and in S3)."""
+    from backupd.commands import backup as backup_cmd
+
     settings = bootstrap()
     finish(execute("backup", settings,
                    lambda ctx: backup_cmd.run(ctx, apply_retention=not no_prune)))
@@ -98,6 +93,8 @@ def verify(
         "also reports incomplete uploads.")] = False,
 ) -> None:
     """Check backups: gzip integrity, SQL completeness, size and SHA-256."""
+    from backupd.commands import verify as verify_cmd
+
     settings = bootstrap()
     result = execute("verify", settings, lambda ctx: _discard(
         verify_cmd.run(ctx, names or [], verify_all, remote=remote)))
@@ -140,6 +137,8 @@ def restore(
         fail("NAME: give a backup file name or --latest; see `backupd list`")
     if not yes and not sys.stdin.isatty():
         fail("--yes: no terminal to confirm on; pass --yes to restore without asking")
+    from backupd.commands import restore as restore_cmd
+
     settings = bootstrap()
     confirm = None if yes else _confirm_by_typing
     finish(execute("restore", settings, lambda ctx: restore_cmd.run(
@@ -165,6 +164,8 @@ def drill(
 ) -> None:
     """Restore a backup into a scratch database (DRILL_DATABASE), compare it with the live
     database, record the restore time in its manifest, then drop the scratch database."""
+    from backupd.commands import drill as drill_cmd
+
     settings = bootstrap()
     result = execute("drill", settings, lambda ctx: drill_cmd.run(ctx, name, from_s3=from_s3))
     if result.details.get("comparison_summary"):
@@ -186,6 +187,9 @@ def list_backups(
         "--remote", help="List the committed backups in S3 instead of DB_BACKUP_DIR.")] = False,
 ) -> None:
     """List backups, newest first: name, size, age, verified or not."""
+    from backupd import offsite
+    from backupd.commands import listing
+
     settings = bootstrap()
     try:
         store = offsite.require_store(settings, "--remote") if remote else LocalStore(
@@ -199,6 +203,8 @@ def list_backups(
 @app.command()
 def upload() -> None:
     """Upload verified backups that are not in S3 yet (pending uploads) now."""
+    from backupd import offsite
+
     settings = bootstrap()
     finish(execute("upload", settings, offsite.run_upload_job))
 
@@ -208,6 +214,8 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would go.")] = False,
 ) -> None:
     """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones."""
+    from backupd.commands import prune as prune_cmd
+
     settings = bootstrap()
     result = execute("prune", settings, lambda ctx: prune_cmd.run(ctx, dry_run=dry_run))
     for name in result.deleted:
@@ -219,6 +227,8 @@ def prune(
 def run_daemon() -> None:
     """Run as a daemon: back up on BACKUP_SCHEDULE (cron, in TZ), plus VERIFY_SCHEDULE,
     RETENTION_SCHEDULE and DRILL_SCHEDULE; SIGTERM cancels a running dump and exits 0."""
+    from backupd.commands import run as run_cmd
+
     settings = bootstrap()
     raise typer.Exit(run_cmd.run(settings))
 
@@ -228,6 +238,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the daemon: next run times, last result per job, newest verified backup, health."""
+    from backupd.commands import status as status_cmd
+
     settings = bootstrap()
     raise typer.Exit(status_cmd.run(settings, as_json=as_json))
 
@@ -241,6 +253,8 @@ def health(
     Also requires a recent successful drill when DRILL_MAX_AGE_DAYS is set, and a fresh
     daemon state file when one exists. Meant for a Docker HEALTHCHECK.
     """
+    from backupd.commands import health as health_cmd
+
     settings = bootstrap()
     raise typer.Exit(health_cmd.run(settings, as_json=as_json))
 

@@ -21,6 +21,10 @@ class JobFailed(BackupdError):
     exit_code = 1
 
 
+class OffsiteError(JobFailed):
+    """S3 was unreachable or refused a request; the message is one line, secret-free."""
+
+
 class JobSkipped(BackupdError):
     """A job did not run, for a reason that is not a failure of the data (exit 1)."""
 

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tenacity import (
     Retrying,
@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from backupd.commands import prune
-from backupd.errors import Cancelled, ConfigError, JobFailed
+from backupd.errors import Cancelled, ConfigError, JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import parse_backup_name, partial_name
 from backupd.pipeline.checksum import sha256_of
@@ -33,7 +33,9 @@ from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
 from backupd.storage.local import LocalStore
-from backupd.storage.s3 import OffsiteError, S3Store
+
+if TYPE_CHECKING:
+    from backupd.storage.s3 import S3Store
 from backupd.verification import VerifyReport, content_checker_for, verify_file
 
 T = TypeVar("T")
@@ -46,7 +48,11 @@ DOWNLOAD_HEADROOM_BYTES = 64 * 1024 * 1024
 
 def configured_store(settings: Settings) -> S3Store | None:
     """The S3 store when DB_BACKUP_S3_BUCKET is set (bad S3 settings: ConfigError), else None."""
-    return S3Store(settings) if settings.s3_bucket else None
+    if not settings.s3_bucket:
+        return None
+    from backupd.storage.s3 import S3Store  # boto3 is loaded only when S3 is configured
+
+    return S3Store(settings)
 
 
 def require_store(settings: Settings, option: str) -> S3Store:

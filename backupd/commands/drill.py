@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -26,14 +27,16 @@ from psycopg import sql
 from backupd import offsite
 from backupd.commands import restore
 from backupd.drill_compare import Comparison, Connection, compare, read_catalog
-from backupd.errors import ConfigError, JobFailed, JobSkipped
+from backupd.errors import ConfigError, JobFailed, JobSkipped, OffsiteError
 from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.pg import advisory_lock, connect, describe_pg_error, drop_database
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
-from backupd.storage.s3 import OffsiteError, S3Store
+
+if TYPE_CHECKING:
+    from backupd.storage.s3 import S3Store
 
 SCRATCH_MARK = "backupd restore drill scratch database"
 # psql (or pg_restore) plus the comparison's one connection. Superusers are exempt

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from backupd.notify.base import Notifier, NotifierChain
-from backupd.notify.deadline import checked_url
-from backupd.notify.heartbeat import HeartbeatNotifier
 from backupd.notify.logfile import LogFileNotifier, StructuredLogNotifier
-from backupd.notify.metrics import MetricsNotifier, shared_metrics
-from backupd.notify.slack import SlackNotifier
 from backupd.settings import Settings
+
+# The network notifiers and metrics import slack_sdk / prometheus_client: only when asked for.
 
 
 def build_chain(settings: Settings, *extra: Notifier) -> NotifierChain:
@@ -16,11 +14,19 @@ def build_chain(settings: Settings, *extra: Notifier) -> NotifierChain:
     notifiers: list[Notifier] = [StructuredLogNotifier(), LogFileNotifier(settings.backup_dir)]
     # Local, instant notifiers first; network ones after, each bounded by the chain's timeout.
     if settings.health_port:
+        from backupd.notify.metrics import MetricsNotifier, shared_metrics
+
         notifiers.append(MetricsNotifier(shared_metrics(settings)))
     if settings.heartbeat_url is not None:
+        from backupd.notify.deadline import checked_url
+        from backupd.notify.heartbeat import HeartbeatNotifier
+
         url = checked_url(settings.heartbeat_url.get_secret_value(), "HEARTBEAT_URL")
         notifiers.append(HeartbeatNotifier(url, timeout_seconds=settings.notify_timeout_seconds))
     if settings.slack_webhook_url is not None:
+        from backupd.notify.deadline import checked_url
+        from backupd.notify.slack import SlackNotifier
+
         url = checked_url(settings.slack_webhook_url.get_secret_value(), "SLACK_WEBHOOK_URL")
         notifiers.append(SlackNotifier(url, notify_on=settings.slack_notify_on,
                                        timeout_seconds=settings.notify_timeout_seconds,

@@ -25,7 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from backupd.cancel import CancelToken
-from backupd.errors import ConfigError, JobFailed
+from backupd.errors import ConfigError, OffsiteError
 from backupd.log import redact
 from backupd.manifest import Manifest, ManifestError, parse_manifest
 from backupd.naming import MANIFEST_SUFFIX, manifest_name, parse_backup_name
@@ -46,10 +46,6 @@ MIN_PART_SIZE = 8 * MiB  # boto3's default; comfortably above S3's 5 MiB minimum
 MAX_PART_SIZE = 5 * 1024 * MiB
 # A few parallel parts saturate most links; more only costs memory and connections.
 MAX_CONCURRENCY = 4
-
-
-class OffsiteError(JobFailed):
-    """S3 was unreachable or refused a request; the message is one line, secret-free."""
 
 
 def part_size_for(size: int) -> int:
