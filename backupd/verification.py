@@ -57,6 +57,12 @@ class VerifyReport:
         self.checks.append(Check(name, ok, detail))
         return ok
 
+    def clear_passing_details(self) -> None:
+        """The "ok" detail text of passing checks only describes failures: drop it."""
+        for check in self.checks:
+            if check.ok:
+                check.detail = ""
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -80,25 +86,12 @@ def verify_file(
     content_checker: ContentChecker | None = None,
 ) -> VerifyReport:
     report = VerifyReport(parsed.name)
-    if manifest_error is not None:
-        report.add("manifest", False, manifest_error)
-    try:
-        info = path.lstat()
-    except OSError as exc:
-        report.add("readable", False, exc.strerror or "cannot stat")
+    if not check_file_shape(report, path, manifest, manifest_error):
         return report
-    if not stat.S_ISREG(info.st_mode):
-        report.add("readable", False, "not a regular file (symbolic links are refused)")
-        return report
-    if not report.add("non-empty", info.st_size > 0, "the file is empty"):
-        return report
-    if manifest is not None:
-        report.add("size", info.st_size == manifest.stored_bytes,
-                   f"{info.st_size} bytes on disk, manifest says {manifest.stored_bytes}")
 
     plain = parsed.backup_format == "plain" and not parsed.encrypted
     try:
-        digest, content = _scan(path, parsed.compression if plain else None)
+        digest, content = scan(path, parsed.compression if plain else None)
     except OSError as exc:
         report.add("readable", False, exc.strerror or str(exc))
         return report
@@ -111,17 +104,44 @@ def verify_file(
     if not plain:
         # Unencrypted custom archives need no key, so they are always checked.
         (content_checker or check_other_content)(path, parsed, report)
-    # Clear the "ok" detail text of passing checks: it only describes failures.
-    for check in report.checks:
-        if check.ok:
-            check.detail = ""
+    report.clear_passing_details()
     return report
 
 
-def _scan(path: Path, compression: str | None) -> tuple[str, PlainSqlCheck | None]:
-    """SHA-256 of the file and, for plain SQL, the finished content check."""
+def check_file_shape(report: VerifyReport, path: Path, manifest: Manifest | None,
+                     manifest_error: str | None) -> bool:
+    """The checks that read no content: manifest usable, a non-empty regular file, size as
+    the manifest says. False when the content cannot be read at all (stop there).
+
+    Restore runs these before touching the database, then the content checks in its pass.
+    """
+    if manifest_error is not None:
+        report.add("manifest", False, manifest_error)
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        report.add("readable", False, exc.strerror or "cannot stat")
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        report.add("readable", False, "not a regular file (symbolic links are refused)")
+        return False
+    if not report.add("non-empty", info.st_size > 0, "the file is empty"):
+        return False
+    if manifest is not None:
+        report.add("size", info.st_size == manifest.stored_bytes,
+                   f"{info.st_size} bytes on disk, manifest says {manifest.stored_bytes}")
+    return True
+
+
+def scan(path: Path, compression: str | None,
+         forward: Callable[[bytes], object] | None = None) -> tuple[str, PlainSqlCheck | None]:
+    """SHA-256 of the file and, for plain SQL, the finished content check.
+
+    ``forward`` (plain SQL only) receives the decompressed content, in order, as it is
+    checked: restore streams it into psql in the same pass and commits only if it verified.
+    """
     digest = hashlib.sha256()
-    content = PlainSqlCheck(compression) if compression else None
+    content = PlainSqlCheck(compression, forward) if compression else None
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as handle:
         while chunk := handle.read(READ_SIZE):
@@ -137,18 +157,25 @@ class PlainSqlCheck:
     Also the sink for decrypted ``.age`` content, so both paths run the same checks.
     """
 
-    def __init__(self, compression: str) -> None:
+    def __init__(self, compression: str,
+                 forward: Callable[[bytes], object] | None = None) -> None:
         self.compression = compression
         self._checker = open_checker(compression)
         self._head_tail = HeadTail()
         self._stream_problem: str | None = None
+        self._forward = forward  # gets the decompressed content (restore's single pass)
 
     def write(self, chunk: bytes) -> int:
         if self._stream_problem is None:
             try:
-                self._head_tail.feed(self._checker.feed(chunk))
+                data = self._checker.feed(chunk)
             except (ValueError, OSError) as exc:
                 self._stream_problem = _describe_stream_error(exc)
+                return len(chunk)
+            self._head_tail.feed(data)
+            # Outside the try: a failing consumer (psql gone) says nothing about the file.
+            if self._forward is not None and data:
+                self._forward(data)
         return len(chunk)
 
     def add_checks(self, report: VerifyReport) -> None:
