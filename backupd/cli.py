@@ -21,7 +21,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from backupd import __version__
 from backupd.errors import BackupdError, ConfigError
 from backupd.job import JobContext, run_job
-from backupd.log import configure_logging, redact
+from backupd.log import configure_logging, logs_are_json, redact
 from backupd.notify import build_chain
 from backupd.result import JobResult
 from backupd.settings import Settings, load_settings
@@ -65,7 +65,10 @@ def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
 
 
 def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) -> JobResult:
-    return run_job(job, settings, body, build_chain(settings))
+    # On a terminal the CLI's own summary (or error) line reports the result; machines
+    # reading JSON logs still get the structured "job finished" record.
+    chain = build_chain(settings, log_results=logs_are_json(settings.log_format))
+    return run_job(job, settings, body, chain)
 
 
 @app.command()

@@ -66,9 +66,14 @@ def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> 
     return {key: redact.scrub(value) for key, value in event_dict.items()}
 
 
+def logs_are_json(log_format: str) -> bool:
+    """JSON when asked, or when nobody reads stderr on a terminal (containers, scripts)."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+
+
 def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
     """Structured logs on stderr: JSON when not on a terminal (containers), else readable."""
-    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    use_json = logs_are_json(log_format)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -114,6 +119,10 @@ class JobLogFile:
             with self._lock, open(self.path, "a", encoding="utf-8",
                                   opener=_private_opener) as handle:
                 handle.write(line)
+        except FileNotFoundError:
+            # No DB_BACKUP_DIR yet: a command refused before it created one (bad input) must
+            # not create it just for a log line; the refusal itself is on stderr.
+            get_logger().debug("job log file skipped: no backup directory", path=str(self.path))
         except OSError as exc:
             # The human log is a convenience; losing it must not fail the job.
             get_logger().warning("job log file not writable", path=str(self.path),

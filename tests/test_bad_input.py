@@ -124,3 +124,35 @@ def _is_json(line: str) -> bool:
 
 def test_the_table_is_at_least_twenty_cases() -> None:
     assert len(SETTINGS_CASES) + len(COMMAND_CASES) >= 20
+
+
+@pytest.mark.parametrize("args", [["restore", "../outside.sql.gz", "--yes"],
+                                  ["verify", "not-a-backup.txt"]])
+def test_on_a_terminal_bad_input_is_exactly_one_line(args: list[str], tmp_path: Path) -> None:
+    """A person at a terminal sees the one error line and nothing else (no log records)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "POSTGRES_HOST": "127.0.0.1", "POSTGRES_DB": "postgres",
+           "DB_BACKUP_DIR": str(tmp_path / "backups"), "HEALTH_PORT": "0"}
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "backupd", *args], env=env,
+                            stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert proc.wait(timeout=30) == 2
+    lines = [line for line in output.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("backupd: error: NAME:")

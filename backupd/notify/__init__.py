@@ -9,9 +9,15 @@ from backupd.settings import Settings
 # The network notifiers and metrics import slack_sdk / prometheus_client: only when asked for.
 
 
-def build_chain(settings: Settings, *extra: Notifier) -> NotifierChain:
-    """The notifiers the settings ask for, in delivery order; ``extra`` go last."""
-    notifiers: list[Notifier] = [StructuredLogNotifier(), LogFileNotifier(settings.backup_dir)]
+def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True) -> NotifierChain:
+    """The notifiers the settings ask for, in delivery order; ``extra`` go last.
+
+    ``log_results=False`` leaves out the structured "job finished" line: a one-off command
+    on a terminal prints its own one-line outcome instead.
+    """
+    notifiers: list[Notifier] = [LogFileNotifier(settings.backup_dir)]
+    if log_results:
+        notifiers.insert(0, StructuredLogNotifier())
     # Local, instant notifiers first; network ones after, each bounded by the chain's timeout.
     if settings.health_port:
         from backupd.notify.metrics import MetricsNotifier, shared_metrics
