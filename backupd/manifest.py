@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PositiveInt, ValidationError
 
 MANIFEST_VERSION = 1
 
@@ -44,6 +44,10 @@ class Manifest(BaseModel):
     # estimated for large ones (backupd.drill_compare). A drill fails a table that had
     # rows then and is empty in the restore. None in manifests of older backups.
     table_rows: dict[str, int] | None = None
+    # Compressed size of every gzip member of the file, in order (plain gzip backups written
+    # as independent members): verify inflates them in parallel. None: one stream, read
+    # sequentially (older backups, other tools, zstd, encrypted files).
+    gzip_members: list[PositiveInt] | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode() + b"\n"

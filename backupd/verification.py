@@ -7,10 +7,13 @@ every restore, and for downloads from S3.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,15 @@ from pyrage import x25519
 
 from backupd.manifest import Manifest
 from backupd.naming import ParsedName
-from backupd.pipeline.compress import BLOCK_SIZE, open_checker
+from backupd.pipeline.compress import BLOCK_SIZE, MemberCheck, check_gzip_member, open_checker
 from backupd.pipeline.custom import check_archive
 from backupd.pipeline.encrypt import AgeError, decrypt_into, load_identities
-from backupd.pipeline.sqlcheck import HeadTail
+from backupd.pipeline.growing import GrowingFile, WriteAbandoned
+from backupd.pipeline.sqlcheck import TAIL_BYTES, HeadTail
 from backupd.settings import Settings
 
-READ_SIZE = 4 * BLOCK_SIZE
+# Sequential reads of a few MiB: few system calls, little memory.
+READ_SIZE = 2 * BLOCK_SIZE
 
 
 @dataclass
@@ -84,22 +89,46 @@ def verify_file(
     manifest: Manifest | None,
     manifest_error: str | None = None,
     content_checker: ContentChecker | None = None,
+    *,
+    read_back: FileScan | None = None,
 ) -> VerifyReport:
+    """Every check on one backup file. ``read_back``: the scan the backup already made of
+    this file while writing it (``follow_growing_file``), used instead of reading it again."""
     report = VerifyReport(parsed.name)
     if not check_file_shape(report, path, manifest, manifest_error):
         return report
-
     plain = parsed.backup_format == "plain" and not parsed.encrypted
+    members = manifest.gzip_members if manifest is not None and plain else None
     try:
-        digest, content = scan(path, parsed.compression if plain else None)
+        if read_back is None:
+            result = scan_file(path, parsed.compression if plain else None, members)
+        else:
+            result = read_back
+            result.raise_problem()
+            info = path.lstat()
+            if (info.st_dev, info.st_ino) != result.identity or info.st_size != result.size:
+                raise OSError(0, f"the read-back covered {result.size} bytes of another file")
     except OSError as exc:
         report.add("readable", False, exc.strerror or str(exc))
         return report
     report.add("readable", True)
+    content = result.content
     if content is not None:
-        content.add_checks(report)
+        stream_ok = content.add_checks(report)
+        if not stream_ok and isinstance(content, ParallelGzipCheck):
+            # Corrupt data, or a manifest whose member sizes are wrong? Read the file as
+            # one stream, as `gzip -t` would, to report which (failures only).
+            report.checks.pop()
+            content = scan_file(path, parsed.compression).content
+            assert content is not None
+            stream_ok = content.add_checks(report)
+        if members is not None and stream_ok:
+            report.add("gzip members", content.member_sizes == members,
+                       "the member sizes recorded in the manifest do not match the file's "
+                       f"gzip members ({len(members)} recorded, "
+                       f"{len(content.member_sizes)} in the file)")
     if manifest is not None:
-        report.add("sha256", digest == manifest.sha256,
+        report.add("sha256", result.sha256 == manifest.sha256,
                    "checksum does not match the manifest (the file changed after it was written)")
     if not plain:
         # Unencrypted custom archives need no key, so they are always checked.
@@ -110,21 +139,15 @@ def verify_file(
 
 def check_file_shape(report: VerifyReport, path: Path, manifest: Manifest | None,
                      manifest_error: str | None) -> bool:
-    """The checks that read no content: manifest usable, a non-empty regular file, size as
-    the manifest says. False when the content cannot be read at all (stop there).
-
-    Restore runs these before touching the database, then the content checks in its pass.
-    """
+    """The checks before any byte is read: manifest, regular non-empty file, size."""
     if manifest_error is not None:
         report.add("manifest", False, manifest_error)
     try:
         info = path.lstat()
     except OSError as exc:
-        report.add("readable", False, exc.strerror or "cannot stat")
-        return False
+        return report.add("readable", False, exc.strerror or "cannot stat")
     if not stat.S_ISREG(info.st_mode):
-        report.add("readable", False, "not a regular file (symbolic links are refused)")
-        return False
+        return report.add("readable", False, "not a regular file (symbolic links are refused)")
     if not report.add("non-empty", info.st_size > 0, "the file is empty"):
         return False
     if manifest is not None:
@@ -133,28 +156,108 @@ def check_file_shape(report: VerifyReport, path: Path, manifest: Manifest | None
     return True
 
 
+class FileScan:
+    """What one sequential read of the stored bytes proves: their SHA-256 and size and, for
+    plain SQL, the content checks. Fed by a finished file (``scan_file``) or by one still
+    being written (``follow_growing_file``): the same code checks both."""
+
+    def __init__(self, compression: str | None, members: list[int] | None = None,
+                 forward: Callable[[bytes], object] | None = None) -> None:
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file read
+        self.content: PlainSqlCheck | ParallelGzipCheck | None = None
+        if members is not None and compression == "gzip" and forward is None:
+            self.content = ParallelGzipCheck(members)
+        elif compression is not None:
+            self.content = PlainSqlCheck(compression, forward)
+        self._problem: OSError | None = None
+
+    def read(self, fd: int, chunks: Iterable[bytes]) -> FileScan:
+        info = os.fstat(fd)
+        self.identity = (info.st_dev, info.st_ino)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        for chunk in chunks:
+            self._digest.update(chunk)
+            self.size += len(chunk)
+            if self.content is not None:
+                self.content.write(chunk)
+        return self
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def fail(self, problem: OSError) -> None:
+        self._problem = problem
+        if isinstance(self.content, ParallelGzipCheck):
+            self.content.close()
+
+    def raise_problem(self) -> None:
+        if self._problem is not None:
+            raise self._problem
+
+
+def _open_no_follow(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+
+def scan_file(path: Path, compression: str | None, members: list[int] | None = None,
+              forward: Callable[[bytes], object] | None = None) -> FileScan:
+    """Read a finished file once (raises OSError)."""
+    result = FileScan(compression, members, forward)
+    fd = _open_no_follow(path)
+    try:
+        result.read(fd, iter(lambda: os.read(fd, READ_SIZE), b""))
+    except BaseException:
+        if isinstance(result.content, ParallelGzipCheck):
+            result.content.close()
+        raise
+    finally:
+        os.close(fd)
+    return result
+
+
 def scan(path: Path, compression: str | None,
          forward: Callable[[bytes], object] | None = None) -> tuple[str, PlainSqlCheck | None]:
-    """SHA-256 of the file and, for plain SQL, the finished content check.
+    """SHA-256 of the file and, for plain SQL, the content check fed with every byte in order
+    (``forward`` gets the decompressed SQL: restore streams it on to psql)."""
+    result = scan_file(path, compression, forward=forward)
+    assert not isinstance(result.content, ParallelGzipCheck)
+    return result.sha256, result.content
 
-    ``forward`` (plain SQL only) receives the decompressed content, in order, as it is
-    checked: restore streams it into psql in the same pass and commits only if it verified.
+
+def follow_growing_file(path: Path, growing: GrowingFile, compression: str | None,
+                        writer_identity: tuple[int, int]) -> FileScan:
+    """The backup's read-back: read ``path`` back from the file while it is being written.
+
+    Never raises: a failure is kept in the result and reported by ``verify_file``.
     """
-    digest = hashlib.sha256()
-    content = PlainSqlCheck(compression, forward) if compression else None
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb", buffering=0) as handle:
-        while chunk := handle.read(READ_SIZE):
-            digest.update(chunk)
-            if content is not None:
-                content.write(chunk)
-    return digest.hexdigest(), content
+    result = FileScan(compression)
+    try:
+        fd = _open_no_follow(path)
+    except OSError as exc:
+        result.fail(exc)
+        return result
+    try:
+        result.read(fd, growing.chunks(fd, READ_SIZE))
+        if result.identity != writer_identity:
+            raise OSError(0, "the read-back opened another file than the one written")
+    except OSError as exc:
+        result.fail(exc)
+    except WriteAbandoned:
+        result.fail(OSError(0, "the write was abandoned"))
+    finally:
+        os.close(fd)
+    return result
 
 
 class PlainSqlCheck:
     """Decompresses a plain-SQL backup fed in chunks and checks pg_dump's first and last lines.
 
     Also the sink for decrypted ``.age`` content, so both paths run the same checks.
+    ``forward``, if given, receives the decompressed SQL in order (restore).
     """
 
     def __init__(self, compression: str,
@@ -162,32 +265,117 @@ class PlainSqlCheck:
         self.compression = compression
         self._checker = open_checker(compression)
         self._head_tail = HeadTail()
+        self._forward = forward
         self._stream_problem: str | None = None
-        self._forward = forward  # gets the decompressed content (restore's single pass)
+
+    @property
+    def member_sizes(self) -> list[int]:
+        return self._checker.member_sizes
 
     def write(self, chunk: bytes) -> int:
         if self._stream_problem is None:
             try:
-                data = self._checker.feed(chunk)
+                for piece in self._checker.feed(chunk):
+                    self._head_tail.feed(piece)
+                    if self._forward is not None:
+                        self._forward(piece)
             except (ValueError, OSError) as exc:
                 self._stream_problem = _describe_stream_error(exc)
-                return len(chunk)
-            self._head_tail.feed(data)
-            # Outside the try: a failing consumer (psql gone) says nothing about the file.
-            if self._forward is not None and data:
-                self._forward(data)
         return len(chunk)
 
-    def add_checks(self, report: VerifyReport) -> None:
+    def add_checks(self, report: VerifyReport) -> bool:
+        """Add the stream and SQL checks; False when the stream itself failed."""
         if self._stream_problem is None:
             try:
                 self._checker.finish()
             except ValueError as exc:
                 self._stream_problem = str(exc)
-        if report.add(f"{self.compression} integrity", self._stream_problem is None,
-                      self._stream_problem or ""):
-            problem = self._head_tail.problem()
-            report.add("sql content", problem is None, problem or "")
+        return _add_content_checks(report, self.compression, self._stream_problem,
+                                   self._head_tail)
+
+
+def _add_content_checks(report: VerifyReport, compression: str, stream_problem: str | None,
+                        head_tail: HeadTail) -> bool:
+    if not report.add(f"{compression} integrity", stream_problem is None, stream_problem or ""):
+        return False
+    problem = head_tail.problem()
+    report.add("sql content", problem is None, problem or "")
+    return True
+
+
+class ParallelGzipCheck:
+    """The checks of PlainSqlCheck for a gzip file whose member sizes the manifest records:
+    members are cut from the stream as it is read and inflated on all cores, a few in
+    flight (memory stays flat), their first and last bytes summed up in order."""
+
+    def __init__(self, members: list[int]) -> None:
+        self.compression = "gzip"
+        self.member_sizes = members
+        self._next = 0  # index of the member being gathered
+        self._gathered: list[bytes | memoryview] = []
+        self._gathered_bytes = 0
+        self._offset = 0  # file offset where the member being gathered starts
+        self._extra = 0  # bytes beyond the recorded members
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inflate")
+        self._in_flight: collections.deque[tuple[int, int, Future[MemberCheck]]] = (
+            collections.deque())
+        self._max_in_flight = workers * 2
+        self._head_tail = HeadTail()
+        self._problem: str | None = None
+
+    def write(self, chunk: bytes) -> int:
+        view = memoryview(chunk)
+        while view:
+            if self._next >= len(self.member_sizes):
+                self._extra += len(view)
+                break
+            want = self.member_sizes[self._next] - self._gathered_bytes
+            self._gathered.append(view[:want])
+            self._gathered_bytes += len(self._gathered[-1])
+            view = view[want:]
+            if self._gathered_bytes == self.member_sizes[self._next]:
+                self._submit()
+        return len(chunk)
+
+    def _submit(self) -> None:
+        parts = self._gathered
+        member = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self._problem is None:
+            future = self._pool.submit(check_gzip_member, member, TAIL_BYTES)
+            self._in_flight.append((self._next, self._offset, future))
+        self._offset += self._gathered_bytes
+        self._next += 1
+        self._gathered, self._gathered_bytes = [], 0
+        while len(self._in_flight) > self._max_in_flight:
+            self._collect_oldest()
+
+    def _collect_oldest(self) -> None:
+        index, offset, future = self._in_flight.popleft()
+        result = future.result()
+        if self._problem is not None:
+            return
+        if result.problem is not None:
+            end = offset + self.member_sizes[index]
+            problem = _describe_stream_error(ValueError(result.problem))
+            self._problem = (f"gzip member {index + 1} of {len(self.member_sizes)} (bytes "
+                             f"{offset}-{end}): {problem}")
+        else:
+            self._head_tail.feed_part(result.head, result.tail, result.raw_bytes)
+
+    def close(self) -> None:
+        while self._in_flight:
+            self._collect_oldest()
+        self._pool.shutdown(wait=True)
+
+    def add_checks(self, report: VerifyReport) -> bool:
+        self.close()
+        if self._problem is None:
+            recorded = sum(self.member_sizes)
+            if self._extra or self._next < len(self.member_sizes) or not self.member_sizes:
+                self._problem = (f"the file has {self._offset + self._gathered_bytes + self._extra}"
+                                 f" bytes where the manifest's gzip members add up to {recorded}")
+        return _add_content_checks(report, "gzip", self._problem, self._head_tail)
 
 
 def _describe_stream_error(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 
 The order is the guarantee: the data file is committed (fsync + rename) before
 its manifest, and the manifest says "verified" only after the file has been read
-back in full. A failure at any step leaves either nothing or an unverified file.
+back in full (from the file, while it was being written: see follow_growing_file).
+A failure at any step leaves either nothing or an unverified file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
 from backupd.pipeline.encrypt import encryptor_for, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.result import human_bytes
-from backupd.verification import content_checker_for, verify_file
+from backupd.verification import FileScan, content_checker_for, follow_growing_file, verify_file
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
@@ -52,11 +53,16 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         assert parsed is not None
         ctx.result.backup_name = name
         ctx.say(f"Starting backup of database {settings.postgres_db!r} to {name}")
+        # The read-back (verification) follows the file as it is written, from the file.
+        plain = parsed.backup_format == "plain" and not parsed.encrypted
+        read_back: list[FileScan] = []
         try:
             outcome = dump_to_file(
                 settings, store.directory / name, ctx.cancel,
                 backup_format=settings.backup_format, compression=settings.compression,
                 level=settings.compression_level, encryptor=encryptor_for(settings),
+                read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
+                    path, growing, parsed.compression if plain else None, identity)),
             )
         except DumpFailed as exc:
             ctx.result.stderr_tail = exc.stderr_tail
@@ -79,11 +85,13 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             compression_level=settings.compression_level, raw_bytes=outcome.raw_bytes,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
+            gzip_members=outcome.gzip_members,
         )
         store.write_manifest(manifest)
         ctx.result.size_bytes = outcome.stored_bytes
         ctx.result.stderr_tail = outcome.stderr_tail or None
-        report = verify_file(store.directory / name, parsed, manifest, content_checker=checker)
+        report = verify_file(store.directory / name, parsed, manifest, content_checker=checker,
+                             read_back=read_back[0])
         record_outcome(store, manifest, report)
         ctx.result.details["verify"] = report.to_dict()
         if not report.ok:

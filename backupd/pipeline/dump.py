@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import subprocess
 import threading
 from typing import IO
@@ -11,6 +13,9 @@ from backupd.pg import child_env, tool_path
 from backupd.settings import Settings
 
 STDERR_TAIL_LINES = 20
+# pg_dump's stdout pipe is enlarged to this (Linux; capped by /proc/sys/fs/pipe-max-size):
+# fewer, larger reads and far fewer context switches than with the default 64 KiB.
+PIPE_SIZE = 1024 * 1024
 
 
 class PgDump:
@@ -34,6 +39,7 @@ class PgDump:
         self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_reader.start()
         assert self.process.stdout is not None
+        _enlarge_pipe(self.process.stdout.fileno())
         return self.process.stdout
 
     def _drain_stderr(self) -> None:
@@ -77,3 +83,12 @@ class PgDump:
             if "error" in line.lower() or "fatal" in line.lower():
                 return line
         return self._stderr[-1] if self._stderr else ""
+
+
+def _enlarge_pipe(fd: int) -> None:
+    """Best effort: an older kernel or a lower pipe-max-size keeps the default size."""
+    size = PIPE_SIZE
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/pipe-max-size") as limit:
+        size = min(size, int(limit.read()))
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)

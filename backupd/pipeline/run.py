@@ -8,23 +8,29 @@ whatever the size of the database.
 
 from __future__ import annotations
 
-import io
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from backupd.cancel import CancelToken
 from backupd.errors import Cancelled, JobFailed
+from backupd.naming import partial_name
 from backupd.pipeline.checksum import HashingWriter
-from backupd.pipeline.compress import BLOCK_SIZE, open_compressor
+from backupd.pipeline.compress import BLOCK_SIZE, MemberGzipWriter, open_compressor
 from backupd.pipeline.dump import PgDump
+from backupd.pipeline.growing import GrowingFile
 from backupd.pipeline.sqlcheck import HeadTail
 from backupd.settings import Settings
 from backupd.storage.atomic import atomic_write
 
 # Wraps the file sink in an encrypting writer (age, see backupd.pipeline.encrypt).
 EncryptorFactory = Callable[[BinaryIO], BinaryIO]
+# Reads the file back while it is written: (temporary path, its growth, (st_dev, st_ino)
+# of the file written). Runs in its own thread; keeps its result itself, never raises.
+ReadBack = Callable[[Path, GrowingFile, tuple[int, int]], object]
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class DumpOutcome:
     stored_bytes: int
     sha256: str
     stderr_tail: str
+    # Compressed size of every gzip member, when the stored file is the gzip stream itself.
+    gzip_members: list[int] | None = None
 
 
 class DumpFailed(JobFailed):
@@ -50,51 +58,88 @@ def dump_to_file(
     compression: str = "gzip",
     level: int | None = None,
     encryptor: EncryptorFactory | None = None,
+    read_back: ReadBack | None = None,
 ) -> DumpOutcome:
-    """Write a complete, fsynced backup at ``destination``, or raise and leave nothing."""
+    """Write a complete, fsynced backup at ``destination``, or raise and leave nothing.
+
+    ``read_back`` (verification) follows the file as it grows, in a thread of its own,
+    and finishes its last bytes once the file is flushed and fsynced."""
     dump = PgDump(settings, backup_format)
     if backup_format == "custom" and level is not None:
         # Custom format compresses inside pg_dump (zlib, levels 0-9).
         dump.argv.append(f"--compress={min(level, 9)}")
     head_tail = HeadTail()
-    with atomic_write(destination) as out:
-        hashing = HashingWriter(out)
-        sink: BinaryIO = hashing  # type: ignore[assignment]
-        encrypting = encryptor(sink) if encryptor is not None else None
-        if encrypting is not None:
-            sink = encrypting
-        # Custom format is compressed by pg_dump itself, table by table.
-        writer = open_compressor(sink, "none" if backup_format == "custom" else compression, level)
-        source = dump.start()
-        unregister = cancel.on_cancel(dump.terminate)
-        try:
-            reader = cast(io.BufferedReader, source)
-            while chunk := reader.read1(BLOCK_SIZE):
-                head_tail.feed(chunk)
-                writer.write(chunk)
-            if writer is not sink:
-                writer.close()
+    growing = GrowingFile()
+    follower: threading.Thread | None = None
+    try:
+        with atomic_write(destination) as out:
+            if read_back is not None:
+                info = os.fstat(out.fileno())
+                follower = threading.Thread(
+                    target=read_back, name="read-back", daemon=True,
+                    args=(destination.with_name(partial_name(destination.name)), growing,
+                          (info.st_dev, info.st_ino)))
+                follower.start()
+            hashing = HashingWriter(out, on_write=growing.grew)
+            sink: BinaryIO = hashing  # type: ignore[assignment]
+            encrypting = encryptor(sink) if encryptor is not None else None
             if encrypting is not None:
-                encrypting.close()
-            code = dump.wait()
-        except BaseException:
-            dump.stop()
-            abort = getattr(encrypting, "abort", None)
-            if abort is not None:
-                abort()  # stop the encrypting thread; the partial file is discarded
-            raise
-        finally:
-            unregister()
-        if cancel.cancelled:
-            raise Cancelled("backup cancelled by shutdown; pg_dump was stopped and "
-                            "the partial file removed")
-        if code != 0:
-            reason = dump.last_error_line or f"exit code {code}"
-            raise DumpFailed(f"pg_dump failed: {reason}", dump.stderr_tail)
-        if backup_format == "plain":
-            problem = head_tail.problem()
-            if problem is not None:
-                raise DumpFailed(f"pg_dump output rejected: {problem}", dump.stderr_tail)
-        elif head_tail.total == 0:
-            raise DumpFailed("pg_dump output rejected: the dump is empty", dump.stderr_tail)
-    return DumpOutcome(head_tail.total, hashing.bytes_written, hashing.sha256, dump.stderr_tail)
+                sink = encrypting
+            # Custom format is compressed by pg_dump itself, table by table.
+            writer = open_compressor(sink, "none" if backup_format == "custom" else compression,
+                                     level)
+            code = _pump(dump, writer, sink, encrypting, head_tail, cancel)
+            if cancel.cancelled:
+                raise Cancelled("backup cancelled by shutdown; pg_dump was stopped and "
+                                "the partial file removed")
+            if code != 0:
+                reason = dump.last_error_line or f"exit code {code}"
+                raise DumpFailed(f"pg_dump failed: {reason}", dump.stderr_tail)
+            if backup_format == "plain":
+                problem = head_tail.problem()
+                if problem is not None:
+                    raise DumpFailed(f"pg_dump output rejected: {problem}", dump.stderr_tail)
+            elif head_tail.total == 0:
+                raise DumpFailed("pg_dump output rejected: the dump is empty", dump.stderr_tail)
+        # Flushed, fsynced and renamed: the read-back may finish the last bytes.
+        growing.done(hashing.bytes_written)
+    except BaseException:
+        growing.abandon()
+        raise
+    finally:
+        if follower is not None:
+            follower.join()
+    members = (writer.member_sizes if isinstance(writer, MemberGzipWriter)
+               and encrypting is None else None)
+    return DumpOutcome(head_tail.total, hashing.bytes_written, hashing.sha256, dump.stderr_tail,
+                       members)
+
+
+def _pump(dump: PgDump, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
+          head_tail: HeadTail, cancel: CancelToken) -> int:
+    """Move pg_dump's output through the writers; pg_dump's exit code."""
+    source = dump.start()
+    unregister = cancel.on_cancel(dump.terminate)
+    try:
+        fd = source.fileno()
+        # Straight from the pipe (no Python-side buffer): one read takes all pg_dump has
+        # written, up to the enlarged pipe's size.
+        while chunk := os.read(fd, BLOCK_SIZE):
+            head_tail.feed(chunk)
+            writer.write(chunk)
+        if writer is not sink:
+            writer.close()
+        if encrypting is not None:
+            encrypting.close()
+        return dump.wait()
+    except BaseException:
+        dump.stop()
+        abort = getattr(writer, "abort", None)
+        if abort is not None:
+            abort()  # stop the compressing threads
+        abort = getattr(encrypting, "abort", None)
+        if abort is not None:
+            abort()  # stop the encrypting thread; the partial file is discarded
+        raise
+    finally:
+        unregister()

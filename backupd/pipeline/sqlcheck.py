@@ -48,5 +48,14 @@ class HeadTail:
         self.tail = (self.tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
         self.total += len(chunk)
 
+    def feed_part(self, head: bytes, tail: bytes, size: int) -> None:
+        """Account for the next ``size`` bytes of the stream, known only by their first and
+        last bytes (each the whole part when it is shorter than HEAD_BYTES/TAIL_BYTES):
+        parts inflated in parallel are summed up in order without keeping their content."""
+        if len(self.head) < HEAD_BYTES:
+            self.head += head[: HEAD_BYTES - len(self.head)]
+        self.tail = (self.tail + tail[-TAIL_BYTES:])[-TAIL_BYTES:]
+        self.total += size
+
     def problem(self) -> str | None:
         return header_problem(self.head) or footer_problem(self.tail)

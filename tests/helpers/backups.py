@@ -92,6 +92,8 @@ def refresh_manifest(data: Path, **changes: Any) -> None:
     manifest = read_manifest(data)
     manifest["stored_bytes"] = data.stat().st_size
     manifest["sha256"] = sha256_file(data)
+    # The rewritten file's gzip member layout is not known: read it as one stream.
+    manifest["gzip_members"] = None
     manifest.update(changes)
     write_manifest(data, manifest)
 
@@ -154,6 +156,17 @@ def read_tool_log(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def recording_psql(directory: Path, transcript: Path) -> Path:
+    """A directory to put first on PATH whose ``psql`` copies everything it is fed to
+    ``transcript`` on its way to the real psql (exit status: the real psql's). Shows what
+    backupd sent, e.g. whether a COMMIT ever reached psql. Returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "psql"
+    script.write_text(f"#!/bin/sh\ntee '{transcript}' | '{pg_binary('psql')}' \"$@\"\n")
+    script.chmod(0o755)
+    return directory
 
 
 def killing_pg_dump(directory: Path, after_bytes: int = 4096) -> Path:
