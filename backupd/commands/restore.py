@@ -1,6 +1,12 @@
-"""``backupd restore``: verify first, then restore, and never leave a half-restored database.
+"""``backupd restore``: restore only a verified backup, never leave a half-restored database.
 
-* The file is fully verified before the database is touched.
+* Plain SQL backups are verified in the same pass that restores them: the file is read
+  once, its bytes go to SHA-256 and the decompressor, the SQL to pg_dump's header/footer
+  check and to psql, inside one transaction; COMMIT is sent only after the last byte and
+  only once every check passed, else PostgreSQL rolls the restore back. The checks that
+  read no content (manifest, regular file, size) run before the database is touched.
+* Custom archives (pg_restore --jobs needs the file), and any restore a person confirms
+  at a prompt, are fully verified first.
 * A target that does not exist is created, restored in one transaction with
   psql stopping at the first error, and dropped again if the restore fails.
 * A target that already holds tables is refused unless ``--replace``: then the
@@ -11,13 +17,14 @@
 from __future__ import annotations
 
 import collections
-import shutil
+import hashlib
+import os
 import subprocess
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 import psycopg
 from psycopg import sql
@@ -35,13 +42,21 @@ from backupd.pg import (
     drop_database,
     tool_path,
 )
-from backupd.pipeline.compress import open_decompressed
 from backupd.pipeline.custom import restore_archive
-from backupd.pipeline.encrypt import DecryptedReader, load_identities
+from backupd.pipeline.encrypt import AgeError, decrypt_into, load_identities
+from backupd.pipeline.sqlcheck import HEAD_BYTES, header_problem
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
 from backupd.storage.local import UnsafePathError
-from backupd.verification import check_other_content, verify_file
+from backupd.verification import (
+    READ_SIZE,
+    PlainSqlCheck,
+    VerifyReport,
+    check_file_shape,
+    check_other_content,
+    scan,
+    verify_file,
+)
 
 MAINTENANCE_DB = "postgres"
 # psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
@@ -123,19 +138,27 @@ def restore_file(
         raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name} is encrypted; set it to "
                           "the age identity file whose key it was encrypted to; nothing was "
                           "changed")
-    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                         lambda p, parsed, r: check_other_content(p, parsed, r, identities))
-    ctx.result.details["verify"] = report.to_dict()
-    if not report.ok:
-        raise JobFailed(f"refusing to restore {entry.name}: it failed verification: "
-                        f"{report.problem}")
-    ctx.say(f"{entry.name} verified; restoring into database {target!r}")
+    single_pass = entry.parsed.backup_format == "plain" and confirm is None
+    if single_pass:
+        shape = VerifyReport(entry.name)
+        if not check_file_shape(shape, path, entry.manifest, entry.manifest_error) \
+                or not shape.ok or not _key_fits(path, entry, identities):
+            single_pass = False  # refuse with the full report, exactly as `backupd verify`
+    if single_pass:
+        ctx.say(f"restoring {entry.name} into database {target!r}, verifying it in the same "
+                "pass (committed only once every check passed)")
+    else:
+        _verify_first(path, entry, identities, ctx)
+        ctx.say(f"{entry.name} verified; restoring into database {target!r}")
     if confirm is not None and not confirm(target):
         raise ConfigError("restore: not confirmed; nothing was changed")
 
     with connect(settings, MAINTENANCE_DB) as admin:
         exists = database_exists(admin, target)
         if exists and not replace and not _is_empty(settings, target):
+            if single_pass:
+                # A corrupt backup is reported as such, whatever else is wrong.
+                _verify_first(path, entry, identities, ctx)
             raise ConfigError(
                 f"--target-db: database {target!r} already holds tables; pass --replace to "
                 "restore into a fresh database and swap it in (the current one is kept, renamed)"
@@ -150,7 +173,7 @@ def restore_file(
             if entry.parsed.backup_format == "custom":
                 _pg_restore(ctx, path, entry.parsed, scratch, identities, atomic=not created)
             else:
-                stream_into_psql(ctx, path, entry.parsed, scratch, identities)
+                stream_into_psql(ctx, path, entry, scratch, identities)
         except BaseException:
             if created:
                 drop_database(admin, scratch)
@@ -163,6 +186,45 @@ def restore_file(
             ctx.result.details["previous_database_kept_as"] = kept
             ctx.say(f"the previous database was kept as {kept!r}; drop it when satisfied")
     ctx.say(f"restore of {entry.name} into {target!r} completed")
+
+
+def _verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
+                  ctx: JobContext) -> None:
+    """The full verification before anything else; JobFailed naming what failed."""
+    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
+                         lambda p, parsed, r: check_other_content(p, parsed, r, identities))
+    _require_verified(ctx, entry, report)
+
+
+def _require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport) -> None:
+    ctx.result.details["verify"] = report.to_dict()
+    if not report.ok:
+        raise JobFailed(f"refusing to restore {entry.name}: it failed verification: "
+                        f"{report.problem}")
+
+
+class _FirstPlaintext(Exception):
+    """Raised from the sink to stop decrypting once the first authentic bytes came out."""
+
+
+def _key_fits(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None) -> bool:
+    """For ``.age``: does the identity open this file? Decrypts only its first chunk, so a
+    wrong key is refused before the database is touched (a cheap check, like the size)."""
+    if not entry.parsed.encrypted:
+        return True
+    assert identities is not None
+
+    def stop(_: bytes) -> int:
+        raise _FirstPlaintext
+
+    try:
+        with _open_backup(path) as source:
+            decrypt_into(source, _Sink(stop), identities)
+    except _FirstPlaintext:
+        return True
+    except (AgeError, OSError):
+        return False
+    return True  # an empty plaintext: the content checks will say so
 
 
 def _is_empty(settings: Settings, database: str) -> bool:
@@ -197,14 +259,16 @@ def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
         raise JobFailed(f"restore into {database!r} failed: {problem}")
 
 
-def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
+def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
                      identities: list[x25519.Identity] | None = None) -> None:
-    """Feed the decompressed dump to psql: one transaction, stop at the first error.
+    """Verify the plain SQL backup while feeding it to psql: one transaction, stop at the
+    first error, COMMIT only once every check of ``backupd verify`` passed.
 
     backupd writes BEGIN itself and COMMIT only after the last byte of the dump, rather
     than using psql's --single-transaction: that option commits at end of input, so a
     backupd killed mid-stream would leave a half-restored database. Here psql sees end
-    of input inside an open transaction and PostgreSQL rolls it back.
+    of input inside an open transaction and PostgreSQL rolls it back; the same happens
+    when the file fails verification (checksum, compressed stream, pg_dump's footer).
     """
     argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password",
             "--set", "ON_ERROR_STOP=1", "--output", "/dev/null"]
@@ -222,20 +286,15 @@ def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: 
         process.stdout.read()), daemon=True)  # type: ignore[union-attr]
     confirmer.start()
     unregister = ctx.cancel.on_cancel(process.terminate)
-    broken_pipe = False
+    psql = _PsqlInput(process.stdin, ctx)
     try:
-        raw: str | BinaryIO = str(path)
-        if parsed.encrypted:
-            assert identities is not None
-            raw = DecryptedReader(path, identities)  # type: ignore[assignment]
-        with open_decompressed(raw, parsed.compression) as source:
-            try:
-                process.stdin.write(b"BEGIN;\n")
-                shutil.copyfileobj(source, process.stdin, 1024 * 1024)
-                process.stdin.write(b"\nCOMMIT;\n\\echo " + COMMIT_CONFIRMATION + b"\n")
-                process.stdin.close()
-            except BrokenPipeError:
-                broken_pipe = True  # psql stopped at an error; its stderr says which
+        psql.send(b"BEGIN;\n")
+        report = _verify_into(path, entry, identities, _HeaderGate(psql.send))
+        ctx.cancel.raise_if_cancelled()
+        if report.ok:
+            ctx.say(f"{entry.name} verified; restoring it: sending COMMIT to {database!r}")
+            psql.send(b"\nCOMMIT;\n\\echo " + COMMIT_CONFIRMATION + b"\n")
+        psql.close()  # without COMMIT: end of input inside the transaction, rolled back
         code = process.wait()
     except BaseException:
         process.kill()
@@ -246,12 +305,167 @@ def stream_into_psql(ctx: JobContext, path: Path, parsed: ParsedName, database: 
         reader.join(5)
         confirmer.join(5)
     ctx.cancel.raise_if_cancelled()
+    # A file that failed verification is reported as such, even if psql also failed on it.
+    _require_verified(ctx, entry, report)
     if code == 0 and COMMIT_CONFIRMATION not in b"".join(confirmations):
         # psql ended without an error but never got as far as the COMMIT: nothing was restored.
         raise JobFailed(f"restore into {database!r} failed: psql did not confirm the COMMIT "
                         "(it stopped reading early); the transaction was rolled back")
-    if code != 0 or broken_pipe:
+    if code != 0 or psql.broken:
         detail = next((line for line in errors if "ERROR" in line or "FATAL" in line),
                       errors[-1] if errors else f"psql exit code {code}")
         ctx.result.stderr_tail = "\n".join(errors) or None
         raise JobFailed(f"restore into {database!r} failed and was rolled back: {detail}")
+
+
+def _verify_into(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
+                 forward: Callable[[bytes], object]) -> VerifyReport:
+    """The checks of ``verify_file`` for a plain SQL backup, in its order, in one pass that
+    hands the decompressed SQL to ``forward``."""
+    parsed = entry.parsed
+    report = VerifyReport(entry.name)
+    if not check_file_shape(report, path, entry.manifest, entry.manifest_error):
+        return report
+    decrypted: PlainSqlCheck | None = None
+    age_problem: AgeError | None = None
+    try:
+        if parsed.encrypted:
+            assert identities is not None
+            decrypted = PlainSqlCheck(parsed.compression, forward)
+            with _open_backup(path) as handle:
+                source = _HashingReader(handle)
+                # age hands out only authenticated chunks; batched for the decompressor.
+                batched = _Batched(decrypted.write)
+                try:
+                    decrypt_into(cast(BinaryIO, source), batched, identities)
+                    batched.flush()
+                except AgeError as exc:
+                    age_problem = exc
+                source.drain()
+            digest, content = source.hexdigest(), None
+        else:
+            digest, content = scan(path, parsed.compression, forward)
+    except OSError as exc:
+        report.add("readable", False, exc.strerror or str(exc))
+        return report
+    report.add("readable", True)
+    if content is not None:
+        content.add_checks(report)
+    if entry.manifest is not None:
+        report.add("sha256", digest == entry.manifest.sha256,
+                   "checksum does not match the manifest (the file changed after it was written)")
+    if decrypted is not None and report.add("age decryption", age_problem is None,
+                                            str(age_problem or "")):
+        decrypted.add_checks(report)
+    report.clear_passing_details()
+    return report
+
+
+def _open_backup(path: Path) -> BinaryIO:
+    """Unbuffered, refusing a symbolic link swapped in after the checks (as ``scan`` does)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
+
+
+class _PsqlInput:
+    """psql's stdin. Once psql has stopped (an SQL error) the rest is dropped, not an
+    exception: the pass goes on to the end so a corrupt file is still reported as such."""
+
+    def __init__(self, stdin: IO[bytes], ctx: JobContext) -> None:
+        self._stdin = stdin
+        self._ctx = ctx
+        self.broken = False
+
+    def send(self, data: bytes) -> None:
+        self._ctx.cancel.raise_if_cancelled()
+        if not self.broken:
+            try:
+                self._stdin.write(data)
+            except BrokenPipeError:
+                self.broken = True  # psql stopped at an error; its stderr says which
+
+    def close(self) -> None:
+        try:
+            self._stdin.close()
+        except BrokenPipeError:
+            self.broken = True
+
+
+class _HeaderGate:
+    """Passes the SQL on only once it starts with pg_dump's header, so a file that is not
+    a pg_dump at all never reaches psql (its footer can only be checked at the end)."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self._send = send
+        self._held = b""
+        self._open = False
+
+    def __call__(self, data: bytes) -> None:
+        if self._open:
+            self._send(data)
+            return
+        if len(self._held) >= HEAD_BYTES:
+            return  # the header was wrong: hold everything back; the report says why
+        self._held += data
+        if len(self._held) >= HEAD_BYTES and header_problem(self._held[:HEAD_BYTES]) is None:
+            self._open = True
+            held, self._held = self._held, b""
+            self._send(held)
+
+
+class _Sink:
+    """A writable object around a function, as pyrage's decrypt_io expects."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+
+    def write(self, data: bytes) -> int:
+        self._write(data)
+        return len(data)
+
+
+class _Batched(_Sink):
+    """Collects age's 8 KiB plaintext writes into READ_SIZE batches (fewer Python calls)."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        super().__init__(write)
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        if len(self._buffer) >= READ_SIZE:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            batch, self._buffer = bytes(self._buffer), bytearray()
+            self._write(batch)
+
+
+class _HashingReader:
+    """Reads the stored file in READ_SIZE blocks, hashing each, and hands out slices."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._digest = hashlib.sha256()
+        self._block = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._block:
+            block = self._raw.read(READ_SIZE)
+            if not block:
+                return b""
+            self._digest.update(block)
+            self._block = memoryview(block)
+        piece = self._block if size < 0 else self._block[:size]
+        self._block = self._block[len(piece):]
+        return bytes(piece)
+
+    def drain(self) -> None:
+        """Hash the rest of the file, whatever the decryptor left unread."""
+        self._block = memoryview(b"")
+        while block := self._raw.read(READ_SIZE):
+            self._digest.update(block)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
