@@ -31,7 +31,7 @@ from backupd.naming import parse_backup_name, partial_name
 from backupd.pipeline.checksum import sha256_of
 from backupd.result import human_bytes
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry
+from backupd.storage.base import BackupEntry, latest_upload
 from backupd.storage.local import LocalStore
 
 if TYPE_CHECKING:
@@ -70,16 +70,12 @@ def pending_uploads(store: LocalStore, database: str) -> list[BackupEntry]:
     Only meaningful when S3 is configured; backups from before S3 was enabled count
     as pending too, and are uploaded by the next run.
     """
-    entries = [e for e in store.list_backups(database)
-               if e.verified and e.manifest is not None and e.manifest.uploaded_at is None]
-    return list(reversed(entries))
+    return [e for e in reversed(store.list_backups(database)) if e.awaiting_upload]
 
 
 def last_upload(store: LocalStore, database: str) -> datetime | None:
     """When the most recent upload was committed, per the local manifests."""
-    stamps = [e.manifest.uploaded_at for e in store.list_backups(database)
-              if e.manifest is not None and e.manifest.uploaded_at is not None]
-    return max(stamps, default=None)
+    return latest_upload(store.list_backups(database))
 
 
 # --- uploading ---------------------------------------------------------------------------

@@ -68,3 +68,25 @@ def test_status_without_a_daemon_computes_next_runs_from_the_settings(
 
     bad = run_backupd(["status"], {**env, "BACKUP_SCHEDULE": "0 2 * * 9"})
     assert bad.returncode == 2 and bad.stderr.startswith("backupd: error: BACKUP_SCHEDULE:")
+
+
+def test_status_shows_the_offsite_state(
+        fixture_db: str, backupd_env: Callable[..., dict[str, str]], s3_server, s3_bucket: str
+) -> None:
+    """Last upload and pending uploads: a backup taken before S3 was configured is owed."""
+    from helpers.backups import take_backup
+
+    local_only = backupd_env(fixture_db)
+    take_backup(local_only)  # no S3 yet: this backup is not offsite
+    with_s3 = {**local_only, **s3_server.env(), "DB_BACKUP_S3_BUCKET": s3_bucket}
+
+    before = json.loads(run_backupd(["status", "--json"], with_s3).stdout)["offsite"]
+    assert before == {"bucket": s3_bucket, "prefix": "", "last_upload": None,
+                      "pending_uploads": 1}
+    assert json.loads(run_backupd(["status", "--json"], local_only).stdout)["offsite"] is None
+
+    assert run_backupd(["upload"], with_s3).returncode == 0
+    after = json.loads(run_backupd(["status", "--json"], with_s3).stdout)["offsite"]
+    assert after["pending_uploads"] == 0 and after["last_upload"] is not None
+    text = run_backupd(["status"], with_s3).stdout
+    assert f"offsite: s3://{s3_bucket}/ last upload" in text and "0 pending upload(s)" in text

@@ -17,6 +17,7 @@ from backupd.daemon.state import StateFile, read_state
 from backupd.log import redact
 from backupd.result import human_bytes
 from backupd.settings import Settings
+from backupd.storage.base import latest_upload
 from backupd.storage.local import LocalStore
 
 
@@ -57,6 +58,12 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
             "size_bytes": newest.size,
         },
         "backups": len(entries),
+        "offsite": None if not settings.s3_bucket else {
+            "bucket": settings.s3_bucket,
+            "prefix": settings.s3_prefix,
+            "last_upload": _iso(latest_upload(entries)),
+            "pending_uploads": sum(1 for e in entries if e.awaiting_upload),
+        },
         "health": health_check(settings).to_dict(),
     }
 
@@ -92,6 +99,13 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(f"newest verified backup: {newest['name']} "
                      f"({human_bytes(newest['size_bytes'])}, "
                      f"{_age(newest['age_seconds'])} old)")
+    offsite = data["offsite"]
+    if offsite is None:
+        lines.append("offsite: off (DB_BACKUP_S3_BUCKET not set)")
+    else:
+        lines.append(f"offsite: s3://{offsite['bucket']}/{offsite['prefix']} last upload "
+                     f"{offsite['last_upload'] or 'never'}, "
+                     f"{offsite['pending_uploads']} pending upload(s)")
     health = data["health"]
     lines.append("health: " + ("ok" if health["ok"] else "UNHEALTHY"))
     lines.extend(f"  - {reason}" for reason in health["reasons"])

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from backupd.log import get_logger
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry
+from backupd.storage.base import BackupEntry, latest_upload
 from backupd.storage.local import LocalStore
 
 # --- facts from results ----------------------------------------------------------------
@@ -94,15 +94,12 @@ class StoreSnapshot:
         return max(drilled, key=lambda e: e.manifest.drilled_at, default=None)  # type: ignore[union-attr, arg-type, return-value]
 
     def newest_upload(self) -> datetime | None:
-        uploads = [e.manifest.uploaded_at for e in self.entries
-                   if e.manifest and e.manifest.uploaded_at]
-        return max(uploads, default=None)
+        return latest_upload(self.entries)
 
     def pending_uploads(self) -> int | None:
         if not self.settings.s3_bucket:
             return None
-        return sum(1 for e in self.entries
-                   if e.verified and e.manifest is not None and e.manifest.uploaded_at is None)
+        return sum(1 for e in self.entries if e.awaiting_upload)
 
     def age(self, moment: datetime | None) -> float | None:
         return (self.now - moment).total_seconds() if moment else None

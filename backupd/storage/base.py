@@ -7,7 +7,9 @@ store requires one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +31,11 @@ class BackupEntry:
         return self.parsed.name
 
     @property
+    def awaiting_upload(self) -> bool:
+        """Verified here but not committed offsite yet (the S3 copy is still owed)."""
+        return self.verified and self.manifest is not None and self.manifest.uploaded_at is None
+
+    @property
     def verified(self) -> bool:
         """Verified, and the file still has the size the manifest promised."""
         return (
@@ -36,6 +43,12 @@ class BackupEntry:
             and self.manifest.verified
             and self.manifest.stored_bytes == self.size
         )
+
+
+def latest_upload(entries: Iterable[BackupEntry]) -> datetime | None:
+    """When the most recent offsite upload among ``entries`` was committed."""
+    return max((e.manifest.uploaded_at for e in entries
+                if e.manifest is not None and e.manifest.uploaded_at is not None), default=None)
 
 
 class BackupStore(Protocol):
