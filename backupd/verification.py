@@ -274,13 +274,19 @@ class PlainSqlCheck:
 
     def write(self, chunk: bytes) -> int:
         if self._stream_problem is None:
-            try:
-                for piece in self._checker.feed(chunk):
-                    self._head_tail.feed(piece)
-                    if self._forward is not None:
-                        self._forward(piece)
-            except (ValueError, OSError) as exc:
-                self._stream_problem = _describe_stream_error(exc)
+            pieces = self._checker.feed(chunk)
+            while True:
+                try:
+                    piece = next(pieces, None)
+                except (ValueError, OSError) as exc:
+                    self._stream_problem = _describe_stream_error(exc)
+                    break
+                if piece is None:
+                    break
+                self._head_tail.feed(piece)
+                # Outside the try: a failing consumer (psql gone) says nothing about the file.
+                if self._forward is not None:
+                    self._forward(piece)
         return len(chunk)
 
     def add_checks(self, report: VerifyReport) -> bool:
