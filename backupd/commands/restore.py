@@ -53,6 +53,7 @@ from backupd.verification import (
     PlainSqlCheck,
     VerifyReport,
     check_file_shape,
+    check_gzip_members,
     check_other_content,
     scan,
     verify_file,
@@ -349,8 +350,9 @@ def _verify_into(path: Path, entry: BackupEntry, identities: list[x25519.Identit
         report.add("readable", False, exc.strerror or str(exc))
         return report
     report.add("readable", True)
-    if content is not None:
-        content.add_checks(report)
+    members = entry.manifest.gzip_members if entry.manifest is not None else None
+    if content is not None and content.add_checks(report) and members is not None:
+        check_gzip_members(report, content.member_sizes, members)
     if entry.manifest is not None:
         report.add("sha256", digest == entry.manifest.sha256,
                    "checksum does not match the manifest (the file changed after it was written)")
