@@ -61,6 +61,21 @@ class ManifestError(ValueError):
     """A manifest that exists but cannot be trusted (not JSON, wrong schema)."""
 
 
+def manifest_for(name: str, data: bytes) -> tuple[Manifest | None, str | None]:
+    """(manifest, None) when ``data`` is a valid manifest of backup ``name``, else (None, why).
+
+    Every store reads manifests through this: a manifest that is not JSON, has the wrong
+    shape, or describes another file is a problem to report, never a manifest to trust.
+    """
+    try:
+        manifest = parse_manifest(data)
+    except ManifestError as exc:
+        return None, str(exc)
+    if manifest.name != name:
+        return None, f"manifest describes {manifest.name}, not {name}"
+    return manifest, None
+
+
 def parse_manifest(data: bytes) -> Manifest:
     try:
         return Manifest.from_json(data)

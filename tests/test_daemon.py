@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from helpers.faults import SlowDump
 from helpers.pg import ServerAddress, connect
-from helpers.slow_pg_dump import slow_pg_dump_dir
 
 from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
 from backupd.naming import is_partial, parse_backup_name
@@ -88,9 +88,8 @@ def test_bad_schedule_or_zone_is_one_line_and_exit_2(
 def slow_env(backupd_env: Callable[..., dict[str, str]], db: str, tmp_path: Path,
              **extra: str) -> dict[str, str]:
     env = backupd_env(db, BACKUP_SCHEDULE=NEVER_DURING_TEST, **FAST, **extra)
-    # ~100 KiB/s: the fixture's dump takes far longer than the test waits.
-    shim = slow_pg_dump_dir(tmp_path / "shim", 100 * 1024)
-    env["PATH"] = f"{shim}:{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+    # ~100 KiB/s (4 KiB every 40 ms): the fixture's dump takes far longer than the test waits.
+    env["PATH"] = SlowDump(tmp_path / "shim", chunk=4096, delay=0.04).path()
     return env
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from backupd.manifest import Manifest
+from backupd.manifest import Manifest, ManifestError
 from backupd.naming import ParsedName
 
 
@@ -49,6 +49,19 @@ def latest_upload(entries: Iterable[BackupEntry]) -> datetime | None:
     """When the most recent offsite upload among ``entries`` was committed."""
     return max((e.manifest.uploaded_at for e in entries
                 if e.manifest is not None and e.manifest.uploaded_at is not None), default=None)
+
+
+class ManifestReader:
+    """``read_manifest`` for stores whose ``load_manifest`` reports problems as values."""
+
+    def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
+        raise NotImplementedError
+
+    def read_manifest(self, name: str) -> Manifest | None:
+        manifest, problem = self.load_manifest(name)
+        if problem is not None:
+            raise ManifestError(problem)
+        return manifest
 
 
 class BackupStore(Protocol):

@@ -8,17 +8,17 @@ import shutil
 from pathlib import Path
 
 from backupd.errors import ConfigError
-from backupd.manifest import Manifest, ManifestError, parse_manifest
+from backupd.manifest import Manifest, manifest_for
 from backupd.naming import is_partial, manifest_name, parse_backup_name
 from backupd.storage.atomic import DIR_MODE, write_bytes_atomically
-from backupd.storage.base import BackupEntry
+from backupd.storage.base import BackupEntry, ManifestReader
 
 
 class UnsafePathError(ValueError):
     """A name that would make backupd read or write outside DB_BACKUP_DIR."""
 
 
-class LocalStore:
+class LocalStore(ManifestReader):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
@@ -109,19 +109,7 @@ class LocalStore:
             return None, None
         except OSError as exc:
             return None, f"manifest unreadable: {exc.strerror}"
-        try:
-            manifest = parse_manifest(data)
-        except ManifestError as exc:
-            return None, str(exc)
-        if manifest.name != name:
-            return None, f"manifest describes {manifest.name}, not {name}"
-        return manifest, None
-
-    def read_manifest(self, name: str) -> Manifest | None:
-        manifest, problem = self.load_manifest(name)
-        if problem is not None:
-            raise ManifestError(problem)
-        return manifest
+        return manifest_for(name, data)
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_bytes_atomically(self.directory / manifest_name(manifest.name), manifest.to_json())

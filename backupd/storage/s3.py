@@ -27,11 +27,11 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, OffsiteError
 from backupd.log import redact
-from backupd.manifest import Manifest, ManifestError, parse_manifest
+from backupd.manifest import Manifest, manifest_for
 from backupd.naming import MANIFEST_SUFFIX, manifest_name, parse_backup_name
 from backupd.settings import Settings
 from backupd.storage.atomic import FILE_MODE
-from backupd.storage.base import BackupEntry
+from backupd.storage.base import BackupEntry, ManifestReader
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -100,7 +100,7 @@ class RemoteObject:
     last_modified: datetime | None
 
 
-class S3Store:
+class S3Store(ManifestReader):
     """The BackupStore protocol on an S3 bucket (see the module docstring for the layout)."""
 
     def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
@@ -184,19 +184,7 @@ class S3Store:
                     return None, None
                 raise
             data = response["Body"].read()
-        try:
-            manifest = parse_manifest(data)
-        except ManifestError as exc:
-            return None, str(exc)
-        if manifest.name != name:
-            return None, f"manifest describes {manifest.name}, not {name}"
-        return manifest, None
-
-    def read_manifest(self, name: str) -> Manifest | None:
-        manifest, problem = self.load_manifest(name)
-        if problem is not None:
-            raise ManifestError(problem)
-        return manifest
+        return manifest_for(name, data)
 
     def write_manifest(self, manifest: Manifest) -> None:
         with translated_errors(f"writing {self.uri(manifest_name(manifest.name))}"):
