@@ -30,7 +30,6 @@ import psycopg
 from psycopg import sql
 from pyrage import x25519
 
-from backupd import offsite
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import ParsedName, parse_backup_name
@@ -110,6 +109,8 @@ def run(
 ) -> None:
     if from_s3:
         # Disaster recovery: download into DB_BACKUP_DIR, then the very same verify + restore.
+        from backupd import offsite  # only here: S3 clients cost start-up time
+
         s3 = offsite.require_store(ctx.settings, "--from-s3")
         entry = offsite.pick_remote(ctx, s3, name, latest)
         with offsite.downloaded(ctx, s3, entry) as downloaded:
