@@ -7,16 +7,23 @@ moto keeps its state in this process, so buckets and objects survive stop()/star
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
+
+from .cluster import free_port
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -148,3 +155,26 @@ class S3Server:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def strict_s3_server() -> Iterator[str]:
+    """A separate moto server that authenticates every request (no IAM users exist, so every
+    access key is rejected, as AWS rejects a revoked key). Yields its endpoint URL."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    moto_server = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("moto_server with authentication did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
