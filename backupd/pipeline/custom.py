@@ -22,13 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from psycopg.conninfo import make_conninfo
 from pyrage import x25519
 
 from backupd.cancel import CancelToken
 from backupd.errors import JobFailed
 from backupd.naming import partial_name
-from backupd.pg import child_env, tool_path
 from backupd.pipeline.encrypt import Feed, decrypt_into, decrypt_to_path
 from backupd.settings import Settings
 from backupd.storage.atomic import FILE_MODE
@@ -135,6 +133,8 @@ def check_archive(path: Path, identities: list[x25519.Identity] | None) -> Archi
 
     ``identities`` decrypts an ``.age`` archive on the fly (AgeError when they do not fit).
     """
+    from backupd.pg import tool_path  # not at import: backupd.pg loads psycopg (~80 ms)
+
     pg_restore = tool_path("pg_restore")
     toc = _Child([pg_restore, "--list"], keep_stdout=True)
     data = _Child([pg_restore, "--file=/dev/null"])
@@ -202,8 +202,10 @@ def _run_pg_restore(settings: Settings, path: Path, database: str, cancel: Cance
                     single_transaction: bool) -> tuple[str | None, list[str]]:
     mode = ["--single-transaction"] if single_transaction else [f"--jobs={settings.restore_jobs}"]
     # A conninfo string: a database name holding '=' or starting with '-' stays a name.
+    from backupd.pg import child_env, tool_path  # see check_archive
+
     argv = [tool_path("pg_restore"), "--exit-on-error", "--no-password", *mode,
-            f"--dbname={make_conninfo('', dbname=database)}", "--", str(path)]
+            f"--dbname={_conninfo(database)}", "--", str(path)]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, env=child_env(settings, database),
                                start_new_session=True)
@@ -233,3 +235,10 @@ def _run_pg_restore(settings: Settings, path: Path, database: str, cancel: Cance
 
 def restore_failed(database: str, detail: str) -> JobFailed:
     return JobFailed(f"restore into {database!r} failed: {detail}")
+
+
+def _conninfo(database: str) -> str:
+    # Imported here: psycopg costs ~80 ms of start-up that verify never needs.
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo("", dbname=database)
