@@ -48,7 +48,7 @@ def fake_dump(size: int) -> bytes:
 
 def write_members(path: Path, sql: bytes) -> list[int]:
     with path.open("wb") as sink:
-        writer = MemberGzipWriter(sink, level=1)  # type: ignore[arg-type]
+        writer = MemberGzipWriter(sink, level=1)
         for start in range(0, len(sql), 300_000):  # pieces unaligned with the members
             writer.write(sql[start:start + 300_000])
         writer.close()
