@@ -1,5 +1,3 @@
-import sys
+from backupd.cli import run
 
-from backupd.cli import main
-
-sys.exit(main())
+run()

@@ -6,6 +6,7 @@ on stderr naming the setting or argument).
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from collections.abc import Callable
@@ -303,4 +304,8 @@ if __name__ == "__main__":
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    # Nothing is left to collect: skip the interpreter's final garbage collection over
+    # every imported module's objects (~0.1 s of each command's run time).
+    gc.freeze()
+    sys.exit(code)
