@@ -293,7 +293,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         psql.send(b"BEGIN;\n")
         report = _verify_into(path, entry, identities, _HeaderGate(psql.send))
         ctx.cancel.raise_if_cancelled()
-        if report.ok:
+        if report.ok and not psql.broken:
             ctx.say(f"{entry.name} verified; restoring it: sending COMMIT to {database!r}")
             psql.send(b"\nCOMMIT;\n\\echo " + COMMIT_CONFIRMATION + b"\n")
         psql.close()  # without COMMIT: end of input inside the transaction, rolled back
