@@ -59,6 +59,10 @@ class MemberGzipWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         size = len(data)
+        if isinstance(data, bytes) and self._pending_bytes + size < MEMBER_SIZE:
+            self._pending.append(data)  # the usual case (a pipe read): no copy
+            self._pending_bytes += size
+            return size
         view = memoryview(data)
         while view:
             room = MEMBER_SIZE - self._pending_bytes
