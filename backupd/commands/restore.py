@@ -1,12 +1,11 @@
-"""``backupd restore``: restore only a verified backup, never leave a half-restored database.
+r"""``backupd restore``: restore only a verified backup, never leave a half-restored database.
 
-* Plain SQL backups are verified in the same pass that restores them: the file is read
-  once, its bytes go to SHA-256 and the decompressor, the SQL to pg_dump's header/footer
-  check and to psql, inside one transaction; COMMIT is sent only after the last byte and
-  only once every check passed, else PostgreSQL rolls the restore back. The checks that
-  read no content (manifest, regular file, size) run before the database is touched.
-* Custom archives (pg_restore --jobs needs the file), and any restore a person confirms
-  at a prompt, are fully verified first.
+* Every backup is fully verified before a byte of it reaches psql or pg_restore: SQL that
+  failed its checksum must never run, not even in a transaction that is rolled back later
+  (psql meta-commands such as ``\!`` act outside the transaction).
+* Plain SQL is then checked again as it streams into psql, inside one transaction: COMMIT
+  is sent only after the last byte and only if the bytes still match (the file cannot
+  change between the verify and the restore unnoticed), else PostgreSQL rolls it back.
 * A target that does not exist is created, restored in one transaction with
   psql stopping at the first error, and dropped again if the restore fails.
 * A target that already holds tables is refused unless ``--replace``: then the
@@ -140,27 +139,14 @@ def restore_file(
         raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name} is encrypted; set it to "
                           "the age identity file whose key it was encrypted to; nothing was "
                           "changed")
-    single_pass = entry.parsed.backup_format == "plain" and confirm is None
-    if single_pass:
-        shape = VerifyReport(entry.name)
-        if not check_file_shape(shape, path, entry.manifest, entry.manifest_error) \
-                or not shape.ok or not _key_fits(path, entry, identities):
-            single_pass = False  # refuse with the full report, exactly as `backupd verify`
-    if single_pass:
-        ctx.say(f"restoring {entry.name} into database {target!r}, verifying it in the same "
-                "pass (committed only once every check passed)")
-    else:
-        _verify_first(path, entry, identities, ctx)
-        ctx.say(f"{entry.name} verified; restoring into database {target!r}")
+    _verify_first(path, entry, identities, ctx)
+    ctx.say(f"{entry.name} verified; restoring into database {target!r}")
     if confirm is not None and not confirm(target):
         raise ConfigError("restore: not confirmed; nothing was changed")
 
     with connect(settings, MAINTENANCE_DB) as admin:
         exists = database_exists(admin, target)
         if exists and not replace and not _is_empty(settings, target):
-            if single_pass:
-                # A corrupt backup is reported as such, whatever else is wrong.
-                _verify_first(path, entry, identities, ctx)
             raise ConfigError(
                 f"--target-db: database {target!r} already holds tables; pass --replace to "
                 "restore into a fresh database and swap it in (the current one is kept, renamed)"
@@ -203,30 +189,6 @@ def _require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport)
     if not report.ok:
         raise JobFailed(f"refusing to restore {entry.name}: it failed verification: "
                         f"{report.problem}")
-
-
-class _FirstPlaintext(Exception):
-    """Raised from the sink to stop decrypting once the first authentic bytes came out."""
-
-
-def _key_fits(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None) -> bool:
-    """For ``.age``: does the identity open this file? Decrypts only its first chunk, so a
-    wrong key is refused before the database is touched (a cheap check, like the size)."""
-    if not entry.parsed.encrypted:
-        return True
-    assert identities is not None
-
-    def stop(_: bytes) -> int:
-        raise _FirstPlaintext
-
-    try:
-        with _open_backup(path) as source:
-            decrypt_into(source, _Sink(stop), identities)
-    except _FirstPlaintext:
-        return True
-    except (AgeError, OSError):
-        return False
-    return True  # an empty plaintext: the content checks will say so
 
 
 def _is_empty(settings: Settings, database: str) -> bool:

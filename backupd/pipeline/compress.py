@@ -250,15 +250,3 @@ def open_checker(compression: str) -> GzipStreamChecker | ZstdStreamChecker:
     if compression == "zstd":
         return ZstdStreamChecker()
     raise ValueError(f"unknown compression {compression!r}")
-
-
-def open_decompressed(path: str | BinaryIO, compression: str) -> BinaryIO:
-    """A readable stream of the decompressed content of a file path or a stream (restore)."""
-    if compression == "gzip":
-        from isal import igzip_threaded
-
-        return igzip_threaded.open(path, "rb", threads=1)  # type: ignore[no-any-return,no-untyped-call]
-    source = open(path, "rb") if isinstance(path, str) else path  # noqa: SIM115
-    if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(source, closefd=True)
-    return source

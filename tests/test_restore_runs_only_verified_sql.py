@@ -1,11 +1,11 @@
-"""``backupd restore`` of plain SQL backups verifies in the same pass that restores.
+"""``backupd restore`` runs only verified SQL, and commits only what still verifies.
 
-The file is read once: its bytes go to SHA-256 and the decompressor, the SQL to pg_dump's
-header/footer check and to psql inside one transaction. COMMIT is sent only once every
-check passed. These tests damage what only the end of the pass can see (the last bytes,
-the footer) and check, with a psql stand-in that records its input, that the SQL really
-was streamed before the verdict, that no COMMIT ever reached psql, and that the target
-holds nothing afterwards.
+The whole file is verified before a byte reaches psql (SQL that fails its checksum must
+never run: psql meta-commands act outside any transaction); the SQL is then checked again
+as it streams, inside one transaction, and COMMIT is sent only if it still matches. These
+tests damage what only the end of a pass can see (the last bytes, the footer) and check,
+with a psql stand-in that records its input, that none of the damaged SQL reached psql,
+that no COMMIT did, and that the target holds nothing afterwards.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def test_good_backup_is_streamed_once_and_committed(
 def test_corrupt_last_bytes_roll_back_what_was_already_streamed(
     pg_server: ServerAddress, small_db: str, env: dict[str, str], target: str, tmp_path: Path,
 ) -> None:
-    """A flipped byte in gzip's trailer (CRC-32): every SQL statement is intact and reaches
-    psql; only the end of the pass finds the damage. Nothing may be committed."""
+    """A flipped byte in gzip's trailer (CRC-32): every SQL statement is intact; only the end
+    of a pass finds the damage. None of it may reach psql, nothing may be committed."""
     # Several read blocks of compressed data, so the SQL is streamed before the end is read.
     psql(pg_server, small_db, "CREATE TABLE filler AS SELECT g AS id, md5(g::text) || "
          "md5((-g)::text) AS v FROM generate_series(1, 150000) g")
@@ -122,7 +122,7 @@ def test_corrupt_last_bytes_roll_back_what_was_already_streamed(
 
     proc, fed = restore_recorded(env, backup.name, target, tmp_path)
 
-    assert b"COPY public.filler" in fed, "the SQL should have been streamed in the same pass"
+    assert b"COPY public.filler" not in fed, "damaged SQL reached psql before the verdict"
     assert_refused_and_nothing_committed(pg_server, env, proc, fed, backup.name, target,
                                          existed, empty, "gzip integrity")
 
@@ -145,7 +145,7 @@ def test_dump_cut_before_its_footer_is_refused(
     pg_server: ServerAddress, env: dict[str, str], backup: Path, target: str, tmp_path: Path,
 ) -> None:
     """Valid gzip, a manifest that vouches for the file, every statement complete: only the
-    missing pg_dump footer says the dump was cut short. psql runs all of it; no COMMIT."""
+    missing pg_dump footer says the dump was cut short. psql runs none of it."""
     sql = sql_of(backup)
     write_gzip_sql(backup, sql[: sql.rindex(FOOTER_START)])
     refresh_manifest(backup)
@@ -154,7 +154,7 @@ def test_dump_cut_before_its_footer_is_refused(
 
     proc, fed = restore_recorded(env, backup.name, target, tmp_path)
 
-    assert b"COPY public.items" in fed and b"CREATE INDEX items_owner_idx" in fed
+    assert b"COPY public.items" not in fed and b"CREATE INDEX items_owner_idx" not in fed
     assert_refused_and_nothing_committed(pg_server, env, proc, fed, backup.name, target,
                                          existed, empty, "sql content: the dump is incomplete")
 
@@ -189,7 +189,7 @@ def test_corrupt_backup_over_a_database_with_tables_says_it_is_corrupt(
     assert fingerprint(pg_server, small_db) == before
 
 
-# --- encrypted plain backups: the same single pass over the decrypted stream ---------------------
+# --- encrypted plain backups: the same guarantees over the decrypted stream -----------------------
 
 
 @pytest.fixture
