@@ -37,12 +37,13 @@ def cut_at_statement_psql(directory: Path, done_file: Path) -> Path:
     up to and including the first complete ``ALTER TABLE ... OWNER TO`` line, then closes the
     real psql's input (end of input exactly on a statement boundary: where committing at end
     of input would keep a half-restored database), touches ``done_file`` once the real psql
-    has exited, and stops reading, so the feeder blocks until the test kills it."""
+    has exited, and stops reading, so the feeder blocks until the test kills it; then it
+    exits too."""
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "psql"
     script.write_text(
         f"#!{sys.executable}\n"
-        "import pathlib, re, subprocess, sys, time\n"
+        "import os, pathlib, re, subprocess, sys, time\n"
         f"real = subprocess.Popen([{str(pg_binary('psql'))!r}, *sys.argv[1:]],"
         " stdin=subprocess.PIPE)\n"
         "for line in sys.stdin.buffer:\n"
@@ -52,7 +53,9 @@ def cut_at_statement_psql(directory: Path, done_file: Path) -> Path:
         "real.stdin.close()\n"
         "real.wait()\n"
         f"pathlib.Path({str(done_file)!r}).write_text(str(real.returncode))\n"
-        "time.sleep(600)\n"
+        "parent = os.getppid()\n"
+        "while os.getppid() == parent:  # until the feeder (backupd) is gone\n"
+        "    time.sleep(0.1)\n"
     )
     script.chmod(0o755)
     return directory
