@@ -29,9 +29,10 @@ import psycopg
 from psycopg import sql
 from pyrage import x25519
 
+from backupd.commands.args import named_backup
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
-from backupd.naming import ParsedName, parse_backup_name
+from backupd.naming import ParsedName
 from backupd.pg import (
     child_env,
     connect,
@@ -45,7 +46,6 @@ from backupd.pipeline.encrypt import AgeError, decrypt_into, load_identities
 from backupd.pipeline.sqlcheck import HEAD_BYTES, header_problem
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
-from backupd.storage.local import UnsafePathError
 from backupd.verification import (
     READ_SIZE,
     PlainSqlCheck,
@@ -81,19 +81,8 @@ def pick(ctx: JobContext, name: str | None, latest: bool) -> tuple[Path, BackupE
         return store.resolve(entry.name), entry
     if not name:
         raise ConfigError("NAME: give a backup file name or --latest; see `backupd list`")
-    try:
-        path = store.resolve(name)
-    except UnsafePathError as exc:
-        raise ConfigError(f"NAME: {exc}") from None
-    parsed = parse_backup_name(path.name)
-    if parsed is None:
-        raise ConfigError(f"NAME: {path.name!r} is not a backupd backup file name "
-                          "(expected <db>_<YYYYmmdd_HHMMSS>.sql.gz); see `backupd list`")
-    if not path.is_file():
-        raise ConfigError(f"NAME: no backup {path.name!r} in {store.description}; "
-                          "see `backupd list`")
-    manifest, problem = store.load_manifest(path.name)
-    return path, BackupEntry(parsed, path.stat().st_size, manifest, problem)
+    entry = named_backup(store, name)
+    return store.resolve(entry.name), entry
 
 
 def run(

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from backupd import offsite
-from backupd.errors import ConfigError, JobFailed
+from backupd.commands.args import named_backup
+from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.manifest import Manifest
-from backupd.naming import parse_backup_name
 from backupd.storage.base import BackupEntry
-from backupd.storage.local import LocalStore, UnsafePathError
+from backupd.storage.local import LocalStore
 from backupd.verification import (
     ContentChecker,
     VerifyReport,
@@ -43,26 +43,7 @@ def select(ctx: JobContext, names: list[str], verify_all: bool) -> list[BackupEn
         return entries
     if not names:
         return entries[: ctx.settings.keep_min]
-    by_name = {entry.name: entry for entry in entries}
-    chosen: list[BackupEntry] = []
-    for name in names:
-        try:
-            path = store.resolve(name)
-        except UnsafePathError as exc:
-            raise ConfigError(f"NAME: {exc}") from None
-        entry = by_name.get(path.name)
-        if entry is None:
-            parsed = parse_backup_name(path.name)
-            if parsed is None:
-                raise ConfigError(f"NAME: {path.name!r} is not a backupd backup file name "
-                                  "(expected <db>_<YYYYmmdd_HHMMSS>.sql.gz); see `backupd list`")
-            if not path.exists():
-                raise ConfigError(f"NAME: no backup {path.name!r} in {store.description}; "
-                                  "see `backupd list`")
-            manifest, problem = store.load_manifest(path.name)
-            entry = BackupEntry(parsed, path.stat().st_size, manifest, problem)
-        chosen.append(entry)
-    return chosen
+    return [named_backup(store, name) for name in names]
 
 
 def run(ctx: JobContext, names: list[str], verify_all: bool = False,

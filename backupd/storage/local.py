@@ -18,6 +18,10 @@ class UnsafePathError(ValueError):
     """A name that would make backupd read or write outside DB_BACKUP_DIR."""
 
 
+class UnknownBackup(ValueError):
+    """A name inside DB_BACKUP_DIR that is not one of backupd's backup files."""
+
+
 class LocalStore(ManifestReader):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -80,6 +84,20 @@ class LocalStore(ManifestReader):
                 f"inside DB_BACKUP_DIR"
             )
         return path
+
+    def entry(self, name: str) -> BackupEntry:
+        """The backup called ``name`` (a file name, or a path to a file in the directory),
+        of whichever database; UnsafePathError or UnknownBackup when it is not one."""
+        path = self.resolve(name)
+        parsed = parse_backup_name(path.name)
+        if parsed is None:
+            raise UnknownBackup(f"{path.name!r} is not a backupd backup file name "
+                                "(expected <db>_<YYYYmmdd_HHMMSS>.sql.gz); see `backupd list`")
+        if not path.is_file():
+            raise UnknownBackup(f"no backup {path.name!r} in {self.description}; "
+                                "see `backupd list`")
+        manifest, problem = self.load_manifest(path.name)
+        return BackupEntry(parsed, path.stat().st_size, manifest, problem)
 
     # --- the BackupStore interface -------------------------------------------------
     def list_backups(self, database: str) -> list[BackupEntry]:
