@@ -321,10 +321,12 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
         lambda _: [*BACKUPD, "restore", "--yes", "--target-db", target("a"), default_name],
         backupd_env(server, source, dirs[default.name]), before=fresh("a", False),
         after=drop("a"), track_memory=True)
+    # Both sides start with no target database: backupd creates it, so the baseline does too.
     shell_restore = Contender(
-        "gunzip -c | psql",
-        lambda _: f"gunzip -c {shell_dir}/base.sql.gz | psql -X -q -o /dev/null",
-        server.env(target("b")), before=fresh("b", True), after=drop("b"))
+        "createdb; gunzip -c | psql",
+        lambda _: f"createdb {target('b')} && "
+                  f"gunzip -c {shell_dir}/base.sql.gz | psql -X -q -o /dev/null",
+        server.env(target("b")), before=fresh("b", False), after=drop("b"))
     restore_custom = Contender(
         f"backupd restore (custom, {args.restore_jobs} jobs)",
         lambda _: [*BACKUPD, "restore", "--yes", "--target-db", target("c"), custom_name],
