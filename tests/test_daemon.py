@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
-from helpers.faults import SlowDump
+from helpers.faults import SlowDump, dump_partials, partial_files
 from helpers.pg import ServerAddress, connect
 
 from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
-from backupd.naming import is_partial, parse_backup_name
+from backupd.naming import parse_backup_name
 
 FAST = {"SCHEDULE_SECONDS_FIELD": "1", "DRILL_SCHEDULE": "off"}
 # Far from any test's runtime: the schedule never fires during a test.
@@ -48,12 +48,6 @@ def log_events(proc: BackupdProcess) -> list[dict[str, Any]]:
 
 def finished(proc: BackupdProcess, job: str = "backup") -> list[dict[str, Any]]:
     return [e for e in log_events(proc) if e.get("event") == "job finished" and e.get("job") == job]
-
-
-def partial_files(directory: Path) -> list[Path]:
-    if not directory.exists():
-        return []
-    return [p for p in directory.iterdir() if is_partial(p.name)]
 
 
 def started(proc: BackupdProcess) -> bool:
@@ -108,7 +102,7 @@ def test_sigterm_mid_dump_exits_in_time_and_leaves_no_backup(
 ) -> None:
     env = slow_env(backupd_env, fixture_db, tmp_path, SHUTDOWN_TIMEOUT_SECONDS="8")
     daemon = backupd_daemon(["run"], env)  # BACKUP_ON_START: no backup yet -> dump at once
-    wait_for(lambda: partial_files(backup_dir), 30, "the dump to start")
+    wait_for(lambda: dump_partials(backup_dir), 30, "the dump to start")
     time.sleep(1)  # well into the dump: the shim makes it last minutes
     began = time.monotonic()
     code = stop_backupd(daemon, timeout=15)
@@ -139,9 +133,9 @@ def test_next_start_removes_leftovers_of_a_killed_dump(
 ) -> None:
     env = slow_env(backupd_env, fixture_db, tmp_path)
     first = backupd_daemon(["run"], env)
-    wait_for(lambda: partial_files(backup_dir), 30, "the dump to start")
+    wait_for(lambda: dump_partials(backup_dir), 30, "the dump to start")
     stop_backupd(first, sig=signal.SIGKILL, timeout=10)  # what `docker kill` leaves behind
-    leftovers = [p.name for p in partial_files(backup_dir)]
+    leftovers = [p.name for p in dump_partials(backup_dir)]
     assert leftovers
 
     second = backupd_daemon(["run"], {**env, "BACKUP_ON_START": "false"})

@@ -10,7 +10,7 @@ from pathlib import Path
 from backupd.errors import ConfigError
 from backupd.manifest import Manifest, manifest_for
 from backupd.naming import is_partial, manifest_name, parse_backup_name
-from backupd.storage.atomic import DIR_MODE, write_bytes_atomically
+from backupd.storage.atomic import DIR_MODE, FILE_MODE, write_bytes_atomically
 from backupd.storage.base import BackupEntry, ManifestReader
 
 
@@ -44,7 +44,7 @@ class LocalStore(ManifestReader):
             raise ConfigError(f"DB_BACKUP_DIR: {self.directory} is not a directory")
         probe = self.directory / f".backupd-write-test-{os.getpid()}.partial"
         try:
-            probe.write_bytes(b"")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             probe.unlink()
         except OSError as exc:
             raise ConfigError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import run_backupd, stop_backupd
-from helpers.faults import SlowDump, partial_files, wait_until
+from helpers.faults import SlowDump, dump_partials, wait_until
 from helpers.pg import ServerAddress, psql
 
 WEIRD_NAMES = {
@@ -67,15 +67,15 @@ def test_manual_backup_while_one_is_running(
     slow = SlowDump(tmp_path / "shims", chunk=16384, delay=0.1)
     env = backupd_env(database, PATH=slow.path())
     first = backupd_daemon(["backup"], env)
-    wait_until(lambda: partial_files(backup_dir), what="the first backup's temporary file")
+    wait_until(lambda: dump_partials(backup_dir), what="the first backup's temporary file")
     # The temporary file is private from its first byte.
-    assert {_mode(p) for p in partial_files(backup_dir)} == {0o600}
+    assert {_mode(p) for p in dump_partials(backup_dir)} == {0o600}
 
     second = run_backupd(["backup"], env)
 
     assert second.returncode == 1
     assert "already running" in second.stderr and "skipped" in second.stderr
-    assert len(partial_files(backup_dir)) == 1, "a second dump was started"
+    assert len(dump_partials(backup_dir)) == 1, "a second dump was started"
     slow.slow = False
     assert stop_backupd(first, sig=0, timeout=60) == 0, first.read_stderr()
     data = [p for p in backup_dir.iterdir() if p.name.endswith(".sql.gz")]

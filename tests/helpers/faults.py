@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from backupd.naming import parse_backup_name
+
 from .pg import pg_binary
 
 # --- PATH shims: a pg_dump that can be slowed down on demand ------------------------------------
@@ -80,9 +82,18 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str =
 
 
 def partial_files(directory: Path) -> list[Path]:
+    """Every temporary file backupd may leave (what a clean directory must not hold)."""
     if not directory.is_dir():
         return []
     return [p for p in directory.iterdir() if p.name.endswith(".partial")]
+
+
+def dump_partials(directory: Path) -> list[Path]:
+    """Temporary files of backups being written: what "a dump is running" looks like. Not the
+    short-lived write probe that preparing the directory creates, which a wait could catch."""
+    suffix = ".partial"
+    return [p for p in partial_files(directory)
+            if parse_backup_name(p.name[1:].removesuffix(suffix)) is not None]
 
 
 def place_copy(source: Path, directory: Path, stamp: str) -> Path:
