@@ -30,8 +30,10 @@ from backupd.storage.local import LocalStore
 
 app = typer.Typer(
     name="backupd",
-    help="PostgreSQL backup sidecar: verified dumps, retention, offsite copies, restores.\n\n"
-    "Settings come from environment variables (and ./.env); see docs/configuration.md.",
+    help="PostgreSQL backup sidecar: scheduled, verified dumps; retention; offsite copies to S3; "
+    "restores; restore drills. `backupd run` is the daemon; every other command is a one-off."
+    "\n\nSettings come from environment variables (and ./.env); see docs/configuration.md. "
+    "Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
