@@ -19,6 +19,7 @@ from typing import Any
 from backupd.daemon.cron import parse_cron, parse_zone
 from backupd.daemon.state import STALE_AFTER, STATE_FILE
 from backupd.errors import ConfigError
+from backupd.result import human_duration
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
 from backupd.storage.local import LocalStore
@@ -196,11 +197,4 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def _human(span: timedelta) -> str:
-    seconds = span.total_seconds()
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    return human_duration(span.total_seconds())

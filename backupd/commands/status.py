@@ -15,7 +15,7 @@ from backupd.commands.health import check as health_check
 from backupd.daemon.scheduler import job_table, load_schedules
 from backupd.daemon.state import StateFile, read_state
 from backupd.log import redact
-from backupd.result import human_bytes
+from backupd.result import human_bytes, human_duration
 from backupd.settings import Settings
 from backupd.storage.base import latest_upload
 from backupd.storage.local import LocalStore
@@ -98,7 +98,7 @@ def render_text(data: dict[str, Any]) -> str:
     else:
         lines.append(f"newest verified backup: {newest['name']} "
                      f"({human_bytes(newest['size_bytes'])}, "
-                     f"{_age(newest['age_seconds'])} old)")
+                     f"{human_duration(newest['age_seconds'])} old)")
     offsite = data["offsite"]
     if offsite is None:
         lines.append("offsite: off (DB_BACKUP_S3_BUCKET not set)")
@@ -150,16 +150,6 @@ def _describe(result: dict[str, Any]) -> str:
     if result.get("error"):
         text += f": {result['error']}"
     return text
-
-
-def _age(seconds: int) -> str:
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 2 * 3600:
-        return f"{seconds // 60} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def _iso(moment: datetime | None) -> str | None:
