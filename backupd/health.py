@@ -9,7 +9,6 @@ act on; the facts say what was found.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -130,19 +129,20 @@ def max_backup_age(settings: Settings, now: datetime | None = None) -> timedelta
     """BACKUP_MAX_AGE_HOURS, or derived from BACKUP_SCHEDULE when unset."""
     if settings.backup_max_age_hours is not None:
         return timedelta(hours=settings.backup_max_age_hours)
-    return longest_gap(settings.backup_schedule, settings.timezone, now) * MAX_AGE_FACTOR \
+    return longest_gap(settings.backup_schedule, settings.timezone, now,
+                       allow_seconds=settings.schedule_seconds_field) * MAX_AGE_FACTOR \
         + MAX_AGE_SLACK
 
 
-def longest_gap(expression: str, zone_name: str, now: datetime | None = None) -> timedelta:
+def longest_gap(expression: str, zone_name: str, now: datetime | None = None, *,
+                allow_seconds: bool = False) -> timedelta:
     """The longest interval between consecutive runs of a cron schedule, from ``now`` on.
 
     The longest, not the next: "0 2 * * 1-5" is 24 h most days but 72 h over a weekend,
     and a health check must not fail every Monday morning.
     """
     zone = parse_zone(zone_name)
-    schedule = parse_cron(expression, "BACKUP_SCHEDULE", zone,
-                          allow_seconds=os.environ.get("SCHEDULE_SECONDS_FIELD") == "1")
+    schedule = parse_cron(expression, "BACKUP_SCHEDULE", zone, allow_seconds=allow_seconds)
     start = now or datetime.now(UTC)
     fire = schedule.next_at_or_after(start)
     if fire is None:  # parse_cron already refuses schedules that never fire

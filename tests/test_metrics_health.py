@@ -265,3 +265,17 @@ def test_backupd_health_command(
     write_state(datetime.now(UTC) - timedelta(minutes=10))
     stale = run_backupd(["health"], env)
     assert stale.returncode == 1 and "has not updated its state" in stale.stdout
+
+
+@pytest.mark.parametrize("flag", ["1", "true", "yes"])
+def test_health_reads_the_seconds_field_setting_like_the_daemon(flag: str, tmp_path: Path) -> None:
+    """SCHEDULE_SECONDS_FIELD is a boolean setting: every spelling the daemon accepts must let
+    `backupd health` read the same 6-field schedule (no backup yet: unhealthy, exit 1; a
+    misread setting would make it a configuration error, exit 2)."""
+    env = {"POSTGRES_HOST": "127.0.0.1", "DB_BACKUP_DIR": str(tmp_path / "backups"),
+           "HEALTH_PORT": "0", "SCHEDULE_SECONDS_FIELD": flag, "BACKUP_SCHEDULE": "*/5 * * * * *"}
+
+    proc = run_backupd(["health"], env)
+
+    assert proc.returncode == 1, proc.stderr
+    assert "BACKUP_SCHEDULE" not in proc.stderr
