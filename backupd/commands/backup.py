@@ -25,6 +25,7 @@ from backupd.pipeline.encrypt import encryptor_for, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.result import human_bytes
 from backupd.settings import Settings
+from backupd.storage.base import BackupEntry
 from backupd.verification import FileScan, content_checker_for, follow_growing_file, verify_file
 
 
@@ -37,8 +38,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
     s3 = offsite.configured_store(settings)  # bad S3 settings: exit 2 before any dump
     store.prepare()
     with advisory_lock(settings, "dump"):
+        existing = store.list_backups(settings.postgres_db)
         if not_before is not None:
-            _skip_if_slot_taken(ctx, not_before)
+            _skip_if_slot_taken(existing, not_before)
         with connect(settings) as conn:
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
         # What the database held at backup time, for restore drills (issue 7): counted on a
@@ -46,7 +48,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts")
         counting = counter.submit(_count_rows, settings)
         counter.shutdown(wait=False)
-        previous = next((e for e in store.list_backups(settings.postgres_db) if e.verified), None)
+        previous = next((e for e in existing if e.verified), None)
         # Keys are checked before pg_dump starts: a bad key is a ConfigError, not a lost dump.
         recipients = recipient_strings(settings)
         checker = content_checker_for(settings)
@@ -97,6 +99,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
             gzip_members=outcome.gzip_members,
         )
+        # Written twice on purpose: now, unverified, so that a crash before the verdict
+        # leaves a file marked as backupd's own and unproven (never mistaken for an
+        # old-script backup without a manifest); then again with the verdict.
         store.write_manifest(manifest)
         ctx.result.size_bytes = outcome.stored_bytes
         ctx.result.stderr_tail = outcome.stderr_tail or None
@@ -115,7 +120,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
     # leaves the backup pending (result.offsite), never fails the backup.
     offsite.after_backup(ctx, s3, name)
     if apply_retention and settings.retention_schedule is None:
-        ctx.result.deleted = prune.sweep(ctx, store)
+        # The new backup was read back in full moments ago: hashing it again would be a
+        # second read of the largest, newest file on every run.
+        ctx.result.deleted = prune.sweep(ctx, store, already_proven={name})
         ctx.result.deleted += offsite.sweep_remote(ctx, s3)
 
 
@@ -124,9 +131,9 @@ def _count_rows(settings: Settings) -> dict[str, int]:
         return table_row_counts(conn)
 
 
-def _skip_if_slot_taken(ctx: JobContext, not_before: datetime) -> None:
+def _skip_if_slot_taken(existing: list[BackupEntry], not_before: datetime) -> None:
     # Checked under the lock: the other daemon has finished (and verified) by now.
-    for entry in ctx.store.list_backups(ctx.settings.postgres_db):
+    for entry in existing:
         if entry.verified and entry.parsed.taken_at >= not_before.replace(microsecond=0):
             raise JobSkipped(f"{entry.name} already covers the run due at "
                              f"{not_before.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "

@@ -59,7 +59,8 @@ def plan_prune(
 
 
 def rechecked_plan(
-    ctx: JobContext, entries: list[BackupEntry], settings: Settings, now: datetime
+    ctx: JobContext, entries: list[BackupEntry], settings: Settings, now: datetime,
+    already_proven: Iterable[str] = (),
 ) -> PrunePlan:
     """The plan, relying only on backups proven good now: verified ones whose bytes still
     match their manifest, and old-script ones (no manifest) whose content verifies.
@@ -72,7 +73,7 @@ def rechecked_plan(
     # first; old-script files, proven only by content, count when there are too few of those.
     candidates = sorted((e for e in entries if e.verified or _from_old_scripts(e)),
                         key=_from_old_scripts)
-    proven: set[str] = set()
+    proven: set[str] = set(already_proven)  # read back in full earlier in this same run
     bad: set[str] = set()
     while True:
         good = [e for e in candidates if e.name not in bad]
@@ -106,7 +107,7 @@ def _problem_now(ctx: JobContext, entry: BackupEntry) -> str | None:
 
 
 def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
-          recheck: bool = True) -> list[str]:
+          recheck: bool = True, already_proven: Iterable[str] = ()) -> list[str]:
     """Apply retention to one store; returns the names deleted (or that would be)."""
     settings = ctx.settings
     entries = store.list_backups(settings.postgres_db)
@@ -116,7 +117,7 @@ def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
         return []
     if recheck:
         # Re-check before trusting: only done when something would be deleted.
-        plan = rechecked_plan(ctx, entries, settings, now)
+        plan = rechecked_plan(ctx, entries, settings, now, already_proven)
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:

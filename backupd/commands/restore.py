@@ -72,8 +72,8 @@ def derived_name(base: str, suffix: str) -> str:
 
 def pick(ctx: JobContext, name: str | None, latest: bool) -> tuple[Path, BackupEntry]:
     store = ctx.store
-    entries = store.list_backups(ctx.settings.postgres_db)
     if latest:
+        entries = store.list_backups(ctx.settings.postgres_db)
         entry = next((e for e in entries if e.verified), None)
         if entry is None:
             raise JobFailed(f"no verified backup of {ctx.settings.postgres_db!r} in "

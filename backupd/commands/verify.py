@@ -38,12 +38,10 @@ def record_outcome(store: LocalStore, manifest: Manifest, report: VerifyReport) 
 
 def select(ctx: JobContext, names: list[str], verify_all: bool) -> list[BackupEntry]:
     store = ctx.store
+    if names and not verify_all:
+        return [named_backup(store, name) for name in names]
     entries = store.list_backups(ctx.settings.postgres_db)
-    if verify_all:
-        return entries
-    if not names:
-        return entries[: ctx.settings.keep_min]
-    return [named_backup(store, name) for name in names]
+    return entries if verify_all else entries[: ctx.settings.keep_min]
 
 
 def run(ctx: JobContext, names: list[str], verify_all: bool = False,
