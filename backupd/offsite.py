@@ -31,7 +31,7 @@ from backupd.naming import parse_backup_name, partial_name
 from backupd.pipeline.checksum import sha256_of
 from backupd.result import human_bytes
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry, latest_upload
+from backupd.storage.base import BackupEntry
 from backupd.storage.local import LocalStore
 
 if TYPE_CHECKING:
@@ -71,11 +71,6 @@ def pending_uploads(store: LocalStore, database: str) -> list[BackupEntry]:
     as pending too, and are uploaded by the next run.
     """
     return [e for e in reversed(store.list_backups(database)) if e.awaiting_upload]
-
-
-def last_upload(store: LocalStore, database: str) -> datetime | None:
-    """When the most recent upload was committed, per the local manifests."""
-    return latest_upload(store.list_backups(database))
 
 
 # --- uploading ---------------------------------------------------------------------------

@@ -17,6 +17,10 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
+# Outcomes someone must hear about (Slack in failure mode, the heartbeat's /fail).
+ALERT_STATUSES = frozenset({Status.FAILED, Status.MISSED, Status.CANCELLED})
+
+
 @dataclass
 class JobResult:
     job: str

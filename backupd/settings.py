@@ -158,10 +158,6 @@ class Settings(BaseSettings):
             return _read_secret_file(self.postgres_password_file, "POSTGRES_PASSWORD_FILE")
         return self.postgres_password.get_secret_value()
 
-    @property
-    def drill_database_name(self) -> str:
-        return self.drill_database or f"{self.postgres_db}_drill"
-
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, so the log redactor can mask them."""
         values = [self.postgres_password.get_secret_value()]

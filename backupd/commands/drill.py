@@ -162,8 +162,8 @@ def _drop_leftover(ctx: JobContext, admin: Connection, scratch: str) -> None:
             "backupd drill, so backupd will not drop it; set DRILL_DATABASE to an unused name "
             "or drop that database yourself")
     drop_database(admin, scratch)
+    # A warning reaches the job's log file with the result (LogFileNotifier), like every other.
     ctx.warn(f"dropped the scratch database {scratch!r} that an interrupted drill left behind")
-    ctx.say(f"dropped the scratch database {scratch!r} that an interrupted drill left behind")
 
 
 def _create_scratch(admin: Connection, scratch: str, live: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from backupd.commands.health import check as health_check
 from backupd.daemon.scheduler import job_table, load_schedules
-from backupd.daemon.state import StateFile, read_state
+from backupd.daemon.state import StateFile, iso_utc, read_state
 from backupd.log import redact
 from backupd.result import human_bytes, human_duration
 from backupd.settings import Settings
@@ -35,7 +35,7 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
             "job": spec.name,
             "setting": spec.setting,
             "schedule": job.schedule.expression if job else None,
-            "next_run": _iso(_next_run(spec.name, state, now, job)) if job else None,
+            "next_run": iso_utc(_next_run(spec.name, state, now, job)) if job else None,
             "running_since": _running_since(spec.name, state, now),
             "last_result": _brief(record.last_result) if record else None,
             "last_outcome": _brief(record.last_outcome) if record else None,
@@ -47,13 +47,13 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
         "timezone": settings.timezone,
         "daemon": {
             "running": bool(daemons),
-            "instances": [{"host": d.host, "pid": d.pid, "started_at": _iso(d.started_at),
-                           "updated_at": _iso(d.updated_at)} for d in daemons],
+            "instances": [{"host": d.host, "pid": d.pid, "started_at": iso_utc(d.started_at),
+                           "updated_at": iso_utc(d.updated_at)} for d in daemons],
         },
         "jobs": jobs,
         "newest_verified_backup": None if newest is None else {
             "name": newest.name,
-            "taken_at": _iso(newest.parsed.taken_at),
+            "taken_at": iso_utc(newest.parsed.taken_at),
             "age_seconds": int((now - newest.parsed.taken_at).total_seconds()),
             "size_bytes": newest.size,
         },
@@ -61,7 +61,7 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
         "offsite": None if not settings.s3_bucket else {
             "bucket": settings.s3_bucket,
             "prefix": settings.s3_prefix,
-            "last_upload": _iso(latest_upload(entries)),
+            "last_upload": iso_utc(latest_upload(entries)),
             "pending_uploads": sum(1 for e in entries if e.awaiting_upload),
         },
         "health": health_check(settings).to_dict(),
@@ -132,7 +132,7 @@ def _next_run(name: str, state: StateFile, now: datetime, job: Any) -> datetime 
 
 def _running_since(name: str, state: StateFile, now: datetime) -> str | None:
     starts = [d.running[name] for d in state.alive_daemons(now) if name in d.running]
-    return _iso(min(starts)) if starts else None
+    return iso_utc(min(starts)) if starts else None
 
 
 def _brief(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -152,5 +152,3 @@ def _describe(result: dict[str, Any]) -> str:
     return text
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat() if moment is not None else None

@@ -74,13 +74,13 @@ class StateFile:
             "version": FORMAT_VERSION,
             # Flat summaries for simple readers (backupd.health): the newest heartbeat
             # of any daemon, and the newest result per job.
-            "updated_at": _iso(max(updated)) if updated else None,
+            "updated_at": iso_utc(max(updated)) if updated else None,
             "last_results": {job: r.last_result for job, r in self.jobs.items()
                              if r.last_result is not None},
             "daemons": {key: _daemon_to_dict(d) for key, d in self.daemons.items()},
             "jobs": {
                 job: {"last_result": r.last_result, "last_outcome": r.last_outcome,
-                      "last_slot": _iso(r.last_slot)}
+                      "last_slot": iso_utc(r.last_slot)}
                 for job, r in self.jobs.items()
             },
         }
@@ -270,7 +270,7 @@ def _newer(data: dict[str, Any], stored: dict[str, Any] | None) -> bool:
     return bool(ours >= theirs)
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso_utc(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment is not None else None
 
 
@@ -284,10 +284,10 @@ def _parse(text: Any) -> datetime | None:
 def _daemon_to_dict(daemon: DaemonRecord) -> dict[str, Any]:
     return {
         "instance": daemon.instance, "host": daemon.host, "pid": daemon.pid,
-        "started_at": _iso(daemon.started_at), "updated_at": _iso(daemon.updated_at),
-        "stopped_at": _iso(daemon.stopped_at),
-        "next_runs": {job: _iso(when) for job, when in daemon.next_runs.items()},
-        "running": {job: _iso(when) for job, when in daemon.running.items()},
+        "started_at": iso_utc(daemon.started_at), "updated_at": iso_utc(daemon.updated_at),
+        "stopped_at": iso_utc(daemon.stopped_at),
+        "next_runs": {job: iso_utc(when) for job, when in daemon.next_runs.items()},
+        "running": {job: iso_utc(when) for job, when in daemon.running.items()},
     }
 
 

@@ -22,7 +22,6 @@ BUDGET_SHARE = 0.9
 
 class Deadline:
     def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
         self._end = time.monotonic() + seconds
 
     def remaining(self) -> float:

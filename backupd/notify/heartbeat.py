@@ -20,9 +20,8 @@ from backupd.notify.deadline import (
     register_secret_url,
     retry_after_seconds,
 )
-from backupd.result import JobResult, Status
+from backupd.result import ALERT_STATUSES, JobResult, Status
 
-FAIL_STATUSES = frozenset({Status.FAILED, Status.MISSED, Status.CANCELLED})
 # healthchecks.io keeps the first 100 kB of a ping's body and shows it in its UI.
 _BODY_MAX = 10_000
 _MAX_ATTEMPTS = 3
@@ -52,7 +51,7 @@ class HeartbeatNotifier:
             return
         if result.status == Status.SUCCESS:
             target = self._url
-        elif result.status in FAIL_STATUSES:
+        elif result.status in ALERT_STATUSES:
             target = fail_url(self._url)
         else:
             return  # skipped (another backup holds the lock) is neither alive nor failing

@@ -44,13 +44,12 @@ from backupd.notify.deadline import (
     register_secret_url,
     retry_after_seconds,
 )
-from backupd.result import JobResult, Status, human_bytes
+from backupd.result import ALERT_STATUSES, JobResult, Status, human_bytes
 from backupd.storage.atomic import write_bytes_atomically
 
 NotifyOn = Literal["all", "failure"]
 
 # Statuses that mean "a backup that should exist does not": always worth a message.
-ALERT_STATUSES = frozenset({Status.FAILED, Status.MISSED, Status.CANCELLED})
 # Remembers each job's last outcome, so `failure` mode can announce the recovery even
 # when every run is a separate `backupd backup` process.
 NOTIFY_STATE_FILE = ".backupd-slack-state.json"

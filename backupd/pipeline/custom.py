@@ -25,7 +25,6 @@ from typing import IO
 from pyrage import x25519
 
 from backupd.cancel import CancelToken
-from backupd.errors import JobFailed
 from backupd.naming import partial_name
 from backupd.pipeline.encrypt import Feed, decrypt_into, decrypt_to_path
 from backupd.settings import Settings
@@ -231,10 +230,6 @@ def _run_pg_restore(settings: Settings, path: Path, database: str, cancel: Cance
     detail = next((line for line in errors if "error" in line.lower()),
                   errors[-1] if errors else f"pg_restore exit code {code}")
     return detail, list(errors)
-
-
-def restore_failed(database: str, detail: str) -> JobFailed:
-    return JobFailed(f"restore into {database!r} failed: {detail}")
 
 
 def _conninfo(database: str) -> str:

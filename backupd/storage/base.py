@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
-from backupd.manifest import Manifest, ManifestError
+from backupd.manifest import Manifest
 from backupd.naming import ParsedName
 
 
@@ -51,19 +50,6 @@ def latest_upload(entries: Iterable[BackupEntry]) -> datetime | None:
                 if e.manifest is not None and e.manifest.uploaded_at is not None), default=None)
 
 
-class ManifestReader:
-    """``read_manifest`` for stores whose ``load_manifest`` reports problems as values."""
-
-    def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
-        raise NotImplementedError
-
-    def read_manifest(self, name: str) -> Manifest | None:
-        manifest, problem = self.load_manifest(name)
-        if problem is not None:
-            raise ManifestError(problem)
-        return manifest
-
-
 class BackupStore(Protocol):
     """What every storage provider offers; the jobs never know which one they hold."""
 
@@ -76,13 +62,12 @@ class BackupStore(Protocol):
         """This database's backups, newest first."""
         ...
 
-    def read_manifest(self, name: str) -> Manifest | None: ...
+    def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
+        """(manifest, None); (None, None) when there is none; (None, why) when it cannot
+        be trusted (not JSON, wrong shape, describes another file)."""
+        ...
 
     def write_manifest(self, manifest: Manifest) -> None: ...
-
-    def fetch(self, name: str, destination: Path) -> None:
-        """Copy a backup's data into ``destination`` (a local path)."""
-        ...
 
     def delete(self, name: str) -> None:
         """Delete a backup and its manifest."""

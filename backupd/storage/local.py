@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 
 from backupd.errors import ConfigError
 from backupd.manifest import Manifest, manifest_for
 from backupd.naming import is_partial, manifest_name, parse_backup_name
 from backupd.storage.atomic import DIR_MODE, FILE_MODE, write_bytes_atomically
-from backupd.storage.base import BackupEntry, ManifestReader
+from backupd.storage.base import BackupEntry
 
 
 class UnsafePathError(ValueError):
@@ -22,7 +21,7 @@ class UnknownBackup(ValueError):
     """A name inside DB_BACKUP_DIR that is not one of backupd's backup files."""
 
 
-class LocalStore(ManifestReader):
+class LocalStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
@@ -131,9 +130,6 @@ class LocalStore(ManifestReader):
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_bytes_atomically(self.directory / manifest_name(manifest.name), manifest.to_json())
-
-    def fetch(self, name: str, destination: Path) -> None:
-        shutil.copyfile(self.resolve(name), destination)
 
     def delete(self, name: str) -> None:
         # Data first: a crash in between leaves an orphan manifest, never a backup

@@ -15,7 +15,6 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from backupd.manifest import Manifest, manifest_for
 from backupd.naming import MANIFEST_SUFFIX, manifest_name, parse_backup_name
 from backupd.settings import Settings
 from backupd.storage.atomic import FILE_MODE
-from backupd.storage.base import BackupEntry, ManifestReader
+from backupd.storage.base import BackupEntry
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -97,10 +96,9 @@ class RemoteObject:
 
     entry: BackupEntry
     has_manifest: bool
-    last_modified: datetime | None
 
 
-class S3Store(ManifestReader):
+class S3Store:
     """The BackupStore protocol on an S3 bucket (see the module docstring for the layout)."""
 
     def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
@@ -126,7 +124,7 @@ class S3Store(ManifestReader):
     # --- listing -------------------------------------------------------------------
     def scan(self, database: str) -> list[RemoteObject]:
         """Every data object of ``database`` under the prefix, committed or not, newest first."""
-        sizes: dict[str, tuple[int, datetime | None]] = {}
+        sizes: dict[str, int] = {}
         manifests: set[str] = set()
         with translated_errors(f"listing {self.description}"):
             paginator = self.client.get_paginator("list_objects_v2")
@@ -138,16 +136,15 @@ class S3Store(ManifestReader):
                     if name.endswith(MANIFEST_SUFFIX):
                         manifests.add(name[: -len(MANIFEST_SUFFIX)])
                     else:
-                        sizes[name] = (item.get("Size", 0), item.get("LastModified"))
+                        sizes[name] = item.get("Size", 0)
         objects: list[RemoteObject] = []
-        for name, (size, modified) in sizes.items():
+        for name, size in sizes.items():
             parsed = parse_backup_name(name)
             if parsed is None or parsed.database != database:
                 continue  # not ours: never listed, never deleted
             committed = name in manifests
             manifest, problem = self.load_manifest(name) if committed else (None, None)
-            objects.append(RemoteObject(BackupEntry(parsed, size, manifest, problem),
-                                        committed, modified))
+            objects.append(RemoteObject(BackupEntry(parsed, size, manifest, problem), committed))
         objects.sort(key=lambda o: (o.entry.parsed.taken_at, o.entry.name), reverse=True)
         return objects
 
@@ -170,7 +167,7 @@ class S3Store(ManifestReader):
         manifest, problem = self.load_manifest(name)
         committed = manifest is not None or problem is not None
         return RemoteObject(BackupEntry(parsed, head["ContentLength"], manifest, problem),
-                            committed, head.get("LastModified"))
+                            committed)
 
     # --- manifests -----------------------------------------------------------------
     def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
