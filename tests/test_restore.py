@@ -192,7 +192,9 @@ def test_latest_picks_the_newest_verified_backup(
     manifest = read_manifest(unverified)
     manifest.update(verified=False, verify_error="sha256: checksum does not match")
     write_manifest(unverified, manifest)
-    assert older.name < newest_good.name < unverified.name
+    old_script = redate(unverified, datetime.now(UTC) + timedelta(minutes=5))
+    manifest_path(old_script).unlink()  # an intact file with no manifest: never "--latest"
+    assert older.name < newest_good.name < unverified.name < old_script.name
     target = unique_db_name("latest")
 
     proc = run_backupd(["restore", "--latest", "--yes", "--target-db", target], env)

@@ -49,7 +49,14 @@ def test_failing_slack_and_heartbeat_never_fail_or_stall_a_backup(
         assert SLACK_PATH in paths, paths
     # Two network notifiers, each bounded by the timeout, plus interpreter exit.
     assert exited - job_finished_at(proc.stderr) < 2 * NOTIFY_TIMEOUT + 1.5
-    assert "notifier" in proc.stderr  # the failure is reported, not swallowed
+    # Each failure is reported, not swallowed, naming the notifier that failed.
+    reported = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") in ("notifier failed", "notifier timed out"):
+                reported.add(event.get("notifier"))
+    assert reported == {"slack", "heartbeat"}, proc.stderr
 
 
 def test_rate_limited_slack_is_delivered_after_retry_after(

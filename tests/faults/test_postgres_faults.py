@@ -44,7 +44,8 @@ def failure_records(stderr: str, job: str = "backup") -> list[dict[str, object]]
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("event") == "job finished" and record.get("status") == "failed":
+        if (record.get("event") == "job finished" and record.get("status") == "failed"
+                and record.get("job") == job):
             records.append(record)
     return records
 
