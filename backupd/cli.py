@@ -130,7 +130,8 @@ def restore(
         "--from-s3", help="Take the backup from S3 (DB_BACKUP_S3_BUCKET): downloaded into "
         "DB_BACKUP_DIR, verified against its manifest, restored, then removed.")] = False,
     target_db: Annotated[str | None, typer.Option(
-        "--target-db", help="Restore into this database (created if missing).")] = None,
+        "--target-db", help="Restore into this database (created if missing); never a "
+        "template, and `postgres` only with --replace.")] = None,
     replace: Annotated[bool, typer.Option(
         "--replace", help="Target holds data: restore into a new database and swap it in, "
         "keeping the old one renamed.")] = False,

@@ -109,6 +109,12 @@ def database_exists(conn: psycopg.Connection[tuple], name: str) -> bool:  # type
     return row is not None
 
 
+def is_template(conn: psycopg.Connection[tuple], name: str) -> bool:  # type: ignore[type-arg]
+    row = conn.execute("SELECT datistemplate FROM pg_database WHERE datname = %s",
+                       (name,)).fetchone()
+    return bool(row and row[0])
+
+
 def create_database(conn: psycopg.Connection[tuple], name: str) -> None:  # type: ignore[type-arg]
     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 

@@ -39,6 +39,7 @@ from backupd.pg import (
     create_database,
     database_exists,
     drop_database,
+    is_template,
     tool_path,
 )
 from backupd.pipeline.custom import restore_archive
@@ -58,6 +59,7 @@ from backupd.verification import (
 )
 
 MAINTENANCE_DB = "postgres"
+TEMPLATE_DATABASES = frozenset({"template0", "template1"})
 # psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
 COMMIT_CONFIRMATION = b"backupd: restore committed"
 Confirm = Callable[[str], bool]
@@ -95,6 +97,7 @@ def run(
     confirm: Confirm | None = None,
     from_s3: bool = False,
 ) -> None:
+    target_name(ctx.settings, target_db, replace=replace)  # bad input before any download
     if from_s3:
         # Disaster recovery: download into DB_BACKUP_DIR, then the very same verify + restore.
         from backupd import offsite  # only here: S3 clients cost start-up time
@@ -120,7 +123,7 @@ def restore_file(
 ) -> None:
     """Verify ``path`` and restore it into the target database (shared with S3 and drills)."""
     settings = ctx.settings
-    target = target_db or settings.postgres_db
+    target = target_name(settings, target_db, replace=replace)
     ctx.result.backup_name = entry.name
     ctx.result.details["target_database"] = target
     identities = load_identities(settings)
@@ -133,8 +136,14 @@ def restore_file(
     if confirm is not None and not confirm(target):
         raise ConfigError("restore: not confirmed; nothing was changed")
 
-    with connect(settings, MAINTENANCE_DB) as admin:
+    # A database cannot be renamed while we are connected to it: replacing the maintenance
+    # database is administered from template1 (never copied: databases come from template0).
+    with connect(settings, "template1" if target == MAINTENANCE_DB else MAINTENANCE_DB) as admin:
         exists = database_exists(admin, target)
+        if exists and is_template(admin, target):
+            raise ConfigError(f"--target-db: database {target!r} is a template; restoring into "
+                              "it would put the backup into databases created from it; "
+                              "choose another name")
         if exists and not replace and not _is_empty(settings, target):
             raise ConfigError(
                 f"--target-db: database {target!r} already holds tables; pass --replace to "
@@ -163,6 +172,29 @@ def restore_file(
             ctx.result.details["previous_database_kept_as"] = kept
             ctx.say(f"the previous database was kept as {kept!r}; drop it when satisfied")
     ctx.say(f"restore of {entry.name} into {target!r} completed")
+
+
+def target_name(settings: Settings, target_db: str | None, *, replace: bool) -> str:
+    """The database to restore into; ConfigError for a name that must not be one."""
+    if target_db is None:
+        target, source = settings.postgres_db, "POSTGRES_DB"
+    else:
+        target, source = target_db, "--target-db"
+    if not target.strip():
+        # Never "the default": with --replace that would swap out the live database.
+        raise ConfigError(f"{source}: the database name is empty; give the database to "
+                          "restore into (leave out --target-db to restore into POSTGRES_DB)")
+    if len(target.encode()) > 63 or "\x00" in target:
+        raise ConfigError(f"{source}: {target!r} is not a database name (1 to 63 bytes, no NUL)")
+    if target in TEMPLATE_DATABASES:
+        raise ConfigError(f"{source}: {target!r} is a template database; restoring into it "
+                          "would put the backup into every database created later; choose "
+                          "another name")
+    if target == MAINTENANCE_DB and not replace:
+        raise ConfigError(f"{source}: {target!r} is the maintenance database; restoring into "
+                          "it needs --replace (the current one is kept, renamed) and "
+                          "confirmation")
+    return target
 
 
 def _verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,

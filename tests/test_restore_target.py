@@ -1,0 +1,146 @@
+"""``--target-db`` must name a real, ordinary database: an empty name is not POSTGRES_DB, a
+template is never restored into, and the maintenance database needs --replace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers.backups import take_backup
+from helpers.cli import run_backupd
+from helpers.cluster import PrivateCluster
+from helpers.pg import ServerAddress, connect, drop_database, fingerprint, psql
+
+EnvFactory = Callable[..., dict[str, str]]
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("backupd: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t"], ids=["empty", "spaces", "tab"])
+def test_empty_target_db_is_bad_input_not_postgres_db(
+    pg_server: ServerAddress, small_db: str, backupd_env: EnvFactory, name: str,
+) -> None:
+    env = backupd_env(small_db)
+    backup = take_backup(env)
+    psql(pg_server, small_db, "DELETE FROM items WHERE id > 10")
+    live = fingerprint(pg_server, small_db)
+
+    proc = run_backupd(["restore", backup.name, "--target-db", name, "--replace", "--yes"], env)
+
+    kept = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE datname LIKE "
+                f"'{small_db}%' AND datname <> '{small_db}'").split()
+    for leftover in kept:
+        drop_database(pg_server, leftover)
+    assert proc.returncode == 2, proc.stderr
+    assert "--target-db" in one_error_line(proc.stderr)
+    assert kept == []
+    assert fingerprint(pg_server, small_db) == live
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivateCluster]:
+    """Templates are global: a test that could pollute template1 gets its own server."""
+    with PrivateCluster("tpl-pw") as private:
+        private.start()
+        yield private
+
+
+def cluster_env(cluster: PrivateCluster, database: str, directory: Path) -> dict[str, str]:
+    return {
+        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(cluster.port),
+        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": cluster.password,
+        "POSTGRES_DB": database, "DB_BACKUP_DIR": str(directory), "BACKUPD_LOG_FORMAT": "json",
+    }
+
+
+def _user_tables(cluster: PrivateCluster, database: str) -> int:
+    with connect(cluster.address, database) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("template", ["template1", "template0"])
+@pytest.mark.parametrize("replace", [False, True], ids=["plain", "replace"])
+def test_templates_are_refused(cluster: PrivateCluster, tmp_path: Path, template: str,
+                               replace: bool) -> None:
+    with connect(cluster.address) as conn:
+        conn.execute("DROP DATABASE IF EXISTS src")
+        conn.execute("CREATE DATABASE src")
+    psql(cluster.address, "src", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    env = cluster_env(cluster, "src", tmp_path / "b")
+    backup = take_backup(env)
+
+    args = ["restore", backup.name, "--target-db", template, "--yes"]
+    proc = run_backupd([*args, "--replace"] if replace else args, env)
+
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "--target-db" in line and "template" in line
+    if template == "template1":
+        assert _user_tables(cluster, "template1") == 0
+    with connect(cluster.address) as conn:
+        names = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
+    assert names == {"postgres", "template0", "template1", "src"}
+
+
+def test_a_database_marked_as_template_is_refused(cluster: PrivateCluster,
+                                                  tmp_path: Path) -> None:
+    with connect(cluster.address) as conn:
+        conn.execute("DROP DATABASE IF EXISTS src")
+        conn.execute("CREATE DATABASE src")
+        conn.execute("DROP DATABASE IF EXISTS shared_tpl")
+        conn.execute("CREATE DATABASE shared_tpl IS_TEMPLATE true")
+    psql(cluster.address, "src", "CREATE TABLE t (id int);")
+    env = cluster_env(cluster, "src", tmp_path / "b")
+    backup = take_backup(env)
+
+    proc = run_backupd(["restore", backup.name, "--target-db", "shared_tpl", "--yes"], env)
+
+    assert proc.returncode == 2, proc.stderr
+    assert "template" in one_error_line(proc.stderr)
+    assert _user_tables(cluster, "shared_tpl") == 0
+
+
+def test_the_maintenance_database_needs_replace(cluster: PrivateCluster,
+                                                tmp_path: Path) -> None:
+    with connect(cluster.address) as conn:
+        conn.execute("DROP DATABASE IF EXISTS src")
+        conn.execute("CREATE DATABASE src")
+    psql(cluster.address, "src", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    env = cluster_env(cluster, "src", tmp_path / "b")
+    backup = take_backup(env)
+
+    proc = run_backupd(["restore", backup.name, "--target-db", "postgres", "--yes"], env)
+
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "--target-db" in line and "--replace" in line and "maintenance" in line
+    assert _user_tables(cluster, "postgres") == 0
+
+
+def test_the_maintenance_database_is_replaced_with_replace(cluster: PrivateCluster,
+                                                           tmp_path: Path) -> None:
+    with connect(cluster.address) as conn:
+        conn.execute("DROP DATABASE IF EXISTS src")
+        conn.execute("CREATE DATABASE src")
+    psql(cluster.address, "src", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    env = cluster_env(cluster, "src", tmp_path / "b")
+    backup = take_backup(env)
+
+    proc = run_backupd(["restore", backup.name, "--target-db", "postgres", "--replace",
+                        "--yes"], env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert _user_tables(cluster, "postgres") == 1
+    with connect(cluster.address) as conn:
+        kept = [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'postgres_before_restore_%'")]
+        assert len(kept) == 1
+        conn.execute(f'DROP DATABASE "{kept[0]}"')
+        conn.execute("DROP TABLE t")
