@@ -7,11 +7,12 @@ Run it on your own machine (see docs/performance.md):
     .venv/bin/python bench/run.py --scale 4 --repeat 1 --out /tmp/bench.md
 
 It creates its own databases on the server given by PGHOST/PGPORT/PGUSER/PGPASSWORD
-(default 127.0.0.1:5432, user postgres), loads ../shared/fixtures/certificates.sql at
-``--scale``, times every contender ``--repeat`` times, alternating them within each round
-(A B C D, A B C D, ...) so that a slow moment of the machine hits all of them, and prints
-medians, ratios against the baseline ``pg_dump | gzip``, compression ratios and the peak
-resident memory of the backupd process itself. It drops its databases at the end.
+(default 127.0.0.1:5432, user postgres), loads the project's fixture,
+tests/fixtures/certificates.sql, at ``--scale``, times every contender ``--repeat`` times,
+alternating them within each round (A B C D, A B C D, ...) so that a slow moment of the
+machine hits all of them, and prints medians, ratios against the baseline ``pg_dump | gzip``,
+compression ratios and the peak resident memory of the backupd process itself. It drops its
+databases at the end.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FIXTURE = (REPO / ".." / "shared" / "fixtures" / "certificates.sql").resolve()
+DEFAULT_FIXTURE = REPO / "tests" / "fixtures" / "certificates.sql"
 # The pid keeps two runs on one server (a CI smoke run, a manual run) apart.
 PREFIX = f"backupd_bench_{os.getpid()}"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import flip_byte, read_manifest, take_backup
+from helpers.pg import ServerAddress, load_fixture
 
 from backupd.manifest import Manifest
 from backupd.naming import ParsedName, parse_backup_name
@@ -238,12 +239,15 @@ def test_abandoned_write_ends_the_read_back(tmp_path: Path) -> None:
 
 
 def test_backup_is_members_recorded_in_manifest_and_gunzip_readable(
-    fixture_db: str, backupd_env: EnvFactory,
+    pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
 ) -> None:
     """A real backup: members recorded, verified by the read-back, readable by plain gzip."""
-    backup = take_backup(backupd_env(fixture_db))
+    db = make_db()
+    load_fixture(pg_server, db, scale=0.5)  # ~5.7 MiB of SQL: several MEMBER_SIZE members
+    backup = take_backup(backupd_env(db))
     manifest = read_manifest(backup)
     assert manifest["verified"] is True
+    assert manifest["raw_bytes"] > 2 * MEMBER_SIZE
     members = manifest["gzip_members"]
     assert len(members) >= 2 and sum(members) == backup.stat().st_size
     assert subprocess.run(["gzip", "-t", str(backup)], check=False).returncode == 0

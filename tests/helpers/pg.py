@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,26 @@ def drop_database(server: ServerAddress, name: str) -> None:
         )
 
 
+# The project's own test data (tests/fixtures/certificates.sql): psql -v scale=N loads it.
+FIXTURE_SQL = REPO_ROOT / "tests" / "fixtures" / "certificates.sql"
+
+
 def fixture_sql_path() -> Path:
-    """The shared certificates fixture; BACKUPD_FIXTURE_SQL overrides the repo-relative default."""
+    """The certificates fixture; BACKUPD_FIXTURE_SQL overrides it (another data set to try)."""
     override = os.environ.get("BACKUPD_FIXTURE_SQL")
-    if override:
-        return Path(override)
-    return (REPO_ROOT / ".." / "shared" / "fixtures" / "certificates.sql").resolve()
+    return Path(override) if override else FIXTURE_SQL
+
+
+def _scale_literal(scale: float) -> str:
+    # :g renders 1.0 as "1" and 0.1 as "0.1": the SQL sees exactly what Decimal sees below.
+    return f"{scale:g}"
+
+
+def fixture_rows(table: str, scale: float) -> int:
+    """Rows the fixture puts in ``table`` at ``scale``: the SQL's round(N * scale), exactly."""
+    per_unit = {"certificates": 20000, "verification_events": 100000}[table]
+    exact = Decimal(per_unit) * Decimal(_scale_literal(scale))
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 @dataclass(frozen=True)
@@ -144,8 +159,8 @@ class FixtureTemplate:
 
     @property
     def certificates(self) -> int:
-        """Rows in ``certificates`` (the fixture makes 20k per unit of scale)."""
-        return int(20000 * self.scale)
+        """Rows in ``certificates`` (20k per unit of scale)."""
+        return fixture_rows("certificates", self.scale)
 
 
 class PsqlError(subprocess.CalledProcessError):
@@ -185,8 +200,7 @@ def load_fixture(
     server: ServerAddress, dbname: str, *, scale: float = 1, sql_file: Path | None = None
 ) -> None:
     path = sql_file or fixture_sql_path()
-    # :g renders 1.0 as "1": the fixture does integer arithmetic with :scale.
-    _run_psql(server, dbname, ["-v", f"scale={scale:g}", "-f", str(path)], None)
+    _run_psql(server, dbname, ["-v", f"scale={_scale_literal(scale)}", "-f", str(path)], None)
 
 
 # --- fingerprint -------------------------------------------------------------------------------
@@ -252,6 +266,9 @@ _SCHEMA_QUERIES: dict[str, str] = {
         SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t
         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE NOT t.tgisinternal AND {_USER_NS}""",
+    # Large objects live outside every table: pg_dump carries them separately (BLOBS).
+    "large_objects": """
+        SELECT format('%s md5=%s', oid, md5(lo_get(oid))) FROM pg_largeobject_metadata""",
 }
 
 # Row text depends on session settings; pin them so two servers render rows identically.
