@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers.backups import seed_small_db
-from helpers.cli import BackupdProcess, kill_group, start_backupd, stop_backupd
+from helpers.backups import seed_small_db, take_backup
+from helpers.cli import BackupdProcess, kill_group, server_env, start_backupd, stop_backupd
 from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
 from helpers.http_receiver import HttpReceiver
 from helpers.pg import (
@@ -27,8 +27,6 @@ from helpers.pg import (
     unique_db_name,
 )
 from helpers.s3server import S3Server
-
-# Quote, double quote, colon, backslash, space and dollar: breaks naive conninfo/URL/shell use.
 
 # 2k certificates, 10k verification events, 40 large objects: enough for every code path,
 # small enough to load in well under a second.
@@ -119,20 +117,22 @@ def backupd_env(pg_server: ServerAddress, backup_dir: Path) -> Callable[..., dic
     """``backupd_env(db, **overrides)``: environment for a backupd subprocess backing up ``db``."""
 
     def make(db: str, **overrides: str) -> dict[str, str]:
-        env = {
-            "POSTGRES_HOST": pg_server.host,
-            "POSTGRES_PORT": str(pg_server.port),
-            "POSTGRES_USER": pg_server.user,
-            # Trust auth ignores it; set anyway since backupd may require a non-empty password.
-            "POSTGRES_PASSWORD": pg_server.password or "postgres",
-            "POSTGRES_DB": db,
-            "DB_BACKUP_DIR": str(backup_dir),
-            "HEALTH_PORT": "0",
-            "BACKUPD_LOG_FORMAT": "json",
-        }
-        return {**env, **overrides}
+        return server_env(pg_server, db, backup_dir, **{"HEALTH_PORT": "0", **overrides})
 
     return make
+
+
+@pytest.fixture
+def env(small_db: str, backupd_env: Callable[..., dict[str, str]]) -> dict[str, str]:
+    """backupd's environment for ``small_db``; modules whose tests need another database
+    override this fixture."""
+    return backupd_env(small_db)
+
+
+@pytest.fixture
+def backup(env: dict[str, str]) -> Path:
+    """A verified backup taken with ``env`` (helpers.backups.take_backup)."""
+    return take_backup(env)
 
 
 @pytest.fixture

@@ -8,17 +8,15 @@ DB_BACKUP_DIR. The table is listed in docs/reliability.md.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from helpers.cli import run_backupd
+from helpers.leakcheck import SECRET_PASSWORD
+from helpers.logs import human_lines
 
 pytestmark = pytest.mark.faults
-
-SECRET_PASSWORD = "s3cr3t-PW'\"$ \\:x"
-
 
 @dataclass(frozen=True)
 class Case:
@@ -105,7 +103,7 @@ def test_bad_input_is_exit_2_with_one_line_naming_it(case: Case, tmp_path: Path)
 
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
-    human = [line for line in proc.stderr.splitlines() if line.strip() and not _is_json(line)]
+    human = human_lines(proc.stderr)
     assert len(human) == 1, proc.stderr
     assert human[0].startswith("backupd: error: ")
     assert case.names in human[0]
@@ -113,13 +111,6 @@ def test_bad_input_is_exit_2_with_one_line_naming_it(case: Case, tmp_path: Path)
     # Nothing half-done: the backup directory was not even created.
     if "DB_BACKUP_DIR" not in case.env:
         assert not backup_dir.exists()
-
-
-def _is_json(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
 
 
 def test_the_table_is_at_least_twenty_cases() -> None:

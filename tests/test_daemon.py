@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
 from helpers.faults import SlowDump, dump_partials, partial_files
+from helpers.logs import LogEvent, jobs_finished, log_events
 from helpers.pg import ServerAddress, connect
 
 from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
@@ -36,22 +37,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def log_events(proc: BackupdProcess) -> list[dict[str, Any]]:
-    events = []
-    for line in proc.read_stderr().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
-
-
-def finished(proc: BackupdProcess, job: str = "backup") -> list[dict[str, Any]]:
-    return [e for e in log_events(proc) if e.get("event") == "job finished" and e.get("job") == job]
+def finished(proc: BackupdProcess, job: str = "backup") -> list[LogEvent]:
+    return jobs_finished(proc.read_stderr(), job=job)
 
 
 def started(proc: BackupdProcess) -> bool:
-    return any(e.get("event") == "backupd daemon started" for e in log_events(proc))
+    return any(e.get("event") == "backupd daemon started" for e in log_events(proc.read_stderr()))
 
 
 # --- start-up validation ---------------------------------------------------------------------
@@ -141,7 +132,7 @@ def test_next_start_removes_leftovers_of_a_killed_dump(
     second = backupd_daemon(["run"], {**env, "BACKUP_ON_START": "false"})
     wait_for(lambda: started(second), 30, "the second daemon to start")
     assert partial_files(backup_dir) == []
-    logged = {e.get("file") for e in log_events(second)
+    logged = {e.get("file") for e in log_events(second.read_stderr())
               if e.get("event") == "removed leftover of an interrupted run"}
     assert logged == set(leftovers)
     assert stop_backupd(second, timeout=15) == 0

@@ -11,14 +11,8 @@ from pathlib import Path
 from helpers.backups import backup_files, flip_byte, take_backup
 from helpers.cli import run_backupd
 from helpers.offsite import get_bytes, object_keys, put_bytes, s3_env
-from helpers.pg import ServerAddress, connect, fingerprint
+from helpers.pg import ServerAddress, database_exists, fingerprint
 from helpers.s3server import S3Server
-
-
-def _database_exists(server: ServerAddress, name: str) -> bool:
-    with connect(server) as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                            (name,)).fetchone() is not None
 
 
 def test_new_machine_restores_the_latest_backup_from_s3_alone(
@@ -74,7 +68,7 @@ def test_incomplete_or_corrupted_s3_copies_are_refused_and_reported(
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "refusing to restore" in proc.stdout + proc.stderr
         assert reason in proc.stdout + proc.stderr
-        assert not _database_exists(pg_server, target)
+        assert not database_exists(pg_server, target)
     assert backup_files(fresh_dir) == []
     assert not [p for p in fresh_dir.iterdir() if p.name.endswith(".partial")]
 

@@ -27,11 +27,13 @@ from helpers.backups import (
     write_manifest,
 )
 from helpers.cli import kill_group, run_backupd, start_backupd
+from helpers.logs import jobs_finished
 from helpers.offsite import remote_manifest, s3_env
 from helpers.pg import (
     FixtureTemplate,
     ServerAddress,
     create_database,
+    database_exists,
     drop_database,
     psql,
     unique_db_name,
@@ -68,20 +70,12 @@ def scratch_of(env: dict[str, str]) -> str:
     return env.get("DRILL_DATABASE") or f"{env['POSTGRES_DB']}_drill"
 
 
-def database_exists(server: ServerAddress, name: str) -> bool:
-    return psql(server, "postgres",
-                f"SELECT count(*) FROM pg_database WHERE datname = '{name}'").strip() == "1"
-
-
 def drill(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
     """Run ``backupd drill``; (exit code, the job result as logged, stdout + stderr)."""
     proc = run_backupd(["drill", *args], env)
     output = proc.stdout + proc.stderr
-    result: dict[str, Any] = {}
-    for line in proc.stderr.splitlines():
-        if line.startswith("{") and '"job finished"' in line:
-            result = json.loads(line)
-    return proc.returncode, result, output
+    results = jobs_finished(proc.stderr)
+    return proc.returncode, results[-1] if results else {}, output
 
 
 def _run_here(job: str, env: dict[str, str], body: Callable[..., None]) -> JobResult:

@@ -13,6 +13,7 @@ import pytest
 from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import backup_files, flip_byte, read_manifest, refresh_manifest, take_backup
 from helpers.cli import run_backupd
+from helpers.logs import human_lines
 from helpers.pg import ServerAddress, connect, fingerprint, psql
 
 EnvFactory = Callable[..., dict[str, str]]
@@ -37,11 +38,6 @@ def occupied_target(pg_server: ServerAddress, make_db: Callable[..., str]) -> It
     yield name
 
 
-def _human_lines(stderr: str) -> list[str]:
-    """stderr without the JSON log records: what a person reads."""
-    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")]
-
-
 def _databases(pg_server: ServerAddress, target: str) -> set[str]:
     """The target and any scratch/kept database derived from its name (other tests run
     concurrently on the same server, so only these are compared)."""
@@ -60,7 +56,7 @@ def _assert_refused_and_untouched(
     databases: set[str], expected: str, code: int,
 ) -> None:
     assert proc.returncode == code, proc.stderr  # type: ignore[attr-defined]
-    lines = _human_lines(proc.stderr)  # type: ignore[attr-defined]
+    lines = human_lines(proc.stderr)  # type: ignore[attr-defined]
     assert len(lines) == 1, lines
     assert expected in lines[0], lines[0]
     assert fingerprint(pg_server, target) == before
@@ -171,7 +167,7 @@ def test_identity_never_appears_in_output_or_logs(
 
     assert outputs[0].returncode == 0, outputs[0].stderr
     assert outputs[1].returncode == 2
-    assert "private key" in _human_lines(outputs[1].stderr)[-1]
+    assert "private key" in human_lines(outputs[1].stderr)[-1]
     texts = [p.stdout + p.stderr for p in outputs]
     texts += [p.read_text() for p in backup_dir.glob("*_log.txt")]
     texts += [p.read_text() for p in backup_dir.glob("*.manifest.json")]
@@ -186,7 +182,7 @@ def test_invalid_recipient_is_one_line_exit_2_and_writes_nothing(
                        backupd_env(fixture_db, DB_BACKUP_AGE_RECIPIENTS=value))
 
     assert proc.returncode == 2
-    lines = _human_lines(proc.stderr)
+    lines = human_lines(proc.stderr)
     assert len(lines) == 1 and "DB_BACKUP_AGE_RECIPIENTS" in lines[0], lines
     assert backup_files(backup_dir) == []
 

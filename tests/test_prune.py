@@ -8,7 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from helpers.backups import (
     backup_files,
     flip_byte,
@@ -20,11 +19,6 @@ from helpers.backups import (
 from helpers.cli import run_backupd
 
 EnvFactory = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def real_backup(small_db: str, backupd_env: EnvFactory) -> Path:
-    return take_backup(backupd_env(small_db))
 
 
 def aged(source: Path, *days: float) -> list[Path]:
@@ -39,12 +33,12 @@ def prune(env: dict[str, str], *args: str, **settings: str) -> tuple[int, str]:
 
 
 def test_keeps_keep_min_verified_backups_when_all_are_expired(
-    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path
 ) -> None:
     env = backupd_env(small_db)
-    backups = aged(real_backup, 10, 20, 30, 40, 50)
-    real_backup.unlink()
-    real_backup.with_name(real_backup.name + ".manifest.json").unlink()
+    backups = aged(backup, 10, 20, 30, 40, 50)
+    backup.unlink()
+    backup.with_name(backup.name + ".manifest.json").unlink()
 
     code, output = prune(env, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="3")
 
@@ -57,15 +51,15 @@ def test_keeps_keep_min_verified_backups_when_all_are_expired(
 
 
 def test_leaves_foreign_files_alone(
-    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path
 ) -> None:
     env = backupd_env(small_db)
-    aged(real_backup, 30, 40)
+    aged(backup, 30, 40)
     old = datetime.now(UTC) - timedelta(days=400)
     foreign = {
         "notes.txt": b"keep me",
-        "other_db_20200101_000000.sql.gz": real_backup.read_bytes(),  # another database's
-        f"{small_db}.sql.gz": real_backup.read_bytes(),  # no timestamp: not ours
+        "other_db_20200101_000000.sql.gz": backup.read_bytes(),  # another database's
+        f"{small_db}.sql.gz": backup.read_bytes(),  # no timestamp: not ours
         f"{small_db}_20200101_000000.sql.gz.bak": b"x",
         f"{small_db}_2020-01-01.sql.gz": b"x",
     }
@@ -84,14 +78,14 @@ def test_leaves_foreign_files_alone(
     # It did prune its own: only the newest (keep_min=1) is left of this database's.
     mine = [n for n in backup_files(backup_dir) if n.startswith(f"{small_db}_20")
             and n not in foreign]
-    assert mine == [real_backup.name]
+    assert mine == [backup.name]
 
 
 def test_keeps_the_last_good_backup_before_an_unverified_one(
-    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path
 ) -> None:
     env = backupd_env(small_db)
-    unverified, last_good_before, oldest = aged(real_backup, 10, 20, 30)
+    unverified, last_good_before, oldest = aged(backup, 10, 20, 30)
     manifest = read_manifest(unverified)
     manifest.update(verified=False, verify_error="gzip integrity: truncated")
     write_manifest(unverified, manifest)
@@ -100,20 +94,20 @@ def test_keeps_the_last_good_backup_before_an_unverified_one(
 
     assert code == 0, output
     left = backup_files(backup_dir)
-    assert real_backup.name in left  # the newest verified (keep_min)
+    assert backup.name in left  # the newest verified (keep_min)
     assert last_good_before.name in left
     assert oldest.name not in left
 
 
 def test_corrupted_backup_is_not_counted_as_good(
-    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path
 ) -> None:
     """A flipped byte keeps the size, so only the checksum tells; the manifest still says
     verified. Two good backups must survive besides it."""
     env = backupd_env(small_db)
-    corrupt, good1, good2 = aged(real_backup, 10, 20, 30)
-    real_backup.unlink()
-    real_backup.with_name(real_backup.name + ".manifest.json").unlink()
+    corrupt, good1, good2 = aged(backup, 10, 20, 30)
+    backup.unlink()
+    backup.with_name(backup.name + ".manifest.json").unlink()
     flip_byte(corrupt)
     assert read_manifest(corrupt)["verified"] is True
 
@@ -127,10 +121,10 @@ def test_corrupted_backup_is_not_counted_as_good(
 
 
 def test_dry_run_deletes_nothing(
-    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path
 ) -> None:
     env = backupd_env(small_db)
-    backups = aged(real_backup, 10, 20, 30)
+    backups = aged(backup, 10, 20, 30)
     before = sorted(p.name for p in backup_dir.iterdir())
 
     code, output = prune(env, "--dry-run", DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="1")
@@ -142,27 +136,27 @@ def test_dry_run_deletes_nothing(
 
 
 def test_backup_applies_retention_after_a_verified_backup(
-    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path
 ) -> None:
     env = backupd_env(small_db, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="2")
-    old = aged(real_backup, 10, 20)
+    old = aged(backup, 10, 20)
     new = take_backup(env, prune=True)
     left = backup_files(backup_dir)
-    assert new.name in left and real_backup.name in left
+    assert new.name in left and backup.name in left
     assert old[0].name not in left and old[1].name not in left
 
 
 def test_old_script_backups_count_as_good_only_when_their_content_verifies(
-    small_db: str, backupd_env: EnvFactory, real_backup: Path, backup_dir: Path
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path
 ) -> None:
     """Backups from the old scripts have no manifest. Right after switching to backupd they
     may be the only backups there are: retention must not wipe them all, yet a broken one
     must not count towards DB_BACKUP_KEEP_MIN."""
     env = backupd_env(small_db)
-    broken, good1, good2, oldest = aged(real_backup, 10, 20, 30, 40)
-    for path in (real_backup, broken, good1, good2, oldest):
+    broken, good1, good2, oldest = aged(backup, 10, 20, 30, 40)
+    for path in (backup, broken, good1, good2, oldest):
         path.with_name(path.name + ".manifest.json").unlink()
-    real_backup.unlink()
+    backup.unlink()
     broken.write_bytes(b"not gzip at all")
 
     code, output = prune(env, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="2")

@@ -25,24 +25,9 @@ from helpers.backups import (
     write_manifest,
 )
 from helpers.cli import build_env, run_backupd
-from helpers.pg import ServerAddress, fingerprint, psql, unique_db_name
+from helpers.pg import ServerAddress, database_exists, fingerprint, psql, unique_db_name
 
 EnvFactory = Callable[..., dict[str, str]]
-
-
-def database_exists(server: ServerAddress, name: str) -> bool:
-    return psql(server, "postgres",
-                f"SELECT count(*) FROM pg_database WHERE datname = '{name}'").strip() == "1"
-
-
-@pytest.fixture
-def env(small_db: str, backupd_env: EnvFactory) -> dict[str, str]:
-    return backupd_env(small_db)
-
-
-@pytest.fixture
-def backup(env: dict[str, str]) -> Path:
-    return take_backup(env)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

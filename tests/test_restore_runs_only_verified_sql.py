@@ -26,28 +26,13 @@ from helpers.backups import (
     write_gzip_sql,
 )
 from helpers.cli import run_backupd
-from helpers.pg import ServerAddress, fingerprint, psql, unique_db_name
+from helpers.pg import ServerAddress, database_exists, fingerprint, psql, unique_db_name
 
 from backupd.verification import READ_SIZE
 
 EnvFactory = Callable[..., dict[str, str]]
 COMMIT = b"\nCOMMIT;\n"
 FOOTER_START = b"--\n-- PostgreSQL database dump complete"
-
-
-@pytest.fixture
-def env(small_db: str, backupd_env: EnvFactory) -> dict[str, str]:
-    return backupd_env(small_db)
-
-
-@pytest.fixture
-def backup(env: dict[str, str]) -> Path:
-    return take_backup(env)
-
-
-def database_exists(server: ServerAddress, name: str) -> bool:
-    return psql(server, "postgres",
-                f"SELECT count(*) FROM pg_database WHERE datname = '{name}'").strip() == "1"
 
 
 def restore_recorded(env: dict[str, str], name: str, target: str,

@@ -6,7 +6,6 @@ NotifierChain and end to end through `backupd backup` subprocesses.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -19,6 +18,7 @@ import pytest
 from helpers.cli import run_backupd
 from helpers.cluster import free_port
 from helpers.http_receiver import HttpReceiver
+from helpers.logs import job_finished_at
 
 from backupd.log import redact
 from backupd.notify.base import NotifierChain
@@ -251,13 +251,6 @@ def test_backup_failure_posts_the_error(
     assert expected in error_block, text
 
 
-def _job_finished_at(stderr: str) -> float:
-    for line in stderr.splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == "job finished":
-            return datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
-    raise AssertionError(f"no 'job finished' line in:\n{stderr}")
-
-
 @pytest.mark.parametrize("behaviour", ["hang", "error", "ratelimit"])
 def test_a_broken_slack_never_fails_or_stalls_the_backup(
     http_receiver: HttpReceiver, make_db: Callable[..., str],
@@ -272,5 +265,5 @@ def test_a_broken_slack_never_fails_or_stalls_the_backup(
     assert len(list(backup_dir.glob("*.sql.gz"))) == 1
     assert http_receiver.requests, "backupd never tried to reach Slack"
     # From the first notifier to process exit: at most the timeout, plus interpreter exit.
-    assert exited - _job_finished_at(proc.stderr) < 2 + 1.0
+    assert exited - job_finished_at(proc.stderr) < 2 + 1.0
     assert "notifier" in proc.stderr and "slack" in proc.stderr

@@ -21,7 +21,6 @@ from helpers.backups import (
     redate,
     refresh_manifest,
     sql_of,
-    take_backup,
     truncate,
     write_gzip_sql,
     write_manifest,
@@ -30,16 +29,6 @@ from helpers.cli import run_backupd
 from helpers.pg import ServerAddress, pg_binary
 
 EnvFactory = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def env(small_db: str, backupd_env: EnvFactory) -> dict[str, str]:
-    return backupd_env(small_db)
-
-
-@pytest.fixture
-def good_backup(env: dict[str, str]) -> Path:
-    return take_backup(env)
 
 
 def verify_json(env: dict[str, str], *args: str) -> tuple[int, list[dict[str, Any]]]:
@@ -111,24 +100,24 @@ CORRUPTIONS: list[tuple[Callable[[Path], None], set[str]]] = [
 @pytest.mark.parametrize(("damage", "expected"), CORRUPTIONS,
                          ids=[c[0].__name__.strip("_") for c in CORRUPTIONS])
 def test_verify_detects_damage(
-    env: dict[str, str], good_backup: Path, damage: Callable[[Path], None],
+    env: dict[str, str], backup: Path, damage: Callable[[Path], None],
     expected: set[str],
 ) -> None:
-    had_manifest = manifest_path(good_backup).exists()
-    damage(good_backup)
+    had_manifest = manifest_path(backup).exists()
+    damage(backup)
 
-    code, reports = verify_json(env, good_backup.name)
+    code, reports = verify_json(env, backup.name)
 
     assert code == 1
-    assert [r["name"] for r in reports] == [good_backup.name]
+    assert [r["name"] for r in reports] == [backup.name]
     assert reports[0]["ok"] is False
     assert failed_checks(reports[0]) == expected
     if damage in (_not_gzip, _tiny_not_gzip):
         [gzip_check] = [c for c in reports[0]["checks"] if c["check"] == "gzip integrity"]
         assert "not a gzip file" in gzip_check["detail"]
-    if had_manifest and manifest_path(good_backup).exists():
+    if had_manifest and manifest_path(backup).exists():
         # The verdict is written down, so list/prune/restore --latest stop trusting it.
-        manifest = read_manifest(good_backup)
+        manifest = read_manifest(backup)
         assert manifest["verified"] is False and manifest["verify_error"]
 
 
@@ -154,25 +143,25 @@ def test_old_script_backup_without_manifest_verifies_by_content(
 
 
 def test_verify_all_reports_each_file_and_fails_if_any_fails(
-    env: dict[str, str], good_backup: Path
+    env: dict[str, str], backup: Path
 ) -> None:
-    bad = redate(good_backup, datetime.now(UTC) - timedelta(days=2))
+    bad = redate(backup, datetime.now(UTC) - timedelta(days=2))
     flip_byte(bad)
 
     proc = run_backupd(["verify", "--all"], env)
 
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
-    assert f"OK     {good_backup.name}" in lines
+    assert f"OK     {backup.name}" in lines
     assert f"FAILED {bad.name}" in lines
     assert any(line.split()[:2] == ["FAIL", "gzip"] for line in lines)
     assert "1 of 2 backups failed verification" in proc.stderr
 
 
-def test_verify_good_backup_passes(env: dict[str, str], good_backup: Path) -> None:
+def test_verify_good_backup_passes(env: dict[str, str], backup: Path) -> None:
     code, reports = verify_json(env)
     assert code == 0
-    assert [r["name"] for r in reports] == [good_backup.name]
+    assert [r["name"] for r in reports] == [backup.name]
     assert reports[0]["ok"] and not failed_checks(reports[0])
     assert {c["check"] for c in reports[0]["checks"]} >= {"size", "gzip integrity",
                                                            "sql content", "sha256"}
@@ -180,7 +169,7 @@ def test_verify_good_backup_passes(env: dict[str, str], good_backup: Path) -> No
 
 @pytest.mark.parametrize("name", ["../elsewhere.sql.gz", "db_20240101_000000.sql.gz", "notes.txt"])
 def test_verify_of_a_name_that_is_not_a_backup_here_is_exit_2(
-    env: dict[str, str], good_backup: Path, name: str
+    env: dict[str, str], backup: Path, name: str
 ) -> None:
     proc = run_backupd(["verify", name], env)
     assert proc.returncode == 2

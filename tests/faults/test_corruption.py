@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd
+from helpers.cli import run_backupd, server_env
 from helpers.faults import place_copy
 from helpers.pg import ServerAddress, connect, create_database, drop_database, psql, unique_db_name
 
@@ -39,7 +39,7 @@ def taken(pg_server: ServerAddress, tmp_path_factory: pytest.TempPathFactory) ->
              "CREATE TABLE t (id int PRIMARY KEY, v text);"
              "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 500) g;")
         directory = tmp_path_factory.mktemp("corrupt-src")
-        proc = run_backupd(["backup"], _env(pg_server, database, directory))
+        proc = run_backupd(["backup"], server_env(pg_server, database, directory))
         assert proc.returncode == 0, proc.stderr
         (data,) = [p for p in directory.iterdir() if p.name.endswith(".sql.gz")]
         manifest = json.loads(Path(f"{data}.manifest.json").read_text())
@@ -47,15 +47,6 @@ def taken(pg_server: ServerAddress, tmp_path_factory: pytest.TempPathFactory) ->
         yield Taken(database, data, manifest)
     finally:
         drop_database(pg_server, database)
-
-
-def _env(server: ServerAddress, database: str, directory: Path, **extra: str) -> dict[str, str]:
-    return {
-        "POSTGRES_HOST": server.host, "POSTGRES_PORT": str(server.port),
-        "POSTGRES_USER": server.user, "POSTGRES_PASSWORD": server.password or "postgres",
-        "POSTGRES_DB": database, "DB_BACKUP_DIR": str(directory), "BACKUPD_LOG_FORMAT": "json",
-        **extra,
-    }
 
 
 @dataclass
@@ -148,7 +139,7 @@ def _snapshot(paths: list[Path]) -> dict[str, str]:
 def test_verify_restore_prune_refuse_the_corrupt_backup(
     scene: Scene, taken: Taken, pg_server: ServerAddress
 ) -> None:
-    env = _env(pg_server, taken.database, scene.directory,
+    env = server_env(pg_server, taken.database, scene.directory,
                DB_BACKUP_RETENTION_DAYS="1", DB_BACKUP_KEEP_MIN="1")
     outside_before = _snapshot(list(scene.outside.iterdir()))
     name = scene.corrupt.name
@@ -194,7 +185,7 @@ def test_backup_without_manifest_is_never_counted_good(
     good = place_copy(taken.path, directory, G_STAMP)
     legacy = place_copy(taken.path, directory, C_STAMP)
     Path(f"{legacy}.manifest.json").unlink()
-    env = _env(pg_server, taken.database, directory,
+    env = server_env(pg_server, taken.database, directory,
                DB_BACKUP_RETENTION_DAYS="1", DB_BACKUP_KEEP_MIN="1")
 
     rows = {r["name"]: r for r in json.loads(run_backupd(["list", "--json"], env).stdout)}

@@ -3,32 +3,22 @@ keeps running and the next scheduled run after the fault is fixed succeeds by it
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.cli import BackupdProcess, stop_backupd
+from helpers.cli import BackupdProcess, server_env, stop_backupd
 from helpers.cluster import PrivateCluster
 from helpers.faults import partial_files, wait_until
+from helpers.leakcheck import SECRET_PASSWORD
+from helpers.logs import LogEvent, jobs_finished
 from helpers.pg import ServerAddress, connect, psql
 from psycopg import sql
 
-PASSWORD = "s3cr3t-PW'\"$ \\:x"
 
-
-def finished(proc: BackupdProcess, status: str) -> list[dict[str, object]]:
-    out = []
-    for line in proc.read_stderr().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "job finished" and event.get("status") == status \
-                and event.get("job", "backup") == "backup":
-            out.append(event)
-    return out
+def finished(proc: BackupdProcess, status: str) -> list[LogEvent]:
+    return jobs_finished(proc.read_stderr(), job="backup", status=status)
 
 
 def _admin(cluster: PrivateCluster) -> ServerAddress:
@@ -45,8 +35,8 @@ def _wrong_password(c: PrivateCluster) -> tuple[dict[str, str], str, Callable[[]
     def fix() -> None:
         with connect(_admin(c)) as conn:
             conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
-                sql.Literal(PASSWORD + "-new")))
-    return {"POSTGRES_PASSWORD": PASSWORD + "-new"}, "password authentication failed", fix
+                sql.Literal(SECRET_PASSWORD + "-new")))
+    return {"POSTGRES_PASSWORD": SECRET_PASSWORD + "-new"}, "password authentication failed", fix
 
 
 def _database_missing(c: PrivateCluster) -> tuple[dict[str, str], str, Callable[[], None]]:
@@ -60,7 +50,7 @@ def _permission_denied(c: PrivateCluster) -> tuple[dict[str, str], str, Callable
     with connect(_admin(c)) as conn:
         conn.execute("CREATE DATABASE appdb")
         conn.execute(sql.SQL("CREATE ROLE backup_user LOGIN PASSWORD {}").format(
-            sql.Literal(PASSWORD)))
+            sql.Literal(SECRET_PASSWORD)))
     psql(_admin(c), "appdb", "CREATE TABLE private_t (id int); INSERT INTO private_t VALUES (1);")
 
     def fix() -> None:
@@ -77,17 +67,14 @@ def test_daemon_reports_the_fault_keeps_running_and_recovers(
     fault: str, private_cluster: Callable[..., PrivateCluster],
     backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
 ) -> None:
-    cluster = private_cluster(PASSWORD)
+    cluster = private_cluster(SECRET_PASSWORD)
     overrides, reason, fix = FAULTS[fault](cluster)
     directory = tmp_path / "backups"
-    env = {
-        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(cluster.port),
-        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": "postgres",
-        "POSTGRES_CONNECT_TIMEOUT": "2", "DB_BACKUP_DIR": str(directory),
-        "BACKUPD_LOG_FORMAT": "json", "HEALTH_PORT": "0",
+    env = server_env(cluster.address, "postgres", directory, **{
+        "POSTGRES_CONNECT_TIMEOUT": "2", "HEALTH_PORT": "0",
         "BACKUP_SCHEDULE": "*/2 * * * * *", "SCHEDULE_SECONDS_FIELD": "1",
         "BACKUP_ON_START": "false", "DRILL_SCHEDULE": "off", **overrides,
-    }
+    })
     daemon = backupd_daemon(["run"], env)
 
     wait_until(lambda: finished(daemon, "failed"), 30, "a failed scheduled backup")

@@ -6,23 +6,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 from helpers.cli import run_backupd
 from helpers.http_receiver import HttpReceiver
+from helpers.logs import job_finished_at, log_events
 
 NOTIFY_TIMEOUT = 2.0
 SLACK_PATH = "/services/T000/B000/XXXXSECRETXXXX"
 HEARTBEAT_PATH = "/ping/hb-SECRET-token-0001"
-
-
-def job_finished_at(stderr: str) -> float:
-    for line in stderr.splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == "job finished":
-            return datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
-    raise AssertionError(f"no 'job finished' line in:\n{stderr}")
 
 
 @pytest.mark.parametrize("behaviour", ["refuse", "error", "ratelimit", "hang"])
@@ -50,12 +43,8 @@ def test_failing_slack_and_heartbeat_never_fail_or_stall_a_backup(
     # Two network notifiers, each bounded by the timeout, plus interpreter exit.
     assert exited - job_finished_at(proc.stderr) < 2 * NOTIFY_TIMEOUT + 1.5
     # Each failure is reported, not swallowed, naming the notifier that failed.
-    reported = set()
-    for line in proc.stderr.splitlines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event.get("event") in ("notifier failed", "notifier timed out"):
-                reported.add(event.get("notifier"))
+    reported = {event.get("notifier") for event in log_events(proc.stderr)
+                if event.get("event") in ("notifier failed", "notifier timed out")}
     assert reported == {"slack", "heartbeat"}, proc.stderr
 
 

@@ -10,24 +10,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd, stop_backupd
+from helpers.cli import run_backupd, server_env, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
 from helpers.faults import SlowDump, partial_files, wait_until
 from helpers.http_receiver import HttpReceiver
+from helpers.leakcheck import SECRET_PASSWORD
+from helpers.logs import jobs_finished
 from helpers.pg import ServerAddress, connect, psql, unique_db_name
 from psycopg import sql
-
-CLUSTER_PASSWORD = "s3cr3t-PW'\"$ \\:x"
 
 
 def cluster_env(cluster: PrivateCluster, database: str, directory: Path,
                 **extra: str) -> dict[str, str]:
-    return {
-        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(cluster.port),
-        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": cluster.password,
-        "POSTGRES_DB": database, "DB_BACKUP_DIR": str(directory), "BACKUPD_LOG_FORMAT": "json",
-        "POSTGRES_CONNECT_TIMEOUT": "3", **extra,
-    }
+    return server_env(cluster.address, database, directory,
+                      **{"POSTGRES_CONNECT_TIMEOUT": "3", **extra})
 
 
 def data_files(directory: Path) -> list[str]:
@@ -38,16 +34,7 @@ def data_files(directory: Path) -> list[str]:
 
 def failure_records(stderr: str, job: str = "backup") -> list[dict[str, object]]:
     """The structured "job finished" records of failed jobs (what the notifiers received)."""
-    records = []
-    for line in stderr.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if (record.get("event") == "job finished" and record.get("status") == "failed"
-                and record.get("job") == job):
-            records.append(record)
-    return records
+    return jobs_finished(stderr, job=job, status="failed")
 
 
 def assert_failed_cleanly(proc_stderr: str, directory: Path, reason: str) -> None:
@@ -62,7 +49,7 @@ def test_server_killed_mid_dump(
     private_cluster: Callable[..., PrivateCluster], backupd_daemon: Callable[..., object],
     slow_dump: SlowDump, http_receiver: HttpReceiver, tmp_path: Path,
 ) -> None:
-    cluster = private_cluster(CLUSTER_PASSWORD)
+    cluster = private_cluster(SECRET_PASSWORD)
     # ~20 MB of rows: far more than the socket buffers, so the server is still sending
     # when it dies, while the shim holds pg_dump back.
     with connect(cluster.address) as conn:
@@ -109,7 +96,7 @@ def limited_role(pg_server: ServerAddress) -> Iterator[str]:
 def test_unreachable_server_then_recovers(
     private_cluster: Callable[..., PrivateCluster], tmp_path: Path
 ) -> None:
-    cluster = private_cluster(CLUSTER_PASSWORD)
+    cluster = private_cluster(SECRET_PASSWORD)
     cluster.stop("immediate")
     directory = tmp_path / "backups"
     env = cluster_env(cluster, "postgres", directory)
@@ -133,7 +120,7 @@ def test_nothing_listening_on_the_port(backupd_env: Callable[..., dict[str, str]
 
 
 def test_wrong_password(private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
-    cluster = private_cluster(CLUSTER_PASSWORD)
+    cluster = private_cluster(SECRET_PASSWORD)
     directory = tmp_path / "backups"
     wrong = "wr0ng-PW-not-the-one"
     proc = run_backupd(["backup"], cluster_env(cluster, "postgres", directory,

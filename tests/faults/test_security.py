@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import run_backupd, stop_backupd
 from helpers.faults import SlowDump, dump_partials, wait_until
+from helpers.logs import parse_event
 from helpers.pg import ServerAddress, psql
 
 WEIRD_NAMES = {
@@ -49,8 +50,8 @@ def test_database_names_cannot_escape_or_break_logs(
     # Log lines stay lines: one timestamped entry per line, JSON on stderr.
     for line in (backup_dir / "backup_log.txt").read_text().splitlines():
         assert line.startswith("[20"), line
-    for line in backup.stderr.splitlines():
-        json.loads(line)
+    assert all(parse_event(line) is not None for line in backup.stderr.splitlines()), \
+        backup.stderr
     rows = json.loads(run_backupd(["list", "--json"], env).stdout)
     assert len(rows) == 1 and rows[0]["state"] == "verified"
     assert run_backupd(["verify", rows[0]["name"]], env).returncode == 0

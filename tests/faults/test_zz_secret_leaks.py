@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 from helpers import leakcheck
-from helpers.cli import run_backupd
+from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.http_receiver import HttpReceiver
-from helpers.leakcheck import ARGV_LOG, EVIDENCE, collected_texts
+from helpers.leakcheck import ARGV_LOG, EVIDENCE, SECRET_PASSWORD, collected_texts
 
-PASSWORD = "s3cr3t-PW'\"$ \\:x"
 AWS_KEY_ID = "AKIAFAULTSUITE00001"
 AWS_SECRET = "fault/Suite+Secret/Key0000000000000000000"
 KMS_KEY = "arn:aws:kms:us-east-1:000000000000:key/fault-suite-kms-secret"
@@ -36,20 +35,17 @@ def test_secret_rich_runs(
     """Every kind of secret through every path: success, failure, notifiers, S3 errors, age."""
     import pyrage
 
-    cluster = private_cluster(PASSWORD)
+    cluster = private_cluster(SECRET_PASSWORD)
     identity = pyrage.x25519.Identity.generate()
     identity_file = tmp_path / "age-identity.txt"
     identity_file.write_text(f"# test identity\n{identity}\n")
     identity_file.chmod(0o600)
     password_file = tmp_path / "pgpass-secret"
-    password_file.write_text(PASSWORD + "\n")
+    password_file.write_text(SECRET_PASSWORD + "\n")
     base = f"http://127.0.0.1:{http_receiver.port}"
     http_receiver.set_behaviour("error")
-    env = {
-        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(cluster.port),
-        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD_FILE": str(password_file),
-        "POSTGRES_DB": "postgres", "DB_BACKUP_DIR": str(tmp_path / "backups"),
-        "BACKUPD_LOG_FORMAT": "json", "NOTIFY_TIMEOUT_SECONDS": "2",
+    secret_rich = {
+        "POSTGRES_PASSWORD_FILE": str(password_file), "NOTIFY_TIMEOUT_SECONDS": "2",
         "SLACK_WEBHOOK_URL": base + "/services/T000/B000/XXXXSECRETXXXX",
         "HEARTBEAT_URL": base + "/ping/hb-SECRET-token-0001",
         "AWS_ACCESS_KEY_ID": AWS_KEY_ID, "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
@@ -60,10 +56,11 @@ def test_secret_rich_runs(
         "DB_BACKUP_AGE_RECIPIENTS": str(identity.to_public()),
         "DB_BACKUP_AGE_IDENTITY_FILE": str(identity_file),
     }
+    env = server_env(cluster.address, "postgres", tmp_path / "backups", **secret_rich)
     backup = run_backupd(["backup"], env)
     assert backup.returncode == 0, backup.stderr
     wrong = run_backupd(["backup"], {**env, "POSTGRES_PASSWORD_FILE": "",
-                                     "POSTGRES_PASSWORD": PASSWORD + "-wrong"})
+                                     "POSTGRES_PASSWORD": SECRET_PASSWORD + "-wrong"})
     assert wrong.returncode == 1
     for args in (["verify", "--all"], ["list", "--json"], ["status"], ["health"],
                  ["restore", "--latest", "--yes", "--target-db", "leakcheck_restored"]):
@@ -84,7 +81,7 @@ def find_leaks(secrets: set[str], texts: list[tuple[str, str]]) -> list[tuple[st
 
 
 def test_no_secret_anywhere_in_the_sessions_output() -> None:
-    secrets = set(EVIDENCE.secrets) | {PASSWORD, AWS_SECRET, AWS_KEY_ID, KMS_KEY}
+    secrets = set(EVIDENCE.secrets) | {SECRET_PASSWORD, AWS_SECRET, AWS_KEY_ID, KMS_KEY}
     texts = collected_texts()
     assert len(texts) > 10, "nothing was collected: the evidence recorder is broken"
     leaks = find_leaks(secrets, texts)
@@ -98,13 +95,13 @@ def test_the_leak_check_itself_can_fail(
     """A leak planted in each kind of evidence (JSON-escaped) is found by the same search."""
     monkeypatch.setattr(leakcheck, "EVIDENCE", leakcheck.Evidence())
     monkeypatch.setattr(leakcheck, "ARGV_LOG", tmp_path / "argv.log")
-    line = json.dumps({"msg": f"connecting with {PASSWORD}"})
+    line = json.dumps({"msg": f"connecting with {SECRET_PASSWORD}"})
     if where == "output":
         leakcheck.record_output("planted", line)
     elif where == "backup-dir file":
         (tmp_path / "backup_log.txt").write_text(line)
         leakcheck.record_run(["backup"], {"DB_BACKUP_DIR": str(tmp_path)})
     else:
-        leakcheck.ARGV_LOG.write_text(json.dumps(["pg_dump", f"--password={PASSWORD}"]))
-    leaks = find_leaks({PASSWORD}, leakcheck.collected_texts())
-    assert [secret for _, secret in leaks] == [PASSWORD]
+        leakcheck.ARGV_LOG.write_text(json.dumps(["pg_dump", f"--password={SECRET_PASSWORD}"]))
+    leaks = find_leaks({SECRET_PASSWORD}, leakcheck.collected_texts())
+    assert [secret for _, secret in leaks] == [SECRET_PASSWORD]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import leakcheck
+from .pg import ServerAddress
 
 
 def build_env(env: dict[str, str]) -> dict[str, str]:
@@ -28,6 +29,25 @@ def build_env(env: dict[str, str]) -> dict[str, str]:
         **leakcheck.hook_env(),
     }
     return {**base, **env}
+
+
+def server_env(server: ServerAddress, database: str, directory: Path,
+               **extra: str) -> dict[str, str]:
+    """backupd's settings for backing up ``database`` on ``server`` (the shared one or a
+    PrivateCluster's address) into ``directory``, logging JSON; ``extra`` adds or overrides.
+    Given POSTGRES_PASSWORD_FILE, the password comes from that file alone."""
+    env = {
+        "POSTGRES_HOST": server.host,
+        "POSTGRES_PORT": str(server.port),
+        "POSTGRES_USER": server.user,
+        "POSTGRES_DB": database,
+        "DB_BACKUP_DIR": str(directory),
+        "BACKUPD_LOG_FORMAT": "json",
+    }
+    if "POSTGRES_PASSWORD_FILE" not in extra:
+        # Trust auth ignores it; set anyway since backupd may require a non-empty password.
+        env["POSTGRES_PASSWORD"] = server.password or "postgres"
+    return {**env, **extra}
 
 
 def _command(args: list[str]) -> list[str]:

@@ -104,6 +104,12 @@ def unique_db_name(prefix: str) -> str:
     return f"bk_{clean}_{secrets.token_hex(4)}"
 
 
+def database_exists(server: ServerAddress, name: str) -> bool:
+    with connect(server) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (name,)).fetchone() is not None
+
+
 def create_database(server: ServerAddress, name: str, *, template: str | None = None) -> None:
     query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template is not None:
