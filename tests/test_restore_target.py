@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import take_backup
-from helpers.cli import run_backupd
+from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, drop_database, fingerprint, psql
 
@@ -51,11 +51,7 @@ def cluster() -> Iterator[PrivateCluster]:
 
 
 def cluster_env(cluster: PrivateCluster, database: str, directory: Path) -> dict[str, str]:
-    return {
-        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(cluster.port),
-        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": cluster.password,
-        "POSTGRES_DB": database, "DB_BACKUP_DIR": str(directory), "BACKUPD_LOG_FORMAT": "json",
-    }
+    return server_env(cluster.address, database, directory)
 
 
 def _user_tables(cluster: PrivateCluster, database: str) -> int:
