@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,8 +27,9 @@ COMPOSE_FILE = REPO / "docker-compose.backup.yml"
 ENV_FILE = REPO / "config" / "backupd.env"
 
 
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+def compose() -> dict[str, Any]:
+    parsed: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return parsed
 
 
 def env_values() -> dict[str, str]:
@@ -146,7 +148,7 @@ def test_compose_config_is_valid_for_docker_compose(tmp_path: Path) -> None:
     docker = shutil.which("docker")
     probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
                            check=False) if docker else None
-    if probe is None or probe.returncode != 0:
+    if docker is None or probe is None or probe.returncode != 0:
         pytest.skip("the docker compose plugin is not installed here; the YAML checks above ran")
     secret = REPO / "config" / "postgres_password"
     created = not secret.exists()

@@ -45,8 +45,8 @@ def test_sunday_is_zero_and_seven(dow: str) -> None:
 
 def test_weekday_ranges_use_cron_numbering() -> None:
     weekdays = parse_cron("0 3 * * 1-5", "BACKUP_SCHEDULE", UTC)
-    days = {f.strftime("%a") for f in firings(weekdays, datetime(2024, 1, 1, tzinfo=UTC), 10)}
-    assert days == {"Mon", "Tue", "Wed", "Thu", "Fri"}
+    distinct = {f.strftime("%a") for f in firings(weekdays, datetime(2024, 1, 1, tzinfo=UTC), 10)}
+    assert distinct == {"Mon", "Tue", "Wed", "Thu", "Fri"}
     weekend = parse_cron("0 3 * * 6-7", "BACKUP_SCHEDULE", UTC)
     days = [f.strftime("%a") for f in firings(weekend, datetime(2024, 1, 1, tzinfo=UTC), 4)]
     assert days == ["Sat", "Sun", "Sat", "Sun"]

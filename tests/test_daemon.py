@@ -4,6 +4,7 @@ missed while the daemon was down."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import time
@@ -151,7 +152,7 @@ def test_two_daemons_take_exactly_one_backup_per_slot(
                       BACKUP_ON_START="false", **FAST)
     daemons = [backupd_daemon(["run"], env), backupd_daemon(["run"], env)]
     for daemon in daemons:
-        wait_for(lambda d=daemon: started(d), 30, "both daemons to start")
+        wait_for(functools.partial(started, daemon), 30, "both daemons to start")
     both_up = datetime.now(UTC)
     first_slot = _slot_of(both_up) + timedelta(seconds=SLOT_SECONDS)
     slots = [first_slot + timedelta(seconds=SLOT_SECONDS * i) for i in range(3)]

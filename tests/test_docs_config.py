@@ -41,7 +41,8 @@ def env_file_values() -> dict[str, str]:
 def parse_one(env_name: str, value: str) -> Any:
     """``value`` as backupd parses it for ``env_name`` (ignoring any .env file)."""
     field = next(name for name, alias in ENV_NAMES.items() if alias == env_name)
-    settings = Settings(_env_file=None, **{env_name: value})  # type: ignore[call-arg]
+    values: dict[str, Any] = {env_name: value}  # an alias per setting: not a typed call
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
     return getattr(settings, field)
 
 

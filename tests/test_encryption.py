@@ -6,6 +6,7 @@ untouched; the identity never shows up in output or logs.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,11 +53,11 @@ def _snapshot(pg_server: ServerAddress, target: str) -> tuple[dict[str, str], se
 
 
 def _assert_refused_and_untouched(
-    proc: object, pg_server: ServerAddress, target: str, before: dict[str, str],
-    databases: set[str], expected: str, code: int,
+    proc: subprocess.CompletedProcess[str], pg_server: ServerAddress, target: str,
+    before: dict[str, str], databases: set[str], expected: str, code: int,
 ) -> None:
-    assert proc.returncode == code, proc.stderr  # type: ignore[attr-defined]
-    lines = human_lines(proc.stderr)  # type: ignore[attr-defined]
+    assert proc.returncode == code, proc.stderr
+    lines = human_lines(proc.stderr)
     assert len(lines) == 1, lines
     assert expected in lines[0], lines[0]
     assert fingerprint(pg_server, target) == before

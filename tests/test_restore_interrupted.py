@@ -9,6 +9,7 @@ rolls the partial restore back.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from helpers.backups import path_with, take_backup
@@ -18,7 +19,8 @@ from helpers.slow_restore import cut_at_statement_psql
 
 
 def test_input_ending_mid_restore_commits_nothing(
-        pg_server: ServerAddress, fixture_db: str, make_db, backupd_env, tmp_path: Path) -> None:
+        pg_server: ServerAddress, fixture_db: str, make_db: Callable[..., str],
+        backupd_env: Callable[..., dict[str, str]], tmp_path: Path) -> None:
     env = backupd_env(fixture_db)
     backup = take_backup(env)
     target = make_db()  # empty, so restore is allowed without --replace
@@ -41,7 +43,8 @@ def test_input_ending_mid_restore_commits_nothing(
 
 
 def test_psql_that_stops_early_without_error_is_a_failed_restore(
-        pg_server: ServerAddress, fixture_db: str, make_db, backupd_env, tmp_path: Path) -> None:
+        pg_server: ServerAddress, fixture_db: str, make_db: Callable[..., str],
+        backupd_env: Callable[..., dict[str, str]], tmp_path: Path) -> None:
     """psql exiting 0 before it confirmed the COMMIT is a failure, never a success."""
     env = backupd_env(fixture_db)
     backup = take_backup(env)

@@ -150,7 +150,7 @@ def test_notify_on_failure_sends_failures_and_first_recovery(
                 Status.MISSED, Status.CANCELLED, Status.SUCCESS]
     for status in sequence:
         NotifierChain([notifier()]).deliver(make_result(status))
-    headers = [r.json["blocks"][0]["text"]["text"] for r in http_receiver.requests]
+    headers = [r.payload["blocks"][0]["text"]["text"] for r in http_receiver.requests]
     assert headers == [
         ":x: backup FAILED: certificate_verification",
         ":white_check_mark: backup succeeded: certificate_verification (recovered)",
@@ -221,7 +221,7 @@ def test_backup_success_posts_the_backup(
     proc = run_backupd(["backup"], backupd_env(fixture_db, SLACK_WEBHOOK_URL=url))
     assert proc.returncode == 0, proc.stderr
     (name,) = [p.name for p in backup_dir.glob("*.sql.gz")]
-    payload = http_receiver.wait_for(1)[0].json
+    payload = http_receiver.wait_for(1)[0].payload
     text = payload_text(payload)
     assert f"backup succeeded: {fixture_db}" in payload["blocks"][0]["text"]["text"]
     assert f"`{name}`" in text
@@ -243,7 +243,7 @@ def test_backup_failure_posts_the_error(
     env["SLACK_WEBHOOK_URL"] = webhook_url(http_receiver)
     proc = run_backupd(["backup"], env)
     assert proc.returncode == 1, proc.stderr
-    payload = http_receiver.wait_for(1)[0].json
+    payload = http_receiver.wait_for(1)[0].payload
     assert ":x: backup FAILED" in payload["blocks"][0]["text"]["text"]
     text = payload_text(payload)
     expected = "does not exist" if broken == "missing database" else "onnect"

@@ -9,6 +9,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from helpers.s3server import S3Server
 from test_daemon import FAST, finished, wait_for
 
 
@@ -71,7 +72,8 @@ def test_status_without_a_daemon_computes_next_runs_from_the_settings(
 
 
 def test_status_shows_the_offsite_state(
-        fixture_db: str, backupd_env: Callable[..., dict[str, str]], s3_server, s3_bucket: str
+        fixture_db: str, backupd_env: Callable[..., dict[str, str]], s3_server: S3Server,
+        s3_bucket: str,
 ) -> None:
     """Last upload and pending uploads: a backup taken before S3 was configured is owed."""
     from helpers.backups import take_backup

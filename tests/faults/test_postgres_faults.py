@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd, server_env, stop_backupd
+from helpers.cli import BackupdProcess, run_backupd, server_env, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
 from helpers.faults import SlowDump, partial_files, wait_until
 from helpers.http_receiver import HttpReceiver
@@ -46,7 +46,7 @@ def assert_failed_cleanly(proc_stderr: str, directory: Path, reason: str) -> Non
 
 
 def test_server_killed_mid_dump(
-    private_cluster: Callable[..., PrivateCluster], backupd_daemon: Callable[..., object],
+    private_cluster: Callable[..., PrivateCluster], backupd_daemon: Callable[..., BackupdProcess],
     slow_dump: SlowDump, http_receiver: HttpReceiver, tmp_path: Path,
 ) -> None:
     cluster = private_cluster(SECRET_PASSWORD)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd, stop_backupd
+from helpers.cli import BackupdProcess, run_backupd, stop_backupd
 from helpers.faults import SlowDump, dump_partials, wait_until
 from helpers.logs import parse_event
 from helpers.pg import ServerAddress, psql
@@ -59,7 +59,7 @@ def test_database_names_cannot_escape_or_break_logs(
 
 def test_manual_backup_while_one_is_running(
     pg_server: ServerAddress, make_db: Callable[..., str],
-    backupd_env: Callable[..., dict[str, str]], backupd_daemon: Callable[..., object],
+    backupd_env: Callable[..., dict[str, str]], backupd_daemon: Callable[..., BackupdProcess],
     tmp_path: Path, backup_dir: Path,
 ) -> None:
     database = make_db()

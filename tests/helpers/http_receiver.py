@@ -28,6 +28,12 @@ class RecordedRequest:
     body: bytes
     json: Any | None  # parsed body when it is valid JSON, else None
 
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The body as a JSON object (what Slack and webhooks are sent); fails otherwise."""
+        assert isinstance(self.json, dict), f"not a JSON object: {self.body!r}"
+        return self.json
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung handler must never keep the test process alive
