@@ -24,6 +24,7 @@ from backupd.errors import BackupdError, ConfigError
 from backupd.job import JobContext, run_job
 from backupd.log import configure_logging, logs_are_json, redact
 from backupd.notify import build_chain
+from backupd.outcomes import DrillOutcome, PruneOutcome, VerifyOutcome
 from backupd.result import JobResult
 from backupd.settings import Settings, load_settings
 from backupd.storage.local import LocalStore
@@ -104,19 +105,19 @@ def verify(
     settings = bootstrap()
     result = execute("verify", settings, lambda ctx: _discard(
         verify_cmd.run(ctx, names or [], verify_all, remote=remote)))
-    reports = result.details.get("reports", [])
+    reports = result.outcome.reports if isinstance(result.outcome, VerifyOutcome) else []
     if as_json:
-        print(json.dumps(reports, indent=2))
+        print(json.dumps([report.model_dump(mode="json") for report in reports], indent=2))
     else:
         for report in reports:
-            print(f"{'OK    ' if report['ok'] else 'FAILED'} {report['name']}")
-            for check in report["checks"]:
-                mark = "ok" if check["ok"] else "FAIL"
-                detail = f": {check['detail']}" if check["detail"] else ""
-                print(f"    {mark:<4} {check['check']}{detail}")
-            if not report["content_checked"]:
+            print(f"{'OK    ' if report.ok else 'FAILED'} {report.name}")
+            for check in report.checks:
+                mark = "ok" if check.ok else "FAIL"
+                detail = f": {check.detail}" if check.detail else ""
+                print(f"    {mark:<4} {check.check}{detail}")
+            if not report.content_checked:
                 print("    note content not checked: "
-                      + (report.get("content_note") or "see the report's details"))
+                      + (report.content_note or "see the report's details"))
     finish(result, quiet=bool(reports) and result.ok)
 
 
@@ -175,14 +176,14 @@ def drill(
 
     settings = bootstrap()
     result = execute("drill", settings, lambda ctx: drill_cmd.run(ctx, name, from_s3=from_s3))
-    if result.details.get("comparison_summary"):
-        seconds = result.details.get("restore_seconds")
-        if seconds is not None:
-            print(f"restore time: {seconds:.1f}s")
-        print(f"comparison: {result.details['comparison_summary']}")
-        for line in result.details.get("differences", []):
+    outcome = result.outcome
+    if isinstance(outcome, DrillOutcome) and outcome.comparison_summary:
+        if outcome.restore_seconds is not None:
+            print(f"restore time: {outcome.restore_seconds:.1f}s")
+        print(f"comparison: {outcome.comparison_summary}")
+        for line in outcome.differences:
             print(f"  difference: {line}")
-        for line in result.details.get("drift", []):
+        for line in outcome.drift:
             print(f"  drift: {line}")
     finish(result)
 
@@ -226,7 +227,10 @@ def prune(
     settings = bootstrap()
     result = execute("prune", settings, lambda ctx: prune_cmd.run(ctx, dry_run=dry_run))
     for name in result.deleted:
-        print(f"{'would delete' if dry_run else 'deleted'} {name}")
+        print(f"deleted {name}")
+    if isinstance(result.outcome, PruneOutcome):
+        for name in result.outcome.would_delete:
+            print(f"would delete {name}")
     finish(result)
 
 

@@ -28,6 +28,7 @@ from backupd.commands import prune
 from backupd.errors import Cancelled, ConfigError, JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import parse_backup_name, partial_name
+from backupd.outcomes import FileReport, UploadOutcome, UploadReport, VerifyOutcome
 from backupd.pipeline.checksum import sha256_of
 from backupd.result import human_bytes
 from backupd.settings import Settings
@@ -121,7 +122,7 @@ def upload_entry(ctx: JobContext, s3: S3Store, entry: BackupEntry, *, recheck: b
     ctx.say(f"uploaded {entry.name} ({human_bytes(entry.size)}) to {s3.description}")
 
 
-def upload_pending(ctx: JobContext, s3: S3Store, first: str | None = None) -> None:
+def upload_pending(ctx: JobContext, s3: S3Store, first: str | None = None) -> UploadReport:
     """Upload ``first`` (the backup just taken), then every other pending backup, oldest first.
 
     The first failure ends the pass (S3 is most likely down); what is left stays pending.
@@ -144,21 +145,20 @@ def upload_pending(ctx: JobContext, s3: S3Store, first: str | None = None) -> No
         uploaded.append(entry.name)
     else:
         left = []
-    ctx.result.details["offsite"] = {"target": s3.description, "uploaded": uploaded,
-                                     "pending": left, "error": error}
+    report = UploadReport(target=s3.description, uploaded=uploaded, pending=left, error=error)
     if error is None:
         ctx.result.offsite = "uploaded"
-        return
+        return report
     count = f"{len(left)} backup{'s' if len(left) != 1 else ''}"
     ctx.result.offsite = f"pending: {count} not uploaded: {error}"
     ctx.warn(f"offsite copy failed ({error}); {count} kept locally, verified, and pending "
              "upload: the next run retries")
+    return report
 
 
-def after_backup(ctx: JobContext, s3: S3Store | None, name: str) -> None:
+def after_backup(ctx: JobContext, s3: S3Store | None, name: str) -> UploadReport | None:
     """Called once the new local backup is written and verified."""
-    if s3 is not None:
-        upload_pending(ctx, s3, first=name)
+    return upload_pending(ctx, s3, first=name) if s3 is not None else None
 
 
 def run_upload_job(ctx: JobContext) -> None:
@@ -169,9 +169,10 @@ def run_upload_job(ctx: JobContext) -> None:
         ctx.result.offsite = "uploaded"
         ctx.say(f"no pending uploads; every verified backup is in {s3.description}")
         return
-    upload_pending(ctx, s3)
+    report = upload_pending(ctx, s3)
+    ctx.result.outcome = UploadOutcome(upload=report)
     if ctx.result.offsite != "uploaded":
-        raise JobFailed(f"offsite upload failed: {ctx.result.details['offsite']['error']}")
+        raise JobFailed(f"offsite upload failed: {report.error}")
 
 
 # --- retention ---------------------------------------------------------------------------
@@ -287,7 +288,7 @@ def verify_remote(ctx: JobContext, names: list[str], verify_all: bool) -> list[V
         ctx.say(f"{'OK' if report.ok else 'FAILED'} {s3.uri(entry.name)}"
                 + ("" if report.ok else f": {report.problem}"))
         reports.append(report)
-    ctx.result.details["reports"] = [r.to_dict() for r in reports]
+    ctx.result.outcome = VerifyOutcome(reports=[FileReport.of(r) for r in reports])
     failed = [r for r in reports if not r.ok]
     if failed:
         raise JobFailed(f"{len(failed)} of {len(reports)} S3 backups failed verification: "

@@ -44,20 +44,58 @@ def child_env(settings: Settings, database: str | None = None) -> dict[str, str]
 
 
 def connect(settings: Settings, database: str | None = None) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
-    """An autocommit connection; connection errors become JobFailed with libpq's reason."""
+    """An autocommit connection; connection errors become JobFailed with libpq's reason
+    and the setting to fix."""
+    dbname = database or settings.postgres_db
     try:
         return psycopg.connect(
             host=settings.postgres_host,
             port=settings.postgres_port,
             user=settings.postgres_user,
             password=settings.password,
-            dbname=database or settings.postgres_db,
+            dbname=dbname,
             connect_timeout=settings.postgres_connect_timeout,
             application_name=APPLICATION_NAME,
             autocommit=True,
         )
     except psycopg.OperationalError as exc:
-        raise JobFailed(f"cannot connect to PostgreSQL: {describe_pg_error(exc)}") from None
+        hint = connection_hint(exc, settings, dbname)
+        raise JobFailed(f"cannot connect to PostgreSQL: {describe_pg_error(exc)}"
+                        + (f"; {hint}" if hint else "")) from None
+
+
+# (sqlstate or libpq text, what to tell the user); the first match wins.
+_AUTH_FAILED = ("28P01", "password authentication failed", "no password supplied",
+                "password is required")
+_UNKNOWN_HOST = ("could not translate host name", "failed to resolve host",
+                 "Name or service not known", "nodename nor servname")
+_UNREACHABLE = ("Connection refused", "timeout expired", "No route to host",
+                "Network is unreachable", "No such file or directory")
+
+
+def connection_hint(exc: psycopg.OperationalError, settings: Settings, database: str) -> str | None:
+    """Which setting a failed connection points at (issue 11: name the setting to fix)."""
+    text = str(exc)
+    state = getattr(exc, "sqlstate", None)
+
+    def matches(markers: tuple[str, ...]) -> bool:
+        return any(marker == state or marker in text for marker in markers)
+
+    if matches(_AUTH_FAILED):
+        return (f"check POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) for user "
+                f"{settings.postgres_user!r}")
+    if state == "3D000" or ("database" in text and "does not exist" in text):
+        if database == settings.postgres_db:
+            return "check POSTGRES_DB (the database must exist; backupd does not create it)"
+        return None  # a restore target or the maintenance database: libpq names it
+    if "role" in text and "does not exist" in text:
+        return "check POSTGRES_USER"
+    if matches(_UNKNOWN_HOST):
+        return f"check POSTGRES_HOST ({settings.postgres_host!r} is not a known host name)"
+    if matches(_UNREACHABLE):
+        return (f"check POSTGRES_HOST and POSTGRES_PORT (is PostgreSQL running and "
+                f"listening on {settings.postgres_host}:{settings.postgres_port}?)")
+    return None
 
 
 def describe_pg_error(exc: BaseException) -> str:

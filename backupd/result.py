@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, computed_field
+
+from backupd.outcomes import Outcome, summary_parts, written_database
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # Files written by older versions may hold naive times: they were UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# The one datetime format of every file and record backupd writes: ISO 8601, UTC offset.
+UtcDateTime = Annotated[
+    datetime,
+    AfterValidator(_as_utc),
+    PlainSerializer(lambda moment: moment.astimezone(UTC).isoformat(), return_type=str,
+                    when_used="json"),
+]
 
 
 class Status(StrEnum):
@@ -21,26 +38,33 @@ class Status(StrEnum):
 ALERT_STATUSES = frozenset({Status.FAILED, Status.MISSED, Status.CANCELLED})
 
 
-@dataclass
-class JobResult:
+class JobResult(BaseModel):
+    """One run of one job. The fields every job shares; ``outcome`` is the command's own."""
+
+    model_config = ConfigDict(extra="ignore")
+
     job: str
     database: str
     status: Status = Status.RUNNING
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    finished_at: datetime | None = None
+    started_at: UtcDateTime = Field(default_factory=lambda: datetime.now(UTC))
+    finished_at: UtcDateTime | None = None
+    # The schedule slot a daemon run (or a missed/skipped one) stands for.
+    scheduled_for: UtcDateTime | None = None
     backup_name: str | None = None
     size_bytes: int | None = None
     previous_size_bytes: int | None = None
-    deleted: list[str] = field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
     error: str | None = None
     stderr_tail: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    # Which child process ``stderr_tail`` came from (pg_dump, psql, pg_restore).
+    stderr_tool: str | None = None
+    warnings: list[str] = Field(default_factory=list)
     # Offsite copy state: None (S3 off), "uploaded", or "pending: <reason>".
     offsite: str | None = None
-    # Job-specific facts (verify reports, drill comparisons, ...), JSON-serialisable.
-    details: dict[str, Any] = field(default_factory=dict)
+    outcome: Outcome | None = None
     exit_code: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def duration_seconds(self) -> float | None:
         if self.finished_at is None:
@@ -57,6 +81,11 @@ class JobResult:
     def ok(self) -> bool:
         return self.status == Status.SUCCESS
 
+    @property
+    def written_database(self) -> str | None:
+        """The database a restore or drill wrote into, when that is not POSTGRES_DB's copy."""
+        return written_database(self.outcome)
+
     def finish(
         self, status: Status, error: str | None = None, exit_code: int | None = None
     ) -> None:
@@ -70,7 +99,13 @@ class JobResult:
 
     def summary(self) -> str:
         """One line for people: what happened, to what, how big, how long."""
-        parts = [f"{self.job} {self.status.value}", f"database={self.database!r}"]
+        parts = [f"{self.job} {self.status.value}"]
+        target = self.written_database
+        if target is not None:
+            # A restore into nc_r2 must never read as if the source was overwritten.
+            parts += [f"target={target!r}", f"source={self.database!r}"]
+        else:
+            parts.append(f"database={self.database!r}")
         if self.backup_name:
             parts.append(f"backup={self.backup_name}")
         if self.size_bytes is not None:
@@ -81,6 +116,7 @@ class JobResult:
             parts.append(f"duration={self.duration_seconds:.1f}s")
         if self.deleted:
             parts.append(f"deleted={len(self.deleted)}")
+        parts += summary_parts(self.outcome)
         if self.offsite:
             parts.append(f"offsite={self.offsite}")
         if self.error:
@@ -88,13 +124,8 @@ class JobResult:
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status.value
-        data["duration_seconds"] = self.duration_seconds
-        for key in ("started_at", "finished_at"):
-            value = data[key]
-            data[key] = value.isoformat() if value else None
-        return data
+        """The JSON form (structured logs, the state file): one serialiser for all of them."""
+        return self.model_dump(mode="json")
 
 
 def human_duration(seconds: float) -> str:

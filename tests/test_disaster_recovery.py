@@ -35,7 +35,11 @@ def test_new_machine_restores_the_latest_backup_from_s3_alone(
     assert fingerprint(pg_server, target) == fingerprint(pg_server, fixture_db)
     # The download was verified and then removed: nothing but the log is left behind.
     assert [p.name for p in empty_dir.iterdir()] == ["restore_log.txt"]
-    assert "verified; restoring" in (empty_dir / "restore_log.txt").read_text()
+    log = (empty_dir / "restore_log.txt").read_text()
+    # Verified first; the restore is logged as begun only after that (and every refusal).
+    assert f"{uploaded.name} verified" in log
+    assert log.index(f"{uploaded.name} verified") < log.index(
+        f"restoring {uploaded.name} into database {target!r}")
 
 
 def test_incomplete_or_corrupted_s3_copies_are_refused_and_reported(

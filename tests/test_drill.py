@@ -46,6 +46,7 @@ from backupd.commands import drill as drill_cmd
 from backupd.job import run_job
 from backupd.notify.base import NotifierChain
 from backupd.notify.slack import build_message
+from backupd.outcomes import DrillOutcome
 from backupd.result import JobResult
 from backupd.settings import load_settings
 
@@ -121,7 +122,7 @@ def test_good_backup_drills_clean_and_records_the_restore_time(
     code, result, output = drill(env)
 
     assert code == 0, output
-    details = result["details"]
+    details = result["outcome"]  # the drill's typed outcome, as logged
     assert details["differences"] == [] and details["drift"] == []
     assert details["restore_seconds"] > 0
     assert details["comparison_summary"].startswith("matches the live database (4 tables")
@@ -143,13 +144,14 @@ def test_rows_written_after_the_backup_are_drift_not_failure(
     job = _run_here("drill", env, lambda ctx: drill_cmd.run(ctx, backup.name))
 
     assert job.exit_code == 0, job.summary()
-    details = job.details
-    assert details["differences"] == []
-    drift = "\n".join(details["drift"])
+    details = job.outcome
+    assert isinstance(details, DrillOutcome)
+    assert details.differences == []
+    drift = "\n".join(details.drift)
     assert "table public.issuers:" in drift and "(+5 since the backup)" in drift
     assert "table public.verification_events:" in drift and "(-10 since the backup)" in drift
-    assert details["drift_rows"] == -5
-    assert "drift since the backup: 2 change(s)" in details["comparison_summary"]
+    assert details.drift_rows == -5
+    assert "drift since the backup: 2 change(s)" in (details.comparison_summary or "")
     # Slack shows the restore time and the comparison.
     slack = json.dumps(build_message(job))
     assert "*Restore time*" in slack and "drift since the backup: 2 change(s)" in slack
@@ -169,13 +171,13 @@ def test_backup_of_a_different_database_fails(
     code, result = drill_here(env)
 
     assert code == 1, result
-    differences = result["details"]["differences"]
+    differences = result["outcome"]["differences"]
     assert differences[0] == ("the backup holds none of the live database's 4 tables "
                               "(a backup of a different or an empty database?)")
     assert "table public.certificates is missing from the backup" in differences
     assert "view public.valid_certificates is missing from the backup" in differences
     assert any("public.invoices is in the backup but no longer" in d
-               for d in result["details"]["drift"])
+               for d in result["outcome"]["drift"])
     assert "restore drill of" in result["error"] and "holds none" in result["error"]
     assert read_manifest(wrong)["drill_ok"] is False
     assert not database_exists(pg_server, scratch_of(env))
@@ -190,7 +192,7 @@ def test_empty_backup_fails(
     code, result = drill_here(env)
 
     assert code == 1, result
-    differences = result["details"]["differences"]
+    differences = result["outcome"]["differences"]
     assert differences[0].startswith("the backup holds none of the live database's 4 tables")
     assert "function public.mark_revoked() is missing from the backup" in differences
     assert not database_exists(pg_server, scratch_of(env))
@@ -206,7 +208,7 @@ def test_backup_missing_a_table_fails_naming_it(
     code, result = drill_here(env)
 
     assert code == 1, result
-    differences = result["details"]["differences"]
+    differences = result["outcome"]["differences"]
     assert differences[0] == "table public.revocations is missing from the backup"
     assert "index public.revocations_pkey is missing from the backup" in differences
     assert not any("holds none" in d for d in differences)
@@ -230,7 +232,7 @@ def test_table_with_rows_at_backup_time_but_empty_in_the_backup_fails(
     code, result = drill_here(env)
 
     assert code == 1, result
-    assert result["details"]["differences"] == [
+    assert result["outcome"]["differences"] == [
         f"table public.verification_events is empty in the backup but had {rows_then} rows "
         "when the backup was taken"]
     assert not database_exists(pg_server, scratch_of(env))
@@ -252,7 +254,7 @@ def test_backup_that_does_not_restore_fails_and_drops_the_scratch_database(
     code, result = drill_here(env)
 
     assert code == 1, result
-    assert "does not restore" in result["details"]["differences"][0]
+    assert "does not restore" in result["outcome"]["differences"][0]
     assert "division by zero" in result["error"]
     manifest = read_manifest(backup)
     assert manifest["drill_ok"] is False and manifest["drill_restore_seconds"] is None
@@ -326,7 +328,7 @@ def test_drill_killed_mid_restore_then_restarted(
     assert code == 0, output
     assert any(f"dropped the scratch database '{scratch}' that an interrupted drill left"
                in w for w in result["warnings"])
-    assert result["details"]["differences"] == []
+    assert result["outcome"]["differences"] == []
     assert read_manifest(backup)["drill_ok"] is True
     assert not database_exists(pg_server, scratch)
     assert manifest_path(backup).exists()
@@ -344,9 +346,9 @@ def test_drill_from_s3_records_the_outcome_in_the_s3_manifest(
 
     assert code == 0, output
     assert result["backup_name"] == uploaded.name
-    assert result["details"]["differences"] == []
+    assert result["outcome"]["differences"] == []
     manifest = remote_manifest(s3_server, s3_bucket, uploaded.name)
     assert manifest["drill_ok"] is True
-    assert manifest["drill_restore_seconds"] == result["details"]["restore_seconds"]
+    assert manifest["drill_restore_seconds"] == result["outcome"]["restore_seconds"]
     assert not [p.name for p in fresh.iterdir() if not p.name.endswith("_log.txt")]
     assert not database_exists(pg_server, scratch_of(env))

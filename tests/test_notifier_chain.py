@@ -51,14 +51,15 @@ def settings(**env: object) -> Settings:
 
 def test_chain_holds_what_the_settings_ask_for_in_order(tmp_path: Path) -> None:
     plain = build_chain(settings(HEALTH_PORT=0, DB_BACKUP_DIR=str(tmp_path)))
-    assert [n.name for n in plain.notifiers] == ["structlog", "logfile"]
+    # The log file before the "job finished" record: whoever sees the record can read the file.
+    assert [n.name for n in plain.notifiers] == ["logfile", "structlog"]
     full = build_chain(settings(
         DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT=9999, NOTIFY_TIMEOUT_SECONDS=3,
         SLACK_WEBHOOK_URL="https://hooks.slack.example/services/T/B/x",
         HEARTBEAT_URL="https://hc-ping.example/abc",
     ), Recorder())
     assert [n.name for n in full.notifiers] == [
-        "structlog", "logfile", "metrics", "heartbeat", "slack", "recorder"]
+        "logfile", "structlog", "metrics", "heartbeat", "slack", "recorder"]
     assert full.timeout_seconds == 3
 
 

@@ -20,6 +20,7 @@ from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import backup_name, data_suffix, parse_backup_name
+from backupd.outcomes import BackupOutcome, FileReport
 from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
 from backupd.pipeline.encrypt import encryptor_for, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
@@ -35,6 +36,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
     daemon passes its schedule slot, so replicas produce exactly one backup per slot)."""
     settings = ctx.settings
     store = ctx.store
+    facts = ctx.result.outcome = BackupOutcome()
     s3 = offsite.configured_store(settings)  # bad S3 settings: exit 2 before any dump
     store.prepare()
     with advisory_lock(settings, "dump"):
@@ -72,7 +74,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
                     path, growing, parsed.compression if plain else None, identity)),
             )
         except DumpFailed as exc:
-            ctx.result.stderr_tail = exc.stderr_tail
+            ctx.result.stderr_tail, ctx.result.stderr_tool = exc.stderr_tail, "pg_dump"
             ctx.result.backup_name = None
             raise
         except OSError as exc:
@@ -105,10 +107,11 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         store.write_manifest(manifest)
         ctx.result.size_bytes = outcome.stored_bytes
         ctx.result.stderr_tail = outcome.stderr_tail or None
+        ctx.result.stderr_tool = "pg_dump"
         report = verify_file(store.directory / name, parsed, manifest, content_checker=checker,
                              read_back=read_back[0])
         record_outcome(store, manifest, report)
-        ctx.result.details["verify"] = report.to_dict()
+        facts.verify = FileReport.of(report)
         if not report.ok:
             raise JobFailed(f"the new backup {name} failed verification: {report.problem}")
         ctx.say(f"Backup completed and verified: {name} ({human_bytes(outcome.stored_bytes)}, "
@@ -118,7 +121,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _warn_if_shrunk(ctx, previous.size, outcome.stored_bytes)
     # Outside the lock: a long upload must not hold back other dumps. A failed upload
     # leaves the backup pending (result.offsite), never fails the backup.
-    offsite.after_backup(ctx, s3, name)
+    facts.upload = offsite.after_backup(ctx, s3, name)
     if apply_retention and settings.retention_schedule is None:
         # The new backup was read back in full moments ago: hashing it again would be a
         # second read of the largest, newest file on every run.

@@ -30,6 +30,7 @@ from backupd.drill_compare import Comparison, Connection, compare, read_catalog
 from backupd.errors import ConfigError, JobFailed, JobSkipped, OffsiteError
 from backupd.job import JobContext
 from backupd.manifest import Manifest
+from backupd.outcomes import DrillOutcome, RestoreOutcome
 from backupd.pg import advisory_lock, connect, describe_pg_error, drop_database
 from backupd.result import human_bytes
 from backupd.settings import Settings
@@ -56,7 +57,8 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
     """
     settings = ctx.settings
     scratch = scratch_database(settings)
-    ctx.result.details["scratch_database"] = scratch
+    ctx.result.outcome = DrillOutcome(scratch_database=scratch,
+                                      restore=RestoreOutcome(target_database=scratch))
     with advisory_lock(settings, "drill"):
         if not from_s3:
             path, entry = restore.pick(ctx, name, latest=name is None)
@@ -79,13 +81,13 @@ def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
         _drop_leftover(ctx, admin, scratch)
         _create_scratch(admin, scratch, settings.postgres_db)
     try:
-        comparison = _restore_and_compare(ctx, path, entry, scratch, record)
+        comparison, seconds = _restore_and_compare(ctx, path, entry, scratch, record)
     finally:
         _drop_scratch(ctx, scratch)
     if not comparison.ok:
         raise JobFailed(f"restore drill of {entry.name} failed: {comparison.summary}")
     ctx.say(f"Restore drill of {entry.name} passed in "
-            f"{ctx.result.details['restore_seconds']:.1f}s: {comparison.summary}")
+            f"{seconds:.1f}s: {comparison.summary}")
 
 
 def scratch_database(settings: Settings) -> str:
@@ -188,18 +190,19 @@ def _create_scratch(admin: Connection, scratch: str, live: str) -> None:
 
 
 def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
-                         record: Recorder) -> Comparison:
-    details = ctx.result.details
-    details["restore_seconds"] = None
+                         record: Recorder) -> tuple[Comparison, float]:
+    """The comparison, and the restore's measured time in seconds."""
+    outcome = ctx.result.outcome
+    assert isinstance(outcome, DrillOutcome)  # set by run()
     try:
         restore.restore_file(ctx, path, entry, target_db=scratch)
     except JobFailed as exc:
-        details["differences"] = [f"the backup does not restore: {exc}"]
-        details["drift"] = []
-        details["comparison_summary"] = "not compared: the restore failed"
+        outcome.differences = [f"the backup does not restore: {exc}"]
+        outcome.drift = []
+        outcome.comparison_summary = "not compared: the restore failed"
         _record(ctx, entry, record, ok=False, seconds=None)
         raise JobFailed(f"restore drill of {entry.name} failed: {exc}") from None
-    seconds = float(details["restore_seconds"])
+    seconds = outcome.restore_seconds or 0.0  # restore_file measured it
     ctx.cancel.raise_if_cancelled()
     with connect(ctx.settings, ctx.settings.postgres_db) as live_conn:
         live_conn.execute("SET default_transaction_read_only = on")
@@ -208,11 +211,11 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
         restored = read_catalog(scratch_conn)
     backup_rows = entry.manifest.table_rows if entry.manifest is not None else None
     comparison = compare(live, restored, backup_rows)
-    details["differences"] = comparison.differences
-    details["drift"] = comparison.drift
-    details["drift_rows"] = comparison.drift_rows
-    details["objects_compared"] = comparison.objects_compared
-    details["comparison_summary"] = comparison.summary
+    outcome.differences = comparison.differences
+    outcome.drift = comparison.drift
+    outcome.drift_rows = comparison.drift_rows
+    outcome.objects_compared = comparison.objects_compared
+    outcome.comparison_summary = comparison.summary
     for warning in comparison.warnings:
         ctx.warn(warning)
     for line in comparison.differences:
@@ -220,7 +223,7 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
     for line in comparison.drift:
         ctx.say(f"drift: {line}")
     _record(ctx, entry, record, ok=comparison.ok, seconds=seconds)
-    return comparison
+    return comparison, seconds
 
 
 def _record(ctx: JobContext, entry: BackupEntry, record: Recorder, *, ok: bool,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from backupd.job import JobContext
+from backupd.outcomes import PruneOutcome
 from backupd.pipeline.checksum import sha256_of
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, BackupStore
@@ -136,10 +137,15 @@ def run(ctx: JobContext, *, dry_run: bool = False) -> None:
 
     s3 = offsite.configured_store(ctx.settings)
     ctx.store.prepare()
-    ctx.result.deleted = sweep(ctx, ctx.store, dry_run=dry_run)
-    ctx.result.details["dry_run"] = dry_run
+    outcome = ctx.result.outcome = PruneOutcome(dry_run=dry_run)
+    names = sweep(ctx, ctx.store, dry_run=dry_run)
     # The same policy on S3 (this database's own backups under the prefix only).
-    ctx.result.deleted += offsite.sweep_remote(ctx, s3, dry_run=dry_run, strict=True)
-    if not ctx.result.deleted:
+    names += offsite.sweep_remote(ctx, s3, dry_run=dry_run, strict=True)
+    # A dry run deleted nothing: its names must never count (summary, Slack, metrics).
+    if dry_run:
+        outcome.would_delete = names
+    else:
+        ctx.result.deleted = names
+    if not names:
         ctx.say(f"retention: nothing to delete (retention {ctx.settings.retention_days} days, "
                 f"keeping at least {ctx.settings.keep_min} verified backups)")

@@ -33,6 +33,7 @@ from backupd.commands.args import named_backup
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import ParsedName
+from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
 from backupd.pg import (
     child_env,
     connect,
@@ -125,14 +126,17 @@ def restore_file(
     settings = ctx.settings
     target = target_name(settings, target_db, replace=replace)
     ctx.result.backup_name = entry.name
-    ctx.result.details["target_database"] = target
+    outcome = restore_outcome(ctx)
+    if outcome is None:
+        outcome = ctx.result.outcome = RestoreOutcome(target_database=target)
+    outcome.target_database = target
     identities = load_identities(settings)
     if entry.parsed.encrypted and identities is None:
         raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name} is encrypted; set it to "
                           "the age identity file whose key it was encrypted to; nothing was "
                           "changed")
     _verify_first(path, entry, identities, ctx)
-    ctx.say(f"{entry.name} verified; restoring into database {target!r}")
+    ctx.say(f"{entry.name} verified")
     if confirm is not None and not confirm(target):
         raise ConfigError("restore: not confirmed; nothing was changed")
 
@@ -152,6 +156,9 @@ def restore_file(
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
         scratch = derived_name(target, f"__restoring_{stamp}") if exists and replace else target
         created = not exists or scratch != target
+        # Only now, confirmed and past every refusal, does a restore begin.
+        ctx.say(f"restoring {entry.name} into database {target!r}"
+                + (f" (by way of {scratch!r})" if scratch != target else ""))
         if created:
             create_database(admin, scratch)
         started = datetime.now(UTC)
@@ -165,11 +172,11 @@ def restore_file(
                 drop_database(admin, scratch)
                 ctx.say(f"restore failed; dropped the incomplete database {scratch!r}")
             raise
-        ctx.result.details["restore_seconds"] = (datetime.now(UTC) - started).total_seconds()
+        outcome.restore_seconds = (datetime.now(UTC) - started).total_seconds()
         if scratch != target:
             kept = derived_name(target, f"_before_restore_{stamp}")
             _swap(admin, target, scratch, kept)
-            ctx.result.details["previous_database_kept_as"] = kept
+            outcome.previous_database_kept_as = kept
             ctx.say(f"the previous database was kept as {kept!r}; drop it when satisfied")
     ctx.say(f"restore of {entry.name} into {target!r} completed")
 
@@ -205,8 +212,18 @@ def _verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identi
     _require_verified(ctx, entry, report)
 
 
+def restore_outcome(ctx: JobContext) -> RestoreOutcome | None:
+    """The typed record this restore fills in (a drill's outcome carries one of its own)."""
+    outcome = ctx.result.outcome
+    if isinstance(outcome, DrillOutcome):
+        return outcome.restore
+    return outcome if isinstance(outcome, RestoreOutcome) else None
+
+
 def _require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport) -> None:
-    ctx.result.details["verify"] = report.to_dict()
+    outcome = restore_outcome(ctx)
+    if outcome is not None:
+        outcome.verify = FileReport.of(report)
     if not report.ok:
         raise JobFailed(f"refusing to restore {entry.name}: it failed verification: "
                         f"{report.problem}")
@@ -241,6 +258,7 @@ def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
         identities=identities if parsed.encrypted else None, single_transaction=atomic)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
+        ctx.result.stderr_tool = "pg_restore"
         raise JobFailed(f"restore into {database!r} failed: {problem}")
 
 
@@ -300,6 +318,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         detail = next((line for line in errors if "ERROR" in line or "FATAL" in line),
                       errors[-1] if errors else f"psql exit code {code}")
         ctx.result.stderr_tail = "\n".join(errors) or None
+        ctx.result.stderr_tool = "psql"
         raise JobFailed(f"restore into {database!r} failed and was rolled back: {detail}")
 
 

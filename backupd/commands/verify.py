@@ -9,6 +9,7 @@ from backupd.commands.args import named_backup
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.manifest import Manifest
+from backupd.outcomes import FileReport, VerifyOutcome
 from backupd.storage.base import BackupEntry
 from backupd.storage.local import LocalStore
 from backupd.verification import (
@@ -59,7 +60,7 @@ def run(ctx: JobContext, names: list[str], verify_all: bool = False,
         ctx.say(f"{'OK' if report.ok else 'FAILED'} {entry.name}"
                 + ("" if report.ok else f": {report.problem}"))
         reports.append(report)
-    ctx.result.details["reports"] = [r.to_dict() for r in reports]
+    ctx.result.outcome = VerifyOutcome(reports=[FileReport.of(r) for r in reports])
     failed = [r for r in reports if not r.ok]
     if failed:
         raise JobFailed(f"{len(failed)} of {len(reports)} backups failed verification: "

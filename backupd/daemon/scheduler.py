@@ -243,7 +243,7 @@ class Daemon:
 
     def _report(self, name: str, due: datetime, status: Status, reason: str) -> JobResult:
         result = skipped_result(name, self.settings, status, reason)
-        result.details["scheduled_for"] = due.astimezone(UTC).isoformat()
+        result.scheduled_for = due
         self.log.warning("job run not started", job=name, status=status.value, reason=reason)
         self.chain.deliver(result)
         self.state.record(result, due)

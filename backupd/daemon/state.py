@@ -250,15 +250,8 @@ class DaemonState:
 def result_from_dict(data: dict[str, Any]) -> JobResult | None:
     """The inverse of JobResult.to_dict(); None for a record it cannot read."""
     try:
-        names = set(JobResult.__dataclass_fields__)
-        values = {key: value for key, value in data.items() if key in names}
-        values["status"] = Status(values["status"])
-        for key in ("started_at", "finished_at"):
-            values[key] = _parse(values.get(key))
-        if values["started_at"] is None:
-            return None
-        return JobResult(**values)
-    except (KeyError, TypeError, ValueError):
+        return JobResult.model_validate(data)
+    except ValueError:  # pydantic's ValidationError is a ValueError
         return None
 
 

@@ -15,9 +15,10 @@ def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True) 
     ``log_results=False`` leaves out the structured "job finished" line: a one-off command
     on a terminal prints its own one-line outcome instead.
     """
+    # The job's log file first: whoever sees the "job finished" record can read the file.
     notifiers: list[Notifier] = [LogFileNotifier(settings.backup_dir)]
     if log_results:
-        notifiers.insert(0, StructuredLogNotifier())
+        notifiers.append(StructuredLogNotifier())
     # Local, instant notifiers first; network ones after, each bounded by the chain's timeout.
     if settings.health_port:
         from backupd.notify.metrics import MetricsNotifier, shared_metrics

@@ -20,7 +20,8 @@ class LogFileNotifier:
         for warning in result.warnings:
             log.write(f"WARNING: {warning}")
         if result.stderr_tail and result.status == Status.FAILED:
-            log.write(f"pg_dump stderr (tail): {result.stderr_tail}")
+            log.write(f"{result.stderr_tool or 'child process'} stderr (tail): "
+                      f"{result.stderr_tail}")
 
 
 class StructuredLogNotifier:

@@ -44,6 +44,7 @@ from backupd.notify.deadline import (
     register_secret_url,
     retry_after_seconds,
 )
+from backupd.outcomes import DrillOutcome, PruneOutcome
 from backupd.result import ALERT_STATUSES, JobResult, Status, human_bytes
 from backupd.storage.atomic import write_bytes_atomically
 
@@ -138,6 +139,10 @@ def build_message(result: JobResult, *, recovered: bool = False, host: str = "")
     """The webhook payload: a plain-text fallback plus Block Kit blocks."""
     emoji, verb = _STYLE[result.status]
     title = f"{result.job} {verb}: {result.database}"
+    if result.written_database is not None:
+        title = f"{result.job} {verb}: into {result.written_database} (backup of {result.database})"
+    if isinstance(result.outcome, PruneOutcome) and result.outcome.dry_run:
+        title += " (dry run)"
     if recovered:
         title += " (recovered)"
     blocks: list[dict[str, Any]] = [{
@@ -155,7 +160,8 @@ def build_message(result: JobResult, *, recovered: bool = False, host: str = "")
         blocks.append(_section(f"*What went wrong*\n{_code(_clip(result.error, _ERROR_MAX))}"))
     if result.stderr_tail and result.status != Status.SUCCESS:
         tail = result.stderr_tail[-_STDERR_MAX:]
-        blocks.append(_section(f"*pg_dump stderr (last lines)*\n{_code(tail)}"))
+        tool = result.stderr_tool or "child process"
+        blocks.append(_section(f"*{tool} stderr (last lines)*\n{_code(tail)}"))
     hint = _next_step(result)
     if hint:
         blocks.append(_section(f"*Next step:* {hint}"))
@@ -175,6 +181,8 @@ def build_message(result: JobResult, *, recovered: bool = False, host: str = "")
 def _facts(result: JobResult) -> list[dict[str, str]]:
     facts = [("Database", f"`{_escape(_one_line(result.database))}`"),
              ("Status", result.status.value)]
+    if result.written_database is not None:
+        facts.insert(0, ("Written into", f"`{_escape(_one_line(result.written_database))}`"))
     if result.backup_name:
         facts.append(("Backup", f"`{_escape(result.backup_name)}`"))
     if result.size_bytes is not None:
@@ -188,16 +196,20 @@ def _facts(result: JobResult) -> list[dict[str, str]]:
     if result.deleted:
         names = ", ".join(result.deleted[:5]) + (" …" if len(result.deleted) > 5 else "")
         facts.append(("Retention deleted", f"{len(result.deleted)}: {_escape(names)}"))
+    outcome = result.outcome
+    if isinstance(outcome, PruneOutcome) and outcome.dry_run:
+        names = ", ".join(outcome.would_delete[:5]) + (" …" if len(outcome.would_delete) > 5
+                                                       else "")
+        facts.append(("Would delete (dry run)",
+                      f"{len(outcome.would_delete)}: {_escape(names)}" if names else "nothing"))
     if result.offsite:
         facts.append(("Offsite copy", _escape(result.offsite)))
     # --- restore drills (issue 7): the measured restore time and the comparison -------
-    if result.job == "drill":
-        seconds = result.details.get("restore_seconds")
-        if isinstance(seconds, int | float):
-            facts.append(("Restore time", _duration(float(seconds))))
-        summary = result.details.get("comparison_summary")
-        if summary:
-            facts.append(("Comparison", _escape(_one_line(str(summary)))))
+    if isinstance(outcome, DrillOutcome):
+        if outcome.restore_seconds is not None:
+            facts.append(("Restore time", _duration(outcome.restore_seconds)))
+        if outcome.comparison_summary:
+            facts.append(("Comparison", _escape(_one_line(outcome.comparison_summary))))
     # --- end restore drills ------------------------------------------------------------
     # Slack allows at most 10 fields per section.
     return [{"type": "mrkdwn", "text": _clip(f"*{k}*\n{v}", 1900)} for k, v in facts[:10]]

@@ -1,0 +1,121 @@
+"""What each command found out, typed: the part of a JobResult that differs per command.
+
+A command sets ``ctx.result.outcome`` to one of these; the CLI, the notifiers and the
+state file read its fields (never a dict of loosely named keys). ``kind`` tells them
+apart when a result is read back from JSON (the state file).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+if TYPE_CHECKING:
+    from backupd.verification import VerifyReport
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class CheckRecord(_Model):
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+class FileReport(_Model):
+    """One backup file's verification, as ``backupd verify --json`` prints it."""
+
+    name: str
+    ok: bool
+    content_checked: bool = True
+    content_note: str = ""
+    checks: list[CheckRecord] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, report: VerifyReport) -> FileReport:
+        return cls(name=report.name, ok=report.ok, content_checked=report.content_checked,
+                   content_note=report.content_note,
+                   checks=[CheckRecord(check=c.name, ok=c.ok, detail=c.detail)
+                           for c in report.checks])
+
+
+class UploadReport(_Model):
+    """One pass of offsite uploads: what went to S3, what is still pending, and why."""
+
+    target: str
+    uploaded: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class BackupOutcome(_Model):
+    kind: Literal["backup"] = "backup"
+    verify: FileReport | None = None
+    upload: UploadReport | None = None
+
+
+class UploadOutcome(_Model):
+    kind: Literal["upload"] = "upload"
+    upload: UploadReport | None = None
+
+
+class VerifyOutcome(_Model):
+    kind: Literal["verify"] = "verify"
+    reports: list[FileReport] = Field(default_factory=list)
+
+
+class PruneOutcome(_Model):
+    kind: Literal["prune"] = "prune"
+    dry_run: bool = False
+    # A dry run's candidates: never in JobResult.deleted, which counts real deletions.
+    would_delete: list[str] = Field(default_factory=list)
+
+
+class RestoreOutcome(_Model):
+    kind: Literal["restore"] = "restore"
+    target_database: str
+    restore_seconds: float | None = None
+    previous_database_kept_as: str | None = None
+    verify: FileReport | None = None
+
+
+class DrillOutcome(_Model):
+    kind: Literal["drill"] = "drill"
+    scratch_database: str
+    restore: RestoreOutcome
+    differences: list[str] = Field(default_factory=list)
+    drift: list[str] = Field(default_factory=list)
+    drift_rows: int | None = None
+    objects_compared: dict[str, int] = Field(default_factory=dict)  # kind -> how many
+    comparison_summary: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def restore_seconds(self) -> float | None:
+        return self.restore.restore_seconds
+
+
+Outcome = Annotated[
+    BackupOutcome | UploadOutcome | VerifyOutcome | PruneOutcome | RestoreOutcome
+    | DrillOutcome,
+    Field(discriminator="kind"),
+]
+
+
+def written_database(outcome: Outcome | None) -> str | None:
+    """The database a restore or drill wrote into (what people must not misread)."""
+    if isinstance(outcome, RestoreOutcome):
+        return outcome.target_database
+    if isinstance(outcome, DrillOutcome):
+        return outcome.scratch_database
+    return None
+
+
+def summary_parts(outcome: Outcome | None) -> list[str]:
+    """What the one-line summary adds for this kind of outcome."""
+    if isinstance(outcome, PruneOutcome) and outcome.dry_run:
+        return [f"would_delete={len(outcome.would_delete)} (dry run, nothing deleted)"]
+    return []
