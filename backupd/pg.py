@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from backupd.errors import ConfigError, JobFailed, JobSkipped
+from backupd.pgclients import chosen_tool, note_server_major
 from backupd.settings import Settings
 
 APPLICATION_NAME = "backupd"
@@ -48,7 +49,7 @@ def connect(settings: Settings, database: str | None = None) -> psycopg.Connecti
     and the setting to fix."""
     dbname = database or settings.postgres_db
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             host=settings.postgres_host,
             port=settings.postgres_port,
             user=settings.postgres_user,
@@ -62,6 +63,8 @@ def connect(settings: Settings, database: str | None = None) -> psycopg.Connecti
         hint = connection_hint(exc, settings, dbname)
         raise JobFailed(f"cannot connect to PostgreSQL: {describe_pg_error(exc)}"
                         + (f"; {hint}" if hint else "")) from None
+    note_server_major(server_major(conn))  # the client tools follow the server's major
+    return conn
 
 
 # (sqlstate or libpq text, what to tell the user); the first match wins.
@@ -114,7 +117,8 @@ def server_major(conn: psycopg.Connection[tuple]) -> int:  # type: ignore[type-a
 
 
 def tool_path(tool: str) -> str:
-    path = shutil.which(tool)
+    # The versioned client for the server (backupd.pgclients), else what PATH finds.
+    path = chosen_tool(tool) or shutil.which(tool)
     if path is None:
         raise ConfigError(f"{tool}: not found on PATH; install the PostgreSQL client tools")
     return path
@@ -136,8 +140,9 @@ def check_pg_dump_not_older(conn: psycopg.Connection[tuple]) -> tuple[str, str]:
     dump_text, dump_major = tool_version("pg_dump")
     if dump_major < server_major(conn):
         raise ConfigError(
-            f"pg_dump {dump_text} is older than the server ({server}); "
-            f"use a client of major version {server_major(conn)} or newer (PG_MAJOR build argument)"
+            f"pg_dump {dump_text} is older than the server ({server}); install "
+            f"postgresql-client-{server_major(conn)} (the backupd image carries 13 to 17) "
+            "or put a newer pg_dump first on PATH"
         )
     return server, dump_text
 

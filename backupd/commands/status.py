@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from backupd import pgclients
 from backupd.commands.health import check as health_check
 from backupd.daemon.scheduler import job_table, load_schedules
 from backupd.daemon.state import StateFile, iso_utc, read_state
@@ -65,6 +66,8 @@ def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
             "pending_uploads": sum(1 for e in entries if e.awaiting_upload),
         },
         "health": health_check(settings).to_dict(),
+        "postgres_client": pgclients.report(
+            newest.manifest.server_version if newest and newest.manifest else None).to_dict(),
     }
 
 
@@ -106,6 +109,7 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(f"offsite: s3://{offsite['bucket']}/{offsite['prefix']} last upload "
                      f"{offsite['last_upload'] or 'never'}, "
                      f"{offsite['pending_uploads']} pending upload(s)")
+    lines.append(data["postgres_client"]["summary"])
     health = data["health"]
     lines.append("health: " + ("ok" if health["ok"] else "UNHEALTHY"))
     lines.extend(f"  - {reason}" for reason in health["reasons"])
