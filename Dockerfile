@@ -2,12 +2,16 @@
 #
 # backupd: the PostgreSQL backup sidecar.
 #
-#   docker build --build-arg PG_MAJOR=16 -t backupd .
+#   docker build -t backupd .
 #
-# PG_MAJOR is the major version of the PostgreSQL client tools (pg_dump, psql) in the
-# image. It must be the SAME OR NEWER than the server's major version: pg_dump refuses to
-# dump a newer server, and backupd checks this before every backup and stops with one
-# line ("pg_dump X is older than the server (Y) ...") when it is not.
+# The image carries the PostgreSQL client tools (pg_dump, psql, pg_restore) of every major
+# in PG_CLIENT_MAJORS side by side, in /usr/lib/postgresql/<major>/bin. For each job backupd
+# runs the tools of the server's own major, else the nearest newer one (pg_dump cannot dump
+# a newer server; pg_dump/pg_restore 17 write SQL a 16 server rejects). So one image backs
+# up and restores servers 13 to 17, and keeps working across a server upgrade; `backupd
+# status` shows which client it uses. A server newer than every client is refused in one
+# line ("pg_dump X is older than the server (Y) ...").
+# Slimmer image, fewer servers: docker build --build-arg PG_CLIENT_MAJORS="16 17" .
 
 # Debian release pinned: the PGDG apt repository below is per release.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -22,12 +26,14 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # --- the runtime image ------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 
-ARG PG_MAJOR=16
+ARG PG_CLIENT_MAJORS="13 14 15 16 17"
+# The PostgreSQL Debian repository's signing key (apt.postgresql.org, key ACCC4CF8), pinned
+# by its full fingerprint: the build fails if the key downloaded is any other.
+ARG PGDG_KEY_FINGERPRINT=B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8
 
-# The version-specific client directory first on PATH: backupd runs exactly PG_MAJOR's
-# pg_dump/psql, not whatever Debian's pg_wrapper would pick.
-ENV PATH=/usr/lib/postgresql/${PG_MAJOR}/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
+# No PostgreSQL directory on PATH: /usr/bin/pg_dump is postgresql-common's wrapper, and
+# backupd picks the versioned directory itself (backupd/pgclients.py).
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DB_BACKUP_DIR=/backups \
@@ -35,29 +41,50 @@ ENV PATH=/usr/lib/postgresql/${PG_MAJOR}/bin:$PATH \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# PostgreSQL client tools from the PGDG repository (apt.postgresql.org), which carries every
-# supported major version, so PG_MAJOR can match any server. Versions are pinned to the major
-# (PGDG keeps only the newest minor of each major, so an exact pin would stop building).
+# PostgreSQL client tools from the PGDG repository, which carries every supported major.
+# Versions are pinned to the major (PGDG keeps only the newest minor of each major, so an
+# exact pin would stop building). Their man pages are left out (the base image already
+# leaves out /usr/share/man and translations): ~3.5 MiB per major remain.
+# gnupg is needed only to read the key's fingerprint, and is removed again.
 # tini is PID 1: it forwards SIGTERM to backupd and reaps orphaned children.
-RUN install -d -m 0755 /usr/share/postgresql-common/pgdg \
-    && python3 -c "import urllib.request; urllib.request.urlretrieve('https://www.postgresql.org/media/keys/ACCC4CF8.asc', '/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc')" \
+# (DL3008: hadolint cannot see the "=${major}.*" pins built in the loop.)
+# hadolint ignore=DL3008
+RUN echo 'path-exclude=/usr/share/postgresql/*/man/*' > /etc/dpkg/dpkg.cfg.d/backupd-no-pg-man \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends "gnupg=2.2.*" \
+    && install -d -m 0755 /usr/share/postgresql-common/pgdg \
+    && key=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+    && python3 -c "import sys, urllib.request; urllib.request.urlretrieve('https://www.postgresql.org/media/keys/ACCC4CF8.asc', sys.argv[1])" "$key" \
+    && keys="$(gpg --batch --quiet --show-keys --with-colons "$key")" \
+    && primary="$(awk -F: '$1 == "fpr" { print $10; exit }' <<< "$keys")" \
+    && { { [ "$(grep -c '^pub:' <<< "$keys")" = 1 ] && [ "$primary" = "$PGDG_KEY_FINGERPRINT" ]; } \
+         || { echo "PGDG signing key: fingerprint $primary, expected $PGDG_KEY_FINGERPRINT" >&2; exit 1; }; } \
+    && apt-get purge -y --auto-remove gnupg \
     && . /etc/os-release \
-    && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
+    && echo "deb [signed-by=$key] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
         > /etc/apt/sources.list.d/pgdg.list \
     && apt-get update \
-    && apt-get install -y --no-install-recommends \
-        "postgresql-client-${PG_MAJOR}=${PG_MAJOR}.*" \
-        "tini=0.19.*" \
+    && packages=() \
+    && for major in $PG_CLIENT_MAJORS; do packages+=("postgresql-client-${major}=${major}.*"); done \
+    && apt-get install -y --no-install-recommends "${packages[@]}" "tini=0.19.*" \
     && rm -rf /var/lib/apt/lists/* \
-    && pg_dump --version | grep -q " ${PG_MAJOR}\." \
+    && for major in $PG_CLIENT_MAJORS; do \
+           for tool in pg_dump pg_restore psql; do \
+               "/usr/lib/postgresql/${major}/bin/${tool}" --version | grep -q " ${major}\." || exit 1; \
+           done; \
+       done \
     && groupadd --system --gid 10001 backupd \
     && useradd --system --uid 10001 --gid backupd --home-dir /home/backupd \
         --create-home --shell /usr/sbin/nologin backupd \
     && install -d -m 0700 -o backupd -g backupd /backups
 
+# Python dependencies from the lock file, every file checked against its hash: two builds of
+# one commit install the same versions. Then backupd itself, without resolving anything.
+COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl \
-    && rm -rf /wheels \
+RUN pip install --no-cache-dir --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
+    && pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && rm -rf /wheels /tmp/requirements.lock \
     && backupd version
 
 # A named volume mounted here starts with this directory's owner and mode (backupd, 0700).
@@ -70,8 +97,10 @@ EXPOSE 8080
 USER 10001:10001
 WORKDIR /home/backupd
 
-# `backupd health` asks the running daemon's health endpoint; unhealthy means the last
-# backup failed or is too old, or the daemon is stuck (see docs/operations.md).
+# `backupd health` does not ask the daemon over HTTP: it reads DB_BACKUP_DIR. Unhealthy
+# when the newest verified backup is older than BACKUP_MAX_AGE_HOURS (or there is none),
+# when DRILL_MAX_AGE_DAYS asks for a recent drill and there is none, or when the daemon's
+# state file there has gone stale (the daemon is stuck or gone). See docs/operations.md.
 HEALTHCHECK --interval=60s --timeout=15s --start-period=120s --retries=3 \
     CMD ["backupd", "health"]
 
