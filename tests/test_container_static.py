@@ -1,7 +1,9 @@
 """The Dockerfile and docker-compose.backup.yml, checked without a Docker engine: they parse,
-hold what the sidecar needs (services, volume, secret, health checks, grace period, PID 1,
-non-root user, pg_dump version), and hadolint finds nothing in the Dockerfile. Plus the
-start-up guard the image relies on: a pg_dump older than the server is refused in one line.
+hold what the sidecar needs (services, volume, password, health checks, grace period, PID 1,
+non-root user, one client per PostgreSQL major, the pinned signing key, the lock file), the
+server's major is chosen apart from the sidecar's clients, and hadolint finds nothing in the
+Dockerfile. Plus the first-run password script, run for real, and the start-up guard the image
+relies on: a pg_dump older than the server is refused in one line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_FILE = REPO / "docker-compose.backup.yml"
 ENV_FILE = REPO / "config" / "backupd.env"
+INIT_SECRETS = REPO / "config" / "init-secrets.sh"
+LOCK_FILE = REPO / "requirements.lock"
+SUPPORTED_MAJORS = ["13", "14", "15", "16", "17"]
+# apt.postgresql.org's signing key (ACCC4CF8), as Debian's postgresql-common also ships it.
+PGDG_FINGERPRINT = "B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8"
 
 
 def compose() -> dict[str, Any]:
@@ -81,7 +88,6 @@ def test_compose_has_both_services_wired() -> None:
     sidecar = services["db-backup"]
     assert sidecar["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert sidecar["build"]["context"] == "."
-    assert "PG_MAJOR" in sidecar["build"]["args"]
     env_files = [e["path"] if isinstance(e, dict) else e for e in sidecar["env_file"]]
     assert env_files[0] == "config/backupd.env"
 
@@ -103,11 +109,21 @@ def test_compose_backups_volume() -> None:
     assert env_values()["DB_BACKUP_DIR"] == "/backups"
 
 
-def test_compose_password_is_a_docker_secret() -> None:
+def test_compose_password_comes_from_secrets_init_before_either_service_starts() -> None:
     data = compose()
-    assert data["secrets"]["postgres_password"]["file"] == "config/postgres_password"
-    for service in ("postgres", "db-backup"):
-        assert "postgres_password" in data["services"][service]["secrets"]
+    services = data["services"]
+    init = services["secrets-init"]
+    assert init["entrypoint"] == ["/bin/sh", "/config/init-secrets.sh"]
+    assert "./config:/config:ro" in init["volumes"] and "secrets:/run/secrets" in init["volumes"]
+    assert init["network_mode"] == "none" and init["cap_drop"] == ["ALL"]
+    assert init["image"] == services["postgres"]["image"]  # no extra image to pull
+    for name in ("postgres", "db-backup"):
+        assert services[name]["depends_on"]["secrets-init"]["condition"] == \
+            "service_completed_successfully"
+        assert "secrets:/run/secrets:ro" in services[name]["volumes"]
+    assert "secrets" in data["volumes"]
+    # No file secret: a fresh clone has no config/postgres_password, and `up` must still work.
+    assert "secrets" not in data
     assert env_values()["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     assert env_values()["POSTGRES_PASSWORD"] == ""  # never a password in the env file
     # The real secret stays out of git and out of the image's build context.
@@ -116,6 +132,42 @@ def test_compose_password_is_a_docker_secret() -> None:
     dockerignore = (REPO / ".dockerignore").read_text().split()
     assert dockerignore[dockerignore.index("*") + 1:] and "!config" not in dockerignore
     assert "*" in dockerignore
+
+
+def run_init_secrets(config: Path, volume: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "SOURCE_FILE": str(config / "postgres_password"),
+           "TARGET_DIR": str(volume), "SECRET_OWNER": f"{os.getuid()}:{os.getgid()}"}
+    return subprocess.run(["sh", str(INIT_SECRETS)], env=env, capture_output=True, text=True,
+                          check=False, timeout=30)
+
+
+def test_init_secrets_generates_keeps_and_takes_the_users_password(tmp_path: Path) -> None:
+    config, volume = tmp_path / "config", tmp_path / "volume"
+    config.mkdir()
+    volume.mkdir()
+    secret = volume / "postgres_password"
+
+    first = run_init_secrets(config, volume)  # a fresh clone: no config/postgres_password
+    assert first.returncode == 0, first.stderr
+    generated = secret.read_text()
+    assert len(generated) >= 32 and generated.strip() == generated
+    assert secret.stat().st_mode & 0o777 == 0o440
+    assert generated not in first.stdout + first.stderr  # never printed
+
+    again = run_init_secrets(config, volume)  # the next `up`: the server's password is kept
+    assert again.returncode == 0 and secret.read_text() == generated
+
+    (config / "postgres_password").write_text("mine'\"pw\n")
+    (config / "postgres_password").chmod(0o600)
+    taken = run_init_secrets(config, volume)
+    assert taken.returncode == 0, taken.stderr
+    assert secret.read_text() == "mine'\"pw\n"
+    assert [p.name for p in volume.iterdir()] == ["postgres_password"]  # no temporary left
+
+    (config / "postgres_password").write_text("")
+    empty = run_init_secrets(config, volume)
+    assert empty.returncode == 1 and "is empty" in empty.stderr
+    assert secret.read_text() == "mine'\"pw\n"
 
 
 def test_compose_sidecar_healthcheck_and_health_port() -> None:
@@ -133,15 +185,34 @@ def test_compose_grace_period_outlasts_shutdown() -> None:
     assert duration_seconds(sidecar["stop_grace_period"]) > needed
 
 
-def test_compose_server_and_client_major_agree() -> None:
-    data = compose()
-    server_default = re.search(r"\$\{PG_MAJOR:-(\d+)\}", data["services"]["postgres"]["image"])
-    client_default = re.search(r"\$\{PG_MAJOR:-(\d+)\}",
-                               str(data["services"]["db-backup"]["build"]["args"]["PG_MAJOR"]))
-    dockerfile_default = next(re.fullmatch(r"PG_MAJOR=(\d+)", rest) for keyword, rest
-                              in instructions() if keyword == "ARG" and rest.startswith("PG_MAJOR"))
-    assert server_default and client_default and dockerfile_default
-    assert server_default.group(1) == client_default.group(1) == dockerfile_default.group(1)
+def dockerfile_arg(name: str) -> str:
+    values = [rest.split("=", 1)[1].strip('"') for keyword, rest in final_stage()
+              if keyword == "ARG" and rest.startswith(f"{name}=")]
+    assert len(values) == 1, f"ARG {name} not found once in the final stage"
+    return values[0]
+
+
+def test_compose_server_major_is_chosen_apart_from_the_sidecar() -> None:
+    services = compose()["services"]
+    server = re.fullmatch(r"postgres:\$\{POSTGRES_MAJOR:-(\d+)\}", services["postgres"]["image"])
+    assert server, services["postgres"]["image"]
+    # The sidecar is built without any major: POSTGRES_MAJOR cannot swap its clients, and
+    # the old single PG_MAJOR (server AND pg_dump) is gone.
+    sidecar = services["db-backup"]
+    assert "args" not in sidecar["build"]
+    assert "POSTGRES_MAJOR" not in str(sidecar) and "PG_MAJOR" not in COMPOSE_FILE.read_text()
+    # Whatever server major is picked among the supported ones, the image has its client.
+    assert dockerfile_arg("PG_CLIENT_MAJORS").split() == SUPPORTED_MAJORS
+    assert server.group(1) in SUPPORTED_MAJORS
+
+
+def test_compose_file_says_which_compose_it_needs() -> None:
+    # env_file entries with `required:` arrived in Docker Compose 2.24.0.
+    assert any(isinstance(e, dict) and "required" in e
+               for e in compose()["services"]["db-backup"]["env_file"])
+    header = COMPOSE_FILE.read_text().split("\nname:", 1)[0]
+    assert "Docker Compose v2.24 or newer" in header
+    assert "Docker Compose v2.24" in (REPO / "README.md").read_text()
 
 
 def test_compose_config_is_valid_for_docker_compose(tmp_path: Path) -> None:
@@ -150,31 +221,83 @@ def test_compose_config_is_valid_for_docker_compose(tmp_path: Path) -> None:
                            check=False) if docker else None
     if docker is None or probe is None or probe.returncode != 0:
         pytest.skip("the docker compose plugin is not installed here; the YAML checks above ran")
-    secret = REPO / "config" / "postgres_password"
-    created = not secret.exists()
-    if created:
-        secret.write_text("placeholder\n")
-    try:
-        result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-                                capture_output=True, text=True, check=False, cwd=REPO)
-    finally:
-        if created:
-            secret.unlink()
+    # As on a fresh clone: no config/postgres_password is needed.
+    result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+                            capture_output=True, text=True, check=False, cwd=REPO)
     assert result.returncode == 0, result.stderr
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------
 
 
-def test_dockerfile_base_and_pg_client() -> None:
+def test_dockerfile_base_and_one_client_per_major() -> None:
     steps = instructions()
     text = DOCKERFILE.read_text()
     assert ("ARG", "PYTHON_IMAGE=python:3.11-slim-bookworm") in steps
-    assert ("ARG", "PG_MAJOR=16") in final_stage()
+    assert dockerfile_arg("PG_CLIENT_MAJORS").split() == SUPPORTED_MAJORS
     assert "apt.postgresql.org" in text
-    assert re.search(r"postgresql-client-\$\{PG_MAJOR\}", text)
-    # The image refuses to build when the installed pg_dump is not PG_MAJOR's.
-    assert re.search(r"pg_dump --version \| grep -q", text)
+    assert 'packages+=("postgresql-client-${major}=${major}.*")' in text
+    # The build fails unless each major's own pg_dump, pg_restore and psql are in place.
+    assert "for tool in pg_dump pg_restore psql" in text
+    assert re.search(r'"/usr/lib/postgresql/\$\{major\}/bin/\$\{tool\}" --version \| grep -q', text)
+    # No versioned directory on PATH: backupd chooses per server (backupd/pgclients.py).
+    env = " ".join(rest for keyword, rest in final_stage() if keyword == "ENV")
+    assert "/usr/lib/postgresql" not in env
+    assert "PG_MAJOR" not in text
+
+
+def test_dockerfile_pins_the_pgdg_signing_key_by_fingerprint() -> None:
+    assert dockerfile_arg("PGDG_KEY_FINGERPRINT") == PGDG_FINGERPRINT
+    run = " ".join(rest for keyword, rest in final_stage()
+                   if keyword == "RUN" and "apt.postgresql.org" in rest)
+    # The fingerprint is read from the downloaded key and compared before apt trusts it.
+    assert "gpg --batch --quiet --show-keys --with-colons" in run
+    assert '[ "$primary" = "$PGDG_KEY_FINGERPRINT" ]' in run
+    assert run.index("PGDG_KEY_FINGERPRINT") < run.index("sources.list.d/pgdg.list")
+    assert "apt-get purge -y --auto-remove gnupg" in run
+
+
+def test_the_pinned_fingerprint_is_the_repositorys_key() -> None:
+    # Debian's postgresql-common (signed by Debian) ships the same key: compare where we can.
+    key = Path("/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc")
+    if not key.is_file() or shutil.which("gpg") is None:
+        pytest.skip("no local copy of the PGDG key (postgresql-common) or no gpg")
+    listing = subprocess.run(["gpg", "--batch", "--quiet", "--show-keys", "--with-colons",
+                              str(key)], capture_output=True, text=True, check=True).stdout
+    fingerprints = [line.split(":")[9] for line in listing.splitlines()
+                    if line.startswith("fpr:")]
+    assert fingerprints[0] == PGDG_FINGERPRINT
+
+
+def locked() -> dict[str, str]:
+    """package name -> the whole requirement block of the lock file."""
+    blocks: dict[str, str] = {}
+    for block in re.split(r"\n(?=[a-z0-9])", LOCK_FILE.read_text()):
+        match = re.match(r"([a-z0-9][a-z0-9._-]*)==", block)
+        if match:
+            blocks[match.group(1)] = block
+    return blocks
+
+
+def test_image_installs_python_dependencies_from_the_lock_file_only() -> None:
+    runs = [rest for keyword, rest in final_stage() if keyword == "RUN" and "pip " in rest]
+    assert any("--require-hashes" in r and "-r /tmp/requirements.lock" in r for r in runs)
+    # backupd's own wheel goes in without resolving anything else.
+    assert any("--no-deps /wheels/" in r for r in runs)
+    assert ("COPY", "requirements.lock /tmp/requirements.lock") in final_stage()
+    assert "!requirements.lock" in (REPO / ".dockerignore").read_text().split()
+
+
+def test_lock_file_pins_every_dependency_with_hashes() -> None:
+    import tomllib
+
+    blocks = locked()
+    for name, block in blocks.items():
+        assert re.match(rf"{re.escape(name)}==[^\s;]+", block) and "--hash=sha256:" in block, name
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in declared:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in blocks, f"{name} is a dependency but not in requirements.lock"
 
 
 def test_dockerfile_runs_the_daemon_as_pid1_under_tini_as_non_root() -> None:
@@ -227,8 +350,8 @@ def test_older_pg_dump_is_refused_in_one_line(
     tmp_path: Path, make_db: Callable[..., str], backupd_env: Callable[..., dict[str, str]],
     backup_dir: Path,
 ) -> None:
-    # A real executable that reports an ancient version, first on PATH: what an image
-    # built with too small a PG_MAJOR looks like from backupd's side.
+    # A real executable that reports an ancient version, first on PATH: what a machine whose
+    # only client is too old looks like from backupd's side.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pg_dump"
@@ -241,5 +364,5 @@ def test_older_pg_dump_is_refused_in_one_line(
     lines = [line for line in result.stderr.splitlines() if line.startswith("backupd: error:")]
     assert len(lines) == 1, result.stderr
     assert "pg_dump 9.6 is older than the server" in lines[0]
-    assert "PG_MAJOR" in lines[0]
+    assert "install postgresql-client-" in lines[0]
     assert not [p for p in backup_dir.glob("*") if ".sql" in p.name or ".dump" in p.name]

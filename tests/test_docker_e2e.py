@@ -48,9 +48,10 @@ def docker_unavailable() -> str | None:
 
 
 class Stack:
-    def __init__(self, compose: object, base_command: list[str]) -> None:
+    def __init__(self, compose: object, base_command: list[str], secret: Path) -> None:
         self.compose = compose
         self.base = base_command
+        self.secret = secret
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.base, *args], capture_output=True, text=True, check=False,
@@ -78,35 +79,36 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         pytest.skip(reason)
     from testcontainers.compose import DockerCompose
 
-    # A password with shell- and URL-hostile characters, as a Docker secret readable by the
-    # image's uid 10001 (compose bind-mounts file secrets with the host file's mode).
+    # A password with shell- and URL-hostile characters, in the place of config/postgres_password
+    # (mode 0600: secrets-init must read it whatever its mode).
     secret = tmp_path / "postgres_password"
     secret.write_text("e2e'p\"w:d " + secrets.token_hex(8) + "\n")
-    secret.chmod(0o644)
+    secret.chmod(0o600)
     seed = tmp_path / "seed.sql"
     seed.write_text(
         "CREATE TABLE e2e_seed (id integer PRIMARY KEY, note text NOT NULL);\n"
         f"INSERT INTO e2e_seed SELECT i, 'row ' || i FROM generate_series(1, {SEED_ROWS}) i;\n"
     )
     seed.chmod(0o644)
-    # The repository's compose file unchanged, plus: the test's secret, and seed data loaded
-    # by the postgres image's init hook so that the very first backup holds rows.
+    # The repository's compose file unchanged, plus: the test's password where secrets-init
+    # looks for config/postgres_password, and seed data loaded by the postgres image's init
+    # hook so that the very first backup holds rows.
     override = tmp_path / "override.yml"
     override.write_text(
         "services:\n"
+        "  secrets-init:\n"
+        "    volumes:\n"
+        f"      - {secret}:/config/postgres_password:ro\n"
         "  postgres:\n"
         "    volumes:\n"
         f"      - {seed}:/docker-entrypoint-initdb.d/10-seed.sql:ro\n"
-        "secrets:\n"
-        "  postgres_password:\n"
-        f"    file: {secret}\n"
     )
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", f"backupd-e2e-{secrets.token_hex(4)}")
     compose = DockerCompose(REPO, compose_file_name=[COMPOSE_FILE, str(override)], build=True,
                             wait=False, keep_volumes=False)
     try:
         compose.start()
-        yield Stack(compose, compose.compose_command_property)
+        yield Stack(compose, compose.compose_command_property, secret)
     finally:
         compose.stop(down=True)  # `down -v`: the test's volumes go too
 
@@ -131,6 +133,15 @@ def test_compose_stack_backs_up_on_start_and_restores_one_off(stack: Stack) -> N
 
     log = stack.sidecar("cat", "/backups/backup_log.txt")
     assert log.returncode == 0 and "backup success" in log.stdout, log.stdout + log.stderr
+
+    # The password secrets-init put in place is the test's, readable by the sidecar only.
+    assert stack.sidecar("cat", "/run/secrets/postgres_password").stdout == \
+        stack.secret.read_text()
+    # The sidecar runs the client of the server's major (the image carries 13 to 17).
+    server_major = stack.psql("postgres", "SHOW server_version_num")[:-4]
+    status = json.loads(stack.sidecar("backupd", "status", "--json").stdout)
+    assert status["postgres_client"]["pg_dump_dir"] == f"/usr/lib/postgresql/{server_major}/bin"
+    assert status["postgres_client"]["installed_majors"] == [13, 14, 15, 16, 17]
 
     # 2. The container: the daemon under tini as PID 1, as the non-root user.
     assert stack.sidecar("id", "-u").stdout.strip() == "10001"
