@@ -5,7 +5,7 @@ The clone's tests run with the current interpreter (its installed dependencies) 
 the clone, so ``python -m pytest`` and every ``python -m backupd`` they start import the
 clone's code (the working directory comes first on sys.path), and the fixture is the clone's
 own tests/fixtures/certificates.sql. A file the project needs but never committed, or a path
-reaching outside the repository (../shared), fails here.
+reaching outside the repository (a sibling directory), fails here.
 """
 
 from __future__ import annotations
