@@ -20,6 +20,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 # Each command imports its own module when it runs: a `backupd list` should not pay for
 # boto3, slack_sdk or prometheus_client (start-up time and memory are per invocation).
 from backupd import __version__
+from backupd.daemon.state import ResultRecorder
 from backupd.errors import BackupdError, ConfigError
 from backupd.job import JobContext, run_job
 from backupd.log import configure_logging, logs_are_json, redact
@@ -71,7 +72,8 @@ def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
 def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) -> JobResult:
     # On a terminal the CLI's own summary (or error) line reports the result; machines
     # reading JSON logs still get the structured "job finished" record.
-    chain = build_chain(settings, log_results=logs_are_json(settings.log_format))
+    chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
+                        recorder=ResultRecorder(settings.backup_dir))
     return run_job(job, settings, body, chain)
 
 

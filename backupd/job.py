@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from backupd.cancel import CancelToken
@@ -48,9 +49,13 @@ def run_job(
     body: JobBody,
     chain: NotifierChain,
     cancel: CancelToken | None = None,
+    *,
+    scheduled_for: datetime | None = None,
 ) -> JobResult:
-    """Run ``body``; whatever happens, finish the result and deliver it."""
-    result = JobResult(job=job, database=settings.postgres_db)
+    """Run ``body``; whatever happens, finish the result and deliver it.
+
+    ``scheduled_for``: the schedule slot a daemon run stands for."""
+    result = JobResult(job=job, database=settings.postgres_db, scheduled_for=scheduled_for)
     context = JobContext(settings, result, cancel or CancelToken())
     try:
         body(context)

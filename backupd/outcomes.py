@@ -55,6 +55,8 @@ class BackupOutcome(_Model):
     kind: Literal["backup"] = "backup"
     verify: FileReport | None = None
     upload: UploadReport | None = None
+    # The retention sweep ran after this backup (no RETENTION_SCHEDULE, no --no-prune).
+    retention_ran: bool = False
 
 
 class UploadOutcome(_Model):

@@ -114,7 +114,8 @@ def test_sigterm_mid_dump_exits_in_time_and_leaves_no_backup(
     # The cancellation was reported, not swallowed.
     results = finished(daemon)
     assert [r["status"] for r in results] == ["cancelled"]
-    assert read_state(backup_dir).jobs["backup"].last_result["status"] == "cancelled"  # type: ignore[index]
+    last = read_state(backup_dir).jobs["backup"].last_result
+    assert last is not None and last.status == "cancelled"
     assert "backup cancelled" in (backup_dir / "backup_log.txt").read_text()
 
 

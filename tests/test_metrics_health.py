@@ -21,10 +21,10 @@ from helpers.cluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from backupd.commands import backup as backup_cmd
+from backupd.daemon.health import evaluate, longest_gap, max_backup_age
 from backupd.daemon.http import start_http_server
 from backupd.daemon.state import STATE_FILE
 from backupd.errors import ConfigError
-from backupd.health import evaluate, longest_gap, max_backup_age
 from backupd.job import run_job
 from backupd.notify import build_chain
 from backupd.notify.metrics import BackupdMetrics, MetricsNotifier

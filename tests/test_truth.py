@@ -7,6 +7,7 @@ is labelled with the tool it came from.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -245,3 +246,41 @@ def test_wrong_password_names_the_password_settings(
                              POSTGRES_PASSWORD="certainly-not-the-password")
     assert "POSTGRES_PASSWORD" in message and "POSTGRES_PASSWORD_FILE" in message, message
     assert "certainly-not-the-password" not in message
+
+
+# --- status shows one-off runs, and retention as it really runs -----------------------------------
+
+
+def test_status_shows_one_off_backup_and_drill_and_retention_after_every_backup(
+    env: dict[str, str],
+) -> None:
+    assert run_backupd(["backup"], env).returncode == 0  # retention runs after it
+    assert run_backupd(["drill"], env).returncode == 0
+
+    text = run_backupd(["status"], env)
+    data = json.loads(run_backupd(["status", "--json"], env).stdout)
+
+    assert text.returncode == 0, text.stderr
+    jobs = {job["job"]: job for job in data["jobs"]}
+    assert jobs["backup"]["last_result"]["status"] == "success"
+    assert jobs["drill"]["last_result"]["status"] == "success"
+    assert jobs["prune"]["runs"] == "after every backup"
+    assert jobs["prune"]["with_backup"]["status"] == "success"
+    lines = text.stdout.splitlines()
+    backup_at = next(i for i, line in enumerate(lines) if line.startswith("  backup "))
+    drill_at = next(i for i, line in enumerate(lines) if line.startswith("  drill "))
+    assert lines[backup_at + 1].strip().startswith("last: success"), text.stdout
+    assert lines[drill_at + 1].strip().startswith("last: success"), text.stdout
+    assert "never ran" not in "\n".join(lines[backup_at:backup_at + 2])
+    assert "  prune   after every backup (RETENTION_SCHEDULE not set)" in lines, text.stdout
+    assert "prune   off" not in text.stdout
+
+
+def test_bad_input_is_not_recorded_as_a_run(env: dict[str, str]) -> None:
+    take_backup(env)
+    assert run_backupd(["verify", "no-such-backup.sql.gz"], env).returncode == 2
+
+    data = json.loads(run_backupd(["status", "--json"], env).stdout)
+
+    verify = next(job for job in data["jobs"] if job["job"] == "verify")
+    assert verify["last_result"] is None

@@ -127,6 +127,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         # second read of the largest, newest file on every run.
         ctx.result.deleted = prune.sweep(ctx, store, already_proven={name})
         ctx.result.deleted += offsite.sweep_remote(ctx, s3)
+        facts.retention_ran = True
 
 
 def _count_rows(settings: Settings) -> dict[str, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from backupd.health import HealthReport, evaluate, read_daemon_state
+from backupd.daemon.health import HealthReport, evaluate, read_daemon_state
 from backupd.log import redact
 from backupd.settings import Settings
 from backupd.storage.local import LocalStore

@@ -12,7 +12,6 @@ notifiers, and exits 0 (1 if a job could not be stopped in time).
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -21,7 +20,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from backupd.daemon.scheduler import Daemon, load_schedules
+from backupd.commands.jobs import scheduled_jobs
+from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
 from backupd.errors import JobFailed, JobSkipped
 from backupd.log import get_logger
@@ -30,7 +30,6 @@ from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
 from backupd.settings import Settings
 from backupd.storage.local import LocalStore
 
-HTTP_MODULE = "backupd.daemon.http"
 POLL_SECONDS = 0.2
 
 
@@ -48,14 +47,14 @@ class _StopFlag:
 
 def run(settings: Settings) -> int:
     log = get_logger()
-    jobs = load_schedules(settings)  # ConfigError: one line, exit 2
+    jobs = scheduled_jobs(settings)  # ConfigError: one line, exit 2
     store = LocalStore(settings.backup_dir)
     store.prepare()
     _check_server(settings)
     _remove_leftovers(settings, store)
 
     state = DaemonState(settings.backup_dir)
-    daemon = Daemon(settings, jobs, build_chain(settings), state)
+    daemon = Daemon(settings, jobs, build_chain(settings, recorder=state), state)
     stop_http = _start_http(settings, state)  # a taken HEALTH_PORT is exit 2, here
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -131,15 +130,10 @@ def _remove_leftovers(settings: Settings, store: LocalStore) -> None:
 def _start_http(settings: Settings, state: DaemonState) -> Callable[[], Any] | None:
     if settings.health_port == 0:
         return None
-    try:
-        module = importlib.import_module(HTTP_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != HTTP_MODULE:
-            raise
-        get_logger().info("health/metrics server not part of this build; HEALTH_PORT ignored")
-        return None
-    stopper: Callable[[], Any] = module.start_http_server(settings, state)
-    return stopper
+    # Imported only when asked for: it loads prometheus_client.
+    from backupd.daemon.http import start_http_server
+
+    return start_http_server(settings, state)
 
 
 def _call_quietly(function: Callable[[], Any]) -> None:

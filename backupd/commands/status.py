@@ -2,157 +2,264 @@
 
 Reads the daemon's state file and the backup directory, so it works from another
 process (``docker exec``) and also when no daemon runs. Next run times come from
-the running daemon when there is one, else from the schedule settings.
+the running daemon when there is one, else from the schedule settings. The last
+result of every job kind is shown however it ran: by the daemon or as a one-off
+command (both record it in the state file).
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, field_serializer
 
 from backupd import pgclients
 from backupd.commands.health import check as health_check
-from backupd.daemon.scheduler import job_table, load_schedules
-from backupd.daemon.state import StateFile, iso_utc, read_state
+from backupd.commands.jobs import job_table, scheduled_jobs
+from backupd.daemon.health import HealthReport
+from backupd.daemon.scheduler import ScheduledJob
+from backupd.daemon.state import RECORDED_JOBS, StateFile, iso_utc, read_state
 from backupd.log import redact
-from backupd.result import human_bytes, human_duration
+from backupd.outcomes import BackupOutcome
+from backupd.result import JobResult, UtcDateTime, human_bytes, human_duration
 from backupd.settings import Settings
 from backupd.storage.base import latest_upload
 from backupd.storage.local import LocalStore
 
+# How a job comes to run: its own schedule; retention without RETENTION_SCHEDULE runs
+# inside every backup; "off" jobs (and upload) run only when a person runs the command.
+Runs = Literal["on schedule", "after every backup", "one-off only"]
 
-def collect(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """Everything ``status`` shows, as JSON-ready data."""
+
+class ResultBrief(BaseModel):
+    status: str
+    started_at: UtcDateTime
+    finished_at: UtcDateTime | None = None
+    duration_seconds: float | None = None
+    backup_name: str | None = None
+    size_bytes: int | None = None
+    error: str | None = None
+    warnings: list[str] = []
+    deleted: int = 0  # backups retention deleted in this run
+
+    @classmethod
+    def of(cls, result: JobResult | None) -> ResultBrief | None:
+        if result is None:
+            return None
+        return cls(status=result.status.value, started_at=result.started_at,
+                   finished_at=result.finished_at, duration_seconds=result.duration_seconds,
+                   backup_name=result.backup_name, size_bytes=result.size_bytes,
+                   error=result.error, warnings=result.warnings, deleted=len(result.deleted))
+
+    def describe(self) -> str:
+        text = f"{self.status} at {iso_utc(self.finished_at or self.started_at)}"
+        if self.backup_name:
+            text += f" {self.backup_name}"
+        if self.error:
+            text += f": {self.error}"
+        return text
+
+
+class JobStatus(BaseModel):
+    job: str
+    setting: str | None
+    runs: Runs
+    schedule: str | None
+    next_run: UtcDateTime | None
+    running_since: UtcDateTime | None
+    last_result: ResultBrief | None
+    last_outcome: ResultBrief | None
+    # Retention without its own schedule: the last backup that ran it.
+    with_backup: ResultBrief | None = None
+
+
+class DaemonInstance(BaseModel):
+    host: str
+    pid: int
+    started_at: UtcDateTime
+    updated_at: UtcDateTime
+
+
+class DaemonStatus(BaseModel):
+    running: bool
+    instances: list[DaemonInstance]
+
+
+class NewestBackup(BaseModel):
+    name: str
+    taken_at: UtcDateTime
+    age_seconds: int
+    size_bytes: int
+
+
+class OffsiteStatus(BaseModel):
+    bucket: str
+    prefix: str
+    last_upload: UtcDateTime | None
+    pending_uploads: int
+
+
+class StatusReport(BaseModel):
+    database: str
+    timezone: str
+    daemon: DaemonStatus
+    jobs: list[JobStatus]
+    newest_verified_backup: NewestBackup | None
+    backups: int
+    offsite: OffsiteStatus | None
+    health: HealthReport
+    postgres_client: pgclients.ClientReport
+
+    @field_serializer("health")
+    def _health_as_the_health_command_prints_it(self, health: HealthReport) -> dict[str, Any]:
+        return health.to_dict()
+
+    @field_serializer("postgres_client")
+    def _client_report(self, client: pgclients.ClientReport) -> dict[str, object]:
+        return client.to_dict()
+
+
+def collect(settings: Settings, now: datetime | None = None) -> StatusReport:
+    """Everything ``status`` shows."""
     now = now or datetime.now(UTC)
-    scheduled = {job.spec.name: job for job in load_schedules(settings)}
+    scheduled = {job.spec.name: job for job in scheduled_jobs(settings)}
     state = read_state(settings.backup_dir)
     daemons = state.alive_daemons(now)
-    jobs = []
-    for spec in job_table(settings):
-        job = scheduled.get(spec.name)
-        record = state.jobs.get(spec.name)
-        jobs.append({
-            "job": spec.name,
-            "setting": spec.setting,
-            "schedule": job.schedule.expression if job else None,
-            "next_run": iso_utc(_next_run(spec.name, state, now, job)) if job else None,
-            "running_since": _running_since(spec.name, state, now),
-            "last_result": _brief(record.last_result) if record else None,
-            "last_outcome": _brief(record.last_outcome) if record else None,
-        })
+    names = [spec.name for spec in job_table()]
+    settings_of = {spec.name: spec.setting for spec in job_table()}
+    # Kinds the daemon never schedules (upload) appear once a one-off run recorded them.
+    names += sorted(name for name in state.jobs if name in RECORDED_JOBS and name not in names)
+    jobs = [_job_status(name, settings_of.get(name), scheduled.get(name), state, settings, now)
+            for name in names]
     entries = LocalStore(settings.backup_dir).list_backups(settings.postgres_db)
     newest = next((e for e in entries if e.verified), None)
-    return {
-        "database": settings.postgres_db,
-        "timezone": settings.timezone,
-        "daemon": {
-            "running": bool(daemons),
-            "instances": [{"host": d.host, "pid": d.pid, "started_at": iso_utc(d.started_at),
-                           "updated_at": iso_utc(d.updated_at)} for d in daemons],
-        },
-        "jobs": jobs,
-        "newest_verified_backup": None if newest is None else {
-            "name": newest.name,
-            "taken_at": iso_utc(newest.parsed.taken_at),
-            "age_seconds": int((now - newest.parsed.taken_at).total_seconds()),
-            "size_bytes": newest.size,
-        },
-        "backups": len(entries),
-        "offsite": None if not settings.s3_bucket else {
-            "bucket": settings.s3_bucket,
-            "prefix": settings.s3_prefix,
-            "last_upload": iso_utc(latest_upload(entries)),
-            "pending_uploads": sum(1 for e in entries if e.awaiting_upload),
-        },
-        "health": health_check(settings).to_dict(),
-        "postgres_client": pgclients.report(
-            newest.manifest.server_version if newest and newest.manifest else None).to_dict(),
-    }
+    return StatusReport(
+        database=settings.postgres_db,
+        timezone=settings.timezone,
+        daemon=DaemonStatus(running=bool(daemons), instances=[
+            DaemonInstance(host=d.host, pid=d.pid, started_at=d.started_at,
+                           updated_at=d.updated_at) for d in daemons]),
+        jobs=jobs,
+        newest_verified_backup=None if newest is None else NewestBackup(
+            name=newest.name, taken_at=newest.parsed.taken_at,
+            age_seconds=int((now - newest.parsed.taken_at).total_seconds()),
+            size_bytes=newest.size),
+        backups=len(entries),
+        offsite=None if not settings.s3_bucket else OffsiteStatus(
+            bucket=settings.s3_bucket, prefix=settings.s3_prefix,
+            last_upload=latest_upload(entries),
+            pending_uploads=sum(1 for e in entries if e.awaiting_upload)),
+        health=health_check(settings),
+        postgres_client=pgclients.report(
+            newest.manifest.server_version if newest and newest.manifest else None),
+    )
 
 
-def render_text(data: dict[str, Any]) -> str:
-    lines = [f"database: {data['database']!r}"]
-    daemon = data["daemon"]
-    if daemon["running"]:
-        for item in daemon["instances"]:
-            lines.append(f"daemon: running on {item['host']} (pid {item['pid']}) "
-                         f"since {item['started_at']}")
+def _job_status(name: str, setting: str | None, job: ScheduledJob | None, state: StateFile,
+                settings: Settings, now: datetime) -> JobStatus:
+    record = state.jobs.get(name)
+    runs: Runs = "on schedule" if job is not None else "one-off only"
+    with_backup = None
+    if name == "prune" and job is None:
+        # Without its own schedule, retention is part of every backup (backup.py).
+        runs = "after every backup"
+        with_backup = _last_sweep(state)
+    return JobStatus(
+        job=name, setting=setting, runs=runs,
+        schedule=job.schedule.expression if job else None,
+        next_run=_next_run(name, state, now, job) if job else None,
+        running_since=_running_since(name, state, now),
+        last_result=ResultBrief.of(record.last_result if record else None),
+        last_outcome=ResultBrief.of(record.last_outcome if record else None),
+        with_backup=with_backup,
+    )
+
+
+def render_text(report: StatusReport) -> str:
+    lines = [f"database: {report.database!r}"]
+    if report.daemon.running:
+        for item in report.daemon.instances:
+            lines.append(f"daemon: running on {item.host} (pid {item.pid}) "
+                         f"since {iso_utc(item.started_at)}")
     else:
         lines.append("daemon: not running (no recent heartbeat in the state file)")
-    lines.append(f"schedules (TZ={data['timezone']}):")
-    for job in data["jobs"]:
-        if job["schedule"] is None:
-            lines.append(f"  {job['job']:<7} off ({job['setting']} not set)")
-            continue
-        lines.append(f"  {job['job']:<7} {job['schedule']:<16} next {job['next_run'] or '-'}")
-        if job["running_since"]:
-            lines.append(f"          running since {job['running_since']}")
-        last, outcome = job["last_result"], job["last_outcome"]
-        if last is None:
-            lines.append("          last: never ran")
-        else:
-            lines.append(f"          last: {_describe(last)}")
-            if outcome is not None and outcome != last:
-                lines.append(f"          last outcome: {_describe(outcome)}")
-    newest = data["newest_verified_backup"]
+    lines.append(f"schedules (TZ={report.timezone}):")
+    for job in report.jobs:
+        lines += _job_lines(job)
+    newest = report.newest_verified_backup
     if newest is None:
-        lines.append(f"newest verified backup: none ({data['backups']} backups in total)")
+        lines.append(f"newest verified backup: none ({report.backups} backups in total)")
     else:
-        lines.append(f"newest verified backup: {newest['name']} "
-                     f"({human_bytes(newest['size_bytes'])}, "
-                     f"{human_duration(newest['age_seconds'])} old)")
-    offsite = data["offsite"]
+        lines.append(f"newest verified backup: {newest.name} "
+                     f"({human_bytes(newest.size_bytes)}, "
+                     f"{human_duration(newest.age_seconds)} old)")
+    offsite = report.offsite
     if offsite is None:
         lines.append("offsite: off (DB_BACKUP_S3_BUCKET not set)")
     else:
-        lines.append(f"offsite: s3://{offsite['bucket']}/{offsite['prefix']} last upload "
-                     f"{offsite['last_upload'] or 'never'}, "
-                     f"{offsite['pending_uploads']} pending upload(s)")
-    lines.append(data["postgres_client"]["summary"])
-    health = data["health"]
-    lines.append("health: " + ("ok" if health["ok"] else "UNHEALTHY"))
-    lines.extend(f"  - {reason}" for reason in health["reasons"])
+        lines.append(f"offsite: s3://{offsite.bucket}/{offsite.prefix} last upload "
+                     f"{iso_utc(offsite.last_upload) or 'never'}, "
+                     f"{offsite.pending_uploads} pending upload(s)")
+    lines.append(report.postgres_client.line())
+    health = report.health
+    lines.append("health: " + ("ok" if health.ok else "UNHEALTHY"))
+    lines.extend(f"  - {reason}" for reason in health.reasons)
     return redact("\n".join(lines)) + "\n"
 
 
+def _job_lines(job: JobStatus) -> list[str]:
+    if job.runs == "on schedule":
+        lines = [f"  {job.job:<7} {job.schedule:<16} next {iso_utc(job.next_run) or '-'}"]
+    elif job.runs == "after every backup":
+        lines = [f"  {job.job:<7} after every backup ({job.setting} not set)"]
+    elif job.setting is not None:
+        lines = [f"  {job.job:<7} off ({job.setting} not set)"]
+    else:
+        lines = [f"  {job.job:<7} one-off only (`backupd {job.job}`)"]
+    if job.running_since:
+        lines.append(f"          running since {iso_utc(job.running_since)}")
+    last, outcome = job.last_result, job.last_outcome
+    if job.with_backup is not None:
+        lines.append(f"          last with a backup: {job.with_backup.describe()}, "
+                     f"deleted {job.with_backup.deleted}")
+    if last is None:
+        alone = "never ran on its own" if job.with_backup else "never ran"
+        lines.append(f"          last: {alone}")
+    else:
+        lines.append(f"          last: {last.describe()}")
+        if outcome is not None and outcome != last:
+            lines.append(f"          last outcome: {outcome.describe()}")
+    return lines
+
+
+def _last_sweep(state: StateFile) -> ResultBrief | None:
+    """The last backup that ran the retention sweep (a successful one)."""
+    record = state.jobs.get("backup")
+    backup = record.last_outcome if record else None
+    if backup is None or not backup.ok or not isinstance(backup.outcome, BackupOutcome) \
+            or not backup.outcome.retention_ran:
+        return None
+    return ResultBrief.of(backup)
+
+
 def run(settings: Settings, *, as_json: bool = False) -> int:
-    data = collect(settings)
-    text = json.dumps(data, indent=2) + "\n" if as_json else render_text(data)
+    report = collect(settings)
+    text = report.model_dump_json(indent=2) + "\n" if as_json else render_text(report)
     print(redact(text), end="")
     return 0
 
 
-def _next_run(name: str, state: StateFile, now: datetime, job: Any) -> datetime | None:
+def _next_run(name: str, state: StateFile, now: datetime, job: ScheduledJob) -> datetime | None:
     # The daemon's own view wins (it includes a pending catch-up run), unless it has
     # passed since the daemon last wrote it: then the schedule knows better.
     for daemon in state.alive_daemons(now):
         when = daemon.next_runs.get(name)
         if when is not None and when > now:
             return when
-    result: datetime | None = job.schedule.next_at_or_after(now)
-    return result
+    return job.schedule.next_at_or_after(now)
 
 
-def _running_since(name: str, state: StateFile, now: datetime) -> str | None:
+def _running_since(name: str, state: StateFile, now: datetime) -> datetime | None:
     starts = [d.running[name] for d in state.alive_daemons(now) if name in d.running]
-    return iso_utc(min(starts)) if starts else None
-
-
-def _brief(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    keys = ("status", "started_at", "finished_at", "duration_seconds", "backup_name",
-            "size_bytes", "error", "warnings")
-    return {key: result.get(key) for key in keys}
-
-
-def _describe(result: dict[str, Any]) -> str:
-    text = f"{result['status']} at {result.get('finished_at') or result.get('started_at')}"
-    if result.get("backup_name"):
-        text += f" {result['backup_name']}"
-    if result.get("error"):
-        text += f": {result['error']}"
-    return text
-
-
+    return min(starts) if starts else None

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from backupd.daemon.health import DrillRecord, evaluate
 from backupd.errors import ConfigError
-from backupd.health import DrillRecord, evaluate
 from backupd.log import get_logger, redact
 from backupd.notify.metrics import BackupdMetrics, shared_metrics
 from backupd.result import JobResult, Status

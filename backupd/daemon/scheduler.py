@@ -1,4 +1,4 @@
-"""The daemon's scheduler: one table of jobs, APScheduler 3 to fire them, every run reported.
+"""The daemon's scheduler: the jobs it is given, APScheduler 3 to fire them, every run reported.
 
 Every run, whether scheduled, caught up after a restart or started at boot, goes
 through :func:`backupd.job.run_job`, so it ends in one JobResult delivered to the
@@ -9,7 +9,6 @@ because the previous run is still going) get a result too: nothing is silent.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import threading
 import time
 from collections.abc import Callable
@@ -28,23 +27,17 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from backupd.cancel import CancelToken
-from backupd.commands import backup as backup_cmd
-from backupd.commands import prune as prune_cmd
-from backupd.commands import verify as verify_cmd
 from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
 from backupd.daemon.state import DaemonState
-from backupd.errors import JobFailed
 from backupd.job import JobContext, run_job, skipped_result
 from backupd.log import get_logger
 from backupd.notify.base import NotifierChain
-from backupd.pg import advisory_lock
 from backupd.result import JobResult, Status
 from backupd.settings import ENV_NAMES, Settings
 from backupd.storage.local import LocalStore
 
 # A job body gets the schedule slot the run stands for (None when there is none).
 SlotBody = Callable[[JobContext, datetime | None], None]
-DRILL_MODULE = "backupd.commands.drill"
 
 
 @dataclass(frozen=True)
@@ -58,37 +51,17 @@ class JobSpec:
         return ENV_NAMES[self.field]
 
 
-def job_table(settings: Settings) -> list[JobSpec]:
-    """Every job the daemon can schedule. Disabled ones are filtered by the caller."""
-    specs = [
-        # The backup body skips if the slot's backup already exists: replicas that
-        # fire the same slot produce exactly one backup between them.
-        JobSpec("backup", "backup_schedule",
-                lambda ctx, slot: backup_cmd.run(ctx, apply_retention=True, not_before=slot)),
-        JobSpec("verify", "verify_schedule",
-                _locked("verify", lambda ctx: _discard(verify_cmd.run(ctx, [])), needs_db=False)),
-        JobSpec("prune", "retention_schedule",
-                _locked("prune", lambda ctx: prune_cmd.run(ctx), needs_db=False)),
-    ]
-    if importlib.util.find_spec(DRILL_MODULE) is not None:
-        specs.append(JobSpec("drill", "drill_schedule", _locked("drill", _run_drill,
-                                                                 needs_db=True)))
-    elif settings.drill_schedule:
-        get_logger().info("restore drills are not part of this build; DRILL_SCHEDULE ignored")
-    return specs
-
-
 @dataclass(frozen=True)
 class ScheduledJob:
     spec: JobSpec
     schedule: CronSchedule
 
 
-def load_schedules(settings: Settings) -> list[ScheduledJob]:
+def load_schedules(settings: Settings, specs: list[JobSpec]) -> list[ScheduledJob]:
     """Parse every enabled job's schedule; a bad expression or zone is a ConfigError."""
     zone = parse_zone(settings.timezone, "TZ")
     jobs = []
-    for spec in job_table(settings):
+    for spec in specs:
         expression = getattr(settings, spec.field)
         if expression:
             schedule = parse_cron(expression, spec.setting, zone,
@@ -205,9 +178,9 @@ class Daemon:
             slot = job.schedule.previous_at_or_before(datetime.now(UTC))
             self.log.info("job starting", job=name, slot=slot.isoformat() if slot else None)
             self.state.job_started(name)
-            result = run_job(name, self.settings, lambda ctx: job.spec.body(ctx, slot),
-                             self.chain, token)
-            self.state.record(result, slot)
+            # The chain's recorder (DaemonState) writes the result and the slot it handled.
+            run_job(name, self.settings, lambda ctx: job.spec.body(ctx, slot), self.chain,
+                    token, scheduled_for=slot)
         finally:
             with self._cond:
                 self._active.pop(name, None)
@@ -245,8 +218,7 @@ class Daemon:
         result = skipped_result(name, self.settings, status, reason)
         result.scheduled_for = due
         self.log.warning("job run not started", job=name, status=status.value, reason=reason)
-        self.chain.deliver(result)
-        self.state.record(result, due)
+        self.chain.deliver(result)  # its recorder (DaemonState) records the slot as handled
         return result
 
     # --- stopping -------------------------------------------------------------------------
@@ -272,34 +244,6 @@ class Daemon:
     def running_jobs(self) -> list[str]:
         with self._cond:
             return sorted(self._active)
-
-
-def _locked(purpose: str, body: Callable[[JobContext], None], *, needs_db: bool) -> SlotBody:
-    """Run ``body`` under an advisory lock of its own, so replicas never run it twice at once.
-
-    Jobs that only read DB_BACKUP_DIR (verify, prune) still run, with a warning, when
-    the database is unreachable: that is when a good backup matters most.
-    """
-    def run(ctx: JobContext, _slot: datetime | None) -> None:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(advisory_lock(ctx.settings, f"scheduled-{purpose}"))
-            except JobFailed as exc:
-                if needs_db:
-                    raise
-                ctx.warn(f"{exc}; running {purpose} without the advisory lock")
-            body(ctx)
-
-    return run
-
-
-def _run_drill(ctx: JobContext) -> None:
-    module = importlib.import_module(DRILL_MODULE)
-    module.run(ctx)
-
-
-def _discard(_: object) -> None:
-    return None
 
 
 def _fmt(moment: datetime) -> str:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
 from backupd.log import get_logger
-from backupd.result import JobResult, Status
+from backupd.result import JobResult, Status, UtcDateTime
 from backupd.storage.atomic import write_bytes_atomically
 
 STATE_FILE = ".backupd-state.json"
@@ -35,34 +35,53 @@ STALE_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 FORGET_AFTER = timedelta(days=7)
 
 
-@dataclass
-class JobRecord:
-    """One job's history, across every daemon sharing the directory."""
+def _unreadable_as_none(value: Any, handler: Callable[[Any], Any]) -> Any:
+    # One record from an older or damaged version must not cost the rest of the file.
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
 
-    last_result: dict[str, Any] | None = None  # JobResult.to_dict() of the newest run
-    last_outcome: dict[str, Any] | None = None  # the newest that was not "skipped"
-    last_slot: datetime | None = None  # the newest schedule slot a daemon dealt with
+
+StoredResult = Annotated[JobResult | None, WrapValidator(_unreadable_as_none)]
 
 
-@dataclass
-class DaemonRecord:
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class JobRecord(_Model):
+    """One job's history, across every daemon (and one-off command) sharing the directory."""
+
+    last_result: StoredResult = None  # the newest run
+    last_outcome: StoredResult = None  # the newest that was not "skipped"
+    last_slot: UtcDateTime | None = None  # the newest schedule slot a daemon dealt with
+
+
+class DaemonRecord(_Model):
     instance: str
     host: str
     pid: int
-    started_at: datetime
-    updated_at: datetime
-    stopped_at: datetime | None = None
-    next_runs: dict[str, datetime | None] = field(default_factory=dict)
-    running: dict[str, datetime] = field(default_factory=dict)  # job -> started at
+    started_at: UtcDateTime
+    updated_at: UtcDateTime
+    stopped_at: UtcDateTime | None = None
+    next_runs: dict[str, UtcDateTime | None] = Field(default_factory=dict)
+    running: dict[str, UtcDateTime] = Field(default_factory=dict)  # job -> started at
 
     def alive(self, now: datetime) -> bool:
         return self.stopped_at is None and now - self.updated_at <= STALE_AFTER
 
 
-@dataclass
-class StateFile:
-    daemons: dict[str, DaemonRecord] = field(default_factory=dict)
-    jobs: dict[str, JobRecord] = field(default_factory=dict)
+class StateFile(_Model):
+    """The file's whole content; read and written only through this model."""
+
+    version: int = FORMAT_VERSION
+    # Flat summaries for simple readers (``backupd health``): the newest heartbeat of any
+    # daemon, and the newest result per job. Refreshed from the rest on every write.
+    updated_at: UtcDateTime | None = None
+    last_results: dict[str, JobResult] = Field(default_factory=dict)
+    daemons: dict[str, DaemonRecord] = Field(default_factory=dict)
+    jobs: dict[str, JobRecord] = Field(default_factory=dict)
 
     def alive_daemons(self, now: datetime | None = None) -> list[DaemonRecord]:
         now = now or datetime.now(UTC)
@@ -70,39 +89,22 @@ class StateFile:
 
     def to_json(self) -> bytes:
         updated = [d.updated_at for d in self.daemons.values()]
-        data = {
-            "version": FORMAT_VERSION,
-            # Flat summaries for simple readers (backupd.health): the newest heartbeat
-            # of any daemon, and the newest result per job.
-            "updated_at": iso_utc(max(updated)) if updated else None,
-            "last_results": {job: r.last_result for job, r in self.jobs.items()
-                             if r.last_result is not None},
-            "daemons": {key: _daemon_to_dict(d) for key, d in self.daemons.items()},
-            "jobs": {
-                job: {"last_result": r.last_result, "last_outcome": r.last_outcome,
-                      "last_slot": iso_utc(r.last_slot)}
-                for job, r in self.jobs.items()
-            },
-        }
-        return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+        self.updated_at = max(updated) if updated else None
+        self.last_results = {job: r.last_result for job, r in self.jobs.items()
+                             if r.last_result is not None}
+        self.version = FORMAT_VERSION
+        return self.model_dump_json(indent=2).encode() + b"\n"
 
 
 def read_state(directory: Path) -> StateFile:
     """The state file's content; an absent or damaged file reads as empty (never raises)."""
     try:
-        raw = json.loads((directory / STATE_FILE).read_bytes())
-        daemons = {key: _daemon_from_dict(value) for key, value in raw["daemons"].items()}
-        jobs = {
-            job: JobRecord(value.get("last_result"), value.get("last_outcome"),
-                           _parse(value.get("last_slot")))
-            for job, value in raw["jobs"].items()
-        }
-        return StateFile(daemons, jobs)
+        return StateFile.model_validate_json((directory / STATE_FILE).read_bytes())
     except FileNotFoundError:
         return StateFile()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         get_logger().warning("state file unreadable; starting from empty state",
-                             path=str(directory / STATE_FILE), error=str(exc))
+                             path=str(directory / STATE_FILE), error=str(exc).splitlines()[0])
         return StateFile()
 
 
@@ -126,20 +128,55 @@ def update_state(directory: Path, change: Callable[[StateFile], None]) -> StateF
 
 
 def merge_result(record: JobRecord, result: JobResult) -> None:
-    """Keep the newest result (and the newest non-skipped one) of any daemon."""
-    data = result.to_dict()
-    if _newer(data, record.last_result):
-        record.last_result = data
-    if result.status != Status.SKIPPED and _newer(data, record.last_outcome):
-        record.last_outcome = data
+    """Keep the newest result (and the newest non-skipped one) of any daemon or command."""
+    stored = result.model_copy(deep=True)
+    if _newer(stored, record.last_result):
+        record.last_result = stored
+    if result.status != Status.SKIPPED and _newer(stored, record.last_outcome):
+        record.last_outcome = stored
+
+
+# One-off commands whose result `backupd status` shows. Not restore: it is a person's act
+# on a database, not the health of the backups (and a disaster-recovery machine's fresh
+# directory should hold only what the restore itself needs).
+RECORDED_JOBS = frozenset({"backup", "verify", "prune", "drill", "upload"})
+
+
+class ResultRecorder:
+    """A notifier: a one-off command's result into the state file, as the daemon's are."""
+
+    name = "state"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def notify(self, result: JobResult) -> None:
+        # Bad input (exit 2) did not run the job: it must not become its "last result".
+        if result.job not in RECORDED_JOBS or result.exit_code == 2:
+            return
+        if not self.directory.is_dir():
+            return  # refused before the directory existed: create nothing for it
+
+        def change(state: StateFile) -> None:
+            merge_result(state.jobs.setdefault(result.job, JobRecord()), result)
+
+        try:
+            update_state(self.directory, change)
+        except OSError as exc:
+            get_logger().warning("cannot write the state file", path=str(self.directory),
+                                 error=exc.strerror or str(exc))
 
 
 class DaemonState:
     """The running daemon's state, shared by the scheduler, the jobs and the HTTP server.
 
-    Thread-safe. ``last_results`` holds this daemon's own last result per job; the
-    scheduler hooks are bound by the daemon once the scheduler exists.
+    Also the notifier that records each result (first in the chain, after the log file:
+    whoever hears "job finished" finds the result in the state file). Thread-safe.
+    ``last_results`` holds this daemon's own last result per job; the scheduler hooks
+    are bound by the daemon once the scheduler exists.
     """
+
+    name = "state"
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -150,9 +187,8 @@ class DaemonState:
         # Seeded from the file: after a restart, status and metrics still know the
         # last result of every job (whichever daemon produced it).
         self.last_results: dict[str, JobResult] = {
-            job: result for job, record in read_state(directory).jobs.items()
+            job: record.last_result for job, record in read_state(directory).jobs.items()
             if record.last_result is not None
-            and (result := result_from_dict(record.last_result)) is not None
         }
         self._running: dict[str, datetime] = {}
         self._lock = threading.Lock()
@@ -203,6 +239,9 @@ class DaemonState:
 
         self._update(change)
 
+    def notify(self, result: JobResult) -> None:
+        self.record(result, result.scheduled_for)
+
     def mark_slot_handled(self, job: str, slot: datetime) -> None:
         def change(state: StateFile) -> None:
             record = state.jobs.setdefault(job, JobRecord())
@@ -247,51 +286,11 @@ class DaemonState:
                               error=exc.strerror or str(exc))
 
 
-def result_from_dict(data: dict[str, Any]) -> JobResult | None:
-    """The inverse of JobResult.to_dict(); None for a record it cannot read."""
-    try:
-        return JobResult.model_validate(data)
-    except ValueError:  # pydantic's ValidationError is a ValueError
-        return None
-
-
-def _newer(data: dict[str, Any], stored: dict[str, Any] | None) -> bool:
+def _newer(result: JobResult, stored: JobResult | None) -> bool:
     if stored is None:
         return True
-    ours = data.get("finished_at") or data.get("started_at") or ""
-    theirs = stored.get("finished_at") or stored.get("started_at") or ""
-    return bool(ours >= theirs)
+    return (result.finished_at or result.started_at) >= (stored.finished_at or stored.started_at)
 
 
 def iso_utc(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment is not None else None
-
-
-def _parse(text: Any) -> datetime | None:
-    if not text:
-        return None
-    moment = datetime.fromisoformat(str(text))
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _daemon_to_dict(daemon: DaemonRecord) -> dict[str, Any]:
-    return {
-        "instance": daemon.instance, "host": daemon.host, "pid": daemon.pid,
-        "started_at": iso_utc(daemon.started_at), "updated_at": iso_utc(daemon.updated_at),
-        "stopped_at": iso_utc(daemon.stopped_at),
-        "next_runs": {job: iso_utc(when) for job, when in daemon.next_runs.items()},
-        "running": {job: iso_utc(when) for job, when in daemon.running.items()},
-    }
-
-
-def _daemon_from_dict(data: dict[str, Any]) -> DaemonRecord:
-    started, updated = _parse(data["started_at"]), _parse(data["updated_at"])
-    if started is None or updated is None:
-        raise ValueError("daemon entry without started_at/updated_at")
-    return DaemonRecord(
-        instance=str(data["instance"]), host=str(data["host"]), pid=int(data["pid"]),
-        started_at=started, updated_at=updated, stopped_at=_parse(data.get("stopped_at")),
-        next_runs={job: _parse(when) for job, when in (data.get("next_runs") or {}).items()},
-        running={job: when for job, text in (data.get("running") or {}).items()
-                 if (when := _parse(text)) is not None},
-    )

@@ -9,14 +9,21 @@ from backupd.settings import Settings
 # The network notifiers and metrics import slack_sdk / prometheus_client: only when asked for.
 
 
-def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True) -> NotifierChain:
+def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True,
+                recorder: Notifier | None = None) -> NotifierChain:
     """The notifiers the settings ask for, in delivery order; ``extra`` go last.
+
+    ``recorder`` writes the result into the state file (the daemon's DaemonState, or a
+    one-off command's ResultRecorder); it comes right after the log file, so both files
+    hold the result before anyone is told the job finished.
 
     ``log_results=False`` leaves out the structured "job finished" line: a one-off command
     on a terminal prints its own one-line outcome instead.
     """
     # The job's log file first: whoever sees the "job finished" record can read the file.
     notifiers: list[Notifier] = [LogFileNotifier(settings.backup_dir)]
+    if recorder is not None:
+        notifiers.append(recorder)
     if log_results:
         notifiers.append(StructuredLogNotifier())
     # Local, instant notifiers first; network ones after, each bounded by the chain's timeout.

@@ -8,15 +8,16 @@ act on; the facts say what was found.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from backupd.daemon.cron import parse_cron, parse_zone
-from backupd.daemon.state import STALE_AFTER, STATE_FILE
+from backupd.daemon.state import STALE_AFTER, STATE_FILE, read_state
 from backupd.errors import ConfigError
 from backupd.result import human_duration
 from backupd.settings import Settings
@@ -34,20 +35,36 @@ _GAPS_SAMPLED = 32
 _SAMPLE_HORIZON = timedelta(days=400)
 
 
-@dataclass
-class HealthReport:
+class HealthFacts(BaseModel):
+    """What the check found; a fact it could not establish stays None (and is not shown)."""
+
+    database: str
+    scheduler_alive: bool | None = None
+    daemon_state_age_seconds: int | None = None
+    backup_max_age_hours: float | None = None
+    local_backups: int | None = None
+    newest_verified_backup: str | None = None
+    newest_verified_backup_age_hours: float | None = None
+    last_successful_drill_age_hours: float | None = None
+
+
+class HealthReport(BaseModel):
     ok: bool
-    reasons: list[str] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+    facts: HealthFacts
 
     def render_text(self) -> str:
         lines = ["ok" if self.ok else "unhealthy"]
         lines += [f"reason: {reason}" for reason in self.reasons]
-        lines += [f"{key}: {value}" for key, value in self.facts.items()]
+        lines += [f"{key}: {value}" for key, value in self._shown_facts().items()]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "reasons": self.reasons, "facts": self.facts}
+        """The JSON form (``backupd health --json``, ``backupd status --json``)."""
+        return {"ok": self.ok, "reasons": self.reasons, "facts": self._shown_facts()}
+
+    def _shown_facts(self) -> dict[str, Any]:
+        return self.facts.model_dump(mode="json", exclude_none=True)
 
 
 @dataclass(frozen=True)
@@ -69,33 +86,32 @@ def evaluate(
 ) -> HealthReport:
     """Check everything; ``scheduler_alive=None`` means "cannot tell" (the CLI)."""
     now = now or datetime.now(UTC)
-    report = HealthReport(ok=True)
+    report = HealthReport(ok=True, facts=HealthFacts(database=settings.postgres_db))
     facts, reasons = report.facts, report.reasons
-    facts["database"] = settings.postgres_db
 
     if scheduler_alive is not None:
-        facts["scheduler_alive"] = scheduler_alive
+        facts.scheduler_alive = scheduler_alive
         if not scheduler_alive:
             reasons.append("the scheduler is not running: no backup will be taken")
     if daemon_updated_at is not None:
         quiet = now - daemon_updated_at
-        facts["daemon_state_age_seconds"] = int(quiet.total_seconds())
+        facts.daemon_state_age_seconds = int(quiet.total_seconds())
         if quiet > DAEMON_STATE_STALE:
             reasons.append(f"the daemon has not updated its state for {_human(quiet)} "
                            "(is it running?)")
 
     max_age = max_backup_age(settings, now)
-    facts["backup_max_age_hours"] = round(max_age.total_seconds() / 3600, 2)
+    facts.backup_max_age_hours = round(max_age.total_seconds() / 3600, 2)
     entries = store.list_backups(settings.postgres_db)
     newest = next((e for e in entries if e.verified), None)
-    facts["local_backups"] = len(entries)
+    facts.local_backups = len(entries)
     if newest is None:
         reasons.append(f"no verified backup of database {settings.postgres_db!r} in "
                        f"{store.directory}")
     else:
         age = now - newest.parsed.taken_at
-        facts["newest_verified_backup"] = newest.name
-        facts["newest_verified_backup_age_hours"] = round(age.total_seconds() / 3600, 2)
+        facts.newest_verified_backup = newest.name
+        facts.newest_verified_backup_age_hours = round(age.total_seconds() / 3600, 2)
         if age > max_age:
             reasons.append(f"the newest verified backup {newest.name} is {_human(age)} old, "
                            f"more than BACKUP_MAX_AGE_HOURS ({_human(max_age)})")
@@ -119,7 +135,7 @@ def _check_drill(max_days: float, entries: list[BackupEntry], records: Iterable[
                               f"(DRILL_MAX_AGE_DAYS={max_days:g}); run `backupd drill`")
         return
     age = now - max(successes)
-    report.facts["last_successful_drill_age_hours"] = round(age.total_seconds() / 3600, 2)
+    report.facts.last_successful_drill_age_hours = round(age.total_seconds() / 3600, 2)
     if age > limit:
         report.reasons.append(f"the last successful restore drill is {_human(age)} old, more "
                               f"than DRILL_MAX_AGE_DAYS ({_human(limit)})")
@@ -170,30 +186,13 @@ class DaemonStateFile:
 
 def read_daemon_state(directory: Path) -> DaemonStateFile | None:
     """What the daemon last wrote, or None when there is no (readable) state file."""
-    try:
-        data = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not (directory / STATE_FILE).is_file():
         return None
-    if not isinstance(data, dict):
-        return None
-    last_results = data.get("last_results")
-    drill = last_results.get("drill") if isinstance(last_results, Mapping) else None
-    records: list[DrillRecord] = []
-    if isinstance(drill, Mapping):
-        finished = _parse_time(drill.get("finished_at"))
-        if finished is not None:
-            records.append(DrillRecord(finished, drill.get("status") == "success"))
-    return DaemonStateFile(_parse_time(data.get("updated_at")), records)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    state = read_state(directory)  # the one reader of the file (an unreadable one is empty)
+    drill = state.last_results.get("drill")
+    records = [DrillRecord(drill.finished_at, drill.ok)] \
+        if drill is not None and drill.finished_at is not None else []
+    return DaemonStateFile(state.updated_at, records)
 
 
 def _human(span: timedelta) -> str:
