@@ -1,16 +1,11 @@
-"""Talking to PostgreSQL: connections for backupd itself, environments for its children.
+"""Talking to PostgreSQL: connections for backupd itself.
 
-The password reaches pg_dump, pg_restore and psql only through the child's
-environment (PGPASSWORD), never argv, and the child environment carries no other
-secret of backupd's (webhooks, AWS keys).
+Child processes (pg_dump, psql, pg_restore) and their environments are the
+supervisor's (backupd.pipeline.supervisor).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,29 +14,10 @@ import psycopg
 from psycopg import sql
 
 from backupd.errors import ConfigError, JobFailed, JobSkipped
-from backupd.pgclients import chosen_tool, note_server_major
+from backupd.pgclients import note_server_major
+from backupd.pipeline.config import APPLICATION_NAME
+from backupd.pipeline.supervisor import tool_version
 from backupd.settings import Settings
-
-APPLICATION_NAME = "backupd"
-
-# Only what a libpq client needs from our own environment; everything else,
-# notably AWS_* and webhook URLs, stays out of the children.
-_INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "TMPDIR", "PGSSLMODE",
-              "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSERVICEFILE", "PGSERVICE")
-
-
-def child_env(settings: Settings, database: str | None = None) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-    env.update(
-        PGHOST=settings.postgres_host,
-        PGPORT=str(settings.postgres_port),
-        PGUSER=settings.postgres_user,
-        PGDATABASE=database or settings.postgres_db,
-        PGPASSWORD=settings.password,
-        PGCONNECT_TIMEOUT=str(settings.postgres_connect_timeout),
-        PGAPPNAME=APPLICATION_NAME,
-    )
-    return env
 
 
 def connect(settings: Settings, database: str | None = None) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
@@ -114,24 +90,6 @@ def server_version(conn: psycopg.Connection[tuple]) -> str:  # type: ignore[type
 
 def server_major(conn: psycopg.Connection[tuple]) -> int:  # type: ignore[type-arg]
     return int(conn.info.server_version) // 10000
-
-
-def tool_path(tool: str) -> str:
-    # The versioned client for the server (backupd.pgclients), else what PATH finds.
-    path = chosen_tool(tool) or shutil.which(tool)
-    if path is None:
-        raise ConfigError(f"{tool}: not found on PATH; install the PostgreSQL client tools")
-    return path
-
-
-def tool_version(tool: str) -> tuple[str, int]:
-    """(full version text, major) of a PostgreSQL client tool, e.g. ("15.20", 15)."""
-    out = subprocess.run([tool_path(tool), "--version"], capture_output=True, text=True,
-                         check=False, timeout=30).stdout
-    match = re.search(r"(\d+)(?:\.(\d+))?", out)
-    if match is None:
-        raise ConfigError(f"{tool}: cannot tell its version from {out.strip()!r}")
-    return match.group(0), int(match.group(1))
 
 
 def check_pg_dump_not_older(conn: psycopg.Connection[tuple]) -> tuple[str, str]:  # type: ignore[type-arg]

@@ -20,6 +20,7 @@ from typing import Any
 
 from pyrage import x25519
 
+from backupd.configs import age_key_files
 from backupd.manifest import Manifest
 from backupd.naming import ParsedName
 from backupd.pipeline.compress import BLOCK_SIZE, MemberCheck, check_gzip_member, open_checker
@@ -402,7 +403,7 @@ def content_checker_for(settings: Settings) -> ContentChecker:
 
     Raises ConfigError when DB_BACKUP_AGE_IDENTITY_FILE is set but unusable.
     """
-    identities = load_identities(settings)
+    identities = load_identities(age_key_files(settings))
     return lambda path, parsed, report: check_other_content(path, parsed, report, identities)
 
 

@@ -15,7 +15,7 @@ from helpers.cli import run_backupd
 from helpers.pg import ServerAddress, connect
 
 from backupd import pgclients
-from backupd.pg import tool_path
+from backupd.pipeline.supervisor import tool_path
 
 EnvFactory = Callable[..., dict[str, str]]
 

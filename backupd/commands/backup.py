@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from backupd import offsite
 from backupd.commands import prune
 from backupd.commands.verify import record_outcome
+from backupd.configs import age_key_files, dump_config
 from backupd.drill_compare import table_row_counts
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
@@ -52,7 +53,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         counter.shutdown(wait=False)
         previous = next((e for e in existing if e.verified), None)
         # Keys are checked before pg_dump starts: a bad key is a ConfigError, not a lost dump.
-        recipients = recipient_strings(settings)
+        recipients = recipient_strings(age_key_files(settings))
         checker = content_checker_for(settings)
         suffix = data_suffix(settings.backup_format, settings.compression,
                              encrypted=bool(recipients))
@@ -67,9 +68,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         read_back: list[FileScan] = []
         try:
             outcome = dump_to_file(
-                settings, store.directory / name, ctx.cancel,
-                backup_format=settings.backup_format, compression=settings.compression,
-                level=settings.compression_level, encryptor=encryptor_for(settings),
+                dump_config(settings), store.directory / name, ctx.cancel,
+                encryptor=encryptor_for(age_key_files(settings)),
                 read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
                     path, growing, parsed.compression if plain else None, identity)),
             )

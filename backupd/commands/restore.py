@@ -15,36 +15,33 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
-import subprocess
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import psycopg
 from psycopg import sql
 from pyrage import x25519
 
 from backupd.commands.args import named_backup
+from backupd.configs import age_key_files, connection_config, restore_config
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import ParsedName
 from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
 from backupd.pg import (
-    child_env,
     connect,
     create_database,
     database_exists,
     drop_database,
     is_template,
-    tool_path,
 )
 from backupd.pipeline.custom import restore_archive
 from backupd.pipeline.encrypt import AgeError, decrypt_into, load_identities
+from backupd.pipeline.psql import run_in_one_transaction
 from backupd.pipeline.sqlcheck import HEAD_BYTES, header_problem
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
@@ -61,8 +58,6 @@ from backupd.verification import (
 
 MAINTENANCE_DB = "postgres"
 TEMPLATE_DATABASES = frozenset({"template0", "template1"})
-# psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
-COMMIT_CONFIRMATION = b"backupd: restore committed"
 Confirm = Callable[[str], bool]
 
 
@@ -130,7 +125,7 @@ def restore_file(
     if outcome is None:
         outcome = ctx.result.outcome = RestoreOutcome(target_database=target)
     outcome.target_database = target
-    identities = load_identities(settings)
+    identities = load_identities(age_key_files(settings))
     if entry.parsed.encrypted and identities is None:
         raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name} is encrypted; set it to "
                           "the age identity file whose key it was encrypted to; nothing was "
@@ -254,7 +249,7 @@ def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
     """Custom format: pg_restore with DB_RESTORE_JOBS parallel jobs into a database we created
     (dropped on failure); one transaction when restoring into an existing empty database."""
     problem, stderr = restore_archive(
-        ctx.settings, path, database, ctx.cancel,
+        restore_config(ctx.settings), path, database, ctx.cancel,
         identities=identities if parsed.encrypted else None, single_transaction=atomic)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
@@ -267,57 +262,30 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
     """Verify the plain SQL backup while feeding it to psql: one transaction, stop at the
     first error, COMMIT only once every check of ``backupd verify`` passed.
 
-    backupd writes BEGIN itself and COMMIT only after the last byte of the dump, rather
-    than using psql's --single-transaction: that option commits at end of input, so a
-    backupd killed mid-stream would leave a half-restored database. Here psql sees end
-    of input inside an open transaction and PostgreSQL rolls it back; the same happens
-    when the file fails verification (checksum, compressed stream, pg_dump's footer).
+    The transaction, the COMMIT after the last byte and its confirmation are psql's side
+    (backupd.pipeline.psql); here the verified SQL is produced. When the file fails
+    verification (checksum, compressed stream, pg_dump's footer) no COMMIT is sent and
+    PostgreSQL rolls the transaction back.
     """
-    argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password",
-            "--set", "ON_ERROR_STOP=1", "--output", "/dev/null"]
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=child_env(ctx.settings, database),
-                               start_new_session=True)
-    assert process.stdin is not None and process.stderr is not None
-    errors: collections.deque[str] = collections.deque(maxlen=20)
-    reader = threading.Thread(target=lambda: errors.extend(
-        line.decode("utf-8", "replace").rstrip() for line in process.stderr  # type: ignore[union-attr]
-    ), daemon=True)
-    reader.start()
-    confirmations: list[bytes] = []
-    confirmer = threading.Thread(target=lambda: confirmations.append(
-        process.stdout.read()), daemon=True)  # type: ignore[union-attr]
-    confirmer.start()
-    unregister = ctx.cancel.on_cancel(process.terminate)
-    psql = _PsqlInput(process.stdin, ctx)
-    try:
-        psql.send(b"BEGIN;\n")
-        report = _verify_into(path, entry, identities, _HeaderGate(psql.send))
-        ctx.cancel.raise_if_cancelled()
-        if report.ok and not psql.broken:
-            ctx.say(f"{entry.name} verified; restoring it: sending COMMIT to {database!r}")
-            psql.send(b"\nCOMMIT;\n\\echo " + COMMIT_CONFIRMATION + b"\n")
-        psql.close()  # without COMMIT: end of input inside the transaction, rolled back
-        code = process.wait()
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        unregister()
-        reader.join(5)
-        confirmer.join(5)
-    ctx.cancel.raise_if_cancelled()
+    reports: list[VerifyReport] = []
+
+    def verified_sql(send: Callable[[bytes], None]) -> bool:
+        reports.append(_verify_into(path, entry, identities, _HeaderGate(send)))
+        return reports[0].ok
+
+    psql = run_in_one_transaction(
+        connection_config(ctx.settings, database), ctx.cancel, verified_sql,
+        before_commit=lambda: ctx.say(
+            f"{entry.name} verified; restoring it: sending COMMIT to {database!r}"))
     # A file that failed verification is reported as such, even if psql also failed on it.
-    _require_verified(ctx, entry, report)
-    if code == 0 and COMMIT_CONFIRMATION not in b"".join(confirmations):
+    _require_verified(ctx, entry, reports[0])
+    if psql.exit_code == 0 and not psql.committed:
         # psql ended without an error but never got as far as the COMMIT: nothing was restored.
         raise JobFailed(f"restore into {database!r} failed: psql did not confirm the COMMIT "
                         "(it stopped reading early); the transaction was rolled back")
-    if code != 0 or psql.broken:
-        detail = next((line for line in errors if "ERROR" in line or "FATAL" in line),
-                      errors[-1] if errors else f"psql exit code {code}")
-        ctx.result.stderr_tail = "\n".join(errors) or None
+    if psql.failed:
+        detail = psql.error_line or f"psql exit code {psql.exit_code}"
+        ctx.result.stderr_tail = psql.stderr_tail or None
         ctx.result.stderr_tool = "psql"
         raise JobFailed(f"restore into {database!r} failed and was rolled back: {detail}")
 
@@ -369,30 +337,6 @@ def _verify_into(path: Path, entry: BackupEntry, identities: list[x25519.Identit
 def _open_backup(path: Path) -> BinaryIO:
     """Unbuffered, refusing a symbolic link swapped in after the checks (as ``scan`` does)."""
     return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
-
-
-class _PsqlInput:
-    """psql's stdin. Once psql has stopped (an SQL error) the rest is dropped, not an
-    exception: the pass goes on to the end so a corrupt file is still reported as such."""
-
-    def __init__(self, stdin: IO[bytes], ctx: JobContext) -> None:
-        self._stdin = stdin
-        self._ctx = ctx
-        self.broken = False
-
-    def send(self, data: bytes) -> None:
-        self._ctx.cancel.raise_if_cancelled()
-        if not self.broken:
-            try:
-                self._stdin.write(data)
-            except BrokenPipeError:
-                self.broken = True  # psql stopped at an error; its stderr says which
-
-    def close(self) -> None:
-        try:
-            self._stdin.close()
-        except BrokenPipeError:
-            self.broken = True
 
 
 class _HeaderGate:

@@ -13,11 +13,9 @@ a few blocks whatever the size of the backup.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import pyrage
@@ -25,11 +23,10 @@ from pyrage import x25519
 
 from backupd.errors import ConfigError, JobFailed
 from backupd.log import redact
-from backupd.settings import Settings
+from backupd.pipeline.config import AgeKeyFiles
 
 # Chunks in flight between the compressor and the encrypting thread (each <= ~1 MiB).
 QUEUE_DEPTH = 8
-PIPE_CHUNK = 1024 * 1024
 _EOF = b""
 
 
@@ -53,24 +50,24 @@ def _key_lines(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def load_recipients(settings: Settings) -> list[x25519.Recipient]:
+def load_recipients(keys: AgeKeyFiles) -> list[x25519.Recipient]:
     """The public keys to encrypt to; empty when encryption is off. ConfigError if invalid."""
     sources: list[tuple[str, str]] = []
-    if settings.age_recipients:
+    if keys.recipients:
         # Several keys may be given separated by commas, spaces or newlines.
-        text = settings.age_recipients.replace(",", " ")
+        text = keys.recipients.replace(",", " ")
         sources += [("DB_BACKUP_AGE_RECIPIENTS", key) for key in text.split()]
-    if settings.age_recipients_file is not None:
+    if keys.recipients_file is not None:
         try:
-            text = settings.age_recipients_file.read_text(encoding="utf-8")
+            text = keys.recipients_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
-                f"DB_BACKUP_AGE_RECIPIENTS_FILE: cannot read {settings.age_recipients_file}: "
+                f"DB_BACKUP_AGE_RECIPIENTS_FILE: cannot read {keys.recipients_file}: "
                 f"{exc.strerror}; point it at a file of age public keys (age1...), one a line"
             ) from None
         sources += [("DB_BACKUP_AGE_RECIPIENTS_FILE", key) for key in _key_lines(text)]
         if not any(s == "DB_BACKUP_AGE_RECIPIENTS_FILE" for s, _ in sources):
-            raise ConfigError(f"DB_BACKUP_AGE_RECIPIENTS_FILE: {settings.age_recipients_file} "
+            raise ConfigError(f"DB_BACKUP_AGE_RECIPIENTS_FILE: {keys.recipients_file} "
                               "holds no public key; add one age1... key a line")
     recipients: list[x25519.Recipient] = []
     for setting, key in sources:
@@ -89,9 +86,9 @@ def load_recipients(settings: Settings) -> list[x25519.Recipient]:
     return recipients
 
 
-def load_identities(settings: Settings) -> list[x25519.Identity] | None:
+def load_identities(keys: AgeKeyFiles) -> list[x25519.Identity] | None:
     """The private keys for decrypting, or None when DB_BACKUP_AGE_IDENTITY_FILE is unset."""
-    path = settings.age_identity_file
+    path = keys.identity_file
     if path is None:
         return None
     try:
@@ -99,10 +96,10 @@ def load_identities(settings: Settings) -> list[x25519.Identity] | None:
     except OSError as exc:
         raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: cannot read {path}: {exc.strerror}; "
                           "point it at the age identity file (age-keygen output)") from None
-    keys = _key_lines(text)
-    redact.add(*keys)  # secrets: masked in every log line from here on
+    lines = _key_lines(text)
+    redact.add(*lines)  # secrets: masked in every log line from here on
     identities: list[x25519.Identity] = []
-    for key in keys:
+    for key in lines:
         try:
             identities.append(x25519.Identity.from_str(key))
         except pyrage.IdentityError:
@@ -219,16 +216,16 @@ class AgeEncryptingWriter:
         self._thread.join(10)
 
 
-def encryptor_for(settings: Settings) -> Callable[[BinaryIO], BinaryIO] | None:
+def encryptor_for(keys: AgeKeyFiles) -> Callable[[BinaryIO], BinaryIO] | None:
     """The pipeline's EncryptorFactory, or None when no recipients are configured."""
-    recipients = load_recipients(settings)
+    recipients = load_recipients(keys)
     if not recipients:
         return None
     return lambda sink: AgeEncryptingWriter(sink, recipients)  # type: ignore[return-value]
 
 
-def recipient_strings(settings: Settings) -> list[str]:
-    return [str(r) for r in load_recipients(settings)]
+def recipient_strings(keys: AgeKeyFiles) -> list[str]:
+    return [str(r) for r in load_recipients(keys)]
 
 
 # --- decrypting -----------------------------------------------------------------------------
@@ -247,11 +244,3 @@ def decrypt_into(source: BinaryIO, sink: Feed, identities: list[x25519.Identity]
         pyrage.decrypt_io(source, sink, identities)
     except (pyrage.DecryptError, OSError, ValueError) as exc:
         raise AgeError(describe_decrypt_error(exc)) from None
-
-
-def decrypt_to_path(source: Path, destination_fd: int, identities: list[x25519.Identity]) -> None:
-    """Decrypt ``source`` into an already-open (0600, private) file descriptor."""
-    with open(source, "rb") as reader, os.fdopen(destination_fd, "wb", closefd=False,
-                                                  buffering=PIPE_CHUNK) as writer:
-        decrypt_into(reader, writer, identities)
-        writer.flush()

@@ -20,10 +20,11 @@ from backupd.errors import Cancelled, JobFailed
 from backupd.naming import partial_name
 from backupd.pipeline.checksum import HashingWriter
 from backupd.pipeline.compress import BLOCK_SIZE, MemberGzipWriter, open_compressor
-from backupd.pipeline.dump import PgDump
+from backupd.pipeline.config import DumpConfig
+from backupd.pipeline.dump import pg_dump, start
 from backupd.pipeline.growing import GrowingFile
 from backupd.pipeline.sqlcheck import HeadTail
-from backupd.settings import Settings
+from backupd.pipeline.supervisor import Child
 from backupd.storage.atomic import atomic_write
 
 # Wraps the file sink in an encrypting writer (age, see backupd.pipeline.encrypt).
@@ -50,13 +51,10 @@ class DumpFailed(JobFailed):
 
 
 def dump_to_file(
-    settings: Settings,
+    config: DumpConfig,
     destination: Path,
     cancel: CancelToken,
     *,
-    backup_format: str = "plain",
-    compression: str = "gzip",
-    level: int | None = None,
     encryptor: EncryptorFactory | None = None,
     read_back: ReadBack | None = None,
 ) -> DumpOutcome:
@@ -64,10 +62,8 @@ def dump_to_file(
 
     ``read_back`` (verification) follows the file as it grows, in a thread of its own,
     and finishes its last bytes once the file is flushed and fsynced."""
-    dump = PgDump(settings, backup_format)
-    if backup_format == "custom" and level is not None:
-        # Custom format compresses inside pg_dump (zlib, levels 0-9).
-        dump.argv.append(f"--compress={min(level, 9)}")
+    backup_format = config.backup_format
+    dump = pg_dump(config, cancel)
     head_tail = HeadTail()
     growing = GrowingFile()
     follower: threading.Thread | None = None
@@ -86,14 +82,14 @@ def dump_to_file(
             if encrypting is not None:
                 sink = encrypting
             # Custom format is compressed by pg_dump itself, table by table.
-            writer = open_compressor(sink, "none" if backup_format == "custom" else compression,
-                                     level)
-            code = _pump(dump, writer, sink, encrypting, head_tail, cancel)
+            writer = open_compressor(
+                sink, "none" if backup_format == "custom" else config.compression, config.level)
+            code = _pump(dump, writer, sink, encrypting, head_tail)
             if cancel.cancelled:
                 raise Cancelled("backup cancelled by shutdown; pg_dump was stopped and "
                                 "the partial file removed")
             if code != 0:
-                reason = dump.last_error_line or f"exit code {code}"
+                reason = dump.error_line or f"exit code {code}"
                 raise DumpFailed(f"pg_dump failed: {reason}", dump.stderr_tail)
             if backup_format == "plain":
                 problem = head_tail.problem()
@@ -115,11 +111,11 @@ def dump_to_file(
                        members)
 
 
-def _pump(dump: PgDump, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
-          head_tail: HeadTail, cancel: CancelToken) -> int:
-    """Move pg_dump's output through the writers; pg_dump's exit code."""
-    source = dump.start()
-    unregister = cancel.on_cancel(dump.terminate)
+def _pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
+          head_tail: HeadTail) -> int:
+    """Move pg_dump's output through the writers; pg_dump's exit code. A cancel stops
+    pg_dump's process group (the supervisor), which ends its output."""
+    source = start(dump)
     try:
         fd = source.fileno()
         # Straight from the pipe (no Python-side buffer): one read takes all pg_dump has
@@ -134,6 +130,7 @@ def _pump(dump: PgDump, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO |
         return dump.wait()
     except BaseException:
         dump.stop()
+        source.close()
         abort = getattr(writer, "abort", None)
         if abort is not None:
             abort()  # stop the compressing threads
@@ -141,5 +138,3 @@ def _pump(dump: PgDump, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO |
         if abort is not None:
             abort()  # stop the encrypting thread; the partial file is discarded
         raise
-    finally:
-        unregister()

@@ -1,0 +1,34 @@
+"""Settings -> the small typed configs of the layers below (backupd.pipeline.config).
+
+The edge: commands build these once and hand them down; the pipeline never imports Settings.
+"""
+
+from __future__ import annotations
+
+from backupd.pipeline.config import AgeKeyFiles, ConnectionConfig, DumpConfig, RestoreConfig
+from backupd.settings import Settings
+
+
+def connection_config(settings: Settings, database: str | None = None) -> ConnectionConfig:
+    return ConnectionConfig(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        user=settings.postgres_user,
+        database=database or settings.postgres_db,
+        connect_timeout=settings.postgres_connect_timeout,
+        password=settings.password,
+    )
+
+
+def dump_config(settings: Settings) -> DumpConfig:
+    return DumpConfig(connection_config(settings), settings.backup_format, settings.compression,
+                      settings.compression_level)
+
+
+def restore_config(settings: Settings) -> RestoreConfig:
+    return RestoreConfig(connection_config(settings), settings.restore_jobs)
+
+
+def age_key_files(settings: Settings) -> AgeKeyFiles:
+    return AgeKeyFiles(settings.age_recipients, settings.age_recipients_file,
+                       settings.age_identity_file)

@@ -1,0 +1,63 @@
+"""The small typed configs the pipeline works from, built from Settings at the edge
+(backupd.configs); nothing under backupd.pipeline reads Settings itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+APPLICATION_NAME = "backupd"
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Where a client tool connects. The password reaches the child only through its
+    environment (PGPASSWORD), never argv."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    connect_timeout: int
+    password: str = field(default="", repr=False)
+
+    def on(self, database: str) -> ConnectionConfig:
+        return replace(self, database=database)
+
+    def libpq_env(self) -> dict[str, str]:
+        # The database name travels in PGDATABASE, not argv: a name starting with '-' can
+        # then never be read as an option.
+        return {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGDATABASE": self.database,
+            "PGPASSWORD": self.password,
+            "PGCONNECT_TIMEOUT": str(self.connect_timeout),
+            "PGAPPNAME": APPLICATION_NAME,
+        }
+
+
+@dataclass(frozen=True)
+class DumpConfig:
+    connection: ConnectionConfig
+    backup_format: Literal["plain", "custom"] = "plain"
+    compression: str = "gzip"
+    level: int | None = None
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    connection: ConnectionConfig
+    # pg_restore --jobs for a custom archive read from a file (not for an encrypted one).
+    jobs: int = 1
+
+
+@dataclass(frozen=True)
+class AgeKeyFiles:
+    """Where the age keys come from (DB_BACKUP_AGE_*); read by backupd.pipeline.encrypt."""
+
+    recipients: str | None = None
+    recipients_file: Path | None = None
+    identity_file: Path | None = None

@@ -1,0 +1,89 @@
+"""psql as a supervised child: SQL streamed into one transaction that is committed only after
+its last byte, and only if the producer of the SQL says so.
+
+backupd writes BEGIN itself and COMMIT only after the last byte, rather than using psql's
+--single-transaction: that option commits at end of input, so a backupd killed mid-stream
+would leave a half-restored database. Here psql sees end of input inside an open
+transaction and PostgreSQL rolls it back. psql echoes ``COMMIT_CONFIRMATION`` only once it
+has executed the COMMIT: a psql that stops early without an error restored nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+from backupd.cancel import CancelToken
+from backupd.pipeline.config import ConnectionConfig
+from backupd.pipeline.supervisor import Child, tool_path
+
+# psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
+COMMIT_CONFIRMATION = b"backupd: restore committed"
+Send = Callable[[bytes], None]
+# Pushes the SQL through ``send``; True when it may be committed.
+Producer = Callable[[Send], bool]
+
+
+@dataclass(frozen=True)
+class PsqlOutcome:
+    exit_code: int
+    stopped_reading: bool  # psql stopped at an SQL error before the end of the input
+    committed: bool  # psql confirmed it executed the COMMIT
+    error_line: str
+    stderr_tail: str
+
+    @property
+    def failed(self) -> bool:
+        return self.exit_code != 0 or self.stopped_reading
+
+
+def run_in_one_transaction(connection: ConnectionConfig, cancel: CancelToken,
+                           produce: Producer, before_commit: Callable[[], None]) -> PsqlOutcome:
+    """Run ``produce``'s SQL in ``connection.database``: one transaction, psql stopping at
+    the first error, COMMIT (after ``before_commit``) only if ``produce`` returned True and
+    psql took every byte. Cancelled if ``cancel`` fires (psql's group is stopped)."""
+    argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password",
+            "--set", "ON_ERROR_STOP=1", "--output", "/dev/null"]
+    confirmed: list[bool] = []
+    confirmation = COMMIT_CONFIRMATION.decode()
+    with Child(argv, env=connection.libpq_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               cancel=cancel) as psql:
+        psql.follow(psql.stdout, lambda line: confirmed.append(confirmation in line))
+        assert psql.stdin is not None
+        stdin = _PsqlInput(psql.stdin, cancel)
+        stdin.send(b"BEGIN;\n")
+        may_commit = produce(stdin.send)
+        cancel.raise_if_cancelled()
+        if may_commit and not stdin.broken:
+            before_commit()
+            stdin.send(b"\nCOMMIT;\n\\echo " + COMMIT_CONFIRMATION + b"\n")
+        stdin.close()  # without COMMIT: end of input inside the transaction, rolled back
+        code = psql.wait()
+    cancel.raise_if_cancelled()
+    return PsqlOutcome(code, stdin.broken, any(confirmed), psql.error_line, psql.stderr_tail)
+
+
+class _PsqlInput:
+    """psql's stdin. Once psql has stopped (an SQL error) the rest is dropped, not an
+    exception: the producer goes on to the end so a corrupt file is still reported as such."""
+
+    def __init__(self, stdin: IO[bytes], cancel: CancelToken) -> None:
+        self._stdin = stdin
+        self._cancel = cancel
+        self.broken = False
+
+    def send(self, data: bytes) -> None:
+        self._cancel.raise_if_cancelled()
+        if not self.broken:
+            try:
+                self._stdin.write(data)
+            except BrokenPipeError:
+                self.broken = True  # psql stopped at an error; its stderr says which
+
+    def close(self) -> None:
+        try:
+            self._stdin.close()
+        except BrokenPipeError:
+            self.broken = True

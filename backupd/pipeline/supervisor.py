@@ -1,0 +1,383 @@
+"""The one supervisor for child processes: pg_dump, psql, pg_restore (later pg_basebackup and
+pg_receivewal) all start, stop and fail the same way.
+
+Every child
+
+* starts with a minimal environment: ``CHILD_ENV_KEYS`` of ours plus what the caller adds
+  (libpq's ``PG*`` variables), so AWS keys, webhook URLs and the like never reach it;
+* leads a process group of its own (``start_new_session``); whatever it starts stays in it;
+* dies with us, even when we are killed with SIGKILL:
+
+  - ``PR_SET_PDEATHSIG`` (SIGKILL) kills the child itself when the *thread* that started it
+    ends. A supervisor waits for its child in the thread that started it, so that thread
+    always outlives the child; start a child from a short-lived thread and it dies early;
+  - the reaper, a tiny process of its own, holds the read end of a pipe only we write to.
+    When we die, however we die, the pipe reaches end of file and the reaper SIGKILLs the
+    process group of every child still registered: grandchildren (pg_restore's parallel
+    workers, a wrapper's real tool) go too;
+
+* has its whole group stopped (SIGTERM) when the job's CancelToken fires;
+* keeps the tail of its stderr, and ``error_line`` is the one rule for the line a failure
+  quotes: the server's ``ERROR:``/``FATAL:`` line, never its ``DETAIL:``/``HINT:``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import IO
+
+from backupd.cancel import CancelToken
+from backupd.errors import ConfigError
+from backupd.pgclients import chosen_tool
+
+STDERR_TAIL_LINES = 20
+# Only what a PostgreSQL client tool needs from our own environment; everything else,
+# notably AWS_* and webhook URLs, stays out of the children.
+CHILD_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "TMPDIR", "PGSSLMODE",
+                  "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSERVICEFILE", "PGSERVICE")
+# How long a child has between SIGTERM and SIGKILL when it is stopped.
+STOP_GRACE_SECONDS = 10.0
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {key: os.environ[key] for key in CHILD_ENV_KEYS if key in os.environ}
+    env.update(extra or {})
+    return env
+
+
+def tool_path(tool: str) -> str:
+    # The versioned client for the server (backupd.pgclients), else what PATH finds.
+    path = chosen_tool(tool) or shutil.which(tool)
+    if path is None:
+        raise ConfigError(f"{tool}: not found on PATH; install the PostgreSQL client tools")
+    return path
+
+
+def tool_version(tool: str) -> tuple[str, int]:
+    """(full version text, major) of a PostgreSQL client tool, e.g. ("15.20", 15)."""
+    with Child([tool_path(tool), "--version"], stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        out = child.stdout.read().decode("utf-8", "replace")
+        child.wait(30)
+    match = re.search(r"(\d+)(?:\.(\d+))?", out)
+    if match is None:
+        raise ConfigError(f"{tool}: cannot tell its version from {out.strip()!r}")
+    return match.group(0), int(match.group(1))
+
+
+# --- the error-line rule ------------------------------------------------------------------------
+
+# The server's own severity, as every client prints it ("... failed: FATAL:  password ...").
+_SERVER_ERROR = re.compile(r"\b(?:ERROR|FATAL|PANIC):")
+# A tool's own failure: "pg_dump: error: ...", "pg_restore: error: ...".
+_TOOL_ERROR = re.compile(r"^[\w./-]+: (?:error|fatal): ", re.IGNORECASE)
+# Lines that explain an error but are not it; a query echoed in them may hold any text.
+_SUPPLEMENTARY = re.compile(
+    r"^(?:[\w./<>:-]+: )?(?:DETAIL|HINT|CONTEXT|LINE \d+|QUERY|STATEMENT|Query was|Command was"
+    r"|detail|hint)(?::|\s)", re.IGNORECASE)
+
+
+def error_rank(line: str) -> int:
+    """0 for the server's ERROR:/FATAL: line, 1 for a tool's "error:" line, 2 otherwise."""
+    if _SUPPLEMENTARY.match(line):
+        return 3
+    if _SERVER_ERROR.search(line):
+        return 0
+    if _TOOL_ERROR.match(line):
+        return 1
+    return 2
+
+
+def error_line(lines: Iterable[str]) -> str:
+    """The line a failure quotes: the first server error, else the first tool error, else the
+    last line that is not a DETAIL:/HINT:, else the last line ("" when there is none)."""
+    best: dict[int, str] = {}
+    last = ""
+    for line in lines:
+        rank = error_rank(line)
+        if rank < 2:
+            best.setdefault(rank, line)
+        elif rank == 2:
+            best[2] = line
+        last = line
+    for rank in (0, 1, 2):
+        if rank in best:
+            return best[rank]
+    return last
+
+
+# --- dying with us ------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Looked up once here, never in the forked child (which should call as little as possible).
+_PRCTL = _load_prctl()
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """preexec_fn: SIGKILL when the starting thread ends; at once if the parent is gone."""
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+              ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if os.getppid() != parent:  # we died between fork and prctl
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_death_signal
+
+
+_REAPER_CODE = """
+import os, signal, sys
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin.buffer:
+    try:
+        pgid = int(line)
+    except ValueError:
+        continue
+    if pgid > 0:
+        groups.add(pgid)
+    else:
+        groups.discard(-pgid)
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Reaper:
+    """Kills the registered process groups once we are gone (see the module's docstring).
+
+    It runs in a session of its own and ignores terminal and stop signals, so a signal to
+    our process group (Ctrl-C, ``kill -- -PGID``) cannot take it down with us."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pipe: IO[bytes] | None = None
+        self._owner = 0
+
+    def register(self, pgid: int) -> None:
+        self._send(pgid)
+
+    def unregister(self, pgid: int) -> None:
+        self._send(-pgid)
+
+    def _send(self, value: int) -> None:
+        with self._lock:
+            if self._pipe is None or self._owner != os.getpid():
+                if value < 0:
+                    return
+                self._start()
+            if self._pipe is None:
+                return
+            try:
+                self._pipe.write(b"%d\n" % value)
+                self._pipe.flush()
+            except OSError:
+                self._pipe = None  # the reaper is gone: PDEATHSIG still covers the child
+
+    def _start(self) -> None:
+        self._pipe = None
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _REAPER_CODE], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                env={})
+        except OSError:
+            return
+        self._pipe, self._owner = process.stdin, os.getpid()
+        # Never waited for: it lives exactly as long as we do.
+        process.returncode = 0
+
+
+REAPER = _Reaper()
+
+
+# --- the child ------------------------------------------------------------------------------
+
+class Child:
+    """One supervised child process. Use as a context manager: leaving the block by an
+    exception kills the child's whole process group and reaps it."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+        cancel: CancelToken | None = None,
+        stderr_lines: int = STDERR_TAIL_LINES,
+    ) -> None:
+        self.argv = list(argv)
+        self.env = child_env(env)
+        self._stdin = stdin
+        self._stdout = stdout
+        self._cancel = cancel
+        self._tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
+        self._first_errors: dict[int, str] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._reaped = False
+        self._unwatch: Callable[[], None] = lambda: None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # starting
+
+    def start(self) -> Child:
+        self.process = subprocess.Popen(
+            self.argv, stdin=self._stdin, stdout=self._stdout, stderr=subprocess.PIPE,
+            env=self.env, start_new_session=True, preexec_fn=_die_with(os.getpid()))
+        REAPER.register(self.process.pid)
+        self.follow(self.process.stderr, self._stderr_line)
+        if self._cancel is not None:
+            self._unwatch = self._cancel.on_cancel(self.terminate)
+        return self
+
+    def __enter__(self) -> Child:
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.process is None or self._reaped:
+            return
+        if kind is not None or not self._exited(0):
+            self.kill()
+        self.wait()
+
+    @property
+    def stdin(self) -> IO[bytes] | None:
+        return self.process.stdin if self.process is not None else None
+
+    @property
+    def stdout(self) -> IO[bytes] | None:
+        return self.process.stdout if self.process is not None else None
+
+    def follow(self, stream: IO[bytes] | None, handle: Callable[[str], None]) -> None:
+        """Read ``stream`` line by line in a thread of its own (joined by ``wait``)."""
+        def run() -> None:
+            assert stream is not None
+            with contextlib.suppress(OSError, ValueError):
+                for raw in stream:
+                    handle(raw.decode("utf-8", "replace").rstrip())
+        thread = threading.Thread(target=run, name=f"{os.path.basename(self.argv[0])}-reader",
+                                  daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _stderr_line(self, line: str) -> None:
+        if not line:
+            return
+        self._tail.append(line)
+        rank = error_rank(line)
+        if rank < 2:
+            self._first_errors.setdefault(rank, line)
+
+    # stopping
+
+    def _signal_group(self, sig: int) -> None:
+        with self._lock:
+            if self.process is None or self._reaped:
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, sig)
+
+    def terminate(self) -> None:
+        """SIGTERM to the whole process group (what a cancelled job does)."""
+        self._signal_group(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The child's exit code; past ``timeout`` its group is killed first. Whatever the
+        child left running in its group is killed before the child is reaped (its pid, the
+        group's id, cannot be reused until then)."""
+        assert self.process is not None
+        if self._reaped:
+            return self.process.wait()
+        if not self._exited(timeout):
+            self.kill()
+            self._exited(None)
+        self._unwatch()
+        self.kill()  # stragglers in the group; the leader is a zombie by now
+        with self._lock:
+            code = self.process.wait()
+            self._reaped = True
+        REAPER.unregister(self.process.pid)
+        for thread in self._threads:
+            thread.join(5)
+        return code
+
+    def _exited(self, timeout: float | None) -> bool:
+        """Wait for the child to exit without reaping it."""
+        assert self.process is not None
+        flags = os.WEXITED | os.WNOWAIT
+        if timeout is None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, self.process.pid, flags)
+            return True
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                if os.waitid(os.P_PID, self.process.pid, flags | os.WNOHANG) is not None:
+                    return True
+            except ChildProcessError:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> int:
+        """SIGTERM the group, SIGKILL after ``grace`` seconds; the exit code."""
+        self.terminate()
+        return self.wait(grace)
+
+    # what went wrong
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return list(self._tail)
+
+    @property
+    def stderr_tail(self) -> str:
+        return "\n".join(self._tail)
+
+    @property
+    def error_line(self) -> str:
+        """The one line a failure quotes (see ``error_line``); "" when stderr was empty."""
+        for rank in (0, 1):
+            if rank in self._first_errors:
+                return self._first_errors[rank]
+        return error_line(self._tail)
