@@ -1,9 +1,10 @@
 """A restore whose input stops early must never leave a half-restored database.
 
-backupd can be SIGKILLed mid-restore while psql, in its own session, lives on and sees
-end of input. If that end falls on a statement boundary, psql's --single-transaction
-would COMMIT what it got; backupd sends COMMIT only after the last byte, so PostgreSQL
-rolls the partial restore back.
+backupd can be SIGKILLed mid-restore. psql then sees end of input (or dies with backupd);
+if that end falls on a statement boundary, psql's --single-transaction would COMMIT what it
+got; backupd sends COMMIT only after the last byte, so PostgreSQL rolls the partial restore
+back. A killed custom-format, age-encrypted restore leaves no plaintext behind and no
+pg_restore running on (issue 13, "Killed mid-restore").
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers.age import make_age_keys
 from helpers.backups import path_with, take_backup
 from helpers.cli import kill_group, run_backupd, start_backupd
+from helpers.faults import wait_until
 from helpers.pg import ServerAddress, psql
-from helpers.slow_restore import cut_at_statement_psql
+from helpers.procs import (
+    PLAINTEXT_MAGIC,
+    files_starting_with,
+    kill_processes,
+    processes_with_env,
+)
+from helpers.slow_restore import cut_at_statement_psql, pausing_pg_restore
 
 
 def test_input_ending_mid_restore_commits_nothing(
@@ -61,3 +70,49 @@ def test_psql_that_stops_early_without_error_is_a_failed_restore(
 
     assert result.returncode == 1, result.stderr
     assert "did not confirm" in result.stderr
+
+
+def test_sigkill_mid_encrypted_custom_restore_leaves_no_plaintext_and_no_pg_restore(
+        pg_server: ServerAddress, fixture_db: str, make_db, backupd_env, backup_dir: Path,
+        tmp_path: Path) -> None:
+    keys = make_age_keys(tmp_path / "keys")
+    env = backupd_env(fixture_db, DB_BACKUP_FORMAT="custom",
+                      DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file))
+    backup = take_backup(env)
+    assert backup.name.endswith(".dump.age")
+    target = make_db()  # empty: restored in one transaction
+    scratch_dir = tmp_path / "tmp"  # the only other place backupd could write a file
+    scratch_dir.mkdir()
+    paused = tmp_path / "pg_restore-paused"
+    shim = pausing_pg_restore(tmp_path / "shim", paused)
+    restore_env = {**env, "DB_BACKUP_AGE_IDENTITY_FILE": str(keys.identity_file),
+                   "PATH": path_with(shim), "TMPDIR": str(scratch_dir)}
+    proc = start_backupd(["restore", backup.name, "--yes", "--target-db", target],
+                         restore_env, log_dir=tmp_path / "log")
+    try:
+        deadline = time.monotonic() + 120
+        while not paused.exists():
+            assert proc.poll() is None, proc.read_stderr()[-3000:]
+            assert time.monotonic() < deadline, "pg_restore never got its first bytes"
+            time.sleep(0.05)
+        assert processes_with_env("PGDATABASE", target), "the restoring pg_restore runs"
+        assert files_starting_with(tmp_path, PLAINTEXT_MAGIC) == [], "plaintext mid-restore"
+
+        proc.kill()  # SIGKILL backupd alone, as the OOM killer would
+        proc.wait()
+
+        wait_until(lambda: not processes_with_env("PGDATABASE", target), 10,
+                   "pg_restore (the shim and the real one) to die with backupd")
+        wait_until(lambda: psql(pg_server, "postgres",
+                                "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                f"'{target}'").strip() == "0", 30,
+                   "the restore's session to end")
+    finally:
+        kill_processes(processes_with_env("PGDATABASE", target))
+        kill_group(proc)
+        proc.wait()
+    assert files_starting_with(tmp_path, PLAINTEXT_MAGIC) == [], "plaintext left on disk"
+    assert [p.name for p in backup_dir.iterdir() if p.name.endswith(".partial")] == []
+    tables = psql(pg_server, target,
+                  "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").strip()
+    assert tables == "0", "the killed restore went on and restored the target"

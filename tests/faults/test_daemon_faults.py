@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from helpers.cli import BackupdProcess, server_env, stop_backupd
 from helpers.cluster import PrivateCluster
-from helpers.faults import partial_files, wait_until
+from helpers.faults import SlowDump, partial_files, wait_until
 from helpers.leakcheck import SECRET_PASSWORD
 from helpers.logs import LogEvent, jobs_finished
 from helpers.pg import ServerAddress, connect, psql
+from helpers.procs import kill_processes, processes_with_env
 from psycopg import sql
 
 
@@ -88,3 +89,40 @@ def test_daemon_reports_the_fault_keeps_running_and_recovers(
     assert daemon.poll() is None
     assert stop_backupd(daemon, sig=signal.SIGTERM, timeout=30) == 0
     assert partial_files(directory) == []
+
+
+def test_sigkill_mid_dump_leaves_no_pg_dump_running(
+    pg_server: ServerAddress, fixture_db: str, backup_dir: Path, tmp_path: Path,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    """``docker kill`` of the daemon while pg_dump waits for a table lock (so no broken pipe
+    would ever stop it): pg_dump, here a throttling wrapper and the real pg_dump it runs (a
+    grandchild), dies with the daemon, and its session then leaves the server."""
+    env = backupd_env(fixture_db, BACKUP_SCHEDULE="0 0 1 1 *", SCHEDULE_SECONDS_FIELD="1",
+                      DRILL_SCHEDULE="off")
+    env["PATH"] = SlowDump(tmp_path / "shim", chunk=4096, delay=0.04).path()
+    with connect(pg_server, fixture_db) as locker:
+        locker.autocommit = False
+        (table,) = locker.execute("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                                  "WHERE schemaname = 'public' LIMIT 1").fetchone() or ("",)
+        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        daemon = backupd_daemon(["run"], env)  # no backup yet: it dumps at once
+        try:
+            wait_until(lambda: psql(pg_server, "postgres",
+                                    "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                    f"'{fixture_db}' AND query LIKE 'LOCK TABLE %' "
+                                    "AND wait_event_type = 'Lock'").strip() == "1", 60,
+                       "pg_dump to wait for the locked table")
+            assert len(processes_with_env("PGDATABASE", fixture_db)) == 2  # wrapper + pg_dump
+            daemon.kill()  # SIGKILL the daemon alone, not its process group
+            daemon.wait()
+            wait_until(lambda: not processes_with_env("PGDATABASE", fixture_db), 10,
+                       "pg_dump to die with the daemon")
+        finally:
+            kill_processes(processes_with_env("PGDATABASE", fixture_db))
+            locker.rollback()
+    wait_until(lambda: psql(pg_server, "postgres",
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                            f"'{fixture_db}' AND application_name = 'backupd'").strip() == "0",
+               30, "pg_dump's session to end")

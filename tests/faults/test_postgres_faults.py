@@ -148,3 +148,28 @@ def test_permission_denied_on_a_table(
     assert proc.returncode == 1
     assert_failed_cleanly(proc.stderr, backup_dir, "permission denied")
     assert data_files(backup_dir) == []
+
+
+def test_pg_dump_failure_quotes_its_error_line_not_the_detail(
+    private_cluster: Callable[..., PrivateCluster], tmp_path: Path,
+) -> None:
+    """pg_dump prints ``error: ... ERROR: permission denied`` and then ``detail: Query was:
+    LOCK TABLE ...``; the failure must quote the first, even when the query names a table
+    whose name holds the word "error"."""
+    cluster = private_cluster(SECRET_PASSWORD)
+    with connect(cluster.address) as conn:
+        conn.execute("CREATE DATABASE appdb")
+        conn.execute(sql.SQL("CREATE ROLE backup_user LOGIN PASSWORD {}").format(
+            sql.Literal(SECRET_PASSWORD)))
+    psql(cluster.address, "appdb", "CREATE TABLE error_log (id int); INSERT INTO error_log "
+                                   "VALUES (1);")
+    directory = tmp_path / "backups"
+    proc = run_backupd(["backup"], cluster_env(cluster, "appdb", directory,
+                                               POSTGRES_USER="backup_user"))
+    assert proc.returncode == 1, proc.stderr
+    (record,) = failure_records(proc.stderr)
+    error = str(record["error"])
+    assert error.startswith("pg_dump failed: "), error
+    assert "ERROR:  permission denied for table error_log" in error, error
+    assert "Query was" not in error and "detail" not in error.lower(), error
+    assert data_files(directory) == []

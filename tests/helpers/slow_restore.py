@@ -59,3 +59,39 @@ def cut_at_statement_psql(directory: Path, done_file: Path) -> Path:
     )
     script.chmod(0o755)
     return directory
+
+
+def pausing_pg_restore(directory: Path, paused_file: Path, after_bytes: int = 256 * 1024) -> Path:
+    """A directory to put first on PATH whose ``pg_restore`` runs the real one unchanged,
+    except for a restore into a database (``--dbname``): it feeds the archive (the file
+    named after ``--``, else its stdin) to the real pg_restore's stdin, stops after
+    ``after_bytes``, touches ``paused_file`` and waits while backupd, its parent, lives.
+    Once backupd is gone it feeds the rest, as an orphaned pg_restore would go on and
+    finish the restore unreported."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "pg_restore"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import os, pathlib, subprocess, sys, time\n"
+        f"real = {str(pg_binary('pg_restore'))!r}\n"
+        "args = sys.argv[1:]\n"
+        "if not any(a.startswith('--dbname') for a in args):\n"
+        "    os.execv(real, [real, *args])\n"
+        "source = sys.stdin.buffer\n"
+        "if '--' in args:\n"
+        "    cut = args.index('--')\n"
+        "    source, args = open(args[cut + 1], 'rb'), args[:cut]\n"
+        "child = subprocess.Popen([real, *args], stdin=subprocess.PIPE)\n"
+        f"child.stdin.write(source.read({after_bytes}))\n"
+        "child.stdin.flush()\n"
+        f"pathlib.Path({str(paused_file)!r}).touch()\n"
+        "parent = os.getppid()\n"
+        "while os.getppid() == parent:\n"
+        "    time.sleep(0.1)\n"
+        "while chunk := source.read(65536):\n"
+        "    child.stdin.write(chunk)\n"
+        "child.stdin.close()\n"
+        "sys.exit(child.wait())\n"
+    )
+    script.chmod(0o755)
+    return directory

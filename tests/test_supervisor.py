@@ -1,0 +1,131 @@
+"""The one child-process supervisor (backupd.pipeline.supervisor): children and their own
+children die with backupd, even by SIGKILL; a cancel stops the whole process group; the
+child's environment is minimal; a failure quotes the error line, not its DETAIL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers.faults import wait_until
+
+from backupd.cancel import CancelToken
+from backupd.pipeline.supervisor import Child, error_line
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _spawner_script(tmp_path: Path) -> str:
+    """A child that leaves a grandchild (``sleep``) running in its process group; their pids
+    land in files so the test can watch them."""
+    return (f"echo $$ > '{tmp_path}/child'; sleep 300 & echo $! > '{tmp_path}/grandchild'; "
+            "wait")
+
+
+def _pids(tmp_path: Path) -> tuple[int, int]:
+    wait_until(lambda: (tmp_path / "grandchild").is_file()
+               and (tmp_path / "grandchild").read_text().strip(), 30, "the grandchild")
+    return int((tmp_path / "child").read_text()), int((tmp_path / "grandchild").read_text())
+
+
+def test_child_and_grandchild_die_when_backupd_is_sigkilled(tmp_path: Path) -> None:
+    program = textwrap.dedent(f"""
+        import time
+        from backupd.pipeline.supervisor import Child
+        Child(["sh", "-c", {_spawner_script(tmp_path)!r}]).start()
+        time.sleep(300)
+    """)
+    backupd = subprocess.Popen([sys.executable, "-c", program], start_new_session=True)
+    try:
+        child, grandchild = _pids(tmp_path)
+        assert alive(child) and alive(grandchild)
+        backupd.kill()
+        backupd.wait()
+        wait_until(lambda: not alive(child), 10, "the child to die with its parent")
+        wait_until(lambda: not alive(grandchild), 10, "the grandchild to die with backupd")
+    finally:
+        backupd.kill()
+        backupd.wait()
+        for name in ("child", "grandchild"):
+            if (tmp_path / name).is_file() and alive(pid := int((tmp_path / name).read_text())):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_cancel_stops_the_whole_process_group(tmp_path: Path) -> None:
+    cancel = CancelToken()
+    with Child(["sh", "-c", _spawner_script(tmp_path)], cancel=cancel) as child:
+        _, grandchild = _pids(tmp_path)
+        cancel.cancel()
+        code = child.wait(30)
+    assert code == -signal.SIGTERM
+    wait_until(lambda: not alive(grandchild), 10, "the grandchild to be stopped")
+
+
+def test_leaving_the_block_by_an_exception_kills_the_group(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), Child(["sh", "-c", _spawner_script(tmp_path)]):
+        _, grandchild = _pids(tmp_path)
+        raise RuntimeError("our side of the pipe failed")
+    wait_until(lambda: not alive(grandchild), 10, "the grandchild to be killed")
+
+
+def test_child_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-children")
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.example/secret")
+    monkeypatch.setenv("PGSSLMODE", "require")
+    with Child(["env"], env={"PGHOST": "db.example"}, stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        seen = dict(line.split("=", 1) for line in
+                    child.stdout.read().decode().splitlines() if "=" in line)
+        assert child.wait(30) == 0
+    assert "AWS_SECRET_ACCESS_KEY" not in seen and "SLACK_WEBHOOK_URL" not in seen
+    assert seen["PGHOST"] == "db.example" and seen["PGSSLMODE"] == "require"
+    assert seen["PATH"] == os.environ["PATH"]
+
+
+def test_stderr_tail_and_error_line_of_a_real_child() -> None:
+    script = ("echo 'pg_dump: error: query failed: ERROR:  permission denied for table t' >&2; "
+              "echo 'pg_dump: detail: Query was: LOCK TABLE public.error_log' >&2; exit 1")
+    with Child(["sh", "-c", script]) as child:
+        assert child.wait(30) == 1
+    assert child.error_line == ("pg_dump: error: query failed: ERROR:  permission denied "
+                                "for table t")
+    assert child.stderr_tail.endswith("LOCK TABLE public.error_log")
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    # pg_dump: the server's ERROR, not the DETAIL that follows (even if it says "error").
+    (["pg_dump: error: query failed: ERROR:  permission denied for table error_log",
+      "pg_dump: detail: Query was: LOCK TABLE public.error_log IN ACCESS SHARE MODE"], 0),
+    # A connection failure: the line carrying FATAL.
+    (["pg_dump: error: connection to server at \"h\" (1.2.3.4), port 5432 failed: "
+      "FATAL:  password authentication failed for user \"u\""], 0),
+    # psql: ERROR beats the DETAIL/CONTEXT lines, whatever they quote.
+    (["psql:<stdin>:42: ERROR:  duplicate key value violates unique constraint \"p\"",
+      "DETAIL:  Key (id)=(1) already exists; ERROR: in the data", "CONTEXT:  COPY t, line 1"],
+     0),
+    # pg_restore: the first error, not the command it echoes.
+    (["pg_restore: error: could not execute query: ERROR:  relation \"t\" already exists",
+      "Command was: CREATE TABLE public.t (id integer);"], 0),
+    # A tool's own error without a server severity.
+    (["pg_restore: error: input file does not appear to be a valid archive"], 0),
+    # No error line: the last line that is not a DETAIL/HINT.
+    (["something odd", "HINT:  try again"], 0),
+])
+def test_error_line_rule(lines: list[str], expected: int) -> None:
+    assert error_line(lines) == lines[expected]
+
+
+def test_error_line_of_nothing_is_empty() -> None:
+    assert error_line([]) == ""
