@@ -73,8 +73,8 @@ def test_psql_that_stops_early_without_error_is_a_failed_restore(
 
 
 def test_sigkill_mid_encrypted_custom_restore_leaves_no_plaintext_and_no_pg_restore(
-        pg_server: ServerAddress, fixture_db: str, make_db, backupd_env, backup_dir: Path,
-        tmp_path: Path) -> None:
+        pg_server: ServerAddress, fixture_db: str, make_db: Callable[..., str],
+        backupd_env: Callable[..., dict[str, str]], backup_dir: Path, tmp_path: Path) -> None:
     keys = make_age_keys(tmp_path / "keys")
     env = backupd_env(fixture_db, DB_BACKUP_FORMAT="custom",
                       DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file))
