@@ -84,6 +84,7 @@ COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
     && pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && pip check \
     && rm -rf /wheels /tmp/requirements.lock \
     && backupd version
 

@@ -291,13 +291,19 @@ def test_image_installs_python_dependencies_from_the_lock_file_only() -> None:
 def test_lock_file_pins_every_dependency_with_hashes() -> None:
     import tomllib
 
+    from packaging.requirements import Requirement
+
     blocks = locked()
     for name, block in blocks.items():
         assert re.match(rf"{re.escape(name)}==[^\s;]+", block) and "--hash=sha256:" in block, name
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    for requirement in declared:
-        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    for line in declared:
+        requirement = Requirement(line)
+        name = requirement.name.lower().replace("_", "-")
         assert name in blocks, f"{name} is a dependency but not in requirements.lock"
+        pinned = re.match(rf"{re.escape(name)}==([^\s;]+)", blocks[name])
+        assert pinned and requirement.specifier.contains(pinned.group(1)), \
+            f"requirements.lock pins {name} outside {requirement.specifier}: regenerate it"
 
 
 def test_dockerfile_runs_the_daemon_as_pid1_under_tini_as_non_root() -> None:
