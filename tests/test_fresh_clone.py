@@ -34,7 +34,7 @@ def _committed_head() -> str:
     proc = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", "HEAD"],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        pytest.skip(f"{REPO_ROOT} is not a git checkout with a commit")
+        pytest.skip(f"no commit to clone at {REPO_ROOT}: {proc.stderr.strip()[:200]}")
     return proc.stdout.strip()
 
 

@@ -1,8 +1,9 @@
 """A throwaway PostgreSQL cluster with password (scram) auth, for tests the shared server can't
 host: wrong-password handling, server restarts and crashes mid-backup, separate restore targets.
 
-The server binaries refuse to run as root, so every server command goes through
-``runuser -u postgres`` and the whole cluster lives in a temp dir owned by postgres.
+The server binaries refuse to run as root, so as root every server command goes through
+``runuser -u postgres`` and the whole cluster lives in a temp dir owned by postgres. As any
+other user the commands run as that user, in a temp dir of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Literal
 from .pg import ServerAddress, pg_binary
 
 SERVER_OS_USER = "postgres"
+AS_ROOT = os.geteuid() == 0
 
 # A password with a quote, double quote, colon, backslash, space and dollar: every
 # character that breaks naive quoting in a conninfo string, a pgpass line or a shell.
@@ -63,7 +65,7 @@ class PrivateCluster:
         # cwd inside our dir: postgres can't read root's cwd. LC_ALL keeps initdb's locale fixed.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
         proc = subprocess.run(
-            ["runuser", "-u", SERVER_OS_USER, "--", *args],
+            ["runuser", "-u", SERVER_OS_USER, "--", *args] if AS_ROOT else args,
             cwd=self._path(""),
             env=env,
             stdin=subprocess.DEVNULL,
@@ -82,13 +84,15 @@ class PrivateCluster:
         # Short path under /tmp: unix socket paths are limited to ~107 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="bk-pg-"))
         try:
-            shutil.chown(self.root, SERVER_OS_USER, SERVER_OS_USER)
+            if AS_ROOT:
+                shutil.chown(self.root, SERVER_OS_USER, SERVER_OS_USER)
             pwfile = self._path("pwfile")
             # Create 0600 before writing so the password is never world-readable.
             fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(self.password + "\n")
-            shutil.chown(pwfile, SERVER_OS_USER, SERVER_OS_USER)
+            if AS_ROOT:
+                shutil.chown(pwfile, SERVER_OS_USER, SERVER_OS_USER)
             self._as_server_user([
                 pg_binary("initdb"), "-D", str(self.data_dir), "--username=postgres",
                 f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
