@@ -7,7 +7,7 @@
 # The image carries the PostgreSQL client tools (pg_dump, psql, pg_restore) of every major
 # in PG_CLIENT_MAJORS side by side, in /usr/lib/postgresql/<major>/bin. For each job backupd
 # runs the tools of the server's own major, else the nearest newer one (pg_dump cannot dump
-# a newer server; pg_dump/pg_restore 17 write SQL a 16 server rejects). So one image backs
+# a newer server; pg_dump 17 writes SQL a 16 server rejects). So one image backs
 # up and restores servers 13 to 17, and keeps working across a server upgrade; `backupd
 # status` shows which client it uses. A server newer than every client is refused in one
 # line ("pg_dump X is older than the server (Y) ...").

@@ -3,8 +3,9 @@
 Debian, Ubuntu and the backupd image install each major's tools side by side in
 ``/usr/lib/postgresql/<major>/bin`` (packages postgresql-client-NN), with
 postgresql-common's ``pg_wrapper`` as /usr/bin/pg_dump etc. For a remote server that
-wrapper runs the newest installed major, which is wrong for a restore: pg_dump and
-pg_restore 17 write ``SET transaction_timeout``, which a 16 server rejects. So where the
+wrapper runs the newest installed major, which is wrong for a restore: a newer pg_dump's
+SQL is not guaranteed to load into an older server (pg_dump 17 writes
+``SET transaction_timeout``, which a 16 server rejects). So where the
 tool on PATH is that wrapper (or there is none), backupd picks the directory itself: the
 server's own major, else the nearest newer one (pg_dump cannot dump a newer server).
 Any other tool found first on PATH is an explicit choice and is used as it is.
