@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import typer
@@ -48,14 +50,33 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def bootstrap() -> Settings:
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+@app.callback()
+def _options(
+    log_format: Annotated[LogFormat | None, typer.Option(
+        "--log-format", case_sensitive=False,
+        help="Logs on stderr: json (one JSON record per event, with a \"job finished\" record "
+        "holding the whole result), console (readable lines) or auto (the daemon: JSON when "
+        "stderr is not a terminal; other commands: readable lines and their one-line "
+        "summary). Overrides BACKUPD_LOG_FORMAT.")] = None,
+) -> None:
+    if log_format is not None:
+        os.environ["BACKUPD_LOG_FORMAT"] = log_format.value
+
+
+def bootstrap(*, daemon: bool = False) -> Settings:
     """Settings and logging for every command; a bad setting ends here with exit 2."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         configure_logging()
         fail(str(exc))
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, daemon=daemon)
     redact.add(*settings.secret_values())
     return settings
 
@@ -70,8 +91,8 @@ def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
 
 
 def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) -> JobResult:
-    # On a terminal the CLI's own summary (or error) line reports the result; machines
-    # reading JSON logs still get the structured "job finished" record.
+    # The CLI's own summary (or error) line reports the result; with JSON logs
+    # (--log-format json) machines get the structured "job finished" record as well.
     chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
                         recorder=ResultRecorder(settings.backup_dir))
     return run_job(job, settings, body, chain)
@@ -242,7 +263,7 @@ def run_daemon() -> None:
     RETENTION_SCHEDULE and DRILL_SCHEDULE; SIGTERM cancels a running dump and exits 0."""
     from backupd.commands import run as run_cmd
 
-    settings = bootstrap()
+    settings = bootstrap(daemon=True)
     raise typer.Exit(run_cmd.run(settings))
 
 

@@ -1,4 +1,7 @@
-"""Logging: structlog for machines (JSON off a terminal), per-job text files for people.
+"""Logging: structlog on stderr, per-job text files for people.
+
+The daemon logs JSON off a terminal (a container's log collector); a one-off command
+logs readable lines, its one-line summary being its result (cron, scripts).
 
 Every line, structured or human, passes through the redactor, so a secret that
 ends up in an exception message or a libpq error is masked before it is written.
@@ -66,14 +69,21 @@ def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> 
     return {key: redact.scrub(value) for key, value in event_dict.items()}
 
 
-def logs_are_json(log_format: str) -> bool:
-    """JSON when asked, or when nobody reads stderr on a terminal (containers, scripts)."""
-    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+def logs_are_json(log_format: str, *, daemon: bool = False) -> bool:
+    """JSON when asked; with ``auto``, for the daemon when stderr is not a terminal.
+
+    A one-off command piped into a script or cron mail is read by a person: readable
+    lines and its summary, no JSON records (``--log-format json`` brings them back).
+    """
+    if log_format == "json":
+        return True
+    return log_format == "auto" and daemon and not sys.stderr.isatty()
 
 
-def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
-    """Structured logs on stderr: JSON when not on a terminal (containers), else readable."""
-    use_json = logs_are_json(log_format)
+def configure_logging(log_format: str = "auto", level: int = logging.INFO, *,
+                      daemon: bool = False) -> None:
+    """Structured logs on stderr, JSON or readable per :func:`logs_are_json`."""
+    use_json = logs_are_json(log_format, daemon=daemon)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json

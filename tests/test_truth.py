@@ -23,10 +23,12 @@ from helpers.backups import (
     take_backup,
     write_gzip_sql,
 )
-from helpers.cli import run_backupd
+from helpers.cli import BackupdProcess, run_backupd, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
 from helpers.http_receiver import HttpReceiver
+from helpers.logs import jobs_finished, log_events
 from helpers.pg import unique_db_name
+from test_daemon import wait_for
 
 from backupd.commands import prune as prune_cmd
 from backupd.commands import restore as restore_cmd
@@ -284,3 +286,40 @@ def test_bad_input_is_not_recorded_as_a_run(env: dict[str, str]) -> None:
 
     verify = next(job for job in data["jobs"] if job["job"] == "verify")
     assert verify["last_result"] is None
+
+
+# --- piping a one-off command: the summary line, JSON one flag away ---------------------------
+
+
+def test_a_piped_one_off_command_prints_its_summary_not_json(env: dict[str, str]) -> None:
+    auto = {key: value for key, value in env.items() if key != "BACKUPD_LOG_FORMAT"}
+
+    proc = run_backupd(["backup", "--no-prune"], auto)  # stdout and stderr are pipes
+
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line] == [
+        summary_line(proc.stdout, "backup")]
+    assert log_events(proc.stderr) == [], proc.stderr
+    assert "job finished" not in proc.stderr
+    assert "Starting backup of database" in proc.stderr  # progress, readable
+
+
+def test_json_logs_are_one_flag_away(env: dict[str, str]) -> None:
+    auto = {key: value for key, value in env.items() if key != "BACKUPD_LOG_FORMAT"}
+
+    proc = run_backupd(["--log-format", "json", "backup", "--no-prune"], auto)
+
+    assert proc.returncode == 0, proc.stderr
+    [finished] = jobs_finished(proc.stderr, job="backup")
+    assert finished["status"] == "success" and finished["outcome"]["kind"] == "backup"
+
+
+def test_the_daemon_off_a_terminal_still_logs_json(
+    env: dict[str, str], backupd_daemon: Callable[..., BackupdProcess]
+) -> None:
+    auto = {key: value for key, value in env.items() if key != "BACKUPD_LOG_FORMAT"}
+    daemon = backupd_daemon(["run"], {**auto, "BACKUP_ON_START": "false"})
+
+    wait_for(lambda: any(e.get("event") == "backupd daemon started"
+                         for e in log_events(daemon.read_stderr())), 30, "the daemon to start")
+    assert stop_backupd(daemon, timeout=15) == 0

@@ -107,7 +107,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         store.write_manifest(manifest)
         ctx.result.size_bytes = outcome.stored_bytes
         ctx.result.stderr_tail = outcome.stderr_tail or None
-        ctx.result.stderr_tool = "pg_dump"
+        ctx.result.stderr_tool = "pg_dump" if outcome.stderr_tail else None
         report = verify_file(store.directory / name, parsed, manifest, content_checker=checker,
                              read_back=read_back[0])
         record_outcome(store, manifest, report)
