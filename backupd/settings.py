@@ -12,10 +12,23 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backupd.errors import ConfigError
+from backupd.secret_files import read_setting_file
+
+# DB_BACKUP_COMPRESSION_LEVEL's range per compressor, on the scale users know: gzip's 0-9
+# (ISA-L, which writes the gzip files, has levels 0-3: pipeline/compress.py maps 4-9 onto 3,
+# its best), zstd's 1-22, and for the custom format pg_dump's own --compress 0-9.
+COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9)}
 
 
 class Settings(BaseSettings):
@@ -49,9 +62,8 @@ class Settings(BaseSettings):
     # --- what a backup looks like (issue 6) ------------------------------------
     backup_format: Literal["plain", "custom"] = Field("plain", validation_alias="DB_BACKUP_FORMAT")
     compression: Literal["gzip", "zstd"] = Field("gzip", validation_alias="DB_BACKUP_COMPRESSION")
-    compression_level: int | None = Field(
-        None, ge=0, le=22, validation_alias="DB_BACKUP_COMPRESSION_LEVEL"
-    )
+    # Its range depends on the compressor: see COMPRESSION_LEVELS and _level_is_the_compressors.
+    compression_level: int | None = Field(None, validation_alias="DB_BACKUP_COMPRESSION_LEVEL")
     age_recipients: str | None = Field(None, validation_alias="DB_BACKUP_AGE_RECIPIENTS")
     age_recipients_file: Path | None = Field(
         None, validation_alias="DB_BACKUP_AGE_RECIPIENTS_FILE"
@@ -120,6 +132,22 @@ class Settings(BaseSettings):
             raise ValueError("must be 1 to 63 bytes with no NUL character")
         return value
 
+    @field_validator("compression_level")
+    @classmethod
+    def _level_is_the_compressors(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # backup_format and compression are declared (so validated) before this field; when
+        # either is invalid itself, that is the error reported.
+        if value is None or "backup_format" not in info.data or "compression" not in info.data:
+            return value
+        custom = info.data["backup_format"] == "custom"
+        compressor = "custom" if custom else info.data["compression"]
+        lowest, highest = COMPRESSION_LEVELS[compressor]
+        if not lowest <= value <= highest:
+            what = "the custom format (pg_dump)" if compressor == "custom" else compressor
+            raise ValueError(f"{value} is out of range for {what}, which takes {lowest}-{highest} "
+                             "(levels: gzip 0-9, zstd 1-22, custom format 0-9)")
+        return value
+
     @field_validator("backup_dir")
     @classmethod
     def _backup_dir_can_be_a_directory(cls, value: Path) -> Path:
@@ -178,16 +206,9 @@ class Settings(BaseSettings):
 
 
 def _read_secret_file(path: Path, setting: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError(
-            f"{setting}: cannot read {path}: {exc.strerror}; "
-            "point it at a readable file holding only the secret"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{setting}: {path} is not UTF-8 text; "
-                          "put only the secret in it, as text") from None
+    value = read_setting_file(
+        path, setting, "point it at a readable file holding only the secret, as text"
+    ).rstrip("\r\n")
     if not value:
         # An empty file is a secret that was not mounted, not an empty password.
         raise ConfigError(f"{setting}: {path} is empty; put the secret in it")

@@ -24,6 +24,7 @@ from pyrage import x25519
 from backupd.errors import ConfigError, JobFailed
 from backupd.log import redact
 from backupd.pipeline.config import AgeKeyFiles
+from backupd.secret_files import read_setting_file
 
 # Chunks in flight between the compressor and the encrypting thread (each <= ~1 MiB).
 QUEUE_DEPTH = 8
@@ -58,13 +59,8 @@ def load_recipients(keys: AgeKeyFiles) -> list[x25519.Recipient]:
         text = keys.recipients.replace(",", " ")
         sources += [("DB_BACKUP_AGE_RECIPIENTS", key) for key in text.split()]
     if keys.recipients_file is not None:
-        try:
-            text = keys.recipients_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"DB_BACKUP_AGE_RECIPIENTS_FILE: cannot read {keys.recipients_file}: "
-                f"{exc.strerror}; point it at a file of age public keys (age1...), one a line"
-            ) from None
+        text = read_setting_file(keys.recipients_file, "DB_BACKUP_AGE_RECIPIENTS_FILE",
+                                 "point it at a file of age public keys (age1...), one a line")
         sources += [("DB_BACKUP_AGE_RECIPIENTS_FILE", key) for key in _key_lines(text)]
         if not any(s == "DB_BACKUP_AGE_RECIPIENTS_FILE" for s, _ in sources):
             raise ConfigError(f"DB_BACKUP_AGE_RECIPIENTS_FILE: {keys.recipients_file} "
@@ -91,11 +87,8 @@ def load_identities(keys: AgeKeyFiles) -> list[x25519.Identity] | None:
     path = keys.identity_file
     if path is None:
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: cannot read {path}: {exc.strerror}; "
-                          "point it at the age identity file (age-keygen output)") from None
+    text = read_setting_file(path, "DB_BACKUP_AGE_IDENTITY_FILE",
+                             "point it at the age identity file (age-keygen output)")
     lines = _key_lines(text)
     redact.add(*lines)  # secrets: masked in every log line from here on
     identities: list[x25519.Identity] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -61,9 +62,18 @@ def run_backupd(
     input: str | None = None,
     timeout: float = 120,
     cwd: str | os.PathLike[str] | None = None,
+    memory_limit: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one backupd command to completion; never raises on a non-zero exit code."""
+    """Run one backupd command to completion; never raises on a non-zero exit code.
+
+    ``memory_limit`` (bytes of address space) keeps a runaway read, such as of /dev/zero,
+    from taking the machine's memory with it: backupd fails instead."""
     leakcheck.record_run(args, env)
+
+    def limit_memory() -> None:
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
     proc = subprocess.run(
         _command(args),
         env=build_env(env),
@@ -74,6 +84,7 @@ def run_backupd(
         timeout=timeout,
         cwd=cwd,
         check=False,
+        preexec_fn=limit_memory if memory_limit is not None else None,
     )
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
     return proc

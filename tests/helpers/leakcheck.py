@@ -39,6 +39,7 @@ SECRET_FILE_VARS = ("POSTGRES_PASSWORD_FILE", "DB_BACKUP_AGE_IDENTITY_FILE")
 # are "postgres"; moto's keys are "testing"): searching for them would prove nothing.
 PLACEHOLDERS = frozenset({"postgres", "testing"})
 MIN_SECRET_LENGTH = 8
+SECRET_FILE_MAX_BYTES = 1 << 20
 # Backup data is compressed (or encrypted); everything else in the directory is read.
 DATA_SUFFIXES = (".gz", ".zst", ".dump", ".age", ".partial")
 
@@ -60,6 +61,18 @@ def hook_env() -> dict[str, str]:
     return {"PYTHONPATH": str(HOOK_DIR), "BACKUPD_TEST_ARGV_LOG": str(ARGV_LOG)}
 
 
+def _small_file_text(path: Path) -> str | None:
+    """A secret file's text; None unless it is a regular file of at most 1 MiB. Tests point
+    these settings at /dev/zero and FIFOs on purpose: reading those here would never end."""
+    try:
+        if not path.is_file() or path.stat().st_size > SECRET_FILE_MAX_BYTES:
+            return None
+        with path.open("rb") as file:
+            return file.read(SECRET_FILE_MAX_BYTES).decode(errors="replace")
+    except OSError:
+        return None
+
+
 def _secret_values(env: dict[str, str]) -> set[str]:
     values: set[str] = set()
     for name in SECRET_VARS:
@@ -69,9 +82,8 @@ def _secret_values(env: dict[str, str]) -> set[str]:
         path = env.get(name)
         if not path:
             continue
-        try:
-            text = Path(path).read_text(errors="replace")
-        except OSError:
+        text = _small_file_text(Path(path))
+        if text is None:
             continue
         if name == "DB_BACKUP_AGE_IDENTITY_FILE":
             values.update(line.strip() for line in text.splitlines()
