@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from helpers.cli import run_backupd
 
+from backupd.errors import ConfigError
+from backupd.settings import load_settings
+
 EnvFactory = Callable[..., dict[str, str]]
 SECRET = "sup3r-s3cret'\"$ \\:pw"
 
@@ -51,6 +54,29 @@ def test_bad_setting_is_one_line_exit_2(
     assert SECRET not in proc.stderr + proc.stdout
     assert proc.stdout == ""
     assert not backup_dir.exists()  # rejected before anything was created
+
+
+@pytest.mark.parametrize(("settings", "lowest", "highest"), [
+    ({}, 0, 9),  # gzip, the default: gzip's own 0-9 scale
+    ({"DB_BACKUP_COMPRESSION": "zstd"}, 1, 22),
+    # custom format: pg_dump compresses (its --compress takes 0-9), whatever the compression
+    ({"DB_BACKUP_FORMAT": "custom"}, 0, 9),
+    ({"DB_BACKUP_FORMAT": "custom", "DB_BACKUP_COMPRESSION": "zstd"}, 0, 9),
+], ids=["gzip", "zstd", "custom", "custom-zstd"])
+def test_compression_level_range_is_the_compressors_and_nothing_is_clamped(
+    settings: dict[str, str], lowest: int, highest: int,
+) -> None:
+    for level in (lowest, highest):
+        loaded = load_settings(**settings, DB_BACKUP_COMPRESSION_LEVEL=str(level))
+        assert loaded.compression_level == level
+    for level in (lowest - 1, highest + 1):
+        if level < 0:
+            continue  # below 0 is refused for every compressor (the bad-setting table)
+        with pytest.raises(ConfigError) as refused:
+            load_settings(**settings, DB_BACKUP_COMPRESSION_LEVEL=str(level))
+        (line,) = str(refused.value).splitlines()
+        assert line.startswith("DB_BACKUP_COMPRESSION_LEVEL: "), line
+        assert f"{lowest}-{highest}" in line, line
 
 
 @pytest.mark.parametrize(
