@@ -21,12 +21,13 @@ def _report(kind: str, graph: Graph) -> str:
         describe(cycle, graph) for cycle in cycles)
 
 
-# Known cycles, being removed by the issue-12 work: modules commands.prune <-> offsite; parts
-# commands <-> daemon, commands <-> offsite, daemon <-> health (commands -> health -> daemon ->
-# commands). strict: once they are gone the xfail fails the run, and the mark must go.
+# Known cycle, being removed by the repository-interface work of issue 12 (offsite becomes
+# replication and no longer imports commands): modules commands.prune <-> offsite, so parts
+# commands <-> offsite. (commands -> daemon -> health -> commands is gone.) strict: once it
+# is gone the xfail fails the run, and the mark must go.
 KNOWN_CYCLES = pytest.mark.xfail(strict=True, reason=(
-    "issue 12: commands.prune <-> offsite; commands <-> daemon, commands <-> offsite, "
-    "daemon <-> health still import each other; remove this mark when they are gone"))
+    "issue 12: backupd.commands.prune <-> backupd.offsite (parts: commands <-> offsite) "
+    "still import each other; remove this mark when they are gone"))
 
 
 @KNOWN_CYCLES
