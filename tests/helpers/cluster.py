@@ -14,7 +14,6 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 from .pg import ServerAddress, pg_binary
@@ -116,12 +115,7 @@ class PrivateCluster:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -9,6 +9,21 @@ from pathlib import Path
 from .pg import pg_binary
 
 PAUSE_QUERY = "SELECT pg_sleep"
+# The tail of a Python stand-in that must stay until backupd, its parent, is gone.
+WHILE_PARENT_LIVES = (
+    "parent = os.getppid()\n"
+    "while os.getppid() == parent:\n"
+    "    time.sleep(0.1)\n"
+)
+
+
+def _python_stand_in(directory: Path, tool: str, body: str) -> Path:
+    """``directory/tool``: an executable Python script running ``body``. Returns directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / tool
+    script.write_text(f"#!{sys.executable}\n{body}")
+    script.chmod(0o755)
+    return directory
 
 
 def pausing_psql(directory: Path, pid_file: Path, pause_seconds: float = 60) -> Path:
@@ -31,7 +46,6 @@ def pausing_psql(directory: Path, pid_file: Path, pause_seconds: float = 60) -> 
     return directory
 
 
-
 def cut_at_statement_psql(directory: Path, done_file: Path) -> Path:
     """A directory to put first on PATH whose ``psql`` passes the dump to the real psql only
     up to and including the first complete ``ALTER TABLE ... OWNER TO`` line, then closes the
@@ -39,10 +53,8 @@ def cut_at_statement_psql(directory: Path, done_file: Path) -> Path:
     of input would keep a half-restored database), touches ``done_file`` once the real psql
     has exited, and stops reading, so the feeder blocks until the test kills it; then it
     exits too."""
-    directory.mkdir(parents=True, exist_ok=True)
-    script = directory / "psql"
-    script.write_text(
-        f"#!{sys.executable}\n"
+    return _python_stand_in(
+        directory, "psql",
         "import os, pathlib, re, subprocess, sys, time\n"
         f"real = subprocess.Popen([{str(pg_binary('psql'))!r}, *sys.argv[1:]],"
         " stdin=subprocess.PIPE)\n"
@@ -53,12 +65,8 @@ def cut_at_statement_psql(directory: Path, done_file: Path) -> Path:
         "real.stdin.close()\n"
         "real.wait()\n"
         f"pathlib.Path({str(done_file)!r}).write_text(str(real.returncode))\n"
-        "parent = os.getppid()\n"
-        "while os.getppid() == parent:  # until the feeder (backupd) is gone\n"
-        "    time.sleep(0.1)\n"
+        + WHILE_PARENT_LIVES  # until the feeder (backupd) is gone
     )
-    script.chmod(0o755)
-    return directory
 
 
 def pausing_pg_restore(directory: Path, paused_file: Path, after_bytes: int = 256 * 1024) -> Path:
@@ -68,10 +76,8 @@ def pausing_pg_restore(directory: Path, paused_file: Path, after_bytes: int = 25
     ``after_bytes``, touches ``paused_file`` and waits while backupd, its parent, lives.
     Once backupd is gone it feeds the rest, as an orphaned pg_restore would go on and
     finish the restore unreported."""
-    directory.mkdir(parents=True, exist_ok=True)
-    script = directory / "pg_restore"
-    script.write_text(
-        f"#!{sys.executable}\n"
+    return _python_stand_in(
+        directory, "pg_restore",
         "import os, pathlib, subprocess, sys, time\n"
         f"real = {str(pg_binary('pg_restore'))!r}\n"
         "args = sys.argv[1:]\n"
@@ -85,13 +91,9 @@ def pausing_pg_restore(directory: Path, paused_file: Path, after_bytes: int = 25
         f"child.stdin.write(source.read({after_bytes}))\n"
         "child.stdin.flush()\n"
         f"pathlib.Path({str(paused_file)!r}).touch()\n"
-        "parent = os.getppid()\n"
-        "while os.getppid() == parent:\n"
-        "    time.sleep(0.1)\n"
-        "while chunk := source.read(65536):\n"
+        + WHILE_PARENT_LIVES
+        + "while chunk := source.read(65536):\n"
         "    child.stdin.write(chunk)\n"
         "child.stdin.close()\n"
         "sys.exit(child.wait())\n"
     )
-    script.chmod(0o755)
-    return directory
