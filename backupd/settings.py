@@ -142,11 +142,11 @@ class Settings(BaseSettings):
         custom = info.data["backup_format"] == "custom"
         compressor = "custom" if custom else info.data["compression"]
         lowest, highest = COMPRESSION_LEVELS[compressor]
-        if not lowest <= value <= highest:
-            what = "the custom format (pg_dump)" if compressor == "custom" else compressor
-            raise ValueError(f"{value} is out of range for {what}, which takes {lowest}-{highest} "
-                             "(levels: gzip 0-9, zstd 1-22, custom format 0-9)")
-        return value
+        if lowest <= value <= highest:
+            return value
+        what = "the custom format (pg_dump)" if custom else compressor
+        raise ValueError(f"{value} is out of range for {what}, which takes {lowest}-{highest} "
+                         "(levels: gzip 0-9, zstd 1-22, custom format 0-9)")
 
     @field_validator("backup_dir")
     @classmethod
