@@ -15,7 +15,15 @@ from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import backup_files, flip_byte, read_manifest, refresh_manifest, take_backup
 from helpers.cli import run_backupd
 from helpers.logs import human_lines
-from helpers.pg import ServerAddress, connect, fingerprint, psql
+from helpers.pg import (
+    ServerAddress,
+    connect,
+    drop_database,
+    fingerprint,
+    psql,
+    unique_db_name,
+)
+from helpers.procs import PLAINTEXT_MAGIC, files_starting_with
 
 EnvFactory = Callable[..., dict[str, str]]
 
@@ -201,3 +209,29 @@ def test_several_recipients_each_can_decrypt(
             fixture_db, DB_BACKUP_AGE_IDENTITY_FILE=str(keys.identity_file)))
         assert proc.returncode == 0, proc.stdout
         assert json.loads(proc.stdout)[0]["content_checked"] is True
+
+
+@pytest.mark.parametrize("target_exists", [False, True], ids=["new-target", "empty-target"])
+def test_encrypted_custom_archive_restores_streamed_into_pg_restore(
+    pg_server: ServerAddress, fixture_db: str, backupd_env: EnvFactory, keys: AgeKeys,
+    make_db: Callable[..., str], backup_dir: Path, target_exists: bool,
+) -> None:
+    """Decrypted straight into pg_restore's stdin: a new target (parallel jobs do not apply,
+    and the restore says so) and an existing empty one (one transaction) both come out equal
+    to the source, and nothing decrypted is ever written."""
+    backup = take_backup(backupd_env(fixture_db, DB_BACKUP_FORMAT="custom",
+                                     DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file)))
+    assert backup.name.endswith(".dump.age")
+    target = make_db() if target_exists else unique_db_name("age_custom")
+    env = backupd_env(fixture_db, DB_BACKUP_AGE_IDENTITY_FILE=str(keys.identity_file),
+                      DB_RESTORE_JOBS="4")
+    try:
+        proc = run_backupd(["restore", "--yes", "--target-db", target, backup.name], env)
+        assert proc.returncode == 0, proc.stderr
+        assert fingerprint(pg_server, target) == fingerprint(pg_server, fixture_db)
+    finally:
+        if not target_exists:
+            drop_database(pg_server, target)
+    said = "decrypted straight into one pg_restore job, never to disk (DB_RESTORE_JOBS=4"
+    assert (said in proc.stdout + proc.stderr) is not target_exists
+    assert files_starting_with(backup_dir, PLAINTEXT_MAGIC) == []

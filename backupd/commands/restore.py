@@ -248,8 +248,12 @@ def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
                 identities: list[x25519.Identity] | None, *, atomic: bool) -> None:
     """Custom format: pg_restore with DB_RESTORE_JOBS parallel jobs into a database we created
     (dropped on failure); one transaction when restoring into an existing empty database."""
+    config = restore_config(ctx.settings)
+    if parsed.encrypted and not atomic and config.jobs > 1:
+        ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, never "
+                f"to disk (DB_RESTORE_JOBS={config.jobs} applies to unencrypted .dump files)")
     problem, stderr = restore_archive(
-        restore_config(ctx.settings), path, database, ctx.cancel,
+        config, path, database, ctx.cancel,
         identities=identities if parsed.encrypted else None, single_transaction=atomic)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
