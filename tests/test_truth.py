@@ -323,3 +323,19 @@ def test_the_daemon_off_a_terminal_still_logs_json(
     wait_for(lambda: any(e.get("event") == "backupd daemon started"
                          for e in log_events(daemon.read_stderr())), 30, "the daemon to start")
     assert stop_backupd(daemon, timeout=15) == 0
+
+
+def test_a_drill_in_a_fresh_directory_starts_no_state_file(
+    env: dict[str, str], backup_dir: Path, tmp_path: Path
+) -> None:
+    take_backup(env)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in backup_files(backup_dir):
+        (fresh / name).write_bytes((backup_dir / name).read_bytes())
+        (fresh / f"{name}.manifest.json").write_bytes(
+            (backup_dir / f"{name}.manifest.json").read_bytes())
+
+    assert run_backupd(["drill"], {**env, "DB_BACKUP_DIR": str(fresh)}).returncode == 0
+
+    assert not [p.name for p in fresh.iterdir() if p.name.startswith(".backupd-state")]

@@ -137,9 +137,11 @@ def merge_result(record: JobRecord, result: JobResult) -> None:
 
 
 # One-off commands whose result `backupd status` shows. Not restore: it is a person's act
-# on a database, not the health of the backups (and a disaster-recovery machine's fresh
-# directory should hold only what the restore itself needs).
+# on a database, not the health of the backups.
 RECORDED_JOBS = frozenset({"backup", "verify", "prune", "drill", "upload"})
+# Only a backup starts a state file; the others add to one that exists, so a restore or a
+# drill from S3 on a fresh disaster-recovery machine leaves nothing but its log behind.
+STARTS_STATE_FILE = frozenset({"backup"})
 
 
 class ResultRecorder:
@@ -156,6 +158,8 @@ class ResultRecorder:
             return
         if not self.directory.is_dir():
             return  # refused before the directory existed: create nothing for it
+        if result.job not in STARTS_STATE_FILE and not (self.directory / STATE_FILE).is_file():
+            return
 
         def change(state: StateFile) -> None:
             merge_result(state.jobs.setdefault(result.job, JobRecord()), result)
