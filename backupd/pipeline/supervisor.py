@@ -11,10 +11,11 @@ Every child
   - ``PR_SET_PDEATHSIG`` (SIGKILL) kills the child itself when the *thread* that started it
     ends. A supervisor waits for its child in the thread that started it, so that thread
     always outlives the child; start a child from a short-lived thread and it dies early;
-  - the reaper, a tiny process of its own, holds the read end of a pipe only we write to.
-    When we die, however we die, the pipe reaches end of file and the reaper SIGKILLs the
-    process group of every child still registered: grandchildren (pg_restore's parallel
-    workers, a wrapper's real tool) go too;
+  - the reaper, a tiny process of its own, holds the read end of a pipe whose write end
+    only we hold. Each child registers its process group on it before it executes anything
+    (so no grandchild can exist unregistered). When we die, however we die, the pipe reaches
+    end of file and the reaper SIGKILLs every group still registered: grandchildren
+    (pg_restore's parallel workers, a wrapper's real tool) go too;
 
 * has its whole group stopped (SIGTERM) when the job's CancelToken fires;
 * keeps the tail of its stderr, and ``error_line`` is the one rule for the line a failure
@@ -137,19 +138,24 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _die_with(parent: int) -> Callable[[], None] | None:
-    """preexec_fn: SIGKILL when the starting thread ends; at once if the parent is gone."""
+def _die_with(parent: int, reaper: int | None) -> Callable[[], None]:
+    """preexec_fn, run in the child before it executes anything of its own: SIGKILL when the
+    starting thread ends (at once if the parent is already gone), and the child's process
+    group registered with the reaper (``reaper``: the pipe's fd, still open before exec), so
+    no grandchild can ever exist unregistered."""
     prctl = _PRCTL
-    if prctl is None:
-        return None
 
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
-              ctypes.c_ulong(0), ctypes.c_ulong(0))
+    def in_child() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if reaper is not None:
+            with contextlib.suppress(OSError):
+                os.write(reaper, b"%d\n" % os.getpid())  # our pid is our group's id
         if os.getppid() != parent:  # we died between fork and prctl
             os.kill(os.getpid(), signal.SIGKILL)
 
-    return set_death_signal
+    return in_child
 
 
 _REAPER_CODE = """
@@ -178,35 +184,34 @@ class _Reaper:
     """Kills the registered process groups once we are gone (see the module's docstring).
 
     It runs in a session of its own and ignores terminal and stop signals, so a signal to
-    our process group (Ctrl-C, ``kill -- -PGID``) cannot take it down with us."""
+    our process group (Ctrl-C, ``kill -- -PGID``) cannot take it down with us. Children
+    register themselves (``_die_with``); we unregister them once reaped."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pipe: IO[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None
         self._owner = 0
 
-    def register(self, pgid: int) -> None:
-        self._send(pgid)
+    def fd(self) -> int | None:
+        """The write end of the pipe to the reaper, started if need be (None: it cannot run;
+        PDEATHSIG still kills the child itself)."""
+        with self._lock:
+            if self._fd is None or self._owner != os.getpid():
+                self._start()
+            return self._fd
 
     def unregister(self, pgid: int) -> None:
-        self._send(-pgid)
-
-    def _send(self, value: int) -> None:
         with self._lock:
-            if self._pipe is None or self._owner != os.getpid():
-                if value < 0:
-                    return
-                self._start()
-            if self._pipe is None:
+            if self._fd is None or self._owner != os.getpid():
                 return
             try:
-                self._pipe.write(b"%d\n" % value)
-                self._pipe.flush()
+                os.write(self._fd, b"%d\n" % -pgid)
             except OSError:
-                self._pipe = None  # the reaper is gone: PDEATHSIG still covers the child
+                self._fd = None  # the reaper is gone: the next child starts another
 
     def _start(self) -> None:
-        self._pipe = None
+        self._fd = None
         try:
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _REAPER_CODE], stdin=subprocess.PIPE,
@@ -214,7 +219,8 @@ class _Reaper:
                 env={})
         except OSError:
             return
-        self._pipe, self._owner = process.stdin, os.getpid()
+        assert process.stdin is not None
+        self._process, self._fd, self._owner = process, process.stdin.fileno(), os.getpid()
         # Never waited for: it lives exactly as long as we do.
         process.returncode = 0
 
@@ -256,8 +262,7 @@ class Child:
     def start(self) -> Child:
         self.process = subprocess.Popen(
             self.argv, stdin=self._stdin, stdout=self._stdout, stderr=subprocess.PIPE,
-            env=self.env, start_new_session=True, preexec_fn=_die_with(os.getpid()))
-        REAPER.register(self.process.pid)
+            env=self.env, start_new_session=True, preexec_fn=_die_with(os.getpid(), REAPER.fd()))
         self.follow(self.process.stderr, self._stderr_line)
         if self._cancel is not None:
             self._unwatch = self._cancel.on_cancel(self.terminate)
