@@ -242,7 +242,9 @@ def upload() -> None:
 
 @app.command()
 def prune(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would go.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Delete nothing: list what would go ('would delete NAME'); the "
+        "summary, log, Slack and metrics say would_delete, never deleted.")] = False,
 ) -> None:
     """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones."""
     from backupd.commands import prune as prune_cmd
@@ -271,7 +273,8 @@ def run_daemon() -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show the daemon: next run times, last result per job, newest verified backup, health."""
+    """Show the daemon: next run times, the last result of every job kind (one-off runs too),
+    how retention runs, newest verified backup, offsite state, health."""
     from backupd.commands import status as status_cmd
 
     settings = bootstrap()
