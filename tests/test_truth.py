@@ -92,6 +92,8 @@ def test_prune_dry_run_says_would_delete_everywhere_and_deletes_nothing(
         assert f"would delete {path.name}" in proc.stdout
     slack = str(http_receiver.requests[-1].json)
     assert "Would delete (dry run)" in slack and "Retention deleted" not in slack, slack
+    status = run_backupd(["status"], env).stdout
+    assert "last: success" in status and "(dry run, nothing deleted)" in status, status
 
 
 def test_prune_dry_run_does_not_count_as_retention_deleted(

@@ -21,7 +21,7 @@ from backupd.daemon.health import HealthReport
 from backupd.daemon.scheduler import ScheduledJob
 from backupd.daemon.state import RECORDED_JOBS, StateFile, iso_utc, read_state
 from backupd.log import redact
-from backupd.outcomes import BackupOutcome
+from backupd.outcomes import BackupOutcome, PruneOutcome
 from backupd.result import JobResult, UtcDateTime, human_bytes, human_duration
 from backupd.settings import Settings
 from backupd.storage.base import latest_upload
@@ -42,6 +42,7 @@ class ResultBrief(BaseModel):
     error: str | None = None
     warnings: list[str] = []
     deleted: int = 0  # backups retention deleted in this run
+    dry_run: bool = False  # a `prune --dry-run`: it deleted nothing
 
     @classmethod
     def of(cls, result: JobResult | None) -> ResultBrief | None:
@@ -50,12 +51,15 @@ class ResultBrief(BaseModel):
         return cls(status=result.status.value, started_at=result.started_at,
                    finished_at=result.finished_at, duration_seconds=result.duration_seconds,
                    backup_name=result.backup_name, size_bytes=result.size_bytes,
-                   error=result.error, warnings=result.warnings, deleted=len(result.deleted))
+                   error=result.error, warnings=result.warnings, deleted=len(result.deleted),
+                   dry_run=isinstance(result.outcome, PruneOutcome) and result.outcome.dry_run)
 
     def describe(self) -> str:
         text = f"{self.status} at {iso_utc(self.finished_at or self.started_at)}"
         if self.backup_name:
             text += f" {self.backup_name}"
+        if self.dry_run:
+            text += " (dry run, nothing deleted)"
         if self.error:
             text += f": {self.error}"
         return text
