@@ -26,6 +26,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from backupd.database_properties import DatabaseProperties, differences
+
 # Row counts must not hurt the live database: tables up to this size are counted
 # exactly (a sequential scan of a small table is cheap), larger ones use the
 # planner's estimate plus an exact "is it empty?" probe, and the exact counting of
@@ -167,6 +169,7 @@ class Comparison:
     warnings: list[str] = field(default_factory=list)
     objects_compared: dict[str, int] = field(default_factory=dict)
     drift_rows: int = 0
+    properties_compared: bool = False
 
     @property
     def ok(self) -> bool:
@@ -176,6 +179,8 @@ class Comparison:
     def summary(self) -> str:
         counted = ", ".join(f"{n} {kind if n == 1 else _PLURALS.get(kind, kind + 's')}"
                             for kind, n in self.objects_compared.items())
+        if self.properties_compared:
+            counted += ", database properties"
         if self.differences:
             named = "; ".join(self.differences[:SUMMARY_ITEMS])
             more = len(self.differences) - SUMMARY_ITEMS
@@ -208,6 +213,15 @@ def compare(live: Catalog, restored: Catalog, backup_rows: dict[str, int] | None
     for name in sorted(restored.rows):
         _compare_rows(result, name, restored.rows[name], live.rows.get(name), backup_rows)
     return result
+
+
+def compare_properties(result: Comparison, carried: DatabaseProperties,
+                       restored: DatabaseProperties, live: DatabaseProperties) -> None:
+    """Database properties: what the restore does not reproduce of what the backup carries
+    is a failure; what the live database changed since the backup is drift."""
+    result.properties_compared = True
+    result.differences += differences(carried, restored, "the backup", "the restore")
+    result.drift += differences(carried, live, "the backup", "the live database")
 
 
 def _compare_rows(result: Comparison, name: str, restored: RowCount, live: RowCount | None,

@@ -11,6 +11,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, PositiveInt, ValidationError
 
+from backupd.database_properties import DatabaseProperties
+
 MANIFEST_VERSION = 1
 
 
@@ -48,6 +50,10 @@ class Manifest(BaseModel):
     # as independent members): verify inflates them in parallel. None: one stream, read
     # sequentially (older backups, other tools, zstd, encrypted files).
     gzip_members: list[PositiveInt] | None = None
+    # Owner, encoding/locale, connection limit, settings, privileges and comment of the
+    # database when the backup was taken: a restore puts them back (the SQL file carries
+    # none of them). None in manifests of older backups.
+    database_properties: DatabaseProperties | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode() + b"\n"

@@ -49,6 +49,13 @@ def test_input_ending_mid_restore_commits_nothing(
     finally:
         kill_group(proc)  # SIGKILL backupd and the stalled shim, as `docker kill` would
         proc.wait()
+    # The killed restore went into a scratch database; the next restore of the same target
+    # drops it (it carries backupd's mark) and succeeds.
+    again = run_backupd(["restore", backup.name, "--yes", "--target-db", target], env)
+    assert again.returncode == 0, again.stderr
+    assert "left behind by an interrupted restore" in again.stderr
+    assert psql(pg_server, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE "
+                f"'{target}__restoring_%'").strip() == "0"
 
 
 def test_psql_that_stops_early_without_error_is_a_failed_restore(

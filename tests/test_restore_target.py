@@ -126,6 +126,7 @@ def test_the_maintenance_database_is_replaced_with_replace(cluster: PrivateClust
         conn.execute("DROP DATABASE IF EXISTS src")
         conn.execute("CREATE DATABASE src")
     psql(cluster.address, "src", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    psql(cluster.address, "postgres", "CREATE TABLE old_stuff (id int)")
     env = cluster_env(cluster, "src", tmp_path / "b")
     backup = take_backup(env)
 
@@ -138,5 +139,6 @@ def test_the_maintenance_database_is_replaced_with_replace(cluster: PrivateClust
         kept = [str(r[0]) for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE 'postgres_before_restore_%'")]
         assert len(kept) == 1
+        assert _user_tables(cluster, kept[0]) == 1  # old_stuff: kept, not lost
         conn.execute(f'DROP DATABASE "{kept[0]}"')
         conn.execute("DROP TABLE t")

@@ -23,6 +23,7 @@ from backupd.manifest import Manifest
 from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.outcomes import BackupOutcome, FileReport
 from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
+from backupd.pgdatabase import read_properties
 from backupd.pipeline.encrypt import encryptor_for, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.result import human_bytes
@@ -46,6 +47,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _skip_if_slot_taken(existing, not_before)
         with connect(settings) as conn:
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
+            properties = read_properties(conn, settings.postgres_db)
         # What the database held at backup time, for restore drills (issue 7): counted on a
         # connection of its own while pg_dump starts, instead of delaying it.
         counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts")
@@ -99,7 +101,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             compression_level=settings.compression_level, raw_bytes=outcome.raw_bytes,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
-            gzip_members=outcome.gzip_members,
+            gzip_members=outcome.gzip_members, database_properties=properties,
         )
         # Written twice on purpose: now, unverified, so that a crash before the verdict
         # leaves a file marked as backupd's own and unproven (never mistaken for an

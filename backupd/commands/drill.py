@@ -2,10 +2,12 @@
 
 1. Refuse a scratch name that could be the live database (or a database backupd
    did not create), and skip with a reason when the server lacks room.
-2. Create the scratch database (same encoding and locale as the live one, from
-   template0, a small connection limit), mark it with a comment, and restore the
-   backup into it with the same code as ``backupd restore`` (verified first).
-3. Compare it with the live database (:mod:`backupd.drill_compare`).
+2. Create the scratch database as ``backupd restore`` creates one (from template0, the
+   backed-up encoding and locale; a small connection limit), mark it with a comment, and
+   restore the backup into it with the same code (verified first).
+3. Compare it with the live database (:mod:`backupd.drill_compare`), its database
+   properties included: those the backup carries are applied to the scratch database in
+   a transaction that is rolled back (the mark stays), read back and compared.
 4. Record the outcome and the measured restore time in the backup's manifest.
 5. Drop the scratch database -- in a ``finally``, and, should the process have been
    killed, at the start of the next drill: only a database carrying backupd's
@@ -17,6 +19,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,12 +29,20 @@ from psycopg import sql
 
 from backupd import offsite
 from backupd.commands import restore
-from backupd.drill_compare import Comparison, Connection, compare, read_catalog
+from backupd.database_properties import DatabaseProperties
+from backupd.drill_compare import (
+    Comparison,
+    Connection,
+    compare,
+    compare_properties,
+    read_catalog,
+)
 from backupd.errors import ConfigError, JobFailed, JobSkipped, OffsiteError
 from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.outcomes import DrillOutcome, RestoreOutcome
-from backupd.pg import advisory_lock, connect, describe_pg_error, drop_database
+from backupd.pg import advisory_lock, connect, describe_pg_error
+from backupd.pgdatabase import drop_with_subscriptions, read_properties, trial_properties
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
@@ -79,9 +90,15 @@ def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
     ctx.say(f"Restore drill of {entry.name} into scratch database {scratch!r}")
     with _admin(settings) as admin:
         _drop_leftover(ctx, admin, scratch)
-        _create_scratch(admin, scratch, settings.postgres_db)
+        live = read_properties(admin, settings.postgres_db)
+        if live is None:
+            raise JobFailed(f"database {settings.postgres_db!r} (POSTGRES_DB) does not exist "
+                            "on the server")
+        carried = entry.manifest.database_properties if entry.manifest is not None else None
+        _create_scratch(admin, scratch, settings.postgres_db, carried or live)
     try:
-        comparison, seconds = _restore_and_compare(ctx, path, entry, scratch, record)
+        comparison, seconds = _restore_and_compare(ctx, path, entry, scratch, record,
+                                                   Properties(carried, live))
     finally:
         _drop_scratch(ctx, scratch)
     if not comparison.ok:
@@ -144,7 +161,7 @@ def _drop_scratch(ctx: JobContext, scratch: str) -> None:
     # next drill drops the leftover (it carries the mark).
     try:
         with _admin(ctx.settings) as admin:
-            drop_database(admin, scratch)
+            drop_with_subscriptions(ctx.settings, admin, scratch)
     except (JobFailed, psycopg.Error) as exc:
         ctx.warn(f"could not drop the scratch database {scratch!r} "
                  f"({describe_pg_error(exc)}); the next drill drops it")
@@ -163,46 +180,46 @@ def _drop_leftover(ctx: JobContext, admin: Connection, scratch: str) -> None:
             f"DRILL_DATABASE: database {scratch!r} already exists and was not created by a "
             "backupd drill, so backupd will not drop it; set DRILL_DATABASE to an unused name "
             "or drop that database yourself")
-    drop_database(admin, scratch)
+    drop_with_subscriptions(ctx.settings, admin, scratch)
     # A warning reaches the job's log file with the result (LogFileNotifier), like every other.
     ctx.warn(f"dropped the scratch database {scratch!r} that an interrupted drill left behind")
 
 
-def _create_scratch(admin: Connection, scratch: str, live: str) -> None:
-    # template0 with the live database's encoding and locale: the restore starts from
-    # nothing (objects someone added to template1 would show up as differences) and
-    # text sorts and converts as it does live.
-    row = admin.execute(
-        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
-        "WHERE datname = %s", (live,)).fetchone()
-    if row is None:
-        raise JobFailed(f"database {live!r} (POSTGRES_DB) does not exist on the server")
-    encoding, collate, ctype = (str(value) for value in row)
-    admin.execute(sql.SQL(
-        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {} "
-        "CONNECTION LIMIT {}").format(
-        sql.Identifier(scratch), sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype),
-        sql.Literal(SCRATCH_CONNECTION_LIMIT)))
+def _create_scratch(admin: Connection, scratch: str, live: str,
+                    properties: DatabaseProperties) -> None:
+    # As `backupd restore` creates databases: from template0 with the backed-up database's
+    # encoding and locale (the live one's for an older backup that records none).
+    restore.create_database(admin, scratch, properties,
+                            connection_limit=SCRATCH_CONNECTION_LIMIT)
     # The mark goes on at once: it is what later allows dropping a leftover.
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
         sql.Identifier(scratch),
         sql.Literal(f"{SCRATCH_MARK} for {live}; backupd drops it after every drill")))
 
 
+@dataclass(frozen=True)
+class Properties:
+    carried: DatabaseProperties | None  # by the backup's manifest (None: an older backup)
+    live: DatabaseProperties
+
+
 def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
-                         record: Recorder) -> tuple[Comparison, float]:
+                         record: Recorder, properties: Properties) -> tuple[Comparison, float]:
     """The comparison, and the restore's measured time in seconds."""
     outcome = ctx.result.outcome
     assert isinstance(outcome, DrillOutcome)  # set by run()
     try:
-        restore.restore_file(ctx, path, entry, target_db=scratch)
+        identities = restore.identities_for(ctx, entry)
+        restore.verify_first(path, entry, identities, ctx)
+        ctx.say(f"{entry.name} verified; restoring into scratch database {scratch!r}")
+        restore.load(ctx, path, entry, scratch, identities)
     except JobFailed as exc:
         outcome.differences = [f"the backup does not restore: {exc}"]
         outcome.drift = []
         outcome.comparison_summary = "not compared: the restore failed"
         _record(ctx, entry, record, ok=False, seconds=None)
         raise JobFailed(f"restore drill of {entry.name} failed: {exc}") from None
-    seconds = outcome.restore_seconds or 0.0  # restore_file measured it
+    seconds = outcome.restore_seconds or 0.0  # restore.load measured it
     ctx.cancel.raise_if_cancelled()
     with connect(ctx.settings, ctx.settings.postgres_db) as live_conn:
         live_conn.execute("SET default_transaction_read_only = on")
@@ -211,6 +228,14 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
         restored = read_catalog(scratch_conn)
     backup_rows = entry.manifest.table_rows if entry.manifest is not None else None
     comparison = compare(live, restored, backup_rows)
+    if properties.carried is None:
+        comparison.warnings.append(
+            f"{entry.name} records no database properties (an older backup): owner, "
+            "settings, privileges and comment were not compared")
+    else:
+        with _admin(ctx.settings) as admin:
+            as_restored = trial_properties(admin, scratch, properties.carried)
+        compare_properties(comparison, properties.carried, as_restored, properties.live)
     outcome.differences = comparison.differences
     outcome.drift = comparison.drift
     outcome.drift_rows = comparison.drift_rows

@@ -23,27 +23,33 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import psycopg
-from psycopg import sql
 from pyrage import x25519
 
 from backupd.commands.args import named_backup
 from backupd.configs import age_key_files, connection_config, restore_config
+from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import ParsedName
 from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
-from backupd.pg import (
-    connect,
-    create_database,
-    database_exists,
-    drop_database,
-    is_template,
-)
+from backupd.pg import connect, describe_pg_error, drop_database
+from backupd.pgdatabase import create_like, drop_with_subscriptions, read_properties
 from backupd.pipeline.custom import restore_archive
 from backupd.pipeline.encrypt import AgeError, decrypt_into, load_identities
 from backupd.pipeline.psql import run_in_one_transaction
 from backupd.pipeline.sqlcheck import HEAD_BYTES, header_problem
-from backupd.settings import Settings
+from backupd.restore_target import (
+    MAINTENANCE_DB,
+    RESTORING,
+    admin_database,
+    check_target,
+    derived_name,
+    holds_nothing,
+    install,
+    lock_target,
+    mark_restoring,
+    target_name,
+)
 from backupd.storage.base import BackupEntry
 from backupd.verification import (
     READ_SIZE,
@@ -56,16 +62,9 @@ from backupd.verification import (
     verify_file,
 )
 
-MAINTENANCE_DB = "postgres"
-TEMPLATE_DATABASES = frozenset({"template0", "template1"})
 Confirm = Callable[[str], bool]
-
-
-def derived_name(base: str, suffix: str) -> str:
-    """``base + suffix`` cut to PostgreSQL's 63-byte identifier limit, on a character boundary."""
-    room = 63 - len(suffix.encode())
-    cut = base.encode()[:room].decode("utf-8", errors="ignore")
-    return cut + suffix
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+__all__ = ["MAINTENANCE_DB", "derived_name", "pick", "restore_file", "run"]
 
 
 def pick(ctx: JobContext, name: str | None, latest: bool) -> tuple[Path, BackupEntry]:
@@ -93,13 +92,13 @@ def run(
     confirm: Confirm | None = None,
     from_s3: bool = False,
 ) -> None:
-    target_name(ctx.settings, target_db, replace=replace)  # bad input before any download
     if from_s3:
         # Disaster recovery: download into DB_BACKUP_DIR, then the very same verify + restore.
         from backupd import offsite  # only here: S3 clients cost start-up time
 
         s3 = offsite.require_store(ctx.settings, "--from-s3")
         entry = offsite.pick_remote(ctx, s3, name, latest)
+        target_name(ctx.settings, target_db, replace=replace)  # bad input before the download
         with offsite.downloaded(ctx, s3, entry) as downloaded:
             restore_file(ctx, downloaded, entry, target_db=target_db, replace=replace,
                          confirm=confirm)
@@ -117,7 +116,7 @@ def restore_file(
     replace: bool = False,
     confirm: Confirm | None = None,
 ) -> None:
-    """Verify ``path`` and restore it into the target database (shared with S3 and drills)."""
+    """Verify ``path`` and restore it into the target database (shared with S3)."""
     settings = ctx.settings
     target = target_name(settings, target_db, replace=replace)
     ctx.result.backup_name = entry.name
@@ -125,82 +124,94 @@ def restore_file(
     if outcome is None:
         outcome = ctx.result.outcome = RestoreOutcome(target_database=target)
     outcome.target_database = target
-    identities = load_identities(age_key_files(settings))
-    if entry.parsed.encrypted and identities is None:
-        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name} is encrypted; set it to "
-                          "the age identity file whose key it was encrypted to; nothing was "
-                          "changed")
-    _verify_first(path, entry, identities, ctx)
+    identities = identities_for(ctx, entry)
+    verify_first(path, entry, identities, ctx)
     ctx.say(f"{entry.name} verified")
     if confirm is not None and not confirm(target):
         raise ConfigError("restore: not confirmed; nothing was changed")
 
-    # A database cannot be renamed while we are connected to it: replacing the maintenance
-    # database is administered from template1 (never copied: databases come from template0).
-    with connect(settings, "template1" if target == MAINTENANCE_DB else MAINTENANCE_DB) as admin:
-        exists = database_exists(admin, target)
-        if exists and is_template(admin, target):
-            raise ConfigError(f"--target-db: database {target!r} is a template; restoring into "
-                              "it would put the backup into databases created from it; "
-                              "choose another name")
-        if exists and not replace and not _is_empty(settings, target):
-            raise ConfigError(
-                f"--target-db: database {target!r} already holds tables; pass --replace to "
-                "restore into a fresh database and swap it in (the current one is kept, renamed)"
-            )
+    with connect(settings, admin_database(target)) as admin:
+        lock_target(ctx, admin, target)
+        exists = check_target(admin, settings, target, replace=replace)
+        properties = _properties(ctx, entry, read_properties(admin, target) if exists else None)
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
-        scratch = derived_name(target, f"__restoring_{stamp}") if exists and replace else target
-        created = not exists or scratch != target
+        scratch = derived_name(target, f"{RESTORING}{stamp}")
+        kept = derived_name(target, f"_before_restore_{stamp}") if exists else None
         # Only now, confirmed and past every refusal, does a restore begin.
-        ctx.say(f"restoring {entry.name} into database {target!r}"
-                + (f" (by way of {scratch!r})" if scratch != target else ""))
-        if created:
-            create_database(admin, scratch)
-        started = datetime.now(UTC)
+        ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
+        create_database(admin, scratch, properties)
         try:
-            if entry.parsed.backup_format == "custom":
-                _pg_restore(ctx, path, entry.parsed, scratch, identities, atomic=not created)
-            else:
-                stream_into_psql(ctx, path, entry, scratch, identities)
+            mark_restoring(admin, scratch, target)
+            load(ctx, path, entry, scratch, identities)
+            for warning in install(admin, scratch, target, properties, kept):
+                ctx.warn(warning)
         except BaseException:
-            if created:
-                drop_database(admin, scratch)
-                ctx.say(f"restore failed; dropped the incomplete database {scratch!r}")
+            drop_with_subscriptions(settings, admin, scratch)
+            ctx.say(f"restore failed; dropped the incomplete database {scratch!r}")
             raise
-        outcome.restore_seconds = (datetime.now(UTC) - started).total_seconds()
-        if scratch != target:
-            kept = derived_name(target, f"_before_restore_{stamp}")
-            _swap(admin, target, scratch, kept)
-            outcome.previous_database_kept_as = kept
-            ctx.say(f"the previous database was kept as {kept!r}; drop it when satisfied")
+        if kept is not None:
+            _report_kept(ctx, admin, kept, outcome)
     ctx.say(f"restore of {entry.name} into {target!r} completed")
 
 
-def target_name(settings: Settings, target_db: str | None, *, replace: bool) -> str:
-    """The database to restore into; ConfigError for a name that must not be one."""
-    if target_db is None:
-        target, source = settings.postgres_db, "POSTGRES_DB"
+def identities_for(ctx: JobContext, entry: BackupEntry) -> list[x25519.Identity] | None:
+    identities = load_identities(age_key_files(ctx.settings))
+    if entry.parsed.encrypted and identities is None:
+        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name} is encrypted; set it to "
+                          "the age identity file whose key it was encrypted to; nothing was "
+                          "changed")
+    return identities
+
+
+def _properties(ctx: JobContext, entry: BackupEntry,
+                current: DatabaseProperties | None) -> DatabaseProperties | None:
+    """The database properties the backup carries; for a backup from before they were
+    recorded, those of the database it replaces, or else the server's defaults."""
+    carried = entry.manifest.database_properties if entry.manifest is not None else None
+    if carried is None:
+        ctx.say(f"{entry.name} records no database properties (an older backup): "
+                + ("keeping those of the database it replaces" if current is not None
+                   else "the new database gets the server's defaults"))
+        return current
+    return carried
+
+
+def create_database(admin: Connection, name: str,
+                    properties: DatabaseProperties | None, **options: int) -> None:
+    """The one way restore and drill create a database (from template0, like the source)."""
+    try:
+        create_like(admin, name, properties, **options)
+    except psycopg.Error as exc:
+        raise JobFailed(f"cannot create database {name!r} like the backed-up one: "
+                        f"{describe_pg_error(exc)}; nothing was changed") from None
+
+
+def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
+         identities: list[x25519.Identity] | None) -> None:
+    """Restore the verified backup into the new, empty ``database`` (dropped by the caller
+    on failure, so no single transaction over the whole restore is needed)."""
+    started = datetime.now(UTC)
+    if entry.parsed.backup_format == "custom":
+        _pg_restore(ctx, path, entry.parsed, database, identities, atomic=False)
     else:
-        target, source = target_db, "--target-db"
-    if not target.strip():
-        # Never "the default": with --replace that would swap out the live database.
-        raise ConfigError(f"{source}: the database name is empty; give the database to "
-                          "restore into (leave out --target-db to restore into POSTGRES_DB)")
-    if len(target.encode()) > 63 or "\x00" in target:
-        raise ConfigError(f"{source}: {target!r} is not a database name (1 to 63 bytes, no NUL)")
-    if target in TEMPLATE_DATABASES:
-        raise ConfigError(f"{source}: {target!r} is a template database; restoring into it "
-                          "would put the backup into every database created later; choose "
-                          "another name")
-    if target == MAINTENANCE_DB and not replace:
-        raise ConfigError(f"{source}: {target!r} is the maintenance database; restoring into "
-                          "it needs --replace (the current one is kept, renamed) and "
-                          "confirmation")
-    return target
+        stream_into_psql(ctx, path, entry, database, identities)
+    outcome = restore_outcome(ctx)
+    if outcome is not None:
+        outcome.restore_seconds = (datetime.now(UTC) - started).total_seconds()
 
 
-def _verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
-                  ctx: JobContext) -> None:
+def _report_kept(ctx: JobContext, admin: Connection, kept: str,
+                 outcome: RestoreOutcome) -> None:
+    if holds_nothing(ctx.settings, kept):
+        drop_database(admin, kept)
+        ctx.say("the previous database held nothing; it was dropped")
+        return
+    outcome.previous_database_kept_as = kept
+    ctx.say(f"the previous database was kept as {kept!r}; drop it when satisfied")
+
+
+def verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
+                 ctx: JobContext) -> None:
     """The full verification before anything else; JobFailed naming what failed."""
     report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
                          lambda p, parsed, r: check_other_content(p, parsed, r, identities))
@@ -222,26 +233,6 @@ def _require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport)
     if not report.ok:
         raise JobFailed(f"refusing to restore {entry.name}: it failed verification: "
                         f"{report.problem}")
-
-
-def _is_empty(settings: Settings, database: str) -> bool:
-    with connect(settings, database) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
-            "AND n.nspname NOT LIKE 'pg_toast%%' AND c.relkind IN ('r','p','v','m','S','f')"
-        ).fetchone()
-    return row is not None and row[0] == 0
-
-
-def _swap(admin: psycopg.Connection[tuple], target: str, scratch: str, kept: str) -> None:  # type: ignore[type-arg]
-    admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
-    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-        sql.Identifier(target), sql.Identifier(kept)))
-    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-        sql.Identifier(scratch), sql.Identifier(target)))
 
 
 def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,

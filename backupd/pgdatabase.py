@@ -1,0 +1,202 @@
+"""Databases as wholes: read their properties, create one like another, put the properties
+back, and drop one that holds logical-replication subscriptions.
+
+Restore and drill create every database the same way, from template0 with the source's
+encoding and locale: objects someone added to template1 are in the dump already (the
+source inherited them), so a copy of template1 would make the restore fail with "already
+exists".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from backupd.database_properties import (
+    LIST_SETTINGS,
+    PUBLIC,
+    DatabaseProperties,
+    Grant,
+    RoleSetting,
+    split_list_value,
+)
+from backupd.pg import connect, describe_pg_error, drop_database, server_major
+from backupd.settings import Settings
+
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+
+
+def _locale_columns(conn: Connection) -> str:
+    major = server_major(conn)
+    if major >= 17:
+        return ("CASE d.datlocprovider WHEN 'i' THEN 'icu' WHEN 'b' THEN 'builtin' "
+                "ELSE 'libc' END, d.datlocale")
+    if major >= 15:
+        return "CASE d.datlocprovider WHEN 'i' THEN 'icu' ELSE 'libc' END, d.daticulocale"
+    return "'libc', NULL::text"
+
+
+def read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
+    """The properties of database ``name``, or None when there is no such database."""
+    row = conn.execute(sql.SQL(
+        "SELECT d.oid, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), "
+        "d.datcollate, d.datctype, {}, d.datconnlimit, d.datacl IS NULL, "
+        "shobj_description(d.oid, 'pg_database') FROM pg_database d WHERE d.datname = %s"
+    ).format(sql.SQL(_locale_columns(conn))), (name,)).fetchone()
+    if row is None:
+        return None
+    oid, owner, encoding, collate, ctype, provider, provider_locale, limit, default_acl, \
+        comment = row
+    settings = [
+        RoleSetting(role=role, name=entry.split("=", 1)[0], value=entry.split("=", 1)[1])
+        for role, entry in conn.execute(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, "
+            "c.entry FROM pg_db_role_setting s, unnest(s.setconfig) AS c(entry) "
+            "WHERE s.setdatabase = %s ORDER BY 1 NULLS FIRST, 2", (oid,))
+    ]
+    grants = None if default_acl else [
+        Grant(grantee=str(grantee), privilege=str(privilege), grantable=bool(grantable))
+        for grantee, privilege, grantable in conn.execute(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+            "a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
+            "WHERE d.oid = %s ORDER BY 1, 2", (oid,))
+    ]
+    return DatabaseProperties(
+        owner=str(owner), encoding=str(encoding), collate=str(collate), ctype=str(ctype),
+        locale_provider=str(provider), provider_locale=provider_locale,
+        connection_limit=int(limit), settings=settings, grants=grants,
+        comment=None if comment is None else str(comment))
+
+
+def create_like(conn: Connection, name: str, properties: DatabaseProperties | None, *,
+                connection_limit: int | None = None) -> None:
+    """CREATE DATABASE from template0, with the encoding and locale of ``properties`` (the
+    server's defaults when None: a backup taken before they were recorded)."""
+    options: list[sql.Composable] = [sql.SQL("TEMPLATE template0")]
+    if properties is not None:
+        options += [sql.SQL("ENCODING {}").format(sql.Literal(properties.encoding)),
+                    sql.SQL("LC_COLLATE {}").format(sql.Literal(properties.collate)),
+                    sql.SQL("LC_CTYPE {}").format(sql.Literal(properties.ctype))]
+        if properties.locale_provider != "libc":
+            options.append(sql.SQL("LOCALE_PROVIDER {}").format(
+                sql.SQL(properties.locale_provider)))
+        if properties.locale_provider == "icu" and properties.provider_locale:
+            options.append(sql.SQL("ICU_LOCALE {}").format(
+                sql.Literal(properties.provider_locale)))
+        if properties.locale_provider == "builtin" and properties.provider_locale:
+            options.append(sql.SQL("BUILTIN_LOCALE {}").format(
+                sql.Literal(properties.provider_locale)))
+    if connection_limit is not None:
+        options.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(connection_limit)))
+    conn.execute(sql.SQL("CREATE DATABASE {} {}").format(
+        sql.Identifier(name), sql.SQL(" ").join(options)))
+
+
+def _set_clause(setting: RoleSetting) -> sql.Composed:
+    values = (split_list_value(setting.value) if setting.name in LIST_SETTINGS
+              else [setting.value])
+    return sql.SQL("SET {} TO {}").format(
+        sql.Identifier(*setting.name.split(".")),
+        sql.SQL(", ").join(sql.Literal(v) for v in values))
+
+
+def _role(name: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if name == PUBLIC else sql.Identifier(name)
+
+
+def property_statements(name: str, properties: DatabaseProperties
+                        ) -> list[tuple[str, sql.Composed]]:
+    """(what it restores, statement) for every property that is not set at creation."""
+    db = sql.Identifier(name)
+    statements = [
+        (f"owner {properties.owner}",
+         sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(properties.owner))),
+        (f"connection limit {properties.connection_limit}",
+         sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+             db, sql.Literal(properties.connection_limit))),
+    ]
+    for setting in properties.settings:
+        if setting.role is None:
+            statements.append((f"setting {setting}", sql.SQL("ALTER DATABASE {} {}").format(
+                db, _set_clause(setting))))
+        else:
+            statements.append((f"setting {setting}", sql.SQL("ALTER ROLE {} IN DATABASE {} {}")
+                               .format(sql.Identifier(setting.role), db, _set_clause(setting))))
+    if properties.grants is not None:
+        # An explicit ACL replaces the default one entirely, the owner's share included.
+        statements.append(("privileges (revoking the defaults)", sql.SQL(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC, {}").format(
+            db, sql.Identifier(properties.owner))))
+        for grant in properties.grants:
+            option = sql.SQL(" WITH GRANT OPTION") if grant.grantable else sql.SQL("")
+            statements.append((f"privilege {grant}", sql.SQL(
+                "GRANT {} ON DATABASE {} TO {}{}").format(
+                sql.SQL(grant.privilege), db, _role(grant.grantee), option)))
+    statements.append(("comment", sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        db, sql.Literal(properties.comment))))
+    return statements
+
+
+def apply_properties(conn: Connection, name: str, properties: DatabaseProperties) -> list[str]:
+    """Give database ``name`` the properties set after creation, each in a savepoint of the
+    caller's transaction; one warning per property that could not be restored (a role that
+    does not exist on this server, a privilege the restoring role lacks)."""
+    warnings = []
+    for what, statement in property_statements(name, properties):
+        try:
+            with conn.transaction():
+                conn.execute(statement)
+        except psycopg.Error as exc:
+            warnings.append(f"database property not restored: {what}: "
+                            f"{describe_pg_error(exc)}")
+    return warnings
+
+
+def trial_properties(conn: Connection, name: str,
+                     properties: DatabaseProperties) -> DatabaseProperties:
+    """What database ``name`` looks like once ``properties`` are applied as a restore applies
+    them, read back inside a transaction that is then rolled back (the database is left as
+    it was). Used by drills to prove the properties restore."""
+    result: DatabaseProperties | None = None
+    with conn.transaction():
+        apply_properties(conn, name, properties)
+        result = read_properties(conn, name)
+        raise psycopg.Rollback()
+    assert result is not None
+    return result
+
+
+def drop_with_subscriptions(settings: Settings, admin: Connection, name: str) -> None:
+    """DROP DATABASE, first detaching its logical-replication subscriptions: PostgreSQL
+    refuses to drop a database that holds one, and dropping a subscription would try to
+    drop its slot on the publisher, which a restored copy must never touch."""
+    if _has_subscriptions(admin, name):
+        with _connected(settings, name) as conn:
+            for (subscription,) in conn.execute(
+                    "SELECT subname FROM pg_subscription WHERE subdbid = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall():
+                ident = sql.Identifier(str(subscription))
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+                conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+    drop_database(admin, name)
+
+
+def _has_subscriptions(admin: Connection, name: str) -> bool:
+    try:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid "
+            "WHERE d.datname = %s", (name,)).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return False  # only superusers can create (or see) subscriptions
+    return bool(row and row[0])
+
+
+@contextmanager
+def _connected(settings: Settings, name: str) -> Iterator[Connection]:
+    with connect(settings, name) as conn:
+        yield conn

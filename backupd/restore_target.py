@@ -1,0 +1,204 @@
+"""Where a restore goes: which names may be restored into, whether an existing database can
+be swapped out, and the swap itself.
+
+Every restore goes into a fresh scratch database (``<target>__restoring_<stamp>``, created
+from template0 like the backed-up database) and is renamed into place only once it is
+complete: "all or nothing" without holding a lock per table in one transaction, so a
+database of many thousands of tables restores at default server settings. An existing
+target is kept, renamed to ``<target>_before_restore_<stamp>``, unless it held nothing.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from backupd.database_properties import DatabaseProperties
+from backupd.errors import ConfigError, JobFailed
+from backupd.job import JobContext
+from backupd.pg import connect, describe_pg_error, lock_key
+from backupd.pgdatabase import apply_properties, drop_with_subscriptions
+from backupd.settings import Settings
+
+MAINTENANCE_DB = "postgres"
+RESTORING = "__restoring_"
+# The comment on a scratch database until it is complete: what lets the next restore of
+# the same target drop what a killed one left (and nothing else).
+RESTORING_MARK = "backupd: restore in progress into "
+TEMPLATE_DATABASES = frozenset({"template0", "template1"})
+
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+
+
+def derived_name(base: str, suffix: str) -> str:
+    """``base + suffix`` cut to PostgreSQL's 63-byte identifier limit, on a character boundary."""
+    room = 63 - len(suffix.encode())
+    cut = base.encode()[:room].decode("utf-8", errors="ignore")
+    return cut + suffix
+
+
+def target_name(settings: Settings, target_db: str | None, *, replace: bool) -> str:
+    """The database to restore into; ConfigError for a name that must not be one."""
+    if target_db is None:
+        target, source = settings.postgres_db, "POSTGRES_DB"
+    else:
+        target, source = target_db, "--target-db"
+    if not target.strip():
+        # Never "the default": with --replace that would swap out the live database.
+        raise ConfigError(f"{source}: the database name is empty; give the database to "
+                          "restore into (leave out --target-db to restore into POSTGRES_DB)")
+    if len(target.encode()) > 63 or "\x00" in target:
+        raise ConfigError(f"{source}: {target!r} is not a database name (1 to 63 bytes, no NUL)")
+    if target in TEMPLATE_DATABASES:
+        raise ConfigError(f"{source}: {target!r} is a template database; restoring into it "
+                          "would put the backup into every database created later; choose "
+                          "another name")
+    if target == MAINTENANCE_DB and not replace:
+        raise ConfigError(f"{source}: {target!r} is the maintenance database; restoring into "
+                          "it needs --replace (the current one is kept, renamed) and "
+                          "confirmation")
+    return target
+
+
+def admin_database(target: str) -> str:
+    # A database cannot be renamed while we are connected to it: replacing the maintenance
+    # database is administered from template1 (never copied: databases come from template0).
+    return "template1" if target == MAINTENANCE_DB else MAINTENANCE_DB
+
+
+def lock_target(ctx: JobContext, admin: Connection, target: str) -> None:
+    """One restore per target at a time (held by ``admin``'s session); then drop the scratch
+    databases a killed restore of the same target left behind (they carry the mark)."""
+    row = admin.execute("SELECT pg_try_advisory_lock(%s)",
+                        (lock_key("restore", target),)).fetchone()
+    if not row or not row[0]:
+        raise JobFailed(f"another backupd is restoring into {target!r} right now; wait for it "
+                        "to finish; nothing was changed")
+    prefix = derived_name(target, RESTORING + "0" * 15)[:-15]
+    for (leftover,) in admin.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
+            "AND shobj_description(oid, 'pg_database') = %s",
+            (prefix, RESTORING_MARK + target)).fetchall():
+        drop_with_subscriptions(ctx.settings, admin, str(leftover))
+        ctx.warn(f"dropped {leftover!r}, left behind by an interrupted restore into {target!r}")
+
+
+def mark_restoring(admin: Connection, scratch: str, target: str) -> None:
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(scratch), sql.Literal(RESTORING_MARK + target)))
+
+
+def check_target(admin: Connection, settings: Settings, target: str, *,
+                 replace: bool) -> bool:
+    """Whether ``target`` exists; raises, before any work, when it cannot be swapped out."""
+    row = admin.execute("SELECT datistemplate, pg_get_userbyid(datdba) FROM pg_database "
+                        "WHERE datname = %s", (target,)).fetchone()
+    if row is None:
+        return False
+    is_template, owner = bool(row[0]), str(row[1])
+    if is_template:
+        raise ConfigError(f"--target-db: database {target!r} is a template; restoring into it "
+                          "would put the backup into databases created from it; choose "
+                          "another name")
+    if not replace and not is_empty(settings, target):
+        raise ConfigError(
+            f"--target-db: database {target!r} already holds tables; pass --replace to "
+            "restore into a fresh database and swap it in (the current one is kept, renamed)")
+    _check_swappable(admin, target, owner)
+    return True
+
+
+def _check_swappable(admin: Connection, target: str, owner: str) -> None:
+    """What would make the final rename fail, found before the restore instead of after it."""
+    nothing = "; nothing was changed"
+    row = admin.execute("SELECT count(*), string_agg(gid, ', ' ORDER BY gid) "
+                        "FROM pg_prepared_xacts WHERE database = %s", (target,)).fetchone()
+    if row is not None and row[0]:
+        raise JobFailed(
+            f"database {target!r} holds {row[0]} prepared transaction(s) ({row[1]}), which "
+            "keep it from being renamed; COMMIT PREPARED or ROLLBACK PREPARED them first"
+            + nothing)
+    row = admin.execute(
+        "SELECT current_user, rolsuper, rolcreatedb, pg_has_role(current_user, %s, 'MEMBER') "
+        "FROM pg_roles WHERE rolname = current_user", (owner,)).fetchone()
+    assert row is not None
+    user, superuser, createdb, owns = str(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
+    if superuser:
+        return
+    if not createdb:
+        raise JobFailed(f"role {user!r} lacks CREATEDB, needed to restore into a new database "
+                        f"and rename it into place; ALTER ROLE {user} CREATEDB" + nothing)
+    if not owns:
+        raise JobFailed(
+            f"database {target!r} is owned by {owner!r}; role {user!r} can only rename it out "
+            f"of the way as a superuser or a member of {owner!r} (GRANT {owner} TO {user})"
+            + nothing)
+    row = admin.execute(
+        "SELECT count(*), string_agg(DISTINCT usename, ', ') FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() AND NOT ("
+        "pg_has_role(current_user, usesysid, 'MEMBER') OR ("
+        "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AND NOT "
+        "coalesce((SELECT rolsuper FROM pg_roles WHERE oid = usesysid), false)))",
+        (target,)).fetchone()
+    if row is not None and row[0]:
+        raise JobFailed(
+            f"database {target!r} has {row[0]} session(s) of {row[1]} that role {user!r} may "
+            "not end (that needs superuser, pg_signal_backend or membership in their role); "
+            "end them first" + nothing)
+
+
+def is_empty(settings: Settings, database: str) -> bool:
+    """No tables, views, sequences or foreign tables of its own."""
+    with connect(settings, database) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%%' AND c.relkind IN ('r','p','v','m','S','f')"
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def holds_nothing(settings: Settings, database: str) -> bool:
+    """Not a single object of its own: no schema but public, no relation, function, type or
+    extension but plpgsql. Dropping such a database loses nothing."""
+    with connect(settings, database) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname NOT IN ('public', "
+            "'information_schema') AND nspname NOT LIKE 'pg\\_%%') "
+            "+ (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "   WHERE n.nspname = 'public') "
+            "+ (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "   WHERE n.nspname = 'public') "
+            "+ (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "   WHERE n.nspname = 'public') "
+            "+ (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')").fetchone()
+    return row is not None and row[0] == 0
+
+
+def install(admin: Connection, scratch: str, target: str,
+            properties: DatabaseProperties | None, kept: str | None) -> list[str]:
+    """Give the restored ``scratch`` its properties and its name, moving an existing target
+    to ``kept``: one transaction, so either all of it happens or none. Warnings returned."""
+    warnings: list[str] = []
+    try:
+        with admin.transaction():
+            if properties is not None:
+                warnings = apply_properties(admin, scratch, properties)
+            else:
+                admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(
+                    sql.Identifier(scratch)))  # the restoring mark goes
+            if kept is not None:
+                # The rename waits up to 5 s for the terminated sessions to go.
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+                _rename(admin, target, kept)
+            _rename(admin, scratch, target)
+    except psycopg.Error as exc:
+        raise JobFailed(f"could not put the restored database in place of {target!r}: "
+                        f"{describe_pg_error(exc)}; {target!r} is unchanged") from None
+    return warnings
+
+
+def _rename(admin: Connection, old: str, new: str) -> None:
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(old), sql.Identifier(new)))
