@@ -5,15 +5,15 @@ dump already). Roles and template1 are global, so every test here has a private 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.backups import manifest_path, read_manifest, take_backup, write_manifest
+from helpers.backups import read_manifest, take_backup, write_manifest
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
+from helpers.logs import jobs_finished
 from helpers.pg import connect, psql
 
 SOURCE = "app_db"
@@ -126,7 +126,7 @@ def test_a_backup_that_records_no_properties_still_restores(
     manifest = read_manifest(backup)
     del manifest["database_properties"]  # as written before backupd recorded them
     write_manifest(backup, manifest)
-    assert "database_properties" not in json.loads(manifest_path(backup).read_text())
+    assert "database_properties" not in read_manifest(backup)
 
     into_new = run_backupd(["restore", backup.name, "--target-db", "app_copy", "--yes"], env)
     replaced = run_backupd(["restore", backup.name, "--replace", "--yes"], env)
@@ -170,12 +170,10 @@ def test_an_object_inherited_from_template1_restores(
         drop_all(cluster)
 
 
-def drill_result(proc_stderr: str) -> dict[str, Any]:
-    for line in proc_stderr.splitlines():
-        if line.startswith("{") and '"job finished"' in line:
-            result: dict[str, Any] = json.loads(line)
-            return result
-    raise AssertionError(f"no job result in:\n{proc_stderr}")
+def drill_result(stderr: str) -> dict[str, Any]:
+    results = jobs_finished(stderr)
+    assert results, stderr
+    return dict(results[-1])
 
 
 def test_the_drill_compares_the_database_properties(
@@ -185,7 +183,7 @@ def test_the_drill_compares_the_database_properties(
 
     clean = run_backupd(["drill"], env)
     assert clean.returncode == 0, clean.stderr
-    details = drill_result(clean.stderr)["details"]
+    details = drill_result(clean.stderr)["outcome"]
     assert details["differences"] == [] and details["drift"] == []
     assert "database properties" in details["comparison_summary"]
 
@@ -193,7 +191,7 @@ def test_the_drill_compares_the_database_properties(
     psql(cluster.address, "postgres", f"COMMENT ON DATABASE {source} IS 'renamed app'")
     drifted = run_backupd(["drill"], env)
     assert drifted.returncode == 0, drifted.stderr
-    drift = drill_result(drifted.stderr)["details"]["drift"]
+    drift = drill_result(drifted.stderr)["outcome"]["drift"]
     assert drift == ["database comment: \"the app's data\" in the backup, 'renamed app' in "
                      "the live database"]
 
@@ -205,7 +203,7 @@ def test_the_drill_compares_the_database_properties(
     write_manifest(backup, manifest)
     failed = run_backupd(["drill"], env)
     assert failed.returncode == 1, failed.stderr
-    differences = drill_result(failed.stderr)["details"]["differences"]
+    differences = drill_result(failed.stderr)["outcome"]["differences"]
     assert differences == ["database privilege CONNECT to ghost: in the backup, not in the "
                            "restore"]
     # The scratch database is gone every time, and the live database untouched.

@@ -26,6 +26,7 @@ import psycopg
 from pyrage import x25519
 
 from backupd.commands.args import named_backup
+from backupd.commit_chunks import CommitChunks
 from backupd.configs import age_key_files, connection_config, restore_config
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
@@ -265,7 +266,13 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
     reports: list[VerifyReport] = []
 
     def verified_sql(send: Callable[[bytes], None]) -> bool:
-        reports.append(_verify_into(path, entry, identities, _HeaderGate(send)))
+        # Commits along the way into the new database (one transaction would hold a lock
+        # per table, see backupd.commit_chunks); the final COMMIT still after the last byte.
+        chunks = CommitChunks(send)
+        reports.append(_verify_into(path, entry, identities, _HeaderGate(chunks)))
+        chunks.finish()
+        if reports[0].ok:
+            send(chunks.final_check())  # fails the restore unless every boundary ran
         return reports[0].ok
 
     psql = run_in_one_transaction(

@@ -34,9 +34,13 @@ def free_port() -> int:
 
 
 class PrivateCluster:
-    def __init__(self, password: str, *, port: int | None = None) -> None:
+    def __init__(self, password: str, *, port: int | None = None,
+                 server_settings: dict[str, str] | None = None) -> None:
+        """``server_settings``: postgresql.conf lines on top of the small defaults below
+        (e.g. ``{"max_prepared_transactions": "2", "wal_level": "logical"}``)."""
         self.password = password
         self.port = port or free_port()
+        self.server_settings = dict(server_settings or {})
         self.root: Path | None = None
 
     # --- paths ---------------------------------------------------------------------------------
@@ -107,6 +111,7 @@ class PrivateCluster:
                 "max_connections": "30",
                 "fsync": "off",
                 "log_min_messages": "warning",
+                **self.server_settings,
             }
             with (self.data_dir / "postgresql.conf").open("a") as conf:
                 conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
