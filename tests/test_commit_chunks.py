@@ -1,0 +1,68 @@
+"""The commit boundaries inserted into a streaming plain dump (backupd.commit_chunks): the SQL
+passes through byte for byte, boundaries go only before pg_dump's entry headers, never
+inside COPY data, wherever the stream happens to be split."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from backupd.commit_chunks import BOUNDARY, CommitChunks
+
+
+def entry(i: int) -> bytes:
+    return (f"\n--\n-- Name: t{i}; Type: TABLE; Schema: public; Owner: app\n--\n\n"
+            f"CREATE TABLE public.t{i} (id int);\n").encode()
+
+
+def data_entry(i: int, rows: list[bytes]) -> bytes:
+    return (f"\n--\n-- Data for Name: t{i}; Type: TABLE DATA; Schema: public; Owner: app\n--\n\n"
+            f"COPY public.t{i} (id) FROM stdin;\n").encode() + b"".join(rows) + b"\\.\n"
+
+
+# COPY rows that look like headers: inside COPY data they are data, never a boundary.
+TRICKY_ROWS = [b"--\n", b"-- Name: fake; Type: TABLE\n", b"--\n", b"\n", b"COPY x\n"]
+DUMP = (b"--\n-- PostgreSQL database dump\n--\n\nSET statement_timeout = 0;\n"
+        + b"".join(entry(i) for i in range(1, 31))
+        + b"".join(data_entry(i, TRICKY_ROWS * 3) for i in range(1, 31))
+        + b"\n--\n-- PostgreSQL database dump complete\n--\n\n")
+
+
+def run(dump: bytes, sizes: list[int], every: int) -> tuple[bytes, CommitChunks]:
+    out: list[bytes] = []
+    chunks = CommitChunks(out.append, every)
+    position = 0
+    for size in sizes:
+        chunks(dump[position:position + size])
+        position += size
+    chunks(dump[position:])
+    chunks.finish()
+    return b"".join(out), chunks
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_sql_passes_through_and_boundaries_sit_before_headers(seed: int) -> None:
+    rng = random.Random(seed)
+    sizes = [rng.choice([1, 2, 3, 7, 20, 64, 500]) for _ in range(len(DUMP) // 40)]
+
+    sent, chunks = run(DUMP, sizes, every=7)
+
+    assert sent.replace(BOUNDARY, b"") == DUMP
+    # 60 entries, a boundary before the 8th, 15th, ...: 8 of them.
+    assert chunks.boundaries == sent.count(BOUNDARY) == 8
+    for piece in sent.split(BOUNDARY)[1:]:
+        assert piece.startswith((b"--\n-- Name: t", b"--\n-- Data for Name: t")), piece[:40]
+    assert b"-- Name: fake" not in b"".join(p[:20] for p in sent.split(BOUNDARY)[1:])
+
+
+def test_no_boundary_in_a_small_dump_and_no_final_check() -> None:
+    sent, chunks = run(DUMP, [100] * 10, every=1000)
+    assert sent == DUMP
+    assert chunks.boundaries == 0 and chunks.final_check() == b""
+
+
+def test_the_final_check_counts_the_boundaries() -> None:
+    _, chunks = run(DUMP, [4096] * 3, every=10)
+    assert chunks.boundaries == 5
+    assert b"<> '5'" in chunks.final_check()
