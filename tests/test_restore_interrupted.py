@@ -17,7 +17,7 @@ from helpers.age import make_age_keys
 from helpers.backups import path_with, take_backup
 from helpers.cli import kill_group, run_backupd, start_backupd
 from helpers.faults import wait_until
-from helpers.pg import ServerAddress, psql
+from helpers.pg import ServerAddress, drop_database, psql
 from helpers.procs import (
     PLAINTEXT_MAGIC,
     files_starting_with,
@@ -87,7 +87,7 @@ def test_sigkill_mid_encrypted_custom_restore_leaves_no_plaintext_and_no_pg_rest
                       DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file))
     backup = take_backup(env)
     assert backup.name.endswith(".dump.age")
-    target = make_db()  # empty: restored in one transaction
+    target = make_db()  # empty: restored by way of a scratch database, then swapped in
     scratch_dir = tmp_path / "tmp"  # the only other place backupd could write a file
     scratch_dir.mkdir()
     paused = tmp_path / "pg_restore-paused"
@@ -102,22 +102,31 @@ def test_sigkill_mid_encrypted_custom_restore_leaves_no_plaintext_and_no_pg_rest
             assert proc.poll() is None, proc.read_stderr()[-3000:]
             assert time.monotonic() < deadline, "pg_restore never got its first bytes"
             time.sleep(0.05)
-        assert processes_with_env("PGDATABASE", target), "the restoring pg_restore runs"
+        restoring = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
+                         f"datname LIKE '{target}\\_\\_restoring\\_%'").split()
+        assert len(restoring) == 1, restoring
+        into = restoring[0]
+        assert processes_with_env("PGDATABASE", into), "the restoring pg_restore runs"
         assert files_starting_with(tmp_path, PLAINTEXT_MAGIC) == [], "plaintext mid-restore"
 
         proc.kill()  # SIGKILL backupd alone, as the OOM killer would
         proc.wait()
 
-        wait_until(lambda: not processes_with_env("PGDATABASE", target), 10,
+        wait_until(lambda: not processes_with_env("PGDATABASE", into), 10,
                    "pg_restore (the shim and the real one) to die with backupd")
         wait_until(lambda: psql(pg_server, "postgres",
                                 "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                                f"'{target}'").strip() == "0", 30,
+                                f"'{into}'").strip() == "0", 30,
                    "the restore's session to end")
     finally:
-        kill_processes(processes_with_env("PGDATABASE", target))
+        for database in psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
+                             f"datname LIKE '{target}\\_\\_restoring\\_%'").split():
+            kill_processes(processes_with_env("PGDATABASE", database))
         kill_group(proc)
         proc.wait()
+        for database in psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
+                             f"datname LIKE '{target}\\_\\_restoring\\_%'").split():
+            drop_database(pg_server, database)
     assert files_starting_with(tmp_path, PLAINTEXT_MAGIC) == [], "plaintext left on disk"
     assert [p.name for p in backup_dir.iterdir() if p.name.endswith(".partial")] == []
     tables = psql(pg_server, target,
