@@ -3,14 +3,15 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
 * Every backup is fully verified before a byte of it reaches psql or pg_restore: SQL that
   failed its checksum must never run, not even in a transaction that is rolled back later
   (psql meta-commands such as ``\!`` act outside the transaction).
-* Plain SQL is then checked again as it streams into psql, inside one transaction: COMMIT
-  is sent only after the last byte and only if the bytes still match (the file cannot
-  change between the verify and the restore unnoticed), else PostgreSQL rolls it back.
-* A target that does not exist is created, restored in one transaction with
-  psql stopping at the first error, and dropped again if the restore fails.
-* A target that already holds tables is refused unless ``--replace``: then the
-  backup is restored into a scratch database and swapped in only once complete;
-  the old database is kept, renamed, so nothing is lost.
+* Plain SQL is then checked again as it streams into psql: the final COMMIT is sent only
+  after the last byte and only if the bytes still match (the file cannot change between
+  the verify and the restore unnoticed); commits along the way go at pg_dump's entry
+  boundaries (backupd.commit_chunks), so thousands of tables need no lock each at once.
+* Every restore goes into a new scratch database, created from template0 like the backed-up
+  database, dropped if the restore fails, and renamed into place with the database's
+  recorded properties only once complete (backupd.restore_target). An existing target is
+  refused when it holds tables, unless ``--replace``: it is then kept, renamed, so nothing
+  is lost.
 """
 
 from __future__ import annotations
