@@ -18,7 +18,7 @@ from helpers.cli import run_backupd
 from helpers.offsite import get_bytes, s3_env
 from helpers.pg import (
     ServerAddress,
-    connect,
+    database_exists,
     drop_database,
     fingerprint,
     pg_binary,
@@ -162,9 +162,7 @@ def test_failed_custom_restore_drops_the_database_it_created(
 
     assert proc.returncode == 1
     assert "pg_restore" in proc.stderr or "role" in proc.stderr
-    with connect(pg_server) as conn:
-        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target_db,))
-        assert row.fetchone() is None
+    assert not database_exists(pg_server, target_db)
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["clear", "age"])

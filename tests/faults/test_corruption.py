@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 from helpers.cli import run_backupd, server_env
 from helpers.faults import place_copy
-from helpers.pg import ServerAddress, connect, create_database, drop_database, psql, unique_db_name
+from helpers.pg import (
+    ServerAddress,
+    create_database,
+    database_exists,
+    drop_database,
+    psql,
+    unique_db_name,
+)
 
 G_STAMP, C_STAMP = "20200101_000000", "20200102_000000"
 
@@ -163,9 +170,8 @@ def test_verify_restore_prune_refuse_the_corrupt_backup(
     restore = run_backupd(["restore", name, "--yes", "--target-db", target], env)
     assert restore.returncode in (1, 2)
     assert "refusing to restore" in restore.stderr or "symbolic link" in restore.stderr
-    with connect(pg_server) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,)).fetchone()
-    assert exists is None, "restore touched the database although the backup is corrupt"
+    assert not database_exists(pg_server, target), \
+        "restore touched the database although the backup is corrupt"
 
     prune = run_backupd(["prune"], env)
     assert prune.returncode == 0, prune.stderr
