@@ -30,7 +30,6 @@ from backupd.notify import build_chain
 from backupd.outcomes import DrillOutcome, PruneOutcome, VerifyOutcome
 from backupd.result import JobResult
 from backupd.settings import Settings, load_settings
-from backupd.storage.local import LocalStore
 
 app = typer.Typer(
     name="backupd",
@@ -218,14 +217,13 @@ def list_backups(
         "--remote", help="List the committed backups in S3 instead of DB_BACKUP_DIR.")] = False,
 ) -> None:
     """List backups, newest first: name, size, age, verified or not."""
-    from backupd import offsite
     from backupd.commands import listing
+    from backupd.job import repositories_for
 
     settings = bootstrap()
     try:
-        store = offsite.require_store(settings, "--remote") if remote else LocalStore(
-            settings.backup_dir)
-        data = listing.rows(store.list_backups(settings.postgres_db))
+        repository = repositories_for(settings).choose(remote, "--remote")
+        data = listing.rows(repository.list_backups(settings.postgres_db))
     except BackupdError as exc:  # ConfigError: exit 2; S3 unreachable: exit 1
         fail(str(exc), exc.exit_code)
     print(json.dumps(data, indent=2) if as_json else listing.render_table(data))
@@ -234,10 +232,10 @@ def list_backups(
 @app.command()
 def upload() -> None:
     """Upload verified backups that are not in S3 yet (pending uploads) now."""
-    from backupd import offsite
+    from backupd.commands import upload as upload_cmd
 
     settings = bootstrap()
-    finish(execute("upload", settings, offsite.run_upload_job))
+    finish(execute("upload", settings, upload_cmd.run))
 
 
 @app.command()

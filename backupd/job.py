@@ -17,7 +17,28 @@ from backupd.log import JobLogFile, get_logger, redact
 from backupd.notify.base import NotifierChain
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
-from backupd.storage.local import LocalStore
+from backupd.storage.base import Repository
+from backupd.storage.local import LocalRepository
+from backupd.storage.repositories import Repositories
+
+
+def repositories_for(settings: Settings) -> Repositories:
+    """The repositories a job works on, built from the settings here, at the edge."""
+
+    def offsite() -> Repository:
+        from backupd.storage.s3 import S3Config, S3Repository  # boto3 only when S3 is set
+
+        assert settings.s3_bucket
+        kms = settings.s3_sse_kms_key_id
+        return S3Repository(S3Config(
+            bucket=settings.s3_bucket, prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+            sse=settings.s3_sse, sse_kms_key_id=kms.get_secret_value() if kms else None,
+            storage_class=settings.s3_storage_class,
+            timeout_seconds=settings.s3_timeout_seconds))
+
+    return Repositories(LocalRepository(settings.backup_dir),
+                        offsite if settings.s3_bucket else None)
 
 
 @dataclass
@@ -25,10 +46,21 @@ class JobContext:
     settings: Settings
     result: JobResult
     cancel: CancelToken = field(default_factory=CancelToken)
+    # Injected (tests, the daemon); by default built from the settings.
+    repositories: Repositories | None = None
+
+    def __post_init__(self) -> None:
+        if self.repositories is None:
+            self.repositories = repositories_for(self.settings)
 
     @property
-    def store(self) -> LocalStore:
-        return LocalStore(self.settings.backup_dir)
+    def repos(self) -> Repositories:
+        assert self.repositories is not None
+        return self.repositories
+
+    @property
+    def store(self) -> LocalRepository:
+        return self.repos.local
 
     def say(self, message: str, **fields: Any) -> None:
         """A progress line for people (the job's log file) and machines (structlog)."""
@@ -49,6 +81,7 @@ def run_job(
     body: JobBody,
     chain: NotifierChain,
     cancel: CancelToken | None = None,
+    repositories: Repositories | None = None,
     *,
     scheduled_for: datetime | None = None,
 ) -> JobResult:
@@ -56,7 +89,7 @@ def run_job(
 
     ``scheduled_for``: the schedule slot a daemon run stands for."""
     result = JobResult(job=job, database=settings.postgres_db, scheduled_for=scheduled_for)
-    context = JobContext(settings, result, cancel or CancelToken())
+    context = JobContext(settings, result, cancel or CancelToken(), repositories)
     try:
         body(context)
         result.finish(Status.SUCCESS, exit_code=0)

@@ -17,13 +17,22 @@ MANIFEST_VERSION = 1
 
 
 class Manifest(BaseModel):
+    """One artifact: its kind, database, times, stored file (size, SHA-256) and what has
+    been proven about it. New fields always have defaults, so every older manifest loads."""
+
     manifest_version: int = MANIFEST_VERSION
+    # What the artifact is (docs/architecture.md): "dump" is a pg_dump of one database.
+    kind: str = "dump"
     name: str
     database: str
     server_version: str | None = None
     pg_dump_version: str | None = None
     started_at: datetime
     finished_at: datetime
+    # The server's view when the dump's snapshot was taken: its clock (now()) and its WAL
+    # position. Neither depends on backupd's clock, so a wrong clock shows (issue 13).
+    server_time: datetime | None = None
+    wal_lsn: str | None = None
     format: str = "plain"
     compression: str = "gzip"
     compression_level: int | None = None

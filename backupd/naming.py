@@ -20,9 +20,10 @@ PARTIAL_SUFFIX = ".partial"
 DATA_SUFFIXES = (".sql.gz", ".sql.zst", ".dump")
 ENCRYPTED_SUFFIX = ".age"
 
+# Always applied with fullmatch: `$` would also match before a trailing newline.
 _NAME_RE = re.compile(
-    r"^(?P<db>.+)_(?P<ts>\d{8}_\d{6})"
-    r"(?P<suffix>(?:\.sql\.gz|\.sql\.zst|\.dump)(?:\.age)?)$"
+    r"(?P<db>.+)_(?P<ts>\d{8}_\d{6})"
+    r"(?P<suffix>(?:\.sql\.gz|\.sql\.zst|\.dump)(?:\.age)?)"
 )
 
 
@@ -109,7 +110,7 @@ class ParsedName:
 
 def parse_backup_name(name: str) -> ParsedName | None:
     """Parse a backup file name; ``None`` for anything that is not one of ours."""
-    match = _NAME_RE.match(name)
+    match = _NAME_RE.fullmatch(name)
     if match is None or "/" in name:
         return None
     try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 if TYPE_CHECKING:
-    from backupd.verification import VerifyReport
+    from backupd.pipeline.verification import VerifyReport
 
 
 class _Model(BaseModel):

@@ -86,6 +86,10 @@ def test_distinct_databases_never_share_a_name() -> None:
         "db_20241305_010203.sql.gz",  # month 13
         "_20240305_010203.sql.gz",  # no database part
         ".db_20240305_010203.sql.gz.partial",
+        # `$` matches before a trailing newline: names are parsed by full match (issue 13).
+        "db_20240305_010203.sql.gz\n",
+        "db_20240305_010203.dump.age\n",
+        "db\n_20240305_010203.sql.gz\n",
     ],
 )
 def test_foreign_names_are_not_backups(name: str) -> None:

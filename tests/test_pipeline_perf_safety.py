@@ -33,7 +33,7 @@ from backupd.pipeline.compress import (
     MemberGzipWriter,
 )
 from backupd.pipeline.growing import GrowingFile
-from backupd.verification import FileScan, follow_growing_file, verify_file
+from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
 
 EnvFactory = Callable[..., dict[str, str]]
 NAME = "db_20260101_000000.sql.gz"

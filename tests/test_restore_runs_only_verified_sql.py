@@ -28,7 +28,7 @@ from helpers.backups import (
 from helpers.cli import run_backupd
 from helpers.pg import ServerAddress, database_exists, fingerprint, psql, unique_db_name
 
-from backupd.verification import READ_SIZE
+from backupd.pipeline.verification import READ_SIZE
 
 EnvFactory = Callable[..., dict[str, str]]
 COMMIT = b"\nCOMMIT;\n"

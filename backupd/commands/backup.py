@@ -3,18 +3,22 @@
 The order is the guarantee: the data file is committed (fsync + rename) before
 its manifest, and the manifest says "verified" only after the file has been read
 back in full (from the file, while it was being written: see follow_growing_file).
-A failure at any step leaves either nothing or an unverified file.
+A failure at any step leaves either nothing or an unverified file; a manifest that
+cannot be written (a full disk) takes its data file with it.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from backupd import offsite
-from backupd.commands import prune
-from backupd.commands.verify import record_outcome
+import psycopg
+
+from backupd.commands import prune, selection, upload
+from backupd.commands.verify import with_outcome
 from backupd.configs import age_key_files, dump_config
 from backupd.drill_compare import table_row_counts
 from backupd.errors import JobFailed, JobSkipped
@@ -24,12 +28,12 @@ from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.outcomes import BackupOutcome, FileReport
 from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
 from backupd.pgdatabase import read_properties
-from backupd.pipeline.encrypt import encryptor_for, recipient_strings
+from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
+from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
 from backupd.result import human_bytes
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry
-from backupd.verification import FileScan, content_checker_for, follow_growing_file, verify_file
+from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
@@ -39,27 +43,30 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
     settings = ctx.settings
     store = ctx.store
     facts = ctx.result.outcome = BackupOutcome()
-    s3 = offsite.configured_store(settings)  # bad S3 settings: exit 2 before any dump
+    offsite = ctx.repos.offsite()  # bad S3 settings: exit 2 before any dump
     store.prepare()
     with advisory_lock(settings, "dump"):
         existing = store.list_backups(settings.postgres_db)
+        selection.warn_future(ctx, existing)
         if not_before is not None:
             _skip_if_slot_taken(existing, not_before)
         with connect(settings) as conn:
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
             properties = read_properties(conn, settings.postgres_db)
+            clock = read_server_clock(conn)
         # What the database held at backup time, for restore drills (issue 7): counted on a
         # connection of its own while pg_dump starts, instead of delaying it.
         counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts")
         counting = counter.submit(_count_rows, settings)
         counter.shutdown(wait=False)
-        previous = next((e for e in existing if e.verified), None)
+        previous = newest_verified(existing)
         # Keys are checked before pg_dump starts: a bad key is a ConfigError, not a lost dump.
         recipients = recipient_strings(age_key_files(settings))
-        checker = content_checker_for(settings)
+        identities = load_identities(age_key_files(settings))
         suffix = data_suffix(settings.backup_format, settings.compression,
                              encrypted=bool(recipients))
         started = _unique_start(ctx, suffix)
+        _warn_if_clocks_disagree(ctx, clock, started)
         name = backup_name(settings.postgres_db, started, suffix)
         parsed = parse_backup_name(name)
         assert parsed is not None
@@ -102,17 +109,23 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
             gzip_members=outcome.gzip_members, database_properties=properties,
+            server_time=clock.now, wal_lsn=clock.wal_lsn,
         )
         # Written twice on purpose: now, unverified, so that a crash before the verdict
         # leaves a file marked as backupd's own and unproven (never mistaken for an
-        # old-script backup without a manifest); then again with the verdict.
-        store.write_manifest(manifest)
-        ctx.result.size_bytes = outcome.stored_bytes
-        ctx.result.stderr_tail = outcome.stderr_tail or None
-        ctx.result.stderr_tool = "pg_dump" if outcome.stderr_tail else None
-        report = verify_file(store.directory / name, parsed, manifest, content_checker=checker,
-                             read_back=read_back[0])
-        record_outcome(store, manifest, report)
+        # old-script backup without a manifest); then again with the verdict. Either write
+        # failing removes the backup (ManifestNotWritten, one line naming DB_BACKUP_DIR).
+        try:
+            store.commit(manifest)
+            ctx.result.size_bytes = outcome.stored_bytes
+            ctx.result.stderr_tail = outcome.stderr_tail or None
+            ctx.result.stderr_tool = "pg_dump" if outcome.stderr_tail else None
+            report = verify_file(store.directory / name, parsed, manifest, identities=identities,
+                                 read_back=read_back[0])
+            store.commit(with_outcome(manifest, report))
+        except BaseException:
+            ctx.result.backup_name = None
+            raise
         facts.verify = FileReport.of(report)
         if not report.ok:
             raise JobFailed(f"the new backup {name} failed verification: {report.problem}")
@@ -123,12 +136,13 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _warn_if_shrunk(ctx, previous.size, outcome.stored_bytes)
     # Outside the lock: a long upload must not hold back other dumps. A failed upload
     # leaves the backup pending (result.offsite), never fails the backup.
-    facts.upload = offsite.after_backup(ctx, s3, name)
+    if offsite is not None:
+        facts.upload = upload.upload_pending(ctx, offsite, first=name)
     if apply_retention and settings.retention_schedule is None:
         # The new backup was read back in full moments ago: hashing it again would be a
         # second read of the largest, newest file on every run.
         ctx.result.deleted = prune.sweep(ctx, store, already_proven={name})
-        ctx.result.deleted += offsite.sweep_remote(ctx, s3)
+        ctx.result.deleted += prune.sweep_offsite(ctx, offsite)
         facts.retention_ran = True
 
 
@@ -138,12 +152,47 @@ def _count_rows(settings: Settings) -> dict[str, int]:
 
 
 def _skip_if_slot_taken(existing: list[BackupEntry], not_before: datetime) -> None:
-    # Checked under the lock: the other daemon has finished (and verified) by now.
+    # Checked under the lock: the other daemon has finished (and verified) by now. A backup
+    # dated in the future covers nothing: its date is not when it was taken.
     for entry in existing:
-        if entry.verified and entry.parsed.taken_at >= not_before.replace(microsecond=0):
+        if entry.proven_good() and entry.taken_at >= not_before.replace(microsecond=0):
             raise JobSkipped(f"{entry.name} already covers the run due at "
                              f"{not_before.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
                              "(another backupd run took it); this run was skipped")
+
+
+@dataclass(frozen=True)
+class ServerClock:
+    """The server's view at dump time, recorded beside backupd's clock in the manifest."""
+
+    now: datetime | None = None
+    wal_lsn: str | None = None
+
+
+def read_server_clock(conn: Any) -> ServerClock:
+    """now() and the WAL position (the replay position on a standby); never fails a backup."""
+    try:
+        row = conn.execute(
+            "SELECT now(), (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+            "ELSE pg_current_wal_lsn() END)::text").fetchone()
+    except psycopg.Error:  # a restricted role or an odd server: the backup goes on without it
+        return ServerClock()
+    if row is None or not isinstance(row[0], datetime):
+        return ServerClock()
+    return ServerClock(row[0].astimezone(UTC), str(row[1]) if row[1] is not None else None)
+
+
+def _warn_if_clocks_disagree(ctx: JobContext, clock: ServerClock, started: datetime) -> None:
+    """Names carry backupd's clock; the server's is recorded beside it. When the two disagree,
+    say so now rather than a year later, when the dates no longer add up."""
+    if clock.now is None:
+        return
+    skew = started - clock.now
+    if abs(skew) > CLOCK_TOLERANCE:
+        ctx.warn(f"backupd's clock and the database server's differ by "
+                 f"{skew.total_seconds() / 3600:+.2f} h (backupd {started:%Y-%m-%d %H:%M:%S} "
+                 f"UTC, server {clock.now:%Y-%m-%d %H:%M:%S} UTC); this backup is named by "
+                 "backupd's clock: check NTP on both machines")
 
 
 def _unique_start(ctx: JobContext, suffix: str) -> datetime:

@@ -22,13 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
-from backupd import offsite
-from backupd.commands import restore
+from backupd.commands import restore, selection
 from backupd.database_properties import DatabaseProperties
 from backupd.drill_compare import (
     Comparison,
@@ -45,10 +43,7 @@ from backupd.pg import advisory_lock, connect, describe_pg_error
 from backupd.pgdatabase import drop_with_subscriptions, read_properties, trial_properties
 from backupd.result import human_bytes
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry
-
-if TYPE_CHECKING:
-    from backupd.storage.s3 import S3Store
+from backupd.storage.base import BackupEntry, Repository
 
 SCRATCH_MARK = "backupd restore drill scratch database"
 # psql (or pg_restore) plus the comparison's one connection. Superusers are exempt
@@ -71,15 +66,12 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
     ctx.result.outcome = DrillOutcome(scratch_database=scratch,
                                       restore=RestoreOutcome(target_database=scratch))
     with advisory_lock(settings, "drill"):
-        if not from_s3:
-            path, entry = restore.pick(ctx, name, latest=name is None)
-            _drill(ctx, path, entry, scratch, _record_locally(ctx))
-            return
-        s3 = offsite.require_store(settings, "--from-s3")
-        entry = offsite.pick_remote(ctx, s3, name, latest=name is None)
-        check_room(settings)  # before the download, too
-        with offsite.downloaded(ctx, s3, entry) as path:
-            _drill(ctx, path, entry, scratch, _record_in_s3(ctx, s3))
+        repository = ctx.repos.choose(from_s3, "--from-s3")
+        entry = selection.pick(ctx, repository, name, latest=name is None)
+        if from_s3:
+            check_room(settings)  # before the download, too
+        with selection.local_file(ctx, repository, entry) as path:
+            _drill(ctx, path, entry, scratch, _recorder(ctx, repository))
 
 
 def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
@@ -264,24 +256,18 @@ def _record(ctx: JobContext, entry: BackupEntry, record: Recorder, *, ok: bool,
     record(manifest)
 
 
-def _record_locally(ctx: JobContext) -> Recorder:
+def _recorder(ctx: JobContext, repository: Repository) -> Recorder:
     def write(drilled: Manifest) -> None:
         # Re-read first: a verify may have rewritten the manifest while the drill ran.
-        current, _ = ctx.store.load_manifest(drilled.name)
+        try:
+            current, _ = repository.load_manifest(drilled.name)
+        except OffsiteError:
+            current = None
         manifest = current or drilled
         manifest.drilled_at = drilled.drilled_at
         manifest.drill_ok = drilled.drill_ok
         manifest.drill_restore_seconds = drilled.drill_restore_seconds
-        ctx.store.write_manifest(manifest)
-
-    return write
-
-
-def _record_in_s3(ctx: JobContext, s3: S3Store) -> Recorder:
-    def write(drilled: Manifest) -> None:
-        try:
-            s3.write_manifest(drilled)
-        except OffsiteError as exc:  # read-only credentials lose the record, not the drill
-            ctx.warn(f"could not record the drill's outcome in S3: {exc}")
+        # Read-only mounts and credentials lose the record, not the drill.
+        selection.record(ctx, repository, manifest, "the drill's outcome")
 
     return write

@@ -6,6 +6,12 @@ unverified one; anything that is not one of backupd's own backup files.
 A "good" backup is verified per its manifest, and its SHA-256 is re-checked
 before the sweep relies on it, so a file corrupted on disk never counts. A backup
 from the old scripts (no manifest) counts as good once its content verifies in full.
+A backup dated in the future (its clock was wrong) never counts as one of the minimum
+kept; it is reported, and kept until its date has passed like any other.
+
+Written once for every repository: the offsite one gets the same policy, without the
+re-check (that would cost the egress of keep-min backups every run; ``verify --remote``
+proves the bytes).
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from backupd.commands import selection
+from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.outcomes import PruneOutcome
-from backupd.pipeline.checksum import sha256_of
+from backupd.pipeline.verification import verify_file
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry, BackupStore
-from backupd.verification import verify_file
+from backupd.storage.base import BackupEntry, Repository
+from backupd.storage.replication import sha256_of
 
 
 @dataclass
@@ -37,7 +45,8 @@ def plan_prune(
 ) -> PrunePlan:
     """Decide what retention deletes. ``entries`` newest first; ``is_good`` overrides
     which entries count as good (the local store re-checks checksums first)."""
-    good = list(is_good) if is_good is not None else [e for e in entries if e.verified]
+    good = (list(is_good) if is_good is not None
+            else [e for e in entries if e.proven_good(now)])
     good_names = {e.name for e in good}
     cutoff = now - timedelta(days=settings.retention_days)
     protected: dict[str, str] = {}
@@ -60,8 +69,8 @@ def plan_prune(
 
 
 def rechecked_plan(
-    ctx: JobContext, entries: list[BackupEntry], settings: Settings, now: datetime,
-    already_proven: Iterable[str] = (),
+    ctx: JobContext, repository: Repository, entries: list[BackupEntry], settings: Settings,
+    now: datetime, already_proven: Iterable[str] = (),
 ) -> PrunePlan:
     """The plan, relying only on backups proven good now: verified ones whose bytes still
     match their manifest, and old-script ones (no manifest) whose content verifies.
@@ -72,8 +81,8 @@ def rechecked_plan(
     """
     # backupd's own verified backups (checksum recorded at write time) fill the minimum kept
     # first; old-script files, proven only by content, count when there are too few of those.
-    candidates = sorted((e for e in entries if e.verified or _from_old_scripts(e)),
-                        key=_from_old_scripts)
+    candidates = sorted((e for e in entries if not e.from_the_future(now)
+                         and (e.verified or _from_old_scripts(e))), key=_from_old_scripts)
     proven: set[str] = set(already_proven)  # read back in full earlier in this same run
     bad: set[str] = set()
     while True:
@@ -83,7 +92,7 @@ def rechecked_plan(
         if not relied_on:
             return plan
         for entry in relied_on:
-            problem = _problem_now(ctx, entry)
+            problem = _problem_now(ctx, repository, entry)
             if problem is None:
                 proven.add(entry.name)
             else:
@@ -95,30 +104,31 @@ def _from_old_scripts(entry: BackupEntry) -> bool:
     return entry.manifest is None and entry.manifest_error is None
 
 
-def _problem_now(ctx: JobContext, entry: BackupEntry) -> str | None:
-    path = ctx.store.resolve(entry.name)
+def _problem_now(ctx: JobContext, repository: Repository, entry: BackupEntry) -> str | None:
     if entry.manifest is not None:
-        digest, _ = sha256_of(str(path))
+        digest = sha256_of(repository, entry.name)
         return None if digest == entry.manifest.sha256 else "no longer matches its checksum"
     # No checksum to compare with: only reading the whole content proves it.
-    report = verify_file(path, entry.parsed, None)
+    with selection.local_file(ctx, repository, entry) as path:
+        report = verify_file(path, entry.parsed, None)
     if not report.ok:
         return f"(no manifest) fails verification: {report.problem}"
     return None if report.content_checked else "(no manifest) cannot be verified here"
 
 
-def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
+def sweep(ctx: JobContext, store: Repository, *, dry_run: bool = False,
           recheck: bool = True, already_proven: Iterable[str] = ()) -> list[str]:
-    """Apply retention to one store; returns the names deleted (or that would be)."""
+    """Apply retention to one repository; returns the names deleted (or that would be)."""
     settings = ctx.settings
     entries = store.list_backups(settings.postgres_db)
+    selection.warn_future(ctx, entries)
     now = datetime.now(tz=ctx.result.started_at.tzinfo)
     plan = plan_prune(entries, settings, now)
     if not plan.delete:
         return []
     if recheck:
         # Re-check before trusting: only done when something would be deleted.
-        plan = rechecked_plan(ctx, entries, settings, now, already_proven)
+        plan = rechecked_plan(ctx, store, entries, settings, now, already_proven)
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:
@@ -132,15 +142,30 @@ def sweep(ctx: JobContext, store: BackupStore, *, dry_run: bool = False,
     return deleted
 
 
-def run(ctx: JobContext, *, dry_run: bool = False) -> None:
-    from backupd import offsite  # imported here: offsite builds on sweep()
+def sweep_offsite(ctx: JobContext, offsite: Repository | None, *, dry_run: bool = False,
+                  strict: bool = False) -> list[str]:
+    """The same retention on the offsite repository; returns the locations deleted. A copy
+    counts as good per its manifest and its size there. With ``strict`` a failure of the
+    offsite repository fails the job, else it warns (a backup run must not fail for it)."""
+    if offsite is None:
+        return []
+    try:
+        names = sweep(ctx, offsite, dry_run=dry_run, recheck=False)
+    except OffsiteError as exc:
+        if strict:
+            raise JobFailed(f"retention on {offsite.description} failed: {exc}") from None
+        ctx.warn(f"retention on {offsite.description} skipped: {exc}")
+        return []
+    return [offsite.location(name) for name in names]
 
-    s3 = offsite.configured_store(ctx.settings)
+
+def run(ctx: JobContext, *, dry_run: bool = False) -> None:
+    offsite = ctx.repos.offsite()  # bad S3 settings: exit 2 before anything is deleted
     ctx.store.prepare()
     outcome = ctx.result.outcome = PruneOutcome(dry_run=dry_run)
     names = sweep(ctx, ctx.store, dry_run=dry_run)
-    # The same policy on S3 (this database's own backups under the prefix only).
-    names += offsite.sweep_remote(ctx, s3, dry_run=dry_run, strict=True)
+    # The same policy offsite (this database's own backups under the prefix only).
+    names += sweep_offsite(ctx, offsite, dry_run=dry_run, strict=True)
     # A dry run deleted nothing: its names must never count (summary, Slack, metrics).
     if dry_run:
         outcome.would_delete = names

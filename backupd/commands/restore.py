@@ -16,17 +16,14 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, cast
 
 import psycopg
 from pyrage import x25519
 
-from backupd.commands.args import named_backup
+from backupd.commands import selection
 from backupd.commit_chunks import CommitChunks
 from backupd.configs import age_key_files, connection_config, restore_config
 from backupd.database_properties import DatabaseProperties
@@ -37,9 +34,9 @@ from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
 from backupd.pg import connect, describe_pg_error, drop_database
 from backupd.pgdatabase import create_like, drop_with_subscriptions, read_properties
 from backupd.pipeline.custom import restore_archive
-from backupd.pipeline.encrypt import AgeError, decrypt_into, load_identities
+from backupd.pipeline.encrypt import load_identities
 from backupd.pipeline.psql import run_in_one_transaction
-from backupd.pipeline.sqlcheck import HEAD_BYTES, header_problem
+from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
 from backupd.restore_target import (
     MAINTENANCE_DB,
     RESTORING,
@@ -53,35 +50,10 @@ from backupd.restore_target import (
     target_name,
 )
 from backupd.storage.base import BackupEntry
-from backupd.verification import (
-    READ_SIZE,
-    PlainSqlCheck,
-    VerifyReport,
-    check_file_shape,
-    check_gzip_members,
-    check_other_content,
-    scan,
-    verify_file,
-)
 
 Confirm = Callable[[str], bool]
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
-__all__ = ["MAINTENANCE_DB", "derived_name", "pick", "restore_file", "run"]
-
-
-def pick(ctx: JobContext, name: str | None, latest: bool) -> tuple[Path, BackupEntry]:
-    store = ctx.store
-    if latest:
-        entries = store.list_backups(ctx.settings.postgres_db)
-        entry = next((e for e in entries if e.verified), None)
-        if entry is None:
-            raise JobFailed(f"no verified backup of {ctx.settings.postgres_db!r} in "
-                            f"{store.description}; see `backupd list`")
-        return store.resolve(entry.name), entry
-    if not name:
-        raise ConfigError("NAME: give a backup file name or --latest; see `backupd list`")
-    entry = named_backup(store, name)
-    return store.resolve(entry.name), entry
+__all__ = ["MAINTENANCE_DB", "derived_name", "restore_file", "run"]
 
 
 def run(
@@ -94,19 +66,13 @@ def run(
     confirm: Confirm | None = None,
     from_s3: bool = False,
 ) -> None:
-    if from_s3:
-        # Disaster recovery: download into DB_BACKUP_DIR, then the very same verify + restore.
-        from backupd import offsite  # only here: S3 clients cost start-up time
-
-        s3 = offsite.require_store(ctx.settings, "--from-s3")
-        entry = offsite.pick_remote(ctx, s3, name, latest)
-        target_name(ctx.settings, target_db, replace=replace)  # bad input before the download
-        with offsite.downloaded(ctx, s3, entry) as downloaded:
-            restore_file(ctx, downloaded, entry, target_db=target_db, replace=replace,
-                         confirm=confirm)
-        return
-    path, entry = pick(ctx, name, latest)
-    restore_file(ctx, path, entry, target_db=target_db, replace=replace, confirm=confirm)
+    # --from-s3 (disaster recovery) only chooses the repository: the backup is downloaded
+    # into DB_BACKUP_DIR, then goes through the very same verify + restore.
+    repository = ctx.repos.choose(from_s3, "--from-s3")
+    entry = selection.pick(ctx, repository, name, latest)
+    target_name(ctx.settings, target_db, replace=replace)  # bad input before any download
+    with selection.local_file(ctx, repository, entry) as path:
+        restore_file(ctx, path, entry, target_db=target_db, replace=replace, confirm=confirm)
 
 
 def restore_file(
@@ -215,8 +181,7 @@ def _report_kept(ctx: JobContext, admin: Connection, kept: str,
 def verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
                  ctx: JobContext) -> None:
     """The full verification before anything else; JobFailed naming what failed."""
-    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                         lambda p, parsed, r: check_other_content(p, parsed, r, identities))
+    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error, identities)
     _require_verified(ctx, entry, report)
 
 
@@ -270,7 +235,9 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         # Commits along the way into the new database (one transaction would hold a lock
         # per table, see backupd.commit_chunks); the final COMMIT still after the last byte.
         chunks = CommitChunks(send)
-        reports.append(_verify_into(path, entry, identities, _HeaderGate(chunks)))
+        # The same scan as `backupd verify`, handing on only the SQL it has checked so far.
+        reports.append(verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
+                                   identities, forward=HeaderGate(chunks)))
         chunks.finish()
         if reports[0].ok:
             send(chunks.final_check())  # fails the restore unless every boundary ran
@@ -293,131 +260,3 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         raise JobFailed(f"restore into {database!r} failed and was rolled back: {detail}")
 
 
-def _verify_into(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
-                 forward: Callable[[bytes], object]) -> VerifyReport:
-    """The checks of ``verify_file`` for a plain SQL backup, in its order, in one pass that
-    hands the decompressed SQL to ``forward``."""
-    parsed = entry.parsed
-    report = VerifyReport(entry.name)
-    if not check_file_shape(report, path, entry.manifest, entry.manifest_error):
-        return report
-    decrypted: PlainSqlCheck | None = None
-    age_problem: AgeError | None = None
-    try:
-        if parsed.encrypted:
-            assert identities is not None
-            decrypted = PlainSqlCheck(parsed.compression, forward)
-            with _open_backup(path) as handle:
-                source = _HashingReader(handle)
-                # age hands out only authenticated chunks; batched for the decompressor.
-                batched = _Batched(decrypted.write)
-                try:
-                    decrypt_into(cast(BinaryIO, source), batched, identities)
-                    batched.flush()
-                except AgeError as exc:
-                    age_problem = exc
-                source.drain()
-            digest, content = source.hexdigest(), None
-        else:
-            digest, content = scan(path, parsed.compression, forward)
-    except OSError as exc:
-        report.add("readable", False, exc.strerror or str(exc))
-        return report
-    report.add("readable", True)
-    members = entry.manifest.gzip_members if entry.manifest is not None else None
-    if content is not None and content.add_checks(report) and members is not None:
-        check_gzip_members(report, content.member_sizes, members)
-    if entry.manifest is not None:
-        report.add("sha256", digest == entry.manifest.sha256,
-                   "checksum does not match the manifest (the file changed after it was written)")
-    if decrypted is not None and report.add("age decryption", age_problem is None,
-                                            str(age_problem or "")):
-        decrypted.add_checks(report)
-    report.clear_passing_details()
-    return report
-
-
-def _open_backup(path: Path) -> BinaryIO:
-    """Unbuffered, refusing a symbolic link swapped in after the checks (as ``scan`` does)."""
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
-
-
-class _HeaderGate:
-    """Passes the SQL on only once it starts with pg_dump's header, so a file that is not
-    a pg_dump at all never reaches psql (its footer can only be checked at the end)."""
-
-    def __init__(self, send: Callable[[bytes], None]) -> None:
-        self._send = send
-        self._held = b""
-        self._open = False
-
-    def __call__(self, data: bytes) -> None:
-        if self._open:
-            self._send(data)
-            return
-        if len(self._held) >= HEAD_BYTES:
-            return  # the header was wrong: hold everything back; the report says why
-        self._held += data
-        if len(self._held) >= HEAD_BYTES and header_problem(self._held[:HEAD_BYTES]) is None:
-            self._open = True
-            held, self._held = self._held, b""
-            self._send(held)
-
-
-class _Sink:
-    """A writable object around a function, as pyrage's decrypt_io expects."""
-
-    def __init__(self, write: Callable[[bytes], object]) -> None:
-        self._write = write
-
-    def write(self, data: bytes) -> int:
-        self._write(data)
-        return len(data)
-
-
-class _Batched(_Sink):
-    """Collects age's 8 KiB plaintext writes into READ_SIZE batches (fewer Python calls)."""
-
-    def __init__(self, write: Callable[[bytes], object]) -> None:
-        super().__init__(write)
-        self._buffer = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        if len(self._buffer) >= READ_SIZE:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        if self._buffer:
-            batch, self._buffer = bytes(self._buffer), bytearray()
-            self._write(batch)
-
-
-class _HashingReader:
-    """Reads the stored file in READ_SIZE blocks, hashing each, and hands out slices."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._digest = hashlib.sha256()
-        self._block = memoryview(b"")
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._block:
-            block = self._raw.read(READ_SIZE)
-            if not block:
-                return b""
-            self._digest.update(block)
-            self._block = memoryview(block)
-        piece = self._block if size < 0 else self._block[:size]
-        self._block = self._block[len(piece):]
-        return bytes(piece)
-
-    def drain(self) -> None:
-        """Hash the rest of the file, whatever the decryptor left unread."""
-        self._block = memoryview(b"")
-        while block := self._raw.read(READ_SIZE):
-            self._digest.update(block)
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()

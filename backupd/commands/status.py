@@ -24,7 +24,7 @@ from backupd.log import redact
 from backupd.outcomes import BackupOutcome, PruneOutcome
 from backupd.result import JobResult, UtcDateTime, human_bytes, human_duration
 from backupd.settings import Settings
-from backupd.storage.base import latest_upload
+from backupd.storage.base import latest_upload, newest_verified
 from backupd.storage.local import LocalStore
 
 # How a job comes to run: its own schedule; retention without RETENTION_SCHEDULE runs
@@ -137,7 +137,7 @@ def collect(settings: Settings, now: datetime | None = None) -> StatusReport:
     jobs = [_job_status(name, settings_of.get(name), scheduled.get(name), state, settings, now)
             for name in names]
     entries = LocalStore(settings.backup_dir).list_backups(settings.postgres_db)
-    newest = next((e for e in entries if e.verified), None)
+    newest = newest_verified(entries)
     return StatusReport(
         database=settings.postgres_db,
         timezone=settings.timezone,

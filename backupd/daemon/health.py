@@ -21,7 +21,7 @@ from backupd.daemon.state import STALE_AFTER, STATE_FILE, read_state
 from backupd.errors import ConfigError
 from backupd.result import human_duration
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry
+from backupd.storage.base import BackupEntry, describe_future, future_entries, newest_verified
 from backupd.storage.local import LocalStore
 
 # The daemon refreshes `updated_at` every HEARTBEAT_SECONDS; silent for longer than the
@@ -103,8 +103,9 @@ def evaluate(
     max_age = max_backup_age(settings, now)
     facts.backup_max_age_hours = round(max_age.total_seconds() / 3600, 2)
     entries = store.list_backups(settings.postgres_db)
-    newest = next((e for e in entries if e.verified), None)
+    newest = newest_verified(entries, now)
     facts.local_backups = len(entries)
+    reasons.extend(describe_future(e, now) for e in future_entries(entries, now))
     if newest is None:
         reasons.append(f"no verified backup of database {settings.postgres_db!r} in "
                        f"{store.directory}")

@@ -34,6 +34,7 @@ from backupd.log import get_logger
 from backupd.notify.base import NotifierChain
 from backupd.result import JobResult, Status
 from backupd.settings import ENV_NAMES, Settings
+from backupd.storage.base import newest_verified
 from backupd.storage.local import LocalStore
 
 # A job body gets the schedule slot the run stands for (None when there is none).
@@ -154,7 +155,7 @@ class Daemon:
 
     def _backup_on_start_reason(self, schedule: CronSchedule, now: datetime) -> str | None:
         entries = LocalStore(self.settings.backup_dir).list_backups(self.settings.postgres_db)
-        newest = next((e for e in entries if e.verified), None)
+        newest = newest_verified(entries)
         if newest is None:
             return "BACKUP_ON_START: no verified backup yet"
         interval = schedule.interval_around(now)

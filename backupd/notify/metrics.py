@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from backupd.log import get_logger
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry, latest_upload
+from backupd.storage.base import BackupEntry, latest_upload, newest_verified
 from backupd.storage.local import LocalStore
 
 # --- facts from results ----------------------------------------------------------------
@@ -85,7 +85,7 @@ class StoreSnapshot:
 
     @cached_property
     def newest_verified(self) -> BackupEntry | None:
-        return next((e for e in self.entries if e.verified), None)
+        return newest_verified(self.entries, self.now)
 
     @cached_property
     def newest_good_drill(self) -> BackupEntry | None:

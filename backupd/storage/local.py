@@ -1,33 +1,54 @@
-"""The backup directory: the primary store, and the only one the pipeline writes into."""
+"""The backup directory (DB_BACKUP_DIR): the primary repository, and the only one the
+pipeline writes into.
+
+Every data file here is complete (written under a temporary name, fsynced, renamed), so
+every file whose name parses is listed; a file without a manifest is an old-script backup
+(listed "no manifest", good only once its content verifies in full).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from backupd.errors import ConfigError
+from backupd.cancel import CancelToken
+from backupd.errors import ConfigError, JobFailed
 from backupd.manifest import Manifest, manifest_for
 from backupd.naming import is_partial, manifest_name, parse_backup_name
-from backupd.storage.atomic import DIR_MODE, FILE_MODE, write_bytes_atomically
-from backupd.storage.base import BackupEntry
+from backupd.storage.atomic import DIR_MODE, FILE_MODE, atomic_write, write_bytes_atomically
+from backupd.storage.base import (
+    BackupEntry,
+    UnknownBackup,
+    UnsafePathError,
+    no_copy_needed,
+    sort_newest_first,
+)
+
+COPY_SIZE = 1024 * 1024
+# Errors that mean "this directory cannot be written" rather than "this write failed".
+READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-class UnsafePathError(ValueError):
-    """A name that would make backupd read or write outside DB_BACKUP_DIR."""
+class ManifestNotWritten(JobFailed):
+    """The data file is in place but its manifest (the commit) could not be written."""
 
 
-class UnknownBackup(ValueError):
-    """A name inside DB_BACKUP_DIR that is not one of backupd's backup files."""
-
-
-class LocalStore:
+class LocalRepository:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     @property
     def description(self) -> str:
         return str(self.directory)
+
+    def location(self, name: str) -> str:
+        return str(self.directory / name)
 
     # --- preparing the directory -------------------------------------------------
     def prepare(self) -> None:
@@ -84,6 +105,7 @@ class LocalStore:
             )
         return path
 
+    # --- the Repository protocol ---------------------------------------------------
     def entry(self, name: str) -> BackupEntry:
         """The backup called ``name`` (a file name, or a path to a file in the directory),
         of whichever database; UnsafePathError or UnknownBackup when it is not one."""
@@ -98,14 +120,13 @@ class LocalStore:
         manifest, problem = self.load_manifest(path.name)
         return BackupEntry(parsed, path.stat().st_size, manifest, problem)
 
-    # --- the BackupStore interface -------------------------------------------------
-    def list_backups(self, database: str) -> list[BackupEntry]:
+    def scan(self, database: str) -> list[BackupEntry]:
         entries: list[BackupEntry] = []
         try:
-            scan = list(os.scandir(self.directory))
+            found = list(os.scandir(self.directory))
         except FileNotFoundError:
             return []
-        for item in scan:
+        for item in found:
             parsed = parse_backup_name(item.name)
             if parsed is None or parsed.database != database:
                 continue
@@ -113,8 +134,10 @@ class LocalStore:
                 continue  # a symlink is never one of our backups
             manifest, problem = self.load_manifest(item.name)
             entries.append(BackupEntry(parsed, item.stat().st_size, manifest, problem))
-        entries.sort(key=lambda e: (e.parsed.taken_at, e.name), reverse=True)
-        return entries
+        return sort_newest_first(entries)
+
+    def list_backups(self, database: str) -> list[BackupEntry]:
+        return self.scan(database)  # every file here is complete (renamed into place)
 
     def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
         path = self.directory / manifest_name(name)
@@ -131,9 +154,64 @@ class LocalStore:
     def write_manifest(self, manifest: Manifest) -> None:
         write_bytes_atomically(self.directory / manifest_name(manifest.name), manifest.to_json())
 
+    def commit(self, manifest: Manifest) -> None:
+        """Write the manifest of a data file just put in place. If it cannot be written (a
+        full disk), the data file goes too: a backup of ours without its manifest would
+        pass for an old-script one. Raises ManifestNotWritten naming DB_BACKUP_DIR."""
+        try:
+            self.write_manifest(manifest)
+        except OSError as exc:
+            for target in (self.directory / manifest.name,
+                           self.directory / manifest_name(manifest.name)):
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+            raise ManifestNotWritten(
+                f"writing the manifest of {manifest.name} to DB_BACKUP_DIR ({self.directory}) "
+                f"failed: {exc.strerror or exc}; the backup was removed (it was never "
+                "committed)") from None
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[BinaryIO]:
+        fd = os.open(self.resolve(name), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            yield handle
+
+    def local_copy(self, name: str, scratch: Path,
+                   cancel: CancelToken | None = None) -> contextlib.AbstractContextManager[Path]:
+        return no_copy_needed(self.resolve(name))
+
+    def put(self, manifest: Manifest, source: Path, cancel: CancelToken | None = None) -> None:
+        digest = hashlib.sha256()
+        size = 0
+        with open(source, "rb") as data, atomic_write(self.directory / manifest.name) as out:
+            while chunk := data.read(COPY_SIZE):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+            if size != manifest.stored_bytes or digest.hexdigest() != manifest.sha256:
+                # Raised inside atomic_write: the copy is discarded, never renamed into place.
+                raise JobFailed(f"{manifest.name}: the copy does not match its manifest "
+                                f"({size} bytes read, {manifest.stored_bytes} recorded); "
+                                "not stored")
+        self.commit(manifest)
+
     def delete(self, name: str) -> None:
         # Data first: a crash in between leaves an orphan manifest, never a backup
         # that looks complete but is not.
         for target in (self.resolve(name), self.directory / manifest_name(name)):
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
+
+    # --- room ----------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.directory).free
+
+
+def is_read_only_error(exc: OSError) -> bool:
+    return exc.errno in READ_ONLY_ERRORS
+
+
+# The name the daemon and health modules know this class by.
+LocalStore = LocalRepository

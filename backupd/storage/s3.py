@@ -14,9 +14,9 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -27,10 +27,10 @@ from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, OffsiteError
 from backupd.log import redact
 from backupd.manifest import Manifest, manifest_for
-from backupd.naming import MANIFEST_SUFFIX, manifest_name, parse_backup_name
-from backupd.settings import Settings
+from backupd.naming import MANIFEST_SUFFIX, manifest_name, parse_backup_name, partial_name
 from backupd.storage.atomic import FILE_MODE
-from backupd.storage.base import BackupEntry
+from backupd.storage.base import BackupEntry, UnknownBackup, sort_newest_first
+from backupd.storage.retry import with_retries
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -90,26 +90,42 @@ def translated_errors(action: str) -> Iterator[None]:
         raise
 
 
-@dataclass
-class RemoteObject:
-    """A data object under the prefix whose name is one of this database's backups."""
+@dataclass(frozen=True)
+class S3Config:
+    """What the S3 repository needs, built from Settings at the edge (backupd.job)."""
 
-    entry: BackupEntry
-    has_manifest: bool
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = field(default=None, repr=False)
+    storage_class: str | None = None
+    timeout_seconds: float = 30.0
+
+    def check(self) -> None:
+        """Settings that would only fail at upload time, refused up front with one line."""
+        endpoint = self.endpoint_url
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError("S3_ENDPOINT_URL: must start with http:// or https:// "
+                              "(e.g. https://minio.example.com:9000)")
+        if self.sse_kms_key_id is not None and self.sse != "aws:kms":
+            raise ConfigError("S3_SSE_KMS_KEY_ID: only used with S3_SSE=aws:kms; set "
+                              "S3_SSE=aws:kms or unset S3_SSE_KMS_KEY_ID")
+        if not self.bucket or "/" in self.bucket or not self.bucket.strip():
+            raise ConfigError("DB_BACKUP_S3_BUCKET: give the bucket name only (no s3:// or "
+                              "path); put a path in DB_BACKUP_S3_PREFIX")
 
 
-class S3Store:
-    """The BackupStore protocol on an S3 bucket (see the module docstring for the layout)."""
+class S3Repository:
+    """The Repository protocol on an S3 bucket (see the module docstring for the layout)."""
 
-    def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
-        bucket = settings.s3_bucket
-        if not bucket:
-            raise ConfigError("DB_BACKUP_S3_BUCKET: not set; set it to the bucket to copy to")
-        check_settings(settings)
-        self.bucket = bucket
-        self.prefix = settings.s3_prefix
-        self.settings = settings
-        self.client: S3Client = client or make_client(settings)
+    def __init__(self, config: S3Config, client: S3Client | None = None) -> None:
+        config.check()
+        self.config = config
+        self.bucket = config.bucket
+        self.prefix = config.prefix
+        self.client: S3Client = client or make_client(config)
 
     @property
     def description(self) -> str:
@@ -121,8 +137,11 @@ class S3Store:
     def uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.key(name)}"
 
+    def location(self, name: str) -> str:
+        return self.uri(name)
+
     # --- listing -------------------------------------------------------------------
-    def scan(self, database: str) -> list[RemoteObject]:
+    def scan(self, database: str) -> list[BackupEntry]:
         """Every data object of ``database`` under the prefix, committed or not, newest first."""
         sizes: dict[str, int] = {}
         manifests: set[str] = set()
@@ -137,37 +156,38 @@ class S3Store:
                         manifests.add(name[: -len(MANIFEST_SUFFIX)])
                     else:
                         sizes[name] = item.get("Size", 0)
-        objects: list[RemoteObject] = []
+        entries: list[BackupEntry] = []
         for name, size in sizes.items():
             parsed = parse_backup_name(name)
             if parsed is None or parsed.database != database:
                 continue  # not ours: never listed, never deleted
             committed = name in manifests
             manifest, problem = self.load_manifest(name) if committed else (None, None)
-            objects.append(RemoteObject(BackupEntry(parsed, size, manifest, problem), committed))
-        objects.sort(key=lambda o: (o.entry.parsed.taken_at, o.entry.name), reverse=True)
-        return objects
+            entries.append(BackupEntry(parsed, size, manifest, problem, committed=committed))
+        return sort_newest_first(entries)
 
     def list_backups(self, database: str) -> list[BackupEntry]:
         """This database's committed backups (data object + manifest), newest first."""
-        return [o.entry for o in self.scan(database) if o.has_manifest]
+        return [e for e in self.scan(database) if e.committed]
 
-    def find(self, name: str) -> RemoteObject | None:
-        """One object by name (committed or not); None if there is no data object."""
+    def entry(self, name: str) -> BackupEntry:
+        """One object by name, committed or not; UnknownBackup when there is no data object."""
         parsed = parse_backup_name(name)
         if parsed is None:
-            return None
+            raise UnknownBackup(f"{name!r} is not a backupd backup name (expected "
+                                "<db>_<YYYYmmdd_HHMMSS>.sql.gz, as `backupd list --remote` "
+                                "shows)")
         with translated_errors(f"reading {self.uri(name)}"):
             try:
                 head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
             except ClientError as exc:
                 if _is_missing(exc):
-                    return None
+                    raise UnknownBackup(f"no backup {name!r} in {self.description}; "
+                                        "see `backupd list --remote`") from None
                 raise
         manifest, problem = self.load_manifest(name)
         committed = manifest is not None or problem is not None
-        return RemoteObject(BackupEntry(parsed, head["ContentLength"], manifest, problem),
-                            committed)
+        return BackupEntry(parsed, head["ContentLength"], manifest, problem, committed=committed)
 
     # --- manifests -----------------------------------------------------------------
     def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
@@ -190,23 +210,56 @@ class S3Store:
                                    **self._object_args())
 
     # --- data ----------------------------------------------------------------------
-    def upload(self, path: Path, manifest: Manifest, cancel: CancelToken | None = None) -> None:
-        """Upload a verified local backup, check its size in S3, then commit its manifest."""
+    def put(self, manifest: Manifest, source: Path, cancel: CancelToken | None = None) -> None:
+        """Upload ``source``, check its size in S3, then commit its manifest (retried, within
+        twice S3_TIMEOUT_SECONDS)."""
         name = manifest.name
-        size = path.stat().st_size
+        size = source.stat().st_size
         if size != manifest.stored_bytes:
             raise OffsiteError(f"{name}: {size} bytes on disk but the manifest says "
                                f"{manifest.stored_bytes}; not uploaded")
-        with translated_errors(f"uploading {name} to {self.description}"):
-            self._transfer(lambda manager: manager.upload(
-                str(path), self.bucket, self.key(name),
-                extra_args={"ContentType": "application/octet-stream", **self._object_args()},
-            ), size, cancel)
-            head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
-        if head["ContentLength"] != size:
-            raise OffsiteError(f"uploaded {name} but S3 holds {head['ContentLength']} bytes, "
-                               f"not {size}; it stays pending")
-        self.write_manifest(manifest)
+
+        def upload() -> None:
+            with translated_errors(f"uploading {name} to {self.description}"):
+                self._transfer(lambda manager: manager.upload(
+                    str(source), self.bucket, self.key(name),
+                    extra_args={"ContentType": "application/octet-stream",
+                                **self._object_args()},
+                ), size, cancel)
+                head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+            if head["ContentLength"] != size:
+                raise OffsiteError(f"uploaded {name} but S3 holds {head['ContentLength']} "
+                                   f"bytes, not {size}; it stays pending")
+            self.write_manifest(manifest)
+
+        with_retries(upload, budget_seconds=2 * self.config.timeout_seconds, cancel=cancel)
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[BinaryIO]:
+        with translated_errors(f"reading {self.uri(name)}"):
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+        body = response["Body"]
+        try:
+            yield cast(BinaryIO, _TranslatedBody(body, self.uri(name)))
+        finally:
+            body.close()
+
+    @contextlib.contextmanager
+    def local_copy(self, name: str, scratch: Path,
+                   cancel: CancelToken | None = None) -> Iterator[Path]:
+        """Download into ``scratch/.<name>.download.partial`` (never taken for a backup; start-up
+        cleanup removes it if we die mid-way), removed afterwards."""
+        path = scratch / partial_name(f"{name}.download")
+
+        def fetch() -> None:
+            path.unlink(missing_ok=True)  # our own leftover, from an earlier attempt or run
+            self.fetch(name, path, cancel)
+
+        try:
+            with_retries(fetch, budget_seconds=2 * self.config.timeout_seconds, cancel=cancel)
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     def fetch(self, name: str, destination: Path, cancel: CancelToken | None = None) -> None:
         """Download into ``destination`` (created here, 0600; must not exist)."""
@@ -229,12 +282,12 @@ class S3Store:
     # --- helpers -------------------------------------------------------------------
     def _object_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {}
-        if self.settings.s3_sse:
-            args["ServerSideEncryption"] = self.settings.s3_sse
-        if self.settings.s3_sse_kms_key_id is not None:
-            args["SSEKMSKeyId"] = self.settings.s3_sse_kms_key_id.get_secret_value()
-        if self.settings.s3_storage_class:
-            args["StorageClass"] = self.settings.s3_storage_class
+        if self.config.sse:
+            args["ServerSideEncryption"] = self.config.sse
+        if self.config.sse_kms_key_id is not None:
+            args["SSEKMSKeyId"] = self.config.sse_kms_key_id
+        if self.config.storage_class:
+            args["StorageClass"] = self.config.storage_class
         return args
 
     def _transfer(self, start: Any, size: int, cancel: CancelToken | None) -> None:
@@ -257,34 +310,32 @@ class S3Store:
             cancel.raise_if_cancelled()
 
 
+class _TranslatedBody:
+    """A streaming object body whose network errors are OffsiteErrors, like every other call."""
+
+    def __init__(self, body: Any, uri: str) -> None:
+        self._body = body
+        self._uri = uri
+
+    def read(self, size: int = -1) -> bytes:
+        with translated_errors(f"reading {self._uri}"):
+            data: bytes = self._body.read(size if size >= 0 else None)
+        return data
+
+
 def _is_missing(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound")
 
 
-def check_settings(settings: Settings) -> None:
-    """Settings that would only fail at upload time, refused up front with one line."""
-    endpoint = settings.s3_endpoint_url
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise ConfigError("S3_ENDPOINT_URL: must start with http:// or https:// "
-                          "(e.g. https://minio.example.com:9000)")
-    if settings.s3_sse_kms_key_id is not None and settings.s3_sse != "aws:kms":
-        raise ConfigError("S3_SSE_KMS_KEY_ID: only used with S3_SSE=aws:kms; set S3_SSE=aws:kms "
-                          "or unset S3_SSE_KMS_KEY_ID")
-    bucket = settings.s3_bucket or ""
-    if "/" in bucket or not bucket.strip():
-        raise ConfigError("DB_BACKUP_S3_BUCKET: give the bucket name only (no s3:// or path); "
-                          "put a path in DB_BACKUP_S3_PREFIX")
-
-
-def make_client(settings: Settings) -> S3Client:
+def make_client(config: S3Config) -> S3Client:
     """A client that works against AWS and real S3-compatible stores.
 
     Credentials come from boto3's standard chain only (environment, profile, instance
     role); the values found are registered with the log redactor.
     """
-    timeout = settings.s3_timeout_seconds
-    config = Config(
-        region_name=settings.s3_region,
+    timeout = config.timeout_seconds
+    client_config = Config(
+        region_name=config.region,
         retries={"mode": "standard", "max_attempts": 4},
         connect_timeout=timeout,
         read_timeout=timeout,
@@ -293,7 +344,7 @@ def make_client(settings: Settings) -> S3Client:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         # Custom endpoints rarely have wildcard DNS for virtual-hosted buckets.
-        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
         max_pool_connections=MAX_CONCURRENCY * 2,
         user_agent_extra="backupd",
     )
@@ -303,7 +354,7 @@ def make_client(settings: Settings) -> S3Client:
         if credentials is not None:
             frozen = credentials.get_frozen_credentials()
             redact.add(frozen.access_key, frozen.secret_key, frozen.token)
-        return session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
+        return session.client("s3", endpoint_url=config.endpoint_url, config=client_config)
     except ValueError as exc:  # botocore: invalid endpoint or region
         raise ConfigError(f"S3_ENDPOINT_URL/S3_REGION: {redact(str(exc))}") from None
     except BotoCoreError as exc:  # a broken profile, for example

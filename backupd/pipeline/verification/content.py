@@ -1,0 +1,175 @@
+"""Content checks fed with the stored bytes in order: the compressed stream and pg_dump's
+first and last lines, sequentially (PlainSqlCheck) or on all cores (ParallelGzipCheck)."""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from backupd.pipeline.compress import MemberCheck, check_gzip_member, open_checker
+from backupd.pipeline.sqlcheck import HEAD_BYTES, TAIL_BYTES, HeadTail, header_problem
+from backupd.pipeline.verification.report import VerifyReport
+
+
+class PlainSqlCheck:
+    """Decompresses a plain-SQL backup fed in chunks and checks pg_dump's first and last lines.
+
+    Also the sink for decrypted ``.age`` content, so both paths run the same checks.
+    ``forward``, if given, receives the decompressed SQL in order (restore).
+    """
+
+    def __init__(self, compression: str,
+                 forward: Callable[[bytes], object] | None = None) -> None:
+        self.compression = compression
+        self._checker = open_checker(compression)
+        self._head_tail = HeadTail()
+        self._forward = forward
+        self._stream_problem: str | None = None
+
+    @property
+    def member_sizes(self) -> list[int]:
+        return self._checker.member_sizes
+
+    def write(self, chunk: bytes) -> int:
+        if self._stream_problem is None:
+            pieces = self._checker.feed(chunk)
+            while True:
+                try:
+                    piece = next(pieces, None)
+                except (ValueError, OSError) as exc:
+                    self._stream_problem = describe_stream_error(exc)
+                    break
+                if piece is None:
+                    break
+                self._head_tail.feed(piece)
+                # Outside the try: a failing consumer (psql gone) says nothing about the file.
+                if self._forward is not None:
+                    self._forward(piece)
+        return len(chunk)
+
+    def add_checks(self, report: VerifyReport) -> bool:
+        """Add the stream and SQL checks; False when the stream itself failed."""
+        if self._stream_problem is None:
+            try:
+                self._checker.finish()
+            except ValueError as exc:
+                self._stream_problem = str(exc)
+        return add_content_checks(report, self.compression, self._stream_problem,
+                                   self._head_tail)
+
+
+def add_content_checks(report: VerifyReport, compression: str, stream_problem: str | None,
+                        head_tail: HeadTail) -> bool:
+    if not report.add(f"{compression} integrity", stream_problem is None, stream_problem or ""):
+        return False
+    problem = head_tail.problem()
+    report.add("sql content", problem is None, problem or "")
+    return True
+
+
+class ParallelGzipCheck:
+    """The checks of PlainSqlCheck for a gzip file whose member sizes the manifest records:
+    members are cut from the stream as it is read and inflated on all cores, a few in
+    flight (memory stays flat), their first and last bytes summed up in order."""
+
+    def __init__(self, members: list[int]) -> None:
+        self.compression = "gzip"
+        self.member_sizes = members
+        self._next = 0  # index of the member being gathered
+        self._gathered: list[bytes | memoryview] = []
+        self._gathered_bytes = 0
+        self._offset = 0  # file offset where the member being gathered starts
+        self._extra = 0  # bytes beyond the recorded members
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inflate")
+        self._in_flight: collections.deque[tuple[int, int, Future[MemberCheck]]] = (
+            collections.deque())
+        self._max_in_flight = workers * 2
+        self._head_tail = HeadTail()
+        self._problem: str | None = None
+
+    def write(self, chunk: bytes) -> int:
+        view = memoryview(chunk)
+        while view:
+            if self._next >= len(self.member_sizes):
+                self._extra += len(view)
+                break
+            want = self.member_sizes[self._next] - self._gathered_bytes
+            self._gathered.append(view[:want])
+            self._gathered_bytes += len(self._gathered[-1])
+            view = view[want:]
+            if self._gathered_bytes == self.member_sizes[self._next]:
+                self._submit()
+        return len(chunk)
+
+    def _submit(self) -> None:
+        parts = self._gathered
+        member = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self._problem is None:
+            future = self._pool.submit(check_gzip_member, member, TAIL_BYTES)
+            self._in_flight.append((self._next, self._offset, future))
+        self._offset += self._gathered_bytes
+        self._next += 1
+        self._gathered, self._gathered_bytes = [], 0
+        while len(self._in_flight) > self._max_in_flight:
+            self._collect_oldest()
+
+    def _collect_oldest(self) -> None:
+        index, offset, future = self._in_flight.popleft()
+        result = future.result()
+        if self._problem is not None:
+            return
+        if result.problem is not None:
+            end = offset + self.member_sizes[index]
+            problem = describe_stream_error(ValueError(result.problem))
+            self._problem = (f"gzip member {index + 1} of {len(self.member_sizes)} (bytes "
+                             f"{offset}-{end}): {problem}")
+        else:
+            self._head_tail.feed_part(result.head, result.tail, result.raw_bytes)
+
+    def close(self) -> None:
+        while self._in_flight:
+            self._collect_oldest()
+        self._pool.shutdown(wait=True)
+
+    def add_checks(self, report: VerifyReport) -> bool:
+        self.close()
+        if self._problem is None:
+            recorded = sum(self.member_sizes)
+            if self._extra or self._next < len(self.member_sizes) or not self.member_sizes:
+                self._problem = (f"the file has {self._offset + self._gathered_bytes + self._extra}"
+                                 f" bytes where the manifest's gzip members add up to {recorded}")
+        return add_content_checks(report, "gzip", self._problem, self._head_tail)
+
+
+def describe_stream_error(exc: BaseException) -> str:
+    text = str(exc)
+    if "incorrect header" in text or "Error -3" in text or "invalid" in text.lower():
+        return f"not a valid compressed stream ({text})"
+    return text
+
+
+
+
+class HeaderGate:
+    """Passes the SQL on only once it starts with pg_dump's header, so a file that is not
+    a pg_dump at all never reaches psql (its footer can only be checked at the end)."""
+
+    def __init__(self, send: Callable[[bytes], object]) -> None:
+        self._send = send
+        self._held = b""
+        self._open = False
+
+    def __call__(self, data: bytes) -> None:
+        if self._open:
+            self._send(data)
+            return
+        if len(self._held) >= HEAD_BYTES:
+            return  # the header was wrong: hold everything back; the report says why
+        self._held += data
+        if len(self._held) >= HEAD_BYTES and header_problem(self._held[:HEAD_BYTES]) is None:
+            self._open = True
+            held, self._held = self._held, b""
+            self._send(held)
