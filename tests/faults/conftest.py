@@ -32,17 +32,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """``small_fs(size="1m", readonly=False)``: a freshly mounted tmpfs of that size.
+    """``small_fs(size="1m", readonly=False, inodes=None)``: a freshly mounted tmpfs of that
+    size (and, with ``inodes``, that many inodes, the root directory's included).
 
     A real filesystem with a real limit: writes past it fail with ENOSPC in the kernel, exactly
     as on a full volume. Needs CAP_SYS_ADMIN (root here); skips with the reason otherwise.
     """
     mounted: list[Path] = []
 
-    def mount(size: str = "1m", *, readonly: bool = False) -> Path:
+    def mount(size: str = "1m", *, readonly: bool = False, inodes: int | None = None) -> Path:
         target = tmp_path / f"fs{len(mounted)}"
         target.mkdir()
-        options = f"size={size},mode=0700" + (",ro" if readonly else "")
+        options = (f"size={size},mode=0700" + (",ro" if readonly else "")
+                   + (f",nr_inodes={inodes}" if inodes is not None else ""))
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:

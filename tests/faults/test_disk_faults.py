@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers.backups import backup_files, read_manifest, take_backup
 from helpers.cli import run_backupd
 from helpers.faults import partial_files, place_copy
-from helpers.pg import ServerAddress, psql
+from helpers.pg import ServerAddress, drop_database, psql, unique_db_name
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -80,3 +82,59 @@ def test_backup_dir_missing_is_created_private(
     proc = run_backupd(["backup"], backupd_env(make_db(), DB_BACKUP_DIR=str(directory)))
     assert proc.returncode == 0, proc.stderr
     assert directory.stat().st_mode & 0o777 == 0o700
+
+
+def test_manifest_that_does_not_fit_removes_its_backup(
+    pg_server: ServerAddress, make_db: Callable[..., str],
+    backupd_env: Callable[..., dict[str, str]], small_fs: Callable[..., Path],
+) -> None:
+    """Issue 13: the data file fits, its manifest does not (ENOSPC). Out of inodes is the
+    deterministic way to get there: the root directory, backup_log.txt and the data file
+    take all three, so the manifest's temporary file cannot be created."""
+    directory = small_fs("8m", inodes=3)
+    database = make_db()
+    psql(pg_server, database, "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+
+    proc = run_backupd(["backup"], backupd_env(database, DB_BACKUP_DIR=str(directory)))
+
+    assert proc.returncode == 1, proc.stderr
+    error_line = proc.stderr.strip().splitlines()[-1]
+    assert "No space left on device" in error_line and "manifest" in error_line, proc.stderr
+    assert "DB_BACKUP_DIR" in error_line and "internal error" not in error_line
+    assert "Traceback" not in proc.stderr
+    assert backup_files(directory) == [], "a backup without its manifest was left behind"
+    assert partial_files(directory) == []
+
+
+def test_read_only_backup_dir_lists_verifies_and_restores(
+    pg_server: ServerAddress, small_db: str, backupd_env: Callable[..., dict[str, str]],
+    small_fs: Callable[..., Path],
+) -> None:
+    """Issue 13: a restore host mounting the backups read-only. Reading never needs a write;
+    recording a verdict there is skipped with a note."""
+    directory = small_fs("16m")
+    env = backupd_env(small_db, DB_BACKUP_DIR=str(directory))
+    backup = take_backup(env)
+    before = digests(directory)
+    subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
+
+    listed = run_backupd(["list", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    assert [r["state"] for r in json.loads(listed.stdout)] == ["verified"]
+
+    verified = run_backupd(["verify"], env)
+    assert verified.returncode == 0, verified.stderr
+    assert "internal error" not in verified.stderr
+    assert "not recorded" in verified.stderr and "read-only" in verified.stderr
+
+    target = unique_db_name("ro_target")
+    try:
+        restored = run_backupd(["restore", backup.name, "--yes", "--target-db", target], env)
+        assert restored.returncode == 0, restored.stderr
+    finally:
+        drop_database(pg_server, target)
+
+    drilled = run_backupd(["drill"], env)
+    assert drilled.returncode == 0, drilled.stderr
+    assert "not recorded" in drilled.stderr
+    assert digests(directory) == before and read_manifest(backup)["verified"]
