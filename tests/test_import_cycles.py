@@ -21,22 +21,11 @@ def _report(kind: str, graph: Graph) -> str:
         describe(cycle, graph) for cycle in cycles)
 
 
-# Known cycle, being removed by the repository-interface work of issue 12 (offsite becomes
-# replication and no longer imports commands): modules commands.prune <-> offsite, so parts
-# commands <-> offsite. (commands -> daemon -> health -> commands is gone.) strict: once it
-# is gone the xfail fails the run, and the mark must go.
-KNOWN_CYCLES = pytest.mark.xfail(strict=True, reason=(
-    "issue 12: backupd.commands.prune <-> backupd.offsite (parts: commands <-> offsite) "
-    "still import each other; remove this mark when they are gone"))
-
-
-@KNOWN_CYCLES
 def test_no_import_cycle_between_modules() -> None:
     graph = module_graph(PACKAGE_DIR)
     assert not find_cycles(graph), _report("modules", graph)
 
 
-@KNOWN_CYCLES
 def test_no_import_cycle_between_the_packages_parts() -> None:
     graph = part_graph(PACKAGE_DIR)
     assert not find_cycles(graph), _report("parts of the package", graph)
