@@ -179,17 +179,17 @@ def test_verify_of_a_name_that_is_not_a_backup_here_is_exit_2(
 
 
 def test_a_name_with_a_trailing_newline_is_not_a_backup(env: dict[str, str],
-                                                        good_backup: Path) -> None:
+                                                        backup: Path) -> None:
     """Issue 13: `$` matched before a trailing newline, so such a file was listed and
     verified as a backup, breaking the one-line-per-backup output."""
-    odd = good_backup.with_name(good_backup.name + "\n")
-    shutil.copyfile(good_backup, odd)
-    write_manifest(odd, {**read_manifest(good_backup), "name": odd.name})
+    odd = backup.with_name(backup.name + "\n")
+    shutil.copyfile(backup, odd)
+    write_manifest(odd, {**read_manifest(backup), "name": odd.name})
 
     listed = run_backupd(["list", "--json"], env)
     assert listed.returncode == 0, listed.stderr
-    assert [row["name"] for row in json.loads(listed.stdout)] == [good_backup.name]
+    assert [row["name"] for row in json.loads(listed.stdout)] == [backup.name]
     code, reports = verify_json(env, "--all")
-    assert code == 0 and [r["name"] for r in reports] == [good_backup.name]
+    assert code == 0 and [r["name"] for r in reports] == [backup.name]
     named = run_backupd(["verify", odd.name], env)
     assert named.returncode == 2 and "NAME" in named.stderr, named.stderr

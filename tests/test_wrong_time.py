@@ -6,7 +6,6 @@ as the newest backup, as the schedule slot's cover, or as one of DB_BACKUP_KEEP_
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,13 +19,7 @@ from backupd.job import run_job
 from backupd.notify.base import NotifierChain
 from backupd.settings import load_settings
 
-EnvFactory = Callable[..., dict[str, str]]
 A_YEAR = timedelta(days=365)
-
-
-@pytest.fixture
-def env(small_db: str, backupd_env: EnvFactory) -> dict[str, str]:
-    return backupd_env(small_db)
 
 
 @pytest.fixture

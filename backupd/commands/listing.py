@@ -9,7 +9,9 @@ from backupd.result import human_bytes
 from backupd.storage.base import BackupEntry
 
 
-def state(entry: BackupEntry) -> str:
+def state(entry: BackupEntry, now: datetime | None = None) -> str:
+    if entry.from_the_future(now):
+        return "dated in the future"
     if entry.manifest_error:
         return "broken manifest"
     if entry.manifest is None:
@@ -32,7 +34,10 @@ def rows(entries: list[BackupEntry], now: datetime | None = None) -> list[dict[s
             "taken_at": entry.parsed.taken_at.isoformat(),
             "age_seconds": int((now - entry.parsed.taken_at).total_seconds()),
             "verified": entry.verified,
-            "state": state(entry),
+            "state": state(entry, now),
+            # Its clock was wrong when it was taken: never the newest, never kept as one of
+            # DB_BACKUP_KEEP_MIN (docs/reliability.md).
+            "dated_in_future": entry.from_the_future(now),
             "uploaded": bool(manifest and manifest.uploaded_at),
             "sha256": manifest.sha256 if manifest else None,
         })
