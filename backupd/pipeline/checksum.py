@@ -40,13 +40,3 @@ class HashingWriter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
-
-
-def sha256_of(path: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
