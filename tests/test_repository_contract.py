@@ -1,7 +1,7 @@
 """The repository contract (backupd.storage.base.Repository), one test body per promise, run
 against every implementation: the local directory and S3 (moto in server mode, over HTTP).
-
-A new storage backend passes these before any command may use it.
+A new storage backend passes these before any command may use it. Last, jobs are given their
+repositories (injected), never a hard-wired one.
 """
 
 from __future__ import annotations
@@ -16,11 +16,17 @@ from pathlib import Path
 import pytest
 from helpers.s3server import S3Server
 
+from backupd.commands import verify as verify_cmd
 from backupd.errors import JobFailed
+from backupd.job import run_job
 from backupd.manifest import Manifest
 from backupd.naming import backup_name
+from backupd.notify.base import NotifierChain
+from backupd.outcomes import VerifyOutcome
+from backupd.settings import load_settings
 from backupd.storage.base import BackupEntry, Repository, UnknownBackup, newest_verified
 from backupd.storage.local import LocalRepository
+from backupd.storage.repositories import Repositories
 from backupd.storage.s3 import S3Config, S3Repository
 
 DATABASE = "contract db/ü"
@@ -183,3 +189,25 @@ def test_names_that_are_not_backups_are_refused(repository: Repository) -> None:
     for name in ("notes.txt", "../etc/passwd", backup_name(DATABASE, WHEN) + "\n"):
         with pytest.raises((UnknownBackup, ValueError)):
             repository.entry(name)
+
+
+def test_jobs_work_on_the_repositories_they_are_given(env: dict[str, str], backup: Path,
+                                                      tmp_path: Path) -> None:
+    """Injection, not a hard-wired LocalStore: a job verifies the repository it is handed,
+    whatever DB_BACKUP_DIR says."""
+    elsewhere = tmp_path / "empty"
+    settings = load_settings(**{**env, "DB_BACKUP_DIR": str(elsewhere)})
+    given = Repositories(LocalRepository(backup.parent))
+    result = run_job("verify", settings, lambda ctx: _discard(verify_cmd.run(ctx, [])),
+                     NotifierChain([]), repositories=given)
+    assert result.ok, result.summary()
+    assert isinstance(result.outcome, VerifyOutcome)
+    assert [r.name for r in result.outcome.reports] == [backup.name]
+    # Without injection the same job looks in DB_BACKUP_DIR, where there is nothing.
+    alone = run_job("verify", settings, lambda ctx: _discard(verify_cmd.run(ctx, [])),
+                    NotifierChain([]))
+    assert not alone.ok and "no backups" in (alone.error or "")
+
+
+def _discard(_: object) -> None:
+    return None
