@@ -4,7 +4,7 @@ locale, connection limit, ``ALTER DATABASE … SET``, privileges and comment.
 They are read when the backup is taken and carried in its manifest, so that a restore (also
 onto a new server) puts them back while the SQL file stays one that plain
 ``gunzip -c FILE | psql`` restores into a database of any name. This module is the typed
-model and its comparison; the SQL lives in :mod:`backupd.pgdatabase`.
+model and its comparison; the SQL lives in :mod:`backupd.postgres.databases`.
 """
 
 from __future__ import annotations

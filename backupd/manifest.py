@@ -52,7 +52,7 @@ class Manifest(BaseModel):
     drill_ok: bool | None = None
     drill_restore_seconds: float | None = None
     # Rows per table ("schema.table") when the backup was taken: exact for small tables,
-    # estimated for large ones (backupd.drill_compare). A drill fails a table that had
+    # estimated for large ones (backupd.postgres.compare). A drill fails a table that had
     # rows then and is empty in the restore. None in manifests of older backups.
     table_rows: dict[str, int] | None = None
     # Compressed size of every gzip member of the file, in order (plain gzip backups written

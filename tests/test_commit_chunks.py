@@ -1,5 +1,5 @@
-"""The commit boundaries inserted into a streaming plain dump (backupd.commit_chunks): the SQL
-passes through byte for byte, boundaries go only before pg_dump's entry headers, never
+"""The commit boundaries inserted into a streaming plain dump (backupd.pipeline.commit_chunks):
+the SQL passes through byte for byte, boundaries go only before pg_dump's entry headers, never
 inside COPY data, wherever the stream happens to be split."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from backupd.commit_chunks import BOUNDARY, CommitChunks
+from backupd.pipeline.commit_chunks import BOUNDARY, CommitChunks
 
 
 def entry(i: int) -> bytes:

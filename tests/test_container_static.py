@@ -240,7 +240,7 @@ def test_dockerfile_base_and_one_client_per_major() -> None:
     # The build fails unless each major's own pg_dump, pg_restore and psql are in place.
     assert "for tool in pg_dump pg_restore psql" in text
     assert re.search(r'"/usr/lib/postgresql/\$\{major\}/bin/\$\{tool\}" --version \| grep -q', text)
-    # No versioned directory on PATH: backupd chooses per server (backupd/pgclients.py).
+    # No versioned directory on PATH: backupd chooses per server (backupd/pipeline/clients.py).
     env = " ".join(rest for keyword, rest in final_stage() if keyword == "ENV")
     assert "/usr/lib/postgresql" not in env
     assert "PG_MAJOR" not in text

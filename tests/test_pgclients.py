@@ -1,5 +1,5 @@
-"""backupd runs the PostgreSQL client tools of the server's major (backupd/pgclients.py): from a
-tree of versioned directories laid out as Debian and the image lay them out, bypassing
+"""backupd runs the PostgreSQL client tools of the server's major (backupd/pipeline/clients.py):
+from a tree of versioned directories laid out as Debian and the image lay them out, bypassing
 postgresql-common's pg_wrapper, and never overriding a tool put first on PATH on purpose."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from helpers.backups import read_manifest, take_backup
 from helpers.cli import run_backupd
 from helpers.pg import ServerAddress, connect
 
-from backupd import pgclients
+from backupd.pipeline import clients as pgclients
 from backupd.pipeline.supervisor import tool_path
 
 EnvFactory = Callable[..., dict[str, str]]

@@ -38,7 +38,7 @@ from backupd.notify.base import NotifierChain
 from backupd.notify.metrics import BackupdMetrics, MetricsNotifier
 from backupd.notify.slack import build_message
 from backupd.outcomes import PruneOutcome
-from backupd.pg import connect
+from backupd.postgres.connection import connect
 from backupd.settings import load_settings
 
 EnvFactory = Callable[..., dict[str, str]]

@@ -20,17 +20,17 @@ import psycopg
 from backupd.commands import prune, selection, upload
 from backupd.commands.verify import with_outcome
 from backupd.configs import age_key_files, dump_config
-from backupd.drill_compare import table_row_counts
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.outcomes import BackupOutcome, FileReport
-from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
-from backupd.pgdatabase import read_properties
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
+from backupd.postgres.compare import table_row_counts
+from backupd.postgres.connection import advisory_lock, check_pg_dump_not_older, connect
+from backupd.postgres.databases import read_properties
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified

@@ -5,7 +5,7 @@
 2. Create the scratch database as ``backupd restore`` creates one (from template0, the
    backed-up encoding and locale; a small connection limit), mark it with a comment, and
    restore the backup into it with the same code (verified first).
-3. Compare it with the live database (:mod:`backupd.drill_compare`), its database
+3. Compare it with the live database (:mod:`backupd.postgres.compare`), its database
    properties included: those the backup carries are applied to the scratch database in
    a transaction that is rolled back (the mark stays), read back and compared.
 4. Record the outcome and the measured restore time in the backup's manifest.
@@ -28,19 +28,19 @@ from psycopg import sql
 
 from backupd.commands import restore, selection
 from backupd.database_properties import DatabaseProperties
-from backupd.drill_compare import (
+from backupd.errors import ConfigError, JobFailed, JobSkipped, OffsiteError
+from backupd.job import JobContext
+from backupd.manifest import Manifest
+from backupd.outcomes import DrillOutcome, RestoreOutcome
+from backupd.postgres.compare import (
     Comparison,
     Connection,
     compare,
     compare_properties,
     read_catalog,
 )
-from backupd.errors import ConfigError, JobFailed, JobSkipped, OffsiteError
-from backupd.job import JobContext
-from backupd.manifest import Manifest
-from backupd.outcomes import DrillOutcome, RestoreOutcome
-from backupd.pg import advisory_lock, connect, describe_pg_error
-from backupd.pgdatabase import drop_with_subscriptions, read_properties, trial_properties
+from backupd.postgres.connection import advisory_lock, connect, describe_pg_error
+from backupd.postgres.databases import drop_with_subscriptions, read_properties, trial_properties
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository

@@ -17,7 +17,7 @@ from backupd.commands import verify as verify_cmd
 from backupd.daemon.scheduler import JobSpec, ScheduledJob, SlotBody, load_schedules
 from backupd.errors import JobFailed
 from backupd.job import JobContext
-from backupd.pg import advisory_lock
+from backupd.postgres.connection import advisory_lock
 from backupd.settings import Settings
 
 

@@ -6,10 +6,10 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
 * Plain SQL is then checked again as it streams into psql: the final COMMIT is sent only
   after the last byte and only if the bytes still match (the file cannot change between
   the verify and the restore unnoticed); commits along the way go at pg_dump's entry
-  boundaries (backupd.commit_chunks), so thousands of tables need no lock each at once.
+  boundaries (backupd.pipeline.commit_chunks), so thousands of tables need no lock each at once.
 * Every restore goes into a new scratch database, created from template0 like the backed-up
   database, dropped if the restore fails, and renamed into place with the database's
-  recorded properties only once complete (backupd.restore_target). An existing target is
+  recorded properties only once complete (backupd.commands.restore_target). An existing target is
   refused when it holds tables, unless ``--replace``: it is then kept, renamed, so nothing
   is lost.
 """
@@ -24,20 +24,7 @@ import psycopg
 from pyrage import x25519
 
 from backupd.commands import selection
-from backupd.commit_chunks import CommitChunks
-from backupd.configs import age_key_files, connection_config, restore_config
-from backupd.database_properties import DatabaseProperties
-from backupd.errors import ConfigError, JobFailed
-from backupd.job import JobContext
-from backupd.naming import ParsedName
-from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
-from backupd.pg import connect, describe_pg_error, drop_database
-from backupd.pgdatabase import create_like, drop_with_subscriptions, read_properties
-from backupd.pipeline.custom import restore_archive
-from backupd.pipeline.encrypt import load_identities
-from backupd.pipeline.psql import run_in_one_transaction
-from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
-from backupd.restore_target import (
+from backupd.commands.restore_target import (
     MAINTENANCE_DB,
     RESTORING,
     admin_database,
@@ -49,6 +36,19 @@ from backupd.restore_target import (
     mark_restoring,
     target_name,
 )
+from backupd.configs import age_key_files, connection_config, restore_config
+from backupd.database_properties import DatabaseProperties
+from backupd.errors import ConfigError, JobFailed
+from backupd.job import JobContext
+from backupd.naming import ParsedName
+from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
+from backupd.pipeline.commit_chunks import CommitChunks
+from backupd.pipeline.custom import restore_archive
+from backupd.pipeline.encrypt import load_identities
+from backupd.pipeline.psql import run_in_one_transaction
+from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
+from backupd.postgres.connection import connect, describe_pg_error, drop_database
+from backupd.postgres.databases import create_like, drop_with_subscriptions, read_properties
 from backupd.storage.base import BackupEntry
 
 Confirm = Callable[[str], bool]
@@ -233,7 +233,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
 
     def verified_sql(send: Callable[[bytes], None]) -> bool:
         # Commits along the way into the new database (one transaction would hold a lock
-        # per table, see backupd.commit_chunks); the final COMMIT still after the last byte.
+        # per table, see pipeline.commit_chunks); the final COMMIT still after the last byte.
         chunks = CommitChunks(send)
         # The same scan as `backupd verify`, handing on only the SQL it has checked so far.
         reports.append(verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,

@@ -26,7 +26,7 @@ from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
 from backupd.errors import JobFailed, JobSkipped
 from backupd.log import get_logger
 from backupd.notify import build_chain
-from backupd.pg import advisory_lock, check_pg_dump_not_older, connect
+from backupd.postgres.connection import advisory_lock, check_pg_dump_not_older, connect
 from backupd.settings import Settings
 from backupd.storage.local import LocalStore
 

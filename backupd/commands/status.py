@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, field_serializer
 
-from backupd import pgclients
 from backupd.commands.health import check as health_check
 from backupd.commands.jobs import job_table, scheduled_jobs
 from backupd.daemon.health import HealthReport
@@ -22,6 +21,7 @@ from backupd.daemon.scheduler import ScheduledJob
 from backupd.daemon.state import RECORDED_JOBS, StateFile, iso_utc, read_state
 from backupd.log import redact
 from backupd.outcomes import BackupOutcome, PruneOutcome
+from backupd.pipeline import clients as pgclients
 from backupd.result import JobResult, UtcDateTime, human_bytes, human_duration
 from backupd.settings import Settings
 from backupd.storage.base import latest_upload, newest_verified

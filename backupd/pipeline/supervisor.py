@@ -41,7 +41,7 @@ from typing import IO
 
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError
-from backupd.pgclients import chosen_tool
+from backupd.pipeline.clients import chosen_tool
 
 STDERR_TAIL_LINES = 20
 # Only what a PostgreSQL client tool needs from our own environment; everything else,
@@ -59,7 +59,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def tool_path(tool: str) -> str:
-    # The versioned client for the server (backupd.pgclients), else what PATH finds.
+    # The versioned client for the server (backupd.pipeline.clients), else what PATH finds.
     path = chosen_tool(tool) or shutil.which(tool)
     if path is None:
         raise ConfigError(f"{tool}: not found on PATH; install the PostgreSQL client tools")

@@ -23,7 +23,7 @@ from backupd.database_properties import (
     RoleSetting,
     split_list_value,
 )
-from backupd.pg import connect, describe_pg_error, drop_database, server_major
+from backupd.postgres.connection import connect, describe_pg_error, drop_database, server_major
 from backupd.settings import Settings
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]

@@ -4,7 +4,7 @@ One transaction over a whole restore holds a lock on every table, index and sequ
 creates until the end: a database of a few thousand tables exhausts the server's lock table
 ("out of shared memory") at the default ``max_locks_per_transaction``. A restore goes into
 a new scratch database that is dropped on failure and renamed into place only once complete
-(:mod:`backupd.restore_target`), so it need not be one transaction: before every
+(:mod:`backupd.commands.restore_target`), so it need not be one transaction: before every
 ``ENTRIES_PER_COMMIT``-th entry header pg_dump writes (``--`` / ``-- Name: …`` or
 ``-- Data for Name: …``), ``COMMIT; BEGIN;`` is inserted. The final COMMIT still comes only
 after the last byte, and only if the file verified.

@@ -16,8 +16,8 @@ from psycopg import sql
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
-from backupd.pg import connect, describe_pg_error, lock_key
-from backupd.pgdatabase import apply_properties, drop_with_subscriptions
+from backupd.postgres.connection import connect, describe_pg_error, lock_key
+from backupd.postgres.databases import apply_properties, drop_with_subscriptions
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"

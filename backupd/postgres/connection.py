@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from backupd.errors import ConfigError, JobFailed, JobSkipped
-from backupd.pgclients import note_server_major
+from backupd.pipeline.clients import note_server_major
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.pipeline.supervisor import tool_version
 from backupd.settings import Settings
