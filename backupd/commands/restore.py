@@ -160,7 +160,7 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     on failure, so no single transaction over the whole restore is needed)."""
     started = datetime.now(UTC)
     if entry.parsed.backup_format == "custom":
-        _pg_restore(ctx, path, entry.parsed, database, identities, atomic=False)
+        _pg_restore(ctx, path, entry.parsed, database, identities)
     else:
         stream_into_psql(ctx, path, entry, database, identities)
     outcome = restore_outcome(ctx)
@@ -203,16 +203,16 @@ def _require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport)
 
 
 def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
-                identities: list[x25519.Identity] | None, *, atomic: bool) -> None:
-    """Custom format: pg_restore with DB_RESTORE_JOBS parallel jobs into a database we created
-    (dropped on failure); one transaction when restoring into an existing empty database."""
+                identities: list[x25519.Identity] | None) -> None:
+    """Custom format: pg_restore with DB_RESTORE_JOBS parallel jobs into the new scratch
+    database (dropped on failure)."""
     config = restore_config(ctx.settings)
-    if parsed.encrypted and not atomic and config.jobs > 1:
+    if parsed.encrypted and config.jobs > 1:
         ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, never "
                 f"to disk (DB_RESTORE_JOBS={config.jobs} applies to unencrypted .dump files)")
     problem, stderr = restore_archive(
         config, path, database, ctx.cancel,
-        identities=identities if parsed.encrypted else None, single_transaction=atomic)
+        identities=identities if parsed.encrypted else None)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
         ctx.result.stderr_tool = "pg_restore"

@@ -121,21 +121,14 @@ def restore_archive(
     cancel: CancelToken,
     *,
     identities: list[x25519.Identity] | None,
-    single_transaction: bool,
 ) -> tuple[str | None, list[str]]:
     """pg_restore ``path`` into ``database``; returns (error line or None, stderr tail).
 
-    ``single_transaction`` (for a target backupd cannot simply drop on failure) runs
-    one job in one transaction; otherwise DB_RESTORE_JOBS jobs in parallel (one for an
-    encrypted archive, decrypted into pg_restore's stdin), and the caller drops the
-    database it created if the restore fails.
+    ``database`` is always a new scratch database that the caller drops if the restore
+    fails, so no transaction over the whole restore is needed: DB_RESTORE_JOBS jobs in
+    parallel (one for an encrypted archive, decrypted into pg_restore's stdin).
     """
-    if single_transaction:
-        mode = ["--single-transaction"]
-    elif identities is None:
-        mode = [f"--jobs={config.jobs}"]
-    else:
-        mode = []
+    mode = [f"--jobs={config.jobs}"] if identities is None else []
     # A conninfo string: a database name holding '=' or starting with '-' stays a name.
     argv = [tool_path("pg_restore"), "--exit-on-error", "--no-password", *mode,
             f"--dbname={_conninfo(database)}"]
