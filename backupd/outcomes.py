@@ -84,6 +84,21 @@ class RestoreOutcome(_Model):
     verify: FileReport | None = None
 
 
+class DatabaseDrill(_Model):
+    """One database of a whole-cluster drill onto the drill server."""
+
+    database: str
+    backup_name: str
+    ok: bool = False
+    restore_seconds: float | None = None
+    comparison_summary: str | None = None
+
+
+ROLES_NOT_PROVEN = ("roles not proven: drilled beside the live database, where the roles "
+                    "already exist; set DRILL_POSTGRES_HOST to a scratch server for a drill "
+                    "that restores them")
+
+
 class DrillOutcome(_Model):
     kind: Literal["drill"] = "drill"
     scratch_database: str
@@ -93,6 +108,14 @@ class DrillOutcome(_Model):
     drift_rows: int | None = None
     objects_compared: dict[str, int] = Field(default_factory=dict)  # kind -> how many
     comparison_summary: str | None = None
+    # Onto a drill server (DRILL_POSTGRES_HOST), the whole run: its globals and every
+    # database; beside the live database the roles it uses already exist, so nothing about
+    # them is proven there.
+    drill_server: str | None = None  # host:port, None = beside the live database
+    roles_proven: bool = False
+    databases: list[DatabaseDrill] = Field(default_factory=list)
+    # Measured whole-cluster recovery time: globals plus every database, restored in turn.
+    cluster_restore_seconds: float | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -120,4 +143,11 @@ def summary_parts(outcome: Outcome | None) -> list[str]:
     """What the one-line summary adds for this kind of outcome."""
     if isinstance(outcome, PruneOutcome) and outcome.dry_run:
         return [f"would_delete={len(outcome.would_delete)} (dry run, nothing deleted)"]
+    if isinstance(outcome, DrillOutcome):
+        if outcome.drill_server is None:
+            return ["roles=not-proven (drilled beside the live database)"]
+        parts = [f"drill_server={outcome.drill_server}", f"databases={len(outcome.databases)}"]
+        if outcome.cluster_restore_seconds is not None:
+            parts.append(f"rto={outcome.cluster_restore_seconds:.1f}s")
+        return parts
     return []

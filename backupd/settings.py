@@ -122,6 +122,15 @@ class Settings(BaseSettings):
         10.0, ge=0, le=100, validation_alias="DRILL_MIN_FREE_PERCENT"
     )
     drill_max_db_bytes: int | None = Field(None, gt=0, validation_alias="DRILL_MAX_DB_BYTES")
+    # A scratch server for drills (issue 14): unset, drills restore beside the live database.
+    # The other DRILL_POSTGRES_* settings are read only when the host is set.
+    drill_postgres_host: str | None = Field(None, validation_alias="DRILL_POSTGRES_HOST")
+    drill_postgres_port: int = Field(5432, ge=1, le=65535, validation_alias="DRILL_POSTGRES_PORT")
+    drill_postgres_user: str = Field("postgres", validation_alias="DRILL_POSTGRES_USER")
+    drill_postgres_password: SecretStr | None = Field(
+        None, validation_alias="DRILL_POSTGRES_PASSWORD")
+    drill_postgres_password_file: Path | None = Field(
+        None, validation_alias="DRILL_POSTGRES_PASSWORD_FILE")
 
     @field_validator("postgres_db")
     @classmethod
@@ -186,12 +195,25 @@ class Settings(BaseSettings):
             return _read_secret_file(self.postgres_password_file, "POSTGRES_PASSWORD_FILE")
         return self.postgres_password.get_secret_value()
 
+    @property
+    def drill_password(self) -> str | None:
+        """The drill server's password (DRILL_POSTGRES_PASSWORD_FILE wins), None when unset."""
+        if self.drill_postgres_password_file is not None:
+            return _read_secret_file(self.drill_postgres_password_file,
+                                     "DRILL_POSTGRES_PASSWORD_FILE")
+        if self.drill_postgres_password is not None:
+            return self.drill_postgres_password.get_secret_value()
+        return None
+
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, so the log redactor can mask them."""
         values = [self.postgres_password.get_secret_value()]
         if self.postgres_password_file is not None:
             with contextlib.suppress(ConfigError):
                 values.append(self.password)
+        if self.drill_postgres_host is not None:
+            with contextlib.suppress(ConfigError):
+                values.append(self.drill_password or "")
         for secret in (self.slack_webhook_url, self.heartbeat_url, self.s3_sse_kms_key_id):
             if secret is not None:
                 values.append(secret.get_secret_value())
@@ -232,7 +254,23 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("\n".join(_describe(error) for error in exc.errors())) from None
     if settings.postgres_password_file is not None:
         settings.password  # noqa: B018  -- fail now, not at 2 a.m.
+    if settings.drill_postgres_host is not None:
+        _check_drill_server(settings)
+        settings.drill_password  # noqa: B018
     return settings
+
+
+def _check_drill_server(settings: Settings) -> None:
+    # The drill creates and drops databases and roles on its server: the live one, named
+    # the same way, is refused here (a different spelling is caught by the drill itself,
+    # which compares the servers' system identifiers).
+    host = settings.drill_postgres_host
+    if (host, settings.drill_postgres_port) == (settings.postgres_host, settings.postgres_port):
+        raise ConfigError(
+            f"DRILL_POSTGRES_HOST: {host}:{settings.drill_postgres_port} is the live server "
+            "(POSTGRES_HOST and POSTGRES_PORT); a drill creates and drops databases and roles "
+            "on its server, so point it at an empty scratch server (or unset it to drill "
+            "beside the live database)")
 
 
 def _describe(error: Any) -> str:

@@ -27,11 +27,12 @@ import psycopg
 from psycopg import sql
 
 from backupd.commands import restore, selection
+from backupd.commands.drill_server import check_not_live, drill_server_settings
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed, JobSkipped, OffsiteError
 from backupd.job import JobContext
 from backupd.manifest import Manifest
-from backupd.outcomes import DrillOutcome, RestoreOutcome
+from backupd.outcomes import ROLES_NOT_PROVEN, DrillOutcome, RestoreOutcome
 from backupd.postgres.compare import (
     Comparison,
     Connection,
@@ -62,6 +63,11 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
     record the outcome in its S3 manifest.
     """
     settings = ctx.settings
+    drill_server = drill_server_settings(settings)
+    if drill_server is not None:
+        check_not_live(settings, drill_server)  # before anything else
+        ctx.warn("DRILL_POSTGRES_HOST: whole-cluster drills onto the drill server are not "
+                 "available in this version yet; this drill runs beside the live database")
     scratch = scratch_database(settings)
     ctx.result.outcome = DrillOutcome(scratch_database=scratch,
                                       restore=RestoreOutcome(target_database=scratch))
@@ -97,6 +103,7 @@ def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
         raise JobFailed(f"restore drill of {entry.name} failed: {comparison.summary}")
     ctx.say(f"Restore drill of {entry.name} passed in "
             f"{seconds:.1f}s: {comparison.summary}")
+    ctx.say(ROLES_NOT_PROVEN)
 
 
 def scratch_database(settings: Settings) -> str:
@@ -232,7 +239,7 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
     outcome.drift = comparison.drift
     outcome.drift_rows = comparison.drift_rows
     outcome.objects_compared = comparison.objects_compared
-    outcome.comparison_summary = comparison.summary
+    outcome.comparison_summary = f"{comparison.summary}; {ROLES_NOT_PROVEN}"
     for warning in comparison.warnings:
         ctx.warn(warning)
     for line in comparison.differences:

@@ -1,0 +1,61 @@
+"""Drills onto a drill server (DRILL_POSTGRES_*): the settings, and the refusal of a drill
+server that is the live server whatever name reaches it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.backups import take_backup
+from helpers.cli import run_backupd
+from helpers.pg import ServerAddress
+
+from backupd.errors import ConfigError
+from backupd.settings import load_settings
+
+EnvFactory = Callable[..., dict[str, str]]
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+def test_drill_server_named_like_the_live_server_is_refused(
+        env: dict[str, str]) -> None:
+    proc = run_backupd(["drill"], {**env, "DRILL_POSTGRES_HOST": env["POSTGRES_HOST"],
+                                   "DRILL_POSTGRES_PORT": env["POSTGRES_PORT"]})
+    assert proc.returncode == 2, proc.stderr
+    assert last_line(proc.stderr).startswith(
+        f"backupd: error: DRILL_POSTGRES_HOST: {env['POSTGRES_HOST']}:{env['POSTGRES_PORT']} "
+        "is the live server")
+
+
+def test_drill_server_reached_by_another_name_is_refused_by_its_identity(
+        env: dict[str, str], pg_server: ServerAddress) -> None:
+    take_backup(env)
+    # The same server by its Unix socket: only its system identifier gives it away.
+    proc = run_backupd(["drill"], {**env, "DRILL_POSTGRES_HOST": "/var/run/postgresql",
+                                   "DRILL_POSTGRES_PORT": env["POSTGRES_PORT"],
+                                   "DRILL_POSTGRES_USER": pg_server.user})
+    assert proc.returncode == 2, proc.stderr
+    line = last_line(proc.stderr)
+    assert line.startswith("backupd: error: DRILL_POSTGRES_HOST: the drill server "
+                           "/var/run/postgresql:"), line
+    assert "is the live server (system identifier" in line
+
+
+def test_drill_server_password_file_is_read_like_the_other_secret_files(
+        env: dict[str, str], tmp_path: Path) -> None:
+    base = {**env, "DRILL_POSTGRES_HOST": "drill.invalid"}
+    with pytest.raises(ConfigError, match=r"^DRILL_POSTGRES_PASSWORD_FILE: .*is a directory"):
+        load_settings(**{**base, "DRILL_POSTGRES_PASSWORD_FILE": str(tmp_path)})
+    secret = tmp_path / "drill_password"
+    secret.write_text("s3cret-drill\n")
+    settings = load_settings(**{**base, "DRILL_POSTGRES_PASSWORD": "ignored",
+                                "DRILL_POSTGRES_PASSWORD_FILE": str(secret)})
+    assert settings.drill_password == "s3cret-drill"
+    assert "s3cret-drill" in settings.secret_values()  # masked in every log line
+    # Without DRILL_POSTGRES_HOST the other DRILL_POSTGRES_* settings are not read.
+    unused = load_settings(**{**env, "DRILL_POSTGRES_PASSWORD_FILE": str(tmp_path)})
+    assert unused.drill_postgres_host is None
