@@ -21,10 +21,15 @@ class Manifest(BaseModel):
     been proven about it. New fields always have defaults, so every older manifest loads."""
 
     manifest_version: int = MANIFEST_VERSION
-    # What the artifact is (docs/architecture.md): "dump" is a pg_dump of one database.
+    # What the artifact is (docs/architecture.md): "dump" is a pg_dump of one database,
+    # "globals" the cluster's roles and tablespaces (pg_dumpall --globals-only).
     kind: str = "dump"
     name: str
     database: str
+    # The backup run it belongs to (naming.run_id: the run's start, UTC, YYYYmmdd_HHMMSS),
+    # the same in every manifest of one run: one globals artifact and a dump per database.
+    # None in manifests of older backups.
+    run_id: str | None = None
     server_version: str | None = None
     pg_dump_version: str | None = None
     started_at: datetime

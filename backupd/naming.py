@@ -1,4 +1,5 @@
-"""Backup file names: ``<db>_<YYYYmmdd_HHMMSS><suffix>``, safe for any database name.
+"""Backup file names: ``<db>_<YYYYmmdd_HHMMSS><suffix>``, safe for any database name; and
+the cluster's globals (roles, tablespaces): ``globals_<YYYYmmdd_HHMMSS>.globals.sql.gz``.
 
 PostgreSQL allows almost any character in a database name (spaces, quotes, ``/``,
 ``..``, newlines, non-ASCII). The file name keeps letters, digits, ``_`` and ``-``
@@ -25,6 +26,18 @@ _NAME_RE = re.compile(
     r"(?P<db>.+)_(?P<ts>\d{8}_\d{6})"
     r"(?P<suffix>(?:\.sql\.gz|\.sql\.zst|\.dump)(?:\.age)?)"
 )
+
+# The kinds of artifact (manifest.kind, ParsedName.kind).
+DUMP_KIND = "dump"
+GLOBALS_KIND = "globals"
+# The cluster's globals (pg_dumpall --globals-only), one artifact per backup run. Listed and
+# retained under the "database" key GLOBALS_DATABASE with kind GLOBALS_KIND, so a database
+# that happens to be called "globals" keeps its own dumps apart (repositories filter by kind).
+GLOBALS_DATABASE = "globals"
+GLOBALS_SUFFIX = ".globals.sql.gz"
+# `.globals.sql.gz` can never end a dump's name: _NAME_RE needs the timestamp right before
+# `.sql.gz`, so a globals file never parses as a database's backup, nor the reverse.
+_GLOBALS_RE = re.compile(r"globals_(?P<ts>\d{8}_\d{6})(?P<suffix>\.globals\.sql\.gz(?:\.age)?)")
 
 
 def encode_database(database: str) -> str:
@@ -72,6 +85,17 @@ def backup_name(database: str, when: datetime, suffix: str = ".sql.gz") -> str:
     return f"{encode_database(database)}_{when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)}{suffix}"
 
 
+def run_id(when: datetime) -> str:
+    """A backup run's id: its start time, UTC, ``YYYYmmdd_HHMMSS`` (manifest.run_id)."""
+    return when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def globals_name(when: datetime, encrypted: bool = False) -> str:
+    """``globals_<YYYYmmdd_HHMMSS>.globals.sql.gz`` (``.age`` appended when encrypted)."""
+    return (f"globals_{when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)}{GLOBALS_SUFFIX}"
+            + (ENCRYPTED_SUFFIX if encrypted else ""))
+
+
 def manifest_name(name: str) -> str:
     return name + MANIFEST_SUFFIX
 
@@ -92,6 +116,11 @@ class ParsedName:
     encoded_database: str
     taken_at: datetime
     suffix: str
+    kind: str = DUMP_KIND
+
+    @property
+    def is_globals(self) -> bool:
+        return self.kind == GLOBALS_KIND
 
     @property
     def encrypted(self) -> bool:
@@ -103,15 +132,29 @@ class ParsedName:
 
     @property
     def compression(self) -> str:
+        if self.suffix.startswith(GLOBALS_SUFFIX):
+            return "gzip"
         if self.suffix.startswith(".sql.zst"):
             return "zstd"
         return "gzip" if self.suffix.startswith(".sql.gz") else "none"
 
 
 def parse_backup_name(name: str) -> ParsedName | None:
-    """Parse a backup file name; ``None`` for anything that is not one of ours."""
+    """Parse a backup file name (a dump or the globals); ``None`` for anything that is not
+    one of ours."""
+    if "/" in name:
+        return None
+    globals_match = _GLOBALS_RE.fullmatch(name)
+    if globals_match is not None:
+        try:
+            taken = datetime.strptime(globals_match["ts"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return ParsedName(name=name, database=GLOBALS_DATABASE,
+                          encoded_database=GLOBALS_DATABASE, taken_at=taken,
+                          suffix=globals_match["suffix"], kind=GLOBALS_KIND)
     match = _NAME_RE.fullmatch(name)
-    if match is None or "/" in name:
+    if match is None:
         return None
     try:
         taken_at = datetime.strptime(match["ts"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)

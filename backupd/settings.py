@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +32,61 @@ from backupd.secret_files import read_setting_file
 # its best), zstd's 1-22, and for the custom format pg_dump's own --compress 0-9.
 COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9)}
 
+# POSTGRES_DB='*': every connectable, non-template database on the server.
+EVERY_DATABASE = "*"
+
+
+@dataclass(frozen=True)
+class DatabaseSelection:
+    """What POSTGRES_DB (and DB_BACKUP_EXCLUDE) select, before a server is asked.
+
+    ``names``: the databases listed, in the order given (empty for ``*``); ``every``: ``*``;
+    ``exclude``: DB_BACKUP_EXCLUDE (only with ``*``). Resolving against a live server is
+    ``backupd.postgres.databases.resolve_databases``; against a set of backups, ``choose``.
+    """
+
+    names: tuple[str, ...]
+    every: bool = False
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def several(self) -> bool:
+        """More than one database (or ``*``): a run covers a list, not today's one database."""
+        return self.every or len(self.names) > 1
+
+    def choose(self, available: Iterable[str]) -> list[str]:
+        """The selected databases among ``available`` (e.g. those a backup run holds):
+        for ``*`` all of them but the excluded, sorted; otherwise the listed ones present,
+        in the listed order."""
+        present = set(available)
+        if self.every:
+            return sorted(present - set(self.exclude))
+        return [name for name in self.names if name in present]
+
+
+def split_database_list(value: str) -> list[str]:
+    """POSTGRES_DB / DB_BACKUP_EXCLUDE as names. A value without a comma is one name, taken
+    verbatim (today's setting); in a list, each element is stripped of surrounding spaces."""
+    if "," not in value:
+        return [value]
+    return [element.strip() for element in value.split(",")]
+
+
+def _check_database_list(value: str) -> list[str]:
+    names = split_database_list(value)
+    seen: set[str] = set()
+    for position, name in enumerate(names, start=1):
+        if not name:
+            raise ValueError(f"element {position} of the comma-separated list is empty; "
+                             "remove the extra comma")
+        if len(name.encode()) > 63 or "\x00" in name:
+            raise ValueError(f"{name[:70]!r}: a database name must be 1 to 63 bytes "
+                             "with no NUL character")
+        if name in seen:
+            raise ValueError(f"{name!r} is listed twice; list each database once")
+        seen.add(name)
+    return names
+
 
 class Settings(BaseSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
@@ -44,7 +101,10 @@ class Settings(BaseSettings):
     # --- the database -------------------------------------------------------
     postgres_host: str = Field("postgres", validation_alias="POSTGRES_HOST")
     postgres_port: int = Field(5432, ge=1, le=65535, validation_alias="POSTGRES_PORT")
+    # One database (today's setting), a comma-separated list, or `*` (see database_selection).
     postgres_db: str = Field("certificate_verification", validation_alias="POSTGRES_DB")
+    # With POSTGRES_DB='*': databases to leave out (comma-separated).
+    backup_exclude: str | None = Field(None, validation_alias="DB_BACKUP_EXCLUDE")
     postgres_user: str = Field("postgres", validation_alias="POSTGRES_USER")
     postgres_password: SecretStr = Field(
         SecretStr("postgres"), validation_alias="POSTGRES_PASSWORD"
@@ -137,8 +197,28 @@ class Settings(BaseSettings):
     def _database_name_is_valid(cls, value: str) -> str:
         # PostgreSQL identifiers: at most 63 bytes, no NUL. Everything else is allowed,
         # and naming.py makes whatever is allowed safe for a file name.
-        if not value or len(value.encode()) > 63 or "\x00" in value:
-            raise ValueError("must be 1 to 63 bytes with no NUL character")
+        if value.strip() == EVERY_DATABASE:
+            return EVERY_DATABASE
+        if "," not in value:
+            if not value or len(value.encode()) > 63 or "\x00" in value:
+                raise ValueError("must be 1 to 63 bytes with no NUL character")
+            return value
+        names = _check_database_list(value)
+        if EVERY_DATABASE in names:
+            raise ValueError("'*' (every database) cannot be part of a list; set "
+                             "POSTGRES_DB='*' alone and DB_BACKUP_EXCLUDE for exceptions")
+        return value
+
+    @field_validator("backup_exclude")
+    @classmethod
+    def _exclude_is_a_list_with_every_database(cls, value: str | None,
+                                               info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        _check_database_list(value)
+        if "postgres_db" in info.data and info.data["postgres_db"] != EVERY_DATABASE:
+            raise ValueError("only applies with POSTGRES_DB='*'; with a list, leave the "
+                             "database out of POSTGRES_DB instead")
         return value
 
     @field_validator("compression_level")
@@ -187,6 +267,19 @@ class Settings(BaseSettings):
         if value is None or value.strip().lower() in ("", "off", "none", "disabled"):
             return None
         return value.strip()
+
+    @property
+    def database_selection(self) -> DatabaseSelection:
+        """POSTGRES_DB parsed: the ONE place it is (resolve_databases asks the server)."""
+        if self.postgres_db == EVERY_DATABASE:
+            exclude = split_database_list(self.backup_exclude) if self.backup_exclude else []
+            return DatabaseSelection((), every=True, exclude=tuple(exclude))
+        return DatabaseSelection(tuple(split_database_list(self.postgres_db)))
+
+    def for_database(self, database: str) -> Settings:
+        """These settings narrowed to one database: what every per-database step (dump,
+        verify, retention, health) works with, exactly as with a single POSTGRES_DB."""
+        return self.model_copy(update={"postgres_db": database, "backup_exclude": None})
 
     @property
     def password(self) -> str:

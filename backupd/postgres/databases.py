@@ -1,5 +1,6 @@
-"""Databases as wholes: read their properties, create one like another, put the properties
-back, and drop one that holds logical-replication subscriptions.
+"""Databases as wholes: which ones POSTGRES_DB selects on a server, read their properties,
+create one like another, put the properties back, and drop one that holds
+logical-replication subscriptions.
 
 Restore and drill create every database the same way, from template0 with the source's
 encoding and locale: objects someone added to template1 are in the dump already (the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
@@ -23,10 +25,88 @@ from backupd.database_properties import (
     RoleSetting,
     split_list_value,
 )
+from backupd.errors import ConfigError, JobFailed
 from backupd.postgres.connection import connect, describe_pg_error, drop_database, server_major
 from backupd.settings import Settings
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True)
+class ResolvedDatabases:
+    """POSTGRES_DB resolved against the server: ``databases`` to work on, in order (listed
+    order; sorted for ``*``); ``missing``: listed databases the server does not have (each a
+    failure of the run, naming it); ``warnings``: e.g. an excluded name the server lacks."""
+
+    databases: list[str]
+    missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# Where backupd connects to ask which databases exist: the maintenance database, else
+# template1 (always there), else one of the listed databases.
+_MAINTENANCE_DATABASES = ("postgres", "template1")
+
+
+def maintenance_connection(settings: Settings) -> Connection:
+    """A connection for questions about the cluster as a whole (which databases, globals)."""
+    candidates = list(dict.fromkeys(
+        [*_MAINTENANCE_DATABASES, *settings.database_selection.names]))
+    first_error: JobFailed | None = None
+    for database in candidates:
+        try:
+            return connect(settings, database)
+        except JobFailed as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
+def resolve_databases(settings: Settings, conn: Connection | None = None) -> ResolvedDatabases:
+    """The ONE resolution of POSTGRES_DB against a server (``conn``: a connection to it, by
+    default a maintenance connection from ``settings``).
+
+    One database (today's setting) is taken as it is, without asking the server: a missing
+    one fails at connection as it always has. A list is checked: databases the server lacks
+    are ``missing``. ``*`` is every database with ``datallowconn`` that is not a template,
+    minus DB_BACKUP_EXCLUDE; a role that cannot read pg_database, or nothing left after the
+    exclusion, is a ConfigError (exit 2) naming POSTGRES_DB.
+    """
+    selection = settings.database_selection
+    if not selection.several:
+        return ResolvedDatabases(list(selection.names))
+    if conn is None:
+        with maintenance_connection(settings) as own:
+            return resolve_databases(settings, own)
+    if selection.every:
+        try:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+                "ORDER BY datname").fetchall()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ConfigError(
+                f"POSTGRES_DB: '*' needs to list the server's databases, and role "
+                f"{settings.postgres_user!r} cannot read pg_database ({describe_pg_error(exc)}); "
+                "list the databases in POSTGRES_DB instead, or grant SELECT on pg_database"
+            ) from None
+        present = [str(name) for (name,) in rows]
+        warnings = [f"DB_BACKUP_EXCLUDE: there is no database {name!r} on the server "
+                    "(nothing to leave out)" for name in selection.exclude
+                    if name not in present]
+        chosen = selection.choose(present)
+        if not chosen:
+            raise ConfigError("POSTGRES_DB: '*' selects no database on the server "
+                              "(DB_BACKUP_EXCLUDE leaves none); exclude fewer databases")
+        return ResolvedDatabases(chosen, warnings=warnings)
+    try:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                            (list(selection.names),)).fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        # Existence cannot be read: each dump proves it (a missing one fails naming itself).
+        return ResolvedDatabases(list(selection.names))
+    existing = {str(name) for (name,) in rows}
+    return ResolvedDatabases([n for n in selection.names if n in existing],
+                             missing=[n for n in selection.names if n not in existing])
 
 
 def _locale_columns(conn: Connection) -> str:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 
 from backupd.cancel import CancelToken
 from backupd.manifest import Manifest
-from backupd.naming import ParsedName
+from backupd.naming import DUMP_KIND, ParsedName
 
 # Clocks of replicas and of the database server disagree by a little; more than this ahead
 # of now, a backup's time cannot be true (a bad RTC, an NTP glitch when it was taken).
@@ -62,7 +62,7 @@ class BackupEntry:
 
     @property
     def kind(self) -> str:
-        return self.manifest.kind if self.manifest is not None else "dump"
+        return self.parsed.kind  # the name says it; a manifest cannot make a dump globals
 
     @property
     def database(self) -> str:
@@ -161,12 +161,13 @@ class Repository(Protocol):
         """Where artifact ``name`` is, for messages (a path, an s3:// URI)."""
         ...
 
-    def scan(self, database: str) -> list[BackupEntry]:
-        """Every artifact of ``database``, committed or not, newest first."""
+    def scan(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
+        """Every artifact of ``database`` and ``kind``, committed or not, newest first (the
+        globals: ``scan(GLOBALS_DATABASE, GLOBALS_KIND)``)."""
         ...
 
-    def list_backups(self, database: str) -> list[BackupEntry]:
-        """This database's committed artifacts, newest first."""
+    def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
+        """This database's committed artifacts of ``kind``, newest first."""
         ...
 
     def entry(self, name: str) -> BackupEntry:

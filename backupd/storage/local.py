@@ -20,7 +20,7 @@ from typing import BinaryIO
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
 from backupd.manifest import Manifest, manifest_for
-from backupd.naming import is_partial, manifest_name, parse_backup_name
+from backupd.naming import DUMP_KIND, is_partial, manifest_name, parse_backup_name
 from backupd.storage.atomic import DIR_MODE, FILE_MODE, atomic_write, write_bytes_atomically
 from backupd.storage.base import (
     BackupEntry,
@@ -120,7 +120,7 @@ class LocalRepository:
         manifest, problem = self.load_manifest(path.name)
         return BackupEntry(parsed, path.stat().st_size, manifest, problem)
 
-    def scan(self, database: str) -> list[BackupEntry]:
+    def scan(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         entries: list[BackupEntry] = []
         try:
             found = list(os.scandir(self.directory))
@@ -128,7 +128,7 @@ class LocalRepository:
             return []
         for item in found:
             parsed = parse_backup_name(item.name)
-            if parsed is None or parsed.database != database:
+            if parsed is None or parsed.database != database or parsed.kind != kind:
                 continue
             if not item.is_file(follow_symlinks=False):
                 continue  # a symlink is never one of our backups
@@ -136,8 +136,8 @@ class LocalRepository:
             entries.append(BackupEntry(parsed, item.stat().st_size, manifest, problem))
         return sort_newest_first(entries)
 
-    def list_backups(self, database: str) -> list[BackupEntry]:
-        return self.scan(database)  # every file here is complete (renamed into place)
+    def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
+        return self.scan(database, kind)  # every file here is complete (renamed into place)
 
     def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
         path = self.directory / manifest_name(name)

@@ -27,7 +27,13 @@ from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, OffsiteError
 from backupd.log import redact
 from backupd.manifest import Manifest, manifest_for
-from backupd.naming import MANIFEST_SUFFIX, manifest_name, parse_backup_name, partial_name
+from backupd.naming import (
+    DUMP_KIND,
+    MANIFEST_SUFFIX,
+    manifest_name,
+    parse_backup_name,
+    partial_name,
+)
 from backupd.storage.atomic import FILE_MODE
 from backupd.storage.base import BackupEntry, UnknownBackup, sort_newest_first
 from backupd.storage.retry import with_retries
@@ -141,7 +147,7 @@ class S3Repository:
         return self.uri(name)
 
     # --- listing -------------------------------------------------------------------
-    def scan(self, database: str) -> list[BackupEntry]:
+    def scan(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         """Every data object of ``database`` under the prefix, committed or not, newest first."""
         sizes: dict[str, int] = {}
         manifests: set[str] = set()
@@ -159,16 +165,16 @@ class S3Repository:
         entries: list[BackupEntry] = []
         for name, size in sizes.items():
             parsed = parse_backup_name(name)
-            if parsed is None or parsed.database != database:
+            if parsed is None or parsed.database != database or parsed.kind != kind:
                 continue  # not ours: never listed, never deleted
             committed = name in manifests
             manifest, problem = self.load_manifest(name) if committed else (None, None)
             entries.append(BackupEntry(parsed, size, manifest, problem, committed=committed))
         return sort_newest_first(entries)
 
-    def list_backups(self, database: str) -> list[BackupEntry]:
+    def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         """This database's committed backups (data object + manifest), newest first."""
-        return [e for e in self.scan(database) if e.committed]
+        return [e for e in self.scan(database, kind) if e.committed]
 
     def entry(self, name: str) -> BackupEntry:
         """One object by name, committed or not; UnknownBackup when there is no data object."""
