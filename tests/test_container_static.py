@@ -170,6 +170,50 @@ def test_init_secrets_generates_keeps_and_takes_the_users_password(tmp_path: Pat
     assert secret.read_text() == "mine'\"pw\n"
 
 
+def test_compose_offers_the_drill_server_as_an_optional_profile() -> None:
+    services = compose()["services"]
+    drill = services["postgres-drill"]
+    assert drill["profiles"] == ["drill"]
+    # Not part of a plain `up`: every other service runs without a profile.
+    assert [name for name, s in services.items() if "profiles" in s] == ["postgres-drill"]
+    assert drill["image"] == services["postgres"]["image"]  # the same major as the live one
+    assert "ports" not in drill  # a scratch server is nobody's business outside the project
+    assert any(v.startswith("pgdrill:") for v in drill["volumes"])
+    assert "secrets:/run/secrets:ro" in drill["volumes"]
+    assert drill["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
+    assert "pg_isready" in " ".join(drill["healthcheck"]["test"])
+    sidecar = services["db-backup"]
+    assert sidecar["depends_on"]["postgres-drill"] == {"condition": "service_healthy",
+                                                       "required": False}
+    # The profile itself points the sidecar at it; a host of your own still wins.
+    assert sidecar["environment"]["DRILL_POSTGRES_HOST"] == \
+        "${DRILL_POSTGRES_HOST:-${COMPOSE_PROFILES:+postgres-drill}}"
+    values = env_values()
+    assert values["DRILL_POSTGRES_HOST"] == ""  # drills beside the live database by default
+    assert values["DRILL_POSTGRES_USER"] == drill["environment"]["POSTGRES_USER"]
+    assert values["DRILL_POSTGRES_PASSWORD_FILE"] == drill["environment"]["POSTGRES_PASSWORD_FILE"]
+    assert values["DRILL_POSTGRES_PASSWORD"] == ""  # never a password in the env file
+    assert values["DRILL_POSTGRES_PORT"] == "5432"
+    assert "COMPOSE_PROFILES=drill docker compose" in COMPOSE_FILE.read_text()
+
+
+def test_compose_drill_profile_resolves_for_docker_compose(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
+                           check=False) if docker else None
+    if docker is None or probe is None or probe.returncode != 0:
+        pytest.skip("the docker compose plugin is not installed here; the YAML checks above ran")
+    env = {**os.environ, "COMPOSE_PROFILES": "drill"}
+    env.pop("DRILL_POSTGRES_HOST", None)
+    result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "--format",
+                             "json"], capture_output=True, text=True, check=False, cwd=REPO,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert services["db-backup"]["environment"]["DRILL_POSTGRES_HOST"] == "postgres-drill"
+    assert "postgres-drill" in services
+
+
 def test_compose_sidecar_healthcheck_and_health_port() -> None:
     sidecar = compose()["services"]["db-backup"]
     assert sidecar["healthcheck"]["test"] == ["CMD", "backupd", "health"]

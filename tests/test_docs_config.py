@@ -29,10 +29,12 @@ SETTING_NAMES = set(ENV_NAMES.values())
 # Read by boto3's credential/region chain, not by Settings, and legitimate in the sidecar.
 AWS_VARIABLE = re.compile(r"AWS_[A-Z0-9_]+")
 # Deliberately not the default in the compose env file: the password is a file.
-COMPOSE_SPECIFIC = {"POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE"}
+# (The drill server's file is read only with DRILL_POSTGRES_HOST, set by the drill profile.)
+COMPOSE_SPECIFIC = {"POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE",
+                    "DRILL_POSTGRES_PASSWORD_FILE"}
 # Variables the docs may name that are not backupd settings.
 NOT_SETTINGS = {"POSTGRES_MAJOR", "PG_CLIENT_MAJORS", "PGDG_KEY_FINGERPRINT",
-                "COMPOSE_PROJECT_NAME"}
+                "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES"}
 
 
 def env_file_values() -> dict[str, str]:

@@ -170,6 +170,7 @@ class Comparison:
     objects_compared: dict[str, int] = field(default_factory=dict)
     drift_rows: int = 0
     properties_compared: bool = False
+    roles_compared: bool = False
 
     @property
     def ok(self) -> bool:
@@ -243,3 +244,125 @@ def _compare_rows(result: Comparison, name: str, restored: RowCount, live: RowCo
             f"table {name} is empty in the backup and has {live} rows now; this backup's "
             "manifest has no row counts from backup time, so the drill cannot tell whether "
             "the rows were written after the backup")
+
+
+# --- roles and memberships (a drill onto a drill server) ------------------------------------
+
+# Predefined roles (pg_*) are the server's: never compared, though memberships in them are.
+_ROLES = """
+    SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin,
+           rolreplication, rolbypassrls, rolconnlimit, rolvaliduntil::text
+    FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' ORDER BY 1"""
+_ROLE_SETTINGS = """
+    SELECT r.rolname, c.entry FROM pg_db_role_setting s
+    JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) AS c(entry)
+    WHERE s.setdatabase = 0 AND r.rolname NOT LIKE 'pg\\_%'"""
+_MEMBERSHIPS = """
+    SELECT g.rolname, m.rolname, a.admin_option FROM pg_auth_members a
+    JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
+    WHERE m.rolname NOT LIKE 'pg\\_%'"""
+_FLAGS = ("SUPERUSER", "INHERIT", "CREATEROLE", "CREATEDB", "LOGIN", "REPLICATION",
+          "BYPASSRLS")
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    attributes: frozenset[str]  # e.g. LOGIN, NOSUPERUSER, CONNECTION LIMIT 5, VALID UNTIL ...
+    settings: frozenset[str]  # ALTER ROLE … SET, as name=value
+    # The stored password hash: None when there is none, or when it cannot be read
+    # (Catalog.passwords_readable says which). Never printed.
+    password: str | None
+
+
+@dataclass(frozen=True)
+class Membership:
+    role: str
+    member: str
+    admin_option: bool
+
+    def __str__(self) -> str:
+        option = " WITH ADMIN OPTION" if self.admin_option else ""
+        return f"{self.member} in {self.role}{option}"
+
+
+@dataclass
+class RoleCatalog:
+    """A cluster's roles and memberships, as pg_dumpall --globals-only carries them."""
+
+    roles: dict[str, Role]
+    memberships: set[Membership]
+    passwords_readable: bool
+
+
+def read_roles(conn: Connection) -> RoleCatalog:
+    try:
+        passwords: dict[str, str | None] | None = {
+            str(name): None if hashed is None else str(hashed)
+            for name, hashed in conn.execute("SELECT rolname, rolpassword FROM pg_authid")}
+    except pg_errors.InsufficientPrivilege:
+        passwords = None  # only a superuser reads pg_authid
+    settings: dict[str, set[str]] = {}
+    for name, entry in conn.execute(_ROLE_SETTINGS):
+        settings.setdefault(str(name), set()).add(str(entry))
+    roles = {}
+    for name, *flags, limit, valid_until in conn.execute(_ROLES):
+        attributes = {flag if on else f"NO{flag}" for flag, on in zip(_FLAGS, flags, strict=True)}
+        attributes.add(f"CONNECTION LIMIT {limit}")
+        if valid_until is not None:
+            attributes.add(f"VALID UNTIL {valid_until}")
+        roles[str(name)] = Role(str(name), frozenset(attributes),
+                                frozenset(settings.get(str(name), ())),
+                                passwords.get(str(name)) if passwords is not None else None)
+    memberships = {Membership(str(role), str(member), bool(admin))
+                   for role, member, admin in conn.execute(_MEMBERSHIPS)}
+    return RoleCatalog(roles, memberships, passwords is not None)
+
+
+def compare_roles(result: Comparison, live: RoleCatalog, restored: RoleCatalog,
+                  before: RoleCatalog) -> None:
+    """Roles and memberships: what the live cluster has and the restore lacks (or has
+    otherwise) is a failure; what the restore has and the live cluster no longer has is
+    drift. ``before``: the drill server before the drill; its roles (its own superuser) are
+    kept as they were, so only their existence and memberships are compared."""
+    kept = set(before.roles)
+    result.objects_compared["role"] = len(live.roles)
+    result.objects_compared["membership"] = len(live.memberships)
+    for name in sorted(set(live.roles) - set(restored.roles)):
+        result.differences.append(f"role {name} is missing from the restore")
+    for name in sorted(set(restored.roles) - set(live.roles) - kept):
+        result.drift.append(f"role {name} is in the backup but no longer in the live cluster")
+    compare_passwords = live.passwords_readable and restored.passwords_readable
+    for name in sorted((set(live.roles) & set(restored.roles)) - kept):
+        want, have = live.roles[name], restored.roles[name]
+        for attribute in sorted(want.attributes - have.attributes):
+            result.differences.append(f"role {name}: {attribute} in the live cluster, not in "
+                                      "the restore")
+        for attribute in sorted(have.attributes - want.attributes):
+            result.differences.append(f"role {name}: {attribute} in the restore, not in the "
+                                      "live cluster")
+        for setting in sorted(want.settings ^ have.settings):
+            where = "the live cluster" if setting in want.settings else "the restore"
+            result.differences.append(f"role {name}: setting {setting} only in {where}")
+        if compare_passwords and want.password != have.password:
+            if have.password is None or want.password is None:
+                side = "the live cluster" if want.password is not None else "the restore"
+                result.differences.append(f"role {name}: a password only in {side}")
+            else:
+                result.differences.append(f"role {name}: the password differs from the live "
+                                          "cluster's (changed since the backup?)")
+    if not compare_passwords:
+        result.warnings.append("role passwords were not compared: reading them needs a "
+                               "superuser on both servers")
+    for membership in sorted(live.memberships - restored.memberships, key=str):
+        result.differences.append(f"membership {membership} is missing from the restore")
+    for membership in sorted(restored.memberships - live.memberships - before.memberships,
+                             key=str):
+        result.drift.append(f"membership {membership} is in the backup but no longer in "
+                                "the live cluster")
+    if kept & set(live.roles):
+        result.warnings.append(
+            f"role(s) {', '.join(sorted(kept & set(live.roles)))} existed on the drill server "
+            "before the drill and were kept as they were: their attributes and passwords were "
+            "not compared")
+    result.roles_compared = True
