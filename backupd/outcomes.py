@@ -99,6 +99,23 @@ ROLES_NOT_PROVEN = ("roles not proven: drilled beside the live database, where t
                     "that restores them")
 
 
+class GlobalsOutcome(_Model):
+    """A cluster's globals (roles, memberships, role settings, tablespaces) put onto a
+    server (backupd.commands.cluster_restore.restore_globals). Names unquoted."""
+
+    kind: Literal["globals"] = "globals"
+    name: str  # the globals artifact
+    roles_created: list[str] = Field(default_factory=list)
+    roles_kept: list[str] = Field(default_factory=list)  # already on the server, unchanged
+    memberships_granted: int = 0
+    tablespaces_created: list[str] = Field(default_factory=list)
+    tablespaces_kept: list[str] = Field(default_factory=list)
+    # What was not restored, one line each, with what to do (never a statement's SQL).
+    problems: list[str] = Field(default_factory=list)
+    restore_seconds: float | None = None
+    verify: FileReport | None = None
+
+
 class DrillOutcome(_Model):
     kind: Literal["drill"] = "drill"
     scratch_database: str

@@ -15,7 +15,7 @@ from pathlib import Path
 from pyrage import x25519
 
 from backupd.manifest import Manifest
-from backupd.naming import ParsedName
+from backupd.naming import GLOBALS_KIND, ParsedName
 from backupd.pipeline.custom import check_archive
 from backupd.pipeline.encrypt import AgeError, decrypt_into
 from backupd.pipeline.verification.content import ParallelGzipCheck, PlainSqlCheck
@@ -43,6 +43,7 @@ def verify_file(
     ``forward``: receives the decompressed SQL of a plain backup, in order, as it is checked.
     """
     report = VerifyReport(parsed.name)
+    cluster = parsed.kind == GLOBALS_KIND  # pg_dumpall's SQL, not pg_dump's
     if not check_file_shape(report, path, manifest, manifest_error):
         return report
     plain = parsed.backup_format == "plain"
@@ -68,14 +69,14 @@ def verify_file(
         return report
     report.add("readable", True)
     if isinstance(result, FileScan):
-        _check_stream(report, path, parsed, result, members)
+        _check_stream(report, path, parsed, result, members, cluster=cluster)
     if manifest is not None:
         report.add("sha256", result.sha256 == manifest.sha256,
                    "checksum does not match the manifest (the file changed after it was written)")
     if isinstance(result, DecryptingScan):
         _add_age_outcome(report, result.age_problem)
         if result.age_problem is None:
-            result.content.add_checks(report)
+            result.content.add_checks(report, cluster=cluster)
     elif not unencrypted_sql:
         # Unencrypted custom archives need no key, so they are always checked.
         check_other_content(path, parsed, report, identities)
@@ -84,18 +85,18 @@ def verify_file(
 
 
 def _check_stream(report: VerifyReport, path: Path, parsed: ParsedName, result: FileScan,
-                  members: list[int] | None) -> None:
+                  members: list[int] | None, *, cluster: bool) -> None:
     content = result.content
     if content is None:
         return
-    stream_ok = content.add_checks(report)
+    stream_ok = content.add_checks(report, cluster=cluster)
     if not stream_ok and isinstance(content, ParallelGzipCheck):
         # Corrupt data, or a manifest whose member sizes are wrong? Read the file as
         # one stream, as `gzip -t` would, to report which (failures only).
         report.checks.pop()
         content = scan_file(path, parsed.compression).content
         assert content is not None
-        stream_ok = content.add_checks(report)
+        stream_ok = content.add_checks(report, cluster=cluster)
     if members is not None and stream_ok:
         check_gzip_members(report, content.member_sizes, members)
 
@@ -157,7 +158,7 @@ def check_other_content(path: Path, parsed: ParsedName, report: VerifyReport,
             with open(path, "rb") as source:
                 decrypt_into(source, content, keys)
             report.add("age decryption", True)
-            content.add_checks(report)
+            content.add_checks(report, cluster=parsed.kind == GLOBALS_KIND)
     except AgeError as exc:
         _add_age_outcome(report, exc)
     except OSError as exc:

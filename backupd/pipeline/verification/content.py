@@ -49,22 +49,23 @@ class PlainSqlCheck:
                     self._forward(piece)
         return len(chunk)
 
-    def add_checks(self, report: VerifyReport) -> bool:
-        """Add the stream and SQL checks; False when the stream itself failed."""
+    def add_checks(self, report: VerifyReport, *, cluster: bool = False) -> bool:
+        """Add the stream and SQL checks; False when the stream itself failed.
+        ``cluster``: the SQL is pg_dumpall's (the globals artifact), not pg_dump's."""
         if self._stream_problem is None:
             try:
                 self._checker.finish()
             except ValueError as exc:
                 self._stream_problem = str(exc)
         return add_content_checks(report, self.compression, self._stream_problem,
-                                   self._head_tail)
+                                   self._head_tail, cluster=cluster)
 
 
 def add_content_checks(report: VerifyReport, compression: str, stream_problem: str | None,
-                        head_tail: HeadTail) -> bool:
+                        head_tail: HeadTail, *, cluster: bool = False) -> bool:
     if not report.add(f"{compression} integrity", stream_problem is None, stream_problem or ""):
         return False
-    problem = head_tail.problem()
+    problem = head_tail.problem(cluster=cluster)
     report.add("sql content", problem is None, problem or "")
     return True
 
@@ -134,14 +135,15 @@ class ParallelGzipCheck:
             self._collect_oldest()
         self._pool.shutdown(wait=True)
 
-    def add_checks(self, report: VerifyReport) -> bool:
+    def add_checks(self, report: VerifyReport, *, cluster: bool = False) -> bool:
         self.close()
         if self._problem is None:
             recorded = sum(self.member_sizes)
             if self._extra or self._next < len(self.member_sizes) or not self.member_sizes:
                 self._problem = (f"the file has {self._offset + self._gathered_bytes + self._extra}"
                                  f" bytes where the manifest's gzip members add up to {recorded}")
-        return add_content_checks(report, "gzip", self._problem, self._head_tail)
+        return add_content_checks(report, "gzip", self._problem, self._head_tail,
+                                  cluster=cluster)
 
 
 def describe_stream_error(exc: BaseException) -> str:

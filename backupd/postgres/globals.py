@@ -1,0 +1,318 @@
+"""Putting a cluster's globals (``pg_dumpall --globals-only``) onto a server, statement by
+statement, so that what already exists there is kept and what cannot be made is reported.
+
+Feeding the file to psql fails on the first role that exists (the bootstrap superuser is
+always in it) or, with ON_ERROR_STOP off, buries real failures in noise. Here the SQL is
+cut into statements (quotes, identifiers and comments respected) and each runs on its own:
+
+* ``CREATE ROLE`` of a role the server has already: the role is **kept** and reported,
+  and every later statement about it (``ALTER ROLE … WITH/SET``, its comment) is left out,
+  so an existing role, the bootstrap superuser above all, is never altered.
+* role statements run in one transaction, each in its own savepoint: a failing one is
+  reported (its SQL never: it may hold a password hash) and the others go on; a killed
+  backupd leaves no half of them.
+* memberships (``GRANT role TO role``) are granted when either side was created here;
+  between two kept roles nothing changes.
+* tablespaces cannot be created in a transaction: each runs on its own afterwards. One
+  whose directory is missing on this machine is reported with the statement to run once
+  the directory exists (creating directories is the administrator's part).
+* ``DROP`` statements (``pg_dumpall --clean``) never run: they would drop roles the
+  server has. psql meta-commands never run (``\\restrict`` is skipped; nothing executes
+  anything but SQL here).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+import psycopg
+
+from backupd.postgres.connection import describe_pg_error
+
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+
+
+class Kind(Enum):
+    SESSION = "session setting"
+    CREATE_ROLE = "create role"
+    ROLE = "role attribute"
+    MEMBERSHIP = "membership"
+    CREATE_TABLESPACE = "create tablespace"
+    TABLESPACE = "tablespace attribute"
+    DROP = "drop"
+    META = "psql meta-command"
+    OTHER = "statement"
+
+
+@dataclass(frozen=True)
+class Statement:
+    text: bytes
+    kind: Kind
+    # The object named, as the file spells it (byte for byte: the same name is spelled the
+    # same way by pg_dumpall every time, so it is the key that ties statements together).
+    subject: bytes = b""
+    member: bytes = b""  # MEMBERSHIP: the role granted to
+    location: str | None = None  # CREATE_TABLESPACE
+
+
+@dataclass
+class GlobalsApplied:
+    """What applying a globals file did: names as PostgreSQL spells them (unquoted)."""
+
+    roles_created: list[str] = field(default_factory=list)
+    roles_kept: list[str] = field(default_factory=list)
+    memberships_granted: int = 0
+    tablespaces_created: list[str] = field(default_factory=list)
+    tablespaces_kept: list[str] = field(default_factory=list)
+    # One line each: what was not restored and why (never the statement's SQL).
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+_IDENT = rb'(?:"(?:[^"]|"")*"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)'
+_PATTERNS: list[tuple[Kind, re.Pattern[bytes]]] = [
+    (Kind.SESSION, re.compile(rb"(?:SET|RESET)\s", re.I)),
+    (Kind.CREATE_ROLE, re.compile(rb"CREATE\s+(?:ROLE|USER|GROUP)\s+(?P<s>" + _IDENT + rb")",
+                                  re.I)),
+    (Kind.ROLE, re.compile(rb"ALTER\s+(?:ROLE|USER|GROUP)\s+(?P<s>" + _IDENT + rb")", re.I)),
+    (Kind.ROLE, re.compile(rb"(?:COMMENT\s+ON|SECURITY\s+LABEL(?:\s+FOR\s+\S+)?\s+ON)\s+ROLE\s+"
+                           rb"(?P<s>" + _IDENT + rb")", re.I)),
+    (Kind.CREATE_TABLESPACE, re.compile(rb"CREATE\s+TABLESPACE\s+(?P<s>" + _IDENT + rb")", re.I)),
+    (Kind.TABLESPACE, re.compile(rb"(?:ALTER|COMMENT\s+ON|SECURITY\s+LABEL(?:\s+FOR\s+\S+)?\s+ON)"
+                                 rb"\s+TABLESPACE\s+(?P<s>" + _IDENT + rb")", re.I)),
+    (Kind.TABLESPACE, re.compile(rb"(?:GRANT|REVOKE)\s.*?\sON\s+TABLESPACE\s+(?P<s>" + _IDENT
+                                 + rb")", re.I | re.S)),
+    (Kind.MEMBERSHIP, re.compile(rb"GRANT\s+(?P<s>" + _IDENT + rb")\s+TO\s+(?P<m>" + _IDENT
+                                 + rb")", re.I)),
+    (Kind.DROP, re.compile(rb"DROP\s", re.I)),
+]
+_LOCATION = re.compile(rb"\sLOCATION\s+'((?:[^']|'')*)'", re.I)
+_GRANTED_BY = re.compile(rb"\s+GRANTED\s+BY\s+" + _IDENT, re.I)
+
+
+def name_of(identifier: bytes) -> str:
+    """The name an identifier spells: quotes removed, doubled quotes undone, or lower case."""
+    text = identifier.decode("utf-8", errors="replace")
+    if text.startswith('"'):
+        return text[1:-1].replace('""', '"')
+    return text.lower()
+
+
+def split_statements(script: bytes) -> Iterator[bytes]:
+    """The statements of ``script``, each with its ``;``, without comments around them.
+    Quotes ('…', E'…', "…", $tag$…$tag$) and comments (--, /* */) are respected; a psql
+    meta-command line (``\\…``) is one statement of its own."""
+    index, length = 0, len(script)
+    start: int | None = None
+    while index < length:
+        char = script[index:index + 1]
+        if start is None:
+            if char.isspace():
+                index += 1
+                continue
+            if script.startswith(b"--", index):
+                index = _line_end(script, index)
+                continue
+            if char == b"\\":
+                end = _line_end(script, index)
+                yield script[index:end].rstrip()
+                index = end
+                continue
+            start = index
+        if char == b"'":
+            escapes = index > 0 and script[index - 1:index] in (b"E", b"e")
+            index = _quoted_end(script, index, b"'", backslash=escapes)
+        elif char == b'"':
+            index = _quoted_end(script, index, b'"', backslash=False)
+        elif script.startswith(b"--", index):
+            index = _line_end(script, index)
+        elif script.startswith(b"/*", index):
+            close = script.find(b"*/", index + 2)
+            index = length if close < 0 else close + 2
+        elif char == b"$":
+            tag = re.match(rb"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$", script[index:index + 64])
+            if tag is None:
+                index += 1
+            else:
+                close = script.find(tag.group(), index + len(tag.group()))
+                index = length if close < 0 else close + len(tag.group())
+        elif char == b";":
+            index += 1
+            yield script[start:index]
+            start = None
+        else:
+            index += 1
+    if start is not None and script[start:].strip():
+        yield script[start:].strip()  # no final ';': PostgreSQL says what is wrong with it
+
+
+def _line_end(script: bytes, index: int) -> int:
+    end = script.find(b"\n", index)
+    return len(script) if end < 0 else end + 1
+
+
+def _quoted_end(script: bytes, index: int, quote: bytes, *, backslash: bool) -> int:
+    index += 1
+    while index < len(script):
+        char = script[index:index + 1]
+        if backslash and char == b"\\":
+            index += 2
+        elif char == quote:
+            if script[index + 1:index + 2] == quote:
+                index += 2
+            else:
+                return index + 1
+        else:
+            index += 1
+    return index
+
+
+def classify(text: bytes) -> Statement:
+    if text.startswith(b"\\"):
+        return Statement(text, Kind.META)
+    for kind, pattern in _PATTERNS:
+        match = pattern.match(text)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        location = None
+        if kind is Kind.CREATE_TABLESPACE:
+            found = _LOCATION.search(text)
+            if found is not None:
+                location = found.group(1).replace(b"''", b"'").decode("utf-8", "replace")
+        return Statement(text, kind, groups.get("s") or b"", groups.get("m") or b"", location)
+    return Statement(text, Kind.OTHER)
+
+
+def apply_globals(conn: Connection, script: bytes) -> GlobalsApplied:
+    """Apply ``script`` (verified ``pg_dumpall --globals-only`` SQL) through ``conn``, an
+    autocommit connection to the target server, as the module docstring describes."""
+    if not conn.autocommit:
+        raise ValueError("apply_globals needs an autocommit connection (tablespaces)")
+    started = time.monotonic()
+    statements = [classify(text) for text in split_statements(script)]
+    applied = GlobalsApplied()
+    roles = _RoleState()
+    with conn.transaction():
+        for statement in statements:
+            if statement.kind in (Kind.CREATE_TABLESPACE, Kind.TABLESPACE):
+                continue
+            _apply_role_statement(conn, statement, roles, applied)
+    _apply_tablespaces(conn, statements, applied)
+    applied.seconds = time.monotonic() - started
+    return applied
+
+
+@dataclass
+class _RoleState:
+    created: set[bytes] = field(default_factory=set)
+    kept: set[bytes] = field(default_factory=set)
+    failed: set[bytes] = field(default_factory=set)
+
+
+def _run(conn: Connection, text: bytes) -> psycopg.Error | None:
+    """One statement in its own savepoint; the error, if it failed."""
+    try:
+        with conn.transaction():
+            conn.execute(text)
+    except psycopg.Error as exc:
+        return exc
+    return None
+
+
+def _apply_role_statement(conn: Connection, statement: Statement, roles: _RoleState,
+                          applied: GlobalsApplied) -> None:
+    kind, subject = statement.kind, statement.subject
+    if kind is Kind.META:
+        return  # \restrict / \unrestrict: psql's guard; no meta-command is ever run here
+    if kind is Kind.DROP:
+        applied.problems.append("a DROP statement was left out (backupd never drops what "
+                                "the server has; the file was made with --clean)")
+        return
+    if kind is Kind.CREATE_ROLE:
+        error = _run(conn, statement.text)
+        if error is None:
+            roles.created.add(subject)
+            applied.roles_created.append(name_of(subject))
+        elif isinstance(error, psycopg.errors.DuplicateObject):
+            roles.kept.add(subject)
+            applied.roles_kept.append(name_of(subject))
+        else:
+            roles.failed.add(subject)
+            applied.problems.append(f"role {name_of(subject)!r} was not created: "
+                                    f"{_reason(error)}")
+        return
+    if kind is Kind.ROLE:
+        if subject in roles.kept or subject in roles.failed:
+            return  # an existing role is kept as it is; a failed one was reported
+        _report(applied, _run(conn, statement.text), f"role {name_of(subject)!r}")
+        return
+    if kind is Kind.MEMBERSHIP:
+        _apply_membership(conn, statement, roles, applied)
+        return
+    error = _run(conn, statement.text)
+    if kind is Kind.OTHER:
+        _report(applied, error, "a statement of the globals file")
+
+
+def _apply_membership(conn: Connection, statement: Statement, roles: _RoleState,
+                      applied: GlobalsApplied) -> None:
+    group, member = statement.subject, statement.member
+    if group in roles.failed or member in roles.failed:
+        return
+    if group in roles.kept and member in roles.kept:
+        return  # between two roles the server had, nothing is changed
+    error = _run(conn, statement.text)
+    if error is not None and _GRANTED_BY.search(statement.text):
+        # The recorded grantor may not exist here (or may not be allowed to grant):
+        # the membership matters, who granted it comes second.
+        error = _run(conn, _GRANTED_BY.sub(b"", statement.text))
+    where = f"membership of {name_of(member)!r} in {name_of(group)!r}"
+    if error is None:
+        applied.memberships_granted += 1
+    _report(applied, error, where)
+
+
+def _apply_tablespaces(conn: Connection, statements: list[Statement],
+                       applied: GlobalsApplied) -> None:
+    missing: set[bytes] = set()
+    for statement in statements:
+        name = name_of(statement.subject)
+        if statement.kind is Kind.CREATE_TABLESPACE:
+            error = _run(conn, statement.text)
+            if error is None:
+                applied.tablespaces_created.append(name)
+            elif isinstance(error, psycopg.errors.DuplicateObject):
+                missing.add(statement.subject)  # kept: its attributes are not changed
+                applied.tablespaces_kept.append(name)
+            else:
+                missing.add(statement.subject)
+                where = f" at {statement.location!r}" if statement.location else ""
+                applied.problems.append(
+                    f"tablespace {name!r}{where} was not created: {_reason(error)}; create "
+                    "that directory (empty, owned by the server's OS user) and run "
+                    f"CREATE TABLESPACE {_quoted(name)} LOCATION "
+                    "'<directory>' before restoring databases that use it")
+        elif statement.kind is Kind.TABLESPACE and statement.subject not in missing:
+            _report(applied, _run(conn, statement.text), f"tablespace {name!r}")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _report(applied: GlobalsApplied, error: psycopg.Error | None, where: str) -> None:
+    if error is not None:
+        applied.problems.append(f"{where}: {_reason(error)}")
+
+
+def _reason(error: psycopg.Error) -> str:
+    # The server's primary message only: it names the object, never echoes the statement
+    # (which may hold a password hash).
+    diag = getattr(error, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    return str(primary) if primary else describe_pg_error(error)

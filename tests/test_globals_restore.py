@@ -1,0 +1,196 @@
+"""Restoring a cluster's globals (pg_dumpall --globals-only) onto a freshly initialised server:
+new roles come with attributes, password hashes, memberships and settings; roles the server
+has are kept as they are and reported; a tablespace whose directory is missing is reported."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers.cluster import SERVER_OS_USER, PrivateCluster
+from helpers.pg import ServerAddress, connect, pg_binary
+
+from backupd.commands.cluster_restore import restore_globals
+from backupd.errors import JobFailed
+from backupd.job import JobContext
+from backupd.manifest import Manifest
+from backupd.naming import GLOBALS_KIND, globals_name, parse_backup_name
+from backupd.pipeline.sqlcheck import CLUSTER_FOOTER, CLUSTER_HEADER, FOOTER, HEADER, HeadTail
+from backupd.postgres.globals import Kind, apply_globals, classify, split_statements
+from backupd.result import JobResult
+from backupd.settings import Settings
+from backupd.storage.base import BackupEntry
+
+OWNER_PASSWORD = "owner's pw"
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PrivateCluster]:
+    with PrivateCluster("src-pw") as cluster:
+        cluster.start()
+        assert cluster.root is not None
+        space = cluster.root / "space"
+        space.mkdir()
+        subprocess.run(["chown", SERVER_OS_USER, str(space)], check=True)
+        with connect(cluster.address) as conn:
+            conn.execute(f"CREATE ROLE app LOGIN CREATEDB CONNECTION LIMIT 7 "
+                         f"PASSWORD '{OWNER_PASSWORD.replace(chr(39), chr(39) * 2)}'")
+            conn.execute("CREATE ROLE reader NOLOGIN")
+            conn.execute('CREATE ROLE "Odd ""Name""; x" NOLOGIN')
+            conn.execute("GRANT app TO reader")
+            conn.execute('GRANT reader TO "Odd ""Name""; x" WITH ADMIN OPTION')
+            conn.execute("ALTER ROLE app SET statement_timeout = '42s'")
+            conn.execute("ALTER ROLE app SET search_path = 'app', 'public'")
+            conn.execute("COMMENT ON ROLE app IS 'the application; it owns everything'")
+            conn.execute(f"CREATE TABLESPACE far LOCATION '{space}'")
+            # The bootstrap superuser's own line must not change the target's superuser.
+            conn.execute("ALTER ROLE postgres SET work_mem = '7MB'")
+        yield cluster
+
+
+@pytest.fixture
+def target() -> Iterator[PrivateCluster]:
+    with PrivateCluster("target-pw") as cluster:
+        cluster.start()
+        yield cluster
+
+
+def globals_file(source: PrivateCluster, directory: Path) -> tuple[Path, BackupEntry]:
+    """The globals artifact as a backup run makes it (gzip + manifest), for this test."""
+    sql = subprocess.run([pg_binary("pg_dumpall"), "--globals-only", "--no-password"],
+                         env=source.address.env("postgres"), capture_output=True,
+                         check=True).stdout
+    when = datetime.now(UTC).replace(microsecond=0)
+    name = globals_name(when)
+    path = directory / name
+    path.write_bytes(gzip.compress(sql))
+    data = path.read_bytes()
+    manifest = Manifest(kind="globals", name=name, database="globals", started_at=when,
+                        finished_at=when, raw_bytes=len(sql), stored_bytes=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(), verified=True)
+    parsed = parse_backup_name(name)
+    assert parsed is not None and parsed.kind == GLOBALS_KIND
+    return path, BackupEntry(parsed, len(data), manifest)
+
+
+def context(server: ServerAddress, directory: Path) -> JobContext:
+    values: dict[str, Any] = {"POSTGRES_HOST": server.host, "POSTGRES_PORT": str(server.port),
+              "POSTGRES_USER": server.user, "POSTGRES_PASSWORD": server.password or "",
+              "POSTGRES_DB": "postgres", "DB_BACKUP_DIR": str(directory)}
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return JobContext(settings, JobResult(job="restore", database="postgres"))
+
+
+def roles(server: ServerAddress) -> dict[str, tuple[object, ...]]:
+    with connect(server) as conn:
+        rows = conn.execute(
+            "SELECT rolname, rolsuper, rolcanlogin, rolcreatedb, rolconnlimit, rolconfig, "
+            "shobj_description(oid, 'pg_authid'), "
+            "ARRAY(SELECT b.rolname || '>' || m.admin_option FROM pg_auth_members m "
+            "      JOIN pg_roles b ON b.oid = m.roleid WHERE m.member = r.oid ORDER BY 1) "
+            "FROM pg_roles r WHERE rolname !~ '^pg_' ORDER BY 1").fetchall()
+    return {str(row[0]): tuple(row[1:]) for row in rows}
+
+
+def test_splitting_respects_quotes_comments_and_meta_commands() -> None:
+    script = (b"--\n-- header; not a statement\n--\n\n\\restrict abc\n\n"
+              b"SET standard_conforming_strings = on;\n"
+              b"CREATE ROLE \"a;b\";\nALTER ROLE \"a;b\" WITH PASSWORD 'x;''y';\n"
+              b"COMMENT ON ROLE \"a;b\" IS E'it\\'s; fine';\n"
+              b"GRANT \"a;b\" TO app GRANTED BY postgres;\n"
+              b"GRANT CREATE ON TABLESPACE far TO app;\n"
+              b"/* a; comment */ DROP ROLE x;\n\\unrestrict abc\n")
+    statements = [classify(text) for text in split_statements(script)]
+    assert [s.kind for s in statements] == [
+        Kind.META, Kind.SESSION, Kind.CREATE_ROLE, Kind.ROLE, Kind.ROLE, Kind.MEMBERSHIP,
+        Kind.TABLESPACE, Kind.OTHER, Kind.META]
+    assert statements[3].text == b"ALTER ROLE \"a;b\" WITH PASSWORD 'x;''y';"
+    assert statements[2].subject == statements[3].subject == b'"a;b"'
+    assert statements[5].member == b"app"
+
+
+def test_roles_restore_onto_a_fresh_server(source: PrivateCluster, target: PrivateCluster,
+                                           tmp_path: Path) -> None:
+    path, entry = globals_file(source, tmp_path)
+    ctx = context(target.address, tmp_path)
+    superuser_before = roles(target.address)["postgres"]
+    with connect(target.address) as conn:
+        outcome = restore_globals(ctx, conn, path, entry)
+
+    assert outcome.verify is not None and outcome.verify.ok
+    assert sorted(outcome.roles_created) == ['Odd "Name"; x', "app", "reader"]
+    assert outcome.roles_kept == ["postgres"]
+    assert outcome.memberships_granted == 2
+    expected = roles(source.address)
+    restored = roles(target.address)
+    for name in ("app", "reader", 'Odd "Name"; x'):
+        assert restored[name] == expected[name], name
+    # The kept superuser is untouched: no work_mem from the old cluster, same password.
+    assert restored["postgres"] == superuser_before
+    with psycopg.connect(target.address.conninfo("postgres")):
+        pass
+    # The owner logs in on the new server with its old password (its hash travelled).
+    owner = ServerAddress(target.address.host, target.port, "app", OWNER_PASSWORD)
+    with connect(owner) as conn:
+        row = conn.execute("SHOW statement_timeout").fetchone()
+        assert row is not None and row[0] == "42s"
+    # The tablespace's directory does not exist here: reported, with what to do.
+    assert outcome.tablespaces_created == []
+    [problem] = outcome.problems
+    assert "tablespace 'far'" in problem and "CREATE TABLESPACE" in problem
+    assert any("tablespace 'far'" in w for w in ctx.result.warnings)
+    assert OWNER_PASSWORD not in " ".join(ctx.result.warnings)
+
+    # Again: now every role is there, kept and reported, and nothing changes.
+    with connect(target.address) as conn:
+        conn.execute("ALTER ROLE reader LOGIN")
+        again = restore_globals(context(target.address, tmp_path), conn, path, entry)
+    assert again.roles_created == []
+    assert sorted(again.roles_kept) == ['Odd "Name"; x', "app", "postgres", "reader"]
+    assert roles(target.address)["reader"][1] is True  # kept as the server had it
+
+
+def test_a_globals_file_that_fails_verification_is_never_applied(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    path, entry = globals_file(source, tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    before = roles(target.address)
+    with connect(target.address) as conn, pytest.raises(JobFailed, match="verification"):
+        restore_globals(context(target.address, tmp_path), conn, path, entry)
+    assert roles(target.address) == before
+
+
+def test_a_role_that_cannot_be_created_is_reported_and_the_others_go_on(
+        target: PrivateCluster) -> None:
+    script = (b"CREATE ROLE one;\nALTER ROLE one WITH NOLOGIN;\n"
+              b"CREATE ROLE two;\nALTER ROLE two WITH NO_SUCH_OPTION;\n"
+              b"CREATE ROLE three;\nGRANT one TO three GRANTED BY nobody_here;\n")
+    with connect(target.address) as conn:
+        applied = apply_globals(conn, script)
+    assert applied.roles_created == ["one", "two", "three"]
+    assert len(applied.problems) == 1 and "role 'two'" in applied.problems[0]
+    assert applied.memberships_granted == 1  # granted without the unknown grantor
+    assert {"one", "two", "three"} <= set(roles(target.address))
+
+
+def test_globals_and_database_dumps_never_pass_for_each_other() -> None:
+    cluster_sql = HeadTail()
+    cluster_sql.feed(CLUSTER_HEADER + b"\nCREATE ROLE x;\n\n" + CLUSTER_FOOTER + b"\n\n")
+    dump_sql = HeadTail()
+    dump_sql.feed(HEADER + b"\nCREATE TABLE t ();\n\n" + FOOTER + b"\n\n")
+    assert cluster_sql.problem(cluster=True) is None
+    assert dump_sql.problem() is None
+    assert "pg_dump's header" in (cluster_sql.problem() or "")
+    assert "pg_dumpall's header" in (dump_sql.problem(cluster=True) or "")
+    truncated = HeadTail()
+    truncated.feed(CLUSTER_HEADER + b"\nCREATE ROLE x;\n")
+    assert "incomplete" in (truncated.problem(cluster=True) or "")
