@@ -102,12 +102,15 @@ def backup(
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip the retention sweep.")] = False,
 ) -> None:
     """Dump POSTGRES_DB, verify the new backup, copy it to S3 (if DB_BACKUP_S3_BUCKET is set),
-    then apply retention (locally and in S3)."""
-    from backupd.commands import backup as backup_cmd
+    then apply retention (locally and in S3). With POSTGRES_DB a list or `*`: one run backs up
+    each database (one result each, a failure never stops the others) and the cluster's
+    globals (roles, tablespaces; DB_BACKUP_GLOBALS), and fails naming any database that
+    failed."""
+    from backupd.commands import backup_run
 
     settings = bootstrap()
     finish(execute("backup", settings,
-                   lambda ctx: backup_cmd.run(ctx, apply_retention=not no_prune)))
+                   lambda ctx: backup_run.run(ctx, apply_retention=not no_prune)))
 
 
 @app.command()

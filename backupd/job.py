@@ -48,6 +48,9 @@ class JobContext:
     cancel: CancelToken = field(default_factory=CancelToken)
     # Injected (tests, the daemon); by default built from the settings.
     repositories: Repositories | None = None
+    # The chain this job's result goes to: a backup run of several databases delivers one
+    # result per database through it (commands.backup_run), then its own summary.
+    chain: NotifierChain | None = None
 
     def __post_init__(self) -> None:
         if self.repositories is None:
@@ -89,7 +92,7 @@ def run_job(
 
     ``scheduled_for``: the schedule slot a daemon run stands for."""
     result = JobResult(job=job, database=settings.postgres_db, scheduled_for=scheduled_for)
-    context = JobContext(settings, result, cancel or CancelToken(), repositories)
+    context = JobContext(settings, result, cancel or CancelToken(), repositories, chain)
     try:
         body(context)
         result.finish(Status.SUCCESS, exit_code=0)

@@ -30,6 +30,9 @@ class Manifest(BaseModel):
     # the same in every manifest of one run: one globals artifact and a dump per database.
     # None in manifests of older backups.
     run_id: str | None = None
+    # The globals only: False when they were taken without the roles' password hashes (a
+    # role that is not a superuser cannot read them: pg_dumpall --no-role-passwords).
+    role_passwords: bool | None = None
     server_version: str | None = None
     pg_dump_version: str | None = None
     started_at: datetime

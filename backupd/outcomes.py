@@ -59,6 +59,44 @@ class BackupOutcome(_Model):
     retention_ran: bool = False
 
 
+class GlobalsBackup(_Model):
+    """The cluster's globals (pg_dumpall --globals-only) of one backup run."""
+
+    name: str | None = None
+    ok: bool = False
+    skipped: bool = False  # another backupd's run already covers this slot
+    # False: taken without the roles' password hashes (the role is not a superuser).
+    role_passwords: bool = True
+    error: str | None = None
+    verify: FileReport | None = None
+    upload: UploadReport | None = None
+
+
+class DatabaseBackup(_Model):
+    """One database of a backup run (its full result went to the notifiers on its own)."""
+
+    database: str
+    status: str
+    backup_name: str | None = None
+    size_bytes: int | None = None
+    duration_seconds: float | None = None
+    error: str | None = None
+
+
+class BackupRunOutcome(_Model):
+    """A backup run of several databases (POSTGRES_DB a list or `*`): one globals artifact
+    and one dump per database, all sharing ``run_id`` (manifest.run_id)."""
+
+    kind: Literal["backup_run"] = "backup_run"
+    run_id: str
+    databases: list[DatabaseBackup] = Field(default_factory=list)
+    globals: GlobalsBackup | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        return [d.database for d in self.databases if d.status == "failed"]
+
+
 class UploadOutcome(_Model):
     kind: Literal["upload"] = "upload"
     upload: UploadReport | None = None
@@ -142,7 +180,7 @@ class DrillOutcome(_Model):
 
 Outcome = Annotated[
     BackupOutcome | UploadOutcome | VerifyOutcome | PruneOutcome | RestoreOutcome
-    | DrillOutcome,
+    | DrillOutcome | BackupRunOutcome,
     Field(discriminator="kind"),
 ]
 
@@ -158,6 +196,16 @@ def written_database(outcome: Outcome | None) -> str | None:
 
 def summary_parts(outcome: Outcome | None) -> list[str]:
     """What the one-line summary adds for this kind of outcome."""
+    if isinstance(outcome, BackupRunOutcome):
+        parts = [f"run_id={outcome.run_id}", "databases=" + ",".join(
+            f"{d.database}:{d.status}" for d in outcome.databases)]
+        if outcome.globals is not None:
+            state = ("skipped" if outcome.globals.skipped else "ok" if outcome.globals.ok
+                     else "failed")
+            if outcome.globals.ok and not outcome.globals.role_passwords:
+                state += "(no-role-passwords)"
+            parts.append(f"globals={state}")
+        return parts
     if isinstance(outcome, PruneOutcome) and outcome.dry_run:
         return [f"would_delete={len(outcome.would_delete)} (dry run, nothing deleted)"]
     if isinstance(outcome, DrillOutcome):

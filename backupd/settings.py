@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     postgres_db: str = Field("certificate_verification", validation_alias="POSTGRES_DB")
     # With POSTGRES_DB='*': databases to leave out (comma-separated).
     backup_exclude: str | None = Field(None, validation_alias="DB_BACKUP_EXCLUDE")
+    # The cluster's globals (roles, tablespaces) with every backup run: "auto" = when
+    # POSTGRES_DB selects several databases (a list or `*`); one database keeps today's run.
+    backup_globals: Literal["auto", "on", "off"] = Field("auto",
+                                                         validation_alias="DB_BACKUP_GLOBALS")
     postgres_user: str = Field("postgres", validation_alias="POSTGRES_USER")
     postgres_password: SecretStr = Field(
         SecretStr("postgres"), validation_alias="POSTGRES_PASSWORD"
@@ -275,6 +279,13 @@ class Settings(BaseSettings):
             exclude = split_database_list(self.backup_exclude) if self.backup_exclude else []
             return DatabaseSelection((), every=True, exclude=tuple(exclude))
         return DatabaseSelection(tuple(split_database_list(self.postgres_db)))
+
+    @property
+    def globals_enabled(self) -> bool:
+        """Whether a backup run also dumps the cluster's globals (DB_BACKUP_GLOBALS)."""
+        if self.backup_globals == "auto":
+            return self.database_selection.several
+        return self.backup_globals == "on"
 
     def for_database(self, database: str) -> Settings:
         """These settings narrowed to one database: what every per-database step (dump,

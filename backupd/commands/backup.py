@@ -37,9 +37,10 @@ from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
-        not_before: datetime | None = None) -> None:
+        not_before: datetime | None = None, run_id: str | None = None) -> None:
     """``not_before``: skip if a verified backup taken at or after it already exists (the
-    daemon passes its schedule slot, so replicas produce exactly one backup per slot)."""
+    daemon passes its schedule slot, so replicas produce exactly one backup per slot).
+    ``run_id``: the backup run this dump belongs to (commands.backup_run), for the manifest."""
     settings = ctx.settings
     store = ctx.store
     facts = ctx.result.outcome = BackupOutcome()
@@ -109,7 +110,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
             gzip_members=outcome.gzip_members, database_properties=properties,
-            server_time=clock.now, wal_lsn=clock.wal_lsn,
+            server_time=clock.now, wal_lsn=clock.wal_lsn, run_id=run_id,
         )
         # Written twice on purpose: now, unverified, so that a crash before the verdict
         # leaves a file marked as backupd's own and unproven (never mistaken for an

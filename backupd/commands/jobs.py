@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Callable
 from datetime import datetime
 
-from backupd.commands import backup as backup_cmd
+from backupd.commands import backup_run
 from backupd.commands import drill as drill_cmd
 from backupd.commands import prune as prune_cmd
 from backupd.commands import verify as verify_cmd
@@ -27,7 +27,7 @@ def job_table() -> list[JobSpec]:
         # The backup body skips if the slot's backup already exists: replicas that
         # fire the same slot produce exactly one backup between them.
         JobSpec("backup", "backup_schedule",
-                lambda ctx, slot: backup_cmd.run(ctx, apply_retention=True, not_before=slot)),
+                lambda ctx, slot: backup_run.run(ctx, apply_retention=True, not_before=slot)),
         JobSpec("verify", "verify_schedule",
                 _locked("verify", lambda ctx: _discard(verify_cmd.run(ctx, [])), needs_db=False)),
         JobSpec("prune", "retention_schedule",

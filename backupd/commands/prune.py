@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from backupd.commands import selection
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
+from backupd.naming import DUMP_KIND
 from backupd.outcomes import PruneOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.settings import Settings
@@ -117,10 +118,13 @@ def _problem_now(ctx: JobContext, repository: Repository, entry: BackupEntry) ->
 
 
 def sweep(ctx: JobContext, store: Repository, *, dry_run: bool = False,
-          recheck: bool = True, already_proven: Iterable[str] = ()) -> list[str]:
-    """Apply retention to one repository; returns the names deleted (or that would be)."""
+          recheck: bool = True, already_proven: Iterable[str] = (),
+          database: str | None = None, kind: str = DUMP_KIND) -> list[str]:
+    """Apply retention to one repository; returns the names deleted (or that would be).
+    ``database``/``kind``: whose artifacts (default POSTGRES_DB's dumps; the globals:
+    GLOBALS_DATABASE, GLOBALS_KIND)."""
     settings = ctx.settings
-    entries = store.list_backups(settings.postgres_db)
+    entries = store.list_backups(database or settings.postgres_db, kind)
     selection.warn_future(ctx, entries)
     now = datetime.now(tz=ctx.result.started_at.tzinfo)
     plan = plan_prune(entries, settings, now)
@@ -143,14 +147,16 @@ def sweep(ctx: JobContext, store: Repository, *, dry_run: bool = False,
 
 
 def sweep_offsite(ctx: JobContext, offsite: Repository | None, *, dry_run: bool = False,
-                  strict: bool = False) -> list[str]:
+                  strict: bool = False, database: str | None = None,
+                  kind: str = DUMP_KIND) -> list[str]:
     """The same retention on the offsite repository; returns the locations deleted. A copy
     counts as good per its manifest and its size there. With ``strict`` a failure of the
     offsite repository fails the job, else it warns (a backup run must not fail for it)."""
     if offsite is None:
         return []
     try:
-        names = sweep(ctx, offsite, dry_run=dry_run, recheck=False)
+        names = sweep(ctx, offsite, dry_run=dry_run, recheck=False, database=database,
+                      kind=kind)
     except OffsiteError as exc:
         if strict:
             raise JobFailed(f"retention on {offsite.description} failed: {exc}") from None

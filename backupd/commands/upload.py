@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from backupd.errors import Cancelled, JobFailed, OffsiteError
 from backupd.job import JobContext
+from backupd.naming import DUMP_KIND
 from backupd.outcomes import UploadOutcome, UploadReport
 from backupd.result import human_bytes
 from backupd.storage import replication
 from backupd.storage.base import Repository
 
 
-def upload_pending(ctx: JobContext, target: Repository,
-                   first: str | None = None) -> UploadReport:
+def upload_pending(ctx: JobContext, target: Repository, first: str | None = None, *,
+                   database: str | None = None, kind: str = DUMP_KIND) -> UploadReport:
     """Replicate ``first`` (the backup just taken), then every other pending backup, oldest
     first. The first failure ends the pass (S3 is most likely down); what is left stays
     pending. Sets ``ctx.result.offsite`` and, on failure, a warning; never raises OffsiteError.
     """
     source = ctx.store
-    pending = replication.pending(source.list_backups(ctx.settings.postgres_db))
+    pending = replication.pending(source.list_backups(database or ctx.settings.postgres_db,
+                                                      kind))
     # The newest backup first: it is the one a disaster recovery needs.
     pending.sort(key=lambda e: e.name != first)
     uploaded: list[str] = []

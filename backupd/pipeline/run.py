@@ -57,13 +57,18 @@ def dump_to_file(
     *,
     encryptor: EncryptorFactory | None = None,
     read_back: ReadBack | None = None,
+    source: Child | None = None,
+    kind: str = "dump",
 ) -> DumpOutcome:
     """Write a complete, fsynced backup at ``destination``, or raise and leave nothing.
 
     ``read_back`` (verification) follows the file as it grows, in a thread of its own,
-    and finishes its last bytes once the file is flushed and fsynced."""
+    and finishes its last bytes once the file is flushed and fsynced. ``source``: the
+    child whose output is stored (default: pg_dump of ``config``), producing SQL of
+    ``kind`` (the globals: pg_dumpall --globals-only, kind "globals")."""
     backup_format = config.backup_format
-    dump = pg_dump(config, cancel)
+    dump = source if source is not None else pg_dump(config, cancel)
+    tool = "pg_dump" if source is None else source.argv[0].rsplit("/", 1)[-1]
     head_tail = HeadTail()
     growing = GrowingFile()
     follower: threading.Thread | None = None
@@ -90,11 +95,11 @@ def dump_to_file(
                                 "the partial file removed")
             if code != 0:
                 reason = dump.error_line or f"exit code {code}"
-                raise DumpFailed(f"pg_dump failed: {reason}", dump.stderr_tail)
+                raise DumpFailed(f"{tool} failed: {reason}", dump.stderr_tail)
             if backup_format == "plain":
-                problem = head_tail.problem()
+                problem = head_tail.problem(cluster=kind == "globals")
                 if problem is not None:
-                    raise DumpFailed(f"pg_dump output rejected: {problem}", dump.stderr_tail)
+                    raise DumpFailed(f"{tool} output rejected: {problem}", dump.stderr_tail)
             elif head_tail.total == 0:
                 raise DumpFailed("pg_dump output rejected: the dump is empty", dump.stderr_tail)
         # Flushed, fsynced and renamed: the read-back may finish the last bytes.

@@ -1,0 +1,189 @@
+"""One backup run of several databases plus the cluster's globals (issue 14)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.backups import backup_files, flip_byte, read_manifest, seed_small_db
+from helpers.cli import run_backupd, server_env
+from helpers.cluster import PrivateCluster
+from helpers.offsite import object_keys, s3_env
+from helpers.pg import ServerAddress, connect, unique_db_name
+from helpers.s3server import S3Server
+
+from backupd.naming import parse_backup_name
+
+EnvFactory = Callable[..., dict[str, str]]
+
+
+def _globals_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".globals.sql.gz" in p.name
+                  and not p.name.endswith(".manifest.json"))
+
+
+def _dumps(directory: Path) -> list[str]:
+    return [n for n in backup_files(directory) if ".globals." not in n]
+
+
+def _json_records(stderr: str) -> list[dict[str, object]]:
+    records = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+def test_two_databases_one_run_two_files_one_globals_one_run_id(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    first, second = make_db(), make_db()
+    for db in (first, second):
+        seed_small_db(pg_server, db)
+    proc = run_backupd(["backup", "--no-prune"], backupd_env(f"{first}, {second}"))
+    assert proc.returncode == 0, proc.stderr
+    dumps = _dumps(backup_dir)
+    assert sorted(p.database for p in map(parse_backup_name, dumps) if p) == sorted(
+        [first, second])
+    (globals_file,) = _globals_files(backup_dir)
+    run_ids = {read_manifest(backup_dir / name)["run_id"] for name in [*dumps, globals_file]}
+    assert len(run_ids) == 1 and None not in run_ids, run_ids
+    assert globals_file == f"globals_{run_ids.pop()}.globals.sql.gz"
+    manifest = read_manifest(backup_dir / globals_file)
+    assert manifest["kind"] == "globals" and manifest["verified"] is True
+    sql = gzip.decompress((backup_dir / globals_file).read_bytes())
+    assert b"CREATE ROLE" in sql or b"ALTER ROLE" in sql
+    # One result per database reached the notifiers, then the run's summary.
+    finished = [r for r in _json_records(proc.stderr) if r.get("event") == "job finished"]
+    assert [r.get("database") for r in finished][:2] == [first, second], finished
+    assert f"databases={first}:success,{second}:success" in proc.stdout
+    assert "globals=ok" in proc.stdout
+
+
+def test_a_failing_database_does_not_stop_the_others_and_the_run_names_it(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    good = make_db()
+    seed_small_db(pg_server, good)
+    absent = unique_db_name("absent")
+    proc = run_backupd(["backup", "--no-prune"], backupd_env(f"{absent},{good}"))
+    assert proc.returncode == 1, proc.stderr
+    [dump] = _dumps(backup_dir)
+    parsed = parse_backup_name(dump)
+    assert parsed is not None and parsed.database == good
+    assert read_manifest(backup_dir / dump)["verified"] is True
+    assert len(_globals_files(backup_dir)) == 1
+    assert f"1 of 2 databases failed: {absent!r}" in proc.stderr
+    assert f"{absent!r} (listed in POSTGRES_DB) does not exist" in (
+        backup_dir / "backup_log.txt").read_text()
+
+
+def test_a_database_whose_dump_fails_does_not_stop_the_next(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    broken, good = make_db(), make_db()
+    seed_small_db(pg_server, good)
+    with connect(pg_server, broken) as conn:
+        conn.execute("REVOKE CONNECT ON DATABASE " + f'"{broken}"' + " FROM PUBLIC")
+    # Connections are refused for everyone but superusers: a login that is not one fails.
+    with connect(pg_server) as conn:
+        conn.execute(f'ALTER DATABASE "{broken}" ALLOW_CONNECTIONS false')
+    try:
+        proc = run_backupd(["backup", "--no-prune"], backupd_env(f"{broken},{good}"))
+    finally:
+        with connect(pg_server) as conn:
+            conn.execute(f'ALTER DATABASE "{broken}" ALLOW_CONNECTIONS true')
+    assert proc.returncode == 1, proc.stderr
+    [dump] = _dumps(backup_dir)
+    assert dump.startswith(good)
+    assert f"1 of 2 databases failed: {broken!r}" in proc.stderr
+
+
+def test_globals_verify_and_a_damaged_one_fails_verify(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    db = make_db()
+    env = backupd_env(db, DB_BACKUP_GLOBALS="on")
+    proc = run_backupd(["backup", "--no-prune"], env)
+    assert proc.returncode == 0, proc.stderr
+    (name,) = _globals_files(backup_dir)
+    verified = run_backupd(["verify", name], env)
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    flip_byte(backup_dir / name)
+    damaged = run_backupd(["verify", name], env)
+    assert damaged.returncode == 1, damaged.stdout
+    assert name in damaged.stdout + damaged.stderr
+
+
+def test_verify_rejects_a_pg_dump_file_posing_as_globals(tmp_path: Path) -> None:
+    from backupd.pipeline.verification import verify_file
+
+    name = "globals_20261201_000000.globals.sql.gz"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"--\n-- PostgreSQL database dump\n--\n\n"
+                                   b"--\n-- PostgreSQL database dump complete\n--\n"))
+    parsed = parse_backup_name(name)
+    assert parsed is not None
+    report = verify_file(path, parsed, None)
+    assert not report.ok
+    assert "pg_dumpall" in (report.problem or "")
+
+
+def test_globals_reach_s3_and_are_pruned_by_retention(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path, s3_server: S3Server, s3_bucket: str) -> None:
+    first, second = make_db(), make_db()
+    env = backupd_env(f"{first},{second}", **s3_env(s3_server, s3_bucket),
+                      DB_BACKUP_RETENTION_DAYS="0", DB_BACKUP_KEEP_MIN="1")
+    proc = run_backupd(["backup"], env)
+    assert proc.returncode == 0, proc.stderr
+    (old,) = _globals_files(backup_dir)
+    keys = object_keys(s3_server, s3_bucket)
+    assert old in keys and old + ".manifest.json" in keys
+    proc = run_backupd(["backup"], env)
+    assert proc.returncode == 0, proc.stderr
+    (new,) = _globals_files(backup_dir)
+    assert new != old  # the older globals went, the newest verified one stays (KEEP_MIN=1)
+    keys = object_keys(s3_server, s3_bucket)
+    assert new in keys and old not in keys
+    assert len(_dumps(backup_dir)) == 2  # one per database, per KEEP_MIN
+
+
+def test_a_role_that_is_not_a_superuser_warns_once_and_takes_what_it_can(
+        private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
+    cluster = private_cluster()
+    with connect(cluster.address) as conn:
+        conn.execute("CREATE ROLE app LOGIN PASSWORD 'app-secret'")
+        conn.execute("CREATE ROLE reader NOLOGIN IN ROLE app")
+        conn.execute("ALTER ROLE app SET work_mem = '8MB'")
+        conn.execute("CREATE ROLE backup LOGIN PASSWORD 'bk' IN ROLE pg_read_all_data")
+        conn.execute("CREATE DATABASE one OWNER app")
+        conn.execute("CREATE DATABASE two OWNER app")
+    backup_dir = tmp_path / "backups"
+    user = ServerAddress(cluster.address.host, cluster.port, "backup", "bk")
+    env = server_env(user, "one,two", backup_dir, HEALTH_PORT="0")
+    proc = run_backupd(["backup", "--no-prune"], env)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in (backup_dir / "backup_log.txt").read_text().splitlines()
+                if "without the roles' password hashes" in line]
+    assert len(warnings) == 1, warnings
+    (name,) = _globals_files(backup_dir)
+    assert read_manifest(backup_dir / name)["role_passwords"] is False
+    sql = gzip.decompress((backup_dir / name).read_bytes()).decode()
+    assert "CREATE ROLE app" in sql and "work_mem" in sql and "GRANT app TO reader" in sql
+    assert "SCRAM-SHA-256" not in sql and "app-secret" not in sql
+    assert "globals=ok(no-role-passwords)" in proc.stdout
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("app,,billing", "empty"), ("app,billing,app", "twice")])
+def test_bad_lists_are_exit_2_before_anything(
+        backupd_env: EnvFactory, backup_dir: Path, value: str, words: str) -> None:
+    proc = run_backupd(["backup"], backupd_env(value))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]
+    assert "POSTGRES_DB" in line and words in line, line
+    assert not backup_dir.exists()
