@@ -196,14 +196,23 @@ def drill(
         "DB_BACKUP_DIR, verified, restored; removed afterwards.")] = False,
 ) -> None:
     """Restore a backup into a scratch database (DRILL_DATABASE), compare it with the live
-    database, record the restore time in its manifest, then drop the scratch database."""
+    database, record the restore time in its manifest, then drop the scratch database.
+
+    With DRILL_POSTGRES_HOST: restore the newest run (roles, then every database) onto that
+    empty scratch server, compare with the live cluster, report the whole-cluster restore
+    time (RTO), and leave the server as it was found. NAME is then a globals artifact."""
     from backupd.commands import drill as drill_cmd
 
     settings = bootstrap()
     result = execute("drill", settings, lambda ctx: drill_cmd.run(ctx, name, from_s3=from_s3))
     outcome = result.outcome
     if isinstance(outcome, DrillOutcome) and outcome.comparison_summary:
-        if outcome.restore_seconds is not None:
+        if outcome.cluster_restore_seconds is not None:
+            print(f"whole-cluster restore time (RTO): {outcome.cluster_restore_seconds:.1f}s")
+            for database in outcome.databases:
+                print(f"  {database.database}: {database.backup_name}, restored in "
+                      f"{database.restore_seconds or 0:.1f}s")
+        elif outcome.restore_seconds is not None:
             print(f"restore time: {outcome.restore_seconds:.1f}s")
         print(f"comparison: {outcome.comparison_summary}")
         for line in outcome.differences:

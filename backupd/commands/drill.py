@@ -66,8 +66,14 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
     drill_server = drill_server_settings(settings)
     if drill_server is not None:
         check_not_live(settings, drill_server)  # before anything else
-        ctx.warn("DRILL_POSTGRES_HOST: whole-cluster drills onto the drill server are not "
-                 "available in this version yet; this drill runs beside the live database")
+        from backupd.commands import cluster_drill
+
+        def record(repository: Repository, entry: BackupEntry, ok: bool,
+                   seconds: float | None) -> None:
+            _record(ctx, entry, _recorder(ctx, repository), ok=ok, seconds=seconds)
+
+        cluster_drill.run(ctx, drill_server, name, from_s3=from_s3, record=record)
+        return
     scratch = scratch_database(settings)
     ctx.result.outcome = DrillOutcome(scratch_database=scratch,
                                       restore=RestoreOutcome(target_database=scratch))

@@ -7,15 +7,18 @@ drill (so that the drill removes only what it created, see :mod:`backupd.command
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from pydantic import SecretStr
 
-from backupd.errors import ConfigError, JobFailed
-from backupd.postgres.connection import connect
+from backupd.errors import ConfigError, JobFailed, JobSkipped
+from backupd.postgres.connection import connect, describe_pg_error, drop_database, lock_key
+from backupd.postgres.databases import drop_with_subscriptions
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"
@@ -88,3 +91,108 @@ def check_not_live(live_settings: Settings, drill: Settings) -> None:
     with connect_drill_server(drill) as conn:
         scratch = server_identity(conn)
     refuse_live(live, scratch, f"{drill.postgres_host}:{drill.postgres_port}")
+
+
+# --- what was there before, and leaving it so -----------------------------------------------
+
+# A database on the drill server whose comment starts with this was created by a drill
+# (the restored databases); the state database records what the server held before the
+# drill, and is dropped last, so a killed drill leaves it as the sign to clean up after it.
+CLUSTER_MARK = "backupd cluster drill: restored copy"
+STATE_DATABASE = "backupd_drill_state"
+STATE_MARK = "backupd cluster drill in progress; the server held before it: "
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the drill server holds of its own: what a drill must leave as it found it."""
+
+    databases: frozenset[str]
+    roles: frozenset[str]  # predefined pg_* roles are the server's and never touched
+    tablespaces: frozenset[str]
+
+    def to_text(self) -> str:
+        return json.dumps({"roles": sorted(self.roles), "tablespaces": sorted(self.tablespaces),
+                           "databases": sorted(self.databases)})
+
+    @classmethod
+    def from_text(cls, text: str) -> Inventory:
+        data = json.loads(text)
+        return cls(frozenset(data.get("databases", ())), frozenset(data["roles"]),
+                   frozenset(data.get("tablespaces", ())))
+
+
+def inventory(conn: Connection) -> Inventory:
+    databases = {str(r[0]) for r in conn.execute(
+        "SELECT datname FROM pg_database WHERE datname <> %s", (STATE_DATABASE,))}
+    roles = {str(r[0]) for r in conn.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'")}
+    tablespaces = {str(r[0]) for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+    return Inventory(frozenset(databases), frozenset(roles), frozenset(tablespaces))
+
+
+def lock_drill_server(conn: Connection) -> None:
+    """One drill per drill server at a time (held by ``conn``'s session)."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)",
+                       (lock_key("cluster-drill", STATE_DATABASE),)).fetchone()
+    if not row or not row[0]:
+        raise JobSkipped("another backupd drill is using the drill server right now; this "
+                         "drill was skipped")
+
+
+def mark_started(conn: Connection, before: Inventory) -> None:
+    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+        sql.Identifier(STATE_DATABASE)))
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(STATE_DATABASE), sql.Literal(STATE_MARK + before.to_text())))
+
+
+def interrupted_drill(conn: Connection) -> Inventory | None:
+    """What the server held before a drill that never finished (None: no such drill)."""
+    row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                       "WHERE datname = %s", (STATE_DATABASE,)).fetchone()
+    if row is None:
+        return None
+    text = str(row[0] or "")
+    if not text.startswith(STATE_MARK):
+        raise ConfigError(f"DRILL_POSTGRES_HOST: the drill server has a database "
+                          f"{STATE_DATABASE!r} that backupd did not create; drop it or use "
+                          "another drill server")
+    return Inventory.from_text(text[len(STATE_MARK):])
+
+
+def created_databases(conn: Connection) -> list[str]:
+    return [str(r[0]) for r in conn.execute(
+        "SELECT datname FROM pg_database WHERE starts_with("
+        "coalesce(shobj_description(oid, 'pg_database'), ''), %s) ORDER BY 1", (CLUSTER_MARK,))]
+
+
+def restore_server(drill: Settings, conn: Connection, before: Inventory) -> list[str]:
+    """Drop what a drill created on the drill server: the databases carrying the mark, the
+    roles and tablespaces it did not have before, then the state database. Returns what
+    could not be removed, one line each (the next drill tries again: the state stays)."""
+    problems: list[str] = []
+    for name in created_databases(conn):
+        try:
+            drop_with_subscriptions(drill, conn, name)
+        except (JobFailed, psycopg.Error) as exc:
+            problems.append(f"database {name}: {describe_pg_error(exc)}")
+    now = inventory(conn)
+    for name in sorted(now.tablespaces - before.tablespaces):
+        try:
+            conn.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            problems.append(f"tablespace {name}: {describe_pg_error(exc)}")
+    roles = sorted(now.roles - before.roles)
+    if roles:
+        # One statement: roles that are members of each other go together.
+        idents = sql.SQL(", ").join(sql.Identifier(r) for r in roles)
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(idents))
+                conn.execute(sql.SQL("DROP ROLE {}").format(idents))
+        except psycopg.Error as exc:
+            problems.append(f"roles {', '.join(roles)}: {describe_pg_error(exc)}")
+    if not problems:
+        drop_database(conn, STATE_DATABASE)
+    return problems

@@ -1,0 +1,170 @@
+"""A whole-cluster drill onto a drill server (DRILL_POSTGRES_*), against real clusters: a
+private "live" cluster with an application role, a reader role and two databases, and a
+second, freshly initialised one as the drill server (never the shared 5432 server: roles)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.backups import write_globals_artifact
+from helpers.cli import server_env
+from helpers.cluster import PrivateCluster
+from helpers.pg import ServerAddress, connect, psql
+
+from backupd.commands import backup as backup_cmd
+from backupd.commands import drill as drill_cmd
+from backupd.commands.drill_server import CLUSTER_MARK, STATE_DATABASE, STATE_MARK
+from backupd.job import run_job
+from backupd.notify.base import NotifierChain
+from backupd.outcomes import DrillOutcome
+from backupd.result import JobResult
+from backupd.settings import load_settings
+
+ClusterFactory = Callable[..., PrivateCluster]
+
+LIVE_ROLES = """
+    CREATE ROLE app LOGIN PASSWORD 'app''s pw';
+    CREATE ROLE reader NOLOGIN;
+    GRANT app TO reader;
+    ALTER ROLE app SET statement_timeout = '42s';
+    CREATE DATABASE appdb OWNER app;
+    CREATE DATABASE second;
+"""
+APP_DATABASE = """
+    SET ROLE app;
+    CREATE TABLE notes (id int PRIMARY KEY, body text);
+    INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 50) i;
+    GRANT SELECT ON notes TO reader;
+    ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY reader_sees ON notes FOR SELECT TO reader USING (id > 10);
+    ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO reader;
+    RESET ROLE;
+    COMMENT ON DATABASE appdb IS 'the application';
+    ALTER DATABASE appdb SET work_mem = '8MB';
+    REVOKE CONNECT ON DATABASE appdb FROM PUBLIC;
+    GRANT CONNECT ON DATABASE appdb TO reader;
+"""
+EMPTY_SERVER = ({"postgres", "template0", "template1"}, {"postgres"})
+
+
+@dataclass
+class Clusters:
+    live: ServerAddress
+    drill: ServerAddress
+    backups: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return server_env(self.live, "appdb,second", self.backups,
+                          HEALTH_PORT="0", DRILL_POSTGRES_HOST=self.drill.host,
+                          DRILL_POSTGRES_PORT=str(self.drill.port),
+                          DRILL_POSTGRES_PASSWORD=self.drill.password or "", **extra)
+
+
+def run_here(job: str, env: dict[str, str], body: Callable[..., None]) -> JobResult:
+    return run_job(job, load_settings(**env), body, NotifierChain([]))
+
+
+def drill(clusters: Clusters) -> tuple[JobResult, DrillOutcome]:
+    result = run_here("drill", clusters.env(), lambda ctx: drill_cmd.run(ctx))
+    assert isinstance(result.outcome, DrillOutcome), result.summary()
+    return result, result.outcome
+
+
+def server_contents(server: ServerAddress) -> tuple[set[str], set[str]]:
+    with connect(server) as conn:
+        databases = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
+        roles = {str(r[0]) for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'")}
+    return databases, roles
+
+
+@pytest.fixture
+def clusters(private_cluster: ClusterFactory, tmp_path: Path) -> Iterator[Clusters]:
+    live = private_cluster("live pw").address
+    fresh = private_cluster("drill pw").address
+    psql(live, "postgres", LIVE_ROLES)
+    psql(live, "appdb", APP_DATABASE)
+    psql(live, "second", "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 7);")
+    backups = tmp_path / "backups"
+    for database in ("appdb", "second"):
+        result = run_here("backup", server_env(live, database, backups, HEALTH_PORT="0"),
+                          lambda ctx: backup_cmd.run(ctx, apply_retention=False))
+        assert result.ok, result.summary()
+    write_globals_artifact(live, backups)
+    yield Clusters(live, fresh, backups)
+
+
+def test_drill_onto_a_fresh_server_passes_and_leaves_it_empty(clusters: Clusters) -> None:
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+
+    result, outcome = drill(clusters)
+
+    assert result.exit_code == 0, (result.summary(), outcome.differences)
+    assert outcome.differences == []
+    assert outcome.roles_proven
+    assert outcome.drill_server == f"{clusters.drill.host}:{clusters.drill.port}"
+    assert [d.database for d in outcome.databases] == ["appdb", "second"]
+    assert all(d.ok and d.restore_seconds for d in outcome.databases)
+    assert outcome.cluster_restore_seconds and outcome.cluster_restore_seconds >= sum(
+        d.restore_seconds or 0 for d in outcome.databases)
+    assert outcome.objects_compared["role"] == 3  # postgres, app, reader
+    assert outcome.objects_compared["membership"] == 1
+    assert "rto=" in result.summary()
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+
+
+def test_a_backup_set_without_its_globals_fails(clusters: Clusters) -> None:
+    for path in clusters.backups.glob("globals_*"):
+        path.unlink()
+
+    result, _ = drill(clusters)
+
+    assert result.exit_code == 1
+    assert result.error and "no verified globals artifact" in result.error
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+
+
+def test_a_membership_the_restore_lacks_fails_the_drill(clusters: Clusters) -> None:
+    # Granted after the globals were dumped: the live cluster has it, the backup does not.
+    psql(clusters.live, "postgres", "CREATE ROLE auditor NOLOGIN; GRANT reader TO auditor;")
+
+    result, outcome = drill(clusters)
+
+    assert result.exit_code == 1, result.summary()
+    assert "role auditor is missing from the restore" in outcome.differences
+    assert "membership auditor in reader is missing from the restore" in outcome.differences
+    assert not outcome.roles_proven
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+
+
+def test_a_killed_drills_leftovers_are_removed_by_the_next(clusters: Clusters) -> None:
+    # What a drill killed after the globals and one database were restored leaves behind.
+    before = '{"roles": ["postgres"], "tablespaces": ["pg_default", "pg_global"], ' \
+             '"databases": ["postgres", "template0", "template1"]}'
+    psql(clusters.drill, "postgres", f"""
+        CREATE DATABASE {STATE_DATABASE};
+        COMMENT ON DATABASE {STATE_DATABASE} IS '{STATE_MARK}{before}';
+        CREATE ROLE app LOGIN; CREATE ROLE reader; GRANT app TO reader;
+        CREATE DATABASE appdb OWNER app;
+        COMMENT ON DATABASE appdb IS '{CLUSTER_MARK}; backupd drops it after the drill';""")
+
+    result, outcome = drill(clusters)
+
+    assert result.exit_code == 0, (result.summary(), outcome.differences)
+    assert any("removed what an interrupted drill left" in w for w in result.warnings)
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+
+
+def test_a_drill_server_that_is_not_empty_is_refused(clusters: Clusters) -> None:
+    psql(clusters.drill, "postgres", "CREATE DATABASE second")
+
+    result, _ = drill(clusters)
+
+    assert result.exit_code == 2
+    assert result.error and result.error.startswith(
+        "DRILL_POSTGRES_HOST: the drill server already has database(s) second")
+    databases, roles = server_contents(clusters.drill)
+    assert databases == EMPTY_SERVER[0] | {"second"} and roles == EMPTY_SERVER[1]
