@@ -127,6 +127,9 @@ def test_good_backup_drills_clean_and_records_the_restore_time(
     assert details["restore_seconds"] > 0
     assert details["comparison_summary"].startswith("matches the live database (4 tables")
     assert "restore time:" in output and "comparison: matches" in output
+    # Beside the live database the roles exist already: the drill says it proved nothing of them.
+    assert "roles not proven: drilled beside the live database" in details["comparison_summary"]
+    assert "roles=not-proven" in output
     manifest = read_manifest(backup)
     assert manifest["drill_ok"] is True and manifest["drilled_at"]
     assert manifest["drill_restore_seconds"] == details["restore_seconds"]

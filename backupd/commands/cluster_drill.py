@@ -105,7 +105,8 @@ def run(ctx: JobContext, drill: Settings, name: str | None, *, from_s3: bool,
                         f"{comparison.summary}")
     ctx.say(f"whole-cluster drill of {run_set.globals_entry.name} passed: roles and "
             f"{len(run_set.dumps)} database(s) restored in "
-            f"{outcome.cluster_restore_seconds or 0:.1f}s (RTO); {comparison.summary}")
+            f"{outcome.cluster_restore_seconds or 0:.1f}s (RTO); "
+            f"{outcome.comparison_summary}")
 
 
 def choose_run(ctx: JobContext, repository: Repository, name: str | None) -> RunSet:
@@ -227,6 +228,10 @@ def _compare_cluster(ctx: JobContext, drill: Settings, admin: Connection, run_se
     with maintenance_connection(ctx.settings) as live_admin:
         live_roles = read_roles(live_admin)
     compare_roles(total, live_roles, read_roles(admin), roles_before)
+    kept = sorted(set(roles_before.roles) & set(live_roles.roles))
+    if kept:
+        ctx.say(f"role(s) {', '.join(kept)} were on the drill server before the drill and "
+                "were kept as they were: compared by name and memberships only")
     for entry, drilled in zip(run_set.dumps, outcome.databases, strict=True):
         one = _compare_database(ctx, drill, admin, entry)
         drilled.ok = one.ok

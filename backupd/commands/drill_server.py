@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from backupd.errors import ConfigError, JobFailed, JobSkipped
 from backupd.postgres.connection import connect, describe_pg_error, drop_database, lock_key
-from backupd.postgres.databases import drop_with_subscriptions
+from backupd.postgres.databases import drop_with_subscriptions, maintenance_connection
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"
@@ -86,7 +86,7 @@ def refuse_live(live: ServerIdentity, drill: ServerIdentity, where: str) -> None
 
 
 def check_not_live(live_settings: Settings, drill: Settings) -> None:
-    with connect(live_settings) as conn:
+    with maintenance_connection(live_settings) as conn:
         live = server_identity(conn)
     with connect_drill_server(drill) as conn:
         scratch = server_identity(conn)

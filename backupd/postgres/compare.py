@@ -360,9 +360,4 @@ def compare_roles(result: Comparison, live: RoleCatalog, restored: RoleCatalog,
                              key=str):
         result.drift.append(f"membership {membership} is in the backup but no longer in "
                                 "the live cluster")
-    if kept & set(live.roles):
-        result.warnings.append(
-            f"role(s) {', '.join(sorted(kept & set(live.roles)))} existed on the drill server "
-            "before the drill and were kept as they were: their attributes and passwords were "
-            "not compared")
     result.roles_compared = True
