@@ -169,6 +169,7 @@ class DrillOutcome(_Model):
     drill_server: str | None = None  # host:port, None = beside the live database
     roles_proven: bool = False
     databases: list[DatabaseDrill] = Field(default_factory=list)
+    globals_restore: GlobalsOutcome | None = None  # what the globals restore created and kept
     # Measured whole-cluster recovery time: globals plus every database, restored in turn.
     cluster_restore_seconds: float | None = None
 

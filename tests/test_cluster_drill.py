@@ -113,6 +113,9 @@ def test_drill_onto_a_fresh_server_passes_and_leaves_it_empty(clusters: Clusters
     assert outcome.objects_compared["role"] == 3  # postgres, app, reader
     assert outcome.objects_compared["membership"] == 1
     assert "rto=" in result.summary()
+    assert outcome.globals_restore is not None
+    assert sorted(outcome.globals_restore.roles_created) == ["app", "reader"]
+    assert outcome.globals_restore.roles_kept == ["postgres"]
     assert server_contents(clusters.drill) == EMPTY_SERVER
 
 

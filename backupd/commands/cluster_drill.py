@@ -160,7 +160,8 @@ def _restore_and_compare(ctx: JobContext, drill: Settings, admin: Connection,
     started = time.monotonic()
     with selection.local_file(ctx, repository, run_set.globals_entry) as path:
         try:
-            restore_globals(drill_ctx, admin, path, run_set.globals_entry)
+            outcome.globals_restore = restore_globals(drill_ctx, admin, path,
+                                                      run_set.globals_entry)
         except JobFailed as exc:
             outcome.differences = [f"the globals do not restore: {exc}"]
             outcome.comparison_summary = "not compared: the globals restore failed"
