@@ -63,6 +63,12 @@ class DatabaseSelection:
             return sorted(present - set(self.exclude))
         return [name for name in self.names if name in present]
 
+    def watched(self, backed_up: Iterable[str]) -> list[str]:
+        """The databases health and metrics report on, without asking the server: the
+        listed ones (with or without backups); for ``*``, those with backups
+        (``backed_up``) but the excluded."""
+        return self.choose(backed_up) if self.every else list(self.names)
+
 
 def split_database_list(value: str) -> list[str]:
     """POSTGRES_DB / DB_BACKUP_EXCLUDE as names. A value without a comma is one name, taken

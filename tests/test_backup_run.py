@@ -15,7 +15,12 @@ from helpers.offsite import object_keys, s3_env
 from helpers.pg import ServerAddress, connect, unique_db_name
 from helpers.s3server import S3Server
 
+from backupd.daemon.health import evaluate
 from backupd.naming import parse_backup_name
+from backupd.notify.metrics import BackupdMetrics
+from backupd.result import JobResult, Status
+from backupd.settings import load_settings
+from backupd.storage.local import LocalStore
 
 EnvFactory = Callable[..., dict[str, str]]
 
@@ -187,3 +192,34 @@ def test_bad_lists_are_exit_2_before_anything(
     (line,) = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]
     assert "POSTGRES_DB" in line and words in line, line
     assert not backup_dir.exists()
+
+
+def test_health_and_metrics_per_database(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    first, second = make_db(), make_db()
+    proc = run_backupd(["backup", "--no-prune"], backupd_env(f"{first},{second}"))
+    assert proc.returncode == 0, proc.stderr
+    store = LocalStore(backup_dir)
+
+    settings = load_settings(POSTGRES_DB=f"{first},{second}", DB_BACKUP_DIR=str(backup_dir))
+    report = evaluate(settings, store, None)
+    assert report.ok, report.reasons
+    assert report.facts.databases is not None
+    assert [d.database for d in report.facts.databases] == [first, second, "globals"]
+    assert all(d.newest_verified_backup for d in report.facts.databases)
+
+    never = unique_db_name("never")
+    report = evaluate(load_settings(POSTGRES_DB=f"{first},{never}",
+                                    DB_BACKUP_DIR=str(backup_dir)), store, None)
+    assert not report.ok
+    assert report.reasons == [f"no verified backup of {never!r} in {backup_dir}"]
+
+    metrics = BackupdMetrics(settings)
+    failed = JobResult(job="backup", database=second)
+    failed.finish(Status.FAILED, "pg_dump failed")
+    metrics.observe(failed)
+    text = metrics.render().decode()
+    assert f'backupd_database_last_backup_success{{database="{second}"}} 0.0' in text
+    assert f'backupd_database_local_backups{{database="{first}"}} 1.0' in text
+    assert "backupd_globals_newest_verified_backup_age_seconds" in text

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from backupd.daemon.cron import parse_cron, parse_zone
 from backupd.daemon.state import STALE_AFTER, STATE_FILE, read_state
 from backupd.errors import ConfigError
+from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.result import human_duration
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, describe_future, future_entries, newest_verified
@@ -35,10 +36,21 @@ _GAPS_SAMPLED = 32
 _SAMPLE_HORIZON = timedelta(days=400)
 
 
+class DatabaseHealth(BaseModel):
+    """One database of several (POSTGRES_DB a list or `*`), or the cluster's globals."""
+
+    database: str
+    local_backups: int = 0
+    newest_verified_backup: str | None = None
+    newest_verified_backup_age_hours: float | None = None
+
+
 class HealthFacts(BaseModel):
     """What the check found; a fact it could not establish stays None (and is not shown)."""
 
     database: str
+    # POSTGRES_DB a list or `*`: each database's own facts (and the globals' when taken).
+    databases: list[DatabaseHealth] | None = None
     scheduler_alive: bool | None = None
     daemon_state_age_seconds: int | None = None
     backup_max_age_hours: float | None = None
@@ -102,6 +114,12 @@ def evaluate(
 
     max_age = max_backup_age(settings, now)
     facts.backup_max_age_hours = round(max_age.total_seconds() / 3600, 2)
+    if settings.database_selection.several or settings.globals_enabled:
+        entries = _check_each_database(settings, store, max_age, now, report)
+        if settings.drill_max_age_days is not None:
+            _check_drill(settings.drill_max_age_days, entries, drill_records, now, report)
+        report.ok = not reasons
+        return report
     entries = store.list_backups(settings.postgres_db)
     newest = newest_verified(entries, now)
     facts.local_backups = len(entries)
@@ -122,6 +140,49 @@ def evaluate(
 
     report.ok = not reasons
     return report
+
+
+def watched_databases(settings: Settings, store: LocalStore) -> list[str]:
+    """The databases health and metrics look at: those listed in POSTGRES_DB; for `*`
+    (the server is not asked here), every database with a backup in DB_BACKUP_DIR but the
+    excluded, so a database dropped from the server shows until its backups are removed."""
+    return settings.database_selection.watched(store.dump_databases())
+
+
+def _check_each_database(settings: Settings, store: LocalStore, max_age: timedelta,
+                         now: datetime, report: HealthReport) -> list[BackupEntry]:
+    """One set of checks per database (and the globals); every dump entry, for the drill
+    check."""
+    facts, reasons = report.facts, report.reasons
+    facts.databases = []
+    watched = [(name, store.list_backups(name), repr(name))
+               for name in watched_databases(settings, store)]
+    if settings.globals_enabled:
+        watched.append((GLOBALS_DATABASE, store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND),
+                        "the cluster's globals"))
+    if settings.database_selection.every and len(watched) == (1 if settings.globals_enabled
+                                                              else 0):
+        reasons.append(f"no verified backup of any database (POSTGRES_DB='*') in "
+                       f"{store.directory}")
+    dumps: list[BackupEntry] = []
+    for name, entries, what in watched:
+        fact = DatabaseHealth(database=name, local_backups=len(entries))
+        facts.databases.append(fact)
+        dumps += [e for e in entries if e.kind != GLOBALS_KIND]
+        reasons.extend(describe_future(e, now) for e in future_entries(entries, now))
+        newest = newest_verified(entries, now)
+        if newest is None:
+            reasons.append(f"no verified backup of {what} in {store.directory}")
+            continue
+        age = now - newest.parsed.taken_at
+        fact.newest_verified_backup = newest.name
+        fact.newest_verified_backup_age_hours = round(age.total_seconds() / 3600, 2)
+        if age > max_age:
+            reasons.append(f"the newest verified backup of {what}, {newest.name}, is "
+                           f"{_human(age)} old, more than BACKUP_MAX_AGE_HOURS "
+                           f"({_human(max_age)})")
+    facts.local_backups = len(dumps)
+    return dumps
 
 
 def _check_drill(max_days: float, entries: list[BackupEntry], records: Iterable[DrillRecord],

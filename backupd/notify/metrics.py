@@ -4,7 +4,9 @@ Two tables drive everything, so a new metric is one line in one of them:
 - RESULT_GAUGES: set from each JobResult, labelled by job;
 - STORE_GAUGES: computed on every scrape from the backup directory's manifests (they
   survive restarts, and an upload or drill recorded by another process shows up too).
-Labels are only ``job`` and ``status``: never secrets, never database-supplied text.
+Labels are only ``job`` and ``status``: never secrets, never database-supplied text; with
+several databases (POSTGRES_DB a list or `*`) the ``backupd_database_*`` families add a
+``database`` label (names from POSTGRES_DB or the server's catalog, never row data).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from backupd.log import get_logger
+from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.outcomes import BackupRunOutcome
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, latest_upload, newest_verified
@@ -63,6 +67,25 @@ RESULT_GAUGES: tuple[ResultGauge, ...] = (
     ResultGauge("backupd_job_last_warnings",
                 "Warnings the job's last run raised (a shrunken backup, ...).",
                 lambda r: len(r.warnings)),
+)
+
+
+# Per database (POSTGRES_DB a list or `*`, or DB_BACKUP_GLOBALS on), from each database's
+# own backup result; labelled by database.
+DATABASE_GAUGES: tuple[ResultGauge, ...] = (
+    ResultGauge("backupd_database_last_backup_timestamp_seconds",
+                "When the database's last backup finished (Unix time).",
+                lambda r: _timestamp(r.finished_at)),
+    ResultGauge("backupd_database_last_backup_success",
+                "1 if the database's last backup succeeded, 0 if not.", lambda r: float(r.ok)),
+    ResultGauge("backupd_database_last_success_timestamp_seconds",
+                "When the database's last backup succeeded (Unix time).",
+                lambda r: _timestamp(r.finished_at) if r.ok else None),
+    ResultGauge("backupd_database_last_backup_size_bytes",
+                "Size of the database's last successful backup.",
+                lambda r: r.size_bytes if r.ok else None),
+    ResultGauge("backupd_database_last_backup_duration_seconds",
+                "How long the database's last backup took.", lambda r: r.duration_seconds),
 )
 
 
@@ -180,6 +203,35 @@ class _ScrapeCollector(Collector):
             value = gauge.value(snapshot)
             if value is not None:
                 yield GaugeMetricFamily(gauge.name, gauge.help, value=float(value))
+        if self.metrics.per_database:
+            yield from self._per_database(settings, snapshot.now)
+
+    def _per_database(self, settings: Settings, now: datetime) -> Iterator[Metric]:
+        store = LocalStore(settings.backup_dir)
+        count = GaugeMetricFamily("backupd_database_local_backups",
+                                  "Backups of the database in DB_BACKUP_DIR.",
+                                  labels=["database"])
+        age = GaugeMetricFamily("backupd_database_newest_verified_backup_age_seconds",
+                                "Age of the database's newest verified backup.",
+                                labels=["database"])
+        try:
+            for database in settings.database_selection.watched(store.dump_databases()):
+                entries = store.list_backups(database)
+                count.add_metric([database], float(len(entries)))
+                newest = newest_verified(entries, now)
+                if newest is not None:
+                    age.add_metric([database], (now - newest.parsed.taken_at).total_seconds())
+            if settings.globals_enabled:
+                newest = newest_verified(store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND), now)
+                if newest is not None:
+                    yield GaugeMetricFamily(
+                        "backupd_globals_newest_verified_backup_age_seconds",
+                        "Age of the newest verified globals (roles, tablespaces) artifact.",
+                        value=(now - newest.parsed.taken_at).total_seconds())
+        except OSError:
+            return
+        yield count
+        yield age
 
     def _state_metrics(self) -> Iterator[Metric]:
         state = self.metrics.state
@@ -212,6 +264,10 @@ class BackupdMetrics:
                             ["job", "status"], registry=self.registry)
         self.gauges = {g.name: Gauge(g.name, g.help, ["job"], registry=self.registry)
                        for g in RESULT_GAUGES}
+        self.per_database = settings.database_selection.several or settings.globals_enabled
+        self.database_gauges = {
+            g.name: Gauge(g.name, g.help, ["database"], registry=self.registry)
+            for g in DATABASE_GAUGES} if self.per_database else {}
         self.registry.register(_ScrapeCollector(self))
 
     def observe(self, result: JobResult, *, count: bool = True) -> None:
@@ -228,6 +284,13 @@ class BackupdMetrics:
                 value = gauge.value(result)
                 if value is not None:
                     self.gauges[gauge.name].labels(job=result.job).set(value)
+            if (self.database_gauges and result.job == "backup"
+                    and not isinstance(result.outcome, BackupRunOutcome)):
+                for gauge in DATABASE_GAUGES:
+                    value = gauge.value(result)
+                    if value is not None:
+                        self.database_gauges[gauge.name].labels(
+                            database=result.database).set(value)
 
     def seed(self, results: Iterable[JobResult]) -> None:
         """Last values from a previous life of the daemon (its state file); counts stay at 0."""

@@ -136,6 +136,16 @@ class LocalRepository:
             entries.append(BackupEntry(parsed, item.stat().st_size, manifest, problem))
         return sort_newest_first(entries)
 
+    def dump_databases(self) -> list[str]:
+        """Every database with a dump here, sorted (for POSTGRES_DB='*' without a server)."""
+        try:
+            found = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        names = {parsed.database for parsed in map(parse_backup_name, (i.name for i in found))
+                 if parsed is not None and parsed.kind == DUMP_KIND}
+        return sorted(names)
+
     def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         return self.scan(database, kind)  # every file here is complete (renamed into place)
 
