@@ -176,6 +176,9 @@ class DrillOutcome(_Model):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def restore_seconds(self) -> float | None:
+        # Onto a drill server: the whole cluster's (the RTO), not the last database's.
+        if self.cluster_restore_seconds is not None:
+            return self.cluster_restore_seconds
         return self.restore.restore_seconds
 
 

@@ -4,21 +4,28 @@ second, freshly initialised one as the drill server (never the shared 5432 serve
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers.backups import write_globals_artifact
-from helpers.cli import server_env
+from helpers.cli import kill_group, server_env, start_backupd
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, psql
+from helpers.slow_restore import PAUSE_QUERY, pausing_psql
 
 from backupd.commands import backup as backup_cmd
 from backupd.commands import drill as drill_cmd
 from backupd.commands.drill_server import CLUSTER_MARK, STATE_DATABASE, STATE_MARK
 from backupd.job import run_job
 from backupd.notify.base import NotifierChain
+from backupd.notify.slack import build_message
 from backupd.outcomes import DrillOutcome
 from backupd.result import JobResult
 from backupd.settings import load_settings
@@ -113,6 +120,8 @@ def test_drill_onto_a_fresh_server_passes_and_leaves_it_empty(clusters: Clusters
     assert outcome.objects_compared["role"] == 3  # postgres, app, reader
     assert outcome.objects_compared["membership"] == 1
     assert "rto=" in result.summary()
+    assert outcome.restore_seconds == outcome.cluster_restore_seconds  # Slack, metrics: the RTO
+    assert "Restore time (whole cluster, RTO)" in json.dumps(build_message(result))
     assert outcome.globals_restore is not None
     assert sorted(outcome.globals_restore.roles_created) == ["app", "reader"]
     assert outcome.globals_restore.roles_kept == ["postgres"]
@@ -153,6 +162,37 @@ def test_a_killed_drills_leftovers_are_removed_by_the_next(clusters: Clusters) -
         CREATE ROLE app LOGIN; CREATE ROLE reader; GRANT app TO reader;
         CREATE DATABASE appdb OWNER app;
         COMMENT ON DATABASE appdb IS '{CLUSTER_MARK}; backupd drops it after the drill';""")
+
+    result, outcome = drill(clusters)
+
+    assert result.exit_code == 0, (result.summary(), outcome.differences)
+    assert any("removed what an interrupted drill left" in w for w in result.warnings)
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+
+
+def test_a_drill_killed_mid_restore_is_cleaned_up_by_the_next(
+        clusters: Clusters, tmp_path: Path) -> None:
+    shim_pid = tmp_path / "psql.pid"
+    shim = pausing_psql(tmp_path / "shim", shim_pid)
+    env = {**clusters.env(), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
+    proc = start_backupd(["drill"], env, log_dir=tmp_path / "killed")
+    try:
+        # Roles restored, appdb's restore transaction open with its tables created.
+        deadline = time.monotonic() + 60
+        while psql(clusters.drill, "postgres",
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = 'appdb' "
+                   f"AND query LIKE '{PAUSE_QUERY}%'").strip() != "1":
+            assert proc.poll() is None, proc.read_stderr()
+            assert time.monotonic() < deadline, "the restore never reached the pause"
+            time.sleep(0.1)
+    finally:
+        kill_group(proc)  # SIGKILL, as an OOM killer or `docker kill` would
+        proc.wait()
+        if shim_pid.exists():  # psql runs in its own session: kill it too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(shim_pid.read_text()), signal.SIGKILL)
+    databases, roles = server_contents(clusters.drill)
+    assert {STATE_DATABASE, "appdb"} <= databases and {"app", "reader"} <= roles
 
     result, outcome = drill(clusters)
 

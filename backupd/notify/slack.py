@@ -206,7 +206,10 @@ def _facts(result: JobResult) -> list[dict[str, str]]:
         facts.append(("Offsite copy", _escape(result.offsite)))
     # --- restore drills (issue 7): the measured restore time and the comparison -------
     if isinstance(outcome, DrillOutcome):
-        if outcome.restore_seconds is not None:
+        if outcome.cluster_restore_seconds is not None:
+            facts.append(("Restore time (whole cluster, RTO)",
+                          _duration(outcome.cluster_restore_seconds)))
+        elif outcome.restore_seconds is not None:
             facts.append(("Restore time", _duration(outcome.restore_seconds)))
         if outcome.comparison_summary:
             facts.append(("Comparison", _escape(_one_line(outcome.comparison_summary))))
