@@ -229,13 +229,15 @@ def list_backups(
         "--remote", help="List the committed backups in S3 instead of DB_BACKUP_DIR.")] = False,
 ) -> None:
     """List backups, newest first: name, size, age, verified or not."""
-    from backupd.commands import listing
+    from backupd.commands import listing, selection
     from backupd.job import repositories_for
 
     settings = bootstrap()
     try:
         repository = repositories_for(settings).choose(remote, "--remote")
-        data = listing.rows(repository.list_backups(settings.postgres_db))
+        local = repositories_for(settings).local
+        data = [row for database, kind in selection.artifact_sets(settings, local)
+                for row in listing.rows(repository.list_backups(database, kind))]
     except BackupdError as exc:  # ConfigError: exit 2; S3 unreachable: exit 1
         fail(str(exc), exc.exit_code)
     print(json.dumps(data, indent=2) if as_json else listing.render_table(data))

@@ -11,6 +11,7 @@ import pytest
 from helpers.backups import backup_files, flip_byte, read_manifest, seed_small_db
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
+from helpers.http_receiver import HttpReceiver
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import ServerAddress, connect, unique_db_name
 from helpers.s3server import S3Server
@@ -223,3 +224,58 @@ def test_health_and_metrics_per_database(
     assert f'backupd_database_last_backup_success{{database="{second}"}} 0.0' in text
     assert f'backupd_database_local_backups{{database="{first}"}} 1.0' in text
     assert "backupd_globals_newest_verified_backup_age_seconds" in text
+
+
+def test_slack_hears_each_database_and_the_run(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        http_receiver: HttpReceiver) -> None:
+    good = make_db()
+    absent = unique_db_name("absent")
+    env = backupd_env(f"{good},{absent}",
+                      SLACK_WEBHOOK_URL=f"{http_receiver.url}/T0001/B0001/x0x0x0x0")
+    proc = run_backupd(["backup", "--no-prune"], env)
+    assert proc.returncode == 1, proc.stderr
+    texts = [json.dumps(r.json) for r in http_receiver.wait_for(3)]
+    assert len(texts) == 3, texts  # one per database, then the run's summary
+    assert good in texts[0] and absent in texts[1] and "does not exist" in texts[1]
+    assert "1 of 2 databases failed" in texts[2] and absent in texts[2], texts[2]
+
+
+def test_scheduled_prune_verify_and_list_work_per_database(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    first, second = make_db(), make_db()
+    env = backupd_env(f"{first},{second}", DB_BACKUP_RETENTION_DAYS="0",
+                      DB_BACKUP_KEEP_MIN="1")
+    for _ in range(2):
+        proc = run_backupd(["backup", "--no-prune"], env)
+        assert proc.returncode == 0, proc.stderr
+    assert len(_dumps(backup_dir)) == 4 and len(_globals_files(backup_dir)) == 2
+    listed = run_backupd(["list", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 6
+    pruned = run_backupd(["prune"], env)
+    assert pruned.returncode == 0, pruned.stderr
+    # DB_BACKUP_KEEP_MIN is per database: the newest of each, and the newest globals.
+    remaining = [p for p in map(parse_backup_name, backup_files(backup_dir)) if p]
+    assert sorted((p.database, p.kind) for p in remaining) == sorted(
+        [(first, "dump"), (second, "dump"), ("globals", "globals")])
+    verified = run_backupd(["verify"], env)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.count("OK ") == 3, verified.stdout
+
+
+def test_every_database_with_an_exclusion_backs_up_exactly_the_right_set(
+        private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
+    cluster = private_cluster()
+    with connect(cluster.address) as conn:
+        for name in ("app", "billing", "scratch"):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    backup_dir = tmp_path / "backups"
+    env = server_env(cluster.address, "*", backup_dir, HEALTH_PORT="0",
+                     DB_BACKUP_EXCLUDE="scratch")
+    proc = run_backupd(["backup", "--no-prune"], env)
+    assert proc.returncode == 0, proc.stderr
+    databases = sorted(p.database for p in map(parse_backup_name, _dumps(backup_dir)) if p)
+    assert databases == ["app", "billing", "postgres"]
+    assert len(_globals_files(backup_dir)) == 1

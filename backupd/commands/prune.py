@@ -169,9 +169,13 @@ def run(ctx: JobContext, *, dry_run: bool = False) -> None:
     offsite = ctx.repos.offsite()  # bad S3 settings: exit 2 before anything is deleted
     ctx.store.prepare()
     outcome = ctx.result.outcome = PruneOutcome(dry_run=dry_run)
-    names = sweep(ctx, ctx.store, dry_run=dry_run)
-    # The same policy offsite (this database's own backups under the prefix only).
-    names += sweep_offsite(ctx, offsite, dry_run=dry_run, strict=True)
+    names: list[str] = []
+    # Each database on its own (and the globals): DB_BACKUP_KEEP_MIN is per database.
+    for database, kind in selection.artifact_sets(ctx.settings, ctx.store):
+        names += sweep(ctx, ctx.store, dry_run=dry_run, database=database, kind=kind)
+        # The same policy offsite (this database's own backups under the prefix only).
+        names += sweep_offsite(ctx, offsite, dry_run=dry_run, strict=True, database=database,
+                               kind=kind)
     # A dry run deleted nothing: its names must never count (summary, Slack, metrics).
     if dry_run:
         outcome.would_delete = names

@@ -11,7 +11,9 @@ from pathlib import Path
 from backupd.errors import ConfigError, JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.manifest import Manifest
+from backupd.naming import DUMP_KIND, GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.result import human_bytes
+from backupd.settings import Settings
 from backupd.storage.base import (
     BackupEntry,
     Repository,
@@ -25,6 +27,20 @@ from backupd.storage.local import LocalRepository, is_read_only_error
 
 # Room left on DB_BACKUP_DIR's disk after a download, so a restore never fills it.
 DOWNLOAD_HEADROOM_BYTES = 64 * 1024 * 1024
+
+
+def artifact_sets(settings: Settings, local: LocalRepository) -> list[tuple[str, str]]:
+    """(database, kind) of every set of artifacts that verify, prune, upload and list work
+    on: POSTGRES_DB's dumps alone for one database (today); with several, each database's
+    (for `*`, those with backups in DB_BACKUP_DIR), plus the globals when they are taken or
+    any are left (turning DB_BACKUP_GLOBALS off must not keep old ones forever)."""
+    selection = settings.database_selection
+    if not selection.several and not settings.globals_enabled:
+        return [(settings.postgres_db, DUMP_KIND)]
+    sets = [(name, DUMP_KIND) for name in selection.watched(local.dump_databases())]
+    if settings.globals_enabled or local.list_backups(GLOBALS_DATABASE, GLOBALS_KIND):
+        sets.append((GLOBALS_DATABASE, GLOBALS_KIND))
+    return sets
 
 
 def is_local(repository: Repository) -> bool:

@@ -9,6 +9,7 @@ retries pending uploads until they succeed.
 
 from __future__ import annotations
 
+from backupd.commands.selection import artifact_sets
 from backupd.errors import Cancelled, JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import DUMP_KIND
@@ -60,11 +61,20 @@ def run(ctx: JobContext) -> None:
     """``backupd upload`` (and the daemon): push pending backups now; fails if any stay pending."""
     target = ctx.repos.require_offsite("upload")
     ctx.store.prepare()
-    if not replication.pending(ctx.store.list_backups(ctx.settings.postgres_db)):
+    sets = [(database, kind) for database, kind in artifact_sets(ctx.settings, ctx.store)
+            if replication.pending(ctx.store.list_backups(database, kind))]
+    if not sets:
         ctx.result.offsite = "uploaded"
         ctx.say(f"no pending uploads; every verified backup is in {target.description}")
         return
-    report = upload_pending(ctx, target)
+    report = UploadReport(target=target.description)
+    for database, kind in sets:
+        part = upload_pending(ctx, target, database=database, kind=kind)
+        report.uploaded += part.uploaded
+        report.pending += part.pending
+        if part.error is not None:
+            report.error = part.error
+            break
     ctx.result.outcome = UploadOutcome(upload=report)
-    if ctx.result.offsite != "uploaded":
+    if report.error is not None:
         raise JobFailed(f"offsite upload failed: {report.error}")

@@ -55,10 +55,14 @@ def select(ctx: JobContext, repository: Repository, names: list[str],
     plus every incomplete upload (data without its manifest), which fails."""
     if names and not verify_all:
         return [selection.named(repository, name) for name in names]
-    entries = repository.scan(ctx.settings.postgres_db)
-    committed = [e for e in entries if e.committed]
-    chosen = committed if verify_all else committed[: ctx.settings.keep_min]
-    return chosen + [e for e in entries if not e.committed]
+    chosen: list[BackupEntry] = []
+    incomplete: list[BackupEntry] = []
+    for database, kind in selection.artifact_sets(ctx.settings, ctx.store):
+        entries = repository.scan(database, kind)
+        committed = [e for e in entries if e.committed]
+        chosen += committed if verify_all else committed[: ctx.settings.keep_min]
+        incomplete += [e for e in entries if not e.committed]
+    return chosen + incomplete
 
 
 def run(ctx: JobContext, names: list[str], verify_all: bool = False,
