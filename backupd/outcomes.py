@@ -154,6 +154,33 @@ class GlobalsOutcome(_Model):
     verify: FileReport | None = None
 
 
+class DatabaseRestore(_Model):
+    """One database of a whole-cluster restore."""
+
+    database: str
+    backup_name: str | None = None
+    run_id: str | None = None
+    ok: bool = False
+    restore_seconds: float | None = None
+    error: str | None = None
+    # Why this backup and not the newest run's (an incomplete run), or what was kept.
+    note: str | None = None
+
+
+class ClusterRestoreOutcome(_Model):
+    """``restore --latest`` onto a server: the globals first, then each database."""
+
+    kind: Literal["cluster_restore"] = "cluster_restore"
+    run_id: str | None = None  # the newest run restored from
+    globals: GlobalsOutcome | None = None
+    databases: list[DatabaseRestore] = Field(default_factory=list)
+    total_seconds: float | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        return [d.database for d in self.databases if not d.ok]
+
+
 class DrillOutcome(_Model):
     kind: Literal["drill"] = "drill"
     scratch_database: str
@@ -184,7 +211,7 @@ class DrillOutcome(_Model):
 
 Outcome = Annotated[
     BackupOutcome | UploadOutcome | VerifyOutcome | PruneOutcome | RestoreOutcome
-    | DrillOutcome | BackupRunOutcome,
+    | DrillOutcome | BackupRunOutcome | ClusterRestoreOutcome,
     Field(discriminator="kind"),
 ]
 
@@ -218,5 +245,13 @@ def summary_parts(outcome: Outcome | None) -> list[str]:
         parts = [f"drill_server={outcome.drill_server}", f"databases={len(outcome.databases)}"]
         if outcome.cluster_restore_seconds is not None:
             parts.append(f"rto={outcome.cluster_restore_seconds:.1f}s")
+        return parts
+    if isinstance(outcome, ClusterRestoreOutcome):
+        parts = ["databases=" + ",".join(
+            f"{d.database}:{'ok' if d.ok else 'failed'}" for d in outcome.databases)]
+        if outcome.globals is not None:
+            parts.append(f"roles_created={len(outcome.globals.roles_created)}")
+        if outcome.total_seconds is not None:
+            parts.append(f"total={outcome.total_seconds:.1f}s")
         return parts
     return []

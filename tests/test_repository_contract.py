@@ -89,6 +89,8 @@ def test_put_then_list_newest_first_of_this_database_only(
     assert newest is not None and newest.name == newer.name
     assert names(repository.list_backups("another")) == [other.name]
     assert repository.entry(newer.name).manifest == newer
+    # Every database with a dump here (what restore --latest with POSTGRES_DB='*' restores).
+    assert repository.databases() == sorted([DATABASE, "another"])
 
 
 def test_manifest_is_written_last(repository: Repository, tmp_path: Path,

@@ -1,4 +1,6 @@
-"""Restoring a cluster's globals onto a server: the one function restore and drills share.
+"""Restoring a whole cluster onto a server (``restore --latest``): the globals first, then
+every database POSTGRES_DB names, each from its newest verified backup; and
+:func:`restore_globals`, the one function restore and drills share for the globals.
 
 The globals artifact (``pg_dumpall --globals-only``, gzip, maybe age) is verified in full
 through the one verification stream first, like every backup before a restore; only SQL
@@ -8,18 +10,25 @@ reported, each statement on its own, tablespaces that cannot be made reported).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
-from backupd.commands.restore import identities_for
-from backupd.errors import JobFailed
+from backupd.commands import restore, selection
+from backupd.commands.restore import identities_for, restore_file
+from backupd.commands.restore_options import EVERYTHING, Without
+from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
-from backupd.outcomes import FileReport, GlobalsOutcome
+from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.outcomes import ClusterRestoreOutcome, DatabaseRestore, FileReport, GlobalsOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.postgres.connection import describe_pg_error
+from backupd.postgres.databases import maintenance_connection
 from backupd.postgres.globals import apply_globals
-from backupd.storage.base import BackupEntry
+from backupd.result import JobResult
+from backupd.storage.base import BackupEntry, Repository, newest_verified
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -62,3 +71,130 @@ def restore_globals(ctx: JobContext, conn: Connection, path: Path,
     for problem in applied.problems:
         ctx.warn(f"globals: {problem}")
     return outcome
+
+
+def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool = False,
+                confirm: Callable[[str], bool] | None = None, from_s3: bool = False,
+                without: Without = EVERYTHING) -> None:
+    """``restore --latest``: the newest verified globals, then each database POSTGRES_DB
+    names (``*``: every database with a backup in the repository; ``database``: just that
+    one) from its newest verified backup. A database that fails does not stop the others;
+    the restore fails naming each. With ``without`` (--no-owner/--no-privileges) no role
+    is created."""
+    started = time.monotonic()
+    repository = ctx.repos.choose(from_s3, "--from-s3")
+    names = _databases(ctx, repository, database)
+    plan = []
+    for name in names:
+        entries = repository.list_backups(name)
+        selection.warn_future(ctx, entries)
+        entry = newest_verified(entries)
+        if entry is None:
+            raise JobFailed(f"no verified backup of {name!r} in {repository.description}; "
+                            f"{selection.list_hint(repository)}; nothing was changed")
+        without.check(entry)
+        plan.append(entry)
+    runs = [e.manifest.run_id for e in plan if e.manifest is not None and e.manifest.run_id]
+    newest_run = max(runs) if runs else None
+    globals_entry = None if without.any else _globals(ctx, repository, newest_run)
+    outcome = ClusterRestoreOutcome(run_id=newest_run)
+    ctx.result.outcome = outcome
+    server = f"{ctx.settings.postgres_host}:{ctx.settings.postgres_port}"
+    if confirm is not None and not confirm(
+            f"the roles and the databases {', '.join(names)} onto {server}"):
+        raise ConfigError("restore: not confirmed; nothing was changed")
+    if globals_entry is not None:
+        with selection.local_file(ctx, repository, globals_entry) as path, \
+                maintenance_connection(ctx.settings) as conn:
+            outcome.globals = restore_globals(ctx, conn, path, globals_entry)
+    for entry in plan:
+        outcome.databases.append(_restore_one(ctx, repository, entry, newest_run,
+                                              replace=replace, without=without))
+    outcome.total_seconds = time.monotonic() - started
+    ctx.say("restored " + ", ".join(
+        f"{d.database} in {d.restore_seconds:.1f}s" if d.ok else f"{d.database} FAILED"
+        for d in outcome.databases) + f"; total {outcome.total_seconds:.1f}s")
+    if outcome.failed:
+        reasons = "; ".join(f"{d.database}: {d.error}" for d in outcome.databases if not d.ok)
+        raise JobFailed(f"restore of {len(outcome.failed)} of {len(plan)} database(s) "
+                        f"failed ({reasons})")
+
+
+def _databases(ctx: JobContext, repository: Repository, database: str | None) -> list[str]:
+    if database is not None:
+        return [database]
+    chosen = ctx.settings.database_selection
+    if not chosen.every:
+        return list(chosen.names)
+    names = chosen.choose(repository.databases())
+    if not names:
+        raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
+                        f"{repository.description}; nothing was changed")
+    return names
+
+
+def _globals(ctx: JobContext, repository: Repository, run_id: str | None) -> BackupEntry | None:
+    entries = repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)
+    same_run = [e for e in entries if e.manifest is not None and e.manifest.run_id == run_id]
+    entry = newest_verified(same_run) if run_id else None
+    if entry is None:
+        entry = newest_verified(entries)
+        if entry is None:
+            ctx.warn(f"no verified globals backup in {repository.description}: roles are not "
+                     "restored (databases whose objects belong to missing roles will fail; "
+                     "see --no-owner/--no-privileges)")
+            return None
+        if run_id is not None:
+            ctx.say(f"no verified globals of run {run_id}; restoring the newest ones, "
+                    f"{entry.name}")
+    return entry
+
+
+def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
+                 newest_run: str | None, *, replace: bool, without: Without) -> DatabaseRestore:
+    name = entry.database
+    run_id = entry.manifest.run_id if entry.manifest is not None else None
+    done = DatabaseRestore(database=name, backup_name=entry.name, run_id=run_id)
+    if newest_run is not None and run_id != newest_run:
+        done.note = (f"not in the newest run {newest_run} (it has no verified backup of "
+                     f"{name!r}: that run was incomplete); restored its newest verified "
+                     f"backup {entry.name}")
+        ctx.warn(f"{name}: {done.note}")
+    sub = JobContext(ctx.settings.for_database(name), JobResult(job="restore", database=name),
+                     ctx.cancel, ctx.repositories)
+    started = time.monotonic()
+    try:
+        with selection.local_file(sub, repository, entry) as path:
+            restore_file(sub, path, entry, replace=replace, without=without)
+        done.ok = True
+    except (JobFailed, ConfigError) as exc:
+        done.error = str(exc)
+        ctx.warn(f"restore of {name!r} failed: {exc}")
+    finally:
+        done.restore_seconds = time.monotonic() - started
+        ctx.result.warnings.extend(w for w in sub.result.warnings
+                                   if w not in ctx.result.warnings)
+    return done
+
+
+def run(ctx: JobContext, name: str | None, *, latest: bool, target_db: str | None,
+        database: str | None, replace: bool, from_s3: bool, without: Without,
+        confirm_database: Callable[[str], bool] | None,
+        confirm_cluster: Callable[[str], bool] | None) -> None:
+    """``backupd restore``: a named backup, or --latest into --target-db, is one database as
+    it always was (commands.restore); --latest otherwise restores the cluster: the globals,
+    then every database POSTGRES_DB names (or --database), whenever POSTGRES_DB names
+    several, --database is given, or the repository holds globals."""
+    if database is not None and (name or target_db):
+        raise ConfigError("--database: restores the newest backup of that database with its "
+                          "roles; it goes with --latest, not with NAME or --target-db")
+    repository = ctx.repos.choose(from_s3, "--from-s3")
+    whole = latest and target_db is None and (
+        database is not None or ctx.settings.database_selection.several
+        or bool(repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)))
+    if not whole:
+        restore.run(ctx, name, latest=latest, target_db=target_db, replace=replace,
+                    confirm=confirm_database, from_s3=from_s3, without=without)
+        return
+    run_cluster(ctx, database=database, replace=replace, confirm=confirm_cluster,
+                from_s3=from_s3, without=without)

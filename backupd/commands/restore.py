@@ -24,6 +24,7 @@ import psycopg
 from pyrage import x25519
 
 from backupd.commands import selection
+from backupd.commands.restore_options import EVERYTHING, Without, current_user
 from backupd.commands.restore_target import (
     MAINTENANCE_DB,
     RESTORING,
@@ -65,14 +66,17 @@ def run(
     replace: bool = False,
     confirm: Confirm | None = None,
     from_s3: bool = False,
+    without: Without = EVERYTHING,
 ) -> None:
     # --from-s3 (disaster recovery) only chooses the repository: the backup is downloaded
     # into DB_BACKUP_DIR, then goes through the very same verify + restore.
     repository = ctx.repos.choose(from_s3, "--from-s3")
     entry = selection.pick(ctx, repository, name, latest)
     target_name(ctx.settings, target_db, replace=replace)  # bad input before any download
+    without.check(entry)
     with selection.local_file(ctx, repository, entry) as path:
-        restore_file(ctx, path, entry, target_db=target_db, replace=replace, confirm=confirm)
+        restore_file(ctx, path, entry, target_db=target_db, replace=replace, confirm=confirm,
+                     without=without)
 
 
 def restore_file(
@@ -83,10 +87,13 @@ def restore_file(
     target_db: str | None = None,
     replace: bool = False,
     confirm: Confirm | None = None,
+    without: Without = EVERYTHING,
 ) -> None:
-    """Verify ``path`` and restore it into the target database (shared with S3)."""
+    """Verify ``path`` and restore it into the target database (shared with S3).
+    ``without``: leave out ownership and/or privileges (custom format only)."""
     settings = ctx.settings
     target = target_name(settings, target_db, replace=replace)
+    without.check(entry)
     ctx.result.backup_name = entry.name
     outcome = restore_outcome(ctx)
     if outcome is None:
@@ -101,7 +108,9 @@ def restore_file(
     with connect(settings, admin_database(target)) as admin:
         lock_target(ctx, admin, target)
         exists = check_target(admin, settings, target, replace=replace)
-        properties = _properties(ctx, entry, read_properties(admin, target) if exists else None)
+        properties = without.apply(
+            _properties(ctx, entry, read_properties(admin, target) if exists else None),
+            current_user(admin))
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
         scratch = derived_name(target, f"{RESTORING}{stamp}")
         kept = derived_name(target, f"_before_restore_{stamp}") if exists else None
@@ -110,7 +119,7 @@ def restore_file(
         create_database(admin, scratch, properties)
         try:
             mark_restoring(admin, scratch, target)
-            load(ctx, path, entry, scratch, identities)
+            load(ctx, path, entry, scratch, identities, without.pg_restore_options)
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
         except BaseException:
@@ -155,12 +164,12 @@ def create_database(admin: Connection, name: str,
 
 
 def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
-         identities: list[x25519.Identity] | None) -> None:
+         identities: list[x25519.Identity] | None, options: tuple[str, ...] = ()) -> None:
     """Restore the verified backup into the new, empty ``database`` (dropped by the caller
     on failure, so no single transaction over the whole restore is needed)."""
     started = datetime.now(UTC)
     if entry.parsed.backup_format == "custom":
-        _pg_restore(ctx, path, entry.parsed, database, identities)
+        _pg_restore(ctx, path, entry.parsed, database, identities, options)
     else:
         stream_into_psql(ctx, path, entry, database, identities)
     outcome = restore_outcome(ctx)
@@ -203,7 +212,7 @@ def _require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport)
 
 
 def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
-                identities: list[x25519.Identity] | None) -> None:
+                identities: list[x25519.Identity] | None, options: tuple[str, ...] = ()) -> None:
     """Custom format: pg_restore with DB_RESTORE_JOBS parallel jobs into the new scratch
     database (dropped on failure)."""
     config = restore_config(ctx.settings)
@@ -212,7 +221,7 @@ def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
                 f"to disk (DB_RESTORE_JOBS={config.jobs} applies to unencrypted .dump files)")
     problem, stderr = restore_archive(
         config, path, database, ctx.cancel,
-        identities=identities if parsed.encrypted else None)
+        identities=identities if parsed.encrypted else None, options=options)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
         ctx.result.stderr_tool = "pg_restore"

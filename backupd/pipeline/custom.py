@@ -121,16 +121,18 @@ def restore_archive(
     cancel: CancelToken,
     *,
     identities: list[x25519.Identity] | None,
+    options: tuple[str, ...] = (),
 ) -> tuple[str | None, list[str]]:
     """pg_restore ``path`` into ``database``; returns (error line or None, stderr tail).
 
     ``database`` is always a new scratch database that the caller drops if the restore
     fails, so no transaction over the whole restore is needed: DB_RESTORE_JOBS jobs in
     parallel (one for an encrypted archive, decrypted into pg_restore's stdin).
+    ``options``: pg_restore's own (``--no-owner``, ``--no-privileges``).
     """
     mode = [f"--jobs={config.jobs}"] if identities is None else []
     # A conninfo string: a database name holding '=' or starting with '-' stays a name.
-    argv = [tool_path("pg_restore"), "--exit-on-error", "--no-password", *mode,
+    argv = [tool_path("pg_restore"), "--exit-on-error", "--no-password", *mode, *options,
             f"--dbname={_conninfo(database)}"]
     env = config.connection.on(database).libpq_env()
     if identities is None:

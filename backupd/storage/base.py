@@ -166,6 +166,11 @@ class Repository(Protocol):
         globals: ``scan(GLOBALS_DATABASE, GLOBALS_KIND)``)."""
         ...
 
+    def databases(self) -> list[str]:
+        """Every database with at least one dump here, committed or not, sorted (what
+        ``restore --latest`` with POSTGRES_DB='*' chooses from on a new server)."""
+        ...
+
     def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         """This database's committed artifacts of ``kind``, newest first."""
         ...

@@ -142,9 +142,13 @@ class LocalRepository:
             found = list(os.scandir(self.directory))
         except FileNotFoundError:
             return []
-        names = {parsed.database for parsed in map(parse_backup_name, (i.name for i in found))
-                 if parsed is not None and parsed.kind == DUMP_KIND}
+        names = {parsed.database for item in found
+                 if (parsed := parse_backup_name(item.name)) is not None
+                 and parsed.kind == DUMP_KIND and item.is_file(follow_symlinks=False)}
         return sorted(names)
+
+    def databases(self) -> list[str]:
+        return self.dump_databases()
 
     def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         return self.scan(database, kind)  # every file here is complete (renamed into place)

@@ -147,8 +147,14 @@ class S3Repository:
         return self.uri(name)
 
     # --- listing -------------------------------------------------------------------
-    def scan(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
-        """Every data object of ``database`` under the prefix, committed or not, newest first."""
+    def databases(self) -> list[str]:
+        sizes, _ = self._objects()
+        return sorted({parsed.database for name in sizes
+                       if (parsed := parse_backup_name(name)) is not None
+                       and parsed.kind == DUMP_KIND})
+
+    def _objects(self) -> tuple[dict[str, int], set[str]]:
+        """(size of every data object, names that have a manifest) directly under the prefix."""
         sizes: dict[str, int] = {}
         manifests: set[str] = set()
         with translated_errors(f"listing {self.description}"):
@@ -162,6 +168,11 @@ class S3Repository:
                         manifests.add(name[: -len(MANIFEST_SUFFIX)])
                     else:
                         sizes[name] = item.get("Size", 0)
+        return sizes, manifests
+
+    def scan(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
+        """Every data object of ``database`` under the prefix, committed or not, newest first."""
+        sizes, manifests = self._objects()
         entries: list[BackupEntry] = []
         for name, size in sizes.items():
             parsed = parse_backup_name(name)
