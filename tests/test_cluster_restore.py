@@ -181,3 +181,64 @@ def test_whole_cluster_restores_from_s3_alone_into_an_empty_directory(
         proc = run_backupd(["restore", "--latest", "--yes", "--from-s3"],
                            restore_env(target, empty, **offsite), timeout=300)
         assert_cluster_came_back(source, target, proc)
+
+
+def set_run_id(directory: Path, name: str, run_id: str) -> None:
+    """Give a backup the run id a backup run records (the manifest, not the data, changes)."""
+    path = directory / f"{name}.manifest.json"
+    manifest = Manifest.from_json(path.read_bytes())
+    path.write_bytes(manifest.model_copy(update={"run_id": run_id}).to_json())
+
+
+def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    first, _ = back_up(source, directory)
+    names = {p.name.split("_")[0]: p.name for p in directory.glob("*db_*.sql.gz")}
+    for name in [first.name, *names.values()]:
+        set_run_id(directory, name, "20260101_000000")
+    # The next run: appdb and the globals made it, otherdb failed (nothing of it was written).
+    proc = run_backupd(["backup"], server_env(source.address, "appdb", directory))
+    assert proc.returncode == 0, proc.stderr
+    newer_appdb = max(p.name for p in directory.glob("appdb_*.sql.gz"))
+    assert newer_appdb != names["appdb"]
+    set_run_id(directory, newer_appdb, "20260102_000000")
+    with PrivateCluster("target3-pw") as target:
+        target.start()
+        proc = run_backupd(["restore", "--latest", "--yes"],
+                           server_env(target.address, "*", directory), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "appdb: ok" in proc.stdout and newer_appdb in proc.stdout
+        assert ("otherdb: ok" in proc.stdout and names["otherdb"] in proc.stdout
+                and "not in the newest run 20260102_000000" in proc.stdout)
+        assert cluster_picture(target.address) == cluster_picture(source.address)
+
+
+def test_no_owner_no_privileges_restore_creates_no_role_and_is_refused_for_plain_sql(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    back_up(source, directory, DB_BACKUP_FORMAT="custom")
+    with PrivateCluster("target4-pw") as target:
+        target.start()
+        env = server_env(target.address, "otherdb", directory)
+        proc = run_backupd(["restore", "--latest", "--yes", "--database", "otherdb",
+                            "--no-owner", "--no-privileges"], env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with connect(target.address, "otherdb") as conn:
+            assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname IN "
+                                "('app', 'reader')").fetchone() == (0,)
+            assert conn.execute("SELECT pg_get_userbyid(relowner), relacl FROM pg_class "
+                                "WHERE relname = 'plain'").fetchone() == ("postgres", None)
+            assert conn.execute("SELECT count(*) FROM public.plain").fetchone() == (300,)
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        back_up(source, plain)
+        proc = run_backupd(["restore", "--latest", "--yes", "--database", "appdb",
+                            "--no-owner"], server_env(target.address, "appdb", plain))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "--no-owner" in proc.stderr and "plain SQL" in proc.stderr
+        with connect(target.address) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'appdb'"
+                                ).fetchone() == (0,)
