@@ -6,24 +6,20 @@ the owner logs in on the new server with its old password."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import subprocess
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
-from helpers.offsite import s3_env
-from helpers.pg import ServerAddress, connect, pg_binary
+from helpers.offsite import object_keys, s3_env
+from helpers.pg import ServerAddress, connect
 from helpers.s3server import S3Server
 
 from backupd.manifest import Manifest
-from backupd.naming import globals_name
-from backupd.storage.s3 import S3Config, S3Repository
 
 pytestmark = pytest.mark.slow
 
@@ -116,24 +112,16 @@ def source() -> Iterator[PrivateCluster]:
         yield cluster
 
 
-def back_up(source: PrivateCluster, directory: Path, **extra: str) -> tuple[Manifest, Path]:
-    """Both databases and the globals, as one run would leave them in DB_BACKUP_DIR."""
-    for database in DATABASES:
-        proc = run_backupd(["backup"], server_env(source.address, database, directory, **extra))
-        assert proc.returncode == 0, proc.stderr
-    sql = subprocess.run([pg_binary("pg_dumpall"), "--globals-only", "--no-password"],
-                         env=source.address.env("postgres"), capture_output=True,
-                         check=True).stdout
-    when = datetime.now(UTC).replace(microsecond=0)
-    name = globals_name(when)
-    data = gzip.compress(sql)
-    (directory / name).write_bytes(data)
-    manifest = Manifest(kind="globals", name=name, database="globals", started_at=when,
-                        finished_at=when, raw_bytes=len(sql), stored_bytes=len(data),
-                        sha256=hashlib.sha256(data).hexdigest(), verified=True,
-                        verified_at=when)
-    (directory / f"{name}.manifest.json").write_bytes(manifest.to_json())
-    return manifest, directory / name
+def back_up(source: PrivateCluster, directory: Path, databases: str = ",".join(DATABASES),
+            **extra: str) -> str:
+    """One backup run (the globals and a dump per database); its run id."""
+    proc = run_backupd(["backup"], server_env(source.address, databases, directory,
+                                              DB_BACKUP_GLOBALS="on", **extra), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    newest = max(directory.glob("globals_*.manifest.json"), key=lambda p: p.name)
+    run_id = Manifest.from_json(newest.read_bytes()).run_id
+    assert run_id is not None
+    return run_id
 
 
 def restore_env(target: PrivateCluster, directory: Path, **extra: str) -> dict[str, str]:
@@ -171,10 +159,9 @@ def test_whole_cluster_restores_from_s3_alone_into_an_empty_directory(
     directory = tmp_path / "backups"
     directory.mkdir()
     offsite = s3_env(s3_server, s3_bucket)
-    manifest, path = back_up(source, directory, **offsite)
-    config = S3Config(bucket=s3_bucket, prefix="", endpoint_url=s3_server.endpoint_url,
-                      region="us-east-1", timeout_seconds=3)
-    S3Repository(config, client=s3_server.client()).put(manifest, path)
+    back_up(source, directory, **offsite)
+    keys = object_keys(s3_server, s3_bucket)
+    assert any(k.startswith("globals_") and k.endswith(".globals.sql.gz") for k in keys), keys
     empty = tmp_path / "new-machine"
     with PrivateCluster("target2-pw") as target:
         target.start()
@@ -183,35 +170,24 @@ def test_whole_cluster_restores_from_s3_alone_into_an_empty_directory(
         assert_cluster_came_back(source, target, proc)
 
 
-def set_run_id(directory: Path, name: str, run_id: str) -> None:
-    """Give a backup the run id a backup run records (the manifest, not the data, changes)."""
-    path = directory / f"{name}.manifest.json"
-    manifest = Manifest.from_json(path.read_bytes())
-    path.write_bytes(manifest.model_copy(update={"run_id": run_id}).to_json())
-
-
 def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "backups"
     directory.mkdir()
-    first, _ = back_up(source, directory)
-    names = {p.name.split("_")[0]: p.name for p in directory.glob("*db_*.sql.gz")}
-    for name in [first.name, *names.values()]:
-        set_run_id(directory, name, "20260101_000000")
-    # The next run: appdb and the globals made it, otherdb failed (nothing of it was written).
-    proc = run_backupd(["backup"], server_env(source.address, "appdb", directory))
-    assert proc.returncode == 0, proc.stderr
+    back_up(source, directory)
+    [older_otherdb] = [p.name for p in directory.glob("otherdb_*.sql.gz")]
+    time.sleep(1.1)  # backup names and run ids count whole seconds
+    # The next run: appdb and the globals made it, otherdb did not (nothing of it written).
+    newest_run = back_up(source, directory, "appdb")
     newer_appdb = max(p.name for p in directory.glob("appdb_*.sql.gz"))
-    assert newer_appdb != names["appdb"]
-    set_run_id(directory, newer_appdb, "20260102_000000")
     with PrivateCluster("target3-pw") as target:
         target.start()
         proc = run_backupd(["restore", "--latest", "--yes"],
                            server_env(target.address, "*", directory), timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "appdb: ok" in proc.stdout and newer_appdb in proc.stdout
-        assert ("otherdb: ok" in proc.stdout and names["otherdb"] in proc.stdout
-                and "not in the newest run 20260102_000000" in proc.stdout)
+        assert ("otherdb: ok" in proc.stdout and older_otherdb in proc.stdout
+                and f"not in the newest run {newest_run}" in proc.stdout)
         assert cluster_picture(target.address) == cluster_picture(source.address)
 
 
@@ -234,7 +210,7 @@ def test_no_owner_no_privileges_restore_creates_no_role_and_is_refused_for_plain
             assert conn.execute("SELECT count(*) FROM public.plain").fetchone() == (300,)
         plain = tmp_path / "plain"
         plain.mkdir()
-        back_up(source, plain)
+        back_up(source, plain, "appdb")
         proc = run_backupd(["restore", "--latest", "--yes", "--database", "appdb",
                             "--no-owner"], server_env(target.address, "appdb", plain))
         assert proc.returncode == 2, proc.stdout + proc.stderr
