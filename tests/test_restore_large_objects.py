@@ -66,3 +66,6 @@ def test_failed_restore_into_an_empty_database_leaves_nothing_behind(
                   "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").strip()
     large_objects = psql(pg_server, target, "SELECT count(*) FROM pg_largeobject_metadata")
     assert (tables, large_objects.strip()) == ("0", "0")
+    leftovers = psql(pg_server, "postgres", "SELECT count(*) FROM pg_database WHERE "
+                     f"starts_with(datname, '{target}__restoring_')")
+    assert leftovers.strip() == "0"  # the incomplete scratch database was dropped
