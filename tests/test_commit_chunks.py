@@ -66,3 +66,34 @@ def test_the_final_check_counts_the_boundaries() -> None:
     _, chunks = run(DUMP, [4096] * 3, every=10)
     assert chunks.boundaries == 5
     assert b"<> '5'" in chunks.final_check()
+
+
+# Header lookalikes where pg_dump puts user text: a dollar-quoted body, a string literal
+# (doubled quotes), a quoted identifier, block and line comments. None is a boundary.
+FAKE_HEADERS = b"".join(b"\n--\n-- Name: fake%d; Type: TABLE; Schema: public; Owner: app\n--\n"
+                        % i for i in range(12))
+LOOKALIKES = (
+    b"\n--\n-- Name: f; Type: FUNCTION; Schema: public; Owner: app\n--\n\n"
+    b"CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS $_$" + FAKE_HEADERS
+    + b"SELECT 1$_$;\n"
+    + b"\n--\n-- Name: c; Type: COMMENT; Schema: public; Owner: app\n--\n\n"
+    b"COMMENT ON TABLE public.t1 IS 'it''s" + FAKE_HEADERS + b"';\n"
+    + b"\n--\n-- Name: odd; Type: TABLE; Schema: public; Owner: app\n--\n\n"
+    b'CREATE TABLE public."odd""' + FAKE_HEADERS + b'" (a$b$c int);\n'
+    + b"/* a /* nested */" + FAKE_HEADERS + b"*/\n"
+)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_no_boundary_inside_bodies_strings_names_or_comments(seed: int) -> None:
+    dump = DUMP[:60] + LOOKALIKES + DUMP[60:]
+    rng = random.Random(seed)
+    sizes = [rng.choice([1, 2, 3, 7, 20, 64, 500]) for _ in range(len(dump) // 40)]
+
+    sent, chunks = run(dump, sizes, every=2)
+
+    assert sent.replace(BOUNDARY, b"") == dump
+    assert chunks.boundaries == sent.count(BOUNDARY) > 0
+    for piece in sent.split(BOUNDARY)[1:]:
+        assert piece.startswith((b"--\n-- Name: t", b"--\n-- Data for Name: t",
+                                 b"--\n-- Name: c;", b"--\n-- Name: odd;")), piece[:40]
