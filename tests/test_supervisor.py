@@ -129,3 +129,58 @@ def test_error_line_rule(lines: list[str], expected: int) -> None:
 
 def test_error_line_of_nothing_is_empty() -> None:
     assert error_line([]) == ""
+
+
+_VICTIM = textwrap.dedent("""
+    import subprocess, sys
+    from backupd.pipeline.supervisor import REAPER, Child
+    LAST_PID = "/proc/sys/kernel/ns_last_pid"
+    with Child(["/bin/true"]) as started:  # the reaper is running from here on
+        started.wait()
+    try:
+        Child([sys.argv[1]]).start()  # registers its group, then cannot execute
+    except OSError:
+        pass
+    failed = int(open(LAST_PID).read())
+    with open(LAST_PID, "w") as last:
+        last.write(str(failed - 1))  # the next process gets the failed child's pid...
+    leader = subprocess.Popen(["sleep", "300"], start_new_session=True,  # ...and group id
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert REAPER._process is not None
+    print(REAPER._process.pid, leader.pid, failed, flush=True)
+""")
+_PID_ONE = textwrap.dedent("""
+    import os, subprocess, sys
+    victim = subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]],
+                            stdout=subprocess.PIPE, text=True, check=True)
+    reaper, leader, failed = map(int, victim.stdout.split())
+    assert leader == failed, (leader, failed)
+    while True:  # both are ours now (we are pid 1): wait for the reaper to have done its work
+        pid, _ = os.waitpid(-1, 0)
+        if pid == leader:
+            print("killed", flush=True)
+            sys.exit(0)
+        if pid == reaper:
+            break
+    if os.waitpid(leader, os.WNOHANG)[0] != 0:
+        print("killed", flush=True)
+    else:
+        print("alive", flush=True)
+        os.kill(leader, 9)
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(),
+                    reason="needs root and unshare(1) for a pid namespace of its own")
+def test_a_child_that_cannot_execute_leaves_no_group_for_the_reaper(tmp_path: Path) -> None:
+    # In a pid namespace of its own, pids are handed out as the test says: the failed
+    # child's pid goes to an unrelated process group leader, which must outlive backupd.
+    cannot_execute = tmp_path / "not-a-program"
+    cannot_execute.write_bytes(b"\x7fELF garbage")
+    cannot_execute.chmod(0o755)
+    proc = subprocess.run(
+        ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+         _PID_ONE, _VICTIM, str(cannot_execute)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "alive"
