@@ -138,11 +138,14 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _die_with(parent: int, reaper: int | None) -> Callable[[], None]:
+def _die_with(parent: int, reaper: int | None, registered: int) -> Callable[[], None]:
     """preexec_fn, run in the child before it executes anything of its own: SIGKILL when the
     starting thread ends (at once if the parent is already gone), and the child's process
     group registered with the reaper (``reaper``: the pipe's fd, still open before exec), so
-    no grandchild can ever exist unregistered."""
+    no grandchild can ever exist unregistered. The pid registered is also written to
+    ``registered`` (a pipe back to the parent): should the exec fail, Popen reaps the child
+    without telling its pid, and the parent must still unregister it (a pid, once free, may
+    become an unrelated process group's id)."""
     prctl = _PRCTL
 
     def in_child() -> None:
@@ -152,6 +155,7 @@ def _die_with(parent: int, reaper: int | None) -> Callable[[], None]:
         if reaper is not None:
             with contextlib.suppress(OSError):
                 os.write(reaper, b"%d\n" % os.getpid())  # our pid is our group's id
+                os.write(registered, b"%d\n" % os.getpid())
         if os.getppid() != parent:  # we died between fork and prctl
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -260,9 +264,25 @@ class Child:
     # starting
 
     def start(self) -> Child:
-        self.process = subprocess.Popen(
-            self.argv, stdin=self._stdin, stdout=self._stdout, stderr=subprocess.PIPE,
-            env=self.env, start_new_session=True, preexec_fn=_die_with(os.getpid(), REAPER.fd()))
+        registered, registered_write = os.pipe()
+        try:
+            try:
+                self.process = subprocess.Popen(
+                    self.argv, stdin=self._stdin, stdout=self._stdout, stderr=subprocess.PIPE,
+                    env=self.env, start_new_session=True,
+                    preexec_fn=_die_with(os.getpid(), REAPER.fd(), registered_write))
+            except BaseException:
+                os.close(registered_write)
+                registered_write = -1
+                # The child registered its group, then could not execute: unregister it.
+                with os.fdopen(registered, "rb", closefd=False) as pids:
+                    for line in pids.read().split():
+                        REAPER.unregister(int(line))
+                raise
+        finally:
+            for fd in (registered, registered_write):
+                if fd >= 0:
+                    os.close(fd)
         self.follow(self.process.stderr, self._stderr_line)
         if self._cancel is not None:
             self._unwatch = self._cancel.on_cancel(self.terminate)
