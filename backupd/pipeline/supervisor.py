@@ -355,10 +355,12 @@ class Child:
             self._exited(None)
         self._unwatch()
         self.kill()  # stragglers in the group; the leader is a zombie by now
+        # Unregistered while the zombie leader still holds the pid: once reaped, the pid may
+        # become another process group's id, which a reaper acting on our death would kill.
+        REAPER.unregister(self.process.pid)
         with self._lock:
             code = self.process.wait()
             self._reaped = True
-        REAPER.unregister(self.process.pid)
         for thread in self._threads:
             thread.join(5)
         return code
