@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from helpers.backups import take_backup
 from helpers.cli import run_backupd
-from helpers.pg import ServerAddress
+from helpers.logs import jobs_finished
+from helpers.pg import ServerAddress, database_exists, psql
 
 from backupd.errors import ConfigError
+from backupd.outcomes import ROLES_NOT_PROVEN
 from backupd.settings import load_settings
 
 EnvFactory = Callable[..., dict[str, str]]
@@ -59,3 +61,25 @@ def test_drill_server_password_file_is_read_like_the_other_secret_files(
     # Without DRILL_POSTGRES_HOST the other DRILL_POSTGRES_* settings are not read.
     unused = load_settings(**{**env, "DRILL_POSTGRES_PASSWORD_FILE": str(tmp_path)})
     assert unused.drill_postgres_host is None
+
+
+def test_without_a_drill_server_each_listed_database_is_drilled_beside_it(
+        fixture_db: str, make_db: Callable[..., str], backupd_env: EnvFactory,
+        pg_server: ServerAddress) -> None:
+    other = make_db()
+    psql(pg_server, other, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);")
+    for database in (fixture_db, other):
+        take_backup(backupd_env(database))
+
+    proc = run_backupd(["drill"], backupd_env(f"{fixture_db},{other}"))
+
+    assert proc.returncode == 0, proc.stderr
+    finished = jobs_finished(proc.stderr)
+    per_database = {r["database"]: r for r in finished if r["database"] in (fixture_db, other)}
+    assert set(per_database) == {fixture_db, other}
+    for record in per_database.values():
+        assert record["status"] == "success"
+        assert "roles not proven" in record["outcome"]["comparison_summary"]
+    assert f"Restore drills of 2 databases passed; {ROLES_NOT_PROVEN}" in proc.stderr
+    for database in (fixture_db, other):
+        assert not database_exists(pg_server, f"{database}_drill")

@@ -29,9 +29,11 @@ from psycopg import sql
 from backupd.commands import restore, selection
 from backupd.commands.drill_server import check_not_live, drill_server_settings
 from backupd.database_properties import DatabaseProperties
-from backupd.errors import ConfigError, JobFailed, JobSkipped, OffsiteError
-from backupd.job import JobContext
+from backupd.errors import Cancelled, ConfigError, JobFailed, JobSkipped, OffsiteError
+from backupd.job import JobContext, run_job
 from backupd.manifest import Manifest
+from backupd.naming import parse_backup_name
+from backupd.notify.base import NotifierChain
 from backupd.outcomes import ROLES_NOT_PROVEN, DrillOutcome, RestoreOutcome
 from backupd.postgres.compare import (
     Comparison,
@@ -41,8 +43,13 @@ from backupd.postgres.compare import (
     read_catalog,
 )
 from backupd.postgres.connection import advisory_lock, connect, describe_pg_error
-from backupd.postgres.databases import drop_with_subscriptions, read_properties, trial_properties
-from backupd.result import human_bytes
+from backupd.postgres.databases import (
+    drop_with_subscriptions,
+    read_properties,
+    resolve_databases,
+    trial_properties,
+)
+from backupd.result import Status, human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
 
@@ -74,6 +81,9 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
 
         cluster_drill.run(ctx, drill_server, name, from_s3=from_s3, record=record)
         return
+    if settings.database_selection.several:
+        _drill_each(ctx, name, from_s3=from_s3)
+        return
     scratch = scratch_database(settings)
     ctx.result.outcome = DrillOutcome(scratch_database=scratch,
                                       restore=RestoreOutcome(target_database=scratch))
@@ -84,6 +94,42 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
             check_room(settings)  # before the download, too
         with selection.local_file(ctx, repository, entry) as path:
             _drill(ctx, path, entry, scratch, _recorder(ctx, repository))
+
+
+def _drill_each(ctx: JobContext, name: str | None, *, from_s3: bool) -> None:
+    """Several databases, no drill server: each database's drill beside it, as a job of its
+    own (its own result to every notifier), one after another; fails naming those that did."""
+    settings = ctx.settings
+    if name is not None:
+        parsed = parse_backup_name(name)
+        if parsed is None or parsed.is_globals:
+            raise ConfigError(f"NAME: {name!r} is not a database backup's file name")
+        databases = [parsed.database]
+    else:
+        resolved = resolve_databases(settings)
+        for warning in resolved.warnings:
+            ctx.warn(warning)
+        if resolved.missing:
+            raise JobFailed(f"database(s) {', '.join(resolved.missing)} (POSTGRES_DB) do not "
+                            "exist on the server")
+        databases = resolved.databases
+    chain = ctx.chain or NotifierChain([])
+    failed = []
+    for database in databases:
+        ctx.cancel.raise_if_cancelled()
+        result = run_job("drill", settings.for_database(database),
+                         lambda sub: run(sub, name, from_s3=from_s3), chain, ctx.cancel,
+                         ctx.repositories, scheduled_for=ctx.result.scheduled_for)
+        ctx.say(f"  {database!r}: {result.status.value}"
+                + (f": {result.error}" if result.error else ""))
+        if result.status == Status.CANCELLED:
+            raise Cancelled(result.error or "drill cancelled by shutdown")
+        if result.status == Status.FAILED:
+            failed.append(database)
+    if failed:
+        raise JobFailed(f"restore drills of {len(failed)} of {len(databases)} databases failed: "
+                        + ", ".join(map(repr, failed)))
+    ctx.say(f"Restore drills of {len(databases)} databases passed; {ROLES_NOT_PROVEN}")
 
 
 def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
