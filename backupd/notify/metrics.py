@@ -190,7 +190,10 @@ class _ScrapeCollector(Collector):
         readable = GaugeMetricFamily("backupd_local_store_readable",
                                      "1 if DB_BACKUP_DIR could be listed at this scrape.")
         try:
-            entries = LocalStore(settings.backup_dir).list_backups(settings.postgres_db)
+            store = LocalStore(settings.backup_dir)
+            entries = store.list_backups(settings.postgres_db) if not self.metrics.per_database \
+                else [e for name in settings.database_selection.watched(store.dump_databases())
+                      for e in store.list_backups(name)]
         except OSError as exc:
             get_logger().warning("metrics: cannot list backups", error=exc.strerror)
             readable.add_metric([], 0.0)
