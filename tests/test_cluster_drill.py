@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers.backups import write_globals_artifact
 from helpers.cli import kill_group, server_env, start_backupd
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, psql
 from helpers.slow_restore import PAUSE_QUERY, pausing_psql
 
-from backupd.commands import backup as backup_cmd
+from backupd.commands import backup_run
 from backupd.commands import drill as drill_cmd
 from backupd.commands.drill_server import CLUSTER_MARK, STATE_DATABASE, STATE_MARK
 from backupd.job import run_job
@@ -96,11 +95,11 @@ def clusters(private_cluster: ClusterFactory, tmp_path: Path) -> Iterator[Cluste
     psql(live, "appdb", APP_DATABASE)
     psql(live, "second", "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 7);")
     backups = tmp_path / "backups"
-    for database in ("appdb", "second"):
-        result = run_here("backup", server_env(live, database, backups, HEALTH_PORT="0"),
-                          lambda ctx: backup_cmd.run(ctx, apply_retention=False))
-        assert result.ok, result.summary()
-    write_globals_artifact(live, backups)
+    # One backup run: the globals and both databases, sharing a run_id.
+    result = run_here("backup", server_env(live, "appdb,second", backups, HEALTH_PORT="0"),
+                      lambda ctx: backup_run.run(ctx, apply_retention=False))
+    assert result.ok, result.summary()
+    assert len(list(backups.glob("globals_*.globals.sql.gz"))) == 1
     yield Clusters(live, fresh, backups)
 
 
@@ -112,6 +111,7 @@ def test_drill_onto_a_fresh_server_passes_and_leaves_it_empty(clusters: Clusters
     assert result.exit_code == 0, (result.summary(), outcome.differences)
     assert outcome.differences == []
     assert outcome.roles_proven
+    assert not any("is not from the run" in w for w in result.warnings)  # one run, drilled
     assert outcome.drill_server == f"{clusters.drill.host}:{clusters.drill.port}"
     assert [d.database for d in outcome.databases] == ["appdb", "second"]
     assert all(d.ok and d.restore_seconds for d in outcome.databases)

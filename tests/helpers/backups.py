@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,23 +229,3 @@ def seed_small_db(server: ServerAddress, database: str) -> None:
     function, sequence, NULLs, escapes, bytea): cheap to dump and restore many times."""
     psql(server, database, SMALL_SCHEMA)
 
-
-def write_globals_artifact(server: ServerAddress, directory: Path,
-                           when: datetime | None = None, run_id: str | None = None) -> Path:
-    """A committed, verified globals artifact of ``server`` (``pg_dumpall --globals-only``,
-    gzip, manifest) in ``directory``, as a backup run writes one."""
-    when = (when or datetime.now(UTC)).replace(microsecond=0)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **server.env("postgres")}
-    sql = subprocess.run([pg_binary("pg_dumpall"), "--globals-only", "--no-password"],
-                         env=env, capture_output=True, check=True).stdout
-    name = f"globals_{when:%Y%m%d_%H%M%S}.globals.sql.gz"
-    path = directory / name
-    directory.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(sql))
-    stamp = when.isoformat()
-    write_manifest(path, {
-        "kind": "globals", "name": name, "database": "globals", "run_id": run_id,
-        "started_at": stamp, "finished_at": stamp, "raw_bytes": len(sql),
-        "stored_bytes": path.stat().st_size, "sha256": sha256_file(path),
-        "verified": True, "verified_at": stamp})
-    return path
