@@ -142,3 +142,45 @@ def test_the_maintenance_database_is_replaced_with_replace(cluster: PrivateClust
         assert _user_tables(cluster, kept[0]) == 1  # old_stuff: kept, not lost
         conn.execute(f'DROP DATABASE "{kept[0]}"')
         conn.execute("DROP TABLE t")
+
+
+@pytest.mark.parametrize("holding", [
+    "SELECT lo_from_bytea(0, 'the only copy of a scanned contract')",
+    "CREATE PUBLICATION everything FOR ALL TABLES",
+    "CREATE COLLATION public.german (provider = icu, locale = 'de-DE')",
+], ids=["large-object", "publication", "collation"])
+def test_a_previous_database_holding_only_what_is_not_a_table_is_kept(
+        pg_server: ServerAddress, small_db: str, backupd_env: EnvFactory,
+        make_db: Callable[..., str], holding: str) -> None:
+    # No table, so it may be restored into; but it is not empty, so it must not be dropped.
+    target = make_db()
+    psql(pg_server, target, holding)
+    backup = take_backup(backupd_env(small_db))
+
+    proc = run_backupd(["restore", backup.name, "--target-db", target, "--yes"],
+                       backupd_env(small_db))
+
+    kept = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
+                f"starts_with(datname, '{target}_before_restore_')").split()
+    for leftover in kept:
+        drop_database(pg_server, leftover)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(kept) == 1, proc.stderr[-2000:]
+    assert "kept as" in proc.stderr
+
+
+def test_a_previous_database_holding_nothing_is_dropped(
+        pg_server: ServerAddress, small_db: str, backupd_env: EnvFactory,
+        make_db: Callable[..., str]) -> None:
+    target = make_db()
+    backup = take_backup(backupd_env(small_db))
+
+    proc = run_backupd(["restore", backup.name, "--target-db", target, "--yes"],
+                       backupd_env(small_db))
+
+    kept = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
+                f"starts_with(datname, '{target}_before_restore_')").split()
+    for leftover in kept:
+        drop_database(pg_server, leftover)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert kept == [] and "held nothing; it was dropped" in proc.stderr
