@@ -158,20 +158,32 @@ def is_empty(settings: Settings, database: str) -> bool:
     return row is not None and row[0] == 0
 
 
+# Every per-database catalog whose rows are objects someone created. initdb's own objects
+# (template0's, so a new database's) have OIDs below FirstNormalObjectId; anything at or above
+# it was made by a user: a table, a large object, a publication, a collation, a cast, ...
+_OBJECT_CATALOGS = (
+    "pg_namespace", "pg_class", "pg_proc", "pg_type", "pg_largeobject_metadata",
+    "pg_extension", "pg_language", "pg_collation", "pg_conversion", "pg_operator",
+    "pg_opclass", "pg_opfamily", "pg_am", "pg_cast", "pg_transform", "pg_ts_config",
+    "pg_ts_dict", "pg_ts_parser", "pg_ts_template", "pg_foreign_data_wrapper",
+    "pg_foreign_server", "pg_user_mapping", "pg_publication", "pg_event_trigger",
+    "pg_default_acl", "pg_statistic_ext",
+)
+FIRST_NORMAL_OBJECT_ID = 16384
+
+
 def holds_nothing(settings: Settings, database: str) -> bool:
-    """Not a single object of its own: no schema but public, no relation, function, type or
-    extension but plpgsql. Dropping such a database loses nothing."""
+    """Not a single object of its own (nothing any user created, no subscription): only
+    then does dropping it lose nothing."""
+    counts = sql.SQL(" + ").join(
+        sql.SQL("(SELECT count(*) FROM {} WHERE oid >= {})").format(
+            sql.Identifier("pg_catalog", catalog), sql.Literal(FIRST_NORMAL_OBJECT_ID))
+        for catalog in _OBJECT_CATALOGS)
+    subscriptions = sql.SQL(
+        "(SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = "
+        "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
     with connect(settings, database) as conn:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname NOT IN ('public', "
-            "'information_schema') AND nspname NOT LIKE 'pg\\_%%') "
-            "+ (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "   WHERE n.nspname = 'public') "
-            "+ (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "   WHERE n.nspname = 'public') "
-            "+ (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-            "   WHERE n.nspname = 'public') "
-            "+ (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')").fetchone()
+        row = conn.execute(sql.SQL("SELECT {} + {}").format(counts, subscriptions)).fetchone()
     return row is not None and row[0] == 0
 
 
