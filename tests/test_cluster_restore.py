@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.age import make_age_keys
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.offsite import object_keys, s3_env
@@ -218,3 +219,22 @@ def test_no_owner_no_privileges_restore_creates_no_role_and_is_refused_for_plain
         with connect(target.address) as conn:
             assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'appdb'"
                                 ).fetchone() == (0,)
+
+
+def test_encrypted_run_restores_with_the_identity_alone(source: PrivateCluster,
+                                                        tmp_path: Path) -> None:
+    keys = make_age_keys(tmp_path / "keys")
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    back_up(source, directory, DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file))
+    stored = sorted(p.name for p in directory.glob("*_*.gz*") if p.suffix != ".json")
+    assert len(stored) == 3 and all(name.endswith(".age") for name in stored), stored
+    with PrivateCluster("target5-pw") as target:
+        target.start()
+        missing_key = run_backupd(["restore", "--latest", "--yes"],
+                                  restore_env(target, directory))
+        assert missing_key.returncode == 2 and "DB_BACKUP_AGE_IDENTITY_FILE" in missing_key.stderr
+        proc = run_backupd(["restore", "--latest", "--yes"], restore_env(
+            target, directory, DB_BACKUP_AGE_IDENTITY_FILE=str(keys.identity_file)),
+            timeout=300)
+        assert_cluster_came_back(source, target, proc)
