@@ -5,9 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers.age import make_age_keys
 from helpers.backups import backup_files, flip_byte, read_manifest, seed_small_db
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
@@ -16,8 +18,12 @@ from helpers.offsite import object_keys, s3_env
 from helpers.pg import ServerAddress, connect, unique_db_name
 from helpers.s3server import S3Server
 
+from backupd.commands.jobs import scheduled_jobs
 from backupd.daemon.health import evaluate
+from backupd.daemon.scheduler import Daemon
+from backupd.daemon.state import DaemonState
 from backupd.naming import parse_backup_name
+from backupd.notify.base import NotifierChain
 from backupd.notify.metrics import BackupdMetrics
 from backupd.result import JobResult, Status
 from backupd.settings import load_settings
@@ -279,3 +285,46 @@ def test_every_database_with_an_exclusion_backs_up_exactly_the_right_set(
     databases = sorted(p.database for p in map(parse_backup_name, _dumps(backup_dir)) if p)
     assert databases == ["app", "billing", "postgres"]
     assert len(_globals_files(backup_dir)) == 1
+
+
+def test_globals_are_encrypted_when_encryption_is_on(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path, tmp_path: Path) -> None:
+    keys = make_age_keys(tmp_path / "keys")
+    first, second = make_db(), make_db()
+    env = backupd_env(f"{first},{second}",
+                      DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file),
+                      DB_BACKUP_AGE_IDENTITY_FILE=str(keys.identity_file))
+    proc = run_backupd(["backup", "--no-prune"], env)
+    assert proc.returncode == 0, proc.stderr
+    (name,) = _globals_files(backup_dir)
+    assert name.endswith(".globals.sql.gz.age")
+    manifest = read_manifest(backup_dir / name)
+    assert manifest["encrypted"] is True and manifest["verified"] is True
+    assert not (backup_dir / name).read_bytes().startswith(b"\x1f\x8b")  # not plain gzip
+    verified = run_backupd(["verify", name], env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "encrypted: size and SHA-256" not in verified.stdout  # the content was checked
+
+
+def test_backup_on_start_looks_at_every_listed_database(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    first, second = make_db(), make_db()
+    proc = run_backupd(["backup", "--no-prune"], backupd_env(first, DB_BACKUP_GLOBALS="on"))
+    assert proc.returncode == 0, proc.stderr
+
+    def reason(databases: str) -> str | None:
+        settings = load_settings(POSTGRES_DB=databases, DB_BACKUP_DIR=str(backup_dir))
+        daemon = Daemon(settings, scheduled_jobs(settings), NotifierChain([]),
+                        DaemonState(backup_dir))
+        backup = daemon.jobs["backup"]
+        return daemon._backup_on_start_reason(backup.schedule, datetime.now(UTC))
+
+    assert reason(first) is None
+    # The run is due: the second database has never been backed up.
+    assert reason(f"{first},{second}") == (
+        "BACKUP_ON_START: a database has no verified backup yet")
+    proc = run_backupd(["backup", "--no-prune"], backupd_env(second))
+    assert proc.returncode == 0, proc.stderr
+    assert reason(f"{first},{second}") is None  # both covered: no extra run at start

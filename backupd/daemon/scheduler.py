@@ -34,7 +34,7 @@ from backupd.log import get_logger
 from backupd.notify.base import NotifierChain
 from backupd.result import JobResult, Status
 from backupd.settings import ENV_NAMES, Settings
-from backupd.storage.base import newest_verified
+from backupd.storage.base import BackupEntry, newest_verified
 from backupd.storage.local import LocalStore
 
 # A job body gets the schedule slot the run stands for (None when there is none).
@@ -154,8 +154,19 @@ class Daemon:
         return run_now
 
     def _backup_on_start_reason(self, schedule: CronSchedule, now: datetime) -> str | None:
-        entries = LocalStore(self.settings.backup_dir).list_backups(self.settings.postgres_db)
-        newest = newest_verified(entries)
+        store = LocalStore(self.settings.backup_dir)
+        selection = self.settings.database_selection
+        newest: BackupEntry | None
+        if selection.several:
+            # Several databases: the run is due when any of them lacks a recent backup.
+            watched = selection.watched(store.dump_databases())
+            newest_each = [newest_verified(store.list_backups(name)) for name in watched]
+            if not watched or any(entry is None for entry in newest_each):
+                return "BACKUP_ON_START: a database has no verified backup yet"
+            newest = min((e for e in newest_each if e is not None),
+                         key=lambda e: e.parsed.taken_at)
+        else:
+            newest = newest_verified(store.list_backups(self.settings.postgres_db))
         if newest is None:
             return "BACKUP_ON_START: no verified backup yet"
         interval = schedule.interval_around(now)
