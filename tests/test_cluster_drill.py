@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.backups import read_manifest, refresh_manifest, sql_of, write_gzip_sql
 from helpers.cli import kill_group, server_env, start_backupd
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, psql
@@ -198,6 +199,23 @@ def test_a_drill_killed_mid_restore_is_cleaned_up_by_the_next(
 
     assert result.exit_code == 0, (result.summary(), outcome.differences)
     assert any("removed what an interrupted drill left" in w for w in result.warnings)
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+
+
+def test_a_database_that_does_not_restore_fails_the_drill_and_is_removed(
+        clusters: Clusters) -> None:
+    dump = next(clusters.backups.glob("second_*.sql.gz"))
+    text = sql_of(dump).replace(b"\nCOPY ", b"\nSELECT 1/0;\nCOPY ", 1)
+    write_gzip_sql(dump, text)
+    refresh_manifest(dump, raw_bytes=len(text))
+
+    result, outcome = drill(clusters)
+
+    assert result.exit_code == 1
+    assert result.error and f"{dump.name} does not restore on the drill server" in result.error
+    assert "division by zero" in result.error
+    assert outcome.differences[0].startswith("database second: the backup does not restore")
+    assert read_manifest(dump)["drill_ok"] is False
     assert server_contents(clusters.drill) == EMPTY_SERVER
 
 

@@ -78,7 +78,7 @@ def run(ctx: JobContext, drill: Settings, name: str | None, *, from_s3: bool,
     ctx.result.backup_name = run_set.globals_entry.name
     with connect_drill_server(drill) as admin:
         lock_drill_server(admin)
-        leftover = interrupted_drill(admin)
+        leftover = interrupted_drill(drill, admin)
         if leftover is not None:
             problems = restore_server(drill, admin, leftover)
             if problems:
@@ -168,7 +168,17 @@ def _restore_and_compare(ctx: JobContext, drill: Settings, admin: Connection,
             record(repository, run_set.globals_entry, False, None)
             raise
     for entry in run_set.dumps:
-        outcome.databases.append(_restore_database(drill_ctx, admin, repository, entry))
+        try:
+            outcome.databases.append(_restore_database(drill_ctx, admin, repository, entry))
+        except JobFailed as exc:
+            outcome.differences = [f"database {entry.database}: the backup does not restore "
+                                   f"on the drill server: {exc}"]
+            outcome.comparison_summary = "not compared: a database's restore failed"
+            record(repository, run_set.globals_entry, False, None)
+            record(repository, entry, False, None)
+            raise JobFailed(f"whole-cluster drill of {run_set.globals_entry.name} failed: "
+                            f"{entry.name} does not restore on the drill server: {exc}"
+                            ) from None
     outcome.cluster_restore_seconds = time.monotonic() - started
     ctx.say(f"whole cluster restored on the drill server in "
             f"{outcome.cluster_restore_seconds:.1f}s (globals and {len(run_set.dumps)} "
@@ -207,10 +217,7 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
         drill_ctx.say(f"{entry.name} verified; restoring it into {database!r} on the drill "
                       "server")
         outcome.restore.restore_seconds = None
-        try:
-            restore.load(drill_ctx, path, entry, database, identities)
-        except JobFailed as exc:
-            raise JobFailed(f"{entry.name} does not restore on the drill server: {exc}") from None
+        restore.load(drill_ctx, path, entry, database, identities)
     drilled.restore_seconds = outcome.restore.restore_seconds
     return drilled
 

@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
+from backupd.commands.restore_target import holds_nothing
 from backupd.errors import ConfigError, JobFailed, JobSkipped
 from backupd.postgres.connection import connect, describe_pg_error, drop_database, lock_key
 from backupd.postgres.databases import drop_with_subscriptions, maintenance_connection
@@ -147,11 +148,14 @@ def mark_started(conn: Connection, before: Inventory) -> None:
         sql.Identifier(STATE_DATABASE), sql.Literal(STATE_MARK + before.to_text())))
 
 
-def interrupted_drill(conn: Connection) -> Inventory | None:
+def interrupted_drill(drill: Settings, conn: Connection) -> Inventory | None:
     """What the server held before a drill that never finished (None: no such drill)."""
     row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                        "WHERE datname = %s", (STATE_DATABASE,)).fetchone()
     if row is None:
+        return None
+    if row[0] is None and holds_nothing(drill, STATE_DATABASE):
+        drop_database(conn, STATE_DATABASE)  # killed before its record was written: no more
         return None
     text = str(row[0] or "")
     if not text.startswith(STATE_MARK):
@@ -167,12 +171,22 @@ def created_databases(conn: Connection) -> list[str]:
         "coalesce(shobj_description(oid, 'pg_database'), ''), %s) ORDER BY 1", (CLUSTER_MARK,))]
 
 
+def _unmarked_new(drill: Settings, conn: Connection, before: Inventory) -> list[str]:
+    # A drill killed between CREATE DATABASE and its mark leaves an empty database without
+    # one: new since the recorded state, without a comment and holding nothing.
+    names = [str(r[0]) for r in conn.execute(
+        "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') IS NULL "
+        "AND NOT datistemplate AND datallowconn")]
+    return [n for n in names if n not in before.databases and n != STATE_DATABASE
+            and holds_nothing(drill, n)]
+
+
 def restore_server(drill: Settings, conn: Connection, before: Inventory) -> list[str]:
     """Drop what a drill created on the drill server: the databases carrying the mark, the
     roles and tablespaces it did not have before, then the state database. Returns what
     could not be removed, one line each (the next drill tries again: the state stays)."""
     problems: list[str] = []
-    for name in created_databases(conn):
+    for name in [*created_databases(conn), *_unmarked_new(drill, conn, before)]:
         try:
             drop_with_subscriptions(drill, conn, name)
         except (JobFailed, psycopg.Error) as exc:
