@@ -15,7 +15,7 @@ import pytest
 from helpers.faults import wait_until
 
 from backupd.cancel import CancelToken
-from backupd.pipeline.supervisor import Child, error_line
+from backupd.pipeline.supervisor import REAPER, Child, error_line
 
 
 def alive(pid: int) -> bool:
@@ -184,3 +184,19 @@ def test_a_child_that_cannot_execute_leaves_no_group_for_the_reaper(tmp_path: Pa
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "alive"
+
+
+def test_children_still_run_after_the_reaper_was_killed() -> None:
+    # The reaper is a process like any other (the OOM killer, a careless `kill`): the next
+    # child must neither die registering with a dead reaper nor go unprotected.
+    with Child(["/bin/true"]) as first:
+        assert first.wait() == 0
+    reaper = REAPER._process
+    assert reaper is not None
+    os.kill(reaper.pid, signal.SIGKILL)
+    wait_until(lambda: not alive(reaper.pid), 30, "the reaper to die")
+
+    with Child(["/bin/true"]) as child:
+        assert child.wait() == 0
+    assert REAPER._process is not None and REAPER._process.pid != reaper.pid
+    assert alive(REAPER._process.pid)
