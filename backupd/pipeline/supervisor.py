@@ -201,20 +201,32 @@ class _Reaper:
         """The write end of the pipe to the reaper, started if need be (None: it cannot run;
         PDEATHSIG still kills the child itself)."""
         with self._lock:
-            if self._fd is None or self._owner != os.getpid():
+            if self._fd is None or self._owner != os.getpid() or not self._running():
                 self._start()
             return self._fd
+
+    def _running(self) -> bool:
+        # A dead reaper (the OOM killer, a stray kill) is replaced, or the next child would
+        # die of SIGPIPE registering with it, and the ones after it would go unprotected.
+        assert self._process is not None
+        try:
+            pid, _ = os.waitpid(self._process.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
 
     def unregister(self, pgid: int) -> None:
         with self._lock:
             if self._fd is None or self._owner != os.getpid():
                 return
-            try:
+            # A dead reaper (EPIPE) is replaced when the next child starts (see _running).
+            with contextlib.suppress(OSError):
                 os.write(self._fd, b"%d\n" % -pgid)
-            except OSError:
-                self._fd = None  # the reaper is gone: the next child starts another
 
     def _start(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # a dead reaper's pipe, or (after a fork) our parent's
         self._fd = None
         try:
             process = subprocess.Popen(
