@@ -145,6 +145,7 @@ def test_roles_restore_onto_a_fresh_server(source: PrivateCluster, target: Priva
     assert outcome.tablespaces_created == []
     [problem] = outcome.problems
     assert "tablespace 'far'" in problem and "CREATE TABLESPACE" in problem
+    assert "already in use" in problem  # the source's directory, on this same machine
     assert any("tablespace 'far'" in w for w in ctx.result.warnings)
     assert OWNER_PASSWORD not in " ".join(ctx.result.warnings)
 
@@ -194,3 +195,22 @@ def test_globals_and_database_dumps_never_pass_for_each_other() -> None:
     truncated = HeadTail()
     truncated.feed(CLUSTER_HEADER + b"\nCREATE ROLE x;\n")
     assert "incomplete" in (truncated.problem(cluster=True) or "")
+
+
+def test_a_tablespace_whose_directory_exists_is_created_with_its_grants(
+        target: PrivateCluster) -> None:
+    assert target.root is not None
+    space = target.root / "new-space"
+    space.mkdir()
+    subprocess.run(["chown", SERVER_OS_USER, str(space)], check=True)
+    script = (b"CREATE ROLE spaceuser;\n"
+              b"CREATE TABLESPACE fast OWNER postgres LOCATION '" + str(space).encode() + b"';\n"
+              b"GRANT CREATE ON TABLESPACE fast TO spaceuser;\n"
+              b"COMMENT ON TABLESPACE fast IS 'the fast disk';\n")
+    with connect(target.address) as conn:
+        applied = apply_globals(conn, script)
+        row = conn.execute("SELECT spcacl::text[], shobj_description(oid, 'pg_tablespace') "
+                           "FROM pg_tablespace WHERE spcname = 'fast'").fetchone()
+    assert applied.problems == []
+    assert applied.tablespaces_created == ["fast"]
+    assert row is not None and "spaceuser=C/postgres" in row[0] and row[1] == "the fast disk"

@@ -214,11 +214,15 @@ class _RoleState:
     failed: set[bytes] = field(default_factory=set)
 
 
-def _run(conn: Connection, text: bytes) -> psycopg.Error | None:
-    """One statement in its own savepoint; the error, if it failed."""
+def _run(conn: Connection, text: bytes, *, alone: bool = False) -> psycopg.Error | None:
+    """One statement in its own savepoint (``alone``: on its own, outside any transaction,
+    as CREATE TABLESPACE must be); the error, if it failed."""
     try:
-        with conn.transaction():
+        if alone:
             conn.execute(text)
+        else:
+            with conn.transaction():
+                conn.execute(text)
     except psycopg.Error as exc:
         return exc
     return None
@@ -283,7 +287,7 @@ def _apply_tablespaces(conn: Connection, statements: list[Statement],
     for statement in statements:
         name = name_of(statement.subject)
         if statement.kind is Kind.CREATE_TABLESPACE:
-            error = _run(conn, statement.text)
+            error = _run(conn, statement.text, alone=True)
             if error is None:
                 applied.tablespaces_created.append(name)
             elif isinstance(error, psycopg.errors.DuplicateObject):
@@ -298,7 +302,7 @@ def _apply_tablespaces(conn: Connection, statements: list[Statement],
                     f"CREATE TABLESPACE {_quoted(name)} LOCATION "
                     "'<directory>' before restoring databases that use it")
         elif statement.kind is Kind.TABLESPACE and statement.subject not in missing:
-            _report(applied, _run(conn, statement.text), f"tablespace {name!r}")
+            _report(applied, _run(conn, statement.text, alone=True), f"tablespace {name!r}")
 
 
 def _quoted(name: str) -> str:
