@@ -328,3 +328,17 @@ def test_backup_on_start_looks_at_every_listed_database(
     proc = run_backupd(["backup", "--no-prune"], backupd_env(second))
     assert proc.returncode == 0, proc.stderr
     assert reason(f"{first},{second}") is None  # both covered: no extra run at start
+
+
+def test_status_counts_every_database(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    first, second = make_db(), make_db()
+    env = backupd_env(f"{first},{second}")
+    proc = run_backupd(["backup", "--no-prune"], env)
+    assert proc.returncode == 0, proc.stderr
+    status = run_backupd(["status", "--json"], env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["backups"] == 2, report
+    assert report["health"]["ok"] is True, report["health"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, unique_db_name
 
@@ -113,7 +114,7 @@ def test_every_database_minus_exclusions_is_exactly_the_right_set(
 
 
 def test_every_database_where_the_role_cannot_list_them_is_exit_2(
-        private_cluster: Callable[..., PrivateCluster]) -> None:
+        private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
     cluster = private_cluster()
     with connect(cluster.address) as conn:
         conn.execute("CREATE ROLE lister LOGIN PASSWORD 'pw'")
@@ -126,6 +127,13 @@ def test_every_database_where_the_role_cannot_list_them_is_exit_2(
     (line,) = str(refused.value).splitlines()
     assert line.startswith("POSTGRES_DB: "), line
     assert "'lister'" in line and "pg_database" in line, line
+
+    backup_dir = tmp_path / "backups"
+    proc = run_backupd(["backup"], server_env(lister, "*", backup_dir, HEALTH_PORT="0"))
+    assert proc.returncode == 2, proc.stderr
+    (error,) = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]
+    assert error.startswith("backupd: error: POSTGRES_DB: "), error
+    assert not [p for p in backup_dir.glob("*") if ".sql" in p.name]  # nothing was dumped
 
 
 def test_globals_names_never_parse_as_a_database_backup() -> None:

@@ -36,9 +36,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         backup.run(ctx, apply_retention=apply_retention, not_before=not_before)
         return
     offsite = ctx.repos.offsite()  # bad S3 settings: exit 2 before any dump
-    ctx.store.prepare()
     with maintenance_connection(settings) as conn, _run_lock(conn, settings):
-        resolved = resolve_databases(settings, conn)
+        resolved = resolve_databases(settings, conn)  # bad POSTGRES_DB: exit 2, nothing done
+        ctx.store.prepare()
         for warning in resolved.warnings:
             ctx.warn(warning)
         started = _unique_start(ctx)

@@ -16,10 +16,12 @@ from pydantic import BaseModel, field_serializer
 
 from backupd.commands.health import check as health_check
 from backupd.commands.jobs import job_table, scheduled_jobs
+from backupd.commands.selection import artifact_sets
 from backupd.daemon.health import HealthReport
 from backupd.daemon.scheduler import ScheduledJob
 from backupd.daemon.state import RECORDED_JOBS, StateFile, iso_utc, read_state
 from backupd.log import redact
+from backupd.naming import DUMP_KIND
 from backupd.outcomes import BackupOutcome, PruneOutcome
 from backupd.pipeline import clients as pgclients
 from backupd.result import JobResult, UtcDateTime, human_bytes, human_duration
@@ -136,7 +138,10 @@ def collect(settings: Settings, now: datetime | None = None) -> StatusReport:
     names += sorted(name for name in state.jobs if name in RECORDED_JOBS and name not in names)
     jobs = [_job_status(name, settings_of.get(name), scheduled.get(name), state, settings, now)
             for name in names]
-    entries = LocalStore(settings.backup_dir).list_backups(settings.postgres_db)
+    store = LocalStore(settings.backup_dir)
+    # Several databases: their dumps together (health, below, judges each on its own).
+    entries = [entry for database, kind in artifact_sets(settings, store) if kind == DUMP_KIND
+               for entry in store.list_backups(database, kind)]
     newest = newest_verified(entries)
     return StatusReport(
         database=settings.postgres_db,
