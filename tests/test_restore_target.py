@@ -184,3 +184,24 @@ def test_a_previous_database_holding_nothing_is_dropped(
         drop_database(pg_server, leftover)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert kept == [] and "held nothing; it was dropped" in proc.stderr
+
+
+def test_replacing_a_database_that_takes_no_connections_succeeds_and_keeps_it(
+        pg_server: ServerAddress, small_db: str, backupd_env: EnvFactory,
+        make_db: Callable[..., str]) -> None:
+    # Nobody can connect to the previous database to see whether it held anything: it is
+    # kept (it did hold tables), and the restore that did succeed is reported as such.
+    backup = take_backup(backupd_env(small_db))
+    target = make_db()
+    psql(pg_server, target, "CREATE TABLE precious (id int); INSERT INTO precious VALUES (1)")
+    psql(pg_server, "postgres", f'ALTER DATABASE "{target}" ALLOW_CONNECTIONS false')
+
+    proc = run_backupd(["restore", backup.name, "--target-db", target, "--replace", "--yes"],
+                       backupd_env(small_db))
+
+    kept = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
+                f"starts_with(datname, '{target}_before_restore_')").split()
+    for leftover in kept:
+        drop_database(pg_server, leftover)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(kept) == 1 and "kept as" in proc.stderr
