@@ -179,7 +179,13 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
 
 def _report_kept(ctx: JobContext, admin: Connection, kept: str,
                  outcome: RestoreOutcome) -> None:
-    if holds_nothing(ctx.settings, kept):
+    try:
+        empty = holds_nothing(ctx.settings, kept)
+    except (JobFailed, psycopg.Error) as exc:
+        # The restore is complete; a previous database we cannot look into is kept.
+        ctx.say(f"could not look into the previous database ({exc}); keeping it")
+        empty = False
+    if empty:
         drop_database(admin, kept)
         ctx.say("the previous database held nothing; it was dropped")
         return
