@@ -175,7 +175,9 @@ def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "backups"
     directory.mkdir()
-    back_up(source, directory)
+    back_up(source, directory, "*")  # postgres too: the new server's own is swapped for it
+    assert {p.name.split("_")[0] for p in directory.glob("*.sql.gz")} == {
+        "appdb", "otherdb", "postgres", "globals"}
     [older_otherdb] = [p.name for p in directory.glob("otherdb_*.sql.gz")]
     time.sleep(1.1)  # backup names and run ids count whole seconds
     # The next run: appdb and the globals made it, otherdb did not (nothing of it written).
@@ -190,6 +192,7 @@ def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
         assert ("otherdb: ok" in proc.stdout and older_otherdb in proc.stdout
                 and f"not in the newest run {newest_run}" in proc.stdout)
         assert cluster_picture(target.address) == cluster_picture(source.address)
+        assert "postgres: ok" in proc.stdout
 
 
 def test_no_owner_no_privileges_restore_creates_no_role_and_is_refused_for_plain_sql(

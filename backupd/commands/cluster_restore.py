@@ -19,6 +19,7 @@ import psycopg
 from backupd.commands import restore, selection
 from backupd.commands.restore import identities_for, restore_file
 from backupd.commands.restore_options import EVERYTHING, Without
+from backupd.commands.restore_target import MAINTENANCE_DB
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
@@ -157,9 +158,15 @@ def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
     done = DatabaseRestore(database=name, backup_name=entry.name, run_id=run_id)
     if newest_run is not None and run_id != newest_run:
         done.note = (f"not in the newest run {newest_run} (it has no verified backup of "
-                     f"{name!r}: that run was incomplete); restored its newest verified "
+                     f"{name!r}: that run was incomplete); taking its newest verified "
                      f"backup {entry.name}")
         ctx.warn(f"{name}: {done.note}")
+    if name == MAINTENANCE_DB and not replace:
+        # Every server has one (a new server's is empty): swapped for the restored one, the
+        # current one kept renamed unless it held nothing, as with --replace.
+        replace = True
+        ctx.say(f"{name!r} is the maintenance database: the restored one takes its place "
+                "(the current one is kept, renamed, unless it holds nothing)")
     sub = JobContext(ctx.settings.for_database(name), JobResult(job="restore", database=name),
                      ctx.cancel, ctx.repositories)
     started = time.monotonic()
