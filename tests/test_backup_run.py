@@ -18,10 +18,12 @@ from helpers.offsite import object_keys, s3_env
 from helpers.pg import ServerAddress, connect, unique_db_name
 from helpers.s3server import S3Server
 
+from backupd.commands.cluster_restore import restore_globals
 from backupd.commands.jobs import scheduled_jobs
 from backupd.daemon.health import evaluate
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import DaemonState
+from backupd.job import JobContext
 from backupd.naming import parse_backup_name
 from backupd.notify.base import NotifierChain
 from backupd.notify.metrics import BackupdMetrics
@@ -342,3 +344,31 @@ def test_status_counts_every_database(
     report = json.loads(status.stdout)
     assert report["backups"] == 2, report
     assert report["health"]["ok"] is True, report["health"]
+
+
+def test_the_runs_globals_restore_the_roles_onto_a_fresh_server(
+        private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
+    source, target = private_cluster(), private_cluster()
+    with connect(source.address) as conn:
+        conn.execute("CREATE ROLE app LOGIN PASSWORD 'old-app-pw'")
+        conn.execute("CREATE ROLE reader NOLOGIN IN ROLE app")
+        conn.execute("CREATE DATABASE one OWNER app")
+        conn.execute("CREATE DATABASE two OWNER app")
+    backup_dir = tmp_path / "backups"
+    proc = run_backupd(["backup", "--no-prune"],
+                       server_env(source.address, "one,two", backup_dir, HEALTH_PORT="0"))
+    assert proc.returncode == 0, proc.stderr
+    (name,) = _globals_files(backup_dir)
+    assert read_manifest(backup_dir / name)["role_passwords"] is True
+    settings = load_settings(
+        POSTGRES_HOST=target.address.host, POSTGRES_PORT=str(target.port),
+        POSTGRES_USER="postgres", POSTGRES_PASSWORD=target.password, POSTGRES_DB="postgres",
+        DB_BACKUP_DIR=str(backup_dir))
+    ctx = JobContext(settings, JobResult(job="restore", database="postgres"))
+    entry = LocalStore(backup_dir).entry(name)
+    with connect(target.address) as conn:
+        restored = restore_globals(ctx, conn, backup_dir / name, entry)
+    assert {"app", "reader"} <= set(restored.roles_created)
+    # The owner logs in on the new server with its old password (the hash travelled).
+    with connect(ServerAddress(target.address.host, target.port, "app", "old-app-pw")) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("app",)
