@@ -3,6 +3,7 @@ template is never restored into, and the maintenance database needs --replace.""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from helpers.backups import take_backup
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
-from helpers.pg import ServerAddress, connect, drop_database, fingerprint, psql
+from helpers.pg import ServerAddress, connect, drop_database, fingerprint, pg_binary, psql
 
 EnvFactory = Callable[..., dict[str, str]]
 
@@ -205,3 +206,36 @@ def test_replacing_a_database_that_takes_no_connections_succeeds_and_keeps_it(
         drop_database(pg_server, leftover)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(kept) == 1 and "kept as" in proc.stderr
+
+
+def test_a_failed_restore_whose_cleanup_fails_still_says_why_it_failed(
+        pg_server: ServerAddress, small_db: str, backupd_env: EnvFactory,
+        make_db: Callable[..., str], tmp_path: Path) -> None:
+    # psql fails, and the administrative session that would drop the scratch database is
+    # gone too (a server restart, a network cut): the failure reported is psql's, and the
+    # scratch database left behind is named (the next restore into the target drops it).
+    from backupd.postgres.connection import lock_key
+    backup = take_backup(backupd_env(small_db))
+    target = make_db()
+    key = lock_key("restore", target)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "psql").write_text(
+        "#!/bin/sh\ncat > /dev/null\n"
+        f"'{pg_binary('psql')}' -d postgres -Atqc \"SELECT pg_terminate_backend(pid) FROM "
+        "pg_locks WHERE locktype = 'advisory' AND ((classid::bigint << 32) | objid::bigint) "
+        f"= {key}\" > /dev/null\n"
+        "echo 'ERROR:  the restore broke here' >&2\nexit 3\n")
+    (bin_dir / "psql").chmod(0o755)
+    env = backupd_env(small_db, PATH=f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+
+    proc = run_backupd(["restore", backup.name, "--target-db", target, "--yes"], env)
+
+    left = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
+                f"starts_with(datname, '{target}__restoring_')").split()
+    for leftover in left:
+        drop_database(pg_server, leftover)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "the restore broke here" in proc.stderr.splitlines()[-1]
+    assert "internal error" not in proc.stderr
+    assert len(left) == 1 and left[0] in proc.stderr
