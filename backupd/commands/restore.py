@@ -123,12 +123,25 @@ def restore_file(
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
         except BaseException:
-            drop_with_subscriptions(settings, admin, scratch)
-            ctx.say(f"restore failed; dropped the incomplete database {scratch!r}")
+            _drop_incomplete(ctx, admin, scratch, target)
             raise
         if kept is not None:
             _report_kept(ctx, admin, kept, outcome)
     ctx.say(f"restore of {entry.name} into {target!r} completed")
+
+
+def _drop_incomplete(ctx: JobContext, admin: Connection, scratch: str, target: str) -> None:
+    """Drop the scratch database of a failed restore; should that fail too (the server or
+    our session gone), say so without hiding why the restore failed."""
+    try:
+        drop_with_subscriptions(ctx.settings, admin, scratch)
+    except (psycopg.Error, JobFailed) as exc:
+        reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        ctx.warn(f"restore failed, and the incomplete database {scratch!r} could not be "
+                 f"dropped ({reason}); the next restore into {target!r} drops it, or drop it "
+                 "by hand")
+        return
+    ctx.say(f"restore failed; dropped the incomplete database {scratch!r}")
 
 
 def identities_for(ctx: JobContext, entry: BackupEntry) -> list[x25519.Identity] | None:
