@@ -276,7 +276,8 @@ def list_backups(
                 for row in listing.rows(repository.list_backups(database, kind))]
     except BackupdError as exc:  # ConfigError: exit 2; S3 unreachable: exit 1
         fail(str(exc), exc.exit_code)
-    print(json.dumps(data, indent=2) if as_json else listing.render_table(data))
+    print(json.dumps([row.model_dump() for row in data], indent=2) if as_json
+          else listing.render_table(data))
 
 
 @app.command()
