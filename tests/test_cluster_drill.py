@@ -4,21 +4,18 @@ second, freshly initialised one as the drill server (never the shared 5432 serve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers.backups import read_manifest, refresh_manifest, sql_of, write_gzip_sql
-from helpers.cli import kill_group, server_env, start_backupd
+from helpers.cli import server_env, start_backupd
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, psql
-from helpers.slow_restore import PAUSE_QUERY, pausing_psql
+from helpers.slow_restore import kill_once_paused, pausing_psql
 
 from backupd.commands import backup_run
 from backupd.commands import drill as drill_cmd
@@ -177,21 +174,8 @@ def test_a_drill_killed_mid_restore_is_cleaned_up_by_the_next(
     shim = pausing_psql(tmp_path / "shim", shim_pid)
     env = {**clusters.env(), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
     proc = start_backupd(["drill"], env, log_dir=tmp_path / "killed")
-    try:
-        # Roles restored, appdb's restore transaction open with its tables created.
-        deadline = time.monotonic() + 60
-        while psql(clusters.drill, "postgres",
-                   "SELECT count(*) FROM pg_stat_activity WHERE datname = 'appdb' "
-                   f"AND query LIKE '{PAUSE_QUERY}%'").strip() != "1":
-            assert proc.poll() is None, proc.read_stderr()
-            assert time.monotonic() < deadline, "the restore never reached the pause"
-            time.sleep(0.1)
-    finally:
-        kill_group(proc)  # SIGKILL, as an OOM killer or `docker kill` would
-        proc.wait()
-        if shim_pid.exists():  # psql runs in its own session: kill it too
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(shim_pid.read_text()), signal.SIGKILL)
+    # Roles restored, appdb's restore transaction open with its tables created.
+    kill_once_paused(proc, clusters.drill, "appdb", shim_pid)
     databases, roles = server_contents(clusters.drill)
     assert {STATE_DATABASE, "appdb"} <= databases and {"app", "reader"} <= roles
 

@@ -6,12 +6,9 @@ that the scratch database is gone afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from helpers.backups import (
     write_gzip_sql,
     write_manifest,
 )
-from helpers.cli import kill_group, run_backupd, start_backupd
+from helpers.cli import run_backupd, start_backupd
 from helpers.logs import jobs_finished
 from helpers.offsite import remote_manifest, s3_env
 from helpers.pg import (
@@ -39,7 +36,7 @@ from helpers.pg import (
     unique_db_name,
 )
 from helpers.s3server import S3Server
-from helpers.slow_restore import PAUSE_QUERY, pausing_psql
+from helpers.slow_restore import kill_once_paused, pausing_psql
 
 from backupd.commands import backup as backup_cmd
 from backupd.commands import drill as drill_cmd
@@ -308,21 +305,8 @@ def test_drill_killed_mid_restore_then_restarted(
     shim_dir = pausing_psql(tmp_path / "shim", shim_pid)
     slow_env = {**env, "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = start_backupd(["drill"], slow_env, log_dir=tmp_path / "killed")
-    try:
-        # Wait until the restore transaction is open in the scratch database, tables created.
-        deadline = time.monotonic() + 60
-        while psql(pg_server, "postgres",
-                   "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                   f"'{scratch}' AND query LIKE '{PAUSE_QUERY}%'").strip() != "1":
-            assert proc.poll() is None, proc.read_stderr()
-            assert time.monotonic() < deadline, "the restore never reached the pause"
-            time.sleep(0.1)
-    finally:
-        kill_group(proc)  # SIGKILL, as an OOM killer or `docker kill` would
-        proc.wait()
-        if shim_pid.exists():  # psql runs in its own session: kill it too
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(shim_pid.read_text()), signal.SIGKILL)
+    # The restore transaction open in the scratch database, tables created.
+    kill_once_paused(proc, pg_server, scratch, shim_pid)
     assert database_exists(pg_server, scratch), "the killed drill should leave its scratch db"
     assert read_manifest(backup)["drilled_at"] is None
 

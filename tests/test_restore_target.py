@@ -21,6 +21,15 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     return lines[0]
 
+def drop_databases_named(server: ServerAddress, prefix: str) -> list[str]:
+    """Drop (and return) every database whose name starts with ``prefix``: what a restore
+    kept or left behind, so that each test cleans up whatever it asserts about."""
+    names = psql(server, "postgres", "SELECT datname FROM pg_database WHERE "
+                 f"starts_with(datname, '{prefix}')").split()
+    for name in names:
+        drop_database(server, name)
+    return names
+
 
 @pytest.mark.parametrize("name", ["", "   ", "\t"], ids=["empty", "spaces", "tab"])
 def test_empty_target_db_is_bad_input_not_postgres_db(
@@ -161,10 +170,7 @@ def test_a_previous_database_holding_only_what_is_not_a_table_is_kept(
     proc = run_backupd(["restore", backup.name, "--target-db", target, "--yes"],
                        backupd_env(small_db))
 
-    kept = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
-                f"starts_with(datname, '{target}_before_restore_')").split()
-    for leftover in kept:
-        drop_database(pg_server, leftover)
+    kept = drop_databases_named(pg_server, f"{target}_before_restore_")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(kept) == 1, proc.stderr[-2000:]
     assert "kept as" in proc.stderr
@@ -179,10 +185,7 @@ def test_a_previous_database_holding_nothing_is_dropped(
     proc = run_backupd(["restore", backup.name, "--target-db", target, "--yes"],
                        backupd_env(small_db))
 
-    kept = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
-                f"starts_with(datname, '{target}_before_restore_')").split()
-    for leftover in kept:
-        drop_database(pg_server, leftover)
+    kept = drop_databases_named(pg_server, f"{target}_before_restore_")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert kept == [] and "held nothing; it was dropped" in proc.stderr
 
@@ -200,10 +203,7 @@ def test_replacing_a_database_that_takes_no_connections_succeeds_and_keeps_it(
     proc = run_backupd(["restore", backup.name, "--target-db", target, "--replace", "--yes"],
                        backupd_env(small_db))
 
-    kept = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
-                f"starts_with(datname, '{target}_before_restore_')").split()
-    for leftover in kept:
-        drop_database(pg_server, leftover)
+    kept = drop_databases_named(pg_server, f"{target}_before_restore_")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(kept) == 1 and "kept as" in proc.stderr
 
@@ -231,10 +231,7 @@ def test_a_failed_restore_whose_cleanup_fails_still_says_why_it_failed(
 
     proc = run_backupd(["restore", backup.name, "--target-db", target, "--yes"], env)
 
-    left = psql(pg_server, "postgres", "SELECT datname FROM pg_database WHERE "
-                f"starts_with(datname, '{target}__restoring_')").split()
-    for leftover in left:
-        drop_database(pg_server, leftover)
+    left = drop_databases_named(pg_server, f"{target}__restoring_")
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "the restore broke here" in proc.stderr.splitlines()[-1]
     assert "internal error" not in proc.stderr

@@ -3,10 +3,15 @@ restore) while a real restore transaction is open in the target database."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
-from .pg import pg_binary
+from .cli import BackupdProcess, kill_group
+from .pg import ServerAddress, pg_binary, psql
 
 PAUSE_QUERY = "SELECT pg_sleep"
 # The tail of a Python stand-in that must stay until backupd, its parent, is gone.
@@ -97,3 +102,24 @@ def pausing_pg_restore(directory: Path, paused_file: Path, after_bytes: int = 25
         "child.stdin.close()\n"
         "sys.exit(child.wait())\n"
     )
+
+
+def kill_once_paused(proc: BackupdProcess, server: ServerAddress, database: str,
+                     pid_file: Path, *, timeout: float = 60) -> None:
+    """Wait until ``pausing_psql`` holds the restore into ``database`` (its transaction open,
+    tables created), then SIGKILL backupd's process group, as an OOM killer or `docker kill`
+    would, and the stand-in's own session (psql runs in a session of its own)."""
+    try:
+        deadline = time.monotonic() + timeout
+        while psql(server, "postgres",
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                   f"'{database}' AND query LIKE '{PAUSE_QUERY}%'").strip() != "1":
+            assert proc.poll() is None, proc.read_stderr()
+            assert time.monotonic() < deadline, "the restore never reached the pause"
+            time.sleep(0.1)
+    finally:
+        kill_group(proc)
+        proc.wait()
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
