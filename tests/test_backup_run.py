@@ -15,7 +15,14 @@ from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.http_receiver import HttpReceiver
 from helpers.offsite import object_keys, s3_env
-from helpers.pg import ServerAddress, connect, unique_db_name
+from helpers.pg import (
+    ServerAddress,
+    connect,
+    database_exists,
+    drop_database,
+    psql,
+    unique_db_name,
+)
 from helpers.s3server import S3Server
 
 from backupd.commands.cluster_restore import restore_globals
@@ -372,3 +379,29 @@ def test_the_runs_globals_restore_the_roles_onto_a_fresh_server(
     # The owner logs in on the new server with its old password (the hash travelled).
     with connect(ServerAddress(target.address.host, target.port, "app", "old-app-pw")) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("app",)
+
+
+def test_a_named_backup_of_several_restores_into_its_own_database(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    """With POSTGRES_DB naming several databases, `restore NAME` goes back into the database
+    the backup was taken of, never into a database named after the whole list."""
+    first, second = make_db(), make_db()
+    for db in (first, second):
+        seed_small_db(pg_server, db)
+    env = backupd_env(f"{first},{second}")
+    assert run_backupd(["backup", "--no-prune"], env).returncode == 0
+    (name,) = [n for n in _dumps(backup_dir) if n.startswith(f"{first}_")]
+    drop_database(pg_server, first)
+
+    proc = run_backupd(["restore", name, "--yes"], env)
+
+    wrong = f"{first},{second}"
+    try:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert database_exists(pg_server, first)
+        assert psql(pg_server, first, "SELECT count(*) FROM items").strip() != "0"
+        assert not database_exists(pg_server, wrong)
+        assert f"target={first!r}" in proc.stdout
+    finally:
+        drop_database(pg_server, wrong)

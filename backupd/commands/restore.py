@@ -72,7 +72,8 @@ def run(
     # into DB_BACKUP_DIR, then goes through the very same verify + restore.
     repository = ctx.repos.choose(from_s3, "--from-s3")
     entry = selection.pick(ctx, repository, name, latest)
-    target_name(ctx.settings, target_db, replace=replace)  # bad input before any download
+    # Bad input before any download.
+    target_name(ctx.settings, target_db, replace=replace, backup_database=entry.parsed.database)
     without.check(entry)
     with selection.local_file(ctx, repository, entry) as path:
         restore_file(ctx, path, entry, target_db=target_db, replace=replace, confirm=confirm,
@@ -92,7 +93,8 @@ def restore_file(
     """Verify ``path`` and restore it into the target database (shared with S3).
     ``without``: leave out ownership and/or privileges (custom format only)."""
     settings = ctx.settings
-    target = target_name(settings, target_db, replace=replace)
+    target = target_name(settings, target_db, replace=replace,
+                         backup_database=entry.parsed.database)
     without.check(entry)
     ctx.result.backup_name = entry.name
     outcome = restore_outcome(ctx)

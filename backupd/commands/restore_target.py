@@ -37,9 +37,15 @@ def derived_name(base: str, suffix: str) -> str:
     return cut + suffix
 
 
-def target_name(settings: Settings, target_db: str | None, *, replace: bool) -> str:
-    """The database to restore into; ConfigError for a name that must not be one."""
-    if target_db is None:
+def target_name(settings: Settings, target_db: str | None, *, replace: bool,
+                backup_database: str) -> str:
+    """The database to restore into; ConfigError for a name that must not be one.
+
+    Without --target-db: POSTGRES_DB, or, when POSTGRES_DB names several databases (or
+    ``*``), the database the backup was taken of (``backup_database``), never the list."""
+    if target_db is None and settings.database_selection.several:
+        target, source = backup_database, "POSTGRES_DB (the backup's own database)"
+    elif target_db is None:
         target, source = settings.postgres_db, "POSTGRES_DB"
     else:
         target, source = target_db, "--target-db"
