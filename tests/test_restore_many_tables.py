@@ -16,6 +16,7 @@ from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
 
 TABLES = 3000
+pytestmark = pytest.mark.slow  # about 40 s: 3,000 tables created, dumped and restored twice
 
 
 @pytest.fixture(scope="module")
