@@ -14,6 +14,7 @@ from helpers.backups import backup_files, flip_byte, read_manifest, seed_small_d
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.http_receiver import HttpReceiver
+from helpers.logs import jobs_finished
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import (
     ServerAddress,
@@ -50,14 +51,6 @@ def _dumps(directory: Path) -> list[str]:
     return [n for n in backup_files(directory) if ".globals." not in n]
 
 
-def _json_records(stderr: str) -> list[dict[str, object]]:
-    records = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            records.append(json.loads(line))
-    return records
-
-
 def test_two_databases_one_run_two_files_one_globals_one_run_id(
         pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
         backup_dir: Path) -> None:
@@ -78,7 +71,7 @@ def test_two_databases_one_run_two_files_one_globals_one_run_id(
     sql = gzip.decompress((backup_dir / globals_file).read_bytes())
     assert b"CREATE ROLE" in sql or b"ALTER ROLE" in sql
     # One result per database reached the notifiers, then the run's summary.
-    finished = [r for r in _json_records(proc.stderr) if r.get("event") == "job finished"]
+    finished = jobs_finished(proc.stderr)
     assert [r.get("database") for r in finished][:2] == [first, second], finished
     assert f"databases={first}:success,{second}:success" in proc.stdout
     assert "globals=ok" in proc.stdout

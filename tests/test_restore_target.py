@@ -63,6 +63,16 @@ def cluster() -> Iterator[PrivateCluster]:
 def cluster_env(cluster: PrivateCluster, database: str, directory: Path) -> dict[str, str]:
     return server_env(cluster.address, database, directory)
 
+def backup_of_fresh_src(cluster: PrivateCluster, tmp_path: Path,
+                        sql: str) -> tuple[dict[str, str], Path]:
+    """A new database ``src`` on the private cluster holding ``sql``, and its backup."""
+    with connect(cluster.address) as conn:
+        conn.execute("DROP DATABASE IF EXISTS src")
+        conn.execute("CREATE DATABASE src")
+    psql(cluster.address, "src", sql)
+    env = cluster_env(cluster, "src", tmp_path / "b")
+    return env, take_backup(env)
+
 
 def _user_tables(cluster: PrivateCluster, database: str) -> int:
     with connect(cluster.address, database) as conn:
@@ -75,12 +85,8 @@ def _user_tables(cluster: PrivateCluster, database: str) -> int:
 @pytest.mark.parametrize("replace", [False, True], ids=["plain", "replace"])
 def test_templates_are_refused(cluster: PrivateCluster, tmp_path: Path, template: str,
                                replace: bool) -> None:
-    with connect(cluster.address) as conn:
-        conn.execute("DROP DATABASE IF EXISTS src")
-        conn.execute("CREATE DATABASE src")
-    psql(cluster.address, "src", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
-    env = cluster_env(cluster, "src", tmp_path / "b")
-    backup = take_backup(env)
+    env, backup = backup_of_fresh_src(cluster, tmp_path,
+                                      "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
 
     args = ["restore", backup.name, "--target-db", template, "--yes"]
     proc = run_backupd([*args, "--replace"] if replace else args, env)
@@ -98,13 +104,9 @@ def test_templates_are_refused(cluster: PrivateCluster, tmp_path: Path, template
 def test_a_database_marked_as_template_is_refused(cluster: PrivateCluster,
                                                   tmp_path: Path) -> None:
     with connect(cluster.address) as conn:
-        conn.execute("DROP DATABASE IF EXISTS src")
-        conn.execute("CREATE DATABASE src")
         conn.execute("DROP DATABASE IF EXISTS shared_tpl")
         conn.execute("CREATE DATABASE shared_tpl IS_TEMPLATE true")
-    psql(cluster.address, "src", "CREATE TABLE t (id int);")
-    env = cluster_env(cluster, "src", tmp_path / "b")
-    backup = take_backup(env)
+    env, backup = backup_of_fresh_src(cluster, tmp_path, "CREATE TABLE t (id int);")
 
     proc = run_backupd(["restore", backup.name, "--target-db", "shared_tpl", "--yes"], env)
 
@@ -115,12 +117,8 @@ def test_a_database_marked_as_template_is_refused(cluster: PrivateCluster,
 
 def test_the_maintenance_database_needs_replace(cluster: PrivateCluster,
                                                 tmp_path: Path) -> None:
-    with connect(cluster.address) as conn:
-        conn.execute("DROP DATABASE IF EXISTS src")
-        conn.execute("CREATE DATABASE src")
-    psql(cluster.address, "src", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
-    env = cluster_env(cluster, "src", tmp_path / "b")
-    backup = take_backup(env)
+    env, backup = backup_of_fresh_src(cluster, tmp_path,
+                                      "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
 
     proc = run_backupd(["restore", backup.name, "--target-db", "postgres", "--yes"], env)
 
