@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -33,13 +32,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BACKUPD, Contender, Server, backupd_env, run_rounds, table
+from run import BACKUPD, Contender, Server, backupd_env, publish, run_rounds, table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURE = REPO / "tests" / "fixtures" / "certificates.sql"
@@ -247,16 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     body = bench(args)
     load_after = os.getloadavg()
-    header = [f"# backupd whole-cluster benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
-              f"Machine: {platform.node()}, {os.cpu_count()} CPUs, load average "
-              f"{load_before[0]:.2f} before, {load_after[0]:.2f} after, Python "
-              f"{platform.python_version()}, "
-              + subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True,
-                               text=True).stdout.strip(), ""]
-    report = "\n".join(header + body)
-    print(report)
-    if args.out is not None:
-        args.out.write_text(report + "\n")
+    publish("backupd whole-cluster benchmark",
+            f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after, ",
+            str(PG_BIN / "postgres"), body, args.out)
     return 0
 
 

@@ -397,16 +397,21 @@ def main(argv: list[str] | None = None) -> int:
     args.restore_repeat = args.restore_repeat or args.repeat
     if not args.fixture.is_file():
         parser.error(f"--fixture: {args.fixture} not found")
-    header = [f"# backupd benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
-              f"Machine: {platform.node()}, {os.cpu_count()} CPUs, Python "
-              f"{platform.python_version()}, "
-              + subprocess.run(["pg_dump", "--version"], capture_output=True,
-                               text=True).stdout.strip(), ""]
-    report = "\n".join(header + bench(args))
-    print(report)
-    if args.out is not None:
-        args.out.write_text(report + "\n")
+    publish("backupd benchmark", "", "pg_dump", bench(args), args.out)
     return 0
+
+
+def publish(title: str, load: str, pg_tool: str, body: list[str], out: Path | None) -> None:
+    """Print the report (a header naming the machine, then ``body``), and write it to ``out``."""
+    header = [f"# {title}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
+              f"Machine: {platform.node()}, {os.cpu_count()} CPUs, {load}Python "
+              f"{platform.python_version()}, "
+              + subprocess.run([pg_tool, "--version"], capture_output=True,
+                               text=True).stdout.strip(), ""]
+    report = "\n".join(header + body)
+    print(report)
+    if out is not None:
+        out.write_text(report + "\n")
 
 
 if __name__ == "__main__":
