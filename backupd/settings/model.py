@@ -1,97 +1,34 @@
-"""Every setting backupd reads, in one place.
+"""The Settings model: every environment variable backupd reads, validated once.
 
 The environment variable names are the public contract inherited from the shell
 scripts this tool replaces; each field's ``validation_alias`` is the exact name.
+Groups of settings that belong to one capability live in their own module of this package
+as a mixin (a pydantic ``BaseModel``) that ``Settings`` inherits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import (
-    AliasChoices,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backupd.errors import ConfigError
 from backupd.secret_files import read_setting_file
+from backupd.settings.selection import (
+    EVERY_DATABASE,
+    DatabaseSelection,
+    check_database_list,
+    split_database_list,
+)
 
 # DB_BACKUP_COMPRESSION_LEVEL's range per compressor, on the scale users know: gzip's 0-9
 # (ISA-L, which writes the gzip files, has levels 0-3: pipeline/compress.py maps 4-9 onto 3,
 # its best), zstd's 1-22, and for the custom format pg_dump's own --compress 0-9.
 COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9)}
-
-# POSTGRES_DB='*': every connectable, non-template database on the server.
-EVERY_DATABASE = "*"
-
-
-@dataclass(frozen=True)
-class DatabaseSelection:
-    """What POSTGRES_DB (and DB_BACKUP_EXCLUDE) select, before a server is asked.
-
-    ``names``: the databases listed, in the order given (empty for ``*``); ``every``: ``*``;
-    ``exclude``: DB_BACKUP_EXCLUDE (only with ``*``). Resolving against a live server is
-    ``backupd.postgres.databases.resolve_databases``; against a set of backups, ``choose``.
-    """
-
-    names: tuple[str, ...]
-    every: bool = False
-    exclude: tuple[str, ...] = ()
-
-    @property
-    def several(self) -> bool:
-        """More than one database (or ``*``): a run covers a list, not today's one database."""
-        return self.every or len(self.names) > 1
-
-    def choose(self, available: Iterable[str]) -> list[str]:
-        """The selected databases among ``available`` (e.g. those a backup run holds):
-        for ``*`` all of them but the excluded, sorted; otherwise the listed ones present,
-        in the listed order."""
-        present = set(available)
-        if self.every:
-            return sorted(present - set(self.exclude))
-        return [name for name in self.names if name in present]
-
-    def watched(self, backed_up: Iterable[str]) -> list[str]:
-        """The databases health and metrics report on, without asking the server: the
-        listed ones (with or without backups); for ``*``, those with backups
-        (``backed_up``) but the excluded."""
-        return self.choose(backed_up) if self.every else list(self.names)
-
-
-def split_database_list(value: str) -> list[str]:
-    """POSTGRES_DB / DB_BACKUP_EXCLUDE as names. A value without a comma is one name, taken
-    verbatim (today's setting); in a list, each element is stripped of surrounding spaces."""
-    if "," not in value:
-        return [value]
-    return [element.strip() for element in value.split(",")]
-
-
-def _check_database_list(value: str) -> list[str]:
-    names = split_database_list(value)
-    seen: set[str] = set()
-    for position, name in enumerate(names, start=1):
-        if not name:
-            raise ValueError(f"element {position} of the comma-separated list is empty; "
-                             "remove the extra comma")
-        if len(name.encode()) > 63 or "\x00" in name:
-            raise ValueError(f"{name[:70]!r}: a database name must be 1 to 63 bytes "
-                             "with no NUL character")
-        if name in seen:
-            raise ValueError(f"{name!r} is listed twice; list each database once")
-        seen.add(name)
-    return names
 
 
 class Settings(BaseSettings):
@@ -213,7 +150,7 @@ class Settings(BaseSettings):
             if not value or len(value.encode()) > 63 or "\x00" in value:
                 raise ValueError("must be 1 to 63 bytes with no NUL character")
             return value
-        names = _check_database_list(value)
+        names = check_database_list(value)
         if EVERY_DATABASE in names:
             raise ValueError("'*' (every database) cannot be part of a list; set "
                              "POSTGRES_DB='*' alone and DB_BACKUP_EXCLUDE for exceptions")
@@ -225,7 +162,7 @@ class Settings(BaseSettings):
                                                info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        _check_database_list(value)
+        check_database_list(value)
         if "postgres_db" in info.data and info.data["postgres_db"] != EVERY_DATABASE:
             raise ValueError("only applies with POSTGRES_DB='*'; with a list, leave the "
                              "database out of POSTGRES_DB instead")
@@ -346,50 +283,3 @@ def _read_secret_file(path: Path, setting: str) -> str:
         raise ConfigError(f"{setting}: {path} is empty; put the secret in it")
     return value
 
-
-# pydantic's field name -> the environment variable users know it by.
-ENV_NAMES: dict[str, str] = {
-    name: str(field.validation_alias.choices[0])
-    if isinstance(field.validation_alias, AliasChoices)
-    else str(field.validation_alias)
-    for name, field in Settings.model_fields.items()
-}
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Load and validate settings, turning any problem into one ConfigError line per setting."""
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(error) for error in exc.errors())) from None
-    if settings.postgres_password_file is not None:
-        settings.password  # noqa: B018  -- fail now, not at 2 a.m.
-    if settings.drill_postgres_host is not None:
-        _check_drill_server(settings)
-        settings.drill_password  # noqa: B018
-    return settings
-
-
-def _check_drill_server(settings: Settings) -> None:
-    # The drill creates and drops databases and roles on its server: the live one, named
-    # the same way, is refused here (a different spelling is caught by the drill itself,
-    # which compares the servers' system identifiers).
-    host = settings.drill_postgres_host
-    if (host, settings.drill_postgres_port) == (settings.postgres_host, settings.postgres_port):
-        raise ConfigError(
-            f"DRILL_POSTGRES_HOST: {host}:{settings.drill_postgres_port} is the live server "
-            "(POSTGRES_HOST and POSTGRES_PORT); a drill creates and drops databases and roles "
-            "on its server, so point it at an empty scratch server (or unset it to drill "
-            "beside the live database)")
-
-
-def _describe(error: Any) -> str:
-    # Never echo the input: it may be a password or a webhook URL.
-    location = error.get("loc") or ("?",)
-    field = str(location[0])
-    env_name = ENV_NAMES.get(field, field.upper())
-    message = re.sub(r"^Value error, ", "", str(error.get("msg", "invalid value")))
-    message = message.rstrip(".")
-    # Lower-case only pydantic's leading capital: the message may hold a path or a name.
-    message = message[:1].lower() + message[1:]
-    return f"{env_name}: {message}; fix the environment variable"

@@ -1,0 +1,57 @@
+"""The ``backupd`` command line: parses arguments, then hands each command to its module.
+
+Each command module registers its commands on ``app`` when imported below; each command
+imports its own job module when it runs, so a `backupd list` does not pay for boto3,
+slack_sdk or prometheus_client (start-up time and memory are per invocation).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+import typer
+
+# typer >= 0.2x vendors click: its usage errors are typer's own classes.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+from backupd.cli import dumps, restores, service  # noqa: F401  -- registers the commands
+from backupd.cli.app import app
+from backupd.errors import BackupdError
+from backupd.log import redact
+
+__all__ = ["app", "main", "run"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; click's multi-line usage errors become one line and exit 2."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "see backupd --help", err=True)
+        return 2
+    except UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        typer.echo(f"backupd: error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except BackupdError as exc:
+        typer.echo(f"backupd: error: {redact(str(exc))}", err=True)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt, EOFError):
+        typer.echo("backupd: aborted; nothing was changed", err=True)
+        return 1
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)  # typer.Exit and click's Exit
+        if isinstance(code, int):
+            return code
+        raise
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    code = main()
+    # Nothing is left to collect: skip the interpreter's final garbage collection over
+    # every imported module's objects (~0.1 s of each command's run time).
+    gc.freeze()
+    sys.exit(code)

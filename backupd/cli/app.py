@@ -1,0 +1,96 @@
+"""The ``backupd`` Typer application and what every command shares: settings and logging at
+the edge (``bootstrap``), running one job through the notifier chain (``execute``), and the
+one-line error with exit 2 for bad usage (``fail``).
+
+Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration (one line
+on stderr naming the setting or argument).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated, NoReturn
+
+import typer
+
+from backupd.daemon.state import ResultRecorder
+from backupd.errors import ConfigError
+from backupd.job import JobContext, run_job
+from backupd.log import configure_logging, logs_are_json, redact
+from backupd.notify import build_chain
+from backupd.result import JobResult
+from backupd.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="backupd",
+    help="PostgreSQL backup sidecar: scheduled, verified dumps; retention; offsite copies to S3; "
+    "restores; restore drills. `backupd run` is the daemon; every other command is a one-off."
+    "\n\nSettings come from environment variables (and ./.env); see docs/configuration.md. "
+    "Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"backupd: error: {redact(message)}", err=True)
+    raise typer.Exit(code)
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+@app.callback()
+def _options(
+    log_format: Annotated[LogFormat | None, typer.Option(
+        "--log-format", case_sensitive=False,
+        help="Logs on stderr: json (one JSON record per event, with a \"job finished\" record "
+        "holding the whole result), console (readable lines) or auto (the daemon: JSON when "
+        "stderr is not a terminal; other commands: readable lines and their one-line "
+        "summary). Overrides BACKUPD_LOG_FORMAT.")] = None,
+) -> None:
+    if log_format is not None:
+        os.environ["BACKUPD_LOG_FORMAT"] = log_format.value
+
+
+def bootstrap(*, daemon: bool = False) -> Settings:
+    """Settings and logging for every command; a bad setting ends here with exit 2."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        configure_logging()
+        fail(str(exc))
+    configure_logging(settings.log_format, daemon=daemon)
+    redact.add(*settings.secret_values())
+    return settings
+
+
+def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
+    if result.exit_code == 2:
+        fail(result.error or "bad usage")
+    if not quiet:
+        stream = sys.stdout if result.ok else sys.stderr
+        print(redact(result.summary()), file=stream)
+    raise typer.Exit(result.exit_code)
+
+
+def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) -> JobResult:
+    # The CLI's own summary (or error) line reports the result; with JSON logs
+    # (--log-format json) machines get the structured "job finished" record as well.
+    chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
+                        recorder=ResultRecorder(settings.backup_dir))
+    return run_job(job, settings, body, chain)
+
+
+
+
+def discard(_: object) -> None:
+    return None

@@ -1,0 +1,113 @@
+"""Commands over the backups themselves: backup, verify, list, upload, prune."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from backupd.cli.app import app, bootstrap, discard, execute, fail, finish
+from backupd.errors import BackupdError
+from backupd.outcomes import PruneOutcome, VerifyOutcome
+
+
+@app.command()
+def backup(
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="Skip the retention sweep.")] = False,
+) -> None:
+    """Dump POSTGRES_DB, verify the new backup, copy it to S3 (if DB_BACKUP_S3_BUCKET is set),
+    then apply retention (locally and in S3). With POSTGRES_DB a list or `*`: one run backs up
+    each database (one result each, a failure never stops the others) and the cluster's
+    globals (roles, tablespaces; DB_BACKUP_GLOBALS), and fails naming any database that
+    failed."""
+    from backupd.commands import backup_run
+
+    settings = bootstrap()
+    finish(execute("backup", settings,
+                   lambda ctx: backup_run.run(ctx, apply_retention=not no_prune)))
+
+
+@app.command()
+def verify(
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="[NAME]...", help="Backup file names (default: the newest DB_BACKUP_KEEP_MIN).")]
+    = None,
+    verify_all: Annotated[bool, typer.Option("--all", help="Verify every backup.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="Verify the copies in S3 (downloaded to DB_BACKUP_DIR, then removed); "
+        "also reports incomplete uploads.")] = False,
+) -> None:
+    """Check backups: gzip integrity, SQL completeness, size and SHA-256."""
+    from backupd.commands import verify as verify_cmd
+
+    settings = bootstrap()
+    result = execute("verify", settings, lambda ctx: discard(
+        verify_cmd.run(ctx, names or [], verify_all, remote=remote)))
+    reports = result.outcome.reports if isinstance(result.outcome, VerifyOutcome) else []
+    if as_json:
+        print(json.dumps([report.model_dump(mode="json") for report in reports], indent=2))
+    else:
+        for report in reports:
+            print(f"{'OK    ' if report.ok else 'FAILED'} {report.name}")
+            for check in report.checks:
+                mark = "ok" if check.ok else "FAIL"
+                detail = f": {check.detail}" if check.detail else ""
+                print(f"    {mark:<4} {check.check}{detail}")
+            if not report.content_checked:
+                print("    note content not checked: "
+                      + (report.content_note or "see the report's details"))
+    finish(result, quiet=bool(reports) and result.ok)
+
+
+@app.command(name="list")
+def list_backups(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="List the committed backups in S3 instead of DB_BACKUP_DIR.")] = False,
+) -> None:
+    """List backups, newest first: name, size, age, verified or not."""
+    from backupd.commands import listing, selection
+    from backupd.job import repositories_for
+
+    settings = bootstrap()
+    try:
+        repository = repositories_for(settings).choose(remote, "--remote")
+        local = repositories_for(settings).local
+        data = [row for database, kind in selection.artifact_sets(settings, local)
+                for row in listing.rows(repository.list_backups(database, kind))]
+    except BackupdError as exc:  # ConfigError: exit 2; S3 unreachable: exit 1
+        fail(str(exc), exc.exit_code)
+    print(json.dumps([row.model_dump() for row in data], indent=2) if as_json
+          else listing.render_table(data))
+
+
+@app.command()
+def upload() -> None:
+    """Upload verified backups that are not in S3 yet (pending uploads) now."""
+    from backupd.commands import upload as upload_cmd
+
+    settings = bootstrap()
+    finish(execute("upload", settings, upload_cmd.run))
+
+
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Delete nothing: list what would go ('would delete NAME'); the "
+        "summary, log, Slack and metrics say would_delete, never deleted.")] = False,
+) -> None:
+    """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones."""
+    from backupd.commands import prune as prune_cmd
+
+    settings = bootstrap()
+    result = execute("prune", settings, lambda ctx: prune_cmd.run(ctx, dry_run=dry_run))
+    for name in result.deleted:
+        print(f"deleted {name}")
+    if isinstance(result.outcome, PruneOutcome):
+        for name in result.outcome.would_delete:
+            print(f"would delete {name}")
+    finish(result)
+
+

@@ -1,0 +1,125 @@
+"""Commands that put data back: restore (one database or a whole server) and drill."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from backupd.cli.app import app, bootstrap, execute, fail, finish
+from backupd.outcomes import ClusterRestoreOutcome, DrillOutcome
+
+
+@app.command()
+def restore(
+    name: Annotated[str | None, typer.Argument(
+        help="Backup file name in DB_BACKUP_DIR (in S3 with --from-s3).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help=(
+        "Restore the newest verified backups. Onto a new server this is the whole "
+        "disaster recovery: the roles (globals) first, existing ones kept; then every "
+        "database POSTGRES_DB names (`*`: every database backed up), each from its newest "
+        "verified backup (an incomplete newest run is said so); timings per database."))]
+    = False,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="With --latest: just this database, with the roles.")] = None,
+    from_s3: Annotated[bool, typer.Option(
+        "--from-s3", help="Take the backups from S3 (DB_BACKUP_S3_BUCKET) alone: downloaded "
+        "into DB_BACKUP_DIR, verified against their manifests, restored, then removed.")]
+    = False,
+    target_db: Annotated[str | None, typer.Option(
+        "--target-db", help="Restore into this database (created if missing); never a "
+        "template, and `postgres` only with --replace. One database, no roles.")] = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Target holds data: restore into a new database and swap it in, "
+        "keeping the old one renamed.")] = False,
+    no_owner: Annotated[bool, typer.Option(
+        "--no-owner", help="Objects belong to the restoring role; no role is created. "
+        "Custom-format (.dump) backups only; refused for plain SQL.")] = False,
+    no_privileges: Annotated[bool, typer.Option(
+        "--no-privileges", help="Leave out GRANT/REVOKE; no role is created. Custom-format "
+        "(.dump) backups only; refused for plain SQL.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Verify a backup, then restore it into POSTGRES_DB (or --target-db); with --latest,
+    the roles and every database POSTGRES_DB names, onto POSTGRES_HOST:POSTGRES_PORT."""
+    if name and latest:
+        fail("NAME and --latest: give one of them, not both")
+    if not name and not latest:
+        fail("NAME: give a backup file name or --latest; see `backupd list`")
+    if not yes and not sys.stdin.isatty():
+        fail("--yes: no terminal to confirm on; pass --yes to restore without asking")
+    from backupd.commands import cluster_restore
+    from backupd.commands.restore_options import Without
+
+    settings = bootstrap()
+    result = execute("restore", settings, lambda ctx: cluster_restore.run(
+        ctx, name, latest=latest, target_db=target_db, database=database, replace=replace,
+        from_s3=from_s3, without=Without(owner=no_owner, privileges=no_privileges),
+        confirm_database=None if yes else _confirm_by_typing,
+        confirm_cluster=None if yes else _confirm_cluster))
+    outcome = result.outcome
+    if isinstance(outcome, ClusterRestoreOutcome):
+        if outcome.globals is not None:
+            kept = ", ".join(outcome.globals.roles_kept) or "none"
+            print(f"roles: {len(outcome.globals.roles_created)} created, kept as they were: "
+                  f"{kept}")
+        for done in outcome.databases:
+            took = f"{done.restore_seconds:.1f}s" if done.restore_seconds is not None else "-"
+            print(f"  {done.database}: {'ok' if done.ok else 'FAILED'} {took} "
+                  f"({done.backup_name})" + (f"; {done.note}" if done.note else ""))
+        if outcome.total_seconds is not None:
+            print(f"total: {outcome.total_seconds:.1f}s")
+    finish(result)
+
+
+def _confirm_cluster(what: str) -> bool:
+    typer.echo(f"This restores {what}.", err=True)
+    answer: str = typer.prompt("Type 'restore' to continue", err=True, default="",
+                               show_default=False)
+    return answer == "restore"
+
+
+def _confirm_by_typing(target: str) -> bool:
+    typer.echo(f"This restores into database {target!r}.", err=True)
+    answer: str = typer.prompt("Type the database name to continue", err=True, default="",
+                               show_default=False)
+    return answer == target
+
+
+@app.command()
+def drill(
+    name: Annotated[str | None, typer.Argument(
+        help="Backup file name in DB_BACKUP_DIR, or in S3 with --from-s3 "
+        "(default: the newest verified backup).")] = None,
+    from_s3: Annotated[bool, typer.Option(
+        "--from-s3", help="Drill the copy in S3 (DB_BACKUP_S3_BUCKET): downloaded into "
+        "DB_BACKUP_DIR, verified, restored; removed afterwards.")] = False,
+) -> None:
+    """Restore a backup into a scratch database (DRILL_DATABASE), compare it with the live
+    database, record the restore time in its manifest, then drop the scratch database.
+
+    With DRILL_POSTGRES_HOST: restore the newest run (roles, then every database) onto that
+    empty scratch server, compare with the live cluster, report the whole-cluster restore
+    time (RTO), and leave the server as it was found. NAME is then a globals artifact."""
+    from backupd.commands import drill as drill_cmd
+
+    settings = bootstrap()
+    result = execute("drill", settings, lambda ctx: drill_cmd.run(ctx, name, from_s3=from_s3))
+    outcome = result.outcome
+    if isinstance(outcome, DrillOutcome) and outcome.comparison_summary:
+        if outcome.cluster_restore_seconds is not None:
+            print(f"whole-cluster restore time (RTO): {outcome.cluster_restore_seconds:.1f}s")
+            for database in outcome.databases:
+                print(f"  {database.database}: {database.backup_name}, restored in "
+                      f"{database.restore_seconds or 0:.1f}s")
+        elif outcome.restore_seconds is not None:
+            print(f"restore time: {outcome.restore_seconds:.1f}s")
+        print(f"comparison: {outcome.comparison_summary}")
+        for line in outcome.differences:
+            print(f"  difference: {line}")
+        for line in outcome.drift:
+            print(f"  drift: {line}")
+    finish(result)
+
+

@@ -1,0 +1,55 @@
+"""The daemon and what reports on it: run, status, health, version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from backupd import __version__
+from backupd.cli.app import app, bootstrap
+
+
+@app.command(name="run")
+def run_daemon() -> None:
+    """Run as a daemon: back up on BACKUP_SCHEDULE (cron, in TZ), plus VERIFY_SCHEDULE,
+    RETENTION_SCHEDULE and DRILL_SCHEDULE; SIGTERM cancels a running dump and exits 0."""
+    from backupd.commands import run as run_cmd
+
+    settings = bootstrap(daemon=True)
+    raise typer.Exit(run_cmd.run(settings))
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the daemon: next run times, the last result of every job kind (one-off runs too),
+    how retention runs, newest verified backup, offsite state, health."""
+    from backupd.commands import status as status_cmd
+
+    settings = bootstrap()
+    raise typer.Exit(status_cmd.run(settings, as_json=as_json))
+
+
+@app.command()
+def health(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Exit 0 if the newest verified backup is recent enough (BACKUP_MAX_AGE_HOURS), else 1.
+
+    Also requires a recent successful drill when DRILL_MAX_AGE_DAYS is set, and a fresh
+    daemon state file when one exists. Meant for a Docker HEALTHCHECK.
+    """
+    from backupd.commands import health as health_cmd
+
+    settings = bootstrap()
+    raise typer.Exit(health_cmd.run(settings, as_json=as_json))
+
+
+@app.command()
+def version() -> None:
+    """Print backupd's version."""
+    print(__version__)
+
+
