@@ -209,9 +209,27 @@ class DrillOutcome(_Model):
         return self.restore.restore_seconds
 
 
+class RecoverOutcome(_Model):
+    """What ``backupd recover`` chose and wrote (also a PITR drill's recovery)."""
+
+    kind: Literal["recover"] = "recover"
+    target_dir: str
+    target: str  # as people read it: "time ...", "LSN ...", "the end of the archive ..."
+    base_backup: str | None = None
+    wal_first: str | None = None
+    wal_last: str | None = None
+    wal_segments: int = 0
+    wal_bytes: int = 0
+    recover_seconds: float | None = None
+    # A PITR drill's measurements: the recovered server's start to promotion, and all of it.
+    replay_seconds: float | None = None
+    rto_seconds: float | None = None
+
+
 Outcome = Annotated[
     BackupOutcome | UploadOutcome | VerifyOutcome | PruneOutcome | RestoreOutcome
-    | DrillOutcome | BackupRunOutcome | ClusterRestoreOutcome,
+    | DrillOutcome | BackupRunOutcome | ClusterRestoreOutcome
+    | RecoverOutcome,
     Field(discriminator="kind"),
 ]
 
@@ -245,6 +263,11 @@ def summary_parts(outcome: Outcome | None) -> list[str]:
         parts = [f"drill_server={outcome.drill_server}", f"databases={len(outcome.databases)}"]
         if outcome.cluster_restore_seconds is not None:
             parts.append(f"rto={outcome.cluster_restore_seconds:.1f}s")
+        return parts
+    if isinstance(outcome, RecoverOutcome):
+        parts = [f"base_backup={outcome.base_backup}", f"wal_segments={outcome.wal_segments}"]
+        if outcome.rto_seconds is not None:
+            parts.append(f"rto={outcome.rto_seconds:.1f}s")
         return parts
     if isinstance(outcome, ClusterRestoreOutcome):
         parts = ["databases=" + ",".join(

@@ -1,0 +1,247 @@
+"""Point-in-time recovery, planned: which base backup, which WAL, and is it all there.
+
+Everything here decides from the archive's *listing* alone, before a byte is written: the
+newest base backup that ends before the target, and every WAL segment from that backup's
+start to the archive's end, without a gap. :mod:`backupd.archive.recovery_dir` then writes.
+
+The archive is read through :class:`RecoverySource` (base backups and WAL of one
+repository, see :mod:`backupd.archive.recovery_source`), so the plan is the same for the
+local archive and for S3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from backupd.cancel import CancelToken
+from backupd.errors import ConfigError, JobFailed
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+
+
+class BaseBackupLike(Protocol):
+    """What recovery reads of a base backup (``archive.basebackups.BaseBackupInfo``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def timeline(self) -> int: ...
+    @property
+    def start_lsn(self) -> int: ...
+    @property
+    def stop_lsn(self) -> int: ...
+    @property
+    def stop_time(self) -> datetime: ...
+    @property
+    def wal_segment_size(self) -> int: ...
+
+
+class WalLike(Protocol):
+    """What recovery reads of one archived WAL file (``archive.walstore.ArchivedWal``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def timeline(self) -> int: ...
+    @property
+    def segno(self) -> int: ...
+    @property
+    def partial(self) -> bool: ...
+    @property
+    def history(self) -> bool: ...
+
+
+class RecoverySource(Protocol):
+    """One repository's archive, as recovery consumes it."""
+
+    description: str
+
+    def base_backups(self) -> Sequence[BaseBackupLike]:
+        """The verified base backups, any order."""
+        ...
+
+    def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken) -> None:
+        """Unpack ``backup``'s data directory into ``target`` (checked while it streams)."""
+        ...
+
+    def wal(self) -> Sequence[WalLike]:
+        """Every archived WAL file: segments, partial segments and history files."""
+        ...
+
+    def fetch(self, wal: WalLike, dest: Path) -> None:
+        """The raw WAL file at ``dest``; fails naming it when its checksum does not match."""
+        ...
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    """Where replay stops; all None: the archive's end (the partial segment included)."""
+
+    time: datetime | None = None
+    lsn: int | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [option for option, value in (("--to-time", self.time), ("--to-lsn", self.lsn),
+                                              ("--to-name", self.name)) if value is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)}: give one recovery target, not several")
+        if self.time is not None and self.time.tzinfo is None:
+            raise ConfigError("--to-time: give the time with its offset, e.g. "
+                              "2026-12-05T14:06:00+01:00 (a time without one is ambiguous)")
+
+    @property
+    def is_end(self) -> bool:
+        return self.time is None and self.lsn is None and self.name is None
+
+    def describe(self) -> str:
+        if self.time is not None:
+            return f"time {self.time.isoformat()}"
+        if self.lsn is not None:
+            return f"LSN {format_lsn(self.lsn)}"
+        if self.name is not None:
+            return f"restore point {self.name!r}"
+        return "the end of the archive (the in-progress partial segment included)"
+
+    def settings(self) -> dict[str, str]:
+        """The recovery_target_* settings (none for the end: replay all, then promote)."""
+        if self.time is not None:
+            target = {"recovery_target_time": self.time.isoformat(sep=" ")}
+        elif self.lsn is not None:
+            target = {"recovery_target_lsn": format_lsn(self.lsn)}
+        elif self.name is not None:
+            target = {"recovery_target_name": self.name}
+        else:
+            return {}
+        return {**target, "recovery_target_action": "promote"}
+
+
+def parse_lsn(text: str) -> int:
+    high, sep, low = text.strip().partition("/")
+    try:
+        if not sep:
+            raise ValueError(text)
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        raise ConfigError(f"--to-lsn: {text!r} is not an LSN; give it as PostgreSQL prints "
+                          "it, e.g. 0/3000028") from None
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def segment_name(timeline: int, segno: int, segment_size: int) -> str:
+    per_xlogid = 0x100000000 // segment_size
+    return f"{timeline:08X}{segno // per_xlogid:08X}{segno % per_xlogid:08X}"
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    base: BaseBackupLike
+    target: RecoveryTarget
+    # In replay order; a partial segment (at most one: the newest timeline's last) is copied
+    # under its completed name.
+    segments: list[WalLike]
+    history: list[WalLike]
+    segment_size: int
+
+    @property
+    def wal_range(self) -> str:
+        if not self.segments:
+            return "none"
+        last = self.segments[-1]
+        return (f"{self.segments[0].name} .. {last.name}"
+                + (" (partial)" if last.partial else "") + f", {len(self.segments)} segments")
+
+    def describe(self) -> list[str]:
+        return [f"base backup: {self.base.name} (timeline {self.base.timeline}, "
+                f"{format_lsn(self.base.start_lsn)} .. {format_lsn(self.base.stop_lsn)}, "
+                f"ended {self.base.stop_time.isoformat()})",
+                f"WAL: {self.wal_range}",
+                f"target: {self.target.describe()}"]
+
+
+def choose_base(backups: Sequence[BaseBackupLike], target: RecoveryTarget) -> BaseBackupLike:
+    """The newest base backup that ends before the target (a base backup is consistent only
+    from its stop LSN on); for a restore point, whose position the listing cannot tell, the
+    oldest, whose WAL reaches every restore point the archive holds."""
+    if not backups:
+        raise JobFailed("no verified base backup in the archive; take one with "
+                        "`backupd basebackup` (WAL alone cannot be recovered)")
+    by_age = sorted(backups, key=lambda b: (b.stop_lsn, b.stop_time))
+    if target.name is not None:
+        return by_age[0]
+    if target.time is not None:
+        time = target.time
+        fitting = [b for b in by_age if b.stop_time <= time]
+        if not fitting:
+            oldest = by_age[0]
+            raise ConfigError(
+                f"--to-time: {time.isoformat()} is before the oldest base backup's end "
+                f"({oldest.name}, {oldest.stop_time.isoformat()}); the archive cannot go back "
+                "that far")
+        return fitting[-1]
+    if target.lsn is not None:
+        lsn = target.lsn
+        fitting = [b for b in by_age if b.stop_lsn <= lsn]
+        if not fitting:
+            oldest = by_age[0]
+            raise ConfigError(
+                f"--to-lsn: {format_lsn(lsn)} is before the oldest base backup's end "
+                f"({oldest.name}, {format_lsn(oldest.stop_lsn)}); the archive cannot go back "
+                "that far")
+        return fitting[-1]
+    return by_age[-1]
+
+
+def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
+         target: RecoveryTarget) -> RecoveryPlan:
+    """The base backup and the WAL for ``target``; a gap or a target beyond the archive's end
+    fails here, naming the missing range, before anything is written."""
+    base = choose_base(backups, target)
+    size = base.wal_segment_size or DEFAULT_SEGMENT_SIZE
+    history = sorted((w for w in source_wal if w.history), key=lambda w: w.timeline)
+    timelines = {base.timeline} | {h.timeline for h in history if h.timeline > base.timeline}
+    first = base.start_lsn // size
+    # Per position, the newest timeline's file (what replay with recovery_target_timeline
+    # 'latest' reads); a completed segment wins over a partial of the same position.
+    chosen: dict[int, WalLike] = {}
+    for wal in sorted((w for w in source_wal if not w.history and w.timeline in timelines
+                       and w.segno >= first),
+                      key=lambda w: (w.segno, w.timeline, not w.partial)):
+        chosen[wal.segno] = wal
+    stop = base.stop_lsn // size
+    if not chosen or max(chosen) < stop:
+        raise JobFailed(
+            f"WAL missing: {segment_name(base.timeline, first, size)} .. "
+            f"{segment_name(base.timeline, stop, size)} (from the start to the end of base "
+            f"backup {base.name}) is not all in the archive; without it the base backup never "
+            "becomes consistent")
+    last = max(chosen)
+    missing = [segno for segno in range(first, last + 1) if segno not in chosen]
+    if missing:
+        gap_start, gap_end = missing[0], missing[0]
+        while gap_end + 1 in missing:
+            gap_end += 1
+        tli = chosen[gap_start - 1].timeline if gap_start - 1 in chosen else base.timeline
+        raise JobFailed(
+            f"WAL gap: {segment_name(tli, gap_start, size)} .. {segment_name(tli, gap_end, size)}"
+            f" missing from the archive (needed to replay base backup {base.name} onward); "
+            "nothing was written. Recover to a time before the gap, or from a base backup "
+            "taken after it")
+    segments = [chosen[segno] for segno in range(first, last + 1)]
+    partials = [w for w in segments[:-1] if w.partial]
+    if partials:
+        raise JobFailed(f"WAL gap: only the partial {partials[0].name} of a segment that "
+                        "later WAL follows is in the archive; the rest of it is missing")
+    if target.lsn is not None:
+        end = (last + 1) * size
+        if target.lsn > end:
+            raise ConfigError(f"--to-lsn: {format_lsn(target.lsn)} is after the archive's end "
+                              f"({segments[-1].name} ends at {format_lsn(end)})")
+    return RecoveryPlan(base, target, segments, history, size)

@@ -1,0 +1,204 @@
+"""The data directory a recover writes: refused when it holds anything, built in a staging
+directory inside it, and made a data directory only by its very last step.
+
+A server refuses a directory without ``PG_VERSION`` ("not a valid data directory"). So the
+base backup and the WAL are unpacked into ``DIR/.backupd-recover-incomplete/``; at the end
+every entry is renamed up into ``DIR``, ``PG_VERSION`` last. A recover killed or failed at
+any point leaves no ``PG_VERSION`` in ``DIR`` and the staging directory as the mark of an
+incomplete recover, which the next ``recover --force`` removes.
+
+The directory is self-contained: the WAL it needs is copied into ``pg_wal_archive/`` inside
+it and the ``restore_command`` reads only that copy (the server runs it in the data
+directory), so starting it never needs backupd, the archive or S3.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backupd.archive.recovery import RecoveryTarget
+from backupd.errors import ConfigError
+
+STAGING_NAME = ".backupd-recover-incomplete"
+WAL_COPY_NAME = "pg_wal_archive"
+# Files of the source server a recovered copy must not keep: they would make it a standby,
+# start recovery twice, or claim a running postmaster.
+_SOURCE_ONLY = ("postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal",
+                "backup_manifest")
+# A fresh filesystem's root holds this; it is no data.
+_IGNORED = frozenset({"lost+found"})
+RESTORE_COMMAND = f"cp {WAL_COPY_NAME}/%f %p"
+_STAGING_NOTE = (
+    "backupd recover writes here; a recover that was interrupted leaves this directory and no "
+    "PG_VERSION beside it, so no server starts on the half-written data.\n"
+    "Run `backupd recover --target-dir DIR --force ...` to clean it up and recover again.\n")
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    user, sep, group = text.partition(":")
+    if not (sep and user.isdigit() and group.isdigit()):
+        raise ConfigError(f"--owner: {text!r} is not UID:GID; give numbers, e.g. 999:999 "
+                          "(the postgres user of the official image)")
+    return int(user), int(group)
+
+
+def _live_server(directory: Path) -> str | None:
+    """Why ``directory`` looks like a running server's data directory (None: it does not)."""
+    pid_file = directory / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    try:
+        first = pid_file.read_text().splitlines()[0].strip()
+        pid = int(first)
+    except (OSError, ValueError, IndexError):
+        return "it has a postmaster.pid"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"it has a postmaster.pid (of process {pid}, not running here)"
+    except PermissionError:
+        pass
+    return f"a postmaster (process {pid}) is running on it"
+
+
+def check_target(directory: Path, *, force: bool) -> None:
+    """ConfigError (exit 2, nothing touched) unless ``directory`` is missing, empty, or, with
+    ``force``, what an interrupted recover left."""
+    if not directory.exists():
+        if not directory.parent.is_dir():
+            raise ConfigError(f"--target-dir: {directory.parent} does not exist; create it or "
+                              "give another directory")
+        return
+    if not directory.is_dir():
+        raise ConfigError(f"--target-dir: {directory} is not a directory")
+    live = _live_server(directory)
+    if live is not None:
+        raise ConfigError(f"--target-dir: {directory} is a live server's data directory "
+                          f"({live}); stop that server and move its data aside, or recover "
+                          "into another directory")
+    entries = sorted(p.name for p in directory.iterdir() if p.name not in _IGNORED)
+    if not entries:
+        return
+    if STAGING_NAME in entries:
+        if force:
+            return
+        raise ConfigError(f"--target-dir: {directory} holds an incomplete recover "
+                          f"({STAGING_NAME}); run again with --force to clean it up")
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise ConfigError(f"--target-dir: {directory} is not empty ({shown}); recover only into an "
+                      "empty directory (move its contents aside first)")
+
+
+def clean_incomplete(directory: Path) -> bool:
+    """Remove what an interrupted recover left (only when its staging mark is there)."""
+    if not (directory / STAGING_NAME).exists():
+        return False
+    for entry in directory.iterdir():
+        if entry.name in _IGNORED:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return True
+
+
+@contextmanager
+def staging(directory: Path) -> Iterator[Path]:
+    """The staging directory inside ``directory`` (created 0700, as a data directory must be).
+    Left behind on failure, as the incomplete mark; moved into place by :func:`complete`."""
+    created = not directory.exists()
+    directory.mkdir(mode=0o700, exist_ok=True)
+    stage = directory / STAGING_NAME
+    stage.mkdir(mode=0o700)
+    (stage / "README.backupd").write_text(_STAGING_NOTE)
+    try:
+        yield stage
+    except BaseException:
+        # A failure before the last step began (a failed fetch, a target past the archive's
+        # end, ...) leaves the directory as it was. Once entries were moved up, the staging
+        # directory stays as the mark (as after a kill) for `--force` to clean.
+        moved = [p for p in directory.iterdir() if p.name not in _IGNORED | {STAGING_NAME}]
+        if not moved:
+            shutil.rmtree(stage, ignore_errors=True)
+            if created:
+                shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def prepare(stage: Path, target: RecoveryTarget, note: str) -> None:
+    """After the base backup is in ``stage``: drop the source server's files and write the
+    recovery settings (appended to postgresql.auto.conf, read after postgresql.conf)."""
+    for name in _SOURCE_ONLY:
+        (stage / name).unlink(missing_ok=True)
+    if not (stage / "postgresql.conf").exists():
+        # The source kept its configuration outside the data directory (Debian's
+        # /etc/postgresql): the recovered server starts on defaults, which the user can edit.
+        (stage / "postgresql.conf").write_text(
+            "# written by backupd recover: the source server kept its configuration outside "
+            "its data directory\n")
+    if not (stage / "pg_hba.conf").exists():
+        (stage / "pg_hba.conf").write_text(
+            "# written by backupd recover: local connections only; edit before opening it up\n"
+            "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n")
+    if not (stage / "pg_ident.conf").exists():
+        (stage / "pg_ident.conf").write_text("")
+    (stage / "pg_wal").mkdir(mode=0o700, exist_ok=True)
+    (stage / "pg_wal" / "archive_status").mkdir(mode=0o700, exist_ok=True)
+    settings = {"restore_command": RESTORE_COMMAND, "recovery_target_timeline": "latest",
+                **target.settings()}
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = [f"\n# backupd recover {when}: {note}",
+             "# Recovery settings: only read while recovering; reset them (ALTER SYSTEM RESET "
+             "...) and remove pg_wal_archive/ after checking the recovered data."]
+    lines += [f"{key} = '{_quote(value)}'" for key, value in settings.items()]
+    with (stage / "postgresql.auto.conf").open("a") as auto:
+        auto.write("\n".join(lines) + "\n")
+    (stage / "recovery.signal").write_text("")
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def complete(directory: Path, stage: Path, owner: tuple[int, int] | None) -> None:
+    """The last step: ownership, fsync, every entry renamed up into ``directory``,
+    ``PG_VERSION`` last; then the staging mark goes."""
+    (stage / "README.backupd").unlink()
+    if owner is not None:
+        for path in _walk(stage):
+            os.lchown(path, *owner)
+        os.chown(directory, *owner)
+    os.chmod(directory, 0o700)
+    for path in _walk(stage):
+        if path.is_file() and not path.is_symlink():
+            _fsync(path)
+    for entry in sorted(stage.iterdir()):
+        if entry.name != "PG_VERSION":
+            entry.rename(directory / entry.name)
+    _fsync(directory)
+    (stage / "PG_VERSION").rename(directory / "PG_VERSION")
+    _fsync(directory)
+    stage.rmdir()
+    _fsync(directory)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    yield root
+    for parent, dirs, files in os.walk(root):
+        for name in dirs + files:
+            yield Path(parent) / name
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,130 @@
+"""``backupd recover``: a data directory recovered to a point in time from the WAL archive.
+
+1. The target directory is checked first (empty, not a live server's; exit 2, untouched).
+2. The plan, from the archive's listing alone (:mod:`backupd.archive.recovery`): the newest
+   base backup that ends before the target and every WAL file from its start to the
+   archive's end, without a gap. A gap or an impossible target fails here, before writing.
+3. The base backup is unpacked and the WAL copied into a staging directory inside the
+   target (:mod:`backupd.archive.recovery_dir`); the in-progress partial segment is copied
+   under its completed name (zero-padded), so a recover to the end holds every commit the
+   archive received.
+4. The recovery settings are written, and the staging directory's entries are moved up,
+   ``PG_VERSION`` last: until then no server starts on the directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backupd.archive import recovery_dir
+from backupd.archive.recovery import (
+    RecoveryPlan,
+    RecoverySource,
+    RecoveryTarget,
+    plan,
+    segment_name,
+)
+from backupd.archive.waldump import newest_commit
+from backupd.cancel import CancelToken
+from backupd.errors import ConfigError
+from backupd.job import JobContext
+from backupd.outcomes import RecoverOutcome
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    owner: tuple[int, int] | None = None
+    force: bool = False
+
+
+def run(ctx: JobContext, target_dir: Path, target: RecoveryTarget, *, from_s3: bool = False,
+        options: RecoverOptions | None = None) -> None:
+    options = options or RecoverOptions()
+    target_dir = target_dir.absolute()
+    ctx.result.outcome = RecoverOutcome(target_dir=str(target_dir), target=target.describe())
+    recovery_dir.check_target(target_dir, force=options.force)  # before the archive is read
+    from backupd.archive.recovery_source import archive_source
+
+    source = archive_source(ctx.settings, ctx.repos.choose(from_s3, "--from-s3"))
+    recover_into(ctx, source, target_dir, target, options)
+    ctx.say(f"recovered into {target_dir}; start a PostgreSQL server of the same major on it "
+            "(pg_ctl -D DIR start, or the compose postgres service): it replays the WAL to "
+            "the target, then promotes")
+
+
+def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
+                 target: RecoveryTarget, options: RecoverOptions) -> RecoveryPlan:
+    """Plan, then write ``target_dir`` (checked already). Also the PITR drill's recovery."""
+    started = time.monotonic()
+    chosen = plan(source.wal(), source.base_backups(), target)
+    for line in chosen.describe():
+        ctx.say(line)
+    outcome = ctx.result.outcome
+    if outcome is None:
+        outcome = ctx.result.outcome = RecoverOutcome(target_dir=str(target_dir),
+                                                      target=target.describe())
+    if isinstance(outcome, RecoverOutcome):
+        outcome.base_backup = chosen.base.name
+        outcome.wal_first = chosen.segments[0].name
+        outcome.wal_last = chosen.segments[-1].name
+        outcome.wal_segments = len(chosen.segments)
+    if options.force and recovery_dir.clean_incomplete(target_dir):
+        ctx.warn(f"--force: removed the incomplete recover left in {target_dir}")
+    with recovery_dir.staging(target_dir) as stage:
+        source.extract(chosen.base, stage, ctx.cancel)
+        copied = copy_wal(source, chosen, stage / recovery_dir.WAL_COPY_NAME, ctx.cancel)
+        if isinstance(outcome, RecoverOutcome):
+            outcome.wal_bytes = copied
+        check_time_reachable(chosen, stage / recovery_dir.WAL_COPY_NAME)
+        recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
+                             f"{target.describe()}")
+        ctx.cancel.raise_if_cancelled()
+        recovery_dir.complete(target_dir, stage, options.owner)
+    if isinstance(outcome, RecoverOutcome):
+        outcome.recover_seconds = round(time.monotonic() - started, 3)
+    return chosen
+
+
+def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
+             cancel: CancelToken) -> int:
+    """Every planned WAL file into ``wal_dir`` under the name replay asks for; bytes copied."""
+    wal_dir.mkdir(mode=0o700)
+    total = 0
+    for history in chosen.history:
+        source.fetch(history, wal_dir / history.name)
+    for wal in chosen.segments:
+        cancel.raise_if_cancelled()
+        name = file_name(chosen, wal.timeline, wal.segno)
+        dest = wal_dir / name
+        source.fetch(wal, dest)
+        if wal.partial and dest.stat().st_size < chosen.segment_size:
+            # A partial uploaded compressed may be cut at its last record; replay reads
+            # only whole-size segment files, and zeros read as the end of the WAL.
+            with dest.open("r+b") as padded:
+                padded.truncate(chosen.segment_size)
+        total += dest.stat().st_size
+    return total
+
+
+def file_name(chosen: RecoveryPlan, timeline: int, segno: int) -> str:
+    return segment_name(timeline, segno, chosen.segment_size)
+
+
+def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path) -> None:
+    """A ``--to-time`` after the archive's newest commit is never reached: the server would
+    replay all and refuse to start. Refused here (the staging directory goes with it)."""
+    when = chosen.target.time
+    if when is None:
+        return
+    last = chosen.segments[-1]
+    files = [file_name(chosen, w.timeline, w.segno) for w in chosen.segments[-3:]
+             if w.timeline == last.timeline]
+    commit = newest_commit(wal_dir, files, last.timeline)
+    if commit is not None and commit.time < when:
+        raise ConfigError(
+            f"--to-time: {when.isoformat()} is after the archive's end (its newest commit "
+            f"is at {commit.time.isoformat()}); recover without --to-time for everything the "
+            "archive holds")
+

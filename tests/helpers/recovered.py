@@ -1,0 +1,65 @@
+"""Start a recovered data directory the way a user would: plain ``pg_ctl`` as the postgres
+user, nothing from backupd, on a port of its own; wait for promotion."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .cluster import AS_ROOT, SERVER_OS_USER, free_port
+from .pg import ServerAddress, connect, pg_binary
+
+
+def as_postgres(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+    return subprocess.run(["runuser", "-u", SERVER_OS_USER, "--", *args] if AS_ROOT else args,
+                          cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, check=False)
+
+
+def pg_ctl_start(data_dir: Path, port: int, log: Path) -> subprocess.CompletedProcess[str]:
+    options = f"-p {port} -k {data_dir.parent} -c listen_addresses=127.0.0.1"
+    return as_postgres([pg_binary("pg_ctl"), "start", "-D", str(data_dir), "-l", str(log),
+                        "-w", "-t", "120", "-o", options], data_dir.parent)
+
+
+def wait_promoted(server: ServerAddress, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with connect(server) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and not row[0]:
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the recovered server on port {server.port} never promoted")
+
+
+@contextmanager
+def started(data_dir: Path, password: str) -> Iterator[ServerAddress]:
+    """The recovered server, promoted; stopped (immediate) on leaving."""
+    port = free_port()
+    log = data_dir.parent / f"{data_dir.name}.log"
+    proc = pg_ctl_start(data_dir, port, log)
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr + (
+            log.read_text() if log.exists() else "")
+        server = ServerAddress("127.0.0.1", port, "postgres", password)
+        wait_promoted(server)
+        yield server
+    finally:
+        as_postgres([pg_binary("pg_ctl"), "stop", "-D", str(data_dir), "-m", "immediate",
+                     "-w"], data_dir.parent)
+
+
+def postgres_owner() -> str:
+    import pwd
+
+    entry = pwd.getpwnam(SERVER_OS_USER)
+    return f"{entry.pw_uid}:{entry.pw_gid}"
