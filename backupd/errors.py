@@ -25,6 +25,12 @@ class OffsiteError(JobFailed):
     """S3 was unreachable or refused a request; the message is one line, secret-free."""
 
 
+class Stopped(JobFailed):
+    """The watchdog stopped the job (no data moved for too long, or the job timeout)."""
+
+    stderr_tail: str | None = None
+
+
 class JobSkipped(BackupdError):
     """A job did not run, for a reason that is not a failure of the data (exit 1)."""
 

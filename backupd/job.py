@@ -12,9 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from backupd.cancel import CancelToken
-from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped
+from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped, Stopped
 from backupd.log import JobLogFile, get_logger, redact
 from backupd.notify.base import NotifierChain
+from backupd.progress import Progress
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
 from backupd.storage.base import Repository
@@ -62,6 +63,11 @@ class JobContext:
         return self.repositories
 
     @property
+    def progress(self) -> Progress:
+        """What this job's streams have moved (displays, the stall watchdog)."""
+        return self.cancel.progress
+
+    @property
     def store(self) -> LocalRepository:
         return self.repos.local
 
@@ -92,9 +98,12 @@ def run_job(
 
     ``scheduled_for``: the schedule slot a daemon run stands for."""
     result = JobResult(job=job, database=settings.postgres_db, scheduled_for=scheduled_for)
-    context = JobContext(settings, result, cancel or CancelToken(), repositories, chain)
+    # A token of its own: the watchdog may cancel this job without cancelling the one it
+    # runs in (each database of a backup run), while a shutdown still reaches it.
+    token = cancel.child() if cancel is not None else CancelToken()
+    context = JobContext(settings, result, token, repositories, chain)
     try:
-        body(context)
+        _body_or_verdict(body, context)
         result.finish(Status.SUCCESS, exit_code=0)
     except Cancelled as exc:
         result.finish(Status.CANCELLED, redact(str(exc)))
@@ -108,8 +117,23 @@ def run_job(
     except Exception as exc:  # an unforeseen bug is still a reported failure, never silence
         get_logger(job=job).exception("unexpected error")
         result.finish(Status.FAILED, redact(f"internal error: {type(exc).__name__}: {exc}"))
+    finally:
+        token.release()
     chain.deliver(result)
     return result
+
+
+def _body_or_verdict(body: JobBody, context: JobContext) -> None:
+    try:
+        body(context)
+    except Exception as exc:
+        token = context.cancel
+        if token.failure and token.reason:
+            # The watchdog stopped the job: whatever the stopped stage raised, this is why.
+            stopped = Stopped(token.reason)
+            stopped.stderr_tail = getattr(exc, "stderr_tail", None)
+            raise stopped from exc
+        raise
 
 
 def skipped_result(job: str, settings: Settings, status: Status, reason: str) -> JobResult:

@@ -25,6 +25,7 @@ from backupd.pipeline.dump import pg_dump, start
 from backupd.pipeline.growing import GrowingFile
 from backupd.pipeline.sqlcheck import HeadTail
 from backupd.pipeline.supervisor import Child
+from backupd.progress import Stream
 from backupd.storage.atomic import atomic_write
 
 # Wraps the file sink in an encrypting writer (age, see backupd.pipeline.encrypt).
@@ -89,10 +90,11 @@ def dump_to_file(
             # Custom format is compressed by pg_dump itself, table by table.
             writer = open_compressor(
                 sink, "none" if backup_format == "custom" else config.compression, config.level)
-            code = _pump(dump, writer, sink, encrypting, head_tail)
+            with cancel.progress.stream(f"{tool} output") as stream:
+                code = _pump(dump, writer, sink, encrypting, head_tail, stream)
             if cancel.cancelled:
-                raise Cancelled("backup cancelled by shutdown; pg_dump was stopped and "
-                                "the partial file removed")
+                raise Cancelled(f"{cancel.reason or 'backup cancelled by shutdown'}; {tool} "
+                                "was stopped and the partial file removed")
             if code != 0:
                 reason = dump.error_line or f"exit code {code}"
                 raise DumpFailed(f"{tool} failed: {reason}", dump.stderr_tail)
@@ -117,7 +119,7 @@ def dump_to_file(
 
 
 def _pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
-          head_tail: HeadTail) -> int:
+          head_tail: HeadTail, stream: Stream) -> int:
     """Move pg_dump's output through the writers; pg_dump's exit code. A cancel stops
     pg_dump's process group (the supervisor), which ends its output."""
     source = start(dump)
@@ -128,6 +130,7 @@ def _pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | 
         while chunk := os.read(fd, BLOCK_SIZE):
             head_tail.feed(chunk)
             writer.write(chunk)
+            stream.moved(len(chunk))
         if writer is not sink:
             writer.close()
         if encrypting is not None:
