@@ -7,6 +7,7 @@ apart when a result is read back from JSON (the state file).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -226,10 +227,17 @@ class RecoverOutcome(_Model):
     rto_seconds: float | None = None
 
 
+class MarkOutcome(_Model):
+    kind: Literal["mark"] = "mark"
+    name: str
+    lsn: str
+    server_time: datetime
+
+
 Outcome = Annotated[
     BackupOutcome | UploadOutcome | VerifyOutcome | PruneOutcome | RestoreOutcome
     | DrillOutcome | BackupRunOutcome | ClusterRestoreOutcome
-    | RecoverOutcome,
+    | RecoverOutcome | MarkOutcome,
     Field(discriminator="kind"),
 ]
 

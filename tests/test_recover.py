@@ -251,3 +251,25 @@ def test_a_killed_recover_leaves_a_directory_no_server_starts_on(history: Histor
     check_target(target_dir, force=True)
     _recover(history, target_dir, RecoveryTarget(), force=True)
     assert (target_dir / "PG_VERSION").exists() and not (target_dir / STAGING_NAME).exists()
+
+
+def test_mark_then_writes_then_recover_to_the_name(history: History) -> None:
+    env = build_env({"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(history.cluster.port),
+                     "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD,
+                     "POSTGRES_DB": "postgres", "DB_BACKUP_DIR": str(history.work / "backups")})
+    marked = run_backupd(["mark", "before-migration"], env)
+    assert marked.returncode == 0, marked.stderr
+    with connect(history.cluster.address) as conn:
+        conn.execute("CREATE TABLE migrated AS SELECT g AS n FROM generate_series(1, 10) g")
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    history.archive.wait_for_durable(str(row[0]))
+    target_dir = history.work / "to-name"
+    _recover(history, target_dir, RecoveryTarget(name="before-migration"))
+    assert "recovery_target_name = 'before-migration'" in (
+        target_dir / "postgresql.auto.conf").read_text()
+    with _archive_moved_away(history), started(target_dir, PASSWORD) as server, \
+            connect(server) as conn:
+        assert conn.execute("SELECT to_regclass('migrated')").fetchone() == (None,)
+        counts = dict(conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall())
+    assert counts == {"A": 50, "B": 50, "C": 50}

@@ -74,3 +74,15 @@ def _parse_time(text: str) -> datetime:
         raise ConfigError(f"--to-time: {text!r} has no offset; add one, e.g. "
                           f"{text}+00:00 for UTC")
     return value
+
+
+@app.command()
+def mark(
+    name: Annotated[str, typer.Argument(help="The restore point's name, e.g. before-migration.")],
+) -> None:
+    """Create a named restore point in the WAL (pg_create_restore_point) before a risky
+    change; `backupd recover --to-name NAME` recovers to it."""
+    from backupd.commands import mark as mark_cmd
+
+    settings = bootstrap()
+    finish(execute("mark", settings, lambda ctx: mark_cmd.run(ctx, name)))
