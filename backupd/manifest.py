@@ -16,6 +16,18 @@ from backupd.database_properties import DatabaseProperties
 MANIFEST_VERSION = 1
 
 
+class WalRecord(BaseModel):
+    """What a WAL artifact (kind "wal", backupd.archive.walstore) holds: one of PostgreSQL's
+    WAL files, whose raw bytes have ``raw_sha256`` (checked on every fetch)."""
+
+    wal_file: str  # PostgreSQL's name: a segment, a segment's .partial, a timeline's .history
+    timeline: int
+    start_lsn: str  # where the file starts ("0/3000000"); "0/0" for a history file
+    segment_size: int
+    system_identifier: str  # the cluster's (pg_control_system()), as text: it is a uint64
+    raw_sha256: str
+
+
 class Manifest(BaseModel):
     """One artifact: its kind, database, times, stored file (size, SHA-256) and what has
     been proven about it. New fields always have defaults, so every older manifest loads."""
@@ -71,6 +83,8 @@ class Manifest(BaseModel):
     # database when the backup was taken: a restore puts them back (the SQL file carries
     # none of them). None in manifests of older backups.
     database_properties: DatabaseProperties | None = None
+    # A WAL artifact (kind "wal"): which WAL file of which cluster. None for other kinds.
+    wal: WalRecord | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode() + b"\n"

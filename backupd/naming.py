@@ -39,6 +39,17 @@ GLOBALS_SUFFIX = ".globals.sql.gz"
 # `.sql.gz`, so a globals file never parses as a database's backup, nor the reverse.
 _GLOBALS_RE = re.compile(r"globals_(?P<ts>\d{8}_\d{6})(?P<suffix>\.globals\.sql\.gz(?:\.age)?)")
 
+# WAL archived by pg_receivewal (issue 15; backupd.archive): PostgreSQL's own file name (a
+# segment, a segment's `.partial` or a timeline's `.history`) plus `.wal.gz`/`.wal.zst` and
+# `.age` when encrypted. Listed under the key WAL_DATABASE with kind WAL_KIND. They carry no
+# time in their name: WAL is ordered by its name (timeline, then position), so every one of
+# them has the same taken_at (WAL_TAKEN_AT) and sorts by name.
+WAL_KIND = "wal"
+WAL_DATABASE = "wal"
+WAL_TAKEN_AT = datetime(1970, 1, 1, tzinfo=UTC)
+_WAL_RE = re.compile(r"(?P<wal>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)"
+                     r"(?P<suffix>\.wal\.(?:gz|zst)(?:\.age)?)")
+
 
 def encode_database(database: str) -> str:
     """The file-name form of a database name (reversible with :func:`decode_database`)."""
@@ -96,6 +107,13 @@ def globals_name(when: datetime, encrypted: bool = False) -> str:
             + (ENCRYPTED_SUFFIX if encrypted else ""))
 
 
+def wal_artifact_name(wal_file: str, compression: str, encrypted: bool) -> str:
+    """The stored name of a WAL file (``000000010000000000000003.wal.zst``, ``.age`` when
+    encrypted); ``wal_file`` is PostgreSQL's name (a segment, ``.partial`` or ``.history``)."""
+    suffix = ".wal.zst" if compression == "zstd" else ".wal.gz"
+    return wal_file + suffix + (ENCRYPTED_SUFFIX if encrypted else "")
+
+
 def manifest_name(name: str) -> str:
     return name + MANIFEST_SUFFIX
 
@@ -123,6 +141,11 @@ class ParsedName:
         return self.kind == GLOBALS_KIND
 
     @property
+    def wal_file(self) -> str | None:
+        """PostgreSQL's name of an archived WAL file (None for any other kind)."""
+        return self.encoded_database if self.kind == WAL_KIND else None
+
+    @property
     def encrypted(self) -> bool:
         return self.suffix.endswith(ENCRYPTED_SUFFIX)
 
@@ -132,6 +155,8 @@ class ParsedName:
 
     @property
     def compression(self) -> str:
+        if self.kind == WAL_KIND:
+            return "zstd" if self.suffix.startswith(".wal.zst") else "gzip"
         if self.suffix.startswith(GLOBALS_SUFFIX):
             return "gzip"
         if self.suffix.startswith(".sql.zst"):
@@ -144,6 +169,10 @@ def parse_backup_name(name: str) -> ParsedName | None:
     one of ours."""
     if "/" in name:
         return None
+    wal_match = _WAL_RE.fullmatch(name)
+    if wal_match is not None:
+        return ParsedName(name=name, database=WAL_DATABASE, encoded_database=wal_match["wal"],
+                          taken_at=WAL_TAKEN_AT, suffix=wal_match["suffix"], kind=WAL_KIND)
     globals_match = _GLOBALS_RE.fullmatch(name)
     if globals_match is not None:
         try:

@@ -27,6 +27,7 @@ from helpers.pg import (
     unique_db_name,
 )
 from helpers.s3server import S3Server
+from helpers.wal import WAL_SERVER_SETTINGS
 
 # 2k certificates, 10k verification events, 40 large objects: enough for every code path,
 # small enough to load in well under a second.
@@ -166,6 +167,14 @@ def private_cluster() -> Iterator[Callable[..., PrivateCluster]]:
             return cluster
 
         yield make
+
+
+@pytest.fixture
+def wal_cluster() -> Iterator[PrivateCluster]:
+    """A running private cluster to stream WAL from (helpers.wal.WAL_SERVER_SETTINGS)."""
+    with PrivateCluster(DEFAULT_CLUSTER_PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
+        cluster.start()
+        yield cluster
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any
 from backupd.commands.jobs import scheduled_jobs
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
+from backupd.daemon.wal import check_wal_server, start_wal_archiving
 from backupd.errors import JobFailed, JobSkipped
 from backupd.log import get_logger
 from backupd.notify import build_chain
@@ -51,6 +52,8 @@ def run(settings: Settings) -> int:
     store = LocalStore(settings.backup_dir)
     store.prepare()
     _check_server(settings)
+    if settings.wal_archive:
+        check_wal_server(settings)  # wal_level=minimal, no REPLICATION: exit 2
     _remove_leftovers(settings, store)
 
     state = DaemonState(settings.backup_dir)
@@ -58,8 +61,10 @@ def run(settings: Settings) -> int:
     stop_http = _start_http(settings, state)  # a taken HEALTH_PORT is exit 2, here
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    streamer = None
     try:
         daemon.start()
+        streamer = start_wal_archiving(settings, daemon.chain)
         state.persist()
         log.info("backupd daemon started", pid=os.getpid(), jobs=sorted(daemon.jobs),
                  timezone=settings.timezone)
@@ -79,6 +84,11 @@ def run(settings: Settings) -> int:
                  timeout_seconds=settings.shutdown_timeout_seconds)
         # Keep a margin for the last state write and the exit itself.
         budget = max(0.5, settings.shutdown_timeout_seconds - 1.0)
+        if streamer is not None:
+            # pg_receivewal first: it flushes what it received and the slot keeps the rest.
+            started = time.monotonic()
+            streamer.stop(budget / 2)
+            budget = max(0.5, budget - (time.monotonic() - started))
         clean = daemon.shutdown(budget)
     finally:
         for sig, handler in previous.items():

@@ -1,5 +1,5 @@
-"""The one supervisor for child processes: pg_dump, psql, pg_restore (later pg_basebackup and
-pg_receivewal) all start, stop and fail the same way.
+"""The one supervisor for child processes: pg_dump, psql, pg_restore, pg_basebackup and the
+long-running pg_receivewal all start, stop and fail the same way.
 
 Every child
 
@@ -355,6 +355,10 @@ class Child:
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
 
+    def interrupt(self) -> None:
+        """SIGINT to the group: pg_receivewal flushes what it has and exits 0."""
+        self._signal_group(signal.SIGINT)
+
     def wait(self, timeout: float | None = None) -> int:
         """The child's exit code; past ``timeout`` its group is killed first. Whatever the
         child left running in its group is killed before the child is reaped (its pid, the
@@ -398,10 +402,15 @@ class Child:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> int:
-        """SIGTERM the group, SIGKILL after ``grace`` seconds; the exit code."""
-        self.terminate()
+    def stop(self, grace: float = STOP_GRACE_SECONDS, *, signum: int = signal.SIGTERM) -> int:
+        """``signum`` to the group (SIGINT ends pg_receivewal after its last flush), SIGKILL
+        after ``grace`` seconds; the exit code."""
+        self._signal_group(signum)
         return self.wait(grace)
+
+    def running(self) -> bool:
+        """Started and not exited yet (a long-running child: pg_receivewal)."""
+        return self.process is not None and not self._reaped and not self._exited(0)
 
     # what went wrong
 

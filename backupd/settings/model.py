@@ -24,6 +24,7 @@ from backupd.settings.selection import (
     check_database_list,
     split_database_list,
 )
+from backupd.settings.wal import WalSettings
 
 # DB_BACKUP_COMPRESSION_LEVEL's range per compressor, on the scale users know: gzip's 0-9
 # (ISA-L, which writes the gzip files, has levels 0-3: pipeline/compress.py maps 4-9 onto 3,
@@ -31,7 +32,7 @@ from backupd.settings.selection import (
 COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9)}
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, WalSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(
@@ -243,6 +244,21 @@ class Settings(BaseSettings):
         return self.postgres_password.get_secret_value()
 
     @property
+    def replication_user(self) -> str:
+        """The role pg_receivewal streams as (POSTGRES_REPLICATION_USER, else POSTGRES_USER)."""
+        return self.postgres_replication_user or self.postgres_user
+
+    @property
+    def replication_password(self) -> str:
+        """Its password: POSTGRES_REPLICATION_PASSWORD_FILE, the variable, else the main one."""
+        if self.postgres_replication_password_file is not None:
+            return _read_secret_file(self.postgres_replication_password_file,
+                                     "POSTGRES_REPLICATION_PASSWORD_FILE")
+        if self.postgres_replication_password is not None:
+            return self.postgres_replication_password.get_secret_value()
+        return self.password
+
+    @property
     def drill_password(self) -> str | None:
         """The drill server's password (DRILL_POSTGRES_PASSWORD_FILE wins), None when unset."""
         if self.drill_postgres_password_file is not None:
@@ -261,6 +277,8 @@ class Settings(BaseSettings):
         if self.drill_postgres_host is not None:
             with contextlib.suppress(ConfigError):
                 values.append(self.drill_password or "")
+        with contextlib.suppress(ConfigError):
+            values.append(self.replication_password)
         for secret in (self.slack_webhook_url, self.heartbeat_url, self.s3_sse_kms_key_id):
             if secret is not None:
                 values.append(secret.get_secret_value())

@@ -1,0 +1,311 @@
+"""The WAL archive as stored in a Repository (DB_BACKUP_DIR/wal locally, ``<prefix>wal/`` on
+S3): one artifact per WAL file, compressed, encrypted when age is on, with a manifest each.
+
+Every artifact's manifest (kind "wal") records which cluster and timeline it belongs to,
+where it starts, the segment size and the SHA-256 of the raw WAL, which ``fetch`` checks on
+the way out. Locally, the segment pg_receivewal is writing (the spool's ``.partial``) is
+part of the archive too: recovery replays it, so the local RPO is seconds, not a segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from backupd.archive.walnames import (
+    DEFAULT_SEGMENT_SIZE,
+    WalFileName,
+    format_lsn,
+    parse_wal_name,
+)
+from backupd.errors import JobFailed
+from backupd.manifest import Manifest, WalRecord
+from backupd.naming import WAL_DATABASE, WAL_KIND, partial_name, wal_artifact_name
+from backupd.pipeline.checksum import HashingWriter
+from backupd.pipeline.compress import BLOCK_SIZE, open_checker, open_compressor
+from backupd.pipeline.config import AgeKeyFiles
+from backupd.pipeline.encrypt import (
+    AgeError,
+    decrypt_into,
+    encryptor_for,
+    load_identities,
+    recipient_strings,
+)
+from backupd.storage.atomic import atomic_write
+from backupd.storage.base import BackupEntry, Repository
+from backupd.storage.local import LocalRepository
+
+# Where the archive lives inside DB_BACKUP_DIR, and under the S3 prefix.
+WAL_SUBDIRECTORY = "wal"
+# pg_receivewal's directory inside the local archive: only what it needs to resume.
+SPOOL_SUBDIRECTORY = "spool"
+
+
+class WalFetchError(JobFailed):
+    """A WAL file that cannot be restored as archived (missing, corrupt, undecryptable)."""
+
+
+@dataclass(frozen=True)
+class WalOrigin:
+    """The cluster a WAL file comes from, as every manifest records it."""
+
+    system_identifier: str
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+
+
+@dataclass(frozen=True)
+class ArchivedWal:
+    """One WAL file of the archive: a stored artifact, or (locally) a file of the spool."""
+
+    wal: WalFileName
+    artifact: str | None  # the repository's name; None for a spool file
+    stored_size: int
+    sha256: str | None  # of the raw WAL; None for a spool file (not yet archived)
+    spool_path: Path | None = None
+    uploaded: bool = False  # committed offsite (recorded in the local manifest)
+    system_identifier: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.wal.name
+
+    @property
+    def timeline(self) -> int:
+        return self.wal.timeline
+
+    @property
+    def segno(self) -> int:
+        return self.wal.segno
+
+    @property
+    def partial(self) -> bool:
+        return self.wal.kind == "partial"
+
+    @property
+    def history(self) -> bool:
+        return self.wal.kind == "history"
+
+
+def local_wal_repository(local: LocalRepository) -> LocalRepository:
+    """The local archive: DB_BACKUP_DIR/wal."""
+    return LocalRepository(local.directory / WAL_SUBDIRECTORY)
+
+
+def offsite_wal_repository(offsite: Repository) -> Repository:
+    """The offsite archive: ``wal/`` under the offsite repository's prefix (same bucket,
+    same client), so `list --remote` and retention of dumps never see WAL."""
+    from backupd.storage.s3 import S3Repository  # boto3 only when S3 is set
+
+    if isinstance(offsite, S3Repository):
+        config = replace(offsite.config, prefix=offsite.config.prefix + WAL_SUBDIRECTORY + "/")
+        return S3Repository(config, client=offsite.client)
+    if isinstance(offsite, LocalRepository):
+        return local_wal_repository(offsite)
+    raise TypeError(f"no WAL archive layout for {type(offsite).__name__}")
+
+
+def spool_directory(local_archive: LocalRepository) -> Path:
+    return local_archive.directory / SPOOL_SUBDIRECTORY
+
+
+class WalArchive:
+    """The WAL archive in ``repository``; ``spool``: pg_receivewal's directory, whose files
+    (the live ``.partial``, a completed segment not archived yet) count as archived too."""
+
+    def __init__(self, repository: Repository, crypto: AgeKeyFiles | None = None, *,
+                 spool: Path | None = None) -> None:
+        self.repository = repository
+        self.crypto = crypto
+        self.spool = spool
+
+    # --- reading --------------------------------------------------------------------
+    def entries(self) -> list[BackupEntry]:
+        return self.repository.list_backups(WAL_DATABASE, WAL_KIND)
+
+    def segments(self) -> list[ArchivedWal]:
+        """Every WAL file of the archive, ordered by (timeline, position); history files
+        before their timeline's segments. A file both archived and in the spool is listed
+        once (the archived one); an archived ``.partial`` superseded by its complete
+        segment is not listed."""
+        found: dict[str, ArchivedWal] = {}
+        segment_size = DEFAULT_SEGMENT_SIZE
+        for entry in self.entries():
+            manifest = entry.manifest
+            if manifest is None or manifest.wal is None or not entry.verified:
+                continue  # not committed, or not ours: never part of the archive
+            record = manifest.wal
+            segment_size = record.segment_size
+            wal = parse_wal_name(record.wal_file, record.segment_size)
+            if wal is None:
+                continue
+            found[wal.name] = ArchivedWal(wal, entry.name, entry.size, record.raw_sha256,
+                                          uploaded=manifest.uploaded_at is not None,
+                                          system_identifier=record.system_identifier)
+        for path in self.spool_files(segment_size):
+            wal = parse_wal_name(path.name, segment_size)
+            if wal is not None and wal.name not in found:
+                found[wal.name] = ArchivedWal(wal, None, path.stat().st_size, None,
+                                              spool_path=path)
+        complete = {w.wal.segment for w in found.values() if w.wal.kind == "segment"}
+        listed = [w for w in found.values() if not (w.partial and w.wal.segment in complete)]
+        return sorted(listed, key=lambda w: w.wal.sort_key)
+
+    def spool_files(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[Path]:
+        """The spool's WAL files (pg_receivewal's names), in WAL order."""
+        if self.spool is None:
+            return []
+        try:
+            items = list(os.scandir(self.spool))
+        except FileNotFoundError:
+            return []
+        named = [(wal, Path(item.path)) for item in items
+                 if item.is_file(follow_symlinks=False)
+                 and (wal := parse_wal_name(item.name, segment_size)) is not None]
+        return [path for _, path in sorted(named, key=lambda pair: pair[0].sort_key)]
+
+    def find(self, name: str) -> ArchivedWal:
+        for wal in self.segments():
+            if wal.name == name:
+                return wal
+        raise WalFetchError(f"WAL file {name} is not in the archive at "
+                            f"{self.repository.description}")
+
+    def fetch(self, name: str, dest: Path) -> None:
+        """Write WAL file ``name`` (raw: decrypted, decompressed) to ``dest`` atomically,
+        checking its SHA-256 on the way; WalFetchError naming the file when it cannot."""
+        wal = self.find(name)
+        with atomic_write(dest) as out:
+            if wal.spool_path is not None:
+                with open(wal.spool_path, "rb") as source:
+                    while chunk := source.read(BLOCK_SIZE):
+                        out.write(chunk)
+                return
+            assert wal.artifact is not None
+            digest = hashlib.sha256()
+            raw_sink = _RawSink(out, digest, wal.artifact)
+            try:
+                with self.repository.open(wal.artifact) as stored:
+                    self._decode(wal.artifact, stored, raw_sink)
+                raw_sink.finish()
+            except AgeError as exc:
+                raise WalFetchError(f"WAL file {name} ({wal.artifact}): {exc}") from None
+            if digest.hexdigest() != wal.sha256:
+                raise WalFetchError(f"WAL file {name} ({wal.artifact}) is corrupt: its "
+                                    "content does not match the checksum in its manifest")
+
+    def _decode(self, artifact: str, stored: BinaryIO, sink: _RawSink) -> None:
+        encrypted = artifact.endswith(".age")
+        if not encrypted:
+            while chunk := stored.read(BLOCK_SIZE):
+                sink.write(chunk)
+            return
+        identities = load_identities(self.crypto) if self.crypto is not None else None
+        if not identities:
+            raise WalFetchError(f"{artifact} is encrypted; set DB_BACKUP_AGE_IDENTITY_FILE to "
+                                "the age identity that can decrypt it")
+        decrypt_into(stored, sink, identities)
+
+    # --- writing --------------------------------------------------------------------
+    def store(self, source: Path, wal: WalFileName, origin: WalOrigin, *, compression: str,
+              level: int | None, scratch: Path) -> Manifest:
+        """Compress (and encrypt) WAL file ``source`` as ``wal`` into the repository, with
+        its manifest last; the manifest. ``scratch``: for the file a remote put uploads."""
+        encryptor = encryptor_for(self.crypto) if self.crypto is not None else None
+        artifact = wal_artifact_name(wal.name, compression, encryptor is not None)
+        started = datetime.now(UTC)
+        local = self.repository if isinstance(self.repository, LocalRepository) else None
+        target = (local.directory / artifact) if local is not None \
+            else scratch / partial_name(artifact + ".upload")
+        try:
+            with atomic_write(target) as out:
+                raw_bytes, raw_sha, stored_bytes, stored_sha = _encode(
+                    source, out, compression, level, encryptor)
+            manifest = Manifest(
+                kind=WAL_KIND, name=artifact, database=WAL_DATABASE, started_at=started,
+                finished_at=datetime.now(UTC), format="wal", compression=compression,
+                compression_level=level, encrypted=encryptor is not None,
+                age_recipients=recipient_strings(self.crypto)
+                if encryptor is not None and self.crypto is not None else [],
+                raw_bytes=raw_bytes, stored_bytes=stored_bytes, sha256=stored_sha,
+                verified=True, verified_at=datetime.now(UTC),
+                wal=WalRecord(wal_file=wal.name, timeline=wal.timeline,
+                              start_lsn=format_lsn(wal.start_lsn),
+                              segment_size=origin.segment_size,
+                              system_identifier=origin.system_identifier,
+                              raw_sha256=raw_sha))
+            if local is not None:
+                local.commit(manifest)
+            else:
+                self.repository.put(manifest, target)
+        finally:
+            if local is None:
+                target.unlink(missing_ok=True)
+        return manifest
+
+    def delete(self, artifact: str) -> None:
+        self.repository.delete(artifact)
+
+
+def _encode(source: Path, out: BinaryIO, compression: str, level: int | None,
+            encryptor: object) -> tuple[int, str, int, str]:
+    """(raw bytes, raw SHA-256, stored bytes, stored SHA-256) of ``source`` written to ``out``."""
+    hashing = HashingWriter(out)
+    sink: BinaryIO = hashing  # type: ignore[assignment]
+    encrypting = encryptor(sink) if callable(encryptor) else None
+    if encrypting is not None:
+        sink = encrypting
+    writer = open_compressor(sink, compression, level)
+    raw = hashlib.sha256()
+    raw_bytes = 0
+    try:
+        with open(source, "rb") as data:
+            while chunk := data.read(BLOCK_SIZE):
+                raw.update(chunk)
+                raw_bytes += len(chunk)
+                writer.write(chunk)
+        writer.close()
+        if encrypting is not None:
+            encrypting.close()
+    except BaseException:
+        for stream in (writer, encrypting):
+            abort = getattr(stream, "abort", None)
+            if abort is not None:
+                with contextlib.suppress(Exception):
+                    abort()
+        raise
+    return raw_bytes, raw.hexdigest(), hashing.bytes_written, hashing.sha256
+
+
+class _RawSink:
+    """Decompresses stored bytes into ``out``, hashing the raw WAL on the way."""
+
+    def __init__(self, out: BinaryIO, digest: hashlib._Hash, artifact: str) -> None:
+        compression = "zstd" if ".wal.zst" in artifact else "gzip"
+        self._checker = open_checker(compression)
+        self._out = out
+        self._digest = digest
+        self._artifact = artifact
+
+    def write(self, data: bytes) -> int:
+        for raw in self._feed(data):
+            self._digest.update(raw)
+            self._out.write(raw)
+        return len(data)
+
+    def _feed(self, data: bytes) -> Iterator[bytes]:
+        try:
+            yield from self._checker.feed(data)
+        except Exception as exc:
+            raise WalFetchError(f"{self._artifact} is corrupt: {exc}") from None
+
+    def finish(self) -> None:
+        try:
+            self._checker.finish()
+        except Exception as exc:
+            raise WalFetchError(f"{self._artifact} is corrupt: {exc}") from None

@@ -1,0 +1,56 @@
+"""WAL archiving in the daemon (WAL_ARCHIVE=on): the streamer started beside the scheduler,
+its failures delivered as JobResults (job "wal") to every notifier, its figures for
+/metrics, /healthz and ``backupd status``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from backupd.archive import server
+from backupd.archive.archiver import BaseBackupRequest, WalStreamer
+from backupd.archive.status import WalStatus
+from backupd.configs import wal_config
+from backupd.errors import JobFailed
+from backupd.job import repositories_for, skipped_result
+from backupd.log import get_logger
+from backupd.notify.base import NotifierChain
+from backupd.pipeline.clients import note_server_major
+from backupd.result import Status
+from backupd.settings import Settings
+
+WAL_JOB = "wal"
+
+
+def check_wal_server(settings: Settings) -> None:
+    """At start-up: a server or role that cannot stream is bad input (ConfigError, exit 2);
+    an unreachable server is not (compose may start it after us)."""
+    config = wal_config(settings)
+    try:
+        with server.connect(config.connection) as conn:
+            note_server_major(conn.info.server_version // 10000)
+            server.check_can_stream(server.server_facts(conn), config.connection.user)
+    except JobFailed as exc:
+        get_logger().warning("database not reachable for WAL streaming at start-up; "
+                             "continuing", error=str(exc))
+
+
+def start_wal_archiving(settings: Settings, chain: NotifierChain,
+                        request_base_backup: BaseBackupRequest | None = None
+                        ) -> WalStreamer | None:
+    if not settings.wal_archive:
+        return None
+    offsite = repositories_for(settings).offsite()
+
+    def report(message: str) -> None:
+        result = skipped_result(WAL_JOB, settings, Status.FAILED, message)
+        # Never make the streamer wait for Slack or a webhook.
+        threading.Thread(target=chain.deliver, args=(result,), name="wal-report",
+                         daemon=True).start()
+
+    streamer = WalStreamer(wal_config(settings), offsite, report, request_base_backup)
+    streamer.start()
+    return streamer
+
+
+WalStatusSource = Callable[[], WalStatus | None]

@@ -1,0 +1,129 @@
+"""WAL archiving tests (issues 15, 16): a private cluster to stream from, the daemon's
+environment for it, and what the archive holds, read through backupd's own WalArchive."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, WalFileName, parse_wal_name
+from backupd.archive.walstore import (
+    SPOOL_SUBDIRECTORY,
+    WAL_SUBDIRECTORY,
+    ArchivedWal,
+    WalArchive,
+)
+from backupd.storage.local import LocalRepository
+
+from .cli import server_env
+from .cluster import PrivateCluster
+from .faults import wait_until
+from .pg import ServerAddress, psql
+
+# What every WAL test's cluster runs with (wal_level=replica is PostgreSQL 15's default,
+# written out so the test says what it needs).
+WAL_SERVER_SETTINGS = {"wal_level": "replica", "max_wal_senders": "4",
+                       "max_replication_slots": "4"}
+
+
+def wal_dir(backup_dir: Path) -> Path:
+    return backup_dir / WAL_SUBDIRECTORY
+
+
+def spool_dir(backup_dir: Path) -> Path:
+    return backup_dir / WAL_SUBDIRECTORY / SPOOL_SUBDIRECTORY
+
+
+def wal_env(cluster: PrivateCluster | ServerAddress, backup_dir: Path,
+            **extra: str) -> dict[str, str]:
+    """The daemon's environment: WAL_ARCHIVE=on from ``cluster`` into ``backup_dir``, no
+    dump at start, no drill, no health server (pass HEALTH_PORT to have one)."""
+    address = cluster.address if isinstance(cluster, PrivateCluster) else cluster
+    return server_env(address, "postgres", backup_dir, **{
+        "WAL_ARCHIVE": "on", "BACKUP_ON_START": "false", "DRILL_SCHEDULE": "off",
+        "HEALTH_PORT": "0", "DB_BACKUP_COMPRESSION": "zstd", **extra})
+
+
+def local_archive(backup_dir: Path) -> WalArchive:
+    return WalArchive(LocalRepository(wal_dir(backup_dir)), spool=spool_dir(backup_dir))
+
+
+def archived(backup_dir: Path) -> list[ArchivedWal]:
+    """Every WAL file of the local archive (committed artifacts and the spool's files)."""
+    return local_archive(backup_dir).segments()
+
+
+def committed_segments(backup_dir: Path) -> list[str]:
+    """Complete segments committed to the local archive (with a manifest), in order."""
+    return [w.name for w in archived(backup_dir) if w.artifact is not None
+            and w.wal.kind == "segment"]
+
+
+def live_partial(backup_dir: Path) -> Path | None:
+    partials = sorted(spool_dir(backup_dir).glob("*.partial"))
+    return partials[-1] if partials else None
+
+
+def gaps(names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[str]:
+    """The segments missing between the first and the last of ``names`` (per timeline;
+    a ``.partial`` counts for its segment)."""
+    parsed = [w for n in names if (w := parse_wal_name(n, segment_size)) is not None
+              and w.kind != "history"]
+    missing: list[str] = []
+    for timeline in sorted({w.timeline for w in parsed}):
+        have = {w.segno for w in parsed if w.timeline == timeline}
+        missing += [WalFileName(timeline, segno, "segment", segment_size).name
+                    for segno in range(min(have), max(have) + 1) if segno not in have]
+    return missing
+
+
+def current_wal_file(server: ServerAddress) -> str:
+    return psql(server, "postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
+
+
+def switch_wal(server: ServerAddress, times: int = 1) -> str:
+    """Write a little and switch segments ``times`` times; the last segment completed."""
+    completed = ""
+    for _ in range(times):
+        psql(server, "postgres", "CREATE TABLE IF NOT EXISTS wal_ticks (at timestamptz);"
+                                 "INSERT INTO wal_ticks VALUES (now());")
+        completed = psql(server, "postgres",
+                         "SELECT pg_walfile_name(pg_switch_wal())").strip()
+    return completed
+
+
+def wait_archived(backup_dir: Path, segment: str, timeout: float = 60) -> None:
+    wait_until(lambda: segment in committed_segments(backup_dir), timeout,
+               f"{segment} committed to the local archive")
+
+
+def wait_streaming(backup_dir: Path, timeout: float = 60) -> Path:
+    wait_until(lambda: live_partial(backup_dir) is not None, timeout,
+               "pg_receivewal writing its .partial in the spool")
+    partial = live_partial(backup_dir)
+    assert partial is not None
+    return partial
+
+
+def commit_marker(server: ServerAddress, marker: str) -> float:
+    """Commit a row holding ``marker``; the time.monotonic() of the COMMIT's return."""
+    psql(server, "postgres", "CREATE TABLE IF NOT EXISTS wal_markers (m text);"
+                             f"INSERT INTO wal_markers VALUES ('{marker}');")
+    return time.monotonic()
+
+
+def seconds_until(predicate: Callable[[], object], since: float, timeout: float = 60,
+                  what: str = "") -> float:
+    """Wait for ``predicate``; the seconds from ``since`` (time.monotonic()) until it held."""
+    wait_until(predicate, timeout, what)
+    return time.monotonic() - since
+
+
+def holds(path: Path | None, marker: str) -> bool:
+    return path is not None and path.exists() and marker.encode() in path.read_bytes()
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
