@@ -44,7 +44,7 @@ Report = Callable[[str], None]
 
 @dataclass(frozen=True)
 class WalConfig:
-    """What WAL streaming needs, built from Settings at the edge (backupd.configs)."""
+    """What WAL streaming needs, built from Settings at the edge (backupd.daemon.wal.wal_config)."""
 
     connection: ConnectionConfig  # the replication role, on POSTGRES_DB
     directory: Path  # the local archive: DB_BACKUP_DIR/wal

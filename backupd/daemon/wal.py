@@ -9,17 +9,39 @@ from collections.abc import Callable
 
 from backupd.archive import server
 from backupd.archive.archiver import BaseBackupRequest, WalStreamer
+from backupd.archive.receiver import WalConfig
 from backupd.archive.status import WalStatus
-from backupd.configs import wal_config
+from backupd.archive.walstore import WAL_SUBDIRECTORY
+from backupd.configs import age_key_files
 from backupd.errors import JobFailed
 from backupd.job import repositories_for, skipped_result
 from backupd.log import get_logger
 from backupd.notify.base import NotifierChain
 from backupd.pipeline.clients import note_server_major
+from backupd.pipeline.config import ConnectionConfig
 from backupd.result import Status
 from backupd.settings import Settings
 
 WAL_JOB = "wal"
+
+
+def wal_config(settings: Settings) -> WalConfig:
+    """WAL streaming's config: the replication role on the first database of POSTGRES_DB."""
+    database = settings.database_selection.names[0] if settings.database_selection.names \
+        else "postgres"
+    connection = ConnectionConfig(
+        host=settings.postgres_host, port=settings.postgres_port,
+        user=settings.replication_user, database=database,
+        connect_timeout=settings.postgres_connect_timeout,
+        password=settings.replication_password)
+    keys = age_key_files(settings)
+    encrypted = bool(settings.age_recipients or settings.age_recipients_file)
+    return WalConfig(
+        connection=connection, directory=settings.backup_dir / WAL_SUBDIRECTORY,
+        slot_name=settings.wal_slot_name, compression=settings.compression,
+        level=settings.compression_level, crypto=keys if encrypted else None,
+        partial_seconds=settings.wal_s3_partial_seconds,
+        max_lag_seconds=settings.wal_max_lag_seconds)
 
 
 def check_wal_server(settings: Settings) -> None:
