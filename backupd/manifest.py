@@ -28,6 +28,24 @@ class WalRecord(BaseModel):
     raw_sha256: str
 
 
+class BaseBackupFacts(BaseModel):
+    """What a base backup (kind "base") is, read from its own tar stream as it was taken:
+    PostgreSQL's backup_label, backup_manifest and pg_control (backupd.archive)."""
+
+    system_identifier: int
+    timeline: int  # the timeline at the stop LSN (the one recovery starts on)
+    start_timeline: int
+    start_lsn: str  # as PostgreSQL prints it, "0/2000028"
+    stop_lsn: str
+    wal_segment_size: int
+    start_time: datetime | None = None  # backup_label's START TIME (the server's clock)
+    label: str = ""
+    files: int = 0  # files in PostgreSQL's backup_manifest
+    # The WAL segments from the start to the stop LSN, inside the backup's pg_wal/.
+    wal_files: list[str] = []
+    backup_manifest_sha256: str = ""
+
+
 class Manifest(BaseModel):
     """One artifact: its kind, database, times, stored file (size, SHA-256) and what has
     been proven about it. New fields always have defaults, so every older manifest loads."""
@@ -85,6 +103,10 @@ class Manifest(BaseModel):
     database_properties: DatabaseProperties | None = None
     # A WAL artifact (kind "wal"): which WAL file of which cluster. None for other kinds.
     wal: WalRecord | None = None
+
+
+    # A base backup (kind "base"): its LSNs, timeline and cluster. None for other kinds.
+    base_backup: BaseBackupFacts | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode() + b"\n"

@@ -38,6 +38,12 @@ GLOBALS_SUFFIX = ".globals.sql.gz"
 # `.globals.sql.gz` can never end a dump's name: _NAME_RE needs the timestamp right before
 # `.sql.gz`, so a globals file never parses as a database's backup, nor the reverse.
 _GLOBALS_RE = re.compile(r"globals_(?P<ts>\d{8}_\d{6})(?P<suffix>\.globals\.sql\.gz(?:\.age)?)")
+# A base backup (pg_basebackup's tar stream, WAL included), one artifact each, listed under
+# the key BASE_DATABASE with kind BASE_KIND: ``base_<YYYYmmdd_HHMMSS>.tar.gz`` (or .tar.zst,
+# .age appended when encrypted). No dump name ends in `.tar.*`, so neither parses as the other.
+BASE_KIND = "base"
+BASE_DATABASE = "base"
+_BASE_RE = re.compile(r"base_(?P<ts>\d{8}_\d{6})(?P<suffix>\.tar\.(?:gz|zst)(?:\.age)?)")
 
 # WAL archived by pg_receivewal (issue 15; backupd.archive): PostgreSQL's own file name (a
 # segment, a segment's `.partial` or a timeline's `.history`) plus `.wal.gz`/`.wal.zst` and
@@ -114,6 +120,13 @@ def wal_artifact_name(wal_file: str, compression: str, encrypted: bool) -> str:
     return wal_file + suffix + (ENCRYPTED_SUFFIX if encrypted else "")
 
 
+def base_backup_name(when: datetime, compression: str, encrypted: bool = False) -> str:
+    """``base_<YYYYmmdd_HHMMSS>.tar.gz`` (``.tar.zst`` with zstd; ``.age`` when encrypted)."""
+    return (f"base_{when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)}"
+            f".tar.{'zst' if compression == 'zstd' else 'gz'}"
+            + (ENCRYPTED_SUFFIX if encrypted else ""))
+
+
 def manifest_name(name: str) -> str:
     return name + MANIFEST_SUFFIX
 
@@ -159,29 +172,30 @@ class ParsedName:
             return "zstd" if self.suffix.startswith(".wal.zst") else "gzip"
         if self.suffix.startswith(GLOBALS_SUFFIX):
             return "gzip"
-        if self.suffix.startswith(".sql.zst"):
+        if self.suffix.startswith((".sql.zst", ".tar.zst")):
             return "zstd"
-        return "gzip" if self.suffix.startswith(".sql.gz") else "none"
+        return "gzip" if self.suffix.startswith((".sql.gz", ".tar.gz")) else "none"
 
 
 def parse_backup_name(name: str) -> ParsedName | None:
-    """Parse a backup file name (a dump or the globals); ``None`` for anything that is not
-    one of ours."""
+    """Parse a backup file name (a dump, the globals, a base backup); ``None`` for anything
+    that is not one of ours."""
     if "/" in name:
         return None
     wal_match = _WAL_RE.fullmatch(name)
     if wal_match is not None:
         return ParsedName(name=name, database=WAL_DATABASE, encoded_database=wal_match["wal"],
                           taken_at=WAL_TAKEN_AT, suffix=wal_match["suffix"], kind=WAL_KIND)
-    globals_match = _GLOBALS_RE.fullmatch(name)
-    if globals_match is not None:
-        try:
-            taken = datetime.strptime(globals_match["ts"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
-        except ValueError:
-            return None
-        return ParsedName(name=name, database=GLOBALS_DATABASE,
-                          encoded_database=GLOBALS_DATABASE, taken_at=taken,
-                          suffix=globals_match["suffix"], kind=GLOBALS_KIND)
+    for pattern, database, kind in ((_GLOBALS_RE, GLOBALS_DATABASE, GLOBALS_KIND),
+                                    (_BASE_RE, BASE_DATABASE, BASE_KIND)):
+        match = pattern.fullmatch(name)
+        if match is not None:
+            try:
+                taken = datetime.strptime(match["ts"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+            except ValueError:
+                return None
+            return ParsedName(name=name, database=database, encoded_database=database,
+                              taken_at=taken, suffix=match["suffix"], kind=kind)
     match = _NAME_RE.fullmatch(name)
     if match is None:
         return None

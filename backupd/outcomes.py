@@ -98,6 +98,19 @@ class BackupRunOutcome(_Model):
         return [d.database for d in self.databases if d.status == "failed"]
 
 
+class BaseBackupOutcome(_Model):
+    """``backupd basebackup``: the base backup taken, where its WAL starts and ends."""
+
+    kind: Literal["basebackup"] = "basebackup"
+    name: str | None = None
+    timeline: int | None = None
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    stored_bytes: int | None = None
+    verify: FileReport | None = None
+    upload: UploadReport | None = None
+
+
 class UploadOutcome(_Model):
     kind: Literal["upload"] = "upload"
     upload: UploadReport | None = None
@@ -237,7 +250,7 @@ class MarkOutcome(_Model):
 Outcome = Annotated[
     BackupOutcome | UploadOutcome | VerifyOutcome | PruneOutcome | RestoreOutcome
     | DrillOutcome | BackupRunOutcome | ClusterRestoreOutcome
-    | RecoverOutcome | MarkOutcome,
+    | RecoverOutcome | MarkOutcome | BaseBackupOutcome,
     Field(discriminator="kind"),
 ]
 
@@ -263,6 +276,9 @@ def summary_parts(outcome: Outcome | None) -> list[str]:
                 state += "(no-role-passwords)"
             parts.append(f"globals={state}")
         return parts
+    if isinstance(outcome, BaseBackupOutcome) and outcome.name is not None:
+        return [f"base_backup={outcome.name}",
+                f"wal={outcome.start_lsn}..{outcome.stop_lsn} (timeline {outcome.timeline})"]
     if isinstance(outcome, PruneOutcome) and outcome.dry_run:
         return [f"would_delete={len(outcome.would_delete)} (dry run, nothing deleted)"]
     if isinstance(outcome, DrillOutcome):

@@ -15,7 +15,7 @@ import typer
 # typer >= 0.2x vendors click: its usage errors are typer's own classes.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from backupd.cli import dumps, recovery, restores, service  # noqa: F401  -- registers the commands
+from backupd.cli import archive, dumps, recovery, restores, service  # noqa: F401  -- registers the commands
 from backupd.cli.app import app
 from backupd.errors import BackupdError
 from backupd.log import redact

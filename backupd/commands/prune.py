@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from backupd.commands import selection
+from backupd.commands import archive_retention, selection
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
-from backupd.naming import DUMP_KIND
+from backupd.naming import BASE_KIND, DUMP_KIND
 from backupd.outcomes import PruneOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.settings import Settings
@@ -172,6 +172,10 @@ def run(ctx: JobContext, *, dry_run: bool = False) -> None:
     names: list[str] = []
     # Each database on its own (and the globals): DB_BACKUP_KEEP_MIN is per database.
     for database, kind in selection.artifact_sets(ctx.settings, ctx.store):
+        if kind == BASE_KIND:
+            # Base backups and the WAL they need: BASEBACKUP_KEEP, BASEBACKUP_MAX_AGE_DAYS.
+            names += archive_retention.apply(ctx, offsite, dry_run=dry_run, strict=True)
+            continue
         names += sweep(ctx, ctx.store, dry_run=dry_run, database=database, kind=kind)
         # The same policy offsite (this database's own backups under the prefix only).
         names += sweep_offsite(ctx, offsite, dry_run=dry_run, strict=True, database=database,

@@ -11,7 +11,7 @@ from pathlib import Path
 from backupd.errors import ConfigError, JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.manifest import Manifest
-from backupd.naming import DUMP_KIND, GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.naming import BASE_DATABASE, BASE_KIND, DUMP_KIND, GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import (
@@ -33,13 +33,18 @@ def artifact_sets(settings: Settings, local: LocalRepository) -> list[tuple[str,
     """(database, kind) of every set of artifacts that verify, prune, upload and list work
     on: POSTGRES_DB's dumps alone for one database (today); with several, each database's
     (for `*`, those with backups in DB_BACKUP_DIR), plus the globals when they are taken or
-    any are left (turning DB_BACKUP_GLOBALS off must not keep old ones forever)."""
+    any are left (turning DB_BACKUP_GLOBALS off must not keep old ones forever); plus the
+    base backups (kind "base") when they are scheduled or any are there."""
     selection = settings.database_selection
     if not selection.several and not settings.globals_enabled:
-        return [(settings.postgres_db, DUMP_KIND)]
-    sets = [(name, DUMP_KIND) for name in selection.watched(local.dump_databases())]
-    if settings.globals_enabled or local.list_backups(GLOBALS_DATABASE, GLOBALS_KIND):
-        sets.append((GLOBALS_DATABASE, GLOBALS_KIND))
+        sets = [(settings.postgres_db, DUMP_KIND)]
+    else:
+        sets = [(name, DUMP_KIND) for name in selection.watched(local.dump_databases())]
+        if settings.globals_enabled or local.list_backups(GLOBALS_DATABASE, GLOBALS_KIND):
+            sets.append((GLOBALS_DATABASE, GLOBALS_KIND))
+    # The base backups, once there are any (retention has rules of its own for them).
+    if settings.basebackup_schedule is not None or local.list_backups(BASE_DATABASE, BASE_KIND):
+        sets.append((BASE_DATABASE, BASE_KIND))
     return sets
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from backupd.archive.basebackups import verify_base_backup
 from backupd.commands import selection
 from backupd.configs import age_key_files
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.manifest import Manifest
+from backupd.naming import BASE_KIND
 from backupd.outcomes import FileReport, VerifyOutcome
 from backupd.pipeline.encrypt import load_identities
 from backupd.pipeline.verification import Identities, VerifyReport, verify_file
@@ -26,9 +28,13 @@ def verify_entry(ctx: JobContext, repository: Repository, entry: BackupEntry,
         report = VerifyReport(entry.name)
         report.add("manifest", False, "no manifest: an incomplete upload, never restored")
         return report
-    with selection.local_file(ctx, repository, entry) as path:
-        report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                             identities)
+    if entry.kind == BASE_KIND:
+        # Streamed from the repository itself, checked against PostgreSQL's backup_manifest.
+        report = verify_base_backup(repository, entry, identities, ctx.cancel)
+    else:
+        with selection.local_file(ctx, repository, entry) as path:
+            report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
+                                 identities)
     # A wrong age key says nothing about the file: such an outcome is never recorded.
     if record and entry.manifest is not None and not report.inconclusive:
         record_outcome(ctx, repository, entry.manifest, report)

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backupd.errors import ConfigError
 from backupd.secret_files import read_setting_file
+from backupd.settings.basebackup import BaseBackupSettings
 from backupd.settings.selection import (
     EVERY_DATABASE,
     DatabaseSelection,
@@ -32,7 +33,7 @@ from backupd.settings.wal import WalSettings
 COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9)}
 
 
-class Settings(BaseSettings, WalSettings):
+class Settings(BaseSettings, WalSettings, BaseBackupSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(
