@@ -195,6 +195,23 @@ class ClusterRestoreOutcome(_Model):
         return [d.database for d in self.databases if not d.ok]
 
 
+class RecoverOutcome(_Model):
+    """What ``backupd recover`` chose and wrote (also a PITR drill's recovery)."""
+
+    kind: Literal["recover"] = "recover"
+    target_dir: str
+    target: str  # as people read it: "time ...", "LSN ...", "the end of the archive ..."
+    base_backup: str | None = None
+    wal_first: str | None = None
+    wal_last: str | None = None
+    wal_segments: int = 0
+    wal_bytes: int = 0
+    recover_seconds: float | None = None
+    # A PITR drill's measurements: the recovered server's start to promotion, and all of it.
+    replay_seconds: float | None = None
+    rto_seconds: float | None = None
+
+
 class DrillOutcome(_Model):
     kind: Literal["drill"] = "drill"
     scratch_database: str
@@ -213,6 +230,9 @@ class DrillOutcome(_Model):
     globals_restore: GlobalsOutcome | None = None  # what the globals restore created and kept
     # Measured whole-cluster recovery time: globals plus every database, restored in turn.
     cluster_restore_seconds: float | None = None
+    # WAL_ARCHIVE=on: the PITR drill's recovery of the newest base backup and all its WAL.
+    pitr: RecoverOutcome | None = None
+    pitr_error: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -221,23 +241,6 @@ class DrillOutcome(_Model):
         if self.cluster_restore_seconds is not None:
             return self.cluster_restore_seconds
         return self.restore.restore_seconds
-
-
-class RecoverOutcome(_Model):
-    """What ``backupd recover`` chose and wrote (also a PITR drill's recovery)."""
-
-    kind: Literal["recover"] = "recover"
-    target_dir: str
-    target: str  # as people read it: "time ...", "LSN ...", "the end of the archive ..."
-    base_backup: str | None = None
-    wal_first: str | None = None
-    wal_last: str | None = None
-    wal_segments: int = 0
-    wal_bytes: int = 0
-    recover_seconds: float | None = None
-    # A PITR drill's measurements: the recovered server's start to promotion, and all of it.
-    replay_seconds: float | None = None
-    rto_seconds: float | None = None
 
 
 class MarkOutcome(_Model):

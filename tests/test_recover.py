@@ -33,6 +33,7 @@ from backupd.archive.recovery_dir import STAGING_NAME, parse_owner
 from backupd.commands.recover import RecoverOptions, recover_into
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
+from backupd.outcomes import RecoverOutcome
 from backupd.result import JobResult
 from backupd.settings import Settings
 
@@ -102,7 +103,9 @@ def _recover(history: History, target_dir: Path, target: RecoveryTarget,
     ctx = _context(history)
     options = RecoverOptions(owner=parse_owner(postgres_owner()) if AS_ROOT else None,
                              force=force)
-    recover_into(ctx, archive or history.archive, target_dir, target, options)
+    outcome = RecoverOutcome(target_dir=str(target_dir), target=target.describe())
+    ctx.result.outcome = outcome
+    recover_into(ctx, archive or history.archive, target_dir, target, options, outcome)
     return ctx
 
 
@@ -213,8 +216,10 @@ archive = Killed.__new__(Killed)
 archive.root = Path({root!r}); archive.wal_dir = archive.root / "wal"
 archive.base_dir = archive.root / "base"; archive.description = "killed"
 from test_recover import _context_for
+from backupd.outcomes import RecoverOutcome
 recover.recover_into(_context_for({port}, {work!r}), archive, Path({target!r}),
-                     RecoveryTarget(), recover.RecoverOptions(owner={owner}))
+                     RecoveryTarget(), recover.RecoverOptions(owner={owner}),
+                     RecoverOutcome(target_dir={target!r}, target="end"))
 """
 
 
@@ -273,3 +278,15 @@ def test_mark_then_writes_then_recover_to_the_name(history: History) -> None:
         assert conn.execute("SELECT to_regclass('migrated')").fetchone() == (None,)
         counts = dict(conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall())
     assert counts == {"A": 50, "B": 50, "C": 50}
+
+
+def test_a_pitr_drill_passes_and_cleans_up(history: History) -> None:
+    from backupd.commands import pitr_drill
+
+    ctx = _context(history)
+    outcome = pitr_drill.run(ctx, history.archive)
+    assert outcome.base_backup == "base1"
+    assert outcome.rto_seconds is not None and outcome.replay_seconds is not None
+    assert outcome.rto_seconds >= outcome.replay_seconds > 0
+    assert not (ctx.settings.backup_dir / pitr_drill.SCRATCH_NAME).exists()
+    assert not [w for w in ctx.result.warnings if "newest durable commit" in w]

@@ -150,6 +150,15 @@ class RecoveryPlan:
     history: list[WalLike]
     segment_size: int
 
+    def file_name(self, wal: WalLike) -> str:
+        """The name replay asks the restore_command for (a partial's completed name)."""
+        return segment_name(wal.timeline, wal.segno, self.segment_size)
+
+    def newest_files(self, count: int) -> list[str]:
+        """The last ``count`` segments' file names on the newest timeline, oldest first."""
+        last = self.segments[-1].timeline
+        return [self.file_name(w) for w in self.segments[-count:] if w.timeline == last]
+
     @property
     def wal_range(self) -> str:
         if not self.segments:

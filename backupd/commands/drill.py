@@ -68,7 +68,35 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
 
     ``from_s3``: drill the copy in S3 instead (downloaded, verified, then restored), and
     record the outcome in its S3 manifest.
+
+    With WAL_ARCHIVE=on the drill of the newest backups is also a PITR drill
+    (:mod:`backupd.commands.pitr_drill`), run whether the dump drill passed or not; the job
+    fails if either did.
     """
+    if name is not None or from_s3 or getattr(ctx.settings, "wal_archive", False) is not True:
+        _run_dump_drill(ctx, name, from_s3=from_s3)
+        return
+    from backupd.commands import pitr_drill
+
+    failure: JobFailed | None = None
+    try:
+        _run_dump_drill(ctx, name, from_s3=from_s3)
+    except JobFailed as exc:
+        failure = exc
+    outcome = ctx.result.outcome
+    try:
+        pitr = pitr_drill.run(ctx)
+    except JobFailed as exc:
+        if isinstance(outcome, DrillOutcome):
+            outcome.pitr_error = str(exc)
+        raise JobFailed(f"{failure}; {exc}" if failure else str(exc)) from None
+    if isinstance(outcome, DrillOutcome):
+        outcome.pitr = pitr
+    if failure is not None:
+        raise failure
+
+
+def _run_dump_drill(ctx: JobContext, name: str | None, *, from_s3: bool) -> None:
     settings = ctx.settings
     drill_server = drill_server_settings(settings)
     if drill_server is not None:
@@ -118,8 +146,8 @@ def _drill_each(ctx: JobContext, name: str | None, *, from_s3: bool) -> None:
     for database in databases:
         ctx.cancel.raise_if_cancelled()
         result = run_job("drill", settings.for_database(database),
-                         lambda sub: run(sub, name, from_s3=from_s3), chain, ctx.cancel,
-                         ctx.repositories, scheduled_for=ctx.result.scheduled_for)
+                         lambda sub: _run_dump_drill(sub, name, from_s3=from_s3), chain,
+                         ctx.cancel, ctx.repositories, scheduled_for=ctx.result.scheduled_for)
         ctx.say(f"  {database!r}: {result.status.value}"
                 + (f": {result.error}" if result.error else ""))
         if result.status == Status.CANCELLED:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd.archive import recovery_dir
@@ -24,7 +25,6 @@ from backupd.archive.recovery import (
     RecoverySource,
     RecoveryTarget,
     plan,
-    segment_name,
 )
 from backupd.archive.waldump import newest_commit
 from backupd.cancel import CancelToken
@@ -43,47 +43,43 @@ def run(ctx: JobContext, target_dir: Path, target: RecoveryTarget, *, from_s3: b
         options: RecoverOptions | None = None) -> None:
     options = options or RecoverOptions()
     target_dir = target_dir.absolute()
-    ctx.result.outcome = RecoverOutcome(target_dir=str(target_dir), target=target.describe())
+    outcome = RecoverOutcome(target_dir=str(target_dir), target=target.describe())
+    ctx.result.outcome = outcome
     recovery_dir.check_target(target_dir, force=options.force)  # before the archive is read
     from backupd.archive.recovery_source import archive_source
 
     source = archive_source(ctx.settings, ctx.repos.choose(from_s3, "--from-s3"))
-    recover_into(ctx, source, target_dir, target, options)
+    recover_into(ctx, source, target_dir, target, options, outcome)
     ctx.say(f"recovered into {target_dir}; start a PostgreSQL server of the same major on it "
             "(pg_ctl -D DIR start, or the compose postgres service): it replays the WAL to "
             "the target, then promotes")
 
 
 def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
-                 target: RecoveryTarget, options: RecoverOptions) -> RecoveryPlan:
-    """Plan, then write ``target_dir`` (checked already). Also the PITR drill's recovery."""
+                 target: RecoveryTarget, options: RecoverOptions,
+                 outcome: RecoverOutcome) -> RecoveryPlan:
+    """Plan, then write ``target_dir`` (checked already), reporting into ``outcome``. Also
+    the PITR drill's recovery."""
     started = time.monotonic()
     chosen = plan(source.wal(), source.base_backups(), target)
     for line in chosen.describe():
         ctx.say(line)
-    outcome = ctx.result.outcome
-    if outcome is None:
-        outcome = ctx.result.outcome = RecoverOutcome(target_dir=str(target_dir),
-                                                      target=target.describe())
-    if isinstance(outcome, RecoverOutcome):
-        outcome.base_backup = chosen.base.name
-        outcome.wal_first = chosen.segments[0].name
-        outcome.wal_last = chosen.segments[-1].name
-        outcome.wal_segments = len(chosen.segments)
+    outcome.base_backup = chosen.base.name
+    outcome.wal_first = chosen.segments[0].name
+    outcome.wal_last = chosen.segments[-1].name
+    outcome.wal_segments = len(chosen.segments)
     if options.force and recovery_dir.clean_incomplete(target_dir):
         ctx.warn(f"--force: removed the incomplete recover left in {target_dir}")
     with recovery_dir.staging(target_dir) as stage:
         source.extract(chosen.base, stage, ctx.cancel)
-        copied = copy_wal(source, chosen, stage / recovery_dir.WAL_COPY_NAME, ctx.cancel)
-        if isinstance(outcome, RecoverOutcome):
-            outcome.wal_bytes = copied
+        outcome.wal_bytes = copy_wal(source, chosen, stage / recovery_dir.WAL_COPY_NAME,
+                                     ctx.cancel)
         check_time_reachable(chosen, stage / recovery_dir.WAL_COPY_NAME)
         recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
                              f"{target.describe()}")
         ctx.cancel.raise_if_cancelled()
         recovery_dir.complete(target_dir, stage, options.owner)
-    if isinstance(outcome, RecoverOutcome):
-        outcome.recover_seconds = round(time.monotonic() - started, 3)
+    outcome.recover_seconds = round(time.monotonic() - started, 3)
     return chosen
 
 
@@ -96,8 +92,7 @@ def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
         source.fetch(history, wal_dir / history.name)
     for wal in chosen.segments:
         cancel.raise_if_cancelled()
-        name = file_name(chosen, wal.timeline, wal.segno)
-        dest = wal_dir / name
+        dest = wal_dir / chosen.file_name(wal)
         source.fetch(wal, dest)
         if wal.partial and dest.stat().st_size < chosen.segment_size:
             # A partial uploaded compressed may be cut at its last record; replay reads
@@ -108,20 +103,16 @@ def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
     return total
 
 
-def file_name(chosen: RecoveryPlan, timeline: int, segno: int) -> str:
-    return segment_name(timeline, segno, chosen.segment_size)
-
-
 def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path) -> None:
     """A ``--to-time`` after the archive's newest commit is never reached: the server would
     replay all and refuse to start. Refused here (the staging directory goes with it)."""
     when = chosen.target.time
     if when is None:
         return
-    last = chosen.segments[-1]
-    files = [file_name(chosen, w.timeline, w.segno) for w in chosen.segments[-3:]
-             if w.timeline == last.timeline]
-    commit = newest_commit(wal_dir, files, last.timeline)
+    if when > datetime.now(UTC):
+        raise ConfigError(f"--to-time: {when.isoformat()} is in the future, after the "
+                          "archive's end; recover without --to-time for everything it holds")
+    commit = newest_commit(wal_dir, chosen.newest_files(3), chosen.segments[-1].timeline)
     if commit is not None and commit.time < when:
         raise ConfigError(
             f"--to-time: {when.isoformat()} is after the archive's end (its newest commit "

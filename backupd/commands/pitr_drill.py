@@ -1,0 +1,211 @@
+"""The PITR drill: recover the newest base backup with all its WAL into a scratch directory,
+start a private server on it, and prove what it holds.
+
+With ``DRILL_SCHEDULE`` and ``WAL_ARCHIVE=on`` every drill also runs this
+(:func:`backupd.commands.drill.run`):
+
+1. ``recover`` to the end of the local archive into ``DB_BACKUP_DIR/.pitr-drill/data``
+   (a leftover of a killed drill is removed first: only that directory is ever removed);
+2. the newest commit in the copied WAL, read with pg_waldump: the newest durable in the
+   archive;
+3. a private server (the image's ``/usr/lib/postgresql/<major>/bin/postgres``, under the one
+   supervisor) on a unix socket inside the scratch directory, with its own pg_hba (trust over
+   that socket only) and no hot standby; waited for until it promotes;
+4. each database compared with the live one (the dump drill's comparisons), and that
+   newest commit is there;
+5. the measured RTO (recover + start + replay + promotion) and replay time reported, and
+   the server stopped and the directory removed in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+from backupd.archive.recovery import RecoverySource, RecoveryTarget, format_lsn
+from backupd.archive.recovery_dir import WAL_COPY_NAME
+from backupd.archive.waldump import Commit, newest_commit
+from backupd.commands.recover import RecoverOptions, recover_into
+from backupd.errors import JobFailed, JobSkipped
+from backupd.job import JobContext
+from backupd.outcomes import RecoverOutcome
+from backupd.pipeline.supervisor import Child
+from backupd.postgres.compare import compare, read_catalog
+from backupd.postgres.connection import connect, describe_pg_error
+from backupd.postgres.databases import resolve_databases
+
+SCRATCH_NAME = ".pitr-drill"
+SERVER_ROOT = Path("/usr/lib/postgresql")
+PROMOTION_TIMEOUT_SECONDS = 3600.0
+# The server refuses to run as root; a root backupd (tests, a root container) runs it as this
+# user, as the postgres packages do.
+SERVER_OS_USER = "postgres"
+
+
+def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome:
+    """The drill (``source``: the local archive by default); JobFailed naming what is wrong."""
+    if source is None:
+        from backupd.archive.recovery_source import archive_source
+
+        source = archive_source(ctx.settings, ctx.repos.local)
+    scratch = ctx.settings.backup_dir / SCRATCH_NAME
+    if scratch.exists():
+        shutil.rmtree(scratch)
+        ctx.warn(f"removed the scratch directory {scratch} an interrupted PITR drill left")
+    outcome = RecoverOutcome(target_dir=str(scratch / "data"),
+                             target=RecoveryTarget().describe())
+    started = time.monotonic()
+    scratch.mkdir(mode=0o700, parents=True)
+    try:
+        data = scratch / "data"
+        run_as = _server_user()
+        owner = (run_as.pw_uid, run_as.pw_gid) if run_as is not None else None
+        chosen = recover_into(ctx, source, data, RecoveryTarget(), RecoverOptions(owner=owner),
+                              outcome)
+        durable = newest_commit(data / WAL_COPY_NAME, chosen.newest_files(3),
+                                chosen.segments[-1].timeline)
+        if owner is not None:
+            os.chown(scratch, *owner)
+        with _server(ctx, data, scratch, run_as) as socket_dir:
+            replay_started = time.monotonic()
+            _wait_promoted(ctx, socket_dir)
+            outcome.replay_seconds = round(time.monotonic() - replay_started, 3)
+            outcome.rto_seconds = round(time.monotonic() - started, 3)
+            problems = _compare(ctx, socket_dir)
+            problems += _durable_present(ctx, socket_dir, durable)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ctx.say(f"PITR drill: recovered {chosen.base.name} with {len(chosen.segments)} WAL "
+            f"segments; RTO {outcome.rto_seconds}s (server start to promotion "
+            f"{outcome.replay_seconds}s); scratch directory removed")
+    if problems:
+        raise JobFailed("PITR drill failed: " + "; ".join(problems[:5]))
+    return outcome
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        raise JobSkipped("PITR drill skipped: backupd runs as root and there is no "
+                         f"{SERVER_OS_USER!r} user to run the scratch server as") from None
+
+
+def _server_binary(data: Path) -> Path:
+    major = (data / "PG_VERSION").read_text().strip()
+    binary = SERVER_ROOT / major / "bin" / "postgres"
+    if not binary.exists():
+        raise JobSkipped(f"PITR drill skipped: no PostgreSQL {major} server here ({binary}); "
+                         f"the scratch server needs the server binaries of the archived major")
+    return binary
+
+
+@contextmanager
+def _server(ctx: JobContext, data: Path, scratch: Path,
+            run_as: pwd.struct_passwd | None) -> Iterator[Path]:
+    """The scratch server on a unix socket in ``scratch`` (no TCP port: nothing else can reach
+    it), trusting that socket alone."""
+    hba = scratch / "drill_hba.conf"
+    hba.write_text("local all all trust\n")
+    if run_as is not None:
+        os.chown(hba, run_as.pw_uid, run_as.pw_gid)
+    argv = [str(_server_binary(data)), "-D", str(data), "-k", str(scratch),
+            "-c", "listen_addresses=", "-c", f"hba_file={hba}", "-c", "hot_standby=off",
+            "-c", "archive_mode=off", "-c", "shared_preload_libraries=",
+            "-c", "logging_collector=off", "-c", "ssl=off", "-c", "max_connections=20",
+            "-c", "shared_buffers=32MB", "-c", "port=5432"]
+    if run_as is not None:
+        argv = ["runuser", "-u", run_as.pw_name, "--", *argv]
+    with Child(argv, cancel=ctx.cancel, stderr_lines=40) as child:
+        ctx.say(f"PITR drill: scratch server started on {data}")
+        try:
+            yield scratch
+        except BaseException:
+            if child.process is not None and child.process.poll() is not None:
+                ctx.say(f"scratch server log: {child.stderr_tail}")
+            raise
+        finally:
+            child.stop(60)
+    if child.error_line and "shutting down" not in child.error_line:
+        ctx.say(f"scratch server: {child.error_line}")
+
+
+def _connect(ctx: JobContext, socket_dir: Path, database: str) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=str(socket_dir), port=5432, dbname=database, user=ctx.settings.postgres_user,
+        connect_timeout=10)
+    return psycopg.connect(conninfo, autocommit=True)
+
+
+# What the server answers while it recovers (hot standby off: no connections until promoted).
+_NOT_YET = ("starting up", "not yet accepting", "not accepting connections")
+
+
+def _wait_promoted(ctx: JobContext, socket_dir: Path) -> None:
+    deadline = time.monotonic() + PROMOTION_TIMEOUT_SECONDS
+    last_error = ""
+    while time.monotonic() < deadline:
+        ctx.cancel.raise_if_cancelled()
+        if not (socket_dir / ".s.PGSQL.5432").exists():
+            time.sleep(0.2)
+            continue
+        try:
+            with _connect(ctx, socket_dir, "postgres") as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and not row[0]:
+                return
+        except psycopg.Error as exc:
+            last_error = describe_pg_error(exc)
+            if not any(state in last_error for state in _NOT_YET):
+                raise JobFailed(f"PITR drill failed: the recovered server did not start: "
+                                f"{last_error}") from None
+        time.sleep(0.3)
+    raise JobFailed(f"PITR drill failed: the recovered server did not promote within "
+                    f"{PROMOTION_TIMEOUT_SECONDS:.0f}s ({last_error})")
+
+
+def _compare(ctx: JobContext, socket_dir: Path) -> list[str]:
+    problems = []
+    for database in resolve_databases(ctx.settings).databases:
+        with connect(ctx.settings, database) as live_conn:
+            live_conn.execute("SET default_transaction_read_only = on")
+            live = read_catalog(live_conn)
+        try:
+            with _connect(ctx, socket_dir, database) as conn:
+                recovered = read_catalog(conn)
+        except psycopg.Error as exc:
+            problems.append(f"database {database!r} is not in the recovered server "
+                            f"({describe_pg_error(exc)})")
+            continue
+        comparison = compare(live, recovered, None)
+        ctx.say(f"PITR drill, {database!r}: {comparison.summary}")
+        problems += [f"{database}: {line}" for line in comparison.differences]
+    return problems
+
+
+def _durable_present(ctx: JobContext, socket_dir: Path, durable: Commit | None) -> list[str]:
+    if durable is None:
+        ctx.warn("PITR drill: no commit found in the newest WAL segments (or no pg_waldump); "
+                 "the newest durable commit was not checked")
+        return []
+    with _connect(ctx, socket_dir, "postgres") as conn:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn() >= %s::pg_lsn, pg_xact_status(((("
+            "pg_current_xact_id()::text::bigint >> 32) << 32) + %s)::text::xid8)",
+            (format_lsn(durable.lsn), durable.xid)).fetchone()
+    if row is None or not row[0] or row[1] != "committed":
+        return [f"the newest commit durable in the archive (transaction {durable.xid} at "
+                f"{format_lsn(durable.lsn)}, {durable.time.isoformat()}) is not in the "
+                "recovered server"]
+    ctx.say(f"PITR drill: the newest commit durable in the archive (transaction "
+            f"{durable.xid}, {durable.time.isoformat()}) is present")
+    return []
