@@ -143,7 +143,13 @@ def _start_http(settings: Settings, state: DaemonState) -> Callable[[], Any] | N
     # Imported only when asked for: it loads prometheus_client.
     from backupd.daemon.http import start_http_server
 
-    return start_http_server(settings, state)
+    page = None
+    if settings.status_page:
+        from backupd.commands import status_page
+
+        def page() -> str:
+            return status_page.page(settings)
+    return start_http_server(settings, state, page=page)
 
 
 def _call_quietly(function: Callable[[], Any]) -> None:

@@ -1,4 +1,5 @@
-"""``GET /healthz`` and ``GET /metrics`` on HEALTH_PORT, in a background thread of the daemon.
+"""``GET /healthz`` and ``GET /metrics`` on HEALTH_PORT, in a background thread of the daemon;
+with STATUS_PAGE=on also ``GET /``, the status page (rendered by the caller's ``page``).
 
 Both answers are computed per request from the backup directory and the scheduler's
 state, so they can never be staler than the request. The server never blocks a job:
@@ -8,11 +9,13 @@ it runs in its own threads and only reads.
 from __future__ import annotations
 
 import errno
+import hmac
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -28,6 +31,16 @@ from backupd.storage.local import LocalStore
 LISTEN_HOST = "0.0.0.0"  # noqa: S104
 # A client that connects and never sends a request must not hold a thread forever.
 REQUEST_TIMEOUT_SECONDS = 10
+# The page is one self-contained document: nothing may load from elsewhere, nothing runs.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "img-src data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the token may be in the URL
+}
+TEXT = "text/plain; charset=utf-8"
+# Renders the status page (commands/status_page.py); the daemon package does not import it.
+PageRenderer = Callable[[], str]
 
 
 class SchedulerState(Protocol):
@@ -47,8 +60,10 @@ def start_http_server(
     *,
     metrics: BackupdMetrics | None = None,
     host: str = LISTEN_HOST,
+    page: PageRenderer | None = None,
 ) -> Callable[[], None]:
-    """Serve on HEALTH_PORT until the returned function is called; ConfigError if taken."""
+    """Serve on HEALTH_PORT until the returned function is called; ConfigError if taken.
+    ``page``: the status page at ``/`` (None: ``/`` is not found)."""
     metrics = metrics or shared_metrics(settings)
     metrics.state = state
     metrics.seed(state.last_results.values())  # the last values survive a restart
@@ -60,6 +75,7 @@ def start_http_server(
                           f"({exc.strerror}); {hint}choose another port, or 0 to turn the "
                           "health and metrics server off") from None
     server.settings, server.state, server.metrics = settings, state, metrics
+    server.page = page
     thread = threading.Thread(target=server.serve_forever, name="health-http", daemon=True)
     thread.start()
     get_logger().info("health and metrics server listening", port=server.server_address[1])
@@ -78,6 +94,7 @@ class _Server(ThreadingHTTPServer):
     settings: Settings
     state: SchedulerState
     metrics: BackupdMetrics
+    page: PageRenderer | None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -93,23 +110,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(head=True)
 
     def _answer(self, *, head: bool) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
+        headers: dict[str, str] = {}
         try:
             if path == "/healthz":
                 status, content_type, body = self._healthz()
             elif path == "/metrics":
                 status, content_type, body = 200, CONTENT_TYPE_LATEST, self.server.metrics.render()
+            elif path == "/" and self.server.page is not None:
+                status, content_type, body, headers = self._page(query)
             else:
-                status, content_type, body = 404, "text/plain; charset=utf-8", \
-                    b"not found: try /healthz or /metrics\n"
+                status, content_type, body = 404, TEXT, b"not found: try /healthz or /metrics\n"
         except Exception as exc:  # a probe must get an answer, and the reason
             get_logger().exception("health server error")
-            status, content_type = 500, "text/plain; charset=utf-8"
+            status, content_type = 500, TEXT
             body = redact(f"error: {type(exc).__name__}: {exc}\n").encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         if not head:
             self.wfile.write(body)
@@ -124,5 +145,28 @@ class _Handler(BaseHTTPRequestHandler):
         body = redact(report.render_text()).encode()
         return (200 if report.ok else 503), "text/plain; charset=utf-8", body
 
+    def _page(self, query: str) -> tuple[int, str, bytes, dict[str, str]]:
+        token = self.server.settings.status_page_token
+        if token is not None:
+            given = _presented_token(self.headers.get("Authorization"), query)
+            if given is None:
+                return 401, TEXT, b"the status page needs ?token= or Authorization: Bearer\n", \
+                    {"WWW-Authenticate": 'Bearer realm="backupd status"'}
+            if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+                return 403, TEXT, b"wrong token for the status page\n", {}
+        assert self.server.page is not None
+        body = self.server.page().encode()
+        return 200, "text/html; charset=utf-8", body, PAGE_HEADERS
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # probes every few seconds would drown the log; failures are logged above
+
+
+def _presented_token(authorization: str | None, query: str) -> str | None:
+    """The token a request presents: the bearer header's, else the ``token`` parameter."""
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    values = parse_qs(query).get("token")
+    return values[0] if values else None

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
+from backupd.daemon.history import RunRecord, add_run
 from backupd.log import get_logger
 from backupd.result import JobResult, Status, UtcDateTime
 from backupd.storage.atomic import write_bytes_atomically
@@ -44,6 +45,14 @@ def _unreadable_as_none(value: Any, handler: Callable[[Any], Any]) -> Any:
 
 
 StoredResult = Annotated[JobResult | None, WrapValidator(_unreadable_as_none)]
+
+
+def _unreadable_as_empty(value: Any, handler: Callable[[Any], Any]) -> Any:
+    return _unreadable_as_none(value, handler) or []
+
+
+# The charts' history: a damaged one starts again rather than costing the file.
+StoredHistory = Annotated[list[RunRecord], WrapValidator(_unreadable_as_empty)]
 
 
 class _Model(BaseModel):
@@ -82,6 +91,8 @@ class StateFile(_Model):
     last_results: dict[str, JobResult] = Field(default_factory=dict)
     daemons: dict[str, DaemonRecord] = Field(default_factory=dict)
     jobs: dict[str, JobRecord] = Field(default_factory=dict)
+    # The last backup and drill runs, for the status page's charts (daemon/history.py).
+    history: StoredHistory = Field(default_factory=list)
 
     def alive_daemons(self, now: datetime | None = None) -> list[DaemonRecord]:
         now = now or datetime.now(UTC)
@@ -127,6 +138,14 @@ def update_state(directory: Path, change: Callable[[StateFile], None]) -> StateF
         return state
 
 
+def remember(state: StateFile, result: JobResult) -> JobRecord:
+    """The one way a result enters the state file: the job's record and the history."""
+    record = state.jobs.setdefault(result.job, JobRecord())
+    merge_result(record, result)
+    add_run(state.history, result)
+    return record
+
+
 def merge_result(record: JobRecord, result: JobResult) -> None:
     """Keep the newest result (and the newest non-skipped one) of any daemon or command."""
     stored = result.model_copy(deep=True)
@@ -162,7 +181,7 @@ class ResultRecorder:
             return
 
         def change(state: StateFile) -> None:
-            merge_result(state.jobs.setdefault(result.job, JobRecord()), result)
+            remember(state, result)
 
         try:
             update_state(self.directory, change)
@@ -235,8 +254,7 @@ class DaemonState:
         handled = slot if result.status != Status.CANCELLED else None
 
         def change(state: StateFile) -> None:
-            record = state.jobs.setdefault(result.job, JobRecord())
-            merge_result(record, result)
+            record = remember(state, result)
             if handled is not None and (record.last_slot is None or handled > record.last_slot):
                 record.last_slot = handled
             self._write_own_entry(state)

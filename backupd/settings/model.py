@@ -25,6 +25,7 @@ from backupd.settings.selection import (
     check_database_list,
     split_database_list,
 )
+from backupd.settings.statuspage import StatusPageSettings
 from backupd.settings.wal import WalSettings
 
 # DB_BACKUP_COMPRESSION_LEVEL's range per compressor, on the scale users know: gzip's 0-9
@@ -33,7 +34,7 @@ from backupd.settings.wal import WalSettings
 COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9)}
 
 
-class Settings(BaseSettings, WalSettings, BaseBackupSettings):
+class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(
@@ -280,7 +281,8 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings):
                 values.append(self.drill_password or "")
         with contextlib.suppress(ConfigError):
             values.append(self.replication_password)
-        for secret in (self.slack_webhook_url, self.heartbeat_url, self.s3_sse_kms_key_id):
+        for secret in (self.slack_webhook_url, self.heartbeat_url, self.s3_sse_kms_key_id,
+                       self.status_page_token):
             if secret is not None:
                 values.append(secret.get_secret_value())
         for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
