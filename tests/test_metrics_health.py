@@ -99,7 +99,8 @@ def scrape(served: Served) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            assert set(sample.labels) <= {"job", "status"}, sample  # nothing else in labels
+            # nothing else in labels
+            assert set(sample.labels) <= {"job", "database", "status"}, sample
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
 
@@ -108,7 +109,8 @@ def test_metrics_carry_the_last_run(served: Served) -> None:
     result = served.backup()
     assert result.status == Status.SUCCESS, result.error
     samples = scrape(served)
-    job = (("job", "backup"),)
+    db = (("database", served.settings.postgres_db),)
+    job = (*db, ("job", "backup"))
     path = served.settings.backup_dir / str(result.backup_name)
     assert result.finished_at is not None
     assert samples[("backupd_job_last_success_timestamp_seconds", job)] == pytest.approx(
@@ -116,25 +118,26 @@ def test_metrics_carry_the_last_run(served: Served) -> None:
     assert samples[("backupd_job_last_duration_seconds", job)] == pytest.approx(
         result.duration_seconds)
     assert samples[("backupd_job_last_backup_size_bytes", job)] == path.stat().st_size
-    assert samples[("backupd_job_runs_total", (("job", "backup"), ("status", "success")))] == 1
-    assert samples[("backupd_job_runs_total", (("job", "backup"), ("status", "failed")))] == 0
-    assert samples[("backupd_local_backups", ())] == 1
-    assert samples[("backupd_local_verified_backups", ())] == 1
-    assert samples[("backupd_local_backups_bytes", ())] == path.stat().st_size
-    assert 0 <= samples[("backupd_newest_verified_backup_age_seconds", ())] < 120
+    assert samples[("backupd_job_runs_total", (*job, ("status", "success")))] == 1
+    assert samples[("backupd_job_runs_total", (*job, ("status", "failed")))] == 0
+    assert samples[("backupd_local_backups", db)] == 1
+    assert samples[("backupd_local_verified_backups", db)] == 1
+    assert samples[("backupd_local_backups_bytes", db)] == path.stat().st_size
+    assert 0 <= samples[("backupd_newest_verified_backup_age_seconds", db)] < 120
     assert samples[("backupd_scheduler_up", ())] == 1
-    assert samples[("backupd_job_next_run_timestamp_seconds", job)] == datetime(
+    assert samples[("backupd_backup_max_age_seconds", ())] == 37 * 3600  # daily: 24 h * 1.5 + 1 h
+    assert samples[("backupd_job_next_run_timestamp_seconds", (("job", "backup"),))] == datetime(
         2030, 1, 1, 2, tzinfo=UTC).timestamp()
     # S3 off, no drill yet: those gauges are absent rather than a misleading 0.
-    assert ("backupd_offsite_pending_uploads", ()) not in samples
-    assert ("backupd_drill_last_success_timestamp_seconds", ()) not in samples
+    assert ("backupd_offsite_pending_uploads", db) not in samples
+    assert ("backupd_drill_last_success_timestamp_seconds", db) not in samples
 
     # A failed run: counted, last-run gauges move, the last good size stays.
     served.settings.postgres_port = free_port()
     failed = served.backup()
     assert failed.status == Status.FAILED
     samples = scrape(served)
-    assert samples[("backupd_job_runs_total", (("job", "backup"), ("status", "failed")))] == 1
+    assert samples[("backupd_job_runs_total", (*job, ("status", "failed")))] == 1
     assert samples[("backupd_job_last_run_success", job)] == 0
     assert samples[("backupd_job_last_backup_size_bytes", job)] == path.stat().st_size
     _, text = served.get("/metrics")
@@ -177,8 +180,18 @@ def test_drill_age_is_required_when_configured(served: Served) -> None:
     store.write_manifest(manifest)
     assert served.get("/healthz")[0] == 200
     samples = scrape(served)
-    assert samples[("backupd_drill_last_restore_seconds", ())] == 4.5
-    assert 3500 < samples[("backupd_drill_last_success_age_seconds", ())] < 3700
+    db = (("database", served.settings.postgres_db),)
+    assert samples[("backupd_drill_last_restore_seconds", db)] == 4.5
+    assert samples[("backupd_drill_last_run_success", db)] == 1
+    assert samples[("backupd_drill_max_age_seconds", ())] == 7 * 86400
+    assert 3500 < samples[("backupd_drill_last_success_age_seconds", db)] < 3700
+    # The drill fails when run again: the newest drill says so, and no good one is left.
+    manifest.drilled_at, manifest.drill_ok = datetime.now(UTC), False
+    manifest.drill_restore_seconds = None
+    store.write_manifest(manifest)
+    samples = scrape(served)
+    assert samples[("backupd_drill_last_run_success", db)] == 0
+    assert ("backupd_drill_last_restore_seconds", db) not in samples  # its only drill failed
     # A drill the daemon recorded counts too (its backup may have been pruned since).
     manifest.drilled_at = None
     store.write_manifest(manifest)

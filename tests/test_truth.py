@@ -111,7 +111,8 @@ def test_prune_dry_run_does_not_count_as_retention_deleted(
     assert isinstance(result.outcome, PruneOutcome) and result.outcome.dry_run
     assert result.deleted == [] and len(result.outcome.would_delete) == 2
     rendered = metrics.render().decode()
-    assert 'backupd_job_last_retention_deleted{job="prune"} 0.0' in rendered, rendered
+    assert (f'backupd_job_last_retention_deleted{{database="{settings.postgres_db}",job="prune"}} '
+            "0.0") in rendered, rendered
     assert len(backup_files(backup_dir)) == 3
 
 

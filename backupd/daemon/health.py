@@ -22,7 +22,13 @@ from backupd.errors import ConfigError
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.result import human_duration
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry, describe_future, future_entries, newest_verified
+from backupd.storage.base import (
+    BackupEntry,
+    describe_future,
+    future_entries,
+    newest_drilled,
+    newest_verified,
+)
 from backupd.storage.local import LocalStore
 
 # The daemon refreshes `updated_at` every HEARTBEAT_SECONDS; silent for longer than the
@@ -43,6 +49,9 @@ class DatabaseHealth(BaseModel):
     local_backups: int = 0
     newest_verified_backup: str | None = None
     newest_verified_backup_age_hours: float | None = None
+    # The database's last successful restore drill (for the globals: the whole cluster's).
+    last_successful_drill_age_hours: float | None = None
+    last_drill_restore_seconds: float | None = None
 
 
 class HealthFacts(BaseModel):
@@ -58,6 +67,7 @@ class HealthFacts(BaseModel):
     newest_verified_backup: str | None = None
     newest_verified_backup_age_hours: float | None = None
     last_successful_drill_age_hours: float | None = None
+    last_drill_restore_seconds: float | None = None
 
 
 class HealthReport(BaseModel):
@@ -123,6 +133,7 @@ def evaluate(
     entries = store.list_backups(settings.postgres_db)
     newest = newest_verified(entries, now)
     facts.local_backups = len(entries)
+    facts.last_drill_restore_seconds = _drill_facts(entries, now)[1]
     reasons.extend(describe_future(e, now) for e in future_entries(entries, now))
     if newest is None:
         reasons.append(f"no verified backup of database {settings.postgres_db!r} in "
@@ -166,7 +177,10 @@ def _check_each_database(settings: Settings, store: LocalStore, max_age: timedel
                        f"{store.directory}")
     dumps: list[BackupEntry] = []
     for name, entries, what in watched:
-        fact = DatabaseHealth(database=name, local_backups=len(entries))
+        drill_age, drill_seconds = _drill_facts(entries, now)
+        fact = DatabaseHealth(database=name, local_backups=len(entries),
+                              last_successful_drill_age_hours=drill_age,
+                              last_drill_restore_seconds=drill_seconds)
         facts.databases.append(fact)
         dumps += [e for e in entries if e.kind != GLOBALS_KIND]
         reasons.extend(describe_future(e, now) for e in future_entries(entries, now))
@@ -183,6 +197,17 @@ def _check_each_database(settings: Settings, store: LocalStore, max_age: timedel
                            f"({_human(max_age)})")
     facts.local_backups = len(dumps)
     return dumps
+
+
+def _drill_facts(entries: list[BackupEntry], now: datetime) -> tuple[float | None, float | None]:
+    """The age (hours) of the last successful drill recorded in ``entries``' manifests, and
+    how long its restore took."""
+    drilled = newest_drilled(entries, passed=True)
+    if drilled is None or drilled.manifest is None or drilled.manifest.drilled_at is None:
+        return None, None
+    age = (now - drilled.manifest.drilled_at).total_seconds() / 3600
+    seconds = drilled.manifest.drill_restore_seconds
+    return round(age, 2), round(seconds, 1) if seconds is not None else None
 
 
 def _check_drill(max_days: float, entries: list[BackupEntry], records: Iterable[DrillRecord],

@@ -11,15 +11,16 @@ from __future__ import annotations
 import errno
 import hmac
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from backupd.daemon.health import DrillRecord, evaluate
+from backupd.daemon.health import DrillRecord, evaluate, max_backup_age
 from backupd.errors import ConfigError
 from backupd.log import get_logger, redact
 from backupd.notify.metrics import BackupdMetrics, shared_metrics
@@ -66,6 +67,7 @@ def start_http_server(
     ``page``: the status page at ``/`` (None: ``/`` is not found)."""
     metrics = metrics or shared_metrics(settings)
     metrics.state = state
+    metrics.limits = lambda: health_limits(settings)
     metrics.seed(state.last_results.values())  # the last values survive a restart
     try:
         server = _Server((host, settings.health_port), _Handler)
@@ -86,6 +88,20 @@ def start_http_server(
         thread.join(timeout=5)
 
     return stop
+
+
+def health_limits(settings: Settings) -> Iterator[Metric]:
+    """The limits /healthz applies (read at each scrape, like the health check)."""
+    yield GaugeMetricFamily(
+        "backupd_backup_max_age_seconds",
+        "BACKUP_MAX_AGE_HOURS (or derived from BACKUP_SCHEDULE), in seconds: a newest "
+        "verified backup older than this makes backupd unhealthy.",
+        value=max_backup_age(settings).total_seconds())
+    if settings.drill_max_age_days is not None:
+        yield GaugeMetricFamily(
+            "backupd_drill_max_age_seconds",
+            "DRILL_MAX_AGE_DAYS in seconds: no successful drill for longer makes backupd "
+            "unhealthy.", value=settings.drill_max_age_days * 86400)
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,12 +1,13 @@
 """Prometheus metrics: what the last runs did (from results) and what is on disk (at scrape).
 
 Two tables drive everything, so a new metric is one line in one of them:
-- RESULT_GAUGES: set from each JobResult, labelled by job;
-- STORE_GAUGES: computed on every scrape from the backup directory's manifests (they
-  survive restarts, and an upload or drill recorded by another process shows up too).
-Labels are only ``job`` and ``status``: never secrets, never database-supplied text; with
-several databases (POSTGRES_DB a list or `*`) the ``backupd_database_*`` families add a
-``database`` label (names from POSTGRES_DB or the server's catalog, never row data).
+- RESULT_GAUGES: set from each JobResult, labelled by job and database;
+- STORE_GAUGES (``store_metrics``): computed on every scrape from the backup directory's
+  manifests, labelled by database.
+Labels are only ``job``, ``database`` and ``status``: never secrets, never row data. The
+database is the result's (a name from POSTGRES_DB or the server's catalog); a backup run of
+several databases reports each database under its own name and the run's summary under the
+POSTGRES_DB value (``app,billing``, ``*``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -23,12 +23,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from backupd.log import get_logger
-from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.notify.store_metrics import store_metrics
 from backupd.outcomes import BackupRunOutcome
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
-from backupd.storage.base import BackupEntry, latest_upload, newest_verified
-from backupd.storage.local import LocalStore
 
 # --- facts from results ----------------------------------------------------------------
 
@@ -70,8 +68,9 @@ RESULT_GAUGES: tuple[ResultGauge, ...] = (
 )
 
 
-# Per database (POSTGRES_DB a list or `*`, or DB_BACKUP_GLOBALS on), from each database's
-# own backup result; labelled by database.
+# Several databases (POSTGRES_DB a list or `*`, or DB_BACKUP_GLOBALS on) only, from each
+# database's own backup result: the names dashboards used before every series carried a
+# database label (the same facts as backupd_job_last_*{job="backup",database=...}).
 DATABASE_GAUGES: tuple[ResultGauge, ...] = (
     ResultGauge("backupd_database_last_backup_timestamp_seconds",
                 "When the database's last backup finished (Unix time).",
@@ -89,92 +88,12 @@ DATABASE_GAUGES: tuple[ResultGauge, ...] = (
 )
 
 
-# --- facts from the backup directory, at scrape time -------------------------------------
-
-
 class StateView(Protocol):
     """What the metrics read from the daemon's state (backupd.daemon.state.DaemonState)."""
 
     def scheduler_alive(self) -> bool: ...
 
     def next_runs(self) -> Mapping[str, datetime | None]: ...
-
-
-@dataclass
-class StoreSnapshot:
-    settings: Settings
-    entries: list[BackupEntry]
-    now: datetime
-
-    @cached_property
-    def newest_verified(self) -> BackupEntry | None:
-        return newest_verified(self.entries, self.now)
-
-    @cached_property
-    def newest_good_drill(self) -> BackupEntry | None:
-        drilled = [e for e in self.entries
-                   if e.manifest and e.manifest.drill_ok and e.manifest.drilled_at]
-        return max(drilled, key=lambda e: e.manifest.drilled_at, default=None)  # type: ignore[union-attr, arg-type, return-value]
-
-    def newest_upload(self) -> datetime | None:
-        return latest_upload(self.entries)
-
-    def pending_uploads(self) -> int | None:
-        if not self.settings.s3_bucket:
-            return None
-        return sum(1 for e in self.entries if e.awaiting_upload)
-
-    def age(self, moment: datetime | None) -> float | None:
-        return (self.now - moment).total_seconds() if moment else None
-
-
-@dataclass(frozen=True)
-class StoreGauge:
-    name: str
-    help: str
-    value: Callable[[StoreSnapshot], float | None]  # None: not exported this scrape
-
-
-def _drilled_at(s: StoreSnapshot) -> datetime | None:
-    entry = s.newest_good_drill
-    return entry.manifest.drilled_at if entry and entry.manifest else None
-
-
-def _taken_at(entry: BackupEntry | None) -> datetime | None:
-    return entry.parsed.taken_at if entry else None
-
-
-STORE_GAUGES: tuple[StoreGauge, ...] = (
-    StoreGauge("backupd_local_backups", "Backups of POSTGRES_DB in DB_BACKUP_DIR.",
-               lambda s: len(s.entries)),
-    StoreGauge("backupd_local_verified_backups",
-               "Verified backups of POSTGRES_DB in DB_BACKUP_DIR.",
-               lambda s: sum(1 for e in s.entries if e.verified)),
-    StoreGauge("backupd_local_backups_bytes", "Total size of the backups in DB_BACKUP_DIR.",
-               lambda s: sum(e.size for e in s.entries)),
-    StoreGauge("backupd_newest_verified_backup_timestamp_seconds",
-               "When the newest verified backup was taken (Unix time).",
-               lambda s: _timestamp(_taken_at(s.newest_verified))),
-    StoreGauge("backupd_newest_verified_backup_age_seconds",
-               "Age of the newest verified backup.", lambda s: s.age(_taken_at(s.newest_verified))),
-    StoreGauge("backupd_newest_verified_backup_size_bytes", "Size of the newest verified backup.",
-               lambda s: s.newest_verified.size if s.newest_verified else None),
-    # Offsite copies (issue 4) and restore drills (issue 7), from the manifests.
-    StoreGauge("backupd_offsite_last_upload_timestamp_seconds",
-               "When a backup was last committed offsite (Unix time).",
-               lambda s: _timestamp(s.newest_upload())),
-    StoreGauge("backupd_offsite_pending_uploads",
-               "Verified local backups not yet committed offsite.", lambda s: s.pending_uploads()),
-    StoreGauge("backupd_drill_last_success_timestamp_seconds",
-               "When a restore drill last succeeded (Unix time).",
-               lambda s: _timestamp(_drilled_at(s))),
-    StoreGauge("backupd_drill_last_success_age_seconds",
-               "Age of the last successful restore drill.", lambda s: s.age(_drilled_at(s))),
-    StoreGauge("backupd_drill_last_restore_seconds",
-               "How long the last successful drill's restore took.",
-               lambda s: s.newest_good_drill.manifest.drill_restore_seconds  # type: ignore[union-attr]
-               if s.newest_good_drill else None),
-)
 
 
 class _ScrapeCollector(Collector):
@@ -184,16 +103,15 @@ class _ScrapeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         yield from self._store_metrics()
         yield from self._state_metrics()
+        if self.metrics.limits is not None:
+            yield from self.metrics.limits()
 
     def _store_metrics(self) -> Iterator[Metric]:
-        settings = self.metrics.settings
         readable = GaugeMetricFamily("backupd_local_store_readable",
                                      "1 if DB_BACKUP_DIR could be listed at this scrape.")
         try:
-            store = LocalStore(settings.backup_dir)
-            entries = store.list_backups(settings.postgres_db) if not self.metrics.per_database \
-                else [e for name in settings.database_selection.watched(store.dump_databases())
-                      for e in store.list_backups(name)]
+            families = list(store_metrics(self.metrics.settings, datetime.now(UTC),
+                                          legacy_aliases=self.metrics.per_database))
         except OSError as exc:
             get_logger().warning("metrics: cannot list backups", error=exc.strerror)
             readable.add_metric([], 0.0)
@@ -201,40 +119,7 @@ class _ScrapeCollector(Collector):
             return
         readable.add_metric([], 1.0)
         yield readable
-        snapshot = StoreSnapshot(settings, entries, datetime.now(UTC))
-        for gauge in STORE_GAUGES:
-            value = gauge.value(snapshot)
-            if value is not None:
-                yield GaugeMetricFamily(gauge.name, gauge.help, value=float(value))
-        if self.metrics.per_database:
-            yield from self._per_database(settings, snapshot.now)
-
-    def _per_database(self, settings: Settings, now: datetime) -> Iterator[Metric]:
-        store = LocalStore(settings.backup_dir)
-        count = GaugeMetricFamily("backupd_database_local_backups",
-                                  "Backups of the database in DB_BACKUP_DIR.",
-                                  labels=["database"])
-        age = GaugeMetricFamily("backupd_database_newest_verified_backup_age_seconds",
-                                "Age of the database's newest verified backup.",
-                                labels=["database"])
-        try:
-            for database in settings.database_selection.watched(store.dump_databases()):
-                entries = store.list_backups(database)
-                count.add_metric([database], float(len(entries)))
-                newest = newest_verified(entries, now)
-                if newest is not None:
-                    age.add_metric([database], (now - newest.parsed.taken_at).total_seconds())
-            if settings.globals_enabled:
-                newest = newest_verified(store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND), now)
-                if newest is not None:
-                    yield GaugeMetricFamily(
-                        "backupd_globals_newest_verified_backup_age_seconds",
-                        "Age of the newest verified globals (roles, tablespaces) artifact.",
-                        value=(now - newest.parsed.taken_at).total_seconds())
-        except OSError:
-            return
-        yield count
-        yield age
+        yield from families
 
     def _state_metrics(self) -> Iterator[Metric]:
         state = self.metrics.state
@@ -260,12 +145,16 @@ class BackupdMetrics:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state: StateView | None = None
+        # The daemon's health limits as gauges (backupd.daemon.http sets it), so alert rules
+        # compare against the limits /healthz applies.
+        self.limits: Callable[[], Iterable[Metric]] | None = None
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
-        self._seen_jobs: set[str] = set()
-        self.runs = Counter("backupd_job_runs", "Job runs by job and outcome.",
-                            ["job", "status"], registry=self.registry)
-        self.gauges = {g.name: Gauge(g.name, g.help, ["job"], registry=self.registry)
+        self._seen: set[tuple[str, str]] = set()  # (job, database)
+        self.runs = Counter("backupd_job_runs", "Job runs by job, database and outcome.",
+                            ["job", "database", "status"], registry=self.registry)
+        self.gauges = {g.name: Gauge(g.name, g.help, ["job", "database"],
+                                     registry=self.registry)
                        for g in RESULT_GAUGES}
         self.per_database = settings.database_selection.several or settings.globals_enabled
         self.database_gauges = {
@@ -275,18 +164,19 @@ class BackupdMetrics:
 
     def observe(self, result: JobResult, *, count: bool = True) -> None:
         with self._lock:
-            if result.job not in self._seen_jobs:
-                self._seen_jobs.add(result.job)
+            key = (result.job, result.database)
+            if key not in self._seen:
+                self._seen.add(key)
                 # Every status at 0 from the start, so rate() and increase() see the first failure.
                 for status in Status:
                     if status != Status.RUNNING:
-                        self.runs.labels(job=result.job, status=status.value)
+                        self.runs.labels(*key, status.value)
             if count:
-                self.runs.labels(job=result.job, status=result.status.value).inc()
+                self.runs.labels(*key, result.status.value).inc()
             for gauge in RESULT_GAUGES:
                 value = gauge.value(result)
                 if value is not None:
-                    self.gauges[gauge.name].labels(job=result.job).set(value)
+                    self.gauges[gauge.name].labels(*key).set(value)
             if (self.database_gauges and result.job == "backup"
                     and not isinstance(result.outcome, BackupRunOutcome)):
                 for gauge in DATABASE_GAUGES:
@@ -298,7 +188,7 @@ class BackupdMetrics:
     def seed(self, results: Iterable[JobResult]) -> None:
         """Last values from a previous life of the daemon (its state file); counts stay at 0."""
         for result in results:
-            if result.job not in self._seen_jobs:
+            if (result.job, result.database) not in self._seen:
                 self.observe(result, count=False)
 
     def render(self) -> bytes:

@@ -144,6 +144,16 @@ def latest_upload(entries: Iterable[BackupEntry]) -> datetime | None:
                 if e.manifest is not None and e.manifest.uploaded_at is not None), default=None)
 
 
+def newest_drilled(entries: Iterable[BackupEntry], *,
+                   passed: bool = False) -> BackupEntry | None:
+    """The entry whose restore drill was recorded last (with ``passed``: the last that
+    passed); the drill's time, result and restore seconds are in its manifest."""
+    drilled = [e for e in entries if e.manifest is not None and e.manifest.drilled_at is not None
+               and (e.manifest.drill_ok or not passed)]
+    return max(drilled, key=lambda e: e.manifest.drilled_at,  # type: ignore[union-attr, arg-type, return-value]
+               default=None)
+
+
 def sort_newest_first(entries: list[BackupEntry]) -> list[BackupEntry]:
     entries.sort(key=lambda e: (e.parsed.taken_at, e.name), reverse=True)
     return entries
