@@ -22,7 +22,7 @@ def connection_config(settings: Settings, database: str | None = None) -> Connec
 
 def dump_config(settings: Settings) -> DumpConfig:
     return DumpConfig(connection_config(settings), settings.backup_format, settings.compression,
-                      settings.compression_level)
+                      settings.compression_level, jobs=settings.dump_jobs)
 
 
 def restore_config(settings: Settings) -> RestoreConfig:

@@ -18,13 +18,16 @@ MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
 
 # Every data suffix backupd writes; the shell scripts wrote only ".sql.gz".
-DATA_SUFFIXES = (".sql.gz", ".sql.zst", ".dump")
+DATA_SUFFIXES = (".sql.gz", ".sql.zst", ".dump", ".dir.tar")
 ENCRYPTED_SUFFIX = ".age"
+# pg_dump's directory format (-Fd), stored as one uncompressed tar of the directory: its
+# data files are compressed by pg_dump already (see pipeline/directory.py).
+DIRECTORY_SUFFIX = ".dir.tar"
 
 # Always applied with fullmatch: `$` would also match before a trailing newline.
 _NAME_RE = re.compile(
     r"(?P<db>.+)_(?P<ts>\d{8}_\d{6})"
-    r"(?P<suffix>(?:\.sql\.gz|\.sql\.zst|\.dump)(?:\.age)?)"
+    r"(?P<suffix>(?:\.sql\.gz|\.sql\.zst|\.dump|\.dir\.tar)(?:\.age)?)"
 )
 
 # The kinds of artifact (manifest.kind, ParsedName.kind).
@@ -93,6 +96,8 @@ def _is_hex(text: str) -> bool:
 def data_suffix(backup_format: str, compression: str, encrypted: bool) -> str:
     if backup_format == "custom":
         base = ".dump"
+    elif backup_format == "directory":
+        base = DIRECTORY_SUFFIX
     else:
         base = ".sql.zst" if compression == "zstd" else ".sql.gz"
     return base + (ENCRYPTED_SUFFIX if encrypted else "")
@@ -164,7 +169,9 @@ class ParsedName:
 
     @property
     def backup_format(self) -> str:
-        return "custom" if self.suffix.startswith(".dump") else "plain"
+        if self.suffix.startswith(".dump"):
+            return "custom"
+        return "directory" if self.suffix.startswith(DIRECTORY_SUFFIX) else "plain"
 
     @property
     def compression(self) -> str:

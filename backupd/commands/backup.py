@@ -27,7 +27,12 @@ from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.outcomes import BackupOutcome, FileReport
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
-from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
+from backupd.pipeline.verification import (
+    DirectoryArchiveCheck,
+    FileScan,
+    follow_growing_file,
+    verify_file,
+)
 from backupd.postgres.compare import table_row_counts
 from backupd.postgres.connection import advisory_lock, check_pg_dump_not_older, connect
 from backupd.postgres.databases import read_properties
@@ -75,13 +80,16 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         ctx.say(f"Starting backup of database {settings.postgres_db!r} to {name}")
         # The read-back (verification) follows the file as it is written, from the file.
         plain = parsed.backup_format == "plain" and not parsed.encrypted
+        # A directory-format tar is checked in the same read-back (unless encrypted).
+        archive = (parsed.backup_format == "directory" and not parsed.encrypted)
         read_back: list[FileScan] = []
         try:
             outcome = dump_to_file(
                 dump_config(settings), store.directory / name, ctx.cancel,
                 encryptor=encryptor_for(age_key_files(settings)),
                 read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
-                    path, growing, parsed.compression if plain else None, identity)),
+                    path, growing, parsed.compression if plain else None, identity,
+                    DirectoryArchiveCheck() if archive else None)),
             )
         except DumpFailed as exc:
             ctx.result.stderr_tail, ctx.result.stderr_tool = exc.stderr_tail, "pg_dump"
@@ -105,7 +113,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             name=name, database=settings.postgres_db, server_version=server_version,
             pg_dump_version=pg_dump_version, started_at=started, finished_at=datetime.now(UTC),
             format=settings.backup_format,
-            compression="none" if settings.backup_format == "custom" else settings.compression,
+            compression=settings.compression if settings.backup_format == "plain" else "none",
             compression_level=settings.compression_level, raw_bytes=outcome.raw_bytes,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,

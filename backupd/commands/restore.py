@@ -41,10 +41,10 @@ from backupd.configs import age_key_files, connection_config, restore_config
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
-from backupd.naming import ParsedName
 from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
 from backupd.pipeline.commit_chunks import CommitChunks
 from backupd.pipeline.custom import restore_archive
+from backupd.pipeline.directory import Extractor, scratch
 from backupd.pipeline.encrypt import load_identities
 from backupd.pipeline.psql import run_in_one_transaction
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
@@ -184,7 +184,12 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     on failure, so no single transaction over the whole restore is needed)."""
     started = datetime.now(UTC)
     if entry.parsed.backup_format == "custom":
-        _pg_restore(ctx, path, entry.parsed, database, identities, options)
+        if entry.parsed.encrypted and restore_config(ctx.settings).jobs > 1:
+            ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, "
+                    "never to disk (DB_RESTORE_JOBS applies to unencrypted .dump files)")
+        _pg_restore(ctx, path, database, identities if entry.parsed.encrypted else None, options)
+    elif entry.parsed.backup_format == "directory":
+        _restore_directory(ctx, path, entry, database, identities, options)
     else:
         stream_into_psql(ctx, path, entry, database, identities)
     outcome = restore_outcome(ctx)
@@ -232,21 +237,30 @@ def _require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport)
                         f"{report.problem}")
 
 
-def _pg_restore(ctx: JobContext, path: Path, parsed: ParsedName, database: str,
+def _pg_restore(ctx: JobContext, source: Path, database: str,
                 identities: list[x25519.Identity] | None, options: tuple[str, ...] = ()) -> None:
-    """Custom format: pg_restore with DB_RESTORE_JOBS parallel jobs into the new scratch
-    database (dropped on failure)."""
-    config = restore_config(ctx.settings)
-    if parsed.encrypted and config.jobs > 1:
-        ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, never "
-                f"to disk (DB_RESTORE_JOBS={config.jobs} applies to unencrypted .dump files)")
-    problem, stderr = restore_archive(
-        config, path, database, ctx.cancel,
-        identities=identities if parsed.encrypted else None, options=options)
+    """pg_restore of a custom archive (decrypted on the fly with ``identities``) or of a
+    verified directory, into the new scratch database (dropped on failure); DB_RESTORE_JOBS
+    parallel jobs where pg_restore can seek."""
+    problem, stderr = restore_archive(restore_config(ctx.settings), source, database,
+                                      ctx.cancel, identities=identities, options=options)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
         ctx.result.stderr_tool = "pg_restore"
         raise JobFailed(f"restore into {database!r} failed: {problem}")
+
+
+def _restore_directory(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
+                       identities: list[x25519.Identity] | None,
+                       options: tuple[str, ...]) -> None:
+    """Directory format: unpack the tar (decrypting it) into a private scratch directory
+    while every check of ``backupd verify`` runs again on the same bytes; pg_restore -j
+    starts only once they all passed (the file cannot change after the verify unnoticed)."""
+    with scratch(path, "restore") as directory:
+        report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
+                             identities, extract=Extractor(directory))
+        _require_verified(ctx, entry, report)
+        _pg_restore(ctx, directory, database, None, options)
 
 
 def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: str,

@@ -41,11 +41,11 @@ class Without:
 
     def check(self, entry: BackupEntry) -> None:
         """ConfigError (nothing changed) for a backup these options cannot apply to."""
-        if self.any and entry.parsed.backup_format != "custom":
+        if self.any and entry.parsed.backup_format == "plain":
             raise ConfigError(
                 f"{self.flags}: {entry.name} is plain SQL, where ownership and privileges "
                 "cannot be left out safely as it streams; restore it with its roles (the "
-                "globals first), or take custom-format backups (DB_BACKUP_FORMAT=custom) "
+                "globals first), or take custom- or directory-format backups (DB_BACKUP_FORMAT) "
                 "for restores without them; nothing was changed")
 
     def apply(self, properties: DatabaseProperties | None,

@@ -42,9 +42,11 @@ class ConnectionConfig:
 @dataclass(frozen=True)
 class DumpConfig:
     connection: ConnectionConfig
-    backup_format: Literal["plain", "custom"] = "plain"
+    backup_format: Literal["plain", "custom", "directory"] = "plain"
     compression: str = "gzip"
     level: int | None = None
+    # pg_dump --jobs (directory format only).
+    jobs: int = 1
 
 
 @dataclass(frozen=True)

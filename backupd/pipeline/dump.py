@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import subprocess
+from pathlib import Path
 from typing import IO
 
 from backupd.cancel import CancelToken
@@ -16,12 +17,17 @@ from backupd.pipeline.supervisor import Child, tool_path
 PIPE_SIZE = 1024 * 1024
 
 
-def pg_dump(config: DumpConfig, cancel: CancelToken) -> Child:
-    """pg_dump of ``config``'s database to stdout, not started yet (see ``start``)."""
+def pg_dump(config: DumpConfig, cancel: CancelToken, directory: Path | None = None) -> Child:
+    """pg_dump of ``config``'s database to stdout, not started yet (see ``start``); for the
+    directory format, into ``directory`` (which must not exist) with ``config.jobs`` jobs."""
     argv = [tool_path("pg_dump"), f"--format={config.backup_format}", "--no-password"]
-    if config.backup_format == "custom" and config.level is not None:
-        # Custom format compresses inside pg_dump (zlib, levels 0-9).
+    if config.backup_format != "plain" and config.level is not None:
+        # Custom and directory formats compress inside pg_dump (zlib, levels 0-9).
         argv.append(f"--compress={min(config.level, 9)}")
+    if config.backup_format == "directory":
+        assert directory is not None
+        argv += [f"--jobs={config.jobs}", f"--file={directory}"]
+        return Child(argv, env=config.connection.libpq_env(), cancel=cancel)
     return Child(argv, env=config.connection.libpq_env(), stdout=subprocess.PIPE, cancel=cancel)
 
 

@@ -21,6 +21,7 @@ from backupd.naming import partial_name
 from backupd.pipeline.checksum import HashingWriter
 from backupd.pipeline.compress import BLOCK_SIZE, MemberGzipWriter, open_compressor
 from backupd.pipeline.config import DumpConfig
+from backupd.pipeline.directory import remove_scratch, scratch_directory, write_tar
 from backupd.pipeline.dump import pg_dump, start
 from backupd.pipeline.growing import GrowingFile
 from backupd.pipeline.sqlcheck import HeadTail
@@ -68,12 +69,17 @@ def dump_to_file(
     child whose output is stored (default: pg_dump of ``config``), producing SQL of
     ``kind`` (the globals: pg_dumpall --globals-only, kind "globals")."""
     backup_format = config.backup_format
-    dump = source if source is not None else pg_dump(config, cancel)
+    directory = (scratch_directory(destination, "pgdump")
+                 if backup_format == "directory" and source is None else None)
+    dump = source if source is not None else pg_dump(config, cancel, directory)
     tool = "pg_dump" if source is None else source.argv[0].rsplit("/", 1)[-1]
     head_tail = HeadTail()
     growing = GrowingFile()
     follower: threading.Thread | None = None
+    encrypting: BinaryIO | None = None
     try:
+        if directory is not None:
+            _dump_directory(dump, directory, cancel)
         with atomic_write(destination) as out:
             if read_back is not None:
                 info = os.fstat(out.fileno())
@@ -87,11 +93,18 @@ def dump_to_file(
             encrypting = encryptor(sink) if encryptor is not None else None
             if encrypting is not None:
                 sink = encrypting
-            # Custom format is compressed by pg_dump itself, table by table.
+            # Custom and directory formats are compressed by pg_dump itself, table by table.
             writer = open_compressor(
-                sink, "none" if backup_format == "custom" else config.compression, config.level)
-            with cancel.progress.stream(f"{tool} output") as stream:
-                code = _pump(dump, writer, sink, encrypting, head_tail, stream)
+                sink, config.compression if backup_format == "plain" else "none", config.level)
+            if directory is not None:
+                with cancel.progress.stream("tar of pg_dump's directory") as stream:
+                    head_tail.total = write_tar(directory, sink, stream.moved)
+                if encrypting is not None:
+                    encrypting.close()
+                code = 0
+            else:
+                with cancel.progress.stream(f"{tool} output") as stream:
+                    code = _pump(dump, writer, sink, encrypting, head_tail, stream)
             if cancel.cancelled:
                 raise Cancelled(f"{cancel.reason or 'backup cancelled by shutdown'}; {tool} "
                                 "was stopped and the partial file removed")
@@ -108,14 +121,38 @@ def dump_to_file(
         growing.done(hashing.bytes_written)
     except BaseException:
         growing.abandon()
+        abort = getattr(encrypting, "abort", None) if directory is not None else None
+        if abort is not None:
+            abort()
         raise
     finally:
+        if directory is not None:
+            remove_scratch(directory)
         if follower is not None:
             follower.join()
     members = (writer.member_sizes if isinstance(writer, MemberGzipWriter)
                and encrypting is None else None)
     return DumpOutcome(head_tail.total, hashing.bytes_written, hashing.sha256, dump.stderr_tail,
                        members)
+
+
+def _dump_directory(dump: Child, directory: Path, cancel: CancelToken) -> None:
+    """pg_dump -Fd -j N into ``directory``; DumpFailed unless it completed. The files'
+    growth is its progress (there is no stream to count)."""
+    with dump, cancel.progress.stream("pg_dump directory") as stream:
+        written = 0
+        while not dump.has_exited(1.0):
+            size = sum(entry.stat().st_size for entry in os.scandir(directory))
+            if size > written:
+                stream.moved(size - written)
+                written = size
+        code = dump.wait()
+    if cancel.cancelled:
+        raise Cancelled(f"{cancel.reason or 'backup cancelled by shutdown'}; pg_dump was "
+                        "stopped and its directory removed")
+    if code != 0:
+        raise DumpFailed(f"pg_dump failed: {dump.error_line or f'exit code {code}'}",
+                         dump.stderr_tail)
 
 
 def _pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,

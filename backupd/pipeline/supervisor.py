@@ -381,6 +381,10 @@ class Child:
             thread.join(5)
         return code
 
+    def has_exited(self, timeout: float) -> bool:
+        """Whether the child exits within ``timeout`` seconds (it is not reaped: ``wait``)."""
+        return self._exited(timeout)
+
     def _exited(self, timeout: float | None) -> bool:
         """Wait for the child to exit without reaping it."""
         assert self.process is not None

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backupd.errors import ConfigError
 from backupd.secret_files import read_setting_file
 from backupd.settings.basebackup import BaseBackupSettings
+from backupd.settings.parallel import ParallelDumpSettings
 from backupd.settings.selection import (
     EVERY_DATABASE,
     DatabaseSelection,
@@ -31,10 +32,12 @@ from backupd.settings.wal import WalSettings
 # DB_BACKUP_COMPRESSION_LEVEL's range per compressor, on the scale users know: gzip's 0-9
 # (ISA-L, which writes the gzip files, has levels 0-3: pipeline/compress.py maps 4-9 onto 3,
 # its best), zstd's 1-22, and for the custom format pg_dump's own --compress 0-9.
-COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9)}
+COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22), "custom": (0, 9),
+                                                  "directory": (0, 9)}
 
 
-class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings):
+class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings,
+               ParallelDumpSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(
@@ -70,7 +73,8 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
     keep_min: int = Field(3, ge=1, le=10000, validation_alias="DB_BACKUP_KEEP_MIN")
 
     # --- what a backup looks like (issue 6) ------------------------------------
-    backup_format: Literal["plain", "custom"] = Field("plain", validation_alias="DB_BACKUP_FORMAT")
+    backup_format: Literal["plain", "custom", "directory"] = Field(
+        "plain", validation_alias="DB_BACKUP_FORMAT")
     compression: Literal["gzip", "zstd"] = Field("gzip", validation_alias="DB_BACKUP_COMPRESSION")
     # Its range depends on the compressor: see COMPRESSION_LEVELS and _level_is_the_compressors.
     compression_level: int | None = Field(None, validation_alias="DB_BACKUP_COMPRESSION_LEVEL")
@@ -178,14 +182,14 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
         # either is invalid itself, that is the error reported.
         if value is None or "backup_format" not in info.data or "compression" not in info.data:
             return value
-        custom = info.data["backup_format"] == "custom"
-        compressor = "custom" if custom else info.data["compression"]
+        custom = info.data["backup_format"] in ("custom", "directory")
+        compressor = info.data["backup_format"] if custom else info.data["compression"]
         lowest, highest = COMPRESSION_LEVELS[compressor]
         if lowest <= value <= highest:
             return value
-        what = "the custom format (pg_dump)" if custom else compressor
+        what = f"the {compressor} format (pg_dump)" if custom else compressor
         raise ValueError(f"{value} is out of range for {what}, which takes {lowest}-{highest} "
-                         "(levels: gzip 0-9, zstd 1-22, custom format 0-9)")
+                         "(levels: gzip 0-9, zstd 1-22, custom and directory formats 0-9)")
 
     @field_validator("backup_dir")
     @classmethod

@@ -84,6 +84,10 @@ class LocalRepository:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                         removed.append(entry.name)
+                elif is_partial(entry.name) and entry.is_dir(follow_symlinks=False):
+                    # A directory-format dump or restore's scratch (pipeline/directory.py).
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(entry.name)
         return sorted(removed)
 
     # --- names -> paths, safely ----------------------------------------------------

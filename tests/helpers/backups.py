@@ -29,7 +29,7 @@ def backup_files(directory: Path) -> list[str]:
         return []
     return sorted(
         p.name for p in directory.iterdir()
-        if p.name.endswith((".sql.gz", ".sql.zst", ".dump", ".age"))
+        if p.name.endswith((".sql.gz", ".sql.zst", ".dump", ".dir.tar", ".age"))
     )
 
 

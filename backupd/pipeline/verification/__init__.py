@@ -12,6 +12,7 @@ from backupd.pipeline.verification.check import (
     verify_file,
 )
 from backupd.pipeline.verification.content import HeaderGate, ParallelGzipCheck, PlainSqlCheck
+from backupd.pipeline.verification.directory import DirectoryArchiveCheck
 from backupd.pipeline.verification.report import Check, VerifyReport
 from backupd.pipeline.verification.scan import (
     READ_SIZE,
@@ -22,8 +23,8 @@ from backupd.pipeline.verification.scan import (
 )
 
 __all__ = [
-    "READ_SIZE", "Check", "DecryptingScan", "FileScan", "HeaderGate", "Identities",
-    "ParallelGzipCheck", "PlainSqlCheck", "VerifyReport", "check_file_shape",
+    "READ_SIZE", "Check", "DecryptingScan", "DirectoryArchiveCheck", "FileScan", "HeaderGate",
+    "Identities", "ParallelGzipCheck", "PlainSqlCheck", "VerifyReport", "check_file_shape",
     "check_gzip_members", "check_other_content", "follow_growing_file", "scan_file",
     "verify_file",
 ]

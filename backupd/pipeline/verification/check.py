@@ -17,8 +17,10 @@ from pyrage import x25519
 from backupd.manifest import Manifest
 from backupd.naming import GLOBALS_KIND, ParsedName
 from backupd.pipeline.custom import check_archive
+from backupd.pipeline.directory import Extractor
 from backupd.pipeline.encrypt import AgeError, decrypt_into
 from backupd.pipeline.verification.content import ParallelGzipCheck, PlainSqlCheck
+from backupd.pipeline.verification.directory import DirectoryArchiveCheck
 from backupd.pipeline.verification.report import VerifyReport
 from backupd.pipeline.verification.scan import DecryptingScan, FileScan, scan_file
 
@@ -34,6 +36,7 @@ def verify_file(
     *,
     read_back: FileScan | None = None,
     forward: Callable[[bytes], object] | None = None,
+    extract: Extractor | None = None,
 ) -> VerifyReport:
     """Every check on one backup file.
 
@@ -41,14 +44,19 @@ def verify_file(
     its size and SHA-256 are checked). ``read_back``: the scan the backup already made of
     this file while writing it (``follow_growing_file``), used instead of reading it again.
     ``forward``: receives the decompressed SQL of a plain backup, in order, as it is checked.
+    ``extract``: receives the members of a directory-format backup as they are checked.
     """
     report = VerifyReport(parsed.name)
     cluster = parsed.kind == GLOBALS_KIND  # pg_dumpall's SQL, not pg_dump's
     if not check_file_shape(report, path, manifest, manifest_error):
         return report
     plain = parsed.backup_format == "plain"
+    directory = parsed.backup_format == "directory"
     unencrypted_sql = plain and not parsed.encrypted
-    decrypting = plain and parsed.encrypted and identities is not None and read_back is None
+    # Plain SQL and directory tars are checked in the one pass over the stored bytes.
+    decrypting = ((plain or directory) and parsed.encrypted and identities is not None
+                  and read_back is None)
+    archive = DirectoryArchiveCheck(extract) if directory else None
     members = manifest.gzip_members if manifest is not None and unencrypted_sql else None
     result: FileScan | DecryptingScan
     try:
@@ -60,10 +68,10 @@ def verify_file(
                 raise OSError(0, f"the read-back covered {result.size} bytes of another file")
         elif decrypting:
             assert identities is not None
-            result = DecryptingScan(parsed.compression, forward).read(path, identities)
+            result = DecryptingScan(parsed.compression, forward, archive).read(path, identities)
         else:
             result = scan_file(path, parsed.compression if unencrypted_sql else None,
-                               members, forward)
+                               members, forward, archive if not parsed.encrypted else None)
     except OSError as exc:
         report.add("readable", False, exc.strerror or str(exc))
         return report
@@ -77,7 +85,7 @@ def verify_file(
         _add_age_outcome(report, result.age_problem)
         if result.age_problem is None:
             result.content.add_checks(report, cluster=cluster)
-    elif not unencrypted_sql:
+    elif not unencrypted_sql and not isinstance(result.content, DirectoryArchiveCheck):
         # Unencrypted custom archives need no key, so they are always checked.
         check_other_content(path, parsed, report, identities)
     report.clear_passing_details()
@@ -136,7 +144,8 @@ def check_file_shape(report: VerifyReport, path: Path, manifest: Manifest | None
 
 def check_other_content(path: Path, parsed: ParsedName, report: VerifyReport,
                         identities: Identities = None) -> None:
-    """Custom archives: pg_restore reads the TOC and all data; ``.age``: decrypt, then check."""
+    """Custom archives: pg_restore reads the TOC and all data; ``.age``: decrypt, then check
+    (plain SQL, directory tars)."""
     if parsed.encrypted and identities is None:
         report.content_checked = False
         report.content_note = ("encrypted: size and SHA-256 were checked, the content was not "
@@ -154,7 +163,9 @@ def check_other_content(path: Path, parsed: ParsedName, report: VerifyReport,
                            archive.data_problem or "")
         else:
             assert keys is not None
-            content = PlainSqlCheck(parsed.compression)
+            content: PlainSqlCheck | DirectoryArchiveCheck = (
+                DirectoryArchiveCheck() if parsed.backup_format == "directory"
+                else PlainSqlCheck(parsed.compression))
             with open(path, "rb") as source:
                 decrypt_into(source, content, keys)
             report.add("age decryption", True)

@@ -19,9 +19,11 @@ from backupd.pipeline.compress import BLOCK_SIZE
 from backupd.pipeline.encrypt import AgeError, decrypt_into
 from backupd.pipeline.growing import GrowingFile, WriteAbandoned
 from backupd.pipeline.verification.content import ParallelGzipCheck, PlainSqlCheck
+from backupd.pipeline.verification.directory import DirectoryArchiveCheck
 
 # Sequential reads of a few MiB: few system calls, little memory.
 READ_SIZE = 2 * BLOCK_SIZE
+Content = PlainSqlCheck | ParallelGzipCheck | DirectoryArchiveCheck
 
 
 class FileScan:
@@ -30,14 +32,15 @@ class FileScan:
     being written (``follow_growing_file``): the same code checks both."""
 
     def __init__(self, compression: str | None, members: list[int] | None = None,
-                 forward: Callable[[bytes], object] | None = None) -> None:
+                 forward: Callable[[bytes], object] | None = None,
+                 content: DirectoryArchiveCheck | None = None) -> None:
         self._digest = hashlib.sha256()
         self.size = 0
         self.identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file read
-        self.content: PlainSqlCheck | ParallelGzipCheck | None = None
-        if members is not None and compression == "gzip" and forward is None:
+        self.content: Content | None = content
+        if content is None and members is not None and compression == "gzip" and forward is None:
             self.content = ParallelGzipCheck(members)
-        elif compression is not None:
+        elif content is None and compression is not None:
             self.content = PlainSqlCheck(compression, forward)
         self._problem: OSError | None = None
 
@@ -72,9 +75,10 @@ def open_no_follow(path: Path) -> int:
 
 
 def scan_file(path: Path, compression: str | None, members: list[int] | None = None,
-              forward: Callable[[bytes], object] | None = None) -> FileScan:
+              forward: Callable[[bytes], object] | None = None,
+              content: DirectoryArchiveCheck | None = None) -> FileScan:
     """Read a finished file once (raises OSError)."""
-    result = FileScan(compression, members, forward)
+    result = FileScan(compression, members, forward, content)
     fd = open_no_follow(path)
     try:
         result.read(fd, iter(lambda: os.read(fd, READ_SIZE), b""))
@@ -88,12 +92,13 @@ def scan_file(path: Path, compression: str | None, members: list[int] | None = N
 
 
 def follow_growing_file(path: Path, growing: GrowingFile, compression: str | None,
-                        writer_identity: tuple[int, int]) -> FileScan:
+                        writer_identity: tuple[int, int],
+                        content: DirectoryArchiveCheck | None = None) -> FileScan:
     """The backup's read-back: read ``path`` back from the file while it is being written.
 
     Never raises: a failure is kept in the result and reported by ``verify_file``.
     """
-    result = FileScan(compression)
+    result = FileScan(compression, content=content)
     try:
         fd = open_no_follow(path)
     except OSError as exc:
@@ -118,8 +123,10 @@ class DecryptingScan:
     stored bytes are hashed as the decryptor reads them, and the plaintext (authenticated
     chunks only) goes through the same PlainSqlCheck as an unencrypted backup's."""
 
-    def __init__(self, compression: str, forward: Callable[[bytes], object] | None = None) -> None:
-        self.content = PlainSqlCheck(compression, forward)
+    def __init__(self, compression: str, forward: Callable[[bytes], object] | None = None,
+                 content: DirectoryArchiveCheck | None = None) -> None:
+        self.content: PlainSqlCheck | DirectoryArchiveCheck = (
+            content if content is not None else PlainSqlCheck(compression, forward))
         self.age_problem: AgeError | None = None
         self.sha256 = ""
 
