@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import IO
 
 from backupd.cancel import CancelToken
+from backupd.pipeline import clients
 from backupd.pipeline.config import DumpConfig
-from backupd.pipeline.supervisor import Child, tool_path
+from backupd.pipeline.supervisor import Child, tool_path, tool_version
 
 # pg_dump's stdout pipe is enlarged to this (Linux; capped by /proc/sys/fs/pipe-max-size):
 # fewer, larger reads and far fewer context switches than with the default 64 KiB.
@@ -21,14 +22,22 @@ def pg_dump(config: DumpConfig, cancel: CancelToken, directory: Path | None = No
     """pg_dump of ``config``'s database to stdout, not started yet (see ``start``); for the
     directory format, into ``directory`` (which must not exist) with ``config.jobs`` jobs."""
     argv = [tool_path("pg_dump"), f"--format={config.backup_format}", "--no-password"]
-    if config.backup_format != "plain" and config.level is not None:
-        # Custom and directory formats compress inside pg_dump (zlib, levels 0-9).
-        argv.append(f"--compress={min(config.level, 9)}")
+    if config.backup_format != "plain":
+        # Custom and directory formats compress inside pg_dump: zstd from 16, else zlib.
+        compress = clients.archive_compress(_client_major(), config.level)
+        if compress is not None:
+            argv.append(f"--compress={compress}")
     if config.backup_format == "directory":
         assert directory is not None
         argv += [f"--jobs={config.jobs}", f"--file={directory}"]
         return Child(argv, env=config.connection.libpq_env(), cancel=cancel)
     return Child(argv, env=config.connection.libpq_env(), stdout=subprocess.PIPE, cancel=cancel)
+
+
+def _client_major() -> int:
+    """The major of the pg_dump that runs: known from its versioned directory, else asked."""
+    known = clients.current("pg_dump").major
+    return known if known is not None else tool_version("pg_dump")[1]
 
 
 def start(dump: Child) -> IO[bytes]:
