@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+# Where the WAL archive lives inside DB_BACKUP_DIR (and under the S3 prefix), and
+# pg_receivewal's directory inside the local archive.
+WAL_SUBDIRECTORY = "wal"
+SPOOL_SUBDIRECTORY = "spool"
 _LOG_SIZE = 0x1_0000_0000  # bytes of WAL per "log" (the high 32 bits of an LSN)
 
 WalKind = Literal["segment", "partial", "history"]

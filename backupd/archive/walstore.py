@@ -20,6 +20,8 @@ from typing import BinaryIO
 
 from backupd.archive.walnames import (
     DEFAULT_SEGMENT_SIZE,
+    SPOOL_SUBDIRECTORY,
+    WAL_SUBDIRECTORY,
     WalFileName,
     format_lsn,
     parse_wal_name,
@@ -41,10 +43,9 @@ from backupd.storage.atomic import atomic_write
 from backupd.storage.base import BackupEntry, Repository
 from backupd.storage.local import LocalRepository
 
-# Where the archive lives inside DB_BACKUP_DIR, and under the S3 prefix.
-WAL_SUBDIRECTORY = "wal"
-# pg_receivewal's directory inside the local archive: only what it needs to resume.
-SPOOL_SUBDIRECTORY = "spool"
+__all__ = ["SPOOL_SUBDIRECTORY", "WAL_SUBDIRECTORY", "ArchivedWal", "WalArchive",
+           "WalFetchError", "WalOrigin", "local_wal_repository", "offsite_wal_repository",
+           "spool_directory"]
 
 
 class WalFetchError(JobFailed):

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from backupd.archive.status import WalStatus
 from backupd.commands.jobs import scheduled_jobs
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
-from backupd.daemon.wal import check_wal_server, start_wal_archiving
+from backupd.daemon.wal import check_wal_server, wal_streamer
 from backupd.errors import JobFailed, JobSkipped
 from backupd.log import get_logger
 from backupd.notify import build_chain
@@ -58,13 +59,15 @@ def run(settings: Settings) -> int:
 
     state = DaemonState(settings.backup_dir)
     daemon = Daemon(settings, jobs, build_chain(settings, recorder=state), state)
-    stop_http = _start_http(settings, state)  # a taken HEALTH_PORT is exit 2, here
+    streamer = wal_streamer(settings, daemon.chain)  # None unless WAL_ARCHIVE=on
+    stop_http = _start_http(settings, state, streamer.status if streamer else None)
+    # (a taken HEALTH_PORT is exit 2, here)
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    streamer = None
     try:
         daemon.start()
-        streamer = start_wal_archiving(settings, daemon.chain)
+        if streamer is not None:
+            streamer.start()
         state.persist()
         log.info("backupd daemon started", pid=os.getpid(), jobs=sorted(daemon.jobs),
                  timezone=settings.timezone)
@@ -137,7 +140,9 @@ def _remove_leftovers(settings: Settings, store: LocalStore) -> None:
                     directory=str(store.directory))
 
 
-def _start_http(settings: Settings, state: DaemonState) -> Callable[[], Any] | None:
+def _start_http(settings: Settings, state: DaemonState,
+                wal_status: Callable[[], WalStatus | None] | None
+                ) -> Callable[[], Any] | None:
     if settings.health_port == 0:
         return None
     # Imported only when asked for: it loads prometheus_client.
@@ -149,7 +154,7 @@ def _start_http(settings: Settings, state: DaemonState) -> Callable[[], Any] | N
 
         def page() -> str:
             return status_page.page(settings)
-    return start_http_server(settings, state, page=page)
+    return start_http_server(settings, state, page=page, wal_status=wal_status)
 
 
 def _call_quietly(function: Callable[[], Any]) -> None:

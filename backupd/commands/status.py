@@ -6,6 +6,7 @@ backup directory; the status page (``status_page``) renders the same model as HT
 
 from __future__ import annotations
 
+from backupd.archive.status import WalStatus
 from backupd.commands.status_model import JobStatus, StatusReport, collect
 from backupd.daemon.state import iso_utc
 from backupd.log import redact
@@ -38,11 +39,32 @@ def render_text(report: StatusReport) -> str:
         lines.append(f"offsite: s3://{offsite.bucket}/{offsite.prefix} last upload "
                      f"{iso_utc(offsite.last_upload) or 'never'}, "
                      f"{offsite.pending_uploads} pending upload(s)")
+    if report.wal is not None:
+        lines += _wal_lines(report.wal)
     lines.append(report.postgres_client.line())
     health = report.health
     lines.append("health: " + ("ok" if health.ok else "UNHEALTHY"))
     lines.extend(f"  - {reason}" for reason in health.reasons)
     return redact("\n".join(lines)) + "\n"
+
+
+def _wal_lines(wal: WalStatus) -> list[str]:
+    def figure(value: float | None, unit: str) -> str:
+        return "unknown" if value is None else f"{value:.1f}{unit}"
+
+    streaming = "streaming" if wal.streaming and not wal.stale() else "NOT streaming"
+    retained = human_bytes(wal.retained_bytes) if wal.retained_bytes is not None else "unknown"
+    lines = [f"WAL archive: {streaming} (slot {wal.slot_name or '?'}), reported "
+             f"{iso_utc(wal.updated_at)}",
+             f"  receive lag {figure(wal.receive_lag_seconds, 's')}, slot retains {retained}, "
+             f"last segment archived {wal.last_archived or 'none'} "
+             f"at {iso_utc(wal.last_archived_at) or 'never'}"]
+    if wal.offsite_lag_seconds is not None or wal.pending_uploads:
+        lines.append(f"  offsite lag {figure(wal.offsite_lag_seconds, 's')}, "
+                     f"{wal.pending_uploads} segment(s) queued for upload")
+    lines += [f"  error: {e}" for e in (wal.streaming_error, wal.archive_error,
+                                        wal.offsite_error) if e]
+    return lines
 
 
 def _job_lines(job: JobStatus) -> list[str]:

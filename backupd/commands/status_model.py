@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, field_serializer
 
+from backupd.archive.status import WalStatus, read_status
+from backupd.archive.walnames import WAL_SUBDIRECTORY
 from backupd.commands.health import check as health_check
 from backupd.commands.jobs import job_table, scheduled_jobs
 from backupd.commands.selection import artifact_sets
@@ -137,6 +139,8 @@ class StatusReport(BaseModel):
     newest_verified_backup: NewestBackup | None
     backups: int
     offsite: OffsiteStatus | None
+    # WAL_ARCHIVE=on: the streamer's last report (DB_BACKUP_DIR/wal/status.json).
+    wal: WalStatus | None = None
     health: HealthReport
     postgres_client: pgclients.ClientReport
     databases: list[DatabaseStatus] = []
@@ -185,6 +189,7 @@ def collect(settings: Settings, now: datetime | None = None) -> StatusReport:
             bucket=settings.s3_bucket, prefix=settings.s3_prefix,
             last_upload=latest_upload(entries),
             pending_uploads=sum(1 for e in entries if e.awaiting_upload)),
+        wal=read_status(settings.backup_dir / WAL_SUBDIRECTORY) if settings.wal_archive else None,
         health=health_check(settings),
         postgres_client=pgclients.report(
             newest.manifest.server_version if newest and newest.manifest else None),

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from backupd.archive.status import WalStatus, read_status
+from backupd.archive.walnames import WAL_SUBDIRECTORY
 from backupd.daemon.cron import parse_cron, parse_zone
 from backupd.daemon.state import STALE_AFTER, STATE_FILE, read_state
 from backupd.errors import ConfigError
@@ -68,6 +70,10 @@ class HealthFacts(BaseModel):
     newest_verified_backup_age_hours: float | None = None
     last_successful_drill_age_hours: float | None = None
     last_drill_restore_seconds: float | None = None
+    # WAL_ARCHIVE=on (issue 15).
+    wal_streaming: bool | None = None
+    wal_receive_lag_seconds: float | None = None
+    wal_slot_retained_bytes: int | None = None
 
 
 class HealthReport(BaseModel):
@@ -105,6 +111,7 @@ def evaluate(
     *,
     daemon_updated_at: datetime | None = None,
     drill_records: Iterable[DrillRecord] = (),
+    wal_status: WalStatus | None = None,
 ) -> HealthReport:
     """Check everything; ``scheduler_alive=None`` means "cannot tell" (the CLI)."""
     now = now or datetime.now(UTC)
@@ -122,6 +129,8 @@ def evaluate(
             reasons.append(f"the daemon has not updated its state for {_human(quiet)} "
                            "(is it running?)")
 
+    if settings.wal_archive:
+        _check_wal(settings, wal_status, now, report)
     max_age = max_backup_age(settings, now)
     facts.backup_max_age_hours = round(max_age.total_seconds() / 3600, 2)
     if settings.database_selection.several or settings.globals_enabled:
@@ -151,6 +160,22 @@ def evaluate(
 
     report.ok = not reasons
     return report
+
+
+def _check_wal(settings: Settings, status: WalStatus | None, now: datetime,
+               report: HealthReport) -> None:
+    """WAL archiving: streaming, and the local archive within WAL_MAX_LAG_SECONDS."""
+    status = status or read_status(settings.backup_dir / WAL_SUBDIRECTORY)
+    if status is None:
+        report.reasons.append("WAL archiving: no report yet (WAL_ARCHIVE=on, but the daemon "
+                              "has not streamed)")
+        return
+    facts = report.facts
+    facts.wal_streaming = status.streaming and not status.stale(now)
+    facts.wal_receive_lag_seconds = (round(status.receive_lag_seconds, 1)
+                                     if status.receive_lag_seconds is not None else None)
+    facts.wal_slot_retained_bytes = status.retained_bytes
+    report.reasons.extend(status.problems(settings.wal_max_lag_seconds, now))
 
 
 def watched_databases(settings: Settings, store: LocalStore) -> list[str]:

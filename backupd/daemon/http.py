@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from backupd.archive.status import WalStatus
 from backupd.daemon.health import DrillRecord, evaluate, max_backup_age
 from backupd.errors import ConfigError
 from backupd.log import get_logger, redact
@@ -62,12 +63,15 @@ def start_http_server(
     metrics: BackupdMetrics | None = None,
     host: str = LISTEN_HOST,
     page: PageRenderer | None = None,
+    wal_status: Callable[[], WalStatus | None] | None = None,
 ) -> Callable[[], None]:
     """Serve on HEALTH_PORT until the returned function is called; ConfigError if taken.
-    ``page``: the status page at ``/`` (None: ``/`` is not found)."""
+    ``page``: the status page at ``/`` (None: ``/`` is not found); ``wal_status``: the WAL
+    streamer's figures (WAL_ARCHIVE=on)."""
     metrics = metrics or shared_metrics(settings)
     metrics.state = state
     metrics.limits = lambda: health_limits(settings)
+    metrics.wal_status = wal_status
     metrics.seed(state.last_results.values())  # the last values survive a restart
     try:
         server = _Server((host, settings.health_port), _Handler)
@@ -156,8 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
         drill = state.last_results.get("drill")
         records = [DrillRecord(drill.finished_at, drill.status == Status.SUCCESS)] \
             if drill is not None and drill.finished_at is not None else []
+        wal = self.server.metrics.wal_status
         report = evaluate(settings, LocalStore(settings.backup_dir), state.scheduler_alive(),
-                          datetime.now(UTC), drill_records=records)
+                          datetime.now(UTC), drill_records=records,
+                          wal_status=wal() if wal is not None else None)
         body = redact(report.render_text()).encode()
         return (200 if report.ok else 503), "text/plain; charset=utf-8", body
 

@@ -5,12 +5,10 @@ its failures delivered as JobResults (job "wal") to every notifier, its figures 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from backupd.archive import server
 from backupd.archive.archiver import BaseBackupRequest, WalStreamer
 from backupd.archive.receiver import WalConfig
-from backupd.archive.status import WalStatus
 from backupd.archive.walstore import WAL_SUBDIRECTORY
 from backupd.configs import age_key_files
 from backupd.errors import JobFailed
@@ -57,9 +55,9 @@ def check_wal_server(settings: Settings) -> None:
                              "continuing", error=str(exc))
 
 
-def start_wal_archiving(settings: Settings, chain: NotifierChain,
-                        request_base_backup: BaseBackupRequest | None = None
-                        ) -> WalStreamer | None:
+def wal_streamer(settings: Settings, chain: NotifierChain,
+                 request_base_backup: BaseBackupRequest | None = None) -> WalStreamer | None:
+    """The daemon's WAL streamer (not started yet), or None with WAL_ARCHIVE off."""
     if not settings.wal_archive:
         return None
     offsite = repositories_for(settings).offsite()
@@ -70,9 +68,4 @@ def start_wal_archiving(settings: Settings, chain: NotifierChain,
         threading.Thread(target=chain.deliver, args=(result,), name="wal-report",
                          daemon=True).start()
 
-    streamer = WalStreamer(wal_config(settings), offsite, report, request_base_backup)
-    streamer.start()
-    return streamer
-
-
-WalStatusSource = Callable[[], WalStatus | None]
+    return WalStreamer(wal_config(settings), offsite, report, request_base_backup)

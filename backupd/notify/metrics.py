@@ -22,8 +22,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from backupd.archive.status import WalStatus
 from backupd.log import get_logger
 from backupd.notify.store_metrics import store_metrics
+from backupd.notify.wal_metrics import wal_families
 from backupd.outcomes import BackupRunOutcome
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
@@ -105,6 +107,10 @@ class _ScrapeCollector(Collector):
         yield from self._state_metrics()
         if self.metrics.limits is not None:
             yield from self.metrics.limits()
+        if self.metrics.settings.wal_archive:
+            source = self.metrics.wal_status
+            yield from wal_families(source() if source is not None else None,
+                                    datetime.now(UTC))
 
     def _store_metrics(self) -> Iterator[Metric]:
         readable = GaugeMetricFamily("backupd_local_store_readable",
@@ -148,6 +154,8 @@ class BackupdMetrics:
         # The daemon's health limits as gauges (backupd.daemon.http sets it), so alert rules
         # compare against the limits /healthz applies.
         self.limits: Callable[[], Iterable[Metric]] | None = None
+        # The WAL streamer's figures (WAL_ARCHIVE=on), set by the daemon.
+        self.wal_status: Callable[[], WalStatus | None] | None = None
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
         self._seen: set[tuple[str, str]] = set()  # (job, database)

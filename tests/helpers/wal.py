@@ -127,3 +127,53 @@ def holds(path: Path | None, marker: str) -> bool:
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def receivewal_pids(backup_dir: Path) -> list[int]:
+    """Live pg_receivewal processes writing into ``backup_dir``'s spool."""
+    spool = str(spool_dir(backup_dir)).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and argv and argv[0].endswith(b"pg_receivewal") and spool in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def write_wal(server: ServerAddress, kilobytes: int = 256) -> None:
+    """Write about ``kilobytes`` of WAL (rows of random text, never compressible away)."""
+    rows = max(1, kilobytes * 1024 // 120)
+    psql(server, "postgres", "CREATE TABLE IF NOT EXISTS wal_load (v text);"
+                             "INSERT INTO wal_load SELECT md5(random()::text) || "
+                             f"md5(random()::text) FROM generate_series(1, {rows});")
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """/metrics of a daemon on ``port``, unlabelled samples by name."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def healthz(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -1,0 +1,201 @@
+"""The WAL streamer in the daemon (issue 15): supervision (kill -9 leaves no orphan and no
+gap, SIGTERM stops cleanly, a server restart resumes without a gap), one streamer per
+archive, the slot's figures in /metrics and /healthz, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from helpers.cluster import PrivateCluster, free_port
+from helpers.faults import wait_until
+from helpers.pg import psql
+from helpers.wal import (
+    archived,
+    commit_marker,
+    committed_segments,
+    gaps,
+    healthz,
+    holds,
+    live_partial,
+    receivewal_pids,
+    scrape_metrics,
+    switch_wal,
+    wait_archived,
+    wait_streaming,
+    wal_env,
+    write_wal,
+)
+
+WAL_METRICS = ("backupd_wal_archiving_up", "backupd_wal_receive_lag_seconds",
+               "backupd_wal_slot_retained_bytes", "backupd_wal_last_archived_timestamp_seconds")
+
+
+def all_wal_names(backup_dir: Path) -> list[str]:
+    return [w.name for w in archived(backup_dir)]
+
+
+def test_kill_9_leaves_no_orphan_and_no_gap(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = wal_env(wal_cluster, backup_dir)
+    first = backupd_daemon(["run"], env)
+    wait_streaming(backup_dir)
+    wait_archived(backup_dir, switch_wal(wal_cluster.address, 2))
+    assert receivewal_pids(backup_dir)
+
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    # Process group, PDEATHSIG and the reaper: no pg_receivewal streams on without us.
+    wait_until(lambda: not receivewal_pids(backup_dir), 10, "pg_receivewal gone with the daemon")
+    # Writing goes on while nobody streams: the slot keeps it for us.
+    for _ in range(3):
+        write_wal(wal_cluster.address, 512)
+        switch_wal(wal_cluster.address)
+    marker = "after-the-kill"
+    commit_marker(wal_cluster.address, marker)
+
+    backupd_daemon(["run"], env)
+    wait_until(lambda: holds(live_partial(backup_dir), marker), 60,
+               "the restarted daemon streaming what was written while it was down")
+    wait_archived(backup_dir, switch_wal(wal_cluster.address))
+    names = all_wal_names(backup_dir)
+    assert gaps(names) == [], names
+    assert len(committed_segments(backup_dir)) >= 6
+
+
+def test_server_restart_mid_stream_resumes_without_a_gap(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = wal_env(wal_cluster, backup_dir)
+    daemon = backupd_daemon(["run"], env)
+    wait_streaming(backup_dir)
+    write_wal(wal_cluster.address, 512)
+    before = switch_wal(wal_cluster.address)
+    wait_archived(backup_dir, before)
+
+    wal_cluster.stop("immediate")  # a crash: the next start replays and goes on
+    time.sleep(1)
+    wal_cluster.start()
+    for _ in range(2):
+        write_wal(wal_cluster.address, 512)
+        switch_wal(wal_cluster.address)
+    marker = "after-the-restart"
+    commit_marker(wal_cluster.address, marker)
+    wait_until(lambda: holds(live_partial(backup_dir), marker), 90,
+               "streaming resumed after the server restart")
+    wait_archived(backup_dir, switch_wal(wal_cluster.address), 60)
+    assert gaps(all_wal_names(backup_dir)) == []
+    # The interruption was reported (a failed "wal" job), not hidden.
+    assert "pg_receivewal stopped" in daemon.read_stderr()
+    assert daemon.poll() is None
+
+
+def test_sigterm_stops_pg_receivewal_cleanly(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir))
+    wait_streaming(backup_dir)
+    marker = "before-sigterm"
+    commit_marker(wal_cluster.address, marker)
+    wait_until(lambda: holds(live_partial(backup_dir), marker), 30, "the row streamed")
+    assert stop_backupd(daemon, reap_group=False) == 0, daemon.read_stderr()
+    assert not receivewal_pids(backup_dir)
+    assert holds(live_partial(backup_dir), marker)  # flushed, kept for the next start
+    slot = psql(wal_cluster.address, "postgres",
+                "SELECT active FROM pg_replication_slots").strip()
+    assert slot == "f"  # the slot stays, inactive, keeping WAL for the next start
+
+
+def test_second_daemon_cannot_stream_into_the_same_archive(
+    wal_cluster: PrivateCluster, backup_dir: Path, tmp_path: Path,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = wal_env(wal_cluster, backup_dir)
+    first = backupd_daemon(["run"], env)
+    wait_streaming(backup_dir)
+    # The same archive: the second one stands by, saying why.
+    second = backupd_daemon(["run"], env)
+    wait_until(lambda: "already streaming WAL into" in second.read_stderr(), 30,
+               "the second daemon reporting the first")
+    assert len(receivewal_pids(backup_dir)) == 1
+    # Another archive of the same cluster: the slot is the first archive's, refused.
+    other = tmp_path / "other"
+    third = backupd_daemon(["run"], wal_env(wal_cluster, other))
+    wait_until(lambda: "belongs to another archive" in third.read_stderr(), 30,
+               "the third daemon refusing the slot")
+    assert not receivewal_pids(other)
+    assert first.poll() is None and second.poll() is None
+
+
+def test_metrics_and_health_go_red_past_the_lag(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    port = free_port()
+    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir, HEALTH_PORT=str(port),
+                                             WAL_MAX_LAG_SECONDS="3"))
+    wait_streaming(backup_dir)
+    wait_archived(backup_dir, switch_wal(wal_cluster.address))
+    wait_until(lambda: scrape_metrics(port).get("backupd_wal_archiving_up") == 1.0, 30,
+               "archiving_up 1")
+    metrics = scrape_metrics(port)
+    assert set(WAL_METRICS) <= metrics.keys(), metrics.keys()
+    assert metrics["backupd_wal_receive_lag_seconds"] < 3
+    assert metrics["backupd_wal_last_archived_timestamp_seconds"] > time.time() - 120
+    assert "WAL archiving" not in healthz(port)[1]
+
+    (receiver,) = receivewal_pids(backup_dir)
+    os.kill(receiver, signal.SIGSTOP)  # a stuck receiver: the server writes on
+    try:
+        write_wal(wal_cluster.address, 64)
+        wait_until(lambda: "behind the server" in healthz(port)[1], 30, "health red on lag")
+        status, body = healthz(port)
+        assert status == 503 and "WAL_MAX_LAG_SECONDS" in body
+        metrics = scrape_metrics(port)
+        assert metrics["backupd_wal_receive_lag_seconds"] > 3
+        assert metrics["backupd_wal_slot_retained_bytes"] > 0
+    finally:
+        os.kill(receiver, signal.SIGCONT)
+    wait_until(lambda: "WAL archiving" not in healthz(port)[1], 30, "health back")
+    # Streaming down: archiving_up 0 and a reason.
+    wal_cluster.stop("fast")
+    wait_until(lambda: scrape_metrics(port).get("backupd_wal_archiving_up") == 0.0, 30,
+               "archiving_up 0")
+    assert "pg_receivewal is not streaming" in healthz(port)[1]
+    out = run_backupd(["status"], wal_env(wal_cluster, backup_dir))
+    assert "WAL archive: NOT streaming" in out.stdout, out.stdout + out.stderr
+    assert daemon.poll() is None
+
+
+def test_a_role_without_replication_is_one_line_exit_2(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+) -> None:
+    psql(wal_cluster.address, "postgres",
+         "CREATE ROLE plain_reader LOGIN PASSWORD 'reader-pw' NOREPLICATION")
+    env = wal_env(wal_cluster, backup_dir, POSTGRES_REPLICATION_USER="plain_reader",
+                  POSTGRES_REPLICATION_PASSWORD="reader-pw")
+    proc = run_backupd(["run"], env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "POSTGRES_REPLICATION_USER" in line and "ALTER ROLE plain_reader REPLICATION" in line
+    assert "reader-pw" not in proc.stderr
+
+
+def test_wal_level_minimal_is_one_line_exit_2(backup_dir: Path) -> None:
+    settings = {"wal_level": "minimal", "max_wal_senders": "0"}
+    from helpers.cluster import DEFAULT_CLUSTER_PASSWORD
+
+    with PrivateCluster(DEFAULT_CLUSTER_PASSWORD, server_settings=settings) as cluster:
+        cluster.start()
+        proc = run_backupd(["run"], wal_env(cluster, backup_dir), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "wal_level=minimal" in line and "wal_level = replica" in line
