@@ -203,8 +203,10 @@ def test_every_metric_named_is_served_per_database(
 
     named = (named_in_rules() | named_in_dashboard()) - PROMETHEUS_OWN
     assert all(name.startswith("backupd_") for name in named), named
-    if not wal_metrics_available():
-        named = {name for name in named if not name.startswith(WAL_PREFIX)}
+    # The backupd_wal_* families are served only with WAL_ARCHIVE=on (ARCHIVE_CONTRACT.md),
+    # which this daemon on the shared server does not stream: the test below checks them
+    # against a daemon streaming from a private cluster.
+    named = {name for name in named if not name.startswith(WAL_PREFIX)}
     missing = sorted(named - {name for name, _ in served})
     assert not missing, f"named in the rules or the dashboard but not served: {missing}"
 
