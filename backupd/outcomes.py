@@ -111,6 +111,23 @@ class BaseBackupOutcome(_Model):
     upload: UploadReport | None = None
 
 
+class ContinuityReport(_Model):
+    """One base backup's verdict in ``backupd verify --wal`` (backupd.archive.continuity)."""
+
+    base_backup: str
+    valid: bool
+    consistent: bool
+    pitr: bool
+    reaches: str = ""
+    missing: list[str] = Field(default_factory=list)
+    problem: str = ""
+
+
+class ContinuityOutcome(_Model):
+    kind: Literal["wal-verify"] = "wal-verify"
+    reports: list[ContinuityReport] = Field(default_factory=list)
+
+
 class UploadOutcome(_Model):
     kind: Literal["upload"] = "upload"
     upload: UploadReport | None = None
@@ -253,7 +270,7 @@ class MarkOutcome(_Model):
 Outcome = Annotated[
     BackupOutcome | UploadOutcome | VerifyOutcome | PruneOutcome | RestoreOutcome
     | DrillOutcome | BackupRunOutcome | ClusterRestoreOutcome
-    | RecoverOutcome | MarkOutcome | BaseBackupOutcome,
+    | RecoverOutcome | MarkOutcome | BaseBackupOutcome | ContinuityOutcome,
     Field(discriminator="kind"),
 ]
 

@@ -159,7 +159,8 @@ def test_a_role_without_replication_is_refused_in_one_line(cluster: PrivateClust
     proc = run_backupd(["basebackup"], env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("backupd: error: POSTGRES_USER: ") and "REPLICATION" in last
+    assert last.startswith("backupd: error: POSTGRES_REPLICATION_USER: ")
+    assert "plain_user" in last and "REPLICATION" in last
     assert not list((tmp_path / "repo").glob("base_*"))
 
 

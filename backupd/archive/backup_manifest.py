@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from backupd.archive.tarstream import MemberSink, TarMember
+from backupd.archive.walnames import lsn_to_segno, parse_lsn, segment_name
 from backupd.manifest import BaseBackupFacts
 
 MANIFEST_PATH = "backup_manifest"
@@ -44,26 +45,12 @@ class BackupContentError(ValueError):
     """The tar stream does not match its backup_manifest; one line naming what."""
 
 
-def parse_lsn(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def segment_name(timeline: int, segno: int, segment_size: int) -> str:
-    per_id = 0x100000000 // segment_size
-    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
-
-
 def segments_between(timeline: int, start_lsn: int, end_lsn: int,
                      segment_size: int) -> list[str]:
     """The WAL segments holding the bytes from ``start_lsn`` up to ``end_lsn``."""
-    last = max(start_lsn, end_lsn - 1) // segment_size
+    last = lsn_to_segno(max(start_lsn, end_lsn - 1), segment_size)
     return [segment_name(timeline, segno, segment_size)
-            for segno in range(start_lsn // segment_size, last + 1)]
+            for segno in range(lsn_to_segno(start_lsn, segment_size), last + 1)]
 
 
 @dataclass

@@ -23,12 +23,9 @@ from typing import BinaryIO, cast
 
 from pyrage import x25519
 
-from backupd.archive.backup_manifest import (
-    BackupContentCheck,
-    BackupContentError,
-    parse_lsn,
-)
+from backupd.archive.backup_manifest import BackupContentCheck, BackupContentError
 from backupd.archive.tarstream import MemberHandler, MemberSink, TarError, TarMember, TarReader
+from backupd.archive.walnames import parse_lsn
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
 from backupd.manifest import BaseBackupFacts

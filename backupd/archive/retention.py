@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from backupd.archive.backup_manifest import parse_lsn
+from backupd.archive.walnames import lsn_to_segno, parse_lsn
 from backupd.storage.base import BackupEntry
 
 
@@ -80,7 +80,7 @@ def wal_to_delete(segments: Iterable[tuple[str, int, bool]], needed_from: int | 
     follows them to any later timeline)."""
     if needed_from is None:
         return []
-    first_needed = needed_from // segment_size
+    first_needed = lsn_to_segno(needed_from, segment_size)
     doomed = [(segno, name) for name, segno, history in segments
               if not history and segno < first_needed]
     return [name for _, name in sorted(doomed)]

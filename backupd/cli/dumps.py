@@ -9,7 +9,7 @@ import typer
 
 from backupd.cli.app import app, bootstrap, discard, execute, fail, finish
 from backupd.errors import BackupdError
-from backupd.outcomes import PruneOutcome, VerifyOutcome
+from backupd.outcomes import ContinuityOutcome, PruneOutcome, VerifyOutcome
 
 
 @app.command()
@@ -38,11 +38,26 @@ def verify(
     remote: Annotated[bool, typer.Option(
         "--remote", help="Verify the copies in S3 (downloaded to DB_BACKUP_DIR, then removed); "
         "also reports incomplete uploads.")] = False,
+    wal: Annotated[bool, typer.Option(
+        "--wal", help="Check the WAL archive's continuity instead: for every base backup, "
+        "valid (verified), consistent (its WAL from start to stop is there) and PITR (no "
+        "gap to the archive's end, following timelines); exit 1 naming missing segments. "
+        "With --remote, the archive in S3.")] = False,
 ) -> None:
-    """Check backups: gzip integrity, SQL completeness, size and SHA-256."""
+    """Check backups: gzip integrity, SQL completeness, size and SHA-256 (base backups:
+    every file against PostgreSQL's backup_manifest). --wal: the WAL archive's continuity."""
     from backupd.commands import verify as verify_cmd
 
     settings = bootstrap()
+    if wal:
+        from backupd.commands import wal_verify
+
+        if names:
+            fail("NAME: verify --wal checks every base backup; give no NAME")
+        result = execute("verify-wal", settings, lambda ctx: discard(
+            wal_verify.run(ctx, remote=remote)))
+        _print_continuity(result.outcome, as_json)
+        finish(result)
     result = execute("verify", settings, lambda ctx: discard(
         verify_cmd.run(ctx, names or [], verify_all, remote=remote)))
     reports = result.outcome.reports if isinstance(result.outcome, VerifyOutcome) else []
@@ -59,6 +74,20 @@ def verify(
                 print("    note content not checked: "
                       + (report.content_note or "see the report's details"))
     finish(result, quiet=bool(reports) and result.ok)
+
+
+def _print_continuity(outcome: object, as_json: bool) -> None:
+    if not isinstance(outcome, ContinuityOutcome):
+        return
+    if as_json:
+        print(json.dumps([verdict.model_dump() for verdict in outcome.reports], indent=2))
+        return
+    for verdict in outcome.reports:
+        levels = {"valid": verdict.valid, "consistent": verdict.consistent, "pitr": verdict.pitr}
+        print(f"{'OK    ' if all(levels.values()) else 'FAILED'} {verdict.base_backup}: "
+              + ", ".join(f"{level} {'yes' if ok else 'NO'}" for level, ok in levels.items())
+              + (f"; recovers up to {verdict.reaches}" if verdict.reaches else "")
+              + (f"; {verdict.problem}" if verdict.problem else ""))
 
 
 @app.command(name="list")

@@ -6,15 +6,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from backupd.archive.retention import plan_base_retention
+from backupd.archive.retention import BaseRetentionPlan, plan_base_retention, wal_to_delete
+from backupd.archive.walstore import (
+    WAL_SUBDIRECTORY,
+    WalArchive,
+    local_wal_repository,
+    offsite_wal_repository,
+)
+from backupd.commands.selection import is_local
+from backupd.configs import age_key_files
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import BASE_DATABASE, BASE_KIND
 from backupd.storage.base import Repository
 
 
-def sweep(ctx: JobContext, repository: Repository, *, dry_run: bool = False) -> list[str]:
-    """Apply base-backup retention to one repository; the names deleted (or that would be)."""
+def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: bool = False,
+          wal_uploaded_only: bool = False) -> list[str]:
+    """Apply retention to one repository's base backups and to the WAL archive beside it;
+    the names deleted (or that would be). ``wal_uploaded_only``: keep WAL not yet offsite."""
     settings = ctx.settings
     entries = repository.list_backups(BASE_DATABASE, BASE_KIND)
     plan = plan_base_retention(entries, settings.basebackup_keep,
@@ -29,18 +39,53 @@ def sweep(ctx: JobContext, repository: Repository, *, dry_run: bool = False) -> 
                     f"needed: BASEBACKUP_KEEP={settings.basebackup_keep}"
                     + (f", BASEBACKUP_MAX_AGE_DAYS={settings.basebackup_max_age_days:g}"
                        if settings.basebackup_max_age_days is not None else "") + ")")
-        deleted.append(entry.name)
-    return deleted
+        deleted.append(entry.name if wal_uploaded_only or is_local(repository)
+                       else repository.location(entry.name))
+    return deleted + _sweep_wal(ctx, wal, plan, dry_run=dry_run,
+                                uploaded_only=wal_uploaded_only)
+
+
+def _sweep_wal(ctx: JobContext, wal: WalArchive, plan: BaseRetentionPlan, *, dry_run: bool,
+               uploaded_only: bool) -> list[str]:
+    """The WAL wholly before the oldest kept base backup's start, oldest first (a crash part
+    way leaves the archive one unbroken run). Files of pg_receivewal's spool are never
+    touched; with an offsite archive, a segment is deleted here only once it is there."""
+    kept = [e.manifest.base_backup for e in plan.keep
+            if e.manifest is not None and e.manifest.base_backup is not None]
+    if plan.wal_needed_from is None or not kept:
+        return []
+    files = {f.name: f for f in wal.segments() if f.artifact is not None}
+    doomed = wal_to_delete(((f.name, f.segno, f.history) for f in files.values()),
+                           plan.wal_needed_from, kept[0].wal_segment_size)
+    deleted: list[str] = []
+    for name in doomed:
+        artifact = files[name].artifact
+        assert artifact is not None
+        if uploaded_only and not files[name].uploaded:
+            continue
+        if not dry_run:
+            wal.delete(artifact)
+        deleted.append(artifact)
+    if deleted:
+        ctx.say(f"{'would delete' if dry_run else 'deleted'} {len(deleted)} WAL files from "
+                f"{wal.repository.description} ({deleted[0]} .. {deleted[-1]}): before the "
+                "oldest kept base backup's start")
+    local = is_local(wal.repository)
+    return [f"{WAL_SUBDIRECTORY}/{name}" if local else wal.repository.location(name)
+            for name in deleted]
 
 
 def apply(ctx: JobContext, offsite: Repository | None, *, dry_run: bool = False,
           strict: bool = False) -> list[str]:
     """Local first, then offsite (the same plan on S3's own listing). With ``strict`` an
     offsite failure fails the job, else it warns (a base backup must not fail for it)."""
-    names = sweep(ctx, ctx.store, dry_run=dry_run)
+    keys = age_key_files(ctx.settings)
+    names = sweep(ctx, ctx.store, WalArchive(local_wal_repository(ctx.store), keys),
+                  dry_run=dry_run, wal_uploaded_only=offsite is not None)
     if offsite is not None:
         try:
-            names += [offsite.location(name) for name in sweep(ctx, offsite, dry_run=dry_run)]
+            offsite_wal = WalArchive(offsite_wal_repository(offsite), keys)
+            names += sweep(ctx, offsite, offsite_wal, dry_run=dry_run)
         except OffsiteError as exc:
             if strict:
                 raise JobFailed(f"archive retention on {offsite.description} failed: "

@@ -9,66 +9,81 @@ backups and the WAL archive (backupd.archive.retention).
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import psycopg
 
+from backupd.archive import server
 from backupd.archive.basebackups import base_entries, verify_base_backup
+from backupd.archive.server import ServerFacts
 from backupd.archive.take import BaseBackupConfig, BaseBackupFailed, take_base_backup
+from backupd.archive.walstore import local_wal_repository
 from backupd.commands import upload
 from backupd.commands.verify import with_outcome
-from backupd.configs import age_key_files, connection_config
+from backupd.configs import age_key_files
+from backupd.daemon.wal import wal_config
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import BASE_DATABASE, BASE_KIND, base_backup_name
 from backupd.outcomes import BaseBackupOutcome, FileReport
+from backupd.pipeline.clients import note_server_major
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.supervisor import tool_version
-from backupd.postgres.connection import advisory_lock, connect, describe_pg_error, server_version
+from backupd.postgres.connection import advisory_lock, describe_pg_error, server_version
 from backupd.postgres.databases import Connection
 from backupd.result import human_bytes
 
 LOCK_PURPOSE = "basebackup"
+# How long a base backup waits for the WAL archive's slot (WAL_ARCHIVE=on) to exist.
+SLOT_WAIT_SECONDS = 60
 
 
-def cluster_identity(conn: Connection) -> int:
-    """The cluster's system identifier (the archive's key: one sidecar, one cluster)."""
-    row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def check_server(conn: Connection, user: str) -> None:
+def check_server(facts: ServerFacts, user: str) -> None:
     """What pg_basebackup needs from the server, refused up front with one line."""
-    row = conn.execute(
-        "SELECT current_setting('wal_level'), rolreplication OR rolsuper, "
-        "current_setting('max_wal_senders')::int FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
-    assert row is not None
-    wal_level, may_replicate, senders = row
-    if wal_level == "minimal":
+    if facts.wal_level == "minimal":
         raise ConfigError("wal_level: the server runs with wal_level=minimal; set "
-                          "wal_level=replica (the default) in postgresql.conf and restart it")
-    if not may_replicate:
-        raise ConfigError(f"POSTGRES_USER: role {user!r} has no REPLICATION privilege; run "
-                          f"ALTER ROLE {user} REPLICATION (and allow it a `replication` line "
-                          "in pg_hba.conf)")
-    if senders < 1:
+                          "wal_level = replica (the default) in postgresql.conf and restart it")
+    if facts.max_wal_senders < 1:
         raise ConfigError("max_wal_senders: the server allows no replication connections; "
-                          "set max_wal_senders to at least 2 and restart it")
+                          "set it to 2 or more in postgresql.conf and restart it")
+    if not facts.can_replicate:
+        raise ConfigError(f"POSTGRES_REPLICATION_USER: role {user!r} has no REPLICATION "
+                          f"privilege; run ALTER ROLE {user} REPLICATION (and give it a "
+                          "`replication` line in pg_hba.conf), or set POSTGRES_REPLICATION_USER "
+                          "to a role that has it")
 
 
-def refuse_other_cluster(ctx: JobContext, system_identifier: int) -> None:
-    """A repository holding another cluster's base backups is refused (one line naming it)."""
+def refuse_other_cluster(ctx: JobContext, facts: ServerFacts) -> None:
+    """A directory holding another cluster's archive is refused (one line naming it)."""
+    system_identifier = int(facts.system_identifier)
     for entry in base_entries(ctx.store):
-        facts = entry.manifest.base_backup if entry.manifest is not None else None
-        if facts is not None and facts.system_identifier != system_identifier:
+        recorded = entry.manifest.base_backup if entry.manifest is not None else None
+        if recorded is not None and recorded.system_identifier != system_identifier:
             raise ConfigError(
                 f"DB_BACKUP_DIR: {ctx.store.directory} holds base backups of another cluster "
-                f"(system identifier {facts.system_identifier}, e.g. {entry.name}); this "
+                f"(system identifier {recorded.system_identifier}, e.g. {entry.name}); this "
                 f"server is {system_identifier}. Point DB_BACKUP_DIR at this cluster's own "
                 "archive")
+    wal_directory = local_wal_repository(ctx.store).directory
+    server.check_identity(server.read_identity(wal_directory), facts, wal_directory)
+
+
+def wait_for_slot(ctx: JobContext, conn: Connection, facts: ServerFacts) -> None:
+    """With WAL_ARCHIVE=on, start only once the archive's slot exists: from then on the
+    server keeps every WAL segment for the archive, so the archive continues this base
+    backup without a gap (the daemon's first base backup starts beside the streamer)."""
+    slot = ctx.settings.wal_slot_name or server.default_slot_name(facts.system_identifier)
+    deadline = time.monotonic() + SLOT_WAIT_SECONDS
+    while server.slot_state(conn, slot) is None:
+        if time.monotonic() >= deadline:
+            ctx.warn(f"replication slot {slot!r} of the WAL archive does not exist yet; the "
+                     "base backup is self-contained, but the archive may not continue it "
+                     "until streaming runs")
+            return
+        ctx.cancel.raise_if_cancelled()
+        time.sleep(1)
 
 
 def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
@@ -81,19 +96,24 @@ def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
     recipients = recipient_strings(keys)  # a bad key: ConfigError before pg_basebackup
     identities = load_identities(keys)
     with advisory_lock(settings, LOCK_PURPOSE):
+        connection = wal_config(settings).connection  # the replication role
         try:
-            with connect(settings) as conn:
-                check_server(conn, settings.postgres_user)
-                system_identifier = cluster_identity(conn)
+            with server.connect(connection) as conn:
+                note_server_major(conn.info.server_version // 10000)
+                facts = server.server_facts(conn)
+                check_server(facts, connection.user)
+                refuse_other_cluster(ctx, facts)
                 version = server_version(conn)
+                if settings.wal_archive:
+                    wait_for_slot(ctx, conn, facts)
         except psycopg.Error as exc:
             raise JobFailed(f"cannot read the server's settings: {describe_pg_error(exc)}") \
                 from None
-        refuse_other_cluster(ctx, system_identifier)
+        system_identifier = int(facts.system_identifier)
         started = datetime.now(UTC)
         name = base_backup_name(started, settings.compression, encrypted=bool(recipients))
         ctx.say(f"Starting base backup of the cluster ({version}) to {name}")
-        config = BaseBackupConfig(connection_config(settings), settings.compression,
+        config = BaseBackupConfig(connection, settings.compression,
                                   settings.compression_level,
                                   label=f"backupd {name}",
                                   checkpoint=settings.basebackup_checkpoint)
@@ -106,11 +126,12 @@ def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
         except OSError as exc:
             raise JobFailed(f"writing {name} to DB_BACKUP_DIR ({store.directory}) failed: "
                             f"{exc.strerror or exc}; the partial file was removed") from None
-        facts = taken.facts
-        if facts.system_identifier != system_identifier:
+        taken_facts = taken.facts
+        if taken_facts.system_identifier != system_identifier:
             store.delete(name)
             raise JobFailed(f"the base backup's pg_control names cluster "
-                            f"{facts.system_identifier}, not the server's {system_identifier}; "
+                            f"{taken_facts.system_identifier}, not the server's "
+                            f"{system_identifier}; "
                             "not kept")
         manifest = Manifest(
             kind=BASE_KIND, name=name, database=BASE_DATABASE, server_version=version,
@@ -119,11 +140,11 @@ def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
             compression_level=settings.compression_level, raw_bytes=taken.raw_bytes,
             stored_bytes=taken.stored_bytes, sha256=taken.sha256,
             encrypted=bool(recipients), age_recipients=recipients,
-            gzip_members=taken.gzip_members, base_backup=facts)
+            gzip_members=taken.gzip_members, base_backup=taken_facts)
         store.commit(manifest)
     ctx.result.backup_name = name
-    outcome.name, outcome.timeline = name, facts.timeline
-    outcome.start_lsn, outcome.stop_lsn = facts.start_lsn, facts.stop_lsn
+    outcome.name, outcome.timeline = name, taken_facts.timeline
+    outcome.start_lsn, outcome.stop_lsn = taken_facts.start_lsn, taken_facts.stop_lsn
     outcome.stored_bytes = taken.stored_bytes
     # Read back from the disk, the whole stream once more: what was stored is what verified.
     report = verify_base_backup(store, store.entry(name), identities, ctx.cancel)
@@ -132,8 +153,8 @@ def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
     if not report.ok:
         raise JobFailed(f"the new base backup {name} failed verification: {report.problem}")
     ctx.say(f"Base backup completed and verified: {name} ({human_bytes(taken.stored_bytes)}, "
-            f"{facts.files} files, WAL {facts.start_lsn}..{facts.stop_lsn} on timeline "
-            f"{facts.timeline})")
+            f"{taken_facts.files} files, WAL {taken_facts.start_lsn}..{taken_facts.stop_lsn} "
+            f"on timeline {taken_facts.timeline})")
     if offsite is not None:
         outcome.upload = upload.upload_pending(ctx, offsite, first=name,
                                                database=BASE_DATABASE, kind=BASE_KIND)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from backupd.commands import backup_run
+from backupd.commands import basebackup as basebackup_cmd
 from backupd.commands import drill as drill_cmd
 from backupd.commands import prune as prune_cmd
 from backupd.commands import verify as verify_cmd
@@ -32,6 +33,9 @@ def job_table() -> list[JobSpec]:
                 _locked("verify", lambda ctx: _discard(verify_cmd.run(ctx, [])), needs_db=False)),
         JobSpec("prune", "retention_schedule",
                 _locked("prune", lambda ctx: prune_cmd.run(ctx), needs_db=False)),
+        # Its own advisory lock (commands.basebackup) keeps replicas from taking two at once.
+        JobSpec("basebackup", "basebackup_schedule",
+                lambda ctx, _slot: _discard(basebackup_cmd.take(ctx))),
         JobSpec("drill", "drill_schedule",
                 _locked("drill", lambda ctx: drill_cmd.run(ctx), needs_db=True)),
     ]

@@ -59,7 +59,10 @@ def run(settings: Settings) -> int:
 
     state = DaemonState(settings.backup_dir)
     daemon = Daemon(settings, jobs, build_chain(settings, recorder=state), state)
-    streamer = wal_streamer(settings, daemon.chain)  # None unless WAL_ARCHIVE=on
+    # None unless WAL_ARCHIVE=on. After the slot is lost the archive has a gap: the streamer
+    # asks for a new base backup, which starts a new unbroken run.
+    streamer = wal_streamer(settings, daemon.chain,
+                            lambda reason: daemon.run_soon("basebackup", reason))
     stop_http = _start_http(settings, state, streamer.status if streamer else None)
     # (a taken HEALTH_PORT is exit 2, here)
     stop = _StopFlag()

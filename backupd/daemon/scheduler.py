@@ -31,6 +31,7 @@ from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
 from backupd.daemon.state import DaemonState
 from backupd.job import JobContext, run_job, skipped_result
 from backupd.log import get_logger
+from backupd.naming import BASE_DATABASE, BASE_KIND
 from backupd.notify.base import NotifierChain
 from backupd.result import JobResult, Status
 from backupd.settings import ENV_NAMES, Settings
@@ -146,6 +147,11 @@ class Daemon:
                              f"the run due at {_fmt(due)} was missed while backupd was not "
                              f"running, more than SCHEDULE_MISFIRE_GRACE_SECONDS "
                              f"({self.settings.misfire_grace_seconds}s) ago; skipped")
+        if ("basebackup" in self.jobs and "basebackup" not in run_now
+                and self.settings.wal_archive and newest_verified(
+                    LocalStore(self.settings.backup_dir).list_backups(BASE_DATABASE,
+                                                                      BASE_KIND)) is None):
+            run_now["basebackup"] = "WAL_ARCHIVE=on and no verified base backup yet"
         backup = self.jobs.get("backup")
         if backup is not None and "backup" not in run_now and self.settings.backup_on_start:
             reason = self._backup_on_start_reason(backup.schedule, now)
@@ -175,6 +181,16 @@ class Daemon:
             return (f"BACKUP_ON_START: newest verified backup {newest.name} is older than "
                     f"one schedule interval ({interval})")
         return None
+
+    def run_soon(self, name: str, reason: str) -> None:
+        """Run job ``name`` now, out of its schedule (the WAL archive asks for a base backup
+        after its slot was lost). A job already running is not started twice."""
+        if name not in self.jobs:
+            self.log.warning("job not scheduled; cannot run it now", job=name, reason=reason)
+            return
+        self.log.info("job requested", job=name, reason=reason)
+        with contextlib.suppress(Exception):  # not started yet, or shutting down
+            self.scheduler.modify_job(name, next_run_time=datetime.now(UTC))
 
     # --- running ------------------------------------------------------------------------
     def _fire(self, name: str) -> None:

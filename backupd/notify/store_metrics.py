@@ -17,7 +17,7 @@ from functools import cached_property
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.naming import BASE_DATABASE, BASE_KIND, GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, latest_upload, newest_drilled, newest_verified
 from backupd.storage.local import LocalStore
@@ -177,3 +177,8 @@ def store_metrics(settings: Settings, now: datetime, *, legacy_aliases: bool) ->
             value = gauge.value(globals_snapshot)
             if value is not None:
                 yield GaugeMetricFamily(gauge.name, gauge.help, value=float(value))
+    newest_base = newest_verified(store.list_backups(BASE_DATABASE, BASE_KIND), now)
+    if newest_base is not None:
+        yield GaugeMetricFamily("backupd_basebackup_newest_verified_timestamp_seconds",
+                                "When the newest verified base backup was taken (Unix time).",
+                                value=newest_base.parsed.taken_at.timestamp())

@@ -14,15 +14,12 @@ from pathlib import Path
 from .backups import refresh_manifest
 from .cli import run_backupd, server_env
 from .cluster import PrivateCluster
-
-# What an archiving server needs (wal_level=replica is the default; stated for clarity).
-ARCHIVE_SERVER_SETTINGS = {"wal_level": "replica", "max_wal_senders": "5",
-                           "max_replication_slots": "5"}
+from .wal import WAL_SERVER_SETTINGS
 
 
 def archive_cluster(password: str = "base-pw") -> PrivateCluster:
     """A private cluster set up for WAL archiving and base backups (not started)."""
-    return PrivateCluster(password, server_settings=ARCHIVE_SERVER_SETTINGS)
+    return PrivateCluster(password, server_settings=WAL_SERVER_SETTINGS)
 
 
 def basebackup_env(cluster: PrivateCluster, directory: Path, **extra: str) -> dict[str, str]:

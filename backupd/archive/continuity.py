@@ -1,0 +1,166 @@
+"""``verify --wal``: can each kept base backup be recovered, and up to where?
+
+Three levels per base backup, after pgBackRest's:
+
+* **valid**: the base backup itself is verified: every file matched PostgreSQL's
+  ``backup_manifest`` when it was read back (``backupd verify NAME`` re-reads it);
+* **consistent**: the WAL from its start to its stop LSN is there (inside the base backup,
+  which carries it, or in the archive): it can reach a consistent state;
+* **PITR**: the archive holds every segment from the base backup's stop to the archive's end,
+  following the timelines: the newest timeline's history file says at which LSN each
+  ancestor timeline was left, and recovery (``recovery_target_timeline = 'latest'``) reads a
+  position's segment from the timeline that was current there. Any missing segment is a gap,
+  named.
+
+Pure functions of the listings (``WalFile`` and the history files' text): the command that
+runs them (``commands.wal_verify``) reads the archive locally or on S3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from backupd.archive.basebackups import BaseBackupInfo
+from backupd.archive.walnames import format_lsn, lsn_to_segno, parse_lsn, segment_name
+
+# Missing segments named in one line before "and N more".
+NAMED_MISSING = 10
+
+
+@dataclass(frozen=True)
+class WalFile:
+    """One file of the archive as continuity sees it."""
+
+    timeline: int
+    segno: int
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class TimelineSpan:
+    """Timeline ``timeline`` is current from ``begin`` (an LSN) until ``end`` (None: still)."""
+
+    timeline: int
+    begin: int
+    end: int | None
+
+
+def parse_history(text: str) -> list[tuple[int, int]]:
+    """A ``.history`` file's (parent timeline, switch LSN) lines, oldest first."""
+    entries: list[tuple[int, int]] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not line.lstrip().startswith("#"):
+            try:
+                entries.append((int(fields[0]), parse_lsn(fields[1])))
+            except ValueError:
+                continue
+    return entries
+
+
+def timeline_spans(newest: int, history: Sequence[tuple[int, int]]) -> list[TimelineSpan]:
+    """The path of timelines that leads to ``newest``, from the first."""
+    spans: list[TimelineSpan] = []
+    begin = 0
+    for parent, switch in history:
+        spans.append(TimelineSpan(parent, begin, switch))
+        begin = switch
+    spans.append(TimelineSpan(newest, begin, None))
+    return spans
+
+
+@dataclass
+class Continuity:
+    """The verdict for one base backup."""
+
+    base: str
+    valid: bool
+    consistent: bool
+    pitr: bool
+    reaches: str = ""  # the last segment recovery can replay ("" when none)
+    missing: list[str] = field(default_factory=list)
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.valid and self.consistent and self.pitr
+
+    def line(self) -> str:
+        levels = ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in
+                           (("valid", self.valid), ("consistent", self.consistent),
+                            ("pitr", self.pitr)))
+        text = f"{self.base}: {levels}"
+        if self.reaches:
+            text += f"; recovers up to {self.reaches}"
+        return text + (f"; {self.problem}" if self.problem else "")
+
+
+def describe_missing(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMED_MISSING])
+    more = len(names) - NAMED_MISSING
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile],
+               spans: list[TimelineSpan], segment_size: int) -> Continuity:
+    """One base backup against the archive. ``wal_inside``: the base backup carries (and
+    was verified with) the WAL from its start to its stop."""
+    present = {(w.timeline, w.segno) for w in archive}
+    verdict = Continuity(base.name, valid=base.verified, consistent=False, pitr=False)
+    first, stop_segno = (lsn_to_segno(base.start_lsn, segment_size),
+                         lsn_to_segno(base.stop_lsn, segment_size))
+    on_path = [s for s in spans if s.timeline == base.timeline
+               and s.begin <= base.stop_lsn and (s.end is None or base.stop_lsn < s.end)]
+    own = on_path[0] if on_path else TimelineSpan(base.timeline, 0, None)
+    before_stop = [segment_name(base.timeline, segno, segment_size)
+                   for segno in range(first, stop_segno)
+                   if (base.timeline, segno) not in present]
+    verdict.consistent = wal_inside or not before_stop
+    if not on_path:
+        verdict.problem = (f"its timeline {base.timeline} is not on the path to the archive's "
+                           f"newest timeline {spans[-1].timeline} at its stop LSN "
+                           f"{format_lsn(base.stop_lsn)}")
+        return verdict
+    needed: list[tuple[int, int]] = []
+    for span in spans[spans.index(own):]:
+        start = max(span.begin, base.stop_lsn)
+        if span.end is not None:
+            # The segment holding the switch is read from the new timeline's copy.
+            last = lsn_to_segno(span.end, segment_size) - 1
+        else:
+            # The archive's end; at least the segment the base backup's WAL continues in.
+            on_newest = [w.segno for w in archive if w.timeline == span.timeline]
+            last = max([*on_newest, lsn_to_segno(start, segment_size)])
+        needed += [(span.timeline, segno)
+                   for segno in range(lsn_to_segno(start, segment_size), last + 1)]
+    verdict.missing = [segment_name(t, s, segment_size) for t, s in needed
+                       if (t, s) not in present]
+    reached = [(t, s) for t, s in needed if (t, s) in present]
+    if reached:
+        verdict.reaches = segment_name(*reached[-1], segment_size)
+    partial_inside = [w for w in archive if w.partial and (w.timeline, w.segno) in needed[:-1]
+                      and not _complete(archive, w)]
+    if partial_inside:
+        verdict.missing += [segment_name(w.timeline, w.segno, segment_size) + " (only partial)"
+                            for w in partial_inside]
+    verdict.pitr = not verdict.missing
+    if verdict.missing:
+        verdict.problem = (f"{len(verdict.missing)} WAL segment"
+                           f"{'s' if len(verdict.missing) != 1 else ''} missing: "
+                           f"{describe_missing(verdict.missing)}")
+    elif not verdict.consistent:
+        verdict.problem = f"WAL before its stop missing: {describe_missing(before_stop)}"
+    if not verdict.valid:
+        verdict.problem = "; ".join(p for p in ("not verified", verdict.problem) if p)
+    return verdict
+
+
+def _complete(archive: Sequence[WalFile], wal: WalFile) -> bool:
+    return any(w.timeline == wal.timeline and w.segno == wal.segno and not w.partial
+               for w in archive)
+
+
+def newest_timeline(archive: Sequence[WalFile], history_timelines: Sequence[int]) -> int:
+    return max([w.timeline for w in archive] + list(history_timelines), default=1)
+

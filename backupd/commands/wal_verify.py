@@ -1,0 +1,90 @@
+"""``backupd verify --wal``: continuity of the WAL archive from every base backup to its end
+(backupd.archive.continuity), locally or on S3 (``--remote``). Exits 1 on any gap, naming
+the missing segments."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from backupd.archive.basebackups import BaseBackupInfo, list_base_backups
+from backupd.archive.continuity import (
+    Continuity,
+    WalFile,
+    check_base,
+    describe_missing,
+    newest_timeline,
+    parse_history,
+    timeline_spans,
+)
+from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE
+from backupd.archive.walstore import (
+    ArchivedWal,
+    WalArchive,
+    local_wal_repository,
+    offsite_wal_repository,
+    spool_directory,
+)
+from backupd.configs import age_key_files
+from backupd.errors import JobFailed
+from backupd.job import JobContext
+from backupd.outcomes import ContinuityOutcome, ContinuityReport
+
+
+def wal_archive(ctx: JobContext, remote: bool) -> WalArchive:
+    """The WAL archive beside the chosen repository (with the live spool, locally)."""
+    keys = age_key_files(ctx.settings)
+    if remote:
+        return WalArchive(offsite_wal_repository(ctx.repos.require_offsite("--remote")), keys)
+    local = local_wal_repository(ctx.store)
+    return WalArchive(local, keys, spool=spool_directory(local))
+
+
+def history_of(archive: WalArchive, files: list[ArchivedWal],
+               timeline: int) -> list[tuple[int, int]]:
+    """The newest timeline's history: (parent, switch LSN) lines; [] for timeline 1."""
+    if timeline == 1:
+        return []
+    name = f"{timeline:08X}.history"
+    if not any(f.history and f.name == name for f in files):
+        raise JobFailed(f"the archive reaches timeline {timeline} but holds no {name}; "
+                        "without it no recovery can follow that timeline")
+    with tempfile.TemporaryDirectory(prefix="backupd-history-") as scratch:
+        target = Path(scratch) / name
+        archive.fetch(name, target)
+        return parse_history(target.read_text("utf-8", "replace"))
+
+
+def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
+    repository = ctx.repos.choose(remote, "--remote")
+    bases: list[BaseBackupInfo] = list_base_backups(repository)
+    if not bases:
+        raise JobFailed(f"no base backup in {repository.description}; take one with "
+                        "`backupd basebackup` (WAL alone cannot be recovered)")
+    archive = wal_archive(ctx, remote)
+    files = archive.segments()
+    segment_size = bases[0].wal_segment_size or DEFAULT_SEGMENT_SIZE
+    wal = [WalFile(f.timeline, f.segno, f.partial) for f in files if not f.history]
+    newest = newest_timeline(wal, [f.timeline for f in files if f.history])
+    spans = timeline_spans(newest, history_of(archive, files, newest))
+    # Every base backup carries the WAL from its start to its stop, checked when verified.
+    return [check_base(base, base.verified, wal, spans, segment_size) for base in bases]
+
+
+def run(ctx: JobContext, remote: bool = False) -> list[Continuity]:
+    verdicts = check(ctx, remote)
+    ctx.result.outcome = ContinuityOutcome(reports=[
+        ContinuityReport(base_backup=v.base, valid=v.valid, consistent=v.consistent,
+                         pitr=v.pitr, reaches=v.reaches, missing=v.missing, problem=v.problem)
+        for v in verdicts])
+    for verdict in verdicts:
+        ctx.say(verdict.line())
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        missing = sorted({name for v in failed for name in v.missing})
+        raise JobFailed(
+            f"WAL archive: {len(failed)} of {len(verdicts)} base backups cannot be recovered "
+            "to the archive's end"
+            + (f"; missing {describe_missing(missing)}" if missing
+               else f"; {failed[0].base}: {failed[0].problem}"))
+    return verdicts

@@ -1,0 +1,103 @@
+"""The archive as a whole (issue 15): the daemon streams WAL and takes a base backup at start,
+`verify --wal` proves continuity from every base backup to the archive's end and names a
+missing segment, and retention keeps exactly the WAL a kept base backup needs, locally and
+on S3."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.backups import read_manifest
+from helpers.basebackups import base_backups, take_base_backup
+from helpers.cli import BackupdProcess, run_backupd
+from helpers.cluster import PrivateCluster
+from helpers.faults import wait_until
+from helpers.offsite import object_keys, s3_env
+from helpers.s3server import S3Server
+from helpers.wal import committed_segments, gaps, switch_wal, wait_archived, wal_dir, wal_env
+
+from backupd.archive.walnames import lsn_to_segno, parse_wal_name
+
+
+def verified_base_backups(directory: Path) -> list[str]:
+    return [name for name in base_backups(directory)
+            if (directory / f"{name}.manifest.json").exists()
+            and read_manifest(directory / name).get("verified")]
+
+
+def start_segno(directory: Path, name: str) -> int:
+    facts = read_manifest(directory / name)["base_backup"]
+    start = facts["start_lsn"].split("/")
+    return lsn_to_segno((int(start[0], 16) << 32) | int(start[1], 16), facts["wal_segment_size"])
+
+
+def segno(name: str) -> int:
+    wal = parse_wal_name(name)
+    assert wal is not None
+    return wal.segno
+
+
+@pytest.mark.slow
+def test_continuity_gap_and_retention_locally_and_on_s3(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess], s3_server: S3Server, s3_bucket: str,
+) -> None:
+    env = wal_env(wal_cluster, backup_dir, **s3_env(s3_server, s3_bucket, "site"),
+                  WAL_S3_PARTIAL_SECONDS="1")
+    daemon = backupd_daemon(["run"], env)
+    # WAL_ARCHIVE=on and no base backup: the daemon takes one at start.
+    wait_until(lambda: verified_base_backups(backup_dir), 120, "the base backup at start")
+    [first] = verified_base_backups(backup_dir)
+    wait_archived(backup_dir, switch_wal(wal_cluster.address, 3))
+    proc = run_backupd(["verify", "--wal"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"OK     {first}: valid yes, consistent yes, pitr yes" in proc.stdout
+
+    # A segment in the middle of the archive disappears: verify --wal names it.
+    segments = committed_segments(backup_dir)
+    middle = segments[len(segments) // 2]
+    assert segno(middle) > start_segno(backup_dir, first)
+    [artifact] = [p for p in wal_dir(backup_dir).glob(f"{middle}.wal.*")
+                  if not p.name.endswith(".manifest.json")]
+    artifact.unlink()
+    proc = run_backupd(["verify", "--wal", "--json"], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert middle in proc.stderr.splitlines()[-1]
+    [verdict] = json.loads(proc.stdout)
+    assert verdict["missing"] == [middle] and not verdict["pitr"] and verdict["consistent"]
+
+    # A second base backup after the gap; more WAL; everything reaches S3.
+    second = take_base_backup(env, "--no-prune").name
+    wait_archived(backup_dir, switch_wal(wal_cluster.address, 2))
+    newest = committed_segments(backup_dir)[-1]
+    wait_until(lambda: f"site/wal/{newest}.wal.zst.manifest.json"
+               in object_keys(s3_server, s3_bucket), 60, "the newest segment in S3")
+    remote_before = object_keys(s3_server, s3_bucket, "site/wal/")
+    assert any(middle in key for key in remote_before)
+
+    # Keep one base backup: the first goes, and every WAL segment before the second's
+    # start, and not one segment after it: locally and in S3.
+    proc = run_backupd(["prune"], {**env, "BASEBACKUP_KEEP": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert base_backups(backup_dir) == [second]
+    keep_from = start_segno(backup_dir, second)
+    left = committed_segments(backup_dir)
+    assert left and segno(left[0]) == keep_from and gaps(left) == [], left
+    assert newest in left
+    remote = object_keys(s3_server, s3_bucket, "site/")
+    assert not any(first in key for key in remote)
+    assert any(second in key for key in remote)
+    remote_wal = [key.split("/")[-1].split(".")[0] for key in remote
+                  if key.startswith("site/wal/") and key.endswith(".manifest.json")]
+    remote_segments = [name for name in remote_wal if parse_wal_name(name) is not None
+                       and parse_wal_name(name).kind == "segment"]  # type: ignore[union-attr]
+    assert min(segno(n) for n in remote_segments) == keep_from, remote_segments
+    assert newest in remote_segments and gaps(remote_segments) == []
+    # What is left is recoverable from the kept base backup to the end, on both sides.
+    for args in (["verify", "--wal"], ["verify", "--wal", "--remote"]):
+        proc = run_backupd(args, env)
+        assert proc.returncode == 0, [*args, proc.stdout + proc.stderr]
+    assert daemon.poll() is None, daemon.read_stderr()
