@@ -176,3 +176,21 @@ def group_alive(proc: subprocess.Popen[str]) -> bool:
 def kill_group(proc: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+# Runs argv[1:] and prints the peak resident set size (KiB) of it and of every process it
+# waited for (RUSAGE_CHILDREN of this small parent: the test runner's own children never count).
+_PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+def peak_rss_of_backupd(args: list[str], env: dict[str, str],
+                        timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run one backupd command; (the finished process, its peak RSS in bytes: the largest
+    of backupd and the tools it ran, pg_dump etc., which are far smaller)."""
+    leakcheck.record_run(args, env)
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, *_command(args)],
+                          env=build_env(env), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
+    return proc, int(proc.stdout.strip().splitlines()[-1]) * 1024
