@@ -13,6 +13,11 @@ alternating them within each round (A B C D, A B C D, ...) so that a slow moment
 machine hits all of them, and prints medians, ratios against the baseline ``pg_dump | gzip``,
 compression ratios and the peak resident memory of the backupd process itself. It drops its
 databases at the end.
+
+Then point-in-time recovery (bench/recover.py, on a private cluster of its own; leave it out
+with ``--no-recover``, run it alone with ``--only-recover``): ``backupd recover`` + server
+start + promotion against ``createdb; gunzip -c | psql`` of the same database, the base-backup
+time against ``pg_basebackup -Ft -z``, and the WAL replay throughput.
 """
 
 from __future__ import annotations
@@ -209,6 +214,10 @@ def bench(args: argparse.Namespace) -> list[str]:
         with loaded_database(server, args.scale, args.fixture) as source:
             out += bench_scale(server, source, work, args)
         out += bench_memory(server, work, args)
+        if not args.no_recover:
+            from recover import bench_recover  # bench/recover.py: a private cluster of its own
+
+            out += bench_recover(work, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for suffix in ("restore_a", "restore_b", "restore_c", "restore_d"):
@@ -391,13 +400,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE)
     parser.add_argument("--workdir", default=None, help="where backups are written (tmp)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--no-recover", action="store_true",
+                        help="leave out point-in-time recovery (bench/recover.py)")
+    parser.add_argument("--only-recover", action="store_true",
+                        help="just point-in-time recovery against its logical restore")
     args = parser.parse_args(argv)
     if args.scale < 1:
         parser.error("--scale must be a positive integer")
     args.restore_repeat = args.restore_repeat or args.repeat
     if not args.fixture.is_file():
         parser.error(f"--fixture: {args.fixture} not found")
-    publish("backupd benchmark", "", "pg_dump", bench(args), args.out)
+    if args.only_recover:
+        from recover import bench_recover
+
+        work = Path(tempfile.mkdtemp(prefix="backupd-bench-", dir=args.workdir))
+        try:
+            body = bench_recover(work, args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    else:
+        body = bench(args)
+    publish("backupd benchmark", "", "pg_dump", body, args.out)
     return 0
 
 

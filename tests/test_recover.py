@@ -28,7 +28,7 @@ from helpers.pg import connect
 from helpers.plain_archive import PlainArchive
 from helpers.recovered import pg_ctl_start, postgres_owner, started
 
-from backupd.archive.recovery import RecoveryTarget, parse_lsn
+from backupd.archive.recovery import RecoveryTarget, parse_target_lsn
 from backupd.archive.recovery_dir import STAGING_NAME, parse_owner
 from backupd.commands.recover import RecoverOptions, recover_into
 from backupd.errors import ConfigError, JobFailed
@@ -141,7 +141,7 @@ def test_recover_to_time_t1_gives_exactly_batch_a(history: History) -> None:
 def test_recover_to_the_end_includes_the_partial_segment(history: History) -> None:
     partials = [w for w in history.archive.wal() if w.partial]
     # C is in the in-progress segment only: no completed segment holds it.
-    c_segment = parse_lsn(history.c_lsn) // (16 * 1024 * 1024)
+    c_segment = parse_target_lsn(history.c_lsn) // (16 * 1024 * 1024)
     assert [w.segno for w in partials] == [c_segment]
     assert all(w.segno < c_segment for w in history.archive.wal() if not w.partial
                and not w.history)
@@ -288,5 +288,5 @@ def test_a_pitr_drill_passes_and_cleans_up(history: History) -> None:
     assert outcome.base_backup == "base1"
     assert outcome.rto_seconds is not None and outcome.replay_seconds is not None
     assert outcome.rto_seconds >= outcome.replay_seconds > 0
-    assert not (ctx.settings.backup_dir / pitr_drill.SCRATCH_NAME).exists()
+    assert not pitr_drill.scratch_directory(ctx.settings.backup_dir).exists()
     assert not [w for w in ctx.result.warnings if "newest durable commit" in w]

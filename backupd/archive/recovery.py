@@ -17,10 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_name
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
-
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
 
 class BaseBackupLike(Protocol):
@@ -120,24 +119,12 @@ class RecoveryTarget:
         return {**target, "recovery_target_action": "promote"}
 
 
-def parse_lsn(text: str) -> int:
-    high, sep, low = text.strip().partition("/")
+def parse_target_lsn(text: str) -> int:
     try:
-        if not sep:
-            raise ValueError(text)
-        return (int(high, 16) << 32) | int(low, 16)
+        return parse_lsn(text)
     except ValueError:
         raise ConfigError(f"--to-lsn: {text!r} is not an LSN; give it as PostgreSQL prints "
                           "it, e.g. 0/3000028") from None
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def segment_name(timeline: int, segno: int, segment_size: int) -> str:
-    per_xlogid = 0x100000000 // segment_size
-    return f"{timeline:08X}{segno // per_xlogid:08X}{segno % per_xlogid:08X}"
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,6 @@ _SOURCE_ONLY = ("postmaster.pid", "postmaster.opts", "standby.signal", "recovery
 # A fresh filesystem's root holds this; it is no data.
 _IGNORED = frozenset({"lost+found"})
 RESTORE_COMMAND = f"cp {WAL_COPY_NAME}/%f %p"
-_STAGING_NOTE = (
-    "backupd recover writes here; a recover that was interrupted leaves this directory and no "
-    "PG_VERSION beside it, so no server starts on the half-written data.\n"
-    "Run `backupd recover --target-dir DIR --force ...` to clean it up and recover again.\n")
 
 
 def parse_owner(text: str) -> tuple[int, int]:
@@ -116,7 +112,6 @@ def staging(directory: Path) -> Iterator[Path]:
     directory.mkdir(mode=0o700, exist_ok=True)
     stage = directory / STAGING_NAME
     stage.mkdir(mode=0o700)
-    (stage / "README.backupd").write_text(_STAGING_NOTE)
     try:
         yield stage
     except BaseException:
@@ -170,7 +165,6 @@ def _quote(value: str) -> str:
 def complete(directory: Path, stage: Path, owner: tuple[int, int] | None) -> None:
     """The last step: ownership, fsync, every entry renamed up into ``directory``,
     ``PG_VERSION`` last; then the staging mark goes."""
-    (stage / "README.backupd").unlink()
     if owner is not None:
         for path in _walk(stage):
             os.lchown(path, *owner)

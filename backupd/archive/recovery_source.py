@@ -1,48 +1,61 @@
-"""The archive of one repository (local or S3) as recovery reads it: the base backups
-(``archive.basebackups``) and the WAL (``archive.walstore``)."""
+"""The archive of one place (the local directory, or S3 alone) as recovery reads it: the base
+backups (``archive.basebackups``, in the repository itself) and the WAL
+(``archive.walstore``, under ``wal/`` beside them; locally with pg_receivewal's spool, whose
+``.partial`` is the newest WAL there is)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from backupd.archive.recovery import BaseBackupLike, RecoverySource, WalLike
+from backupd.archive.basebackups import extract_base_backup, list_base_backups
+from backupd.archive.recovery import BaseBackupLike, WalLike
+from backupd.archive.walstore import (
+    ArchivedWal,
+    WalArchive,
+    local_wal_repository,
+    offsite_wal_repository,
+    spool_directory,
+)
 from backupd.cancel import CancelToken
 from backupd.configs import age_key_files
-from backupd.errors import JobFailed
 from backupd.pipeline.config import AgeKeyFiles
 from backupd.settings import Settings
 from backupd.storage.base import Repository
+from backupd.storage.repositories import Repositories
 
 
 class ArchiveSource:
-    def __init__(self, repository: Repository, crypto: AgeKeyFiles | None) -> None:
-        try:
-            self._bases: Any = importlib.import_module("backupd.archive.basebackups")
-            walstore: Any = importlib.import_module("backupd.archive.walstore")
-        except ImportError:
-            raise JobFailed("this build has no WAL archive yet (base backups and WAL "
-                            "streaming); recover needs one") from None
+    def __init__(self, repository: Repository, wal: WalArchive,
+                 crypto: AgeKeyFiles | None) -> None:
         self.repository = repository
         self.crypto = crypto
         self.description = repository.description
-        self._wal = walstore.WalArchive(repository, crypto)
+        self._wal = wal
 
     def base_backups(self) -> Sequence[BaseBackupLike]:
-        return [b for b in self._bases.list_base_backups(self.repository) if b.verified]
+        return [b for b in list_base_backups(self.repository) if b.verified]
 
     def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken) -> None:
-        self._bases.extract_base_backup(self.repository, backup.name, target, self.crypto,
-                                        cancel)
+        extract_base_backup(self.repository, backup.name, target, self.crypto, cancel)
 
     def wal(self) -> Sequence[WalLike]:
-        return list(self._wal.segments())
+        return self._wal.segments()
 
     def fetch(self, wal: WalLike, dest: Path) -> None:
-        self._wal.fetch(wal.name, dest)
+        if isinstance(wal, ArchivedWal):
+            self._wal.fetch_archived(wal, dest)  # as listed: no listing per file
+        else:
+            self._wal.fetch(wal.name, dest)
 
 
-def archive_source(settings: Settings, repository: Repository) -> RecoverySource:
-    return ArchiveSource(repository, age_key_files(settings))
+def archive_source(settings: Settings, repos: Repositories, *,
+                   from_s3: bool = False) -> ArchiveSource:
+    crypto = age_key_files(settings)
+    if from_s3:
+        offsite = repos.require_offsite("--from-s3")
+        return ArchiveSource(offsite, WalArchive(offsite_wal_repository(offsite), crypto),
+                             crypto)
+    local_wal = local_wal_repository(repos.local)
+    return ArchiveSource(repos.local, WalArchive(local_wal, crypto,
+                                                 spool=spool_directory(local_wal)), crypto)

@@ -180,7 +180,11 @@ class WalArchive:
     def fetch(self, name: str, dest: Path) -> None:
         """Write WAL file ``name`` (raw: decrypted, decompressed) to ``dest`` atomically,
         checking its SHA-256 on the way; WalFetchError naming the file when it cannot."""
-        wal = self.find(name)
+        self.fetch_archived(self.find(name), dest)
+
+    def fetch_archived(self, wal: ArchivedWal, dest: Path) -> None:
+        """:meth:`fetch` of a file as :meth:`segments` listed it (no listing per file)."""
+        name = wal.name
         with atomic_write(dest) as out:
             if wal.spool_path is not None:
                 with open(wal.spool_path, "rb") as source:

@@ -41,13 +41,13 @@ def recover(
     """Recover a data directory to a point in time from the WAL archive: the newest base
     backup that ends before the target, and the WAL after it, checked complete before
     anything is written. Prints what it chose: base backup, WAL range, target."""
-    from backupd.archive.recovery import RecoveryTarget, parse_lsn
+    from backupd.archive.recovery import RecoveryTarget, parse_target_lsn
     from backupd.archive.recovery_dir import parse_owner
     from backupd.commands import recover as recover_cmd
 
     try:
         target = RecoveryTarget(time=_parse_time(to_time) if to_time else None,
-                                lsn=parse_lsn(to_lsn) if to_lsn else None, name=to_name)
+                                lsn=parse_target_lsn(to_lsn) if to_lsn else None, name=to_name)
         options = recover_cmd.RecoverOptions(owner=parse_owner(owner) if owner else None,
                                              force=force)
     except ConfigError as exc:

@@ -73,7 +73,7 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
     (:mod:`backupd.commands.pitr_drill`), run whether the dump drill passed or not; the job
     fails if either did.
     """
-    if name is not None or from_s3 or getattr(ctx.settings, "wal_archive", False) is not True:
+    if name is not None or from_s3 or not ctx.settings.wal_archive:
         _run_dump_drill(ctx, name, from_s3=from_s3)
         return
     from backupd.commands import pitr_drill

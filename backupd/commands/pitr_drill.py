@@ -19,9 +19,11 @@ With ``DRILL_SCHEDULE`` and ``WAL_ARCHIVE=on`` every drill also runs this
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,9 +31,10 @@ from pathlib import Path
 
 import psycopg
 
-from backupd.archive.recovery import RecoverySource, RecoveryTarget, format_lsn
+from backupd.archive.recovery import RecoverySource, RecoveryTarget
 from backupd.archive.recovery_dir import WAL_COPY_NAME
 from backupd.archive.waldump import Commit, newest_commit
+from backupd.archive.walnames import format_lsn
 from backupd.commands.recover import RecoverOptions, recover_into
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
@@ -54,8 +57,8 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
     if source is None:
         from backupd.archive.recovery_source import archive_source
 
-        source = archive_source(ctx.settings, ctx.repos.local)
-    scratch = ctx.settings.backup_dir / SCRATCH_NAME
+        source = archive_source(ctx.settings, ctx.repos)
+    scratch = scratch_directory(ctx.settings.backup_dir)
     if scratch.exists():
         shutil.rmtree(scratch)
         ctx.warn(f"removed the scratch directory {scratch} an interrupted PITR drill left")
@@ -73,9 +76,9 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
                                 chosen.segments[-1].timeline)
         if owner is not None:
             os.chown(scratch, *owner)
-        with _server(ctx, data, scratch, run_as) as socket_dir:
+        with _server(ctx, data, scratch, run_as) as server:
             replay_started = time.monotonic()
-            _wait_promoted(ctx, socket_dir)
+            socket_dir = _wait_promoted(ctx, server, scratch)
             outcome.replay_seconds = round(time.monotonic() - replay_started, 3)
             outcome.rto_seconds = round(time.monotonic() - started, 3)
             problems = _compare(ctx, socket_dir)
@@ -88,6 +91,15 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
     if problems:
         raise JobFailed("PITR drill failed: " + "; ".join(problems[:5]))
     return outcome
+
+
+def scratch_directory(backup_dir: Path) -> Path:
+    """``DB_BACKUP_DIR/.pitr-drill``; as root (the server then runs as postgres, who cannot
+    enter the 0700 backup directory) a fixed directory of its own under the temp dir."""
+    if os.geteuid() != 0:
+        return backup_dir / SCRATCH_NAME
+    key = hashlib.sha256(str(backup_dir.absolute()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"backupd{SCRATCH_NAME}-{key}"
 
 
 def _server_user() -> pwd.struct_passwd | None:
@@ -111,7 +123,7 @@ def _server_binary(data: Path) -> Path:
 
 @contextmanager
 def _server(ctx: JobContext, data: Path, scratch: Path,
-            run_as: pwd.struct_passwd | None) -> Iterator[Path]:
+            run_as: pwd.struct_passwd | None) -> Iterator[Child]:
     """The scratch server on a unix socket in ``scratch`` (no TCP port: nothing else can reach
     it), trusting that socket alone."""
     hba = scratch / "drill_hba.conf"
@@ -128,15 +140,9 @@ def _server(ctx: JobContext, data: Path, scratch: Path,
     with Child(argv, cancel=ctx.cancel, stderr_lines=40) as child:
         ctx.say(f"PITR drill: scratch server started on {data}")
         try:
-            yield scratch
-        except BaseException:
-            if child.process is not None and child.process.poll() is not None:
-                ctx.say(f"scratch server log: {child.stderr_tail}")
-            raise
+            yield child
         finally:
             child.stop(60)
-    if child.error_line and "shutting down" not in child.error_line:
-        ctx.say(f"scratch server: {child.error_line}")
 
 
 def _connect(ctx: JobContext, socket_dir: Path, database: str) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
@@ -150,11 +156,17 @@ def _connect(ctx: JobContext, socket_dir: Path, database: str) -> psycopg.Connec
 _NOT_YET = ("starting up", "not yet accepting", "not accepting connections")
 
 
-def _wait_promoted(ctx: JobContext, socket_dir: Path) -> None:
+def _wait_promoted(ctx: JobContext, server: Child, socket_dir: Path) -> Path:
+    """``socket_dir`` once the server has promoted; JobFailed with its own error line when it
+    exits instead (a corrupt or missing WAL file, a setting the copy cannot run with)."""
     deadline = time.monotonic() + PROMOTION_TIMEOUT_SECONDS
     last_error = ""
     while time.monotonic() < deadline:
         ctx.cancel.raise_if_cancelled()
+        if server.process is not None and server.process.poll() is not None:
+            server.wait()
+            raise JobFailed("PITR drill failed: the recovered server exited: "
+                            + (server.error_line or server.stderr_tail or "no output"))
         if not (socket_dir / ".s.PGSQL.5432").exists():
             time.sleep(0.2)
             continue
@@ -162,7 +174,7 @@ def _wait_promoted(ctx: JobContext, socket_dir: Path) -> None:
             with _connect(ctx, socket_dir, "postgres") as conn:
                 row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             if row is not None and not row[0]:
-                return
+                return socket_dir
         except psycopg.Error as exc:
             last_error = describe_pg_error(exc)
             if not any(state in last_error for state in _NOT_YET):

@@ -48,7 +48,7 @@ def run(ctx: JobContext, target_dir: Path, target: RecoveryTarget, *, from_s3: b
     recovery_dir.check_target(target_dir, force=options.force)  # before the archive is read
     from backupd.archive.recovery_source import archive_source
 
-    source = archive_source(ctx.settings, ctx.repos.choose(from_s3, "--from-s3"))
+    source = archive_source(ctx.settings, ctx.repos, from_s3=from_s3)
     recover_into(ctx, source, target_dir, target, options, outcome)
     ctx.say(f"recovered into {target_dir}; start a PostgreSQL server of the same major on it "
             "(pg_ctl -D DIR start, or the compose postgres service): it replays the WAL to "

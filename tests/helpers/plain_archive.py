@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -17,14 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd.archive.recovery import BaseBackupLike, WalLike
+from backupd.archive.walnames import parse_lsn, parse_wal_name
 from backupd.cancel import CancelToken
 
 from .cluster import PrivateCluster
 from .pg import pg_binary
 
-_WAL_RE = re.compile(r"(?P<tli>[0-9A-F]{8})(?P<log>[0-9A-F]{8})(?P<seg>[0-9A-F]{8})"
-                     r"(?P<partial>\.partial)?")
-_HISTORY_RE = re.compile(r"(?P<tli>[0-9A-F]{8})\.history")
 SEGMENT_SIZE = 16 * 1024 * 1024
 
 
@@ -46,11 +43,6 @@ class PlainWal:
     segno: int
     partial: bool
     history: bool
-
-
-def _lsn(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 class PlainArchive:
@@ -96,8 +88,8 @@ class PlainArchive:
         manifest = json.loads((target / "backup_manifest").read_text())
         wal_range = manifest["WAL-Ranges"][0]
         stop = datetime.fromtimestamp((target / "backup_manifest").stat().st_mtime, UTC)
-        return PlainBase(target.name, int(wal_range["Timeline"]), _lsn(wal_range["Start-LSN"]),
-                         _lsn(wal_range["End-LSN"]), stop, SEGMENT_SIZE, target)
+        return PlainBase(target.name, int(wal_range["Timeline"]), parse_lsn(wal_range["Start-LSN"]),
+                         parse_lsn(wal_range["End-LSN"]), stop, SEGMENT_SIZE, target)
 
     def wait_for_durable(self, lsn: str, timeout: float = 60) -> None:
         """Until pg_receivewal has flushed ``lsn`` (synchronous: it reports its flush)."""
@@ -127,13 +119,9 @@ class PlainArchive:
     def wal(self) -> list[PlainWal]:
         found = []
         for path in sorted(self.wal_dir.iterdir()):
-            if match := _WAL_RE.fullmatch(path.name):
-                segno = int(match["log"], 16) * (0x100000000 // SEGMENT_SIZE) + int(match["seg"],
-                                                                                     16)
-                found.append(PlainWal(path.name, int(match["tli"], 16), segno,
-                                      bool(match["partial"]), False))
-            elif match := _HISTORY_RE.fullmatch(path.name):
-                found.append(PlainWal(path.name, int(match["tli"], 16), 0, False, True))
+            if (wal := parse_wal_name(path.name)) is not None:
+                found.append(PlainWal(path.name, wal.timeline, wal.segno, wal.kind == "partial",
+                                      wal.kind == "history"))
         return found
 
     def fetch(self, wal: WalLike, dest: Path) -> None:

@@ -1,0 +1,191 @@
+"""``backupd recover`` and the PITR drill over backupd's own archive (issue 16's proof): the
+daemon streams WAL into DB_BACKUP_DIR/wal and to S3 (moto), `backupd basebackup` takes the
+base backup; rows in batches A, then time T1, then B, then C, with C committed 10 s before
+the recovers and only ever in the partial segment.
+
+Each recovered directory is started with plain pg_ctl as the postgres user, with the archive
+(DB_BACKUP_DIR) renamed away first. One cluster, one daemon run, one archive for the module.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.basebackups import take_base_backup
+from helpers.cli import run_backupd, start_backupd, stop_backupd
+from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster
+from helpers.faults import wait_until
+from helpers.offsite import s3_env
+from helpers.pg import connect
+from helpers.recovered import postgres_owner, started
+from helpers.s3server import S3Server
+from helpers.wal import WAL_SERVER_SETTINGS, holds, wait_streaming, wal_env
+
+from backupd.archive.recovery_source import archive_source
+from backupd.archive.walnames import parse_lsn
+from backupd.errors import JobFailed
+from backupd.job import JobContext, repositories_for
+from backupd.result import JobResult
+from backupd.settings import Settings
+
+pytestmark = pytest.mark.slow
+PASSWORD = "archive-recover-pw"
+
+
+@dataclass
+class Archive:
+    cluster: PrivateCluster
+    backup_dir: Path
+    env: dict[str, str]
+    s3_env: dict[str, str]
+    work: Path
+    t1: datetime
+    c_lsn: int
+    c_marker: str
+
+
+def _insert(cluster: PrivateCluster, batch: str, note: str = "") -> int:
+    with connect(cluster.address) as conn:
+        conn.execute("INSERT INTO t SELECT %s, g, %s FROM generate_series(1, 40) g",
+                     (batch, note))
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return parse_lsn(str(row[0]))
+
+
+@pytest.fixture(scope="module")
+def archive(s3_server: S3Server) -> Iterator[Archive]:
+    bucket = f"bk-{secrets.token_hex(6)}"
+    s3_server.start()
+    s3_server.client().create_bucket(Bucket=bucket)
+    with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
+        cluster.start()
+        assert cluster.root is not None
+        work = cluster.root / "work"
+        work.mkdir()
+        if AS_ROOT:
+            shutil.chown(work, SERVER_OS_USER, SERVER_OS_USER)
+        backup_dir = work / "backups"
+        offsite = s3_env(s3_server, bucket, "prod/", WAL_S3_PARTIAL_SECONDS="1")
+        env = wal_env(cluster, backup_dir, **offsite)
+        daemon = start_backupd(["run"], env, log_dir=work / "daemon")
+        try:
+            wait_streaming(backup_dir)
+            with connect(cluster.address) as conn:
+                conn.execute("CREATE TABLE t (batch text, n int, note text)")
+            take_base_backup(env)
+            _insert(cluster, "A")
+            time.sleep(1)
+            t1 = datetime.now(UTC)
+            time.sleep(1)
+            _insert(cluster, "B")
+            with connect(cluster.address) as conn:
+                conn.execute("SELECT pg_switch_wal()")
+            marker = f"c-marker-{secrets.token_hex(6)}"
+            c_lsn = _insert(cluster, "C", marker)
+            spool = backup_dir / "wal" / "spool"
+            wait_until(lambda: any(holds(p, marker) for p in spool.glob("*.partial")), 60,
+                       "C durable in the local partial")
+            time.sleep(10)  # C is committed 10 s before the recovers (and S3 has its partial)
+        finally:
+            stop_backupd(daemon, timeout=60)
+        yield Archive(cluster, backup_dir, env, offsite, work, t1, c_lsn, marker)
+
+
+@contextmanager
+def _archive_moved_away(archive: Archive) -> Iterator[None]:
+    away = archive.backup_dir.with_name("backups-away")
+    archive.backup_dir.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(archive.backup_dir)
+
+
+def _batches(archive: Archive, target_dir: Path) -> dict[str, int]:
+    with _archive_moved_away(archive), started(target_dir, PASSWORD) as server, \
+            connect(server) as conn:
+        rows = conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall()
+    return {str(batch): int(count) for batch, count in rows}
+
+
+def _recover(env: dict[str, str], target_dir: Path, *args: str) -> str:
+    owner = ["--owner", postgres_owner()] if AS_ROOT else []
+    proc = run_backupd(["recover", "--target-dir", str(target_dir), *owner, *args], env,
+                       timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_recover_to_t1_gives_exactly_batch_a(archive: Archive) -> None:
+    target_dir = archive.work / "to-t1"
+    out = _recover(archive.env, target_dir, "--to-time", archive.t1.isoformat())
+    assert "base backup: base_" in out and "WAL: " in out
+    assert f"target: time {archive.t1.isoformat()}" in out
+    assert _batches(archive, target_dir) == {"A": 40}
+
+
+def test_recover_to_the_end_includes_c_from_the_partial_segment(archive: Archive) -> None:
+    repos = repositories_for(_settings(archive.env))
+    wal = archive_source(_settings(archive.env), repos).wal()
+    c_segno = archive.c_lsn // (16 * 1024 * 1024)
+    assert [w.segno for w in wal if w.partial] == [c_segno]
+    assert all(w.segno < c_segno for w in wal if not w.partial and not w.history)
+    target_dir = archive.work / "to-end"
+    out = _recover(archive.env, target_dir)
+    assert "(partial)" not in out  # the report names files; the partial is the last one
+    assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40}
+
+
+def test_recover_from_s3_alone_into_an_empty_machine(archive: Archive) -> None:
+    empty = archive.work / "empty-machine"
+    env = {**archive.env, "DB_BACKUP_DIR": str(empty / "backups")}
+    target_dir = empty / "data"
+    empty.mkdir()
+    if AS_ROOT:
+        shutil.chown(empty, SERVER_OS_USER, SERVER_OS_USER)
+    _recover(env, target_dir, "--from-s3")
+    assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40}
+
+
+def _settings(env: dict[str, str], **override: str) -> Settings:
+    values: dict[str, Any] = {**{k: v for k, v in env.items() if k.isupper()}, **override}
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_a_pitr_drill_passes_and_cleans_up(archive: Archive) -> None:
+    from backupd.commands import pitr_drill
+
+    ctx = JobContext(_settings(archive.env), JobResult(job="drill", database="postgres"))
+    outcome = pitr_drill.run(ctx)
+    assert outcome.base_backup is not None and outcome.base_backup.startswith("base_")
+    assert outcome.rto_seconds is not None and outcome.replay_seconds is not None
+    assert not pitr_drill.scratch_directory(archive.backup_dir).exists()
+    assert not [w for w in ctx.result.warnings if "not checked" in w]
+
+
+def test_a_pitr_drill_with_a_corrupt_segment_fails_naming_it(archive: Archive) -> None:
+    from backupd.commands import pitr_drill
+
+    copy = archive.work / "corrupt-copy"
+    shutil.copytree(archive.backup_dir, copy, symlinks=True)
+    segments = sorted(p for p in (copy / "wal").glob("0000*.wal.*")
+                      if not p.name.endswith(".manifest.json"))
+    victim = segments[len(segments) // 2]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    ctx = JobContext(_settings(archive.env, DB_BACKUP_DIR=str(copy)),
+                     JobResult(job="drill", database="postgres"))
+    with pytest.raises(JobFailed, match=victim.name.split(".")[0]):
+        pitr_drill.run(ctx)
+    assert not pitr_drill.scratch_directory(copy).exists()
