@@ -69,7 +69,7 @@ RUN echo 'path-exclude=/usr/share/postgresql/*/man/*' > /etc/dpkg/dpkg.cfg.d/bac
     && apt-get install -y --no-install-recommends "${packages[@]}" "tini=0.19.*" \
     && rm -rf /var/lib/apt/lists/* \
     && for major in $PG_CLIENT_MAJORS; do \
-           for tool in pg_dump pg_restore psql; do \
+           for tool in pg_dump pg_restore psql pg_basebackup pg_receivewal pg_verifybackup; do \
                "/usr/lib/postgresql/${major}/bin/${tool}" --version | grep -q " ${major}\." || exit 1; \
            done; \
        done \

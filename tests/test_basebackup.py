@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers.age import make_age_keys
 from helpers.backups import flip_byte, read_manifest
 from helpers.basebackups import (
@@ -22,6 +23,7 @@ from helpers.basebackups import (
 from helpers.cli import run_backupd
 from helpers.cluster import PrivateCluster
 from helpers.offsite import object_keys, s3_env
+from helpers.pg import REPO_ROOT as REPO
 from helpers.pg import connect
 from helpers.s3server import S3Server
 
@@ -176,3 +178,20 @@ def test_another_clusters_archive_is_refused(cluster: PrivateCluster, taken: Pat
     assert last.startswith("backupd: error: DB_BACKUP_DIR: ") and "another cluster" in last
     assert foreign.name in last
 
+
+
+def test_the_compose_servers_settings_let_the_sidecar_take_a_base_backup(
+        tmp_path: Path) -> None:
+    """config/pg_hba.conf and the compose file's `-c` options on a real server: the sidecar's
+    role connects for replication over TCP with its password and takes a base backup."""
+    compose = yaml.safe_load((REPO / "docker-compose.backup.yml").read_text())
+    command = compose["services"]["postgres"]["command"]
+    settings = dict(str(value).split("=", 1) for value in command[2::2])
+    # The compose file mounts config/pg_hba.conf at hba_file: here it replaces the cluster's.
+    del settings["hba_file"]
+    settings["max_slot_wal_keep_size"] = f"'{settings['max_slot_wal_keep_size']}'"
+    with PrivateCluster("compose-pw", server_settings=settings) as server:
+        (server.data_dir / "pg_hba.conf").write_text((REPO / "config" / "pg_hba.conf").read_text())
+        server.start()
+        path = take_base_backup(basebackup_env(server, tmp_path / "repo"))
+    assert read_manifest(path)["verified"] is True

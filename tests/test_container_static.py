@@ -102,6 +102,37 @@ def test_compose_postgres_matches_the_sidecar_settings() -> None:
     assert "pg_isready" in check and values["POSTGRES_DB"] in check
 
 
+def compose_server_settings() -> dict[str, str]:
+    """The postgres service's `-c name=value` options."""
+    command = compose()["services"]["postgres"]["command"]
+    assert command[0] == "postgres"
+    pairs = command[1:]
+    assert all(flag == "-c" for flag in pairs[::2]), command
+    return dict(str(value).split("=", 1) for value in pairs[1::2])
+
+
+def hba_rules(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_compose_postgres_is_ready_for_wal_archiving() -> None:
+    postgres = compose()["services"]["postgres"]
+    settings = compose_server_settings()
+    assert settings["wal_level"] == "replica"
+    assert int(settings["max_wal_senders"]) >= 2 and int(settings["max_replication_slots"]) >= 1
+    # The slot's WAL on the server's disk is capped (a gone sidecar cannot fill it).
+    assert re.fullmatch(r"\d+(MB|GB|TB)", settings["max_slot_wal_keep_size"])
+    # Its pg_hba.conf is the repository's, mounted read-only where hba_file points.
+    mounts = [v for v in postgres["volumes"] if isinstance(v, str)]
+    assert f"./config/pg_hba.conf:{settings['hba_file']}:ro" in mounts
+    rules = hba_rules(REPO / "config" / "pg_hba.conf")
+    user = env_values().get("POSTGRES_REPLICATION_USER") or env_values()["POSTGRES_USER"]
+    assert ["host", "replication", user, "all", "scram-sha-256"] in rules
+    # Nothing in it trusts the network.
+    assert all(rule[-1] != "trust" for rule in rules if rule[0] == "host")
+
+
 def test_compose_backups_volume() -> None:
     data = compose()
     assert "backups" in data["volumes"]
@@ -281,8 +312,10 @@ def test_dockerfile_base_and_one_client_per_major() -> None:
     assert dockerfile_arg("PG_CLIENT_MAJORS").split() == SUPPORTED_MAJORS
     assert "apt.postgresql.org" in text
     assert 'packages+=("postgresql-client-${major}=${major}.*")' in text
-    # The build fails unless each major's own pg_dump, pg_restore and psql are in place.
-    assert "for tool in pg_dump pg_restore psql" in text
+    # The build fails unless each major's own pg_dump, pg_restore and psql are in place, and
+    # the WAL archive's tools: pg_basebackup, pg_receivewal, pg_verifybackup (issue 15).
+    assert ("for tool in pg_dump pg_restore psql pg_basebackup pg_receivewal pg_verifybackup"
+            in text)
     assert re.search(r'"/usr/lib/postgresql/\$\{major\}/bin/\$\{tool\}" --version \| grep -q', text)
     # No versioned directory on PATH: backupd chooses per server (backupd/pipeline/clients.py).
     env = " ".join(rest for keyword, rest in final_stage() if keyword == "ENV")
