@@ -127,7 +127,9 @@ def prune(
         "--dry-run", help="Delete nothing: list what would go ('would delete NAME'); the "
         "summary, log, Slack and metrics say would_delete, never deleted.")] = False,
 ) -> None:
-    """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones."""
+    """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones;
+    base backups beyond BASEBACKUP_KEEP (and BASEBACKUP_MAX_AGE_DAYS), and the WAL before the
+    oldest kept one's start."""
     from backupd.commands import prune as prune_cmd
 
     settings = bootstrap()
