@@ -195,3 +195,14 @@ def test_the_compose_servers_settings_let_the_sidecar_take_a_base_backup(
         server.start()
         path = take_base_backup(basebackup_env(server, tmp_path / "repo"))
     assert read_manifest(path)["verified"] is True
+
+
+def test_wal_level_minimal_is_refused_in_one_line(tmp_path: Path) -> None:
+    settings = {"wal_level": "minimal", "max_wal_senders": "0"}
+    with PrivateCluster("minimal-pw", server_settings=settings) as server:
+        server.start()
+        proc = run_backupd(["basebackup"], basebackup_env(server, tmp_path / "repo"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("backupd: error: wal_level: ") and "wal_level = replica" in last
+    assert not list((tmp_path / "repo").glob("base_*"))

@@ -94,18 +94,23 @@ def _size_in_bytes(text: str) -> int:
     return int(text)
 
 
-def check_can_stream(facts: ServerFacts, user: str) -> None:
-    """One line naming what to change when this server or role cannot stream WAL."""
+def check_can_stream(facts: ServerFacts, user: str, *, for_base_backup: bool = False) -> None:
+    """One line naming what to change when this server or role cannot stream WAL (or, with
+    ``for_base_backup``, take a base backup: the same replication connection)."""
+    what, way_out = (("wal_level", "") if for_base_backup
+                     else ("WAL_ARCHIVE", " (or set WAL_ARCHIVE=off)"))
     if facts.wal_level == "minimal":
-        raise ConfigError("WAL_ARCHIVE: the server runs with wal_level=minimal; set "
-                          "wal_level = replica in postgresql.conf and restart PostgreSQL "
-                          "(or set WAL_ARCHIVE=off)")
+        raise ConfigError(f"{what}: the server runs with wal_level=minimal; set "
+                          "wal_level = replica in postgresql.conf and restart PostgreSQL"
+                          + way_out)
     if facts.max_wal_senders < 1:
-        raise ConfigError("WAL_ARCHIVE: the server has max_wal_senders = 0; set it to 2 or "
-                          "more in postgresql.conf and restart PostgreSQL")
+        raise ConfigError(f"{'max_wal_senders' if for_base_backup else what}: the server has "
+                          "max_wal_senders = 0; set it to 2 or more in postgresql.conf and "
+                          "restart PostgreSQL")
     if not facts.can_replicate:
         raise ConfigError(f"POSTGRES_REPLICATION_USER: role {user!r} has no REPLICATION "
-                          f"privilege; run ALTER ROLE {user} REPLICATION, or set "
+                          f"privilege; run ALTER ROLE {user} REPLICATION (and give it a "
+                          "`replication` line in pg_hba.conf), or set "
                           "POSTGRES_REPLICATION_USER to a role that has it")
 
 

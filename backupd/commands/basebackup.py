@@ -40,21 +40,6 @@ LOCK_PURPOSE = "basebackup"
 SLOT_WAIT_SECONDS = 60
 
 
-def check_server(facts: ServerFacts, user: str) -> None:
-    """What pg_basebackup needs from the server, refused up front with one line."""
-    if facts.wal_level == "minimal":
-        raise ConfigError("wal_level: the server runs with wal_level=minimal; set "
-                          "wal_level = replica (the default) in postgresql.conf and restart it")
-    if facts.max_wal_senders < 1:
-        raise ConfigError("max_wal_senders: the server allows no replication connections; "
-                          "set it to 2 or more in postgresql.conf and restart it")
-    if not facts.can_replicate:
-        raise ConfigError(f"POSTGRES_REPLICATION_USER: role {user!r} has no REPLICATION "
-                          f"privilege; run ALTER ROLE {user} REPLICATION (and give it a "
-                          "`replication` line in pg_hba.conf), or set POSTGRES_REPLICATION_USER "
-                          "to a role that has it")
-
-
 def refuse_other_cluster(ctx: JobContext, facts: ServerFacts) -> None:
     """A directory holding another cluster's archive is refused (one line naming it)."""
     system_identifier = int(facts.system_identifier)
@@ -101,7 +86,7 @@ def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
             with server.connect(connection) as conn:
                 note_server_major(conn.info.server_version // 10000)
                 facts = server.server_facts(conn)
-                check_server(facts, connection.user)
+                server.check_can_stream(facts, connection.user, for_base_backup=True)
                 refuse_other_cluster(ctx, facts)
                 version = server_version(conn)
                 if settings.wal_archive:
