@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from helpers.backups import read_manifest
 from helpers.basebackups import base_backups, take_base_backup
-from helpers.cli import BackupdProcess, run_backupd
+from helpers.cli import BackupdProcess, run_backupd, stop_backupd
 from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.offsite import object_keys, s3_env
+from helpers.pg import psql
 from helpers.s3server import S3Server
 from helpers.wal import committed_segments, gaps, switch_wal, wait_archived, wal_dir, wal_env
 
@@ -101,3 +102,33 @@ def test_continuity_gap_and_retention_locally_and_on_s3(
         proc = run_backupd(args, env)
         assert proc.returncode == 0, [*args, proc.stdout + proc.stderr]
     assert daemon.poll() is None, daemon.read_stderr()
+
+
+@pytest.mark.slow
+def test_a_lost_slot_makes_the_daemon_take_a_new_base_backup(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = wal_env(wal_cluster, backup_dir)
+    daemon = backupd_daemon(["run"], env)
+    wait_until(lambda: verified_base_backups(backup_dir), 120, "the base backup at start")
+    wait_archived(backup_dir, switch_wal(wal_cluster.address, 2))
+    stop_backupd(daemon, timeout=60)
+    # While the sidecar is away its slot goes (dropped, or the server was replaced): nothing
+    # kept the WAL written meanwhile for the archive any more.
+    psql(wal_cluster.address, "postgres",
+         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+    switch_wal(wal_cluster.address, 2)
+    daemon = backupd_daemon(["run"], env)
+    # The streamer reports the lost slot and asks for a base backup; the daemon takes it.
+    wait_until(lambda: len(verified_base_backups(backup_dir)) == 2, 120,
+               "a second base backup after the slot was lost")
+    assert daemon.poll() is None, daemon.read_stderr()
+    proc = run_backupd(["verify", "--wal", "--json"], env)
+    verdicts = {v["base_backup"]: v for v in json.loads(proc.stdout)}
+    newest = verified_base_backups(backup_dir)[-1]
+    # The new base backup starts a new unbroken run. (Here the server still had the WAL of
+    # the time without a slot, and pg_receivewal resumed from its spool: the archive has no
+    # gap after all, and verify --wal says so for the older base backup too.)
+    assert verdicts[newest]["pitr"] and len(verdicts) == 2, verdicts
+    assert proc.returncode == 0 and all(v["pitr"] for v in verdicts.values()), verdicts

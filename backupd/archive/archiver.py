@@ -289,8 +289,8 @@ class WalStreamer:
         if self._request_base_backup is not None:
             self._request_base_backup(message)
         else:
-            # TODO(base): wire backupd.archive.basebackups' "take one now" here once it lands.
-            self._log.warning("no base backup hook yet; take one with `backupd basebackup`")
+            # The daemon passes Daemon.run_soon("basebackup"); without it, say what to do.
+            self._log.warning("a new base backup is needed; take one with `backupd basebackup`")
 
     def _publish(self) -> None:
         self._set(updated_at=datetime.now(UTC))

@@ -57,7 +57,7 @@ def verify(
         result = execute("verify-wal", settings, lambda ctx: discard(
             wal_verify.run(ctx, remote=remote)))
         _print_continuity(result.outcome, as_json)
-        finish(result)
+        finish(result, quiet=as_json and result.ok)
     result = execute("verify", settings, lambda ctx: discard(
         verify_cmd.run(ctx, names or [], verify_all, remote=remote)))
     reports = result.outcome.reports if isinstance(result.outcome, VerifyOutcome) else []
