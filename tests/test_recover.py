@@ -1,14 +1,16 @@
-"""``backupd recover``: point-in-time recovery into a self-contained data directory, proven by
-starting each result with plain pg_ctl, the archive moved away first.
+"""``backupd recover`` and the PITR drill over backupd's own archive (issue 16's proof): the
+daemon streams WAL into DB_BACKUP_DIR/wal and to S3 (moto), `backupd basebackup` takes the
+base backup; rows in batches A, then time T1, then B, then C, with C committed 10 s before
+the recovers and only ever in the partial segment.
 
-One private cluster and one archive (pg_receivewal + pg_basebackup) serve the module: rows
-in batches A, then time T1, then B, then C, with C committed 10 s before the recovers and
-never in a completed segment.
+Each recovered directory is started with plain pg_ctl as the postgres user, with the archive
+(DB_BACKUP_DIR) renamed away first. One cluster, one daemon run, one archive for the module;
+`backupd mark before-migration` then a table created (the "migration") close its history.
 """
 
 from __future__ import annotations
 
-import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -22,58 +24,73 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.cli import build_env, run_backupd
-from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster
+from helpers.cli import build_env, run_backupd, start_backupd, stop_backupd
+from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster, free_port
+from helpers.faults import wait_until
+from helpers.offsite import s3_env
 from helpers.pg import connect
-from helpers.plain_archive import PlainArchive
 from helpers.recovered import pg_ctl_start, postgres_owner, started
+from helpers.s3server import S3Server
+from helpers.wal import WAL_SERVER_SETTINGS, holds, wait_streaming, wal_env
 
-from backupd.archive.recovery import RecoveryTarget, parse_target_lsn
-from backupd.archive.recovery_dir import STAGING_NAME, parse_owner
-from backupd.commands.recover import RecoverOptions, recover_into
-from backupd.errors import ConfigError, JobFailed
-from backupd.job import JobContext
-from backupd.outcomes import RecoverOutcome
+from backupd.archive.basebackups import list_base_backups
+from backupd.archive.recovery_dir import STAGING_NAME
+from backupd.archive.recovery_source import archive_source
+from backupd.archive.walnames import parse_lsn
+from backupd.errors import JobFailed
+from backupd.job import JobContext, repositories_for
 from backupd.result import JobResult
 from backupd.settings import Settings
+from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
-PASSWORD = "recover-pw"
-WAL_SETTINGS = {"wal_level": "replica", "max_wal_senders": "4", "max_replication_slots": "4"}
+PASSWORD = "archive-recover-pw"
 
 
 @dataclass
-class History:
+class Archive:
     cluster: PrivateCluster
-    archive: PlainArchive
-    t1: datetime
-    c_lsn: str
+    backup_dir: Path
+    env: dict[str, str]
+    s3_env: dict[str, str]
     work: Path
+    t1: datetime
+    c_lsn: int
+    c_marker: str
 
 
-def _insert(cluster: PrivateCluster, batch: str, rows: int = 50) -> str:
+def _insert(cluster: PrivateCluster, batch: str, note: str = "") -> int:
     with connect(cluster.address) as conn:
-        conn.execute("INSERT INTO t SELECT %s, g FROM generate_series(1, %s) g", (batch, rows))
+        conn.execute("INSERT INTO t SELECT %s, g, %s FROM generate_series(1, 40) g",
+                     (batch, note))
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
     assert row is not None
-    return str(row[0])
+    return parse_lsn(str(row[0]))
 
 
 @pytest.fixture(scope="module")
-def history() -> Iterator[History]:
-    with PrivateCluster(PASSWORD, server_settings=WAL_SETTINGS) as cluster:
+def archive(s3_server: S3Server) -> Iterator[Archive]:
+    bucket = f"bk-{secrets.token_hex(6)}"
+    s3_server.start()
+    s3_server.client().create_bucket(Bucket=bucket)
+    with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
         cluster.start()
         assert cluster.root is not None
         work = cluster.root / "work"
         work.mkdir()
         if AS_ROOT:
             shutil.chown(work, SERVER_OS_USER, SERVER_OS_USER)
-        archive = PlainArchive(cluster.root / "archive", cluster)
-        archive.start_streaming()
+        backup_dir = work / "backups"
+        offsite = s3_env(s3_server, bucket, "prod/", WAL_S3_PARTIAL_SECONDS="1")
+        env = wal_env(cluster, backup_dir, **offsite)
+        daemon = start_backupd(["run"], env, log_dir=work / "daemon")
         try:
+            wait_streaming(backup_dir)
             with connect(cluster.address) as conn:
-                conn.execute("CREATE TABLE t (batch text, n int)")
-            archive.take_base_backup("base1")
+                conn.execute("CREATE TABLE t (batch text, n int, note text)")
+            # The daemon takes the first base backup itself (WAL_ARCHIVE=on and none yet).
+            wait_until(lambda: any(b.verified for b in list_base_backups(
+                LocalRepository(backup_dir))), 300, "the daemon's first base backup")
             _insert(cluster, "A")
             time.sleep(1)
             t1 = datetime.now(UTC)
@@ -81,212 +98,215 @@ def history() -> Iterator[History]:
             _insert(cluster, "B")
             with connect(cluster.address) as conn:
                 conn.execute("SELECT pg_switch_wal()")
-            c_lsn = _insert(cluster, "C")
-            archive.wait_for_durable(c_lsn)
-            time.sleep(10)  # C is committed 10 s before the recovers; still in the partial
-            yield History(cluster, archive, t1, c_lsn, work)
+            marker = f"c-marker-{secrets.token_hex(6)}"
+            c_lsn = _insert(cluster, "C", marker)
+            spool = backup_dir / "wal" / "spool"
+            wait_until(lambda: any(holds(p, marker) for p in spool.glob("*.partial")), 60,
+                       "C durable in the local partial")
+            # `backupd mark before-migration`, then a migration's writes.
+            marked = run_backupd(["mark", "before-migration"], env)
+            assert marked.returncode == 0, marked.stderr
+            migration = f"migrated-{secrets.token_hex(6)}"
+            with connect(cluster.address) as conn:
+                conn.execute(f"CREATE TABLE migrated AS SELECT '{migration}'::text AS note")
+            wait_until(lambda: any(holds(p, migration) for p in spool.glob("*.partial")), 60,
+                       "the migration durable in the local partial")
+            time.sleep(10)  # C is committed 10 s before the recovers (and S3 has its partial)
         finally:
-            archive.stop_streaming()
-
-
-def _context(history: History) -> JobContext:
-    values: dict[str, Any] = {
-        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(history.cluster.port),
-        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": "postgres",
-        "DB_BACKUP_DIR": str(history.work / "backups")}
-    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    return JobContext(settings, JobResult(job="recover", database="postgres"))
-
-
-def _recover(history: History, target_dir: Path, target: RecoveryTarget,
-             archive: PlainArchive | None = None, *, force: bool = False) -> JobContext:
-    ctx = _context(history)
-    options = RecoverOptions(owner=parse_owner(postgres_owner()) if AS_ROOT else None,
-                             force=force)
-    outcome = RecoverOutcome(target_dir=str(target_dir), target=target.describe())
-    ctx.result.outcome = outcome
-    recover_into(ctx, archive or history.archive, target_dir, target, options, outcome)
-    return ctx
+            stop_backupd(daemon, timeout=60)
+        yield Archive(cluster, backup_dir, env, offsite, work, t1, c_lsn, marker)
 
 
 @contextmanager
-def _archive_moved_away(history: History) -> Iterator[None]:
-    """The recovered directory must not need the archive: it is renamed away meanwhile."""
-    away = history.archive.root.with_name("archive-away")
-    history.archive.root.rename(away)
+def _archive_moved_away(archive: Archive) -> Iterator[None]:
+    away = archive.backup_dir.with_name("backups-away")
+    archive.backup_dir.rename(away)
     try:
         yield
     finally:
-        away.rename(history.archive.root)
+        away.rename(archive.backup_dir)
 
 
-def _batches(history: History, target_dir: Path) -> dict[str, int]:
-    with _archive_moved_away(history), started(target_dir, PASSWORD) as server, \
+def _batches(archive: Archive, target_dir: Path) -> tuple[dict[str, int], bool]:
+    """Rows per batch in the recovered server, and whether the migration's table is there."""
+    with _archive_moved_away(archive), started(target_dir, PASSWORD) as server, \
             connect(server) as conn:
         rows = conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall()
-    return {str(batch): int(count) for batch, count in rows}
+        migrated = conn.execute("SELECT to_regclass('migrated') IS NOT NULL").fetchone()
+    return {str(batch): int(count) for batch, count in rows}, bool(migrated and migrated[0])
 
 
-def test_recover_to_time_t1_gives_exactly_batch_a(history: History) -> None:
-    target_dir = history.work / "to-t1"
-    _recover(history, target_dir, RecoveryTarget(time=history.t1))
-    assert not (target_dir / STAGING_NAME).exists()
+def _recover(env: dict[str, str], target_dir: Path, *args: str) -> str:
+    owner = ["--owner", postgres_owner()] if AS_ROOT else []
+    proc = run_backupd(["recover", "--target-dir", str(target_dir), *owner, *args], env,
+                       timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_recover_to_t1_gives_exactly_batch_a(archive: Archive) -> None:
+    target_dir = archive.work / "to-t1"
+    out = _recover(archive.env, target_dir, "--to-time", archive.t1.isoformat())
+    assert "base backup: base_" in out and "WAL: " in out
+    assert f"target: time {archive.t1.isoformat()}" in out
+    assert _batches(archive, target_dir) == ({"A": 40}, False)
     auto = (target_dir / "postgresql.auto.conf").read_text()
     assert "restore_command = 'cp pg_wal_archive/%f %p'" in auto
     assert "recovery_target_action = 'promote'" in auto
-    assert (target_dir / "recovery.signal").exists()
-    assert _batches(history, target_dir) == {"A": 50}
 
 
-def test_recover_to_the_end_includes_the_partial_segment(history: History) -> None:
-    partials = [w for w in history.archive.wal() if w.partial]
-    # C is in the in-progress segment only: no completed segment holds it.
-    c_segment = parse_target_lsn(history.c_lsn) // (16 * 1024 * 1024)
-    assert [w.segno for w in partials] == [c_segment]
-    assert all(w.segno < c_segment for w in history.archive.wal() if not w.partial
-               and not w.history)
-    target_dir = history.work / "to-end"
-    ctx = _recover(history, target_dir, RecoveryTarget())
-    outcome = ctx.result.outcome
-    assert outcome is not None and getattr(outcome, "base_backup", None) == "base1"
-    assert _batches(history, target_dir) == {"A": 50, "B": 50, "C": 50}
+def test_recover_to_the_end_includes_c_from_the_partial_segment(archive: Archive) -> None:
+    repos = repositories_for(_settings(archive.env))
+    wal = archive_source(_settings(archive.env), repos).wal()
+    c_segno = archive.c_lsn // (16 * 1024 * 1024)
+    assert [w.segno for w in wal if w.partial] == [c_segno]
+    assert all(w.segno < c_segno for w in wal if not w.partial and not w.history)
+    target_dir = archive.work / "to-end"
+    out = _recover(archive.env, target_dir)
+    assert ".partial (" in out  # the report names the WAL range: it ends in the partial
+    assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, True)
 
 
-def test_a_gap_is_refused_before_anything_is_written(history: History,
-                                                     tmp_path: Path) -> None:
-    gappy = PlainArchive(tmp_path / "gappy", history.cluster)
-    shutil.copytree(history.archive.base_dir, gappy.base_dir, dirs_exist_ok=True)
-    segments = sorted(w.name for w in history.archive.wal() if not w.history)
-    for name in segments:
-        shutil.copyfile(history.archive.wal_dir / name, gappy.wal_dir / name)
-    missing = segments[1]
-    (gappy.wal_dir / missing).unlink()
-    target_dir = tmp_path / "target"
-    with pytest.raises(JobFailed, match=f"WAL gap: {missing} .. {missing} missing"):
-        _recover(history, target_dir, RecoveryTarget(), gappy)
+def test_mark_then_writes_then_recover_to_the_name(archive: Archive) -> None:
+    target_dir = archive.work / "to-name"
+    _recover(archive.env, target_dir, "--to-name", "before-migration")
+    assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, False)
+
+
+def test_recover_from_s3_alone_into_an_empty_machine(archive: Archive) -> None:
+    empty = archive.work / "empty-machine"
+    env = {**archive.env, "DB_BACKUP_DIR": str(empty / "backups")}
+    target_dir = empty / "data"
+    empty.mkdir()
+    if AS_ROOT:
+        shutil.chown(empty, SERVER_OS_USER, SERVER_OS_USER)
+    _recover(env, target_dir, "--from-s3")
+    assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, True)
+
+
+def _settings(env: dict[str, str], **override: str) -> Settings:
+    values: dict[str, Any] = {**{k: v for k, v in env.items() if k.isupper()}, **override}
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_a_pitr_drill_passes_and_cleans_up(archive: Archive) -> None:
+    from backupd.commands import pitr_drill
+
+    ctx = JobContext(_settings(archive.env), JobResult(job="drill", database="postgres"))
+    outcome = pitr_drill.run(ctx)
+    assert outcome.base_backup is not None and outcome.base_backup.startswith("base_")
+    assert outcome.rto_seconds is not None and outcome.replay_seconds is not None
+    assert not pitr_drill.scratch_directory(archive.backup_dir).exists()
+    assert not [w for w in ctx.result.warnings if "not checked" in w]
+
+
+def test_a_pitr_drill_with_a_corrupt_segment_fails_naming_it(archive: Archive) -> None:
+    from backupd.commands import pitr_drill
+
+    copy = _copy_of_the_archive(archive, "corrupt-copy")
+    segments = _segments(copy)
+    victim = segments[len(segments) // 2]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    ctx = JobContext(_settings(archive.env, DB_BACKUP_DIR=str(copy)),
+                     JobResult(job="drill", database="postgres"))
+    with pytest.raises(JobFailed, match=victim.name.split(".")[0]):
+        pitr_drill.run(ctx)
+    assert not pitr_drill.scratch_directory(copy).exists()
+
+
+def _copy_of_the_archive(archive: Archive, name: str) -> Path:
+    copy = archive.work / name
+    shutil.copytree(archive.backup_dir, copy, symlinks=True)
+    return copy
+
+
+def _segments(backup_dir: Path) -> list[Path]:
+    return sorted(p for p in (backup_dir / "wal").glob("0000*.wal.*")
+                  if not p.name.endswith(".manifest.json"))
+
+
+def test_a_gap_makes_recover_refuse_before_writing(archive: Archive) -> None:
+    copy = _copy_of_the_archive(archive, "gappy")
+    missing = _segments(copy)[1]
+    missing.unlink()
+    Path(f"{missing}.manifest.json").unlink()
+    segment = missing.name.split(".")[0]
+    target_dir = archive.work / "gap-target"
+    proc = run_backupd(["recover", "--target-dir", str(target_dir)],
+                       {**archive.env, "DB_BACKUP_DIR": str(copy)}, timeout=120)
+    assert proc.returncode == 1
+    assert f"WAL gap: {segment} .. {segment} missing" in proc.stderr
     assert not target_dir.exists()
 
 
-def test_a_time_before_the_oldest_base_backup_or_after_the_end_is_refused(
-        history: History, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="before the oldest base backup"):
-        _recover(history, tmp_path / "a", RecoveryTarget(time=datetime(2001, 1, 1, tzinfo=UTC)))
-    with pytest.raises(ConfigError, match="after the archive's end"):
-        _recover(history, tmp_path / "b", RecoveryTarget(time=datetime.now(UTC)))
-    assert list(tmp_path.iterdir()) == []
+def test_a_target_before_the_oldest_base_backup_or_after_the_end_is_refused(
+        archive: Archive) -> None:
+    for when, why in (("2001-01-01T00:00:00+00:00", "before the oldest base backup"),
+                      (datetime.now(UTC).isoformat(), "after the archive's end")):
+        target_dir = archive.work / "refused-target"
+        proc = run_backupd(["recover", "--target-dir", str(target_dir), "--to-time", when],
+                           archive.env, timeout=120)
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+        assert not target_dir.exists()
 
 
-def test_a_non_empty_target_is_refused_untouched(tmp_path: Path) -> None:
+def test_a_non_empty_target_is_refused_untouched(archive: Archive, tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
-    result = run_backupd(["recover", "--target-dir", str(tmp_path)],
-                         build_env({"DB_BACKUP_DIR": str(tmp_path / "backups"),
-                                    "POSTGRES_PASSWORD": "x"}))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    env = {k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}  # as a user
+    proc = run_backupd(["recover", "--target-dir", str(tmp_path), "--force"], env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--target-dir" in lines[0] and "not empty" in lines[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def test_a_live_servers_data_directory_is_refused(history: History, tmp_path: Path) -> None:
-    result = run_backupd(["recover", "--target-dir", str(history.cluster.data_dir), "--force"],
-                         build_env({"DB_BACKUP_DIR": str(tmp_path), "POSTGRES_PASSWORD": "x"}))
-    assert result.returncode == 2
-    assert "live server's data directory" in result.stderr
-    assert history.cluster.is_running()
+def test_a_live_servers_data_directory_is_refused(archive: Archive) -> None:
+    proc = run_backupd(["recover", "--target-dir", str(archive.cluster.data_dir), "--force"],
+                       archive.env)
+    assert proc.returncode == 2
+    assert "live server's data directory" in proc.stderr
+    assert archive.cluster.is_running()
 
 
+# `backupd recover` itself, killed by SIGKILL right after its second WAL file was copied.
 _KILLED_RECOVER = """
 import os, signal, sys
-sys.path.insert(0, {tests!r})
-from pathlib import Path
-from helpers.plain_archive import PlainArchive
-from backupd.archive.recovery import RecoveryTarget
-from backupd.commands import recover
+from backupd.archive import recovery_source
+from backupd.cli import main
 
-class Killed(PlainArchive):
-    fetched = 0
-    def fetch(self, wal, dest):
-        super().fetch(wal, dest)
-        self.fetched += 1
-        if self.fetched == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
+copied = []
+fetch = recovery_source.ArchiveSource.fetch
 
-archive = Killed.__new__(Killed)
-archive.root = Path({root!r}); archive.wal_dir = archive.root / "wal"
-archive.base_dir = archive.root / "base"; archive.description = "killed"
-from test_recover import _context_for
-from backupd.outcomes import RecoverOutcome
-recover.recover_into(_context_for({port}, {work!r}), archive, Path({target!r}),
-                     RecoveryTarget(), recover.RecoverOptions(owner={owner}),
-                     RecoverOutcome(target_dir={target!r}, target="end"))
+def fetch_then_die(self, wal, dest):
+    fetch(self, wal, dest)
+    copied.append(wal)
+    if len(copied) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+recovery_source.ArchiveSource.fetch = fetch_then_die
+sys.exit(main(sys.argv[1:]))
 """
 
 
-def _context_for(port: int, work: str) -> JobContext:
-    values: dict[str, Any] = {
-        "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(port), "POSTGRES_USER": "postgres",
-        "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": "postgres",
-        "DB_BACKUP_DIR": str(Path(work) / "backups")}
-    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    return JobContext(settings, JobResult(job="recover", database="postgres"))
-
-
-def test_a_killed_recover_leaves_a_directory_no_server_starts_on(history: History) -> None:
-    target_dir = history.work / "killed"
-    owner = parse_owner(postgres_owner()) if AS_ROOT else None
-    tests = str(Path(__file__).parent)
-    script = _KILLED_RECOVER.format(tests=tests, root=str(history.archive.root),
-                                    port=history.cluster.port, work=str(history.work),
-                                    target=str(target_dir), owner=owner)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": tests}, check=False)
+def test_a_killed_recover_leaves_a_directory_the_server_refuses(archive: Archive) -> None:
+    target_dir = archive.work / "killed"
+    owner = ["--owner", postgres_owner()] if AS_ROOT else []
+    args = ["recover", "--target-dir", str(target_dir), *owner]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RECOVER, *args],
+                          env=build_env(archive.env), capture_output=True, text=True,
+                          timeout=300, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert (target_dir / STAGING_NAME).is_dir()
+    assert (target_dir / STAGING_NAME).is_dir() and not (target_dir / "PG_VERSION").exists()
     if AS_ROOT:
         shutil.chown(target_dir, SERVER_OS_USER, SERVER_OS_USER)
-    start = pg_ctl_start(target_dir, 1, history.work / "killed.log")
+    start = pg_ctl_start(target_dir, free_port(), archive.work / "killed.log")
     assert start.returncode != 0
     assert "not a database cluster directory" in start.stderr
-    # Without --force the next recover refuses; with it, it cleans up and recovers.
-    from backupd.archive.recovery_dir import check_target
-
-    with pytest.raises(ConfigError, match="incomplete recover"):
-        check_target(target_dir, force=False)
-    check_target(target_dir, force=True)
-    _recover(history, target_dir, RecoveryTarget(), force=True)
+    # The next recover refuses it without --force; with --force it cleans up and recovers.
+    refused = run_backupd(args, archive.env, timeout=120)
+    assert refused.returncode == 2 and "incomplete recover" in refused.stderr
+    _recover(archive.env, target_dir, "--force")
     assert (target_dir / "PG_VERSION").exists() and not (target_dir / STAGING_NAME).exists()
-
-
-def test_mark_then_writes_then_recover_to_the_name(history: History) -> None:
-    env = build_env({"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(history.cluster.port),
-                     "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD,
-                     "POSTGRES_DB": "postgres", "DB_BACKUP_DIR": str(history.work / "backups")})
-    marked = run_backupd(["mark", "before-migration"], env)
-    assert marked.returncode == 0, marked.stderr
-    with connect(history.cluster.address) as conn:
-        conn.execute("CREATE TABLE migrated AS SELECT g AS n FROM generate_series(1, 10) g")
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    history.archive.wait_for_durable(str(row[0]))
-    target_dir = history.work / "to-name"
-    _recover(history, target_dir, RecoveryTarget(name="before-migration"))
-    assert "recovery_target_name = 'before-migration'" in (
-        target_dir / "postgresql.auto.conf").read_text()
-    with _archive_moved_away(history), started(target_dir, PASSWORD) as server, \
-            connect(server) as conn:
-        assert conn.execute("SELECT to_regclass('migrated')").fetchone() == (None,)
-        counts = dict(conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall())
-    assert counts == {"A": 50, "B": 50, "C": 50}
-
-
-def test_a_pitr_drill_passes_and_cleans_up(history: History) -> None:
-    from backupd.commands import pitr_drill
-
-    ctx = _context(history)
-    outcome = pitr_drill.run(ctx, history.archive)
-    assert outcome.base_backup == "base1"
-    assert outcome.rto_seconds is not None and outcome.replay_seconds is not None
-    assert outcome.rto_seconds >= outcome.replay_seconds > 0
-    assert not pitr_drill.scratch_directory(ctx.settings.backup_dir).exists()
-    assert not [w for w in ctx.result.warnings if "newest durable commit" in w]
