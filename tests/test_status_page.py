@@ -22,7 +22,10 @@ from helpers.logs import jobs_finished
 from test_daemon import FAST, NEVER_DURING_TEST, wait_for
 from test_metrics_health import SchedulerStub
 
+from backupd.archive.status import WalStatus
 from backupd.commands import status_page
+from backupd.commands.status_model import collect
+from backupd.commands.status_page import render_html
 from backupd.daemon.history import RUNS_KEPT
 from backupd.daemon.http import start_http_server
 from backupd.daemon.state import STATE_FILE, StateFile, read_state, remember
@@ -157,3 +160,18 @@ def test_the_run_history_is_bounded_kept_once_and_survives_damage(tmp_path: Path
     (tmp_path / STATE_FILE).write_text(json.dumps(data))
     again = read_state(tmp_path)
     assert again.history == [] and again.jobs["backup"].last_result is not None
+
+
+def test_the_wal_archive_lag_is_shown_when_archiving_reports(
+        backupd_env: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in backupd_env("postgres").items():
+        monkeypatch.setenv(key, value)
+    report = collect(load_settings())
+    assert "WAL archive" not in render_html(report, 60)  # archiving off: no section
+    report.wal_archive = WalStatus(
+        updated_at=datetime.now(UTC), streaming=True, receive_lag_seconds=4.25,
+        last_archived="00000001000000000000002A", archive_error="disk <full> & more")
+    html = render_html(report, 60)
+    assert "<h2>WAL archive</h2>" in html and "4.2 s" in html
+    assert "00000001000000000000002A" in html
+    assert "disk &lt;full&gt; &amp; more" in html  # escaped

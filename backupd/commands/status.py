@@ -41,6 +41,13 @@ def render_text(report: StatusReport) -> str:
                      f"{offsite.pending_uploads} pending upload(s)")
     if report.wal is not None:
         lines += _wal_lines(report.wal)
+    wal = report.wal_archive
+    if wal is not None:
+        lag = wal.receive_lag_seconds
+        streaming = "streaming" if wal.streaming and not wal.stale() else "NOT streaming"
+        lines.append(f"WAL archive: {streaming}"
+                     f", lag {'-' if lag is None else human_duration(lag)}, last segment "
+                     f"{wal.last_archived or '-'} at {iso_utc(wal.last_archived_at) or '-'}")
     lines.append(report.postgres_client.line())
     health = report.health
     lines.append("health: " + ("ok" if health.ok else "UNHEALTHY"))

@@ -147,6 +147,8 @@ class StatusReport(BaseModel):
     # The last CHARTED_RUNS backup runs and drills (the state file's history), oldest first.
     backup_runs: list[RunRecord] = []
     drills: list[RunRecord] = []
+    # WAL_ARCHIVE=on: what the daemon's streamer last reported (None: off, or no report yet).
+    wal_archive: WalStatus | None = None
 
     @field_serializer("health")
     def _health_as_the_health_command_prints_it(self, health: HealthReport) -> dict[str, Any]:
@@ -199,6 +201,8 @@ def collect(settings: Settings, now: datetime | None = None) -> StatusReport:
                    for database, listed in per_database.items()],
         backup_runs=runs_of(state.history, "backup", CHARTED_RUNS),
         drills=runs_of(state.history, "drill", CHARTED_RUNS),
+        wal_archive=read_status(settings.backup_dir / WAL_SUBDIRECTORY)
+        if settings.wal_archive else None,
     )
 
 

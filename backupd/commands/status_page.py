@@ -30,7 +30,7 @@ from backupd.settings import Settings
 # such as the WAL archive's lag) is shown in a generic section, so it appears when it lands.
 _SHOWN = frozenset({"database", "timezone", "daemon", "jobs", "newest_verified_backup",
                     "backups", "offsite", "health", "postgres_client", "databases",
-                    "backup_runs", "drills"})
+                    "backup_runs", "drills", "wal_archive"})
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d232a;background:#fff}
@@ -64,6 +64,7 @@ def render_html(report: StatusReport, refresh_seconds: int, now: datetime | None
         "<h2>Databases</h2>", _databases(report),
         "<h2>Jobs</h2>", _jobs(report.jobs),
         "<h2>Restore drills</h2>", _drills(report.drills),
+        *_wal(report),
         "<h2>Charts</h2>", _charts(report),
         *_extra_sections(report),
         "<h2>Daemon</h2>", _daemon(report),
@@ -179,6 +180,28 @@ def _charts(report: StatusReport) -> str:
         line_chart("chart-drill-rto", "Drill RTO (measured restore time)", rto,
                    _seconds, "drills over time"),
     ])
+
+
+def _wal(report: StatusReport) -> list[str]:
+    wal = report.wal_archive
+    if wal is None:
+        return []
+    def lag(seconds: float | None) -> str:
+        return "-" if seconds is None else _e(_seconds(seconds))
+    rows = [
+        ["streaming", '<span class="ok">yes</span>' if wal.streaming and not wal.stale()
+         else '<span class="bad">no</span>'],
+        ["lag of the local archive behind the server", lag(wal.receive_lag_seconds)],
+        ["last segment archived", f"{_e(wal.last_archived or '-')} "
+                                  f"({_e(_when(wal.last_archived_at))})"],
+        ["offsite lag", lag(wal.offsite_lag_seconds)],
+        ["segments pending upload", _e(wal.pending_uploads)],
+        ["reported", _e(_when(wal.updated_at))],
+    ]
+    rows += [[label, f'<span class="bad">{_e(error)}</span>'] for label, error in
+             (("streaming error", wal.streaming_error), ("archive error", wal.archive_error),
+              ("offsite error", wal.offsite_error)) if error]
+    return ["<h2>WAL archive</h2>", _table(["", ""], rows)]
 
 
 def _extra_sections(report: StatusReport) -> list[str]:
