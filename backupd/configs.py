@@ -5,7 +5,15 @@ The edge: commands build these once and hand them down; the pipeline never impor
 
 from __future__ import annotations
 
-from backupd.pipeline.config import AgeKeyFiles, ConnectionConfig, DumpConfig, RestoreConfig
+from dataclasses import replace
+
+from backupd.pipeline.config import (
+    AgeKeyFiles,
+    ConnectionConfig,
+    DumpConfig,
+    RestoreConfig,
+    bulk_load_session,
+)
 from backupd.settings import Settings
 
 
@@ -25,8 +33,14 @@ def dump_config(settings: Settings) -> DumpConfig:
                       settings.compression_level, jobs=settings.dump_jobs)
 
 
+def restore_connection(settings: Settings, database: str | None = None) -> ConnectionConfig:
+    """Where psql and pg_restore load a backup: a session tuned for a bulk load."""
+    return replace(connection_config(settings, database),
+                   session=bulk_load_session(settings.restore_maintenance_work_mem))
+
+
 def restore_config(settings: Settings) -> RestoreConfig:
-    return RestoreConfig(connection_config(settings), settings.restore_jobs)
+    return RestoreConfig(restore_connection(settings), settings.restore_jobs)
 
 
 def age_key_files(settings: Settings) -> AgeKeyFiles:

@@ -61,6 +61,8 @@ SETTINGS_CASES = [
     Case("jobs-with-plain", ["backup"], {"DB_BACKUP_JOBS": "4"}, "DB_BACKUP_JOBS"),
     Case("jobs-with-custom", ["backup"], {"DB_BACKUP_FORMAT": "custom", "DB_BACKUP_JOBS": "2"},
          "DB_BACKUP_JOBS"),
+    Case("restore-maintenance-work-mem-word", ["list"],
+         {"DB_RESTORE_MAINTENANCE_WORK_MEM": "lots"}, "DB_RESTORE_MAINTENANCE_WORK_MEM"),
     Case("directory-level-10", ["backup"],
          {"DB_BACKUP_FORMAT": "directory", "DB_BACKUP_COMPRESSION_LEVEL": "10"},
          "DB_BACKUP_COMPRESSION_LEVEL"),

@@ -7,6 +7,9 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
   after the last byte and only if the bytes still match (the file cannot change between
   the verify and the restore unnoticed); commits along the way go at pg_dump's entry
   boundaries (backupd.pipeline.commit_chunks), so thousands of tables need no lock each at once.
+* The verify runs no SQL, so (unless a question is asked first) it runs while the scratch
+  database is created; psql and pg_restore start after its verdict, in sessions tuned for
+  a bulk load (configs.restore_connection: synchronous_commit=off, maintenance_work_mem).
 * Every restore goes into a new scratch database, created from template0 like the backed-up
   database, dropped if the restore fails, and renamed into place with the database's
   recorded properties only once complete (backupd.commands.restore_target). An existing target is
@@ -16,7 +19,9 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,7 +42,7 @@ from backupd.commands.restore_target import (
     mark_restoring,
     target_name,
 )
-from backupd.configs import age_key_files, connection_config, restore_config
+from backupd.configs import age_key_files, restore_config, restore_connection
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
@@ -102,12 +107,13 @@ def restore_file(
         outcome = ctx.result.outcome = RestoreOutcome(target_database=target)
     outcome.target_database = target
     identities = identities_for(ctx, entry)
-    verify_first(path, entry, identities, ctx)
-    ctx.say(f"{entry.name} verified")
-    if confirm is not None and not confirm(target):
-        raise ConfigError("restore: not confirmed; nothing was changed")
+    verified = _PreVerify(ctx, path, entry, identities, overlap=confirm is None)
+    if confirm is not None:
+        verified.wait()
+        if not confirm(target):
+            raise ConfigError("restore: not confirmed; nothing was changed")
 
-    with connect(settings, admin_database(target)) as admin:
+    with verified.reported_first(), connect(settings, admin_database(target)) as admin:
         lock_target(ctx, admin, target)
         exists = check_target(admin, settings, target, replace=replace)
         properties = without.apply(
@@ -116,11 +122,13 @@ def restore_file(
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
         scratch = derived_name(target, f"{RESTORING}{stamp}")
         kept = derived_name(target, f"_before_restore_{stamp}") if exists else None
-        # Only now, confirmed and past every refusal, does a restore begin.
+        # Past every refusal: the scratch database is made while the file is still being
+        # verified (no byte of it reaches the database before the verdict).
         ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
         create_database(admin, scratch, properties)
         try:
             mark_restoring(admin, scratch, target)
+            verified.wait()
             load(ctx, path, entry, scratch, identities, without.pg_restore_options)
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
@@ -130,6 +138,41 @@ def restore_file(
         if kept is not None:
             _report_kept(ctx, admin, kept, outcome)
     ctx.say(f"restore of {entry.name} into {target!r} completed")
+
+
+class _PreVerify:
+    """The full verification before anything of the file is restored. It reads the whole
+    file and runs no SQL, so when no question is asked in between (``overlap``) it runs in a
+    thread while the scratch database is created and the target's preconditions checked;
+    ``wait`` gives its verdict (JobFailed naming what failed) before the first byte is loaded."""
+
+    def __init__(self, ctx: JobContext, path: Path, entry: BackupEntry,
+                 identities: list[x25519.Identity] | None, *, overlap: bool) -> None:
+        self._ctx, self._entry = ctx, entry
+        self._done = False
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pre-verify")
+        self._report = pool.submit(verify_file, path, entry.parsed, entry.manifest,
+                                   entry.manifest_error, identities)
+        pool.shutdown(wait=False)
+        if not overlap:
+            self.wait()
+
+    def wait(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        _require_verified(self._ctx, self._entry, self._report.result())
+        self._ctx.say(f"{self._entry.name} verified")
+
+    @contextlib.contextmanager
+    def reported_first(self) -> Iterator[None]:
+        """Should the preparation fail while the verify runs, a failed verify is the error
+        reported (as when it ran first)."""
+        try:
+            yield
+        except BaseException:
+            self.wait()
+            raise
 
 
 def _drop_incomplete(ctx: JobContext, admin: Connection, scratch: str, target: str) -> None:
@@ -288,7 +331,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         return reports[0].ok
 
     psql = run_in_one_transaction(
-        connection_config(ctx.settings, database), ctx.cancel, verified_sql,
+        restore_connection(ctx.settings, database), ctx.cancel, verified_sql,
         before_commit=lambda: ctx.say(
             f"{entry.name} verified; restoring it: sending COMMIT to {database!r}"))
     # A file that failed verification is reported as such, even if psql also failed on it.

@@ -21,6 +21,8 @@ class ConnectionConfig:
     database: str
     connect_timeout: int
     password: str = field(default="", repr=False)
+    # Settings of the session (name, value), given to the server at connection (PGOPTIONS).
+    session: tuple[tuple[str, str], ...] = ()
 
     def on(self, database: str) -> ConnectionConfig:
         return replace(self, database=database)
@@ -28,7 +30,7 @@ class ConnectionConfig:
     def libpq_env(self) -> dict[str, str]:
         # The database name travels in PGDATABASE, not argv: a name starting with '-' can
         # then never be read as an option.
-        return {
+        env = {
             "PGHOST": self.host,
             "PGPORT": str(self.port),
             "PGUSER": self.user,
@@ -37,6 +39,21 @@ class ConnectionConfig:
             "PGCONNECT_TIMEOUT": str(self.connect_timeout),
             "PGAPPNAME": APPLICATION_NAME,
         }
+        if self.session:
+            env["PGOPTIONS"] = " ".join(f"-c {name}={value}" for name, value in self.session)
+        return env
+
+
+def bulk_load_session(maintenance_work_mem: str | None) -> tuple[tuple[str, str], ...]:
+    """The restore session's settings. synchronous_commit=off: every restore goes into a
+    scratch database that is dropped unless the restore completes, and is then renamed into
+    place by a separate, synchronously committed transaction, whose WAL flush makes every
+    earlier commit durable too; so no commit of the load itself needs to wait for its flush.
+    maintenance_work_mem: index builds and foreign-key checks sort in memory."""
+    session = [("synchronous_commit", "off")]
+    if maintenance_work_mem is not None:
+        session.append(("maintenance_work_mem", maintenance_work_mem))
+    return tuple(session)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from backupd.errors import ConfigError
 from backupd.secret_files import read_setting_file
 from backupd.settings.basebackup import BaseBackupSettings
 from backupd.settings.parallel import ParallelDumpSettings
+from backupd.settings.restore_session import RestoreSessionSettings
 from backupd.settings.selection import (
     EVERY_DATABASE,
     DatabaseSelection,
@@ -37,7 +38,7 @@ COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22
 
 
 class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings,
-               ParallelDumpSettings):
+               ParallelDumpSettings, RestoreSessionSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(
