@@ -93,15 +93,20 @@ def run_job(
     repositories: Repositories | None = None,
     *,
     scheduled_for: datetime | None = None,
+    announce: bool = True,
 ) -> JobResult:
     """Run ``body``; whatever happens, finish the result and deliver it.
 
-    ``scheduled_for``: the schedule slot a daemon run stands for."""
+    ``scheduled_for``: the schedule slot a daemon run stands for. ``announce``: tell the
+    chain the job started (False for the per-database jobs inside a run, whose run
+    already did)."""
     result = JobResult(job=job, database=settings.postgres_db, scheduled_for=scheduled_for)
     # A token of its own: the watchdog may cancel this job without cancelling the one it
     # runs in (each database of a backup run), while a shutdown still reaches it.
     token = cancel.child() if cancel is not None else CancelToken()
     context = JobContext(settings, result, token, repositories, chain)
+    if announce:
+        chain.started(result)
     try:
         _body_or_verdict(body, context)
         result.finish(Status.SUCCESS, exit_code=0)

@@ -1,4 +1,6 @@
-"""The heartbeat (dead man's switch): a ping after each backup, ``/fail`` after a failed one.
+"""The heartbeat (dead man's switch): healthchecks.io's ``/start`` when a backup starts, the
+URL after each good backup, ``/fail`` with the reason after a failed one; or, with
+HEARTBEAT_STYLE=plain, only the URL after each good backup.
 
 A local HTTP receiver stands in for healthchecks.io.
 """
@@ -78,7 +80,7 @@ def test_an_unreachable_monitor_is_bounded_and_redacted(
     assert url not in str(caught.value)
 
 
-def test_backup_pings_and_failed_backup_pings_fail(
+def test_backup_pings_start_then_success_and_start_then_fail_with_the_reason(
     http_receiver: HttpReceiver, make_db: Callable[..., str],
     backupd_env: Callable[..., dict[str, str]],
 ) -> None:
@@ -86,9 +88,53 @@ def test_backup_pings_and_failed_backup_pings_fail(
     db = make_db()
     ok = run_backupd(["backup"], backupd_env(db, HEARTBEAT_URL=url))
     assert ok.returncode == 0, ok.stderr
+    port = free_port()
     failed = run_backupd(["backup"], backupd_env(db, HEARTBEAT_URL=url,
-                                                 POSTGRES_PORT=str(free_port())))
+                                                 POSTGRES_PORT=str(port)))
     assert failed.returncode == 1
     path = url.split(str(http_receiver.port), 1)[1]
-    assert [r.path for r in http_receiver.wait_for(2)] == [path, path + "/fail"]
+    requests = http_receiver.wait_for(4)
+    assert [r.path for r in requests] == [path + "/start", path, path + "/start", path + "/fail"]
+    # The success ping says what was backed up; /fail carries the one-line reason.
+    assert b"backup success" in requests[1].body
+    (reason,) = requests[3].body.decode().splitlines()
+    assert "backup failed" in reason and str(port) in reason, reason
     assert url not in ok.stderr + failed.stderr
+
+
+def test_plain_style_pings_only_the_url_on_success(
+    http_receiver: HttpReceiver, make_db: Callable[..., str],
+    backupd_env: Callable[..., dict[str, str]],
+) -> None:
+    url = ping_url(http_receiver)
+    db = make_db()
+    env = backupd_env(db, HEARTBEAT_URL=url, HEARTBEAT_STYLE="plain")
+    assert run_backupd(["backup"], env).returncode == 0
+    failed = run_backupd(["backup"], {**env, "POSTGRES_PORT": str(free_port())})
+    assert failed.returncode == 1
+    path = url.split(str(http_receiver.port), 1)[1]
+    # No /start, no /fail: for a plain dead man's switch the silence is the alarm.
+    assert [r.path for r in http_receiver.wait_for(1)] == [path]
+    time.sleep(1)  # a stray late ping would arrive by now
+    assert [r.path for r in http_receiver.requests] == [path]
+
+
+def test_a_hanging_start_ping_neither_delays_the_job_nor_overtakes_the_end(
+    http_receiver: HttpReceiver,
+) -> None:
+    """The start signal goes out in the background; the success ping follows it, never
+    before it, and the whole delivery stays inside the notifier's budget."""
+    url = ping_url(http_receiver)
+    http_receiver.set_behaviour("hang")
+    chain = NotifierChain([HeartbeatNotifier(url, timeout_seconds=2)], timeout_seconds=2)
+    result = JobResult(job="backup", database="certificate_verification")
+    started = time.monotonic()
+    chain.started(result)
+    assert time.monotonic() - started < 0.5  # returned at once: the job is not held up
+    http_receiver.wait_for(1)
+    http_receiver.set_behaviour("ok")
+    result.finish(Status.SUCCESS)
+    chain.deliver(result)
+    requests = http_receiver.wait_for(2)
+    assert requests[0].path.endswith("/start")
+    assert not requests[-1].path.endswith("/start")

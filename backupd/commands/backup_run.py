@@ -53,7 +53,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             result = run_job(
                 "backup", settings.for_database(database),
                 _dump_body(apply_retention, not_before, rid), chain, ctx.cancel,
-                ctx.repositories, scheduled_for=ctx.result.scheduled_for)
+                ctx.repositories, scheduled_for=ctx.result.scheduled_for, announce=False)
             facts.databases.append(_summary_of(result))
             if result.status == Status.CANCELLED:
                 raise Cancelled(result.error or "backup run cancelled by shutdown")
@@ -61,7 +61,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             result = run_job("backup", settings.for_database(database),
                              _missing_body(settings, database), chain,
                              ctx.cancel, ctx.repositories,
-                             scheduled_for=ctx.result.scheduled_for)
+                             scheduled_for=ctx.result.scheduled_for, announce=False)
             facts.databases.append(_summary_of(result))
         if settings.globals_enabled:
             ctx.cancel.raise_if_cancelled()

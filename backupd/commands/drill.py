@@ -147,7 +147,8 @@ def _drill_each(ctx: JobContext, name: str | None, *, from_s3: bool) -> None:
         ctx.cancel.raise_if_cancelled()
         result = run_job("drill", settings.for_database(database),
                          lambda sub: _run_dump_drill(sub, name, from_s3=from_s3), chain,
-                         ctx.cancel, ctx.repositories, scheduled_for=ctx.result.scheduled_for)
+                         ctx.cancel, ctx.repositories, scheduled_for=ctx.result.scheduled_for,
+                         announce=False)
         ctx.say(f"  {database!r}: {result.status.value}"
                 + (f": {result.error}" if result.error else ""))
         if result.status == Status.CANCELLED:

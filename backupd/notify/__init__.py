@@ -1,4 +1,5 @@
-"""Notifiers: every job result goes through the chain built here."""
+"""Notifiers: every job result goes through the chain built here (log files, structured
+logs, metrics, heartbeat, Slack, the generic webhook)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True,
         from backupd.notify.heartbeat import HeartbeatNotifier
 
         url = checked_url(settings.heartbeat_url.get_secret_value(), "HEARTBEAT_URL")
-        notifiers.append(HeartbeatNotifier(url, timeout_seconds=settings.notify_timeout_seconds))
+        notifiers.append(HeartbeatNotifier(url, timeout_seconds=settings.notify_timeout_seconds,
+                                           style=settings.heartbeat_style))
     if settings.slack_webhook_url is not None:
         from backupd.notify.deadline import checked_url
         from backupd.notify.slack import SlackNotifier
@@ -45,6 +47,14 @@ def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True,
         notifiers.append(SlackNotifier(url, notify_on=settings.slack_notify_on,
                                        timeout_seconds=settings.notify_timeout_seconds,
                                        state_dir=settings.backup_dir))
+    if settings.webhook_url is not None:
+        from backupd.notify.deadline import checked_url
+        from backupd.notify.webhook import WebhookNotifier
+
+        url = checked_url(settings.webhook_url.get_secret_value().strip(), "WEBHOOK_URL")
+        secret = settings.webhook_secret
+        notifiers.append(WebhookNotifier(url, secret=secret.get_secret_value() if secret else None,
+                                         timeout_seconds=settings.notify_timeout_seconds))
     notifiers.extend(extra)
     return NotifierChain(notifiers, timeout_seconds=settings.notify_timeout_seconds)
 

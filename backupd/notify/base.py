@@ -3,13 +3,17 @@
 A notifier that raises or hangs is logged and skipped: the job's outcome never
 depends on its notifiers, and one slow notifier never holds back the others
 longer than its timeout.
+
+A notifier may also hear that a job started (``StartListener``: the heartbeat's ``/start``).
+That is sent in the background, never delaying the job; the same notifier hears the job's
+end only after its start signal was delivered (or gave up), so the two never cross.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from backupd.log import get_logger
 from backupd.result import JobResult
@@ -21,18 +25,55 @@ class Notifier(Protocol):
     def notify(self, result: JobResult) -> None: ...
 
 
+@runtime_checkable
+class StartListener(Protocol):
+    """A notifier that also wants to hear when a job starts (before it has a result)."""
+
+    name: str
+
+    def job_started(self, result: JobResult) -> None: ...
+
+
 class NotifierChain:
     def __init__(self, notifiers: Sequence[Notifier], timeout_seconds: float = 10.0) -> None:
         self.notifiers = list(notifiers)
         self.timeout_seconds = timeout_seconds
+        # Start signals still in flight, by (result, notifier name): deliver() waits for them.
+        self._starting: dict[tuple[int, str], threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def started(self, result: JobResult) -> None:
+        """Tell the notifiers that listen for it that ``result``'s job started; returns at once."""
+        for notifier in self.notifiers:
+            if not isinstance(notifier, StartListener):
+                continue
+
+            def send(target: StartListener = notifier) -> None:
+                try:
+                    target.job_started(result)
+                except BaseException as exc:  # never the job's problem
+                    get_logger(job=result.job).warning(
+                        "notifier failed at job start", notifier=target.name,
+                        error=f"{type(exc).__name__}: {exc}")
+
+            worker = threading.Thread(target=send, name=f"notify-start-{notifier.name}",
+                                      daemon=True)
+            with self._lock:
+                self._starting[(id(result), notifier.name)] = worker
+            worker.start()
 
     def deliver(self, result: JobResult) -> None:
         log = get_logger(job=result.job, status=result.status.value)
         for notifier in self.notifiers:
             failure: list[BaseException] = []
+            with self._lock:
+                starting = self._starting.pop((id(result), notifier.name), None)
 
-            def send(target: Notifier = notifier, errors: list[BaseException] = failure) -> None:
+            def send(target: Notifier = notifier, errors: list[BaseException] = failure,
+                     start: threading.Thread | None = starting) -> None:
                 try:
+                    if start is not None:  # the end never overtakes the start signal
+                        start.join(self.timeout_seconds)
                     target.notify(result)
                 except BaseException as exc:  # a notifier must never break the chain
                     errors.append(exc)

@@ -19,8 +19,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backupd.errors import ConfigError
 from backupd.secret_files import read_setting_file
 from backupd.settings.basebackup import BaseBackupSettings
+from backupd.settings.notify import NotifySettings
 from backupd.settings.parallel import ParallelDumpSettings
 from backupd.settings.restore_session import RestoreSessionSettings
+from backupd.settings.retention import RetentionSettings
 from backupd.settings.selection import (
     EVERY_DATABASE,
     DatabaseSelection,
@@ -38,7 +40,8 @@ COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22
 
 
 class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings,
-               ParallelDumpSettings, RestoreSessionSettings):
+               ParallelDumpSettings, RestoreSessionSettings, RetentionSettings,
+               NotifySettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(
@@ -70,8 +73,7 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
 
     # --- where backups live, and for how long ----------------------------------
     backup_dir: Path = Field(Path("/backups"), validation_alias="DB_BACKUP_DIR")
-    retention_days: int = Field(7, ge=0, le=36500, validation_alias="DB_BACKUP_RETENTION_DAYS")
-    keep_min: int = Field(3, ge=1, le=10000, validation_alias="DB_BACKUP_KEEP_MIN")
+    # DB_BACKUP_RETENTION_DAYS, DB_BACKUP_KEEP_MIN and the calendar tiers: RetentionSettings.
 
     # --- what a backup looks like (issue 6) ------------------------------------
     backup_format: Literal["plain", "custom", "directory"] = Field(
@@ -115,7 +117,7 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
     # --- reporting ---------------------------------------------------------------
     slack_webhook_url: SecretStr | None = Field(None, validation_alias="SLACK_WEBHOOK_URL")
     slack_notify_on: Literal["all", "failure"] = Field("all", validation_alias="SLACK_NOTIFY_ON")
-    heartbeat_url: SecretStr | None = Field(None, validation_alias="HEARTBEAT_URL")
+    # HEARTBEAT_URL, HEARTBEAT_STYLE, WEBHOOK_URL, WEBHOOK_SECRET: NotifySettings.
     notify_timeout_seconds: float = Field(
         10.0, gt=0, le=600, validation_alias="NOTIFY_TIMEOUT_SECONDS"
     )
@@ -287,7 +289,7 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
         with contextlib.suppress(ConfigError):
             values.append(self.replication_password)
         for secret in (self.slack_webhook_url, self.heartbeat_url, self.s3_sse_kms_key_id,
-                       self.status_page_token):
+                       self.status_page_token, self.webhook_url, self.webhook_secret):
             if secret is not None:
                 values.append(secret.get_secret_value())
         for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):

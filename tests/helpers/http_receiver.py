@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from . import leakcheck
 
-Behaviour = Literal["ok", "error", "ratelimit", "hang", "refuse"]
+Behaviour = Literal["ok", "error", "ratelimit", "hang", "refuse", "close"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class _Handler(BaseHTTPRequestHandler):
         )
         status, headers, text = self.server.receiver._record_and_decide(recorded)
         if status is None:
+            if self.server.receiver.behaviour == "close":
+                # "close": drop the connection after reading the request, with no answer.
+                self.close_connection = True
+                return
             # "hang": hold the connection open, never answer, until the receiver closes.
             self.server.receiver._closing.wait()
             self.close_connection = True
@@ -118,7 +122,7 @@ class HttpReceiver:
         with self._cond:
             self.requests.append(req)
             self._cond.notify_all()
-            if self.behaviour == "hang":
+            if self.behaviour in ("hang", "close"):
                 return None, {}, ""
             if self.behaviour == "error":
                 return 500, {}, "internal_error"
