@@ -138,11 +138,22 @@ class VerifyOutcome(_Model):
     reports: list[FileReport] = Field(default_factory=list)
 
 
+class PruneDecision(_Model):
+    """One backup as retention judged it: kept (and by which rules) or not."""
+
+    name: str
+    repository: str  # where it is (the local directory, s3://bucket/prefix)
+    kept: bool
+    # Every rule that keeps it: age, DB_BACKUP_KEEP_MIN, last good before, a calendar tier.
+    reasons: list[str] = Field(default_factory=list)
+
+
 class PruneOutcome(_Model):
     kind: Literal["prune"] = "prune"
     dry_run: bool = False
     # A dry run's candidates: never in JobResult.deleted, which counts real deletions.
     would_delete: list[str] = Field(default_factory=list)
+    decisions: list[PruneDecision] = Field(default_factory=list)
 
 
 class RestoreOutcome(_Model):

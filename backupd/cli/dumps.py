@@ -124,12 +124,14 @@ def upload() -> None:
 @app.command()
 def prune(
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Delete nothing: list what would go ('would delete NAME'); the "
+        "--dry-run", help="Delete nothing: list what would go ('would delete NAME') and, per "
+        "backup kept, every rule that keeps it ('keep NAME (where): rule; rule'); the "
         "summary, log, Slack and metrics say would_delete, never deleted.")] = False,
 ) -> None:
-    """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones;
-    base backups beyond BASEBACKUP_KEEP (and BASEBACKUP_MAX_AGE_DAYS), and the WAL before the
-    oldest kept one's start."""
+    """Delete backups older than DB_BACKUP_RETENTION_DAYS, keeping DB_BACKUP_KEEP_MIN good ones
+    and those the calendar tiers keep (DB_BACKUP_KEEP_DAILY, _WEEKLY, _MONTHLY); base backups
+    beyond BASEBACKUP_KEEP (and BASEBACKUP_MAX_AGE_DAYS), and the WAL before the oldest kept
+    one's start."""
     from backupd.commands import prune as prune_cmd
 
     settings = bootstrap()
@@ -139,6 +141,11 @@ def prune(
     if isinstance(result.outcome, PruneOutcome):
         for name in result.outcome.would_delete:
             print(f"would delete {name}")
+        if result.outcome.dry_run:
+            for decision in result.outcome.decisions:
+                if decision.kept:
+                    print(f"keep {decision.name} ({decision.repository}): "
+                          + "; ".join(decision.reasons))
     finish(result)
 
 

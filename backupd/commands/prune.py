@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from backupd.commands import archive_retention, selection
+from backupd.commands.retention_rules import Candidate, RetentionPolicy, select
+from backupd.daemon.cron import parse_zone
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import BASE_KIND, DUMP_KIND
-from backupd.outcomes import PruneOutcome
+from backupd.outcomes import PruneDecision, PruneOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
@@ -35,7 +37,16 @@ from backupd.storage.replication import sha256_of
 class PrunePlan:
     delete: list[BackupEntry]
     keep: list[BackupEntry]
-    reasons: dict[str, str]
+    # Why each kept backup stays (every rule that keeps it), by name.
+    reasons: dict[str, tuple[str, ...]]
+    # The good backups the plan relies on (keep-min, last good before): proven before a delete.
+    relied_on: frozenset[str]
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(settings.retention_days, settings.keep_min, settings.keep_daily,
+                           settings.keep_weekly, settings.keep_monthly,
+                           parse_zone(settings.timezone))
 
 
 def plan_prune(
@@ -44,29 +55,16 @@ def plan_prune(
     now: datetime,
     is_good: Iterable[BackupEntry] | None = None,
 ) -> PrunePlan:
-    """Decide what retention deletes. ``entries`` newest first; ``is_good`` overrides
-    which entries count as good (the local store re-checks checksums first)."""
-    good = (list(is_good) if is_good is not None
-            else [e for e in entries if e.proven_good(now)])
-    good_names = {e.name for e in good}
-    cutoff = now - timedelta(days=settings.retention_days)
-    protected: dict[str, str] = {}
-    for entry in good[: settings.keep_min]:
-        protected[entry.name] = f"one of the newest {settings.keep_min} verified backups"
-    for index, entry in enumerate(entries):
-        if entry.name in good_names:
-            continue
-        # An unverified (or broken) backup must not lose its last good predecessor.
-        older_good = next((e for e in entries[index + 1 :] if e.name in good_names), None)
-        if older_good is not None:
-            protected.setdefault(older_good.name, f"last good backup before {entry.name}")
-    delete, keep = [], []
-    for entry in entries:
-        if entry.parsed.taken_at < cutoff and entry.name not in protected:
-            delete.append(entry)
-        else:
-            keep.append(entry)
-    return PrunePlan(delete, keep, protected)
+    """Decide what retention deletes (``retention_rules.select``). ``entries`` newest first;
+    ``is_good`` overrides which entries count as good (the local store re-checks first)."""
+    good_names = ({e.name for e in is_good} if is_good is not None
+                  else {e.name for e in entries if e.proven_good(now)})
+    chosen = select([Candidate(e.name, e.parsed.taken_at, e.name in good_names)
+                     for e in entries], retention_policy(settings), now)
+    by_name = {e.name: e for e in entries}
+    reasons = {d.name: d.reasons for d in chosen.decisions if d.keep}
+    return PrunePlan([by_name[n] for n in chosen.delete], [by_name[n] for n in chosen.keep],
+                     reasons, chosen.relied_on)
 
 
 def rechecked_plan(
@@ -76,9 +74,11 @@ def rechecked_plan(
     """The plan, relying only on backups proven good now: verified ones whose bytes still
     match their manifest, and old-script ones (no manifest) whose content verifies.
 
-    Only the backups the plan protects are read (not every backup): when one turns out
-    bad, it stops counting as good, the plan is made again (so an older good backup
-    takes its place), and the newly protected ones are checked in turn.
+    Only the backups the safety rules rely on (keep-min, last good before) are read, not
+    every backup nor every one a calendar tier keeps (that would read a year of monthly
+    backups on every run; ``verify --all`` proves those): when one turns out bad, it stops
+    counting as good, the plan is made again (so an older good backup takes its place), and
+    the newly relied-on ones are checked in turn.
     """
     # backupd's own verified backups (checksum recorded at write time) fill the minimum kept
     # first; old-script files, proven only by content, count when there are too few of those.
@@ -89,7 +89,7 @@ def rechecked_plan(
     while True:
         good = [e for e in candidates if e.name not in bad]
         plan = plan_prune(entries, settings, now, is_good=good)
-        relied_on = [e for e in good if e.name in plan.reasons and e.name not in proven]
+        relied_on = [e for e in good if e.name in plan.relied_on and e.name not in proven]
         if not relied_on:
             return plan
         for entry in relied_on:
@@ -128,11 +128,12 @@ def sweep(ctx: JobContext, store: Repository, *, dry_run: bool = False,
     selection.warn_future(ctx, entries)
     now = datetime.now(tz=ctx.result.started_at.tzinfo)
     plan = plan_prune(entries, settings, now)
-    if not plan.delete:
-        return []
-    if recheck:
+    if plan.delete and recheck:
         # Re-check before trusting: only done when something would be deleted.
         plan = rechecked_plan(ctx, store, entries, settings, now, already_proven)
+    _record(ctx, store, entries, plan, dry_run=dry_run)
+    why = f"older than {settings.retention_days} days" + (
+        ", kept by no tier" if retention_policy(settings).has_tiers else "")
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:
@@ -140,10 +141,24 @@ def sweep(ctx: JobContext, store: Repository, *, dry_run: bool = False,
                     f"(taken {entry.parsed.taken_at:%Y-%m-%d %H:%M} UTC)")
         else:
             store.delete(entry.name)
-            ctx.say(f"deleted {entry.name} from {store.description} (older than "
-                    f"{settings.retention_days} days)")
+            ctx.say(f"deleted {entry.name} from {store.description} ({why})")
         deleted.append(entry.name)
     return deleted
+
+
+def _record(ctx: JobContext, store: Repository, entries: list[BackupEntry], plan: PrunePlan,
+            *, dry_run: bool) -> None:
+    """Per backup, which rules keep it (or that it goes), in the prune job's outcome; a dry
+    run also says it in the log."""
+    outcome = ctx.result.outcome
+    if not isinstance(outcome, PruneOutcome):
+        return  # the sweep after a backup: its result is the backup's
+    for entry in entries:
+        reasons = list(plan.reasons.get(entry.name, ()))
+        outcome.decisions.append(PruneDecision(name=entry.name, repository=store.description,
+                                               kept=bool(reasons), reasons=reasons))
+        if dry_run and reasons:
+            ctx.say(f"keep {entry.name} in {store.description}: {'; '.join(reasons)}")
 
 
 def sweep_offsite(ctx: JobContext, offsite: Repository | None, *, dry_run: bool = False,
@@ -186,5 +201,5 @@ def run(ctx: JobContext, *, dry_run: bool = False) -> None:
     else:
         ctx.result.deleted = names
     if not names:
-        ctx.say(f"retention: nothing to delete (retention {ctx.settings.retention_days} days, "
-                f"keeping at least {ctx.settings.keep_min} verified backups)")
+        ctx.say(f"retention: nothing to delete "
+                f"({retention_policy(ctx.settings).describe()})")
