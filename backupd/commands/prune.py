@@ -2,7 +2,9 @@
 
 Deletes this database's backups older than DB_BACKUP_RETENTION_DAYS, but never:
 fewer than DB_BACKUP_KEEP_MIN good backups; the newest good backup before an
-unverified one; anything that is not one of backupd's own backup files.
+unverified one; one a calendar tier keeps (DB_BACKUP_KEEP_DAILY/WEEKLY/MONTHLY);
+anything that is not one of backupd's own backup files. Which rule keeps what is
+``retention_rules.select``; this module feeds it and acts on its decisions.
 A "good" backup is verified per its manifest, and its SHA-256 is re-checked
 before the sweep relies on it, so a file corrupted on disk never counts. A backup
 from the old scripts (no manifest) counts as good once its content verifies in full.
@@ -25,12 +27,15 @@ from backupd.commands.retention_rules import Candidate, RetentionPolicy, select
 from backupd.daemon.cron import parse_zone
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
-from backupd.naming import BASE_KIND, DUMP_KIND
+from backupd.naming import BASE_KIND, DUMP_KIND, GLOBALS_KIND
 from backupd.outcomes import PruneDecision, PruneOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
 from backupd.storage.replication import sha256_of
+
+# The kinds of artifact the calendar tiers apply to.
+TIERED_KINDS = frozenset({DUMP_KIND, GLOBALS_KIND})
 
 
 @dataclass
@@ -43,15 +48,21 @@ class PrunePlan:
     relied_on: frozenset[str]
 
 
-def retention_policy(settings: Settings) -> RetentionPolicy:
-    return RetentionPolicy(settings.retention_days, settings.keep_min, settings.keep_daily,
-                           settings.keep_weekly, settings.keep_monthly,
+def retention_policy(settings: Settings, kind: str = DUMP_KIND) -> RetentionPolicy:
+    """The rules for one kind of artifact. The calendar tiers are for the dumps and the
+    globals that go with them; any other kind (base backups, WAL) has its own retention and
+    gets none (docs/backup-and-recovery.md, "Retention tiers")."""
+    tiered = kind in TIERED_KINDS
+    return RetentionPolicy(settings.retention_days, settings.keep_min,
+                           settings.keep_daily if tiered else 0,
+                           settings.keep_weekly if tiered else 0,
+                           settings.keep_monthly if tiered else 0,
                            parse_zone(settings.timezone))
 
 
 def plan_prune(
     entries: list[BackupEntry],
-    settings: Settings,
+    policy: RetentionPolicy,
     now: datetime,
     is_good: Iterable[BackupEntry] | None = None,
 ) -> PrunePlan:
@@ -60,7 +71,7 @@ def plan_prune(
     good_names = ({e.name for e in is_good} if is_good is not None
                   else {e.name for e in entries if e.proven_good(now)})
     chosen = select([Candidate(e.name, e.parsed.taken_at, e.name in good_names)
-                     for e in entries], retention_policy(settings), now)
+                     for e in entries], policy, now)
     by_name = {e.name: e for e in entries}
     reasons = {d.name: d.reasons for d in chosen.decisions if d.keep}
     return PrunePlan([by_name[n] for n in chosen.delete], [by_name[n] for n in chosen.keep],
@@ -68,8 +79,8 @@ def plan_prune(
 
 
 def rechecked_plan(
-    ctx: JobContext, repository: Repository, entries: list[BackupEntry], settings: Settings,
-    now: datetime, already_proven: Iterable[str] = (),
+    ctx: JobContext, repository: Repository, entries: list[BackupEntry],
+    policy: RetentionPolicy, now: datetime, already_proven: Iterable[str] = (),
 ) -> PrunePlan:
     """The plan, relying only on backups proven good now: verified ones whose bytes still
     match their manifest, and old-script ones (no manifest) whose content verifies.
@@ -88,7 +99,7 @@ def rechecked_plan(
     bad: set[str] = set()
     while True:
         good = [e for e in candidates if e.name not in bad]
-        plan = plan_prune(entries, settings, now, is_good=good)
+        plan = plan_prune(entries, policy, now, is_good=good)
         relied_on = [e for e in good if e.name in plan.relied_on and e.name not in proven]
         if not relied_on:
             return plan
@@ -127,13 +138,14 @@ def sweep(ctx: JobContext, store: Repository, *, dry_run: bool = False,
     entries = store.list_backups(database or settings.postgres_db, kind)
     selection.warn_future(ctx, entries)
     now = datetime.now(tz=ctx.result.started_at.tzinfo)
-    plan = plan_prune(entries, settings, now)
+    policy = retention_policy(settings, kind)
+    plan = plan_prune(entries, policy, now)
     if plan.delete and recheck:
         # Re-check before trusting: only done when something would be deleted.
-        plan = rechecked_plan(ctx, store, entries, settings, now, already_proven)
+        plan = rechecked_plan(ctx, store, entries, policy, now, already_proven)
     _record(ctx, store, entries, plan, dry_run=dry_run)
     why = f"older than {settings.retention_days} days" + (
-        ", kept by no tier" if retention_policy(settings).has_tiers else "")
+        ", kept by no tier" if policy.has_tiers else "")
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:

@@ -86,6 +86,13 @@ def redate(source: Path, when: datetime, *, keep_source: bool = True,
     return target
 
 
+def calendar(source: Path, times: list[datetime], *, directory: Path | None = None) -> list[Path]:
+    """Copies of a real verified backup (and its manifest) as if taken at each of ``times``
+    (distinct, to the second, and none the source's own), newest first: a history of
+    backups without running a backup for each."""
+    return [redate(source, when, directory=directory) for when in sorted(times, reverse=True)]
+
+
 def refresh_manifest(data: Path, **changes: Any) -> None:
     """Make the manifest describe the file as it now is (size, sha256), plus ``changes``:
     a tampered file that the manifest vouches for, so only content checks can catch it."""
