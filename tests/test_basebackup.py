@@ -5,6 +5,7 @@ offsite copies through the repository; the server's prerequisites refused in one
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,13 @@ from helpers.basebackups import (
     rewrite_member,
     take_base_backup,
 )
-from helpers.cli import run_backupd
+from helpers.cli import kill_group, run_backupd, start_backupd
 from helpers.cluster import PrivateCluster
+from helpers.faults import wait_until
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import REPO_ROOT as REPO
-from helpers.pg import connect
+from helpers.pg import connect, pg_binary
+from helpers.procs import kill_processes, processes_with_env
 from helpers.s3server import S3Server
 
 from backupd.archive.basebackups import BaseBackupDamaged, extract_base_backup, list_base_backups
@@ -206,3 +209,33 @@ def test_wal_level_minimal_is_refused_in_one_line(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("backupd: error: wal_level: ") and "wal_level = replica" in last
     assert not list((tmp_path / "repo").glob("base_*"))
+
+
+def test_killed_mid_stream_leaves_no_base_backup_and_no_child(cluster: PrivateCluster,
+                                                              tmp_path: Path) -> None:
+    """SIGKILL of backupd while pg_basebackup streams: pg_basebackup goes too (the
+    supervisor), only a dot-named .partial is left, nothing is listed, the next run works."""
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    stall = wrappers / "pg_basebackup"
+    # The real tool, its stream stalled after 20 MB: the kill lands mid-stream.
+    stall.write_text(f"#!/bin/sh\n'{pg_binary('pg_basebackup')}' \"$@\" | "
+                     "{ head -c 20000000; sleep 120; cat; }\n")
+    stall.chmod(0o755)
+    repo = tmp_path / "repo"
+    env = basebackup_env(cluster, repo, PATH=f"{wrappers}:{os.environ['PATH']}")
+    proc = start_backupd(["basebackup"], env)
+    try:
+        wait_until(lambda: any(p.stat().st_size > 0 for p in repo.glob(".base_*.partial")),
+                   60, "the base backup's temporary file growing")
+        proc.kill()
+        proc.wait(30)
+        wait_until(lambda: not processes_with_env("PGPORT", str(cluster.port)), 30,
+                   "pg_basebackup and its wrapper gone with backupd")
+    finally:
+        kill_group(proc)
+        kill_processes(processes_with_env("PGPORT", str(cluster.port)))
+    assert [p.name for p in repo.iterdir() if p.name.startswith("base_")] == []
+    listed = run_backupd(["list", "--json"], basebackup_env(cluster, repo))
+    assert "base_" not in listed.stdout, listed.stdout
+    assert take_base_backup(basebackup_env(cluster, repo)).exists()

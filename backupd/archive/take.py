@@ -89,14 +89,13 @@ def take_base_backup(config: BaseBackupConfig, destination: Path, cancel: Cancel
         try:
             code = _pump(child, reader, writer, sink, encrypting)
         except TarError as exc:
+            _raise_if_cancelled(cancel)
             # pg_basebackup's own error explains a stream that ended early; else the stream.
             reason = child.error_line
             raise BaseBackupFailed(f"pg_basebackup failed: {reason}" if reason
                                    else f"pg_basebackup's output rejected: {exc}",
                                    child.stderr_tail) from None
-        if cancel.cancelled:
-            raise Cancelled("base backup cancelled by shutdown; pg_basebackup was stopped and "
-                            "the partial file removed")
+        _raise_if_cancelled(cancel)
         if code != 0:
             raise BaseBackupFailed(
                 f"pg_basebackup failed: {child.error_line or f'exit code {code}'}",
@@ -110,6 +109,12 @@ def take_base_backup(config: BaseBackupConfig, destination: Path, cancel: Cancel
                and encrypting is None else None)
     return TakenBaseBackup(facts, reader.offset, hashing.bytes_written, hashing.sha256,
                            child.stderr_tail, members)
+
+
+def _raise_if_cancelled(cancel: CancelToken) -> None:
+    if cancel.cancelled:
+        raise Cancelled("base backup cancelled by shutdown; pg_basebackup was stopped and the "
+                        "partial file removed")
 
 
 def _pump(child: Child, reader: TarReader, writer: BinaryIO, sink: BinaryIO,
