@@ -5,6 +5,7 @@ S3 endpoint. Every fixture cleans up after itself even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from helpers.backups import seed_small_db, take_backup
 from helpers.cli import BackupdProcess, kill_group, server_env, start_backupd, stop_backupd
 from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
 from helpers.http_receiver import HttpReceiver
+from helpers.leakcheck import RECORD_DIR, session_leaks
 from helpers.pg import (
     LOCAL,
     FixtureTemplate,
@@ -28,6 +30,35 @@ from helpers.pg import (
 )
 from helpers.s3server import S3Server
 from helpers.wal import WAL_SERVER_SETTINGS
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return (config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput")
+            and bool(getattr(config.option, "numprocesses", None)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Workers are started after this and inherit the environment: they record the secret-leak
+    # evidence into the controller's directory (helpers/leakcheck.py).
+    os.environ.setdefault("BACKUPD_LEAKCHECK_DIR", str(RECORD_DIR))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under xdist, the secret-leak check once more over every worker's evidence, after the
+    last worker has finished (tests/faults/test_zz_secret_leaks.py can only run last on its own
+    worker). A leak fails the session."""
+    if not _is_xdist_controller(session.config) or session.testscollected == 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    searched, leaks = session_leaks()
+    lines = [f"secret-leak check over every worker's output: {searched} texts searched, "
+             f"{len(leaks)} leak(s)"] + [f"  {secret!r} in {where}" for where, secret in leaks]
+    if reporter is not None:
+        for line in lines:
+            reporter.write_line(line)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 # 2k certificates, 10k verification events, 40 large objects: enough for every code path,
 # small enough to load in well under a second.
