@@ -177,3 +177,24 @@ def healthz(port: int) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def offsite_archive(endpoint_url: str, bucket: str, client: object, prefix: str = "") -> WalArchive:
+    """The WAL archive on S3 (``<prefix>wal/``), read through backupd's own WalArchive."""
+    from backupd.storage.s3 import S3Config, S3Repository
+
+    repository = S3Repository(S3Config(bucket=bucket, prefix=f"{prefix}{WAL_SUBDIRECTORY}/",
+                                       endpoint_url=endpoint_url), client=client)  # type: ignore[arg-type]
+    return WalArchive(repository)
+
+
+def local_manifests(backup_dir: Path) -> dict[str, dict[str, object]]:
+    """WAL file name -> its local manifest (JSON), for committed artifacts."""
+    import json
+
+    found = {}
+    for wal in archived(backup_dir):
+        if wal.artifact is not None:
+            path = wal_dir(backup_dir) / f"{wal.artifact}.manifest.json"
+            found[wal.name] = json.loads(path.read_text())
+    return found

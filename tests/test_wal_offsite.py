@@ -1,0 +1,103 @@
+"""WAL offsite (issue 15): completed segments reach S3 through the repository as soon as they
+are archived, the live partial every WAL_S3_PARTIAL_SECONDS, and while S3 is down segments
+queue locally and go up later, in order."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.cli import BackupdProcess
+from helpers.cluster import PrivateCluster
+from helpers.faults import wait_until
+from helpers.offsite import s3_env
+from helpers.s3server import S3Server
+from helpers.wal import (
+    commit_marker,
+    committed_segments,
+    gaps,
+    holds,
+    local_archive,
+    local_manifests,
+    offsite_archive,
+    seconds_until,
+    switch_wal,
+    wait_archived,
+    wait_streaming,
+    wal_env,
+)
+
+from backupd.archive.status import read_status
+from backupd.archive.walstore import WalArchive
+
+
+def offsite_names(archive: WalArchive) -> list[str]:
+    return [w.name for w in archive.segments()]
+
+
+def partial_holds(archive: WalArchive, marker: str, scratch: Path) -> bool:
+    partials = [w for w in archive.segments() if w.partial]
+    if not partials:
+        return False
+    dest = scratch / f"check-{secrets.token_hex(4)}"
+    archive.fetch(partials[-1].name, dest)  # checks its SHA-256 on the way
+    try:
+        return holds(dest, marker)
+    finally:
+        dest.unlink()
+
+
+@pytest.mark.slow
+def test_segments_and_the_partial_reach_s3_and_queue_while_it_is_down(
+    wal_cluster: PrivateCluster, backup_dir: Path, s3_server: S3Server, s3_bucket: str,
+    backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
+) -> None:
+    env = wal_env(wal_cluster, backup_dir, WAL_S3_PARTIAL_SECONDS="1",
+                  **s3_env(s3_server, s3_bucket, prefix="prod"))
+    daemon = backupd_daemon(["run"], env)
+    wait_streaming(backup_dir)
+    remote = offsite_archive(s3_server.endpoint_url, s3_bucket, s3_server.client(), "prod/")
+
+    marker = f"offsite-{secrets.token_hex(6)}"
+    committed = commit_marker(wal_cluster.address, marker)
+    rpo = seconds_until(lambda: partial_holds(remote, marker, tmp_path), committed, 60,
+                        "the committed row in the partial on S3")
+    print(f"offsite RPO (WAL_S3_PARTIAL_SECONDS=1): COMMIT to S3 in {rpo:.2f}s")
+
+    last = switch_wal(wal_cluster.address, 2)
+    wait_until(lambda: last in offsite_names(remote), 60, f"{last} on S3")
+    # The partial of a segment now complete on S3 is gone from there.
+    assert f"{last}.partial" not in offsite_names(remote)
+    # What S3 gives back is what the local archive has, byte for byte.
+    local_copy, remote_copy = tmp_path / "local", tmp_path / "remote"
+    local_archive(backup_dir).fetch(last, local_copy)
+    remote.fetch(last, remote_copy)
+    assert local_copy.read_bytes() == remote_copy.read_bytes()
+
+    # S3 goes down: segments are archived locally and queue, in order.
+    s3_server.stop()
+    try:
+        queued = [switch_wal(wal_cluster.address) for _ in range(3)]
+        wait_archived(backup_dir, queued[-1])
+        wait_until(lambda: pending_uploads(backup_dir) >= 3, 30, "three segments queued")
+        status = read_status(backup_dir / "wal")
+        assert status is not None and status.offsite_error
+    finally:
+        s3_server.start()
+    wait_until(lambda: set(queued) <= set(offsite_names(remote)), 90,
+               "the queued segments on S3 once it is back")
+    manifests = local_manifests(backup_dir)
+    uploaded = [str(manifests[name]["uploaded_at"]) for name in queued]
+    assert uploaded == sorted(uploaded), f"uploaded out of order: {list(zip(queued, uploaded))}"
+    on_s3 = [n for n in offsite_names(remote) if not n.endswith(".partial")]
+    assert gaps(on_s3) == []
+    assert set(committed_segments(backup_dir)) <= set(on_s3)
+    assert daemon.poll() is None, daemon.read_stderr()
+
+
+
+def pending_uploads(backup_dir: Path) -> int:
+    status = read_status(backup_dir / "wal")
+    return status.pending_uploads if status is not None else 0
