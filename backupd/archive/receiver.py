@@ -55,7 +55,7 @@ class WalConfig:
     partial_seconds: float = 60.0
     max_lag_seconds: float = 300.0
     min_backoff: float = 1.0
-    max_backoff: float = 60.0
+    max_backoff: float = 30.0
 
     @property
     def spool(self) -> Path:
@@ -199,7 +199,31 @@ class Receiver:
                 server.create_slot(conn, slot)
         return slot
 
+    def _repair_spool(self) -> None:
+        """A ``.partial`` shorter than a segment is one pg_receivewal could not finish
+        pre-allocating (a full disk): it holds no WAL yet, only zeros, and pg_receivewal
+        refuses to start beside it. Removed, so streaming resumes from the slot; one that
+        holds anything else is moved aside (``.damaged``) and reported, never deleted."""
+        identity = self.identity
+        if identity is None:
+            return
+        for path in self.config.spool.glob("*.partial"):
+            size = path.stat().st_size
+            if size in (0, identity.segment_size):
+                continue
+            if _only_zeros(path):
+                self._log.warning("removed a .partial pg_receivewal could not pre-allocate",
+                                  file=path.name, bytes=size)
+                path.unlink()
+            else:
+                aside = path.with_name(path.name + ".damaged")
+                path.rename(aside)
+                self._report(f"WAL archiving: {path.name} in the spool has {size} bytes, not "
+                             f"a segment's {identity.segment_size}; moved aside as "
+                             f"{aside.name} (streaming resumes from the slot)")
+
     def _stream(self, slot: str) -> None:
+        self._repair_spool()
         argv = [tool_path("pg_receivewal"), "--directory", str(self.config.spool),
                 "--slot", slot, "--synchronous", "--no-loop", "--no-password",
                 "--status-interval", "1"]
@@ -211,6 +235,14 @@ class Receiver:
         if not self._stop.is_set():
             reason = child.error_line or f"exit code {code}"
             self.error = f"pg_receivewal stopped: {reason}"
+
+
+def _only_zeros(path: Path) -> bool:
+    with open(path, "rb") as data:
+        while chunk := data.read(1024 * 1024):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
 
 
 def origin_of(identity: ArchiveIdentity) -> WalOrigin:

@@ -198,3 +198,21 @@ def local_manifests(backup_dir: Path) -> dict[str, dict[str, object]]:
             path = wal_dir(backup_dir) / f"{wal.artifact}.manifest.json"
             found[wal.name] = json.loads(path.read_text())
     return found
+
+
+def archive_holds(backup_dir: Path, marker: str, scratch: Path) -> bool:
+    """Whether any WAL file of the local archive (fetched, so checked) holds ``marker``."""
+    archive = local_archive(backup_dir)
+    scratch.mkdir(parents=True, exist_ok=True)
+    for wal in reversed(archive.segments()):
+        dest = scratch / wal.name
+        try:
+            archive.fetch(wal.name, dest)
+        except Exception:  # completed and moved while we looked: the next round sees it
+            continue
+        try:
+            if holds(dest, marker):
+                return True
+        finally:
+            dest.unlink(missing_ok=True)
+    return False
