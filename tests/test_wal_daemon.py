@@ -15,6 +15,8 @@ from helpers.cluster import PrivateCluster, free_port
 from helpers.faults import wait_until
 from helpers.pg import psql
 from helpers.wal import (
+    STREAM_ONLY,
+    archive_holds,
     archived,
     commit_marker,
     committed_segments,
@@ -41,9 +43,9 @@ def all_wal_names(backup_dir: Path) -> list[str]:
 
 def test_kill_9_leaves_no_orphan_and_no_gap(
     wal_cluster: PrivateCluster, backup_dir: Path,
-    backupd_daemon: Callable[..., BackupdProcess],
+    backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
 ) -> None:
-    env = wal_env(wal_cluster, backup_dir)
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY)
     first = backupd_daemon(["run"], env)
     wait_streaming(backup_dir)
     wait_archived(backup_dir, switch_wal(wal_cluster.address, 2))
@@ -61,7 +63,7 @@ def test_kill_9_leaves_no_orphan_and_no_gap(
     commit_marker(wal_cluster.address, marker)
 
     backupd_daemon(["run"], env)
-    wait_until(lambda: holds(live_partial(backup_dir), marker), 60,
+    wait_until(lambda: archive_holds(backup_dir, marker, tmp_path / "check"), 60,
                "the restarted daemon streaming what was written while it was down")
     wait_archived(backup_dir, switch_wal(wal_cluster.address))
     names = all_wal_names(backup_dir)
@@ -71,9 +73,9 @@ def test_kill_9_leaves_no_orphan_and_no_gap(
 
 def test_server_restart_mid_stream_resumes_without_a_gap(
     wal_cluster: PrivateCluster, backup_dir: Path,
-    backupd_daemon: Callable[..., BackupdProcess],
+    backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
 ) -> None:
-    env = wal_env(wal_cluster, backup_dir)
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY)
     daemon = backupd_daemon(["run"], env)
     wait_streaming(backup_dir)
     write_wal(wal_cluster.address, 512)
@@ -88,7 +90,7 @@ def test_server_restart_mid_stream_resumes_without_a_gap(
         switch_wal(wal_cluster.address)
     marker = "after-the-restart"
     commit_marker(wal_cluster.address, marker)
-    wait_until(lambda: holds(live_partial(backup_dir), marker), 90,
+    wait_until(lambda: archive_holds(backup_dir, marker, tmp_path / "check"), 90,
                "streaming resumed after the server restart")
     wait_archived(backup_dir, switch_wal(wal_cluster.address), 60)
     assert gaps(all_wal_names(backup_dir)) == []
@@ -99,16 +101,17 @@ def test_server_restart_mid_stream_resumes_without_a_gap(
 
 def test_sigterm_stops_pg_receivewal_cleanly(
     wal_cluster: PrivateCluster, backup_dir: Path,
-    backupd_daemon: Callable[..., BackupdProcess],
+    backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
 ) -> None:
-    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir))
+    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir, **STREAM_ONLY))
     wait_streaming(backup_dir)
     marker = "before-sigterm"
     commit_marker(wal_cluster.address, marker)
     wait_until(lambda: holds(live_partial(backup_dir), marker), 30, "the row streamed")
     assert stop_backupd(daemon, reap_group=False) == 0, daemon.read_stderr()
     assert not receivewal_pids(backup_dir)
-    assert holds(live_partial(backup_dir), marker)  # flushed, kept for the next start
+    # Flushed and kept (in the live partial, or committed if its segment completed).
+    assert archive_holds(backup_dir, marker, tmp_path / "check")
     slot = psql(wal_cluster.address, "postgres",
                 "SELECT active FROM pg_replication_slots").strip()
     assert slot == "f"  # the slot stays, inactive, keeping WAL for the next start
@@ -118,7 +121,7 @@ def test_second_daemon_cannot_stream_into_the_same_archive(
     wal_cluster: PrivateCluster, backup_dir: Path, tmp_path: Path,
     backupd_daemon: Callable[..., BackupdProcess],
 ) -> None:
-    env = wal_env(wal_cluster, backup_dir)
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY)
     first = backupd_daemon(["run"], env)
     wait_streaming(backup_dir)
     # The same archive: the second one stands by, saying why.
@@ -128,7 +131,7 @@ def test_second_daemon_cannot_stream_into_the_same_archive(
     assert len(receivewal_pids(backup_dir)) == 1
     # Another archive of the same cluster: the slot is the first archive's, refused.
     other = tmp_path / "other"
-    third = backupd_daemon(["run"], wal_env(wal_cluster, other))
+    third = backupd_daemon(["run"], wal_env(wal_cluster, other, **STREAM_ONLY))
     wait_until(lambda: "belongs to another archive" in third.read_stderr(), 30,
                "the third daemon refusing the slot")
     assert not receivewal_pids(other)
@@ -140,8 +143,9 @@ def test_metrics_and_health_go_red_past_the_lag(
     backupd_daemon: Callable[..., BackupdProcess],
 ) -> None:
     port = free_port()
-    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir, HEALTH_PORT=str(port),
-                                             WAL_MAX_LAG_SECONDS="3"))
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY, HEALTH_PORT=str(port),
+                  WAL_MAX_LAG_SECONDS="3")
+    daemon = backupd_daemon(["run"], env)
     wait_streaming(backup_dir)
     wait_archived(backup_dir, switch_wal(wal_cluster.address))
     wait_until(lambda: scrape_metrics(port).get("backupd_wal_archiving_up") == 1.0, 30,
@@ -170,8 +174,13 @@ def test_metrics_and_health_go_red_past_the_lag(
     wait_until(lambda: scrape_metrics(port).get("backupd_wal_archiving_up") == 0.0, 30,
                "archiving_up 0")
     assert "pg_receivewal is not streaming" in healthz(port)[1]
-    out = run_backupd(["status"], wal_env(wal_cluster, backup_dir))
-    assert "WAL archive: NOT streaming" in out.stdout, out.stdout + out.stderr
+    status_env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY)
+
+    def status_says_down() -> bool:
+        out = run_backupd(["status"], status_env)
+        return "WAL archive: NOT streaming" in out.stdout
+
+    wait_until(status_says_down, 30, "backupd status showing the WAL archive not streaming")
     assert daemon.poll() is None
 
 
@@ -180,7 +189,8 @@ def test_a_role_without_replication_is_one_line_exit_2(
 ) -> None:
     psql(wal_cluster.address, "postgres",
          "CREATE ROLE plain_reader LOGIN PASSWORD 'reader-pw' NOREPLICATION")
-    env = wal_env(wal_cluster, backup_dir, POSTGRES_REPLICATION_USER="plain_reader",
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY,
+                  POSTGRES_REPLICATION_USER="plain_reader",
                   POSTGRES_REPLICATION_PASSWORD="reader-pw")
     proc = run_backupd(["run"], env, timeout=60)
     assert proc.returncode == 2, proc.stderr
@@ -195,7 +205,7 @@ def test_wal_level_minimal_is_one_line_exit_2(backup_dir: Path) -> None:
 
     with PrivateCluster(DEFAULT_CLUSTER_PASSWORD, server_settings=settings) as cluster:
         cluster.start()
-        proc = run_backupd(["run"], wal_env(cluster, backup_dir), timeout=60)
+        proc = run_backupd(["run"], wal_env(cluster, backup_dir, **STREAM_ONLY), timeout=60)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "wal_level=minimal" in line and "wal_level = replica" in line

@@ -15,6 +15,7 @@ from helpers.faults import wait_until
 from helpers.offsite import s3_env
 from helpers.s3server import S3Server
 from helpers.wal import (
+    STREAM_ONLY,
     commit_marker,
     committed_segments,
     gaps,
@@ -54,7 +55,7 @@ def test_segments_and_the_partial_reach_s3_and_queue_while_it_is_down(
     wal_cluster: PrivateCluster, backup_dir: Path, s3_server: S3Server, s3_bucket: str,
     backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
 ) -> None:
-    env = wal_env(wal_cluster, backup_dir, WAL_S3_PARTIAL_SECONDS="1",
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY, WAL_S3_PARTIAL_SECONDS="1",
                   **s3_env(s3_server, s3_bucket, prefix="prod"))
     daemon = backupd_daemon(["run"], env)
     wait_streaming(backup_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 from helpers.cli import BackupdProcess
 from helpers.cluster import PrivateCluster
 from helpers.wal import (
+    STREAM_ONLY,
     archived,
     commit_marker,
     committed_segments,
@@ -33,7 +34,7 @@ def test_streams_segments_and_a_current_partial(
     wal_cluster: PrivateCluster, backup_dir: Path,
     backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
 ) -> None:
-    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir))
+    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir, **STREAM_ONLY))
     wait_streaming(backup_dir)
 
     marker = f"marker-{secrets.token_hex(8)}"

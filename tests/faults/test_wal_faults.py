@@ -14,6 +14,7 @@ from helpers.cluster import PrivateCluster, free_port
 from helpers.faults import wait_until
 from helpers.pg import psql
 from helpers.wal import (
+    STREAM_ONLY,
     archive_holds,
     archived,
     commit_marker,
@@ -49,8 +50,9 @@ def test_full_archive_disk_loses_nothing_once_space_returns(
 ) -> None:
     backup_dir = small_fs("64m")
     port = free_port()
-    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir, HEALTH_PORT=str(port),
-                                             DB_BACKUP_COMPRESSION="gzip"))
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY, HEALTH_PORT=str(port),
+                  DB_BACKUP_COMPRESSION="gzip")
+    daemon = backupd_daemon(["run"], env)
     wait_streaming(backup_dir)
     wait_archived(backup_dir, switch_wal(wal_cluster.address))
     filler = fill(backup_dir, leave=2 * MiB)

@@ -26,6 +26,9 @@ from .pg import ServerAddress, psql
 # written out so the test says what it needs).
 WAL_SERVER_SETTINGS = {"wal_level": "replica", "max_wal_senders": "4",
                        "max_replication_slots": "4"}
+# With wal_env: only streaming, no base backup at start (BASEBACKUP_SCHEDULE is weekly by
+# default with WAL_ARCHIVE=on, and the daemon takes one at start when none exists).
+STREAM_ONLY = {"BASEBACKUP_SCHEDULE": "off"}
 
 
 def wal_dir(backup_dir: Path) -> Path:
