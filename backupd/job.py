@@ -15,12 +15,14 @@ from backupd.cancel import CancelToken
 from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped, Stopped
 from backupd.log import JobLogFile, get_logger, redact
 from backupd.notify.base import NotifierChain
+from backupd.postgres.waits import server_view
 from backupd.progress import Progress
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
 from backupd.storage.base import Repository
 from backupd.storage.local import LocalRepository
 from backupd.storage.repositories import Repositories
+from backupd.watchdog import Watchdog, WatchdogConfig
 
 
 def repositories_for(settings: Settings) -> Repositories:
@@ -40,6 +42,11 @@ def repositories_for(settings: Settings) -> Repositories:
 
     return Repositories(LocalRepository(settings.backup_dir),
                         offsite if settings.s3_bucket else None)
+
+
+def watchdog_config(settings: Settings) -> WatchdogConfig:
+    return WatchdogConfig(stall_seconds=settings.stall_seconds,
+                          job_timeout_seconds=settings.job_timeout_seconds)
 
 
 @dataclass
@@ -108,7 +115,8 @@ def run_job(
     if announce:
         chain.started(result)
     try:
-        _body_or_verdict(body, context)
+        with Watchdog(token, watchdog_config(settings), lambda: server_view(settings)):
+            _body_or_verdict(body, context)
         result.finish(Status.SUCCESS, exit_code=0)
     except Cancelled as exc:
         result.finish(Status.CANCELLED, redact(str(exc)))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 # Finished streams a snapshot still shows (a display's final totals); older ones are dropped.
 FINISHED_KEPT = 32
@@ -59,13 +60,16 @@ class Stream:
     """One flow of bytes; ``moved(n)`` after every chunk. Use as a context manager (or call
     ``finish``) so the watchdog knows what a job is still waiting on."""
 
-    def __init__(self, owner: Progress, name: str, total: int | None) -> None:
+    def __init__(self, owner: Progress, name: str, total: int | None,
+                 sample: Callable[[], int] | None = None) -> None:
         self._owner = owner
         self.name = name
         self.total = total
         self.bytes = 0
         self.started = self.last_moved = owner.clock()
         self.finished = False
+        # A stream whose bytes are counted elsewhere (a child's own I/O), read on snapshots.
+        self.sample = sample
 
     def moved(self, nbytes: int) -> None:
         self._owner._moved(self, nbytes)
@@ -106,6 +110,15 @@ class Progress:
             self._parent.touch()
         return stream
 
+    def sampled(self, name: str, sample: Callable[[], int]) -> Stream:
+        """A stream whose byte count ``sample()`` reads (a child that reads its file itself:
+        ``Child.io_bytes``); every snapshot samples it, and a change is movement."""
+        stream = Stream(self, name, None, sample)
+        with self._lock:
+            self._streams.append(stream)
+            self._last_moved = stream.started
+        return stream
+
     def touch(self) -> None:
         """Work done without bytes to count (a table's rows counted, a file opened)."""
         with self._lock:
@@ -135,6 +148,13 @@ class Progress:
 
     def snapshot(self) -> ProgressSnapshot:
         with self._lock:
+            sampled = [s for s in self._streams if s.sample is not None and not s.finished]
+        for stream in sampled:
+            assert stream.sample is not None
+            count = stream.sample()  # must not raise (Child.io_bytes: 0 when it cannot tell)
+            if count != stream.bytes:
+                self._moved(stream, count - stream.bytes)
+        with self._lock:
             return ProgressSnapshot(self.clock(), self._last_moved,
                                     tuple(stream.state() for stream in self._streams))
 
@@ -155,3 +175,23 @@ class Progress:
             finished = [s for s in self._streams if s.finished]
             for old in finished[:max(0, len(finished) - FINISHED_KEPT)]:
                 self._streams.remove(old)
+
+
+class Writer(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+
+class _Counted:
+    def __init__(self, target: Writer, stream: Stream) -> None:
+        self._target = target
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        written = self._target.write(data)
+        self._stream.moved(len(data))
+        return written
+
+
+def counted(target: Writer, stream: Stream | None) -> Writer:
+    """``target``, counting every write on ``stream`` (when there is one)."""
+    return target if stream is None else _Counted(target, stream)

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from backupd.cancel import CancelToken
 from backupd.commands import prune, selection, upload
 from backupd.commands.verify import with_outcome
 from backupd.configs import age_key_files, dump_config
@@ -34,7 +35,12 @@ from backupd.pipeline.verification import (
     verify_file,
 )
 from backupd.postgres.compare import table_row_counts
-from backupd.postgres.connection import advisory_lock, check_pg_dump_not_older, connect
+from backupd.postgres.connection import (
+    advisory_lock,
+    check_pg_dump_not_older,
+    connect,
+    severed_on_cancel,
+)
 from backupd.postgres.databases import read_properties
 from backupd.result import human_bytes
 from backupd.settings import Settings
@@ -56,14 +62,14 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         selection.warn_future(ctx, existing)
         if not_before is not None:
             _skip_if_slot_taken(existing, not_before)
-        with connect(settings) as conn:
+        with connect(settings) as conn, severed_on_cancel(conn, ctx.cancel):
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
             properties = read_properties(conn, settings.postgres_db)
             clock = read_server_clock(conn)
         # What the database held at backup time, for restore drills (issue 7): counted on a
         # connection of its own while pg_dump starts, instead of delaying it.
         counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts")
-        counting = counter.submit(_count_rows, settings)
+        counting = counter.submit(_count_rows, settings, ctx.cancel)
         counter.shutdown(wait=False)
         previous = newest_verified(existing)
         # Keys are checked before pg_dump starts: a bad key is a ConfigError, not a lost dump.
@@ -89,7 +95,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
                 encryptor=encryptor_for(age_key_files(settings)),
                 read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
                     path, growing, parsed.compression if plain else None, identity,
-                    DirectoryArchiveCheck() if archive else None)),
+                    DirectoryArchiveCheck() if archive else None, ctx.progress)),
             )
         except DumpFailed as exc:
             ctx.result.stderr_tail, ctx.result.stderr_tool = exc.stderr_tail, "pg_dump"
@@ -130,7 +136,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.result.stderr_tail = outcome.stderr_tail or None
             ctx.result.stderr_tool = "pg_dump" if outcome.stderr_tail else None
             report = verify_file(store.directory / name, parsed, manifest, identities=identities,
-                                 read_back=read_back[0])
+                                 read_back=read_back[0], progress=ctx.progress)
             store.commit(with_outcome(manifest, report))
         except BaseException:
             ctx.result.backup_name = None
@@ -155,9 +161,10 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         facts.retention_ran = True
 
 
-def _count_rows(settings: Settings) -> dict[str, int]:
-    with connect(settings) as conn:
-        return table_row_counts(conn)
+def _count_rows(settings: Settings, cancel: CancelToken) -> dict[str, int]:
+    with connect(settings) as conn, severed_on_cancel(conn, cancel), \
+            cancel.progress.stream("row counts (second connection)") as stream:
+        return table_row_counts(conn, lambda: stream.moved(0))
 
 
 def _skip_if_slot_taken(existing: list[BackupEntry], not_before: datetime) -> None:

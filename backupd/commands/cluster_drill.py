@@ -261,10 +261,10 @@ def _compare_database(ctx: JobContext, drill: Settings, admin: Connection,
     live_settings = ctx.settings.for_database(database)
     with connect(live_settings, database) as live_conn:
         live_conn.execute("SET default_transaction_read_only = on")
-        live = read_catalog(live_conn)
+        live = read_catalog(live_conn, ctx.progress.touch)
         live_properties = read_properties(live_conn, database)
     with connect_drill_server(drill, database) as restored_conn:
-        restored = read_catalog(restored_conn)
+        restored = read_catalog(restored_conn, ctx.progress.touch)
     backup_rows = entry.manifest.table_rows if entry.manifest is not None else None
     result = compare(live, restored, backup_rows)
     carried = entry.manifest.database_properties if entry.manifest is not None else None

@@ -47,7 +47,7 @@ def restore_globals(ctx: JobContext, conn: Connection, path: Path,
     identities = identities_for(ctx, entry)
     chunks: list[bytes] = []
     report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                         identities, forward=chunks.append)
+                         identities, forward=chunks.append, progress=ctx.progress)
     outcome = GlobalsOutcome(name=entry.name, verify=FileReport.of(report))
     if not report.ok:
         raise JobFailed(f"refusing to restore the globals {entry.name}: it failed "

@@ -303,9 +303,9 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
     ctx.cancel.raise_if_cancelled()
     with connect(ctx.settings, ctx.settings.postgres_db) as live_conn:
         live_conn.execute("SET default_transaction_read_only = on")
-        live = read_catalog(live_conn)
+        live = read_catalog(live_conn, ctx.progress.touch)
     with connect(ctx.settings, scratch) as scratch_conn:
-        restored = read_catalog(scratch_conn)
+        restored = read_catalog(scratch_conn, ctx.progress.touch)
     backup_rows = entry.manifest.table_rows if entry.manifest is not None else None
     comparison = compare(live, restored, backup_rows)
     if properties.carried is None:

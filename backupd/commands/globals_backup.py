@@ -103,7 +103,7 @@ def _take(ctx: JobContext, conn: Connection, started: datetime, run_id: str,
                        if settings.compression == "gzip" else None),
             store.directory / name, ctx.cancel, encryptor=encryptor_for(keys),
             read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
-                path, growing, None if parsed.encrypted else "gzip", identity)),
+                path, growing, None if parsed.encrypted else "gzip", identity, ctx.progress)),
             source=pg_dumpall_globals(connection, ctx.cancel,
                                       role_passwords=outcome.role_passwords),
             kind=GLOBALS_KIND)
@@ -120,7 +120,7 @@ def _take(ctx: JobContext, conn: Connection, started: datetime, run_id: str,
     store.commit(manifest)
     outcome.name = name
     report = verify_file(store.directory / name, parsed, manifest, identities=identities,
-                         read_back=read_back[0])
+                         read_back=read_back[0], progress=ctx.progress)
     store.commit(with_outcome(manifest, report))
     outcome.verify = FileReport.of(report)
     if not report.ok:

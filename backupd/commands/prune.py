@@ -118,11 +118,11 @@ def _from_old_scripts(entry: BackupEntry) -> bool:
 
 def _problem_now(ctx: JobContext, repository: Repository, entry: BackupEntry) -> str | None:
     if entry.manifest is not None:
-        digest = sha256_of(repository, entry.name)
+        digest = sha256_of(repository, entry.name, ctx.progress)
         return None if digest == entry.manifest.sha256 else "no longer matches its checksum"
     # No checksum to compare with: only reading the whole content proves it.
     with selection.local_file(ctx, repository, entry) as path:
-        report = verify_file(path, entry.parsed, None)
+        report = verify_file(path, entry.parsed, None, progress=ctx.progress)
     if not report.ok:
         return f"(no manifest) fails verification: {report.problem}"
     return None if report.content_checked else "(no manifest) cannot be verified here"

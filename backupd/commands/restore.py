@@ -259,7 +259,8 @@ def _report_kept(ctx: JobContext, admin: Connection, kept: str,
 def verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
                  ctx: JobContext) -> None:
     """The full verification before anything else; JobFailed naming what failed."""
-    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error, identities)
+    report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error, identities,
+                         progress=ctx.progress)
     _require_verified(ctx, entry, report)
 
 
@@ -324,7 +325,8 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         chunks = CommitChunks(send)
         # The same scan as `backupd verify`, handing on only the SQL it has checked so far.
         reports.append(verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                                   identities, forward=HeaderGate(chunks)))
+                                   identities, forward=HeaderGate(chunks),
+                                   progress=ctx.progress))
         chunks.finish()
         if reports[0].ok:
             send(chunks.final_check())  # fails the restore unless every boundary ran

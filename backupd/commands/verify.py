@@ -34,7 +34,7 @@ def verify_entry(ctx: JobContext, repository: Repository, entry: BackupEntry,
     else:
         with selection.local_file(ctx, repository, entry) as path:
             report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                                 identities)
+                                 identities, progress=ctx.progress)
     # A wrong age key says nothing about the file: such an outcome is never recorded.
     if record and entry.manifest is not None and not report.inconclusive:
         record_outcome(ctx, repository, entry.manifest, report)

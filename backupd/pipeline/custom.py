@@ -25,6 +25,7 @@ from backupd.cancel import CancelToken
 from backupd.pipeline.config import RestoreConfig
 from backupd.pipeline.encrypt import Feed, decrypt_into
 from backupd.pipeline.supervisor import Child, tool_path
+from backupd.progress import Stream, counted
 
 READ_SIZE = 1024 * 1024
 
@@ -76,7 +77,8 @@ class ArchiveCheck:
     toc_entries: int
 
 
-def check_archive(path: Path, identities: list[x25519.Identity] | None) -> ArchiveCheck:
+def check_archive(path: Path, identities: list[x25519.Identity] | None,
+                  stream: Stream | None = None) -> ArchiveCheck:
     """Read the archive's table of contents and every data block; never touches a database.
 
     ``identities`` decrypts an ``.age`` archive on the fly (AgeError when they do not fit).
@@ -94,7 +96,7 @@ def check_archive(path: Path, identities: list[x25519.Identity] | None) -> Archi
             Child([pg_restore, "--file=/dev/null"], stdin=subprocess.PIPE) as data:
         toc.follow(toc.stdout, count)
         inputs = [_Input(toc), _Input(data)]
-        tee: Feed = _Tee(inputs)
+        tee: Feed = counted(_Tee(inputs), stream)
         with open(path, "rb") as source:
             if identities is not None:
                 decrypt_into(source, tee, identities)
@@ -137,14 +139,16 @@ def restore_archive(
     env = config.connection.on(database).libpq_env()
     if identities is None:
         child = Child([*argv, "--", str(path)], env=env, cancel=cancel)
-        with child:
+        # pg_restore reads the file itself: what its processes read and write is the movement.
+        with child, cancel.progress.sampled(f"pg_restore of {path.name}", child.io_bytes):
             code = child.wait()
     else:
         child = Child(argv, env=env, stdin=subprocess.PIPE, cancel=cancel)
-        with child, open(path, "rb") as source:
+        with child, open(path, "rb") as source, \
+                cancel.progress.stream(f"pg_restore feed of {path.name}") as stream:
             stdin = _Input(child)
             with contextlib.suppress(_StoppedReading):
-                decrypt_into(source, _Checked(stdin, cancel), identities)
+                decrypt_into(source, counted(_Checked(stdin, cancel), stream), identities)
             code = stdin.finish()
     cancel.raise_if_cancelled()
     if code == 0:

@@ -18,6 +18,7 @@ from typing import IO
 from backupd.cancel import CancelToken
 from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.supervisor import Child, tool_path
+from backupd.progress import Stream
 
 # psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
 COMMIT_CONFIRMATION = b"backupd: restore committed"
@@ -52,9 +53,11 @@ def run_in_one_transaction(connection: ConnectionConfig, cancel: CancelToken,
                cancel=cancel) as psql:
         psql.follow(psql.stdout, lambda line: confirmed.append(confirmation in line))
         assert psql.stdin is not None
-        stdin = _PsqlInput(psql.stdin, cancel)
+        feed = cancel.progress.stream(f"psql feed into {connection.database}")
+        stdin = _PsqlInput(psql.stdin, cancel, feed)
         stdin.send(b"BEGIN;\n")
-        may_commit = produce(stdin.send)
+        with feed:
+            may_commit = produce(stdin.send)
         cancel.raise_if_cancelled()
         if may_commit and not stdin.broken:
             before_commit()
@@ -69,9 +72,10 @@ class _PsqlInput:
     """psql's stdin. Once psql has stopped (an SQL error) the rest is dropped, not an
     exception: the producer goes on to the end so a corrupt file is still reported as such."""
 
-    def __init__(self, stdin: IO[bytes], cancel: CancelToken) -> None:
+    def __init__(self, stdin: IO[bytes], cancel: CancelToken, stream: Stream) -> None:
         self._stdin = stdin
         self._cancel = cancel
+        self._stream = stream
         self.broken = False
 
     def send(self, data: bytes) -> None:
@@ -79,6 +83,7 @@ class _PsqlInput:
         if not self.broken:
             try:
                 self._stdin.write(data)
+                self._stream.moved(len(data))
             except BrokenPipeError:
                 self.broken = True  # psql stopped at an error; its stderr says which
 

@@ -42,6 +42,7 @@ from typing import IO
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError
 from backupd.pipeline.clients import chosen_tool
+from backupd.pipeline.procio import group_io_bytes
 
 STDERR_TAIL_LINES = 20
 # Only what a PostgreSQL client tool needs from our own environment; everything else,
@@ -415,6 +416,16 @@ class Child:
     def running(self) -> bool:
         """Started and not exited yet (a long-running child: pg_receivewal)."""
         return self.process is not None and not self._reaped and not self._exited(0)
+
+    # what it does
+
+    def io_bytes(self) -> int:
+        """Bytes the child's process group has read and written so far (Linux
+        ``/proc/<pid>/io``: files, pipes and sockets alike), for a child that moves its data
+        itself (pg_restore reading its file): the stall watchdog's view of its movement."""
+        if self.process is None or self._reaped:
+            return 0
+        return group_io_bytes(self.process.pid)
 
     # what went wrong
 

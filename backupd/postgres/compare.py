@@ -19,6 +19,7 @@ missing: take a new backup after a migration, and the next drill is clean.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,14 +112,16 @@ class Catalog:
     rows: dict[str, RowCount]
 
 
-def read_catalog(conn: Connection) -> Catalog:
+def read_catalog(conn: Connection, counted: Callable[[], None] = lambda: None) -> Catalog:
     objects = {kind: {str(row[0]) for row in conn.execute(query)}
                for kind, query in _OBJECT_QUERIES.items()}
-    return Catalog(objects, count_rows(conn))
+    return Catalog(objects, count_rows(conn, counted))
 
 
-def count_rows(conn: Connection) -> dict[str, RowCount]:
-    """Rows per table: exact for small tables (within a byte budget), else estimated.
+def count_rows(conn: Connection,
+               counted: Callable[[], None] = lambda: None) -> dict[str, RowCount]:
+    """Rows per table: exact for small tables (within a byte budget), else estimated;
+    ``counted()`` after each table (the job's progress: the stall watchdog).
 
     An estimate is never 0 for a table that has a row, nor above 0 for an empty
     one: emptiness is always probed exactly (it reads at most one page).
@@ -129,6 +132,7 @@ def count_rows(conn: Connection) -> dict[str, RowCount]:
     counts: dict[str, RowCount] = {}
     for identity, schema, table, size, reltuples, live_tuples in conn.execute(
             _COUNTABLE_TABLES).fetchall():
+        counted()
         relation = sql.Identifier(schema, table)
         if size <= EXACT_COUNT_MAX_TABLE_BYTES and size <= budget:
             exact = _try_scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(relation))
@@ -157,9 +161,10 @@ def _try_scalar(conn: Connection, query: sql.Composed) -> Any:
     return row[0] if row else None
 
 
-def table_row_counts(conn: Connection) -> dict[str, int]:
+def table_row_counts(conn: Connection,
+                     counted: Callable[[], None] = lambda: None) -> dict[str, int]:
     """Rows per table for the manifest at backup time (see :func:`count_rows`)."""
-    return {name: count.rows for name, count in count_rows(conn).items()}
+    return {name: count.rows for name, count in count_rows(conn, counted).items()}
 
 
 @dataclass

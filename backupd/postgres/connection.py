@@ -6,6 +6,9 @@ supervisor's (backupd.pipeline.supervisor).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +16,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
+from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed, JobSkipped
 from backupd.pipeline.clients import note_server_major
 from backupd.pipeline.config import APPLICATION_NAME
@@ -41,6 +45,25 @@ def connect(settings: Settings, database: str | None = None) -> psycopg.Connecti
                         + (f"; {hint}" if hint else "")) from None
     note_server_major(server_major(conn))  # the client tools follow the server's major
     return conn
+
+
+@contextmanager
+def severed_on_cancel(conn: psycopg.Connection[tuple], cancel: CancelToken) -> Iterator[None]:  # type: ignore[type-arg]
+    """While in the block, a cancel (shutdown, the watchdog) breaks ``conn``'s socket: a
+    query waiting on a server that no longer answers (a frozen backend ignores a cancel
+    request) ends at once with an OperationalError, instead of holding the job forever."""
+    unregister = cancel.on_cancel(lambda: _sever(conn))
+    try:
+        yield
+    finally:
+        unregister()
+
+
+def _sever(conn: psycopg.Connection[tuple]) -> None:  # type: ignore[type-arg]
+    # shutdown(), not close(): the socket stays psycopg's to close; a blocked read returns.
+    with contextlib.suppress(OSError, psycopg.Error), \
+            socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 # (sqlstate or libpq text, what to tell the user); the first match wins.

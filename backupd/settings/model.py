@@ -31,6 +31,7 @@ from backupd.settings.selection import (
 )
 from backupd.settings.statuspage import StatusPageSettings
 from backupd.settings.wal import WalSettings
+from backupd.settings.watchdog import WatchdogSettings
 
 # DB_BACKUP_COMPRESSION_LEVEL's range per compressor, on the scale users know: gzip's 0-9
 # (ISA-L, which writes the gzip files, has levels 0-3: pipeline/compress.py maps 4-9 onto 3,
@@ -41,7 +42,7 @@ COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22
 
 class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings,
                ParallelDumpSettings, RestoreSessionSettings, RetentionSettings,
-               NotifySettings):
+               NotifySettings, WatchdogSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(

@@ -21,6 +21,7 @@ from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
 from backupd.manifest import Manifest, manifest_for
 from backupd.naming import DUMP_KIND, is_partial, manifest_name, parse_backup_name
+from backupd.progress import Progress
 from backupd.storage.atomic import DIR_MODE, FILE_MODE, atomic_write, write_bytes_atomically
 from backupd.storage.base import (
     BackupEntry,
@@ -201,13 +202,17 @@ class LocalRepository:
     def put(self, manifest: Manifest, source: Path, cancel: CancelToken | None = None) -> None:
         digest = hashlib.sha256()
         size = 0
-        with open(source, "rb") as data, atomic_write(self.directory / manifest.name) as out:
+        progress = cancel.progress if cancel is not None else Progress()
+        with open(source, "rb") as data, atomic_write(self.directory / manifest.name) as out, \
+                progress.stream(f"copy of {manifest.name} into {self.directory}",
+                                total=manifest.stored_bytes) as stream:
             while chunk := data.read(COPY_SIZE):
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 digest.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
+                stream.moved(len(chunk))
             if size != manifest.stored_bytes or digest.hexdigest() != manifest.sha256:
                 # Raised inside atomic_write: the copy is discarded, never renamed into place.
                 raise JobFailed(f"{manifest.name}: the copy does not match its manifest "

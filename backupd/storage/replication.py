@@ -14,6 +14,7 @@ from pathlib import Path
 
 from backupd.cancel import CancelToken
 from backupd.errors import OffsiteError
+from backupd.progress import Progress
 from backupd.storage.base import BackupEntry, Repository
 
 READ_SIZE = 4 * 1024 * 1024
@@ -27,11 +28,13 @@ def pending(entries: Iterable[BackupEntry]) -> list[BackupEntry]:
     return [e for e in reversed(list(entries)) if e.awaiting_upload]
 
 
-def sha256_of(repository: Repository, name: str) -> str:
+def sha256_of(repository: Repository, name: str, progress: Progress | None = None) -> str:
     digest = hashlib.sha256()
-    with repository.open(name) as stream:
-        while chunk := stream.read(READ_SIZE):
+    with repository.open(name) as data, \
+            (progress or Progress()).stream(f"checksum read of {name}") as stream:
+        while chunk := data.read(READ_SIZE):
             digest.update(chunk)
+            stream.moved(len(chunk))
     return digest.hexdigest()
 
 
@@ -46,7 +49,8 @@ def replicate(source: Repository, target: Repository, entry: BackupEntry, *, rec
     manifest = entry.manifest
     if manifest is None:
         raise OffsiteError(f"{entry.name} has no manifest; only verified backups are copied")
-    if recheck and sha256_of(source, entry.name) != manifest.sha256:
+    if recheck and sha256_of(source, entry.name,
+                             cancel.progress if cancel is not None else None) != manifest.sha256:
         raise OffsiteError(f"{entry.name} no longer matches its checksum on disk; "
                            "not uploaded (run `backupd verify`)")
     committed = manifest.model_copy(update={"uploaded_at": datetime.now(UTC),

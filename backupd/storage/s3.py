@@ -22,6 +22,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from s3transfer.subscribers import BaseSubscriber
 
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, OffsiteError
@@ -34,6 +35,7 @@ from backupd.naming import (
     parse_backup_name,
     partial_name,
 )
+from backupd.progress import Progress, Stream
 from backupd.storage.atomic import FILE_MODE
 from backupd.storage.base import BackupEntry, UnknownBackup, sort_newest_first
 from backupd.storage.retry import with_retries
@@ -238,11 +240,11 @@ class S3Repository:
 
         def upload() -> None:
             with translated_errors(f"uploading {name} to {self.description}"):
-                self._transfer(lambda manager: manager.upload(
+                self._transfer(lambda manager, subscribers: manager.upload(
                     str(source), self.bucket, self.key(name),
                     extra_args={"ContentType": "application/octet-stream",
-                                **self._object_args()},
-                ), size, cancel)
+                                **self._object_args()}, subscribers=subscribers,
+                ), size, cancel, f"S3 upload of {name}")
                 head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
             if head["ContentLength"] != size:
                 raise OffsiteError(f"uploaded {name} but S3 holds {head['ContentLength']} "
@@ -284,8 +286,9 @@ class S3Repository:
         with os.fdopen(fd, "wb") as handle, \
                 translated_errors(f"downloading {self.uri(name)}"):
             head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
-            self._transfer(lambda manager: manager.download(
-                self.bucket, self.key(name), handle), head["ContentLength"], cancel)
+            self._transfer(lambda manager, subscribers: manager.download(
+                self.bucket, self.key(name), handle, subscribers=subscribers),
+                head["ContentLength"], cancel, f"S3 download of {name}")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -307,7 +310,9 @@ class S3Repository:
             args["StorageClass"] = self.config.storage_class
         return args
 
-    def _transfer(self, start: Any, size: int, cancel: CancelToken | None) -> None:
+    def _transfer(self, start: Any, size: int, cancel: CancelToken | None, what: str) -> None:
+        """``start(manager, subscribers)`` begins the transfer; its progress is counted on
+        the job's Progress as ``what``."""
         chunk = part_size_for(size)
         config = TransferConfig(
             multipart_threshold=MIN_PART_SIZE, multipart_chunksize=chunk,
@@ -315,8 +320,10 @@ class S3Repository:
             # Bounded memory for downloads: a few chunks in flight, whatever the file size.
             max_io_queue=MAX_CONCURRENCY * 4, preferred_transfer_client="classic",
         )
-        with create_transfer_manager(self.client, config) as manager:
-            future = start(manager)
+        progress = cancel.progress if cancel is not None else Progress()
+        with create_transfer_manager(self.client, config) as manager, \
+                progress.stream(what, total=size) as stream:
+            future = start(manager, [_Counted(stream)])
             unregister = cancel.on_cancel(future.cancel) if cancel is not None else None
             try:
                 future.result()
@@ -325,6 +332,16 @@ class S3Repository:
                     unregister()
         if cancel is not None:
             cancel.raise_if_cancelled()
+
+
+class _Counted(BaseSubscriber):
+    """s3transfer's progress callbacks, counted on the job's Progress."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        self._stream.moved(bytes_transferred)
 
 
 class _TranslatedBody:

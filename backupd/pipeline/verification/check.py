@@ -23,6 +23,7 @@ from backupd.pipeline.verification.content import ParallelGzipCheck, PlainSqlChe
 from backupd.pipeline.verification.directory import DirectoryArchiveCheck
 from backupd.pipeline.verification.report import VerifyReport
 from backupd.pipeline.verification.scan import DecryptingScan, FileScan, scan_file
+from backupd.progress import Progress, Stream, counted
 
 Identities = list[x25519.Identity] | None
 
@@ -37,6 +38,7 @@ def verify_file(
     read_back: FileScan | None = None,
     forward: Callable[[bytes], object] | None = None,
     extract: Extractor | None = None,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Every check on one backup file.
 
@@ -45,6 +47,7 @@ def verify_file(
     this file while writing it (``follow_growing_file``), used instead of reading it again.
     ``forward``: receives the decompressed SQL of a plain backup, in order, as it is checked.
     ``extract``: receives the members of a directory-format backup as they are checked.
+    ``progress``: the job's, to count the bytes read (the stall watchdog, displays).
     """
     report = VerifyReport(parsed.name)
     cluster = parsed.kind == GLOBALS_KIND  # pg_dumpall's SQL, not pg_dump's
@@ -66,12 +69,16 @@ def verify_file(
             info = path.lstat()
             if (info.st_dev, info.st_ino) != result.identity or info.st_size != result.size:
                 raise OSError(0, f"the read-back covered {result.size} bytes of another file")
-        elif decrypting:
-            assert identities is not None
-            result = DecryptingScan(parsed.compression, forward, archive).read(path, identities)
         else:
-            result = scan_file(path, parsed.compression if unencrypted_sql else None,
-                               members, forward, archive if not parsed.encrypted else None)
+            with (progress or Progress()).stream(f"verify read of {parsed.name}") as stream:
+                if decrypting:
+                    assert identities is not None
+                    result = DecryptingScan(parsed.compression, forward, archive).read(
+                        path, identities, stream)
+                else:
+                    result = scan_file(path, parsed.compression if unencrypted_sql else None,
+                                       members, forward,
+                                       archive if not parsed.encrypted else None, stream)
     except OSError as exc:
         report.add("readable", False, exc.strerror or str(exc))
         return report
@@ -87,7 +94,7 @@ def verify_file(
             result.content.add_checks(report, cluster=cluster)
     elif not unencrypted_sql and not isinstance(result.content, DirectoryArchiveCheck):
         # Unencrypted custom archives need no key, so they are always checked.
-        check_other_content(path, parsed, report, identities)
+        check_other_content(path, parsed, report, identities, progress)
     report.clear_passing_details()
     return report
 
@@ -143,7 +150,7 @@ def check_file_shape(report: VerifyReport, path: Path, manifest: Manifest | None
 
 
 def check_other_content(path: Path, parsed: ParsedName, report: VerifyReport,
-                        identities: Identities = None) -> None:
+                        identities: Identities = None, progress: Progress | None = None) -> None:
     """Custom archives: pg_restore reads the TOC and all data; ``.age``: decrypt, then check
     (plain SQL, directory tars)."""
     if parsed.encrypted and identities is None:
@@ -152,9 +159,15 @@ def check_other_content(path: Path, parsed: ParsedName, report: VerifyReport,
                                "(set DB_BACKUP_AGE_IDENTITY_FILE to check it)")
         return
     keys = identities if parsed.encrypted else None
+    with (progress or Progress()).stream(f"content check of {parsed.name}") as stream:
+        _check_other_content(path, parsed, report, keys, stream)
+
+
+def _check_other_content(path: Path, parsed: ParsedName, report: VerifyReport,
+                         keys: Identities, stream: Stream) -> None:
     try:
         if parsed.backup_format == "custom":
-            archive = check_archive(path, keys)
+            archive = check_archive(path, keys, stream)
             if keys is not None:
                 report.add("age decryption", True)
             if report.add("pg_restore --list", archive.toc_problem is None,
@@ -167,7 +180,7 @@ def check_other_content(path: Path, parsed: ParsedName, report: VerifyReport,
                 DirectoryArchiveCheck() if parsed.backup_format == "directory"
                 else PlainSqlCheck(parsed.compression))
             with open(path, "rb") as source:
-                decrypt_into(source, content, keys)
+                decrypt_into(source, counted(content, stream), keys)
             report.add("age decryption", True)
             content.add_checks(report, cluster=parsed.kind == GLOBALS_KIND)
     except AgeError as exc:

@@ -20,6 +20,7 @@ from backupd.pipeline.encrypt import AgeError, decrypt_into
 from backupd.pipeline.growing import GrowingFile, WriteAbandoned
 from backupd.pipeline.verification.content import ParallelGzipCheck, PlainSqlCheck
 from backupd.pipeline.verification.directory import DirectoryArchiveCheck
+from backupd.progress import Progress, Stream
 
 # Sequential reads of a few MiB: few system calls, little memory.
 READ_SIZE = 2 * BLOCK_SIZE
@@ -44,7 +45,7 @@ class FileScan:
             self.content = PlainSqlCheck(compression, forward)
         self._problem: OSError | None = None
 
-    def read(self, fd: int, chunks: Iterable[bytes]) -> FileScan:
+    def read(self, fd: int, chunks: Iterable[bytes], stream: Stream | None = None) -> FileScan:
         info = os.fstat(fd)
         self.identity = (info.st_dev, info.st_ino)
         with contextlib.suppress(OSError):
@@ -54,6 +55,8 @@ class FileScan:
             self.size += len(chunk)
             if self.content is not None:
                 self.content.write(chunk)
+            if stream is not None:
+                stream.moved(len(chunk))
         return self
 
     @property
@@ -76,12 +79,13 @@ def open_no_follow(path: Path) -> int:
 
 def scan_file(path: Path, compression: str | None, members: list[int] | None = None,
               forward: Callable[[bytes], object] | None = None,
-              content: DirectoryArchiveCheck | None = None) -> FileScan:
-    """Read a finished file once (raises OSError)."""
+              content: DirectoryArchiveCheck | None = None,
+              stream: Stream | None = None) -> FileScan:
+    """Read a finished file once (raises OSError); ``stream`` counts the bytes read."""
     result = FileScan(compression, members, forward, content)
     fd = open_no_follow(path)
     try:
-        result.read(fd, iter(lambda: os.read(fd, READ_SIZE), b""))
+        result.read(fd, iter(lambda: os.read(fd, READ_SIZE), b""), stream)
     except BaseException:
         if isinstance(result.content, ParallelGzipCheck):
             result.content.close()
@@ -93,7 +97,8 @@ def scan_file(path: Path, compression: str | None, members: list[int] | None = N
 
 def follow_growing_file(path: Path, growing: GrowingFile, compression: str | None,
                         writer_identity: tuple[int, int],
-                        content: DirectoryArchiveCheck | None = None) -> FileScan:
+                        content: DirectoryArchiveCheck | None = None,
+                        progress: Progress | None = None) -> FileScan:
     """The backup's read-back: read ``path`` back from the file while it is being written.
 
     Never raises: a failure is kept in the result and reported by ``verify_file``.
@@ -105,7 +110,8 @@ def follow_growing_file(path: Path, growing: GrowingFile, compression: str | Non
         result.fail(exc)
         return result
     try:
-        result.read(fd, growing.chunks(fd, READ_SIZE))
+        with (progress or Progress()).stream("read-back of the file written") as stream:
+            result.read(fd, growing.chunks(fd, READ_SIZE), stream)
         if result.identity != writer_identity:
             raise OSError(0, "the read-back opened another file than the one written")
     except OSError as exc:
@@ -130,9 +136,10 @@ class DecryptingScan:
         self.age_problem: AgeError | None = None
         self.sha256 = ""
 
-    def read(self, path: Path, identities: list[x25519.Identity]) -> DecryptingScan:
+    def read(self, path: Path, identities: list[x25519.Identity],
+             stream: Stream | None = None) -> DecryptingScan:
         with os.fdopen(open_no_follow(path), "rb", buffering=0) as handle:
-            source = _HashingReader(handle)
+            source = _HashingReader(handle, stream)
             batched = _Batched(self.content.write)
             try:
                 decrypt_into(cast(BinaryIO, source), batched, identities)
@@ -166,8 +173,9 @@ class _Batched:
 class _HashingReader:
     """Reads the stored file in READ_SIZE blocks, hashing each, and hands out slices."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, stream: Stream | None) -> None:
         self._raw = raw
+        self._stream = stream
         self._digest = hashlib.sha256()
         self._block = memoryview(b"")
 
@@ -177,6 +185,8 @@ class _HashingReader:
             if not block:
                 return b""
             self._digest.update(block)
+            if self._stream is not None:
+                self._stream.moved(len(block))
             self._block = memoryview(block)
         piece = self._block if size < 0 else self._block[:size]
         self._block = self._block[len(piece):]
@@ -187,6 +197,8 @@ class _HashingReader:
         self._block = memoryview(b"")
         while block := self._raw.read(READ_SIZE):
             self._digest.update(block)
+            if self._stream is not None:
+                self._stream.moved(len(block))
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
