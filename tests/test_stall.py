@@ -4,15 +4,23 @@ reported failure naming what the job waited on, and nothing partial stays behind
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import pytest
 from helpers.backups import backup_files
-from helpers.cli import run_backupd
-from helpers.logs import human_lines, jobs_finished
-from helpers.pg import ServerAddress
+from helpers.cli import BackupdProcess, run_backupd, server_env, stop_backupd
+from helpers.cluster import PrivateCluster
+from helpers.faults import SlowDump, partial_files
+from helpers.logs import LogEvent, human_lines, jobs_finished
+from helpers.pg import ServerAddress, psql
 
 EnvFactory = Callable[..., dict[str, str]]
 LOCKER_APP = "stall-test-locker"
@@ -33,10 +41,8 @@ def table_locked(server: ServerAddress, database: str, table: str) -> Iterator[i
 
 def nothing_partial(directory: Path) -> list[str]:
     """Whatever in DB_BACKUP_DIR could pass for (part of) a backup."""
-    if not directory.is_dir():
-        return []
-    return [p.name for p in directory.iterdir()
-            if "partial" in p.name or p.name.endswith(".manifest.json")] + backup_files(directory)
+    manifests = [p.name for p in directory.glob("*.manifest.json")] if directory.is_dir() else []
+    return [p.name for p in partial_files(directory)] + manifests + backup_files(directory)
 
 
 def test_a_dump_behind_an_exclusive_lock_fails_naming_the_lock_and_its_holder(
@@ -47,7 +53,6 @@ def test_a_dump_behind_an_exclusive_lock_fails_naming_the_lock_and_its_holder(
                            timeout=180)
     assert proc.returncode == 1, proc.stderr
     (line,) = [ln for ln in human_lines(proc.stderr) if "stalled" in ln]
-    print(line)
     assert "no data moved" in line and "DB_BACKUP_STALL_SECONDS=5" in line, line
     assert "pg_dump output" in line, line  # what it was waiting on
     assert "table items" in line or "table public.items" in line, line
@@ -56,3 +61,117 @@ def test_a_dump_behind_an_exclusive_lock_fails_naming_the_lock_and_its_holder(
     (finished,) = jobs_finished(proc.stderr, "backup")
     assert finished["status"] == "failed" and "stalled" in finished["error"]
     assert nothing_partial(backup_dir) == []
+
+
+
+def test_a_stalled_database_fails_alone_and_the_run_goes_on(
+        pg_server: ServerAddress, small_db: str, make_db: Callable[..., str],
+        backup_dir: Path, backupd_env: EnvFactory) -> None:
+    """Each database of a backup run is a job of its own: the watchdog stops the stalled one,
+    the next is backed up, and the run's summary names the one that failed."""
+    other = make_db()
+    psql(pg_server, other, "CREATE TABLE t AS SELECT 1 AS x")
+    env = backupd_env(f"{small_db},{other}", DB_BACKUP_STALL_SECONDS="5",
+                      DB_BACKUP_GLOBALS="off")
+    with table_locked(pg_server, small_db, "public.items"):
+        proc = run_backupd(["backup", "--no-prune"], env, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    results = {r["database"]: r for r in jobs_finished(proc.stderr, "backup")}
+    assert results[small_db]["status"] == "failed"
+    assert results[small_db]["error"].startswith("stalled: "), results[small_db]["error"]
+    assert results[other]["status"] == "success", results[other]
+    assert f"1 of 2 databases failed: {small_db!r}" in results[f"{small_db},{other}"]["error"]
+    (kept,) = backup_files(backup_dir)
+    assert kept.startswith(f"{other}_"), kept
+    assert partial_files(backup_dir) == []
+
+def _copying_backend(server: ServerAddress, database: str) -> int | None:
+    """The pid of pg_dump's server backend while it streams a table (COPY ... TO stdout)."""
+    with psycopg.connect(server.conninfo(database), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'backupd' "
+            "AND datname = current_database() AND state = 'active' "
+            "AND query LIKE 'COPY %%TO stdout%%'").fetchone()
+    return int(row[0]) if row else None
+
+
+@pytest.mark.slow
+def test_a_frozen_server_backend_ends_the_job_anyway(
+        private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
+    cluster = private_cluster()
+    with psycopg.connect(cluster.address.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE frozen")
+    with psycopg.connect(cluster.address.conninfo("frozen"), autocommit=True) as conn:
+        # Enough rows that pg_dump is still streaming them when the test finds its backend.
+        conn.execute("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS payload "
+                     "FROM generate_series(1, 1500000) AS g")
+    backup_dir = tmp_path / "backups"
+    env = server_env(cluster.address, "frozen", backup_dir, HEALTH_PORT="0",
+                     DB_BACKUP_STALL_SECONDS="5")
+    outcome: list[subprocess.CompletedProcess[str]] = []
+    running = threading.Thread(target=lambda: outcome.append(
+        run_backupd(["backup"], env, timeout=240)))
+    running.start()
+    frozen: int | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while frozen is None and running.is_alive() and time.monotonic() < deadline:
+            frozen = _copying_backend(cluster.address, "frozen")
+            if frozen is not None:
+                os.kill(frozen, signal.SIGSTOP)
+            else:
+                time.sleep(0.02)
+        assert frozen is not None, "pg_dump's backend was never seen streaming the table"
+        running.join(240)
+        assert not running.is_alive(), "backupd did not end while the backend was frozen"
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+        running.join(60)
+    (proc,) = outcome
+    assert proc.returncode == 1, proc.stderr
+    (line,) = [ln for ln in human_lines(proc.stderr) if "stalled" in ln]
+    assert "no data moved" in line and "pg_dump output" in line, line
+    assert f"pid {frozen}" in line, line  # the server still lists the frozen backend
+    (finished,) = jobs_finished(proc.stderr, "backup")
+    assert finished["status"] == "failed"
+    assert nothing_partial(backup_dir) == []
+
+
+def _finished_runs(daemon: BackupdProcess) -> list[LogEvent]:
+    return jobs_finished(daemon.read_stderr(), "backup")
+
+
+def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_the_job_timeout_fails_a_run_and_the_next_scheduled_run_goes_ahead(
+        small_db: str, backup_dir: Path, tmp_path: Path, backupd_env: EnvFactory,
+        backupd_daemon: Callable[..., BackupdProcess]) -> None:
+    # A dump that moves (no stall) but far too slowly: ~1 KiB/s.
+    shim = SlowDump(tmp_path / "shim", chunk=256, delay=0.25)
+    env = backupd_env(small_db, BACKUP_SCHEDULE="*/5 * * * * *", SCHEDULE_SECONDS_FIELD="1",
+                      BACKUP_ON_START="false", DRILL_SCHEDULE="off",
+                      DB_BACKUP_JOB_TIMEOUT_SECONDS="10", PATH=shim.path())
+    daemon = backupd_daemon(["run"], env)
+    _wait_for(lambda: any(r["status"] == "failed" for r in _finished_runs(daemon)), 120,
+              "a run to hit the job timeout")
+    assert partial_files(backup_dir) == [] and backup_files(backup_dir) == []
+    shim.slow = False
+    _wait_for(lambda: any(r["status"] == "success" for r in _finished_runs(daemon)), 120,
+              "the next scheduled run to succeed")
+    assert stop_backupd(daemon, timeout=30) == 0
+
+    runs = [r for r in _finished_runs(daemon) if r["status"] != "skipped"]
+    failed, succeeded = runs[0], runs[-1]
+    assert failed["status"] == "failed", runs
+    assert failed["error"].startswith("job timeout: the job ran for "), failed["error"]
+    assert "DB_BACKUP_JOB_TIMEOUT_SECONDS=10" in failed["error"]
+    assert "pg_dump output" in failed["error"]  # what it was doing when stopped
+    assert succeeded["status"] == "success" and succeeded["backup_name"]
+    assert len(backup_files(backup_dir)) == 1
