@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from backupd.cancel import CancelToken
+from backupd.log import get_logger
 from backupd.progress import ProgressSnapshot
 from backupd.result import human_bytes
 
@@ -107,6 +108,9 @@ class Watchdog:
         self.verdict = (f"{why} while waiting on {waiting_on(snapshot)}"
                         + (f"; {view.waits}" if view.waits else "")
                         + "; the job was stopped, nothing partial kept")
+        # Said at once: the stage it stops may take a while to notice (a read blocked in the
+        # kernel returns only when the kernel lets it).
+        get_logger().warning("watchdog stopping the job", reason=self.verdict)
         self.token.cancel(self.verdict, failure=True)
 
     def _ask_server(self) -> ServerView:

@@ -15,7 +15,7 @@ from backupd.settings import Settings
 from backupd.watchdog import ServerView
 
 # The watchdog's own session is named apart from the job's, so it never describes itself.
-PROBE_APPLICATION_NAME = f"{APPLICATION_NAME} watchdog"
+PROBE_APPLICATION_NAME = f"{APPLICATION_NAME}-watchdog"
 STATEMENT_TIMEOUT_MS = 5000
 # A hung server must not hang the watchdog: connecting is bounded as well.
 CONNECT_TIMEOUT_SECONDS = 5
