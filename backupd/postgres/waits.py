@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import psycopg
+from psycopg import sql
 
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.postgres.connection import describe_pg_error
@@ -54,24 +55,17 @@ SELECT w.pid, w.datname = current_database(), w.state,
 """
 
 
-_SERVER_WORK_13 = """
-SELECT coalesce(string_agg(work, ',' ORDER BY work), '') FROM (
-  SELECT 'index ' || p.pid || ' ' || p.phase || ' ' || p.blocks_done || ' ' || p.tuples_done
-         || ' ' || p.partitions_done
-    FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid
-   WHERE a.application_name = %(app)s
-) AS progress(work)"""
-_SERVER_WORK = """
-SELECT coalesce(string_agg(work, ',' ORDER BY work), '') FROM (
-  SELECT 'index ' || p.pid || ' ' || p.phase || ' ' || p.blocks_done || ' ' || p.tuples_done
-         || ' ' || p.partitions_done
-    FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid
-   WHERE a.application_name = %(app)s
-  UNION ALL
-  SELECT 'copy ' || p.pid || ' ' || p.bytes_processed || ' ' || p.tuples_processed
-    FROM pg_stat_progress_copy p JOIN pg_stat_activity a ON a.pid = p.pid
-   WHERE a.application_name = %(app)s
-) AS progress(work)"""
+# Work in progress views, one comparable line per session: an index build and (14+) a COPY.
+_INDEX_WORK = """
+SELECT 'index ' || p.pid || ' ' || p.phase || ' ' || p.blocks_done || ' ' || p.tuples_done
+       || ' ' || p.partitions_done
+  FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid
+ WHERE a.application_name = %(app)s"""
+_COPY_WORK = """
+SELECT 'copy ' || p.pid || ' ' || p.bytes_processed || ' ' || p.tuples_processed
+  FROM pg_stat_progress_copy p JOIN pg_stat_activity a ON a.pid = p.pid
+ WHERE a.application_name = %(app)s"""
+_ALL_WORK = "SELECT coalesce(string_agg(work, ',' ORDER BY work), '') FROM ({}) AS progress(work)"
 
 
 @dataclass(frozen=True)
@@ -145,7 +139,8 @@ def server_work(conn: psycopg.Connection[tuple]) -> str:  # type: ignore[type-ar
     """The counters of the work backupd's sessions do inside the server, where a progress
     view shows it (an index build, a COPY): movement the job's streams cannot see."""
     # pg_stat_progress_copy is new in 14.
-    query = _SERVER_WORK if conn.info.server_version >= 140000 else _SERVER_WORK_13
+    views = [_INDEX_WORK, _COPY_WORK] if conn.info.server_version >= 140000 else [_INDEX_WORK]
+    query = sql.SQL(_ALL_WORK).format(sql.SQL(" UNION ALL ").join(map(sql.SQL, views)))
     row = conn.execute(query, {"app": APPLICATION_NAME}).fetchone()
     return str(row[0]) if row else ""
 
