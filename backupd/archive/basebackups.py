@@ -101,6 +101,8 @@ class _HashingSource:
         block = self._raw.read(READ_SIZE if size < 0 else size)
         self.digest.update(block)
         self.size += len(block)
+        if self._cancel is not None:
+            self._cancel.progress.touch()  # the stall watchdog's view of a base backup read
         return block
 
     def drain(self) -> None:

@@ -32,6 +32,7 @@ from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.dump import start
 from backupd.pipeline.run import EncryptorFactory
 from backupd.pipeline.supervisor import Child, tool_path
+from backupd.progress import Stream
 from backupd.storage.atomic import atomic_write
 
 
@@ -87,7 +88,8 @@ def take_base_backup(config: BaseBackupConfig, destination: Path, cancel: Cancel
             sink = encrypting
         writer = open_compressor(sink, config.compression, config.level)
         try:
-            code = _pump(child, reader, writer, sink, encrypting)
+            with cancel.progress.stream("pg_basebackup output") as stream:
+                code = _pump(child, reader, writer, sink, encrypting, stream)
         except TarError as exc:
             _raise_if_cancelled(cancel)
             # pg_basebackup's own error explains a stream that ended early; else the stream.
@@ -118,7 +120,7 @@ def _raise_if_cancelled(cancel: CancelToken) -> None:
 
 
 def _pump(child: Child, reader: TarReader, writer: BinaryIO, sink: BinaryIO,
-          encrypting: BinaryIO | None) -> int:
+          encrypting: BinaryIO | None, stream: Stream) -> int:
     """Move the tar stream into the writers while the reader checks it; pg_basebackup's exit
     code. A damaged stream (TarError) or any failure stops pg_basebackup at once."""
     source = start(child)
@@ -127,6 +129,7 @@ def _pump(child: Child, reader: TarReader, writer: BinaryIO, sink: BinaryIO,
         while chunk := os.read(fd, BLOCK_SIZE):
             reader.feed(chunk)
             writer.write(chunk)
+            stream.moved(len(chunk))
         reader.finish()
         if writer is not sink:
             writer.close()

@@ -95,7 +95,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
                 encryptor=encryptor_for(age_key_files(settings)),
                 read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
                     path, growing, parsed.compression if plain else None, identity,
-                    DirectoryArchiveCheck() if archive else None, ctx.progress)),
+                    DirectoryArchiveCheck() if archive else None, progress=ctx.progress)),
             )
         except DumpFailed as exc:
             ctx.result.stderr_tail, ctx.result.stderr_tool = exc.stderr_tail, "pg_dump"

@@ -302,7 +302,7 @@ def _restore_directory(ctx: JobContext, path: Path, entry: BackupEntry, database
     starts only once they all passed (the file cannot change after the verify unnoticed)."""
     with scratch(path, "restore") as directory:
         report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                             identities, extract=Extractor(directory))
+                             identities, extract=Extractor(directory), progress=ctx.progress)
         _require_verified(ctx, entry, report)
         _pg_restore(ctx, directory, database, None, options)
 
