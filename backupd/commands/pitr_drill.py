@@ -78,7 +78,9 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
             os.chown(scratch, *owner)
         with _server(ctx, data, scratch, run_as) as server:
             replay_started = time.monotonic()
-            socket_dir = _wait_promoted(ctx, server, scratch)
+            # Replay moves no data through backupd: the server's own reads are the movement.
+            with ctx.progress.sampled("WAL replay of the recovered server", server.io_bytes):
+                socket_dir = _wait_promoted(ctx, server, scratch)
             outcome.replay_seconds = round(time.monotonic() - replay_started, 3)
             outcome.rto_seconds = round(time.monotonic() - started, 3)
             problems = _compare(ctx, socket_dir)
