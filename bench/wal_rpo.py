@@ -29,21 +29,13 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import AS_ROOT, clusters
+from recover import _wait
 from run import BACKUPD, backupd_env, publish
 
 from backupd.archive.walstore import WalArchive
 from backupd.storage.s3 import S3Config, S3Repository
 
 BUCKET = "wal-rpo"
-
-
-def _wait(predicate, what: str, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _figures(samples: list[float]) -> str:
