@@ -122,6 +122,13 @@ SETTINGS_CASES = [
     Case("backup-dir-under-a-file", ["prune"], {"DB_BACKUP_DIR": "/etc/passwd/backups"},
          "DB_BACKUP_DIR"),
     Case("backup-dir-is-a-file", ["backup"], {"DB_BACKUP_DIR": "/etc/passwd"}, "DB_BACKUP_DIR"),
+    Case("basebackup-keep-zero", ["basebackup"], {"BASEBACKUP_KEEP": "0"}, "BASEBACKUP_KEEP"),
+    Case("basebackup-max-age-negative", ["prune"], {"BASEBACKUP_MAX_AGE_DAYS": "-1"},
+         "BASEBACKUP_MAX_AGE_DAYS"),
+    Case("basebackup-checkpoint-unknown", ["basebackup"], {"BASEBACKUP_CHECKPOINT": "slow"},
+         "BASEBACKUP_CHECKPOINT"),
+    Case("basebackup-schedule-minute-61", ["run"], {"BASEBACKUP_SCHEDULE": "61 * * * *"},
+         "BASEBACKUP_SCHEDULE"),
 ]
 
 COMMAND_CASES = [
@@ -136,6 +143,8 @@ COMMAND_CASES = [
     Case("verify-path-traversal", ["verify", "../../etc/passwd"], names="NAME"),
     Case("restore-absolute-path-outside", ["restore", "/etc/passwd", "--yes"], names="NAME"),
     Case("verify-not-a-backup-name", ["verify", "notes.txt"], names="NAME"),
+    Case("verify-wal-with-a-name", ["verify", "--wal", "base_20200101_000000.tar.gz"],
+         names="NAME"),
     Case("restore-missing-backup", ["restore", "db_20200101_000000.sql.gz", "--yes"],
          names="NAME"),
 ]

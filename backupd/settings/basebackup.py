@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -23,8 +23,8 @@ class BaseBackupSettings(BaseModel):
         None, gt=0, le=36500, validation_alias="BASEBACKUP_MAX_AGE_DAYS")
     # "fast": an immediate checkpoint starts the backup at once; "spread": it waits for the
     # next regular checkpoint (no I/O burst on the server).
-    basebackup_checkpoint: str = Field("fast", pattern="^(fast|spread)$",
-                                       validation_alias="BASEBACKUP_CHECKPOINT")
+    basebackup_checkpoint: Literal["fast", "spread"] = Field(
+        "fast", validation_alias="BASEBACKUP_CHECKPOINT")
 
     @field_validator("basebackup_schedule")
     @classmethod
