@@ -138,3 +138,21 @@ def test_a_hanging_start_ping_neither_delays_the_job_nor_overtakes_the_end(
     requests = http_receiver.wait_for(2)
     assert requests[0].path.endswith("/start")
     assert not requests[-1].path.endswith("/start")
+
+
+def test_a_run_of_several_databases_sends_one_start(
+    http_receiver: HttpReceiver, make_db: Callable[..., str],
+    backupd_env: Callable[..., dict[str, str]],
+) -> None:
+    """/start once for the run (not per database), then each database's result and the
+    run's summary."""
+    url = ping_url(http_receiver)
+    databases = [make_db(), make_db()]
+    proc = run_backupd(["backup"], backupd_env(",".join(databases), HEARTBEAT_URL=url,
+                                               DB_BACKUP_GLOBALS="off"))
+    assert proc.returncode == 0, proc.stderr
+    path = url.split(str(http_receiver.port), 1)[1]
+    requests = http_receiver.wait_for(4)
+    assert [r.path for r in requests] == [path + "/start", path, path, path]
+    assert f"database='{databases[0]}'".encode() in requests[1].body
+    assert b"run_id=" in requests[3].body

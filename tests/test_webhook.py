@@ -108,6 +108,8 @@ def test_a_bad_receiver_is_bounded_retried_and_redacted(
     if behaviour in ("error", "close"):  # retried, with the same signed body each time
         requests = http_receiver.requests
         assert len(requests) >= 2 and len({r.body for r in requests}) == 1
+        # ...and one delivery id, so a receiver can drop a retry it already processed.
+        assert len({r.headers["x-backupd-delivery"] for r in requests}) == 1
 
 
 @pytest.mark.parametrize("behaviour", ["hang", "error", "close"])

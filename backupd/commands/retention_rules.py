@@ -88,12 +88,12 @@ def select(candidates: Sequence[Candidate], policy: RetentionPolicy, now: dateti
     cutoff = now - timedelta(days=policy.retention_days)
     for candidate in ordered:
         if candidate.taken_at >= cutoff:
-            reasons[candidate.name].append(f"newer than {policy.retention_days} days "
-                                           "(DB_BACKUP_RETENTION_DAYS)")
+            reasons[candidate.name].append(
+                f"younger than DB_BACKUP_RETENTION_DAYS={policy.retention_days}")
     relied_on: set[str] = set()
     for candidate in good[: policy.keep_min]:
         reasons[candidate.name].append(f"one of the newest {policy.keep_min} verified backups "
-                                       "(DB_BACKUP_KEEP_MIN)")
+                                       f"(DB_BACKUP_KEEP_MIN={policy.keep_min})")
         relied_on.add(candidate.name)
     for index, candidate in enumerate(ordered):
         if candidate.good:

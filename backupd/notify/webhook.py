@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import socket
+import uuid
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -50,7 +51,10 @@ class WebhookNotifier:
         body = webhook_body(result)
         headers = {"Content-Type": "application/json",
                    "User-Agent": f"backupd-webhook/{__version__}",
-                   "X-Backupd-Event": "job.finished"}
+                   "X-Backupd-Event": "job.finished",
+                   # The same on every attempt: a receiver that answered too late to be
+                   # heard sees the retry as the delivery it already has.
+                   "X-Backupd-Delivery": str(uuid.uuid4())}
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = signature(self._secret, body)
         problem = post(self._url, body, headers, Deadline(self.budget_seconds))
