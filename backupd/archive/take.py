@@ -15,7 +15,6 @@ does not match never becomes a file under its final name.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,10 @@ from backupd.cancel import CancelToken
 from backupd.errors import Cancelled, JobFailed
 from backupd.manifest import BaseBackupFacts
 from backupd.pipeline.checksum import HashingWriter
-from backupd.pipeline.compress import BLOCK_SIZE, MemberGzipWriter, open_compressor
+from backupd.pipeline.compress import MemberGzipWriter, open_compressor
 from backupd.pipeline.config import ConnectionConfig
-from backupd.pipeline.dump import start
-from backupd.pipeline.run import EncryptorFactory
+from backupd.pipeline.run import EncryptorFactory, pump
 from backupd.pipeline.supervisor import Child, tool_path
-from backupd.progress import Stream
 from backupd.storage.atomic import atomic_write
 
 
@@ -89,7 +86,8 @@ def take_base_backup(config: BaseBackupConfig, destination: Path, cancel: Cancel
         writer = open_compressor(sink, config.compression, config.level)
         try:
             with cancel.progress.stream("pg_basebackup output") as stream:
-                code = _pump(child, reader, writer, sink, encrypting, stream)
+                code = pump(child, writer, sink, encrypting, reader.feed, stream)
+            reader.finish()
         except TarError as exc:
             _raise_if_cancelled(cancel)
             # pg_basebackup's own error explains a stream that ended early; else the stream.
@@ -117,30 +115,3 @@ def _raise_if_cancelled(cancel: CancelToken) -> None:
     if cancel.cancelled:
         raise Cancelled("base backup cancelled by shutdown; pg_basebackup was stopped and the "
                         "partial file removed")
-
-
-def _pump(child: Child, reader: TarReader, writer: BinaryIO, sink: BinaryIO,
-          encrypting: BinaryIO | None, stream: Stream) -> int:
-    """Move the tar stream into the writers while the reader checks it; pg_basebackup's exit
-    code. A damaged stream (TarError) or any failure stops pg_basebackup at once."""
-    source = start(child)
-    try:
-        fd = source.fileno()
-        while chunk := os.read(fd, BLOCK_SIZE):
-            reader.feed(chunk)
-            writer.write(chunk)
-            stream.moved(len(chunk))
-        reader.finish()
-        if writer is not sink:
-            writer.close()
-        if encrypting is not None:
-            encrypting.close()
-        return child.wait()
-    except BaseException:
-        child.stop()
-        source.close()
-        for stage in (writer, encrypting):
-            abort = getattr(stage, "abort", None)
-            if abort is not None:
-                abort()  # stop the compressing and encrypting threads
-        raise

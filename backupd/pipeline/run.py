@@ -104,7 +104,7 @@ def dump_to_file(
                 code = 0
             else:
                 with cancel.progress.stream(f"{tool} output") as stream:
-                    code = _pump(dump, writer, sink, encrypting, head_tail, stream)
+                    code = pump(dump, writer, sink, encrypting, head_tail.feed, stream)
             if cancel.cancelled:
                 raise Cancelled(f"{cancel.reason or 'backup cancelled by shutdown'}; {tool} "
                                 "was stopped and the partial file removed")
@@ -155,9 +155,11 @@ def _dump_directory(dump: Child, directory: Path, cancel: CancelToken) -> None:
                          dump.stderr_tail)
 
 
-def _pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
-          head_tail: HeadTail, stream: Stream) -> int:
-    """Move pg_dump's output through the writers; pg_dump's exit code. A cancel stops
+def pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
+         inspect: Callable[[bytes], object], stream: Stream) -> int:
+    """Move the child's output through the writers, each chunk shown to ``inspect`` first;
+    the child's exit code. Any failure stops the child and the writers' threads. For pg_dump
+    (and pg_basebackup, backupd.archive.take). A cancel stops
     pg_dump's process group (the supervisor), which ends its output."""
     source = start(dump)
     try:
@@ -165,7 +167,7 @@ def _pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | 
         # Straight from the pipe (no Python-side buffer): one read takes all pg_dump has
         # written, up to the enlarged pipe's size.
         while chunk := os.read(fd, BLOCK_SIZE):
-            head_tail.feed(chunk)
+            inspect(chunk)  # raises to stop everything (base backups: a damaged tar)
             writer.write(chunk)
             stream.moved(len(chunk))
         if writer is not sink:
