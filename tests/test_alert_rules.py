@@ -181,15 +181,18 @@ def test_every_metric_named_is_served_per_database(
     first, second = make_db(), make_db()
     selection = f"{first},{second}"
     port = free_port()
-    # BACKUP_ON_START (default): the daemon backs both databases up at once, in one run.
-    env = backupd_env(selection, HEALTH_PORT=str(port), DRILL_SCHEDULE="off",
-                      BACKUP_SCHEDULE="0 0 1 1 *")
+    # BACKUP_ON_START (default): the daemon backs both databases up at once, in one run;
+    # its scheduled drill (each database beside it, into a scratch database) follows,
+    # once a minute at a second ~20 s from now, so no second drill runs while we look.
+    drill_second = (datetime.now(UTC).second + 20) % 60
+    env = backupd_env(selection, HEALTH_PORT=str(port), SCHEDULE_SECONDS_FIELD="1",
+                      BACKUP_SCHEDULE="0 0 0 1 1 *", DRILL_SCHEDULE=f"{drill_second} * * * * *")
     daemon = backupd_daemon(["run"], env)
-    wait_until(lambda: jobs_finished(daemon.read_stderr(), job="backup", status="success"),
-               120, "the daemon's first backup run")
-    # A restore drill of each database (beside it, into a scratch database), one-off.
-    drill = run_backupd(["drill"], {**env, "HEALTH_PORT": "0"}, timeout=300)
-    assert drill.returncode == 0, drill.stdout + drill.stderr
+    wait_until(lambda: [e for e in jobs_finished(daemon.read_stderr(), job="drill",
+                                                 status="success")
+                        if e["database"] == selection], 200, "the daemon's drill of both")
+    assert [e["database"] for e in jobs_finished(daemon.read_stderr(), job="backup",
+                                                 status="success")] == [first, second, selection]
     # The whole-cluster drill (DRILL_POSTGRES_HOST) records its RTO in the globals
     # artifact's manifest, as commands.cluster_drill does: recorded here the same way.
     store = LocalStore(backup_dir)
@@ -219,8 +222,11 @@ def test_every_metric_named_is_served_per_database(
                  "backupd_drill_last_restore_seconds", "backupd_drill_last_run_success"):
         assert by_database(name) == {first, second}, name
     for name in ("backupd_job_last_run_success", "backupd_job_last_duration_seconds"):
-        # each database's own backup result, and the run's summary under POSTGRES_DB
-        assert by_database(name) == {first, second, selection}, name
+        # each database's own result, and the run's summary under POSTGRES_DB
+        for job in ("backup", "drill"):
+            assert {dict(labels)["database"] for served_name, labels in served
+                    if served_name == name and ("job", job) in labels} == {
+                first, second, selection}, (name, job)
     for database in (first, second):
         (entry,) = store.list_backups(database)
         assert entry.manifest is not None and entry.manifest.drill_ok
@@ -228,8 +234,9 @@ def test_every_metric_named_is_served_per_database(
         assert served[("backupd_newest_verified_backup_size_bytes", key)] == entry.size
         assert served[("backupd_drill_last_restore_seconds", key)] == pytest.approx(
             entry.manifest.drill_restore_seconds)
-        assert served[("backupd_job_last_run_success",
-                       (("database", database), ("job", "backup")))] == 1
+        for job in ("backup", "drill"):
+            assert served[("backupd_job_last_run_success",
+                           (("database", database), ("job", job)))] == 1
     assert served[("backupd_drill_cluster_restore_seconds", ())] == 12.5
 
     # `backupd health` reports the same per database (and the cluster's, for the globals).
@@ -263,3 +270,5 @@ def test_wal_metrics_named_are_served_with_wal_archive_on(
     with contextlib.suppress(TimeoutError):
         wait_until(lambda: not unserved(), 60, "the WAL metrics")
     assert not unserved(), f"named in the rules or the dashboard but not served: {unserved()}"
+    # Streaming: the rule BackupdWalArchivingDown stays quiet.
+    assert scrape(port)[("backupd_wal_archiving_up", ())] == 1

@@ -19,6 +19,7 @@ from backupd.daemon.scheduler import JobSpec, ScheduledJob, SlotBody, load_sched
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.postgres.connection import advisory_lock
+from backupd.postgres.databases import maintenance_connection
 from backupd.settings import Settings
 
 
@@ -53,9 +54,13 @@ def _locked(purpose: str, body: Callable[[JobContext], None], *, needs_db: bool)
     the database is unreachable: that is when a good backup matters most.
     """
     def run(ctx: JobContext, _slot: datetime | None) -> None:
+        # Several databases: POSTGRES_DB ("app,billing", "*") is no database to connect to.
+        cluster_wide = maintenance_connection if ctx.settings.database_selection.several \
+            else None
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(advisory_lock(ctx.settings, f"scheduled-{purpose}"))
+                stack.enter_context(advisory_lock(ctx.settings, f"scheduled-{purpose}",
+                                                  open_connection=cluster_wide))
             except JobFailed as exc:
                 if needs_db:
                     raise

@@ -10,7 +10,7 @@ import contextlib
 import os
 import socket
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -156,13 +156,17 @@ def lock_key(purpose: str, database: str) -> int:
 
 
 @contextmanager
-def advisory_lock(settings: Settings, purpose: str = "dump") -> Iterator[None]:
+def advisory_lock(settings: Settings, purpose: str = "dump", *,
+                  open_connection: Callable[[Settings], psycopg.Connection[tuple]] | None = None,  # type: ignore[type-arg]
+                  ) -> Iterator[None]:
     """Hold a session advisory lock on a dedicated connection for the duration of a job.
 
     Every backupd process pointed at the same database takes the same key, so two
     daemons (or a daemon and a one-off ``backupd backup``) never dump at once.
+    ``open_connection``: where the lock is taken when POSTGRES_DB is not one database (a
+    list or `*` names none to connect to), by default ``connect(settings)``.
     """
-    conn = connect(settings)
+    conn = (open_connection or connect)(settings)
     try:
         key = lock_key(purpose, settings.postgres_db)
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
