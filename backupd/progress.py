@@ -99,6 +99,7 @@ class Progress:
         self._streams: list[Stream] = []
         self._last_moved = clock()
         self._nested = 0
+        self._children: list[Progress] = []  # open nested progresses (displays walk them)
 
     def stream(self, name: str, total: int | None = None) -> Stream:
         """A new stream named for people ("pg_dump output", "S3 upload of NAME")."""
@@ -130,15 +131,19 @@ class Progress:
         """The progress of a job run inside this one (each database of a backup run): its
         movement counts as ours, and while it is open (``close``) its own watchdog, not
         ours, judges stalls (``delegated``)."""
+        child = Progress(clock=self.clock, parent=self)
         with self._lock:
             self._nested += 1
-        return Progress(clock=self.clock, parent=self)
+            self._children.append(child)
+        return child
 
     def close(self) -> None:
         """A nested progress is done."""
         if self._parent is not None:
             with self._parent._lock:
                 self._parent._nested -= 1
+                if self in self._parent._children:
+                    self._parent._children.remove(self)
             self._parent.touch()
 
     @property
@@ -157,6 +162,17 @@ class Progress:
         with self._lock:
             return ProgressSnapshot(self.clock(), self._last_moved,
                                     tuple(stream.state() for stream in self._streams))
+
+    def streams_in_tree(self) -> list[StreamState]:
+        """This progress's streams and those of every open nested one (the job run inside
+        it, each database of a backup run): what a display shows, in the order they began."""
+        snapshot = self.snapshot()
+        with self._lock:
+            children = list(self._children)
+        streams = list(snapshot.streams)
+        for child in children:
+            streams += child.streams_in_tree()
+        return sorted(streams, key=lambda stream: stream.started)
 
     def _moved(self, stream: Stream, nbytes: int) -> None:
         now = self.clock()

@@ -1,86 +1,61 @@
-"""The job's Progress: what the pipeline's streams moved, read by the stall watchdog and by
-progress displays. One real backup shows the dump stream counted byte for byte."""
+"""The live progress display, on a real pseudo-terminal: a restore shows a moving percentage
+of the backup file fed, a rate, then "building indexes" while psql still works; its prompt is
+seen; the same command piped shows nothing of it; --progress/--no-progress override."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers.backups import read_manifest
-from helpers.pg import ServerAddress
+from helpers.backups import path_with, take_backup
+from helpers.cli import run_backupd
+from helpers.pg import ServerAddress, drop_database, unique_db_name
+from helpers.slow_restore import throttled_psql
+from helpers.terminal import plain, run_in_terminal
 
-from backupd.cancel import CancelToken
-from backupd.commands import backup
-from backupd.job import JobContext, run_job
-from backupd.notify.base import NotifierChain
-from backupd.progress import Progress
-from backupd.result import Status
-from backupd.settings import load_settings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+PERCENT = re.compile(r"(\d{1,3}\.\d)%")
+RATE = re.compile(r"\d+(\.\d)? (B|KiB|MiB|GiB)/s")
+PROMPT = "Type the database name to continue"
 
 
-def test_streams_count_bytes_and_idle_time() -> None:
-    clock = FakeClock()
-    progress = Progress(clock=clock)
-    clock.now += 7
-    assert progress.snapshot().idle_seconds == 7
-    with progress.stream("pg_dump output") as dump:
-        dump.moved(10)
-        clock.now += 3
-        dump.moved(5)
-        clock.now += 2
-        snap = progress.snapshot()
-        assert snap.bytes == 15 and snap.idle_seconds == 2
-        assert [s.name for s in snap.open_streams] == ["pg_dump output"]
-    snap = progress.snapshot()
-    assert snap.open_streams == () and snap.streams[0].finished and snap.streams[0].bytes == 15
+def test_a_restore_on_a_terminal_shows_its_progress_and_piped_shows_none(
+    fixture_db: str, backupd_env: Callable[..., dict[str, str]], pg_server: ServerAddress,
+    tmp_path: Path,
+) -> None:
+    env = backupd_env(fixture_db, BACKUPD_LOG_FORMAT="auto")
+    backup = take_backup(env)
+    slow = {**env, "PATH": path_with(throttled_psql(tmp_path / "bin"))}
+    on_terminal, piped = unique_db_name("progress_tty"), unique_db_name("progress_pipe")
+    try:
+        code, transcript = run_in_terminal(["restore", backup.name, "--target-db", on_terminal],
+                                           slow, answers={PROMPT: on_terminal})
+        screen = plain(transcript)
+        assert code == 0, screen
+        shown = [float(value) for value in PERCENT.findall(screen)]
+        assert len(set(shown)) >= 3 and min(shown) < 50 and max(shown) == 100.0, shown
+        assert RATE.search(screen), screen
+        assert "building indexes" in screen
+        assert PROMPT in screen  # asked with the display paused, and answered
+        assert screen.rindex("restore success") > screen.rindex("%")  # summary after it
+
+        proc = run_backupd(["restore", backup.name, "--target-db", piped, "--yes"], slow)
+        assert proc.returncode == 0, proc.stderr
+        output = proc.stdout + proc.stderr
+        assert "restore success" in output
+        assert not PERCENT.search(output) and not RATE.search(output)
+        assert "\x1b[" not in output and "building indexes" not in output
+    finally:
+        drop_database(pg_server, on_terminal)
+        drop_database(pg_server, piped)
 
 
-def test_nested_progress_moves_its_parent_and_delegates_judgement() -> None:
-    clock = FakeClock()
-    outer = Progress(clock=clock)
-    inner = outer.nested()
-    assert outer.delegated
-    clock.now += 50
-    inner.stream("row counts").moved(0)
-    assert outer.snapshot().idle_seconds == 0
-    inner.close()
-    assert not outer.delegated
+def test_progress_options_override_the_terminal_detection(
+        env: dict[str, str]) -> None:
+    code, transcript = run_in_terminal(["--no-progress", "backup", "--no-prune"], env)
+    assert code == 0 and "backup success" in plain(transcript)
+    assert "pg_dump output" not in plain(transcript) and not RATE.search(plain(transcript))
 
-
-def test_child_token_follows_its_parent_not_the_other_way() -> None:
-    parent = CancelToken()
-    child = parent.child()
-    child.cancel("stalled", failure=True)
-    assert not parent.cancelled
-    other = parent.child()
-    parent.cancel("job timeout", failure=True)
-    assert other.cancelled and other.reason == "job timeout" and other.failure
-    other.release()
-    child.release()
-    assert not parent.progress.delegated
-
-
-def test_a_backup_counts_every_byte_pg_dump_wrote(
-        pg_server: ServerAddress, small_db: str, backup_dir: Path,
-        backupd_env: Callable[..., dict[str, str]]) -> None:
-    settings = load_settings(**backupd_env(small_db))
-    seen: list[Progress] = []
-
-    def body(ctx: JobContext) -> None:
-        seen.append(ctx.progress)
-        backup.run(ctx)
-
-    result = run_job("backup", settings, body, NotifierChain([]), CancelToken())
-    assert result.status == Status.SUCCESS, result.error
-    assert result.backup_name is not None
-    dumped = [s for s in seen[0].snapshot().streams if s.name == "pg_dump output"]
-    assert len(dumped) == 1 and dumped[0].finished
-    assert dumped[0].bytes == read_manifest(backup_dir / result.backup_name)["raw_bytes"] > 0
+    forced = run_backupd(["--progress", "backup", "--no-prune"], env)
+    assert forced.returncode == 0, forced.stderr
+    assert "pg_dump output" in forced.stderr and "backup success" in forced.stdout

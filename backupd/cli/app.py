@@ -8,6 +8,7 @@ on stderr naming the setting or argument).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from backupd.cancel import CancelToken
 from backupd.daemon.state import ResultRecorder
 from backupd.errors import ConfigError
 from backupd.job import JobContext, run_job
@@ -56,9 +58,34 @@ def _options(
         "holding the whole result), console (readable lines) or auto (the daemon: JSON when "
         "stderr is not a terminal; other commands: readable lines and their one-line "
         "summary). Overrides BACKUPD_LOG_FORMAT.")] = None,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress",
+        help="A live progress display on stderr for long work (backup, verify, restore, "
+        "drill, recover, S3 transfers): bytes, percentage, rate, time left. Default: shown "
+        "when stdout and stderr are both a terminal, never in pipes, logs or cron.")] = None,
 ) -> None:
     if log_format is not None:
         os.environ["BACKUPD_LOG_FORMAT"] = log_format.value
+    _progress_choice[0] = progress
+
+
+# --progress/--no-progress; None: decided by whether the output is a terminal.
+_progress_choice: list[bool | None] = [None]
+
+
+def progress_wanted() -> bool:
+    if _progress_choice[0] is not None:
+        return _progress_choice[0]
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def paused_progress() -> contextlib.AbstractContextManager[None]:
+    """No progress display while a person is asked something (a restore's confirmation)."""
+    if not progress_wanted():
+        return contextlib.nullcontext()
+    from backupd.cli import progress_display
+
+    return progress_display.paused()
 
 
 def bootstrap(*, daemon: bool = False) -> Settings:
@@ -87,7 +114,13 @@ def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) ->
     # (--log-format json) machines get the structured "job finished" record as well.
     chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
                         recorder=ResultRecorder(settings.backup_dir))
-    return run_job(job, settings, body, chain)
+    if not progress_wanted():
+        return run_job(job, settings, body, chain)
+    from backupd.cli import progress_display  # rich, only on a terminal
+
+    cancel = CancelToken()  # the job's own token is its child: its progress is nested here
+    with progress_display.shown(cancel.progress, job, forced=_progress_choice[0] is True):
+        return run_job(job, settings, body, chain, cancel)
 
 
 

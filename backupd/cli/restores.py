@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from backupd.cli.app import app, bootstrap, execute, fail, finish
+from backupd.cli.app import app, bootstrap, execute, fail, finish, paused_progress
 from backupd.outcomes import ClusterRestoreOutcome, DrillOutcome
 
 
@@ -74,16 +74,18 @@ def restore(
 
 
 def _confirm_cluster(what: str) -> bool:
-    typer.echo(f"This restores {what}.", err=True)
-    answer: str = typer.prompt("Type 'restore' to continue", err=True, default="",
-                               show_default=False)
+    with paused_progress():
+        typer.echo(f"This restores {what}.", err=True)
+        answer: str = typer.prompt("Type 'restore' to continue", err=True, default="",
+                                   show_default=False)
     return answer == "restore"
 
 
 def _confirm_by_typing(target: str) -> bool:
-    typer.echo(f"This restores into database {target!r}.", err=True)
-    answer: str = typer.prompt("Type the database name to continue", err=True, default="",
-                               show_default=False)
+    with paused_progress():
+        typer.echo(f"This restores into database {target!r}.", err=True)
+        answer: str = typer.prompt("Type the database name to continue", err=True, default="",
+                                   show_default=False)
     return answer == target
 
 

@@ -123,3 +123,24 @@ def kill_once_paused(proc: BackupdProcess, server: ServerAddress, database: str,
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def throttled_psql(directory: Path, *, chunk: int = 16 * 1024, pause: float = 0.02,
+                   linger: float = 2.0) -> Path:
+    """A directory to put first on PATH whose ``psql`` passes its input to the real psql
+    ``chunk`` bytes every ``pause`` seconds (a restore that takes seconds, at any size), then,
+    the input all in, waits ``linger`` seconds before letting the real psql finish (as
+    psql does while it builds indexes). Returns the directory."""
+    return _python_stand_in(directory, "psql", (
+        "import os, subprocess, sys, time\n"
+        f"real = subprocess.Popen([{pg_binary('psql')!r}, *sys.argv[1:]], "
+        "stdin=subprocess.PIPE)\n"
+        "assert real.stdin is not None\n"
+        f"while data := sys.stdin.buffer.read({chunk}):\n"
+        "    real.stdin.write(data)\n"
+        "    real.stdin.flush()\n"
+        f"    time.sleep({pause})\n"
+        f"time.sleep({linger})\n"
+        "real.stdin.close()\n"
+        "sys.exit(real.wait())\n"
+    ))
