@@ -99,7 +99,9 @@ class Progress:
         self._streams: list[Stream] = []
         self._last_moved = clock()
         self._nested = 0
-        self._children: list[Progress] = []  # open nested progresses (displays walk them)
+        # Nested progresses, open or among the last FINISHED_KEPT closed (displays walk them).
+        self._children: list[Progress] = []
+        self._closed = False
 
     def stream(self, name: str, total: int | None = None) -> Stream:
         """A new stream named for people ("pg_dump output", "S3 upload of NAME")."""
@@ -142,8 +144,10 @@ class Progress:
         if self._parent is not None:
             with self._parent._lock:
                 self._parent._nested -= 1
-                if self in self._parent._children:
-                    self._parent._children.remove(self)
+                self._closed = True
+                closed = [c for c in self._parent._children if c._closed]
+                for old in closed[:max(0, len(closed) - FINISHED_KEPT)]:
+                    self._parent._children.remove(old)
             self._parent.touch()
 
     @property
@@ -164,8 +168,9 @@ class Progress:
                                     tuple(stream.state() for stream in self._streams))
 
     def streams_in_tree(self) -> list[StreamState]:
-        """This progress's streams and those of every open nested one (the job run inside
-        it, each database of a backup run): what a display shows, in the order they began."""
+        """This progress's streams and those of its nested ones (the job run inside it, each
+        database of a backup run; the last closed ones too): what a display shows, in the
+        order they began."""
         snapshot = self.snapshot()
         with self._lock:
             children = list(self._children)

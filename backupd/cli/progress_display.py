@@ -14,17 +14,16 @@ prints its summary or error, so it never hides either; log lines print above it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterator
 
-from rich.console import Console, RenderableType
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     ProgressColumn,
     Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.progress import Progress as RichProgress
 from rich.text import Text
@@ -33,6 +32,8 @@ from backupd.progress import Progress, StreamState
 from backupd.result import human_bytes
 
 REFRESH_PER_SECOND = 4
+# Lines of finished streams still shown (a backup run of many databases stays short).
+FINISHED_SHOWN = 4
 # After a restore's data went in, psql (pg_restore) still builds indexes and checks
 # constraints: no bytes move, and the display says why.
 FEEDS = ("psql feed", "pg_restore feed")
@@ -71,15 +72,32 @@ def paused() -> Iterator[None]:
 
 class _Percent(ProgressColumn):
     def render(self, task: Task) -> Text:
-        if task.total is None or not task.total:
+        if task.fields.get("known_total") is None or not task.total:
             return Text("")
         return Text(f"{min(100.0, 100.0 * task.completed / task.total):5.1f}%")
 
 
 class _Bytes(ProgressColumn):
     def render(self, task: Task) -> Text:
+        if task.fields.get("phase"):
+            return Text("")
         done = human_bytes(task.completed)
-        return Text(done if task.total is None else f"{done} of {human_bytes(task.total)}")
+        total = task.fields.get("known_total")
+        return Text(done if total is None else f"{done} of {human_bytes(total)}")
+
+
+class _Times(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        elapsed = _clock(task.finished_time if task.finished else task.elapsed)
+        left = task.time_remaining
+        if task.fields.get("known_total") is None or left is None or task.finished:
+            return Text(f"elapsed {elapsed}")
+        return Text(f"elapsed {elapsed}, left {_clock(left)}")
+
+
+def _clock(seconds: float | None) -> str:
+    whole = int(seconds or 0)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 class _Rate(ProgressColumn):
@@ -90,7 +108,8 @@ class _Rate(ProgressColumn):
 
 
 class LiveDisplay(RichProgress):
-    """rich's progress bars, synchronised with the job's Progress on every refresh."""
+    """rich's progress bars, synchronised with the job's Progress by a thread of its own
+    (REFRESH_PER_SECOND)."""
 
     def __init__(self, progress: Progress, job: str, *, forced: bool = False) -> None:
         self._job = job
@@ -99,25 +118,45 @@ class LiveDisplay(RichProgress):
         self._done: set[tuple[str, float]] = set()
         self._phase: TaskID | None = None
         super().__init__(
-            TextColumn("{task.description}"), BarColumn(bar_width=24), _Percent(), _Bytes(),
-            _Rate(), TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"),
-            TimeRemainingColumn(),
+            TextColumn("{task.description}"), BarColumn(bar_width=20), _Percent(), _Bytes(),
+            _Rate(), _Times(),
             console=Console(stderr=True, force_terminal=True if forced else None),
             refresh_per_second=REFRESH_PER_SECOND,
             redirect_stdout=True, redirect_stderr=True,
         )
 
-    def get_renderables(self) -> Iterable[RenderableType]:
+    def start(self) -> None:
+        super().start()
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="progress-display",
+                                        daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._poller.join(timeout=5)
+        self._refresh_lines()  # the final figures
+        if self._phase is not None:
+            self.remove_task(self._phase)  # the work it stood for is over
+            self._phase = None
+        super().stop()
+
+    def _poll(self) -> None:
+        while not self._stopping.wait(1 / REFRESH_PER_SECOND):
+            self._refresh_lines()
+
+    def _refresh_lines(self) -> None:
+        # Outside rich's rendering: adding a line makes rich redraw.
         with contextlib.suppress(Exception):  # a display problem must never fail the job
             self._sync(self._progress.streams_in_tree())
-        yield from super().get_renderables()
 
     def _sync(self, streams: list[StreamState]) -> None:
         for stream in streams:
             key = (stream.name, stream.started)
             task = self._lines.get(key)
             if task is None:
-                task = self._lines[key] = self.add_task(stream.name, total=stream.total)
+                task = self._lines[key] = self.add_task(stream.name, total=stream.total,
+                                                        known_total=stream.total)
             if key in self._done:
                 continue
             self.update(task, completed=stream.bytes, total=stream.total)
@@ -125,6 +164,9 @@ class LiveDisplay(RichProgress):
                 self._done.add(key)
                 self.update(task, total=stream.total or stream.bytes or 1)
                 self.stop_task(task)
+        finished = [self._lines[(s.name, s.started)] for s in streams if s.finished]
+        for old in finished[:max(0, len(finished) - FINISHED_SHOWN)]:
+            self.update(old, visible=False)
         open_streams = [s for s in streams if not s.finished]
         if open_streams or not streams:
             if self._phase is not None:
