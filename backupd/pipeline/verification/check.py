@@ -70,7 +70,10 @@ def verify_file(
             if (info.st_dev, info.st_ino) != result.identity or info.st_size != result.size:
                 raise OSError(0, f"the read-back covered {result.size} bytes of another file")
         else:
-            with (progress or Progress()).stream(f"verify read of {parsed.name}") as stream:
+            # Of the stored size: a display shows a percentage and the time left (a restore
+            # feeds psql from this same read).
+            with (progress or Progress()).stream(f"verify read of {parsed.name}",
+                                                 total=_stored_size(path)) as stream:
                 if decrypting:
                     assert identities is not None
                     result = DecryptingScan(parsed.compression, forward, archive).read(
@@ -97,6 +100,13 @@ def verify_file(
         check_other_content(path, parsed, report, identities, progress)
     report.clear_passing_details()
     return report
+
+
+def _stored_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None  # the read below reports it
 
 
 def _check_stream(report: VerifyReport, path: Path, parsed: ParsedName, result: FileScan,

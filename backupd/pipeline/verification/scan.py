@@ -25,6 +25,10 @@ from backupd.progress import Progress, Stream
 # Sequential reads of a few MiB: few system calls, little memory.
 READ_SIZE = 2 * BLOCK_SIZE
 Content = PlainSqlCheck | ParallelGzipCheck | DirectoryArchiveCheck
+# A restore forwards the SQL as it is checked, at psql's pace: the stored bytes are handed
+# on in slices this big, so what was read counts up as psql takes it (a display's
+# percentage moves, the stall watchdog sees movement), not one READ_SIZE at a time.
+FORWARD_SLICE = 64 * 1024
 
 
 class FileScan:
@@ -39,6 +43,7 @@ class FileScan:
         self.size = 0
         self.identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file read
         self.content: Content | None = content
+        self._slice = FORWARD_SLICE if forward is not None else READ_SIZE
         if content is None and members is not None and compression == "gzip" and forward is None:
             self.content = ParallelGzipCheck(members)
         elif content is None and compression is not None:
@@ -53,10 +58,12 @@ class FileScan:
         for chunk in chunks:
             self._digest.update(chunk)
             self.size += len(chunk)
-            if self.content is not None:
-                self.content.write(chunk)
-            if stream is not None:
-                stream.moved(len(chunk))
+            for start in range(0, len(chunk), self._slice):
+                piece = chunk[start:start + self._slice] if len(chunk) > self._slice else chunk
+                if self.content is not None:
+                    self.content.write(piece)
+                if stream is not None:
+                    stream.moved(len(piece))
         return self
 
     @property
