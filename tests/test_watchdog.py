@@ -7,6 +7,7 @@ import threading
 import time
 
 from backupd.cancel import CancelToken
+from backupd.postgres.waits import shown_query
 from backupd.watchdog import ServerView, Watchdog, WatchdogConfig
 
 STALL = WatchdogConfig(stall_seconds=0.3)
@@ -69,3 +70,9 @@ def test_off_means_no_thread_and_no_cancel() -> None:
     with Watchdog(token, WatchdogConfig(), lambda: ServerView("", None)):
         assert "watchdog" not in {thread.name for thread in threading.enumerate()}
     assert not token.cancelled
+
+
+def test_a_statement_holding_a_password_is_never_quoted() -> None:
+    statement = "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$abc'"
+    assert shown_query(statement) == "ALTER ROLE ..."
+    assert shown_query("COPY public.big (id) TO stdout;") == "COPY public.big (id) TO stdout;"

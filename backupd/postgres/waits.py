@@ -126,13 +126,21 @@ def session_waits(conn: psycopg.Connection[tuple]) -> list[SessionWait]:  # type
          holder_pid, holder_app, holder_state, holder_modes) in rows:
         seen = sessions.get(pid)
         if seen is None:
-            seen = SessionWait(pid, bool(here), state or "", event, query, lock_type, relation,
-                               mode, ())
+            seen = SessionWait(pid, bool(here), state or "", event, shown_query(query),
+                               lock_type, relation, mode, ())
         if holder_pid is not None:
             seen = replace(seen, holders=(*seen.holders, Holder(
                 holder_pid, holder_app, holder_state, holder_modes or "")))
         sessions[pid] = seen
     return list(sessions.values())
+
+
+def shown_query(query: str) -> str:
+    """The query as the verdict quotes it: a statement that mentions a password (a globals
+    restore's ALTER ROLE ... PASSWORD) is cut to its first words, never quoted whole."""
+    if "password" in query.lower():
+        return " ".join(query.split()[:2]) + " ..."
+    return query
 
 
 def server_work(conn: psycopg.Connection[tuple]) -> str:  # type: ignore[type-arg]
