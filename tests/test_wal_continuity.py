@@ -101,6 +101,8 @@ def test_continuity_gap_and_retention_locally_and_on_s3(
     for args in (["verify", "--wal"], ["verify", "--wal", "--remote"]):
         proc = run_backupd(args, env)
         assert proc.returncode == 0, [*args, proc.stdout + proc.stderr]
+    status = json.loads(run_backupd(["status", "--json"], env).stdout)
+    assert status["newest_base_backup"]["name"] == second
     assert daemon.poll() is None, daemon.read_stderr()
 
 

@@ -48,6 +48,12 @@ def render_text(report: StatusReport) -> str:
         lines.append(f"WAL archive: {streaming}"
                      f", lag {'-' if lag is None else human_duration(lag)}, last segment "
                      f"{wal.last_archived or '-'} at {iso_utc(wal.last_archived_at) or '-'}")
+    base = report.newest_base_backup
+    if base is not None or report.wal_archive is not None:
+        lines.append("newest verified base backup: " + (
+            "none (`backupd basebackup` takes one)" if base is None else
+            f"{base.name} ({human_bytes(base.size_bytes)}, {human_duration(base.age_seconds)} "
+            "old)"))
     lines.append(report.postgres_client.line())
     health = report.health
     lines.append("health: " + ("ok" if health.ok else "UNHEALTHY"))

@@ -24,7 +24,7 @@ from backupd.daemon.health import HealthReport
 from backupd.daemon.history import RunRecord, runs_of
 from backupd.daemon.scheduler import ScheduledJob
 from backupd.daemon.state import RECORDED_JOBS, StateFile, iso_utc, read_state
-from backupd.naming import DUMP_KIND
+from backupd.naming import BASE_DATABASE, BASE_KIND, DUMP_KIND
 from backupd.outcomes import BackupOutcome, PruneOutcome
 from backupd.pipeline import clients as pgclients
 from backupd.result import JobResult, UtcDateTime
@@ -149,6 +149,8 @@ class StatusReport(BaseModel):
     drills: list[RunRecord] = []
     # WAL_ARCHIVE=on: what the daemon's streamer last reported (None: off, or no report yet).
     wal_archive: WalStatus | None = None
+    # The newest verified base backup (issue 15); None when there is none.
+    newest_base_backup: NewestBackup | None = None
 
     @field_serializer("health")
     def _health_as_the_health_command_prints_it(self, health: HealthReport) -> dict[str, Any]:
@@ -203,6 +205,8 @@ def collect(settings: Settings, now: datetime | None = None) -> StatusReport:
         drills=runs_of(state.history, "drill", CHARTED_RUNS),
         wal_archive=read_status(settings.backup_dir / WAL_SUBDIRECTORY)
         if settings.wal_archive else None,
+        newest_base_backup=NewestBackup.of(
+            newest_verified(store.list_backups(BASE_DATABASE, BASE_KIND), now), now, s3_on),
     )
 
 
