@@ -111,6 +111,9 @@ SETTINGS_CASES = [
          "DB_BACKUP_KEEP_WEEKLY"),
     Case("keep-monthly-negative", ["backup"], {"DB_BACKUP_KEEP_MONTHLY": "-1"},
          "DB_BACKUP_KEEP_MONTHLY"),
+    # TZ is read by the tiers (one-off commands too): checked before anything is done.
+    Case("tiers-with-a-tz-that-is-no-zone", ["backup"],
+         {"DB_BACKUP_KEEP_WEEKLY": "4", "TZ": "CET-1CEST"}, "TZ"),
     Case("webhook-not-http", ["list"], {"WEBHOOK_URL": "ftp://hooks.example.com/x"},
          "WEBHOOK_URL"),
     Case("webhook-no-scheme", ["backup"], {"WEBHOOK_URL": "hooks.example.com/x"},

@@ -19,18 +19,18 @@ proves the bytes).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from backupd.commands import archive_retention, selection
 from backupd.commands.retention_rules import Candidate, RetentionPolicy, select
-from backupd.daemon.cron import parse_zone
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import BASE_KIND, DUMP_KIND, GLOBALS_KIND
 from backupd.outcomes import PruneDecision, PruneOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.settings import Settings
+from backupd.settings.zone import parse_zone
 from backupd.storage.base import BackupEntry, Repository
 from backupd.storage.replication import sha256_of
 
@@ -52,12 +52,13 @@ def retention_policy(settings: Settings, kind: str = DUMP_KIND) -> RetentionPoli
     """The rules for one kind of artifact. The calendar tiers are for the dumps and the
     globals that go with them; any other kind (base backups, WAL) has its own retention and
     gets none (docs/backup-and-recovery.md, "Retention tiers")."""
-    tiered = kind in TIERED_KINDS
-    return RetentionPolicy(settings.retention_days, settings.keep_min,
-                           settings.keep_daily if tiered else 0,
-                           settings.keep_weekly if tiered else 0,
-                           settings.keep_monthly if tiered else 0,
-                           parse_zone(settings.timezone))
+    if kind not in TIERED_KINDS:
+        return RetentionPolicy(settings.retention_days, settings.keep_min)
+    policy = RetentionPolicy(settings.retention_days, settings.keep_min, settings.keep_daily,
+                             settings.keep_weekly, settings.keep_monthly)
+    # TZ matters only to the tiers: without them, a TZ that is no IANA name (a POSIX rule
+    # such as "CET-1CEST", fine for the old scripts) must not start failing prune.
+    return replace(policy, zone=parse_zone(settings.timezone)) if policy.has_tiers else policy
 
 
 def plan_prune(

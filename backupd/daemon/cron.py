@@ -26,12 +26,12 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 from backupd.errors import ConfigError
+from backupd.settings.zone import parse_zone as parse_zone  # where TZ is read: settings
 
 FIELDS_5 = ("minute", "hour", "day", "month", "day_of_week")
 FIELDS_6 = ("second", *FIELDS_5)
@@ -54,18 +54,6 @@ _HORIZON = timedelta(days=366 * 8)
 # The largest jump of a zone's UTC offset that cron(8) treats as a DST change.
 _MAX_SHIFT = timedelta(hours=3)
 _SECOND = timedelta(seconds=1)
-
-
-def parse_zone(name: str, setting: str = "TZ") -> ZoneInfo:
-    """An IANA zone (``Europe/Berlin``), or ConfigError naming ``setting``."""
-    cleaned = name.strip().removeprefix(":")  # glibc accepts ":Europe/Berlin"
-    try:
-        return ZoneInfo(cleaned)
-    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
-        raise ConfigError(
-            f"{setting}: {name!r} is not a known time zone; use an IANA name such as "
-            "UTC or Europe/Berlin"
-        ) from None
 
 
 @dataclass(frozen=True)

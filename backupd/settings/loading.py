@@ -9,6 +9,7 @@ from pydantic import AliasChoices, ValidationError
 
 from backupd.errors import ConfigError
 from backupd.settings.model import Settings
+from backupd.settings.zone import parse_zone
 
 # pydantic's field name -> the environment variable users know it by.
 ENV_NAMES: dict[str, str] = {
@@ -30,6 +31,10 @@ def load_settings(**overrides: Any) -> Settings:
     if settings.drill_postgres_host is not None:
         _check_drill_server(settings)
         settings.drill_password  # noqa: B018
+    if settings.has_retention_tiers:
+        # The tiers count days, weeks and months in TZ: a TZ that is no IANA name fails
+        # here, before any backup or deletion (without tiers only the daemon reads TZ).
+        parse_zone(settings.timezone)
     return settings
 
 

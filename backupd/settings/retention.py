@@ -18,3 +18,7 @@ class RetentionSettings(BaseModel):
     keep_daily: int = Field(0, ge=0, le=_TIER_MAX, validation_alias="DB_BACKUP_KEEP_DAILY")
     keep_weekly: int = Field(0, ge=0, le=_TIER_MAX, validation_alias="DB_BACKUP_KEEP_WEEKLY")
     keep_monthly: int = Field(0, ge=0, le=_TIER_MAX, validation_alias="DB_BACKUP_KEEP_MONTHLY")
+
+    @property
+    def has_retention_tiers(self) -> bool:
+        return bool(self.keep_daily or self.keep_weekly or self.keep_monthly)
