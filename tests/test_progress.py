@@ -1,6 +1,7 @@
 """The live progress display, on a real pseudo-terminal: a restore shows a moving percentage
 of the backup file fed, a rate, then "building indexes" while psql still works; its prompt is
-seen; the same command piped shows nothing of it; --progress/--no-progress override."""
+seen; the same command piped shows nothing of it; --progress/--no-progress override; S3
+uploads and downloads show their share of the object's size."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 from helpers.backups import path_with, take_backup
 from helpers.cli import run_backupd
 from helpers.pg import ServerAddress, drop_database, unique_db_name
+from helpers.s3server import S3Server
 from helpers.slow_restore import throttled_psql
 from helpers.terminal import plain, run_in_terminal
+
+from backupd.result import human_bytes
 
 PERCENT = re.compile(r"(\d{1,3}\.\d)%")
 RATE = re.compile(r"\d+(\.\d)? (B|KiB|MiB|GiB)/s")
@@ -59,3 +63,19 @@ def test_progress_options_override_the_terminal_detection(
     forced = run_backupd(["--progress", "backup", "--no-prune"], env)
     assert forced.returncode == 0, forced.stderr
     assert "pg_dump output" in forced.stderr and "backup success" in forced.stdout
+
+
+def test_s3_transfers_show_their_progress_of_the_objects_size(
+        env: dict[str, str], s3_server: S3Server, s3_bucket: str) -> None:
+    """Upload, then a verify of the S3 copy (a download): each a line of the object's size."""
+    backup = take_backup(env)  # S3 not configured yet: the upload is pending
+    size = human_bytes(backup.stat().st_size)
+    with_s3 = {**env, **s3_server.env(), "DB_BACKUP_S3_BUCKET": s3_bucket, "COLUMNS": "200"}
+    upload = run_backupd(["--progress", "upload"], with_s3)
+    assert upload.returncode == 0, upload.stderr
+    assert re.search(rf"S3 upload of {re.escape(backup.name)}.*100\.0% +{size} of {size}",
+                     plain(upload.stderr)), plain(upload.stderr)
+    download = run_backupd(["--progress", "verify", "--remote", backup.name], with_s3)
+    assert download.returncode == 0, download.stderr
+    assert re.search(rf"S3 download of {re.escape(backup.name)}.*100\.0% +{size} of {size}",
+                     plain(download.stderr)), plain(download.stderr)
