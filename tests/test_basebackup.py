@@ -132,6 +132,12 @@ def test_encrypted_base_backup_is_checked_with_the_identity(cluster: PrivateClus
     extract_base_backup(LocalRepository(path.parent), path.name, target,
                         AgeKeyFiles(identity_file=keys.identity_file))
     assert pg_verifybackup(target).returncode == 0
+    # A wrong identity says nothing about the file: verify fails, nothing is recorded.
+    other = make_age_keys(tmp_path / "other", "other")
+    proc = run_backupd(["verify", path.name],
+                       {**env, "DB_BACKUP_AGE_IDENTITY_FILE": str(other.identity_file)})
+    assert proc.returncode == 1 and "matches" in proc.stdout, proc.stdout + proc.stderr
+    assert read_manifest(path)["verified"] is True
     # Without the identity, verify checks what it can and says the content was not checked.
     del env["DB_BACKUP_AGE_IDENTITY_FILE"]
     proc = run_backupd(["verify", "--json", path.name], env)

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -161,7 +160,11 @@ def read_base_backup(repository: Repository, entry: BackupEntry,
             source.drain()
         plaintext.finish()
         facts = check.finish()
-    except (AgeError, TarError, BackupContentError, ValueError) as exc:
+    except AgeError as exc:
+        if exc.key_mismatch:  # says nothing about the file
+            raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: {entry.name}: {exc}") from None
+        raise BaseBackupDamaged(f"{entry.name}: {exc}") from None
+    except (TarError, BackupContentError, ValueError) as exc:
         raise BaseBackupDamaged(f"{entry.name}: {exc}") from None
     if source.digest.hexdigest() != manifest.sha256 or source.size != manifest.stored_bytes:
         raise BaseBackupDamaged(f"{entry.name}: the stored file does not match the SHA-256 "
@@ -218,6 +221,10 @@ def verify_base_backup(repository: Repository, entry: BackupEntry,
         return report
     try:
         read_base_backup(repository, entry, identities, cancel=cancel)
+    except ConfigError as exc:  # a wrong identity: inconclusive, never recorded
+        report.add("age", False, str(exc))
+        report.inconclusive = True
+        return report
     except BaseBackupDamaged as exc:
         report.add("backup_manifest", False, str(exc).split(": ", 1)[-1])
         return report
@@ -280,8 +287,8 @@ class DirectoryWriter:
 
 
 def extract_base_backup(repository: Repository, name: str, target_dir: Path,
-                        crypto: AgeKeyFiles | None, cancel: CancelToken | None = None,
-                        on_progress: Callable[[int], None] | None = None) -> BaseBackupFacts:
+                        crypto: AgeKeyFiles | None,
+                        cancel: CancelToken | None = None) -> BaseBackupFacts:
     """Unpack base backup ``name`` into ``target_dir`` (absent or empty), checking every file
     against PostgreSQL's ``backup_manifest`` on the way; its facts. On any mismatch (or a
     cancel) whatever was written is removed and BaseBackupDamaged (or Cancelled) raised."""
@@ -305,6 +312,4 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
                 with contextlib.suppress(OSError):
                     child.unlink()
         raise
-    if on_progress is not None:
-        on_progress(checked.stored_bytes)
     return checked.facts
