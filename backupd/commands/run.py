@@ -147,6 +147,9 @@ def _start_http(settings: Settings, state: DaemonState,
                 wal_status: Callable[[], WalStatus | None] | None
                 ) -> Callable[[], Any] | None:
     if settings.health_port == 0:
+        if settings.status_page:
+            get_logger().warning("STATUS_PAGE=on but HEALTH_PORT=0: the status page is served "
+                                 "on HEALTH_PORT; set a port to publish it")
         return None
     # Imported only when asked for: it loads prometheus_client.
     from backupd.daemon.http import start_http_server
