@@ -3,7 +3,7 @@
 On a private cluster (bench/cluster.py's, initdb'd under the bench's work directory) with
 backupd's daemon streaming WAL (WAL_ARCHIVE=on):
 
-1. ``backupd basebackup`` of the near-empty cluster (base 1), then the fixture loaded at
+1. the daemon's own first base backup of the near-empty cluster (base 1), then the fixture loaded at
    ``--scale`` into one database, then ``backupd mark bench-loaded``;
 2. base-backup time: ``backupd basebackup`` (base 2) against ``pg_basebackup -Ft -z`` to a
    file, one round each;
@@ -87,9 +87,19 @@ class Recovered:
         shutil.rmtree(self.target, ignore_errors=True)
         port = free_port()
         started = time.perf_counter()
-        timed([*BACKUPD, "recover", "--target-dir", str(self.target), *_owner(), *args],
-              self.env, False)
+        proc = subprocess.run([*BACKUPD, "recover", "--target-dir", str(self.target),
+                               *_owner(), *args], env={**self.env,
+                                                       "BACKUPD_LOG_FORMAT": "console"},
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: backupd recover failed:\n{proc.stderr[-2000:]}")
+        recovered = time.perf_counter()
+        for line in proc.stderr.splitlines():  # where the time went
+            if "extracted" in line or "copied and checked" in line:
+                print(f"    {line.split('] ', 1)[-1].split(' job=')[0]}", file=sys.stderr)
         server_start = time.perf_counter()
+        print(f"    recover {recovered - started:.1f}s", file=sys.stderr)
         proc = _as_postgres([str(PG_BIN / "pg_ctl"), "start", "-D", str(self.target), "-l",
                              str(self.target.parent / "recovered.log"), "-w", "-t", "3600",
                              "-o", f"-p {port}"], self.target.parent)
@@ -116,10 +126,12 @@ class Recovered:
 
 
 def bench_recover(work: Path, args: argparse.Namespace) -> list[str]:
-    work = work / "recover"
-    work.mkdir()
+    recover_dir = work / "recover"
+    recover_dir.mkdir()
     if AS_ROOT:
-        work.chmod(0o755)  # the server's OS user must reach its directories inside
+        for directory in (work, recover_dir):  # the server's OS user must reach its cluster
+            directory.chmod(0o755)
+    work = recover_dir
     with clusters(work, "archived") as (cluster,):
         return _bench(cluster, work, args)
 
@@ -128,24 +140,37 @@ def _bench(cluster: Cluster, work: Path, args: argparse.Namespace) -> list[str]:
     source = cluster.server
     backup_dir, shell_dir = work / "backupd", work / "shell"
     shell_dir.mkdir()
-    env = backupd_env(source, DATABASE, backup_dir, WAL_ARCHIVE="on", BACKUP_ON_START="false",
+    # The archive is the cluster's; backupd connects to `postgres` (the bench database comes
+    # later, after the first base backup).
+    env = backupd_env(source, "postgres", backup_dir, WAL_ARCHIVE="on", BACKUP_ON_START="false",
                       DRILL_SCHEDULE="off", DB_BACKUP_COMPRESSION="zstd")
-    daemon = subprocess.Popen([*BACKUPD, "run"], env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    log = work / "daemon.log"
+    with log.open("w") as daemon_log:
+        daemon = subprocess.Popen([*BACKUPD, "run"], env=env, stdin=subprocess.DEVNULL,
+                                  stdout=daemon_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
         spool = backup_dir / "wal" / "spool"
-        _wait(lambda: spool.is_dir() and any(spool.glob("*.partial")), "WAL streaming")
-        postgres_env = {**env, "POSTGRES_DB": "postgres"}
-        timed([*BACKUPD, "basebackup", "--no-prune"], postgres_env, False)  # base 1
+
+        def streaming() -> bool:
+            if daemon.poll() is not None:
+                raise SystemExit(f"bench: backupd run exited:\n{log.read_text()[-3000:]}")
+            return spool.is_dir() and any(spool.glob("*.partial"))
+
+        try:
+            _wait(streaming, "WAL streaming", 120)
+        except SystemExit as exc:
+            raise SystemExit(f"{exc}; backupd run says:\n{log.read_text()[-3000:]}") from None
+        # Base 1: the daemon takes it at start (WAL_ARCHIVE=on, no base backup yet).
+        _wait(lambda: any(backup_dir.glob("base_*.manifest.json")), "the first base backup")
         before_lsn = source.psql("SELECT pg_current_wal_lsn()")
         _load(source, args.scale, args.fixture)
-        timed([*BACKUPD, "mark", MARK], postgres_env, False)
+        timed([*BACKUPD, "mark", MARK], env, False)
         loaded_lsn = source.psql("SELECT pg_current_wal_lsn()")
         wal_bytes = int(float(source.psql(
             f"SELECT pg_wal_lsn_diff('{loaded_lsn}', '{before_lsn}')")))
         base = Contender("backupd basebackup", lambda _: [*BACKUPD, "basebackup", "--no-prune"],
-                         postgres_env)
+                         env)
         plain = Contender("pg_basebackup -Ft -z (to a file)",
                           lambda _: f"rm -rf {shell_dir}/pgbb && pg_basebackup -Ft -z -X fetch "
                                     f"-D {shell_dir}/pgbb", source.env())
@@ -159,7 +184,11 @@ def _bench(cluster: Cluster, work: Path, args: argparse.Namespace) -> list[str]:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(120)
-    recovered = Recovered(env, work / "recovered", source.password, expected)
+    server_dir = work / "server"  # the recovered server's directory and log: its own
+    server_dir.mkdir()
+    if AS_ROOT:
+        shutil.chown(server_dir, "postgres", "postgres")
+    recovered = Recovered(env, server_dir / "recovered", source.password, expected)
     to_end = Contender("backupd recover + start + promotion", lambda _: [], env)
     replayed = Contender("... from base 1, the whole load replayed (--to-name)", lambda _: [],
                          env)

@@ -14,6 +14,7 @@ directory), so starting it never needs backupd, the archive or S3.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 from collections.abc import Iterator
@@ -163,16 +164,16 @@ def _quote(value: str) -> str:
 
 
 def complete(directory: Path, stage: Path, owner: tuple[int, int] | None) -> None:
-    """The last step: ownership, fsync, every entry renamed up into ``directory``,
-    ``PG_VERSION`` last; then the staging mark goes."""
+    """The last step: ownership, everything on disk, every entry renamed up into
+    ``directory``, ``PG_VERSION`` last; then the staging mark goes."""
     if owner is not None:
         for path in _walk(stage):
             os.lchown(path, *owner)
         os.chown(directory, *owner)
     os.chmod(directory, 0o700)
-    for path in _walk(stage):
-        if path.is_file() and not path.is_symlink():
-            _fsync(path)
+    # The files were fsynced as they were written; one sync of the filesystem makes the new
+    # directories' entries durable too, before PG_VERSION can vouch for them.
+    _sync_filesystem(directory)
     for entry in sorted(stage.iterdir()):
         if entry.name != "PG_VERSION":
             entry.rename(directory / entry.name)
@@ -188,6 +189,16 @@ def _walk(root: Path) -> Iterator[Path]:
     for parent, dirs, files in os.walk(root):
         for name in dirs + files:
             yield Path(parent) / name
+
+
+def _sync_filesystem(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

@@ -71,9 +71,15 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     if options.force and recovery_dir.clean_incomplete(target_dir):
         ctx.warn(f"--force: removed the incomplete recover left in {target_dir}")
     with recovery_dir.staging(target_dir) as stage:
+        phase = time.monotonic()
         source.extract(chosen.base, stage, ctx.cancel)
+        ctx.say(f"base backup {chosen.base.name} extracted and checked in "
+                f"{time.monotonic() - phase:.1f}s")
+        phase = time.monotonic()
         outcome.wal_bytes = copy_wal(source, chosen, stage / recovery_dir.WAL_COPY_NAME,
                                      ctx.cancel)
+        ctx.say(f"{len(chosen.segments)} WAL files ({outcome.wal_bytes / 2**20:.0f} MiB) "
+                f"copied and checked in {time.monotonic() - phase:.1f}s")
         check_time_reachable(chosen, stage / recovery_dir.WAL_COPY_NAME)
         recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
                              f"{target.describe()}")
