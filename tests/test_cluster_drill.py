@@ -16,12 +16,14 @@ from helpers.cli import server_env, start_backupd
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, psql
 from helpers.slow_restore import kill_once_paused, pausing_psql
+from prometheus_client.parser import text_string_to_metric_families
 
 from backupd.commands import backup_run
 from backupd.commands import drill as drill_cmd
 from backupd.commands.drill_server import CLUSTER_MARK, STATE_DATABASE, STATE_MARK
 from backupd.job import run_job
 from backupd.notify.base import NotifierChain
+from backupd.notify.metrics import BackupdMetrics
 from backupd.notify.slack import build_message
 from backupd.outcomes import DrillOutcome
 from backupd.result import JobResult
@@ -124,6 +126,16 @@ def test_drill_onto_a_fresh_server_passes_and_leaves_it_empty(clusters: Clusters
     assert sorted(outcome.globals_restore.roles_created) == ["app", "reader"]
     assert outcome.globals_restore.roles_kept == ["postgres"]
     assert server_contents(clusters.drill) == EMPTY_SERVER
+    # /metrics serves each database's restore time and the cluster's RTO, from the manifests.
+    text = BackupdMetrics(load_settings(**clusters.env())).render().decode()
+    served = {(sample.name, tuple(sample.labels.items())): sample.value
+              for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert served[("backupd_drill_cluster_restore_seconds", ())] == pytest.approx(
+        outcome.cluster_restore_seconds)
+    assert served[("backupd_drill_cluster_last_run_success", ())] == 1
+    for drilled in outcome.databases:
+        assert served[("backupd_drill_last_restore_seconds",
+                       (("database", drilled.database),))] == pytest.approx(drilled.restore_seconds)
 
 
 def test_a_backup_set_without_its_globals_fails(clusters: Clusters) -> None:
