@@ -144,7 +144,7 @@ def test_both_files_name_the_series_the_issue_asks_for() -> None:
     variables = json.loads(DASHBOARD.read_text())["templating"]["list"]
     assert "database" in {v["name"] for v in variables}
     rules = named_in_rules()
-    assert {"backupd_newest_verified_backup_age_seconds", "backupd_job_last_run_success",
+    assert {"backupd_newest_verified_backup_age_seconds", "backupd_job_last_run_failed",
             "backupd_drill_last_run_success", "backupd_drill_last_restore_seconds",
             "backupd_wal_receive_lag_seconds", "backupd_wal_slot_retained_bytes",
             "backupd_wal_archiving_up", "up"} <= rules
@@ -223,7 +223,7 @@ def test_every_metric_named_is_served_per_database(
                  "backupd_newest_verified_backup_size_bytes", "backupd_local_backups",
                  "backupd_drill_last_restore_seconds", "backupd_drill_last_run_success"):
         assert by_database(name) == {first, second}, name
-    for name in ("backupd_job_last_run_success", "backupd_job_last_duration_seconds"):
+    for name in ("backupd_job_last_run_failed", "backupd_job_last_duration_seconds"):
         # each database's own result, and the run's summary under POSTGRES_DB
         for job in ("backup", "drill"):
             assert {dict(labels)["database"] for served_name, labels in served
@@ -237,8 +237,9 @@ def test_every_metric_named_is_served_per_database(
         assert served[("backupd_drill_last_restore_seconds", key)] == pytest.approx(
             entry.manifest.drill_restore_seconds)
         for job in ("backup", "drill"):
-            assert served[("backupd_job_last_run_success",
-                           (("database", database), ("job", job)))] == 1
+            labels = (("database", database), ("job", job))
+            assert served[("backupd_job_last_run_success", labels)] == 1
+            assert served[("backupd_job_last_run_failed", labels)] == 0
     assert served[("backupd_drill_cluster_restore_seconds", ())] == 12.5
 
     # `backupd health` reports the same per database (and the cluster's, for the globals).

@@ -118,6 +118,7 @@ def test_metrics_carry_the_last_run(served: Served) -> None:
     assert samples[("backupd_job_last_duration_seconds", job)] == pytest.approx(
         result.duration_seconds)
     assert samples[("backupd_job_last_backup_size_bytes", job)] == path.stat().st_size
+    assert samples[("backupd_job_last_run_failed", job)] == 0
     assert samples[("backupd_job_runs_total", (*job, ("status", "success")))] == 1
     assert samples[("backupd_job_runs_total", (*job, ("status", "failed")))] == 0
     assert samples[("backupd_local_backups", db)] == 1
@@ -138,6 +139,14 @@ def test_metrics_carry_the_last_run(served: Served) -> None:
     assert failed.status == Status.FAILED
     samples = scrape(served)
     assert samples[("backupd_job_runs_total", (*job, ("status", "failed")))] == 1
+    assert samples[("backupd_job_last_run_success", job)] == 0
+    assert samples[("backupd_job_last_run_failed", job)] == 1
+    # A skipped run (another replica had the slot) is no news: the failure stands.
+    skipped = JobResult(job="backup", database=served.settings.postgres_db)
+    skipped.finish(Status.SKIPPED, "another backupd is already running")
+    served.metrics.observe(skipped)
+    samples = scrape(served)
+    assert samples[("backupd_job_last_run_failed", job)] == 1
     assert samples[("backupd_job_last_run_success", job)] == 0
     assert samples[("backupd_job_last_backup_size_bytes", job)] == path.stat().st_size
     _, text = served.get("/metrics")

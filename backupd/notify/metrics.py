@@ -27,7 +27,7 @@ from backupd.log import get_logger
 from backupd.notify.store_metrics import store_metrics
 from backupd.notify.wal_metrics import wal_families
 from backupd.outcomes import BackupRunOutcome
-from backupd.result import JobResult, Status
+from backupd.result import ALERT_STATUSES, JobResult, Status
 from backupd.settings import Settings
 
 # --- facts from results ----------------------------------------------------------------
@@ -55,6 +55,13 @@ RESULT_GAUGES: tuple[ResultGauge, ...] = (
                 "How long the job's last run took.", lambda r: r.duration_seconds),
     ResultGauge("backupd_job_last_run_success",
                 "1 if the job's last run succeeded, 0 if not.", lambda r: float(r.ok)),
+    # What to alert on: a skipped run (another replica has the slot, the lock is held)
+    # is no news either way, so it leaves the gauge as the last real run set it.
+    ResultGauge("backupd_job_last_run_failed",
+                "1 if the job's last run that was not skipped failed, was missed or was "
+                "cancelled; 0 if it succeeded.",
+                lambda r: None if r.status == Status.SKIPPED
+                else float(r.status in ALERT_STATUSES)),
     ResultGauge("backupd_job_last_backup_size_bytes",
                 "Size of the backup the job's last successful run wrote.",
                 lambda r: r.size_bytes if r.ok else None),
