@@ -209,3 +209,43 @@ def test_wal_level_minimal_is_one_line_exit_2(backup_dir: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "wal_level=minimal" in line and "wal_level = replica" in line
+
+
+def test_an_invalidated_slot_is_reported_recreated_and_streaming_goes_on(
+    backup_dir: Path, backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
+) -> None:
+    from helpers.cluster import DEFAULT_CLUSTER_PASSWORD
+    from helpers.wal import WAL_SERVER_SETTINGS
+
+    settings = {**WAL_SERVER_SETTINGS, "max_slot_wal_keep_size": "'32MB'",
+                "min_wal_size": "'32MB'", "max_wal_size": "'64MB'"}
+    with PrivateCluster(DEFAULT_CLUSTER_PASSWORD, server_settings=settings) as cluster:
+        cluster.start()
+        env = wal_env(cluster, backup_dir, **STREAM_ONLY)
+        first = backupd_daemon(["run"], env)
+        wait_streaming(backup_dir)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        wait_until(lambda: not receivewal_pids(backup_dir), 10, "pg_receivewal gone")
+        # Far more WAL than max_slot_wal_keep_size while nobody streams, then a checkpoint:
+        # the server invalidates the slot (wal_status = lost) and removes that WAL.
+        for _ in range(6):
+            write_wal(cluster.address, 12 * 1024)
+            switch_wal(cluster.address)
+        psql(cluster.address, "postgres", "CHECKPOINT")
+        assert psql(cluster.address, "postgres",
+                    "SELECT wal_status FROM pg_replication_slots").strip() == "lost"
+
+        second = backupd_daemon(["run"], env)
+        # Reported as a failed "wal" result to every notifier, naming what to do.
+        wait_until(lambda: "a new base backup is needed" in second.read_stderr(), 60,
+                   "the lost slot reported")
+        assert "was invalidated by the server" in second.read_stderr()
+        marker = "after-the-new-slot"
+        commit_marker(cluster.address, marker)
+        wait_until(lambda: archive_holds(backup_dir, marker, tmp_path / "check"), 60,
+                   "streaming again through the recreated slot")
+        state = psql(cluster.address, "postgres",
+                     "SELECT wal_status, active FROM pg_replication_slots").strip()
+        assert state.split("|")[0] in ("reserved", "extended") and state.endswith("t"), state
+        assert second.poll() is None

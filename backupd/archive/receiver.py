@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-
 from backupd.archive import server
 from backupd.archive.server import ArchiveIdentity
 from backupd.archive.walstore import SPOOL_SUBDIRECTORY, WalArchive, WalOrigin
@@ -248,6 +246,3 @@ def _only_zeros(path: Path) -> bool:
 def origin_of(identity: ArchiveIdentity) -> WalOrigin:
     return WalOrigin(identity.system_identifier, identity.segment_size)
 
-
-def describe_pg_error(exc: psycopg.Error) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
