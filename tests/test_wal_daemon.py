@@ -224,6 +224,9 @@ def test_an_invalidated_slot_is_reported_recreated_and_streaming_goes_on(
         env = wal_env(cluster, backup_dir, **STREAM_ONLY)
         first = backupd_daemon(["run"], env)
         wait_streaming(backup_dir)
+        commit_marker(cluster.address, "before-the-slot-is-lost")
+        wait_until(lambda: holds(live_partial(backup_dir), "before-the-slot-is-lost"), 30,
+                   "a partial holding WAL in the spool")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         wait_until(lambda: not receivewal_pids(backup_dir), 10, "pg_receivewal gone")
@@ -245,6 +248,10 @@ def test_an_invalidated_slot_is_reported_recreated_and_streaming_goes_on(
         commit_marker(cluster.address, marker)
         wait_until(lambda: archive_holds(backup_dir, marker, tmp_path / "check"), 60,
                    "streaming again through the recreated slot")
+        # The server had removed the WAL after the spool's: the spool's partial was kept in
+        # the archive and streaming started over from the new slot.
+        assert "streaming restarts from the replication slot" in second.read_stderr()
+        assert archive_holds(backup_dir, "before-the-slot-is-lost", tmp_path / "check")
         state = psql(cluster.address, "postgres",
                      "SELECT wal_status, active FROM pg_replication_slots").strip()
         assert state.split("|")[0] in ("reserved", "extended") and state.endswith("t"), state

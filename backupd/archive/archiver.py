@@ -22,7 +22,7 @@ import psycopg
 from backupd.archive import server
 from backupd.archive.receiver import Receiver, Report, WalConfig, origin_of
 from backupd.archive.status import LagTracker, WalStatus
-from backupd.archive.walnames import parse_wal_name
+from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, parse_wal_name
 from backupd.archive.walstore import WalArchive, offsite_wal_repository
 from backupd.errors import BackupdError, OffsiteError
 from backupd.log import get_logger
@@ -50,7 +50,7 @@ class WalStreamer:
         self.offsite = offsite_wal_repository(offsite) if offsite is not None else None
         self._report = report
         self._request_base_backup = request_base_backup
-        self.receiver = Receiver(config, report, self._slot_lost)
+        self.receiver = Receiver(config, report, self._slot_lost, self._wal_removed)
         self._stop = threading.Event()
         self._spool_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -265,32 +265,46 @@ class WalStreamer:
         self._set(**fields)
 
     def _slot_lost(self, slot: str, why: str) -> None:
-        """The slot was lost: WAL after the archive's end is gone. Keep what we have (the
-        spool's segments, committed), start a new archive line and ask for a base backup."""
+        """The slot was lost: WAL after the archive's end may be gone from the server.
+        Report it and ask for a base backup; streaming goes on from the spool if the server
+        still has that WAL (no gap after all), else from the new slot (``_wal_removed``)."""
         message = (f"WAL archiving: replication slot {slot!r} {why}; WAL written after the "
-                   "archive's end was removed from the server, so point-in-time recovery "
-                   "cannot cross this gap. The slot is recreated and streaming restarts; a "
+                   "archive's end may be gone from the server, and point-in-time recovery "
+                   "cannot cross such a gap. The slot is recreated and streaming restarts; a "
                    "new base backup is needed (set max_slot_wal_keep_size with room to spare)")
         self._log.error("replication slot lost", slot=slot, why=why)
         self._set(slot_lost_at=datetime.now(UTC))
-        self._archive_spool()
-        with self._spool_lock:
-            for path in self.archive.spool_files():
-                identity = self.receiver.identity
-                wal = parse_wal_name(path.name, identity.segment_size if identity else 0x1000000)
-                if identity is not None and wal is not None:
-                    with contextlib.suppress(OSError, BackupdError):
-                        self.archive.store(path, wal, origin_of(identity),
-                                           compression=self.config.compression,
-                                           level=self.config.level,
-                                           scratch=self.config.directory)
-                path.unlink()
         self._report(message)
         if self._request_base_backup is not None:
             self._request_base_backup(message)
         else:
             # The daemon passes Daemon.run_soon("basebackup"); without it, say what to do.
             self._log.warning("a new base backup is needed; take one with `backupd basebackup`")
+
+    def _wal_removed(self) -> None:
+        """The server no longer has the WAL after the spool's: keep what the spool holds
+        (completed segments committed, the partial committed as a ``.partial``), empty it,
+        and let pg_receivewal start from the slot (a new, unbroken run of the archive)."""
+        identity = self.receiver.identity
+        self._archive_spool()
+        with self._spool_lock:
+            for path in self.archive.spool_files(identity.segment_size if identity else
+                                                 DEFAULT_SEGMENT_SIZE):
+                wal = parse_wal_name(path.name, identity.segment_size) if identity else None
+                if identity is not None and wal is not None:
+                    try:
+                        kept = self.archive.store(path, wal, origin_of(identity),
+                                                  compression=self.config.compression,
+                                                  level=self.config.level,
+                                                  scratch=self.config.directory)
+                        self._pending.append(kept.name)  # offsite too
+                    except (OSError, BackupdError) as exc:
+                        self._log.error("cannot keep the spool's partial", file=path.name,
+                                        error=str(exc))
+                        continue  # never deleted unless kept
+                path.unlink()
+        self._log.warning("the server no longer has the WAL after the spool's; streaming "
+                          "restarts from the replication slot")
 
     def _publish(self) -> None:
         self._set(updated_at=datetime.now(UTC))

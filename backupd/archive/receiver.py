@@ -71,10 +71,12 @@ class Receiver:
     """Runs pg_receivewal until stopped; restarts it with a capped backoff."""
 
     def __init__(self, config: WalConfig, report: Report,
-                 on_slot_lost: Callable[[str, str], None]) -> None:
+                 on_slot_lost: Callable[[str, str], None],
+                 on_wal_removed: Callable[[], None]) -> None:
         self.config = config
         self._report = report
-        self._on_slot_lost = on_slot_lost  # (slot, why): the archiver restarts the archive
+        self._on_slot_lost = on_slot_lost  # (slot, why): reported, a base backup requested
+        self._on_wal_removed = on_wal_removed  # the spool's position is gone from the server
         self._stop = threading.Event()
         self._child: Child | None = None
         self._lock_fd: int | None = None
@@ -233,6 +235,10 @@ class Receiver:
         if not self._stop.is_set():
             reason = child.error_line or f"exit code {code}"
             self.error = f"pg_receivewal stopped: {reason}"
+            if "has already been removed" in reason:
+                # The slot was lost and the server recycled the WAL after the spool's
+                # position: the next start goes from the (recreated) slot.
+                self._on_wal_removed()
 
 
 def _only_zeros(path: Path) -> bool:
