@@ -29,7 +29,7 @@ def test_a_restore_on_a_terminal_shows_its_progress_and_piped_shows_none(
 ) -> None:
     env = backupd_env(fixture_db, BACKUPD_LOG_FORMAT="auto")
     backup = take_backup(env)
-    slow = {**env, "PATH": path_with(throttled_psql(tmp_path / "bin"))}
+    slow = {**env, "PATH": path_with(throttled_psql(tmp_path / "bin", chunk=32 * 1024))}
     on_terminal, piped = unique_db_name("progress_tty"), unique_db_name("progress_pipe")
     try:
         code, transcript = run_in_terminal(["restore", backup.name, "--target-db", on_terminal],
@@ -43,7 +43,7 @@ def test_a_restore_on_a_terminal_shows_its_progress_and_piped_shows_none(
         assert PROMPT in screen  # asked with the display paused, and answered
         assert screen.rindex("restore success") > screen.rindex("%")  # summary after it
 
-        proc = run_backupd(["restore", backup.name, "--target-db", piped, "--yes"], slow)
+        proc = run_backupd(["restore", backup.name, "--target-db", piped, "--yes"], env)
         assert proc.returncode == 0, proc.stderr
         output = proc.stdout + proc.stderr
         assert "restore success" in output
