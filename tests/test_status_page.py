@@ -89,7 +89,7 @@ def test_daemon_serves_backups_drills_charts_and_health_without_secrets(
     assert chart_points(html, "chart-backup-size") == 3
     assert chart_points(html, "chart-backup-duration") == 3
     assert chart_points(html, "chart-drill-rto") == 1
-    assert "healthy" in html
+    assert '<span class="verdict ok">healthy</span>' in html
     for secret in (PASSWORD, HOOK_SECRET, "xyzzy-hook", hook, TOKEN):
         assert secret not in html, f"a secret on the status page: {secret!r}"
 

@@ -21,7 +21,7 @@ from backupd.commands.health import check as health_check
 from backupd.commands.jobs import job_table, scheduled_jobs
 from backupd.commands.selection import artifact_sets
 from backupd.daemon.health import HealthReport
-from backupd.daemon.history import RunRecord, runs_of
+from backupd.daemon.history import RunFigures, RunRecord, runs_of
 from backupd.daemon.scheduler import ScheduledJob
 from backupd.daemon.state import RECORDED_JOBS, StateFile, iso_utc, read_state
 from backupd.naming import BASE_DATABASE, BASE_KIND, DUMP_KIND
@@ -40,13 +40,7 @@ CHARTED_RUNS = 30
 Runs = Literal["on schedule", "after every backup", "one-off only"]
 
 
-class ResultBrief(BaseModel):
-    status: str
-    started_at: UtcDateTime
-    finished_at: UtcDateTime | None = None
-    duration_seconds: float | None = None
-    backup_name: str | None = None
-    size_bytes: int | None = None
+class ResultBrief(RunFigures):
     error: str | None = None
     warnings: list[str] = []
     deleted: int = 0  # backups retention deleted in this run

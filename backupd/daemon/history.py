@@ -19,19 +19,24 @@ CHARTED_JOBS = frozenset({"backup", "drill"})
 RUNS_KEPT = 60
 
 
-class RunRecord(BaseModel):
-    """One finished run, reduced to what the charts and the drill table show."""
+class RunFigures(BaseModel):
+    """What every summary of a run shows (here, and ``backupd status``'s ResultBrief)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    job: str
-    database: str
     status: str
     started_at: UtcDateTime
     finished_at: UtcDateTime | None = None
     duration_seconds: float | None = None
     backup_name: str | None = None
     size_bytes: int | None = None
+
+
+class RunRecord(RunFigures):
+    """One finished run, reduced to what the charts and the drill table show."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job: str
+    database: str
     # A drill's measured restore time: the whole cluster's onto a drill server (the RTO).
     restore_seconds: float | None = None
     drill_server: str | None = None
