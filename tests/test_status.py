@@ -62,10 +62,14 @@ def test_status_shows_next_runs_last_results_newest_backup_and_health(
 def test_status_without_a_daemon_computes_next_runs_from_the_settings(
     backupd_env: Callable[..., dict[str, str]], backup_dir: Path,
 ) -> None:
-    env = backupd_env("postgres", BACKUP_SCHEDULE="30 2 * * 0", TZ="Europe/Berlin")
+    env = backupd_env("postgres", BACKUP_SCHEDULE="30 2 * * 0", TZ="Europe/Berlin",
+                      DB_BACKUP_KEEP_DAILY="7", DB_BACKUP_KEEP_MONTHLY="12")
     proc = run_backupd(["status", "--json"], env)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
+    prune = next(job for job in data["jobs"] if job["job"] == "prune")
+    assert prune["keeps"] == ("retention 7 days, keeping at least 3 verified backups and "
+                              "7 daily, 12 monthly")
     backup = next(job for job in data["jobs"] if job["job"] == "backup")
     when = datetime.fromisoformat(backup["next_run"]).astimezone(ZoneInfo("Europe/Berlin"))
     assert (when.strftime("%a"), when.hour, when.minute) == ("Sun", 2, 30)

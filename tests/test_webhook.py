@@ -54,7 +54,9 @@ def test_the_documented_schema_is_the_one_the_code_sends() -> None:
     """docs/webhook-schema-v1.json is generated from the payload model; regenerate it with
     ``python -m backupd.notify.webhook > docs/webhook-schema-v1.json`` (and raise
     SCHEMA_VERSION when a change is not purely additive)."""
-    assert json.loads(SCHEMA_FILE.read_text()) == json_schema()
+    assert json.loads(SCHEMA_FILE.read_text()) == json_schema(), (
+        "docs/webhook-schema-v1.json is stale: regenerate it with `python -m "
+        "backupd.notify.webhook > docs/webhook-schema-v1.json` (additive: same version)")
 
 
 def test_each_backup_posts_its_signed_result(

@@ -89,6 +89,8 @@ def _job_lines(job: JobStatus) -> list[str]:
         lines = [f"  {job.job:<7} off ({job.setting} not set)"]
     else:
         lines = [f"  {job.job:<7} one-off only (`backupd {job.job}`)"]
+    if job.keeps:
+        lines.append(f"          keeps: {job.keeps}")
     if job.running_since:
         lines.append(f"          running since {iso_utc(job.running_since)}")
     last, outcome = job.last_result, job.last_outcome

@@ -19,6 +19,7 @@ from backupd.archive.status import WalStatus, read_status
 from backupd.archive.walnames import WAL_SUBDIRECTORY
 from backupd.commands.health import check as health_check
 from backupd.commands.jobs import job_table, scheduled_jobs
+from backupd.commands.prune import retention_policy
 from backupd.commands.selection import artifact_sets
 from backupd.daemon.health import HealthReport
 from backupd.daemon.history import RunFigures, RunRecord, runs_of
@@ -78,6 +79,8 @@ class JobStatus(BaseModel):
     last_outcome: ResultBrief | None
     # Retention without its own schedule: the last backup that ran it.
     with_backup: ResultBrief | None = None
+    # Retention (prune): what it keeps, in words (age, keep-min, the calendar tiers).
+    keeps: str | None = None
 
 
 class DaemonInstance(BaseModel):
@@ -221,6 +224,7 @@ def _job_status(name: str, setting: str | None, job: ScheduledJob | None, state:
         last_result=ResultBrief.of(record.last_result if record else None),
         last_outcome=ResultBrief.of(record.last_outcome if record else None),
         with_backup=with_backup,
+        keeps=retention_policy(settings).describe() if name == "prune" else None,
     )
 
 
