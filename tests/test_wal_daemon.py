@@ -256,3 +256,25 @@ def test_an_invalidated_slot_is_reported_recreated_and_streaming_goes_on(
                      "SELECT wal_status, active FROM pg_replication_slots").strip()
         assert state.split("|")[0] in ("reserved", "extended") and state.endswith("t"), state
         assert second.poll() is None
+
+
+def test_a_new_timeline_is_followed_and_its_history_archived(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
+) -> None:
+    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir, **STREAM_ONLY))
+    wait_streaming(backup_dir)
+    wait_archived(backup_dir, switch_wal(wal_cluster.address))
+    # The server restarts as a standby of nobody and is promoted: timeline 2 (what a
+    # failover looks like to the archive, on the same cluster and slot).
+    wal_cluster.restart_on_a_new_timeline()
+    marker = "on-timeline-two"
+    commit_marker(wal_cluster.address, marker)
+    last = switch_wal(wal_cluster.address)
+    assert last.startswith("00000002")
+    wait_archived(backup_dir, last, 90)
+    names = [w.name for w in archived(backup_dir)]
+    assert "00000002.history" in names, names
+    assert gaps(names) == [], names
+    assert archive_holds(backup_dir, marker, tmp_path / "check")
+    assert daemon.poll() is None

@@ -144,6 +144,18 @@ class PrivateCluster:
             [pg_binary("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60"]
         )
 
+    def restart_on_a_new_timeline(self) -> None:
+        """Restart as a standby of nobody and promote it: the next timeline, on the same
+        cluster (what a failover looks like to a WAL archive)."""
+        self.stop("fast")
+        signal_file = self.data_dir / "standby.signal"
+        signal_file.touch()
+        if AS_ROOT:
+            shutil.chown(signal_file, SERVER_OS_USER, SERVER_OS_USER)
+        self.start()
+        self._as_server_user([pg_binary("pg_ctl"), "promote", "-D", str(self.data_dir), "-w",
+                              "-t", "60"])
+
     def restart(self) -> None:
         if self.is_running():
             self.stop()
