@@ -245,3 +245,16 @@ def test_killed_mid_stream_leaves_no_base_backup_and_no_child(cluster: PrivateCl
     listed = run_backupd(["list", "--json"], basebackup_env(cluster, repo))
     assert "base_" not in listed.stdout, listed.stdout
     assert take_base_backup(basebackup_env(cluster, repo)).exists()
+
+
+def test_health_wants_a_verified_base_backup_with_the_wal_archive(taken: Path,
+                                                                  tmp_path: Path) -> None:
+    env = {"DB_BACKUP_DIR": str(tmp_path / "repo"), "POSTGRES_DB": "postgres",
+           "WAL_ARCHIVE": "on"}
+    (tmp_path / "repo").mkdir()
+    proc = run_backupd(["health"], env)
+    assert proc.returncode == 1 and "base backups: no verified base backup" in proc.stdout, \
+        proc.stdout + proc.stderr
+    copy_of(taken, tmp_path / "repo")
+    proc = run_backupd(["health"], env)
+    assert "base backups:" not in proc.stdout, proc.stdout

@@ -21,7 +21,7 @@ from backupd.archive.walnames import WAL_SUBDIRECTORY
 from backupd.daemon.cron import parse_cron, parse_zone
 from backupd.daemon.state import STALE_AFTER, STATE_FILE, read_state
 from backupd.errors import ConfigError
-from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.naming import BASE_DATABASE, BASE_KIND, GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.result import human_duration
 from backupd.settings import Settings
 from backupd.storage.base import (
@@ -131,6 +131,7 @@ def evaluate(
 
     if settings.wal_archive:
         _check_wal(settings, wal_status, now, report)
+        _check_base_backups(settings, store, now, report)
     max_age = max_backup_age(settings, now)
     facts.backup_max_age_hours = round(max_age.total_seconds() / 3600, 2)
     if settings.database_selection.several or settings.globals_enabled:
@@ -251,6 +252,31 @@ def _check_drill(max_days: float, entries: list[BackupEntry], records: Iterable[
     if age > limit:
         report.reasons.append(f"the last successful restore drill is {_human(age)} old, more "
                               f"than DRILL_MAX_AGE_DAYS ({_human(limit)})")
+
+
+def _check_base_backups(settings: Settings, store: LocalStore, now: datetime,
+                        report: HealthReport) -> None:
+    """WAL is recovered from a base backup: without a recent verified one the archive is
+    worth little (and retention cannot let old WAL go)."""
+    newest = newest_verified(store.list_backups(BASE_DATABASE, BASE_KIND), now)
+    if newest is None:
+        report.reasons.append(f"base backups: no verified base backup in {store.directory}; "
+                              "the WAL archive cannot be recovered from without one "
+                              "(`backupd basebackup` takes one)")
+        return
+    if settings.basebackup_schedule is None:
+        return
+    age = now - newest.parsed.taken_at
+    try:
+        allowed = longest_gap(settings.basebackup_schedule, settings.timezone, now,
+                              allow_seconds=settings.schedule_seconds_field) \
+            * MAX_AGE_FACTOR + MAX_AGE_SLACK
+    except ConfigError:
+        return  # a bad schedule is refused by `backupd run` itself, naming the setting
+    if age > allowed:
+        report.reasons.append(f"base backups: the newest verified one, {newest.name}, is "
+                              f"{_human(age)} old, more than BASEBACKUP_SCHEDULE allows "
+                              f"({_human(allowed)})")
 
 
 def max_backup_age(settings: Settings, now: datetime | None = None) -> timedelta:
