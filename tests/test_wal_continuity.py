@@ -134,3 +134,32 @@ def test_a_lost_slot_makes_the_daemon_take_a_new_base_backup(
     # gap after all, and verify --wal says so for the older base backup too.)
     assert verdicts[newest]["pitr"] and len(verdicts) == 2, verdicts
     assert proc.returncode == 0 and all(v["pitr"] for v in verdicts.values()), verdicts
+
+
+def test_verify_wal_follows_a_new_timeline(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    env = wal_env(wal_cluster, backup_dir)
+    daemon = backupd_daemon(["run"], env)
+    wait_until(lambda: verified_base_backups(backup_dir), 120, "the base backup at start")
+    wait_archived(backup_dir, switch_wal(wal_cluster.address))
+    # A failover, as the archive sees it: the same cluster goes on as timeline 2.
+    wal_cluster.restart_on_a_new_timeline()
+    last = switch_wal(wal_cluster.address, 3)
+    assert last.startswith("00000002")
+    wait_archived(backup_dir, last, 90)
+    proc = run_backupd(["verify", "--wal", "--json"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [verdict] = json.loads(proc.stdout)
+    # From a base backup on timeline 1 across the switch (the history file) to the end.
+    assert verdict["pitr"] and verdict["reaches"].startswith("00000002"), verdict
+    on_two = [n for n in committed_segments(backup_dir) if n.startswith("00000002")]
+    middle = on_two[len(on_two) // 2 - 1] if len(on_two) > 2 else on_two[0]
+    [artifact] = [p for p in wal_dir(backup_dir).glob(f"{middle}.wal.*")
+                  if not p.name.endswith(".manifest.json")]
+    artifact.unlink()
+    proc = run_backupd(["verify", "--wal", "--json"], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)[0]["missing"] == [middle]
+    assert daemon.poll() is None, daemon.read_stderr()
