@@ -313,12 +313,14 @@ def summary_parts(outcome: Outcome | None) -> list[str]:
     if isinstance(outcome, PruneOutcome) and outcome.dry_run:
         return [f"would_delete={len(outcome.would_delete)} (dry run, nothing deleted)"]
     if isinstance(outcome, DrillOutcome):
+        pitr = ([f"pitr_rto={outcome.pitr.rto_seconds:.1f}s"]
+                if outcome.pitr is not None and outcome.pitr.rto_seconds is not None else [])
         if outcome.drill_server is None:
-            return ["roles=not-proven (drilled beside the live database)"]
+            return ["roles=not-proven (drilled beside the live database)", *pitr]
         parts = [f"drill_server={outcome.drill_server}", f"databases={len(outcome.databases)}"]
         if outcome.cluster_restore_seconds is not None:
             parts.append(f"rto={outcome.cluster_restore_seconds:.1f}s")
-        return parts
+        return parts + pitr
     if isinstance(outcome, RecoverOutcome):
         parts = [f"base_backup={outcome.base_backup}", f"wal_segments={outcome.wal_segments}"]
         if outcome.rto_seconds is not None:

@@ -27,6 +27,7 @@ import pytest
 from helpers.cli import build_env, run_backupd, start_backupd, stop_backupd
 from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster, free_port
 from helpers.faults import wait_until
+from helpers.logs import jobs_finished
 from helpers.offsite import s3_env
 from helpers.pg import connect
 from helpers.recovered import pg_ctl_start, postgres_owner, started
@@ -310,3 +311,14 @@ def test_a_killed_recover_leaves_a_directory_the_server_refuses(archive: Archive
     assert refused.returncode == 2 and "incomplete recover" in refused.stderr
     _recover(archive.env, target_dir, "--force")
     assert (target_dir / "PG_VERSION").exists() and not (target_dir / STAGING_NAME).exists()
+
+
+def test_backupd_drill_with_wal_archive_on_is_also_a_pitr_drill(archive: Archive) -> None:
+    """The DRILL_SCHEDULE path: `backupd drill` drills the newest dump, then the archive."""
+    backed_up = run_backupd(["backup", "--no-prune"], archive.env, timeout=300)
+    assert backed_up.returncode == 0, backed_up.stderr
+    proc = run_backupd(["drill"], archive.env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    pitr = jobs_finished(proc.stderr, "drill")[-1]["outcome"]["pitr"]
+    assert pitr["base_backup"].startswith("base_") and pitr["rto_seconds"] > 0
+    assert "pitr_rto=" in proc.stdout

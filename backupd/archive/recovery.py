@@ -204,11 +204,19 @@ def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
     history = sorted((w for w in source_wal if w.history), key=lambda w: w.timeline)
     timelines = {base.timeline} | {h.timeline for h in history if h.timeline > base.timeline}
     first = base.start_lsn // size
+    candidates = [w for w in source_wal if not w.history and w.timeline in timelines
+                  and w.segno >= first]
+    # A timeline begins at its first segment (the switch point's, which the new timeline
+    # rewrites): from there on an older timeline's files are the abandoned history after
+    # the switch, which replay never reads.
+    begins = {t: min(w.segno for w in candidates if w.timeline == t)
+              for t in {w.timeline for w in candidates}}
     # Per position, the newest timeline's file (what replay with recovery_target_timeline
     # 'latest' reads); a completed segment wins over a partial of the same position.
     chosen: dict[int, WalLike] = {}
-    for wal in sorted((w for w in source_wal if not w.history and w.timeline in timelines
-                       and w.segno >= first),
+    for wal in sorted((w for w in candidates
+                       if not any(t > w.timeline and start <= w.segno
+                                  for t, start in begins.items())),
                       key=lambda w: (w.segno, w.timeline, not w.partial)):
         chosen[wal.segno] = wal
     stop = base.stop_lsn // size

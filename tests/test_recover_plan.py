@@ -1,0 +1,84 @@
+"""recover's plan, from an archive's listing alone: which base backup, which WAL files, and
+the refusals (gap, a target outside the archive), across a timeline change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backupd.archive.recovery import RecoveryTarget, plan
+from backupd.archive.walnames import segment_name
+from backupd.errors import ConfigError, JobFailed
+
+SIZE = 16 * 1024 * 1024
+T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Base:
+    name: str
+    timeline: int
+    start_lsn: int
+    stop_lsn: int
+    stop_time: datetime
+    wal_segment_size: int = SIZE
+
+
+@dataclass(frozen=True)
+class Wal:
+    name: str
+    timeline: int
+    segno: int
+    partial: bool = False
+    history: bool = False
+
+
+def segments(timeline: int, first: int, last: int, *, partial_last: bool = False) -> list[Wal]:
+    out = [Wal(segment_name(timeline, n, SIZE), timeline, n) for n in range(first, last + 1)]
+    if partial_last:
+        out[-1] = Wal(out[-1].name + ".partial", timeline, last, partial=True)
+    return out
+
+
+BASES = [Base("base_old", 1, 2 * SIZE + 40, 2 * SIZE + 400, T0),
+         Base("base_new", 1, 5 * SIZE + 40, 5 * SIZE + 400, T0 + timedelta(hours=1))]
+
+
+def test_the_newest_base_backup_before_the_target_and_all_wal_after_it() -> None:
+    wal = segments(1, 2, 8, partial_last=True)
+    chosen = plan(wal, BASES, RecoveryTarget())
+    assert chosen.base.name == "base_new"
+    assert [w.segno for w in chosen.segments] == [5, 6, 7, 8] and chosen.segments[-1].partial
+    assert chosen.file_name(chosen.segments[-1]) == segment_name(1, 8, SIZE)
+    early = plan(wal, BASES, RecoveryTarget(time=T0 + timedelta(minutes=30)))
+    assert early.base.name == "base_old" and early.segments[0].segno == 2
+    assert plan(wal, BASES, RecoveryTarget(name="before-migration")).base.name == "base_old"
+
+
+def test_after_a_timeline_change_the_abandoned_history_is_left_out() -> None:
+    # Recovered at segment 6 onto timeline 2, which is shorter than what timeline 1 went on
+    # to write (the history after the target, abandoned).
+    wal = [*segments(1, 2, 9), Wal("00000002.history", 2, 0, history=True),
+           *segments(2, 6, 7, partial_last=True)]
+    chosen = plan(wal, BASES, RecoveryTarget())
+    assert [(w.timeline, w.segno) for w in chosen.segments] == [(1, 5), (2, 6), (2, 7)]
+    assert [h.name for h in chosen.history] == ["00000002.history"]
+
+
+def test_a_gap_names_the_missing_range() -> None:
+    wal = [w for w in segments(1, 2, 9) if w.segno not in (6, 7)]
+    with pytest.raises(JobFailed, match=f"WAL gap: {segment_name(1, 6, SIZE)} .. "
+                                        f"{segment_name(1, 7, SIZE)} missing"):
+        plan(wal, BASES, RecoveryTarget())
+
+
+def test_targets_outside_the_archive_are_refused() -> None:
+    wal = segments(1, 2, 8)
+    with pytest.raises(ConfigError, match="before the oldest base backup"):
+        plan(wal, BASES, RecoveryTarget(time=T0 - timedelta(days=1)))
+    with pytest.raises(ConfigError, match="after the archive's end"):
+        plan(wal, BASES, RecoveryTarget(lsn=20 * SIZE))
+    with pytest.raises(ConfigError, match="one recovery target"):
+        RecoveryTarget(time=T0, name="x")
