@@ -245,23 +245,26 @@ def _stored_digest(repository: Repository, name: str,
 # --- extracting -----------------------------------------------------------------------------
 
 class _FileSink:
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: BinaryIO, sync: bool) -> None:
         self._handle = handle
+        self._sync = sync
 
     def write(self, data: bytes) -> int:
         return self._handle.write(data)
 
     def close(self) -> None:
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._sync:
+            os.fsync(self._handle.fileno())
         self._handle.close()
 
 
 class DirectoryWriter:
     """Writes each member under ``target``; a path that would leave it is refused."""
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, *, sync_each_file: bool = True) -> None:
         self.target = target
+        self.sync_each_file = sync_each_file
         self._open: list[BinaryIO] = []
 
     def __call__(self, member: TarMember) -> MemberSink | None:
@@ -278,7 +281,7 @@ class DirectoryWriter:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         handle = os.fdopen(fd, "wb", buffering=1024 * 1024)
         self._open.append(handle)
-        return _FileSink(handle)
+        return _FileSink(handle, self.sync_each_file)
 
     def close_all(self) -> None:
         for handle in self._open:
@@ -288,10 +291,15 @@ class DirectoryWriter:
 
 def extract_base_backup(repository: Repository, name: str, target_dir: Path,
                         crypto: AgeKeyFiles | None,
-                        cancel: CancelToken | None = None) -> BaseBackupFacts:
+                        cancel: CancelToken | None = None, *,
+                        sync_each_file: bool = True) -> BaseBackupFacts:
     """Unpack base backup ``name`` into ``target_dir`` (absent or empty), checking every file
     against PostgreSQL's ``backup_manifest`` on the way; its facts. On any mismatch (or a
-    cancel) whatever was written is removed and BaseBackupDamaged (or Cancelled) raised."""
+    cancel) whatever was written is removed and BaseBackupDamaged (or Cancelled) raised.
+
+    ``sync_each_file=False``: the caller makes the files durable itself, all at once (recover
+    syncs the filesystem before its last step; an fsync per file of a data directory's
+    thousands costs more than the unpacking)."""
     entry = repository.entry(name)
     if target_dir.exists() and any(target_dir.iterdir()):
         raise ConfigError(f"{target_dir} is not empty; extract a base backup into an empty or "
@@ -299,7 +307,7 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
     identities = load_identities(crypto) if crypto is not None else None
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target_dir.chmod(0o700)
-    writer = DirectoryWriter(target_dir)
+    writer = DirectoryWriter(target_dir, sync_each_file=sync_each_file)
     try:
         checked = read_base_backup(repository, entry, identities, extract_to=writer,
                                    cancel=cancel)

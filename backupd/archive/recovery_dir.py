@@ -171,8 +171,8 @@ def complete(directory: Path, stage: Path, owner: tuple[int, int] | None) -> Non
             os.lchown(path, *owner)
         os.chown(directory, *owner)
     os.chmod(directory, 0o700)
-    # The files were fsynced as they were written; one sync of the filesystem makes the new
-    # directories' entries durable too, before PG_VERSION can vouch for them.
+    # One sync of the filesystem makes every file and directory entry durable before
+    # PG_VERSION can vouch for them (far cheaper than an fsync per file).
     _sync_filesystem(directory)
     for entry in sorted(stage.iterdir()):
         if entry.name != "PG_VERSION":

@@ -37,7 +37,9 @@ class ArchiveSource:
         return [b for b in list_base_backups(self.repository) if b.verified]
 
     def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken) -> None:
-        extract_base_backup(self.repository, backup.name, target, self.crypto, cancel)
+        # Made durable by recovery_dir.complete's one sync of the filesystem.
+        extract_base_backup(self.repository, backup.name, target, self.crypto, cancel,
+                            sync_each_file=False)
 
     def wal(self) -> Sequence[WalLike]:
         return self._wal.segments()
