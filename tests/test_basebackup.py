@@ -258,3 +258,9 @@ def test_health_wants_a_verified_base_backup_with_the_wal_archive(taken: Path,
     copy_of(taken, tmp_path / "repo")
     proc = run_backupd(["health"], env)
     assert "base backups:" not in proc.stdout, proc.stdout
+
+
+def test_a_base_backup_is_of_the_cluster_whatever_postgres_db_names(cluster: PrivateCluster,
+                                                                      tmp_path: Path) -> None:
+    path = take_base_backup(basebackup_env(cluster, tmp_path / "repo", POSTGRES_DB="*"))
+    assert read_manifest(path)["verified"] is True

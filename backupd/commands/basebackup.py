@@ -32,7 +32,7 @@ from backupd.pipeline.clients import note_server_major
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.supervisor import tool_version
 from backupd.postgres.connection import advisory_lock, describe_pg_error, server_version
-from backupd.postgres.databases import Connection
+from backupd.postgres.databases import Connection, maintenance_connection
 from backupd.result import human_bytes
 
 LOCK_PURPOSE = "basebackup"
@@ -80,7 +80,9 @@ def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
     keys = age_key_files(settings)
     recipients = recipient_strings(keys)  # a bad key: ConfigError before pg_basebackup
     identities = load_identities(keys)
-    with advisory_lock(settings, LOCK_PURPOSE):
+    # A base backup is of the cluster: the lock is taken on its maintenance database, so
+    # POSTGRES_DB as a list or `*` works too.
+    with advisory_lock(settings, LOCK_PURPOSE, open_connection=maintenance_connection):
         connection = wal_config(settings).connection  # the replication role
         try:
             with server.connect(connection) as conn:
