@@ -102,3 +102,40 @@ def test_segments_and_the_partial_reach_s3_and_queue_while_it_is_down(
 def pending_uploads(backup_dir: Path) -> int:
     status = read_status(backup_dir / "wal")
     return status.pending_uploads if status is not None else 0
+
+
+def test_an_offsite_archive_of_another_cluster_is_refused(
+    wal_cluster: PrivateCluster, backup_dir: Path, s3_server: S3Server, s3_bucket: str,
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    from datetime import UTC, datetime
+
+    from helpers.offsite import object_keys, put_bytes, sha256
+
+    from backupd.manifest import Manifest, WalRecord
+
+    # Another cluster's segment already under the prefix.
+    name, data = "000000010000000000000001.wal.zst", b"their WAL"
+    now = datetime.now(UTC)
+    theirs = Manifest(kind="wal", name=name, database="wal", started_at=now, finished_at=now,
+                      compression="zstd", raw_bytes=9, stored_bytes=len(data),
+                      sha256=sha256(data), verified=True,
+                      wal=WalRecord(wal_file=name.split(".")[0], timeline=1, start_lsn="0/1000000",
+                                    segment_size=16 * 1024 * 1024, system_identifier="1",
+                                    raw_sha256=sha256(data)))
+    put_bytes(s3_server, s3_bucket, f"wal/{name}", data)
+    put_bytes(s3_server, s3_bucket, f"wal/{name}.manifest.json", theirs.to_json())
+    before = object_keys(s3_server, s3_bucket)
+
+    env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY, WAL_S3_PARTIAL_SECONDS="1",
+                  **s3_env(s3_server, s3_bucket))
+    daemon = backupd_daemon(["run"], env)
+    wait_archived(backup_dir, switch_wal(wal_cluster.address))
+
+    def refused() -> bool:
+        status = read_status(backup_dir / "wal")
+        return status is not None and "belongs to cluster 1" in (status.offsite_error or "")
+
+    wait_until(refused, 30, "the foreign offsite archive refused")
+    assert "DB_BACKUP_S3_PREFIX" in daemon.read_stderr()
+    assert object_keys(s3_server, s3_bucket) == before  # nothing of ours mixed into theirs

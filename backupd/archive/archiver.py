@@ -26,7 +26,7 @@ from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, parse_wal_name
 from backupd.archive.walstore import WalArchive, offsite_wal_repository
 from backupd.errors import BackupdError, OffsiteError
 from backupd.log import get_logger
-from backupd.naming import WAL_DATABASE, WAL_KIND
+from backupd.naming import WAL_DATABASE, WAL_KIND, parse_backup_name
 from backupd.storage.atomic import fsync_directory
 from backupd.storage.base import Repository
 from backupd.storage.local import LocalRepository
@@ -58,6 +58,7 @@ class WalStreamer:
         self._monitor_conn: psycopg.Connection[tuple] | None = None  # type: ignore[type-arg]
         self._pending: deque[str] = deque()  # committed locally, not offsite yet, in order
         self._offsite_partials: set[str] | None = None
+        self._offsite_checked = False
         self._last_partial: tuple[str, int, int] | None = None
         self._offsite_synced_at: float | None = None
         self._offsite_failures = 0
@@ -154,6 +155,12 @@ class WalStreamer:
     # --- local -> offsite --------------------------------------------------------------------
     def _ship(self) -> None:
         assert self.offsite is not None
+        try:
+            if not self._offsite_is_ours():
+                return
+        except OffsiteError as exc:
+            self._offsite_failed(str(exc))
+            return
         while self._pending and not self._stop.is_set():
             name = self._pending[0]
             try:
@@ -182,7 +189,7 @@ class WalStreamer:
         segment is up: the offsite archive then has everything up to ``snapshot``."""
         assert self.offsite is not None
         identity = self.receiver.identity
-        if identity is None or self._pending:
+        if identity is None or self._pending or not self._offsite_checked:
             return
         snapshot = time.time()
         partials = [p for p in self.archive.spool_files(identity.segment_size)
@@ -203,22 +210,55 @@ class WalStreamer:
                 manifest = remote.store(path, wal, origin_of(identity),
                                         compression=self.config.compression,
                                         level=self.config.level, scratch=self.config.directory)
+                self._known_offsite_partials().add(manifest.name)
             except OffsiteError as exc:
                 self._offsite_failed(str(exc))
                 return
             except FileNotFoundError:
                 return
-            self._known_offsite_partials().add(manifest.name)
             self._last_partial = mark
         self._offsite_synced_at = snapshot
 
     def _known_offsite_partials(self) -> set[str]:
         if self._offsite_partials is None:
-            assert self.offsite is not None
-            self._offsite_partials = {
-                e.name for e in self.offsite.scan(WAL_DATABASE, WAL_KIND)
-                if (e.parsed.wal_file or "").endswith(".partial")}
+            self._offsite_partials = {n for n in self._offsite_names()
+                                      if ".partial." in n}
         return self._offsite_partials
+
+    def _offsite_names(self) -> list[str]:
+        """The WAL artifacts' names offsite: one listing (S3), no manifest read each."""
+        assert self.offsite is not None
+        names = getattr(self.offsite, "names", None)
+        listed = names() if callable(names) else [
+            e.name for e in self.offsite.scan(WAL_DATABASE, WAL_KIND)]
+        return [n for n in listed if (p := parse_backup_name(n)) is not None
+                and p.kind == WAL_KIND]
+
+    def _offsite_is_ours(self) -> bool:
+        """Once per start: the offsite archive holds no other cluster's WAL (its newest
+        artifact's manifest names this cluster); else nothing is shipped there."""
+        if self._offsite_checked:
+            return True
+        identity = self.receiver.identity
+        assert self.offsite is not None
+        if identity is None:
+            return False
+        names = sorted(self._offsite_names())
+        if names:
+            manifest, _ = self.offsite.load_manifest(names[-1])
+            theirs = manifest.wal.system_identifier if manifest and manifest.wal else None
+            if theirs is not None and theirs != identity.system_identifier:
+                error = (f"DB_BACKUP_S3_PREFIX: the WAL archive at {self.offsite.description} "
+                         f"belongs to cluster {theirs}, not this one "
+                         f"({identity.system_identifier}); nothing is uploaded there: point "
+                         "DB_BACKUP_S3_PREFIX at this cluster's own prefix")
+                if self.status().offsite_error != error:
+                    self._report(error)
+                self._set(offsite_error=error, pending_uploads=len(self._pending))
+                self._offsite_retry_at = time.monotonic() + OFFSITE_RETRY_MAX_SECONDS
+                return False
+        self._offsite_checked = True
+        return True
 
     def _drop_superseded_partials(self, uploaded: str) -> None:
         """The offsite partials of segments now complete there are deleted."""

@@ -155,6 +155,12 @@ class S3Repository:
                        if (parsed := parse_backup_name(name)) is not None
                        and parsed.kind == DUMP_KIND})
 
+    def names(self) -> list[str]:
+        """Every data object's name directly under the prefix (one listing, no manifest
+        read): what a caller needs to find a few artifacts among thousands."""
+        sizes, _ = self._objects()
+        return sorted(sizes)
+
     def _objects(self) -> tuple[dict[str, int], set[str]]:
         """(size of every data object, names that have a manifest) directly under the prefix."""
         sizes: dict[str, int] = {}
