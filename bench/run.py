@@ -243,6 +243,7 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
         "backupd plain zstd": {"DB_BACKUP_COMPRESSION": "zstd"},
         "backupd custom": {"DB_BACKUP_FORMAT": "custom"},
         "backupd plain gzip + age": {"DB_BACKUP_AGE_RECIPIENTS_FILE": str(recipients_file)},
+        "backupd directory (2 jobs)": {"DB_BACKUP_FORMAT": "directory", "DB_BACKUP_JOBS": "2"},
     }
     dirs = {name: work / f"mode{i}" for i, name in enumerate(modes)}
     shell_dir = work / "shell"
@@ -266,6 +267,8 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
         *backupd_contenders, baseline,
         Contender("pg_dump -Fc", lambda _: ["bash", "-c", f"pg_dump -Fc > {shell_dir}/base.dump"],
                   env),
+        Contender("pg_dump -Fd -j 2", lambda _: f"rm -rf {shell_dir}/dir && "
+                  f"pg_dump -Fd -j 2 -f {shell_dir}/dir", env),
         Contender("pg_dump > /dev/null (floor)", lambda _: "pg_dump > /dev/null", env),
     ]
     # Alternate the contenders, but keep the order within a round fixed.
@@ -281,6 +284,7 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
         sizes[c.name] = data[0].stat().st_size
     sizes["pg_dump | gzip"] = (shell_dir / "base.sql.gz").stat().st_size
     sizes["pg_dump -Fc"] = (shell_dir / "base.dump").stat().st_size
+    sizes["pg_dump -Fd -j 2"] = sum(p.stat().st_size for p in (shell_dir / "dir").iterdir())
     notes = {name: f"{size / 2**20:.1f} MiB, compression {raw / size:.1f}x"
              for name, size in sizes.items()}
     notes["pg_dump > /dev/null (floor)"] = f"{raw / 2**20:.0f} MiB of SQL"
@@ -361,6 +365,23 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
     lines.append("")
     lines += table("Verify", verifiers, gzip_t)
     lines += table(f"Restore ({args.restore_repeat} round(s))", restorers, shell_restore)
+    from issue18 import Target, targets_table
+
+    by_name = {c.name: c for c in [*contenders, *verifiers, *restorers]}
+    zstd_peak = by_name["backupd plain zstd"].peak_rss
+    lines += targets_table([
+        Target("backup vs `pg_dump \\| gzip`", default.median / baseline.median, 0.6),
+        Target("backup vs the `pg_dump > /dev/null` floor", default.median / floor.median, 1.1),
+        Target("verify vs `gzip -t`", verify_default.median / gzip_t.median, 0.5),
+        Target("plain restore vs `createdb; gunzip -c \\| psql`",
+               restore_default.median / shell_restore.median, 0.9),
+        Target("custom backup vs `pg_dump -Fc`",
+               by_name["backupd custom"].median / by_name["pg_dump -Fc"].median, 1.0),
+        Target("directory backup (2 jobs) vs `pg_dump -Fd -j 2`",
+               by_name["backupd directory (2 jobs)"].median / by_name["pg_dump -Fd -j 2"].median,
+               None),
+        Target("zstd backup peak memory", float(zstd_peak or 0), 100e6, unit="bytes"),
+    ])
     return lines
 
 
@@ -404,24 +425,65 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out point-in-time recovery (bench/recover.py)")
     parser.add_argument("--only-recover", action="store_true",
                         help="just point-in-time recovery against its logical restore")
+    parser.add_argument("--curve", action="store_true",
+                        help="instead: the cost curve, scales 1, 10 and 50 (needs matplotlib "
+                             "for its plot: pip install matplotlib)")
+    parser.add_argument("--curve-200", action="store_true",
+                        help="with --curve: also scale 200 (~2 GB of SQL)")
+    parser.add_argument("--curve-scales", default=None,
+                        help="with --curve: other scales, comma-separated (e.g. 1,10)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="with --curve: the PNG to write (default docs/performance-curve.png)")
+    parser.add_argument("--cpu-hog", action="store_true",
+                        help="run beside one CPU-bound job (stress-ng --cpu 1, else a busy loop)")
     args = parser.parse_args(argv)
     if args.scale < 1:
         parser.error("--scale must be a positive integer")
     args.restore_repeat = args.restore_repeat or args.repeat
     if not args.fixture.is_file():
         parser.error(f"--fixture: {args.fixture} not found")
-    if args.only_recover:
-        from recover import bench_recover
+    load = os.getloadavg()[0]
+    with cpu_hog(args.cpu_hog) as hog:
+        if args.curve:
+            from issue18 import DEFAULT_PLOT, curve
 
-        work = Path(tempfile.mkdtemp(prefix="backupd-bench-", dir=args.workdir))
-        try:
-            body = bench_recover(work, args)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    else:
-        body = bench(args)
-    publish("backupd benchmark", "", "pg_dump", body, args.out)
+            args.plot = args.plot or DEFAULT_PLOT
+            body = curve(args)
+        elif args.only_recover:
+            from recover import bench_recover
+
+            work = Path(tempfile.mkdtemp(prefix="backupd-bench-", dir=args.workdir))
+            try:
+                body = bench_recover(work, args)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        else:
+            body = bench(args)
+    body.append(f"Load average (1 min): {load:.2f} at the start, {os.getloadavg()[0]:.2f} at "
+                f"the end{hog}.")
+    publish("backupd benchmark", f"load average {load:.2f}, ", "pg_dump", body, args.out)
     return 0
+
+
+@contextlib.contextmanager
+def cpu_hog(on: bool) -> Iterator[str]:
+    """One CPU-bound job beside the bench (the issue's "under contention" figures)."""
+    if not on:
+        yield ""
+        return
+    stress = shutil.which("stress-ng")
+    argv = ([stress, "--cpu", "1", "--quiet"] if stress else
+            [sys.executable, "-c", "while True: pass"])
+    hog = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f", beside `{' '.join(argv[:3]) if stress else 'a busy loop'}`"
+    finally:
+        hog.terminate()
+        try:
+            hog.wait(10)
+        except subprocess.TimeoutExpired:
+            hog.kill()
+            hog.wait()
 
 
 def publish(title: str, load: str, pg_tool: str, body: list[str], out: Path | None) -> None:

@@ -14,7 +14,8 @@ def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
     pg_server: ServerAddress, tmp_path: Path,
 ) -> None:
     out = tmp_path / "bench.md"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path),
+           "LANG": "C.UTF-8",
            "PGHOST": pg_server.host, "PGPORT": str(pg_server.port), "PGUSER": pg_server.user}
     with subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--scale", "1", "--repeat", "1",
@@ -30,6 +31,9 @@ def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
     assert "ratio vs `gzip -t`" in stdout
     assert "ratio vs `createdb; gunzip -c \\| psql`" in stdout
     assert "Default backup vs the floor" in stdout
+    assert "### Against the goals of issue 18 (this run)" in stdout
+    assert "custom backup vs `pg_dump -Fc`" in stdout
+    assert "Load average (1 min):" in stdout
     assert out.read_text().strip() == stdout.strip()
     # It cleans up after itself: no database of this run is left on the server.
     with connect(pg_server) as conn:

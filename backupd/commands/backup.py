@@ -29,6 +29,7 @@ from backupd.outcomes import BackupOutcome, FileReport
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.pipeline.verification import (
+    CustomArchiveCheck,
     DirectoryArchiveCheck,
     FileScan,
     follow_growing_file,
@@ -86,8 +87,10 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         ctx.say(f"Starting backup of database {settings.postgres_db!r} to {name}")
         # The read-back (verification) follows the file as it is written, from the file.
         plain = parsed.backup_format == "plain" and not parsed.encrypted
-        # A directory-format tar is checked in the same read-back (unless encrypted).
-        archive = (parsed.backup_format == "directory" and not parsed.encrypted)
+        # Archives are checked in the same read-back too (unless encrypted): pg_restore
+        # reads a custom archive while pg_dump still writes it.
+        archive = {"directory": DirectoryArchiveCheck, "custom": CustomArchiveCheck}.get(
+            parsed.backup_format) if not parsed.encrypted else None
         read_back: list[FileScan] = []
         try:
             outcome = dump_to_file(
@@ -95,7 +98,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
                 encryptor=encryptor_for(age_key_files(settings)),
                 read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
                     path, growing, parsed.compression if plain else None, identity,
-                    DirectoryArchiveCheck() if archive else None, progress=ctx.progress)),
+                    archive, progress=ctx.progress)),
             )
         except DumpFailed as exc:
             ctx.result.stderr_tail, ctx.result.stderr_tool = exc.stderr_tail, "pg_dump"

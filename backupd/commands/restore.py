@@ -227,9 +227,10 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     on failure, so no single transaction over the whole restore is needed)."""
     started = datetime.now(UTC)
     if entry.parsed.backup_format == "custom":
-        if entry.parsed.encrypted and restore_config(ctx.settings).jobs > 1:
+        jobs = restore_config(ctx.settings).jobs
+        if entry.parsed.encrypted and jobs > 1:
             ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, "
-                    "never to disk (DB_RESTORE_JOBS applies to unencrypted .dump files)")
+                    f"never to disk (DB_RESTORE_JOBS={jobs} applies to unencrypted .dump files)")
         _pg_restore(ctx, path, database, identities if entry.parsed.encrypted else None, options)
     elif entry.parsed.backup_format == "directory":
         _restore_directory(ctx, path, entry, database, identities, options)

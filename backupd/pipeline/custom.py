@@ -22,6 +22,7 @@ from pathlib import Path
 from pyrage import x25519
 
 from backupd.cancel import CancelToken
+from backupd.errors import JobFailed
 from backupd.pipeline.config import RestoreConfig
 from backupd.pipeline.encrypt import Feed, decrypt_into
 from backupd.pipeline.supervisor import Child, tool_path
@@ -64,7 +65,7 @@ class _Tee:
     def __init__(self, inputs: list[_Input]) -> None:
         self._inputs = inputs
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         for target in self._inputs:
             target.feed(bytes(data))
         return len(data)
@@ -77,41 +78,79 @@ class ArchiveCheck:
     toc_entries: int
 
 
+class ArchiveReader:
+    """A writer fed with a custom archive's bytes, in order (the stored file, or its
+    plaintext): two pg_restore processes read them as they come, ``pg_restore --list`` the
+    table of contents and ``pg_restore --file=/dev/null`` every data block. ``finish`` in
+    the thread that made it (its children die with that thread) gives the ArchiveCheck."""
+
+    def __init__(self) -> None:
+        pg_restore = tool_path("pg_restore")
+        self.toc_entries = 0
+        self._stack = contextlib.ExitStack()
+        try:
+            self._toc = self._stack.enter_context(
+                Child([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            self._data = self._stack.enter_context(
+                Child([pg_restore, "--file=/dev/null"], stdin=subprocess.PIPE))
+        except BaseException:
+            self._stack.close()  # the first one started is stopped
+            raise
+        self._toc.follow(self._toc.stdout, self._count)
+        self._inputs = [_Input(self._toc), _Input(self._data)]
+        self._tee = _Tee(self._inputs)
+        self.result: ArchiveCheck | None = None
+
+    def _count(self, line: str) -> None:
+        # --list prints one line per entry; header lines and comments start with ';'.
+        if line and not line.startswith(";"):
+            self.toc_entries += 1
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._tee.write(data)
+
+    def finish(self) -> ArchiveCheck:
+        if self.result is not None:
+            return self.result
+        with self._stack:
+            toc_code, data_code = (target.finish() for target in self._inputs)
+        toc_problem = None
+        if toc_code != 0 or self.toc_entries == 0:
+            toc_problem = ("pg_restore --list cannot read the table of contents: "
+                           f"{self._toc.error_line or f'exit code {toc_code}'}")
+        data_problem = None
+        if data_code != 0:
+            data_problem = ("pg_restore cannot read the archive's data: "
+                            f"{self._data.error_line or data_code}")
+        self.result = ArchiveCheck(toc_problem, data_problem, self.toc_entries)
+        return self.result
+
+    def abort(self) -> None:
+        """Stop both readers (the read failed): their verdict would mean nothing."""
+        if self.result is None:
+            self._stack.__exit__(JobFailed, JobFailed("read failed"), None)
+            self.result = ArchiveCheck("the archive could not be read to its end", None, 0)
+
+
 def check_archive(path: Path, identities: list[x25519.Identity] | None,
                   stream: Stream | None = None) -> ArchiveCheck:
     """Read the archive's table of contents and every data block; never touches a database.
 
     ``identities`` decrypts an ``.age`` archive on the fly (AgeError when they do not fit).
     """
-    pg_restore = tool_path("pg_restore")
-    toc_entries = 0
-
-    def count(line: str) -> None:
-        nonlocal toc_entries
-        # --list prints one line per entry; header lines and comments start with ';'.
-        if line and not line.startswith(";"):
-            toc_entries += 1
-
-    with Child([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as toc, \
-            Child([pg_restore, "--file=/dev/null"], stdin=subprocess.PIPE) as data:
-        toc.follow(toc.stdout, count)
-        inputs = [_Input(toc), _Input(data)]
-        tee: Feed = counted(_Tee(inputs), stream)
+    reader = ArchiveReader()
+    feed: Feed = counted(reader, stream)
+    try:
         with open(path, "rb") as source:
             if identities is not None:
-                decrypt_into(source, tee, identities)
+                decrypt_into(source, feed, identities)
             else:
                 while chunk := source.read(READ_SIZE):
-                    tee.write(chunk)
-        toc_code, data_code = (target.finish() for target in inputs)
-    toc_problem = None
-    if toc_code != 0 or toc_entries == 0:
-        toc_problem = ("pg_restore --list cannot read the table of contents: "
-                       f"{toc.error_line or f'exit code {toc_code}'}")
-    data_problem = None
-    if data_code != 0:
-        data_problem = f"pg_restore cannot read the archive's data: {data.error_line or data_code}"
-    return ArchiveCheck(toc_problem, data_problem, toc_entries)
+                    feed.write(chunk)
+    except BaseException:
+        reader.abort()
+        raise
+    return reader.finish()
 
 
 # --- restore ----------------------------------------------------------------------------------

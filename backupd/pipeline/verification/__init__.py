@@ -11,7 +11,12 @@ from backupd.pipeline.verification.check import (
     check_other_content,
     verify_file,
 )
-from backupd.pipeline.verification.content import HeaderGate, ParallelGzipCheck, PlainSqlCheck
+from backupd.pipeline.verification.content import (
+    CustomArchiveCheck,
+    HeaderGate,
+    ParallelGzipCheck,
+    PlainSqlCheck,
+)
 from backupd.pipeline.verification.directory import DirectoryArchiveCheck
 from backupd.pipeline.verification.report import Check, VerifyReport
 from backupd.pipeline.verification.scan import (
@@ -23,8 +28,8 @@ from backupd.pipeline.verification.scan import (
 )
 
 __all__ = [
-    "READ_SIZE", "Check", "DecryptingScan", "DirectoryArchiveCheck", "FileScan", "HeaderGate",
-    "Identities", "ParallelGzipCheck", "PlainSqlCheck", "VerifyReport", "check_file_shape",
-    "check_gzip_members", "check_other_content", "follow_growing_file", "scan_file",
-    "verify_file",
+    "READ_SIZE", "Check", "CustomArchiveCheck", "DecryptingScan", "DirectoryArchiveCheck",
+    "FileScan", "HeaderGate", "Identities", "ParallelGzipCheck", "PlainSqlCheck", "VerifyReport",
+    "check_file_shape", "check_gzip_members", "check_other_content", "follow_growing_file",
+    "scan_file", "verify_file",
 ]

@@ -19,7 +19,11 @@ from backupd.naming import GLOBALS_KIND, ParsedName
 from backupd.pipeline.custom import check_archive
 from backupd.pipeline.directory import Extractor
 from backupd.pipeline.encrypt import AgeError, decrypt_into
-from backupd.pipeline.verification.content import ParallelGzipCheck, PlainSqlCheck
+from backupd.pipeline.verification.content import (
+    CustomArchiveCheck,
+    ParallelGzipCheck,
+    PlainSqlCheck,
+)
 from backupd.pipeline.verification.directory import DirectoryArchiveCheck
 from backupd.pipeline.verification.report import VerifyReport
 from backupd.pipeline.verification.scan import DecryptingScan, FileScan, scan_file
@@ -59,7 +63,11 @@ def verify_file(
     # Plain SQL and directory tars are checked in the one pass over the stored bytes.
     decrypting = ((plain or directory) and parsed.encrypted and identities is not None
                   and read_back is None)
-    archive = DirectoryArchiveCheck(extract) if directory else None
+    archive: DirectoryArchiveCheck | CustomArchiveCheck | None = None
+    if directory:
+        archive = DirectoryArchiveCheck(extract)
+    elif parsed.backup_format == "custom" and not parsed.encrypted and read_back is None:
+        archive = CustomArchiveCheck()  # pg_restore reads the archive in the same pass
     members = manifest.gzip_members if manifest is not None and unencrypted_sql else None
     result: FileScan | DecryptingScan
     try:
@@ -76,6 +84,7 @@ def verify_file(
                                                  total=_stored_size(path)) as stream:
                 if decrypting:
                     assert identities is not None
+                    assert not isinstance(archive, CustomArchiveCheck)
                     result = DecryptingScan(parsed.compression, forward, archive).read(
                         path, identities, stream)
                 else:
@@ -95,7 +104,8 @@ def verify_file(
         _add_age_outcome(report, result.age_problem)
         if result.age_problem is None:
             result.content.add_checks(report, cluster=cluster)
-    elif not unencrypted_sql and not isinstance(result.content, DirectoryArchiveCheck):
+    elif not unencrypted_sql and not isinstance(result.content,
+                                                (DirectoryArchiveCheck, CustomArchiveCheck)):
         # Unencrypted custom archives need no key, so they are always checked.
         check_other_content(path, parsed, report, identities, progress)
     report.clear_passing_details()

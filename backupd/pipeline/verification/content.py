@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from backupd.pipeline.compress import MemberCheck, check_gzip_member, open_checker
+from backupd.pipeline.custom import ArchiveReader
 from backupd.pipeline.sqlcheck import HEAD_BYTES, TAIL_BYTES, HeadTail, header_problem
 from backupd.pipeline.verification.report import VerifyReport
 
@@ -175,3 +176,33 @@ class HeaderGate:
             self._open = True
             held, self._held = self._held, b""
             self._send(held)
+
+
+class CustomArchiveCheck:
+    """The content checks of an (unencrypted or decrypted) custom archive fed in order: two
+    pg_restore processes read it as it goes by (pipeline.custom.ArchiveReader), so the
+    backup's read-back checks it while pg_dump is still writing. ``close`` in the thread
+    that made it (the processes die with that thread)."""
+
+    compression = "custom"
+    member_sizes: list[int] = []
+
+    def __init__(self) -> None:
+        self._reader = ArchiveReader()
+
+    def write(self, chunk: bytes | memoryview) -> int:
+        return self._reader.write(chunk)
+
+    def close(self) -> None:
+        self._reader.finish()
+
+    def abort(self) -> None:
+        self._reader.abort()
+
+    def add_checks(self, report: VerifyReport, *, cluster: bool = False) -> bool:
+        del cluster  # a custom archive is always one database's pg_dump
+        archive = self._reader.finish()
+        if report.add("pg_restore --list", archive.toc_problem is None,
+                      archive.toc_problem or ""):
+            report.add("archive data", archive.data_problem is None, archive.data_problem or "")
+        return True

@@ -15,16 +15,23 @@ from typing import BinaryIO, cast
 
 from pyrage import x25519
 
+from backupd.errors import BackupdError
 from backupd.pipeline.compress import BLOCK_SIZE
 from backupd.pipeline.encrypt import AgeError, decrypt_into
 from backupd.pipeline.growing import GrowingFile, WriteAbandoned
-from backupd.pipeline.verification.content import ParallelGzipCheck, PlainSqlCheck
+from backupd.pipeline.verification.content import (
+    CustomArchiveCheck,
+    ParallelGzipCheck,
+    PlainSqlCheck,
+)
 from backupd.pipeline.verification.directory import DirectoryArchiveCheck
 from backupd.progress import Progress, Stream
 
 # Sequential reads of a few MiB: few system calls, little memory.
 READ_SIZE = 2 * BLOCK_SIZE
-Content = PlainSqlCheck | ParallelGzipCheck | DirectoryArchiveCheck
+# Checks of a whole archive, given to a scan by its caller.
+ArchiveContent = DirectoryArchiveCheck | CustomArchiveCheck
+Content = PlainSqlCheck | ParallelGzipCheck | ArchiveContent
 # A restore forwards the SQL as it is checked, at psql's pace: the stored bytes are handed
 # on in slices this big, so what was read counts up as psql takes it (a display's
 # percentage moves, the stall watchdog sees movement), not one READ_SIZE at a time.
@@ -38,7 +45,7 @@ class FileScan:
 
     def __init__(self, compression: str | None, members: list[int] | None = None,
                  forward: Callable[[bytes], object] | None = None,
-                 content: DirectoryArchiveCheck | None = None) -> None:
+                 content: ArchiveContent | None = None) -> None:
         self._digest = hashlib.sha256()
         self.size = 0
         self.identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file read
@@ -74,6 +81,8 @@ class FileScan:
         self._problem = problem
         if isinstance(self.content, ParallelGzipCheck):
             self.content.close()
+        elif isinstance(self.content, CustomArchiveCheck):
+            self.content.abort()
 
     def raise_problem(self) -> None:
         if self._problem is not None:
@@ -86,39 +95,51 @@ def open_no_follow(path: Path) -> int:
 
 def scan_file(path: Path, compression: str | None, members: list[int] | None = None,
               forward: Callable[[bytes], object] | None = None,
-              content: DirectoryArchiveCheck | None = None,
+              content: ArchiveContent | None = None,
               stream: Stream | None = None) -> FileScan:
     """Read a finished file once (raises OSError); ``stream`` counts the bytes read."""
     result = FileScan(compression, members, forward, content)
-    fd = open_no_follow(path)
+    fd: int | None = None
     try:
+        fd = open_no_follow(path)
         result.read(fd, iter(lambda: os.read(fd, READ_SIZE), b""), stream)
     except BaseException:
         if isinstance(result.content, ParallelGzipCheck):
             result.content.close()
+        elif isinstance(result.content, CustomArchiveCheck):
+            result.content.abort()
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     return result
 
 
 def follow_growing_file(path: Path, growing: GrowingFile, compression: str | None,
                         writer_identity: tuple[int, int],
-                        content: DirectoryArchiveCheck | None = None,
+                        content: Callable[[], ArchiveContent] | None = None,
                         progress: Progress | None = None) -> FileScan:
     """The backup's read-back: read ``path`` back from the file while it is being written.
+    ``content``: makes the archive's checks, in this thread (their processes end with it).
 
     Never raises: a failure is kept in the result and reported by ``verify_file``.
     """
-    result = FileScan(compression, content=content)
+    result = FileScan(compression)
     try:
+        if content is not None:
+            result.content = content()
         fd = open_no_follow(path)
     except OSError as exc:
         result.fail(exc)
         return result
+    except BackupdError as exc:  # pg_restore not found: the archive cannot be checked
+        result.fail(OSError(0, str(exc)))
+        return result
     try:
         with (progress or Progress()).stream("read-back of the file written") as stream:
             result.read(fd, growing.chunks(fd, READ_SIZE), stream)
+        if isinstance(result.content, CustomArchiveCheck):
+            result.content.close()  # its pg_restore processes end with this thread
         if result.identity != writer_identity:
             raise OSError(0, "the read-back opened another file than the one written")
     except OSError as exc:
