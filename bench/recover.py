@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import AS_ROOT, PG_BIN, Cluster, clusters, free_port
-from run import BACKUPD, Contender, Run, Server, backupd_env, table, timed
+from run import BACKUPD, Contender, Run, Server, backupd_env, load_fixture, table, timed
 
 DATABASE = "bench"
 MARK = "bench-loaded"
@@ -60,17 +60,6 @@ def _owner() -> list[str]:
         return []
     entry = pwd.getpwnam("postgres")
     return ["--owner", f"{entry.pw_uid}:{entry.pw_gid}"]
-
-
-def _load(server: Server, scale: int, fixture: Path) -> None:
-    server.psql(f'CREATE DATABASE "{DATABASE}"')
-    started = time.perf_counter()
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"scale={scale}",
-                    "-f", str(fixture)], env=server.env(DATABASE), check=True,
-                   stdout=subprocess.DEVNULL)
-    server.psql("VACUUM ANALYZE", DATABASE)
-    print(f"bench: loaded scale {scale} into the archived cluster in "
-          f"{time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
 
 
 class Recovered:
@@ -164,7 +153,8 @@ def _bench(cluster: Cluster, work: Path, args: argparse.Namespace) -> list[str]:
         # Base 1: the daemon takes it at start (WAL_ARCHIVE=on, no base backup yet).
         _wait(lambda: any(backup_dir.glob("base_*.manifest.json")), "the first base backup")
         before_lsn = source.psql("SELECT pg_current_wal_lsn()")
-        _load(source, args.scale, args.fixture)
+        source.psql(f'CREATE DATABASE "{DATABASE}"')
+        load_fixture(source, DATABASE, args.scale, args.fixture)
         timed([*BACKUPD, "mark", MARK], env, False)
         loaded_lsn = source.psql("SELECT pg_current_wal_lsn()")
         wal_bytes = int(float(source.psql(

@@ -182,16 +182,20 @@ def loaded_database(server: Server, scale: int, fixture: Path) -> Iterator[str]:
     name = f"{PREFIX}_src_{scale}"
     server.create(name)
     try:
-        started = time.perf_counter()
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"scale={scale}",
-                        "-f", str(fixture)], env=server.env(name), check=True,
-                       stdout=subprocess.DEVNULL)
-        server.psql("VACUUM ANALYZE", name)
-        print(f"bench: loaded scale {scale} into {name} in "
-              f"{time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+        load_fixture(server, name, scale, fixture)
         yield name
     finally:
         server.drop(name)
+
+
+def load_fixture(server: Server, database: str, scale: int, fixture: Path) -> None:
+    started = time.perf_counter()
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"scale={scale}",
+                    "-f", str(fixture)], env=server.env(database), check=True,
+                   stdout=subprocess.DEVNULL)
+    server.psql("VACUUM ANALYZE", database)
+    print(f"bench: loaded scale {scale} into {database} in "
+          f"{time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
 
 
 def backupd_env(server: Server, database: str, directory: Path, **extra: str) -> dict[str, str]:
