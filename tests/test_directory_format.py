@@ -9,6 +9,7 @@ import io
 import json
 import tarfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import (
     read_manifest,
     read_tool_log,
+    redate,
     refresh_manifest,
     take_backup,
     tool_wrapper_dir,
@@ -237,3 +239,21 @@ def test_a_failed_directory_dump_leaves_no_scratch_directory(
     assert proc.returncode == 1, proc.stderr
     assert "pg_dump failed" in proc.stderr
     assert [p.name for p in backup_dir.iterdir() if "partial" in p.name or ".dir" in p.name] == []
+
+
+def test_retention_prunes_directory_backups_like_any_other(
+    small_db: str, backupd_env: EnvFactory, backup_dir: Path,
+) -> None:
+    env = backupd_env(small_db, DB_BACKUP_FORMAT="directory")
+    backup = take_backup(env)
+    now = datetime.now(UTC)
+    old = [redate(backup, now - timedelta(days=d)) for d in (10, 20)]
+
+    proc = run_backupd(["prune"], {**env, "DB_BACKUP_RETENTION_DAYS": "7",
+                                   "DB_BACKUP_KEEP_MIN": "1"})
+
+    assert proc.returncode == 0, proc.stderr
+    assert backup.exists()
+    assert not any(p.exists() for p in old)
+    assert not any(p.name.endswith(".manifest.json") and p.name.startswith(o.name)
+                   for o in old for p in backup_dir.iterdir())
