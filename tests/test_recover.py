@@ -162,8 +162,12 @@ def test_recover_to_the_end_includes_c_from_the_partial_segment(archive: Archive
     c_segno = archive.c_lsn // (16 * 1024 * 1024)
     assert [w.segno for w in wal if w.partial] == [c_segno]
     assert all(w.segno < c_segno for w in wal if not w.partial and not w.history)
+    # An existing empty directory, as a volume's mount point is: recover takes it over
+    # (the server's owner and mode 0700 with --owner).
     target_dir = archive.work / "to-end"
+    target_dir.mkdir(mode=0o755)
     out = _recover(archive.env, target_dir)
+    assert target_dir.stat().st_mode & 0o777 == 0o700
     assert ".partial (" in out  # the report names the WAL range: it ends in the partial
     assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, True)
 
