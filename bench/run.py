@@ -217,7 +217,8 @@ def bench(args: argparse.Namespace) -> list[str]:
     try:
         with loaded_database(server, args.scale, args.fixture) as source:
             out += bench_scale(server, source, work, args)
-        out += bench_memory(server, work, args)
+        if not args.no_memory:
+            out += bench_memory(server, work, args)
         if not args.no_recover:
             from recover import bench_recover  # bench/recover.py: a private cluster of its own
 
@@ -438,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --curve: other scales, comma-separated (e.g. 1,10)")
     parser.add_argument("--plot", type=Path, default=None,
                         help="with --curve: the PNG to write (default docs/performance-curve.png)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="leave out the peak-memory runs at two scales (see --curve)")
     parser.add_argument("--cpu-hog", action="store_true",
                         help="run beside one CPU-bound job (stress-ng --cpu 1, else a busy loop)")
     args = parser.parse_args(argv)
