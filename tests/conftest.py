@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import seed_small_db, take_backup
 from helpers.cli import BackupdProcess, kill_group, server_env, start_backupd, stop_backupd
 from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
@@ -142,6 +143,20 @@ def small_db(pg_server: ServerAddress, make_db: Callable[..., str]) -> str:
 def backup_dir(tmp_path: Path) -> Path:
     # Deliberately not created: backupd must create its own destination directory.
     return tmp_path / "backups"
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> AgeKeys:
+    """A real age key pair: the sidecar gets the public file, a restorer the identity."""
+    return make_age_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def target_db(pg_server: ServerAddress) -> Iterator[str]:
+    """A name for a database that does not exist yet (backupd creates it); dropped after."""
+    name = unique_db_name("restored")
+    yield name
+    drop_database(pg_server, name)
 
 
 @pytest.fixture

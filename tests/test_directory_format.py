@@ -8,12 +8,12 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers.age import AgeKeys, make_age_keys
+from helpers.age import AgeKeys
 from helpers.backups import (
     read_manifest,
     read_tool_log,
@@ -27,10 +27,8 @@ from helpers.offsite import get_bytes, s3_env
 from helpers.pg import (
     ServerAddress,
     database_exists,
-    drop_database,
     fingerprint,
     pg_binary,
-    unique_db_name,
 )
 from helpers.s3server import S3Server
 
@@ -38,16 +36,6 @@ EnvFactory = Callable[..., dict[str, str]]
 AGE_MAGIC = b"age-encryption.org/v1\n"
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> AgeKeys:
-    return make_age_keys(tmp_path / "keys")
-
-
-@pytest.fixture
-def target_db(pg_server: ServerAddress) -> Iterator[str]:
-    name = unique_db_name("restored")
-    yield name
-    drop_database(pg_server, name)
 
 
 def _age(keys: AgeKeys, side: str, encrypted: bool) -> dict[str, str]:

@@ -28,10 +28,6 @@ from helpers.procs import PLAINTEXT_MAGIC, files_starting_with
 EnvFactory = Callable[..., dict[str, str]]
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> AgeKeys:
-    return make_age_keys(tmp_path / "keys")
-
 
 @pytest.fixture
 def encrypted_backup(fixture_db: str, backupd_env: EnvFactory, keys: AgeKeys) -> Path:

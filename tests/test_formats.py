@@ -8,18 +8,17 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.age import AgeKeys, make_age_keys
+from helpers.age import AgeKeys
 from helpers.backups import read_manifest, refresh_manifest, take_backup, truncate
 from helpers.cli import run_backupd
 from helpers.offsite import get_bytes, s3_env
 from helpers.pg import (
     ServerAddress,
     database_exists,
-    drop_database,
     fingerprint,
     pg_binary,
     psql,
@@ -34,17 +33,6 @@ FORMATS = [("plain", "gzip", ".sql.gz"), ("plain", "zstd", ".sql.zst"), ("custom
 AGE_MAGIC = b"age-encryption.org/v1\n"
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> AgeKeys:
-    return make_age_keys(tmp_path / "keys")
-
-
-@pytest.fixture
-def target_db(pg_server: ServerAddress) -> Iterator[str]:
-    """A name for a database that does not exist yet (backupd creates it); dropped after."""
-    name = unique_db_name("restored")
-    yield name
-    drop_database(pg_server, name)
 
 
 def _plaintext_of(path: Path, compression: str) -> bytes:
