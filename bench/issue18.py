@@ -6,9 +6,13 @@ written as a table and a plot (matplotlib, for the bench only: ``pip install mat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,27 @@ def targets_table(targets: list[Target]) -> list[str]:
     return ["### Against the goals of issue 18 (this run)", "",
             "| ratio | measured | goal | |", "|---|---:|---:|---|",
             *(t.row() for t in targets), ""]
+
+
+@contextlib.contextmanager
+def cpu_hog(on: bool) -> Iterator[str]:
+    """One CPU-bound job beside the bench (the issue's "under contention" figures)."""
+    if not on:
+        yield ""
+        return
+    stress = shutil.which("stress-ng")
+    argv = ([stress, "--cpu", "1", "--quiet"] if stress else
+            [sys.executable, "-c", "while True: pass"])
+    hog = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f", beside `{' '.join(argv[:3]) if stress else 'a busy loop'}`"
+    finally:
+        hog.terminate()
+        try:
+            hog.wait(10)
+        except subprocess.TimeoutExpired:
+            hog.kill()
+            hog.wait()
 
 
 # --- the cost curve -----------------------------------------------------------------------------

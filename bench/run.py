@@ -449,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     args.restore_repeat = args.restore_repeat or args.repeat
     if not args.fixture.is_file():
         parser.error(f"--fixture: {args.fixture} not found")
+    from issue18 import cpu_hog
+
     load = os.getloadavg()[0]
     with cpu_hog(args.cpu_hog) as hog:
         if args.curve:
@@ -470,27 +472,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"the end{hog}.")
     publish("backupd benchmark", f"load average {load:.2f}, ", "pg_dump", body, args.out)
     return 0
-
-
-@contextlib.contextmanager
-def cpu_hog(on: bool) -> Iterator[str]:
-    """One CPU-bound job beside the bench (the issue's "under contention" figures)."""
-    if not on:
-        yield ""
-        return
-    stress = shutil.which("stress-ng")
-    argv = ([stress, "--cpu", "1", "--quiet"] if stress else
-            [sys.executable, "-c", "while True: pass"])
-    hog = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f", beside `{' '.join(argv[:3]) if stress else 'a busy loop'}`"
-    finally:
-        hog.terminate()
-        try:
-            hog.wait(10)
-        except subprocess.TimeoutExpired:
-            hog.kill()
-            hog.wait()
 
 
 def publish(title: str, load: str, pg_tool: str, body: list[str], out: Path | None) -> None:
