@@ -15,7 +15,8 @@ import pytest
 from helpers.faults import wait_until
 
 from backupd.cancel import CancelToken
-from backupd.pipeline.supervisor import REAPER, Child, error_line
+from backupd.pipeline.reaper import REAPER
+from backupd.pipeline.supervisor import Child, error_line
 
 
 def alive(pid: int) -> bool:
@@ -133,7 +134,8 @@ def test_error_line_of_nothing_is_empty() -> None:
 
 _VICTIM = textwrap.dedent("""
     import subprocess, sys
-    from backupd.pipeline.supervisor import REAPER, Child
+    from backupd.pipeline.reaper import REAPER
+    from backupd.pipeline.supervisor import Child
     LAST_PID = "/proc/sys/kernel/ns_last_pid"
     with Child(["/bin/true"]) as started:  # the reaper is running from here on
         started.wait()
