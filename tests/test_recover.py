@@ -38,6 +38,7 @@ from backupd.archive.basebackups import list_base_backups
 from backupd.archive.recovery_dir import STAGING_NAME
 from backupd.archive.recovery_source import archive_source
 from backupd.archive.walnames import parse_lsn
+from backupd.configs import age_key_files
 from backupd.errors import JobFailed
 from backupd.job import JobContext, repositories_for
 from backupd.result import JobResult
@@ -158,7 +159,7 @@ def test_recover_to_t1_gives_exactly_batch_a(archive: Archive) -> None:
 
 def test_recover_to_the_end_includes_c_from_the_partial_segment(archive: Archive) -> None:
     repos = repositories_for(_settings(archive.env))
-    wal = archive_source(_settings(archive.env), repos).wal()
+    wal = archive_source(repos, age_key_files(_settings(archive.env))).wal()
     c_segno = archive.c_lsn // (16 * 1024 * 1024)
     assert [w.segno for w in wal if w.partial] == [c_segno]
     assert all(w.segno < c_segno for w in wal if not w.partial and not w.history)

@@ -18,9 +18,7 @@ from backupd.archive.walstore import (
     spool_directory,
 )
 from backupd.cancel import CancelToken
-from backupd.configs import age_key_files
 from backupd.pipeline.config import AgeKeyFiles
-from backupd.settings import Settings
 from backupd.storage.base import Repository
 from backupd.storage.repositories import Repositories
 
@@ -51,9 +49,9 @@ class ArchiveSource:
             self._wal.fetch(wal.name, dest)
 
 
-def archive_source(settings: Settings, repos: Repositories, *,
+def archive_source(repos: Repositories, crypto: AgeKeyFiles | None, *,
                    from_s3: bool = False) -> ArchiveSource:
-    crypto = age_key_files(settings)
+    """``crypto``: the age keys (``configs.age_key_files``, read at the edge)."""
     if from_s3:
         offsite = repos.require_offsite("--from-s3")
         return ArchiveSource(offsite, WalArchive(offsite_wal_repository(offsite), crypto),

@@ -36,6 +36,7 @@ from backupd.archive.recovery_dir import WAL_COPY_NAME
 from backupd.archive.waldump import Commit, newest_commit
 from backupd.archive.walnames import format_lsn
 from backupd.commands.recover import RecoverOptions, recover_into
+from backupd.configs import age_key_files
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
@@ -57,7 +58,7 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
     if source is None:
         from backupd.archive.recovery_source import archive_source
 
-        source = archive_source(ctx.settings, ctx.repos)
+        source = archive_source(ctx.repos, age_key_files(ctx.settings))
     scratch = scratch_directory(ctx.settings.backup_dir)
     if scratch.exists():
         shutil.rmtree(scratch)

@@ -28,6 +28,7 @@ from backupd.archive.recovery import (
 )
 from backupd.archive.waldump import newest_commit
 from backupd.cancel import CancelToken
+from backupd.configs import age_key_files
 from backupd.errors import ConfigError
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
@@ -48,7 +49,7 @@ def run(ctx: JobContext, target_dir: Path, target: RecoveryTarget, *, from_s3: b
     recovery_dir.check_target(target_dir, force=options.force)  # before the archive is read
     from backupd.archive.recovery_source import archive_source
 
-    source = archive_source(ctx.settings, ctx.repos, from_s3=from_s3)
+    source = archive_source(ctx.repos, age_key_files(ctx.settings), from_s3=from_s3)
     recover_into(ctx, source, target_dir, target, options, outcome)
     ctx.say(f"recovered into {target_dir}; start a PostgreSQL server of the same major on it "
             "(pg_ctl -D DIR start, or the compose postgres service): it replays the WAL to "
