@@ -4,14 +4,20 @@
 #
 #   docker build -t backupd .
 #
-# The image carries the PostgreSQL client tools (pg_dump, psql, pg_restore) of every major
-# in PG_CLIENT_MAJORS side by side, in /usr/lib/postgresql/<major>/bin. For each job backupd
-# runs the tools of the server's own major, else the nearest newer one (pg_dump cannot dump
-# a newer server; pg_dump 17 writes SQL a 16 server rejects). So one image backs
-# up and restores servers 13 to 17, and keeps working across a server upgrade; `backupd
-# status` shows which client it uses. A server newer than every client is refused in one
-# line ("pg_dump X is older than the server (Y) ...").
+# The image carries the PostgreSQL client tools (pg_dump, psql, pg_restore, pg_basebackup,
+# pg_receivewal, pg_verifybackup) and the server binaries (postgres, pg_ctl, initdb,
+# pg_waldump) of every major in PG_CLIENT_MAJORS side by side, in
+# /usr/lib/postgresql/<major>/bin. For each job backupd runs the client tools of the server's
+# own major, else the nearest newer one (pg_dump cannot dump a newer server; pg_dump 17 writes
+# SQL a 16 server rejects). So one image backs up and restores servers 13 to 17, and keeps
+# working across a server upgrade; `backupd status` shows which client it uses. A server
+# newer than every client is refused in one line ("pg_dump X is older than the server (Y) ...").
+# The server binaries are for PITR drills and `backupd recover` only (a private server on a
+# recovered copy, pg_waldump reading the archive): they must be of the archive's own major,
+# which is why every major's are here. No cluster is created in the image.
 # Slimmer image, fewer servers: docker build --build-arg PG_CLIENT_MAJORS="16 17" .
+# (Each major costs ~20 MiB, plus ~185 MiB once for the server packages' shared libraries
+# (LLVM, ICU, locales); an estimate, see docs/configuration.md.)
 
 # Debian release pinned: the PGDG apt repository below is per release.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -32,7 +38,7 @@ ARG PG_CLIENT_MAJORS="13 14 15 16 17"
 ARG PGDG_KEY_FINGERPRINT=B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8
 
 # No PostgreSQL directory on PATH: /usr/bin/pg_dump is postgresql-common's wrapper, and
-# backupd picks the versioned directory itself (backupd/pgclients.py).
+# backupd picks the versioned directory itself (backupd/pipeline/clients.py).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -41,15 +47,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# PostgreSQL client tools from the PGDG repository, which carries every supported major.
-# Versions are pinned to the major (PGDG keeps only the newest minor of each major, so an
-# exact pin would stop building). Their man pages are left out (the base image already
-# leaves out /usr/share/man and translations): ~3.5 MiB per major remain.
+# PostgreSQL client tools and server binaries from the PGDG repository, which carries every
+# supported major. Versions are pinned to the major (PGDG keeps only the newest minor of each
+# major, so an exact pin would stop building). Left out: man pages (the base image already
+# leaves out /usr/share/man and translations) and the servers' LLVM bitcode (JIT inlining
+# only; backupd's private servers run with jit=off): ~20 MiB per major remain.
+# postgresql-common would create a cluster ("main") with each server package: it is told
+# not to before any server is installed, and the build fails if a cluster exists after.
+# en_US.UTF-8 is generated as the official postgres image does, so a private server can open
+# that image's databases (a recovered cluster needs its databases' locales).
+# ssl-cert's snakeoil key (one key in every copy of the image) is deleted: nothing uses it.
 # gnupg is needed only to read the key's fingerprint, and is removed again.
 # tini is PID 1: it forwards SIGTERM to backupd and reaps orphaned children.
 # (DL3008: hadolint cannot see the "=${major}.*" pins built in the loop.)
 # hadolint ignore=DL3008
 RUN echo 'path-exclude=/usr/share/postgresql/*/man/*' > /etc/dpkg/dpkg.cfg.d/backupd-no-pg-man \
+    && echo 'path-exclude=/usr/lib/postgresql/*/lib/bitcode/*' \
+        > /etc/dpkg/dpkg.cfg.d/backupd-no-pg-bitcode \
     && apt-get update \
     && apt-get install -y --no-install-recommends "gnupg=2.2.*" \
     && install -d -m 0755 /usr/share/postgresql-common/pgdg \
@@ -64,12 +78,23 @@ RUN echo 'path-exclude=/usr/share/postgresql/*/man/*' > /etc/dpkg/dpkg.cfg.d/bac
     && echo "deb [signed-by=$key] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
         > /etc/apt/sources.list.d/pgdg.list \
     && apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-common locales \
+    && sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' \
+        /etc/postgresql-common/createcluster.conf \
+    && grep -qx 'create_main_cluster = false' /etc/postgresql-common/createcluster.conf \
+    && localedef -i en_US -c -f UTF-8 -A /usr/share/locale/locale.alias en_US.UTF-8 \
     && packages=() \
-    && for major in $PG_CLIENT_MAJORS; do packages+=("postgresql-client-${major}=${major}.*"); done \
-    && apt-get install -y --no-install-recommends "${packages[@]}" "tini=0.19.*" \
-    && rm -rf /var/lib/apt/lists/* \
     && for major in $PG_CLIENT_MAJORS; do \
-           for tool in pg_dump pg_restore psql pg_basebackup pg_receivewal pg_verifybackup; do \
+           packages+=("postgresql-client-${major}=${major}.*" "postgresql-${major}=${major}.*"); \
+       done \
+    && apt-get install -y --no-install-recommends "${packages[@]}" "tini=0.19.*" \
+    && rm -rf /var/lib/apt/lists/* /etc/ssl/private/ssl-cert-snakeoil.key \
+        /etc/ssl/certs/ssl-cert-snakeoil.pem \
+    && { [ -z "$(ls -A /etc/postgresql 2>/dev/null)" ] \
+         || { echo "a PostgreSQL cluster was created in the image" >&2; exit 1; }; } \
+    && for major in $PG_CLIENT_MAJORS; do \
+           for tool in pg_dump pg_restore psql pg_basebackup pg_receivewal pg_verifybackup \
+                       postgres pg_ctl initdb pg_waldump; do \
                "/usr/lib/postgresql/${major}/bin/${tool}" --version | grep -q " ${major}\." || exit 1; \
            done; \
        done \

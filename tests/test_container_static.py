@@ -1,9 +1,10 @@
 """The Dockerfile and docker-compose.backup.yml, checked without a Docker engine: they parse,
 hold what the sidecar needs (services, volume, password, health checks, grace period, PID 1,
-non-root user, one client per PostgreSQL major, the pinned signing key, the lock file), the
-server's major is chosen apart from the sidecar's clients, and hadolint finds nothing in the
-Dockerfile. Plus the first-run password script, run for real, and the start-up guard the image
-relies on: a pg_dump older than the server is refused in one line.
+non-root user, the client tools and server binaries of every PostgreSQL major and no cluster,
+the pinned signing key, the lock file), the server's major is chosen apart from the sidecar's
+clients, the PITR runbook's compose commands name what the compose file has, and hadolint
+finds nothing in the Dockerfile. Plus the first-run password script, run for real, and the
+start-up guard the image relies on: a pg_dump older than the server is refused in one line.
 """
 
 from __future__ import annotations
@@ -305,22 +306,71 @@ def test_compose_config_is_valid_for_docker_compose(tmp_path: Path) -> None:
 # --- Dockerfile -----------------------------------------------------------------------------------
 
 
+def pgdg_run() -> str:
+    """The RUN that installs the PostgreSQL packages (continuation lines joined)."""
+    runs = [rest for keyword, rest in final_stage()
+            if keyword == "RUN" and "apt.postgresql.org" in rest]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def build_time_checked_tools() -> list[str]:
+    """The tools the build runs (``--version``) for every major, failing unless each is there."""
+    match = re.search(r"for major in \$PG_CLIENT_MAJORS; do\s+for tool in ([\w ]+?); do\s+"
+                      r'"/usr/lib/postgresql/\$\{major\}/bin/\$\{tool\}" --version \| grep -q',
+                      pgdg_run())
+    assert match, "no build-time check of each major's tools"
+    return match.group(1).split()
+
+
 def test_dockerfile_base_and_one_client_per_major() -> None:
     steps = instructions()
     text = DOCKERFILE.read_text()
     assert ("ARG", "PYTHON_IMAGE=python:3.11-slim-bookworm") in steps
     assert dockerfile_arg("PG_CLIENT_MAJORS").split() == SUPPORTED_MAJORS
     assert "apt.postgresql.org" in text
-    assert 'packages+=("postgresql-client-${major}=${major}.*")' in text
+    assert 'packages+=("postgresql-client-${major}=${major}.*"' in pgdg_run()
     # The build fails unless each major's own pg_dump, pg_restore and psql are in place, and
     # the WAL archive's tools: pg_basebackup, pg_receivewal, pg_verifybackup (issue 15).
-    assert ("for tool in pg_dump pg_restore psql pg_basebackup pg_receivewal pg_verifybackup"
-            in text)
-    assert re.search(r'"/usr/lib/postgresql/\$\{major\}/bin/\$\{tool\}" --version \| grep -q', text)
+    assert {"pg_dump", "pg_restore", "psql", "pg_basebackup", "pg_receivewal",
+            "pg_verifybackup"} <= set(build_time_checked_tools())
     # No versioned directory on PATH: backupd chooses per server (backupd/pipeline/clients.py).
     env = " ".join(rest for keyword, rest in final_stage() if keyword == "ENV")
     assert "/usr/lib/postgresql" not in env
     assert "PG_MAJOR" not in text
+
+
+def test_dockerfile_installs_every_majors_server_binaries() -> None:
+    # PITR drills and recover (issue 16) run a private server and pg_waldump of the archive's
+    # own major: the server package (postgresql-NN) of every supported major, pinned to it.
+    run = pgdg_run()
+    loop = re.search(r"for major in \$PG_CLIENT_MAJORS; do\s+packages\+=\(([^)]*)\)", run)
+    assert loop, "the packages are not built per major in PG_CLIENT_MAJORS"
+    packages = loop.group(1).split()
+    assert '"postgresql-${major}=${major}.*"' in packages
+    assert '"postgresql-client-${major}=${major}.*"' in packages
+    assert '"${packages[@]}"' in run.split("apt-get install")[-1]
+    # The build fails unless the server, pg_waldump and pg_verifybackup of each major answer
+    # with that major's version.
+    assert {"postgres", "pg_ctl", "initdb", "pg_waldump", "pg_verifybackup"} \
+        <= set(build_time_checked_tools())
+
+
+def test_dockerfile_creates_no_cluster() -> None:
+    # postgresql-common creates a "main" cluster with each server package unless
+    # createcluster.conf says otherwise before the server packages are installed.
+    run = pgdg_run()
+    setting = run.index("create_main_cluster = false")
+    assert "/etc/postgresql-common/createcluster.conf" in run[setting - 200:setting + 200]
+    server_install = run.index('"${packages[@]}"')
+    assert setting < server_install
+    # postgresql-common (which owns createcluster.conf) is installed before the setting is
+    # written, and the build fails if the setting did not take or a cluster exists anyway.
+    assert run.index("install -y --no-install-recommends postgresql-common") < setting
+    assert re.search(r"grep -qx 'create_main_cluster = false' \S*createcluster.conf", run)
+    assert run.index("ls -A /etc/postgresql") > server_install
+    # Nothing in the Dockerfile sets up a data directory.
+    assert not re.search(r"\b(initdb|pg_createcluster|pg_ctl)\s+-D", DOCKERFILE.read_text())
 
 
 def test_dockerfile_pins_the_pgdg_signing_key_by_fingerprint() -> None:
