@@ -126,7 +126,10 @@ class LiveDisplay(RichProgress):
         )
 
     def start(self) -> None:
-        super().start()
+        """Watches the job; draws nothing (not even the cursor-hide escape) until some stream
+        has moved data, so a job that fails before that (bad input) prints only its error."""
+        self._drawing = False
+        self._drawing_lock = threading.RLock()
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="progress-display",
                                         daemon=True)
@@ -135,11 +138,15 @@ class LiveDisplay(RichProgress):
     def stop(self) -> None:
         self._stopping.set()
         self._poller.join(timeout=5)
-        self._refresh_lines()  # the final figures
-        if self._phase is not None:
-            self.remove_task(self._phase)  # the work it stood for is over
-            self._phase = None
-        super().stop()
+        with self._drawing_lock:
+            self._refresh_lines()  # the final figures
+            if not self._drawing:
+                return
+            if self._phase is not None:
+                self.remove_task(self._phase)  # the work it stood for is over
+                self._phase = None
+            super().stop()
+            self._drawing = False
 
     def _poll(self) -> None:
         while not self._stopping.wait(1 / REFRESH_PER_SECOND):
@@ -147,8 +154,14 @@ class LiveDisplay(RichProgress):
 
     def _refresh_lines(self) -> None:
         # Outside rich's rendering: adding a line makes rich redraw.
-        with contextlib.suppress(Exception):  # a display problem must never fail the job
-            self._sync(self._progress.streams_in_tree())
+        with self._drawing_lock, contextlib.suppress(Exception):  # never fails the job
+            streams = self._progress.streams_in_tree()
+            if not self._drawing:
+                if not any(stream.bytes for stream in streams):
+                    return
+                super().start()
+                self._drawing = True
+            self._sync(streams)
 
     def _sync(self, streams: list[StreamState]) -> None:
         for stream in streams:
