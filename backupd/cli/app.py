@@ -29,7 +29,8 @@ from backupd.settings import Settings, load_settings
 app = typer.Typer(
     name="backupd",
     help="PostgreSQL backup sidecar: scheduled, verified dumps; retention; offsite copies to S3; "
-    "restores; restore drills. `backupd run` is the daemon; every other command is a one-off."
+    "restores; restore drills; with WAL_ARCHIVE=on, base backups, continuous WAL archiving "
+    "and point-in-time recovery. `backupd run` is the daemon; every other command is a one-off."
     "\n\nSettings come from environment variables (and ./.env); see docs/configuration.md. "
     "Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration.",
     no_args_is_help=True,

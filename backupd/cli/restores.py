@@ -103,7 +103,11 @@ def drill(
 
     With DRILL_POSTGRES_HOST: restore the newest run (roles, then every database) onto that
     empty scratch server, compare with the live cluster, report the whole-cluster restore
-    time (RTO), and leave the server as it was found. NAME is then a globals artifact."""
+    time (RTO), and leave the server as it was found. NAME is then a globals artifact.
+
+    With WAL_ARCHIVE=on and no NAME: also a PITR drill (the newest base backup plus its WAL
+    recovered into a scratch server, compared with the live cluster); the drill fails if
+    either part does."""
     from backupd.commands import drill as drill_cmd
 
     settings = bootstrap()
