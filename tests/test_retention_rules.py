@@ -84,3 +84,14 @@ def test_a_tier_keeps_young_unverified_backups_only_by_age() -> None:
     chosen = select([fresh_bad], RetentionPolicy(1, 1, keep_daily=5), NOW)
     assert chosen.keep == [fresh_bad.name]
     assert chosen.decisions[0].reasons == ("younger than DB_BACKUP_RETENTION_DAYS=1",)
+
+
+def test_a_legacy_backup_counts_for_keep_min_only_after_the_verified_ones() -> None:
+    """A newer good backup without a manifest (the old scripts') never pushes an older
+    verified one out of the minimum kept; with keep-min 2 both are kept."""
+    verified = at("2020-01-01 02:00")
+    legacy = Candidate("d_20200301_020000.sql.gz", datetime(2020, 3, 1, 2, tzinfo=UTC), True,
+                       legacy=True)
+    assert select([legacy, verified], policy(), NOW).keep == [verified.name]
+    both = RetentionPolicy(retention_days=0, keep_min=2)
+    assert select([legacy, verified], both, NOW).keep == [legacy.name, verified.name]

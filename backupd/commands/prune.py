@@ -71,8 +71,8 @@ def plan_prune(
     ``is_good`` overrides which entries count as good (the local store re-checks first)."""
     good_names = ({e.name for e in is_good} if is_good is not None
                   else {e.name for e in entries if e.proven_good(now)})
-    chosen = select([Candidate(e.name, e.parsed.taken_at, e.name in good_names)
-                     for e in entries], policy, now)
+    chosen = select([Candidate(e.name, e.parsed.taken_at, e.name in good_names,
+                               legacy=_from_old_scripts(e)) for e in entries], policy, now)
     by_name = {e.name: e for e in entries}
     reasons = {d.name: d.reasons for d in chosen.decisions if d.keep}
     return PrunePlan([by_name[n] for n in chosen.delete], [by_name[n] for n in chosen.keep],
@@ -93,9 +93,10 @@ def rechecked_plan(
     the newly relied-on ones are checked in turn.
     """
     # backupd's own verified backups (checksum recorded at write time) fill the minimum kept
-    # first; old-script files, proven only by content, count when there are too few of those.
-    candidates = sorted((e for e in entries if not e.from_the_future(now)
-                         and (e.verified or _from_old_scripts(e))), key=_from_old_scripts)
+    # first; old-script files, proven only by content, count when there are too few of those
+    # (Candidate.legacy).
+    candidates = [e for e in entries if not e.from_the_future(now)
+                  and (e.verified or _from_old_scripts(e))]
     proven: set[str] = set(already_proven)  # read back in full earlier in this same run
     bad: set[str] = set()
     while True:

@@ -3,7 +3,8 @@
 A backup survives if any rule keeps it:
 
 * **age**: taken less than ``retention_days`` ago (good or not, as before tiers existed);
-* **keep-min**: one of the newest ``keep_min`` good backups;
+* **keep-min**: one of the newest ``keep_min`` good backups, backupd's verified ones first
+  (a legacy backup without a manifest counts only after every one of those);
 * **last good before**: the newest good backup older than a backup that is not good, so
   a failed verification never costs the last restorable copy before it;
 * **calendar tiers**, restic's ``--keep-daily/--keep-weekly/--keep-monthly``: walking the good
@@ -52,6 +53,9 @@ class Candidate:
     name: str
     taken_at: datetime
     good: bool
+    # A good backup without a manifest (the old scripts' file, proven by content only):
+    # keep-min counts it only after every verified one, so it never pushes one of those out.
+    legacy: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,8 @@ def select(candidates: Sequence[Candidate], policy: RetentionPolicy, now: dateti
             reasons[candidate.name].append(
                 f"younger than DB_BACKUP_RETENTION_DAYS={policy.retention_days}")
     relied_on: set[str] = set()
-    for candidate in good[: policy.keep_min]:
+    verified_first = sorted(good, key=lambda c: c.legacy)  # stable: newest first in each
+    for candidate in verified_first[: policy.keep_min]:
         reasons[candidate.name].append(f"one of the newest {policy.keep_min} verified backups "
                                        f"(DB_BACKUP_KEEP_MIN={policy.keep_min})")
         relied_on.add(candidate.name)
