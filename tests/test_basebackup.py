@@ -113,7 +113,9 @@ def test_verify_catches_a_missing_wal_segment_and_a_flipped_byte(taken: Path,
     flip_byte(flipped)
     proc = run_backupd(["verify", flipped.name],
                        {"DB_BACKUP_DIR": str(flipped.parent), "POSTGRES_DB": "postgres"})
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    # Exit 1 alone would pass were verify to crash: the flipped backup itself must fail.
+    assert proc.returncode == 1 and f"FAILED {flipped.name}" in proc.stdout, (
+        proc.stdout + proc.stderr)
 
 
 def test_encrypted_base_backup_is_checked_with_the_identity(cluster: PrivateCluster,
