@@ -24,10 +24,9 @@ from helpers.backups import (
     sha256_file,
     take_backup,
 )
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, drop_database, fingerprint, pg_binary, psql
 
-EnvFactory = Callable[..., dict[str, str]]
 NAME_RE = re.compile(r"^(?P<db>.+)_(?P<ts>\d{8}_\d{6})\.sql\.gz$")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.age import make_age_keys
 from helpers.backups import backup_files, flip_byte, read_manifest, seed_small_db
-from helpers.cli import run_backupd, server_env
+from helpers.cli import EnvFactory, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.http_receiver import HttpReceiver
 from helpers.logs import jobs_finished
@@ -38,8 +38,6 @@ from backupd.notify.metrics import BackupdMetrics
 from backupd.result import JobResult, Status
 from backupd.settings import load_settings
 from backupd.storage.local import LocalStore
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 def _globals_files(directory: Path) -> list[str]:

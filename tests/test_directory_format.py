@@ -22,7 +22,7 @@ from helpers.backups import (
     take_backup,
     tool_wrapper_dir,
 )
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.offsite import get_bytes, s3_env
 from helpers.pg import (
     ServerAddress,
@@ -32,7 +32,6 @@ from helpers.pg import (
 )
 from helpers.s3server import S3Server
 
-EnvFactory = Callable[..., dict[str, str]]
 AGE_MAGIC = b"age-encryption.org/v1\n"
 
 

@@ -23,7 +23,7 @@ from helpers.backups import (
     write_gzip_sql,
     write_manifest,
 )
-from helpers.cli import run_backupd, start_backupd
+from helpers.cli import EnvFactory, run_backupd, start_backupd
 from helpers.logs import jobs_finished
 from helpers.offsite import remote_manifest, s3_env
 from helpers.pg import (
@@ -46,8 +46,6 @@ from backupd.notify.slack import build_message
 from backupd.outcomes import DrillOutcome
 from backupd.result import JobResult
 from backupd.settings import load_settings
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 @pytest.fixture

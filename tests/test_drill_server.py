@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import take_backup
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.logs import jobs_finished
 from helpers.pg import ServerAddress, database_exists, psql
 
 from backupd.errors import ConfigError
 from backupd.outcomes import ROLES_NOT_PROVEN
 from backupd.settings import load_settings
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 def last_line(output: str) -> str:

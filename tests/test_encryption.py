@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import backup_files, flip_byte, read_manifest, refresh_manifest, take_backup
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.logs import human_lines
 from helpers.pg import (
     ServerAddress,
@@ -24,9 +24,6 @@ from helpers.pg import (
     unique_db_name,
 )
 from helpers.procs import PLAINTEXT_MAGIC, files_starting_with
-
-EnvFactory = Callable[..., dict[str, str]]
-
 
 
 @pytest.fixture

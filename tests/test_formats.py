@@ -8,13 +8,12 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers.age import AgeKeys
 from helpers.backups import read_manifest, refresh_manifest, take_backup, truncate
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.offsite import get_bytes, s3_env
 from helpers.pg import (
     ServerAddress,
@@ -25,8 +24,6 @@ from helpers.pg import (
     unique_db_name,
 )
 from helpers.s3server import S3Server
-
-EnvFactory = Callable[..., dict[str, str]]
 
 # (DB_BACKUP_FORMAT, DB_BACKUP_COMPRESSION, suffix without .age)
 FORMATS = [("plain", "gzip", ".sql.gz"), ("plain", "zstd", ".sql.zst"), ("custom", "gzip", ".dump")]

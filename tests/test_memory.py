@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from helpers.cli import peak_rss_of_backupd
+from helpers.cli import EnvFactory, peak_rss_of_backupd
 from helpers.pg import ServerAddress, psql
 
-EnvFactory = Callable[..., dict[str, str]]
 # The goal: under 100 MB (the interpreter and its imports are ~60 MiB of it).
 BOUND = 100_000_000
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import only_backup, path_with, read_tool_log, tool_wrapper_dir
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
 from helpers.pg import create_database, fingerprint, psql
 
-EnvFactory = Callable[..., dict[str, str]]
 PASSWORD = DEFAULT_CLUSTER_PASSWORD
 assert all(c in PASSWORD for c in "'\":\\ $")  # the characters this file is about
 

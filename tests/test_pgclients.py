@@ -8,18 +8,15 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers.backups import read_manifest, read_tool_log, take_backup, tool_wrapper_dir
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, connect, pg_binary
 
 from backupd.pipeline import clients as pgclients
 from backupd.pipeline.supervisor import tool_path
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 def executable(path: Path, text: str = "#!/bin/sh\n") -> Path:

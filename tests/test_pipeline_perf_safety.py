@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import flip_byte, read_manifest, take_backup
+from helpers.cli import EnvFactory
 from helpers.pg import ServerAddress, load_fixture
 
 from backupd.manifest import Manifest
@@ -35,7 +36,6 @@ from backupd.pipeline.compress import (
 from backupd.pipeline.growing import GrowingFile
 from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
 
-EnvFactory = Callable[..., dict[str, str]]
 NAME = "db_20260101_000000.sql.gz"
 HEADER = b"--\n-- PostgreSQL database dump\n--\n\n"
 FOOTER = b"\n--\n-- PostgreSQL database dump complete\n--\n\n"

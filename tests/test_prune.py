@@ -4,7 +4,6 @@ backups, never anything it does not own, and never trusts a file that no longer 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,9 +15,7 @@ from helpers.backups import (
     take_backup,
     write_manifest,
 )
-from helpers.cli import run_backupd
-
-EnvFactory = Callable[..., dict[str, str]]
+from helpers.cli import EnvFactory, run_backupd
 
 
 def aged(source: Path, *days: float) -> list[Path]:

@@ -27,8 +27,6 @@ from helpers.backups import (
 from helpers.cli import build_env, run_backupd
 from helpers.pg import ServerAddress, database_exists, fingerprint, psql, unique_db_name
 
-EnvFactory = Callable[..., dict[str, str]]
-
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("backupd: error:")]

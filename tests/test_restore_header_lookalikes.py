@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from helpers.backups import sql_of, take_backup
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, psql
 
 from backupd.pipeline.commit_chunks import ENTRIES_PER_COMMIT
 
-EnvFactory = Callable[..., dict[str, str]]
 # More lookalike headers than one commit's worth of entries: scanned as headers, a boundary
 # would certainly fall among them.
 LOOKALIKES = ENTRIES_PER_COMMIT + 20

@@ -15,10 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from helpers.backups import path_with, take_backup
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, pg_binary, psql
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 def psql_that_dies_after_the_large_objects(directory: Path) -> Path:

@@ -25,12 +25,11 @@ from helpers.backups import (
     take_backup,
     write_gzip_sql,
 )
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, database_exists, fingerprint, psql, unique_db_name
 
 from backupd.pipeline.verification import READ_SIZE
 
-EnvFactory = Callable[..., dict[str, str]]
 COMMIT = b"\nCOMMIT;\n"
 FOOTER_START = b"--\n-- PostgreSQL database dump complete"
 

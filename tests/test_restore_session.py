@@ -5,17 +5,14 @@ scratch database, still stops a damaged file before anything is restored."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers.backups import flip_byte, take_backup, tool_wrapper_dir
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, drop_database, fingerprint, pg_binary, psql, unique_db_name
 
 from backupd.pipeline.config import bulk_load_session
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 @pytest.mark.parametrize(("fmt", "tool", "memory"), [

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import take_backup
-from helpers.cli import run_backupd, server_env
+from helpers.cli import EnvFactory, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, drop_database, fingerprint, pg_binary, psql
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 def one_error_line(stderr: str) -> str:

@@ -21,13 +21,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from helpers.backups import backup_files, calendar, take_backup
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.faketime import clock_at
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import ServerAddress
 from helpers.s3server import S3Server
-
-EnvFactory = Callable[..., dict[str, str]]
 
 ZONE = "Europe/Berlin"
 NOW = datetime(2027, 1, 12, 18, 0, tzinfo=UTC)  # the clock of every prune below

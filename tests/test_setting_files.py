@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers.backups import backup_files
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.logs import human_lines
 
 from backupd.secret_files import MAX_BYTES
 
-EnvFactory = Callable[..., dict[str, str]]
 KINDS = {
     # kind -> what the error line says about it
     "dev-zero": "character device",

@@ -3,16 +3,14 @@ or argument, never echoing a secret. Checked before anything touches the databas
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 
 from backupd.errors import ConfigError
 from backupd.settings import load_settings
 
-EnvFactory = Callable[..., dict[str, str]]
 SECRET = "sup3r-s3cret'\"$ \\:pw"
 
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from helpers.backups import backup_files
-from helpers.cli import BackupdProcess, run_backupd, server_env, stop_backupd
+from helpers.cli import BackupdProcess, EnvFactory, run_backupd, server_env, stop_backupd
 from helpers.cluster import PrivateCluster
 from helpers.faults import SlowDump, partial_files
 from helpers.logs import LogEvent, human_lines, jobs_finished
 from helpers.pg import ServerAddress, psql
 
-EnvFactory = Callable[..., dict[str, str]]
 LOCKER_APP = "stall-test-locker"
 
 

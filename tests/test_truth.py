@@ -23,7 +23,7 @@ from helpers.backups import (
     take_backup,
     write_gzip_sql,
 )
-from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from helpers.cli import BackupdProcess, EnvFactory, run_backupd, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
 from helpers.http_receiver import HttpReceiver
 from helpers.logs import jobs_finished, log_events
@@ -40,8 +40,6 @@ from backupd.notify.slack import build_message
 from backupd.outcomes import PruneOutcome
 from backupd.postgres.connection import connect
 from backupd.settings import load_settings
-
-EnvFactory = Callable[..., dict[str, str]]
 
 
 @pytest.fixture

@@ -29,8 +29,6 @@ from helpers.backups import (
 from helpers.cli import run_backupd
 from helpers.pg import ServerAddress, pg_binary
 
-EnvFactory = Callable[..., dict[str, str]]
-
 
 def verify_json(env: dict[str, str], *args: str) -> tuple[int, list[dict[str, Any]]]:
     proc = run_backupd(["verify", "--json", *args], env)

@@ -13,14 +13,13 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from helpers.backups import backup_files
-from helpers.cli import run_backupd
+from helpers.cli import EnvFactory, run_backupd
 from helpers.cluster import free_port
 from helpers.http_receiver import HttpReceiver, RecordedRequest
 
@@ -28,7 +27,6 @@ from backupd.notify.webhook import WebhookError, WebhookNotifier, json_schema
 from backupd.result import JobResult, Status
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "webhook-schema-v1.json"
-EnvFactory = Callable[..., dict[str, str]]
 
 
 def hook_url(receiver: HttpReceiver) -> str:

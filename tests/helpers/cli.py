@@ -11,11 +11,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from . import leakcheck
 from .pg import ServerAddress
+
+# The ``backupd_env`` fixture's type: keyword settings in, a child's environment out.
+EnvFactory = Callable[..., dict[str, str]]
 
 
 def build_env(env: dict[str, str]) -> dict[str, str]:
