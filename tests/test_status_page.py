@@ -168,7 +168,7 @@ def test_the_wal_archive_lag_is_shown_when_archiving_reports(
         monkeypatch.setenv(key, value)
     report = collect(load_settings())
     assert "WAL archive" not in render_html(report, 60)  # archiving off: no section
-    report.wal_archive = WalStatus(
+    report.wal = WalStatus(
         updated_at=datetime.now(UTC), streaming=True, receive_lag_seconds=4.25,
         last_archived="00000001000000000000002A", archive_error="disk <full> & more")
     html = render_html(report, 60)

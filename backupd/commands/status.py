@@ -41,15 +41,8 @@ def render_text(report: StatusReport) -> str:
                      f"{offsite.pending_uploads} pending upload(s)")
     if report.wal is not None:
         lines += _wal_lines(report.wal)
-    wal = report.wal_archive
-    if wal is not None:
-        lag = wal.receive_lag_seconds
-        streaming = "streaming" if wal.streaming and not wal.stale() else "NOT streaming"
-        lines.append(f"WAL archive: {streaming}"
-                     f", lag {'-' if lag is None else human_duration(lag)}, last segment "
-                     f"{wal.last_archived or '-'} at {iso_utc(wal.last_archived_at) or '-'}")
     base = report.newest_base_backup
-    if base is not None or report.wal_archive is not None:
+    if base is not None or report.wal is not None:
         lines.append("newest verified base backup: " + (
             "none (`backupd basebackup` takes one)" if base is None else
             f"{base.name} ({human_bytes(base.size_bytes)}, {human_duration(base.age_seconds)} "

@@ -136,7 +136,8 @@ class StatusReport(BaseModel):
     newest_verified_backup: NewestBackup | None
     backups: int
     offsite: OffsiteStatus | None
-    # WAL_ARCHIVE=on: the streamer's last report (DB_BACKUP_DIR/wal/status.json).
+    # WAL_ARCHIVE=on: the streamer's last report (DB_BACKUP_DIR/wal/status.json); None when
+    # archiving is off or nothing has reported yet. The text, JSON and page all show this one.
     wal: WalStatus | None = None
     health: HealthReport
     postgres_client: pgclients.ClientReport
@@ -144,8 +145,6 @@ class StatusReport(BaseModel):
     # The last CHARTED_RUNS backup runs and drills (the state file's history), oldest first.
     backup_runs: list[RunRecord] = []
     drills: list[RunRecord] = []
-    # WAL_ARCHIVE=on: what the daemon's streamer last reported (None: off, or no report yet).
-    wal_archive: WalStatus | None = None
     # The newest verified base backup (issue 15); None when there is none.
     newest_base_backup: NewestBackup | None = None
 
@@ -200,8 +199,6 @@ def collect(settings: Settings, now: datetime | None = None) -> StatusReport:
                    for database, listed in per_database.items()],
         backup_runs=runs_of(state.history, "backup", CHARTED_RUNS),
         drills=runs_of(state.history, "drill", CHARTED_RUNS),
-        wal_archive=read_status(settings.backup_dir / WAL_SUBDIRECTORY)
-        if settings.wal_archive else None,
         newest_base_backup=NewestBackup.of(
             newest_verified(store.list_backups(BASE_DATABASE, BASE_KIND), now), now, s3_on),
     )

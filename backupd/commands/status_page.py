@@ -183,7 +183,7 @@ def _charts(report: StatusReport) -> str:
 
 
 def _wal(report: StatusReport) -> list[str]:
-    wal = report.wal_archive
+    wal = report.wal
     if wal is None:
         return []
     def lag(seconds: float | None) -> str:
