@@ -123,12 +123,14 @@ def restore_file(
         scratch = derived_name(target, f"{RESTORING}{stamp}")
         kept = derived_name(target, f"_before_restore_{stamp}") if exists else None
         # Past every refusal: the scratch database is made while the file is still being
-        # verified (no byte of it reaches the database before the verdict).
-        ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
+        # verified (no byte of it reaches the database before the verdict, and the log says
+        # "restoring" only once the verdict is in and the load starts).
+        ctx.say(f"preparing database {scratch!r} to restore {entry.name} into {target!r}")
         create_database(admin, scratch, properties)
         try:
             mark_restoring(admin, scratch, target)
             verified.wait()
+            ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
             load(ctx, path, entry, scratch, identities, without.pg_restore_options)
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
