@@ -157,6 +157,13 @@ def write_wal(server: ServerAddress, kilobytes: int = 256) -> None:
                              f"md5(random()::text) FROM generate_series(1, {rows});")
 
 
+def slot_retained(server: ServerAddress) -> int:
+    """Bytes of WAL the server keeps for the archive's replication slot (current LSN minus
+    the slot's restart_lsn)."""
+    return int(psql(server, "postgres", "SELECT pg_current_wal_lsn() - restart_lsn "
+                                        "FROM pg_replication_slots").strip())
+
+
 def scrape_metrics(port: int) -> dict[str, float]:
     """/metrics of a daemon on ``port``, unlabelled samples by name."""
     import urllib.request
