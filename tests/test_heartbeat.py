@@ -76,7 +76,9 @@ def test_an_unreachable_monitor_is_bounded_and_redacted(
     started = time.monotonic()
     with pytest.raises(HeartbeatError) as caught:
         HeartbeatNotifier(url, timeout_seconds=1.5).notify(result_of(Status.SUCCESS))
-    assert time.monotonic() - started < 1.5
+    # Bounded by its budget: attempts that each took the whole 1.5 s would add up past 3 s.
+    # No tighter bound: under load the budget itself runs late.
+    assert time.monotonic() - started < 3.0
     assert url not in str(caught.value)
 
 
@@ -130,7 +132,8 @@ def test_a_hanging_start_ping_neither_delays_the_job_nor_overtakes_the_end(
     result = JobResult(job="backup", database="certificate_verification")
     started = time.monotonic()
     chain.started(result)
-    assert time.monotonic() - started < 0.5  # returned at once: the job is not held up
+    # Returned at once, not after the hanging ping's 2 s timeout: the job is not held up.
+    assert time.monotonic() - started < 1.0
     http_receiver.wait_for(1)
     http_receiver.set_behaviour("ok")
     result.finish(Status.SUCCESS)
