@@ -173,5 +173,7 @@ def test_the_wal_archive_lag_is_shown_when_archiving_reports(
         last_archived="00000001000000000000002A", archive_error="disk <full> & more")
     html = render_html(report, 60)
     assert "<h2>WAL archive</h2>" in html and "4.2 s" in html
-    assert "00000001000000000000002A" in html
+    # In its own section only, not again in the generic one for fields the page has no
+    # section for.
+    assert html.count("00000001000000000000002A") == 1
     assert "disk &lt;full&gt; &amp; more" in html  # escaped

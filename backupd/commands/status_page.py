@@ -30,7 +30,7 @@ from backupd.settings import Settings
 # such as the WAL archive's lag) is shown in a generic section, so it appears when it lands.
 _SHOWN = frozenset({"database", "timezone", "daemon", "jobs", "newest_verified_backup",
                     "backups", "offsite", "health", "postgres_client", "databases",
-                    "backup_runs", "drills", "wal_archive"})
+                    "backup_runs", "drills", "wal"})
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d232a;background:#fff}
