@@ -18,7 +18,7 @@ import pytest
 from helpers.backups import backup_files
 from helpers.cli import BackupdProcess, EnvFactory, run_backupd, server_env, stop_backupd
 from helpers.cluster import PrivateCluster
-from helpers.faults import SlowDump, partial_files
+from helpers.faults import SlowDump, partial_files, wait_until
 from helpers.logs import LogEvent, human_lines, jobs_finished
 from helpers.pg import ServerAddress, psql
 
@@ -141,13 +141,6 @@ def _finished_runs(daemon: BackupdProcess) -> list[LogEvent]:
     return jobs_finished(daemon.read_stderr(), "backup")
 
 
-def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_the_job_timeout_fails_a_run_and_the_next_scheduled_run_goes_ahead(
         small_db: str, backup_dir: Path, tmp_path: Path, backupd_env: EnvFactory,
@@ -158,12 +151,12 @@ def test_the_job_timeout_fails_a_run_and_the_next_scheduled_run_goes_ahead(
                       BACKUP_ON_START="false", DRILL_SCHEDULE="off",
                       DB_BACKUP_JOB_TIMEOUT_SECONDS="10", PATH=shim.path())
     daemon = backupd_daemon(["run"], env)
-    _wait_for(lambda: any(r["status"] == "failed" for r in _finished_runs(daemon)), 120,
-              "a run to hit the job timeout")
+    wait_until(lambda: any(r["status"] == "failed" for r in _finished_runs(daemon)), 120,
+               "a run to hit the job timeout")
     assert partial_files(backup_dir) == [] and backup_files(backup_dir) == []
     shim.slow = False
-    _wait_for(lambda: any(r["status"] == "success" for r in _finished_runs(daemon)), 120,
-              "the next scheduled run to succeed")
+    wait_until(lambda: any(r["status"] == "success" for r in _finished_runs(daemon)), 120,
+               "the next scheduled run to succeed")
     assert stop_backupd(daemon, timeout=30) == 0
 
     runs = [r for r in _finished_runs(daemon) if r["status"] != "skipped"]
