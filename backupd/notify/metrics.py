@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from backupd.archive.status import WalStatus
 from backupd.log import get_logger
-from backupd.notify.store_metrics import store_metrics
+from backupd.notify.store_metrics import store_metrics, unix_time
 from backupd.notify.wal_metrics import wal_families
 from backupd.outcomes import BackupRunOutcome
 from backupd.result import ALERT_STATUSES, JobResult, Status
@@ -40,17 +40,13 @@ class ResultGauge:
     value: Callable[[JobResult], float | None]  # None: leave the gauge as it was
 
 
-def _timestamp(moment: datetime | None) -> float | None:
-    return moment.timestamp() if moment is not None else None
-
-
 RESULT_GAUGES: tuple[ResultGauge, ...] = (
     ResultGauge("backupd_job_last_run_timestamp_seconds",
                 "When the job's last run finished (Unix time).",
-                lambda r: _timestamp(r.finished_at)),
+                lambda r: unix_time(r.finished_at)),
     ResultGauge("backupd_job_last_success_timestamp_seconds",
                 "When the job last finished successfully (Unix time).",
-                lambda r: _timestamp(r.finished_at) if r.ok else None),
+                lambda r: unix_time(r.finished_at) if r.ok else None),
     ResultGauge("backupd_job_last_duration_seconds",
                 "How long the job's last run took.", lambda r: r.duration_seconds),
     ResultGauge("backupd_job_last_run_success",
@@ -83,12 +79,12 @@ RESULT_GAUGES: tuple[ResultGauge, ...] = (
 DATABASE_GAUGES: tuple[ResultGauge, ...] = (
     ResultGauge("backupd_database_last_backup_timestamp_seconds",
                 "When the database's last backup finished (Unix time).",
-                lambda r: _timestamp(r.finished_at)),
+                lambda r: unix_time(r.finished_at)),
     ResultGauge("backupd_database_last_backup_success",
                 "1 if the database's last backup succeeded, 0 if not.", lambda r: float(r.ok)),
     ResultGauge("backupd_database_last_success_timestamp_seconds",
                 "When the database's last backup succeeded (Unix time).",
-                lambda r: _timestamp(r.finished_at) if r.ok else None),
+                lambda r: unix_time(r.finished_at) if r.ok else None),
     ResultGauge("backupd_database_last_backup_size_bytes",
                 "Size of the database's last successful backup.",
                 lambda r: r.size_bytes if r.ok else None),

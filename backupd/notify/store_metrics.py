@@ -62,7 +62,8 @@ class StoreGauge:
     value: Callable[[StoreSnapshot], float | None]  # None: not exported this scrape
 
 
-def _timestamp(moment: datetime | None) -> float | None:
+def unix_time(moment: datetime | None) -> float | None:
+    """A gauge's value for a moment (None: the gauge is not exported)."""
     return moment.timestamp() if moment is not None else None
 
 
@@ -95,7 +96,7 @@ STORE_GAUGES: tuple[StoreGauge, ...] = (
                lambda s: sum(e.size for e in s.entries)),
     StoreGauge("backupd_newest_verified_backup_timestamp_seconds",
                "When the database's newest verified backup was taken (Unix time).",
-               lambda s: _timestamp(_taken_at(s.newest_verified))),
+               lambda s: unix_time(_taken_at(s.newest_verified))),
     StoreGauge("backupd_newest_verified_backup_age_seconds",
                "Age of the database's newest verified backup.",
                lambda s: s.age(_taken_at(s.newest_verified))),
@@ -105,7 +106,7 @@ STORE_GAUGES: tuple[StoreGauge, ...] = (
     # Offsite copies (issue 4) and restore drills (issue 7), from the manifests.
     StoreGauge("backupd_offsite_last_upload_timestamp_seconds",
                "When a backup of the database was last committed offsite (Unix time).",
-               lambda s: _timestamp(s.newest_upload())),
+               lambda s: unix_time(s.newest_upload())),
     StoreGauge("backupd_offsite_pending_uploads",
                "Verified local backups of the database not yet committed offsite.",
                lambda s: s.pending_uploads()),
@@ -114,10 +115,10 @@ STORE_GAUGES: tuple[StoreGauge, ...] = (
                lambda s: _drill_passed(s.newest_drill)),
     StoreGauge("backupd_drill_last_run_timestamp_seconds",
                "When the database's newest recorded restore drill ran (Unix time).",
-               lambda s: _timestamp(_drilled_at(s.newest_drill))),
+               lambda s: unix_time(_drilled_at(s.newest_drill))),
     StoreGauge("backupd_drill_last_success_timestamp_seconds",
                "When a restore drill of the database last succeeded (Unix time).",
-               lambda s: _timestamp(_drilled_at(s.newest_good_drill))),
+               lambda s: unix_time(_drilled_at(s.newest_good_drill))),
     StoreGauge("backupd_drill_last_success_age_seconds",
                "Age of the database's last successful restore drill.",
                lambda s: s.age(_drilled_at(s.newest_good_drill))),
@@ -137,7 +138,7 @@ CLUSTER_GAUGES: tuple[StoreGauge, ...] = (
                lambda s: _drill_passed(s.newest_drill)),
     StoreGauge("backupd_drill_cluster_last_success_timestamp_seconds",
                "When a whole-cluster drill last succeeded (Unix time).",
-               lambda s: _timestamp(_drilled_at(s.newest_good_drill))),
+               lambda s: unix_time(_drilled_at(s.newest_good_drill))),
     StoreGauge("backupd_drill_cluster_restore_seconds",
                "How long the last successful whole-cluster drill took to restore the "
                "globals and every database (the cluster's RTO).",
