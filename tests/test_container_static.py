@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -499,3 +500,93 @@ def test_older_pg_dump_is_refused_in_one_line(
     assert "pg_dump 9.6 is older than the server" in lines[0]
     assert "install postgresql-client-" in lines[0]
     assert not [p for p in backup_dir.glob("*") if ".sql" in p.name or ".dump" in p.name]
+
+
+# --- the PITR runbook's compose steps (docs/backup-and-recovery.md) ----------------------------
+
+RUNBOOK = REPO / "docs" / "backup-and-recovery.md"
+# dc SUBCOMMAND's options that take a value (the rest are flags, e.g. `logs -f`).
+_VALUE_OPTIONS = {"exec": {"-u", "--user", "-e", "-w"},
+                  "run": {"--entrypoint", "-u", "--user", "-e", "-v", "-w"}}
+_ONE_SERVICE = {"exec", "run"}
+
+
+def pitr_runbook() -> str:
+    text = RUNBOOK.read_text()
+    return text[text.index("### Step by step, in the compose deployment"):
+                text.index("### After a timeline change")]
+
+
+def runbook_commands() -> list[list[str]]:
+    """Every shell command of the runbook (code blocks and inline `dc ...`), as argv."""
+    text = pitr_runbook()
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        lines += re.sub(r"\\\n\s*", " ", block).splitlines()
+    lines += re.findall(r"`(dc [^`]+)`", text)
+    return [shlex.split(line, comments=True) for line in lines if line.strip()]
+
+
+def test_the_pitr_runbooks_dc_is_this_compose_file() -> None:
+    assert "alias dc='docker compose -f docker-compose.backup.yml'" in pitr_runbook()
+
+
+def test_the_pitr_runbook_names_services_the_compose_file_has() -> None:
+    services = set(compose()["services"])
+    used = set()
+    for argv in runbook_commands():
+        if not argv or argv[0] != "dc":
+            continue
+        sub, args = argv[1], argv[2:]
+        names = []
+        skip = False
+        for arg in args:
+            if skip:
+                skip = False
+            elif arg in _VALUE_OPTIONS.get(sub, set()):
+                skip = True
+            elif not arg.startswith("-"):
+                names.append(arg)
+        if sub in _ONE_SERVICE:
+            names = names[:1]
+        assert set(names) <= services, f"{' '.join(argv)}: no such service in the compose file"
+        used |= set(names)
+    assert {"postgres", "db-backup", "secrets-init"} <= used
+
+
+def test_the_pitr_runbook_names_volumes_and_mounts_the_compose_file_has() -> None:
+    spec = compose()
+    project = spec["name"]
+    runbook = pitr_runbook()
+    created = set(re.findall(rf"docker volume create {project}_(\w+)", runbook))
+    named = set(re.findall(rf"\b{project}_(\w+)", runbook)) - created
+    assert named and named <= set(spec["volumes"]), named - set(spec["volumes"])
+    # Where the compose services mount each volume: a one-off mounts it at the same place.
+    mounts = {(volume.split(":")[0], volume.split(":")[1])
+              for service in spec["services"].values() for volume in service.get("volumes", [])}
+    runs = [argv for argv in runbook_commands() if argv[:2] == ["docker", "run"]]
+    recovers = [argv for argv in runs if "recover" in argv]
+    assert len(recovers) == 2  # from the local archive, and from S3 alone
+    for argv in recovers:
+        assert argv[argv.index("backupd") - 1] == \
+            spec["services"]["db-backup"]["image"]
+        volumes = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-v"]
+        for volume in volumes:
+            name, path = volume.split(":")[:2]
+            if name.startswith(f"{project}_"):
+                assert (name.removeprefix(f"{project}_"), path) in mounts, volume
+        # The data directory is the postgres service's, handed to another uid; the password
+        # file config/backupd.env names is mounted (settings are checked at start).
+        pgdata = next(path for name, path in mounts if name == "pgdata")
+        assert argv[argv.index("--target-dir") + 1] == pgdata
+        assert "--owner" in argv and argv[argv.index("--user") + 1] == "0:0"
+        password_dir = str(Path(env_values()["POSTGRES_PASSWORD_FILE"]).parent)
+        assert f"{project}_secrets:{password_dir}:ro" in volumes
+        assert argv[argv.index("--env-file") + 1] == "config/backupd.env"
+    assert "--from-s3" in recovers[1] and f"{project}_backups:/backups" in recovers[0]
+
+
+def test_the_pitr_runbook_verifies_the_compose_database() -> None:
+    database = compose()["services"]["postgres"]["environment"]["POSTGRES_DB"]
+    checks = [argv for argv in runbook_commands() if "pg_is_in_recovery()" in " ".join(argv)]
+    assert checks and all(argv[argv.index("-d") + 1] == database for argv in checks)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backupd.pipeline.supervisor import Child, tool_path
+from backupd.pipeline.clients import server_tool
+from backupd.pipeline.supervisor import Child
 
 # rmgr: Transaction len (rec/tot): 34/34, tx: 735, lsn: 0/03000108, prev 0/030000D0,
 #   desc: COMMIT 2026-12-05 23:10:00.123456 UTC
@@ -29,12 +30,22 @@ class Commit:
     time: datetime
 
 
-def newest_commit(wal_dir: Path, segment_files: list[str], timeline: int) -> Commit | None:
+def data_major(data_dir: Path) -> int:
+    """The major of a data directory (a recovered one, or a base backup being extracted)."""
+    return int((data_dir / "PG_VERSION").read_text().strip())
+
+
+def waldump_for(data_dir: Path, server_root: Path) -> Path | None:
+    """The pg_waldump that reads ``data_dir``'s WAL: its own major's, or None."""
+    return server_tool("pg_waldump", data_major(data_dir), server_root)
+
+
+def newest_commit(wal_dir: Path, segment_files: list[str], timeline: int,
+                  waldump: Path | None) -> Commit | None:
     """The last COMMIT record in the segments (newest first; stops at the first that has
-    one). None when pg_waldump is not installed or no segment holds a commit."""
-    try:
-        waldump = tool_path("pg_waldump")
-    except Exception:
+    one). None when there is no pg_waldump (``waldump``: the WAL's own major's, from
+    ``clients.server_tool``) or no segment holds a commit."""
+    if waldump is None:
         return None
     for name in reversed(segment_files):
         commits = _commits(waldump, wal_dir, name, timeline)
@@ -43,11 +54,11 @@ def newest_commit(wal_dir: Path, segment_files: list[str], timeline: int) -> Com
     return None
 
 
-def _commits(waldump: str, wal_dir: Path, segment: str, timeline: int) -> list[Commit]:
+def _commits(waldump: Path, wal_dir: Path, segment: str, timeline: int) -> list[Commit]:
     # A segment's WAL ends in zeros (a partial) or in a record continued in the next file:
     # pg_waldump then exits non-zero after printing every complete record, which is all we
     # need.
-    argv = [waldump, "--rmgr=Transaction", f"--timeline={timeline}", "--path", str(wal_dir),
+    argv = [str(waldump), "--rmgr=Transaction", f"--timeline={timeline}", "--path", str(wal_dir),
             segment]
     with Child(argv, stdout=subprocess.PIPE, env={"TZ": "UTC"}) as child:
         assert child.stdout is not None

@@ -71,7 +71,8 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
 
     With WAL_ARCHIVE=on the drill of the newest backups is also a PITR drill
     (:mod:`backupd.commands.pitr_drill`), run whether the dump drill passed or not; the job
-    fails if either did.
+    fails if either did. A PITR drill skipped (no server binaries of the archive's major)
+    is a warning beside the dump drill's verdict.
     """
     if name is not None or from_s3 or not ctx.settings.wal_archive:
         _run_dump_drill(ctx, name, from_s3=from_s3)
@@ -86,6 +87,12 @@ def run(ctx: JobContext, name: str | None = None, *, from_s3: bool = False) -> N
     outcome = ctx.result.outcome
     try:
         pitr = pitr_drill.run(ctx)
+    except JobSkipped as exc:
+        # The dump drill's verdict stands (a failure of it is never hidden by this skip).
+        ctx.warn(str(exc))
+        if failure is not None:
+            raise failure from None
+        return
     except JobFailed as exc:
         if isinstance(outcome, DrillOutcome):
             outcome.pitr_error = str(exc)

@@ -8,9 +8,12 @@ With ``DRILL_SCHEDULE`` and ``WAL_ARCHIVE=on`` every drill also runs this
    (a leftover of a killed drill is removed first: only that directory is ever removed);
 2. the newest commit in the copied WAL, read with pg_waldump: the newest durable in the
    archive;
-3. a private server (the image's ``/usr/lib/postgresql/<major>/bin/postgres``, under the one
-   supervisor) on a unix socket inside the scratch directory, with its own pg_hba (trust over
-   that socket only) and no hot standby; waited for until it promotes;
+3. a private server (the image's ``/usr/lib/postgresql/<major>/bin/postgres``, of the
+   archive's own major, ``PG_SERVER_ROOT`` moving the root; under the one supervisor) on a
+   unix socket inside the scratch directory, with its own pg_hba (trust over that socket
+   only) and no hot standby; waited for until it promotes. Without that major's server
+   binaries the drill is skipped in one line (checked before recovering when the live
+   server's major is known, and again on the recovered directory's own);
 4. each database compared with the live one (the dump drill's comparisons), and that
    newest commit is there;
 5. the measured RTO (recover + start + replay + promotion) and replay time reported, and
@@ -33,20 +36,23 @@ import psycopg
 
 from backupd.archive.recovery import RecoverySource, RecoveryTarget
 from backupd.archive.recovery_dir import WAL_COPY_NAME
-from backupd.archive.waldump import Commit, newest_commit
+from backupd.archive.waldump import Commit, data_major, newest_commit, waldump_for
 from backupd.archive.walnames import format_lsn
 from backupd.commands.recover import RecoverOptions, recover_into
 from backupd.configs import age_key_files
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
+from backupd.pipeline.clients import known_server_major, missing_server_tools, server_tool
 from backupd.pipeline.supervisor import Child
 from backupd.postgres.compare import compare, read_catalog
 from backupd.postgres.connection import connect, describe_pg_error
 from backupd.postgres.databases import resolve_databases
 
 SCRATCH_NAME = ".pitr-drill"
-SERVER_ROOT = Path("/usr/lib/postgresql")
+# What the drill runs of the archive's major: the scratch server, and pg_waldump for the
+# newest durable commit.
+SERVER_TOOLS = ("postgres", "pg_waldump")
 PROMOTION_TIMEOUT_SECONDS = 3600.0
 # The server refuses to run as root; a root backupd (tests, a root container) runs it as this
 # user, as the postgres packages do.
@@ -54,7 +60,11 @@ SERVER_OS_USER = "postgres"
 
 
 def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome:
-    """The drill (``source``: the local archive by default); JobFailed naming what is wrong."""
+    """The drill (``source``: the local archive by default); JobFailed naming what is wrong,
+    JobSkipped in one line when the server binaries of the archive's major are not here."""
+    live_major = known_server_major()
+    if live_major is not None:  # the archive's major but after an upgrade: checked before
+        _require_server_tools(ctx, live_major)  # hours of recovery, and again after it
     if source is None:
         from backupd.archive.recovery_source import archive_source
 
@@ -73,8 +83,10 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
         owner = (run_as.pw_uid, run_as.pw_gid) if run_as is not None else None
         chosen = recover_into(ctx, source, data, RecoveryTarget(), RecoverOptions(owner=owner),
                               outcome)
+        _require_server_tools(ctx, data_major(data))
         durable = newest_commit(data / WAL_COPY_NAME, chosen.newest_files(3),
-                                chosen.segments[-1].timeline)
+                                chosen.segments[-1].timeline,
+                                waldump_for(data, ctx.settings.pg_server_root))
         if owner is not None:
             os.chown(scratch, *owner)
         with _server(ctx, data, scratch, run_as) as server:
@@ -115,13 +127,10 @@ def _server_user() -> pwd.struct_passwd | None:
                          f"{SERVER_OS_USER!r} user to run the scratch server as") from None
 
 
-def _server_binary(data: Path) -> Path:
-    major = (data / "PG_VERSION").read_text().strip()
-    binary = SERVER_ROOT / major / "bin" / "postgres"
-    if not binary.exists():
-        raise JobSkipped(f"PITR drill skipped: no PostgreSQL {major} server here ({binary}); "
-                         f"the scratch server needs the server binaries of the archived major")
-    return binary
+def _require_server_tools(ctx: JobContext, major: int) -> None:
+    problem = missing_server_tools(SERVER_TOOLS, major, ctx.settings.pg_server_root)
+    if problem is not None:
+        raise JobSkipped(f"PITR drill skipped: {problem}")
 
 
 @contextmanager
@@ -133,9 +142,12 @@ def _server(ctx: JobContext, data: Path, scratch: Path,
     hba.write_text("local all all trust\n")
     if run_as is not None:
         os.chown(hba, run_as.pw_uid, run_as.pw_gid)
-    argv = [str(_server_binary(data)), "-D", str(data), "-k", str(scratch),
+    binary = server_tool("postgres", data_major(data), ctx.settings.pg_server_root)
+    assert binary is not None  # _require_server_tools
+    # jit=off: the image leaves out the LLVM bitcode JIT inlining reads.
+    argv = [str(binary), "-D", str(data), "-k", str(scratch),
             "-c", "listen_addresses=", "-c", f"hba_file={hba}", "-c", "hot_standby=off",
-            "-c", "archive_mode=off", "-c", "shared_preload_libraries=",
+            "-c", "jit=off", "-c", "archive_mode=off", "-c", "shared_preload_libraries=",
             "-c", "logging_collector=off", "-c", "ssl=off", "-c", "max_connections=20",
             "-c", "shared_buffers=32MB", "-c", "port=5432"]
     if run_as is not None:

@@ -26,7 +26,7 @@ from backupd.archive.recovery import (
     RecoveryTarget,
     plan,
 )
-from backupd.archive.waldump import newest_commit
+from backupd.archive.waldump import data_major, newest_commit, waldump_for
 from backupd.cancel import CancelToken
 from backupd.configs import age_key_files
 from backupd.errors import ConfigError
@@ -81,7 +81,12 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
                                      ctx.cancel)
         ctx.say(f"{len(chosen.segments)} WAL files ({outcome.wal_bytes / 2**20:.0f} MiB) "
                 f"copied and checked in {time.monotonic() - phase:.1f}s")
-        check_time_reachable(chosen, stage / recovery_dir.WAL_COPY_NAME)
+        waldump = waldump_for(stage, ctx.settings.pg_server_root)
+        if waldump is None and chosen.target.time is not None:
+            ctx.warn(f"no pg_waldump {data_major(stage)} in {ctx.settings.pg_server_root}: "
+                     "a --to-time after the archive's newest commit is not detected before "
+                     "the server starts (install the server package of that major)")
+        check_time_reachable(chosen, stage / recovery_dir.WAL_COPY_NAME, waldump)
         recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
                              f"{target.describe()}")
         ctx.cancel.raise_if_cancelled()
@@ -110,7 +115,7 @@ def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
     return total
 
 
-def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path) -> None:
+def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path, waldump: Path | None) -> None:
     """A ``--to-time`` after the archive's newest commit is never reached: the server would
     replay all and refuse to start. Refused here (the staging directory goes with it)."""
     when = chosen.target.time
@@ -119,7 +124,8 @@ def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path) -> None:
     if when > datetime.now(UTC):
         raise ConfigError(f"--to-time: {when.isoformat()} is in the future, after the "
                           "archive's end; recover without --to-time for everything it holds")
-    commit = newest_commit(wal_dir, chosen.newest_files(3), chosen.segments[-1].timeline)
+    commit = newest_commit(wal_dir, chosen.newest_files(3), chosen.segments[-1].timeline,
+                           waldump)
     if commit is not None and commit.time < when:
         raise ConfigError(
             f"--to-time: {when.isoformat()} is after the archive's end (its newest commit "

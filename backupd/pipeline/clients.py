@@ -13,6 +13,9 @@ Any other tool found first on PATH is an explicit choice and is used as it is.
 The server's major is learnt when backupd connects (``note_server_major``); before any
 connection (``verify`` of a custom archive reads it without a server) the newest
 installed major is used, which reads archives of every older one.
+
+The server binaries (postgres, pg_waldump: packages postgresql-NN, side by side in the image
+too) are found by ``server_tool``: exactly the data's own major under ``PG_SERVER_ROOT``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,31 @@ def archive_compress(client_major: int | None, level: int | None) -> str | None:
 def note_server_major(major: int) -> None:
     global _server_major
     _server_major = major
+
+
+def known_server_major() -> int | None:
+    """The major of the server this process last connected to, if it has connected."""
+    return _server_major
+
+
+def server_tool(tool: str, major: int, root: Path = CLIENT_ROOT) -> Path | None:
+    """``root/<major>/bin/<tool>`` for a server binary (postgres, pg_waldump), or None.
+
+    Exactly the data's own major, unlike the clients' "own major or the nearest newer": a
+    server starts only on a data directory of its major, and pg_waldump reads only its own
+    major's WAL (each major has its own WAL page magic)."""
+    path = root / str(major) / "bin" / tool
+    return path if path.is_file() else None
+
+
+def missing_server_tools(tools: tuple[str, ...], major: int, root: Path) -> str | None:
+    """One line naming the server binaries of ``major`` not in ``root``, or None."""
+    missing = [tool for tool in tools if server_tool(tool, major, root) is None]
+    if not missing:
+        return None
+    return (f"no PostgreSQL {major} {' and '.join(missing)} in {root / str(major) / 'bin'}: "
+            f"install postgresql-{major} (the backupd image carries 13 to 17), or set "
+            f"PG_SERVER_ROOT to a directory with {major}/bin/ in it")
 
 
 def installed_majors(root: Path = CLIENT_ROOT) -> list[int]:

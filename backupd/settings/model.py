@@ -21,6 +21,7 @@ from backupd.secret_files import read_setting_file
 from backupd.settings.basebackup import BaseBackupSettings
 from backupd.settings.notify import NotifySettings
 from backupd.settings.parallel import ParallelDumpSettings
+from backupd.settings.pgserver import PgServerSettings
 from backupd.settings.restore_session import RestoreSessionSettings
 from backupd.settings.retention import RetentionSettings
 from backupd.settings.selection import (
@@ -42,7 +43,7 @@ COMPRESSION_LEVELS: dict[str, tuple[int, int]] = {"gzip": (0, 9), "zstd": (1, 22
 
 class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings,
                ParallelDumpSettings, RestoreSessionSettings, RetentionSettings,
-               NotifySettings, WatchdogSettings):
+               NotifySettings, WatchdogSettings, PgServerSettings):
     """Configuration from the environment (and an optional ``.env`` file)."""
 
     model_config = SettingsConfigDict(
