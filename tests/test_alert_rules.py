@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from helpers.cli import BackupdProcess, run_backupd
 from helpers.cluster import free_port
 from helpers.faults import wait_until
 from helpers.logs import jobs_finished
-from prometheus_client.parser import text_string_to_metric_families
+from helpers.metrics import scrape
 
 import backupd
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
@@ -151,17 +150,6 @@ def test_both_files_name_the_series_the_issue_asks_for() -> None:
 
 
 # --- a running daemon serves them -----------------------------------------------------------
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    """Every series /metrics serves: (sample name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def wal_metrics_available() -> bool:

@@ -14,9 +14,9 @@ import pytest
 from helpers.backups import read_manifest, refresh_manifest, sql_of, write_gzip_sql
 from helpers.cli import server_env, start_backupd
 from helpers.cluster import PrivateCluster
+from helpers.metrics import parse_samples
 from helpers.pg import ServerAddress, connect, psql
 from helpers.slow_restore import kill_once_paused, pausing_psql
-from prometheus_client.parser import text_string_to_metric_families
 
 from backupd.commands import backup_run
 from backupd.commands import drill as drill_cmd
@@ -128,8 +128,7 @@ def test_drill_onto_a_fresh_server_passes_and_leaves_it_empty(clusters: Clusters
     assert server_contents(clusters.drill) == EMPTY_SERVER
     # /metrics serves each database's restore time and the cluster's RTO, from the manifests.
     text = BackupdMetrics(load_settings(**clusters.env())).render().decode()
-    served = {(sample.name, tuple(sample.labels.items())): sample.value
-              for family in text_string_to_metric_families(text) for sample in family.samples}
+    served = parse_samples(text)
     assert served[("backupd_drill_cluster_restore_seconds", ())] == pytest.approx(
         outcome.cluster_restore_seconds)
     assert served[("backupd_drill_cluster_last_run_success", ())] == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import run_backupd
 from helpers.cluster import free_port
-from prometheus_client.parser import text_string_to_metric_families
+from helpers.metrics import Samples, parse_samples
 
 from backupd.commands import backup as backup_cmd
 from backupd.daemon.health import evaluate, longest_gap, max_backup_age
@@ -93,15 +93,12 @@ def served(fixture_db: str, settings_for: Callable[..., Settings]) -> Iterator[S
         stop()
 
 
-def scrape(served: Served) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(served: Served) -> Samples:
     status, text = served.get("/metrics")
     assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            # nothing else in labels
-            assert set(sample.labels) <= {"job", "database", "status"}, sample
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    samples = parse_samples(text)
+    for name, labels in samples:  # nothing else in labels
+        assert {label for label, _ in labels} <= {"job", "database", "status"}, (name, labels)
     return samples
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
 from helpers.faults import wait_until
+from helpers.metrics import scrape_unlabelled
 from helpers.pg import psql
 from helpers.wal import (
     STREAM_ONLY,
@@ -25,7 +26,6 @@ from helpers.wal import (
     holds,
     live_partial,
     receivewal_pids,
-    scrape_metrics,
     switch_wal,
     wait_archived,
     wait_streaming,
@@ -148,9 +148,9 @@ def test_metrics_and_health_go_red_past_the_lag(
     daemon = backupd_daemon(["run"], env)
     wait_streaming(backup_dir)
     wait_archived(backup_dir, switch_wal(wal_cluster.address))
-    wait_until(lambda: scrape_metrics(port).get("backupd_wal_archiving_up") == 1.0, 30,
+    wait_until(lambda: scrape_unlabelled(port).get("backupd_wal_archiving_up") == 1.0, 30,
                "archiving_up 1")
-    metrics = scrape_metrics(port)
+    metrics = scrape_unlabelled(port)
     assert set(WAL_METRICS) <= metrics.keys(), metrics.keys()
     assert metrics["backupd_wal_receive_lag_seconds"] < 3
     assert metrics["backupd_wal_last_archived_timestamp_seconds"] > time.time() - 120
@@ -163,7 +163,7 @@ def test_metrics_and_health_go_red_past_the_lag(
         wait_until(lambda: "behind the server" in healthz(port)[1], 30, "health red on lag")
         status, body = healthz(port)
         assert status == 503 and "WAL_MAX_LAG_SECONDS" in body
-        metrics = scrape_metrics(port)
+        metrics = scrape_unlabelled(port)
         assert metrics["backupd_wal_receive_lag_seconds"] > 3
         assert metrics["backupd_wal_slot_retained_bytes"] > 0
     finally:
@@ -171,7 +171,7 @@ def test_metrics_and_health_go_red_past_the_lag(
     wait_until(lambda: "WAL archiving" not in healthz(port)[1], 30, "health back")
     # Streaming down: archiving_up 0 and a reason.
     wal_cluster.stop("fast")
-    wait_until(lambda: scrape_metrics(port).get("backupd_wal_archiving_up") == 0.0, 30,
+    wait_until(lambda: scrape_unlabelled(port).get("backupd_wal_archiving_up") == 0.0, 30,
                "archiving_up 0")
     assert "pg_receivewal is not streaming" in healthz(port)[1]
     status_env = wal_env(wal_cluster, backup_dir, **STREAM_ONLY)

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers.backups import sha256_file
 from helpers.cli import BackupdProcess
 from helpers.cluster import PrivateCluster
 from helpers.wal import (
@@ -21,7 +22,6 @@ from helpers.wal import (
     live_partial,
     local_archive,
     seconds_until,
-    sha256_file,
     switch_wal,
     wait_archived,
     wait_streaming,

@@ -3,7 +3,6 @@ environment for it, and what the archive holds, read through backupd's own WalAr
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -128,10 +127,6 @@ def holds(path: Path | None, marker: str) -> bool:
     return path is not None and path.exists() and marker.encode() in path.read_bytes()
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def receivewal_pids(backup_dir: Path) -> list[int]:
     """Live pg_receivewal processes writing into ``backup_dir``'s spool."""
     spool = str(spool_dir(backup_dir)).encode()
@@ -162,20 +157,6 @@ def slot_retained(server: ServerAddress) -> int:
     the slot's restart_lsn)."""
     return int(psql(server, "postgres", "SELECT pg_current_wal_lsn() - restart_lsn "
                                         "FROM pg_replication_slots").strip())
-
-
-def scrape_metrics(port: int) -> dict[str, float]:
-    """/metrics of a daemon on ``port``, unlabelled samples by name."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 def healthz(port: int) -> tuple[int, str]:
