@@ -258,6 +258,23 @@ def test_a_target_before_the_oldest_base_backup_or_after_the_end_is_refused(
         assert not target_dir.exists()
 
 
+def test_without_the_archives_pg_waldump_the_end_is_not_checked_and_recover_says_so(
+        archive: Archive) -> None:
+    # PG_SERVER_ROOT without that major's pg_waldump: the newest commit cannot be read, so a
+    # time after it (but not in the future) is let through, with one warning naming why.
+    empty = archive.work / "empty-server-root"
+    empty.mkdir(exist_ok=True)
+    target_dir = archive.work / "unchecked-end"
+    env = {**archive.env, "PG_SERVER_ROOT": str(empty)}
+    proc = run_backupd(["recover", "--target-dir", str(target_dir), "--to-time",
+                        datetime.now(UTC).isoformat()], env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in (proc.stdout + proc.stderr).splitlines()
+              if "no pg_waldump" in line and str(empty) in line]
+    assert warned and "not detected" in warned[0], proc.stdout + proc.stderr
+    shutil.rmtree(target_dir)
+
+
 def test_a_non_empty_target_is_refused_untouched(archive: Archive, tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     env = {k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}  # as a user
