@@ -20,7 +20,7 @@ from helpers.pg import psql
 from helpers.s3server import S3Server
 from helpers.wal import committed_segments, gaps, switch_wal, wait_archived, wal_dir, wal_env
 
-from backupd.archive.walnames import lsn_to_segno, parse_wal_name
+from backupd.archive.walnames import lsn_to_segno, parse_lsn, parse_wal_name
 
 
 def verified_base_backups(directory: Path) -> list[str]:
@@ -29,10 +29,19 @@ def verified_base_backups(directory: Path) -> list[str]:
             and read_manifest(directory / name).get("verified")]
 
 
+def daemon_with_a_base_backup(wal_cluster: PrivateCluster, backup_dir: Path,
+                              backupd_daemon: Callable[..., BackupdProcess],
+                              ) -> tuple[dict[str, str], BackupdProcess]:
+    """The daemon archiving WAL, once the base backup it takes at start is verified."""
+    env = wal_env(wal_cluster, backup_dir)
+    daemon = backupd_daemon(["run"], env)
+    wait_until(lambda: verified_base_backups(backup_dir), 120, "the base backup at start")
+    return env, daemon
+
+
 def start_segno(directory: Path, name: str) -> int:
     facts = read_manifest(directory / name)["base_backup"]
-    start = facts["start_lsn"].split("/")
-    return lsn_to_segno((int(start[0], 16) << 32) | int(start[1], 16), facts["wal_segment_size"])
+    return lsn_to_segno(parse_lsn(facts["start_lsn"]), facts["wal_segment_size"])
 
 
 def segno(name: str) -> int:
@@ -111,9 +120,7 @@ def test_a_lost_slot_makes_the_daemon_take_a_new_base_backup(
     wal_cluster: PrivateCluster, backup_dir: Path,
     backupd_daemon: Callable[..., BackupdProcess],
 ) -> None:
-    env = wal_env(wal_cluster, backup_dir)
-    daemon = backupd_daemon(["run"], env)
-    wait_until(lambda: verified_base_backups(backup_dir), 120, "the base backup at start")
+    env, daemon = daemon_with_a_base_backup(wal_cluster, backup_dir, backupd_daemon)
     wait_archived(backup_dir, switch_wal(wal_cluster.address, 2))
     stop_backupd(daemon, timeout=60)
     # While the sidecar is away its slot goes (dropped, or the server was replaced): nothing
@@ -140,9 +147,7 @@ def test_verify_wal_follows_a_new_timeline(
     wal_cluster: PrivateCluster, backup_dir: Path,
     backupd_daemon: Callable[..., BackupdProcess],
 ) -> None:
-    env = wal_env(wal_cluster, backup_dir)
-    daemon = backupd_daemon(["run"], env)
-    wait_until(lambda: verified_base_backups(backup_dir), 120, "the base backup at start")
+    env, daemon = daemon_with_a_base_backup(wal_cluster, backup_dir, backupd_daemon)
     wait_archived(backup_dir, switch_wal(wal_cluster.address))
     # A failover, as the archive sees it: the same cluster goes on as timeline 2.
     wal_cluster.restart_on_a_new_timeline()
