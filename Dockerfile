@@ -82,7 +82,8 @@ RUN echo 'path-exclude=/usr/share/postgresql/*/man/*' > /etc/dpkg/dpkg.cfg.d/bac
     && sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' \
         /etc/postgresql-common/createcluster.conf \
     && grep -qx 'create_main_cluster = false' /etc/postgresql-common/createcluster.conf \
-    && localedef -i en_US -c -f UTF-8 -A /usr/share/locale/locale.alias en_US.UTF-8 \
+    && localedef -i en_US -c -f UTF-8 en_US.UTF-8 \
+    && locale -a | grep -qx 'en_US.utf8' \
     && packages=() \
     && for major in $PG_CLIENT_MAJORS; do \
            packages+=("postgresql-client-${major}=${major}.*" "postgresql-${major}=${major}.*"); \

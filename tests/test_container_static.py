@@ -374,6 +374,14 @@ def test_dockerfile_creates_no_cluster() -> None:
     assert not re.search(r"\b(initdb|pg_createcluster|pg_ctl)\s+-D", DOCKERFILE.read_text())
 
 
+def test_dockerfile_gives_private_servers_the_official_images_locale() -> None:
+    # A recovered cluster from the official postgres image has en_US.utf8 databases: the PITR
+    # drill's server cannot open them without that locale; the build fails without it.
+    run = pgdg_run()
+    assert "localedef -i en_US -c -f UTF-8 en_US.UTF-8" in run
+    assert run.index("locale -a | grep -qx 'en_US.utf8'") > run.index("localedef")
+
+
 def test_dockerfile_pins_the_pgdg_signing_key_by_fingerprint() -> None:
     assert dockerfile_arg("PGDG_KEY_FINGERPRINT") == PGDG_FINGERPRINT
     run = " ".join(rest for keyword, rest in final_stage()
