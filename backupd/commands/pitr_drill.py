@@ -62,9 +62,11 @@ SERVER_OS_USER = "postgres"
 def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome:
     """The drill (``source``: the local archive by default); JobFailed naming what is wrong,
     JobSkipped in one line when the server binaries of the archive's major are not here."""
+    # The live server's major is the archive's (unless upgraded since): checked before what
+    # may be hours of recovery; the recovered directory's own major is checked after it.
     live_major = known_server_major()
-    if live_major is not None:  # the archive's major but after an upgrade: checked before
-        _require_server_tools(ctx, live_major)  # hours of recovery, and again after it
+    if live_major is not None:
+        _require_server_tools(ctx, live_major)
     if source is None:
         from backupd.archive.recovery_source import archive_source
 
