@@ -29,7 +29,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the daemon: next run times, the last result of every job kind (one-off runs too),
-    how retention runs, newest verified backup, offsite state, health."""
+    how retention runs, newest verified backup, offsite state, health; with WAL_ARCHIVE=on,
+    the WAL archive's streaming and lag and the newest verified base backup."""
     from backupd.commands import status as status_cmd
 
     settings = bootstrap()
