@@ -11,16 +11,34 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import botocore.exceptions
 import psycopg
 import pytest
+from helpers import ports
 from helpers.cli import build_env
 from helpers.cluster import PrivateCluster
 from helpers.http_receiver import HttpReceiver
 from helpers.pg import FixtureTemplate, ServerAddress, fingerprint, pg_binary, psql
 from helpers.s3server import S3Server
 from slack_sdk.webhook import WebhookClient
+
+# --- ports -------------------------------------------------------------------------------------
+
+
+def test_each_xdist_worker_gets_its_own_ports_below_the_ephemeral_range(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers never choose the same port, and no outgoing connection can take one."""
+    chosen: dict[str, set[int]] = {}
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        chosen[worker] = {ports.free_port() for _ in range(20)}
+    assert all(len(found) == 20 for found in chosen.values()), chosen  # never handed out twice
+    assert not chosen["gw0"] & chosen["gw1"] and not chosen["gw1"] & chosen["gw2"]
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert max(max(found) for found in chosen.values()) < first_ephemeral
+
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 from .pg import ServerAddress, pg_binary
+from .ports import free_port
+
+__all__ = ["DEFAULT_CLUSTER_PASSWORD", "PrivateCluster", "free_port"]
 
 SERVER_OS_USER = "postgres"
 AS_ROOT = os.geteuid() == 0
@@ -24,13 +26,6 @@ AS_ROOT = os.geteuid() == 0
 # A password with a quote, double quote, colon, backslash, space and dollar: every
 # character that breaks naive quoting in a conninfo string, a pgpass line or a shell.
 DEFAULT_CLUSTER_PASSWORD = "p'w\"d:x\\ y$z"
-
-
-def free_port() -> int:
-    # The OS picks a free port; there is a small window before the server binds it.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateCluster:

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 from . import leakcheck
+from .ports import free_port
 
 Behaviour = Literal["ok", "error", "ratelimit", "hang", "refuse", "close"]
 
@@ -134,7 +135,9 @@ class HttpReceiver:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        server = _Server(("127.0.0.1", self.port), _Handler)
+        # A port from helpers.ports: "refuse" and back reopens it, and no client's
+        # connection can have taken it in between.
+        server = _Server(("127.0.0.1", self.port or free_port()), _Handler)
         server.receiver = self
         self.port = int(server.server_address[1])
         self._server = server

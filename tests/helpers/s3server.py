@@ -22,7 +22,7 @@ import boto3
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from .cluster import free_port
+from .ports import free_port
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -34,7 +34,7 @@ SECRET_KEY = "testing"  # moto accepts any credentials
 
 class S3Server:
     def __init__(self) -> None:
-        self.port = 0  # chosen by the OS on first start, then reused by every restart
+        self.port = 0  # helpers.ports' choice on first start, then reused by every restart
         self._moto: ThreadedMotoServer | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -54,7 +54,8 @@ class S3Server:
     def start(self) -> None:
         if self._moto is not None:
             return
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port or free_port(),
+                                  verbose=False)
         moto.start()
         server = moto._server  # the werkzeug server; moto exposes no public handle
         assert server is not None
