@@ -54,6 +54,19 @@ def test_a_restore_on_a_terminal_shows_its_progress_and_piped_shows_none(
         drop_database(pg_server, piped)
 
 
+def test_a_job_failing_before_any_data_moved_shows_no_display_on_a_terminal(
+        env: dict[str, str]) -> None:
+    """No stream moved a byte: the display writes nothing (not even the cursor-hide escape),
+    and the failure is the one line on the terminal."""
+    unreachable = {**env, "BACKUPD_LOG_FORMAT": "auto", "POSTGRES_PORT": "1",
+                   "POSTGRES_CONNECT_TIMEOUT": "2"}
+    code, transcript = run_in_terminal(["backup", "--no-prune"], unreachable)
+    assert code == 1, transcript
+    assert "\x1b[" not in transcript, repr(transcript)
+    lines = [line for line in transcript.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot connect" in lines[0], lines
+
+
 def test_progress_options_override_the_terminal_detection(
         env: dict[str, str]) -> None:
     code, transcript = run_in_terminal(["--no-progress", "backup", "--no-prune"], env)
