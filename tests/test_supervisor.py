@@ -4,6 +4,8 @@ child's environment is minimal; a failure quotes the error line, not its DETAIL.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -202,3 +204,38 @@ def test_children_still_run_after_the_reaper_was_killed() -> None:
         assert child.wait() == 0
     assert REAPER._process is not None and REAPER._process.pid != reaper.pid
     assert alive(REAPER._process.pid)
+
+
+def test_replacing_a_dead_reaper_closes_its_pipe_once() -> None:
+    # The dead reaper's pipe is closed when it is replaced; its number is then free for any
+    # file or socket (often the new reaper's own pipe). Collecting the dead reaper's Popen
+    # later must not close that number a second time, whatever holds it by then.
+    with Child(["/bin/true"]) as first:
+        assert first.wait() == 0
+    reaper, old_fd = REAPER._process, REAPER._fd
+    assert reaper is not None and old_fd is not None
+    pid = reaper.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), 30, "the reaper to die")
+    with Child(["/bin/true"]) as child:
+        assert child.wait() == 0
+    reuser_r, reuser_w = os.pipe()  # takes the freed number if nothing else did
+    try:
+        held = {fd for fd in (old_fd, reuser_r, reuser_w, REAPER._fd) if _is_open(fd)}
+        del reaper
+        gc.collect()
+        assert {fd for fd in held if _is_open(fd)} == held
+    finally:
+        for fd in (reuser_r, reuser_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _is_open(fd: int | None) -> bool:
+    if fd is None:
+        return False
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True

@@ -125,9 +125,13 @@ class _Reaper:
                 os.write(self._fd, b"%d\n" % -pgid)
 
     def _start(self) -> None:
-        if self._fd is not None:
+        if self._process is not None and self._process.stdin is not None:
+            # A dead reaper's pipe, or (after a fork) our parent's. Closed through its file
+            # object: closing the bare fd would leave that object to close the number again
+            # when it is collected, by then another file's or socket's (even the new
+            # reaper's pipe, whose end of file would kill every registered child).
             with contextlib.suppress(OSError):
-                os.close(self._fd)  # a dead reaper's pipe, or (after a fork) our parent's
+                self._process.stdin.close()
         self._fd = None
         try:
             process = subprocess.Popen(
