@@ -152,9 +152,11 @@ def test_metrics_and_health_go_red_past_the_lag(
                "archiving_up 1")
     metrics = scrape_unlabelled(port)
     assert set(WAL_METRICS) <= metrics.keys(), metrics.keys()
-    assert metrics["backupd_wal_receive_lag_seconds"] < 3
     assert metrics["backupd_wal_last_archived_timestamp_seconds"] > time.time() - 120
-    assert "WAL archiving" not in healthz(port)[1]
+    # Green once caught up: waited for, not asserted at one instant (under load a sample may
+    # catch the receiver a moment behind the server's own writes, checkpoints and all).
+    wait_until(lambda: scrape_unlabelled(port)["backupd_wal_receive_lag_seconds"] < 3
+               and "WAL archiving" not in healthz(port)[1], 30, "lag below 3 s, health green")
 
     (receiver,) = receivewal_pids(backup_dir)
     os.kill(receiver, signal.SIGSTOP)  # a stuck receiver: the server writes on
