@@ -12,39 +12,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
-from helpers.faults import SlowDump, dump_partials, partial_files
-from helpers.logs import LogEvent, jobs_finished, log_events
+from helpers.daemon import FAST, NEVER_DURING_TEST, finished, started
+from helpers.faults import SlowDump, dump_partials, partial_files, wait_until
+from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect
 
 from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
 from backupd.naming import parse_backup_name
-
-FAST = {"SCHEDULE_SECONDS_FIELD": "1", "DRILL_SCHEDULE": "off"}
-# Far from any test's runtime: the schedule never fires during a test.
-NEVER_DURING_TEST = "0 0 1 1 *"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def finished(proc: BackupdProcess, job: str = "backup") -> list[LogEvent]:
-    return jobs_finished(proc.read_stderr(), job=job)
-
-
-def started(proc: BackupdProcess) -> bool:
-    return any(e.get("event") == "backupd daemon started" for e in log_events(proc.read_stderr()))
-
 
 # --- start-up validation ---------------------------------------------------------------------
 
@@ -94,7 +71,7 @@ def test_sigterm_mid_dump_exits_in_time_and_leaves_no_backup(
 ) -> None:
     env = slow_env(backupd_env, fixture_db, tmp_path, SHUTDOWN_TIMEOUT_SECONDS="8")
     daemon = backupd_daemon(["run"], env)  # BACKUP_ON_START: no backup yet -> dump at once
-    wait_for(lambda: dump_partials(backup_dir), 30, "the dump to start")
+    wait_until(lambda: dump_partials(backup_dir), 30, "the dump to start")
     time.sleep(1)  # well into the dump: the shim makes it last minutes
     began = time.monotonic()
     code = stop_backupd(daemon, timeout=15)
@@ -109,7 +86,8 @@ def test_sigterm_mid_dump_exits_in_time_and_leaves_no_backup(
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
     verified = run_backupd(["verify"], env)
     assert verified.returncode == 1 and "no backups" in verified.stderr
-    wait_for(lambda: dump_sessions(pg_server, fixture_db) == 0, 10, "pg_dump's session to end")
+    wait_until(lambda: dump_sessions(pg_server, fixture_db) == 0, 10,
+               "pg_dump's session to end")
 
     # The cancellation was reported, not swallowed.
     results = finished(daemon)
@@ -126,13 +104,13 @@ def test_next_start_removes_leftovers_of_a_killed_dump(
 ) -> None:
     env = slow_env(backupd_env, fixture_db, tmp_path)
     first = backupd_daemon(["run"], env)
-    wait_for(lambda: dump_partials(backup_dir), 30, "the dump to start")
+    wait_until(lambda: dump_partials(backup_dir), 30, "the dump to start")
     stop_backupd(first, sig=signal.SIGKILL, timeout=10)  # what `docker kill` leaves behind
     leftovers = [p.name for p in dump_partials(backup_dir)]
     assert leftovers
 
     second = backupd_daemon(["run"], {**env, "BACKUP_ON_START": "false"})
-    wait_for(lambda: started(second), 30, "the second daemon to start")
+    wait_until(lambda: started(second), 30, "the second daemon to start")
     assert partial_files(backup_dir) == []
     logged = {e.get("file") for e in log_events(second.read_stderr())
               if e.get("event") == "removed leftover of an interrupted run"}
@@ -153,12 +131,12 @@ def test_two_daemons_take_exactly_one_backup_per_slot(
                       BACKUP_ON_START="false", **FAST)
     daemons = [backupd_daemon(["run"], env), backupd_daemon(["run"], env)]
     for daemon in daemons:
-        wait_for(functools.partial(started, daemon), 30, "both daemons to start")
+        wait_until(functools.partial(started, daemon), 30, "both daemons to start")
     both_up = datetime.now(UTC)
     first_slot = _slot_of(both_up) + timedelta(seconds=SLOT_SECONDS)
     slots = [first_slot + timedelta(seconds=SLOT_SECONDS * i) for i in range(3)]
     # Wait until both daemons have reported on the third slot.
-    wait_for(lambda: all(
+    wait_until(lambda: all(
         any(_slot_of(_time(r["started_at"])) == slots[-1] for r in finished(d)) for d in daemons),
         SLOT_SECONDS * 5 + 10, "both daemons to finish three slots")
     for daemon in daemons:
@@ -210,7 +188,7 @@ def test_run_missed_while_down_is_caught_up_or_reported_once(
     env = backupd_env(fixture_db, BACKUP_SCHEDULE=f"{minute} * * * *", BACKUP_ON_START="false",
                       SCHEDULE_MISFIRE_GRACE_SECONDS=grace, **FAST)
     daemon = backupd_daemon(["run"], env)
-    wait_for(lambda: finished(daemon), 30, "the missed run to be dealt with")
+    wait_until(lambda: finished(daemon), 30, "the missed run to be dealt with")
     time.sleep(0.5)  # a second (wrong) catch-up would show up by now
     assert stop_backupd(daemon, timeout=15) == 0
 

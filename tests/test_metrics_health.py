@@ -11,13 +11,14 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from helpers.cli import run_backupd
 from helpers.cluster import free_port
+from helpers.daemon import SchedulerStub
 from helpers.metrics import Samples, parse_samples
 
 from backupd.commands import backup as backup_cmd
@@ -31,21 +32,6 @@ from backupd.notify.metrics import BackupdMetrics, MetricsNotifier
 from backupd.result import JobResult, Status
 from backupd.settings import Settings, load_settings
 from backupd.storage.local import LocalStore
-
-
-@dataclass
-class SchedulerStub:
-    """The smallest real SchedulerState: what the daemon's DaemonState offers the server."""
-
-    alive: bool = True
-    last_results: dict[str, JobResult] = field(default_factory=dict)
-    runs: dict[str, datetime | None] = field(default_factory=dict)
-
-    def scheduler_alive(self) -> bool:
-        return self.alive
-
-    def next_runs(self) -> dict[str, datetime | None]:
-        return self.runs
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from helpers.daemon import FAST, finished
+from helpers.faults import wait_until
 from helpers.s3server import S3Server
-from test_daemon import FAST, finished, wait_for
 
 
 def test_status_shows_next_runs_last_results_newest_backup_and_health(
@@ -20,8 +21,8 @@ def test_status_shows_next_runs_last_results_newest_backup_and_health(
     env = backupd_env(fixture_db, BACKUP_SCHEDULE="*/2 * * * * *", BACKUP_ON_START="false",
                       **FAST)
     daemon = backupd_daemon(["run"], env)
-    wait_for(lambda: any(r["status"] == "success" for r in finished(daemon)), 30,
-             "a scheduled backup")
+    wait_until(lambda: any(r["status"] == "success" for r in finished(daemon)), 30,
+               "a scheduled backup")
 
     asked = datetime.now(UTC)
     proc = run_backupd(["status", "--json"], env)

@@ -17,10 +17,10 @@ from helpers.backups import backup_files, take_backup
 from helpers.browser import CHROMIUM, dump_dom, non_white_pixels, screenshot
 from helpers.cli import BackupdProcess, run_backupd
 from helpers.cluster import free_port
+from helpers.daemon import FAST, NEVER_DURING_TEST, SchedulerStub
+from helpers.faults import wait_until
 from helpers.http_receiver import HttpReceiver
 from helpers.logs import jobs_finished
-from test_daemon import FAST, NEVER_DURING_TEST, wait_for
-from test_metrics_health import SchedulerStub
 
 from backupd.archive.status import WalStatus
 from backupd.commands import status_page
@@ -71,7 +71,7 @@ def test_daemon_serves_backups_drills_charts_and_health_without_secrets(
     rto = jobs_finished(drill.stderr, job="drill")[-1]["outcome"]["restore_seconds"]
 
     daemon = backupd_daemon(["run"], env)
-    wait_for(lambda: get(port, "/healthz")[0] in (200, 503), 30, "the health server")
+    wait_until(lambda: get(port, "/healthz")[0] in (200, 503), 30, "the health server")
 
     assert get(port, "/")[0] == 401
     assert get(port, "/?token=wrong")[0] == 403

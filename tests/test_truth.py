@@ -25,10 +25,10 @@ from helpers.backups import (
 )
 from helpers.cli import BackupdProcess, EnvFactory, run_backupd, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
+from helpers.faults import wait_until
 from helpers.http_receiver import HttpReceiver
 from helpers.logs import jobs_finished, log_events
 from helpers.pg import unique_db_name
-from test_daemon import wait_for
 
 from backupd.commands import prune as prune_cmd
 from backupd.commands import restore as restore_cmd
@@ -321,8 +321,9 @@ def test_the_daemon_off_a_terminal_still_logs_json(
     auto = {key: value for key, value in env.items() if key != "BACKUPD_LOG_FORMAT"}
     daemon = backupd_daemon(["run"], {**auto, "BACKUP_ON_START": "false"})
 
-    wait_for(lambda: any(e.get("event") == "backupd daemon started"
-                         for e in log_events(daemon.read_stderr())), 30, "the daemon to start")
+    wait_until(lambda: any(e.get("event") == "backupd daemon started"
+                           for e in log_events(daemon.read_stderr())), 30,
+               "the daemon to start")
     assert stop_backupd(daemon, timeout=15) == 0
 
 
