@@ -57,7 +57,9 @@ class Cluster:
     """A throwaway cluster (scram auth, TCP only) in a directory of its own under ``parent``."""
 
     def __init__(self, parent: Path, name: str, password: str) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
+        # As root the server runs as `postgres`, which must reach its directory: a parent under
+        # root's private temporary directories (pytest's, 0700) is not reachable, /tmp is.
+        self.root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=None if AS_ROOT else parent))
         self.data = self.root / "data"
         self.port = free_port()
         self.server = Server("127.0.0.1", str(self.port), "postgres", password)

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,14 +116,18 @@ class Recovered:
 
 
 def bench_recover(work: Path, args: argparse.Namespace) -> list[str]:
-    recover_dir = work / "recover"
-    recover_dir.mkdir()
-    if AS_ROOT:
-        for directory in (work, recover_dir):  # the server's OS user must reach its cluster
-            directory.chmod(0o755)
-    work = recover_dir
-    with clusters(work, "archived") as (cluster,):
-        return _bench(cluster, work, args)
+    # As root the servers run as `postgres`, which must reach their directories: the work
+    # directory may sit under one only root can enter (pytest's tmp_path), so use one in /tmp.
+    recover_dir = (Path(tempfile.mkdtemp(prefix="backupd-bench-recover-")) if AS_ROOT
+                   else work / "recover")
+    recover_dir.mkdir(exist_ok=True)
+    recover_dir.chmod(0o755)
+    try:
+        with clusters(recover_dir, "archived") as (cluster,):
+            return _bench(cluster, recover_dir, args)
+    finally:
+        if AS_ROOT:
+            shutil.rmtree(recover_dir, ignore_errors=True)
 
 
 def _bench(cluster: Cluster, work: Path, args: argparse.Namespace) -> list[str]:
