@@ -37,7 +37,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BACKUPD, Contender, Server, backupd_env, publish, run_rounds, table
+from harness import BACKUPD, Contender, Server, backupd_env, publish, run_rounds, table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURE = REPO / "tests" / "fixtures" / "certificates.sql"

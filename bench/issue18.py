@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from run import BACKUPD, PREFIX, Run, Server, backupd_env, loaded_database, mib, timed
+from harness import BACKUPD, PREFIX, Run, Server, backupd_env, loaded_database, mib, timed
 
 CURVE_SCALES = (1, 10, 50)
 CURVE_LARGEST = 200  # ~2 GB of SQL: only with --curve-200

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import AS_ROOT, PG_BIN, Cluster, clusters, free_port
-from run import BACKUPD, Contender, Run, Server, backupd_env, load_fixture, table, timed
+from harness import BACKUPD, Contender, Run, Server, backupd_env, load_fixture, table, timed
 
 DATABASE = "bench"
 MARK = "bench-loaded"

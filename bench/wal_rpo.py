@@ -29,8 +29,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import AS_ROOT, clusters
+from harness import BACKUPD, backupd_env, publish
 from recover import _wait
-from run import BACKUPD, backupd_env, publish
 
 from backupd.archive.walstore import WalArchive
 from backupd.storage.s3 import S3Config, S3Repository
