@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from pyrage import x25519
 
 from backupd.archive.backup_manifest import BackupContentCheck, BackupContentError
+from backupd.archive.dirwriter import DirectoryWriter
 from backupd.archive.tarstream import MemberHandler, MemberSink, TarError, TarMember, TarReader
 from backupd.archive.walnames import parse_lsn
 from backupd.cancel import CancelToken
@@ -244,51 +244,6 @@ def _stored_digest(repository: Repository, name: str,
 
 # --- extracting -----------------------------------------------------------------------------
 
-class _FileSink:
-    def __init__(self, handle: BinaryIO, sync: bool) -> None:
-        self._handle = handle
-        self._sync = sync
-
-    def write(self, data: bytes) -> int:
-        return self._handle.write(data)
-
-    def close(self) -> None:
-        self._handle.flush()
-        if self._sync:
-            os.fsync(self._handle.fileno())
-        self._handle.close()
-
-
-class DirectoryWriter:
-    """Writes each member under ``target``; a path that would leave it is refused."""
-
-    def __init__(self, target: Path, *, sync_each_file: bool = True) -> None:
-        self.target = target
-        self.sync_each_file = sync_each_file
-        self._open: list[BinaryIO] = []
-
-    def __call__(self, member: TarMember) -> MemberSink | None:
-        relative = PurePosixPath(member.path)
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-            raise TarError(f"member {member.path!r} points outside the data directory")
-        path = self.target.joinpath(*relative.parts)
-        if member.kind == "directory":
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return None
-        if member.kind != "file":
-            return None  # reported by the content check
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        handle = os.fdopen(fd, "wb", buffering=1024 * 1024)
-        self._open.append(handle)
-        return _FileSink(handle, self.sync_each_file)
-
-    def close_all(self) -> None:
-        for handle in self._open:
-            with contextlib.suppress(OSError):
-                handle.close()
-
-
 def extract_base_backup(repository: Repository, name: str, target_dir: Path,
                         crypto: AgeKeyFiles | None,
                         cancel: CancelToken | None = None, *,
@@ -311,8 +266,9 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
     try:
         checked = read_base_backup(repository, entry, identities, extract_to=writer,
                                    cancel=cancel)
+        writer.finish()
     except BaseException:
-        writer.close_all()
+        writer.abort()
         for child in target_dir.iterdir():
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
