@@ -20,7 +20,8 @@ from helpers.cli import BackupdProcess, EnvFactory, run_backupd, server_env, sto
 from helpers.cluster import PrivateCluster
 from helpers.faults import SlowDump, partial_files, wait_until
 from helpers.logs import LogEvent, human_lines, jobs_finished
-from helpers.pg import ServerAddress, psql
+from helpers.pg import ServerAddress, connect, database_exists, psql, unique_db_name
+from helpers.slow_restore import pausing_psql
 
 LOCKER_APP = "stall-test-locker"
 
@@ -61,6 +62,33 @@ def test_a_dump_behind_an_exclusive_lock_fails_naming_the_lock_and_its_holder(
     assert finished["status"] == "failed" and "stalled" in finished["error"]
     assert nothing_partial(backup_dir) == []
 
+
+
+def test_a_restore_whose_psql_stops_reading_fails_as_stalled_and_leaves_no_database(
+        pg_server: ServerAddress, env: dict[str, str], backup: Path, tmp_path: Path) -> None:
+    """The restore's feed is watched too: psql stops reading (it sits in pg_sleep on the
+    server, mid-transaction), the feed blocks, and the watchdog ends the restore; neither the
+    target nor a scratch database is left behind."""
+    shim = pausing_psql(tmp_path / "shim", tmp_path / "psql.pid", pause_seconds=120)
+    target = unique_db_name("stalled_restore")
+    slow = {**env, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+            "DB_BACKUP_STALL_SECONDS": "3"}
+    proc = run_backupd(["restore", "--yes", "--target-db", target, backup.name], slow,
+                       timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = [ln for ln in human_lines(proc.stderr) if "stalled" in ln]
+    assert "no data moved" in line and "DB_BACKUP_STALL_SECONDS=3" in line, line
+    (finished,) = jobs_finished(proc.stderr, "restore")
+    assert finished["status"] == "failed" and "stalled" in finished["error"]
+    assert not database_exists(pg_server, target)
+    # The scratch database is <target>__restoring_<stamp> (commands/restore_target.py).
+    wait_until(lambda: not _databases_named(pg_server, target), 30, "the scratch dropped")
+
+
+def _databases_named(server: ServerAddress, prefix: str) -> list[str]:
+    with connect(server) as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,))]
 
 
 def test_a_stalled_database_fails_alone_and_the_run_goes_on(
