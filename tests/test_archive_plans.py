@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from backupd.archive.basebackups import BaseBackupInfo
-from backupd.archive.continuity import WalFile, check_base, parse_history, timeline_spans
+from backupd.archive.continuity import check_base, parse_history, timeline_spans
 from backupd.archive.retention import plan_base_retention, wal_to_delete
-from backupd.archive.walnames import format_lsn, segment_name
+from backupd.archive.walnames import WalFileName, format_lsn, segment_name
 from backupd.manifest import BaseBackupFacts, Manifest
 from backupd.naming import base_backup_name, parse_backup_name
 from backupd.storage.base import BackupEntry
@@ -91,9 +91,13 @@ def base(timeline: int, start_segno: int, stop_segno: int, *, verified: bool = T
 HISTORY = "1\t0/5000800\tno recovery target specified\n"
 
 
-def archive(*, drop: tuple[int, int] | None = None) -> list[WalFile]:
-    files = [WalFile(1, n) for n in range(2, 5)] + [WalFile(1, 5, partial=True)]
-    files += [WalFile(2, n) for n in range(5, 8)] + [WalFile(2, 8, partial=True)]
+def wal(timeline: int, segno: int, partial: bool = False) -> WalFileName:
+    return WalFileName(timeline, segno, "partial" if partial else "segment", SEG)
+
+
+def archive(*, drop: tuple[int, int] | None = None) -> list[WalFileName]:
+    files = [wal(1, n) for n in range(2, 5)] + [wal(1, 5, partial=True)]
+    files += [wal(2, n) for n in range(5, 8)] + [wal(2, 8, partial=True)]
     return [f for f in files if (f.timeline, f.segno) != drop]
 
 
@@ -121,13 +125,13 @@ def test_a_missing_segment_before_the_switch_is_named() -> None:
 
 def test_a_base_backup_after_the_fork_on_the_old_timeline_is_not_on_the_path() -> None:
     spans = timeline_spans(2, parse_history(HISTORY))
-    verdict = check_base(base(1, 6, 6), True, [*archive(), WalFile(1, 6)], spans, SEG)
+    verdict = check_base(base(1, 6, 6), True, [*archive(), wal(1, 6)], spans, SEG)
     assert not verdict.pitr and "not on the path" in verdict.problem
 
 
 def test_consistency_without_the_wal_inside_needs_the_archive() -> None:
     spans = timeline_spans(1, [])
-    files = [WalFile(1, n) for n in (2, 4, 5)]
+    files = [wal(1, n) for n in (2, 4, 5)]
     verdict = check_base(base(1, 2, 4), False, files, spans, SEG)
     assert not verdict.consistent and verdict.pitr is True
     assert check_base(base(1, 2, 4), True, files, spans, SEG).consistent

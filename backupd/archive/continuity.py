@@ -12,7 +12,7 @@ Three levels per base backup, after pgBackRest's:
   position's segment from the timeline that was current there. Any missing segment is a gap,
   named.
 
-Pure functions of the listings (``WalFile`` and the history files' text): the command that
+Pure functions of the listings (``WalFileName``s and the history files' text): the command that
 runs them (``commands.wal_verify``) reads the archive locally or on S3.
 """
 
@@ -22,19 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from backupd.archive.basebackups import BaseBackupInfo
-from backupd.archive.walnames import format_lsn, lsn_to_segno, parse_lsn, segment_name
+from backupd.archive.walnames import (
+    WalFileName,
+    format_lsn,
+    lsn_to_segno,
+    parse_lsn,
+    segment_name,
+)
 
 # Missing segments named in one line before "and N more".
 NAMED_MISSING = 10
-
-
-@dataclass(frozen=True)
-class WalFile:
-    """One file of the archive as continuity sees it."""
-
-    timeline: int
-    segno: int
-    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ def describe_missing(names: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile],
+def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFileName],
                spans: list[TimelineSpan], segment_size: int) -> Continuity:
     """One base backup against the archive. ``wal_inside``: the base backup carries (and
     was verified with) the WAL from its start to its stop."""
@@ -156,11 +153,11 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
     return verdict
 
 
-def _complete(archive: Sequence[WalFile], wal: WalFile) -> bool:
+def _complete(archive: Sequence[WalFileName], wal: WalFileName) -> bool:
     return any(w.timeline == wal.timeline and w.segno == wal.segno and not w.partial
                for w in archive)
 
 
-def newest_timeline(archive: Sequence[WalFile], history_timelines: Sequence[int]) -> int:
+def newest_timeline(archive: Sequence[WalFileName], history_timelines: Sequence[int]) -> int:
     return max([w.timeline for w in archive] + list(history_timelines), default=1)
 

@@ -49,6 +49,14 @@ class WalFileName:
         return name + ".partial" if self.kind == "partial" else name
 
     @property
+    def partial(self) -> bool:
+        return self.kind == "partial"
+
+    @property
+    def history(self) -> bool:
+        return self.kind == "history"
+
+    @property
     def segment(self) -> str:
         """The segment's name without ``.partial`` (a history file's own name)."""
         if self.kind == "history":

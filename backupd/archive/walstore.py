@@ -86,11 +86,11 @@ class ArchivedWal:
 
     @property
     def partial(self) -> bool:
-        return self.wal.kind == "partial"
+        return self.wal.partial
 
     @property
     def history(self) -> bool:
-        return self.wal.kind == "history"
+        return self.wal.history
 
 
 def local_wal_repository(local: LocalRepository) -> LocalRepository:

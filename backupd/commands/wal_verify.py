@@ -10,7 +10,6 @@ from pathlib import Path
 from backupd.archive.basebackups import BaseBackupInfo, list_base_backups
 from backupd.archive.continuity import (
     Continuity,
-    WalFile,
     check_base,
     describe_missing,
     newest_timeline,
@@ -64,7 +63,7 @@ def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
     archive = wal_archive(ctx, remote)
     files = archive.segments()
     segment_size = bases[0].wal_segment_size or DEFAULT_SEGMENT_SIZE
-    wal = [WalFile(f.timeline, f.segno, f.partial) for f in files if not f.history]
+    wal = [f.wal for f in files if not f.history]
     newest = newest_timeline(wal, [f.timeline for f in files if f.history])
     spans = timeline_spans(newest, history_of(archive, files, newest))
     # Every base backup carries the WAL from its start to its stop, checked when verified.
