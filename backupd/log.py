@@ -18,7 +18,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-import structlog
+# structlog is imported without rich: structlog.dev and structlog.tracebacks import rich (and
+# through it pygments and attrs) at import time only to offer rich tracebacks, which backupd
+# never renders (format_exc_info, then one redacted plain line). That was ~45 ms of every
+# command's start-up, before pg_dump starts (issue 18's floor). It relies on structlog
+# importing rich inside ``try/except ImportError`` (structlog 24-26); a structlog that does
+# otherwise only loses the saving. rich stays importable afterwards (the progress display).
+_HIDE_RICH = "rich" not in sys.modules and "structlog" not in sys.modules
+if _HIDE_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` fails
+try:
+    import structlog
+finally:
+    if _HIDE_RICH:
+        del sys.modules["rich"]
 
 MASK = "***"
 

@@ -114,7 +114,7 @@ def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) ->
     # The CLI's own summary (or error) line reports the result; with JSON logs
     # (--log-format json) machines get the structured "job finished" record as well.
     chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
-                        recorder=ResultRecorder(settings.backup_dir))
+                        recorder=ResultRecorder(settings.backup_dir), metrics=False)
     if not progress_wanted():
         return run_job(job, settings, body, chain)
     from backupd.cli import progress_display  # rich, only on a terminal

@@ -11,7 +11,7 @@ from backupd.settings import Settings
 
 
 def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True,
-                recorder: Notifier | None = None) -> NotifierChain:
+                recorder: Notifier | None = None, metrics: bool = True) -> NotifierChain:
     """The notifiers the settings ask for, in delivery order; ``extra`` go last.
 
     ``recorder`` writes the result into the state file (the daemon's DaemonState, or a
@@ -20,6 +20,12 @@ def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True,
 
     ``log_results=False`` leaves out the structured "job finished" line: a one-off command
     on a terminal prints its own one-line outcome instead.
+
+    ``metrics=False`` leaves out the Prometheus registry: a one-off command's process ends
+    with its job, so nothing would ever scrape it (the daemon's /metrics computes the store's
+    gauges from the manifests at each scrape, and seeds the job gauges from the state file
+    that one-off commands record into). It saves importing prometheus_client (~50 ms) before
+    pg_dump starts.
     """
     # The job's log file first: whoever sees the "job finished" record can read the file.
     notifiers: list[Notifier] = [LogFileNotifier(settings.backup_dir)]
@@ -28,7 +34,7 @@ def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True,
     if log_results:
         notifiers.append(StructuredLogNotifier())
     # Local, instant notifiers first; network ones after, each bounded by the chain's timeout.
-    if settings.health_port:
+    if metrics and settings.health_port:
         from backupd.notify.metrics import MetricsNotifier, shared_metrics
 
         notifiers.append(MetricsNotifier(shared_metrics(settings)))

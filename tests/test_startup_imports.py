@@ -1,0 +1,59 @@
+"""What a one-off command imports before its job starts (issue 18: the backup's gap to the
+``pg_dump > /dev/null`` floor is mostly start-up). Not timed: a module that comes back into
+the start-up path fails here by name, whatever the machine's speed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Imported by nothing a one-off backup needs before pg_dump starts: rich (and pygments,
+# attrs) came in only through structlog's optional rich tracebacks; prometheus_client only
+# through a metrics registry that nothing scrapes in a one-off process; the network clients
+# are imported by the notifiers and S3 repository that use them.
+HEAVY = ("rich", "pygments", "attr", "prometheus_client", "boto3", "botocore", "slack_sdk",
+         "apscheduler")
+
+PROBE = """
+import sys
+from backupd.cli import app  # every command registered, as `backupd backup` starts
+from backupd.commands import backup_run  # the backup job's own modules
+from backupd.notify import build_chain
+from backupd.settings import Settings
+chain = build_chain(Settings(HEALTH_PORT=8080), metrics=False)
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_a_one_off_backup_starts_without_the_heavy_optional_modules() -> None:
+    loaded = set(subprocess.run([sys.executable, "-c", PROBE], check=True, capture_output=True,
+                                text=True).stdout.split())
+    assert "structlog" in loaded and "typer" in loaded  # the probe did import the CLI
+    assert sorted(loaded.intersection(HEAVY)) == []
+
+
+def test_structlog_still_renders_exceptions_and_rich_stays_importable() -> None:
+    probe = """
+import sys
+from backupd.log import configure_logging, get_logger
+configure_logging()
+try:
+    raise ValueError("boom")
+except ValueError:
+    get_logger().exception("failed")
+import rich.console  # the progress display still can
+print("rich" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                          text=True)
+    assert "ValueError: boom" in done.stderr
+    assert done.stdout.strip() == "True"
+
+
+def test_the_daemons_chain_keeps_its_metrics() -> None:
+    from backupd.notify import build_chain
+    from backupd.settings import Settings
+
+    settings = Settings(HEALTH_PORT=8080)  # type: ignore[call-arg]
+    assert "metrics" in [n.name for n in build_chain(settings).notifiers]
+    assert "metrics" not in [n.name for n in build_chain(settings, metrics=False).notifiers]
