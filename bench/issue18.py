@@ -76,6 +76,7 @@ class Point:
     backup: Run
     verify: Run
     restore: Run
+    floor: Run  # pg_dump > /dev/null, right before the backup
 
     def rate(self, run: Run) -> float:
         return self.sql_bytes / 1e6 / run.seconds
@@ -95,14 +96,17 @@ def curve(args: argparse.Namespace) -> list[str]:
         server.drop(f"{PREFIX}_curve_restore")
     lines = ["## The cost curve (default backup: plain gzip; one run per scale)", "",
              "| scale | SQL | backup s | backup MB/s | backup RSS | verify s | verify MB/s | "
-             "verify RSS | restore s | restore MB/s | restore RSS |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "verify RSS | restore s | restore MB/s | restore RSS | floor s | backup/floor |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
         lines.append(
             f"| {p.scale} | {p.sql_bytes / 2**20:.0f} MiB | "
             + " | ".join(f"{run.seconds:.2f} | {p.rate(run):.0f} | {mib(run.peak_rss)}"
-                         for run in (p.backup, p.verify, p.restore)) + " |")
-    lines += ["", "MB/s: megabytes (10^6) of pg_dump's SQL per second of wall time.", ""]
+                         for run in (p.backup, p.verify, p.restore))
+            + f" | {p.floor.seconds:.2f} | {p.backup.seconds / p.floor.seconds:.2f}x |")
+    lines += ["", "MB/s: megabytes (10^6) of pg_dump's SQL per second of wall time. floor: "
+              "`pg_dump > /dev/null` of the same database, timed right before the backup (what "
+              "is left of the ratio at a large scale is not start-up).", ""]
     plot = _plot(points, args.plot)
     if plot is not None:
         lines += [f"Plot: `{plot}`", ""]
@@ -114,6 +118,7 @@ def _point(server: Server, work: Path, scale: int, fixture: Path) -> Point:
     target = f"{PREFIX}_curve_restore"
     with loaded_database(server, scale, fixture) as source:
         env = backupd_env(server, source, directory)
+        floor = timed("pg_dump > /dev/null", server.env(source), False)
         backup = timed([*BACKUPD, "backup", "--no-prune"], env, True)
         name = next(p.name for p in directory.iterdir() if p.name.endswith(".sql.gz"))
         manifest = json.loads((directory / f"{name}.manifest.json").read_text())
@@ -122,9 +127,9 @@ def _point(server: Server, work: Path, scale: int, fixture: Path) -> Point:
         restore = timed([*BACKUPD, "restore", "--yes", "--target-db", target, name], env, True)
         server.drop(target)
     shutil.rmtree(directory, ignore_errors=True)
-    point = Point(scale, int(manifest["raw_bytes"]), backup, verify, restore)
-    print(f"bench: curve scale {scale}: backup {backup.seconds:.2f}s, verify "
-          f"{verify.seconds:.2f}s, restore {restore.seconds:.2f}s", flush=True)
+    point = Point(scale, int(manifest["raw_bytes"]), backup, verify, restore, floor)
+    print(f"bench: curve scale {scale}: floor {floor.seconds:.2f}s, backup {backup.seconds:.2f}s, "
+          f"verify {verify.seconds:.2f}s, restore {restore.seconds:.2f}s", flush=True)
     return point
 
 

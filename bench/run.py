@@ -86,6 +86,9 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
         "backupd plain gzip (default)": {},
         "backupd plain zstd": {"DB_BACKUP_COMPRESSION": "zstd"},
         "backupd custom": {"DB_BACKUP_FORMAT": "custom"},
+        # Like for like with `pg_dump -Fc`: zlib at pg_dump's own default level.
+        "backupd custom (level 6)": {"DB_BACKUP_FORMAT": "custom",
+                                     "DB_BACKUP_COMPRESSION_LEVEL": "6"},
         "backupd plain gzip + age": {"DB_BACKUP_AGE_RECIPIENTS_FILE": str(recipients_file)},
         "backupd directory (2 jobs)": {"DB_BACKUP_FORMAT": "directory", "DB_BACKUP_JOBS": "2"},
     }
@@ -111,6 +114,7 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
         *backupd_contenders, baseline,
         Contender("pg_dump -Fc", lambda _: ["bash", "-c", f"pg_dump -Fc > {shell_dir}/base.dump"],
                   env),
+        Contender("pg_dump -Fc -Z1", lambda _: f"pg_dump -Fc -Z1 > {shell_dir}/fast.dump", env),
         Contender("pg_dump -Fd -j 2", lambda _: f"rm -rf {shell_dir}/dir && "
                   f"pg_dump -Fd -j 2 -f {shell_dir}/dir", env),
         Contender("pg_dump > /dev/null (floor)", lambda _: "pg_dump > /dev/null", env),
@@ -128,6 +132,7 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
         sizes[c.name] = data[0].stat().st_size
     sizes["pg_dump | gzip"] = (shell_dir / "base.sql.gz").stat().st_size
     sizes["pg_dump -Fc"] = (shell_dir / "base.dump").stat().st_size
+    sizes["pg_dump -Fc -Z1"] = (shell_dir / "fast.dump").stat().st_size
     sizes["pg_dump -Fd -j 2"] = sum(p.stat().st_size for p in (shell_dir / "dir").iterdir())
     notes = {name: f"{size / 2**20:.1f} MiB, compression {raw / size:.1f}x"
              for name, size in sizes.items()}
@@ -221,6 +226,10 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
                restore_default.median / shell_restore.median, 0.9),
         Target("custom backup vs `pg_dump -Fc`",
                by_name["backupd custom"].median / by_name["pg_dump -Fc"].median, 1.0),
+        Target("custom backup at level 6 vs `pg_dump -Fc` (same level)",
+               by_name["backupd custom (level 6)"].median / by_name["pg_dump -Fc"].median, None),
+        Target("custom backup vs `pg_dump -Fc -Z1` (same level)",
+               by_name["backupd custom"].median / by_name["pg_dump -Fc -Z1"].median, None),
         Target("directory backup (2 jobs) vs `pg_dump -Fd -j 2`",
                by_name["backupd directory (2 jobs)"].median / by_name["pg_dump -Fd -j 2"].median,
                None),

@@ -33,6 +33,7 @@ def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
     assert "Default backup vs the floor" in stdout
     assert "### Against the goals of issue 18 (this run)" in stdout
     assert "custom backup vs `pg_dump -Fc`" in stdout
+    assert "custom backup vs `pg_dump -Fc -Z1` (same level)" in stdout
     assert "Load average (1 min):" in stdout
     assert out.read_text().strip() == stdout.strip()
     # It cleans up after itself: no database of this run is left on the server.
