@@ -16,6 +16,7 @@ from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, connect, pg_binary
 
 from backupd.pipeline import clients as pgclients
+from backupd.pipeline import codecs
 from backupd.pipeline.supervisor import tool_path
 
 
@@ -131,22 +132,13 @@ def pg_server_major(pg_server: ServerAddress) -> int:
         return int(conn.info.server_version) // 10000
 
 
-@pytest.mark.parametrize(("major", "level", "expected"), [
-    (13, None, None), (15, None, None), (15, 4, "4"),  # zlib: pg_dump's default, or the level
-    (16, None, "zstd"), (17, 7, "zstd:7"), (16, 0, "none"),
-])
-def test_archive_codec_is_chosen_by_the_clients_major(
-        major: int, level: int | None, expected: str | None) -> None:
-    assert pgclients.archive_compress(major, level) == expected
-
-
 @pytest.mark.parametrize("fmt", ["custom", "directory"])
 def test_the_real_client_compresses_archives_with_the_codec_its_major_has(
         pg_server_major: int, fixture_db: str, backupd_env: EnvFactory, tmp_path: Path,
         fmt: str) -> None:
-    """Run with the machine's real pg_dump (15 here: zlib, no --compress option; a 16+
-    client would get --compress=zstd, which this machine cannot run). The archive's own
-    header names the codec pg_dump used, and backupd restores-verifies it."""
+    """Run with the machine's real pg_dump (15 here: zlib, no --compress option; 16+ clients
+    from wheels: tests/test_archive_codecs.py). The archive's own header names the codec
+    pg_dump used, and backupd restores-verifies it."""
     log = tmp_path / "tools.log"
     wrappers = tool_wrapper_dir(tmp_path / "bin", log, ("pg_dump",))
     env = backupd_env(fixture_db, DB_BACKUP_FORMAT=fmt, PATH=f"{wrappers}:/usr/bin:/bin")
@@ -155,15 +147,17 @@ def test_the_real_client_compresses_archives_with_the_codec_its_major_has(
                                text=True, check=True).stdout.split()[-1].split(".")[0])
     dumps = [c["argv"] for c in read_tool_log(log) if c["argv"] != ["--version"]]
     compress = [a for a in dumps[0] if a.startswith("--compress")]
-    assert compress == ([f"--compress={pgclients.archive_compress(major, None)}"]
-                        if major >= pgclients.ARCHIVE_CODEC_MAJOR else [])
+    option = codecs.archive_codec(pg_binary("pg_dump"), major, None).option
+    assert compress == ([] if option is None else [f"--compress={option}"])
     if fmt == "custom":
         listing = subprocess.run([pg_binary("pg_restore"), "--list", str(backup)],
                                  capture_output=True, text=True, check=True).stdout
         header = next(line for line in listing.splitlines() if "Compression:" in line)
-        assert ("zstd" in header) if major >= 16 else header.split()[-1] == "-1", header
+        assert header.split()[-1] == ("-1" if major < 16 else codecs.archive_codec(
+            pg_binary("pg_dump"), major, None).codec), header
     else:
         with tarfile.open(backup) as tar:
             data = [n for n in tar.getnames() if n.endswith((".dat.gz", ".dat.zst"))]
-        assert data and all(n.endswith(".zst" if major >= 16 else ".gz") for n in data)
+        zstd = major >= 16 and "zstd" in codecs.supported(pg_binary("pg_dump"))
+        assert data and all(n.endswith(".zst" if zstd else ".gz") for n in data)
     assert read_manifest(backup)["verified"] is True

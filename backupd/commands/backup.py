@@ -26,6 +26,7 @@ from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.outcomes import BackupOutcome, FileReport
+from backupd.pipeline.dump import archive_codec
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.pipeline.verification import (
@@ -85,6 +86,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         assert parsed is not None
         ctx.result.backup_name = name
         ctx.say(f"Starting backup of database {settings.postgres_db!r} to {name}")
+        if settings.backup_format != "plain":
+            # Which codec this pg_dump has decides the archive's (and its restorer's) needs.
+            ctx.say(archive_codec(settings.compression_level).line())
         # The read-back (verification) follows the file as it is written, from the file.
         plain = parsed.backup_format == "plain" and not parsed.encrypted
         # Archives are checked in the same read-back too (unless encrypted): pg_restore

@@ -44,23 +44,6 @@ class ClientChoice:
     reason: str
 
 
-# pg_dump 16 added --compress=METHOD[:LEVEL] (gzip, lz4, zstd) for the custom and directory
-# formats; older clients compress them with zlib only.
-ARCHIVE_CODEC_MAJOR = 16
-
-
-def archive_compress(client_major: int | None, level: int | None) -> str | None:
-    """pg_dump's ``--compress`` for the custom and directory formats, by the client's major:
-    zstd where it has it (16+: several times faster than zlib at a better ratio; pg_restore
-    16+, which restores onto a 16+ server, reads it), else zlib at ``level`` (None: pg_dump's
-    own default, no option). Level 0 (DB_BACKUP_COMPRESSION_LEVEL=0) is no compression."""
-    if client_major is not None and client_major >= ARCHIVE_CODEC_MAJOR:
-        if level == 0:
-            return "none"
-        return "zstd" if level is None else f"zstd:{level}"
-    return None if level is None else str(min(level, 9))
-
-
 def note_server_major(major: int) -> None:
     global _server_major
     _server_major = major

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import IO
 
 from backupd.cancel import CancelToken
-from backupd.pipeline import clients
+from backupd.pipeline import clients, codecs
+from backupd.pipeline.codecs import ArchiveCodec
 from backupd.pipeline.config import DumpConfig
 from backupd.pipeline.supervisor import Child, tool_path, tool_version
 
@@ -23,8 +24,8 @@ def pg_dump(config: DumpConfig, cancel: CancelToken, directory: Path | None = No
     directory format, into ``directory`` (which must not exist) with ``config.jobs`` jobs."""
     argv = [tool_path("pg_dump"), f"--format={config.backup_format}", "--no-password"]
     if config.backup_format != "plain":
-        # Custom and directory formats compress inside pg_dump: zstd from 16, else zlib.
-        compress = clients.archive_compress(_client_major(), config.level)
+        # Custom and directory formats compress inside pg_dump, with the best codec it has.
+        compress = archive_codec(config.level).option
         if compress is not None:
             argv.append(f"--compress={compress}")
     if config.backup_format == "directory":
@@ -32,6 +33,11 @@ def pg_dump(config: DumpConfig, cancel: CancelToken, directory: Path | None = No
         argv += [f"--jobs={config.jobs}", f"--file={directory}"]
         return Child(argv, env=config.connection.libpq_env(), cancel=cancel)
     return Child(argv, env=config.connection.libpq_env(), stdout=subprocess.PIPE, cancel=cancel)
+
+
+def archive_codec(level: int | None) -> ArchiveCodec:
+    """The codec the pg_dump that runs compresses archives with (asked once per binary)."""
+    return codecs.archive_codec(tool_path("pg_dump"), _client_major(), level)
 
 
 def _client_major() -> int:

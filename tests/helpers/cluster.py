@@ -30,10 +30,13 @@ DEFAULT_CLUSTER_PASSWORD = "p'w\"d:x\\ y$z"
 
 class PrivateCluster:
     def __init__(self, password: str, *, port: int | None = None,
-                 server_settings: dict[str, str] | None = None) -> None:
+                 server_settings: dict[str, str] | None = None,
+                 bin_dir: Path | None = None) -> None:
         """``server_settings``: postgresql.conf lines on top of the small defaults below
-        (e.g. ``{"max_prepared_transactions": "2", "wal_level": "logical"}``)."""
+        (e.g. ``{"max_prepared_transactions": "2", "wal_level": "logical"}``). ``bin_dir``:
+        another major's server binaries (initdb, pg_ctl, postgres) than the suite's own."""
         self.password = password
+        self.bin_dir = bin_dir
         self.port = port or free_port()
         self.server_settings = dict(server_settings or {})
         self.root: Path | None = None
@@ -56,6 +59,9 @@ class PrivateCluster:
     @property
     def address(self) -> ServerAddress:
         return ServerAddress("127.0.0.1", self.port, "postgres", self.password)
+
+    def _binary(self, name: str) -> str:
+        return pg_binary(name) if self.bin_dir is None else str(self.bin_dir / name)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -92,7 +98,7 @@ class PrivateCluster:
             if AS_ROOT:
                 shutil.chown(pwfile, SERVER_OS_USER, SERVER_OS_USER)
             self._as_server_user([
-                pg_binary("initdb"), "-D", str(self.data_dir), "--username=postgres",
+                self._binary("initdb"), "-D", str(self.data_dir), "--username=postgres",
                 f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
                 "--locale=C.UTF-8", "--no-sync", "--no-instructions",
             ])  # fmt: skip
@@ -130,13 +136,13 @@ class PrivateCluster:
 
     def start(self) -> None:
         self._as_server_user([
-            pg_binary("pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
+            self._binary("pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
             "-w", "-t", "60",
         ])  # fmt: skip
 
     def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
         self._as_server_user(
-            [pg_binary("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60"]
+            [self._binary("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60"]
         )
 
     def restart_on_a_new_timeline(self) -> None:
@@ -148,7 +154,7 @@ class PrivateCluster:
         if AS_ROOT:
             shutil.chown(signal_file, SERVER_OS_USER, SERVER_OS_USER)
         self.start()
-        self._as_server_user([pg_binary("pg_ctl"), "promote", "-D", str(self.data_dir), "-w",
+        self._as_server_user([self._binary("pg_ctl"), "promote", "-D", str(self.data_dir), "-w",
                               "-t", "60"])
 
     def restart(self) -> None:
@@ -159,6 +165,6 @@ class PrivateCluster:
     def is_running(self) -> bool:
         # pg_ctl status: 0 = running, 3 = not running, 4 = no data dir.
         rc = self._as_server_user(
-            [pg_binary("pg_ctl"), "status", "-D", str(self.data_dir)], check=False
+            [self._binary("pg_ctl"), "status", "-D", str(self.data_dir)], check=False
         )
         return rc == 0
