@@ -13,7 +13,8 @@ does not exist, so pg_dump stops either at the codec ("this build does not suppo
 compression with ZSTD") or at the file; PGHOST is an empty private directory in case some
 build ever got further (a Unix socket that is not there: no network, no wait).
 
-The order of preference: zstd, else gzip; lz4 never (docs/configuration.md, DB_BACKUP_FORMAT).
+The order of preference: zstd, else gzip; lz4 never (docs/configuration.md, "The custom and
+directory formats' codec").
 Measured with pg_dump 17 -Fc on the bench's scale 20 (223 MiB of SQL): gzip 10.2 s and
 66.4 MB, zstd 3.7 s and 64.7 MB (smaller and ~3x faster: zstd wins on both counts), lz4
 2.8 s but 110 MB. lz4 would make every archive of a build without zstd two thirds larger
