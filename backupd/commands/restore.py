@@ -46,12 +46,15 @@ from backupd.configs import age_key_files, restore_config, restore_connection
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
+from backupd.naming import GLOBALS_KIND
 from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
 from backupd.pipeline.commit_chunks import CommitChunks
 from backupd.pipeline.custom import restore_archive
 from backupd.pipeline.directory import Extractor, scratch
+from backupd.pipeline.early_entries import EarlyCapture, EarlyPlan
+from backupd.pipeline.early_jobs import EarlyJobs
 from backupd.pipeline.encrypt import load_identities
-from backupd.pipeline.psql import run_in_one_transaction
+from backupd.pipeline.psql import Feed, run_in_one_transaction
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
 from backupd.postgres.connection import connect, describe_pg_error, drop_database
 from backupd.postgres.databases import create_like, drop_with_subscriptions, read_properties
@@ -131,7 +134,8 @@ def restore_file(
             mark_restoring(admin, scratch, target)
             verified.wait()
             ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
-            load(ctx, path, entry, scratch, identities, without.pg_restore_options)
+            load(ctx, path, entry, scratch, identities, without.pg_restore_options,
+                 plan=verified.plan())
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
         except BaseException:
@@ -152,9 +156,14 @@ class _PreVerify:
                  identities: list[x25519.Identity] | None, *, overlap: bool) -> None:
         self._ctx, self._entry = ctx, entry
         self._done = False
+        # Plain SQL with DB_RESTORE_JOBS > 1: what may be built beside the load is found in
+        # this pass (backupd.pipeline.early_entries), so it is verified SQL.
+        self._capture = (EarlyCapture() if entry.parsed.backup_format == "plain"
+                         and entry.parsed.kind != GLOBALS_KIND
+                         and restore_config(ctx.settings).jobs > 1 else None)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pre-verify")
         self._report = pool.submit(verify_file, path, entry.parsed, entry.manifest,
-                                   entry.manifest_error, identities)
+                                   entry.manifest_error, identities, forward=self._capture)
         pool.shutdown(wait=False)
         if not overlap:
             self.wait()
@@ -165,6 +174,10 @@ class _PreVerify:
         self._done = True
         _require_verified(self._ctx, self._entry, self._report.result())
         self._ctx.say(f"{self._entry.name} verified")
+
+    def plan(self) -> EarlyPlan | None:
+        """After ``wait``: the indexes and constraints to build beside the load, if any."""
+        return self._capture.plan() if self._capture is not None else None
 
     @contextlib.contextmanager
     def reported_first(self) -> Iterator[None]:
@@ -224,9 +237,11 @@ def create_database(admin: Connection, name: str,
 
 
 def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
-         identities: list[x25519.Identity] | None, options: tuple[str, ...] = ()) -> None:
+         identities: list[x25519.Identity] | None, options: tuple[str, ...] = (),
+         plan: EarlyPlan | None = None) -> None:
     """Restore the verified backup into the new, empty ``database`` (dropped by the caller
-    on failure, so no single transaction over the whole restore is needed)."""
+    on failure, so no single transaction over the whole restore is needed). ``plan``: of
+    plain SQL, the entries its verify found to build beside the load."""
     started = datetime.now(UTC)
     if entry.parsed.backup_format == "custom":
         jobs = restore_config(ctx.settings).jobs
@@ -237,7 +252,7 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     elif entry.parsed.backup_format == "directory":
         _restore_directory(ctx, path, entry, database, identities, options)
     else:
-        stream_into_psql(ctx, path, entry, database, identities)
+        stream_into_psql(ctx, path, entry, database, identities, plan)
     outcome = restore_outcome(ctx)
     if outcome is not None:
         outcome.restore_seconds = (datetime.now(UTC) - started).total_seconds()
@@ -311,7 +326,8 @@ def _restore_directory(ctx: JobContext, path: Path, entry: BackupEntry, database
 
 
 def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
-                     identities: list[x25519.Identity] | None = None) -> None:
+                     identities: list[x25519.Identity] | None = None,
+                     plan: EarlyPlan | None = None) -> None:
     """Verify the plain SQL backup while feeding it to psql: one transaction, stop at the
     first error, COMMIT only once every check of ``backupd verify`` passed.
 
@@ -319,13 +335,40 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
     (backupd.pipeline.psql); here the verified SQL is produced. When the file fails
     verification (checksum, compressed stream, pg_dump's footer) no COMMIT is sent and
     PostgreSQL rolls the transaction back.
+
+    With a ``plan`` (DB_RESTORE_JOBS > 1), its indexes and constraints are built by worker
+    sessions as each table's data is committed (backupd.pipeline.early_jobs) and left out
+    of the stream; the rest of post-data still runs here, in dump order, after them.
     """
+    connection = restore_connection(ctx.settings, database)
+    if plan is None:
+        _stream(ctx, path, entry, database, identities, None)
+        return
+    jobs = restore_config(ctx.settings).jobs
+    ctx.say(f"building {len(plan.entries)} indexes and constraints on up to {jobs} sessions "
+            f"beside the load (DB_RESTORE_JOBS={jobs})")
+    try:
+        beside = EarlyJobs(plan, connection, jobs, ctx.cancel)
+    except psycopg.Error as exc:
+        raise JobFailed(f"restore into {database!r}: cannot open a worker session: "
+                        f"{describe_pg_error(exc)}") from None
+    with beside:
+        _stream(ctx, path, entry, database, identities, (plan, beside))
+
+
+def _stream(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
+            identities: list[x25519.Identity] | None,
+            early: tuple[EarlyPlan, EarlyJobs] | None) -> None:
     reports: list[VerifyReport] = []
 
-    def verified_sql(send: Callable[[bytes], None]) -> bool:
+    def verified_sql(feed: Feed) -> bool:
         # Commits along the way into the new database (one transaction would hold a lock
         # per table, see pipeline.commit_chunks); the final COMMIT still after the last byte.
-        chunks = CommitChunks(send)
+        if early is not None:
+            early[1].main_gone = feed.gone
+        chunks = CommitChunks(feed.send, plan=early[0] if early else None,
+                              beside=early[1] if early else None)
+        send = feed.send
         # The same scan as `backupd verify`, handing on only the SQL it has checked so far.
         reports.append(verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
                                    identities, forward=HeaderGate(chunks),

@@ -9,35 +9,31 @@ a new scratch database that is dropped on failure and renamed into place only on
 ``-- Data for Name: …``), ``COMMIT; BEGIN;`` is inserted. The final COMMIT still comes only
 after the last byte, and only if the file verified.
 
-Headers are looked for only where pg_dump writes them: outside COPY data, string literals,
-quoted identifiers, dollar-quoted bodies and comments (a small lexer, the states of
-PostgreSQL's own). Text that merely looks like a header inside a function body or a string
-would turn the inserted statements into part of that text. As a second line of defence each
+Headers are found by the lexer of :mod:`backupd.pipeline.entry_scan` (never inside COPY data,
+strings, quoted identifiers, dollar quotes or comments). As a second line of defence each
 boundary also counts itself in a session setting, and a check before the final COMMIT fails
 the restore unless every boundary ran as a statement: a wrong guess fails loudly (and the
 scratch database is dropped), it never changes the data.
+
+With an :class:`~backupd.pipeline.early_entries.EarlyPlan` (DB_RESTORE_JOBS > 1) the
+stream also leaves out the post-data entries that worker sessions build beside the load,
+commits right after each TABLE DATA entry those wait for (with a NOTIFY naming the entry,
+delivered by the server only once that data is committed), and before the first post-data
+entry commits and waits until every one of them ran (``Beside``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from typing import Protocol
+
+from backupd.pipeline.early_entries import EarlyPlan
+from backupd.pipeline.entry_scan import EntryScanner
 
 ENTRIES_PER_COMMIT = 200
 COUNTER = "backupd.restore_commits"
-
-_COPY_END = b"\n\\.\n"
-# What changes the lexer's state outside COPY data: an entry header, a COPY, a comment, a
-# quote. A dollar-quote tag is an identifier (at most 63 bytes) between two dollars.
-_TOKENS = re.compile(rb"\n--\n-- (?:Data for )?Name: |\nCOPY |--|/\*|'|\"|"
-                     rb"\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$")
-_BLOCK_COMMENT = re.compile(rb"/\*|\*/")
-_IDENTIFIER_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
-                              + bytes(range(0x80, 0x100)))
-# A token starting this far from the end of what we have is complete, lookahead included.
-_HOLD = 128
-
-_NORMAL, _COPY, _LINE_COMMENT, _BLOCK, _SINGLE, _DOUBLE, _DOLLAR = range(7)
+# The main session NOTIFYs this channel, naming a TABLE DATA entry, as it commits that data.
+CHANNEL = "backupd_restore_data_committed"
 
 _COUNT = f"coalesce(nullif(pg_catalog.current_setting('{COUNTER}', true), ''), '0')"
 BOUNDARY = (f"COMMIT;\nBEGIN;\nSELECT pg_catalog.set_config('{COUNTER}', "
@@ -45,110 +41,57 @@ BOUNDARY = (f"COMMIT;\nBEGIN;\nSELECT pg_catalog.set_config('{COUNTER}', "
 CHECK_FAILED = "backupd: a commit boundary fell inside a statement"
 
 
-class CommitChunks:
+class Beside(Protocol):
+    """The worker sessions running an EarlyPlan's entries (backupd.pipeline.early_jobs)."""
+
+    def check(self) -> None:
+        """Raise if one of them failed."""
+
+    def before_post_data(self) -> None:
+        """Block until every early entry ran (the main session holds no lock meanwhile)."""
+
+
+class CommitChunks(EntryScanner):
     """A ``send`` wrapper that inserts commit boundaries into the SQL passing through."""
 
     def __init__(self, send: Callable[[bytes], None],
-                 entries_per_commit: int = ENTRIES_PER_COMMIT) -> None:
+                 entries_per_commit: int = ENTRIES_PER_COMMIT,
+                 plan: EarlyPlan | None = None, beside: Beside | None = None) -> None:
+        super().__init__()
         self._send = send
         self._every = entries_per_commit
-        self._held = b""
-        self._sent = 0  # how much of the buffer being scanned has been sent
-        self._resume = 0  # where scanning resumes in the held bytes
-        self._state = _NORMAL
-        self._depth = 0  # of nested block comments
-        self._tag = b""  # the open dollar quote's
-        self._entries = 0
+        self._entries = 0  # since the last boundary
         self.boundaries = 0
+        self._beside = beside if plan is not None else None
+        self._skip = frozenset(e.entry for e in plan.entries) if plan is not None else frozenset()
+        self._notify = (frozenset(number for number, _ in plan.data_entries)
+                        if plan is not None else frozenset())
+        self._post_data = plan.post_data if plan is not None else 0
+        self._skipping = False
 
-    def __call__(self, data: bytes) -> None:
-        buffer = self._held + data if self._held else data
-        limit = len(buffer) - _HOLD
-        self._sent = 0
-        position = self._resume
-        while position < limit:
-            position = self._step(buffer, position, limit)
-        keep = max(self._sent, limit, 0)
-        if keep > self._sent:
-            self._send(buffer[self._sent:keep])
-        self._held = buffer[keep:]
-        self._resume = max(position - keep, 0)
+    def _out(self, data: bytes) -> None:
+        if not self._skipping:
+            self._send(data)
 
-    def _step(self, buffer: bytes, position: int, limit: int) -> int:
-        """Scan on from ``position`` in the current state; where to go on (``limit``: wait
-        for more bytes)."""
-        state = self._state
-        if state == _NORMAL:
-            return self._normal(buffer, position, limit)
-        if state == _COPY:
-            end = buffer.find(_COPY_END, position, limit + len(_COPY_END))
-            if end < 0:
-                return limit
-            self._state = _NORMAL
-            return end + len(_COPY_END) - 1  # its last newline may start a header
-        if state == _LINE_COMMENT:
-            end = buffer.find(b"\n", position, limit)
-            if end < 0:
-                return limit
-            self._state = _NORMAL
-            return end  # the newline may start a header
-        if state == _BLOCK:
-            found = _BLOCK_COMMENT.search(buffer, position, limit + 2)
-            if found is None or found.start() >= limit:
-                return limit
-            self._depth += 1 if found.group() == b"/*" else -1
-            if self._depth == 0:
-                self._state = _NORMAL
-            return found.end()
-        if state in (_SINGLE, _DOUBLE):
-            quote = b"'" if state == _SINGLE else b'"'
-            end = buffer.find(quote, position, limit)
-            if end < 0:
-                return limit
-            if buffer[end + 1:end + 2] == quote:
-                return end + 2  # a doubled quote stands for itself
-            self._state = _NORMAL
-            return end + 1
-        end = buffer.find(self._tag, position)  # _DOLLAR
-        if end < 0 or end >= limit:
-            return limit
-        self._state = _NORMAL
-        return end + len(self._tag)
+    def _entry(self) -> None:
+        self._skipping = False
+        self._entries += 1
+        number = self.entry
+        if self._beside is not None:
+            self._beside.check()
+        if number - 1 in self._notify or number == self._post_data:
+            self._boundary(f"NOTIFY {CHANNEL}, '{number - 1}';\n".encode()
+                           if number - 1 in self._notify else b"")
+            if number == self._post_data and self._beside is not None:
+                self._beside.before_post_data()
+        elif self._entries > self._every:
+            self._boundary()
+        self._skipping = number in self._skip
 
-    def _normal(self, buffer: bytes, position: int, limit: int) -> int:
-        found = _TOKENS.search(buffer, position)
-        if found is None or found.start() >= limit:
-            return limit
-        start, token = found.start(), found.group()
-        if token.startswith(b"\n--"):
-            self._entries += 1
-            if self._entries > self._every:
-                self._send(buffer[self._sent:start + 1])
-                self._send(BOUNDARY)
-                self.boundaries += 1
-                self._sent = start + 1
-                self._entries = 1
-            return start + 1  # the header's own lines are comments
-        if token == b"\nCOPY ":
-            self._state = _COPY
-            return start + 1
-        if token.startswith(b"$"):
-            if start > 0 and buffer[start - 1] in _IDENTIFIER_BYTES:
-                return start + 1  # part of an identifier, not a quote
-            self._state, self._tag = _DOLLAR, token
-        elif token == b"--":
-            self._state = _LINE_COMMENT
-        elif token == b"/*":
-            self._state, self._depth = _BLOCK, 1
-        else:
-            self._state = _SINGLE if token == b"'" else _DOUBLE
-        return found.end()
-
-    def finish(self) -> None:
-        """Pass on what is still held back (the last bytes of the dump)."""
-        if self._held:
-            self._send(self._held)
-            self._held = b""
+    def _boundary(self, first: bytes = b"") -> None:
+        self._send(first + BOUNDARY)
+        self.boundaries += 1
+        self._entries = 1
 
     def final_check(self) -> bytes:
         """SQL to run before the final COMMIT: fails unless every boundary ran."""

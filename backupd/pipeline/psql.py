@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from backupd.cancel import CancelToken
 from backupd.pipeline.config import ConnectionConfig
@@ -23,8 +23,20 @@ from backupd.progress import Stream
 # psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
 COMMIT_CONFIRMATION = b"backupd: restore committed"
 Send = Callable[[bytes], None]
-# Pushes the SQL through ``send``; True when it may be committed.
-Producer = Callable[[Send], bool]
+
+
+class Feed(Protocol):
+    """psql's input as the producer sees it."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def gone(self) -> bool:
+        """psql stopped (an SQL error): nothing sent from now on runs."""
+        ...
+
+
+# Pushes the SQL through ``feed.send``; True when it may be committed.
+Producer = Callable[[Feed], bool]
 
 
 @dataclass(frozen=True)
@@ -54,10 +66,10 @@ def run_in_one_transaction(connection: ConnectionConfig, cancel: CancelToken,
         psql.follow(psql.stdout, lambda line: confirmed.append(confirmation in line))
         assert psql.stdin is not None
         feed = cancel.progress.stream(f"psql feed into {connection.database}")
-        stdin = _PsqlInput(psql.stdin, cancel, feed)
+        stdin = _PsqlInput(psql, psql.stdin, cancel, feed)
         stdin.send(b"BEGIN;\n")
         with feed:
-            may_commit = produce(stdin.send)
+            may_commit = produce(stdin)
         cancel.raise_if_cancelled()
         if may_commit and not stdin.broken:
             before_commit()
@@ -72,7 +84,9 @@ class _PsqlInput:
     """psql's stdin. Once psql has stopped (an SQL error) the rest is dropped, not an
     exception: the producer goes on to the end so a corrupt file is still reported as such."""
 
-    def __init__(self, stdin: IO[bytes], cancel: CancelToken, stream: Stream) -> None:
+    def __init__(self, psql: Child, stdin: IO[bytes], cancel: CancelToken,
+                 stream: Stream) -> None:
+        self._psql = psql
         self._stdin = stdin
         self._cancel = cancel
         self._stream = stream
@@ -83,9 +97,15 @@ class _PsqlInput:
         if not self.broken:
             try:
                 self._stdin.write(data)
+                # Unbuffered: what was sent is psql's to run even while the producer waits
+                # (for the sessions building indexes beside it, backupd.pipeline.early_jobs).
+                self._stdin.flush()
                 self._stream.moved(len(data))
             except BrokenPipeError:
                 self.broken = True  # psql stopped at an error; its stderr says which
+
+    def gone(self) -> bool:
+        return self.broken or self._psql.has_exited(0)
 
     def close(self) -> None:
         try:

@@ -1,0 +1,200 @@
+"""Worker sessions that build a plain dump's indexes and constraints beside the load.
+
+The entries of an :class:`~backupd.pipeline.early_entries.EarlyPlan` come from the verify
+pass that completed before any SQL reached the server, so they are verified SQL. An entry
+becomes ready once its table's data is committed: the main session NOTIFYs ``CHANNEL`` as it
+commits each TABLE DATA entry (PostgreSQL delivers a notification only on commit; a second
+session could not even see a table whose CREATE is not committed). Up to ``jobs`` sessions
+(autocommit, the restore's bulk-load settings, then the dump's preamble settings) run them:
+at most ``jobs - 1`` while the main session still loads data (it is a session too), all
+``jobs`` once it reached post-data. An entry that takes ACCESS EXCLUSIVE (a constraint, or
+an index entry carrying CLUSTER ON / REPLICA IDENTITY) never runs beside another entry on
+its table; index builds on one table (SHARE locks) may: pg_restore -j's rule. Each session
+may use maintenance_work_mem (DB_RESTORE_MAINTENANCE_WORK_MEM) for its sort.
+
+The first failure cancels the others and is raised in the main stream (the restore fails,
+its scratch database is dropped); so does the job's cancel. ``close`` joins every thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+import psycopg
+
+from backupd.cancel import CancelToken
+from backupd.errors import JobFailed
+from backupd.pipeline.commit_chunks import CHANNEL
+from backupd.pipeline.config import APPLICATION_NAME, ConnectionConfig
+from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
+
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+_POLL = 0.2  # seconds: how often waits look at the cancel token and the stop flag
+
+
+class EarlyJobs:
+    """Use as a context manager around the main stream; it is the stream's ``Beside``."""
+
+    def __init__(self, plan: EarlyPlan, connection: ConnectionConfig, jobs: int,
+                 cancel: CancelToken) -> None:
+        self._plan = plan
+        self._connection = connection
+        self._jobs = jobs
+        self._cancel = cancel
+        self._lock = threading.Condition()
+        self._waiting = list(plan.entries)  # not yet ready, in dump order
+        self._ready: list[EarlyEntry] = []
+        self._running: dict[int, tuple[EarlyEntry, Connection]] = {}
+        self._left = len(plan.entries)
+        self._limit = max(jobs - 1, 1)
+        self._failure: str | None = None
+        self._stopping = False
+        self._committed: dict[str, bytes] = {str(n): t for n, t in plan.data_entries}
+        self._listener = _connect(connection, ())
+        self._listener.execute(f"LISTEN {CHANNEL}")
+        self._threads = [threading.Thread(target=self._listen, name="restore-listen")]
+        self._threads += [threading.Thread(target=self._work, name=f"restore-worker-{i}")
+                          for i in range(jobs)]
+        self._unregister: Callable[[], None] = lambda: None
+        # Whether the main psql stopped (its error fails the restore; its data never commits).
+        self.main_gone: Callable[[], bool] = lambda: False
+
+    def __enter__(self) -> EarlyJobs:
+        for thread in self._threads:
+            thread.start()
+        self._unregister = self._cancel.on_cancel(lambda: self._stop(None))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._unregister()
+        self._stop(None)
+        for thread in self._threads:
+            thread.join()
+        self._listener.close()
+
+    # the main stream's side (Beside)
+
+    def check(self) -> None:
+        with self._lock:
+            if self._failure is not None:
+                raise JobFailed(f"restore into {self._connection.database!r} failed: "
+                                f"{self._failure}")
+
+    def before_post_data(self) -> None:
+        with self._lock:
+            self._limit = self._jobs
+            self._lock.notify_all()
+            while self._left and self._failure is None and not self._stopping:
+                self._lock.wait(_POLL)
+                self._cancel.raise_if_cancelled()
+                if self.main_gone():
+                    return  # psql's error is the restore's
+        self._cancel.raise_if_cancelled()
+        self.check()
+
+    # threads
+
+    def _stop(self, failure: str | None) -> None:
+        with self._lock:
+            if failure is not None and self._failure is None:
+                self._failure = failure
+            self._stopping = True
+            running = [conn for _, conn in self._running.values()]
+            self._lock.notify_all()
+        for conn in running:
+            # It may have ended meanwhile, or its server be gone: its thread sees that.
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe()
+
+    def _listen(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._stopping or not self._waiting:
+                        return
+                for notify in self._listener.notifies(timeout=_POLL):
+                    self._data_committed(notify.payload)
+        except psycopg.Error as exc:
+            self._stop(f"restore: lost the session that follows the load ({exc})")
+
+    def _data_committed(self, payload: str) -> None:
+        table = self._committed.get(payload)
+        with self._lock:
+            self._ready += [e for e in self._waiting if e.table == table]
+            self._waiting = [e for e in self._waiting if e.table != table]
+            self._lock.notify_all()
+
+    def _next(self) -> EarlyEntry | None:
+        """The first ready entry that may run now (under the lock); None: stop."""
+        while not self._stopping:
+            if len(self._running) < self._limit:
+                for entry in self._ready:
+                    if self._may_run(entry):
+                        self._ready.remove(entry)
+                        return entry
+            if not self._left:
+                return None
+            self._lock.wait(_POLL)
+        return None
+
+    def _may_run(self, entry: EarlyEntry) -> bool:
+        beside = [e for e, _ in self._running.values() if e.table == entry.table]
+        return not beside or not (entry.exclusive or any(e.exclusive for e in beside))
+
+    def _work(self) -> None:
+        conn: Connection | None = None
+        try:
+            while True:
+                with self._lock:
+                    entry = self._next()
+                    if entry is None:
+                        return
+                    if conn is None:
+                        self._lock.release()
+                        try:
+                            conn = _connect(self._connection, self._plan.preamble)
+                        finally:
+                            self._lock.acquire()
+                    self._running[entry.entry] = (entry, conn)
+                try:
+                    conn.execute(entry.sql.encode())
+                except psycopg.Error as exc:
+                    self._stop(f"{entry.kind} {entry.name} (built beside the load) failed: "
+                               f"{_describe(exc)}")
+                    return
+                finally:
+                    with self._lock:
+                        self._running.pop(entry.entry, None)
+                        self._left -= 1
+                        self._lock.notify_all()
+        except psycopg.Error as exc:
+            self._stop(f"restore: a worker session failed: {_describe(exc)}")
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _describe(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = (diag.message_primary or str(exc)).strip()
+    if diag.message_detail:
+        text += f" ({diag.message_detail.strip()})"
+    return text
+
+
+def _connect(config: ConnectionConfig, preamble: tuple[str, ...]) -> Connection:
+    """An autocommit session like the restore's psql (bulk-load settings, application name
+    backupd: the stall watchdog sees its index builds as the job's work)."""
+    options = " ".join(f"-c {name}={value}" for name, value in config.session)
+    conn = psycopg.connect(host=config.host, port=config.port, user=config.user,
+                           password=config.password, dbname=config.database,
+                           connect_timeout=config.connect_timeout,
+                           application_name=APPLICATION_NAME, options=options,
+                           autocommit=True)
+    for setting in preamble:
+        conn.execute(setting.encode())
+    return conn

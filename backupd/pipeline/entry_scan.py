@@ -1,0 +1,135 @@
+"""Finding pg_dump's entry headers in plain SQL as it streams by: the one lexer behind the
+restore's commit boundaries (backupd.pipeline.commit_chunks) and its capture of the
+post-data entries that may run beside the load (backupd.pipeline.early_entries).
+
+Headers (``--`` / ``-- Name: …`` or ``-- Data for Name: …``) are looked for only where
+pg_dump writes them: outside COPY data, string literals, quoted identifiers, dollar-quoted
+bodies and comments (the states of PostgreSQL's own lexer). Text that merely looks like a
+header inside a function body or a string is never taken for one.
+"""
+
+from __future__ import annotations
+
+import re
+
+_COPY_END = b"\n\\.\n"
+# What changes the lexer's state outside COPY data: an entry header, a COPY, a comment, a
+# quote. A dollar-quote tag is an identifier (at most 63 bytes) between two dollars.
+_TOKENS = re.compile(rb"\n--\n-- (?:Data for )?Name: |\nCOPY |--|/\*|'|\"|"
+                     rb"\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$")
+_BLOCK_COMMENT = re.compile(rb"/\*|\*/")
+_IDENTIFIER_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+                              + bytes(range(0x80, 0x100)))
+# A token starting this far from the end of what we have is complete, lookahead included.
+_HOLD = 128
+
+_NORMAL, _COPY, _LINE_COMMENT, _BLOCK, _SINGLE, _DOUBLE, _DOLLAR = range(7)
+
+
+class EntryScanner:
+    """A sink for the SQL, in order. Subclasses receive it cut at entry headers: ``_out``
+    gets every byte once, in order; ``_entry`` is called where an entry's header starts
+    (``entry`` counts them from 1; the bytes before the first one are the preamble)."""
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._sent = 0  # how much of the buffer being scanned has gone to _out
+        self._resume = 0  # where scanning resumes in the held bytes
+        self._state = _NORMAL
+        self._depth = 0  # of nested block comments
+        self._tag = b""  # the open dollar quote's
+        self.entry = 0
+
+    def _out(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _entry(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, data: bytes) -> None:
+        buffer = self._held + data if self._held else data
+        limit = len(buffer) - _HOLD
+        self._sent = 0
+        position = self._resume
+        while position < limit:
+            position = self._step(buffer, position, limit)
+        keep = max(self._sent, limit, 0)
+        if keep > self._sent:
+            self._out(buffer[self._sent:keep])
+        self._held = buffer[keep:]
+        self._resume = max(position - keep, 0)
+
+    def finish(self) -> None:
+        """Pass on what is still held back (the last bytes of the dump)."""
+        if self._held:
+            self._out(self._held)
+            self._held = b""
+
+    def _step(self, buffer: bytes, position: int, limit: int) -> int:
+        """Scan on from ``position`` in the current state; where to go on (``limit``: wait
+        for more bytes)."""
+        state = self._state
+        if state == _NORMAL:
+            return self._normal(buffer, position, limit)
+        if state == _COPY:
+            end = buffer.find(_COPY_END, position, limit + len(_COPY_END))
+            if end < 0:
+                return limit
+            self._state = _NORMAL
+            return end + len(_COPY_END) - 1  # its last newline may start a header
+        if state == _LINE_COMMENT:
+            end = buffer.find(b"\n", position, limit)
+            if end < 0:
+                return limit
+            self._state = _NORMAL
+            return end  # the newline may start a header
+        if state == _BLOCK:
+            found = _BLOCK_COMMENT.search(buffer, position, limit + 2)
+            if found is None or found.start() >= limit:
+                return limit
+            self._depth += 1 if found.group() == b"/*" else -1
+            if self._depth == 0:
+                self._state = _NORMAL
+            return found.end()
+        if state in (_SINGLE, _DOUBLE):
+            quote = b"'" if state == _SINGLE else b'"'
+            end = buffer.find(quote, position, limit)
+            if end < 0:
+                return limit
+            if buffer[end + 1:end + 2] == quote:
+                return end + 2  # a doubled quote stands for itself
+            self._state = _NORMAL
+            return end + 1
+        end = buffer.find(self._tag, position)  # _DOLLAR
+        if end < 0 or end >= limit:
+            return limit
+        self._state = _NORMAL
+        return end + len(self._tag)
+
+    def _normal(self, buffer: bytes, position: int, limit: int) -> int:
+        found = _TOKENS.search(buffer, position)
+        if found is None or found.start() >= limit:
+            return limit
+        start, token = found.start(), found.group()
+        if token.startswith(b"\n--"):
+            # The newline before the header still belongs to the entry before.
+            if start + 1 > self._sent:
+                self._out(buffer[self._sent:start + 1])
+                self._sent = start + 1
+            self.entry += 1
+            self._entry()
+            return start + 1  # the header's own lines are comments
+        if token == b"\nCOPY ":
+            self._state = _COPY
+            return start + 1
+        if token.startswith(b"$"):
+            if start > 0 and buffer[start - 1] in _IDENTIFIER_BYTES:
+                return start + 1  # part of an identifier, not a quote
+            self._state, self._tag = _DOLLAR, token
+        elif token == b"--":
+            self._state = _LINE_COMMENT
+        elif token == b"/*":
+            self._state, self._depth = _BLOCK, 1
+        else:
+            self._state = _SINGLE if token == b"'" else _DOUBLE
+        return found.end()

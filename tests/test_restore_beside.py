@@ -1,0 +1,205 @@
+"""Plain-SQL restore with DB_RESTORE_JOBS > 1 builds indexes and PRIMARY KEY / UNIQUE /
+EXCLUDE constraints on worker sessions beside the load (backupd.pipeline.early_jobs): the
+result must be the very database a sequential restore (DB_RESTORE_JOBS=1) gives, a failing
+worker must fail the restore and leave nothing, and a worker must never build before its
+table's data is committed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers.backups import (
+    flip_byte,
+    path_with,
+    refresh_manifest,
+    sql_of,
+    take_backup,
+    tool_wrapper_dir,
+    write_gzip_sql,
+)
+from helpers.cli import EnvFactory, run_backupd
+from helpers.pg import (
+    ServerAddress,
+    connect,
+    database_exists,
+    fingerprint,
+    pg_binary,
+    psql,
+    unique_db_name,
+)
+
+from backupd.pipeline.verification import READ_SIZE
+
+BESIDE = "beside the load"
+
+# Quoted identifiers, a table name with capitals and a space, a matview with an index, a
+# partitioned table with indexes, an index with CLUSTER ON, PRIMARY KEY, UNIQUE, EXCLUDE.
+SCHEMA = '''
+CREATE SCHEMA "Sch""ema";
+CREATE TABLE "Sch""ema"."Odd Table" ("Id" int PRIMARY KEY, "Na;me" text UNIQUE,
+                                     during tsrange, EXCLUDE USING gist (during WITH &&));
+INSERT INTO "Sch""ema"."Odd Table"
+  SELECT i, 'n' || i, tsrange('2020-01-01'::timestamp + i * interval '1 day',
+                              '2020-01-01'::timestamp + (i + 1) * interval '1 day')
+  FROM generate_series(1, 3000) i;
+CREATE INDEX "odd ""idx""" ON "Sch""ema"."Odd Table" (lower("Na;me"));
+CREATE TABLE plain_t (id bigint NOT NULL, v text, CONSTRAINT plain_pk PRIMARY KEY (id));
+INSERT INTO plain_t SELECT i, md5(i::text) FROM generate_series(1, 5000) i;
+CREATE INDEX plain_v_idx ON plain_t (v);
+ALTER TABLE plain_t CLUSTER ON plain_v_idx;
+CREATE INDEX plain_part_idx ON plain_t (id) WHERE id % 2 = 0;
+CREATE MATERIALIZED VIEW mv AS SELECT id, v FROM plain_t WHERE id < 100;
+CREATE UNIQUE INDEX mv_id ON mv (id);
+CREATE TABLE parted (id int NOT NULL, k int, PRIMARY KEY (id, k)) PARTITION BY RANGE (k);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (10) TO (20);
+CREATE INDEX parted_id ON parted (id);
+INSERT INTO parted SELECT i, i % 20 FROM generate_series(1, 4000) i;
+CREATE TABLE child (id int REFERENCES plain_t (id), x int);
+INSERT INTO child SELECT i, i FROM generate_series(1, 100) i;
+'''
+
+
+@pytest.fixture
+def schema_db(make_db: Callable[..., str], pg_server: ServerAddress) -> str:
+    name = make_db()
+    psql(pg_server, name, SCHEMA)
+    return name
+
+
+@pytest.fixture(params=["fixture", "schema"])
+def source(request: pytest.FixtureRequest) -> str:
+    name = "fixture_db" if request.param == "fixture" else "schema_db"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def targets(pg_server: ServerAddress) -> Iterator[Callable[[], str]]:
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(unique_db_name("beside"))
+        return made[-1]
+
+    yield make
+    for name in made:
+        psql(pg_server, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def restore(env: dict[str, str], backup: Path, target: str, jobs: int,
+            **extra: str) -> subprocess.CompletedProcess[str]:
+    return run_backupd(["restore", backup.name, "--yes", "--target-db", target],
+                       {**env, "DB_RESTORE_JOBS": str(jobs), **extra}, timeout=300)
+
+
+def schema_only(server: ServerAddress, database: str) -> str:
+    out = subprocess.run(
+        [pg_binary("pg_dump"), "--schema-only", "-h", server.host, "-p", str(server.port),
+         "-U", server.user, database], capture_output=True, text=True, check=True).stdout
+    return re.sub(r"^\\(un)?restrict .*$", "", out, flags=re.M)
+
+
+def leftovers(server: ServerAddress, target: str) -> list[str]:
+    """The scratch databases of restores into ``target`` still there."""
+    with connect(server) as conn:
+        return [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (target,))]
+
+
+def test_parallel_restore_gives_the_sequential_database(
+        source: str, backupd_env: EnvFactory, pg_server: ServerAddress,
+        targets: Callable[[], str]) -> None:
+    env = backupd_env(source)
+    backup = take_backup(env)
+    sequential, parallel = targets(), targets()
+
+    one = restore(env, backup, sequential, 1)
+    two = restore(env, backup, parallel, 2)
+
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    # DB_RESTORE_JOBS=1 is today's restore: no worker session at all.
+    assert BESIDE not in one.stderr
+    assert BESIDE in two.stderr
+    assert schema_only(pg_server, parallel) == schema_only(pg_server, sequential)
+    assert fingerprint(pg_server, parallel) == fingerprint(pg_server, sequential)
+    with connect(pg_server, parallel) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid "
+                            "OR NOT indisready").fetchone() == (0,)
+        # CREATE INDEX records how many rows it indexed (pg_class.reltuples, which the
+        # load's COPY does not change): a build before its table's data was committed
+        # would have seen none of them.
+        built = conn.execute("""
+            SELECT i.indexrelid::regclass::text, ic.reltuples, t.oid::regclass::text
+              FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+              JOIN pg_class t ON t.oid = i.indrelid JOIN pg_am am ON am.oid = ic.relam
+             WHERE am.amname = 'btree' AND i.indpred IS NULL AND t.relkind = 'r'
+               AND t.relnamespace::regnamespace::text NOT IN ('pg_catalog',
+                                                                'information_schema',
+                                                                'pg_toast')""").fetchall()
+        assert built
+        for index, reltuples, table in built:
+            count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            assert count is not None
+            assert reltuples == count[0], (index, table)
+
+
+def test_duplicate_key_fails_the_early_primary_key_and_leaves_nothing(
+        schema_db: str, backupd_env: EnvFactory, pg_server: ServerAddress,
+        targets: Callable[[], str]) -> None:
+    env = backupd_env(schema_db)
+    backup = take_backup(env)
+    sql = sql_of(backup)
+    copy = sql.index(b"COPY public.plain_t ")
+    row = sql.index(b"\n", copy) + 1
+    # The first row again: the load takes it, the PRIMARY KEY built beside it cannot.
+    write_gzip_sql(backup, sql[:row] + sql[row:sql.index(b"\n", row) + 1] + sql[row:])
+    refresh_manifest(backup)
+    target = targets()
+
+    proc = restore(env, backup, target, 2)
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert BESIDE in proc.stderr, proc.stderr
+    assert re.search(r"CONSTRAINT plain_t plain_pk \(built beside the load\) failed: "
+                     r"could not create unique index \"plain_pk\"", proc.stderr), proc.stderr
+    assert not database_exists(pg_server, target)
+    assert leftovers(pg_server, target) == []
+
+
+def test_file_changed_between_the_passes_fails_and_leaves_nothing(
+        make_db: Callable[..., str], backupd_env: EnvFactory, pg_server: ServerAddress,
+        targets: Callable[[], str], tmp_path: Path) -> None:
+    source = make_db()
+    psql(pg_server, source, """
+        CREATE TABLE early (id int PRIMARY KEY, v text);
+        INSERT INTO early SELECT i, 'v' || i FROM generate_series(1, 1000) i;
+        CREATE TABLE big (v text);
+        INSERT INTO big SELECT md5(i::text) || md5((i * 7)::text)
+          FROM generate_series(1, 200000) i;
+        CREATE INDEX big_v ON big (v);""")
+    env = backupd_env(source)
+    backup = take_backup(env)
+    # The second pass reads READ_SIZE at a time and is held up by psql's pipe until psql
+    # runs: by then the shim below has changed the bytes it reads next.
+    assert backup.stat().st_size > 2 * READ_SIZE
+    changed = tmp_path / "changed"
+    changed.write_bytes(backup.read_bytes())
+    flip_byte(changed, changed.stat().st_size * 3 // 4)
+    # psql starts once the first pass has verified the file: the second pass reads another.
+    shim = tool_wrapper_dir(tmp_path / "shim", tmp_path / "tools.log", ("psql",),
+                            extra_shell=f'case "$1" in --version|-V) ;; '
+                                        f"*) cp '{changed}' '{backup}';; esac\n")
+    target = targets()
+
+    proc = restore(env, backup, target, 2, PATH=path_with(shim))
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert BESIDE in proc.stderr, proc.stderr
+    assert "failed verification" in proc.stderr
+    assert not database_exists(pg_server, target)
+    assert leftovers(pg_server, target) == []
