@@ -21,7 +21,7 @@ from helpers.backups import read_manifest, take_backup
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, create_database, fingerprint, load_fixture
-from helpers.wheel_clients import WheelClient, wheel_client
+from helpers.wheel_clients import WheelClient, server_bin_dir, wheel_client
 
 from backupd.pipeline import codecs
 
@@ -110,7 +110,8 @@ def test_a_pg_dump_with_zstd_writes_zstd_archives_that_verify_and_restore(
         pg_with_zstd: WheelClient, fmt: str, backup_dir: Path) -> None:
     """On a private server of the client's own major (17): pg_restore 17 cannot restore into
     the suite's 15 (it sets transaction_timeout, which 15 does not know), as clients.py says."""
-    with PrivateCluster("zstd-pw", bin_dir=pg_with_zstd.bin_dir) as cluster:
+    with server_bin_dir(pg_with_zstd) as bin_dir, \
+            PrivateCluster("zstd-pw", bin_dir=bin_dir) as cluster:
         cluster.start()
         create_database(cluster.address, "certificates")
         load_fixture(cluster.address, "certificates", scale=0.1)

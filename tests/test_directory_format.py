@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from helpers.age import AgeKeys
 from helpers.backups import (
+    pg_dump_runs,
     read_manifest,
     read_tool_log,
     redate,
@@ -87,8 +88,7 @@ def test_directory_backup_is_one_verified_tar_that_restores_in_parallel(
     assert manifest["verified"] is True
     assert manifest["format"] == "directory"
     assert manifest["compression"] == "none"
-    dumps = [call["argv"] for call in read_tool_log(log)
-             if call["tool"] == "pg_dump" and call["argv"] != ["--version"]]
+    dumps = pg_dump_runs(log)
     assert len(dumps) == 1 and {"--format=directory", "--jobs=3"} <= set(dumps[0])
     if encrypted:
         assert backup.read_bytes().startswith(AGE_MAGIC)

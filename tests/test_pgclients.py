@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers.backups import read_manifest, read_tool_log, take_backup, tool_wrapper_dir
+from helpers.backups import pg_dump_runs, read_manifest, take_backup, tool_wrapper_dir
 from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, connect, pg_binary
 
@@ -145,7 +145,7 @@ def test_the_real_client_compresses_archives_with_the_codec_its_major_has(
     backup = take_backup(env)
     major = int(subprocess.run([pg_binary("pg_dump"), "--version"], capture_output=True,
                                text=True, check=True).stdout.split()[-1].split(".")[0])
-    dumps = [c["argv"] for c in read_tool_log(log) if c["argv"] != ["--version"]]
+    dumps = pg_dump_runs(log)
     compress = [a for a in dumps[0] if a.startswith("--compress")]
     option = codecs.archive_codec(pg_binary("pg_dump"), major, None).option
     assert compress == ([] if option is None else [f"--compress={option}"])

@@ -165,6 +165,14 @@ def read_tool_log(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
+def pg_dump_runs(log: Path) -> list[list[str]]:
+    """The argv of every pg_dump in ``log`` that dumped: not ``--version``, and not backupd's
+    codec probe (a 16+ client is asked once which codecs it has: pipeline/codecs.py)."""
+    return [call["argv"] for call in read_tool_log(log) if call["tool"] == "pg_dump"
+            and "--version" not in call["argv"]
+            and not any("backupd-codec-probe-" in arg for arg in call["argv"])]
+
+
 def recording_psql(directory: Path, transcript: Path) -> Path:
     """A directory to put first on PATH whose ``psql`` copies everything it is fed to
     ``transcript`` on its way to the real psql (exit status: the real psql's). Shows what

@@ -5,12 +5,18 @@ user points backupd at a client of their own (backupd.pipeline.clients.choose)."
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .cluster import AS_ROOT, SERVER_OS_USER
 
 
 @dataclass(frozen=True)
@@ -44,3 +50,23 @@ def wheel_client(package: str, why: str) -> WheelClient:
     version = subprocess.run([str(bin_dir / "pg_dump"), "--version"], capture_output=True,
                              text=True, check=True).stdout
     return WheelClient(package, bin_dir, int(version.split()[-1].split(".")[0]))
+
+
+@contextlib.contextmanager
+def server_bin_dir(client: WheelClient) -> Iterator[Path]:
+    """The client's bin directory for a PrivateCluster's server binaries, which run as the OS
+    user postgres when we are root. A clone in a private directory (a root home, pytest's
+    0700 temporary root) hides the venv from that user: then the installation (bin, lib and
+    share, found relative to bin) is copied to a directory of its own in /tmp, removed after."""
+    if not AS_ROOT or subprocess.run(
+            ["runuser", "-u", SERVER_OS_USER, "--", "test", "-x",
+             str(client.bin_dir / "postgres")], check=False).returncode == 0:
+        yield client.bin_dir
+        return
+    copy = Path(tempfile.mkdtemp(prefix="bk-pgwheel-"))
+    try:
+        copy.chmod(0o755)
+        shutil.copytree(client.bin_dir.parent, copy / "pginstall", symlinks=True)
+        yield copy / "pginstall" / "bin"
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
