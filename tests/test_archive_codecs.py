@@ -128,7 +128,7 @@ def test_the_probe_finds_what_each_build_has(
 
 
 @pytest.mark.parametrize(("level", "with_zstd", "without_zstd"), [
-    (None, "zstd", "gzip"), (5, "zstd:5", "gzip:5"), (0, "none", "none"),
+    (None, "zstd", "gzip:1"), (5, "zstd:5", "gzip:5"), (0, "none", "none"),
 ])
 def test_the_level_goes_with_the_chosen_codec(
         pg16_without_zstd: WheelClient, pg_with_zstd: WheelClient, level: int | None,
@@ -141,7 +141,7 @@ def test_the_level_goes_with_the_chosen_codec(
         assert chosen.codec == "gzip" and "was built without zstd" in chosen.reason
 
 
-@pytest.mark.parametrize(("level", "option"), [(None, None), (4, "4"), (0, "0")])
+@pytest.mark.parametrize(("level", "option"), [(None, "1"), (4, "4"), (0, "0")])
 def test_a_client_before_16_keeps_zlib_and_is_not_probed(
         tmp_path: Path, level: int | None, option: str | None) -> None:
     """pg_dump 15 knows no --compress=METHOD: only a zlib level, and no probe (a pg_dump
