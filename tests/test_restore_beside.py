@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from helpers.backups import (
     tool_wrapper_dir,
     write_gzip_sql,
 )
-from helpers.cli import EnvFactory, run_backupd
+from helpers.cli import EnvFactory, kill_group, run_backupd, start_backupd, stop_backupd
 from helpers.pg import (
     ServerAddress,
     connect,
@@ -203,3 +204,43 @@ def test_file_changed_between_the_passes_fails_and_leaves_nothing(
     assert "failed verification" in proc.stderr
     assert not database_exists(pg_server, target)
     assert leftovers(pg_server, target) == []
+
+
+def test_sigterm_stops_the_worker_sessions_and_leaves_nothing(
+        make_db: Callable[..., str], backupd_env: EnvFactory, pg_server: ServerAddress,
+        targets: Callable[[], str], tmp_path: Path) -> None:
+    source = make_db()
+    # An index whose build takes minutes (10 ms a row), on the first table loaded.
+    psql(pg_server, source, """
+        CREATE FUNCTION slow(int) RETURNS int IMMUTABLE LANGUAGE sql
+          AS 'SELECT $1 + 0 FROM pg_catalog.pg_sleep(0.01)';
+        CREATE TABLE a_slow (id int);
+        INSERT INTO a_slow SELECT i FROM generate_series(1, 20000) i;
+        CREATE INDEX a_slow_idx ON a_slow (slow(id));
+        CREATE TABLE b_next (id int);
+        INSERT INTO b_next SELECT i FROM generate_series(1, 1000) i;""")
+    env = backupd_env(source)
+    backup = take_backup(env)
+    target = targets()
+    building = ("SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, %s) "
+                "AND query LIKE 'CREATE INDEX a_slow_idx%%' AND state = 'active'")
+    proc = start_backupd(["restore", backup.name, "--yes", "--target-db", target],
+                         {**env, "DB_RESTORE_JOBS": "2"}, log_dir=tmp_path / "log")
+    try:
+        with connect(pg_server) as conn:
+            deadline = time.monotonic() + 120
+            while conn.execute(building, (target,)).fetchone() != (1,):
+                assert proc.poll() is None, proc.stderr_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the index build never started"
+                time.sleep(0.1)
+        code = stop_backupd(proc)
+    finally:
+        kill_group(proc)
+        proc.wait()
+
+    assert code != 0
+    stderr = proc.stderr_path.read_text()
+    assert BESIDE in stderr
+    # Dropped: no session of the restore (psql's or a worker's) was left in it.
+    assert not database_exists(pg_server, target)
+    assert leftovers(pg_server, target) == [], stderr[-3000:]
