@@ -10,6 +10,11 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
 * The verify runs no SQL, so (unless a question is asked first) it runs while the scratch
   database is created; psql and pg_restore start after its verdict, in sessions tuned for
   a bulk load (configs.restore_connection: synchronous_commit=off, maintenance_work_mem).
+* Plain SQL with DB_RESTORE_JOBS > 1: that same pre-verify also notes the indexes and
+  PK/UNIQUE/EXCLUDE constraints of tables with data (backupd.pipeline.early_entries); they
+  are left out of psql's stream and built on worker sessions as each table's data commits
+  (backupd.pipeline.early_jobs; each may use maintenance_work_mem). DB_RESTORE_JOBS=1, or a
+  dump not recognised, restores through the one psql alone.
 * Every restore goes into a new scratch database, created from template0 like the backed-up
   database, dropped if the restore fails, and renamed into place with the database's
   recorded properties only once complete (backupd.commands.restore_target). An existing target is
