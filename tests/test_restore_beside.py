@@ -206,9 +206,13 @@ def test_file_changed_between_the_passes_fails_and_leaves_nothing(
     assert leftovers(pg_server, target) == []
 
 
-def test_sigterm_stops_the_worker_sessions_and_leaves_nothing(
-        make_db: Callable[..., str], backupd_env: EnvFactory, pg_server: ServerAddress,
-        targets: Callable[[], str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["job-timeout", "sigterm"])
+def test_a_stopped_restore_stops_its_worker_sessions(
+        how: str, make_db: Callable[..., str], backupd_env: EnvFactory,
+        pg_server: ServerAddress, targets: Callable[[], str], tmp_path: Path) -> None:
+    """The job's cancel (here its timeout) cancels the worker's build, and the restore drops
+    its scratch database; backupd killed by SIGTERM (a one-shot command dies at once, like
+    kill -9) leaves no worker building on the server either."""
     source = make_db()
     # An index whose build takes minutes (10 ms a row), on the first table loaded.
     psql(pg_server, source, """
@@ -218,29 +222,41 @@ def test_sigterm_stops_the_worker_sessions_and_leaves_nothing(
         INSERT INTO a_slow SELECT i FROM generate_series(1, 20000) i;
         CREATE INDEX a_slow_idx ON a_slow (slow(id));
         CREATE TABLE b_next (id int);
-        INSERT INTO b_next SELECT i FROM generate_series(1, 1000) i;""")
-    env = backupd_env(source)
+        INSERT INTO b_next SELECT i FROM generate_series(1, 1000) i;
+        -- The dump's last entry (it carries the footer) stays psql's.
+        CREATE INDEX b_next_idx ON b_next (id);""")
+    env = {**backupd_env(source), "DB_RESTORE_JOBS": "2"}
     backup = take_backup(env)
     target = targets()
-    building = ("SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, %s) "
-                "AND query LIKE 'CREATE INDEX a_slow_idx%%' AND state = 'active'")
-    proc = start_backupd(["restore", backup.name, "--yes", "--target-db", target],
-                         {**env, "DB_RESTORE_JOBS": "2"}, log_dir=tmp_path / "log")
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, %s)"
+    building = sessions + " AND query LIKE 'CREATE INDEX a_slow_idx%%' AND state = 'active'"
+    if how == "job-timeout":
+        proc = run_backupd(["restore", backup.name, "--yes", "--target-db", target],
+                           {**env, "DB_BACKUP_JOB_TIMEOUT_SECONDS": "15"}, timeout=150)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "job timeout" in proc.stderr
+        assert BESIDE in proc.stderr
+        assert "dropped the incomplete database" in proc.stderr
+        assert not database_exists(pg_server, target)
+        assert leftovers(pg_server, target) == []
+        return
+    running = start_backupd(["restore", backup.name, "--yes", "--target-db", target], env,
+                            log_dir=tmp_path / "log")
     try:
         with connect(pg_server) as conn:
             deadline = time.monotonic() + 120
             while conn.execute(building, (target,)).fetchone() != (1,):
-                assert proc.poll() is None, proc.stderr_path.read_text()[-3000:]
+                assert running.poll() is None, running.stderr_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, "the index build never started"
                 time.sleep(0.1)
-        code = stop_backupd(proc)
+            stop_backupd(running)
+            # The server notices the worker's client is gone (client_connection_check_interval)
+            # and ends the build, which would otherwise run for minutes.
+            deadline = time.monotonic() + 60
+            while conn.execute(sessions, (target,)).fetchone() != (0,):
+                assert time.monotonic() < deadline, "a session of the restore is still there"
+                time.sleep(0.2)
     finally:
-        kill_group(proc)
-        proc.wait()
-
-    assert code != 0
-    stderr = proc.stderr_path.read_text()
-    assert BESIDE in stderr
-    # Dropped: no session of the restore (psql's or a worker's) was left in it.
-    assert not database_exists(pg_server, target)
-    assert leftovers(pg_server, target) == [], stderr[-3000:]
+        kill_group(running)
+        running.wait()
+    assert BESIDE in running.stderr_path.read_text()

@@ -195,6 +195,10 @@ def _connect(config: ConnectionConfig, preamble: tuple[str, ...]) -> Connection:
                            connect_timeout=config.connect_timeout,
                            application_name=APPLICATION_NAME, options=options,
                            autocommit=True)
+    if conn.info.server_version >= 140000:
+        # Should backupd die (kill -9, or SIGTERM to a one-shot restore), the server ends an
+        # index build of this session within a second instead of finishing it first.
+        conn.execute("SET client_connection_check_interval = 1000")
     for setting in preamble:
         conn.execute(setting.encode())
     return conn
