@@ -88,7 +88,9 @@ def targets(pg_server: ServerAddress) -> Iterator[Callable[[], str]]:
 
     yield make
     for name in made:
-        psql(pg_server, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # With the scratch database a killed backupd leaves (the next restore would drop it).
+        for database in [name, *leftovers(pg_server, name)]:
+            psql(pg_server, "postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def restore(env: dict[str, str], backup: Path, target: str, jobs: int,
