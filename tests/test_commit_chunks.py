@@ -97,3 +97,49 @@ def test_no_boundary_inside_bodies_strings_names_or_comments(seed: int) -> None:
     for piece in sent.split(BOUNDARY)[1:]:
         assert piece.startswith((b"--\n-- Name: t", b"--\n-- Data for Name: t",
                                  b"--\n-- Name: c;", b"--\n-- Name: odd;")), piece[:40]
+
+
+# Long COPY data, cut into pieces larger than the lexer's lookahead: most pieces pass
+# through the scanner's COPY fast path (no join, no slice). Rows end right before, across
+# and after every cut; some rows look like headers, others like the end of a COPY without
+# being one (a backslash-dot inside a row).
+LONG_ROWS = [b"%d\t--\n" % i if i % 7 else b"%d\t-- Name: fake; Type: TABLE\n" % i
+             for i in range(3000)] + [b"x\\.y\n", b"\\\\.\n", b"-- Name: z\n"]
+LONG_DUMP = (b"--\n-- PostgreSQL database dump\n--\n\nSET statement_timeout = 0;\n"
+             + b"".join(entry(i) for i in range(1, 6))
+             + b"".join(data_entry(i, LONG_ROWS) for i in range(1, 6))
+             + b"\n--\n-- PostgreSQL database dump complete\n--\n\n")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_long_copy_data_in_large_pieces_counts_the_same_entries(seed: int) -> None:
+    rng = random.Random(seed)
+    sizes = [rng.randint(129, 6000) for _ in range(len(LONG_DUMP) // 1500)]
+
+    sent, chunks = run(LONG_DUMP, sizes, every=1)
+    byte_by_byte, reference = run(LONG_DUMP, [1] * len(LONG_DUMP), every=1)
+
+    assert sent.replace(BOUNDARY, b"") == LONG_DUMP
+    assert sent == byte_by_byte
+    assert chunks.entry == reference.entry == 10  # 5 tables and their 5 data entries
+    for piece in sent.split(BOUNDARY)[1:]:
+        assert piece.startswith((b"--\n-- Name: t", b"--\n-- Data for Name: t",
+                                 b"--\n-- PostgreSQL database dump complete")), piece[:40]
+
+
+@pytest.mark.parametrize("into", [1, 2, 3])
+def test_a_copy_end_cut_between_two_large_pieces_is_still_found(into: int) -> None:
+    """The fast path hands on a whole piece only when no COPY end can start in its last
+    bytes: cut every COPY end ``into`` bytes in, after a piece of COPY data alone (the fast
+    path's case), and every entry is still counted."""
+    cuts: list[int] = []
+    position = LONG_DUMP.find(b"\n\\.\n")
+    while position >= 0:
+        cuts += [position - 1000, position + into]
+        position = LONG_DUMP.find(b"\n\\.\n", position + 1)
+    sizes = [b - a for a, b in zip([0, *cuts], cuts, strict=False)]
+
+    sent, chunks = run(LONG_DUMP, sizes, every=1)
+
+    assert sent.replace(BOUNDARY, b"") == LONG_DUMP
+    assert chunks.entry == 10

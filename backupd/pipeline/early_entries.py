@@ -40,6 +40,9 @@ _FOREIGN = re.compile(rb"^(?:SET |SELECT |\\)", re.M)
 # pg_dump puts an index in its tablespace by this SET before the index's header (in the text
 # of the entry before): a worker would not see it. Such dumps restore sequentially.
 _TABLESPACE = re.compile(rb"\nSET default_tablespace = (?!'';\n)[^\n]*\n")
+# How far before a header that SET is looked for: pg_dump writes at most a few short SETs
+# (schema, tablespace, table access method) between an entry's text and the next header.
+_TAIL = 1024
 # What pg_dump writes in its data section after the TABLE DATA entries.
 _DATA_TYPES = frozenset({"TABLE DATA", "SEQUENCE SET", "BLOBS", "BLOB", "LARGE OBJECTS",
                          "BLOB DATA"})
@@ -83,16 +86,14 @@ class EarlyCapture(EntryScanner):
         self._post_data = 0
         self._entries: list[EarlyEntry] = []
         self.given_up: str | None = None
-        self._seam = b"\n"  # the last bytes passed on: a SET may straddle two pieces
+        # The last bytes passed on: pg_dump writes SET default_tablespace right before the
+        # header of the entry it applies to, so it is looked for there (not in every byte).
+        self._tail = b"\n"
 
     def _out(self, data: bytes) -> None:
         if self.given_up is not None:
             return
-        joined = self._seam + data
-        self._seam = joined[-256:]
-        if _TABLESPACE.search(joined):
-            self._give_up("an object in a tablespace of its own (SET default_tablespace)")
-            return
+        self._tail = data[-_TAIL:] if len(data) >= _TAIL else (self._tail + data)[-_TAIL:]
         if self._keep_all is False:
             self._text += data[:max(_HEAD_BYTES - len(self._text), 0)]
             return
@@ -113,6 +114,9 @@ class EarlyCapture(EntryScanner):
 
     def _entry(self) -> None:
         if self.given_up is not None:
+            return
+        if _TABLESPACE.search(self._tail):
+            self._give_up("an object in a tablespace of its own (SET default_tablespace)")
             return
         try:
             self._close(self.entry - 1, bytes(self._text))

@@ -47,6 +47,16 @@ class EntryScanner:
         raise NotImplementedError
 
     def __call__(self, data: bytes) -> None:
+        if self._state == _COPY and self._copy_goes_on(data):
+            # Most of a dump is COPY data: while its end is not in sight, pass the bytes on
+            # as they are, without joining them to what was held or slicing them (those
+            # copies were ~half of the scan's time at 1 MiB pieces).
+            if self._held:
+                self._out(self._held)
+                self._held = b""
+            self._resume = 0
+            self._out(data)
+            return
         buffer = self._held + data if self._held else data
         limit = len(buffer) - _HOLD
         self._sent = 0
@@ -58,6 +68,14 @@ class EntryScanner:
             self._out(buffer[self._sent:keep])
         self._held = buffer[keep:]
         self._resume = max(position - keep, 0)
+
+    def _copy_goes_on(self, data: bytes) -> bool:
+        """In COPY data: whether neither the held bytes with ``data`` hold the end of the
+        COPY, nor can ``data``'s last bytes be the start of one (a newline among them)."""
+        tail = len(_COPY_END) - 1
+        if len(data) <= _HOLD or b"\n" in data[-tail:] or data.find(_COPY_END) >= 0:
+            return False
+        return (self._held[self._resume:] + data[:tail]).find(_COPY_END) < 0
 
     def finish(self) -> None:
         """Pass on what is still held back (the last bytes of the dump)."""
