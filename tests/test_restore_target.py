@@ -223,7 +223,11 @@ def test_a_failed_restore_whose_cleanup_fails_still_says_why_it_failed(
         f"= {key}\" > /dev/null\n"
         "echo 'ERROR:  the restore broke here' >&2\nexit 3\n")
     (bin_dir / "psql").chmod(0o755)
-    env = backupd_env(small_db, PATH=f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    # One session: this psql reads everything and executes nothing, so with worker sessions
+    # (DB_RESTORE_JOBS > 1) the stream would wait before post-data for data commits that a
+    # real psql makes as it reads, until the stall watchdog ended the job.
+    env = backupd_env(small_db, PATH=f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                      DB_RESTORE_JOBS="1")
 
     proc = run_backupd(["restore", backup.name, "--target-db", target, "--yes"], env)
 
