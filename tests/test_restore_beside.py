@@ -216,13 +216,16 @@ def test_a_stopped_restore_stops_its_worker_sessions(
     its scratch database; backupd killed by SIGTERM (a one-shot command dies at once, like
     kill -9) leaves no worker building on the server either."""
     source = make_db()
-    # An index whose build takes minutes (10 ms a row), on the first table loaded.
+    # An index whose build takes minutes (10 ms a row), on the first table loaded. The
+    # function is made slow only once the source's own index exists, or taking the backup's
+    # source would cost those minutes too.
     psql(pg_server, source, """
-        CREATE FUNCTION slow(int) RETURNS int IMMUTABLE LANGUAGE sql
-          AS 'SELECT $1 + 0 FROM pg_catalog.pg_sleep(0.01)';
+        CREATE FUNCTION slow(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1';
         CREATE TABLE a_slow (id int);
         INSERT INTO a_slow SELECT i FROM generate_series(1, 20000) i;
         CREATE INDEX a_slow_idx ON a_slow (slow(id));
+        CREATE OR REPLACE FUNCTION slow(int) RETURNS int IMMUTABLE LANGUAGE sql
+          AS 'SELECT $1 + 0 FROM pg_catalog.pg_sleep(0.01)';
         CREATE TABLE b_next (id int);
         INSERT INTO b_next SELECT i FROM generate_series(1, 1000) i;
         -- The dump's last entry (it carries the footer) stays psql's.
