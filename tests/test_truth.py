@@ -118,10 +118,10 @@ def test_prune_dry_run_does_not_count_as_retention_deleted(
 
 
 def test_restore_summary_names_the_target_database(
-    env: dict[str, str], backup_dir: Path
+    env: dict[str, str], backup_dir: Path, target_db: str
 ) -> None:
     backup = take_backup(env)
-    target = unique_db_name("nc_r2")
+    target = target_db  # dropped after the test (each run left one behind)
 
     proc = run_backupd(["restore", backup.name, "--yes", "--target-db", target], env)
 
@@ -133,9 +133,9 @@ def test_restore_summary_names_the_target_database(
     assert f"target={target!r}" in log
 
 
-def test_slack_names_the_restore_target(env: dict[str, str]) -> None:
+def test_slack_names_the_restore_target(env: dict[str, str], target_db: str) -> None:
     backup = take_backup(env)
-    target = unique_db_name("nc_r3")
+    target = target_db
     settings = load_settings(**env)
 
     result = run_job("restore", settings, lambda ctx: restore_cmd.run(
