@@ -239,3 +239,27 @@ def _is_open(fd: int | None) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_tools_version_is_asked_once_until_the_binary_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup needed pg_dump's version up to three times (the compatibility check, the
+    archive codec, the log line) and the daemon at every run: now once per binary, and again
+    only once the file is replaced (a package upgrade)."""
+    from backupd.pipeline.supervisor import tool_version
+
+    calls = tmp_path / "calls"
+    tool = tmp_path / "bin" / "pg_fakeversion"
+    tool.parent.mkdir()
+    script = f"#!/bin/sh\necho \"$@\" >> '{calls}'\necho 'pg_fakeversion (PostgreSQL) {{}}'\n"
+    tool.write_text(script.format("16.4"))
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+
+    assert tool_version("pg_fakeversion") == ("16.4", 16)
+    assert tool_version("pg_fakeversion") == ("16.4", 16)
+    assert calls.read_text().splitlines() == ["--version"]
+
+    tool.write_text(script.format("17.2"))
+    assert tool_version("pg_fakeversion") == ("17.2", 17)
+    assert calls.read_text().splitlines() == ["--version", "--version"]

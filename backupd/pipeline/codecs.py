@@ -24,13 +24,12 @@ once per dump; so such a build keeps gzip (zlib), which every pg_dump has.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from backupd.pipeline.supervisor import Child
+from backupd.pipeline.supervisor import BinaryKey, Child, binary_key
 
 # pg_dump 16 added --compress=METHOD; older clients take a zlib level only.
 METHOD_MAJOR = 16
@@ -44,8 +43,8 @@ PREFERENCE = ("zstd", "gzip")
 PROBE_SECONDS = 30.0
 _UNSUPPORTED = "does not support compression"
 
-# (resolved path, st_mtime_ns, st_size) -> the methods that pg_dump has.
-_cache: dict[tuple[str, int, int], frozenset[str]] = {}
+# binary_key(pg_dump) -> the methods that pg_dump has.
+_cache: dict[BinaryKey, frozenset[str]] = {}
 _lock = threading.Lock()
 
 
@@ -64,8 +63,7 @@ class ArchiveCodec:
 
 def supported(pg_dump: str) -> frozenset[str]:
     """The methods of PREFERENCE that this pg_dump (16 or newer) was built with."""
-    info = os.stat(pg_dump)
-    key = (os.path.realpath(pg_dump), info.st_mtime_ns, info.st_size)
+    key = binary_key(pg_dump)
     with _lock:
         known = _cache.get(key)
     if known is not None:

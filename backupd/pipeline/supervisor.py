@@ -66,16 +66,40 @@ def tool_path(tool: str) -> str:
     return path
 
 
+BinaryKey = tuple[str, int, int]
+
+
+def binary_key(path: str) -> BinaryKey:
+    """What identifies one build of a tool: its resolved path, mtime and size (a package
+    upgrade that replaces the binary is a new key). For caching what a binary answers."""
+    info = os.stat(path)
+    return os.path.realpath(path), info.st_mtime_ns, info.st_size
+
+
+_versions: dict[BinaryKey, tuple[str, int]] = {}
+_versions_lock = threading.Lock()
+
+
 def tool_version(tool: str) -> tuple[str, int]:
-    """(full version text, major) of a PostgreSQL client tool, e.g. ("15.20", 15)."""
-    with Child([tool_path(tool), "--version"], stdout=subprocess.PIPE) as child:
+    """(full version text, major) of a PostgreSQL client tool, e.g. ("15.20", 15): asked
+    once per binary (a backup needed it up to three times, a daemon at every run)."""
+    path = tool_path(tool)
+    key = binary_key(path)
+    with _versions_lock:
+        known = _versions.get(key)
+    if known is not None:
+        return known
+    with Child([path, "--version"], stdout=subprocess.PIPE) as child:
         assert child.stdout is not None
         out = child.stdout.read().decode("utf-8", "replace")
         child.wait(30)
     match = re.search(r"(\d+)(?:\.(\d+))?", out)
     if match is None:
         raise ConfigError(f"{tool}: cannot tell its version from {out.strip()!r}")
-    return match.group(0), int(match.group(1))
+    version = match.group(0), int(match.group(1))
+    with _versions_lock:
+        _versions[key] = version
+    return version
 
 
 # --- the error-line rule ------------------------------------------------------------------------
