@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 # Imported by nothing a one-off backup needs before pg_dump starts: rich (and pygments,
 # attrs) came in only through structlog's optional rich tracebacks; prometheus_client only
@@ -57,3 +61,28 @@ def test_the_daemons_chain_keeps_its_metrics() -> None:
     settings = Settings(HEALTH_PORT=8080)  # type: ignore[call-arg]
     assert "metrics" in [n.name for n in build_chain(settings).notifiers]
     assert "metrics" not in [n.name for n in build_chain(settings, metrics=False).notifiers]
+
+
+def test_one_off_commands_build_their_chain_without_metrics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CLI itself asks for (the probe above calls build_chain directly)."""
+    import importlib
+
+    from backupd.notify import build_chain
+
+    # The module, not the Typer object that backupd.cli exports under the same name.
+    cli_app = importlib.import_module("backupd.cli.app")
+    from backupd.settings import Settings
+
+    asked: list[bool] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("metrics", True))
+        return build_chain(*args, **kwargs)
+
+    monkeypatch.setattr(cli_app, "build_chain", spy)
+    monkeypatch.setattr(cli_app, "progress_wanted", lambda: False)
+    settings = Settings(HEALTH_PORT=8080, DB_BACKUP_DIR=str(tmp_path))  # type: ignore[call-arg]
+    result = cli_app.execute("verify", settings, lambda ctx: None)
+    assert result.ok, result.summary()
+    assert asked == [False]

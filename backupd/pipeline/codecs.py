@@ -43,8 +43,8 @@ PREFERENCE = ("zstd", "gzip")
 PROBE_SECONDS = 30.0
 _UNSUPPORTED = "does not support compression"
 
-# binary_key(pg_dump) -> the methods that pg_dump has.
-_cache: dict[BinaryKey, frozenset[str]] = {}
+# (binary_key(pg_dump), method) -> whether that pg_dump has the method.
+_cache: dict[tuple[BinaryKey, str], bool] = {}
 _lock = threading.Lock()
 
 
@@ -52,7 +52,7 @@ _lock = threading.Lock()
 class ArchiveCodec:
     """pg_dump's compression of a custom or directory archive, and why."""
 
-    codec: str  # zstd, lz4, gzip or none
+    codec: str  # zstd, gzip, none, or "pg_dump's default" when neither was proven
     option: str | None  # the value of pg_dump's --compress; None: no option (its default)
     reason: str
 
@@ -63,12 +63,17 @@ class ArchiveCodec:
 
 def supported(pg_dump: str) -> frozenset[str]:
     """The methods of PREFERENCE that this pg_dump (16 or newer) was built with."""
-    key = binary_key(pg_dump)
+    return frozenset(method for method in PREFERENCE if accepts(pg_dump, method))
+
+
+def accepts(pg_dump: str, method: str) -> bool:
+    """Whether this pg_dump was built with ``method``: probed once per binary and method."""
+    key = (binary_key(pg_dump), method)
     with _lock:
         known = _cache.get(key)
     if known is not None:
         return known
-    found = frozenset(method for method in PREFERENCE if _accepts(pg_dump, method))
+    found = _accepts(pg_dump, method)
     with _lock:
         _cache[key] = found
     return found
@@ -103,22 +108,23 @@ def archive_codec(pg_dump: str, major: int, level: int | None) -> ArchiveCodec:
                             "only; zstd needs pg_dump 16 or newer")
     if level == 0:
         return ArchiveCodec("none", "none", "DB_BACKUP_COMPRESSION_LEVEL=0")
-    methods = supported(pg_dump)
+    # In order of preference, stopping at the first the build has: one probe for most builds.
     for method in PREFERENCE:
-        if method in methods:
+        if accepts(pg_dump, method):
             if level is None:
                 option = method if method == "zstd" else f"{method}:{ZLIB_DEFAULT_LEVEL}"
             else:
                 option = f"{method}:{level}"
-            return ArchiveCodec(method, option, _why(method, methods, pg_dump, major))
+            return ArchiveCodec(method, option, _why(method, pg_dump, major))
     # Not even gzip proven: a build without zlib, or a pg_dump whose answers the probe does
     # not know. Then no option at all: pg_dump's own default (gzip where it has zlib).
     return ArchiveCodec("pg_dump's default", None, f"pg_dump {major} ({pg_dump}) accepted "
                         "neither zstd nor gzip when asked")
 
 
-def _why(method: str, methods: frozenset[str], pg_dump: str, major: int) -> str:
-    if method == "zstd":
+def _why(method: str, pg_dump: str, major: int) -> str:
+    # Every method before the chosen one in PREFERENCE was probed and refused.
+    missing = " and ".join(PREFERENCE[:PREFERENCE.index(method)])
+    if not missing:
         return f"pg_dump {major} ({pg_dump}) has it"
-    missing = " and ".join(m for m in PREFERENCE[:PREFERENCE.index(method)] if m not in methods)
     return f"pg_dump {major} ({pg_dump}) was built without {missing}"

@@ -40,8 +40,12 @@ class ConnectionConfig:
             "PGAPPNAME": APPLICATION_NAME,
         }
         if self.session:
-            env["PGOPTIONS"] = " ".join(f"-c {name}={value}" for name, value in self.session)
+            env["PGOPTIONS"] = self.options()
         return env
+
+    def options(self) -> str:
+        """The session settings as libpq's ``options`` (PGOPTIONS): ``-c name=value ...``."""
+        return " ".join(f"-c {name}={value}" for name, value in self.session)
 
 
 def bulk_load_session(maintenance_work_mem: str | None) -> tuple[tuple[str, str], ...]:

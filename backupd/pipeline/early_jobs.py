@@ -159,6 +159,8 @@ class EarlyJobs:
                             conn = _connect(self._connection, self._plan.preamble)
                         finally:
                             self._lock.acquire()
+                        if self._stopping:
+                            return  # stopped while connecting: _stop cancelled the others only
                     self._running[entry.entry] = (entry, conn)
                 try:
                     conn.execute(entry.sql.encode())
@@ -189,7 +191,7 @@ def _describe(exc: psycopg.Error) -> str:
 def _connect(config: ConnectionConfig, preamble: tuple[str, ...]) -> Connection:
     """An autocommit session like the restore's psql (bulk-load settings, application name
     backupd: the stall watchdog sees its index builds as the job's work)."""
-    options = " ".join(f"-c {name}={value}" for name, value in config.session)
+    options = config.options()
     conn = psycopg.connect(host=config.host, port=config.port, user=config.user,
                            password=config.password, dbname=config.database,
                            connect_timeout=config.connect_timeout,
