@@ -16,6 +16,7 @@ import structlog
 from helpers.cli import run_backupd
 from helpers.http_receiver import HttpReceiver
 
+from backupd.daemon.state import DaemonState
 from backupd.errors import ConfigError
 from backupd.log import configure_logging
 from backupd.notify import build_chain
@@ -114,3 +115,21 @@ def test_every_notifier_gets_the_result_despite_broken_ones(
     assert err.count('"notifier failed"') + err.count('"notifier timed out"') == 3
     assert "notifier bug" in err
     assert slack_url not in err and heartbeat_url not in err and "secret-token-123" not in err
+
+
+def test_the_daemons_state_in_the_chain_takes_no_start_signal(
+    tmp_path: Path, json_logs: io.StringIO
+) -> None:
+    """The daemon's state is in every daemon chain. Its own job_started(job name) once made it
+    look like a start listener, so every scheduled job logged "notifier failed at job start"
+    (TypeError: unhashable type: 'JobResult')."""
+    state = DaemonState(tmp_path)
+    recorder = Recorder()
+    chain = NotifierChain([state, recorder], timeout_seconds=1.0)
+    result = JobResult(job="backup", database="db", started_at=datetime.now(UTC))
+    chain.started(result)
+    result.finish(Status.SUCCESS, "done")
+    chain.deliver(result)
+    assert recorder.results == [result]
+    assert state.last_results["backup"] is result
+    assert "notifier failed" not in json_logs.getvalue()

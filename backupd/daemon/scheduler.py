@@ -205,7 +205,7 @@ class Daemon:
             # (for a catch-up run, the missed one).
             slot = job.schedule.previous_at_or_before(datetime.now(UTC))
             self.log.info("job starting", job=name, slot=slot.isoformat() if slot else None)
-            self.state.job_started(name)
+            self.state.mark_running(name)
             # The chain's recorder (DaemonState) writes the result and the slot it handled.
             run_job(name, self.settings, lambda ctx: job.spec.body(ctx, slot), self.chain,
                     token, scheduled_for=slot)

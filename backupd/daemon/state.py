@@ -237,7 +237,8 @@ class DaemonState:
             return dict(self._running)
 
     # --- recording ------------------------------------------------------------------------
-    def job_started(self, job: str) -> None:
+    def mark_running(self, job: str) -> None:
+        # Not "job_started": that name would make this a StartListener of the chain.
         with self._lock:
             self._running[job] = datetime.now(UTC)
         self.persist()
