@@ -31,6 +31,8 @@ def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
     assert "ratio vs `gzip -t`" in stdout
     assert "ratio vs `createdb; gunzip -c \\| psql`" in stdout
     assert "Default backup vs the floor" in stdout
+    assert "### Backup by the running daemon" in stdout
+    assert "backup by the running daemon vs the `pg_dump > /dev/null` floor" in stdout
     assert "### Against the goals of issue 18 (this run)" in stdout
     assert "custom backup vs `pg_dump -Fc`" in stdout
     assert "custom backup vs `pg_dump -Fc -Z1` (same level)" in stdout
