@@ -8,8 +8,10 @@ whatever the size of the database.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,25 @@ def _dump_directory(dump: Child, directory: Path, cancel: CancelToken) -> None:
                          dump.stderr_tail)
 
 
+# pg_dump writes 4 KiB at a time. Read whenever anything was there, a scale-20 dump took
+# 22,317 reads (median 4 KiB), each a wake-up of this thread and a trip through the writers.
+# After a short read, a nap lets the pipe gather more first. The nap is bounded so that a
+# producer writing at GATHER_RATE fills at most half the pipe meanwhile: pg_dump never waits.
+GATHER_RATE = 512 * 1024 * 1024  # bytes/s; pg_dump here: ~80 MB/s
+MIN_GATHER_PIPE = 256 * 1024  # a smaller pipe (not enlarged) fills too fast to nap at all
+
+
+def _gathering(fd: int) -> tuple[float, int]:
+    """(seconds to nap after a short read, what counts as short) for the pipe ``fd``."""
+    try:
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except (OSError, AttributeError):
+        return 0.0, 0
+    if size < MIN_GATHER_PIPE:
+        return 0.0, 0
+    return size / 2 / GATHER_RATE, size // 4
+
+
 def pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
          inspect: Callable[[bytes], object], stream: Stream) -> int:
     """Move the child's output through the writers, each chunk shown to ``inspect`` first;
@@ -164,12 +185,15 @@ def pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | N
     source = start(dump)
     try:
         fd = source.fileno()
+        nap, short = _gathering(fd)
         # Straight from the pipe (no Python-side buffer): one read takes all pg_dump has
         # written, up to the enlarged pipe's size.
         while chunk := os.read(fd, BLOCK_SIZE):
             inspect(chunk)  # raises to stop everything (base backups: a damaged tar)
             writer.write(chunk)
             stream.moved(len(chunk))
+            if len(chunk) < short:
+                time.sleep(nap)
         if writer is not sink:
             writer.close()
         if encrypting is not None:
