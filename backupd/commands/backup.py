@@ -26,7 +26,6 @@ from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.outcomes import BackupOutcome, FileReport
-from backupd.pipeline.dump import archive_codec
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.pipeline.verification import (
@@ -86,9 +85,10 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         assert parsed is not None
         ctx.result.backup_name = name
         ctx.say(f"Starting backup of database {settings.postgres_db!r} to {name}")
-        if settings.backup_format != "plain":
+        config = dump_config(settings)
+        if config.archive_codec is not None:
             # Which codec this pg_dump has decides the archive's (and its restorer's) needs.
-            ctx.say(archive_codec(settings.compression_level).line())
+            ctx.say(config.archive_codec.line())
         # The read-back (verification) follows the file as it is written, from the file.
         plain = parsed.backup_format == "plain" and not parsed.encrypted
         # Archives are checked in the same read-back too (unless encrypted): pg_restore
@@ -98,7 +98,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         read_back: list[FileScan] = []
         try:
             outcome = dump_to_file(
-                dump_config(settings), store.directory / name, ctx.cancel,
+                config, store.directory / name, ctx.cancel,
                 encryptor=encryptor_for(age_key_files(settings)),
                 read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
                     path, growing, parsed.compression if plain else None, identity,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from backupd.pipeline.codecs import ArchiveCodec
+
 APPLICATION_NAME = "backupd"
 
 
@@ -68,6 +70,13 @@ class DumpConfig:
     level: int | None = None
     # pg_dump --jobs (directory format only).
     jobs: int = 1
+    # Custom and directory formats: pg_dump's own codec, chosen once at the edge
+    # (backupd.configs.dump_config), so the job's log line and pg_dump's argv are one value.
+    archive_codec: ArchiveCodec | None = None
+
+    def __post_init__(self) -> None:
+        if self.backup_format != "plain" and self.archive_codec is None:
+            raise ValueError(f"a {self.backup_format} dump needs its archive codec")
 
 
 @dataclass(frozen=True)

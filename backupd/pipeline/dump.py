@@ -24,8 +24,9 @@ def pg_dump(config: DumpConfig, cancel: CancelToken, directory: Path | None = No
     directory format, into ``directory`` (which must not exist) with ``config.jobs`` jobs."""
     argv = [tool_path("pg_dump"), f"--format={config.backup_format}", "--no-password"]
     if config.backup_format != "plain":
-        # Custom and directory formats compress inside pg_dump, with the best codec it has.
-        compress = archive_codec(config.level).option
+        # Custom and directory formats compress inside pg_dump, with the codec chosen for it.
+        assert config.archive_codec is not None  # DumpConfig requires one for these formats
+        compress = config.archive_codec.option
         if compress is not None:
             argv.append(f"--compress={compress}")
     if config.backup_format == "directory":
