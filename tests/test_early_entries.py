@@ -104,12 +104,30 @@ def test_the_stream_leaves_them_out_and_commits_after_the_data() -> None:
     ((b"\n--\n-- Name: i;", b"\nSET default_tablespace = ts;\n\n--\n-- Name: i;"),
      "tablespace"),
     ((b"CREATE INDEX j ON", b"CREATE INDEX j WHERE"), "SQL not recognised"),
+    # After the statement, only CLUSTER ON / REPLICA IDENTITY on the entry's own table.
+    ((b" CLUSTER ON i;\n", b" CLUSTER ON i;\n\nALTER TABLE public.p CLUSTER ON i;\n"),
+     "more than its statement"),
+    ((b" CLUSTER ON i;\n", b" CLUSTER ON i;\n\nALTER TABLE public."
+      + TABLE[:-1] + b'y" CLUSTER ON i;\n'),
+     "more than its statement"),
+    ((b" CLUSTER ON i;\n", b" CLUSTER ON i;\n\nCOMMENT ON INDEX public.i IS 'x';\n"),
+     "more than its statement"),
 ])
 def test_anything_not_recognised_gives_up(change: tuple[bytes, bytes], why: str) -> None:
     plan, given_up = capture(DUMP.replace(*change), 7)
 
     assert plan is None
     assert why in given_up
+
+
+def test_each_statement_pg_dump_adds_after_an_index_is_taken_with_it() -> None:
+    also = (b"\nALTER TABLE ONLY public." + TABLE
+            + b' REPLICA IDENTITY USING INDEX "i ""x""";\n')
+    plan, given_up = capture(DUMP.replace(b" CLUSTER ON i;\n", b" CLUSTER ON i;\n" + also), 7)
+
+    assert plan is not None, given_up
+    assert plan.entries[1].name == "i" and plan.entries[1].exclusive
+    assert plan.entries[1].sql.endswith(also.decode())
 
 
 def test_more_than_the_limit_gives_up() -> None:
