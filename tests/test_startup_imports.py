@@ -4,6 +4,7 @@ the start-up path fails here by name, whatever the machine's speed."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,35 @@ def test_one_off_commands_build_their_chain_without_metrics(
     result = cli_app.execute("verify", settings, lambda ctx: None)
     assert result.ok, result.summary()
     assert asked == [False]
+
+
+def test_every_command_runs_its_job_with_the_garbage_collector_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console script starts with the collector off (backupd.__main__); the command's
+    bootstrap must turn it back on, or the daemon would run for months without it."""
+    from backupd.cli import main
+
+    monkeypatch.setenv("POSTGRES_DB", "startup_probe")
+    monkeypatch.setenv("DB_BACKUP_DIR", str(tmp_path))
+    monkeypatch.setenv("HEALTH_PORT", "0")
+    gc.disable()
+    try:
+        assert main(["list"]) == 0
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_console_script_starts_with_the_collector_off() -> None:
+    probe = """
+import gc, sys
+import backupd.cli
+seen = []
+backupd.cli.run = lambda: seen.append(gc.isenabled())
+from backupd.__main__ import main
+main()
+print(seen)
+"""
+    assert subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                          text=True).stdout.strip() == "[False]"

@@ -9,6 +9,7 @@ on stderr naming the setting or argument).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -98,6 +99,8 @@ def bootstrap(*, daemon: bool = False) -> Settings:
         fail(str(exc))
     configure_logging(settings.log_format, daemon=daemon)
     redact.add(*settings.secret_values())
+    # Off during start-up (backupd.__main__); every job, and the daemon, runs with it.
+    gc.enable()
     return settings
 
 
