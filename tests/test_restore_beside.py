@@ -174,6 +174,31 @@ def test_duplicate_key_fails_the_early_primary_key_and_leaves_nothing(
     assert leftovers(pg_server, target) == []
 
 
+def test_an_error_in_the_load_ends_the_wait_for_its_tables_data(
+        schema_db: str, backupd_env: EnvFactory, pg_server: ServerAddress,
+        targets: Callable[[], str]) -> None:
+    """psql stops at an error in a table's data, which then never commits: the entries
+    waiting for it never become ready, and the stream must stop waiting for them once psql
+    is gone (before: until the job timeout) and fail with psql's own error."""
+    env = backupd_env(schema_db)
+    backup = take_backup(env)
+    sql = sql_of(backup)
+    row = sql.index(b"\n", sql.index(b"COPY public.plain_t ")) + 1
+    write_gzip_sql(backup, sql[:row] + b"not a number\tx\n" + sql[row:])
+    refresh_manifest(backup)
+    target = targets()
+
+    proc = restore(env, backup, target, 2, DB_BACKUP_JOB_TIMEOUT_SECONDS="60")
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert BESIDE in proc.stderr, proc.stderr
+    assert "job timeout" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(r"failed and was rolled back: .*invalid input syntax for type bigint",
+                     proc.stderr), proc.stderr[-3000:]
+    assert not database_exists(pg_server, target)
+    assert leftovers(pg_server, target) == []
+
+
 def test_file_changed_between_the_passes_fails_and_leaves_nothing(
         make_db: Callable[..., str], backupd_env: EnvFactory, pg_server: ServerAddress,
         targets: Callable[[], str], tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ from backupd.job import JobContext
 from backupd.naming import GLOBALS_KIND
 from backupd.outcomes import DrillOutcome, FileReport, RestoreOutcome
 from backupd.pipeline.commit_chunks import CommitChunks
+from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.custom import restore_archive
 from backupd.pipeline.directory import Extractor, scratch
 from backupd.pipeline.early_entries import EarlyCapture, EarlyPlan
@@ -346,45 +347,24 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
     of the stream; the rest of post-data still runs here, in dump order, after them.
     """
     connection = restore_connection(ctx.settings, database)
-    if plan is None:
-        _stream(ctx, path, entry, database, identities, None)
-        return
-    jobs = restore_config(ctx.settings).jobs
-    ctx.say(f"building {len(plan.entries)} indexes and constraints on up to {jobs} sessions "
-            f"beside the load (DB_RESTORE_JOBS={jobs})")
-    try:
-        beside = EarlyJobs(plan, connection, jobs, ctx.cancel)
-    except psycopg.Error as exc:
-        raise JobFailed(f"restore into {database!r}: cannot open a worker session: "
-                        f"{describe_pg_error(exc)}") from None
-    with beside:
-        _stream(ctx, path, entry, database, identities, (plan, beside))
-
-
-def _stream(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
-            identities: list[x25519.Identity] | None,
-            early: tuple[EarlyPlan, EarlyJobs] | None) -> None:
     reports: list[VerifyReport] = []
 
     def verified_sql(feed: Feed) -> bool:
         # Commits along the way into the new database (one transaction would hold a lock
         # per table, see pipeline.commit_chunks); the final COMMIT still after the last byte.
-        if early is not None:
-            early[1].main_gone = feed.gone
-        chunks = CommitChunks(feed.send, plan=early[0] if early else None,
-                              beside=early[1] if early else None)
-        send = feed.send
-        # The same scan as `backupd verify`, handing on only the SQL it has checked so far.
-        reports.append(verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
-                                   identities, forward=HeaderGate(chunks),
-                                   progress=ctx.progress))
-        chunks.finish()
-        if reports[0].ok:
-            send(chunks.final_check())  # fails the restore unless every boundary ran
+        with _beside(ctx, plan, connection, feed) as beside:
+            chunks = CommitChunks(feed.send, plan=plan, beside=beside)
+            # The same scan as `backupd verify`, handing on only the SQL it has checked.
+            reports.append(verify_file(path, entry.parsed, entry.manifest,
+                                       entry.manifest_error, identities,
+                                       forward=HeaderGate(chunks), progress=ctx.progress))
+            chunks.finish()
+            if reports[0].ok:
+                feed.send(chunks.final_check())  # fails the restore unless every boundary ran
         return reports[0].ok
 
     psql = run_in_one_transaction(
-        restore_connection(ctx.settings, database), ctx.cancel, verified_sql,
+        connection, ctx.cancel, verified_sql,
         before_commit=lambda: ctx.say(
             f"{entry.name} verified; restoring it: sending COMMIT to {database!r}"))
     # A file that failed verification is reported as such, even if psql also failed on it.
@@ -400,3 +380,21 @@ def _stream(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
         raise JobFailed(f"restore into {database!r} failed and was rolled back: {detail}")
 
 
+@contextlib.contextmanager
+def _beside(ctx: JobContext, plan: EarlyPlan | None, connection: ConnectionConfig,
+            main: Feed) -> Iterator[EarlyJobs | None]:
+    """The worker sessions of ``plan`` (none without one), opened as psql's stream starts:
+    they stop waiting for data once ``main`` (psql) is gone."""
+    if plan is None:
+        yield None
+        return
+    jobs = ctx.settings.restore_jobs
+    ctx.say(f"building {len(plan.entries)} indexes and constraints on up to {jobs} sessions "
+            f"beside the load (DB_RESTORE_JOBS={jobs})")
+    try:
+        beside = EarlyJobs(plan, connection, jobs, ctx.cancel, main_gone=main.gone)
+    except psycopg.Error as exc:
+        raise JobFailed(f"restore into {connection.database!r}: cannot open a worker session: "
+                        f"{describe_pg_error(exc)}") from None
+    with beside:
+        yield beside

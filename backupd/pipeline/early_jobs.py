@@ -39,7 +39,9 @@ class EarlyJobs:
     """Use as a context manager around the main stream; it is the stream's ``Beside``."""
 
     def __init__(self, plan: EarlyPlan, connection: ConnectionConfig, jobs: int,
-                 cancel: CancelToken) -> None:
+                 cancel: CancelToken, main_gone: Callable[[], bool]) -> None:
+        """``main_gone``: whether the main psql stopped (its error fails the restore; its
+        data never commits, so nothing waits for it)."""
         self._plan = plan
         self._connection = connection
         self._jobs = jobs
@@ -48,7 +50,7 @@ class EarlyJobs:
         self._waiting = list(plan.entries)  # not yet ready, in dump order
         self._ready: list[EarlyEntry] = []
         self._running: dict[int, tuple[EarlyEntry, Connection]] = {}
-        self._left = len(plan.entries)
+        self._finished: set[int] = set()  # entry numbers that ran (or failed)
         self._limit = max(jobs - 1, 1)
         self._failure: str | None = None
         self._stopping = False
@@ -59,8 +61,7 @@ class EarlyJobs:
         self._threads += [threading.Thread(target=self._work, name=f"restore-worker-{i}")
                           for i in range(jobs)]
         self._unregister: Callable[[], None] = lambda: None
-        # Whether the main psql stopped (its error fails the restore; its data never commits).
-        self.main_gone: Callable[[], bool] = lambda: False
+        self._main_gone = main_gone
 
     def __enter__(self) -> EarlyJobs:
         for thread in self._threads:
@@ -88,15 +89,19 @@ class EarlyJobs:
         with self._lock:
             self._limit = self._jobs
             self._lock.notify_all()
-            while self._left and self._failure is None and not self._stopping:
+            while self._left() and self._failure is None and not self._stopping:
                 self._lock.wait(_POLL)
                 self._cancel.raise_if_cancelled()
-                if self.main_gone():
+                if self._main_gone():
                     return  # psql's error is the restore's
         self._cancel.raise_if_cancelled()
         self.check()
 
     # threads
+
+    def _left(self) -> int:
+        """How many entries have not run yet (under the lock)."""
+        return len(self._plan.entries) - len(self._finished)
 
     def _stop(self, failure: str | None) -> None:
         with self._lock:
@@ -136,7 +141,7 @@ class EarlyJobs:
                     if self._may_run(entry):
                         self._ready.remove(entry)
                         return entry
-            if not self._left:
+            if not self._left():
                 return None
             self._lock.wait(_POLL)
         return None
@@ -171,7 +176,7 @@ class EarlyJobs:
                 finally:
                     with self._lock:
                         self._running.pop(entry.entry, None)
-                        self._left -= 1
+                        self._finished.add(entry.entry)
                         self._lock.notify_all()
         except psycopg.Error as exc:
             self._stop(f"restore: a worker session failed: {_describe(exc)}")
