@@ -6,6 +6,7 @@ anything not recognised gives up (the restore runs sequentially)."""
 from __future__ import annotations
 
 import pytest
+from helpers.feeds import RecordingFeed
 
 from backupd.pipeline.commit_chunks import BOUNDARY, CHANNEL, CommitChunks
 from backupd.pipeline.early_entries import EarlyCapture, EarlyPlan
@@ -68,7 +69,8 @@ def test_the_indexes_and_constraints_of_tables_with_data_are_found(size: int) ->
 def test_the_stream_leaves_them_out_and_commits_after_the_data() -> None:
     plan, _ = capture(DUMP, 100)
     assert plan is not None
-    out: list[bytes] = []
+    feed = RecordingFeed()
+    out = feed.sent
     waited: list[int] = []
 
     class Beside:
@@ -78,7 +80,7 @@ def test_the_stream_leaves_them_out_and_commits_after_the_data() -> None:
         def before_post_data(self) -> None:
             waited.append(len(out))
 
-    chunks = CommitChunks(out.append, plan=plan, beside=Beside())
+    chunks = CommitChunks(feed, plan=plan, beside=Beside())
     for position in range(0, len(DUMP), 100):
         chunks(DUMP[position:position + 100])
     chunks.finish()
@@ -96,6 +98,10 @@ def test_the_stream_leaves_them_out_and_commits_after_the_data() -> None:
     before_wait = b"".join(out[:waited[0]])
     assert before_wait.endswith(BOUNDARY)
     assert b"FK CONSTRAINT" not in before_wait
+    # Both boundaries are waited on (a worker waits for the NOTIFY's commit, the stream for
+    # the workers): each is flushed to psql as soon as it is sent, before the wait.
+    notified = next(i for i, data in enumerate(out) if notify in data)
+    assert feed.flushes == [notified + 1, waited[0]]
 
 
 @pytest.mark.parametrize(("change", "why"), [

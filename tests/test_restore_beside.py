@@ -33,6 +33,7 @@ from helpers.pg import (
     unique_db_name,
 )
 
+from backupd.pipeline.psql import BATCH_BYTES
 from backupd.pipeline.verification import READ_SIZE
 
 BESIDE = "beside the load"
@@ -290,3 +291,30 @@ def test_a_stopped_restore_stops_its_worker_sessions(
         kill_group(running)
         running.wait()
     assert BESIDE in running.stderr_path.read_text()
+
+
+def test_the_commits_workers_wait_for_reach_psql_at_once(
+        make_db: Callable[..., str], backupd_env: EnvFactory, pg_server: ServerAddress,
+        targets: Callable[[], str]) -> None:
+    """The SQL goes to psql in batches, but a commit a worker waits for (its NOTIFY) is
+    flushed as it is sent. Held back, the stream would wait before post-data for workers
+    that wait for that very NOTIFY: here the whole dump is smaller than one batch, so
+    nothing else would ever push it out (the job timeout ends the wait as a failure)."""
+    source = make_db()
+    psql(pg_server, source, """
+        CREATE TABLE early (id int PRIMARY KEY, v text);
+        INSERT INTO early SELECT i, 'v' || i FROM generate_series(1, 100) i;
+        CREATE TABLE later (id int);
+        INSERT INTO later SELECT i FROM generate_series(1, 10) i;
+        -- The dump's last entry (it carries the footer) stays psql's.
+        CREATE INDEX later_idx ON later (id);""")
+    env = backupd_env(source)
+    backup = take_backup(env)
+    assert len(sql_of(backup)) < BATCH_BYTES
+    target = targets()
+
+    proc = restore(env, backup, target, 2, DB_BACKUP_JOB_TIMEOUT_SECONDS="60")
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building 1 indexes and constraints" in proc.stderr, proc.stderr
+    assert fingerprint(pg_server, target) == fingerprint(pg_server, source)

@@ -353,7 +353,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         # Commits along the way into the new database (one transaction would hold a lock
         # per table, see pipeline.commit_chunks); the final COMMIT still after the last byte.
         with _beside(ctx, plan, connection, feed) as beside:
-            chunks = CommitChunks(feed.send, plan=plan, beside=beside)
+            chunks = CommitChunks(feed, plan=plan, beside=beside)
             # The same scan as `backupd verify`, handing on only the SQL it has checked.
             reports.append(verify_file(path, entry.parsed, entry.manifest,
                                        entry.manifest_error, identities,

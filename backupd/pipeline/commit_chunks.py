@@ -19,16 +19,19 @@ With an :class:`~backupd.pipeline.early_entries.EarlyPlan` (DB_RESTORE_JOBS > 1)
 stream also leaves out the post-data entries that worker sessions build beside the load,
 commits right after each TABLE DATA entry those wait for (with a NOTIFY naming the entry,
 delivered by the server only once that data is committed), and before the first post-data
-entry commits and waits until every one of them ran (``Beside``).
+entry commits and waits until every one of them ran (``Beside``). Those boundaries are
+flushed to psql at once: a worker waits for the commit, and the wait before post-data would
+otherwise wait for a NOTIFY still held in backupd's buffer, forever. Other boundaries, and
+the SQL, go out in batches (backupd.pipeline.psql).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from backupd.pipeline.early_entries import EarlyPlan
 from backupd.pipeline.entry_scan import EntryScanner
+from backupd.pipeline.psql import Feed
 
 ENTRIES_PER_COMMIT = 200
 COUNTER = "backupd.restore_commits"
@@ -52,13 +55,12 @@ class Beside(Protocol):
 
 
 class CommitChunks(EntryScanner):
-    """A ``send`` wrapper that inserts commit boundaries into the SQL passing through."""
+    """Sends the SQL passing through to ``feed``, with commit boundaries inserted."""
 
-    def __init__(self, send: Callable[[bytes], None],
-                 entries_per_commit: int = ENTRIES_PER_COMMIT,
+    def __init__(self, feed: Feed, entries_per_commit: int = ENTRIES_PER_COMMIT,
                  plan: EarlyPlan | None = None, beside: Beside | None = None) -> None:
         super().__init__()
-        self._send = send
+        self._feed = feed
         self._every = entries_per_commit
         self._entries = 0  # since the last boundary
         self.boundaries = 0
@@ -71,7 +73,7 @@ class CommitChunks(EntryScanner):
 
     def _out(self, data: bytes) -> None:
         if not self._skipping:
-            self._send(data)
+            self._feed.send(data)
 
     def _entry(self) -> None:
         self._skipping = False
@@ -82,6 +84,7 @@ class CommitChunks(EntryScanner):
         if number - 1 in self._notify or number == self._post_data:
             self._boundary(f"NOTIFY {CHANNEL}, '{number - 1}';\n".encode()
                            if number - 1 in self._notify else b"")
+            self._feed.flush()  # waited on: by a worker, or by the wait just below
             if number == self._post_data and self._beside is not None:
                 self._beside.before_post_data()
         elif self._entries > self._every:
@@ -89,7 +92,7 @@ class CommitChunks(EntryScanner):
         self._skipping = number in self._skip
 
     def _boundary(self, first: bytes = b"") -> None:
-        self._send(first + BOUNDARY)
+        self._feed.send(first + BOUNDARY)
         self.boundaries += 1
         self._entries = 1
 

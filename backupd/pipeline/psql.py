@@ -22,13 +22,22 @@ from backupd.progress import Stream
 
 # psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
 COMMIT_CONFIRMATION = b"backupd: restore committed"
+# What psql's stdin gathers before it is written: a Linux pipe's capacity. Most of a dump
+# comes in pieces this big or bigger (written at once); the small ones between entries
+# (a header, a short statement, a commit boundary) go out together, not a write each.
+BATCH_BYTES = 64 * 1024
 Send = Callable[[bytes], None]
 
 
 class Feed(Protocol):
-    """psql's input as the producer sees it."""
+    """psql's input as the producer sees it. What is sent may wait in backupd's buffer:
+    ``flush`` before anything waits on what psql runs (end of input flushes too)."""
 
     def send(self, data: bytes) -> None: ...
+
+    def flush(self) -> None:
+        """Hand psql everything sent so far."""
+        ...
 
     def gone(self) -> bool:
         """psql stopped (an SQL error): nothing sent from now on runs."""
@@ -70,6 +79,7 @@ def run_in_one_transaction(connection: ConnectionConfig, cancel: CancelToken,
         stdin.send(b"BEGIN;\n")
         with feed:
             may_commit = produce(stdin)
+            stdin.flush()  # the end of the SQL: every byte of it counted in the stream
         cancel.raise_if_cancelled()
         if may_commit and not stdin.broken:
             before_commit()
@@ -81,8 +91,10 @@ def run_in_one_transaction(connection: ConnectionConfig, cancel: CancelToken,
 
 
 class _PsqlInput:
-    """psql's stdin. Once psql has stopped (an SQL error) the rest is dropped, not an
-    exception: the producer goes on to the end so a corrupt file is still reported as such."""
+    """psql's stdin, written in batches of ``BATCH_BYTES`` (the Feed's ``flush`` and
+    ``close`` write the rest). Once psql has stopped (an SQL error) the rest is dropped,
+    not an exception: the producer goes on to the end so a corrupt file is still reported
+    as such."""
 
     def __init__(self, psql: Child, stdin: IO[bytes], cancel: CancelToken,
                  stream: Stream) -> None:
@@ -90,24 +102,44 @@ class _PsqlInput:
         self._stdin = stdin
         self._cancel = cancel
         self._stream = stream
+        # Kept here, not in the pipe's BufferedWriter: what an error or a cancel leaves
+        # unsent is dropped with this object, never written to a dead psql at exit.
+        self._held = bytearray()
         self.broken = False
 
     def send(self, data: bytes) -> None:
         self._cancel.raise_if_cancelled()
-        if not self.broken:
-            try:
-                self._stdin.write(data)
-                # Unbuffered: what was sent is psql's to run even while the producer waits
-                # (for the sessions building indexes beside it, backupd.pipeline.early_jobs).
-                self._stdin.flush()
-                self._stream.moved(len(data))
-            except BrokenPipeError:
-                self.broken = True  # psql stopped at an error; its stderr says which
+        if self.broken:
+            return
+        if len(data) >= BATCH_BYTES:
+            self.flush()
+            self._write(data)  # as it is: no copy of the bulk of the dump
+            return
+        self._held += data
+        if len(self._held) >= BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._held:
+            self._write(self._held)
+            self._held.clear()
+
+    def _write(self, data: bytes | bytearray) -> None:
+        if self.broken:
+            return
+        try:
+            self._stdin.write(data)
+            self._stdin.flush()  # the BufferedWriter holds nothing back between writes
+            self._stream.moved(len(data))
+        except BrokenPipeError:
+            self.broken = True  # psql stopped at an error; its stderr says which
 
     def gone(self) -> bool:
         return self.broken or self._psql.has_exited(0)
 
     def close(self) -> None:
+        """End of input: what is held goes to psql first."""
+        self.flush()
         try:
             self._stdin.close()
         except BrokenPipeError:
