@@ -15,14 +15,13 @@ from backupd.cancel import CancelToken
 from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped, Stopped
 from backupd.log import JobLogFile, get_logger, redact
 from backupd.notify.base import NotifierChain
-from backupd.postgres.waits import server_view
 from backupd.progress import Progress
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
 from backupd.storage.base import Repository
 from backupd.storage.local import LocalRepository
 from backupd.storage.repositories import Repositories
-from backupd.watchdog import Watchdog, WatchdogConfig
+from backupd.watchdog import ServerView, Watchdog, WatchdogConfig
 
 
 def repositories_for(settings: Settings) -> Repositories:
@@ -42,6 +41,14 @@ def repositories_for(settings: Settings) -> Repositories:
 
     return Repositories(LocalRepository(settings.backup_dir),
                         offsite if settings.s3_bucket else None)
+
+
+def _server_view(settings: Settings) -> ServerView:
+    # psycopg only once a job has stalled: a command that never connects (verify, list)
+    # does not import it (~0.1 s of its start-up).
+    from backupd.postgres.waits import server_view
+
+    return server_view(settings)
 
 
 def watchdog_config(settings: Settings) -> WatchdogConfig:
@@ -115,7 +122,7 @@ def run_job(
     if announce:
         chain.started(result)
     try:
-        with Watchdog(token, watchdog_config(settings), lambda: server_view(settings)):
+        with Watchdog(token, watchdog_config(settings), lambda: _server_view(settings)):
             _body_or_verdict(body, context)
         result.finish(Status.SUCCESS, exit_code=0)
     except Cancelled as exc:

@@ -119,3 +119,17 @@ print(seen)
 """
     assert subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
                           text=True).stdout.strip() == "[False]"
+
+
+def test_commands_that_never_connect_do_not_import_psycopg() -> None:
+    """verify and list read files only: psycopg (~0.1 s of start-up) is imported by the
+    stall watchdog's server probe only when a job has stalled (backupd.job)."""
+    probe = """
+import sys
+from backupd.cli import app
+from backupd.commands import listing, verify
+from backupd.job import run_job
+print("psycopg" in sys.modules)
+"""
+    assert subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                          text=True).stdout.strip() == "False"
