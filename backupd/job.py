@@ -46,8 +46,10 @@ def repositories_for(settings: Settings) -> Repositories:
 def _server_view(settings: Settings) -> ServerView:
     # psycopg only once a job has stalled: a command that never connects (verify, list)
     # does not import it (~0.1 s of its start-up).
-    from backupd.postgres.waits import server_view
-
+    try:
+        from backupd.postgres.waits import server_view
+    except Exception as exc:  # the verdict names it, instead of "did not say in time"
+        return ServerView("", f"the server could not be asked what the job waits on ({exc})")
     return server_view(settings)
 
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import BACKUPD, Contender, Run, Server, backupd_env, timed
@@ -33,7 +33,8 @@ from harness import BACKUPD, Contender, Run, Server, backupd_env, timed
 def slot_period(scale: int) -> int:
     """Seconds between the daemon's slots (a divisor of 60): one backup and one floor run must
     fit between two slots (at scale 30, about 4.5 s and 4.3 s on two cores)."""
-    return 5 if scale <= 3 else 10 if scale <= 12 else 20 if scale <= 40 else 30
+    return 5 if scale <= 3 else 10 if scale <= 12 else 20 if scale <= 40 else 30 if scale <= 80 \
+        else 60
 
 
 @contextlib.contextmanager
@@ -84,7 +85,8 @@ def bench_daemon(server: Server, source: str, work: Path, repeat: int,
     period = slot_period(scale)
     directory = work / "daemon"
     env = backupd_env(server, source, directory,
-                      SCHEDULE_SECONDS_FIELD="true", BACKUP_SCHEDULE=f"*/{period} * * * * *",
+                      SCHEDULE_SECONDS_FIELD="true",
+                      BACKUP_SCHEDULE=f"*/{period} * * * * *" if period < 60 else "0 * * * * *",
                       BACKUP_ON_START="false", DRILL_SCHEDULE="off",
                       # No retention sweep after each backup: the CLI rows run --no-prune.
                       RETENTION_SCHEDULE="0 0 0 1 1 *")
@@ -97,7 +99,12 @@ def bench_daemon(server: Server, source: str, work: Path, repeat: int,
         first = _seconds(records.get(timeout=period + 120))
         for round_no in range(repeat):
             floor.runs.append(timed(floor.command(round_no), floor.env, False))
-            daemon.runs.append(Run(_seconds(records.get(timeout=period + 120)), None))
+            floor_ended = datetime.now(UTC)
+            record = records.get(timeout=period + 120)
+            if datetime.fromisoformat(str(record["scheduled_for"])) < floor_ended:
+                raise SystemExit("bench: the floor run was still running at the daemon's next "
+                                 f"slot (a slot every {period} s is too short at this scale)")
+            daemon.runs.append(Run(_seconds(record), None))
             print(f"  [daemon round {round_no + 1}/{repeat}] backup "
                   f"{daemon.runs[-1].seconds:.2f}s, floor {floor.runs[-1].seconds:.2f}s",
                   file=sys.stderr, flush=True)

@@ -229,10 +229,11 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
     zstd_peak = by_name["backupd plain zstd"].peak_rss
     lines += targets_table([
         Target("backup vs `pg_dump \\| gzip`", default.median / baseline.median, 0.6),
+        # The issue's floor goal: 1.1x idle, 1.3x beside one CPU-bound job.
         Target("backup by the running daemon vs the `pg_dump > /dev/null` floor",
-               daemon.median / daemon_floor.median, 1.1),
+               daemon.median / daemon_floor.median, 1.3 if args.cpu_hog else 1.1),
         Target("one-off `backupd backup` (with its start-up) vs the floor",
-               default.median / floor.median, 1.1),
+               default.median / floor.median, 1.3 if args.cpu_hog else 1.1),
         Target("verify vs `gzip -t`", verify_default.median / gzip_t.median, 0.5),
         Target("plain restore vs `createdb; gunzip -c \\| psql`",
                restore_default.median / shell_restore.median, 0.9),
@@ -281,8 +282,9 @@ def compile_bytecode() -> None:
     every run: ~0.11 s of each command's start-up on the bench machine, which no installed
     backupd pays."""
     package = Path(__file__).resolve().parents[1] / "backupd"
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True,
-                   stdout=subprocess.DEVNULL)
+    # Best effort: a read-only checkout is still measured (and pays the compiling).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:

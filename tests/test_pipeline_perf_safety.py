@@ -31,6 +31,7 @@ from helpers.pg import ServerAddress, load_fixture
 from backupd.cancel import CancelToken
 from backupd.manifest import Manifest
 from backupd.naming import ParsedName, parse_backup_name
+from backupd.pipeline import run as run_module
 from backupd.pipeline.compress import (
     INFLATE_STEP,
     MEMBER_SIZE,
@@ -263,11 +264,17 @@ def test_backup_is_members_recorded_in_manifest_and_gunzip_readable(
     assert b"-- PostgreSQL database dump complete" in sql[-4096:]
 
 
-def test_pump_gathers_a_slow_writers_small_writes_without_losing_a_byte() -> None:
+def test_pump_gathers_a_slow_writers_small_writes_without_losing_a_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """pg_dump writes 4 KiB at a time, slower than the pump reads: reading at every write cost
     a wake-up and a trip through the writers per 4 KiB (22,317 reads for a scale-20 dump). The
     pump naps after a short read, so reads gather several writes; every byte still arrives, in
-    order, and the writer's exit ends the pump."""
+    order, and the writer's exit ends the pump. (The nap is made 20 ms here, so that a loaded
+    machine's timers cannot make one nap shorter than two of the writer's pauses; its real
+    length is the next test's.)"""
+    real = run_module._gathering
+    monkeypatch.setattr(run_module, "_gathering", lambda fd: (0.02, real(fd)[1]))
     writes = 256
     script = ("import os, time\n"
               f"for i in range({writes}):\n"

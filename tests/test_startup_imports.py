@@ -89,11 +89,13 @@ def test_one_off_commands_build_their_chain_without_metrics(
     assert asked == [False]
 
 
-def test_every_command_runs_its_job_with_the_garbage_collector_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", [["version"], ["list"]])
+def test_every_command_runs_with_the_garbage_collector_on(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The console script starts with the collector off (backupd.__main__); the command's
-    bootstrap must turn it back on, or the daemon would run for months without it."""
+    """The console script starts with the collector off (backupd.__main__); the CLI's
+    callback, which every command passes through (even `version`, which reads no settings),
+    turns it back on: the daemon must not run for months without it."""
     from backupd.cli import main
 
     monkeypatch.setenv("POSTGRES_DB", "startup_probe")
@@ -101,7 +103,7 @@ def test_every_command_runs_its_job_with_the_garbage_collector_on(
     monkeypatch.setenv("HEALTH_PORT", "0")
     gc.disable()
     try:
-        assert main(["list"]) == 0
+        assert main(command) == 0
         assert gc.isenabled()
     finally:
         gc.enable()

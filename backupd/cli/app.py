@@ -66,6 +66,9 @@ def _options(
         "drill, recover, S3 transfers): bytes, percentage, rate, time left. Default: shown "
         "when stdout and stderr are both a terminal, never in pipes, logs or cron.")] = None,
 ) -> None:
+    # Off during start-up (backupd.__main__): every command passes here once its modules are
+    # imported, so every job, and the daemon, runs with the collector.
+    gc.enable()
     if log_format is not None:
         os.environ["BACKUPD_LOG_FORMAT"] = log_format.value
     _progress_choice[0] = progress
@@ -99,8 +102,6 @@ def bootstrap(*, daemon: bool = False) -> Settings:
         fail(str(exc))
     configure_logging(settings.log_format, daemon=daemon)
     redact.add(*settings.secret_values())
-    # Off during start-up (backupd.__main__); every job, and the daemon, runs with it.
-    gc.enable()
     return settings
 
 

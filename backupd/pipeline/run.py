@@ -193,6 +193,8 @@ def pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | N
             writer.write(chunk)
             stream.moved(len(chunk))
             if len(chunk) < short:
+                # An oversleep (a busy machine) costs nothing: the pipe then holds more, the
+                # next read is long, and no nap follows it.
                 time.sleep(nap)
         if writer is not sink:
             writer.close()
