@@ -38,6 +38,7 @@ from backupd.pipeline.compress import (
     GzipStreamChecker,
     MemberGzipWriter,
 )
+from backupd.pipeline.dump import enlarge_pipe
 from backupd.pipeline.growing import GrowingFile
 from backupd.pipeline.run import GATHER_RATE, _gathering, pump
 from backupd.pipeline.supervisor import Child
@@ -274,7 +275,7 @@ def test_pump_gathers_a_slow_writers_small_writes_without_losing_a_byte(
     machine's timers cannot make one nap shorter than two of the writer's pauses; its real
     length is the next test's.)"""
     real = run_module._gathering
-    monkeypatch.setattr(run_module, "_gathering", lambda fd: (0.02, real(fd)[1]))
+    monkeypatch.setattr(run_module, "_gathering", lambda capacity: (0.02, real(capacity)[1]))
     writes = 256
     script = ("import os, time\n"
               f"for i in range({writes}):\n"
@@ -296,12 +297,15 @@ def test_pump_gathers_a_slow_writers_small_writes_without_losing_a_byte(
 
 def test_the_nap_never_lets_a_pipe_fill() -> None:
     """The nap after a short read: a producer at GATHER_RATE fills half the pipe meanwhile;
-    a pipe that could not be enlarged gets no nap at all."""
+    a pipe that could not be enlarged gets no nap at all. The capacity is the real pipe's,
+    as pg_dump's start reports it."""
     read_end, write_end = os.pipe()
     try:
-        assert _gathering(read_end) == (0.0, 0)  # the default 64 KiB pipe
-        fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, 1024 * 1024)
-        nap, short = _gathering(read_end)
+        default = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+        assert _gathering(default) == (0.0, 0)  # the default 64 KiB pipe
+        capacity = enlarge_pipe(read_end)
+        assert capacity == fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) == 1024 * 1024
+        nap, short = _gathering(capacity)
         assert nap * GATHER_RATE == pytest.approx(512 * 1024)
         assert short == 256 * 1024
     finally:

@@ -166,7 +166,7 @@ class _PreVerify:
         # this pass (backupd.pipeline.early_entries), so it is verified SQL.
         self._capture = (EarlyCapture() if entry.parsed.backup_format == "plain"
                          and entry.parsed.kind != GLOBALS_KIND
-                         and restore_config(ctx.settings).jobs > 1 else None)
+                         and ctx.settings.restore_jobs > 1 else None)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pre-verify")
         self._report = pool.submit(verify_file, path, entry.parsed, entry.manifest,
                                    entry.manifest_error, identities, forward=self._capture)
@@ -250,7 +250,7 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     plain SQL, the entries its verify found to build beside the load."""
     started = datetime.now(UTC)
     if entry.parsed.backup_format == "custom":
-        jobs = restore_config(ctx.settings).jobs
+        jobs = ctx.settings.restore_jobs
         if entry.parsed.encrypted and jobs > 1:
             ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, "
                     f"never to disk (DB_RESTORE_JOBS={jobs} applies to unencrypted .dump files)")

@@ -24,8 +24,8 @@ once per dump; so such a build keeps gzip (zlib), which every pg_dump has.
 
 from __future__ import annotations
 
+import functools
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +43,6 @@ PREFERENCE = ("zstd", "gzip")
 PROBE_SECONDS = 30.0
 _UNSUPPORTED = "does not support compression"
 
-# (binary_key(pg_dump), method) -> whether that pg_dump has the method.
-_cache: dict[tuple[BinaryKey, str], bool] = {}
-_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -68,21 +65,16 @@ def supported(pg_dump: str) -> frozenset[str]:
 
 def accepts(pg_dump: str, method: str) -> bool:
     """Whether this pg_dump was built with ``method``: probed once per binary and method."""
-    key = (binary_key(pg_dump), method)
-    with _lock:
-        known = _cache.get(key)
-    if known is not None:
-        return known
-    found = _accepts(pg_dump, method)
-    with _lock:
-        _cache[key] = found
-    return found
+    return _accepts(binary_key(pg_dump), pg_dump, method)
 
 
-def _accepts(pg_dump: str, method: str) -> bool:
+# The key argument makes a replaced binary (a package upgrade) a new entry.
+@functools.cache
+def _accepts(key: BinaryKey, pg_dump: str, method: str) -> bool:
     """Whether pg_dump accepts ``--compress=method``: it fails either way (no output file),
     only the reason differs. A probe that fails otherwise (a crash, a timeout) counts as no:
     the next method in order is used, never a codec that was not proven."""
+    del key
     with tempfile.TemporaryDirectory(prefix="backupd-codec-probe-") as scratch:
         argv = [pg_dump, "--format=custom", f"--compress={method}", "--no-password",
                 f"--file={Path(scratch) / 'absent' / 'probe.dump'}"]

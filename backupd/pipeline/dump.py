@@ -47,18 +47,25 @@ def _client_major() -> int:
     return known if known is not None else tool_version("pg_dump")[1]
 
 
-def start(dump: Child) -> IO[bytes]:
-    """Start pg_dump; its stdout, through an enlarged pipe."""
+def start(dump: Child) -> tuple[IO[bytes], int]:
+    """Start pg_dump; its stdout, through an enlarged pipe, and the pipe's capacity (0: not
+    known, not a pipe)."""
     dump.start()
     assert dump.stdout is not None
-    _enlarge_pipe(dump.stdout.fileno())
-    return dump.stdout
+    return dump.stdout, enlarge_pipe(dump.stdout.fileno())
 
 
-def _enlarge_pipe(fd: int) -> None:
-    """Best effort: an older kernel or a lower pipe-max-size keeps the default size."""
+def enlarge_pipe(fd: int) -> int:
+    """The pipe's capacity after asking for PIPE_SIZE. Best effort: an older kernel or a
+    lower pipe-max-size keeps the default size."""
     size = PIPE_SIZE
     with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/pipe-max-size") as limit:
         size = min(size, int(limit.read()))
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    try:
+        return int(fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size))
+    except (OSError, AttributeError):
+        pass
+    try:
+        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+    except (OSError, AttributeError):
+        return 0

@@ -8,7 +8,6 @@ whatever the size of the database.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
@@ -165,15 +164,12 @@ GATHER_RATE = 512 * 1024 * 1024  # bytes/s; pg_dump here: ~80 MB/s
 MIN_GATHER_PIPE = 256 * 1024  # a smaller pipe (not enlarged) fills too fast to nap at all
 
 
-def _gathering(fd: int) -> tuple[float, int]:
-    """(seconds to nap after a short read, what counts as short) for the pipe ``fd``."""
-    try:
-        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-    except (OSError, AttributeError):
+def _gathering(capacity: int) -> tuple[float, int]:
+    """(seconds to nap after a short read, what counts as short) for a pipe of ``capacity``
+    bytes."""
+    if capacity < MIN_GATHER_PIPE:
         return 0.0, 0
-    if size < MIN_GATHER_PIPE:
-        return 0.0, 0
-    return size / 2 / GATHER_RATE, size // 4
+    return capacity / 2 / GATHER_RATE, capacity // 4
 
 
 def pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
@@ -182,10 +178,10 @@ def pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | N
     the child's exit code. Any failure stops the child and the writers' threads. For pg_dump
     (and pg_basebackup, backupd.archive.take). A cancel stops
     pg_dump's process group (the supervisor), which ends its output."""
-    source = start(dump)
+    source, capacity = start(dump)
     try:
         fd = source.fileno()
-        nap, short = _gathering(fd)
+        nap, short = _gathering(capacity)
         # Straight from the pipe (no Python-side buffer): one read takes all pg_dump has
         # written, up to the enlarged pipe's size.
         while chunk := os.read(fd, BLOCK_SIZE):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -76,19 +77,18 @@ def binary_key(path: str) -> BinaryKey:
     return os.path.realpath(path), info.st_mtime_ns, info.st_size
 
 
-_versions: dict[BinaryKey, tuple[str, int]] = {}
-_versions_lock = threading.Lock()
-
-
 def tool_version(tool: str) -> tuple[str, int]:
     """(full version text, major) of a PostgreSQL client tool, e.g. ("15.20", 15): asked
     once per binary (a backup needed it up to three times, a daemon at every run)."""
     path = tool_path(tool)
-    key = binary_key(path)
-    with _versions_lock:
-        known = _versions.get(key)
-    if known is not None:
-        return known
+    return _version(binary_key(path), path, tool)
+
+
+# The key argument makes a replaced binary (a package upgrade) a new entry. A failure (the
+# ConfigError below) is not cached: it is asked again next time.
+@functools.cache
+def _version(key: BinaryKey, path: str, tool: str) -> tuple[str, int]:
+    del key
     with Child([path, "--version"], stdout=subprocess.PIPE) as child:
         assert child.stdout is not None
         out = child.stdout.read().decode("utf-8", "replace")
@@ -96,10 +96,7 @@ def tool_version(tool: str) -> tuple[str, int]:
     match = re.search(r"(\d+)(?:\.(\d+))?", out)
     if match is None:
         raise ConfigError(f"{tool}: cannot tell its version from {out.strip()!r}")
-    version = match.group(0), int(match.group(1))
-    with _versions_lock:
-        _versions[key] = version
-    return version
+    return match.group(0), int(match.group(1))
 
 
 # --- the error-line rule ------------------------------------------------------------------------
