@@ -23,6 +23,7 @@ from helpers.backups import (
     write_gzip_sql,
 )
 from helpers.cli import EnvFactory, kill_group, run_backupd, start_backupd, stop_backupd
+from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
 from helpers.pg import (
     ServerAddress,
     connect,
@@ -318,3 +319,31 @@ def test_the_commits_workers_wait_for_reach_psql_at_once(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "building 1 indexes and constraints" in proc.stderr, proc.stderr
     assert fingerprint(pg_server, target) == fingerprint(pg_server, source)
+
+
+
+@pytest.mark.parametrize(("max_connections", "failure"), [
+    ("2", "cannot open a worker session"),  # psql and the admin session take both slots
+    ("3", "a worker session could not be opened"),  # the listener gets the last one
+])
+def test_a_server_at_its_connection_limit_fails_the_restore_naming_the_setting(
+        max_connections: str, failure: str, schema_db: str, backupd_env: EnvFactory) -> None:
+    """The worker sessions are connections beside psql's: a server that refuses them fails
+    the restore in one line naming DB_RESTORE_JOBS, and leaves no database behind. (A
+    private cluster: the limit is the server's.)"""
+    backup = take_backup(backupd_env(schema_db))
+    with PrivateCluster(DEFAULT_CLUSTER_PASSWORD, server_settings={
+            "max_connections": max_connections,
+            "superuser_reserved_connections": "0"}) as cluster:
+        cluster.start()
+        done = restore(backupd_env(schema_db, POSTGRES_HOST="127.0.0.1",
+                                   POSTGRES_PORT=str(cluster.port),
+                                   POSTGRES_PASSWORD=DEFAULT_CLUSTER_PASSWORD),
+                       backup, "restored", 2)
+        with connect(cluster.address) as conn:
+            databases = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
+    assert done.returncode == 1
+    assert failure in done.stderr
+    assert "too many clients" in done.stderr
+    assert "DB_RESTORE_JOBS=1 restores through psql alone" in done.stderr
+    assert databases == {"postgres", "template0", "template1"}

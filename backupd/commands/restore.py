@@ -58,7 +58,7 @@ from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.custom import restore_archive
 from backupd.pipeline.directory import Extractor, scratch
 from backupd.pipeline.early_entries import EarlyCapture, EarlyPlan
-from backupd.pipeline.early_jobs import EarlyJobs
+from backupd.pipeline.early_jobs import EarlyJobs, fewer_sessions_hint
 from backupd.pipeline.encrypt import load_identities
 from backupd.pipeline.psql import Feed, run_in_one_transaction
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
@@ -395,6 +395,6 @@ def _beside(ctx: JobContext, plan: EarlyPlan | None, connection: ConnectionConfi
         beside = EarlyJobs(plan, connection, jobs, ctx.cancel, main_gone=main.gone)
     except psycopg.Error as exc:
         raise JobFailed(f"restore into {connection.database!r}: cannot open a worker session: "
-                        f"{describe_pg_error(exc)}") from None
+                        f"{describe_pg_error(exc)}; {fewer_sessions_hint(jobs)}") from None
     with beside:
         yield beside

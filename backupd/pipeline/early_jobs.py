@@ -178,11 +178,19 @@ class EarlyJobs:
                         self._running.pop(entry.entry, None)
                         self._finished.add(entry.entry)
                         self._lock.notify_all()
-        except psycopg.Error as exc:
-            self._stop(f"restore: a worker session failed: {_describe(exc)}")
+        except psycopg.Error as exc:  # connecting (or its session settings)
+            self._stop(f"restore: a worker session could not be opened: {_describe(exc)}; "
+                       f"{fewer_sessions_hint(self._jobs)}")
         finally:
             if conn is not None:
                 conn.close()
+
+
+def fewer_sessions_hint(jobs: int) -> str:
+    """A server at its connection limit refuses the sessions beside psql: which setting
+    opens them."""
+    return (f"DB_RESTORE_JOBS={jobs} opens up to {jobs} sessions beside psql's; "
+            "DB_RESTORE_JOBS=1 restores through psql alone")
 
 
 def _describe(exc: psycopg.Error) -> str:
