@@ -327,11 +327,16 @@ def test_the_commits_workers_wait_for_reach_psql_at_once(
     ("3", "a worker session could not be opened"),  # the listener gets the last one
 ])
 def test_a_server_at_its_connection_limit_fails_the_restore_naming_the_setting(
-        max_connections: str, failure: str, schema_db: str, backupd_env: EnvFactory) -> None:
+        max_connections: str, failure: str, schema_db: str, backupd_env: EnvFactory,
+        tmp_path: Path) -> None:
     """The worker sessions are connections beside psql's: a server that refuses them fails
-    the restore in one line naming DB_RESTORE_JOBS, and leaves no database behind. (A
-    private cluster: the limit is the server's.)"""
+    the restore in one line naming DB_RESTORE_JOBS, and leaves no database behind. psql
+    gets its session first, however slowly it connects (here it waits 0.5 s before it
+    starts): the optional sessions must not take the last slot from the one the restore
+    cannot do without. (A private cluster: the limit is the server's.)"""
     backup = take_backup(backupd_env(schema_db))
+    slow_psql = tool_wrapper_dir(tmp_path / "bin", tmp_path / "tools.log", ("psql",),
+                                 extra_shell='case "$1" in --version|-V) ;; *) sleep 0.5;; esac\n')
     with PrivateCluster(DEFAULT_CLUSTER_PASSWORD, server_settings={
             "max_connections": max_connections,
             "superuser_reserved_connections": "0"}) as cluster:
@@ -339,7 +344,7 @@ def test_a_server_at_its_connection_limit_fails_the_restore_naming_the_setting(
         done = restore(backupd_env(schema_db, POSTGRES_HOST="127.0.0.1",
                                    POSTGRES_PORT=str(cluster.port),
                                    POSTGRES_PASSWORD=DEFAULT_CLUSTER_PASSWORD),
-                       backup, "restored", 2)
+                       backup, "restored", 2, PATH=path_with(slow_psql))
         with connect(cluster.address) as conn:
             databases = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
     assert done.returncode == 1

@@ -353,7 +353,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         # Commits along the way into the new database (one transaction would hold a lock
         # per table, see pipeline.commit_chunks); the final COMMIT still after the last byte.
         with _beside(ctx, plan, connection, feed) as beside:
-            chunks = CommitChunks(feed, plan=plan, beside=beside)
+            chunks = CommitChunks(feed, plan=plan if beside is not None else None, beside=beside)
             # The same scan as `backupd verify`, handing on only the SQL it has checked.
             reports.append(verify_file(path, entry.parsed, entry.manifest,
                                        entry.manifest_error, identities,
@@ -387,6 +387,9 @@ def _beside(ctx: JobContext, plan: EarlyPlan | None, connection: ConnectionConfi
     they stop waiting for data once ``main`` (psql) is gone."""
     if plan is None:
         yield None
+        return
+    if not main.session_open():
+        yield None  # psql could not connect: its own error is the restore's
         return
     jobs = ctx.settings.restore_jobs
     ctx.say(f"building {len(plan.entries)} indexes and constraints on up to {jobs} sessions "

@@ -19,6 +19,9 @@ class RecordingFeed:
     def gone(self) -> bool:
         return False
 
+    def session_open(self) -> bool:
+        return True
+
     @property
     def data(self) -> bytes:
         return b"".join(self.sent)
