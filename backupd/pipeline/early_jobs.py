@@ -29,7 +29,7 @@ from backupd.cancel import CancelToken
 from backupd.errors import JobFailed
 from backupd.pipeline.commit_chunks import CHANNEL
 from backupd.pipeline.config import APPLICATION_NAME, ConnectionConfig
-from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
+from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan, Key
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 _POLL = 0.2  # seconds: how often waits look at the cancel token and the stop flag
@@ -49,8 +49,9 @@ class EarlyJobs:
         self._lock = threading.Condition()
         self._waiting = list(plan.entries)  # not yet ready, in dump order
         self._ready: list[EarlyEntry] = []
-        self._running: dict[int, tuple[EarlyEntry, Connection]] = {}
-        self._finished: set[int] = set()  # entry numbers that ran (or failed)
+        # Taken by a worker; its session is None while that worker still connects.
+        self._running: dict[Key, tuple[EarlyEntry, Connection | None]] = {}
+        self._finished: set[Key] = set()  # the entries that ran (or failed)
         self._limit = max(jobs - 1, 1)
         self._failure: str | None = None
         self._stopping = False
@@ -108,7 +109,7 @@ class EarlyJobs:
             if failure is not None and self._failure is None:
                 self._failure = failure
             self._stopping = True
-            running = [conn for _, conn in self._running.values()]
+            running = [conn for _, conn in self._running.values() if conn is not None]
             self._lock.notify_all()
         for conn in running:
             # It may have ended meanwhile, or its server be gone: its thread sees that.
@@ -147,6 +148,8 @@ class EarlyJobs:
         return None
 
     def _may_run(self, entry: EarlyEntry) -> bool:
+        if entry.after is not None and entry.after not in self._finished:
+            return False
         beside = [e for e, _ in self._running.values() if e.table == entry.table]
         return not beside or not (entry.exclusive or any(e.exclusive for e in beside))
 
@@ -158,6 +161,9 @@ class EarlyJobs:
                     entry = self._next()
                     if entry is None:
                         return
+                    # Taken before connecting: the limit and the rule on exclusive entries
+                    # count it while the lock is let go.
+                    self._running[entry.key] = (entry, conn)
                     if conn is None:
                         self._lock.release()
                         try:
@@ -166,7 +172,7 @@ class EarlyJobs:
                             self._lock.acquire()
                         if self._stopping:
                             return  # stopped while connecting: _stop cancelled the others only
-                    self._running[entry.entry] = (entry, conn)
+                        self._running[entry.key] = (entry, conn)
                 try:
                     conn.execute(entry.sql.encode())
                 except psycopg.Error as exc:
@@ -175,8 +181,8 @@ class EarlyJobs:
                     return
                 finally:
                     with self._lock:
-                        self._running.pop(entry.entry, None)
-                        self._finished.add(entry.entry)
+                        self._running.pop(entry.key, None)
+                        self._finished.add(entry.key)
                         self._lock.notify_all()
         except psycopg.Error as exc:  # connecting (or its session settings)
             self._stop(f"restore: a worker session could not be opened: {_describe(exc)}; "

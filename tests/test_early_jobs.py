@@ -1,0 +1,77 @@
+"""The worker sessions of a plain restore (backupd.pipeline.early_jobs) against the real
+server, with a plan written here: what runs when, measured by the server's own clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from helpers.pg import ServerAddress, connect
+
+from backupd.cancel import CancelToken
+from backupd.pipeline.commit_chunks import CHANNEL
+from backupd.pipeline.config import ConnectionConfig
+from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
+from backupd.pipeline.early_jobs import EarlyJobs
+
+TABLE = b"public.t"
+NAP = 0.3  # seconds each entry runs: long enough that two running together overlap
+
+
+def entry(number: int, exclusive: bool, after: tuple[int, int] | None = None) -> EarlyEntry:
+    # Each entry records when it ran, by the server's clock, in a table of its own.
+    sql = (f"INSERT INTO ran SELECT {number}, clock_timestamp(); SELECT pg_sleep({NAP}); "
+           f"INSERT INTO ran SELECT {number}, clock_timestamp();")
+    return EarlyEntry(number, f"e{number}", "CONSTRAINT" if exclusive else "INDEX", TABLE,
+                      exclusive, sql, after=after)
+
+
+def run(server: ServerAddress, database: str, entries: tuple[EarlyEntry, ...],
+        jobs: int) -> dict[int, tuple[float, float]]:
+    """Run ``entries`` as the plan of table t's data (entry 1) with ``jobs`` sessions, the
+    main stream already past post-data; returns each entry's (start, end) in seconds."""
+    with connect(server, database) as conn:
+        conn.execute("CREATE TABLE t (id int); CREATE TABLE ran (entry int, at timestamptz)")
+    config = ConnectionConfig(server.host, server.port, server.user, database,
+                              connect_timeout=5, password=server.password or "")
+    plan = EarlyPlan((), entries, ((1, TABLE),), 2)
+    with EarlyJobs(plan, config, jobs, CancelToken(), main_gone=lambda: False) as jobs_:
+        with connect(server, database) as main:
+            main.execute(f"NOTIFY {CHANNEL}, '1'")
+        jobs_.before_post_data()
+    with connect(server, database) as conn:
+        rows = conn.execute("SELECT entry, array_agg(extract(epoch FROM at) ORDER BY at) "
+                            "FROM ran GROUP BY entry").fetchall()
+    return {int(n): (float(at[0]), float(at[1])) for n, at in rows}
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_exclusive_entries_on_one_table_never_run_together(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    """Each worker connects when it takes its first entry: another worker must not take a
+    second exclusive entry on the same table meanwhile (it did, seen in the server's log
+    as two ALTER TABLEs on one table started together)."""
+    ran = run(pg_server, make_db(), (entry(10, True), entry(11, True)), jobs=2)
+
+    assert set(ran) == {10, 11}
+    assert not overlap(ran[10], ran[11]), ran
+
+
+def test_index_builds_on_one_table_run_together(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    ran = run(pg_server, make_db(), (entry(10, False), entry(11, False)), jobs=2)
+
+    assert overlap(ran[10], ran[11]), ran
+
+
+def test_an_entry_waits_for_the_one_it_comes_after(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    """A key's constraint is attached to the index built for it: never before that build
+    ended, even with a session free and nothing else on the table running."""
+    ran = run(pg_server, make_db(), (entry(10, False), entry(11, True, after=(10, 0)),
+                                     entry(12, False)), jobs=2)
+
+    assert ran[11][0] >= ran[10][1], ran
+    assert not overlap(ran[11], ran[12]), ran
