@@ -17,12 +17,12 @@ TABLE = b"public.t"
 NAP = 0.3  # seconds each entry runs: long enough that two running together overlap
 
 
-def entry(number: int, exclusive: bool, after: tuple[int, int] | None = None) -> EarlyEntry:
+def entry(number: int, exclusive: bool) -> EarlyEntry:
     # Each entry records when it ran, by the server's clock, in a table of its own.
     sql = (f"INSERT INTO ran SELECT {number}, clock_timestamp(); SELECT pg_sleep({NAP}); "
            f"INSERT INTO ran SELECT {number}, clock_timestamp();")
     return EarlyEntry(number, f"e{number}", "CONSTRAINT" if exclusive else "INDEX", TABLE,
-                      exclusive, sql, after=after)
+                      exclusive, sql)
 
 
 def run(server: ServerAddress, database: str, entries: tuple[EarlyEntry, ...],
@@ -65,13 +65,3 @@ def test_index_builds_on_one_table_run_together(
 
     assert overlap(ran[10], ran[11]), ran
 
-
-def test_an_entry_waits_for_the_one_it_comes_after(
-        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
-    """A key's constraint is attached to the index built for it: never before that build
-    ended, even with a session free and nothing else on the table running."""
-    ran = run(pg_server, make_db(), (entry(10, False), entry(11, True, after=(10, 0)),
-                                     entry(12, False)), jobs=2)
-
-    assert ran[11][0] >= ran[10][1], ran
-    assert not overlap(ran[11], ran[12]), ran

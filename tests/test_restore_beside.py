@@ -64,7 +64,28 @@ CREATE INDEX parted_id ON parted (id);
 INSERT INTO parted SELECT i, i % 20 FROM generate_series(1, 4000) i;
 CREATE TABLE child (id int REFERENCES plain_t (id), x int);
 INSERT INTO child SELECT i, i FROM generate_series(1, 100) i;
+CREATE TABLE keys_t ("A b" int, "c""d" int, e int, f int, g int,
+  CONSTRAINT "keys ""pk""" PRIMARY KEY ("A b", "c""d"),
+  CONSTRAINT keys_def UNIQUE (e) DEFERRABLE INITIALLY DEFERRED,
+  CONSTRAINT keys_nnd UNIQUE NULLS NOT DISTINCT (f),
+  CONSTRAINT keys_inc UNIQUE (g) INCLUDE (e),
+  CONSTRAINT keys_ff UNIQUE (f, g) WITH (fillfactor = 70));
+INSERT INTO keys_t SELECT i, -i, i, i, i FROM generate_series(1, 2000) i;
+CREATE TABLE child_keys (a int, b int, FOREIGN KEY (a, b) REFERENCES keys_t);
+INSERT INTO child_keys VALUES (1, -1);
 '''
+# How each key constraint and its index are in the catalogue, beyond what pg_dump prints.
+KEYS = """
+SELECT c.conrelid::regclass::text, c.conname, c.contype, c.condeferrable, c.condeferred,
+       c.convalidated, c.conkey::text, i.indexrelid::regclass::text, i.indisprimary,
+       i.indisunique, i.indimmediate, i.indnullsnotdistinct, i.indkey::text,
+       pg_get_indexdef(i.indexrelid), ic.reloptions::text,
+       (SELECT array_agg(d.deptype::text || ' ' || d.refclassid::regclass::text ORDER BY 1)::text
+          FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+           AND d.objid = i.indexrelid)
+  FROM pg_constraint c JOIN pg_index i ON i.indexrelid = c.conindid
+  JOIN pg_class ic ON ic.oid = i.indexrelid
+ WHERE c.contype IN ('p', 'u', 'x') ORDER BY 1, 2"""
 
 
 @pytest.fixture
@@ -132,6 +153,11 @@ def test_parallel_restore_gives_the_sequential_database(
     assert BESIDE in two.stderr
     assert schema_only(pg_server, parallel) == schema_only(pg_server, sequential)
     assert fingerprint(pg_server, parallel) == fingerprint(pg_server, sequential)
+    keys = []
+    for database in (sequential, parallel):
+        with connect(pg_server, database) as conn:
+            keys.append(conn.execute(KEYS).fetchall())
+    assert keys[0] and keys[1] == keys[0]
     with connect(pg_server, parallel) as conn:
         assert conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid "
                             "OR NOT indisready").fetchone() == (0,)

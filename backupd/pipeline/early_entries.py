@@ -50,9 +50,6 @@ _DATA_TYPES = frozenset({"TABLE DATA", "SEQUENCE SET", "BLOBS", "BLOB", "LARGE O
                          "BLOB DATA"})
 
 
-Key = tuple[int, int]  # (dump entry, step): one dump entry may run as two steps
-
-
 @dataclass(frozen=True)
 class EarlyEntry:
     entry: int  # its number among the dump's entry headers (backupd.pipeline.entry_scan)
@@ -61,12 +58,6 @@ class EarlyEntry:
     table: bytes  # schema.table as pg_dump quoted it
     exclusive: bool  # never beside another entry on its table (pg_restore -j's rule)
     sql: str
-    step: int = 0
-    after: Key | None = None  # runs only once that one has
-
-    @property
-    def key(self) -> Key:
-        return self.entry, self.step
 
 
 @dataclass(frozen=True)

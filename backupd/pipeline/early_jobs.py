@@ -29,7 +29,7 @@ from backupd.cancel import CancelToken
 from backupd.errors import JobFailed
 from backupd.pipeline.commit_chunks import CHANNEL
 from backupd.pipeline.config import APPLICATION_NAME, ConnectionConfig
-from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan, Key
+from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 _POLL = 0.2  # seconds: how often waits look at the cancel token and the stop flag
@@ -50,8 +50,8 @@ class EarlyJobs:
         self._waiting = list(plan.entries)  # not yet ready, in dump order
         self._ready: list[EarlyEntry] = []
         # Taken by a worker; its session is None while that worker still connects.
-        self._running: dict[Key, tuple[EarlyEntry, Connection | None]] = {}
-        self._finished: set[Key] = set()  # the entries that ran (or failed)
+        self._running: dict[int, tuple[EarlyEntry, Connection | None]] = {}
+        self._finished: set[int] = set()  # entry numbers that ran (or failed)
         self._limit = max(jobs - 1, 1)
         self._failure: str | None = None
         self._stopping = False
@@ -148,8 +148,6 @@ class EarlyJobs:
         return None
 
     def _may_run(self, entry: EarlyEntry) -> bool:
-        if entry.after is not None and entry.after not in self._finished:
-            return False
         beside = [e for e, _ in self._running.values() if e.table == entry.table]
         return not beside or not (entry.exclusive or any(e.exclusive for e in beside))
 
@@ -163,7 +161,7 @@ class EarlyJobs:
                         return
                     # Taken before connecting: the limit and the rule on exclusive entries
                     # count it while the lock is let go.
-                    self._running[entry.key] = (entry, conn)
+                    self._running[entry.entry] = (entry, conn)
                     if conn is None:
                         self._lock.release()
                         try:
@@ -172,7 +170,7 @@ class EarlyJobs:
                             self._lock.acquire()
                         if self._stopping:
                             return  # stopped while connecting: _stop cancelled the others only
-                        self._running[entry.key] = (entry, conn)
+                        self._running[entry.entry] = (entry, conn)
                 try:
                     conn.execute(entry.sql.encode())
                 except psycopg.Error as exc:
@@ -181,8 +179,8 @@ class EarlyJobs:
                     return
                 finally:
                     with self._lock:
-                        self._running.pop(entry.key, None)
-                        self._finished.add(entry.key)
+                        self._running.pop(entry.entry, None)
+                        self._finished.add(entry.entry)
                         self._lock.notify_all()
         except psycopg.Error as exc:  # connecting (or its session settings)
             self._stop(f"restore: a worker session could not be opened: {_describe(exc)}; "
