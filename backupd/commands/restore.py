@@ -353,7 +353,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         # Commits along the way into the new database (one transaction would hold a lock
         # per table, see pipeline.commit_chunks); the final COMMIT still after the last byte.
         with _beside(ctx, plan, connection, feed) as beside:
-            chunks = CommitChunks(feed, plan=plan if beside is not None else None, beside=beside)
+            chunks = CommitChunks(feed, plan=plan, beside=beside)
             # The same scan as `backupd verify`, handing on only the SQL it has checked.
             reports.append(verify_file(path, entry.parsed, entry.manifest,
                                        entry.manifest_error, identities,
@@ -375,6 +375,8 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
                         "(it stopped reading early); the transaction was rolled back")
     if psql.failed:
         detail = psql.error_line or f"psql exit code {psql.exit_code}"
+        if plan is not None and "too many clients" in detail:  # the listener took its slot
+            detail += f"; {fewer_sessions_hint(ctx.settings.restore_jobs)}"
         ctx.result.stderr_tail = psql.stderr_tail or None
         ctx.result.stderr_tool = "psql"
         raise JobFailed(f"restore into {database!r} failed and was rolled back: {detail}")
@@ -387,9 +389,6 @@ def _beside(ctx: JobContext, plan: EarlyPlan | None, connection: ConnectionConfi
     they stop waiting for data once ``main`` (psql) is gone."""
     if plan is None:
         yield None
-        return
-    if not main.session_open():
-        yield None  # psql could not connect: its own error is the restore's
         return
     jobs = ctx.settings.restore_jobs
     ctx.say(f"building {len(plan.entries)} indexes and constraints on up to {jobs} sessions "

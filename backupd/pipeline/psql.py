@@ -11,7 +11,6 @@ has executed the COMMIT: a psql that stops early without an error restored nothi
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -23,8 +22,6 @@ from backupd.progress import Stream
 
 # psql prints this (\echo, to stdout) only after it has executed backupd's COMMIT.
 COMMIT_CONFIRMATION = b"backupd: restore committed"
-# ... and this once it has its session, right after BEGIN.
-SESSION_OPEN = b"backupd: session open"
 # What psql's stdin gathers before it is written: a Linux pipe's capacity. Most of a dump
 # comes in pieces this big or bigger (written at once); the small ones between entries
 # (a header, a short statement, a commit boundary) go out together, not a write each.
@@ -44,12 +41,6 @@ class Feed(Protocol):
 
     def gone(self) -> bool:
         """psql stopped (an SQL error): nothing sent from now on runs."""
-        ...
-
-    def session_open(self) -> bool:
-        """Wait until psql has its session (True) or has stopped without one (False).
-        Whatever else connects to the server waits for this: psql's session is the one
-        the restore cannot do without, so it must not lose a race for the last slot."""
         ...
 
 
@@ -78,20 +69,14 @@ def run_in_one_transaction(connection: ConnectionConfig, cancel: CancelToken,
     argv = [tool_path("psql"), "--no-psqlrc", "--quiet", "--no-password",
             "--set", "ON_ERROR_STOP=1", "--output", "/dev/null"]
     confirmed: list[bool] = []
-    opened = threading.Event()
-
-    def printed(line: str) -> None:
-        if line == SESSION_OPEN.decode():
-            opened.set()
-        confirmed.append(COMMIT_CONFIRMATION.decode() in line)
-
+    confirmation = COMMIT_CONFIRMATION.decode()
     with Child(argv, env=connection.libpq_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                cancel=cancel) as psql:
-        psql.follow(psql.stdout, printed)
+        psql.follow(psql.stdout, lambda line: confirmed.append(confirmation in line))
         assert psql.stdin is not None
         feed = cancel.progress.stream(f"psql feed into {connection.database}")
-        stdin = _PsqlInput(psql, psql.stdin, cancel, feed, opened)
-        stdin.send(b"BEGIN;\n\\echo " + SESSION_OPEN + b"\n")
+        stdin = _PsqlInput(psql, psql.stdin, cancel, feed)
+        stdin.send(b"BEGIN;\n")
         with feed:
             may_commit = produce(stdin)
             stdin.flush()  # the end of the SQL: every byte of it counted in the stream
@@ -112,9 +97,8 @@ class _PsqlInput:
     as such."""
 
     def __init__(self, psql: Child, stdin: IO[bytes], cancel: CancelToken,
-                 stream: Stream, opened: threading.Event) -> None:
+                 stream: Stream) -> None:
         self._psql = psql
-        self._opened = opened
         self._stdin = stdin
         self._cancel = cancel
         self._stream = stream
@@ -152,14 +136,6 @@ class _PsqlInput:
 
     def gone(self) -> bool:
         return self.broken or self._psql.has_exited(0)
-
-    def session_open(self) -> bool:
-        self.flush()  # the \echo that answers
-        while not self._opened.wait(0.01):
-            self._cancel.raise_if_cancelled()
-            if self.gone():
-                return self._opened.is_set()
-        return True
 
     def close(self) -> None:
         """End of input: what is held goes to psql first."""

@@ -19,9 +19,6 @@ class RecordingFeed:
     def gone(self) -> bool:
         return False
 
-    def session_open(self) -> bool:
-        return True
-
     @property
     def data(self) -> bytes:
         return b"".join(self.sent)
