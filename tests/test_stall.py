@@ -159,7 +159,14 @@ def test_a_frozen_server_backend_ends_the_job_anyway(
     assert proc.returncode == 1, proc.stderr
     (line,) = [ln for ln in human_lines(proc.stderr) if "stalled" in ln]
     assert "no data moved" in line and "pg_dump output" in line, line
-    assert f"pid {frozen}" in line, line  # the server still lists the frozen backend
+    if "could not be asked" not in line:
+        assert f"pid {frozen}" in line, line  # the server still lists the frozen backend
+    else:
+        # Stopped while it held one of the server's shared locks (a buffer mapping
+        # partition's, say, as a sequential scan takes them all the time), the backend
+        # blocks the probe's own catalogue reads too: the probe's statement timeout then
+        # says so, and the job still ends (seen once in CI).
+        assert "statement timeout" in line, line
     (finished,) = jobs_finished(proc.stderr, "backup")
     assert finished["status"] == "failed"
     assert nothing_partial(backup_dir) == []

@@ -50,13 +50,15 @@ def test_server_killed_mid_dump(
     slow_dump: SlowDump, http_receiver: HttpReceiver, tmp_path: Path,
 ) -> None:
     cluster = private_cluster(SECRET_PASSWORD)
-    # ~20 MB of rows: far more than the socket buffers, so the server is still sending
-    # when it dies, while the shim holds pg_dump back.
+    # Twice what the socket's buffers may grow to (tcp_rmem's and tcp_wmem's maximum: 36 MiB
+    # here), so the server is still sending when it dies, while the shim holds pg_dump back.
+    # With 20 MB, pg_dump once had all of it before the kill and the backup succeeded.
+    rows = 2 * (socket_buffer_max() // 200 + 1)
     with connect(cluster.address) as conn:
         conn.execute("CREATE DATABASE big")
     psql(cluster.address, "big",
-         "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 3) AS v "
-         "FROM generate_series(1, 200000) g;")
+         "CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 6) AS v "
+         f"FROM generate_series(1, {rows}) g;")
     directory = tmp_path / "backups"
     slack = f"http://127.0.0.1:{http_receiver.port}/services/T000/B000/XXXXSECRETXXXX"
     env = cluster_env(cluster, "big", directory, PATH=slow_dump.path(), SLACK_WEBHOOK_URL=slack)
@@ -81,6 +83,12 @@ def test_server_killed_mid_dump(
     (name,) = data_files(directory)
     rows = json.loads(run_backupd(["list", "--json"], env).stdout)
     assert [(r["name"], r["state"]) for r in rows] == [(name, "verified")]
+
+
+def socket_buffer_max() -> int:
+    """How far a TCP connection's receive and send buffers may grow, together, in bytes."""
+    return sum(int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+               for name in ("tcp_rmem", "tcp_wmem"))
 
 
 @pytest.fixture
