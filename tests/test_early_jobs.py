@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from helpers.pg import ServerAddress, connect
 
 from backupd.cancel import CancelToken
 from backupd.pipeline.commit_chunks import CHANNEL
 from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
-from backupd.pipeline.early_jobs import EarlyJobs
+from backupd.pipeline.early_jobs import EarlyJobs, out_of_slots
 
 TABLE = b"public.t"
 NAP = 0.3  # seconds each entry runs: long enough that two running together overlap
@@ -65,3 +66,20 @@ def test_index_builds_on_one_table_run_together(
 
     assert overlap(ran[10], ran[11]), ran
 
+
+
+@pytest.mark.parametrize(("error", "refused"), [
+    ('psql: error: connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:  sorry, '
+     "too many clients already", True),
+    ("FATAL:  remaining connection slots are reserved for non-replication superuser "
+     "connections", True),  # PostgreSQL 15
+    ("FATAL:  remaining connection slots are reserved for roles with the SUPERUSER "
+     "attribute", True),  # 16 and later
+    ('FATAL:  too many connections for role "app"', True),  # the role's CONNECTION LIMIT
+    ('FATAL:  password authentication failed for user "app"', False),
+    ('ERROR:  relation "t" already exists', False),
+])
+def test_psqls_refusals_for_want_of_a_slot_are_told_apart(error: str, refused: bool) -> None:
+    """psql's failure names DB_RESTORE_JOBS only when the worker sessions may have taken
+    its slot."""
+    assert out_of_slots(error) is refused

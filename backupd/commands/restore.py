@@ -58,7 +58,7 @@ from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.custom import restore_archive
 from backupd.pipeline.directory import Extractor, scratch
 from backupd.pipeline.early_entries import EarlyCapture, EarlyPlan
-from backupd.pipeline.early_jobs import EarlyJobs, fewer_sessions_hint
+from backupd.pipeline.early_jobs import EarlyJobs, fewer_sessions_hint, out_of_slots
 from backupd.pipeline.encrypt import load_identities
 from backupd.pipeline.psql import Feed, run_in_one_transaction
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
@@ -375,7 +375,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
                         "(it stopped reading early); the transaction was rolled back")
     if psql.failed:
         detail = psql.error_line or f"psql exit code {psql.exit_code}"
-        if plan is not None and "too many clients" in detail:  # the listener took its slot
+        if plan is not None and out_of_slots(detail):  # the listener may have taken its slot
             detail += f"; {fewer_sessions_hint(ctx.settings.restore_jobs)}"
         ctx.result.stderr_tail = psql.stderr_tail or None
         ctx.result.stderr_tool = "psql"

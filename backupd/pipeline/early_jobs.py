@@ -19,6 +19,7 @@ its scratch database is dropped); so does the job's cancel. ``close`` joins ever
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -195,6 +196,16 @@ def fewer_sessions_hint(jobs: int) -> str:
     opens them."""
     return (f"DB_RESTORE_JOBS={jobs} opens up to {jobs} sessions beside psql's; "
             "DB_RESTORE_JOBS=1 restores through psql alone")
+
+
+# The server's refusals for want of a connection slot (max_connections, the superuser
+# reserve, a role's or a database's CONNECTION LIMIT).
+_OUT_OF_SLOTS = re.compile(r"too many (?:clients|connections)|connection slots are reserved")
+
+
+def out_of_slots(error: str) -> bool:
+    """Whether ``error`` (psql's, say) is a refusal the worker sessions may have caused."""
+    return _OUT_OF_SLOTS.search(error) is not None
 
 
 def _describe(exc: psycopg.Error) -> str:
