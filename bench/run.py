@@ -227,13 +227,13 @@ def bench_scale(server: Server, source: str, work: Path, args: argparse.Namespac
 
     by_name = {c.name: c for c in [*contenders, *verifiers, *restorers]}
     zstd_peak = by_name["backupd plain zstd"].peak_rss
+    floor_goal = 1.3 if args.cpu_hog else 1.1  # the issue's: 1.1x idle, 1.3x beside a job
     lines += targets_table([
         Target("backup vs `pg_dump \\| gzip`", default.median / baseline.median, 0.6),
-        # The floor goal: 1.1x idle, 1.3x beside one CPU-bound job.
         Target("backup by the running daemon vs the `pg_dump > /dev/null` floor",
-               daemon.median / daemon_floor.median, 1.3 if args.cpu_hog else 1.1),
+               daemon.median / daemon_floor.median, floor_goal),
         Target("one-off `backupd backup` (with its start-up) vs the floor",
-               default.median / floor.median, 1.3 if args.cpu_hog else 1.1),
+               default.median / floor.median, floor_goal),
         Target("verify vs `gzip -t`", verify_default.median / gzip_t.median, 0.5),
         Target("plain restore vs `createdb; gunzip -c \\| psql`",
                restore_default.median / shell_restore.median, 0.9),

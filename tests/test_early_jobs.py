@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from helpers.cluster import free_port
 from helpers.pg import ServerAddress, connect
 
 from backupd.cancel import CancelToken
+from backupd.errors import JobFailed
 from backupd.pipeline.commit_chunks import CHANNEL
 from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
@@ -83,3 +85,18 @@ def test_psqls_refusals_for_want_of_a_slot_are_told_apart(error: str, refused: b
     """psql's failure names DB_RESTORE_JOBS only when the worker sessions may have taken
     its slot."""
     assert out_of_slots(error) is refused
+
+
+def test_a_refused_listener_fails_the_restore_as_a_refused_worker_does(
+        pg_server: ServerAddress) -> None:
+    """The session that follows the load is a connection like the workers': refused (here,
+    nothing listens on the port), the restore fails in the same words, naming the setting."""
+    nowhere = ConnectionConfig(pg_server.host, free_port(), pg_server.user, "db",
+                               connect_timeout=2)
+    plan = EarlyPlan((), (entry(10, False),), ((1, TABLE),), 2)
+    with pytest.raises(JobFailed) as failed:
+        EarlyJobs(plan, nowhere, 2, CancelToken(), main_gone=lambda: False)
+    message = str(failed.value)
+    assert message.startswith("restore into 'db' failed: a worker session could not be opened: ")
+    assert "\n" not in message
+    assert message.endswith("DB_RESTORE_JOBS=1 restores through psql alone")

@@ -135,3 +135,22 @@ print("psycopg" in sys.modules)
 """
     assert subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
                           text=True).stdout.strip() == "False"
+
+
+def test_a_stall_probe_that_cannot_import_psycopg_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg is imported when a job has stalled, not at start-up: should that import fail
+    (a broken libpq, say), the stall's verdict names the failure instead of the probe
+    silently not answering."""
+    from backupd.job import _server_view
+    from backupd.settings import Settings
+
+    monkeypatch.setitem(sys.modules, "backupd.postgres.waits", None)
+    settings = Settings(_env_file=None, POSTGRES_DB="probe",  # type: ignore[call-arg]
+                        DB_BACKUP_DIR=str(tmp_path))
+    view = _server_view(settings)
+    assert view.work == ""
+    assert view.waits is not None
+    assert view.waits.startswith("the server could not be asked what the job waits on (")
+    assert "backupd.postgres.waits" in view.waits

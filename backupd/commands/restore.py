@@ -393,10 +393,5 @@ def _beside(ctx: JobContext, plan: EarlyPlan | None, connection: ConnectionConfi
     jobs = ctx.settings.restore_jobs
     ctx.say(f"building {len(plan.entries)} indexes and constraints on up to {jobs} sessions "
             f"beside the load (DB_RESTORE_JOBS={jobs})")
-    try:
-        beside = EarlyJobs(plan, connection, jobs, ctx.cancel, main_gone=main.gone)
-    except psycopg.Error as exc:
-        raise JobFailed(f"restore into {connection.database!r}: cannot open a worker session: "
-                        f"{describe_pg_error(exc)}; {fewer_sessions_hint(jobs)}") from None
-    with beside:
+    with EarlyJobs(plan, connection, jobs, ctx.cancel, main_gone=main.gone) as beside:
         yield beside

@@ -57,13 +57,31 @@ class EarlyJobs:
         self._failure: str | None = None
         self._stopping = False
         self._committed: dict[str, bytes] = {str(n): t for n, t in plan.data_entries}
-        self._listener = _connect(connection, ())
-        self._listener.execute(f"LISTEN {CHANNEL}")
+        self._listener = self._listening()
         self._threads = [threading.Thread(target=self._listen, name="restore-listen")]
         self._threads += [threading.Thread(target=self._work, name=f"restore-worker-{i}")
                           for i in range(jobs)]
         self._unregister: Callable[[], None] = lambda: None
         self._main_gone = main_gone
+
+    def _listening(self) -> Connection:
+        """The session that learns of each table's committed data; one refused fails the
+        restore as a refused worker session does."""
+        try:
+            conn = _connect(self._connection, ())
+        except psycopg.Error as exc:
+            raise JobFailed(f"restore into {self._connection.database!r} failed: "
+                            f"{self._refused(exc)}") from None
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _refused(self, exc: psycopg.Error) -> str:
+        return (f"a worker session could not be opened: {_describe(exc)}; "
+                f"{fewer_sessions_hint(self._jobs)}")
 
     def __enter__(self) -> EarlyJobs:
         for thread in self._threads:
@@ -184,8 +202,7 @@ class EarlyJobs:
                         self._finished.add(entry.entry)
                         self._lock.notify_all()
         except psycopg.Error as exc:  # connecting (or its session settings)
-            self._stop(f"restore: a worker session could not be opened: {_describe(exc)}; "
-                       f"{fewer_sessions_hint(self._jobs)}")
+            self._stop(self._refused(exc))
         finally:
             if conn is not None:
                 conn.close()
@@ -209,8 +226,9 @@ def out_of_slots(error: str) -> bool:
 
 
 def _describe(exc: psycopg.Error) -> str:
+    """The server's message and detail; libpq's (a refused connection) on one line."""
     diag = exc.diag
-    text = (diag.message_primary or str(exc)).strip()
+    text = diag.message_primary or " ".join(str(exc).split())
     if diag.message_detail:
         text += f" ({diag.message_detail.strip()})"
     return text

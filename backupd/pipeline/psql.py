@@ -26,7 +26,6 @@ COMMIT_CONFIRMATION = b"backupd: restore committed"
 # comes in pieces this big or bigger (written at once); the small ones between entries
 # (a header, a short statement, a commit boundary) go out together, not a write each.
 BATCH_BYTES = 64 * 1024
-Send = Callable[[bytes], None]
 
 
 class Feed(Protocol):
