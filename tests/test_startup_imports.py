@@ -95,16 +95,19 @@ def test_every_command_runs_with_the_garbage_collector_on(
 ) -> None:
     """The console script starts with the collector off (backupd.__main__); the CLI's
     callback, which every command passes through (even `version`, which reads no settings),
-    turns it back on: the daemon must not run for months without it."""
+    turns it back on: the daemon must not run for months without it. It first freezes the
+    start-up heap, so that no collection ever scans the imported modules' objects again."""
     from backupd.cli import main
 
     monkeypatch.setenv("POSTGRES_DB", "startup_probe")
     monkeypatch.setenv("DB_BACKUP_DIR", str(tmp_path))
     monkeypatch.setenv("HEALTH_PORT", "0")
     gc.disable()
+    gc.unfreeze()
     try:
         assert main(command) == 0
         assert gc.isenabled()
+        assert gc.get_freeze_count() > 10_000, "the start-up heap was left to the collector"
     finally:
         gc.enable()
 
