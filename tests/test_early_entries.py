@@ -64,6 +64,10 @@ def test_the_indexes_and_constraints_of_tables_with_data_are_found(size: int) ->
     assert plan.entries[1].sql.endswith(b" CLUSTER ON i;\n".decode())
     assert plan.data_entries == ((3, b"public." + TABLE),)
     assert plan.post_data == 5  # after the SEQUENCE SET
+    # Each carries the size of its table's data entry (the workers' order goes by it).
+    data_start = DUMP.index(header('Odd "T" x', "TABLE DATA", data=True)) + 1
+    data_end = DUMP.index(header("s", "SEQUENCE SET")) + 1
+    assert {e.data_bytes for e in plan.entries} == {data_end - data_start}
 
 
 def test_the_stream_leaves_them_out_and_commits_after_the_data() -> None:

@@ -3,11 +3,13 @@ server, with a plan written here: what runs when, measured by the server's own c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 from helpers.cluster import free_port
 from helpers.pg import ServerAddress, connect
+from psycopg import Connection
 
 from backupd.cancel import CancelToken
 from backupd.errors import JobFailed
@@ -20,31 +22,50 @@ TABLE = b"public.t"
 NAP = 0.3  # seconds each entry runs: long enough that two running together overlap
 
 
-def entry(number: int, exclusive: bool) -> EarlyEntry:
+def entry(number: int, exclusive: bool, table: bytes = TABLE, data_bytes: int = 0,
+          nap: float = NAP) -> EarlyEntry:
     # Each entry records when it ran, by the server's clock, in a table of its own.
-    sql = (f"INSERT INTO ran SELECT {number}, clock_timestamp(); SELECT pg_sleep({NAP}); "
+    sql = (f"INSERT INTO ran SELECT {number}, clock_timestamp(); SELECT pg_sleep({nap}); "
            f"INSERT INTO ran SELECT {number}, clock_timestamp();")
-    return EarlyEntry(number, f"e{number}", "CONSTRAINT" if exclusive else "INDEX", TABLE,
-                      exclusive, sql)
+    return EarlyEntry(number, f"e{number}", "CONSTRAINT" if exclusive else "INDEX", table,
+                      exclusive, sql, data_bytes)
 
 
 def run(server: ServerAddress, database: str, entries: tuple[EarlyEntry, ...],
         jobs: int) -> dict[int, tuple[float, float]]:
     """Run ``entries`` as the plan of table t's data (entry 1) with ``jobs`` sessions, the
     main stream already past post-data; returns each entry's (start, end) in seconds."""
+    return run_tables(server, database, entries, (TABLE,), jobs)
+
+
+def run_tables(server: ServerAddress, database: str, entries: tuple[EarlyEntry, ...],
+               tables: tuple[bytes, ...], jobs: int) -> dict[int, tuple[float, float]]:
+    """``run`` over several tables, their data entries numbered 1, 2, ... in order: each
+    committed (NOTIFY) once the entries of the one before are running."""
     with connect(server, database) as conn:
         conn.execute("CREATE TABLE t (id int); CREATE TABLE ran (entry int, at timestamptz)")
     config = ConnectionConfig(server.host, server.port, server.user, database,
                               connect_timeout=5, password=server.password or "")
-    plan = EarlyPlan((), entries, ((1, TABLE),), 2)
+    plan = EarlyPlan((), entries, tuple(enumerate(tables, 1)), len(tables) + 1)
     with EarlyJobs(plan, config, jobs, CancelToken(), main_gone=lambda: False) as jobs_:
         with connect(server, database) as main:
-            main.execute(f"NOTIFY {CHANNEL}, '1'")
+            for number in range(1, len(tables) + 1):
+                main.execute(f"NOTIFY {CHANNEL}, '{number}'")
+                if number == 1 and len(tables) > 1:
+                    wait_until_started(main, entries[0].entry)
         jobs_.before_post_data()
     with connect(server, database) as conn:
         rows = conn.execute("SELECT entry, array_agg(extract(epoch FROM at) ORDER BY at) "
                             "FROM ran GROUP BY entry").fetchall()
     return {int(n): (float(at[0]), float(at[1])) for n, at in rows}
+
+
+def wait_until_started(conn: Connection, number: int) -> None:
+    for _ in range(100):
+        if conn.execute("SELECT 1 FROM ran WHERE entry = %s", (number,)).fetchone():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"entry {number} never started")
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -67,6 +88,20 @@ def test_index_builds_on_one_table_run_together(
     ran = run(pg_server, make_db(), (entry(10, False), entry(11, False)), jobs=2)
 
     assert overlap(ran[10], ran[11]), ran
+
+
+def test_the_table_with_the_most_work_left_goes_first(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    """One worker, busy on table a while b and c are committed. b is first in dump order and
+    the larger table, but c has two entries left: 2 x 600 bytes of data to index against
+    b's 1 x 1000. c's first entry runs first; then b's (1000 > c's last 600). In dump order,
+    or by data size alone (pg_restore -j's order), b's would have run first."""
+    a, b, c = b"public.a", b"public.b", b"public.c"
+    entries = (entry(10, False, a, 10, nap=0.6), entry(11, False, b, 1000),
+               entry(12, True, c, 600), entry(13, False, c, 600))
+    ran = run_tables(pg_server, make_db(), entries, (a, b, c), jobs=1)
+
+    assert sorted(ran, key=lambda number: ran[number][0]) == [10, 12, 11, 13], ran
 
 
 

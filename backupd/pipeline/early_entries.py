@@ -58,6 +58,9 @@ class EarlyEntry:
     table: bytes  # schema.table as pg_dump quoted it
     exclusive: bool  # never beside another entry on its table (pg_restore -j's rule)
     sql: str
+    # The size of its table's data in the dump: the measure of its build's work that the
+    # workers' order goes by (backupd.pipeline.early_jobs).
+    data_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class EarlyCapture(EntryScanner):
         self._keep_all: bool | None = True  # the preamble, all of it
         self._preamble: tuple[str, ...] | None = None
         self._data: dict[bytes, int] = {}  # table -> its TABLE DATA entry
+        self._data_bytes: dict[bytes, int] = {}  # table -> the size of that entry
+        self._entry_bytes = 0  # of the current entry so far
         self._last_data = 0
         self._post_data = 0
         self._entries: list[EarlyEntry] = []
@@ -95,6 +100,7 @@ class EarlyCapture(EntryScanner):
     def _out(self, data: bytes) -> None:
         if self.given_up is not None:
             return
+        self._entry_bytes += len(data)
         self._tail = data[-_TAIL:] if len(data) >= _TAIL else (self._tail + data)[-_TAIL:]
         if self._keep_all is False:
             self._text += data[:max(_HEAD_BYTES - len(self._text), 0)]
@@ -126,6 +132,7 @@ class EarlyCapture(EntryScanner):
             self._give_up(str(exc))
             return
         self._text = bytearray()
+        self._entry_bytes = 0
         self._keep_all = None
 
     def _give_up(self, why: str) -> None:
@@ -148,6 +155,7 @@ class EarlyCapture(EntryScanner):
             if copy is None:
                 raise GiveUp(f"entry {number}: TABLE DATA without COPY")
             self._data[copy.group(1)] = number
+            self._data_bytes[copy.group(1)] = self._entry_bytes
             self._last_data = number
         elif self._last_data and not self._post_data and kind not in _DATA_TYPES:
             self._post_data = number
@@ -170,7 +178,8 @@ class EarlyCapture(EntryScanner):
         if not self._post_data or number < self._post_data:
             raise GiveUp(f"{kind} {name}: before the end of the data")
         self._entries.append(EarlyEntry(number, name, kind, table,
-                                        kind == "CONSTRAINT" or bool(rest), sql.decode()))
+                                        kind == "CONSTRAINT" or bool(rest), sql.decode(),
+                                        self._data_bytes[table]))
 
     def plan(self) -> EarlyPlan | None:
         """What may run beside the load, or None (run it all in the main stream)."""

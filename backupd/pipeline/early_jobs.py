@@ -9,7 +9,8 @@ session could not even see a table whose CREATE is not committed). Up to ``jobs`
 at most ``jobs - 1`` while the main session still loads data (it is a session too), all
 ``jobs`` once it reached post-data. An entry that takes ACCESS EXCLUSIVE (a constraint, or
 an index entry carrying CLUSTER ON / REPLICA IDENTITY) never runs beside another entry on
-its table; index builds on one table (SHARE locks) may: pg_restore -j's rule. Each session
+its table; index builds on one table (SHARE locks) may: pg_restore -j's rule. Of the entries
+ready together, the one whose table has the most work left goes first. Each session
 may use maintenance_work_mem (DB_RESTORE_MAINTENANCE_WORK_MEM) for its sort.
 
 The first failure cancels the others and is raised in the main stream (the restore fails,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 
@@ -49,10 +51,11 @@ class EarlyJobs:
         self._cancel = cancel
         self._lock = threading.Condition()
         self._waiting = list(plan.entries)  # not yet ready, in dump order
-        self._ready: list[EarlyEntry] = []
+        self._ready: dict[bytes, list[EarlyEntry]] = {}  # by table, in dump order
         # Taken by a worker; its session is None while that worker still connects.
         self._running: dict[int, tuple[EarlyEntry, Connection | None]] = {}
         self._finished: set[int] = set()  # entry numbers that ran (or failed)
+        self._untaken = Counter(e.table for e in plan.entries)  # entries no worker took yet
         self._limit = max(jobs - 1, 1)
         self._failure: str | None = None
         self._stopping = False
@@ -149,26 +152,55 @@ class EarlyJobs:
     def _data_committed(self, payload: str) -> None:
         table = self._committed.get(payload)
         with self._lock:
-            self._ready += [e for e in self._waiting if e.table == table]
+            ready = [e for e in self._waiting if e.table == table]
+            if table is not None and ready:
+                self._ready.setdefault(table, []).extend(ready)
             self._waiting = [e for e in self._waiting if e.table != table]
             self._lock.notify_all()
 
     def _next(self) -> EarlyEntry | None:
-        """The first ready entry that may run now (under the lock); None: stop."""
+        """The ready entry that may run now with the most work left on its table (under
+        the lock); None: stop."""
         while not self._stopping:
             if len(self._running) < self._limit:
-                for entry in self._ready:
-                    if self._may_run(entry):
-                        self._ready.remove(entry)
-                        return entry
+                entry = self._best_runnable()
+                if entry is not None:
+                    ready = self._ready[entry.table]
+                    ready.remove(entry)
+                    if not ready:
+                        del self._ready[entry.table]
+                    self._untaken[entry.table] -= 1
+                    return entry
             if not self._left():
                 return None
             self._lock.wait(_POLL)
         return None
 
-    def _may_run(self, entry: EarlyEntry) -> bool:
-        beside = [e for e, _ in self._running.values() if e.table == entry.table]
-        return not beside or not (entry.exclusive or any(e.exclusive for e in beside))
+    def _best_runnable(self) -> EarlyEntry | None:
+        """pg_restore -j's rule on locks: an entry that takes ACCESS EXCLUSIVE never runs
+        beside another entry on its table. Of the tables' first entries that may run, the
+        one whose table has the most work left: its data size times the entries on it no
+        worker took yet (then dump order). A table's entries run one after another as often
+        as not (an exclusive one blocks the rest), so that table is the restore's longest
+        chain. By data size alone (pg_restore -j's order) a large table whose builds mostly
+        ran beside the load went first, and the table loaded last, with all of its builds
+        still to come, waited behind it."""
+        running = [entry for entry, _ in self._running.values()]
+        blocked = {e.table for e in running if e.exclusive}
+        busy = {e.table for e in running}
+        best: EarlyEntry | None = None
+        for table, ready in self._ready.items():
+            if table in blocked:
+                continue
+            entry = ready[0] if table not in busy else next(
+                (e for e in ready if not e.exclusive), None)
+            if entry is not None and (best is None or self._work_left(entry)
+                                      > self._work_left(best)):
+                best = entry
+        return best
+
+    def _work_left(self, entry: EarlyEntry) -> tuple[int, int]:
+        return entry.data_bytes * self._untaken[entry.table], -entry.entry
 
     def _work(self) -> None:
         conn: Connection | None = None
