@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from helpers.feeds import RecordingFeed
 
-from backupd.pipeline.commit_chunks import BOUNDARY, CHANNEL, CommitChunks
+from backupd.pipeline.commit_chunks import BOUNDARY, CHANNEL, POST_DATA, CommitChunks
 from backupd.pipeline.early_entries import EarlyCapture, EarlyPlan
 
 PREAMBLE = (b"--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nSET lock_timeout = 0;\n"
@@ -100,7 +100,8 @@ def test_the_stream_leaves_them_out_and_commits_after_the_data() -> None:
     # The wait comes after a commit and before the first post-data entry is sent.
     assert len(waited) == 1 and chunks.boundaries == 2
     before_wait = b"".join(out[:waited[0]])
-    assert before_wait.endswith(BOUNDARY)
+    # That commit tells the workers psql has loaded the last of the data.
+    assert before_wait.endswith(f"NOTIFY {CHANNEL}, '{POST_DATA}';\n".encode() + BOUNDARY)
     assert b"FK CONSTRAINT" not in before_wait
     # Both boundaries are waited on (a worker waits for the NOTIFY's commit, the stream for
     # the workers): each is flushed to psql as soon as it is sent, before the wait.

@@ -13,7 +13,7 @@ from psycopg import Connection
 
 from backupd.cancel import CancelToken
 from backupd.errors import JobFailed
-from backupd.pipeline.commit_chunks import CHANNEL
+from backupd.pipeline.commit_chunks import CHANNEL, POST_DATA
 from backupd.pipeline.config import ConnectionConfig
 from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
 from backupd.pipeline.early_jobs import EarlyJobs, out_of_slots
@@ -32,14 +32,16 @@ def entry(number: int, exclusive: bool, table: bytes = TABLE, data_bytes: int = 
 
 
 def run(server: ServerAddress, database: str, entries: tuple[EarlyEntry, ...],
-        jobs: int) -> dict[int, tuple[float, float]]:
+        jobs: int, post_data: bool = True) -> dict[int, tuple[float, float]]:
     """Run ``entries`` as the plan of table t's data (entry 1) with ``jobs`` sessions, the
-    main stream already past post-data; returns each entry's (start, end) in seconds."""
-    return run_tables(server, database, entries, (TABLE,), jobs)
+    main stream already waiting before post-data (``post_data``: its last commit is in, as
+    the stream announces it); returns each entry's (start, end) in seconds."""
+    return run_tables(server, database, entries, (TABLE,), jobs, post_data)
 
 
 def run_tables(server: ServerAddress, database: str, entries: tuple[EarlyEntry, ...],
-               tables: tuple[bytes, ...], jobs: int) -> dict[int, tuple[float, float]]:
+               tables: tuple[bytes, ...], jobs: int,
+               post_data: bool = True) -> dict[int, tuple[float, float]]:
     """``run`` over several tables, their data entries numbered 1, 2, ... in order: each
     committed (NOTIFY) once the entries of the one before are running."""
     with connect(server, database) as conn:
@@ -53,6 +55,8 @@ def run_tables(server: ServerAddress, database: str, entries: tuple[EarlyEntry, 
                 main.execute(f"NOTIFY {CHANNEL}, '{number}'")
                 if number == 1 and len(tables) > 1:
                     wait_until_started(main, entries[0].entry)
+            if post_data:
+                main.execute(f"NOTIFY {CHANNEL}, '{POST_DATA}'")
         jobs_.before_post_data()
     with connect(server, database) as conn:
         rows = conn.execute("SELECT entry, array_agg(extract(epoch FROM at) ORDER BY at) "
@@ -61,8 +65,12 @@ def run_tables(server: ServerAddress, database: str, entries: tuple[EarlyEntry, 
 
 
 def wait_until_started(conn: Connection, number: int) -> None:
+    # From the server's view of the worker's session: an entry's statements run as one
+    # transaction, so its first row in ``ran`` shows only once it has ended.
+    running = f"%INSERT INTO ran SELECT {number}, clock_timestamp()%"
     for _ in range(100):
-        if conn.execute("SELECT 1 FROM ran WHERE entry = %s", (number,)).fetchone():
+        if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                        "AND state = 'active' AND query LIKE %s", (running,)).fetchone():
             return
         time.sleep(0.05)
     raise AssertionError(f"entry {number} never started")
@@ -88,6 +96,19 @@ def test_index_builds_on_one_table_run_together(
     ran = run(pg_server, make_db(), (entry(10, False), entry(11, False)), jobs=2)
 
     assert overlap(ran[10], ran[11]), ran
+
+
+def test_psqls_session_is_a_workers_only_once_psql_committed_the_last_data(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    """With DB_RESTORE_JOBS=2, one worker runs beside psql while psql loads; the second only
+    once psql's last data commit is in (its NOTIFY), not as soon as the stream reached
+    post-data: psql may still be loading the last table then, and the second worker would
+    take whatever was ready, not that table's builds, the restore's longest chain."""
+    ran = run(pg_server, make_db(), (entry(10, False), entry(11, False)), jobs=2,
+              post_data=False)
+
+    assert set(ran) == {10, 11}
+    assert not overlap(ran[10], ran[11]), ran
 
 
 def test_the_table_with_the_most_work_left_goes_first(

@@ -37,6 +37,8 @@ ENTRIES_PER_COMMIT = 200
 COUNTER = "backupd.restore_commits"
 # The main session NOTIFYs this channel, naming a TABLE DATA entry, as it commits that data.
 CHANNEL = "backupd_restore_data_committed"
+# ... and this payload as it commits the last of the data, before post-data.
+POST_DATA = "post-data"
 
 _COUNT = f"coalesce(nullif(pg_catalog.current_setting('{COUNTER}', true), ''), '0')"
 BOUNDARY = (f"COMMIT;\nBEGIN;\nSELECT pg_catalog.set_config('{COUNTER}', "
@@ -82,8 +84,10 @@ class CommitChunks(EntryScanner):
         if self._beside is not None:
             self._beside.check()
         if number - 1 in self._notify or number == self._post_data:
-            self._boundary(f"NOTIFY {CHANNEL}, '{number - 1}';\n".encode()
-                           if number - 1 in self._notify else b"")
+            notify = f"NOTIFY {CHANNEL}, '{number - 1}';\n" if number - 1 in self._notify else ""
+            if number == self._post_data:
+                notify += f"NOTIFY {CHANNEL}, '{POST_DATA}';\n"
+            self._boundary(notify.encode())
             self._feed.flush()  # waited on: by a worker, or by the wait just below
             if number == self._post_data and self._beside is not None:
                 self._beside.before_post_data()

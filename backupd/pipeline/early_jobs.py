@@ -7,11 +7,12 @@ commits each TABLE DATA entry (PostgreSQL delivers a notification only on commit
 session could not even see a table whose CREATE is not committed). Up to ``jobs`` sessions
 (autocommit, the restore's bulk-load settings, then the dump's preamble settings) run them:
 at most ``jobs - 1`` while the main session still loads data (it is a session too), all
-``jobs`` once it reached post-data. An entry that takes ACCESS EXCLUSIVE (a constraint, or
-an index entry carrying CLUSTER ON / REPLICA IDENTITY) never runs beside another entry on
-its table; index builds on one table (SHARE locks) may: pg_restore -j's rule. Of the entries
-ready together, the one whose table has the most work left goes first. Each session
-may use maintenance_work_mem (DB_RESTORE_MAINTENANCE_WORK_MEM) for its sort.
+``jobs`` once its last data commit is in (the POST_DATA notification). An entry that takes
+ACCESS EXCLUSIVE (a constraint, or an index entry carrying CLUSTER ON / REPLICA IDENTITY)
+never runs beside another entry on its table; index builds on one table (SHARE locks) may:
+pg_restore -j's rule. Of the entries ready together, the one whose table has the most work
+left goes first. Each session may use maintenance_work_mem (DB_RESTORE_MAINTENANCE_WORK_MEM)
+for its sort.
 
 The first failure cancels the others and is raised in the main stream (the restore fails,
 its scratch database is dropped); so does the job's cancel. ``close`` joins every thread.
@@ -30,7 +31,7 @@ import psycopg
 
 from backupd.cancel import CancelToken
 from backupd.errors import JobFailed
-from backupd.pipeline.commit_chunks import CHANNEL
+from backupd.pipeline.commit_chunks import CHANNEL, POST_DATA
 from backupd.pipeline.config import APPLICATION_NAME, ConnectionConfig
 from backupd.pipeline.early_entries import EarlyEntry, EarlyPlan
 
@@ -57,6 +58,7 @@ class EarlyJobs:
         self._finished: set[int] = set()  # entry numbers that ran (or failed)
         self._untaken = Counter(e.table for e in plan.entries)  # entries no worker took yet
         self._limit = max(jobs - 1, 1)
+        self._loaded = False  # psql committed the last of the data (POST_DATA)
         self._failure: str | None = None
         self._stopping = False
         self._committed: dict[str, bytes] = {str(n): t for n, t in plan.data_entries}
@@ -110,8 +112,6 @@ class EarlyJobs:
 
     def before_post_data(self) -> None:
         with self._lock:
-            self._limit = self._jobs
-            self._lock.notify_all()
             while self._left() and self._failure is None and not self._stopping:
                 self._lock.wait(_POLL)
                 self._cancel.raise_if_cancelled()
@@ -142,8 +142,8 @@ class EarlyJobs:
         try:
             while True:
                 with self._lock:
-                    if self._stopping or not self._waiting:
-                        return
+                    if self._stopping or self._loaded:
+                        return  # every table's data is committed: nothing more to hear
                 for notify in self._listener.notifies(timeout=_POLL):
                     self._data_committed(notify.payload)
         except psycopg.Error as exc:
@@ -152,6 +152,13 @@ class EarlyJobs:
     def _data_committed(self, payload: str) -> None:
         table = self._committed.get(payload)
         with self._lock:
+            if payload == POST_DATA:
+                # psql committed the last of the data: its session, idle until every entry
+                # ran, leaves its core to a worker. (Raised when the stream merely reached
+                # post-data, a worker started on what was ready while psql still loaded the
+                # last table, whose builds were not ready yet: the restore's longest chain.)
+                self._limit = self._jobs
+                self._loaded = True
             ready = [e for e in self._waiting if e.table == table]
             if table is not None and ready:
                 self._ready.setdefault(table, []).extend(ready)
