@@ -129,6 +129,30 @@ def test_a_flipped_byte_in_any_member_is_caught(members_file: tuple[Path, Manife
     assert checks_of(path, manifest) == {"gzip integrity", "sha256"}
 
 
+def test_sql_forwarded_ahead_is_the_whole_dump_in_order(
+        members_file: tuple[Path, Manifest], sql: bytes) -> None:
+    """A restore's pre-verify hands the SQL to its capture of the early entries as fast as
+    it comes: members inflated on all cores, handed on in file order."""
+    path, manifest = members_file
+    forwarded: list[bytes] = []
+    report = verify_file(path, parsed(), manifest, forward=forwarded.append, forward_ahead=True)
+
+    assert report.ok, report.problem
+    assert b"".join(forwarded) == sql
+
+
+def test_sql_forwarded_ahead_stops_before_a_damaged_member(
+        members_file: tuple[Path, Manifest], sql: bytes) -> None:
+    path, manifest = members_file
+    assert manifest.gzip_members is not None
+    flip_byte(path, sum(manifest.gzip_members[:2]) + manifest.gzip_members[2] // 2)
+    forwarded: list[bytes] = []
+    report = verify_file(path, parsed(), manifest, forward=forwarded.append, forward_ahead=True)
+
+    assert not report.ok
+    assert b"".join(forwarded) == sql[:2 * MEMBER_SIZE]  # the intact members before it, only
+
+
 def _merged(sizes: list[int]) -> list[int]:
     return [sizes[0] + sizes[1], *sizes[2:]]
 

@@ -168,8 +168,11 @@ class _PreVerify:
                          and entry.parsed.kind != GLOBALS_KIND
                          and ctx.settings.restore_jobs > 1 else None)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pre-verify")
+        # The capture takes the SQL as fast as it comes: the members are inflated on both
+        # cores while it scans them in order.
         self._report = pool.submit(verify_file, path, entry.parsed, entry.manifest,
-                                   entry.manifest_error, identities, forward=self._capture)
+                                   entry.manifest_error, identities, forward=self._capture,
+                                   forward_ahead=True)
         pool.shutdown(wait=False)
         if not overlap:
             self.wait()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import zstandard
@@ -217,15 +217,20 @@ class MemberCheck:
     raw_bytes: int = 0
     head: bytes = b""  # the first ``edge`` bytes of its content
     tail: bytes = b""  # the last ``edge`` bytes (overlaps ``head`` when the content is short)
+    content: list[bytes] = field(default_factory=list)  # all of it, when asked to keep it
 
 
-def check_gzip_member(member: bytes | memoryview, edge: int) -> MemberCheck:
+def check_gzip_member(member: bytes | memoryview, edge: int, *,
+                      keep: bool = False) -> MemberCheck:
     """Inflate ``member``, which must be exactly one complete gzip member (CRC and length
-    checked), keeping only its size and first/last ``edge`` bytes (for the SQL checks)."""
+    checked), keeping its size and first/last ``edge`` bytes (for the SQL checks), and with
+    ``keep`` its whole content (at most MEMBER_SIZE as backupd writes them)."""
     checker = GzipStreamChecker()
     result = MemberCheck()
     try:
         for piece in checker.feed(member):
+            if keep:
+                result.content.append(piece)
             if result.raw_bytes < edge:
                 result.head += piece[: edge - result.raw_bytes]
             result.tail = (result.tail + piece[-edge:])[-edge:]

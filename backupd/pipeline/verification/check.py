@@ -41,6 +41,7 @@ def verify_file(
     *,
     read_back: FileScan | None = None,
     forward: Callable[[bytes], object] | None = None,
+    forward_ahead: bool = False,
     extract: Extractor | None = None,
     progress: Progress | None = None,
 ) -> VerifyReport:
@@ -49,7 +50,9 @@ def verify_file(
     ``identities``: age keys, to check an encrypted backup's content (without them only
     its size and SHA-256 are checked). ``read_back``: the scan the backup already made of
     this file while writing it (``follow_growing_file``), used instead of reading it again.
-    ``forward``: receives the decompressed SQL of a plain backup, in order, as it is checked.
+    ``forward``: receives the decompressed SQL of a plain backup, in order, as it is checked;
+    ``forward_ahead``: as fast as it comes (gzip members inflated on all cores), not at the
+    pace of a consumer such as psql.
     ``extract``: receives the members of a directory-format backup as they are checked.
     ``progress``: the job's, to count the bytes read (the stall watchdog, displays).
     """
@@ -90,7 +93,8 @@ def verify_file(
                 else:
                     result = scan_file(path, parsed.compression if unencrypted_sql else None,
                                        members, forward,
-                                       archive if not parsed.encrypted else None, stream)
+                                       archive if not parsed.encrypted else None, stream,
+                                       forward_ahead=forward_ahead)
     except OSError as exc:
         report.add("readable", False, exc.strerror or str(exc))
         return report

@@ -74,11 +74,15 @@ def add_content_checks(report: VerifyReport, compression: str, stream_problem: s
 class ParallelGzipCheck:
     """The checks of PlainSqlCheck for a gzip file whose member sizes the manifest records:
     members are cut from the stream as it is read and inflated on all cores, a few in
-    flight (memory stays flat), their first and last bytes summed up in order."""
+    flight (memory stays flat), their first and last bytes summed up in order.
+    ``forward``, if given, receives each intact member's SQL, in order, until the first
+    damaged member (the verdict then fails)."""
 
-    def __init__(self, members: list[int]) -> None:
+    def __init__(self, members: list[int],
+                 forward: Callable[[bytes], object] | None = None) -> None:
         self.compression = "gzip"
         self.member_sizes = members
+        self._forward = forward
         self._next = 0  # index of the member being gathered
         self._gathered: list[bytes | memoryview] = []
         self._gathered_bytes = 0
@@ -110,7 +114,8 @@ class ParallelGzipCheck:
         parts = self._gathered
         member = parts[0] if len(parts) == 1 else b"".join(parts)
         if self._problem is None:
-            future = self._pool.submit(check_gzip_member, member, TAIL_BYTES)
+            future = self._pool.submit(check_gzip_member, member, TAIL_BYTES,
+                                       keep=self._forward is not None)
             self._in_flight.append((self._next, self._offset, future))
         self._offset += self._gathered_bytes
         self._next += 1
@@ -130,6 +135,9 @@ class ParallelGzipCheck:
                              f"{offset}-{end}): {problem}")
         else:
             self._head_tail.feed_part(result.head, result.tail, result.raw_bytes)
+            if self._forward is not None:
+                for piece in result.content:
+                    self._forward(piece)
 
     def close(self) -> None:
         while self._in_flight:

@@ -45,14 +45,17 @@ class FileScan:
 
     def __init__(self, compression: str | None, members: list[int] | None = None,
                  forward: Callable[[bytes], object] | None = None,
-                 content: ArchiveContent | None = None) -> None:
+                 content: ArchiveContent | None = None, *, forward_ahead: bool = False) -> None:
+        """``forward_ahead``: ``forward`` takes the SQL as fast as it comes (not at psql's
+        pace), so the members are inflated on all cores ahead of it."""
         self._digest = hashlib.sha256()
         self.size = 0
         self.identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file read
         self.content: Content | None = content
-        self._slice = FORWARD_SLICE if forward is not None else READ_SIZE
-        if content is None and members is not None and compression == "gzip" and forward is None:
-            self.content = ParallelGzipCheck(members)
+        paced = forward is not None and not forward_ahead
+        self._slice = FORWARD_SLICE if paced else READ_SIZE
+        if content is None and members is not None and compression == "gzip" and not paced:
+            self.content = ParallelGzipCheck(members, forward)
         elif content is None and compression is not None:
             self.content = PlainSqlCheck(compression, forward)
         self._problem: OSError | None = None
@@ -96,9 +99,9 @@ def open_no_follow(path: Path) -> int:
 def scan_file(path: Path, compression: str | None, members: list[int] | None = None,
               forward: Callable[[bytes], object] | None = None,
               content: ArchiveContent | None = None,
-              stream: Stream | None = None) -> FileScan:
+              stream: Stream | None = None, *, forward_ahead: bool = False) -> FileScan:
     """Read a finished file once (raises OSError); ``stream`` counts the bytes read."""
-    result = FileScan(compression, members, forward, content)
+    result = FileScan(compression, members, forward, content, forward_ahead=forward_ahead)
     fd: int | None = None
     try:
         fd = open_no_follow(path)
