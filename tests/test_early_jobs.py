@@ -111,6 +111,26 @@ def test_psqls_session_is_a_workers_only_once_psql_committed_the_last_data(
     assert not overlap(ran[10], ran[11]), ran
 
 
+@pytest.mark.timeout(30)
+def test_builds_whose_data_never_committed_fail_the_restore_instead_of_waiting(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    """psql's last data commit is in, but table b's was never announced (the stream and the
+    capture disagreeing on the dump): its build would wait forever, and the restore with it."""
+    database = make_db()
+    with connect(pg_server, database) as conn:
+        conn.execute("CREATE TABLE t (id int); CREATE TABLE ran (entry int, at timestamptz)")
+    config = ConnectionConfig(pg_server.host, pg_server.port, pg_server.user, database,
+                              connect_timeout=5, password=pg_server.password or "")
+    plan = EarlyPlan((), (entry(10, False), entry(11, False, b"public.b")),
+                     ((1, TABLE), (2, b"public.b")), 3)
+    with pytest.raises(JobFailed, match=r"public\.b was never reported committed"), \
+            EarlyJobs(plan, config, 2, CancelToken(), main_gone=lambda: False) as jobs_:
+        with connect(pg_server, database) as main:
+            main.execute(f"NOTIFY {CHANNEL}, '1'")
+            main.execute(f"NOTIFY {CHANNEL}, '{POST_DATA}'")
+        jobs_.before_post_data()
+
+
 def test_the_table_with_the_most_work_left_goes_first(
         pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
     """One worker, busy on table a while b and c are committed. b is first in dump order and

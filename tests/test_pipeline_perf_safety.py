@@ -37,6 +37,7 @@ from backupd.pipeline.compress import (
     MEMBER_SIZE,
     GzipStreamChecker,
     MemberGzipWriter,
+    check_gzip_member,
 )
 from backupd.pipeline.dump import enlarge_pipe
 from backupd.pipeline.growing import GrowingFile
@@ -151,6 +152,39 @@ def test_sql_forwarded_ahead_stops_before_a_damaged_member(
 
     assert not report.ok
     assert b"".join(forwarded) == sql[:2 * MEMBER_SIZE]  # the intact members before it, only
+
+
+def test_a_forward_that_raises_gets_nothing_more(members_file: tuple[Path, Manifest]) -> None:
+    """The members still in flight are collected on the way out, but not handed on: the
+    first error is the one raised."""
+    path, manifest = members_file
+    calls: list[int] = []
+
+    def forward(piece: bytes) -> None:
+        calls.append(len(piece))
+        if len(calls) == 2:
+            raise RuntimeError("the consumer failed")
+
+    with pytest.raises(RuntimeError, match="the consumer failed"):
+        verify_file(path, parsed(), manifest, forward=forward, forward_ahead=True)
+    assert len(calls) == 2
+
+
+def test_a_member_larger_than_backupd_writes_is_forwarded_in_steps(
+        tmp_path: Path, sql: bytes) -> None:
+    """Memory never depends on the compression ratio: a member of more SQL than MEMBER_SIZE
+    (not one backupd wrote) is not kept whole by its inflating thread; its SQL is inflated
+    again, in steps, as it is handed on."""
+    path = tmp_path / NAME
+    path.write_bytes(gzip.compress(sql, compresslevel=1))
+    manifest = manifest_for(path, [path.stat().st_size])
+    assert check_gzip_member(path.read_bytes(), 16, keep_up_to=MEMBER_SIZE).content is None
+    forwarded: list[bytes] = []
+    report = verify_file(path, parsed(), manifest, forward=forwarded.append, forward_ahead=True)
+
+    assert report.ok, report.problem
+    assert b"".join(forwarded) == sql
+    assert max(map(len, forwarded)) <= INFLATE_STEP
 
 
 def _merged(sizes: list[int]) -> list[int]:

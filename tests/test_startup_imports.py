@@ -109,6 +109,7 @@ def test_every_command_runs_with_the_garbage_collector_on(
         assert gc.isenabled()
         assert gc.get_freeze_count() > 10_000, "the start-up heap was left to the collector"
     finally:
+        gc.unfreeze()  # the rest of the test session's garbage stays collectable
         gc.enable()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
@@ -217,20 +217,25 @@ class MemberCheck:
     raw_bytes: int = 0
     head: bytes = b""  # the first ``edge`` bytes of its content
     tail: bytes = b""  # the last ``edge`` bytes (overlaps ``head`` when the content is short)
-    content: list[bytes] = field(default_factory=list)  # all of it, when asked to keep it
+    # All of it, when asked to keep up to that much and it was no more (else None).
+    content: list[bytes] | None = None
 
 
 def check_gzip_member(member: bytes | memoryview, edge: int, *,
-                      keep: bool = False) -> MemberCheck:
+                      keep_up_to: int = 0) -> MemberCheck:
     """Inflate ``member``, which must be exactly one complete gzip member (CRC and length
-    checked), keeping its size and first/last ``edge`` bytes (for the SQL checks), and with
-    ``keep`` its whole content (at most MEMBER_SIZE as backupd writes them)."""
+    checked), keeping its size and first/last ``edge`` bytes (for the SQL checks), and its
+    whole content if that is at most ``keep_up_to`` bytes (memory never depends on the
+    compression ratio: a member that inflates to more is not kept)."""
     checker = GzipStreamChecker()
-    result = MemberCheck()
+    result = MemberCheck(content=[] if keep_up_to else None)
     try:
         for piece in checker.feed(member):
-            if keep:
-                result.content.append(piece)
+            if result.content is not None:
+                if result.raw_bytes + len(piece) <= keep_up_to:
+                    result.content.append(piece)
+                else:
+                    result.content = None
             if result.raw_bytes < edge:
                 result.head += piece[: edge - result.raw_bytes]
             result.tail = (result.tail + piece[-edge:])[-edge:]

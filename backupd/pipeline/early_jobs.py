@@ -151,8 +151,12 @@ class EarlyJobs:
 
     def _data_committed(self, payload: str) -> None:
         table = self._committed.get(payload)
+        never: list[bytes] = []
         with self._lock:
             if payload == POST_DATA:
+                # Every table's data is committed by now: builds still waiting for theirs
+                # would wait forever (the stream and the capture disagreed on the dump).
+                never = sorted({e.table for e in self._waiting})
                 # psql committed the last of the data: its session, idle until every entry
                 # ran, leaves its core to a worker. (Raised when the stream merely reached
                 # post-data, a worker started on what was ready while psql still loaded the
@@ -164,6 +168,10 @@ class EarlyJobs:
                 self._ready.setdefault(table, []).extend(ready)
             self._waiting = [e for e in self._waiting if e.table != table]
             self._lock.notify_all()
+        if never:
+            self._stop("the data of " + ", ".join(t.decode(errors="replace") for t in never)
+                       + " was never reported committed before post-data; the restore "
+                       "stopped rather than wait for it")
 
     def _next(self) -> EarlyEntry | None:
         """The ready entry that may run now with the most work left on its table (under

@@ -8,7 +8,13 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from backupd.pipeline.compress import MemberCheck, check_gzip_member, open_checker
+from backupd.pipeline.compress import (
+    MEMBER_SIZE,
+    GzipStreamChecker,
+    MemberCheck,
+    check_gzip_member,
+    open_checker,
+)
 from backupd.pipeline.custom import ArchiveReader
 from backupd.pipeline.sqlcheck import HEAD_BYTES, TAIL_BYTES, HeadTail, header_problem
 from backupd.pipeline.verification.report import VerifyReport
@@ -90,7 +96,9 @@ class ParallelGzipCheck:
         self._extra = 0  # bytes beyond the recorded members
         workers = max(1, min(4, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inflate")
-        self._in_flight: collections.deque[tuple[int, int, Future[MemberCheck]]] = (
+        # (index, offset, the member itself while its SQL is still to be forwarded, check)
+        self._in_flight: collections.deque[
+            tuple[int, int, bytes | memoryview | None, Future[MemberCheck]]] = (
             collections.deque())
         self._max_in_flight = workers * 2
         self._head_tail = HeadTail()
@@ -114,9 +122,14 @@ class ParallelGzipCheck:
         parts = self._gathered
         member = parts[0] if len(parts) == 1 else b"".join(parts)
         if self._problem is None:
+            forwarding = self._forward is not None
+            # backupd writes members of MEMBER_SIZE bytes of SQL: those are kept whole by
+            # the inflating thread, anything bigger is inflated again, in steps, as it is
+            # forwarded.
             future = self._pool.submit(check_gzip_member, member, TAIL_BYTES,
-                                       keep=self._forward is not None)
-            self._in_flight.append((self._next, self._offset, future))
+                                       keep_up_to=MEMBER_SIZE if forwarding else 0)
+            self._in_flight.append((self._next, self._offset,
+                                    member if forwarding else None, future))
         self._offset += self._gathered_bytes
         self._next += 1
         self._gathered, self._gathered_bytes = [], 0
@@ -124,7 +137,7 @@ class ParallelGzipCheck:
             self._collect_oldest()
 
     def _collect_oldest(self) -> None:
-        index, offset, future = self._in_flight.popleft()
+        index, offset, member, future = self._in_flight.popleft()
         result = future.result()
         if self._problem is not None:
             return
@@ -135,9 +148,14 @@ class ParallelGzipCheck:
                              f"{offset}-{end}): {problem}")
         else:
             self._head_tail.feed_part(result.head, result.tail, result.raw_bytes)
-            if self._forward is not None:
-                for piece in result.content:
-                    self._forward(piece)
+            if self._forward is not None and member is not None:
+                # Taken away while it runs: a forward that raises gets nothing more, not
+                # even from the members that close() still collects.
+                forward, self._forward = self._forward, None
+                for piece in (result.content if result.content is not None
+                              else GzipStreamChecker().feed(member)):
+                    forward(piece)
+                self._forward = forward
 
     def close(self) -> None:
         while self._in_flight:
