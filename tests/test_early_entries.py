@@ -70,6 +70,27 @@ def test_the_indexes_and_constraints_of_tables_with_data_are_found(size: int) ->
     assert {e.data_bytes for e in plan.entries} == {data_end - data_start}
 
 
+def test_each_entry_carries_its_own_tables_data_size() -> None:
+    small = b"COPY public.s (id) FROM stdin;\n1\n\\.\n"
+    large = b"COPY public.l (id) FROM stdin;\n" + b"1234567\n" * 1000 + b"\\.\n"
+    dump = (PREAMBLE
+            + header("s", "TABLE DATA", data=True) + small
+            + header("l", "TABLE DATA", data=True) + large
+            + header("s_pk", "CONSTRAINT") + b"ALTER TABLE ONLY public.s\n"
+            b"    ADD CONSTRAINT s_pk PRIMARY KEY (id);\n"
+            + header("l_pk", "CONSTRAINT") + b"ALTER TABLE ONLY public.l\n"
+            b"    ADD CONSTRAINT l_pk PRIMARY KEY (id);\n"
+            + header("last", "INDEX") + b"CREATE INDEX last ON public.l USING btree (id);\n"
+            + b"\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n\n")
+    plan, why = capture(dump, 64)
+
+    assert plan is not None, why
+    sizes = {e.name: e.data_bytes for e in plan.entries}
+    # An entry runs from its header's first "--" to the newline before the next header.
+    assert sizes == {"s_pk": len(header("s", "TABLE DATA", data=True) + small),
+                     "l_pk": len(header("l", "TABLE DATA", data=True) + large)}
+
+
 def test_the_stream_leaves_them_out_and_commits_after_the_data() -> None:
     plan, _ = capture(DUMP, 100)
     assert plan is not None

@@ -98,6 +98,30 @@ def test_index_builds_on_one_table_run_together(
     assert overlap(ran[10], ran[11]), ran
 
 
+def test_the_last_tables_data_and_post_data_announced_in_one_commit(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    """As the stream sends them when the last TABLE DATA entry comes right before post-data:
+    both NOTIFYs in one transaction. The table's builds become ready, and both workers may
+    take them."""
+    database = make_db()
+    with connect(pg_server, database) as conn:
+        conn.execute("CREATE TABLE t (id int); CREATE TABLE ran (entry int, at timestamptz)")
+    config = ConnectionConfig(pg_server.host, pg_server.port, pg_server.user, database,
+                              connect_timeout=5, password=pg_server.password or "")
+    plan = EarlyPlan((), (entry(10, False), entry(11, False)), ((1, TABLE),), 2)
+    with EarlyJobs(plan, config, 2, CancelToken(), main_gone=lambda: False) as jobs_:
+        with connect(pg_server, database) as main:
+            main.execute(f"NOTIFY {CHANNEL}, '1'; NOTIFY {CHANNEL}, '{POST_DATA}'")
+        jobs_.before_post_data()
+    with connect(pg_server, database) as conn:
+        rows = conn.execute("SELECT entry, array_agg(extract(epoch FROM at) ORDER BY at) "
+                            "FROM ran GROUP BY entry").fetchall()
+    ran = {int(n): (float(at[0]), float(at[1])) for n, at in rows}
+
+    assert set(ran) == {10, 11}
+    assert overlap(ran[10], ran[11]), ran
+
+
 def test_psqls_session_is_a_workers_only_once_psql_committed_the_last_data(
         pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
     """With DB_RESTORE_JOBS=2, one worker runs beside psql while psql loads; the second only
