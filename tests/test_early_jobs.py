@@ -44,19 +44,29 @@ def run_tables(server: ServerAddress, database: str, entries: tuple[EarlyEntry, 
                post_data: bool = True) -> dict[int, tuple[float, float]]:
     """``run`` over several tables, their data entries numbered 1, 2, ... in order: each
     committed (NOTIFY) once the entries of the one before are running."""
+    def announce(main: Connection) -> None:
+        for number in range(1, len(tables) + 1):
+            main.execute(f"NOTIFY {CHANNEL}, '{number}'")
+            if number == 1 and len(tables) > 1:
+                wait_until_started(main, entries[0].entry)
+        if post_data:
+            main.execute(f"NOTIFY {CHANNEL}, '{POST_DATA}'")
+
+    plan = EarlyPlan((), entries, tuple(enumerate(tables, 1)), len(tables) + 1)
+    return run_plan(server, database, plan, jobs, announce)
+
+
+def run_plan(server: ServerAddress, database: str, plan: EarlyPlan, jobs: int,
+             announce: Callable[[Connection], object]) -> dict[int, tuple[float, float]]:
+    """Run ``plan`` with ``jobs`` sessions, its data announced by ``announce`` on a session
+    of its own (the main stream's); returns each entry's (start, end) in seconds."""
     with connect(server, database) as conn:
         conn.execute("CREATE TABLE t (id int); CREATE TABLE ran (entry int, at timestamptz)")
     config = ConnectionConfig(server.host, server.port, server.user, database,
                               connect_timeout=5, password=server.password or "")
-    plan = EarlyPlan((), entries, tuple(enumerate(tables, 1)), len(tables) + 1)
     with EarlyJobs(plan, config, jobs, CancelToken(), main_gone=lambda: False) as jobs_:
         with connect(server, database) as main:
-            for number in range(1, len(tables) + 1):
-                main.execute(f"NOTIFY {CHANNEL}, '{number}'")
-                if number == 1 and len(tables) > 1:
-                    wait_until_started(main, entries[0].entry)
-            if post_data:
-                main.execute(f"NOTIFY {CHANNEL}, '{POST_DATA}'")
+            announce(main)
         jobs_.before_post_data()
     with connect(server, database) as conn:
         rows = conn.execute("SELECT entry, array_agg(extract(epoch FROM at) ORDER BY at) "
@@ -103,20 +113,9 @@ def test_the_last_tables_data_and_post_data_announced_in_one_commit(
     """As the stream sends them when the last TABLE DATA entry comes right before post-data:
     both NOTIFYs in one transaction. The table's builds become ready, and both workers may
     take them."""
-    database = make_db()
-    with connect(pg_server, database) as conn:
-        conn.execute("CREATE TABLE t (id int); CREATE TABLE ran (entry int, at timestamptz)")
-    config = ConnectionConfig(pg_server.host, pg_server.port, pg_server.user, database,
-                              connect_timeout=5, password=pg_server.password or "")
     plan = EarlyPlan((), (entry(10, False), entry(11, False)), ((1, TABLE),), 2)
-    with EarlyJobs(plan, config, 2, CancelToken(), main_gone=lambda: False) as jobs_:
-        with connect(pg_server, database) as main:
-            main.execute(f"NOTIFY {CHANNEL}, '1'; NOTIFY {CHANNEL}, '{POST_DATA}'")
-        jobs_.before_post_data()
-    with connect(pg_server, database) as conn:
-        rows = conn.execute("SELECT entry, array_agg(extract(epoch FROM at) ORDER BY at) "
-                            "FROM ran GROUP BY entry").fetchall()
-    ran = {int(n): (float(at[0]), float(at[1])) for n, at in rows}
+    ran = run_plan(pg_server, make_db(), plan, 2, lambda main: main.execute(
+        f"NOTIFY {CHANNEL}, '1'; NOTIFY {CHANNEL}, '{POST_DATA}'"))
 
     assert set(ran) == {10, 11}
     assert overlap(ran[10], ran[11]), ran
@@ -140,19 +139,15 @@ def test_builds_whose_data_never_committed_fail_the_restore_instead_of_waiting(
         pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
     """psql's last data commit is in, but table b's was never announced (the stream and the
     capture disagreeing on the dump): its build would wait forever, and the restore with it."""
-    database = make_db()
-    with connect(pg_server, database) as conn:
-        conn.execute("CREATE TABLE t (id int); CREATE TABLE ran (entry int, at timestamptz)")
-    config = ConnectionConfig(pg_server.host, pg_server.port, pg_server.user, database,
-                              connect_timeout=5, password=pg_server.password or "")
     plan = EarlyPlan((), (entry(10, False), entry(11, False, b"public.b")),
                      ((1, TABLE), (2, b"public.b")), 3)
-    with pytest.raises(JobFailed, match=r"public\.b was never reported committed"), \
-            EarlyJobs(plan, config, 2, CancelToken(), main_gone=lambda: False) as jobs_:
-        with connect(pg_server, database) as main:
-            main.execute(f"NOTIFY {CHANNEL}, '1'")
-            main.execute(f"NOTIFY {CHANNEL}, '{POST_DATA}'")
-        jobs_.before_post_data()
+
+    def announce(main: Connection) -> None:
+        main.execute(f"NOTIFY {CHANNEL}, '1'")
+        main.execute(f"NOTIFY {CHANNEL}, '{POST_DATA}'")
+
+    with pytest.raises(JobFailed, match=r"public\.b was never reported committed"):
+        run_plan(pg_server, make_db(), plan, 2, announce)
 
 
 def test_the_table_with_the_most_work_left_goes_first(

@@ -154,9 +154,9 @@ class EarlyCapture(EntryScanner):
             copy = _COPY.match(text, header.end())
             if copy is None:
                 raise GiveUp(f"entry {number}: TABLE DATA without COPY")
-            self._data[copy.group(1)] = number
-            # Several entries for one table (--load-via-partition-root): their sum.
             table = copy.group(1)
+            self._data[table] = number
+            # Several entries for one table (--load-via-partition-root): their sum.
             self._data_bytes[table] = self._data_bytes.get(table, 0) + self._entry_bytes
             self._last_data = number
         elif self._last_data and not self._post_data and kind not in _DATA_TYPES:

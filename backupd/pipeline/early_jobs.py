@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 
@@ -56,8 +55,6 @@ class EarlyJobs:
         # Taken by a worker; its session is None while that worker still connects.
         self._running: dict[int, tuple[EarlyEntry, Connection | None]] = {}
         self._finished: set[int] = set()  # entry numbers that ran (or failed)
-        self._untaken = Counter(e.table for e in plan.entries)  # entries no worker took yet
-        self._limit = max(jobs - 1, 1)
         self._loaded = False  # psql committed the last of the data (POST_DATA)
         self._failure: str | None = None
         self._stopping = False
@@ -150,23 +147,29 @@ class EarlyJobs:
             self._stop(f"restore: lost the session that follows the load ({exc})")
 
     def _data_committed(self, payload: str) -> None:
+        if payload == POST_DATA:
+            self._all_data_committed()
+            return
         table = self._committed.get(payload)
-        never: list[bytes] = []
         with self._lock:
-            if payload == POST_DATA:
-                # Every table's data is committed by now: builds still waiting for theirs
-                # would wait forever (the stream and the capture disagreed on the dump).
-                never = sorted({e.table for e in self._waiting})
-                # psql committed the last of the data: its session, idle until every entry
-                # ran, leaves its core to a worker. (Raised when the stream merely reached
-                # post-data, a worker started on what was ready while psql still loaded the
-                # last table, whose builds were not ready yet: the restore's longest chain.)
-                self._limit = self._jobs
-                self._loaded = True
             ready = [e for e in self._waiting if e.table == table]
             if table is not None and ready:
+                # All of a table's entries at once: a table with ready entries has none
+                # waiting (what _work_left counts on).
                 self._ready.setdefault(table, []).extend(ready)
-            self._waiting = [e for e in self._waiting if e.table != table]
+                self._waiting = [e for e in self._waiting if e.table != table]
+                self._lock.notify_all()
+
+    def _all_data_committed(self) -> None:
+        """psql committed the last of the data: its session, idle until every entry ran,
+        leaves its core to a worker. (Raised when the stream merely reached post-data, a
+        worker started on what was ready while psql still loaded the last table, whose
+        builds were not ready yet: the restore's longest chain.)"""
+        with self._lock:
+            self._loaded = True
+            # Builds still waiting for their table's data would wait forever (the stream
+            # and the capture disagreed on the dump).
+            never = sorted({e.table for e in self._waiting})
             self._lock.notify_all()
         if never:
             self._stop("the data of " + ", ".join(t.decode(errors="replace") for t in never)
@@ -177,14 +180,15 @@ class EarlyJobs:
         """The ready entry that may run now with the most work left on its table (under
         the lock); None: stop."""
         while not self._stopping:
-            if len(self._running) < self._limit:
+            # At most jobs - 1 beside psql while it loads (it is a session too).
+            limit = self._jobs if self._loaded else max(self._jobs - 1, 1)
+            if len(self._running) < limit:
                 entry = self._best_runnable()
                 if entry is not None:
                     ready = self._ready[entry.table]
                     ready.remove(entry)
                     if not ready:
                         del self._ready[entry.table]
-                    self._untaken[entry.table] -= 1
                     return entry
             if not self._left():
                 return None
@@ -195,11 +199,11 @@ class EarlyJobs:
         """pg_restore -j's rule on locks: an entry that takes ACCESS EXCLUSIVE never runs
         beside another entry on its table. Of the tables' first entries that may run, the
         one whose table has the most work left: its data size times the entries on it no
-        worker took yet (then dump order). A table's entries run one after another as often
-        as not (an exclusive one blocks the rest), so that table is the restore's longest
-        chain. By data size alone (pg_restore -j's order) a large table whose builds mostly
-        ran beside the load went first, and the table loaded last, with all of its builds
-        still to come, waited behind it."""
+        worker took yet, which are its ready ones (then dump order). A table's entries run
+        one after another as often as not (an exclusive one blocks the rest), so that table
+        is the restore's longest chain. By data size alone (pg_restore -j's order) a large
+        table whose builds mostly ran beside the load went first, and the table loaded
+        last, with all of its builds still to come, waited behind it."""
         running = [entry for entry, _ in self._running.values()]
         blocked = {e.table for e in running if e.exclusive}
         busy = {e.table for e in running}
@@ -215,7 +219,7 @@ class EarlyJobs:
         return best
 
     def _work_left(self, entry: EarlyEntry) -> tuple[int, int]:
-        return entry.data_bytes * self._untaken[entry.table], -entry.entry
+        return entry.data_bytes * len(self._ready[entry.table]), -entry.entry
 
     def _work(self) -> None:
         conn: Connection | None = None
