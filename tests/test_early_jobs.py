@@ -150,6 +150,22 @@ def test_builds_whose_data_never_committed_fail_the_restore_instead_of_waiting(
         run_plan(pg_server, make_db(), plan, 2, announce)
 
 
+@pytest.mark.timeout(30)
+def test_a_lost_listener_fails_the_restore_instead_of_waiting(
+        pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
+    """The session that hears of committed data is killed before the data is announced:
+    nothing would ever make the builds ready."""
+    plan = EarlyPlan((), (entry(10, False),), ((1, TABLE),), 2)
+
+    def kill_listener(main: Connection) -> None:
+        killed = main.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              f"WHERE query = 'LISTEN {CHANNEL}'").fetchall()
+        assert killed == [(True,)]
+
+    with pytest.raises(JobFailed, match="lost the session that follows the load"):
+        run_plan(pg_server, make_db(), plan, 2, kill_listener)
+
+
 def test_the_table_with_the_most_work_left_goes_first(
         pg_server: ServerAddress, make_db: Callable[..., str]) -> None:
     """One worker, busy on table a while b and c are committed. b is first in dump order and
