@@ -2,6 +2,8 @@
 
 import gc
 
+from backupd import quick_exit
+
 
 def main() -> None:
     # Start-up imports backupd and its libraries and builds their models: hundreds of thousands
@@ -9,6 +11,7 @@ def main() -> None:
     # of a one-off command's ~550 ms of start-up CPU). The CLI's callback, which every command
     # passes through once the CLI is imported, turns it back on (cli.app._options).
     gc.disable()
+    quick_exit.arm()  # first: its handler runs after every other one
     from backupd.cli import run
 
     run()
