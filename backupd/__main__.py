@@ -2,7 +2,7 @@
 
 import gc
 
-from backupd import quick_exit
+from backupd import malloc_tuning, quick_exit
 
 
 def main() -> None:
@@ -11,6 +11,7 @@ def main() -> None:
     # of a one-off command's ~550 ms of start-up CPU). The CLI's callback, which every command
     # passes through once the CLI is imported, turns it back on (cli.app._options).
     gc.disable()
+    malloc_tuning.tune()  # before any pipeline thread allocates
     quick_exit.arm()  # first: its handler runs after every other one
     from backupd.cli import run
 
