@@ -4,8 +4,9 @@ backupd's pipelines allocate and free buffers of 0.5 to 3 MiB on several threads
 of up to 1 MiB, a 2 MiB gzip member, its compressed copy, an inflated step. With glibc's
 defaults such a buffer is often a fresh mmap, or heap memory handed back to the kernel as
 soon as it is freed, so its pages are faulted in and zeroed again for the next one. A
-scale-30 backup took ~70,000 page faults; with the thresholds below ~23,000, and 3-4 % less
-CPU (issue 18: the backup beside a CPU-bound job), at the same peak RSS.
+scale-30 backup took ~73,000 page faults; with the thresholds below ~23,000, and 2-4 % less
+CPU (issue 18: the backup beside a CPU-bound job), at the same peak RSS (76-78 MiB). The
+cost: buffers kept in the heap raise a scale-30 restore's peak RSS from 77 to 86 MiB.
 
 * ``M_MMAP_THRESHOLD``: allocations below it come from the heap, where freed memory is
   reused, rather than from an mmap of their own;
