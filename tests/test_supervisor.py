@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -264,37 +263,3 @@ def test_a_tools_version_is_asked_once_until_the_binary_changes(
     tool.write_text(script.format("17.2"))
     assert tool_version("pg_fakeversion") == ("17.2", 17)
     assert calls.read_text().splitlines() == ["--version", "--version"]
-
-
-def test_a_prefetched_version_is_waited_for_not_asked_twice(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A one-off backup asks pg_dump's version in the background beside its first queries
-    (issue 18: start-up); the check that needs it waits for that answer instead of starting
-    a second pg_dump --version."""
-    from backupd.pipeline.supervisor import prefetch_tool_version, tool_version
-
-    calls = tmp_path / "calls"
-    tool = tmp_path / "bin" / "pg_slowversion"
-    tool.parent.mkdir()
-    tool.write_text(f"#!/bin/sh\necho \"$@\" >> '{calls}'\nsleep 0.5\n"
-                    "echo 'pg_slowversion (PostgreSQL) 16.4'\n")
-    tool.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-
-    prefetch_tool_version("pg_slowversion")
-    deadline = time.monotonic() + 10
-    while not calls.exists() and time.monotonic() < deadline:  # the prefetch has started
-        time.sleep(0.01)
-    assert tool_version("pg_slowversion") == ("16.4", 16)
-    assert calls.read_text().splitlines() == ["--version"]
-
-
-def test_a_prefetch_that_fails_is_reported_by_the_caller_who_needs_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from backupd.errors import ConfigError
-    from backupd.pipeline.supervisor import prefetch_tool_version, tool_version
-
-    monkeypatch.setenv("PATH", str(tmp_path))
-    prefetch_tool_version("pg_missingtool")  # never raises in the caller's thread
-    with pytest.raises(ConfigError, match="pg_missingtool: not found on PATH"):
-        tool_version("pg_missingtool")

@@ -28,7 +28,6 @@ from backupd.naming import backup_name, data_suffix, parse_backup_name
 from backupd.outcomes import BackupOutcome, FileReport
 from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_strings
 from backupd.pipeline.run import DumpFailed, dump_to_file
-from backupd.pipeline.supervisor import prefetch_tool_version
 from backupd.pipeline.verification import (
     CustomArchiveCheck,
     DirectoryArchiveCheck,
@@ -59,18 +58,15 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
     facts = ctx.result.outcome = BackupOutcome()
     offsite = ctx.repos.offsite()  # bad S3 settings: exit 2 before any dump
     store.prepare()
-    with advisory_lock(settings, "dump") as conn:
-        # The server's major is known now, so which pg_dump to run: its version is asked
-        # while the backups are listed and the server queried (issue 18: start-up).
-        prefetch_tool_version("pg_dump")
+    with advisory_lock(settings, "dump"):
         existing = store.list_backups(settings.postgres_db)
         selection.warn_future(ctx, existing)
         if not_before is not None:
             _skip_if_slot_taken(existing, not_before)
-        with severed_on_cancel(conn, ctx.cancel):
+        with connect(settings) as conn, severed_on_cancel(conn, ctx.cancel):
+            server_version, pg_dump_version = check_pg_dump_not_older(conn)
             properties = read_properties(conn, settings.postgres_db)
             clock = read_server_clock(conn)
-            server_version, pg_dump_version = check_pg_dump_not_older(conn)
         # What the database held at backup time, for restore drills (issue 7): counted on a
         # connection of its own while pg_dump starts, instead of delaying it.
         counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts")

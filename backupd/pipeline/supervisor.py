@@ -77,29 +77,11 @@ def binary_key(path: str) -> BinaryKey:
     return os.path.realpath(path), info.st_mtime_ns, info.st_size
 
 
-# One question at a time: a prefetch in flight is waited for, and its answer reused.
-_asking_version = threading.Lock()
-
-
 def tool_version(tool: str) -> tuple[str, int]:
     """(full version text, major) of a PostgreSQL client tool, e.g. ("15.20", 15): asked
     once per binary (a backup needed it up to three times, a daemon at every run)."""
     path = tool_path(tool)
-    with _asking_version:
-        return _version(binary_key(path), path, tool)
-
-
-def prefetch_tool_version(tool: str) -> None:
-    """Ask ``tool_version`` in a thread of its own, ahead of need, so that the answer is
-    cached when it is needed: a one-off backup asks pg_dump (~8 ms) beside its first
-    queries. A failure is left to the caller's own ``tool_version`` to raise and report."""
-
-    def ask() -> None:
-        with contextlib.suppress(Exception):
-            tool_version(tool)
-
-    # The thread waits for its child (PR_SET_PDEATHSIG: the child ends with its thread).
-    threading.Thread(target=ask, name=f"{tool}-version", daemon=True).start()
+    return _version(binary_key(path), path, tool)
 
 
 # The key argument makes a replaced binary (a package upgrade) a new entry. A failure (the

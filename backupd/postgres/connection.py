@@ -158,9 +158,8 @@ def lock_key(purpose: str, database: str) -> int:
 @contextmanager
 def advisory_lock(settings: Settings, purpose: str = "dump", *,
                   open_connection: Callable[[Settings], psycopg.Connection[tuple]] | None = None,  # type: ignore[type-arg]
-                  ) -> Iterator[psycopg.Connection[tuple]]:  # type: ignore[type-arg]
-    """Hold a session advisory lock on a dedicated connection for the duration of a job;
-    the connection is yielded, for the job's own short queries (one session fewer to open).
+                  ) -> Iterator[None]:
+    """Hold a session advisory lock on a dedicated connection for the duration of a job.
 
     Every backupd process pointed at the same database takes the same key, so two
     daemons (or a daemon and a one-off ``backupd backup``) never dump at once.
@@ -176,6 +175,6 @@ def advisory_lock(settings: Settings, purpose: str = "dump", *,
                 f"another backupd is already running a {purpose} job on database "
                 f"{settings.postgres_db!r} (advisory lock held); this run was skipped"
             )
-        yield conn
+        yield
     finally:
         conn.close()  # closing the session releases the lock, also after a crash
