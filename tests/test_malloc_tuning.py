@@ -4,8 +4,10 @@ returned to the kernel each time. Read back through glibc's own mallinfo2."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,9 +30,16 @@ print(mapped, libc.mallinfo2().keepcost)
 """
 
 
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The tests' own environment, without a developer's own malloc tuning."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    return {**env, **extra}
+
+
 def _probe(setup: str, env: dict[str, str] | None = None) -> tuple[int, int]:
     done = subprocess.run([sys.executable, "-c", PROBE.format(setup=setup)], check=True,
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env or _clean_env())
     mapped, keep = done.stdout.split()
     return int(mapped), int(keep)
 
@@ -55,13 +64,82 @@ def test_untuned_the_same_buffer_is_mapped() -> None:
     assert mapped >= 3 * 2**20
 
 
-def test_a_users_own_malloc_settings_are_left_alone() -> None:
-    import os
-
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}
+@pytest.mark.parametrize("variable, value", [
+    ("MALLOC_TRIM_THRESHOLD_", "131072"),
+    ("MALLOC_ARENA_MAX", "4"),
+    ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072"),
+])
+def test_a_users_own_malloc_settings_are_left_alone(variable: str, value: str) -> None:
     mapped, _ = _probe("from backupd import malloc_tuning\nassert not malloc_tuning.tune()",
-                       env)
+                       _clean_env(**{variable: value}))
     assert mapped >= 3 * 2**20
+
+
+ARENA_PROBE = """
+import ctypes, sys, tempfile, threading
+from backupd import malloc_tuning
+if sys.argv[1] == "tuned":
+    assert malloc_tuning.tune()
+barrier = threading.Barrier(4)
+
+def pipeline_thread() -> None:  # allocating while the others do
+    buffer = b"\\x01" * (3 * 2**20)
+    barrier.wait()
+    del buffer
+
+threads = [threading.Thread(target=pipeline_thread) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile(suffix=".xml") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(report.name).read().count("<heap nr="))
+"""
+
+
+def _heaps(mode: str) -> int:
+    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], check=True,
+                          capture_output=True, text=True, env=_clean_env())
+    return int(done.stdout)
+
+
+def test_every_thread_allocates_from_the_one_heap_the_daemon_can_trim() -> None:
+    """glibc's malloc_trim, which the daemon calls after every job, cannot shrink a thread
+    arena's top: with one heap, what the pipeline's threads freed can be given back."""
+    assert _heaps("tuned") == 1
+    assert _heaps("untuned") > 1  # the witness: glibc's default gives threads arenas
+
+
+def test_the_daemon_gives_memory_back_after_every_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC
+
+    from backupd import malloc_tuning
+    from backupd.daemon import scheduler
+    from backupd.daemon.cron import parse_cron
+    from backupd.daemon.state import DaemonState
+    from backupd.notify.base import NotifierChain
+    from backupd.settings import Settings
+
+    released: list[bool] = []
+    ran: list[bool] = []
+    monkeypatch.setattr(malloc_tuning, "release_free_memory",
+                        lambda: released.append(bool(ran)))
+    settings = Settings(_env_file=None, POSTGRES_DB="malloc_probe",  # type: ignore[call-arg]
+                        DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT="0")
+    spec = scheduler.JobSpec("backup", "backup_schedule", lambda ctx, slot: ran.append(True))
+    job = scheduler.ScheduledJob(spec, parse_cron("0 2 * * *", "BACKUP_SCHEDULE", UTC))
+    daemon = scheduler.Daemon(settings, [job], NotifierChain([]), DaemonState(tmp_path))
+    daemon._fire("backup")
+    assert ran == [True]
+    assert released == [True]  # once, after the job's body
 
 
 def test_the_console_script_tunes_before_the_cli_is_imported() -> None:

@@ -16,22 +16,23 @@ class Witness:
         sys.stderr.write("torn down\\n")
 
 witness = Witness()
-quick_exit.arm()
+{before}
+print("armed:", quick_exit.arm())
 atexit.register(lambda: print("handler ran"))  # registered later: runs first
 sys.stdout.write("buffered output")  # no newline, stdout a pipe: still in the buffer
 {end}
 """
 
 
-def _run(end: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", PROBE.format(end=end)], capture_output=True,
-                          text=True, timeout=60)
+def _run(end: str, before: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", PROBE.format(before=before, end=end)],
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_a_finished_command_skips_the_teardown_after_every_handler() -> None:
     done = _run("quick_exit.finished(3)\nsys.exit(0)")
     assert done.returncode == 3  # the command's own code
-    assert done.stdout == "buffered outputhandler ran\n"
+    assert done.stdout == "armed: True\nbuffered outputhandler ran\n"
     assert "torn down" not in done.stderr
 
 
@@ -41,10 +42,28 @@ def test_without_a_finished_command_python_exits_as_usual() -> None:
     assert done.returncode == 1
     assert "RuntimeError: unexpected" in done.stderr
     assert "torn down" in done.stderr  # the witness proves the teardown is observable
-    assert done.stdout == "buffered outputhandler ran\n"
+    assert done.stdout == "armed: True\nbuffered outputhandler ran\n"
 
 
-def test_the_console_script_arms_it_and_keeps_the_codes() -> None:
+def test_a_handler_registered_before_it_is_never_skipped() -> None:
+    """A sitecustomize or .pth hook (coverage's, say) registered first would run after the
+    quick exit, that is never: then it is not armed, and Python exits as usual."""
+    done = _run("quick_exit.finished(3)\nsys.exit(0)",
+                before="atexit.register(lambda: sys.stderr.write('early handler ran\\n'))")
+    assert done.returncode == 0
+    assert done.stdout == "armed: False\nbuffered outputhandler ran\n"
+    assert "early handler ran" in done.stderr
+    assert "torn down" in done.stderr
+
+
+def test_a_closed_stdout_ends_quietly() -> None:
+    done = subprocess.run(f"'{sys.executable}' -m backupd version >&-", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_console_script_arms_it_before_the_cli_is_imported_and_keeps_the_codes() -> None:
     ok = subprocess.run([sys.executable, "-m", "backupd", "version"], capture_output=True,
                         text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.strip()
@@ -53,15 +72,17 @@ def test_the_console_script_arms_it_and_keeps_the_codes() -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("backupd: error:")
     probe = """
-import atexit
+import sys
 from backupd import quick_exit
-armed = []
-quick_exit.arm = lambda: armed.append(True)
-import backupd.cli
-backupd.cli.run = lambda: None
+armed = quick_exit.arm
+def spy():
+    print("arming; CLI imported:", "backupd.cli" in sys.modules, flush=True)
+    return armed()
+quick_exit.arm = spy
+sys.argv = ["backupd", "version"]
 from backupd.__main__ import main
 main()
-print(armed)
 """
-    assert subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                          text=True).stdout.strip() == "[True]"
+    done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.splitlines()[0] == "arming; CLI imported: False"

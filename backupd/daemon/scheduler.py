@@ -26,6 +26,7 @@ from apscheduler.events import (
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from backupd import malloc_tuning
 from backupd.cancel import CancelToken
 from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
 from backupd.daemon.state import DaemonState
@@ -213,6 +214,9 @@ class Daemon:
             with self._cond:
                 self._active.pop(name, None)
                 self._cond.notify_all()
+            # The job's buffers, kept in the heap while it ran (backupd.malloc_tuning), go
+            # back to the kernel: the daemon idles between jobs.
+            malloc_tuning.release_free_memory()
 
     def _on_event(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
         name = str(event.job_id)
