@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,29 @@ def test_a_tools_version_is_asked_once_until_the_binary_changes(
     tool.write_text(script.format("17.2"))
     assert tool_version("pg_fakeversion") == ("17.2", 17)
     assert calls.read_text().splitlines() == ["--version", "--version"]
+
+
+def test_a_tool_that_hangs_on_version_fails_in_one_line_and_is_killed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the stall watchdog nor the job timeout reaches the version's child: before,
+    a binary that never answered `--version` held the job forever."""
+    from backupd.errors import ConfigError
+    from backupd.pipeline import supervisor
+
+    tool = tmp_path / "bin" / "pg_hangs"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\nsleep 3000\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    monkeypatch.setattr(supervisor, "VERSION_TIMEOUT_SECONDS", 0.5)
+
+    with pytest.raises(ConfigError, match=r"pg_hangs: `.*pg_hangs --version` did not answer "
+                                          r"within 0 s"):
+        supervisor.tool_version("pg_hangs")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # its group was killed: the shell and its sleep
+        alive = subprocess.run(["pgrep", "-f", str(tool)], capture_output=True).returncode == 0
+        if not alive:
+            break
+        time.sleep(0.05)
+    assert not alive

@@ -29,6 +29,7 @@ import contextlib
 import functools
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,25 @@ def tool_version(tool: str) -> tuple[str, int]:
     return _version(binary_key(path), path, tool)
 
 
+# A binary that hangs on --version (a broken install, a wrapper waiting on something) must not
+# hang the job: neither the stall watchdog nor the job timeout reaches this child.
+VERSION_TIMEOUT_SECONDS = 30.0
+
+
+def _read_until_end(fd: int, timeout: float) -> str | None:
+    """Everything a pipe carries until its end, or None past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks).decode("utf-8", "replace")
+        chunks.append(chunk)
+
+
 # The key argument makes a replaced binary (a package upgrade) a new entry. A failure (the
 # ConfigError below) is not cached: it is asked again next time.
 @functools.cache
@@ -91,8 +111,12 @@ def _version(key: BinaryKey, path: str, tool: str) -> tuple[str, int]:
     del key
     with Child([path, "--version"], stdout=subprocess.PIPE) as child:
         assert child.stdout is not None
-        out = child.stdout.read().decode("utf-8", "replace")
-        child.wait(30)
+        out = _read_until_end(child.stdout.fileno(), VERSION_TIMEOUT_SECONDS)
+        if out is None:  # leaving the block kills the child's group
+            raise ConfigError(f"{tool}: `{path} --version` did not answer within "
+                              f"{VERSION_TIMEOUT_SECONDS:.0f} s; check that binary (the "
+                              "PostgreSQL client tools) on this machine")
+        child.wait(VERSION_TIMEOUT_SECONDS)
     match = re.search(r"(\d+)(?:\.(\d+))?", out)
     if match is None:
         raise ConfigError(f"{tool}: cannot tell its version from {out.strip()!r}")
