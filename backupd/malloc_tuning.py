@@ -28,6 +28,7 @@ tunes glibc's malloc (any ``MALLOC_*`` variable, or a ``glibc.malloc`` tunable i
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -39,7 +40,9 @@ TRIM_THRESHOLD = 32 * 2**20
 ARENA_MAX = 1
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library, once per process (the daemon asks after every job), if it is glibc."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -47,6 +50,9 @@ def _glibc() -> ctypes.CDLL | None:
         libc.gnu_get_libc_version  # noqa: B018  -- glibc's, absent from musl
     except (OSError, AttributeError):
         return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
     return libc
 
 
@@ -61,17 +67,13 @@ def tune() -> bool:
     libc = _glibc()
     if libc is None or _tuned_by_the_user():
         return False
-    mallopt = libc.mallopt
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, ARENA_MAX)
-                and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+                and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def release_free_memory() -> None:
     """Give the heap's free memory back to the kernel (the daemon, after a job)."""
     libc = _glibc()
     if libc is not None:
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.malloc_trim(0)

@@ -266,6 +266,7 @@ def test_a_tools_version_is_asked_once_until_the_binary_changes(
     assert calls.read_text().splitlines() == ["--version", "--version"]
 
 
+@pytest.mark.timeout(60)  # the old code waited forever: fail soon, not at the suite's 300 s
 def test_a_tool_that_hangs_on_version_fails_in_one_line_and_is_killed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Neither the stall watchdog nor the job timeout reaches the version's child: before,
