@@ -3,7 +3,9 @@ only backupd's own names parse as backups."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +110,29 @@ def test_suffixes_and_helpers() -> None:
     assert is_partial(partial_name(name))
     assert parse_backup_name(partial_name(name)) is None
     assert not is_partial(name)
+
+
+@pytest.mark.parametrize("leftover", ["final", "partial"])
+def test_a_new_backup_never_takes_a_name_in_use_not_even_by_a_killed_runs_leftover(
+        tmp_path: Path, leftover: str) -> None:
+    """Names have one-second resolution. A run killed mid-write leaves its dot-named
+    temporary file, which atomic_write's O_EXCL refuses to share: the next run in the same
+    second failed with "File exists" (a base backup right after a killed one, in CI)."""
+    from backupd.naming import base_backup_name, partial_name
+    from backupd.storage.local import LocalRepository
+
+    store = LocalRepository(tmp_path)
+
+    def names(at: datetime) -> list[str]:
+        return [base_backup_name(at, "gzip", encrypted=False)]
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    if datetime.now(UTC).microsecond > 800_000:  # too close to the next second to test
+        now += timedelta(seconds=1)
+        time.sleep(1.01 - datetime.now(UTC).microsecond / 1e6)
+    taken = names(now)[0]
+    (tmp_path / (taken if leftover == "final" else partial_name(taken))).write_bytes(b"x")
+
+    started = store.unique_start(names)
+    assert started > now
+    assert names(started)[0] != taken

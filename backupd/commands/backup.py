@@ -9,7 +9,6 @@ cannot be written (a full disk) takes its data file with it.
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,7 +77,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         identities = load_identities(age_key_files(settings))
         suffix = data_suffix(settings.backup_format, settings.compression,
                              encrypted=bool(recipients))
-        started = _unique_start(ctx, suffix)
+        started = store.unique_start(
+            lambda at: [backup_name(settings.postgres_db, at, suffix)])
         _warn_if_clocks_disagree(ctx, clock, started)
         name = backup_name(settings.postgres_db, started, suffix)
         parsed = parse_backup_name(name)
@@ -216,15 +216,6 @@ def _warn_if_clocks_disagree(ctx: JobContext, clock: ServerClock, started: datet
                  f"{skew.total_seconds() / 3600:+.2f} h (backupd {started:%Y-%m-%d %H:%M:%S} "
                  f"UTC, server {clock.now:%Y-%m-%d %H:%M:%S} UTC); this backup is named by "
                  "backupd's clock: check NTP on both machines")
-
-
-def _unique_start(ctx: JobContext, suffix: str) -> datetime:
-    """Names have one-second resolution: never reuse an existing backup's name."""
-    while True:
-        now = datetime.now(UTC).replace(microsecond=0)
-        if not (ctx.store.directory / backup_name(ctx.settings.postgres_db, now, suffix)).exists():
-            return now
-        time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)
 
 
 def _warn_if_shrunk(ctx: JobContext, previous: int, current: int) -> None:

@@ -12,10 +12,9 @@ globals) failed. Every manifest of the run records the same ``run_id``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
 from backupd.commands import backup, globals_backup
 from backupd.errors import Cancelled, JobFailed, JobSkipped
@@ -41,7 +40,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         ctx.store.prepare()
         for warning in resolved.warnings:
             ctx.warn(warning)
-        started = _unique_start(ctx)
+        # The run's id is its start to the second: never reuse an earlier run's.
+        started = ctx.store.unique_start(
+            lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
         rid = run_id(started)
         facts = ctx.result.outcome = BackupRunOutcome(run_id=rid)
         ctx.say(f"Backup run {rid}: databases {', '.join(map(repr, resolved.databases))}"
@@ -130,11 +131,3 @@ def _run_lock(conn: Connection, settings: Settings) -> Iterator[None]:
         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
-def _unique_start(ctx: JobContext) -> datetime:
-    """The run's id is its start to the second: never reuse an earlier run's."""
-    while True:
-        now = datetime.now(UTC).replace(microsecond=0)
-        taken = [ctx.store.directory / globals_name(now, encrypted) for encrypted in (False, True)]
-        if not any(path.exists() for path in taken):
-            return now
-        time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)

@@ -13,14 +13,22 @@ import errno
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
 from backupd.manifest import Manifest, manifest_for
-from backupd.naming import DUMP_KIND, is_partial, manifest_name, parse_backup_name
+from backupd.naming import (
+    DUMP_KIND,
+    is_partial,
+    manifest_name,
+    parse_backup_name,
+    partial_name,
+)
 from backupd.progress import Progress
 from backupd.storage.atomic import DIR_MODE, FILE_MODE, atomic_write, write_bytes_atomically
 from backupd.storage.base import (
@@ -75,6 +83,19 @@ class LocalRepository:
         with contextlib.suppress(OSError):
             if self.directory.stat().st_uid == os.geteuid():
                 self.directory.chmod(DIR_MODE)
+
+    def unique_start(self, names: Callable[[datetime], Iterable[str]]) -> datetime:
+        """The current second, or the next one whose ``names`` are all free. Names have
+        one-second resolution; a name is in use by a finished file, and by the temporary
+        file of a run that was killed mid-write (atomic_write's O_EXCL refuses to share it:
+        the next run in the same second failed with "File exists")."""
+        while True:
+            now = datetime.now(UTC).replace(microsecond=0)
+            if not any((self.directory / name).exists()
+                       or (self.directory / partial_name(name)).exists()
+                       for name in names(now)):
+                return now
+            time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)
 
     def remove_leftovers(self) -> list[str]:
         """Delete temporary files an interrupted run left behind; return their names."""
