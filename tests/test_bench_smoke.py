@@ -43,3 +43,27 @@ def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
         left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                             (f"backupd\\_bench\\_{proc.pid}\\_%",)).fetchall()
     assert left == []
+
+
+# Run in a child: bench/ is a folder of scripts, not a package the tests (or mypy) import.
+_HOG_SESSION_PROBE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from issue18 import cpu_hog
+with cpu_hog(True):
+    me = os.getpid()
+    with open(f"/proc/{me}/task/{me}/children") as children:
+        hog = int(children.read().split()[0])
+    print(os.getsid(hog), os.getsid(0), os.getpgid(hog))
+"""
+
+
+def test_cpu_hog_runs_in_a_session_of_its_own() -> None:
+    # Where the kernel shares the CPU between sessions (sched_autogroup), a hog in the bench's
+    # session shared a group with the floor's pg_dump and with backupd but not with the pg_dump
+    # backupd starts: the busy figures measured that grouping, not the contention.
+    out = subprocess.run([sys.executable, "-c", _HOG_SESSION_PROBE, str(REPO_ROOT / "bench")],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    hog_session, bench_session, hog_group = (int(word) for word in out.split())
+    assert hog_session != bench_session
+    assert hog_group == hog_session  # it leads that session
