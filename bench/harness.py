@@ -1,6 +1,7 @@
 """What every bench script shares: the server and contender types, timing with peak memory,
 the alternating rounds, the Markdown tables, loading the fixture, backupd's environment, and
-publishing the report. bench/run.py, cluster.py, recover.py, issue18.py and wal_rpo.py use it.
+publishing the report. bench/run.py, cluster.py, recover.py, issue18.py, wal_rpo.py and
+oneoff_ab.py use it.
 """
 
 from __future__ import annotations

@@ -67,3 +67,27 @@ def test_cpu_hog_runs_in_a_session_of_its_own() -> None:
     hog_session, bench_session, hog_group = (int(word) for word in out.split())
     assert hog_session != bench_session
     assert hog_group == hog_session  # it leads that session
+
+
+def test_oneoff_ab_runs_at_tiny_scale_and_prints_each_checkout(
+    pg_server: ServerAddress, tmp_path: Path,
+) -> None:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path),
+           "LANG": "C.UTF-8",
+           "PGHOST": pg_server.host, "PGPORT": str(pg_server.port), "PGUSER": pg_server.user}
+    with subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "bench" / "oneoff_ab.py"), "--scale", "1",
+         "--rounds", "2", "--workdir", str(tmp_path), str(REPO_ROOT)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "| `pg_dump > /dev/null` (floor) |" in stdout
+    assert f"| one-off `backupd backup` ({REPO_ROOT}) |" in stdout
+    assert stderr.count("[round ") == 2
+    with connect(pg_server) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                            (f"backupd\\_bench\\_{proc.pid}\\_%",)).fetchall()
+    assert left == []
+    assert not list(tmp_path.glob("backupd-ab-*"))  # its work directory is gone

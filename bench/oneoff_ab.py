@@ -1,0 +1,144 @@
+"""A/B of one-off `backupd backup` runs against the floor `pg_dump > /dev/null`.
+
+Each round runs the floor once, then every checkout's one-off backup, in an order that
+alternates between rounds. It prints each contender's median, its range, the ratio of medians
+to the floor's, and the median of the rounds' own ratios (each round against its own floor,
+which a slow drift of the machine moves less).
+
+    .venv/bin/python bench/oneoff_ab.py --rounds 9                       # this checkout
+    .venv/bin/python bench/oneoff_ab.py /path/to/a /path/to/b --hog own-session
+    .venv/bin/python bench/oneoff_ab.py --database mydb --rounds 9      # an already loaded one
+
+A checkout is a directory holding the ``backupd`` package; each runs with it first on
+``sys.path`` (``PYTHONPATH``, from a working directory of the bench's own). ``--hog`` runs one
+CPU-bound job beside the rounds: in a session of its own (as another job on the host would
+be, and as ``bench/run.py --cpu-hog`` does) or in the bench's session (as the bench did before
+issue 18's seventh round; where the kernel groups tasks by session, this changes the figures:
+see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from harness import BACKUPD, DEFAULT_FIXTURE, REPO, Server, backupd_env, loaded_database
+
+HOG_PLACES = ("none", "own-session", "bench-session")
+
+
+@contextlib.contextmanager
+def hog(place: str) -> Iterator[None]:
+    if place == "none":
+        yield
+        return
+    stress = shutil.which("stress-ng")
+    argv = [stress, "--cpu", "1", "--quiet"] if stress else [sys.executable, "-c",
+                                                             "while True: pass"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=place == "own-session")
+    try:
+        time.sleep(1)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def source_database(server: Server, name: str | None, scale: int) -> Iterator[str]:
+    if name is not None:
+        yield name
+    else:
+        with loaded_database(server, scale, DEFAULT_FIXTURE) as loaded:
+            yield loaded
+
+
+def run_once(argv: list[str] | str, env: dict[str, str], cwd: Path) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(argv, shell=isinstance(argv, str), env=env, cwd=cwd,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {argv!r} failed ({done.returncode}):\n"
+                         f"{done.stderr.decode(errors='replace')[-2000:]}")
+    return elapsed
+
+
+def rounds(server: Server, database: str, checkouts: list[Path], count: int,
+           work: Path) -> tuple[list[float], dict[Path, list[float]]]:
+    floor: list[float] = []
+    times: dict[Path, list[float]] = {checkout: [] for checkout in checkouts}
+    for number in range(count):
+        floor.append(run_once("pg_dump > /dev/null", server.env(database), work))
+        for checkout in checkouts if number % 2 == 0 else checkouts[::-1]:
+            directory = work / "backups"
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            env = backupd_env(server, database, directory, PYTHONPATH=str(checkout))
+            times[checkout].append(run_once([*BACKUPD, "backup"], env, work))
+        print(f"  [round {number + 1}/{count}] floor {floor[-1]:.2f}s, "
+              + ", ".join(f"{checkout.name} {times[checkout][-1]:.2f}s"
+                          for checkout in checkouts), file=sys.stderr, flush=True)
+    return floor, times
+
+
+def report(floor: list[float], times: dict[Path, list[float]]) -> list[str]:
+    base = statistics.median(floor)
+    lines = ["| contender | median s | range s | ratio of medians | median of the rounds' "
+             "ratios |", "|---|---:|---:|---:|---:|",
+             f"| `pg_dump > /dev/null` (floor) | {base:.2f} | {min(floor):.2f} to "
+             f"{max(floor):.2f} | 1.00 | 1.00 |"]
+    for checkout, runs in times.items():
+        paired = statistics.median(run / own for run, own in zip(runs, floor, strict=True))
+        lines.append(f"| one-off `backupd backup` ({checkout}) | {statistics.median(runs):.2f}"
+                     f" | {min(runs):.2f} to {max(runs):.2f} | "
+                     f"{statistics.median(runs) / base:.3f} | {paired:.3f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkouts", nargs="*", type=Path, default=[REPO],
+                        help="directories holding the backupd package (default: this one)")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--scale", type=int, default=30, help="fixture scale to load")
+    parser.add_argument("--database", default=None,
+                        help="an already loaded database instead of loading the fixture")
+    parser.add_argument("--hog", choices=HOG_PLACES, default="none")
+    parser.add_argument("--workdir", default=None, help="where backups are written (tmp)")
+    args = parser.parse_args(argv)
+    checkouts = [path.resolve() for path in args.checkouts]
+    for checkout in checkouts:
+        if not (checkout / "backupd" / "__init__.py").is_file():
+            parser.error(f"{checkout}: no backupd package there")
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "backupd")],
+                       check=False, stdout=subprocess.DEVNULL)
+    server = Server()
+    work = Path(tempfile.mkdtemp(prefix="backupd-ab-", dir=args.workdir))
+    try:
+        with source_database(server, args.database, args.scale) as database, hog(args.hog):
+            floor, times = rounds(server, database, checkouts, args.rounds, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"One-off backups against the floor: {args.rounds} round(s), CPU-bound job: "
+          f"{args.hog}\n")
+    print("\n".join(report(floor, times)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
