@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -154,6 +156,46 @@ def table(title: str, contenders: list[Contender], baseline: Contender,
         ratio = c.median / baseline.median
         lines.append(f"| {cell(c.name)} | {c.median:.2f} | {ratio:.2f} | {note} |")
     return [*lines, ""]
+
+
+@contextlib.contextmanager
+def cpu_bound_job(own_session: bool) -> Iterator[str]:
+    """One CPU-bound job beside the bench (issue 18's "under contention" figures):
+    `stress-ng --cpu 1`, else a Python busy loop; yields how to name it in a report.
+
+    ``own_session``: in a session of its own, as another job on the host would be. Else in the
+    bench's session (as the bench ran it before issue 18's seventh round). Where the kernel
+    groups tasks by session for the CPU's fair share (sched_autogroup_enabled), that changes
+    the figures: in the bench's session it shares one group with backupd and with the floor's
+    pg_dump, but not with the pg_dump backupd starts (docs/performance.md). Either way it leads
+    a process group, so stress-ng's workers are stopped with it."""
+    stress = shutil.which("stress-ng")
+    argv = ([stress, "--cpu", "1", "--quiet"] if stress else
+            [sys.executable, "-c", "while True: pass"])
+    job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=own_session,
+                           process_group=None if own_session else 0)
+    try:
+        yield f"`{' '.join(argv[:3])}`" if stress else "a busy loop"
+    finally:
+        for stop in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, stop)
+            job.send_signal(stop)  # should it lead no group after all
+            try:
+                job.wait(10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a timeout, CI) unwinds like Ctrl-C: every ``finally`` runs, so no CPU-bound
+    job, database or work directory of the run is left behind."""
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(f"bench: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 # --- the benchmark ----------------------------------------------------------------------------

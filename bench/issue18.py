@@ -9,14 +9,22 @@ import argparse
 import contextlib
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import BACKUPD, PREFIX, Run, Server, backupd_env, loaded_database, mib, timed
+from harness import (
+    BACKUPD,
+    PREFIX,
+    Run,
+    Server,
+    backupd_env,
+    cpu_bound_job,
+    loaded_database,
+    mib,
+    timed,
+)
 
 CURVE_SCALES = (1, 10, 50)
 CURVE_LARGEST = 200  # ~2 GB of SQL: only with --curve-200
@@ -48,29 +56,12 @@ def targets_table(targets: list[Target]) -> list[str]:
 
 @contextlib.contextmanager
 def cpu_hog(on: bool) -> Iterator[str]:
-    """One CPU-bound job beside the bench (the issue's "under contention" figures)."""
+    """One CPU-bound job beside the bench, in a session of its own (``harness.cpu_bound_job``)."""
     if not on:
         yield ""
         return
-    stress = shutil.which("stress-ng")
-    argv = ([stress, "--cpu", "1", "--quiet"] if stress else
-            [sys.executable, "-c", "while True: pass"])
-    # In a session of its own, as another job on the host would be. Where the kernel groups
-    # tasks by session for the CPU's fair share (sched_autogroup_enabled), a hog left in the
-    # bench's session shared one group with the floor's pg_dump and with backupd, but not with
-    # the pg_dump backupd starts (which leads a session of its own): that measured the grouping,
-    # not the job (docs/performance.md, "the seventh round").
-    hog = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    try:
-        yield f", beside `{' '.join(argv[:3]) if stress else 'a busy loop'}`"
-    finally:
-        hog.terminate()
-        try:
-            hog.wait(10)
-        except subprocess.TimeoutExpired:
-            hog.kill()
-            hog.wait()
+    with cpu_bound_job(own_session=True) as job:
+        yield f", beside {job}"
 
 
 # --- the cost curve -----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from harness import (
     mib,
     publish,
     run_rounds,
+    stop_on_sigterm,
     table,
     timed,
 )
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--fixture: {args.fixture} not found")
     from issue18 import cpu_hog
 
+    stop_on_sigterm()  # the CPU-bound job and the run's databases go with it
     compile_bytecode()
     load = os.getloadavg()[0]
     with cpu_hog(args.cpu_hog) as hog:

@@ -46,38 +46,81 @@ def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
 
 
 # Run in a child: bench/ is a folder of scripts, not a package the tests (or mypy) import.
-_HOG_SESSION_PROBE = """
-import os, sys
+# Each way of starting the CPU-bound job prints: its session and process group, ours, then
+# whether its process group is gone once the job has been stopped.
+_HOG_PROBE = """
+import os, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
-from issue18 import cpu_hog
-with cpu_hog(True):
-    me = os.getpid()
-    with open(f"/proc/{me}/task/{me}/children") as children:
-        hog = int(children.read().split()[0])
-    print(os.getsid(hog), os.getsid(0), os.getpgid(hog))
+started = []
+
+class Recording(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        started.append(self.pid)
+
+subprocess.Popen = Recording
+import issue18, oneoff_ab
+
+def gone(group):
+    for _ in range(100):
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+for name, job in (("run.py --cpu-hog", lambda: issue18.cpu_hog(True)),
+                  ("own-session", lambda: oneoff_ab.hog("own-session")),
+                  ("bench-session", lambda: oneoff_ab.hog("bench-session"))):
+    with job():
+        pid = started[-1]
+        facts = (os.getsid(pid), os.getpgid(pid), os.getsid(0), os.getpgid(0))
+    print(name, *facts, gone(facts[1]))
 """
 
 
-def test_cpu_hog_runs_in_a_session_of_its_own() -> None:
-    # Where the kernel shares the CPU between sessions (sched_autogroup), a hog in the bench's
-    # session shared a group with the floor's pg_dump and with backupd but not with the pg_dump
-    # backupd starts: the busy figures measured that grouping, not the contention.
-    out = subprocess.run([sys.executable, "-c", _HOG_SESSION_PROBE, str(REPO_ROOT / "bench")],
+def test_cpu_bound_job_runs_where_asked_and_goes_with_its_workers() -> None:
+    # Where the kernel shares the CPU between sessions (sched_autogroup), a job in the bench's
+    # session shared a group with the floor's pg_dump and with backupd, but not with the
+    # pg_dump backupd starts: the busy figures measured that grouping, not the contention.
+    out = subprocess.run([sys.executable, "-c", _HOG_PROBE, str(REPO_ROOT / "bench")],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    hog_session, bench_session, hog_group = (int(word) for word in out.split())
-    assert hog_session != bench_session
-    assert hog_group == hog_session  # it leads that session
+    facts = {name: ([int(word) for word in ids], gone == "True")
+             for name, *ids, gone in (line.rsplit(None, 5) for line in out.splitlines())}
+    for name in ("run.py --cpu-hog", "own-session"):
+        (sid, group, our_sid, _), gone = facts[name]
+        assert sid != our_sid and group == sid, name  # leads a session of its own
+        assert gone, name
+    (sid, group, our_sid, our_group), gone = facts["bench-session"]
+    assert sid == our_sid and group not in (sid, our_group)  # our session, its own group
+    assert gone
 
 
-def test_oneoff_ab_runs_at_tiny_scale_and_prints_each_checkout(
+_FAKE_MAIN = """
+import os
+with open(os.environ["FAKE_BACKUPD_RAN"], "a") as ran:
+    ran.write(os.environ["DB_BACKUP_DIR"] + "\\n")
+"""
+
+
+def test_oneoff_ab_runs_each_checkout_at_tiny_scale(
     pg_server: ServerAddress, tmp_path: Path,
 ) -> None:
+    fake = tmp_path / "fake-checkout"
+    (fake / "backupd").mkdir(parents=True)
+    (fake / "backupd" / "__init__.py").write_text("")
+    (fake / "backupd" / "__main__.py").write_text(_FAKE_MAIN)
+    ran = tmp_path / "fake-ran"
+    work = tmp_path / "work"
+    work.mkdir()
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path),
-           "LANG": "C.UTF-8",
+           "LANG": "C.UTF-8", "FAKE_BACKUPD_RAN": str(ran),
            "PGHOST": pg_server.host, "PGPORT": str(pg_server.port), "PGUSER": pg_server.user}
     with subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "bench" / "oneoff_ab.py"), "--scale", "1",
-         "--rounds", "2", "--workdir", str(tmp_path), str(REPO_ROOT)],
+         "--rounds", "2", "--fixture", str(fixture_sql_path()), "--workdir", str(work),
+         str(REPO_ROOT), str(fake)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:
         stdout, stderr = proc.communicate(timeout=120)
@@ -85,9 +128,11 @@ def test_oneoff_ab_runs_at_tiny_scale_and_prints_each_checkout(
     assert proc.returncode == 0, stderr[-3000:]
     assert "| `pg_dump > /dev/null` (floor) |" in stdout
     assert f"| one-off `backupd backup` ({REPO_ROOT}) |" in stdout
+    assert f"| one-off `backupd backup` ({fake}) |" in stdout
     assert stderr.count("[round ") == 2
+    assert len(ran.read_text().splitlines()) == 2  # the fake checkout's own code ran each round
     with connect(pg_server) as conn:
         left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                             (f"backupd\\_bench\\_{proc.pid}\\_%",)).fetchall()
     assert left == []
-    assert not list(tmp_path.glob("backupd-ab-*"))  # its work directory is gone
+    assert list(work.iterdir()) == []  # its work directory is gone
