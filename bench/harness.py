@@ -94,11 +94,12 @@ def _vm_hwm(pid: int) -> int | None:
     return None
 
 
-def timed(command: list[str] | str, env: dict[str, str], track_memory: bool) -> Run:
+def timed(command: list[str] | str, env: dict[str, str], track_memory: bool,
+          cwd: Path | None = None) -> Run:
     """Run one command; raise if it fails. Memory: VmHWM of the process, polled until exit."""
     shell = isinstance(command, str)
     started = time.perf_counter()
-    process = subprocess.Popen(command, shell=shell, env=env, stdin=subprocess.DEVNULL,
+    process = subprocess.Popen(command, shell=shell, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                executable="/bin/bash" if shell else None)
     peak: list[int] = []

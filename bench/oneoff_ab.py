@@ -40,6 +40,7 @@ from harness import (
     cpu_bound_job,
     loaded_database,
     stop_on_sigterm,
+    timed,
 )
 
 HOG_PLACES = ("none", "own-session", "bench-session")
@@ -65,20 +66,6 @@ def source_database(server: Server, name: str | None, scale: int,
             yield loaded
 
 
-def run_once(argv: list[str] | str, env: dict[str, str], cwd: Path) -> float:
-    started = time.perf_counter()
-    shell = isinstance(argv, str)
-    done = subprocess.run(argv, shell=shell, executable="/bin/bash" if shell else None,
-                          env=env, cwd=cwd,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"bench: {argv!r} failed ({done.returncode}):\n"
-                         f"{done.stderr.decode(errors='replace')[-2000:]}")
-    return elapsed
-
-
 def imported_from(checkout: Path, server: Server, work: Path) -> Path:
     """Where ``backupd`` is imported from when run as a checkout's contender."""
     env = backupd_env(server, "postgres", work, PYTHONPATH=str(checkout))
@@ -95,13 +82,15 @@ def rounds(server: Server, database: str, checkouts: list[Path], count: int,
     for number in range(count):
         for contender in contenders if number % 2 == 0 else contenders[::-1]:
             if contender is None:
-                floor.append(run_once("pg_dump > /dev/null", server.env(database), work))
+                floor.append(timed("pg_dump > /dev/null", server.env(database), False,
+                                   work).seconds)
                 continue
             directory = work / "backups"
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir()
             env = backupd_env(server, database, directory, PYTHONPATH=str(contender))
-            times[contender].append(run_once([*BACKUPD, "backup"], env, work))
+            # From a working directory of our own: `python -m` puts it first on sys.path.
+            times[contender].append(timed([*BACKUPD, "backup"], env, False, work).seconds)
         print(f"  [round {number + 1}/{count}] floor {floor[-1]:.2f}s, "
               + ", ".join(f"{checkout.name} {times[checkout][-1]:.2f}s"
                           for checkout in checkouts), file=sys.stderr, flush=True)

@@ -5,26 +5,53 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.pg import REPO_ROOT, ServerAddress, connect, fixture_sql_path
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    pid: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run_bench(script: str, args: list[str], pg_server: ServerAddress, home: Path,
+               timeout: float, **extra_env: str) -> BenchRun:
+    """A bench script, run as a user runs it, against the test server."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(home),
+           "LANG": "C.UTF-8",
+           "PGHOST": pg_server.host, "PGPORT": str(pg_server.port), "PGUSER": pg_server.user,
+           **extra_env}
+    with subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "bench" / script), "--scale", "1",
+         "--fixture", str(fixture_sql_path()), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    return BenchRun(proc.pid, proc.returncode, stdout, stderr)
+
+
+def _databases_left(pg_server: ServerAddress, run: BenchRun) -> list[str]:
+    """The run's databases still on the server (it should drop every one)."""
+    with connect(pg_server) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                            (f"backupd\\_bench\\_{run.pid}\\_%",)).fetchall()
+    return [str(row[0]) for row in rows]
 
 
 def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
     pg_server: ServerAddress, tmp_path: Path,
 ) -> None:
     out = tmp_path / "bench.md"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path),
-           "LANG": "C.UTF-8",
-           "PGHOST": pg_server.host, "PGPORT": str(pg_server.port), "PGUSER": pg_server.user}
-    with subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--scale", "1", "--repeat", "1",
-         "--fixture", str(fixture_sql_path()), "--workdir", str(tmp_path), "--out", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as proc:
-        stdout, stderr = proc.communicate(timeout=280)
+    run = _run_bench("run.py", ["--repeat", "1", "--workdir", str(tmp_path), "--out", str(out)],
+                     pg_server, tmp_path, timeout=280)
+    stdout = run.stdout
 
-    assert proc.returncode == 0, stderr[-3000:]
+    assert run.returncode == 0, run.stderr[-3000:]
     for heading in ("### Backup", "### Verify", "### Restore", "### Peak memory"):
         assert heading in stdout
     assert "ratio vs `pg_dump \\| gzip`" in stdout
@@ -39,10 +66,7 @@ def test_bench_runs_at_tiny_scale_and_prints_the_ratio_tables(
     assert "Load average (1 min):" in stdout
     assert out.read_text().strip() == stdout.strip()
     # It cleans up after itself: no database of this run is left on the server.
-    with connect(pg_server) as conn:
-        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                            (f"backupd\\_bench\\_{proc.pid}\\_%",)).fetchall()
-    assert left == []
+    assert _databases_left(pg_server, run) == []
 
 
 # Run in a child: bench/ is a folder of scripts, not a package the tests (or mypy) import.
@@ -114,25 +138,15 @@ def test_oneoff_ab_runs_each_checkout_at_tiny_scale(
     ran = tmp_path / "fake-ran"
     work = tmp_path / "work"
     work.mkdir()
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path),
-           "LANG": "C.UTF-8", "FAKE_BACKUPD_RAN": str(ran),
-           "PGHOST": pg_server.host, "PGPORT": str(pg_server.port), "PGUSER": pg_server.user}
-    with subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "bench" / "oneoff_ab.py"), "--scale", "1",
-         "--rounds", "2", "--fixture", str(fixture_sql_path()), "--workdir", str(work),
-         str(REPO_ROOT), str(fake)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as proc:
-        stdout, stderr = proc.communicate(timeout=120)
+    run = _run_bench("oneoff_ab.py", ["--rounds", "2", "--workdir", str(work), str(REPO_ROOT),
+                                      str(fake)],
+                     pg_server, tmp_path, timeout=120, FAKE_BACKUPD_RAN=str(ran))
 
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "| `pg_dump > /dev/null` (floor) |" in stdout
-    assert f"| one-off `backupd backup` ({REPO_ROOT}) |" in stdout
-    assert f"| one-off `backupd backup` ({fake}) |" in stdout
-    assert stderr.count("[round ") == 2
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| `pg_dump > /dev/null` (floor) |" in run.stdout
+    assert f"| one-off `backupd backup` ({REPO_ROOT}) |" in run.stdout
+    assert f"| one-off `backupd backup` ({fake}) |" in run.stdout
+    assert run.stderr.count("[round ") == 2
     assert len(ran.read_text().splitlines()) == 2  # the fake checkout's own code ran each round
-    with connect(pg_server) as conn:
-        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                            (f"backupd\\_bench\\_{proc.pid}\\_%",)).fetchall()
-    assert left == []
+    assert _databases_left(pg_server, run) == []
     assert list(work.iterdir()) == []  # its work directory is gone

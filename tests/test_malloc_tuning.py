@@ -117,14 +117,16 @@ def test_every_thread_allocates_from_the_one_heap_the_daemon_can_trim() -> None:
     assert _heaps("untuned") > 1  # the witness: glibc's default gives threads arenas
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
 def test_the_daemon_gives_memory_back_after_every_job(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
     from datetime import UTC
 
     from backupd import malloc_tuning
     from backupd.daemon import scheduler
     from backupd.daemon.cron import parse_cron
     from backupd.daemon.state import DaemonState
+    from backupd.errors import JobFailed
     from backupd.notify.base import NotifierChain
     from backupd.settings import Settings
 
@@ -134,7 +136,13 @@ def test_the_daemon_gives_memory_back_after_every_job(
                         lambda: released.append(bool(ran)))
     settings = Settings(_env_file=None, POSTGRES_DB="malloc_probe",  # type: ignore[call-arg]
                         DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT="0")
-    spec = scheduler.JobSpec("backup", "backup_schedule", lambda ctx, slot: ran.append(True))
+
+    def body(ctx: object, slot: object) -> None:
+        ran.append(True)
+        if fails:  # a failed job's buffers are given back too
+            raise JobFailed("pg_dump failed")
+
+    spec = scheduler.JobSpec("backup", "backup_schedule", body)
     job = scheduler.ScheduledJob(spec, parse_cron("0 2 * * *", "BACKUP_SCHEDULE", UTC))
     daemon = scheduler.Daemon(settings, [job], NotifierChain([]), DaemonState(tmp_path))
     daemon._fire("backup")

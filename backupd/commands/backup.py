@@ -77,10 +77,12 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         identities = load_identities(age_key_files(settings))
         suffix = data_suffix(settings.backup_format, settings.compression,
                              encrypted=bool(recipients))
-        started = store.unique_start(
-            lambda at: [backup_name(settings.postgres_db, at, suffix)])
+        def name_at(at: datetime) -> str:  # the name checked is the name taken
+            return backup_name(settings.postgres_db, at, suffix)
+
+        started = store.unique_start(lambda at: [name_at(at)])
         _warn_if_clocks_disagree(ctx, clock, started)
-        name = backup_name(settings.postgres_db, started, suffix)
+        name = name_at(started)
         parsed = parse_backup_name(name)
         assert parsed is not None
         ctx.result.backup_name = name

@@ -97,9 +97,11 @@ def take(ctx: JobContext, *, apply_retention: bool = True) -> BaseBackupOutcome:
             raise JobFailed(f"cannot read the server's settings: {describe_pg_error(exc)}") \
                 from None
         system_identifier = int(facts.system_identifier)
-        started = store.unique_start(lambda at: [
-            base_backup_name(at, settings.compression, encrypted=bool(recipients))])
-        name = base_backup_name(started, settings.compression, encrypted=bool(recipients))
+        def name_at(at: datetime) -> str:  # the name checked is the name taken
+            return base_backup_name(at, settings.compression, encrypted=bool(recipients))
+
+        started = store.unique_start(lambda at: [name_at(at)])
+        name = name_at(started)
         ctx.say(f"Starting base backup of the cluster ({version}) to {name}")
         config = BaseBackupConfig(connection, settings.compression,
                                   settings.compression_level,
