@@ -37,6 +37,22 @@ def test_a_one_off_backup_starts_without_the_heavy_optional_modules() -> None:
     assert sorted(loaded.intersection(HEAVY)) == []
 
 
+def test_what_follows_the_dump_is_imported_while_pg_dump_starts_not_before() -> None:
+    """Retention, the offsite copy and the verdict's record are imported by the backup while
+    pg_dump reads its catalog (commands.backup.AFTER_THE_DUMP); the globals only by a run
+    that takes them."""
+    probe = PROBE.replace('print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))',
+                          'print(" ".join(sorted(sys.modules)))')
+    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                text=True).stdout.split())
+    from backupd.commands.backup import AFTER_THE_DUMP
+
+    assert "backupd.commands.backup" in loaded  # the probe did import the backup job
+    deferred = {*AFTER_THE_DUMP, "backupd.commands.globals_backup",
+                "backupd.commands.archive_retention", "backupd.commands.retention_rules"}
+    assert sorted(loaded & deferred) == []
+
+
 def test_structlog_still_renders_exceptions_and_rich_stays_importable() -> None:
     probe = """
 import sys

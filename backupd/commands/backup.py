@@ -9,6 +9,7 @@ cannot be written (a full disk) takes its data file with it.
 
 from __future__ import annotations
 
+import importlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +18,7 @@ from typing import Any
 import psycopg
 
 from backupd.cancel import CancelToken
-from backupd.commands import prune, selection, upload
-from backupd.commands.verify import with_outcome
+from backupd.commands import selection
 from backupd.configs import age_key_files, dump_config
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import JobFailed, JobSkipped
@@ -46,6 +46,10 @@ from backupd.postgres.databases import read_properties
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
+
+# What a backup needs only once its file is written: imported while pg_dump reads its catalog
+# (run's while_pg_dump_starts), not before pg_dump starts.
+AFTER_THE_DUMP = ("backupd.commands.prune", "backupd.commands.upload", "backupd.commands.verify")
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
@@ -101,6 +105,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             # these checks need not delay it. One that fails stops pg_dump and leaves nothing.
             server.append(read_server_facts(settings, ctx.cancel))
             _warn_if_clocks_disagree(ctx, server[0].clock, started)
+            for module in AFTER_THE_DUMP:
+                importlib.import_module(module)
 
         try:
             outcome = dump_to_file(
@@ -155,6 +161,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.result.stderr_tool = "pg_dump" if outcome.stderr_tail else None
             report = verify_file(store.directory / name, parsed, manifest, identities=identities,
                                  read_back=read_back[0], progress=ctx.progress)
+            from backupd.commands.verify import with_outcome  # AFTER_THE_DUMP
+
             store.commit(with_outcome(manifest, report))
         except BaseException:
             ctx.result.backup_name = None
@@ -169,6 +177,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _warn_if_shrunk(ctx, previous.size, outcome.stored_bytes)
     # Outside the lock: a long upload must not hold back other dumps. A failed upload
     # leaves the backup pending (result.offsite), never fails the backup.
+    from backupd.commands import prune, upload  # AFTER_THE_DUMP
+
     if offsite is not None:
         facts.upload = upload.upload_pending(ctx, offsite, first=name)
     if apply_retention and settings.retention_schedule is None:
