@@ -21,6 +21,7 @@ from backupd.cancel import CancelToken
 from backupd.commands import selection
 from backupd.configs import age_key_files, dump_config
 from backupd.database_properties import DatabaseProperties
+from backupd.deferred_schemas import build_deferred
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.manifest import Manifest
@@ -107,6 +108,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _warn_if_clocks_disagree(ctx, server[0].clock, started)
             for module in AFTER_THE_DUMP:
                 importlib.import_module(module)
+            build_deferred()  # the result and the state file it goes to
 
         try:
             outcome = dump_to_file(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from backupd.deferred_schemas import deferred
 from backupd.outcomes import BackupRunOutcome, DrillOutcome
 from backupd.result import JobResult, Status, UtcDateTime
 
@@ -19,8 +20,11 @@ CHARTED_JOBS = frozenset({"backup", "drill"})
 RUNS_KEPT = 60
 
 
+@deferred
 class RunFigures(BaseModel):
     """What every summary of a run shows (here, and ``backupd status``'s ResultBrief)."""
+
+    model_config = ConfigDict(defer_build=True)  # deferred_schemas
 
     status: str
     started_at: UtcDateTime
@@ -30,10 +34,11 @@ class RunFigures(BaseModel):
     size_bytes: int | None = None
 
 
+@deferred
 class RunRecord(RunFigures):
     """One finished run, reduced to what the charts and the drill table show."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     job: str
     database: str
