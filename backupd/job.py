@@ -116,7 +116,7 @@ def run_job(
     ``scheduled_for``: the schedule slot a daemon run stands for. ``announce``: tell the
     chain the job started (False for the per-database jobs inside a run, whose run
     already did)."""
-    result = JobResult.starting(job, settings.postgres_db, scheduled_for)
+    result = JobResult(job=job, database=settings.postgres_db, scheduled_for=scheduled_for)
     # A token of its own: the watchdog may cancel this job without cancelling the one it
     # runs in (each database of a backup run), while a shutdown still reaches it.
     token = cancel.child() if cancel is not None else CancelToken()

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, computed_field
 
-from backupd.deferred_schemas import deferred
 from backupd.outcomes import Outcome, summary_parts, written_database
 
 
@@ -39,12 +38,10 @@ class Status(StrEnum):
 ALERT_STATUSES = frozenset({Status.FAILED, Status.MISSED, Status.CANCELLED})
 
 
-@deferred
 class JobResult(BaseModel):
     """One run of one job. The fields every job shares; ``outcome`` is the command's own."""
 
-    # Built after start-up (backupd.deferred_schemas): ~22 ms of every command's start-up.
-    model_config = ConfigDict(extra="ignore", defer_build=True)
+    model_config = ConfigDict(extra="ignore")
 
     job: str
     database: str
@@ -66,15 +63,6 @@ class JobResult(BaseModel):
     offsite: str | None = None
     outcome: Outcome | None = None
     exit_code: int = 0
-
-    @classmethod
-    def starting(cls, job: str, database: str,
-                 scheduled_for: datetime | None = None) -> JobResult:
-        """A job's result as it starts. Built from backupd's own typed values, so without
-        validation, which would build the schema before the job starts."""
-        return cls.model_construct(
-            job=job, database=database,
-            scheduled_for=_as_utc(scheduled_for) if scheduled_for is not None else None)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -26,7 +26,6 @@ from helpers.backups import (
 )
 from helpers.cli import EnvFactory, run_backupd
 from helpers.pg import ServerAddress, drop_database, fingerprint, pg_binary, psql
-from helpers.procs import processes_with_env
 
 NAME_RE = re.compile(r"^(?P<db>.+)_(?P<ts>\d{8}_\d{6})\.sql\.gz$")
 
@@ -168,30 +167,3 @@ def test_dump_that_ends_early_with_exit_zero_is_rejected(
     script.chmod(0o755)
     proc = run_backupd(["backup"], backupd_env(small_db, PATH=path_with(directory)))
     _assert_failed_without_leftovers(proc, backup_dir, "incomplete")
-
-
-def test_a_check_failing_while_pg_dump_starts_stops_it_and_leaves_nothing(
-    small_db: str, backupd_env: EnvFactory, backup_dir: Path, tmp_path: Path
-) -> None:
-    """The server's facts are read while pg_dump reads its catalog. A pg_dump older than the
-    server is refused then: with exit 2 and one line, as before it ran, and the pg_dump
-    already running is stopped with nothing left."""
-    directory = tmp_path / "bin"
-    directory.mkdir()
-    started = tmp_path / "dump-started"
-    script = directory / "pg_dump"
-    script.write_text(
-        "#!/bin/sh\n"
-        "case \"$1\" in --version) echo 'pg_dump (PostgreSQL) 9.6.24'; exit 0;; esac\n"
-        f"touch '{started}'\n"
-        "printf -- '--\\n-- PostgreSQL database dump\\n--\\n'\n"
-        "exec sleep 300\n"  # a dump that would go on
-    )
-    script.chmod(0o755)
-    proc = run_backupd(["backup"], backupd_env(small_db, PATH=path_with(directory)))
-    assert proc.returncode == 2, proc.stderr
-    assert started.exists(), "the dump never started: this test no longer tests its path"
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("backupd: error:")]
-    assert len(lines) == 1 and "pg_dump 9.6 is older than the server" in lines[0], proc.stderr
-    assert not processes_with_env("PGDATABASE", small_db)
-    assert not list(backup_dir.glob(f"{small_db}_*")), sorted(backup_dir.iterdir())

@@ -37,54 +37,6 @@ def test_a_one_off_backup_starts_without_the_heavy_optional_modules() -> None:
     assert sorted(loaded.intersection(HEAVY)) == []
 
 
-def test_what_follows_the_dump_is_imported_while_pg_dump_starts_not_before() -> None:
-    """Retention, the offsite copy and the verdict's record are imported by the backup while
-    pg_dump reads its catalog (commands.backup.AFTER_THE_DUMP); the globals only by a run
-    that takes them."""
-    probe = PROBE.replace('print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))',
-                          'print(" ".join(sorted(sys.modules)))')
-    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                                text=True).stdout.split())
-    from backupd.commands.backup import AFTER_THE_DUMP
-
-    assert "backupd.commands.backup" in loaded  # the probe did import the backup job
-    deferred = {*AFTER_THE_DUMP, "backupd.commands.globals_backup",
-                "backupd.commands.archive_retention", "backupd.commands.retention_rules"}
-    assert sorted(loaded & deferred) == []
-
-
-def test_the_results_schemas_are_built_after_start_up_not_during_it() -> None:
-    """JobResult's and the state file's schemas (~40 ms) are not built by importing the CLI
-    and the backup job, nor by a job's start; build_deferred (a backup calls it while pg_dump
-    reads its catalog) builds them, and a result still validates and serializes."""
-    probe = PROBE.replace(
-        'print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))',
-        "from backupd.daemon.state import StateFile\n"
-        "from backupd.deferred_schemas import build_deferred\n"
-        "from backupd.result import JobResult, Status\n"
-        "result = JobResult.starting('backup', 'db')\n"
-        "print(JobResult.__pydantic_complete__, StateFile.__pydantic_complete__)\n"
-        "build_deferred()\n"
-        "print(JobResult.__pydantic_complete__, StateFile.__pydantic_complete__)\n"
-        "result.finish(Status.SUCCESS, exit_code=0)\n"
-        "print(JobResult.model_validate(result.model_dump()).status.value)")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                         text=True).stdout.split()
-    assert out == ["False", "False", "True", "True", "success"]
-
-
-def test_only_a_model_that_defers_its_build_can_be_registered() -> None:
-    from pydantic import BaseModel
-
-    from backupd.deferred_schemas import deferred
-
-    class Eager(BaseModel):
-        value: int
-
-    with pytest.raises(TypeError, match="Eager must set defer_build=True"):
-        deferred(Eager)
-
-
 def test_structlog_still_renders_exceptions_and_rich_stays_importable() -> None:
     probe = """
 import sys

@@ -9,7 +9,6 @@ cannot be written (a full disk) takes its data file with it.
 
 from __future__ import annotations
 
-import importlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,10 +17,9 @@ from typing import Any
 import psycopg
 
 from backupd.cancel import CancelToken
-from backupd.commands import selection
+from backupd.commands import prune, selection, upload
+from backupd.commands.verify import with_outcome
 from backupd.configs import age_key_files, dump_config
-from backupd.database_properties import DatabaseProperties
-from backupd.deferred_schemas import build_deferred
 from backupd.errors import JobFailed, JobSkipped
 from backupd.job import JobContext
 from backupd.manifest import Manifest
@@ -48,10 +46,6 @@ from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
 
-# What a backup needs only once its file is written: imported while pg_dump reads its catalog
-# (run's while_pg_dump_starts), not before pg_dump starts.
-AFTER_THE_DUMP = ("backupd.commands.prune", "backupd.commands.upload", "backupd.commands.verify")
-
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
         not_before: datetime | None = None, run_id: str | None = None) -> None:
@@ -68,6 +62,10 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         selection.warn_future(ctx, existing)
         if not_before is not None:
             _skip_if_slot_taken(existing, not_before)
+        with connect(settings) as conn, severed_on_cancel(conn, ctx.cancel):
+            server_version, pg_dump_version = check_pg_dump_not_older(conn)
+            properties = read_properties(conn, settings.postgres_db)
+            clock = read_server_clock(conn)
         # What the database held at backup time, for restore drills (issue 7): counted on a
         # connection of its own while pg_dump starts, instead of delaying it.
         counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts")
@@ -83,6 +81,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             return backup_name(settings.postgres_db, at, suffix)
 
         started = store.unique_start(lambda at: [name_at(at)])
+        _warn_if_clocks_disagree(ctx, clock, started)
         name = name_at(started)
         parsed = parse_backup_name(name)
         assert parsed is not None
@@ -99,17 +98,6 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         archive = {"directory": DirectoryArchiveCheck, "custom": CustomArchiveCheck}.get(
             parsed.backup_format) if not parsed.encrypted else None
         read_back: list[FileScan] = []
-        server: list[ServerFacts] = []
-
-        def while_pg_dump_starts() -> None:
-            # pg_dump reads the catalog before its first byte (~70 ms at the bench's scale):
-            # these checks need not delay it. One that fails stops pg_dump and leaves nothing.
-            server.append(read_server_facts(settings, ctx.cancel))
-            _warn_if_clocks_disagree(ctx, server[0].clock, started)
-            for module in AFTER_THE_DUMP:
-                importlib.import_module(module)
-            build_deferred()  # the result and the state file it goes to
-
         try:
             outcome = dump_to_file(
                 config, store.directory / name, ctx.cancel,
@@ -117,7 +105,6 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
                 read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
                     path, growing, parsed.compression if plain else None, identity,
                     archive, progress=ctx.progress)),
-                while_starting=while_pg_dump_starts,
             )
         except DumpFailed as exc:
             ctx.result.stderr_tail, ctx.result.stderr_tool = exc.stderr_tail, "pg_dump"
@@ -137,20 +124,16 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         except Exception as exc:  # the dump is good: never lose it over the row counts
             table_rows = None
             ctx.warn(f"could not count the tables' rows for restore drills: {exc}")
-        facts_at_start = server[0]
         manifest = Manifest(
-            name=name, database=settings.postgres_db,
-            server_version=facts_at_start.server_version,
-            pg_dump_version=facts_at_start.pg_dump_version, started_at=started,
-            finished_at=datetime.now(UTC),
+            name=name, database=settings.postgres_db, server_version=server_version,
+            pg_dump_version=pg_dump_version, started_at=started, finished_at=datetime.now(UTC),
             format=settings.backup_format,
             compression=settings.compression if settings.backup_format == "plain" else "none",
             compression_level=settings.compression_level, raw_bytes=outcome.raw_bytes,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
-            gzip_members=outcome.gzip_members, database_properties=facts_at_start.properties,
-            server_time=facts_at_start.clock.now, wal_lsn=facts_at_start.clock.wal_lsn,
-            run_id=run_id,
+            gzip_members=outcome.gzip_members, database_properties=properties,
+            server_time=clock.now, wal_lsn=clock.wal_lsn, run_id=run_id,
         )
         # Written twice on purpose: now, unverified, so that a crash before the verdict
         # leaves a file marked as backupd's own and unproven (never mistaken for an
@@ -163,8 +146,6 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.result.stderr_tool = "pg_dump" if outcome.stderr_tail else None
             report = verify_file(store.directory / name, parsed, manifest, identities=identities,
                                  read_back=read_back[0], progress=ctx.progress)
-            from backupd.commands.verify import with_outcome  # AFTER_THE_DUMP
-
             store.commit(with_outcome(manifest, report))
         except BaseException:
             ctx.result.backup_name = None
@@ -179,8 +160,6 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _warn_if_shrunk(ctx, previous.size, outcome.stored_bytes)
     # Outside the lock: a long upload must not hold back other dumps. A failed upload
     # leaves the backup pending (result.offsite), never fails the backup.
-    from backupd.commands import prune, upload  # AFTER_THE_DUMP
-
     if offsite is not None:
         facts.upload = upload.upload_pending(ctx, offsite, first=name)
     if apply_retention and settings.retention_schedule is None:
@@ -226,25 +205,6 @@ def read_server_clock(conn: Any) -> ServerClock:
     if row is None or not isinstance(row[0], datetime):
         return ServerClock()
     return ServerClock(row[0].astimezone(UTC), str(row[1]) if row[1] is not None else None)
-
-
-@dataclass(frozen=True)
-class ServerFacts:
-    """What the manifest records of the server, read as the dump starts."""
-
-    server_version: str
-    pg_dump_version: str
-    properties: DatabaseProperties | None
-    clock: ServerClock
-
-
-def read_server_facts(settings: Settings, cancel: CancelToken) -> ServerFacts:
-    """The server's facts, on a connection of their own; ConfigError for a pg_dump older than
-    the server (pg_dump would refuse it too, in words of its own)."""
-    with connect(settings) as conn, severed_on_cancel(conn, cancel):
-        server_version, pg_dump_version = check_pg_dump_not_older(conn)
-        return ServerFacts(server_version, pg_dump_version,
-                           read_properties(conn, settings.postgres_db), read_server_clock(conn))
 
 
 def _warn_if_clocks_disagree(ctx: JobContext, clock: ServerClock, started: datetime) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from backupd.commands import backup
+from backupd.commands import backup, globals_backup
 from backupd.errors import Cancelled, JobFailed, JobSkipped
 from backupd.job import JobBody, JobContext, run_job
 from backupd.naming import globals_name, run_id
@@ -65,8 +65,6 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
                              scheduled_for=ctx.result.scheduled_for, announce=False)
             facts.databases.append(_summary_of(result))
         if settings.globals_enabled:
-            from backupd.commands import globals_backup  # not on a one-database run's path
-
             ctx.cancel.raise_if_cancelled()
             facts.globals = globals_backup.backup_globals(
                 ctx, conn, started, rid, offsite=offsite, apply_retention=apply_retention,

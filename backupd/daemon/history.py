@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from backupd.deferred_schemas import deferred
 from backupd.outcomes import BackupRunOutcome, DrillOutcome
 from backupd.result import JobResult, Status, UtcDateTime
 
@@ -20,11 +19,8 @@ CHARTED_JOBS = frozenset({"backup", "drill"})
 RUNS_KEPT = 60
 
 
-@deferred
 class RunFigures(BaseModel):
     """What every summary of a run shows (here, and ``backupd status``'s ResultBrief)."""
-
-    model_config = ConfigDict(defer_build=True)  # deferred_schemas
 
     status: str
     started_at: UtcDateTime
@@ -34,11 +30,10 @@ class RunFigures(BaseModel):
     size_bytes: int | None = None
 
 
-@deferred
 class RunRecord(RunFigures):
     """One finished run, reduced to what the charts and the drill table show."""
 
-    model_config = ConfigDict(extra="ignore", defer_build=True)
+    model_config = ConfigDict(extra="ignore")
 
     job: str
     database: str

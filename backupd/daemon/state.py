@@ -22,7 +22,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
 from backupd.daemon.history import RunRecord, add_run
-from backupd.deferred_schemas import deferred
 from backupd.log import get_logger
 from backupd.result import JobResult, Status, UtcDateTime
 from backupd.storage.atomic import write_bytes_atomically
@@ -57,10 +56,9 @@ StoredHistory = Annotated[list[RunRecord], WrapValidator(_unreadable_as_empty)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", defer_build=True)  # deferred_schemas
+    model_config = ConfigDict(extra="ignore")
 
 
-@deferred
 class JobRecord(_Model):
     """One job's history, across every daemon (and one-off command) sharing the directory."""
 
@@ -69,7 +67,6 @@ class JobRecord(_Model):
     last_slot: UtcDateTime | None = None  # the newest schedule slot a daemon dealt with
 
 
-@deferred
 class DaemonRecord(_Model):
     instance: str
     host: str
@@ -84,7 +81,6 @@ class DaemonRecord(_Model):
         return self.stopped_at is None and now - self.updated_at <= STALE_AFTER
 
 
-@deferred
 class StateFile(_Model):
     """The file's whole content; read and written only through this model."""
 

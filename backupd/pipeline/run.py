@@ -62,17 +62,13 @@ def dump_to_file(
     read_back: ReadBack | None = None,
     source: Child | None = None,
     kind: str = "dump",
-    while_starting: Callable[[], object] | None = None,
 ) -> DumpOutcome:
     """Write a complete, fsynced backup at ``destination``, or raise and leave nothing.
 
     ``read_back`` (verification) follows the file as it grows, in a thread of its own,
     and finishes its last bytes once the file is flushed and fsynced. ``source``: the
     child whose output is stored (default: pg_dump of ``config``), producing SQL of
-    ``kind`` (the globals: pg_dumpall --globals-only, kind "globals").
-    ``while_starting``: called once the child has started, before its output is read: work
-    that need not precede the child runs while it reads the catalog. Should it raise, the
-    child is stopped and nothing is left, as for any failure."""
+    ``kind`` (the globals: pg_dumpall --globals-only, kind "globals")."""
     backup_format = config.backup_format
     directory = (scratch_directory(destination, "pgdump")
                  if backup_format == "directory" and source is None else None)
@@ -84,7 +80,7 @@ def dump_to_file(
     encrypting: BinaryIO | None = None
     try:
         if directory is not None:
-            _dump_directory(dump, directory, cancel, while_starting)
+            _dump_directory(dump, directory, cancel)
         with atomic_write(destination) as out:
             if read_back is not None:
                 info = os.fstat(out.fileno())
@@ -109,8 +105,7 @@ def dump_to_file(
                 code = 0
             else:
                 with cancel.progress.stream(f"{tool} output") as stream:
-                    code = pump(dump, writer, sink, encrypting, head_tail.feed, stream,
-                                started=while_starting)
+                    code = pump(dump, writer, sink, encrypting, head_tail.feed, stream)
             if cancel.cancelled:
                 raise Cancelled(f"{cancel.reason or 'backup cancelled by shutdown'}; {tool} "
                                 "was stopped and the partial file removed")
@@ -142,13 +137,10 @@ def dump_to_file(
                        members)
 
 
-def _dump_directory(dump: Child, directory: Path, cancel: CancelToken,
-                    started: Callable[[], object] | None) -> None:
+def _dump_directory(dump: Child, directory: Path, cancel: CancelToken) -> None:
     """pg_dump -Fd -j N into ``directory``; DumpFailed unless it completed. The files'
     growth is its progress (there is no stream to count)."""
     with dump, cancel.progress.stream("pg_dump directory") as stream:
-        if started is not None:
-            started()
         written = 0
         while not dump.has_exited(1.0):
             size = sum(entry.stat().st_size for entry in os.scandir(directory))
@@ -181,17 +173,13 @@ def _gathering(capacity: int) -> tuple[float, int]:
 
 
 def pump(dump: Child, writer: BinaryIO, sink: BinaryIO, encrypting: BinaryIO | None,
-         inspect: Callable[[bytes], object], stream: Stream, *,
-         started: Callable[[], object] | None = None) -> int:
+         inspect: Callable[[bytes], object], stream: Stream) -> int:
     """Move the child's output through the writers, each chunk shown to ``inspect`` first;
-    the child's exit code. Any failure, ``started``'s included (called once the child runs,
-    before its output is read), stops the child and the writers' threads. For pg_dump
+    the child's exit code. Any failure stops the child and the writers' threads. For pg_dump
     (and pg_basebackup, backupd.archive.take). A cancel stops
     pg_dump's process group (the supervisor), which ends its output."""
     source, capacity = start(dump)
     try:
-        if started is not None:
-            started()  # meanwhile the output waits in the pipe
         fd = source.fileno()
         nap, short = _gathering(capacity)
         # Straight from the pipe (no Python-side buffer): one read takes all pg_dump has
