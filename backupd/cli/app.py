@@ -33,7 +33,8 @@ app = typer.Typer(
     "restores; restore drills; with WAL_ARCHIVE=on, base backups, continuous WAL archiving "
     "and point-in-time recovery. `backupd run` is the daemon; every other command is a one-off."
     "\n\nSettings come from environment variables (and ./.env); see docs/configuration.md. "
-    "Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration.",
+    "Exit codes: 0 success, 1 the job failed (or its output could not be written), 2 bad "
+    "usage or configuration.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

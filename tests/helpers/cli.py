@@ -67,11 +67,13 @@ def run_backupd(
     timeout: float = 120,
     cwd: str | os.PathLike[str] | None = None,
     memory_limit: int | None = None,
+    stdout: int | IO[Any] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one backupd command to completion; never raises on a non-zero exit code.
 
     ``memory_limit`` (bytes of address space) keeps a runaway read, such as of /dev/zero,
-    from taking the machine's memory with it: backupd fails instead."""
+    from taking the machine's memory with it: backupd fails instead. ``stdout``: where its
+    standard output goes instead of being captured (``proc.stdout`` is then empty)."""
     leakcheck.record_run(args, env)
 
     def limit_memory() -> None:
@@ -83,13 +85,15 @@ def run_backupd(
         env=build_env(env),
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         cwd=cwd,
         check=False,
         preexec_fn=limit_memory if memory_limit is not None else None,
     )
+    proc.stdout = proc.stdout or ""
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
     return proc
 
@@ -196,5 +200,6 @@ def peak_rss_of_backupd(args: list[str], env: dict[str, str],
     proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, *_command(args)],
                           env=build_env(env), stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout, check=False)
+    proc.stdout = proc.stdout or ""
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
     return proc, int(proc.stdout.strip().splitlines()[-1]) * 1024
