@@ -79,8 +79,10 @@ def wait_until_started(conn: Connection, number: int) -> None:
     # transaction, so its first row in ``ran`` shows only once it has ended.
     running = f"%INSERT INTO ran SELECT {number}, clock_timestamp()%"
     for _ in range(100):
+        # This database's sessions only: the tests beside it run the same statements.
         if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                        "AND state = 'active' AND query LIKE %s", (running,)).fetchone():
+                        "AND datname = current_database() AND state = 'active' "
+                        "AND query LIKE %s", (running,)).fetchone():
             return
         time.sleep(0.05)
     raise AssertionError(f"entry {number} never started")
@@ -158,8 +160,11 @@ def test_a_lost_listener_fails_the_restore_instead_of_waiting(
     plan = EarlyPlan((), (entry(10, False),), ((1, TABLE),), 2)
 
     def kill_listener(main: Connection) -> None:
+        # This database's listener only (channels are per database): a test beside this one
+        # listens on the same channel in its own database, and was killed with it.
         killed = main.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              f"WHERE query = 'LISTEN {CHANNEL}'").fetchall()
+                              f"WHERE query = 'LISTEN {CHANNEL}' "
+                              "AND datname = current_database()").fetchall()
         assert killed == [(True,)]
 
     with pytest.raises(JobFailed, match="lost the session that follows the load"):
