@@ -1,15 +1,18 @@
 """Standard output that cannot be written: a full disk behind ``> file`` is one clear line and
-exit 1, a reader that went away (``backupd list | head``) is exit 1 without a word. Never a
-traceback, and never Python's "Exception ignored" at exit, whether the output is buffered
-(failing at the last flush) or not (failing in the command)."""
+exit 1, a reader that went away (``backupd list | head``) is exit 1 without a word, and a job
+keeps its own exit code. Never a traceback, and never Python's "Exception ignored" at exit,
+whether the output is buffered (failing at the last flush) or not (failing in the command).
+Any other OSError is not called the output's (backupd.cli.output)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd
+from helpers.cli import build_env, run_backupd
 
 FULL_DISK = "backupd: error: cannot write to standard output: No space left on device"
 
@@ -47,3 +50,44 @@ def test_a_reader_that_went_away_ends_it_quietly_with_exit_1(
         os.close(write_end)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == ""
+
+
+def test_with_stderr_broken_too_it_still_ends_with_exit_1(env: dict[str, str]) -> None:
+    """Nothing can be said, and the message left in stderr's buffer must not turn the exit
+    into Python's 120."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "backupd", "version"],
+                              env=build_env({**env, "PYTHONUNBUFFERED": ""}), stdout=full,
+                              stderr=full, timeout=60, check=False)
+    assert proc.returncode == 1
+
+
+def test_a_job_whose_summary_cannot_be_written_keeps_its_exit_code(
+    env: dict[str, str]
+) -> None:
+    """The job ran and its result reached the logs: only the summary line is lost, and that is
+    said (a prune of an empty directory succeeds)."""
+    with open("/dev/full", "w") as full:
+        proc = run_backupd(["prune"], {**env, "POSTGRES_DB": "db", "PYTHONUNBUFFERED": ""},
+                           stdout=full)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == FULL_DISK
+
+
+def test_an_error_of_another_file_is_not_called_the_outputs(env: dict[str, str]) -> None:
+    """An OSError without a file name from elsewhere (here a command that raises one) is
+    still a crash with its traceback, not 'cannot write to standard output'."""
+    probe = (
+        "import errno\n"
+        "from backupd.cli import app, run\n"
+        "@app.command()\n"
+        "def boom() -> None:\n"
+        "    raise OSError(errno.EIO, 'Input/output error')\n"
+        "import sys\n"
+        "sys.argv = ['backupd', 'boom']\n"
+        "run()\n")
+    proc = subprocess.run([sys.executable, "-c", probe], env=build_env(env),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "OSError: [Errno 5]" in proc.stderr
+    assert "cannot write to standard output" not in proc.stderr

@@ -56,11 +56,14 @@ def test_a_handler_registered_before_it_is_never_skipped() -> None:
     assert "torn down" in done.stderr
 
 
-def test_a_closed_stdout_ends_quietly() -> None:
+def test_a_closed_stdout_is_one_line_and_exit_1() -> None:
+    """Started with stdout closed, a command with something to print says it cannot (as
+    `ls >&-` does), instead of printing to nowhere with exit 0."""
     done = subprocess.run(f"'{sys.executable}' -m backupd version >&-", shell=True,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0
-    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "backupd: error: cannot write to standard output: Bad file descriptor"]
 
 
 def test_the_console_script_arms_it_before_the_cli_is_imported_and_keeps_the_codes() -> None:

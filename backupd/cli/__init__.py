@@ -7,10 +7,7 @@ slack_sdk or prometheus_client (start-up time and memory are per invocation).
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import gc
-import os
 import sys
 
 import typer
@@ -19,8 +16,9 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from backupd import quick_exit
-from backupd.cli import archive, dumps, recovery, restores, service  # noqa: F401  -- registers the commands
+from backupd.cli import archive, dumps, output, recovery, restores, service  # noqa: F401  -- registers the commands
 from backupd.cli.app import app
+from backupd.cli.output import StdoutError
 from backupd.errors import BackupdError
 from backupd.log import redact
 
@@ -44,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt, EOFError):
         typer.echo("backupd: aborted; nothing was changed", err=True)
         return 1
-    except OSError as exc:
-        if exc.errno not in OUTPUT_ERRORS or exc.filename is not None:
-            raise  # not a write to a stream: a file's error names the file
-        return output_failed(exc)
+    except StdoutError as exc:
+        return output.report(exc)
     except Exception as exc:
         code = getattr(exc, "exit_code", None)  # typer.Exit and click's Exit
         if isinstance(code, int):
@@ -56,39 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-# What writing the output can fail with: a full disk or quota behind `> file`, a dead disk. A
-# reader that went away (`| head`, EPIPE) ends it quietly with exit 1: click does so for what
-# a command writes, run() for what is still buffered at the end.
-OUTPUT_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
-
-
-def output_failed(exc: OSError, *, quietly: bool = False) -> int:
-    """One line on stderr (none for a reader that went away), and stdout pointed at
-    /dev/null: what is still buffered for it can then be flushed at exit without failing a
-    second time (Python would print "Exception ignored" and exit 120)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    if quietly:
-        return 1
-    with contextlib.suppress(OSError):
-        typer.echo(f"backupd: error: cannot write to standard output: {exc.strerror}",
-                   err=True)
-    return 1
-
-
 def run() -> None:
     """Console-script entry point."""
+    output.guard_stdout()
     code = main()
     try:
-        if sys.stdout is not None:
-            sys.stdout.flush()  # here, where a failure is reported like any other
-    except OSError as exc:
-        if exc.errno != errno.EPIPE and exc.errno not in OUTPUT_ERRORS:
-            raise
-        failed = output_failed(exc, quietly=exc.errno == errno.EPIPE)
-        code = code or failed
+        sys.stdout.flush()  # here, where a failure is reported like any other
+    except StdoutError as exc:
+        code = code or output.report(exc)
     # Nothing is left to collect: where the teardown is not skipped (quick_exit: the
     # console script), skip at least its final garbage collection over every imported
     # module's objects.

@@ -19,6 +19,8 @@ from typing import Annotated, NoReturn
 import typer
 
 from backupd.cancel import CancelToken
+from backupd.cli import output
+from backupd.cli.output import StdoutError
 from backupd.daemon.state import ResultRecorder
 from backupd.errors import ConfigError
 from backupd.job import JobContext, run_job
@@ -33,8 +35,8 @@ app = typer.Typer(
     "restores; restore drills; with WAL_ARCHIVE=on, base backups, continuous WAL archiving "
     "and point-in-time recovery. `backupd run` is the daemon; every other command is a one-off."
     "\n\nSettings come from environment variables (and ./.env); see docs/configuration.md. "
-    "Exit codes: 0 success, 1 the job failed (or its output could not be written), 2 bad "
-    "usage or configuration.",
+    "Exit codes: 0 success, 1 the job failed (or a command's output could not be written), "
+    "2 bad usage or configuration.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -115,7 +117,12 @@ def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
         fail(result.error or "bad usage")
     if not quiet:
         stream = sys.stdout if result.ok else sys.stderr
-        print(redact(result.summary()), file=stream)
+        try:
+            print(redact(result.summary()), file=stream, flush=True)
+        except StdoutError as exc:
+            # The job's own exit code stands: its result already reached the logs and the
+            # notifiers; only this line is lost, and that is said.
+            output.report(exc)
     raise typer.Exit(result.exit_code)
 
 

@@ -1,0 +1,96 @@
+"""Standard output that cannot be written: a full disk or quota behind `> file`, a reader that
+went away (`| head`), a descriptor closed before backupd started.
+
+``guard_stdout`` (the console script calls it first) puts a thin layer under ``sys.stdout``
+that turns its write and flush errors into :class:`StdoutError`, so they are told apart from
+every other OSError: a file's read error is never reported as the output's. ``report`` says it
+in one line (nothing for a reader that went away) and points the broken descriptors at
+/dev/null, so that what is still buffered for them cannot fail again at exit (Python would
+print "Exception ignored" and exit 120).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+
+class StdoutError(OSError):
+    """Writing or flushing standard output failed; ``errno`` says why."""
+
+
+class _Guarded(io.BufferedIOBase):
+    """stdout's binary layer, its errors raised as StdoutError. ``inner`` None: the descriptor
+    was closed when Python started."""
+
+    def __init__(self, inner: io.BufferedIOBase | None) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        if self._inner is None:
+            raise StdoutError(errno.EBADF, os.strerror(errno.EBADF))
+        try:
+            return self._inner.write(data)
+        except OSError as exc:
+            raise StdoutError(exc.errno, exc.strerror) from None
+
+    def flush(self) -> None:
+        if self._inner is None:
+            return
+        try:
+            self._inner.flush()
+        except OSError as exc:
+            raise StdoutError(exc.errno, exc.strerror) from None
+
+    def fileno(self) -> int:
+        if self._inner is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return self._inner.fileno()
+
+    def isatty(self) -> bool:
+        return self._inner is not None and self._inner.isatty()
+
+
+def guard_stdout() -> None:
+    """Put the guard under ``sys.stdout``, keeping its encoding and buffering."""
+    current = sys.stdout
+    inner = getattr(current, "buffer", None) if current is not None else None
+    if current is not None and inner is None:
+        return  # not a standard text stream (a test's capture): leave it alone
+    sys.stdout = io.TextIOWrapper(
+        _Guarded(inner), encoding=getattr(current, "encoding", None) or "utf-8",
+        errors=getattr(current, "errors", None) or "strict",
+        line_buffering=bool(getattr(current, "line_buffering", False)),
+        write_through=bool(getattr(current, "write_through", False)))
+
+
+def report(exc: StdoutError) -> int:
+    """Say it once (not for a reader that went away) and silence the broken streams; 1."""
+    _to_devnull(1)
+    if exc.errno != errno.EPIPE:
+        try:
+            typer.echo(f"backupd: error: cannot write to standard output: {exc.strerror}",
+                       err=True)
+        except OSError:
+            _to_devnull(2)  # stderr is broken too: nothing can be said
+    return 1
+
+
+def _to_devnull(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
