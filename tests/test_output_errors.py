@@ -62,16 +62,61 @@ def test_with_stderr_broken_too_it_still_ends_with_exit_1(env: dict[str, str]) -
     assert proc.returncode == 1
 
 
-def test_a_job_whose_summary_cannot_be_written_keeps_its_exit_code(
-    env: dict[str, str]
+CHATTY_JOB = (
+    "import sys\n"
+    "from backupd.cli import app, run\n"
+    "from backupd.cli.app import bootstrap, execute, finish\n"
+    "@app.command()\n"
+    "def chatty() -> None:\n"  # as prune and verify: a job, its own lines, then the summary
+    "    result = execute('prune', bootstrap(), lambda ctx: None)\n"
+    "    for number in range(3):\n"
+    "        print(f'line {number}')\n"
+    "    finish(result)\n"
+    "sys.argv = ['backupd', 'chatty']\n"
+    "run()\n")
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_a_job_whose_lines_cannot_be_written_keeps_its_exit_code(
+    env: dict[str, str], buffered: bool
 ) -> None:
-    """The job ran and its result reached the logs: only the summary line is lost, and that is
-    said (a prune of an empty directory succeeds)."""
+    """The job ran and its result reached the logs: only its printed lines are lost, and that
+    is said, whether they fail as they are printed (the image sets PYTHONUNBUFFERED) or at the
+    last flush."""
     with open("/dev/full", "w") as full:
-        proc = run_backupd(["prune"], {**env, "POSTGRES_DB": "db", "PYTHONUNBUFFERED": ""},
-                           stdout=full)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHATTY_JOB],
+            env=build_env({**env, "POSTGRES_DB": "db", "PYTHONUNBUFFERED": "" if buffered
+                           else "1"}),
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[-1] == FULL_DISK
+
+
+def test_a_closed_stdout_never_silences_the_file_that_took_its_descriptor(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Started with stdout closed, the first file opened gets descriptor 1: reporting the
+    failed output must leave that file alone."""
+    kept = tmp_path / "kept.txt"
+    probe = (
+        "import atexit, os, sys\n"
+        "from backupd.cli import app, run\n"
+        "@app.command()\n"
+        "def opens() -> None:\n"
+        f"    fd = os.open({str(kept)!r}, os.O_WRONLY | os.O_CREAT)\n"
+        "    assert fd == 1, fd\n"
+        "    atexit.register(lambda: os.write(fd, b'written after the report'))\n"
+        "    print('to stdout')\n"
+        "sys.argv = ['backupd', 'opens']\n"
+        "run()\n")
+    proc = subprocess.run(f"exec '{sys.executable}' -c \"$PROBE\" >&-", shell=True,
+                          env=build_env({**env, "PROBE": probe, "PYTHONUNBUFFERED": "1"}),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "backupd: error: cannot write to standard output: Bad file descriptor"]
+    assert kept.read_text() == "written after the report"
 
 
 def test_an_error_of_another_file_is_not_called_the_outputs(env: dict[str, str]) -> None:

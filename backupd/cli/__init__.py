@@ -16,9 +16,9 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from backupd import quick_exit
-from backupd.cli import archive, dumps, output, recovery, restores, service  # noqa: F401  -- registers the commands
-from backupd.cli.app import app
-from backupd.cli.output import StdoutError
+from backupd.cli import archive, dumps, recovery, restores, service  # noqa: F401  -- registers the commands
+from backupd.cli.app import app, job_exit_code
+from backupd.cli.output import StdoutError, guard_stdout, report
 from backupd.errors import BackupdError
 from backupd.log import redact
 
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("backupd: aborted; nothing was changed", err=True)
         return 1
     except StdoutError as exc:
-        return output.report(exc)
+        report(exc)
+        job = job_exit_code()
+        return 1 if job is None else job
     except Exception as exc:
         code = getattr(exc, "exit_code", None)  # typer.Exit and click's Exit
         if isinstance(code, int):
@@ -54,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    output.guard_stdout()
+    guard_stdout()
     code = main()
     try:
         sys.stdout.flush()  # here, where a failure is reported like any other
     except StdoutError as exc:
-        code = code or output.report(exc)
+        report(exc)
+        if job_exit_code() is None:
+            code = code or 1
     # Nothing is left to collect: where the teardown is not skipped (quick_exit: the
     # console script), skip at least its final garbage collection over every imported
     # module's objects.

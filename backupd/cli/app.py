@@ -19,8 +19,6 @@ from typing import Annotated, NoReturn
 import typer
 
 from backupd.cancel import CancelToken
-from backupd.cli import output
-from backupd.cli.output import StdoutError
 from backupd.daemon.state import ResultRecorder
 from backupd.errors import ConfigError
 from backupd.job import JobContext, run_job
@@ -117,13 +115,18 @@ def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
         fail(result.error or "bad usage")
     if not quiet:
         stream = sys.stdout if result.ok else sys.stderr
-        try:
-            print(redact(result.summary()), file=stream, flush=True)
-        except StdoutError as exc:
-            # The job's own exit code stands: its result already reached the logs and the
-            # notifiers; only this line is lost, and that is said.
-            output.report(exc)
+        print(redact(result.summary()), file=stream, flush=True)
     raise typer.Exit(result.exit_code)
+
+
+# The result of the job the command ran (execute): should the command's output then fail to
+# be written, the job's own exit code stands (backupd.cli.output).
+_job_result: list[JobResult] = []
+
+
+def job_exit_code() -> int | None:
+    """The exit code of the job this command ran, if it ran one."""
+    return _job_result[-1].exit_code if _job_result else None
 
 
 def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) -> JobResult:
@@ -132,12 +135,15 @@ def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) ->
     chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
                         recorder=ResultRecorder(settings.backup_dir), metrics=False)
     if not progress_wanted():
-        return run_job(job, settings, body, chain)
-    from backupd.cli import progress_display  # rich, only on a terminal
+        result = run_job(job, settings, body, chain)
+    else:
+        from backupd.cli import progress_display  # rich, only on a terminal
 
-    cancel = CancelToken()  # the job's own token is its child: its progress is nested here
-    with progress_display.shown(cancel.progress, job, forced=_progress_choice[0] is True):
-        return run_job(job, settings, body, chain, cancel)
+        cancel = CancelToken()  # the job's own token is its child: its progress is nested here
+        with progress_display.shown(cancel.progress, job, forced=_progress_choice[0] is True):
+            result = run_job(job, settings, body, chain, cancel)
+    _job_result.append(result)
+    return result
 
 
 

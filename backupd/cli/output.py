@@ -6,7 +6,9 @@ that turns its write and flush errors into :class:`StdoutError`, so they are tol
 every other OSError: a file's read error is never reported as the output's. ``report`` says it
 in one line (nothing for a reader that went away) and points the broken descriptors at
 /dev/null, so that what is still buffered for them cannot fail again at exit (Python would
-print "Exception ignored" and exit 120).
+print "Exception ignored" and exit 120). The exit code is the job's, where the command ran a
+job (its result already reached the logs and notifiers: only its printed lines are lost), else
+1 (backupd.cli.run).
 """
 
 from __future__ import annotations
@@ -25,27 +27,37 @@ if TYPE_CHECKING:
 
 
 class StdoutError(OSError):
-    """Writing or flushing standard output failed; ``errno`` says why."""
+    """Writing or flushing standard output failed; ``errno`` says why. ``fd``: standard
+    output's descriptor, None when it was closed before backupd started (the descriptor
+    number may then be another file's)."""
+
+    def __init__(self, code: int, reason: str, fd: int | None) -> None:
+        super().__init__(code, reason)
+        self.fd = fd
 
 
 class _Guarded(io.BufferedIOBase):
     """stdout's binary layer, its errors raised as StdoutError. ``inner`` None: the descriptor
     was closed when Python started."""
 
+    name = "<stdout>"
+
     def __init__(self, inner: io.BufferedIOBase | None) -> None:
         super().__init__()
         self._inner = inner
+        self._fd = inner.fileno() if inner is not None else None
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: ReadableBuffer) -> int:
         if self._inner is None:
-            raise StdoutError(errno.EBADF, os.strerror(errno.EBADF))
+            raise StdoutError(errno.EBADF, os.strerror(errno.EBADF), None)
         try:
             return self._inner.write(data)
         except OSError as exc:
-            raise StdoutError(exc.errno, exc.strerror) from None
+            raise StdoutError(exc.errno or errno.EIO, exc.strerror or str(exc), self._fd) \
+                from None
 
     def flush(self) -> None:
         if self._inner is None:
@@ -53,7 +65,8 @@ class _Guarded(io.BufferedIOBase):
         try:
             self._inner.flush()
         except OSError as exc:
-            raise StdoutError(exc.errno, exc.strerror) from None
+            raise StdoutError(exc.errno or errno.EIO, exc.strerror or str(exc), self._fd) \
+                from None
 
     def fileno(self) -> int:
         if self._inner is None:
@@ -77,16 +90,16 @@ def guard_stdout() -> None:
         write_through=bool(getattr(current, "write_through", False)))
 
 
-def report(exc: StdoutError) -> int:
-    """Say it once (not for a reader that went away) and silence the broken streams; 1."""
-    _to_devnull(1)
+def report(exc: StdoutError) -> None:
+    """Say it once (not for a reader that went away) and silence the broken streams."""
+    if exc.fd is not None:
+        _to_devnull(exc.fd)
     if exc.errno != errno.EPIPE:
         try:
             typer.echo(f"backupd: error: cannot write to standard output: {exc.strerror}",
                        err=True)
         except OSError:
             _to_devnull(2)  # stderr is broken too: nothing can be said
-    return 1
 
 
 def _to_devnull(fd: int) -> None:
