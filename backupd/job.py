@@ -43,14 +43,14 @@ def repositories_for(settings: Settings) -> Repositories:
                         offsite if settings.s3_bucket else None)
 
 
-def _server_view(settings: Settings) -> ServerView:
+def _server_view(settings: Settings, databases: tuple[str, ...] = ()) -> ServerView:
     # psycopg only once a job has stalled: a command that never connects (verify, list)
     # does not import it (~0.1 s of its start-up).
     try:
         from backupd.postgres.waits import server_view
     except Exception as exc:  # the verdict names it, instead of "did not say in time"
         return ServerView("", f"the server could not be asked what the job waits on ({exc})")
-    return server_view(settings)
+    return server_view(settings, databases)
 
 
 def watchdog_config(settings: Settings) -> WatchdogConfig:
@@ -124,7 +124,8 @@ def run_job(
     if announce:
         chain.started(result)
     try:
-        with Watchdog(token, watchdog_config(settings), lambda: _server_view(settings)):
+        with Watchdog(token, watchdog_config(settings),
+                      lambda: _server_view(settings, token.progress.databases())):
             _body_or_verdict(body, context)
         result.finish(Status.SUCCESS, exit_code=0)
     except Cancelled as exc:

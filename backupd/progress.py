@@ -102,6 +102,7 @@ class Progress:
         # Nested progresses, open or among the last FINISHED_KEPT closed (displays walk them).
         self._children: list[Progress] = []
         self._closed = False
+        self._databases: list[str] = []
 
     def stream(self, name: str, total: int | None = None) -> Stream:
         """A new stream named for people ("pg_dump output", "S3 upload of NAME")."""
@@ -128,6 +129,20 @@ class Progress:
             self._last_moved = self.clock()
         if self._parent is not None:
             self._parent.touch()
+
+    def working_in(self, database: str) -> None:
+        """The job's server sessions also work in ``database`` (a restore's scratch one):
+        the work the server shows there (an index build, a COPY) is the job's too."""
+        with self._lock:
+            if database not in self._databases:
+                self._databases.append(database)
+        if self._parent is not None:
+            self._parent.working_in(database)
+
+    def databases(self) -> tuple[str, ...]:
+        """The databases named by ``working_in``, in order."""
+        with self._lock:
+            return tuple(self._databases)
 
     def nested(self) -> Progress:
         """The progress of a job run inside this one (each database of a backup run): its

@@ -202,3 +202,76 @@ def test_the_job_timeout_fails_a_run_and_the_next_scheduled_run_goes_ahead(
     assert "pg_dump output" in failed["error"]  # what it was doing when stopped
     assert succeeded["status"] == "success" and succeeded["backup_name"]
     assert len(backup_files(backup_dir)) == 1
+
+
+@contextmanager
+def another_backupd_copying(server: ServerAddress, database: str) -> Iterator[threading.Event]:
+    """A session named as backupd's, in ``database``, running a COPY that moves a row every
+    10 ms for a minute (another sidecar's backup on the same server); the event is set once
+    it has ended. The COPY is ended on the way out."""
+    started, ended, pids = threading.Event(), threading.Event(), []
+
+    def copy() -> None:
+        try:
+            with psycopg.connect(server.conninfo(database), application_name="backupd") as conn:
+                pids.append(conn.info.backend_pid)
+                with conn.cursor().copy("COPY (SELECT g, pg_sleep(0.01) FROM "
+                                        "generate_series(1, 6000) g) TO STDOUT") as rows:
+                    for _ in rows:
+                        started.set()
+        except psycopg.Error:
+            pass  # ended on the way out
+        finally:
+            started.set()
+            ended.set()
+
+    thread = threading.Thread(target=copy, name="other-backupd", daemon=True)
+    thread.start()
+    assert started.wait(30) and not ended.is_set(), "the other COPY never started"
+    try:
+        yield ended
+    finally:
+        with connect(server) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,))
+        thread.join(30)
+
+
+def test_another_backupds_work_elsewhere_on_the_server_does_not_hide_a_stall(
+        pg_server: ServerAddress, small_db: str, make_db: Callable[..., str],
+        backup_dir: Path, backupd_env: EnvFactory) -> None:
+    """The server's progress views count as a job's movement only in the job's own
+    databases: a sidecar backing up another database of the same server, its COPY moving the
+    whole time, must not keep this dump's stall from being seen."""
+    with another_backupd_copying(pg_server, make_db()) as other_ended, \
+            table_locked(pg_server, small_db, "public.items"):
+        proc = run_backupd(["backup"], backupd_env(small_db, DB_BACKUP_STALL_SECONDS="3"),
+                           timeout=180)
+        assert not other_ended.is_set(), "the other COPY ended first: nothing was proven"
+    assert proc.returncode == 1, proc.stderr
+    (finished,) = jobs_finished(proc.stderr, "backup")
+    assert finished["status"] == "failed" and "stalled" in finished["error"], finished
+    assert nothing_partial(backup_dir) == []
+
+
+def test_a_restores_long_index_build_in_its_scratch_database_is_not_a_stall(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory) -> None:
+    """The restore works in a scratch database, not in POSTGRES_DB: its index builds there
+    (here ~6 s, twice the stall limit, with no byte moving in the restore's streams) are the
+    job's work."""
+    source = make_db()
+    psql(pg_server, source, """
+        CREATE FUNCTION slow(int) RETURNS int IMMUTABLE LANGUAGE sql
+          AS 'SELECT $1 + 0 FROM pg_catalog.pg_sleep(0.01)';
+        CREATE TABLE wide (id int, filler text);
+        INSERT INTO wide SELECT i, repeat('x', 2000) FROM generate_series(1, 600) i;
+        CREATE INDEX wide_slow_idx ON wide (slow(id));""")
+    env = backupd_env(source)
+    take = run_backupd(["backup", "--no-prune"], env, timeout=180)
+    assert take.returncode == 0, take.stderr
+    (name,) = backup_files(Path(env["DB_BACKUP_DIR"]))
+    target = unique_db_name("slow_index")
+    proc = run_backupd(["restore", "--yes", "--target-db", target, name],
+                       {**env, "DB_BACKUP_STALL_SECONDS": "3"}, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert database_exists(pg_server, target)
+    psql(pg_server, "postgres", f'DROP DATABASE "{target}"')

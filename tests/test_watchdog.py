@@ -76,3 +76,15 @@ def test_a_statement_holding_a_password_is_never_quoted() -> None:
     statement = "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$abc'"
     assert shown_query(statement) == "ALTER ROLE ..."
     assert shown_query("COPY public.big (id) TO stdout;") == "COPY public.big (id) TO stdout;"
+
+
+def test_the_databases_a_job_works_in_reach_the_job_that_contains_it() -> None:
+    """A scratch database named by a nested job's progress is its containing job's too: the
+    work the server shows there never counts as no one's."""
+    token = CancelToken()
+    inner = token.child()
+    inner.progress.working_in("db__restoring_1")
+    inner.progress.working_in("db__restoring_1")
+    token.progress.working_in("other")
+    assert inner.progress.databases() == ("db__restoring_1",)
+    assert token.progress.databases() == ("db__restoring_1", "other")

@@ -182,6 +182,7 @@ def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
                             "on the server")
         carried = entry.manifest.database_properties if entry.manifest is not None else None
         _create_scratch(admin, scratch, settings.postgres_db, carried or live)
+        ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
     try:
         comparison, seconds = _restore_and_compare(ctx, path, entry, scratch, record,
                                                    Properties(carried, live))

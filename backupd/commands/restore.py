@@ -136,6 +136,7 @@ def restore_file(
         # "restoring" only once the verdict is in and the load starts).
         ctx.say(f"preparing database {scratch!r} to restore {entry.name} into {target!r}")
         create_database(admin, scratch, properties)
+        ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
         try:
             mark_restoring(admin, scratch, target)
             verified.wait()

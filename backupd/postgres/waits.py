@@ -5,6 +5,7 @@ with a statement timeout: the server the job waits on may itself be the problem.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import psycopg
@@ -55,16 +56,18 @@ SELECT w.pid, w.datname = current_database(), w.state,
 """
 
 
-# Work in progress views, one comparable line per session: an index build and (14+) a COPY.
+# Work in progress views, one comparable line per session: an index build and (14+) a COPY;
+# only in the job's own databases: another backupd's work on the same server (a sidecar of
+# another database) must not keep this job's stall from being seen.
 _INDEX_WORK = """
 SELECT 'index ' || p.pid || ' ' || p.phase || ' ' || p.blocks_done || ' ' || p.tuples_done
        || ' ' || p.partitions_done
   FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid
- WHERE a.application_name = %(app)s"""
+ WHERE a.application_name = %(app)s AND a.datname = ANY(%(databases)s)"""
 _COPY_WORK = """
 SELECT 'copy ' || p.pid || ' ' || p.bytes_processed || ' ' || p.tuples_processed
   FROM pg_stat_progress_copy p JOIN pg_stat_activity a ON a.pid = p.pid
- WHERE a.application_name = %(app)s"""
+ WHERE a.application_name = %(app)s AND a.datname = ANY(%(databases)s)"""
 _ALL_WORK = "SELECT coalesce(string_agg(work, ',' ORDER BY work), '') FROM ({}) AS progress(work)"
 
 
@@ -143,22 +146,25 @@ def shown_query(query: str) -> str:
     return query
 
 
-def server_work(conn: psycopg.Connection[tuple]) -> str:  # type: ignore[type-arg]
-    """The counters of the work backupd's sessions do inside the server, where a progress
-    view shows it (an index build, a COPY): movement the job's streams cannot see."""
+def server_work(conn: psycopg.Connection[tuple], databases: Sequence[str]) -> str:  # type: ignore[type-arg]
+    """The counters of the work backupd's sessions do inside the server in ``databases``,
+    where a progress view shows it (an index build, a COPY): movement the job's streams
+    cannot see."""
     # pg_stat_progress_copy is new in 14.
     views = [_INDEX_WORK, _COPY_WORK] if conn.info.server_version >= 140000 else [_INDEX_WORK]
     query = sql.SQL(_ALL_WORK).format(sql.SQL(" UNION ALL ").join(map(sql.SQL, views)))
-    row = conn.execute(query, {"app": APPLICATION_NAME}).fetchone()
+    row = conn.execute(query, {"app": APPLICATION_NAME,
+                               "databases": list(databases)}).fetchone()
     return str(row[0]) if row else ""
 
 
-def server_view(settings: Settings) -> ServerView:
-    """What the server says about a job that moved no data: its work in progress views, and
-    one clause naming the first lock wait (with its holders), else what the sessions do."""
+def server_view(settings: Settings, databases: Sequence[str] = ()) -> ServerView:
+    """What the server says about a job that moved no data: its work in progress views (in
+    POSTGRES_DB and ``databases``, where it also works), and one clause naming the first lock
+    wait (with its holders), else what the sessions do."""
     try:
         with _probe_connection(settings) as conn:
-            work = server_work(conn)
+            work = server_work(conn, [settings.postgres_db, *databases])
             sessions = session_waits(conn)
     except (psycopg.Error, OSError) as exc:
         return ServerView("", "the server could not be asked what the job waits on "
