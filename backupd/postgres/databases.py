@@ -45,13 +45,13 @@ class ResolvedDatabases:
 
 # Where backupd connects to ask which databases exist: the maintenance database, else
 # template1 (always there), else one of the listed databases.
-_MAINTENANCE_DATABASES = ("postgres", "template1")
+MAINTENANCE_DATABASES = ("postgres", "template1")
 
 
 def maintenance_connection(settings: Settings) -> Connection:
     """A connection for questions about the cluster as a whole (which databases, globals)."""
     candidates = list(dict.fromkeys(
-        [*_MAINTENANCE_DATABASES, *settings.database_selection.names]))
+        [*MAINTENANCE_DATABASES, *settings.database_selection.names]))
     first_error: JobFailed | None = None
     for database in candidates:
         try:

@@ -5,6 +5,7 @@ with a statement timeout: the server the job waits on may itself be the problem.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -13,6 +14,7 @@ from psycopg import sql
 
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.postgres.connection import describe_pg_error
+from backupd.postgres.databases import MAINTENANCE_DATABASES
 from backupd.settings import Settings
 from backupd.watchdog import ServerView
 
@@ -112,13 +114,27 @@ class SessionWait:
 
 
 def _probe_connection(settings: Settings) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
-    return psycopg.connect(
-        host=settings.postgres_host, port=settings.postgres_port,
-        user=settings.postgres_user, password=settings.password,
-        dbname=settings.postgres_db, autocommit=True,
-        connect_timeout=min(CONNECT_TIMEOUT_SECONDS, settings.postgres_connect_timeout),
-        application_name=PROBE_APPLICATION_NAME,
-        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+    """A session in the job's database (where the waits name its tables), else in a
+    maintenance database: POSTGRES_DB may be a list or `*`, or not exist yet (a restore onto a
+    new server), and the progress views are the whole server's from any database. A server
+    that does not answer is not asked again."""
+    selection = settings.database_selection
+    candidates = [*([selection.names[0]] if not selection.several else []),
+                  *MAINTENANCE_DATABASES]
+    deadline = time.monotonic() + CONNECT_TIMEOUT_SECONDS
+    for database in dict.fromkeys(candidates):
+        try:
+            return psycopg.connect(
+                host=settings.postgres_host, port=settings.postgres_port,
+                user=settings.postgres_user, password=settings.password,
+                dbname=database, autocommit=True,
+                connect_timeout=min(CONNECT_TIMEOUT_SECONDS, settings.postgres_connect_timeout),
+                application_name=PROBE_APPLICATION_NAME,
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+        except psycopg.OperationalError:
+            if database == candidates[-1] or time.monotonic() >= deadline:
+                raise
+    raise AssertionError("unreachable: the last candidate raises")
 
 
 def session_waits(conn: psycopg.Connection[tuple]) -> list[SessionWait]:  # type: ignore[type-arg]
