@@ -37,6 +37,7 @@ from harness import (
     REPO,
     Server,
     backupd_env,
+    compile_bytecode,
     cpu_bound_job,
     loaded_database,
     stop_on_sigterm,
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             found = imported_from(checkout, server, work)
             if found != checkout:
                 raise SystemExit(f"bench: {checkout} would run the backupd of {found}")
-            subprocess.run([sys.executable, "-m", "compileall", "-q",
-                            str(checkout / "backupd")], check=False, stdout=subprocess.DEVNULL)
+            compile_bytecode(checkout)
         with (source_database(server, args.database, args.scale, args.fixture) as database,
               hog(args.hog)):
             floor, times = rounds(server, database, checkouts, args.rounds, work)

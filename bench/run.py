@@ -40,6 +40,7 @@ from harness import (
     Contender,
     Server,
     backupd_env,
+    compile_bytecode,
     loaded_database,
     mib,
     publish,
@@ -275,17 +276,6 @@ def bench_memory(server: Server, work: Path, args: argparse.Namespace) -> list[s
     if small == args.scale:
         rows += ["", "(only one scale: run with --scale 10 or more for two scales 10x apart)"]
     return [*rows, ""]
-
-
-def compile_bytecode() -> None:
-    """Write backupd's bytecode, as the image's `pip install` does. An editable install run
-    with PYTHONDONTWRITEBYTECODE=1 (as the image sets) compiles every module it imports on
-    every run: ~0.11 s of each command's start-up on the bench machine, which no installed
-    backupd pays."""
-    package = Path(__file__).resolve().parents[1] / "backupd"
-    # Best effort: a read-only checkout is still measured (and pays the compiling).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,6 @@ only backupd's own names parse as backups."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -126,13 +125,13 @@ def test_a_new_backup_never_takes_a_name_in_use_not_even_by_a_killed_runs_leftov
     def names(at: datetime) -> list[str]:
         return [base_backup_name(at, "gzip", encrypted=False)]
 
+    # This second and the next are both in use: a check that ignored the leftovers would
+    # take one of them even should the clock pass a second boundary before it runs.
     now = datetime.now(UTC).replace(microsecond=0)
-    if datetime.now(UTC).microsecond > 800_000:  # too close to the next second to test
-        now += timedelta(seconds=1)
-        time.sleep(1.01 - datetime.now(UTC).microsecond / 1e6)
-    taken = names(now)[0]
-    (tmp_path / (taken if leftover == "final" else partial_name(taken))).write_bytes(b"x")
+    taken = [names(now + timedelta(seconds=ahead))[0] for ahead in (0, 1)]
+    for name in taken:
+        (tmp_path / (name if leftover == "final" else partial_name(name))).write_bytes(b"x")
 
     started = store.unique_start(names)
     assert started > now
-    assert names(started)[0] != taken
+    assert names(started)[0] not in taken

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from helpers.cli import build_env, run_backupd
@@ -22,16 +24,40 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {"DB_BACKUP_DIR": str(tmp_path / "backups")}
 
 
+@pytest.fixture
+def full() -> Iterator[IO[str]]:
+    """A file on a full disk: /dev/full, where every write fails with ENOSPC."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as device:
+        yield device
+
+
+def command_probe(body: str) -> str:
+    """A script that registers one command running ``body`` and runs the console script's
+    entry point on it, as `backupd probe` would run."""
+    return ("import atexit, errno, os, sys\n"
+            "from backupd.cli import app, run\n"
+            "from backupd.cli.app import bootstrap, execute, finish\n"
+            "@app.command()\n"
+            "def probe() -> None:\n"
+            + "".join(f"    {line}\n" for line in body.splitlines())
+            + "sys.argv = ['backupd', 'probe']\n"
+            "run()\n")
+
+
+def run_probe(body: str, env: dict[str, str], **popen: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", command_probe(body)], env=build_env(env),
+                          text=True, timeout=60, check=False, **popen)
+
+
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
 @pytest.mark.parametrize("args", [["--help"], ["version"]], ids=["help", "version"])
 def test_a_full_disk_behind_stdout_is_one_line_and_exit_1(
-    env: dict[str, str], args: list[str], buffered: bool
+    env: dict[str, str], full: IO[str], args: list[str], buffered: bool
 ) -> None:
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full on this system")
-    with open("/dev/full", "w") as full:
-        proc = run_backupd(args, {**env, "PYTHONUNBUFFERED": "" if buffered else "1"},
-                           stdout=full)
+    proc = run_backupd(args, {**env, "PYTHONUNBUFFERED": "" if buffered else "1"},
+                       stdout=full)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines() == [FULL_DISK]
 
@@ -52,43 +78,34 @@ def test_a_reader_that_went_away_ends_it_quietly_with_exit_1(
     assert proc.stderr == ""
 
 
-def test_with_stderr_broken_too_it_still_ends_with_exit_1(env: dict[str, str]) -> None:
+def test_with_stderr_broken_too_it_still_ends_with_exit_1(
+    env: dict[str, str], full: IO[str]
+) -> None:
     """Nothing can be said, and the message left in stderr's buffer must not turn the exit
     into Python's 120."""
-    with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "backupd", "version"],
-                              env=build_env({**env, "PYTHONUNBUFFERED": ""}), stdout=full,
-                              stderr=full, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-m", "backupd", "version"],
+                          env=build_env({**env, "PYTHONUNBUFFERED": ""}), stdout=full,
+                          stderr=full, timeout=60, check=False)
     assert proc.returncode == 1
 
 
-CHATTY_JOB = (
-    "import sys\n"
-    "from backupd.cli import app, run\n"
-    "from backupd.cli.app import bootstrap, execute, finish\n"
-    "@app.command()\n"
-    "def chatty() -> None:\n"  # as prune and verify: a job, its own lines, then the summary
-    "    result = execute('prune', bootstrap(), lambda ctx: None)\n"
-    "    for number in range(3):\n"
-    "        print(f'line {number}')\n"
-    "    finish(result)\n"
-    "sys.argv = ['backupd', 'chatty']\n"
-    "run()\n")
+# As prune and verify: a job, its own lines, then the summary.
+CHATTY_JOB = """result = execute('prune', bootstrap(), lambda ctx: None)
+for number in range(3):
+    print(f'line {number}')
+finish(result)"""
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
 def test_a_job_whose_lines_cannot_be_written_keeps_its_exit_code(
-    env: dict[str, str], buffered: bool
+    env: dict[str, str], full: IO[str], buffered: bool
 ) -> None:
     """The job ran and its result reached the logs: only its printed lines are lost, and that
     is said, whether they fail as they are printed (the image sets PYTHONUNBUFFERED) or at the
     last flush."""
-    with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, "-c", CHATTY_JOB],
-            env=build_env({**env, "POSTGRES_DB": "db", "PYTHONUNBUFFERED": "" if buffered
-                           else "1"}),
-            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    proc = run_probe(CHATTY_JOB, {**env, "POSTGRES_DB": "db",
+                                  "PYTHONUNBUFFERED": "" if buffered else "1"},
+                     stdout=full, stderr=subprocess.PIPE)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[-1] == FULL_DISK
 
@@ -99,17 +116,11 @@ def test_a_closed_stdout_never_silences_the_file_that_took_its_descriptor(
     """Started with stdout closed, the first file opened gets descriptor 1: reporting the
     failed output must leave that file alone."""
     kept = tmp_path / "kept.txt"
-    probe = (
-        "import atexit, os, sys\n"
-        "from backupd.cli import app, run\n"
-        "@app.command()\n"
-        "def opens() -> None:\n"
-        f"    fd = os.open({str(kept)!r}, os.O_WRONLY | os.O_CREAT)\n"
-        "    assert fd == 1, fd\n"
-        "    atexit.register(lambda: os.write(fd, b'written after the report'))\n"
-        "    print('to stdout')\n"
-        "sys.argv = ['backupd', 'opens']\n"
-        "run()\n")
+    probe = command_probe(
+        f"fd = os.open({str(kept)!r}, os.O_WRONLY | os.O_CREAT)\n"
+        "assert fd == 1, fd\n"
+        "atexit.register(lambda: os.write(fd, b'written after the report'))\n"
+        "print('to stdout')")
     proc = subprocess.run(f"exec '{sys.executable}' -c \"$PROBE\" >&-", shell=True,
                           env=build_env({**env, "PROBE": probe, "PYTHONUNBUFFERED": "1"}),
                           capture_output=True, text=True, timeout=60, check=False)
@@ -122,17 +133,18 @@ def test_a_closed_stdout_never_silences_the_file_that_took_its_descriptor(
 def test_an_error_of_another_file_is_not_called_the_outputs(env: dict[str, str]) -> None:
     """An OSError without a file name from elsewhere (here a command that raises one) is
     still a crash with its traceback, not 'cannot write to standard output'."""
-    probe = (
-        "import errno\n"
-        "from backupd.cli import app, run\n"
-        "@app.command()\n"
-        "def boom() -> None:\n"
-        "    raise OSError(errno.EIO, 'Input/output error')\n"
-        "import sys\n"
-        "sys.argv = ['backupd', 'boom']\n"
-        "run()\n")
-    proc = subprocess.run([sys.executable, "-c", probe], env=build_env(env),
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = run_probe("raise OSError(errno.EIO, 'Input/output error')", env,
+                     capture_output=True)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "OSError: [Errno 5]" in proc.stderr
     assert "cannot write to standard output" not in proc.stderr
+
+
+def test_a_captured_stdout_is_left_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    """Under a capture without a descriptor (pytest's), the guard steps aside: the entry
+    point can run in-process."""
+    import backupd.cli.output as output
+
+    captured = sys.stdout
+    output.guard_stdout()
+    assert sys.stdout is captured

@@ -36,6 +36,7 @@ from helpers.pg import (
     psql,
     unique_db_name,
 )
+from helpers.ports import free_port
 from helpers.slow_restore import pausing_psql
 
 LOCKER_APP = "stall-test-locker"
@@ -310,3 +311,35 @@ def test_a_restores_long_index_build_in_its_scratch_database_is_not_a_stall(
         for leftover in _databases_named(pg_server, target):
             drop_database(pg_server, leftover)
     assert "stalled" not in restoring.read_stderr()
+
+
+@pytest.mark.parametrize("postgres_db", ["template1", "app,other", "*"])
+def test_the_probe_of_an_unreachable_server_says_so(tmp_path: Path, postgres_db: str) -> None:
+    """Every database the probe tries fails: the view says the server could not be asked
+    (POSTGRES_DB=template1 is also one of the maintenance databases it falls back to)."""
+    from backupd.postgres.waits import server_view
+    from backupd.settings import Settings
+
+    settings = Settings(_env_file=None, POSTGRES_HOST="127.0.0.1",  # type: ignore[call-arg]
+                        POSTGRES_PORT=str(free_port()), POSTGRES_DB=postgres_db,
+                        DB_BACKUP_DIR=str(tmp_path))
+    view = server_view(settings)
+    assert view.work == ""
+    assert view.waits is not None
+    assert view.waits.startswith("the server could not be asked what the job waits on (")
+
+
+@pytest.mark.parametrize("postgres_db", ["app,other", "*", "bk_not_created_yet"])
+def test_the_probe_asks_the_server_whatever_postgres_db_names(
+        pg_server: ServerAddress, tmp_path: Path, postgres_db: str) -> None:
+    """A list, `*` or a database not created yet (a restore onto a new server): the probe
+    asks from a maintenance database instead of failing to connect."""
+    from backupd.postgres.waits import server_view
+    from backupd.settings import Settings
+
+    settings = Settings(_env_file=None, POSTGRES_HOST=pg_server.host,  # type: ignore[call-arg]
+                        POSTGRES_PORT=str(pg_server.port), POSTGRES_USER=pg_server.user,
+                        POSTGRES_PASSWORD=pg_server.password or "unused",
+                        POSTGRES_DB=postgres_db, DB_BACKUP_DIR=str(tmp_path))
+    view = server_view(settings)
+    assert view.waits is None or "could not be asked" not in view.waits, view.waits

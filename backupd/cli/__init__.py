@@ -43,15 +43,21 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("backupd: aborted; nothing was changed", err=True)
         return 1
     except StdoutError as exc:
-        report(exc)
-        job = job_exit_code()
-        return 1 if job is None else job
+        return _output_failed(exc, 0)
     except Exception as exc:
         code = getattr(exc, "exit_code", None)  # typer.Exit and click's Exit
         if isinstance(code, int):
             return code
         raise
     return result if isinstance(result, int) else 0
+
+
+def _output_failed(exc: StdoutError, code: int) -> int:
+    """Report it; the exit code is the job's where the command ran one (its result reached
+    the logs and notifiers), else ``code``, and never 0."""
+    report(exc)
+    job = job_exit_code()
+    return job if job is not None else (code or 1)
 
 
 def run() -> None:
@@ -61,9 +67,7 @@ def run() -> None:
     try:
         sys.stdout.flush()  # here, where a failure is reported like any other
     except StdoutError as exc:
-        report(exc)
-        if job_exit_code() is None:
-            code = code or 1
+        code = _output_failed(exc, code)
     # Nothing is left to collect: where the teardown is not skipped (quick_exit: the
     # console script), skip at least its final garbage collection over every imported
     # module's objects.

@@ -81,8 +81,13 @@ def guard_stdout() -> None:
     """Put the guard under ``sys.stdout``, keeping its encoding and buffering."""
     current = sys.stdout
     inner = getattr(current, "buffer", None) if current is not None else None
-    if current is not None and inner is None:
-        return  # not a standard text stream (a test's capture): leave it alone
+    if current is not None:
+        try:
+            current.fileno()
+        except (OSError, ValueError):
+            return  # not a descriptor's text stream (a test's capture): leave it alone
+        if inner is None:
+            return
     sys.stdout = io.TextIOWrapper(
         _Guarded(inner), encoding=getattr(current, "encoding", None) or "utf-8",
         errors=getattr(current, "errors", None) or "strict",

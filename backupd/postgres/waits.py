@@ -119,22 +119,26 @@ def _probe_connection(settings: Settings) -> psycopg.Connection[tuple]:  # type:
     new server), and the progress views are the whole server's from any database. A server
     that does not answer is not asked again."""
     selection = settings.database_selection
-    candidates = [*([selection.names[0]] if not selection.several else []),
-                  *MAINTENANCE_DATABASES]
+    *first, last = dict.fromkeys(
+        [*([selection.names[0]] if not selection.several else []), *MAINTENANCE_DATABASES])
     deadline = time.monotonic() + CONNECT_TIMEOUT_SECONDS
-    for database in dict.fromkeys(candidates):
+    for database in first:
         try:
-            return psycopg.connect(
-                host=settings.postgres_host, port=settings.postgres_port,
-                user=settings.postgres_user, password=settings.password,
-                dbname=database, autocommit=True,
-                connect_timeout=min(CONNECT_TIMEOUT_SECONDS, settings.postgres_connect_timeout),
-                application_name=PROBE_APPLICATION_NAME,
-                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+            return _probe_session(settings, database)
         except psycopg.OperationalError:
-            if database == candidates[-1] or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 raise
-    raise AssertionError("unreachable: the last candidate raises")
+    return _probe_session(settings, last)
+
+
+def _probe_session(settings: Settings, database: str) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
+    return psycopg.connect(
+        host=settings.postgres_host, port=settings.postgres_port,
+        user=settings.postgres_user, password=settings.password,
+        dbname=database, autocommit=True,
+        connect_timeout=min(CONNECT_TIMEOUT_SECONDS, settings.postgres_connect_timeout),
+        application_name=PROBE_APPLICATION_NAME,
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
 
 
 def session_waits(conn: psycopg.Connection[tuple]) -> list[SessionWait]:  # type: ignore[type-arg]

@@ -200,6 +200,5 @@ def peak_rss_of_backupd(args: list[str], env: dict[str, str],
     proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, *_command(args)],
                           env=build_env(env), stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout, check=False)
-    proc.stdout = proc.stdout or ""
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
     return proc, int(proc.stdout.strip().splitlines()[-1]) * 1024
