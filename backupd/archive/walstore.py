@@ -115,6 +115,23 @@ def spool_directory(local_archive: LocalRepository) -> Path:
     return local_archive.directory / SPOOL_SUBDIRECTORY
 
 
+def _committed(entries: list[BackupEntry]) -> dict[str, ArchivedWal]:
+    """The archive's committed WAL files among ``entries``, by name."""
+    found: dict[str, ArchivedWal] = {}
+    for entry in entries:
+        manifest = entry.manifest
+        if manifest is None or manifest.wal is None or not entry.verified:
+            continue  # not committed, or not ours: never part of the archive
+        record = manifest.wal
+        wal = parse_wal_name(record.wal_file, record.segment_size)
+        if wal is None:
+            continue
+        found[wal.name] = ArchivedWal(wal, entry.name, entry.size, record.raw_sha256,
+                                      uploaded=manifest.uploaded_at is not None,
+                                      system_identifier=record.system_identifier)
+    return found
+
+
 class WalArchive:
     """The WAL archive in ``repository``; ``spool``: pg_receivewal's directory, whose files
     (the live ``.partial``, a completed segment not archived yet) count as archived too."""
@@ -134,25 +151,24 @@ class WalArchive:
         before their timeline's segments. A file both archived and in the spool is listed
         once (the archived one); an archived ``.partial`` superseded by its complete
         segment is not listed."""
-        found: dict[str, ArchivedWal] = {}
-        segment_size = DEFAULT_SEGMENT_SIZE
-        for entry in self.entries():
-            manifest = entry.manifest
-            if manifest is None or manifest.wal is None or not entry.verified:
-                continue  # not committed, or not ours: never part of the archive
-            record = manifest.wal
-            segment_size = record.segment_size
-            wal = parse_wal_name(record.wal_file, record.segment_size)
-            if wal is None:
-                continue
-            found[wal.name] = ArchivedWal(wal, entry.name, entry.size, record.raw_sha256,
-                                          uploaded=manifest.uploaded_at is not None,
-                                          system_identifier=record.system_identifier)
+        found = _committed(self.entries())
+        segment_size = next((w.wal.segment_size for w in reversed(found.values())),
+                            DEFAULT_SEGMENT_SIZE)
+        spooled: list[ArchivedWal] = []
         for path in self.spool_files(segment_size):
             wal = parse_wal_name(path.name, segment_size)
-            if wal is not None and wal.name not in found:
-                found[wal.name] = ArchivedWal(wal, None, path.stat().st_size, None,
-                                              spool_path=path)
+            if wal is None or wal.name in found:
+                continue
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                # Committed (moved out of the spool) since the listing above: it is in the
+                # repository now, so list the repository again rather than show a gap.
+                found = _committed(self.entries())
+                continue
+            spooled.append(ArchivedWal(wal, None, size, None, spool_path=path))
+        for wal_file in spooled:
+            found.setdefault(wal_file.name, wal_file)
         complete = {w.wal.segment for w in found.values() if w.wal.kind == "segment"}
         listed = [w for w in found.values() if not (w.partial and w.wal.segment in complete)]
         return sorted(listed, key=lambda w: w.wal.sort_key)
