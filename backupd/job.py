@@ -15,7 +15,7 @@ from backupd.cancel import CancelToken
 from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped, Stopped
 from backupd.log import JobLogFile, get_logger, redact
 from backupd.notify.base import NotifierChain
-from backupd.progress import Progress
+from backupd.progress import Place, Progress
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
 from backupd.storage.base import Repository
@@ -43,14 +43,14 @@ def repositories_for(settings: Settings) -> Repositories:
                         offsite if settings.s3_bucket else None)
 
 
-def _server_view(settings: Settings, databases: tuple[str, ...] = ()) -> ServerView:
+def _server_view(settings: Settings, places: tuple[Place, ...] = ()) -> ServerView:
     # psycopg only once a job has stalled: a command that never connects (verify, list)
     # does not import it (~0.1 s of its start-up).
     try:
-        from backupd.postgres.waits import server_view
+        from backupd.postgres.waits import job_view
     except Exception as exc:  # the verdict names it, instead of "did not say in time"
         return ServerView("", f"the server could not be asked what the job waits on ({exc})")
-    return server_view(settings, databases)
+    return job_view(settings, places)
 
 
 def watchdog_config(settings: Settings) -> WatchdogConfig:
@@ -125,7 +125,7 @@ def run_job(
         chain.started(result)
     try:
         with Watchdog(token, watchdog_config(settings),
-                      lambda: _server_view(settings, token.progress.databases())):
+                      lambda: _server_view(settings, token.progress.places())):
             _body_or_verdict(body, context)
         result.finish(Status.SUCCESS, exit_code=0)
     except Cancelled as exc:

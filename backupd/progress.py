@@ -25,6 +25,17 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
+class Place:
+    """A database the job's server sessions work in. ``server``: None for the job's own
+    server (POSTGRES_HOST); else what the job's probe needs to reach another server the job
+    works on (a drill server's settings). Progress only keeps it, and compares it by
+    identity: it imports nothing of backupd to know its type."""
+
+    database: str
+    server: object = None
+
+
+@dataclass(frozen=True)
 class StreamState:
     """One stream as a snapshot saw it; times are the Progress clock's (monotonic seconds)."""
 
@@ -102,7 +113,7 @@ class Progress:
         # Nested progresses, open or among the last FINISHED_KEPT closed (displays walk them).
         self._children: list[Progress] = []
         self._closed = False
-        self._databases: list[str] = []
+        self._places: list[Place] = []
 
     def stream(self, name: str, total: int | None = None) -> Stream:
         """A new stream named for people ("pg_dump output", "S3 upload of NAME")."""
@@ -130,19 +141,25 @@ class Progress:
         if self._parent is not None:
             self._parent.touch()
 
-    def working_in(self, database: str) -> None:
-        """The job's server sessions also work in ``database`` (a restore's scratch one):
-        the work the server shows there (an index build, a COPY) is the job's too."""
+    def working_in(self, database: str, server: object = None) -> None:
+        """The job's server sessions also work in ``database`` (a restore's scratch one; with
+        ``server``, a database on another server, see :class:`Place`): the work the server
+        shows there (an index build, a COPY) is the job's too."""
         with self._lock:
-            if database not in self._databases:
-                self._databases.append(database)
+            if not any(p.database == database and p.server is server for p in self._places):
+                self._places.append(Place(database, server))
         if self._parent is not None:
-            self._parent.working_in(database)
+            self._parent.working_in(database, server)
 
     def databases(self) -> tuple[str, ...]:
-        """The databases named by ``working_in``, in order."""
+        """The databases on the job's own server named by ``working_in``, in order."""
         with self._lock:
-            return tuple(self._databases)
+            return tuple(p.database for p in self._places if p.server is None)
+
+    def places(self) -> tuple[Place, ...]:
+        """Every database named by ``working_in``, with its server, in order."""
+        with self._lock:
+            return tuple(self._places)
 
     def nested(self) -> Progress:
         """The progress of a job run inside this one (each database of a backup run): its

@@ -343,3 +343,24 @@ def test_the_probe_asks_the_server_whatever_postgres_db_names(
                         POSTGRES_DB=postgres_db, DB_BACKUP_DIR=str(tmp_path))
     view = server_view(settings)
     assert view.waits is None or "could not be asked" not in view.waits, view.waits
+
+
+def test_the_probe_also_asks_each_other_server_the_job_works_on(
+        pg_server: ServerAddress, tmp_path: Path) -> None:
+    """A drill's database on the drill server is asked about on that server: here it does
+    not answer, and the view says so beside the job's own server's answer."""
+    from backupd.postgres.waits import job_view
+    from backupd.progress import Place
+    from backupd.settings import Settings
+
+    def settings(port: int) -> Settings:
+        return Settings(_env_file=None, POSTGRES_HOST=pg_server.host,  # type: ignore[call-arg]
+                        POSTGRES_PORT=str(port), POSTGRES_USER=pg_server.user,
+                        POSTGRES_PASSWORD=pg_server.password or "unused",
+                        POSTGRES_DB="postgres", DB_BACKUP_DIR=str(tmp_path))
+
+    own, drill_server = settings(pg_server.port), settings(free_port())
+    view = job_view(own, [Place("appdb", drill_server)])
+    assert view.waits is not None
+    # Only the drill server's part: other tests' sessions may be waiting on the own server.
+    assert "the server could not be asked what the job waits on (" in view.waits, view

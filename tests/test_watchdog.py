@@ -88,3 +88,9 @@ def test_the_databases_a_job_works_in_reach_the_job_that_contains_it() -> None:
     token.progress.working_in("other")
     assert inner.progress.databases() == ("db__restoring_1",)
     assert token.progress.databases() == ("db__restoring_1", "other")
+    drill_server = object()
+    inner.progress.working_in("db", drill_server)
+    inner.progress.working_in("db", drill_server)
+    assert token.progress.databases() == ("db__restoring_1", "other")  # the own server's only
+    assert [(p.database, p.server) for p in token.progress.places()] == [
+        ("db__restoring_1", None), ("other", None), ("db", drill_server)]

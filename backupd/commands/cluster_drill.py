@@ -213,6 +213,8 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
         identities = restore.identities_for(drill_ctx, entry)
         restore.verify_first(path, entry, identities, drill_ctx)
         restore.create_database(admin, database, carried)
+        # Its index builds are the drill's work, on the drill server the watchdog asks too.
+        drill_ctx.progress.working_in(database, drill_ctx.settings)
         mark_restored(admin, database)
         drill_ctx.say(f"{entry.name} verified; restoring it into {database!r} on the drill "
                       "server")

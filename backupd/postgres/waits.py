@@ -15,6 +15,7 @@ from psycopg import sql
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.postgres.connection import describe_pg_error
 from backupd.postgres.databases import MAINTENANCE_DATABASES
+from backupd.progress import Place
 from backupd.settings import Settings
 from backupd.watchdog import ServerView
 
@@ -197,3 +198,20 @@ def server_view(settings: Settings, databases: Sequence[str] = ()) -> ServerView
     more = len(ours) - 1
     return ServerView(work, sessions[0].describe()
                       + (f" (and {more} more of backupd's sessions)" if more > 0 else ""))
+
+
+def job_view(settings: Settings, places: Sequence[Place] = ()) -> ServerView:
+    """The server's view of a job that moved no data, on every server it works on: its own
+    (POSTGRES_HOST), then each other server a place names (a drill server, whose index builds
+    are the drill's work). The work counters of all of them, and every wait they name."""
+    servers: list[Settings] = []
+    for place in places:
+        if isinstance(place.server, Settings) and all(place.server is not s for s in servers):
+            servers.append(place.server)
+    views = [server_view(settings, [p.database for p in places if p.server is None])]
+    views += [server_view(other, [p.database for p in places if p.server is other])
+              for other in servers]
+    if len(views) == 1:
+        return views[0]
+    return ServerView("|".join(view.work for view in views),
+                      "; ".join(view.waits for view in views if view.waits) or None)
