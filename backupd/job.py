@@ -13,7 +13,7 @@ from typing import Any
 
 from backupd.cancel import CancelToken
 from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped, Stopped
-from backupd.log import JobLogFile, get_logger, redact
+from backupd.log import STDERR_LOSS, JobLogFile, get_logger, redact
 from backupd.notify.base import NotifierChain
 from backupd.progress import Place, Progress
 from backupd.result import JobResult, Status
@@ -142,6 +142,9 @@ def run_job(
         result.finish(Status.FAILED, redact(f"internal error: {type(exc).__name__}: {exc}"))
     finally:
         token.release()
+    lost = STDERR_LOSS.news()
+    if lost is not None:
+        result.warnings.append(lost)
     chain.deliver(result)
     return result
 

@@ -9,6 +9,7 @@ ends up in an exception message or a libpq error is masked before it is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -120,11 +121,78 @@ def configure_logging(log_format: str = "auto", level: int = logging.INFO, *,
 
 
 class _CurrentStderr:
+    """sys.stderr as it is when a line is written; a line it cannot take is lost, never the
+    job's failure (a full disk behind `2>>file`, a log collector that went away)."""
+
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        try:
+            return sys.stderr.write(text)
+        except (OSError, ValueError, AttributeError) as exc:  # AttributeError: stderr is None
+            STDERR_LOSS.lost(exc)
+            return len(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        # A failure: the line's write already counted it, or it may still get through.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
+
+
+class StderrLoss:
+    """Log lines standard error would not take. The first failure points descriptor 2 at
+    /dev/null (what is still buffered for it then drains there, and cannot fail the exit as
+    well); lines are lost from then on. Where stderr has no descriptor (closed when backupd
+    started), each line is counted. ``news`` says it once, for the next job's result: the
+    notifiers and the job logs still reach people."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._first: tuple[datetime, str] | None = None
+        self._dropped = 0
+        self._reported = 0
+        self._silenced = False
+
+    def lost(self, exc: BaseException) -> None:
+        with self._lock:
+            self._dropped += 1
+            if self._first is None:
+                reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else (
+                    "standard error is closed")
+                self._first = (datetime.now(UTC), reason)
+            if not self._silenced:
+                self._silenced = _silence_stderr()
+
+    def news(self) -> str | None:
+        """One line about lines lost since the last time it was asked; None if none were."""
+        with self._lock:
+            if self._first is None or self._dropped == self._reported:
+                return None
+            self._reported = self._dropped
+            since, reason = self._first
+        lost = ("from then on, until backupd restarts" if self._silenced
+                else f"{self._dropped} line(s) so far")
+        return (f"standard error could not be written ({reason}) since "
+                f"{since:%Y-%m-%d %H:%M:%S} UTC: backupd's log lines there are lost {lost}; "
+                "this result still reaches the job logs in DB_BACKUP_DIR and the notifiers")
+
+
+def _silence_stderr() -> bool:
+    try:
+        fd = sys.stderr.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return False
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        return False
+    finally:
+        os.close(devnull)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()  # what is still buffered drains into /dev/null
+    return True
+
+
+STDERR_LOSS = StderrLoss()
 
 
 def get_logger(**context: Any) -> Any:

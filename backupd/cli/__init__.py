@@ -18,7 +18,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from backupd import quick_exit
 from backupd.cli import archive, dumps, recovery, restores, service  # noqa: F401  -- registers the commands
 from backupd.cli.app import app, job_exit_code
-from backupd.cli.output import StdoutError, guard_stdout, report
+from backupd.cli.output import StdoutError, guard_stdout, report, tell
 from backupd.errors import BackupdError
 from backupd.log import redact
 
@@ -30,17 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
     except NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx else "see backupd --help", err=True)
+        tell(exc.ctx.get_help() if exc.ctx else "see backupd --help")
         return 2
     except UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        typer.echo(f"backupd: error: {exc.format_message()}{hint}", err=True)
+        tell(f"backupd: error: {exc.format_message()}{hint}")
         return 2
     except BackupdError as exc:
-        typer.echo(f"backupd: error: {redact(str(exc))}", err=True)
+        tell(f"backupd: error: {redact(str(exc))}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt, EOFError):
-        typer.echo("backupd: aborted; nothing was changed", err=True)
+        tell("backupd: aborted; nothing was changed")
         return 1
     except StdoutError as exc:
         return _output_failed(exc, 0)

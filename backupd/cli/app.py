@@ -19,6 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from backupd.cancel import CancelToken
+from backupd.cli.output import tell
 from backupd.daemon.state import ResultRecorder
 from backupd.errors import ConfigError
 from backupd.job import JobContext, run_job
@@ -43,7 +44,7 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"backupd: error: {redact(message)}", err=True)
+    tell(f"backupd: error: {redact(message)}")
     raise typer.Exit(code)
 
 

@@ -112,3 +112,10 @@ def _to_devnull(fd: int) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, fd)
         os.close(devnull)
+
+
+def tell(line: str) -> None:
+    """An error's one line on stderr. A stderr that cannot take it (a full disk, a reader gone)
+    must not change the exit code, which is then all that is left to say it."""
+    with contextlib.suppress(OSError, ValueError):
+        typer.echo(line, err=True)

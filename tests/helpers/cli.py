@@ -68,6 +68,7 @@ def run_backupd(
     cwd: str | os.PathLike[str] | None = None,
     memory_limit: int | None = None,
     stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one backupd command to completion; never raises on a non-zero exit code.
 
@@ -86,14 +87,14 @@ def run_backupd(
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE if stdout is None else stdout,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE if stderr is None else stderr,
         text=True,
         timeout=timeout,
         cwd=cwd,
         check=False,
         preexec_fn=limit_memory if memory_limit is not None else None,
     )
-    proc.stdout = proc.stdout or ""
+    proc.stdout, proc.stderr = proc.stdout or "", proc.stderr or ""
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
     return proc
 
@@ -117,7 +118,9 @@ def start_backupd(
     *,
     log_dir: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    stderr: int | None = None,
 ) -> BackupdProcess:
+    """``stderr``: a descriptor for its standard error instead of ``stderr.log``."""
     out_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="backupd-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = out_dir / "stdout.log", out_dir / "stderr.log"
@@ -128,7 +131,7 @@ def start_backupd(
             env=build_env(env),
             stdin=subprocess.DEVNULL,
             stdout=files[0],
-            stderr=files[1],
+            stderr=files[1] if stderr is None else stderr,
             text=True,
             cwd=cwd,
             # Own process group: stop_backupd can kill stray children (pg_dump) without
