@@ -10,7 +10,11 @@ cut into statements (quotes, identifiers and comments respected) and each runs o
   so an existing role, the bootstrap superuser above all, is never altered.
 * role statements run in one transaction, each in its own savepoint: a failing one is
   reported (its SQL never: it may hold a password hash) and the others go on; a killed
-  backupd leaves no half of them.
+  backupd leaves no half of them. A ``CREATE ROLE`` and the ``ALTER ROLE … WITH`` after it
+  (attributes, password hash) share one savepoint: a role is made whole or not at all, never
+  left NOLOGIN without its password for the next restore to keep. For a restoring role that
+  is not a superuser (CREATEROLE, as on managed services), the attributes only a superuser
+  may name are left out where they are off (a new role's default).
 * memberships (``GRANT role TO role``) are granted when either side was created here;
   between two kept roles nothing changes.
 * tablespaces cannot be created in a transaction: each runs on its own afterwards. One
@@ -198,8 +202,16 @@ def apply_globals(conn: Connection, script: bytes) -> GlobalsApplied:
     applied = GlobalsApplied()
     roles = _RoleState()
     with conn.transaction():
-        for statement in statements:
+        for index, statement in enumerate(statements):
             if statement.kind in (Kind.CREATE_TABLESPACE, Kind.TABLESPACE):
+                continue
+            if statement.kind is Kind.CREATE_ROLE:
+                following = statements[index + 1] if index + 1 < len(statements) else None
+                attributes = (following if following is not None
+                              and _sets_attributes(following, statement.subject) else None)
+                _create_role(conn, statement, attributes, roles, applied)
+                continue
+            if _attributes_done(statement, roles):
                 continue
             _apply_role_statement(conn, statement, roles, applied)
     _apply_tablespaces(conn, statements, applied)
@@ -212,6 +224,8 @@ class _RoleState:
     created: set[bytes] = field(default_factory=set)
     kept: set[bytes] = field(default_factory=set)
     failed: set[bytes] = field(default_factory=set)
+    # The ALTER ROLE ... WITH statements run together with their CREATE ROLE.
+    with_create: set[bytes] = field(default_factory=set)
 
 
 def _run(conn: Connection, text: bytes, *, alone: bool = False) -> psycopg.Error | None:
@@ -237,19 +251,6 @@ def _apply_role_statement(conn: Connection, statement: Statement, roles: _RoleSt
         applied.problems.append("a DROP statement was left out (backupd never drops what "
                                 "the server has; the file was made with --clean)")
         return
-    if kind is Kind.CREATE_ROLE:
-        error = _run(conn, statement.text)
-        if error is None:
-            roles.created.add(subject)
-            applied.roles_created.append(name_of(subject))
-        elif isinstance(error, psycopg.errors.DuplicateObject):
-            roles.kept.add(subject)
-            applied.roles_kept.append(name_of(subject))
-        else:
-            roles.failed.add(subject)
-            applied.problems.append(f"role {name_of(subject)!r} was not created: "
-                                    f"{_reason(error)}")
-        return
     if kind is Kind.ROLE:
         if subject in roles.kept or subject in roles.failed:
             return  # an existing role is kept as it is; a failed one was reported
@@ -261,6 +262,68 @@ def _apply_role_statement(conn: Connection, statement: Statement, roles: _RoleSt
     error = _run(conn, statement.text)
     if kind is Kind.OTHER:
         _report(applied, error, "a statement of the globals file")
+
+
+# pg_dumpall's ALTER ROLE ... WITH names every attribute, these too when they are off; only a
+# superuser may name them at all (PostgreSQL 15), so a CREATEROLE role (a managed service's
+# admin) is refused a plain login role. Off is a new role's default: they can go.
+_SUPERUSER_ONLY_DEFAULTS = re.compile(rb"\s+(?:NOSUPERUSER|NOREPLICATION|NOBYPASSRLS)\b")
+
+
+def _sets_attributes(statement: Statement, subject: bytes) -> bool:
+    """Whether ``statement`` is the ALTER ROLE ... WITH that gives the role ``subject``,
+    just created, its attributes and password (pg_dumpall writes it right after)."""
+    return (statement.kind is Kind.ROLE and statement.subject == subject
+            and statement.text.startswith(b"ALTER ROLE " + subject + b" WITH"))
+
+
+def _attributes_done(statement: Statement, roles: _RoleState) -> bool:
+    """The ALTER ROLE ... WITH that ``_create_role`` ran with its CREATE ROLE."""
+    return statement.kind is Kind.ROLE and statement.text in roles.with_create
+
+
+def _create_role(conn: Connection, create: Statement, attributes: Statement | None,
+                 roles: _RoleState, applied: GlobalsApplied) -> None:
+    """CREATE ROLE and its attributes as one step: made whole, kept (it exists), or not made
+    at all and reported. A half-made role (NOLOGIN, no password) would be "kept" as it is by
+    every later restore."""
+    subject, name = create.subject, name_of(create.subject)
+    if attributes is not None:
+        roles.with_create.add(attributes.text)
+    texts = [create.text] + ([attributes.text] if attributes is not None else [])
+    error = _run_together(conn, texts)
+    if error is not None and attributes is not None and isinstance(
+            error, psycopg.errors.InsufficientPrivilege):
+        lighter = _without_superuser_only_defaults(attributes.text, subject)
+        if lighter != attributes.text:
+            error = _run_together(conn, [create.text, lighter])
+    if error is None:
+        roles.created.add(subject)
+        applied.roles_created.append(name)
+    elif isinstance(error, psycopg.errors.DuplicateObject):
+        roles.kept.add(subject)
+        applied.roles_kept.append(name)
+    else:
+        roles.failed.add(subject)
+        applied.problems.append(f"role {name!r} was not created: {_reason(error)}")
+
+
+def _without_superuser_only_defaults(text: bytes, subject: bytes) -> bytes:
+    # Only the keywords before the first quoted value (a password hash, a date) are read.
+    head = b"ALTER ROLE " + subject + b" WITH"
+    options, quote, rest = text[len(head):].partition(b"'")
+    return head + _SUPERUSER_ONLY_DEFAULTS.sub(b"", options) + quote + rest
+
+
+def _run_together(conn: Connection, texts: list[bytes]) -> psycopg.Error | None:
+    """Statements in one savepoint: all of them, or none; the first error."""
+    try:
+        with conn.transaction():
+            for text in texts:
+                conn.execute(text)
+    except psycopg.Error as exc:
+        return exc
+    return None
 
 
 def _apply_membership(conn: Connection, statement: Statement, roles: _RoleState,
