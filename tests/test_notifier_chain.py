@@ -133,3 +133,44 @@ def test_the_daemons_state_in_the_chain_takes_no_start_signal(
     assert recorder.results == [result]
     assert state.last_results["backup"] is result
     assert "notifier failed" not in json_logs.getvalue()
+
+
+class Hanging:
+    """A network endpoint that never answers, until the test lets it go."""
+
+    name = "hanging"
+    remote = True
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def notify(self, result: JobResult) -> None:
+        self.release.wait()
+
+
+class RemoteRecorder(Recorder):
+    name = "remote-recorder"
+    remote = True
+
+
+def test_hanging_network_notifiers_never_hold_back_the_others() -> None:
+    """Two endpoints that hang: the network notifier after them and the local one at the end
+    hear the result while both still hang, not one timeout after another (a SIGTERM's
+    deadline once ran out before the webhook, behind a hanging heartbeat and Slack)."""
+    release = threading.Event()
+    remote, local = RemoteRecorder(), Recorder()
+    chain = NotifierChain([Hanging(release), Hanging(release), remote, local],
+                          timeout_seconds=60.0)
+    result = JobResult(job="backup", database="db", started_at=datetime.now(UTC))
+    result.finish(Status.CANCELLED, "backup cancelled by shutdown")
+    delivering = threading.Thread(target=chain.deliver, args=(result,), daemon=True)
+    delivering.start()
+    try:
+        assert remote.delivered.wait(20), "the webhook waited behind the hanging endpoints"
+        assert local.delivered.wait(20)
+        assert delivering.is_alive()  # the chain still gives the hanging ones their time
+    finally:
+        release.set()
+        delivering.join(20)
+    assert remote.results == local.results == [result]
+    assert not delivering.is_alive()

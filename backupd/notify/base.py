@@ -1,8 +1,11 @@
 """The notifier protocol and the chain that delivers every result to every notifier.
 
 A notifier that raises or hangs is logged and skipped: the job's outcome never
-depends on its notifiers, and one slow notifier never holds back the others
-longer than its timeout.
+depends on its notifiers. Local notifiers (files, the structured log, metrics) are told in
+order, each bounded by the timeout; network notifiers (``remote = True``: heartbeat, Slack,
+the webhook) are all told at once and waited for against one deadline, so a hanging one
+never holds back the others, and a result is delivered within about one timeout whatever
+number of endpoints hang (a shutdown's deadline counts on it).
 
 A notifier may also hear that a job started (``StartListener``: the heartbeat's ``/start``).
 That is sent in the background, never delaying the job; the same notifier hears the job's
@@ -12,8 +15,9 @@ end only after its start signal was delivered (or gave up), so the two never cro
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from backupd.log import get_logger
 from backupd.result import JobResult
@@ -64,28 +68,49 @@ class NotifierChain:
 
     def deliver(self, result: JobResult) -> None:
         log = get_logger(job=result.job, status=result.status.value)
+        remote: list[tuple[Notifier, threading.Thread, list[BaseException], float]] = []
         for notifier in self.notifiers:
-            failure: list[BaseException] = []
-            with self._lock:
-                starting = self._starting.pop((id(result), notifier.name), None)
-
-            def send(target: Notifier = notifier, errors: list[BaseException] = failure,
-                     start: threading.Thread | None = starting) -> None:
-                try:
-                    if start is not None:  # the end never overtakes the start signal
-                        start.join(self.timeout_seconds)
-                    target.notify(result)
-                except BaseException as exc:  # a notifier must never break the chain
-                    errors.append(exc)
-
-            # A daemon thread: a notifier stuck in a network call cannot keep the
-            # process alive at shutdown or delay the next notifier past the timeout.
-            worker = threading.Thread(target=send, name=f"notify-{notifier.name}", daemon=True)
-            worker.start()
+            worker, failure = self._send(notifier, result)
+            if is_remote(notifier):
+                remote.append((notifier, worker, failure, time.monotonic()))
+                continue
             worker.join(self.timeout_seconds)
-            if worker.is_alive():
-                log.warning("notifier timed out", notifier=notifier.name,
-                            timeout_seconds=self.timeout_seconds)
-            elif failure:
-                log.warning("notifier failed", notifier=notifier.name,
-                            error=f"{type(failure[0]).__name__}: {failure[0]}")
+            _report(log, notifier, worker, failure, self.timeout_seconds)
+        for notifier, worker, failure, started in remote:
+            worker.join(max(0.0, started + self.timeout_seconds - time.monotonic()))
+            _report(log, notifier, worker, failure, self.timeout_seconds)
+
+    def _send(self, notifier: Notifier,
+              result: JobResult) -> tuple[threading.Thread, list[BaseException]]:
+        failure: list[BaseException] = []
+        with self._lock:
+            starting = self._starting.pop((id(result), notifier.name), None)
+
+        def send() -> None:
+            try:
+                if starting is not None:  # the end never overtakes the start signal
+                    starting.join(self.timeout_seconds)
+                notifier.notify(result)
+            except BaseException as exc:  # a notifier must never break the chain
+                failure.append(exc)
+
+        # A daemon thread: a notifier stuck in a network call cannot keep the process alive
+        # at shutdown or delay the next notifier past the timeout.
+        worker = threading.Thread(target=send, name=f"notify-{notifier.name}", daemon=True)
+        worker.start()
+        return worker, failure
+
+
+def is_remote(notifier: Notifier) -> bool:
+    """A network notifier (``remote = True``), told at the same time as the others."""
+    return getattr(notifier, "remote", False) is True
+
+
+def _report(log: Any, notifier: Notifier, worker: threading.Thread,
+            failure: list[BaseException], timeout_seconds: float) -> None:
+    if worker.is_alive():
+        log.warning("notifier timed out", notifier=notifier.name,
+                    timeout_seconds=timeout_seconds)
+    elif failure:
+        log.warning("notifier failed", notifier=notifier.name,
+                    error=f"{type(failure[0]).__name__}: {failure[0]}")

@@ -34,6 +34,7 @@ class HeartbeatError(RuntimeError):
 
 class HeartbeatNotifier:
     name = "heartbeat"
+    remote = True  # told at the same time as the other network notifiers
 
     def __init__(
         self, url: str, *, timeout_seconds: float = 10.0, jobs: Iterable[str] = ("backup",),

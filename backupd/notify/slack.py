@@ -78,6 +78,7 @@ class SlackDeliveryError(RuntimeError):
 
 class SlackNotifier:
     name = "slack"
+    remote = True  # told at the same time as the other network notifiers
 
     def __init__(
         self,

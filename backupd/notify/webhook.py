@@ -36,6 +36,7 @@ class WebhookError(RuntimeError):
 
 class WebhookNotifier:
     name = "webhook"
+    remote = True  # told at the same time as the other network notifiers
 
     def __init__(self, url: str, *, secret: str | None = None,
                  timeout_seconds: float = 10.0) -> None:
