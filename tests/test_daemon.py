@@ -64,17 +64,19 @@ def dump_sessions(server: ServerAddress, db: str) -> int:
     return int(row[0]) if row else 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
 def test_sigterm_mid_dump_exits_in_time_and_leaves_no_backup(
     pg_server: ServerAddress, fixture_db: str, backup_dir: Path, tmp_path: Path,
     backupd_env: Callable[..., dict[str, str]],
-    backupd_daemon: Callable[..., BackupdProcess],
+    backupd_daemon: Callable[..., BackupdProcess], sig: signal.Signals,
 ) -> None:
+    """SIGHUP (the terminal it ran in closed; there is no reload) stops it as SIGTERM does."""
     env = slow_env(backupd_env, fixture_db, tmp_path, SHUTDOWN_TIMEOUT_SECONDS="8")
     daemon = backupd_daemon(["run"], env)  # BACKUP_ON_START: no backup yet -> dump at once
     wait_until(lambda: dump_partials(backup_dir), 30, "the dump to start")
     time.sleep(1)  # well into the dump: the shim makes it last minutes
     began = time.monotonic()
-    code = stop_backupd(daemon, timeout=15)
+    code = stop_backupd(daemon, sig=sig, timeout=15)
     elapsed = time.monotonic() - began
     assert code == 0, daemon.read_stderr()[-3000:]
     assert elapsed < 8, f"took {elapsed:.1f}s, SHUTDOWN_TIMEOUT_SECONDS is 8"

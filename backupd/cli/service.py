@@ -13,7 +13,8 @@ from backupd.cli.app import app, bootstrap
 @app.command(name="run")
 def run_daemon() -> None:
     """Run as a daemon: back up on BACKUP_SCHEDULE (cron, in TZ), plus VERIFY_SCHEDULE,
-    RETENTION_SCHEDULE and DRILL_SCHEDULE; SIGTERM cancels a running dump and exits 0.
+    RETENTION_SCHEDULE and DRILL_SCHEDULE; SIGTERM (or SIGINT, SIGHUP: there is no reload)
+    cancels a running dump and exits 0.
 
     With WAL_ARCHIVE=on it also streams WAL (pg_receivewal) into the archive and takes base
     backups on BASEBACKUP_SCHEDULE (weekly by default; at once when there is none). /healthz,

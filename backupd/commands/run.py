@@ -66,7 +66,9 @@ def run(settings: Settings) -> int:
     stop_http = _start_http(settings, state, streamer.status if streamer else None)
     # (a taken HEALTH_PORT is exit 2, here)
     stop = _StopFlag()
-    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP: the terminal it ran in closed. There is no reload: it stops as for SIGTERM.
+    previous = {sig: signal.signal(sig, stop.handler)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         daemon.start()
         if streamer is not None:
