@@ -174,3 +174,24 @@ def test_hanging_network_notifiers_never_hold_back_the_others() -> None:
         delivering.join(20)
     assert remote.results == local.results == [result]
     assert not delivering.is_alive()
+
+
+@pytest.mark.parametrize("variable", ["HEARTBEAT_URL", "SLACK_WEBHOOK_URL", "WEBHOOK_URL"])
+def test_a_url_with_a_blank_inside_is_a_config_error(variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}: the URL holds a space"):
+        build_chain(settings(HEALTH_PORT=0, **{variable: "https://ping.example/a b"}))
+
+
+def test_blanks_around_the_heartbeat_url_never_reach_its_pings(
+        http_receiver: HttpReceiver, tmp_path: Path) -> None:
+    """A trailing space (a pasted value) once put `/start` and `/fail` after the space: both
+    pings failed, and only the success ping, which has no suffix, got through."""
+    chain = build_chain(settings(HEALTH_PORT=0, DB_BACKUP_DIR=str(tmp_path),
+                                 HEARTBEAT_URL=f" {http_receiver.url}/hb-uuid-1234 \n"))
+    result = JobResult(job="backup", database="db", started_at=datetime.now(UTC))
+    chain.started(result)
+    result.finish(Status.FAILED, "pg_dump failed")
+    chain.deliver(result)
+    paths = [request.path for request in http_receiver.wait_for(2)]
+    assert [path.rsplit("/", 2)[-2:] for path in paths] == [
+        ["hb-uuid-1234", "start"], ["hb-uuid-1234", "fail"]]

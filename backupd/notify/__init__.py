@@ -57,7 +57,7 @@ def build_chain(settings: Settings, *extra: Notifier, log_results: bool = True,
         from backupd.notify.deadline import checked_url
         from backupd.notify.webhook import WebhookNotifier
 
-        url = checked_url(settings.webhook_url.get_secret_value().strip(), "WEBHOOK_URL")
+        url = checked_url(settings.webhook_url.get_secret_value(), "WEBHOOK_URL")
         secret = settings.webhook_secret
         notifiers.append(WebhookNotifier(url, secret=secret.get_secret_value() if secret else None,
                                          timeout_seconds=settings.notify_timeout_seconds))

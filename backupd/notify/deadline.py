@@ -51,8 +51,15 @@ def retry_after_seconds(headers: Mapping[str, str | Sequence[str]]) -> float | N
 
 
 def checked_url(url: str, setting: str) -> str:
-    """An http(s) URL, registered with the redactor; anything else is a ConfigError."""
+    """An http(s) URL, registered with the redactor; anything else is a ConfigError. Blanks
+    around it (a pasted value, a YAML line's trailing space) are dropped: left in, they would
+    end up inside the ping's path (`/start` after a space fails only when it is sent)."""
     register_secret_url(url)
+    url = url.strip()
+    register_secret_url(url)
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ConfigError(f"{setting}: the URL holds a space or a control character; fix the "
+                          "environment variable")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{setting}: must be an http:// or https:// URL; fix the environment "
