@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import BackupdProcess, run_backupd, stop_backupd
 from helpers.daemon import FAST, NEVER_DURING_TEST, finished, started
+from helpers.faketime import movable_clock, move_clock
 from helpers.faults import SlowDump, dump_partials, partial_files, wait_until
 from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect
@@ -203,3 +204,25 @@ def test_run_missed_while_down_is_caught_up_or_reported_once(
         assert "SCHEDULE_MISFIRE_GRACE_SECONDS" in (backup_dir / "backup_log.txt").read_text()
     record = read_state(backup_dir).jobs["backup"]
     assert record.last_slot is not None and now - record.last_slot < timedelta(hours=1)
+
+
+@pytest.mark.slow  # it waits for a schedule slot: about 30 s
+def test_a_clock_stepped_forward_fires_the_next_run_at_its_new_time_not_late(
+    small_db: str, backup_dir: Path, tmp_path: Path,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    """NTP steps the clock forward (or a VM resumes) while the daemon waits for its slot:
+    the scheduler, asleep for the span it computed before the step, must not fire that many
+    seconds late. Here the step leaves 10 s to the slot; the grace is 30 s. The old daemon
+    slept on and reported the run missed about two minutes later."""
+    clock = tmp_path / "clock"
+    slot = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=150)
+    env = backupd_env(small_db, **FAST, **movable_clock(clock), TZ="UTC",
+                      BACKUP_ON_START="false", SCHEDULE_MISFIRE_GRACE_SECONDS="30",
+                      BACKUP_SCHEDULE=f"{slot.second} {slot.minute} {slot.hour} * * *")
+    daemon = backupd_daemon(["run"], env)
+    wait_until(lambda: started(daemon), 30, "the daemon to start")
+    move_clock(clock, round((slot - datetime.now(UTC)).total_seconds()) - 10)
+    wait_until(lambda: finished(daemon), 60, "the run of the slot")
+    assert [r["status"] for r in finished(daemon)] == ["success"], daemon.read_stderr()[-3000:]

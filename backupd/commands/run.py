@@ -83,6 +83,10 @@ def run(settings: Settings) -> int:
             time.sleep(POLL_SECONDS)
             if time.monotonic() >= next_heartbeat:
                 state.persist()
+                # APScheduler sleeps for the span it computed from the wall clock: a clock
+                # stepped forward meanwhile (NTP, a resumed VM) would fire the next run that
+                # much late, or miss it. Woken, it computes again from the clock as it is.
+                daemon.scheduler.wakeup()
                 next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
                 if not daemon.alive():
                     log.error("scheduler thread died; exiting so the container restarts")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,22 @@ def clock_at(moment: datetime) -> dict[str, str]:
         # with EINVAL.
         "FAKETIME_NO_CACHE": "1",
     }
+
+
+def movable_clock(spec_file: Path) -> dict[str, str]:
+    """Environment variables for a process whose clock ``move_clock`` can step while it runs
+    (an NTP step, a VM resumed), through ``spec_file``. Its monotonic clock steps with it.
+    Skips the test when libfaketime is missing."""
+    lib = library()
+    if lib is None:
+        pytest.skip("libfaketime is not installed (Debian package 'faketime'; .ci/run "
+                    "installs it)")
+    move_clock(spec_file, 0)
+    return {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(spec_file),
+            "FAKETIME_NO_CACHE": "1"}
+
+
+def move_clock(spec_file: Path, seconds: int) -> None:
+    """The clock of the processes started with ``movable_clock(spec_file)``: ``seconds``
+    ahead of the real one from now on."""
+    spec_file.write_text(f"{seconds:+d}\n")
