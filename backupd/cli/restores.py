@@ -19,7 +19,9 @@ def restore(
         "Restore the newest verified backups. Onto a new server this is the whole "
         "disaster recovery: the roles (globals) first, existing ones kept; then every "
         "database POSTGRES_DB names (`*`: every database backed up), each from its newest "
-        "verified backup (an incomplete newest run is said so); timings per database."))]
+        "verified backup (an incomplete newest run is said so); timings per database. "
+        "With --replace and one POSTGRES_DB (no --database): that database alone, over the "
+        "live one, and no role is touched."))]
     = False,
     database: Annotated[str | None, typer.Option(
         "--database", help="With --latest: just this database, with the roles.")] = None,
@@ -32,7 +34,9 @@ def restore(
         "template, and `postgres` only with --replace. One database, no roles.")] = None,
     replace: Annotated[bool, typer.Option(
         "--replace", help="Target holds data: restore into a new database and swap it in, "
-        "keeping the old one renamed.")] = False,
+        "keeping the old one renamed. `--latest --replace` with one POSTGRES_DB restores "
+        "that database alone, without the roles (--database DB for the roles too).")]
+    = False,
     no_owner: Annotated[bool, typer.Option(
         "--no-owner", help="Objects belong to the restoring role; no role is created. "
         "Custom-format (.dump) backups only; refused for plain SQL.")] = False,
@@ -42,7 +46,8 @@ def restore(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Verify a backup, then restore it into POSTGRES_DB (or --target-db); with --latest,
-    the roles and every database POSTGRES_DB names, onto POSTGRES_HOST:POSTGRES_PORT."""
+    the roles and every database POSTGRES_DB names, onto POSTGRES_HOST:POSTGRES_PORT
+    (--latest --replace of one POSTGRES_DB: that database alone, no roles)."""
     if name and latest:
         fail("NAME and --latest: give one of them, not both")
     if not name and not latest:

@@ -188,17 +188,21 @@ def run(ctx: JobContext, name: str | None, *, latest: bool, target_db: str | Non
         database: str | None, replace: bool, from_s3: bool, without: Without,
         confirm_database: Callable[[str], bool] | None,
         confirm_cluster: Callable[[str], bool] | None) -> None:
-    """``backupd restore``: a named backup, or --latest into --target-db, is one database as
-    it always was (commands.restore); --latest otherwise restores the cluster: the globals,
-    then every database POSTGRES_DB names (or --database), whenever POSTGRES_DB names
-    several, --database is given, or the repository holds globals."""
+    """``backupd restore``: a named backup, --latest into --target-db, or --latest
+    --replace of the one POSTGRES_DB is one database as it always was (commands.restore, no
+    roles); --latest otherwise restores the cluster: the globals, then every database
+    POSTGRES_DB names (or --database), whenever POSTGRES_DB names several, --database is
+    given, or the repository holds globals."""
     if database is not None and (name or target_db):
         raise ConfigError("--database: restores the newest backup of that database with its "
                           "roles; it goes with --latest, not with NAME or --target-db")
     repository = ctx.repos.choose(from_s3, "--from-s3")
+    several = database is not None or ctx.settings.database_selection.several
+    # --replace of the one database is the restore over the live database: applying the
+    # globals there would re-create roles an admin dropped since, with their old passwords.
     whole = latest and target_db is None and (
-        database is not None or ctx.settings.database_selection.several
-        or bool(repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)))
+        several or (not replace
+                    and bool(repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))))
     if not whole:
         restore.run(ctx, name, latest=latest, target_db=target_db, replace=replace,
                     confirm=confirm_database, from_s3=from_s3, without=without)

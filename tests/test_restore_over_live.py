@@ -1,0 +1,53 @@
+"""Restoring onto a server that is in use, on private clusters (roles change): the
+documented "over the live database" restore touches that one database and never the roles,
+and a whole-cluster restore checks every target before it changes anything."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.cli import run_backupd, server_env
+from helpers.cluster import PrivateCluster
+from helpers.pg import ServerAddress, connect, psql
+
+pytestmark = pytest.mark.slow
+
+ClusterFactory = Callable[..., PrivateCluster]
+
+
+def back_up(server: ServerAddress, databases: str, directory: Path) -> None:
+    """One backup run with the globals (what the repository of a live server holds)."""
+    proc = run_backupd(["backup"], server_env(server, databases, directory,
+                                              DB_BACKUP_GLOBALS="on"), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(directory.glob("globals_*.globals.sql.gz"))
+
+
+def role_names(server: ServerAddress) -> set[str]:
+    with connect(server) as conn:
+        return {str(r[0]) for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")}
+
+
+def test_replace_over_the_live_database_does_not_bring_back_a_dropped_role(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    live = private_cluster("live pw").address
+    psql(live, "postgres", """
+        CREATE ROLE leaver LOGIN PASSWORD 'old secret';
+        CREATE DATABASE appdb;""")
+    psql(live, "appdb", "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5);")
+    directory = tmp_path / "backups"
+    back_up(live, "appdb", directory)
+    # The admin offboards the login; then the database needs its backup back.
+    psql(live, "postgres", "DROP ROLE leaver")
+    psql(live, "appdb", "DELETE FROM t")
+
+    proc = run_backupd(["restore", "--latest", "--replace", "--yes"],
+                       server_env(live, "appdb", directory), timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "leaver" not in role_names(live)
+    with connect(live, "appdb") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (5,)
