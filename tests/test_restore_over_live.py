@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd, server_env
+from helpers.cli import one_error_line, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, psql
 
@@ -51,3 +51,33 @@ def test_replace_over_the_live_database_does_not_bring_back_a_dropped_role(
     assert "leaver" not in role_names(live)
     with connect(live, "appdb") as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (5,)
+
+
+def server_picture(server: ServerAddress) -> tuple[set[str], set[str]]:
+    """Its roles and its databases."""
+    with connect(server) as conn:
+        databases = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
+    return role_names(server), databases
+
+
+def test_a_database_holding_tables_refuses_the_whole_restore_before_any_change(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    live = private_cluster("live pw").address
+    psql(live, "postgres", "CREATE ROLE app LOGIN; CREATE DATABASE appdb OWNER app; "
+                           "CREATE DATABASE otherdb;")
+    psql(live, "appdb", "SET ROLE app; CREATE TABLE a (x int); INSERT INTO a VALUES (1);")
+    psql(live, "otherdb", "CREATE TABLE b (x int); INSERT INTO b VALUES (2);")
+    directory = tmp_path / "backups"
+    back_up(live, "appdb,otherdb", directory)
+    # appdb and its owner are gone; otherdb is still there, holding its table.
+    psql(live, "postgres", "DROP DATABASE appdb; DROP ROLE app;")
+    before = server_picture(live)
+
+    proc = run_backupd(["restore", "--latest", "--yes"],
+                       server_env(live, "appdb,otherdb", directory), timeout=300)
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "--replace" in line and "otherdb" in line and "appdb" not in line
+    assert "--target-db" not in line
+    assert server_picture(live) == before

@@ -19,7 +19,7 @@ import psycopg
 from backupd.commands import restore, selection
 from backupd.commands.restore import identities_for, restore_file
 from backupd.commands.restore_options import EVERYTHING, Without
-from backupd.commands.restore_target import MAINTENANCE_DB
+from backupd.commands.restore_target import MAINTENANCE_DB, targets_holding_data
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
@@ -100,6 +100,7 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
     globals_entry = None if without.any else _globals(ctx, repository, newest_run)
     outcome = ClusterRestoreOutcome(run_id=newest_run)
     ctx.result.outcome = outcome
+    _check_targets(ctx, [entry.database for entry in plan], replace=replace)
     server = f"{ctx.settings.postgres_host}:{ctx.settings.postgres_port}"
     if confirm is not None and not confirm(
             f"the roles and the databases {', '.join(names)} onto {server}"):
@@ -119,6 +120,21 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
         reasons = "; ".join(f"{d.database}: {d.error}" for d in outcome.databases if not d.ok)
         raise JobFailed(f"restore of {len(outcome.failed)} of {len(plan)} database(s) "
                         f"failed ({reasons})")
+
+
+def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
+    """Every database's target, before the globals or any database is restored: a database
+    that holds tables would otherwise fail only in its turn, after the roles were created
+    and the databases before it restored."""
+    with maintenance_connection(ctx.settings) as admin:
+        # The maintenance database is always swapped out (see _restore_one).
+        holding = targets_holding_data(
+            admin, ctx.settings, [(name, replace or name == MAINTENANCE_DB) for name in names])
+    if holding:
+        raise ConfigError(
+            f"--replace: database(s) {', '.join(holding)} already hold tables on the server; "
+            "pass --replace to restore each into a fresh database and swap it in (the current "
+            "one is kept, renamed), or drop them first; nothing was changed")
 
 
 def _databases(ctx: JobContext, repository: Repository, database: str | None) -> list[str]:

@@ -94,6 +94,28 @@ def mark_restoring(admin: Connection, scratch: str, target: str) -> None:
         sql.Identifier(scratch), sql.Literal(RESTORING_MARK + target)))
 
 
+class TargetHoldsData(ConfigError):
+    """The target already holds tables and --replace was not given."""
+
+    def __init__(self, message: str, target: str) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+def targets_holding_data(admin: Connection, settings: Settings,
+                         targets: list[tuple[str, bool]]) -> list[str]:
+    """Of ``targets`` ((name, replace) each), those that already hold tables without
+    --replace; raises, as :func:`check_target` does, for any that could not be swapped out.
+    Asked of every database before a whole-cluster restore changes anything."""
+    holding = []
+    for target, replace in targets:
+        try:
+            check_target(admin, settings, target, replace=replace)
+        except TargetHoldsData as exc:
+            holding.append(exc.target)
+    return holding
+
+
 def check_target(admin: Connection, settings: Settings, target: str, *,
                  replace: bool) -> bool:
     """Whether ``target`` exists; raises, before any work, when it cannot be swapped out."""
@@ -107,9 +129,10 @@ def check_target(admin: Connection, settings: Settings, target: str, *,
                           "would put the backup into databases created from it; choose "
                           "another name")
     if not replace and not is_empty(settings, target):
-        raise ConfigError(
+        raise TargetHoldsData(
             f"--target-db: database {target!r} already holds tables; pass --replace to "
-            "restore into a fresh database and swap it in (the current one is kept, renamed)")
+            "restore into a fresh database and swap it in (the current one is kept, renamed)",
+            target)
     _check_swappable(admin, target, owner)
     return True
 

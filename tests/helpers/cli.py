@@ -55,6 +55,13 @@ def server_env(server: ServerAddress, database: str, directory: Path,
     return {**env, **extra}
 
 
+def one_error_line(stderr: str) -> str:
+    """The one ``backupd: error:`` line that bad input gets (fails unless there is exactly one)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("backupd: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
 def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "backupd", *args]
 
