@@ -252,3 +252,28 @@ def test_a_long_index_build_on_the_drill_server_is_not_a_stall(clusters: Cluster
     (second,) = [d for d in outcome.databases if d.database == "second"]
     assert second.restore_seconds and second.restore_seconds > 8  # the build was really slow
     assert server_contents(clusters.drill) == EMPTY_SERVER
+
+
+def test_a_drill_of_every_database_passes_and_leaves_the_drill_servers_postgres(
+        clusters: Clusters, tmp_path: Path) -> None:
+    """POSTGRES_DB='*' takes `postgres` too, which every drill server has of its own."""
+    psql(clusters.live, "postgres", "CREATE TABLE live_notes (x int); "
+                                    "INSERT INTO live_notes VALUES (1), (2), (3);")
+    psql(clusters.drill, "postgres", "CREATE TABLE drill_own (y int);")
+    every = clusters.env(POSTGRES_DB="*", DB_BACKUP_DIR=str(tmp_path / "every"))
+    taken = run_here("backup", every, lambda ctx: backup_run.run(ctx, apply_retention=False))
+    assert taken.ok, taken.summary()
+
+    result = run_here("drill", every, lambda ctx: drill_cmd.run(ctx))
+
+    assert result.exit_code == 0, result.summary()
+    outcome = result.outcome
+    assert isinstance(outcome, DrillOutcome)
+    assert [d.database for d in outcome.databases] == ["appdb", "postgres", "second"]
+    assert all(d.ok for d in outcome.databases), outcome.differences
+    assert outcome.differences == []
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+    with connect(clusters.drill) as conn:
+        assert conn.execute("SELECT array_agg(relname::text ORDER BY relname) FROM pg_class "
+                            "WHERE relname IN ('drill_own', 'live_notes')"
+                            ).fetchone() == (["drill_own"],)

@@ -2,12 +2,14 @@
 
 The newest verified globals artifact names a backup run; its roles are restored onto the
 drill server first (the one globals restore, shared with ``backupd restore``), then every
-database POSTGRES_DB selects, from the same run, under its own name. The whole-cluster
-restore time is measured (the RTO a disaster would see). Then the drill server is compared
-with the live cluster: roles and memberships, and per database its properties, objects and
-row counts (:mod:`backupd.postgres.compare`). Finally the drill server is left as it was
-found: only what the drill created is dropped (:mod:`backupd.commands.drill_server`); a
-killed drill's leftovers are cleaned up by the next one.
+database POSTGRES_DB selects, from the same run, under its own name (the maintenance
+database ``postgres`` under ``backupd_drill_postgres``, beside the drill server's own).
+The whole-cluster restore time is measured (the RTO a disaster would see). Then the drill
+server is compared with the live cluster: roles and memberships, and per database its
+properties, objects and row counts (:mod:`backupd.postgres.compare`). Finally the drill
+server is left as it was found: only what the drill created is dropped
+(:mod:`backupd.commands.drill_server`); a killed drill's leftovers are cleaned up by the
+next one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from backupd.commands import restore, selection
 from backupd.commands.cluster_restore import restore_globals
 from backupd.commands.drill_server import (
     CLUSTER_MARK,
+    MAINTENANCE_DB,
     Connection,
     Inventory,
     connect_drill_server,
@@ -56,6 +59,16 @@ from backupd.storage.base import BackupEntry, Repository, newest_verified
 
 Recorder = Callable[[Repository, BackupEntry, bool, float | None], None]
 
+# Every drill server has a maintenance database of its own, its admin sessions (the drill's
+# included) connect to it, and the drill leaves the server as found: the live one's backup
+# (POSTGRES_DB='*' takes it) is restored beside it under this name, and compared from there.
+MAINTENANCE_COPY = "backupd_drill_postgres"
+
+
+def drill_name(database: str) -> str:
+    """The name a database is restored under on the drill server."""
+    return MAINTENANCE_COPY if database == MAINTENANCE_DB else database
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSet:
@@ -87,7 +100,7 @@ def run(ctx: JobContext, drill: Settings, name: str | None, *, from_s3: bool,
             ctx.warn("removed what an interrupted drill left on the drill server (its "
                      "databases and roles)")
         before = inventory(admin)
-        present = sorted({e.database for e in run_set.dumps} & before.databases)
+        present = sorted({drill_name(e.database) for e in run_set.dumps} & before.databases)
         if present:
             raise ConfigError(
                 f"DRILL_POSTGRES_HOST: the drill server already has database(s) "
@@ -207,19 +220,21 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
     outcome = drill_ctx.result.outcome
     assert isinstance(outcome, DrillOutcome)
     database = entry.database
+    target = drill_name(database)
     carried = entry.manifest.database_properties if entry.manifest is not None else None
     drilled = DatabaseDrill(database=database, backup_name=entry.name)
     with selection.local_file(drill_ctx, repository, entry) as path:
         identities = restore.identities_for(drill_ctx, entry)
         restore.verify_first(path, entry, identities, drill_ctx)
-        restore.create_database(admin, database, carried)
+        restore.create_database(admin, target, carried)
         # Its index builds are the drill's work, on the drill server the watchdog asks too.
-        drill_ctx.progress.working_in(database, drill_ctx.settings)
-        mark_restored(admin, database)
-        drill_ctx.say(f"{entry.name} verified; restoring it into {database!r} on the drill "
-                      "server")
+        drill_ctx.progress.working_in(target, drill_ctx.settings)
+        mark_restored(admin, target)
+        drill_ctx.say(f"{entry.name} verified; restoring it into {target!r} on the drill "
+                      "server" + (f" (beside the drill server's own {database!r})"
+                                  if target != database else ""))
         outcome.restore.restore_seconds = None
-        restore.load(drill_ctx, path, entry, database, identities)
+        restore.load(drill_ctx, path, entry, target, identities)
     drilled.restore_seconds = outcome.restore.restore_seconds
     return drilled
 
@@ -265,7 +280,7 @@ def _compare_database(ctx: JobContext, drill: Settings, admin: Connection,
         live_conn.execute("SET default_transaction_read_only = on")
         live = read_catalog(live_conn, ctx.progress.touch)
         live_properties = read_properties(live_conn, database)
-    with connect_drill_server(drill, database) as restored_conn:
+    with connect_drill_server(drill, drill_name(database)) as restored_conn:
         restored = read_catalog(restored_conn, ctx.progress.touch)
     backup_rows = entry.manifest.table_rows if entry.manifest is not None else None
     result = compare(live, restored, backup_rows)
@@ -274,8 +289,8 @@ def _compare_database(ctx: JobContext, drill: Settings, admin: Connection,
         result.warnings.append(f"{entry.name} records no database properties (an older "
                                "backup): they were not compared")
     else:
-        compare_properties(result, carried, trial_properties(admin, database, carried),
-                           live_properties)
+        trial = trial_properties(admin, drill_name(database), carried)
+        compare_properties(result, carried, trial, live_properties)
     return result
 
 
