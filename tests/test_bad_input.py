@@ -150,6 +150,14 @@ COMMAND_CASES = [
          names="NAME"),
     Case("restore-missing-backup", ["restore", "db_20200101_000000.sql.gz", "--yes"],
          names="NAME"),
+    # Which of several databases goes into --target-db is not said: not "no backup of 'a,b'".
+    Case("restore-latest-target-db-of-several",
+         ["restore", "--latest", "--target-db", "copy", "--yes"],
+         {"POSTGRES_DB": "appdb,billing"}, "--target-db"),
+    Case("restore-database-empty", ["restore", "--latest", "--database", "", "--yes"],
+         names="--database"),
+    Case("restore-database-without-backups",
+         ["restore", "--latest", "--database", "nosuch", "--yes"], names="--database"),
 ]
 
 

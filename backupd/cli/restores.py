@@ -24,14 +24,16 @@ def restore(
         "live one, and no role is touched."))]
     = False,
     database: Annotated[str | None, typer.Option(
-        "--database", help="With --latest: just this database, with the roles.")] = None,
+        "--database", help="With --latest: just this database (one with a backup, see "
+        "`backupd list`), with the roles.")] = None,
     from_s3: Annotated[bool, typer.Option(
         "--from-s3", help="Take the backups from S3 (DB_BACKUP_S3_BUCKET) alone: downloaded "
         "into DB_BACKUP_DIR, verified against their manifests, restored, then removed.")]
     = False,
     target_db: Annotated[str | None, typer.Option(
         "--target-db", help="Restore into this database (created if missing); never a "
-        "template, and `postgres` only with --replace. One database, no roles.")] = None,
+        "template, and `postgres` only with --replace. One database, no roles; with "
+        "several databases in POSTGRES_DB, give the backup's NAME.")] = None,
     replace: Annotated[bool, typer.Option(
         "--replace", help="Target holds data: restore into a new database and swap it in, "
         "keeping the old one renamed. `--latest --replace` with one POSTGRES_DB restores "

@@ -139,6 +139,12 @@ def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
 
 def _databases(ctx: JobContext, repository: Repository, database: str | None) -> list[str]:
     if database is not None:
+        have = repository.databases()
+        if database not in have:
+            raise ConfigError(
+                f"--database: there is no backup of {database!r} in {repository.description}; "
+                f"give one of the databases backed up there ({', '.join(have) or 'none'}); "
+                f"{selection.list_hint(repository)}")
         return [database]
     chosen = ctx.settings.database_selection
     if not chosen.every:
@@ -212,6 +218,16 @@ def run(ctx: JobContext, name: str | None, *, latest: bool, target_db: str | Non
     if database is not None and (name or target_db):
         raise ConfigError("--database: restores the newest backup of that database with its "
                           "roles; it goes with --latest, not with NAME or --target-db")
+    if database is not None and not database.strip():
+        raise ConfigError("--database: the database name is empty; give the database to "
+                          "restore with the roles (see `backupd list`), or leave --database "
+                          "out to restore every database POSTGRES_DB names")
+    if latest and target_db is not None and ctx.settings.database_selection.several:
+        raise ConfigError(
+            f"--target-db: POSTGRES_DB names several databases ({ctx.settings.postgres_db}), "
+            f"so --latest does not say whose backup goes into {target_db!r}; give that "
+            "backup's NAME instead of --latest (see `backupd list`), or set POSTGRES_DB to "
+            "the one database")
     repository = ctx.repos.choose(from_s3, "--from-s3")
     several = database is not None or ctx.settings.database_selection.several
     # --replace of the one database is the restore over the live database: applying the
