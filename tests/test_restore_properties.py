@@ -211,3 +211,35 @@ def test_the_drill_compares_the_database_properties(
         names = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
     assert f"{source}_drill" not in names
     assert not public_may_connect(cluster, source)
+
+
+def test_a_sql_ascii_database_backs_up_and_restores_with_its_properties(
+        cluster: PrivateCluster, tmp_path: Path) -> None:
+    """psycopg hands bytes, not text, to a SQL_ASCII session: the properties must still be
+    recorded as the names they are."""
+    name = "ascii_db"
+    drop_all(cluster)
+    psql(cluster.address, "postgres", f"""
+        CREATE DATABASE {name} OWNER app ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'
+            TEMPLATE template0;
+        COMMENT ON DATABASE {name} IS 'bytes as they come';
+        ALTER DATABASE {name} SET work_mem = '3MB';
+        ALTER ROLE reader IN DATABASE {name} SET statement_timeout = '9s';""")
+    psql(cluster.address, name, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);")
+    try:
+        env = cluster_env(cluster, name, tmp_path / "b")
+        at_backup = properties(cluster, name)
+        backup = take_backup(env)
+        recorded = read_manifest(backup)["database_properties"]
+        assert (recorded["owner"], recorded["encoding"]) == ("app", "SQL_ASCII")
+        assert {(s["role"], s["name"], s["value"]) for s in recorded["settings"]} == {
+            (None, "work_mem", "3MB"), ("reader", "statement_timeout", "9s")}
+
+        proc = run_backupd(["restore", backup.name, "--replace", "--yes"], env)
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert properties(cluster, name) == at_backup
+        with connect(cluster.address, name) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    finally:
+        drop_all(cluster)

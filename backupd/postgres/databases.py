@@ -119,8 +119,31 @@ def _locale_columns(conn: Connection) -> str:
     return "'libc', NULL::text"
 
 
+@contextmanager
+def _as_text(conn: Connection) -> Iterator[None]:
+    """On a SQL_ASCII session (a connection to a SQL_ASCII database) psycopg hands back bytes,
+    not str, since it cannot know their encoding: names would be recorded as "b'app'". The
+    session reads as UTF8 for the while (the server converts nothing from SQL_ASCII), then
+    gets its own client_encoding back."""
+    was = conn.info.parameter_status("client_encoding")
+    if was != "SQL_ASCII":
+        yield
+        return
+    conn.execute("SET client_encoding = 'UTF8'")
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            conn.execute("SET client_encoding = 'SQL_ASCII'")
+
+
 def read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
     """The properties of database ``name``, or None when there is no such database."""
+    with _as_text(conn):
+        return _read_properties(conn, name)
+
+
+def _read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
     row = conn.execute(sql.SQL(
         "SELECT d.oid, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), "
         "d.datcollate, d.datctype, {}, d.datconnlimit, d.datacl IS NULL, "
