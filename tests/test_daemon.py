@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import signal
 import time
 from collections import defaultdict
@@ -21,6 +22,7 @@ from helpers.faults import SlowDump, dump_partials, partial_files, wait_until
 from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect
 
+from backupd.commands.pitr_scratch import scratch_directory
 from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
 from backupd.naming import parse_backup_name
 
@@ -119,6 +121,32 @@ def test_next_start_removes_leftovers_of_a_killed_dump(
               if e.get("event") == "removed leftover of an interrupted run"}
     assert logged == set(leftovers)
     assert stop_backupd(second, timeout=15) == 0
+
+
+def test_next_start_removes_a_killed_pitr_drills_scratch_directory(
+    fixture_db: str, backup_dir: Path, backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    """A PITR drill killed with backupd leaves its scratch directory: a decrypted copy of the
+    cluster. The next start removes it (its server died with the killed backupd), and says so."""
+    scratch = scratch_directory(backup_dir)
+    data = scratch / "data" / "base" / "16384"
+    data.mkdir(parents=True)
+    (data / "2619").write_bytes(b"plaintext of an encrypted backup")
+    (scratch / "drill_hba.conf").write_text("local all all trust\n")
+    try:
+        env = backupd_env(fixture_db, BACKUP_SCHEDULE=NEVER_DURING_TEST,
+                          BACKUP_ON_START="false", **FAST)
+        daemon = backupd_daemon(["run"], env)
+        wait_until(lambda: started(daemon), 30, "the daemon to start")
+        assert not scratch.exists()
+        logged = [e for e in log_events(daemon.read_stderr())
+                  if e.get("event") == "removed the scratch directory of an interrupted "
+                                       "PITR drill"]
+        assert [e.get("directory") for e in logged] == [str(scratch)]
+        assert stop_backupd(daemon, timeout=15) == 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # outside tmp_path when run as root
 
 
 # --- two daemons, one database -------------------------------------------------------------------

@@ -26,10 +26,13 @@ from typing import Any
 import pytest
 from helpers.cli import build_env, run_backupd, start_backupd, stop_backupd
 from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster, free_port
+from helpers.daemon import FAST, NEVER_DURING_TEST
+from helpers.daemon import started as daemon_started
 from helpers.faults import wait_until
-from helpers.logs import jobs_finished
+from helpers.logs import jobs_finished, log_events
 from helpers.offsite import s3_env
 from helpers.pg import connect
+from helpers.procs import kill_processes, processes_in
 from helpers.recovered import pg_ctl_start, postgres_owner, started
 from helpers.s3server import S3Server
 from helpers.wal import WAL_SERVER_SETTINGS, holds, wait_streaming, wal_env
@@ -196,18 +199,18 @@ def _settings(env: dict[str, str], **override: str) -> Settings:
 
 
 def test_a_pitr_drill_passes_and_cleans_up(archive: Archive) -> None:
-    from backupd.commands import pitr_drill
+    from backupd.commands import pitr_drill, pitr_scratch
 
     ctx = JobContext(_settings(archive.env), JobResult(job="drill", database="postgres"))
     outcome = pitr_drill.run(ctx)
     assert outcome.base_backup is not None and outcome.base_backup.startswith("base_")
     assert outcome.rto_seconds is not None and outcome.replay_seconds is not None
-    assert not pitr_drill.scratch_directory(archive.backup_dir).exists()
+    assert not pitr_scratch.scratch_directory(archive.backup_dir).exists()
     assert not [w for w in ctx.result.warnings if "not checked" in w]
 
 
 def test_a_pitr_drill_with_a_corrupt_segment_fails_naming_it(archive: Archive) -> None:
-    from backupd.commands import pitr_drill
+    from backupd.commands import pitr_drill, pitr_scratch
 
     copy = _copy_of_the_archive(archive, "corrupt-copy")
     segments = _segments(copy)
@@ -219,7 +222,7 @@ def test_a_pitr_drill_with_a_corrupt_segment_fails_naming_it(archive: Archive) -
                      JobResult(job="drill", database="postgres"))
     with pytest.raises(JobFailed, match=victim.name.split(".")[0]):
         pitr_drill.run(ctx)
-    assert not pitr_drill.scratch_directory(copy).exists()
+    assert not pitr_scratch.scratch_directory(copy).exists()
 
 
 def _copy_of_the_archive(archive: Archive, name: str) -> Path:
@@ -344,3 +347,39 @@ def test_backupd_drill_with_wal_archive_on_is_also_a_pitr_drill(archive: Archive
     pitr = jobs_finished(proc.stderr, "drill")[-1]["outcome"]["pitr"]
     assert pitr["base_backup"].startswith("base_") and pitr["rto_seconds"] > 0
     assert "pitr_rto=" in proc.stdout
+
+
+def test_a_pitr_drill_killed_with_backupd_leaves_no_server_and_the_next_start_removes_its_copy(
+        archive: Archive) -> None:
+    """SIGKILL mid-drill: the scratch server dies with backupd (nothing for anyone to stop),
+    and the decrypted copy of the cluster it leaves is gone once the daemon starts again."""
+    from backupd.commands.pitr_scratch import scratch_directory
+
+    copy = _copy_of_the_archive(archive, "killed-drill")
+    env = {**archive.env, "DB_BACKUP_DIR": str(copy)}
+    scratch = scratch_directory(copy)
+    data = scratch / "data"
+    try:
+        drill = start_backupd(["drill"], env, log_dir=archive.work / "killed-drill-log")
+        try:
+            wait_until(lambda: processes_in(data), 300, "the PITR drill's scratch server")
+        finally:
+            drill.send_signal(signal.SIGKILL)
+            drill.wait(10)
+        wait_until(lambda: not processes_in(data), 10, "the scratch server gone with backupd")
+        assert (data / "PG_VERSION").exists()  # the leftover this is about
+
+        daemon_env = {**env, "WAL_ARCHIVE": "off", "BACKUP_ON_START": "false",
+                      "BACKUP_SCHEDULE": NEVER_DURING_TEST, **FAST}
+        daemon = start_backupd(["run"], daemon_env, log_dir=archive.work / "after-kill-log")
+        try:
+            wait_until(lambda: daemon_started(daemon), 60, "the daemon to start")
+            assert not scratch.exists()
+            assert any(e.get("event") == "removed the scratch directory of an interrupted "
+                                         "PITR drill" and e.get("directory") == str(scratch)
+                       for e in log_events(daemon.read_stderr()))
+        finally:
+            assert stop_backupd(daemon, timeout=30) == 0
+    finally:
+        kill_processes(processes_in(data))
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -17,7 +17,7 @@ from helpers.logs import jobs_finished
 from helpers.pg import pg_bin_dir
 
 from backupd.archive.waldump import newest_commit, waldump_for
-from backupd.commands import pitr_drill
+from backupd.commands import pitr_drill, pitr_scratch
 from backupd.errors import JobSkipped
 from backupd.job import JobContext
 from backupd.pipeline import clients
@@ -101,7 +101,7 @@ def test_a_pitr_drill_without_server_binaries_is_skipped_in_one_line_before_reco
                        f"{empty / str(major) / 'bin'}: install postgresql-{major} (the backupd "
                        f"image carries 13 to 17), or set PG_SERVER_ROOT to a directory with "
                        f"{major}/bin/ in it")
-    assert not pitr_drill.scratch_directory(backup_dir).exists()
+    assert not pitr_scratch.scratch_directory(backup_dir).exists()
 
 
 def test_backupd_drill_without_server_binaries_passes_the_dump_drill_and_says_why_not_pitr(

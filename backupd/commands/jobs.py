@@ -54,13 +54,9 @@ def _locked(purpose: str, body: Callable[[JobContext], None], *, needs_db: bool)
     the database is unreachable: that is when a good backup matters most.
     """
     def run(ctx: JobContext, _slot: datetime | None) -> None:
-        # Several databases: POSTGRES_DB ("app,billing", "*") is no database to connect to.
-        cluster_wide = maintenance_connection if ctx.settings.database_selection.several \
-            else None
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(advisory_lock(ctx.settings, f"scheduled-{purpose}",
-                                                  open_connection=cluster_wide))
+                stack.enter_context(scheduled_lock(ctx.settings, purpose))
             except JobFailed as exc:
                 if needs_db:
                     raise
@@ -68,6 +64,14 @@ def _locked(purpose: str, body: Callable[[JobContext], None], *, needs_db: bool)
             body(ctx)
 
     return run
+
+
+def scheduled_lock(settings: Settings, purpose: str) -> contextlib.AbstractContextManager[None]:
+    """The advisory lock every replica's scheduled ``purpose`` job runs under; JobSkipped
+    while another holds it, JobFailed without a database."""
+    # Several databases: POSTGRES_DB ("app,billing", "*") is no database to connect to.
+    cluster_wide = maintenance_connection if settings.database_selection.several else None
+    return advisory_lock(settings, f"scheduled-{purpose}", open_connection=cluster_wide)
 
 
 def _discard(_: object) -> None:

@@ -5,7 +5,8 @@ With ``DRILL_SCHEDULE`` and ``WAL_ARCHIVE=on`` every drill also runs this
 (:func:`backupd.commands.drill.run`):
 
 1. ``recover`` to the end of the local archive into ``DB_BACKUP_DIR/.pitr-drill/data``
-   (a leftover of a killed drill is removed first: only that directory is ever removed);
+   (a leftover of a killed drill is removed first: only that directory is ever removed;
+   the daemon's start-up removes such a leftover too, :mod:`backupd.commands.pitr_scratch`);
 2. the newest commit in the copied WAL, read with pg_waldump: the newest durable in the
    archive;
 3. a private server (the image's ``/usr/lib/postgresql/<major>/bin/postgres``, of the
@@ -22,11 +23,9 @@ With ``DRILL_SCHEDULE`` and ``WAL_ARCHIVE=on`` every drill also runs this
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from backupd.archive.recovery import RecoverySource, RecoveryTarget
 from backupd.archive.recovery_dir import WAL_COPY_NAME
 from backupd.archive.waldump import Commit, data_major, newest_commit, waldump_for
 from backupd.archive.walnames import format_lsn
+from backupd.commands.pitr_scratch import remove_leftover_scratch, scratch_directory
 from backupd.commands.recover import RecoverOptions, recover_into
 from backupd.configs import age_key_files
 from backupd.errors import JobFailed, JobSkipped
@@ -49,7 +49,6 @@ from backupd.postgres.compare import compare, read_catalog
 from backupd.postgres.connection import connect, describe_pg_error
 from backupd.postgres.databases import resolve_databases
 
-SCRATCH_NAME = ".pitr-drill"
 # What the drill runs of the archive's major: the scratch server, and pg_waldump for the
 # newest durable commit.
 SERVER_TOOLS = ("postgres", "pg_waldump")
@@ -71,10 +70,9 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
         from backupd.archive.recovery_source import archive_source
 
         source = archive_source(ctx.repos, age_key_files(ctx.settings))
+    if (leftover := remove_leftover_scratch(ctx.settings.backup_dir)) is not None:
+        ctx.warn(f"removed the scratch directory {leftover} an interrupted PITR drill left")
     scratch = scratch_directory(ctx.settings.backup_dir)
-    if scratch.exists():
-        shutil.rmtree(scratch)
-        ctx.warn(f"removed the scratch directory {scratch} an interrupted PITR drill left")
     outcome = RecoverOutcome(target_dir=str(scratch / "data"),
                              target=RecoveryTarget().describe())
     started = time.monotonic()
@@ -108,15 +106,6 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
     if problems:
         raise JobFailed("PITR drill failed: " + "; ".join(problems[:5]))
     return outcome
-
-
-def scratch_directory(backup_dir: Path) -> Path:
-    """``DB_BACKUP_DIR/.pitr-drill``; as root (the server then runs as postgres, who cannot
-    enter the 0700 backup directory) a fixed directory of its own under the temp dir."""
-    if os.geteuid() != 0:
-        return backup_dir / SCRATCH_NAME
-    key = hashlib.sha256(str(backup_dir.absolute()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"backupd{SCRATCH_NAME}-{key}"
 
 
 def _server_user() -> pwd.struct_passwd | None:

@@ -2,7 +2,8 @@
 
 Start-up validates everything first (schedules, zone, directory, pg_dump against the
 server) so a bad setting is one line and exit 2, not a failure at 2 a.m. Then it
-removes what an interrupted run left behind, schedules the jobs and waits.
+removes what an interrupted run left behind (temporary files of dumps, the scratch directory
+of a killed PITR drill: a decrypted copy of the cluster), schedules the jobs and waits.
 
 SIGTERM/SIGINT: the handler only sets a flag. The main thread stops the scheduler,
 cancels running jobs (pg_dump is terminated and its temporary file removed by the
@@ -17,11 +18,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from backupd.archive.status import WalStatus
-from backupd.commands.jobs import scheduled_jobs
+from backupd.commands.jobs import scheduled_jobs, scheduled_lock
+from backupd.commands.pitr_scratch import remove_leftover_scratch, scratch_directory
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
 from backupd.daemon.wal import check_wal_server, wal_streamer
@@ -147,6 +150,43 @@ def _remove_leftovers(settings: Settings, store: LocalStore) -> None:
     for name in removed:
         log.warning("removed leftover of an interrupted run", file=name,
                     directory=str(store.directory))
+    _remove_drill_scratch(settings)
+
+
+def _remove_drill_scratch(settings: Settings) -> None:
+    """Delete the scratch directory of a PITR drill killed with backupd: its server died
+    with it (the supervisor's reaper), so nothing is stopped, only the plaintext copy of the
+    cluster removed. Left alone while another backupd holds the drill's lock: its drill is
+    live, and removes its own directory when it ends."""
+    log = get_logger()
+    scratch = scratch_directory(settings.backup_dir)
+    if not scratch.exists():
+        return
+    try:
+        with scheduled_lock(settings, "drill"):
+            removed = _remove_scratch(settings)
+    except JobSkipped:
+        log.info("another backupd is running a drill; leaving its PITR drill scratch "
+                 "directory alone", directory=str(scratch))
+        return
+    except JobFailed:
+        removed = _remove_scratch(settings)  # no database: no drill can be running against it
+    if removed is not None:
+        log.warning("removed the scratch directory of an interrupted PITR drill",
+                    directory=str(removed),
+                    detail="a decrypted copy of the cluster the killed drill recovered")
+
+
+def _remove_scratch(settings: Settings) -> Path | None:
+    try:
+        return remove_leftover_scratch(settings.backup_dir)
+    except OSError as exc:
+        # Not fatal to the daemon: the next drill removes it before anything else.
+        get_logger().error("cannot remove the scratch directory of an interrupted PITR "
+                           "drill; it holds a decrypted copy of the cluster",
+                           directory=str(scratch_directory(settings.backup_dir)),
+                           error=str(exc))
+        return None
 
 
 def _start_http(settings: Settings, state: DaemonState,

@@ -27,6 +27,24 @@ def processes_with_env(key: str, value: str) -> list[int]:
     return found
 
 
+def processes_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is ``directory``: a PostgreSQL server's
+    every process (the postmaster changes into its data directory; its children, whose
+    command lines it rewrites, inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and cwd == str(directory):
+            found.append(int(entry.name))
+    return found
+
+
 def kill_processes(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
