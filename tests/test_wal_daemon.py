@@ -280,3 +280,61 @@ def test_a_new_timeline_is_followed_and_its_history_archived(
     assert gaps(names) == [], names
     assert archive_holds(backup_dir, marker, tmp_path / "check")
     assert daemon.poll() is None
+
+
+def test_after_a_recovery_to_an_earlier_moment_the_new_timeline_is_archived(
+    wal_cluster: PrivateCluster, backup_dir: Path,
+    backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
+) -> None:
+    """The recover-to-a-time runbook: the server comes back on a new timeline that forks
+    before the spool's live .partial of the old one. pg_receivewal cannot resume from that
+    .partial ("... on timeline 1 is not in this server's history"); the partial is kept in
+    the archive and streaming restarts from the slot, on the new timeline."""
+    daemon = backupd_daemon(["run"], wal_env(wal_cluster, backup_dir, **STREAM_ONLY))
+    wait_streaming(backup_dir)  # the slot exists: the copy below has it too
+    wal_cluster.stop()
+    earlier = wal_cluster.copy_data("data-earlier")
+    wal_cluster.start()
+    wait_archived(backup_dir, switch_wal(wal_cluster.address, 2))
+    abandoned = "in-the-abandoned-partial"
+    commit_marker(wal_cluster.address, abandoned)
+    wait_until(lambda: holds(live_partial(backup_dir), abandoned), 60,
+               "the old timeline's commit in the spool's .partial")
+
+    wal_cluster.promote_copy(earlier)  # the daemon streams on, unaware
+    marker = "on-the-new-timeline"
+    commit_marker(wal_cluster.address, marker)
+    last = switch_wal(wal_cluster.address)
+    assert last.startswith("00000002")
+    wait_archived(backup_dir, last, 120)
+    names = all_wal_names(backup_dir)
+    assert "00000002.history" in names, names
+    assert archive_holds(backup_dir, marker, tmp_path / "check")
+    # The abandoned history is kept, never deleted with the spool.
+    assert archive_holds(backup_dir, abandoned, tmp_path / "check")
+    stderr = daemon.read_stderr()
+    assert "is not in this server's history" in stderr
+    assert "streaming restarts from the replication slot" in stderr
+    assert daemon.poll() is None
+
+
+# pg_receivewal's own error lines (PostgreSQL 15), as the daemon logged them.
+_FORKED = ('pg_receivewal: error: could not send replication command "START_REPLICATION": '
+           "ERROR:  requested starting point 0/3000000 on timeline 1 is not in this server's "
+           "history")
+_UNKNOWN_TIMELINE = ('pg_receivewal: error: could not send replication command '
+                     '"START_REPLICATION": ERROR:  requested timeline 3 is not in this '
+                     "server's history")
+_REMOVED = ('pg_receivewal: error: unexpected termination of replication stream: ERROR:  '
+            "requested WAL segment 000000010000000000000004 has already been removed")
+_RESTARTED = "pg_receivewal: error: replication stream was terminated before stop point"
+
+
+def test_the_receiver_restarts_from_the_slot_only_when_the_spools_position_is_gone() -> None:
+    from backupd.archive.receiver import SpoolPositionGone, spool_position_gone
+
+    assert spool_position_gone(_FORKED) is SpoolPositionGone.NOT_IN_HISTORY
+    assert spool_position_gone(_UNKNOWN_TIMELINE) is SpoolPositionGone.NOT_IN_HISTORY
+    assert spool_position_gone(_REMOVED) is SpoolPositionGone.REMOVED
+    # A server restart: pg_receivewal resumes from its partial, which must stay.
+    assert spool_position_gone(_RESTARTED) is None

@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 import psycopg
 
 from backupd.archive import server
-from backupd.archive.receiver import Receiver, Report, WalConfig, origin_of
+from backupd.archive.receiver import (
+    Receiver,
+    Report,
+    SpoolPositionGone,
+    WalConfig,
+    origin_of,
+)
 from backupd.archive.status import LagTracker, WalStatus
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, parse_wal_name
 from backupd.archive.walstore import WalArchive, offsite_wal_repository
@@ -321,11 +327,13 @@ class WalStreamer:
             # The daemon passes Daemon.run_soon("basebackup"); without it, say what to do.
             self._log.warning("a new base backup is needed; take one with `backupd basebackup`")
 
-    def _wal_removed(self) -> None:
-        """The server no longer has the WAL after the spool's: keep what the spool holds
-        (completed segments committed, the partial committed as a ``.partial``), empty it,
-        and let pg_receivewal start from the slot (a new, unbroken run of the archive)."""
+    def _wal_removed(self, why: SpoolPositionGone) -> None:
+        """The server cannot stream from the spool's position (``why``): keep what the spool
+        holds (completed segments committed, the partial committed as a ``.partial``: after
+        a timeline fork, the abandoned history), empty it, and let pg_receivewal start from
+        the slot (a new, unbroken run of the archive)."""
         identity = self.receiver.identity
+        kept: list[str] = []
         self._archive_spool()
         with self._spool_lock:
             for path in self.archive.spool_files(identity.segment_size if identity else
@@ -333,18 +341,30 @@ class WalStreamer:
                 wal = parse_wal_name(path.name, identity.segment_size) if identity else None
                 if identity is not None and wal is not None:
                     try:
-                        kept = self.archive.store(path, wal, origin_of(identity),
-                                                  compression=self.config.compression,
-                                                  level=self.config.level,
-                                                  scratch=self.config.directory)
-                        self._pending.append(kept.name)  # offsite too
+                        stored = self.archive.store(path, wal, origin_of(identity),
+                                                    compression=self.config.compression,
+                                                    level=self.config.level,
+                                                    scratch=self.config.directory)
+                        self._pending.append(stored.name)  # offsite too
+                        kept.append(wal.name)
                     except (OSError, BackupdError) as exc:
                         self._log.error("cannot keep the spool's partial", file=path.name,
                                         error=str(exc))
                         continue  # never deleted unless kept
                 path.unlink()
-        self._log.warning("the server no longer has the WAL after the spool's; streaming "
-                          "restarts from the replication slot")
+        if why is SpoolPositionGone.REMOVED:
+            self._log.warning("the server no longer has the WAL after the spool's; streaming "
+                              "restarts from the replication slot", kept=kept)
+            return
+        self._log.warning("the spool's WAL is not in the server's history (a new timeline "
+                          "forks before it); streaming restarts from the replication slot",
+                          kept=kept)
+        self._report("WAL archiving: the server's timeline forks before the WAL the spool "
+                     "held (a recovery to an earlier moment, or a failover): that WAL is on "
+                     "the abandoned history, kept in the archive (" + (", ".join(kept)
+                     or "nothing to keep") + "), and streaming restarts from the replication "
+                     "slot on the new timeline. Take a new base backup (`backupd "
+                     "basebackup`) if none was taken since")
 
     def _publish(self) -> None:
         self._set(updated_at=datetime.now(UTC))

@@ -13,6 +13,7 @@ same directory waits, reporting, and takes over when the first dies), and the sl
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import os
 import threading
@@ -38,6 +39,35 @@ HEALTHY_RUN_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 
 Report = Callable[[str], None]
+
+
+class SpoolPositionGone(enum.Enum):
+    """Why the server cannot stream from where the spool ends; either way pg_receivewal
+    would fail the same way at every restart, so the spool is kept in the archive and
+    emptied, and the next start goes from the slot."""
+
+    # The slot was lost and the server recycled the WAL after the spool's position.
+    REMOVED = "removed"
+    # A recovery to an earlier moment (or a failover) started a new timeline that forks
+    # before the spool's position: the spool's .partial is on the abandoned history.
+    NOT_IN_HISTORY = "not in history"
+
+
+# pg_receivewal's error line for each (the server's own message, quoted in it).
+_GONE_MESSAGES = {
+    "has already been removed": SpoolPositionGone.REMOVED,
+    # "requested starting point 0/6000000 on timeline 1 is not in this server's history",
+    # or "requested timeline 2 is not in this server's history".
+    "is not in this server's history": SpoolPositionGone.NOT_IN_HISTORY,
+}
+
+
+def spool_position_gone(error_line: str) -> SpoolPositionGone | None:
+    """Whether pg_receivewal's ``error_line`` says the spool's position cannot be resumed."""
+    for text, why in _GONE_MESSAGES.items():
+        if text in error_line:
+            return why
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,7 +102,7 @@ class Receiver:
 
     def __init__(self, config: WalConfig, report: Report,
                  on_slot_lost: Callable[[str, str], None],
-                 on_wal_removed: Callable[[], None]) -> None:
+                 on_wal_removed: Callable[[SpoolPositionGone], None]) -> None:
         self.config = config
         self._report = report
         self._on_slot_lost = on_slot_lost  # (slot, why): reported, a base backup requested
@@ -235,10 +265,9 @@ class Receiver:
         if not self._stop.is_set():
             reason = child.error_line or f"exit code {code}"
             self.error = f"pg_receivewal stopped: {reason}"
-            if "has already been removed" in reason:
-                # The slot was lost and the server recycled the WAL after the spool's
-                # position: the next start goes from the (recreated) slot.
-                self._on_wal_removed()
+            why = spool_position_gone(reason)
+            if why is not None:
+                self._on_wal_removed(why)
 
 
 def _only_zeros(path: Path) -> bool:

@@ -149,6 +149,26 @@ class PrivateCluster:
         """Restart as a standby of nobody and promote it: the next timeline, on the same
         cluster (what a failover looks like to a WAL archive)."""
         self.stop("fast")
+        self._start_promoted()
+
+    def copy_data(self, name: str) -> Path:
+        """A copy of the stopped server's data directory, ``name`` beside it (owned by the
+        server's user): what a later recovery to this moment gives back."""
+        copy = self._path(name)
+        self._as_server_user(["cp", "-a", str(self.data_dir), str(copy)])
+        return copy
+
+    def promote_copy(self, copy: Path) -> None:
+        """Put ``copy`` (:meth:`copy_data`) in place of the data directory and start it
+        promoted: a new timeline forking where the copy ends, as after a recovery to an
+        earlier moment. WAL the server wrote after the copy is on the abandoned history."""
+        if self.is_running():
+            self.stop("fast")
+        shutil.rmtree(self.data_dir)
+        copy.rename(self.data_dir)
+        self._start_promoted()
+
+    def _start_promoted(self) -> None:
         signal_file = self.data_dir / "standby.signal"
         signal_file.touch()
         if AS_ROOT:
