@@ -5,10 +5,12 @@ local archive; completed segments are committed compressed and checksummed, the 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers.backups import sha256_file
 from helpers.cli import BackupdProcess
 from helpers.cluster import PrivateCluster
@@ -109,3 +111,44 @@ def test_the_archive_is_listed_while_the_spool_changes_under_it(tmp_path: Path) 
         stop.set()
         churning.join(10)
     assert listings > 0
+
+
+_SEGMENT = "000000010000000000000007"
+
+
+@pytest.mark.parametrize("move", ["completed", "committed", "completed-and-committed"])
+def test_a_spool_file_that_moves_after_the_listing_is_still_fetched(
+        tmp_path: Path, move: str) -> None:
+    """The PITR drill copies WAL while the daemon streams: between the listing and the copy,
+    pg_receivewal completes the live .partial (renamed in the spool) and the archiver commits
+    a completed segment (moved out of the spool). The file is looked up again by segment,
+    never a FileNotFoundError, and the bytes arrive (the completed segment's: all the
+    partial had, and more)."""
+    from backupd.archive.walnames import parse_wal_name
+    from backupd.archive.walstore import WalArchive, WalOrigin
+    from backupd.storage.local import LocalRepository
+
+    spool = tmp_path / "wal" / "spool"
+    spool.mkdir(parents=True)
+    archive = WalArchive(LocalRepository(tmp_path / "wal"), spool=spool)
+    written = os.urandom(64 * 1024)
+    complete = written + os.urandom(64 * 1024)
+    listed_name = _SEGMENT if move == "committed" else f"{_SEGMENT}.partial"
+    (spool / listed_name).write_bytes(complete if move == "committed" else written)
+    [listed] = archive.segments()
+    assert listed.spool_path == spool / listed_name
+
+    if move != "committed":  # pg_receivewal completes the segment
+        (spool / listed_name).unlink()
+        (spool / _SEGMENT).write_bytes(complete)
+    if move != "completed":  # the archiver commits it and removes it from the spool
+        wal = parse_wal_name(_SEGMENT)
+        assert wal is not None
+        archive.store(spool / _SEGMENT, wal, WalOrigin("7716253996312042151"),
+                      compression="zstd", level=None, scratch=tmp_path)
+        (spool / _SEGMENT).unlink()
+
+    dest = tmp_path / "copy" / listed_name
+    dest.parent.mkdir()
+    archive.fetch_archived(listed, dest)
+    assert dest.read_bytes() == complete

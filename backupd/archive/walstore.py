@@ -199,14 +199,23 @@ class WalArchive:
         self.fetch_archived(self.find(name), dest)
 
     def fetch_archived(self, wal: ArchivedWal, dest: Path) -> None:
-        """:meth:`fetch` of a file as :meth:`segments` listed it (no listing per file)."""
+        """:meth:`fetch` of a file as :meth:`segments` listed it (no listing per file). A
+        spool file that moved since (completed, or committed) is looked up again."""
         name = wal.name
+        # The daemon streams while this copies: a listed spool file moves at most twice (the
+        # live .partial completed in the spool, then committed out of it).
+        for _ in range(3):
+            if wal.spool_path is None:
+                break
+            try:
+                _copy_spool_file(wal.spool_path, dest)
+                return
+            except FileNotFoundError:
+                wal = self._moved(wal)
         with atomic_write(dest) as out:
             if wal.spool_path is not None:
-                with open(wal.spool_path, "rb") as source:
-                    while chunk := source.read(BLOCK_SIZE):
-                        out.write(chunk)
-                return
+                raise WalFetchError(f"WAL file {name} kept moving in the spool while it was "
+                                    "copied; try again")
             assert wal.artifact is not None
             digest = hashlib.sha256()
             raw_sink = _RawSink(out, digest, wal.artifact)
@@ -219,6 +228,19 @@ class WalArchive:
             if digest.hexdigest() != wal.sha256:
                 raise WalFetchError(f"WAL file {name} ({wal.artifact}) is corrupt: its "
                                     "content does not match the checksum in its manifest")
+
+    def _moved(self, gone: ArchivedWal) -> ArchivedWal:
+        """Spool file ``gone`` where it is now, looked up by segment: its completed segment
+        (in the spool, else committed), else the file itself committed. A completed
+        segment holds everything its .partial did."""
+        names = [gone.wal.segment, gone.name] if gone.partial else [gone.name]
+        listed = {w.name: w for w in self.segments()}
+        for name in names:
+            found = listed.get(name)
+            if found is not None and found.spool_path != gone.spool_path:
+                return found
+        raise WalFetchError(f"WAL file {gone.name} left the spool while it was copied and is "
+                            f"not in the archive at {self.repository.description}")
 
     def _decode(self, artifact: str, stored: BinaryIO, sink: _RawSink) -> None:
         encrypted = artifact.endswith(".age")
@@ -271,6 +293,14 @@ class WalArchive:
 
     def delete(self, artifact: str) -> None:
         self.repository.delete(artifact)
+
+
+def _copy_spool_file(path: Path, dest: Path) -> None:
+    """FileNotFoundError (and nothing at ``dest``) when ``path`` is gone; once open, a
+    rename or unlink of it does not stop the copy."""
+    with open(path, "rb") as source, atomic_write(dest) as out:
+        while chunk := source.read(BLOCK_SIZE):
+            out.write(chunk)
 
 
 def _encode(source: Path, out: BinaryIO, compression: str, level: int | None,
