@@ -33,7 +33,7 @@ from helpers.logs import jobs_finished, log_events
 from helpers.offsite import s3_env
 from helpers.pg import connect
 from helpers.procs import kill_processes, processes_in
-from helpers.recovered import pg_ctl_start, postgres_owner, started
+from helpers.recovered import pg_ctl_start, postgres_owner, recover, started
 from helpers.s3server import S3Server
 from helpers.wal import WAL_SERVER_SETTINGS, holds, wait_streaming, wal_env
 
@@ -141,17 +141,9 @@ def _batches(archive: Archive, target_dir: Path) -> tuple[dict[str, int], bool]:
     return {str(batch): int(count) for batch, count in rows}, bool(migrated and migrated[0])
 
 
-def _recover(env: dict[str, str], target_dir: Path, *args: str) -> str:
-    owner = ["--owner", postgres_owner()] if AS_ROOT else []
-    proc = run_backupd(["recover", "--target-dir", str(target_dir), *owner, *args], env,
-                       timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 def test_recover_to_t1_gives_exactly_batch_a(archive: Archive) -> None:
     target_dir = archive.work / "to-t1"
-    out = _recover(archive.env, target_dir, "--to-time", archive.t1.isoformat())
+    out = recover(archive.env, target_dir, "--to-time", archive.t1.isoformat())
     assert "base backup: base_" in out and "WAL: " in out
     assert f"target: time {archive.t1.isoformat()}" in out
     assert _batches(archive, target_dir) == ({"A": 40}, False)
@@ -170,7 +162,7 @@ def test_recover_to_the_end_includes_c_from_the_partial_segment(archive: Archive
     # (the server's owner and mode 0700 with --owner).
     target_dir = archive.work / "to-end"
     target_dir.mkdir(mode=0o755)
-    out = _recover(archive.env, target_dir)
+    out = recover(archive.env, target_dir)
     assert target_dir.stat().st_mode & 0o777 == 0o700
     assert ".partial (" in out  # the report names the WAL range: it ends in the partial
     assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, True)
@@ -178,7 +170,7 @@ def test_recover_to_the_end_includes_c_from_the_partial_segment(archive: Archive
 
 def test_mark_then_writes_then_recover_to_the_name(archive: Archive) -> None:
     target_dir = archive.work / "to-name"
-    _recover(archive.env, target_dir, "--to-name", "before-migration")
+    recover(archive.env, target_dir, "--to-name", "before-migration")
     assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, False)
 
 
@@ -189,7 +181,7 @@ def test_recover_from_s3_alone_into_an_empty_machine(archive: Archive) -> None:
     empty.mkdir()
     if AS_ROOT:
         shutil.chown(empty, SERVER_OS_USER, SERVER_OS_USER)
-    _recover(env, target_dir, "--from-s3")
+    recover(env, target_dir, "--from-s3")
     assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, True)
 
 
@@ -334,7 +326,7 @@ def test_a_killed_recover_leaves_a_directory_the_server_refuses(archive: Archive
     # The next recover refuses it without --force; with --force it cleans up and recovers.
     refused = run_backupd(args, archive.env, timeout=120)
     assert refused.returncode == 2 and "incomplete recover" in refused.stderr
-    _recover(archive.env, target_dir, "--force")
+    recover(archive.env, target_dir, "--force")
     assert (target_dir / "PG_VERSION").exists() and not (target_dir / STAGING_NAME).exists()
 
 

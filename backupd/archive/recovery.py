@@ -76,6 +76,11 @@ class RecoverySource(Protocol):
         ...
 
 
+# The settings that each name a recovery target; the server allows at most one set.
+TARGET_KINDS = ("recovery_target", "recovery_target_time", "recovery_target_lsn",
+                "recovery_target_name", "recovery_target_xid")
+
+
 @dataclass(frozen=True)
 class RecoveryTarget:
     """Where replay stops; all None: the archive's end (the partial segment included)."""
@@ -107,16 +112,25 @@ class RecoveryTarget:
         return "the end of the archive (the in-progress partial segment included)"
 
     def settings(self) -> dict[str, str]:
-        """The recovery_target_* settings (none for the end: replay all, then promote)."""
+        """Every recovery target setting, in the order they are to be written.
+
+        The base backup's own postgresql.conf / postgresql.auto.conf may carry targets (a
+        primary once recovered to a point in time and never reset keeps them): whatever is
+        not written here would still apply. So every kind is written, empty unless it is the
+        one asked for. The server applies only the last line of a setting, in file order,
+        and refuses a second kind while one is set ("multiple recovery targets
+        specified"): the empty ones come first, the chosen one last."""
+        chosen: dict[str, str] = {}
         if self.time is not None:
-            target = {"recovery_target_time": self.time.isoformat(sep=" ")}
+            chosen = {"recovery_target_time": self.time.isoformat(sep=" ")}
         elif self.lsn is not None:
-            target = {"recovery_target_lsn": format_lsn(self.lsn)}
+            chosen = {"recovery_target_lsn": format_lsn(self.lsn)}
         elif self.name is not None:
-            target = {"recovery_target_name": self.name}
-        else:
-            return {}
-        return {**target, "recovery_target_action": "promote"}
+            chosen = {"recovery_target_name": self.name}
+        cleared = {key: "" for key in TARGET_KINDS if key not in chosen}
+        return {**cleared, "recovery_target_inclusive": "on",
+                "recovery_target_action": "promote", "recovery_target_timeline": "latest",
+                **chosen}
 
 
 def parse_target_lsn(text: str) -> int:

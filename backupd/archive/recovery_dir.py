@@ -129,7 +129,8 @@ def staging(directory: Path) -> Iterator[Path]:
 
 def prepare(stage: Path, target: RecoveryTarget, note: str) -> None:
     """After the base backup is in ``stage``: drop the source server's files and write the
-    recovery settings (appended to postgresql.auto.conf, read after postgresql.conf)."""
+    recovery settings (appended to postgresql.auto.conf, read after postgresql.conf, so
+    they win over any the base backup carries: every target setting is written)."""
     for name in _SOURCE_ONLY:
         (stage / name).unlink(missing_ok=True)
     if not (stage / "postgresql.conf").exists():
@@ -147,8 +148,7 @@ def prepare(stage: Path, target: RecoveryTarget, note: str) -> None:
         (stage / "pg_ident.conf").write_text("")
     (stage / "pg_wal").mkdir(mode=0o700, exist_ok=True)
     (stage / "pg_wal" / "archive_status").mkdir(mode=0o700, exist_ok=True)
-    settings = {"restore_command": RESTORE_COMMAND, "recovery_target_timeline": "latest",
-                **target.settings()}
+    settings = {"restore_command": RESTORE_COMMAND, **target.settings()}
     when = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [f"\n# backupd recover {when}: {note}",
              "# Recovery settings: only read while recovering; reset them (ALTER SYSTEM RESET "

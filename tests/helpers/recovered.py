@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .cli import run_backupd
 from .cluster import AS_ROOT, SERVER_OS_USER, free_port
 from .pg import ServerAddress, connect, pg_binary
 
@@ -63,3 +64,13 @@ def postgres_owner() -> str:
 
     entry = pwd.getpwnam(SERVER_OS_USER)
     return f"{entry.pw_uid}:{entry.pw_gid}"
+
+
+def recover(env: dict[str, str], target_dir: Path, *args: str) -> str:
+    """``backupd recover --target-dir target_dir *args`` (owned by postgres when run as
+    root), which must succeed; its standard output."""
+    owner = ["--owner", postgres_owner()] if AS_ROOT else []
+    proc = run_backupd(["recover", "--target-dir", str(target_dir), *owner, *args], env,
+                       timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
