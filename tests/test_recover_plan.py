@@ -82,3 +82,20 @@ def test_targets_outside_the_archive_are_refused() -> None:
         plan(wal, BASES, RecoveryTarget(lsn=20 * SIZE))
     with pytest.raises(ConfigError, match="one recovery target"):
         RecoveryTarget(time=T0, name="x")
+
+
+def test_a_restore_point_found_in_the_wal_picks_the_newest_base_backup_before_it() -> None:
+    wal = segments(1, 2, 8)
+    target = RecoveryTarget(name="before-migration")
+    assert plan(wal, BASES, target).base.name == "base_old"  # to read every restore point
+    at_six = plan(wal, BASES, target, restore_point=6 * SIZE + 100)
+    assert at_six.base.name == "base_new" and at_six.segments[0].segno == 5
+    assert plan(wal, BASES, target, restore_point=3 * SIZE).base.name == "base_old"
+    with pytest.raises(ConfigError, match="--to-name: restore point 'before-migration' at "
+                                          "0/2000100 is before the oldest base backup's end"):
+        plan(wal, BASES, target, restore_point=2 * SIZE + 256)
+
+
+def test_an_empty_restore_point_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--to-name: the name is empty"):
+        RecoveryTarget(name="")

@@ -4,26 +4,42 @@ The primary keeps recovery settings in its postgresql.auto.conf (as a primary th
 itself recovered, and never reset them, does): a ``recovery_target_time`` long past with
 ``recovery_target_action = 'promote'``. They travel inside every later base backup. One
 private cluster, one daemon run, one archive for the module: the table ``t`` exists before
-the base backup, then rows in batches A, B, C, D are committed after it.
+the base backup, then rows in batches A, B, C, D are committed after it, with restore points
+between them: ``twice`` after A (`backupd mark`) and again after B (pg_create_restore_point
+from psql, which nothing can stop), ``once`` after C.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers.cli import start_backupd, stop_backupd
+from helpers.cli import run_backupd, start_backupd, stop_backupd
 from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster
 from helpers.faults import wait_until
-from helpers.pg import connect
+from helpers.pg import connect, pg_binary
 from helpers.recovered import recover, started
-from helpers.wal import WAL_SERVER_SETTINGS, holds, spool_dir, wait_streaming, wal_env
+from helpers.wal import (
+    WAL_SERVER_SETTINGS,
+    holds,
+    local_archive,
+    spool_dir,
+    wait_streaming,
+    wal_env,
+)
 
+from backupd.archive import restore_points
 from backupd.archive.basebackups import list_base_backups
+from backupd.archive.recovery import RecoveryTarget, plan
+from backupd.archive.recovery_source import ArchiveSource
+from backupd.archive.walnames import format_lsn, parse_lsn
+from backupd.commands.recover import fetch_segment
 from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
@@ -39,6 +55,8 @@ class Archive:
     env: dict[str, str]
     work: Path
     c_lsn: str  # the end of the WAL after batch C's commit
+    twice: list[str]  # where the two restore points named "twice" end (as made)
+    marks_between: tuple[datetime, datetime]  # before the first "twice", after the second
 
 
 def _insert(cluster: PrivateCluster, batch: str, note: str = "") -> str:
@@ -71,15 +89,30 @@ def archive() -> Iterator[Archive]:
             # The daemon takes the first base backup itself (WAL_ARCHIVE=on and none yet).
             wait_until(lambda: any(b.verified for b in list_base_backups(
                 LocalRepository(backup_dir))), 300, "the daemon's first base backup")
-            for batch in "ABC":
-                c_lsn = _insert(cluster, batch)
+            before = datetime.now(UTC)
+            _insert(cluster, "A")
+            marked = run_backupd(["mark", "twice"], env)
+            assert marked.returncode == 0, marked.stderr
+            said = re.search(r"restore point 'twice' at ([0-9A-F]+/[0-9A-F]+)",
+                             marked.stdout + marked.stderr)
+            assert said is not None, marked.stdout + marked.stderr
+            _insert(cluster, "B")
+            with connect(cluster.address) as conn:
+                again = conn.execute("SELECT pg_create_restore_point('twice')::text").fetchone()
+                conn.execute("SELECT pg_current_xact_id()")  # flushes the restore point
+            after = datetime.now(UTC)
+            c_lsn = _insert(cluster, "C")
+            marked = run_backupd(["mark", "once"], env)
+            assert marked.returncode == 0, marked.stderr
             marker = f"d-marker-{secrets.token_hex(6)}"
             _insert(cluster, "D", marker)
             wait_until(lambda: any(holds(p, marker) for p in spool_dir(backup_dir).glob(
                 "*.partial")), 60, "D durable in the local partial")
         finally:
             stop_backupd(daemon, timeout=60)
-        yield Archive(cluster, backup_dir, env, work, c_lsn)
+        assert again is not None
+        yield Archive(cluster, backup_dir, env, work, c_lsn, [said.group(1), str(again[0])],
+                      (before, after))
 
 
 def _batches(archive: Archive, target_dir: Path) -> dict[str, int]:
@@ -104,3 +137,69 @@ def test_a_leftover_target_does_not_clash_with_the_requested_one(archive: Archiv
     target_dir = archive.work / "to-lsn"
     recover(archive.env, target_dir, "--to-lsn", archive.c_lsn)
     assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40}
+
+
+def test_recover_to_a_name_made_once_stops_there(archive: Archive) -> None:
+    target_dir = archive.work / "to-once"
+    out = recover(archive.env, target_dir, "--to-name", "once")
+    assert "target: restore point 'once'" in out
+    assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40}
+
+
+def _refused(archive: Archive, args: list[str]) -> str:
+    """The one line a refused command (exit 2) wrote, as a user sees it."""
+    env = {k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}
+    proc = run_backupd(args, env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    return lines[0]
+
+
+def test_a_name_made_twice_is_refused_naming_both_and_the_way_out(archive: Archive) -> None:
+    target_dir = archive.work / "to-twice"
+    line = _refused(archive, ["recover", "--target-dir", str(target_dir), "--to-name", "twice"])
+    assert "--to-name" in line and "--to-lsn" in line
+    # Each at its record's start: before where pg_create_restore_point said it ended, and
+    # the first ends before the second starts.
+    listed = [parse_lsn(lsn) for lsn in re.findall(r"([0-9A-F]+/[0-9A-F]+) \(", line)]
+    ends = [parse_lsn(lsn) for lsn in archive.twice]
+    assert len(listed) == 2 and listed[0] < ends[0] <= listed[1] < ends[1], line
+    times = [datetime.fromisoformat(t) for t in re.findall(r"\((\S+)\)", line)]
+    assert len(times) == 2 and archive.marks_between[0] <= times[0] <= times[1] <= \
+        archive.marks_between[1], line
+    assert not target_dir.exists()
+    # The way out the line names: the second one by its LSN.
+    recover(archive.env, target_dir, "--to-lsn", format_lsn(listed[1]))
+    assert _batches(archive, target_dir) == {"A": 40, "B": 40}
+
+
+def test_a_name_not_in_the_archive_or_empty_is_refused(archive: Archive) -> None:
+    target_dir = archive.work / "to-nowhere"
+    line = _refused(archive, ["recover", "--target-dir", str(target_dir), "--to-name",
+                              "never-marked"])
+    assert "--to-name" in line and "never-marked" in line
+    line = _refused(archive, ["recover", "--target-dir", str(target_dir), "--to-name", ""])
+    assert "--to-name" in line and "empty" in line
+    assert not target_dir.exists()
+
+
+def test_mark_refuses_a_name_already_in_the_archive(archive: Archive) -> None:
+    line = _refused(archive, ["mark", "once"])
+    assert "NAME" in line and "'once'" in line and "already" in line
+
+
+def test_the_scan_a_window_at_a_time_finds_each_restore_point_once(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # What `backupd mark` runs over a large archive, with a window of one segment (plus the
+    # one after it) so the small archive spans windows.
+    source = ArchiveSource(LocalRepository(archive.backup_dir), local_archive(archive.backup_dir),
+                           None)
+    chosen = plan(source.wal(), source.base_backups(), RecoveryTarget(name="twice"))
+    assert len(chosen.segments) >= 2
+    monkeypatch.setattr(restore_points, "WINDOW_SEGMENTS", 1)
+    found = restore_points.find(chosen, tmp_path, Path(pg_binary("pg_waldump")), "twice",
+                                fetch=lambda wal, dest: fetch_segment(source, chosen, wal, dest))
+    ends = [parse_lsn(lsn) for lsn in archive.twice]
+    assert [p.lsn < end for p, end in zip(found, ends, strict=True)] == [True, True]
+    assert found[0].lsn < found[1].lsn
+    assert not list(tmp_path.iterdir())  # each window's files removed once read

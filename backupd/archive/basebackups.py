@@ -247,16 +247,19 @@ def _stored_digest(repository: Repository, name: str,
 def extract_base_backup(repository: Repository, name: str, target_dir: Path,
                         crypto: AgeKeyFiles | None,
                         cancel: CancelToken | None = None, *,
-                        sync_each_file: bool = True) -> BaseBackupFacts:
+                        sync_each_file: bool = True,
+                        beside: frozenset[str] = frozenset()) -> BaseBackupFacts:
     """Unpack base backup ``name`` into ``target_dir`` (absent or empty), checking every file
     against PostgreSQL's ``backup_manifest`` on the way; its facts. On any mismatch (or a
     cancel) whatever was written is removed and BaseBackupDamaged (or Cancelled) raised.
+    ``beside``: entries of ``target_dir`` that may be there already and are left alone
+    (recover's WAL copy, which no base backup holds).
 
     ``sync_each_file=False``: the caller makes the files durable itself, all at once (recover
     syncs the filesystem before its last step; an fsync per file of a data directory's
     thousands costs more than the unpacking)."""
     entry = repository.entry(name)
-    if target_dir.exists() and any(target_dir.iterdir()):
+    if target_dir.exists() and any(p.name not in beside for p in target_dir.iterdir()):
         raise ConfigError(f"{target_dir} is not empty; extract a base backup into an empty or "
                           "new directory")
     identities = load_identities(crypto) if crypto is not None else None
@@ -270,6 +273,8 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
     except BaseException:
         writer.abort()
         for child in target_dir.iterdir():
+            if child.name in beside:
+                continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
             else:

@@ -63,8 +63,10 @@ class RecoverySource(Protocol):
         """The verified base backups, any order."""
         ...
 
-    def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken) -> None:
-        """Unpack ``backup``'s data directory into ``target`` (checked while it streams)."""
+    def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken,
+                beside: frozenset[str] = frozenset()) -> None:
+        """Unpack ``backup``'s data directory into ``target`` (checked while it streams);
+        ``target`` holds nothing but the entries ``beside``, which are left alone."""
         ...
 
     def wal(self) -> Sequence[WalLike]:
@@ -94,6 +96,10 @@ class RecoveryTarget:
                                               ("--to-name", self.name)) if value is not None]
         if len(given) > 1:
             raise ConfigError(f"{' and '.join(given)}: give one recovery target, not several")
+        if self.name is not None and not self.name:
+            raise ConfigError("--to-name: the name is empty; give the restore point's name as "
+                              "`backupd mark NAME` made it, or leave --to-name out for the "
+                              "archive's end")
         if self.time is not None and self.time.tzinfo is None:
             raise ConfigError("--to-time: give the time with its offset, e.g. "
                               "2026-12-05T14:06:00+01:00 (a time without one is ambiguous)")
@@ -176,16 +182,27 @@ class RecoveryPlan:
                 f"target: {self.target.describe()}"]
 
 
-def choose_base(backups: Sequence[BaseBackupLike], target: RecoveryTarget) -> BaseBackupLike:
+def choose_base(backups: Sequence[BaseBackupLike], target: RecoveryTarget,
+                restore_point: int | None = None) -> BaseBackupLike:
     """The newest base backup that ends before the target (a base backup is consistent only
-    from its stop LSN on); for a restore point, whose position the listing cannot tell, the
-    oldest, whose WAL reaches every restore point the archive holds."""
+    from its stop LSN on). For a restore point: at ``restore_point`` (its LSN, read from the
+    WAL) when known; else the oldest, whose WAL reaches every restore point the archive
+    holds (what recover copies to find it)."""
     if not backups:
         raise JobFailed("no verified base backup in the archive; take one with "
                         "`backupd basebackup` (WAL alone cannot be recovered)")
     by_age = sorted(backups, key=lambda b: (b.stop_lsn, b.stop_time))
     if target.name is not None:
-        return by_age[0]
+        if restore_point is None:
+            return by_age[0]
+        fitting = [b for b in by_age if b.stop_lsn <= restore_point]
+        if not fitting:
+            oldest = by_age[0]
+            raise ConfigError(
+                f"--to-name: restore point {target.name!r} at {format_lsn(restore_point)} is "
+                f"before the oldest base backup's end ({oldest.name}, "
+                f"{format_lsn(oldest.stop_lsn)}); the archive cannot go back that far")
+        return fitting[-1]
     if target.time is not None:
         time = target.time
         fitting = [b for b in by_age if b.stop_time <= time]
@@ -210,10 +227,11 @@ def choose_base(backups: Sequence[BaseBackupLike], target: RecoveryTarget) -> Ba
 
 
 def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
-         target: RecoveryTarget) -> RecoveryPlan:
+         target: RecoveryTarget, restore_point: int | None = None) -> RecoveryPlan:
     """The base backup and the WAL for ``target``; a gap or a target beyond the archive's end
-    fails here, naming the missing range, before anything is written."""
-    base = choose_base(backups, target)
+    fails here, naming the missing range, before anything is written. ``restore_point``: the
+    LSN of ``target.name``'s one restore point, once read from the WAL."""
+    base = choose_base(backups, target, restore_point)
     size = base.wal_segment_size or DEFAULT_SEGMENT_SIZE
     history = sorted((w for w in source_wal if w.history), key=lambda w: w.timeline)
     timelines = {base.timeline} | {h.timeline for h in history if h.timeline > base.timeline}

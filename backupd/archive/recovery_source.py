@@ -34,10 +34,11 @@ class ArchiveSource:
     def base_backups(self) -> Sequence[BaseBackupLike]:
         return [b for b in list_base_backups(self.repository) if b.verified]
 
-    def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken) -> None:
+    def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken,
+                beside: frozenset[str] = frozenset()) -> None:
         # Made durable by recovery_dir.complete's one sync of the filesystem.
         extract_base_backup(self.repository, backup.name, target, self.crypto, cancel,
-                            sync_each_file=False)
+                            sync_each_file=False, beside=beside)
 
     def wal(self) -> Sequence[WalLike]:
         return self._wal.segments()

@@ -27,7 +27,10 @@ def recover(
     to_lsn: Annotated[str | None, typer.Option(
         "--to-lsn", help="Recover to this WAL position, e.g. 0/3000028.")] = None,
     to_name: Annotated[str | None, typer.Option(
-        "--to-name", help="Recover to the restore point made with `backupd mark NAME`.")]
+        "--to-name", help="Recover to the restore point made with `backupd mark NAME`. "
+        "Refused when the archive's WAL holds no restore point of that name, or more than "
+        "one (PostgreSQL would stop at the first): the refusal lists each one's LSN for "
+        "--to-lsn.")]
     = None,
     from_s3: Annotated[bool, typer.Option(
         "--from-s3", help="Read the archive (base backups and WAL) from S3 alone.")] = False,
@@ -81,7 +84,8 @@ def mark(
     name: Annotated[str, typer.Argument(help="The restore point's name, e.g. before-migration.")],
 ) -> None:
     """Create a named restore point in the WAL (pg_create_restore_point) before a risky
-    change; `backupd recover --to-name NAME` recovers to it."""
+    change; `backupd recover --to-name NAME` recovers to it. A name already in the WAL
+    archive is refused (recovery stops at the first of a name): give each mark its own."""
     from backupd.commands import mark as mark_cmd
 
     settings = bootstrap()

@@ -1,10 +1,22 @@
 """``backupd mark NAME``: a named restore point in the WAL (``pg_create_restore_point``), for
-``backupd recover --to-name NAME``: "before-migration", "before-the-big-delete"."""
+``backupd recover --to-name NAME``: "before-migration", "before-the-big-delete".
+
+A name already in the WAL archive is refused (exit 2): recovery stops at the first restore
+point of a name, so a second one could never be recovered to by name (``recover
+--to-name`` refuses such a name too). Checking reads the local archive's WAL from its oldest
+base backup on with pg_waldump, a window of segments at a time.
+"""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import psycopg
 
+from backupd.archive import restore_points
+from backupd.archive.recovery import RecoveryTarget, plan
+from backupd.configs import age_key_files
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.outcomes import MarkOutcome
@@ -18,6 +30,7 @@ def run(ctx: JobContext, name: str) -> None:
     if not name or len(name.encode()) > MAX_NAME_BYTES or "\x00" in name:
         raise ConfigError(f"NAME: {name!r} must be 1 to {MAX_NAME_BYTES} bytes (PostgreSQL's "
                           "limit for restore point names)")
+    _refuse_a_name_in_the_archive(ctx, name)
     try:
         with connect(ctx.settings) as conn:
             row = conn.execute("SELECT pg_create_restore_point(%s)::text, now()",
@@ -37,3 +50,36 @@ def run(ctx: JobContext, name: str) -> None:
     ctx.result.outcome = MarkOutcome(name=name, lsn=str(row[0]), server_time=row[1])
     ctx.say(f"restore point {name!r} at {row[0]} ({row[1].isoformat()}); recover to it with "
             f"`backupd recover --target-dir DIR --to-name {name}`")
+
+
+def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
+    if not ctx.settings.wal_archive:
+        return  # no archive of backupd's to recover from by name
+    from backupd.archive.recovery_source import archive_source
+    from backupd.commands.recover import fetch_segment
+
+    source = archive_source(ctx.repos, age_key_files(ctx.settings))
+    try:
+        chosen = plan(source.wal(), source.base_backups(), RecoveryTarget(name=name))
+    except (ConfigError, JobFailed) as exc:
+        ctx.warn(f"restore point {name!r} not looked for in the archive: {exc}")
+        return
+    with tempfile.TemporaryDirectory(prefix=".backupd-mark-",
+                                     dir=ctx.settings.backup_dir) as scratch:
+        wal_dir = Path(scratch)
+        first = chosen.segments[0]
+        fetch_segment(source, chosen, first, wal_dir / chosen.file_name(first))
+        root = ctx.settings.pg_server_root
+        waldump = restore_points.waldump_reading(wal_dir / chosen.file_name(first), root)
+        if waldump is None:
+            ctx.warn(f"no pg_waldump in {root} reads the archive's WAL: restore point {name!r} "
+                     "not looked for in it (install the server package of its major)")
+            return
+        points = restore_points.find(chosen, wal_dir, waldump, name,
+                                     fetch=lambda wal, dest: fetch_segment(source, chosen, wal,
+                                                                           dest))
+    if points:
+        raise ConfigError(
+            f"NAME: restore point {name!r} is already in the WAL archive, at "
+            + ", ".join(p.describe() for p in points) + "; recovery stops at the first of a "
+            f"name, so give this one another name (e.g. {name}-2)")

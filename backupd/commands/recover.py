@@ -4,10 +4,12 @@
 2. The plan, from the archive's listing alone (:mod:`backupd.archive.recovery`): the newest
    base backup that ends before the target and every WAL file from its start to the
    archive's end, without a gap. A gap or an impossible target fails here, before writing.
-3. The base backup is unpacked and the WAL copied into a staging directory inside the
+3. The WAL is copied and the base backup unpacked into a staging directory inside the
    target (:mod:`backupd.archive.recovery_dir`); the in-progress partial segment is copied
    under its completed name (zero-padded), so a recover to the end holds every commit the
-   archive received.
+   archive received. For ``--to-name`` the WAL (from the oldest base backup on) comes
+   first: the restore points in it (:mod:`backupd.archive.restore_points`) decide the base
+   backup, and a name that is not there exactly once is refused before it is unpacked.
 4. The recovery settings are written, and the staging directory's entries are moved up,
    ``PG_VERSION`` last: until then no server starts on the directory.
 """
@@ -15,15 +17,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backupd.archive import recovery_dir
+from backupd.archive import recovery_dir, restore_points
 from backupd.archive.recovery import (
     RecoveryPlan,
     RecoverySource,
     RecoveryTarget,
+    WalLike,
     plan,
 )
 from backupd.archive.waldump import data_major, newest_commit, waldump_for
@@ -62,37 +66,91 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     """Plan, then write ``target_dir`` (checked already), reporting into ``outcome``. Also
     the PITR drill's recovery."""
     started = time.monotonic()
-    chosen = plan(source.wal(), source.base_backups(), target)
-    for line in chosen.describe():
-        ctx.say(line)
-    outcome.base_backup = chosen.base.name
-    outcome.wal_first = chosen.segments[0].name
-    outcome.wal_last = chosen.segments[-1].name
-    outcome.wal_segments = len(chosen.segments)
+    wal, backups = source.wal(), source.base_backups()
+    chosen = plan(wal, backups, target)
+    if target.name is None:
+        # For --to-name the WAL decides the base backup first (and a name it refuses is
+        # then the one line said).
+        _report(ctx, chosen, outcome)
     if options.force and recovery_dir.clean_incomplete(target_dir):
         ctx.warn(f"--force: removed the incomplete recover left in {target_dir}")
     with recovery_dir.staging(target_dir) as stage:
+        # The WAL first: for --to-name it says where the restore point is, and so which
+        # base backup to unpack (and whether to go on at all).
+        wal_dir = stage / recovery_dir.WAL_COPY_NAME
         phase = time.monotonic()
-        source.extract(chosen.base, stage, ctx.cancel)
-        ctx.say(f"base backup {chosen.base.name} extracted and checked in "
-                f"{time.monotonic() - phase:.1f}s")
-        phase = time.monotonic()
-        outcome.wal_bytes = copy_wal(source, chosen, stage / recovery_dir.WAL_COPY_NAME,
-                                     ctx.cancel)
+        outcome.wal_bytes = copy_wal(source, chosen, wal_dir, ctx.cancel)
+        if target.name is not None:
+            chosen = to_restore_point(ctx, chosen, wal_dir, plan_at=lambda lsn: plan(
+                wal, backups, target, restore_point=lsn))
+            outcome.wal_bytes = sum((wal_dir / chosen.file_name(w)).stat().st_size
+                                    for w in chosen.segments)
+            _report(ctx, chosen, outcome)
         ctx.say(f"{len(chosen.segments)} WAL files ({outcome.wal_bytes / 2**20:.0f} MiB) "
                 f"copied and checked in {time.monotonic() - phase:.1f}s")
+        phase = time.monotonic()
+        source.extract(chosen.base, stage, ctx.cancel,
+                       beside=frozenset({recovery_dir.WAL_COPY_NAME}))
+        ctx.say(f"base backup {chosen.base.name} extracted and checked in "
+                f"{time.monotonic() - phase:.1f}s")
         waldump = waldump_for(stage, ctx.settings.pg_server_root)
         if waldump is None and chosen.target.time is not None:
             ctx.warn(f"no pg_waldump {data_major(stage)} in {ctx.settings.pg_server_root}: "
                      "a --to-time after the archive's newest commit is not detected before "
                      "the server starts (install the server package of that major)")
-        check_time_reachable(chosen, stage / recovery_dir.WAL_COPY_NAME, waldump)
+        check_time_reachable(chosen, wal_dir, waldump)
         recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
                              f"{target.describe()}")
         ctx.cancel.raise_if_cancelled()
         recovery_dir.complete(target_dir, stage, options.owner)
     outcome.recover_seconds = round(time.monotonic() - started, 3)
     return chosen
+
+
+def _report(ctx: JobContext, chosen: RecoveryPlan, outcome: RecoverOutcome) -> None:
+    for line in chosen.describe():
+        ctx.say(line)
+    outcome.base_backup = chosen.base.name
+    outcome.wal_first = chosen.segments[0].name
+    outcome.wal_last = chosen.segments[-1].name
+    outcome.wal_segments = len(chosen.segments)
+
+
+def to_restore_point(ctx: JobContext, chosen: RecoveryPlan, wal_dir: Path,
+                     plan_at: Callable[[int], RecoveryPlan]) -> RecoveryPlan:
+    """The plan for ``chosen.target.name``, whose every WAL file (from the oldest base
+    backup on) is in ``wal_dir``: refused unless the name is there exactly once, since
+    PostgreSQL stops at the first of the name; then from the newest base backup before that
+    one (``plan_at`` its LSN), the WAL before that backup's start removed again."""
+    name = chosen.target.name
+    assert name is not None
+    root = ctx.settings.pg_server_root
+    waldump = restore_points.waldump_reading(wal_dir / chosen.file_name(chosen.segments[0]),
+                                             root)
+    if waldump is None:
+        ctx.warn(f"no pg_waldump in {root} reads the archive's WAL: restore point {name!r} "
+                 "was not looked for; recovering from the oldest base backup, which stops at "
+                 "the first restore point of that name (install the server package of the "
+                 "archive's major)")
+        return chosen
+    points = restore_points.find(chosen, wal_dir, waldump, name)
+    if not points:
+        raise ConfigError(f"--to-name: no restore point {name!r} in the archive's WAL "
+                          f"({chosen.wal_range}); give a name `backupd mark` made, or "
+                          "recover with --to-time or --to-lsn")
+    if len(points) > 1:
+        raise ConfigError(
+            f"--to-name: {len(points)} restore points are named {name!r} in the archive, at "
+            + ", ".join(p.describe() for p in points) + "; recovery would stop at the first: "
+            "recover with --to-lsn LSN of the one you mean instead")
+    point = points[0]
+    ctx.say(f"restore point {name!r} at {point.describe()}")
+    final = plan_at(point.lsn)
+    needed = {final.file_name(w) for w in final.segments} | {h.name for h in final.history}
+    for path in wal_dir.iterdir():
+        if path.name not in needed:
+            path.unlink()
+    return final
 
 
 def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
@@ -105,14 +163,20 @@ def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
     for wal in chosen.segments:
         cancel.raise_if_cancelled()
         dest = wal_dir / chosen.file_name(wal)
-        source.fetch(wal, dest)
-        if wal.partial and dest.stat().st_size < chosen.segment_size:
-            # A partial uploaded compressed may be cut at its last record; replay reads
-            # only whole-size segment files, and zeros read as the end of the WAL.
-            with dest.open("r+b") as padded:
-                padded.truncate(chosen.segment_size)
+        fetch_segment(source, chosen, wal, dest)
         total += dest.stat().st_size
     return total
+
+
+def fetch_segment(source: RecoverySource, chosen: RecoveryPlan, wal: WalLike,
+                  dest: Path) -> None:
+    """One planned segment at ``dest``, a partial padded to the segment size."""
+    source.fetch(wal, dest)
+    if wal.partial and dest.stat().st_size < chosen.segment_size:
+        # A partial uploaded compressed may be cut at its last record; replay reads
+        # only whole-size segment files, and zeros read as the end of the WAL.
+        with dest.open("r+b") as padded:
+            padded.truncate(chosen.segment_size)
 
 
 def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path, waldump: Path | None) -> None:
