@@ -19,12 +19,13 @@ SEG = 16 * 1024 * 1024
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
 
-def entry(days_ago: float, start_segno: int, *, verified: bool = True) -> BackupEntry:
+def entry(days_ago: float, start_segno: int, *, verified: bool = True,
+          timeline: int = 1) -> BackupEntry:
     taken = NOW - timedelta(days=days_ago)
     name = base_backup_name(taken, "gzip")
     parsed = parse_backup_name(name)
     assert parsed is not None
-    facts = BaseBackupFacts(system_identifier=1, timeline=1, start_timeline=1,
+    facts = BaseBackupFacts(system_identifier=1, timeline=timeline, start_timeline=timeline,
                             start_lsn=format_lsn(start_segno * SEG + 40),
                             stop_lsn=format_lsn(start_segno * SEG + 400), wal_segment_size=SEG)
     manifest = Manifest(kind="base", name=name, database="base", started_at=taken,
@@ -75,6 +76,20 @@ def test_nothing_verified_deletes_nothing() -> None:
     plan = plan_base_retention(listing, keep=1, max_age_days=None, now=NOW)
     assert plan.delete == [] and plan.wal_needed_from is None
     assert wal_to_delete([(segment_name(1, 1, SEG), 1, False)], plan.wal_needed_from, SEG) == []
+
+
+def test_base_backups_off_the_newest_timelines_path_never_count() -> None:
+    # Recovered to a point in segment 25 and started: timeline 2 forks there. The base
+    # backup taken on timeline 1 after that point (8 days ago) cannot reach timeline 2.
+    listing = [entry(1, 28, timeline=2), entry(8, 30), entry(15, 20), entry(22, 10)]
+    spans = timeline_spans(2, [(1, 25 * SEG + 100)])
+    plan = plan_base_retention(listing, keep=2, max_age_days=None, now=NOW, spans=spans)
+    # The two newest on the path are kept; the abandoned one stays only while it is newer
+    # than the oldest kept (something to look at), like an unverified one.
+    assert names(plan.keep) == names(listing[:3])
+    assert "not on the path" in plan.reasons[listing[1].name]
+    assert names(plan.delete) == names(listing[3:])
+    assert plan.wal_needed_from == 20 * SEG + 40
 
 
 # --- continuity -------------------------------------------------------------------------

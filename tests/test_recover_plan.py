@@ -62,7 +62,8 @@ def test_after_a_timeline_change_the_abandoned_history_is_left_out() -> None:
     # to write (the history after the target, abandoned).
     wal = [*segments(1, 2, 9), Wal("00000002.history", 2, 0, history=True),
            *segments(2, 6, 7, partial_last=True)]
-    chosen = plan(wal, BASES, RecoveryTarget())
+    chosen = plan(wal, BASES, RecoveryTarget(),
+                  timeline_history=[(1, 6 * SIZE + 1000)])
     assert [(w.timeline, w.segno) for w in chosen.segments] == [(1, 5), (2, 6), (2, 7)]
     assert [h.name for h in chosen.history] == ["00000002.history"]
 
@@ -99,3 +100,33 @@ def test_a_restore_point_found_in_the_wal_picks_the_newest_base_backup_before_it
 def test_an_empty_restore_point_name_is_refused() -> None:
     with pytest.raises(ConfigError, match="--to-name: the name is empty"):
         RecoveryTarget(name="")
+
+
+# Recovered to a time in segment 6 and started: timeline 2 forks there. Timeline 1 went on
+# (a base backup was taken on it after that time, before the recovery); timeline 2 has its
+# own base backup since, which ends at a lower LSN than the abandoned one.
+FORK = 6 * SIZE + 1000
+FORKED_WAL = [*segments(1, 2, 9), Wal("00000002.history", 2, 0, history=True),
+              *segments(2, 6, 8, partial_last=True)]
+ABANDONED = Base("base_abandoned", 1, 8 * SIZE + 40, 8 * SIZE + 400, T0 + timedelta(hours=2))
+ON_TIMELINE_2 = Base("base_tl2", 2, 7 * SIZE + 40, 7 * SIZE + 400, T0 + timedelta(hours=3))
+
+
+def test_after_a_point_in_time_recovery_the_abandoned_timelines_base_backup_is_never_chosen(
+        ) -> None:
+    history = [(1, FORK)]
+    chosen = plan(FORKED_WAL, [*BASES, ABANDONED, ON_TIMELINE_2], RecoveryTarget(),
+                  timeline_history=history)
+    assert chosen.base.name == "base_tl2"
+    assert [(w.timeline, w.segno) for w in chosen.segments] == [(2, 7), (2, 8)]
+    # Before timeline 2 has a base backup of its own: the newest before the fork.
+    chosen = plan(FORKED_WAL, [*BASES, ABANDONED], RecoveryTarget(), timeline_history=history)
+    assert chosen.base.name == "base_new"
+    late = RecoveryTarget(time=T0 + timedelta(hours=5))
+    chosen = plan(FORKED_WAL, [*BASES, ABANDONED], late, timeline_history=history)
+    assert chosen.base.name == "base_new"
+
+
+def test_only_base_backups_off_the_path_is_refused_naming_them() -> None:
+    with pytest.raises(JobFailed, match=r"base_abandoned .* not on the path to timeline 2"):
+        plan(FORKED_WAL, [ABANDONED], RecoveryTarget(), timeline_history=[(1, FORK)])

@@ -6,6 +6,7 @@ on S3."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import psql
+from helpers.recovered import recover
 from helpers.s3server import S3Server
 from helpers.wal import committed_segments, gaps, switch_wal, wait_archived, wal_dir, wal_env
 
@@ -143,9 +145,9 @@ def test_a_lost_slot_makes_the_daemon_take_a_new_base_backup(
     assert proc.returncode == 0 and all(v["pitr"] for v in verdicts.values()), verdicts
 
 
-def test_verify_wal_follows_a_new_timeline(
+def test_verify_wal_and_recover_follow_a_new_timeline(
     wal_cluster: PrivateCluster, backup_dir: Path,
-    backupd_daemon: Callable[..., BackupdProcess],
+    backupd_daemon: Callable[..., BackupdProcess], tmp_path: Path,
 ) -> None:
     env, daemon = daemon_with_a_base_backup(wal_cluster, backup_dir, backupd_daemon)
     wait_archived(backup_dir, switch_wal(wal_cluster.address))
@@ -159,6 +161,10 @@ def test_verify_wal_follows_a_new_timeline(
     [verdict] = json.loads(proc.stdout)
     # From a base backup on timeline 1 across the switch (the history file) to the end.
     assert verdict["pitr"] and verdict["reaches"].startswith("00000002"), verdict
+    # recover reads the same history file (fetched from the archive): the base backup on
+    # timeline 1, before the switch, is on the path to timeline 2 and is chosen.
+    out = recover(env, tmp_path / "recovered")
+    assert re.search(r"^WAL: 00000001\S+ \.\. 00000002", out, re.MULTILINE), out
     on_two = [n for n in committed_segments(backup_dir) if n.startswith("00000002")]
     middle = on_two[len(on_two) // 2 - 1] if len(on_two) > 2 else on_two[0]
     [artifact] = [p for p in wal_dir(backup_dir).glob(f"{middle}.wal.*")

@@ -67,6 +67,14 @@ def timeline_spans(newest: int, history: Sequence[tuple[int, int]]) -> list[Time
     return spans
 
 
+def on_path(spans: Sequence[TimelineSpan], timeline: int, lsn: int) -> bool:
+    """Whether ``lsn`` on ``timeline`` is on the path ``spans`` (a base backup ending there
+    can replay to the path's newest timeline; one on a timeline after it was left cannot:
+    the server refuses, "requested timeline is not a child of this server's history")."""
+    return any(s.timeline == timeline and s.begin <= lsn and (s.end is None or lsn < s.end)
+               for s in spans)
+
+
 @dataclass
 class Continuity:
     """The verdict for one base backup."""
@@ -107,14 +115,13 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
     verdict = Continuity(base.name, valid=base.verified, consistent=False, pitr=False)
     first, stop_segno = (lsn_to_segno(base.start_lsn, segment_size),
                          lsn_to_segno(base.stop_lsn, segment_size))
-    on_path = [s for s in spans if s.timeline == base.timeline
-               and s.begin <= base.stop_lsn and (s.end is None or base.stop_lsn < s.end)]
-    own = on_path[0] if on_path else TimelineSpan(base.timeline, 0, None)
+    own = next((s for s in spans if on_path([s], base.timeline, base.stop_lsn)),
+               TimelineSpan(base.timeline, 0, None))
     before_stop = [segment_name(base.timeline, segno, segment_size)
                    for segno in range(first, stop_segno)
                    if (base.timeline, segno) not in present]
     verdict.consistent = wal_inside or not before_stop
-    if not on_path:
+    if not on_path(spans, base.timeline, base.stop_lsn):
         verdict.problem = (f"its timeline {base.timeline} is not on the path to the archive's "
                            f"newest timeline {spans[-1].timeline} at its stop LSN "
                            f"{format_lsn(base.stop_lsn)}")

@@ -1,8 +1,9 @@
 """Point-in-time recovery, planned: which base backup, which WAL, and is it all there.
 
-Everything here decides from the archive's *listing* alone, before a byte is written: the
-newest base backup that ends before the target, and every WAL segment from that backup's
-start to the archive's end, without a gap. :mod:`backupd.archive.recovery_dir` then writes.
+Everything here decides from the archive's *listing* alone (and the newest timeline's
+history file), before a byte is written: the newest base backup on the path to the newest
+timeline that ends before the target, and every WAL segment from that backup's start to
+the archive's end, without a gap. :mod:`backupd.archive.recovery_dir` then writes.
 
 The archive is read through :class:`RecoverySource` (base backups and WAL of one
 repository, see :mod:`backupd.archive.recovery_source`), so the plan is the same for the
@@ -17,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from backupd.archive.continuity import on_path, timeline_spans
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_name
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
@@ -226,12 +228,37 @@ def choose_base(backups: Sequence[BaseBackupLike], target: RecoveryTarget,
     return by_age[-1]
 
 
+def on_the_path(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
+                timeline_history: Sequence[tuple[int, int]]) -> list[BaseBackupLike]:
+    """The base backups that can replay to the archive's newest timeline: on the path its
+    ``timeline_history`` (the newest timeline's history file: parent, switch LSN) says. After
+    a point-in-time recovery the old timeline's later base backups are not (and end at
+    higher LSNs than the new timeline's, so they would otherwise look the newest)."""
+    newest = max((w.timeline for w in source_wal), default=1)
+    spans = timeline_spans(newest, timeline_history)
+    fitting = [b for b in backups if on_path(spans, b.timeline, b.stop_lsn)]
+    if backups and not fitting:
+        left = "; ".join(f"timeline {s.timeline} was left at {format_lsn(s.end)}"
+                         for s in spans if s.end is not None)
+        raise JobFailed(
+            "no verified base backup can replay to the archive's newest timeline: "
+            + ", ".join(f"{b.name} (timeline {b.timeline}, ends {format_lsn(b.stop_lsn)})"
+                        for b in backups)
+            + f" are not on the path to timeline {newest}" + (f" ({left})" if left else "")
+            + "; take a base backup with `backupd basebackup`")
+    return fitting
+
+
 def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
-         target: RecoveryTarget, restore_point: int | None = None) -> RecoveryPlan:
+         target: RecoveryTarget, restore_point: int | None = None, *,
+         timeline_history: Sequence[tuple[int, int]] = ()) -> RecoveryPlan:
     """The base backup and the WAL for ``target``; a gap or a target beyond the archive's end
     fails here, naming the missing range, before anything is written. ``restore_point``: the
-    LSN of ``target.name``'s one restore point, once read from the WAL."""
-    base = choose_base(backups, target, restore_point)
+    LSN of ``target.name``'s one restore point, once read from the WAL.
+    ``timeline_history``: the archive's newest timeline's history file
+    (:func:`on_the_path`)."""
+    base = choose_base(on_the_path(source_wal, backups, timeline_history), target,
+                       restore_point)
     size = base.wal_segment_size or DEFAULT_SEGMENT_SIZE
     history = sorted((w for w in source_wal if w.history), key=lambda w: w.timeline)
     timelines = {base.timeline} | {h.timeline for h in history if h.timeline > base.timeline}

@@ -5,6 +5,9 @@
   newest one older than it: recovery can then reach any point of the last N days.
 * A base backup that is not verified never counts; it stays while it is newer than the
   oldest one kept (something to look at), and goes with the others once older.
+* Nor does one off the path to the archive's newest timeline (taken on a timeline after it
+  was left, e.g. after a point-in-time recovery forked a new one): recovery cannot use it.
+  It stays and goes as an unverified one does.
 * A base backup dated in the future (a wrong clock) never counts, and stays.
 * WAL: everything from the oldest kept base backup's start LSN on stays; only segments
   wholly before it go, oldest first, so the archive stays one unbroken run (no gap is ever
@@ -16,10 +19,11 @@ Pure functions of the listings: the same plan is made for the local archive and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from backupd.archive.continuity import TimelineSpan, on_path
 from backupd.archive.walnames import lsn_to_segno, parse_lsn
 from backupd.storage.base import BackupEntry
 
@@ -34,10 +38,13 @@ class BaseRetentionPlan:
 
 
 def plan_base_retention(entries: list[BackupEntry], keep: int, max_age_days: float | None,
-                        now: datetime) -> BaseRetentionPlan:
-    """``entries``: the base backups, newest first."""
+                        now: datetime, *,
+                        spans: Sequence[TimelineSpan] | None = None) -> BaseRetentionPlan:
+    """``entries``: the base backups, newest first. ``spans``: the path to the archive's
+    newest timeline (``continuity.timeline_spans``; None: every one is on it)."""
     plan = BaseRetentionPlan()
-    good = [e for e in entries if e.proven_good(now) and _facts_start(e) is not None]
+    good = [e for e in entries if e.proven_good(now) and _facts_start(e) is not None
+            and (spans is None or _on(e, spans))]
     for entry in good[:keep]:
         plan.reasons[entry.name] = f"one of the newest {keep} verified base backups"
     if max_age_days is not None:
@@ -58,13 +65,20 @@ def plan_base_retention(entries: list[BackupEntry], keep: int, max_age_days: flo
         if entry.name in plan.reasons or entry.from_the_future(now):
             plan.keep.append(entry)
         elif entry not in good and entry.taken_at > oldest_kept:
-            plan.reasons[entry.name] = "not verified, newer than the oldest kept"
+            off = spans is not None and entry.proven_good(now) and not _on(entry, spans)
+            plan.reasons[entry.name] = ("not on the path to the newest timeline" if off
+                                        else "not verified") + ", newer than the oldest kept"
             plan.keep.append(entry)
         else:
             plan.delete.append(entry)
     starts = [start for e in plan.keep if (start := _facts_start(e)) is not None]
     plan.wal_needed_from = min(starts)
     return plan
+
+
+def _on(entry: BackupEntry, spans: Sequence[TimelineSpan]) -> bool:
+    facts = entry.manifest.base_backup if entry.manifest is not None else None
+    return facts is not None and on_path(spans, facts.timeline, parse_lsn(facts.stop_lsn))
 
 
 def _facts_start(entry: BackupEntry) -> int | None:

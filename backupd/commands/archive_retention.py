@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from backupd.archive.continuity import TimelineSpan, timeline_spans
 from backupd.archive.retention import BaseRetentionPlan, plan_base_retention, wal_to_delete
 from backupd.archive.walstore import (
     WAL_SUBDIRECTORY,
@@ -14,6 +15,7 @@ from backupd.archive.walstore import (
     offsite_wal_repository,
 )
 from backupd.commands.selection import is_local
+from backupd.commands.wal_verify import history_of
 from backupd.configs import age_key_files
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
@@ -28,7 +30,8 @@ def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: 
     settings = ctx.settings
     entries = repository.list_backups(BASE_DATABASE, BASE_KIND)
     plan = plan_base_retention(entries, settings.basebackup_keep,
-                               settings.basebackup_max_age_days, datetime.now(UTC))
+                               settings.basebackup_max_age_days, datetime.now(UTC),
+                               spans=_path(ctx, wal))
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:
@@ -43,6 +46,19 @@ def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: 
                        else repository.location(entry.name))
     return deleted + _sweep_wal(ctx, wal, plan, dry_run=dry_run,
                                 uploaded_only=wal_uploaded_only)
+
+
+def _path(ctx: JobContext, wal: WalArchive) -> list[TimelineSpan] | None:
+    """The path to the archive's newest timeline, so base backups off it (after a
+    point-in-time recovery forked a new timeline) do not count toward BASEBACKUP_KEEP."""
+    files = wal.segments()
+    newest = max((f.timeline for f in files), default=1)
+    try:
+        return timeline_spans(newest, history_of(wal, files, newest))
+    except JobFailed as exc:
+        ctx.warn(f"retention on {wal.repository.description}: {exc}; every base backup "
+                 "counts toward BASEBACKUP_KEEP")
+        return None
 
 
 def _sweep_wal(ctx: JobContext, wal: WalArchive, plan: BaseRetentionPlan, *, dry_run: bool,

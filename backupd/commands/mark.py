@@ -56,11 +56,13 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     if not ctx.settings.wal_archive:
         return  # no archive of backupd's to recover from by name
     from backupd.archive.recovery_source import archive_source
-    from backupd.commands.recover import fetch_segment
+    from backupd.commands.recover import fetch_segment, timeline_history
 
     source = archive_source(ctx.repos, age_key_files(ctx.settings))
     try:
-        chosen = plan(source.wal(), source.base_backups(), RecoveryTarget(name=name))
+        wal = source.wal()
+        chosen = plan(wal, source.base_backups(), RecoveryTarget(name=name),
+                      timeline_history=timeline_history(source, wal))
     except (ConfigError, JobFailed) as exc:
         ctx.warn(f"restore point {name!r} not looked for in the archive: {exc}")
         return

@@ -1,8 +1,9 @@
 """``backupd recover``: a data directory recovered to a point in time from the WAL archive.
 
 1. The target directory is checked first (empty, not a live server's; exit 2, untouched).
-2. The plan, from the archive's listing alone (:mod:`backupd.archive.recovery`): the newest
-   base backup that ends before the target and every WAL file from its start to the
+2. The plan, from the archive's listing alone (:mod:`backupd.archive.recovery`; and the
+   newest timeline's history file): the newest base backup on the path to the newest
+   timeline that ends before the target and every WAL file from its start to the
    archive's end, without a gap. A gap or an impossible target fails here, before writing.
 3. The WAL is copied and the base backup unpacked into a staging directory inside the
    target (:mod:`backupd.archive.recovery_dir`); the in-progress partial segment is copied
@@ -16,13 +17,15 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd.archive import recovery_dir, restore_points
+from backupd.archive.continuity import parse_history
 from backupd.archive.recovery import (
     RecoveryPlan,
     RecoverySource,
@@ -33,7 +36,7 @@ from backupd.archive.recovery import (
 from backupd.archive.waldump import data_major, newest_commit, waldump_for
 from backupd.cancel import CancelToken
 from backupd.configs import age_key_files
-from backupd.errors import ConfigError
+from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
 
@@ -67,7 +70,8 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     the PITR drill's recovery."""
     started = time.monotonic()
     wal, backups = source.wal(), source.base_backups()
-    chosen = plan(wal, backups, target)
+    history = timeline_history(source, wal)
+    chosen = plan(wal, backups, target, timeline_history=history)
     if target.name is None:
         # For --to-name the WAL decides the base backup first (and a name it refuses is
         # then the one line said).
@@ -82,7 +86,7 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
         outcome.wal_bytes = copy_wal(source, chosen, wal_dir, ctx.cancel)
         if target.name is not None:
             chosen = to_restore_point(ctx, chosen, wal_dir, plan_at=lambda lsn: plan(
-                wal, backups, target, restore_point=lsn))
+                wal, backups, target, restore_point=lsn, timeline_history=history))
             outcome.wal_bytes = sum((wal_dir / chosen.file_name(w)).stat().st_size
                                     for w in chosen.segments)
             _report(ctx, chosen, outcome)
@@ -105,6 +109,24 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
         recovery_dir.complete(target_dir, stage, options.owner)
     outcome.recover_seconds = round(time.monotonic() - started, 3)
     return chosen
+
+
+def timeline_history(source: RecoverySource,
+                     wal: Sequence[WalLike]) -> list[tuple[int, int]]:
+    """The archive's newest timeline's history file, fetched and read ([] on timeline 1):
+    which base backups are on the path to that timeline (``recovery.on_the_path``)."""
+    newest = max((w.timeline for w in wal), default=1)
+    if newest == 1:
+        return []
+    name = f"{newest:08X}.history"
+    found = [w for w in wal if w.history and w.name == name]
+    if not found:
+        raise JobFailed(f"the archive reaches timeline {newest} but holds no {name}; "
+                        "without it no recovery can follow that timeline")
+    with tempfile.TemporaryDirectory(prefix="backupd-history-") as scratch:
+        dest = Path(scratch) / name
+        source.fetch(found[0], dest)
+        return parse_history(dest.read_text("utf-8", "replace"))
 
 
 def _report(ctx: JobContext, chosen: RecoveryPlan, outcome: RecoverOutcome) -> None:

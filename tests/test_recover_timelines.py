@@ -1,0 +1,125 @@
+"""``backupd recover`` after a point-in-time recovery: the archive then holds two timelines,
+and a base backup taken on the old one after the recovered-to point ends at a higher LSN
+than the new timeline's own. Only base backups on the path to the newest timeline can be
+recovered (the server refuses the others: "requested timeline 2 is not a child of this
+server's history").
+
+A private primary on timeline 1: base backup 1 (the daemon's), rows A, then rows B and more
+WAL, base backup 2. It is stopped; recovered to the end of A and started (timeline 2); the
+daemon streams from it into the same archive (the slot is gone there: it takes base backup
+3 on timeline 2 itself); rows C. Retention, too, counts only base backups 1 and 3.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers.basebackups import take_base_backup
+from helpers.cli import run_backupd, start_backupd, stop_backupd
+from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster
+from helpers.faults import wait_until
+from helpers.pg import ServerAddress, connect
+from helpers.recovered import recover, started
+from helpers.wal import (
+    WAL_SERVER_SETTINGS,
+    holds,
+    spool_dir,
+    switch_wal,
+    wait_archived,
+    wait_streaming,
+    wal_env,
+)
+
+from backupd.archive.basebackups import BaseBackupInfo, list_base_backups
+from backupd.storage.local import LocalRepository
+
+pytestmark = pytest.mark.slow
+PASSWORD = "recover-timelines-pw"
+
+
+def _insert(server: ServerAddress, batch: str, note: str = "") -> str:
+    with connect(server) as conn:
+        conn.execute("INSERT INTO t SELECT %s, g, %s FROM generate_series(1, 40) g",
+                     (batch, note))
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _bases(backup_dir: Path) -> list[BaseBackupInfo]:
+    return [b for b in list_base_backups(LocalRepository(backup_dir)) if b.verified]
+
+
+def _durable(backup_dir: Path, marker: str) -> None:
+    wait_until(lambda: any(holds(p, marker) for p in spool_dir(backup_dir).glob("*.partial")),
+               60, f"{marker} durable in the local partial")
+
+
+def _batches(data_dir: Path) -> dict[str, int]:
+    with started(data_dir, PASSWORD) as server, connect(server) as conn:
+        rows = conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall()
+    return {str(batch): int(count) for batch, count in rows}
+
+
+def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_backup() -> None:
+    with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
+        cluster.start()
+        assert cluster.root is not None
+        work = cluster.root / "work"
+        work.mkdir()
+        if AS_ROOT:
+            shutil.chown(work, SERVER_OS_USER, SERVER_OS_USER)
+        backup_dir = work / "backups"
+        env = wal_env(cluster, backup_dir)
+        with connect(cluster.address) as conn:
+            conn.execute("CREATE TABLE t (batch text, n int, note text)")
+        daemon = start_backupd(["run"], env, log_dir=work / "daemon-1")
+        try:
+            wait_streaming(backup_dir)
+            wait_until(lambda: _bases(backup_dir), 300, "the daemon's first base backup")
+            [first] = [b.name for b in _bases(backup_dir)]
+            marker = f"a-{secrets.token_hex(6)}"
+            a_lsn = _insert(cluster.address, "A", marker)
+            _durable(backup_dir, marker)
+            _insert(cluster.address, "B")
+            # Timeline 1 goes on well past A, and its base backup 2 ends there, with its WAL
+            # archived (so the old choice of it got as far as the server's refusal).
+            switch_wal(cluster.address, 6)
+            abandoned = take_base_backup(env, "--no-prune").name
+            wait_archived(backup_dir, switch_wal(cluster.address), 90)
+        finally:
+            stop_backupd(daemon, timeout=60)
+        cluster.stop()
+
+        recovered = work / "recovered"
+        recover(env, recovered, "--to-lsn", a_lsn)
+        with started(recovered, PASSWORD) as server:
+            env_two = wal_env(server, backup_dir)
+            daemon = start_backupd(["run"], env_two, log_dir=work / "daemon-2")
+            try:
+                wait_until(lambda: any(b.timeline == 2 for b in _bases(backup_dir)), 300,
+                           "a base backup on timeline 2")
+                marker = f"c-{secrets.token_hex(6)}"
+                _insert(server, "C", marker)
+                _durable(backup_dir, marker)
+            finally:
+                stop_backupd(daemon, timeout=60)
+
+        by_name = {b.name: b for b in _bases(backup_dir)}
+        [on_two] = [b for b in by_name.values() if b.timeline == 2]
+        # What made the old choice wrong: the abandoned one ends later.
+        assert by_name[abandoned].timeline == 1
+        assert by_name[abandoned].stop_lsn > on_two.stop_lsn
+        out = recover(env, work / "to-end")
+        assert _batches(work / "to-end") == {"A": 40, "C": 40}
+        assert f"base backup: {on_two.name}" in out, out
+        # Retention counts the two on the path (the first, before the fork, and timeline 2's)
+        # toward BASEBACKUP_KEEP=2, not the abandoned one, which displaced the first: the
+        # daemon's retention after base backup 3 kept it, and prune would too.
+        assert first in by_name
+        pruned = run_backupd(["prune", "--dry-run"], {**env, "BASEBACKUP_KEEP": "2"})
+        assert pruned.returncode == 0, pruned.stderr
+        assert f"would delete base backup {first}" not in pruned.stdout + pruned.stderr
