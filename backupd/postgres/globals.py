@@ -200,7 +200,9 @@ def apply_globals(conn: Connection, script: bytes) -> GlobalsApplied:
     started = time.monotonic()
     statements = [classify(text) for text in split_statements(script)]
     applied = GlobalsApplied()
-    roles = _RoleState()
+    row = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles "
+                       "WHERE rolname = current_user").fetchone()
+    roles = _RoleState(superuser=bool(row and row[0]))
     with conn.transaction():
         for index, statement in enumerate(statements):
             if statement.kind in (Kind.CREATE_TABLESPACE, Kind.TABLESPACE):
@@ -226,6 +228,7 @@ class _RoleState:
     failed: set[bytes] = field(default_factory=set)
     # The ALTER ROLE ... WITH statements run together with their CREATE ROLE.
     with_create: set[bytes] = field(default_factory=set)
+    superuser: bool = True  # the restoring role
 
 
 def _run(conn: Connection, text: bytes, *, alone: bool = False) -> psycopg.Error | None:
@@ -268,6 +271,8 @@ def _apply_role_statement(conn: Connection, statement: Statement, roles: _RoleSt
 # superuser may name them at all (PostgreSQL 15), so a CREATEROLE role (a managed service's
 # admin) is refused a plain login role. Off is a new role's default: they can go.
 _SUPERUSER_ONLY_DEFAULTS = re.compile(rb"\s+(?:NOSUPERUSER|NOREPLICATION|NOBYPASSRLS)\b")
+# Turned on, they need a superuser whatever is done.
+_SUPERUSER_ONLY = re.compile(rb"\s(SUPERUSER|REPLICATION|BYPASSRLS)\b")
 
 
 def _sets_attributes(statement: Statement, subject: bytes) -> bool:
@@ -286,17 +291,25 @@ def _create_role(conn: Connection, create: Statement, attributes: Statement | No
                  roles: _RoleState, applied: GlobalsApplied) -> None:
     """CREATE ROLE and its attributes as one step: made whole, kept (it exists), or not made
     at all and reported. A half-made role (NOLOGIN, no password) would be "kept" as it is by
-    every later restore."""
+    every later restore. A restoring role that is not a superuser never sends what it will
+    be refused: the statement would be in the server's log, password hash and all."""
     subject, name = create.subject, name_of(create.subject)
+    texts = [create.text]
     if attributes is not None:
         roles.with_create.add(attributes.text)
-    texts = [create.text] + ([attributes.text] if attributes is not None else [])
+        options = _options(attributes.text, subject)
+        if not roles.superuser:
+            needs = _SUPERUSER_ONLY.search(options)
+            if needs is not None and not _exists(conn, name):
+                roles.failed.add(subject)
+                applied.problems.append(
+                    f"role {name!r} was not created: it has {needs.group(1).decode()}, which "
+                    "only a superuser may give; restore the globals as a superuser")
+                return
+            texts.append(_without_superuser_only_defaults(attributes.text, subject))
+        else:
+            texts.append(attributes.text)
     error = _run_together(conn, texts)
-    if error is not None and attributes is not None and isinstance(
-            error, psycopg.errors.InsufficientPrivilege):
-        lighter = _without_superuser_only_defaults(attributes.text, subject)
-        if lighter != attributes.text:
-            error = _run_together(conn, [create.text, lighter])
     if error is None:
         roles.created.add(subject)
         applied.roles_created.append(name)
@@ -306,6 +319,16 @@ def _create_role(conn: Connection, create: Statement, attributes: Statement | No
     else:
         roles.failed.add(subject)
         applied.problems.append(f"role {name!r} was not created: {_reason(error)}")
+
+
+def _exists(conn: Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
+                        (name,)).fetchone() is not None
+
+
+def _options(text: bytes, subject: bytes) -> bytes:
+    """The keywords of ALTER ROLE ... WITH, up to its first quoted value (a password hash)."""
+    return text[len(b"ALTER ROLE " + subject + b" WITH"):].partition(b"'")[0]
 
 
 def _without_superuser_only_defaults(text: bytes, subject: bytes) -> bytes:
