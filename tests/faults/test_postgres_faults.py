@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import BackupdProcess, run_backupd, server_env, stop_backupd
 from helpers.cluster import PrivateCluster, free_port
-from helpers.faults import SlowDump, partial_files, wait_until
+from helpers.faults import SlowDump, dump_partials, partial_files, wait_until
 from helpers.http_receiver import HttpReceiver
 from helpers.leakcheck import SECRET_PASSWORD
 from helpers.logs import jobs_finished
@@ -64,7 +64,8 @@ def test_server_killed_mid_dump(
     env = cluster_env(cluster, "big", directory, PATH=slow_dump.path(), SLACK_WEBHOOK_URL=slack)
 
     proc = backupd_daemon(["backup"], env)
-    wait_until(lambda: any(p.stat().st_size > 0 for p in partial_files(directory)),
+    # The dump's own file: the directory's short-lived write probe may vanish before its stat.
+    wait_until(lambda: any(p.stat().st_size > 0 for p in dump_partials(directory)),
                what="the partial backup file to grow")
     cluster.stop("immediate")
     slow_dump.slow = False  # let pg_dump drain what it had buffered and notice the loss
