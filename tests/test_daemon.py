@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import signal
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from helpers.faults import SlowDump, dump_partials, partial_files, wait_until
 from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect
 
+from backupd.commands.mark import SCRATCH_PREFIX
 from backupd.commands.pitr_scratch import scratch_directory
 from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
 from backupd.naming import parse_backup_name
@@ -123,6 +126,13 @@ def test_next_start_removes_leftovers_of_a_killed_dump(
     assert stop_backupd(second, timeout=15) == 0
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_next_start_removes_a_killed_pitr_drills_scratch_directory(
     fixture_db: str, backup_dir: Path, backupd_env: Callable[..., dict[str, str]],
     backupd_daemon: Callable[..., BackupdProcess],
@@ -134,6 +144,11 @@ def test_next_start_removes_a_killed_pitr_drills_scratch_directory(
     data.mkdir(parents=True)
     (data / "2619").write_bytes(b"plaintext of an encrypted backup")
     (scratch / "drill_hba.conf").write_text("local all all trust\n")
+    # `backupd mark`'s scan: decrypted WAL. A killed one's goes; a live one's (ours) stays.
+    dead, live = (backup_dir / f"{SCRATCH_PREFIX}{pid}-x1" for pid in (dead_pid(), os.getpid()))
+    for directory in (dead, live):
+        directory.mkdir(parents=True)
+        (directory / "000000010000000000000003").write_bytes(b"decrypted WAL")
     try:
         env = backupd_env(fixture_db, BACKUP_SCHEDULE=NEVER_DURING_TEST,
                           BACKUP_ON_START="false", **FAST)
@@ -144,6 +159,9 @@ def test_next_start_removes_a_killed_pitr_drills_scratch_directory(
                   if e.get("event") == "removed the scratch directory of an interrupted "
                                        "PITR drill"]
         assert [e.get("directory") for e in logged] == [str(scratch)]
+        assert not dead.exists() and live.exists()
+        assert [e.get("directory") for e in log_events(daemon.read_stderr()) if e.get("event")
+                == "removed the scratch directory of a killed `backupd mark`"] == [str(dead)]
         assert stop_backupd(daemon, timeout=15) == 0
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # outside tmp_path when run as root

@@ -9,6 +9,9 @@ base backup on with pg_waldump, a window of segments at a time.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from backupd.postgres.connection import connect, describe_pg_error
 
 # The server keeps restore point names in a fixed 64-byte field (MAXFNAMELEN), NUL included.
 MAX_NAME_BYTES = 63
+# The scan's scratch directory in DB_BACKUP_DIR holds fetched, decrypted WAL: named for the
+# process, so a killed mark's is told from a live one's and removed (remove_leftovers).
+SCRATCH_PREFIX = ".backupd-mark-"
+_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-")
 
 
 def run(ctx: JobContext, name: str) -> None:
@@ -66,7 +73,9 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     except (ConfigError, JobFailed) as exc:
         ctx.warn(f"restore point {name!r} not looked for in the archive: {exc}")
         return
-    with tempfile.TemporaryDirectory(prefix=".backupd-mark-",
+    for removed in remove_leftovers(ctx.settings.backup_dir):
+        ctx.warn(f"removed {removed.name}, the WAL a killed `backupd mark` had fetched")
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-",
                                      dir=ctx.settings.backup_dir) as scratch:
         wal_dir = Path(scratch)
         first = chosen.segments[0]
@@ -85,3 +94,31 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
             f"NAME: restore point {name!r} is already in the WAL archive, at "
             + ", ".join(p.describe() for p in points) + "; recovery stops at the first of a "
             f"name, so give this one another name (e.g. {name}-2)")
+
+
+def remove_leftovers(backup_dir: Path) -> list[Path]:
+    """Remove the scratch directories of marks that were killed (their process is gone): they
+    hold decrypted WAL. The directories removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(backup_dir.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _SCRATCH.match(entry.name)
+        if found is None or not entry.is_dir() or _alive(int(found.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -24,6 +24,7 @@ from typing import Any
 
 from backupd.archive.status import WalStatus
 from backupd.commands.jobs import scheduled_jobs, scheduled_lock
+from backupd.commands.mark import remove_leftovers as remove_mark_leftovers
 from backupd.commands.pitr_scratch import remove_leftover_scratch, scratch_directory
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
@@ -150,6 +151,9 @@ def _remove_leftovers(settings: Settings, store: LocalStore) -> None:
     for name in removed:
         log.warning("removed leftover of an interrupted run", file=name,
                     directory=str(store.directory))
+    for scratch in remove_mark_leftovers(settings.backup_dir):
+        log.warning("removed the scratch directory of a killed `backupd mark`",
+                    directory=str(scratch), detail="the WAL it had fetched, decrypted")
     _remove_drill_scratch(settings)
 
 
