@@ -40,6 +40,7 @@ from backupd.archive.recovery import RecoveryTarget, plan
 from backupd.archive.recovery_source import ArchiveSource
 from backupd.archive.walnames import format_lsn, parse_lsn
 from backupd.commands.recover import fetch_segment
+from backupd.errors import JobFailed
 from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
@@ -203,3 +204,22 @@ def test_the_scan_a_window_at_a_time_finds_each_restore_point_once(
     assert [p.lsn < end for p, end in zip(found, ends, strict=True)] == [True, True]
     assert found[0].lsn < found[1].lsn
     assert not list(tmp_path.iterdir())  # each window's files removed once read
+
+
+def test_a_scan_that_pg_waldump_cannot_finish_fails_instead_of_finding_fewer(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A segment pg_waldump cannot read, before the window's last one: the scan would end
+    there and report fewer restore points than the WAL holds (one "twice" where there are
+    two, so --to-name would go ahead). It fails, naming where it stopped."""
+    source = ArchiveSource(LocalRepository(archive.backup_dir), local_archive(archive.backup_dir),
+                           None)
+    chosen = plan(source.wal(), source.base_backups(), RecoveryTarget(name="twice"))
+    assert len(chosen.segments) >= 2
+    for wal in chosen.segments:
+        fetch_segment(source, chosen, wal, tmp_path / chosen.file_name(wal))
+    first = tmp_path / chosen.file_name(chosen.segments[0])
+    first.write_bytes(bytes(first.stat().st_size))  # zeros: "invalid magic number 0000"
+    monkeypatch.setattr(restore_points, "WINDOW_SEGMENTS", 1)
+    with pytest.raises(JobFailed, match=f"pg_waldump stopped reading the archive's WAL before "
+                                        f"{chosen.file_name(chosen.segments[1])}"):
+        restore_points.find(chosen, tmp_path, Path(pg_binary("pg_waldump")), "twice")

@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from backupd.archive.recovery import RecoveryPlan, WalLike
-from backupd.archive.walnames import format_lsn, parse_lsn
+from backupd.archive.walnames import format_lsn, parse_lsn, parse_wal_name
+from backupd.errors import JobFailed
 from backupd.pipeline.supervisor import Child
 
 # rmgr: XLOG len (rec/tot): 98/98, tx: 0, lsn: 0/03000060, prev 0/03000028,
@@ -30,6 +31,10 @@ from backupd.pipeline.supervisor import Child
 _RESTORE_POINT = re.compile(
     r"^rmgr: XLOG .*lsn: (?P<lsn>[0-9A-F]+/[0-9A-F]+), .*desc: RESTORE_POINT (?P<name>.*)$",
     re.MULTILINE)
+# In pg_waldump's error line: "... invalid record length at 0/3000180: ...", "invalid magic
+# number 0000 in WAL segment 000000010000000000000004, offset 0".
+_LSN = re.compile(r"\b[0-9A-F]{1,8}/[0-9A-F]{1,8}\b")
+_SEGMENT_NAME = re.compile(r"\b[0-9A-F]{24}\b")
 # Segments read by one pg_waldump run (and, when fetched for the scan, on disk at once).
 WINDOW_SEGMENTS = 64
 # The record as written (PostgreSQL 13 to 17): a 24-byte XLogRecord header, the main data's
@@ -94,7 +99,8 @@ def find(chosen: RecoveryPlan, wal_dir: Path, waldump: Path, name: str,
                         fetch(wal, path)
             limit = (window[-1].segno * chosen.segment_size
                      if len(window) > WINDOW_SEGMENTS else None)
-            for lsn, point in _scan(waldump, wal_dir, files[0].name, files[-1].name):
+            for lsn, point in _scan(waldump, wal_dir, files[0].name, files[-1].name,
+                                    chosen.segment_size):
                 if point == name and (limit is None or lsn < limit):
                     file = files[lsn // chosen.segment_size - window[0].segno]
                     found.append(RestorePoint(name, lsn, window[0].timeline,
@@ -116,15 +122,35 @@ def _runs(segments: Sequence[WalLike]) -> list[list[WalLike]]:
     return runs
 
 
-def _scan(waldump: Path, wal_dir: Path, first: str, last: str) -> list[tuple[int, str]]:
+def _scan(waldump: Path, wal_dir: Path, first: str, last: str,
+          segment_size: int) -> list[tuple[int, str]]:
     # The WAL ends in zeros (a partial) or in a record continued past ``last``: pg_waldump
-    # then exits non-zero after printing every complete record, which is all we need.
+    # then exits non-zero after printing every complete record, which is all we need. Where
+    # it stopped before ``last``, the scan would be short (one restore point where there are
+    # two): that fails, never passes for the whole WAL.
     argv = [str(waldump), "--rmgr=XLOG", "--path", str(wal_dir), first, last]
     with Child(argv, stdout=subprocess.PIPE, env={"TZ": "UTC"}) as child:
         assert child.stdout is not None
         out = child.stdout.read().decode("utf-8", "replace")
-        child.wait(600)
+        code = child.wait(600)
+        problem = child.error_line
+    last_name = parse_wal_name(last, segment_size)
+    if code != 0 and (last_name is None
+                      or (_stopped_at(problem, segment_size) or 0) < last_name.start_lsn):
+        raise JobFailed(f"pg_waldump stopped reading the archive's WAL before {last} ("
+                        f"{problem or f'exit code {code}'}): its restore points cannot all "
+                        "be known; check the archive (`backupd verify --wal`)")
     return [(parse_lsn(m.group("lsn")), m.group("name")) for m in _RESTORE_POINT.finditer(out)]
+
+
+def _stopped_at(line: str, segment_size: int) -> int | None:
+    """Where pg_waldump's error says reading failed: the furthest LSN or segment it names."""
+    positions = [parse_lsn(m.group(0)) for m in _LSN.finditer(line)]
+    for match in _SEGMENT_NAME.finditer(line):
+        named = parse_wal_name(match.group(0), segment_size)
+        if named is not None:
+            positions.append(named.start_lsn)
+    return max(positions, default=None)
 
 
 def _record_time(segment: Path, offset: int) -> datetime | None:
