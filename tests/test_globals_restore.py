@@ -23,7 +23,8 @@ from backupd.job import JobContext
 from backupd.manifest import Manifest
 from backupd.naming import GLOBALS_KIND, globals_name, parse_backup_name
 from backupd.pipeline.sqlcheck import CLUSTER_FOOTER, CLUSTER_HEADER, FOOTER, HEADER, HeadTail
-from backupd.postgres.globals import Kind, apply_globals, classify, split_statements
+from backupd.postgres.globals import apply_globals
+from backupd.postgres.globals_sql import Kind, classify, split_statements
 from backupd.result import JobResult
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
