@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from helpers.backups import read_manifest, take_backup, write_manifest
 from helpers.cli import run_backupd, server_env
@@ -241,5 +242,26 @@ def test_a_sql_ascii_database_backs_up_and_restores_with_its_properties(
         assert properties(cluster, name) == at_backup
         with connect(cluster.address, name) as conn:
             assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    finally:
+        drop_all(cluster)
+
+
+def test_a_sql_ascii_database_whose_comment_is_not_utf8_is_backed_up_without_properties(
+        cluster: PrivateCluster, tmp_path: Path) -> None:
+    """Latin-1 bytes in a legacy SQL_ASCII database's comment cannot be recorded as text: the
+    dump is still taken and verified, and its result says what was left out."""
+    name = "latin1_db"
+    drop_all(cluster)
+    psql(cluster.address, "postgres", f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' "
+                                      "LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;")
+    with psycopg.connect(cluster.address.conninfo(name), autocommit=True) as conn:
+        conn.execute(f"COMMENT ON DATABASE {name} IS 'caf\xe9'".encode("latin-1"))
+    psql(cluster.address, name, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    try:
+        env = cluster_env(cluster, name, tmp_path / "b")
+        backup = take_backup(env)
+        assert read_manifest(backup)["database_properties"] is None
+        log = (tmp_path / "b" / "backup_log.txt").read_text()
+        assert "hold bytes that are not UTF-8" in log and "no database properties" in log
     finally:
         drop_all(cluster)

@@ -41,7 +41,7 @@ from backupd.postgres.connection import (
     connect,
     severed_on_cancel,
 )
-from backupd.postgres.databases import read_properties
+from backupd.postgres.databases import PropertiesNotText, read_properties
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
@@ -64,7 +64,14 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _skip_if_slot_taken(existing, not_before)
         with connect(settings) as conn, severed_on_cancel(conn, ctx.cancel):
             server_version, pg_dump_version = check_pg_dump_not_older(conn)
-            properties = read_properties(conn, settings.postgres_db)
+            try:
+                properties = read_properties(conn, settings.postgres_db)
+            except PropertiesNotText as exc:
+                # The dump matters more than its properties: taken, and said.
+                properties = None
+                ctx.warn(f"{exc}: the backup records no database properties, so a restore "
+                         "creates the database with the server's defaults (set its owner, "
+                         "encoding and settings by hand first)")
             clock = read_server_clock(conn)
         # What the database held at backup time, for restore drills (issue 7): counted on a
         # connection of its own while pg_dump starts, instead of delaying it.

@@ -133,14 +133,26 @@ def _as_text(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-            conn.execute("SET client_encoding = 'SQL_ASCII'")
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()  # the server refused to send bytes that are not UTF-8 as UTF-8
+        conn.execute("SET client_encoding = 'SQL_ASCII'")
+
+
+class PropertiesNotText(JobFailed):
+    """A SQL_ASCII database whose name, owner, comment or settings hold bytes that are not
+    UTF-8: they cannot be recorded as text."""
 
 
 def read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
     """The properties of database ``name``, or None when there is no such database."""
     with _as_text(conn):
-        return _read_properties(conn, name)
+        try:
+            return _read_properties(conn, name)
+        except (UnicodeDecodeError, psycopg.errors.CharacterNotInRepertoire,
+                psycopg.errors.UntranslatableCharacter):
+            raise PropertiesNotText(
+                f"database {name!r}: its owner, comment or settings hold bytes that are not "
+                "UTF-8 (a SQL_ASCII database)") from None
 
 
 def _read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
