@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import pytest
@@ -137,6 +138,15 @@ def small_db(pg_server: ServerAddress, make_db: Callable[..., str]) -> str:
     db = make_db()
     seed_small_db(pg_server, db)
     return db
+
+
+@pytest.fixture
+def full() -> Iterator[IO[str]]:
+    """A file on a full disk: /dev/full, where every write fails with ENOSPC."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as device:
+        yield device
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,15 +21,6 @@ FULL_DISK = "backupd: error: cannot write to standard output: No space left on d
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {"DB_BACKUP_DIR": str(tmp_path / "backups")}
-
-
-@pytest.fixture
-def full() -> Iterator[IO[str]]:
-    """A file on a full disk: /dev/full, where every write fails with ENOSPC."""
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full on this system")
-    with open("/dev/full", "w") as device:
-        yield device
 
 
 def command_probe(body: str) -> str:

@@ -80,11 +80,7 @@ def archive(s3_server: S3Server) -> Iterator[Archive]:
     s3_server.client().create_bucket(Bucket=bucket)
     with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
         cluster.start()
-        assert cluster.root is not None
-        work = cluster.root / "work"
-        work.mkdir()
-        if AS_ROOT:
-            shutil.chown(work, SERVER_OS_USER, SERVER_OS_USER)
+        work = cluster.work_directory()
         backup_dir = work / "backups"
         offsite = s3_env(s3_server, bucket, "prod/", WAL_S3_PARTIAL_SECONDS="1")
         env = wal_env(cluster, backup_dir, **offsite)

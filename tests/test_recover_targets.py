@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import run_backupd, start_backupd, stop_backupd
-from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster
+from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.pg import connect, pg_binary
 from helpers.recovered import recover, started
@@ -73,11 +72,7 @@ def _insert(cluster: PrivateCluster, batch: str, note: str = "") -> str:
 def archive() -> Iterator[Archive]:
     with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
         cluster.start()
-        assert cluster.root is not None
-        work = cluster.root / "work"
-        work.mkdir()
-        if AS_ROOT:
-            shutil.chown(work, SERVER_OS_USER, SERVER_OS_USER)
+        work = cluster.work_directory()
         backup_dir = work / "backups"
         env = wal_env(cluster, backup_dir)
         with connect(cluster.address) as conn:

@@ -13,13 +13,12 @@ daemon streams from it into the same archive (the slot is gone there: it takes b
 from __future__ import annotations
 
 import secrets
-import shutil
 from pathlib import Path
 
 import pytest
 from helpers.basebackups import take_base_backup
 from helpers.cli import run_backupd, start_backupd, stop_backupd
-from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster
+from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.pg import ServerAddress, connect
 from helpers.recovered import recover, started
@@ -67,11 +66,7 @@ def _batches(data_dir: Path) -> dict[str, int]:
 def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_backup() -> None:
     with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
         cluster.start()
-        assert cluster.root is not None
-        work = cluster.root / "work"
-        work.mkdir()
-        if AS_ROOT:
-            shutil.chown(work, SERVER_OS_USER, SERVER_OS_USER)
+        work = cluster.work_directory()
         backup_dir = work / "backups"
         env = wal_env(cluster, backup_dir)
         with connect(cluster.address) as conn:

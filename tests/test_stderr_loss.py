@@ -20,14 +20,6 @@ LOST = "standard error could not be written ({}) since "
 
 
 @pytest.fixture
-def full() -> Iterator[IO[str]]:
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full on this system")
-    with open("/dev/full", "w") as device:
-        yield device
-
-
-@pytest.fixture
 def dead_pipe() -> Iterator[int]:
     """The write end of a pipe whose reader has gone: every write fails with EPIPE."""
     read_end, write_end = os.pipe()

@@ -56,6 +56,16 @@ class PrivateCluster:
     def log_file(self) -> Path:
         return self._path("server.log")
 
+    def work_directory(self) -> Path:
+        """A new directory beside the data directory for a test's backups and recovered
+        copies: owned by the server's OS user when the tests run as root, so that a server
+        started on a copy there can read it."""
+        work = self._path("work")
+        work.mkdir()
+        if AS_ROOT:
+            shutil.chown(work, SERVER_OS_USER, SERVER_OS_USER)
+        return work
+
     @property
     def address(self) -> ServerAddress:
         return ServerAddress("127.0.0.1", self.port, "postgres", self.password)
