@@ -18,8 +18,10 @@ runs them (``commands.wal_verify``) reads the archive locally or on S3.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from backupd.archive.basebackups import BaseBackupInfo
 from backupd.archive.walnames import (
@@ -29,6 +31,7 @@ from backupd.archive.walnames import (
     parse_lsn,
     segment_name,
 )
+from backupd.errors import JobFailed
 
 # Missing segments named in one line before "and N more".
 NAMED_MISSING = 10
@@ -54,6 +57,23 @@ def parse_history(text: str) -> list[tuple[int, int]]:
             except ValueError:
                 continue
     return entries
+
+
+def read_history(names: Iterable[str], timeline: int,
+                 fetch: Callable[[str, Path], object]) -> list[tuple[int, int]]:
+    """``timeline``'s history file, among the archive's file ``names``, fetched by name into
+    a scratch file and read ([] for timeline 1: it has none). JobFailed when it is missing:
+    no recovery can then follow that timeline."""
+    if timeline == 1:
+        return []
+    name = f"{timeline:08X}.history"
+    if name not in names:
+        raise JobFailed(f"the archive reaches timeline {timeline} but holds no {name}; "
+                        "without it no recovery can follow that timeline")
+    with tempfile.TemporaryDirectory(prefix="backupd-history-") as scratch:
+        target = Path(scratch) / name
+        fetch(name, target)
+        return parse_history(target.read_text("utf-8", "replace"))
 
 
 def timeline_spans(newest: int, history: Sequence[tuple[int, int]]) -> list[TimelineSpan]:

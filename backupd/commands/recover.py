@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd.archive import recovery_dir, restore_points
-from backupd.archive.continuity import parse_history
+from backupd.archive.continuity import read_history
 from backupd.archive.recovery import (
     RecoveryPlan,
     RecoverySource,
@@ -36,7 +35,7 @@ from backupd.archive.recovery import (
 from backupd.archive.waldump import data_major, newest_commit, waldump_for
 from backupd.cancel import CancelToken
 from backupd.configs import age_key_files
-from backupd.errors import ConfigError, JobFailed
+from backupd.errors import ConfigError
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
 
@@ -113,20 +112,11 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
 
 def timeline_history(source: RecoverySource,
                      wal: Sequence[WalLike]) -> list[tuple[int, int]]:
-    """The archive's newest timeline's history file, fetched and read ([] on timeline 1):
-    which base backups are on the path to that timeline (``recovery.on_the_path``)."""
-    newest = max((w.timeline for w in wal), default=1)
-    if newest == 1:
-        return []
-    name = f"{newest:08X}.history"
-    found = [w for w in wal if w.history and w.name == name]
-    if not found:
-        raise JobFailed(f"the archive reaches timeline {newest} but holds no {name}; "
-                        "without it no recovery can follow that timeline")
-    with tempfile.TemporaryDirectory(prefix="backupd-history-") as scratch:
-        dest = Path(scratch) / name
-        source.fetch(found[0], dest)
-        return parse_history(dest.read_text("utf-8", "replace"))
+    """The archive's newest timeline's history ([] on timeline 1): which base backups are on
+    the path to that timeline (``recovery.on_the_path``)."""
+    histories = {w.name: w for w in wal if w.history}
+    return read_history(histories, max((w.timeline for w in wal), default=1),
+                        lambda name, dest: source.fetch(histories[name], dest))
 
 
 def _report(ctx: JobContext, chosen: RecoveryPlan, outcome: RecoverOutcome) -> None:

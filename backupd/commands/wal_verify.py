@@ -4,16 +4,13 @@ the missing segments."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from backupd.archive.basebackups import BaseBackupInfo, list_base_backups
 from backupd.archive.continuity import (
     Continuity,
     check_base,
     describe_missing,
     newest_timeline,
-    parse_history,
+    read_history,
     timeline_spans,
 )
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE
@@ -42,16 +39,7 @@ def wal_archive(ctx: JobContext, remote: bool) -> WalArchive:
 def history_of(archive: WalArchive, files: list[ArchivedWal],
                timeline: int) -> list[tuple[int, int]]:
     """The newest timeline's history: (parent, switch LSN) lines; [] for timeline 1."""
-    if timeline == 1:
-        return []
-    name = f"{timeline:08X}.history"
-    if not any(f.history and f.name == name for f in files):
-        raise JobFailed(f"the archive reaches timeline {timeline} but holds no {name}; "
-                        "without it no recovery can follow that timeline")
-    with tempfile.TemporaryDirectory(prefix="backupd-history-") as scratch:
-        target = Path(scratch) / name
-        archive.fetch(name, target)
-        return parse_history(target.read_text("utf-8", "replace"))
+    return read_history({f.name for f in files if f.history}, timeline, archive.fetch)
 
 
 def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
