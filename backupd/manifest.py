@@ -63,6 +63,10 @@ class Manifest(BaseModel):
     # The globals only: False when they were taken without the roles' password hashes (a
     # role that is not a superuser cannot read them: pg_dumpall --no-role-passwords).
     role_passwords: bool | None = None
+    # The globals only: every database the run set out to back up (POSTGRES_DB as resolved
+    # then), so that restoring `*` brings back that set, not also a database dropped long
+    # ago whose old backup is still kept. None in manifests of older backups.
+    run_databases: list[str] | None = None
     server_version: str | None = None
     pg_dump_version: str | None = None
     started_at: datetime

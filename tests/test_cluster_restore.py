@@ -241,3 +241,33 @@ def test_encrypted_run_restores_with_the_identity_alone(source: PrivateCluster,
             target, directory, DB_BACKUP_AGE_IDENTITY_FILE=str(keys.identity_file)),
             timeout=300)
         assert_cluster_came_back(source, target, proc)
+
+
+def test_restoring_every_database_leaves_out_one_dropped_since_the_newest_run(
+        tmp_path: Path) -> None:
+    """POSTGRES_DB='*': a database dropped (with its owner) after a run still has that run's
+    backup, kept by DB_BACKUP_KEEP_MIN. The whole-cluster restore brings back the newest
+    run's databases, not that one, whose owner no longer exists and would fail it."""
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    with PrivateCluster("source-pw") as old_source, PrivateCluster("target-pw") as target:
+        old_source.start()
+        run_sql(old_source.address, "postgres", [
+            "CREATE ROLE leaver LOGIN", "CREATE DATABASE olddb OWNER leaver",
+            "CREATE DATABASE keptdb"])
+        run_sql(old_source.address, "olddb", ["SET ROLE leaver", "CREATE TABLE t (x int)"])
+        run_sql(old_source.address, "keptdb", ["CREATE TABLE k (x int)",
+                                               "INSERT INTO k VALUES (1)"])
+        back_up(old_source, directory, "*")
+        run_sql(old_source.address, "postgres", ["DROP DATABASE olddb", "DROP ROLE leaver"])
+        time.sleep(1.1)  # the next run's name, to the second, is a new one
+        back_up(old_source, directory, "*")
+        assert list(directory.glob("olddb_*.sql.gz"))  # still kept
+        target.start()
+        proc = run_backupd(["restore", "--latest", "--yes"],
+                           server_env(target.address, "*", directory), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "not restoring olddb: not in the newest backup run" in proc.stdout + proc.stderr
+        with connect(target.address) as conn:
+            names = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
+        assert "keptdb" in names and "olddb" not in names

@@ -18,7 +18,7 @@ def restore(
     latest: Annotated[bool, typer.Option("--latest", help=(
         "Restore the newest verified backups. Onto a new server this is the whole "
         "disaster recovery: the roles (globals) first, existing ones kept; then every "
-        "database POSTGRES_DB names (`*`: every database backed up), each from its newest "
+        "database POSTGRES_DB names (`*`: those of the newest backup run), each from its newest "
         "verified backup (an incomplete newest run is said so); timings per database. "
         "With --replace and one POSTGRES_DB (no --database): that database alone, over the "
         "live one, and no role is touched."))]

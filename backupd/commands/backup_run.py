@@ -68,7 +68,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.cancel.raise_if_cancelled()
             facts.globals = globals_backup.backup_globals(
                 ctx, conn, started, rid, offsite=offsite, apply_retention=apply_retention,
-                not_before=not_before)
+                not_before=not_before, databases=list(resolved.databases))
     _conclude(ctx, facts)
 
 

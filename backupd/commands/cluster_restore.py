@@ -150,6 +150,17 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None) ->
     if not chosen.every:
         return list(chosen.names)
     names = chosen.choose(repository.databases())
+    newest = newest_verified(repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
+    run = newest.manifest.run_databases if newest is not None and newest.manifest else None
+    if newest is not None and run is not None:
+        # The databases of the newest run: one dropped since has old backups still kept
+        # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back.
+        left_out = sorted(set(names) - set(run))
+        names = chosen.choose(run)
+        if left_out:
+            ctx.say(f"POSTGRES_DB='*': not restoring {', '.join(left_out)}: not in the newest "
+                    f"backup run ({newest.name}), so no longer in the cluster; restore one "
+                    "with --database NAME")
     if not names:
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
