@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from helpers.age import make_age_keys
+from helpers.backups import read_manifest, write_manifest
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.offsite import object_keys, s3_env
@@ -183,6 +184,11 @@ def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
     # The next run: appdb and the globals made it, otherdb did not (nothing of it written).
     newest_run = back_up(source, directory, "appdb")
     newer_appdb = max(p.name for p in directory.glob("appdb_*.sql.gz"))
+    # A run of `*` records every database it set out to back up, otherdb's failure included.
+    newest_globals = max(directory.glob("globals_*.sql.gz"), key=lambda p: p.name)
+    manifest = read_manifest(newest_globals)
+    assert manifest["run_databases"] == ["appdb"]
+    write_manifest(newest_globals, {**manifest, "run_databases": ["appdb", "otherdb", "postgres"]})
     with PrivateCluster("target3-pw") as target:
         target.start()
         proc = run_backupd(["restore", "--latest", "--yes"],
