@@ -151,11 +151,6 @@ class Progress:
         if self._parent is not None:
             self._parent.working_in(database, server)
 
-    def databases(self) -> tuple[str, ...]:
-        """The databases on the job's own server named by ``working_in``, in order."""
-        with self._lock:
-            return tuple(p.database for p in self._places if p.server is None)
-
     def places(self) -> tuple[Place, ...]:
         """Every database named by ``working_in``, with its server, in order."""
         with self._lock:

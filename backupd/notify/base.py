@@ -68,16 +68,18 @@ class NotifierChain:
 
     def deliver(self, result: JobResult) -> None:
         log = get_logger(job=result.job, status=result.status.value)
-        remote: list[tuple[Notifier, threading.Thread, list[BaseException], float]] = []
+        remote: list[tuple[Notifier, threading.Thread, list[BaseException]]] = []
+        deadline = 0.0  # of the network notifiers, from the first one's start
         for notifier in self.notifiers:
             worker, failure = self._send(notifier, result)
-            if is_remote(notifier):
-                remote.append((notifier, worker, failure, time.monotonic()))
+            if _is_remote(notifier):
+                deadline = deadline or time.monotonic() + self.timeout_seconds
+                remote.append((notifier, worker, failure))
                 continue
             worker.join(self.timeout_seconds)
             _report(log, notifier, worker, failure, self.timeout_seconds)
-        for notifier, worker, failure, started in remote:
-            worker.join(max(0.0, started + self.timeout_seconds - time.monotonic()))
+        for notifier, worker, failure in remote:
+            worker.join(max(0.0, deadline - time.monotonic()))
             _report(log, notifier, worker, failure, self.timeout_seconds)
 
     def _send(self, notifier: Notifier,
@@ -101,7 +103,7 @@ class NotifierChain:
         return worker, failure
 
 
-def is_remote(notifier: Notifier) -> bool:
+def _is_remote(notifier: Notifier) -> bool:
     """A network notifier (``remote = True``), told at the same time as the others."""
     return getattr(notifier, "remote", False) is True
 
