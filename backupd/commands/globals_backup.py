@@ -34,7 +34,7 @@ from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_s
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.pipeline.supervisor import tool_version
 from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
-from backupd.postgres.connection import describe_pg_error, server_version
+from backupd.postgres.connection import describe_pg_error, is_superuser, server_version
 from backupd.postgres.databases import Connection
 from backupd.result import human_bytes
 from backupd.storage.base import Repository
@@ -45,11 +45,6 @@ NO_ROLE_PASSWORDS = (
     "memberships, ALTER ROLE ... SET and tablespaces are in the backup; after a restore onto "
     "a new server set each login role's password again (ALTER ROLE ... PASSWORD). Run the "
     "backups as a superuser to carry the hashes")
-
-
-def is_superuser(conn: Connection) -> bool:
-    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
-    return bool(row and row[0])
 
 
 def backup_globals(ctx: JobContext, conn: Connection, started: datetime, run_id: str, *,

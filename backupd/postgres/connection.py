@@ -128,6 +128,13 @@ def check_pg_dump_not_older(conn: psycopg.Connection[tuple]) -> tuple[str, str]:
     return server, dump_text
 
 
+def is_superuser(conn: psycopg.Connection[tuple]) -> bool:  # type: ignore[type-arg]
+    """Whether the session's role is a superuser."""
+    row = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles "
+                       "WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
 def database_exists(conn: psycopg.Connection[tuple], name: str) -> bool:  # type: ignore[type-arg]
     row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     return row is not None

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from backupd.postgres.connection import describe_pg_error
+from backupd.postgres.connection import describe_pg_error, is_superuser
 from backupd.postgres.globals_sql import (
     GRANTED_BY,
     Kind,
@@ -68,22 +68,20 @@ def apply_globals(conn: Connection, script: bytes) -> GlobalsApplied:
     started = time.monotonic()
     statements = [classify(text) for text in split_statements(script)]
     applied = GlobalsApplied()
-    row = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles "
-                       "WHERE rolname = current_user").fetchone()
-    roles = _RoleState(superuser=bool(row and row[0]))
+    roles = _RoleState(superuser=is_superuser(conn))
     with conn.transaction():
-        for index, statement in enumerate(statements):
-            if statement.kind in (Kind.CREATE_TABLESPACE, Kind.TABLESPACE):
-                continue
-            if statement.kind is Kind.CREATE_ROLE:
-                following = statements[index + 1] if index + 1 < len(statements) else None
-                attributes = (following if following is not None
-                              and _sets_attributes(following, statement.subject) else None)
-                _create_role(conn, statement, attributes, roles, applied)
-                continue
-            if _attributes_done(statement, roles):
-                continue
-            _apply_role_statement(conn, statement, roles, applied)
+        # pg_dumpall writes each role's ALTER ROLE ... WITH right after its CREATE ROLE:
+        # the two go together (_create_role), so the ALTER is not run again on its own.
+        paired = False
+        for statement, following in zip(statements, [*statements[1:], None], strict=True):
+            if paired:
+                paired = False
+            elif statement.kind is Kind.CREATE_ROLE:
+                paired = following is not None and _sets_attributes(following,
+                                                                    statement.subject)
+                _create_role(conn, statement, following if paired else None, roles, applied)
+            elif statement.kind not in (Kind.CREATE_TABLESPACE, Kind.TABLESPACE):
+                _apply_role_statement(conn, statement, roles, applied)
     _apply_tablespaces(conn, statements, applied)
     applied.seconds = time.monotonic() - started
     return applied
@@ -94,8 +92,6 @@ class _RoleState:
     created: set[bytes] = field(default_factory=set)
     kept: set[bytes] = field(default_factory=set)
     failed: set[bytes] = field(default_factory=set)
-    # The ALTER ROLE ... WITH statements run together with their CREATE ROLE.
-    with_create: set[bytes] = field(default_factory=set)
     superuser: bool = True  # the restoring role
 
 
@@ -150,11 +146,6 @@ def _sets_attributes(statement: Statement, subject: bytes) -> bool:
             and statement.text.startswith(b"ALTER ROLE " + subject + b" WITH"))
 
 
-def _attributes_done(statement: Statement, roles: _RoleState) -> bool:
-    """The ALTER ROLE ... WITH that ``_create_role`` ran with its CREATE ROLE."""
-    return statement.kind is Kind.ROLE and statement.text in roles.with_create
-
-
 def _create_role(conn: Connection, create: Statement, attributes: Statement | None,
                  roles: _RoleState, applied: GlobalsApplied) -> None:
     """CREATE ROLE and its attributes as one step: made whole, kept (it exists), or not made
@@ -163,20 +154,20 @@ def _create_role(conn: Connection, create: Statement, attributes: Statement | No
     be refused: the statement would be in the server's log, password hash and all."""
     subject, name = create.subject, name_of(create.subject)
     texts = [create.text]
-    if attributes is not None:
-        roles.with_create.add(attributes.text)
-        options = _options(attributes.text, subject)
-        if not roles.superuser:
-            needs = _SUPERUSER_ONLY.search(options)
-            if needs is not None and not _exists(conn, name):
-                roles.failed.add(subject)
-                applied.problems.append(
-                    f"role {name!r} was not created: it has {needs.group(1).decode()}, which "
-                    "only a superuser may give; restore the globals as a superuser")
-                return
-            texts.append(_without_superuser_only_defaults(attributes.text, subject))
-        else:
-            texts.append(attributes.text)
+    if attributes is not None and roles.superuser:
+        texts.append(attributes.text)
+    elif attributes is not None:
+        # Only the keywords before the first quoted value (a password hash, a date).
+        head = b"ALTER ROLE " + subject + b" WITH"
+        options, quote, rest = attributes.text[len(head):].partition(b"'")
+        needs = _SUPERUSER_ONLY.search(options)
+        if needs is not None and not _exists(conn, name):
+            roles.failed.add(subject)
+            applied.problems.append(
+                f"role {name!r} was not created: it has {needs.group(1).decode()}, which "
+                "only a superuser may give; restore the globals as a superuser")
+            return
+        texts.append(head + _SUPERUSER_ONLY_DEFAULTS.sub(b"", options) + quote + rest)
     error = _run_together(conn, texts)
     if error is None:
         roles.created.add(subject)
@@ -192,18 +183,6 @@ def _create_role(conn: Connection, create: Statement, attributes: Statement | No
 def _exists(conn: Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
                         (name,)).fetchone() is not None
-
-
-def _options(text: bytes, subject: bytes) -> bytes:
-    """The keywords of ALTER ROLE ... WITH, up to its first quoted value (a password hash)."""
-    return text[len(b"ALTER ROLE " + subject + b" WITH"):].partition(b"'")[0]
-
-
-def _without_superuser_only_defaults(text: bytes, subject: bytes) -> bytes:
-    # Only the keywords before the first quoted value (a password hash, a date) are read.
-    head = b"ALTER ROLE " + subject + b" WITH"
-    options, quote, rest = text[len(head):].partition(b"'")
-    return head + _SUPERUSER_ONLY_DEFAULTS.sub(b"", options) + quote + rest
 
 
 def _run_together(conn: Connection, texts: list[bytes]) -> psycopg.Error | None:
