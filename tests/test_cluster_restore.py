@@ -184,11 +184,13 @@ def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
     # The next run: appdb and the globals made it, otherdb did not (nothing of it written).
     newest_run = back_up(source, directory, "appdb")
     newer_appdb = max(p.name for p in directory.glob("appdb_*.sql.gz"))
-    # A run of `*` records every database it set out to back up, otherdb's failure included.
+    # A run of `*` records every database it set out to back up, otherdb's failure included,
+    # and newdb's, created since the run before and failed in its first run: never backed up.
     newest_globals = max(directory.glob("globals_*.sql.gz"), key=lambda p: p.name)
     manifest = read_manifest(newest_globals)
     assert manifest["run_databases"] == ["appdb"]
-    write_manifest(newest_globals, {**manifest, "run_databases": ["appdb", "otherdb", "postgres"]})
+    write_manifest(newest_globals, {**manifest,
+                                    "run_databases": ["appdb", "newdb", "otherdb", "postgres"]})
     with PrivateCluster("target3-pw") as target:
         target.start()
         proc = run_backupd(["restore", "--latest", "--yes"],
@@ -199,6 +201,9 @@ def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
                 and f"not in the newest run {newest_run}" in proc.stdout)
         assert cluster_picture(target.address) == cluster_picture(source.address)
         assert "postgres: ok" in proc.stdout
+        # A database of the run with no backup at all is said, and does not stop the others.
+        assert "newdb in the newest backup run" in proc.stdout + proc.stderr
+        assert "never backed up: not restored" in proc.stdout + proc.stderr
 
 
 def test_no_owner_no_privileges_restore_creates_no_role_and_is_refused_for_plain_sql(

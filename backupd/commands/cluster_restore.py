@@ -76,18 +76,27 @@ def restore_globals(ctx: JobContext, conn: Connection, path: Path,
 
 def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool = False,
                 confirm: Callable[[str], bool] | None = None, from_s3: bool = False,
-                without: Without = EVERYTHING) -> None:
+                without: Without = EVERYTHING,
+                globals_entries: list[BackupEntry] | None = None) -> None:
     """``restore --latest``: the newest verified globals, then each database POSTGRES_DB
     names (``*``: every database with a backup in the repository; ``database``: just that
     one) from its newest verified backup. A database that fails does not stop the others;
     the restore fails naming each. With ``without`` (--no-owner/--no-privileges) no role
-    is created."""
+    is created. ``globals_entries``: the repository's globals, when the caller listed them."""
     started = time.monotonic()
     repository = ctx.repos.choose(from_s3, "--from-s3")
-    names = _databases(ctx, repository, database)
+    if globals_entries is None:
+        globals_entries = repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)
+    names = _databases(ctx, repository, database, globals_entries)
     plan = []
     for name in names:
         entries = repository.list_backups(name)
+        if database is not None and not entries:
+            have = repository.databases()
+            raise ConfigError(
+                f"--database: there is no backup of {database!r} in {repository.description}; "
+                f"give one of the databases backed up there ({', '.join(have) or 'none'}); "
+                f"{selection.list_hint(repository)}")
         selection.warn_future(ctx, entries)
         entry = newest_verified(entries)
         if entry is None:
@@ -97,7 +106,8 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
         plan.append(entry)
     runs = [e.manifest.run_id for e in plan if e.manifest is not None and e.manifest.run_id]
     newest_run = max(runs) if runs else None
-    globals_entry = None if without.any else _globals(ctx, repository, newest_run)
+    globals_entry = None if without.any else _globals(ctx, repository, globals_entries,
+                                                      newest_run)
     outcome = ClusterRestoreOutcome(run_id=newest_run)
     ctx.result.outcome = outcome
     _check_targets(ctx, [entry.database for entry in plan], replace=replace)
@@ -137,38 +147,37 @@ def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
             "one is kept, renamed), or drop them first; nothing was changed")
 
 
-def _databases(ctx: JobContext, repository: Repository, database: str | None) -> list[str]:
+def _databases(ctx: JobContext, repository: Repository, database: str | None,
+               globals_entries: list[BackupEntry]) -> list[str]:
     if database is not None:
-        have = repository.databases()
-        if database not in have:
-            raise ConfigError(
-                f"--database: there is no backup of {database!r} in {repository.description}; "
-                f"give one of the databases backed up there ({', '.join(have) or 'none'}); "
-                f"{selection.list_hint(repository)}")
         return [database]
     chosen = ctx.settings.database_selection
     if not chosen.every:
         return list(chosen.names)
     names = chosen.choose(repository.databases())
-    newest = newest_verified(repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
+    newest = newest_verified(globals_entries)
     run = newest.manifest.run_databases if newest is not None and newest.manifest else None
     if newest is not None and run is not None:
         # The databases of the newest run: one dropped since has old backups still kept
         # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back.
         left_out = sorted(set(names) - set(run))
-        names = chosen.choose(run)
+        never = sorted(set(chosen.choose(run)) - set(names))
+        names = [name for name in names if name in run]
         if left_out:
             ctx.say(f"POSTGRES_DB='*': not restoring {', '.join(left_out)}: not in the newest "
                     f"backup run ({newest.name}), so no longer in the cluster; restore one "
                     "with --database NAME")
+        if never:
+            ctx.warn(f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run "
+                     f"({newest.name}) but never backed up: not restored")
     if not names:
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
     return names
 
 
-def _globals(ctx: JobContext, repository: Repository, run_id: str | None) -> BackupEntry | None:
-    entries = repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)
+def _globals(ctx: JobContext, repository: Repository, entries: list[BackupEntry],
+             run_id: str | None) -> BackupEntry | None:
     same_run = [e for e in entries if e.manifest is not None and e.manifest.run_id == run_id]
     entry = newest_verified(same_run) if run_id else None
     if entry is None:
@@ -243,12 +252,12 @@ def run(ctx: JobContext, name: str | None, *, latest: bool, target_db: str | Non
     several = database is not None or ctx.settings.database_selection.several
     # --replace of the one database is the restore over the live database: applying the
     # globals there would re-create roles an admin dropped since, with their old passwords.
-    whole = latest and target_db is None and (
-        several or (not replace
-                    and bool(repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))))
+    listed = (repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)
+              if latest and target_db is None and not several and not replace else None)
+    whole = latest and target_db is None and (several or bool(listed))
     if not whole:
         restore.run(ctx, name, latest=latest, target_db=target_db, replace=replace,
                     confirm=confirm_database, from_s3=from_s3, without=without)
         return
     run_cluster(ctx, database=database, replace=replace, confirm=confirm_cluster,
-                from_s3=from_s3, without=without)
+                from_s3=from_s3, without=without, globals_entries=listed)
