@@ -178,8 +178,21 @@ class StderrLoss:
 def _silence_stderr() -> bool:
     try:
         fd = sys.stderr.fileno()
-        devnull = os.open(os.devnull, os.O_WRONLY)
     except (OSError, ValueError, AttributeError):
+        return False
+    if not point_at_devnull(fd):
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()  # what is still buffered drains into /dev/null
+    return True
+
+
+def point_at_devnull(fd: int) -> bool:
+    """Point descriptor ``fd`` (a broken stdout or stderr) at /dev/null, so what is still
+    buffered for it cannot fail again (at exit: Python's "Exception ignored", exit 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
         return False
     try:
         os.dup2(devnull, fd)
@@ -187,9 +200,15 @@ def _silence_stderr() -> bool:
         return False
     finally:
         os.close(devnull)
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.flush()  # what is still buffered drains into /dev/null
     return True
+
+
+def say_on_stderr(line: str) -> None:
+    """One line for people on stderr; one it cannot take is lost (StderrLoss), never the
+    command's exit code, which is then all that is left to say it."""
+    stderr = _CurrentStderr()
+    stderr.write(line + "\n")
+    stderr.flush()
 
 
 STDERR_LOSS = StderrLoss()

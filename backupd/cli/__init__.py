@@ -18,9 +18,9 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from backupd import quick_exit
 from backupd.cli import archive, dumps, recovery, restores, service  # noqa: F401  -- registers the commands
 from backupd.cli.app import app, job_exit_code
-from backupd.cli.output import StdoutError, guard_stdout, report, tell
+from backupd.cli.output import StdoutError, guard_stdout, report
 from backupd.errors import BackupdError
-from backupd.log import redact
+from backupd.log import redact, say_on_stderr
 
 __all__ = ["app", "main", "run"]
 
@@ -30,17 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
     except NoArgsIsHelpError as exc:
-        tell(exc.ctx.get_help() if exc.ctx else "see backupd --help")
+        say_on_stderr(exc.ctx.get_help() if exc.ctx else "see backupd --help")
         return 2
     except UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        tell(f"backupd: error: {exc.format_message()}{hint}")
+        say_on_stderr(f"backupd: error: {exc.format_message()}{hint}")
         return 2
     except BackupdError as exc:
-        tell(f"backupd: error: {redact(str(exc))}")
+        say_on_stderr(f"backupd: error: {redact(str(exc))}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt, EOFError):
-        tell("backupd: aborted; nothing was changed")
+        say_on_stderr("backupd: aborted; nothing was changed")
         return 1
     except StdoutError as exc:
         return _output_failed(exc, 0)

@@ -19,11 +19,10 @@ from typing import Annotated, NoReturn
 import typer
 
 from backupd.cancel import CancelToken
-from backupd.cli.output import tell
 from backupd.daemon.state import ResultRecorder
 from backupd.errors import ConfigError
 from backupd.job import JobContext, run_job
-from backupd.log import configure_logging, logs_are_json, redact
+from backupd.log import configure_logging, logs_are_json, redact, say_on_stderr
 from backupd.notify import build_chain
 from backupd.result import JobResult
 from backupd.settings import Settings, load_settings
@@ -44,7 +43,7 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    tell(f"backupd: error: {redact(message)}")
+    say_on_stderr(f"backupd: error: {redact(message)}")
     raise typer.Exit(code)
 
 
@@ -114,9 +113,10 @@ def bootstrap(*, daemon: bool = False) -> Settings:
 def finish(result: JobResult, *, quiet: bool = False) -> NoReturn:
     if result.exit_code == 2:
         fail(result.error or "bad usage")
-    if not quiet:
-        stream = sys.stdout if result.ok else sys.stderr
-        print(redact(result.summary()), file=stream, flush=True)
+    if not quiet and result.ok:
+        print(redact(result.summary()), flush=True)
+    elif not quiet:
+        say_on_stderr(redact(result.summary()))
     raise typer.Exit(result.exit_code)
 
 

@@ -13,14 +13,13 @@ job (its result already reached the logs and notifiers: only its printed lines a
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import os
 import sys
 from typing import TYPE_CHECKING
 
-import typer
+from backupd.log import point_at_devnull, say_on_stderr
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -98,24 +97,7 @@ def guard_stdout() -> None:
 def report(exc: StdoutError) -> None:
     """Say it once (not for a reader that went away) and silence the broken streams."""
     if exc.fd is not None:
-        _to_devnull(exc.fd)
+        point_at_devnull(exc.fd)
     if exc.errno != errno.EPIPE:
-        try:
-            typer.echo(f"backupd: error: cannot write to standard output: {exc.strerror}",
-                       err=True)
-        except OSError:
-            _to_devnull(2)  # stderr is broken too: nothing can be said
+        say_on_stderr(f"backupd: error: cannot write to standard output: {exc.strerror}")
 
-
-def _to_devnull(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
-
-
-def tell(line: str) -> None:
-    """An error's one line on stderr. A stderr that cannot take it (a full disk, a reader gone)
-    must not change the exit code, which is then all that is left to say it."""
-    with contextlib.suppress(OSError, ValueError):
-        typer.echo(line, err=True)
