@@ -12,7 +12,7 @@ local archive and for S3.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -194,38 +194,39 @@ def choose_base(backups: Sequence[BaseBackupLike], target: RecoveryTarget,
         raise JobFailed("no verified base backup in the archive; take one with "
                         "`backupd basebackup` (WAL alone cannot be recovered)")
     by_age = sorted(backups, key=lambda b: (b.stop_lsn, b.stop_time))
-    if target.name is not None:
-        if restore_point is None:
-            return by_age[0]
-        fitting = [b for b in by_age if b.stop_lsn <= restore_point]
-        if not fitting:
-            oldest = by_age[0]
-            raise ConfigError(
-                f"--to-name: restore point {target.name!r} at {format_lsn(restore_point)} is "
-                f"before the oldest base backup's end ({oldest.name}, "
-                f"{format_lsn(oldest.stop_lsn)}); the archive cannot go back that far")
-        return fitting[-1]
+    if target.name is not None and restore_point is None:
+        return by_age[0]
+    if target.name is not None and restore_point is not None:
+        point = restore_point
+        return _ending_by(by_age, lambda b: b.stop_lsn <= point,
+                          f"--to-name: restore point {target.name!r} at {format_lsn(point)} is",
+                          _stop_lsn)
     if target.time is not None:
         time = target.time
-        fitting = [b for b in by_age if b.stop_time <= time]
-        if not fitting:
-            oldest = by_age[0]
-            raise ConfigError(
-                f"--to-time: {time.isoformat()} is before the oldest base backup's end "
-                f"({oldest.name}, {oldest.stop_time.isoformat()}); the archive cannot go back "
-                "that far")
-        return fitting[-1]
+        return _ending_by(by_age, lambda b: b.stop_time <= time,
+                          f"--to-time: {time.isoformat()} is",
+                          lambda b: b.stop_time.isoformat())
     if target.lsn is not None:
         lsn = target.lsn
-        fitting = [b for b in by_age if b.stop_lsn <= lsn]
-        if not fitting:
-            oldest = by_age[0]
-            raise ConfigError(
-                f"--to-lsn: {format_lsn(lsn)} is before the oldest base backup's end "
-                f"({oldest.name}, {format_lsn(oldest.stop_lsn)}); the archive cannot go back "
-                "that far")
-        return fitting[-1]
+        return _ending_by(by_age, lambda b: b.stop_lsn <= lsn,
+                          f"--to-lsn: {format_lsn(lsn)} is", _stop_lsn)
     return by_age[-1]
+
+
+def _ending_by(by_age: Sequence[BaseBackupLike], fits: Callable[[BaseBackupLike], bool],
+               what: str, shown: Callable[[BaseBackupLike], str]) -> BaseBackupLike:
+    """The newest of ``by_age`` (oldest first) that ``fits`` (ends before the target); else
+    one line saying ``what`` is before the oldest one's end, as ``shown``."""
+    fitting = [b for b in by_age if fits(b)]
+    if not fitting:
+        oldest = by_age[0]
+        raise ConfigError(f"{what} before the oldest base backup's end ({oldest.name}, "
+                          f"{shown(oldest)}); the archive cannot go back that far")
+    return fitting[-1]
+
+
+def _stop_lsn(backup: BaseBackupLike) -> str:
+    return format_lsn(backup.stop_lsn)
 
 
 def on_the_path(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],

@@ -24,6 +24,7 @@ from pathlib import Path
 from backupd.archive.recovery import RecoveryPlan, WalLike
 from backupd.archive.walnames import format_lsn, parse_lsn, parse_wal_name
 from backupd.errors import JobFailed
+from backupd.pipeline.clients import server_tool
 from backupd.pipeline.supervisor import Child
 
 # rmgr: XLOG len (rec/tot): 98/98, tx: 0, lsn: 0/03000060, prev 0/03000028,
@@ -68,8 +69,8 @@ def waldump_reading(wal_file: Path, server_root: Path) -> Path | None:
     except OSError:
         return None
     for major in majors:
-        tool = server_root / str(major) / "bin" / "pg_waldump"
-        if not tool.is_file():
+        tool = server_tool("pg_waldump", major, server_root)
+        if tool is None:
             continue
         argv = [str(tool), "--limit=1", "--path", str(wal_file.parent), wal_file.name]
         with Child(argv, stdout=subprocess.DEVNULL) as child:

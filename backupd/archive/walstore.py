@@ -155,18 +155,20 @@ class WalArchive:
         segment_size = next((w.wal.segment_size for w in reversed(found.values())),
                             DEFAULT_SEGMENT_SIZE)
         spooled: list[ArchivedWal] = []
+        moved = False
         for path in self.spool_files(segment_size):
             wal = parse_wal_name(path.name, segment_size)
             if wal is None or wal.name in found:
                 continue
             try:
-                size = path.stat().st_size
+                spooled.append(ArchivedWal(wal, None, path.stat().st_size, None,
+                                           spool_path=path))
             except FileNotFoundError:
-                # Committed (moved out of the spool) since the listing above: it is in the
-                # repository now, so list the repository again rather than show a gap.
-                found = _committed(self.entries())
-                continue
-            spooled.append(ArchivedWal(wal, None, size, None, spool_path=path))
+                moved = True
+        if moved:
+            # Committed (moved out of the spool) since the listing above: it is in the
+            # repository now, so list the repository again, once, rather than show a gap.
+            found = _committed(self.entries())
         for wal_file in spooled:
             found.setdefault(wal_file.name, wal_file)
         complete = {w.wal.segment for w in found.values() if w.wal.kind == "segment"}
@@ -212,10 +214,10 @@ class WalArchive:
                 return
             except FileNotFoundError:
                 wal = self._moved(wal)
+        if wal.spool_path is not None:
+            raise WalFetchError(f"WAL file {name} kept moving in the spool while it was "
+                                "copied; try again")
         with atomic_write(dest) as out:
-            if wal.spool_path is not None:
-                raise WalFetchError(f"WAL file {name} kept moving in the spool while it was "
-                                    "copied; try again")
             assert wal.artifact is not None
             digest = hashlib.sha256()
             raw_sink = _RawSink(out, digest, wal.artifact)
