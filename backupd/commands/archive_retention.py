@@ -10,6 +10,7 @@ from backupd.archive.continuity import TimelineSpan, timeline_spans
 from backupd.archive.retention import BaseRetentionPlan, plan_base_retention, wal_to_delete
 from backupd.archive.walstore import (
     WAL_SUBDIRECTORY,
+    ArchivedWal,
     WalArchive,
     local_wal_repository,
     offsite_wal_repository,
@@ -29,9 +30,10 @@ def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: 
     the names deleted (or that would be). ``wal_uploaded_only``: keep WAL not yet offsite."""
     settings = ctx.settings
     entries = repository.list_backups(BASE_DATABASE, BASE_KIND)
+    files = wal.segments()  # once: on S3 a listing reads every WAL file's manifest
     plan = plan_base_retention(entries, settings.basebackup_keep,
                                settings.basebackup_max_age_days, datetime.now(UTC),
-                               spans=_path(ctx, wal))
+                               spans=_path(ctx, wal, files))
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:
@@ -44,14 +46,14 @@ def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: 
                        if settings.basebackup_max_age_days is not None else "") + ")")
         deleted.append(entry.name if wal_uploaded_only or is_local(repository)
                        else repository.location(entry.name))
-    return deleted + _sweep_wal(ctx, wal, plan, dry_run=dry_run,
+    return deleted + _sweep_wal(ctx, wal, files, plan, dry_run=dry_run,
                                 uploaded_only=wal_uploaded_only)
 
 
-def _path(ctx: JobContext, wal: WalArchive) -> list[TimelineSpan] | None:
+def _path(ctx: JobContext, wal: WalArchive,
+          files: list[ArchivedWal]) -> list[TimelineSpan] | None:
     """The path to the archive's newest timeline, so base backups off it (after a
     point-in-time recovery forked a new timeline) do not count toward BASEBACKUP_KEEP."""
-    files = wal.segments()
     newest = max((f.timeline for f in files), default=1)
     try:
         return timeline_spans(newest, history_of(wal, files, newest))
@@ -61,8 +63,8 @@ def _path(ctx: JobContext, wal: WalArchive) -> list[TimelineSpan] | None:
         return None
 
 
-def _sweep_wal(ctx: JobContext, wal: WalArchive, plan: BaseRetentionPlan, *, dry_run: bool,
-               uploaded_only: bool) -> list[str]:
+def _sweep_wal(ctx: JobContext, wal: WalArchive, listed: list[ArchivedWal],
+               plan: BaseRetentionPlan, *, dry_run: bool, uploaded_only: bool) -> list[str]:
     """The WAL wholly before the oldest kept base backup's start, oldest first (a crash part
     way leaves the archive one unbroken run). Files of pg_receivewal's spool are never
     touched; with an offsite archive, a segment is deleted here only once it is there."""
@@ -70,7 +72,7 @@ def _sweep_wal(ctx: JobContext, wal: WalArchive, plan: BaseRetentionPlan, *, dry
             if e.manifest is not None and e.manifest.base_backup is not None]
     if plan.wal_needed_from is None or not kept:
         return []
-    files = {f.name: f for f in wal.segments() if f.artifact is not None}
+    files = {f.name: f for f in listed if f.artifact is not None}
     doomed = wal_to_delete(((f.name, f.segno, f.history) for f in files.values()),
                            plan.wal_needed_from, kept[0].wal_segment_size)
     deleted: list[str] = []

@@ -38,8 +38,11 @@ def wal_archive(ctx: JobContext, remote: bool) -> WalArchive:
 
 def history_of(archive: WalArchive, files: list[ArchivedWal],
                timeline: int) -> list[tuple[int, int]]:
-    """The newest timeline's history: (parent, switch LSN) lines; [] for timeline 1."""
-    return read_history({f.name for f in files if f.history}, timeline, archive.fetch)
+    """The newest timeline's history: (parent, switch LSN) lines; [] for timeline 1. Fetched
+    as ``files`` listed it (no listing again)."""
+    histories = {f.name: f for f in files if f.history}
+    return read_history(histories, timeline,
+                        lambda name, dest: archive.fetch_archived(histories[name], dest))
 
 
 def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
