@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import signal
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from backupd.commands.mark import SCRATCH_PREFIX
 from backupd.commands.pitr_scratch import scratch_directory
 from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
 from backupd.naming import parse_backup_name
+from backupd.scratch import OWNER_LOCK, owned
 
 # --- start-up validation ---------------------------------------------------------------------
 
@@ -126,13 +125,6 @@ def test_next_start_removes_leftovers_of_a_killed_dump(
     assert stop_backupd(second, timeout=15) == 0
 
 
-def dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
-
-
 def test_next_start_removes_a_killed_pitr_drills_scratch_directory(
     fixture_db: str, backup_dir: Path, backupd_env: Callable[..., dict[str, str]],
     backupd_daemon: Callable[..., BackupdProcess],
@@ -144,11 +136,22 @@ def test_next_start_removes_a_killed_pitr_drills_scratch_directory(
     data.mkdir(parents=True)
     (data / "2619").write_bytes(b"plaintext of an encrypted backup")
     (scratch / "drill_hba.conf").write_text("local all all trust\n")
+    (scratch / OWNER_LOCK).touch()  # its owner's lock file, no longer locked: it was killed
     # `backupd mark`'s scan: decrypted WAL. A killed one's goes; a live one's (ours) stays.
-    dead, live = (backup_dir / f"{SCRATCH_PREFIX}{pid}-x1" for pid in (dead_pid(), os.getpid()))
-    for directory in (dead, live):
-        directory.mkdir(parents=True)
-        (directory / "000000010000000000000003").write_bytes(b"decrypted WAL")
+    dead = backup_dir / f"{SCRATCH_PREFIX}dead"
+    dead.mkdir(parents=True)
+    (dead / OWNER_LOCK).touch()
+    with owned(backup_dir / f"{SCRATCH_PREFIX}live") as live:
+        for directory in (dead, live):
+            (directory / "000000010000000000000003").write_bytes(b"decrypted WAL")
+        _start_and_check_the_sweep(fixture_db, backup_dir, backupd_env, backupd_daemon,
+                                   scratch, dead, live)
+
+
+def _start_and_check_the_sweep(
+    fixture_db: str, backup_dir: Path, backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess], scratch: Path, dead: Path, live: Path,
+) -> None:
     try:
         env = backupd_env(fixture_db, BACKUP_SCHEDULE=NEVER_DURING_TEST,
                           BACKUP_ON_START="false", **FAST)

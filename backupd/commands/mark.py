@@ -9,10 +9,7 @@ base backup on with pg_waldump, a window of segments at a time.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import tempfile
+import secrets
 from pathlib import Path
 
 import psycopg
@@ -24,13 +21,13 @@ from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.outcomes import MarkOutcome
 from backupd.postgres.connection import connect, describe_pg_error
+from backupd.scratch import owned, remove_abandoned
 
 # The server keeps restore point names in a fixed 64-byte field (MAXFNAMELEN), NUL included.
 MAX_NAME_BYTES = 63
-# The scan's scratch directory in DB_BACKUP_DIR holds fetched, decrypted WAL: named for the
-# process, so a killed mark's is told from a live one's and removed (remove_leftovers).
+# The scan's scratch directories in DB_BACKUP_DIR hold fetched, decrypted WAL: owned while a
+# mark works in one (backupd.scratch), removed once their mark was killed (remove_leftovers).
 SCRATCH_PREFIX = ".backupd-mark-"
-_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-")
 
 
 def run(ctx: JobContext, name: str) -> None:
@@ -75,9 +72,7 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
         return
     for removed in remove_leftovers(ctx.settings.backup_dir):
         ctx.warn(f"removed {removed.name}, the WAL a killed `backupd mark` had fetched")
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-",
-                                     dir=ctx.settings.backup_dir) as scratch:
-        wal_dir = Path(scratch)
+    with owned(ctx.settings.backup_dir / f"{SCRATCH_PREFIX}{secrets.token_hex(6)}") as wal_dir:
         first = chosen.segments[0]
         fetch_segment(source, chosen, first, wal_dir / chosen.file_name(first))
         root = ctx.settings.pg_server_root
@@ -97,28 +92,11 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
 
 
 def remove_leftovers(backup_dir: Path) -> list[Path]:
-    """Remove the scratch directories of marks that were killed (their process is gone): they
-    hold decrypted WAL. The directories removed."""
-    removed: list[Path] = []
+    """Remove the scratch directories of marks that were killed (a live mark owns its own):
+    they hold decrypted WAL. The directories removed."""
     try:
-        entries = list(backup_dir.iterdir())
+        entries = [e for e in backup_dir.iterdir() if e.name.startswith(SCRATCH_PREFIX)]
     except OSError:
-        return removed
-    for entry in entries:
-        found = _SCRATCH.match(entry.name)
-        if found is None or not entry.is_dir() or _alive(int(found.group(1))):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        if not entry.exists():
-            removed.append(entry)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+        return []
+    return [entry for entry in entries
+            if entry.is_dir() and remove_abandoned(entry) == "removed"]

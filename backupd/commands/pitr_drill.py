@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from backupd.archive.recovery import RecoverySource, RecoveryTarget
 from backupd.archive.recovery_dir import WAL_COPY_NAME
 from backupd.archive.waldump import Commit, data_major, newest_commit, waldump_for
 from backupd.archive.walnames import format_lsn
-from backupd.commands.pitr_scratch import remove_leftover_scratch, scratch_directory
+from backupd.commands.pitr_scratch import scratch_directory
 from backupd.commands.recover import RecoverOptions, recover_into
 from backupd.configs import age_key_files
 from backupd.errors import JobFailed, JobSkipped
@@ -48,6 +47,7 @@ from backupd.pipeline.supervisor import Child
 from backupd.postgres.compare import compare, read_catalog
 from backupd.postgres.connection import connect, describe_pg_error
 from backupd.postgres.databases import resolve_databases
+from backupd.scratch import owned, remove_abandoned
 
 # What the drill runs of the archive's major: the scratch server, and pg_waldump for the
 # newest durable commit.
@@ -70,14 +70,17 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
         from backupd.archive.recovery_source import archive_source
 
         source = archive_source(ctx.repos, age_key_files(ctx.settings))
-    if (leftover := remove_leftover_scratch(ctx.settings.backup_dir)) is not None:
-        ctx.warn(f"removed the scratch directory {leftover} an interrupted PITR drill left")
     scratch = scratch_directory(ctx.settings.backup_dir)
+    found = remove_abandoned(scratch)
+    if found == "removed":
+        ctx.warn(f"removed the scratch directory {scratch} an interrupted PITR drill left")
+    elif found == "live":
+        raise JobFailed(f"another PITR drill is running in {scratch} (a `backupd drill` beside "
+                        "the daemon's scheduled one?); run this one when it has ended")
     outcome = RecoverOutcome(target_dir=str(scratch / "data"),
                              target=RecoveryTarget().describe())
     started = time.monotonic()
-    scratch.mkdir(mode=0o700, parents=True)
-    try:
+    with owned(scratch):
         data = scratch / "data"
         run_as = _server_user()
         owner = (run_as.pw_uid, run_as.pw_gid) if run_as is not None else None
@@ -98,8 +101,6 @@ def run(ctx: JobContext, source: RecoverySource | None = None) -> RecoverOutcome
             outcome.rto_seconds = round(time.monotonic() - started, 3)
             problems = _compare(ctx, socket_dir)
             problems += _durable_present(ctx, socket_dir, durable)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     ctx.say(f"PITR drill: recovered {chosen.base.name} with {len(chosen.segments)} WAL "
             f"segments; RTO {outcome.rto_seconds}s (server start to promotion "
             f"{outcome.replay_seconds}s); scratch directory removed")

@@ -1,11 +1,12 @@
-"""Where the PITR drill recovers the cluster, and how a killed drill's copy is removed.
+"""Where the PITR drill recovers the cluster.
 
 The scratch directory holds a decrypted copy of the whole cluster, so it must never outlive
-its drill for long: the drill removes it in a ``finally``, and a drill killed with backupd
-(SIGKILL, OOM) leaves it for the daemon's next start-up sweep (``backupd run``) and the next
-drill, whichever comes first. Removing it stops nothing: the drill's server ran under the
-supervisor, whose reaper kills its process group when backupd dies (the postmaster's own
-children exit on its death).
+its drill for long: the drill owns it (:func:`backupd.scratch.owned`) and removes it when it
+ends, and a drill killed with backupd (SIGKILL, OOM) leaves it for the daemon's next start-up
+sweep (``backupd run``) and the next drill, whichever comes first
+(:func:`backupd.scratch.remove_abandoned`). Removing it stops nothing: the drill's server ran
+under the supervisor, whose reaper kills its process group when backupd dies (the
+postmaster's own children exit on its death).
 
 Kept apart from :mod:`backupd.commands.pitr_drill` so the daemon's start-up does not import
 the drill's recovery and comparison code to find one directory.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,13 +29,3 @@ def scratch_directory(backup_dir: Path) -> Path:
         return backup_dir / SCRATCH_NAME
     key = hashlib.sha256(str(backup_dir.absolute()).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"backupd{SCRATCH_NAME}-{key}"
-
-
-def remove_leftover_scratch(backup_dir: Path) -> Path | None:
-    """Remove the scratch directory an interrupted drill left; the path removed, or None
-    when there was none. OSError when it cannot be removed (it must not stay unnoticed)."""
-    scratch = scratch_directory(backup_dir)
-    if not scratch.exists():
-        return None
-    shutil.rmtree(scratch)
-    return scratch

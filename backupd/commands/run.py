@@ -18,14 +18,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from backupd.archive.status import WalStatus
-from backupd.commands.jobs import scheduled_jobs, scheduled_lock
+from backupd.commands.jobs import scheduled_jobs
 from backupd.commands.mark import remove_leftovers as remove_mark_leftovers
-from backupd.commands.pitr_scratch import remove_leftover_scratch, scratch_directory
+from backupd.commands.pitr_scratch import scratch_directory
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
 from backupd.daemon.wal import check_wal_server, wal_streamer
@@ -33,6 +32,7 @@ from backupd.errors import JobFailed, JobSkipped
 from backupd.log import get_logger
 from backupd.notify import build_chain
 from backupd.postgres.connection import advisory_lock, check_pg_dump_not_older, connect
+from backupd.scratch import remove_abandoned
 from backupd.settings import Settings
 from backupd.storage.local import LocalStore
 
@@ -160,37 +160,24 @@ def _remove_leftovers(settings: Settings, store: LocalStore) -> None:
 def _remove_drill_scratch(settings: Settings) -> None:
     """Delete the scratch directory of a PITR drill killed with backupd: its server died
     with it (the supervisor's reaper), so nothing is stopped, only the plaintext copy of the
-    cluster removed. Left alone while another backupd holds the drill's lock: its drill is
-    live, and removes its own directory when it ends."""
+    cluster removed. A live drill's (another backupd's) is left alone: it owns it."""
     log = get_logger()
     scratch = scratch_directory(settings.backup_dir)
-    if not scratch.exists():
-        return
     try:
-        with scheduled_lock(settings, "drill"):
-            removed = _remove_scratch(settings)
-    except JobSkipped:
-        log.info("another backupd is running a drill; leaving its PITR drill scratch "
-                 "directory alone", directory=str(scratch))
-        return
-    except JobFailed:
-        removed = _remove_scratch(settings)  # no database: no drill can be running against it
-    if removed is not None:
-        log.warning("removed the scratch directory of an interrupted PITR drill",
-                    directory=str(removed),
-                    detail="a decrypted copy of the cluster the killed drill recovered")
-
-
-def _remove_scratch(settings: Settings) -> Path | None:
-    try:
-        return remove_leftover_scratch(settings.backup_dir)
+        found = remove_abandoned(scratch)
     except OSError as exc:
         # Not fatal to the daemon: the next drill removes it before anything else.
-        get_logger().error("cannot remove the scratch directory of an interrupted PITR "
-                           "drill; it holds a decrypted copy of the cluster",
-                           directory=str(scratch_directory(settings.backup_dir)),
-                           error=str(exc))
-        return None
+        log.error("cannot remove the scratch directory of an interrupted PITR drill; it "
+                  "holds a decrypted copy of the cluster", directory=str(scratch),
+                  error=str(exc))
+        return
+    if found == "live":
+        log.info("another backupd is running a drill; leaving its PITR drill scratch "
+                 "directory alone", directory=str(scratch))
+    elif found == "removed":
+        log.warning("removed the scratch directory of an interrupted PITR drill",
+                    directory=str(scratch),
+                    detail="a decrypted copy of the cluster the killed drill recovered")
 
 
 def _start_http(settings: Settings, state: DaemonState,
