@@ -233,6 +233,8 @@ def test_a_role_with_createrole_restores_the_roles_whole(
         outcome = restore_globals(context(restorer, tmp_path), conn, path, entry)
 
     assert sorted(outcome.roles_created) == ['Odd "Name"; x', "app", "reader"]
+    assert outcome.roles_kept == ["postgres"]  # not "needs SUPERUSER": it exists
+    assert all("tablespace 'far'" in p for p in outcome.problems), outcome.problems
     expected, restored = roles(source.address), roles(target.address)
     for name in ("app", "reader", 'Odd "Name"; x'):
         assert restored[name][:5] == expected[name][:5], name  # attributes and settings

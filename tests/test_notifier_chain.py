@@ -195,3 +195,18 @@ def test_blanks_around_the_heartbeat_url_never_reach_its_pings(
     paths = [request.path for request in http_receiver.wait_for(2)]
     assert [path.rsplit("/", 2)[-2:] for path in paths] == [
         ["hb-uuid-1234", "start"], ["hb-uuid-1234", "fail"]]
+
+
+def test_however_many_network_notifiers_hang_a_result_is_delivered_within_one_timeout(
+        json_logs: io.StringIO) -> None:
+    """The bound a shutdown counts on: three endpoints that never answer cost one timeout in
+    all, not one each (told one after another, they once ran SIGTERM's deadline out)."""
+    never = threading.Event()
+    chain = NotifierChain([Hanging(never), Hanging(never), Hanging(never)], timeout_seconds=1.0)
+    result = JobResult(job="backup", database="db", started_at=datetime.now(UTC))
+    result.finish(Status.SUCCESS, "done")
+    started = time.monotonic()
+    chain.deliver(result)
+    assert time.monotonic() - started < 2.5  # one after another: 3 s and more
+    assert json_logs.getvalue().count('"notifier timed out"') == 3
+    never.set()

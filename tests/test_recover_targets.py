@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,8 +181,23 @@ def test_a_name_not_in_the_archive_or_empty_is_refused(archive: Archive) -> None
 
 
 def test_mark_refuses_a_name_already_in_the_archive(archive: Archive) -> None:
+    before = _points_in_the_servers_wal(archive, "once")
+    assert before >= 1  # the fixture's own mark: the count sees restore points
     line = _refused(archive, ["mark", "once"])
     assert "NAME" in line and "'once'" in line and "already" in line
+    assert _points_in_the_servers_wal(archive, "once") == before  # none made
+
+
+def _points_in_the_servers_wal(archive: Archive, name: str) -> int:
+    """Restore points called ``name`` in the server's own pg_wal (flushed first)."""
+    with connect(archive.cluster.address) as conn:
+        conn.execute("SELECT pg_switch_wal()")
+    wal = archive.cluster.data_dir / "pg_wal"
+    files = sorted(p.name for p in wal.iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name))
+    out = subprocess.run([pg_binary("pg_waldump"), "--rmgr=XLOG", "--path", str(wal),
+                          files[0], files[-1]], capture_output=True, text=True,
+                         check=False).stdout
+    return out.count(f"RESTORE_POINT {name}\n")
 
 
 def test_the_scan_a_window_at_a_time_finds_each_restore_point_once(

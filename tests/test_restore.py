@@ -24,15 +24,8 @@ from helpers.backups import (
     write_gzip_sql,
     write_manifest,
 )
-from helpers.cli import build_env, run_backupd
+from helpers.cli import build_env, one_error_line, run_backupd
 from helpers.pg import ServerAddress, database_exists, fingerprint, psql, unique_db_name
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("backupd: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
 
 # --- names that point elsewhere ------------------------------------------------------------------
 
@@ -71,7 +64,7 @@ def test_restore_refuses_paths_outside_the_backup_dir(
     proc = run_backupd(["restore", name, "--yes", "--target-db", target], env)
 
     assert proc.returncode == 2
-    assert "NAME" in one_error_line(proc)
+    assert "NAME" in one_error_line(proc.stderr)
     assert not database_exists(pg_server, target)
 
 
@@ -98,7 +91,7 @@ def test_restore_without_terminal_needs_yes(
     target = unique_db_name("target")
     proc = run_backupd(["restore", backup.name, "--target-db", target], env)
     assert proc.returncode == 2
-    assert "--yes" in one_error_line(proc)
+    assert "--yes" in one_error_line(proc.stderr)
     assert not database_exists(pg_server, target)
 
 
@@ -154,7 +147,7 @@ def test_restore_refuses_a_target_that_holds_tables(
     before = fingerprint(pg_server, small_db)
     proc = run_backupd(["restore", backup.name, "--yes"], env)
     assert proc.returncode == 2
-    assert "--replace" in one_error_line(proc)
+    assert "--replace" in one_error_line(proc.stderr)
     assert fingerprint(pg_server, small_db) == before
 
 

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import take_backup
-from helpers.cli import EnvFactory, run_backupd, server_env
+from helpers.cli import EnvFactory, one_error_line, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, drop_database, fingerprint, pg_binary, psql
 
-
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("backupd: error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 def drop_databases_named(server: ServerAddress, prefix: str) -> list[str]:
     """Drop (and return) every database whose name starts with ``prefix``: what a restore

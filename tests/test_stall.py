@@ -364,3 +364,4 @@ def test_the_probe_also_asks_each_other_server_the_job_works_on(
     assert view.waits is not None
     # Only the drill server's part: other tests' sessions may be waiting on the own server.
     assert "the server could not be asked what the job waits on (" in view.waits, view
+    assert view.work.endswith("|")  # the own server's counters, then the drill server's: none

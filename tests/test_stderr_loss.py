@@ -51,7 +51,7 @@ def test_bad_input_with_stderr_broken_still_exits_2(
     assert backup_files(backup_dir) == []
 
 
-def test_the_daemon_keeps_its_schedule_when_its_log_collector_goes_away(
+def test_the_daemon_runs_its_start_up_backup_when_its_log_collector_is_gone(
         small_db: str, backupd_env: EnvFactory, backup_dir: Path, dead_pipe: int,
         http_receiver: HttpReceiver, tmp_path: Path) -> None:
     """Its first log line fails with EPIPE: the start-up backup is still taken, and its

@@ -116,6 +116,33 @@ def test_the_archive_is_listed_while_the_spool_changes_under_it(tmp_path: Path) 
 _SEGMENT = "000000010000000000000007"
 
 
+def test_a_segment_committed_between_the_spool_listing_and_its_size_is_listed_once(
+        tmp_path: Path) -> None:
+    """The archiver commits a segment exactly in that window, every time: it is listed once,
+    as the committed artifact (the repository listed again), never a gap or an error."""
+    from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, parse_wal_name
+    from backupd.archive.walstore import WalArchive, WalOrigin
+    from backupd.storage.local import LocalRepository
+
+    class ArchiverInTheWindow(WalArchive):
+        def spool_files(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[Path]:
+            listed = super().spool_files(segment_size)
+            for path in listed:  # the archiver: commit it, then take it out of the spool
+                wal = parse_wal_name(path.name)
+                assert wal is not None
+                self.store(path, wal, WalOrigin("7716253996312042151"), compression="zstd",
+                           level=None, scratch=tmp_path)
+                path.unlink()
+            return listed
+
+    spool = tmp_path / "wal" / "spool"
+    spool.mkdir(parents=True)
+    (spool / _SEGMENT).write_bytes(os.urandom(64 * 1024))
+    listed = ArchiverInTheWindow(LocalRepository(tmp_path / "wal"), spool=spool).segments()
+    assert [(w.name, w.spool_path) for w in listed] == [(_SEGMENT, None)]
+    assert listed[0].artifact is not None
+
+
 @pytest.mark.parametrize("move", ["completed", "committed", "completed-and-committed"])
 def test_a_spool_file_that_moves_after_the_listing_is_still_fetched(
         tmp_path: Path, move: str) -> None:
