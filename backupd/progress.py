@@ -16,7 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # a type only: this module imports nothing of backupd when it runs
+    from backupd.settings import Settings
 
 # Finished streams a snapshot still shows (a display's final totals); older ones are dropped.
 FINISHED_KEPT = 32
@@ -27,12 +30,11 @@ Clock = Callable[[], float]
 @dataclass(frozen=True)
 class Place:
     """A database the job's server sessions work in. ``server``: None for the job's own
-    server (POSTGRES_HOST); else what the job's probe needs to reach another server the job
-    works on (a drill server's settings). Progress only keeps it, and compares it by
-    identity: it imports nothing of backupd to know its type."""
+    server (POSTGRES_HOST); else the settings of another server the job works on (a drill
+    server), for the watchdog's probe. Progress only keeps it, compared by identity."""
 
     database: str
-    server: object = None
+    server: Settings | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class Progress:
         if self._parent is not None:
             self._parent.touch()
 
-    def working_in(self, database: str, server: object = None) -> None:
+    def working_in(self, database: str, server: Settings | None = None) -> None:
         """The job's server sessions also work in ``database`` (a restore's scratch one; with
         ``server``, a database on another server, see :class:`Place`): the work the server
         shows there (an index build, a COPY) is the job's too."""

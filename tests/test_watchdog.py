@@ -9,6 +9,7 @@ import time
 from backupd.cancel import CancelToken
 from backupd.postgres.waits import shown_query
 from backupd.progress import Progress
+from backupd.settings import Settings
 from backupd.watchdog import ServerView, Watchdog, WatchdogConfig
 
 STALL = WatchdogConfig(stall_seconds=0.3)
@@ -93,9 +94,10 @@ def test_the_databases_a_job_works_in_reach_the_job_that_contains_it() -> None:
     token.progress.working_in("other")
     assert own_server(inner.progress) == ["db__restoring_1"]
     assert own_server(token.progress) == ["db__restoring_1", "other"]
-    drill_server = object()
+    drill_server = Settings(_env_file=None, POSTGRES_HOST="drill.example",  # type: ignore[call-arg]
+                            DB_BACKUP_DIR="/nonexistent/backupd-test")
     inner.progress.working_in("db", drill_server)
     inner.progress.working_in("db", drill_server)
     assert own_server(token.progress) == ["db__restoring_1", "other"]
-    assert [(p.database, p.server) for p in token.progress.places()] == [
-        ("db__restoring_1", None), ("other", None), ("db", drill_server)]
+    assert [(p.database, p.server is drill_server) for p in token.progress.places()] == [
+        ("db__restoring_1", False), ("other", False), ("db", True)]

@@ -185,7 +185,7 @@ def server_view(settings: Settings, databases: Sequence[str] = ()) -> ServerView
     wait (with its holders), else what the sessions do."""
     try:
         with _probe_connection(settings) as conn:
-            work = server_work(conn, [settings.postgres_db, *databases])
+            work = server_work(conn, [*settings.database_selection.names, *databases])
             sessions = session_waits(conn)
     except (psycopg.Error, OSError) as exc:
         return ServerView("", "the server could not be asked what the job waits on "
@@ -204,10 +204,7 @@ def job_view(settings: Settings, places: Sequence[Place] = ()) -> ServerView:
     """The server's view of a job that moved no data, on every server it works on: its own
     (POSTGRES_HOST), then each other server a place names (a drill server, whose index builds
     are the drill's work). The work counters of all of them, and every wait they name."""
-    servers: list[Settings] = []
-    for place in places:
-        if isinstance(place.server, Settings) and all(place.server is not s for s in servers):
-            servers.append(place.server)
+    servers = {id(p.server): p.server for p in places if p.server is not None}.values()
     views = [server_view(settings, [p.database for p in places if p.server is None])]
     views += [server_view(other, [p.database for p in places if p.server is other])
               for other in servers]
