@@ -33,7 +33,14 @@ from helpers.logs import jobs_finished, log_events
 from helpers.offsite import s3_env
 from helpers.pg import connect
 from helpers.procs import kill_processes, processes_in
-from helpers.recovered import pg_ctl_start, postgres_owner, recover, started
+from helpers.recovered import (
+    BATCH_TABLE,
+    insert_batch,
+    pg_ctl_start,
+    postgres_owner,
+    recover,
+    started,
+)
 from helpers.s3server import S3Server
 from helpers.wal import WAL_SERVER_SETTINGS, holds, wait_streaming, wal_env
 
@@ -64,15 +71,6 @@ class Archive:
     c_marker: str
 
 
-def _insert(cluster: PrivateCluster, batch: str, note: str = "") -> int:
-    with connect(cluster.address) as conn:
-        conn.execute("INSERT INTO t SELECT %s, g, %s FROM generate_series(1, 40) g",
-                     (batch, note))
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    return parse_lsn(str(row[0]))
-
-
 @pytest.fixture(scope="module")
 def archive(s3_server: S3Server) -> Iterator[Archive]:
     bucket = f"bk-{secrets.token_hex(6)}"
@@ -88,19 +86,19 @@ def archive(s3_server: S3Server) -> Iterator[Archive]:
         try:
             wait_streaming(backup_dir)
             with connect(cluster.address) as conn:
-                conn.execute("CREATE TABLE t (batch text, n int, note text)")
+                conn.execute(BATCH_TABLE)
             # The daemon takes the first base backup itself (WAL_ARCHIVE=on and none yet).
             wait_until(lambda: any(b.verified for b in list_base_backups(
                 LocalRepository(backup_dir))), 300, "the daemon's first base backup")
-            _insert(cluster, "A")
+            insert_batch(cluster.address, "A")
             time.sleep(1)
             t1 = datetime.now(UTC)
             time.sleep(1)
-            _insert(cluster, "B")
+            insert_batch(cluster.address, "B")
             with connect(cluster.address) as conn:
                 conn.execute("SELECT pg_switch_wal()")
             marker = f"c-marker-{secrets.token_hex(6)}"
-            c_lsn = _insert(cluster, "C", marker)
+            c_lsn = parse_lsn(insert_batch(cluster.address, "C", marker))
             spool = backup_dir / "wal" / "spool"
             wait_until(lambda: any(holds(p, marker) for p in spool.glob("*.partial")), 60,
                        "C durable in the local partial")

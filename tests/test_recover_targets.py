@@ -24,7 +24,7 @@ from helpers.cli import run_backupd, start_backupd, stop_backupd
 from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.pg import connect, pg_binary
-from helpers.recovered import recover, started
+from helpers.recovered import BATCH_TABLE, batch_counts, insert_batch, recover, started
 from helpers.wal import (
     WAL_SERVER_SETTINGS,
     holds,
@@ -60,15 +60,6 @@ class Archive:
     marks_between: tuple[datetime, datetime]  # before the first "twice", after the second
 
 
-def _insert(cluster: PrivateCluster, batch: str, note: str = "") -> str:
-    with connect(cluster.address) as conn:
-        conn.execute("INSERT INTO t SELECT %s, g, %s FROM generate_series(1, 40) g",
-                     (batch, note))
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    return str(row[0])
-
-
 @pytest.fixture(scope="module")
 def archive() -> Iterator[Archive]:
     with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
@@ -77,7 +68,7 @@ def archive() -> Iterator[Archive]:
         backup_dir = work / "backups"
         env = wal_env(cluster, backup_dir)
         with connect(cluster.address) as conn:
-            conn.execute("CREATE TABLE t (batch text, n int, note text)")
+            conn.execute(BATCH_TABLE)
             for key, value in LEFTOVER.items():
                 conn.execute(f"ALTER SYSTEM SET {key} = '{value}'")
         daemon = start_backupd(["run"], env, log_dir=work / "daemon")
@@ -87,22 +78,22 @@ def archive() -> Iterator[Archive]:
             wait_until(lambda: any(b.verified for b in list_base_backups(
                 LocalRepository(backup_dir))), 300, "the daemon's first base backup")
             before = datetime.now(UTC)
-            _insert(cluster, "A")
+            insert_batch(cluster.address, "A")
             marked = run_backupd(["mark", "twice"], env)
             assert marked.returncode == 0, marked.stderr
             said = re.search(r"restore point 'twice' at ([0-9A-F]+/[0-9A-F]+)",
                              marked.stdout + marked.stderr)
             assert said is not None, marked.stdout + marked.stderr
-            _insert(cluster, "B")
+            insert_batch(cluster.address, "B")
             with connect(cluster.address) as conn:
                 again = conn.execute("SELECT pg_create_restore_point('twice')::text").fetchone()
                 conn.execute("SELECT pg_current_xact_id()")  # flushes the restore point
             after = datetime.now(UTC)
-            c_lsn = _insert(cluster, "C")
+            c_lsn = insert_batch(cluster.address, "C")
             marked = run_backupd(["mark", "once"], env)
             assert marked.returncode == 0, marked.stderr
             marker = f"d-marker-{secrets.token_hex(6)}"
-            _insert(cluster, "D", marker)
+            insert_batch(cluster.address, "D", marker)
             wait_until(lambda: any(holds(p, marker) for p in spool_dir(backup_dir).glob(
                 "*.partial")), 60, "D durable in the local partial")
         finally:
@@ -113,9 +104,8 @@ def archive() -> Iterator[Archive]:
 
 
 def _batches(archive: Archive, target_dir: Path) -> dict[str, int]:
-    with started(target_dir, PASSWORD) as server, connect(server) as conn:
-        rows = conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall()
-    return {str(batch): int(count) for batch, count in rows}
+    with started(target_dir, PASSWORD) as server:
+        return batch_counts(server)
 
 
 def test_a_leftover_target_in_the_base_backup_does_not_stop_a_recover_to_the_end(

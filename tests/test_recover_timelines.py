@@ -20,8 +20,8 @@ from helpers.basebackups import take_base_backup
 from helpers.cli import run_backupd, start_backupd, stop_backupd
 from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
-from helpers.pg import ServerAddress, connect
-from helpers.recovered import recover, started
+from helpers.pg import connect
+from helpers.recovered import BATCH_TABLE, batch_counts, insert_batch, recover, started
 from helpers.wal import (
     WAL_SERVER_SETTINGS,
     holds,
@@ -39,15 +39,6 @@ pytestmark = pytest.mark.slow
 PASSWORD = "recover-timelines-pw"
 
 
-def _insert(server: ServerAddress, batch: str, note: str = "") -> str:
-    with connect(server) as conn:
-        conn.execute("INSERT INTO t SELECT %s, g, %s FROM generate_series(1, 40) g",
-                     (batch, note))
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    return str(row[0])
-
-
 def _bases(backup_dir: Path) -> list[BaseBackupInfo]:
     return [b for b in list_base_backups(LocalRepository(backup_dir)) if b.verified]
 
@@ -58,9 +49,8 @@ def _durable(backup_dir: Path, marker: str) -> None:
 
 
 def _batches(data_dir: Path) -> dict[str, int]:
-    with started(data_dir, PASSWORD) as server, connect(server) as conn:
-        rows = conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall()
-    return {str(batch): int(count) for batch, count in rows}
+    with started(data_dir, PASSWORD) as server:
+        return batch_counts(server)
 
 
 def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_backup() -> None:
@@ -70,16 +60,16 @@ def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_bac
         backup_dir = work / "backups"
         env = wal_env(cluster, backup_dir)
         with connect(cluster.address) as conn:
-            conn.execute("CREATE TABLE t (batch text, n int, note text)")
+            conn.execute(BATCH_TABLE)
         daemon = start_backupd(["run"], env, log_dir=work / "daemon-1")
         try:
             wait_streaming(backup_dir)
             wait_until(lambda: _bases(backup_dir), 300, "the daemon's first base backup")
             [first] = [b.name for b in _bases(backup_dir)]
             marker = f"a-{secrets.token_hex(6)}"
-            a_lsn = _insert(cluster.address, "A", marker)
+            a_lsn = insert_batch(cluster.address, "A", marker)
             _durable(backup_dir, marker)
-            _insert(cluster.address, "B")
+            insert_batch(cluster.address, "B")
             # Timeline 1 goes on well past A, and its base backup 2 ends there, with its WAL
             # archived (so the old choice of it got as far as the server's refusal).
             switch_wal(cluster.address, 6)
@@ -98,7 +88,7 @@ def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_bac
                 wait_until(lambda: any(b.timeline == 2 for b in _bases(backup_dir)), 300,
                            "a base backup on timeline 2")
                 marker = f"c-{secrets.token_hex(6)}"
-                _insert(server, "C", marker)
+                insert_batch(server, "C", marker)
                 _durable(backup_dir, marker)
             finally:
                 stop_backupd(daemon, timeout=60)

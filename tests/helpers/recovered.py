@@ -74,3 +74,25 @@ def recover(env: dict[str, str], target_dir: Path, *args: str) -> str:
                        timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+# The PITR tests' table: rows come in named batches of 40, committed one after another, and a
+# recovered server is judged by which batches it holds.
+BATCH_TABLE = "CREATE TABLE t (batch text, n int, note text)"
+
+
+def insert_batch(server: ServerAddress, batch: str, note: str = "") -> str:
+    """Commit batch ``batch`` (40 rows, each with ``note``); the WAL position after it."""
+    with connect(server) as conn:
+        conn.execute("INSERT INTO t SELECT %s, g, %s FROM generate_series(1, 40) g",
+                     (batch, note))
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def batch_counts(server: ServerAddress) -> dict[str, int]:
+    """Rows per batch on ``server`` (a recovered one)."""
+    with connect(server) as conn:
+        rows = conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall()
+    return {str(batch): int(count) for batch, count in rows}
