@@ -78,7 +78,8 @@ def test_base_backup_is_verified_and_extracts_to_what_pg_verifybackup_accepts(
     assert info.wal_segment_size == 16 * 1024 * 1024 and info.timeline == 1
     target = tmp_path / "data"
     extracted = extract_base_backup(LocalRepository(taken.parent), taken.name, target, None)
-    assert extracted.start_lsn == facts["start_lsn"]
+    assert extracted.facts.start_lsn == facts["start_lsn"]
+    assert extracted.left_out == frozenset()
     # PostgreSQL's own verifier (every file, and the WAL parsed by pg_waldump) agrees.
     proc = pg_verifybackup(target)
     assert proc.returncode == 0, proc.stdout + proc.stderr

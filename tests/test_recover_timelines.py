@@ -8,11 +8,18 @@ A private primary on timeline 1: base backup 1 (the daemon's), rows A, then rows
 WAL, base backup 2. It is stopped; recovered to the end of A and started (timeline 2); the
 daemon streams from it into the same archive (the slot is gone there: it takes base backup
 3 on timeline 2 itself); rows C. Retention, too, counts only base backups 1 and 3.
+
+The recovered directory keeps its pg_wal_archive/ (the runbook says to remove it once the data
+is checked; not everyone does), so base backup 3 carries that stale WAL copy: a recover from
+it unpacks only its own fresh copy. The stale copy holds ``00000002.history`` too, as one left
+by a recover of an archive already on timeline 2 would, which the fresh copy also holds.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +40,7 @@ from helpers.wal import (
 )
 
 from backupd.archive.basebackups import BaseBackupInfo, list_base_backups
+from backupd.archive.recovery_dir import WAL_COPY_NAME
 from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
@@ -82,6 +90,10 @@ def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_bac
         recovered = work / "recovered"
         recover(env, recovered, "--to-lsn", a_lsn)
         with started(recovered, PASSWORD) as server:
+            history = recovered / "pg_wal" / "00000002.history"
+            stale = recovered / WAL_COPY_NAME / history.name
+            shutil.copy(history, stale)
+            os.chown(stale, history.stat().st_uid, history.stat().st_gid)
             env_two = wal_env(server, backup_dir)
             daemon = start_backupd(["run"], env_two, log_dir=work / "daemon-2")
             try:
@@ -101,6 +113,12 @@ def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_bac
         out = recover(env, work / "to-end")
         assert _batches(work / "to-end") == {"A": 40, "C": 40}
         assert f"base backup: {on_two.name}" in out, out
+        # Only this recover's copy: none of the first recover's timeline-1 segments.
+        copied = sorted(p.name for p in (work / "to-end" / WAL_COPY_NAME).iterdir())
+        assert copied and all(not name.startswith("00000001") for name in copied), copied
+        said = (backup_dir / "recover_log.txt").read_text()
+        assert f"WARNING: the base backup holds a {WAL_COPY_NAME}/ left by an earlier " \
+            "recover: not unpacked" in said, said
         # Retention counts the two on the path (the first, before the fork, and timeline 2's)
         # toward BASEBACKUP_KEEP=2, not the abandoned one, which displaced the first: the
         # daemon's retention after base backup 3 kept it, and prune would too.

@@ -16,7 +16,7 @@ import hashlib
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
 from pyrage import x25519
@@ -244,16 +244,26 @@ def _stored_digest(repository: Repository, name: str,
 
 # --- extracting -----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Extracted:
+    facts: BaseBackupFacts
+    # Entries of ``beside`` the base backup held too: checked, but not unpacked.
+    left_out: frozenset[str]
+
+
 def extract_base_backup(repository: Repository, name: str, target_dir: Path,
                         crypto: AgeKeyFiles | None,
                         cancel: CancelToken | None = None, *,
                         sync_each_file: bool = True,
-                        beside: frozenset[str] = frozenset()) -> BaseBackupFacts:
+                        beside: frozenset[str] = frozenset()) -> Extracted:
     """Unpack base backup ``name`` into ``target_dir`` (absent or empty), checking every file
-    against PostgreSQL's ``backup_manifest`` on the way; its facts. On any mismatch (or a
-    cancel) whatever was written is removed and BaseBackupDamaged (or Cancelled) raised.
-    ``beside``: entries of ``target_dir`` that may be there already and are left alone
-    (recover's WAL copy, which no base backup holds).
+    against PostgreSQL's ``backup_manifest`` on the way. On any mismatch (or a cancel)
+    whatever was written is removed and BaseBackupDamaged (or Cancelled) raised.
+
+    ``beside``: entries of ``target_dir`` that the caller owns (recover's WAL copy). They may
+    be there already and are left alone, and the base backup's own entries of those names are
+    checked but not unpacked: a data directory recovered earlier and never cleaned up carries
+    that recover's stale WAL copy into its base backups.
 
     ``sync_each_file=False``: the caller makes the files durable itself, all at once (recover
     syncs the filesystem before its last step; an fsync per file of a data directory's
@@ -266,8 +276,17 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target_dir.chmod(0o700)
     writer = DirectoryWriter(target_dir, sync_each_file=sync_each_file)
+    left_out: set[str] = set()
+
+    def unpack(member: TarMember) -> MemberSink | None:
+        top = PurePosixPath(member.path).parts[:1]
+        if top and top[0] in beside:
+            left_out.add(top[0])
+            return None
+        return writer(member)
+
     try:
-        checked = read_base_backup(repository, entry, identities, extract_to=writer,
+        checked = read_base_backup(repository, entry, identities, extract_to=unpack,
                                    cancel=cancel)
         writer.finish()
     except BaseException:
@@ -281,4 +300,4 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
                 with contextlib.suppress(OSError):
                     child.unlink()
         raise
-    return checked.facts
+    return Extracted(checked.facts, frozenset(left_out))

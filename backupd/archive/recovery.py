@@ -66,9 +66,10 @@ class RecoverySource(Protocol):
         ...
 
     def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken,
-                beside: frozenset[str] = frozenset()) -> None:
+                beside: frozenset[str] = frozenset()) -> frozenset[str]:
         """Unpack ``backup``'s data directory into ``target`` (checked while it streams);
-        ``target`` holds nothing but the entries ``beside``, which are left alone."""
+        ``target`` holds nothing but the entries ``beside``, which are left alone. The
+        backup's own entries of those names are not unpacked: which ones it held."""
         ...
 
     def wal(self) -> Sequence[WalLike]:

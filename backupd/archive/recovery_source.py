@@ -35,10 +35,10 @@ class ArchiveSource:
         return [b for b in list_base_backups(self.repository) if b.verified]
 
     def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken,
-                beside: frozenset[str] = frozenset()) -> None:
+                beside: frozenset[str] = frozenset()) -> frozenset[str]:
         # Made durable by recovery_dir.complete's one sync of the filesystem.
-        extract_base_backup(self.repository, backup.name, target, self.crypto, cancel,
-                            sync_each_file=False, beside=beside)
+        return extract_base_backup(self.repository, backup.name, target, self.crypto, cancel,
+                                   sync_each_file=False, beside=beside).left_out
 
     def wal(self) -> Sequence[WalLike]:
         return self._wal.segments()

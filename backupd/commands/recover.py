@@ -92,10 +92,13 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
         ctx.say(f"{len(chosen.segments)} WAL files ({outcome.wal_bytes / 2**20:.0f} MiB) "
                 f"copied and checked in {time.monotonic() - phase:.1f}s")
         phase = time.monotonic()
-        source.extract(chosen.base, stage, ctx.cancel,
-                       beside=frozenset({recovery_dir.WAL_COPY_NAME}))
+        stale = source.extract(chosen.base, stage, ctx.cancel,
+                               beside=frozenset({recovery_dir.WAL_COPY_NAME}))
         ctx.say(f"base backup {chosen.base.name} extracted and checked in "
                 f"{time.monotonic() - phase:.1f}s")
+        for name in sorted(stale):
+            ctx.warn(f"the base backup holds a {name}/ left by an earlier recover: not "
+                     "unpacked (remove it from the source server's data directory)")
         waldump = waldump_for(stage, ctx.settings.pg_server_root)
         if waldump is None and chosen.target.time is not None:
             ctx.warn(f"no pg_waldump {data_major(stage)} in {ctx.settings.pg_server_root}: "
