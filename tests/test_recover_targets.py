@@ -2,7 +2,8 @@
 
 The primary keeps recovery settings in its postgresql.auto.conf (as a primary that was
 itself recovered, and never reset them, does): a ``recovery_target_time`` long past with
-``recovery_target_action = 'promote'``. They travel inside every later base backup. One
+``recovery_target_action = 'promote'``; and, as a server that once was a delayed standby
+keeps, ``recovery_min_apply_delay`` and a ``recovery_end_command``. They travel inside every later base backup. One
 private cluster, one daemon run, one archive for the module: the table ``t`` exists before
 the base backup, then rows in batches A, B, C, D are committed after it, with restore points
 between them: ``twice`` after A (`backupd mark`) and again after B (pg_create_restore_point
@@ -46,7 +47,11 @@ from backupd.storage.local import LocalRepository
 pytestmark = pytest.mark.slow
 PASSWORD = "recover-targets-pw"
 # What a primary recovered to a point in time (and never reset) keeps in postgresql.auto.conf.
-LEFTOVER = {"recovery_target_time": "2001-01-01 00:00:00+00", "recovery_target_action": "promote"}
+LEFTOVER = {"recovery_target_time": "2001-01-01 00:00:00+00", "recovery_target_action": "promote",
+            # Honoured in archive recovery too: every commit of the last hour would wait.
+            "recovery_min_apply_delay": "1h",
+            # Run by the server (in its data directory) when recovery ends.
+            "recovery_end_command": "touch recovery_end_command_ran"}
 
 
 @dataclass
@@ -115,7 +120,9 @@ def test_a_leftover_target_in_the_base_backup_does_not_stop_a_recover_to_the_end
     assert "target: the end of the archive" in out
     auto = (target_dir / "postgresql.auto.conf").read_text()
     assert f"recovery_target_time = '{LEFTOVER['recovery_target_time']}'" in auto  # carried
+    assert f"recovery_min_apply_delay = '{LEFTOVER['recovery_min_apply_delay']}'" in auto
     assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40, "D": 40}
+    assert not (target_dir / "recovery_end_command_ran").exists()
 
 
 def test_a_leftover_target_does_not_clash_with_the_requested_one(archive: Archive) -> None:

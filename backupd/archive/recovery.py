@@ -128,7 +128,12 @@ class RecoveryTarget:
         not written here would still apply. So every kind is written, empty unless it is the
         one asked for. The server applies only the last line of a setting, in file order,
         and refuses a second kind while one is set ("multiple recovery targets
-        specified"): the empty ones come first, the chosen one last."""
+        specified"): the empty ones come first, the chosen one last.
+
+        Two more settings a base backup may carry apply in archive recovery and are reset:
+        ``recovery_min_apply_delay`` (a delayed standby's; every commit younger than it would
+        wait, so the server would not promote) and ``recovery_end_command`` (a command of the
+        source server's own setup, run when recovery ends)."""
         chosen: dict[str, str] = {}
         if self.time is not None:
             chosen = {"recovery_target_time": self.time.isoformat(sep=" ")}
@@ -139,7 +144,7 @@ class RecoveryTarget:
         cleared = {key: "" for key in TARGET_KINDS if key not in chosen}
         return {**cleared, "recovery_target_inclusive": "on",
                 "recovery_target_action": "promote", "recovery_target_timeline": "latest",
-                **chosen}
+                "recovery_min_apply_delay": "0", "recovery_end_command": "", **chosen}
 
 
 def parse_target_lsn(text: str) -> int:
