@@ -1,13 +1,13 @@
 """``backupd recover`` decides where replay stops, whatever the base backup carries.
 
-The primary keeps recovery settings in its postgresql.auto.conf (as a primary that was
-itself recovered, and never reset them, does): a ``recovery_target_time`` long past with
-``recovery_target_action = 'promote'``; and, as a server that once was a delayed standby
-keeps, ``recovery_min_apply_delay`` and a ``recovery_end_command``. They travel inside every later base backup. One
-private cluster, one daemon run, one archive for the module: the table ``t`` exists before
-the base backup, then rows in batches A, B, C, D are committed after it, with restore points
-between them: ``twice`` after A (`backupd mark`) and again after B (pg_create_restore_point
-from psql, which nothing can stop), ``once`` after C.
+The primary keeps recovery settings in its postgresql.auto.conf (as a primary that was itself
+recovered, and never reset them, does): a ``recovery_target_time`` long past with
+``recovery_target_action = 'promote'``; and, as a server that once was a delayed standby keeps,
+``recovery_min_apply_delay`` and a ``recovery_end_command``. They travel inside every later
+base backup. One private cluster, one daemon run, one archive for the module: the table ``t``
+exists before the base backup, then rows in batches A, B, C, D are committed after it, with
+restore points between them: ``twice`` after A (`backupd mark`) and again after B
+(pg_create_restore_point from psql, which nothing can stop), ``once`` after C.
 """
 
 from __future__ import annotations
