@@ -66,6 +66,24 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "backupd", *args]
 
 
+# Linux capabilities (linux/capability.h) and prctl's PR_CAPBSET_DROP.
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _PR_CAPBSET_DROP = 1, 2, 24
+
+
+def _drop_file_override() -> None:
+    """In the child before exec: as root, no CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (out of
+    the bounding set, so exec does not give them back). A file's mode then binds it as it
+    binds any other user: a file chmod 0 cannot be read. Raises if that cannot be done."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
 def run_backupd(
     args: list[str],
     env: dict[str, str],
@@ -76,17 +94,22 @@ def run_backupd(
     memory_limit: int | None = None,
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
+    obey_file_modes: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run one backupd command to completion; never raises on a non-zero exit code.
 
     ``memory_limit`` (bytes of address space) keeps a runaway read, such as of /dev/zero,
     from taking the machine's memory with it: backupd fails instead. ``stdout``: where its
-    standard output goes instead of being captured (``proc.stdout`` is then empty)."""
+    standard output goes instead of being captured (``proc.stdout`` is then empty).
+    ``obey_file_modes``: file modes bind backupd even when the tests run as root, as they
+    bind the image's uid 10001 (a file made unreadable with chmod 0 is unreadable to it)."""
     leakcheck.record_run(args, env)
 
-    def limit_memory() -> None:
+    def before_exec() -> None:
         if memory_limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        if obey_file_modes:
+            _drop_file_override()
 
     proc = subprocess.run(
         _command(args),
@@ -99,7 +122,7 @@ def run_backupd(
         timeout=timeout,
         cwd=cwd,
         check=False,
-        preexec_fn=limit_memory if memory_limit is not None else None,
+        preexec_fn=before_exec if memory_limit is not None or obey_file_modes else None,
     )
     proc.stdout, proc.stderr = proc.stdout or "", proc.stderr or ""
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
