@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,10 +38,12 @@ from helpers.wal import (
 
 from backupd.archive import restore_points
 from backupd.archive.basebackups import list_base_backups
-from backupd.archive.recovery import RecoveryTarget, plan
+from backupd.archive.recovery import RecoveryPlan, RecoveryTarget, plan
 from backupd.archive.recovery_source import ArchiveSource
 from backupd.archive.walnames import format_lsn, parse_lsn
-from backupd.commands.recover import fetch_segment
+from backupd.archive.walstore import ArchivedWal
+from backupd.commands.mark import SCRATCH_PREFIX
+from backupd.commands.recover import fetch_segment, timeline_history
 from backupd.errors import JobFailed
 from backupd.storage.local import LocalRepository
 
@@ -140,10 +143,14 @@ def test_recover_to_a_name_made_once_stops_there(archive: Archive) -> None:
     assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40}
 
 
-def _refused(archive: Archive, args: list[str]) -> str:
+def _user_env(archive: Archive, **extra: str) -> dict[str, str]:
+    """The archive's settings with ``extra``, logging as a user sees it (not JSON)."""
+    return {**{k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}, **extra}
+
+
+def _refused(archive: Archive, args: list[str], **extra: str) -> str:
     """The one line a refused command (exit 2) wrote, as a user sees it."""
-    env = {k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}
-    proc = run_backupd(args, env, timeout=300)
+    proc = run_backupd(args, _user_env(archive, **extra), timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
     return lines[0]
@@ -185,6 +192,45 @@ def test_mark_refuses_a_name_already_in_the_archive(archive: Archive) -> None:
     assert _points_in_the_servers_wal(archive, "once") == before  # none made
 
 
+def _planned(backup_dir: Path, name: str) -> tuple[ArchiveSource, RecoveryPlan]:
+    """The local archive in ``backup_dir`` and recover's plan for --to-name ``name`` (the WAL
+    from the oldest base backup on: what `backupd mark` reads)."""
+    source = ArchiveSource(LocalRepository(backup_dir), local_archive(backup_dir), None)
+    wal = source.wal()
+    return source, plan(wal, source.base_backups(), RecoveryTarget(name=name),
+                        timeline_history=timeline_history(source, wal))
+
+
+@pytest.mark.parametrize("damage", ["unreadable", "corrupt"])
+def test_mark_over_a_damaged_archive_fails_naming_the_file_and_makes_no_point(
+        archive: Archive, tmp_path: Path, damage: str) -> None:
+    """A WAL file mark's check reads that cannot be read (mode 0, as a file root left behind
+    is to the image's uid 10001) or is corrupt (its bytes changed, not its size): exit 1, one
+    line naming it, and no restore point."""
+    copy = tmp_path / "backups"
+    shutil.copytree(archive.backup_dir, copy)
+    _, chosen = _planned(copy, "x")
+    artifact = next(w.artifact for w in chosen.segments if isinstance(w, ArchivedWal))
+    assert artifact is not None  # committed, not the spool's
+    path = copy / "wal" / artifact
+    if damage == "unreadable":
+        path.chmod(0)
+    else:
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(byte ^ 0xFF for byte in data[middle:middle + 64])
+        path.write_bytes(bytes(data))
+    name = f"after-{damage}"
+    proc = run_backupd(["mark", name], _user_env(archive, DB_BACKUP_DIR=str(copy)),
+                       timeout=300, obey_file_modes=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert f"restore point {name!r} not made" in lines[0] and artifact in lines[0], lines[0]
+    assert "internal error" not in lines[0], lines[0]
+    assert _points_in_the_servers_wal(archive, name) == 0
+    assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))  # the fetched WAL removed
+
+
 def _points_in_the_servers_wal(archive: Archive, name: str) -> int:
     """Restore points called ``name`` in the server's own pg_wal (flushed first)."""
     with connect(archive.cluster.address) as conn:
@@ -201,9 +247,7 @@ def test_the_scan_a_window_at_a_time_finds_each_restore_point_once(
         archive: Archive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # What `backupd mark` runs over a large archive, with a window of one segment (plus the
     # one after it) so the small archive spans windows.
-    source = ArchiveSource(LocalRepository(archive.backup_dir), local_archive(archive.backup_dir),
-                           None)
-    chosen = plan(source.wal(), source.base_backups(), RecoveryTarget(name="twice"))
+    source, chosen = _planned(archive.backup_dir, "twice")
     assert len(chosen.segments) >= 2
     monkeypatch.setattr(restore_points, "WINDOW_SEGMENTS", 1)
     found = restore_points.find(chosen, tmp_path, Path(pg_binary("pg_waldump")), "twice",
@@ -219,9 +263,7 @@ def test_a_scan_that_pg_waldump_cannot_finish_fails_instead_of_finding_fewer(
     """A segment pg_waldump cannot read, before the window's last one: the scan would end
     there and report fewer restore points than the WAL holds (one "twice" where there are
     two, so --to-name would go ahead). It fails, naming where it stopped."""
-    source = ArchiveSource(LocalRepository(archive.backup_dir), local_archive(archive.backup_dir),
-                           None)
-    chosen = plan(source.wal(), source.base_backups(), RecoveryTarget(name="twice"))
+    source, chosen = _planned(archive.backup_dir, "twice")
     assert len(chosen.segments) >= 2
     for wal in chosen.segments:
         fetch_segment(source, chosen, wal, tmp_path / chosen.file_name(wal))

@@ -217,13 +217,17 @@ class WalArchive:
         if wal.spool_path is not None:
             raise WalFetchError(f"WAL file {name} kept moving in the spool while it was "
                                 "copied; try again")
-        with atomic_write(dest) as out:
+        with atomic_write(dest) as out, contextlib.ExitStack() as reading:
             assert wal.artifact is not None
             digest = hashlib.sha256()
             raw_sink = _RawSink(out, digest, wal.artifact)
+            where = self.repository.location(wal.artifact)
             try:
-                with self.repository.open(wal.artifact) as stored:
-                    self._decode(wal.artifact, stored, raw_sink)
+                stored = reading.enter_context(self.repository.open(wal.artifact))
+            except OSError as exc:  # only the opening: a failed write of ``dest`` is no read
+                raise _unreadable(name, where, exc) from None
+            try:
+                self._decode(wal, where, stored, raw_sink)
                 raw_sink.finish()
             except AgeError as exc:
                 raise WalFetchError(f"WAL file {name} ({wal.artifact}): {exc}") from None
@@ -244,17 +248,17 @@ class WalArchive:
         raise WalFetchError(f"WAL file {gone.name} left the spool while it was copied and is "
                             f"not in the archive at {self.repository.description}")
 
-    def _decode(self, artifact: str, stored: BinaryIO, sink: _RawSink) -> None:
-        encrypted = artifact.endswith(".age")
-        if not encrypted:
-            while chunk := stored.read(BLOCK_SIZE):
+    def _decode(self, wal: ArchivedWal, where: str, stored: BinaryIO, sink: _RawSink) -> None:
+        artifact = wal.artifact or wal.name
+        if not artifact.endswith(".age"):
+            while chunk := _read(stored, wal.name, where):
                 sink.write(chunk)
             return
         identities = load_identities(self.crypto) if self.crypto is not None else None
         if not identities:
             raise WalFetchError(f"{artifact} is encrypted; set DB_BACKUP_AGE_IDENTITY_FILE to "
                                 "the age identity that can decrypt it")
-        decrypt_into(stored, sink, identities)
+        decrypt_into(stored, sink, identities)  # its OSError is an AgeError
 
     # --- writing --------------------------------------------------------------------
     def store(self, source: Path, wal: WalFileName, origin: WalOrigin, *, compression: str,
@@ -299,10 +303,30 @@ class WalArchive:
 
 def _copy_spool_file(path: Path, dest: Path) -> None:
     """FileNotFoundError (and nothing at ``dest``) when ``path`` is gone; once open, a
-    rename or unlink of it does not stop the copy."""
-    with open(path, "rb") as source, atomic_write(dest) as out:
-        while chunk := source.read(BLOCK_SIZE):
+    rename or unlink of it does not stop the copy. WalFetchError when it cannot be read."""
+    try:
+        source = open(path, "rb")  # noqa: SIM115 (closed below: only opening is translated)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _unreadable(path.name, str(path), exc) from None
+    with source, atomic_write(dest) as out:
+        while chunk := _read(source, path.name, str(path)):
             out.write(chunk)
+
+
+def _unreadable(name: str, where: str, exc: OSError) -> WalFetchError:
+    return WalFetchError(f"WAL file {name} cannot be read from the archive ({where}): "
+                         f"{exc.strerror or exc}")
+
+
+def _read(stored: BinaryIO, name: str, where: str) -> bytes:
+    """A block of archived WAL file ``name``: an OSError reading it (EACCES, EIO) is the
+    archive's, said naming the file."""
+    try:
+        return stored.read(BLOCK_SIZE)
+    except OSError as exc:
+        raise _unreadable(name, where, exc) from None
 
 
 def _encode(source: Path, out: BinaryIO, compression: str, level: int | None,

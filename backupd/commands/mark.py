@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 from backupd.archive import restore_points
-from backupd.archive.recovery import RecoveryTarget, plan
+from backupd.archive.recovery import RecoveryPlan, RecoverySource, RecoveryTarget, plan
 from backupd.configs import age_key_files
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
@@ -60,7 +60,7 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     if not ctx.settings.wal_archive:
         return  # no archive of backupd's to recover from by name
     from backupd.archive.recovery_source import archive_source
-    from backupd.commands.recover import fetch_segment, timeline_history
+    from backupd.commands.recover import timeline_history
 
     source = archive_source(ctx.repos, age_key_files(ctx.settings))
     try:
@@ -73,22 +73,34 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     for removed in remove_leftovers(ctx.settings.backup_dir):
         ctx.warn(f"removed {removed.name}, the WAL a killed `backupd mark` had fetched")
     with owned(ctx.settings.backup_dir / f"{SCRATCH_PREFIX}{secrets.token_hex(6)}") as wal_dir:
-        first = chosen.segments[0]
-        fetch_segment(source, chosen, first, wal_dir / chosen.file_name(first))
-        root = ctx.settings.pg_server_root
-        waldump = restore_points.waldump_reading(wal_dir / chosen.file_name(first), root)
-        if waldump is None:
-            ctx.warn(f"no pg_waldump in {root} reads the archive's WAL: restore point {name!r} "
-                     "not looked for in it (install the server package of its major)")
-            return
-        points = restore_points.find(chosen, wal_dir, waldump, name,
-                                     fetch=lambda wal, dest: fetch_segment(source, chosen, wal,
-                                                                           dest))
+        try:
+            points = _points_named(ctx, source, chosen, wal_dir, name)
+        except JobFailed as exc:  # a WAL file that cannot be read, or pg_waldump stopped
+            raise JobFailed(f"restore point {name!r} not made: reading the WAL archive for "
+                            f"the name failed: {exc}") from None
     if points:
         raise ConfigError(
             f"NAME: restore point {name!r} is already in the WAL archive, at "
             + ", ".join(p.describe() for p in points) + "; recovery stops at the first of a "
             f"name, so give this one another name (e.g. {name}-2)")
+
+
+def _points_named(ctx: JobContext, source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
+                  name: str) -> list[restore_points.RestorePoint] | None:
+    """The restore points called ``name`` in ``chosen``'s WAL, fetched into ``wal_dir`` a
+    window at a time; None (warned) without a pg_waldump that reads it."""
+    from backupd.commands.recover import fetch_segment
+
+    first = wal_dir / chosen.file_name(chosen.segments[0])
+    fetch_segment(source, chosen, chosen.segments[0], first)
+    waldump = restore_points.waldump_reading(first, ctx.settings.pg_server_root)
+    if waldump is None:
+        ctx.warn(f"no pg_waldump in {ctx.settings.pg_server_root} reads the archive's WAL: "
+                 f"restore point {name!r} not looked for in it (install the server package "
+                 "of its major)")
+        return None
+    return restore_points.find(chosen, wal_dir, waldump, name,
+                               fetch=lambda wal, dest: fetch_segment(source, chosen, wal, dest))
 
 
 def remove_leftovers(backup_dir: Path) -> list[Path]:
