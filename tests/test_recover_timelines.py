@@ -13,6 +13,9 @@ The recovered directory keeps its pg_wal_archive/ (the runbook says to remove it
 is checked; not everyone does), so base backup 3 carries that stale WAL copy: a recover from
 it unpacks only its own fresh copy. The stale copy holds ``00000002.history`` too, as one left
 by a recover of an archive already on timeline 2 would, which the fresh copy also holds.
+
+Without ``00000002.history`` in the archive (or readable there), recover cannot tell which base
+backups are on the path to timeline 2: it fails naming the file, before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,6 +36,7 @@ from helpers.pg import connect
 from helpers.recovered import BATCH_TABLE, batch_counts, insert_batch, recover, started
 from helpers.wal import (
     WAL_SERVER_SETTINGS,
+    archived,
     holds,
     spool_dir,
     switch_wal,
@@ -41,6 +47,7 @@ from helpers.wal import (
 
 from backupd.archive.basebackups import BaseBackupInfo, list_base_backups
 from backupd.archive.recovery_dir import WAL_COPY_NAME
+from backupd.archive.walstore import WAL_SUBDIRECTORY
 from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
@@ -61,7 +68,19 @@ def _batches(data_dir: Path) -> dict[str, int]:
         return batch_counts(server)
 
 
-def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_backup() -> None:
+@dataclass
+class Archive:
+    """The two-timeline archive, made once for the module (the daemons stopped)."""
+
+    backup_dir: Path
+    env: dict[str, str]
+    work: Path
+    first: str  # base backup 1, on timeline 1 before the fork
+    abandoned: str  # base backup 2, on timeline 1 after the fork
+
+
+@pytest.fixture(scope="module")
+def archive() -> Iterator[Archive]:
     with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
         cluster.start()
         work = cluster.work_directory()
@@ -104,25 +123,59 @@ def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_bac
                 _durable(backup_dir, marker)
             finally:
                 stop_backupd(daemon, timeout=60)
+        yield Archive(backup_dir, env, work, first, abandoned)
 
-        by_name = {b.name: b for b in _bases(backup_dir)}
-        [on_two] = [b for b in by_name.values() if b.timeline == 2]
-        # What made the old choice wrong: the abandoned one ends later.
-        assert by_name[abandoned].timeline == 1
-        assert by_name[abandoned].stop_lsn > on_two.stop_lsn
-        out = recover(env, work / "to-end")
-        assert _batches(work / "to-end") == {"A": 40, "C": 40}
-        assert f"base backup: {on_two.name}" in out, out
-        # Only this recover's copy: none of the first recover's timeline-1 segments.
-        copied = sorted(p.name for p in (work / "to-end" / WAL_COPY_NAME).iterdir())
-        assert copied and all(not name.startswith("00000001") for name in copied), copied
-        said = (backup_dir / "recover_log.txt").read_text()
-        assert f"WARNING: the base backup holds a {WAL_COPY_NAME}/ left by an earlier " \
-            "recover: not unpacked" in said, said
-        # Retention counts the two on the path (the first, before the fork, and timeline 2's)
-        # toward BASEBACKUP_KEEP=2, not the abandoned one, which displaced the first: the
-        # daemon's retention after base backup 3 kept it, and prune would too.
-        assert first in by_name
-        pruned = run_backupd(["prune", "--dry-run"], {**env, "BASEBACKUP_KEEP": "2"})
-        assert pruned.returncode == 0, pruned.stderr
-        assert f"would delete base backup {first}" not in pruned.stdout + pruned.stderr
+
+def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_backup(
+        archive: Archive) -> None:
+    backup_dir, env, work = archive.backup_dir, archive.env, archive.work
+    first, abandoned = archive.first, archive.abandoned
+    by_name = {b.name: b for b in _bases(backup_dir)}
+    [on_two] = [b for b in by_name.values() if b.timeline == 2]
+    # What made the old choice wrong: the abandoned one ends later.
+    assert by_name[abandoned].timeline == 1
+    assert by_name[abandoned].stop_lsn > on_two.stop_lsn
+    out = recover(env, work / "to-end")
+    assert _batches(work / "to-end") == {"A": 40, "C": 40}
+    assert f"base backup: {on_two.name}" in out, out
+    # Only this recover's copy: none of the first recover's timeline-1 segments.
+    copied = sorted(p.name for p in (work / "to-end" / WAL_COPY_NAME).iterdir())
+    assert copied and all(not name.startswith("00000001") for name in copied), copied
+    said = (backup_dir / "recover_log.txt").read_text()
+    assert f"WARNING: the base backup holds a {WAL_COPY_NAME}/ left by an earlier " \
+        "recover: not unpacked" in said, said
+    # Retention counts the two on the path (the first, before the fork, and timeline 2's)
+    # toward BASEBACKUP_KEEP=2, not the abandoned one, which displaced the first: the
+    # daemon's retention after base backup 3 kept it, and prune would too.
+    assert first in by_name
+    pruned = run_backupd(["prune", "--dry-run"], {**env, "BASEBACKUP_KEEP": "2"})
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"would delete base backup {first}" not in pruned.stdout + pruned.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_recover_without_the_newest_timelines_history_file_fails_naming_it(
+        archive: Archive, tmp_path: Path, damage: str) -> None:
+    """The archive holds timeline 2's WAL but not (or not readably) 00000002.history: no base
+    backup can be told to be on the path to timeline 2, so nothing is chosen (not the
+    abandoned one, not the newest on timeline 1) and nothing written: exit 1, one line
+    naming the file."""
+    copy = tmp_path / "backups"
+    shutil.copytree(archive.backup_dir, copy)
+    [history] = [w for w in archived(copy) if w.history and w.timeline == 2]
+    assert history.artifact is not None and not list(spool_dir(copy).glob("*.history"))
+    stored = copy / WAL_SUBDIRECTORY / history.artifact
+    if damage == "missing":
+        stored.unlink()
+        Path(f"{stored}.manifest.json").unlink()
+    else:
+        stored.chmod(0)
+    target_dir = tmp_path / "recovered"
+    env = {k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}
+    proc = run_backupd(["recover", "--target-dir", str(target_dir)],
+                       {**env, "DB_BACKUP_DIR": str(copy)}, timeout=300, obey_file_modes=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert "00000002.history" in lines[0] and "internal error" not in lines[0], lines[0]
+    assert "base_backup=None" in lines[0], lines[0]  # nothing chosen
+    assert not target_dir.exists()
