@@ -231,6 +231,44 @@ def test_mark_over_a_damaged_archive_fails_naming_the_file_and_makes_no_point(
     assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))  # the fetched WAL removed
 
 
+def _server_major(archive: Archive) -> int:
+    with connect(archive.cluster.address) as conn:
+        row = conn.execute("SHOW server_version_num").fetchone()
+    assert row is not None
+    return int(row[0]) // 10000
+
+
+def test_mark_without_the_archives_pg_waldump_warns_naming_it_and_still_marks(
+        archive: Archive, tmp_path: Path) -> None:
+    """The check cannot run; the restore point is still made (recover refuses a name that is
+    there twice), and the warning says which pg_waldump is missing and how to get it."""
+    empty = tmp_path / "no-server-binaries"
+    empty.mkdir()
+    proc = run_backupd(["mark", "unchecked"],
+                       _user_env(archive, PG_SERVER_ROOT=str(empty)), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    major = _server_major(archive)
+    [warning] = [line for line in proc.stderr.splitlines() if "[warning" in line]
+    assert "'unchecked' not looked for" in warning and "PG_SERVER_ROOT" in warning, warning
+    assert f"postgresql-{major}" in warning and str(empty / str(major) / "bin") in warning
+    assert _points_in_the_servers_wal(archive, "unchecked") == 1
+
+
+def test_recover_to_a_name_without_the_archives_pg_waldump_is_refused_naming_it(
+        archive: Archive, tmp_path: Path) -> None:
+    """Unchecked, a name there twice would stop replay at the first, and one not there at all
+    would make a directory no server starts on: refused, nothing written."""
+    empty = tmp_path / "no-server-binaries"
+    empty.mkdir()
+    target_dir = archive.work / "to-once-unchecked"
+    line = _refused(archive, ["recover", "--target-dir", str(target_dir), "--to-name", "once"],
+                    PG_SERVER_ROOT=str(empty))
+    major = _server_major(archive)
+    assert "--to-name" in line and "'once'" in line, line
+    assert "PG_SERVER_ROOT" in line and f"postgresql-{major}" in line and "--to-lsn" in line
+    assert not target_dir.exists()
+
+
 def _points_in_the_servers_wal(archive: Archive, name: str) -> int:
     """Restore points called ``name`` in the server's own pg_wal (flushed first)."""
     with connect(archive.cluster.address) as conn:

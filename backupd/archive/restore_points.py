@@ -24,7 +24,7 @@ from pathlib import Path
 from backupd.archive.recovery import RecoveryPlan, WalLike
 from backupd.archive.walnames import format_lsn, parse_lsn, parse_wal_name
 from backupd.errors import JobFailed
-from backupd.pipeline.clients import server_tool
+from backupd.pipeline.clients import missing_server_tools, server_tool
 from backupd.pipeline.supervisor import Child
 
 # rmgr: XLOG len (rec/tot): 98/98, tx: 0, lsn: 0/03000060, prev 0/03000028,
@@ -47,6 +47,9 @@ _XLOG_RESTORE_POINT = 0x70
 _DATA_SHORT = 0xFF
 _RESTORE_POINT_SIZE = 72
 _POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# XLOG_PAGE_MAGIC (access/xlog_internal.h), the first two bytes of every WAL page: the major
+# that wrote the WAL, to name the pg_waldump that is missing.
+_PAGE_MAGIC_MAJOR = {0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17}
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,22 @@ def waldump_reading(wal_file: Path, server_root: Path) -> Path | None:
             if child.wait(60) == 0:
                 return tool
     return None
+
+
+def missing_waldump(wal_file: Path, server_root: Path) -> str:
+    """Why :func:`waldump_reading` found none, in one line: the major that wrote ``wal_file``
+    (its page magic), its package and PG_SERVER_ROOT."""
+    with wal_file.open("rb") as wal:
+        head = wal.read(2)
+    major = _PAGE_MAGIC_MAJOR.get(int.from_bytes(head, sys.byteorder)) if len(head) == 2 \
+        else None
+    if major is None:
+        return (f"no pg_waldump in {server_root} reads the archive's WAL ({wal_file.name}): "
+                "install the server package of the archive's major (postgresql-NN), or set "
+                "PG_SERVER_ROOT to a directory with NN/bin/pg_waldump in it")
+    missing = missing_server_tools(("pg_waldump",), major, server_root)
+    return missing or (f"the PostgreSQL {major} pg_waldump in {server_root / str(major) / 'bin'} "
+                       f"cannot read the archive's WAL file {wal_file.name}")
 
 
 def find(chosen: RecoveryPlan, wal_dir: Path, waldump: Path, name: str,

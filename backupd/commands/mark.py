@@ -95,9 +95,8 @@ def _points_named(ctx: JobContext, source: RecoverySource, chosen: RecoveryPlan,
     fetch_segment(source, chosen, chosen.segments[0], first)
     waldump = restore_points.waldump_reading(first, ctx.settings.pg_server_root)
     if waldump is None:
-        ctx.warn(f"no pg_waldump in {ctx.settings.pg_server_root} reads the archive's WAL: "
-                 f"restore point {name!r} not looked for in it (install the server package "
-                 "of its major)")
+        ctx.warn(f"restore point {name!r} not looked for in the archive's WAL: "
+                 + restore_points.missing_waldump(first, ctx.settings.pg_server_root))
         return None
     return restore_points.find(chosen, wal_dir, waldump, name,
                                fetch=lambda wal, dest: fetch_segment(source, chosen, wal, dest))

@@ -140,14 +140,16 @@ def to_restore_point(ctx: JobContext, chosen: RecoveryPlan, wal_dir: Path,
     name = chosen.target.name
     assert name is not None
     root = ctx.settings.pg_server_root
-    waldump = restore_points.waldump_reading(wal_dir / chosen.file_name(chosen.segments[0]),
-                                             root)
+    first = wal_dir / chosen.file_name(chosen.segments[0])
+    waldump = restore_points.waldump_reading(first, root)
     if waldump is None:
-        ctx.warn(f"no pg_waldump in {root} reads the archive's WAL: restore point {name!r} "
-                 "was not looked for; recovering from the oldest base backup, which stops at "
-                 "the first restore point of that name (install the server package of the "
-                 "archive's major)")
-        return chosen
+        # Unchecked, a name twice would stop replay at the first, and one not there would
+        # replay everything, then keep the server from starting.
+        raise ConfigError(f"--to-name: restore point {name!r} cannot be checked to be in the "
+                          "archive exactly once without the archive's pg_waldump: "
+                          f"{restore_points.missing_waldump(first, root)}; or recover with "
+                          f"--to-lsn at the LSN `backupd mark {name}` printed (in "
+                          "DB_BACKUP_DIR/mark_log.txt)")
     points = restore_points.find(chosen, wal_dir, waldump, name)
     if not points:
         raise ConfigError(f"--to-name: no restore point {name!r} in the archive's WAL "
