@@ -44,17 +44,21 @@ def segments(timeline: int, first: int, last: int, *, partial_last: bool = False
 
 BASES = [Base("base_old", 1, 2 * SIZE + 40, 2 * SIZE + 400, T0),
          Base("base_new", 1, 5 * SIZE + 40, 5 * SIZE + 400, T0 + timedelta(hours=1))]
+# plan's timeline_history on timeline 1, which has no history file.
+NO_HISTORY: tuple[tuple[int, int], ...] = ()
 
 
 def test_the_newest_base_backup_before_the_target_and_all_wal_after_it() -> None:
     wal = segments(1, 2, 8, partial_last=True)
-    chosen = plan(wal, BASES, RecoveryTarget())
+    chosen = plan(wal, BASES, RecoveryTarget(), timeline_history=NO_HISTORY)
     assert chosen.base.name == "base_new"
     assert [w.segno for w in chosen.segments] == [5, 6, 7, 8] and chosen.segments[-1].partial
     assert chosen.file_name(chosen.segments[-1]) == segment_name(1, 8, SIZE)
-    early = plan(wal, BASES, RecoveryTarget(time=T0 + timedelta(minutes=30)))
+    early = plan(wal, BASES, RecoveryTarget(time=T0 + timedelta(minutes=30)),
+                 timeline_history=NO_HISTORY)
     assert early.base.name == "base_old" and early.segments[0].segno == 2
-    assert plan(wal, BASES, RecoveryTarget(name="before-migration")).base.name == "base_old"
+    assert plan(wal, BASES, RecoveryTarget(name="before-migration"),
+                timeline_history=NO_HISTORY).base.name == "base_old"
 
 
 def test_after_a_timeline_change_the_abandoned_history_is_left_out() -> None:
@@ -72,15 +76,16 @@ def test_a_gap_names_the_missing_range() -> None:
     wal = [w for w in segments(1, 2, 9) if w.segno not in (6, 7)]
     with pytest.raises(JobFailed, match=f"WAL gap: {segment_name(1, 6, SIZE)} .. "
                                         f"{segment_name(1, 7, SIZE)} missing"):
-        plan(wal, BASES, RecoveryTarget())
+        plan(wal, BASES, RecoveryTarget(), timeline_history=NO_HISTORY)
 
 
 def test_targets_outside_the_archive_are_refused() -> None:
     wal = segments(1, 2, 8)
     with pytest.raises(ConfigError, match="before the oldest base backup"):
-        plan(wal, BASES, RecoveryTarget(time=T0 - timedelta(days=1)))
+        plan(wal, BASES, RecoveryTarget(time=T0 - timedelta(days=1)),
+             timeline_history=NO_HISTORY)
     with pytest.raises(ConfigError, match="after the archive's end"):
-        plan(wal, BASES, RecoveryTarget(lsn=20 * SIZE))
+        plan(wal, BASES, RecoveryTarget(lsn=20 * SIZE), timeline_history=NO_HISTORY)
     with pytest.raises(ConfigError, match="one recovery target"):
         RecoveryTarget(time=T0, name="x")
 
@@ -88,13 +93,15 @@ def test_targets_outside_the_archive_are_refused() -> None:
 def test_a_restore_point_found_in_the_wal_picks_the_newest_base_backup_before_it() -> None:
     wal = segments(1, 2, 8)
     target = RecoveryTarget(name="before-migration")
-    assert plan(wal, BASES, target).base.name == "base_old"  # to read every restore point
-    at_six = plan(wal, BASES, target, restore_point=6 * SIZE + 100)
+    # Without the restore point's LSN: the oldest, to read every restore point.
+    assert plan(wal, BASES, target, timeline_history=NO_HISTORY).base.name == "base_old"
+    at_six = plan(wal, BASES, target, restore_point=6 * SIZE + 100, timeline_history=NO_HISTORY)
     assert at_six.base.name == "base_new" and at_six.segments[0].segno == 5
-    assert plan(wal, BASES, target, restore_point=3 * SIZE).base.name == "base_old"
+    assert plan(wal, BASES, target, restore_point=3 * SIZE,
+                timeline_history=NO_HISTORY).base.name == "base_old"
     with pytest.raises(ConfigError, match="--to-name: restore point 'before-migration' at "
                                           "0/2000100 is before the oldest base backup's end"):
-        plan(wal, BASES, target, restore_point=2 * SIZE + 256)
+        plan(wal, BASES, target, restore_point=2 * SIZE + 256, timeline_history=NO_HISTORY)
 
 
 def test_an_empty_restore_point_name_is_refused() -> None:
@@ -130,3 +137,10 @@ def test_after_a_point_in_time_recovery_the_abandoned_timelines_base_backup_is_n
 def test_only_base_backups_off_the_path_is_refused_naming_them() -> None:
     with pytest.raises(JobFailed, match=r"base_abandoned .* not on the path to timeline 2"):
         plan(FORKED_WAL, [ABANDONED], RecoveryTarget(), timeline_history=[(1, FORK)])
+
+
+def test_the_timeline_history_cannot_be_left_out() -> None:
+    """plan has no default for it: a caller that skipped reading the newest timeline's history
+    file would be told so here, not given a plan that cannot follow the fork."""
+    with pytest.raises(TypeError, match="timeline_history"):
+        plan(FORKED_WAL, [*BASES, ABANDONED], RecoveryTarget())  # type: ignore[call-arg]

@@ -258,12 +258,13 @@ def on_the_path(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike]
 
 def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
          target: RecoveryTarget, restore_point: int | None = None, *,
-         timeline_history: Sequence[tuple[int, int]] = ()) -> RecoveryPlan:
+         timeline_history: Sequence[tuple[int, int]]) -> RecoveryPlan:
     """The base backup and the WAL for ``target``; a gap or a target beyond the archive's end
     fails here, naming the missing range, before anything is written. ``restore_point``: the
     LSN of ``target.name``'s one restore point, once read from the WAL.
-    ``timeline_history``: the archive's newest timeline's history file
-    (:func:`on_the_path`)."""
+    ``timeline_history``: the archive's newest timeline's history file (:func:`on_the_path`;
+    ``commands.recover.timeline_history``), ``()`` on timeline 1. Required: without it a
+    planner could not tell the path to the newest timeline from an abandoned one."""
     base = choose_base(on_the_path(source_wal, backups, timeline_history), target,
                        restore_point)
     size = base.wal_segment_size or DEFAULT_SEGMENT_SIZE
