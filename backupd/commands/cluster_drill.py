@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from psycopg import sql
 
-from backupd.commands import restore, selection
+from backupd.commands import restore, restore_load, selection
 from backupd.commands.cluster_restore import restore_globals
 from backupd.commands.drill_server import (
     CLUSTER_MARK,
@@ -225,7 +225,7 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
     drilled = DatabaseDrill(database=database, backup_name=entry.name)
     with selection.local_file(drill_ctx, repository, entry) as path:
         identities = restore.identities_for(drill_ctx, entry)
-        restore.verify_first(path, entry, identities, drill_ctx)
+        restore_load.verify_first(path, entry, identities, drill_ctx)
         restore.create_database(admin, target, carried)
         # Its index builds are the drill's work, on the drill server the watchdog asks too.
         drill_ctx.progress.working_in(target, drill_ctx.settings)
@@ -234,7 +234,7 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
                       "server" + (f" (beside the drill server's own {database!r})"
                                   if target != database else ""))
         outcome.restore.restore_seconds = None
-        restore.load(drill_ctx, path, entry, target, identities)
+        restore_load.load(drill_ctx, path, entry, target, identities)
     drilled.restore_seconds = outcome.restore.restore_seconds
     return drilled
 

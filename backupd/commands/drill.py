@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backupd.commands import restore, selection
+from backupd.commands import restore, restore_load, selection
 from backupd.commands.drill_server import check_not_live, drill_server_settings
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import Cancelled, ConfigError, JobFailed, JobSkipped, OffsiteError
@@ -298,16 +298,16 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
     assert isinstance(outcome, DrillOutcome)  # set by run()
     try:
         identities = restore.identities_for(ctx, entry)
-        restore.verify_first(path, entry, identities, ctx)
+        restore_load.verify_first(path, entry, identities, ctx)
         ctx.say(f"{entry.name} verified; restoring into scratch database {scratch!r}")
-        restore.load(ctx, path, entry, scratch, identities)
+        restore_load.load(ctx, path, entry, scratch, identities)
     except JobFailed as exc:
         outcome.differences = [f"the backup does not restore: {exc}"]
         outcome.drift = []
         outcome.comparison_summary = "not compared: the restore failed"
         _record(ctx, entry, record, ok=False, seconds=None)
         raise JobFailed(f"restore drill of {entry.name} failed: {exc}") from None
-    seconds = outcome.restore_seconds or 0.0  # restore.load measured it
+    seconds = outcome.restore_seconds or 0.0  # restore_load.load measured it
     ctx.cancel.raise_if_cancelled()
     with connect(ctx.settings, ctx.settings.postgres_db) as live_conn:
         live_conn.execute("SET default_transaction_read_only = on")
