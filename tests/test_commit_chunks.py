@@ -10,6 +10,7 @@ import pytest
 from helpers.feeds import RecordingFeed
 
 from backupd.pipeline.commit_chunks import BOUNDARY, CommitChunks
+from backupd.pipeline.tablespace_sets import TablespaceSets
 
 
 def entry(i: int) -> bytes:
@@ -146,3 +147,58 @@ def test_a_copy_end_cut_between_two_large_pieces_is_still_found(into: int) -> No
 
     assert sent.replace(BOUNDARY, b"") == LONG_DUMP
     assert chunks.entry == 10
+
+
+# pg_dump's choice of tablespace before an entry, for tablespaces the server has ("here")
+# and lacks (the others), and lookalikes where pg_dump puts user text: COPY data, a
+# dollar-quoted body, a string literal, a quoted identifier, a comment.
+ODD = b'"Odd ""name""; x"'
+LONG = b'"' + b'""' * 30 + b"x" * 33 + b'"'  # 63 bytes, 30 of them quotes: the longest kind
+QUOTES = b'"' + b'""' * 63 + b'"'  # 63 quotes: too long a statement, left as it is
+TABLESPACE_SETS = (
+    b"\nSET default_tablespace = gone;\n\n" + entry(40)
+    + b"\nSET default_tablespace = here;\n\n" + entry(41)
+    + b"\nSET default_tablespace = " + ODD + b";\n\n" + entry(42)
+    + b"\nSET default_tablespace = " + LONG + b";\n\n" + entry(43)
+    + b"\nSET default_tablespace = " + QUOTES + b";\n\n" + entry(46)
+    + b"\nSET default_tablespace = '';\n\n" + entry(44)
+    + data_entry(45, [b"x\n", b"SET default_tablespace = gone;\n"])
+    + b"\n--\n-- Name: f; Type: FUNCTION; Schema: public; Owner: app\n--\n\n"
+    b"CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS $_$\n"
+    b"SET default_tablespace = gone;\nSELECT 1$_$;\n"
+    b"COMMENT ON TABLE public.t1 IS '\nSET default_tablespace = gone;\n';\n"
+    b'CREATE TABLE public."\nSET default_tablespace = gone;\n" (a int);\n'
+    b"/*\nSET default_tablespace = gone;\n*/\n-- \nSET default_tablespace = kept;\n"
+)
+RESET = b"\nSET default_tablespace = '';\n"
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_a_tablespace_the_server_lacks_becomes_the_default_wherever_the_stream_is_cut(
+        seed: int) -> None:
+    dump = DUMP[:60] + TABLESPACE_SETS + DUMP[60:]
+    rng = random.Random(seed)
+    sizes = [rng.choice([1, 2, 3, 7, 20, 64, 300, 500]) for _ in range(len(dump) // 40)]
+    feed = RecordingFeed()
+    sets = TablespaceSets(frozenset({"here", "kept"}))
+    chunks = CommitChunks(feed, 1000, tablespaces=sets)
+    position = 0
+    for size in [*sizes, len(dump)]:
+        chunks(dump[position:position + size])
+        position += size
+    chunks.finish()
+
+    expected = dump
+    for name in (b"gone", ODD, LONG):
+        expected = expected.replace(b"\nSET default_tablespace = " + name + b";\n", RESET, 1)
+    assert feed.data == expected
+    assert sets.left_out == {"gone", 'Odd "name"; x', '"' * 30 + "x" * 33}
+    # The lookalikes are untouched: in COPY data, a body, a string, a name, a comment.
+    assert feed.data.count(b"SET default_tablespace = gone;\n") == 5
+    assert b"SET default_tablespace = here;\n" in feed.data
+
+
+def test_without_the_servers_tablespaces_the_statements_pass_through() -> None:
+    dump = DUMP[:60] + TABLESPACE_SETS + DUMP[60:]
+    sent, _ = run(dump, [500] * (len(dump) // 500), every=1000)
+    assert sent == dump

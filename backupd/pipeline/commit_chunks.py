@@ -23,6 +23,10 @@ entry commits and waits until every one of them ran (``Beside``). Those boundari
 flushed to psql at once: a worker waits for the commit, and the wait before post-data would
 otherwise wait for a NOTIFY still held in backupd's buffer, forever. Other boundaries, and
 the SQL, go out in batches (backupd.pipeline.psql).
+
+With :class:`~backupd.pipeline.tablespace_sets.TablespaceSets`, pg_dump's
+``SET default_tablespace = x;`` for a tablespace the server lacks is sent as
+``SET default_tablespace = '';`` (see there).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Protocol
 from backupd.pipeline.early_entries import EarlyPlan
 from backupd.pipeline.entry_scan import EntryScanner
 from backupd.pipeline.psql import Feed
+from backupd.pipeline.tablespace_sets import TablespaceSets
 
 ENTRIES_PER_COMMIT = 200
 COUNTER = "backupd.restore_commits"
@@ -60,9 +65,11 @@ class CommitChunks(EntryScanner):
     """Sends the SQL passing through to ``feed``, with commit boundaries inserted."""
 
     def __init__(self, feed: Feed, entries_per_commit: int = ENTRIES_PER_COMMIT,
-                 plan: EarlyPlan | None = None, beside: Beside | None = None) -> None:
+                 plan: EarlyPlan | None = None, beside: Beside | None = None,
+                 tablespaces: TablespaceSets | None = None) -> None:
         super().__init__()
         self._feed = feed
+        self._tablespaces = tablespaces
         self._every = entries_per_commit
         self._entries = 0  # since the last boundary
         self.boundaries = 0
@@ -94,6 +101,17 @@ class CommitChunks(EntryScanner):
         elif self._entries > self._every:
             self._boundary()
         self._skipping = number in self._skip
+
+    def _set_tablespace(self, buffer: bytes, start: int) -> int:
+        rewritten = (self._tablespaces.rewrite(buffer, start + 1)
+                     if self._tablespaces is not None else None)
+        if rewritten is None:
+            return super()._set_tablespace(buffer, start)
+        statement, end = rewritten
+        self._out(buffer[self._sent:start + 1])
+        self._out(statement)
+        self._sent = end
+        return end  # its new line, which may start a header
 
     def _boundary(self, first: bytes = b"") -> None:
         self._feed.send(first + BOUNDARY)

@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import re
 
+from backupd.pipeline.tablespace_sets import LONGEST, PREFIX
+
 _COPY_END = b"\n\\.\n"
 # Looked for through re: ~30 % faster than bytes.find in COPY data, whose newlines and
 # backslashes defeat find's skip table (this search is most of a restore's scan).
 _FIND_COPY_END = re.compile(re.escape(_COPY_END)).search
 # What changes the lexer's state outside COPY data: an entry header, a COPY, a comment, a
-# quote. A dollar-quote tag is an identifier (at most 63 bytes) between two dollars.
+# quote. A dollar-quote tag is an identifier (at most 63 bytes) between two dollars. And
+# pg_dump's choice of tablespace for the entries after it (see _set_tablespace).
+_SET_TABLESPACE = b"\n" + PREFIX
 _TOKENS = re.compile(rb"\n--\n-- (?:Data for )?Name: |\nCOPY |--|/\*|'|\"|"
-                     rb"\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$")
+                     rb"\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$|"
+                     + re.escape(_SET_TABLESPACE))
 _BLOCK_COMMENT = re.compile(rb"/\*|\*/")
 _IDENTIFIER_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
                               + bytes(range(0x80, 0x100)))
-# A token starting this far from the end of what we have is complete, lookahead included.
+# A token starting this far from the end of what we have is complete, lookahead included
+# (a SET default_tablespace statement, too: tablespace_sets.LONGEST).
 _HOLD = 128
+assert _HOLD >= LONGEST
 
 _NORMAL, _COPY, _LINE_COMMENT, _BLOCK, _SINGLE, _DOUBLE, _DOLLAR = range(7)
 
@@ -48,6 +55,12 @@ class EntryScanner:
 
     def _entry(self) -> None:
         raise NotImplementedError
+
+    def _set_tablespace(self, buffer: bytes, start: int) -> int:
+        """At ``start`` (a new line) begins pg_dump's ``SET default_tablespace = …;``: where
+        to scan on. A subclass may pass it on changed (``_out`` what comes before it, then
+        its replacement, and move ``_sent`` past it); here it is SQL like any other."""
+        return start + len(_SET_TABLESPACE)
 
     def __call__(self, data: bytes) -> None:
         if self._state == _COPY and self._copy_goes_on(data):
@@ -140,6 +153,8 @@ class EntryScanner:
             self.entry += 1
             self._entry()
             return start + 1  # the header's own lines are comments
+        if token == _SET_TABLESPACE:
+            return self._set_tablespace(buffer, start)
         if token == b"\nCOPY ":
             self._state = _COPY
             return start + 1
