@@ -1,5 +1,6 @@
 """What a database is, beyond what pg_dump writes without ``--create``: owner, encoding and
-locale, connection limit, ``ALTER DATABASE … SET``, privileges and comment.
+locale, default tablespace, connection limit, ``ALTER DATABASE … SET``, privileges and
+comment.
 
 They are read when the backup is taken and carried in its manifest, so that a restore (also
 onto a new server) puts them back while the SQL file stays one that plain
@@ -55,6 +56,10 @@ class DatabaseProperties(BaseModel):
     # None: the default privileges (PUBLIC may connect and create temporary tables).
     grants: list[Grant] | None = None
     comment: str | None = None
+    # The database's default tablespace (pg_default, or one of CREATE TABLESPACE's), where
+    # its tables and indexes go unless they name another. None in manifests of older
+    # backups: a restore then creates the database in the server's default.
+    tablespace: str | None = None
 
     def effective_grants(self) -> set[Grant]:
         """The privileges as PostgreSQL applies them (a NULL ACL spelled out)."""
@@ -83,6 +88,12 @@ def differences(expected: DatabaseProperties, actual: DatabaseProperties,
     ):
         if want != have:
             lines.append(f"database {label}: {want!r} in {expected_in}, {have!r} in {actual_in}")
+    # Not recorded (an older backup), or not expected back (a restore onto a server without
+    # that tablespace puts the database in the default one, and says so): not compared.
+    if None not in (expected.tablespace, actual.tablespace) \
+            and expected.tablespace != actual.tablespace:
+        lines.append(f"database tablespace: {expected.tablespace!r} in {expected_in}, "
+                     f"{actual.tablespace!r} in {actual_in}")
     for kind, want_set, have_set in (
         ("setting", set(map(str, expected.settings)), set(map(str, actual.settings))),
         ("privilege", set(map(str, expected.effective_grants())),

@@ -105,6 +105,11 @@ class Manifest(BaseModel):
     # database when the backup was taken: a restore puts them back (the SQL file carries
     # none of them). None in manifests of older backups.
     database_properties: DatabaseProperties | None = None
+    # Tablespaces other than the database's default that its tables and indexes were in
+    # when the backup was taken: a restore onto a server without one of them restores a
+    # custom or directory archive with pg_restore --no-tablespaces (plain SQL needs no list:
+    # backupd.pipeline.tablespace_sets). None in manifests of older backups.
+    object_tablespaces: list[str] | None = None
     # A WAL artifact (kind "wal"): which WAL file of which cluster. None for other kinds.
     wal: WalRecord | None = None
 

@@ -174,6 +174,9 @@ class DatabaseDrill(_Model):
     ok: bool = False
     restore_seconds: float | None = None
     comparison_summary: str | None = None
+    # Tablespaces of the backup (the database's, its objects') the drill server lacks: what
+    # was in them was restored into the default tablespace, and where is not compared.
+    tablespaces_missing: list[str] = Field(default_factory=list)
 
 
 ROLES_NOT_PROVEN = ("roles not proven: drilled beside the live database, where the roles "
@@ -192,6 +195,7 @@ class GlobalsOutcome(_Model):
     memberships_granted: int = 0
     tablespaces_created: list[str] = Field(default_factory=list)
     tablespaces_kept: list[str] = Field(default_factory=list)
+    tablespaces_not_created: list[str] = Field(default_factory=list)  # (no directory here)
     # What was not restored, one line each, with what to do (never a statement's SQL).
     problems: list[str] = Field(default_factory=list)
     restore_seconds: float | None = None

@@ -124,8 +124,11 @@ def drill(
         if outcome.cluster_restore_seconds is not None:
             print(f"whole-cluster restore time (RTO): {outcome.cluster_restore_seconds:.1f}s")
             for database in outcome.databases:
+                without = (f" (the drill server has no tablespace "
+                           f"{', '.join(database.tablespaces_missing)}: into the default one)"
+                           if database.tablespaces_missing else "")
                 print(f"  {database.database}: {database.backup_name}, restored in "
-                      f"{database.restore_seconds or 0:.1f}s")
+                      f"{database.restore_seconds or 0:.1f}s{without}")
         elif outcome.restore_seconds is not None:
             print(f"restore time: {outcome.restore_seconds:.1f}s")
         print(f"comparison: {outcome.comparison_summary}")

@@ -42,6 +42,7 @@ from backupd.postgres.connection import (
     severed_on_cancel,
 )
 from backupd.postgres.databases import PropertiesNotText, read_properties
+from backupd.postgres.tablespaces import object_tablespaces
 from backupd.result import human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
@@ -72,6 +73,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
                 ctx.warn(f"{exc}: the backup records no database properties, so a restore "
                          "creates the database with the server's defaults (set its owner, "
                          "encoding and settings by hand first)")
+            spaces = _object_tablespaces(ctx, conn)
             clock = read_server_clock(conn)
         # What the database held at backup time, for restore drills (issue 7): counted on a
         # connection of its own while pg_dump starts, instead of delaying it.
@@ -140,6 +142,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             stored_bytes=outcome.stored_bytes, sha256=outcome.sha256,
             encrypted=bool(recipients), age_recipients=recipients, table_rows=table_rows,
             gzip_members=outcome.gzip_members, database_properties=properties,
+            object_tablespaces=spaces,
             server_time=clock.now, wal_lsn=clock.wal_lsn, run_id=run_id,
         )
         # Written twice on purpose: now, unverified, so that a crash before the verdict
@@ -175,6 +178,17 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         ctx.result.deleted = prune.sweep(ctx, store, already_proven={name})
         ctx.result.deleted += prune.sweep_offsite(ctx, offsite)
         facts.retention_ran = True
+
+
+def _object_tablespaces(ctx: JobContext, conn: Any) -> list[str] | None:
+    """The tablespaces the database's tables and indexes are in (besides its default), for
+    a restore onto a server without them; never fails a backup."""
+    try:
+        return object_tablespaces(conn)
+    except psycopg.Error as exc:
+        ctx.warn(f"could not read which tablespaces the tables are in ({exc}); a restore onto "
+                 "a server without one of them fails for a custom or directory archive")
+        return None
 
 
 def _count_rows(settings: Settings, cancel: CancelToken) -> dict[str, int]:

@@ -49,6 +49,12 @@ from backupd.postgres.databases import (
     resolve_databases,
     trial_properties,
 )
+from backupd.postgres.tablespaces import (
+    Placement,
+    ServerTablespaces,
+    fallback_warning,
+    server_tablespaces,
+)
 from backupd.result import Status, human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
@@ -181,11 +187,13 @@ def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
             raise JobFailed(f"database {settings.postgres_db!r} (POSTGRES_DB) does not exist "
                             "on the server")
         carried = entry.manifest.database_properties if entry.manifest is not None else None
-        _create_scratch(admin, scratch, settings.postgres_db, carried or live)
+        spaces = server_tablespaces(admin)
+        placement = _create_scratch(admin, scratch, settings.postgres_db, carried or live,
+                                    spaces)
         ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
     try:
-        comparison, seconds = _restore_and_compare(ctx, path, entry, scratch, record,
-                                                   Properties(carried, live))
+        comparison, seconds = _restore_and_compare(
+            ctx, path, entry, scratch, record, Properties(carried, live, placement, spaces))
     finally:
         _drop_scratch(ctx, scratch)
     if not comparison.ok:
@@ -274,21 +282,25 @@ def _drop_leftover(ctx: JobContext, admin: Connection, scratch: str) -> None:
 
 
 def _create_scratch(admin: Connection, scratch: str, live: str,
-                    properties: DatabaseProperties) -> None:
+                    properties: DatabaseProperties, spaces: ServerTablespaces) -> Placement:
     # As `backupd restore` creates databases: from template0 with the backed-up database's
-    # encoding and locale (the live one's for an older backup that records none).
-    restore.create_database(admin, scratch, properties,
-                            connection_limit=SCRATCH_CONNECTION_LIMIT)
+    # encoding and locale (the live one's for an older backup that records none), in its
+    # tablespace.
+    placement = restore.create_database(admin, scratch, properties, spaces,
+                                        connection_limit=SCRATCH_CONNECTION_LIMIT)
     # The mark goes on at once: it is what later allows dropping a leftover.
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
         sql.Identifier(scratch),
         sql.Literal(f"{SCRATCH_MARK} for {live}; backupd drops it after every drill")))
+    return placement
 
 
 @dataclass(frozen=True)
 class Properties:
     carried: DatabaseProperties | None  # by the backup's manifest (None: an older backup)
     live: DatabaseProperties
+    placement: Placement  # where the scratch database went
+    spaces: ServerTablespaces  # the server's, for the objects
 
 
 def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
@@ -300,7 +312,8 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
         identities = restore.identities_for(ctx, entry)
         restore_load.verify_first(path, entry, identities, ctx)
         ctx.say(f"{entry.name} verified; restoring into scratch database {scratch!r}")
-        restore_load.load(ctx, path, entry, scratch, identities)
+        placed = restore_load.load(ctx, path, entry, scratch, identities,
+                                   tablespaces=properties.spaces)
     except JobFailed as exc:
         outcome.differences = [f"the backup does not restore: {exc}"]
         outcome.drift = []
@@ -308,6 +321,10 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
         _record(ctx, entry, record, ok=False, seconds=None)
         raise JobFailed(f"restore drill of {entry.name} failed: {exc}") from None
     seconds = outcome.restore_seconds or 0.0  # restore_load.load measured it
+    # Beside the live database its tablespaces are there, unless dropped since the backup.
+    fallback = fallback_warning(ctx.settings.postgres_db, properties.placement, placed)
+    if fallback is not None:
+        ctx.warn(f"restore drill: {fallback}")
     ctx.cancel.raise_if_cancelled()
     with connect(ctx.settings, ctx.settings.postgres_db) as live_conn:
         live_conn.execute("SET default_transaction_read_only = on")
@@ -323,7 +340,8 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
     else:
         with _admin(ctx.settings) as admin:
             as_restored = trial_properties(admin, scratch, properties.carried)
-        compare_properties(comparison, properties.carried, as_restored, properties.live)
+        compare_properties(comparison, properties.carried, as_restored, properties.live,
+                           expected=properties.placement.expected(properties.carried))
     outcome.differences = comparison.differences
     outcome.drift = comparison.drift
     outcome.drift_rows = comparison.drift_rows

@@ -59,6 +59,13 @@ from backupd.pipeline.encrypt import load_identities
 from backupd.pipeline.verification import verify_file
 from backupd.postgres.connection import connect, describe_pg_error, drop_database
 from backupd.postgres.databases import create_like, drop_with_subscriptions, read_properties
+from backupd.postgres.tablespaces import (
+    Placement,
+    ServerTablespaces,
+    fallback_warning,
+    place,
+    server_tablespaces,
+)
 from backupd.storage.base import BackupEntry
 
 Confirm = Callable[[str], bool]
@@ -130,16 +137,20 @@ def restore_file(
         # verified (no byte of it reaches the database before the verdict, and the log says
         # "restoring" only once the verdict is in and the load starts).
         ctx.say(f"preparing database {scratch!r} to restore {entry.name} into {target!r}")
-        create_database(admin, scratch, properties)
+        spaces = server_tablespaces(admin)
+        placement = create_database(admin, scratch, properties, spaces)
         ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
         try:
             mark_restoring(admin, scratch, target)
             verified.wait()
             ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
-            load(ctx, path, entry, scratch, identities, without.pg_restore_options,
-                 plan=verified.plan())
+            placed = load(ctx, path, entry, scratch, identities, without.pg_restore_options,
+                          plan=verified.plan(), tablespaces=spaces)
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
+            fallback = fallback_warning(target, placement, placed)
+            if fallback is not None:
+                ctx.warn(fallback)
         except BaseException:
             _drop_incomplete(ctx, admin, scratch, target)
             raise
@@ -231,14 +242,21 @@ def _properties(ctx: JobContext, entry: BackupEntry,
     return carried
 
 
-def create_database(admin: Connection, name: str,
-                    properties: DatabaseProperties | None, **options: int) -> None:
-    """The one way restore and drill create a database (from template0, like the source)."""
+def create_database(admin: Connection, name: str, properties: DatabaseProperties | None,
+                    tablespaces: ServerTablespaces, *,
+                    connection_limit: int | None = None) -> Placement:
+    """The one way restore and drill create a database: from template0, like the source,
+    in its tablespace when this server has it (``tablespaces``), else in the default one
+    (backupd.postgres.tablespaces); where it went, for the caller to report. One statement:
+    when it fails, there is no database."""
+    placement = place(properties, tablespaces, current_user(admin))
     try:
-        create_like(admin, name, properties, **options)
+        create_like(admin, name, properties, connection_limit=connection_limit,
+                    tablespace=placement.tablespace)
     except psycopg.Error as exc:
         raise JobFailed(f"cannot create database {name!r} like the backed-up one: "
                         f"{describe_pg_error(exc)}; nothing was changed") from None
+    return placement
 
 
 def _report_kept(ctx: JobContext, admin: Connection, kept: str,

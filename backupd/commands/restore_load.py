@@ -24,17 +24,34 @@ from backupd.pipeline.directory import Extractor, scratch
 from backupd.pipeline.early_entries import EarlyPlan
 from backupd.pipeline.early_jobs import EarlyJobs, fewer_sessions_hint, out_of_slots
 from backupd.pipeline.psql import Feed, run_in_one_transaction
+from backupd.pipeline.tablespace_sets import TablespaceSets
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
+from backupd.postgres.tablespaces import (
+    UNLISTED_HINT,
+    ObjectsPlaced,
+    ServerTablespaces,
+    missing_for_objects,
+)
 from backupd.storage.base import BackupEntry
 
 
 def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
          identities: list[x25519.Identity] | None, options: tuple[str, ...] = (),
-         plan: EarlyPlan | None = None) -> None:
+         plan: EarlyPlan | None = None,
+         tablespaces: ServerTablespaces | None = None) -> ObjectsPlaced:
     """Restore the verified backup into the new, empty ``database`` (dropped by the caller
     on failure, so no single transaction over the whole restore is needed). ``plan``: of
-    plain SQL, the entries its verify found to build beside the load."""
+    plain SQL, the entries its verify found to build beside the load. ``tablespaces``: the
+    server's; objects the backup has in others go to the database's default tablespace
+    (backupd.postgres.tablespaces), and the result names those tablespaces."""
     started = datetime.now(UTC)
+    placed = ObjectsPlaced()
+    if entry.parsed.backup_format in ("custom", "directory") and tablespaces is not None:
+        recorded = entry.manifest.object_tablespaces if entry.manifest is not None else None
+        missing = missing_for_objects(recorded, tablespaces)
+        if missing:
+            options = (*options, "--no-tablespaces")
+            placed = ObjectsPlaced(tuple(missing), every_object=True)
     if entry.parsed.backup_format == "custom":
         jobs = ctx.settings.restore_jobs
         if entry.parsed.encrypted and jobs > 1:
@@ -44,10 +61,14 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     elif entry.parsed.backup_format == "directory":
         _restore_directory(ctx, path, entry, database, identities, options)
     else:
-        stream_into_psql(ctx, path, entry, database, identities, plan)
+        sets = TablespaceSets(tablespaces.present) if tablespaces is not None else None
+        stream_into_psql(ctx, path, entry, database, identities, plan, sets)
+        if sets is not None:
+            placed = ObjectsPlaced(tuple(sorted(sets.left_out)))
     outcome = restore_outcome(ctx)
     if outcome is not None:
         outcome.restore_seconds = (datetime.now(UTC) - started).total_seconds()
+    return placed
 
 
 def verify_first(path: Path, entry: BackupEntry, identities: list[x25519.Identity] | None,
@@ -85,6 +106,8 @@ def _pg_restore(ctx: JobContext, source: Path, database: str,
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
         ctx.result.stderr_tool = "pg_restore"
+        if "default_tablespace" in problem:
+            problem += f"; {UNLISTED_HINT}"
         raise JobFailed(f"restore into {database!r} failed: {problem}")
 
 
@@ -103,7 +126,8 @@ def _restore_directory(ctx: JobContext, path: Path, entry: BackupEntry, database
 
 def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
                      identities: list[x25519.Identity] | None = None,
-                     plan: EarlyPlan | None = None) -> None:
+                     plan: EarlyPlan | None = None,
+                     tablespaces: TablespaceSets | None = None) -> None:
     """Verify the plain SQL backup while feeding it to psql: one transaction, stop at the
     first error, COMMIT only once every check of ``backupd verify`` passed.
 
@@ -115,6 +139,8 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
     With a ``plan`` (DB_RESTORE_JOBS > 1), its indexes and constraints are built by worker
     sessions as each table's data is committed (backupd.pipeline.early_jobs) and left out
     of the stream; the rest of post-data still runs here, in dump order, after them.
+    With ``tablespaces``, objects in a tablespace the server lacks go to the database's
+    default one (backupd.pipeline.tablespace_sets).
     """
     connection = restore_connection(ctx.settings, database)
     reports: list[VerifyReport] = []
@@ -123,7 +149,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
         # Commits along the way into the new database (one transaction would hold a lock
         # per table, see pipeline.commit_chunks); the final COMMIT still after the last byte.
         with _beside(ctx, plan, connection, feed) as beside:
-            chunks = CommitChunks(feed, plan=plan, beside=beside)
+            chunks = CommitChunks(feed, plan=plan, beside=beside, tablespaces=tablespaces)
             # The same scan as `backupd verify`, handing on only the SQL it has checked.
             reports.append(verify_file(path, entry.parsed, entry.manifest,
                                        entry.manifest_error, identities,

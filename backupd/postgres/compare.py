@@ -222,11 +222,14 @@ def compare(live: Catalog, restored: Catalog, backup_rows: dict[str, int] | None
 
 
 def compare_properties(result: Comparison, carried: DatabaseProperties,
-                       restored: DatabaseProperties, live: DatabaseProperties) -> None:
+                       restored: DatabaseProperties, live: DatabaseProperties, *,
+                       expected: DatabaseProperties | None = None) -> None:
     """Database properties: what the restore does not reproduce of what the backup carries
-    is a failure; what the live database changed since the backup is drift."""
+    (``expected``: of what it could reproduce on this server, e.g. without a tablespace the
+    server lacks) is a failure; what the live database changed since the backup is drift."""
     result.properties_compared = True
-    result.differences += differences(carried, restored, "the backup", "the restore")
+    result.differences += differences(expected or carried, restored, "the backup",
+                                      "the restore")
     result.drift += differences(carried, live, "the backup", "the live database")
 
 

@@ -159,12 +159,13 @@ def _read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
     row = conn.execute(sql.SQL(
         "SELECT d.oid, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), "
         "d.datcollate, d.datctype, {}, d.datconnlimit, d.datacl IS NULL, "
-        "shobj_description(d.oid, 'pg_database') FROM pg_database d WHERE d.datname = %s"
+        "shobj_description(d.oid, 'pg_database'), t.spcname FROM pg_database d "
+        "JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = %s"
     ).format(sql.SQL(_locale_columns(conn))), (name,)).fetchone()
     if row is None:
         return None
     oid, owner, encoding, collate, ctype, provider, provider_locale, limit, default_acl, \
-        comment = row
+        comment, tablespace = row
     settings = [
         RoleSetting(role=role, name=entry.split("=", 1)[0], value=entry.split("=", 1)[1])
         for role, entry in conn.execute(
@@ -183,14 +184,18 @@ def _read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
         owner=str(owner), encoding=str(encoding), collate=str(collate), ctype=str(ctype),
         locale_provider=str(provider), provider_locale=provider_locale,
         connection_limit=int(limit), settings=settings, grants=grants,
-        comment=None if comment is None else str(comment))
+        comment=None if comment is None else str(comment), tablespace=str(tablespace))
 
 
 def create_like(conn: Connection, name: str, properties: DatabaseProperties | None, *,
-                connection_limit: int | None = None) -> None:
+                connection_limit: int | None = None, tablespace: str | None = None) -> None:
     """CREATE DATABASE from template0, with the encoding and locale of ``properties`` (the
-    server's defaults when None: a backup taken before they were recorded)."""
+    server's defaults when None: a backup taken before they were recorded), in
+    ``tablespace`` (None: the server's default; which one the restore may use is
+    :mod:`backupd.postgres.tablespaces`' choice)."""
     options: list[sql.Composable] = [sql.SQL("TEMPLATE template0")]
+    if tablespace is not None:
+        options.append(sql.SQL("TABLESPACE {}").format(sql.Identifier(tablespace)))
     if properties is not None:
         options += [sql.SQL("ENCODING {}").format(sql.Literal(properties.encoding)),
                     sql.SQL("LC_COLLATE {}").format(sql.Literal(properties.collate)),

@@ -19,7 +19,8 @@ cut into statements (quotes, identifiers and comments respected) and each runs o
   between two kept roles nothing changes.
 * tablespaces cannot be created in a transaction: each runs on its own afterwards. One
   whose directory is missing on this machine is reported with the statement to run once
-  the directory exists (creating directories is the administrator's part).
+  the directory exists (creating directories is the administrator's part); the databases
+  restored after it go to the default tablespace (backupd.postgres.tablespaces).
 * ``DROP`` statements (``pg_dumpall --clean``) never run: they would drop roles the
   server has. psql meta-commands never run (``\\restrict`` is skipped; nothing executes
   anything but SQL here).
@@ -55,8 +56,11 @@ class GlobalsApplied:
     memberships_granted: int = 0
     tablespaces_created: list[str] = field(default_factory=list)
     tablespaces_kept: list[str] = field(default_factory=list)
+    tablespaces_not_created: list[str] = field(default_factory=list)
     # One line each: what was not restored and why (never the statement's SQL).
     problems: list[str] = field(default_factory=list)
+    # Those of the problems that are a tablespace not created (its directory missing here).
+    tablespace_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -229,11 +233,15 @@ def _apply_tablespaces(conn: Connection, statements: list[Statement],
             else:
                 missing.add(statement.subject)
                 where = f" at {statement.location!r}" if statement.location else ""
-                applied.problems.append(
-                    f"tablespace {name!r}{where} was not created: {_reason(error)}; create "
-                    "that directory (empty, owned by the server's OS user) and run "
-                    f"CREATE TABLESPACE {_quoted(name)} LOCATION "
-                    "'<directory>' before restoring databases that use it")
+                problem = (
+                    f"tablespace {name!r}{where} was not created: {_reason(error)}; databases "
+                    "and objects in it are restored into the default tablespace instead; to "
+                    "have them in it, create that directory (empty, owned by the server's OS "
+                    f"user) and run CREATE TABLESPACE {_quoted(name)} LOCATION "
+                    "'<directory>' before restoring them")
+                applied.tablespaces_not_created.append(name)
+                applied.problems.append(problem)
+                applied.tablespace_problems.append(problem)
         elif statement.kind is Kind.TABLESPACE and statement.subject not in missing:
             _report(applied, _run(conn, statement.text, alone=True), f"tablespace {name!r}")
 

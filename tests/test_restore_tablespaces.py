@@ -1,0 +1,274 @@
+"""Tablespaces across a restore, against real clusters: a database whose default tablespace
+is one of its own (CREATE DATABASE ... TABLESPACE), a table and an index in another, backed
+up and restored onto a second, fresh cluster that has those tablespaces or does not (its
+disks laid out differently, as after a disaster), and drilled onto one that does not.
+
+The choice (docs/backup-and-recovery.md, "Tablespaces"): the backup records the database's
+tablespace; the restore creates the database there when the server has it, and otherwise
+in the default tablespace, with one warning naming the tablespace and what to run. Objects
+in a tablespace the server lacks go to the database's default tablespace, in the same
+warning. A restore never fails, nor leaves a database behind, for a missing tablespace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.backups import (
+    read_manifest,
+    refresh_manifest,
+    sql_of,
+    write_gzip_sql,
+    write_manifest,
+)
+from helpers.cli import run_backupd, server_env
+from helpers.cluster import PrivateCluster
+from helpers.logs import jobs_finished
+from helpers.pg import ServerAddress, connect, psql
+from helpers.tablespaces import (
+    database_tablespace,
+    leftover_databases,
+    make_tablespace,
+    relation_tablespaces,
+    tablespaces,
+)
+
+pytestmark = pytest.mark.slow
+
+DATABASES = "appdb,plaindb"
+# Where everything is on the source: appdb's own tables in its default tablespace space_db;
+# a table and an index (post-data, after all the data) in space_tbl.
+PLACED = {"in_default": "space_db", "in_default_pkey": "space_db",
+          "elsewhere": "space_tbl", "in_default_note": "space_tbl"}
+FALLBACK = "was restored without tablespaces this server lacks"
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PrivateCluster]:
+    with PrivateCluster("source-pw") as cluster:
+        cluster.start()
+        make_tablespace(cluster, "space_db")
+        make_tablespace(cluster, "space_tbl")
+        psql(cluster.address, "postgres", """
+            CREATE ROLE app LOGIN;
+            GRANT CREATE ON TABLESPACE space_tbl TO app;
+            CREATE DATABASE appdb OWNER app TABLESPACE space_db;
+            CREATE DATABASE plaindb;""")
+        psql(cluster.address, "appdb", """
+            SET ROLE app;
+            CREATE TABLE in_default (id int PRIMARY KEY, note text);
+            INSERT INTO in_default SELECT g, 'note ' || g FROM generate_series(1, 100) g;
+            CREATE INDEX in_default_note ON in_default (note) TABLESPACE space_tbl;
+            CREATE TABLE elsewhere (y int) TABLESPACE space_tbl;
+            INSERT INTO elsewhere VALUES (1), (2), (3);""")
+        psql(cluster.address, "plaindb", "CREATE TABLE t (x int); INSERT INTO t VALUES (7);")
+        assert relation_tablespaces(cluster.address, "appdb") == PLACED
+        yield cluster
+
+
+@pytest.fixture
+def target() -> Iterator[PrivateCluster]:
+    with PrivateCluster("target-pw") as cluster:
+        cluster.start()
+        yield cluster
+
+
+def back_up(source: PrivateCluster, directory: Path, **extra: str) -> None:
+    proc = run_backupd(["backup"], server_env(source.address, DATABASES, directory,
+                                              DB_BACKUP_GLOBALS="on", **extra), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def restore(target: PrivateCluster, directory: Path) -> dict[str, Any]:
+    """The whole-cluster restore onto ``target``; its result (the "job finished" event)."""
+    proc = run_backupd(["restore", "--latest", "--yes"],
+                       server_env(target.address, DATABASES, directory), timeout=300)
+    [result] = jobs_finished(proc.stderr, "restore")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dict(result)
+
+
+def fallbacks(result: dict[str, Any]) -> list[str]:
+    return [w for w in result["warnings"] if FALLBACK in w]
+
+
+def assert_data_came_back(server: ServerAddress) -> None:
+    with connect(server, "appdb") as conn:
+        assert conn.execute("SELECT count(*), sum(id) FROM in_default").fetchone() == (100, 5050)
+        assert conn.execute("SELECT sum(y) FROM elsewhere").fetchone() == (6,)
+        assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class "
+                            "WHERE relname = 'elsewhere'").fetchone() == ("app",)
+    with connect(server, "plaindb") as conn:
+        assert conn.execute("SELECT x FROM t").fetchone() == (7,)
+
+
+def test_onto_a_server_without_the_tablespaces_everything_restores_into_the_default_one(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    back_up(source, tmp_path / "b")
+
+    result = restore(target, tmp_path / "b")
+
+    assert_data_came_back(target.address)
+    assert database_tablespace(target.address, "appdb") == "pg_default"
+    assert set(relation_tablespaces(target.address, "appdb").values()) == {"pg_default"}
+    # One warning for appdb, naming both tablespaces and what to run; none for plaindb.
+    [warning] = fallbacks(result)
+    assert warning.startswith("database 'appdb' was restored without tablespaces")
+    assert "instead of 'space_db'" in warning and "'space_tbl'" in warning
+    assert 'ALTER DATABASE "appdb" SET TABLESPACE "space_db"' in warning
+    assert "CREATE TABLESPACE" in warning
+    # The globals say, for each tablespace, that it was not created and where things went.
+    spaces = [w for w in result["warnings"] if w.startswith("globals: tablespace")]
+    assert len(spaces) == 2 and all("default tablespace" in w for w in spaces), spaces
+    assert leftover_databases(target.address) == []
+
+
+def test_onto_a_server_with_the_tablespaces_the_database_and_objects_go_into_them(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    back_up(source, tmp_path / "b")
+    # The new server's administrator made them (elsewhere on its disk) before the restore.
+    make_tablespace(target, "space_db")
+    make_tablespace(target, "space_tbl")
+
+    result = restore(target, tmp_path / "b")
+
+    assert_data_came_back(target.address)
+    assert database_tablespace(target.address, "appdb") == "space_db"
+    assert relation_tablespaces(target.address, "appdb") == PLACED
+    assert database_tablespace(target.address, "plaindb") == "pg_default"
+    assert fallbacks(result) == []
+
+
+def test_the_backup_records_the_tablespaces_and_an_older_manifest_still_restores(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    directory = tmp_path / "b"
+    back_up(source, directory)
+    [dump] = directory.glob("appdb_*.sql.gz")
+    manifest = read_manifest(dump)
+    assert manifest["database_properties"]["tablespace"] == "space_db"
+    assert manifest["object_tablespaces"] == ["space_tbl"]
+    # A manifest written before either was recorded.
+    del manifest["database_properties"]["tablespace"], manifest["object_tablespaces"]
+    write_manifest(dump, manifest)
+    make_tablespace(target, "space_tbl")
+
+    result = restore(target, directory)
+
+    assert_data_came_back(target.address)
+    # Where the database was is not known: the server's default, and nothing to warn about.
+    assert database_tablespace(target.address, "appdb") == "pg_default"
+    assert relation_tablespaces(target.address, "appdb")["elsewhere"] == "space_tbl"
+    assert fallbacks(result) == []
+
+
+def test_a_custom_format_backup_restores_without_the_tablespaces_too(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    back_up(source, tmp_path / "b", DB_BACKUP_FORMAT="custom")
+
+    result = restore(target, tmp_path / "b")
+
+    assert_data_came_back(target.address)
+    assert database_tablespace(target.address, "appdb") == "pg_default"
+    assert set(relation_tablespaces(target.address, "appdb").values()) == {"pg_default"}
+    [warning] = fallbacks(result)
+    assert "'space_db'" in warning and "'space_tbl'" in warning
+    assert "--no-tablespaces" in warning
+
+
+def test_a_restore_beside_the_database_on_its_own_server_keeps_its_tablespace(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    directory = tmp_path / "b"
+    back_up(source, directory)
+    [dump] = directory.glob("appdb_*.sql.gz")
+    env = server_env(source.address, "appdb", directory)
+    try:
+        proc = run_backupd(["restore", dump.name, "--target-db", "appdb_copy", "--yes"], env,
+                           timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert database_tablespace(source.address, "appdb_copy") == "space_db"
+        assert relation_tablespaces(source.address, "appdb_copy") == PLACED
+    finally:
+        psql(source.address, "postgres", "DROP DATABASE IF EXISTS appdb_copy")
+
+
+def test_a_drill_beside_the_live_database_compares_its_tablespace(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    """Beside the live database (no drill server) the tablespaces are there: the scratch
+    copy goes into the database's own, and the tablespace is compared like the other
+    properties, so moving the live database since the backup is drift, named."""
+    directory = tmp_path / "b"
+    env = server_env(source.address, "appdb", directory)
+    back_up(source, directory)
+
+    clean = run_backupd(["drill"], env, timeout=300)
+
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    [result] = jobs_finished(clean.stderr, "drill")
+    assert result["outcome"]["differences"] == [] and result["outcome"]["drift"] == []
+    make_tablespace(source, "space_moved")
+    psql(source.address, "postgres", "ALTER DATABASE appdb SET TABLESPACE space_moved")
+    try:
+        moved = run_backupd(["drill"], env, timeout=300)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        [result] = jobs_finished(moved.stderr, "drill")
+        assert result["outcome"]["drift"] == [
+            "database tablespace: 'space_db' in the backup, 'space_moved' in the live database"]
+    finally:
+        psql(source.address, "postgres", "ALTER DATABASE appdb SET TABLESPACE space_db; "
+                                         "DROP TABLESPACE space_moved")
+
+
+def test_a_drill_onto_a_server_without_the_tablespaces_passes_and_says_what_it_did(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    directory = tmp_path / "b"
+    back_up(source, directory)
+    with connect(target.address) as conn:
+        before = sorted(str(r[0]) for r in conn.execute("SELECT datname FROM pg_database"))
+    env = server_env(source.address, DATABASES, directory,
+                     DRILL_POSTGRES_HOST=target.address.host,
+                     DRILL_POSTGRES_PORT=str(target.port),
+                     DRILL_POSTGRES_PASSWORD=target.password)
+
+    proc = run_backupd(["drill"], env, timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [result] = jobs_finished(proc.stderr, "drill")
+    outcome = result["outcome"]
+    assert outcome["differences"] == [], outcome
+    [appdb, plaindb] = outcome["databases"]
+    assert appdb["ok"] and plaindb["ok"]
+    assert appdb["tablespaces_missing"] == ["space_db", "space_tbl"]
+    assert plaindb["tablespaces_missing"] == []
+    # Said, not warned: a drill server seldom has the live server's directories.
+    said = (proc.stdout + proc.stderr)
+    assert "the drill server has no tablespace 'space_db'" in said
+    assert not [w for w in result["warnings"] if "tablespace" in w], result["warnings"]
+    # Left as it was found.
+    with connect(target.address) as conn:
+        after = sorted(str(r[0]) for r in conn.execute("SELECT datname FROM pg_database"))
+    assert after == before and tablespaces(target.address) == set()
+
+
+def test_a_restore_that_fails_leaves_no_database_in_the_tablespace(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    """Never half made: the database created in its tablespace for a restore that then
+    fails is dropped, so the tablespace is empty again (and can be dropped)."""
+    directory = tmp_path / "b"
+    back_up(source, directory)
+    [dump] = directory.glob("appdb_*.sql.gz")
+    text = sql_of(dump).replace(b"\nCOPY ", b"\nSELECT 1/0;\nCOPY ", 1)
+    write_gzip_sql(dump, text)
+    refresh_manifest(dump, raw_bytes=len(text))
+    make_tablespace(target, "space_db")
+    make_tablespace(target, "space_tbl")
+
+    proc = run_backupd(["restore", "--latest", "--yes"],
+                       server_env(target.address, DATABASES, directory), timeout=300)
+
+    assert proc.returncode == 1 and "division by zero" in proc.stdout + proc.stderr
+    assert database_tablespace(target.address, "appdb") is None
+    assert leftover_databases(target.address) == []
+    assert database_tablespace(target.address, "plaindb") == "pg_default"  # the others go on
+    psql(target.address, "postgres", "DROP TABLESPACE space_db")  # nothing left in it
