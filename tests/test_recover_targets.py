@@ -15,14 +15,13 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd, start_backupd, stop_backupd
+from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
 from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.pg import connect, pg_binary
@@ -31,6 +30,7 @@ from helpers.wal import (
     WAL_SERVER_SETTINGS,
     holds,
     local_archive,
+    restore_points_in_pg_wal,
     spool_dir,
     wait_streaming,
     wal_env,
@@ -144,8 +144,7 @@ def test_recover_to_a_name_made_once_stops_there(archive: Archive) -> None:
 
 
 def _user_env(archive: Archive, **extra: str) -> dict[str, str]:
-    """The archive's settings with ``extra``, logging as a user sees it (not JSON)."""
-    return {**{k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}, **extra}
+    return as_a_user_sees_it(archive.env, **extra)
 
 
 def _refused(archive: Archive, args: list[str], **extra: str) -> str:
@@ -270,15 +269,7 @@ def test_recover_to_a_name_without_the_archives_pg_waldump_is_refused_naming_it(
 
 
 def _points_in_the_servers_wal(archive: Archive, name: str) -> int:
-    """Restore points called ``name`` in the server's own pg_wal (flushed first)."""
-    with connect(archive.cluster.address) as conn:
-        conn.execute("SELECT pg_switch_wal()")
-    wal = archive.cluster.data_dir / "pg_wal"
-    files = sorted(p.name for p in wal.iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name))
-    out = subprocess.run([pg_binary("pg_waldump"), "--rmgr=XLOG", "--path", str(wal),
-                          files[0], files[-1]], capture_output=True, text=True,
-                         check=False).stdout
-    return out.count(f"RESTORE_POINT {name}\n")
+    return restore_points_in_pg_wal(archive.cluster, name)
 
 
 def test_the_scan_a_window_at_a_time_finds_each_restore_point_once(

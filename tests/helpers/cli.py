@@ -55,6 +55,11 @@ def server_env(server: ServerAddress, database: str, directory: Path,
     return {**env, **extra}
 
 
+def as_a_user_sees_it(env: dict[str, str], **extra: str) -> dict[str, str]:
+    """``env`` with ``extra``, logging to the console as a user sees it (not JSON)."""
+    return {**{k: v for k, v in env.items() if k != "BACKUPD_LOG_FORMAT"}, **extra}
+
+
 def one_error_line(stderr: str) -> str:
     """The one ``backupd: error:`` line that bad input gets (fails unless there is exactly one)."""
     lines = [line for line in stderr.splitlines() if line.startswith("backupd: error:")]
@@ -95,6 +100,7 @@ def run_backupd(
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
     obey_file_modes: bool = False,
+    file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one backupd command to completion; never raises on a non-zero exit code.
 
@@ -102,12 +108,16 @@ def run_backupd(
     from taking the machine's memory with it: backupd fails instead. ``stdout``: where its
     standard output goes instead of being captured (``proc.stdout`` is then empty).
     ``obey_file_modes``: file modes bind backupd even when the tests run as root, as they
-    bind the image's uid 10001 (a file made unreadable with chmod 0 is unreadable to it)."""
+    bind the image's uid 10001 (a file made unreadable with chmod 0 is unreadable to it).
+    ``file_size_limit`` (bytes, RLIMIT_FSIZE): a write past it fails with EFBIG ("File too
+    large"; Python ignores SIGXFSZ), part way through a file as on a full disk (ENOSPC)."""
     leakcheck.record_run(args, env)
 
     def before_exec() -> None:
         if memory_limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        if file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
         if obey_file_modes:
             _drop_file_override()
 
@@ -122,7 +132,8 @@ def run_backupd(
         timeout=timeout,
         cwd=cwd,
         check=False,
-        preexec_fn=before_exec if memory_limit is not None or obey_file_modes else None,
+        preexec_fn=before_exec if memory_limit is not None or obey_file_modes
+        or file_size_limit is not None else None,
     )
     proc.stdout, proc.stderr = proc.stdout or "", proc.stderr or ""
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)

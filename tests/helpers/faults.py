@@ -6,10 +6,13 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from backupd.naming import parse_backup_name
 
@@ -110,3 +113,36 @@ def place_copy(source: Path, directory: Path, stamp: str) -> Path:
     manifest_path.write_text(json.dumps({**manifest, "name": name}))
     manifest_path.chmod(0o600)
     return target
+
+
+# --- a small real filesystem (for ENOSPC and read-only directories) -----------------------------
+
+@contextlib.contextmanager
+def small_filesystems(root: Path) -> Iterator[Callable[..., Path]]:
+    """``mount(size="1m", readonly=False, inodes=None)``: a freshly mounted tmpfs of that size
+    under ``root`` (and, with ``inodes``, that many inodes, the root directory's included);
+    every one unmounted on leaving.
+
+    A real filesystem with a real limit: writes past it fail with ENOSPC in the kernel, exactly
+    as on a full volume. Needs CAP_SYS_ADMIN (root here); skips with the reason otherwise.
+    """
+    mounted: list[Path] = []
+
+    def mount(size: str = "1m", *, readonly: bool = False, inodes: int | None = None) -> Path:
+        target = root / f"fs{len(mounted)}"
+        target.mkdir()
+        options = (f"size={size},mode=0700" + (",ro" if readonly else "")
+                   + (f",nr_inodes={inodes}" if inodes is not None else ""))
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {proc.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    try:
+        yield mount
+    finally:
+        for target in reversed(mounted):
+            # Lazy unmount: a daemon killed by the test may still hold a file open a moment.
+            subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)

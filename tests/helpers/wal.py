@@ -19,7 +19,7 @@ from backupd.storage.local import LocalRepository
 from .cli import server_env
 from .cluster import PrivateCluster
 from .faults import wait_until
-from .pg import ServerAddress, psql
+from .pg import ServerAddress, connect, pg_binary, psql
 
 # What every WAL test's cluster runs with (wal_level=replica is PostgreSQL 15's default,
 # written out so the test says what it needs).
@@ -168,6 +168,22 @@ def healthz(port: int) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def restore_points_in_pg_wal(cluster: PrivateCluster, name: str) -> int:
+    """Restore points called ``name`` in the cluster's own pg_wal (flushed first): whether a
+    `backupd mark` made one, whatever the archive holds."""
+    import re
+    import subprocess
+
+    with connect(cluster.address) as conn:
+        conn.execute("SELECT pg_switch_wal()")
+    wal = cluster.data_dir / "pg_wal"
+    files = sorted(p.name for p in wal.iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name))
+    out = subprocess.run([pg_binary("pg_waldump"), "--rmgr=XLOG", "--path", str(wal),
+                          files[0], files[-1]], capture_output=True, text=True,
+                         check=False).stdout
+    return out.count(f"RESTORE_POINT {name}\n")
 
 
 def offsite_archive(endpoint_url: str, bucket: str, client: object, prefix: str = "") -> WalArchive:
