@@ -41,3 +41,9 @@ class Cancelled(BackupdError):
     """The job was cancelled by a shutdown signal."""
 
     exit_code = 1
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError for people: ``PATH: reason`` (the reason alone when it names no file)."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason

@@ -179,3 +179,42 @@ def test_a_spool_file_that_moves_after_the_listing_is_still_fetched(
     dest.parent.mkdir()
     archive.fetch_archived(listed, dest)
     assert dest.read_bytes() == complete
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_copy_that_cannot_be_written_is_an_os_error_naming_it_not_damage(
+        tmp_path: Path, encrypted: bool) -> None:
+    """Writing the copy fails part way (RLIMIT_FSIZE's "File too large", as a full disk's
+    ENOSPC): the OSError names the copy, never a WalFetchError calling the archive's file
+    damaged (age's decryption reports its sink's failure as the data's own)."""
+    import resource
+
+    from helpers.age import make_age_keys
+
+    from backupd.archive.walnames import parse_wal_name
+    from backupd.archive.walstore import WalArchive, WalOrigin
+    from backupd.pipeline.config import AgeKeyFiles
+    from backupd.storage.local import LocalRepository
+
+    keys = make_age_keys(tmp_path)
+    crypto = AgeKeyFiles(recipients_file=keys.recipients_file,
+                         identity_file=keys.identity_file) if encrypted else None
+    (tmp_path / "wal").mkdir()
+    source = tmp_path / _SEGMENT
+    source.write_bytes(os.urandom(2 * 1024 * 1024))
+    wal = parse_wal_name(_SEGMENT)
+    assert wal is not None
+    archive = WalArchive(LocalRepository(tmp_path / "wal"), crypto)
+    archive.store(source, wal, WalOrigin("7716253996312042151"), compression="zstd",
+                  level=None, scratch=tmp_path)
+    [listed] = archive.segments()
+    dest = tmp_path / "copy"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, limit[1]))
+    try:
+        with pytest.raises(OSError, match="File too large") as raised:
+            archive.fetch_archived(listed, dest)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    assert raised.value.filename == str(dest)
+    assert not dest.exists() and not list(tmp_path.glob(".copy*"))  # nothing half-written

@@ -289,7 +289,7 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
         checked = read_base_backup(repository, entry, identities, extract_to=unpack,
                                    cancel=cancel)
         writer.finish()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
         for child in target_dir.iterdir():
             if child.name in beside:
@@ -299,5 +299,9 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
             else:
                 with contextlib.suppress(OSError):
                     child.unlink()
+        if isinstance(writer.error, OSError) and writer.error is not exc:
+            # Writing failed first (a full disk); what the reading made of it (age's
+            # decryption reports its sink's failure as its own) is not the cause.
+            raise writer.error from None
         raise
     return Extracted(checked.facts, frozenset(left_out))

@@ -54,12 +54,18 @@ class _Lane:
 
     def _run(self) -> None:
         fd = -1
+        path = self._writer.target  # the file (or directory) being written
         try:
             while (job := self._jobs.get()) is not None:
                 if self._writer.error is not None or self._writer.abandoned:
                     continue  # keep taking jobs so the reader never blocks on a full queue
+                if isinstance(job[1], Path):
+                    path = job[1]
                 try:
                     fd = self._do(job, fd)
+                except OSError as exc:  # a write names no file (ENOSPC): it names it
+                    self._writer.error = exc if exc.filename else OSError(
+                        exc.errno, exc.strerror, str(path))
                 except BaseException as exc:  # handed to the reading thread
                     self._writer.error = exc
         finally:

@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd.archive.recovery import RecoveryTarget
-from backupd.errors import ConfigError
+from backupd.errors import ConfigError, JobFailed, os_error_text
+from backupd.storage.local import is_read_only_error
 
 STAGING_NAME = ".backupd-recover-incomplete"
 WAL_COPY_NAME = "pg_wal_archive"
@@ -65,11 +66,29 @@ def _live_server(directory: Path) -> str | None:
 
 def check_target(directory: Path, *, force: bool) -> None:
     """ConfigError (exit 2, nothing touched) unless ``directory`` is missing, empty, or, with
-    ``force``, what an interrupted recover left."""
+    ``force``, what an interrupted recover left; and backupd can make it (or write in it).
+    Another OSError (EIO, a full disk) is the environment's: JobFailed (exit 1) naming it."""
+    try:
+        _check_target(directory, force=force)
+    except OSError as exc:
+        where = exc.filename or directory
+        if is_read_only_error(exc):
+            raise ConfigError(
+                f"--target-dir: backupd (uid {os.geteuid()}) cannot write in {where} "
+                f"({exc.strerror}); give a directory it can create and write, or fix the "
+                f"owner or permissions of {where}") from None
+        raise JobFailed(f"--target-dir: {directory} cannot be used: "
+                        f"{os_error_text(exc)}") from None
+
+
+def _check_target(directory: Path, *, force: bool) -> None:
     if not directory.exists():
         if not directory.parent.is_dir():
             raise ConfigError(f"--target-dir: {directory.parent} does not exist; create it or "
                               "give another directory")
+        # What staging does first; the empty directory goes again (a kill in between
+        # leaves an empty directory, which a recover takes).
+        _probe(directory.parent, directory)
         return
     if not directory.is_dir():
         raise ConfigError(f"--target-dir: {directory} is not a directory")
@@ -79,16 +98,44 @@ def check_target(directory: Path, *, force: bool) -> None:
                           f"({live}); stop that server and move its data aside, or recover "
                           "into another directory")
     entries = sorted(p.name for p in directory.iterdir() if p.name not in _IGNORED)
-    if not entries:
-        return
-    if STAGING_NAME in entries:
-        if force:
-            return
+    if STAGING_NAME in entries and not force:
         raise ConfigError(f"--target-dir: {directory} holds an incomplete recover "
                           f"({STAGING_NAME}); run again with --force to clean it up")
-    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-    raise ConfigError(f"--target-dir: {directory} is not empty ({shown}); recover only into an "
-                      "empty directory (move its contents aside first)")
+    if entries and STAGING_NAME not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConfigError(f"--target-dir: {directory} is not empty ({shown}); recover only "
+                          "into an empty directory (move its contents aside first)")
+    # Can a directory be made in it, as staging does? A kill in between leaves the staging
+    # mark (the next recover says so; --force removes it and this probe's own name).
+    _probe(directory, directory / (f"{STAGING_NAME}.probe" if STAGING_NAME in entries
+                                   else STAGING_NAME))
+
+
+def _probe(place: Path, probe: Path) -> None:
+    """Make directory ``probe`` in ``place`` and remove it; an OSError names ``place``."""
+    try:
+        probe.mkdir(mode=0o700)
+        probe.rmdir()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(place)) from None
+
+
+def write_failed(directory: Path, exc: OSError) -> JobFailed:
+    """A recover into ``directory`` that failed on ``exc`` (a full disk, a read-only
+    remount, ...), after :func:`staging` cleaned up: one line naming the file, and whether
+    anything was left."""
+    if exc.filename and not Path(str(exc.filename)).is_relative_to(directory):
+        return JobFailed(f"recover into {directory} failed reading {os_error_text(exc)}; "
+                         "the target directory is left as it was")
+    text = f"writing the recovered data directory {directory} failed: {os_error_text(exc)}"
+    try:
+        left = (directory / STAGING_NAME).exists()
+    except OSError:
+        left = True
+    if left:
+        return JobFailed(f"{text}; the incomplete recover is left in it ({STAGING_NAME}): "
+                         "remove it, or run again with --force once it can be written")
+    return JobFailed(f"{text}; the target directory is left as it was")
 
 
 def clean_incomplete(directory: Path) -> bool:

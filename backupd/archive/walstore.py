@@ -217,6 +217,13 @@ class WalArchive:
         if wal.spool_path is not None:
             raise WalFetchError(f"WAL file {name} kept moving in the spool while it was "
                                 "copied; try again")
+        try:
+            self._copy_stored(wal, dest)
+        except OSError as exc:  # reading the archive raises WalFetchError: this is ``dest``
+            raise _naming(exc, dest) from None
+
+    def _copy_stored(self, wal: ArchivedWal, dest: Path) -> None:
+        name = wal.name
         with atomic_write(dest) as out, contextlib.ExitStack() as reading:
             assert wal.artifact is not None
             digest = hashlib.sha256()
@@ -230,6 +237,8 @@ class WalArchive:
                 self._decode(wal, where, stored, raw_sink)
                 raw_sink.finish()
             except AgeError as exc:
+                if raw_sink.write_error is not None:  # age reports its sink's failure too
+                    raise raw_sink.write_error from None
                 raise WalFetchError(f"WAL file {name} ({wal.artifact}): {exc}") from None
             if digest.hexdigest() != wal.sha256:
                 raise WalFetchError(f"WAL file {name} ({wal.artifact}) is corrupt: its "
@@ -310,9 +319,17 @@ def _copy_spool_file(path: Path, dest: Path) -> None:
         raise
     except OSError as exc:
         raise _unreadable(path.name, str(path), exc) from None
-    with source, atomic_write(dest) as out:
-        while chunk := _read(source, path.name, str(path)):
-            out.write(chunk)
+    try:
+        with source, atomic_write(dest) as out:
+            while chunk := _read(source, path.name, str(path)):
+                out.write(chunk)
+    except OSError as exc:  # reading it raises WalFetchError: this is writing ``dest``
+        raise _naming(exc, dest) from None
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` when it names no file (a failed write: ENOSPC, EFBIG)."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
 
 
 def _unreadable(name: str, where: str, exc: OSError) -> WalFetchError:
@@ -368,11 +385,16 @@ class _RawSink:
         self._out = out
         self._digest = digest
         self._artifact = artifact
+        self.write_error: OSError | None = None  # writing ``out`` failed (a full disk)
 
     def write(self, data: bytes) -> int:
         for raw in self._feed(data):
             self._digest.update(raw)
-            self._out.write(raw)
+            try:
+                self._out.write(raw)
+            except OSError as exc:
+                self.write_error = exc
+                raise
         return len(data)
 
     def _feed(self, data: bytes) -> Iterator[bytes]:

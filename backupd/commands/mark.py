@@ -9,7 +9,10 @@ base backup on with pg_waldump, a window of segments at a time.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -17,11 +20,12 @@ import psycopg
 from backupd.archive import restore_points
 from backupd.archive.recovery import RecoveryPlan, RecoverySource, RecoveryTarget, plan
 from backupd.configs import age_key_files
-from backupd.errors import ConfigError, JobFailed
+from backupd.errors import ConfigError, JobFailed, os_error_text
 from backupd.job import JobContext
 from backupd.outcomes import MarkOutcome
 from backupd.postgres.connection import connect, describe_pg_error
 from backupd.scratch import owned, remove_abandoned
+from backupd.storage.local import is_read_only_error
 
 # The server keeps restore point names in a fixed 64-byte field (MAXFNAMELEN), NUL included.
 MAX_NAME_BYTES = 63
@@ -72,17 +76,41 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
         return
     for removed in remove_leftovers(ctx.settings.backup_dir):
         ctx.warn(f"removed {removed.name}, the WAL a killed `backupd mark` had fetched")
-    with owned(ctx.settings.backup_dir / f"{SCRATCH_PREFIX}{secrets.token_hex(6)}") as wal_dir:
+    with _scratch_directory(ctx.settings.backup_dir, name) as wal_dir:
         try:
             points = _points_named(ctx, source, chosen, wal_dir, name)
         except JobFailed as exc:  # a WAL file that cannot be read, or pg_waldump stopped
             raise JobFailed(f"restore point {name!r} not made: reading the WAL archive for "
                             f"the name failed: {exc}") from None
+        except OSError as exc:  # reading raises WalFetchError: this is writing the copy
+            raise JobFailed(f"restore point {name!r} not made: copying the archive's WAL "
+                            f"into {wal_dir} failed: {os_error_text(exc)}") from None
     if points:
         raise ConfigError(
             f"NAME: restore point {name!r} is already in the WAL archive, at "
             + ", ".join(p.describe() for p in points) + "; recovery stops at the first of a "
             f"name, so give this one another name (e.g. {name}-2)")
+
+
+@contextlib.contextmanager
+def _scratch_directory(backup_dir: Path, name: str) -> Iterator[Path]:
+    """The scan's own scratch directory in DB_BACKUP_DIR, removed after it (owned: a mark
+    killed meanwhile leaves it to the next one). Made before any WAL is copied: ConfigError
+    when DB_BACKUP_DIR cannot be written, JobFailed naming another OSError."""
+    with contextlib.ExitStack() as stack:
+        try:
+            wal_dir = stack.enter_context(
+                owned(backup_dir / f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"))
+        except OSError as exc:
+            if is_read_only_error(exc):
+                raise ConfigError(
+                    f"DB_BACKUP_DIR: {backup_dir} is not writable for backupd (uid "
+                    f"{os.geteuid()}): {os_error_text(exc)}; `backupd mark` reads the "
+                    "archive's WAL into a scratch directory there: fix its owner or "
+                    "permissions") from None
+            raise JobFailed(f"restore point {name!r} not made: no scratch directory for the "
+                            f"archive's WAL in DB_BACKUP_DIR: {os_error_text(exc)}") from None
+        yield wal_dir
 
 
 def _points_named(ctx: JobContext, source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,

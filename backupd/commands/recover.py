@@ -77,38 +77,41 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
         _report(ctx, chosen, outcome)
     if options.force and recovery_dir.clean_incomplete(target_dir):
         ctx.warn(f"--force: removed the incomplete recover left in {target_dir}")
-    with recovery_dir.staging(target_dir) as stage:
-        # The WAL first: for --to-name it says where the restore point is, and so which
-        # base backup to unpack (and whether to go on at all).
-        wal_dir = stage / recovery_dir.WAL_COPY_NAME
-        phase = time.monotonic()
-        outcome.wal_bytes = copy_wal(source, chosen, wal_dir, ctx.cancel)
-        if target.name is not None:
-            chosen = to_restore_point(ctx, chosen, wal_dir, plan_at=lambda lsn: plan(
-                wal, backups, target, restore_point=lsn, timeline_history=history))
-            outcome.wal_bytes = sum((wal_dir / chosen.file_name(w)).stat().st_size
-                                    for w in chosen.segments)
-            _report(ctx, chosen, outcome)
-        ctx.say(f"{len(chosen.segments)} WAL files ({outcome.wal_bytes / 2**20:.0f} MiB) "
-                f"copied and checked in {time.monotonic() - phase:.1f}s")
-        phase = time.monotonic()
-        stale = source.extract(chosen.base, stage, ctx.cancel,
-                               beside=frozenset({recovery_dir.WAL_COPY_NAME}))
-        ctx.say(f"base backup {chosen.base.name} extracted and checked in "
-                f"{time.monotonic() - phase:.1f}s")
-        for name in sorted(stale):
-            ctx.warn(f"the base backup holds a {name}/ left by an earlier recover: not "
-                     "unpacked (remove it from the source server's data directory)")
-        waldump = waldump_for(stage, ctx.settings.pg_server_root)
-        if waldump is None and chosen.target.time is not None:
-            ctx.warn(f"no pg_waldump {data_major(stage)} in {ctx.settings.pg_server_root}: "
-                     "a --to-time after the archive's newest commit is not detected before "
-                     "the server starts (install the server package of that major)")
-        check_time_reachable(chosen, wal_dir, waldump)
-        recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
-                             f"{target.describe()}")
-        ctx.cancel.raise_if_cancelled()
-        recovery_dir.complete(target_dir, stage, options.owner)
+    try:
+        with recovery_dir.staging(target_dir) as stage:
+            # The WAL first: for --to-name it says where the restore point is, and so which
+            # base backup to unpack (and whether to go on at all).
+            wal_dir = stage / recovery_dir.WAL_COPY_NAME
+            phase = time.monotonic()
+            outcome.wal_bytes = copy_wal(source, chosen, wal_dir, ctx.cancel)
+            if target.name is not None:
+                chosen = to_restore_point(ctx, chosen, wal_dir, plan_at=lambda lsn: plan(
+                    wal, backups, target, restore_point=lsn, timeline_history=history))
+                outcome.wal_bytes = sum((wal_dir / chosen.file_name(w)).stat().st_size
+                                        for w in chosen.segments)
+                _report(ctx, chosen, outcome)
+            ctx.say(f"{len(chosen.segments)} WAL files ({outcome.wal_bytes / 2**20:.0f} MiB) "
+                    f"copied and checked in {time.monotonic() - phase:.1f}s")
+            phase = time.monotonic()
+            stale = source.extract(chosen.base, stage, ctx.cancel,
+                                   beside=frozenset({recovery_dir.WAL_COPY_NAME}))
+            ctx.say(f"base backup {chosen.base.name} extracted and checked in "
+                    f"{time.monotonic() - phase:.1f}s")
+            for name in sorted(stale):
+                ctx.warn(f"the base backup holds a {name}/ left by an earlier recover: not "
+                         "unpacked (remove it from the source server's data directory)")
+            waldump = waldump_for(stage, ctx.settings.pg_server_root)
+            if waldump is None and chosen.target.time is not None:
+                ctx.warn(f"no pg_waldump {data_major(stage)} in {ctx.settings.pg_server_root}: "
+                         "a --to-time after the archive's newest commit is not detected before "
+                         "the server starts (install the server package of that major)")
+            check_time_reachable(chosen, wal_dir, waldump)
+            recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
+                                 f"{target.describe()}")
+            ctx.cancel.raise_if_cancelled()
+            recovery_dir.complete(target_dir, stage, options.owner)
+    except OSError as exc:  # reading the archive fails naming it: this is writing
+        raise recovery_dir.write_failed(target_dir, exc) from None
     outcome.recover_seconds = round(time.monotonic() - started, 3)
     return chosen
 

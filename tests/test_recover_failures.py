@@ -1,0 +1,197 @@
+"""``backupd recover`` and ``backupd mark`` where the place they write cannot be used, and over
+an archive whose files are damaged: every one ends in one clear line, never an internal error,
+and leaves nothing half-done behind.
+
+* A --target-dir backupd cannot create or write (a parent, or the directory itself, it may not
+  write: as the image's uid 10001 finds a volume root left by root) is bad input: exit 2,
+  before the archive is read. A DB_BACKUP_DIR mark cannot make its scratch directory in, the
+  same (exit 2).
+* A write that fails part way (a full disk; here RLIMIT_FSIZE's "File too large", the WAL
+  copy or a base backup file larger than the limit) is exit 1, naming the file, with the
+  target directory left as it was (and mark's scratch directory gone).
+
+One private cluster and one daemon run for the module: a table of about 30 MiB (so the base
+backup holds a file larger than a WAL segment), the daemon's base backup, rows, and a few
+completed segments. Each test works on a copy of DB_BACKUP_DIR in its own tmp_path (which
+backupd can reach without root's file override; the cluster's directory it cannot).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
+from helpers.cluster import PrivateCluster
+from helpers.faults import small_filesystems, wait_until
+from helpers.pg import connect
+from helpers.recovered import BATCH_TABLE, insert_batch
+from helpers.wal import (
+    WAL_SERVER_SETTINGS,
+    restore_points_in_pg_wal,
+    switch_wal,
+    wait_archived,
+    wait_streaming,
+    wal_env,
+)
+
+from backupd.archive.basebackups import list_base_backups
+from backupd.archive.recovery_dir import STAGING_NAME, WAL_COPY_NAME
+from backupd.commands.mark import SCRATCH_PREFIX
+from backupd.storage.local import LocalRepository
+
+pytestmark = pytest.mark.slow
+PASSWORD = "recover-failures-pw"
+MiB = 1024 * 1024
+# RLIMIT_FSIZE for a write that fails in the WAL copy (a segment is 16 MiB), and for one
+# that fails in the base backup only (its big table's file is larger; no WAL file is).
+WAL_COPY_FAILS, BASE_BACKUP_FAILS = 8 * MiB, 24 * MiB
+
+
+@dataclass
+class Archive:
+    cluster: PrivateCluster
+    backup_dir: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def archive() -> Iterator[Archive]:
+    with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
+        cluster.start()
+        work = cluster.work_directory()
+        backup_dir = work / "backups"
+        env = wal_env(cluster, backup_dir)
+        with connect(cluster.address) as conn:
+            conn.execute(BATCH_TABLE)
+            conn.execute("CREATE TABLE big AS SELECT g, repeat(md5(g::text), 8) AS pad "
+                         "FROM generate_series(1, 110000) g")
+            row = conn.execute("SELECT pg_relation_size('big')").fetchone()
+        assert row is not None and row[0] > BASE_BACKUP_FAILS
+        daemon = start_backupd(["run"], env, log_dir=work / "daemon")
+        try:
+            wait_streaming(backup_dir)
+            # The daemon takes the first base backup itself (WAL_ARCHIVE=on and none yet).
+            wait_until(lambda: any(b.verified for b in list_base_backups(
+                LocalRepository(backup_dir))), 300, "the daemon's first base backup")
+            insert_batch(cluster.address, "A")
+            wait_archived(backup_dir, switch_wal(cluster.address, 2), 90)
+            insert_batch(cluster.address, "B")
+        finally:
+            stop_backupd(daemon, timeout=60)
+        yield Archive(cluster, backup_dir, env)
+
+
+def _copy(archive: Archive, tmp_path: Path) -> Path:
+    copy = tmp_path / "backups"
+    shutil.copytree(archive.backup_dir, copy)
+    return copy
+
+
+def _failure_line(stderr: str) -> str:
+    """The last line (the job's verdict) as a user sees it; never an internal error."""
+    line = stderr.strip().splitlines()[-1]
+    assert "internal error" not in stderr and "Traceback" not in stderr, stderr
+    return line
+
+
+# --- a place backupd cannot write ----------------------------------------------------------
+
+@pytest.mark.parametrize("unwritable", ["parent", "itself", "read-only-mount"])
+def test_a_target_dir_backupd_cannot_write_is_refused_before_the_archive_is_read(
+        archive: Archive, tmp_path: Path, unwritable: str) -> None:
+    """A new directory in a parent backupd may not write, an existing empty one it may not
+    write, or one on a read-only mount: exit 2, one line naming the place and how to fix
+    it, before the archive is read; nothing changed."""
+    copy = _copy(archive, tmp_path)
+    with small_filesystems(tmp_path) as mount:
+        if unwritable == "read-only-mount":
+            place = mount("1m", readonly=True)
+        else:
+            place = tmp_path / "volumes"
+            place.mkdir()
+        target = place / "data"
+        if unwritable == "itself":
+            target.mkdir()
+            target.chmod(0o555)
+            place.chmod(0o555)
+            place = target
+        elif unwritable == "parent":
+            place.chmod(0o555)
+        before = sorted(p.name for p in target.parent.iterdir())
+        proc = run_backupd(["recover", "--target-dir", str(target)],
+                           as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)),
+                           timeout=300, obey_file_modes=True)
+        after = sorted(p.name for p in target.parent.iterdir())
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    why = "Read-only file system" if unwritable == "read-only-mount" else "Permission denied"
+    assert "--target-dir" in lines[0] and f"cannot write in {place} ({why})" in lines[0], \
+        lines[0]
+    assert "owner or permissions" in lines[0], lines[0]
+    assert after == before
+    if unwritable == "itself":
+        assert not list(target.iterdir())
+
+
+@pytest.mark.parametrize("phase", ["wal", "base-backup"])
+def test_a_write_that_fails_mid_recover_names_the_file_and_leaves_the_target_as_it_was(
+        archive: Archive, tmp_path: Path, phase: str) -> None:
+    """A file too large to write (as on a full disk) while the WAL is copied, or while the
+    base backup is unpacked: exit 1 naming the file and the OS error; the directory recover
+    made is gone, and an existing (empty) one is left empty."""
+    target = tmp_path / "recovered"
+    if phase == "base-backup":
+        target.mkdir()  # a volume's mount point, say
+    proc = run_backupd(["recover", "--target-dir", str(target)],
+                       as_a_user_sees_it(archive.env), timeout=300,
+                       file_size_limit=WAL_COPY_FAILS if phase == "wal" else BASE_BACKUP_FAILS)
+    assert proc.returncode == 1, proc.stderr
+    line = _failure_line(proc.stderr)
+    assert f"writing the recovered data directory {target} failed: " in line, line
+    staged = target / STAGING_NAME
+    where = f"{staged / WAL_COPY_NAME}/" if phase == "wal" else f"{staged / 'base'}/"
+    assert where in line and "File too large" in line, line
+    assert "left as it was" in line, line
+    if phase == "wal":
+        assert not target.exists()
+    else:
+        assert not list(target.iterdir())
+
+
+def test_mark_with_a_backup_dir_it_cannot_write_is_refused_naming_it(
+        archive: Archive, tmp_path: Path) -> None:
+    """mark reads the archive's WAL into a scratch directory in DB_BACKUP_DIR: one it may
+    not write is a setting to fix (exit 2), said before any WAL is copied; no restore point
+    is made."""
+    copy = _copy(archive, tmp_path)
+    copy.chmod(0o555)
+    proc = run_backupd(["mark", "read-only-dir"],
+                       as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300,
+                       obey_file_modes=True)
+    assert proc.returncode == 2, proc.stderr
+    line = _failure_line(proc.stderr)
+    assert f"DB_BACKUP_DIR: {copy} is not writable" in line, line
+    assert "Permission denied" in line and "owner or permissions" in line, line
+    # The other line: the job's log file (in DB_BACKUP_DIR too) could not be written.
+    others = [x for x in proc.stderr.strip().splitlines()[:-1] if "job log file" not in x]
+    assert not others, proc.stderr
+    assert restore_points_in_pg_wal(archive.cluster, "read-only-dir") == 0
+
+
+def test_a_write_that_fails_in_marks_scratch_directory_names_it_and_makes_no_point(
+        archive: Archive, tmp_path: Path) -> None:
+    copy = _copy(archive, tmp_path)
+    proc = run_backupd(["mark", "too-large"],
+                       as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300,
+                       file_size_limit=WAL_COPY_FAILS)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    line = _failure_line(proc.stderr)
+    assert "restore point 'too-large' not made" in line, line
+    assert f"{copy / SCRATCH_PREFIX}" in line and "File too large" in line, line
+    assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))
+    assert restore_points_in_pg_wal(archive.cluster, "too-large") == 0
