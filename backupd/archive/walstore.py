@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from backupd.archive.walcodec import RawSink, WalFetchError, encode, read_block, unreadable
 from backupd.archive.walnames import (
     DEFAULT_SEGMENT_SIZE,
     SPOOL_SUBDIRECTORY,
@@ -26,11 +26,8 @@ from backupd.archive.walnames import (
     format_lsn,
     parse_wal_name,
 )
-from backupd.errors import JobFailed
 from backupd.manifest import Manifest, WalRecord
 from backupd.naming import WAL_DATABASE, WAL_KIND, partial_name, wal_artifact_name
-from backupd.pipeline.checksum import HashingWriter
-from backupd.pipeline.compress import BLOCK_SIZE, open_checker, open_compressor
 from backupd.pipeline.config import AgeKeyFiles
 from backupd.pipeline.encrypt import (
     AgeError,
@@ -46,10 +43,6 @@ from backupd.storage.local import LocalRepository
 __all__ = ["SPOOL_SUBDIRECTORY", "WAL_SUBDIRECTORY", "ArchivedWal", "WalArchive",
            "WalFetchError", "WalOrigin", "local_wal_repository", "offsite_wal_repository",
            "spool_directory"]
-
-
-class WalFetchError(JobFailed):
-    """A WAL file that cannot be restored as archived (missing, corrupt, undecryptable)."""
 
 
 @dataclass(frozen=True)
@@ -227,12 +220,12 @@ class WalArchive:
         with atomic_write(dest) as out, contextlib.ExitStack() as reading:
             assert wal.artifact is not None
             digest = hashlib.sha256()
-            raw_sink = _RawSink(out, digest, wal.artifact)
+            raw_sink = RawSink(out, digest, wal.artifact)
             where = self.repository.location(wal.artifact)
             try:
                 stored = reading.enter_context(self.repository.open(wal.artifact))
             except OSError as exc:  # only the opening: a failed write of ``dest`` is no read
-                raise _unreadable(name, where, exc) from None
+                raise unreadable(name, where, exc) from None
             try:
                 self._decode(wal, where, stored, raw_sink)
                 raw_sink.finish()
@@ -257,10 +250,10 @@ class WalArchive:
         raise WalFetchError(f"WAL file {gone.name} left the spool while it was copied and is "
                             f"not in the archive at {self.repository.description}")
 
-    def _decode(self, wal: ArchivedWal, where: str, stored: BinaryIO, sink: _RawSink) -> None:
+    def _decode(self, wal: ArchivedWal, where: str, stored: BinaryIO, sink: RawSink) -> None:
         artifact = wal.artifact or wal.name
         if not artifact.endswith(".age"):
-            while chunk := _read(stored, wal.name, where):
+            while chunk := read_block(stored, wal.name, where):
                 sink.write(chunk)
             return
         identities = load_identities(self.crypto) if self.crypto is not None else None
@@ -282,7 +275,7 @@ class WalArchive:
             else scratch / partial_name(artifact + ".upload")
         try:
             with atomic_write(target) as out:
-                raw_bytes, raw_sha, stored_bytes, stored_sha = _encode(
+                raw_bytes, raw_sha, stored_bytes, stored_sha = encode(
                     source, out, compression, level, encryptor)
             manifest = Manifest(
                 kind=WAL_KIND, name=artifact, database=WAL_DATABASE, started_at=started,
@@ -318,10 +311,10 @@ def _copy_spool_file(path: Path, dest: Path) -> None:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise _unreadable(path.name, str(path), exc) from None
+        raise unreadable(path.name, str(path), exc) from None
     try:
         with source, atomic_write(dest) as out:
-            while chunk := _read(source, path.name, str(path)):
+            while chunk := read_block(source, path.name, str(path)):
                 out.write(chunk)
     except OSError as exc:  # reading it raises WalFetchError: this is writing ``dest``
         raise _naming(exc, dest) from None
@@ -330,81 +323,3 @@ def _copy_spool_file(path: Path, dest: Path) -> None:
 def _naming(exc: OSError, path: Path) -> OSError:
     """``exc`` naming ``path`` when it names no file (a failed write: ENOSPC, EFBIG)."""
     return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
-
-
-def _unreadable(name: str, where: str, exc: OSError) -> WalFetchError:
-    return WalFetchError(f"WAL file {name} cannot be read from the archive ({where}): "
-                         f"{exc.strerror or exc}")
-
-
-def _read(stored: BinaryIO, name: str, where: str) -> bytes:
-    """A block of archived WAL file ``name``: an OSError reading it (EACCES, EIO) is the
-    archive's, said naming the file."""
-    try:
-        return stored.read(BLOCK_SIZE)
-    except OSError as exc:
-        raise _unreadable(name, where, exc) from None
-
-
-def _encode(source: Path, out: BinaryIO, compression: str, level: int | None,
-            encryptor: object) -> tuple[int, str, int, str]:
-    """(raw bytes, raw SHA-256, stored bytes, stored SHA-256) of ``source`` written to ``out``."""
-    hashing = HashingWriter(out)
-    sink: BinaryIO = hashing  # type: ignore[assignment]
-    encrypting = encryptor(sink) if callable(encryptor) else None
-    if encrypting is not None:
-        sink = encrypting
-    writer = open_compressor(sink, compression, level)
-    raw = hashlib.sha256()
-    raw_bytes = 0
-    try:
-        with open(source, "rb") as data:
-            while chunk := data.read(BLOCK_SIZE):
-                raw.update(chunk)
-                raw_bytes += len(chunk)
-                writer.write(chunk)
-        writer.close()
-        if encrypting is not None:
-            encrypting.close()
-    except BaseException:
-        for stream in (writer, encrypting):
-            abort = getattr(stream, "abort", None)
-            if abort is not None:
-                with contextlib.suppress(Exception):
-                    abort()
-        raise
-    return raw_bytes, raw.hexdigest(), hashing.bytes_written, hashing.sha256
-
-
-class _RawSink:
-    """Decompresses stored bytes into ``out``, hashing the raw WAL on the way."""
-
-    def __init__(self, out: BinaryIO, digest: hashlib._Hash, artifact: str) -> None:
-        compression = "zstd" if ".wal.zst" in artifact else "gzip"
-        self._checker = open_checker(compression)
-        self._out = out
-        self._digest = digest
-        self._artifact = artifact
-        self.write_error: OSError | None = None  # writing ``out`` failed (a full disk)
-
-    def write(self, data: bytes) -> int:
-        for raw in self._feed(data):
-            self._digest.update(raw)
-            try:
-                self._out.write(raw)
-            except OSError as exc:
-                self.write_error = exc
-                raise
-        return len(data)
-
-    def _feed(self, data: bytes) -> Iterator[bytes]:
-        try:
-            yield from self._checker.feed(data)
-        except Exception as exc:
-            raise WalFetchError(f"{self._artifact} is corrupt: {exc}") from None
-
-    def finish(self) -> None:
-        try:
-            self._checker.finish()
-        except Exception as exc:
-            raise WalFetchError(f"{self._artifact} is corrupt: {exc}") from None
