@@ -122,6 +122,7 @@ class ContinuityReport(_Model):
     pitr: bool
     reaches: str = ""
     missing: list[str] = Field(default_factory=list)
+    damaged: list[str] = Field(default_factory=list)  # "NAME (why)": there but unusable
     problem: str = ""
 
 

@@ -152,3 +152,25 @@ def test_consistency_without_the_wal_inside_needs_the_archive() -> None:
     assert check_base(base(1, 2, 4), True, files, spans, SEG).consistent
     unverified = check_base(base(1, 2, 4, verified=False), True, files, spans, SEG)
     assert not unverified.valid and not unverified.ok and "not verified" in unverified.problem
+
+
+def test_a_damaged_segment_is_named_as_damage_not_as_missing() -> None:
+    """Listed, but its stored size is not its manifest's: recovery cannot use it, and the
+    verdict says why, apart from any gap."""
+    spans = timeline_spans(2, parse_history(HISTORY))
+    why = "wal/000000020000000000000006.wal.zst is 10 bytes, its manifest records 20"
+    damaged = {segment_name(2, 6, SEG): why}
+    verdict = check_base(base(1, 2, 3), True, archive(drop=(2, 7)), spans, SEG, damaged)
+    assert not verdict.pitr and verdict.consistent
+    assert verdict.damaged == [f"{segment_name(2, 6, SEG)} ({why})"]
+    assert verdict.missing == [segment_name(2, 7, SEG)]
+    assert verdict.problem == (f"1 WAL file damaged: {segment_name(2, 6, SEG)} ({why}); "
+                               f"1 WAL segment missing: {segment_name(2, 7, SEG)}")
+    # Before the base backup's stop, without the WAL inside it: not consistent either.
+    spans = timeline_spans(1, [])
+    files = [wal(1, n) for n in (2, 3, 4, 5)]
+    verdict = check_base(base(1, 2, 4), False, files, spans, SEG,
+                         {segment_name(1, 3, SEG): why})
+    assert not verdict.consistent and verdict.pitr  # replay from the stop needs it not
+    assert verdict.problem == (f"WAL before its stop missing or damaged: "
+                               f"{segment_name(1, 3, SEG)} ({why})")

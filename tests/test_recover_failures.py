@@ -3,12 +3,15 @@ an archive whose files are damaged: every one ends in one clear line, never an i
 and leaves nothing half-done behind.
 
 * A --target-dir backupd cannot create or write (a parent, or the directory itself, it may not
-  write: as the image's uid 10001 finds a volume root left by root) is bad input: exit 2,
-  before the archive is read. A DB_BACKUP_DIR mark cannot make its scratch directory in, the
-  same (exit 2).
+  write: as the image's uid 10001 finds a volume root left by root; a read-only mount) is bad
+  input: exit 2, before the archive is read. A DB_BACKUP_DIR mark cannot make its scratch
+  directory in, the same (exit 2).
 * A write that fails part way (a full disk; here RLIMIT_FSIZE's "File too large", the WAL
   copy or a base backup file larger than the limit) is exit 1, naming the file, with the
   target directory left as it was (and mark's scratch directory gone).
+* A WAL file whose stored size no longer matches its manifest is damage, named as such by
+  recover, mark and `verify --wal` (exit 1), never a gap (recover) or a check skipped with a
+  warning and a restore point made anyway (mark).
 
 One private cluster and one daemon run for the module: a table of about 30 MiB (so the base
 backup holds a file larger than a WAL segment), the daemon's base backup, rows, and a few
@@ -18,6 +21,7 @@ backupd can reach without root's file override; the cluster's directory it canno
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from helpers.pg import connect
 from helpers.recovered import BATCH_TABLE, insert_batch
 from helpers.wal import (
     WAL_SERVER_SETTINGS,
+    archived,
     restore_points_in_pg_wal,
     switch_wal,
     wait_archived,
@@ -40,6 +45,7 @@ from helpers.wal import (
 
 from backupd.archive.basebackups import list_base_backups
 from backupd.archive.recovery_dir import STAGING_NAME, WAL_COPY_NAME
+from backupd.archive.walstore import WAL_SUBDIRECTORY, ArchivedWal
 from backupd.commands.mark import SCRATCH_PREFIX
 from backupd.storage.local import LocalRepository
 
@@ -195,3 +201,71 @@ def test_a_write_that_fails_in_marks_scratch_directory_names_it_and_makes_no_poi
     assert f"{copy / SCRATCH_PREFIX}" in line and "File too large" in line, line
     assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))
     assert restore_points_in_pg_wal(archive.cluster, "too-large") == 0
+
+
+# --- a WAL file whose stored size no longer matches its manifest ---------------------------
+
+def _cut_short(archive: Archive, tmp_path: Path) -> tuple[Path, ArchivedWal]:
+    """A copy of the archive whose middle committed segment lost the second half of its
+    stored file (a copy that stopped part way, a disk that lost its tail): its manifest
+    records the size it had. That segment, as the archive listed it before."""
+    copy = _copy(archive, tmp_path)
+    committed = [w for w in archived(copy) if w.artifact is not None and w.wal.kind == "segment"]
+    assert len(committed) >= 3, committed
+    victim = committed[len(committed) // 2]
+    assert victim.artifact is not None
+    stored = copy / WAL_SUBDIRECTORY / victim.artifact
+    with stored.open("r+b") as handle:
+        handle.truncate(victim.stored_size // 2)
+    return copy, victim
+
+
+def _says_damage(line: str, copy: Path, victim: ArchivedWal) -> None:
+    assert victim.artifact is not None
+    assert f"WAL file {victim.name} is damaged: " in line, line
+    assert (f"{copy / WAL_SUBDIRECTORY / victim.artifact} is {victim.stored_size // 2} bytes, "
+            f"its manifest records {victim.stored_size}") in line, line
+    assert "gap" not in line and "missing" not in line, line
+
+
+def test_recover_over_a_wal_file_cut_short_fails_naming_the_damage_not_a_gap(
+        archive: Archive, tmp_path: Path) -> None:
+    copy, victim = _cut_short(archive, tmp_path)
+    target = tmp_path / "recovered"
+    proc = run_backupd(["recover", "--target-dir", str(target)],
+                       as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    _says_damage(_failure_line(proc.stderr), copy, victim)
+    assert not target.exists()
+
+
+def test_mark_over_a_wal_file_cut_short_fails_naming_it_and_makes_no_point(
+        archive: Archive, tmp_path: Path) -> None:
+    """Not "not looked for" and a restore point made anyway (as for a gap): the same file
+    would fail `recover --to-name`, so mark fails, as for a corrupt file of the same size."""
+    copy, victim = _cut_short(archive, tmp_path)
+    proc = run_backupd(["mark", "cut-short"],
+                       as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    line = _failure_line(proc.stderr)
+    assert "restore point 'cut-short' not made" in line, line
+    _says_damage(line, copy, victim)
+    assert restore_points_in_pg_wal(archive.cluster, "cut-short") == 0
+    assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))
+
+
+def test_verify_wal_names_a_wal_file_cut_short_as_damaged_not_missing(
+        archive: Archive, tmp_path: Path) -> None:
+    copy, victim = _cut_short(archive, tmp_path)
+    proc = run_backupd(["verify", "--wal", "--json"],
+                       as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [verdict] = json.loads(proc.stdout)
+    assert not verdict["pitr"] and verdict["missing"] == [], verdict
+    assert victim.artifact is not None
+    [damaged] = verdict["damaged"]
+    assert damaged.startswith(f"{victim.name} (") and victim.artifact in damaged, damaged
+    line = _failure_line(proc.stderr)
+    assert f"damaged {victim.name} (" in line and "missing" not in line, line

@@ -3,12 +3,13 @@ the refusals (gap, a target outside the archive), across a timeline change."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backupd.archive.recovery import RecoveryTarget, plan
+from backupd.archive.recovery import RecoveryTarget, WalDamaged, plan
 from backupd.archive.walnames import segment_name
 from backupd.errors import ConfigError, JobFailed
 
@@ -33,6 +34,7 @@ class Wal:
     segno: int
     partial: bool = False
     history: bool = False
+    damage: str | None = None
 
 
 def segments(timeline: int, first: int, last: int, *, partial_last: bool = False) -> list[Wal]:
@@ -77,6 +79,23 @@ def test_a_gap_names_the_missing_range() -> None:
     with pytest.raises(JobFailed, match=f"WAL gap: {segment_name(1, 6, SIZE)} .. "
                                         f"{segment_name(1, 7, SIZE)} missing"):
         plan(wal, BASES, RecoveryTarget(), timeline_history=NO_HISTORY)
+
+
+def test_a_damaged_file_the_plan_needs_is_refused_naming_it_and_one_before_it_is_not() -> None:
+    """Listed with its damage (its stored size is not its manifest's): not a gap, damage;
+    refused only where replay needs it."""
+    why = "wal/...06.wal.zst is 100 bytes, its manifest records 200"
+    wal = [replace(w, damage=why) if w.segno in (3, 6) else w for w in segments(1, 2, 9)]
+    with pytest.raises(WalDamaged, match=f"WAL file {segment_name(1, 6, SIZE)} is damaged: "
+                                         f"{re.escape(why)}; it is needed to replay base "
+                                         "backup base_new onward"):
+        plan(wal, BASES, RecoveryTarget(), timeline_history=NO_HISTORY)
+    early = RecoveryTarget(time=T0 + timedelta(minutes=30))  # base_old: 3 is needed too
+    with pytest.raises(WalDamaged, match=r"WAL file 0+10+3 is damaged: .*\(and 1 more\)"):
+        plan(wal, BASES, early, timeline_history=NO_HISTORY)
+    undamaged = [replace(w, damage=None) if w.segno == 6 else w for w in wal]
+    chosen = plan(undamaged, BASES, RecoveryTarget(), timeline_history=NO_HISTORY)
+    assert chosen.base.name == "base_new"  # from 5 on: the damaged 3 is not needed
 
 
 def test_targets_outside_the_archive_are_refused() -> None:

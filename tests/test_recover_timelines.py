@@ -179,3 +179,22 @@ def test_recover_without_the_newest_timelines_history_file_fails_naming_it(
     assert "00000002.history" in lines[0] and "internal error" not in lines[0], lines[0]
     assert "base_backup=None" in lines[0], lines[0]  # nothing chosen
     assert not target_dir.exists()
+
+
+def test_mark_over_an_unreadable_history_file_fails_naming_it(
+        archive: Archive, tmp_path: Path) -> None:
+    """The history file mark's check needs is there but cannot be read: damage to the archive,
+    not a check that cannot run (as for a missing one, which mark warns about): exit 1, one
+    line naming it, no restore point made."""
+    copy = tmp_path / "backups"
+    shutil.copytree(archive.backup_dir, copy)
+    [history] = [w for w in archived(copy) if w.history and w.timeline == 2]
+    assert history.artifact is not None
+    (copy / WAL_SUBDIRECTORY / history.artifact).chmod(0)
+    env = {k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}
+    proc = run_backupd(["mark", "after-the-fork"], {**env, "DB_BACKUP_DIR": str(copy)},
+                       timeout=300, obey_file_modes=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert "restore point 'after-the-fork' not made" in lines[0], lines[0]
+    assert "00000002.history" in lines[0] and "cannot be read" in lines[0], lines[0]

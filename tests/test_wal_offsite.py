@@ -4,6 +4,7 @@ queue locally and go up later, in order."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -139,3 +140,60 @@ def test_an_offsite_archive_of_another_cluster_is_refused(
     wait_until(refused, 30, "the foreign offsite archive refused")
     assert "DB_BACKUP_S3_PREFIX" in daemon.read_stderr()
     assert object_keys(s3_server, s3_bucket) == before  # nothing of ours mixed into theirs
+
+
+def test_the_partial_uploaded_again_is_left_out_until_its_manifest_follows_and_damage_is_not(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon uploads the live partial again every WAL_S3_PARTIAL_SECONDS under the same
+    name: the new data replaces the old, then its manifest follows. A listing in between
+    sees a size its manifest does not record: that partial is left out (said in
+    ``left_out``; the archive ends before it), never called damaged. A segment whose object
+    no longer matches its manifest (uploaded once, never again) is damage, and fetching it
+    says so."""
+    from helpers.offsite import put_bytes
+
+    from backupd.archive.walnames import parse_wal_name
+    from backupd.archive.walstore import WalFetchError, WalOrigin
+    from backupd.manifest import Manifest
+
+    remote = offsite_archive(s3_server.endpoint_url, s3_bucket, s3_server.client())
+    origin = WalOrigin("7716253996312042151")
+    segment, partial = "000000010000000000000006", "000000010000000000000007.partial"
+    for name, size in ((segment, 64), (partial, 64)):
+        path = tmp_path / name
+        path.write_bytes(os.urandom(size * 1024))
+        wal = parse_wal_name(name)
+        assert wal is not None
+        remote.store(path, wal, origin, compression="zstd", level=None, scratch=tmp_path)
+    assert offsite_names(remote) == [segment, partial]
+
+    in_the_window: list[tuple[list[str], list[str]]] = []
+    write_manifest = remote.repository.write_manifest
+
+    def listed_then_written(manifest: Manifest) -> None:
+        in_the_window.append((offsite_names(remote), list(remote.left_out)))
+        write_manifest(manifest)
+
+    monkeypatch.setattr(remote.repository, "write_manifest", listed_then_written)
+    grown = tmp_path / partial
+    grown.write_bytes(grown.read_bytes() + os.urandom(64 * 1024))  # more WAL since
+    wal = parse_wal_name(partial)
+    assert wal is not None
+    remote.store(grown, wal, origin, compression="zstd", level=None, scratch=tmp_path)
+    [(names, left_out)] = in_the_window
+    assert names == [segment]
+    [note] = left_out
+    assert note.startswith(f"WAL file {partial} left out: ") and "manifest" in note, note
+    listed = remote.segments()
+    assert [(w.name, w.damage) for w in listed] == [(segment, None), (partial, None)]
+    assert remote.left_out == []
+
+    artifact = listed[0].artifact
+    assert artifact is not None
+    put_bytes(s3_server, s3_bucket, f"wal/{artifact}", b"not what was uploaded")
+    [damaged, _] = remote.segments()
+    assert damaged.damage is not None and "is 21 bytes, its manifest records" in damaged.damage
+    assert remote.left_out == []
+    with pytest.raises(WalFetchError, match=f"WAL file {segment} is damaged: s3://"):
+        remote.fetch_archived(damaged, tmp_path / "copy")

@@ -218,3 +218,59 @@ def test_a_copy_that_cannot_be_written_is_an_os_error_naming_it_not_damage(
         resource.setrlimit(resource.RLIMIT_FSIZE, limit)
     assert raised.value.filename == str(dest)
     assert not dest.exists() and not list(tmp_path.glob(".copy*"))  # nothing half-written
+
+
+def test_a_segment_stored_again_is_listed_from_the_spool_until_its_manifest_follows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after a segment's commit leaves it in the spool: the next start stores it
+    again (here at another level, so another size), its data in place before its manifest.
+    A listing in that window lists the spool's copy, never damage, and one that catches the
+    data replaced and then the spool emptied looks again and lists the new commit; the same
+    mismatch with no write going on is damage, and fetching it says so."""
+    from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, parse_wal_name
+    from backupd.archive.walstore import WalArchive, WalFetchError, WalOrigin
+    from backupd.manifest import Manifest
+    from backupd.storage.local import LocalRepository
+
+    spool = tmp_path / "wal" / "spool"
+    spool.mkdir(parents=True)
+    spooled = spool / _SEGMENT
+    spooled.write_bytes(b"".join(os.urandom(16) * 64 for _ in range(1024)))  # compressible
+    wal = parse_wal_name(_SEGMENT)
+    assert wal is not None
+    repository = LocalRepository(tmp_path / "wal")
+    archive = WalArchive(repository, spool=spool)
+    origin = WalOrigin("7716253996312042151")
+    first = archive.store(spooled, wal, origin, compression="zstd", level=1, scratch=tmp_path)
+
+    in_the_window: list[list[object]] = []
+    commit = repository.commit
+    held: list[Manifest] = []
+
+    def listed_then_committed(manifest: Manifest) -> None:
+        in_the_window.append([(w.name, w.spool_path, w.damage) for w in archive.segments()])
+        held.append(manifest)
+
+    monkeypatch.setattr(repository, "commit", listed_then_committed)
+    second = archive.store(spooled, wal, origin, compression="zstd", level=19, scratch=tmp_path)
+    assert first.stored_bytes != second.stored_bytes  # the window holds a mismatch
+    assert in_the_window == [[(_SEGMENT, spooled, None)]]
+
+    class CommittedWhileListing(WalArchive):
+        def spool_files(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[Path]:
+            commit(held[0])  # the store finishes, then leaves the spool
+            spooled.unlink()
+            return super().spool_files(segment_size)
+
+    [settled] = CommittedWhileListing(repository, spool=spool).segments()
+    assert (settled.spool_path, settled.damage) == (None, None)
+    assert settled.stored_size == second.stored_bytes
+
+    stored = tmp_path / "wal" / second.name
+    with stored.open("r+b") as handle:  # damage: no write going on, no spool copy
+        handle.truncate(10)
+    [damaged] = archive.segments()
+    assert damaged.damage == (f"{stored} is 10 bytes, its manifest records "
+                              f"{second.stored_bytes}")
+    with pytest.raises(WalFetchError, match=f"WAL file {_SEGMENT} is damaged: {stored} is 10"):
+        archive.fetch_archived(damaged, tmp_path / "copy")

@@ -19,7 +19,7 @@ runs them (``commands.wal_verify``) reads the archive locally or on S3.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +105,7 @@ class Continuity:
     pitr: bool
     reaches: str = ""  # the last segment recovery can replay ("" when none)
     missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # "NAME (why)", listed but unusable
     problem: str = ""
 
     @property
@@ -128,16 +129,23 @@ def describe_missing(names: list[str]) -> str:
 
 
 def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFileName],
-               spans: list[TimelineSpan], segment_size: int) -> Continuity:
+               spans: list[TimelineSpan], segment_size: int,
+               damaged: Mapping[str, str] | None = None) -> Continuity:
     """One base backup against the archive. ``wal_inside``: the base backup carries (and
-    was verified with) the WAL from its start to its stop."""
-    present = {(w.timeline, w.segno) for w in archive}
+    was verified with) the WAL from its start to its stop. ``damaged``: files of ``archive``
+    (by name) that are there but cannot be used, and why: needed, they are damage, not a
+    gap."""
+    damaged = damaged or {}
+    broken = {(w.timeline, w.segno): f"{w.name} ({damaged[w.name]})" for w in archive
+              if w.name in damaged}
+    present = {(w.timeline, w.segno) for w in archive} - broken.keys()
     verdict = Continuity(base.name, valid=base.verified, consistent=False, pitr=False)
     first, stop_segno = (lsn_to_segno(base.start_lsn, segment_size),
                          lsn_to_segno(base.stop_lsn, segment_size))
     own = next((s for s in spans if on_path([s], base.timeline, base.stop_lsn)),
                TimelineSpan(base.timeline, 0, None))
-    before_stop = [segment_name(base.timeline, segno, segment_size)
+    before_stop = [broken.get((base.timeline, segno),
+                              segment_name(base.timeline, segno, segment_size))
                    for segno in range(first, stop_segno)
                    if (base.timeline, segno) not in present]
     verdict.consistent = wal_inside or not before_stop
@@ -158,8 +166,9 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
             last = max([*on_newest, lsn_to_segno(start, segment_size)])
         needed += [(span.timeline, segno)
                    for segno in range(lsn_to_segno(start, segment_size), last + 1)]
+    verdict.damaged = [broken[t, s] for t, s in needed if (t, s) in broken]
     verdict.missing = [segment_name(t, s, segment_size) for t, s in needed
-                       if (t, s) not in present]
+                       if (t, s) not in present and (t, s) not in broken]
     reached = [(t, s) for t, s in needed if (t, s) in present]
     if reached:
         verdict.reaches = segment_name(*reached[-1], segment_size)
@@ -168,13 +177,17 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
     if partial_inside:
         verdict.missing += [segment_name(w.timeline, w.segno, segment_size) + " (only partial)"
                             for w in partial_inside]
-    verdict.pitr = not verdict.missing
-    if verdict.missing:
-        verdict.problem = (f"{len(verdict.missing)} WAL segment"
-                           f"{'s' if len(verdict.missing) != 1 else ''} missing: "
-                           f"{describe_missing(verdict.missing)}")
+    verdict.pitr = not verdict.missing and not verdict.damaged
+    problems = [f"{len(names)} WAL {noun}{'s' if len(names) != 1 else ''} {what}: "
+                f"{describe_missing(names)}"
+                for names, noun, what in ((verdict.damaged, "file", "damaged"),
+                                          (verdict.missing, "segment", "missing")) if names]
+    if problems:
+        verdict.problem = "; ".join(problems)
     elif not verdict.consistent:
-        verdict.problem = f"WAL before its stop missing: {describe_missing(before_stop)}"
+        what = "missing or damaged" if any(n in broken.values() for n in before_stop) \
+            else "missing"
+        verdict.problem = f"WAL before its stop {what}: {describe_missing(before_stop)}"
     if not verdict.valid:
         verdict.problem = "; ".join(p for p in ("not verified", verdict.problem) if p)
     return verdict

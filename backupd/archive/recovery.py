@@ -54,6 +54,15 @@ class WalLike(Protocol):
     def partial(self) -> bool: ...
     @property
     def history(self) -> bool: ...
+    @property
+    def damage(self) -> str | None:
+        """Why the stored file cannot be what its manifest records (None: nothing known)."""
+        ...
+
+
+class WalDamaged(JobFailed):
+    """A WAL file the plan needs is listed as damaged (its stored size is not its
+    manifest's): the archive's fault, never a reason to go on without it."""
 
 
 class RecoverySource(Protocol):
@@ -74,6 +83,11 @@ class RecoverySource(Protocol):
 
     def wal(self) -> Sequence[WalLike]:
         """Every archived WAL file: segments, partial segments and history files."""
+        ...
+
+    @property
+    def left_out(self) -> Sequence[str]:
+        """What the last :meth:`wal` left out as a write in progress, one line each."""
         ...
 
     def fetch(self, wal: WalLike, dest: Path) -> None:
@@ -259,9 +273,10 @@ def on_the_path(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike]
 def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
          target: RecoveryTarget, restore_point: int | None = None, *,
          timeline_history: Sequence[tuple[int, int]]) -> RecoveryPlan:
-    """The base backup and the WAL for ``target``; a gap or a target beyond the archive's end
-    fails here, naming the missing range, before anything is written. ``restore_point``: the
-    LSN of ``target.name``'s one restore point, once read from the WAL.
+    """The base backup and the WAL for ``target``; a gap, a damaged file or a target beyond
+    the archive's end fails here, naming the missing range or the file, before anything is
+    written. ``restore_point``: the LSN of ``target.name``'s one restore point, once read
+    from the WAL.
     ``timeline_history``: the archive's newest timeline's history file (:func:`on_the_path`;
     ``commands.recover.timeline_history``), ``()`` on timeline 1. Required: without it a
     planner could not tell the path to the newest timeline from an abandoned one."""
@@ -306,6 +321,11 @@ def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
             "nothing was written. Recover to a time before the gap, or from a base backup "
             "taken after it")
     segments = [chosen[segno] for segno in range(first, last + 1)]
+    damaged = [w for w in [*history, *segments] if w.damage is not None]
+    if damaged:
+        raise WalDamaged(f"WAL file {damaged[0].name} is damaged: {damaged[0].damage}; it is "
+                         f"needed to replay base backup {base.name} onward"
+                         + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""))
     partials = [w for w in segments[:-1] if w.partial]
     if partials:
         raise JobFailed(f"WAL gap: only the partial {partials[0].name} of a segment that "

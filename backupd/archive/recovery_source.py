@@ -43,6 +43,10 @@ class ArchiveSource:
     def wal(self) -> Sequence[WalLike]:
         return self._wal.segments()
 
+    @property
+    def left_out(self) -> Sequence[str]:
+        return self._wal.left_out
+
     def fetch(self, wal: WalLike, dest: Path) -> None:
         if isinstance(wal, ArchivedWal):
             self._wal.fetch_archived(wal, dest)  # as listed: no listing per file

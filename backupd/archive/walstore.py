@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ from backupd.pipeline.encrypt import (
     recipient_strings,
 )
 from backupd.storage.atomic import atomic_write
-from backupd.storage.base import BackupEntry, Repository
+from backupd.storage.base import BackupEntry, Repository, UnknownBackup
 from backupd.storage.local import LocalRepository
 
 __all__ = ["SPOOL_SUBDIRECTORY", "WAL_SUBDIRECTORY", "ArchivedWal", "WalArchive",
@@ -64,6 +65,9 @@ class ArchivedWal:
     spool_path: Path | None = None
     uploaded: bool = False  # committed offsite (recorded in the local manifest)
     system_identifier: str | None = None
+    # Why the stored file cannot be what its manifest records (its size differs, or the
+    # manifest cannot be read), naming it; fetching it fails so. None: nothing known wrong.
+    damage: str | None = None
 
     @property
     def name(self) -> str:
@@ -108,20 +112,38 @@ def spool_directory(local_archive: LocalRepository) -> Path:
     return local_archive.directory / SPOOL_SUBDIRECTORY
 
 
-def _committed(entries: list[BackupEntry]) -> dict[str, ArchivedWal]:
-    """The archive's committed WAL files among ``entries``, by name."""
+def _committed(entries: list[BackupEntry],
+               location: Callable[[str], str]) -> dict[str, ArchivedWal]:
+    """The archive's committed WAL files among ``entries``, by name: with ``damage`` set where
+    the stored file's size is not its manifest's, or its manifest cannot be read. A file
+    without a manifest is not committed (a write in progress: the manifest comes last)."""
     found: dict[str, ArchivedWal] = {}
+    unusable: list[BackupEntry] = []
     for entry in entries:
         manifest = entry.manifest
-        if manifest is None or manifest.wal is None or not entry.verified:
+        if manifest is None and entry.manifest_error is not None and entry.committed:
+            unusable.append(entry)
+        if manifest is None or manifest.wal is None or not entry.committed \
+                or not manifest.verified:
             continue  # not committed, or not ours: never part of the archive
         record = manifest.wal
         wal = parse_wal_name(record.wal_file, record.segment_size)
         if wal is None:
             continue
+        damage = None if entry.size == manifest.stored_bytes else (
+            f"{location(entry.name)} is {entry.size} bytes, its manifest records "
+            f"{manifest.stored_bytes}")
         found[wal.name] = ArchivedWal(wal, entry.name, entry.size, record.raw_sha256,
                                       uploaded=manifest.uploaded_at is not None,
-                                      system_identifier=record.system_identifier)
+                                      system_identifier=record.system_identifier,
+                                      damage=damage)
+    size = next((w.wal.segment_size for w in found.values()), DEFAULT_SEGMENT_SIZE)
+    for entry in unusable:
+        wal = parse_wal_name(entry.parsed.wal_file or "", size)
+        if wal is not None and wal.name not in found:
+            found[wal.name] = ArchivedWal(wal, entry.name, entry.size, None, damage=(
+                f"the manifest of {location(entry.name)} cannot be used: "
+                f"{entry.manifest_error}"))
     return found
 
 
@@ -134,6 +156,8 @@ class WalArchive:
         self.repository = repository
         self.crypto = crypto
         self.spool = spool
+        # What the last segments() left out as a write in progress, one line each.
+        self.left_out: list[str] = []
 
     # --- reading --------------------------------------------------------------------
     def entries(self) -> list[BackupEntry]:
@@ -143,15 +167,21 @@ class WalArchive:
         """Every WAL file of the archive, ordered by (timeline, position); history files
         before their timeline's segments. A file both archived and in the spool is listed
         once (the archived one); an archived ``.partial`` superseded by its complete
-        segment is not listed."""
-        found = _committed(self.entries())
+        segment is not listed.
+
+        A committed file whose stored size is not its manifest's is listed with ``damage``
+        (and fetching it fails so), unless it is a write in progress (:meth:`_settle`):
+        stored again from the spool (the spool's copy is listed), or, offsite, the live
+        partial uploaded again (left out, and said in ``left_out``)."""
+        self.left_out = []
+        found = _committed(self.entries(), self.repository.location)
         segment_size = next((w.wal.segment_size for w in reversed(found.values())),
                             DEFAULT_SEGMENT_SIZE)
         spooled: list[ArchivedWal] = []
         moved = False
         for path in self.spool_files(segment_size):
             wal = parse_wal_name(path.name, segment_size)
-            if wal is None or wal.name in found:
+            if wal is None or (wal.name in found and found[wal.name].damage is None):
                 continue
             try:
                 spooled.append(ArchivedWal(wal, None, path.stat().st_size, None,
@@ -161,12 +191,43 @@ class WalArchive:
         if moved:
             # Committed (moved out of the spool) since the listing above: it is in the
             # repository now, so list the repository again, once, rather than show a gap.
-            found = _committed(self.entries())
+            found = _committed(self.entries(), self.repository.location)
         for wal_file in spooled:
-            found.setdefault(wal_file.name, wal_file)
+            archived = found.get(wal_file.name)
+            if archived is None or archived.damage is not None:
+                # Being stored again (a crash left it in the spool after its commit): the
+                # new data is in place before its manifest. The spool's copy is the file.
+                found[wal_file.name] = wal_file
+        self._settle(found)
         complete = {w.wal.segment for w in found.values() if w.wal.kind == "segment"}
         listed = [w for w in found.values() if not (w.partial and w.wal.segment in complete)]
         return sorted(listed, key=lambda w: w.wal.sort_key)
+
+    def _settle(self, found: dict[str, ArchivedWal]) -> None:
+        """Each file in ``found`` with ``damage`` looked at once more: caught between a write
+        of its data and its manifest, it matches now (its spool copy was stored and left the
+        spool after the listing above). Without a spool (offsite), a ``.partial`` that still
+        does not match is the live partial the daemon uploads again every
+        WAL_S3_PARTIAL_SECONDS (the data, then its manifest): left out, said in
+        ``left_out``; the archive ends before it until its manifest follows."""
+        for name, wal in list(found.items()):
+            if wal.damage is None or wal.artifact is None:
+                continue
+            try:
+                entry = self.repository.entry(wal.artifact)
+            except (UnknownBackup, FileNotFoundError):
+                entry = None  # deleted since (retention, a superseded partial)
+            again = _committed([entry], self.repository.location).get(name) if entry else None
+            if again is None:
+                del found[name]
+            elif again.damage is not None and again.partial and self.spool is None:
+                del found[name]
+                self.left_out.append(
+                    f"WAL file {name} left out: {again.damage}, as while the daemon uploads "
+                    "the live partial again (its manifest follows); the archive ends before "
+                    "it (run again for it)")
+            else:
+                found[name] = again
 
     def spool_files(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[Path]:
         """The spool's WAL files (pg_receivewal's names), in WAL order."""
@@ -210,6 +271,8 @@ class WalArchive:
         if wal.spool_path is not None:
             raise WalFetchError(f"WAL file {name} kept moving in the spool while it was "
                                 "copied; try again")
+        if wal.damage is not None:
+            raise WalFetchError(f"WAL file {name} is damaged: {wal.damage}")
         try:
             self._copy_stored(wal, dest)
         except OSError as exc:  # reading the archive raises WalFetchError: this is ``dest``

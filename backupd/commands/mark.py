@@ -18,7 +18,13 @@ from pathlib import Path
 import psycopg
 
 from backupd.archive import restore_points
-from backupd.archive.recovery import RecoveryPlan, RecoverySource, RecoveryTarget, plan
+from backupd.archive.recovery import (
+    RecoveryPlan,
+    RecoverySource,
+    RecoveryTarget,
+    WalDamaged,
+    plan,
+)
 from backupd.configs import age_key_files
 from backupd.errors import ConfigError, JobFailed, os_error_text
 from backupd.job import JobContext
@@ -64,6 +70,7 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     if not ctx.settings.wal_archive:
         return  # no archive of backupd's to recover from by name
     from backupd.archive.recovery_source import archive_source
+    from backupd.archive.walstore import WalFetchError
     from backupd.commands.recover import timeline_history
 
     source = archive_source(ctx.repos, age_key_files(ctx.settings))
@@ -71,6 +78,9 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
         wal = source.wal()
         chosen = plan(wal, source.base_backups(), RecoveryTarget(name=name),
                       timeline_history=timeline_history(source, wal))
+    except (WalDamaged, WalFetchError) as exc:  # damage, not a check that cannot run
+        raise JobFailed(f"restore point {name!r} not made: reading the WAL archive for the "
+                        f"name failed: {exc}") from None
     except (ConfigError, JobFailed) as exc:
         ctx.warn(f"restore point {name!r} not looked for in the archive: {exc}")
         return

@@ -69,6 +69,8 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     the PITR drill's recovery."""
     started = time.monotonic()
     wal, backups = source.wal(), source.base_backups()
+    for note in source.left_out:
+        ctx.warn(note)
     history = timeline_history(source, wal)
     chosen = plan(wal, backups, target, timeline_history=history)
     if target.name is None:

@@ -1,6 +1,7 @@
 """``backupd verify --wal``: continuity of the WAL archive from every base backup to its end
-(backupd.archive.continuity), locally or on S3 (``--remote``). Exits 1 on any gap, naming
-the missing segments."""
+(backupd.archive.continuity), locally or on S3 (``--remote``). Exits 1 on any gap or damaged
+file, naming the missing segments and the damaged files (a stored size that is not its
+manifest's)."""
 
 from __future__ import annotations
 
@@ -53,28 +54,35 @@ def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
                         "`backupd basebackup` (WAL alone cannot be recovered)")
     archive = wal_archive(ctx, remote)
     files = archive.segments()
+    for note in archive.left_out:
+        ctx.warn(note)
     segment_size = bases[0].wal_segment_size or DEFAULT_SEGMENT_SIZE
     wal = [f.wal for f in files if not f.history]
+    damaged = {f.name: f.damage for f in files if f.damage is not None and not f.history}
     newest = newest_timeline(wal, [f.timeline for f in files if f.history])
     spans = timeline_spans(newest, history_of(archive, files, newest))
     # Every base backup carries the WAL from its start to its stop, checked when verified.
-    return [check_base(base, base.verified, wal, spans, segment_size) for base in bases]
+    return [check_base(base, base.verified, wal, spans, segment_size, damaged)
+            for base in bases]
 
 
 def run(ctx: JobContext, remote: bool = False) -> list[Continuity]:
     verdicts = check(ctx, remote)
     ctx.result.outcome = ContinuityOutcome(reports=[
         ContinuityReport(base_backup=v.base, valid=v.valid, consistent=v.consistent,
-                         pitr=v.pitr, reaches=v.reaches, missing=v.missing, problem=v.problem)
+                         pitr=v.pitr, reaches=v.reaches, missing=v.missing,
+                         damaged=v.damaged, problem=v.problem)
         for v in verdicts])
     for verdict in verdicts:
         ctx.say(verdict.line())
     failed = [v for v in verdicts if not v.ok]
     if failed:
+        damaged = sorted({name for v in failed for name in v.damaged})
         missing = sorted({name for v in failed for name in v.missing})
+        said = [f"{what} {describe_missing(names)}"
+                for what, names in (("damaged", damaged), ("missing", missing)) if names]
         raise JobFailed(
             f"WAL archive: {len(failed)} of {len(verdicts)} base backups cannot be recovered "
             "to the archive's end"
-            + (f"; missing {describe_missing(missing)}" if missing
-               else f"; {failed[0].base}: {failed[0].problem}"))
+            + (f"; {'; '.join(said)}" if said else f"; {failed[0].base}: {failed[0].problem}"))
     return verdicts
