@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,8 @@ def source() -> Iterator[PrivateCluster]:
 
 
 @pytest.fixture
-def target() -> Iterator[PrivateCluster]:
-    with PrivateCluster("target-pw") as cluster:
-        cluster.start()
-        yield cluster
+def target(private_cluster: Callable[..., PrivateCluster]) -> PrivateCluster:
+    return private_cluster("target-pw")
 
 
 def globals_file(source: PrivateCluster, directory: Path) -> tuple[Path, BackupEntry]:

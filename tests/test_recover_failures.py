@@ -30,24 +30,19 @@ from pathlib import Path
 import pytest
 from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
 from helpers.cluster import PrivateCluster
-from helpers.faults import small_filesystems, wait_until
+from helpers.faults import small_filesystems
 from helpers.pg import connect
-from helpers.recovered import BATCH_TABLE, insert_batch
+from helpers.recovered import insert_batch, pitr_cluster, wait_first_base_backup
 from helpers.wal import (
-    WAL_SERVER_SETTINGS,
     archived,
     restore_points_in_pg_wal,
     switch_wal,
     wait_archived,
-    wait_streaming,
-    wal_env,
 )
 
-from backupd.archive.basebackups import list_base_backups
 from backupd.archive.recovery_dir import STAGING_NAME, WAL_COPY_NAME
 from backupd.archive.walstore import WAL_SUBDIRECTORY, ArchivedWal
 from backupd.commands.mark import SCRATCH_PREFIX
-from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
 PASSWORD = "recover-failures-pw"
@@ -66,23 +61,16 @@ class Archive:
 
 @pytest.fixture(scope="module")
 def archive() -> Iterator[Archive]:
-    with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
-        cluster.start()
-        work = cluster.work_directory()
-        backup_dir = work / "backups"
-        env = wal_env(cluster, backup_dir)
+    with pitr_cluster(PASSWORD) as pitr:
+        cluster, work, backup_dir, env = pitr.cluster, pitr.work, pitr.backup_dir, pitr.env
         with connect(cluster.address) as conn:
-            conn.execute(BATCH_TABLE)
             conn.execute("CREATE TABLE big AS SELECT g, repeat(md5(g::text), 8) AS pad "
                          "FROM generate_series(1, 110000) g")
             row = conn.execute("SELECT pg_relation_size('big')").fetchone()
         assert row is not None and row[0] > BASE_BACKUP_FAILS
         daemon = start_backupd(["run"], env, log_dir=work / "daemon")
         try:
-            wait_streaming(backup_dir)
-            # The daemon takes the first base backup itself (WAL_ARCHIVE=on and none yet).
-            wait_until(lambda: any(b.verified for b in list_base_backups(
-                LocalRepository(backup_dir))), 300, "the daemon's first base backup")
+            wait_first_base_backup(backup_dir)
             insert_batch(cluster.address, "A")
             wait_archived(backup_dir, switch_wal(cluster.address, 2), 90)
             insert_batch(cluster.address, "B")

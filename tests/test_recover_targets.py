@@ -25,19 +25,22 @@ from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_back
 from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.pg import connect, pg_binary
-from helpers.recovered import BATCH_TABLE, batch_counts, insert_batch, recover, started
+from helpers.recovered import (
+    batch_counts,
+    insert_batch,
+    pitr_cluster,
+    recover,
+    started,
+    wait_first_base_backup,
+)
 from helpers.wal import (
-    WAL_SERVER_SETTINGS,
     holds,
     local_archive,
     restore_points_in_pg_wal,
     spool_dir,
-    wait_streaming,
-    wal_env,
 )
 
 from backupd.archive import restore_points
-from backupd.archive.basebackups import list_base_backups
 from backupd.archive.recovery import RecoveryPlan, RecoveryTarget, plan
 from backupd.archive.recovery_source import ArchiveSource
 from backupd.archive.walnames import format_lsn, parse_lsn
@@ -70,21 +73,14 @@ class Archive:
 
 @pytest.fixture(scope="module")
 def archive() -> Iterator[Archive]:
-    with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
-        cluster.start()
-        work = cluster.work_directory()
-        backup_dir = work / "backups"
-        env = wal_env(cluster, backup_dir)
+    with pitr_cluster(PASSWORD) as pitr:
+        cluster, work, backup_dir, env = pitr.cluster, pitr.work, pitr.backup_dir, pitr.env
         with connect(cluster.address) as conn:
-            conn.execute(BATCH_TABLE)
             for key, value in LEFTOVER.items():
                 conn.execute(f"ALTER SYSTEM SET {key} = '{value}'")
         daemon = start_backupd(["run"], env, log_dir=work / "daemon")
         try:
-            wait_streaming(backup_dir)
-            # The daemon takes the first base backup itself (WAL_ARCHIVE=on and none yet).
-            wait_until(lambda: any(b.verified for b in list_base_backups(
-                LocalRepository(backup_dir))), 300, "the daemon's first base backup")
+            wait_first_base_backup(backup_dir)
             before = datetime.now(UTC)
             insert_batch(cluster.address, "A")
             marked = run_backupd(["mark", "twice"], env)

@@ -30,18 +30,21 @@ from pathlib import Path
 import pytest
 from helpers.basebackups import take_base_backup
 from helpers.cli import run_backupd, start_backupd, stop_backupd
-from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
-from helpers.pg import connect
-from helpers.recovered import BATCH_TABLE, batch_counts, insert_batch, recover, started
+from helpers.recovered import (
+    batch_counts,
+    insert_batch,
+    pitr_cluster,
+    recover,
+    started,
+    wait_first_base_backup,
+)
 from helpers.wal import (
-    WAL_SERVER_SETTINGS,
     archived,
     holds,
     spool_dir,
     switch_wal,
     wait_archived,
-    wait_streaming,
     wal_env,
 )
 
@@ -81,17 +84,11 @@ class Archive:
 
 @pytest.fixture(scope="module")
 def archive() -> Iterator[Archive]:
-    with PrivateCluster(PASSWORD, server_settings=WAL_SERVER_SETTINGS) as cluster:
-        cluster.start()
-        work = cluster.work_directory()
-        backup_dir = work / "backups"
-        env = wal_env(cluster, backup_dir)
-        with connect(cluster.address) as conn:
-            conn.execute(BATCH_TABLE)
+    with pitr_cluster(PASSWORD) as pitr:
+        cluster, work, backup_dir, env = pitr.cluster, pitr.work, pitr.backup_dir, pitr.env
         daemon = start_backupd(["run"], env, log_dir=work / "daemon-1")
         try:
-            wait_streaming(backup_dir)
-            wait_until(lambda: _bases(backup_dir), 300, "the daemon's first base backup")
+            wait_first_base_backup(backup_dir)
             [first] = [b.name for b in _bases(backup_dir)]
             marker = f"a-{secrets.token_hex(6)}"
             a_lsn = insert_batch(cluster.address, "A", marker)

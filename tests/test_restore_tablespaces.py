@@ -11,7 +11,7 @@ warning. A restore never fails, nor leaves a database behind, for a missing tabl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,8 @@ def source() -> Iterator[PrivateCluster]:
 
 
 @pytest.fixture
-def target() -> Iterator[PrivateCluster]:
-    with PrivateCluster("target-pw") as cluster:
-        cluster.start()
-        yield cluster
+def target(private_cluster: Callable[..., PrivateCluster]) -> PrivateCluster:
+    return private_cluster("target-pw")
 
 
 def back_up(source: PrivateCluster, directory: Path, **extra: str) -> None:

@@ -8,11 +8,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from backupd.archive.basebackups import list_base_backups
+from backupd.storage.local import LocalRepository
+
 from .cli import run_backupd
-from .cluster import AS_ROOT, SERVER_OS_USER, free_port
+from .cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster, free_port
+from .faults import wait_until
 from .pg import ServerAddress, connect, pg_binary
+from .wal import WAL_SERVER_SETTINGS, wait_streaming, wal_env
 
 
 def as_postgres(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -96,3 +102,33 @@ def batch_counts(server: ServerAddress) -> dict[str, int]:
     with connect(server) as conn:
         rows = conn.execute("SELECT batch, count(*) FROM t GROUP BY batch").fetchall()
     return {str(batch): int(count) for batch, count in rows}
+
+
+@dataclass
+class PitrCluster:
+    """A private primary to stream WAL from, holding the batch table; where its archive
+    goes and the daemon's environment for it."""
+
+    cluster: PrivateCluster
+    work: Path
+    backup_dir: Path
+    env: dict[str, str]
+
+
+@contextmanager
+def pitr_cluster(password: str) -> Iterator[PitrCluster]:
+    with PrivateCluster(password, server_settings=WAL_SERVER_SETTINGS) as cluster:
+        cluster.start()
+        work = cluster.work_directory()
+        backup_dir = work / "backups"
+        with connect(cluster.address) as conn:
+            conn.execute(BATCH_TABLE)
+        yield PitrCluster(cluster, work, backup_dir, wal_env(cluster, backup_dir))
+
+
+def wait_first_base_backup(backup_dir: Path) -> None:
+    """A daemon just started with WAL_ARCHIVE=on streams, and takes the first base backup
+    itself (there is none yet): wait for both."""
+    wait_streaming(backup_dir)
+    wait_until(lambda: any(b.verified for b in list_base_backups(LocalRepository(backup_dir))),
+               300, "the daemon's first base backup")
