@@ -188,6 +188,25 @@ def test_bad_input_is_exit_2_with_one_line_naming_it(case: Case, tmp_path: Path)
         assert not backup_dir.exists()
 
 
+def test_a_backup_dir_backupd_cannot_look_into_is_exit_2_naming_it(tmp_path: Path) -> None:
+    # Under a directory it may not search (mode 0), as the image's uid 10001 meets it on a
+    # volume owned by someone else: a traceback from the settings before.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1", "POSTGRES_DB": "db",
+           "DB_BACKUP_DIR": str(locked / "backups"), "BACKUPD_LOG_FORMAT": "json"}
+    try:
+        proc = run_backupd(["list"], env, timeout=60, obey_file_modes=True)
+    finally:
+        locked.chmod(0o700)
+    assert proc.returncode == 2, proc.stderr
+    human = human_lines(proc.stderr)
+    assert len(human) == 1, proc.stderr
+    assert human[0].startswith("backupd: error: DB_BACKUP_DIR"), human
+    assert "Permission denied" in human[0] and str(locked) in human[0], human
+    assert not (locked / "backups").exists()
+
+
 def test_the_table_is_at_least_twenty_cases() -> None:
     assert len(SETTINGS_CASES) + len(COMMAND_CASES) >= 20
 

@@ -203,9 +203,15 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
         # here (writability is proven by LocalStore.prepare): a read-only mount is still fine
         # for list, verify and restore.
         probe = value
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
+        try:
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            is_directory = probe.is_dir()
+        except OSError as exc:  # a parent it may not search (EACCES), a dead mount (EIO)
+            raise ValueError(f"cannot look at {probe} ({exc.strerror or exc}) as uid "
+                             f"{os.getuid()}; give backupd access to it (owner or "
+                             "permissions of its parents), or point it elsewhere") from None
+        if not is_directory:
             raise ValueError(f"{probe} is not a directory; point it at a directory "
                              "(a missing one is created)")
         return value
