@@ -241,8 +241,15 @@ def test_inflating_works_in_bounded_steps() -> None:
 
 def _follow(path: Path, growing: GrowingFile, identity: tuple[int, int],
             results: list[FileScan]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: results.append(
-        follow_growing_file(path, growing, "gzip", identity)))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # as dump_to_file does, before the thread
+
+    def follow() -> None:
+        try:
+            results.append(follow_growing_file(fd, growing, "gzip", identity))
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=follow)
     thread.start()
     return thread
 

@@ -111,8 +111,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             outcome = dump_to_file(
                 config, store.directory / name, ctx.cancel,
                 encryptor=encryptor_for(age_key_files(settings)),
-                read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
-                    path, growing, parsed.compression if plain else None, identity,
+                read_back=lambda fd, growing, identity: read_back.append(follow_growing_file(
+                    fd, growing, parsed.compression if plain else None, identity,
                     archive, progress=ctx.progress)),
             )
         except DumpFailed as exc:

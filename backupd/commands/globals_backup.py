@@ -100,8 +100,8 @@ def _take(ctx: JobContext, conn: Connection, started: datetime, run_id: str,
             DumpConfig(connection, "plain", "gzip", settings.compression_level
                        if settings.compression == "gzip" else None),
             store.directory / name, ctx.cancel, encryptor=encryptor_for(keys),
-            read_back=lambda path, growing, identity: read_back.append(follow_growing_file(
-                path, growing, None if parsed.encrypted else "gzip", identity,
+            read_back=lambda fd, growing, identity: read_back.append(follow_growing_file(
+                fd, growing, None if parsed.encrypted else "gzip", identity,
                 progress=ctx.progress)),
             source=pg_dumpall_globals(connection, ctx.cancel,
                                       role_passwords=outcome.role_passwords),

@@ -32,9 +32,12 @@ from backupd.storage.atomic import atomic_write
 
 # Wraps the file sink in an encrypting writer (age, see backupd.pipeline.encrypt).
 EncryptorFactory = Callable[[BinaryIO], BinaryIO]
-# Reads the file back while it is written: (temporary path, its growth, (st_dev, st_ino)
-# of the file written). Runs in its own thread; keeps its result itself, never raises.
-ReadBack = Callable[[Path, GrowingFile, tuple[int, int]], object]
+# Reads the file back while it is written: (a descriptor open on it for reading, its growth,
+# (st_dev, st_ino) of the file written). Runs in its own thread, which may start late: the
+# descriptor is opened by the temporary name before the thread starts, since by the time it
+# runs a small dump may already be renamed into place. The descriptor stays the caller's.
+# Keeps its result itself, never raises.
+ReadBack = Callable[[int, GrowingFile, tuple[int, int]], object]
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ def dump_to_file(
     head_tail = HeadTail()
     growing = GrowingFile()
     follower: threading.Thread | None = None
+    reading: int | None = None
     encrypting: BinaryIO | None = None
     try:
         if directory is not None:
@@ -84,10 +88,12 @@ def dump_to_file(
         with atomic_write(destination) as out:
             if read_back is not None:
                 info = os.fstat(out.fileno())
+                # Opened here, not in the thread: the rename below may come first.
+                reading = os.open(destination.with_name(partial_name(destination.name)),
+                                  os.O_RDONLY | os.O_NOFOLLOW)
                 follower = threading.Thread(
                     target=read_back, name="read-back", daemon=True,
-                    args=(destination.with_name(partial_name(destination.name)), growing,
-                          (info.st_dev, info.st_ino)))
+                    args=(reading, growing, (info.st_dev, info.st_ino)))
                 follower.start()
             hashing = HashingWriter(out, on_write=growing.grew)
             sink: BinaryIO = hashing  # type: ignore[assignment]
@@ -131,6 +137,8 @@ def dump_to_file(
             remove_scratch(directory)
         if follower is not None:
             follower.join()
+        if reading is not None:
+            os.close(reading)
     members = (writer.member_sizes if isinstance(writer, MemberGzipWriter)
                and encrypting is None else None)
     return DumpOutcome(head_tail.total, hashing.bytes_written, hashing.sha256, dump.stderr_tail,

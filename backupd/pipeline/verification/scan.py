@@ -118,12 +118,14 @@ def scan_file(path: Path, compression: str | None, members: list[int] | None = N
     return result
 
 
-def follow_growing_file(path: Path, growing: GrowingFile, compression: str | None,
+def follow_growing_file(fd: int, growing: GrowingFile, compression: str | None,
                         writer_identity: tuple[int, int],
                         content: Callable[[], ArchiveContent] | None = None,
                         progress: Progress | None = None) -> FileScan:
-    """The backup's read-back: read ``path`` back from the file while it is being written.
-    ``content``: makes the archive's checks, in this thread (their processes end with it).
+    """The backup's read-back: read the file open on ``fd`` (opened by the writer before
+    this thread ran: backupd.pipeline.run) while it is being written; ``fd`` stays the
+    caller's to close. ``content``: makes the archive's checks, in this thread (their
+    processes end with it).
 
     Never raises: a failure is kept in the result and reported by ``verify_file``.
     """
@@ -131,7 +133,6 @@ def follow_growing_file(path: Path, growing: GrowingFile, compression: str | Non
     try:
         if content is not None:
             result.content = content()
-        fd = open_no_follow(path)
     except OSError as exc:
         result.fail(exc)
         return result
@@ -149,8 +150,6 @@ def follow_growing_file(path: Path, growing: GrowingFile, compression: str | Non
         result.fail(exc)
     except WriteAbandoned:
         result.fail(OSError(0, "the write was abandoned"))
-    finally:
-        os.close(fd)
     return result
 
 
