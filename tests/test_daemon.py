@@ -202,12 +202,15 @@ def test_two_daemons_take_exactly_one_backup_per_slot(
     for slot in slots:
         assert len(taken[slot]) == 1, f"slot {slot:%H:%M:%S}: {taken[slot]}"
 
-    outcomes: dict[datetime, list[str]] = defaultdict(list)
+    # (status, error): a failure says why (a skip's reason, a failed run's cause).
+    outcomes: dict[datetime, list[tuple[str, str | None]]] = defaultdict(list)
     for daemon in daemons:
         for result in finished(daemon):
-            outcomes[_slot_of(_time(result["started_at"]))].append(result["status"])
+            outcomes[_slot_of(_time(result["started_at"]))].append(
+                (result["status"], result["error"]))
     for slot in slots:
-        assert sorted(outcomes[slot]) == ["skipped", "success"], (slot, outcomes[slot])
+        statuses = sorted(status for status, _error in outcomes[slot])
+        assert statuses == ["skipped", "success"], (slot, outcomes[slot])
 
 
 def _slot_of(moment: datetime) -> datetime:
