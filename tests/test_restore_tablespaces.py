@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from helpers.backups import (
     read_manifest,
@@ -34,6 +35,8 @@ from helpers.tablespaces import (
     relation_tablespaces,
     tablespaces,
 )
+
+from backupd.postgres.tablespaces import object_tablespaces, server_tablespaces
 
 pytestmark = pytest.mark.slow
 
@@ -270,3 +273,23 @@ def test_a_restore_that_fails_leaves_no_database_in_the_tablespace(
     assert leftover_databases(target.address) == []
     assert database_tablespace(target.address, "plaindb") == "pg_default"  # the others go on
     psql(target.address, "postgres", "DROP TABLESPACE space_db")  # nothing left in it
+
+
+def test_a_sql_ascii_session_sees_the_servers_tablespaces(source: PrivateCluster) -> None:
+    # psycopg hands text back as bytes on a SQL_ASCII session (a cluster made with
+    # `initdb --no-locale`): read as "b'space_db'", every tablespace looked missing.
+    with psycopg.connect(source.address.conninfo("postgres"), autocommit=True,
+                         options="-c client_encoding=SQL_ASCII") as conn:
+        present = server_tablespaces(conn).present
+    assert {"pg_default", "space_db", "space_tbl"} <= present, present
+
+
+def test_another_sessions_temporary_table_is_no_object_tablespace(
+        source: PrivateCluster) -> None:
+    # temp_tablespaces puts a session's temporary tables in space_db; they are no object of
+    # plaindb's dump, and listing them made a custom restore use --no-tablespaces for all.
+    with connect(source.address, "plaindb") as other:
+        other.execute("SET temp_tablespaces = space_db")
+        other.execute("CREATE TEMP TABLE scratch (x int)")
+        with connect(source.address, "plaindb") as conn:
+            assert object_tablespaces(conn) == []

@@ -53,8 +53,13 @@ class ServerTablespaces:
 def server_tablespaces(conn: Connection) -> ServerTablespaces:
     rows = conn.execute("SELECT spcname, has_tablespace_privilege(oid, 'CREATE') "
                         "FROM pg_catalog.pg_tablespace WHERE spcname <> 'pg_global'").fetchall()
-    return ServerTablespaces(frozenset(str(name) for name, _ in rows),
-                             frozenset(str(name) for name, may in rows if may))
+    return ServerTablespaces(frozenset(_text(name) for name, _ in rows),
+                             frozenset(_text(name) for name, may in rows if may))
+
+
+def _text(name: object) -> str:
+    # A SQL_ASCII session hands back bytes (see databases.read_properties).
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 def object_tablespaces(conn: Connection) -> list[str]:
@@ -63,10 +68,9 @@ def object_tablespaces(conn: Connection) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT t.spcname FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_tablespace t ON t.oid = c.reltablespace "
-        "WHERE t.spcname <> 'pg_global' ORDER BY 1").fetchall()
-    # A SQL_ASCII session hands back bytes (see databases.read_properties).
-    return [name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-            for (name,) in rows]
+        # Temporary tables (any session's, in temp_tablespaces) are in no dump.
+        "WHERE t.spcname <> 'pg_global' AND c.relpersistence <> 't' ORDER BY 1").fetchall()
+    return [_text(name) for (name,) in rows]
 
 
 @dataclass(frozen=True)
