@@ -8,10 +8,13 @@ failed its verification with "readable: No such file or directory".)
 
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from helpers.faults import wait_until
 
 from backupd.cancel import CancelToken
@@ -58,3 +61,27 @@ def test_a_read_back_that_starts_after_the_rename_still_reads_the_file_written(
     assert [(c.name, c.detail) for c in report.checks if not c.ok] == []
     assert report.ok
     assert results[0].size == outcome.stored_bytes == destination.stat().st_size
+
+
+def test_a_read_back_thread_that_cannot_start_fails_the_dump_with_its_own_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Out of threads (a long-lived daemon): the error said is the thread's, the descriptor
+    # opened for the read-back is closed, and nothing is left in the directory.
+    sql = tmp_path / "dump.sql"
+    sql.write_bytes(SQL)
+    destination = tmp_path / "backups" / NAME
+    destination.parent.mkdir()
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        dump_to_file(DumpConfig(NOWHERE), destination, CancelToken(),
+                     read_back=lambda fd, growing, identity: None,
+                     source=Child(["cat", str(sql)], stdout=subprocess.PIPE))
+    monkeypatch.undo()
+    wait_until(lambda: set(os.listdir("/proc/self/fd")) <= before, 10,
+               "the read-back's descriptor closed")
+    assert list(destination.parent.iterdir()) == []

@@ -91,10 +91,11 @@ def dump_to_file(
                 # Opened here, not in the thread: the rename below may come first.
                 reading = os.open(destination.with_name(partial_name(destination.name)),
                                   os.O_RDONLY | os.O_NOFOLLOW)
-                follower = threading.Thread(
+                thread = threading.Thread(
                     target=read_back, name="read-back", daemon=True,
                     args=(reading, growing, (info.st_dev, info.st_ino)))
-                follower.start()
+                thread.start()
+                follower = thread  # only a started thread is joined
             hashing = HashingWriter(out, on_write=growing.grew)
             sink: BinaryIO = hashing  # type: ignore[assignment]
             encrypting = encryptor(sink) if encryptor is not None else None
@@ -135,10 +136,12 @@ def dump_to_file(
     finally:
         if directory is not None:
             remove_scratch(directory)
-        if follower is not None:
-            follower.join()
-        if reading is not None:
-            os.close(reading)
+        try:
+            if follower is not None:
+                follower.join()
+        finally:
+            if reading is not None:
+                os.close(reading)
     members = (writer.member_sizes if isinstance(writer, MemberGzipWriter)
                and encrypting is None else None)
     return DumpOutcome(head_tail.total, hashing.bytes_written, hashing.sha256, dump.stderr_tail,
