@@ -40,7 +40,7 @@ from helpers.wal import (
     wait_archived,
 )
 
-from backupd.archive.recovery_dir import STAGING_NAME, WAL_COPY_NAME
+from backupd.archive.recovery_dir import STAGING_NAME, WAL_COPY_NAME, check_target
 from backupd.archive.walstore import WAL_SUBDIRECTORY, ArchivedWal
 from backupd.commands.mark import SCRATCH_PREFIX
 
@@ -257,3 +257,14 @@ def test_verify_wal_names_a_wal_file_cut_short_as_damaged_not_missing(
     assert damaged.startswith(f"{victim.name} (") and victim.artifact in damaged, damaged
     line = _failure_line(proc.stderr)
     assert f"damaged {victim.name} (" in line and "missing" not in line, line
+
+
+def test_a_probe_left_by_a_killed_check_does_not_block_force(tmp_path: Path) -> None:
+    # A recover killed between the writability probe's mkdir and rmdir (with an incomplete
+    # recover there) left the probe: every `recover --force` then failed on "File exists".
+    target = tmp_path / "data"
+    (target / STAGING_NAME).mkdir(parents=True)
+    (target / f"{STAGING_NAME}.probe").mkdir()
+    check_target(target, force=True)
+    # The probe's own leftover is gone with its check; the incomplete recover is --force's.
+    assert [p.name for p in target.iterdir()] == [STAGING_NAME]

@@ -114,6 +114,8 @@ def _check_target(directory: Path, *, force: bool) -> None:
 def _probe(place: Path, probe: Path) -> None:
     """Make directory ``probe`` in ``place`` and remove it; an OSError names ``place``."""
     try:
+        if probe.name.endswith(".probe") and probe.is_dir() and not probe.is_symlink():
+            probe.rmdir()  # this very probe, left by a check killed between its two steps
         probe.mkdir(mode=0o700)
         probe.rmdir()
     except OSError as exc:
