@@ -209,7 +209,7 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
             is_directory = probe.is_dir()
         except OSError as exc:  # a parent it may not search (EACCES), a dead mount (EIO)
             raise ValueError(f"cannot look at {probe} ({exc.strerror or exc}) as uid "
-                             f"{os.getuid()}; give backupd access to it (owner or "
+                             f"{os.geteuid()}; give backupd access to it (owner or "
                              "permissions of its parents), or point it elsewhere") from None
         if not is_directory:
             raise ValueError(f"{probe} is not a directory; point it at a directory "
