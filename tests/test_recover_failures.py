@@ -24,15 +24,13 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
-from helpers.cluster import PrivateCluster
 from helpers.faults import small_filesystems
 from helpers.pg import connect
-from helpers.recovered import insert_batch, pitr_cluster, wait_first_base_backup
+from helpers.recovered import PitrCluster, insert_batch, pitr_cluster, wait_first_base_backup
 from helpers.wal import (
     archived,
     restore_points_in_pg_wal,
@@ -52,15 +50,8 @@ MiB = 1024 * 1024
 WAL_COPY_FAILS, BASE_BACKUP_FAILS = 8 * MiB, 24 * MiB
 
 
-@dataclass
-class Archive:
-    cluster: PrivateCluster
-    backup_dir: Path
-    env: dict[str, str]
-
-
 @pytest.fixture(scope="module")
-def archive() -> Iterator[Archive]:
+def archive() -> Iterator[PitrCluster]:
     with pitr_cluster(PASSWORD) as pitr:
         cluster, work, backup_dir, env = pitr.cluster, pitr.work, pitr.backup_dir, pitr.env
         with connect(cluster.address) as conn:
@@ -76,10 +67,10 @@ def archive() -> Iterator[Archive]:
             insert_batch(cluster.address, "B")
         finally:
             stop_backupd(daemon, timeout=60)
-        yield Archive(cluster, backup_dir, env)
+        yield pitr
 
 
-def _copy(archive: Archive, tmp_path: Path) -> Path:
+def _copy(archive: PitrCluster, tmp_path: Path) -> Path:
     copy = tmp_path / "backups"
     shutil.copytree(archive.backup_dir, copy)
     return copy
@@ -96,7 +87,7 @@ def _failure_line(stderr: str) -> str:
 
 @pytest.mark.parametrize("unwritable", ["parent", "itself", "read-only-mount"])
 def test_a_target_dir_backupd_cannot_write_is_refused_before_the_archive_is_read(
-        archive: Archive, tmp_path: Path, unwritable: str) -> None:
+        archive: PitrCluster, tmp_path: Path, unwritable: str) -> None:
     """A new directory in a parent backupd may not write, an existing empty one it may not
     write, or one on a read-only mount: exit 2, one line naming the place and how to fix
     it, before the archive is read; nothing changed."""
@@ -133,7 +124,7 @@ def test_a_target_dir_backupd_cannot_write_is_refused_before_the_archive_is_read
 
 @pytest.mark.parametrize("phase", ["wal", "base-backup"])
 def test_a_write_that_fails_mid_recover_names_the_file_and_leaves_the_target_as_it_was(
-        archive: Archive, tmp_path: Path, phase: str) -> None:
+        archive: PitrCluster, tmp_path: Path, phase: str) -> None:
     """A file too large to write (as on a full disk) while the WAL is copied, or while the
     base backup is unpacked: exit 1 naming the file and the OS error; the directory recover
     made is gone, and an existing (empty) one is left empty."""
@@ -157,7 +148,7 @@ def test_a_write_that_fails_mid_recover_names_the_file_and_leaves_the_target_as_
 
 
 def test_mark_with_a_backup_dir_it_cannot_write_is_refused_naming_it(
-        archive: Archive, tmp_path: Path) -> None:
+        archive: PitrCluster, tmp_path: Path) -> None:
     """mark reads the archive's WAL into a scratch directory in DB_BACKUP_DIR: one it may
     not write is a setting to fix (exit 2), said before any WAL is copied; no restore point
     is made."""
@@ -177,7 +168,7 @@ def test_mark_with_a_backup_dir_it_cannot_write_is_refused_naming_it(
 
 
 def test_a_write_that_fails_in_marks_scratch_directory_names_it_and_makes_no_point(
-        archive: Archive, tmp_path: Path) -> None:
+        archive: PitrCluster, tmp_path: Path) -> None:
     copy = _copy(archive, tmp_path)
     proc = run_backupd(["mark", "too-large"],
                        as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300,
@@ -193,7 +184,7 @@ def test_a_write_that_fails_in_marks_scratch_directory_names_it_and_makes_no_poi
 
 # --- a WAL file whose stored size no longer matches its manifest ---------------------------
 
-def _cut_short(archive: Archive, tmp_path: Path) -> tuple[Path, ArchivedWal]:
+def _cut_short(archive: PitrCluster, tmp_path: Path) -> tuple[Path, ArchivedWal]:
     """A copy of the archive whose middle committed segment lost the second half of its
     stored file (a copy that stopped part way, a disk that lost its tail): its manifest
     records the size it had. That segment, as the archive listed it before."""
@@ -217,7 +208,7 @@ def _says_damage(line: str, copy: Path, victim: ArchivedWal) -> None:
 
 
 def test_recover_over_a_wal_file_cut_short_fails_naming_the_damage_not_a_gap(
-        archive: Archive, tmp_path: Path) -> None:
+        archive: PitrCluster, tmp_path: Path) -> None:
     copy, victim = _cut_short(archive, tmp_path)
     target = tmp_path / "recovered"
     proc = run_backupd(["recover", "--target-dir", str(target)],
@@ -229,7 +220,7 @@ def test_recover_over_a_wal_file_cut_short_fails_naming_the_damage_not_a_gap(
 
 
 def test_mark_over_a_wal_file_cut_short_fails_naming_it_and_makes_no_point(
-        archive: Archive, tmp_path: Path) -> None:
+        archive: PitrCluster, tmp_path: Path) -> None:
     """Not "not looked for" and a restore point made anyway (as for a gap): the same file
     would fail `recover --to-name`, so mark fails, as for a corrupt file of the same size."""
     copy, victim = _cut_short(archive, tmp_path)
@@ -245,7 +236,7 @@ def test_mark_over_a_wal_file_cut_short_fails_naming_it_and_makes_no_point(
 
 
 def test_verify_wal_names_a_wal_file_cut_short_as_damaged_not_missing(
-        archive: Archive, tmp_path: Path) -> None:
+        archive: PitrCluster, tmp_path: Path) -> None:
     copy, victim = _cut_short(archive, tmp_path)
     proc = run_backupd(["verify", "--wal", "--json"],
                        as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300)
