@@ -41,6 +41,7 @@ from backupd.postgres.globals_sql import (
     Statement,
     classify,
     name_of,
+    quote_identifier,
     split_statements,
 )
 
@@ -237,17 +238,13 @@ def _apply_tablespaces(conn: Connection, statements: list[Statement],
                     f"tablespace {name!r}{where} was not created: {_reason(error)}; databases "
                     "and objects in it are restored into the default tablespace instead; to "
                     "have them in it, create that directory (empty, owned by the server's OS "
-                    f"user) and run CREATE TABLESPACE {_quoted(name)} LOCATION "
+                    f"user) and run CREATE TABLESPACE {quote_identifier(name)} LOCATION "
                     "'<directory>' before restoring them")
                 applied.tablespaces_not_created.append(name)
                 applied.problems.append(problem)
                 applied.tablespace_problems.append(problem)
         elif statement.kind is Kind.TABLESPACE and statement.subject not in missing:
             _report(applied, _run(conn, statement.text, alone=True), f"tablespace {name!r}")
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _report(applied: GlobalsApplied, error: psycopg.Error | None, where: str) -> None:

@@ -149,3 +149,8 @@ def classify(text: bytes) -> Statement:
                 location = found.group(1).replace(b"''", b"'").decode("utf-8", "replace")
         return Statement(text, kind, groups.get("s") or b"", groups.get("m") or b"", location)
     return Statement(text, Kind.OTHER)
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as an SQL identifier, always quoted: for SQL a message tells people to run."""
+    return '"' + name.replace('"', '""') + '"'

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import psycopg
 
 from backupd.database_properties import DatabaseProperties
+from backupd.postgres.globals_sql import quote_identifier
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -106,7 +107,7 @@ def place(properties: DatabaseProperties | None, server: ServerTablespaces,
         return Placement(tablespace=wanted)
     if wanted in server.present:
         why = (f"role {role!r} may not create databases in it: GRANT CREATE ON TABLESPACE "
-               f"{_ident(wanted)} TO {_ident(role)}")
+               f"{quote_identifier(wanted)} TO {quote_identifier(role)}")
     else:
         why = "no such tablespace here"
     return Placement(missing=wanted, why=why)
@@ -136,8 +137,8 @@ def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced
     if placement.missing is not None:
         went.append(f"the database into the default tablespace instead of "
                     f"{placement.missing!r} ({placement.why})")
-        todo.append(f"ALTER DATABASE {_ident(database)} SET TABLESPACE "
-                    f"{_ident(placement.missing)} (with no one connected to it)")
+        todo.append(f"ALTER DATABASE {quote_identifier(database)} SET TABLESPACE "
+                    f"{quote_identifier(placement.missing)} (with no one connected to it)")
     if objects.missing:
         names = ", ".join(map(repr, objects.missing))
         every = (" (pg_restore --no-tablespaces: every object, also those in tablespaces "
@@ -145,12 +146,9 @@ def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced
         went.append(f"its tables and indexes in {names} (no such tablespace here) into the "
                     f"database's default tablespace{every}")
         todo += [f"ALTER TABLE / ALTER INDEX / ALTER MATERIALIZED VIEW ... SET TABLESPACE "
-                 f"{_ident(name)} for each object the backup lists with 'Tablespace: {name}'"
+                 f"{quote_identifier(name)} for each object the backup lists with "
+                 f"'Tablespace: {name}'"
                  for name in objects.missing]
     return (f"database {database!r} was restored without tablespaces this server lacks: "
             + "; ".join(went) + f". To put them back, make each tablespace ({MAKE_ONE}), "
             "then run " + "; ".join(todo))
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'  # SQL to copy from a message: always quoted
