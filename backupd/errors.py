@@ -43,6 +43,11 @@ class Cancelled(BackupdError):
     exit_code = 1
 
 
+def naming(exc: OSError, path: object) -> OSError:
+    """``exc`` naming ``path`` when it names no file (a failed write: ENOSPC, EFBIG)."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+
+
 def os_error_text(exc: OSError) -> str:
     """An OSError for people: ``PATH: reason`` (the reason alone when it names no file)."""
     reason = exc.strerror or str(exc)

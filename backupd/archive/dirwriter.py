@@ -19,6 +19,7 @@ import threading
 from pathlib import Path, PurePosixPath
 
 from backupd.archive.tarstream import MemberSink, TarError, TarMember
+from backupd.errors import naming
 
 _LANES = 2  # creating files is serialised per directory in the kernel; two overlap
 _QUEUE_DEPTH = 32  # pieces in flight: a few MiB of decompressed data each at most, usually
@@ -64,8 +65,7 @@ class _Lane:
                 try:
                     fd = self._do(job, fd)
                 except OSError as exc:  # a write names no file (ENOSPC): it names it
-                    self._writer.error = exc if exc.filename else OSError(
-                        exc.errno, exc.strerror, str(path))
+                    self._writer.error = naming(exc, path)
                 except BaseException as exc:  # handed to the reading thread
                     self._writer.error = exc
         finally:

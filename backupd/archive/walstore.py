@@ -27,6 +27,7 @@ from backupd.archive.walnames import (
     format_lsn,
     parse_wal_name,
 )
+from backupd.errors import naming
 from backupd.manifest import Manifest, WalRecord
 from backupd.naming import WAL_DATABASE, WAL_KIND, partial_name, wal_artifact_name
 from backupd.pipeline.config import AgeKeyFiles
@@ -276,7 +277,7 @@ class WalArchive:
         try:
             self._copy_stored(wal, dest)
         except OSError as exc:  # reading the archive raises WalFetchError: this is ``dest``
-            raise _naming(exc, dest) from None
+            raise naming(exc, dest) from None
 
     def _copy_stored(self, wal: ArchivedWal, dest: Path) -> None:
         name = wal.name
@@ -380,9 +381,4 @@ def _copy_spool_file(path: Path, dest: Path) -> None:
             while chunk := read_block(source, path.name, str(path)):
                 out.write(chunk)
     except OSError as exc:  # reading it raises WalFetchError: this is writing ``dest``
-        raise _naming(exc, dest) from None
-
-
-def _naming(exc: OSError, path: Path) -> OSError:
-    """``exc`` naming ``path`` when it names no file (a failed write: ENOSPC, EFBIG)."""
-    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+        raise naming(exc, dest) from None
