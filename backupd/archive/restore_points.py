@@ -56,7 +56,6 @@ _PAGE_MAGIC_MAJOR = {0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17}
 class RestorePoint:
     name: str
     lsn: int
-    timeline: int
     time: datetime | None  # None: the record crosses a WAL page, its time was not read
 
     def describe(self) -> str:
@@ -123,7 +122,7 @@ def find(chosen: RecoveryPlan, wal_dir: Path, waldump: Path, name: str,
                                     chosen.segment_size):
                 if point == name and (limit is None or lsn < limit):
                     file = files[lsn // chosen.segment_size - window[0].segno]
-                    found.append(RestorePoint(name, lsn, window[0].timeline,
+                    found.append(RestorePoint(name, lsn,
                                               _record_time(file, lsn % chosen.segment_size)))
             if fetch is not None:
                 for path in files[:WINDOW_SEGMENTS]:
