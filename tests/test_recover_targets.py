@@ -41,12 +41,13 @@ from helpers.wal import (
 )
 
 from backupd.archive import restore_points
+from backupd.archive.continuity import newest_history
 from backupd.archive.recovery import RecoveryPlan, RecoveryTarget, plan
 from backupd.archive.recovery_source import ArchiveSource
 from backupd.archive.walnames import format_lsn, parse_lsn
 from backupd.archive.walstore import ArchivedWal
 from backupd.commands.mark import SCRATCH_PREFIX
-from backupd.commands.recover import fetch_segment, timeline_history
+from backupd.commands.recover import fetch_segment
 from backupd.errors import JobFailed
 from backupd.storage.local import LocalRepository
 
@@ -193,7 +194,7 @@ def _planned(backup_dir: Path, name: str) -> tuple[ArchiveSource, RecoveryPlan]:
     source = ArchiveSource(LocalRepository(backup_dir), local_archive(backup_dir), None)
     wal = source.wal()
     return source, plan(wal, source.base_backups(), RecoveryTarget(name=name),
-                        timeline_history=timeline_history(source, wal))
+                        timeline_history=newest_history(wal, source.fetch)[1])
 
 
 @pytest.mark.parametrize("damage", ["unreadable", "corrupt"])

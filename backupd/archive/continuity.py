@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from backupd.archive.basebackups import BaseBackupInfo
 from backupd.archive.walnames import (
@@ -74,6 +75,28 @@ def read_history(names: Iterable[str], timeline: int,
         target = Path(scratch) / name
         fetch(name, target)
         return parse_history(target.read_text("utf-8", "replace"))
+
+
+class ListedWal(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def timeline(self) -> int: ...
+    @property
+    def history(self) -> bool: ...
+
+
+Listed = TypeVar("Listed", bound=ListedWal)
+
+
+def newest_history(files: Sequence[Listed],
+                   fetch: Callable[[Listed, Path], object]) -> tuple[int, list[tuple[int, int]]]:
+    """The archive's newest timeline among its listed ``files`` and that timeline's history
+    ([] on timeline 1), its history file fetched as listed (no listing again)."""
+    histories = {f.name: f for f in files if f.history}
+    newest = max((f.timeline for f in files), default=1)
+    return newest, read_history(histories, newest,
+                                lambda name, dest: fetch(histories[name], dest))
 
 
 def timeline_spans(newest: int, history: Sequence[tuple[int, int]]) -> list[TimelineSpan]:
@@ -196,8 +219,3 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
 def _complete(archive: Sequence[WalFileName], wal: WalFileName) -> bool:
     return any(w.timeline == wal.timeline and w.segno == wal.segno and not w.partial
                for w in archive)
-
-
-def newest_timeline(archive: Sequence[WalFileName], history_timelines: Sequence[int]) -> int:
-    return max([w.timeline for w in archive] + list(history_timelines), default=1)
-

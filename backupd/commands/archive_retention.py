@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from backupd.archive.continuity import TimelineSpan, timeline_spans
+from backupd.archive.continuity import TimelineSpan, newest_history, timeline_spans
 from backupd.archive.retention import BaseRetentionPlan, plan_base_retention, wal_to_delete
 from backupd.archive.walstore import (
     WAL_SUBDIRECTORY,
@@ -16,7 +16,6 @@ from backupd.archive.walstore import (
     offsite_wal_repository,
 )
 from backupd.commands.selection import is_local
-from backupd.commands.wal_verify import history_of
 from backupd.configs import age_key_files
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
@@ -54,9 +53,8 @@ def _path(ctx: JobContext, wal: WalArchive,
           files: list[ArchivedWal]) -> list[TimelineSpan] | None:
     """The path to the archive's newest timeline, so base backups off it (after a
     point-in-time recovery forked a new timeline) do not count toward BASEBACKUP_KEEP."""
-    newest = max((f.timeline for f in files), default=1)
     try:
-        return timeline_spans(newest, history_of(wal, files, newest))
+        return timeline_spans(*newest_history(files, wal.fetch_archived))
     except JobFailed as exc:
         ctx.warn(f"retention on {wal.repository.description}: {exc}; every base backup "
                  "counts toward BASEBACKUP_KEEP")

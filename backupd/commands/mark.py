@@ -69,15 +69,15 @@ def run(ctx: JobContext, name: str) -> None:
 def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     if not ctx.settings.wal_archive:
         return  # no archive of backupd's to recover from by name
+    from backupd.archive.continuity import newest_history
     from backupd.archive.recovery_source import archive_source
     from backupd.archive.walstore import WalFetchError
-    from backupd.commands.recover import timeline_history
 
     source = archive_source(ctx.repos, age_key_files(ctx.settings))
     try:
         wal = source.wal()
         chosen = plan(wal, source.base_backups(), RecoveryTarget(name=name),
-                      timeline_history=timeline_history(source, wal))
+                      timeline_history=newest_history(wal, source.fetch)[1])
     except (WalDamaged, WalFetchError) as exc:  # damage, not a check that cannot run
         raise JobFailed(f"restore point {name!r} not made: reading the WAL archive for the "
                         f"name failed: {exc}") from None

@@ -18,13 +18,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd.archive import recovery_dir, restore_points
-from backupd.archive.continuity import read_history
+from backupd.archive.continuity import newest_history
 from backupd.archive.recovery import (
     RecoveryPlan,
     RecoverySource,
@@ -71,7 +71,7 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     wal, backups = source.wal(), source.base_backups()
     for note in source.left_out:
         ctx.warn(note)
-    history = timeline_history(source, wal)
+    history = newest_history(wal, source.fetch)[1]
     chosen = plan(wal, backups, target, timeline_history=history)
     if target.name is None:
         # For --to-name the WAL decides the base backup first (and a name it refuses is
@@ -116,15 +116,6 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
         raise recovery_dir.write_failed(target_dir, exc) from None
     outcome.recover_seconds = round(time.monotonic() - started, 3)
     return chosen
-
-
-def timeline_history(source: RecoverySource,
-                     wal: Sequence[WalLike]) -> list[tuple[int, int]]:
-    """The archive's newest timeline's history ([] on timeline 1): which base backups are on
-    the path to that timeline (``recovery.on_the_path``)."""
-    histories = {w.name: w for w in wal if w.history}
-    return read_history(histories, max((w.timeline for w in wal), default=1),
-                        lambda name, dest: source.fetch(histories[name], dest))
 
 
 def _report(ctx: JobContext, chosen: RecoveryPlan, outcome: RecoverOutcome) -> None:

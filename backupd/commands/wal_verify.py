@@ -10,13 +10,11 @@ from backupd.archive.continuity import (
     Continuity,
     check_base,
     describe_missing,
-    newest_timeline,
-    read_history,
+    newest_history,
     timeline_spans,
 )
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE
 from backupd.archive.walstore import (
-    ArchivedWal,
     WalArchive,
     local_wal_repository,
     offsite_wal_repository,
@@ -37,15 +35,6 @@ def wal_archive(ctx: JobContext, remote: bool) -> WalArchive:
     return WalArchive(local, keys, spool=spool_directory(local))
 
 
-def history_of(archive: WalArchive, files: list[ArchivedWal],
-               timeline: int) -> list[tuple[int, int]]:
-    """The newest timeline's history: (parent, switch LSN) lines; [] for timeline 1. Fetched
-    as ``files`` listed it (no listing again)."""
-    histories = {f.name: f for f in files if f.history}
-    return read_history(histories, timeline,
-                        lambda name, dest: archive.fetch_archived(histories[name], dest))
-
-
 def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
     repository = ctx.repos.choose(remote, "--remote")
     bases: list[BaseBackupInfo] = list_base_backups(repository)
@@ -59,8 +48,7 @@ def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
     segment_size = bases[0].wal_segment_size or DEFAULT_SEGMENT_SIZE
     wal = [f.wal for f in files if not f.history]
     damaged = {f.name: f.damage for f in files if f.damage is not None and not f.history}
-    newest = newest_timeline(wal, [f.timeline for f in files if f.history])
-    spans = timeline_spans(newest, history_of(archive, files, newest))
+    spans = timeline_spans(*newest_history(files, archive.fetch_archived))
     # Every base backup carries the WAL from its start to its stop, checked when verified.
     return [check_base(base, base.verified, wal, spans, segment_size, damaged)
             for base in bases]
