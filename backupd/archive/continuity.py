@@ -165,14 +165,13 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
     verdict = Continuity(base.name, valid=base.verified, consistent=False, pitr=False)
     first, stop_segno = (lsn_to_segno(base.start_lsn, segment_size),
                          lsn_to_segno(base.stop_lsn, segment_size))
-    own = next((s for s in spans if on_path([s], base.timeline, base.stop_lsn)),
-               TimelineSpan(base.timeline, 0, None))
+    own = next((s for s in spans if on_path([s], base.timeline, base.stop_lsn)), None)
     before_stop = [broken.get((base.timeline, segno),
                               segment_name(base.timeline, segno, segment_size))
                    for segno in range(first, stop_segno)
                    if (base.timeline, segno) not in present]
     verdict.consistent = wal_inside or not before_stop
-    if not on_path(spans, base.timeline, base.stop_lsn):
+    if own is None:
         verdict.problem = (f"its timeline {base.timeline} is not on the path to the archive's "
                            f"newest timeline {spans[-1].timeline} at its stop LSN "
                            f"{format_lsn(base.stop_lsn)}")
