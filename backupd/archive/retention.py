@@ -43,8 +43,10 @@ def plan_base_retention(entries: list[BackupEntry], keep: int, max_age_days: flo
     """``entries``: the base backups, newest first. ``spans``: the path to the archive's
     newest timeline (``continuity.timeline_spans``; None: every one is on it)."""
     plan = BaseRetentionPlan()
+    off_path = {e.name for e in entries
+                if spans is not None and e.proven_good(now) and not _on(e, spans)}
     good = [e for e in entries if e.proven_good(now) and _facts_start(e) is not None
-            and (spans is None or _on(e, spans))]
+            and e.name not in off_path]
     for entry in good[:keep]:
         plan.reasons[entry.name] = f"one of the newest {keep} verified base backups"
     if max_age_days is not None:
@@ -65,9 +67,9 @@ def plan_base_retention(entries: list[BackupEntry], keep: int, max_age_days: flo
         if entry.name in plan.reasons or entry.from_the_future(now):
             plan.keep.append(entry)
         elif entry not in good and entry.taken_at > oldest_kept:
-            off = spans is not None and entry.proven_good(now) and not _on(entry, spans)
-            plan.reasons[entry.name] = ("not on the path to the newest timeline" if off
-                                        else "not verified") + ", newer than the oldest kept"
+            plan.reasons[entry.name] = ("not on the path to the newest timeline"
+                                        if entry.name in off_path else "not verified"
+                                        ) + ", newer than the oldest kept"
             plan.keep.append(entry)
         else:
             plan.delete.append(entry)
