@@ -291,5 +291,9 @@ def test_another_sessions_temporary_table_is_no_object_tablespace(
     with connect(source.address, "plaindb") as other:
         other.execute("SET temp_tablespaces = space_db")
         other.execute("CREATE TEMP TABLE scratch (x int)")
+        row = other.execute("SELECT t.spcname FROM pg_class c JOIN pg_tablespace t "
+                            "ON t.oid = c.reltablespace WHERE c.oid = 'scratch'::regclass"
+                            ).fetchone()
+        assert row is not None and row[0] == "space_db"  # it is there: the case is real
         with connect(source.address, "plaindb") as conn:
             assert object_tablespaces(conn) == []
