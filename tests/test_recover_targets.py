@@ -26,11 +26,10 @@ from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.pg import connect, pg_binary
 from helpers.recovered import (
-    batch_counts,
     insert_batch,
     pitr_cluster,
     recover,
-    started,
+    recovered_batches,
     wait_first_base_backup,
 )
 from helpers.wal import (
@@ -108,11 +107,6 @@ def archive() -> Iterator[Archive]:
                       (before, after))
 
 
-def _batches(archive: Archive, target_dir: Path) -> dict[str, int]:
-    with started(target_dir, PASSWORD) as server:
-        return batch_counts(server)
-
-
 def test_a_leftover_target_in_the_base_backup_does_not_stop_a_recover_to_the_end(
         archive: Archive) -> None:
     target_dir = archive.work / "to-end"
@@ -121,7 +115,7 @@ def test_a_leftover_target_in_the_base_backup_does_not_stop_a_recover_to_the_end
     auto = (target_dir / "postgresql.auto.conf").read_text()
     assert f"recovery_target_time = '{LEFTOVER['recovery_target_time']}'" in auto  # carried
     assert f"recovery_min_apply_delay = '{LEFTOVER['recovery_min_apply_delay']}'" in auto
-    assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40, "D": 40}
+    assert recovered_batches(target_dir, PASSWORD) == {"A": 40, "B": 40, "C": 40, "D": 40}
     assert not (target_dir / "recovery_end_command_ran").exists()
 
 
@@ -130,14 +124,14 @@ def test_a_leftover_target_does_not_clash_with_the_requested_one(archive: Archiv
     # specified" to the server unless the leftover is cleared.
     target_dir = archive.work / "to-lsn"
     recover(archive.env, target_dir, "--to-lsn", archive.c_lsn)
-    assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40}
+    assert recovered_batches(target_dir, PASSWORD) == {"A": 40, "B": 40, "C": 40}
 
 
 def test_recover_to_a_name_made_once_stops_there(archive: Archive) -> None:
     target_dir = archive.work / "to-once"
     out = recover(archive.env, target_dir, "--to-name", "once")
     assert "target: restore point 'once'" in out
-    assert _batches(archive, target_dir) == {"A": 40, "B": 40, "C": 40}
+    assert recovered_batches(target_dir, PASSWORD) == {"A": 40, "B": 40, "C": 40}
 
 
 def _user_env(archive: Archive, **extra: str) -> dict[str, str]:
@@ -167,7 +161,7 @@ def test_a_name_made_twice_is_refused_naming_both_and_the_way_out(archive: Archi
     assert not target_dir.exists()
     # The way out the line names: the second one by its LSN.
     recover(archive.env, target_dir, "--to-lsn", format_lsn(listed[1]))
-    assert _batches(archive, target_dir) == {"A": 40, "B": 40}
+    assert recovered_batches(target_dir, PASSWORD) == {"A": 40, "B": 40}
 
 
 def test_a_name_not_in_the_archive_or_empty_is_refused(archive: Archive) -> None:

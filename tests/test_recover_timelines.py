@@ -32,10 +32,10 @@ from helpers.basebackups import take_base_backup
 from helpers.cli import run_backupd, start_backupd, stop_backupd
 from helpers.faults import wait_until
 from helpers.recovered import (
-    batch_counts,
     insert_batch,
     pitr_cluster,
     recover,
+    recovered_batches,
     started,
     wait_first_base_backup,
 )
@@ -64,11 +64,6 @@ def _bases(backup_dir: Path) -> list[BaseBackupInfo]:
 def _durable(backup_dir: Path, marker: str) -> None:
     wait_until(lambda: any(holds(p, marker) for p in spool_dir(backup_dir).glob("*.partial")),
                60, f"{marker} durable in the local partial")
-
-
-def _batches(data_dir: Path) -> dict[str, int]:
-    with started(data_dir, PASSWORD) as server:
-        return batch_counts(server)
 
 
 @dataclass
@@ -133,7 +128,7 @@ def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_bac
     assert by_name[abandoned].timeline == 1
     assert by_name[abandoned].stop_lsn > on_two.stop_lsn
     out = recover(env, work / "to-end")
-    assert _batches(work / "to-end") == {"A": 40, "C": 40}
+    assert recovered_batches(work / "to-end", PASSWORD) == {"A": 40, "C": 40}
     assert f"base backup: {on_two.name}" in out, out
     # Only this recover's copy: none of the first recover's timeline-1 segments.
     copied = sorted(p.name for p in (work / "to-end" / WAL_COPY_NAME).iterdir())

@@ -104,6 +104,12 @@ def batch_counts(server: ServerAddress) -> dict[str, int]:
     return {str(batch): int(count) for batch, count in rows}
 
 
+def recovered_batches(data_dir: Path, password: str) -> dict[str, int]:
+    """Start the recovered ``data_dir``, and its rows per batch."""
+    with started(data_dir, password) as server:
+        return batch_counts(server)
+
+
 @dataclass
 class PitrCluster:
     """A private primary to stream WAL from, holding the batch table; where its archive
