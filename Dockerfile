@@ -51,7 +51,9 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # supported major. Versions are pinned to the major (PGDG keeps only the newest minor of each
 # major, so an exact pin would stop building). Left out: man pages (the base image already
 # leaves out /usr/share/man and translations) and the servers' LLVM bitcode (JIT inlining
-# only; backupd's private servers run with jit=off): ~20 MiB per major remain.
+# only; backupd's private servers run with jit=off): ~20 MiB per major remain. Kept: psql.1
+# and postmaster.1, which the packages' postinst registers with update-alternatives as the
+# main file of a link group (without them the install fails).
 # postgresql-common would create a cluster ("main") with each server package: it is told
 # not to before any server is installed, and the build fails if a cluster exists after.
 # en_US.UTF-8 is generated as the official postgres image does, so a private server can open
@@ -61,7 +63,10 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # tini is PID 1: it forwards SIGTERM to backupd and reaps orphaned children.
 # (DL3008: hadolint cannot see the "=${major}.*" pins built in the loop.)
 # hadolint ignore=DL3008
-RUN echo 'path-exclude=/usr/share/postgresql/*/man/*' > /etc/dpkg/dpkg.cfg.d/backupd-no-pg-man \
+RUN { echo 'path-exclude=/usr/share/postgresql/*/man/*'; \
+         echo 'path-include=/usr/share/postgresql/*/man/man1/psql.1.gz'; \
+         echo 'path-include=/usr/share/postgresql/*/man/man1/postmaster.1.gz'; \
+       } > /etc/dpkg/dpkg.cfg.d/backupd-no-pg-man \
     && echo 'path-exclude=/usr/lib/postgresql/*/lib/bitcode/*' \
         > /etc/dpkg/dpkg.cfg.d/backupd-no-pg-bitcode \
     && apt-get update \

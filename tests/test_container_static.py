@@ -374,6 +374,17 @@ def test_dockerfile_creates_no_cluster() -> None:
     assert not re.search(r"\b(initdb|pg_createcluster|pg_ctl)\s+-D", DOCKERFILE.read_text())
 
 
+def test_dockerfile_keeps_the_man_pages_the_packages_postinst_registers() -> None:
+    # postgresql-client-NN's postinst registers psql.1.gz (postgresql-NN's postmaster.1.gz)
+    # with update-alternatives as its link group's main file, which must exist: excluding
+    # every PostgreSQL man page made the install, and so the build, fail. dpkg applies the
+    # last matching path-include/path-exclude, so the includes come after the exclude.
+    run = pgdg_run()
+    exclude = run.index("path-exclude=/usr/share/postgresql/*/man/*")
+    for page in ("psql.1.gz", "postmaster.1.gz"):
+        assert run.index(f"path-include=/usr/share/postgresql/*/man/man1/{page}") > exclude
+
+
 def test_dockerfile_gives_private_servers_the_official_images_locale() -> None:
     # A recovered cluster from the official postgres image has en_US.utf8 databases: the PITR
     # drill's server cannot open them without that locale; the build fails without it.
