@@ -36,6 +36,11 @@ ARG PG_CLIENT_MAJORS="13 14 15 16 17"
 # The PostgreSQL Debian repository's signing key (apt.postgresql.org, key ACCC4CF8), pinned
 # by its full fingerprint: the build fails if the key downloaded is any other.
 ARG PGDG_KEY_FINGERPRINT=B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8
+# Where the PostgreSQL packages come from: "pgdg" (apt.postgresql.org, every major), or
+# "debian": the base image's own Debian release, for a build host that reaches only a Debian
+# mirror. Debian carries one major per release (bookworm: 15), so PG_CLIENT_MAJORS must then
+# be that one; the build fails on any other (the version check below).
+ARG PG_PACKAGES_FROM=pgdg
 
 # No PostgreSQL directory on PATH: /usr/bin/pg_dump is postgresql-common's wrapper, and
 # backupd picks the versioned directory itself (backupd/pipeline/clients.py).
@@ -70,19 +75,23 @@ RUN { echo 'path-exclude=/usr/share/postgresql/*/man/*'; \
     && echo 'path-exclude=/usr/lib/postgresql/*/lib/bitcode/*' \
         > /etc/dpkg/dpkg.cfg.d/backupd-no-pg-bitcode \
     && apt-get update \
-    && apt-get install -y --no-install-recommends "gnupg=2.2.*" \
-    && install -d -m 0755 /usr/share/postgresql-common/pgdg \
-    && key=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
-    && python3 -c "import sys, urllib.request; urllib.request.urlretrieve('https://www.postgresql.org/media/keys/ACCC4CF8.asc', sys.argv[1])" "$key" \
-    && keys="$(gpg --batch --quiet --show-keys --with-colons "$key")" \
-    && primary="$(awk -F: '$1 == "fpr" { print $10; exit }' <<< "$keys")" \
-    && { { [ "$(grep -c '^pub:' <<< "$keys")" = 1 ] && [ "$primary" = "$PGDG_KEY_FINGERPRINT" ]; } \
-         || { echo "PGDG signing key: fingerprint $primary, expected $PGDG_KEY_FINGERPRINT" >&2; exit 1; }; } \
-    && apt-get purge -y --auto-remove gnupg \
-    && . /etc/os-release \
-    && echo "deb [signed-by=$key] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
-        > /etc/apt/sources.list.d/pgdg.list \
-    && apt-get update \
+    && if [ "$PG_PACKAGES_FROM" = pgdg ]; then \
+           apt-get install -y --no-install-recommends "gnupg=2.2.*" \
+           && install -d -m 0755 /usr/share/postgresql-common/pgdg \
+           && key=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+           && python3 -c "import sys, urllib.request; urllib.request.urlretrieve('https://www.postgresql.org/media/keys/ACCC4CF8.asc', sys.argv[1])" "$key" \
+           && keys="$(gpg --batch --quiet --show-keys --with-colons "$key")" \
+           && primary="$(awk -F: '$1 == "fpr" { print $10; exit }' <<< "$keys")" \
+           && { { [ "$(grep -c '^pub:' <<< "$keys")" = 1 ] && [ "$primary" = "$PGDG_KEY_FINGERPRINT" ]; } \
+                || { echo "PGDG signing key: fingerprint $primary, expected $PGDG_KEY_FINGERPRINT" >&2; exit 1; }; } \
+           && apt-get purge -y --auto-remove gnupg \
+           && . /etc/os-release \
+           && echo "deb [signed-by=$key] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
+               > /etc/apt/sources.list.d/pgdg.list \
+           && apt-get update; \
+       elif [ "$PG_PACKAGES_FROM" != debian ]; then \
+           echo "PG_PACKAGES_FROM is '$PG_PACKAGES_FROM': use pgdg or debian" >&2; exit 1; \
+       fi \
     && apt-get install -y --no-install-recommends postgresql-common locales \
     && sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' \
         /etc/postgresql-common/createcluster.conf \

@@ -385,6 +385,16 @@ def test_dockerfile_keeps_the_man_pages_the_packages_postinst_registers() -> Non
         assert run.index(f"path-include=/usr/share/postgresql/*/man/man1/{page}") > exclude
 
 
+def test_dockerfile_takes_postgresql_from_pgdg_or_the_base_images_debian() -> None:
+    # PGDG by default (every major); Debian's own packages only when asked, for a build host
+    # that reaches only a Debian mirror. Anything else fails the build by name.
+    assert dockerfile_arg("PG_PACKAGES_FROM") == "pgdg"
+    run = pgdg_run()
+    assert 'if [ "$PG_PACKAGES_FROM" = pgdg ]; then' in run
+    assert run.index('if [ "$PG_PACKAGES_FROM" = pgdg ]') < run.index("apt.postgresql.org")
+    assert "PG_PACKAGES_FROM is '$PG_PACKAGES_FROM': use pgdg or debian" in run
+
+
 def test_dockerfile_gives_private_servers_the_official_images_locale() -> None:
     # A recovered cluster from the official postgres image has en_US.utf8 databases: the PITR
     # drill's server cannot open them without that locale; the build fails without it.

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.containers import compose_unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = "docker-compose.backup.yml"
@@ -23,28 +24,6 @@ SEED_ROWS = 500
 FIRST_BACKUP_TIMEOUT = 300.0
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
-
-
-def docker_unavailable() -> str | None:
-    """Why this test cannot run here, or None. Asks the engine itself, not the CLI's presence."""
-    try:
-        import docker  # the Docker SDK, installed with testcontainers
-
-        client = docker.from_env(timeout=5)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as exc:
-        return f"no Docker engine answers a ping ({type(exc).__name__}: {exc})"
-    try:
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True,
-                               check=False, timeout=30)
-    except OSError as exc:
-        return f"the docker CLI cannot run: {exc}"
-    if probe.returncode != 0:
-        return "the Docker engine answers, but the `docker compose` plugin is not installed"
-    return None
 
 
 class Stack:
@@ -74,7 +53,7 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    reason = docker_unavailable()
+    reason = compose_unavailable()
     if reason:
         pytest.skip(reason)
     from testcontainers.compose import DockerCompose

@@ -34,7 +34,7 @@ COMPOSE_SPECIFIC = {"POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE",
                     "DRILL_POSTGRES_PASSWORD_FILE"}
 # Variables the docs may name that are not backupd settings.
 NOT_SETTINGS = {"POSTGRES_MAJOR", "PG_CLIENT_MAJORS", "PGDG_KEY_FINGERPRINT",
-                "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES"}
+                "PG_PACKAGES_FROM", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES"}
 
 
 def env_file_values() -> dict[str, str]:
