@@ -4,16 +4,18 @@ queue locally and go up later, in order."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.cli import BackupdProcess
+from helpers.cli import BackupdProcess, as_a_user_sees_it, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.offsite import s3_env
+from helpers.pg import ServerAddress
 from helpers.s3server import S3Server
 from helpers.wal import (
     STREAM_ONLY,
@@ -24,7 +26,10 @@ from helpers.wal import (
     local_archive,
     local_manifests,
     offsite_archive,
+    offsite_repository,
+    put_base_backup_record,
     seconds_until,
+    store_wal_files,
     switch_wal,
     wait_archived,
     wait_streaming,
@@ -197,3 +202,44 @@ def test_the_partial_uploaded_again_is_left_out_until_its_manifest_follows_and_d
     assert remote.left_out == []
     with pytest.raises(WalFetchError, match=f"WAL file {segment} is damaged: s3://"):
         remote.fetch_archived(damaged, tmp_path / "copy")
+
+
+def test_only_the_newest_partial_can_be_the_live_one_an_older_one_that_does_not_match_is_damage(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, pg_server: ServerAddress,
+) -> None:
+    """A ``.partial`` before the archive's newest file is never the one the daemon uploads
+    again (it uploads only the newest, after every completed segment): one whose object does
+    not match its manifest is damage, listed and named by `verify --wal` (exit 1), never left
+    out as a write in progress. The newest is left out with a note true whether or not the
+    daemon still runs (after a disaster no manifest follows)."""
+    from helpers.offsite import put_bytes
+
+    remote = offsite_archive(s3_server.endpoint_url, s3_bucket, s3_server.client())
+    older, newest = "000000010000000000000006.partial", "000000010000000000000008.partial"
+    store_wal_files(remote, ["000000010000000000000005", older, "000000010000000000000007",
+                             newest], tmp_path)
+    put_base_backup_record(offsite_repository(s3_server.endpoint_url, s3_bucket,
+                                              s3_server.client()),
+                           tmp_path, timeline=1, segno=5)
+    for name in (older, newest):
+        [artifact] = [w.artifact for w in remote.segments() if w.name == name]
+        put_bytes(s3_server, s3_bucket, f"wal/{artifact}", b"not what was uploaded")
+
+    listed = remote.segments()
+    assert [(w.name, w.damage is not None) for w in listed] == [
+        ("000000010000000000000005", False), (older, True), ("000000010000000000000007", False)]
+    [note] = remote.left_out
+    assert note.startswith(f"WAL file {newest} left out: "), note
+    # What the mismatch means either way, and what to do in each case.
+    assert "WAL_S3_PARTIAL_SECONDS" in note and "if the daemon is not running" in note, note
+
+    env = server_env(pg_server, "postgres", tmp_path / "backups", **s3_env(s3_server, s3_bucket))
+    proc = run_backupd(["verify", "--wal", "--remote", "--json"], as_a_user_sees_it(env))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [verdict] = json.loads(proc.stdout)
+    [damaged] = verdict["damaged"]
+    assert damaged.startswith(f"{older} (") and "is 21 bytes, its manifest records" in damaged
+    lines = proc.stderr.strip().splitlines()
+    assert f"damaged {older} (" in lines[-1], lines
+    assert not any(f"WAL file {older} left out" in line for line in lines), lines
+    assert any(f"WAL file {newest} left out" in line for line in lines), lines

@@ -173,7 +173,7 @@ class WalArchive:
         A committed file whose stored size is not its manifest's is listed with ``damage``
         (and fetching it fails so), unless it is a write in progress (:meth:`_settle`):
         stored again from the spool (the spool's copy is listed), or, offsite, the live
-        partial uploaded again (left out, and said in ``left_out``)."""
+        partial (the newest file) uploaded again (left out, and said in ``left_out``)."""
         self.left_out = []
         found = _committed(self.entries(), self.repository.location)
         segment_size = next((w.wal.segment_size for w in reversed(found.values())),
@@ -207,10 +207,13 @@ class WalArchive:
     def _settle(self, found: dict[str, ArchivedWal]) -> None:
         """Each file in ``found`` with ``damage`` looked at once more: caught between a write
         of its data and its manifest, it matches now (its spool copy was stored and left the
-        spool after the listing above). Without a spool (offsite), a ``.partial`` that still
-        does not match is the live partial the daemon uploads again every
-        WAL_S3_PARTIAL_SECONDS (the data, then its manifest): left out, said in
-        ``left_out``; the archive ends before it until its manifest follows."""
+        spool after the listing above). Without a spool (offsite), the archive's newest file,
+        a ``.partial`` that still does not match, is the live partial the daemon uploads
+        again every WAL_S3_PARTIAL_SECONDS (the data, then its manifest): left out, said in
+        ``left_out``; the archive ends before it until its manifest follows. An older
+        ``.partial`` is never uploaded again (only the newest is, once every completed
+        segment is up): one that does not match is damage."""
+        newest = max((w.wal.sort_key for w in found.values() if not w.history), default=None)
         for name, wal in list(found.items()):
             if wal.damage is None or wal.artifact is None:
                 continue
@@ -221,12 +224,16 @@ class WalArchive:
             again = _committed([entry], self.repository.location).get(name) if entry else None
             if again is None:
                 del found[name]
-            elif again.damage is not None and again.partial and self.spool is None:
+            elif again.damage is not None and again.partial and self.spool is None \
+                    and again.wal.sort_key == newest:
                 del found[name]
                 self.left_out.append(
-                    f"WAL file {name} left out: {again.damage}, as while the daemon uploads "
-                    "the live partial again (its manifest follows); the archive ends before "
-                    "it (run again for it)")
+                    f"WAL file {name} left out: {again.damage}; the archive's newest file, "
+                    "the live partial uploaded again before its manifest, so the archive "
+                    "ends before it: while the daemon runs, that manifest follows within "
+                    "WAL_S3_PARTIAL_SECONDS (run again to include it); if the daemon is not "
+                    "running, that upload was cut off and this archive cannot give the WAL "
+                    "in it")
             else:
                 found[name] = again
 

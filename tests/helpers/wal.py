@@ -3,6 +3,7 @@ environment for it, and what the archive holds, read through backupd's own WalAr
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -14,6 +15,7 @@ from backupd.archive.walstore import (
     ArchivedWal,
     WalArchive,
 )
+from backupd.storage.base import Repository
 from backupd.storage.local import LocalRepository
 
 from .cli import server_env
@@ -187,13 +189,19 @@ def restore_points_in_pg_wal(cluster: PrivateCluster, name: str) -> int:
     return dumped.stdout.count(f"RESTORE_POINT {name}\n")
 
 
-def offsite_archive(endpoint_url: str, bucket: str, client: object, prefix: str = "") -> WalArchive:
-    """The WAL archive on S3 (``<prefix>wal/``), read through backupd's own WalArchive."""
+def offsite_repository(endpoint_url: str, bucket: str, client: object,
+                       prefix: str = "") -> Repository:
+    """The offsite repository (base backups and dumps) under ``prefix``, as backupd's own."""
     from backupd.storage.s3 import S3Config, S3Repository
 
-    repository = S3Repository(S3Config(bucket=bucket, prefix=f"{prefix}{WAL_SUBDIRECTORY}/",
-                                       endpoint_url=endpoint_url), client=client)  # type: ignore[arg-type]
-    return WalArchive(repository)
+    return S3Repository(S3Config(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url),
+                        client=client)  # type: ignore[arg-type]
+
+
+def offsite_archive(endpoint_url: str, bucket: str, client: object, prefix: str = "") -> WalArchive:
+    """The WAL archive on S3 (``<prefix>wal/``), read through backupd's own WalArchive."""
+    return WalArchive(offsite_repository(endpoint_url, bucket, client,
+                                         f"{prefix}{WAL_SUBDIRECTORY}/"))
 
 
 def local_manifests(backup_dir: Path) -> dict[str, dict[str, object]]:
@@ -224,3 +232,57 @@ def archive_holds(backup_dir: Path, marker: str, scratch: Path) -> bool:
         finally:
             dest.unlink(missing_ok=True)
     return False
+
+
+# --- archives written file by file, for checks that read only listings --------------------
+
+# A cluster identity for archives written by store_wal_files (never compared with a server).
+STAND_IN_ORIGIN_ID = "7716253996312042151"
+
+
+def store_wal_files(archive: WalArchive, names: Iterable[str], scratch: Path,
+                    histories: dict[str, str] | None = None) -> None:
+    """Each of ``names`` stored into ``archive`` as the daemon stores a WAL file (manifest
+    and all): random bytes, or for a history file its text from ``histories``."""
+    import os
+
+    from backupd.archive.walstore import WalOrigin
+
+    for name in names:
+        wal = parse_wal_name(name)
+        assert wal is not None, name
+        source = scratch / name
+        source.write_bytes((histories or {})[name].encode() if wal.history
+                           else os.urandom(64 * 1024))
+        archive.store(source, wal, WalOrigin(STAND_IN_ORIGIN_ID), compression="zstd",
+                      level=None, scratch=scratch)
+        source.unlink()
+
+
+def put_base_backup_record(repository: Repository, scratch: Path, *, timeline: int,
+                           segno: int) -> str:
+    """A verified base backup's manifest in ``repository`` (with stand-in data), from
+    segment ``segno`` of ``timeline`` to a stop in that segment; its name. For what decides
+    from listings alone (verify --wal, recover's plan), never for one that is unpacked."""
+    from datetime import UTC, datetime
+
+    from backupd.archive.walnames import format_lsn
+    from backupd.manifest import BaseBackupFacts, Manifest
+    from backupd.naming import BASE_DATABASE, BASE_KIND, base_backup_name
+
+    now = datetime.now(UTC)
+    name = base_backup_name(now, "gzip")
+    data = scratch / name
+    data.write_bytes(b"stand-in for a base backup")
+    start = segno * DEFAULT_SEGMENT_SIZE
+    facts = BaseBackupFacts(system_identifier=int(STAND_IN_ORIGIN_ID), timeline=timeline,
+                            start_timeline=timeline, start_lsn=format_lsn(start + 40),
+                            stop_lsn=format_lsn(start + 400),
+                            wal_segment_size=DEFAULT_SEGMENT_SIZE)
+    size = data.stat().st_size
+    repository.put(Manifest(kind=BASE_KIND, name=name, database=BASE_DATABASE, started_at=now,
+                            finished_at=now, raw_bytes=size, stored_bytes=size,
+                            sha256=hashlib.sha256(data.read_bytes()).hexdigest(),
+                            verified=True, verified_at=now, base_backup=facts), data)
+    data.unlink()
+    return name
