@@ -13,16 +13,33 @@ from pathlib import Path
 import pytest
 from helpers.backups import read_manifest
 from helpers.basebackups import base_backups, take_base_backup
-from helpers.cli import BackupdProcess, run_backupd, stop_backupd
+from helpers.cli import (
+    BackupdProcess,
+    as_a_user_sees_it,
+    run_backupd,
+    server_env,
+    stop_backupd,
+)
 from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.offsite import object_keys, s3_env
-from helpers.pg import psql
+from helpers.pg import ServerAddress, psql
 from helpers.recovered import recover
 from helpers.s3server import S3Server
-from helpers.wal import committed_segments, gaps, switch_wal, wait_archived, wal_dir, wal_env
+from helpers.wal import (
+    committed_segments,
+    gaps,
+    local_archive,
+    put_base_backup_record,
+    store_wal_files,
+    switch_wal,
+    wait_archived,
+    wal_dir,
+    wal_env,
+)
 
 from backupd.archive.walnames import lsn_to_segno, parse_lsn, parse_wal_name
+from backupd.storage.local import LocalRepository
 
 
 def verified_base_backups(directory: Path) -> list[str]:
@@ -174,3 +191,41 @@ def test_verify_wal_and_recover_follow_a_new_timeline(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)[0]["missing"] == [middle]
     assert daemon.poll() is None, daemon.read_stderr()
+
+
+def test_a_damaged_older_history_file_is_named_by_verify_wal_as_recover_refuses_it(
+    pg_server: ServerAddress, backup_dir: Path, tmp_path: Path,
+) -> None:
+    """Recover copies every history file and refuses a damaged one, the newest timeline's or
+    an older one's: verify --wal names it the same (exit 1), never `pitr yes`."""
+    histories = {"00000002.history": "1\t0/6800000\tno recovery target specified\n",
+                 "00000003.history": "1\t0/6800000\tno recovery target specified\n"
+                                     "2\t0/8800000\tno recovery target specified\n"}
+    wal_dir(backup_dir).mkdir(parents=True)
+    archive = local_archive(backup_dir)
+    store_wal_files(archive, ["000000010000000000000005", "00000002.history",
+                              "000000020000000000000006", "000000020000000000000007",
+                              "00000003.history", "000000030000000000000008",
+                              "000000030000000000000009"], tmp_path, histories)
+    put_base_backup_record(LocalRepository(backup_dir), tmp_path, timeline=1, segno=5)
+    env = as_a_user_sees_it(server_env(pg_server, "postgres", backup_dir))
+    proc = run_backupd(["verify", "--wal", "--json"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)[0]["reaches"] == "000000030000000000000009"
+
+    [older] = [w for w in archive.segments() if w.name == "00000002.history"]
+    assert older.artifact is not None
+    (wal_dir(backup_dir) / older.artifact).write_bytes(b"not what was stored")
+    proc = run_backupd(["verify", "--wal", "--json"], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [verdict] = json.loads(proc.stdout)
+    assert not verdict["pitr"], verdict
+    [damaged] = verdict["damaged"]
+    assert damaged.startswith("00000002.history (") and "is 19 bytes" in damaged, damaged
+    assert "damaged 00000002.history (" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+    target = tmp_path / "recovered"
+    proc = run_backupd(["recover", "--target-dir", str(target)], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "WAL file 00000002.history is damaged: " in proc.stderr.strip().splitlines()[-1]
+    assert not target.exists()

@@ -153,11 +153,13 @@ def describe_missing(names: list[str]) -> str:
 
 def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFileName],
                spans: list[TimelineSpan], segment_size: int,
-               damaged: Mapping[str, str] | None = None) -> Continuity:
+               damaged: Mapping[str, str] | None = None,
+               damaged_history: Sequence[str] = ()) -> Continuity:
     """One base backup against the archive. ``wal_inside``: the base backup carries (and
     was verified with) the WAL from its start to its stop. ``damaged``: files of ``archive``
     (by name) that are there but cannot be used, and why: needed, they are damage, not a
-    gap."""
+    gap. ``damaged_history``: the history files so (``NAME (why)``); recovery copies every
+    history file and refuses a damaged one, so each is damage for every base backup."""
     damaged = damaged or {}
     broken = {(w.timeline, w.segno): f"{w.name} ({damaged[w.name]})" for w in archive
               if w.name in damaged}
@@ -188,7 +190,7 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
             last = max([*on_newest, lsn_to_segno(start, segment_size)])
         needed += [(span.timeline, segno)
                    for segno in range(lsn_to_segno(start, segment_size), last + 1)]
-    verdict.damaged = [broken[t, s] for t, s in needed if (t, s) in broken]
+    verdict.damaged = [*damaged_history, *(broken[t, s] for t, s in needed if (t, s) in broken)]
     verdict.missing = [segment_name(t, s, segment_size) for t, s in needed
                        if (t, s) not in present and (t, s) not in broken]
     reached = [(t, s) for t, s in needed if (t, s) in present]

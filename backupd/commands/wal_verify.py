@@ -48,9 +48,11 @@ def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
     segment_size = bases[0].wal_segment_size or DEFAULT_SEGMENT_SIZE
     wal = [f.wal for f in files if not f.history]
     damaged = {f.name: f.damage for f in files if f.damage is not None and not f.history}
+    damaged_history = [f"{f.name} ({f.damage})" for f in files
+                       if f.damage is not None and f.history]
     spans = timeline_spans(*newest_history(files, archive.fetch_archived))
     # Every base backup carries the WAL from its start to its stop, checked when verified.
-    return [check_base(base, base.verified, wal, spans, segment_size, damaged)
+    return [check_base(base, base.verified, wal, spans, segment_size, damaged, damaged_history)
             for base in bases]
 
 
