@@ -46,7 +46,6 @@ from backupd.archive.recovery_source import ArchiveSource
 from backupd.archive.walnames import format_lsn, parse_lsn
 from backupd.archive.walstore import ArchivedWal
 from backupd.commands.mark import SCRATCH_PREFIX
-from backupd.commands.recover import fetch_segment
 from backupd.errors import JobFailed
 from backupd.storage.local import LocalRepository
 
@@ -271,7 +270,8 @@ def test_the_scan_a_window_at_a_time_finds_each_restore_point_once(
     assert len(chosen.segments) >= 2
     monkeypatch.setattr(restore_points, "WINDOW_SEGMENTS", 1)
     found = restore_points.find(chosen, tmp_path, Path(pg_binary("pg_waldump")), "twice",
-                                fetch=lambda wal, dest: fetch_segment(source, chosen, wal, dest))
+                                fetch=lambda wal, dest: source.fetch_segment(
+                                    wal, dest, chosen.segment_size))
     ends = [parse_lsn(lsn) for lsn in archive.twice]
     assert [p.lsn < end for p, end in zip(found, ends, strict=True)] == [True, True]
     assert found[0].lsn < found[1].lsn
@@ -286,7 +286,7 @@ def test_a_scan_that_pg_waldump_cannot_finish_fails_instead_of_finding_fewer(
     source, chosen = _planned(archive.backup_dir, "twice")
     assert len(chosen.segments) >= 2
     for wal in chosen.segments:
-        fetch_segment(source, chosen, wal, tmp_path / chosen.file_name(wal))
+        source.fetch_segment(wal, tmp_path / chosen.file_name(wal), chosen.segment_size)
     first = tmp_path / chosen.file_name(chosen.segments[0])
     first.write_bytes(bytes(first.stat().st_size))  # zeros: "invalid magic number 0000"
     monkeypatch.setattr(restore_points, "WINDOW_SEGMENTS", 1)

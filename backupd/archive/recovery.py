@@ -94,6 +94,11 @@ class RecoverySource(Protocol):
         """The raw WAL file at ``dest``; fails naming it when its checksum does not match."""
         ...
 
+    def fetch_segment(self, wal: WalLike, dest: Path, segment_size: int) -> None:
+        """:meth:`fetch` of a segment as replay reads it: a partial padded to
+        ``segment_size``."""
+        ...
+
 
 # The settings that each name a recovery target; the server allows at most one set.
 TARGET_KINDS = ("recovery_target", "recovery_target_time", "recovery_target_lsn",

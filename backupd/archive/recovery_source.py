@@ -53,6 +53,14 @@ class ArchiveSource:
         else:
             self._wal.fetch(wal.name, dest)
 
+    def fetch_segment(self, wal: WalLike, dest: Path, segment_size: int) -> None:
+        self.fetch(wal, dest)
+        if wal.partial and dest.stat().st_size < segment_size:
+            # A partial uploaded compressed may be cut at its last record; replay reads
+            # only whole-size segment files, and zeros read as the end of the WAL.
+            with dest.open("r+b") as padded:
+                padded.truncate(segment_size)
+
 
 def archive_source(repos: Repositories, crypto: AgeKeyFiles | None, *,
                    from_s3: bool = False) -> ArchiveSource:

@@ -127,17 +127,16 @@ def _points_named(ctx: JobContext, source: RecoverySource, chosen: RecoveryPlan,
                   name: str) -> list[restore_points.RestorePoint] | None:
     """The restore points called ``name`` in ``chosen``'s WAL, fetched into ``wal_dir`` a
     window at a time; None (warned) without a pg_waldump that reads it."""
-    from backupd.commands.recover import fetch_segment
-
     first = wal_dir / chosen.file_name(chosen.segments[0])
-    fetch_segment(source, chosen, chosen.segments[0], first)
+    source.fetch_segment(chosen.segments[0], first, chosen.segment_size)
     waldump = restore_points.waldump_reading(first, ctx.settings.pg_server_root)
     if waldump is None:
         ctx.warn(f"restore point {name!r} not looked for in the archive's WAL: "
                  + restore_points.missing_waldump(first, ctx.settings.pg_server_root))
         return None
     return restore_points.find(chosen, wal_dir, waldump, name,
-                               fetch=lambda wal, dest: fetch_segment(source, chosen, wal, dest))
+                               fetch=lambda wal, dest: source.fetch_segment(
+                                   wal, dest, chosen.segment_size))
 
 
 def remove_leftovers(backup_dir: Path) -> list[Path]:

@@ -29,7 +29,6 @@ from backupd.archive.recovery import (
     RecoveryPlan,
     RecoverySource,
     RecoveryTarget,
-    WalLike,
     plan,
 )
 from backupd.archive.waldump import data_major, newest_commit, waldump_for
@@ -176,20 +175,9 @@ def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
     for wal in chosen.segments:
         cancel.raise_if_cancelled()
         dest = wal_dir / chosen.file_name(wal)
-        fetch_segment(source, chosen, wal, dest)
+        source.fetch_segment(wal, dest, chosen.segment_size)
         total += dest.stat().st_size
     return total
-
-
-def fetch_segment(source: RecoverySource, chosen: RecoveryPlan, wal: WalLike,
-                  dest: Path) -> None:
-    """One planned segment at ``dest``, a partial padded to the segment size."""
-    source.fetch(wal, dest)
-    if wal.partial and dest.stat().st_size < chosen.segment_size:
-        # A partial uploaded compressed may be cut at its last record; replay reads
-        # only whole-size segment files, and zeros read as the end of the WAL.
-        with dest.open("r+b") as padded:
-            padded.truncate(chosen.segment_size)
 
 
 def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path, waldump: Path | None) -> None:
