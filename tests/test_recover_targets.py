@@ -40,7 +40,7 @@ from helpers.wal import (
 )
 
 from backupd.archive import restore_points
-from backupd.archive.continuity import newest_history
+from backupd.archive.continuity import path_to_newest
 from backupd.archive.recovery import RecoveryPlan, RecoveryTarget, plan
 from backupd.archive.recovery_source import ArchiveSource
 from backupd.archive.walnames import format_lsn, parse_lsn
@@ -187,7 +187,7 @@ def _planned(backup_dir: Path, name: str) -> tuple[ArchiveSource, RecoveryPlan]:
     source = ArchiveSource(LocalRepository(backup_dir), local_archive(backup_dir), None)
     wal = source.wal()
     return source, plan(wal, source.base_backups(), RecoveryTarget(name=name),
-                        timeline_history=newest_history(wal, source.fetch)[1])
+                        spans=path_to_newest(wal, source.fetch))
 
 
 @pytest.mark.parametrize("damage", ["unreadable", "corrupt"])

@@ -89,14 +89,15 @@ class ListedWal(Protocol):
 Listed = TypeVar("Listed", bound=ListedWal)
 
 
-def newest_history(files: Sequence[Listed],
-                   fetch: Callable[[Listed, Path], object]) -> tuple[int, list[tuple[int, int]]]:
-    """The archive's newest timeline among its listed ``files`` and that timeline's history
-    ([] on timeline 1), its history file fetched as listed (no listing again)."""
+def path_to_newest(files: Sequence[Listed],
+                   fetch: Callable[[Listed, Path], object]) -> list[TimelineSpan]:
+    """The path of timelines to the archive's newest timeline among its listed ``files``
+    (:func:`timeline_spans`), from that timeline's history file, fetched as listed (no
+    listing again; none on timeline 1)."""
     histories = {f.name: f for f in files if f.history}
     newest = max((f.timeline for f in files), default=1)
-    return newest, read_history(histories, newest,
-                                lambda name, dest: fetch(histories[name], dest))
+    return timeline_spans(newest, read_history(histories, newest,
+                                               lambda name, dest: fetch(histories[name], dest)))
 
 
 def timeline_spans(newest: int, history: Sequence[tuple[int, int]]) -> list[TimelineSpan]:

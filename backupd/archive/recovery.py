@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from backupd.archive.continuity import on_path, timeline_spans
+from backupd.archive.continuity import TimelineSpan, on_path
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_name
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
@@ -254,14 +254,13 @@ def _stop_lsn(backup: BaseBackupLike) -> str:
     return format_lsn(backup.stop_lsn)
 
 
-def on_the_path(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
-                timeline_history: Sequence[tuple[int, int]]) -> list[BaseBackupLike]:
-    """The base backups that can replay to the archive's newest timeline: on the path its
-    ``timeline_history`` (the newest timeline's history file: parent, switch LSN) says. After
+def on_the_path(backups: Sequence[BaseBackupLike],
+                spans: Sequence[TimelineSpan]) -> list[BaseBackupLike]:
+    """The base backups that can replay to the archive's newest timeline: on its path
+    ``spans`` (``continuity.path_to_newest``, from the newest timeline's history file). After
     a point-in-time recovery the old timeline's later base backups are not (and end at
     higher LSNs than the new timeline's, so they would otherwise look the newest)."""
-    newest = max((w.timeline for w in source_wal), default=1)
-    spans = timeline_spans(newest, timeline_history)
+    newest = spans[-1].timeline
     fitting = [b for b in backups if on_path(spans, b.timeline, b.stop_lsn)]
     if backups and not fitting:
         left = "; ".join(f"timeline {s.timeline} was left at {format_lsn(s.end)}"
@@ -277,16 +276,16 @@ def on_the_path(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike]
 
 def plan(source_wal: Sequence[WalLike], backups: Sequence[BaseBackupLike],
          target: RecoveryTarget, restore_point: int | None = None, *,
-         timeline_history: Sequence[tuple[int, int]]) -> RecoveryPlan:
+         spans: Sequence[TimelineSpan]) -> RecoveryPlan:
     """The base backup and the WAL for ``target``; a gap, a damaged file or a target beyond
     the archive's end fails here, naming the missing range or the file, before anything is
     written. ``restore_point``: the LSN of ``target.name``'s one restore point, once read
     from the WAL.
-    ``timeline_history``: the archive's newest timeline's history file (:func:`on_the_path`;
-    ``commands.recover.timeline_history``), ``()`` on timeline 1. Required: without it a
-    planner could not tell the path to the newest timeline from an abandoned one."""
-    base = choose_base(on_the_path(source_wal, backups, timeline_history), target,
-                       restore_point)
+    ``spans``: the path to the archive's newest timeline (:func:`on_the_path`;
+    ``continuity.path_to_newest``, read once by the caller for every plan of one listing).
+    Required: without it a planner could not tell the path to the newest timeline from an
+    abandoned one."""
+    base = choose_base(on_the_path(backups, spans), target, restore_point)
     size = base.wal_segment_size or DEFAULT_SEGMENT_SIZE
     history = sorted((w for w in source_wal if w.history), key=lambda w: w.timeline)
     timelines = {base.timeline} | {h.timeline for h in history if h.timeline > base.timeline}

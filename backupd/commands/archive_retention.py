@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from backupd.archive.continuity import TimelineSpan, newest_history, timeline_spans
+from backupd.archive.continuity import TimelineSpan, path_to_newest
 from backupd.archive.retention import BaseRetentionPlan, plan_base_retention, wal_to_delete
 from backupd.archive.walstore import (
     WAL_SUBDIRECTORY,
@@ -54,7 +54,7 @@ def _path(ctx: JobContext, wal: WalArchive,
     """The path to the archive's newest timeline, so base backups off it (after a
     point-in-time recovery forked a new timeline) do not count toward BASEBACKUP_KEEP."""
     try:
-        return timeline_spans(*newest_history(files, wal.fetch_archived))
+        return path_to_newest(files, wal.fetch_archived)
     except JobFailed as exc:
         ctx.warn(f"retention on {wal.repository.description}: {exc}; every base backup "
                  "counts toward BASEBACKUP_KEEP")

@@ -69,7 +69,7 @@ def run(ctx: JobContext, name: str) -> None:
 def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     if not ctx.settings.wal_archive:
         return  # no archive of backupd's to recover from by name
-    from backupd.archive.continuity import newest_history
+    from backupd.archive.continuity import path_to_newest
     from backupd.archive.recovery_source import archive_source
     from backupd.archive.walstore import WalFetchError
 
@@ -77,7 +77,7 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     try:
         wal = source.wal()
         chosen = plan(wal, source.base_backups(), RecoveryTarget(name=name),
-                      timeline_history=newest_history(wal, source.fetch)[1])
+                      spans=path_to_newest(wal, source.fetch))
     except (WalDamaged, WalFetchError) as exc:  # damage, not a check that cannot run
         raise JobFailed(f"restore point {name!r} not made: reading the WAL archive for the "
                         f"name failed: {exc}") from None

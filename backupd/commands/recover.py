@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd.archive import recovery_dir, restore_points
-from backupd.archive.continuity import newest_history
+from backupd.archive.continuity import path_to_newest
 from backupd.archive.recovery import (
     RecoveryPlan,
     RecoverySource,
@@ -70,8 +70,8 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     wal, backups = source.wal(), source.base_backups()
     for note in source.left_out:
         ctx.warn(note)
-    history = newest_history(wal, source.fetch)[1]
-    chosen = plan(wal, backups, target, timeline_history=history)
+    spans = path_to_newest(wal, source.fetch)
+    chosen = plan(wal, backups, target, spans=spans)
     if target.name is None:
         # For --to-name the WAL decides the base backup first (and a name it refuses is
         # then the one line said).
@@ -87,7 +87,7 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
             outcome.wal_bytes = copy_wal(source, chosen, wal_dir, ctx.cancel)
             if target.name is not None:
                 chosen = to_restore_point(ctx, chosen, wal_dir, plan_at=lambda lsn: plan(
-                    wal, backups, target, restore_point=lsn, timeline_history=history))
+                    wal, backups, target, restore_point=lsn, spans=spans))
                 outcome.wal_bytes = sum((wal_dir / chosen.file_name(w)).stat().st_size
                                         for w in chosen.segments)
                 _report(ctx, chosen, outcome)

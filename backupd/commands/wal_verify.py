@@ -10,8 +10,7 @@ from backupd.archive.continuity import (
     Continuity,
     check_base,
     describe_missing,
-    newest_history,
-    timeline_spans,
+    path_to_newest,
 )
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE
 from backupd.archive.walstore import (
@@ -50,7 +49,7 @@ def check(ctx: JobContext, remote: bool = False) -> list[Continuity]:
     damaged = {f.name: f.damage for f in files if f.damage is not None and not f.history}
     damaged_history = [f"{f.name} ({f.damage})" for f in files
                        if f.damage is not None and f.history]
-    spans = timeline_spans(*newest_history(files, archive.fetch_archived))
+    spans = path_to_newest(files, archive.fetch_archived)
     # Every base backup carries the WAL from its start to its stop, checked when verified.
     return [check_base(base, base.verified, wal, spans, segment_size, damaged, damaged_history)
             for base in bases]
