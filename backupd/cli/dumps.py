@@ -41,7 +41,8 @@ def verify(
     wal: Annotated[bool, typer.Option(
         "--wal", help="Check the WAL archive's continuity instead: for every base backup, "
         "valid (verified), consistent (its WAL from start to stop is there) and PITR (no "
-        "gap to the archive's end, following timelines); exit 1 naming missing segments. "
+        "gap to the archive's end, following timelines); exit 1 naming missing segments "
+        "and damaged WAL or history files. "
         "With --remote, the archive in S3.")] = False,
 ) -> None:
     """Check backups: gzip integrity, SQL completeness, size and SHA-256 (base backups:
