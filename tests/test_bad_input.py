@@ -207,6 +207,25 @@ def test_a_backup_dir_backupd_cannot_look_into_is_exit_2_naming_it(tmp_path: Pat
     assert not (locked / "backups").exists()
 
 
+def test_a_recover_target_dir_that_is_a_dangling_symlink_is_exit_2_naming_it(
+        tmp_path: Path) -> None:
+    # Recover cannot make a directory where a symlink points nowhere: that failed as "File
+    # exists" naming the parent (exit 1), as if the parent were at fault.
+    link = tmp_path / "volumes" / "data"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "gone" / "data")
+    env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1", "POSTGRES_DB": "db",
+           "DB_BACKUP_DIR": str(tmp_path / "backups"), "BACKUPD_LOG_FORMAT": "json"}
+    proc = run_backupd(["recover", "--target-dir", str(link)], env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    [line] = human_lines(proc.stderr)
+    assert line.startswith(f"backupd: error: --target-dir: {link} is a symlink to "
+                           f"{tmp_path / 'gone' / 'data'}, which does not exist"), line
+    assert "create" in line, line
+    assert sorted(p.name for p in link.parent.iterdir()) == ["data"] and link.is_symlink()
+    assert not (tmp_path / "gone").exists()
+
+
 def test_the_table_is_at_least_twenty_cases() -> None:
     assert len(SETTINGS_CASES) + len(COMMAND_CASES) >= 20
 

@@ -83,6 +83,12 @@ def check_target(directory: Path, *, force: bool) -> None:
 
 def _check_target(directory: Path, *, force: bool) -> None:
     if not directory.exists():
+        if directory.is_symlink():
+            # Recover makes a missing directory, but not through a link that points nowhere.
+            points_to = directory.parent / os.readlink(directory)
+            raise ConfigError(f"--target-dir: {directory} is a symlink to {points_to}, which "
+                              "does not exist; create that directory, or give --target-dir a "
+                              "directory (or a new path) instead of the link")
         if not directory.parent.is_dir():
             raise ConfigError(f"--target-dir: {directory.parent} does not exist; create it or "
                               "give another directory")
