@@ -13,20 +13,26 @@ and leaves nothing half-done behind.
   recover, mark and `verify --wal` (exit 1), never a gap (recover) or a check skipped with a
   warning and a restore point made anyway (mark).
 
+* An encrypted archive without a usable age identity (DB_BACKUP_AGE_IDENTITY_FILE not set, or
+  naming a file that is not there) is bad input said before any work (exit 2, one line).
+
 One private cluster and one daemon run for the module: a table of about 30 MiB (so the base
 backup holds a file larger than a WAL segment), the daemon's base backup, rows, and a few
-completed segments. Each test works on a copy of DB_BACKUP_DIR in its own tmp_path (which
-backupd can reach without root's file override; the cluster's directory it cannot).
+completed segments, all encrypted with age (the identity in the module's environment).
+Each test works on a copy of DB_BACKUP_DIR in its own tmp_path (which backupd can reach
+without root's file override; the cluster's directory it cannot).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.age import make_age_keys
 from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
 from helpers.faults import small_filesystems
 from helpers.pg import connect
@@ -51,8 +57,12 @@ WAL_COPY_FAILS, BASE_BACKUP_FAILS = 8 * MiB, 24 * MiB
 
 
 @pytest.fixture(scope="module")
-def archive() -> Iterator[PitrCluster]:
-    with pitr_cluster(PASSWORD) as pitr:
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrCluster]:
+    keys = make_age_keys(tmp_path_factory.mktemp("age"))
+    with pitr_cluster(PASSWORD) as plain:
+        pitr = dataclasses.replace(plain, env={
+            **plain.env, "DB_BACKUP_AGE_RECIPIENTS_FILE": str(keys.recipients_file),
+            "DB_BACKUP_AGE_IDENTITY_FILE": str(keys.identity_file)})
         cluster, work, backup_dir, env = pitr.cluster, pitr.work, pitr.backup_dir, pitr.env
         with connect(cluster.address) as conn:
             conn.execute("CREATE TABLE big AS SELECT g, repeat(md5(g::text), 8) AS pad "
@@ -180,6 +190,38 @@ def test_a_write_that_fails_in_marks_scratch_directory_names_it_and_makes_no_poi
     assert f"{copy / SCRATCH_PREFIX}" in line and "File too large" in line, line
     assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))
     assert restore_points_in_pg_wal(archive.cluster, "too-large") == 0
+
+
+# --- what backupd cannot use, said before any work --------------------------------------
+
+@pytest.mark.parametrize("identity", ["unset", "not-there"])
+@pytest.mark.parametrize("command", ["recover", "mark"])
+def test_an_identity_file_missing_is_refused_naming_it_before_any_work(
+        archive: PitrCluster, tmp_path: Path, command: str, identity: str) -> None:
+    """The archive is encrypted, and DB_BACKUP_AGE_IDENTITY_FILE is not set (the sidecar's
+    own settings: public keys only) or names a file that is not there (a secret not
+    mounted): the setting to fix, in one line (no plan printed), before any file of the
+    archive is fetched; no directory made, no restore point."""
+    copy = _copy(archive, tmp_path)
+    missing = tmp_path / "secrets" / "age_identity"
+    env = {**as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)),
+           "DB_BACKUP_AGE_IDENTITY_FILE": str(missing)}
+    if identity == "unset":
+        del env["DB_BACKUP_AGE_IDENTITY_FILE"]
+    target = tmp_path / "recovered"
+    args = (["recover", "--target-dir", str(target)] if command == "recover"
+            else ["mark", "no-identity"])
+    proc = run_backupd(args, env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    if identity == "unset":
+        assert "DB_BACKUP_AGE_IDENTITY_FILE: not set, and the archive is encrypted" in lines[0]
+        assert "set it to the age identity file" in lines[0], lines[0]
+    else:
+        assert f"DB_BACKUP_AGE_IDENTITY_FILE: cannot read {missing}: No such file" in lines[0]
+    assert not target.exists()
+    assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))
+    assert restore_points_in_pg_wal(archive.cluster, "no-identity") == 0
 
 
 # --- a WAL file whose stored size no longer matches its manifest ---------------------------

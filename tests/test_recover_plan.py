@@ -26,6 +26,7 @@ class Base:
     stop_lsn: int
     stop_time: datetime
     wal_segment_size: int = SIZE
+    encrypted: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Wal:
     partial: bool = False
     history: bool = False
     damage: str | None = None
+    encrypted: bool = False
 
 
 def segments(timeline: int, first: int, last: int, *, partial_last: bool = False) -> list[Wal]:

@@ -22,6 +22,8 @@ from backupd.archive.continuity import TimelineSpan, on_path
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_name
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
+from backupd.pipeline.config import AgeKeyFiles
+from backupd.pipeline.encrypt import load_identities
 
 
 class BaseBackupLike(Protocol):
@@ -39,6 +41,8 @@ class BaseBackupLike(Protocol):
     def stop_time(self) -> datetime: ...
     @property
     def wal_segment_size(self) -> int: ...
+    @property
+    def encrypted(self) -> bool: ...
 
 
 class WalLike(Protocol):
@@ -58,6 +62,8 @@ class WalLike(Protocol):
     def damage(self) -> str | None:
         """Why the stored file cannot be what its manifest records (None: nothing known)."""
         ...
+    @property
+    def encrypted(self) -> bool: ...
 
 
 class WalDamaged(JobFailed):
@@ -98,6 +104,23 @@ class RecoverySource(Protocol):
         """:meth:`fetch` of a segment as replay reads it: a partial padded to
         ``segment_size``."""
         ...
+
+
+def require_identity(keys: AgeKeyFiles, wal: Sequence[WalLike],
+                     backups: Sequence[BaseBackupLike]) -> None:
+    """From the listing, before a file is fetched: ConfigError naming
+    DB_BACKUP_AGE_IDENTITY_FILE when it names a file that holds no usable identity, or is not
+    set while the archive holds encrypted files (found part way through otherwise, after
+    the WAL copy or during the unpacking)."""
+    if keys.identity_file is not None:
+        load_identities(keys)
+        return
+    encrypted = next((b.name for b in backups if b.encrypted),
+                     next((w.name for w in wal if w.encrypted), None))
+    if encrypted is not None:
+        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: not set, and the archive is encrypted "
+                          f"({encrypted}); set it to the age identity file that decrypts it "
+                          "(age-keygen output)")
 
 
 # The settings that each name a recovery target; the server allows at most one set.

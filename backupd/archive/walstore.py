@@ -90,6 +90,10 @@ class ArchivedWal:
     def history(self) -> bool:
         return self.wal.history
 
+    @property
+    def encrypted(self) -> bool:
+        return self.artifact is not None and self.artifact.endswith(".age")
+
 
 def local_wal_repository(local: LocalRepository) -> LocalRepository:
     """The local archive: DB_BACKUP_DIR/wal."""

@@ -24,6 +24,7 @@ from backupd.archive.recovery import (
     RecoveryTarget,
     WalDamaged,
     plan,
+    require_identity,
 )
 from backupd.configs import age_key_files
 from backupd.errors import ConfigError, JobFailed, os_error_text
@@ -73,10 +74,12 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     from backupd.archive.recovery_source import archive_source
     from backupd.archive.walstore import WalFetchError
 
-    source = archive_source(ctx.repos, age_key_files(ctx.settings))
+    keys = age_key_files(ctx.settings)
+    source = archive_source(ctx.repos, keys)
+    wal, backups = source.wal(), source.base_backups()
+    require_identity(keys, wal, backups)  # a setting to fix: never "not looked for"
     try:
-        wal = source.wal()
-        chosen = plan(wal, source.base_backups(), RecoveryTarget(name=name),
+        chosen = plan(wal, backups, RecoveryTarget(name=name),
                       spans=path_to_newest(wal, source.fetch))
     except (WalDamaged, WalFetchError) as exc:  # damage, not a check that cannot run
         raise JobFailed(f"restore point {name!r} not made: reading the WAL archive for the "

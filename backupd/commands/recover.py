@@ -30,6 +30,7 @@ from backupd.archive.recovery import (
     RecoverySource,
     RecoveryTarget,
     plan,
+    require_identity,
 )
 from backupd.archive.waldump import data_major, newest_commit, waldump_for
 from backupd.cancel import CancelToken
@@ -68,6 +69,7 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     the PITR drill's recovery."""
     started = time.monotonic()
     wal, backups = source.wal(), source.base_backups()
+    require_identity(age_key_files(ctx.settings), wal, backups)
     for note in source.left_out:
         ctx.warn(note)
     spans = path_to_newest(wal, source.fetch)
