@@ -13,8 +13,10 @@ and leaves nothing half-done behind.
   recover, mark and `verify --wal` (exit 1), never a gap (recover) or a check skipped with a
   warning and a restore point made anyway (mark).
 
-* An encrypted archive without a usable age identity (DB_BACKUP_AGE_IDENTITY_FILE not set, or
-  naming a file that is not there) is bad input said before any work (exit 2, one line).
+* What backupd cannot use or do is bad input said before any work (exit 2, one line): an
+  encrypted archive without a usable age identity (DB_BACKUP_AGE_IDENTITY_FILE not set, or
+  naming a file that is not there), a --owner it may not give files to, a --target-dir of
+  another user's it cannot make 0700.
 
 One private cluster and one daemon run for the module: a table of about 30 MiB (so the base
 backup holds a file larger than a WAL segment), the daemon's base backup, rows, and a few
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,7 @@ from pathlib import Path
 import pytest
 from helpers.age import make_age_keys
 from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
+from helpers.cluster import AS_ROOT
 from helpers.faults import small_filesystems
 from helpers.pg import connect
 from helpers.recovered import PitrCluster, insert_batch, pitr_cluster, wait_first_base_backup
@@ -192,7 +196,7 @@ def test_a_write_that_fails_in_marks_scratch_directory_names_it_and_makes_no_poi
     assert restore_points_in_pg_wal(archive.cluster, "too-large") == 0
 
 
-# --- what backupd cannot use, said before any work --------------------------------------
+# --- what backupd cannot use or do, said before any work-------------------------------
 
 @pytest.mark.parametrize("identity", ["unset", "not-there"])
 @pytest.mark.parametrize("command", ["recover", "mark"])
@@ -222,6 +226,39 @@ def test_an_identity_file_missing_is_refused_naming_it_before_any_work(
     assert not target.exists()
     assert not list(copy.glob(f"{SCRATCH_PREFIX}*"))
     assert restore_points_in_pg_wal(archive.cluster, "no-identity") == 0
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="makes a directory of another user's, and runs backupd "
+                    "without root's power over ownership")
+@pytest.mark.parametrize("case", ["owner", "target-of-another-user"])
+def test_what_only_root_may_do_is_refused_before_the_base_backup_is_unpacked(
+        archive: PitrCluster, tmp_path: Path, case: str) -> None:
+    """As the image's uid 10001 (file modes and ownership bind it): --owner giving the files
+    to another user, or an empty --target-dir of another user's (writable to all) that it
+    cannot make 0700, failed only at the last step, after the whole base backup was
+    unpacked (exit 1). Both are exit 2 before the archive is read, nothing changed."""
+    copy = _copy(archive, tmp_path)
+    target = tmp_path / "recovered"
+    args = ["recover", "--target-dir", str(target)]
+    if case == "owner":
+        args += ["--owner", "12345:12345"]
+    else:
+        target.mkdir()
+        os.chown(target, 12345, 12345)
+        target.chmod(0o777)
+    proc = run_backupd(args, as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)),
+                       timeout=300, obey_file_modes=True, obey_ownership=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    if case == "owner":
+        assert "--owner: backupd (uid 0) may not give files to 12345:12345" in lines[0], \
+            lines[0]
+        assert not target.exists()
+    else:
+        assert f"--target-dir: {target} is owned by uid 12345" in lines[0], lines[0]
+        info = target.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (12345, 0o777)
+        assert not list(target.iterdir())
 
 
 # --- a WAL file whose stored size no longer matches its manifest ---------------------------

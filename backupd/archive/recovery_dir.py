@@ -15,8 +15,10 @@ directory), so starting it never needs backupd, the archive or S3.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -64,12 +66,14 @@ def _live_server(directory: Path) -> str | None:
     return f"a postmaster (process {pid}) is running on it"
 
 
-def check_target(directory: Path, *, force: bool) -> None:
+def check_target(directory: Path, *, force: bool,
+                 owner: tuple[int, int] | None = None) -> None:
     """ConfigError (exit 2, nothing touched) unless ``directory`` is missing, empty, or, with
-    ``force``, what an interrupted recover left; and backupd can make it (or write in it).
-    Another OSError (EIO, a full disk) is the environment's: JobFailed (exit 1) naming it."""
+    ``force``, what an interrupted recover left; and backupd can make it (or write in it),
+    make it 0700, and give what it makes to ``owner``, as :func:`complete` will. Another
+    OSError (EIO, a full disk) is the environment's: JobFailed (exit 1) naming it."""
     try:
-        _check_target(directory, force=force)
+        _check_target(directory, force=force, owner=owner)
     except OSError as exc:
         where = exc.filename or directory
         if is_read_only_error(exc):
@@ -81,7 +85,7 @@ def check_target(directory: Path, *, force: bool) -> None:
                         f"{os_error_text(exc)}") from None
 
 
-def _check_target(directory: Path, *, force: bool) -> None:
+def _check_target(directory: Path, *, force: bool, owner: tuple[int, int] | None) -> None:
     if not directory.exists():
         if directory.is_symlink():
             # Recover makes a missing directory, but not through a link that points nowhere.
@@ -94,7 +98,7 @@ def _check_target(directory: Path, *, force: bool) -> None:
                               "give another directory")
         # What staging does first; the empty directory goes again (a kill in between
         # leaves an empty directory, which a recover takes).
-        _probe(directory.parent, directory)
+        _probe(directory.parent, directory, owner)
         return
     if not directory.is_dir():
         raise ConfigError(f"--target-dir: {directory} is not a directory")
@@ -111,21 +115,56 @@ def _check_target(directory: Path, *, force: bool) -> None:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise ConfigError(f"--target-dir: {directory} is not empty ({shown}); recover only "
                           "into an empty directory (move its contents aside first)")
+    _check_mode_can_be_set(directory)
     # Can a directory be made in it, as staging does? A kill in between leaves the staging
     # mark (the next recover says so; --force removes it and this probe's own name).
     _probe(directory, directory / (f"{STAGING_NAME}.probe" if STAGING_NAME in entries
-                                   else STAGING_NAME))
+                                   else STAGING_NAME), owner)
 
 
-def _probe(place: Path, probe: Path) -> None:
-    """Make directory ``probe`` in ``place`` and remove it; an OSError names ``place``."""
+def _check_mode_can_be_set(directory: Path) -> None:
+    """complete() makes ``directory`` 0700, as a data directory must be: only its owner (or
+    root) may. Asked with a chmod to the mode it has, so nothing changes."""
+    info = directory.stat()
+    if info.st_uid == os.geteuid():
+        return
+    try:
+        os.chmod(directory, stat.S_IMODE(info.st_mode))
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        raise ConfigError(
+            f"--target-dir: {directory} is owned by uid {info.st_uid}, and backupd (uid "
+            f"{os.geteuid()}) may not make it 0700 as a data directory must be; chown it to "
+            f"uid {os.geteuid()}, or give a directory backupd can create") from None
+
+
+def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
+    """Make directory ``probe`` in ``place``, give it to ``owner`` (and back), and remove
+    it; an OSError names ``place``, a chown refused names --owner."""
     try:
         if probe.name.endswith(".probe") and probe.is_dir() and not probe.is_symlink():
             probe.rmdir()  # this very probe, left by a check killed between its two steps
         probe.mkdir(mode=0o700)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(place)) from None
+    refused = None
+    try:
+        if owner is not None:
+            try:
+                os.chown(probe, *owner)
+                # Back again: in a sticky directory only its owner may remove it.
+                os.chown(probe, os.geteuid(), os.getegid())
+            except PermissionError as exc:
+                refused = exc
         probe.rmdir()
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(place)) from None
+    if refused is not None and owner is not None:
+        raise ConfigError(
+            f"--owner: backupd (uid {os.geteuid()}) may not give files to {owner[0]}:"
+            f"{owner[1]} ({refused.strerror}); run recover as root, or leave out --owner "
+            "(the files are then backupd's)")
 
 
 def write_failed(directory: Path, exc: OSError) -> JobFailed:

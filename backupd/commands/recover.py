@@ -52,7 +52,8 @@ def run(ctx: JobContext, target_dir: Path, target: RecoveryTarget, *, from_s3: b
     target_dir = target_dir.absolute()
     outcome = RecoverOutcome(target_dir=str(target_dir), target=target.describe())
     ctx.result.outcome = outcome
-    recovery_dir.check_target(target_dir, force=options.force)  # before the archive is read
+    # Before the archive is read:
+    recovery_dir.check_target(target_dir, force=options.force, owner=options.owner)
     from backupd.archive.recovery_source import archive_source
 
     source = archive_source(ctx.repos, age_key_files(ctx.settings), from_s3=from_s3)

@@ -72,19 +72,24 @@ def _command(args: list[str]) -> list[str]:
 
 
 # Linux capabilities (linux/capability.h) and prctl's PR_CAPBSET_DROP.
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _PR_CAPBSET_DROP = 1, 2, 24
+_CAP_CHOWN, _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 0, 1, 2, 3
+_PR_CAPBSET_DROP = 24
+_FILE_OVERRIDE = (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH)
+_OWNERSHIP_OVERRIDE = (_CAP_CHOWN, _CAP_FOWNER)
 
 
-def _drop_file_override() -> None:
-    """In the child before exec: as root, no CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (out of
-    the bounding set, so exec does not give them back). A file's mode then binds it as it
-    binds any other user: a file chmod 0 cannot be read. Raises if that cannot be done."""
+def _drop_capabilities(capabilities: tuple[int, ...]) -> None:
+    """In the child before exec: as root, none of ``capabilities`` (out of the bounding set,
+    so exec does not give them back). Without the file override a file's mode binds it as it
+    binds any other user (a file chmod 0 cannot be read); without the ownership override it
+    can neither give a file away (chown) nor chmod another user's. Raises if that cannot be
+    done."""
     if os.geteuid() != 0:
         return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+    for capability in capabilities:
         if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
@@ -100,6 +105,7 @@ def run_backupd(
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
     obey_file_modes: bool = False,
+    obey_ownership: bool = False,
     file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one backupd command to completion; never raises on a non-zero exit code.
@@ -109,6 +115,8 @@ def run_backupd(
     standard output goes instead of being captured (``proc.stdout`` is then empty).
     ``obey_file_modes``: file modes bind backupd even when the tests run as root, as they
     bind the image's uid 10001 (a file made unreadable with chmod 0 is unreadable to it).
+    ``obey_ownership``: ownership binds it too, as it binds uid 10001 (no chown to another
+    user, no chmod of another user's directory).
     ``file_size_limit`` (bytes, RLIMIT_FSIZE): a write past it fails with EFBIG ("File too
     large"; Python ignores SIGXFSZ), part way through a file as on a full disk (ENOSPC)."""
     leakcheck.record_run(args, env)
@@ -118,8 +126,10 @@ def run_backupd(
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
         if file_size_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
-        if obey_file_modes:
-            _drop_file_override()
+        dropped = (_FILE_OVERRIDE if obey_file_modes else ()) + (
+            _OWNERSHIP_OVERRIDE if obey_ownership else ())
+        if dropped:
+            _drop_capabilities(dropped)
 
     proc = subprocess.run(
         _command(args),
@@ -133,7 +143,7 @@ def run_backupd(
         cwd=cwd,
         check=False,
         preexec_fn=before_exec if memory_limit is not None or obey_file_modes
-        or file_size_limit is not None else None,
+        or obey_ownership or file_size_limit is not None else None,
     )
     proc.stdout, proc.stderr = proc.stdout or "", proc.stderr or ""
     leakcheck.record_output(f"backupd {' '.join(args)}", proc.stdout + proc.stderr)
