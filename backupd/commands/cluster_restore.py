@@ -19,7 +19,7 @@ import psycopg
 from backupd.commands import restore, selection
 from backupd.commands.restore import identities_for, restore_file
 from backupd.commands.restore_options import EVERYTHING, Without
-from backupd.commands.restore_target import MAINTENANCE_DB, targets_holding_data
+from backupd.commands.restore_target import MAINTENANCE_DB, check_targets
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
@@ -116,7 +116,7 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                                                       newest_run)
     outcome = ClusterRestoreOutcome(run_id=newest_run)
     ctx.result.outcome = outcome
-    _check_targets(ctx, [entry.database for entry in plan], replace=replace)
+    existing = _check_targets(ctx, [entry.database for entry in plan], replace=replace)
     server = f"{ctx.settings.postgres_host}:{ctx.settings.postgres_port}"
     if confirm is not None and not confirm(
             f"the roles and the databases {', '.join(names)} onto {server}"):
@@ -127,7 +127,8 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
             outcome.globals = restore_globals(ctx, conn, path, globals_entry)
     for entry in plan:
         outcome.databases.append(_restore_one(ctx, repository, entry, newest_run,
-                                              replace=replace, without=without))
+                                              replace=replace, without=without,
+                                              exists=entry.database in existing))
     outcome.total_seconds = time.monotonic() - started
     ctx.say("restored " + ", ".join(
         f"{d.database} in {d.restore_seconds:.1f}s" if d.ok else f"{d.database} FAILED"
@@ -138,19 +139,21 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                         f"failed ({reasons})")
 
 
-def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
+def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> frozenset[str]:
     """Every database's target, before the globals or any database is restored: a database
     that holds tables would otherwise fail only in its turn, after the roles were created
-    and the databases before it restored."""
+    and the databases before it restored. Those that exist (each restore then takes this
+    check's word for it rather than asking again)."""
     with maintenance_connection(ctx.settings) as admin:
         # The maintenance database is always swapped out (see _restore_one).
-        holding = targets_holding_data(
+        checked = check_targets(
             admin, ctx.settings, [(name, replace or name == MAINTENANCE_DB) for name in names])
-    if holding:
+    if checked.holding:
         raise ConfigError(
-            f"--replace: database(s) {', '.join(holding)} already hold tables on the server; "
-            "pass --replace to restore each into a fresh database and swap it in (the current "
-            "one is kept, renamed), or drop them first; nothing was changed")
+            f"--replace: database(s) {', '.join(checked.holding)} already hold tables on the "
+            "server; pass --replace to restore each into a fresh database and swap it in (the "
+            "current one is kept, renamed), or drop them first; nothing was changed")
+    return checked.existing
 
 
 def _databases(ctx: JobContext, repository: Repository, database: str | None,
@@ -200,7 +203,8 @@ def _globals(ctx: JobContext, repository: Repository, entries: list[BackupEntry]
 
 
 def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
-                 newest_run: str | None, *, replace: bool, without: Without) -> DatabaseRestore:
+                 newest_run: str | None, *, replace: bool, without: Without,
+                 exists: bool) -> DatabaseRestore:
     name = entry.database
     run_id = entry.manifest.run_id if entry.manifest is not None else None
     done = DatabaseRestore(database=name, backup_name=entry.name, run_id=run_id)
@@ -220,7 +224,7 @@ def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
     started = time.monotonic()
     try:
         with selection.local_file(sub, repository, entry) as path:
-            restore_file(sub, path, entry, replace=replace, without=without)
+            restore_file(sub, path, entry, replace=replace, without=without, exists=exists)
         done.ok = True
     except (JobFailed, ConfigError) as exc:
         done.error = str(exc)

@@ -10,6 +10,8 @@ target is kept, renamed to ``<target>_before_restore_<stamp>``, unless it held n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import psycopg
 from psycopg import sql
 
@@ -97,23 +99,27 @@ def mark_restoring(admin: Connection, scratch: str, target: str) -> None:
 class TargetHoldsData(ConfigError):
     """The target already holds tables and --replace was not given."""
 
-    def __init__(self, message: str, target: str) -> None:
-        super().__init__(message)
-        self.target = target
+
+@dataclass(frozen=True)
+class TargetsChecked:
+    existing: frozenset[str]
+    # Those that already hold tables without --replace.
+    holding: tuple[str, ...]
 
 
-def targets_holding_data(admin: Connection, settings: Settings,
-                         targets: list[tuple[str, bool]]) -> list[str]:
-    """Of ``targets`` ((name, replace) each), those that already hold tables without
-    --replace; raises, as :func:`check_target` does, for any that could not be swapped out.
-    Asked of every database before a whole-cluster restore changes anything."""
-    holding = []
+def check_targets(admin: Connection, settings: Settings,
+                  targets: list[tuple[str, bool]]) -> TargetsChecked:
+    """:func:`check_target` of every one of ``targets`` ((name, replace) each), asked before
+    a whole-cluster restore changes anything: raises, as it does, for any that could not be
+    swapped out; the ones holding tables are collected, to be named together."""
+    existing, holding = set(), []
     for target, replace in targets:
         try:
-            check_target(admin, settings, target, replace=replace)
-        except TargetHoldsData as exc:
-            holding.append(exc.target)
-    return holding
+            if check_target(admin, settings, target, replace=replace):
+                existing.add(target)
+        except TargetHoldsData:
+            holding.append(target)
+    return TargetsChecked(frozenset(existing), tuple(holding))
 
 
 def check_target(admin: Connection, settings: Settings, target: str, *,
@@ -131,8 +137,7 @@ def check_target(admin: Connection, settings: Settings, target: str, *,
     if not replace and not is_empty(settings, target):
         raise TargetHoldsData(
             f"--target-db: database {target!r} already holds tables; pass --replace to "
-            "restore into a fresh database and swap it in (the current one is kept, renamed)",
-            target)
+            "restore into a fresh database and swap it in (the current one is kept, renamed)")
     _check_swappable(admin, target, owner)
     return True
 
