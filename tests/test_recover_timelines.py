@@ -16,6 +16,8 @@ by a recover of an archive already on timeline 2 would, which the fresh copy als
 
 Without ``00000002.history`` in the archive (or readable there), recover cannot tell which base
 backups are on the path to timeline 2: it fails naming the file, before anything is written.
+
+Both servers are stopped once the archive is made: `backupd mark` there has nothing to connect to.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from helpers.basebackups import take_base_backup
-from helpers.cli import run_backupd, start_backupd, stop_backupd
+from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
 from helpers.faults import wait_until
 from helpers.recovered import (
     insert_batch,
@@ -51,6 +53,7 @@ from helpers.wal import (
 from backupd.archive.basebackups import BaseBackupInfo, list_base_backups
 from backupd.archive.recovery_dir import WAL_COPY_NAME
 from backupd.archive.walstore import WAL_SUBDIRECTORY
+from backupd.commands.mark import SCRATCH_PREFIX
 from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
@@ -190,3 +193,39 @@ def test_mark_over_an_unreadable_history_file_fails_naming_it(
     assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
     assert "restore point 'after-the-fork' not made" in lines[0], lines[0]
     assert "00000002.history" in lines[0] and "cannot be read" in lines[0], lines[0]
+
+
+def _files(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("server", ["stopped", "unknown-host"])
+def test_mark_without_a_server_to_connect_to_fails_saying_no_point_was_made(
+        archive: Archive, server: str) -> None:
+    """The archive is read for the name, then no server answers: POSTGRES_PORT's is stopped,
+    or POSTGRES_HOST does not resolve (as a stopped compose service's name does not). Both
+    are runtime failures, not settings to fix: the same settings work once the server is
+    back, and backupd cannot tell a typo from an outage. Exit 1, one line saying the restore
+    point was not made, libpq's reason and the settings to check; DB_BACKUP_DIR as it was
+    but for mark's log (no scratch WAL left)."""
+    extra = {"POSTGRES_HOST": "db.invalid"} if server == "unknown-host" else {}
+    env = as_a_user_sees_it(archive.env, **extra)
+    before = _files(archive.backup_dir)
+    proc = run_backupd(["mark", "before-the-outage"], env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    line = lines[0]
+    assert "restore point 'before-the-outage' not made" in line, line
+    assert "cannot connect to PostgreSQL" in line and "internal error" not in line, line
+    if server == "stopped":
+        address = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
+        assert "Connection refused" in line and "check POSTGRES_HOST and POSTGRES_PORT" in line
+        assert f"listening on {address}?" in line, line
+    else:
+        assert "check POSTGRES_HOST ('db.invalid' is not a known host name)" in line, line
+    after = _files(archive.backup_dir)
+    assert not list(archive.backup_dir.glob(f"{SCRATCH_PREFIX}*"))
+    changed = {name for name in before.keys() | after.keys()
+               if before.get(name) != after.get(name)}
+    assert changed <= {"mark_log.txt"}, changed

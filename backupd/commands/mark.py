@@ -61,6 +61,8 @@ def run(ctx: JobContext, name: str) -> None:
     except psycopg.Error as exc:
         raise JobFailed(f"could not create restore point {name!r}: "
                         f"{describe_pg_error(exc)}") from None
+    except JobFailed as exc:  # connect's: no server (stopped, unreachable) to make it on
+        raise JobFailed(f"restore point {name!r} not made: {exc}") from None
     assert row is not None
     ctx.result.outcome = MarkOutcome(name=name, lsn=str(row[0]), server_time=row[1])
     ctx.say(f"restore point {name!r} at {row[0]} ({row[1].isoformat()}); recover to it with "
