@@ -17,6 +17,7 @@ from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import seed_small_db, take_backup
 from helpers.cli import BackupdProcess, kill_group, server_env, start_backupd, stop_backupd
 from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
+from helpers.faults import small_fs  # noqa: F401  (a fixture: defined there, used everywhere)
 from helpers.http_receiver import HttpReceiver
 from helpers.leakcheck import RECORD_DIR, session_leaks
 from helpers.pg import (

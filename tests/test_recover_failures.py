@@ -6,9 +6,10 @@ and leaves nothing half-done behind.
   write: as the image's uid 10001 finds a volume root left by root; a read-only mount) is bad
   input: exit 2, before the archive is read. A DB_BACKUP_DIR mark cannot make its scratch
   directory in, the same (exit 2).
-* A write that fails part way (a full disk; here RLIMIT_FSIZE's "File too large", the WAL
-  copy or a base backup file larger than the limit) is exit 1, naming the file, with the
-  target directory left as it was (and mark's scratch directory gone).
+* A write that fails part way (a full disk: a small tmpfs that fills up, of space or of
+  inodes; and RLIMIT_FSIZE's "File too large", the WAL copy or a base backup file larger
+  than the limit) is exit 1, naming the file, with the target directory left as it was
+  (and mark's scratch directory gone).
 * A WAL file whose stored size no longer matches its manifest is damage, named as such by
   recover, mark and `verify --wal` (exit 1), never a gap (recover) or a check skipped with a
   warning and a restore point made anyway (mark).
@@ -31,7 +32,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,13 @@ from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_back
 from helpers.cluster import AS_ROOT
 from helpers.faults import small_filesystems
 from helpers.pg import connect
-from helpers.recovered import PitrCluster, insert_batch, pitr_cluster, wait_first_base_backup
+from helpers.recovered import (
+    PitrCluster,
+    insert_batch,
+    pitr_cluster,
+    recovery_plan,
+    wait_first_base_backup,
+)
 from helpers.wal import (
     archived,
     restore_points_in_pg_wal,
@@ -48,6 +55,7 @@ from helpers.wal import (
     wait_archived,
 )
 
+from backupd.archive.recovery import RecoveryTarget
 from backupd.archive.recovery_dir import STAGING_NAME, WAL_COPY_NAME, check_target
 from backupd.archive.walstore import WAL_SUBDIRECTORY, ArchivedWal
 from backupd.commands.mark import SCRATCH_PREFIX
@@ -159,6 +167,35 @@ def test_a_write_that_fails_mid_recover_names_the_file_and_leaves_the_target_as_
         assert not target.exists()
     else:
         assert not list(target.iterdir())
+
+
+@pytest.mark.parametrize("phase", ["wal", "base-backup", "base-backup-inodes"])
+def test_a_target_dir_that_fills_up_mid_recover_names_the_file_and_is_left_empty(
+        archive: PitrCluster, small_fs: Callable[..., Path], phase: str) -> None:
+    """--target-dir is a volume that fills up (a real tmpfs: ENOSPC from the kernel) while
+    the WAL is copied (smaller than one segment), or while the base backup is unpacked (room
+    for the WAL copy, not for the big table; or room, but inodes for a few dozen files):
+    exit 1 naming the file and the disk's error, no hang, and the volume empty again (no
+    PG_VERSION, no staging, its space given back)."""
+    _, chosen = recovery_plan(archive.backup_dir, RecoveryTarget())
+    wal_copy = (len(chosen.segments) + len(chosen.history)) * chosen.segment_size
+    if phase == "wal":
+        target = small_fs(f"{8 * MiB}")
+    elif phase == "base-backup":
+        target = small_fs(f"{wal_copy + 8 * MiB}")
+    else:
+        target = small_fs(f"{wal_copy + 256 * MiB}", inodes=40)
+    proc = run_backupd(["recover", "--target-dir", str(target)],
+                       as_a_user_sees_it(archive.env), timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    line = _failure_line(proc.stderr)
+    assert f"writing the recovered data directory {target} failed: " in line, line
+    wal_dir = f"{target / STAGING_NAME / WAL_COPY_NAME}/"
+    assert f"{target / STAGING_NAME}/" in line and "No space left on device" in line, line
+    assert (wal_dir in line) == (phase == "wal"), line
+    assert "left as it was" in line, line
+    assert not list(target.iterdir())
+    assert shutil.disk_usage(target).used < MiB
 
 
 def test_mark_with_a_backup_dir_it_cannot_write_is_refused_naming_it(

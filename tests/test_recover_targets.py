@@ -30,24 +30,21 @@ from helpers.recovered import (
     pitr_cluster,
     recover,
     recovered_batches,
+    recovery_plan,
     wait_first_base_backup,
 )
 from helpers.wal import (
     holds,
-    local_archive,
     restore_points_in_pg_wal,
     spool_dir,
 )
 
 from backupd.archive import restore_points
-from backupd.archive.continuity import path_to_newest
-from backupd.archive.recovery import RecoveryPlan, RecoveryTarget, plan
-from backupd.archive.recovery_source import ArchiveSource
+from backupd.archive.recovery import RecoveryTarget
 from backupd.archive.walnames import format_lsn, parse_lsn
 from backupd.archive.walstore import ArchivedWal
 from backupd.commands.mark import SCRATCH_PREFIX
 from backupd.errors import JobFailed
-from backupd.storage.local import LocalRepository
 
 pytestmark = pytest.mark.slow
 PASSWORD = "recover-targets-pw"
@@ -181,15 +178,6 @@ def test_mark_refuses_a_name_already_in_the_archive(archive: Archive) -> None:
     assert _points_in_the_servers_wal(archive, "once") == before  # none made
 
 
-def _planned(backup_dir: Path, name: str) -> tuple[ArchiveSource, RecoveryPlan]:
-    """The local archive in ``backup_dir`` and recover's plan for --to-name ``name`` (the WAL
-    from the oldest base backup on: what `backupd mark` reads)."""
-    source = ArchiveSource(LocalRepository(backup_dir), local_archive(backup_dir), None)
-    wal = source.wal()
-    return source, plan(wal, source.base_backups(), RecoveryTarget(name=name),
-                        spans=path_to_newest(wal, source.fetch))
-
-
 @pytest.mark.parametrize("damage", ["unreadable", "corrupt"])
 def test_mark_over_a_damaged_archive_fails_naming_the_file_and_makes_no_point(
         archive: Archive, tmp_path: Path, damage: str) -> None:
@@ -198,7 +186,7 @@ def test_mark_over_a_damaged_archive_fails_naming_the_file_and_makes_no_point(
     line naming it, and no restore point."""
     copy = tmp_path / "backups"
     shutil.copytree(archive.backup_dir, copy)
-    _, chosen = _planned(copy, "x")
+    _, chosen = recovery_plan(copy, RecoveryTarget(name="x"))
     artifact = next(w.artifact for w in chosen.segments if isinstance(w, ArchivedWal))
     assert artifact is not None  # committed, not the spool's
     path = copy / "wal" / artifact
@@ -266,7 +254,7 @@ def test_the_scan_a_window_at_a_time_finds_each_restore_point_once(
         archive: Archive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # What `backupd mark` runs over a large archive, with a window of one segment (plus the
     # one after it) so the small archive spans windows.
-    source, chosen = _planned(archive.backup_dir, "twice")
+    source, chosen = recovery_plan(archive.backup_dir, RecoveryTarget(name="twice"))
     assert len(chosen.segments) >= 2
     monkeypatch.setattr(restore_points, "WINDOW_SEGMENTS", 1)
     found = restore_points.find(chosen, tmp_path, Path(pg_binary("pg_waldump")), "twice",
@@ -283,7 +271,7 @@ def test_a_scan_that_pg_waldump_cannot_finish_fails_instead_of_finding_fewer(
     """A segment pg_waldump cannot read, before the window's last one: the scan would end
     there and report fewer restore points than the WAL holds (one "twice" where there are
     two, so --to-name would go ahead). It fails, naming where it stopped."""
-    source, chosen = _planned(archive.backup_dir, "twice")
+    source, chosen = recovery_plan(archive.backup_dir, RecoveryTarget(name="twice"))
     assert len(chosen.segments) >= 2
     for wal in chosen.segments:
         source.fetch_segment(wal, tmp_path / chosen.file_name(wal), chosen.segment_size)

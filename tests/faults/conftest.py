@@ -6,11 +6,10 @@ session, after every other test has produced its output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers.faults import SlowDump, small_filesystems
+from helpers.faults import SlowDump
 
 FAULTS_DIR = Path(__file__).resolve().parent
 LEAK_CHECK_MODULE = "test_zz_secret_leaks.py"
@@ -24,17 +23,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     last = [item for item in items if item.path.name == LEAK_CHECK_MODULE]
     rest = [item for item in items if item.path.name != LEAK_CHECK_MODULE]
     items[:] = rest + last
-
-
-# --- a small real filesystem (for ENOSPC and read-only directories) -----------------------------
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """``small_fs(size="1m", readonly=False, inodes=None)``: helpers.faults.small_filesystems
-    under the test's tmp_path (skips without CAP_SYS_ADMIN)."""
-    with small_filesystems(tmp_path) as mount:
-        yield mount
 
 
 @pytest.fixture

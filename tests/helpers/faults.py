@@ -146,3 +146,12 @@ def small_filesystems(root: Path) -> Iterator[Callable[..., Path]]:
         for target in reversed(mounted):
             # Lazy unmount: a daemon killed by the test may still hold a file open a moment.
             subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``small_fs(size="1m", readonly=False, inodes=None)``: small_filesystems under the
+    test's tmp_path, each unmounted at teardown (skips without CAP_SYS_ADMIN). Registered
+    for every test by tests/conftest.py."""
+    with small_filesystems(tmp_path) as mount:
+        yield mount

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backupd.archive.basebackups import list_base_backups
+from backupd.archive.continuity import path_to_newest
+from backupd.archive.recovery import RecoveryPlan, RecoveryTarget, plan
+from backupd.archive.recovery_source import ArchiveSource
 from backupd.storage.local import LocalRepository
 
 from .cli import run_backupd
 from .cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster, free_port
 from .faults import wait_until
 from .pg import ServerAddress, connect, pg_binary
-from .wal import WAL_SERVER_SETTINGS, wait_streaming, wal_env
+from .wal import WAL_SERVER_SETTINGS, local_archive, wait_streaming, wal_env
 
 
 def as_postgres(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -138,3 +141,12 @@ def wait_first_base_backup(backup_dir: Path) -> None:
     wait_streaming(backup_dir)
     wait_until(lambda: any(b.verified for b in list_base_backups(LocalRepository(backup_dir))),
                300, "the daemon's first base backup")
+
+
+def recovery_plan(backup_dir: Path, target: RecoveryTarget) -> tuple[ArchiveSource, RecoveryPlan]:
+    """The local archive in ``backup_dir`` and recover's plan for ``target`` (for a name,
+    the WAL from the oldest base backup on: what `backupd mark` reads)."""
+    source = ArchiveSource(LocalRepository(backup_dir), local_archive(backup_dir), None)
+    wal = source.wal()
+    return source, plan(wal, source.base_backups(), target,
+                        spans=path_to_newest(wal, source.fetch))
