@@ -141,11 +141,18 @@ def test_after_a_point_in_time_recovery_recover_takes_the_new_timelines_base_bac
         "recover: not unpacked" in said, said
     # Retention counts the two on the path (the first, before the fork, and timeline 2's)
     # toward BASEBACKUP_KEEP=2, not the abandoned one, which displaced the first: the
-    # daemon's retention after base backup 3 kept it, and prune would too.
+    # daemon's retention after base backup 3 kept it, and prune would too, each for its
+    # reason (the abandoned one as newer than the oldest kept, not as one of the two).
     assert first in by_name
     pruned = run_backupd(["prune", "--dry-run"], {**env, "BASEBACKUP_KEEP": "2"})
     assert pruned.returncode == 0, pruned.stderr
-    assert f"would delete base backup {first}" not in pruned.stdout + pruned.stderr
+    said = pruned.stdout + pruned.stderr
+    assert "would delete base backup" not in said, said
+    newest_two = "one of the newest 2 verified base backups"
+    for name, why in ((first, newest_two), (on_two.name, newest_two),
+                      (abandoned, "not on the path to the newest timeline, newer than the "
+                                  "oldest kept")):
+        assert f"keep base backup {name} in {backup_dir}: {why}" in said, said
 
 
 @pytest.mark.parametrize("damage", ["missing", "unreadable"])

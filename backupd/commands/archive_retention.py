@@ -20,6 +20,7 @@ from backupd.configs import age_key_files
 from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import BASE_DATABASE, BASE_KIND
+from backupd.outcomes import PruneDecision, PruneOutcome
 from backupd.storage.base import Repository
 
 
@@ -30,9 +31,11 @@ def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: 
     settings = ctx.settings
     entries = repository.list_backups(BASE_DATABASE, BASE_KIND)
     files = wal.segments()  # once: on S3 a listing reads every WAL file's manifest
+    now = datetime.now(UTC)
     plan = plan_base_retention(entries, settings.basebackup_keep,
-                               settings.basebackup_max_age_days, datetime.now(UTC),
+                               settings.basebackup_max_age_days, now,
                                spans=_path(ctx, wal, files))
+    _record(ctx, repository, plan, now, dry_run=dry_run)
     deleted: list[str] = []
     for entry in plan.delete:
         if dry_run:
@@ -47,6 +50,25 @@ def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: 
                        else repository.location(entry.name))
     return deleted + _sweep_wal(ctx, wal, files, plan, dry_run=dry_run,
                                 uploaded_only=wal_uploaded_only)
+
+
+def _record(ctx: JobContext, repository: Repository, plan: BaseRetentionPlan, now: datetime,
+            *, dry_run: bool) -> None:
+    """Per base backup, why it stays (or that it goes), in the prune job's outcome, as for
+    dumps; a dry run also says it."""
+    outcome = ctx.result.outcome
+    if not isinstance(outcome, PruneOutcome):
+        return  # the sweep after a base backup: its result is the base backup's
+    for entry in plan.keep:
+        reason = plan.reasons.get(entry.name) or (
+            "dated in the future (a wrong clock)" if entry.from_the_future(now)
+            else "no verified base backup counts yet: none is deleted")
+        outcome.decisions.append(PruneDecision(name=entry.name, kept=True, reasons=[reason],
+                                               repository=repository.description))
+        if dry_run:
+            ctx.say(f"keep base backup {entry.name} in {repository.description}: {reason}")
+    outcome.decisions += [PruneDecision(name=entry.name, repository=repository.description,
+                                        kept=False) for entry in plan.delete]
 
 
 def _path(ctx: JobContext, wal: WalArchive,
