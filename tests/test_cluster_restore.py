@@ -14,19 +14,18 @@ from typing import Any
 
 import pytest
 from helpers.age import make_age_keys
-from helpers.backups import read_manifest, write_manifest
+from helpers.backups import back_up, read_manifest, write_manifest
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import ServerAddress, connect
 from helpers.s3server import S3Server
 
-from backupd.manifest import Manifest
-
 pytestmark = pytest.mark.slow
 
 APP_PASSWORD = "app-old-Pw'9"
 DATABASES = ("appdb", "otherdb")
+BOTH_DATABASES = ",".join(DATABASES)  # as POSTGRES_DB takes them
 
 SETUP_GLOBALS = [
     f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD.replace(chr(39), chr(39) * 2)}'",
@@ -114,20 +113,8 @@ def source() -> Iterator[PrivateCluster]:
         yield cluster
 
 
-def back_up(source: PrivateCluster, directory: Path, databases: str = ",".join(DATABASES),
-            **extra: str) -> str:
-    """One backup run (the globals and a dump per database); its run id."""
-    proc = run_backupd(["backup"], server_env(source.address, databases, directory,
-                                              DB_BACKUP_GLOBALS="on", **extra), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    newest = max(directory.glob("globals_*.manifest.json"), key=lambda p: p.name)
-    run_id = Manifest.from_json(newest.read_bytes()).run_id
-    assert run_id is not None
-    return run_id
-
-
 def restore_env(target: PrivateCluster, directory: Path, **extra: str) -> dict[str, str]:
-    return server_env(target.address, ",".join(DATABASES), directory, **extra)
+    return server_env(target.address, BOTH_DATABASES, directory, **extra)
 
 
 def assert_cluster_came_back(source: PrivateCluster, target: PrivateCluster,
@@ -148,7 +135,7 @@ def test_whole_cluster_restores_onto_a_fresh_server_with_one_command(
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "backups"
     directory.mkdir()
-    back_up(source, directory)
+    back_up(source.address, BOTH_DATABASES, directory)
     with PrivateCluster("target-pw") as target:
         target.start()
         proc = run_backupd(["restore", "--latest", "--yes"], restore_env(target, directory),
@@ -161,7 +148,7 @@ def test_whole_cluster_restores_from_s3_alone_into_an_empty_directory(
     directory = tmp_path / "backups"
     directory.mkdir()
     offsite = s3_env(s3_server, s3_bucket)
-    back_up(source, directory, **offsite)
+    back_up(source.address, BOTH_DATABASES, directory, **offsite)
     keys = object_keys(s3_server, s3_bucket)
     assert any(k.startswith("globals_") and k.endswith(".globals.sql.gz") for k in keys), keys
     empty = tmp_path / "new-machine"
@@ -176,13 +163,14 @@ def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "backups"
     directory.mkdir()
-    back_up(source, directory, "*")  # postgres too: the new server's own is swapped for it
+    # postgres too: the new server's own is swapped for it
+    back_up(source.address, "*", directory)
     assert {p.name.split("_")[0] for p in directory.glob("*.sql.gz")} == {
         "appdb", "otherdb", "postgres", "globals"}
     [older_otherdb] = [p.name for p in directory.glob("otherdb_*.sql.gz")]
     time.sleep(1.1)  # backup names and run ids count whole seconds
     # The next run: appdb and the globals made it, otherdb did not (nothing of it written).
-    newest_run = back_up(source, directory, "appdb")
+    newest_run = back_up(source.address, "appdb", directory)
     newer_appdb = max(p.name for p in directory.glob("appdb_*.sql.gz"))
     # A run of `*` records every database it set out to back up, otherdb's failure included,
     # and newdb's, created since the run before and failed in its first run: never backed up.
@@ -210,7 +198,7 @@ def test_no_owner_no_privileges_restore_creates_no_role_and_is_refused_for_plain
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "backups"
     directory.mkdir()
-    back_up(source, directory, DB_BACKUP_FORMAT="custom")
+    back_up(source.address, BOTH_DATABASES, directory, DB_BACKUP_FORMAT="custom")
     with PrivateCluster("target4-pw") as target:
         target.start()
         env = server_env(target.address, "otherdb", directory)
@@ -225,7 +213,7 @@ def test_no_owner_no_privileges_restore_creates_no_role_and_is_refused_for_plain
             assert conn.execute("SELECT count(*) FROM public.plain").fetchone() == (300,)
         plain = tmp_path / "plain"
         plain.mkdir()
-        back_up(source, plain, "appdb")
+        back_up(source.address, "appdb", plain)
         proc = run_backupd(["restore", "--latest", "--yes", "--database", "appdb",
                             "--no-owner"], server_env(target.address, "appdb", plain))
         assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -240,7 +228,8 @@ def test_encrypted_run_restores_with_the_identity_alone(source: PrivateCluster,
     keys = make_age_keys(tmp_path / "keys")
     directory = tmp_path / "backups"
     directory.mkdir()
-    back_up(source, directory, DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file))
+    back_up(source.address, BOTH_DATABASES, directory,
+            DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file))
     stored = sorted(p.name for p in directory.glob("*_*.gz*") if p.suffix != ".json")
     assert len(stored) == 3 and all(name.endswith(".age") for name in stored), stored
     with PrivateCluster("target5-pw") as target:
@@ -269,10 +258,10 @@ def test_restoring_every_database_leaves_out_one_dropped_since_the_newest_run(
         run_sql(old_source.address, "olddb", ["SET ROLE leaver", "CREATE TABLE t (x int)"])
         run_sql(old_source.address, "keptdb", ["CREATE TABLE k (x int)",
                                                "INSERT INTO k VALUES (1)"])
-        back_up(old_source, directory, "*")
+        back_up(old_source.address, "*", directory)
         run_sql(old_source.address, "postgres", ["DROP DATABASE olddb", "DROP ROLE leaver"])
         time.sleep(1.1)  # the next run's name, to the second, is a new one
-        back_up(old_source, directory, "*")
+        back_up(old_source.address, "*", directory)
         assert list(directory.glob("olddb_*.sql.gz"))  # still kept
         target.start()
         proc = run_backupd(["restore", "--latest", "--yes"],

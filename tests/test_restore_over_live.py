@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.backups import back_up
 from helpers.cli import one_error_line, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import ServerAddress, connect, psql
@@ -15,14 +16,6 @@ from helpers.pg import ServerAddress, connect, psql
 pytestmark = pytest.mark.slow
 
 ClusterFactory = Callable[..., PrivateCluster]
-
-
-def back_up(server: ServerAddress, databases: str, directory: Path) -> None:
-    """One backup run with the globals (what the repository of a live server holds)."""
-    proc = run_backupd(["backup"], server_env(server, databases, directory,
-                                              DB_BACKUP_GLOBALS="on"), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert list(directory.glob("globals_*.globals.sql.gz"))
 
 
 def role_names(server: ServerAddress) -> set[str]:

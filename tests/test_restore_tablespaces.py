@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers.backups import (
+    back_up,
     read_manifest,
     refresh_manifest,
     sql_of,
@@ -76,12 +77,6 @@ def target(private_cluster: Callable[..., PrivateCluster]) -> PrivateCluster:
     return private_cluster("target-pw")
 
 
-def back_up(source: PrivateCluster, directory: Path, **extra: str) -> None:
-    proc = run_backupd(["backup"], server_env(source.address, DATABASES, directory,
-                                              DB_BACKUP_GLOBALS="on", **extra), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
 def restore(target: PrivateCluster, directory: Path) -> dict[str, Any]:
     """The whole-cluster restore onto ``target``; its result (the "job finished" event)."""
     proc = run_backupd(["restore", "--latest", "--yes"],
@@ -107,7 +102,7 @@ def assert_data_came_back(server: ServerAddress) -> None:
 
 def test_onto_a_server_without_the_tablespaces_everything_restores_into_the_default_one(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    back_up(source, tmp_path / "b")
+    back_up(source.address, DATABASES, tmp_path / "b")
 
     result = restore(target, tmp_path / "b")
 
@@ -128,7 +123,7 @@ def test_onto_a_server_without_the_tablespaces_everything_restores_into_the_defa
 
 def test_onto_a_server_with_the_tablespaces_the_database_and_objects_go_into_them(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    back_up(source, tmp_path / "b")
+    back_up(source.address, DATABASES, tmp_path / "b")
     # The new server's administrator made them (elsewhere on its disk) before the restore.
     make_tablespace(target, "space_db")
     make_tablespace(target, "space_tbl")
@@ -145,7 +140,7 @@ def test_onto_a_server_with_the_tablespaces_the_database_and_objects_go_into_the
 def test_the_backup_records_the_tablespaces_and_an_older_manifest_still_restores(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "b"
-    back_up(source, directory)
+    back_up(source.address, DATABASES, directory)
     [dump] = directory.glob("appdb_*.sql.gz")
     manifest = read_manifest(dump)
     assert manifest["database_properties"]["tablespace"] == "space_db"
@@ -166,7 +161,7 @@ def test_the_backup_records_the_tablespaces_and_an_older_manifest_still_restores
 
 def test_a_custom_format_backup_restores_without_the_tablespaces_too(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    back_up(source, tmp_path / "b", DB_BACKUP_FORMAT="custom")
+    back_up(source.address, DATABASES, tmp_path / "b", DB_BACKUP_FORMAT="custom")
 
     result = restore(target, tmp_path / "b")
 
@@ -181,7 +176,7 @@ def test_a_custom_format_backup_restores_without_the_tablespaces_too(
 def test_a_restore_beside_the_database_on_its_own_server_keeps_its_tablespace(
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "b"
-    back_up(source, directory)
+    back_up(source.address, DATABASES, directory)
     [dump] = directory.glob("appdb_*.sql.gz")
     env = server_env(source.address, "appdb", directory)
     try:
@@ -201,7 +196,7 @@ def test_a_drill_beside_the_live_database_compares_its_tablespace(
     properties, so moving the live database since the backup is drift, named."""
     directory = tmp_path / "b"
     env = server_env(source.address, "appdb", directory)
-    back_up(source, directory)
+    back_up(source.address, DATABASES, directory)
 
     clean = run_backupd(["drill"], env, timeout=300)
 
@@ -224,7 +219,7 @@ def test_a_drill_beside_the_live_database_compares_its_tablespace(
 def test_a_drill_onto_a_server_without_the_tablespaces_passes_and_says_what_it_did(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "b"
-    back_up(source, directory)
+    back_up(source.address, DATABASES, directory)
     with connect(target.address) as conn:
         before = sorted(str(r[0]) for r in conn.execute("SELECT datname FROM pg_database"))
     env = server_env(source.address, DATABASES, directory,
@@ -257,7 +252,7 @@ def test_a_restore_that_fails_leaves_no_database_in_the_tablespace(
     """Never half made: the database created in its tablespace for a restore that then
     fails is dropped, so the tablespace is empty again (and can be dropped)."""
     directory = tmp_path / "b"
-    back_up(source, directory)
+    back_up(source.address, DATABASES, directory)
     [dump] = directory.glob("appdb_*.sql.gz")
     text = sql_of(dump).replace(b"\nCOPY ", b"\nSELECT 1/0;\nCOPY ", 1)
     write_gzip_sql(dump, text)

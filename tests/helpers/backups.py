@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .cli import run_backupd
+from backupd.manifest import Manifest
+
+from .cli import run_backupd, server_env
 from .pg import ServerAddress, pg_binary, psql
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -214,6 +216,20 @@ def take_backup(env: dict[str, str], *, prune: bool = False) -> Path:
     new = set(backup_files(directory)) - before
     assert len(new) == 1, f"expected one new backup, got {sorted(new)}"
     return directory / new.pop()
+
+
+def back_up(server: ServerAddress, databases: str, directory: Path, **extra: str) -> str:
+    """One ``backupd backup`` run of ``databases`` (POSTGRES_DB) on ``server`` into
+    ``directory``, with the globals: what the repository of a live server holds. It must
+    succeed; its run id (from the newest globals manifest)."""
+    proc = run_backupd(["backup"], server_env(server, databases, directory,
+                                              DB_BACKUP_GLOBALS="on", **extra), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifests = sorted(directory.glob(f"globals_*{MANIFEST_SUFFIX}"), key=lambda p: p.name)
+    assert manifests, f"no globals in {directory}: {sorted(p.name for p in directory.iterdir())}"
+    run_id = Manifest.from_json(manifests[-1].read_bytes()).run_id
+    assert run_id is not None
+    return run_id
 
 
 SMALL_SCHEMA = """
