@@ -35,6 +35,7 @@ from helpers.pg import connect
 from helpers.procs import kill_processes, processes_in
 from helpers.recovered import (
     BATCH_TABLE,
+    copy_archive,
     insert_batch,
     pg_ctl_start,
     postgres_owner,
@@ -198,7 +199,7 @@ def test_a_pitr_drill_passes_and_cleans_up(archive: Archive) -> None:
 def test_a_pitr_drill_with_a_corrupt_segment_fails_naming_it(archive: Archive) -> None:
     from backupd.commands import pitr_drill, pitr_scratch
 
-    copy = _copy_of_the_archive(archive, "corrupt-copy")
+    copy = copy_archive(archive.backup_dir, archive.work / "corrupt-copy")
     segments = _segments(copy)
     victim = segments[len(segments) // 2]
     data = bytearray(victim.read_bytes())
@@ -211,19 +212,13 @@ def test_a_pitr_drill_with_a_corrupt_segment_fails_naming_it(archive: Archive) -
     assert not pitr_scratch.scratch_directory(copy).exists()
 
 
-def _copy_of_the_archive(archive: Archive, name: str) -> Path:
-    copy = archive.work / name
-    shutil.copytree(archive.backup_dir, copy, symlinks=True)
-    return copy
-
-
 def _segments(backup_dir: Path) -> list[Path]:
     return sorted(p for p in (backup_dir / "wal").glob("0000*.wal.*")
                   if not p.name.endswith(".manifest.json"))
 
 
 def test_a_gap_makes_recover_refuse_before_writing(archive: Archive) -> None:
-    copy = _copy_of_the_archive(archive, "gappy")
+    copy = copy_archive(archive.backup_dir, archive.work / "gappy")
     missing = _segments(copy)[1]
     missing.unlink()
     Path(f"{missing}.manifest.json").unlink()
@@ -341,7 +336,7 @@ def test_a_pitr_drill_killed_with_backupd_leaves_no_server_and_the_next_start_re
     and the decrypted copy of the cluster it leaves is gone once the daemon starts again."""
     from backupd.commands.pitr_scratch import scratch_directory
 
-    copy = _copy_of_the_archive(archive, "killed-drill")
+    copy = copy_archive(archive.backup_dir, archive.work / "killed-drill")
     env = {**archive.env, "DB_BACKUP_DIR": str(copy)}
     scratch = scratch_directory(copy)
     data = scratch / "data"

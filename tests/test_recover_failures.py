@@ -43,6 +43,7 @@ from helpers.faults import small_filesystems
 from helpers.pg import connect
 from helpers.recovered import (
     PitrCluster,
+    copy_archive,
     insert_batch,
     pitr_cluster,
     recovery_plan,
@@ -92,12 +93,6 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrCluster]:
         yield pitr
 
 
-def _copy(archive: PitrCluster, tmp_path: Path) -> Path:
-    copy = tmp_path / "backups"
-    shutil.copytree(archive.backup_dir, copy)
-    return copy
-
-
 def _failure_line(stderr: str) -> str:
     """The last line (the job's verdict) as a user sees it; never an internal error."""
     line = stderr.strip().splitlines()[-1]
@@ -113,7 +108,7 @@ def test_a_target_dir_backupd_cannot_write_is_refused_before_the_archive_is_read
     """A new directory in a parent backupd may not write, an existing empty one it may not
     write, or one on a read-only mount: exit 2, one line naming the place and how to fix
     it, before the archive is read; nothing changed."""
-    copy = _copy(archive, tmp_path)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     with small_filesystems(tmp_path) as mount:
         if unwritable == "read-only-mount":
             place = mount("1m", readonly=True)
@@ -203,7 +198,7 @@ def test_mark_with_a_backup_dir_it_cannot_write_is_refused_naming_it(
     """mark reads the archive's WAL into a scratch directory in DB_BACKUP_DIR: one it may
     not write is a setting to fix (exit 2), said before any WAL is copied; no restore point
     is made."""
-    copy = _copy(archive, tmp_path)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     copy.chmod(0o555)
     proc = run_backupd(["mark", "read-only-dir"],
                        as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300,
@@ -220,7 +215,7 @@ def test_mark_with_a_backup_dir_it_cannot_write_is_refused_naming_it(
 
 def test_a_write_that_fails_in_marks_scratch_directory_names_it_and_makes_no_point(
         archive: PitrCluster, tmp_path: Path) -> None:
-    copy = _copy(archive, tmp_path)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     proc = run_backupd(["mark", "too-large"],
                        as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)), timeout=300,
                        file_size_limit=WAL_COPY_FAILS)
@@ -243,7 +238,7 @@ def test_an_identity_file_missing_is_refused_naming_it_before_any_work(
     own settings: public keys only) or names a file that is not there (a secret not
     mounted): the setting to fix, in one line (no plan printed), before any file of the
     archive is fetched; no directory made, no restore point."""
-    copy = _copy(archive, tmp_path)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     missing = tmp_path / "secrets" / "age_identity"
     env = {**as_a_user_sees_it(archive.env, DB_BACKUP_DIR=str(copy)),
            "DB_BACKUP_AGE_IDENTITY_FILE": str(missing)}
@@ -274,7 +269,7 @@ def test_what_only_root_may_do_is_refused_before_the_base_backup_is_unpacked(
     to another user, or an empty --target-dir of another user's (writable to all) that it
     cannot make 0700, failed only at the last step, after the whole base backup was
     unpacked (exit 1). Both are exit 2 before the archive is read, nothing changed."""
-    copy = _copy(archive, tmp_path)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     target = tmp_path / "recovered"
     args = ["recover", "--target-dir", str(target)]
     if case == "owner":
@@ -304,7 +299,7 @@ def _cut_short(archive: PitrCluster, tmp_path: Path) -> tuple[Path, ArchivedWal]
     """A copy of the archive whose middle committed segment lost the second half of its
     stored file (a copy that stopped part way, a disk that lost its tail): its manifest
     records the size it had. That segment, as the archive listed it before."""
-    copy = _copy(archive, tmp_path)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     committed = [w for w in archived(copy) if w.artifact is not None and w.wal.kind == "segment"]
     assert len(committed) >= 3, committed
     victim = committed[len(committed) // 2]

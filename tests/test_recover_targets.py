@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from helpers.cluster import PrivateCluster
 from helpers.faults import wait_until
 from helpers.pg import connect, pg_binary
 from helpers.recovered import (
+    copy_archive,
     insert_batch,
     pitr_cluster,
     recover,
@@ -184,8 +184,7 @@ def test_mark_over_a_damaged_archive_fails_naming_the_file_and_makes_no_point(
     """A WAL file mark's check reads that cannot be read (mode 0, as a file root left behind
     is to the image's uid 10001) or is corrupt (its bytes changed, not its size): exit 1, one
     line naming it, and no restore point."""
-    copy = tmp_path / "backups"
-    shutil.copytree(archive.backup_dir, copy)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     _, chosen = recovery_plan(copy, RecoveryTarget(name="x"))
     artifact = next(w.artifact for w in chosen.segments if isinstance(w, ArchivedWal))
     assert artifact is not None  # committed, not the spool's

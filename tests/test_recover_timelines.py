@@ -34,6 +34,7 @@ from helpers.basebackups import take_base_backup
 from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
 from helpers.faults import wait_until
 from helpers.recovered import (
+    copy_archive,
     insert_batch,
     pitr_cluster,
     recover,
@@ -162,8 +163,7 @@ def test_recover_without_the_newest_timelines_history_file_fails_naming_it(
     backup can be told to be on the path to timeline 2, so nothing is chosen (not the
     abandoned one, not the newest on timeline 1) and nothing written: exit 1, one line
     naming the file."""
-    copy = tmp_path / "backups"
-    shutil.copytree(archive.backup_dir, copy)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     [history] = [w for w in archived(copy) if w.history and w.timeline == 2]
     assert history.artifact is not None and not list(spool_dir(copy).glob("*.history"))
     stored = copy / WAL_SUBDIRECTORY / history.artifact
@@ -188,8 +188,7 @@ def test_mark_over_an_unreadable_history_file_fails_naming_it(
     """The history file mark's check needs is there but cannot be read: damage to the archive,
     not a check that cannot run (as for a missing one, which mark warns about): exit 1, one
     line naming it, no restore point made."""
-    copy = tmp_path / "backups"
-    shutil.copytree(archive.backup_dir, copy)
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
     [history] = [w for w in archived(copy) if w.history and w.timeline == 2]
     assert history.artifact is not None
     (copy / WAL_SUBDIRECTORY / history.artifact).chmod(0)

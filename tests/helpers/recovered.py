@@ -4,6 +4,7 @@ user, nothing from backupd, on a port of its own; wait for promotion."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -150,3 +151,12 @@ def recovery_plan(backup_dir: Path, target: RecoveryTarget) -> tuple[ArchiveSour
     wal = source.wal()
     return source, plan(wal, source.base_backups(), target,
                         spans=path_to_newest(wal, source.fetch))
+
+
+def copy_archive(backup_dir: Path, to: Path) -> Path:
+    """A copy of DB_BACKUP_DIR ``backup_dir`` (base backups, WAL archive, spool; symlinks as
+    symlinks, modes kept) at ``to``, for a test to damage or point backupd at without
+    touching the module's archive; ``to``. Put it where the server's OS user can reach it
+    when a server runs from it (the cluster's work directory, not a root-only tmp_path)."""
+    shutil.copytree(backup_dir, to, symlinks=True)
+    return to
