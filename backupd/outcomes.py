@@ -175,8 +175,9 @@ class DatabaseDrill(_Model):
     ok: bool = False
     restore_seconds: float | None = None
     comparison_summary: str | None = None
-    # Tablespaces of the backup (the database's, its objects') the drill server lacks: what
-    # was in them was restored into the default tablespace, and where is not compared.
+    # Tablespaces of the backup (the database's, its objects') the drill server lacks, or the
+    # drill's role may not create in: what was in them was restored into the default
+    # tablespace, and where is not compared.
     tablespaces_missing: list[str] = Field(default_factory=list)
 
 

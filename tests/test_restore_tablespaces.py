@@ -11,6 +11,7 @@ warning. A restore never fails, nor leaves a database behind, for a missing tabl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 from helpers.backups import (
     back_up,
+    only_backup,
     read_manifest,
     refresh_manifest,
     sql_of,
@@ -46,7 +48,10 @@ DATABASES = "appdb,plaindb"
 # a table and an index (post-data, after all the data) in space_tbl.
 PLACED = {"in_default": "space_db", "in_default_pkey": "space_db",
           "elsewhere": "space_tbl", "in_default_note": "space_tbl"}
-FALLBACK = "was restored without tablespaces this server lacks"
+FALLBACK = "was restored without some of its tablespaces"
+# A restoring role that is not a superuser: CREATEDB, and CREATE on no tablespace unless granted.
+RESTORER = ServerAddress("127.0.0.1", 0, "restorer", "r-pw")
+GRANTDB_PLACED = {"in_db": "space_db", "in_pg_default": "pg_default", "in_tbl": "space_tbl"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +74,21 @@ def source() -> Iterator[PrivateCluster]:
             INSERT INTO elsewhere VALUES (1), (2), (3);""")
         psql(cluster.address, "plaindb", "CREATE TABLE t (x int); INSERT INTO t VALUES (7);")
         assert relation_tablespaces(cluster.address, "appdb") == PLACED
+        # A database its restoring role owns, with a table in each of the three places:
+        # pg_dump puts in_pg_default there by `SET default_tablespace = pg_default;`.
+        psql(cluster.address, "postgres", f"""
+            CREATE ROLE {RESTORER.user} LOGIN CREATEDB PASSWORD '{RESTORER.password}';
+            CREATE DATABASE grantdb OWNER {RESTORER.user} TABLESPACE space_db;""")
+        psql(cluster.address, "grantdb", f"""
+            CREATE TABLE in_db (x int);
+            CREATE TABLE in_pg_default (x int) TABLESPACE pg_default;
+            CREATE TABLE in_tbl (x int) TABLESPACE space_tbl;
+            INSERT INTO in_db VALUES (1); INSERT INTO in_pg_default VALUES (2);
+            INSERT INTO in_tbl VALUES (3);
+            ALTER TABLE in_db OWNER TO {RESTORER.user};
+            ALTER TABLE in_pg_default OWNER TO {RESTORER.user};
+            ALTER TABLE in_tbl OWNER TO {RESTORER.user};""")
+        assert relation_tablespaces(cluster.address, "grantdb") == GRANTDB_PLACED
         yield cluster
 
 
@@ -111,7 +131,7 @@ def test_onto_a_server_without_the_tablespaces_everything_restores_into_the_defa
     assert set(relation_tablespaces(target.address, "appdb").values()) == {"pg_default"}
     # One warning for appdb, naming both tablespaces and what to run; none for plaindb.
     [warning] = fallbacks(result)
-    assert warning.startswith("database 'appdb' was restored without tablespaces")
+    assert warning.startswith(f"database 'appdb' {FALLBACK}")
     assert "instead of 'space_db'" in warning and "'space_tbl'" in warning
     assert 'ALTER DATABASE "appdb" SET TABLESPACE "space_db"' in warning
     assert "CREATE TABLESPACE" in warning
@@ -171,6 +191,49 @@ def test_a_custom_format_backup_restores_without_the_tablespaces_too(
     [warning] = fallbacks(result)
     assert "'space_db'" in warning and "'space_tbl'" in warning
     assert "--no-tablespaces" in warning
+
+
+def back_up_grantdb(source: PrivateCluster, directory: Path, backup_format: str) -> Path:
+    proc = run_backupd(["backup"], server_env(source.address, "grantdb", directory,
+                                              DB_BACKUP_FORMAT=backup_format), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return only_backup(directory)
+
+
+def as_restorer(target: PrivateCluster) -> ServerAddress:
+    return dataclasses.replace(RESTORER, port=target.port)
+
+
+@pytest.mark.parametrize("backup_format", ["plain", "custom"])
+def test_a_role_without_create_on_a_tablespace_restores_into_the_databases_own(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path,
+        backup_format: str) -> None:
+    """The restoring role may create in space_db (the database goes there) but not in
+    pg_default nor in space_tbl, which the server has: their tables go to space_db, and the
+    warning gives the GRANT, not a CREATE TABLESPACE."""
+    dump = back_up_grantdb(source, tmp_path / "b", backup_format)
+    make_tablespace(target, "space_db")
+    make_tablespace(target, "space_tbl")
+    psql(target.address, "postgres", f"""
+        CREATE ROLE {RESTORER.user} LOGIN CREATEDB PASSWORD '{RESTORER.password}';
+        GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user};""")
+
+    proc = run_backupd(["restore", dump.name, "--yes"],
+                       server_env(as_restorer(target), "grantdb", tmp_path / "b"), timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with connect(target.address, "grantdb") as conn:
+        assert conn.execute("SELECT (SELECT x FROM in_db), (SELECT x FROM in_pg_default), "
+                            "(SELECT x FROM in_tbl)").fetchone() == (1, 2, 3)
+    assert database_tablespace(target.address, "grantdb") == "space_db"
+    assert set(relation_tablespaces(target.address, "grantdb").values()) == {"space_db"}
+    [result] = jobs_finished(proc.stderr, "restore")
+    [warning] = [w for w in result["warnings"] if "grantdb" in w]
+    assert "instead of" not in warning  # the database itself is where it was
+    for name in ("pg_default", "space_tbl"):
+        assert f'GRANT CREATE ON TABLESPACE "{name}" TO "restorer"' in warning, warning
+    assert "CREATE TABLESPACE name LOCATION" not in warning  # none is missing
+    assert leftover_databases(target.address) == []
 
 
 def test_a_restore_beside_the_database_on_its_own_server_keeps_its_tablespace(

@@ -54,7 +54,11 @@ from backupd.postgres.databases import (
     resolve_databases,
     trial_properties,
 )
-from backupd.postgres.tablespaces import expected_without, server_tablespaces
+from backupd.postgres.tablespaces import (
+    ObjectTablespaces,
+    expected_without,
+    server_tablespaces,
+)
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository, newest_verified
 
@@ -237,9 +241,10 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
                                   if target != database else ""))
         outcome.restore.restore_seconds = None
         placed = restore_load.load(drill_ctx, path, entry, target, identities,
-                                   tablespaces=spaces)
+                                   tablespaces=ObjectTablespaces(spaces, placement.landed))
     drilled.restore_seconds = outcome.restore.restore_seconds
-    missing = {*placed.missing, *([placement.missing] if placement.missing else [])}
+    missing = {*(space.name for space in placed.left_out),
+               *([placement.missing.name] if placement.missing else [])}
     drilled.tablespaces_missing = sorted(missing)
     if missing:
         # Said, not warned: the drill server is a scratch server, seldom given the live

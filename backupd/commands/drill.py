@@ -50,6 +50,7 @@ from backupd.postgres.databases import (
     trial_properties,
 )
 from backupd.postgres.tablespaces import (
+    ObjectTablespaces,
     Placement,
     ServerTablespaces,
     fallback_warning,
@@ -313,7 +314,8 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
         restore_load.verify_first(path, entry, identities, ctx)
         ctx.say(f"{entry.name} verified; restoring into scratch database {scratch!r}")
         placed = restore_load.load(ctx, path, entry, scratch, identities,
-                                   tablespaces=properties.spaces)
+                                   tablespaces=ObjectTablespaces(properties.spaces,
+                                                                 properties.placement.landed))
     except JobFailed as exc:
         outcome.differences = [f"the backup does not restore: {exc}"]
         outcome.drift = []

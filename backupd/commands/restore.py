@@ -25,6 +25,7 @@ r"""``backupd restore``: restore only a verified backup, never leave a half-rest
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -60,8 +61,10 @@ from backupd.pipeline.verification import verify_file
 from backupd.postgres.connection import connect, describe_pg_error, drop_database
 from backupd.postgres.databases import create_like, drop_with_subscriptions, read_properties
 from backupd.postgres.tablespaces import (
+    ObjectTablespaces,
     Placement,
     ServerTablespaces,
+    database_tablespace,
     fallback_warning,
     place,
     server_tablespaces,
@@ -150,7 +153,8 @@ def restore_file(
             verified.wait()
             ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
             placed = load(ctx, path, entry, scratch, identities, without.pg_restore_options,
-                          plan=verified.plan(), tablespaces=spaces)
+                          plan=verified.plan(),
+                          tablespaces=ObjectTablespaces(spaces, placement.landed))
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
             fallback = fallback_warning(target, placement, placed)
@@ -254,14 +258,14 @@ def create_database(admin: Connection, name: str, properties: DatabaseProperties
     in its tablespace when this server has it (``tablespaces``), else in the default one
     (backupd.postgres.tablespaces); where it went, for the caller to report. One statement:
     when it fails, there is no database."""
-    placement = place(properties, tablespaces, current_user(admin))
+    placement = place(properties, tablespaces)
     try:
         create_like(admin, name, properties, connection_limit=connection_limit,
                     tablespace=placement.tablespace)
     except psycopg.Error as exc:
         raise JobFailed(f"cannot create database {name!r} like the backed-up one: "
                         f"{describe_pg_error(exc)}; nothing was changed") from None
-    return placement
+    return dataclasses.replace(placement, landed=database_tablespace(admin, name))
 
 
 def _report_kept(ctx: JobContext, admin: Connection, kept: str,

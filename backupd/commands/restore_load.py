@@ -26,32 +26,27 @@ from backupd.pipeline.early_jobs import EarlyJobs, fewer_sessions_hint, out_of_s
 from backupd.pipeline.psql import Feed, run_in_one_transaction
 from backupd.pipeline.tablespace_sets import TablespaceSets
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
-from backupd.postgres.tablespaces import (
-    UNLISTED_HINT,
-    ObjectsPlaced,
-    ServerTablespaces,
-    missing_for_objects,
-)
+from backupd.postgres.tablespaces import UNLISTED_HINT, ObjectsPlaced, ObjectTablespaces
 from backupd.storage.base import BackupEntry
 
 
 def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
          identities: list[x25519.Identity] | None, options: tuple[str, ...] = (),
          plan: EarlyPlan | None = None,
-         tablespaces: ServerTablespaces | None = None) -> ObjectsPlaced:
+         tablespaces: ObjectTablespaces | None = None) -> ObjectsPlaced:
     """Restore the verified backup into the new, empty ``database`` (dropped by the caller
     on failure, so no single transaction over the whole restore is needed). ``plan``: of
-    plain SQL, the entries its verify found to build beside the load. ``tablespaces``: the
-    server's; objects the backup has in others go to the database's default tablespace
-    (backupd.postgres.tablespaces), and the result names those tablespaces."""
+    plain SQL, the entries its verify found to build beside the load. ``tablespaces``: those
+    the restore may keep objects in; objects the backup has in others go to the database's
+    default tablespace (backupd.postgres.tablespaces), and the result names those others."""
     started = datetime.now(UTC)
     placed = ObjectsPlaced()
     if entry.parsed.backup_format in ("custom", "directory") and tablespaces is not None:
         recorded = entry.manifest.object_tablespaces if entry.manifest is not None else None
-        missing = missing_for_objects(recorded, tablespaces)
-        if missing:
+        left_out = tablespaces.left_out(recorded or ())
+        if left_out:
             options = (*options, "--no-tablespaces")
-            placed = ObjectsPlaced(tuple(missing), every_object=True)
+            placed = ObjectsPlaced(left_out, every_object=True)
     if entry.parsed.backup_format == "custom":
         jobs = ctx.settings.restore_jobs
         if entry.parsed.encrypted and jobs > 1:
@@ -61,10 +56,10 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     elif entry.parsed.backup_format == "directory":
         _restore_directory(ctx, path, entry, database, identities, options)
     else:
-        sets = TablespaceSets(tablespaces.present) if tablespaces is not None else None
+        sets = TablespaceSets(tablespaces.kept) if tablespaces is not None else None
         stream_into_psql(ctx, path, entry, database, identities, plan, sets)
-        if sets is not None:
-            placed = ObjectsPlaced(tuple(sorted(sets.left_out)))
+        if sets is not None and tablespaces is not None:
+            placed = ObjectsPlaced(tablespaces.left_out(sets.left_out))
     outcome = restore_outcome(ctx)
     if outcome is not None:
         outcome.restore_seconds = (datetime.now(UTC) - started).total_seconds()
@@ -139,7 +134,7 @@ def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: 
     With a ``plan`` (DB_RESTORE_JOBS > 1), its indexes and constraints are built by worker
     sessions as each table's data is committed (backupd.pipeline.early_jobs) and left out
     of the stream; the rest of post-data still runs here, in dump order, after them.
-    With ``tablespaces``, objects in a tablespace the server lacks go to the database's
+    With ``tablespaces``, objects in a tablespace it does not keep go to the database's
     default one (backupd.pipeline.tablespace_sets).
     """
     connection = restore_connection(ctx.settings, database)

@@ -25,7 +25,7 @@ otherwise wait for a NOTIFY still held in backupd's buffer, forever. Other bound
 the SQL, go out in batches (backupd.pipeline.psql).
 
 With :class:`~backupd.pipeline.tablespace_sets.TablespaceSets`, pg_dump's
-``SET default_tablespace = x;`` for a tablespace the server lacks is sent as
+``SET default_tablespace = x;`` for a tablespace the restore does not keep is sent as
 ``SET default_tablespace = '';`` (see there).
 """
 

@@ -1,12 +1,14 @@
-"""pg_dump's ``SET default_tablespace = x;`` in a plain dump, for a server without ``x``.
+"""pg_dump's ``SET default_tablespace = x;`` in a plain dump, for a restore that may not use ``x``.
 
 pg_dump puts an object in its tablespace by that statement before the object (never by a
 TABLESPACE clause), and ``SET default_tablespace = '';`` for the database's default. On a
-server without ``x`` the SET itself fails, and the whole restore with it. Restoring onto a
-new server whose disks are laid out differently is what a disaster often is, so the
-statement for a tablespace the server lacks is sent as ``SET default_tablespace = '';``:
-those objects go to the database's default tablespace, as ``pg_restore --no-tablespaces``
-puts them (backupd.postgres.tablespaces says why and how the restore reports it).
+server without ``x`` the SET itself fails, and the whole restore with it; where the
+restoring role may not create in ``x`` (pg_default included, for a database in another
+tablespace), the object after it fails. Restoring onto a new server whose disks are laid
+out differently is what a disaster often is, so the statement for a tablespace not kept is
+sent as ``SET default_tablespace = '';``: those objects go to the database's default
+tablespace, as ``pg_restore --no-tablespaces`` puts them (backupd.postgres.tablespaces says
+which are kept, why, and how the restore reports it).
 
 Only the statement as pg_dump writes it is changed, at the start of a line, found by the
 lexer of backupd.pipeline.entry_scan (never inside COPY data, strings, quoted identifiers,
@@ -38,10 +40,10 @@ def _name(identifier: bytes) -> str:
 
 
 class TablespaceSets:
-    """Rewrites the statements for tablespaces not in ``present``; ``left_out`` names them."""
+    """Rewrites the statements for tablespaces not in ``kept``; ``left_out`` names them."""
 
-    def __init__(self, present: frozenset[str]) -> None:
-        self._present = present
+    def __init__(self, kept: frozenset[str]) -> None:
+        self._kept = kept
         self.left_out: set[str] = set()
 
     def rewrite(self, buffer: bytes, start: int) -> tuple[bytes, int] | None:
@@ -53,7 +55,7 @@ class TablespaceSets:
         if found is None or found.end() - start > LONGEST:
             return None
         name = _name(found.group(1))
-        if name in self._present:
+        if name in self._kept:
             return None
         self.left_out.add(name)
         return DEFAULT, found.end() - 1

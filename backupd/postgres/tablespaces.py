@@ -6,18 +6,23 @@ A tablespace is a directory on the database server's disk, the administrator's t
 backupd never creates directories there, and a new server (or a drill server) often has
 none of the old one's.
 
-The choice made here: a tablespace the target server lacks does not stop the restore, and
-is never silently dropped either.
+The choice made here: a tablespace the restore cannot use (the target server lacks it, or
+the restoring role may not create in it) does not stop the restore, and is never silently
+dropped either.
 
 * The database is created in its recorded tablespace when the server has it and the
   restoring role may create databases there; otherwise in the server's default tablespace.
-* Objects the backup has in a tablespace the server lacks are created in the database's
-  default tablespace (plain SQL: pg_dump's ``SET default_tablespace = x;`` for that ``x``
-  becomes ``SET default_tablespace = '';``, see backupd.pipeline.tablespace_sets; custom and
-  directory format: ``pg_restore --no-tablespaces``, which pg_restore applies to every
-  object). Objects in tablespaces the server has stay in them.
-* One warning per database names each tablespace left out and what to run to put the
-  database and its objects back there (:func:`fallback_warning`).
+* Objects stay in their tablespace when the restoring role may create in it, or when it is
+  the one the database was created in (PostgreSQL checks no privilege there). Every other
+  one's objects are created in the database's default tablespace: pg_default's too, which
+  pg_dump names (``SET default_tablespace = pg_default;``) for a database in another one,
+  and on which a role that is not a superuser has no CREATE. Plain SQL: pg_dump's
+  ``SET default_tablespace = x;`` for that ``x`` becomes ``SET default_tablespace = '';``
+  (backupd.pipeline.tablespace_sets); custom and directory format: ``pg_restore
+  --no-tablespaces``, which pg_restore applies to every object.
+* One warning per database names each tablespace left out, why, and what to run to put
+  the database and its objects back there (:func:`fallback_warning`): make the tablespace,
+  or grant the role CREATE on it.
 """
 
 from __future__ import annotations
@@ -48,14 +53,20 @@ class ServerTablespaces:
     """A server's tablespaces (pg_global aside), as the restoring role sees them."""
 
     present: frozenset[str]
-    creatable: frozenset[str]  # those it may create a database in (CREATE on them)
+    creatable: frozenset[str]  # those it may create in (CREATE on them)
+    role: str  # the restoring role (current_user)
+
+    def unusable(self, name: str) -> Unusable:
+        """``name``, which the role may not create in, and why."""
+        return Unusable(name, lacking_create=self.role if name in self.present else None)
 
 
 def server_tablespaces(conn: Connection) -> ServerTablespaces:
-    rows = conn.execute("SELECT spcname, has_tablespace_privilege(oid, 'CREATE') "
+    rows = conn.execute("SELECT spcname, has_tablespace_privilege(oid, 'CREATE'), current_user "
                         "FROM pg_catalog.pg_tablespace WHERE spcname <> 'pg_global'").fetchall()
-    return ServerTablespaces(frozenset(_text(name) for name, _ in rows),
-                             frozenset(_text(name) for name, may in rows if may))
+    role = _text(rows[0][2]) if rows else ""
+    return ServerTablespaces(frozenset(_text(name) for name, _, _ in rows),
+                             frozenset(_text(name) for name, may, _ in rows if may), role)
 
 
 def _text(name: object) -> str:
@@ -74,17 +85,51 @@ def object_tablespaces(conn: Connection) -> list[str]:
     return [_text(name) for (name,) in rows]
 
 
+def database_tablespace(conn: Connection, database: str) -> str:
+    """The tablespace ``database`` is in (where CREATE DATABASE actually put it)."""
+    row = conn.execute("SELECT t.spcname FROM pg_catalog.pg_database d "
+                       "JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace "
+                       "WHERE d.datname = %s", (database,)).fetchone()
+    return DEFAULT_TABLESPACE if row is None else _text(row[0])
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A tablespace of the backup's that the restore did not use, and why."""
+
+    name: str
+    # The restoring role, when the server has the tablespace but the role may not create in
+    # it; None when the server has no such tablespace.
+    lacking_create: str | None = None
+
+    @property
+    def why(self) -> str:
+        if self.lacking_create is None:
+            return "no such tablespace here"
+        return f"role {self.lacking_create!r} may not create in it"
+
+    @property
+    def grant(self) -> str | None:
+        """What lets the role use it (None: it must be made first)."""
+        if self.lacking_create is None:
+            return None
+        return (f"GRANT CREATE ON TABLESPACE {quote_identifier(self.name)} "
+                f"TO {quote_identifier(self.lacking_create)}")
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a restore creates a database, against where its backup had it."""
 
     tablespace: str | None = None  # CREATE DATABASE ... TABLESPACE (None: the server's default)
-    missing: str | None = None  # the backup's default tablespace, when it could not be used
-    why: str = ""  # why not
+    missing: Unusable | None = None  # the backup's default tablespace, when it could not be used
+    # Where the database then is (read back once created).
+    landed: str = DEFAULT_TABLESPACE
 
     def expected(self, properties: DatabaseProperties) -> DatabaseProperties:
         """``properties`` as this restore reproduces them (see :func:`expected_without`)."""
-        return expected_without(properties, () if self.missing is None else (self.missing,))
+        return expected_without(properties, () if self.missing is None
+                                else (self.missing.name,))
 
 
 def expected_without(properties: DatabaseProperties,
@@ -96,59 +141,69 @@ def expected_without(properties: DatabaseProperties,
     return properties.model_copy(update={"tablespace": None})
 
 
-def place(properties: DatabaseProperties | None, server: ServerTablespaces,
-          role: str) -> Placement:
-    """Where to create a database restored with ``properties`` (by ``role``) on ``server``."""
+def place(properties: DatabaseProperties | None, server: ServerTablespaces) -> Placement:
+    """Where to create a database restored with ``properties`` on ``server``."""
     wanted = properties.tablespace if properties is not None else None
     if wanted is None or wanted == DEFAULT_TABLESPACE:
         # pg_default is template0's: no TABLESPACE clause, which needs no privilege on it.
         return Placement()
     if wanted in server.creatable:
         return Placement(tablespace=wanted)
-    if wanted in server.present:
-        why = (f"role {role!r} may not create databases in it: GRANT CREATE ON TABLESPACE "
-               f"{quote_identifier(wanted)} TO {quote_identifier(role)}")
-    else:
-        why = "no such tablespace here"
-    return Placement(missing=wanted, why=why)
+    return Placement(missing=server.unusable(wanted))
+
+
+@dataclass(frozen=True)
+class ObjectTablespaces:
+    """The tablespaces a restore keeps the backup's tables and indexes in: those the
+    restoring role may create in, and the one the database was created in."""
+
+    server: ServerTablespaces
+    database: str  # Placement.landed
+
+    @property
+    def kept(self) -> frozenset[str]:
+        return self.server.creatable | {self.database}
+
+    def left_out(self, names: Collection[str]) -> tuple[Unusable, ...]:
+        """Of the tablespaces ``names`` (the backup's objects'), those not kept, and why."""
+        return tuple(self.server.unusable(name) for name in sorted(set(names) - self.kept))
 
 
 @dataclass(frozen=True)
 class ObjectsPlaced:
-    """Tablespaces of the backup's objects that the server lacks, and where they went."""
+    """Tablespaces of the backup's objects the restore did not use, and where they went."""
 
-    missing: tuple[str, ...] = ()  # their objects went to the database's default tablespace
+    left_out: tuple[Unusable, ...] = ()  # their objects went to the database's default one
     every_object: bool = False  # pg_restore --no-tablespaces: every object went there
 
 
-def missing_for_objects(recorded: list[str] | None, server: ServerTablespaces) -> list[str]:
-    """Of the tablespaces a backup's objects were in (None: not recorded), those the server
-    lacks."""
-    return sorted(set(recorded or ()) - server.present)
-
-
 def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced) -> str | None:
-    """The one warning for a database restored without some of its tablespaces: which, where
-    the database and its objects went instead, and what to run to put them back."""
-    if placement.missing is None and not objects.missing:
+    """The one warning for a database restored without some of its tablespaces: which, why,
+    where the database and its objects went instead, and what to run to put them back."""
+    if placement.missing is None and not objects.left_out:
         return None
     went: list[str] = []
-    todo: list[str] = []
+    alter: list[str] = []
     if placement.missing is not None:
         went.append(f"the database into the default tablespace instead of "
-                    f"{placement.missing!r} ({placement.why})")
-        todo.append(f"ALTER DATABASE {quote_identifier(database)} SET TABLESPACE "
-                    f"{quote_identifier(placement.missing)} (with no one connected to it)")
-    if objects.missing:
-        names = ", ".join(map(repr, objects.missing))
+                    f"{placement.missing.name!r} ({placement.missing.why})")
+        alter.append(f"ALTER DATABASE {quote_identifier(database)} SET TABLESPACE "
+                     f"{quote_identifier(placement.missing.name)} (with no one connected to it)")
+    if objects.left_out:
+        names = ", ".join(f"{space.name!r} ({space.why})" for space in objects.left_out)
         every = (" (pg_restore --no-tablespaces: every object, also those in tablespaces "
-                 "this server has)" if objects.every_object else "")
-        went.append(f"its tables and indexes in {names} (no such tablespace here) into the "
-                    f"database's default tablespace{every}")
-        todo += [f"ALTER TABLE / ALTER INDEX / ALTER MATERIALIZED VIEW ... SET TABLESPACE "
-                 f"{quote_identifier(name)} for each object the backup lists with "
-                 f"'Tablespace: {name}'"
-                 for name in objects.missing]
-    return (f"database {database!r} was restored without tablespaces this server lacks: "
-            + "; ".join(went) + f". To put them back, make each tablespace ({MAKE_ONE}), "
-            "then run " + "; ".join(todo))
+                 "it could use)" if objects.every_object else "")
+        went.append(f"its tables and indexes in {names} into the database's default "
+                    f"tablespace{every}")
+        alter += [f"ALTER TABLE / ALTER INDEX / ALTER MATERIALIZED VIEW ... SET TABLESPACE "
+                  f"{quote_identifier(space.name)} for each object the backup lists with "
+                  f"'Tablespace: {space.name}'"
+                  for space in objects.left_out]
+    unusable = [*([placement.missing] if placement.missing is not None else []),
+                *objects.left_out]
+    absent = sorted({space.name for space in unusable if space.grant is None})
+    grants = sorted({space.grant for space in unusable if space.grant is not None})
+    first = ([f"make {', '.join(map(repr, absent))} ({MAKE_ONE})"] if absent else []) + grants
+    return (f"database {database!r} was restored without some of its tablespaces: "
+            + "; ".join(went) + ". To put them back, " + "; ".join(first)
+            + "; then run " + "; ".join(alter))
