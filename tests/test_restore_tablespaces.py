@@ -200,6 +200,11 @@ def back_up_grantdb(source: PrivateCluster, directory: Path, backup_format: str)
     return only_backup(directory)
 
 
+def make_restorer(target: PrivateCluster) -> None:
+    psql(target.address, "postgres",
+         f"CREATE ROLE {RESTORER.user} LOGIN CREATEDB PASSWORD '{RESTORER.password}'")
+
+
 def as_restorer(target: PrivateCluster) -> ServerAddress:
     return dataclasses.replace(RESTORER, port=target.port)
 
@@ -214,9 +219,8 @@ def test_a_role_without_create_on_a_tablespace_restores_into_the_databases_own(
     dump = back_up_grantdb(source, tmp_path / "b", backup_format)
     make_tablespace(target, "space_db")
     make_tablespace(target, "space_tbl")
-    psql(target.address, "postgres", f"""
-        CREATE ROLE {RESTORER.user} LOGIN CREATEDB PASSWORD '{RESTORER.password}';
-        GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user};""")
+    make_restorer(target)
+    psql(target.address, "postgres", f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
 
     proc = run_backupd(["restore", dump.name, "--yes"],
                        server_env(as_restorer(target), "grantdb", tmp_path / "b"), timeout=300)
@@ -234,6 +238,27 @@ def test_a_role_without_create_on_a_tablespace_restores_into_the_databases_own(
         assert f'GRANT CREATE ON TABLESPACE "{name}" TO "restorer"' in warning, warning
     assert "CREATE TABLESPACE name LOCATION" not in warning  # none is missing
     assert leftover_databases(target.address) == []
+
+
+def test_no_tablespaces_gives_the_fix_up_for_every_tablespace_its_objects_were_in(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    """The server lacks only space_tbl, but pg_restore --no-tablespaces moves every object:
+    the one in pg_default too, and the warning says how to put that one back as well."""
+    dump = back_up_grantdb(source, tmp_path / "b", "custom")
+    make_tablespace(target, "space_db")
+    make_restorer(target)  # the owner
+
+    proc = run_backupd(["restore", dump.name, "--yes"],
+                       server_env(target.address, "grantdb", tmp_path / "b"), timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert set(relation_tablespaces(target.address, "grantdb").values()) == {"space_db"}
+    [result] = jobs_finished(proc.stderr, "restore")
+    [warning] = fallbacks(dict(result))
+    assert "--no-tablespaces" in warning
+    for name in ("pg_default", "space_tbl"):
+        assert (f'SET TABLESPACE "{name}" for each object the backup lists with '
+                f"'Tablespace: {name}'") in warning, warning
 
 
 def test_a_restore_beside_the_database_on_its_own_server_keeps_its_tablespace(

@@ -43,10 +43,9 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     placed = ObjectsPlaced()
     if entry.parsed.backup_format in ("custom", "directory") and tablespaces is not None:
         recorded = entry.manifest.object_tablespaces if entry.manifest is not None else None
-        left_out = tablespaces.left_out(recorded or ())
-        if left_out:
+        if tablespaces.left_out(recorded or ()):
             options = (*options, "--no-tablespaces")
-            placed = ObjectsPlaced(left_out, every_object=True)
+            placed = tablespaces.without_any(recorded or ())
     if entry.parsed.backup_format == "custom":
         jobs = ctx.settings.restore_jobs
         if entry.parsed.encrypted and jobs > 1:

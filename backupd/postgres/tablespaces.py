@@ -168,6 +168,12 @@ class ObjectTablespaces:
         """Of the tablespaces ``names`` (the backup's objects'), those not kept, and why."""
         return tuple(self.server.unusable(name) for name in sorted(set(names) - self.kept))
 
+    def without_any(self, names: Collection[str]) -> ObjectsPlaced:
+        """pg_restore --no-tablespaces for a backup whose objects were in ``names``: those
+        left out, and with them every other one's objects, moved too."""
+        return ObjectsPlaced(self.left_out(names), every_object=True,
+                             also_moved=tuple(sorted(set(names) & self.kept - {self.database})))
+
 
 @dataclass(frozen=True)
 class ObjectsPlaced:
@@ -175,6 +181,8 @@ class ObjectsPlaced:
 
     left_out: tuple[Unusable, ...] = ()  # their objects went to the database's default one
     every_object: bool = False  # pg_restore --no-tablespaces: every object went there
+    # With every_object: the tablespaces it could have used, whose objects went there too.
+    also_moved: tuple[str, ...] = ()
 
 
 def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced) -> str | None:
@@ -191,14 +199,17 @@ def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced
                      f"{quote_identifier(placement.missing.name)} (with no one connected to it)")
     if objects.left_out:
         names = ", ".join(f"{space.name!r} ({space.why})" for space in objects.left_out)
-        every = (" (pg_restore --no-tablespaces: every object, also those in tablespaces "
-                 "it could use)" if objects.every_object else "")
+        every = " (pg_restore --no-tablespaces moves every object)" if objects.every_object else ""
         went.append(f"its tables and indexes in {names} into the database's default "
                     f"tablespace{every}")
-        alter += [f"ALTER TABLE / ALTER INDEX / ALTER MATERIALIZED VIEW ... SET TABLESPACE "
-                  f"{quote_identifier(space.name)} for each object the backup lists with "
-                  f"'Tablespace: {space.name}'"
-                  for space in objects.left_out]
+    if objects.also_moved:
+        went.append(f"with them those in {', '.join(map(repr, objects.also_moved))}, which "
+                    "it could use")
+    alter += [f"ALTER TABLE / ALTER INDEX / ALTER MATERIALIZED VIEW ... SET TABLESPACE "
+              f"{quote_identifier(name)} for each object the backup lists with "
+              f"'Tablespace: {name}'"
+              for name in sorted({*(space.name for space in objects.left_out),
+                                  *objects.also_moved})]
     unusable = [*([placement.missing] if placement.missing is not None else []),
                 *objects.left_out]
     absent = sorted({space.name for space in unusable if space.grant is None})
