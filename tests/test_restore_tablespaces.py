@@ -29,7 +29,7 @@ from helpers.backups import (
 )
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
-from helpers.logs import jobs_finished
+from helpers.logs import jobs_finished, log_events
 from helpers.pg import ServerAddress, connect, psql
 from helpers.tablespaces import (
     database_tablespace,
@@ -304,6 +304,65 @@ def test_a_drill_beside_the_live_database_compares_its_tablespace(
                                          "DROP TABLESPACE space_moved")
 
 
+def test_a_drill_beside_a_database_whose_tablespace_was_dropped_says_where_its_copy_went(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    """The live database moved out of its tablespace, which was then dropped, since the
+    backup: the scratch copy goes into the default one, and the warning is about that copy,
+    which the drill drops; nothing in it is to be run on the live database."""
+    directory = tmp_path / "b"
+    make_tablespace(source, "space_gone")
+    psql(source.address, "postgres", "CREATE DATABASE gonedb TABLESPACE space_gone")
+    try:
+        psql(source.address, "gonedb", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+        env = server_env(source.address, "gonedb", directory)
+        back_up(source, directory, POSTGRES_DB="gonedb", DB_BACKUP_GLOBALS="off")
+        psql(source.address, "postgres", "ALTER DATABASE gonedb SET TABLESPACE pg_default; "
+                                         "DROP TABLESPACE space_gone")
+
+        proc = run_backupd(["drill"], env, timeout=300)
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        [result] = jobs_finished(proc.stderr, "drill")
+        [warning] = fallbacks(dict(result))
+        assert "'gonedb_drill'" in warning and "instead of 'space_gone'" in warning, warning
+        assert "drops" in warning, warning
+        assert "ALTER DATABASE" not in warning and "ALTER TABLE" not in warning, warning
+    finally:
+        psql(source.address, "postgres", "DROP DATABASE IF EXISTS gonedb; "
+                                         "DROP TABLESPACE IF EXISTS space_gone")
+
+
+def test_a_drill_server_role_without_create_is_said_so_not_that_the_tablespace_is_missing(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    """The drill server has every tablespace, but its drill role (not a superuser) may
+    create only in space_db: the drill says so in restore's words, with the GRANT."""
+    directory = tmp_path / "b"
+    back_up(source, directory, POSTGRES_DB="grantdb")
+    make_tablespace(target, "space_db")
+    make_tablespace(target, "space_tbl")
+    make_restorer(target)
+    # The roles of the globals are there already (the restorer may not create roles).
+    psql(target.address, "postgres", f"CREATE ROLE app; "
+                                     f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
+    env = server_env(source.address, "grantdb", directory,
+                     DRILL_POSTGRES_HOST=target.address.host,
+                     DRILL_POSTGRES_PORT=str(target.port), DRILL_POSTGRES_USER=RESTORER.user,
+                     DRILL_POSTGRES_PASSWORD=RESTORER.password or "")
+
+    proc = run_backupd(["drill"], env, timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [result] = jobs_finished(proc.stderr, "drill")
+    [grantdb] = result["outcome"]["databases"]
+    assert grantdb["ok"] and grantdb["tablespaces_missing"] == ["pg_default", "space_tbl"]
+    said = [str(event.get("event")) for event in log_events(proc.stderr)]
+    [line] = [line for line in said if FALLBACK in line]
+    assert "'space_tbl' (role 'restorer' may not create in it)" in line, line
+    assert 'GRANT CREATE ON TABLESPACE "pg_default" TO "restorer"' in line, line
+    assert "ALTER DATABASE" not in line, line
+    assert not [w for w in result["warnings"] if FALLBACK in w], result["warnings"]
+
+
 def test_a_drill_onto_a_server_without_the_tablespaces_passes_and_says_what_it_did(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "b"
@@ -327,7 +386,7 @@ def test_a_drill_onto_a_server_without_the_tablespaces_passes_and_says_what_it_d
     assert plaindb["tablespaces_missing"] == []
     # Said, not warned: a drill server seldom has the live server's directories.
     said = (proc.stdout + proc.stderr)
-    assert "the drill server has no tablespace 'space_db'" in said
+    assert "instead of 'space_db' (no such tablespace here)" in said
     assert not [w for w in result["warnings"] if "tablespace" in w], result["warnings"]
     # Left as it was found.
     with connect(target.address) as conn:

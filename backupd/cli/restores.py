@@ -124,7 +124,7 @@ def drill(
         if outcome.cluster_restore_seconds is not None:
             print(f"whole-cluster restore time (RTO): {outcome.cluster_restore_seconds:.1f}s")
             for database in outcome.databases:
-                without = (f" (the drill server has no tablespace "
+                without = (f" (without tablespace(s) "
                            f"{', '.join(database.tablespaces_missing)}: into the default one)"
                            if database.tablespaces_missing else "")
                 print(f"  {database.database}: {database.backup_name}, restored in "

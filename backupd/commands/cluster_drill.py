@@ -57,6 +57,7 @@ from backupd.postgres.databases import (
 from backupd.postgres.tablespaces import (
     ObjectTablespaces,
     expected_without,
+    fallback_warning,
     server_tablespaces,
 )
 from backupd.settings import Settings
@@ -246,15 +247,11 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
     missing = {*(space.name for space in placed.left_out),
                *([placement.missing.name] if placement.missing else [])}
     drilled.tablespaces_missing = sorted(missing)
-    if missing:
+    fallback = fallback_warning(target, placement, placed, drill_copy=True)
+    if fallback is not None:
         # Said, not warned: the drill server is a scratch server, seldom given the live
         # server's directories; this is what `backupd restore` does onto such a server.
-        drill_ctx.say(f"database {database!r}: the drill server has no tablespace "
-                      f"{', '.join(map(repr, drilled.tablespaces_missing))} to restore into: "
-                      "the database and its objects there were restored into the default "
-                      "tablespace, as `backupd restore` does onto a server without them; "
-                      "where they are is not compared (give the drill server those "
-                      "tablespaces to drill that too)")
+        drill_ctx.say(f"{fallback} (where they are is not compared)")
     return drilled
 
 

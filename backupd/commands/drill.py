@@ -324,7 +324,7 @@ def _restore_and_compare(ctx: JobContext, path: Path, entry: BackupEntry, scratc
         raise JobFailed(f"restore drill of {entry.name} failed: {exc}") from None
     seconds = outcome.restore_seconds or 0.0  # restore_load.load measured it
     # Beside the live database its tablespaces are there, unless dropped since the backup.
-    fallback = fallback_warning(ctx.settings.postgres_db, properties.placement, placed)
+    fallback = fallback_warning(scratch, properties.placement, placed, drill_copy=True)
     if fallback is not None:
         ctx.warn(f"restore drill: {fallback}")
     ctx.cancel.raise_if_cancelled()

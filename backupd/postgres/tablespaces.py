@@ -185,9 +185,13 @@ class ObjectsPlaced:
     also_moved: tuple[str, ...] = ()
 
 
-def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced) -> str | None:
+def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced, *,
+                     drill_copy: bool = False) -> str | None:
     """The one warning for a database restored without some of its tablespaces: which, why,
-    where the database and its objects went instead, and what to run to put them back."""
+    where the database and its objects went instead, and what to run to put them back.
+    ``drill_copy``: ``database`` is a drill's copy, which the drill drops: nothing is to be
+    put back (the ALTERs would name the copy, or mislead into running them on the live
+    database), only what would let a drill use the tablespaces."""
     if placement.missing is None and not objects.left_out:
         return None
     went: list[str] = []
@@ -215,6 +219,9 @@ def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced
     absent = sorted({space.name for space in unusable if space.grant is None})
     grants = sorted({space.grant for space in unusable if space.grant is not None})
     first = ([f"make {', '.join(map(repr, absent))} ({MAKE_ONE})"] if absent else []) + grants
-    return (f"database {database!r} was restored without some of its tablespaces: "
-            + "; ".join(went) + ". To put them back, " + "; ".join(first)
-            + "; then run " + "; ".join(alter))
+    what = f"database {database!r} was restored without some of its tablespaces: "
+    if drill_copy:
+        return (f"the drill's copy, {what}" + "; ".join(went) + ". Nothing to put back: the "
+                "drill drops its copy. To drill the tablespaces too, " + "; ".join(first))
+    return what + "; ".join(went) + (". To put them back, " + "; ".join(first)
+                                     + "; then run " + "; ".join(alter))
