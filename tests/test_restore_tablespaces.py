@@ -424,6 +424,11 @@ def test_a_sql_ascii_session_sees_the_servers_tablespaces(source: PrivateCluster
                          options="-c client_encoding=SQL_ASCII") as conn:
         present = server_tablespaces(conn).present
     assert {"pg_default", "space_db", "space_tbl"} <= present, present
+    with psycopg.connect(source.address.conninfo("appdb"), autocommit=True,
+                         options="-c client_encoding=SQL_ASCII") as conn:
+        assert object_tablespaces(conn) == ["space_tbl"]
+        # The session is left as it was.
+        assert conn.info.parameter_status("client_encoding") == "SQL_ASCII"
 
 
 def test_another_sessions_temporary_table_is_no_object_tablespace(

@@ -185,3 +185,23 @@ def advisory_lock(settings: Settings, purpose: str = "dump", *,
         yield
     finally:
         conn.close()  # closing the session releases the lock, also after a crash
+
+
+@contextmanager
+def as_text(conn: psycopg.Connection[tuple]) -> Iterator[None]:  # type: ignore[type-arg]
+    """On a SQL_ASCII session (a connection to a SQL_ASCII database) psycopg hands back bytes,
+    not str, since it cannot know their encoding: names would be recorded as "b'app'" (and a
+    name that is not ASCII cannot be sent as a parameter). The session reads as UTF8 for the
+    while (the server converts nothing from SQL_ASCII, and refuses bytes that are not UTF-8),
+    then gets its own client_encoding back."""
+    was = conn.info.parameter_status("client_encoding")
+    if was != "SQL_ASCII":
+        yield
+        return
+    conn.execute("SET client_encoding = 'UTF8'")
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()  # the server refused to send bytes that are not UTF-8 as UTF-8
+        conn.execute("SET client_encoding = 'SQL_ASCII'")

@@ -26,7 +26,13 @@ from backupd.database_properties import (
     split_list_value,
 )
 from backupd.errors import ConfigError, JobFailed
-from backupd.postgres.connection import connect, describe_pg_error, drop_database, server_major
+from backupd.postgres.connection import (
+    as_text,
+    connect,
+    describe_pg_error,
+    drop_database,
+    server_major,
+)
 from backupd.settings import Settings
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
@@ -119,25 +125,6 @@ def _locale_columns(conn: Connection) -> str:
     return "'libc', NULL::text"
 
 
-@contextmanager
-def _as_text(conn: Connection) -> Iterator[None]:
-    """On a SQL_ASCII session (a connection to a SQL_ASCII database) psycopg hands back bytes,
-    not str, since it cannot know their encoding: names would be recorded as "b'app'". The
-    session reads as UTF8 for the while (the server converts nothing from SQL_ASCII), then
-    gets its own client_encoding back."""
-    was = conn.info.parameter_status("client_encoding")
-    if was != "SQL_ASCII":
-        yield
-        return
-    conn.execute("SET client_encoding = 'UTF8'")
-    try:
-        yield
-    finally:
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-            conn.rollback()  # the server refused to send bytes that are not UTF-8 as UTF-8
-        conn.execute("SET client_encoding = 'SQL_ASCII'")
-
-
 class PropertiesNotText(JobFailed):
     """A SQL_ASCII database whose name, owner, comment or settings hold bytes that are not
     UTF-8: they cannot be recorded as text."""
@@ -145,7 +132,7 @@ class PropertiesNotText(JobFailed):
 
 def read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
     """The properties of database ``name``, or None when there is no such database."""
-    with _as_text(conn):
+    with as_text(conn):
         try:
             return _read_properties(conn, name)
         except (UnicodeDecodeError, psycopg.errors.CharacterNotInRepertoire,

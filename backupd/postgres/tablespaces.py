@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import psycopg
 
 from backupd.database_properties import DatabaseProperties
+from backupd.postgres.connection import as_text
 from backupd.postgres.globals_sql import quote_identifier
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
@@ -62,35 +63,34 @@ class ServerTablespaces:
 
 
 def server_tablespaces(conn: Connection) -> ServerTablespaces:
-    rows = conn.execute("SELECT spcname, has_tablespace_privilege(oid, 'CREATE'), current_user "
-                        "FROM pg_catalog.pg_tablespace WHERE spcname <> 'pg_global'").fetchall()
-    role = _text(rows[0][2]) if rows else ""
-    return ServerTablespaces(frozenset(_text(name) for name, _, _ in rows),
-                             frozenset(_text(name) for name, may, _ in rows if may), role)
-
-
-def _text(name: object) -> str:
-    # A SQL_ASCII session hands back bytes (see databases.read_properties).
-    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    with as_text(conn):
+        rows = conn.execute("SELECT spcname, has_tablespace_privilege(oid, 'CREATE'), "
+                            "current_user FROM pg_catalog.pg_tablespace "
+                            "WHERE spcname <> 'pg_global'").fetchall()
+    role = str(rows[0][2]) if rows else ""
+    return ServerTablespaces(frozenset(str(name) for name, _, _ in rows),
+                             frozenset(str(name) for name, may, _ in rows if may), role)
 
 
 def object_tablespaces(conn: Connection) -> list[str]:
     """The tablespaces other than the database's default that tables, indexes and
     materialized views of the database ``conn`` is connected to are in."""
-    rows = conn.execute(
-        "SELECT DISTINCT t.spcname FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_tablespace t ON t.oid = c.reltablespace "
-        # Temporary tables (any session's, in temp_tablespaces) are in no dump.
-        "WHERE t.spcname <> 'pg_global' AND c.relpersistence <> 't' ORDER BY 1").fetchall()
-    return [_text(name) for (name,) in rows]
+    with as_text(conn):
+        rows = conn.execute(
+            "SELECT DISTINCT t.spcname FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_tablespace t ON t.oid = c.reltablespace "
+            # Temporary tables (any session's, in temp_tablespaces) are in no dump.
+            "WHERE t.spcname <> 'pg_global' AND c.relpersistence <> 't' ORDER BY 1").fetchall()
+    return [str(name) for (name,) in rows]
 
 
 def database_tablespace(conn: Connection, database: str) -> str:
     """The tablespace ``database`` is in (where CREATE DATABASE actually put it)."""
-    row = conn.execute("SELECT t.spcname FROM pg_catalog.pg_database d "
-                       "JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace "
-                       "WHERE d.datname = %s", (database,)).fetchone()
-    return DEFAULT_TABLESPACE if row is None else _text(row[0])
+    with as_text(conn):
+        row = conn.execute("SELECT t.spcname FROM pg_catalog.pg_database d "
+                           "JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace "
+                           "WHERE d.datname = %s", (database,)).fetchone()
+    return DEFAULT_TABLESPACE if row is None else str(row[0])
 
 
 @dataclass(frozen=True)
