@@ -72,11 +72,11 @@ def restore_globals(ctx: JobContext, conn: Connection, path: Path,
             f"({', '.join(applied.roles_kept) or 'none'}), "
             f"{applied.memberships_granted} membership(s), "
             f"{len(applied.tablespaces_created)} tablespace(s) created")
-    for problem in applied.problems:
-        if drill_server and problem in applied.tablespace_problems:
-            ctx.say(f"globals: {problem}")
+    for item in applied.not_restored:
+        if drill_server and item.tablespace is not None:
+            ctx.say(f"globals: {item.text}")
         else:
-            ctx.warn(f"globals: {problem}")
+            ctx.warn(f"globals: {item.text}")
     return outcome
 
 

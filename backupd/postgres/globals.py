@@ -48,6 +48,15 @@ from backupd.postgres.globals_sql import (
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
 
+@dataclass(frozen=True)
+class NotRestored:
+    """One thing of the globals not restored: what and why, in one line (never the
+    statement's SQL)."""
+
+    text: str
+    tablespace: str | None = None  # the tablespace not created (e.g. its directory missing)
+
+
 @dataclass
 class GlobalsApplied:
     """What applying a globals file did: names as PostgreSQL spells them (unquoted)."""
@@ -57,12 +66,19 @@ class GlobalsApplied:
     memberships_granted: int = 0
     tablespaces_created: list[str] = field(default_factory=list)
     tablespaces_kept: list[str] = field(default_factory=list)
-    tablespaces_not_created: list[str] = field(default_factory=list)
-    # One line each: what was not restored and why (never the statement's SQL).
-    problems: list[str] = field(default_factory=list)
-    # Those of the problems that are a tablespace not created (its directory missing here).
-    tablespace_problems: list[str] = field(default_factory=list)
+    not_restored: list[NotRestored] = field(default_factory=list)  # in the order met
     seconds: float = 0.0
+
+    def problem(self, text: str) -> None:
+        self.not_restored.append(NotRestored(text))
+
+    @property
+    def problems(self) -> list[str]:
+        return [item.text for item in self.not_restored]
+
+    @property
+    def tablespaces_not_created(self) -> list[str]:
+        return [item.tablespace for item in self.not_restored if item.tablespace is not None]
 
 
 def apply_globals(conn: Connection, script: bytes) -> GlobalsApplied:
@@ -120,8 +136,8 @@ def _apply_role_statement(conn: Connection, statement: Statement, roles: _RoleSt
     if kind is Kind.META:
         return  # \restrict / \unrestrict: psql's guard; no meta-command is ever run here
     if kind is Kind.DROP:
-        applied.problems.append("a DROP statement was left out (backupd never drops what "
-                                "the server has; the file was made with --clean)")
+        applied.problem("a DROP statement was left out (backupd never drops what the server "
+                        "has; the file was made with --clean)")
         return
     if kind is Kind.ROLE:
         if subject in roles.kept or subject in roles.failed:
@@ -168,7 +184,7 @@ def _create_role(conn: Connection, create: Statement, attributes: Statement | No
         needs = _SUPERUSER_ONLY.search(options)
         if needs is not None and not _exists(conn, name):
             roles.failed.add(subject)
-            applied.problems.append(
+            applied.problem(
                 f"role {name!r} was not created: it has {needs.group(1).decode()}, which "
                 "only a superuser may give; restore the globals as a superuser")
             return
@@ -182,7 +198,7 @@ def _create_role(conn: Connection, create: Statement, attributes: Statement | No
         applied.roles_kept.append(name)
     else:
         roles.failed.add(subject)
-        applied.problems.append(f"role {name!r} was not created: {_reason(error)}")
+        applied.problem(f"role {name!r} was not created: {_reason(error)}")
 
 
 def _exists(conn: Connection, name: str) -> bool:
@@ -240,16 +256,14 @@ def _apply_tablespaces(conn: Connection, statements: list[Statement],
                     "have them in it, create that directory (empty, owned by the server's OS "
                     f"user) and run CREATE TABLESPACE {quote_identifier(name)} LOCATION "
                     "'<directory>' before restoring them")
-                applied.tablespaces_not_created.append(name)
-                applied.problems.append(problem)
-                applied.tablespace_problems.append(problem)
+                applied.not_restored.append(NotRestored(problem, tablespace=name))
         elif statement.kind is Kind.TABLESPACE and statement.subject not in missing:
             _report(applied, _run(conn, statement.text, alone=True), f"tablespace {name!r}")
 
 
 def _report(applied: GlobalsApplied, error: psycopg.Error | None, where: str) -> None:
     if error is not None:
-        applied.problems.append(f"{where}: {_reason(error)}")
+        applied.problem(f"{where}: {_reason(error)}")
 
 
 def _reason(error: psycopg.Error) -> str:
