@@ -36,6 +36,7 @@ from helpers.tablespaces import (
     leftover_databases,
     make_tablespace,
     relation_tablespaces,
+    tablespace_directory,
     tablespaces,
 )
 
@@ -315,7 +316,8 @@ def test_a_drill_beside_a_database_whose_tablespace_was_dropped_says_where_its_c
     try:
         psql(source.address, "gonedb", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
         env = server_env(source.address, "gonedb", directory)
-        back_up(source, directory, POSTGRES_DB="gonedb", DB_BACKUP_GLOBALS="off")
+        backed_up = run_backupd(["backup"], env, timeout=300)
+        assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
         psql(source.address, "postgres", "ALTER DATABASE gonedb SET TABLESPACE pg_default; "
                                          "DROP TABLESPACE space_gone")
 
@@ -337,7 +339,7 @@ def test_a_drill_server_role_without_create_is_said_so_not_that_the_tablespace_i
     """The drill server has every tablespace, but its drill role (not a superuser) may
     create only in space_db: the drill says so in restore's words, with the GRANT."""
     directory = tmp_path / "b"
-    back_up(source, directory, POSTGRES_DB="grantdb")
+    back_up(source.address, "grantdb", directory)
     make_tablespace(target, "space_db")
     make_tablespace(target, "space_tbl")
     make_restorer(target)
@@ -429,6 +431,34 @@ def test_a_sql_ascii_session_sees_the_servers_tablespaces(source: PrivateCluster
         assert object_tablespaces(conn) == ["space_tbl"]
         # The session is left as it was.
         assert conn.info.parameter_status("client_encoding") == "SQL_ASCII"
+
+
+def test_a_tablespace_name_that_is_not_utf8_does_not_stop_reading_the_others(
+        source: PrivateCluster) -> None:
+    # A session on a SQL_ASCII database may name a tablespace in Latin-1 bytes, and
+    # pg_tablespace is the whole cluster's. Reading it failed (UTF-8 sessions could not
+    # decode it, and a SQL_ASCII one was refused it as UTF-8), and with it every restore onto
+    # that server. Read as it is, the name matches no backup's, and the others are seen.
+    psql(source.address, "postgres", "CREATE DATABASE legacy ENCODING 'SQL_ASCII' "
+         "LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    directory = tablespace_directory(source, "ts_latin1")
+    try:
+        with psycopg.connect(source.address.conninfo("legacy"), autocommit=True) as conn:
+            conn.execute(b'CREATE TABLESPACE "espace_\xe9" LOCATION '
+                         + f"'{directory}'".encode())
+        for database in ("postgres", "legacy"):  # a UTF-8 session, a SQL_ASCII one
+            with psycopg.connect(source.address.conninfo(database), autocommit=True) as conn:
+                found = server_tablespaces(conn)
+            assert {"pg_default", "space_db", "space_tbl", "espace_\ufffd"} <= found.present
+            assert {"pg_default", "space_db", "space_tbl"} <= found.creatable, found
+        with psycopg.connect(source.address.conninfo("legacy"), autocommit=True) as conn:
+            conn.execute(b'CREATE TABLE odd (x int) TABLESPACE "espace_\xe9"')
+            assert object_tablespaces(conn) == ["espace_\ufffd"]
+            conn.execute("DROP TABLE odd")
+    finally:
+        with psycopg.connect(source.address.conninfo("legacy"), autocommit=True) as conn:
+            conn.execute(b'DROP TABLESPACE IF EXISTS "espace_\xe9"')
+        psql(source.address, "postgres", "DROP DATABASE legacy")
 
 
 def test_another_sessions_temporary_table_is_no_object_tablespace(

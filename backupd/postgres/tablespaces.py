@@ -31,6 +31,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 from backupd.database_properties import DatabaseProperties
 from backupd.postgres.connection import as_text
@@ -62,26 +64,44 @@ class ServerTablespaces:
         return Unusable(name, lacking_create=self.role if name in self.present else None)
 
 
+class _Raw(Loader):
+    """A name or text column as the bytes the server sent, whatever the session's encoding."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+def _names(conn: Connection, query: str) -> list[tuple[str, ...]]:
+    """The rows of ``query`` (names, text and booleans as text), each name decoded as UTF-8
+    with the bytes that are not replaced. pg_tablespace is the whole cluster's: a session on
+    a SQL_ASCII database may have named a tablespace in Latin-1, which a UTF-8 session cannot
+    decode and the server refuses to send as UTF-8 (connection.as_text). Read so, that name
+    matches no backup's (its objects go to the default tablespace, reported like the others)
+    instead of failing every restore onto the server."""
+    cursor = conn.cursor()
+    for column_type in ("name", "text", "bool"):
+        cursor.adapters.register_loader(column_type, _Raw)
+    return [tuple(bytes(value).decode("utf-8", "replace") for value in row)
+            for row in cursor.execute(query).fetchall()]
+
+
 def server_tablespaces(conn: Connection) -> ServerTablespaces:
-    with as_text(conn):
-        rows = conn.execute("SELECT spcname, has_tablespace_privilege(oid, 'CREATE'), "
-                            "current_user FROM pg_catalog.pg_tablespace "
-                            "WHERE spcname <> 'pg_global'").fetchall()
-    role = str(rows[0][2]) if rows else ""
-    return ServerTablespaces(frozenset(str(name) for name, _, _ in rows),
-                             frozenset(str(name) for name, may, _ in rows if may), role)
+    rows = _names(conn, "SELECT spcname, has_tablespace_privilege(oid, 'CREATE'), current_user "
+                        "FROM pg_catalog.pg_tablespace WHERE spcname <> 'pg_global'")
+    role = rows[0][2] if rows else ""
+    return ServerTablespaces(frozenset(name for name, _, _ in rows),
+                             frozenset(name for name, may, _ in rows if may == "t"), role)
 
 
 def object_tablespaces(conn: Connection) -> list[str]:
     """The tablespaces other than the database's default that tables, indexes and
     materialized views of the database ``conn`` is connected to are in."""
-    with as_text(conn):
-        rows = conn.execute(
-            "SELECT DISTINCT t.spcname FROM pg_catalog.pg_class c "
-            "JOIN pg_catalog.pg_tablespace t ON t.oid = c.reltablespace "
-            # Temporary tables (any session's, in temp_tablespaces) are in no dump.
-            "WHERE t.spcname <> 'pg_global' AND c.relpersistence <> 't' ORDER BY 1").fetchall()
-    return [str(name) for (name,) in rows]
+    rows = _names(conn, "SELECT DISTINCT t.spcname FROM pg_catalog.pg_class c "
+                        "JOIN pg_catalog.pg_tablespace t ON t.oid = c.reltablespace "
+                        # Temporary tables (any session's, in temp_tablespaces) are in no dump.
+                        "WHERE t.spcname <> 'pg_global' AND c.relpersistence <> 't' "
+                        "ORDER BY 1")
+    return [name for (name,) in rows]
 
 
 def database_tablespace(conn: Connection, database: str) -> str:
