@@ -192,9 +192,10 @@ def test_mark_over_an_unreadable_history_file_fails_naming_it(
     [history] = [w for w in archived(copy) if w.history and w.timeline == 2]
     assert history.artifact is not None
     (copy / WAL_SUBDIRECTORY / history.artifact).chmod(0)
-    env = {k: v for k, v in archive.env.items() if k != "BACKUPD_LOG_FORMAT"}
-    proc = run_backupd(["mark", "after-the-fork"], {**env, "DB_BACKUP_DIR": str(copy)},
-                       timeout=300, obey_file_modes=True)
+    # mark reads the archive only once a server answers: the timeline-2 server, up again.
+    with started(archive.work / "recovered", PASSWORD) as server:
+        env = as_a_user_sees_it(wal_env(server, copy))
+        proc = run_backupd(["mark", "after-the-fork"], env, timeout=300, obey_file_modes=True)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
     assert "restore point 'after-the-fork' not made" in lines[0], lines[0]
@@ -206,10 +207,33 @@ def _files(directory: Path) -> dict[str, tuple[int, int]]:
             for p in directory.rglob("*") if p.is_file()}
 
 
+def test_mark_without_a_server_fails_before_reading_any_of_the_archive(
+        archive: Archive, tmp_path: Path) -> None:
+    """No server to make the restore point on is found before the archive is read (which,
+    large, could take long): every WAL file mode 0, and DB_BACKUP_DIR read-only, so any
+    fetch, or the scan's scratch directory, would fail the mark differently."""
+    copy = copy_archive(archive.backup_dir, tmp_path / "backups")
+    stored = [p for p in (copy / WAL_SUBDIRECTORY).rglob("*")
+              if p.is_file() and not p.name.endswith(".manifest.json")]
+    assert any(".history" in p.name for p in stored), stored
+    for path in stored:
+        path.chmod(0)
+    copy.chmod(0o555)
+    proc = run_backupd(["mark", "while-down"], as_a_user_sees_it(archive.env,
+                                                                 DB_BACKUP_DIR=str(copy)),
+                       timeout=300, obey_file_modes=True)
+    # The other line: the job's log file (in DB_BACKUP_DIR too) could not be written.
+    lines = [x for x in proc.stderr.strip().splitlines() if "job log file" not in x]
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert "restore point 'while-down' not made: cannot connect to PostgreSQL" in lines[0], \
+        lines[0]
+    assert "Connection refused" in lines[0], lines[0]
+
+
 @pytest.mark.parametrize("server", ["stopped", "unknown-host"])
 def test_mark_without_a_server_to_connect_to_fails_saying_no_point_was_made(
         archive: Archive, server: str) -> None:
-    """The archive is read for the name, then no server answers: POSTGRES_PORT's is stopped,
+    """No server answers: POSTGRES_PORT's is stopped,
     or POSTGRES_HOST does not resolve (as a stopped compose service's name does not). Both
     are runtime failures, not settings to fix: the same settings work once the server is
     back, and backupd cannot tell a typo from an outage. Exit 1, one line saying the restore

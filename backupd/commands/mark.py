@@ -4,7 +4,8 @@
 A name already in the WAL archive is refused (exit 2): recovery stops at the first restore
 point of a name, so a second one could never be recovered to by name (``recover
 --to-name`` refuses such a name too). Checking reads the local archive's WAL from its oldest
-base backup on with pg_waldump, a window of segments at a time.
+base backup on with pg_waldump, a window of segments at a time, once the server has
+answered (a stopped one fails at once, not after the scan).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def run(ctx: JobContext, name: str) -> None:
     if not name or len(name.encode()) > MAX_NAME_BYTES or "\x00" in name:
         raise ConfigError(f"NAME: {name!r} must be 1 to {MAX_NAME_BYTES} bytes (PostgreSQL's "
                           "limit for restore point names)")
+    # Before the archive is read, which for a large one takes long: a server that does not
+    # answer is found at once, not after the whole scan.
+    _require_a_server(ctx, name)
     _refuse_a_name_in_the_archive(ctx, name)
     try:
         with connect(ctx.settings) as conn:
@@ -61,12 +65,23 @@ def run(ctx: JobContext, name: str) -> None:
     except psycopg.Error as exc:
         raise JobFailed(f"could not create restore point {name!r}: "
                         f"{describe_pg_error(exc)}") from None
-    except JobFailed as exc:  # connect's: no server (stopped, unreachable) to make it on
+    except JobFailed as exc:  # connect's: the server went away during the scan
         raise JobFailed(f"restore point {name!r} not made: {exc}") from None
     assert row is not None
     ctx.result.outcome = MarkOutcome(name=name, lsn=str(row[0]), server_time=row[1])
     ctx.say(f"restore point {name!r} at {row[0]} ({row[1].isoformat()}); recover to it with "
             f"`backupd recover --target-dir DIR --to-name {name}`")
+
+
+def _require_a_server(ctx: JobContext, name: str) -> None:
+    """JobFailed, saying no restore point was made, when no server answers (stopped,
+    unreachable). The connection is not kept for after the scan: a long one could outlast
+    an idle session timeout, so the restore point is made on a connection of its own."""
+    try:
+        with connect(ctx.settings):
+            pass
+    except JobFailed as exc:
+        raise JobFailed(f"restore point {name!r} not made: {exc}") from None
 
 
 def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
