@@ -16,6 +16,9 @@ from helpers.backups import (
     write_manifest,
 )
 from helpers.cli import EnvFactory, run_backupd
+from helpers.wal import put_base_backup_record
+
+from backupd.storage.local import LocalRepository
 
 
 def aged(source: Path, *days: float) -> list[Path]:
@@ -164,3 +167,34 @@ def test_old_script_backups_count_as_good_only_when_their_content_verifies(
     assert oldest.name not in left
     assert any(broken.name in line and "not counted as a good backup" in line
                for line in output.splitlines())
+
+
+def _closing_line(output: str) -> str:
+    [line] = [x for x in output.splitlines() if "retention: nothing to delete" in x]
+    return line
+
+
+def test_nothing_to_delete_names_the_base_backup_policy_when_base_backups_are_judged(
+    small_db: str, backupd_env: EnvFactory, backup: Path, backup_dir: Path, tmp_path: Path
+) -> None:
+    """The closing line says which rules found nothing to delete: the dumps' alone without
+    base backups; with them, BASEBACKUP_KEEP's and BASEBACKUP_MAX_AGE_DAYS' too, which
+    judged them (a line naming only the dumps' rules would be untrue)."""
+    env = backupd_env(small_db, DB_BACKUP_RETENTION_DAYS="7", DB_BACKUP_KEEP_MIN="3")
+    dumps_only = _closing_line(prune(env, "--dry-run")[1])
+    assert "retention 7 days, keeping at least 3 verified backups" in dumps_only, dumps_only
+    assert "base backup" not in dumps_only, dumps_only
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    base = put_base_backup_record(LocalRepository(backup_dir), scratch, timeline=1, segno=2)
+    archive_env = {**env, "WAL_ARCHIVE": "on", "BASEBACKUP_KEEP": "2"}
+    for args, settings in ((("--dry-run",), {}), ((), {"BASEBACKUP_MAX_AGE_DAYS": "30"})):
+        code, output = prune(archive_env, *args, **settings)
+        assert code == 0, output
+        assert f"base backup {base}" in output or not args, output  # judged
+        line = _closing_line(output)
+        assert "dumps: retention 7 days, keeping at least 3 verified backups" in line, line
+        assert "base backups: the newest 2 verified (BASEBACKUP_KEEP)" in line, line
+        assert ("younger than 30 days (BASEBACKUP_MAX_AGE_DAYS)" in line) == bool(settings), \
+            line

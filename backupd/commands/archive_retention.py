@@ -21,7 +21,17 @@ from backupd.errors import JobFailed, OffsiteError
 from backupd.job import JobContext
 from backupd.naming import BASE_DATABASE, BASE_KIND
 from backupd.outcomes import PruneDecision, PruneOutcome
+from backupd.settings import Settings
 from backupd.storage.base import Repository
+
+
+def describe_policy(settings: Settings) -> str:
+    """The base backups' rules in one phrase, for prune's "nothing to delete" line."""
+    text = f"the newest {settings.basebackup_keep} verified (BASEBACKUP_KEEP)"
+    if settings.basebackup_max_age_days is not None:
+        text += (f" and those younger than {settings.basebackup_max_age_days:g} days "
+                 "(BASEBACKUP_MAX_AGE_DAYS)")
+    return text + " kept, with the WAL they need"
 
 
 def sweep(ctx: JobContext, repository: Repository, wal: WalArchive, *, dry_run: bool = False,

@@ -199,11 +199,13 @@ def run(ctx: JobContext, *, dry_run: bool = False) -> None:
     ctx.store.prepare()
     outcome = ctx.result.outcome = PruneOutcome(dry_run=dry_run)
     names: list[str] = []
+    judged_base_backups = False
     # Each database on its own (and the globals): DB_BACKUP_KEEP_MIN is per database.
     for database, kind in selection.artifact_sets(ctx.settings, ctx.store):
         if kind == BASE_KIND:
             # Base backups and the WAL they need: BASEBACKUP_KEEP, BASEBACKUP_MAX_AGE_DAYS.
             names += archive_retention.apply(ctx, offsite, dry_run=dry_run, strict=True)
+            judged_base_backups = True
             continue
         names += sweep(ctx, ctx.store, dry_run=dry_run, database=database, kind=kind)
         # The same policy offsite (this database's own backups under the prefix only).
@@ -215,5 +217,9 @@ def run(ctx: JobContext, *, dry_run: bool = False) -> None:
     else:
         ctx.result.deleted = names
     if not names:
-        ctx.say(f"retention: nothing to delete "
-                f"({retention_policy(ctx.settings).describe()})")
+        # Every policy that judged something: the line must not leave the base backups' out.
+        policies = retention_policy(ctx.settings).describe()
+        if judged_base_backups:
+            policies = (f"dumps: {policies}; base backups: "
+                        f"{archive_retention.describe_policy(ctx.settings)}")
+        ctx.say(f"retention: nothing to delete ({policies})")
