@@ -229,3 +229,38 @@ def test_a_damaged_older_history_file_is_named_by_verify_wal_as_recover_refuses_
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "WAL file 00000002.history is damaged: " in proc.stderr.strip().splitlines()[-1]
     assert not target.exists()
+
+
+def test_a_damaged_partial_inside_the_archive_is_named_once_as_damaged_not_also_missing(
+    pg_server: ServerAddress, backup_dir: Path, tmp_path: Path,
+) -> None:
+    """A ``.partial`` later WAL follows, whose stored bytes no longer match its manifest: one
+    thing went wrong, so verify --wal names it once, under damaged (exit 1), not also as
+    "(only partial)" under missing; recover refuses it naming the same file."""
+    partial = "000000010000000000000006.partial"
+    wal_dir(backup_dir).mkdir(parents=True)
+    archive = local_archive(backup_dir)
+    store_wal_files(archive, ["000000010000000000000005", partial,
+                              "000000010000000000000007"], tmp_path)
+    put_base_backup_record(LocalRepository(backup_dir), tmp_path, timeline=1, segno=5)
+    [stored] = [w for w in archive.segments() if w.name == partial]
+    assert stored.artifact is not None
+    (wal_dir(backup_dir) / stored.artifact).write_bytes(b"not what was stored")
+    env = as_a_user_sees_it(server_env(pg_server, "postgres", backup_dir))
+
+    proc = run_backupd(["verify", "--wal", "--json"], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [verdict] = json.loads(proc.stdout)
+    assert not verdict["pitr"], verdict
+    [damaged] = verdict["damaged"]
+    assert damaged.startswith(f"{partial} (") and "is 19 bytes" in damaged, damaged
+    assert verdict["missing"] == [], verdict
+    assert "1 WAL file damaged" in verdict["problem"] and "missing" not in verdict["problem"]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"damaged {partial} (" in last and "missing" not in last, last
+
+    target = tmp_path / "recovered"
+    proc = run_backupd(["recover", "--target-dir", str(target)], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"WAL file {partial} is damaged: " in proc.stderr.strip().splitlines()[-1]
+    assert not target.exists()

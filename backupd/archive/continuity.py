@@ -197,8 +197,9 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
     reached = [(t, s) for t, s in needed if (t, s) in present]
     if reached:
         verdict.reaches = segment_name(*reached[-1], segment_size)
+    # A damaged partial is named under damaged already: one fault, said once.
     partial_inside = [w for w in archive if w.partial and (w.timeline, w.segno) in needed[:-1]
-                      and not _complete(archive, w)]
+                      and not _complete(archive, w) and w.name not in damaged]
     if partial_inside:
         verdict.missing += [segment_name(w.timeline, w.segno, segment_size) + " (only partial)"
                             for w in partial_inside]
