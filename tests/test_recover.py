@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.cli import build_env, run_backupd, start_backupd, stop_backupd
+from helpers.cli import as_a_user_sees_it, build_env, run_backupd, start_backupd, stop_backupd
 from helpers.cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster, free_port
 from helpers.daemon import FAST, NEVER_DURING_TEST
 from helpers.daemon import started as daemon_started
@@ -242,20 +242,38 @@ def test_a_target_before_the_oldest_base_backup_or_after_the_end_is_refused(
         assert not target_dir.exists()
 
 
-def test_without_the_archives_pg_waldump_the_end_is_not_checked_and_recover_says_so(
+def test_without_the_archives_pg_waldump_a_time_past_the_end_warns_what_happens_and_the_fix(
         archive: Archive) -> None:
-    # PG_SERVER_ROOT without that major's pg_waldump: the newest commit cannot be read, so a
-    # time after it (but not in the future) is let through, with one warning naming why.
+    """PG_SERVER_ROOT without that major's pg_waldump: the newest commit cannot be read, so a
+    time after it (but not in the future) is let through (a time before it, the usual case,
+    recovers as asked; refusing would stop that too), with one warning saying what to
+    install, what the server will do, and the way out. Both are proved here: the server
+    refuses to start as said, and the line the warning names makes it recover to the end."""
     empty = archive.work / "empty-server-root"
     empty.mkdir(exist_ok=True)
     target_dir = archive.work / "unchecked-end"
-    env = {**archive.env, "PG_SERVER_ROOT": str(empty)}
-    proc = run_backupd(["recover", "--target-dir", str(target_dir), "--to-time",
+    auto = target_dir / "postgresql.auto.conf"
+    env = {**as_a_user_sees_it(archive.env), "PG_SERVER_ROOT": str(empty)}
+    owner = ["--owner", postgres_owner()] if AS_ROOT else []
+    proc = run_backupd(["recover", "--target-dir", str(target_dir), *owner, "--to-time",
                         datetime.now(UTC).isoformat()], env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    warned = [line for line in (proc.stdout + proc.stderr).splitlines()
-              if "no pg_waldump" in line and str(empty) in line]
-    assert warned and "not detected" in warned[0], proc.stdout + proc.stderr
+    major = (target_dir / "PG_VERSION").read_text().strip()
+    [warned] = [line for line in proc.stderr.splitlines() if "[warning" in line]
+    assert "--to-time" in warned and "not checked against the archive's newest commit" in warned
+    assert f"install postgresql-{major}" in warned and str(empty / major / "bin") in warned
+    assert "refuses to start (recovery ended before configured recovery target was " \
+        "reached)" in warned, warned
+    way_out = "recovery_target_time = ''"
+    assert f"add the line {way_out} to {auto}" in warned, warned
+
+    log = archive.work / "unchecked-end-first-start.log"
+    refused = pg_ctl_start(target_dir, free_port(), log)
+    assert refused.returncode != 0, refused.stdout
+    assert "recovery ended before configured recovery target was reached" in log.read_text()
+    with auto.open("a") as conf:
+        conf.write(f"{way_out}\n")
+    assert _batches(archive, target_dir) == ({"A": 40, "B": 40, "C": 40}, True)
     shutil.rmtree(target_dir)
 
 

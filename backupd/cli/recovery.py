@@ -23,7 +23,9 @@ def recover(
     to_time: Annotated[str | None, typer.Option(
         "--to-time", help="Recover to this time: ISO 8601 with its offset, e.g. "
         "2026-12-05T14:06:00+01:00. Default: the end of the archive, the in-progress partial "
-        "segment included.")] = None,
+        "segment included. A time after the archive's newest commit is refused (read with "
+        "the archive's major's pg_waldump; without it, a warning says what to install and "
+        "what to do if the server then refuses to start).")] = None,
     to_lsn: Annotated[str | None, typer.Option(
         "--to-lsn", help="Recover to this WAL position, e.g. 0/3000028.")] = None,
     to_name: Annotated[str | None, typer.Option(

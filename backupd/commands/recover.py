@@ -38,6 +38,7 @@ from backupd.configs import age_key_files
 from backupd.errors import ConfigError
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
+from backupd.pipeline.clients import missing_server_tools
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,8 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
                          "unpacked (remove it from the source server's data directory)")
             waldump = waldump_for(stage, ctx.settings.pg_server_root)
             if waldump is None and chosen.target.time is not None:
-                ctx.warn(f"no pg_waldump {data_major(stage)} in {ctx.settings.pg_server_root}: "
-                         "a --to-time after the archive's newest commit is not detected before "
-                         "the server starts (install the server package of that major)")
+                ctx.warn(unchecked_time(chosen.target.time, data_major(stage),
+                                        ctx.settings.pg_server_root, target_dir))
             check_time_reachable(chosen, wal_dir, waldump)
             recovery_dir.prepare(stage, target, f"base backup {chosen.base.name}, target "
                                  f"{target.describe()}")
@@ -181,6 +181,21 @@ def copy_wal(source: RecoverySource, chosen: RecoveryPlan, wal_dir: Path,
         source.fetch_segment(wal, dest, chosen.segment_size)
         total += dest.stat().st_size
     return total
+
+
+def unchecked_time(when: datetime, major: int, server_root: Path, target_dir: Path) -> str:
+    """The warning for a --to-time that cannot be checked against the archive's newest commit.
+    Not refused, as an unchecked --to-name is: a time before that commit (the usual case)
+    recovers as asked, and one after it fails loudly at the server's start, with a way out
+    that needs no second recover (tests/test_recover.py proves both)."""
+    missing = missing_server_tools(("pg_waldump",), major, server_root) or \
+        f"no pg_waldump {major} in {server_root}"
+    return (f"--to-time {when.isoformat()} not checked against the archive's newest commit: "
+            f"{missing}. If it is after that commit, the recovered server replays all the WAL "
+            "and then refuses to start (recovery ended before configured recovery target was "
+            f"reached): add the line recovery_target_time = '' to "
+            f"{target_dir / 'postgresql.auto.conf'} and start it again to recover to the "
+            "archive's end, or recover again with an earlier --to-time")
 
 
 def check_time_reachable(chosen: RecoveryPlan, wal_dir: Path, waldump: Path | None) -> None:
