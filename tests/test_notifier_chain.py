@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import structlog
@@ -29,6 +30,7 @@ from backupd.settings import Settings
 
 class Recorder:
     name = "recorder"
+    remote: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.results: list[JobResult] = []
@@ -41,6 +43,7 @@ class Recorder:
 
 class Exploding:
     name = "exploding"
+    remote: ClassVar[bool] = False
 
     def notify(self, result: JobResult) -> None:
         raise RuntimeError("notifier bug")
@@ -139,7 +142,7 @@ class Hanging:
     """A network endpoint that never answers, until the test lets it go."""
 
     name = "hanging"
-    remote = True
+    remote: ClassVar[bool] = True
 
     def __init__(self, release: threading.Event) -> None:
         self.release = release
@@ -150,7 +153,7 @@ class Hanging:
 
 class RemoteRecorder(Recorder):
     name = "remote-recorder"
-    remote = True
+    remote: ClassVar[bool] = True
 
 
 def test_hanging_network_notifiers_never_hold_back_the_others() -> None:

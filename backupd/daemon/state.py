@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
@@ -167,6 +167,7 @@ class ResultRecorder:
     """A notifier: a one-off command's result into the state file, as the daemon's are."""
 
     name = "state"
+    remote: ClassVar[bool] = False
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -200,6 +201,7 @@ class DaemonState:
     """
 
     name = "state"
+    remote: ClassVar[bool] = False
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

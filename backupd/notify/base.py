@@ -2,10 +2,10 @@
 
 A notifier that raises or hangs is logged and skipped: the job's outcome never
 depends on its notifiers. Local notifiers (files, the structured log, metrics) are told in
-order, each bounded by the timeout; network notifiers (``remote = True``: heartbeat, Slack,
-the webhook) are all told at once and waited for against one deadline, so a hanging one
-never holds back the others, and a result is delivered within about one timeout whatever
-number of endpoints hang (a shutdown's deadline counts on it).
+order, each bounded by the timeout; network notifiers (``Notifier.remote`` True: heartbeat,
+Slack, the webhook) are all told at once and waited for against one deadline, so a hanging
+one never holds back the others, and a result is delivered within about one timeout
+whatever number of endpoints hang (a shutdown's deadline counts on it).
 
 A notifier may also hear that a job started (``StartListener``: the heartbeat's ``/start``).
 That is sent in the background, never delaying the job; the same notifier hears the job's
@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from backupd.log import get_logger
 from backupd.result import JobResult
@@ -25,6 +25,10 @@ from backupd.result import JobResult
 
 class Notifier(Protocol):
     name: str
+    # A network notifier (heartbeat, Slack, the webhook), told at the same time as the other
+    # network ones; False: a local one, told in order. Declared by every notifier, so mypy
+    # finds one that forgot to say which it is.
+    remote: ClassVar[bool]
 
     def notify(self, result: JobResult) -> None: ...
 
@@ -72,7 +76,7 @@ class NotifierChain:
         deadline = 0.0  # of the network notifiers, from the first one's start
         for notifier in self.notifiers:
             worker, failure = self._send(notifier, result)
-            if _is_remote(notifier):
+            if notifier.remote:
                 deadline = deadline or time.monotonic() + self.timeout_seconds
                 remote.append((notifier, worker, failure))
                 continue
@@ -101,11 +105,6 @@ class NotifierChain:
         worker = threading.Thread(target=send, name=f"notify-{notifier.name}", daemon=True)
         worker.start()
         return worker, failure
-
-
-def _is_remote(notifier: Notifier) -> bool:
-    """A network notifier (``remote = True``), told at the same time as the others."""
-    return getattr(notifier, "remote", False) is True
 
 
 def _report(log: Any, notifier: Notifier, worker: threading.Thread,

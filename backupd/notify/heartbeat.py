@@ -14,7 +14,7 @@ counts as "alive" there, and silence is the alarm).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from backupd.log import redact
@@ -34,7 +34,7 @@ class HeartbeatError(RuntimeError):
 
 class HeartbeatNotifier:
     name = "heartbeat"
-    remote = True  # told at the same time as the other network notifiers
+    remote: ClassVar[bool] = True  # told at the same time as the other network notifiers
 
     def __init__(
         self, url: str, *, timeout_seconds: float = 10.0, jobs: Iterable[str] = ("backup",),

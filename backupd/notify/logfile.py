@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from backupd.log import JobLogFile, get_logger
 from backupd.result import JobResult, Status
@@ -10,6 +11,7 @@ from backupd.result import JobResult, Status
 
 class LogFileNotifier:
     name = "logfile"
+    remote: ClassVar[bool] = False
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -26,6 +28,7 @@ class LogFileNotifier:
 
 class StructuredLogNotifier:
     name = "structlog"
+    remote: ClassVar[bool] = False
 
     def notify(self, result: JobResult) -> None:
         data = result.to_dict()

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -208,6 +208,7 @@ class BackupdMetrics:
 
 class MetricsNotifier:
     name = "metrics"
+    remote: ClassVar[bool] = False
 
     def __init__(self, metrics: BackupdMetrics) -> None:
         self.metrics = metrics

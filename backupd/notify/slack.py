@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
@@ -78,7 +78,7 @@ class SlackDeliveryError(RuntimeError):
 
 class SlackNotifier:
     name = "slack"
-    remote = True  # told at the same time as the other network notifiers
+    remote: ClassVar[bool] = True  # told at the same time as the other network notifiers
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ import hmac
 import json
 import socket
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -36,7 +36,7 @@ class WebhookError(RuntimeError):
 
 class WebhookNotifier:
     name = "webhook"
-    remote = True  # told at the same time as the other network notifiers
+    remote: ClassVar[bool] = True  # told at the same time as the other network notifiers
 
     def __init__(self, url: str, *, secret: str | None = None,
                  timeout_seconds: float = 10.0) -> None:
