@@ -211,6 +211,9 @@ class DatabaseRestore(_Model):
     backup_name: str | None = None
     run_id: str | None = None
     ok: bool = False
+    # Not restored, and rightly so: template1 holding objects of its own on the server (the
+    # note says what; backupd.commands.template1).
+    skipped: bool = False
     restore_seconds: float | None = None
     error: str | None = None
     # Why this backup and not the newest run's (an incomplete run), or what was kept.
@@ -336,7 +339,8 @@ def summary_parts(outcome: Outcome | None) -> list[str]:
         return parts
     if isinstance(outcome, ClusterRestoreOutcome):
         parts = ["databases=" + ",".join(
-            f"{d.database}:{'ok' if d.ok else 'failed'}" for d in outcome.databases)]
+            f"{d.database}:{'failed' if not d.ok else 'skipped' if d.skipped else 'ok'}"
+            for d in outcome.databases)]
         if outcome.globals is not None:
             parts.append(f"roles_created={len(outcome.globals.roles_created)}")
         if outcome.total_seconds is not None:

@@ -19,7 +19,9 @@ def restore(
         "Restore the newest verified backups. Onto a new server this is the whole "
         "disaster recovery: the roles (globals) first, existing ones kept; then every "
         "database POSTGRES_DB names (`*`: those of the newest backup run), each from its newest "
-        "verified backup (an incomplete newest run is said so); timings per database. "
+        "verified backup (an incomplete newest run is said so), and template1 when the run "
+        "took it, into the server's template1 only while that holds nothing of its own; "
+        "timings per database. "
         "With --replace and one POSTGRES_DB (no --database): that database alone, over the "
         "live one, and no role is touched."))]
     = False,
@@ -73,7 +75,8 @@ def restore(
                   f"{kept}")
         for done in outcome.databases:
             took = f"{done.restore_seconds:.1f}s" if done.restore_seconds is not None else "-"
-            print(f"  {done.database}: {'ok' if done.ok else 'FAILED'} {took} "
+            state = "FAILED" if not done.ok else "skipped" if done.skipped else "ok"
+            print(f"  {done.database}: {state} {took} "
                   f"({done.backup_name})" + (f"; {done.note}" if done.note else ""))
         if outcome.total_seconds is not None:
             print(f"total: {outcome.total_seconds:.1f}s")

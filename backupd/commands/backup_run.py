@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from backupd.commands import backup, globals_backup
+from backupd.commands.template1 import template_to_back_up
 from backupd.errors import Cancelled, JobFailed, JobSkipped
 from backupd.job import JobBody, JobContext, run_job
 from backupd.naming import globals_name, run_id
@@ -40,16 +41,19 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         ctx.store.prepare()
         for warning in resolved.warnings:
             ctx.warn(warning)
+        # '*' leaves the templates out, but what was put into template1 is in no other dump.
+        databases = [*resolved.databases,
+                     *(template_to_back_up(ctx) if settings.database_selection.every else [])]
         # The run's id is its start to the second: never reuse an earlier run's.
         started = ctx.store.unique_start(
             lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
         rid = run_id(started)
         facts = ctx.result.outcome = BackupRunOutcome(run_id=rid)
-        ctx.say(f"Backup run {rid}: databases {', '.join(map(repr, resolved.databases))}"
+        ctx.say(f"Backup run {rid}: databases {', '.join(map(repr, databases))}"
                 + (f"; missing {', '.join(map(repr, resolved.missing))}"
                    if resolved.missing else ""))
         chain = ctx.chain or NotifierChain([])
-        for database in resolved.databases:
+        for database in databases:
             ctx.cancel.raise_if_cancelled()
             result = run_job(
                 "backup", settings.for_database(database),
@@ -68,7 +72,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.cancel.raise_if_cancelled()
             facts.globals = globals_backup.backup_globals(
                 ctx, conn, started, rid, offsite=offsite, apply_retention=apply_retention,
-                not_before=not_before, databases=list(resolved.databases))
+                not_before=not_before, databases=databases)
     _conclude(ctx, facts)
 
 

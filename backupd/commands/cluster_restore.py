@@ -20,6 +20,7 @@ from backupd.commands import restore, selection
 from backupd.commands.restore import identities_for, restore_file
 from backupd.commands.restore_options import EVERYTHING, Without
 from backupd.commands.restore_target import MAINTENANCE_DB, check_targets
+from backupd.commands.template1 import TEMPLATE_DATABASE, restore_template1
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
@@ -116,7 +117,9 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                                                       newest_run)
     outcome = ClusterRestoreOutcome(run_id=newest_run)
     ctx.result.outcome = outcome
-    existing = _check_targets(ctx, [entry.database for entry in plan], replace=replace)
+    # template1 is never replaced: restored into only while it holds nothing (template1.py).
+    existing = _check_targets(ctx, [entry.database for entry in plan
+                                    if entry.database != TEMPLATE_DATABASE], replace=replace)
     server = f"{ctx.settings.postgres_host}:{ctx.settings.postgres_port}"
     if confirm is not None and not confirm(
             f"the roles and the databases {', '.join(names)} onto {server}"):
@@ -131,7 +134,8 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                                               exists=entry.database in existing))
     outcome.total_seconds = time.monotonic() - started
     ctx.say("restored " + ", ".join(
-        f"{d.database} in {d.restore_seconds:.1f}s" if d.ok else f"{d.database} FAILED"
+        f"{d.database} FAILED" if not d.ok else f"{d.database} not restored" if d.skipped
+        else f"{d.database} in {d.restore_seconds:.1f}s"
         for d in outcome.databases) + f"; total {outcome.total_seconds:.1f}s")
     if outcome.failed:
         reasons = "; ".join(f"{d.database}: {d.error}" for d in outcome.databases if not d.ok)
@@ -223,8 +227,12 @@ def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
                      ctx.cancel, ctx.repositories)
     started = time.monotonic()
     try:
-        with selection.local_file(sub, repository, entry) as path:
-            restore_file(sub, path, entry, replace=replace, without=without, exists=exists)
+        if name == TEMPLATE_DATABASE:
+            done.note = restore_template1(sub, repository, entry, without)
+            done.skipped = done.note is not None
+        else:
+            with selection.local_file(sub, repository, entry) as path:
+                restore_file(sub, path, entry, replace=replace, without=without, exists=exists)
         done.ok = True
     except (JobFailed, ConfigError) as exc:
         done.error = str(exc)

@@ -161,7 +161,7 @@ def restore_file(
             if fallback is not None:
                 ctx.warn(fallback)
         except BaseException:
-            _drop_incomplete(ctx, admin, scratch, target)
+            drop_incomplete(ctx, admin, scratch, target)
             raise
         if kept is not None:
             _report_kept(ctx, admin, kept, outcome)
@@ -215,7 +215,7 @@ class _PreVerify:
             raise
 
 
-def _drop_incomplete(ctx: JobContext, admin: Connection, scratch: str, target: str) -> None:
+def drop_incomplete(ctx: JobContext, admin: Connection, scratch: str, target: str) -> None:
     """Drop the scratch database of a failed restore; should that fail too (the server or
     our session gone), say so without hiding why the restore failed."""
     try:

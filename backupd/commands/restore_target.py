@@ -20,6 +20,7 @@ from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.postgres.connection import connect, describe_pg_error, lock_key
 from backupd.postgres.databases import apply_properties, drop_with_subscriptions
+from backupd.postgres.user_objects import FIRST_NORMAL_OBJECT_ID, OBJECT_CATALOGS
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"
@@ -192,27 +193,13 @@ def is_empty(settings: Settings, database: str) -> bool:
     return row is not None and row[0] == 0
 
 
-# Every per-database catalog whose rows are objects someone created. initdb's own objects
-# (template0's, so a new database's) have OIDs below FirstNormalObjectId; anything at or above
-# it was made by a user: a table, a large object, a publication, a collation, a cast, ...
-_OBJECT_CATALOGS = (
-    "pg_namespace", "pg_class", "pg_proc", "pg_type", "pg_largeobject_metadata",
-    "pg_extension", "pg_language", "pg_collation", "pg_conversion", "pg_operator",
-    "pg_opclass", "pg_opfamily", "pg_am", "pg_cast", "pg_transform", "pg_ts_config",
-    "pg_ts_dict", "pg_ts_parser", "pg_ts_template", "pg_foreign_data_wrapper",
-    "pg_foreign_server", "pg_user_mapping", "pg_publication", "pg_event_trigger",
-    "pg_default_acl", "pg_statistic_ext",
-)
-FIRST_NORMAL_OBJECT_ID = 16384
-
-
 def holds_nothing(settings: Settings, database: str) -> bool:
     """Not a single object of its own (nothing any user created, no subscription): only
     then does dropping it lose nothing."""
     counts = sql.SQL(" + ").join(
         sql.SQL("(SELECT count(*) FROM {} WHERE oid >= {})").format(
             sql.Identifier("pg_catalog", catalog), sql.Literal(FIRST_NORMAL_OBJECT_ID))
-        for catalog in _OBJECT_CATALOGS)
+        for catalog in OBJECT_CATALOGS)
     subscriptions = sql.SQL(
         "(SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = "
         "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
@@ -222,9 +209,13 @@ def holds_nothing(settings: Settings, database: str) -> bool:
 
 
 def install(admin: Connection, scratch: str, target: str,
-            properties: DatabaseProperties | None, kept: str | None) -> list[str]:
+            properties: DatabaseProperties | None, kept: str | None, *,
+            template: bool = False) -> list[str]:
     """Give the restored ``scratch`` its properties and its name, moving an existing target
-    to ``kept``: one transaction, so either all of it happens or none. Warnings returned."""
+    to ``kept``: one transaction, so either all of it happens or none. Warnings returned.
+    ``template``: the target is a template database (template1, backupd.commands.template1):
+    the one moved away stops being one, so it can be dropped, and the restored one becomes
+    one."""
     warnings: list[str] = []
     try:
         with admin.transaction():
@@ -237,8 +228,12 @@ def install(admin: Connection, scratch: str, target: str,
                 # The rename waits up to 5 s for the terminated sessions to go.
                 admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+                if template:
+                    _set_template(admin, target, False)
                 _rename(admin, target, kept)
             _rename(admin, scratch, target)
+            if template:
+                _set_template(admin, target, True)
     except psycopg.Error as exc:
         raise JobFailed(f"could not put the restored database in place of {target!r}: "
                         f"{describe_pg_error(exc)}; {target!r} is unchanged") from None
@@ -248,3 +243,8 @@ def install(admin: Connection, scratch: str, target: str,
 def _rename(admin: Connection, old: str, new: str) -> None:
     admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
         sql.Identifier(old), sql.Identifier(new)))
+
+
+def _set_template(admin: Connection, name: str, template: bool) -> None:
+    admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE {}").format(
+        sql.Identifier(name), sql.Literal(template)))

@@ -49,6 +49,9 @@ class ResolvedDatabases:
     warnings: list[str] = field(default_factory=list)
 
 
+# The template '*' takes too when it holds objects (backupd.commands.template1).
+TEMPLATE_DATABASE = "template1"
+
 # Where backupd connects to ask which databases exist: the maintenance database, else
 # template1 (always there), else one of the listed databases.
 MAINTENANCE_DATABASES = ("postgres", "template1")
@@ -98,7 +101,7 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
         present = [str(name) for (name,) in rows]
         warnings = [f"DB_BACKUP_EXCLUDE: there is no database {name!r} on the server "
                     "(nothing to leave out)" for name in selection.exclude
-                    if name not in present]
+                    if name not in present and name != TEMPLATE_DATABASE]
         chosen = selection.choose(present)
         if not chosen:
             raise ConfigError("POSTGRES_DB: '*' selects no database on the server "

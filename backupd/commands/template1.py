@@ -1,0 +1,144 @@
+"""template1's contents in a whole-system backup and recovery (POSTGRES_DB='*').
+
+What an administrator puts into template1 (an extension, a schema, functions) so that every
+new database gets it is in no database's dump: each restore creates its database from
+template0 (docs/reliability.md R4), and ``*`` leaves the templates out. So with ``*`` a
+backup run also dumps template1 whenever it holds anything template0 lacks
+(backupd.postgres.user_objects), as one more database of the run: same name scheme,
+manifest, verification, offsite copy and retention, a plain dump ``gunzip -c | psql``
+restores. A whole-system restore puts it back into the new server's template1, and only
+there: a template1 that already holds objects of its own is left alone, with a warning. A
+restore never goes into template1 otherwise (``--target-db template1`` stays refused, R2).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import psycopg
+
+from backupd.commands import restore, restore_load, selection
+from backupd.commands.restore_options import Without, current_user
+from backupd.commands.restore_target import (
+    MAINTENANCE_DB,
+    RESTORING,
+    derived_name,
+    install,
+    lock_target,
+    mark_restoring,
+)
+from backupd.errors import JobFailed
+from backupd.job import JobContext
+from backupd.postgres.connection import connect, describe_pg_error, drop_database
+from backupd.postgres.databases import TEMPLATE_DATABASE, read_properties
+from backupd.postgres.tablespaces import server_tablespaces
+from backupd.postgres.user_objects import UserObjects, read_user_objects
+from backupd.settings import Settings
+from backupd.storage.base import BackupEntry, Repository
+
+__all__ = ["TEMPLATE_DATABASE", "restore_template1", "template_to_back_up"]
+
+
+def template_to_back_up(ctx: JobContext) -> list[str]:
+    """``[template1]`` when a backup run of ``*`` must dump it too (it holds objects and
+    DB_BACKUP_EXCLUDE does not leave it out), else none; said either way it is taken."""
+    settings = ctx.settings
+    if not settings.database_selection.choose([TEMPLATE_DATABASE]):
+        return []
+    try:
+        held = _objects_in_template1(settings)
+    except (JobFailed, psycopg.Error) as exc:
+        reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        ctx.warn(f"could not look into template1 ({reason}): objects put there for every new "
+                 "database are not backed up; let POSTGRES_USER connect to template1, or set "
+                 "DB_BACKUP_EXCLUDE=template1 to leave it out knowingly")
+        return []
+    if held.empty:
+        return []
+    ctx.say(f"template1 holds objects template0 lacks ({held.describe()}): backing it up too, "
+            "so that a whole-system restore gives a new server's template1 them again")
+    return [TEMPLATE_DATABASE]
+
+
+def _objects_in_template1(settings: Settings) -> UserObjects:
+    with connect(settings, TEMPLATE_DATABASE) as conn:
+        return read_user_objects(conn)
+
+
+def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntry,
+                      without: Without) -> str | None:
+    """Restore the template1 dump ``entry`` into the server's template1 when that holds
+    nothing of its own (a new server): verified in full, loaded into a scratch database made
+    like the backed-up one, then swapped in for the empty template1 in one transaction, as
+    every restore puts its database in place. Returns None when restored, else why not (the
+    server's template1 already holds objects: left as it is, warned when they differ)."""
+    settings = ctx.settings
+    with connect(settings, MAINTENANCE_DB) as admin:
+        lock_target(ctx, admin, TEMPLATE_DATABASE)
+        with selection.local_file(ctx, repository, entry) as path:
+            identities = restore.identities_for(ctx, entry)
+            restore_load.verify_first(path, entry, identities, ctx)
+            carried = entry.manifest.database_properties if entry.manifest is not None else None
+            properties = without.apply(carried or read_properties(admin, TEMPLATE_DATABASE),
+                                       current_user(admin))
+            stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+            scratch = derived_name(TEMPLATE_DATABASE, f"{RESTORING}{stamp}")
+            kept = derived_name(TEMPLATE_DATABASE, f"_before_restore_{stamp}")
+            spaces = server_tablespaces(admin)
+            restore.create_database(admin, scratch, properties, spaces)
+            ctx.cancel.progress.working_in(scratch)
+            try:
+                mark_restoring(admin, scratch, TEMPLATE_DATABASE)
+                ctx.say(f"{entry.name} verified; restoring it into {scratch!r}, to take "
+                        "template1's place")
+                restore_load.load(ctx, path, entry, scratch, identities,
+                                  without.pg_restore_options, tablespaces=spaces)
+                # Asked only now: what the backed-up template1 holds is known once loaded,
+                # and nothing may have come into the server's since.
+                present = _objects_in_template1(settings)
+                if not present.empty:
+                    backed_up = _objects_in(settings, scratch)
+                    drop_database(admin, scratch)
+                    return _left_alone(ctx, entry, present, backed_up)
+                for warning in install(admin, scratch, TEMPLATE_DATABASE, properties, kept,
+                                       template=True):
+                    ctx.warn(warning)
+            except BaseException:
+                restore.drop_incomplete(ctx, admin, scratch, TEMPLATE_DATABASE)
+                raise
+        _drop_previous(ctx, admin, kept)
+    ctx.say(f"template1 restored from {entry.name}: every database created from now on gets "
+            f"{_objects_in_template1(settings).describe()}")
+    return None
+
+
+def _objects_in(settings: Settings, database: str) -> UserObjects:
+    with connect(settings, database) as conn:
+        return read_user_objects(conn)
+
+
+def _left_alone(ctx: JobContext, entry: BackupEntry, present: UserObjects,
+                backed_up: UserObjects) -> str:
+    if present == backed_up:
+        note = (f"not restored: the server's template1 already holds what {entry.name} does "
+                f"({present.describe()})")
+        ctx.say(f"template1: {note}")
+        return note
+    note = (f"not restored: the server's template1 already holds objects of its own "
+            f"({present.describe()}), the backed-up one {backed_up.describe()}")
+    ctx.warn(f"template1 on {ctx.settings.postgres_host}:{ctx.settings.postgres_port} was left "
+             f"as it is: it already holds {present.describe()}, where {entry.name} holds "
+             f"{backed_up.describe()}; databases created there later get the server's, not the "
+             f"backed-up one's. To see the backed-up one, run `backupd restore {entry.name} "
+             "--target-db template1_from_backup`, then put what template1 should hold into it "
+             "with psql -d template1")
+    return note
+
+
+def _drop_previous(ctx: JobContext, admin: psycopg.Connection[tuple], kept: str) -> None:  # type: ignore[type-arg]
+    """The template1 swapped out held nothing of its own: nothing is lost by dropping it."""
+    try:
+        drop_database(admin, kept)
+    except psycopg.Error as exc:
+        ctx.warn(f"template1 was restored, but the empty one it replaced, {kept!r}, could not "
+                 f"be dropped ({describe_pg_error(exc)}); drop it by hand")

@@ -1,0 +1,51 @@
+"""What an administrator puts into template1 so that every new database has it (an extension,
+a schema, a function), and how the tests read it back from a server's database."""
+
+from __future__ import annotations
+
+from .pg import ServerAddress, connect, psql
+
+# Objects template0 lacks: a whole-system backup must carry them, a new server get them back.
+TEMPLATE1_OBJECTS = """
+    CREATE EXTENSION citext;
+    CREATE SCHEMA util;
+    CREATE FUNCTION util.shout(t text) RETURNS text LANGUAGE sql IMMUTABLE
+        AS 'SELECT upper(t)';
+"""
+
+
+def put_into_template1(server: ServerAddress, sql: str = TEMPLATE1_OBJECTS) -> None:
+    psql(server, "template1", sql)
+
+
+def template_objects(server: ServerAddress, database: str = "template1") -> list[str]:
+    """The extensions, schemas and functions of ``database`` that template0 lacks, by name."""
+    with connect(server, database) as conn:
+        rows = conn.execute(
+            "SELECT 'extension ' || extname FROM pg_extension WHERE oid >= 16384 "
+            "UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE oid >= 16384 "
+            "AND nspname NOT LIKE 'pg\\_%' "
+            "UNION ALL SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'util' "
+            "ORDER BY 1").fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def a_new_database_gets(server: ServerAddress) -> list[str]:
+    """What a database created now (CREATE DATABASE, from template1) holds of its own."""
+    with connect(server) as conn:
+        conn.execute("CREATE DATABASE backupd_test_new_from_template1")
+    try:
+        return template_objects(server, "backupd_test_new_from_template1")
+    finally:
+        with connect(server) as conn:
+                conn.execute("DROP DATABASE backupd_test_new_from_template1")
+
+
+def template1_flags(server: ServerAddress) -> tuple[bool, bool]:
+    """template1's (datistemplate, datallowconn)."""
+    with connect(server) as conn:
+        row = conn.execute("SELECT datistemplate, datallowconn FROM pg_database "
+                           "WHERE datname = 'template1'").fetchone()
+    assert row is not None
+    return bool(row[0]), bool(row[1])

@@ -1,0 +1,140 @@
+"""template1's contents in a whole-system backup and recovery (POSTGRES_DB='*'): objects an
+administrator put into template1 so that every new database gets them (an extension, a
+schema, a function) are backed up as one more verified dump of the run, restored into a new
+server's template1, and left alone (with a warning) on a server whose template1 has its own.
+Private clusters only: these tests change template1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers.backups import back_up, read_manifest, sql_of
+from helpers.cli import run_backupd, server_env
+from helpers.cluster import PrivateCluster
+from helpers.logs import log_events
+from helpers.pg import connect, psql
+from helpers.template1 import (
+    a_new_database_gets,
+    put_into_template1,
+    template1_flags,
+    template_objects,
+)
+
+pytestmark = pytest.mark.slow
+
+ClusterFactory = Callable[..., PrivateCluster]
+IN_TEMPLATE1 = ["extension citext", "function util.shout(text)", "schema util"]
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PrivateCluster]:
+    """A server whose template1 holds objects, and a database made from it since."""
+    with PrivateCluster("source-pw") as cluster:
+        cluster.start()
+        put_into_template1(cluster.address)
+        psql(cluster.address, "postgres", "CREATE DATABASE appdb")  # inherits citext, util
+        psql(cluster.address, "appdb", "CREATE TABLE names (n citext PRIMARY KEY); "
+                                       "INSERT INTO names VALUES ('Ann'), ('bob');")
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def backups(source: PrivateCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("template1") / "backups"
+    back_up(source.address, "*", directory, HEALTH_PORT="0")
+    return directory
+
+
+def test_a_run_of_every_database_backs_up_template1_when_it_holds_objects(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    directory = tmp_path / "backups"
+    proc = run_backupd(["backup", "--no-prune"],
+                       server_env(source.address, "*", directory, HEALTH_PORT="0"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [dump] = directory.glob("template1_*.sql.gz")
+    manifest = read_manifest(dump)
+    assert manifest["verified"] is True and manifest["database"] == "template1"
+    [globals_file] = directory.glob("globals_*.globals.sql.gz")
+    assert manifest["run_id"] == read_manifest(globals_file)["run_id"]
+    assert "template1" in read_manifest(globals_file)["run_databases"]
+    said = [str(event.get("event")) for event in log_events(proc.stderr)]
+    assert any("template1 holds objects template0 lacks" in line and "citext" in line
+               for line in said), said
+    # `gunzip -c FILE | psql` brings the objects into a database made from template0.
+    psql(source.address, "postgres", "CREATE DATABASE plain_check TEMPLATE template0")
+    try:
+        psql(source.address, "plain_check", sql_of(dump).decode())
+        assert template_objects(source.address, "plain_check") == IN_TEMPLATE1
+    finally:
+        psql(source.address, "postgres", "DROP DATABASE plain_check")
+
+
+def test_an_empty_template1_adds_no_artifact(private_cluster: ClusterFactory,
+                                             tmp_path: Path) -> None:
+    cluster = private_cluster()
+    # A temporary table leaves its session's pg_temp namespace behind in template1: not an
+    # object anyone put there.
+    psql(cluster.address, "template1", "CREATE TEMP TABLE scratch (x int)")
+    with connect(cluster.address, "template1") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE "
+                            "'pg\\_temp\\_%'").fetchone() == (1,)
+    directory = tmp_path / "backups"
+    proc = run_backupd(["backup", "--no-prune"],
+                       server_env(cluster.address, "*", directory, HEALTH_PORT="0"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(directory.glob("template1_*")) == []
+    assert "template1" not in proc.stderr
+
+
+def test_a_whole_system_restore_brings_template1_back_onto_a_new_server(
+        source: PrivateCluster, backups: Path) -> None:
+    with PrivateCluster("target-pw") as target:
+        target.start()
+        proc = run_backupd(["restore", "--latest", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "template1: ok" in proc.stdout
+        assert template_objects(target.address) == IN_TEMPLATE1
+        assert template1_flags(target.address) == (True, True)
+        # What the server is for: a database created later gets template1's objects.
+        assert a_new_database_gets(target.address) == IN_TEMPLATE1
+        # The databases still come from template0: nothing inherited twice.
+        assert "appdb: ok" in proc.stdout
+        assert psql(target.address, "appdb", "SELECT count(*) FROM names WHERE n = 'ANN'"
+                    ).strip() == "1"
+        with connect(target.address) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE "
+                                "'template1%'").fetchone() == (1,)
+
+
+def test_a_template1_with_objects_of_its_own_is_left_alone_with_a_warning(
+        backups: Path) -> None:
+    with PrivateCluster("target2-pw") as target:
+        target.start()
+        put_into_template1(target.address, "CREATE EXTENSION hstore;")
+        proc = run_backupd(["restore", "--latest", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert template_objects(target.address) == ["extension hstore"]
+        [dump] = backups.glob("template1_*.sql.gz")
+        warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                    if event.get("level") == "warning"]
+        assert len(warnings) == 1, proc.stderr
+        assert warnings[0].startswith("template1 on ")
+        assert "hstore" in warnings[0] and dump.name in warnings[0]
+        assert "--target-db" in warnings[0]  # what to run to look at the backed-up one
+        assert "template1: skipped" in proc.stdout
+        assert "appdb: ok" in proc.stdout
+
+
+def test_db_backup_exclude_leaves_template1_out_without_a_warning(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    directory = tmp_path / "backups"
+    proc = run_backupd(["backup", "--no-prune"],
+                       server_env(source.address, "*", directory, HEALTH_PORT="0",
+                                  DB_BACKUP_EXCLUDE="template1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(directory.glob("template1_*")) == []
+    assert [e for e in log_events(proc.stderr) if e.get("level") == "warning"] == []
