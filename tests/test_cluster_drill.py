@@ -17,6 +17,7 @@ from helpers.cluster import PrivateCluster
 from helpers.metrics import parse_samples
 from helpers.pg import ServerAddress, connect, psql
 from helpers.slow_restore import kill_once_paused, pausing_psql
+from helpers.template1 import put_into_template1, template_objects
 
 from backupd.commands import backup_run
 from backupd.commands import drill as drill_cmd
@@ -278,3 +279,38 @@ def test_a_drill_of_every_database_passes_and_leaves_the_drill_servers_postgres(
         assert conn.execute("SELECT array_agg(relname::text ORDER BY relname) FROM pg_class "
                             "WHERE relname IN ('drill_own', 'live_notes')"
                             ).fetchone() == (["drill_own"],)
+
+
+def test_a_drill_of_every_database_restores_and_compares_template1(
+        clusters: Clusters, tmp_path: Path) -> None:
+    """A run of '*' that took template1 (it holds objects): the drill restores it beside the
+    drill server's own, compares it with the live one, and leaves the drill server's alone."""
+    put_into_template1(clusters.live)
+    backups = tmp_path / "every"
+    every = clusters.env(POSTGRES_DB="*", DB_BACKUP_DIR=str(backups))
+    taken = run_here("backup", every, lambda ctx: backup_run.run(ctx, apply_retention=False))
+    assert taken.ok, taken.summary()
+    [dump] = backups.glob("template1_*.sql.gz")
+
+    result = run_here("drill", every, lambda ctx: drill_cmd.run(ctx))
+
+    assert result.exit_code == 0, result.summary()
+    outcome = result.outcome
+    assert isinstance(outcome, DrillOutcome)
+    assert [d.database for d in outcome.databases] == ["appdb", "postgres", "second",
+                                                       "template1"]
+    assert all(d.ok for d in outcome.databases) and outcome.differences == []
+    assert read_manifest(dump)["drill_ok"] is True
+    assert server_contents(clusters.drill) == EMPTY_SERVER
+    assert template_objects(clusters.drill) == []
+
+    # Compared like any database: a template1 backup that lost the function fails the drill.
+    text = sql_of(dump).replace(b"util.shout(", b"util.whisper(")
+    write_gzip_sql(dump, text)
+    refresh_manifest(dump, raw_bytes=len(text))
+    failed = run_here("drill", every, lambda ctx: drill_cmd.run(ctx))
+    assert failed.exit_code == 1
+    differences = failed.outcome.differences if isinstance(failed.outcome, DrillOutcome) else []
+    assert any(line.startswith("database template1: ") and "shout" in line
+               for line in differences), differences
+    assert template_objects(clusters.drill) == []

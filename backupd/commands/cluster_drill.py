@@ -49,6 +49,7 @@ from backupd.postgres.compare import (
 )
 from backupd.postgres.connection import connect
 from backupd.postgres.databases import (
+    TEMPLATE_DATABASE,
     maintenance_connection,
     read_properties,
     resolve_databases,
@@ -69,11 +70,16 @@ Recorder = Callable[[Repository, BackupEntry, bool, float | None], None]
 # included) connect to it, and the drill leaves the server as found: the live one's backup
 # (POSTGRES_DB='*' takes it) is restored beside it under this name, and compared from there.
 MAINTENANCE_COPY = "backupd_drill_postgres"
+# Likewise template1 (in a run of '*' when it holds objects): the drill server's own is left
+# as found, the backed-up one restored beside it, as a whole-system restore makes it (from
+# template0 like the backed-up one, then loaded), and compared with the live template1.
+TEMPLATE_COPY = "backupd_drill_template1"
 
 
 def drill_name(database: str) -> str:
     """The name a database is restored under on the drill server."""
-    return MAINTENANCE_COPY if database == MAINTENANCE_DB else database
+    return {MAINTENANCE_DB: MAINTENANCE_COPY, TEMPLATE_DATABASE: TEMPLATE_COPY}.get(
+        database, database)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +173,18 @@ def choose_run(ctx: JobContext, repository: Repository, name: str | None) -> Run
             ctx.warn(f"{entry.name} is not from the run of {chosen.name}; drilling it with "
                      "those roles anyway (the newest verified backup of that database)")
         dumps.append(entry)
-    return RunSet(chosen, dumps)
+    return RunSet(chosen, dumps + _template1_of_run(ctx, repository, run_id))
+
+
+def _template1_of_run(ctx: JobContext, repository: Repository,
+                      run_id: str | None) -> list[BackupEntry]:
+    """The run's verified template1 dump, when a run of '*' took one (template1 held
+    objects then); none otherwise: a new server's own template1 is what it had."""
+    if run_id is None or not ctx.settings.database_selection.every or \
+            not ctx.settings.database_selection.choose([TEMPLATE_DATABASE]):
+        return []
+    return [e for e in repository.list_backups(TEMPLATE_DATABASE) if e.proven_good()
+            and e.manifest is not None and e.manifest.run_id == run_id][:1]
 
 
 def _restore_and_compare(ctx: JobContext, drill: Settings, admin: Connection,
