@@ -20,7 +20,8 @@ def backup(
     then apply retention (locally and in S3). With POSTGRES_DB a list or `*`: one run backs up
     each database (one result each, a failure never stops the others) and the cluster's
     globals (roles, tablespaces; DB_BACKUP_GLOBALS), and fails naming any database that
-    failed."""
+    failed. With `*`, template1 too when it holds objects of its own (extensions, schemas,
+    functions put there for every new database)."""
     from backupd.commands import backup_run
 
     settings = bootstrap()
