@@ -14,7 +14,7 @@ from helpers.backups import back_up, read_manifest, sql_of
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
-from helpers.pg import connect, psql
+from helpers.pg import ServerAddress, connect, psql
 from helpers.template1 import (
     a_new_database_gets,
     put_into_template1,
@@ -138,3 +138,27 @@ def test_db_backup_exclude_leaves_template1_out_without_a_warning(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(directory.glob("template1_*")) == []
     assert [e for e in log_events(proc.stderr) if e.get("level") == "warning"] == []
+
+
+def test_a_role_that_may_not_swap_template1_leaves_it_alone_with_a_warning(
+        backups: Path) -> None:
+    """A managed service's admin (CREATEDB, not a superuser, template1 not its own) cannot
+    put a restored template1 in place: said before anything is loaded, not a failed restore."""
+    with PrivateCluster("target3-pw") as target:
+        target.start()
+        psql(target.address, "postgres",
+             "CREATE ROLE admin LOGIN CREATEDB CREATEROLE PASSWORD 'admin-pw'")
+        admin = ServerAddress(target.address.host, target.port, "admin", "admin-pw")
+        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
+                           server_env(admin, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert template_objects(target.address) == []
+        warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                    if event.get("level") == "warning"]
+        assert [w for w in warnings if w.startswith("template1 on ")] == [
+            w for w in warnings if "template1" in w], warnings
+        [warning] = [w for w in warnings if w.startswith("template1 on ")]
+        assert "'admin'" in warning and "--target-db" in warning
+        assert not any("restoring it into" in str(e.get("event"))
+                       for e in log_events(proc.stderr))
+        assert "template1: skipped" in proc.stdout

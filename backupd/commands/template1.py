@@ -36,17 +36,19 @@ from backupd.postgres.user_objects import UserObjects, read_user_objects
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
 
-__all__ = ["TEMPLATE_DATABASE", "restore_template1", "template_to_back_up"]
+__all__ = ["TEMPLATE_DATABASE", "objects_in_template1", "restore_template1",
+           "template_to_back_up"]
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
 
 def template_to_back_up(ctx: JobContext) -> list[str]:
     """``[template1]`` when a backup run of ``*`` must dump it too (it holds objects and
-    DB_BACKUP_EXCLUDE does not leave it out), else none; said either way it is taken."""
+    DB_BACKUP_EXCLUDE does not leave it out), said so; else none."""
     settings = ctx.settings
     if not settings.database_selection.choose([TEMPLATE_DATABASE]):
         return []
     try:
-        held = _objects_in_template1(settings)
+        held = objects_in_template1(settings)
     except (JobFailed, psycopg.Error) as exc:
         reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
         ctx.warn(f"could not look into template1 ({reason}): objects put there for every new "
@@ -56,13 +58,12 @@ def template_to_back_up(ctx: JobContext) -> list[str]:
     if held.empty:
         return []
     ctx.say(f"template1 holds objects template0 lacks ({held.describe()}): backing it up too, "
-            "so that a whole-system restore gives a new server's template1 them again")
+            "so that a whole-system restore brings them back into a new server's template1")
     return [TEMPLATE_DATABASE]
 
 
-def _objects_in_template1(settings: Settings) -> UserObjects:
-    with connect(settings, TEMPLATE_DATABASE) as conn:
-        return read_user_objects(conn)
+def objects_in_template1(settings: Settings) -> UserObjects:
+    return _objects_in(settings, TEMPLATE_DATABASE)
 
 
 def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntry,
@@ -71,9 +72,13 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
     nothing of its own (a new server): verified in full, loaded into a scratch database made
     like the backed-up one, then swapped in for the empty template1 in one transaction, as
     every restore puts its database in place. Returns None when restored, else why not (the
-    server's template1 already holds objects: left as it is, warned when they differ)."""
+    server's template1 already holds objects, or the role may not swap it: left as it is,
+    and warned, unless it holds what the backup does)."""
     settings = ctx.settings
     with connect(settings, MAINTENANCE_DB) as admin:
+        refused = _may_not_swap(admin)
+        if refused is not None:
+            return _left_alone(ctx, entry, refused)
         lock_target(ctx, admin, TEMPLATE_DATABASE)
         with selection.local_file(ctx, repository, entry) as path:
             identities = restore.identities_for(ctx, entry)
@@ -95,11 +100,11 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                                   without.pg_restore_options, tablespaces=spaces)
                 # Asked only now: what the backed-up template1 holds is known once loaded,
                 # and nothing may have come into the server's since.
-                present = _objects_in_template1(settings)
+                present = objects_in_template1(settings)
                 if not present.empty:
                     backed_up = _objects_in(settings, scratch)
                     drop_database(admin, scratch)
-                    return _left_alone(ctx, entry, present, backed_up)
+                    return _holding_objects(ctx, entry, present, backed_up)
                 for warning in install(admin, scratch, TEMPLATE_DATABASE, properties, kept,
                                        template=True):
                     ctx.warn(warning)
@@ -108,7 +113,7 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                 raise
         _drop_previous(ctx, admin, kept)
     ctx.say(f"template1 restored from {entry.name}: every database created from now on gets "
-            f"{_objects_in_template1(settings).describe()}")
+            f"{objects_in_template1(settings).describe()}")
     return None
 
 
@@ -117,25 +122,40 @@ def _objects_in(settings: Settings, database: str) -> UserObjects:
         return read_user_objects(conn)
 
 
-def _left_alone(ctx: JobContext, entry: BackupEntry, present: UserObjects,
-                backed_up: UserObjects) -> str:
+def _may_not_swap(admin: Connection) -> str | None:
+    """Why the restoring role cannot put a restored template1 in place (rename it, make it a
+    template), found before anything is loaded; None when it can."""
+    row = admin.execute(
+        "SELECT current_user, r.rolsuper, r.rolcreatedb, pg_has_role(current_user, d.datdba, "
+        "'MEMBER'), pg_get_userbyid(d.datdba) FROM pg_roles r, pg_database d "
+        "WHERE r.rolname = current_user AND d.datname = %s", (TEMPLATE_DATABASE,)).fetchone()
+    if row is None or row[1] or (row[2] and row[3]):
+        return None
+    return (f"role {row[0]!r} may not put a restored template1 in place (that needs a "
+            f"superuser, or CREATEDB and membership in template1's owner {row[4]!r})")
+
+
+def _holding_objects(ctx: JobContext, entry: BackupEntry, present: UserObjects,
+                     backed_up: UserObjects) -> str:
     if present == backed_up:
         note = (f"not restored: the server's template1 already holds what {entry.name} does "
                 f"({present.describe()})")
         ctx.say(f"template1: {note}")
         return note
-    note = (f"not restored: the server's template1 already holds objects of its own "
-            f"({present.describe()}), the backed-up one {backed_up.describe()}")
+    return _left_alone(ctx, entry, f"it already holds {present.describe()}, where "
+                                   f"{entry.name} holds {backed_up.describe()}")
+
+
+def _left_alone(ctx: JobContext, entry: BackupEntry, why: str) -> str:
     ctx.warn(f"template1 on {ctx.settings.postgres_host}:{ctx.settings.postgres_port} was left "
-             f"as it is: it already holds {present.describe()}, where {entry.name} holds "
-             f"{backed_up.describe()}; databases created there later get the server's, not the "
-             f"backed-up one's. To see the backed-up one, run `backupd restore {entry.name} "
-             "--target-db template1_from_backup`, then put what template1 should hold into it "
-             "with psql -d template1")
-    return note
+             f"as it is: {why}; databases created there later get the server's template1, "
+             f"not the backed-up one. To see the backed-up one, run `backupd restore "
+             f"{entry.name} --target-db template1_from_backup`, then put what template1 "
+             "should hold into it with psql -d template1")
+    return f"not restored: {why}"
 
 
-def _drop_previous(ctx: JobContext, admin: psycopg.Connection[tuple], kept: str) -> None:  # type: ignore[type-arg]
+def _drop_previous(ctx: JobContext, admin: Connection, kept: str) -> None:
     """The template1 swapped out held nothing of its own: nothing is lost by dropping it."""
     try:
         drop_database(admin, kept)
