@@ -314,3 +314,17 @@ def test_a_drill_of_every_database_restores_and_compares_template1(
     assert any(line.startswith("database template1: ") and "shout" in line
                for line in differences), differences
     assert template_objects(clusters.drill) == []
+
+
+def test_a_drill_warns_when_template1_holds_objects_the_run_has_no_backup_of(
+        clusters: Clusters, tmp_path: Path) -> None:
+    every = clusters.env(POSTGRES_DB="*", DB_BACKUP_DIR=str(tmp_path / "every"))
+    taken = run_here("backup", every, lambda ctx: backup_run.run(ctx, apply_retention=False))
+    assert taken.ok, taken.summary()
+    put_into_template1(clusters.live)  # after the run: a restore of it would lack them
+
+    result = run_here("drill", every, lambda ctx: drill_cmd.run(ctx))
+
+    assert result.exit_code == 0, result.summary()
+    [warning] = [w for w in result.warnings if "template1" in w]
+    assert "extension citext" in warning and "no backup of template1" in warning

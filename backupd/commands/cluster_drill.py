@@ -18,6 +18,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import psycopg
 from psycopg import sql
 
 from backupd.commands import restore, restore_load, selection
@@ -34,6 +35,7 @@ from backupd.commands.drill_server import (
     mark_started,
     restore_server,
 )
+from backupd.commands.template1 import objects_in_template1
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
@@ -183,8 +185,24 @@ def _template1_of_run(ctx: JobContext, repository: Repository,
     if run_id is None or not ctx.settings.database_selection.every or \
             not ctx.settings.database_selection.choose([TEMPLATE_DATABASE]):
         return []
-    return [e for e in repository.list_backups(TEMPLATE_DATABASE) if e.proven_good()
-            and e.manifest is not None and e.manifest.run_id == run_id][:1]
+    taken = [e for e in repository.list_backups(TEMPLATE_DATABASE) if e.proven_good()
+             and e.manifest is not None and e.manifest.run_id == run_id][:1]
+    if not taken:
+        _warn_if_template1_holds_objects(ctx, run_id)
+    return taken
+
+
+def _warn_if_template1_holds_objects(ctx: JobContext, run_id: str) -> None:
+    """A live template1 with objects the run has no backup of (put there since, or the dump
+    failed): a whole-system restore of this run gives a new server an empty template1."""
+    try:
+        held = objects_in_template1(ctx.settings)
+    except (JobFailed, psycopg.Error):
+        return  # the backup run warns that it cannot look into template1
+    if not held.empty:
+        ctx.warn(f"the live template1 holds {held.describe()}, and run {run_id} has no backup "
+                 "of template1: a whole-system restore of it would give a new server's "
+                 "template1 none of it; the next backup run of '*' takes it")
 
 
 def _restore_and_compare(ctx: JobContext, drill: Settings, admin: Connection,
