@@ -31,7 +31,7 @@ from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.postgres.connection import connect, describe_pg_error, drop_database
 from backupd.postgres.databases import TEMPLATE_DATABASE, read_properties
-from backupd.postgres.tablespaces import server_tablespaces
+from backupd.postgres.tablespaces import ObjectTablespaces, server_tablespaces
 from backupd.postgres.user_objects import UserObjects, read_user_objects
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
@@ -90,14 +90,15 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
             scratch = derived_name(TEMPLATE_DATABASE, f"{RESTORING}{stamp}")
             kept = derived_name(TEMPLATE_DATABASE, f"_before_restore_{stamp}")
             spaces = server_tablespaces(admin)
-            restore.create_database(admin, scratch, properties, spaces)
+            placement = restore.create_database(admin, scratch, properties, spaces)
             ctx.cancel.progress.working_in(scratch)
             try:
                 mark_restoring(admin, scratch, TEMPLATE_DATABASE)
                 ctx.say(f"{entry.name} verified; restoring it into {scratch!r}, to take "
                         "template1's place")
                 restore_load.load(ctx, path, entry, scratch, identities,
-                                  without.pg_restore_options, tablespaces=spaces)
+                                  without.pg_restore_options,
+                                  tablespaces=ObjectTablespaces(spaces, placement.landed))
                 # Asked only now: what the backed-up template1 holds is known once loaded,
                 # and nothing may have come into the server's since.
                 present = objects_in_template1(settings)
