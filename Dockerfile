@@ -39,7 +39,7 @@ ARG PGDG_KEY_FINGERPRINT=B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8
 # Where the PostgreSQL packages come from: "pgdg" (apt.postgresql.org, every major), or
 # "debian": the base image's own Debian release, for a build host that reaches only a Debian
 # mirror. Debian carries one major per release (bookworm: 15), so PG_CLIENT_MAJORS must then
-# be that one; the build fails on any other (the version check below).
+# be that one; apt-get fails the build on any other (no such package).
 ARG PG_PACKAGES_FROM=pgdg
 
 # No PostgreSQL directory on PATH: /usr/bin/pg_dump is postgresql-common's wrapper, and
@@ -53,7 +53,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # PostgreSQL client tools and server binaries from the PGDG repository, which carries every
-# supported major. Versions are pinned to the major (PGDG keeps only the newest minor of each
+# supported major (or Debian's own release: PG_PACKAGES_FROM). Versions are pinned to the major (PGDG keeps only the newest minor of each
 # major, so an exact pin would stop building). Left out: man pages (the base image already
 # leaves out /usr/share/man and translations) and the servers' LLVM bitcode (JIT inlining
 # only; backupd's private servers run with jit=off): ~20 MiB per major remain. Kept: psql.1

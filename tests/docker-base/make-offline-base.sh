@@ -15,7 +15,8 @@ set -euo pipefail
 TAG="${1:-backupd-base/python:3.11-bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 root="$(mktemp -d)"
-trap 'rm -rf "$root"' EXIT
+# --one-file-system: a debootstrap cut short may leave /proc or /sys mounted inside the root.
+trap 'rm -rf --one-file-system "$root"' EXIT
 
 debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates \
     bookworm "$root" "$MIRROR" >/dev/null
