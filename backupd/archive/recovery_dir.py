@@ -39,12 +39,20 @@ _IGNORED = frozenset({"lost+found"})
 RESTORE_COMMAND = f"cp {WAL_COPY_NAME}/%f %p"
 
 
+# chown's ids are 32 bits; 4294967295 ((uid_t) -1) means "leave it as it is".
+MAX_ID = 2**32 - 2
+
+
 def parse_owner(text: str) -> tuple[int, int]:
     user, sep, group = text.partition(":")
     if not (sep and user.isdigit() and group.isdigit()):
         raise ConfigError(f"--owner: {text!r} is not UID:GID; give numbers, e.g. 999:999 "
                           "(the postgres user of the official image)")
-    return int(user), int(group)
+    uid, gid = int(user), int(group)
+    if uid > MAX_ID or gid > MAX_ID:
+        raise ConfigError(f"--owner: {text!r} is out of range; give a UID and GID from 0 to "
+                          f"{MAX_ID}, e.g. 999:999 (the postgres user of the official image)")
+    return uid, gid
 
 
 def _live_server(directory: Path) -> str | None:
@@ -141,30 +149,66 @@ def _check_mode_can_be_set(directory: Path) -> None:
 
 def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
     """Make directory ``probe`` in ``place``, give it to ``owner`` (and back), and remove
-    it; an OSError names ``place``, a chown refused names --owner."""
+    it, whatever the chown did; an OSError names ``place``, a chown refused names --owner."""
     try:
         if probe.name.endswith(".probe") and probe.is_dir() and not probe.is_symlink():
             probe.rmdir()  # this very probe, left by a check killed between its two steps
         probe.mkdir(mode=0o700)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(place)) from None
-    refused = None
+    refused: OSError | OverflowError | None = None
     try:
         if owner is not None:
             try:
                 os.chown(probe, *owner)
                 # Back again: in a sticky directory only its owner may remove it.
                 os.chown(probe, os.geteuid(), os.getegid())
-            except PermissionError as exc:
+            except (OSError, OverflowError) as exc:
                 refused = exc
-        probe.rmdir()
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(place)) from None
+    finally:
+        try:
+            probe.rmdir()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(place)) from None
     if refused is not None and owner is not None:
-        raise ConfigError(
-            f"--owner: backupd (uid {os.geteuid()}) may not give files to {owner[0]}:"
-            f"{owner[1]} ({refused.strerror}); run recover as root, or leave out --owner "
-            "(the files are then backupd's)")
+        raise _owner_refused(place, owner, refused)
+
+
+def _owner_refused(place: Path, owner: tuple[int, int],
+                   exc: OSError | OverflowError) -> ConfigError:
+    """--owner's one line for a chown of the probe in ``place`` that failed with ``exc``."""
+    given = f"{owner[0]}:{owner[1]}"
+    if not isinstance(exc, OSError):
+        return ConfigError(f"--owner: {given} is not a UID:GID chown takes ({exc}); give ids "
+                           f"from 0 to {MAX_ID}")
+    if exc.errno != errno.EPERM:
+        # EINVAL: an id this system (its user namespace, in a container) does not map.
+        return ConfigError(f"--owner: files in {place} cannot be given to {given} "
+                           f"({exc.strerror}: an id this system, or the container's user "
+                           "namespace, does not map); give ids it maps (999:999 in the "
+                           "official image), or leave out --owner (the files are then "
+                           "backupd's)")
+    if _may_change_owners():
+        # Root, and still refused: NFS with root_squash, vfat or CIFS.
+        return ConfigError(f"--owner: the filesystem at {place} refuses ownership changes, "
+                           f"even to backupd as root ({exc.strerror}); recover onto a "
+                           "filesystem that keeps ownership, or leave out --owner (the files "
+                           "are then backupd's)")
+    return ConfigError(f"--owner: backupd (uid {os.geteuid()}) may not give files to {given} "
+                       f"({exc.strerror}); run recover as root, or leave out --owner (the "
+                       "files are then backupd's)")
+
+
+def _may_change_owners() -> bool:
+    """Whether backupd holds CAP_CHOWN (root, unless a container dropped it)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return os.geteuid() == 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & 1)  # bit 0: CAP_CHOWN
+    return os.geteuid() == 0
 
 
 def write_failed(directory: Path, exc: OSError) -> JobFailed:

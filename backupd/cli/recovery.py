@@ -38,8 +38,9 @@ def recover(
         "--from-s3", help="Read the archive (base backups and WAL) from S3 alone.")] = False,
     owner: Annotated[str | None, typer.Option(
         "--owner", help="UID:GID to own the directory, the server's user (999:999 for the "
-        "official postgres image), when recovering as another user; needs root (checked "
-        "before the archive is read).")] = None,
+        "official postgres image), when recovering as another user; needs root and a "
+        "filesystem that keeps ownership (checked before the archive is read). Ids: 0 to "
+        "4294967294.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Clean up what an interrupted recover left in --target-dir first "
         "(only that: any other content is still refused).")] = False,

@@ -107,6 +107,7 @@ def run_backupd(
     obey_file_modes: bool = False,
     obey_ownership: bool = False,
     file_size_limit: int | None = None,
+    own_user_namespace: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run one backupd command to completion; never raises on a non-zero exit code.
 
@@ -118,7 +119,10 @@ def run_backupd(
     ``obey_ownership``: ownership binds it too, as it binds uid 10001 (no chown to another
     user, no chmod of another user's directory).
     ``file_size_limit`` (bytes, RLIMIT_FSIZE): a write past it fails with EFBIG ("File too
-    large"; Python ignores SIGXFSZ), part way through a file as on a full disk (ENOSPC)."""
+    large"; Python ignores SIGXFSZ), part way through a file as on a full disk (ENOSPC).
+    ``own_user_namespace``: in a user namespace of its own where only root (uid and gid 0,
+    the same outside) exists, as in a container whose namespace maps few ids: root there,
+    and a chown to any other id fails with EINVAL (``unshare --map-root-user``)."""
     leakcheck.record_run(args, env)
 
     def before_exec() -> None:
@@ -131,8 +135,9 @@ def run_backupd(
         if dropped:
             _drop_capabilities(dropped)
 
+    namespace = ["unshare", "--user", "--map-root-user"] if own_user_namespace else []
     proc = subprocess.run(
-        _command(args),
+        namespace + _command(args),
         env=build_env(env),
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
