@@ -243,3 +243,34 @@ def test_only_the_newest_partial_can_be_the_live_one_an_older_one_that_does_not_
     assert f"damaged {older} (" in lines[-1], lines
     assert not any(f"WAL file {older} left out" in line for line in lines), lines
     assert any(f"WAL file {newest} left out" in line for line in lines), lines
+
+
+def test_a_damaged_partial_beside_its_complete_segment_is_not_left_out_as_the_live_one(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, pg_server: ServerAddress,
+) -> None:
+    """A daemon killed between uploading segment N and deleting N.partial leaves both on
+    S3; N.partial is superseded by N (never listed, never read). Its object not matching
+    its manifest is no write in progress to warn about: the newest file is N, not the
+    partial that sorts after it. Found in review: it was "left out" with a warning to run
+    again, by recover --from-s3 and verify --wal alike."""
+    from helpers.offsite import put_bytes
+
+    remote = offsite_archive(s3_server.endpoint_url, s3_bucket, s3_server.client())
+    segment = "000000010000000000000006"
+    store_wal_files(remote, ["000000010000000000000005", segment, f"{segment}.partial"],
+                    tmp_path)
+    put_base_backup_record(offsite_repository(s3_server.endpoint_url, s3_bucket,
+                                              s3_server.client()),
+                           tmp_path, timeline=1, segno=5)
+    [artifact] = [e.name for e in remote.entries() if e.name.startswith(f"{segment}.partial")]
+    put_bytes(s3_server, s3_bucket, f"wal/{artifact}", b"not what was uploaded")
+
+    listed = remote.segments()
+    assert [(w.name, w.damage) for w in listed] == [
+        ("000000010000000000000005", None), (segment, None)]
+    assert remote.left_out == []
+
+    env = server_env(pg_server, "postgres", tmp_path / "backups", **s3_env(s3_server, s3_bucket))
+    proc = run_backupd(["verify", "--wal", "--remote", "--json"], as_a_user_sees_it(env))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "left out" not in proc.stderr, proc.stderr

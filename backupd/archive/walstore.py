@@ -204,9 +204,7 @@ class WalArchive:
                 # new data is in place before its manifest. The spool's copy is the file.
                 found[wal_file.name] = wal_file
         self._settle(found)
-        complete = {w.wal.segment for w in found.values() if w.wal.kind == "segment"}
-        listed = [w for w in found.values() if not (w.partial and w.wal.segment in complete)]
-        return sorted(listed, key=lambda w: w.wal.sort_key)
+        return sorted(_current(found), key=lambda w: w.wal.sort_key)
 
     def _settle(self, found: dict[str, ArchivedWal]) -> None:
         """Each file in ``found`` with ``damage`` looked at once more: caught between a write
@@ -217,7 +215,8 @@ class WalArchive:
         ``left_out``; the archive ends before it until its manifest follows. An older
         ``.partial`` is never uploaded again (only the newest is, once every completed
         segment is up): one that does not match is damage."""
-        newest = max((w.wal.sort_key for w in found.values() if not w.history), default=None)
+        # A superseded partial (a kill between uploading N and deleting it) is never newest.
+        newest = max((w.wal.sort_key for w in _current(found) if not w.history), default=None)
         for name, wal in list(found.items()):
             if wal.damage is None or wal.artifact is None:
                 continue
@@ -376,6 +375,12 @@ class WalArchive:
 
     def delete(self, artifact: str) -> None:
         self.repository.delete(artifact)
+
+
+def _current(found: dict[str, ArchivedWal]) -> list[ArchivedWal]:
+    """``found`` without the ``.partial``s superseded by their complete segment."""
+    complete = {w.wal.segment for w in found.values() if w.wal.kind == "segment"}
+    return [w for w in found.values() if not (w.partial and w.wal.segment in complete)]
 
 
 def _copy_spool_file(path: Path, dest: Path) -> None:
