@@ -100,6 +100,13 @@ def path_to_newest(files: Sequence[Listed],
                                                lambda name, dest: fetch(histories[name], dest)))
 
 
+def history_to_read(files: Sequence[Listed]) -> list[Listed]:
+    """The history file :func:`path_to_newest` fetches from ``files`` (none on timeline 1,
+    or when it is missing: then it fails naming it)."""
+    newest = max((f.timeline for f in files), default=1)
+    return [f for f in files if f.history and f.timeline == newest and newest > 1]
+
+
 def timeline_spans(newest: int, history: Sequence[tuple[int, int]]) -> list[TimelineSpan]:
     """The path of timelines that leads to ``newest``, from the first."""
     spans: list[TimelineSpan] = []

@@ -12,7 +12,7 @@ local archive and for S3.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -106,21 +106,37 @@ class RecoverySource(Protocol):
         ...
 
 
-def require_identity(keys: AgeKeyFiles, wal: Sequence[WalLike],
-                     backups: Sequence[BaseBackupLike]) -> None:
-    """From the listing, before a file is fetched: ConfigError naming
-    DB_BACKUP_AGE_IDENTITY_FILE when it names a file that holds no usable identity, or is not
-    set while the archive holds encrypted files (found part way through otherwise, after
-    the WAL copy or during the unpacking)."""
+class Encryptable(Protocol):
+    """A file of the archive, as the identity check reads it (a base backup or WAL file)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def encrypted(self) -> bool: ...
+
+
+def first_encrypted(files: Iterable[Encryptable]) -> str | None:
+    """``files``' encrypted ones, named in a few words (None: none is)."""
+    names = [f.name for f in files if f.encrypted]
+    if not names:
+        return None
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
+def require_identity(keys: AgeKeyFiles, files: Iterable[Encryptable]) -> None:
+    """Before ``files`` (what is about to be fetched, from the listing) are: ConfigError
+    naming DB_BACKUP_AGE_IDENTITY_FILE when it names a file that holds no usable identity,
+    or is not set while any of ``files`` is encrypted (found part way through otherwise,
+    after the WAL copy or during the unpacking). Only those files: an archive that holds
+    older encrypted ones (encryption turned off later) needs no identity for the rest."""
     if keys.identity_file is not None:
         load_identities(keys)
         return
-    encrypted = next((b.name for b in backups if b.encrypted),
-                     next((w.name for w in wal if w.encrypted), None))
+    encrypted = first_encrypted(files)
     if encrypted is not None:
-        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: not set, and the archive is encrypted "
-                          f"({encrypted}); set it to the age identity file that decrypts it "
-                          "(age-keygen output)")
+        raise ConfigError(f"DB_BACKUP_AGE_IDENTITY_FILE: not set, and the archive's files "
+                          f"this recovery reads are encrypted ({encrypted}); set it to the "
+                          "age identity file that decrypts them (age-keygen output)")
 
 
 # The settings that each name a recovery target; the server allows at most one set.
@@ -206,6 +222,11 @@ class RecoveryPlan:
     segments: list[WalLike]
     history: list[WalLike]
     segment_size: int
+
+    @property
+    def wal_files(self) -> list[WalLike]:
+        """Every WAL file the plan fetches: the history files, then the segments."""
+        return [*self.history, *self.segments]
 
     def file_name(self, wal: WalLike) -> str:
         """The name replay asks the restore_command for (a partial's completed name)."""

@@ -89,7 +89,9 @@ def mark(
 ) -> None:
     """Create a named restore point in the WAL (pg_create_restore_point) before a risky
     change; `backupd recover --to-name NAME` recovers to it. A name already in the WAL
-    archive is refused (recovery stops at the first of a name): give each mark its own."""
+    archive is refused (recovery stops at the first of a name): give each mark its own. Over
+    encrypted WAL without DB_BACKUP_AGE_IDENTITY_FILE (the sidecar's usual setup) the name
+    is not looked for: a warning says so, and the restore point is made."""
     from backupd.commands import mark as mark_cmd
 
     settings = bootstrap()

@@ -5,7 +5,9 @@ A name already in the WAL archive is refused (exit 2): recovery stops at the fir
 point of a name, so a second one could never be recovered to by name (``recover
 --to-name`` refuses such a name too). Checking reads the local archive's WAL from its oldest
 base backup on with pg_waldump, a window of segments at a time, once the server has
-answered (a stopped one fails at once, not after the scan).
+answered (a stopped one fails at once, not after the scan). When the check cannot run (no
+pg_waldump, no base backup, a gap; encrypted WAL without DB_BACKUP_AGE_IDENTITY_FILE, as in
+the sidecar) mark warns and makes the restore point.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -24,6 +26,8 @@ from backupd.archive.recovery import (
     RecoverySource,
     RecoveryTarget,
     WalDamaged,
+    WalLike,
+    first_encrypted,
     plan,
     require_identity,
 )
@@ -31,6 +35,7 @@ from backupd.configs import age_key_files
 from backupd.errors import ConfigError, JobFailed, os_error_text
 from backupd.job import JobContext
 from backupd.outcomes import MarkOutcome
+from backupd.pipeline.config import AgeKeyFiles
 from backupd.postgres.connection import connect, describe_pg_error
 from backupd.scratch import owned, remove_abandoned
 from backupd.storage.local import is_read_only_error
@@ -87,14 +92,17 @@ def _require_a_server(ctx: JobContext, name: str) -> None:
 def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     if not ctx.settings.wal_archive:
         return  # no archive of backupd's to recover from by name
-    from backupd.archive.continuity import path_to_newest
+    from backupd.archive.continuity import history_to_read, path_to_newest
     from backupd.archive.recovery_source import archive_source
     from backupd.archive.walstore import WalFetchError
 
     keys = age_key_files(ctx.settings)
+    # A set identity file that cannot be read is a setting to fix (exit 2, no point made).
+    require_identity(keys, ())
     source = archive_source(ctx.repos, keys)
     wal, backups = source.wal(), source.base_backups()
-    require_identity(keys, wal, backups)  # a setting to fix: never "not looked for"
+    if _without_the_identity(ctx, name, keys, history_to_read(wal)):
+        return
     try:
         chosen = plan(wal, backups, RecoveryTarget(name=name),
                       spans=path_to_newest(wal, source.fetch))
@@ -103,6 +111,9 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
                         f"name failed: {exc}") from None
     except (ConfigError, JobFailed) as exc:
         ctx.warn(f"restore point {name!r} not looked for in the archive: {exc}")
+        return
+    # Only the WAL it reads counts: base backups are never unpacked here.
+    if _without_the_identity(ctx, name, keys, chosen.wal_files):
         return
     for removed in remove_leftovers(ctx.settings.backup_dir):
         ctx.warn(f"removed {removed.name}, the WAL a killed `backupd mark` had fetched")
@@ -120,6 +131,21 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
             f"NAME: restore point {name!r} is already in the WAL archive, at "
             + ", ".join(p.describe() for p in points) + "; recovery stops at the first of a "
             f"name, so give this one another name (e.g. {name}-2)")
+
+
+def _without_the_identity(ctx: JobContext, name: str, keys: AgeKeyFiles,
+                          wal: Sequence[WalLike]) -> bool:
+    """Whether the name check cannot run: ``wal`` (about to be read) holds encrypted files
+    and DB_BACKUP_AGE_IDENTITY_FILE is not set, as in the sidecar, which holds public keys
+    only (warned: the restore point is made unchecked; recover --to-name, run with the
+    identity, still refuses a name found twice)."""
+    encrypted = first_encrypted(wal) if keys.identity_file is None else None
+    if encrypted is None:
+        return False
+    ctx.warn(f"restore point {name!r} not looked for in the archive: its WAL is encrypted "
+             f"({encrypted}) and DB_BACKUP_AGE_IDENTITY_FILE not set (the sidecar holds "
+             "public keys only); `recover --to-name` still refuses a name found twice")
+    return True
 
 
 @contextlib.contextmanager

@@ -260,10 +260,12 @@ def store_wal_files(archive: WalArchive, names: Iterable[str], scratch: Path,
 
 
 def put_base_backup_record(repository: Repository, scratch: Path, *, timeline: int,
-                           segno: int) -> str:
+                           segno: int, encrypted: bool = False) -> str:
     """A verified base backup's manifest in ``repository`` (with stand-in data), from
-    segment ``segno`` of ``timeline`` to a stop in that segment; its name. For what decides
-    from listings alone (verify --wal, recover's plan), never for one that is unpacked."""
+    segment ``segno`` of ``timeline`` to a stop in that segment; its name (an ``.age`` one
+    when ``encrypted``: so named and recorded, the stand-in data as it is). For what decides
+    from listings alone (verify --wal, recover's plan, mark), never for one that is
+    unpacked."""
     from datetime import UTC, datetime
 
     from backupd.archive.walnames import format_lsn
@@ -271,7 +273,7 @@ def put_base_backup_record(repository: Repository, scratch: Path, *, timeline: i
     from backupd.naming import BASE_DATABASE, BASE_KIND, base_backup_name
 
     now = datetime.now(UTC)
-    name = base_backup_name(now, "gzip")
+    name = base_backup_name(now, "gzip", encrypted)
     data = scratch / name
     data.write_bytes(b"stand-in for a base backup")
     start = segno * DEFAULT_SEGMENT_SIZE
@@ -282,6 +284,7 @@ def put_base_backup_record(repository: Repository, scratch: Path, *, timeline: i
     size = data.stat().st_size
     repository.put(Manifest(kind=BASE_KIND, name=name, database=BASE_DATABASE, started_at=now,
                             finished_at=now, raw_bytes=size, stored_bytes=size,
+                            encrypted=encrypted,
                             sha256=hashlib.sha256(data.read_bytes()).hexdigest(),
                             verified=True, verified_at=now, base_backup=facts), data)
     data.unlink()
