@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 from helpers.age import make_age_keys
 from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
-from helpers.pg import connect
 from helpers.recovered import (
     PitrCluster,
     insert_batch,
@@ -166,5 +165,3 @@ def test_mark_never_counts_base_backups_for_the_identity(mixed: Mixed, tmp_path:
     assert "DB_BACKUP_AGE_IDENTITY_FILE" not in proc.stderr, proc.stderr
     assert "restore point 'plain-wal' not looked for in the archive's WAL" in proc.stderr
     assert restore_points_in_pg_wal(mixed.pitr.cluster, "plain-wal") == 1
-    with connect(mixed.pitr.cluster.address) as conn:
-        conn.execute("SELECT 1")
