@@ -16,8 +16,11 @@ from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect, psql
 from helpers.template1 import (
+    SUBSCRIPTION,
     a_new_database_gets,
+    objects_in,
     put_into_template1,
+    subscriptions_in,
     template1_flags,
     template_objects,
 )
@@ -162,3 +165,35 @@ def test_a_role_that_may_not_swap_template1_leaves_it_alone_with_a_warning(
         assert not any("restoring it into" in str(e.get("event"))
                        for e in log_events(proc.stderr))
         assert "template1: skipped" in proc.stdout
+
+
+def test_a_template1_holding_only_a_subscription_is_left_alone(backups: Path) -> None:
+    """A subscription lives in template1 as any object does: the one definition of "holds
+    nothing" counts it, so template1 is not swapped out (and the subscription not lost with
+    the template1 it was in)."""
+    with PrivateCluster("target4-pw") as target:
+        target.start()
+        put_into_template1(target.address, SUBSCRIPTION)
+        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert subscriptions_in(target.address) == [("feed_sub", "template1")]
+        warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                    if event.get("level") == "warning"]
+        [warning] = [w for w in warnings if w.startswith("template1 on ")]
+        assert "1 subscription" in warning
+        assert "template1: skipped" in proc.stdout
+        with connect(target.address) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE "
+                                "'template1%'").fetchone() == (1,)
+
+
+def test_what_template1_holds_is_counted_as_a_user_made_it(
+        private_cluster: ClusterFactory) -> None:
+    """One table with a text column is one relation (its toast table and the toast table's
+    index are PostgreSQL's, not the user's)."""
+    cluster = private_cluster()
+    put_into_template1(cluster.address, "CREATE TABLE notes (body text);")
+    held = objects_in(cluster.address)
+    assert held.describe() == "1 relation"
+    assert held.identities == ("relation table notes",)

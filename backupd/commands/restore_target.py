@@ -20,7 +20,7 @@ from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.postgres.connection import connect, describe_pg_error, lock_key
 from backupd.postgres.databases import apply_properties, drop_with_subscriptions
-from backupd.postgres.user_objects import FIRST_NORMAL_OBJECT_ID, OBJECT_CATALOGS
+from backupd.postgres.user_objects import read_user_objects
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"
@@ -194,18 +194,11 @@ def is_empty(settings: Settings, database: str) -> bool:
 
 
 def holds_nothing(settings: Settings, database: str) -> bool:
-    """Not a single object of its own (nothing any user created, no subscription): only
-    then does dropping it lose nothing."""
-    counts = sql.SQL(" + ").join(
-        sql.SQL("(SELECT count(*) FROM {} WHERE oid >= {})").format(
-            sql.Identifier("pg_catalog", catalog), sql.Literal(FIRST_NORMAL_OBJECT_ID))
-        for catalog in OBJECT_CATALOGS)
-    subscriptions = sql.SQL(
-        "(SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = "
-        "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
+    """Not a single object of its own (nothing any user created, no changed privilege, no
+    subscription: backupd.postgres.user_objects, the one definition): only then does
+    dropping it lose nothing."""
     with connect(settings, database) as conn:
-        row = conn.execute(sql.SQL("SELECT {} + {}").format(counts, subscriptions)).fetchone()
-    return row is not None and row[0] == 0
+        return read_user_objects(conn).empty
 
 
 def install(admin: Connection, scratch: str, target: str,

@@ -23,6 +23,7 @@ from backupd.commands.restore_target import (
     MAINTENANCE_DB,
     RESTORING,
     derived_name,
+    holds_nothing,
     install,
     lock_target,
     mark_restoring,
@@ -157,7 +158,22 @@ def _left_alone(ctx: JobContext, entry: BackupEntry, why: str) -> str:
 
 
 def _drop_previous(ctx: JobContext, admin: Connection, kept: str) -> None:
-    """The template1 swapped out held nothing of its own: nothing is lost by dropping it."""
+    """The template1 swapped out held nothing of its own when looked into before the swap;
+    looked into again (the same definition, backupd.postgres.user_objects), it is dropped
+    only if it still holds nothing: whatever came into it since is kept, and said so."""
+    try:
+        empty = holds_nothing(ctx.settings, kept)
+    except (JobFailed, psycopg.Error) as exc:
+        reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        ctx.warn(f"template1 was restored; the one it replaced could not be looked into "
+                 f"({reason}), so it was kept as {kept!r}: drop it once you know it holds "
+                 "nothing you need")
+        return
+    if not empty:
+        ctx.warn(f"template1 was restored; the one it replaced was kept as {kept!r}: "
+                 "something was put into it during the restore; take what you need from "
+                 "it, then drop it")
+        return
     try:
         drop_database(admin, kept)
     except psycopg.Error as exc:

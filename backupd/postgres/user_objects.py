@@ -57,18 +57,25 @@ _ACL_COLUMNS = {"pg_namespace": "nspacl", "pg_class": "relacl", "pg_proc": "proa
 @dataclass(frozen=True)
 class UserObjects:
     """What a database holds of its own: ``counts`` per kind (those with any; extension
-    members and array types left out: their extension or type stands for them), the
-    extensions and schemas by name,
-    and how many built-in objects have privileges other than initdb gave them."""
+    members, array types and toast tables left out: their extension or object stands for
+    them), the extensions and schemas by name, how many built-in objects have privileges
+    other than initdb gave them, and the subscriptions made in it. ``identities``: each of
+    those objects as PostgreSQL describes it (pg_describe_object, no OIDs but a large
+    object's), so that two databases compare equal only when they hold the same objects.
+    The one definition of "holds nothing" (``empty``): a database for which it holds may be
+    dropped without losing anything (backupd.commands.restore_target.holds_nothing)."""
 
     counts: tuple[tuple[str, int], ...] = ()
     extensions: tuple[str, ...] = ()
     schemas: tuple[str, ...] = ()
     changed_privileges: int = 0
+    subscriptions: int = 0
+    identities: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.extensions and not self.counts and not self.changed_privileges
+        return not (self.extensions or self.counts or self.changed_privileges
+                    or self.subscriptions)
 
     def describe(self) -> str:
         """One line, e.g. ``extension citext; schema util; 1 function``."""
@@ -77,66 +84,97 @@ class UserObjects:
             parts.append(_named("extension", self.extensions))
         if self.schemas:
             parts.append(_named("schema", self.schemas))
-        counted = [f"{count} {kind}{'s' if count != 1 and not kind.endswith('s') else ''}"
-                   for kind, count in self.counts if kind != "schema"]
+        counted = [_counted(count, kind) for kind, count in self.counts if kind != "schema"]
+        if self.subscriptions:
+            counted.append(_counted(self.subscriptions, "subscription"))
         if counted:
             parts.append(", ".join(counted))
         if self.changed_privileges:
-            parts.append(f"changed privileges on {self.changed_privileges} built-in "
-                         f"object{'s' if self.changed_privileges != 1 else ''}")
+            changed = _counted(self.changed_privileges, "built-in object")
+            parts.append(f"changed privileges on {changed}")
         return "; ".join(parts) or "nothing"
+
+
+def _counted(count: int, kind: str) -> str:
+    return f"{count} {kind}{'s' if count != 1 and not kind.endswith('s') else ''}"
 
 
 def _named(kind: str, names: tuple[str, ...]) -> str:
     return f"{kind}{'s' if len(names) != 1 else ''} {', '.join(names)}"
 
 
+_CHANGED = "changed privileges"
+
+
 def read_user_objects(conn: Connection) -> UserObjects:
-    """What the database ``conn`` is connected to holds that template0 lacks."""
-    counts = []
-    for catalog, kind in OBJECT_CATALOGS.items():
-        if catalog == "pg_extension":
-            continue  # named below: an extension is never its own member
-        row = conn.execute(_count_query(catalog)).fetchone()
-        if row is not None and row[0]:
-            counts.append((kind, int(row[0])))
-    extensions = tuple(str(name) for (name,) in conn.execute(
-        "SELECT extname FROM pg_catalog.pg_extension WHERE oid >= %s ORDER BY 1",
-        (FIRST_NORMAL_OBJECT_ID,)))
-    schemas = tuple(str(name) for (name,) in conn.execute(sql.SQL(
-        "SELECT nspname FROM pg_catalog.pg_namespace WHERE oid >= {} AND oid NOT IN ({}) "
-        "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = "
-        "'pg_catalog.pg_namespace'::regclass AND d.objid = pg_namespace.oid "
-        "AND d.deptype = 'e') ORDER BY 1").format(
-        sql.Literal(FIRST_NORMAL_OBJECT_ID), sql.SQL(_TEMP_SCHEMAS))))
-    changed = 0
-    for catalog, column in _ACL_COLUMNS.items():
-        schema_column = _SCHEMA_COLUMNS.get(catalog)
-        # information_schema is initdb's too, but pg_dump never dumps it (nor records it in
-        # pg_init_privs).
-        outside = sql.SQL("") if schema_column is None else sql.SQL(
-            " AND t.{} <> 'information_schema'::regnamespace").format(
-            sql.Identifier(schema_column))
-        row = conn.execute(sql.SQL(
-            "SELECT count(*) FROM {} t WHERE t.oid < {}{} AND t.{} IS DISTINCT FROM ("
-            "SELECT i.initprivs FROM pg_catalog.pg_init_privs i WHERE i.objoid = t.oid "
-            "AND i.classoid = {}::regclass AND i.objsubid = 0)").format(
-            sql.Identifier("pg_catalog", catalog), sql.Literal(FIRST_NORMAL_OBJECT_ID), outside,
-            sql.Identifier(column), sql.Literal(f"pg_catalog.{catalog}"))).fetchone()
-        changed += int(row[0]) if row is not None else 0
-    return UserObjects(tuple(counts), extensions, schemas, changed)
+    """What the database ``conn`` is connected to holds that template0 lacks: one query."""
+    rows = sql.SQL(" UNION ALL ").join(
+        [_objects_query(catalog, kind) for catalog, kind in OBJECT_CATALOGS.items()
+         if catalog != "pg_extension"]  # named below: an extension is never its own member
+        + [_changed_privileges_query(catalog, column)
+           for catalog, column in _ACL_COLUMNS.items()])
+    row = conn.execute(sql.SQL(
+        "SELECT ARRAY(SELECT ARRAY[kind, identity] FROM ({}) o ORDER BY kind, identity), "
+        "ARRAY(SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {} ORDER BY 1), "
+        "ARRAY(SELECT nspname::text FROM pg_catalog.pg_namespace WHERE oid >= {} "
+        "AND oid NOT IN ({}) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
+        "WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = pg_namespace.oid "
+        "AND d.deptype = 'e') ORDER BY 1), "
+        "(SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = "
+        "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))"
+    ).format(rows, sql.Literal(FIRST_NORMAL_OBJECT_ID), sql.Literal(FIRST_NORMAL_OBJECT_ID),
+             sql.SQL(_TEMP_SCHEMAS))).fetchone()
+    assert row is not None
+    found = [(str(kind), str(identity)) for kind, identity in row[0] or []]
+    extensions = tuple(str(name) for name in row[1] or [])
+    counts = tuple((kind, sum(1 for k, _ in found if k == kind))
+                   for kind in OBJECT_CATALOGS.values()
+                   if kind != "extension" and any(k == kind for k, _ in found))
+    return UserObjects(
+        counts, extensions, tuple(str(name) for name in row[2] or []),
+        sum(1 for k, _ in found if k == _CHANGED), int(row[3]),
+        tuple(sorted({f"{kind} {identity}" for kind, identity in found}
+                     | {f"extension {name}" for name in extensions})))
 
 
-def _count_query(catalog: str) -> sql.Composed:
+def _address_class(catalog: str) -> sql.Composable:
+    # A large object's address names pg_largeobject, not its metadata catalog.
+    return sql.Literal("pg_catalog." + ("pg_largeobject" if catalog == "pg_largeobject_metadata"
+                                        else catalog))
+
+
+def _objects_query(catalog: str, kind: str) -> sql.Composed:
     conditions = [sql.SQL("t.oid >= {}").format(sql.Literal(FIRST_NORMAL_OBJECT_ID)),
                   # An extension's members, and what is made along with another object (an
                   # array type, a toast table): the extension or the object stands for them.
                   sql.SQL("NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid "
                           "= {}::regclass AND d.objid = t.oid AND d.deptype IN ('e', 'i'))"
-                          ).format(sql.Literal(f"pg_catalog.{catalog}"))]
+                          ).format(_address_class(catalog))]
     schema_column = _SCHEMA_COLUMNS.get(catalog)
     if schema_column is not None:
-        conditions.append(sql.SQL("t.{} NOT IN ({})").format(
-            sql.Identifier(schema_column), sql.SQL(_TEMP_SCHEMAS)))
-    return sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(
-        sql.Identifier("pg_catalog", catalog), sql.SQL(" AND ").join(conditions))
+        # A toast table's index depends on it automatically, not internally: the toast
+        # schema holds nothing anyone made.
+        conditions.append(sql.SQL("t.{} NOT IN ({}) AND t.{} <> 'pg_toast'::"
+                                  "regnamespace").format(
+            sql.Identifier(schema_column), sql.SQL(_TEMP_SCHEMAS),
+            sql.Identifier(schema_column)))
+    return sql.SQL("SELECT {} AS kind, pg_catalog.pg_describe_object({}::regclass, t.oid, 0) "
+                   "AS identity FROM {} t WHERE {}").format(
+        sql.Literal(kind), _address_class(catalog), sql.Identifier("pg_catalog", catalog),
+        sql.SQL(" AND ").join(conditions))
+
+
+def _changed_privileges_query(catalog: str, column: str) -> sql.Composed:
+    schema_column = _SCHEMA_COLUMNS.get(catalog)
+    # information_schema is initdb's too, but pg_dump never dumps it (nor records it in
+    # pg_init_privs).
+    outside = sql.SQL("") if schema_column is None else sql.SQL(
+        " AND t.{} <> 'information_schema'::regnamespace").format(sql.Identifier(schema_column))
+    return sql.SQL(
+        "SELECT {}, pg_catalog.pg_describe_object({}::regclass, t.oid, 0) || ': ' || "
+        "coalesce(t.{}::text, 'default') FROM {} t WHERE t.oid < {}{} AND t.{} IS DISTINCT "
+        "FROM (SELECT i.initprivs FROM pg_catalog.pg_init_privs i WHERE i.objoid = t.oid "
+        "AND i.classoid = {}::regclass AND i.objsubid = 0)").format(
+        sql.Literal(_CHANGED), _address_class(catalog), sql.Identifier(column),
+        sql.Identifier("pg_catalog", catalog), sql.Literal(FIRST_NORMAL_OBJECT_ID), outside,
+        sql.Identifier(column), _address_class(catalog))

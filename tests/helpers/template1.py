@@ -3,6 +3,8 @@ a schema, a function), and how the tests read it back from a server's database."
 
 from __future__ import annotations
 
+from backupd.postgres.user_objects import UserObjects, read_user_objects
+
 from .pg import ServerAddress, connect, psql
 
 # Objects template0 lacks: a whole-system backup must carry them, a new server get them back.
@@ -11,6 +13,13 @@ TEMPLATE1_OBJECTS = """
     CREATE SCHEMA util;
     CREATE FUNCTION util.shout(t text) RETURNS text LANGUAGE sql IMMUTABLE
         AS 'SELECT upper(t)';
+"""
+
+# A subscription made without a publisher (connect = false): an object of template1's own.
+SUBSCRIPTION = """
+    CREATE SUBSCRIPTION feed_sub CONNECTION 'host=127.0.0.1 port=1 dbname=nowhere'
+        PUBLICATION feed_pub WITH (connect = false, enabled = false, create_slot = false,
+                                   slot_name = NONE);
 """
 
 
@@ -49,3 +58,17 @@ def template1_flags(server: ServerAddress) -> tuple[bool, bool]:
                            "WHERE datname = 'template1'").fetchone()
     assert row is not None
     return bool(row[0]), bool(row[1])
+
+
+def subscriptions_in(server: ServerAddress) -> list[tuple[str, str]]:
+    """Every subscription of the server, with the database it is in."""
+    with connect(server) as conn:
+        rows = conn.execute("SELECT s.subname, d.datname FROM pg_subscription s "
+                            "JOIN pg_database d ON d.oid = s.subdbid ORDER BY 1").fetchall()
+    return [(str(row[0]), str(row[1])) for row in rows]
+
+
+def objects_in(server: ServerAddress, database: str = "template1") -> UserObjects:
+    """What backupd finds ``database`` holds of its own."""
+    with connect(server, database) as conn:
+        return read_user_objects(conn)
