@@ -197,3 +197,17 @@ def test_what_template1_holds_is_counted_as_a_user_made_it(
     held = objects_in(cluster.address)
     assert held.describe() == "1 relation"
     assert held.identities == ("relation table notes",)
+
+
+def test_a_template1_not_marked_a_template_is_dumped_once_per_run(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """'*' already takes a template1 that is not marked a template, as any database."""
+    cluster = private_cluster()
+    put_into_template1(cluster.address)
+    psql(cluster.address, "postgres", "ALTER DATABASE template1 IS_TEMPLATE false")
+    directory = tmp_path / "backups"
+    back_up(cluster.address, "*", directory, HEALTH_PORT="0")
+    [dump] = directory.glob("template1_*.sql.gz")
+    [globals_file] = directory.glob("globals_*.globals.sql.gz")
+    assert read_manifest(globals_file)["run_databases"].count("template1") == 1
+    assert read_manifest(dump)["run_id"] == read_manifest(globals_file)["run_id"]

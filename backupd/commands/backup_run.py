@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from backupd.commands import backup, globals_backup
-from backupd.commands.template1 import template_to_back_up
+from backupd.commands.template1 import TEMPLATE_DATABASE, template_to_back_up
 from backupd.errors import Cancelled, JobFailed, JobSkipped
 from backupd.job import JobBody, JobContext, run_job
 from backupd.naming import globals_name, run_id
@@ -41,9 +41,11 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         ctx.store.prepare()
         for warning in resolved.warnings:
             ctx.warn(warning)
-        # '*' leaves the templates out, but what was put into template1 is in no other dump.
+        # '*' leaves the templates out, but what was put into template1 is in no other dump
+        # (one not marked a template '*' has taken already).
         databases = [*resolved.databases,
-                     *(template_to_back_up(ctx) if settings.database_selection.every else [])]
+                     *(template_to_back_up(ctx) if settings.database_selection.every
+                       and TEMPLATE_DATABASE not in resolved.databases else [])]
         # The run's id is its start to the second: never reuse an earlier run's.
         started = ctx.store.unique_start(
             lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
