@@ -67,6 +67,11 @@ class Manifest(BaseModel):
     # then), so that restoring `*` brings back that set, not also a database dropped long
     # ago whose old backup is still kept. None in manifests of older backups.
     run_databases: list[str] | None = None
+    # The globals only: True when the run of '*' looked into template1 and found nothing of
+    # its own (so took no dump of it: its older dumps are no longer judged by health and
+    # metrics), False when it held objects; None when not looked into (not '*', left out,
+    # taken as any database, the look failed) and in manifests of older backups.
+    template1_empty: bool | None = None
     server_version: str | None = None
     pg_dump_version: str | None = None
     started_at: datetime

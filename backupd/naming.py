@@ -37,6 +37,9 @@ GLOBALS_KIND = "globals"
 # retained under the "database" key GLOBALS_DATABASE with kind GLOBALS_KIND, so a database
 # that happens to be called "globals" keeps its own dumps apart (repositories filter by kind).
 GLOBALS_DATABASE = "globals"
+# The template a backup run of '*' also dumps when it holds objects template0 lacks
+# (backupd.commands.template1).
+TEMPLATE_DATABASE = "template1"
 GLOBALS_SUFFIX = ".globals.sql.gz"
 # `.globals.sql.gz` can never end a dump's name: _NAME_RE needs the timestamp right before
 # `.sql.gz`, so a globals file never parses as a database's backup, nor the reverse.

@@ -7,10 +7,11 @@ Private clusters only: these tests change template1."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers.backups import back_up, read_manifest, sql_of
+from helpers.backups import back_up, read_manifest, redate, sql_of
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
@@ -24,6 +25,9 @@ from helpers.template1 import (
     template1_flags,
     template_objects,
 )
+
+from backupd.notify.store_metrics import store_metrics
+from backupd.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -211,3 +215,43 @@ def test_a_template1_not_marked_a_template_is_dumped_once_per_run(
     [globals_file] = directory.glob("globals_*.globals.sql.gz")
     assert read_manifest(globals_file)["run_databases"].count("template1") == 1
     assert read_manifest(dump)["run_id"] == read_manifest(globals_file)["run_id"]
+
+
+def test_health_and_metrics_stop_judging_template1_once_a_run_finds_it_empty(
+        private_cluster: ClusterFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emptied, template1 gets no more dumps: its last one (kept, DB_BACKUP_KEEP_MIN) must not
+    make the system unhealthy forever. While the newest run took it, it is judged."""
+    cluster = private_cluster()
+    put_into_template1(cluster.address)
+    directory = tmp_path / "backups"
+    env = server_env(cluster.address, "*", directory, HEALTH_PORT="0", DB_BACKUP_GLOBALS="on",
+                     BACKUP_MAX_AGE_HOURS="24")
+    back_up(cluster.address, "*", directory, HEALTH_PORT="0")
+    [dump] = directory.glob("template1_*.sql.gz")
+    redate(dump, datetime.now(UTC) - timedelta(days=2), keep_source=False)
+    still_held = run_backupd(["health"], env)
+    # The newest run took template1: its dump (re-dated as two days old) is judged.
+    assert still_held.returncode == 1 and "template1" in still_held.stdout + still_held.stderr
+    assert series_databases(env, monkeypatch) == ["postgres", "template1"]
+    # A run that cannot look into template1 records nothing: it is still judged.
+    psql(cluster.address, "postgres", "ALTER DATABASE template1 ALLOW_CONNECTIONS false")
+    back_up(cluster.address, "*", directory, HEALTH_PORT="0")
+    psql(cluster.address, "postgres", "ALTER DATABASE template1 ALLOW_CONNECTIONS true")
+    assert run_backupd(["health"], env).returncode == 1
+    psql(cluster.address, "template1", "DROP SCHEMA util CASCADE; DROP EXTENSION citext;")
+    back_up(cluster.address, "*", directory, HEALTH_PORT="0")
+    assert len(list(directory.glob("template1_*.sql.gz"))) == 1  # the old one, kept
+    healthy = run_backupd(["health"], env)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert series_databases(env, monkeypatch) == ["postgres"]
+
+
+def series_databases(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The databases the per-database metrics report on."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    families = store_metrics(load_settings(), datetime.now(UTC), legacy_aliases=False)
+    return sorted({sample.labels["database"] for family in families
+                   if family.name == "backupd_newest_verified_backup_age_seconds"
+                   for sample in family.samples})

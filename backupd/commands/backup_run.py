@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from backupd.commands import backup, globals_backup
-from backupd.commands.template1 import TEMPLATE_DATABASE, template_to_back_up
+from backupd.commands.template1 import TEMPLATE_DATABASE, TemplateLook, template_to_back_up
 from backupd.errors import Cancelled, JobFailed, JobSkipped
 from backupd.job import JobBody, JobContext, run_job
 from backupd.naming import globals_name, run_id
@@ -43,9 +43,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.warn(warning)
         # '*' leaves the templates out, but what was put into template1 is in no other dump
         # (one not marked a template '*' has taken already).
-        databases = [*resolved.databases,
-                     *(template_to_back_up(ctx) if settings.database_selection.every
-                       and TEMPLATE_DATABASE not in resolved.databases else [])]
+        template = (template_to_back_up(ctx) if settings.database_selection.every
+                    and TEMPLATE_DATABASE not in resolved.databases else TemplateLook())
+        databases = [*resolved.databases, *template.databases]
         # The run's id is its start to the second: never reuse an earlier run's.
         started = ctx.store.unique_start(
             lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
@@ -74,7 +74,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.cancel.raise_if_cancelled()
             facts.globals = globals_backup.backup_globals(
                 ctx, conn, started, rid, offsite=offsite, apply_retention=apply_retention,
-                not_before=not_before, databases=databases)
+                not_before=not_before, databases=databases, template1_empty=template.empty)
     _conclude(ctx, facts)
 
 

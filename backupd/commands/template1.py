@@ -13,6 +13,7 @@ restore never goes into template1 otherwise (``--target-db template1`` stays ref
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
@@ -37,17 +38,28 @@ from backupd.postgres.user_objects import UserObjects, read_user_objects
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
 
-__all__ = ["TEMPLATE_DATABASE", "objects_in_template1", "restore_template1",
+__all__ = ["TEMPLATE_DATABASE", "TemplateLook", "objects_in_template1", "restore_template1",
            "template_to_back_up"]
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
 
-def template_to_back_up(ctx: JobContext) -> list[str]:
-    """``[template1]`` when a backup run of ``*`` must dump it too (it holds objects and
-    DB_BACKUP_EXCLUDE does not leave it out), said so; else none."""
+@dataclass(frozen=True)
+class TemplateLook:
+    """What a backup run of ``*`` found in template1: ``databases``, ``[template1]`` when
+    it must be dumped too; ``empty``, for the run's globals manifest (health and metrics
+    judge template1's dumps only while the newest run took one): True when looked into and
+    found holding nothing, False when it holds objects, None when not looked into."""
+
+    databases: tuple[str, ...] = ()
+    empty: bool | None = None
+
+
+def template_to_back_up(ctx: JobContext) -> TemplateLook:
+    """Whether a backup run of ``*`` must dump template1 too (it holds objects and
+    DB_BACKUP_EXCLUDE does not leave it out), said so."""
     settings = ctx.settings
     if not settings.database_selection.choose([TEMPLATE_DATABASE]):
-        return []
+        return TemplateLook()
     try:
         held = objects_in_template1(settings)
     except (JobFailed, psycopg.Error) as exc:
@@ -55,12 +67,12 @@ def template_to_back_up(ctx: JobContext) -> list[str]:
         ctx.warn(f"could not look into template1 ({reason}): objects put there for every new "
                  "database are not backed up; let POSTGRES_USER connect to template1, or set "
                  "DB_BACKUP_EXCLUDE=template1 to leave it out knowingly")
-        return []
+        return TemplateLook()
     if held.empty:
-        return []
+        return TemplateLook(empty=True)
     ctx.say(f"template1 holds objects template0 lacks ({held.describe()}): backing it up too, "
             "so that a whole-system restore brings them back into a new server's template1")
-    return [TEMPLATE_DATABASE]
+    return TemplateLook((TEMPLATE_DATABASE,), empty=False)
 
 
 def objects_in_template1(settings: Settings) -> UserObjects:

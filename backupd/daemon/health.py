@@ -182,8 +182,9 @@ def _check_wal(settings: Settings, status: WalStatus | None, now: datetime,
 def watched_databases(settings: Settings, store: LocalStore) -> list[str]:
     """The databases health and metrics look at: those listed in POSTGRES_DB; for `*`
     (the server is not asked here), every database with a backup in DB_BACKUP_DIR but the
-    excluded, so a database dropped from the server shows until its backups are removed."""
-    return settings.database_selection.watched(store.dump_databases())
+    excluded, so a database dropped from the server shows until its backups are removed;
+    template1 only while the newest run took it (LocalStore.watched_dumps)."""
+    return store.watched_dumps(settings.database_selection)
 
 
 def _check_each_database(settings: Settings, store: LocalStore, max_age: timedelta,

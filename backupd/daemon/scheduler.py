@@ -166,7 +166,7 @@ class Daemon:
         newest: BackupEntry | None
         if selection.several:
             # Several databases: the run is due when any of them lacks a recent backup.
-            watched = selection.watched(store.dump_databases())
+            watched = store.watched_dumps(selection)
             newest_each = [newest_verified(store.list_backups(name)) for name in watched]
             if not watched or any(entry is None for entry in newest_each):
                 return "BACKUP_ON_START: a database has no verified backup yet"

@@ -159,7 +159,7 @@ def store_metrics(settings: Settings, now: datetime, *, legacy_aliases: bool) ->
     be listed (the caller reports that)."""
     store = LocalStore(settings.backup_dir)
     snapshots = {name: StoreSnapshot(settings, store.list_backups(name), now)
-                 for name in settings.database_selection.watched(store.dump_databases())}
+                 for name in store.watched_dumps(settings.database_selection)}
     globals_snapshot = StoreSnapshot(
         settings, store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND), now) \
         if settings.globals_enabled else None

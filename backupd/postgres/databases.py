@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from backupd import naming
 from backupd.database_properties import (
     LIST_SETTINGS,
     PUBLIC,
@@ -50,7 +51,7 @@ class ResolvedDatabases:
 
 
 # The template '*' takes too when it holds objects (backupd.commands.template1).
-TEMPLATE_DATABASE = "template1"
+TEMPLATE_DATABASE = naming.TEMPLATE_DATABASE
 
 # Where backupd connects to ask which databases exist: the maintenance database, else
 # template1 (always there), else one of the listed databases.

@@ -24,17 +24,22 @@ from backupd.errors import ConfigError, JobFailed
 from backupd.manifest import Manifest, manifest_for
 from backupd.naming import (
     DUMP_KIND,
+    GLOBALS_DATABASE,
+    GLOBALS_KIND,
+    TEMPLATE_DATABASE,
     is_partial,
     manifest_name,
     parse_backup_name,
     partial_name,
 )
 from backupd.progress import Progress
+from backupd.settings.selection import DatabaseSelection
 from backupd.storage.atomic import DIR_MODE, FILE_MODE, atomic_write, write_bytes_atomically
 from backupd.storage.base import (
     BackupEntry,
     UnknownBackup,
     UnsafePathError,
+    newest_verified,
     no_copy_needed,
     sort_newest_first,
 )
@@ -175,6 +180,20 @@ class LocalRepository:
 
     def databases(self) -> list[str]:
         return self.dump_databases()
+
+    def watched_dumps(self, selection: DatabaseSelection) -> list[str]:
+        """The databases health, metrics and the schedule's cover judge, without asking the
+        server: the listed ones; for ``*``, those with dumps here but the excluded, and
+        template1 only while the newest run took it: a run that found it holding nothing
+        (its globals manifest says so) took no dump of it, and its older dumps, kept by
+        retention, are no longer due. A failed look records nothing: still judged."""
+        watched = selection.watched(self.dump_databases())
+        if selection.every and TEMPLATE_DATABASE in watched:
+            newest = newest_verified(self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
+            if newest is not None and newest.manifest is not None \
+                    and newest.manifest.template1_empty:
+                watched.remove(TEMPLATE_DATABASE)
+        return watched
 
     def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         return self.scan(database, kind)  # every file here is complete (renamed into place)
