@@ -16,6 +16,7 @@ from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect, psql
+from helpers.tablespaces import make_tablespace, relation_tablespaces
 from helpers.template1 import (
     SUBSCRIPTION,
     a_new_database_gets,
@@ -255,3 +256,48 @@ def series_databases(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> li
     return sorted({sample.labels["database"] for family in families
                    if family.name == "backupd_newest_verified_backup_age_seconds"
                    for sample in family.samples})
+
+
+def test_a_template1_that_cannot_be_swapped_out_is_left_alone_before_loading(
+        backups: Path) -> None:
+    """A prepared transaction in the new server's template1 keeps it from being renamed:
+    found by the ordinary restore's check before anything is loaded, not after the load."""
+    with PrivateCluster("target5-pw",
+                        server_settings={"max_prepared_transactions": "2"}) as target:
+        target.start()
+        with connect(target.address, "template1") as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT pg_advisory_xact_lock(1)")
+            holder.execute("PREPARE TRANSACTION 'tpl-pending-1'")
+        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                    if event.get("level") == "warning"]
+        [warning] = [w for w in warnings if w.startswith("template1 on ")]
+        assert "prepared transaction" in warning and "tpl-pending-1" in warning, warning
+        assert not any("restoring it into" in str(e.get("event"))
+                       for e in log_events(proc.stderr))
+        assert "template1: skipped" in proc.stdout
+        assert template_objects(target.address) == []
+        psql(target.address, "template1", "ROLLBACK PREPARED 'tpl-pending-1'")
+
+
+def test_a_template1_restored_without_its_tablespace_says_where_its_tables_went(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """As every restore: a table of template1's in a tablespace the new server lacks goes
+    to the default one, and the one fallback warning says so and what to run."""
+    source = private_cluster("t1-space-pw")
+    make_tablespace(source, "space_t1")
+    put_into_template1(source.address, "CREATE TABLE lookup (x int) TABLESPACE space_t1;")
+    directory = tmp_path / "backups"
+    back_up(source.address, "*", directory, HEALTH_PORT="0")
+    target = private_cluster("t1-space-target-pw")
+    proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
+                       server_env(target.address, "*", directory), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert relation_tablespaces(target.address, "template1") == {"lookup": "pg_default"}
+    warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                if event.get("level") == "warning"]
+    [fallback] = [w for w in warnings if "without some of its tablespaces" in w]
+    assert fallback.startswith("database 'template1'") and "'space_t1'" in fallback

@@ -182,6 +182,10 @@ def _check_swappable(admin: Connection, target: str, owner: str) -> None:
             "end them first" + nothing)
 
 
+# Also template1's restore (backupd.commands.template1): the one check of a swap.
+check_swappable = _check_swappable
+
+
 def is_empty(settings: Settings, database: str) -> bool:
     """No tables, views, sequences or foreign tables of its own."""
     with connect(settings, database) as conn:

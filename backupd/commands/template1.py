@@ -23,6 +23,7 @@ from backupd.commands.restore_options import Without, current_user
 from backupd.commands.restore_target import (
     MAINTENANCE_DB,
     RESTORING,
+    check_swappable,
     derived_name,
     holds_nothing,
     install,
@@ -33,7 +34,11 @@ from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.postgres.connection import connect, describe_pg_error, drop_database
 from backupd.postgres.databases import TEMPLATE_DATABASE, read_properties
-from backupd.postgres.tablespaces import ObjectTablespaces, server_tablespaces
+from backupd.postgres.tablespaces import (
+    ObjectTablespaces,
+    fallback_warning,
+    server_tablespaces,
+)
 from backupd.postgres.user_objects import UserObjects, read_user_objects
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
@@ -41,6 +46,7 @@ from backupd.storage.base import BackupEntry, Repository
 __all__ = ["TEMPLATE_DATABASE", "TemplateLook", "objects_in_template1", "restore_template1",
            "template_to_back_up"]
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+NOTHING_CHANGED = "; nothing was changed"
 
 
 @dataclass(frozen=True)
@@ -89,10 +95,10 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
     and warned, unless it holds what the backup does)."""
     settings = ctx.settings
     with connect(settings, MAINTENANCE_DB) as admin:
+        lock_target(ctx, admin, TEMPLATE_DATABASE)
         refused = _may_not_swap(admin)
         if refused is not None:
             return _left_alone(ctx, entry, refused)
-        lock_target(ctx, admin, TEMPLATE_DATABASE)
         with selection.local_file(ctx, repository, entry) as path:
             identities = restore.identities_for(ctx, entry)
             restore_load.verify_first(path, entry, identities, ctx)
@@ -109,9 +115,9 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                 mark_restoring(admin, scratch, TEMPLATE_DATABASE)
                 ctx.say(f"{entry.name} verified; restoring it into {scratch!r}, to take "
                         "template1's place")
-                restore_load.load(ctx, path, entry, scratch, identities,
-                                  without.pg_restore_options,
-                                  tablespaces=ObjectTablespaces(spaces, placement.landed))
+                placed = restore_load.load(
+                    ctx, path, entry, scratch, identities, without.pg_restore_options,
+                    tablespaces=ObjectTablespaces(spaces, placement.landed))
                 # Asked only now: what the backed-up template1 holds is known once loaded,
                 # and nothing may have come into the server's since.
                 present = objects_in_template1(settings)
@@ -122,6 +128,9 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                 for warning in install(admin, scratch, TEMPLATE_DATABASE, properties, kept,
                                        template=True):
                     ctx.warn(warning)
+                fallback = fallback_warning(TEMPLATE_DATABASE, placement, placed)
+                if fallback is not None:
+                    ctx.warn(fallback)
             except BaseException:
                 restore.drop_incomplete(ctx, admin, scratch, TEMPLATE_DATABASE)
                 raise
@@ -137,16 +146,16 @@ def _objects_in(settings: Settings, database: str) -> UserObjects:
 
 
 def _may_not_swap(admin: Connection) -> str | None:
-    """Why the restoring role cannot put a restored template1 in place (rename it, make it a
-    template), found before anything is loaded; None when it can."""
-    row = admin.execute(
-        "SELECT current_user, r.rolsuper, r.rolcreatedb, pg_has_role(current_user, d.datdba, "
-        "'MEMBER'), pg_get_userbyid(d.datdba) FROM pg_roles r, pg_database d "
-        "WHERE r.rolname = current_user AND d.datname = %s", (TEMPLATE_DATABASE,)).fetchone()
-    if row is None or row[1] or (row[2] and row[3]):
-        return None
-    return (f"role {row[0]!r} may not put a restored template1 in place (that needs a "
-            f"superuser, or CREATEDB and membership in template1's owner {row[4]!r})")
+    """Why template1 could not be put out of the way (the role may not rename it, a prepared
+    transaction in it, sessions the role may not end): the ordinary restore's check, asked
+    before anything is loaded; None when it can."""
+    row = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                        (TEMPLATE_DATABASE,)).fetchone()
+    try:
+        check_swappable(admin, TEMPLATE_DATABASE, str(row[0]) if row is not None else "")
+    except JobFailed as exc:
+        return str(exc).removesuffix(NOTHING_CHANGED)
+    return None
 
 
 def _holding_objects(ctx: JobContext, entry: BackupEntry, present: UserObjects,
