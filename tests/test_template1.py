@@ -301,3 +301,20 @@ def test_a_template1_restored_without_its_tablespace_says_where_its_tables_went(
                 if event.get("level") == "warning"]
     [fallback] = [w for w in warnings if "without some of its tablespaces" in w]
     assert fallback.startswith("database 'template1'") and "'space_t1'" in fallback
+
+
+def test_a_restored_template1_with_another_locale_says_the_default_changes(
+        backups: Path) -> None:
+    """The restored template1 comes with the backed-up one's encoding and locale, which
+    every database created from it later gets: said when they differ from the server's."""
+    with PrivateCluster("target6-pw", initdb_options=("--locale=C",)) as target:
+        target.start()
+        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with connect(target.address) as conn:
+            assert conn.execute("SELECT datcollate FROM pg_database WHERE datname = "
+                                "'template1'").fetchone() == ("C.UTF-8",)
+        said = [str(event.get("event")) for event in log_events(proc.stderr)]
+        [line] = [s for s in said if "locale" in s]
+        assert "template1" in line and "'C.UTF-8'" in line and "'C'" in line, line

@@ -30,6 +30,7 @@ from backupd.commands.restore_target import (
     lock_target,
     mark_restoring,
 )
+from backupd.database_properties import DatabaseProperties
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.postgres.connection import connect, describe_pg_error, drop_database
@@ -103,8 +104,8 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
             identities = restore.identities_for(ctx, entry)
             restore_load.verify_first(path, entry, identities, ctx)
             carried = entry.manifest.database_properties if entry.manifest is not None else None
-            properties = without.apply(carried or read_properties(admin, TEMPLATE_DATABASE),
-                                       current_user(admin))
+            current = read_properties(admin, TEMPLATE_DATABASE)
+            properties = without.apply(carried or current, current_user(admin))
             stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
             scratch = derived_name(TEMPLATE_DATABASE, f"{RESTORING}{stamp}")
             kept = derived_name(TEMPLATE_DATABASE, f"_before_restore_{stamp}")
@@ -131,6 +132,9 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                 fallback = fallback_warning(TEMPLATE_DATABASE, placement, placed)
                 if fallback is not None:
                     ctx.warn(fallback)
+                changed = _new_default_locale(current, properties)
+                if changed is not None:
+                    ctx.say(changed)
             except BaseException:
                 restore.drop_incomplete(ctx, admin, scratch, TEMPLATE_DATABASE)
                 raise
@@ -156,6 +160,25 @@ def _may_not_swap(admin: Connection) -> str | None:
     except JobFailed as exc:
         return str(exc).removesuffix(NOTHING_CHANGED)
     return None
+
+
+def _new_default_locale(before: DatabaseProperties | None,
+                        after: DatabaseProperties | None) -> str | None:
+    """The one line saying that the restored template1 changed the server's default
+    encoding or locale (what CREATE DATABASE gives without ENCODING or LOCALE); None when
+    it did not."""
+    if before is None or after is None or _locale(before) == _locale(after):
+        return None
+    return (f"template1 now has the backed-up one's {_locale(after)}, where the server's had "
+            f"{_locale(before)}: databases created from now on without ENCODING or LOCALE "
+            "get the backed-up one's (template0 keeps initdb's)")
+
+
+def _locale(properties: DatabaseProperties) -> str:
+    ctype = "" if properties.ctype == properties.collate else f", ctype {properties.ctype!r}"
+    provider = ("" if properties.locale_provider == "libc" else
+                f", {properties.locale_provider} locale {properties.provider_locale!r}")
+    return f"encoding {properties.encoding}, locale {properties.collate!r}{ctype}{provider}"
 
 
 def _holding_objects(ctx: JobContext, entry: BackupEntry, present: UserObjects,

@@ -31,12 +31,15 @@ DEFAULT_CLUSTER_PASSWORD = "p'w\"d:x\\ y$z"
 class PrivateCluster:
     def __init__(self, password: str, *, port: int | None = None,
                  server_settings: dict[str, str] | None = None,
-                 bin_dir: Path | None = None) -> None:
+                 bin_dir: Path | None = None, initdb_options: tuple[str, ...] = ()) -> None:
         """``server_settings``: postgresql.conf lines on top of the small defaults below
         (e.g. ``{"max_prepared_transactions": "2", "wal_level": "logical"}``). ``bin_dir``:
-        another major's server binaries (initdb, pg_ctl, postgres) than the suite's own."""
+        another major's server binaries (initdb, pg_ctl, postgres) than the suite's own.
+        ``initdb_options``: after the defaults (the last of an option wins), e.g.
+        ``("--locale=C",)`` for a server whose template1 has another locale."""
         self.password = password
         self.bin_dir = bin_dir
+        self.initdb_options = initdb_options
         self.port = port or free_port()
         self.server_settings = dict(server_settings or {})
         self.root: Path | None = None
@@ -110,7 +113,7 @@ class PrivateCluster:
             self._as_server_user([
                 self._binary("initdb"), "-D", str(self.data_dir), "--username=postgres",
                 f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
-                "--locale=C.UTF-8", "--no-sync", "--no-instructions",
+                "--locale=C.UTF-8", "--no-sync", "--no-instructions", *self.initdb_options,
             ])  # fmt: skip
             pwfile.unlink()
             settings = {
