@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import back_up, read_manifest, redate, sql_of
-from helpers.cli import run_backupd, server_env
+from helpers.cli import one_error_line, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect, psql
@@ -246,6 +246,16 @@ def test_health_and_metrics_stop_judging_template1_once_a_run_finds_it_empty(
     healthy = run_backupd(["health"], env)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert series_databases(env, monkeypatch) == ["postgres"]
+    # A whole-system restore of that run leaves the old template1 backup out, saying why.
+    target = private_cluster("t1-emptied-target-pw")
+    proc = run_backupd(["restore", "--latest", "--yes"],
+                       server_env(target.address, "*", directory), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [line] = [str(e["event"]) for e in log_events(proc.stderr)
+              if "template1" in str(e.get("event"))]
+    assert "holding nothing of its own" in line and "--database template1" in line, line
+    assert "no longer in the cluster" not in line
+    assert template_objects(target.address) == []
 
 
 def series_databases(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -318,3 +328,13 @@ def test_a_restored_template1_with_another_locale_says_the_default_changes(
         said = [str(event.get("event")) for event in log_events(proc.stderr)]
         [line] = [s for s in said if "locale" in s]
         assert "template1" in line and "'C.UTF-8'" in line and "'C'" in line, line
+
+
+def test_restoring_a_template1_backup_by_name_points_to_the_whole_system_restore(
+        backups: Path) -> None:
+    [dump] = backups.glob("template1_*.sql.gz")
+    proc = run_backupd(["restore", dump.name, "--yes"],
+                       server_env(ServerAddress("127.0.0.1", 1, "nobody", "x"), "*", backups))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "restore --latest" in line and "--target-db" in line, line

@@ -176,6 +176,9 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None,
         left_out = sorted(set(names) - set(run))
         never = sorted(set(chosen.choose(run)) - set(names))
         names = [name for name in names if name in run]
+        if TEMPLATE_DATABASE in left_out:
+            left_out.remove(TEMPLATE_DATABASE)
+            ctx.say(_template1_left_out(newest))
         if left_out:
             ctx.say(f"POSTGRES_DB='*': not restoring {', '.join(left_out)}: not in the newest "
                     f"backup run ({newest.name}), so no longer in the cluster; restore one "
@@ -187,6 +190,18 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None,
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
     return names
+
+
+def _template1_left_out(newest: BackupEntry) -> str:
+    """Why a whole-system restore takes none of the template1 backups kept from older runs:
+    the newest run took no dump of it (it held nothing of its own then, or was not looked
+    into); the server's own template1 stays."""
+    why = ("that run found it holding nothing of its own"
+           if newest.manifest is not None and newest.manifest.template1_empty
+           else "that run took no backup of it (left out, or it could not be looked into)")
+    return (f"POSTGRES_DB='*': not restoring template1 from an older run: not in the newest "
+            f"backup run ({newest.name}), {why}; the server's own template1 stays as it is; "
+            "restore an older one with --database template1")
 
 
 def _globals(ctx: JobContext, repository: Repository, entries: list[BackupEntry],

@@ -59,9 +59,11 @@ def target_name(settings: Settings, target_db: str | None, *, replace: bool,
     if len(target.encode()) > 63 or "\x00" in target:
         raise ConfigError(f"{source}: {target!r} is not a database name (1 to 63 bytes, no NUL)")
     if target in TEMPLATE_DATABASES:
+        way = ("; a backup of template1 goes back into a new server's template1 with "
+               "`backupd restore --latest` (POSTGRES_DB='*'), or give --target-db another "
+               "name to look at it" if target == "template1" else "; choose another name")
         raise ConfigError(f"{source}: {target!r} is a template database; restoring into it "
-                          "would put the backup into every database created later; choose "
-                          "another name")
+                          f"would put the backup into every database created later{way}")
     if target == MAINTENANCE_DB and not replace:
         raise ConfigError(f"{source}: {target!r} is the maintenance database; restoring into "
                           "it needs --replace (the current one is kept, renamed) and "
