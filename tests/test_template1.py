@@ -19,6 +19,7 @@ from helpers.pg import ServerAddress, connect, psql
 from helpers.tablespaces import make_tablespace, relation_tablespaces
 from helpers.template1 import (
     SUBSCRIPTION,
+    TEMPLATE1_OBJECTS,
     a_new_database_gets,
     objects_in,
     put_into_template1,
@@ -338,3 +339,20 @@ def test_restoring_a_template1_backup_by_name_points_to_the_whole_system_restore
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = one_error_line(proc.stderr)
     assert "restore --latest" in line and "--target-db" in line, line
+
+
+def test_a_template1_with_as_many_objects_but_other_ones_is_not_taken_for_the_backed_up_one(
+        backups: Path) -> None:
+    """Same extension, schema and number of functions, but another function: not "what the
+    backup holds" (that is said only of the same objects), so the usual warning."""
+    with PrivateCluster("target7-pw") as target:
+        target.start()
+        put_into_template1(target.address, TEMPLATE1_OBJECTS.replace("shout", "whisper"))
+        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        said = [str(event.get("event")) for event in log_events(proc.stderr)]
+        assert not any("already holds what" in line for line in said), said
+        assert any(line.startswith("template1 on ") for line in said), said
+        assert template_objects(target.address) == [
+            "extension citext", "function util.whisper(text)", "schema util"]
