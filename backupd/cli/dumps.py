@@ -21,7 +21,9 @@ def backup(
     each database (one result each, a failure never stops the others) and the cluster's
     globals (roles, tablespaces; DB_BACKUP_GLOBALS), and fails naming any database that
     failed. With `*`, template1 too when it holds objects of its own (extensions, schemas,
-    functions put there for every new database)."""
+    functions put there for every new database): each run connects to template1 to see,
+    and meanwhile another session's CREATE DATABASE waits (5 s, then fails);
+    DB_BACKUP_EXCLUDE=template1 leaves it out."""
     from backupd.commands import backup_run
 
     settings = bootstrap()

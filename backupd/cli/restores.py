@@ -20,7 +20,8 @@ def restore(
         "disaster recovery: the roles (globals) first, existing ones kept; then every "
         "database POSTGRES_DB names (`*`: those of the newest backup run), each from its newest "
         "verified backup (an incomplete newest run is said so), and template1 when the run "
-        "took it, into the server's template1 only while that holds nothing of its own; "
+        "took it, into the server's template1 only while that holds nothing of its own and "
+        "can be swapped out; "
         "timings per database. "
         "With --replace and one POSTGRES_DB (no --database): that database alone, over the "
         "live one, and no role is touched."))]
