@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from helpers.age import make_age_keys
-from helpers.backups import back_up, read_manifest, write_manifest
+from helpers.backups import back_up, path_with, read_manifest, write_manifest
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import ServerAddress, connect
 from helpers.s3server import S3Server
+from helpers.slow_restore import meddling_psql
 
 pytestmark = pytest.mark.slow
 
@@ -271,3 +272,31 @@ def test_restoring_every_database_leaves_out_one_dropped_since_the_newest_run(
         with connect(target.address) as conn:
             names = {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
         assert "keptdb" in names and "olddb" not in names
+
+
+def test_a_target_that_gains_tables_after_the_first_check_is_refused_in_its_turn(
+        source: PrivateCluster, tmp_path: Path) -> None:
+    """The check before anything changes is not the last word: otherdb is empty then, and
+    gains a table while appdb restores (its application reconnecting, say). In its turn,
+    under its lock, it is refused like any target holding tables without --replace, and
+    left as it is: not swapped out, its table there, no copy of it made."""
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    back_up(source.address, BOTH_DATABASES, directory)
+    with PrivateCluster("target6-pw") as target:
+        target.start()
+        run_sql(target.address, "postgres", ["CREATE DATABASE otherdb"])
+        meddler = meddling_psql(tmp_path / "bin", target.address, "otherdb",
+                                "CREATE TABLE arrived (x int); INSERT INTO arrived VALUES (7)")
+        proc = run_backupd(["restore", "--latest", "--yes"],
+                           restore_env(target, directory, PATH=path_with(meddler)), timeout=300)
+        assert (tmp_path / "bin" / "meddled").exists()  # after the first check: appdb's load
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "appdb: ok" in proc.stdout
+        assert "otherdb" in proc.stderr and "already holds tables" in proc.stderr
+        with connect(target.address, "otherdb") as conn:
+            assert conn.execute("SELECT x FROM arrived").fetchall() == [(7,)]
+            assert conn.execute("SELECT to_regclass('public.plain')").fetchone() == (None,)
+        with connect(target.address) as conn:
+            assert conn.execute("SELECT datname FROM pg_database WHERE datname LIKE "
+                                "'otherdb%' ORDER BY 1").fetchall() == [("otherdb",)]

@@ -118,8 +118,8 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
     outcome = ClusterRestoreOutcome(run_id=newest_run)
     ctx.result.outcome = outcome
     # template1 is never replaced: restored into only while it holds nothing (template1.py).
-    existing = _check_targets(ctx, [entry.database for entry in plan
-                                    if entry.database != TEMPLATE_DATABASE], replace=replace)
+    _check_targets(ctx, [entry.database for entry in plan
+                         if entry.database != TEMPLATE_DATABASE], replace=replace)
     server = f"{ctx.settings.postgres_host}:{ctx.settings.postgres_port}"
     if confirm is not None and not confirm(
             f"the roles and the databases {', '.join(names)} onto {server}"):
@@ -130,8 +130,7 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
             outcome.globals = restore_globals(ctx, conn, path, globals_entry)
     for entry in plan:
         outcome.databases.append(_restore_one(ctx, repository, entry, newest_run,
-                                              replace=replace, without=without,
-                                              exists=entry.database in existing))
+                                              replace=replace, without=without))
     outcome.total_seconds = time.monotonic() - started
     ctx.say("restored " + ", ".join(
         f"{d.database} FAILED" if not d.ok else f"{d.database} not restored" if d.skipped
@@ -143,21 +142,20 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                         f"failed ({reasons})")
 
 
-def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> frozenset[str]:
+def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
     """Every database's target, before the globals or any database is restored: a database
     that holds tables would otherwise fail only in its turn, after the roles were created
-    and the databases before it restored. Those that exist (each restore then takes this
-    check's word for it rather than asking again)."""
+    and the databases before it restored. Only to refuse early: each restore checks its
+    target again under its lock, in its turn (restore.restore_file)."""
     with maintenance_connection(ctx.settings) as admin:
         # The maintenance database is always swapped out (see _restore_one).
-        checked = check_targets(
+        holding = check_targets(
             admin, ctx.settings, [(name, replace or name == MAINTENANCE_DB) for name in names])
-    if checked.holding:
+    if holding:
         raise ConfigError(
-            f"--replace: database(s) {', '.join(checked.holding)} already hold tables on the "
+            f"--replace: database(s) {', '.join(holding)} already hold tables on the "
             "server; pass --replace to restore each into a fresh database and swap it in (the "
             "current one is kept, renamed), or drop them first; nothing was changed")
-    return checked.existing
 
 
 def _databases(ctx: JobContext, repository: Repository, database: str | None,
@@ -222,8 +220,7 @@ def _globals(ctx: JobContext, repository: Repository, entries: list[BackupEntry]
 
 
 def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
-                 newest_run: str | None, *, replace: bool, without: Without,
-                 exists: bool) -> DatabaseRestore:
+                 newest_run: str | None, *, replace: bool, without: Without) -> DatabaseRestore:
     name = entry.database
     run_id = entry.manifest.run_id if entry.manifest is not None else None
     done = DatabaseRestore(database=name, backup_name=entry.name, run_id=run_id)
@@ -247,7 +244,7 @@ def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
             done.skipped = done.note is not None
         else:
             with selection.local_file(sub, repository, entry) as path:
-                restore_file(sub, path, entry, replace=replace, without=without, exists=exists)
+                restore_file(sub, path, entry, replace=replace, without=without)
         done.ok = True
     except (JobFailed, ConfigError) as exc:
         done.error = str(exc)

@@ -108,13 +108,12 @@ def restore_file(
     replace: bool = False,
     confirm: Confirm | None = None,
     without: Without = EVERYTHING,
-    exists: bool | None = None,
 ) -> None:
     """Verify ``path`` and restore it into the target database (shared with S3).
-    ``without``: leave out ownership and/or privileges (custom format only). ``exists``:
-    whether the target exists, when the caller ran :func:`check_target` on it already
-    (a cluster restore checks every database before it changes anything); None: checked
-    here."""
+    ``without``: leave out ownership and/or privileges (custom format only). The target is
+    checked here, under its lock, whatever a caller checked before (a cluster restore
+    checks every database up front, maybe hours before this one's turn: it may have gained
+    tables, sessions or prepared transactions since)."""
     settings = ctx.settings
     target = target_name(settings, target_db, replace=replace,
                          backup_database=entry.parsed.database)
@@ -133,8 +132,7 @@ def restore_file(
 
     with verified.reported_first(), connect(settings, admin_database(target)) as admin:
         lock_target(ctx, admin, target)
-        if exists is None:
-            exists = check_target(admin, settings, target, replace=replace)
+        exists = check_target(admin, settings, target, replace=replace)
         properties = without.apply(
             _properties(ctx, entry, read_properties(admin, target) if exists else None),
             current_user(admin))

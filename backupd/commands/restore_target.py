@@ -10,8 +10,6 @@ target is kept, renamed to ``<target>_before_restore_<stamp>``, unless it held n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import psycopg
 from psycopg import sql
 
@@ -103,26 +101,18 @@ class TargetHoldsData(ConfigError):
     """The target already holds tables and --replace was not given."""
 
 
-@dataclass(frozen=True)
-class TargetsChecked:
-    existing: frozenset[str]
-    # Those that already hold tables without --replace.
-    holding: tuple[str, ...]
-
-
 def check_targets(admin: Connection, settings: Settings,
-                  targets: list[tuple[str, bool]]) -> TargetsChecked:
+                  targets: list[tuple[str, bool]]) -> tuple[str, ...]:
     """:func:`check_target` of every one of ``targets`` ((name, replace) each), asked before
     a whole-cluster restore changes anything: raises, as it does, for any that could not be
-    swapped out; the ones holding tables are collected, to be named together."""
-    existing, holding = set(), []
+    swapped out; the ones holding tables are returned, to be named together."""
+    holding = []
     for target, replace in targets:
         try:
-            if check_target(admin, settings, target, replace=replace):
-                existing.add(target)
+            check_target(admin, settings, target, replace=replace)
         except TargetHoldsData:
             holding.append(target)
-    return TargetsChecked(frozenset(existing), tuple(holding))
+    return tuple(holding)
 
 
 def check_target(admin: Connection, settings: Settings, target: str, *,

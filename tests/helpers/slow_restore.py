@@ -144,3 +144,22 @@ def throttled_psql(directory: Path, *, chunk: int = 16 * 1024, pause: float = 0.
         "real.stdin.close()\n"
         "sys.exit(real.wait())\n"
     ))
+
+
+def meddling_psql(directory: Path, server: ServerAddress, database: str, statement: str) -> Path:
+    """A directory to put first on PATH whose ``psql``, the first time it is run, runs
+    ``statement`` in ``database`` on ``server`` (as another client would while a restore is
+    under way: an application reconnecting once its role is back), then execs the real psql.
+    Returns the directory."""
+    done = directory / "meddled"
+    return _python_stand_in(directory, "psql", (
+        "import os, pathlib, subprocess, sys\n"
+        f"real = {pg_binary('psql')!r}\n"
+        f"done = pathlib.Path({str(done)!r})\n"
+        "if not done.exists():\n"
+        f"    env = {{**os.environ, **{server.env(database)!r}}}\n"
+        f"    subprocess.run([real, '--no-psqlrc', '-v', 'ON_ERROR_STOP=1', '-c', "
+        f"{statement!r}], env=env, check=True, stdin=subprocess.DEVNULL)\n"
+        "    done.touch()\n"
+        "os.execv(real, [real, *sys.argv[1:]])\n"
+    ))
