@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from backupd.archive.walnames import parse_lsn
 from backupd.errors import ConfigError, JobFailed
 from backupd.pipeline.config import APPLICATION_NAME, ConnectionConfig
+from backupd.postgres.connection import as_text
 from backupd.storage.atomic import write_bytes_atomically
 
 # The archive's identity, beside its artifacts: which cluster, through which slot.
@@ -75,11 +76,12 @@ def connect(config: ConnectionConfig) -> psycopg.Connection[tuple]:  # type: ign
 
 
 def server_facts(conn: psycopg.Connection[tuple]) -> ServerFacts:  # type: ignore[type-arg]
-    row = conn.execute(
-        "SELECT (SELECT system_identifier FROM pg_control_system())::text,"
-        " current_setting('wal_segment_size')::text, current_setting('wal_level'),"
-        " (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),"
-        " current_setting('max_wal_senders')::int, pg_is_in_recovery()").fetchone()
+    with as_text(conn):
+        row = conn.execute(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text,"
+            " current_setting('wal_segment_size')::text, current_setting('wal_level'),"
+            " (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),"
+            " current_setting('max_wal_senders')::int, pg_is_in_recovery()").fetchone()
     assert row is not None
     return ServerFacts(str(row[0]), _size_in_bytes(str(row[1])), str(row[2]), bool(row[3]),
                        int(row[4]), bool(row[5]))

@@ -267,12 +267,13 @@ def _drop_scratch(ctx: JobContext, scratch: str) -> None:
 
 
 def _drop_leftover(ctx: JobContext, admin: Connection, scratch: str) -> None:
+    # Asked of the server as a boolean: on a SQL_ASCII session text comes back as bytes.
     row = admin.execute(
-        "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
-        "WHERE datname = %s", (scratch,)).fetchone()
+        "SELECT starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), %s) "
+        "FROM pg_database WHERE datname = %s", (SCRATCH_MARK, scratch)).fetchone()
     if row is None:
         return
-    if not str(row[0]).startswith(SCRATCH_MARK):
+    if not row[0]:
         raise ConfigError(
             f"DRILL_DATABASE: database {scratch!r} already exists and was not created by a "
             "backupd drill, so backupd will not drop it; set DRILL_DATABASE to an unused name "

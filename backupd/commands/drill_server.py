@@ -18,7 +18,13 @@ from pydantic import SecretStr
 
 from backupd.commands.restore_target import holds_nothing
 from backupd.errors import ConfigError, JobFailed, JobSkipped
-from backupd.postgres.connection import connect, describe_pg_error, drop_database, lock_key
+from backupd.postgres.connection import (
+    as_text,
+    connect,
+    describe_pg_error,
+    drop_database,
+    lock_key,
+)
 from backupd.postgres.databases import drop_with_subscriptions, maintenance_connection
 from backupd.settings import Settings
 
@@ -124,12 +130,13 @@ class Inventory:
 
 
 def inventory(conn: Connection) -> Inventory:
-    databases = {str(r[0]) for r in conn.execute(
-        "SELECT datname FROM pg_database WHERE datname <> %s", (STATE_DATABASE,))}
-    roles = {str(r[0]) for r in conn.execute(
-        "SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'")}
-    tablespaces = {str(r[0]) for r in conn.execute("SELECT spcname FROM pg_tablespace")}
-    return Inventory(frozenset(databases), frozenset(roles), frozenset(tablespaces))
+    with as_text(conn):
+        databases = {str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname <> %s", (STATE_DATABASE,))}
+        roles = {str(r[0]) for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'")}
+        tablespaces = {str(r[0]) for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+        return Inventory(frozenset(databases), frozenset(roles), frozenset(tablespaces))
 
 
 def lock_drill_server(conn: Connection) -> None:
@@ -150,35 +157,38 @@ def mark_started(conn: Connection, before: Inventory) -> None:
 
 def interrupted_drill(drill: Settings, conn: Connection) -> Inventory | None:
     """What the server held before a drill that never finished (None: no such drill)."""
-    row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                       "WHERE datname = %s", (STATE_DATABASE,)).fetchone()
-    if row is None:
-        return None
-    if row[0] is None and holds_nothing(drill, STATE_DATABASE):
-        drop_database(conn, STATE_DATABASE)  # killed before its record was written: no more
-        return None
-    text = str(row[0] or "")
-    if not text.startswith(STATE_MARK):
-        raise ConfigError(f"DRILL_POSTGRES_HOST: the drill server has a database "
-                          f"{STATE_DATABASE!r} that backupd did not create; drop it or use "
-                          "another drill server")
-    return Inventory.from_text(text[len(STATE_MARK):])
+    with as_text(conn):
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                           "WHERE datname = %s", (STATE_DATABASE,)).fetchone()
+        if row is None:
+            return None
+        if row[0] is None and holds_nothing(drill, STATE_DATABASE):
+            drop_database(conn, STATE_DATABASE)  # killed before its record was written: no more
+            return None
+        text = str(row[0] or "")
+        if not text.startswith(STATE_MARK):
+            raise ConfigError(f"DRILL_POSTGRES_HOST: the drill server has a database "
+                              f"{STATE_DATABASE!r} that backupd did not create; drop it or use "
+                              "another drill server")
+        return Inventory.from_text(text[len(STATE_MARK):])
 
 
 def created_databases(conn: Connection) -> list[str]:
-    return [str(r[0]) for r in conn.execute(
-        "SELECT datname FROM pg_database WHERE starts_with("
-        "coalesce(shobj_description(oid, 'pg_database'), ''), %s) ORDER BY 1", (CLUSTER_MARK,))]
+    with as_text(conn):
+        return [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with("
+            "coalesce(shobj_description(oid, 'pg_database'), ''), %s) ORDER BY 1", (CLUSTER_MARK,))]
 
 
 def _unmarked_new(drill: Settings, conn: Connection, before: Inventory) -> list[str]:
-    # A drill killed between CREATE DATABASE and its mark leaves an empty database without
-    # one: new since the recorded state, without a comment and holding nothing.
-    names = [str(r[0]) for r in conn.execute(
-        "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') IS NULL "
-        "AND NOT datistemplate AND datallowconn")]
-    return [n for n in names if n not in before.databases and n != STATE_DATABASE
-            and holds_nothing(drill, n)]
+    with as_text(conn):
+        # A drill killed between CREATE DATABASE and its mark leaves an empty database without
+        # one: new since the recorded state, without a comment and holding nothing.
+        names = [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') IS NULL "
+            "AND NOT datistemplate AND datallowconn")]
+        return [n for n in names if n not in before.databases and n != STATE_DATABASE
+                and holds_nothing(drill, n)]
 
 
 def restore_server(drill: Settings, conn: Connection, before: Inventory) -> list[str]:

@@ -16,6 +16,7 @@ import psycopg
 
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError
+from backupd.postgres.connection import as_text
 from backupd.storage.base import BackupEntry
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
@@ -62,8 +63,9 @@ class Without:
 
 
 def current_user(conn: Connection) -> str:
-    row = conn.execute("SELECT current_user").fetchone()
-    return str(row[0]) if row else ""
+    with as_text(conn):
+        row = conn.execute("SELECT current_user").fetchone()
+        return str(row[0]) if row else ""
 
 
 EVERYTHING = Without()  # the default: owners and privileges restored as backed up

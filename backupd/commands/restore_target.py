@@ -16,7 +16,7 @@ from psycopg import sql
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
-from backupd.postgres.connection import connect, describe_pg_error, lock_key
+from backupd.postgres.connection import as_text, connect, describe_pg_error, lock_key
 from backupd.postgres.databases import apply_properties, drop_with_subscriptions
 from backupd.postgres.user_objects import read_user_objects
 from backupd.settings import Settings
@@ -84,11 +84,13 @@ def lock_target(ctx: JobContext, admin: Connection, target: str) -> None:
         raise JobFailed(f"another backupd is restoring into {target!r} right now; wait for it "
                         "to finish; nothing was changed")
     prefix = derived_name(target, RESTORING + "0" * 15)[:-15]
-    for (leftover,) in admin.execute(
+    with as_text(admin):
+        leftovers = [str(name) for (name,) in admin.execute(
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
             "AND shobj_description(oid, 'pg_database') = %s",
-            (prefix, RESTORING_MARK + target)).fetchall():
-        drop_with_subscriptions(ctx.settings, admin, str(leftover))
+            (prefix, RESTORING_MARK + target)).fetchall()]
+    for leftover in leftovers:
+        drop_with_subscriptions(ctx.settings, admin, leftover)
         ctx.warn(f"dropped {leftover!r}, left behind by an interrupted restore into {target!r}")
 
 
@@ -118,60 +120,62 @@ def check_targets(admin: Connection, settings: Settings,
 def check_target(admin: Connection, settings: Settings, target: str, *,
                  replace: bool) -> bool:
     """Whether ``target`` exists; raises, before any work, when it cannot be swapped out."""
-    row = admin.execute("SELECT datistemplate, pg_get_userbyid(datdba) FROM pg_database "
-                        "WHERE datname = %s", (target,)).fetchone()
-    if row is None:
-        return False
-    is_template, owner = bool(row[0]), str(row[1])
-    if is_template:
-        raise ConfigError(f"--target-db: database {target!r} is a template; restoring into it "
-                          "would put the backup into databases created from it; choose "
-                          "another name")
-    if not replace and not is_empty(settings, target):
-        raise TargetHoldsData(
-            f"--target-db: database {target!r} already holds tables; pass --replace to "
-            "restore into a fresh database and swap it in (the current one is kept, renamed)")
-    _check_swappable(admin, target, owner)
-    return True
+    with as_text(admin):
+        row = admin.execute("SELECT datistemplate, pg_get_userbyid(datdba) FROM pg_database "
+                            "WHERE datname = %s", (target,)).fetchone()
+        if row is None:
+            return False
+        is_template, owner = bool(row[0]), str(row[1])
+        if is_template:
+            raise ConfigError(f"--target-db: database {target!r} is a template; restoring into it "
+                              "would put the backup into databases created from it; choose "
+                              "another name")
+        if not replace and not is_empty(settings, target):
+            raise TargetHoldsData(
+                f"--target-db: database {target!r} already holds tables; pass --replace to "
+                "restore into a fresh database and swap it in (the current one is kept, renamed)")
+        _check_swappable(admin, target, owner)
+        return True
 
 
 def _check_swappable(admin: Connection, target: str, owner: str) -> None:
     """What would make the final rename fail, found before the restore instead of after it."""
-    nothing = "; nothing was changed"
-    row = admin.execute("SELECT count(*), string_agg(gid, ', ' ORDER BY gid) "
-                        "FROM pg_prepared_xacts WHERE database = %s", (target,)).fetchone()
-    if row is not None and row[0]:
-        raise JobFailed(
-            f"database {target!r} holds {row[0]} prepared transaction(s) ({row[1]}), which "
-            "keep it from being renamed; COMMIT PREPARED or ROLLBACK PREPARED them first"
-            + nothing)
-    row = admin.execute(
-        "SELECT current_user, rolsuper, rolcreatedb, pg_has_role(current_user, %s, 'MEMBER') "
-        "FROM pg_roles WHERE rolname = current_user", (owner,)).fetchone()
-    assert row is not None
-    user, superuser, createdb, owns = str(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
-    if superuser:
-        return
-    if not createdb:
-        raise JobFailed(f"role {user!r} lacks CREATEDB, needed to restore into a new database "
-                        f"and rename it into place; ALTER ROLE {user} CREATEDB" + nothing)
-    if not owns:
-        raise JobFailed(
-            f"database {target!r} is owned by {owner!r}; role {user!r} can only rename it out "
-            f"of the way as a superuser or a member of {owner!r} (GRANT {owner} TO {user})"
-            + nothing)
-    row = admin.execute(
-        "SELECT count(*), string_agg(DISTINCT usename, ', ') FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid() AND NOT ("
-        "pg_has_role(current_user, usesysid, 'MEMBER') OR ("
-        "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AND NOT "
-        "coalesce((SELECT rolsuper FROM pg_roles WHERE oid = usesysid), false)))",
-        (target,)).fetchone()
-    if row is not None and row[0]:
-        raise JobFailed(
-            f"database {target!r} has {row[0]} session(s) of {row[1]} that role {user!r} may "
-            "not end (that needs superuser, pg_signal_backend or membership in their role); "
-            "end them first" + nothing)
+    with as_text(admin):
+        nothing = "; nothing was changed"
+        row = admin.execute("SELECT count(*), string_agg(gid, ', ' ORDER BY gid) "
+                            "FROM pg_prepared_xacts WHERE database = %s", (target,)).fetchone()
+        if row is not None and row[0]:
+            raise JobFailed(
+                f"database {target!r} holds {row[0]} prepared transaction(s) ({row[1]}), which "
+                "keep it from being renamed; COMMIT PREPARED or ROLLBACK PREPARED them first"
+                + nothing)
+        row = admin.execute(
+            "SELECT current_user, rolsuper, rolcreatedb, pg_has_role(current_user, %s, 'MEMBER') "
+            "FROM pg_roles WHERE rolname = current_user", (owner,)).fetchone()
+        assert row is not None
+        user, superuser, createdb, owns = str(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
+        if superuser:
+            return
+        if not createdb:
+            raise JobFailed(f"role {user!r} lacks CREATEDB, needed to restore into a new database "
+                            f"and rename it into place; ALTER ROLE {user} CREATEDB" + nothing)
+        if not owns:
+            raise JobFailed(
+                f"database {target!r} is owned by {owner!r}; role {user!r} can only rename it out "
+                f"of the way as a superuser or a member of {owner!r} (GRANT {owner} TO {user})"
+                + nothing)
+        row = admin.execute(
+            "SELECT count(*), string_agg(DISTINCT usename, ', ') FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid() AND NOT ("
+            "pg_has_role(current_user, usesysid, 'MEMBER') OR ("
+            "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AND NOT "
+            "coalesce((SELECT rolsuper FROM pg_roles WHERE oid = usesysid), false)))",
+            (target,)).fetchone()
+        if row is not None and row[0]:
+            raise JobFailed(
+                f"database {target!r} has {row[0]} session(s) of {row[1]} that role {user!r} may "
+                "not end (that needs superuser, pg_signal_backend or membership in their role); "
+                "end them first" + nothing)
 
 
 # Also template1's restore (backupd.commands.template1): the one check of a swap.

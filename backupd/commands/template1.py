@@ -33,7 +33,7 @@ from backupd.commands.restore_target import (
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import JobFailed
 from backupd.job import JobContext
-from backupd.postgres.connection import connect, describe_pg_error, drop_database
+from backupd.postgres.connection import as_text, connect, describe_pg_error, drop_database
 from backupd.postgres.databases import TEMPLATE_DATABASE, read_properties
 from backupd.postgres.tablespaces import (
     ObjectTablespaces,
@@ -153,8 +153,9 @@ def _may_not_swap(admin: Connection) -> str | None:
     """Why template1 could not be put out of the way (the role may not rename it, a prepared
     transaction in it, sessions the role may not end): the ordinary restore's check, asked
     before anything is loaded; None when it can."""
-    row = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                        (TEMPLATE_DATABASE,)).fetchone()
+    with as_text(admin):
+        row = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                            "WHERE datname = %s", (TEMPLATE_DATABASE,)).fetchone()
     try:
         check_swappable(admin, TEMPLATE_DATABASE, str(row[0]) if row is not None else "")
     except JobFailed as exc:

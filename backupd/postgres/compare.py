@@ -28,6 +28,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from backupd.database_properties import DatabaseProperties, differences
+from backupd.postgres.connection import as_text
 
 # Row counts must not hurt the live database: tables up to this size are counted
 # exactly (a sequential scan of a small table is cheap), larger ones use the
@@ -113,9 +114,10 @@ class Catalog:
 
 
 def read_catalog(conn: Connection, counted: Callable[[], None] = lambda: None) -> Catalog:
-    objects = {kind: {str(row[0]) for row in conn.execute(query)}
-               for kind, query in _OBJECT_QUERIES.items()}
-    return Catalog(objects, count_rows(conn, counted))
+    with as_text(conn):
+        objects = {kind: {str(row[0]) for row in conn.execute(query)}
+                   for kind, query in _OBJECT_QUERIES.items()}
+        return Catalog(objects, count_rows(conn, counted))
 
 
 def count_rows(conn: Connection,
@@ -126,30 +128,32 @@ def count_rows(conn: Connection,
     An estimate is never 0 for a table that has a row, nor above 0 for an empty
     one: emptiness is always probed exactly (it reads at most one page).
     """
-    conn.execute("SELECT set_config('lock_timeout', %s, false)", (COUNT_LOCK_TIMEOUT,))
-    conn.execute("SELECT set_config('statement_timeout', %s, false)", (COUNT_STATEMENT_TIMEOUT,))
-    budget = EXACT_COUNT_BUDGET_BYTES
-    counts: dict[str, RowCount] = {}
-    for identity, schema, table, size, reltuples, live_tuples in conn.execute(
-            _COUNTABLE_TABLES).fetchall():
-        counted()
-        relation = sql.Identifier(schema, table)
-        if size <= EXACT_COUNT_MAX_TABLE_BYTES and size <= budget:
-            exact = _try_scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(relation))
-            if exact is not None:
-                budget -= size
-                counts[identity] = RowCount(int(exact), True)
-                continue
-        has_rows = _try_scalar(conn, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(relation))
-        estimate = max(int(reltuples), int(live_tuples), 0)
-        if has_rows is False:
-            estimate = 0
-        elif has_rows and estimate == 0:
-            estimate = 1  # "at least one": stale statistics must not call a full table empty
-        counts[identity] = RowCount(estimate, False)
-    conn.execute("RESET statement_timeout")
-    conn.execute("RESET lock_timeout")
-    return counts
+    with as_text(conn):
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (COUNT_LOCK_TIMEOUT,))
+        conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                     (COUNT_STATEMENT_TIMEOUT,))
+        budget = EXACT_COUNT_BUDGET_BYTES
+        counts: dict[str, RowCount] = {}
+        for identity, schema, table, size, reltuples, live_tuples in conn.execute(
+                _COUNTABLE_TABLES).fetchall():
+            counted()
+            relation = sql.Identifier(schema, table)
+            if size <= EXACT_COUNT_MAX_TABLE_BYTES and size <= budget:
+                exact = _try_scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(relation))
+                if exact is not None:
+                    budget -= size
+                    counts[identity] = RowCount(int(exact), True)
+                    continue
+            has_rows = _try_scalar(conn, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(relation))
+            estimate = max(int(reltuples), int(live_tuples), 0)
+            if has_rows is False:
+                estimate = 0
+            elif has_rows and estimate == 0:
+                estimate = 1  # "at least one": stale statistics must not call a full table empty
+            counts[identity] = RowCount(estimate, False)
+        conn.execute("RESET statement_timeout")
+        conn.execute("RESET lock_timeout")
+        return counts
 
 
 def _try_scalar(conn: Connection, query: sql.Composed) -> Any:
@@ -304,27 +308,29 @@ class RoleCatalog:
 
 
 def read_roles(conn: Connection) -> RoleCatalog:
-    try:
-        passwords: dict[str, str | None] | None = {
-            str(name): None if hashed is None else str(hashed)
-            for name, hashed in conn.execute("SELECT rolname, rolpassword FROM pg_authid")}
-    except pg_errors.InsufficientPrivilege:
-        passwords = None  # only a superuser reads pg_authid
-    settings: dict[str, set[str]] = {}
-    for name, entry in conn.execute(_ROLE_SETTINGS):
-        settings.setdefault(str(name), set()).add(str(entry))
-    roles = {}
-    for name, *flags, limit, valid_until in conn.execute(_ROLES):
-        attributes = {flag if on else f"NO{flag}" for flag, on in zip(_FLAGS, flags, strict=True)}
-        attributes.add(f"CONNECTION LIMIT {limit}")
-        if valid_until is not None:
-            attributes.add(f"VALID UNTIL {valid_until}")
-        roles[str(name)] = Role(str(name), frozenset(attributes),
-                                frozenset(settings.get(str(name), ())),
-                                passwords.get(str(name)) if passwords is not None else None)
-    memberships = {Membership(str(role), str(member), bool(admin))
-                   for role, member, admin in conn.execute(_MEMBERSHIPS)}
-    return RoleCatalog(roles, memberships, passwords is not None)
+    with as_text(conn):
+        try:
+            passwords: dict[str, str | None] | None = {
+                str(name): None if hashed is None else str(hashed)
+                for name, hashed in conn.execute("SELECT rolname, rolpassword FROM pg_authid")}
+        except pg_errors.InsufficientPrivilege:
+            passwords = None  # only a superuser reads pg_authid
+        settings: dict[str, set[str]] = {}
+        for name, entry in conn.execute(_ROLE_SETTINGS):
+            settings.setdefault(str(name), set()).add(str(entry))
+        roles = {}
+        for name, *flags, limit, valid_until in conn.execute(_ROLES):
+            attributes = {flag if on else f"NO{flag}"
+                          for flag, on in zip(_FLAGS, flags, strict=True)}
+            attributes.add(f"CONNECTION LIMIT {limit}")
+            if valid_until is not None:
+                attributes.add(f"VALID UNTIL {valid_until}")
+            roles[str(name)] = Role(str(name), frozenset(attributes),
+                                    frozenset(settings.get(str(name), ())),
+                                    passwords.get(str(name)) if passwords is not None else None)
+        memberships = {Membership(str(role), str(member), bool(admin))
+                       for role, member, admin in conn.execute(_MEMBERSHIPS)}
+        return RoleCatalog(roles, memberships, passwords is not None)
 
 
 def compare_roles(result: Comparison, live: RoleCatalog, restored: RoleCatalog,

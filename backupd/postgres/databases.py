@@ -90,9 +90,10 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
             return resolve_databases(settings, own)
     if selection.every:
         try:
-            rows = conn.execute(
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
-                "ORDER BY datname").fetchall()
+            with as_text(conn):
+                rows = conn.execute(
+                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+                    "ORDER BY datname").fetchall()
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ConfigError(
                 f"POSTGRES_DB: '*' needs to list the server's databases, and role "
@@ -109,8 +110,9 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
                               "(DB_BACKUP_EXCLUDE leaves none); exclude fewer databases")
         return ResolvedDatabases(chosen, warnings=warnings)
     try:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
-                            (list(selection.names),)).fetchall()
+        with as_text(conn):
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                                (list(selection.names),)).fetchall()
     except psycopg.errors.InsufficientPrivilege:
         # Existence cannot be read: each dump proves it (a missing one fails naming itself).
         return ResolvedDatabases(list(selection.names))
@@ -286,11 +288,13 @@ def drop_with_subscriptions(settings: Settings, admin: Connection, name: str) ->
     drop its slot on the publisher, which a restored copy must never touch."""
     if _has_subscriptions(admin, name):
         with _connected(settings, name) as conn:
-            for (subscription,) in conn.execute(
+            with as_text(conn):
+                subscriptions = [str(sub) for (sub,) in conn.execute(
                     "SELECT subname FROM pg_subscription WHERE subdbid = "
                     "(SELECT oid FROM pg_database WHERE datname = current_database())"
-            ).fetchall():
-                ident = sql.Identifier(str(subscription))
+                ).fetchall()]
+            for subscription in subscriptions:
+                ident = sql.Identifier(subscription)
                 conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
                 conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
                 conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))

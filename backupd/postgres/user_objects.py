@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from backupd.postgres.connection import as_text
+
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
 FIRST_NORMAL_OBJECT_ID = 16384
@@ -113,17 +115,18 @@ def read_user_objects(conn: Connection) -> UserObjects:
          if catalog != "pg_extension"]  # named below: an extension is never its own member
         + [_changed_privileges_query(catalog, column)
            for catalog, column in _ACL_COLUMNS.items()])
-    row = conn.execute(sql.SQL(
-        "SELECT ARRAY(SELECT ARRAY[kind, identity] FROM ({}) o ORDER BY kind, identity), "
-        "ARRAY(SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {} ORDER BY 1), "
-        "ARRAY(SELECT nspname::text FROM pg_catalog.pg_namespace WHERE oid >= {} "
-        "AND oid NOT IN ({}) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
-        "WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = pg_namespace.oid "
-        "AND d.deptype = 'e') ORDER BY 1), "
-        "(SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = "
-        "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))"
-    ).format(rows, sql.Literal(FIRST_NORMAL_OBJECT_ID), sql.Literal(FIRST_NORMAL_OBJECT_ID),
-             sql.SQL(_TEMP_SCHEMAS))).fetchone()
+    with as_text(conn):  # a SQL_ASCII session hands names back as bytes
+        row = conn.execute(sql.SQL(
+            "SELECT ARRAY(SELECT ARRAY[kind, identity] FROM ({}) o ORDER BY kind, identity), "
+            "ARRAY(SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {} ORDER BY 1), "
+            "ARRAY(SELECT nspname::text FROM pg_catalog.pg_namespace WHERE oid >= {} "
+            "AND oid NOT IN ({}) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
+            "WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = pg_namespace.oid "
+            "AND d.deptype = 'e') ORDER BY 1), "
+            "(SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = "
+            "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))"
+        ).format(rows, sql.Literal(FIRST_NORMAL_OBJECT_ID), sql.Literal(FIRST_NORMAL_OBJECT_ID),
+                 sql.SQL(_TEMP_SCHEMAS))).fetchone()
     assert row is not None
     found = [(str(kind), str(identity)) for kind, identity in row[0] or []]
     extensions = tuple(str(name) for name in row[1] or [])

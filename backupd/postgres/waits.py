@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from backupd.pipeline.config import APPLICATION_NAME
-from backupd.postgres.connection import describe_pg_error
+from backupd.postgres.connection import as_text, describe_pg_error
 from backupd.postgres.databases import MAINTENANCE_DATABASES
 from backupd.progress import Place
 from backupd.settings import Settings
@@ -144,7 +144,8 @@ def _probe_session(settings: Settings, database: str) -> psycopg.Connection[tupl
 
 def session_waits(conn: psycopg.Connection[tuple]) -> list[SessionWait]:  # type: ignore[type-arg]
     """backupd's sessions, those waiting for a lock first, the job's database first."""
-    rows = conn.execute(_WAITS, {"app": APPLICATION_NAME, "shown": QUERY_SHOWN}).fetchall()
+    with as_text(conn):
+        rows = conn.execute(_WAITS, {"app": APPLICATION_NAME, "shown": QUERY_SHOWN}).fetchall()
     sessions: dict[int, SessionWait] = {}
     for (pid, here, state, event, query, lock_type, relation, mode,
          holder_pid, holder_app, holder_state, holder_modes) in rows:
@@ -174,8 +175,9 @@ def server_work(conn: psycopg.Connection[tuple], databases: Sequence[str]) -> st
     # pg_stat_progress_copy is new in 14.
     views = [_INDEX_WORK, _COPY_WORK] if conn.info.server_version >= 140000 else [_INDEX_WORK]
     query = sql.SQL(_ALL_WORK).format(sql.SQL(" UNION ALL ").join(map(sql.SQL, views)))
-    row = conn.execute(query, {"app": APPLICATION_NAME,
-                               "databases": list(databases)}).fetchone()
+    with as_text(conn):
+        row = conn.execute(query, {"app": APPLICATION_NAME,
+                                   "databases": list(databases)}).fetchone()
     return str(row[0]) if row else ""
 
 

@@ -31,13 +31,17 @@ DEFAULT_CLUSTER_PASSWORD = "p'w\"d:x\\ y$z"
 class PrivateCluster:
     def __init__(self, password: str, *, port: int | None = None,
                  server_settings: dict[str, str] | None = None,
-                 bin_dir: Path | None = None, initdb_options: tuple[str, ...] = ()) -> None:
+                 bin_dir: Path | None = None, encoding: str = "UTF8",
+                 initdb_options: tuple[str, ...] = ()) -> None:
         """``server_settings``: postgresql.conf lines on top of the small defaults below
         (e.g. ``{"max_prepared_transactions": "2", "wal_level": "logical"}``). ``bin_dir``:
         another major's server binaries (initdb, pg_ctl, postgres) than the suite's own.
-        ``initdb_options``: after the defaults (the last of an option wins), e.g.
-        ``("--locale=C",)`` for a server whose template1 has another locale."""
+        ``encoding``: initdb's; any other than UTF8 goes with the C locale (``SQL_ASCII``:
+        a legacy cluster, whose sessions psycopg reads as bytes). ``initdb_options``: after
+        the defaults (the last of an option wins), e.g. ``("--locale=C",)`` for a server
+        whose template1 has another locale."""
         self.password = password
+        self.encoding = encoding
         self.bin_dir = bin_dir
         self.initdb_options = initdb_options
         self.port = port or free_port()
@@ -112,8 +116,9 @@ class PrivateCluster:
                 shutil.chown(pwfile, SERVER_OS_USER, SERVER_OS_USER)
             self._as_server_user([
                 self._binary("initdb"), "-D", str(self.data_dir), "--username=postgres",
-                f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
-                "--locale=C.UTF-8", "--no-sync", "--no-instructions", *self.initdb_options,
+                f"--pwfile={pwfile}", "--auth=scram-sha-256", f"--encoding={self.encoding}",
+                "--locale=C.UTF-8" if self.encoding == "UTF8" else "--locale=C",
+                "--no-sync", "--no-instructions", *self.initdb_options,
             ])  # fmt: skip
             pwfile.unlink()
             settings = {

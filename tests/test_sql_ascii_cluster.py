@@ -1,0 +1,105 @@
+"""A legacy cluster made with ``initdb -E SQL_ASCII --locale=C``: psycopg hands every name
+it reads from the catalogs back as bytes there, as it cannot know their encoding. Each
+command must read them as text (backupd.postgres.connection.as_text): a restore over the
+live database, a drill beside it and a whole-cluster drill onto a SQL_ASCII drill server
+all succeed, where they failed with "internal error" (role "b'postgres'" does not exist;
+SQL identifier parts must be strings, got b'public')."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers.backups import back_up
+from helpers.cli import run_backupd, server_env
+from helpers.cluster import PrivateCluster
+from helpers.pg import connect, psql
+
+pytestmark = pytest.mark.slow
+
+DATABASES = "appdb,second"
+
+
+def legacy_cluster(password: str) -> PrivateCluster:
+    return PrivateCluster(password, encoding="SQL_ASCII")
+
+
+def text_connect(cluster: PrivateCluster, database: str = "postgres",
+                 ) -> psycopg.Connection[tuple[Any, ...]]:
+    """The test's own reads, as text (the names here are all ASCII)."""
+    conn = connect(cluster.address, database)
+    conn.execute("SET client_encoding = 'UTF8'")
+    return conn
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[PrivateCluster]:
+    with legacy_cluster("live-pw") as cluster:
+        cluster.start()
+        psql(cluster.address, "postgres", """
+            CREATE ROLE app LOGIN;
+            CREATE DATABASE appdb OWNER app;
+            CREATE DATABASE second;""")
+        psql(cluster.address, "appdb", """
+            SET ROLE app;
+            CREATE TABLE notes (id int PRIMARY KEY, body text);
+            INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 50) i;""")
+        psql(cluster.address, "second", "CREATE TABLE t (x int); INSERT INTO t VALUES (7);")
+        with connect(cluster.address) as conn:
+            assert conn.info.parameter_status("server_encoding") == "SQL_ASCII"
+            assert conn.info.parameter_status("client_encoding") == "SQL_ASCII"
+        yield cluster
+
+
+def notes(cluster: PrivateCluster) -> tuple[object, ...] | None:
+    with text_connect(cluster, "appdb") as conn:
+        return conn.execute("SELECT count(*), sum(id), pg_get_userbyid(relowner) "
+                            "FROM notes, pg_class WHERE relname = 'notes' "
+                            "GROUP BY relowner").fetchone()
+
+
+def test_a_restore_over_the_live_database_succeeds(live: PrivateCluster,
+                                                    tmp_path: Path) -> None:
+    back_up(live.address, DATABASES, tmp_path / "b")
+    with connect(live.address, "appdb") as conn:
+        conn.execute("DELETE FROM notes WHERE id > 10")  # what the restore must bring back
+
+    proc = run_backupd(["restore", "--latest", "--replace", "--yes"],
+                       server_env(live.address, DATABASES, tmp_path / "b"), timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert notes(live) == (50, 1275, "app")
+    with text_connect(live) as conn:
+        kept = [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE '%\\_before\\_restore\\_%'")]
+        for name in kept:
+            conn.execute(f'DROP DATABASE "{name}"')
+    assert sorted(name.split("_before_")[0] for name in kept) == ["appdb", "second"]
+
+
+def test_a_drill_beside_the_live_database_passes(live: PrivateCluster, tmp_path: Path) -> None:
+    back_up(live.address, "appdb", tmp_path / "b")
+
+    proc = run_backupd(["drill"], server_env(live.address, "appdb", tmp_path / "b"),
+                       timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "internal error" not in proc.stderr
+
+
+def test_a_whole_cluster_drill_onto_a_sql_ascii_drill_server_passes(
+        live: PrivateCluster, tmp_path: Path) -> None:
+    back_up(live.address, DATABASES, tmp_path / "b")
+    with legacy_cluster("drill-pw") as drill:
+        drill.start()
+        proc = run_backupd(["drill"], server_env(
+            live.address, DATABASES, tmp_path / "b", DRILL_POSTGRES_HOST=drill.address.host,
+            DRILL_POSTGRES_PORT=str(drill.port), DRILL_POSTGRES_PASSWORD="drill-pw"),
+            timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with text_connect(drill) as conn:  # left as it was found
+            assert {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")} == {
+                "postgres", "template0", "template1"}
