@@ -272,6 +272,7 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
         # Its index builds are the drill's work, on the drill server the watchdog asks too.
         drill_ctx.progress.working_in(target, drill_ctx.settings)
         mark_restored(admin, target)
+        placement = restore.landed(admin, target, placement)
         drill_ctx.say(f"{entry.name} verified; restoring it into {target!r} on the drill "
                       "server" + (f" (beside the drill server's own {database!r})"
                                   if target != database else ""))

@@ -192,6 +192,11 @@ def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
         placement = _create_scratch(admin, scratch, settings.postgres_db, carried or live,
                                     spaces)
         ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
+        try:
+            placement = restore.landed(admin, scratch, placement)
+        except JobFailed:
+            _drop_scratch(ctx, scratch)
+            raise
     try:
         comparison, seconds = _restore_and_compare(
             ctx, path, entry, scratch, record, Properties(carried, live, placement, spaces))

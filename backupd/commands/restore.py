@@ -148,6 +148,7 @@ def restore_file(
         ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
         try:
             mark_restoring(admin, scratch, target)
+            placement = landed(admin, scratch, placement)
             verified.wait()
             ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
             placed = load(ctx, path, entry, scratch, identities, without.pg_restore_options,
@@ -254,8 +255,9 @@ def create_database(admin: Connection, name: str, properties: DatabaseProperties
                     connection_limit: int | None = None) -> Placement:
     """The one way restore and drill create a database: from template0, like the source,
     in its tablespace when this server has it (``tablespaces``), else in the default one
-    (backupd.postgres.tablespaces); where it went, for the caller to report. One statement:
-    when it fails, there is no database."""
+    (backupd.postgres.tablespaces); where it was meant to go. One statement: when it fails,
+    there is no database. Where it went is read by :func:`landed`, once the caller has
+    marked it as its own (so that a failure there leaves nothing it would not drop)."""
     placement = place(properties, tablespaces)
     try:
         create_like(admin, name, properties, connection_limit=connection_limit,
@@ -263,7 +265,18 @@ def create_database(admin: Connection, name: str, properties: DatabaseProperties
     except psycopg.Error as exc:
         raise JobFailed(f"cannot create database {name!r} like the backed-up one: "
                         f"{describe_pg_error(exc)}; nothing was changed") from None
-    return dataclasses.replace(placement, landed=database_tablespace(admin, name))
+    return placement
+
+
+def landed(admin: Connection, name: str, placement: Placement) -> Placement:
+    """``placement`` with the tablespace database ``name`` was actually created in, read
+    back (for the objects kept there and the report); JobFailed when it cannot be read."""
+    try:
+        where = database_tablespace(admin, name)
+    except psycopg.Error as exc:
+        raise JobFailed(f"cannot read which tablespace database {name!r} was created in: "
+                        f"{describe_pg_error(exc)}") from None
+    return dataclasses.replace(placement, landed=where)
 
 
 def _report_kept(ctx: JobContext, admin: Connection, kept: str,

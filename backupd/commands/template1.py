@@ -114,6 +114,7 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
             ctx.cancel.progress.working_in(scratch)
             try:
                 mark_restoring(admin, scratch, TEMPLATE_DATABASE)
+                placement = restore.landed(admin, scratch, placement)
                 ctx.say(f"{entry.name} verified; restoring it into {scratch!r}, to take "
                         "template1's place")
                 placed = restore_load.load(
