@@ -267,12 +267,12 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
     with selection.local_file(drill_ctx, repository, entry) as path:
         identities = restore.identities_for(drill_ctx, entry)
         restore_load.verify_first(path, entry, identities, drill_ctx)
-        spaces = server_tablespaces(admin)
+        spaces = server_tablespaces(admin, carried.encoding if carried else None)
         placement = restore.create_database(admin, target, carried, spaces)
         # Its index builds are the drill's work, on the drill server the watchdog asks too.
         drill_ctx.progress.working_in(target, drill_ctx.settings)
         mark_restored(admin, target)
-        placement = restore.landed(admin, target, placement)
+        placement = restore.landed(admin, target, placement, spaces)
         drill_ctx.say(f"{entry.name} verified; restoring it into {target!r} on the drill "
                       "server" + (f" (beside the drill server's own {database!r})"
                                   if target != database else ""))

@@ -188,12 +188,12 @@ def _drill(ctx: JobContext, path: Path, entry: BackupEntry, scratch: str,
             raise JobFailed(f"database {settings.postgres_db!r} (POSTGRES_DB) does not exist "
                             "on the server")
         carried = entry.manifest.database_properties if entry.manifest is not None else None
-        spaces = server_tablespaces(admin)
+        spaces = server_tablespaces(admin, (carried or live).encoding)
         placement = _create_scratch(admin, scratch, settings.postgres_db, carried or live,
                                     spaces)
         ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
         try:
-            placement = restore.landed(admin, scratch, placement)
+            placement = restore.landed(admin, scratch, placement, spaces)
         except JobFailed:
             _drop_scratch(ctx, scratch)
             raise

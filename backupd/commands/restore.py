@@ -143,12 +143,12 @@ def restore_file(
         # verified (no byte of it reaches the database before the verdict, and the log says
         # "restoring" only once the verdict is in and the load starts).
         ctx.say(f"preparing database {scratch!r} to restore {entry.name} into {target!r}")
-        spaces = server_tablespaces(admin)
+        spaces = server_tablespaces(admin, properties.encoding if properties else None)
         placement = create_database(admin, scratch, properties, spaces)
         ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
         try:
             mark_restoring(admin, scratch, target)
-            placement = landed(admin, scratch, placement)
+            placement = landed(admin, scratch, placement, spaces)
             verified.wait()
             ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
             placed = load(ctx, path, entry, scratch, identities, without.pg_restore_options,
@@ -268,11 +268,13 @@ def create_database(admin: Connection, name: str, properties: DatabaseProperties
     return placement
 
 
-def landed(admin: Connection, name: str, placement: Placement) -> Placement:
+def landed(admin: Connection, name: str, placement: Placement,
+           tablespaces: ServerTablespaces) -> Placement:
     """``placement`` with the tablespace database ``name`` was actually created in, read
-    back (for the objects kept there and the report); JobFailed when it cannot be read."""
+    back (for the objects kept there and the report; its name read as ``tablespaces``'
+    were); JobFailed when it cannot be read."""
     try:
-        where = database_tablespace(admin, name)
+        where = database_tablespace(admin, name, tablespaces.encoding)
     except psycopg.Error as exc:
         raise JobFailed(f"cannot read which tablespace database {name!r} was created in: "
                         f"{describe_pg_error(exc)}") from None

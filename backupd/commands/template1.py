@@ -109,12 +109,12 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
             stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
             scratch = derived_name(TEMPLATE_DATABASE, f"{RESTORING}{stamp}")
             kept = derived_name(TEMPLATE_DATABASE, f"_before_restore_{stamp}")
-            spaces = server_tablespaces(admin)
+            spaces = server_tablespaces(admin, properties.encoding if properties else None)
             placement = restore.create_database(admin, scratch, properties, spaces)
             ctx.cancel.progress.working_in(scratch)
             try:
                 mark_restoring(admin, scratch, TEMPLATE_DATABASE)
-                placement = restore.landed(admin, scratch, placement)
+                placement = restore.landed(admin, scratch, placement, spaces)
                 ctx.say(f"{entry.name} verified; restoring it into {scratch!r}, to take "
                         "template1's place")
                 placed = restore_load.load(

@@ -23,14 +23,20 @@ dropped either.
 * One warning per database names each tablespace left out, why, and what to run to put
   the database and its objects back there (:func:`fallback_warning`): make the tablespace,
   or grant the role CREATE on it.
+* Names are read in the session's encoding (pg_tablespace is the whole cluster's: each name
+  is in the bytes of the session that made it). A name that cannot be read so (its bytes
+  replaced by U+FFFD: two such names may read alike) is never one the restore uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
+from psycopg._encodings import pg2pyenc
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
@@ -45,6 +51,9 @@ DEFAULT_TABLESPACE = "pg_default"
 MAKE_ONE = ("an empty directory owned by the server's OS user, then "
             "CREATE TABLESPACE name LOCATION '<directory>'")
 
+# What a byte that the session's encoding cannot decode is read as.
+REPLACED = "\ufffd"
+
 # pg_restore failing on a tablespace its backup's manifest did not list (an older backup).
 UNLISTED_HINT = ("the backup has objects in a tablespace this server lacks, and its manifest "
                  "does not list them (a backup from before they were recorded): make that "
@@ -58,10 +67,19 @@ class ServerTablespaces:
     present: frozenset[str]
     creatable: frozenset[str]  # those it may create in (CREATE on them)
     role: str  # the restoring role (current_user)
+    # The encoding the names were read in (a PostgreSQL name; None: the session's).
+    encoding: str | None = None
 
     def unusable(self, name: str) -> Unusable:
         """``name``, which the role may not create in, and why."""
-        return Unusable(name, lacking_create=self.role if name in self.present else None)
+        return Unusable(name, lacking_create=self.role if name in self.present
+                        and readable(name) else None)
+
+
+def readable(name: str) -> bool:
+    """Whether ``name`` was read as it is (no byte of it replaced): only then may it be
+    matched, as a name that had bytes replaced may read like another one."""
+    return REPLACED not in name
 
 
 class _Raw(Loader):
@@ -71,26 +89,40 @@ class _Raw(Loader):
         return bytes(data)
 
 
-def _names(conn: Connection, query: str) -> list[tuple[str, ...]]:
-    """The rows of ``query`` (names, text and booleans as text), each name decoded as UTF-8
-    with the bytes that are not replaced. pg_tablespace is the whole cluster's: a session on
-    a SQL_ASCII database may have named a tablespace in Latin-1, which a UTF-8 session cannot
-    decode and the server refuses to send as UTF-8 (connection.as_text). Read so, that name
-    matches no backup's (its objects go to the default tablespace, reported like the others)
-    instead of failing every restore onto the server."""
+def _names(conn: Connection, query: str, params: tuple[Any, ...] | None = None,
+           encoding: str | None = None) -> list[tuple[str, ...]]:
+    """The rows of ``query`` (names, text and booleans as text), decoded in ``encoding`` (a
+    PostgreSQL encoding name: that of the database the names are to match, whose session
+    made them) or else the session's; as UTF-8 for SQL_ASCII, which has none. The bytes not
+    valid in it are replaced (see :func:`readable`). pg_tablespace is the whole cluster's:
+    a session on a LATIN1 or SQL_ASCII database may have named a tablespace in Latin-1,
+    which a UTF-8 session cannot decode and the server refuses to send as UTF-8
+    (connection.as_text).
+    Read so, that name matches no backup's (its objects go to the default tablespace,
+    reported like the others) instead of failing every restore onto the server."""
+    name = encoding or conn.info.parameter_status("client_encoding") or "UTF8"
+    codec = "utf-8"
+    if name != "SQL_ASCII":
+        # An encoding Python lacks: its names read as UTF-8, replaced where not.
+        with contextlib.suppress(psycopg.NotSupportedError):
+            codec = pg2pyenc(name.encode())
     cursor = conn.cursor()
     for column_type in ("name", "text", "bool"):
         cursor.adapters.register_loader(column_type, _Raw)
-    return [tuple(bytes(value).decode("utf-8", "replace") for value in row)
-            for row in cursor.execute(query).fetchall()]
+    return [tuple(bytes(value).decode(codec, "replace") for value in row)
+            for row in cursor.execute(query, params).fetchall()]
 
 
-def server_tablespaces(conn: Connection) -> ServerTablespaces:
+def server_tablespaces(conn: Connection, encoding: str | None = None) -> ServerTablespaces:
+    """The server's tablespaces, their names read in ``encoding`` (that of the database to
+    be restored, as its backup read them; None: the session's)."""
     rows = _names(conn, "SELECT spcname, has_tablespace_privilege(oid, 'CREATE'), current_user "
-                        "FROM pg_catalog.pg_tablespace WHERE spcname <> 'pg_global'")
+                        "FROM pg_catalog.pg_tablespace WHERE spcname <> 'pg_global'",
+                  encoding=encoding)
     role = rows[0][2] if rows else ""
     return ServerTablespaces(frozenset(name for name, _, _ in rows),
-                             frozenset(name for name, may, _ in rows if may == "t"), role)
+                             frozenset(name for name, may, _ in rows
+                                       if may == "t" and readable(name)), role, encoding)
 
 
 def object_tablespaces(conn: Connection) -> list[str]:
@@ -104,13 +136,16 @@ def object_tablespaces(conn: Connection) -> list[str]:
     return [name for (name,) in rows]
 
 
-def database_tablespace(conn: Connection, database: str) -> str:
-    """The tablespace ``database`` is in (where CREATE DATABASE actually put it)."""
-    with as_text(conn):
-        row = conn.execute("SELECT t.spcname FROM pg_catalog.pg_database d "
-                           "JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace "
-                           "WHERE d.datname = %s", (database,)).fetchone()
-    return DEFAULT_TABLESPACE if row is None else str(row[0])
+def database_tablespace(conn: Connection, database: str, encoding: str | None = None) -> str:
+    """The tablespace ``database`` is in (where CREATE DATABASE actually put it), its name
+    read in ``encoding`` (see :func:`server_tablespaces`)."""
+    with as_text(conn):  # the name sent as text; the tablespace's read as _names reads it
+        row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s",
+                           (database,)).fetchone()
+    rows = [] if row is None else _names(
+        conn, "SELECT t.spcname FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t "
+              "ON t.oid = d.dattablespace WHERE d.oid = %s", (row[0],), encoding)
+    return rows[0][0] if rows else DEFAULT_TABLESPACE
 
 
 @dataclass(frozen=True)
@@ -123,15 +158,23 @@ class Unusable:
     lacking_create: str | None = None
 
     @property
+    def unreadable(self) -> bool:
+        """Its name had bytes replaced (see :func:`readable`): never matched."""
+        return not readable(self.name)
+
+    @property
     def why(self) -> str:
+        if self.unreadable:
+            return ("its name could not be read reliably: bytes not valid in the session's "
+                    "encoding, and names that differ only there read alike")
         if self.lacking_create is None:
             return "no such tablespace here"
         return f"role {self.lacking_create!r} may not create in it"
 
     @property
     def grant(self) -> str | None:
-        """What lets the role use it (None: it must be made first)."""
-        if self.lacking_create is None:
+        """What lets the role use it (None: it must be made first, or is unreadable)."""
+        if self.lacking_create is None or self.unreadable:
             return None
         return (f"GRANT CREATE ON TABLESPACE {quote_identifier(self.name)} "
                 f"TO {quote_identifier(self.lacking_create)}")
@@ -182,7 +225,8 @@ class ObjectTablespaces:
 
     @property
     def kept(self) -> frozenset[str]:
-        return self.server.creatable | {self.database}
+        return frozenset(name for name in self.server.creatable | {self.database}
+                         if readable(name))
 
     def left_out(self, names: Collection[str]) -> tuple[Unusable, ...]:
         """Of the tablespaces ``names`` (the backup's objects'), those not kept, and why."""
@@ -220,7 +264,7 @@ def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced
         went.append(f"the database into the default tablespace instead of "
                     f"{placement.missing.name!r} ({placement.missing.why})")
         alter.append(f"ALTER DATABASE {quote_identifier(database)} SET TABLESPACE "
-                     f"{quote_identifier(placement.missing.name)} (with no one connected to it)")
+                     f"{_named(placement.missing)} (with no one connected to it)")
     if objects.left_out:
         names = ", ".join(f"{space.name!r} ({space.why})" for space in objects.left_out)
         every = " (pg_restore --no-tablespaces moves every object)" if objects.every_object else ""
@@ -229,19 +273,31 @@ def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced
     if objects.also_moved:
         went.append(f"with them those in {', '.join(map(repr, objects.also_moved))}, which "
                     "it could use")
+    spaces = {space.name: space for space in objects.left_out}
     alter += [f"ALTER TABLE / ALTER INDEX / ALTER MATERIALIZED VIEW ... SET TABLESPACE "
-              f"{quote_identifier(name)} for each object the backup lists with "
-              f"'Tablespace: {name}'"
-              for name in sorted({*(space.name for space in objects.left_out),
-                                  *objects.also_moved})]
+              f"{_named(spaces.get(name, Unusable(name)))} for each object the backup lists "
+              f"with 'Tablespace: {name}'"
+              for name in sorted({*spaces, *objects.also_moved})]
     unusable = [*([placement.missing] if placement.missing is not None else []),
                 *objects.left_out]
-    absent = sorted({space.name for space in unusable if space.grant is None})
+    absent = sorted({space.name for space in unusable
+                     if space.grant is None and not space.unreadable})
     grants = sorted({space.grant for space in unusable if space.grant is not None})
+    unreadable = sorted({space.name for space in unusable if space.unreadable})
     first = ([f"make {', '.join(map(repr, absent))} ({MAKE_ONE})"] if absent else []) + grants
+    if unreadable:
+        first.append(f"find which tablespace {', '.join(map(repr, unreadable))} stands for "
+                     "(its name is in another encoding than the session that read it; "
+                     "rename it to a name in the database's encoding for later backups)")
     what = f"database {database!r} was restored without some of its tablespaces: "
     if drill_copy:
         return (f"the drill's copy, {what}" + "; ".join(went) + ". Nothing to put back: the "
                 "drill drops its copy. To drill the tablespaces too, " + "; ".join(first))
     return what + "; ".join(went) + (". To put them back, " + "; ".join(first)
                                      + "; then run " + "; ".join(alter))
+
+
+def _named(space: Unusable) -> str:
+    """The tablespace to name in an ALTER: ``space`` itself, or a placeholder for one whose
+    name could not be read."""
+    return "<that tablespace>" if space.unreadable else quote_identifier(space.name)
