@@ -262,6 +262,36 @@ def test_no_tablespaces_gives_the_fix_up_for_every_tablespace_its_objects_were_i
                 f"'Tablespace: {name}'") in warning, warning
 
 
+def test_out_of_its_tablespace_the_warning_says_to_move_its_pg_default_objects_back(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
+    """grantdb is in space_db, in_pg_default explicitly in pg_default. On a server without
+    space_db the database goes to pg_default, and in_pg_default becomes one of its default
+    tablespace's objects: the ALTER DATABASE ... SET TABLESPACE space_db the warning gives
+    takes it along into space_db, so the warning says to move it back afterwards. Run as
+    the warning says, everything is where it was."""
+    dump = back_up_grantdb(source, tmp_path / "b", "plain")
+    assert read_manifest(dump)["object_tablespaces"] == ["pg_default", "space_tbl"]
+    make_tablespace(target, "space_tbl")
+    make_restorer(target)  # the owner
+
+    proc = run_backupd(["restore", dump.name, "--yes"],
+                       server_env(target.address, "grantdb", tmp_path / "b"), timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [result] = jobs_finished(proc.stderr, "restore")
+    [warning] = fallbacks(dict(result))
+    alter_database = 'ALTER DATABASE "grantdb" SET TABLESPACE "space_db"'
+    move_back = ('SET TABLESPACE "pg_default" for each object the backup lists with '
+                 "'Tablespace: pg_default'")
+    assert alter_database in warning and move_back in warning, warning
+    assert warning.index(alter_database) < warning.index(move_back), warning
+    make_tablespace(target, "space_db")
+    psql(target.address, "postgres", "ALTER DATABASE grantdb SET TABLESPACE space_db")
+    assert relation_tablespaces(target.address, "grantdb")["in_pg_default"] == "space_db"
+    psql(target.address, "grantdb", "ALTER TABLE in_pg_default SET TABLESPACE pg_default")
+    assert relation_tablespaces(target.address, "grantdb") == GRANTDB_PLACED
+
+
 def test_a_restore_beside_the_database_on_its_own_server_keeps_its_tablespace(
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "b"

@@ -156,7 +156,8 @@ def restore_file(
                           tablespaces=ObjectTablespaces(spaces, placement.landed))
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
-            fallback = fallback_warning(target, placement, placed)
+            fallback = fallback_warning(target, placement, placed, recorded=(
+                entry.manifest.object_tablespaces or () if entry.manifest is not None else ()))
             if fallback is not None:
                 ctx.warn(fallback)
         except BaseException:

@@ -250,21 +250,29 @@ class ObjectsPlaced:
 
 
 def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced, *,
-                     drill_copy: bool = False) -> str | None:
+                     recorded: Collection[str] = (), drill_copy: bool = False) -> str | None:
     """The one warning for a database restored without some of its tablespaces: which, why,
     where the database and its objects went instead, and what to run to put them back.
-    ``drill_copy``: ``database`` is a drill's copy, which the drill drops: nothing is to be
-    put back (the ALTERs would name the copy, or mislead into running them on the live
-    database), only what would let a drill use the tablespaces."""
+    ``recorded``: the tablespaces the backup lists objects in (Manifest.object_tablespaces):
+    with pg_default among them, a database that went to the default tablespace took those
+    objects as its own, and ALTER DATABASE ... SET TABLESPACE takes them along: they are to
+    be moved back after it. ``drill_copy``: ``database`` is a drill's copy, which the drill
+    drops: nothing is to be put back (the ALTERs would name the copy, or mislead into
+    running them on the live database), only what would let a drill use the tablespaces."""
     if placement.missing is None and not objects.left_out:
         return None
     went: list[str] = []
     alter: list[str] = []
+    moved_back: set[str] = set()
     if placement.missing is not None:
         went.append(f"the database into the default tablespace instead of "
                     f"{placement.missing.name!r} ({placement.missing.why})")
         alter.append(f"ALTER DATABASE {quote_identifier(database)} SET TABLESPACE "
                      f"{_named(placement.missing)} (with no one connected to it)")
+        if DEFAULT_TABLESPACE in recorded:
+            went.append(f"its objects in {DEFAULT_TABLESPACE!r} as the database's own, which "
+                        "that ALTER DATABASE takes along")
+            moved_back.add(DEFAULT_TABLESPACE)
     if objects.left_out:
         names = ", ".join(f"{space.name!r} ({space.why})" for space in objects.left_out)
         every = " (pg_restore --no-tablespaces moves every object)" if objects.every_object else ""
@@ -277,7 +285,7 @@ def fallback_warning(database: str, placement: Placement, objects: ObjectsPlaced
     alter += [f"ALTER TABLE / ALTER INDEX / ALTER MATERIALIZED VIEW ... SET TABLESPACE "
               f"{_named(spaces.get(name, Unusable(name)))} for each object the backup lists "
               f"with 'Tablespace: {name}'"
-              for name in sorted({*spaces, *objects.also_moved})]
+              for name in sorted({*spaces, *objects.also_moved, *moved_back})]
     unusable = [*([placement.missing] if placement.missing is not None else []),
                 *objects.left_out]
     absent = sorted({space.name for space in unusable
