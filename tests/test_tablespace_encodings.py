@@ -50,9 +50,10 @@ def test_a_latin1_session_reads_the_names_in_latin1(cluster: PrivateCluster) -> 
         assert object_tablespaces(conn) == ["espace_é"]
 
 
-def test_a_custom_backup_of_a_latin1_database_restores_into_its_tablespace(
-        cluster: PrivateCluster, tmp_path: Path) -> None:
-    env = server_env(cluster.address, LATIN, tmp_path / "b", DB_BACKUP_FORMAT="custom")
+@pytest.mark.parametrize("backup_format", ["custom", "plain"])
+def test_a_backup_of_a_latin1_database_restores_into_its_tablespace(
+        cluster: PrivateCluster, tmp_path: Path, backup_format: str) -> None:
+    env = server_env(cluster.address, LATIN, tmp_path / "b", DB_BACKUP_FORMAT=backup_format)
     backed_up = run_backupd(["backup"], env, timeout=300)
     assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
     dump = only_backup(tmp_path / "b")

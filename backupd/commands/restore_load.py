@@ -26,7 +26,12 @@ from backupd.pipeline.early_jobs import EarlyJobs, fewer_sessions_hint, out_of_s
 from backupd.pipeline.psql import Feed, run_in_one_transaction
 from backupd.pipeline.tablespace_sets import TablespaceSets
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
-from backupd.postgres.tablespaces import UNLISTED_HINT, ObjectsPlaced, ObjectTablespaces
+from backupd.postgres.tablespaces import (
+    UNLISTED_HINT,
+    ObjectsPlaced,
+    ObjectTablespaces,
+    name_codec,
+)
 from backupd.storage.base import BackupEntry
 
 
@@ -55,7 +60,8 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     elif entry.parsed.backup_format == "directory":
         _restore_directory(ctx, path, entry, database, identities, options)
     else:
-        sets = TablespaceSets(tablespaces.kept) if tablespaces is not None else None
+        sets = (TablespaceSets(tablespaces.kept, name_codec(tablespaces.server.encoding))
+                if tablespaces is not None else None)
         stream_into_psql(ctx, path, entry, database, identities, plan, sets)
         if sets is not None and tablespaces is not None:
             placed = ObjectsPlaced(tablespaces.left_out(sets.left_out))

@@ -32,18 +32,22 @@ DEFAULT = b"SET default_tablespace = '';"
 LONGEST = 128
 
 
-def _name(identifier: bytes) -> str:
-    # As psycopg reads pg_tablespace (UTF-8 here); a name in another encoding is not
-    # recognised, and its objects go to the default tablespace, reported like the others.
-    text = identifier.decode("utf-8", errors="replace")
+def _name(identifier: bytes, codec: str) -> str:
+    # As backupd.postgres.tablespaces reads pg_tablespace (in the backed-up database's
+    # encoding, the dump's); a name not valid in it is not recognised (its bytes replaced),
+    # and its objects go to the default tablespace, reported like the others.
+    text = identifier.decode(codec, errors="replace")
     return text[1:-1].replace('""', '"') if text.startswith('"') else text
 
 
 class TablespaceSets:
-    """Rewrites the statements for tablespaces not in ``kept``; ``left_out`` names them."""
+    """Rewrites the statements for tablespaces not in ``kept``; ``left_out`` names them.
+    ``codec``: the Python codec of the dump's encoding, as the names in ``kept`` were read
+    (backupd.postgres.tablespaces.name_codec)."""
 
-    def __init__(self, kept: frozenset[str]) -> None:
+    def __init__(self, kept: frozenset[str], codec: str = "utf-8") -> None:
         self._kept = kept
+        self._codec = codec
         self.left_out: set[str] = set()
 
     def rewrite(self, buffer: bytes, start: int) -> tuple[bytes, int] | None:
@@ -54,7 +58,7 @@ class TablespaceSets:
         found = _STATEMENT.match(buffer, start)
         if found is None or found.end() - start > LONGEST:
             return None
-        name = _name(found.group(1))
+        name = _name(found.group(1), self._codec)
         if name in self._kept:
             return None
         self.left_out.add(name)

@@ -100,17 +100,22 @@ def _names(conn: Connection, query: str, params: tuple[Any, ...] | None = None,
     (connection.as_text).
     Read so, that name matches no backup's (its objects go to the default tablespace,
     reported like the others) instead of failing every restore onto the server."""
-    name = encoding or conn.info.parameter_status("client_encoding") or "UTF8"
-    codec = "utf-8"
-    if name != "SQL_ASCII":
-        # An encoding Python lacks: its names read as UTF-8, replaced where not.
-        with contextlib.suppress(psycopg.NotSupportedError):
-            codec = pg2pyenc(name.encode())
+    codec = name_codec(encoding or conn.info.parameter_status("client_encoding"))
     cursor = conn.cursor()
     for column_type in ("name", "text", "bool"):
         cursor.adapters.register_loader(column_type, _Raw)
     return [tuple(bytes(value).decode(codec, "replace") for value in row)
             for row in cursor.execute(query, params).fetchall()]
+
+
+def name_codec(encoding: str | None) -> str:
+    """The Python codec names in the PostgreSQL ``encoding`` are read with: UTF-8 for
+    SQL_ASCII (which has none), for an encoding Python lacks, and for None."""
+    codec = "utf-8"
+    if encoding is not None and encoding != "SQL_ASCII":
+        with contextlib.suppress(psycopg.NotSupportedError):
+            codec = pg2pyenc(encoding.encode())
+    return codec
 
 
 def server_tablespaces(conn: Connection, encoding: str | None = None) -> ServerTablespaces:
