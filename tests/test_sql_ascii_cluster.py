@@ -7,16 +7,19 @@ SQL identifier parts must be strings, got b'public')."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from helpers.backups import back_up
+from helpers.backups import back_up, read_manifest
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
+
+from backupd.archive.server import create_slot, drop_slot, slot_state
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +106,36 @@ def test_a_whole_cluster_drill_onto_a_sql_ascii_drill_server_passes(
         with text_connect(drill) as conn:  # left as it was found
             assert {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")} == {
                 "postgres", "template0", "template1"}
+
+
+LSN = re.compile(r"[0-9A-F]+/[0-9A-F]+")
+
+
+def test_a_backup_records_the_servers_wal_position_as_text(live: PrivateCluster,
+                                                          tmp_path: Path) -> None:
+    back_up(live.address, "appdb", tmp_path / "b")
+    [dump] = (tmp_path / "b").glob("appdb_*.sql.gz")
+    wal_lsn = read_manifest(dump)["wal_lsn"]
+    assert isinstance(wal_lsn, str) and LSN.fullmatch(wal_lsn), wal_lsn
+
+
+def test_mark_reports_the_restore_points_position_as_text(live: PrivateCluster,
+                                                          tmp_path: Path) -> None:
+    proc = run_backupd(["mark", "sql-ascii-point"],
+                       server_env(live.address, "appdb", tmp_path / "b"), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = re.search(r"restore point 'sql-ascii-point' at (\S+) ", proc.stdout + proc.stderr)
+    assert said is not None, proc.stdout + proc.stderr
+    assert LSN.fullmatch(said.group(1)), said.group(1)
+
+
+def test_the_wal_streamers_own_physical_slot_is_read_as_text(live: PrivateCluster) -> None:
+    """Read on every start of the WAL streamer: a slot_type of b'physical' was taken for
+    someone else's slot (WAL_SLOT_NAME refused)."""
+    with connect(live.address) as conn:
+        create_slot(conn, "backupd_sql_ascii")
+        try:
+            state = slot_state(conn, "backupd_sql_ascii")
+        finally:
+            drop_slot(conn, "backupd_sql_ascii")
+    assert state is not None and state.restart_lsn is not None

@@ -117,11 +117,12 @@ def check_can_stream(facts: ServerFacts, user: str, *, for_base_backup: bool = F
 
 
 def slot_state(conn: psycopg.Connection[tuple], name: str) -> SlotState | None:  # type: ignore[type-arg]
-    row = conn.execute(
-        "SELECT restart_lsn::text, wal_status, active,"
-        " CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()"
-        "  ELSE pg_current_wal_lsn() END::text, slot_type"
-        " FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+    with as_text(conn):  # a SQL_ASCII session hands text back as bytes
+        row = conn.execute(
+            "SELECT restart_lsn::text, wal_status, active,"
+            " CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()"
+            "  ELSE pg_current_wal_lsn() END::text, slot_type"
+            " FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
     if row is None:
         return None
     if row[4] != "physical":

@@ -37,6 +37,7 @@ from backupd.pipeline.verification import (
 from backupd.postgres.compare import table_row_counts
 from backupd.postgres.connection import (
     advisory_lock,
+    as_text,
     check_pg_dump_not_older,
     connect,
     severed_on_cancel,
@@ -218,9 +219,10 @@ class ServerClock:
 def read_server_clock(conn: Any) -> ServerClock:
     """now() and the WAL position (the replay position on a standby); never fails a backup."""
     try:
-        row = conn.execute(
-            "SELECT now(), (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-            "ELSE pg_current_wal_lsn() END)::text").fetchone()
+        with as_text(conn):  # the LSN, not b'0/...', on a SQL_ASCII session
+            row = conn.execute(
+                "SELECT now(), (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                "ELSE pg_current_wal_lsn() END)::text").fetchone()
     except psycopg.Error:  # a restricted role or an odd server: the backup goes on without it
         return ServerClock()
     if row is None or not isinstance(row[0], datetime):

@@ -36,7 +36,7 @@ from backupd.errors import ConfigError, JobFailed, os_error_text
 from backupd.job import JobContext
 from backupd.outcomes import MarkOutcome
 from backupd.pipeline.config import AgeKeyFiles
-from backupd.postgres.connection import connect, describe_pg_error
+from backupd.postgres.connection import as_text, connect, describe_pg_error
 from backupd.scratch import owned, remove_abandoned
 from backupd.storage.local import is_read_only_error
 
@@ -57,8 +57,9 @@ def run(ctx: JobContext, name: str) -> None:
     _refuse_a_name_in_the_archive(ctx, name)
     try:
         with connect(ctx.settings) as conn:
-            row = conn.execute("SELECT pg_create_restore_point(%s)::text, now()",
-                               (name,)).fetchone()
+            with as_text(conn):  # the LSN, not b'0/...', on a SQL_ASCII session
+                row = conn.execute("SELECT pg_create_restore_point(%s)::text, now()",
+                                   (name,)).fetchone()
             # The restore point is a WAL record the server does not flush by itself; a
             # committed transaction with an xid flushes it, so the archive has it at once.
             with conn.transaction():

@@ -45,7 +45,7 @@ from backupd.outcomes import RecoverOutcome
 from backupd.pipeline.clients import known_server_major, missing_server_tools, server_tool
 from backupd.pipeline.supervisor import Child
 from backupd.postgres.compare import compare, read_catalog
-from backupd.postgres.connection import connect, describe_pg_error
+from backupd.postgres.connection import as_text, connect, describe_pg_error
 from backupd.postgres.databases import resolve_databases
 from backupd.scratch import owned, remove_abandoned
 
@@ -216,7 +216,7 @@ def _durable_present(ctx: JobContext, socket_dir: Path, durable: Commit | None) 
         ctx.warn("PITR drill: no commit found in the newest WAL segments (or no pg_waldump); "
                  "the newest durable commit was not checked")
         return []
-    with _connect(ctx, socket_dir, "postgres") as conn:
+    with _connect(ctx, socket_dir, "postgres") as conn, as_text(conn):  # not bytes on SQL_ASCII
         row = conn.execute(
             "SELECT pg_current_wal_lsn() >= %s::pg_lsn, pg_xact_status(((("
             "pg_current_xact_id()::text::bigint >> 32) << 32) + %s)::text::xid8)",
