@@ -16,9 +16,9 @@ from psycopg import sql
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
+from backupd.postgres import user_objects
 from backupd.postgres.connection import as_text, connect, describe_pg_error, lock_key
 from backupd.postgres.databases import apply_properties, drop_with_subscriptions
-from backupd.postgres.user_objects import read_user_objects
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"
@@ -196,9 +196,10 @@ def is_empty(settings: Settings, database: str) -> bool:
 def holds_nothing(settings: Settings, database: str) -> bool:
     """Not a single object of its own (nothing any user created, no changed privilege, no
     subscription: backupd.postgres.user_objects, the one definition): only then does
-    dropping it lose nothing."""
+    dropping it lose nothing. Asked without naming any object: this runs on whole production
+    databases (the one a replace kept, after every ``restore --replace``)."""
     with connect(settings, database) as conn:
-        return read_user_objects(conn).empty
+        return user_objects.holds_nothing(conn)
 
 
 def install(admin: Connection, scratch: str, target: str,

@@ -65,7 +65,7 @@ class UserObjects:
     those objects as PostgreSQL describes it (pg_describe_object, no OIDs but a large
     object's), so that two databases compare equal only when they hold the same objects.
     The one definition of "holds nothing" (``empty``): a database for which it holds may be
-    dropped without losing anything (backupd.commands.restore_target.holds_nothing)."""
+    dropped without losing anything (holds_nothing asks the same without naming any)."""
 
     counts: tuple[tuple[str, int], ...] = ()
     extensions: tuple[str, ...] = ()
@@ -108,25 +108,39 @@ def _named(kind: str, names: tuple[str, ...]) -> str:
 _CHANGED = "changed privileges"
 
 
-def read_user_objects(conn: Connection) -> UserObjects:
-    """What the database ``conn`` is connected to holds that template0 lacks: one query."""
-    rows = sql.SQL(" UNION ALL ").join(
-        [_objects_query(catalog, kind) for catalog, kind in OBJECT_CATALOGS.items()
+def _object_rows(identity: bool) -> sql.Composed:
+    """Every object ``conn``'s database holds of its own (extensions aside) and every changed
+    privilege, one row each: the one definition of what counts. ``identity``: each row says
+    what it is (kind, pg_describe_object); otherwise it is a bare row, enough to tell
+    whether there is any."""
+    return sql.SQL(" UNION ALL ").join(
+        [_objects_query(catalog, kind, identity) for catalog, kind in OBJECT_CATALOGS.items()
          if catalog != "pg_extension"]  # named below: an extension is never its own member
-        + [_changed_privileges_query(catalog, column)
+        + [_changed_privileges_query(catalog, column, identity)
            for catalog, column in _ACL_COLUMNS.items()])
+
+
+_EXTENSIONS = sql.SQL("SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {}"
+                      ).format(sql.Literal(FIRST_NORMAL_OBJECT_ID))
+_SUBSCRIPTIONS = sql.SQL(
+    "SELECT 1 FROM pg_catalog.pg_subscription WHERE subdbid = "
+    "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())")
+
+
+def read_user_objects(conn: Connection) -> UserObjects:
+    """What the database ``conn`` is connected to holds that template0 lacks: one query.
+    Every object is named: for whether there is any at all, holds_nothing."""
     with as_text(conn):  # a SQL_ASCII session hands names back as bytes
         row = conn.execute(sql.SQL(
             "SELECT ARRAY(SELECT ARRAY[kind, identity] FROM ({}) o ORDER BY kind, identity), "
-            "ARRAY(SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {} ORDER BY 1), "
+            "ARRAY({} ORDER BY 1), "
             "ARRAY(SELECT nspname::text FROM pg_catalog.pg_namespace WHERE oid >= {} "
             "AND oid NOT IN ({}) AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
             "WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = pg_namespace.oid "
             "AND d.deptype = 'e') ORDER BY 1), "
-            "(SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = "
-            "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))"
-        ).format(rows, sql.Literal(FIRST_NORMAL_OBJECT_ID), sql.Literal(FIRST_NORMAL_OBJECT_ID),
-                 sql.SQL(_TEMP_SCHEMAS))).fetchone()
+            "(SELECT count(*) FROM ({}) s)"
+        ).format(_object_rows(True), _EXTENSIONS, sql.Literal(FIRST_NORMAL_OBJECT_ID),
+                 sql.SQL(_TEMP_SCHEMAS), _SUBSCRIPTIONS)).fetchone()
     assert row is not None
     found = [(str(kind), str(identity)) for kind, identity in row[0] or []]
     extensions = tuple(str(name) for name in row[1] or [])
@@ -140,13 +154,24 @@ def read_user_objects(conn: Connection) -> UserObjects:
                      | {f"extension {name}" for name in extensions})))
 
 
+def holds_nothing(conn: Connection) -> bool:
+    """read_user_objects(conn).empty, without naming a single object: the server stops at the
+    first one it finds, so a database of millions of relations or large objects costs no
+    more than an empty one."""
+    row = conn.execute(sql.SQL(
+        "SELECT NOT (EXISTS ({}) OR EXISTS ({}) OR EXISTS ({}))").format(
+        _object_rows(False), _EXTENSIONS, _SUBSCRIPTIONS)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
 def _address_class(catalog: str) -> sql.Composable:
     # A large object's address names pg_largeobject, not its metadata catalog.
     return sql.Literal("pg_catalog." + ("pg_largeobject" if catalog == "pg_largeobject_metadata"
                                         else catalog))
 
 
-def _objects_query(catalog: str, kind: str) -> sql.Composed:
+def _objects_query(catalog: str, kind: str, identity: bool) -> sql.Composed:
     conditions = [sql.SQL("t.oid >= {}").format(sql.Literal(FIRST_NORMAL_OBJECT_ID)),
                   # An extension's members, and what is made along with another object (an
                   # array type, a toast table): the extension or the object stands for them.
@@ -161,23 +186,27 @@ def _objects_query(catalog: str, kind: str) -> sql.Composed:
                                   "regnamespace").format(
             sql.Identifier(schema_column), sql.SQL(_TEMP_SCHEMAS),
             sql.Identifier(schema_column)))
-    return sql.SQL("SELECT {} AS kind, pg_catalog.pg_describe_object({}::regclass, t.oid, 0) "
-                   "AS identity FROM {} t WHERE {}").format(
-        sql.Literal(kind), _address_class(catalog), sql.Identifier("pg_catalog", catalog),
+    described = sql.SQL("{} AS kind, pg_catalog.pg_describe_object({}::regclass, t.oid, 0) "
+                        "AS identity").format(sql.Literal(kind), _address_class(catalog))
+    return sql.SQL("SELECT {} FROM {} t WHERE {}").format(
+        described if identity else sql.SQL("1"), sql.Identifier("pg_catalog", catalog),
         sql.SQL(" AND ").join(conditions))
 
 
-def _changed_privileges_query(catalog: str, column: str) -> sql.Composed:
+def _changed_privileges_query(catalog: str, column: str, identity: bool) -> sql.Composed:
     schema_column = _SCHEMA_COLUMNS.get(catalog)
     # information_schema is initdb's too, but pg_dump never dumps it (nor records it in
     # pg_init_privs).
     outside = sql.SQL("") if schema_column is None else sql.SQL(
         " AND t.{} <> 'information_schema'::regnamespace").format(sql.Identifier(schema_column))
+    described = sql.SQL(
+        "{}, pg_catalog.pg_describe_object({}::regclass, t.oid, 0) || ': ' || "
+        "coalesce(t.{}::text, 'default')").format(
+        sql.Literal(_CHANGED), _address_class(catalog), sql.Identifier(column))
     return sql.SQL(
-        "SELECT {}, pg_catalog.pg_describe_object({}::regclass, t.oid, 0) || ': ' || "
-        "coalesce(t.{}::text, 'default') FROM {} t WHERE t.oid < {}{} AND t.{} IS DISTINCT "
+        "SELECT {} FROM {} t WHERE t.oid < {}{} AND t.{} IS DISTINCT "
         "FROM (SELECT i.initprivs FROM pg_catalog.pg_init_privs i WHERE i.objoid = t.oid "
         "AND i.classoid = {}::regclass AND i.objsubid = 0)").format(
-        sql.Literal(_CHANGED), _address_class(catalog), sql.Identifier(column),
+        described if identity else sql.SQL("1"),
         sql.Identifier("pg_catalog", catalog), sql.Literal(FIRST_NORMAL_OBJECT_ID), outside,
         sql.Identifier(column), _address_class(catalog))

@@ -1,0 +1,40 @@
+"""Whether a database holds anything of its own (backupd.postgres.user_objects.holds_nothing,
+asked of whole production databases after every ``restore --replace``) is answered without
+naming its objects, and always as read_user_objects, the one definition, answers it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from helpers.pg import ServerAddress, connect, psql
+from helpers.template1 import SUBSCRIPTION
+
+from backupd.postgres.user_objects import holds_nothing, read_user_objects
+
+HOLDINGS = {
+    "nothing": "",
+    "a table": "CREATE TABLE notes (body text);",
+    "a large object": "SELECT lo_create(0);",
+    "an extension": "CREATE EXTENSION citext;",
+    "a schema": "CREATE SCHEMA util;",
+    "a changed privilege": "REVOKE USAGE ON LANGUAGE sql FROM PUBLIC;",
+    "a subscription": SUBSCRIPTION,
+    # Left behind by a session that ended: nothing a dump carries.
+    "an empty temporary schema": "CREATE TEMPORARY TABLE gone (x int);",
+}
+
+
+@pytest.mark.parametrize("holding", list(HOLDINGS))
+def test_holds_nothing_answers_as_the_one_definition(
+        pg_server: ServerAddress, make_db: Callable[..., str], holding: str) -> None:
+    database = make_db()
+    if HOLDINGS[holding]:
+        psql(pg_server, database, HOLDINGS[holding])
+    try:
+        with connect(pg_server, database) as conn:
+            assert holds_nothing(conn) == read_user_objects(conn).empty
+            assert holds_nothing(conn) == (holding in ("nothing", "an empty temporary schema"))
+    finally:
+        if holding == "a subscription":  # DROP DATABASE refuses a database with one
+            psql(pg_server, database, "DROP SUBSCRIPTION feed_sub")
