@@ -314,6 +314,28 @@ def test_a_template1_restored_without_its_tablespace_says_where_its_tables_went(
     assert fallback.startswith("database 'template1'") and "'space_t1'" in fallback
 
 
+def test_a_template1_restored_out_of_its_tablespace_says_to_move_its_pg_default_objects_back(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """As every restore: template1 in space_t1 with a table explicitly in pg_default goes to
+    the default tablespace on a server without space_t1, and the table becomes one of its
+    own: the warning says to move it back after the ALTER DATABASE it gives."""
+    source = private_cluster("t1-default-pw")
+    make_tablespace(source, "space_t1")
+    psql(source.address, "postgres", "ALTER DATABASE template1 SET TABLESPACE space_t1")
+    put_into_template1(source.address, "CREATE TABLE lookup (x int) TABLESPACE pg_default;")
+    directory = tmp_path / "backups"
+    back_up(source.address, "*", directory, HEALTH_PORT="0")
+    target = private_cluster("t1-default-target-pw")
+    proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
+                       server_env(target.address, "*", directory), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                if event.get("level") == "warning"]
+    [fallback] = [w for w in warnings if "without some of its tablespaces" in w]
+    assert ('SET TABLESPACE "pg_default" for each object the backup lists with '
+            "'Tablespace: pg_default'") in fallback, fallback
+
+
 def test_a_restored_template1_with_another_locale_says_the_default_changes(
         backups: Path) -> None:
     """The restored template1 comes with the backed-up one's encoding and locale, which

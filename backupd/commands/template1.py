@@ -34,7 +34,11 @@ from backupd.database_properties import DatabaseProperties
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.postgres.connection import as_text, connect, describe_pg_error, drop_database
-from backupd.postgres.databases import TEMPLATE_DATABASE, read_properties
+from backupd.postgres.databases import (
+    TEMPLATE_DATABASE,
+    drop_with_subscriptions,
+    read_properties,
+)
 from backupd.postgres.tablespaces import (
     ObjectTablespaces,
     fallback_warning,
@@ -122,15 +126,18 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                     tablespaces=ObjectTablespaces(spaces, placement.landed))
                 # Asked only now: what the backed-up template1 holds is known once loaded,
                 # and nothing may have come into the server's since.
-                present = objects_in_template1(settings)
+                present = _looked_into(settings, TEMPLATE_DATABASE)
                 if not present.empty:
-                    backed_up = _objects_in(settings, scratch)
-                    drop_database(admin, scratch)
+                    backed_up = _looked_into(settings, scratch)
+                    # The loaded copy may hold a subscription: DROP DATABASE alone is refused.
+                    drop_with_subscriptions(settings, admin, scratch)
                     return _holding_objects(ctx, entry, present, backed_up)
                 for warning in install(admin, scratch, TEMPLATE_DATABASE, properties, kept,
                                        template=True):
                     ctx.warn(warning)
-                fallback = fallback_warning(TEMPLATE_DATABASE, placement, placed)
+                fallback = fallback_warning(TEMPLATE_DATABASE, placement, placed, recorded=(
+                    entry.manifest.object_tablespaces or () if entry.manifest is not None
+                    else ()))
                 if fallback is not None:
                     ctx.warn(fallback)
                 changed = _new_default_locale(current, properties)
@@ -140,14 +147,30 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                 restore.drop_incomplete(ctx, admin, scratch, TEMPLATE_DATABASE)
                 raise
         _drop_previous(ctx, admin, kept)
+    try:
+        held = objects_in_template1(settings).describe()
+    except (JobFailed, psycopg.Error):  # restored all the same: only the closing line lacks it
+        held = f"what {entry.name} holds"
     ctx.say(f"template1 restored from {entry.name}: every database created from now on gets "
-            f"{objects_in_template1(settings).describe()}")
+            f"{held}")
     return None
 
 
 def _objects_in(settings: Settings, database: str) -> UserObjects:
     with connect(settings, database) as conn:
         return read_user_objects(conn)
+
+
+def _looked_into(settings: Settings, database: str) -> UserObjects:
+    """_objects_in, failing as a restore of template1 does (JobFailed naming it) when the
+    objects cannot be read: e.g. a SQL_ASCII server's template1 holding a name that is not
+    UTF-8, which the server refuses to send as UTF-8."""
+    try:
+        return _objects_in(settings, database)
+    except psycopg.Error as exc:
+        raise JobFailed(f"could not read what {database!r} holds, to decide whether the "
+                        f"backed-up template1 may take the place of the server's: "
+                        f"{describe_pg_error(exc)}; template1 is unchanged") from None
 
 
 def _may_not_swap(admin: Connection) -> str | None:

@@ -1,0 +1,77 @@
+"""template1's restore when the server's template1 cannot take the backed-up one: whatever
+the loaded copy holds (a subscription, which PostgreSQL refuses to drop a database with) and
+whatever the server's holds (a name that is not UTF-8, on a SQL_ASCII server), the whole
+cluster restore goes on, saying what happened to template1: never "internal error".
+Private clusters only: these tests change template1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.backups import back_up
+from helpers.cli import run_backupd, server_env
+from helpers.cluster import PrivateCluster
+from helpers.logs import log_events
+from helpers.pg import connect, psql
+from helpers.template1 import SUBSCRIPTION, put_into_template1
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A whole-system backup whose template1 holds a schema and a subscription."""
+    with PrivateCluster("source-pw") as source:
+        source.start()
+        put_into_template1(source.address, "CREATE SCHEMA util;" + SUBSCRIPTION)
+        psql(source.address, "postgres", "CREATE DATABASE appdb")
+        directory = tmp_path_factory.mktemp("template1-failures") / "backups"
+        back_up(source.address, "*", directory, HEALTH_PORT="0")
+        assert list(directory.glob("template1_*.sql.gz"))
+        yield directory
+
+
+def template1_copies(cluster: PrivateCluster) -> int:
+    with connect(cluster.address) as conn:
+        conn.execute("SET client_encoding = 'UTF8'")
+        row = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'template1%'"
+                           ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_loaded_template1_holding_a_subscription_is_dropped_when_not_swapped_in(
+        backups: Path) -> None:
+    with PrivateCluster("target-pw") as target:
+        target.start()
+        put_into_template1(target.address, "CREATE SCHEMA other;")
+        proc = run_backupd(["restore", "--latest", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "internal error" not in proc.stderr
+        assert "template1: skipped" in proc.stdout
+        assert "appdb: ok" in proc.stdout
+        warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                    if event.get("level") == "warning"]
+        assert any(w.startswith("template1 on ") and "schema other" in w for w in warnings)
+        assert template1_copies(target) == 1  # the loaded copy went, subscription and all
+
+
+def test_a_sql_ascii_template1_with_a_name_that_is_not_utf8_fails_naming_template1(
+        backups: Path) -> None:
+    with PrivateCluster("target-pw", encoding="SQL_ASCII") as target:
+        target.start()
+        with connect(target.address, "template1") as conn:
+            conn.execute(b'CREATE SCHEMA "caf\xe9"')  # LATIN1 bytes, as a SQL_ASCII server takes
+        proc = run_backupd(["restore", "--latest", "--yes"],
+                           server_env(target.address, "*", backups), timeout=300)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "internal error" not in proc.stderr
+        assert "appdb: ok" in proc.stdout
+        warnings = [str(event["event"]) for event in log_events(proc.stderr)
+                    if event.get("level") == "warning"]
+        [failed] = [w for w in warnings if w.startswith("restore of 'template1' failed")]
+        assert "template1" in failed.removeprefix("restore of 'template1' failed"), failed
+        assert template1_copies(target) == 1
