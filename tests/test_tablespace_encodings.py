@@ -19,7 +19,8 @@ from helpers.logs import jobs_finished
 from helpers.pg import connect, psql
 from helpers.tablespaces import relation_tablespaces, tablespace_directory
 
-from backupd.postgres.tablespaces import object_tablespaces, server_tablespaces
+from backupd.pipeline.tablespace_sets import TablespaceSets
+from backupd.postgres.tablespaces import name_codec, object_tablespaces, server_tablespaces
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +49,18 @@ def test_a_latin1_session_reads_the_names_in_latin1(cluster: PrivateCluster) -> 
         found = server_tablespaces(conn)
         assert {"espace_é", "espace_è"} <= found.creatable, found
         assert object_tablespaces(conn) == ["espace_é"]
+
+
+def test_names_read_in_the_sessions_encoding_say_which_it_was(cluster: PrivateCluster) -> None:
+    """With no encoding asked for (a backup older than its database properties), the names
+    are read in the session's, which is recorded: a plain dump's are then decoded in that
+    same one, so espace_é is kept, not taken for a tablespace the server lacks."""
+    with connect(cluster.address, LATIN) as conn:
+        spaces = server_tablespaces(conn)
+    assert spaces.encoding == "LATIN1"
+    sets = TablespaceSets(spaces.present, name_codec(spaces.encoding))
+    assert sets.rewrite('SET default_tablespace = "espace_é";\n'.encode("latin-1"), 0) is None
+    assert not sets.left_out
 
 
 @pytest.mark.parametrize("backup_format", ["custom", "plain"])

@@ -67,7 +67,7 @@ class ServerTablespaces:
     present: frozenset[str]
     creatable: frozenset[str]  # those it may create in (CREATE on them)
     role: str  # the restoring role (current_user)
-    # The encoding the names were read in (a PostgreSQL name; None: the session's).
+    # The encoding the names were read in (a PostgreSQL name), for reading a dump's alike.
     encoding: str | None = None
 
     def unusable(self, name: str) -> Unusable:
@@ -120,7 +120,9 @@ def name_codec(encoding: str | None) -> str:
 
 def server_tablespaces(conn: Connection, encoding: str | None = None) -> ServerTablespaces:
     """The server's tablespaces, their names read in ``encoding`` (that of the database to
-    be restored, as its backup read them; None: the session's)."""
+    be restored, as its backup read them; None: the session's, which is then the one
+    recorded, so that a dump's names are read in it too)."""
+    encoding = encoding or conn.info.parameter_status("client_encoding")
     rows = _names(conn, "SELECT spcname, has_tablespace_privilege(oid, 'CREATE'), current_user "
                         "FROM pg_catalog.pg_tablespace WHERE spcname <> 'pg_global'",
                   encoding=encoding)
