@@ -1,7 +1,7 @@
 """Tablespaces across a restore, against real clusters: a database whose default tablespace
 is one of its own (CREATE DATABASE ... TABLESPACE), a table and an index in another, backed
 up and restored onto a second, fresh cluster that has those tablespaces or does not (its
-disks laid out differently, as after a disaster), and drilled onto one that does not.
+disks laid out differently, as after a disaster). Drills: test_drill_tablespaces.
 
 The choice (docs/backup-and-recovery.md, "Tablespaces"): the backup records the database's
 tablespace; the restore creates the database there when the server has it, and otherwise
@@ -11,7 +11,6 @@ warning. A restore never fails, nor leaves a database behind, for a missing tabl
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,67 +28,33 @@ from helpers.backups import (
 )
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
-from helpers.logs import jobs_finished, log_events
+from helpers.logs import jobs_finished
 from helpers.pg import ServerAddress, connect, psql
 from helpers.tablespaces import (
+    FALLBACK,
+    GRANTDB_PLACED,
+    PLACED,
+    RESTORER,
+    SOURCE_DATABASES,
+    as_restorer,
     database_tablespace,
+    fallbacks,
     leftover_databases,
+    make_restorer,
     make_tablespace,
     relation_tablespaces,
     tablespace_directory,
-    tablespaces,
+    tablespace_source,
 )
 
 from backupd.postgres.tablespaces import object_tablespaces, server_tablespaces
 
 pytestmark = pytest.mark.slow
 
-DATABASES = "appdb,plaindb"
-# Where everything is on the source: appdb's own tables in its default tablespace space_db;
-# a table and an index (post-data, after all the data) in space_tbl.
-PLACED = {"in_default": "space_db", "in_default_pkey": "space_db",
-          "elsewhere": "space_tbl", "in_default_note": "space_tbl"}
-FALLBACK = "was restored without some of its tablespaces"
-# A restoring role that is not a superuser: CREATEDB, and CREATE on no tablespace unless granted.
-RESTORER = ServerAddress("127.0.0.1", 0, "restorer", "r-pw")
-GRANTDB_PLACED = {"in_db": "space_db", "in_pg_default": "pg_default", "in_tbl": "space_tbl"}
-
 
 @pytest.fixture(scope="module")
 def source() -> Iterator[PrivateCluster]:
-    with PrivateCluster("source-pw") as cluster:
-        cluster.start()
-        make_tablespace(cluster, "space_db")
-        make_tablespace(cluster, "space_tbl")
-        psql(cluster.address, "postgres", """
-            CREATE ROLE app LOGIN;
-            GRANT CREATE ON TABLESPACE space_tbl TO app;
-            CREATE DATABASE appdb OWNER app TABLESPACE space_db;
-            CREATE DATABASE plaindb;""")
-        psql(cluster.address, "appdb", """
-            SET ROLE app;
-            CREATE TABLE in_default (id int PRIMARY KEY, note text);
-            INSERT INTO in_default SELECT g, 'note ' || g FROM generate_series(1, 100) g;
-            CREATE INDEX in_default_note ON in_default (note) TABLESPACE space_tbl;
-            CREATE TABLE elsewhere (y int) TABLESPACE space_tbl;
-            INSERT INTO elsewhere VALUES (1), (2), (3);""")
-        psql(cluster.address, "plaindb", "CREATE TABLE t (x int); INSERT INTO t VALUES (7);")
-        assert relation_tablespaces(cluster.address, "appdb") == PLACED
-        # A database its restoring role owns, with a table in each of the three places:
-        # pg_dump puts in_pg_default there by `SET default_tablespace = pg_default;`.
-        psql(cluster.address, "postgres", f"""
-            CREATE ROLE {RESTORER.user} LOGIN CREATEDB PASSWORD '{RESTORER.password}';
-            CREATE DATABASE grantdb OWNER {RESTORER.user} TABLESPACE space_db;""")
-        psql(cluster.address, "grantdb", f"""
-            CREATE TABLE in_db (x int);
-            CREATE TABLE in_pg_default (x int) TABLESPACE pg_default;
-            CREATE TABLE in_tbl (x int) TABLESPACE space_tbl;
-            INSERT INTO in_db VALUES (1); INSERT INTO in_pg_default VALUES (2);
-            INSERT INTO in_tbl VALUES (3);
-            ALTER TABLE in_db OWNER TO {RESTORER.user};
-            ALTER TABLE in_pg_default OWNER TO {RESTORER.user};
-            ALTER TABLE in_tbl OWNER TO {RESTORER.user};""")
-        assert relation_tablespaces(cluster.address, "grantdb") == GRANTDB_PLACED
+    with tablespace_source() as cluster:
         yield cluster
 
 
@@ -101,14 +66,10 @@ def target(private_cluster: Callable[..., PrivateCluster]) -> PrivateCluster:
 def restore(target: PrivateCluster, directory: Path) -> dict[str, Any]:
     """The whole-cluster restore onto ``target``; its result (the "job finished" event)."""
     proc = run_backupd(["restore", "--latest", "--yes"],
-                       server_env(target.address, DATABASES, directory), timeout=300)
+                       server_env(target.address, SOURCE_DATABASES, directory), timeout=300)
     [result] = jobs_finished(proc.stderr, "restore")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return dict(result)
-
-
-def fallbacks(result: dict[str, Any]) -> list[str]:
-    return [w for w in result["warnings"] if FALLBACK in w]
 
 
 def assert_data_came_back(server: ServerAddress) -> None:
@@ -123,7 +84,7 @@ def assert_data_came_back(server: ServerAddress) -> None:
 
 def test_onto_a_server_without_the_tablespaces_everything_restores_into_the_default_one(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    back_up(source.address, DATABASES, tmp_path / "b")
+    back_up(source.address, SOURCE_DATABASES, tmp_path / "b")
 
     result = restore(target, tmp_path / "b")
 
@@ -144,7 +105,7 @@ def test_onto_a_server_without_the_tablespaces_everything_restores_into_the_defa
 
 def test_onto_a_server_with_the_tablespaces_the_database_and_objects_go_into_them(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    back_up(source.address, DATABASES, tmp_path / "b")
+    back_up(source.address, SOURCE_DATABASES, tmp_path / "b")
     # The new server's administrator made them (elsewhere on its disk) before the restore.
     make_tablespace(target, "space_db")
     make_tablespace(target, "space_tbl")
@@ -161,7 +122,7 @@ def test_onto_a_server_with_the_tablespaces_the_database_and_objects_go_into_the
 def test_the_backup_records_the_tablespaces_and_an_older_manifest_still_restores(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "b"
-    back_up(source.address, DATABASES, directory)
+    back_up(source.address, SOURCE_DATABASES, directory)
     [dump] = directory.glob("appdb_*.sql.gz")
     manifest = read_manifest(dump)
     assert manifest["database_properties"]["tablespace"] == "space_db"
@@ -182,7 +143,7 @@ def test_the_backup_records_the_tablespaces_and_an_older_manifest_still_restores
 
 def test_a_custom_format_backup_restores_without_the_tablespaces_too(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    back_up(source.address, DATABASES, tmp_path / "b", DB_BACKUP_FORMAT="custom")
+    back_up(source.address, SOURCE_DATABASES, tmp_path / "b", DB_BACKUP_FORMAT="custom")
 
     result = restore(target, tmp_path / "b")
 
@@ -199,15 +160,6 @@ def back_up_grantdb(source: PrivateCluster, directory: Path, backup_format: str)
                                               DB_BACKUP_FORMAT=backup_format), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return only_backup(directory)
-
-
-def make_restorer(target: PrivateCluster) -> None:
-    psql(target.address, "postgres",
-         f"CREATE ROLE {RESTORER.user} LOGIN CREATEDB PASSWORD '{RESTORER.password}'")
-
-
-def as_restorer(target: PrivateCluster) -> ServerAddress:
-    return dataclasses.replace(RESTORER, port=target.port)
 
 
 @pytest.mark.parametrize("backup_format", ["plain", "custom"])
@@ -295,7 +247,7 @@ def test_out_of_its_tablespace_the_warning_says_to_move_its_pg_default_objects_b
 def test_a_restore_beside_the_database_on_its_own_server_keeps_its_tablespace(
         source: PrivateCluster, tmp_path: Path) -> None:
     directory = tmp_path / "b"
-    back_up(source.address, DATABASES, directory)
+    back_up(source.address, SOURCE_DATABASES, directory)
     [dump] = directory.glob("appdb_*.sql.gz")
     env = server_env(source.address, "appdb", directory)
     try:
@@ -308,122 +260,6 @@ def test_a_restore_beside_the_database_on_its_own_server_keeps_its_tablespace(
         psql(source.address, "postgres", "DROP DATABASE IF EXISTS appdb_copy")
 
 
-def test_a_drill_beside_the_live_database_compares_its_tablespace(
-        source: PrivateCluster, tmp_path: Path) -> None:
-    """Beside the live database (no drill server) the tablespaces are there: the scratch
-    copy goes into the database's own, and the tablespace is compared like the other
-    properties, so moving the live database since the backup is drift, named."""
-    directory = tmp_path / "b"
-    env = server_env(source.address, "appdb", directory)
-    back_up(source.address, DATABASES, directory)
-
-    clean = run_backupd(["drill"], env, timeout=300)
-
-    assert clean.returncode == 0, clean.stdout + clean.stderr
-    [result] = jobs_finished(clean.stderr, "drill")
-    assert result["outcome"]["differences"] == [] and result["outcome"]["drift"] == []
-    make_tablespace(source, "space_moved")
-    psql(source.address, "postgres", "ALTER DATABASE appdb SET TABLESPACE space_moved")
-    try:
-        moved = run_backupd(["drill"], env, timeout=300)
-        assert moved.returncode == 0, moved.stdout + moved.stderr
-        [result] = jobs_finished(moved.stderr, "drill")
-        assert result["outcome"]["drift"] == [
-            "database tablespace: 'space_db' in the backup, 'space_moved' in the live database"]
-    finally:
-        psql(source.address, "postgres", "ALTER DATABASE appdb SET TABLESPACE space_db; "
-                                         "DROP TABLESPACE space_moved")
-
-
-def test_a_drill_beside_a_database_whose_tablespace_was_dropped_says_where_its_copy_went(
-        source: PrivateCluster, tmp_path: Path) -> None:
-    """The live database moved out of its tablespace, which was then dropped, since the
-    backup: the scratch copy goes into the default one, and the warning is about that copy,
-    which the drill drops; nothing in it is to be run on the live database."""
-    directory = tmp_path / "b"
-    make_tablespace(source, "space_gone")
-    psql(source.address, "postgres", "CREATE DATABASE gonedb TABLESPACE space_gone")
-    try:
-        psql(source.address, "gonedb", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
-        env = server_env(source.address, "gonedb", directory)
-        backed_up = run_backupd(["backup"], env, timeout=300)
-        assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
-        psql(source.address, "postgres", "ALTER DATABASE gonedb SET TABLESPACE pg_default; "
-                                         "DROP TABLESPACE space_gone")
-
-        proc = run_backupd(["drill"], env, timeout=300)
-
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        [result] = jobs_finished(proc.stderr, "drill")
-        [warning] = fallbacks(dict(result))
-        assert "'gonedb_drill'" in warning and "instead of 'space_gone'" in warning, warning
-        assert "drops" in warning, warning
-        assert "ALTER DATABASE" not in warning and "ALTER TABLE" not in warning, warning
-    finally:
-        psql(source.address, "postgres", "DROP DATABASE IF EXISTS gonedb; "
-                                         "DROP TABLESPACE IF EXISTS space_gone")
-
-
-def test_a_drill_server_role_without_create_is_said_so_not_that_the_tablespace_is_missing(
-        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    """The drill server has every tablespace, but its drill role (not a superuser) may
-    create only in space_db: the drill says so in restore's words, with the GRANT."""
-    directory = tmp_path / "b"
-    back_up(source.address, "grantdb", directory)
-    make_tablespace(target, "space_db")
-    make_tablespace(target, "space_tbl")
-    make_restorer(target)
-    # The roles of the globals are there already (the restorer may not create roles).
-    psql(target.address, "postgres", f"CREATE ROLE app; "
-                                     f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
-    env = server_env(source.address, "grantdb", directory,
-                     DRILL_POSTGRES_HOST=target.address.host,
-                     DRILL_POSTGRES_PORT=str(target.port), DRILL_POSTGRES_USER=RESTORER.user,
-                     DRILL_POSTGRES_PASSWORD=RESTORER.password or "")
-
-    proc = run_backupd(["drill"], env, timeout=300)
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    [result] = jobs_finished(proc.stderr, "drill")
-    [grantdb] = result["outcome"]["databases"]
-    assert grantdb["ok"] and grantdb["tablespaces_missing"] == ["pg_default", "space_tbl"]
-    said = [str(event.get("event")) for event in log_events(proc.stderr)]
-    [line] = [line for line in said if FALLBACK in line]
-    assert "'space_tbl' (role 'restorer' may not create in it)" in line, line
-    assert 'GRANT CREATE ON TABLESPACE "pg_default" TO "restorer"' in line, line
-    assert "ALTER DATABASE" not in line, line
-    assert not [w for w in result["warnings"] if FALLBACK in w], result["warnings"]
-
-
-def test_a_drill_onto_a_server_without_the_tablespaces_passes_and_says_what_it_did(
-        source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
-    directory = tmp_path / "b"
-    back_up(source.address, DATABASES, directory)
-    with connect(target.address) as conn:
-        before = sorted(str(r[0]) for r in conn.execute("SELECT datname FROM pg_database"))
-    env = server_env(source.address, DATABASES, directory,
-                     DRILL_POSTGRES_HOST=target.address.host,
-                     DRILL_POSTGRES_PORT=str(target.port),
-                     DRILL_POSTGRES_PASSWORD=target.password)
-
-    proc = run_backupd(["drill"], env, timeout=300)
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    [result] = jobs_finished(proc.stderr, "drill")
-    outcome = result["outcome"]
-    assert outcome["differences"] == [], outcome
-    [appdb, plaindb] = outcome["databases"]
-    assert appdb["ok"] and plaindb["ok"]
-    assert appdb["tablespaces_missing"] == ["space_db", "space_tbl"]
-    assert plaindb["tablespaces_missing"] == []
-    # Said, not warned: a drill server seldom has the live server's directories.
-    said = (proc.stdout + proc.stderr)
-    assert "instead of 'space_db' (no such tablespace here)" in said
-    assert not [w for w in result["warnings"] if "tablespace" in w], result["warnings"]
-    # Left as it was found.
-    with connect(target.address) as conn:
-        after = sorted(str(r[0]) for r in conn.execute("SELECT datname FROM pg_database"))
-    assert after == before and tablespaces(target.address) == set()
 
 
 def test_a_restore_that_fails_leaves_no_database_in_the_tablespace(
@@ -431,7 +267,7 @@ def test_a_restore_that_fails_leaves_no_database_in_the_tablespace(
     """Never half made: the database created in its tablespace for a restore that then
     fails is dropped, so the tablespace is empty again (and can be dropped)."""
     directory = tmp_path / "b"
-    back_up(source.address, DATABASES, directory)
+    back_up(source.address, SOURCE_DATABASES, directory)
     [dump] = directory.glob("appdb_*.sql.gz")
     text = sql_of(dump).replace(b"\nCOPY ", b"\nSELECT 1/0;\nCOPY ", 1)
     write_gzip_sql(dump, text)
@@ -440,7 +276,7 @@ def test_a_restore_that_fails_leaves_no_database_in_the_tablespace(
     make_tablespace(target, "space_tbl")
 
     proc = run_backupd(["restore", "--latest", "--yes"],
-                       server_env(target.address, DATABASES, directory), timeout=300)
+                       server_env(target.address, SOURCE_DATABASES, directory), timeout=300)
 
     assert proc.returncode == 1 and "division by zero" in proc.stdout + proc.stderr
     assert database_tablespace(target.address, "appdb") is None
