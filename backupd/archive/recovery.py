@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from backupd.archive.continuity import TimelineSpan, on_path
+from backupd.archive.continuity import ListedWal, TimelineSpan, on_path
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_name
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
@@ -45,19 +45,14 @@ class BaseBackupLike(Protocol):
     def encrypted(self) -> bool: ...
 
 
-class WalLike(Protocol):
-    """What recovery reads of one archived WAL file (``archive.walstore.ArchivedWal``)."""
+class WalLike(ListedWal, Protocol):
+    """What recovery reads of one archived WAL file (``archive.walstore.ArchivedWal``): what
+    continuity reads of it (name, timeline, history), and more."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def timeline(self) -> int: ...
     @property
     def segno(self) -> int: ...
     @property
     def partial(self) -> bool: ...
-    @property
-    def history(self) -> bool: ...
     @property
     def damage(self) -> str | None:
         """Why the stored file cannot be what its manifest records (None: nothing known)."""
