@@ -23,6 +23,7 @@ from helpers.template1 import (
     a_new_database_gets,
     objects_in,
     put_into_template1,
+    restore_latest,
     subscriptions_in,
     template1_flags,
     template_objects,
@@ -101,9 +102,7 @@ def test_a_whole_system_restore_brings_template1_back_onto_a_new_server(
         source: PrivateCluster, backups: Path) -> None:
     with PrivateCluster("target-pw") as target:
         target.start()
-        proc = run_backupd(["restore", "--latest", "--yes"],
-                           server_env(target.address, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(target.address, backups)
         assert "template1: ok" in proc.stdout
         assert template_objects(target.address) == IN_TEMPLATE1
         assert template1_flags(target.address) == (True, True)
@@ -123,9 +122,7 @@ def test_a_template1_with_objects_of_its_own_is_left_alone_with_a_warning(
     with PrivateCluster("target2-pw") as target:
         target.start()
         put_into_template1(target.address, "CREATE EXTENSION hstore;")
-        proc = run_backupd(["restore", "--latest", "--yes"],
-                           server_env(target.address, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(target.address, backups)
         assert template_objects(target.address) == ["extension hstore"]
         [dump] = backups.glob("template1_*.sql.gz")
         warnings = [str(event["event"]) for event in log_events(proc.stderr)
@@ -158,9 +155,7 @@ def test_a_role_that_may_not_swap_template1_leaves_it_alone_with_a_warning(
         psql(target.address, "postgres",
              "CREATE ROLE admin LOGIN CREATEDB CREATEROLE PASSWORD 'admin-pw'")
         admin = ServerAddress(target.address.host, target.port, "admin", "admin-pw")
-        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
-                           server_env(admin, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(admin, backups, "--database", "template1")
         assert template_objects(target.address) == []
         warnings = [str(event["event"]) for event in log_events(proc.stderr)
                     if event.get("level") == "warning"]
@@ -180,9 +175,7 @@ def test_a_template1_holding_only_a_subscription_is_left_alone(backups: Path) ->
     with PrivateCluster("target4-pw") as target:
         target.start()
         put_into_template1(target.address, SUBSCRIPTION)
-        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
-                           server_env(target.address, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(target.address, backups, "--database", "template1")
         assert subscriptions_in(target.address) == [("feed_sub", "template1")]
         warnings = [str(event["event"]) for event in log_events(proc.stderr)
                     if event.get("level") == "warning"]
@@ -249,9 +242,7 @@ def test_health_and_metrics_stop_judging_template1_once_a_run_finds_it_empty(
     assert series_databases(env, monkeypatch) == ["postgres"]
     # A whole-system restore of that run leaves the old template1 backup out, saying why.
     target = private_cluster("t1-emptied-target-pw")
-    proc = run_backupd(["restore", "--latest", "--yes"],
-                       server_env(target.address, "*", directory), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = restore_latest(target.address, directory)
     [line] = [str(e["event"]) for e in log_events(proc.stderr)
               if "template1" in str(e.get("event"))]
     assert "holding nothing of its own" in line and "--database template1" in line, line
@@ -280,9 +271,7 @@ def test_a_template1_that_cannot_be_swapped_out_is_left_alone_before_loading(
             holder.execute("BEGIN")
             holder.execute("SELECT pg_advisory_xact_lock(1)")
             holder.execute("PREPARE TRANSACTION 'tpl-pending-1'")
-        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
-                           server_env(target.address, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(target.address, backups, "--database", "template1")
         warnings = [str(event["event"]) for event in log_events(proc.stderr)
                     if event.get("level") == "warning"]
         [warning] = [w for w in warnings if w.startswith("template1 on ")]
@@ -304,9 +293,7 @@ def test_a_template1_restored_without_its_tablespace_says_where_its_tables_went(
     directory = tmp_path / "backups"
     back_up(source.address, "*", directory, HEALTH_PORT="0")
     target = private_cluster("t1-space-target-pw")
-    proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
-                       server_env(target.address, "*", directory), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = restore_latest(target.address, directory, "--database", "template1")
     assert relation_tablespaces(target.address, "template1") == {"lookup": "pg_default"}
     warnings = [str(event["event"]) for event in log_events(proc.stderr)
                 if event.get("level") == "warning"]
@@ -326,9 +313,7 @@ def test_a_template1_restored_out_of_its_tablespace_says_to_move_its_pg_default_
     directory = tmp_path / "backups"
     back_up(source.address, "*", directory, HEALTH_PORT="0")
     target = private_cluster("t1-default-target-pw")
-    proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
-                       server_env(target.address, "*", directory), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = restore_latest(target.address, directory, "--database", "template1")
     warnings = [str(event["event"]) for event in log_events(proc.stderr)
                 if event.get("level") == "warning"]
     [fallback] = [w for w in warnings if "without some of its tablespaces" in w]
@@ -342,9 +327,7 @@ def test_a_restored_template1_with_another_locale_says_the_default_changes(
     every database created from it later gets: said when they differ from the server's."""
     with PrivateCluster("target6-pw", initdb_options=("--locale=C",)) as target:
         target.start()
-        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
-                           server_env(target.address, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(target.address, backups, "--database", "template1")
         with connect(target.address) as conn:
             assert conn.execute("SELECT datcollate FROM pg_database WHERE datname = "
                                 "'template1'").fetchone() == ("C.UTF-8",)
@@ -370,9 +353,7 @@ def test_a_template1_with_as_many_objects_but_other_ones_is_not_taken_for_the_ba
     with PrivateCluster("target7-pw") as target:
         target.start()
         put_into_template1(target.address, TEMPLATE1_OBJECTS.replace("shout", "whisper"))
-        proc = run_backupd(["restore", "--latest", "--database", "template1", "--yes"],
-                           server_env(target.address, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(target.address, backups, "--database", "template1")
         said = [str(event.get("event")) for event in log_events(proc.stderr)]
         assert not any("already holds what" in line for line in said), said
         assert any(line.startswith("template1 on ") for line in said), said

@@ -15,7 +15,7 @@ from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
 from helpers.pg import connect, psql
-from helpers.template1 import SUBSCRIPTION, put_into_template1
+from helpers.template1 import SUBSCRIPTION, put_into_template1, restore_latest
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +47,7 @@ def test_a_loaded_template1_holding_a_subscription_is_dropped_when_not_swapped_i
     with PrivateCluster("target-pw") as target:
         target.start()
         put_into_template1(target.address, "CREATE SCHEMA other;")
-        proc = run_backupd(["restore", "--latest", "--yes"],
-                           server_env(target.address, "*", backups), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = restore_latest(target.address, backups)
         assert "internal error" not in proc.stderr
         assert "template1: skipped" in proc.stdout
         assert "appdb: ok" in proc.stdout

@@ -3,8 +3,12 @@ a schema, a function), and how the tests read it back from a server's database."
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 from backupd.postgres.user_objects import UserObjects, read_user_objects
 
+from .cli import run_backupd, server_env
 from .pg import ServerAddress, connect, psql
 
 # Objects template0 lacks: a whole-system backup must carry them, a new server get them back.
@@ -72,3 +76,13 @@ def objects_in(server: ServerAddress, database: str = "template1") -> UserObject
     """What backupd finds ``database`` holds of its own."""
     with connect(server, database) as conn:
         return read_user_objects(conn)
+
+
+def restore_latest(server: ServerAddress, backups: Path, *options: str,
+                   **extra: str) -> subprocess.CompletedProcess[str]:
+    """``backupd restore --latest --yes`` (with ``options``, e.g. ``--database template1``) of
+    the whole-system backups in ``backups`` onto ``server``; it must succeed."""
+    proc = run_backupd(["restore", "--latest", *options, "--yes"],
+                       server_env(server, "*", backups, **extra), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
