@@ -17,14 +17,19 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from backupd.commands import backup, globals_backup
-from backupd.commands.template1 import TEMPLATE_DATABASE, TemplateLook, template_to_back_up
+from backupd.commands.template1_look import TemplateLook, template_to_back_up
 from backupd.errors import Cancelled, JobFailed, JobSkipped
 from backupd.job import JobBody, JobContext, run_job
 from backupd.naming import globals_name, run_id
 from backupd.notify.base import NotifierChain
 from backupd.outcomes import BackupRunOutcome, DatabaseBackup
 from backupd.postgres.connection import lock_key
-from backupd.postgres.databases import Connection, maintenance_connection, resolve_databases
+from backupd.postgres.databases import (
+    TEMPLATE_DATABASE,
+    Connection,
+    maintenance_connection,
+    resolve_databases,
+)
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
 

@@ -35,7 +35,7 @@ from backupd.commands.drill_server import (
     mark_started,
     restore_server,
 )
-from backupd.commands.template1 import objects_in_template1
+from backupd.commands.template1_look import objects_in_template1
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND

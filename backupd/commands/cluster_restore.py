@@ -20,14 +20,14 @@ from backupd.commands import restore, selection
 from backupd.commands.restore import identities_for, restore_file
 from backupd.commands.restore_options import EVERYTHING, Without
 from backupd.commands.restore_target import MAINTENANCE_DB, check_targets
-from backupd.commands.template1 import TEMPLATE_DATABASE, restore_template1
+from backupd.commands.template1 import restore_template1
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.outcomes import ClusterRestoreOutcome, DatabaseRestore, FileReport, GlobalsOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.postgres.connection import describe_pg_error
-from backupd.postgres.databases import maintenance_connection
+from backupd.postgres.databases import TEMPLATE_DATABASE, maintenance_connection
 from backupd.postgres.globals import apply_globals
 from backupd.result import JobResult
 from backupd.storage.base import BackupEntry, Repository, newest_verified

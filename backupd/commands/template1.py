@@ -13,7 +13,6 @@ restore never goes into template1 otherwise (``--target-db template1`` stays ref
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
@@ -30,6 +29,7 @@ from backupd.commands.restore_target import (
     lock_target,
     mark_restoring,
 )
+from backupd.commands.template1_look import objects_in, objects_in_template1
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import JobFailed
 from backupd.job import JobContext
@@ -44,50 +44,12 @@ from backupd.postgres.tablespaces import (
     fallback_warning,
     server_tablespaces,
 )
-from backupd.postgres.user_objects import UserObjects, read_user_objects
+from backupd.postgres.user_objects import UserObjects
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
 
-__all__ = ["TEMPLATE_DATABASE", "TemplateLook", "objects_in_template1", "restore_template1",
-           "template_to_back_up"]
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 NOTHING_CHANGED = "; nothing was changed"
-
-
-@dataclass(frozen=True)
-class TemplateLook:
-    """What a backup run of ``*`` found in template1: ``databases``, ``[template1]`` when
-    it must be dumped too; ``empty``, for the run's globals manifest (health and metrics
-    judge template1's dumps only while the newest run took one): True when looked into and
-    found holding nothing, False when it holds objects, None when not looked into."""
-
-    databases: tuple[str, ...] = ()
-    empty: bool | None = None
-
-
-def template_to_back_up(ctx: JobContext) -> TemplateLook:
-    """Whether a backup run of ``*`` must dump template1 too (it holds objects and
-    DB_BACKUP_EXCLUDE does not leave it out), said so."""
-    settings = ctx.settings
-    if not settings.database_selection.choose([TEMPLATE_DATABASE]):
-        return TemplateLook()
-    try:
-        held = objects_in_template1(settings)
-    except (JobFailed, psycopg.Error) as exc:
-        reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
-        ctx.warn(f"could not look into template1 ({reason}): objects put there for every new "
-                 "database are not backed up; let POSTGRES_USER connect to template1, or set "
-                 "DB_BACKUP_EXCLUDE=template1 to leave it out knowingly")
-        return TemplateLook()
-    if held.empty:
-        return TemplateLook(empty=True)
-    ctx.say(f"template1 holds objects template0 lacks ({held.describe()}): backing it up too, "
-            "so that a whole-system restore brings them back into a new server's template1")
-    return TemplateLook((TEMPLATE_DATABASE,), empty=False)
-
-
-def objects_in_template1(settings: Settings) -> UserObjects:
-    return _objects_in(settings, TEMPLATE_DATABASE)
 
 
 def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntry,
@@ -156,17 +118,12 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
     return None
 
 
-def _objects_in(settings: Settings, database: str) -> UserObjects:
-    with connect(settings, database) as conn:
-        return read_user_objects(conn)
-
-
 def _looked_into(settings: Settings, database: str) -> UserObjects:
-    """_objects_in, failing as a restore of template1 does (JobFailed naming it) when the
+    """objects_in, failing as a restore of template1 does (JobFailed naming it) when the
     objects cannot be read: e.g. a SQL_ASCII server's template1 holding a name that is not
     UTF-8, which the server refuses to send as UTF-8."""
     try:
-        return _objects_in(settings, database)
+        return objects_in(settings, database)
     except psycopg.Error as exc:
         raise JobFailed(f"could not read what {database!r} holds, to decide whether the "
                         f"backed-up template1 may take the place of the server's: "
