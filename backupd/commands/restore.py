@@ -35,7 +35,12 @@ import psycopg
 from pyrage import x25519
 
 from backupd.commands import selection
-from backupd.commands.restore_load import load, require_verified, restore_outcome
+from backupd.commands.restore_load import (
+    load,
+    recorded_tablespaces,
+    require_verified,
+    restore_outcome,
+)
 from backupd.commands.restore_options import EVERYTHING, Without, current_user
 from backupd.commands.restore_target import (
     MAINTENANCE_DB,
@@ -156,8 +161,8 @@ def restore_file(
                           tablespaces=ObjectTablespaces(spaces, placement.landed))
             for warning in install(admin, scratch, target, properties, kept):
                 ctx.warn(warning)
-            fallback = fallback_warning(target, placement, placed, recorded=(
-                entry.manifest.object_tablespaces or () if entry.manifest is not None else ()))
+            fallback = fallback_warning(target, placement, placed,
+                                        recorded=recorded_tablespaces(entry))
             if fallback is not None:
                 ctx.warn(fallback)
         except BaseException:

@@ -35,6 +35,13 @@ from backupd.postgres.tablespaces import (
 from backupd.storage.base import BackupEntry
 
 
+def recorded_tablespaces(entry: BackupEntry) -> tuple[str, ...]:
+    """The tablespaces other than the database's own that the backup's objects were in, as
+    its manifest records them (none recorded: an older backup, or none)."""
+    recorded = entry.manifest.object_tablespaces if entry.manifest is not None else None
+    return tuple(recorded or ())
+
+
 def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
          identities: list[x25519.Identity] | None, options: tuple[str, ...] = (),
          plan: EarlyPlan | None = None,
@@ -47,10 +54,10 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     started = datetime.now(UTC)
     placed = ObjectsPlaced()
     if entry.parsed.backup_format in ("custom", "directory") and tablespaces is not None:
-        recorded = entry.manifest.object_tablespaces if entry.manifest is not None else None
-        if tablespaces.left_out(recorded or ()):
+        recorded = recorded_tablespaces(entry)
+        if tablespaces.left_out(recorded):
             options = (*options, "--no-tablespaces")
-            placed = tablespaces.without_any(recorded or ())
+            placed = tablespaces.without_any(recorded)
     if entry.parsed.backup_format == "custom":
         jobs = ctx.settings.restore_jobs
         if entry.parsed.encrypted and jobs > 1:

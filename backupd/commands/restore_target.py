@@ -29,6 +29,7 @@ RESTORING_MARK = "backupd: restore in progress into "
 TEMPLATE_DATABASES = frozenset({"template0", "template1"})
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+NOTHING_CHANGED = "; nothing was changed"  # the end of a refusal before any change
 
 
 def derived_name(base: str, suffix: str) -> str:
@@ -134,14 +135,15 @@ def check_target(admin: Connection, settings: Settings, target: str, *,
             raise TargetHoldsData(
                 f"--target-db: database {target!r} already holds tables; pass --replace to "
                 "restore into a fresh database and swap it in (the current one is kept, renamed)")
-        _check_swappable(admin, target, owner)
+        check_swappable(admin, target, owner)
         return True
 
 
-def _check_swappable(admin: Connection, target: str, owner: str) -> None:
-    """What would make the final rename fail, found before the restore instead of after it."""
+def check_swappable(admin: Connection, target: str, owner: str) -> None:
+    """What would make the final rename fail, found before the restore instead of after it
+    (also template1's restore: the one check of a swap)."""
     with as_text(admin):
-        nothing = "; nothing was changed"
+        nothing = NOTHING_CHANGED
         row = admin.execute("SELECT count(*), string_agg(gid, ', ' ORDER BY gid) "
                             "FROM pg_prepared_xacts WHERE database = %s", (target,)).fetchone()
         if row is not None and row[0]:
@@ -177,9 +179,6 @@ def _check_swappable(admin: Connection, target: str, owner: str) -> None:
                 "not end (that needs superuser, pg_signal_backend or membership in their role); "
                 "end them first" + nothing)
 
-
-# Also template1's restore (backupd.commands.template1): the one check of a swap.
-check_swappable = _check_swappable
 
 
 def is_empty(settings: Settings, database: str) -> bool:

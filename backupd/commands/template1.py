@@ -21,6 +21,7 @@ from backupd.commands import restore, restore_load, selection
 from backupd.commands.restore_options import Without, current_user
 from backupd.commands.restore_target import (
     MAINTENANCE_DB,
+    NOTHING_CHANGED,
     RESTORING,
     check_swappable,
     derived_name,
@@ -49,7 +50,6 @@ from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
-NOTHING_CHANGED = "; nothing was changed"
 
 
 def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntry,
@@ -97,9 +97,8 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                 for warning in install(admin, scratch, TEMPLATE_DATABASE, properties, kept,
                                        template=True):
                     ctx.warn(warning)
-                fallback = fallback_warning(TEMPLATE_DATABASE, placement, placed, recorded=(
-                    entry.manifest.object_tablespaces or () if entry.manifest is not None
-                    else ()))
+                fallback = fallback_warning(TEMPLATE_DATABASE, placement, placed,
+                                            recorded=restore_load.recorded_tablespaces(entry))
                 if fallback is not None:
                     ctx.warn(fallback)
                 changed = _new_default_locale(current, properties)
