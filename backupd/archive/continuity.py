@@ -89,13 +89,19 @@ class ListedWal(Protocol):
 Listed = TypeVar("Listed", bound=ListedWal)
 
 
+def newest_timeline(files: Iterable[ListedWal]) -> int:
+    """The newest timeline among an archive's listed files (1 for none): the one recovery
+    ends on, and whose history file :func:`path_to_newest` reads."""
+    return max((f.timeline for f in files), default=1)
+
+
 def path_to_newest(files: Sequence[Listed],
                    fetch: Callable[[Listed, Path], object]) -> list[TimelineSpan]:
     """The path of timelines to the archive's newest timeline among its listed ``files``
     (:func:`timeline_spans`), from that timeline's history file, fetched as listed (no
     listing again; none on timeline 1)."""
     histories = {f.name: f for f in files if f.history}
-    newest = max((f.timeline for f in files), default=1)
+    newest = newest_timeline(files)
     return timeline_spans(newest, read_history(histories, newest,
                                                lambda name, dest: fetch(histories[name], dest)))
 
@@ -103,7 +109,7 @@ def path_to_newest(files: Sequence[Listed],
 def history_to_read(files: Sequence[Listed]) -> list[Listed]:
     """The history file :func:`path_to_newest` fetches from ``files`` (none on timeline 1,
     or when it is missing: then it fails naming it)."""
-    newest = max((f.timeline for f in files), default=1)
+    newest = newest_timeline(files)
     return [f for f in files if f.history and f.timeline == newest and newest > 1]
 
 
