@@ -156,28 +156,31 @@ def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
         probe.mkdir(mode=0o700)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(place)) from None
-    refused: OSError | None = None
+    refused: OSError | OverflowError | None = None
     try:
         if owner is not None:
             try:
                 os.chown(probe, *owner)
                 # Back again: in a sticky directory only its owner may remove it.
                 os.chown(probe, os.geteuid(), os.getegid())
-            except OSError as exc:
+            except (OSError, OverflowError) as exc:
                 refused = exc
     finally:
         try:
             probe.rmdir()
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(place)) from None
-    if refused is not None and owner is not None:  # refused only when owner is given
+    if refused is not None and owner is not None:
         raise _owner_refused(place, owner, refused)
 
 
 def _owner_refused(place: Path, owner: tuple[int, int],
-                   exc: OSError) -> ConfigError:
+                   exc: OSError | OverflowError) -> ConfigError:
     """--owner's one line for a chown of the probe in ``place`` that failed with ``exc``."""
     given = f"{owner[0]}:{owner[1]}"
+    if not isinstance(exc, OSError):
+        return ConfigError(f"--owner: {given} is not a UID:GID chown takes ({exc}); give ids "
+                           f"from 0 to {MAX_ID}")
     if exc.errno != errno.EPERM:
         # EINVAL: an id this system (its user namespace, in a container) does not map.
         return ConfigError(f"--owner: files in {place} cannot be given to {given} "
