@@ -66,6 +66,7 @@ from backupd.pipeline.verification import verify_file
 from backupd.postgres.connection import connect, describe_pg_error, drop_database
 from backupd.postgres.databases import create_like, drop_with_subscriptions, read_properties
 from backupd.postgres.tablespaces import (
+    ObjectsPlaced,
     ObjectTablespaces,
     Placement,
     ServerTablespaces,
@@ -148,26 +149,12 @@ def restore_file(
         # verified (no byte of it reaches the database before the verdict, and the log says
         # "restoring" only once the verdict is in and the load starts).
         ctx.say(f"preparing database {scratch!r} to restore {entry.name} into {target!r}")
-        spaces = server_tablespaces(admin, properties.encoding if properties else None)
-        placement = create_database(admin, scratch, properties, spaces)
-        ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
-        try:
-            mark_restoring(admin, scratch, target)
-            placement = landed(admin, scratch, placement, spaces)
+        with scratch_database(ctx, admin, scratch, target, properties) as made:
             verified.wait()
             ctx.say(f"restoring {entry.name} into database {target!r} (by way of {scratch!r})")
             placed = load(ctx, path, entry, scratch, identities, without.pg_restore_options,
-                          plan=verified.plan(),
-                          tablespaces=ObjectTablespaces(spaces, placement.landed))
-            for warning in install(admin, scratch, target, properties, kept):
-                ctx.warn(warning)
-            fallback = fallback_warning(target, placement, placed,
-                                        recorded=recorded_tablespaces(entry))
-            if fallback is not None:
-                ctx.warn(fallback)
-        except BaseException:
-            drop_incomplete(ctx, admin, scratch, target)
-            raise
+                          plan=verified.plan(), tablespaces=made.object_tablespaces)
+            made.put_in_place(entry, properties, kept, placed)
         if kept is not None:
             _report_kept(ctx, admin, kept, outcome)
     ctx.say(f"restore of {entry.name} into {target!r} completed")
@@ -218,6 +205,54 @@ class _PreVerify:
         except BaseException:
             self.wait()
             raise
+
+
+@dataclasses.dataclass(frozen=True)
+class ScratchDatabase:
+    """A scratch database made by :func:`scratch_database`, to be loaded, then put in
+    place of ``target``."""
+
+    ctx: JobContext
+    admin: Connection
+    name: str
+    target: str
+    placement: Placement  # landed: read back once it was marked as the restore's
+    tablespaces: ServerTablespaces
+
+    @property
+    def object_tablespaces(self) -> ObjectTablespaces:
+        return ObjectTablespaces(self.tablespaces, self.placement.landed)
+
+    def put_in_place(self, entry: BackupEntry, properties: DatabaseProperties | None,
+                     kept: str | None, placed: ObjectsPlaced, *, template: bool = False) -> None:
+        """The loaded database in ``target``'s place (``install``), warning of what it
+        could not keep: properties, and tablespaces that fell back to the default."""
+        for warning in install(self.admin, self.name, self.target, properties, kept,
+                               template=template):
+            self.ctx.warn(warning)
+        fallback = fallback_warning(self.target, self.placement, placed,
+                                    recorded=recorded_tablespaces(entry))
+        if fallback is not None:
+            self.ctx.warn(fallback)
+
+
+@contextlib.contextmanager
+def scratch_database(ctx: JobContext, admin: Connection, scratch: str, target: str,
+                     properties: DatabaseProperties | None) -> Iterator[ScratchDatabase]:
+    """The one way a restore (of a database, of template1) makes the database it loads
+    into: created like the backed-up one, marked as the restore of ``target`` before
+    anything else is asked of it, and dropped when anything in the ``with`` fails (a
+    cancel too), so no half-restored database is left."""
+    spaces = server_tablespaces(admin, properties.encoding if properties else None)
+    placement = create_database(admin, scratch, properties, spaces)
+    ctx.cancel.progress.working_in(scratch)  # its index builds are the job's work
+    try:
+        mark_restoring(admin, scratch, target)
+        yield ScratchDatabase(ctx, admin, scratch, target,
+                              landed(admin, scratch, placement, spaces), spaces)
+    except BaseException:
+        drop_incomplete(ctx, admin, scratch, target)
+        raise
 
 
 def drop_incomplete(ctx: JobContext, admin: Connection, scratch: str, target: str) -> None:

@@ -26,9 +26,7 @@ from backupd.commands.restore_target import (
     check_swappable,
     derived_name,
     holds_nothing,
-    install,
     lock_target,
-    mark_restoring,
 )
 from backupd.commands.template1_look import objects_in, objects_in_template1
 from backupd.database_properties import DatabaseProperties
@@ -39,11 +37,6 @@ from backupd.postgres.databases import (
     TEMPLATE_DATABASE,
     drop_with_subscriptions,
     read_properties,
-)
-from backupd.postgres.tablespaces import (
-    ObjectTablespaces,
-    fallback_warning,
-    server_tablespaces,
 )
 from backupd.postgres.user_objects import UserObjects
 from backupd.settings import Settings
@@ -75,17 +68,13 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
             stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
             scratch = derived_name(TEMPLATE_DATABASE, f"{RESTORING}{stamp}")
             kept = derived_name(TEMPLATE_DATABASE, f"_before_restore_{stamp}")
-            spaces = server_tablespaces(admin, properties.encoding if properties else None)
-            placement = restore.create_database(admin, scratch, properties, spaces)
-            ctx.cancel.progress.working_in(scratch)
-            try:
-                mark_restoring(admin, scratch, TEMPLATE_DATABASE)
-                placement = restore.landed(admin, scratch, placement, spaces)
+            with restore.scratch_database(ctx, admin, scratch, TEMPLATE_DATABASE,
+                                          properties) as made:
                 ctx.say(f"{entry.name} verified; restoring it into {scratch!r}, to take "
                         "template1's place")
                 placed = restore_load.load(
                     ctx, path, entry, scratch, identities, without.pg_restore_options,
-                    tablespaces=ObjectTablespaces(spaces, placement.landed))
+                    tablespaces=made.object_tablespaces)
                 # Asked only now: what the backed-up template1 holds is known once loaded,
                 # and nothing may have come into the server's since.
                 present = _looked_into(settings, TEMPLATE_DATABASE)
@@ -94,19 +83,10 @@ def restore_template1(ctx: JobContext, repository: Repository, entry: BackupEntr
                     # The loaded copy may hold a subscription: DROP DATABASE alone is refused.
                     drop_with_subscriptions(settings, admin, scratch)
                     return _holding_objects(ctx, entry, present, backed_up)
-                for warning in install(admin, scratch, TEMPLATE_DATABASE, properties, kept,
-                                       template=True):
-                    ctx.warn(warning)
-                fallback = fallback_warning(TEMPLATE_DATABASE, placement, placed,
-                                            recorded=restore_load.recorded_tablespaces(entry))
-                if fallback is not None:
-                    ctx.warn(fallback)
+                made.put_in_place(entry, properties, kept, placed, template=True)
                 changed = _new_default_locale(current, properties)
                 if changed is not None:
                     ctx.say(changed)
-            except BaseException:
-                restore.drop_incomplete(ctx, admin, scratch, TEMPLATE_DATABASE)
-                raise
         _drop_previous(ctx, admin, kept)
     try:
         held = objects_in_template1(settings).describe()
