@@ -34,7 +34,7 @@ from backupd.pipeline.encrypt import encryptor_for, load_identities, recipient_s
 from backupd.pipeline.run import DumpFailed, dump_to_file
 from backupd.pipeline.supervisor import tool_version
 from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
-from backupd.postgres.connection import describe_pg_error, is_superuser, server_version
+from backupd.postgres.connection import describe_error, is_superuser, server_version
 from backupd.postgres.databases import Connection
 from backupd.result import human_bytes
 from backupd.storage.base import Repository
@@ -61,11 +61,12 @@ def backup_globals(ctx: JobContext, conn: Connection, started: datetime, run_id:
     except JobSkipped as exc:
         outcome.skipped, outcome.error = True, str(exc)
         return outcome
-    except (JobFailed, OSError, psycopg.Error) as exc:
-        outcome.error = (describe_pg_error(exc) if isinstance(exc, psycopg.Error)
-                         else str(exc) if isinstance(exc, JobFailed)
-                         else f"writing the globals to DB_BACKUP_DIR failed: "
-                              f"{exc.strerror or exc}; the partial file was removed")
+    except (JobFailed, psycopg.Error) as exc:
+        outcome.error = describe_error(exc)
+        return outcome
+    except OSError as exc:
+        outcome.error = (f"writing the globals to DB_BACKUP_DIR failed: "
+                         f"{exc.strerror or exc}; the partial file was removed")
         return outcome
     if offsite is not None and outcome.name is not None:
         outcome.upload = upload.upload_pending(ctx, offsite, first=outcome.name,

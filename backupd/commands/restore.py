@@ -63,7 +63,7 @@ from backupd.outcomes import RestoreOutcome
 from backupd.pipeline.early_entries import EarlyCapture, EarlyPlan
 from backupd.pipeline.encrypt import load_identities
 from backupd.pipeline.verification import verify_file
-from backupd.postgres.connection import connect, describe_pg_error, drop_database
+from backupd.postgres.connection import connect, describe_error, describe_pg_error, drop_database
 from backupd.postgres.databases import create_like, drop_with_subscriptions, read_properties
 from backupd.postgres.tablespaces import (
     ObjectsPlaced,
@@ -261,7 +261,7 @@ def drop_incomplete(ctx: JobContext, admin: Connection, scratch: str, target: st
     try:
         drop_with_subscriptions(ctx.settings, admin, scratch)
     except (psycopg.Error, JobFailed) as exc:
-        reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        reason = describe_error(exc)
         ctx.warn(f"restore failed, and the incomplete database {scratch!r} could not be "
                  f"dropped ({reason}); the next restore into {target!r} drops it, or drop it "
                  "by hand")

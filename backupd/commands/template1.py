@@ -32,7 +32,13 @@ from backupd.commands.template1_look import objects_in, objects_in_template1
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import JobFailed
 from backupd.job import JobContext
-from backupd.postgres.connection import as_text, connect, describe_pg_error, drop_database
+from backupd.postgres.connection import (
+    as_text,
+    connect,
+    describe_error,
+    describe_pg_error,
+    drop_database,
+)
 from backupd.postgres.databases import (
     TEMPLATE_DATABASE,
     drop_with_subscriptions,
@@ -169,7 +175,7 @@ def _drop_previous(ctx: JobContext, admin: Connection, kept: str) -> None:
     try:
         empty = holds_nothing(ctx.settings, kept)
     except (JobFailed, psycopg.Error) as exc:
-        reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        reason = describe_error(exc)
         ctx.warn(f"template1 was restored; the one it replaced could not be looked into "
                  f"({reason}), so it was kept as {kept!r}: drop it once you know it holds "
                  "nothing you need")

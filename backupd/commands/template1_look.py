@@ -10,7 +10,7 @@ import psycopg
 
 from backupd.errors import JobFailed
 from backupd.job import JobContext
-from backupd.postgres.connection import connect, describe_pg_error
+from backupd.postgres.connection import connect, describe_error
 from backupd.postgres.databases import TEMPLATE_DATABASE
 from backupd.postgres.user_objects import UserObjects, read_user_objects
 from backupd.settings import Settings
@@ -36,7 +36,7 @@ def template_to_back_up(ctx: JobContext) -> TemplateLook:
     try:
         held = objects_in_template1(settings)
     except (JobFailed, psycopg.Error) as exc:
-        reason = describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        reason = describe_error(exc)
         ctx.warn(f"could not look into template1 ({reason}): objects put there for every new "
                  "database are not backed up; let POSTGRES_USER connect to template1, or set "
                  "DB_BACKUP_EXCLUDE=template1 to leave it out knowingly")

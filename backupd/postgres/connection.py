@@ -106,6 +106,12 @@ def describe_pg_error(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def describe_error(exc: BaseException) -> str:
+    """A psycopg error as :func:`describe_pg_error` gives it, any other (a JobFailed) as
+    its own text: ours, said as written (its whitespace is kept)."""
+    return describe_pg_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+
+
 def server_version(conn: psycopg.Connection[tuple]) -> str:  # type: ignore[type-arg]
     row = conn.execute("SHOW server_version").fetchone()
     return str(row[0]) if row else "unknown"
