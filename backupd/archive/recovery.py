@@ -18,12 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from pyrage import x25519
+
 from backupd.archive.continuity import ListedWal, TimelineSpan, on_path
 from backupd.archive.walnames import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, segment_name
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
-from backupd.pipeline.config import AgeKeyFiles
-from backupd.pipeline.encrypt import load_identities
 
 
 class BaseBackupLike(Protocol):
@@ -118,14 +118,15 @@ def first_encrypted(files: Iterable[Encryptable]) -> str | None:
     return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
-def require_identity(keys: AgeKeyFiles, files: Iterable[Encryptable]) -> None:
+def require_identity(identities: Sequence[x25519.Identity] | None,
+                     files: Iterable[Encryptable]) -> None:
     """Before ``files`` (what is about to be fetched, from the listing) are: ConfigError
-    naming DB_BACKUP_AGE_IDENTITY_FILE when it names a file that holds no usable identity,
-    or is not set while any of ``files`` is encrypted (found part way through otherwise,
-    after the WAL copy or during the unpacking). Only those files: an archive that holds
-    older encrypted ones (encryption turned off later) needs no identity for the rest."""
-    if keys.identity_file is not None:
-        load_identities(keys)
+    naming DB_BACKUP_AGE_IDENTITY_FILE when it is not set (``identities`` None, as
+    ``load_identities`` gives, which refuses a set file that holds no usable identity) while
+    any of ``files`` is encrypted (found part way through otherwise, after the WAL copy or
+    during the unpacking). Only those files: an archive that holds older encrypted ones
+    (encryption turned off later) needs no identity for the rest."""
+    if identities is not None:
         return
     encrypted = first_encrypted(files)
     if encrypted is not None:

@@ -39,6 +39,7 @@ from backupd.errors import ConfigError
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
 from backupd.pipeline.clients import missing_server_tools
+from backupd.pipeline.encrypt import load_identities
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,19 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     """Plan, then write ``target_dir`` (checked already), reporting into ``outcome``. Also
     the PITR drill's recovery."""
     started = time.monotonic()
-    keys = age_key_files(ctx.settings)
     wal, backups = source.wal(), source.base_backups()
+    # Read once (a set file without a usable identity fails here), for every check below.
+    identities = load_identities(age_key_files(ctx.settings))
     # The identity for exactly the files read, each check before any of them is fetched:
     # older encrypted files an archive still holds need none when they are not read.
-    require_identity(keys, history_to_read(wal))
+    require_identity(identities, history_to_read(wal))
     for note in source.left_out:
         ctx.warn(note)
     spans = path_to_newest(wal, source.fetch)
     chosen = plan(wal, backups, target, spans=spans)
     # For --to-name the base backup is chosen once the WAL is read: checked then.
-    require_identity(keys, [*([chosen.base] if target.name is None else []),
-                            *chosen.wal_files])
+    require_identity(identities, [*([chosen.base] if target.name is None else []),
+                                  *chosen.wal_files])
     if target.name is None:
         # For --to-name the WAL decides the base backup first (and a name it refuses is
         # then the one line said).
@@ -101,7 +103,7 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
                 outcome.wal_bytes = sum((wal_dir / chosen.file_name(w)).stat().st_size
                                         for w in chosen.segments)
                 _report(ctx, chosen, outcome)
-                require_identity(keys, [chosen.base])  # before it is unpacked
+                require_identity(identities, [chosen.base])  # before it is unpacked
             ctx.say(f"{len(chosen.segments)} WAL files ({outcome.wal_bytes / 2**20:.0f} MiB) "
                     f"copied and checked in {time.monotonic() - phase:.1f}s")
             phase = time.monotonic()
