@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from backupd.archive.walcodec import RawSink, WalFetchError, encode, read_block, unreadable
+from backupd.archive.walfiles import ArchivedWal, committed, current
 from backupd.archive.walnames import (
     DEFAULT_SEGMENT_SIZE,
     SPOOL_SUBDIRECTORY,
@@ -29,7 +29,13 @@ from backupd.archive.walnames import (
 )
 from backupd.errors import naming
 from backupd.manifest import Manifest, WalRecord
-from backupd.naming import WAL_DATABASE, WAL_KIND, partial_name, wal_artifact_name
+from backupd.naming import (
+    ENCRYPTED_SUFFIX,
+    WAL_DATABASE,
+    WAL_KIND,
+    partial_name,
+    wal_artifact_name,
+)
 from backupd.pipeline.config import AgeKeyFiles
 from backupd.pipeline.encrypt import (
     AgeError,
@@ -55,46 +61,6 @@ class WalOrigin:
     segment_size: int = DEFAULT_SEGMENT_SIZE
 
 
-@dataclass(frozen=True)
-class ArchivedWal:
-    """One WAL file of the archive: a stored artifact, or (locally) a file of the spool."""
-
-    wal: WalFileName
-    artifact: str | None  # the repository's name; None for a spool file
-    stored_size: int
-    sha256: str | None  # of the raw WAL; None for a spool file (not yet archived)
-    spool_path: Path | None = None
-    uploaded: bool = False  # committed offsite (recorded in the local manifest)
-    system_identifier: str | None = None
-    # Why the stored file cannot be what its manifest records (its size differs, or the
-    # manifest cannot be read), naming it; fetching it fails so. None: nothing known wrong.
-    damage: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.wal.name
-
-    @property
-    def timeline(self) -> int:
-        return self.wal.timeline
-
-    @property
-    def segno(self) -> int:
-        return self.wal.segno
-
-    @property
-    def partial(self) -> bool:
-        return self.wal.partial
-
-    @property
-    def history(self) -> bool:
-        return self.wal.history
-
-    @property
-    def encrypted(self) -> bool:
-        return self.artifact is not None and self.artifact.endswith(".age")
-
-
 def local_wal_repository(local: LocalRepository) -> LocalRepository:
     """The local archive: DB_BACKUP_DIR/wal."""
     return LocalRepository(local.directory / WAL_SUBDIRECTORY)
@@ -115,41 +81,6 @@ def offsite_wal_repository(offsite: Repository) -> Repository:
 
 def spool_directory(local_archive: LocalRepository) -> Path:
     return local_archive.directory / SPOOL_SUBDIRECTORY
-
-
-def _committed(entries: list[BackupEntry],
-               location: Callable[[str], str]) -> dict[str, ArchivedWal]:
-    """The archive's committed WAL files among ``entries``, by name: with ``damage`` set where
-    the stored file's size is not its manifest's, or its manifest cannot be read. A file
-    without a manifest is not committed (a write in progress: the manifest comes last)."""
-    found: dict[str, ArchivedWal] = {}
-    unusable: list[BackupEntry] = []
-    for entry in entries:
-        manifest = entry.manifest
-        if manifest is None and entry.manifest_error is not None and entry.committed:
-            unusable.append(entry)
-        if manifest is None or manifest.wal is None or not entry.committed \
-                or not manifest.verified:
-            continue  # not committed, or not ours: never part of the archive
-        record = manifest.wal
-        wal = parse_wal_name(record.wal_file, record.segment_size)
-        if wal is None:
-            continue
-        damage = None if entry.size == manifest.stored_bytes else (
-            f"{location(entry.name)} is {entry.size} bytes, its manifest records "
-            f"{manifest.stored_bytes}")
-        found[wal.name] = ArchivedWal(wal, entry.name, entry.size, record.raw_sha256,
-                                      uploaded=manifest.uploaded_at is not None,
-                                      system_identifier=record.system_identifier,
-                                      damage=damage)
-    size = next((w.wal.segment_size for w in found.values()), DEFAULT_SEGMENT_SIZE)
-    for entry in unusable:
-        wal = parse_wal_name(entry.parsed.wal_file or "", size)
-        if wal is not None and wal.name not in found:
-            found[wal.name] = ArchivedWal(wal, entry.name, entry.size, None, damage=(
-                f"the manifest of {location(entry.name)} cannot be used: "
-                f"{entry.manifest_error}"))
-    return found
 
 
 class WalArchive:
@@ -179,7 +110,7 @@ class WalArchive:
         stored again from the spool (the spool's copy is listed), or, offsite, the live
         partial (the newest file) uploaded again (left out, and said in ``left_out``)."""
         self.left_out = []
-        found = _committed(self.entries(), self.repository.location)
+        found = committed(self.entries(), self.repository.location)
         segment_size = next((w.wal.segment_size for w in reversed(found.values())),
                             DEFAULT_SEGMENT_SIZE)
         spooled: list[ArchivedWal] = []
@@ -196,7 +127,7 @@ class WalArchive:
         if moved:
             # Committed (moved out of the spool) since the listing above: it is in the
             # repository now, so list the repository again, once, rather than show a gap.
-            found = _committed(self.entries(), self.repository.location)
+            found = committed(self.entries(), self.repository.location)
         for wal_file in spooled:
             archived = found.get(wal_file.name)
             if archived is None or archived.damage is not None:
@@ -204,7 +135,7 @@ class WalArchive:
                 # new data is in place before its manifest. The spool's copy is the file.
                 found[wal_file.name] = wal_file
         self._settle(found)
-        return sorted(_current(found), key=lambda w: w.wal.sort_key)
+        return sorted(current(found), key=lambda w: w.wal.sort_key)
 
     def _settle(self, found: dict[str, ArchivedWal]) -> None:
         """Each file in ``found`` with ``damage`` looked at once more: caught between a write
@@ -216,7 +147,7 @@ class WalArchive:
         ``.partial`` is never uploaded again (only the newest is, once every completed
         segment is up): one that does not match is damage."""
         # A superseded partial (a kill between uploading N and deleting it) is never newest.
-        newest = max((w.wal.sort_key for w in _current(found) if not w.history), default=None)
+        newest = max((w.wal.sort_key for w in current(found) if not w.history), default=None)
         for name, wal in list(found.items()):
             if wal.damage is None or wal.artifact is None:
                 continue
@@ -224,7 +155,7 @@ class WalArchive:
                 entry = self.repository.entry(wal.artifact)
             except (UnknownBackup, FileNotFoundError):
                 entry = None  # deleted since (retention, a superseded partial)
-            again = _committed([entry], self.repository.location).get(name) if entry else None
+            again = committed([entry], self.repository.location).get(name) if entry else None
             if again is None:
                 del found[name]
             elif again.damage is not None and again.partial and self.spool is None \
@@ -326,7 +257,7 @@ class WalArchive:
 
     def _decode(self, wal: ArchivedWal, where: str, stored: BinaryIO, sink: RawSink) -> None:
         artifact = wal.artifact or wal.name
-        if not artifact.endswith(".age"):
+        if not artifact.endswith(ENCRYPTED_SUFFIX):
             while chunk := read_block(stored, wal.name, where):
                 sink.write(chunk)
             return
@@ -375,12 +306,6 @@ class WalArchive:
 
     def delete(self, artifact: str) -> None:
         self.repository.delete(artifact)
-
-
-def _current(found: dict[str, ArchivedWal]) -> list[ArchivedWal]:
-    """``found`` without the ``.partial``s superseded by their complete segment."""
-    complete = {w.wal.segment for w in found.values() if w.wal.kind == "segment"}
-    return [w for w in found.values() if not (w.partial and w.wal.segment in complete)]
 
 
 def _copy_spool_file(path: Path, dest: Path) -> None:
