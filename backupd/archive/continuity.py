@@ -182,10 +182,9 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
     first, stop_segno = (lsn_to_segno(base.start_lsn, segment_size),
                          lsn_to_segno(base.stop_lsn, segment_size))
     own = next((s for s in spans if on_path([s], base.timeline, base.stop_lsn)), None)
-    before_stop = [broken.get((base.timeline, segno),
-                              segment_name(base.timeline, segno, segment_size))
-                   for segno in range(first, stop_segno)
-                   if (base.timeline, segno) not in present]
+    gaps = [(base.timeline, segno) for segno in range(first, stop_segno)
+            if (base.timeline, segno) not in present]
+    before_stop = [broken.get(gap, segment_name(*gap, segment_size)) for gap in gaps]
     verdict.consistent = wal_inside or not before_stop
     if own is None:
         verdict.problem = (f"its timeline {base.timeline} is not on the path to the archive's "
@@ -224,8 +223,7 @@ def check_base(base: BaseBackupInfo, wal_inside: bool, archive: Sequence[WalFile
     if problems:
         verdict.problem = "; ".join(problems)
     elif not verdict.consistent:
-        what = "missing or damaged" if any(n in broken.values() for n in before_stop) \
-            else "missing"
+        what = "missing or damaged" if any(gap in broken for gap in gaps) else "missing"
         verdict.problem = f"WAL before its stop {what}: {describe_missing(before_stop)}"
     if not verdict.valid:
         verdict.problem = "; ".join(p for p in ("not verified", verdict.problem) if p)
