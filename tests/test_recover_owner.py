@@ -11,12 +11,17 @@ next recover took for an incomplete recover: "run again with --force").
   or 4294967295, which chown reads as "leave it as it is") is refused as it is read.
 * An id the system cannot map (root in a user namespace whose map holds only root, as in a
   container started with few ids): chown fails with EINVAL, for real here (``unshare``).
+* A probe that cannot be removed after a refused chown (its directory append-only, chattr
+  +a, which binds root too): the --owner error is the one said, not the rmdir's.
 
 No server and no archive: each case is refused before either is looked at.
 """
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,6 +79,31 @@ def test_a_chown_that_raises_anything_still_removes_the_probe(tmp_path: Path,
     _left_as_it_was(target, existed)
     # The next recover (without --owner) is not told of an incomplete recover.
     check_target(target, force=False)
+
+
+@contextlib.contextmanager
+def _append_only(directory: Path) -> Iterator[None]:
+    """``directory`` append-only (chattr +a): entries can be made in it, but not removed,
+    not even by root. Skipped where the filesystem or the container does not allow it."""
+    made = subprocess.run(["chattr", "+a", str(directory)], capture_output=True, text=True,
+                          check=False)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +a not possible here: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-a", str(directory)], check=True)
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["new-dir", "empty-dir"])
+def test_a_probe_that_cannot_be_removed_does_not_hide_why_the_owner_was_refused(
+        tmp_path: Path, existed: bool) -> None:
+    # The probe is made, the chown refused, and then the probe cannot be removed (the
+    # directory it is in is append-only): the rmdir's error replaced the --owner one.
+    target = _target(tmp_path, existed)
+    with _append_only(target if existed else target.parent), \
+            pytest.raises(ConfigError, match=r"^--owner: 1099511627776:1 is not a UID:GID"):
+        check_target(target, force=False, owner=(2**40, 1))
 
 
 @pytest.mark.parametrize("existed", [False, True], ids=["new-dir", "empty-dir"])

@@ -149,7 +149,8 @@ def _check_mode_can_be_set(directory: Path) -> None:
 
 def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
     """Make directory ``probe`` in ``place``, give it to ``owner`` (and back), and remove
-    it, whatever the chown did; an OSError names ``place``, a chown refused names --owner."""
+    it, whatever the chown did; an OSError names ``place``, a chown refused names --owner
+    (also when the probe could not be removed after it)."""
     try:
         if probe.name.endswith(".probe") and probe.is_dir() and not probe.is_symlink():
             probe.rmdir()  # this very probe, left by a check killed between its two steps
@@ -169,7 +170,10 @@ def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
         try:
             probe.rmdir()
         except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(place)) from None
+            # A probe that cannot be removed must not hide why --owner was refused (raised
+            # below): that is the error to fix first.
+            if refused is None:
+                raise OSError(exc.errno, exc.strerror, str(place)) from None
     if refused is not None and owner is not None:
         raise _owner_refused(place, owner, refused)
 
