@@ -31,6 +31,7 @@ from helpers.template1 import (
 
 from backupd.notify.store_metrics import store_metrics
 from backupd.settings import load_settings
+from backupd.storage.template1_record import RECORD_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -240,6 +241,9 @@ def test_health_and_metrics_stop_judging_template1_once_a_run_finds_it_empty(
     healthy = run_backupd(["health"], env)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert series_databases(env, monkeypatch) == ["postgres"]
+    # Runs of older versions recorded it in the globals manifest alone: still read.
+    (directory / RECORD_NAME).unlink()
+    assert run_backupd(["health"], env).returncode == 0
     # A whole-system restore of that run leaves the old template1 backup out, saying why.
     target = private_cluster("t1-emptied-target-pw")
     proc = restore_latest(target.address, directory)
@@ -248,6 +252,34 @@ def test_health_and_metrics_stop_judging_template1_once_a_run_finds_it_empty(
     assert "holding nothing of its own" in line and "--database template1" in line, line
     assert "no longer in the cluster" not in line
     assert template_objects(target.address) == []
+
+
+def test_with_the_globals_off_health_and_metrics_stop_judging_an_emptied_template1(
+        private_cluster: ClusterFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DB_BACKUP_GLOBALS=off writes no globals manifest: the run still records what it found
+    in template1, or its last dump would be judged (and go stale) forever."""
+    cluster = private_cluster()
+    put_into_template1(cluster.address)
+    directory = tmp_path / "backups"
+    env = server_env(cluster.address, "*", directory, HEALTH_PORT="0", DB_BACKUP_GLOBALS="off",
+                     BACKUP_MAX_AGE_HOURS="24")
+    assert run_backupd(["backup", "--no-prune"], env).returncode == 0
+    assert list(directory.glob("globals_*")) == []
+    [dump] = directory.glob("template1_*.sql.gz")
+    redate(dump, datetime.now(UTC) - timedelta(days=2), keep_source=False)
+    assert run_backupd(["health"], env).returncode == 1
+    psql(cluster.address, "template1", "DROP SCHEMA util CASCADE; DROP EXTENSION citext;")
+    proc = run_backupd(["backup", "--no-prune"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(directory.glob("template1_*.sql.gz"))) == 1  # the old one, kept
+    healthy = run_backupd(["health"], env)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert series_databases(env, monkeypatch) == ["postgres"]
+    # Filled again: the next run's dump is judged again.
+    put_into_template1(cluster.address)
+    assert run_backupd(["backup", "--no-prune"], env).returncode == 0
+    assert series_databases(env, monkeypatch) == ["postgres", "template1"]
 
 
 def series_databases(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -32,6 +32,7 @@ from backupd.postgres.databases import (
 )
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
+from backupd.storage.template1_record import Template1Look, write_template1_look
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
@@ -56,6 +57,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
         rid = run_id(started)
         facts = ctx.result.outcome = BackupRunOutcome(run_id=rid)
+        if settings.database_selection.every:
+            _record_template1_look(ctx, Template1Look(rid, template.empty))
         ctx.say(f"Backup run {rid}: databases {', '.join(map(repr, databases))}"
                 + (f"; missing {', '.join(map(repr, resolved.missing))}"
                    if resolved.missing else ""))
@@ -105,6 +108,17 @@ def _conclude(ctx: JobContext, facts: BackupRunOutcome) -> None:
     ctx.say(f"Backup run {facts.run_id} completed: {len(facts.databases)} database"
             f"{'s' if len(facts.databases) != 1 else ''}"
             + (", globals" if facts.globals is not None and facts.globals.ok else ""))
+
+
+def _record_template1_look(ctx: JobContext, look: Template1Look) -> None:
+    """Beside the dumps, not only in the globals manifest: with DB_BACKUP_GLOBALS=off there
+    is none, and an emptied template1's last dump would be judged forever."""
+    try:
+        write_template1_look(ctx.store.directory, look)
+    except OSError as exc:
+        # The dumps matter more than this record; without it template1 stays judged.
+        ctx.warn(f"could not record what this run found in template1 in DB_BACKUP_DIR "
+                 f"({exc.strerror or exc}): health and metrics keep judging its last dump")
 
 
 def _dump_body(apply_retention: bool, not_before: datetime | None, rid: str) -> JobBody:

@@ -19,8 +19,8 @@ from backupd.settings import Settings
 @dataclass(frozen=True)
 class TemplateLook:
     """What a backup run of ``*`` found in template1: ``databases``, ``[template1]`` when
-    it must be dumped too; ``empty``, for the run's globals manifest (health and metrics
-    judge template1's dumps only while the newest run took one): True when looked into and
+    it must be dumped too; ``empty``, for the run's record and globals manifest (health and
+    metrics judge template1's dumps only while the newest run took one): True when looked into and
     found holding nothing, False when it holds objects, None when not looked into."""
 
     databases: tuple[str, ...] = ()
