@@ -19,6 +19,8 @@ HOLDINGS = {
     "an extension": "CREATE EXTENSION citext;",
     "a schema": "CREATE SCHEMA util;",
     "a changed privilege": "REVOKE USAGE ON LANGUAGE sql FROM PUBLIC;",
+    "a column privilege on a catalog table":
+        "GRANT SELECT (rolname) ON pg_catalog.pg_authid TO PUBLIC;",
     "a subscription": SUBSCRIPTION,
     # Left behind by a session that ended: nothing a dump carries.
     "an empty temporary schema": "CREATE TEMPORARY TABLE gone (x int);",

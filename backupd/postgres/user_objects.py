@@ -117,7 +117,8 @@ def _object_rows(identity: bool) -> sql.Composed:
         [_objects_query(catalog, kind, identity) for catalog, kind in OBJECT_CATALOGS.items()
          if catalog != "pg_extension"]  # named below: an extension is never its own member
         + [_changed_privileges_query(catalog, column, identity)
-           for catalog, column in _ACL_COLUMNS.items()])
+           for catalog, column in _ACL_COLUMNS.items()]
+        + [_changed_column_privileges_query(identity)])
 
 
 _EXTENSIONS = sql.SQL("SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {}"
@@ -210,3 +211,20 @@ def _changed_privileges_query(catalog: str, column: str, identity: bool) -> sql.
         described if identity else sql.SQL("1"),
         sql.Identifier("pg_catalog", catalog), sql.Literal(FIRST_NORMAL_OBJECT_ID), outside,
         sql.Identifier(column), _address_class(catalog))
+
+
+def _changed_column_privileges_query(identity: bool) -> sql.Composed:
+    """Column privileges on built-in relations (GRANT SELECT (rolname) ON pg_authid), which
+    pg_dump dumps when they differ from initdb's (pg_init_privs, one row per column: initdb
+    grants some on pg_subscription's)."""
+    described = sql.SQL(
+        "{}, pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, a.attrelid, "
+        "a.attnum) || ': ' || coalesce(a.attacl::text, 'default')").format(sql.Literal(_CHANGED))
+    return sql.SQL(
+        "SELECT {} FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c "
+        "ON c.oid = a.attrelid WHERE a.attrelid < {} AND a.attnum > 0 "
+        "AND c.relnamespace <> 'information_schema'::regnamespace "
+        "AND a.attacl IS DISTINCT FROM (SELECT i.initprivs FROM pg_catalog.pg_init_privs i "
+        "WHERE i.objoid = a.attrelid AND i.classoid = 'pg_catalog.pg_class'::regclass "
+        "AND i.objsubid = a.attnum)").format(
+        described if identity else sql.SQL("1"), sql.Literal(FIRST_NORMAL_OBJECT_ID))
