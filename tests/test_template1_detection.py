@@ -47,3 +47,41 @@ def test_a_column_privilege_on_a_catalog_table_is_backed_up_and_restored(
     proc = restore_latest(target.address, directory)
     assert "template1: ok" in proc.stdout
     assert column_privileges(target.address) == column_privileges(source.address)
+
+
+def test_a_changed_comment_on_the_public_schema_is_backed_up_and_restored(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """The one comment on a built-in object pg_dump carries (it leaves the default out);
+    on any other (COMMENT ON FUNCTION now()) it carries none, so that is not counted."""
+    source = private_cluster()
+    put_into_template1(source.address, "COMMENT ON FUNCTION pg_catalog.now() IS 'the time'")
+    assert objects_in(source.address).empty
+    put_into_template1(source.address, "COMMENT ON SCHEMA public IS 'the app''s'")
+    held = objects_in(source.address)
+    assert not held.empty
+    assert held.describe() == "changed comment on 1 built-in object"
+    assert held.identities == ("changed comment schema public: the app's",)
+    directory = tmp_path / "backups"
+    back_up(source.address, "*", directory, HEALTH_PORT="0")
+    [dump] = directory.glob("template1_*.sql.gz")
+    assert b"COMMENT ON SCHEMA public IS 'the app''s';" in sql_of(dump)
+    target = private_cluster("t1-comment-target-pw")
+    proc = restore_latest(target.address, directory)
+    assert "template1: ok" in proc.stdout
+    assert public_schema_comment(target.address) == "the app's"
+
+
+def test_a_removed_comment_on_the_public_schema_counts_as_changed(
+        private_cluster: ClusterFactory) -> None:
+    """pg_dump says so too (COMMENT ON SCHEMA public IS '')."""
+    cluster = private_cluster()
+    put_into_template1(cluster.address, "COMMENT ON SCHEMA public IS NULL")
+    assert objects_in(cluster.address).identities == ("changed comment schema public: none",)
+
+
+def public_schema_comment(server: ServerAddress) -> str | None:
+    with connect(server, "template1") as conn:
+        row = conn.execute("SELECT obj_description('public'::regnamespace, 'pg_namespace')"
+                           ).fetchone()
+    assert row is not None
+    return None if row[0] is None else str(row[0])

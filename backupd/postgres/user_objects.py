@@ -1,5 +1,5 @@
 """What a database holds that template0 lacks: the objects someone created in it, and the
-privileges someone changed on the ones initdb made.
+privileges (and the public schema's comment) someone changed on the ones initdb made.
 
 initdb's own objects (template0's, so those of every new database) have OIDs below
 FirstNormalObjectId; anything at or above it was made by a user: a table, a function, an
@@ -60,10 +60,12 @@ _ACL_COLUMNS = {"pg_namespace": "nspacl", "pg_class": "relacl", "pg_proc": "proa
 class UserObjects:
     """What a database holds of its own: ``counts`` per kind (those with any; extension
     members, array types and toast tables left out: their extension or object stands for
-    them), the extensions and schemas by name, how many built-in objects have privileges
-    other than initdb gave them, and the subscriptions made in it. ``identities``: each of
-    those objects as PostgreSQL describes it (pg_describe_object, no OIDs but a large
-    object's), so that two databases compare equal only when they hold the same objects.
+    them), the extensions and schemas by name, how many built-in objects (or their columns)
+    have privileges other than initdb gave them, the subscriptions made in it, and
+    ``changed_comments``: 1 when the public schema's comment is not initdb's.
+    ``identities``: each of those objects as PostgreSQL describes it (pg_describe_object, no
+    OIDs but a large object's), so that two databases compare equal only when they hold the
+    same objects.
     The one definition of "holds nothing" (``empty``): a database for which it holds may be
     dropped without losing anything (holds_nothing asks the same without naming any)."""
 
@@ -73,11 +75,12 @@ class UserObjects:
     changed_privileges: int = 0
     subscriptions: int = 0
     identities: tuple[str, ...] = ()
+    changed_comments: int = 0
 
     @property
     def empty(self) -> bool:
         return not (self.extensions or self.counts or self.changed_privileges
-                    or self.subscriptions)
+                    or self.subscriptions or self.changed_comments)
 
     def describe(self) -> str:
         """One line, e.g. ``extension citext; schema util; 1 function``."""
@@ -94,6 +97,9 @@ class UserObjects:
         if self.changed_privileges:
             changed = _counted(self.changed_privileges, "built-in object")
             parts.append(f"changed privileges on {changed}")
+        if self.changed_comments:
+            changed = _counted(self.changed_comments, "built-in object")
+            parts.append(f"changed comment on {changed}")
         return "; ".join(parts) or "nothing"
 
 
@@ -106,6 +112,11 @@ def _named(kind: str, names: tuple[str, ...]) -> str:
 
 
 _CHANGED = "changed privileges"
+_CHANGED_COMMENT = "changed comment"
+# pg_dump dumps no comment on a built-in object but the public schema's, and that one only
+# when it is not initdb's (this text; a removed one as ''): a changed comment on any other
+# built-in object is in no dump, so counting it would back up nothing it could bring back.
+_PUBLIC_SCHEMA_COMMENT = "standard public schema"
 
 
 def _object_rows(identity: bool) -> sql.Composed:
@@ -118,7 +129,7 @@ def _object_rows(identity: bool) -> sql.Composed:
          if catalog != "pg_extension"]  # named below: an extension is never its own member
         + [_changed_privileges_query(catalog, column, identity)
            for catalog, column in _ACL_COLUMNS.items()]
-        + [_changed_column_privileges_query(identity)])
+        + [_changed_column_privileges_query(identity), _changed_comment_query(identity)])
 
 
 _EXTENSIONS = sql.SQL("SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {}"
@@ -152,7 +163,8 @@ def read_user_objects(conn: Connection) -> UserObjects:
         counts, extensions, tuple(str(name) for name in row[2] or []),
         sum(1 for k, _ in found if k == _CHANGED), int(row[3]),
         tuple(sorted({f"{kind} {identity}" for kind, identity in found}
-                     | {f"extension {name}" for name in extensions})))
+                     | {f"extension {name}" for name in extensions})),
+        changed_comments=sum(1 for k, _ in found if k == _CHANGED_COMMENT))
 
 
 def holds_nothing(conn: Connection) -> bool:
@@ -228,3 +240,16 @@ def _changed_column_privileges_query(identity: bool) -> sql.Composed:
         "WHERE i.objoid = a.attrelid AND i.classoid = 'pg_catalog.pg_class'::regclass "
         "AND i.objsubid = a.attnum)").format(
         described if identity else sql.SQL("1"), sql.Literal(FIRST_NORMAL_OBJECT_ID))
+
+
+def _changed_comment_query(identity: bool) -> sql.Composed:
+    """initdb's public schema (a re-created one is an object of its own) with a comment other
+    than initdb's: COMMENT ON SCHEMA public, which pg_dump dumps."""
+    comment = sql.SQL("pg_catalog.obj_description(n.oid, 'pg_namespace')")
+    described = sql.SQL("{}, 'schema public: ' || coalesce({}, 'none')").format(
+        sql.Literal(_CHANGED_COMMENT), comment)
+    return sql.SQL(
+        "SELECT {} FROM pg_catalog.pg_namespace n WHERE n.oid < {} AND n.nspname = 'public' "
+        "AND {} IS DISTINCT FROM {}").format(
+        described if identity else sql.SQL("1"), sql.Literal(FIRST_NORMAL_OBJECT_ID), comment,
+        sql.Literal(_PUBLIC_SCHEMA_COMMENT))
