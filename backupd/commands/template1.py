@@ -44,6 +44,7 @@ from backupd.postgres.databases import (
     drop_with_subscriptions,
     read_properties,
 )
+from backupd.postgres.not_text import NameNotText
 from backupd.postgres.user_objects import UserObjects
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
@@ -109,7 +110,7 @@ def _looked_into(settings: Settings, database: str) -> UserObjects:
     UTF-8, which the server refuses to send as UTF-8."""
     try:
         return objects_in(settings, database)
-    except psycopg.Error as exc:
+    except (psycopg.Error, NameNotText) as exc:
         raise JobFailed(f"could not read what {database!r} holds, to decide whether the "
                         f"backed-up template1 may take the place of the server's: "
                         f"{describe_pg_error(exc)}; template1 is unchanged") from None

@@ -21,6 +21,7 @@ from backupd.errors import ConfigError, JobFailed, JobSkipped
 from backupd.pipeline.clients import note_server_major
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.pipeline.supervisor import tool_version
+from backupd.postgres.not_text import NOT_TEXT_ERRORS, not_text_failure
 from backupd.settings import Settings
 
 
@@ -194,20 +195,30 @@ def advisory_lock(settings: Settings, purpose: str = "dump", *,
 
 
 @contextmanager
-def as_text(conn: psycopg.Connection[tuple]) -> Iterator[None]:  # type: ignore[type-arg]
+def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: ignore[type-arg]
+            ) -> Iterator[None]:
     """On a SQL_ASCII session (a connection to a SQL_ASCII database) psycopg hands back bytes,
     not str, since it cannot know their encoding: names would be recorded as "b'app'" (and a
     name that is not ASCII cannot be sent as a parameter). The session reads as UTF8 for the
     while (the server converts nothing from SQL_ASCII, and refuses bytes that are not UTF-8),
-    then gets its own client_encoding back."""
+    then gets its own client_encoding back.
+
+    A refusal becomes :class:`~backupd.postgres.not_text.NameNotText` naming the name that
+    is not UTF-8 and ``reading``, what needed it (e.g. "the drill's comparison")."""
     was = conn.info.parameter_status("client_encoding")
     if was != "SQL_ASCII":
         yield
         return
     conn.execute("SET client_encoding = 'UTF8'")
+    refused: Exception | None = None
     try:
         yield
+    except NOT_TEXT_ERRORS as exc:
+        refused = exc
     finally:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             conn.rollback()  # the server refused to send bytes that are not UTF-8 as UTF-8
         conn.execute("SET client_encoding = 'SQL_ASCII'")
+    if refused is not None:
+        # Looked up as bytes, once the session reads bytes again.
+        raise not_text_failure(conn, reading, refused) from None

@@ -34,6 +34,7 @@ from backupd.postgres.connection import (
     drop_database,
     server_major,
 )
+from backupd.postgres.not_text import NOT_TEXT_ERRORS
 from backupd.settings import Settings
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
@@ -141,8 +142,7 @@ def read_properties(conn: Connection, name: str) -> DatabaseProperties | None:
     with as_text(conn):
         try:
             return _read_properties(conn, name)
-        except (UnicodeDecodeError, psycopg.errors.CharacterNotInRepertoire,
-                psycopg.errors.UntranslatableCharacter):
+        except NOT_TEXT_ERRORS:
             raise PropertiesNotText(
                 f"database {name!r}: its owner, comment or settings hold bytes that are not "
                 "UTF-8 (a SQL_ASCII database)") from None

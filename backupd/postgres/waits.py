@@ -15,6 +15,7 @@ from psycopg import sql
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.postgres.connection import as_text, describe_pg_error
 from backupd.postgres.databases import MAINTENANCE_DATABASES
+from backupd.postgres.not_text import NameNotText
 from backupd.progress import Place
 from backupd.settings import Settings
 from backupd.watchdog import ServerView
@@ -144,7 +145,7 @@ def _probe_session(settings: Settings, database: str) -> psycopg.Connection[tupl
 
 def session_waits(conn: psycopg.Connection[tuple]) -> list[SessionWait]:  # type: ignore[type-arg]
     """backupd's sessions, those waiting for a lock first, the job's database first."""
-    with as_text(conn):
+    with as_text(conn, "the watchdog's look at the sessions"):
         rows = conn.execute(_WAITS, {"app": APPLICATION_NAME, "shown": QUERY_SHOWN}).fetchall()
     sessions: dict[int, SessionWait] = {}
     for (pid, here, state, event, query, lock_type, relation, mode,
@@ -189,7 +190,7 @@ def server_view(settings: Settings, databases: Sequence[str] = ()) -> ServerView
         with _probe_connection(settings) as conn:
             work = server_work(conn, [*settings.database_selection.names, *databases])
             sessions = session_waits(conn)
-    except (psycopg.Error, OSError) as exc:
+    except (psycopg.Error, OSError, NameNotText) as exc:
         return ServerView("", "the server could not be asked what the job waits on "
                               f"({describe_pg_error(exc)})")
     # Other jobs' sessions may be on the server too: those in the job's database come first,

@@ -1,0 +1,106 @@
+"""Names a SQL_ASCII cluster holds that are not UTF-8, found to say which one stopped a read.
+
+On a SQL_ASCII cluster a name is bytes in no declared encoding (a Latin-1 client's ``café``
+is ``caf\\xe9``). backupd reads names as text (:func:`backupd.postgres.connection.as_text`),
+and the server refuses to send such bytes as UTF-8 without saying whose they are. This looks
+them up again as bytes, so the failure names the object, its bytes escaped, and says to
+rename it. pg_dump still dumps such a database: only the step that needs the name fails.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+
+from backupd.errors import JobFailed
+
+Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+
+# What the server (or, should it pass them, psycopg) says of bytes that are not UTF-8.
+NOT_TEXT_ERRORS = (UnicodeDecodeError, psycopg.errors.CharacterNotInRepertoire,
+                   psycopg.errors.UntranslatableCharacter)
+
+# kind, the ALTER statement that renames it, its parent (schema or table), its name: shared
+# objects first, then schemas before what is in them, relations before their row types.
+_NAMES = """
+    SELECT 'database', 'ALTER DATABASE', NULL::text, datname FROM pg_database
+    UNION ALL SELECT 'role', 'ALTER ROLE', NULL, rolname FROM pg_roles
+    UNION ALL SELECT 'tablespace', 'ALTER TABLESPACE', NULL, spcname FROM pg_tablespace
+    UNION ALL SELECT 'schema', 'ALTER SCHEMA', NULL, nspname FROM pg_namespace
+    UNION ALL SELECT k.kind, k.alter, n.nspname, c.relname
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN (VALUES ('r', 'table', 'ALTER TABLE'), ('p', 'table', 'ALTER TABLE'),
+                   ('f', 'foreign table', 'ALTER FOREIGN TABLE'), ('v', 'view', 'ALTER VIEW'),
+                   ('m', 'materialized view', 'ALTER MATERIALIZED VIEW'),
+                   ('S', 'sequence', 'ALTER SEQUENCE'), ('i', 'index', 'ALTER INDEX'),
+                   ('I', 'index', 'ALTER INDEX'), ('c', 'type', 'ALTER TYPE'))
+        AS k (relkind, kind, alter) ON k.relkind = c.relkind::text
+    UNION ALL SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate'
+                                    ELSE 'function' END,
+                     CASE p.prokind WHEN 'p' THEN 'ALTER PROCEDURE' WHEN 'a' THEN 'ALTER AGGREGATE'
+                                    ELSE 'ALTER FUNCTION' END, n.nspname, p.proname
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    UNION ALL SELECT 'type', 'ALTER TYPE', n.nspname, t.typname
+      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+      WHERE t.typrelid = 0 AND t.typcategory <> 'A'
+    UNION ALL SELECT 'column', 'ALTER TABLE',
+                     format('%I.%I', n.nspname, c.relname), a.attname
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.oid >= 16384"""
+
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+class NameNotText(JobFailed):
+    """A name on a SQL_ASCII cluster that is not UTF-8 stopped a read that needs it as text."""
+
+
+def _escaped(raw: object) -> str:
+    return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+
+
+def shown(raw: object) -> str:
+    """A name as SQL would write it, a byte that is not UTF-8 escaped (``"caf\\xe9"``)."""
+    text = _escaped(raw)
+    return text if _PLAIN_IDENTIFIER.fullmatch(text) else '"' + text.replace('"', '""') + '"'
+
+
+def _is_text(raw: object) -> bool:
+    if not isinstance(raw, bytes):
+        return True
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def not_text_failure(conn: Connection, reading: str, cause: Exception) -> NameNotText:
+    """The failure to raise for ``cause``, on a session that reads bytes again (SQL_ASCII):
+    which name is not UTF-8, and what to do about it."""
+    try:
+        row = conn.execute("SELECT current_database()").fetchone()
+        database = shown(row[0]) if row else "?"
+        offending = [(_escaped(kind), _escaped(alter), parent, name)
+                     for kind, alter, parent, name in conn.execute(_NAMES).fetchall()
+                     if not _is_text(name)]
+    except psycopg.Error:
+        offending, database = [], "?"
+    if not offending:
+        return NameNotText(
+            f"a name or text read from database {database} for {reading} is not UTF-8 "
+            f"({cause}); on a SQL_ASCII cluster names are bytes, and backupd needs them as "
+            "UTF-8: rename what holds other bytes to a UTF-8 name")
+    kind, alter, parent, name = offending[0]
+    what = f"{kind} {shown(name)}" if parent is None else (
+        f"{kind} {shown(parent)}.{shown(name)}" if kind != "column"
+        else f"column {shown(name)} of table {_escaped(parent)}")
+    where = "on the server" if parent is None else f"in database {database}"
+    how = "ALTER TABLE … RENAME COLUMN … TO …" if kind == "column" else f"{alter} … RENAME TO …"
+    more = len(offending) - 1
+    return NameNotText(
+        f"{what} {where} has a name that is not UTF-8 (a SQL_ASCII cluster keeps names as "
+        f"bytes), which {reading} needs as text; rename it to a UTF-8 name ({how})"
+        + (f"; {more} more name(s) there are not UTF-8 either" if more else ""))

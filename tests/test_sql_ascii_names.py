@@ -1,0 +1,89 @@
+"""Names that are not UTF-8 on a SQL_ASCII cluster: there a name is bytes in no declared
+encoding (a Latin-1 ``café`` is ``caf\\xe9``), and backupd, which reads names as text
+(backupd.postgres.connection.as_text), cannot read it. pg_dump can still dump such a
+database, so the backup is taken (its row counts left out, said in one warning); a step
+that needs the name -- the drill's comparison, the drill server's inventory -- fails in
+one line naming the object, its bytes escaped, and saying to rename it (R17)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.backups import back_up, take_backup
+from helpers.cli import run_backupd, server_env
+from helpers.cluster import PrivateCluster
+from helpers.pg import connect, psql
+
+pytestmark = pytest.mark.slow
+
+LATIN1_TABLE = b'"caf\xe9"'  # what a Latin-1 client made of "café"
+SHOWN_TABLE = 'public."caf\\xe9"'  # as backupd names it: the byte escaped
+
+
+def run_bytes(cluster: PrivateCluster, database: str, statement: bytes) -> None:
+    """``statement`` sent as it is: on a SQL_ASCII session the server takes any bytes."""
+    with connect(cluster.address, database) as conn:
+        conn.autocommit = True
+        conn.execute(statement)
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[PrivateCluster]:
+    with PrivateCluster("live-pw", encoding="SQL_ASCII") as cluster:
+        cluster.start()
+        psql(cluster.address, "postgres", "CREATE DATABASE appdb; CREATE DATABASE plain;")
+        psql(cluster.address, "appdb", "CREATE TABLE notes (id int); INSERT INTO notes "
+                                       "VALUES (1);")
+        run_bytes(cluster, "appdb", b"CREATE TABLE " + LATIN1_TABLE + b" (x int); "
+                                    b"INSERT INTO " + LATIN1_TABLE + b" VALUES (1)")
+        psql(cluster.address, "plain", "CREATE TABLE t (x int); INSERT INTO t VALUES (7);")
+        yield cluster
+
+
+def test_a_backup_is_taken_and_warns_naming_the_table(live: PrivateCluster,
+                                                      tmp_path: Path) -> None:
+    proc = run_backupd(["backup", "--no-prune"], server_env(
+        live.address, "appdb", tmp_path, BACKUPD_LOG_FORMAT="console"), timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warnings = [line for line in (proc.stdout + proc.stderr).splitlines()
+                if "could not count the tables' rows" in line]
+    assert warnings, proc.stdout + proc.stderr
+    assert f"table {SHOWN_TABLE} in database appdb" in warnings[0], warnings[0]
+    assert "rename it" in warnings[0], warnings[0]
+
+
+def test_a_drill_fails_in_one_line_naming_the_table(live: PrivateCluster,
+                                                    tmp_path: Path) -> None:
+    env = server_env(live.address, "appdb", tmp_path, BACKUPD_LOG_FORMAT="console")
+    take_backup(env)
+
+    proc = run_backupd(["drill"], env, timeout=300)
+
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "internal error" not in said and "Traceback" not in said, said
+    [line] = [line for line in said.splitlines() if "not UTF-8" in line and "error" in line]
+    assert f"table {SHOWN_TABLE} in database appdb" in line, line
+    assert "rename it" in line, line
+
+
+def test_a_drill_server_holding_a_database_named_in_latin1_fails_naming_it(
+        live: PrivateCluster, tmp_path: Path) -> None:
+    back_up(live.address, "plain,postgres", tmp_path)
+    with PrivateCluster("drill-pw", encoding="SQL_ASCII") as drill:
+        drill.start()
+        run_bytes(drill, "postgres", b'CREATE DATABASE "d\xe9p\xf4t"')
+        proc = run_backupd(["drill"], server_env(
+            live.address, "plain,postgres", tmp_path, BACKUPD_LOG_FORMAT="console",
+            DRILL_POSTGRES_HOST=drill.address.host, DRILL_POSTGRES_PORT=str(drill.port),
+            DRILL_POSTGRES_PASSWORD="drill-pw"), timeout=300)
+
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "internal error" not in said and "Traceback" not in said, said
+    [line] = [line for line in said.splitlines() if "not UTF-8" in line and "error" in line]
+    assert 'database "d\\xe9p\\xf4t"' in line, line
+    assert "rename it" in line, line
