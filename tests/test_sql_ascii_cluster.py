@@ -3,7 +3,9 @@ it reads from the catalogs back as bytes there, as it cannot know their encoding
 command must read them as text (backupd.postgres.connection.as_text): a restore over the
 live database, a drill beside it and a whole-cluster drill onto a SQL_ASCII drill server
 all succeed, where they failed with "internal error" (role "b'postgres'" does not exist;
-SQL identifier parts must be strings, got b'public')."""
+SQL identifier parts must be strings, got b'public'). A database named in UTF-8 that is
+not ASCII (``café``) is backed up, verified, restored and drilled like the others: psycopg
+cannot send its name on a SQL_ASCII session (UnicodeEncodeError, 'ascii' codec)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers.backups import back_up, read_manifest
+from helpers.backups import back_up, read_manifest, take_backup
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
@@ -23,7 +25,8 @@ from backupd.archive.server import create_slot, drop_slot, slot_state
 
 pytestmark = pytest.mark.slow
 
-DATABASES = "appdb,second"
+CAFE = "café"  # UTF-8 bytes, which a SQL_ASCII cluster keeps as they are
+DATABASES = f"appdb,second,{CAFE}"
 
 
 def legacy_cluster(password: str) -> PrivateCluster:
@@ -46,6 +49,11 @@ def live() -> Iterator[PrivateCluster]:
             CREATE ROLE app LOGIN;
             CREATE DATABASE appdb OWNER app;
             CREATE DATABASE second;""")
+        with connect(cluster.address) as conn:  # psql would send the name as SQL_ASCII too
+            conn.execute(f'CREATE DATABASE "{CAFE}"'.encode())
+        with connect(cluster.address, CAFE) as conn:
+            conn.execute(b"CREATE TABLE menu (id int PRIMARY KEY, dish text); "
+                         b"INSERT INTO menu SELECT i, 'dish ' || i FROM generate_series(1, 20) i")
         psql(cluster.address, "appdb", """
             SET ROLE app;
             CREATE TABLE notes (id int PRIMARY KEY, body text);
@@ -55,6 +63,11 @@ def live() -> Iterator[PrivateCluster]:
             assert conn.info.parameter_status("server_encoding") == "SQL_ASCII"
             assert conn.info.parameter_status("client_encoding") == "SQL_ASCII"
         yield cluster
+
+
+def menu(cluster: PrivateCluster, database: str = CAFE) -> tuple[object, ...] | None:
+    with text_connect(cluster, database) as conn:
+        return conn.execute("SELECT count(*), sum(id) FROM menu").fetchone()
 
 
 def notes(cluster: PrivateCluster) -> tuple[object, ...] | None:
@@ -69,18 +82,47 @@ def test_a_restore_over_the_live_database_succeeds(live: PrivateCluster,
     back_up(live.address, DATABASES, tmp_path / "b")
     with connect(live.address, "appdb") as conn:
         conn.execute("DELETE FROM notes WHERE id > 10")  # what the restore must bring back
+    with text_connect(live, CAFE) as conn:
+        conn.execute("DELETE FROM menu WHERE id > 5")
 
     proc = run_backupd(["restore", "--latest", "--replace", "--yes"],
                        server_env(live.address, DATABASES, tmp_path / "b"), timeout=300)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert notes(live) == (50, 1275, "app")
+    assert menu(live) == (20, 210)
     with text_connect(live) as conn:
         kept = [str(r[0]) for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE '%\\_before\\_restore\\_%'")]
         for name in kept:
             conn.execute(f'DROP DATABASE "{name}"')
-    assert sorted(name.split("_before_")[0] for name in kept) == ["appdb", "second"]
+    assert sorted(name.split("_before_")[0] for name in kept) == ["appdb", CAFE, "second"]
+
+
+def test_a_database_named_in_utf8_verifies_and_restores_into_a_new_database(
+        live: PrivateCluster, tmp_path: Path) -> None:
+    env = server_env(live.address, CAFE, tmp_path)
+    backup = take_backup(env)
+
+    verified = run_backupd(["verify", backup.name], env, timeout=300)
+    restored = run_backupd(["restore", "--latest", "--target-db", "copié", "--yes"], env,
+                           timeout=300)
+
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert menu(live, "copié") == (20, 210)
+    with text_connect(live) as conn:
+        conn.execute('DROP DATABASE "copié"')
+
+
+def test_a_drill_beside_a_database_named_in_utf8_passes(live: PrivateCluster,
+                                                         tmp_path: Path) -> None:
+    env = server_env(live.address, CAFE, tmp_path)
+    take_backup(env)
+
+    proc = run_backupd(["drill"], env, timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_a_drill_beside_the_live_database_passes(live: PrivateCluster, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from backupd.postgres.compare import (
     read_catalog,
     read_roles,
 )
-from backupd.postgres.connection import connect
+from backupd.postgres.connection import as_text, connect
 from backupd.postgres.databases import (
     TEMPLATE_DATABASE,
     maintenance_connection,
@@ -292,9 +292,10 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
 
 
 def mark_restored(admin: Connection, database: str) -> None:
-    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-        sql.Identifier(database), sql.Literal(f"{CLUSTER_MARK}; backupd drops it after the "
-                                              "drill")))
+    with as_text(admin):  # the name sent as UTF-8 on a SQL_ASCII session
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(database), sql.Literal(f"{CLUSTER_MARK}; backupd drops it after "
+                                                  "the drill")))
 
 
 def _compare_cluster(ctx: JobContext, drill: Settings, admin: Connection, run_set: RunSet,

@@ -42,7 +42,7 @@ from backupd.postgres.compare import (
     compare_properties,
     read_catalog,
 )
-from backupd.postgres.connection import advisory_lock, connect, describe_pg_error
+from backupd.postgres.connection import advisory_lock, as_text, connect, describe_pg_error
 from backupd.postgres.databases import (
     drop_with_subscriptions,
     read_properties,
@@ -272,10 +272,10 @@ def _drop_scratch(ctx: JobContext, scratch: str) -> None:
 
 
 def _drop_leftover(ctx: JobContext, admin: Connection, scratch: str) -> None:
-    # Asked of the server as a boolean: on a SQL_ASCII session text comes back as bytes.
-    row = admin.execute(
-        "SELECT starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), %s) "
-        "FROM pg_database WHERE datname = %s", (SCRATCH_MARK, scratch)).fetchone()
+    with as_text(admin):  # the name sent as UTF-8 on a SQL_ASCII session
+        row = admin.execute(
+            "SELECT starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), %s) "
+            "FROM pg_database WHERE datname = %s", (SCRATCH_MARK, scratch)).fetchone()
     if row is None:
         return
     if not row[0]:
@@ -296,9 +296,10 @@ def _create_scratch(admin: Connection, scratch: str, live: str,
     placement = restore.create_database(admin, scratch, properties, spaces,
                                         connection_limit=SCRATCH_CONNECTION_LIMIT)
     # The mark goes on at once: it is what later allows dropping a leftover.
-    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-        sql.Identifier(scratch),
-        sql.Literal(f"{SCRATCH_MARK} for {live}; backupd drops it after every drill")))
+    with as_text(admin):
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(scratch),
+            sql.Literal(f"{SCRATCH_MARK} for {live}; backupd drops it after every drill")))
     return placement
 
 

@@ -96,8 +96,9 @@ def lock_target(ctx: JobContext, admin: Connection, target: str) -> None:
 
 
 def mark_restoring(admin: Connection, scratch: str, target: str) -> None:
-    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-        sql.Identifier(scratch), sql.Literal(RESTORING_MARK + target)))
+    with as_text(admin):  # names that are not ASCII, sent as UTF-8 on a SQL_ASCII session
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(scratch), sql.Literal(RESTORING_MARK + target)))
 
 
 class TargetHoldsData(ConfigError):
@@ -211,7 +212,8 @@ def install(admin: Connection, scratch: str, target: str,
     one."""
     warnings: list[str] = []
     try:
-        with admin.transaction():
+        # as_text: the names are sent as UTF-8 on a SQL_ASCII session ("café" is not ASCII).
+        with as_text(admin), admin.transaction():
             if properties is not None:
                 warnings = apply_properties(admin, scratch, properties)
             else:

@@ -142,23 +142,32 @@ def is_superuser(conn: psycopg.Connection[tuple]) -> bool:  # type: ignore[type-
     return bool(row and row[0])
 
 
+# A database's name is sent as text (as_text): on a SQL_ASCII session psycopg encodes str
+# as ASCII, so a name such as "café" could not be sent at all.
+
+
 def database_exists(conn: psycopg.Connection[tuple], name: str) -> bool:  # type: ignore[type-arg]
-    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    with as_text(conn):
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     return row is not None
 
 
 def is_template(conn: psycopg.Connection[tuple], name: str) -> bool:  # type: ignore[type-arg]
-    row = conn.execute("SELECT datistemplate FROM pg_database WHERE datname = %s",
-                       (name,)).fetchone()
+    with as_text(conn):
+        row = conn.execute("SELECT datistemplate FROM pg_database WHERE datname = %s",
+                           (name,)).fetchone()
     return bool(row and row[0])
 
 
 def create_database(conn: psycopg.Connection[tuple], name: str) -> None:  # type: ignore[type-arg]
-    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with as_text(conn):
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def drop_database(conn: psycopg.Connection[tuple], name: str) -> None:  # type: ignore[type-arg]
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with as_text(conn):
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
 
 
 def lock_key(purpose: str, database: str) -> int:

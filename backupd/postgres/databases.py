@@ -204,8 +204,9 @@ def create_like(conn: Connection, name: str, properties: DatabaseProperties | No
                 sql.Literal(properties.provider_locale)))
     if connection_limit is not None:
         options.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(connection_limit)))
-    conn.execute(sql.SQL("CREATE DATABASE {} {}").format(
-        sql.Identifier(name), sql.SQL(" ").join(options)))
+    with as_text(conn):  # "café" cannot be sent as SQL_ASCII, which psycopg takes for ASCII
+        conn.execute(sql.SQL("CREATE DATABASE {} {}").format(
+            sql.Identifier(name), sql.SQL(" ").join(options)))
 
 
 def _set_clause(setting: RoleSetting) -> sql.Composed:
@@ -258,13 +259,14 @@ def apply_properties(conn: Connection, name: str, properties: DatabaseProperties
     caller's transaction; one warning per property that could not be restored (a role that
     does not exist on this server, a privilege the restoring role lacks)."""
     warnings = []
-    for what, statement in property_statements(name, properties):
-        try:
-            with conn.transaction():
-                conn.execute(statement)
-        except psycopg.Error as exc:
-            warnings.append(f"database property not restored: {what}: "
-                            f"{describe_pg_error(exc)}")
+    with as_text(conn):  # names and comments that are not ASCII, sent as UTF-8
+        for what, statement in property_statements(name, properties):
+            try:
+                with conn.transaction():
+                    conn.execute(statement)
+            except psycopg.Error as exc:
+                warnings.append(f"database property not restored: {what}: "
+                                f"{describe_pg_error(exc)}")
     return warnings
 
 
@@ -303,9 +305,10 @@ def drop_with_subscriptions(settings: Settings, admin: Connection, name: str) ->
 
 def _has_subscriptions(admin: Connection, name: str) -> bool:
     try:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid "
-            "WHERE d.datname = %s", (name,)).fetchone()
+        with as_text(admin):
+            row = admin.execute(
+                "SELECT count(*) FROM pg_subscription s JOIN pg_database d "
+                "ON d.oid = s.subdbid WHERE d.datname = %s", (name,)).fetchone()
     except psycopg.errors.InsufficientPrivilege:
         return False  # only superusers can create (or see) subscriptions
     return bool(row and row[0])
