@@ -17,9 +17,13 @@ from typing import Any
 import psycopg
 import pytest
 from helpers.backups import back_up, read_manifest, take_backup
-from helpers.cli import run_backupd, server_env
+from helpers.cli import run_backupd, server_env, start_backupd, stop_backupd
 from helpers.cluster import PrivateCluster
+from helpers.faults import wait_until
+from helpers.logs import jobs_finished, log_events
 from helpers.pg import connect, psql
+from helpers.recovered import pitr_cluster, wait_first_base_backup
+from helpers.wal import holds, spool_dir
 
 from backupd.archive.server import create_slot, drop_slot, slot_state
 
@@ -181,3 +185,40 @@ def test_the_wal_streamers_own_physical_slot_is_read_as_text(live: PrivateCluste
         finally:
             drop_slot(conn, "backupd_sql_ascii")
     assert state is not None and state.restart_lsn is not None
+
+
+def test_a_pitr_drill_of_a_database_named_in_utf8_passes(tmp_path: Path) -> None:
+    """`backupd drill` with WAL_ARCHIVE=on: the dump drill, then the PITR drill (recover the
+    archive, start a scratch server on it, compare "café" with the live one, find the newest
+    durable commit there: its status read as text, not b'committed')."""
+    with pitr_cluster("pitr-pw", encoding="SQL_ASCII") as pitr:
+        with connect(pitr.cluster.address) as conn:
+            conn.execute(f'CREATE DATABASE "{CAFE}"'.encode())
+        cafe = connect(pitr.cluster.address, CAFE)
+        with cafe:
+            cafe.execute(b"CREATE TABLE menu (id int PRIMARY KEY, dish text)")
+        daemon = start_backupd(["run"], pitr.env, log_dir=pitr.work / "daemon")
+        try:
+            wait_first_base_backup(pitr.backup_dir)
+            marker = "dish-after-the-base-backup"
+            with connect(pitr.cluster.address, CAFE) as conn:
+                conn.execute("INSERT INTO menu SELECT i, %s FROM generate_series(1, 20) i",
+                             (marker,))
+            wait_until(lambda: any(holds(p, marker)
+                                   for p in spool_dir(pitr.backup_dir).glob("*.partial")),
+                       60, "the rows durable in the local partial")
+        finally:
+            stop_backupd(daemon, timeout=60)
+        env = {**pitr.env, "POSTGRES_DB": CAFE}
+        backed_up = run_backupd(["backup", "--no-prune"], env, timeout=300)
+        assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
+
+        proc = run_backupd(["drill"], env, timeout=600)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [drill] = jobs_finished(proc.stderr, "drill")
+    assert drill["outcome"]["pitr_error"] is None, drill
+    assert drill["outcome"]["pitr"]["base_backup"].startswith("base_"), drill
+    assert not [w for w in drill["warnings"] if "not checked" in w], drill["warnings"]
+    said = [str(event.get("event")) for event in log_events(proc.stderr)]
+    assert [line for line in said if line.startswith(f"PITR drill, {CAFE!r}: matches")], said

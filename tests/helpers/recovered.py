@@ -126,8 +126,10 @@ class PitrCluster:
 
 
 @contextmanager
-def pitr_cluster(password: str) -> Iterator[PitrCluster]:
-    with PrivateCluster(password, server_settings=WAL_SERVER_SETTINGS) as cluster:
+def pitr_cluster(password: str, *, encoding: str = "UTF8") -> Iterator[PitrCluster]:
+    """``encoding``: initdb's (``SQL_ASCII``: a legacy cluster, see PrivateCluster)."""
+    with PrivateCluster(password, server_settings=WAL_SERVER_SETTINGS,
+                        encoding=encoding) as cluster:
         cluster.start()
         work = cluster.work_directory()
         backup_dir = work / "backups"
