@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 
 LATIN1_TABLE = b'"caf\xe9"'  # what a Latin-1 client made of "café"
 SHOWN_TABLE = 'public."caf\\xe9"'  # as backupd names it: the byte escaped
+LATIN1_DATABASE = b'"d\xe9p\xf4t"'
+SHOWN_DATABASE = 'database "d\\xe9p\\xf4t"'
 
 
 def run_bytes(cluster: PrivateCluster, database: str, statement: bytes) -> None:
@@ -39,6 +41,7 @@ def live() -> Iterator[PrivateCluster]:
         run_bytes(cluster, "appdb", b"CREATE TABLE " + LATIN1_TABLE + b" (x int); "
                                     b"INSERT INTO " + LATIN1_TABLE + b" VALUES (1)")
         psql(cluster.address, "plain", "CREATE TABLE t (x int); INSERT INTO t VALUES (7);")
+        run_bytes(cluster, "postgres", b"CREATE DATABASE " + LATIN1_DATABASE)
         yield cluster
 
 
@@ -75,7 +78,7 @@ def test_a_drill_server_holding_a_database_named_in_latin1_fails_naming_it(
     back_up(live.address, "plain,postgres", tmp_path)
     with PrivateCluster("drill-pw", encoding="SQL_ASCII") as drill:
         drill.start()
-        run_bytes(drill, "postgres", b'CREATE DATABASE "d\xe9p\xf4t"')
+        run_bytes(drill, "postgres", b"CREATE DATABASE " + LATIN1_DATABASE)
         proc = run_backupd(["drill"], server_env(
             live.address, "plain,postgres", tmp_path, BACKUPD_LOG_FORMAT="console",
             DRILL_POSTGRES_HOST=drill.address.host, DRILL_POSTGRES_PORT=str(drill.port),
@@ -85,5 +88,5 @@ def test_a_drill_server_holding_a_database_named_in_latin1_fails_naming_it(
     assert proc.returncode == 1, said
     assert "internal error" not in said and "Traceback" not in said, said
     [line] = [line for line in said.splitlines() if "not UTF-8" in line and "error" in line]
-    assert 'database "d\\xe9p\\xf4t"' in line, line
+    assert SHOWN_DATABASE in line, line
     assert "rename it" in line, line

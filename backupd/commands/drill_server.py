@@ -130,7 +130,7 @@ class Inventory:
 
 
 def inventory(conn: Connection) -> Inventory:
-    with as_text(conn, "the drill server's inventory"):
+    with as_text(conn, "the drill server's inventory", "server"):
         databases = {str(r[0]) for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datname <> %s", (STATE_DATABASE,))}
         roles = {str(r[0]) for r in conn.execute(
@@ -157,7 +157,7 @@ def mark_started(conn: Connection, before: Inventory) -> None:
 
 def interrupted_drill(drill: Settings, conn: Connection) -> Inventory | None:
     """What the server held before a drill that never finished (None: no such drill)."""
-    with as_text(conn, "the drill server's inventory"):
+    with as_text(conn, "the drill server's inventory", "server"):
         row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                            "WHERE datname = %s", (STATE_DATABASE,)).fetchone()
         if row is None:
@@ -174,14 +174,14 @@ def interrupted_drill(drill: Settings, conn: Connection) -> Inventory | None:
 
 
 def created_databases(conn: Connection) -> list[str]:
-    with as_text(conn, "the drill server's inventory"):
+    with as_text(conn, "the drill server's inventory", "server"):
         return [str(r[0]) for r in conn.execute(
             "SELECT datname FROM pg_database WHERE starts_with("
             "coalesce(shobj_description(oid, 'pg_database'), ''), %s) ORDER BY 1", (CLUSTER_MARK,))]
 
 
 def _unmarked_new(drill: Settings, conn: Connection, before: Inventory) -> list[str]:
-    with as_text(conn, "the drill server's inventory"):
+    with as_text(conn, "the drill server's inventory", "server"):
         # A drill killed between CREATE DATABASE and its mark leaves an empty database without
         # one: new since the recorded state, without a comment and holding nothing.
         names = [str(r[0]) for r in conn.execute(

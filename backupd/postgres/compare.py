@@ -114,7 +114,7 @@ class Catalog:
 
 
 def read_catalog(conn: Connection, counted: Callable[[], None] = lambda: None) -> Catalog:
-    with as_text(conn, "the drill's comparison"):
+    with as_text(conn, "the drill's comparison", "database"):
         objects = {kind: {str(row[0]) for row in conn.execute(query)}
                    for kind, query in _OBJECT_QUERIES.items()}
         return Catalog(objects, count_rows(conn, counted))
@@ -128,7 +128,7 @@ def count_rows(conn: Connection,
     An estimate is never 0 for a table that has a row, nor above 0 for an empty
     one: emptiness is always probed exactly (it reads at most one page).
     """
-    with as_text(conn, "the count of the tables' rows"):
+    with as_text(conn, "the count of the tables' rows", "database"):
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (COUNT_LOCK_TIMEOUT,))
         conn.execute("SELECT set_config('statement_timeout', %s, false)",
                      (COUNT_STATEMENT_TIMEOUT,))
@@ -308,7 +308,7 @@ class RoleCatalog:
 
 
 def read_roles(conn: Connection) -> RoleCatalog:
-    with as_text(conn, "the drill's comparison of roles"):
+    with as_text(conn, "the drill's comparison of roles", "server"):
         try:
             passwords: dict[str, str | None] | None = {
                 str(name): None if hashed is None else str(hashed)

@@ -21,7 +21,7 @@ from backupd.errors import ConfigError, JobFailed, JobSkipped
 from backupd.pipeline.clients import note_server_major
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.pipeline.supervisor import tool_version
-from backupd.postgres.not_text import NOT_TEXT_ERRORS, not_text_failure
+from backupd.postgres.not_text import NOT_TEXT_ERRORS, Catalogs, not_text_failure
 from backupd.settings import Settings
 
 
@@ -205,7 +205,7 @@ def advisory_lock(settings: Settings, purpose: str = "dump", *,
 
 @contextmanager
 def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: ignore[type-arg]
-            ) -> Iterator[None]:
+            catalogs: Catalogs = "both") -> Iterator[None]:
     """On a SQL_ASCII session (a connection to a SQL_ASCII database) psycopg hands back bytes,
     not str, since it cannot know their encoding: names would be recorded as "b'app'" (and a
     name that is not ASCII cannot be sent as a parameter). The session reads as UTF8 for the
@@ -213,7 +213,8 @@ def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: 
     then gets its own client_encoding back.
 
     A refusal becomes :class:`~backupd.postgres.not_text.NameNotText` naming the name that
-    is not UTF-8 and ``reading``, what needed it (e.g. "the drill's comparison")."""
+    is not UTF-8 and ``reading``, what needed it (e.g. "the drill's comparison"); the name
+    is looked for in ``catalogs``, those the read touches."""
     was = conn.info.parameter_status("client_encoding")
     if was != "SQL_ASCII":
         yield
@@ -230,4 +231,4 @@ def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: 
         conn.execute("SET client_encoding = 'SQL_ASCII'")
     if refused is not None:
         # Looked up as bytes, once the session reads bytes again.
-        raise not_text_failure(conn, reading, refused) from None
+        raise not_text_failure(conn, reading, refused, catalogs) from None

@@ -10,6 +10,7 @@ rename it. pg_dump still dumps such a database: only the step that needs the nam
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import psycopg
 
@@ -21,13 +22,19 @@ Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 NOT_TEXT_ERRORS = (UnicodeDecodeError, psycopg.errors.CharacterNotInRepertoire,
                    psycopg.errors.UntranslatableCharacter)
 
-# kind, the ALTER statement that renames it, its parent (schema or table), its name: shared
-# objects first, then schemas before what is in them, relations before their row types.
-_NAMES = """
+# Where the names a read needs are: the database's own objects, the server's (databases,
+# roles, tablespaces: shared by every database), or both. Only those are looked through, so
+# that a name the read never touched is not blamed.
+Catalogs = Literal["database", "server", "both"]
+
+# kind, the ALTER statement that renames it, its parent (schema or table), its name.
+_SERVER_NAMES = """
     SELECT 'database', 'ALTER DATABASE', NULL::text, datname FROM pg_database
     UNION ALL SELECT 'role', 'ALTER ROLE', NULL, rolname FROM pg_roles
-    UNION ALL SELECT 'tablespace', 'ALTER TABLESPACE', NULL, spcname FROM pg_tablespace
-    UNION ALL SELECT 'schema', 'ALTER SCHEMA', NULL, nspname FROM pg_namespace
+    UNION ALL SELECT 'tablespace', 'ALTER TABLESPACE', NULL, spcname FROM pg_tablespace"""
+# Schemas before what is in them, relations before their row types.
+_DATABASE_NAMES = """
+    SELECT 'schema', 'ALTER SCHEMA', NULL::text, nspname FROM pg_namespace
     UNION ALL SELECT k.kind, k.alter, n.nspname, c.relname
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       JOIN (VALUES ('r', 'table', 'ALTER TABLE'), ('p', 'table', 'ALTER TABLE'),
@@ -49,6 +56,9 @@ _NAMES = """
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
       JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE a.attnum > 0 AND NOT a.attisdropped AND c.oid >= 16384"""
+_QUERIES: dict[str, tuple[str, ...]] = {
+    "database": (_DATABASE_NAMES,), "server": (_SERVER_NAMES,),
+    "both": (_DATABASE_NAMES, _SERVER_NAMES)}
 
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
@@ -77,14 +87,16 @@ def _is_text(raw: object) -> bool:
     return True
 
 
-def not_text_failure(conn: Connection, reading: str, cause: Exception) -> NameNotText:
+def not_text_failure(conn: Connection, reading: str, cause: Exception,
+                     catalogs: Catalogs = "both") -> NameNotText:
     """The failure to raise for ``cause``, on a session that reads bytes again (SQL_ASCII):
-    which name is not UTF-8, and what to do about it."""
+    which name in ``catalogs`` is not UTF-8, and what to do about it."""
     try:
         row = conn.execute("SELECT current_database()").fetchone()
         database = shown(row[0]) if row else "?"
         offending = [(_escaped(kind), _escaped(alter), parent, name)
-                     for kind, alter, parent, name in conn.execute(_NAMES).fetchall()
+                     for query in _QUERIES[catalogs]
+                     for kind, alter, parent, name in conn.execute(query).fetchall()
                      if not _is_text(name)]
     except psycopg.Error:
         offending, database = [], "?"
