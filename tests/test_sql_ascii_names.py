@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.backups import back_up, take_backup
+from helpers.backups import back_up, backup_files, take_backup
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
@@ -56,6 +56,37 @@ def test_a_backup_is_taken_and_warns_naming_the_table(live: PrivateCluster,
     assert warnings, proc.stdout + proc.stderr
     assert f"table {SHOWN_TABLE} in database appdb" in warnings[0], warnings[0]
     assert "rename it" in warnings[0], warnings[0]
+
+
+def test_a_backup_of_every_database_takes_the_others_and_fails_naming_that_one(
+        live: PrivateCluster, tmp_path: Path) -> None:
+    """POSTGRES_DB='*': a database whose name is not UTF-8 cannot be named in backupd's
+    settings, files or manifests; the run backs up every other database and fails naming it,
+    as it does a listed database the server lacks."""
+    proc = run_backupd(["backup", "--no-prune"], server_env(
+        live.address, "*", tmp_path, BACKUPD_LOG_FORMAT="console"), timeout=300)
+
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "internal error" not in said and "Traceback" not in said, said
+    taken = {name.split("_2")[0] for name in backup_files(tmp_path)}
+    assert taken == {"appdb", "plain", "postgres", "globals"}, said
+    [line] = [line for line in said.splitlines() if SHOWN_DATABASE in line]
+    assert "failed" in line and "not UTF-8" in line and "rename it" in line, line
+
+
+def test_a_drill_of_every_database_drills_the_others_and_warns_naming_that_one(
+        live: PrivateCluster, tmp_path: Path) -> None:
+    env = server_env(live.address, "*", tmp_path, BACKUPD_LOG_FORMAT="console",
+                     DB_BACKUP_EXCLUDE="appdb")  # appdb's drill fails: its Latin-1 table
+    assert run_backupd(["backup", "--no-prune"], env, timeout=300).returncode == 1  # above
+
+    proc = run_backupd(["drill"], env, timeout=300)
+
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0, said
+    [line] = [line for line in said.splitlines() if SHOWN_DATABASE in line]
+    assert "warning" in line and "rename it" in line, line
 
 
 def test_a_drill_fails_in_one_line_naming_the_table(live: PrivateCluster,

@@ -30,6 +30,7 @@ from backupd.postgres.databases import (
     maintenance_connection,
     resolve_databases,
 )
+from backupd.postgres.not_text import unnamed_database
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
 from backupd.storage.template1_record import Template1Look, write_template1_look
@@ -61,7 +62,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             _record_template1_look(ctx, Template1Look(rid, template.empty))
         ctx.say(f"Backup run {rid}: databases {', '.join(map(repr, databases))}"
                 + (f"; missing {', '.join(map(repr, resolved.missing))}"
-                   if resolved.missing else ""))
+                   if resolved.missing else "")
+                + (f"; named in bytes that are not UTF-8 {', '.join(resolved.unnamed)}"
+                   if resolved.unnamed else ""))
         chain = ctx.chain or NotifierChain([])
         for database in databases:
             ctx.cancel.raise_if_cancelled()
@@ -72,9 +75,13 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             facts.databases.append(_summary_of(result))
             if result.status == Status.CANCELLED:
                 raise Cancelled(result.error or "backup run cancelled by shutdown")
-        for database in resolved.missing:
-            result = run_job("backup", settings.for_database(database),
-                             _missing_body(settings, database), chain,
+        # Each a failure of its own, as every notifier hears of a database's backup.
+        refusals = [(database, _missing_body(settings, database))
+                    for database in resolved.missing]
+        refusals += [(database, _failing_body(unnamed_database(database)))
+                     for database in resolved.unnamed]
+        for database, refusal in refusals:
+            result = run_job("backup", settings.for_database(database), refusal, chain,
                              ctx.cancel, ctx.repositories,
                              scheduled_for=ctx.result.scheduled_for, announce=False)
             facts.databases.append(_summary_of(result))
@@ -128,10 +135,14 @@ def _dump_body(apply_retention: bool, not_before: datetime | None, rid: str) -> 
 
 
 def _missing_body(settings: Settings, database: str) -> JobBody:
+    return _failing_body(f"database {database!r} (listed in POSTGRES_DB) does not exist on "
+                         f"{settings.postgres_host}:{settings.postgres_port}; create it or "
+                         "remove it from POSTGRES_DB")
+
+
+def _failing_body(problem: str) -> JobBody:
     def body(_sub: JobContext) -> None:
-        raise JobFailed(f"database {database!r} (listed in POSTGRES_DB) does not exist on "
-                        f"{settings.postgres_host}:{settings.postgres_port}; create it or "
-                        "remove it from POSTGRES_DB")
+        raise JobFailed(problem)
     return body
 
 

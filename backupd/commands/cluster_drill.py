@@ -156,7 +156,7 @@ def choose_run(ctx: JobContext, repository: Repository, name: str | None) -> Run
                         "(every run dumps the globals)")
     run_id = chosen.manifest.run_id if chosen.manifest is not None else None
     resolved = resolve_databases(ctx.settings)
-    for warning in resolved.warnings:
+    for warning in [*resolved.warnings, *resolved.unnamed_warnings]:
         ctx.warn(warning)
     if resolved.missing:
         raise JobFailed(f"database(s) {', '.join(resolved.missing)} (POSTGRES_DB) do not exist "

@@ -149,7 +149,7 @@ def _drill_each(ctx: JobContext, name: str | None, *, from_s3: bool) -> None:
         databases = [parsed.database]
     else:
         resolved = resolve_databases(settings)
-        for warning in resolved.warnings:
+        for warning in [*resolved.warnings, *resolved.unnamed_warnings]:
             ctx.warn(warning)
         if resolved.missing:
             raise JobFailed(f"database(s) {', '.join(resolved.missing)} (POSTGRES_DB) do not "

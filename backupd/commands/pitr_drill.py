@@ -194,7 +194,10 @@ def _wait_promoted(ctx: JobContext, server: Child, socket_dir: Path) -> Path:
 
 def _compare(ctx: JobContext, socket_dir: Path) -> list[str]:
     problems = []
-    for database in resolve_databases(ctx.settings).databases:
+    resolved = resolve_databases(ctx.settings)
+    for warning in resolved.unnamed_warnings:
+        ctx.warn(f"PITR drill: {warning}")
+    for database in resolved.databases:
         with connect(ctx.settings, database) as live_conn:
             live_conn.execute("SET default_transaction_read_only = on")
             live = read_catalog(live_conn)

@@ -34,7 +34,8 @@ from backupd.postgres.connection import (
     drop_database,
     server_major,
 )
-from backupd.postgres.not_text import NOT_TEXT_ERRORS
+from backupd.postgres.not_text import NOT_TEXT_ERRORS, RawBytes, shown, unnamed_database
+from backupd.postgres.tablespaces import name_codec
 from backupd.settings import Settings
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
@@ -44,11 +45,19 @@ Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 class ResolvedDatabases:
     """POSTGRES_DB resolved against the server: ``databases`` to work on, in order (listed
     order; sorted for ``*``); ``missing``: listed databases the server does not have (each a
-    failure of the run, naming it); ``warnings``: e.g. an excluded name the server lacks."""
+    failure of the run, naming it); ``warnings``: e.g. an excluded name the server lacks;
+    ``unnamed``: what ``*`` cannot take (a backup run fails for each, naming it)."""
 
     databases: list[str]
     missing: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # '*': databases whose names are not UTF-8 (a SQL_ASCII cluster), escaped (not_text.shown)
+    unnamed: list[str] = field(default_factory=list)
+
+    @property
+    def unnamed_warnings(self) -> list[str]:
+        """What a drill says of ``unnamed``: in no backup, so in no drill either."""
+        return [unnamed_database(name) for name in self.unnamed]
 
 
 # The template '*' takes too when it holds objects (backupd.commands.template1).
@@ -91,17 +100,13 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
             return resolve_databases(settings, own)
     if selection.every:
         try:
-            with as_text(conn):
-                rows = conn.execute(
-                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
-                    "ORDER BY datname").fetchall()
+            present, unnamed = _every_database(conn)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ConfigError(
                 f"POSTGRES_DB: '*' needs to list the server's databases, and role "
                 f"{settings.postgres_user!r} cannot read pg_database ({describe_pg_error(exc)}); "
                 "list the databases in POSTGRES_DB instead, or grant SELECT on pg_database"
             ) from None
-        present = [str(name) for (name,) in rows]
         warnings = [f"DB_BACKUP_EXCLUDE: there is no database {name!r} on the server "
                     "(nothing to leave out)" for name in selection.exclude
                     if name not in present and name != TEMPLATE_DATABASE]
@@ -109,7 +114,7 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
         if not chosen:
             raise ConfigError("POSTGRES_DB: '*' selects no database on the server "
                               "(DB_BACKUP_EXCLUDE leaves none); exclude fewer databases")
-        return ResolvedDatabases(chosen, warnings=warnings)
+        return ResolvedDatabases(chosen, warnings=warnings, unnamed=unnamed)
     try:
         with as_text(conn):
             rows = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
@@ -120,6 +125,22 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
     existing = {str(name) for (name,) in rows}
     return ResolvedDatabases([n for n in selection.names if n in existing],
                              missing=[n for n in selection.names if n not in existing])
+
+
+def _every_database(conn: Connection) -> tuple[list[str], list[str]]:
+    """The names of the databases '*' may take, and those it cannot name (escaped): read as
+    bytes, since one name that is not UTF-8 must not keep the others from being backed up."""
+    codec = name_codec(conn.info.parameter_status("client_encoding"))
+    cursor = conn.cursor()
+    cursor.adapters.register_loader("name", RawBytes)
+    names, unnamed = [], []
+    for (raw,) in cursor.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT "
+                                 "datistemplate ORDER BY datname").fetchall():
+        try:
+            names.append(raw.decode(codec))
+        except UnicodeDecodeError:
+            unnamed.append(shown(raw))
+    return names, unnamed
 
 
 def _locale_columns(conn: Connection) -> str:

@@ -13,6 +13,8 @@ import re
 from typing import Literal
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 from backupd.errors import JobFailed
 
@@ -65,6 +67,21 @@ _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
 class NameNotText(JobFailed):
     """A name on a SQL_ASCII cluster that is not UTF-8 stopped a read that needs it as text."""
+
+
+class RawBytes(Loader):
+    """A name or text column as the bytes the server sent, whatever the session's encoding."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+def unnamed_database(name: str) -> str:
+    """Why ``name`` (:func:`shown`), a database whose name is not UTF-8, is in no backup."""
+    return (f"database {name} on the server has a name that is not UTF-8 (a SQL_ASCII cluster "
+            "keeps names as bytes), which backupd cannot put in its settings, file names and "
+            "manifests, so POSTGRES_DB='*' does not back it up; rename it to a UTF-8 name "
+            "(ALTER DATABASE … RENAME TO …)")
 
 
 def _escaped(raw: object) -> str:

@@ -37,12 +37,11 @@ from typing import Any
 
 import psycopg
 from psycopg._encodings import pg2pyenc
-from psycopg.abc import Buffer
-from psycopg.adapt import Loader
 
 from backupd.database_properties import DatabaseProperties
 from backupd.postgres.connection import as_text
 from backupd.postgres.globals_sql import quote_identifier
+from backupd.postgres.not_text import RawBytes
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -82,13 +81,6 @@ def readable(name: str) -> bool:
     return REPLACED not in name
 
 
-class _Raw(Loader):
-    """A name or text column as the bytes the server sent, whatever the session's encoding."""
-
-    def load(self, data: Buffer) -> bytes:
-        return bytes(data)
-
-
 def _names(conn: Connection, query: str, params: tuple[Any, ...] | None = None,
            encoding: str | None = None) -> list[tuple[str, ...]]:
     """The rows of ``query`` (names, text and booleans as text), decoded in ``encoding`` (a
@@ -103,7 +95,7 @@ def _names(conn: Connection, query: str, params: tuple[Any, ...] | None = None,
     codec = name_codec(encoding or conn.info.parameter_status("client_encoding"))
     cursor = conn.cursor()
     for column_type in ("name", "text", "bool"):
-        cursor.adapters.register_loader(column_type, _Raw)
+        cursor.adapters.register_loader(column_type, RawBytes)
     return [tuple(bytes(value).decode(codec, "replace") for value in row)
             for row in cursor.execute(query, params).fetchall()]
 
