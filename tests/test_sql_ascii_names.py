@@ -42,6 +42,9 @@ def live() -> Iterator[PrivateCluster]:
                                     b"INSERT INTO " + LATIN1_TABLE + b" VALUES (1)")
         psql(cluster.address, "plain", "CREATE TABLE t (x int); INSERT INTO t VALUES (7);")
         run_bytes(cluster, "postgres", b"CREATE DATABASE " + LATIN1_DATABASE)
+        psql(cluster.address, "postgres", "CREATE DATABASE legacy")
+        run_bytes(cluster, "legacy", b'CREATE SCHEMA "sch\xe9ma"; '
+                                     b'CREATE TABLE "sch\xe9ma".t (x int)')
         yield cluster
 
 
@@ -58,6 +61,15 @@ def test_a_backup_is_taken_and_warns_naming_the_table(live: PrivateCluster,
     assert "rename it" in warnings[0], warnings[0]
 
 
+def test_a_schema_is_named_in_its_database(live: PrivateCluster, tmp_path: Path) -> None:
+    proc = run_backupd(["backup", "--no-prune"], server_env(
+        live.address, "legacy", tmp_path, BACKUPD_LOG_FORMAT="console"), timeout=300)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'schema "sch\\xe9ma" in database legacy has a name that is not UTF-8' in (
+        proc.stdout + proc.stderr), proc.stdout + proc.stderr
+
+
 def test_a_backup_of_every_database_takes_the_others_and_fails_naming_that_one(
         live: PrivateCluster, tmp_path: Path) -> None:
     """POSTGRES_DB='*': a database whose name is not UTF-8 cannot be named in backupd's
@@ -70,7 +82,7 @@ def test_a_backup_of_every_database_takes_the_others_and_fails_naming_that_one(
     assert proc.returncode == 1, said
     assert "internal error" not in said and "Traceback" not in said, said
     taken = {name.split("_2")[0] for name in backup_files(tmp_path)}
-    assert taken == {"appdb", "plain", "postgres", "globals"}, said
+    assert taken == {"appdb", "legacy", "plain", "postgres", "globals"}, said
     [line] = [line for line in said.splitlines() if SHOWN_DATABASE in line]
     assert "failed" in line and "not UTF-8" in line and "rename it" in line, line
 
@@ -78,7 +90,7 @@ def test_a_backup_of_every_database_takes_the_others_and_fails_naming_that_one(
 def test_a_drill_of_every_database_drills_the_others_and_warns_naming_that_one(
         live: PrivateCluster, tmp_path: Path) -> None:
     env = server_env(live.address, "*", tmp_path, BACKUPD_LOG_FORMAT="console",
-                     DB_BACKUP_EXCLUDE="appdb")  # appdb's drill fails: its Latin-1 table
+                     DB_BACKUP_EXCLUDE="appdb,legacy")  # their drills fail (Latin-1 names)
     assert run_backupd(["backup", "--no-prune"], env, timeout=300).returncode == 1  # above
 
     proc = run_backupd(["drill"], env, timeout=300)

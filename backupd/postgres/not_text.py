@@ -58,6 +58,7 @@ _DATABASE_NAMES = """
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
       JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE a.attnum > 0 AND NOT a.attisdropped AND c.oid >= 16384"""
+_SERVER_KINDS = frozenset({"database", "role", "tablespace"})  # those of _SERVER_NAMES
 _QUERIES: dict[str, tuple[str, ...]] = {
     "database": (_DATABASE_NAMES,), "server": (_SERVER_NAMES,),
     "both": (_DATABASE_NAMES, _SERVER_NAMES)}
@@ -118,15 +119,16 @@ def not_text_failure(conn: Connection, reading: str, cause: Exception,
     except psycopg.Error:
         offending, database = [], "?"
     if not offending:
+        said = " ".join(str(cause).split())  # one line, as libpq's may span several
         return NameNotText(
             f"a name or text read from database {database} for {reading} is not UTF-8 "
-            f"({cause}); on a SQL_ASCII cluster names are bytes, and backupd needs them as "
+            f"({said}); on a SQL_ASCII cluster names are bytes, and backupd needs them as "
             "UTF-8: rename what holds other bytes to a UTF-8 name")
     kind, alter, parent, name = offending[0]
     what = f"{kind} {shown(name)}" if parent is None else (
         f"{kind} {shown(parent)}.{shown(name)}" if kind != "column"
         else f"column {shown(name)} of table {_escaped(parent)}")
-    where = "on the server" if parent is None else f"in database {database}"
+    where = "on the server" if kind in _SERVER_KINDS else f"in database {database}"
     how = "ALTER TABLE … RENAME COLUMN … TO …" if kind == "column" else f"{alter} … RENAME TO …"
     more = len(offending) - 1
     return NameNotText(
