@@ -193,6 +193,35 @@ def test_a_role_without_create_on_a_tablespace_restores_into_the_databases_own(
     assert leftover_databases(target.address) == []
 
 
+@pytest.mark.parametrize("backup_format", ["custom", "directory"])
+def test_an_older_archive_a_role_may_not_create_in_fails_naming_the_grant(
+        source: PrivateCluster, target: PrivateCluster, tmp_path: Path,
+        backup_format: str) -> None:
+    """A manifest from before object tablespaces were recorded: the restore cannot know to
+    use --no-tablespaces, and pg_restore stops at the first object in a tablespace the role
+    may not create in. The failure's last line names that tablespace and the way out."""
+    dump = back_up_grantdb(source, tmp_path / "b", backup_format)
+    manifest = read_manifest(dump)
+    del manifest["object_tablespaces"]
+    write_manifest(dump, manifest)
+    make_tablespace(target, "space_db")
+    make_tablespace(target, "space_tbl")
+    make_restorer(target)
+    psql(target.address, "postgres", f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
+
+    proc = run_backupd(["restore", dump.name, "--yes"],
+                       server_env(as_restorer(target), "grantdb", tmp_path / "b"), timeout=300)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [result] = jobs_finished(proc.stderr, "restore")
+    error = str(result["error"])
+    assert "\n" not in error, error
+    [name] = [n for n in ("pg_default", "space_tbl") if f"tablespace {n}" in error]
+    assert error.endswith(f'GRANT CREATE ON TABLESPACE "{name}" TO "restorer", or restore as '
+                          "a role that may create in it"), error
+    assert leftover_databases(target.address) == []
+
+
 def test_no_tablespaces_gives_the_fix_up_for_every_tablespace_its_objects_were_in(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path) -> None:
     """The server lacks only space_tbl, but pg_restore --no-tablespaces moves every object:

@@ -27,10 +27,10 @@ from backupd.pipeline.psql import Feed, run_in_one_transaction
 from backupd.pipeline.tablespace_sets import TablespaceSets
 from backupd.pipeline.verification import HeaderGate, VerifyReport, verify_file
 from backupd.postgres.tablespaces import (
-    UNLISTED_HINT,
     ObjectsPlaced,
     ObjectTablespaces,
     name_codec,
+    unlisted_hint,
 )
 from backupd.storage.base import BackupEntry
 
@@ -53,6 +53,7 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
     default tablespace (backupd.postgres.tablespaces), and the result names those others."""
     started = datetime.now(UTC)
     placed = ObjectsPlaced()
+    role = tablespaces.server.role if tablespaces is not None else None
     if entry.parsed.backup_format in ("custom", "directory") and tablespaces is not None:
         recorded = recorded_tablespaces(entry)
         if tablespaces.left_out(recorded):
@@ -63,9 +64,10 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
         if entry.parsed.encrypted and jobs > 1:
             ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, "
                     f"never to disk (DB_RESTORE_JOBS={jobs} applies to unencrypted .dump files)")
-        _pg_restore(ctx, path, database, identities if entry.parsed.encrypted else None, options)
+        _pg_restore(ctx, path, database, identities if entry.parsed.encrypted else None, options,
+                    role)
     elif entry.parsed.backup_format == "directory":
-        _restore_directory(ctx, path, entry, database, identities, options)
+        _restore_directory(ctx, path, entry, database, identities, options, role)
     else:
         sets = (TablespaceSets(tablespaces.kept, name_codec(tablespaces.server.encoding))
                 if tablespaces is not None else None)
@@ -104,23 +106,25 @@ def require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport) 
 
 
 def _pg_restore(ctx: JobContext, source: Path, database: str,
-                identities: list[x25519.Identity] | None, options: tuple[str, ...] = ()) -> None:
+                identities: list[x25519.Identity] | None, options: tuple[str, ...] = (),
+                role: str | None = None) -> None:
     """pg_restore of a custom archive (decrypted on the fly with ``identities``) or of a
     verified directory, into the new scratch database (dropped on failure); DB_RESTORE_JOBS
-    parallel jobs where pg_restore can seek."""
+    parallel jobs where pg_restore can seek. ``role``: the restoring role, for the hint."""
     problem, stderr = restore_archive(restore_config(ctx.settings), source, database,
                                       ctx.cancel, identities=identities, options=options)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
         ctx.result.stderr_tool = "pg_restore"
-        if "default_tablespace" in problem:
-            problem += f"; {UNLISTED_HINT}"
+        hint = unlisted_hint(problem, role)
+        if hint is not None:
+            problem += f"; {hint}"
         raise JobFailed(f"restore into {database!r} failed: {problem}")
 
 
 def _restore_directory(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
                        identities: list[x25519.Identity] | None,
-                       options: tuple[str, ...]) -> None:
+                       options: tuple[str, ...], role: str | None) -> None:
     """Directory format: unpack the tar (decrypting it) into a private scratch directory
     while every check of ``backupd verify`` runs again on the same bytes; pg_restore -j
     starts only once they all passed (the file cannot change after the verify unnoticed)."""
@@ -128,7 +132,7 @@ def _restore_directory(ctx: JobContext, path: Path, entry: BackupEntry, database
         report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
                              identities, extract=Extractor(directory), progress=ctx.progress)
         require_verified(ctx, entry, report)
-        _pg_restore(ctx, directory, database, None, options)
+        _pg_restore(ctx, directory, database, None, options, role)
 
 
 def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: str,

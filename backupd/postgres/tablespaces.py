@@ -31,6 +31,7 @@ dropped either.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,26 @@ REPLACED = "\ufffd"
 UNLISTED_HINT = ("the backup has objects in a tablespace this server lacks, and its manifest "
                  "does not list them (a backup from before they were recorded): make that "
                  f"tablespace ({MAKE_ONE}) and restore again")
+# PostgreSQL's words (aclcheck_error) for CREATE in a tablespace the role has no CREATE on.
+_DENIED = re.compile(r"permission denied for tablespace (.+?)\s*$")
+
+
+def unlisted_hint(problem: str, role: str | None) -> str | None:
+    """What to do about pg_restore's ``problem`` when it failed on a tablespace a backup's
+    manifest did not list (from before object tablespaces were recorded, so the restore
+    could not know to leave them out), as the warning for a newer backup says it; None
+    when ``problem`` is not about a tablespace. ``role``: the restoring role."""
+    if "default_tablespace" in problem:
+        return UNLISTED_HINT
+    denied = _DENIED.search(problem)
+    if denied is None:
+        return None
+    name = denied.group(1)
+    grant = Unusable(name, lacking_create=role or "<the restoring role>").grant
+    return (f"the backup has objects in tablespace {name!r}, which the restoring role may not "
+            "create in, and its manifest does not list its objects' tablespaces (a backup "
+            "from before they were recorded), so the restore could not leave them out: "
+            f"{grant}, or restore as a role that may create in it")
 
 
 @dataclass(frozen=True)
