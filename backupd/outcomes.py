@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
 
 if TYPE_CHECKING:
     from backupd.pipeline.verification import VerifyReport
@@ -170,6 +170,9 @@ class RestoreOutcome(_Model):
 class DatabaseDrill(_Model):
     """One database of a whole-cluster drill onto the drill server."""
 
+    # tablespaces_unusable goes out under its published name (webhook schema v1).
+    model_config = ConfigDict(extra="ignore", defer_build=True, serialize_by_alias=True)
+
     database: str
     backup_name: str
     ok: bool = False
@@ -177,8 +180,13 @@ class DatabaseDrill(_Model):
     comparison_summary: str | None = None
     # Tablespaces of the backup (the database's, its objects') the drill server lacks, or the
     # drill's role may not create in: what was in them was restored into the default
-    # tablespace, and where is not compared.
-    tablespaces_missing: list[str] = Field(default_factory=list)
+    # tablespace, and where is not compared. Published as tablespaces_missing, a name from
+    # before the role's CREATE was looked at: kept, as schema v1 is only ever added to.
+    tablespaces_unusable: list[str] = Field(
+        default_factory=list, serialization_alias="tablespaces_missing",
+        # Records written under either name (the state file, older ones) read back.
+        validation_alias=AliasChoices("tablespaces_unusable", "tablespaces_missing"),
+        title="Tablespaces Missing")
 
 
 ROLES_NOT_PROVEN = ("roles not proven: drilled beside the live database, where the roles "

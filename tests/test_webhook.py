@@ -23,7 +23,8 @@ from helpers.cli import EnvFactory, run_backupd
 from helpers.cluster import free_port
 from helpers.http_receiver import HttpReceiver, RecordedRequest
 
-from backupd.notify.webhook import WebhookError, WebhookNotifier, json_schema
+from backupd.notify.webhook import WebhookError, WebhookNotifier, json_schema, webhook_payload
+from backupd.outcomes import DatabaseDrill, DrillOutcome, RestoreOutcome
 from backupd.result import JobResult, Status
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "webhook-schema-v1.json"
@@ -55,6 +56,28 @@ def test_the_documented_schema_is_the_one_the_code_sends() -> None:
     assert json.loads(SCHEMA_FILE.read_text()) == json_schema(), (
         "docs/webhook-schema-v1.json is stale: regenerate it with `python -m "
         "backupd.notify.webhook > docs/webhook-schema-v1.json` (additive: same version)")
+
+
+def test_a_drilled_databases_unusable_tablespaces_keep_their_published_name() -> None:
+    """Schema v1 calls them ``tablespaces_missing``; they are also those the drill's role
+    may not create in, so the code says ``tablespaces_unusable``. The body, the result
+    record and the state file read back keep the published name."""
+    drilled = DatabaseDrill(database="appdb", backup_name="appdb_x.dump",
+                            tablespaces_unusable=["pg_default", "space_tbl"])
+    outcome = DrillOutcome(scratch_database="s", restore=RestoreOutcome(target_database="s"),
+                           databases=[drilled])
+    result = JobResult(job="drill", database="appdb", outcome=outcome)
+    body = webhook_payload(result)
+    jsonschema.validate(body, json.loads(SCHEMA_FILE.read_text()))
+    [sent] = body["outcome"]["databases"]
+    assert sent["tablespaces_missing"] == ["pg_default", "space_tbl"]
+    assert "tablespaces_unusable" not in sent
+    record = result.to_dict()
+    assert record["outcome"]["databases"][0]["tablespaces_missing"] == ["pg_default",
+                                                                        "space_tbl"]
+    read_back = JobResult.model_validate(record).outcome
+    assert isinstance(read_back, DrillOutcome)
+    assert read_back.databases[0].tablespaces_unusable == ["pg_default", "space_tbl"]
 
 
 def test_each_backup_posts_its_signed_result(

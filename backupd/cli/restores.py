@@ -129,8 +129,8 @@ def drill(
             print(f"whole-cluster restore time (RTO): {outcome.cluster_restore_seconds:.1f}s")
             for database in outcome.databases:
                 without = (f" (without tablespace(s) "
-                           f"{', '.join(database.tablespaces_missing)}: into the default one)"
-                           if database.tablespaces_missing else "")
+                           f"{', '.join(database.tablespaces_unusable)}: into the default one)"
+                           if database.tablespaces_unusable else "")
                 print(f"  {database.database}: {database.backup_name}, restored in "
                       f"{database.restore_seconds or 0:.1f}s{without}")
         elif outcome.restore_seconds is not None:

@@ -280,9 +280,9 @@ def _restore_database(drill_ctx: JobContext, admin: Connection, repository: Repo
         placed = restore_load.load(drill_ctx, path, entry, target, identities,
                                    tablespaces=ObjectTablespaces(spaces, placement.landed))
     drilled.restore_seconds = outcome.restore.restore_seconds
-    missing = {*(space.name for space in placed.left_out),
-               *([placement.missing.name] if placement.missing else [])}
-    drilled.tablespaces_missing = sorted(missing)
+    unusable = {*(space.name for space in placed.left_out),
+                *([placement.missing.name] if placement.missing else [])}
+    drilled.tablespaces_unusable = sorted(unusable)
     fallback = fallback_warning(target, placement, placed, drill_copy=True)
     if fallback is not None:
         # Said, not warned: the drill server is a scratch server, seldom given the live
@@ -344,7 +344,7 @@ def _compare_database(ctx: JobContext, drill: Settings, admin: Connection,
     else:
         trial = trial_properties(admin, drill_name(database), carried)
         compare_properties(result, carried, trial, live_properties,
-                           expected=expected_without(carried, drilled.tablespaces_missing))
+                           expected=expected_without(carried, drilled.tablespaces_unusable))
     return result
 
 
