@@ -32,6 +32,7 @@ from helpers.pg import (
     unique_db_name,
 )
 from helpers.s3server import S3Server
+from helpers.tablespaces import source, target  # noqa: F401  (the tablespace tests' clusters)
 from helpers.wal import WAL_SERVER_SETTINGS
 
 

@@ -5,7 +5,6 @@ and its tablespaces: helpers.tablespaces.tablespace_source."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,22 +20,10 @@ from helpers.tablespaces import (
     fallbacks,
     make_restorer,
     make_tablespace,
-    tablespace_source,
     tablespaces,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def source() -> Iterator[PrivateCluster]:
-    with tablespace_source() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def target(private_cluster: Callable[..., PrivateCluster]) -> PrivateCluster:
-    return private_cluster("target-pw")
 
 
 def test_a_drill_beside_the_live_database_compares_its_tablespace(

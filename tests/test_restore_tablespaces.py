@@ -11,7 +11,6 @@ warning. A restore never fails, nor leaves a database behind, for a missing tabl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +43,11 @@ from helpers.tablespaces import (
     make_tablespace,
     relation_tablespaces,
     tablespace_directory,
-    tablespace_source,
 )
 
 from backupd.postgres.tablespaces import object_tablespaces, server_tablespaces
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def source() -> Iterator[PrivateCluster]:
-    with tablespace_source() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def target(private_cluster: Callable[..., PrivateCluster]) -> PrivateCluster:
-    return private_cluster("target-pw")
 
 
 def restore(target: PrivateCluster, directory: Path) -> dict[str, Any]:

@@ -1,16 +1,19 @@
 """Tablespaces on private clusters: their directories, and where a database and its tables
 and indexes are, read straight from the catalogs (not through backupd's own code); the
 source cluster the restore and drill tests back up (tablespace_source), and what they
-expect of it."""
+expect of it; the ``source`` and ``target`` fixtures of those tests (registered for every
+test by tests/conftest.py; a module's own ``source`` or ``target`` overrides them)."""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from .cluster import AS_ROOT, SERVER_OS_USER, PrivateCluster
 from .pg import ServerAddress, connect, psql
@@ -133,3 +136,16 @@ def make_restorer(target: PrivateCluster) -> None:
 
 def as_restorer(target: PrivateCluster) -> ServerAddress:
     return dataclasses.replace(RESTORER, port=target.port)
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PrivateCluster]:
+    """The tablespace_source cluster, made once per test module that asks for it."""
+    with tablespace_source() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def target(private_cluster: Callable[..., PrivateCluster]) -> PrivateCluster:
+    """A fresh cluster with none of the source's tablespaces or roles, to restore onto."""
+    return private_cluster("target-pw")
