@@ -278,3 +278,41 @@ def test_a_clock_stepped_forward_fires_the_next_run_at_its_new_time_not_late(
     move_clock(clock, round((slot - datetime.now(UTC)).total_seconds()) - 10)
     wait_until(lambda: finished(daemon), 60, "the run of the slot")
     assert [r["status"] for r in finished(daemon)] == ["success"], daemon.read_stderr()[-3000:]
+
+
+@pytest.mark.slow  # it waits for schedule slots and a heartbeat: about a minute
+def test_a_clock_stepped_back_keeps_the_schedule_and_the_state_file_on_the_new_clock(
+    small_db: str, backup_dir: Path, tmp_path: Path,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    """NTP steps the clock back two hours between two runs (it had been ahead). The next run
+    is the schedule's next slot by the clock as it now reads, not two hours later (the time
+    the scheduler had computed before the step); the state file's slot and next run follow
+    the new clock too, so a restart judges missed slots by it, and health finds the daemon
+    alive and the new backup the newest."""
+    clock = tmp_path / "clock"
+    env = backupd_env(small_db, **FAST, **movable_clock(clock), TZ="UTC",
+                      BACKUP_ON_START="false", BACKUP_SCHEDULE="*/15 * * * * *")
+    daemon = backupd_daemon(["run"], env)
+    wait_until(lambda: finished(daemon), 40, "the first scheduled run")
+    move_clock(clock, -7200)
+    stepped_at = datetime.now(UTC) - timedelta(hours=2)  # the daemon's clock, now
+
+    wait_until(lambda: len(finished(daemon)) >= 2, 75, "a run after the step back")
+
+    first, second = (_time(r["scheduled_for"]) for r in finished(daemon)[:2])
+    assert [r["status"] for r in finished(daemon)[:2]] == ["success", "success"]
+    assert stepped_at < second < stepped_at + timedelta(seconds=60), (first, second)
+    state = read_state(backup_dir)
+    assert state.jobs["backup"].last_slot == second  # not the slot from before the step
+    [entry] = state.daemons.values()
+    next_run = entry.next_runs["backup"]
+    assert next_run is not None and next_run - second <= timedelta(seconds=15), next_run
+    health = run_backupd(["health", "--json"], env)
+    report = json.loads(health.stdout)
+    assert 0 <= report["facts"]["daemon_state_age_seconds"] < 60, report
+    assert not [r for r in report["reasons"] if "has not updated its state" in r], report
+    newest = parse_backup_name(report["facts"]["newest_verified_backup"])
+    assert newest is not None and newest.taken_at > stepped_at, report
+    assert stop_backupd(daemon, timeout=15) == 0

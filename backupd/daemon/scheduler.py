@@ -36,11 +36,15 @@ from backupd.naming import BASE_DATABASE, BASE_KIND
 from backupd.notify.base import NotifierChain
 from backupd.result import JobResult, Status
 from backupd.settings import ENV_NAMES, Settings
-from backupd.storage.base import BackupEntry, newest_verified
+from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
 from backupd.storage.local import LocalStore
 
 # A job body gets the schedule slot the run stands for (None when there is none).
 SlotBody = Callable[[JobContext, datetime | None], None]
+# cron(8): after the clock is stepped back by less than this, a fixed-time job does not run
+# again a slot it already ran; a larger step is a correction, and the new time is used.
+REPEAT_WINDOW = timedelta(hours=3)
+_SECOND = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Daemon:
         self._active: dict[str, CancelToken] = {}
         self._reporters: list[threading.Thread] = []
         self._stopping = False
+        # Jobs whose next run follows a slot already run before the clock was stepped back.
+        self._resume_after: dict[str, datetime] = {}
         state.bind_scheduler(self.alive, self.next_runs)
 
     # --- state for status / health ---------------------------------------------------
@@ -120,6 +126,9 @@ class Daemon:
             options: dict[str, Any] = {}
             if name in run_now:
                 options["next_run_time"] = now
+            elif name in self._resume_after:
+                options["next_run_time"] = job.schedule.next_at_or_after(
+                    self._resume_after[name] + _SECOND)
             self.scheduler.add_job(self._fire, trigger=job.schedule.trigger(), args=[name],
                                    id=name, name=name, **options)
         self.scheduler.start()
@@ -138,7 +147,9 @@ class Daemon:
             if due is None:
                 continue
             handled = self.state.persisted_last_slot(name)
-            if handled is None or handled >= due:
+            if handled is not None and not_again(job.schedule, handled, now):
+                self._resume_after[name] = handled
+            elif handled is None or handled >= due:
                 # First start ever, or nothing missed: from now on this slot counts as seen.
                 self.state.mark_slot_handled(name, due)
             elif now - due <= grace:
@@ -182,6 +193,30 @@ class Daemon:
             return (f"BACKUP_ON_START: newest verified backup {newest.name} is older than "
                     f"one schedule interval ({interval})")
         return None
+
+    def follow_clock(self, now: datetime | None = None) -> None:
+        """After the clock was stepped back (it had been ahead: NTP, a host's RTC), the runs
+        go by the clock as it now reads. APScheduler keeps the next run it computed before
+        the step: an hourly job would wait for it, the step's length past its next slot.
+        Re-timed, it runs at the next slot; a fixed-time job does not run again a slot it
+        already ran (see :func:`not_again`). Called with every heartbeat."""
+        now = now or datetime.now(UTC)
+        for name, job in self.jobs.items():
+            planned = self.scheduler.get_job(name)
+            if planned is None or planned.next_run_time is None:
+                continue
+            # The next slot from the clock as it reads now (never the one just fired).
+            due = job.schedule.next_at_or_after(now + _SECOND)
+            if due is None or planned.next_run_time <= due:
+                continue  # no step back across a slot: what APScheduler holds is right
+            ran = job.schedule.previous_at_or_before(planned.next_run_time - _SECOND)
+            if ran is not None and not_again(job.schedule, ran, now):
+                continue
+            self.log.warning("the clock was stepped back: the next run goes by it as it now "
+                             "reads", job=name, planned=planned.next_run_time.isoformat(),
+                             next_run=due.isoformat())
+            with contextlib.suppress(Exception):  # shutting down
+                self.scheduler.modify_job(name, next_run_time=due)
 
     def run_soon(self, name: str, reason: str) -> None:
         """Run job ``name`` now, out of its schedule (the WAL archive asks for a base backup
@@ -276,6 +311,16 @@ class Daemon:
     def running_jobs(self) -> list[str]:
         with self._cond:
             return sorted(self._active)
+
+
+def not_again(schedule: CronSchedule, ran: datetime, now: datetime) -> bool:
+    """Whether slot ``ran``, already run and now ahead of the clock (stepped back since), is
+    not to be run again when the clock reaches it once more: cron(8)'s rule, a fixed-time
+    job (no '*' in minute or hour) after a step of less than REPEAT_WINDOW. Any other job
+    runs its slots by the clock as it reads (an hourly one goes on hourly), unless the slot
+    is only as far ahead as clocks may disagree (an NTP step of seconds repeats nothing)."""
+    window = REPEAT_WINDOW if schedule.fixed_time else CLOCK_TOLERANCE
+    return now < ran <= now + window
 
 
 def _fmt(moment: datetime) -> str:

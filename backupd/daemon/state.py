@@ -25,6 +25,7 @@ from backupd.daemon.history import RunRecord, add_run
 from backupd.log import get_logger
 from backupd.result import JobResult, Status, UtcDateTime
 from backupd.storage.atomic import write_bytes_atomically
+from backupd.storage.base import CLOCK_TOLERANCE
 
 STATE_FILE = ".backupd-state.json"
 LOCK_FILE = ".backupd-state.lock"
@@ -258,7 +259,7 @@ class DaemonState:
 
         def change(state: StateFile) -> None:
             record = remember(state, result)
-            if handled is not None and (record.last_slot is None or handled > record.last_slot):
+            if handled is not None and _advances(record.last_slot, handled):
                 record.last_slot = handled
             self._write_own_entry(state)
 
@@ -270,7 +271,7 @@ class DaemonState:
     def mark_slot_handled(self, job: str, slot: datetime) -> None:
         def change(state: StateFile) -> None:
             record = state.jobs.setdefault(job, JobRecord())
-            if record.last_slot is None or slot > record.last_slot:
+            if _advances(record.last_slot, slot):
                 record.last_slot = slot
 
         self._update(change)
@@ -309,6 +310,16 @@ class DaemonState:
             # stop backups. The log line makes the problem visible.
             self._log.warning("cannot write the state file", path=str(self.directory),
                               error=exc.strerror or str(exc))
+
+
+def _advances(last_slot: datetime | None, slot: datetime) -> bool:
+    """Whether ``slot``, just dealt with, is the job's last one now: a later one than the
+    file's, or the file's lies ahead of the clock. That one was dealt with before the clock
+    was stepped back (it had been ahead): kept, it would hide the slots missed while down
+    from a restart until the clock caught up with it. (Only ever moving forward keeps a
+    replica that reports a slot late from moving it back.)"""
+    return (last_slot is None or slot > last_slot
+            or last_slot > datetime.now(UTC) + CLOCK_TOLERANCE)
 
 
 def _newer(result: JobResult, stored: JobResult | None) -> bool:
