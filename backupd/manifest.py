@@ -15,6 +15,13 @@ from backupd.database_properties import DatabaseProperties
 
 MANIFEST_VERSION = 1
 
+# Manifest.template1_look: the run dumped template1 (it held objects, or '*' took it as any
+# database: not marked a template); looked into, it held nothing (no dump); it could not be
+# looked into (no dump, a warning).
+TEMPLATE1_DUMPED = "dumped"
+TEMPLATE1_EMPTY = "empty"
+TEMPLATE1_FAILED = "failed"
+
 
 class WalRecord(BaseModel):
     """What a WAL artifact (kind "wal", backupd.archive.walstore) holds: one of PostgreSQL's
@@ -69,9 +76,17 @@ class Manifest(BaseModel):
     run_databases: list[str] | None = None
     # The globals only: True when the run of '*' looked into template1 and found nothing of
     # its own (so took no dump of it: its older dumps are no longer judged by health and
-    # metrics), False when it held objects; None when not looked into (not '*', left out,
-    # taken as any database, the look failed) and in manifests of older backups.
+    # metrics), False when it dumped it (it held objects, or was taken as any database);
+    # None when not looked into (not '*', left out, the look failed) and in manifests of
+    # older backups. Kept for runs written before template1_look (below).
     template1_empty: bool | None = None
+    # The dumps of a run of '*': what that run did with template1 (TEMPLATE1_DUMPED, _EMPTY,
+    # _FAILED below), so that restore --latest and health know it without a globals manifest
+    # (DB_BACKUP_GLOBALS=off) and from S3 alone (backupd.storage.template1_runs). None when
+    # the run said nothing: not '*', DB_BACKUP_EXCLUDE left template1 out (so a config that
+    # leaves it out never undoes another's finding), older backups. Text, not a Literal: a
+    # value a later version adds must not make this version reject the whole manifest.
+    template1_look: str | None = None
     server_version: str | None = None
     pg_dump_version: str | None = None
     started_at: datetime

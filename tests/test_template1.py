@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers.backups import back_up, read_manifest, redate, sql_of
+from helpers.backups import back_up, read_manifest, redate, sql_of, write_manifest
 from helpers.cli import one_error_line, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
@@ -31,7 +31,6 @@ from helpers.template1 import (
 
 from backupd.notify.store_metrics import store_metrics
 from backupd.settings import load_settings
-from backupd.storage.template1_record import RECORD_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +241,9 @@ def test_health_and_metrics_stop_judging_template1_once_a_run_finds_it_empty(
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert series_databases(env, monkeypatch) == ["postgres"]
     # Runs of older versions recorded it in the globals manifest alone: still read.
-    (directory / RECORD_NAME).unlink()
+    for data in directory.glob("*.sql.gz"):
+        write_manifest(data, {k: v for k, v in read_manifest(data).items()
+                              if k != "template1_look"})
     assert run_backupd(["health"], env).returncode == 0
     # A whole-system restore of that run leaves the old template1 backup out, saying why.
     target = private_cluster("t1-emptied-target-pw")

@@ -50,10 +50,12 @@ from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
-        not_before: datetime | None = None, run_id: str | None = None) -> None:
+        not_before: datetime | None = None, run_id: str | None = None,
+        template1_look: str | None = None) -> None:
     """``not_before``: skip if a verified backup taken at or after it already exists (the
     daemon passes its schedule slot, so replicas produce exactly one backup per slot).
-    ``run_id``: the backup run this dump belongs to (commands.backup_run), for the manifest."""
+    ``run_id``: the backup run this dump belongs to (commands.backup_run), and
+    ``template1_look``, what that run did with template1: both for the manifest."""
     settings = ctx.settings
     store = ctx.store
     facts = ctx.result.outcome = BackupOutcome()
@@ -145,6 +147,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             gzip_members=outcome.gzip_members, database_properties=properties,
             object_tablespaces=spaces,
             server_time=clock.now, wal_lsn=clock.wal_lsn, run_id=run_id,
+            template1_look=template1_look,
         )
         # Written twice on purpose: now, unverified, so that a crash before the verdict
         # leaves a file marked as backupd's own and unproven (never mistaken for an

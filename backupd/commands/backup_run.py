@@ -20,6 +20,7 @@ from backupd.commands import backup, globals_backup
 from backupd.commands.template1_look import TemplateLook, template_to_back_up
 from backupd.errors import Cancelled, JobFailed, JobSkipped
 from backupd.job import JobBody, JobContext, run_job
+from backupd.manifest import TEMPLATE1_DUMPED
 from backupd.naming import globals_name, run_id
 from backupd.notify.base import NotifierChain
 from backupd.outcomes import BackupRunOutcome, DatabaseBackup
@@ -33,7 +34,6 @@ from backupd.postgres.databases import (
 from backupd.postgres.not_text import unnamed_database
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
-from backupd.storage.template1_record import Template1Look, write_template1_look
 
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
@@ -48,18 +48,13 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         ctx.store.prepare()
         for warning in resolved.warnings:
             ctx.warn(warning)
-        # '*' leaves the templates out, but what was put into template1 is in no other dump
-        # (one not marked a template '*' has taken already).
-        template = (template_to_back_up(ctx) if settings.database_selection.every
-                    and TEMPLATE_DATABASE not in resolved.databases else TemplateLook())
+        template = _template1(ctx, resolved.databases)
         databases = [*resolved.databases, *template.databases]
         # The run's id is its start to the second: never reuse an earlier run's.
         started = ctx.store.unique_start(
             lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
         rid = run_id(started)
         facts = ctx.result.outcome = BackupRunOutcome(run_id=rid)
-        if settings.database_selection.every:
-            _record_template1_look(ctx, Template1Look(rid, template.empty))
         ctx.say(f"Backup run {rid}: databases {', '.join(map(repr, databases))}"
                 + (f"; missing {', '.join(map(repr, resolved.missing))}"
                    if resolved.missing else "")
@@ -70,7 +65,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.cancel.raise_if_cancelled()
             result = run_job(
                 "backup", settings.for_database(database),
-                _dump_body(apply_retention, not_before, rid), chain, ctx.cancel,
+                _dump_body(apply_retention, not_before, rid, template.look), chain, ctx.cancel,
                 ctx.repositories, scheduled_for=ctx.result.scheduled_for, announce=False)
             facts.databases.append(_summary_of(result))
             if result.status == Status.CANCELLED:
@@ -117,20 +112,24 @@ def _conclude(ctx: JobContext, facts: BackupRunOutcome) -> None:
             + (", globals" if facts.globals is not None and facts.globals.ok else ""))
 
 
-def _record_template1_look(ctx: JobContext, look: Template1Look) -> None:
-    """Beside the dumps, not only in the globals manifest: with DB_BACKUP_GLOBALS=off there
-    is none, and an emptied template1's last dump would be judged forever."""
-    try:
-        write_template1_look(ctx.store.directory, look)
-    except OSError as exc:
-        # The dumps matter more than this record; without it template1 stays judged.
-        ctx.warn(f"could not record what this run found in template1 in DB_BACKUP_DIR "
-                 f"({exc.strerror or exc}): health and metrics keep judging its last dump")
+def _template1(ctx: JobContext, databases: list[str]) -> TemplateLook:
+    """'*' leaves the templates out, but what was put into template1 is in no other dump:
+    looked into, and dumped too when it holds anything. One not marked a template '*' has
+    taken already: dumped, as any database."""
+    if not ctx.settings.database_selection.every:
+        return TemplateLook()
+    if TEMPLATE_DATABASE in databases:
+        return TemplateLook(look=TEMPLATE1_DUMPED)
+    return template_to_back_up(ctx)
 
 
-def _dump_body(apply_retention: bool, not_before: datetime | None, rid: str) -> JobBody:
+def _dump_body(apply_retention: bool, not_before: datetime | None, rid: str,
+               template1_look: str | None) -> JobBody:
+    # Every dump of the run carries what it did with template1: no globals manifest may
+    # be written (DB_BACKUP_GLOBALS=off), and the dumps travel to S3.
     def body(sub: JobContext) -> None:
-        backup.run(sub, apply_retention=apply_retention, not_before=not_before, run_id=rid)
+        backup.run(sub, apply_retention=apply_retention, not_before=not_before, run_id=rid,
+                   template1_look=template1_look)
     return body
 
 

@@ -31,6 +31,7 @@ from backupd.postgres.databases import TEMPLATE_DATABASE, maintenance_connection
 from backupd.postgres.globals import apply_globals
 from backupd.result import JobResult
 from backupd.storage.base import BackupEntry, Repository, newest_verified
+from backupd.storage.template1_runs import newest_template1_run
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -94,10 +95,18 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
     repository = ctx.repos.choose(from_s3, "--from-s3")
     if globals_entries is None:
         globals_entries = repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)
-    names = _databases(ctx, repository, database, globals_entries)
+    listings: dict[str, list[BackupEntry]] = {}
+
+    def listed(name: str) -> list[BackupEntry]:
+        # Each database listed once (from S3, every manifest is a request).
+        if name not in listings:
+            listings[name] = repository.list_backups(name)
+        return listings[name]
+
+    names = _databases(ctx, repository, database, globals_entries, listed)
     plan = []
     for name in names:
-        entries = repository.list_backups(name)
+        entries = listed(name)
         if database is not None and not entries:
             have = repository.databases()
             raise ConfigError(
@@ -159,7 +168,8 @@ def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
 
 
 def _databases(ctx: JobContext, repository: Repository, database: str | None,
-               globals_entries: list[BackupEntry]) -> list[str]:
+               globals_entries: list[BackupEntry],
+               listed: Callable[[str], list[BackupEntry]]) -> list[str]:
     if database is not None:
         return [database]
     chosen = ctx.settings.database_selection
@@ -167,16 +177,24 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None,
         return list(chosen.names)
     names = chosen.choose(repository.databases())
     newest = newest_verified(globals_entries)
-    run = newest.manifest.run_databases if newest is not None and newest.manifest else None
-    if newest is not None and run is not None:
+    manifest = newest.manifest if newest is not None else None
+    run = manifest.run_databases if manifest is not None else None
+    # What the newest run that looked did with template1, from its dumps' manifests: the
+    # globals (run_databases) may be off, or from an older run. None: no run said; the
+    # globals' run decides, as for any database.
+    said = (newest_template1_run((e for name in names for e in listed(name)), globals_entries)
+            if TEMPLATE_DATABASE in names else None)
+    decided = {TEMPLATE_DATABASE} if said is not None else set()
+    if newest is not None and manifest is not None and run is not None:
         # The databases of the newest run: one dropped since has old backups still kept
         # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back.
-        left_out = sorted(set(names) - set(run))
+        left_out = sorted(set(names) - set(run) - decided)
         never = sorted(set(chosen.choose(run)) - set(names))
-        names = [name for name in names if name in run]
+        names = [name for name in names if name in run or name in decided]
         if TEMPLATE_DATABASE in left_out:
             left_out.remove(TEMPLATE_DATABASE)
-            ctx.say(_template1_left_out(newest))
+            ctx.say(_template1_left_out(manifest.run_id or newest.name,
+                                        empty=manifest.template1_empty is True))
         if left_out:
             ctx.say(f"POSTGRES_DB='*': not restoring {', '.join(left_out)}: not in the newest "
                     f"backup run ({newest.name}), so no longer in the cluster; restore one "
@@ -184,21 +202,23 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None,
         if never:
             ctx.warn(f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run "
                      f"({newest.name}) but never backed up: not restored")
+    if said is not None and not said.took and TEMPLATE_DATABASE in names:
+        names.remove(TEMPLATE_DATABASE)
+        ctx.say(_template1_left_out(said.run_id, empty=said.empty))
     if not names:
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
     return names
 
 
-def _template1_left_out(newest: BackupEntry) -> str:
+def _template1_left_out(run: str, *, empty: bool) -> str:
     """Why a whole-system restore takes none of the template1 backups kept from older runs:
     the newest run took no dump of it (it held nothing of its own then, or was not looked
     into); the server's own template1 stays."""
-    why = ("that run found it holding nothing of its own"
-           if newest.manifest is not None and newest.manifest.template1_empty
+    why = ("that run found it holding nothing of its own" if empty
            else "that run took no backup of it (left out, or it could not be looked into)")
     return (f"POSTGRES_DB='*': not restoring template1 from an older run: not in the newest "
-            f"backup run ({newest.name}), {why}; the server's own template1 stays as it is; "
+            f"backup run ({run}), {why}; the server's own template1 stays as it is; "
             "restore an older one with --database template1")
 
 

@@ -10,6 +10,7 @@ import psycopg
 
 from backupd.errors import JobFailed
 from backupd.job import JobContext
+from backupd.manifest import TEMPLATE1_DUMPED, TEMPLATE1_EMPTY, TEMPLATE1_FAILED
 from backupd.postgres.connection import connect, describe_error
 from backupd.postgres.databases import TEMPLATE_DATABASE
 from backupd.postgres.user_objects import UserObjects, read_user_objects
@@ -19,12 +20,19 @@ from backupd.settings import Settings
 @dataclass(frozen=True)
 class TemplateLook:
     """What a backup run of ``*`` found in template1: ``databases``, ``[template1]`` when
-    it must be dumped too; ``empty``, for the run's record and globals manifest (health and
-    metrics judge template1's dumps only while the newest run took one): True when looked into and
-    found holding nothing, False when it holds objects, None when not looked into."""
+    it must be dumped too; ``look``, for every dump manifest of the run (Manifest.
+    template1_look: restore and health read it, backupd.storage.template1_runs): None when
+    DB_BACKUP_EXCLUDE leaves template1 out (nothing to say), else dumped, empty or failed."""
 
     databases: tuple[str, ...] = ()
-    empty: bool | None = None
+    look: str | None = None
+
+    @property
+    def empty(self) -> bool | None:
+        """For the globals manifest (``template1_empty``, what older versions read): True
+        when looked into and found holding nothing, False when it holds objects, None when
+        not looked into."""
+        return {TEMPLATE1_EMPTY: True, TEMPLATE1_DUMPED: False}.get(self.look or "")
 
 
 def template_to_back_up(ctx: JobContext) -> TemplateLook:
@@ -40,12 +48,12 @@ def template_to_back_up(ctx: JobContext) -> TemplateLook:
         ctx.warn(f"could not look into template1 ({reason}): objects put there for every new "
                  "database are not backed up; let POSTGRES_USER connect to template1, or set "
                  "DB_BACKUP_EXCLUDE=template1 to leave it out knowingly")
-        return TemplateLook()
+        return TemplateLook(look=TEMPLATE1_FAILED)
     if held.empty:
-        return TemplateLook(empty=True)
+        return TemplateLook(look=TEMPLATE1_EMPTY)
     ctx.say(f"template1 holds objects template0 lacks ({held.describe()}): backing it up too, "
             "so that a whole-system restore brings them back into a new server's template1")
-    return TemplateLook((TEMPLATE_DATABASE,), empty=False)
+    return TemplateLook((TEMPLATE_DATABASE,), look=TEMPLATE1_DUMPED)
 
 
 def objects_in_template1(settings: Settings) -> UserObjects:

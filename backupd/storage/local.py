@@ -32,7 +32,6 @@ from backupd.naming import (
     parse_backup_name,
     partial_name,
 )
-from backupd.naming import run_id as run_id_at
 from backupd.progress import Progress
 from backupd.settings.selection import DatabaseSelection
 from backupd.storage.atomic import DIR_MODE, FILE_MODE, atomic_write, write_bytes_atomically
@@ -40,11 +39,10 @@ from backupd.storage.base import (
     BackupEntry,
     UnknownBackup,
     UnsafePathError,
-    newest_verified,
     no_copy_needed,
     sort_newest_first,
 )
-from backupd.storage.template1_record import read_template1_look
+from backupd.storage.template1_runs import newest_template1_run
 
 COPY_SIZE = 1024 * 1024
 # Errors that mean "this directory cannot be written" rather than "this write failed".
@@ -187,26 +185,17 @@ class LocalRepository:
         """The databases health, metrics and the schedule's cover judge, without asking the
         server: the listed ones; for ``*``, those with dumps here but the excluded, and
         template1 only while the newest run took it: a run that found it holding nothing
-        took no dump of it, and its older dumps, kept by retention, are no longer due. A
-        failed look records nothing: still judged."""
+        took no dump of it, and its older dumps, kept by retention, are no longer due
+        (what every run of ``*`` says in its manifests: storage.template1_runs). A failed
+        look proves nothing: still judged."""
         watched = selection.watched(self.dump_databases())
-        if selection.every and TEMPLATE_DATABASE in watched \
-                and self._newest_template1_empty():
-            watched.remove(TEMPLATE_DATABASE)
+        if selection.every and TEMPLATE_DATABASE in watched:
+            said = newest_template1_run(
+                (entry for name in watched for entry in self.list_backups(name)),
+                self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
+            if said is not None and said.empty:
+                watched.remove(TEMPLATE_DATABASE)
         return watched
-
-    def _newest_template1_empty(self) -> bool:
-        """What the newest run of ``*`` found in template1: its record beside the dumps
-        (every run writes one, whatever DB_BACKUP_GLOBALS), or, from older backupd versions,
-        the newest verified globals manifest; of the two, the newer run's."""
-        record = read_template1_look(self.directory)
-        newest = newest_verified(self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
-        if newest is None or newest.manifest is None:
-            return record is not None and record.empty is True
-        globals_run = newest.manifest.run_id or run_id_at(newest.parsed.taken_at)
-        if record is not None and record.run_id >= globals_run:
-            return record.empty is True
-        return newest.manifest.template1_empty is True
 
     def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         return self.scan(database, kind)  # every file here is complete (renamed into place)
