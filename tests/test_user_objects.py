@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 from helpers.pg import ServerAddress, connect, psql
 from helpers.template1 import SUBSCRIPTION
+from psycopg import sql
 
-from backupd.postgres.user_objects import holds_nothing, read_user_objects
+from backupd.postgres.user_objects import holds_nothing, object_rows, read_user_objects
 
 HOLDINGS = {
     "nothing": "",
@@ -46,3 +47,19 @@ def test_holds_nothing_answers_as_the_one_definition(
     finally:
         if holding == "a subscription":  # DROP DATABASE refuses a database with one
             psql(pg_server, database, "DROP SUBSCRIPTION feed_sub")
+
+
+@pytest.mark.parametrize(("server_version", "counted"), [(130000, False), (140013, False),
+                                                         (150000, True), (170000, True)])
+def test_the_public_schema_comment_counts_only_where_pg_dump_carries_it(
+        pg_server: ServerAddress, make_db: Callable[..., str], server_version: int,
+        counted: bool) -> None:
+    """pg_dump dumps the public schema's comment from PostgreSQL 15 on; on 13 and 14 it
+    leaves it out (selectDumpableNamespace), so there it is nothing a backup could carry.
+    Asked of this server with the rows a 13 or 14 server gets: no such server here."""
+    database = make_db()
+    psql(pg_server, database, "COMMENT ON SCHEMA public IS 'ours';")
+    with connect(pg_server, database) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM ({}) o").format(
+            object_rows(False, server_version))).fetchone()
+    assert row == ((1,) if counted else (0,))

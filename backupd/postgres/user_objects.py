@@ -62,7 +62,8 @@ class UserObjects:
     members, array types and toast tables left out: their extension or object stands for
     them), the extensions and schemas by name, how many built-in objects (or their columns)
     have privileges other than initdb gave them, the subscriptions made in it, and
-    ``changed_comments``: 1 when the public schema's comment is not initdb's.
+    ``changed_comments``: 1 when the public schema's comment is not initdb's (PostgreSQL 15
+    and later: before, pg_dump dumps no such comment).
     ``identities``: each of those objects as PostgreSQL describes it (pg_describe_object, no
     OIDs but a large object's), so that two databases compare equal only when they hold the
     same objects.
@@ -117,19 +118,24 @@ _CHANGED_COMMENT = "changed comment"
 # when it is not initdb's (this text; a removed one as ''): a changed comment on any other
 # built-in object is in no dump, so counting it would back up nothing it could bring back.
 _PUBLIC_SCHEMA_COMMENT = "standard public schema"
+# ... and only from PostgreSQL 15 on: before, selectDumpableNamespace left the public
+# schema's creation and comment out of every dump.
+_PUBLIC_COMMENT_DUMPED_FROM = 150000
 
 
-def _object_rows(identity: bool) -> sql.Composed:
-    """Every object ``conn``'s database holds of its own (extensions aside) and every changed
-    privilege, one row each: the one definition of what counts. ``identity``: each row says
-    what it is (kind, pg_describe_object); otherwise it is a bare row, enough to tell
-    whether there is any."""
+def object_rows(identity: bool, server_version: int) -> sql.Composed:
+    """Every object the database holds of its own (extensions aside) and every changed
+    privilege, one row each: the one definition of what counts, on a server of
+    ``server_version`` (server_version_num). ``identity``: each row says what it is (kind,
+    pg_describe_object); otherwise it is a bare row, enough to tell whether there is any."""
+    comment = ([_changed_comment_query(identity)]
+               if server_version >= _PUBLIC_COMMENT_DUMPED_FROM else [])
     return sql.SQL(" UNION ALL ").join(
         [_objects_query(catalog, kind, identity) for catalog, kind in OBJECT_CATALOGS.items()
          if catalog != "pg_extension"]  # named below: an extension is never its own member
         + [_changed_privileges_query(catalog, column, identity)
            for catalog, column in _ACL_COLUMNS.items()]
-        + [_changed_column_privileges_query(identity), _changed_comment_query(identity)])
+        + [_changed_column_privileges_query(identity), *comment])
 
 
 _EXTENSIONS = sql.SQL("SELECT extname::text FROM pg_catalog.pg_extension WHERE oid >= {}"
@@ -151,8 +157,9 @@ def read_user_objects(conn: Connection) -> UserObjects:
             "WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = pg_namespace.oid "
             "AND d.deptype = 'e') ORDER BY 1), "
             "(SELECT count(*) FROM ({}) s)"
-        ).format(_object_rows(True), _EXTENSIONS, sql.Literal(FIRST_NORMAL_OBJECT_ID),
-                 sql.SQL(_TEMP_SCHEMAS), _SUBSCRIPTIONS)).fetchone()
+        ).format(object_rows(True, conn.info.server_version), _EXTENSIONS,
+                 sql.Literal(FIRST_NORMAL_OBJECT_ID), sql.SQL(_TEMP_SCHEMAS),
+                 _SUBSCRIPTIONS)).fetchone()
     assert row is not None
     found = [(str(kind), str(identity)) for kind, identity in row[0] or []]
     extensions = tuple(str(name) for name in row[1] or [])
@@ -173,7 +180,7 @@ def holds_nothing(conn: Connection) -> bool:
     more than an empty one."""
     row = conn.execute(sql.SQL(
         "SELECT NOT (EXISTS ({}) OR EXISTS ({}) OR EXISTS ({}))").format(
-        _object_rows(False), _EXTENSIONS, _SUBSCRIPTIONS)).fetchone()
+        object_rows(False, conn.info.server_version), _EXTENSIONS, _SUBSCRIPTIONS)).fetchone()
     assert row is not None
     return bool(row[0])
 
@@ -244,7 +251,7 @@ def _changed_column_privileges_query(identity: bool) -> sql.Composed:
 
 def _changed_comment_query(identity: bool) -> sql.Composed:
     """initdb's public schema (a re-created one is an object of its own) with a comment other
-    than initdb's: COMMENT ON SCHEMA public, which pg_dump dumps."""
+    than initdb's: COMMENT ON SCHEMA public, which pg_dump dumps (from 15 on: object_rows)."""
     comment = sql.SQL("pg_catalog.obj_description(n.oid, 'pg_namespace')")
     described = sql.SQL("{}, 'schema public: ' || coalesce({}, 'none')").format(
         sql.Literal(_CHANGED_COMMENT), comment)
