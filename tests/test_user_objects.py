@@ -22,6 +22,9 @@ HOLDINGS = {
     "a changed privilege": "REVOKE USAGE ON LANGUAGE sql FROM PUBLIC;",
     "a column privilege on a catalog table":
         "GRANT SELECT (rolname) ON pg_catalog.pg_authid TO PUBLIC;",
+    # pg_dump carries a system column's too: GRANT SELECT(ctid) ON TABLE pg_catalog.pg_authid.
+    "a column privilege on a system column":
+        "GRANT SELECT (ctid) ON pg_catalog.pg_authid TO PUBLIC;",
     "a changed comment on the public schema": "COMMENT ON SCHEMA public IS 'ours';",
     # No dump carries it (pg_dump dumps no comment on a built-in object but public's).
     "a comment on a built-in function": "COMMENT ON FUNCTION pg_catalog.now() IS 'time';",

@@ -235,13 +235,15 @@ def _changed_privileges_query(catalog: str, column: str, identity: bool) -> sql.
 def _changed_column_privileges_query(identity: bool) -> sql.Composed:
     """Column privileges on built-in relations (GRANT SELECT (rolname) ON pg_authid), which
     pg_dump dumps when they differ from initdb's (pg_init_privs, one row per column: initdb
-    grants some on pg_subscription's)."""
+    grants some on pg_subscription's). System columns too (GRANT SELECT (ctid)): pg_dump
+    reads every column's attacl, with no attnum > 0 filter; a dropped column is gone."""
     described = sql.SQL(
         "{}, pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, a.attrelid, "
         "a.attnum) || ': ' || coalesce(a.attacl::text, 'default')").format(sql.Literal(_CHANGED))
     return sql.SQL(
         "SELECT {} FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c "
-        "ON c.oid = a.attrelid WHERE a.attrelid < {} AND a.attnum > 0 "
+        "ON c.oid = a.attrelid WHERE a.attrelid < {} AND a.attnum <> 0 "
+        "AND NOT a.attisdropped "
         "AND c.relnamespace <> 'information_schema'::regnamespace "
         "AND a.attacl IS DISTINCT FROM (SELECT i.initprivs FROM pg_catalog.pg_init_privs i "
         "WHERE i.objoid = a.attrelid AND i.classoid = 'pg_catalog.pg_class'::regclass "
