@@ -99,11 +99,18 @@ def _append_only(directory: Path) -> Iterator[None]:
 def test_a_probe_that_cannot_be_removed_does_not_hide_why_the_owner_was_refused(
         tmp_path: Path, existed: bool) -> None:
     # The probe is made, the chown refused, and then the probe cannot be removed (the
-    # directory it is in is append-only): the rmdir's error replaced the --owner one.
+    # directory it is in is append-only): the rmdir's error replaced the --owner one. The
+    # --owner error comes first, and then the leftover probe, named: in an existing
+    # directory it is the incomplete-recover mark, so the next recover would ask for --force.
     target = _target(tmp_path, existed)
+    probe = target / STAGING_NAME if existed else target
     with _append_only(target if existed else target.parent), \
-            pytest.raises(ConfigError, match=r"^--owner: 1099511627776:1 is not a UID:GID"):
+            pytest.raises(ConfigError, match=r"^--owner: 1099511627776:1 is not a UID:GID") \
+            as raised:
         check_target(target, force=False, owner=(2**40, 1))
+    assert probe.is_dir()
+    assert (f"; and the probe {probe} could not be removed (Operation not permitted); "
+            "remove it by hand") in str(raised.value), str(raised.value)
 
 
 @pytest.mark.parametrize("existed", [False, True], ids=["new-dir", "empty-dir"])

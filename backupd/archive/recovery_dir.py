@@ -150,7 +150,8 @@ def _check_mode_can_be_set(directory: Path) -> None:
 def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
     """Make directory ``probe`` in ``place``, give it to ``owner`` (and back), and remove
     it, whatever the chown did; an OSError names ``place``, a chown refused names --owner
-    (also when the probe could not be removed after it)."""
+    first (also when the probe could not be removed after it: then the leftover probe
+    too)."""
     try:
         if probe.name.endswith(".probe") and probe.is_dir() and not probe.is_symlink():
             probe.rmdir()  # this very probe, left by a check killed between its two steps
@@ -158,6 +159,7 @@ def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(place)) from None
     refused: OSError | OverflowError | None = None
+    left = ""
     try:
         if owner is not None:
             try:
@@ -171,11 +173,15 @@ def _probe(place: Path, probe: Path, owner: tuple[int, int] | None) -> None:
             probe.rmdir()
         except OSError as exc:
             # A probe that cannot be removed must not hide why --owner was refused (raised
-            # below): that is the error to fix first.
+            # below): that is the error to fix first. But it is said: left in an existing
+            # directory, the probe is the incomplete-recover mark (the next recover would
+            # ask for --force).
             if refused is None:
                 raise OSError(exc.errno, exc.strerror, str(place)) from None
+            left = (f"; and the probe {probe} could not be removed ({exc.strerror}); "
+                    "remove it by hand")
     if refused is not None and owner is not None:
-        raise _owner_refused(place, owner, refused)
+        raise ConfigError(f"{_owner_refused(place, owner, refused)}{left}")
 
 
 def _owner_refused(place: Path, owner: tuple[int, int],
