@@ -28,6 +28,7 @@ from psycopg import sql
 
 from backupd.commands import restore, restore_load, selection
 from backupd.commands.drill_server import check_not_live, drill_server_settings
+from backupd.commands.drill_template1 import with_template1
 from backupd.database_properties import DatabaseProperties
 from backupd.errors import Cancelled, ConfigError, JobFailed, JobSkipped, OffsiteError
 from backupd.job import JobContext, run_job
@@ -154,7 +155,7 @@ def _drill_each(ctx: JobContext, name: str | None, *, from_s3: bool) -> None:
         if resolved.missing:
             raise JobFailed(f"database(s) {', '.join(resolved.missing)} (POSTGRES_DB) do not "
                             "exist on the server")
-        databases = resolved.databases
+        databases = with_template1(ctx, resolved.databases, from_s3=from_s3)
     chain = ctx.chain or NotifierChain([])
     failed = []
     for database in databases:

@@ -1,0 +1,48 @@
+"""template1 in the drill of POSTGRES_DB='*' without a drill server.
+
+A run of ``*`` dumps template1 when it holds objects template0 lacks
+(backupd.commands.template1_look), and a whole-system restore loads that dump into a new
+server's template1 (backupd.commands.template1). The drill of ``*`` drills the databases the
+server lists, and templates are never among them: a template1 dump that does not load
+would only be found by the restore that needs it. So it is drilled as one more database,
+by the same per-database drill (backupd.commands.drill): loaded into a scratch database
+created from template0 on the same server (``template1_drill``, marked and dropped like
+every scratch), compared with the live template1, which is only read, and reported with a
+result of its own.
+"""
+
+from __future__ import annotations
+
+from backupd.errors import ConfigError, OffsiteError
+from backupd.job import JobContext
+from backupd.naming import TEMPLATE_DATABASE
+from backupd.storage.base import newest_verified
+
+
+def with_template1(ctx: JobContext, databases: list[str], *, from_s3: bool) -> list[str]:
+    """``databases``, and template1 after them when the drill must cover its dump: a drill
+    of ``*`` that does not exclude it, with a verified dump of it in the repository, unless
+    the newest run found template1 holding nothing (its older dumps, kept by retention, are
+    then not what a restore brings back: health stops judging them too)."""
+    selection = ctx.settings.database_selection
+    if not selection.every or TEMPLATE_DATABASE in databases \
+            or not selection.choose([TEMPLATE_DATABASE]):
+        return databases
+    try:
+        repository = ctx.repos.choose(from_s3, "--from-s3")
+        entries = repository.list_backups(TEMPLATE_DATABASE)
+    except (ConfigError, OffsiteError):
+        # Each database's drill fails on the same repository, naming why: no reason for
+        # the run's own job to fail before them.
+        return databases
+    if newest_verified(entries) is None or _emptied(ctx):
+        return databases
+    return [*databases, TEMPLATE_DATABASE]
+
+
+def _emptied(ctx: JobContext) -> bool:
+    # watched_dumps leaves template1 out, though dumped here, exactly when the newest run
+    # found it holding nothing: one judgement for health, metrics and the drill.
+    store = ctx.store
+    return (TEMPLATE_DATABASE in store.dump_databases()
+            and TEMPLATE_DATABASE not in store.watched_dumps(ctx.settings.database_selection))
