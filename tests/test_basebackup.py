@@ -32,6 +32,7 @@ from helpers.s3server import S3Server
 
 from backupd.archive.basebackups import BaseBackupDamaged, extract_base_backup, list_base_backups
 from backupd.pipeline.config import AgeKeyFiles
+from backupd.pipeline.encrypt import load_identities
 from backupd.storage.local import LocalRepository
 
 
@@ -133,7 +134,7 @@ def test_encrypted_base_backup_is_checked_with_the_identity(cluster: PrivateClus
     assert manifest["verified"] and manifest["encrypted"]
     target = tmp_path / "data"
     extract_base_backup(LocalRepository(path.parent), path.name, target,
-                        AgeKeyFiles(identity_file=keys.identity_file))
+                        load_identities(AgeKeyFiles(identity_file=keys.identity_file)))
     assert pg_verifybackup(target).returncode == 0
     # A wrong identity says nothing about the file: verify fails, nothing is recorded.
     other = make_age_keys(tmp_path / "other", "other")

@@ -227,3 +227,21 @@ def test_cli_env_does_not_inherit_developer_settings(monkeypatch: pytest.MonkeyP
     env = build_env({"POSTGRES_DB": "x"})
     assert env["POSTGRES_DB"] == "x"
     assert not {"POSTGRES_HOST", "AWS_SECRET_ACCESS_KEY", "DB_BACKUP_DIR"} & env.keys()
+
+
+# --- file opens ------------------------------------------------------------------------------
+
+
+def test_the_open_counter_counts_every_open_of_its_file_by_any_process(tmp_path: Path) -> None:
+    from helpers.file_opens import OpenCounter
+
+    watched, other = tmp_path / "watched", tmp_path / "other"
+    watched.write_text("x")
+    other.write_text("y")
+    with OpenCounter(watched) as opens:
+        assert opens.count() == 0
+        watched.read_text()
+        other.read_text()
+        subprocess.run(["cat", str(watched)], check=True, capture_output=True)
+        watched.stat()  # not an open
+        assert opens.count() == 2

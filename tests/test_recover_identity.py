@@ -26,8 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import leakcheck
 from helpers.age import make_age_keys
 from helpers.cli import as_a_user_sees_it, run_backupd, start_backupd, stop_backupd
+from helpers.file_opens import OpenCounter
 from helpers.recovered import (
     PitrCluster,
     insert_batch,
@@ -123,6 +125,26 @@ def test_a_recover_whose_plan_reads_encrypted_files_is_refused_naming_them(
     assert "DB_BACKUP_AGE_IDENTITY_FILE: not set" in line, line
     assert mixed.encrypted_base in line, line
     assert not target.exists()
+
+
+def test_a_recover_that_reads_encrypted_files_reads_the_identity_file_once(
+        mixed: Mixed) -> None:
+    # It was read for the checks, then again for every encrypted WAL file fetched and for
+    # the encrypted base backup.
+    target = mixed.pitr.work / "identity-once"
+    env = {**as_a_user_sees_it(mixed.pitr.env),
+           "DB_BACKUP_AGE_IDENTITY_FILE": str(mixed.identity_file)}
+    with OpenCounter(mixed.identity_file) as opens:
+        out = recover(env, target, "--to-lsn", mixed.before_plain)
+        during = opens.count()
+        # The harness reads every run's secret files too (the leak check), before the run:
+        # counted the same way, and taken off.
+        leakcheck.record_run(["recover"], env)
+        harness = opens.count() - during
+    assert f"base backup: {mixed.encrypted_base}" in out, out
+    assert harness == 1
+    assert during - harness == 1
+    assert recovered_batches(target, PASSWORD) == {"A": 40}
 
 
 def test_mark_without_the_identity_warns_the_name_was_not_looked_for_and_makes_the_point(

@@ -30,8 +30,7 @@ from backupd.errors import ConfigError, JobFailed
 from backupd.manifest import BaseBackupFacts
 from backupd.naming import BASE_DATABASE, BASE_KIND
 from backupd.pipeline.compress import open_checker
-from backupd.pipeline.config import AgeKeyFiles
-from backupd.pipeline.encrypt import AgeError, decrypt_into, load_identities
+from backupd.pipeline.encrypt import AgeError, decrypt_into
 from backupd.pipeline.verification import READ_SIZE, VerifyReport
 from backupd.storage.base import BackupEntry, Repository
 
@@ -252,13 +251,15 @@ class Extracted:
 
 
 def extract_base_backup(repository: Repository, name: str, target_dir: Path,
-                        crypto: AgeKeyFiles | None,
+                        identities: list[x25519.Identity] | None,
                         cancel: CancelToken | None = None, *,
                         sync_each_file: bool = True,
                         beside: frozenset[str] = frozenset()) -> Extracted:
     """Unpack base backup ``name`` into ``target_dir`` (absent or empty), checking every file
     against PostgreSQL's ``backup_manifest`` on the way. On any mismatch (or a cancel)
     whatever was written is removed and BaseBackupDamaged (or Cancelled) raised.
+    ``identities``: as ``load_identities`` gave them, loaded once by the caller (a recover
+    reads the identity file once for its checks, its WAL and this).
 
     ``beside``: entries of ``target_dir`` that the caller owns (recover's WAL copy). They may
     be there already and are left alone, and the base backup's own entries of those names are
@@ -272,7 +273,6 @@ def extract_base_backup(repository: Repository, name: str, target_dir: Path,
     if target_dir.exists() and any(p.name not in beside for p in target_dir.iterdir()):
         raise ConfigError(f"{target_dir} is not empty; extract a base backup into an empty or "
                           "new directory")
-    identities = load_identities(crypto) if crypto is not None else None
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target_dir.chmod(0o700)
     writer = DirectoryWriter(target_dir, sync_each_file=sync_each_file)

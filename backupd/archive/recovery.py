@@ -70,6 +70,9 @@ class RecoverySource(Protocol):
     """One repository's archive, as recovery consumes it."""
 
     description: str
+    # The age identities it decrypts with, loaded once when it was made (None:
+    # DB_BACKUP_AGE_IDENTITY_FILE not set): its reader's identity checks use the same.
+    identities: list[x25519.Identity] | None
 
     def base_backups(self) -> Sequence[BaseBackupLike]:
         """The verified base backups, any order."""

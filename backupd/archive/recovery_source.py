@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pyrage import x25519
+
 from backupd.archive.basebackups import extract_base_backup, list_base_backups
 from backupd.archive.recovery import BaseBackupLike, WalLike
 from backupd.archive.walstore import (
@@ -19,15 +21,16 @@ from backupd.archive.walstore import (
 )
 from backupd.cancel import CancelToken
 from backupd.pipeline.config import AgeKeyFiles
+from backupd.pipeline.encrypt import load_identities
 from backupd.storage.base import Repository
 from backupd.storage.repositories import Repositories
 
 
 class ArchiveSource:
     def __init__(self, repository: Repository, wal: WalArchive,
-                 crypto: AgeKeyFiles | None) -> None:
+                 identities: list[x25519.Identity] | None) -> None:
         self.repository = repository
-        self.crypto = crypto
+        self.identities = identities
         self.description = repository.description
         self._wal = wal
 
@@ -37,8 +40,8 @@ class ArchiveSource:
     def extract(self, backup: BaseBackupLike, target: Path, cancel: CancelToken,
                 beside: frozenset[str] = frozenset()) -> frozenset[str]:
         # Made durable by recovery_dir.complete's one sync of the filesystem.
-        return extract_base_backup(self.repository, backup.name, target, self.crypto, cancel,
-                                   sync_each_file=False, beside=beside).left_out
+        return extract_base_backup(self.repository, backup.name, target, self.identities,
+                                   cancel, sync_each_file=False, beside=beside).left_out
 
     def wal(self) -> Sequence[WalLike]:
         return self._wal.segments()
@@ -64,11 +67,16 @@ class ArchiveSource:
 
 def archive_source(repos: Repositories, crypto: AgeKeyFiles | None, *,
                    from_s3: bool = False) -> ArchiveSource:
-    """``crypto``: the age keys (``configs.age_key_files``, read at the edge)."""
-    if from_s3:
-        offsite = repos.require_offsite("--from-s3")
-        return ArchiveSource(offsite, WalArchive(offsite_wal_repository(offsite), crypto),
-                             crypto)
+    """``crypto``: the age keys (``configs.age_key_files``, read at the edge). The identity
+    file is read here, once: every WAL file and base backup the source decrypts, and the
+    identity checks of its reader (recover, mark), use what was loaded. A set file without a
+    usable identity is ConfigError here."""
+    offsite = repos.require_offsite("--from-s3") if from_s3 else None
+    identities = load_identities(crypto) if crypto is not None else None
+    if offsite is not None:
+        return ArchiveSource(offsite, WalArchive(offsite_wal_repository(offsite), crypto,
+                                                 identities=identities), identities)
     local_wal = local_wal_repository(repos.local)
-    return ArchiveSource(repos.local, WalArchive(local_wal, crypto,
-                                                 spool=spool_directory(local_wal)), crypto)
+    return ArchiveSource(repos.local,
+                         WalArchive(local_wal, crypto, spool=spool_directory(local_wal),
+                                    identities=identities), identities)

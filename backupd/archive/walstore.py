@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from pyrage import x25519
+
 from backupd.archive.walcodec import RawSink, WalFetchError, encode, read_block, unreadable
 from backupd.archive.walfiles import ArchivedWal, committed, current
 from backupd.archive.walnames import (
@@ -85,13 +87,17 @@ def spool_directory(local_archive: LocalRepository) -> Path:
 
 class WalArchive:
     """The WAL archive in ``repository``; ``spool``: pg_receivewal's directory, whose files
-    (the live ``.partial``, a completed segment not archived yet) count as archived too."""
+    (the live ``.partial``, a completed segment not archived yet) count as archived too.
+    ``identities``: loaded from ``crypto`` already (a recover's, read once for all it
+    decrypts); None: each encrypted file read loads them from ``crypto``."""
 
     def __init__(self, repository: Repository, crypto: AgeKeyFiles | None = None, *,
-                 spool: Path | None = None) -> None:
+                 spool: Path | None = None,
+                 identities: list[x25519.Identity] | None = None) -> None:
         self.repository = repository
         self.crypto = crypto
         self.spool = spool
+        self.identities = identities
         # What the last segments() left out as a write in progress, one line each.
         self.left_out: list[str] = []
 
@@ -261,7 +267,9 @@ class WalArchive:
             while chunk := read_block(stored, wal.name, where):
                 sink.write(chunk)
             return
-        identities = load_identities(self.crypto) if self.crypto is not None else None
+        identities = self.identities
+        if identities is None and self.crypto is not None:
+            identities = load_identities(self.crypto)
         if not identities:
             raise WalFetchError(f"{artifact} is encrypted; set DB_BACKUP_AGE_IDENTITY_FILE to "
                                 "the age identity that can decrypt it")

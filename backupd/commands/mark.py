@@ -35,7 +35,6 @@ from backupd.errors import ConfigError, JobFailed, os_error_text
 from backupd.job import JobContext
 from backupd.outcomes import MarkOutcome
 from backupd.pipeline.config import AgeKeyFiles
-from backupd.pipeline.encrypt import load_identities
 from backupd.postgres.connection import as_text, connect, describe_pg_error
 from backupd.scratch import owned, remove_abandoned
 from backupd.storage.local import is_read_only_error
@@ -98,9 +97,8 @@ def _refuse_a_name_in_the_archive(ctx: JobContext, name: str) -> None:
     from backupd.archive.walstore import WalFetchError
 
     keys = age_key_files(ctx.settings)
-    # A set identity file that cannot be read is a setting to fix (exit 2, no point made):
-    # loaded for that check alone (the WAL fetches load it for themselves).
-    load_identities(keys)
+    # Reads the identity file once, for every WAL file fetched: a set one that cannot be
+    # read is a setting to fix (exit 2, no point made).
     source = archive_source(ctx.repos, keys)
     wal, backups = source.wal(), source.base_backups()
     if _without_the_identity(ctx, name, keys, history_to_read(wal)):

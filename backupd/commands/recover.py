@@ -39,7 +39,6 @@ from backupd.errors import ConfigError
 from backupd.job import JobContext
 from backupd.outcomes import RecoverOutcome
 from backupd.pipeline.clients import missing_server_tools
-from backupd.pipeline.encrypt import load_identities
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,9 @@ def recover_into(ctx: JobContext, source: RecoverySource, target_dir: Path,
     the PITR drill's recovery."""
     started = time.monotonic()
     wal, backups = source.wal(), source.base_backups()
-    # Read once (a set file without a usable identity fails here), for every check below.
-    identities = load_identities(age_key_files(ctx.settings))
+    # Read once, when the source was made (a set file without a usable identity failed
+    # there), for every check below and every file the source decrypts.
+    identities = source.identities
     # The identity for exactly the files read, each check before any of them is fetched:
     # older encrypted files an archive still holds need none when they are not read.
     require_identity(identities, history_to_read(wal))
