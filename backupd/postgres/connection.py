@@ -212,23 +212,28 @@ def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: 
     while (the server converts nothing from SQL_ASCII, and refuses bytes that are not UTF-8),
     then gets its own client_encoding back.
 
-    A refusal becomes :class:`~backupd.postgres.not_text.NameNotText` naming the name that
-    is not UTF-8 and ``reading``, what needed it (e.g. "the drill's comparison"); the name
-    is looked for in ``catalogs``, those the read touches."""
-    was = conn.info.parameter_status("client_encoding")
-    if was != "SQL_ASCII":
-        yield
-        return
-    conn.execute("SET client_encoding = 'UTF8'")
+    A name that is not UTF-8 stops a read on any session, not only a SQL_ASCII one: on a UTF8
+    cluster with a SQL_ASCII database, that database's sessions may name a database or role
+    in any bytes, which a UTF8 session receives as they are (psycopg's UnicodeDecodeError).
+    Either refusal becomes :class:`~backupd.postgres.not_text.NameNotText` naming the name
+    that is not UTF-8 and ``reading``, what needed it (e.g. "the drill's comparison"); the
+    name is looked for in ``catalogs``, those the read touches."""
+    switched = conn.info.parameter_status("client_encoding") == "SQL_ASCII"
+    if switched:
+        conn.execute("SET client_encoding = 'UTF8'")
     refused: Exception | None = None
     try:
         yield
     except NOT_TEXT_ERRORS as exc:
         refused = exc
     finally:
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-            conn.rollback()  # the server refused to send bytes that are not UTF-8 as UTF-8
-        conn.execute("SET client_encoding = 'SQL_ASCII'")
+        # The server refused to send bytes that are not UTF-8 as UTF-8. Another error is
+        # the caller's to handle, on a session left as it was unless it must be switched back.
+        if ((switched or refused is not None)
+                and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR):
+            conn.rollback()
+        if switched:
+            conn.execute("SET client_encoding = 'SQL_ASCII'")
     if refused is not None:
-        # Looked up as bytes, once the session reads bytes again.
+        # Looked up as bytes, whatever the session's encoding (once a SQL_ASCII one is back).
         raise not_text_failure(conn, reading, refused, catalogs) from None

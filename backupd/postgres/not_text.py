@@ -1,10 +1,13 @@
-"""Names a SQL_ASCII cluster holds that are not UTF-8, found to say which one stopped a read.
+"""Names that are not UTF-8, found to say which one stopped a read.
 
-On a SQL_ASCII cluster a name is bytes in no declared encoding (a Latin-1 client's ``café``
-is ``caf\\xe9``). backupd reads names as text (:func:`backupd.postgres.connection.as_text`),
-and the server refuses to send such bytes as UTF-8 without saying whose they are. This looks
-them up again as bytes, so the failure names the object, its bytes escaped, and says to
-rename it. pg_dump still dumps such a database: only the step that needs the name fails.
+On a SQL_ASCII database a name is bytes in no declared encoding (a Latin-1 client's ``café``
+is ``caf\\xe9``), the server's names too (a database's, a role's), so a UTF8 cluster with one
+SQL_ASCII database may hold them as well. backupd reads names as text
+(:func:`backupd.postgres.connection.as_text`): a SQL_ASCII session's server refuses to send
+such bytes as UTF-8, a UTF8 session's sends them and psycopg cannot decode them, neither
+saying whose they are. This looks them up again as bytes, so the failure names the object,
+its bytes escaped, and says to rename it. pg_dump still dumps such a database: only the step
+that needs the name fails.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 class NameNotText(JobFailed):
-    """A name on a SQL_ASCII cluster that is not UTF-8 stopped a read that needs it as text."""
+    """A name that is not UTF-8 (made on a SQL_ASCII database) stopped a read that needs it as
+    text."""
 
 
 class RawBytes(Loader):
@@ -107,14 +111,18 @@ def _is_text(raw: object) -> bool:
 
 def not_text_failure(conn: Connection, reading: str, cause: Exception,
                      catalogs: Catalogs = "both") -> NameNotText:
-    """The failure to raise for ``cause``, on a session that reads bytes again (SQL_ASCII):
-    which name in ``catalogs`` is not UTF-8, and what to do about it."""
+    """The failure to raise for ``cause``: which name in ``catalogs`` is not UTF-8, and what
+    to do about it. The names are read as bytes on any session: a SQL_ASCII one hands them
+    back so anyway, but a UTF8 one (a mixed cluster's) would fail on them again as text."""
     try:
-        row = conn.execute("SELECT current_database()").fetchone()
+        cursor = conn.cursor()
+        for name_type in ("name", "text"):
+            cursor.adapters.register_loader(name_type, RawBytes)
+        row = cursor.execute("SELECT current_database()").fetchone()
         database = shown(row[0]) if row else "?"
         offending = [(_escaped(kind), _escaped(alter), parent, name)
                      for query in _QUERIES[catalogs]
-                     for kind, alter, parent, name in conn.execute(query).fetchall()
+                     for kind, alter, parent, name in cursor.execute(query).fetchall()
                      if not _is_text(name)]
     except psycopg.Error:
         offending, database = [], "?"
@@ -122,8 +130,8 @@ def not_text_failure(conn: Connection, reading: str, cause: Exception,
         said = " ".join(str(cause).split())  # one line, as libpq's may span several
         return NameNotText(
             f"a name or text read from database {database} for {reading} is not UTF-8 "
-            f"({said}); on a SQL_ASCII cluster names are bytes, and backupd needs them as "
-            "UTF-8: rename what holds other bytes to a UTF-8 name")
+            f"({said}); a SQL_ASCII database takes any bytes for a name, and backupd needs "
+            "names as UTF-8: rename what holds other bytes to a UTF-8 name")
     kind, alter, parent, name = offending[0]
     what = f"{kind} {shown(name)}" if parent is None else (
         f"{kind} {shown(parent)}.{shown(name)}" if kind != "column"
@@ -132,6 +140,7 @@ def not_text_failure(conn: Connection, reading: str, cause: Exception,
     how = "ALTER TABLE … RENAME COLUMN … TO …" if kind == "column" else f"{alter} … RENAME TO …"
     more = len(offending) - 1
     return NameNotText(
-        f"{what} {where} has a name that is not UTF-8 (a SQL_ASCII cluster keeps names as "
-        f"bytes), which {reading} needs as text; rename it to a UTF-8 name ({how})"
+        f"{what} {where} has a name that is not UTF-8 (made on a SQL_ASCII database, which "
+        f"takes any bytes for a name), which {reading} needs as text; rename it to a UTF-8 "
+        f"name ({how})"
         + (f"; {more} more name(s) there are not UTF-8 either" if more else ""))
