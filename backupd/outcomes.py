@@ -170,7 +170,8 @@ class RestoreOutcome(_Model):
 class DatabaseDrill(_Model):
     """One database of a whole-cluster drill onto the drill server."""
 
-    # tablespaces_unusable goes out under its published name (webhook schema v1).
+    # tablespaces_unusable goes out under its published name (webhook schema v1), at every
+    # dump. serialize_by_alias needs pydantic 2.11 (older ones ignore it): pyproject's floor.
     model_config = ConfigDict(extra="ignore", defer_build=True, serialize_by_alias=True)
 
     database: str
