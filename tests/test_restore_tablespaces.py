@@ -45,7 +45,7 @@ from helpers.tablespaces import (
     tablespace_directory,
 )
 
-from backupd.postgres.tablespaces import object_tablespaces, server_tablespaces
+from backupd.postgres.tablespaces import object_tablespaces, server_tablespaces, unlisted_hint
 
 pytestmark = pytest.mark.slow
 
@@ -207,6 +207,16 @@ def test_an_older_archive_a_role_may_not_create_in_fails_naming_the_grant(
     assert error.endswith(f'GRANT CREATE ON TABLESPACE "{name}" TO "restorer", or restore as '
                           "a role that may create in it"), error
     assert leftover_databases(target.address) == []
+
+
+def test_without_the_restoring_role_the_grant_is_said_in_prose() -> None:
+    """A role unknown: no GRANT that looks pasteable but names a role that does not exist."""
+    hint = unlisted_hint("pg_restore: error: could not execute query: ERROR:  permission "
+                         "denied for tablespace space_tbl", None)
+
+    assert hint is not None
+    assert "GRANT" not in hint and "<" not in hint, hint
+    assert 'grant CREATE on tablespace "space_tbl" to the restoring role' in hint, hint
 
 
 def test_no_tablespaces_gives_the_fix_up_for_every_tablespace_its_objects_were_in(

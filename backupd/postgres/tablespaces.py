@@ -73,7 +73,10 @@ def unlisted_hint(problem: str, role: str | None) -> str | None:
     if denied is None:
         return None
     name = denied.group(1)
-    grant = Unusable(name, lacking_create=role or "<the restoring role>").grant
+    # A role unknown is said in prose: a GRANT naming a placeholder would look pasteable.
+    # Unusable.grant gives none for a name read with bytes replaced: said in prose too.
+    known = Unusable(name, lacking_create=role).grant if role is not None else None
+    grant = known or f"grant CREATE on tablespace {quote_identifier(name)} to the restoring role"
     return (f"the backup has objects in tablespace {name!r}, which the restoring role may not "
             "create in, and its manifest does not list its objects' tablespaces (a backup "
             "from before they were recorded), so the restore could not leave them out: "
