@@ -35,11 +35,16 @@ from backupd.postgres.tablespaces import (
 from backupd.storage.base import BackupEntry
 
 
-def recorded_tablespaces(entry: BackupEntry) -> tuple[str, ...]:
+def listed_tablespaces(entry: BackupEntry) -> tuple[str, ...] | None:
     """The tablespaces other than the database's own that the backup's objects were in, as
-    its manifest records them (none recorded: an older backup, or none)."""
+    its manifest records them; None for an older backup (or a manifest lost), which does not."""
     recorded = entry.manifest.object_tablespaces if entry.manifest is not None else None
-    return tuple(recorded or ())
+    return None if recorded is None else tuple(recorded)
+
+
+def recorded_tablespaces(entry: BackupEntry) -> tuple[str, ...]:
+    """:func:`listed_tablespaces`, none for an older backup."""
+    return listed_tablespaces(entry) or ()
 
 
 def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
@@ -65,7 +70,7 @@ def load(ctx: JobContext, path: Path, entry: BackupEntry, database: str,
             ctx.say(f"{path.name} is encrypted: decrypted straight into one pg_restore job, "
                     f"never to disk (DB_RESTORE_JOBS={jobs} applies to unencrypted .dump files)")
         _pg_restore(ctx, path, database, identities if entry.parsed.encrypted else None, options,
-                    role)
+                    role=role, listed=listed_tablespaces(entry))
     elif entry.parsed.backup_format == "directory":
         _restore_directory(ctx, path, entry, database, identities, options, role)
     else:
@@ -106,17 +111,18 @@ def require_verified(ctx: JobContext, entry: BackupEntry, report: VerifyReport) 
 
 
 def _pg_restore(ctx: JobContext, source: Path, database: str,
-                identities: list[x25519.Identity] | None, options: tuple[str, ...] = (),
-                role: str | None = None) -> None:
+                identities: list[x25519.Identity] | None, options: tuple[str, ...] = (), *,
+                role: str | None, listed: tuple[str, ...] | None) -> None:
     """pg_restore of a custom archive (decrypted on the fly with ``identities``) or of a
     verified directory, into the new scratch database (dropped on failure); DB_RESTORE_JOBS
-    parallel jobs where pg_restore can seek. ``role``: the restoring role, for the hint."""
+    parallel jobs where pg_restore can seek. ``role``: the restoring role, and ``listed``:
+    the object tablespaces the manifest lists (:func:`listed_tablespaces`), for the hint."""
     problem, stderr = restore_archive(restore_config(ctx.settings), source, database,
                                       ctx.cancel, identities=identities, options=options)
     if problem is not None:
         ctx.result.stderr_tail = "\n".join(stderr) or None
         ctx.result.stderr_tool = "pg_restore"
-        hint = unlisted_hint(problem, role)
+        hint = unlisted_hint(problem, role, listed)
         if hint is not None:
             problem += f"; {hint}"
         raise JobFailed(f"restore into {database!r} failed: {problem}")
@@ -132,7 +138,8 @@ def _restore_directory(ctx: JobContext, path: Path, entry: BackupEntry, database
         report = verify_file(path, entry.parsed, entry.manifest, entry.manifest_error,
                              identities, extract=Extractor(directory), progress=ctx.progress)
         require_verified(ctx, entry, report)
-        _pg_restore(ctx, directory, database, None, options, role)
+        _pg_restore(ctx, directory, database, None, options, role=role,
+                    listed=listed_tablespaces(entry))
 
 
 def stream_into_psql(ctx: JobContext, path: Path, entry: BackupEntry, database: str,

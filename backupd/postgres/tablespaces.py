@@ -54,21 +54,29 @@ MAKE_ONE = ("an empty directory owned by the server's OS user, then "
 # What a byte that the session's encoding cannot decode is read as.
 REPLACED = "\ufffd"
 
-# pg_restore failing on a tablespace its backup's manifest did not list (an older backup).
-UNLISTED_HINT = ("the backup has objects in a tablespace this server lacks, and its manifest "
-                 "does not list them (a backup from before they were recorded): make that "
-                 f"tablespace ({MAKE_ONE}) and restore again")
+# Why pg_restore could meet a tablespace the restore did not leave out: its backup's manifest
+# did not list it. An older backup lists no object tablespaces at all; a newer one's list is
+# read just before pg_dump starts (not in its snapshot), so an object moved meanwhile is not
+# in it.
+_OLDER = ("its manifest does not list its objects' tablespaces (a backup from before they "
+          "were recorded)")
+_MISSED = ("its manifest does not list it (read just before the dump started: an object put "
+           "there meanwhile is not in the list)")
 # PostgreSQL's words (aclcheck_error) for CREATE in a tablespace the role has no CREATE on.
 _DENIED = re.compile(r"permission denied for tablespace (.+?)\s*$")
 
 
-def unlisted_hint(problem: str, role: str | None) -> str | None:
-    """What to do about pg_restore's ``problem`` when it failed on a tablespace a backup's
-    manifest did not list (from before object tablespaces were recorded, so the restore
-    could not know to leave them out), as the warning for a newer backup says it; None
-    when ``problem`` is not about a tablespace. ``role``: the restoring role."""
+def unlisted_hint(problem: str, role: str | None,
+                  listed: tuple[str, ...] | None) -> str | None:
+    """What to do about pg_restore's ``problem`` when it failed on a tablespace, as the
+    warning for a backup whose tablespaces were left out says it; None when ``problem`` is
+    not about a tablespace. ``role``: the restoring role. ``listed``: the tablespaces the
+    backup's manifest lists for its objects, None for an older backup that lists none:
+    only then is it said to be one."""
+    why = _OLDER if listed is None else _MISSED
     if "default_tablespace" in problem:
-        return UNLISTED_HINT
+        return (f"the backup has objects in a tablespace this server lacks, and {why}: make "
+                f"that tablespace ({MAKE_ONE}) and restore again")
     denied = _DENIED.search(problem)
     if denied is None:
         return None
@@ -77,10 +85,13 @@ def unlisted_hint(problem: str, role: str | None) -> str | None:
     # Unusable.grant gives none for a name read with bytes replaced: said in prose too.
     known = Unusable(name, lacking_create=role).grant if role is not None else None
     grant = known or f"grant CREATE on tablespace {quote_identifier(name)} to the restoring role"
+    way_out = f"{grant}, or restore as a role that may create in it"
+    if listed is not None and name in listed:
+        # Listed, so not left out: the role may have lost CREATE on it since it was looked at.
+        return (f"the backup has objects in tablespace {name!r}, which the restoring role may "
+                f"not create in: {way_out}")
     return (f"the backup has objects in tablespace {name!r}, which the restoring role may not "
-            "create in, and its manifest does not list its objects' tablespaces (a backup "
-            "from before they were recorded), so the restore could not leave them out: "
-            f"{grant}, or restore as a role that may create in it")
+            f"create in, and {why}, so the restore could not leave them out: {way_out}")
 
 
 @dataclass(frozen=True)
