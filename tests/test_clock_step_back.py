@@ -15,17 +15,24 @@ from pathlib import Path
 
 import pytest
 
+from backupd.daemon.clock import ClockStep, ClockWatch
 from backupd.daemon.cron import parse_cron
 from backupd.daemon.scheduler import Daemon, JobSpec, ScheduledJob
 from backupd.daemon.state import DaemonState, JobRecord, StateFile, read_state, update_state
 from backupd.job import JobContext
 from backupd.notify.base import NotifierChain
+from backupd.result import JobResult
 from backupd.settings import Settings
 
 # Tomorrow at midnight: every clock reading below is after the real now.
 DAY = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0,
                                                       microsecond=0)
 HOURLY, DAILY = "0 * * * *", "0 2 * * *"
+HEARTBEAT = timedelta(seconds=30)
+
+
+def H(hours: float) -> timedelta:  # reads as the unit: H(2)
+    return timedelta(hours=hours)
 
 
 def at(hours: float, day: int = 0) -> datetime:
@@ -62,25 +69,59 @@ def planned(daemon: Daemon, when: datetime) -> None:
     daemon.scheduler.modify_job("backup", next_run_time=when)
 
 
-@pytest.mark.parametrize(("expression", "before", "now", "expected"), [
+def stepped(now: datetime, back: timedelta) -> ClockStep:
+    """The heartbeat's measurement at ``now``: the clock was stepped back by ``back`` in
+    the 30 s since the previous one."""
+    watch = ClockWatch(wall=now + back - HEARTBEAT, mono=1000.0)
+    return watch.measure(wall=now, mono=1000.0 + HEARTBEAT.total_seconds())
+
+
+@pytest.mark.parametrize(("expression", "before", "now", "back", "expected"), [
     # Hourly, ran at 10:00, stepped back from 10:30 to 08:30: on at 09:00, not at 11:00.
-    (HOURLY, at(11), at(8.5), at(9)),
+    (HOURLY, at(11), at(8.5), H(2), at(9)),
     # Daily at 02:00, ran, stepped back from 02:30 to 00:30: not again today (cron(8)).
-    (DAILY, at(2, day=1), at(0.5), at(2, day=1)),
+    (DAILY, at(2, day=1), at(0.5), H(2), at(2, day=1)),
     # The same after a step of six hours: a correction, and the new time is used.
-    (DAILY, at(2, day=1), at(-4), at(2)),
+    (DAILY, at(2, day=1), at(-4), H(6), at(2)),
     # A step of two seconds right after the 10:00 run repeats nothing.
-    (HOURLY, at(11), at(10) - timedelta(seconds=2), at(11)),
-], ids=["hourly-goes-on", "daily-not-again", "daily-after-a-correction", "seconds-step"])
+    (HOURLY, at(11), at(10) - timedelta(seconds=2), timedelta(seconds=2), at(11)),
+    # 12 h ahead, ran its 02:00 slot; corrected 10 h later, so it reads 00:00: a step of
+    # 12 h, though the slot is only 2 h ahead of the clock. 02:00 runs (else 36 h between).
+    (DAILY, at(2, day=1), at(0), H(12), at(2)),
+], ids=["hourly-goes-on", "daily-not-again", "daily-after-a-correction", "seconds-step",
+        "daily-step-larger-than-the-slot-lead"])
 def test_after_a_step_back_the_next_run_goes_by_the_clock(
         daemon: Callable[..., Daemon], expression: str, before: datetime, now: datetime,
-        expected: datetime) -> None:
+        back: timedelta, expected: datetime) -> None:
     started = daemon(expression)
     planned(started, before)
 
-    started.follow_clock(now)
+    started.follow_clock(stepped(now, back))
 
     assert started.next_runs()["backup"] == expected
+
+
+def test_the_step_is_wall_clock_moved_less_real_time_passed() -> None:
+    watch = ClockWatch(wall=at(10), mono=500.0)
+    assert watch.measure(wall=at(10) + HEARTBEAT, mono=530.0).back == timedelta(0)
+    # Stepped back 2 h during the next 30 s.
+    assert watch.measure(wall=at(8) + 2 * HEARTBEAT, mono=560.0).back == H(2)
+    # Forward 1 h: a negative step back.
+    assert watch.measure(wall=at(9) + 3 * HEARTBEAT, mono=590.0).back == -H(1)
+
+
+def test_the_real_clocks_show_no_step() -> None:
+    watch = ClockWatch()
+    assert abs(watch.measure().back) < timedelta(seconds=1)
+
+
+def test_a_monotonic_clock_stepped_with_the_wall_clock_still_shows_the_step() -> None:
+    """libfaketime (how tests/test_daemon.py steps the daemon's clock) moves the monotonic
+    clock with the wall clock: its difference says nothing then, and the wall clock's move
+    is the step (short by the real time passed, at most a heartbeat)."""
+    watch = ClockWatch(wall=at(10), mono=10_000.0)
+    step = watch.measure(wall=at(8) + timedelta(seconds=10), mono=10_000.0 - 7200 + 10)
+    assert step.back == H(2) - timedelta(seconds=10)
 
 
 def test_a_restart_after_a_step_back_judges_slots_by_the_new_clock(
@@ -108,3 +149,19 @@ def test_a_restart_after_a_step_back_does_not_run_a_fixed_time_slot_again(
 
     assert started.next_runs()["backup"] == at(2, day=1)
     assert read_state(tmp_path).jobs["backup"].last_slot == at(2)
+
+
+def test_a_restart_takes_the_step_from_the_last_run_start_not_only_the_slot(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """The 02:00 slot was dealt with at 04:00 by the clock (a run started late); it now
+    reads 00:30. The slot is 1.5 h ahead, but the clock went back at least 3.5 h: a
+    correction, so 02:00 runs today."""
+    def change(state: StateFile) -> None:
+        late = JobResult(job="backup", database="clock_probe", started_at=at(4),
+                         scheduled_for=at(2))
+        state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=late)
+    update_state(tmp_path, change)
+
+    started = daemon(DAILY, at(0.5))
+
+    assert started.next_runs()["backup"] == at(2)

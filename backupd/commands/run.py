@@ -25,6 +25,7 @@ from backupd.archive.status import WalStatus
 from backupd.commands.jobs import scheduled_jobs
 from backupd.commands.mark import remove_leftovers as remove_mark_leftovers
 from backupd.commands.pitr_scratch import scratch_directory
+from backupd.daemon.clock import ClockWatch
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
 from backupd.daemon.wal import check_wal_server, wal_streamer
@@ -80,6 +81,7 @@ def run(settings: Settings) -> int:
         state.persist()
         log.info("backupd daemon started", pid=os.getpid(), jobs=sorted(daemon.jobs),
                  timezone=settings.timezone)
+        clock = ClockWatch()  # the step of the wall clock between heartbeats
         tick = time.monotonic()
         next_heartbeat = tick + HEARTBEAT_SECONDS
         # time.sleep returns early on a signal (its handler runs first), so the flag is
@@ -96,7 +98,7 @@ def run(settings: Settings) -> int:
                 # stepped forward meanwhile (NTP, a resumed VM) would fire the next run that
                 # much late, or miss it. Woken, it computes again from the clock as it is.
                 daemon.scheduler.wakeup()
-                daemon.follow_clock()  # and one stepped back: see there
+                daemon.follow_clock(clock.measure())  # and one stepped back: see there
                 next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
                 if not daemon.alive():
                     log.error("scheduler thread died; exiting so the container restarts")

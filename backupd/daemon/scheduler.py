@@ -28,8 +28,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from backupd import malloc_tuning
 from backupd.cancel import CancelToken
+from backupd.daemon.clock import ClockStep
 from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
-from backupd.daemon.state import DaemonState
+from backupd.daemon.state import DaemonState, JobRecord
 from backupd.job import JobContext, run_job, skipped_result
 from backupd.log import get_logger
 from backupd.naming import BASE_DATABASE, BASE_KIND
@@ -146,8 +147,10 @@ class Daemon:
             due = job.schedule.previous_at_or_before(now)
             if due is None:
                 continue
-            handled = self.state.persisted_last_slot(name)
-            if handled is not None and not_again(job.schedule, handled, now):
+            record = self.state.persisted_job(name)
+            handled = record.last_slot if record else None
+            if (handled is not None and handled > now
+                    and not_again(job.schedule, _step_since(record, now))):
                 self._resume_after[name] = handled
             elif handled is None or handled >= due:
                 # First start ever, or nothing missed: from now on this slot counts as seen.
@@ -194,27 +197,27 @@ class Daemon:
                     f"one schedule interval ({interval})")
         return None
 
-    def follow_clock(self, now: datetime | None = None) -> None:
+    def follow_clock(self, step: ClockStep) -> None:
         """After the clock was stepped back (it had been ahead: NTP, a host's RTC), the runs
         go by the clock as it now reads. APScheduler keeps the next run it computed before
         the step: an hourly job would wait for it, the step's length past its next slot.
         Re-timed, it runs at the next slot; a fixed-time job does not run again a slot it
-        already ran (see :func:`not_again`). Called with every heartbeat."""
-        now = now or datetime.now(UTC)
+        already ran (see :func:`not_again`). Called with every heartbeat, with the step
+        measured since the previous one (backupd.daemon.clock)."""
         for name, job in self.jobs.items():
             planned = self.scheduler.get_job(name)
             if planned is None or planned.next_run_time is None:
                 continue
+            if not_again(job.schedule, step.back):
+                continue  # no step back, or one too small to run a slot again
             # The next slot from the clock as it reads now (never the one just fired).
-            due = job.schedule.next_at_or_after(now + _SECOND)
+            due = job.schedule.next_at_or_after(step.now + _SECOND)
             if due is None or planned.next_run_time <= due:
                 continue  # no step back across a slot: what APScheduler holds is right
-            ran = job.schedule.previous_at_or_before(planned.next_run_time - _SECOND)
-            if ran is not None and not_again(job.schedule, ran, now):
-                continue
             self.log.warning("the clock was stepped back: the next run goes by it as it now "
                              "reads", job=name, planned=planned.next_run_time.isoformat(),
-                             next_run=due.isoformat())
+                             next_run=due.isoformat(),
+                             step_seconds=round(step.back.total_seconds()))
             with contextlib.suppress(Exception):  # shutting down
                 self.scheduler.modify_job(name, next_run_time=due)
 
@@ -313,14 +316,26 @@ class Daemon:
             return sorted(self._active)
 
 
-def not_again(schedule: CronSchedule, ran: datetime, now: datetime) -> bool:
-    """Whether slot ``ran``, already run and now ahead of the clock (stepped back since), is
-    not to be run again when the clock reaches it once more: cron(8)'s rule, a fixed-time
-    job (no '*' in minute or hour) after a step of less than REPEAT_WINDOW. Any other job
-    runs its slots by the clock as it reads (an hourly one goes on hourly), unless the slot
-    is only as far ahead as clocks may disagree (an NTP step of seconds repeats nothing)."""
-    window = REPEAT_WINDOW if schedule.fixed_time else CLOCK_TOLERANCE
-    return now < ran <= now + window
+def not_again(schedule: CronSchedule, back: timedelta) -> bool:
+    """Whether, after the clock was stepped back by ``back``, the slots already run that now
+    lie ahead of it are not to be run again when the clock reaches them once more: cron(8)'s
+    rule, a fixed-time job (no '*' in minute or hour) after a step of less than
+    REPEAT_WINDOW (a larger one is a correction: the new time is used). Any other job runs
+    its slots by the clock as it reads (an hourly one goes on hourly), unless the step is
+    only as large as clocks may disagree (an NTP step of seconds repeats nothing)."""
+    return back < (REPEAT_WINDOW if schedule.fixed_time else CLOCK_TOLERANCE)
+
+
+def _step_since(record: JobRecord | None, now: datetime) -> timedelta:
+    """How far the clock went back since the job's last slot was dealt with, at a start:
+    no monotonic reading survives a restart, so it is the newest clock reading the state
+    file holds for the job (its last run's start, or the slot itself, which the clock had
+    passed) against now. That is a lower bound: the real time since is not known."""
+    readings = [moment for moment in (record.last_slot if record else None,
+                                      record.last_result.started_at
+                                      if record and record.last_result else None)
+                if moment is not None]
+    return max(readings) - now if readings else timedelta(0)
 
 
 def _fmt(moment: datetime) -> str:

@@ -277,8 +277,11 @@ class DaemonState:
         self._update(change)
 
     def persisted_last_slot(self, job: str) -> datetime | None:
-        record = read_state(self.directory).jobs.get(job)
+        record = self.persisted_job(job)
         return record.last_slot if record else None
+
+    def persisted_job(self, job: str) -> JobRecord | None:
+        return read_state(self.directory).jobs.get(job)
 
     def persist(self, *, stopped: bool = False) -> None:
         """Rewrite this daemon's entry (heartbeat); ``stopped`` marks a clean exit."""
