@@ -101,6 +101,19 @@ def test_after_a_step_back_the_next_run_goes_by_the_clock(
     assert started.next_runs()["backup"] == expected
 
 
+def test_a_slot_come_due_between_the_step_and_the_heartbeat_is_not_dropped(
+        daemon: Callable[..., Daemon]) -> None:
+    """Hourly, stepped back from 10:30 to 08:59:45; APScheduler still holds 11:00, so
+    nothing fires at 09:00. The heartbeat at 09:00:10 re-times the job to 09:00, now past:
+    it runs within the misfire grace, or is reported MISSED, not skipped for 10:00."""
+    started = daemon(HOURLY)
+    planned(started, at(11))
+
+    started.follow_clock(stepped(at(9) + timedelta(seconds=10), H(1.5)))
+
+    assert started.next_runs()["backup"] == at(9)
+
+
 def test_the_step_is_wall_clock_moved_less_real_time_passed() -> None:
     watch = ClockWatch(wall=at(10), mono=500.0)
     assert watch.measure(wall=at(10) + HEARTBEAT, mono=530.0).back == timedelta(0)

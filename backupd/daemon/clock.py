@@ -21,6 +21,9 @@ class ClockStep:
 
     now: datetime  # the wall clock, now
     back: timedelta  # how far it was stepped back (negative: forward)
+    # The previous heartbeat's moment as the clock now reads (now less the real time since):
+    # a slot after it came due meanwhile, whatever the clock read before the step.
+    since: datetime
 
 
 class ClockWatch:
@@ -40,6 +43,6 @@ class ClockWatch:
         # about the real time passed: that is taken as none, and the whole wall-clock move
         # as the step (short by at most one heartbeat, 30 s, against a 3 h or 5 min rule).
         real = timedelta(seconds=max(0.0, mono - self._mono))
-        step = ClockStep(now=wall, back=real - (wall - self._wall))
+        step = ClockStep(now=wall, back=real - (wall - self._wall), since=wall - real)
         self._wall, self._mono = wall, mono
         return step

@@ -210,8 +210,11 @@ class Daemon:
                 continue
             if not_again(job.schedule, step.back):
                 continue  # no step back, or one too small to run a slot again
-            # The next slot from the clock as it reads now (never the one just fired).
-            due = job.schedule.next_at_or_after(step.now + _SECOND)
+            # The first slot since the previous heartbeat, by the clock as it now reads: one
+            # that came due between the step and now (APScheduler, still waiting for its
+            # planned run, fired nothing) is due, run within the misfire grace or reported
+            # MISSED, not passed over for the one after.
+            due = job.schedule.next_at_or_after(step.since)
             if due is None or planned.next_run_time <= due:
                 continue  # no step back across a slot: what APScheduler holds is right
             self.log.warning("the clock was stepped back: the next run goes by it as it now "
