@@ -89,9 +89,15 @@ def run(settings: Settings) -> int:
         while stop.signal is None:
             time.sleep(POLL_SECONDS)
             last, tick = tick, time.monotonic()
-            # The monotonic clock never goes back on a real system, but libfaketime (how the
-            # clock-step tests move the daemon's clock) steps it with the wall clock: waiting
-            # for it would hold the heartbeat back for the whole step.
+            # `tick < last` is for one test only and never true in production: the monotonic
+            # clock does not go back on a real system. libfaketime, which the clock-step test
+            # in tests/test_daemon.py (test_a_clock_stepped_back_keeps_the_schedule_and_...)
+            # uses to step the daemon's clock, steps it with the wall clock (leaving it alone,
+            # FAKETIME_DONT_FAKE_MONOTONIC, makes time.sleep fail: tests/helpers/faketime.py),
+            # and waiting for it would hold that test's heartbeat back for the whole step.
+            # follow_clock itself is proven in-process by tests/test_clock_step_back.py. Such
+            # a heartbeat's step is the wall clock's whole move: ClockWatch takes a monotonic
+            # clock that went back as no real time passed.
             if tick >= next_heartbeat or tick < last:
                 state.persist()
                 # APScheduler sleeps for the span it computed from the wall clock: a clock
