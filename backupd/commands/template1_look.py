@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from backupd.errors import JobFailed
+from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.manifest import TEMPLATE1_DUMPED, TEMPLATE1_EMPTY, TEMPLATE1_FAILED
+from backupd.pipeline import dump
 from backupd.postgres.connection import connect, describe_error
 from backupd.postgres.databases import TEMPLATE_DATABASE
 from backupd.postgres.user_objects import UserObjects, read_user_objects
@@ -42,7 +43,7 @@ def template_to_back_up(ctx: JobContext) -> TemplateLook:
     if not settings.database_selection.choose([TEMPLATE_DATABASE]):
         return TemplateLook()
     try:
-        held = objects_in_template1(settings)
+        held = objects_in_template1(settings, backup=True)
     except (JobFailed, psycopg.Error) as exc:
         reason = describe_error(exc)
         ctx.warn(f"could not look into template1 ({reason}): objects put there for every new "
@@ -56,10 +57,23 @@ def template_to_back_up(ctx: JobContext) -> TemplateLook:
     return TemplateLook((TEMPLATE_DATABASE,), look=TEMPLATE1_DUMPED)
 
 
-def objects_in_template1(settings: Settings) -> UserObjects:
-    return objects_in(settings, TEMPLATE_DATABASE)
+def objects_in_template1(settings: Settings, *, backup: bool = False) -> UserObjects:
+    return objects_in(settings, TEMPLATE_DATABASE, backup=backup)
 
 
-def objects_in(settings: Settings, database: str) -> UserObjects:
+def objects_in(settings: Settings, database: str, *, backup: bool = False) -> UserObjects:
+    """What ``database`` holds of its own. ``backup``: as the pg_dump this run chooses
+    carries it (a public schema comment only from pg_dump 15 on); otherwise as the restore
+    side counts it (user_objects.comment_counts)."""
     with connect(settings, database) as conn:
-        return read_user_objects(conn)
+        # Asked after connecting: the client follows the server's major, noted by connect.
+        return read_user_objects(conn, _pg_dump_major() if backup else None)
+
+
+def _pg_dump_major() -> int | None:
+    try:
+        return dump.client_major()
+    except ConfigError:
+        # A pg_dump that cannot say its version fails the dump itself, naming why; until
+        # then the comment counts (a dump too many is harmless, one too few loses it).
+        return None

@@ -38,10 +38,10 @@ def pg_dump(config: DumpConfig, cancel: CancelToken, directory: Path | None = No
 
 def archive_codec(level: int | None) -> ArchiveCodec:
     """The codec the pg_dump that runs compresses archives with (asked once per binary)."""
-    return codecs.archive_codec(tool_path("pg_dump"), _client_major(), level)
+    return codecs.archive_codec(tool_path("pg_dump"), client_major(), level)
 
 
-def _client_major() -> int:
+def client_major() -> int:
     """The major of the pg_dump that runs: known from its versioned directory, else asked."""
     known = clients.current("pg_dump").major
     return known if known is not None else tool_version("pg_dump")[1]

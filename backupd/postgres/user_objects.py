@@ -62,8 +62,8 @@ class UserObjects:
     members, array types and toast tables left out: their extension or object stands for
     them), the extensions and schemas by name, how many built-in objects (or their columns)
     have privileges other than initdb gave them, the subscriptions made in it, and
-    ``changed_comments``: 1 when the public schema's comment is not initdb's (PostgreSQL 15
-    and later: before, pg_dump dumps no such comment).
+    ``changed_comments``: 1 when the public schema's comment is not initdb's (counted where
+    the pg_dump that runs is 15 or later: before, pg_dump dumps no such comment).
     ``identities``: each of those objects as PostgreSQL describes it (pg_describe_object, no
     OIDs but a large object's), so that two databases compare equal only when they hold the
     same objects.
@@ -118,18 +118,20 @@ _CHANGED_COMMENT = "changed comment"
 # when it is not initdb's (this text; a removed one as ''): a changed comment on any other
 # built-in object is in no dump, so counting it would back up nothing it could bring back.
 _PUBLIC_SCHEMA_COMMENT = "standard public schema"
-# ... and only from PostgreSQL 15 on: before, selectDumpableNamespace left the public
-# schema's creation and comment out of every dump.
-_PUBLIC_COMMENT_DUMPED_FROM = 150000
+# ... and only by pg_dump 15 and later, whatever the server's major (dumpNamespace's
+# initdb_comment): before, selectDumpableNamespace left the public schema's creation and
+# comment out of every dump. backupd runs the server's own major's pg_dump, else the nearest
+# newer one (backupd.pipeline.clients), so a 13 or 14 server's may be dumped by 16.
+_PUBLIC_COMMENT_DUMPED_FROM = 15
 
 
-def object_rows(identity: bool, server_version: int) -> sql.Composed:
+def object_rows(identity: bool, public_comment: bool) -> sql.Composed:
     """Every object the database holds of its own (extensions aside) and every changed
-    privilege, one row each: the one definition of what counts, on a server of
-    ``server_version`` (server_version_num). ``identity``: each row says what it is (kind,
-    pg_describe_object); otherwise it is a bare row, enough to tell whether there is any."""
-    comment = ([_changed_comment_query(identity)]
-               if server_version >= _PUBLIC_COMMENT_DUMPED_FROM else [])
+    privilege, one row each: the one definition of what counts. ``public_comment``: whether
+    a changed public schema comment counts too (comment_counts). ``identity``: each row says
+    what it is (kind, pg_describe_object); otherwise it is a bare row, enough to tell whether
+    there is any."""
+    comment = [_changed_comment_query(identity)] if public_comment else []
     return sql.SQL(" UNION ALL ").join(
         [_objects_query(catalog, kind, identity) for catalog, kind in OBJECT_CATALOGS.items()
          if catalog != "pg_extension"]  # named below: an extension is never its own member
@@ -145,9 +147,19 @@ _SUBSCRIPTIONS = sql.SQL(
     "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())")
 
 
-def read_user_objects(conn: Connection) -> UserObjects:
+def comment_counts(pg_dump_major: int | None) -> bool:
+    """Whether a changed public schema comment counts. ``pg_dump_major``: the major of the
+    pg_dump a backup would run (it alone decides whether the comment is in the dump); None
+    for the restore side (may a database be dropped or swapped out), where it counts on any
+    server, since every major can hold one: keeping a database for a comment is the
+    cautious side, dropping it would lose what no dump of a 13 or 14 server may carry."""
+    return pg_dump_major is None or pg_dump_major >= _PUBLIC_COMMENT_DUMPED_FROM
+
+
+def read_user_objects(conn: Connection, pg_dump_major: int | None = None) -> UserObjects:
     """What the database ``conn`` is connected to holds that template0 lacks: one query.
-    Every object is named: for whether there is any at all, holds_nothing."""
+    Every object is named: for whether there is any at all, holds_nothing.
+    ``pg_dump_major``: comment_counts."""
     with as_text(conn):  # a SQL_ASCII session hands names back as bytes
         row = conn.execute(sql.SQL(
             "SELECT ARRAY(SELECT ARRAY[kind, identity] FROM ({}) o ORDER BY kind, identity), "
@@ -157,7 +169,7 @@ def read_user_objects(conn: Connection) -> UserObjects:
             "WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = pg_namespace.oid "
             "AND d.deptype = 'e') ORDER BY 1), "
             "(SELECT count(*) FROM ({}) s)"
-        ).format(object_rows(True, conn.info.server_version), _EXTENSIONS,
+        ).format(object_rows(True, comment_counts(pg_dump_major)), _EXTENSIONS,
                  sql.Literal(FIRST_NORMAL_OBJECT_ID), sql.SQL(_TEMP_SCHEMAS),
                  _SUBSCRIPTIONS)).fetchone()
     assert row is not None
@@ -177,10 +189,11 @@ def read_user_objects(conn: Connection) -> UserObjects:
 def holds_nothing(conn: Connection) -> bool:
     """read_user_objects(conn).empty, without naming a single object: the server stops at the
     first one it finds, so a database of millions of relations or large objects costs no
-    more than an empty one."""
+    more than an empty one. The restore side's question: a changed public schema comment
+    counts on every server (comment_counts)."""
     row = conn.execute(sql.SQL(
         "SELECT NOT (EXISTS ({}) OR EXISTS ({}) OR EXISTS ({}))").format(
-        object_rows(False, conn.info.server_version), _EXTENSIONS, _SUBSCRIPTIONS)).fetchone()
+        object_rows(False, comment_counts(None)), _EXTENSIONS, _SUBSCRIPTIONS)).fetchone()
     assert row is not None
     return bool(row[0])
 
@@ -253,7 +266,7 @@ def _changed_column_privileges_query(identity: bool) -> sql.Composed:
 
 def _changed_comment_query(identity: bool) -> sql.Composed:
     """initdb's public schema (a re-created one is an object of its own) with a comment other
-    than initdb's: COMMENT ON SCHEMA public, which pg_dump dumps (from 15 on: object_rows)."""
+    than initdb's: COMMENT ON SCHEMA public, which pg_dump dumps (pg_dump 15 on: comment_counts)."""
     comment = sql.SQL("pg_catalog.obj_description(n.oid, 'pg_namespace')")
     described = sql.SQL("{}, 'schema public: ' || coalesce({}, 'none')").format(
         sql.Literal(_CHANGED_COMMENT), comment)
