@@ -13,7 +13,9 @@ import pytest
 from helpers.backups import back_up, read_manifest
 from helpers.cli import server_env
 from helpers.cluster import PrivateCluster
+from helpers.offsite import s3_env
 from helpers.pg import ServerAddress, connect, psql
+from helpers.s3server import S3Server
 from helpers.template1 import put_into_template1, template1_flags, template_objects
 
 from backupd.commands import drill as drill_cmd
@@ -62,10 +64,11 @@ class Results:
         return found
 
 
-def drill_every(server: ServerAddress, backups: Path) -> tuple[JobResult, Results]:
+def drill_every(server: ServerAddress, backups: Path, *, from_s3: bool = False,
+                **extra: str) -> tuple[JobResult, Results]:
     results = Results()
-    settings = load_settings(**server_env(server, "*", backups, HEALTH_PORT="0"))
-    result = run_job("drill", settings, lambda ctx: drill_cmd.run(ctx),
+    settings = load_settings(**server_env(server, "*", backups, HEALTH_PORT="0", **extra))
+    result = run_job("drill", settings, lambda ctx: drill_cmd.run(ctx, from_s3=from_s3),
                      NotifierChain([results]))
     return result, results
 
@@ -139,3 +142,27 @@ def test_once_a_run_finds_template1_empty_its_older_dumps_are_not_drilled(
     # Not what a restore brings back any more: no drill compares it with the emptied one.
     assert result.status == Status.SUCCESS, result.summary()
     assert [r.database for r in results.seen if r.database == "template1"] == []
+
+
+def test_a_drill_from_s3_judges_an_emptied_template1_by_the_bucket(
+        private_cluster: ClusterFactory, tmp_path: Path, s3_server: S3Server,
+        s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """drill --from-s3 reads the bucket's runs, not DB_BACKUP_DIR's: here an empty directory
+    (a new machine), where nothing says template1 was emptied."""
+    offsite = s3_env(s3_server, s3_bucket, "prod")
+    server = private_cluster("t1-drill5-pw").address
+    put_into_template1(server)
+    backups = tmp_path / "backups"
+    back_up(server, "*", backups, HEALTH_PORT="0", **offsite)
+    psql(server, "template1", "DROP SCHEMA util CASCADE; DROP EXTENSION citext;")
+    back_up(server, "*", backups, HEALTH_PORT="0", **offsite)
+
+    for name, value in offsite.items():  # the AWS client reads its own from the environment
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    result, results = drill_every(server, tmp_path / "empty", from_s3=True, **offsite)
+
+    assert result.status == Status.SUCCESS, result.summary()
+    assert results.of("postgres").status == Status.SUCCESS
+    assert [r.database for r in results.seen if r.database == "template1"] == []
+

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from backupd.errors import ConfigError, OffsiteError
 from backupd.job import JobContext
-from backupd.naming import TEMPLATE_DATABASE
-from backupd.storage.base import newest_verified
+from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND, TEMPLATE_DATABASE
+from backupd.settings.selection import DatabaseSelection
+from backupd.storage.base import Repository, newest_verified
+from backupd.storage.template1_runs import Template1InRun, newest_template1_run
 
 
 def with_template1(ctx: JobContext, databases: list[str], *, from_s3: bool) -> list[str]:
@@ -31,18 +33,21 @@ def with_template1(ctx: JobContext, databases: list[str], *, from_s3: bool) -> l
     try:
         repository = ctx.repos.choose(from_s3, "--from-s3")
         entries = repository.list_backups(TEMPLATE_DATABASE)
+        said = _newest_run(repository, selection) if newest_verified(entries) else None
     except (ConfigError, OffsiteError):
         # Each database's drill fails on the same repository, naming why: no reason for
         # the run's own job to fail before them.
         return databases
-    if newest_verified(entries) is None or _emptied(ctx):
+    if newest_verified(entries) is None or (said is not None and said.empty):
         return databases
     return [*databases, TEMPLATE_DATABASE]
 
 
-def _emptied(ctx: JobContext) -> bool:
-    # watched_dumps leaves template1 out, though dumped here, exactly when the newest run
-    # found it holding nothing: one judgement for health, metrics and the drill.
-    store = ctx.store
-    return (TEMPLATE_DATABASE in store.dump_databases()
-            and TEMPLATE_DATABASE not in store.watched_dumps(ctx.settings.database_selection))
+def _newest_run(repository: Repository, selection: DatabaseSelection) -> Template1InRun | None:
+    """What the newest run that looked did with template1, from the repository drilled
+    (S3 for --from-s3: DB_BACKUP_DIR may hold nothing there), as health and restore judge
+    it (storage.template1_runs)."""
+    names = selection.watched(repository.databases())
+    return newest_template1_run(
+        (entry for name in names for entry in repository.list_backups(name)),
+        repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
