@@ -166,3 +166,22 @@ def test_a_drill_from_s3_judges_an_emptied_template1_by_the_bucket(
     assert results.of("postgres").status == Status.SUCCESS
     assert [r.database for r in results.seen if r.database == "template1"] == []
 
+
+def test_when_the_newest_run_could_not_look_into_template1_its_older_dump_is_not_drilled(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    server = private_cluster("t1-drill4-pw").address
+    put_into_template1(server)
+    backups = tmp_path / "backups"
+    back_up(server, "*", backups, HEALTH_PORT="0")
+    # Nobody may connect to template1 now, backupd's role neither: the next run's look fails
+    # (it warns and goes on), and a drill could not compare with the live template1 either.
+    psql(server, "postgres", "ALTER DATABASE template1 ALLOW_CONNECTIONS false;")
+    back_up(server, "*", backups, HEALTH_PORT="0")
+    newest = max(backups.glob("postgres_*.sql.gz"), key=lambda p: p.name)
+    assert read_manifest(newest)["template1_look"] == "failed"
+
+    result, results = drill_every(server, backups)
+
+    assert result.status == Status.SUCCESS, result.summary()
+    assert [r.database for r in results.seen if r.database == "template1"] == []
+    assert any("could not look into template1" in w for w in result.warnings), result.warnings

@@ -25,7 +25,8 @@ def with_template1(ctx: JobContext, databases: list[str], *, from_s3: bool) -> l
     """``databases``, and template1 after them when the drill must cover its dump: a drill
     of ``*`` that does not exclude it, with a verified dump of it in the repository, unless
     the newest run found template1 holding nothing (its older dumps, kept by retention, are
-    then not what a restore brings back: health stops judging them too)."""
+    then not what a restore brings back: health stops judging them too) or could not look
+    into it (warned)."""
     selection = ctx.settings.database_selection
     if not selection.every or TEMPLATE_DATABASE in databases \
             or not selection.choose([TEMPLATE_DATABASE]):
@@ -39,6 +40,15 @@ def with_template1(ctx: JobContext, databases: list[str], *, from_s3: bool) -> l
         # the run's own job to fail before them.
         return databases
     if newest_verified(entries) is None or (said is not None and said.empty):
+        return databases
+    if said is not None and not said.took:
+        # The newest run could not look into template1 (the role may not connect to it):
+        # a drill compares with the live template1, so it could not either, and an older
+        # dump drilled would fail every drill of '*' for what the run already warned of.
+        ctx.warn(f"template1 drill skipped: the newest backup run ({said.run_id}) could not "
+                 "look into template1, so it has no dump of it and a drill could not compare "
+                 "one with the live template1; let POSTGRES_USER connect to template1, or set "
+                 "DB_BACKUP_EXCLUDE=template1 to leave it out knowingly")
         return databases
     return [*databases, TEMPLATE_DATABASE]
 
