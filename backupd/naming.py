@@ -40,6 +40,9 @@ GLOBALS_DATABASE = "globals"
 # The template a backup run of '*' also dumps when it holds objects template0 lacks
 # (backupd.commands.template1).
 TEMPLATE_DATABASE = "template1"
+# The comment a drill puts on its scratch database at once (backupd.commands.drill): what
+# allows dropping one an interrupted drill left behind, and keeps '*' from backing it up.
+SCRATCH_MARK = "backupd restore drill scratch database"
 GLOBALS_SUFFIX = ".globals.sql.gz"
 # `.globals.sql.gz` can never end a dump's name: _NAME_RE needs the timestamp right before
 # `.sql.gz`, so a globals file never parses as a database's backup, nor the reverse.

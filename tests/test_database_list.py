@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
+from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect, unique_db_name
 
 from backupd.errors import ConfigError
@@ -18,6 +19,7 @@ from backupd.naming import (
     DUMP_KIND,
     GLOBALS_DATABASE,
     GLOBALS_KIND,
+    SCRATCH_MARK,
     backup_name,
     globals_name,
     parse_backup_name,
@@ -112,6 +114,26 @@ def test_every_database_minus_exclusions_is_exactly_the_right_set(
     with pytest.raises(ConfigError, match=r"^POSTGRES_DB: .*selects no database"):
         resolve_databases(everything)
 
+
+
+def test_a_scratch_database_a_killed_drill_left_behind_is_not_backed_up_by_every(
+        private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
+    """A killed or cancelled drill leaves its marked scratch database (removed only by the
+    next drill of the same database): a run of '*' leaves it out, saying so once."""
+    cluster = private_cluster()
+    with connect(cluster.address) as conn:
+        conn.execute('CREATE DATABASE "app"')
+        conn.execute('CREATE DATABASE "app_drill"')  # as the drill marks it
+        conn.execute(f"COMMENT ON DATABASE app_drill IS '{SCRATCH_MARK} for app; backupd "
+                     "drops it after every drill'")
+    backup_dir = tmp_path / "backups"
+    proc = run_backupd(["backup"], server_env(cluster.address, "*", backup_dir,
+                                              HEALTH_PORT="0"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(backup_dir.glob("app_2*.sql.gz"))
+    assert not list(backup_dir.glob("app_drill_*")), sorted(p.name for p in backup_dir.iterdir())
+    said = [str(e["event"]) for e in log_events(proc.stderr) if "app_drill" in str(e["event"])]
+    assert len(said) == 1 and "drill" in said[0] and "left" in said[0], said
 
 def test_every_database_where_the_role_cannot_list_them_is_exit_2(
         private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from backupd.database_properties import DatabaseProperties
 from backupd.errors import Cancelled, ConfigError, JobFailed, JobSkipped, OffsiteError
 from backupd.job import JobContext, run_job
 from backupd.manifest import Manifest
-from backupd.naming import parse_backup_name
+from backupd.naming import SCRATCH_MARK, parse_backup_name
 from backupd.notify.base import NotifierChain
 from backupd.outcomes import ROLES_NOT_PROVEN, DrillOutcome, RestoreOutcome
 from backupd.postgres.compare import (
@@ -61,7 +61,6 @@ from backupd.result import Status, human_bytes
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, Repository
 
-SCRATCH_MARK = "backupd restore drill scratch database"
 # psql (or pg_restore) plus the comparison's one connection. Superusers are exempt
 # from connection limits; the drill itself never opens more than this anyway.
 SCRATCH_CONNECTION_LIMIT = 2

@@ -100,7 +100,7 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
             return resolve_databases(settings, own)
     if selection.every:
         try:
-            present, unnamed = _every_database(conn)
+            present, unnamed, scratch = _every_database(conn)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ConfigError(
                 f"POSTGRES_DB: '*' needs to list the server's databases, and role "
@@ -110,6 +110,13 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
         warnings = [f"DB_BACKUP_EXCLUDE: there is no database {name!r} on the server "
                     "(nothing to leave out)" for name in selection.exclude
                     if name not in present and name != TEMPLATE_DATABASE]
+        if scratch:
+            # Removed only by the next drill of the same database: until then, a copy of a
+            # backup, not a database of its own to back up (nor to drill).
+            warnings.append(f"POSTGRES_DB='*': leaving out {', '.join(map(repr, scratch))}: "
+                            "a scratch database a killed or cancelled drill left behind "
+                            "(marked by backupd); the next drill of the same database drops "
+                            "it, or drop it yourself")
         chosen = selection.choose(present)
         if not chosen:
             raise ConfigError("POSTGRES_DB: '*' selects no database on the server "
@@ -127,20 +134,34 @@ def resolve_databases(settings: Settings, conn: Connection | None = None) -> Res
                              missing=[n for n in selection.names if n not in existing])
 
 
-def _every_database(conn: Connection) -> tuple[list[str], list[str]]:
-    """The names of the databases '*' may take, and those it cannot name (escaped): read as
-    bytes, since one name that is not UTF-8 must not keep the others from being backed up."""
+def _every_database(conn: Connection) -> tuple[list[str], list[str], list[str]]:
+    """The names of the databases '*' may take, those it cannot name (escaped), and the
+    drills' scratch databases left behind (naming.SCRATCH_MARK), which it leaves out: read
+    as bytes, since one name that is not UTF-8 must not keep the others from being backed
+    up."""
     codec = name_codec(conn.info.parameter_status("client_encoding"))
     cursor = conn.cursor()
     cursor.adapters.register_loader("name", RawBytes)
-    names, unnamed = [], []
-    for (raw,) in cursor.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT "
-                                 "datistemplate ORDER BY datname").fetchall():
+    names, unnamed, scratch = [], [], []
+    for raw, marked in cursor.execute(
+            "SELECT datname, starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), "
+            "%s) FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+            (naming.SCRATCH_MARK,)).fetchall():
+        if marked:
+            scratch.append(_decoded(raw, codec))
+            continue
         try:
             names.append(raw.decode(codec))
         except UnicodeDecodeError:
             unnamed.append(shown(raw))
-    return names, unnamed
+    return names, unnamed, scratch
+
+
+def _decoded(raw: bytes, codec: str) -> str:
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError:
+        return shown(raw)
 
 
 def _locale_columns(conn: Connection) -> str:
