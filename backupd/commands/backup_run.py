@@ -50,8 +50,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.warn(warning)
         template = _template1(ctx, resolved.databases)
         databases = [*resolved.databases, *template.databases]
-        # The run's id is its start to the second: never reuse an earlier run's.
-        started = ctx.store.unique_start(
+        # The run's id is its start to the second: never reuse an earlier run's (nor its
+        # globals' name).
+        started = ctx.store.unique_run_start(
             lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
         rid = run_id(started)
         facts = ctx.result.outcome = BackupRunOutcome(run_id=rid)

@@ -31,6 +31,7 @@ from backupd.naming import (
     manifest_name,
     parse_backup_name,
     partial_name,
+    run_id,
 )
 from backupd.progress import Progress
 from backupd.settings.selection import DatabaseSelection
@@ -94,11 +95,47 @@ class LocalRepository:
         one-second resolution; a name is in use by a finished file, and by the temporary
         file of a run that was killed mid-write (atomic_write's O_EXCL refuses to share it:
         the next run in the same second failed with "File exists")."""
+        return self._free_second(lambda at: not any(
+            (self.directory / name).exists() or (self.directory / partial_name(name)).exists()
+            for name in names(at)))
+
+    def unique_run_start(self, names: Callable[[datetime], Iterable[str]]) -> datetime:
+        """A backup run's start (its id, naming.run_id): as ``unique_start``, and a second
+        no manifest here records as its run id either. With DB_BACKUP_GLOBALS=off no
+        globals file is written, so its name kept nothing apart: two runs started in one
+        second shared an id, and "the newest run" (restore, drill, health) mixed them.
+        Every manifest, of any database: another configuration sharing the directory
+        records its runs here too. Runs starting in the same second in two processes at
+        once are not kept apart (neither has written a manifest yet)."""
+        def free(at: datetime) -> bool:
+            rid = run_id(at)
+            return (not any((self.directory / name).exists()
+                            or (self.directory / partial_name(name)).exists()
+                            for name in names(at))
+                    and rid not in self._recorded_run_ids())
+        return self._free_second(free)
+
+    def _recorded_run_ids(self) -> set[str]:
+        """The run ids the manifests of this directory's backups record, read anew (a few
+        small files per backup kept; no cache, another backupd may have written since)."""
+        try:
+            found = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return set()
+        recorded: set[str] = set()
+        for item in found:
+            if parse_backup_name(item.name) is None:
+                continue
+            manifest, _problem = self.load_manifest(item.name)
+            if manifest is not None and manifest.run_id is not None:
+                recorded.add(manifest.run_id)
+        return recorded
+
+    @staticmethod
+    def _free_second(free: Callable[[datetime], bool]) -> datetime:
         while True:
             now = datetime.now(UTC).replace(microsecond=0)
-            if not any((self.directory / name).exists()
-                       or (self.directory / partial_name(name)).exists()
-                       for name in names(now)):
+            if free(now):
                 return now
             time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)
 

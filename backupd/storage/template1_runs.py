@@ -57,6 +57,7 @@ def newest_template1_run(dumps: Iterable[BackupEntry], globals_entries: Iterable
         rid = manifest.run_id or run_id_at(entry.parsed.taken_at)
         empty = manifest.template1_empty
         found.append(((rid, entry.parsed.taken_at), Template1InRun(rid, not empty, empty)))
-    # By run, then by time: two runs of DB_BACKUP_GLOBALS=off started in one second share
-    # an id (naming a run's start only keeps globals names apart), the later dump is newer.
+    # By run, then by time: two runs of DB_BACKUP_GLOBALS=off started in one second
+    # shared an id before unique_run_start (and two started at once still can): the later
+    # dump is newer.
     return max(found, key=lambda pair: pair[0])[1] if found else None

@@ -1,0 +1,72 @@
+"""A backup run's id (manifest.run_id) names one run only: restore, drill and health take "the
+newest run" by it. With DB_BACKUP_GLOBALS=off no globals file is ever written, so the
+globals name cannot be what keeps two runs' ids apart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from helpers.backups import backup_files, read_manifest, seed_small_db
+from helpers.cli import EnvFactory, run_backupd
+from helpers.faketime import library
+from helpers.pg import ServerAddress
+
+
+def _same_second_clock() -> dict[str, str]:
+    """Every backupd started with this starts its clock at the same second, running at a
+    tenth of the real rate: two runs started one after the other begin within one second
+    (the test does not depend on how fast this machine is), and a wait for the next second
+    still ends (in ten real ones)."""
+    lib = library()
+    if lib is None:
+        pytest.skip("libfaketime is not installed (Debian package 'faketime')")
+    start = datetime.now(UTC).replace(microsecond=0)
+    # TZ=UTC: libfaketime reads an absolute date in the process's local time zone.
+    return {"LD_PRELOAD": lib, "FAKETIME": f"@{start:%Y-%m-%d %H:%M:%S} x0.1",
+            "FAKETIME_NO_CACHE": "1", "TZ": "UTC"}
+
+
+def _run_ids(directory: Path) -> dict[str, set[str]]:
+    """Each run id recorded in ``directory`` -> the databases of its dumps."""
+    runs: dict[str, set[str]] = {}
+    for name in backup_files(directory):
+        manifest = read_manifest(directory / name)
+        runs.setdefault(manifest["run_id"], set()).add(manifest["database"])
+    return runs
+
+
+def _seeded(pg_server: ServerAddress, make_db: Callable[..., str]) -> str:
+    db = make_db()
+    seed_small_db(pg_server, db)
+    return db
+
+
+def test_two_runs_in_one_second_with_the_globals_off_get_two_run_ids(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    first, second = _seeded(pg_server, make_db), _seeded(pg_server, make_db)
+    env = backupd_env(f"{first}, {second}", DB_BACKUP_GLOBALS="off", **_same_second_clock())
+    for _ in range(2):
+        proc = run_backupd(["backup", "--no-prune"], env, timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(backup_files(backup_dir)) == 4
+    assert sorted(_run_ids(backup_dir).values(), key=sorted) == [
+        {first, second}, {first, second}]
+
+
+def test_a_run_does_not_reuse_the_id_of_another_configs_run_in_the_same_directory(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    # Two configurations sharing DB_BACKUP_DIR, of different databases: each run's id is
+    # its own, though neither config lists the other's databases.
+    dbs = [_seeded(pg_server, make_db) for _ in range(4)]
+    clock = _same_second_clock()
+    for pair in (dbs[:2], dbs[2:]):
+        env = backupd_env(", ".join(pair), DB_BACKUP_GLOBALS="off", **clock)
+        proc = run_backupd(["backup", "--no-prune"], env, timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(_run_ids(backup_dir).values(), key=sorted) == sorted(
+        [set(dbs[:2]), set(dbs[2:])], key=sorted)
