@@ -274,3 +274,48 @@ def test_a_damaged_partial_beside_its_complete_segment_is_not_left_out_as_the_li
     proc = run_backupd(["verify", "--wal", "--remote", "--json"], as_a_user_sees_it(env))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "left out" not in proc.stderr, proc.stderr
+
+
+def test_archive_retention_reads_the_identity_file_once_for_both_archives(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, pg_server: ServerAddress,
+) -> None:
+    """A prune with S3 follows the newest timeline's history file in the local archive and
+    again in the bucket's, both encrypted: DB_BACKUP_AGE_IDENTITY_FILE was read for each
+    (once per encrypted WAL file read); now once, on the first, for both."""
+    from helpers import leakcheck
+    from helpers.age import make_age_keys
+    from helpers.file_opens import OpenCounter
+
+    from backupd.pipeline.config import AgeKeyFiles
+    from backupd.storage.local import LocalRepository
+
+    keys = make_age_keys(tmp_path / "age")
+    crypto = AgeKeyFiles(recipients_file=keys.recipients_file)
+    backup_dir = tmp_path / "backups"
+    wal_dir_path = backup_dir / "wal"
+    wal_dir_path.mkdir(parents=True)
+    names = ["000000010000000000000005", "00000002.history", "000000020000000000000006"]
+    histories = {"00000002.history": "1\t0/6000000\tno recovery target specified\n"}
+    client = s3_server.client()
+    for archive, repository in (
+            (WalArchive(LocalRepository(wal_dir_path), crypto), LocalRepository(backup_dir)),
+            (WalArchive(offsite_archive(s3_server.endpoint_url, s3_bucket, client).repository,
+                        crypto),
+             offsite_repository(s3_server.endpoint_url, s3_bucket, client))):
+        store_wal_files(archive, names, tmp_path, histories)
+        put_base_backup_record(repository, tmp_path, timeline=2, segno=6)
+    assert all(w.artifact is not None and w.artifact.endswith(".age")
+               for w in local_archive(backup_dir).segments())
+    env = server_env(pg_server, "postgres", backup_dir, **s3_env(s3_server, s3_bucket),
+                     DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file),
+                     DB_BACKUP_AGE_IDENTITY_FILE=str(keys.identity_file))
+    with OpenCounter(keys.identity_file) as opens:
+        proc = run_backupd(["prune"], as_a_user_sees_it(env))
+        during = opens.count()
+        # The harness reads every run's secret files too (the leak check): taken off.
+        leakcheck.record_run(["prune"], env)
+        harness = opens.count() - during
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "retention on" not in proc.stderr, proc.stderr
+    assert harness == 1
+    assert during - harness == 1

@@ -89,7 +89,9 @@ class WalArchive:
     """The WAL archive in ``repository``; ``spool``: pg_receivewal's directory, whose files
     (the live ``.partial``, a completed segment not archived yet) count as archived too.
     ``identities``: loaded from ``crypto`` already (a recover's, read once for all it
-    decrypts); None: each encrypted file read loads them from ``crypto``."""
+    decrypts; retention's offsite archive gets its local one's); None: loaded from
+    ``crypto`` on the first encrypted file read, and kept for the next (not before: a
+    command reading no encrypted file never needs DB_BACKUP_AGE_IDENTITY_FILE readable)."""
 
     def __init__(self, repository: Repository, crypto: AgeKeyFiles | None = None, *,
                  spool: Path | None = None,
@@ -269,7 +271,7 @@ class WalArchive:
             return
         identities = self.identities
         if identities is None and self.crypto is not None:
-            identities = load_identities(self.crypto)
+            identities = self.identities = load_identities(self.crypto)
         if not identities:
             raise WalFetchError(f"{artifact} is encrypted; set DB_BACKUP_AGE_IDENTITY_FILE to "
                                 "the age identity that can decrypt it")

@@ -128,11 +128,15 @@ def apply(ctx: JobContext, offsite: Repository | None, *, dry_run: bool = False,
     """Local first, then offsite (the same plan on S3's own listing). With ``strict`` an
     offsite failure fails the job, else it warns (a base backup must not fail for it)."""
     keys = age_key_files(ctx.settings)
-    names = sweep(ctx, ctx.store, WalArchive(local_wal_repository(ctx.store), keys),
-                  dry_run=dry_run, wal_uploaded_only=offsite is not None)
+    local_wal = WalArchive(local_wal_repository(ctx.store), keys)
+    names = sweep(ctx, ctx.store, local_wal, dry_run=dry_run,
+                  wal_uploaded_only=offsite is not None)
     if offsite is not None:
         try:
-            offsite_wal = WalArchive(offsite_wal_repository(offsite), keys)
+            # The identities the local sweep loaded (each archive's history file may be
+            # encrypted): DB_BACKUP_AGE_IDENTITY_FILE is read once for both.
+            offsite_wal = WalArchive(offsite_wal_repository(offsite), keys,
+                                     identities=local_wal.identities)
             names += sweep(ctx, offsite, offsite_wal, dry_run=dry_run)
         except OffsiteError as exc:
             if strict:
