@@ -11,6 +11,7 @@ warning. A restore never fails, nor leaves a database behind, for a missing tabl
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,30 @@ def back_up_grantdb(source: PrivateCluster, directory: Path, backup_format: str)
     return only_backup(directory)
 
 
+def restore_as_a_restorer_of_space_db(
+        target: PrivateCluster, dump: Path) -> subprocess.CompletedProcess[str]:
+    """grantdb's ``dump`` restored onto ``target``, which has both tablespaces, as RESTORER,
+    who may create in space_db but neither in pg_default nor in space_tbl."""
+    make_tablespace(target, "space_db")
+    make_tablespace(target, "space_tbl")
+    make_restorer(target)
+    psql(target.address, "postgres", f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
+    return run_backupd(["restore", dump.name, "--yes"],
+                       server_env(as_restorer(target), "grantdb", dump.parent), timeout=300)
+
+
+def failure_naming_the_grant(proc: subprocess.CompletedProcess[str]) -> str:
+    """The error of a restore that failed (exit code 1), which must end naming the GRANT for
+    the one tablespace (pg_default or space_tbl) it says pg_restore stopped at."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [result] = jobs_finished(proc.stderr, "restore")
+    error = str(result["error"])
+    [name] = [n for n in ("pg_default", "space_tbl") if f"tablespace {n}" in error]
+    assert error.endswith(f'GRANT CREATE ON TABLESPACE "{name}" TO "restorer", or restore as '
+                          "a role that may create in it"), error
+    return error
+
+
 @pytest.mark.parametrize("backup_format", ["plain", "custom"])
 def test_a_role_without_create_on_a_tablespace_restores_into_the_databases_own(
         source: PrivateCluster, target: PrivateCluster, tmp_path: Path,
@@ -157,13 +182,8 @@ def test_a_role_without_create_on_a_tablespace_restores_into_the_databases_own(
     pg_default nor in space_tbl, which the server has: their tables go to space_db, and the
     warning gives the GRANT, not a CREATE TABLESPACE."""
     dump = back_up_grantdb(source, tmp_path / "b", backup_format)
-    make_tablespace(target, "space_db")
-    make_tablespace(target, "space_tbl")
-    make_restorer(target)
-    psql(target.address, "postgres", f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
 
-    proc = run_backupd(["restore", dump.name, "--yes"],
-                       server_env(as_restorer(target), "grantdb", tmp_path / "b"), timeout=300)
+    proc = restore_as_a_restorer_of_space_db(target, dump)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with connect(target.address, "grantdb") as conn:
@@ -191,21 +211,11 @@ def test_an_older_archive_a_role_may_not_create_in_fails_naming_the_grant(
     manifest = read_manifest(dump)
     del manifest["object_tablespaces"]
     write_manifest(dump, manifest)
-    make_tablespace(target, "space_db")
-    make_tablespace(target, "space_tbl")
-    make_restorer(target)
-    psql(target.address, "postgres", f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
 
-    proc = run_backupd(["restore", dump.name, "--yes"],
-                       server_env(as_restorer(target), "grantdb", tmp_path / "b"), timeout=300)
+    proc = restore_as_a_restorer_of_space_db(target, dump)
 
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    [result] = jobs_finished(proc.stderr, "restore")
-    error = str(result["error"])
+    error = failure_naming_the_grant(proc)
     assert "\n" not in error, error
-    [name] = [n for n in ("pg_default", "space_tbl") if f"tablespace {n}" in error]
-    assert error.endswith(f'GRANT CREATE ON TABLESPACE "{name}" TO "restorer", or restore as '
-                          "a role that may create in it"), error
     assert leftover_databases(target.address) == []
 
 
@@ -221,22 +231,12 @@ def test_a_newer_archive_that_misses_a_tablespace_is_not_called_older(
     manifest = read_manifest(dump)
     manifest["object_tablespaces"] = []
     write_manifest(dump, manifest)
-    make_tablespace(target, "space_db")
-    make_tablespace(target, "space_tbl")
-    make_restorer(target)
-    psql(target.address, "postgres", f"GRANT CREATE ON TABLESPACE space_db TO {RESTORER.user}")
 
-    proc = run_backupd(["restore", dump.name, "--yes"],
-                       server_env(as_restorer(target), "grantdb", tmp_path / "b"), timeout=300)
+    proc = restore_as_a_restorer_of_space_db(target, dump)
 
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    [result] = jobs_finished(proc.stderr, "restore")
-    error = str(result["error"])
+    error = failure_naming_the_grant(proc)
     assert "before they were recorded" not in error, error
-    [name] = [n for n in ("pg_default", "space_tbl") if f"tablespace {n}" in error]
     assert "its manifest does not list it" in error, error
-    assert error.endswith(f'GRANT CREATE ON TABLESPACE "{name}" TO "restorer", or restore as '
-                          "a role that may create in it"), error
     assert leftover_databases(target.address) == []
 
 
