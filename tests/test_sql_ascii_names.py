@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import back_up, backup_files, take_backup
-from helpers.cli import run_backupd, server_env
+from helpers.cli import drill_server_env, not_utf8_failure, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
 
@@ -108,12 +108,8 @@ def test_a_drill_fails_in_one_line_naming_the_table(live: PrivateCluster,
 
     proc = run_backupd(["drill"], env, timeout=300)
 
-    said = proc.stdout + proc.stderr
-    assert proc.returncode == 1, said
-    assert "internal error" not in said and "Traceback" not in said, said
-    [line] = [line for line in said.splitlines() if "not UTF-8" in line and "error" in line]
+    line = not_utf8_failure(proc)
     assert f"table {SHOWN_TABLE} in database appdb" in line, line
-    assert "rename it" in line, line
 
 
 def test_a_drill_server_holding_a_database_named_in_latin1_fails_naming_it(
@@ -122,14 +118,9 @@ def test_a_drill_server_holding_a_database_named_in_latin1_fails_naming_it(
     with PrivateCluster("drill-pw", encoding="SQL_ASCII") as drill:
         drill.start()
         run_bytes(drill, "postgres", b"CREATE DATABASE " + LATIN1_DATABASE)
-        proc = run_backupd(["drill"], server_env(
-            live.address, "plain,postgres", tmp_path, BACKUPD_LOG_FORMAT="console",
-            DRILL_POSTGRES_HOST=drill.address.host, DRILL_POSTGRES_PORT=str(drill.port),
-            DRILL_POSTGRES_PASSWORD="drill-pw"), timeout=300)
+        proc = run_backupd(["drill"], drill_server_env(
+            live.address, "plain,postgres", tmp_path, drill.address,
+            BACKUPD_LOG_FORMAT="console"), timeout=300)
 
-    said = proc.stdout + proc.stderr
-    assert proc.returncode == 1, said
-    assert "internal error" not in said and "Traceback" not in said, said
-    [line] = [line for line in said.splitlines() if "not UTF-8" in line and "error" in line]
+    line = not_utf8_failure(proc)
     assert SHOWN_DATABASE in line, line
-    assert "rename it" in line, line

@@ -55,6 +55,15 @@ def server_env(server: ServerAddress, database: str, directory: Path,
     return {**env, **extra}
 
 
+def drill_server_env(server: ServerAddress, database: str, directory: Path,
+                     drill_server: ServerAddress, **extra: str) -> dict[str, str]:
+    """server_env's settings, with the drill's scratch databases made on ``drill_server``
+    (DRILL_POSTGRES_HOST, _PORT and _PASSWORD) instead of beside the live ones."""
+    return server_env(server, database, directory, DRILL_POSTGRES_HOST=drill_server.host,
+                      DRILL_POSTGRES_PORT=str(drill_server.port),
+                      DRILL_POSTGRES_PASSWORD=drill_server.password or "", **extra)
+
+
 def as_a_user_sees_it(env: dict[str, str], **extra: str) -> dict[str, str]:
     """``env`` with ``extra``, logging to the console as a user sees it (not JSON)."""
     return {**{k: v for k, v in env.items() if k != "BACKUPD_LOG_FORMAT"}, **extra}
@@ -65,6 +74,17 @@ def one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("backupd: error:")]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def not_utf8_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a command that failed (exit code 1) on a name that is not UTF-8:
+    failed cleanly (no internal error, no traceback), saying to rename the object."""
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "internal error" not in said and "Traceback" not in said, said
+    [line] = [line for line in said.splitlines() if "not UTF-8" in line and "error" in line]
+    assert "rename it" in line, line
+    return line
 
 
 def _command(args: list[str]) -> list[str]:
