@@ -16,7 +16,7 @@ from helpers.cluster import PrivateCluster
 from helpers.offsite import s3_env
 from helpers.pg import ServerAddress, connect, psql
 from helpers.s3server import S3Server
-from helpers.template1 import put_into_template1, template1_flags, template_objects
+from helpers.template1 import EMPTY_TEMPLATE1, put_into_template1, template1_flags, template_objects
 
 from backupd.commands import drill as drill_cmd
 from backupd.job import run_job
@@ -59,8 +59,11 @@ class Results:
     def notify(self, result: JobResult) -> None:
         self.seen.append(result)
 
+    def all_of(self, database: str) -> list[JobResult]:
+        return [r for r in self.seen if r.database == database]
+
     def of(self, database: str) -> JobResult:
-        [found] = [r for r in self.seen if r.database == database]
+        [found] = self.all_of(database)
         return found
 
 
@@ -71,6 +74,14 @@ def drill_every(server: ServerAddress, backups: Path, *, from_s3: bool = False,
     result = run_job("drill", settings, lambda ctx: drill_cmd.run(ctx, from_s3=from_s3),
                      NotifierChain([results]))
     return result, results
+
+
+def back_up_twice(server: ServerAddress, backups: Path, database: str, between: str,
+                  **extra: str) -> None:
+    """Two runs of '*' into ``backups``, ``between`` run in ``database`` after the first."""
+    back_up(server, "*", backups, HEALTH_PORT="0", **extra)
+    psql(server, database, between)
+    back_up(server, "*", backups, HEALTH_PORT="0", **extra)
 
 
 def databases(server: ServerAddress) -> set[str]:
@@ -132,16 +143,15 @@ def test_once_a_run_finds_template1_empty_its_older_dumps_are_not_drilled(
     server = private_cluster("t1-drill3-pw").address
     put_into_template1(server)
     backups = tmp_path / "backups"
-    back_up(server, "*", backups, HEALTH_PORT="0")
-    psql(server, "template1", "DROP SCHEMA util CASCADE; DROP EXTENSION citext;")
-    back_up(server, "*", backups, HEALTH_PORT="0")  # took no template1: the older one stays
+    back_up_twice(server, backups, "template1", EMPTY_TEMPLATE1)
+    # The second run took no template1: the older one stays.
     assert len(list(backups.glob("template1_*.sql.gz"))) == 1
 
     result, results = drill_every(server, backups)
 
     # Not what a restore brings back any more: no drill compares it with the emptied one.
     assert result.status == Status.SUCCESS, result.summary()
-    assert [r.database for r in results.seen if r.database == "template1"] == []
+    assert results.all_of("template1") == []
 
 
 def test_a_drill_from_s3_judges_an_emptied_template1_by_the_bucket(
@@ -153,9 +163,7 @@ def test_a_drill_from_s3_judges_an_emptied_template1_by_the_bucket(
     server = private_cluster("t1-drill5-pw").address
     put_into_template1(server)
     backups = tmp_path / "backups"
-    back_up(server, "*", backups, HEALTH_PORT="0", **offsite)
-    psql(server, "template1", "DROP SCHEMA util CASCADE; DROP EXTENSION citext;")
-    back_up(server, "*", backups, HEALTH_PORT="0", **offsite)
+    back_up_twice(server, backups, "template1", EMPTY_TEMPLATE1, **offsite)
 
     for name, value in offsite.items():  # the AWS client reads its own from the environment
         if name.startswith("AWS_"):
@@ -164,7 +172,7 @@ def test_a_drill_from_s3_judges_an_emptied_template1_by_the_bucket(
 
     assert result.status == Status.SUCCESS, result.summary()
     assert results.of("postgres").status == Status.SUCCESS
-    assert [r.database for r in results.seen if r.database == "template1"] == []
+    assert results.all_of("template1") == []
 
 
 def test_when_the_newest_run_could_not_look_into_template1_its_older_dump_is_not_drilled(
@@ -172,16 +180,16 @@ def test_when_the_newest_run_could_not_look_into_template1_its_older_dump_is_not
     server = private_cluster("t1-drill4-pw").address
     put_into_template1(server)
     backups = tmp_path / "backups"
-    back_up(server, "*", backups, HEALTH_PORT="0")
-    # Nobody may connect to template1 now, backupd's role neither: the next run's look fails
-    # (it warns and goes on), and a drill could not compare with the live template1 either.
-    psql(server, "postgres", "ALTER DATABASE template1 ALLOW_CONNECTIONS false;")
-    back_up(server, "*", backups, HEALTH_PORT="0")
+    # Nobody may connect to template1 after the first run, backupd's role neither: the
+    # second run's look fails (it warns and goes on), and a drill could not compare with the
+    # live template1 either.
+    back_up_twice(server, backups, "postgres",
+                  "ALTER DATABASE template1 ALLOW_CONNECTIONS false;")
     newest = max(backups.glob("postgres_*.sql.gz"), key=lambda p: p.name)
     assert read_manifest(newest)["template1_look"] == "failed"
 
     result, results = drill_every(server, backups)
 
     assert result.status == Status.SUCCESS, result.summary()
-    assert [r.database for r in results.seen if r.database == "template1"] == []
+    assert results.all_of("template1") == []
     assert any("could not look into template1" in w for w in result.warnings), result.warnings

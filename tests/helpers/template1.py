@@ -19,6 +19,9 @@ TEMPLATE1_OBJECTS = """
         AS 'SELECT upper(t)';
 """
 
+# What undoes TEMPLATE1_OBJECTS: template1 holding nothing of its own again.
+EMPTY_TEMPLATE1 = "DROP SCHEMA util CASCADE; DROP EXTENSION citext;"
+
 # A subscription made without a publisher (connect = false): an object of template1's own.
 SUBSCRIPTION = """
     CREATE SUBSCRIPTION feed_sub CONNECTION 'host=127.0.0.1 port=1 dbname=nowhere'
