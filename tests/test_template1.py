@@ -18,9 +18,11 @@ from helpers.logs import log_events
 from helpers.pg import ServerAddress, connect, psql
 from helpers.tablespaces import make_tablespace, relation_tablespaces
 from helpers.template1 import (
+    EMPTY_TEMPLATE1,
     SUBSCRIPTION,
     TEMPLATE1_OBJECTS,
     a_new_database_gets,
+    first_run_with_the_globals_off,
     objects_in,
     put_into_template1,
     restore_latest,
@@ -234,7 +236,7 @@ def test_health_and_metrics_stop_judging_template1_once_a_run_finds_it_empty(
     back_up(cluster.address, "*", directory, HEALTH_PORT="0")
     psql(cluster.address, "postgres", "ALTER DATABASE template1 ALLOW_CONNECTIONS true")
     assert run_backupd(["health"], env).returncode == 1
-    psql(cluster.address, "template1", "DROP SCHEMA util CASCADE; DROP EXTENSION citext;")
+    psql(cluster.address, "template1", EMPTY_TEMPLATE1)
     back_up(cluster.address, "*", directory, HEALTH_PORT="0")
     assert len(list(directory.glob("template1_*.sql.gz"))) == 1  # the old one, kept
     healthy = run_backupd(["health"], env)
@@ -261,16 +263,13 @@ def test_with_the_globals_off_health_and_metrics_stop_judging_an_emptied_templat
     """DB_BACKUP_GLOBALS=off writes no globals manifest: the run still records what it found
     in template1, or its last dump would be judged (and go stale) forever."""
     cluster = private_cluster()
-    put_into_template1(cluster.address)
     directory = tmp_path / "backups"
-    env = server_env(cluster.address, "*", directory, HEALTH_PORT="0", DB_BACKUP_GLOBALS="off",
-                     BACKUP_MAX_AGE_HOURS="24")
-    assert run_backupd(["backup", "--no-prune"], env).returncode == 0
+    env = first_run_with_the_globals_off(cluster.address, directory, BACKUP_MAX_AGE_HOURS="24")
     assert list(directory.glob("globals_*")) == []
     [dump] = directory.glob("template1_*.sql.gz")
     redate(dump, datetime.now(UTC) - timedelta(days=2), keep_source=False)
     assert run_backupd(["health"], env).returncode == 1
-    psql(cluster.address, "template1", "DROP SCHEMA util CASCADE; DROP EXTENSION citext;")
+    psql(cluster.address, "template1", EMPTY_TEMPLATE1)
     proc = run_backupd(["backup", "--no-prune"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(list(directory.glob("template1_*.sql.gz"))) == 1  # the old one, kept

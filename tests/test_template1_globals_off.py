@@ -12,18 +12,22 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import read_manifest, redate
-from helpers.cli import run_backupd, server_env
+from helpers.cli import run_backupd
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
 from helpers.offsite import object_keys, s3_env
 from helpers.pg import psql
 from helpers.s3server import S3Server
-from helpers.template1 import put_into_template1, restore_latest, template_objects
+from helpers.template1 import (
+    EMPTY_TEMPLATE1,
+    first_run_with_the_globals_off,
+    restore_latest,
+    template_objects,
+)
 
 pytestmark = pytest.mark.slow
 
 ClusterFactory = Callable[..., PrivateCluster]
-EMPTY_TEMPLATE1 = "DROP SCHEMA util CASCADE; DROP EXTENSION citext;"
 
 
 def left_out(stderr: str) -> list[str]:
@@ -35,11 +39,8 @@ def left_out(stderr: str) -> list[str]:
 def test_an_emptied_template1_is_not_restored_with_the_globals_off(
         private_cluster: ClusterFactory, tmp_path: Path) -> None:
     cluster = private_cluster()
-    put_into_template1(cluster.address)
     directory = tmp_path / "backups"
-    env = server_env(cluster.address, "*", directory, HEALTH_PORT="0", DB_BACKUP_GLOBALS="off",
-                     BACKUP_MAX_AGE_HOURS="24")
-    assert run_backupd(["backup", "--no-prune"], env).returncode == 0
+    env = first_run_with_the_globals_off(cluster.address, directory, BACKUP_MAX_AGE_HOURS="24")
     [dump] = directory.glob("template1_*.sql.gz")
     # Two days old: judged, it would make health fail.
     dump = redate(dump, datetime.now(UTC) - timedelta(days=2), keep_source=False)
@@ -70,10 +71,7 @@ def test_an_emptied_template1_is_not_restored_from_s3_with_the_globals_off(
         s3_bucket: str) -> None:
     offsite = s3_env(s3_server, s3_bucket, "prod")
     cluster = private_cluster()
-    put_into_template1(cluster.address)
-    env = server_env(cluster.address, "*", tmp_path / "backups", HEALTH_PORT="0",
-                     DB_BACKUP_GLOBALS="off", **offsite)
-    assert run_backupd(["backup", "--no-prune"], env).returncode == 0
+    env = first_run_with_the_globals_off(cluster.address, tmp_path / "backups", **offsite)
     psql(cluster.address, "template1", EMPTY_TEMPLATE1)
     proc = run_backupd(["backup", "--no-prune"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -34,6 +34,17 @@ def put_into_template1(server: ServerAddress, sql: str = TEMPLATE1_OBJECTS) -> N
     psql(server, "template1", sql)
 
 
+def first_run_with_the_globals_off(server: ServerAddress, directory: Path,
+                                   **extra: str) -> dict[str, str]:
+    """TEMPLATE1_OBJECTS put into ``server``'s template1, then a first run of '*' into
+    ``directory`` with DB_BACKUP_GLOBALS=off (no globals manifest); it must succeed. Its
+    settings (``extra`` added), for the runs that follow."""
+    put_into_template1(server)
+    env = server_env(server, "*", directory, HEALTH_PORT="0", DB_BACKUP_GLOBALS="off", **extra)
+    assert run_backupd(["backup", "--no-prune"], env).returncode == 0
+    return env
+
+
 def template_objects(server: ServerAddress, database: str = "template1") -> list[str]:
     """The extensions, schemas and functions of ``database`` that template0 lacks, by name."""
     with connect(server, database) as conn:
