@@ -12,16 +12,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from backupd.daemon.clock import ClockStep, ClockWatch
 from backupd.daemon.cron import parse_cron
 from backupd.daemon.scheduler import Daemon, JobSpec, ScheduledJob
-from backupd.daemon.state import DaemonState, JobRecord, StateFile, read_state, update_state
+from backupd.daemon.state import (
+    DaemonRecord,
+    DaemonState,
+    JobRecord,
+    StateFile,
+    read_state,
+    update_state,
+)
 from backupd.job import JobContext
 from backupd.notify.base import NotifierChain
-from backupd.result import JobResult
+from backupd.result import JobResult, Status
 from backupd.settings import Settings
 
 # Tomorrow at midnight: every clock reading below is after the real now.
@@ -43,18 +51,40 @@ def _body(ctx: JobContext, slot: datetime | None) -> None:
     raise AssertionError("no run is due while the test runs")
 
 
+class _Heard:
+    """A notifier that keeps every result it is told (the chain's last, as Slack would be)."""
+
+    name = "heard"
+    remote: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.results: list[JobResult] = []
+
+    def notify(self, result: JobResult) -> None:
+        self.results.append(result)
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """``daemon(expression, now=None)``: a started daemon with one backup job."""
+def heard() -> _Heard:
+    return _Heard()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, heard: _Heard) -> Iterator[Callable[..., Daemon]]:
+    """``daemon(expression, now=None, grace=3600)``: a started daemon with one backup job,
+    whose results (a MISSED report) the state file records, as in the real daemon, and
+    ``heard`` keeps."""
     made: list[Daemon] = []
 
-    def make(expression: str, now: datetime | None = None) -> Daemon:
+    def make(expression: str, now: datetime | None = None, grace: int = 3600) -> Daemon:
         settings = Settings(_env_file=None, POSTGRES_DB="clock_probe",  # type: ignore[call-arg]
                             DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT="0",
-                            BACKUP_ON_START="false")
+                            BACKUP_ON_START="false",
+                            SCHEDULE_MISFIRE_GRACE_SECONDS=str(grace))
         job = ScheduledJob(JobSpec("backup", "backup_schedule", _body),
                            parse_cron(expression, "BACKUP_SCHEDULE", UTC))
-        started = Daemon(settings, [job], NotifierChain([]), DaemonState(tmp_path))
+        state = DaemonState(tmp_path)
+        started = Daemon(settings, [job], NotifierChain([state, heard]), state)
         made.append(started)
         started.start(now)
         return started
@@ -139,17 +169,17 @@ def test_a_monotonic_clock_stepped_with_the_wall_clock_still_shows_the_step() ->
 
 def test_a_restart_after_a_step_back_judges_slots_by_the_new_clock(
         daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """The state file says the 10:00 slot was dealt with; the clock now reads 08:30. An
-    hourly job starts from there: its slot becomes 08:00, so a later restart finds the 09:00
-    slot missed, not hidden behind a slot still ahead of the clock."""
-    def dealt_with(slot: datetime) -> None:
-        def change(state: StateFile) -> None:
-            state.jobs["backup"] = JobRecord(last_slot=slot)
-        update_state(tmp_path, change)
+    """The state file says the 10:00 slot was dealt with; the clock now reads 08:30, 1.5 h
+    back at least. An hourly job goes by the new clock: its 08:00 slot came due with
+    nothing on this clock saying it ran, so it is caught up (within the grace), not hidden
+    behind a slot still ahead of the clock."""
+    def change(state: StateFile) -> None:
+        state.jobs["backup"] = JobRecord(last_slot=at(10))
+    update_state(tmp_path, change)
 
-    dealt_with(at(10))
-    daemon(HOURLY, at(8.5))
-    assert read_state(tmp_path).jobs["backup"].last_slot == at(8)
+    started = daemon(HOURLY, at(8.5))
+
+    assert started.next_runs()["backup"] == at(8.5)
 
 
 def test_a_restart_after_a_step_back_does_not_run_a_fixed_time_slot_again(
@@ -178,3 +208,49 @@ def test_a_restart_takes_the_step_from_the_last_run_start_not_only_the_slot(
     started = daemon(DAILY, at(0.5))
 
     assert started.next_runs()["backup"] == at(2)
+
+
+def _ran_ahead_then_went_down(tmp_path: Path, last_heartbeat: datetime) -> None:
+    """An hourly job ran its 10:00 slot on a clock 2 h ahead (really 08:00); its daemon's
+    last heartbeat read ``last_heartbeat`` on that clock, then it went down."""
+    def change(state: StateFile) -> None:
+        ran = JobResult(job="backup", database="clock_probe", started_at=at(10),
+                        scheduled_for=at(10))
+        state.jobs["backup"] = JobRecord(last_slot=at(10), last_result=ran)
+        state.daemons["old"] = DaemonRecord(instance="old", host="h", pid=1,
+                                            started_at=at(9), updated_at=last_heartbeat,
+                                            stopped_at=last_heartbeat)
+    update_state(tmp_path, change)
+
+
+def test_a_restart_after_a_step_back_catches_up_a_slot_missed_while_down(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """Back at 09:50 after the clock was corrected: the 09:00 slot passed while down. The
+    10:00 slot, dealt with before the step, does not cover it: it runs (within grace)."""
+    _ran_ahead_then_went_down(tmp_path, at(10))
+
+    started = daemon(HOURLY, at(9) + timedelta(minutes=50))
+
+    assert started.next_runs()["backup"] == at(9) + timedelta(minutes=50)
+
+
+def test_a_restart_after_a_step_back_reports_a_slot_missed_beyond_grace(
+        daemon: Callable[..., Daemon], heard: _Heard, tmp_path: Path) -> None:
+    _ran_ahead_then_went_down(tmp_path, at(10))
+
+    daemon(HOURLY, at(9) + timedelta(minutes=50), grace=600)
+
+    assert [(r.status, r.scheduled_for) for r in heard.results] == [(Status.MISSED, at(9))]
+    assert read_state(tmp_path).jobs["backup"].last_slot == at(9)
+
+
+def test_a_restart_takes_the_step_from_the_last_heartbeat_too(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """Back at 09:58: the 10:00 slot is only 2 min ahead, but the previous daemon's last
+    heartbeat read 10:10, so the clock went back at least 12 min: not an NTP wobble. The
+    09:00 slot runs, rather than nothing until 11:00 (3 h without an hourly backup)."""
+    _ran_ahead_then_went_down(tmp_path, at(10) + timedelta(minutes=10))
+
+    started = daemon(HOURLY, at(9) + timedelta(minutes=58))
+
+    assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)

@@ -30,7 +30,7 @@ from backupd import malloc_tuning
 from backupd.cancel import CancelToken
 from backupd.daemon.clock import ClockStep
 from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
-from backupd.daemon.state import DaemonState, JobRecord
+from backupd.daemon.state import DaemonState, StateFile
 from backupd.job import JobContext, run_job, skipped_result
 from backupd.log import get_logger
 from backupd.naming import BASE_DATABASE, BASE_KIND
@@ -143,17 +143,22 @@ class Daemon:
         """Jobs to run at once: slots missed while down (within grace), BACKUP_ON_START."""
         grace = timedelta(seconds=self.settings.misfire_grace_seconds)
         run_now: dict[str, str] = {}
+        persisted = self.state.persisted()
         for name, job in self.jobs.items():
             due = job.schedule.previous_at_or_before(now)
             if due is None:
                 continue
-            record = self.state.persisted_job(name)
+            record = persisted.jobs.get(name)
             handled = record.last_slot if record else None
-            if (handled is not None and handled > now
-                    and not_again(job.schedule, _step_since(record, now))):
-                self._resume_after[name] = handled
-            elif handled is None or handled >= due:
+            # A slot ahead of the clock was dealt with before it was stepped back.
+            ahead = handled if handled is not None and handled > now else None
+            if ahead is not None and not_again(job.schedule, _step_since(persisted, name, now)):
+                self._resume_after[name] = ahead
+            elif handled is None or (handled >= due and ahead is None):
                 # First start ever, or nothing missed: from now on this slot counts as seen.
+                # Not after a step not_again lets through: the slot dealt with before it says
+                # nothing about the slots by the clock as it now reads (`due` came due while
+                # down), so `due` is caught up or reported MISSED like any other.
                 self.state.mark_slot_handled(name, due)
             elif now - due <= grace:
                 run_now[name] = f"catching up the run due at {_fmt(due)}, missed while down"
@@ -329,15 +334,20 @@ def not_again(schedule: CronSchedule, back: timedelta) -> bool:
     return back < (REPEAT_WINDOW if schedule.fixed_time else CLOCK_TOLERANCE)
 
 
-def _step_since(record: JobRecord | None, now: datetime) -> timedelta:
+def _step_since(persisted: StateFile, job: str, now: datetime) -> timedelta:
     """How far the clock went back since the job's last slot was dealt with, at a start:
     no monotonic reading survives a restart, so it is the newest clock reading the state
-    file holds for the job (its last run's start, or the slot itself, which the clock had
-    passed) against now. That is a lower bound: the real time since is not known."""
+    file holds against now: the job's last run's start, its last slot (which the clock had
+    passed), and every daemon's last heartbeat or clean exit (within HEARTBEAT_SECONDS of
+    its end; without them a restart at 09:58 after a 10:00 slot run 2 h early saw a step
+    of 2 min and waited for 11:00). Still a lower bound: the time down is not known."""
+    record = persisted.jobs.get(job)
     readings = [moment for moment in (record.last_slot if record else None,
                                       record.last_result.started_at
                                       if record and record.last_result else None)
                 if moment is not None]
+    for daemon in persisted.daemons.values():
+        readings += [daemon.updated_at] + ([daemon.stopped_at] if daemon.stopped_at else [])
     return max(readings) - now if readings else timedelta(0)
 
 

@@ -283,6 +283,9 @@ class DaemonState:
     def persisted_job(self, job: str) -> JobRecord | None:
         return read_state(self.directory).jobs.get(job)
 
+    def persisted(self) -> StateFile:
+        return read_state(self.directory)
+
     def persist(self, *, stopped: bool = False) -> None:
         """Rewrite this daemon's entry (heartbeat); ``stopped`` marks a clean exit."""
         def change(state: StateFile) -> None:
