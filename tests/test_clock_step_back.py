@@ -18,13 +18,16 @@ import pytest
 
 from backupd.daemon.clock import ClockStep, ClockWatch
 from backupd.daemon.cron import parse_cron
+from backupd.daemon.health import read_daemon_state
 from backupd.daemon.scheduler import Daemon, JobSpec, ScheduledJob
 from backupd.daemon.state import (
     DaemonRecord,
     DaemonState,
     JobRecord,
+    ResultRecorder,
     StateFile,
     read_state,
+    remember,
     update_state,
 )
 from backupd.job import JobContext
@@ -254,3 +257,49 @@ def test_a_restart_takes_the_step_from_the_last_heartbeat_too(
     started = daemon(HOURLY, at(9) + timedelta(minutes=58))
 
     assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)
+
+
+def test_after_a_step_back_the_newest_result_is_the_one_just_recorded(tmp_path: Path) -> None:
+    """A drill succeeded on a clock 2 h ahead; the clock was corrected, and the next drill
+    failed. Its finish reads earlier than the old one's, yet it is the newest: status and
+    health's drill check see the failure, not the old success, for the step's length."""
+    ahead = datetime.now(UTC) + H(2)
+    old = JobResult(job="drill", database="clock_probe", started_at=ahead - H(0.1))
+    old.finish(Status.SUCCESS)
+    old.finished_at = ahead
+
+    def change(state: StateFile) -> None:
+        remember(state, old)
+    update_state(tmp_path, change)
+
+    failed = JobResult(job="drill", database="clock_probe")
+    failed.finish(Status.FAILED, error="restore failed")
+    ResultRecorder(tmp_path).notify(failed)
+
+    record = read_state(tmp_path).jobs["drill"]
+    assert record.last_result is not None and record.last_result.status == Status.FAILED
+    assert record.last_outcome is not None and record.last_outcome.status == Status.FAILED
+    seen = read_daemon_state(tmp_path)
+    assert seen is not None and [r.ok for r in seen.drill_records] == [False]
+
+
+def test_a_replica_result_a_little_ahead_still_counts_as_newer(tmp_path: Path) -> None:
+    """Clocks that differ by less than CLOCK_TOLERANCE are no step: a replica's result
+    stamped a minute ahead stays the newest over an older one recorded now."""
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    replica = JobResult(job="drill", database="clock_probe", started_at=soon)
+    replica.finish(Status.SUCCESS)
+    replica.finished_at = soon
+
+    def change(state: StateFile) -> None:
+        remember(state, replica)
+    update_state(tmp_path, change)
+
+    late = JobResult(job="drill", database="clock_probe",
+                     started_at=datetime.now(UTC) - H(1))
+    late.finish(Status.FAILED)
+    late.finished_at = datetime.now(UTC) - H(0.5)
+    ResultRecorder(tmp_path).notify(late)
+
+    record = read_state(tmp_path).jobs["drill"]
+    assert record.last_result is not None and record.last_result.status == Status.SUCCESS

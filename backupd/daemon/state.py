@@ -329,9 +329,16 @@ def _advances(last_slot: datetime | None, slot: datetime) -> bool:
 
 
 def _newer(result: JobResult, stored: JobResult | None) -> bool:
+    """Whether ``result``, being recorded now, replaces ``stored`` as the job's newest: it
+    ended later, or ``stored`` is stamped ahead of the clock. That one ended before the
+    clock was stepped back (it had been ahead), as in :func:`_advances`: kept, an old
+    SUCCESS would hide a newer FAILED from status and health for the step's length.
+    (Within CLOCK_TOLERANCE it is a replica's clock a little ahead, not a step.)"""
     if stored is None:
         return True
-    return (result.finished_at or result.started_at) >= (stored.finished_at or stored.started_at)
+    stored_at = stored.finished_at or stored.started_at
+    return ((result.finished_at or result.started_at) >= stored_at
+            or stored_at > datetime.now(UTC) + CLOCK_TOLERANCE)
 
 
 def iso_utc(moment: datetime | None) -> str | None:
