@@ -25,6 +25,7 @@ from backupd.naming import BASE_DATABASE, BASE_KIND, GLOBALS_DATABASE, GLOBALS_K
 from backupd.result import human_duration
 from backupd.settings import Settings
 from backupd.storage.base import (
+    CLOCK_TOLERANCE,
     BackupEntry,
     describe_future,
     future_entries,
@@ -128,6 +129,12 @@ def evaluate(
         if quiet > DAEMON_STATE_STALE:
             reasons.append(f"the daemon has not updated its state for {_human(quiet)} "
                            "(is it running?)")
+        elif -quiet > CLOCK_TOLERANCE:
+            # Stamped before the clock was stepped back (it had been ahead), and not since:
+            # a running daemon rewrites it on the new clock within a heartbeat.
+            reasons.append(f"the daemon has not updated its state since the clock was "
+                           f"stepped back (its last update reads {_human(-quiet)} ahead; "
+                           "is it running?)")
 
     if settings.wal_archive:
         _check_wal(settings, wal_status, now, report)

@@ -79,7 +79,11 @@ class DaemonRecord(_Model):
     running: dict[str, UtcDateTime] = Field(default_factory=dict)  # job -> started at
 
     def alive(self, now: datetime) -> bool:
-        return self.stopped_at is None and now - self.updated_at <= STALE_AFTER
+        # A heartbeat ahead of the clock was written before it was stepped back (it had been
+        # ahead): a live daemon rewrites its entry on the new clock within a heartbeat, so
+        # such a stamp says nothing of life now. (Within CLOCK_TOLERANCE: clocks differ.)
+        return (self.stopped_at is None and now - self.updated_at <= STALE_AFTER
+                and not _ahead(self.updated_at, now))
 
 
 class StateFile(_Model):
@@ -100,8 +104,13 @@ class StateFile(_Model):
         return [d for d in self.daemons.values() if d.alive(now)]
 
     def to_json(self) -> bytes:
+        # The newest heartbeat on the clock as it reads: one ahead of it (an entry written
+        # before the clock was stepped back) would make health see a dead daemon fresh. Only
+        # when every entry is ahead is it kept: health then says no heartbeat came since.
+        now = datetime.now(UTC)
         updated = [d.updated_at for d in self.daemons.values()]
-        self.updated_at = max(updated) if updated else None
+        current = [moment for moment in updated if not _ahead(moment, now)]
+        self.updated_at = max(current or updated) if updated else None
         self.last_results = {job: r.last_result for job, r in self.jobs.items()
                              if r.last_result is not None}
         self.version = FORMAT_VERSION
@@ -305,6 +314,13 @@ class DaemonState:
             running=self.running_jobs(),
         )
         for key, daemon in list(state.daemons.items()):
+            # Another entry's stamps ahead of the clock were written before it was stepped
+            # back: set to now (when they were really written is not known, only that it
+            # was before now), from where the entry goes stale and is forgotten as others.
+            if _ahead(daemon.updated_at, now):
+                daemon.updated_at = now
+            if daemon.stopped_at is not None and _ahead(daemon.stopped_at, now):
+                daemon.stopped_at = now
             if now - (daemon.stopped_at or daemon.updated_at) > FORGET_AFTER:
                 del state.daemons[key]
 
@@ -316,6 +332,12 @@ class DaemonState:
             # stop backups. The log line makes the problem visible.
             self._log.warning("cannot write the state file", path=str(self.directory),
                               error=exc.strerror or str(exc))
+
+
+def _ahead(moment: datetime, now: datetime) -> bool:
+    """Whether a stored clock reading lies ahead of ``now`` by more than clocks may differ:
+    it was taken before the clock was stepped back."""
+    return moment > now + CLOCK_TOLERANCE
 
 
 def _advances(last_slot: datetime | None, slot: datetime) -> bool:
