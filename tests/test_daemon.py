@@ -4,8 +4,10 @@ missed while the daemon was down."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
+import os
 import shutil
 import signal
 import time
@@ -24,7 +26,7 @@ from helpers.pg import ServerAddress, connect
 
 from backupd.commands.mark import SCRATCH_PREFIX
 from backupd.commands.pitr_scratch import scratch_directory
-from backupd.daemon.state import JobRecord, StateFile, read_state, update_state
+from backupd.daemon.state import LOCK_FILE, JobRecord, StateFile, read_state, update_state
 from backupd.naming import parse_backup_name
 from backupd.scratch import OWNER_LOCK, owned
 
@@ -315,4 +317,46 @@ def test_a_clock_stepped_back_keeps_the_schedule_and_the_state_file_on_the_new_c
     assert not [r for r in report["reasons"] if "has not updated its state" in r], report
     newest = parse_backup_name(report["facts"]["newest_verified_backup"])
     assert newest is not None and newest.taken_at > stepped_at, report
+    assert stop_backupd(daemon, timeout=15) == 0
+
+
+def test_a_clock_step_while_the_daemon_starts_is_seen_by_its_first_heartbeat(
+    small_db: str, backup_dir: Path, tmp_path: Path,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    """The clock is stepped back 6 h (a boot-time NTP correction) after the scheduler planned
+    its runs and before the daemon's first write of the state file (held up here by the
+    test holding the file's lock). The daemon measures steps from one reading taken with
+    the plan, so its first heartbeat re-times the job by the corrected clock; measured from
+    after the start, the step was seen by nothing and the plan stayed 6 h off. A daily job
+    whose slot an hour from now is already in the state file: the start writes nothing."""
+    slot = (datetime.now(UTC) + timedelta(hours=1)).replace(second=0, microsecond=0)
+
+    def ran_ahead(state: StateFile) -> None:
+        state.jobs["backup"] = JobRecord(last_slot=slot)
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    update_state(backup_dir, ran_ahead)
+    clock = tmp_path / "clock"
+    env = backupd_env(small_db, **FAST, **movable_clock(clock), TZ="UTC",
+                      BACKUP_ON_START="false",
+                      BACKUP_SCHEDULE=f"0 {slot.minute} {slot.hour} * * *")
+    lock = os.open(backup_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        daemon = backupd_daemon(["run"], env)
+        wait_until(lambda: any(e.get("event") == "job scheduled"
+                               for e in log_events(daemon.read_stderr())), 30,
+                   "the scheduler's plan")
+        move_clock(clock, -6 * 3600)
+    finally:
+        os.close(lock)
+
+    def next_run() -> datetime | None:
+        entries = list(read_state(backup_dir).daemons.values())
+        return entries[0].next_runs.get("backup") if entries else None
+
+    wait_until(lambda: next_run() == slot, 45, f"the next run re-timed to {slot}")
+    assert any(e.get("event") == "the clock was stepped back: the next run goes by it as it "
+               "now reads" for e in log_events(daemon.read_stderr()))
     assert stop_backupd(daemon, timeout=15) == 0

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -75,14 +76,18 @@ def run(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, stop.handler)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        daemon.start()
+        # One reading of both clocks, for the scheduler's plan and the first heartbeat's step:
+        # a step while starting (a boot-time NTP correction, the state file's lock held up)
+        # comes after the plan, so the step is measured from it. Read after the start, it
+        # was seen by neither.
+        now, tick = datetime.now(UTC), time.monotonic()
+        clock = ClockWatch(wall=now, mono=tick)  # the step of the wall clock between heartbeats
+        daemon.start(now)
         if streamer is not None:
             streamer.start()
         state.persist()
         log.info("backupd daemon started", pid=os.getpid(), jobs=sorted(daemon.jobs),
                  timezone=settings.timezone)
-        clock = ClockWatch()  # the step of the wall clock between heartbeats
-        tick = time.monotonic()
         next_heartbeat = tick + HEARTBEAT_SECONDS
         # time.sleep returns early on a signal (its handler runs first), so the flag is
         # seen within POLL_SECONDS without any lock shared with the handler.
