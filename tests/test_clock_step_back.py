@@ -9,6 +9,7 @@ the step is under three hours; no job repeats a slot for a step of a few seconds
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,12 +80,13 @@ def daemon(tmp_path: Path, heard: _Heard) -> Iterator[Callable[..., Daemon]]:
     ``heard`` keeps."""
     made: list[Daemon] = []
 
-    def make(expression: str, now: datetime | None = None, grace: int = 3600) -> Daemon:
+    def make(expression: str, now: datetime | None = None, grace: int = 3600,
+             body: Callable[[JobContext, datetime | None], None] = _body) -> Daemon:
         settings = Settings(_env_file=None, POSTGRES_DB="clock_probe",  # type: ignore[call-arg]
                             DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT="0",
                             BACKUP_ON_START="false",
                             SCHEDULE_MISFIRE_GRACE_SECONDS=str(grace))
-        job = ScheduledJob(JobSpec("backup", "backup_schedule", _body),
+        job = ScheduledJob(JobSpec("backup", "backup_schedule", body),
                            parse_cron(expression, "BACKUP_SCHEDULE", UTC))
         state = DaemonState(tmp_path)
         started = Daemon(settings, [job], NotifierChain([state, heard]), state)
@@ -303,3 +305,22 @@ def test_a_replica_result_a_little_ahead_still_counts_as_newer(tmp_path: Path) -
 
     record = read_state(tmp_path).jobs["drill"]
     assert record.last_result is not None and record.last_result.status == Status.SUCCESS
+
+
+def test_a_heartbeat_held_up_does_not_take_slots_already_fired_for_due(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """The heartbeat was held up 2 h (the state file's lock on NFS). Meanwhile the hourly job
+    went on firing, the last time just now (10:00 on a clock 2 h ahead), and then the clock
+    was stepped back 2 h: it reads 08:00:30. The previous heartbeat, 2 h of real time ago,
+    is 06:00:30 by the new clock, but the 07:00 and 08:00 slots by it passed while the job
+    was firing (as 09:00 and 10:00): from the last run on, the next slot is 09:00."""
+    started = daemon(HOURLY, body=lambda ctx, slot: None)
+    planned(started, at(11))
+    started._fire("backup")  # what APScheduler calls at a slot: the run just now
+    planned(started, at(11))
+    now, mono = at(8) + HEARTBEAT, time.monotonic()
+    watch = ClockWatch(wall=now, mono=mono - 2 * 3600)
+
+    started.follow_clock(watch.measure(wall=now, mono=mono))
+
+    assert started.next_runs()["backup"] == at(9)

@@ -24,6 +24,7 @@ class ClockStep:
     # The previous heartbeat's moment as the clock now reads (now less the real time since):
     # a slot after it came due meanwhile, whatever the clock read before the step.
     since: datetime
+    mono: float  # the monotonic clock, now (what a run's monotonic reading compares with)
 
 
 class ClockWatch:
@@ -43,6 +44,6 @@ class ClockWatch:
         # about the real time passed: that is taken as none, and the whole wall-clock move
         # as the step (short by at most one heartbeat, 30 s, against a 3 h or 5 min rule).
         real = timedelta(seconds=max(0.0, mono - self._mono))
-        step = ClockStep(now=wall, back=real - (wall - self._wall), since=wall - real)
+        step = ClockStep(now=wall, back=real - (wall - self._wall), since=wall - real, mono=mono)
         self._wall, self._mono = wall, mono
         return step

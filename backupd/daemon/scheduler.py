@@ -105,6 +105,8 @@ class Daemon:
         self._stopping = False
         # Jobs whose next run follows a slot already run before the clock was stepped back.
         self._resume_after: dict[str, datetime] = {}
+        # job -> the monotonic clock when it last fired (follow_clock's lower bound).
+        self._fired: dict[str, float] = {}
         state.bind_scheduler(self.alive, self.next_runs)
 
     # --- state for status / health ---------------------------------------------------
@@ -219,7 +221,7 @@ class Daemon:
             # that came due between the step and now (APScheduler, still waiting for its
             # planned run, fired nothing) is due, run within the misfire grace or reported
             # MISSED, not passed over for the one after.
-            due = job.schedule.next_at_or_after(step.since)
+            due = job.schedule.next_at_or_after(self._since(name, step))
             if due is None or planned.next_run_time <= due:
                 continue  # no step back across a slot: what APScheduler holds is right
             self.log.warning("the clock was stepped back: the next run goes by it as it now "
@@ -228,6 +230,21 @@ class Daemon:
                              step_seconds=round(step.back.total_seconds()))
             with contextlib.suppress(Exception):  # shutting down
                 self.scheduler.modify_job(name, next_run_time=due)
+
+    def _since(self, name: str, step: ClockStep) -> datetime:
+        """From when follow_clock looks for a slot come due: the previous heartbeat, by the
+        clock as it now reads, or the job's last run, if later. A heartbeat held up long
+        (the state file's lock on NFS) puts the previous one far back, over slots
+        APScheduler fired meanwhile (before the step, by their labels then): taken for due,
+        they would run again or be reported MISSED falsely. Bounded by the last run, not
+        by now less a heartbeat: that would pass over, unreported, a slot come due between
+        the step and a late heartbeat. (A monotonic clock that went back, libfaketime's,
+        says nothing of when the run was: no bound then.)"""
+        fired = self._fired.get(name)
+        if fired is None or step.mono < fired:
+            return step.since
+        last_run = step.now - timedelta(seconds=step.mono - fired)
+        return max(step.since, last_run + _SECOND)
 
     def run_soon(self, name: str, reason: str) -> None:
         """Run job ``name`` now, out of its schedule (the WAL archive asks for a base backup
@@ -247,6 +264,7 @@ class Daemon:
             if self._stopping:
                 return
             self._active[name] = token
+            self._fired[name] = time.monotonic()
         try:
             # The slot this run stands for: the schedule's last firing at or before now
             # (for a catch-up run, the missed one).
