@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import back_up
-from helpers.cli import drill_server_env, not_utf8_failure, run_backupd
+from helpers.cli import drill_server_env, not_utf8_failure, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
 
@@ -83,3 +83,23 @@ def test_a_live_role_named_in_latin1_fails_the_comparison_of_roles_naming_it(
             timeout=300)
 
     assert "comparison of roles" in the_failure(proc, SHOWN_ROLE)
+
+
+def _backup_failure(live: PrivateCluster, directory: Path, shown: str) -> str:
+    proc = run_backupd(["backup", "--no-prune"], server_env(
+        live.address, "app", directory, DB_BACKUP_GLOBALS="on",
+        BACKUPD_LOG_FORMAT="console"), timeout=300)
+    line = the_failure(proc, shown)
+    assert "pg_dumpall --globals-only" in line, line
+    return line
+
+
+def test_a_role_named_in_latin1_fails_the_globals_naming_it_and_the_rename(
+        tmp_path: Path) -> None:
+    """pg_dumpall reads every role as UTF-8 text and stops on these bytes, saying only
+    ``invalid byte sequence``: the globals' failure names the role and the fix."""
+    with mixed("globals-pw", b'CREATE ROLE "r\xf4le"') as live:
+        line = _backup_failure(live, tmp_path, SHOWN_ROLE)
+
+    assert "ALTER ROLE … RENAME TO …" in line, line
+

@@ -36,6 +36,7 @@ from backupd.pipeline.supervisor import tool_version
 from backupd.pipeline.verification import FileScan, follow_growing_file, verify_file
 from backupd.postgres.connection import describe_error, is_superuser, server_version
 from backupd.postgres.databases import Connection
+from backupd.postgres.not_text import NOT_TEXT_MESSAGES, not_text_failure
 from backupd.result import human_bytes
 from backupd.storage.base import Repository
 
@@ -109,6 +110,11 @@ def _take(ctx: JobContext, conn: Connection, started: datetime, run_id: str,
                                       role_passwords=outcome.role_passwords),
             kind=GLOBALS_KIND)
     except DumpFailed as exc:
+        if any(said in str(exc) for said in NOT_TEXT_MESSAGES):
+            # pg_dumpall names no role, only the bytes: look the names up as bytes, so the
+            # failure says which role (or tablespace) to rename.
+            raise not_text_failure(conn, "pg_dumpall --globals-only", exc,
+                                   "globals") from None
         raise JobFailed(f"globals: {exc}") from None
     manifest = Manifest(
         kind=GLOBALS_KIND, name=name, database=GLOBALS_DATABASE,

@@ -28,11 +28,15 @@ NOT_TEXT_ERRORS = (UnicodeDecodeError, psycopg.errors.CharacterNotInRepertoire,
                    psycopg.errors.UntranslatableCharacter)
 
 # Where the names a read needs are: the database's own objects, the server's (databases,
-# roles, tablespaces: shared by every database), or both. Only those are looked through, so
+# roles, tablespaces: shared by every database), both, or the globals' (roles and tablespaces:
+# what pg_dumpall --globals-only reads, not the databases). Only those are looked through, so
 # that a name the read never touched is not blamed.
-Catalogs = Literal["database", "server", "both"]
+Catalogs = Literal["database", "server", "both", "globals"]
 
 # kind, the ALTER statement that renames it, its parent (schema or table), its name.
+_GLOBALS_NAMES = """
+    SELECT 'role', 'ALTER ROLE', NULL::text, rolname FROM pg_roles
+    UNION ALL SELECT 'tablespace', 'ALTER TABLESPACE', NULL, spcname FROM pg_tablespace"""
 _SERVER_NAMES = """
     SELECT 'database', 'ALTER DATABASE', NULL::text, datname FROM pg_database
     UNION ALL SELECT 'role', 'ALTER ROLE', NULL, rolname FROM pg_roles
@@ -64,7 +68,11 @@ _DATABASE_NAMES = """
 _SERVER_KINDS = frozenset({"database", "role", "tablespace"})  # those of _SERVER_NAMES
 _QUERIES: dict[str, tuple[str, ...]] = {
     "database": (_DATABASE_NAMES,), "server": (_SERVER_NAMES,),
-    "both": (_DATABASE_NAMES, _SERVER_NAMES)}
+    "both": (_DATABASE_NAMES, _SERVER_NAMES), "globals": (_GLOBALS_NAMES,)}
+
+# How a server refuses bytes that are not text in the session's encoding, as a client tool
+# (pg_dumpall) prints it: SQLSTATE 22021 and 22P05, whose codes its stderr does not carry.
+NOT_TEXT_MESSAGES = ("invalid byte sequence for encoding", "has no equivalent in encoding")
 
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
