@@ -151,6 +151,17 @@ def is_partial(name: str) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
 
 
+# A backup run's reservation of its id in DB_BACKUP_DIR (LocalRepository.reserved_run_start),
+# held while the run lasts. A leading dot and no ".partial": no listing takes it for a backup,
+# and the start-up cleanup of partial files, which may run while another process's run is
+# live, does not remove it (only a stale one, see LocalRepository.remove_leftovers).
+RUN_RESERVATION = ".backupd-run-"
+
+
+def run_reservation_name(rid: str) -> str:
+    return f"{RUN_RESERVATION}{rid}"
+
+
 @dataclass(frozen=True)
 class ParsedName:
     name: str

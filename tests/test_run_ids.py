@@ -4,15 +4,20 @@ globals name cannot be what keeps two runs' ids apart."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from helpers.backups import backup_files, read_manifest, seed_small_db
-from helpers.cli import EnvFactory, run_backupd
+from helpers.cli import EnvFactory, run_backupd, start_backupd
 from helpers.faketime import library
 from helpers.pg import ServerAddress
+
+from backupd.naming import RUN_RESERVATION, run_reservation_name
+from backupd.storage.local import LocalRepository
 
 
 def _same_second_clock() -> dict[str, str]:
@@ -70,3 +75,36 @@ def test_a_run_does_not_reuse_the_id_of_another_configs_run_in_the_same_director
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(_run_ids(backup_dir).values(), key=sorted) == sorted(
         [set(dbs[:2]), set(dbs[2:])], key=sorted)
+
+
+def test_two_configs_starting_runs_at_once_in_one_second_get_two_run_ids(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path, tmp_path: Path) -> None:
+    # Two configurations on one schedule, sharing DB_BACKUP_DIR: both runs start before
+    # either has written a manifest, so only a reservation taken at the start parts them.
+    dbs = [_seeded(pg_server, make_db) for _ in range(4)]
+    clock = _same_second_clock()
+    procs = [start_backupd(["backup", "--no-prune"],
+                           backupd_env(", ".join(pair), DB_BACKUP_GLOBALS="off", **clock),
+                           log_dir=tmp_path / f"config{index}")
+             for index, pair in enumerate((dbs[:2], dbs[2:]))]
+    for proc in procs:
+        assert proc.wait(timeout=240) == 0, proc.read_stdout() + proc.read_stderr()
+    assert sorted(_run_ids(backup_dir).values(), key=sorted) == sorted(
+        [set(dbs[:2]), set(dbs[2:])], key=sorted)
+    assert not [p.name for p in backup_dir.iterdir() if p.name.startswith(RUN_RESERVATION)]
+
+
+def test_the_start_up_cleanup_removes_a_killed_runs_reservation_only_once_a_day_old(
+        tmp_path: Path) -> None:
+    # A live run of another process holds a fresh one: the cleanup, which does not wait for
+    # runs, must leave it.
+    killed, live = (tmp_path / run_reservation_name(rid)
+                    for rid in ("20260101_000000", "20260102_000000"))
+    for path in (killed, live):
+        path.touch()
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(killed, (two_days_ago, two_days_ago))
+
+    assert LocalRepository(tmp_path).remove_leftovers() == [killed.name]
+    assert live.exists() and not killed.exists()

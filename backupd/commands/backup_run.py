@@ -13,7 +13,7 @@ globals) failed. Every manifest of the run records the same ``run_id``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 
 from backupd.commands import backup, globals_backup
@@ -43,7 +43,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         backup.run(ctx, apply_retention=apply_retention, not_before=not_before)
         return
     offsite = ctx.repos.offsite()  # bad S3 settings: exit 2 before any dump
-    with maintenance_connection(settings) as conn, _run_lock(conn, settings):
+    with maintenance_connection(settings) as conn, _run_lock(conn, settings), \
+            ExitStack() as reservation:
         resolved = resolve_databases(settings, conn)  # bad POSTGRES_DB: exit 2, nothing done
         ctx.store.prepare()
         for warning in resolved.warnings:
@@ -51,9 +52,9 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
         template = _template1(ctx, resolved.databases)
         databases = [*resolved.databases, *template.databases]
         # The run's id is its start to the second: never reuse an earlier run's (nor its
-        # globals' name).
-        started = ctx.store.unique_run_start(
-            lambda at: [globals_name(at, encrypted) for encrypted in (False, True)])
+        # globals' name), nor share one starting at once; held until the run ends.
+        started = reservation.enter_context(ctx.store.reserved_run_start(
+            lambda at: [globals_name(at, encrypted) for encrypted in (False, True)]))
         rid = run_id(started)
         facts = ctx.result.outcome = BackupRunOutcome(run_id=rid)
         ctx.say(f"Backup run {rid}: databases {', '.join(map(repr, databases))}"

@@ -26,12 +26,14 @@ from backupd.naming import (
     DUMP_KIND,
     GLOBALS_DATABASE,
     GLOBALS_KIND,
+    RUN_RESERVATION,
     TEMPLATE_DATABASE,
     is_partial,
     manifest_name,
     parse_backup_name,
     partial_name,
     run_id,
+    run_reservation_name,
 )
 from backupd.progress import Progress
 from backupd.settings.selection import DatabaseSelection
@@ -48,6 +50,9 @@ from backupd.storage.template1_runs import newest_template1_run
 COPY_SIZE = 1024 * 1024
 # Errors that mean "this directory cannot be written" rather than "this write failed".
 READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
+# A run's reservation of its id older than this is a killed run's: no run lasts a day before
+# its first manifest records the id, and a reservation names a second that is past by then.
+RUN_RESERVATION_STALE = 24 * 3600
 
 
 class ManifestNotWritten(JobFailed):
@@ -99,21 +104,55 @@ class LocalRepository:
             (self.directory / name).exists() or (self.directory / partial_name(name)).exists()
             for name in names(at)))
 
-    def unique_run_start(self, names: Callable[[datetime], Iterable[str]]) -> datetime:
-        """A backup run's start (its id, naming.run_id): as ``unique_start``, and a second
-        no manifest here records as its run id either. With DB_BACKUP_GLOBALS=off no
-        globals file is written, so its name kept nothing apart: two runs started in one
-        second shared an id, and "the newest run" (restore, drill, health) mixed them.
-        Every manifest, of any database: another configuration sharing the directory
-        records its runs here too. Runs starting in the same second in two processes at
-        once are not kept apart (neither has written a manifest yet)."""
+    @contextlib.contextmanager
+    def reserved_run_start(self, names: Callable[[datetime], Iterable[str]]
+                           ) -> Iterator[datetime]:
+        """A backup run's start (its id, naming.run_id), reserved while the ``with`` lasts: as
+        ``unique_start``, and a second no manifest here records as its run id either, nor
+        another run holds. With DB_BACKUP_GLOBALS=off no globals file is written, so its name
+        kept nothing apart: two runs started in one second shared an id, and "the newest
+        run" (restore, drill, health) mixed them. Every manifest, of any database: another
+        configuration sharing the directory records its runs here too. Two processes starting
+        runs in the same second at once have no manifest yet: each takes the second by
+        creating its reservation file with O_EXCL, so only one gets it and the other tries the
+        next second."""
         def free(at: datetime) -> bool:
+            if any((self.directory / name).exists()
+                   or (self.directory / partial_name(name)).exists() for name in names(at)):
+                return False
             rid = run_id(at)
-            return (not any((self.directory / name).exists()
-                            or (self.directory / partial_name(name)).exists()
-                            for name in names(at))
-                    and rid not in self._recorded_run_ids())
-        return self._free_second(free)
+            if not self._reserve(rid):
+                return False
+            # Looked at once the second is ours: a run that held it and has ended wrote its
+            # manifests before letting it go.
+            if rid in self._recorded_run_ids():
+                self._release(rid)
+                return False
+            return True
+
+        started = self._free_second(free)
+        try:
+            yield started
+        finally:
+            self._release(run_id(started))
+
+    def _reserve(self, rid: str) -> bool:
+        path = self.directory / run_reservation_name(rid)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             FILE_MODE))
+        except FileExistsError:
+            return False  # another run holds this second (or one killed in it left this)
+        except OSError as exc:
+            raise JobFailed(
+                f"DB_BACKUP_DIR: cannot create {path} to reserve the run id "
+                f"({exc.strerror or exc}); fix the directory's owner, permissions or free "
+                "space") from None
+        return True
+
+    def _release(self, rid: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.directory / run_reservation_name(rid)).unlink()
 
     def _recorded_run_ids(self) -> set[str]:
         """The run ids the manifests of this directory's backups record, read anew (a few
@@ -152,6 +191,12 @@ class LocalRepository:
                     # A directory-format dump or restore's scratch (pipeline/directory.py).
                     shutil.rmtree(entry.path, ignore_errors=True)
                     removed.append(entry.name)
+                elif entry.name.startswith(RUN_RESERVATION) and _stale(entry):
+                    # A killed run's reservation of its id. A live one may belong to another
+                    # process's run (this cleanup does not wait for runs), so only an old one.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed.append(entry.name)
         return sorted(removed)
 
     # --- names -> paths, safely ----------------------------------------------------
@@ -309,6 +354,13 @@ class LocalRepository:
     # --- room ----------------------------------------------------------------------
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.directory).free
+
+
+def _stale(entry: os.DirEntry[str]) -> bool:
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > RUN_RESERVATION_STALE
+    except FileNotFoundError:
+        return False
 
 
 def is_read_only_error(exc: OSError) -> bool:

@@ -58,6 +58,6 @@ def newest_template1_run(dumps: Iterable[BackupEntry], globals_entries: Iterable
         empty = manifest.template1_empty
         found.append(((rid, entry.parsed.taken_at), Template1InRun(rid, not empty, empty)))
     # By run, then by time: two runs of DB_BACKUP_GLOBALS=off started in one second
-    # shared an id before unique_run_start (and two started at once still can): the later
-    # dump is newer.
+    # shared an id before LocalRepository.reserved_run_start (older runs' manifests may
+    # still): the later dump is newer.
     return max(found, key=lambda pair: pair[0])[1] if found else None
