@@ -73,3 +73,28 @@ def test_a_sql_ascii_template1_with_a_name_that_is_not_utf8_fails_naming_templat
         [failed] = [w for w in warnings if w.startswith("restore of 'template1' failed")]
         assert "template1" in failed.removeprefix("restore of 'template1' failed"), failed
         assert template1_copies(target) == 1
+
+
+def test_a_pg_dump_that_cannot_be_run_fails_the_dumps_not_the_look_into_template1(
+        tmp_path: Path) -> None:
+    """A pg_dump first on PATH that cannot be started (its interpreter is gone: a broken
+    install): asking its version raises OSError. The look into template1 counts the public
+    schema comment then (the cautious side) and each dump fails on its own, saying so; the
+    run never ends in an internal error before any dump."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    broken = tools / "pg_dump"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    with PrivateCluster("source-pw") as source:
+        source.start()
+        env = server_env(source.address, "*", tmp_path / "backups", HEALTH_PORT="0",
+                         DB_BACKUP_GLOBALS="off", PATH=f"{tools}:/usr/bin:/bin")
+        proc = run_backupd(["backup", "--no-prune"], env, timeout=300)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    finished = {e.get("database"): e for e in log_events(proc.stderr)
+                if e.get("event") == "job finished"}
+    # The run went on to the dumps: the one failing is postgres's own, not the run's.
+    assert str(finished["*"]["error"]).endswith("1 of 1 databases failed: 'postgres'"), said
+    assert finished["postgres"]["status"] == "failed", said

@@ -73,7 +73,9 @@ def objects_in(settings: Settings, database: str, *, backup: bool = False) -> Us
 def _pg_dump_major() -> int | None:
     try:
         return dump.client_major()
-    except ConfigError:
-        # A pg_dump that cannot say its version fails the dump itself, naming why; until
-        # then the comment counts (a dump too many is harmless, one too few loses it).
+    except (ConfigError, OSError):
+        # A pg_dump that cannot say its version, or cannot be started at all (not
+        # executable, its interpreter or directory gone: OSError), fails the dump itself,
+        # naming why; until then the comment counts (a dump too many is harmless, one too
+        # few loses it).
         return None
