@@ -285,13 +285,6 @@ class DaemonState:
 
         self._update(change)
 
-    def persisted_last_slot(self, job: str) -> datetime | None:
-        record = self.persisted_job(job)
-        return record.last_slot if record else None
-
-    def persisted_job(self, job: str) -> JobRecord | None:
-        return read_state(self.directory).jobs.get(job)
-
     def persisted(self) -> StateFile:
         return read_state(self.directory)
 
