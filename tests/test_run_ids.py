@@ -5,6 +5,7 @@ globals name cannot be what keeps two runs' ids apart."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -108,3 +109,22 @@ def test_the_start_up_cleanup_removes_a_killed_runs_reservation_only_once_a_day_
 
     assert LocalRepository(tmp_path).remove_leftovers() == [killed.name]
     assert live.exists() and not killed.exists()
+
+
+def test_a_directory_that_cannot_be_listed_fails_the_run_in_one_line(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    """DB_BACKUP_DIR writable but not readable (wx, another owner; modes and ownership bind
+    backupd as they bind the image's uid): the probe write passes, listing the manifests for
+    the run id does not. One line naming DB_BACKUP_DIR, not an internal error."""
+    db = _seeded(pg_server, make_db)
+    backup_dir.mkdir()
+    shutil.chown(backup_dir, "postgres", "postgres")
+    backup_dir.chmod(0o333)
+    proc = run_backupd(["backup", "--no-prune"], backupd_env(db, DB_BACKUP_GLOBALS="on"),
+                       timeout=240, obey_file_modes=True, obey_ownership=True)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "internal error" not in said and "Traceback" not in said, said
+    assert f"DB_BACKUP_DIR: cannot list {backup_dir}" in said, said
+    assert "Permission denied" in said, said

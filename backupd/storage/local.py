@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -116,16 +116,22 @@ class LocalRepository:
         runs in the same second at once have no manifest yet: each takes the second by
         creating its reservation file with O_EXCL, so only one gets it and the other tries the
         next second."""
+        # Every manifest read once, not on each one-second retry; a second already recorded
+        # is passed over without reserving it.
+        known = self._run_ids_by_backup({})
+
         def free(at: datetime) -> bool:
             if any((self.directory / name).exists()
                    or (self.directory / partial_name(name)).exists() for name in names(at)):
                 return False
             rid = run_id(at)
-            if not self._reserve(rid):
+            if rid in known.values() or not self._reserve(rid):
                 return False
-            # Looked at once the second is ours: a run that held it and has ended wrote its
-            # manifests before letting it go.
-            if rid in self._recorded_run_ids():
+            # Looked at again once the second is ours: a run that held it and has ended
+            # wrote its manifests before letting it go, maybe since the first reading. Only
+            # backups new since are read (a manifest's run id never changes).
+            known.update(self._run_ids_by_backup(known))
+            if rid in known.values():
                 self._release(rid)
                 return False
             return True
@@ -154,20 +160,26 @@ class LocalRepository:
         with contextlib.suppress(OSError):
             (self.directory / run_reservation_name(rid)).unlink()
 
-    def _recorded_run_ids(self) -> set[str]:
-        """The run ids the manifests of this directory's backups record, read anew (a few
-        small files per backup kept; no cache, another backupd may have written since)."""
+    def _run_ids_by_backup(self, known: Mapping[str, str | None]) -> dict[str, str | None]:
+        """The run id each backup's manifest here records (None: none), by backup name, read
+        anew (another backupd may have written since), except the backups in ``known``.
+        Raises JobFailed naming DB_BACKUP_DIR when the directory cannot be listed."""
         try:
             found = list(os.scandir(self.directory))
         except FileNotFoundError:
-            return set()
-        recorded: set[str] = set()
+            return {}
+        except OSError as exc:
+            raise JobFailed(
+                f"DB_BACKUP_DIR: cannot list {self.directory} to choose the run id "
+                f"({exc.strerror or exc}); fix the directory's owner or permissions") from None
+        recorded: dict[str, str | None] = {}
         for item in found:
-            if parse_backup_name(item.name) is None:
+            if item.name in known or parse_backup_name(item.name) is None:
                 continue
             manifest, _problem = self.load_manifest(item.name)
-            if manifest is not None and manifest.run_id is not None:
-                recorded.add(manifest.run_id)
+            if manifest is not None:
+                # A backup without its manifest yet is read again next time.
+                recorded[item.name] = manifest.run_id
         return recorded
 
     @staticmethod
