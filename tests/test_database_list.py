@@ -135,6 +135,22 @@ def test_a_scratch_database_a_killed_drill_left_behind_is_not_backed_up_by_every
     said = [str(e["event"]) for e in log_events(proc.stderr) if "app_drill" in str(e["event"])]
     assert len(said) == 1 and "drill" in said[0] and "left" in said[0], said
 
+
+def test_excluding_a_scratch_database_left_behind_does_not_say_it_is_missing(
+        private_cluster: Callable[..., PrivateCluster]) -> None:
+    """DB_BACKUP_EXCLUDE=app_drill was the way to keep a drill's leftover out of '*' before
+    '*' left marked scratch databases out itself: it is there, so no "there is no database"."""
+    cluster = private_cluster()
+    with connect(cluster.address) as conn:
+        conn.execute('CREATE DATABASE "app"')
+        conn.execute('CREATE DATABASE "app_drill"')
+        conn.execute(f"COMMENT ON DATABASE app_drill IS '{SCRATCH_MARK} for app; backupd "
+                     "drops it after every drill'")
+    resolved = resolve_databases(_settings(cluster.address, "*", DB_BACKUP_EXCLUDE="app_drill"))
+    assert resolved.databases == ["app", "postgres"]
+    assert not [w for w in resolved.warnings if "there is no database" in w], resolved.warnings
+
+
 def test_every_database_where_the_role_cannot_list_them_is_exit_2(
         private_cluster: Callable[..., PrivateCluster], tmp_path: Path) -> None:
     cluster = private_cluster()
