@@ -249,7 +249,8 @@ def create_like(conn: Connection, name: str, properties: DatabaseProperties | No
                 sql.Literal(properties.provider_locale)))
     if connection_limit is not None:
         options.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(connection_limit)))
-    with as_text(conn):  # "café" cannot be sent as SQL_ASCII, which psycopg takes for ASCII
+    # as_text: "café" cannot be sent as SQL_ASCII, which psycopg takes for ASCII.
+    with as_text(conn, f"creating database {name!r}", "server"):
         conn.execute(sql.SQL("CREATE DATABASE {} {}").format(
             sql.Identifier(name), sql.SQL(" ").join(options)))
 
@@ -304,7 +305,8 @@ def apply_properties(conn: Connection, name: str, properties: DatabaseProperties
     caller's transaction; one warning per property that could not be restored (a role that
     does not exist on this server, a privilege the restoring role lacks)."""
     warnings = []
-    with as_text(conn):  # names and comments that are not ASCII, sent as UTF-8
+    # as_text: names and comments that are not ASCII, sent as UTF-8.
+    with as_text(conn, f"restoring the properties of database {name!r}", "server"):
         for what, statement in property_statements(name, properties):
             try:
                 with conn.transaction():
