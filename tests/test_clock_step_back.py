@@ -261,6 +261,20 @@ def test_a_restart_takes_the_step_from_the_last_heartbeat_too(
     assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)
 
 
+def test_another_daemons_write_does_not_shrink_the_step_a_restart_measures(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """As above, but another daemon sharing the state file (a replica, another
+    configuration's daemon) wrote its entry between the step and the restart. The dead
+    daemon's 10:10 heartbeat is the step's evidence: rewritten to that writer's now, the
+    restart saw a 2 min step, waited for 11:00 and reported nothing."""
+    _ran_ahead_then_went_down(tmp_path, at(10) + timedelta(minutes=10))
+    DaemonState(tmp_path).persist()
+
+    started = daemon(HOURLY, at(9) + timedelta(minutes=58))
+
+    assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)
+
+
 def test_after_a_step_back_the_newest_result_is_the_one_just_recorded(tmp_path: Path) -> None:
     """A drill succeeded on a clock 2 h ahead; the clock was corrected, and the next drill
     failed. Its finish reads earlier than the old one's, yet it is the newest: status and

@@ -4,11 +4,23 @@ T12). The real state file in a temporary directory; health's own evaluation."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from helpers.faketime import clock_at
+
 from backupd.daemon.health import evaluate, read_daemon_state
-from backupd.daemon.state import DaemonRecord, DaemonState, StateFile, read_state, update_state
+from backupd.daemon.state import (
+    FORGET_AFTER,
+    DaemonRecord,
+    DaemonState,
+    StateFile,
+    read_state,
+    update_state,
+)
 from backupd.settings import Settings
 from backupd.storage.base import CLOCK_TOLERANCE
 from backupd.storage.local import LocalStore
@@ -44,7 +56,7 @@ def test_health_does_not_call_a_heartbeat_ahead_of_the_clock_fresh(tmp_path: Pat
 
     report = evaluate(settings, LocalStore(tmp_path), None, daemon_updated_at=seen.updated_at)
 
-    assert any("has not updated its state since the clock" in r for r in report.reasons), \
+    assert any("clock reads ahead of this host" in r for r in report.reasons), \
         report.reasons
 
 
@@ -58,18 +70,70 @@ def test_the_flat_heartbeat_is_the_live_daemons_not_the_fast_clocks(tmp_path: Pa
     assert read_state(tmp_path).updated_at == now
 
 
-def test_a_daemon_writing_its_entry_clamps_entries_ahead_of_the_clock(tmp_path: Path) -> None:
-    """The live daemon's heartbeat brings the fast clock's stamps back to now: the old
-    entry then ages, goes stale and is forgotten, like any other."""
-    _with(tmp_path, _entry("crashed", datetime.now(UTC) + AHEAD),
-          _entry("stopped", datetime.now(UTC) + AHEAD, stopped=True))
+def test_a_daemon_writing_its_entry_keeps_other_entries_stamps(tmp_path: Path) -> None:
+    """Another daemon's stamps ahead of the clock are left as written: they are the
+    evidence a restart measures the step from (scheduler._step_since). They are no sign of
+    life, and the flat heartbeat is the writer's."""
+    ahead = datetime.now(UTC) + AHEAD
+    _with(tmp_path, _entry("crashed", ahead), _entry("stopped", ahead, stopped=True))
 
     DaemonState(tmp_path).persist()
 
-    limit = datetime.now(UTC) + CLOCK_TOLERANCE
+    state = read_state(tmp_path)
+    assert state.daemons["crashed"].updated_at == ahead
+    assert state.daemons["stopped"].stopped_at == ahead
+    assert [d.instance for d in state.alive_daemons()] == [
+        i for i in state.daemons if i not in ("crashed", "stopped")]
+    assert state.updated_at is not None
+    assert state.updated_at <= datetime.now(UTC) + CLOCK_TOLERANCE
+
+
+def test_an_entry_ahead_is_forgotten_a_week_after_a_writer_first_saw_it(
+        tmp_path: Path) -> None:
+    """Its own stamps would keep it until the clock passes them by FORGET_AFTER (a clock
+    a year ahead: a year): the writers' clock counts from when one first saw it ahead."""
+    ahead = datetime.now(UTC) + timedelta(days=365)
+    _with(tmp_path, _entry("new", ahead),
+          _entry("old", ahead).model_copy(update={"seen_ahead_at": datetime.now(UTC)
+                                                  - FORGET_AFTER - timedelta(hours=1)}))
+
+    DaemonState(tmp_path).persist()
+
     daemons = read_state(tmp_path).daemons
-    assert daemons["crashed"].updated_at <= limit
-    assert daemons["stopped"].updated_at <= limit
-    assert daemons["stopped"].stopped_at is not None and daemons["stopped"].stopped_at <= limit
-    assert read_state(tmp_path).updated_at is not None
-    assert read_state(tmp_path).updated_at <= limit  # type: ignore[operator]
+    assert "old" not in daemons
+    assert daemons["new"].updated_at == ahead
+    assert daemons["new"].seen_ahead_at is not None
+
+
+def _write_as_another_host(directory: Path, clock_ahead: timedelta) -> None:
+    """A replica on a host whose clock reads ``clock_ahead`` of this one writes its entry:
+    a real process under libfaketime (the test skips without it)."""
+    env = {**os.environ, **clock_at(datetime.now(UTC) + clock_ahead)}
+    subprocess.run([sys.executable, "-c",
+                    "import sys, pathlib; from backupd.daemon.state import DaemonState; "
+                    "DaemonState(pathlib.Path(sys.argv[1])).persist()", str(directory)],
+                   env=env, check=True, timeout=60)
+
+
+def test_replicas_whose_clocks_differ_give_health_a_stable_verdict(tmp_path: Path) -> None:
+    """Two daemons share the state file; the other host's clock reads 6 min ahead (more
+    than CLOCK_TOLERANCE). Written alternately, the flat heartbeat was each writer's view,
+    so health here said "not updated since the clock was stepped back" after every other
+    write. Judged per entry on this host's clock, the verdict is the same after each."""
+    here = DaemonState(tmp_path)
+    settings = Settings(_env_file=None, POSTGRES_DB="clock_probe",  # type: ignore[call-arg]
+                        DB_BACKUP_DIR=str(tmp_path))
+    verdicts = []
+    for writer in ("here", "there", "here", "there"):
+        if writer == "here":
+            here.persist()
+        else:
+            _write_as_another_host(tmp_path, timedelta(minutes=6))
+        now = datetime.now(UTC)
+        seen = read_daemon_state(tmp_path, now)
+        assert seen is not None
+        report = evaluate(settings, LocalStore(tmp_path), None, now,
+                          daemon_updated_at=seen.updated_at)
+        verdicts.append([r for r in report.reasons if "daemon" in r])
+
+    assert verdicts == [[]] * 4, verdicts

@@ -25,9 +25,10 @@ def run(settings: Settings, *, as_json: bool = False) -> int:
 
 
 def check(settings: Settings) -> HealthReport:
-    state = read_daemon_state(settings.backup_dir)
+    now = datetime.now(UTC)
+    state = read_daemon_state(settings.backup_dir, now)
     return evaluate(
-        settings, LocalStore(settings.backup_dir), scheduler_alive=None, now=datetime.now(UTC),
+        settings, LocalStore(settings.backup_dir), scheduler_alive=None, now=now,
         daemon_updated_at=state.updated_at if state else None,
         drill_records=state.drill_records if state else (),
     )

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from backupd.archive.status import WalStatus, read_status
 from backupd.archive.walnames import WAL_SUBDIRECTORY
 from backupd.daemon.cron import parse_cron, parse_zone
-from backupd.daemon.state import STALE_AFTER, STATE_FILE, read_state
+from backupd.daemon.state import STALE_AFTER, STATE_FILE, newest_heartbeat, read_state
 from backupd.errors import ConfigError
 from backupd.naming import BASE_DATABASE, BASE_KIND, GLOBALS_DATABASE, GLOBALS_KIND
 from backupd.result import human_duration
@@ -130,11 +130,12 @@ def evaluate(
             reasons.append(f"the daemon has not updated its state for {_human(quiet)} "
                            "(is it running?)")
         elif -quiet > CLOCK_TOLERANCE:
-            # Stamped before the clock was stepped back (it had been ahead), and not since:
-            # a running daemon rewrites it on the new clock within a heartbeat.
-            reasons.append(f"the daemon has not updated its state since the clock was "
-                           f"stepped back (its last update reads {_human(-quiet)} ahead; "
-                           "is it running?)")
+            # Every entry is ahead of this clock: stamped before it was stepped back (a
+            # running daemon here rewrites its own within a heartbeat), or by a daemon on
+            # a host whose clock is ahead. Which one cannot be told from here.
+            reasons.append(f"a daemon's clock reads ahead of this host's (stepped back, or "
+                           f"the clocks differ): its last update reads {_human(-quiet)} "
+                           "ahead and none is on this clock (is the daemon running?)")
 
     if settings.wal_archive:
         _check_wal(settings, wal_status, now, report)
@@ -330,15 +331,21 @@ class DaemonStateFile:
     drill_records: list[DrillRecord]
 
 
-def read_daemon_state(directory: Path) -> DaemonStateFile | None:
-    """What the daemon last wrote, or None when there is no (readable) state file."""
+def read_daemon_state(directory: Path, now: datetime | None = None) -> DaemonStateFile | None:
+    """What the daemons last wrote, or None when there is no (readable) state file. The
+    heartbeat is judged per entry on this clock (``now``), not taken from the file's flat
+    one, which is its last writer's view: replicas whose clocks differ would flip it."""
     if not (directory / STATE_FILE).is_file():
         return None
     state = read_state(directory)  # the one reader of the file (an unreadable one is empty)
+    # A file with no daemon entries (written by hand, or by some other tool) has only the
+    # flat heartbeat to go by.
+    updated_at = newest_heartbeat(state.daemons.values(), now or datetime.now(UTC)) \
+        if state.daemons else state.updated_at
     drill = state.last_results.get("drill")
     records = [DrillRecord(drill.finished_at, drill.ok)] \
         if drill is not None and drill.finished_at is not None else []
-    return DaemonStateFile(state.updated_at, records)
+    return DaemonStateFile(updated_at, records)
 
 
 def _human(span: timedelta) -> str:

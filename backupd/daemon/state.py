@@ -14,7 +14,7 @@ import fcntl
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -77,6 +77,10 @@ class DaemonRecord(_Model):
     stopped_at: UtcDateTime | None = None
     next_runs: dict[str, UtcDateTime | None] = Field(default_factory=dict)
     running: dict[str, UtcDateTime] = Field(default_factory=dict)  # job -> started at
+    # Another writer's clock when it first found this entry's stamps ahead of it: the
+    # stamps themselves stay as written (a restart measures a step back from them), so
+    # forgetting the entry counts from here instead.
+    seen_ahead_at: UtcDateTime | None = None
 
     def alive(self, now: datetime) -> bool:
         # A heartbeat ahead of the clock was written before it was stepped back (it had been
@@ -107,14 +111,22 @@ class StateFile(_Model):
         # The newest heartbeat on the clock as it reads: one ahead of it (an entry written
         # before the clock was stepped back) would make health see a dead daemon fresh. Only
         # when every entry is ahead is it kept: health then says no heartbeat came since.
-        now = datetime.now(UTC)
-        updated = [d.updated_at for d in self.daemons.values()]
-        current = [moment for moment in updated if not _ahead(moment, now)]
-        self.updated_at = max(current or updated) if updated else None
+        # This is the writer's view; health judges the entries on its own clock at read time
+        # (replicas' clocks may differ by more than CLOCK_TOLERANCE).
+        self.updated_at = newest_heartbeat(self.daemons.values(), datetime.now(UTC))
         self.last_results = {job: r.last_result for job, r in self.jobs.items()
                              if r.last_result is not None}
         self.version = FORMAT_VERSION
         return self.model_dump_json(indent=2).encode() + b"\n"
+
+
+def newest_heartbeat(daemons: Iterable[DaemonRecord], now: datetime) -> datetime | None:
+    """The newest heartbeat of any entry on the clock as ``now`` reads; one ahead of it
+    (stamped before the clock was stepped back, or on a host whose clock is ahead) only
+    when every entry is ahead, so that a dead daemon's fast stamp never reads fresh."""
+    updated = [d.updated_at for d in daemons]
+    current = [moment for moment in updated if not _ahead(moment, now)]
+    return max(current or updated) if updated else None
 
 
 def read_state(directory: Path) -> StateFile:
@@ -307,14 +319,16 @@ class DaemonState:
             running=self.running_jobs(),
         )
         for key, daemon in list(state.daemons.items()):
-            # Another entry's stamps ahead of the clock were written before it was stepped
-            # back: set to now (when they were really written is not known, only that it
-            # was before now), from where the entry goes stale and is forgotten as others.
-            if _ahead(daemon.updated_at, now):
-                daemon.updated_at = now
-            if daemon.stopped_at is not None and _ahead(daemon.stopped_at, now):
-                daemon.stopped_at = now
-            if now - (daemon.stopped_at or daemon.updated_at) > FORGET_AFTER:
+            last = daemon.stopped_at or daemon.updated_at
+            if key != self.instance and _ahead(last, now):
+                # Written before the clock was stepped back, or on a host whose clock is
+                # ahead: left as written, since a restart measures the step from it and
+                # alive() and newest_heartbeat() already pass over it. Only when it is
+                # forgotten is counted on this clock, from when a writer first saw it.
+                if daemon.seen_ahead_at is None or _ahead(daemon.seen_ahead_at, now):
+                    daemon.seen_ahead_at = now
+                last = daemon.seen_ahead_at
+            if now - last > FORGET_AFTER:
                 del state.daemons[key]
 
     def _update(self, change: Callable[[StateFile], None]) -> None:
