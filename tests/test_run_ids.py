@@ -111,6 +111,29 @@ def test_the_start_up_cleanup_removes_a_killed_runs_reservation_only_once_a_day_
     assert live.exists() and not killed.exists()
 
 
+def test_a_stale_reservation_the_cleanup_cannot_delete_does_not_stop_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory by a stale reservation's name (unlink fails: EISDIR or EPERM) raised out
+    of the cleanup, and the daemon exited with an internal error on every start. It is
+    left with a warning naming it; the rest of the cleanup goes on."""
+    stuck, killed = (tmp_path / run_reservation_name(rid)
+                     for rid in ("20260101_000000", "20260101_000001"))
+    stuck.mkdir()
+    killed.touch()
+    partial = tmp_path / ".db-20260101_000000.sql.gz.partial"
+    partial.touch()
+    two_days_ago = time.time() - 2 * 86400
+    for path in (stuck, killed):
+        os.utime(path, (two_days_ago, two_days_ago))
+
+    removed = LocalRepository(tmp_path).remove_leftovers()
+
+    assert removed == sorted([killed.name, partial.name])
+    assert stuck.is_dir()
+    said = capsys.readouterr()
+    assert stuck.name in said.out + said.err
+
+
 def test_a_directory_that_cannot_be_listed_fails_the_run_in_one_line(
         pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
         backup_dir: Path) -> None:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
+from backupd.log import get_logger
 from backupd.manifest import Manifest, manifest_for
 from backupd.naming import (
     DUMP_KIND,
@@ -196,19 +197,17 @@ class LocalRepository:
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.directory):
                 if is_partial(entry.name) and entry.is_file(follow_symlinks=False):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+                    if _unlink_leftover(entry):
                         removed.append(entry.name)
                 elif is_partial(entry.name) and entry.is_dir(follow_symlinks=False):
                     # A directory-format dump or restore's scratch (pipeline/directory.py).
                     shutil.rmtree(entry.path, ignore_errors=True)
                     removed.append(entry.name)
-                elif entry.name.startswith(RUN_RESERVATION) and _stale(entry):
-                    # A killed run's reservation of its id. A live one may belong to another
-                    # process's run (this cleanup does not wait for runs), so only an old one.
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                        removed.append(entry.name)
+                # A killed run's reservation of its id. A live one may belong to another
+                # process's run (this cleanup does not wait for runs), so only an old one.
+                elif (entry.name.startswith(RUN_RESERVATION) and _stale(entry)
+                      and _unlink_leftover(entry)):
+                    removed.append(entry.name)
         return sorted(removed)
 
     # --- names -> paths, safely ----------------------------------------------------
@@ -366,6 +365,21 @@ class LocalRepository:
     # --- room ----------------------------------------------------------------------
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.directory).free
+
+
+def _unlink_leftover(entry: os.DirEntry[str]) -> bool:
+    """Delete one leftover; whether it was. One that cannot be deleted (a directory by that
+    name, permissions) is left with a warning: raised, it stopped the daemon's start-up
+    with an internal error, on every start."""
+    try:
+        os.unlink(entry.path)
+    except FileNotFoundError:
+        return False  # gone meanwhile (another process's cleanup)
+    except OSError as exc:
+        get_logger().warning("cannot delete a leftover temporary file; left in place",
+                             path=entry.path, error=exc.strerror or str(exc))
+        return False
+    return True
 
 
 def _stale(entry: os.DirEntry[str]) -> bool:
