@@ -120,6 +120,10 @@ class LocalRepository:
         # Every manifest read once, not on each one-second retry; a second already recorded
         # is passed over without reserving it.
         known = self._run_ids_by_backup({})
+        # The reservation made and not yet let go. Released in the one finally below, which
+        # also covers the second listing failing (JobFailed) or an interrupt once reserved:
+        # left behind, it would hold that second for a day.
+        held: list[str] = []
 
         def free(at: datetime) -> bool:
             if any((self.directory / name).exists()
@@ -128,20 +132,21 @@ class LocalRepository:
             rid = run_id(at)
             if rid in known.values() or not self._reserve(rid):
                 return False
+            held.append(rid)
             # Looked at again once the second is ours: a run that held it and has ended
             # wrote its manifests before letting it go, maybe since the first reading. Only
             # backups new since are read (a manifest's run id never changes).
             known.update(self._run_ids_by_backup(known))
             if rid in known.values():
-                self._release(rid)
+                self._release(held.pop())
                 return False
             return True
 
-        started = self._free_second(free)
         try:
-            yield started
+            yield self._free_second(free)
         finally:
-            self._release(run_id(started))
+            for rid in held:
+                self._release(rid)
 
     def _reserve(self, rid: str) -> bool:
         path = self.directory / run_reservation_name(rid)
