@@ -70,18 +70,10 @@ class Manifest(BaseModel):
     # The globals only: False when they were taken without the roles' password hashes (a
     # role that is not a superuser cannot read them: pg_dumpall --no-role-passwords).
     role_passwords: bool | None = None
-    # Every database the run set out to back up (POSTGRES_DB as resolved then), in the
-    # globals and in each dump of a run (commands.backup_run), so that restoring `*` brings
-    # back that set, not also a database dropped long ago whose old backup is still kept,
-    # and still the whole set when the run was killed part way (no globals of it, dumps of
-    # the first databases only). None in manifests of older backups and of a single
-    # database's backup outside a run.
+    # The globals only: every database the run set out to back up (POSTGRES_DB as resolved
+    # then), so that restoring `*` brings back that set, not also a database dropped long
+    # ago whose old backup is still kept. None in manifests of older backups.
     run_databases: list[str] | None = None
-    # Beside run_databases: True when the run was of POSTGRES_DB='*', False when of a list
-    # or one database. Only a run of '*' says what the cluster held: another configuration
-    # sharing the repository (a list, hourly) must not decide a restore of '*'
-    # (backupd.storage.every_runs). None in manifests of older backups.
-    run_of_every: bool | None = None
     # The globals only: True when the run of '*' looked into template1 and found nothing of
     # its own (so took no dump of it: its older dumps are no longer judged by health and
     # metrics), False when it dumped it (it held objects, or was taken as any database);

@@ -51,14 +51,11 @@ from backupd.storage.base import CLOCK_TOLERANCE, BackupEntry, newest_verified
 
 def run(ctx: JobContext, *, apply_retention: bool = True,
         not_before: datetime | None = None, run_id: str | None = None,
-        template1_look: str | None = None, run_databases: list[str] | None = None,
-        run_of_every: bool | None = None) -> None:
+        template1_look: str | None = None) -> None:
     """``not_before``: skip if a verified backup taken at or after it already exists (the
     daemon passes its schedule slot, so replicas produce exactly one backup per slot).
     ``run_id``: the backup run this dump belongs to (commands.backup_run), and
-    ``template1_look``, what that run did with template1, ``run_databases`` and
-    ``run_of_every``, what it set out to take and whether it was of '*': all for the
-    manifest."""
+    ``template1_look``, what that run did with template1: both for the manifest."""
     settings = ctx.settings
     store = ctx.store
     facts = ctx.result.outcome = BackupOutcome()
@@ -150,8 +147,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             gzip_members=outcome.gzip_members, database_properties=properties,
             object_tablespaces=spaces,
             server_time=clock.now, wal_lsn=clock.wal_lsn, run_id=run_id,
-            template1_look=template1_look, run_databases=run_databases,
-            run_of_every=run_of_every,
+            template1_look=template1_look,
         )
         # Written twice on purpose: now, unverified, so that a crash before the verdict
         # leaves a file marked as backupd's own and unproven (never mistaken for an

@@ -67,8 +67,7 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.cancel.raise_if_cancelled()
             result = run_job(
                 "backup", settings.for_database(database),
-                _dump_body(apply_retention, not_before, rid, template.look, databases,
-                           settings.database_selection.every), chain, ctx.cancel,
+                _dump_body(apply_retention, not_before, rid, template.look), chain, ctx.cancel,
                 ctx.repositories, scheduled_for=ctx.result.scheduled_for, announce=False)
             facts.databases.append(_summary_of(result))
             if result.status == Status.CANCELLED:
@@ -127,14 +126,12 @@ def _template1(ctx: JobContext, databases: list[str]) -> TemplateLook:
 
 
 def _dump_body(apply_retention: bool, not_before: datetime | None, rid: str,
-               template1_look: str | None, databases: list[str], every: bool) -> JobBody:
-    # Every dump of the run carries what it did with template1 and what the run set out to
-    # take (and whether it was of '*'): no globals manifest may be written
-    # (DB_BACKUP_GLOBALS=off, or the run was killed before them), and the dumps travel to S3.
+               template1_look: str | None) -> JobBody:
+    # Every dump of the run carries what it did with template1: no globals manifest may
+    # be written (DB_BACKUP_GLOBALS=off), and the dumps travel to S3.
     def body(sub: JobContext) -> None:
         backup.run(sub, apply_retention=apply_retention, not_before=not_before, run_id=rid,
-                   template1_look=template1_look, run_databases=databases,
-                   run_of_every=every)
+                   template1_look=template1_look)
     return body
 
 

@@ -31,7 +31,7 @@ from backupd.postgres.databases import TEMPLATE_DATABASE, maintenance_connection
 from backupd.postgres.globals import apply_globals
 from backupd.result import JobResult
 from backupd.storage.base import BackupEntry, Repository, newest_verified
-from backupd.storage.every_runs import EveryRun, newest_run_of_every
+from backupd.storage.dump_runs import DumpRun, newest_dump_run
 from backupd.storage.template1_runs import Template1InRun, newest_template1_run
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
@@ -104,7 +104,7 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
             listings[name] = repository.list_backups(name)
         return listings[name]
 
-    names, every_run = _databases(ctx, repository, database, globals_entries, listed)
+    names = _databases(ctx, repository, database, globals_entries, listed)
     plan = []
     for name in names:
         entries = listed(name)
@@ -139,7 +139,7 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                 maintenance_connection(ctx.settings) as conn:
             outcome.globals = restore_globals(ctx, conn, path, globals_entry)
     for entry in plan:
-        outcome.databases.append(_restore_one(ctx, repository, entry, every_run or newest_run,
+        outcome.databases.append(_restore_one(ctx, repository, entry, newest_run,
                                               replace=replace, without=without))
     outcome.total_seconds = time.monotonic() - started
     ctx.say("restored " + ", ".join(
@@ -170,62 +170,67 @@ def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
 
 def _databases(ctx: JobContext, repository: Repository, database: str | None,
                globals_entries: list[BackupEntry],
-               listed: Callable[[str], list[BackupEntry]]) -> tuple[list[str], str | None]:
-    """The databases to restore, and the run of '*' that decided them (None: no run did)."""
+               listed: Callable[[str], list[BackupEntry]]) -> list[str]:
     if database is not None:
-        return [database], None
+        return [database]
     chosen = ctx.settings.database_selection
     if not chosen.every:
-        return list(chosen.names), None
+        return list(chosen.names)
     names = chosen.choose(repository.databases())
+    newest = newest_verified(globals_entries)
+    manifest = newest.manifest if newest is not None else None
+    run = manifest.run_databases if manifest is not None else None
     # What the newest run that looked did with template1, from its dumps' manifests: the
-    # globals may be off, or from an older run. None: no run said; the run's list decides,
-    # as for any database.
+    # globals (run_databases) may be off, or from an older run. None: no run said; the
+    # globals' run decides, as for any database.
     said = (newest_template1_run((e for name in names for e in listed(name)), globals_entries)
             if TEMPLATE_DATABASE in names else None)
     decided = {TEMPLATE_DATABASE} if said is not None else set()
-    every = newest_run_of_every([*(e for name in names for e in listed(name)),
-                                 *globals_entries])
-    reference = every.run_id if every is not None else None
-    if every is None:
-        every, reference = _older_run(globals_entries)
-    if every is None:
-        # Backups from before runs recorded their databases, with the globals off: every
-        # database with a backup, as nothing says which of them a run took.
-        return _checked(ctx, repository, names, said), None
-    # The databases the newest run of '*' set out to take: one dropped since has old
-    # backups still kept (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring
-    # back; one the run did not get to (killed, its dump failed) is, from an older backup.
-    run = every.databases
-    never = sorted(set(chosen.choose(sorted(run))) - set(names))
+    dumps = newest_dump_run({name: listed(name) for name in names})
+    if dumps is not None and (manifest is None or run is None
+                              or (manifest.run_id or "") < dumps.run_id):
+        # No globals manifest of the newest run (DB_BACKUP_GLOBALS=off, or its globals
+        # failed): the dumps' manifests say which databases that run took.
+        return _newest_run_databases(ctx, repository, names, dumps, decided, said)
+    if newest is not None and manifest is not None and run is not None:
+        # The databases of the newest run: one dropped since has old backups still kept
+        # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back.
+        left_out = sorted(set(names) - set(run) - decided)
+        never = sorted(set(chosen.choose(run)) - set(names))
+        names = [name for name in names if name in run or name in decided]
+        if TEMPLATE_DATABASE in left_out:
+            left_out.remove(TEMPLATE_DATABASE)
+            ctx.say(_template1_left_out(manifest.run_id or newest.name,
+                                        empty=manifest.template1_empty is True))
+        if left_out:
+            ctx.say(f"POSTGRES_DB='*': not restoring {', '.join(left_out)}: not in the newest "
+                    f"backup run ({newest.name}), so no longer in the cluster; restore one "
+                    "with --database NAME")
+        if never:
+            ctx.warn(f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run "
+                     f"({newest.name}) but never backed up: not restored")
+    return _checked(ctx, repository, names, said)
+
+
+def _newest_run_databases(ctx: JobContext, repository: Repository, names: list[str],
+                          dumps: DumpRun, decided: set[str],
+                          said: Template1InRun | None) -> list[str]:
+    """'*' without the newest run's globals manifest: the databases with a dump recorded in
+    the newest run (a failed one too: restored from its newest verified dump). One with no
+    dump recorded in it was dropped since, or its dump failed before anything was written
+    (nothing records which): warned, one line each, never restored unasked."""
     for name in names:
-        if name in run or name in decided:
+        if name in dumps.databases or name in decided:
             continue
         if name == TEMPLATE_DATABASE:
-            ctx.say(_template1_left_out(every.run_id, empty=every.template1_empty is True))
+            ctx.say(_template1_left_out(dumps.run_id, empty=False))
         else:
             ctx.warn(f"POSTGRES_DB='*': not restoring {name}: not in the newest backup run "
-                     f"({every.run_id}), so no longer in the cluster (its backups are kept); "
-                     f"restore it with --database {name}")
-    if never:
-        ctx.warn(f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run "
-                 f"({every.run_id}) but never backed up: not restored")
-    kept = [name for name in names if name in run or name in decided]
-    return _checked(ctx, repository, kept, said), reference
-
-
-def _older_run(globals_entries: list[BackupEntry]) -> tuple[EveryRun | None, str | None]:
-    """No manifest says it was of a run of '*' (backups of older versions): the newest
-    verified globals' run_databases, as before they did (never globals that say their run
-    was not of '*'), and that run's id (None when they record none: named by the globals
-    backup in what is said). None when those are older still, or there are none."""
-    newest = newest_verified(e for e in globals_entries
-                             if e.manifest is not None and e.manifest.run_of_every is not False)
-    manifest = newest.manifest if newest is not None else None
-    if newest is None or manifest is None or manifest.run_databases is None:
-        return None, None
-    return EveryRun(manifest.run_id or newest.name, frozenset(manifest.run_databases),
-                    manifest.template1_empty), manifest.run_id
+                     f"({dumps.run_id}): no dump of it recorded there, so dropped since, or "
+                     f"its dump failed before writing anything; restore it with --database "
+                     f"{name}")
+    kept = [name for name in names if name in dumps.databases or name in decided]
+    return _checked(ctx, repository, kept, said)
 
 
 def _checked(ctx: JobContext, repository: Repository, names: list[str],
@@ -269,13 +274,10 @@ def _globals(ctx: JobContext, repository: Repository, entries: list[BackupEntry]
 
 def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
                  newest_run: str | None, *, replace: bool, without: Without) -> DatabaseRestore:
-    """``newest_run``: the run of '*' that decided the databases, else the newest run among
-    the backups restored. A backup older than it is noted, as that run did not take it; a
-    newer one (another configuration's run since) is the newest data, and no news."""
     name = entry.database
     run_id = entry.manifest.run_id if entry.manifest is not None else None
     done = DatabaseRestore(database=name, backup_name=entry.name, run_id=run_id)
-    if newest_run is not None and (run_id or "") < newest_run:
+    if newest_run is not None and run_id != newest_run:
         done.note = (f"not in the newest run {newest_run} (it has no verified backup of "
                      f"{name!r}: that run was incomplete); taking its newest verified "
                      f"backup {entry.name}")

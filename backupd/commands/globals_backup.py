@@ -124,8 +124,7 @@ def _take(ctx: JobContext, conn: Connection, started: datetime, run_id: str,
         raw_bytes=dumped.raw_bytes, stored_bytes=dumped.stored_bytes, sha256=dumped.sha256,
         encrypted=bool(recipients), age_recipients=recipients,
         gzip_members=dumped.gzip_members, run_id=run_id, role_passwords=outcome.role_passwords,
-        run_databases=databases, template1_empty=template1_empty,
-        run_of_every=settings.database_selection.every if databases is not None else None)
+        run_databases=databases, template1_empty=template1_empty)
     store.commit(manifest)
     outcome.name = name
     report = verify_file(store.directory / name, parsed, manifest, identities=identities,
