@@ -31,8 +31,7 @@ from backupd.postgres.databases import TEMPLATE_DATABASE, maintenance_connection
 from backupd.postgres.globals import apply_globals
 from backupd.result import JobResult
 from backupd.storage.base import BackupEntry, Repository, newest_verified
-from backupd.storage.dump_runs import DumpRun, newest_dump_run
-from backupd.storage.template1_runs import Template1InRun, newest_template1_run
+from backupd.storage.template1_runs import newest_template1_run
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -186,12 +185,6 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None,
     said = (newest_template1_run((e for name in names for e in listed(name)), globals_entries)
             if TEMPLATE_DATABASE in names else None)
     decided = {TEMPLATE_DATABASE} if said is not None else set()
-    dumps = newest_dump_run({name: listed(name) for name in names})
-    if dumps is not None and (manifest is None or run is None
-                              or (manifest.run_id or "") < dumps.run_id):
-        # No globals manifest of the newest run (DB_BACKUP_GLOBALS=off, or its globals
-        # failed): the dumps' manifests say which databases that run took.
-        return _newest_run_databases(ctx, repository, names, dumps, decided, said)
     if newest is not None and manifest is not None and run is not None:
         # The databases of the newest run: one dropped since has old backups still kept
         # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back.
@@ -209,32 +202,6 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None,
         if never:
             ctx.warn(f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run "
                      f"({newest.name}) but never backed up: not restored")
-    return _checked(ctx, repository, names, said)
-
-
-def _newest_run_databases(ctx: JobContext, repository: Repository, names: list[str],
-                          dumps: DumpRun, decided: set[str],
-                          said: Template1InRun | None) -> list[str]:
-    """'*' without the newest run's globals manifest: the databases with a dump recorded in
-    the newest run (a failed one too: restored from its newest verified dump). One with no
-    dump recorded in it was dropped since, or its dump failed before anything was written
-    (nothing records which): warned, one line each, never restored unasked."""
-    for name in names:
-        if name in dumps.databases or name in decided:
-            continue
-        if name == TEMPLATE_DATABASE:
-            ctx.say(_template1_left_out(dumps.run_id, empty=False))
-        else:
-            ctx.warn(f"POSTGRES_DB='*': not restoring {name}: not in the newest backup run "
-                     f"({dumps.run_id}): no dump of it recorded there, so dropped since, or "
-                     f"its dump failed before writing anything; restore it with --database "
-                     f"{name}")
-    kept = [name for name in names if name in dumps.databases or name in decided]
-    return _checked(ctx, repository, kept, said)
-
-
-def _checked(ctx: JobContext, repository: Repository, names: list[str],
-             said: Template1InRun | None) -> list[str]:
     if said is not None and not said.took and TEMPLATE_DATABASE in names:
         names.remove(TEMPLATE_DATABASE)
         ctx.say(_template1_left_out(said.run_id, empty=said.empty))
