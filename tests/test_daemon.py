@@ -320,6 +320,7 @@ def test_a_clock_stepped_back_keeps_the_schedule_and_the_state_file_on_the_new_c
     assert stop_backupd(daemon, timeout=15) == 0
 
 
+@pytest.mark.slow  # it waits for the first heartbeat under libfaketime: about 30 s
 def test_a_clock_step_while_the_daemon_starts_is_seen_by_its_first_heartbeat(
     small_db: str, backup_dir: Path, tmp_path: Path,
     backupd_env: Callable[..., dict[str, str]],
