@@ -22,6 +22,7 @@ from helpers.template1 import (
     SUBSCRIPTION,
     TEMPLATE1_OBJECTS,
     a_new_database_gets,
+    cluster_holding,
     first_run_with_the_globals_off,
     objects_in,
     put_into_template1,
@@ -43,9 +44,7 @@ IN_TEMPLATE1 = ["extension citext", "function util.shout(text)", "schema util"]
 @pytest.fixture(scope="module")
 def source() -> Iterator[PrivateCluster]:
     """A server whose template1 holds objects, and a database made from it since."""
-    with PrivateCluster("source-pw") as cluster:
-        cluster.start()
-        put_into_template1(cluster.address)
+    with cluster_holding("source-pw") as cluster:
         psql(cluster.address, "postgres", "CREATE DATABASE appdb")  # inherits citext, util
         psql(cluster.address, "appdb", "CREATE TABLE names (n citext PRIMARY KEY); "
                                        "INSERT INTO names VALUES ('Ann'), ('bob');")
@@ -121,9 +120,7 @@ def test_a_whole_system_restore_brings_template1_back_onto_a_new_server(
 
 def test_a_template1_with_objects_of_its_own_is_left_alone_with_a_warning(
         backups: Path) -> None:
-    with PrivateCluster("target2-pw") as target:
-        target.start()
-        put_into_template1(target.address, "CREATE EXTENSION hstore;")
+    with cluster_holding("target2-pw", "CREATE EXTENSION hstore;") as target:
         proc = restore_latest(target.address, backups)
         assert template_objects(target.address) == ["extension hstore"]
         [dump] = backups.glob("template1_*.sql.gz")
@@ -174,9 +171,7 @@ def test_a_template1_holding_only_a_subscription_is_left_alone(backups: Path) ->
     """A subscription lives in template1 as any object does: the one definition of "holds
     nothing" counts it, so template1 is not swapped out (and the subscription not lost with
     the template1 it was in)."""
-    with PrivateCluster("target4-pw") as target:
-        target.start()
-        put_into_template1(target.address, SUBSCRIPTION)
+    with cluster_holding("target4-pw", SUBSCRIPTION) as target:
         proc = restore_latest(target.address, backups, "--database", "template1")
         assert subscriptions_in(target.address) == [("feed_sub", "template1")]
         warnings = [str(event["event"]) for event in log_events(proc.stderr)
@@ -382,9 +377,7 @@ def test_a_template1_with_as_many_objects_but_other_ones_is_not_taken_for_the_ba
         backups: Path) -> None:
     """Same extension, schema and number of functions, but another function: not "what the
     backup holds" (that is said only of the same objects), so the usual warning."""
-    with PrivateCluster("target7-pw") as target:
-        target.start()
-        put_into_template1(target.address, TEMPLATE1_OBJECTS.replace("shout", "whisper"))
+    with cluster_holding("target7-pw", TEMPLATE1_OBJECTS.replace("shout", "whisper")) as target:
         proc = restore_latest(target.address, backups, "--database", "template1")
         said = [str(event.get("event")) for event in log_events(proc.stderr)]
         assert not any("already holds what" in line for line in said), said

@@ -15,7 +15,7 @@ from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import log_events
 from helpers.pg import connect, psql
-from helpers.template1 import SUBSCRIPTION, put_into_template1, restore_latest
+from helpers.template1 import SUBSCRIPTION, cluster_holding, restore_latest
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def backups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A whole-system backup whose template1 holds a schema and a subscription."""
-    with PrivateCluster("source-pw") as source:
-        source.start()
-        put_into_template1(source.address, "CREATE SCHEMA util;" + SUBSCRIPTION)
+    with cluster_holding("source-pw", "CREATE SCHEMA util;" + SUBSCRIPTION) as source:
         psql(source.address, "postgres", "CREATE DATABASE appdb")
         directory = tmp_path_factory.mktemp("template1-failures") / "backups"
         back_up(source.address, "*", directory, HEALTH_PORT="0")
@@ -44,9 +42,7 @@ def template1_copies(cluster: PrivateCluster) -> int:
 
 def test_a_loaded_template1_holding_a_subscription_is_dropped_when_not_swapped_in(
         backups: Path) -> None:
-    with PrivateCluster("target-pw") as target:
-        target.start()
-        put_into_template1(target.address, "CREATE SCHEMA other;")
+    with cluster_holding("target-pw", "CREATE SCHEMA other;") as target:
         proc = restore_latest(target.address, backups)
         assert "internal error" not in proc.stderr
         assert "template1: skipped" in proc.stdout

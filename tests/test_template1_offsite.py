@@ -14,7 +14,7 @@ from helpers.offsite import object_keys, s3_env
 from helpers.s3server import S3Server
 from helpers.template1 import (
     a_new_database_gets,
-    put_into_template1,
+    cluster_holding,
     restore_latest,
     template1_flags,
     template_objects,
@@ -30,9 +30,7 @@ def test_an_encrypted_offsite_template1_restores_from_s3_alone(
     keys = make_age_keys(tmp_path / "keys")
     offsite = s3_env(s3_server, s3_bucket, "prod")
     directory = tmp_path / "backups"
-    with PrivateCluster("t1-offsite-source-pw") as source:
-        source.start()
-        put_into_template1(source.address)
+    with cluster_holding("t1-offsite-source-pw") as source:
         # The sidecar has the public key only.
         back_up(source.address, "*", directory, HEALTH_PORT="0",
                 DB_BACKUP_AGE_RECIPIENTS_FILE=str(keys.recipients_file), **offsite)

@@ -4,11 +4,14 @@ a schema, a function), and how the tests read it back from a server's database."
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from backupd.postgres.user_objects import UserObjects, read_user_objects
 
 from .cli import run_backupd, server_env
+from .cluster import PrivateCluster
 from .pg import ServerAddress, connect, psql
 
 # Objects template0 lacks: a whole-system backup must carry them, a new server get them back.
@@ -32,6 +35,15 @@ SUBSCRIPTION = """
 
 def put_into_template1(server: ServerAddress, sql: str = TEMPLATE1_OBJECTS) -> None:
     psql(server, "template1", sql)
+
+
+@contextmanager
+def cluster_holding(password: str, sql: str = TEMPLATE1_OBJECTS) -> Iterator[PrivateCluster]:
+    """A started private cluster whose template1 holds ``sql``."""
+    with PrivateCluster(password) as cluster:
+        cluster.start()
+        put_into_template1(cluster.address, sql)
+        yield cluster
 
 
 def first_run_with_the_globals_off(server: ServerAddress, directory: Path,
