@@ -354,7 +354,7 @@ def _advances(last_slot: datetime | None, slot: datetime) -> bool:
     from a restart until the clock caught up with it. (Only ever moving forward keeps a
     replica that reports a slot late from moving it back.)"""
     return (last_slot is None or slot > last_slot
-            or last_slot > datetime.now(UTC) + CLOCK_TOLERANCE)
+            or _ahead(last_slot, datetime.now(UTC)))
 
 
 def _newer(result: JobResult, stored: JobResult | None) -> bool:
@@ -367,7 +367,7 @@ def _newer(result: JobResult, stored: JobResult | None) -> bool:
         return True
     stored_at = stored.finished_at or stored.started_at
     return ((result.finished_at or result.started_at) >= stored_at
-            or stored_at > datetime.now(UTC) + CLOCK_TOLERANCE)
+            or _ahead(stored_at, datetime.now(UTC)))
 
 
 def iso_utc(moment: datetime | None) -> str | None:

@@ -20,6 +20,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
 from backupd.errors import JobFailed
+from backupd.postgres.globals_sql import quote_identifier
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -104,7 +105,7 @@ def _escaped(raw: object) -> str:
 def shown(raw: object) -> str:
     """A name as SQL would write it, a byte that is not UTF-8 escaped (``"caf\\xe9"``)."""
     text = _escaped(raw)
-    return text if _PLAIN_IDENTIFIER.fullmatch(text) else '"' + text.replace('"', '""') + '"'
+    return text if _PLAIN_IDENTIFIER.fullmatch(text) else quote_identifier(text)
 
 
 def _is_text(raw: object) -> bool:

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from backupd.pipeline.config import APPLICATION_NAME
-from backupd.postgres.connection import as_text, describe_pg_error
+from backupd.postgres.connection import as_text, describe_error
 from backupd.postgres.databases import MAINTENANCE_DATABASES
 from backupd.postgres.not_text import NameNotText
 from backupd.progress import Place
@@ -192,7 +192,7 @@ def server_view(settings: Settings, databases: Sequence[str] = ()) -> ServerView
             sessions = session_waits(conn)
     except (psycopg.Error, OSError, NameNotText) as exc:
         return ServerView("", "the server could not be asked what the job waits on "
-                              f"({describe_pg_error(exc)})")
+                              f"({describe_error(exc)})")
     # Other jobs' sessions may be on the server too: those in the job's database come first,
     # and only they are counted.
     if not sessions:
