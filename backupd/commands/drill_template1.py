@@ -33,13 +33,13 @@ def with_template1(ctx: JobContext, databases: list[str], *, from_s3: bool) -> l
         return databases
     try:
         repository = ctx.repos.choose(from_s3, "--from-s3")
-        entries = repository.list_backups(TEMPLATE_DATABASE)
-        said = _newest_run(repository, selection) if newest_verified(entries) else None
+        dumped = newest_verified(repository.list_backups(TEMPLATE_DATABASE)) is not None
+        said = _newest_run(repository, selection) if dumped else None
     except (ConfigError, OffsiteError):
         # Each database's drill fails on the same repository, naming why: no reason for
         # the run's own job to fail before them.
         return databases
-    if newest_verified(entries) is None or (said is not None and said.empty):
+    if not dumped or (said is not None and said.empty):
         return databases
     if said is not None and not said.took:
         # The newest run could not look into template1 (the role may not connect to it):
