@@ -58,6 +58,7 @@ def test_health_does_not_call_a_heartbeat_ahead_of_the_clock_fresh(tmp_path: Pat
 
     assert any("clock reads ahead of this host" in r for r in report.reasons), \
         report.reasons
+    assert not report.ok
 
 
 def test_the_flat_heartbeat_is_the_live_daemons_not_the_fast_clocks(tmp_path: Path) -> None:

@@ -152,6 +152,7 @@ def test_once_a_run_finds_template1_empty_its_older_dumps_are_not_drilled(
     # Not what a restore brings back any more: no drill compares it with the emptied one.
     assert result.status == Status.SUCCESS, result.summary()
     assert results.all_of("template1") == []
+    assert results.of("postgres").status == Status.SUCCESS  # the drill did drill
 
 
 def test_a_drill_from_s3_judges_an_emptied_template1_by_the_bucket(
@@ -193,3 +194,4 @@ def test_when_the_newest_run_could_not_look_into_template1_its_older_dump_is_not
     assert result.status == Status.SUCCESS, result.summary()
     assert results.all_of("template1") == []
     assert any("could not look into template1" in w for w in result.warnings), result.warnings
+    assert results.of("postgres").status == Status.SUCCESS  # the drill did drill
