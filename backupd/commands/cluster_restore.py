@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -23,7 +24,7 @@ from backupd.commands.restore_target import MAINTENANCE_DB, check_targets
 from backupd.commands.template1 import restore_template1
 from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
-from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND, TIMESTAMP_FORMAT
 from backupd.outcomes import ClusterRestoreOutcome, DatabaseRestore, FileReport, GlobalsOutcome
 from backupd.pipeline.verification import verify_file
 from backupd.postgres.connection import describe_pg_error
@@ -205,10 +206,56 @@ def _databases(ctx: JobContext, repository: Repository, database: str | None,
     if said is not None and not said.took and TEMPLATE_DATABASE in names:
         names.remove(TEMPLATE_DATABASE)
         ctx.say(_template1_left_out(said.run_id, empty=said.empty))
+    if run is None:
+        _warn_not_in_newest_run(ctx, repository, names, globals_entries, listed)
     if not names:
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
     return names
+
+
+def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list[str],
+                            globals_entries: list[BackupEntry],
+                            listed: Callable[[str], list[BackupEntry]]) -> None:
+    """No globals manifest lists the newest run's databases (DB_BACKUP_GLOBALS=off), so all
+    of ``names`` are restored: leaving one out by a guess lost live databases (an interrupted
+    run, another configuration sharing the repository, DB_BACKUP_EXCLUDE, a rollback; the
+    reverted 53f8786 and 3fbb1db). Each without a dump in the newest run of '*' (the newest
+    that recorded template1's look, as every run of '*' does) is said instead, one warning
+    each: it may have been dropped since. A dump of that run that failed verification still
+    shows the database was there; a dump that failed before writing anything does not."""
+    newest = newest_template1_run((e for name in names for e in listed(name)), globals_entries)
+    if newest is None:
+        return  # no run of '*' recorded a look: nothing to compare with
+    for name in names:
+        entries = listed(name)
+        entry = newest_verified(entries)
+        # template1 is decided by what that run did with it (_template1_left_out); with no
+        # verified backup, run_cluster fails naming the database.
+        if name == TEMPLATE_DATABASE or entry is None or any(
+                e.manifest is not None and e.manifest.run_id == newest.run_id
+                for e in entries):
+            continue
+        ctx.warn(f"POSTGRES_DB='*': {name} has no backup from the newest run of every "
+                 f"database, {_run_time(newest.run_id)} (run {newest.run_id}); its newest "
+                 f"backup, {entry.name}, is of {_shown(entry.parsed.taken_at)}, and is "
+                 "restored all the same (no globals manifest records which databases "
+                 "that run took; its dump may also have failed, or another "
+                 f"configuration sharing the backups left it out); if {name} was dropped "
+                 "since, drop it again after this restore, or restore the other databases "
+                 "one by one with --database NAME, or delete its backups from "
+                 f"{repository.description}")
+
+
+def _run_time(run_id: str) -> str:
+    try:
+        return _shown(datetime.strptime(run_id, TIMESTAMP_FORMAT).replace(tzinfo=UTC))
+    except ValueError:
+        return run_id  # a later version's id: shown as it is
+
+
+def _shown(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _template1_left_out(run: str, *, empty: bool) -> str:
