@@ -221,9 +221,10 @@ def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list
     of ``names`` are restored: leaving one out by a guess lost live databases (an interrupted
     run, another configuration sharing the repository, DB_BACKUP_EXCLUDE, a rollback; the
     reverted 53f8786 and 3fbb1db). Each without a dump in the newest run of '*' (the newest
-    that recorded template1's look, as every run of '*' does) is said instead, one warning
-    each: it may have been dropped since. A dump of that run that failed verification still
-    shows the database was there; a dump that failed before writing anything does not."""
+    that recorded template1's look: every run of '*' does, except one whose DB_BACKUP_EXCLUDE
+    leaves template1 out, so with only such runs none) is said instead, one warning each: it
+    may have been dropped since. A dump of that run that failed verification still shows
+    the database was there; a dump that failed before writing anything does not."""
     newest = newest_template1_run((e for name in names for e in listed(name)), globals_entries)
     if newest is None:
         return  # no run of '*' recorded a look: nothing to compare with
