@@ -15,6 +15,9 @@ from helpers.backups import back_up, backup_files, take_backup
 from helpers.cli import drill_server_env, not_utf8_failure, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
+from helpers.tablespaces import tablespace_directory
+
+from backupd.commands.drill_server import CLUSTER_MARK, STATE_DATABASE, STATE_MARK
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +25,9 @@ LATIN1_TABLE = b'"caf\xe9"'  # what a Latin-1 client made of "café"
 SHOWN_TABLE = 'public."caf\\xe9"'  # as backupd names it: the byte escaped
 LATIN1_DATABASE = b'"d\xe9p\xf4t"'
 SHOWN_DATABASE = 'database "d\\xe9p\\xf4t"'
+# Names in UTF-8 that is not ASCII, which a SQL_ASCII session keeps as they are but psycopg
+# cannot send on one ('ascii' codec): backupd sends them as text (as_text).
+ROLE, TABLESPACE, SUBSCRIPTION = "rôle", "espacé", "abonné"
 
 
 def run_bytes(cluster: PrivateCluster, database: str, statement: bytes) -> None:
@@ -124,3 +130,50 @@ def test_a_drill_server_holding_a_database_named_in_latin1_fails_naming_it(
 
     line = not_utf8_failure(proc)
     assert SHOWN_DATABASE in line, line
+
+
+def server_names(cluster: PrivateCluster) -> tuple[set[str], set[str], set[str]]:
+    """The databases, roles (pg_* aside) and tablespaces on ``cluster``, read as UTF-8."""
+    with connect(cluster.address) as conn:
+        conn.execute("SET client_encoding = 'UTF8'")
+        databases, roles, tablespaces = ({str(row[0]) for row in conn.execute(query)} for query in (
+            "SELECT datname FROM pg_database",
+            "SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'",
+            "SELECT spcname FROM pg_tablespace"))
+    return databases, roles, tablespaces
+
+
+def test_a_killed_drills_leftovers_named_in_utf8_are_removed_from_a_sql_ascii_drill_server(
+        live: PrivateCluster, tmp_path: Path) -> None:
+    """A role, a tablespace and a restored copy holding a subscription, named in UTF-8 that
+    is not ASCII: the drill server's cleanup sends their names as text, where psycopg
+    could not send them on its SQL_ASCII session (UnicodeEncodeError: an internal error)."""
+    back_up(live.address, "plain", tmp_path)
+    before = ('{"roles": ["postgres"], "tablespaces": ["pg_default", "pg_global"], '
+              '"databases": ["postgres", "template0", "template1"]}')
+    with PrivateCluster("drill-pw", encoding="SQL_ASCII") as drill:
+        drill.start()
+        empty = server_names(drill)
+        directory = tablespace_directory(drill, "ts_leftover")
+        for statement in (
+                f"CREATE DATABASE {STATE_DATABASE}",
+                f"COMMENT ON DATABASE {STATE_DATABASE} IS '{STATE_MARK}{before}'",
+                f'CREATE ROLE "{ROLE}"',
+                f"CREATE TABLESPACE \"{TABLESPACE}\" LOCATION '{directory}'",
+                "CREATE DATABASE copied",
+                f"COMMENT ON DATABASE copied IS '{CLUSTER_MARK}; backupd drops it after the "
+                "drill'"):
+            run_bytes(drill, "postgres", statement.encode())
+        run_bytes(drill, "copied", f'CREATE SUBSCRIPTION "{SUBSCRIPTION}" CONNECTION '
+                                   "'dbname=nowhere' PUBLICATION p WITH (connect = false)"
+                                   .encode())
+        assert server_names(drill) != empty
+
+        proc = run_backupd(["drill"], drill_server_env(
+            live.address, "plain", tmp_path, drill.address, BACKUPD_LOG_FORMAT="console"),
+            timeout=300)
+
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 0, said
+        assert "removed what an interrupted drill left" in said, said
+        assert server_names(drill) == empty, said

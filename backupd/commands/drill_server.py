@@ -202,20 +202,23 @@ def restore_server(drill: Settings, conn: Connection, before: Inventory) -> list
         except (JobFailed, psycopg.Error) as exc:
             problems.append(f"database {name}: {describe_pg_error(exc)}")
     now = inventory(conn)
+    # as_text: the names were read as text, and one that is not ASCII (e.g. "rôle") cannot be
+    # sent back on a SQL_ASCII session, which psycopg takes for ASCII.
     for name in sorted(now.tablespaces - before.tablespaces):
         try:
-            conn.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))
-        except psycopg.Error as exc:
+            with as_text(conn, f"dropping tablespace {name!r}", "globals"):
+                conn.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))
+        except (JobFailed, psycopg.Error) as exc:
             problems.append(f"tablespace {name}: {describe_pg_error(exc)}")
     roles = sorted(now.roles - before.roles)
     if roles:
         # One statement: roles that are members of each other go together.
         idents = sql.SQL(", ").join(sql.Identifier(r) for r in roles)
         try:
-            with conn.transaction():
+            with as_text(conn, "dropping the drill's roles", "globals"), conn.transaction():
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(idents))
                 conn.execute(sql.SQL("DROP ROLE {}").format(idents))
-        except psycopg.Error as exc:
+        except (JobFailed, psycopg.Error) as exc:
             problems.append(f"roles {', '.join(roles)}: {describe_pg_error(exc)}")
     if not problems:
         drop_database(conn, STATE_DATABASE)

@@ -336,12 +336,13 @@ def drop_with_subscriptions(settings: Settings, admin: Connection, name: str) ->
     refuses to drop a database that holds one, and dropping a subscription would try to
     drop its slot on the publisher, which a restored copy must never touch."""
     if _has_subscriptions(admin, name):
-        with _connected(settings, name) as conn:
-            with as_text(conn):
-                subscriptions = [str(sub) for (sub,) in conn.execute(
-                    "SELECT subname FROM pg_subscription WHERE subdbid = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                ).fetchall()]
+        # as_text for the statements too: a name read as text (e.g. "abonné") cannot be sent
+        # back on a SQL_ASCII session, which psycopg takes for ASCII.
+        with _connected(settings, name) as conn, as_text(conn):
+            subscriptions = [str(sub) for (sub,) in conn.execute(
+                "SELECT subname FROM pg_subscription WHERE subdbid = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall()]
             for subscription in subscriptions:
                 ident = sql.Identifier(subscription)
                 conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
