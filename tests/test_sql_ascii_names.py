@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 LATIN1_TABLE = b'"caf\xe9"'  # what a Latin-1 client made of "café"
 SHOWN_TABLE = 'public."caf\\xe9"'  # as backupd names it: the byte escaped
 LATIN1_DATABASE = b'"d\xe9p\xf4t"'
-SHOWN_DATABASE = 'database "d\\xe9p\\xf4t"'
+SHOWN_NAME = '"d\\xe9p\\xf4t"'  # its bytes escaped once (not_text.shown)
+SHOWN_DATABASE = f"database {SHOWN_NAME}"
 # Names in UTF-8 that is not ASCII, which a SQL_ASCII session keeps as they are but psycopg
 # cannot send on one ('ascii' codec): backupd sends them as text (as_text).
 ROLE, TABLESPACE, SUBSCRIPTION = "rôle", "espacé", "abonné"
@@ -91,6 +92,20 @@ def test_a_backup_of_every_database_takes_the_others_and_fails_naming_that_one(
     assert taken == {"appdb", "legacy", "plain", "postgres", "globals"}, said
     [line] = [line for line in said.splitlines() if SHOWN_DATABASE in line]
     assert "failed" in line and "not UTF-8" in line and "rename it" in line, line
+
+
+def test_the_summary_of_a_run_of_every_database_shows_that_name_escaped_once(
+        live: PrivateCluster, tmp_path: Path) -> None:
+    """The run's summary lines and its failure name it as the failure of its backup does,
+    once escaped, not quoted again by repr (``'"d\\\\xe9p\\\\xf4t"'``)."""
+    proc = run_backupd(["backup", "--no-prune"], server_env(
+        live.address, "*", tmp_path, BACKUPD_LOG_FORMAT="console"), timeout=300)
+
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert f"  {SHOWN_NAME}: failed: {SHOWN_DATABASE} on the server" in said, said
+    assert f"1 of 5 databases failed: {SHOWN_NAME}" in said, said
+    assert "\\\\x" not in said, said  # no byte escaped twice
 
 
 def test_a_drill_of_every_database_drills_the_others_and_warns_naming_that_one(

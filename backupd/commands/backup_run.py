@@ -87,19 +87,24 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             facts.globals = globals_backup.backup_globals(
                 ctx, conn, started, rid, offsite=offsite, apply_retention=apply_retention,
                 not_before=not_before, databases=databases, template1_empty=template.empty)
-    _conclude(ctx, facts)
+    _conclude(ctx, facts, frozenset(resolved.unnamed))
 
 
-def _conclude(ctx: JobContext, facts: BackupRunOutcome) -> None:
+def _conclude(ctx: JobContext, facts: BackupRunOutcome, unnamed: frozenset[str]) -> None:
+    """``unnamed``: '*''s databases named as not_text.shown shows them, escaped already:
+    repr would escape their backslashes a second time."""
+    def named(database: str) -> str:
+        return database if database in unnamed else repr(database)
+
     failed = facts.failed
     problems = []
     if failed:
         problems.append(f"{len(failed)} of {len(facts.databases)} databases failed: "
-                        + ", ".join(repr(name) for name in failed))
+                        + ", ".join(named(name) for name in failed))
     if facts.globals is not None and not facts.globals.ok and not facts.globals.skipped:
         problems.append(f"the globals failed: {facts.globals.error}")
     for entry in facts.databases:
-        ctx.say(f"  {entry.database!r}: {entry.status}"
+        ctx.say(f"  {named(entry.database)}: {entry.status}"
                 + (f" ({entry.backup_name})" if entry.backup_name else "")
                 + (f": {entry.error}" if entry.error and entry.status != "success" else ""))
     if problems:
