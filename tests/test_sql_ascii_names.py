@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.backups import back_up, backup_files, take_backup
+from helpers.backups import back_up, backup_files, read_manifest, take_backup
 from helpers.cli import drill_server_env, not_utf8_failure, run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
@@ -120,6 +120,16 @@ def test_a_drill_of_every_database_drills_the_others_and_warns_naming_that_one(
     assert proc.returncode == 0, said
     [line] = [line for line in said.splitlines() if SHOWN_DATABASE in line]
     assert "warning" in line and "rename it" in line, line
+    assert "Restore drills of 2 databases passed" in said, said
+    # Each drill records itself in its backup's manifest, with the rows the backup counted.
+    drilled = {manifest["database"]: manifest for manifest in (
+        read_manifest(tmp_path / name) for name in backup_files(tmp_path)
+        if not name.startswith("globals_"))}
+    assert drilled.keys() == {"plain", "postgres"}, said
+    assert all(manifest["drill_ok"] is True for manifest in drilled.values()), drilled
+    assert drilled["plain"]["table_rows"] == {"public.t": 1}, drilled["plain"]
+    for manifest in drilled.values():
+        assert f"Restore drill of {manifest['name']} passed" in said, said
 
 
 def test_a_drill_fails_in_one_line_naming_the_table(live: PrivateCluster,
