@@ -34,7 +34,7 @@ from backupd.postgres.connection import (
     drop_database,
     server_major,
 )
-from backupd.postgres.not_text import NOT_TEXT_ERRORS, RawBytes, shown, unnamed_database
+from backupd.postgres.not_text import NOT_TEXT_ERRORS, raw_cursor, shown, unnamed_database
 from backupd.postgres.tablespaces import name_codec
 from backupd.settings import Settings
 
@@ -143,28 +143,20 @@ def _every_database(conn: Connection) -> tuple[list[str], list[str], list[str]]:
     as bytes, since one name that is not UTF-8 must not keep the others from being backed
     up."""
     codec = name_codec(conn.info.parameter_status("client_encoding"))
-    cursor = conn.cursor()
-    cursor.adapters.register_loader("name", RawBytes)
-    names, unnamed, scratch = [], [], []
-    for raw, marked in cursor.execute(
+    names: list[str] = []
+    unnamed: list[str] = []
+    scratch: list[str] = []
+    for raw, marked in raw_cursor(conn, ("name",)).execute(
             "SELECT datname, starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), "
             "%s) FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
             (naming.SCRATCH_MARK,)).fetchall():
-        if marked:
-            scratch.append(_decoded(raw, codec))
-            continue
         try:
-            names.append(raw.decode(codec))
+            name = raw.decode(codec)
         except UnicodeDecodeError:
-            unnamed.append(shown(raw))
+            (scratch if marked else unnamed).append(shown(raw))
+            continue
+        (scratch if marked else names).append(name)
     return names, unnamed, scratch
-
-
-def _decoded(raw: bytes, codec: str) -> str:
-    try:
-        return raw.decode(codec)
-    except UnicodeDecodeError:
-        return shown(raw)
 
 
 def _locale_columns(conn: Connection) -> str:

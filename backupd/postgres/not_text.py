@@ -13,6 +13,7 @@ that needs the name fails.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Literal
 
 import psycopg
@@ -23,6 +24,7 @@ from backupd.errors import JobFailed
 from backupd.postgres.globals_sql import quote_identifier
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
+Cursor = psycopg.Cursor[tuple]  # type: ignore[type-arg]
 
 # What the server (or, should it pass them, psycopg) says of bytes that are not UTF-8.
 NOT_TEXT_ERRORS = (UnicodeDecodeError, psycopg.errors.CharacterNotInRepertoire,
@@ -38,10 +40,9 @@ Catalogs = Literal["database", "server", "both", "globals"]
 _GLOBALS_NAMES = """
     SELECT 'role', 'ALTER ROLE', NULL::text, rolname FROM pg_roles
     UNION ALL SELECT 'tablespace', 'ALTER TABLESPACE', NULL, spcname FROM pg_tablespace"""
-_SERVER_NAMES = """
-    SELECT 'database', 'ALTER DATABASE', NULL::text, datname FROM pg_database
-    UNION ALL SELECT 'role', 'ALTER ROLE', NULL, rolname FROM pg_roles
-    UNION ALL SELECT 'tablespace', 'ALTER TABLESPACE', NULL, spcname FROM pg_tablespace"""
+# The server's: its databases, then the globals'.
+_SERVER_NAMES = ("SELECT 'database', 'ALTER DATABASE', NULL::text, datname FROM pg_database",
+                 _GLOBALS_NAMES)
 # Schemas before what is in them, relations before their row types.
 _DATABASE_NAMES = """
     SELECT 'schema', 'ALTER SCHEMA', NULL::text, nspname FROM pg_namespace
@@ -68,8 +69,8 @@ _DATABASE_NAMES = """
       WHERE a.attnum > 0 AND NOT a.attisdropped AND c.oid >= 16384"""
 _SERVER_KINDS = frozenset({"database", "role", "tablespace"})  # those of _SERVER_NAMES
 _QUERIES: dict[str, tuple[str, ...]] = {
-    "database": (_DATABASE_NAMES,), "server": (_SERVER_NAMES,),
-    "both": (_DATABASE_NAMES, _SERVER_NAMES), "globals": (_GLOBALS_NAMES,)}
+    "database": (_DATABASE_NAMES,), "server": _SERVER_NAMES,
+    "both": (_DATABASE_NAMES, *_SERVER_NAMES), "globals": (_GLOBALS_NAMES,)}
 
 # How a server refuses bytes that are not text in the session's encoding, as a client tool
 # (pg_dumpall) prints it: SQLSTATE 22021 and 22P05, whose codes its stderr does not carry.
@@ -88,6 +89,15 @@ class RawBytes(Loader):
 
     def load(self, data: Buffer) -> bytes:
         return bytes(data)
+
+
+def raw_cursor(conn: Connection, column_types: Iterable[str] = ("name", "text")) -> Cursor:
+    """A cursor on ``conn`` that hands back columns of ``column_types`` as :class:`RawBytes`,
+    so that a name that is not text in the session's encoding is read, not refused."""
+    cursor = conn.cursor()
+    for column_type in column_types:
+        cursor.adapters.register_loader(column_type, RawBytes)
+    return cursor
 
 
 def unnamed_database(name: str) -> str:
@@ -124,9 +134,7 @@ def not_text_failure(conn: Connection, reading: str, cause: Exception,
     to do about it. The names are read as bytes on any session: a SQL_ASCII one hands them
     back so anyway, but a UTF8 one (a mixed cluster's) would fail on them again as text."""
     try:
-        cursor = conn.cursor()
-        for name_type in ("name", "text"):
-            cursor.adapters.register_loader(name_type, RawBytes)
+        cursor = raw_cursor(conn)
         row = cursor.execute("SELECT current_database()").fetchone()
         database = shown(row[0]) if row else "?"
         offending = [(_escaped(kind), _escaped(alter), parent, name)

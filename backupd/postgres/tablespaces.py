@@ -42,7 +42,7 @@ from psycopg._encodings import pg2pyenc
 from backupd.database_properties import DatabaseProperties
 from backupd.postgres.connection import as_text
 from backupd.postgres.globals_sql import quote_identifier
-from backupd.postgres.not_text import RawBytes
+from backupd.postgres.not_text import raw_cursor
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -128,9 +128,7 @@ def _names(conn: Connection, query: str, params: tuple[Any, ...] | None = None,
     Read so, that name matches no backup's (its objects go to the default tablespace,
     reported like the others) instead of failing every restore onto the server."""
     codec = name_codec(encoding or conn.info.parameter_status("client_encoding"))
-    cursor = conn.cursor()
-    for column_type in ("name", "text", "bool"):
-        cursor.adapters.register_loader(column_type, RawBytes)
+    cursor = raw_cursor(conn, ("name", "text", "bool"))
     return [tuple(bytes(value).decode(codec, "replace") for value in row)
             for row in cursor.execute(query, params).fetchall()]
 
