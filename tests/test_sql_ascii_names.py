@@ -68,6 +68,16 @@ def test_a_backup_is_taken_and_warns_naming_the_table(live: PrivateCluster,
     assert "rename it" in warnings[0], warnings[0]
 
 
+def test_the_manifest_records_the_server_version_as_text(live: PrivateCluster,
+                                                        tmp_path: Path) -> None:
+    """A SQL_ASCII session hands text columns back as bytes: the version must still be
+    recorded as the server says it, not as the bytes' repr (b'15...')."""
+    data = take_backup(server_env(live.address, "plain", tmp_path))
+
+    said = psql(live.address, "plain", "SHOW server_version").strip()
+    assert read_manifest(data)["server_version"] == said
+
+
 def test_a_schema_is_named_in_its_database(live: PrivateCluster, tmp_path: Path) -> None:
     proc = run_backupd(["backup", "--no-prune"], server_env(
         live.address, "legacy", tmp_path, BACKUPD_LOG_FORMAT="console"), timeout=300)

@@ -114,8 +114,9 @@ def describe_error(exc: BaseException) -> str:
 
 
 def server_version(conn: psycopg.Connection[tuple]) -> str:  # type: ignore[type-arg]
-    row = conn.execute("SHOW server_version").fetchone()
-    return str(row[0]) if row else "unknown"
+    # As the server reported it at connect time: text on any session. A query's column is
+    # bytes on a SQL_ASCII session, which str() recorded as "b'15.20 ...'".
+    return conn.info.parameter_status("server_version") or "unknown"
 
 
 def server_major(conn: psycopg.Connection[tuple]) -> int:  # type: ignore[type-arg]
