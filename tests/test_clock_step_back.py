@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from helpers.faketime import this_boot
 
 from backupd.daemon.clock import ClockStep, ClockWatch
 from backupd.daemon.cron import parse_cron
@@ -259,6 +260,46 @@ def test_a_restart_takes_the_step_from_the_last_heartbeat_too(
     started = daemon(HOURLY, at(9) + timedelta(minutes=58))
 
     assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)
+
+
+def _daily_ran_ahead_then_went_down(tmp_path: Path, boot_id: str, since_boot: float) -> None:
+    """Daily at 02:00, run on a clock 6 h ahead; its daemon stopped at 02:30 by that clock,
+    its since-boot clock then reading ``since_boot`` on boot ``boot_id``."""
+    def change(state: StateFile) -> None:
+        ran = JobResult(job="backup", database="clock_probe", started_at=at(2),
+                        scheduled_for=at(2))
+        state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=ran)
+        state.daemons["old"] = DaemonRecord.model_validate(
+            {"instance": "old", "host": "h", "pid": 1, "started_at": at(1),
+             "updated_at": at(2.5), "stopped_at": at(2.5),
+             "boot_id": boot_id, "since_boot": since_boot})
+    update_state(tmp_path, change)
+
+
+def test_a_restart_on_the_same_boot_measures_the_step_exactly(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """The daemon was down 4 h, and meanwhile the clock was corrected: it reads 00:30. The
+    file's clock readings alone say 2 h back at least, under 3 h, so 02:00 waited for the
+    next day (30 h after the last backup). On the same boot the since-boot clock shows the
+    4 h down: a step of 6 h, a correction, and 02:00 runs today by the corrected clock."""
+    boot_id, since_boot = this_boot()
+    _daily_ran_ahead_then_went_down(tmp_path, boot_id, since_boot - 4 * 3600)
+
+    started = daemon(DAILY, at(0.5))
+
+    assert started.next_runs()["backup"] == at(2)
+
+
+def test_a_restart_on_another_boot_still_takes_the_step_as_a_lower_bound(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """As above, but the reading is of another boot: it says nothing of the real time passed
+    since, and the step is the lower bound the clock readings give (2 h: not again)."""
+    _, since_boot = this_boot()
+    _daily_ran_ahead_then_went_down(tmp_path, "another boot", since_boot - 4 * 3600)
+
+    started = daemon(DAILY, at(0.5))
+
+    assert started.next_runs()["backup"] == at(2, day=1)
 
 
 def test_another_daemons_write_does_not_shrink_the_step_a_restart_measures(

@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from helpers.faketime import clock_at
+from helpers.faketime import clock_at, this_boot
 
 from backupd.daemon.health import evaluate, read_daemon_state
 from backupd.daemon.state import (
@@ -138,3 +138,21 @@ def test_replicas_whose_clocks_differ_give_health_a_stable_verdict(tmp_path: Pat
         verdicts.append([r for r in report.reasons if "daemon" in r])
 
     assert verdicts == [[]] * 4, verdicts
+
+
+def test_an_entry_holds_the_since_boot_clock_only_when_it_is_the_kernels(
+        tmp_path: Path) -> None:
+    """Each write of a daemon's entry notes this boot and its since-boot clock beside the wall
+    clock: a restart on the same boot measures a step back from them exactly. Under
+    libfaketime that clock is faked with the wall clock (its values mean nothing on the
+    real one, and a restart would take a step of years): such an entry holds none."""
+    boot_id, before = this_boot()
+    DaemonState(tmp_path).persist()
+    _, after = this_boot()
+    _write_as_another_host(tmp_path, timedelta(0))
+
+    entries = {entry.pid == os.getpid(): entry for entry in read_state(tmp_path).daemons.values()}
+    here, faked = entries[True], entries[False]
+    assert here.boot_id == boot_id
+    assert here.since_boot is not None and before <= here.since_boot <= after
+    assert (faked.boot_id, faked.since_boot) == (None, None)

@@ -26,7 +26,7 @@ from backupd.archive.status import WalStatus
 from backupd.commands.jobs import scheduled_jobs
 from backupd.commands.mark import remove_leftovers as remove_mark_leftovers
 from backupd.commands.pitr_scratch import scratch_directory
-from backupd.daemon.clock import ClockWatch
+from backupd.daemon.clock import ClockWatch, read_boot
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import HEARTBEAT_SECONDS, DaemonState
 from backupd.daemon.wal import check_wal_server, wal_streamer
@@ -79,10 +79,12 @@ def run(settings: Settings) -> int:
         # One reading of both clocks, for the scheduler's plan and the first heartbeat's step:
         # a step while starting (a boot-time NTP correction, the state file's lock held up)
         # comes after the plan, so the step is measured from it. Read after the start, it
-        # was seen by neither.
-        now, tick = datetime.now(UTC), time.monotonic()
+        # was seen by neither. The since-boot clock, read with them, measures the step since
+        # the previous daemon's last write on this boot (clock.read_boot: None under
+        # libfaketime, which fakes it too).
+        now, tick, boot = datetime.now(UTC), time.monotonic(), read_boot()
         clock = ClockWatch(wall=now, mono=tick)  # the step of the wall clock between heartbeats
-        daemon.start(now)
+        daemon.start(now, boot)
         if streamer is not None:
             streamer.start()
         state.persist()

@@ -6,6 +6,10 @@ step since the previous reading is Δwall - Δmonotonic. Without it the daemon c
 see how far a slot it ran lies ahead of the clock, which is a lower bound on the step: a
 clock 12 h ahead that runs 02:00 and is corrected 10 h later reads 00:00, a step of 12 h
 that such a guess takes for 2 h (docs/reliability.md, T12).
+
+A restart has no monotonic reading of its own from before: the state file keeps, beside each
+heartbeat's wall clock, this boot's id and its since-boot clock (:class:`BootReading`), so a
+restart on the same boot measures the step exactly too (:func:`step_back_since`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+UPTIME_FILE = Path("/proc/uptime")
+# CLOCK_BOOTTIME and /proc/uptime are one kernel clock: read a moment apart, the file at
+# 10 ms resolution, they agree far closer than this, unless the clock call is faked.
+_UPTIME_AGREES = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,3 +58,41 @@ class ClockWatch:
         step = ClockStep(now=wall, back=real - (wall - self._wall), since=wall - real, mono=mono)
         self._wall, self._mono = wall, mono
         return step
+
+
+@dataclass(frozen=True)
+class BootReading:
+    """This boot and its since-boot clock, taken with a wall-clock reading."""
+
+    boot_id: str
+    since_boot: float  # CLOCK_BOOTTIME, seconds: unlike CLOCK_MONOTONIC it counts suspend
+
+
+def read_boot() -> BootReading | None:
+    """This boot's reading now, or None when the since-boot clock cannot be trusted.
+
+    libfaketime (0.9.10, Debian's, which the tests use) fakes CLOCK_BOOTTIME as well as
+    CLOCK_MONOTONIC and CLOCK_MONOTONIC_RAW: under it all three read the faked wall clock.
+    It leaves /proc/uptime (a file, not a clock call) alone, so the two disagree, and a
+    reading from a faked process, compared with a real one on the same boot, would show a
+    step of decades. Also None where /proc/uptime is a container's own (LXCFS): then a
+    restart falls back to the lower bound, as on another boot."""
+    try:
+        boot_id = BOOT_ID_FILE.read_text().strip()
+        uptime = float(UPTIME_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    if not boot_id or abs(since_boot - uptime) > _UPTIME_AGREES:
+        return None
+    return BootReading(boot_id, since_boot)
+
+
+def step_back_since(wall: datetime, then: BootReading, now: datetime,
+                    current: BootReading) -> timedelta | None:
+    """How far the wall clock was stepped back between a reading (``wall`` with ``then``) and
+    now: the wall clock's move less the real time passed. None across a reboot: the
+    since-boot clock started again, and the time the host was off is not known."""
+    if then.boot_id != current.boot_id or current.since_boot < then.since_boot:
+        return None
+    return (wall - now) + timedelta(seconds=current.since_boot - then.since_boot)

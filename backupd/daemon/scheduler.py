@@ -28,7 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from backupd import malloc_tuning
 from backupd.cancel import CancelToken
-from backupd.daemon.clock import ClockStep
+from backupd.daemon.clock import BootReading, ClockStep, read_boot, step_back_since
 from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
 from backupd.daemon.state import DaemonState, StateFile
 from backupd.job import JobContext, run_job, skipped_result
@@ -122,9 +122,10 @@ class Daemon:
         return runs
 
     # --- starting ------------------------------------------------------------------------
-    def start(self, now: datetime | None = None) -> None:
+    def start(self, now: datetime | None = None, boot: BootReading | None = None) -> None:
+        """``boot``: this boot's reading taken with ``now`` (read here when not given)."""
         now = now or datetime.now(UTC)
-        run_now = self._startup_runs(now)
+        run_now = self._startup_runs(now, boot or read_boot())
         for name, job in self.jobs.items():
             options: dict[str, Any] = {}
             if name in run_now:
@@ -141,7 +142,7 @@ class Daemon:
                           next_run=when.isoformat() if when else None,
                           reason=run_now.get(name))
 
-    def _startup_runs(self, now: datetime) -> dict[str, str]:
+    def _startup_runs(self, now: datetime, boot: BootReading | None) -> dict[str, str]:
         """Jobs to run at once: slots missed while down (within grace), BACKUP_ON_START."""
         grace = timedelta(seconds=self.settings.misfire_grace_seconds)
         run_now: dict[str, str] = {}
@@ -154,7 +155,8 @@ class Daemon:
             handled = record.last_slot if record else None
             # A slot ahead of the clock was dealt with before it was stepped back.
             ahead = handled if handled is not None and handled > now else None
-            if ahead is not None and not_again(job.schedule, _step_since(persisted, name, now)):
+            if ahead is not None and not_again(job.schedule,
+                                               _step_since(persisted, name, now, boot)):
                 self._resume_after[name] = ahead
             elif handled is None or (handled >= due and ahead is None):
                 # First start ever, or nothing missed: from now on this slot counts as seen.
@@ -352,13 +354,17 @@ def not_again(schedule: CronSchedule, back: timedelta) -> bool:
     return back < (REPEAT_WINDOW if schedule.fixed_time else CLOCK_TOLERANCE)
 
 
-def _step_since(persisted: StateFile, job: str, now: datetime) -> timedelta:
-    """How far the clock went back since the job's last slot was dealt with, at a start:
-    no monotonic reading survives a restart, so it is the newest clock reading the state
-    file holds against now: the job's last run's start, its last slot (which the clock had
+def _step_since(persisted: StateFile, job: str, now: datetime,
+                boot: BootReading | None) -> timedelta:
+    """How far the clock went back since the job's last slot was dealt with, at a start.
+    Measured exactly from the newest daemon entry written on this boot (its wall clock and
+    since-boot clock against now's). Otherwise (another boot, an older version's file) no
+    reading of real time survives: a lower bound, the newest clock reading the state file
+    holds against now: the job's last run's start, its last slot (which the clock had
     passed), and every daemon's last heartbeat or clean exit (within HEARTBEAT_SECONDS of
     its end; without them a restart at 09:58 after a 10:00 slot run 2 h early saw a step
-    of 2 min and waited for 11:00). Still a lower bound: the time down is not known."""
+    of 2 min and waited for 11:00). The larger of the two: the exact one is since that
+    entry's write only, and a step before it (seen then by that daemon) still counts."""
     record = persisted.jobs.get(job)
     readings = [moment for moment in (record.last_slot if record else None,
                                       record.last_result.started_at
@@ -366,7 +372,16 @@ def _step_since(persisted: StateFile, job: str, now: datetime) -> timedelta:
                 if moment is not None]
     for daemon in persisted.daemons.values():
         readings += [daemon.updated_at] + ([daemon.stopped_at] if daemon.stopped_at else [])
-    return max(readings) - now if readings else timedelta(0)
+    step = max(readings) - now if readings else timedelta(0)
+    same_boot = [(reading, daemon.updated_at) for daemon in persisted.daemons.values()
+                 if (reading := daemon.boot()) is not None and boot is not None
+                 and reading.boot_id == boot.boot_id]
+    if boot is not None and same_boot:
+        reading, wall = max(same_boot, key=lambda pair: pair[0].since_boot)
+        exact = step_back_since(wall, reading, now, boot)
+        if exact is not None:
+            step = max(step, exact)
+    return step
 
 
 def _fmt(moment: datetime) -> str:

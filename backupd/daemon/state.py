@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
+from backupd.daemon.clock import BootReading, read_boot
 from backupd.daemon.history import RunRecord, add_run
 from backupd.log import get_logger
 from backupd.result import JobResult, Status, UtcDateTime
@@ -81,6 +82,16 @@ class DaemonRecord(_Model):
     # stamps themselves stay as written (a restart measures a step back from them), so
     # forgetting the entry counts from here instead.
     seen_ahead_at: UtcDateTime | None = None
+    # This boot and its since-boot clock when `updated_at` was read (None from an older
+    # version, or when that clock is not the kernel's): a restart on the same boot measures
+    # a step back since this write exactly, not only as the lower bound the stamps give.
+    boot_id: str | None = None
+    since_boot: float | None = None
+
+    def boot(self) -> BootReading | None:
+        if self.boot_id is None or self.since_boot is None:
+            return None
+        return BootReading(self.boot_id, self.since_boot)
 
     def alive(self, now: datetime) -> bool:
         # A heartbeat ahead of the clock was written before it was stepped back (it had been
@@ -308,7 +319,7 @@ class DaemonState:
         self._update(change)
 
     def _write_own_entry(self, state: StateFile, stopped: bool = False) -> None:
-        now = datetime.now(UTC)
+        now, boot = datetime.now(UTC), read_boot()
         try:
             next_runs = self.next_runs()
         except Exception:  # a scheduler already shut down has no next runs
@@ -316,7 +327,8 @@ class DaemonState:
         state.daemons[self.instance] = DaemonRecord(
             instance=self.instance, host=self.host, pid=self.pid, started_at=self.started_at,
             updated_at=now, stopped_at=now if stopped else None, next_runs=next_runs,
-            running=self.running_jobs(),
+            running=self.running_jobs(), boot_id=boot.boot_id if boot else None,
+            since_boot=boot.since_boot if boot else None,
         )
         for key, daemon in list(state.daemons.items()):
             last = daemon.stopped_at or daemon.updated_at
