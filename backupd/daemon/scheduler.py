@@ -158,13 +158,22 @@ class Daemon:
             if ahead is not None and not_again(job.schedule,
                                                _step_since(persisted, name, now, boot)):
                 self._resume_after[name] = ahead
-            elif handled is None or (handled >= due and ahead is None):
+                continue
+            if handled is None or (handled >= due and ahead is None):
                 # First start ever, or nothing missed: from now on this slot counts as seen.
                 # Not after a step not_again lets through: the slot dealt with before it says
                 # nothing about the slots by the clock as it now reads (`due` came due while
                 # down), so `due` is caught up or reported MISSED like any other.
                 self.state.mark_slot_handled(name, due)
-            elif now - due <= grace:
+                continue
+            if ahead is not None:
+                # The slot reported or caught up next replaces `ahead` only when `ahead` is
+                # more than CLOCK_TOLERANCE in front of the clock (state._advances): within
+                # it, `ahead` stayed, and a second restart after it took it for dealt with.
+                # The slot before `due` in its place claims nothing at or after `due`.
+                before = job.schedule.previous_at_or_before(due - _SECOND)
+                self.state.supersede_slot(name, ahead, before or due - _SECOND)
+            if now - due <= grace:
                 run_now[name] = f"catching up the run due at {_fmt(due)}, missed while down"
             else:
                 self._report(name, due, Status.MISSED,

@@ -308,6 +308,16 @@ class DaemonState:
 
         self._update(change)
 
+    def supersede_slot(self, job: str, stale: datetime, by: datetime) -> None:
+        """Put ``by`` in place of the job's last slot ``stale``, one dealt with before the
+        clock was stepped back, if the file still holds it (a replica may have moved on)."""
+        def change(state: StateFile) -> None:
+            record = state.jobs.get(job)
+            if record is not None and record.last_slot == stale:
+                record.last_slot = by
+
+        self._update(change)
+
     def persisted(self) -> StateFile:
         return read_state(self.directory)
 
