@@ -105,8 +105,10 @@ class StateFile(_Model):
     """The file's whole content; read and written only through this model."""
 
     version: int = FORMAT_VERSION
-    # Flat summaries for simple readers (``backupd health``): the newest heartbeat of any
-    # daemon, and the newest result per job. Refreshed from the rest on every write.
+    # Flat summaries for simple readers: the newest heartbeat of any daemon, and the newest
+    # result per job. Refreshed from the rest on every write. This version's health reads
+    # `updated_at` only from a file without daemon entries (it judges entries on its own
+    # clock), but the previous version's `backupd health` judged by it, and people read it.
     updated_at: UtcDateTime | None = None
     last_results: dict[str, JobResult] = Field(default_factory=dict)
     daemons: dict[str, DaemonRecord] = Field(default_factory=dict)
