@@ -382,10 +382,11 @@ def _step_since(persisted: StateFile, job: str, now: datetime,
     for daemon in persisted.daemons.values():
         readings += [daemon.updated_at] + ([daemon.stopped_at] if daemon.stopped_at else [])
     step = max(readings) - now if readings else timedelta(0)
+    if boot is None:
+        return step
     same_boot = [(reading, daemon.updated_at) for daemon in persisted.daemons.values()
-                 if (reading := daemon.boot()) is not None and boot is not None
-                 and reading.boot_id == boot.boot_id]
-    if boot is not None and same_boot:
+                 if (reading := daemon.boot()) is not None and reading.boot_id == boot.boot_id]
+    if same_boot:
         reading, wall = max(same_boot, key=lambda pair: pair[0].since_boot)
         exact = step_back_since(wall, reading, now, boot)
         if exact is not None:
