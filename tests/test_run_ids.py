@@ -4,6 +4,7 @@ globals name cannot be what keeps two runs' ids apart."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -13,10 +14,13 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import backup_files, read_manifest, seed_small_db
-from helpers.cli import EnvFactory, run_backupd, start_backupd
+from helpers.cli import BackupdProcess, EnvFactory, run_backupd, start_backupd, stop_backupd
 from helpers.faketime import library
-from helpers.pg import ServerAddress
+from helpers.faults import SlowDump, dump_partials, wait_until
+from helpers.logs import jobs_finished
+from helpers.pg import ServerAddress, unique_db_name
 
+from backupd.errors import JobFailed
 from backupd.naming import RUN_RESERVATION, run_reservation_name
 from backupd.storage.local import LocalRepository
 
@@ -42,6 +46,10 @@ def _run_ids(directory: Path) -> dict[str, set[str]]:
         manifest = read_manifest(directory / name)
         runs.setdefault(manifest["run_id"], set()).add(manifest["database"])
     return runs
+
+
+def _reservations(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(RUN_RESERVATION)]
 
 
 def _seeded(pg_server: ServerAddress, make_db: Callable[..., str]) -> str:
@@ -93,7 +101,7 @@ def test_two_configs_starting_runs_at_once_in_one_second_get_two_run_ids(
         assert proc.wait(timeout=240) == 0, proc.read_stdout() + proc.read_stderr()
     assert sorted(_run_ids(backup_dir).values(), key=sorted) == sorted(
         [set(dbs[:2]), set(dbs[2:])], key=sorted)
-    assert not [p.name for p in backup_dir.iterdir() if p.name.startswith(RUN_RESERVATION)]
+    assert not _reservations(backup_dir)
 
 
 def test_the_start_up_cleanup_removes_a_killed_runs_reservation_only_once_a_day_old(
@@ -151,3 +159,75 @@ def test_a_directory_that_cannot_be_listed_fails_the_run_in_one_line(
     assert "internal error" not in said and "Traceback" not in said, said
     assert f"DB_BACKUP_DIR: cannot list {backup_dir}" in said, said
     assert "Permission denied" in said, said
+
+
+def test_a_reservation_the_full_directory_cannot_hold_fails_in_one_line_naming_it(
+        small_fs: Callable[..., Path]) -> None:
+    """DB_BACKUP_DIR full (a real tmpfs, filled: no block and no inode left; an empty
+    reservation file needs an inode): the reservation fails with JobFailed naming the file
+    and the kernel's reason, not an OSError, and holds nothing. Called directly: a run's
+    directory probe (LocalRepository.prepare) creates a file the same way just before, so a
+    directory that refuses the one refuses the other first."""
+    directory = small_fs("64k", inodes=16)
+    with pytest.raises(OSError) as filled, (directory / "data").open("wb", buffering=0) as data:
+        while True:
+            data.write(b"x" * 4096)
+    assert filled.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as no_inode:
+        for index in range(16):
+            (directory / f"empty{index}").touch()
+    assert no_inode.value.errno == errno.ENOSPC
+
+    with pytest.raises(JobFailed) as failed, \
+            LocalRepository(directory).reserved_run_start(lambda at: []):
+        pytest.fail("a run id was reserved in a full directory")
+    said = str(failed.value)
+    assert said.startswith(f"DB_BACKUP_DIR: cannot create {directory / RUN_RESERVATION}"), said
+    assert "(No space left on device)" in said and "free space" in said, said
+    assert "\n" not in said, said
+    assert not _reservations(directory)
+
+
+def test_a_run_that_fails_lets_go_of_its_reservation_and_says_why_in_one_line(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path) -> None:
+    # A database POSTGRES_DB lists and the server lacks: the run has its id reserved (the
+    # other database is dumped under it), then fails. Left behind, the reservation would
+    # hold that second for a day.
+    db, missing = _seeded(pg_server, make_db), unique_db_name("missing")
+    proc = run_backupd(["backup", "--no-prune"],
+                       backupd_env(f"{db}, {missing}", DB_BACKUP_GLOBALS="off"), timeout=240)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "internal error" not in said and "Traceback" not in said, said
+    [refused, run] = jobs_finished(proc.stderr, "backup", "failed")
+    assert refused["database"] == missing, refused
+    assert refused["error"].startswith(f"database {missing!r} (listed in POSTGRES_DB) does "
+                                       "not exist on "), refused
+    rid = run["outcome"]["run_id"]
+    assert run["error"] == f"backup run {rid}: 1 of 2 databases failed: {missing!r}", run
+    assert _run_ids(backup_dir) == {rid: {db}}
+    assert not _reservations(backup_dir)
+
+
+def test_a_run_the_daemon_cancels_mid_dump_lets_go_of_its_reservation(
+        make_db: Callable[..., str], pg_server: ServerAddress, backupd_env: EnvFactory,
+        backup_dir: Path, tmp_path: Path,
+        backupd_daemon: Callable[..., BackupdProcess]) -> None:
+    # SIGTERM to the daemon while the run's first dump runs (pg_dump slowed down): the run
+    # is cancelled, and ends by an exception out of the reservation's ``with``, not by its
+    # failures' summary. (A one-off backup has no handler: SIGTERM kills it, as kill -9
+    # does, and the start-up cleanup removes its reservation a day later.)
+    first, second = _seeded(pg_server, make_db), _seeded(pg_server, make_db)
+    slow = SlowDump(tmp_path / "slow-bin", chunk=64, delay=0.5)
+    daemon = backupd_daemon(["run"], backupd_env(
+        f"{first}, {second}", DB_BACKUP_GLOBALS="off", BACKUP_SCHEDULE="0 0 1 1 *",
+        DRILL_SCHEDULE="off", PATH=slow.path()))  # no backup yet: it dumps at once
+    wait_until(lambda: dump_partials(backup_dir), timeout=60, what="the first dump")
+    assert _reservations(backup_dir)  # held while the run lasts
+    assert stop_backupd(daemon, timeout=60) == 0, daemon.read_stderr()
+    [run] = [event for event in jobs_finished(daemon.read_stderr(), "backup", "cancelled")
+             if event["database"] == f"{first}, {second}"]
+    assert "cancelled" in run["error"], run
+    assert not backup_files(backup_dir)
+    assert not _reservations(backup_dir)
