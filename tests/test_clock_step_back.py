@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from helpers.faketime import this_boot
+from helpers.notifiers import RecordingNotifier
 
 from backupd.daemon.clock import ClockStep, ClockWatch
 from backupd.daemon.cron import parse_cron
@@ -56,26 +56,13 @@ def _body(ctx: JobContext, slot: datetime | None) -> None:
     raise AssertionError("no run is due while the test runs")
 
 
-class _Heard:
-    """A notifier that keeps every result it is told (the chain's last, as Slack would be)."""
-
-    name = "heard"
-    remote: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        self.results: list[JobResult] = []
-
-    def notify(self, result: JobResult) -> None:
-        self.results.append(result)
+@pytest.fixture
+def heard() -> RecordingNotifier:
+    return RecordingNotifier()
 
 
 @pytest.fixture
-def heard() -> _Heard:
-    return _Heard()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, heard: _Heard) -> Iterator[Callable[..., Daemon]]:
+def daemon(tmp_path: Path, heard: RecordingNotifier) -> Iterator[Callable[..., Daemon]]:
     """``daemon(expression, now=None, grace=3600)``: a started daemon with one backup job,
     whose results (a MISSED report) the state file records, as in the real daemon, and
     ``heard`` keeps."""
@@ -241,7 +228,7 @@ def test_a_restart_after_a_step_back_catches_up_a_slot_missed_while_down(
 
 
 def test_a_restart_after_a_step_back_reports_a_slot_missed_beyond_grace(
-        daemon: Callable[..., Daemon], heard: _Heard, tmp_path: Path) -> None:
+        daemon: Callable[..., Daemon], heard: RecordingNotifier, tmp_path: Path) -> None:
     _ran_ahead_then_went_down(tmp_path, at(10))
 
     daemon(HOURLY, at(9) + timedelta(minutes=50), grace=600)

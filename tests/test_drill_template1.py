@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from helpers.backups import back_up, read_manifest
 from helpers.cli import server_env
 from helpers.cluster import PrivateCluster
+from helpers.notifiers import RecordingNotifier
 from helpers.offsite import s3_env
 from helpers.pg import ServerAddress, connect, psql
 from helpers.s3server import S3Server
@@ -47,29 +47,9 @@ UNLOADABLE = """
 """
 
 
-class Results:
-    """Every result the drill delivers (each database's, then the run's)."""
-
-    name = "recorder"
-    remote: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        self.seen: list[JobResult] = []
-
-    def notify(self, result: JobResult) -> None:
-        self.seen.append(result)
-
-    def all_of(self, database: str) -> list[JobResult]:
-        return [r for r in self.seen if r.database == database]
-
-    def of(self, database: str) -> JobResult:
-        [found] = self.all_of(database)
-        return found
-
-
 def drill_every(server: ServerAddress, backups: Path, *, from_s3: bool = False,
-                **extra: str) -> tuple[JobResult, Results]:
-    results = Results()
+                **extra: str) -> tuple[JobResult, RecordingNotifier]:
+    results = RecordingNotifier()
     settings = load_settings(**server_env(server, "*", backups, HEALTH_PORT="0", **extra))
     result = run_job("drill", settings, lambda ctx: drill_cmd.run(ctx, from_s3=from_s3),
                      NotifierChain([results]))

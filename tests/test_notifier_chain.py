@@ -16,6 +16,7 @@ import pytest
 import structlog
 from helpers.cli import run_backupd
 from helpers.http_receiver import HttpReceiver
+from helpers.notifiers import RecordingNotifier
 
 from backupd.daemon.state import DaemonState
 from backupd.errors import ConfigError
@@ -26,19 +27,6 @@ from backupd.notify.heartbeat import HeartbeatNotifier
 from backupd.notify.slack import SlackNotifier
 from backupd.result import JobResult, Status
 from backupd.settings import Settings
-
-
-class Recorder:
-    name = "recorder"
-    remote: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        self.results: list[JobResult] = []
-        self.delivered = threading.Event()
-
-    def notify(self, result: JobResult) -> None:
-        self.results.append(result)
-        self.delivered.set()
 
 
 class Exploding:
@@ -61,7 +49,7 @@ def test_chain_holds_what_the_settings_ask_for_in_order(tmp_path: Path) -> None:
         DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT=9999, NOTIFY_TIMEOUT_SECONDS=3,
         SLACK_WEBHOOK_URL="https://hooks.slack.example/services/T/B/x",
         HEARTBEAT_URL="https://hc-ping.example/abc",
-    ), Recorder())
+    ), RecordingNotifier())
     assert [n.name for n in full.notifiers] == [
         "logfile", "structlog", "metrics", "heartbeat", "slack", "recorder"]
     assert full.timeout_seconds == 3
@@ -100,7 +88,7 @@ def test_every_notifier_gets_the_result_despite_broken_ones(
     http_receiver.set_behaviour("hang")
     slack_url = f"{http_receiver.url}/T1/B1/secret-token-123"
     heartbeat_url = http_receiver.refused_url()
-    recorder = Recorder()
+    recorder = RecordingNotifier()
     chain = NotifierChain([
         Exploding(),
         SlackNotifier(slack_url, timeout_seconds=1.0),
@@ -127,7 +115,7 @@ def test_the_daemons_state_in_the_chain_takes_no_start_signal(
     look like a start listener, so every scheduled job logged "notifier failed at job start"
     (TypeError: unhashable type: 'JobResult')."""
     state = DaemonState(tmp_path)
-    recorder = Recorder()
+    recorder = RecordingNotifier()
     chain = NotifierChain([state, recorder], timeout_seconds=1.0)
     result = JobResult(job="backup", database="db", started_at=datetime.now(UTC))
     chain.started(result)
@@ -151,7 +139,7 @@ class Hanging:
         self.release.wait()
 
 
-class RemoteRecorder(Recorder):
+class RemoteRecorder(RecordingNotifier):
     name = "remote-recorder"
     remote: ClassVar[bool] = True
 
@@ -161,7 +149,7 @@ def test_hanging_network_notifiers_never_hold_back_the_others() -> None:
     hear the result while both still hang, not one timeout after another (a SIGTERM's
     deadline once ran out before the webhook, behind a hanging heartbeat and Slack)."""
     release = threading.Event()
-    remote, local = RemoteRecorder(), Recorder()
+    remote, local = RemoteRecorder(), RecordingNotifier()
     chain = NotifierChain([Hanging(release), Hanging(release), remote, local],
                           timeout_seconds=60.0)
     result = JobResult(job="backup", database="db", started_at=datetime.now(UTC))
