@@ -14,7 +14,7 @@ import pytest
 from helpers.backups import back_up, read_manifest, redate, sql_of, write_manifest
 from helpers.cli import one_error_line, run_backupd, server_env
 from helpers.cluster import PrivateCluster
-from helpers.logs import log_events
+from helpers.logs import log_events, warnings_logged
 from helpers.pg import ServerAddress, connect, psql
 from helpers.tablespaces import make_tablespace, relation_tablespaces
 from helpers.template1 import (
@@ -124,8 +124,7 @@ def test_a_template1_with_objects_of_its_own_is_left_alone_with_a_warning(
         proc = restore_latest(target.address, backups)
         assert template_objects(target.address) == ["extension hstore"]
         [dump] = backups.glob("template1_*.sql.gz")
-        warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                    if event.get("level") == "warning"]
+        warnings = warnings_logged(proc.stderr)
         assert len(warnings) == 1, proc.stderr
         assert warnings[0].startswith("template1 on ")
         assert "hstore" in warnings[0] and dump.name in warnings[0]
@@ -142,7 +141,7 @@ def test_db_backup_exclude_leaves_template1_out_without_a_warning(
                                   DB_BACKUP_EXCLUDE="template1"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(directory.glob("template1_*")) == []
-    assert [e for e in log_events(proc.stderr) if e.get("level") == "warning"] == []
+    assert warnings_logged(proc.stderr) == []
 
 
 def test_a_role_that_may_not_swap_template1_leaves_it_alone_with_a_warning(
@@ -156,8 +155,7 @@ def test_a_role_that_may_not_swap_template1_leaves_it_alone_with_a_warning(
         admin = ServerAddress(target.address.host, target.port, "admin", "admin-pw")
         proc = restore_latest(admin, backups, "--database", "template1")
         assert template_objects(target.address) == []
-        warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                    if event.get("level") == "warning"]
+        warnings = warnings_logged(proc.stderr)
         assert [w for w in warnings if w.startswith("template1 on ")] == [
             w for w in warnings if "template1" in w], warnings
         [warning] = [w for w in warnings if w.startswith("template1 on ")]
@@ -174,8 +172,7 @@ def test_a_template1_holding_only_a_subscription_is_left_alone(backups: Path) ->
     with cluster_holding("target4-pw", SUBSCRIPTION) as target:
         proc = restore_latest(target.address, backups, "--database", "template1")
         assert subscriptions_in(target.address) == [("feed_sub", "template1")]
-        warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                    if event.get("level") == "warning"]
+        warnings = warnings_logged(proc.stderr)
         [warning] = [w for w in warnings if w.startswith("template1 on ")]
         assert "1 subscription" in warning
         assert "template1: skipped" in proc.stdout
@@ -299,8 +296,7 @@ def test_a_template1_that_cannot_be_swapped_out_is_left_alone_before_loading(
             holder.execute("SELECT pg_advisory_xact_lock(1)")
             holder.execute("PREPARE TRANSACTION 'tpl-pending-1'")
         proc = restore_latest(target.address, backups, "--database", "template1")
-        warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                    if event.get("level") == "warning"]
+        warnings = warnings_logged(proc.stderr)
         [warning] = [w for w in warnings if w.startswith("template1 on ")]
         assert "prepared transaction" in warning and "tpl-pending-1" in warning, warning
         assert not any("restoring it into" in str(e.get("event"))
@@ -322,8 +318,7 @@ def test_a_template1_restored_without_its_tablespace_says_where_its_tables_went(
     target = private_cluster("t1-space-target-pw")
     proc = restore_latest(target.address, directory, "--database", "template1")
     assert relation_tablespaces(target.address, "template1") == {"lookup": "pg_default"}
-    warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                if event.get("level") == "warning"]
+    warnings = warnings_logged(proc.stderr)
     [fallback] = [w for w in warnings if "without some of its tablespaces" in w]
     assert fallback.startswith("database 'template1'") and "'space_t1'" in fallback
 
@@ -341,8 +336,7 @@ def test_a_template1_restored_out_of_its_tablespace_says_to_move_its_pg_default_
     back_up(source.address, "*", directory, HEALTH_PORT="0")
     target = private_cluster("t1-default-target-pw")
     proc = restore_latest(target.address, directory, "--database", "template1")
-    warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                if event.get("level") == "warning"]
+    warnings = warnings_logged(proc.stderr)
     [fallback] = [w for w in warnings if "without some of its tablespaces" in w]
     assert ('SET TABLESPACE "pg_default" for each object the backup lists with '
             "'Tablespace: pg_default'") in fallback, fallback

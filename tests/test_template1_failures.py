@@ -13,7 +13,7 @@ import pytest
 from helpers.backups import back_up
 from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
-from helpers.logs import log_events
+from helpers.logs import log_events, warnings_logged
 from helpers.pg import connect, psql
 from helpers.template1 import SUBSCRIPTION, cluster_holding, restore_latest
 
@@ -47,8 +47,7 @@ def test_a_loaded_template1_holding_a_subscription_is_dropped_when_not_swapped_i
         assert "internal error" not in proc.stderr
         assert "template1: skipped" in proc.stdout
         assert "appdb: ok" in proc.stdout
-        warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                    if event.get("level") == "warning"]
+        warnings = warnings_logged(proc.stderr)
         assert any(w.startswith("template1 on ") and "schema other" in w for w in warnings)
         assert template1_copies(target) == 1  # the loaded copy went, subscription and all
 
@@ -64,8 +63,7 @@ def test_a_sql_ascii_template1_with_a_name_that_is_not_utf8_fails_naming_templat
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "internal error" not in proc.stderr
         assert "appdb: ok" in proc.stdout
-        warnings = [str(event["event"]) for event in log_events(proc.stderr)
-                    if event.get("level") == "warning"]
+        warnings = warnings_logged(proc.stderr)
         [failed] = [w for w in warnings if w.startswith("restore of 'template1' failed")]
         assert "template1" in failed.removeprefix("restore of 'template1' failed"), failed
         assert template1_copies(target) == 1

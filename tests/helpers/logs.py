@@ -25,6 +25,12 @@ def log_events(stderr: str) -> list[LogEvent]:
     return [event for event in map(parse_event, stderr.splitlines()) if event is not None]
 
 
+def warnings_logged(stderr: str) -> list[str]:
+    """The text of every warning event in ``stderr``, in order."""
+    return [str(event["event"]) for event in log_events(stderr)
+            if event.get("level") == "warning"]
+
+
 def human_lines(stderr: str) -> list[str]:
     """``stderr`` without the JSON events and blank lines: what a person reads."""
     return [line for line in stderr.splitlines() if line.strip() and parse_event(line) is None]
