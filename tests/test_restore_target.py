@@ -11,6 +11,7 @@ import pytest
 from helpers.backups import take_backup
 from helpers.cli import EnvFactory, one_error_line, run_backupd, server_env
 from helpers.cluster import PrivateCluster
+from helpers.logs import jobs_finished
 from helpers.pg import ServerAddress, connect, drop_database, fingerprint, pg_binary, psql
 
 
@@ -231,3 +232,37 @@ def test_a_failed_restore_whose_cleanup_fails_still_says_why_it_failed(
     assert "the restore broke here" in proc.stderr.splitlines()[-1]
     assert "internal error" not in proc.stderr
     assert len(left) == 1 and left[0] in proc.stderr
+
+
+def test_a_locale_the_maintenance_database_cannot_hold_fails_naming_the_database_creation(
+        tmp_path: Path) -> None:
+    """Creating the scratch database is the one step of a restore that sends what no step
+    before it sent: the backed-up database's locale (the names it sends, the target's and
+    those made from it, went out first when the target was locked). A LATIN1 cluster whose
+    maintenance database's sessions speak UTF8 (ALTER DATABASE postgres SET client_encoding),
+    restoring a UTF8 database of ICU locale 'de-日本': the server cannot take 日 into LATIN1,
+    and the failure says it was creating the database (restore_target's as_text texts: this
+    one can show). Nothing is left."""
+    with PrivateCluster("icu-locale-pw", encoding="LATIN1") as cluster:
+        cluster.start()
+        psql(cluster.address, "postgres", "CREATE DATABASE u8 ENCODING 'UTF8' "
+             "LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+        with connect(cluster.address, "u8") as conn:  # a UTF8 database's session can send 日
+            conn.execute("CREATE DATABASE app ENCODING 'UTF8' LOCALE_PROVIDER icu "
+                         "ICU_LOCALE 'de-日本' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+        psql(cluster.address, "app", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+        psql(cluster.address, "postgres",
+             "ALTER DATABASE postgres SET client_encoding = 'UTF8'")
+        env = server_env(cluster.address, "app", tmp_path / "b", HEALTH_PORT="0")
+        backup = take_backup(env)
+
+        proc = run_backupd(["restore", backup.name, "--target-db", "app_copy", "--yes"], env,
+                           timeout=300)
+
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 1, said
+        assert "internal error" not in said and "Traceback" not in said, said
+        [failed] = jobs_finished(proc.stderr, "restore", "failed")
+        assert "for creating database 'app_copy__restoring_" in failed["error"], failed
+        assert 'has no equivalent in encoding "LATIN1"' in failed["error"], failed
+        assert drop_databases_named(cluster.address, "app_copy") == []
