@@ -19,7 +19,6 @@ from backupd.job import JobContext
 from backupd.postgres import user_objects
 from backupd.postgres.connection import as_text, connect, describe_pg_error, lock_key
 from backupd.postgres.databases import apply_properties, drop_with_subscriptions
-from backupd.postgres.not_text import NameNotText
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"
@@ -97,8 +96,9 @@ def lock_target(ctx: JobContext, admin: Connection, target: str) -> None:
 
 
 def mark_restoring(admin: Connection, scratch: str, target: str) -> None:
-    # as_text: names that are not ASCII, sent as UTF-8 on a SQL_ASCII session.
-    with as_text(admin, f"marking {scratch!r} as a restore in progress", "server"):
+    # as_text: names that are not ASCII, sent as UTF-8 on a SQL_ASCII session. No text of
+    # its own for a refusal: lock_target sent these names (or their characters) first.
+    with as_text(admin):
         admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             sql.Identifier(scratch), sql.Literal(RESTORING_MARK + target)))
 
@@ -215,8 +215,9 @@ def install(admin: Connection, scratch: str, target: str,
     warnings: list[str] = []
     try:
         # as_text: the names are sent as UTF-8 on a SQL_ASCII session ("café" is not ASCII).
-        with as_text(admin, f"putting the restored database in place of {target!r}",
-                     "server"), admin.transaction():
+        # No text of its own for a refusal: lock_target sent these names' characters first,
+        # and apply_properties makes each statement's error a warning.
+        with as_text(admin), admin.transaction():
             if properties is not None:
                 warnings = apply_properties(admin, scratch, properties)
             else:
@@ -232,9 +233,6 @@ def install(admin: Connection, scratch: str, target: str,
             _rename(admin, scratch, target)
             if template:
                 _set_template(admin, target, True)
-    except NameNotText as exc:
-        # Refused before anything was committed: the target is as it was, and says so.
-        raise NameNotText(f"{exc}; {target!r} is unchanged") from None
     except psycopg.Error as exc:
         raise JobFailed(f"could not put the restored database in place of {target!r}: "
                         f"{describe_pg_error(exc)}; {target!r} is unchanged") from None

@@ -166,7 +166,7 @@ def create_database(conn: psycopg.Connection[tuple], name: str) -> None:  # type
 
 
 def drop_database(conn: psycopg.Connection[tuple], name: str) -> None:  # type: ignore[type-arg]
-    with as_text(conn, f"dropping database {name!r}", "server"):
+    with as_text(conn):
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
 

@@ -298,7 +298,7 @@ def apply_properties(conn: Connection, name: str, properties: DatabaseProperties
     does not exist on this server, a privilege the restoring role lacks)."""
     warnings = []
     # as_text: names and comments that are not ASCII, sent as UTF-8.
-    with as_text(conn, f"restoring the properties of database {name!r}", "server"):
+    with as_text(conn):
         for what, statement in property_statements(name, properties):
             try:
                 with conn.transaction():
