@@ -4,7 +4,6 @@ globals name cannot be what keeps two runs' ids apart."""
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import time
@@ -16,7 +15,7 @@ import pytest
 from helpers.backups import backup_files, read_manifest, seed_small_db
 from helpers.cli import BackupdProcess, EnvFactory, run_backupd, start_backupd, stop_backupd
 from helpers.faketime import library
-from helpers.faults import SlowDump, dump_partials, wait_until
+from helpers.faults import SlowDump, dump_partials, fill_up, wait_until
 from helpers.logs import jobs_finished
 from helpers.pg import ServerAddress, unique_db_name
 
@@ -169,14 +168,7 @@ def test_a_reservation_the_full_directory_cannot_hold_fails_in_one_line_naming_i
     directory probe (LocalRepository.prepare) creates a file the same way just before, so a
     directory that refuses the one refuses the other first."""
     directory = small_fs("64k", inodes=16)
-    with pytest.raises(OSError) as filled, (directory / "data").open("wb", buffering=0) as data:
-        while True:
-            data.write(b"x" * 4096)
-    assert filled.value.errno == errno.ENOSPC
-    with pytest.raises(OSError) as no_inode:
-        for index in range(16):
-            (directory / f"empty{index}").touch()
-    assert no_inode.value.errno == errno.ENOSPC
+    fill_up(directory, 16)
 
     with pytest.raises(JobFailed) as failed, \
             LocalRepository(directory).reserved_run_start(lambda at: []):

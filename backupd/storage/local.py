@@ -88,6 +88,12 @@ class LocalRepository:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             probe.unlink()
         except OSError as exc:
+            if not is_read_only_error(exc):
+                # A full disk or a failing one is the environment's, not a setting to fix.
+                raise JobFailed(
+                    f"DB_BACKUP_DIR: {self.directory} cannot take a new file "
+                    f"({exc.strerror or exc}); free space (or inodes) there, or check the "
+                    "filesystem") from None
             raise ConfigError(
                 f"DB_BACKUP_DIR: {self.directory} is not writable ({exc.strerror}); "
                 "fix its owner or permissions"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from helpers.backups import backup_files, read_manifest, take_backup
 from helpers.cli import run_backupd
-from helpers.faults import partial_files, place_copy
+from helpers.faults import fill_up, partial_files, place_copy
 from helpers.pg import ServerAddress, drop_database, psql, unique_db_name
 
 
@@ -52,6 +52,25 @@ def test_disk_full_during_write(
     rows = json.loads(run_backupd(["list", "--json"], env).stdout)
     assert {r["name"] for r in rows} == {current.name, old.name}
     assert all(r["state"] == "verified" for r in rows)
+
+
+def test_backup_dir_full_before_the_dump_is_said_as_such(
+    make_db: Callable[..., str], backupd_env: Callable[..., dict[str, str]],
+    small_fs: Callable[..., Path],
+) -> None:
+    # The directory probe's file cannot be created: the environment's failure (exit 1), not
+    # an owner or mode to fix (it used to say "fix its owner or permissions", exit 2).
+    directory = small_fs("64k", inodes=16)
+    fill_up(directory, 16)
+
+    proc = run_backupd(["backup"], backupd_env(make_db(), DB_BACKUP_DIR=str(directory)))
+
+    assert proc.returncode == 1, proc.stderr
+    error_line = proc.stderr.strip().splitlines()[-1]
+    assert f"DB_BACKUP_DIR: {directory} cannot take a new file (No space left on device)" \
+        in error_line, proc.stderr
+    assert "owner or permissions" not in proc.stderr, proc.stderr
+    assert backup_files(directory) == []
 
 
 def test_backup_dir_read_only(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -146,6 +147,20 @@ def small_filesystems(root: Path) -> Iterator[Callable[..., Path]]:
         for target in reversed(mounted):
             # Lazy unmount: a daemon killed by the test may still hold a file open a moment.
             subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+
+
+def fill_up(directory: Path, inodes: int) -> None:
+    """Leave no block and no inode free on the small filesystem at ``directory`` (mounted
+    with ``inodes``): even an empty file cannot be created there. Asserts the kernel said
+    ENOSPC for both."""
+    with pytest.raises(OSError) as filled, (directory / "filler").open("wb", buffering=0) as out:
+        while True:
+            out.write(b"x" * 4096)
+    assert filled.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as no_inode:
+        for index in range(inodes):
+            (directory / f"empty{index}").touch()
+    assert no_inode.value.errno == errno.ENOSPC
 
 
 @pytest.fixture
