@@ -1,0 +1,119 @@
+"""Which databases a whole-system restore of POSTGRES_DB='*' brings back (``restore
+--latest``, commands.cluster_restore): the newest verified globals manifest's run list
+decides, with template1's own rule (storage.template1_runs); without such a list
+(DB_BACKUP_GLOBALS=off) every database with a verified backup, each not in the newest run
+of '*' warned of. Apart from the restore itself to keep each module readable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from backupd.errors import JobFailed
+from backupd.job import JobContext
+from backupd.naming import TIMESTAMP_FORMAT
+from backupd.postgres.databases import TEMPLATE_DATABASE
+from backupd.storage.base import BackupEntry, Repository, newest_verified
+from backupd.storage.template1_runs import newest_template1_run
+
+
+def choose_databases(ctx: JobContext, repository: Repository, database: str | None,
+                     globals_entries: list[BackupEntry],
+                     listed: Callable[[str], list[BackupEntry]]) -> list[str]:
+    if database is not None:
+        return [database]
+    chosen = ctx.settings.database_selection
+    if not chosen.every:
+        return list(chosen.names)
+    names = chosen.choose(repository.databases())
+    newest = newest_verified(globals_entries)
+    manifest = newest.manifest if newest is not None else None
+    run = manifest.run_databases if manifest is not None else None
+    # What the newest run that looked did with template1, from its dumps' manifests: the
+    # globals (run_databases) may be off, or from an older run. None: no run said; the
+    # globals' run decides, as for any database.
+    said = (newest_template1_run((e for name in names for e in listed(name)), globals_entries)
+            if TEMPLATE_DATABASE in names else None)
+    decided = {TEMPLATE_DATABASE} if said is not None else set()
+    if newest is not None and manifest is not None and run is not None:
+        # The databases of the newest run: one dropped since has old backups still kept
+        # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back.
+        left_out = sorted(set(names) - set(run) - decided)
+        never = sorted(set(chosen.choose(run)) - set(names))
+        names = [name for name in names if name in run or name in decided]
+        if TEMPLATE_DATABASE in left_out:
+            left_out.remove(TEMPLATE_DATABASE)
+            ctx.say(_template1_left_out(manifest.run_id or newest.name,
+                                        empty=manifest.template1_empty is True))
+        if left_out:
+            ctx.say(f"POSTGRES_DB='*': not restoring {', '.join(left_out)}: not in the newest "
+                    f"backup run ({newest.name}), so no longer in the cluster; restore one "
+                    "with --database NAME")
+        if never:
+            ctx.warn(f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run "
+                     f"({newest.name}) but never backed up: not restored")
+    if said is not None and not said.took and TEMPLATE_DATABASE in names:
+        names.remove(TEMPLATE_DATABASE)
+        ctx.say(_template1_left_out(said.run_id, empty=said.empty))
+    if run is None:
+        _warn_not_in_newest_run(ctx, repository, names, globals_entries, listed)
+    if not names:
+        raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
+                        f"{repository.description}; nothing was changed")
+    return names
+
+
+def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list[str],
+                            globals_entries: list[BackupEntry],
+                            listed: Callable[[str], list[BackupEntry]]) -> None:
+    """No globals manifest lists the newest run's databases (DB_BACKUP_GLOBALS=off), so all
+    of ``names`` are restored: leaving one out by a guess lost live databases (an interrupted
+    run, another configuration sharing the repository, DB_BACKUP_EXCLUDE, a rollback; the
+    reverted 53f8786 and 3fbb1db). Each without a dump in the newest run of '*' (the newest
+    that recorded template1's look: every run of '*' does, except one whose DB_BACKUP_EXCLUDE
+    leaves template1 out, so with only such runs none) is said instead, one warning each: it
+    may have been dropped since. A dump of that run that failed verification still shows
+    the database was there; a dump that failed before writing anything does not."""
+    newest = newest_template1_run((e for name in names for e in listed(name)), globals_entries)
+    if newest is None:
+        return  # no run of '*' recorded a look: nothing to compare with
+    for name in names:
+        entries = listed(name)
+        entry = newest_verified(entries)
+        # template1 is decided by what that run did with it (_template1_left_out); with no
+        # verified backup, run_cluster fails naming the database.
+        if name == TEMPLATE_DATABASE or entry is None or any(
+                e.manifest is not None and e.manifest.run_id == newest.run_id
+                for e in entries):
+            continue
+        ctx.warn(f"POSTGRES_DB='*': {name} has no backup from the newest run of every "
+                 f"database, {_run_time(newest.run_id)} (run {newest.run_id}); its newest "
+                 f"backup, {entry.name}, is of {_shown(entry.parsed.taken_at)}, and is "
+                 "restored all the same (no globals manifest records which databases "
+                 "that run took; its dump may also have failed, or another "
+                 f"configuration sharing the backups left it out); if {name} was dropped "
+                 "since, drop it again after this restore, or restore the other databases "
+                 "one by one with --database NAME, or delete its backups from "
+                 f"{repository.description}")
+
+
+def _run_time(run_id: str) -> str:
+    try:
+        return _shown(datetime.strptime(run_id, TIMESTAMP_FORMAT).replace(tzinfo=UTC))
+    except ValueError:
+        return run_id  # a later version's id: shown as it is
+
+
+def _shown(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _template1_left_out(run: str, *, empty: bool) -> str:
+    """Why a whole-system restore takes none of the template1 backups kept from older runs:
+    the newest run took no dump of it (it held nothing of its own then, or was not looked
+    into); the server's own template1 stays."""
+    why = ("that run found it holding nothing of its own" if empty
+           else "that run took no backup of it (left out, or it could not be looked into)")
+    return (f"POSTGRES_DB='*': not restoring template1 from an older run: not in the newest "
+            f"backup run ({run}), {why}; the server's own template1 stays as it is; "
+            "restore an older one with --database template1")
