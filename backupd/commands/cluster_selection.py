@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.naming import TIMESTAMP_FORMAT
+from backupd.naming import run_id as run_id_at
 from backupd.postgres.databases import TEMPLATE_DATABASE
 from backupd.storage.base import BackupEntry, Repository, newest_verified
 from backupd.storage.template1_runs import newest_template1_run
@@ -37,10 +38,14 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     decided = {TEMPLATE_DATABASE} if said is not None else set()
     if newest is not None and manifest is not None and run is not None:
         # The databases of the newest run: one dropped since has old backups still kept
-        # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back.
-        left_out = sorted(set(names) - set(run) - decided)
+        # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back. Unless it was
+        # backed up after that run: then the list is older than the database's own backup
+        # and does not decide for it. template1 keeps its own rule.
+        later = _backed_up_after(ctx, repository, newest, manifest.run_id, sorted(
+            set(names) - set(run) - decided - {TEMPLATE_DATABASE}), listed)
+        left_out = sorted(set(names) - set(run) - decided - set(later))
         never = sorted(set(chosen.choose(run)) - set(names))
-        names = [name for name in names if name in run or name in decided]
+        names = [name for name in names if name in run or name in decided or name in later]
         if TEMPLATE_DATABASE in left_out:
             left_out.remove(TEMPLATE_DATABASE)
             ctx.say(_template1_left_out(manifest.run_id or newest.name,
@@ -61,6 +66,44 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
     return names
+
+
+def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: BackupEntry,
+                     recorded_run: str | None, candidates: list[str],
+                     listed: Callable[[str], list[BackupEntry]]) -> list[str]:
+    """Of ``candidates`` (not on the run list of ``globals_entry``, the newest verified
+    globals), those whose newest verified backup is of a later run: live after that list
+    was made (DB_BACKUP_GLOBALS turned off since, or another configuration sharing the
+    backups, a list, took those globals), so restored, one warning each.
+
+    Run ids count whole seconds (none recorded: the backup's own time, never earlier than
+    its run's start). One equal to the globals' is another run started in that second: the
+    globals' run dumps only databases it lists. Which of the two made its list first is
+    not recorded, so it is restored too: leaving out a live database loses it, restoring
+    a dropped one loses nothing."""
+    globals_run = recorded_run or run_id_at(globals_entry.parsed.taken_at)
+    later: list[str] = []
+    for name in candidates:
+        entry = newest_verified(listed(name))
+        if entry is None:
+            continue  # no verified backup to restore: left out with the others
+        manifest = entry.manifest
+        rid = (manifest.run_id if manifest is not None and manifest.run_id
+               else run_id_at(entry.parsed.taken_at))
+        if rid < globals_run:
+            continue
+        which = ("a later run" if rid > globals_run
+                 else "another run started in the same second")
+        ctx.warn(f"POSTGRES_DB='*': {name} is not in the newest globals backup's run "
+                 f"({globals_entry.name}, run {globals_run}), but its newest backup, "
+                 f"{entry.name}, is from {which} (run {rid}), so it is restored: those "
+                 "globals' list of databases is older than that backup (DB_BACKUP_GLOBALS "
+                 "was turned off since, or another configuration sharing the backups took "
+                 f"them) and does not decide for {name}; if {name} was dropped since, drop "
+                 "it again after this restore, or restore the other databases one by one "
+                 f"with --database NAME, or delete its backups from {repository.description}")
+        later.append(name)
+    return later
 
 
 def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list[str],

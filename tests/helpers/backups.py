@@ -232,6 +232,18 @@ def back_up(server: ServerAddress, databases: str, directory: Path, **extra: str
     return run_id
 
 
+def back_up_without_globals(server: ServerAddress, databases: str, directory: Path,
+                            **extra: str) -> str:
+    """One ``backupd backup`` run of ``databases`` with DB_BACKUP_GLOBALS=off: no globals
+    manifest records it. It must succeed; its run id (the newest one its dumps record)."""
+    proc = run_backupd(["backup", "--no-prune"], server_env(
+        server, databases, directory, DB_BACKUP_GLOBALS="off", **extra), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = [Manifest.from_json(p.read_bytes()).run_id
+            for p in directory.glob(f"*{MANIFEST_SUFFIX}") if not p.name.startswith("globals_")]
+    return max(run for run in runs if run is not None)
+
+
 SMALL_SCHEMA = """
 CREATE TYPE mood AS ENUM ('ok', 'meh');
 CREATE TABLE owners (id serial PRIMARY KEY, name text NOT NULL UNIQUE);

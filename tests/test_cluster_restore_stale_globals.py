@@ -1,0 +1,114 @@
+"""restore --latest of POSTGRES_DB='*' when the newest verified globals manifest is older than
+a database's newest backup: the globals were turned off since (DB_BACKUP_GLOBALS=off), or
+another configuration sharing the backups (a list) took them. That run's list does not decide
+for a database backed up later: it was live after that run, so it is restored, with one
+warning saying why. Private clusters: a whole-system restore needs a new server."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.backups import back_up, back_up_without_globals, read_manifest, write_manifest
+from helpers.cluster import PrivateCluster
+from helpers.logs import jobs_finished
+from helpers.pg import connect, psql
+from helpers.template1 import restore_latest
+
+pytestmark = pytest.mark.slow
+
+ClusterFactory = Callable[..., PrivateCluster]
+
+# What the warning says of a database the newest globals' run does not list, backed up later.
+STALE = "is not in the newest globals backup's run"
+
+
+def warnings_of(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """The restore's warnings, as the job's result (every notifier) has them."""
+    [result] = jobs_finished(proc.stderr, job="restore")
+    return [str(w) for w in result["warnings"]]
+
+
+def naming(database: str, lines: list[str]) -> list[str]:
+    return [line for line in lines if database in line]
+
+
+def rows_of(cluster: PrivateCluster, database: str, table: str) -> list[tuple[int, ...]]:
+    with connect(cluster.address, database) as conn:
+        return [tuple(r) for r in conn.execute(f"SELECT x FROM {table} ORDER BY x")]
+
+
+def globals_then_newdb_without(source: PrivateCluster, directory: Path) -> tuple[str, str]:
+    """keptdb and a run of '*' with the globals on; then newdb (rows 7, 8), a row more in
+    keptdb, and a run of '*' with the globals off. Both runs' ids."""
+    psql(source.address, "postgres", "CREATE DATABASE keptdb;")
+    psql(source.address, "keptdb", "CREATE TABLE k (x int); INSERT INTO k VALUES (1);")
+    globals_run = back_up(source.address, "*", directory)
+    psql(source.address, "postgres", "CREATE DATABASE newdb;")
+    psql(source.address, "newdb", "CREATE TABLE n (x int); INSERT INTO n VALUES (7), (8);")
+    psql(source.address, "keptdb", "INSERT INTO k VALUES (2);")
+    later_run = back_up_without_globals(source.address, "*", directory)
+    assert later_run > globals_run
+    return globals_run, later_run
+
+
+def test_a_database_created_after_the_globals_were_turned_off_is_restored(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    globals_run, later_run = globals_then_newdb_without(source, directory)
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, directory)
+    said = proc.stdout + proc.stderr
+    assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
+    assert rows_of(target, "keptdb", "k") == [(1,), (2,)], said
+    warnings = warnings_of(proc)
+    # One accurate line for newdb: why the globals' run did not decide for it.
+    [line] = naming("newdb", warnings)
+    assert STALE in line and globals_run in line and later_run in line, line
+    assert "later run" in line and "--database" in line, line
+    assert naming("keptdb", warnings) == [], warnings
+
+
+def test_a_dump_of_another_run_in_the_globals_run_second_is_restored(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """Run ids count whole seconds: a dump recording the globals' run id, of a database that
+    run does not list, is of another run (an older version's, or another machine's into
+    the same bucket) started in that second, maybe after the list was made: not provably
+    older, so restored."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    globals_run, _later_run = globals_then_newdb_without(source, directory)
+    [newdb_dump] = directory.glob("newdb_*.sql.gz")
+    write_manifest(newdb_dump, {**read_manifest(newdb_dump), "run_id": globals_run})
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, directory)
+    said = proc.stdout + proc.stderr
+    assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
+    [line] = [w for w in naming("newdb", warnings_of(proc)) if STALE in w]
+    assert "same second" in line, line
+
+
+def test_a_database_only_in_a_run_of_every_database_after_a_list_run_is_restored(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """A list configuration with the globals on and a '*' one with them off share the
+    directory; the list's run is the newest with globals, the '*' run comes after it."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    for name, value in (("keptdb", 1), ("otherdb", 2), ("thirddb", 3)):
+        psql(source.address, "postgres", f"CREATE DATABASE {name};")
+        psql(source.address, name, f"CREATE TABLE t (x int); INSERT INTO t VALUES ({value});")
+    list_run = back_up(source.address, "keptdb,otherdb", directory)
+    every_run = back_up_without_globals(source.address, "*", directory)
+    assert every_run > list_run
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, directory)
+    said = proc.stdout + proc.stderr
+    for name, value in (("keptdb", 1), ("otherdb", 2), ("thirddb", 3)):
+        assert rows_of(target, name, "t") == [(value,)], said
+    warnings = warnings_of(proc)
+    [line] = naming("thirddb", warnings)
+    assert STALE in line and list_run in line and every_run in line, line
+    assert naming("keptdb", warnings) == naming("otherdb", warnings) == [], warnings
