@@ -81,6 +81,11 @@ def test_a_database_dropped_since_is_restored_and_warned_of_with_the_globals_off
     assert in_result == on_console and len(in_result) == 1, said
     [line] = in_result
     assert "olddb" in line and "keptdb" not in line, line
+    # That one line says why olddb comes from an older run, not also one calling the newest
+    # run incomplete: nothing shows it was.
+    assert [w for w in jobs_finished(proc.stderr, job="restore")[0]["warnings"]
+            if "olddb" in str(w)] == [line], said
+    assert "incomplete" not in said, said
     # Which run, its newest backup's time, and what to do if it was dropped.
     stamp = old_dump.removeprefix("olddb_").removesuffix(".sql.gz")
     when = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"

@@ -72,6 +72,25 @@ def test_a_database_created_after_the_globals_were_turned_off_is_restored(
     assert naming("keptdb", warnings) == [], warnings
 
 
+def test_one_backed_up_after_the_globals_and_dropped_since_gets_one_warning(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """newdb is in no run after its own, so not in the newest: restored all the same (it
+    was live after the globals' run), with the one warning, not also one calling the
+    newest run incomplete."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    globals_then_newdb_without(source, directory)
+    psql(source.address, "postgres", "DROP DATABASE newdb;")
+    back_up_without_globals(source.address, "*", directory)
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, directory)
+    said = proc.stdout + proc.stderr
+    assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
+    [line] = naming("newdb", warnings_of(proc))
+    assert STALE in line and "dropped since" in line, line
+    assert "incomplete" not in said, said
+
+
 def test_a_dump_of_another_run_in_the_globals_run_second_is_restored(
         private_cluster: ClusterFactory, tmp_path: Path) -> None:
     """Run ids count whole seconds: a dump recording the globals' run id, of a database that
@@ -87,8 +106,8 @@ def test_a_dump_of_another_run_in_the_globals_run_second_is_restored(
     proc = restore_latest(target.address, directory)
     said = proc.stdout + proc.stderr
     assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
-    [line] = [w for w in naming("newdb", warnings_of(proc)) if STALE in w]
-    assert "same second" in line, line
+    [line] = naming("newdb", warnings_of(proc))
+    assert STALE in line and "same second" in line, line
 
 
 def test_a_database_only_in_a_run_of_every_database_after_a_list_run_is_restored(

@@ -103,7 +103,8 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
             listings[name] = repository.list_backups(name)
         return listings[name]
 
-    names = choose_databases(ctx, repository, database, globals_entries, listed)
+    chosen = choose_databases(ctx, repository, database, globals_entries, listed)
+    names = chosen.names
     plan = []
     for name in names:
         entries = listed(name)
@@ -139,6 +140,7 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
             outcome.globals = restore_globals(ctx, conn, path, globals_entry)
     for entry in plan:
         outcome.databases.append(_restore_one(ctx, repository, entry, newest_run,
+                                              chosen.notes.get(entry.database),
                                               replace=replace, without=without))
     outcome.total_seconds = time.monotonic() - started
     ctx.say("restored " + ", ".join(
@@ -185,11 +187,16 @@ def _globals(ctx: JobContext, repository: Repository, entries: list[BackupEntry]
 
 
 def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
-                 newest_run: str | None, *, replace: bool, without: Without) -> DatabaseRestore:
+                 newest_run: str | None, warned: str | None, *, replace: bool,
+                 without: Without) -> DatabaseRestore:
+    """``warned``: the note of a database the choice of '*' already warned of, with its one
+    reason (cluster_selection.Chosen); no second warning then."""
     name = entry.database
     run_id = entry.manifest.run_id if entry.manifest is not None else None
     done = DatabaseRestore(database=name, backup_name=entry.name, run_id=run_id)
-    if newest_run is not None and run_id != newest_run:
+    if warned is not None:
+        done.note = warned
+    elif newest_run is not None and run_id != newest_run:
         done.note = (f"not in the newest run {newest_run} (it has no verified backup of "
                      f"{name!r}: that run was incomplete); taking its newest verified "
                      f"backup {entry.name}")

@@ -7,6 +7,7 @@ of '*' warned of. Apart from the restore itself to keep each module readable."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from backupd.errors import JobFailed
@@ -18,14 +19,24 @@ from backupd.storage.base import BackupEntry, Repository, newest_verified
 from backupd.storage.template1_runs import newest_template1_run
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The databases to restore (``names``) and, for each already warned of by name because
+    no run list vouches for it, what its restore notes instead (``notes``): the newest run
+    was not incomplete for it, so saying so would be a second, wrong reason."""
+
+    names: list[str]
+    notes: dict[str, str] = field(default_factory=dict)
+
+
 def choose_databases(ctx: JobContext, repository: Repository, database: str | None,
                      globals_entries: list[BackupEntry],
-                     listed: Callable[[str], list[BackupEntry]]) -> list[str]:
+                     listed: Callable[[str], list[BackupEntry]]) -> Chosen:
     if database is not None:
-        return [database]
+        return Chosen([database])
     chosen = ctx.settings.database_selection
     if not chosen.every:
-        return list(chosen.names)
+        return Chosen(list(chosen.names))
     names = chosen.choose(repository.databases())
     newest = newest_verified(globals_entries)
     manifest = newest.manifest if newest is not None else None
@@ -36,16 +47,17 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     said = (newest_template1_run((e for name in names for e in listed(name)), globals_entries)
             if TEMPLATE_DATABASE in names else None)
     decided = {TEMPLATE_DATABASE} if said is not None else set()
+    notes: dict[str, str] = {}
     if newest is not None and manifest is not None and run is not None:
         # The databases of the newest run: one dropped since has old backups still kept
         # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back. Unless it was
         # backed up after that run: then the list is older than the database's own backup
         # and does not decide for it. template1 keeps its own rule.
-        later = _backed_up_after(ctx, repository, newest, manifest.run_id, sorted(
+        notes = _backed_up_after(ctx, repository, newest, manifest.run_id, sorted(
             set(names) - set(run) - decided - {TEMPLATE_DATABASE}), listed)
-        left_out = sorted(set(names) - set(run) - decided - set(later))
+        left_out = sorted(set(names) - set(run) - decided - set(notes))
         never = sorted(set(chosen.choose(run)) - set(names))
-        names = [name for name in names if name in run or name in decided or name in later]
+        names = [name for name in names if name in run or name in decided or name in notes]
         if TEMPLATE_DATABASE in left_out:
             left_out.remove(TEMPLATE_DATABASE)
             ctx.say(_template1_left_out(manifest.run_id or newest.name,
@@ -61,20 +73,20 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
         names.remove(TEMPLATE_DATABASE)
         ctx.say(_template1_left_out(said.run_id, empty=said.empty))
     if run is None:
-        _warn_not_in_newest_run(ctx, repository, names, globals_entries, listed)
+        notes = _warn_not_in_newest_run(ctx, repository, names, globals_entries, listed)
     if not names:
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
-    return names
+    return Chosen(names, notes)
 
 
 def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: BackupEntry,
                      recorded_run: str | None, candidates: list[str],
-                     listed: Callable[[str], list[BackupEntry]]) -> list[str]:
+                     listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
     """Of ``candidates`` (not on the run list of ``globals_entry``, the newest verified
     globals), those whose newest verified backup is of a later run: live after that list
     was made (DB_BACKUP_GLOBALS turned off since, or another configuration sharing the
-    backups, a list, took those globals), so restored, one warning each.
+    backups, a list, took those globals), so restored, one warning each; their notes.
 
     Run ids count whole seconds (none recorded: the backup's own time, never earlier than
     its run's start). One equal to the globals' is another run started in that second: the
@@ -82,7 +94,7 @@ def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: Bac
     not recorded, so it is restored too: leaving out a live database loses it, restoring
     a dropped one loses nothing."""
     globals_run = recorded_run or run_id_at(globals_entry.parsed.taken_at)
-    later: list[str] = []
+    notes: dict[str, str] = {}
     for name in candidates:
         entry = newest_verified(listed(name))
         if entry is None:
@@ -102,13 +114,14 @@ def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: Bac
                  f"them) and does not decide for {name}; if {name} was dropped since, drop "
                  "it again after this restore, or restore the other databases one by one "
                  f"with --database NAME, or delete its backups from {repository.description}")
-        later.append(name)
-    return later
+        notes[name] = (f"not in the newest globals backup's run {globals_run}, but backed up "
+                       f"in {which} {rid}; taking its newest verified backup {entry.name}")
+    return notes
 
 
 def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list[str],
                             globals_entries: list[BackupEntry],
-                            listed: Callable[[str], list[BackupEntry]]) -> None:
+                            listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
     """No globals manifest lists the newest run's databases (DB_BACKUP_GLOBALS=off), so all
     of ``names`` are restored: leaving one out by a guess lost live databases (an interrupted
     run, another configuration sharing the repository, DB_BACKUP_EXCLUDE, a rollback; the
@@ -116,10 +129,12 @@ def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list
     that recorded template1's look: every run of '*' does, except one whose DB_BACKUP_EXCLUDE
     leaves template1 out, so with only such runs none) is said instead, one warning each: it
     may have been dropped since. A dump of that run that failed verification still shows
-    the database was there; a dump that failed before writing anything does not."""
+    the database was there; a dump that failed before writing anything does not. Returns
+    the notes of those warned of."""
     newest = newest_template1_run((e for name in names for e in listed(name)), globals_entries)
+    notes: dict[str, str] = {}
     if newest is None:
-        return  # no run of '*' recorded a look: nothing to compare with
+        return notes  # no run of '*' recorded a look: nothing to compare with
     for name in names:
         entries = listed(name)
         entry = newest_verified(entries)
@@ -138,6 +153,11 @@ def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list
                  "since, drop it again after this restore, or restore the other databases "
                  "one by one with --database NAME, or delete its backups from "
                  f"{repository.description}")
+        notes[name] = (f"not in the newest run of every database {newest.run_id} (dropped "
+                       "since, or its dump failed before writing anything, or another "
+                       "configuration left it out); taking its newest verified backup "
+                       f"{entry.name}")
+    return notes
 
 
 def _run_time(run_id: str) -> str:
