@@ -32,7 +32,7 @@ from backupd.storage.base import (
     newest_drilled,
     newest_verified,
 )
-from backupd.storage.local import LocalStore
+from backupd.storage.local import LocalStore, WatchedDumps
 
 # The daemon refreshes `updated_at` every HEARTBEAT_SECONDS; silent for longer than the
 # daemon's own STALE_AFTER, it is gone (the same rule `backupd status` applies).
@@ -187,11 +187,12 @@ def _check_wal(settings: Settings, status: WalStatus | None, now: datetime,
     report.reasons.extend(status.problems(settings.wal_max_lag_seconds, now))
 
 
-def watched_databases(settings: Settings, store: LocalStore) -> list[str]:
-    """The databases health and metrics look at: those listed in POSTGRES_DB; for `*`
-    (the server is not asked here), every database with a backup in DB_BACKUP_DIR but the
-    excluded, so a database dropped from the server shows until its backups are removed;
-    template1 only while the newest run took it (LocalStore.watched_dumps)."""
+def watched_databases(settings: Settings, store: LocalStore) -> WatchedDumps:
+    """The databases health and metrics look at, with their backups: those listed in
+    POSTGRES_DB; for `*` (the server is not asked here), every database with a backup in
+    DB_BACKUP_DIR but the excluded, so a database dropped from the server shows until its
+    backups are removed; template1 only while the newest run took it
+    (LocalStore.watched_dumps)."""
     return store.watched_dumps(settings.database_selection)
 
 
@@ -201,8 +202,8 @@ def _check_each_database(settings: Settings, store: LocalStore, max_age: timedel
     check."""
     facts, reasons = report.facts, report.reasons
     facts.databases = []
-    watched = [(name, store.list_backups(name), repr(name))
-               for name in watched_databases(settings, store)]
+    watched = [(name, entries, repr(name))
+               for name, entries in watched_databases(settings, store).backups.items()]
     if settings.globals_enabled:
         watched.append((GLOBALS_DATABASE, store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND),
                         "the cluster's globals"))

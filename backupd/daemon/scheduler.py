@@ -198,8 +198,8 @@ class Daemon:
         newest: BackupEntry | None
         if selection.several:
             # Several databases: the run is due when any of them lacks a recent backup.
-            watched = store.watched_dumps(selection)
-            newest_each = [newest_verified(store.list_backups(name)) for name in watched]
+            watched = store.watched_dumps(selection).backups
+            newest_each = [newest_verified(entries) for entries in watched.values()]
             if not watched or any(entry is None for entry in newest_each):
                 return "BACKUP_ON_START: a database has no verified backup yet"
             newest = min((e for e in newest_each if e is not None),

@@ -158,8 +158,8 @@ def store_metrics(settings: Settings, now: datetime, *, legacy_aliases: bool) ->
     """Every store gauge, one series per database; raises OSError when the directory cannot
     be listed (the caller reports that)."""
     store = LocalStore(settings.backup_dir)
-    snapshots = {name: StoreSnapshot(settings, store.list_backups(name), now)
-                 for name in store.watched_dumps(settings.database_selection)}
+    snapshots = {name: StoreSnapshot(settings, entries, now) for name, entries
+                 in store.watched_dumps(settings.database_selection).backups.items()}
     globals_snapshot = StoreSnapshot(
         settings, store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND), now) \
         if settings.globals_enabled else None

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -54,6 +55,14 @@ READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
 # A run's reservation of its id older than this is a killed run's: no run lasts a day before
 # its first manifest records the id, and a reservation names a second that is past by then.
 RUN_RESERVATION_STALE = 24 * 3600
+
+
+@dataclass(frozen=True)
+class WatchedDumps:
+    """LocalRepository.watched_dumps: each watched database (in order) -> its committed
+    dumps, newest first, as listed to choose them."""
+
+    backups: dict[str, list[BackupEntry]]
 
 
 class ManifestNotWritten(JobFailed):
@@ -285,21 +294,23 @@ class LocalRepository:
     def databases(self) -> list[str]:
         return self.dump_databases()
 
-    def watched_dumps(self, selection: DatabaseSelection) -> list[str]:
+    def watched_dumps(self, selection: DatabaseSelection) -> WatchedDumps:
         """The databases health, metrics and the schedule's cover judge, without asking the
-        server: the listed ones; for ``*``, those with dumps here but the excluded, and
-        template1 only while the newest run took it: a run that found it holding nothing
-        took no dump of it, and its older dumps, kept by retention, are no longer due
-        (what every run of ``*`` says in its manifests: storage.template1_runs). A failed
-        look proves nothing: still judged."""
-        watched = selection.watched(self.dump_databases())
-        if selection.every and TEMPLATE_DATABASE in watched:
+        server, with their backups: the listed ones; for ``*``, those with dumps here but
+        the excluded, and template1 only while the newest run took it: a run that found it
+        holding nothing took no dump of it, and its older dumps, kept by retention, are no
+        longer due (what every run of ``*`` says in its manifests: storage.template1_runs).
+        A failed look proves nothing: still judged. Each database listed once: judging
+        template1 reads them all, and the callers judge what was read."""
+        backups = {name: self.list_backups(name)
+                   for name in selection.watched(self.dump_databases())}
+        if selection.every and TEMPLATE_DATABASE in backups:
             said = newest_template1_run(
-                (entry for name in watched for entry in self.list_backups(name)),
+                (entry for entries in backups.values() for entry in entries),
                 self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
             if said is not None and said.empty:
-                watched.remove(TEMPLATE_DATABASE)
-        return watched
+                del backups[TEMPLATE_DATABASE]
+        return WatchedDumps(backups)
 
     def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         return self.scan(database, kind)  # every file here is complete (renamed into place)
