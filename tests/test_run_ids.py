@@ -4,15 +4,22 @@ globals name cannot be what keeps two runs' ids apart."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers.backups import backup_files, read_manifest, seed_small_db
+from helpers.backups import (
+    backup_files,
+    manifest_path,
+    read_manifest,
+    seed_small_db,
+    sha256_file,
+)
 from helpers.cli import BackupdProcess, EnvFactory, run_backupd, start_backupd, stop_backupd
 from helpers.faketime import library
 from helpers.faults import SlowDump, dump_partials, fill_up, wait_until
@@ -20,7 +27,8 @@ from helpers.logs import jobs_finished
 from helpers.pg import ServerAddress, unique_db_name
 
 from backupd.errors import JobFailed
-from backupd.naming import RUN_RESERVATION, run_reservation_name
+from backupd.manifest import Manifest
+from backupd.naming import RUN_RESERVATION, run_id, run_reservation_name
 from backupd.storage.local import LocalRepository
 
 
@@ -223,3 +231,31 @@ def test_a_run_the_daemon_cancels_mid_dump_lets_go_of_its_reservation(
     assert "cancelled" in run["error"], run
     assert not backup_files(backup_dir)
     assert not _reservations(backup_dir)
+
+
+def test_a_symlink_named_like_a_backup_holds_no_run_id(
+        pg_server: ServerAddress, make_db: Callable[..., str], backupd_env: EnvFactory,
+        backup_dir: Path, tmp_path: Path) -> None:
+    """A symbolic link is never one of our backups (LocalRepository.scan passes over it), so
+    the manifest beside one keeps no run from taking the second it records. The run ids were
+    read by a listing of their own, without scan's guard: the run took the next second."""
+    first, second = _seeded(pg_server, make_db), _seeded(pg_server, make_db)
+    clock = _same_second_clock()
+    start = datetime.strptime(clock["FAKETIME"], "@%Y-%m-%d %H:%M:%S x0.1").replace(tzinfo=UTC)
+    taken = start - timedelta(days=1)
+    outside = tmp_path / "outside.sql.gz"
+    outside.write_bytes(gzip.compress(b"SELECT 1;\n"))
+    linked = backup_dir / f"elsewhere_{run_id(taken)}.sql.gz"
+    backup_dir.mkdir()
+    linked.symlink_to(outside)
+    manifest_path(linked).write_bytes(Manifest(
+        name=linked.name, database="elsewhere", run_id=run_id(start), started_at=taken,
+        finished_at=taken, raw_bytes=10, stored_bytes=outside.stat().st_size,
+        sha256=sha256_file(outside), verified=True).to_json())
+
+    env = backupd_env(f"{first}, {second}", DB_BACKUP_GLOBALS="off", **clock)
+    proc = run_backupd(["backup", "--no-prune"], env, timeout=240)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    linked.unlink()  # the run's own dumps left
+    assert _run_ids(backup_dir) == {run_id(start): {first, second}}

@@ -30,6 +30,7 @@ from backupd.naming import (
     GLOBALS_KIND,
     RUN_RESERVATION,
     TEMPLATE_DATABASE,
+    ParsedName,
     is_partial,
     manifest_name,
     parse_backup_name,
@@ -186,21 +187,17 @@ class LocalRepository:
         anew (another backupd may have written since), except the backups in ``known``.
         Raises JobFailed naming DB_BACKUP_DIR when the directory cannot be listed."""
         try:
-            found = list(os.scandir(self.directory))
-        except FileNotFoundError:
-            return {}
+            found = self._backup_files(lambda parsed: parsed.name not in known)
         except OSError as exc:
             raise JobFailed(
                 f"DB_BACKUP_DIR: cannot list {self.directory} to choose the run id "
                 f"({exc.strerror or exc}); fix the directory's owner or permissions") from None
         recorded: dict[str, str | None] = {}
-        for item in found:
-            if item.name in known or parse_backup_name(item.name) is None:
-                continue
-            manifest, _problem = self.load_manifest(item.name)
+        for parsed, _item in found:
+            manifest, _problem = self.load_manifest(parsed.name)
             if manifest is not None:
                 # A backup without its manifest yet is read again next time.
-                recorded[item.name] = manifest.run_id
+                recorded[parsed.name] = manifest.run_id
         return recorded
 
     @staticmethod
@@ -266,19 +263,25 @@ class LocalRepository:
 
     def scan(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         entries: list[BackupEntry] = []
+        for parsed, item in self._backup_files(
+                lambda parsed: parsed.database == database and parsed.kind == kind):
+            manifest, problem = self.load_manifest(item.name)
+            entries.append(BackupEntry(parsed, item.stat().st_size, manifest, problem))
+        return sort_newest_first(entries)
+
+    def _backup_files(self, wanted: Callable[[ParsedName], bool]
+                      ) -> list[tuple[ParsedName, os.DirEntry[str]]]:
+        """The files here named as backups that ``wanted`` keeps (asked before anything
+        else is read); none when the directory is not there, OSError when it cannot be
+        listed. What every reading of the manifests lists by (scan, the run ids): a
+        symbolic link is never one of our backups, nor does the manifest beside one count."""
         try:
             found = list(os.scandir(self.directory))
         except FileNotFoundError:
             return []
-        for item in found:
-            parsed = parse_backup_name(item.name)
-            if parsed is None or parsed.database != database or parsed.kind != kind:
-                continue
-            if not item.is_file(follow_symlinks=False):
-                continue  # a symlink is never one of our backups
-            manifest, problem = self.load_manifest(item.name)
-            entries.append(BackupEntry(parsed, item.stat().st_size, manifest, problem))
-        return sort_newest_first(entries)
+        return [(parsed, item) for item in found
+                if (parsed := parse_backup_name(item.name)) is not None and wanted(parsed)
+                and item.is_file(follow_symlinks=False)]
 
     def dump_databases(self) -> list[str]:
         """Every database with a dump here, sorted (for POSTGRES_DB='*' without a server)."""
