@@ -16,7 +16,7 @@ from backupd.naming import TIMESTAMP_FORMAT
 from backupd.naming import run_id as run_id_at
 from backupd.postgres.databases import TEMPLATE_DATABASE
 from backupd.storage.base import BackupEntry, Repository, newest_verified
-from backupd.storage.template1_runs import newest_template1_run
+from backupd.storage.template1_runs import template1_in_newest_run
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     # What the newest run that looked did with template1, from its dumps' manifests: the
     # globals (run_databases) may be off, or from an older run. None: no run said; the
     # globals' run decides, as for any database.
-    said = (newest_template1_run((e for name in names for e in listed(name)), globals_entries)
+    said = (template1_in_newest_run(names, listed, globals_entries)
             if TEMPLATE_DATABASE in names else None)
     decided = {TEMPLATE_DATABASE} if said is not None else set()
     notes: dict[str, str] = {}
@@ -131,7 +131,7 @@ def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list
     may have been dropped since. A dump of that run that failed verification still shows
     the database was there; a dump that failed before writing anything does not. Returns
     the notes of those warned of."""
-    newest = newest_template1_run((e for name in names for e in listed(name)), globals_entries)
+    newest = template1_in_newest_run(names, listed, globals_entries)
     notes: dict[str, str] = {}
     if newest is None:
         return notes  # no run of '*' recorded a look: nothing to compare with

@@ -18,7 +18,7 @@ from backupd.job import JobContext
 from backupd.naming import GLOBALS_DATABASE, GLOBALS_KIND, TEMPLATE_DATABASE
 from backupd.settings.selection import DatabaseSelection
 from backupd.storage.base import Repository, newest_verified
-from backupd.storage.template1_runs import Template1InRun, newest_template1_run
+from backupd.storage.template1_runs import Template1InRun, template1_in_newest_run
 
 
 def with_template1(ctx: JobContext, databases: list[str], *, from_s3: bool) -> list[str]:
@@ -57,7 +57,6 @@ def _newest_run(repository: Repository, selection: DatabaseSelection) -> Templat
     """What the newest run that looked did with template1, from the repository drilled
     (S3 for --from-s3: DB_BACKUP_DIR may hold nothing there), as health and restore judge
     it (storage.template1_runs)."""
-    names = selection.watched(repository.databases())
-    return newest_template1_run(
-        (entry for name in names for entry in repository.list_backups(name)),
-        repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
+    return template1_in_newest_run(selection.watched(repository.databases()),
+                                   repository.list_backups,
+                                   repository.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))

@@ -48,7 +48,7 @@ from backupd.storage.base import (
     no_copy_needed,
     sort_newest_first,
 )
-from backupd.storage.template1_runs import newest_template1_run
+from backupd.storage.template1_runs import template1_in_newest_run
 
 COPY_SIZE = 1024 * 1024
 # Errors that mean "this directory cannot be written" rather than "this write failed".
@@ -308,9 +308,8 @@ class LocalRepository:
         backups = {name: self.list_backups(name)
                    for name in selection.watched(self.dump_databases())}
         if selection.every and TEMPLATE_DATABASE in backups:
-            said = newest_template1_run(
-                (entry for entries in backups.values() for entry in entries),
-                self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
+            said = template1_in_newest_run(backups, backups.__getitem__,
+                                           self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
             if said is not None and said.empty:
                 del backups[TEMPLATE_DATABASE]
         return WatchedDumps(backups)

@@ -12,7 +12,7 @@ DB_BACKUP_GLOBALS; runs written before that said it in their globals manifest al
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -61,3 +61,13 @@ def newest_template1_run(dumps: Iterable[BackupEntry], globals_entries: Iterable
     # shared an id before LocalRepository.reserved_run_start (older runs' manifests may
     # still): the later dump is newer.
     return max(found, key=lambda pair: pair[0])[1] if found else None
+
+
+def template1_in_newest_run(names: Iterable[str], listed: Callable[[str], Iterable[BackupEntry]],
+                            globals_entries: Iterable[BackupEntry]) -> Template1InRun | None:
+    """newest_template1_run over the dumps of every database in ``names``, each as
+    ``listed`` gives it (a repository's list_backups, or what the caller already listed, so
+    nothing is read twice): the one lookup health, metrics, the schedule's cover, the drill
+    and the whole-system restore judge template1 by."""
+    return newest_template1_run((entry for name in names for entry in listed(name)),
+                                globals_entries)
