@@ -13,10 +13,9 @@ import errno
 import hashlib
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,18 +27,16 @@ from backupd.naming import (
     DUMP_KIND,
     GLOBALS_DATABASE,
     GLOBALS_KIND,
-    RUN_RESERVATION,
     TEMPLATE_DATABASE,
     ParsedName,
     is_partial,
     manifest_name,
     parse_backup_name,
     partial_name,
-    run_id,
-    run_reservation_name,
 )
 from backupd.progress import Progress
 from backupd.settings.selection import DatabaseSelection
+from backupd.storage import run_reservation
 from backupd.storage.atomic import DIR_MODE, FILE_MODE, atomic_write, write_bytes_atomically
 from backupd.storage.base import (
     BackupEntry,
@@ -53,9 +50,6 @@ from backupd.storage.template1_runs import template1_in_newest_run
 COPY_SIZE = 1024 * 1024
 # Errors that mean "this directory cannot be written" rather than "this write failed".
 READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
-# A run's reservation of its id older than this is a killed run's: no run lasts a day before
-# its first manifest records the id, and a reservation names a second that is past by then.
-RUN_RESERVATION_STALE = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -117,70 +111,19 @@ class LocalRepository:
         one-second resolution; a name is in use by a finished file, and by the temporary
         file of a run that was killed mid-write (atomic_write's O_EXCL refuses to share it:
         the next run in the same second failed with "File exists")."""
-        return self._free_second(lambda at: not any(
-            (self.directory / name).exists() or (self.directory / partial_name(name)).exists()
-            for name in names(at)))
+        return run_reservation.free_second(lambda at: self._names_free(names(at)))
 
-    @contextlib.contextmanager
     def reserved_run_start(self, names: Callable[[datetime], Iterable[str]]
-                           ) -> Iterator[datetime]:
+                           ) -> contextlib.AbstractContextManager[datetime]:
         """A backup run's start (its id, naming.run_id), reserved while the ``with`` lasts: as
         ``unique_start``, and a second no manifest here records as its run id either, nor
-        another run holds. With DB_BACKUP_GLOBALS=off no globals file is written, so its name
-        kept nothing apart: two runs started in one second shared an id, and "the newest
-        run" (restore, drill, health) mixed them. Every manifest, of any database: another
-        configuration sharing the directory records its runs here too. Two processes starting
-        runs in the same second at once have no manifest yet: each takes the second by
-        creating its reservation file with O_EXCL, so only one gets it and the other tries the
-        next second."""
-        # Every manifest read once, not on each one-second retry; a second already recorded
-        # is passed over without reserving it.
-        known = self._run_ids_by_backup({})
-        # The reservation made and not yet let go. Released in the one finally below, which
-        # also covers the second listing failing (JobFailed) or an interrupt once reserved:
-        # left behind, it would hold that second for a day.
-        held: list[str] = []
+        another run holds (storage.run_reservation)."""
+        return run_reservation.reserved_run_start(
+            self.directory, lambda at: self._names_free(names(at)), self._run_ids_by_backup)
 
-        def free(at: datetime) -> bool:
-            if any((self.directory / name).exists()
-                   or (self.directory / partial_name(name)).exists() for name in names(at)):
-                return False
-            rid = run_id(at)
-            if rid in known.values() or not self._reserve(rid):
-                return False
-            held.append(rid)
-            # Looked at again once the second is ours: a run that held it and has ended
-            # wrote its manifests before letting it go, maybe since the first reading. Only
-            # backups new since are read (a manifest's run id never changes).
-            known.update(self._run_ids_by_backup(known))
-            if rid in known.values():
-                self._release(held.pop())
-                return False
-            return True
-
-        try:
-            yield self._free_second(free)
-        finally:
-            for rid in held:
-                self._release(rid)
-
-    def _reserve(self, rid: str) -> bool:
-        path = self.directory / run_reservation_name(rid)
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             FILE_MODE))
-        except FileExistsError:
-            return False  # another run holds this second (or one killed in it left this)
-        except OSError as exc:
-            raise JobFailed(
-                f"DB_BACKUP_DIR: cannot create {path} to reserve the run id "
-                f"({exc.strerror or exc}); fix the directory's owner, permissions or free "
-                "space") from None
-        return True
-
-    def _release(self, rid: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.directory / run_reservation_name(rid)).unlink()
+    def _names_free(self, names: Iterable[str]) -> bool:
+        return not any((self.directory / name).exists()
+                       or (self.directory / partial_name(name)).exists() for name in names)
 
     def _run_ids_by_backup(self, known: Mapping[str, str | None]) -> dict[str, str | None]:
         """The run id each backup's manifest here records (None: none), by backup name, read
@@ -200,14 +143,6 @@ class LocalRepository:
                 recorded[parsed.name] = manifest.run_id
         return recorded
 
-    @staticmethod
-    def _free_second(free: Callable[[datetime], bool]) -> datetime:
-        while True:
-            now = datetime.now(UTC).replace(microsecond=0)
-            if free(now):
-                return now
-            time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)
-
     def remove_leftovers(self) -> list[str]:
         """Delete temporary files an interrupted run left behind; return their names."""
         removed: list[str] = []
@@ -220,10 +155,8 @@ class LocalRepository:
                     # A directory-format dump or restore's scratch (pipeline/directory.py).
                     shutil.rmtree(entry.path, ignore_errors=True)
                     removed.append(entry.name)
-                # A killed run's reservation of its id. A live one may belong to another
-                # process's run (this cleanup does not wait for runs), so only an old one.
-                elif (entry.name.startswith(RUN_RESERVATION) and _stale(entry)
-                      and _unlink_leftover(entry)):
+                # A killed run's reservation of its id (a live one is left).
+                elif run_reservation.is_stale_reservation(entry) and _unlink_leftover(entry):
                     removed.append(entry.name)
         return sorted(removed)
 
@@ -404,13 +337,6 @@ def _unlink_leftover(entry: os.DirEntry[str]) -> bool:
                              path=entry.path, error=exc.strerror or str(exc))
         return False
     return True
-
-
-def _stale(entry: os.DirEntry[str]) -> bool:
-    try:
-        return time.time() - entry.stat(follow_symlinks=False).st_mtime > RUN_RESERVATION_STALE
-    except FileNotFoundError:
-        return False
 
 
 def is_read_only_error(exc: OSError) -> bool:
