@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers.faketime import this_boot
+from helpers.boot import this_boot
 from helpers.notifiers import RecordingNotifier
 
 from backupd.daemon.clock import ClockStep, ClockWatch
@@ -269,8 +269,8 @@ def test_a_restart_on_the_same_boot_measures_the_step_exactly(
     file's clock readings alone say 2 h back at least, under 3 h, so 02:00 waited for the
     next day (30 h after the last backup). On the same boot the since-boot clock shows the
     4 h down: a step of 6 h, a correction, and 02:00 runs today by the corrected clock."""
-    boot_id, since_boot = this_boot()
-    _daily_ran_ahead_then_went_down(tmp_path, boot_id, since_boot - 4 * 3600)
+    boot = this_boot()
+    _daily_ran_ahead_then_went_down(tmp_path, boot.boot_id, boot.since_boot - 4 * 3600)
 
     started = daemon(DAILY, at(0.5))
 
@@ -281,7 +281,7 @@ def test_a_restart_on_another_boot_still_takes_the_step_as_a_lower_bound(
         daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """As above, but the reading is of another boot: it says nothing of the real time passed
     since, and the step is the lower bound the clock readings give (2 h: not again)."""
-    _, since_boot = this_boot()
+    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
     _daily_ran_ahead_then_went_down(tmp_path, "another boot", since_boot - 4 * 3600)
 
     started = daemon(DAILY, at(0.5))

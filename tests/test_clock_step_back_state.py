@@ -10,7 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from helpers.faketime import clock_at, this_boot
+from helpers.boot import this_boot
+from helpers.faketime import clock_at
 
 from backupd.daemon.health import evaluate, read_daemon_state
 from backupd.daemon.state import (
@@ -146,13 +147,13 @@ def test_an_entry_holds_the_since_boot_clock_only_when_it_is_the_kernels(
     clock: a restart on the same boot measures a step back from them exactly. Under
     libfaketime that clock is faked with the wall clock (its values mean nothing on the
     real one, and a restart would take a step of years): such an entry holds none."""
-    boot_id, before = this_boot()
+    before = this_boot()
     DaemonState(tmp_path).persist()
-    _, after = this_boot()
+    after = this_boot()
     _write_as_another_host(tmp_path, timedelta(0))
 
     entries = {entry.pid == os.getpid(): entry for entry in read_state(tmp_path).daemons.values()}
     here, faked = entries[True], entries[False]
-    assert here.boot_id == boot_id
-    assert here.since_boot is not None and before <= here.since_boot <= after
+    assert here.boot_id == before.boot_id
+    assert here.since_boot is not None and before.since_boot <= here.since_boot <= after.since_boot
     assert (faked.boot_id, faked.since_boot) == (None, None)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import glob
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,9 +59,3 @@ def move_clock(spec_file: Path, seconds: int) -> None:
     ahead of the real one from now on."""
     spec_file.write_text(f"{seconds:+d}\n")
 
-
-def this_boot() -> tuple[str, float]:
-    """This boot's id and its since-boot clock (CLOCK_BOOTTIME, seconds), as the kernel gives
-    them to a process not under libfaketime (which fakes that clock too)."""
-    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return boot_id, time.clock_gettime(time.CLOCK_BOOTTIME)
