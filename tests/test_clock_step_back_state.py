@@ -74,7 +74,7 @@ def test_the_flat_heartbeat_is_the_live_daemons_not_the_fast_clocks(tmp_path: Pa
 
 def test_a_daemon_writing_its_entry_keeps_other_entries_stamps(tmp_path: Path) -> None:
     """Another daemon's stamps ahead of the clock are left as written: they are the
-    evidence a restart measures the step from (scheduler._step_since). They are no sign of
+    evidence a restart measures the step from (restart_step.step_since_slot). They are no sign of
     life, and the flat heartbeat is the writer's."""
     ahead = datetime.now(UTC) + AHEAD
     _with(tmp_path, _entry("crashed", ahead), _entry("stopped", ahead, stopped=True))

@@ -28,9 +28,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from backupd import malloc_tuning
 from backupd.cancel import CancelToken
-from backupd.daemon.clock import BootReading, ClockStep, read_boot, step_back_since
+from backupd.daemon.clock import BootReading, ClockStep, read_boot
 from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
-from backupd.daemon.state import DaemonState, StateFile
+from backupd.daemon.restart_step import step_since_slot
+from backupd.daemon.state import DaemonState
 from backupd.job import JobContext, run_job, skipped_result
 from backupd.log import get_logger
 from backupd.naming import BASE_DATABASE, BASE_KIND
@@ -156,7 +157,7 @@ class Daemon:
             # A slot ahead of the clock was dealt with before it was stepped back.
             ahead = handled if handled is not None and handled > now else None
             if ahead is not None and not_again(job.schedule,
-                                               _step_since(persisted, name, now, boot)):
+                                               step_since_slot(persisted, name, now, boot)):
                 self._resume_after[name] = ahead
                 continue
             if handled is None or (handled >= due and ahead is None):
@@ -361,37 +362,6 @@ def not_again(schedule: CronSchedule, back: timedelta) -> bool:
     its slots by the clock as it reads (an hourly one goes on hourly), unless the step is
     only as large as clocks may disagree (an NTP step of seconds repeats nothing)."""
     return back < (REPEAT_WINDOW if schedule.fixed_time else CLOCK_TOLERANCE)
-
-
-def _step_since(persisted: StateFile, job: str, now: datetime,
-                boot: BootReading | None) -> timedelta:
-    """How far the clock went back since the job's last slot was dealt with, at a start.
-    Measured exactly from the newest daemon entry written on this boot (its wall clock and
-    since-boot clock against now's). Otherwise (another boot, an older version's file) no
-    reading of real time survives: a lower bound, the newest clock reading the state file
-    holds against now: the job's last run's start, its last slot (which the clock had
-    passed), and every daemon's last heartbeat or clean exit (within HEARTBEAT_SECONDS of
-    its end; without them a restart at 09:58 after a 10:00 slot run 2 h early saw a step
-    of 2 min and waited for 11:00). The larger of the two: the exact one is since that
-    entry's write only, and a step before it (seen then by that daemon) still counts."""
-    record = persisted.jobs.get(job)
-    readings = [moment for moment in (record.last_slot if record else None,
-                                      record.last_result.started_at
-                                      if record and record.last_result else None)
-                if moment is not None]
-    for daemon in persisted.daemons.values():
-        readings += [daemon.updated_at] + ([daemon.stopped_at] if daemon.stopped_at else [])
-    step = max(readings) - now if readings else timedelta(0)
-    if boot is None:
-        return step
-    same_boot = [(reading, daemon.updated_at) for daemon in persisted.daemons.values()
-                 if (reading := daemon.boot()) is not None and reading.boot_id == boot.boot_id]
-    if same_boot:
-        reading, wall = max(same_boot, key=lambda pair: pair[0].since_boot)
-        exact = step_back_since(wall, reading, now, boot)
-        if exact is not None:
-            step = max(step, exact)
-    return step
 
 
 def _fmt(moment: datetime) -> str:
