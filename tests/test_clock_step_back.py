@@ -18,7 +18,7 @@ import pytest
 from helpers.boot import this_boot
 from helpers.notifiers import RecordingNotifier
 
-from backupd.daemon.clock import ClockStep, ClockWatch
+from backupd.daemon.clock import BootReading, ClockStep, ClockWatch
 from backupd.daemon.cron import parse_cron
 from backupd.daemon.health import read_daemon_state
 from backupd.daemon.scheduler import Daemon, JobSpec, ScheduledJob
@@ -275,6 +275,57 @@ def test_a_restart_on_the_same_boot_measures_the_step_exactly(
     started = daemon(DAILY, at(0.5))
 
     assert started.next_runs()["backup"] == at(2)
+
+
+def _entry_on(tmp_path: Path, name: str, wall: datetime, since_boot: float,
+              boot: BootReading, *, stopped: bool = False) -> None:
+    """Another daemon's entry on boot ``boot``: its last write read ``wall``, its since-boot
+    clock ``since_boot``."""
+    def change(state: StateFile) -> None:
+        state.daemons[name] = DaemonRecord(
+            instance=name, host="h", pid=2, started_at=wall - H(1), updated_at=wall,
+            stopped_at=wall if stopped else None, boot_id=boot.boot_id, since_boot=since_boot)
+    update_state(tmp_path, change)
+
+
+def test_a_replica_heartbeat_after_the_correction_does_not_hide_the_step(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """As the same-boot case, but another daemon on this host sharing the state file (a
+    replica, another configuration's) wrote a heartbeat 10 s before the restart, on the
+    corrected clock. Its entry is this boot's newest: the step since it is nothing, and
+    measured from it alone, 02:00 waited for the next day. The step since the dead daemon's
+    last write is still 6 h."""
+    boot = this_boot()
+    _daily_ran_ahead_then_went_down(tmp_path, boot.boot_id, boot.since_boot - 4 * 3600)
+    _entry_on(tmp_path, "replica", at(0.5) - timedelta(seconds=10), boot.since_boot - 10,
+              boot)
+
+    started = daemon(DAILY, at(0.5))
+
+    assert started.next_runs()["backup"] == at(2)
+
+
+def test_an_entry_older_than_the_slot_does_not_lend_its_step(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """Daily at 02:00, run on a clock 1.5 h ahead; its daemon stopped at 02:30 by it and was
+    down 30 min while the clock was corrected: a step of 1.5 h, so 02:00 is not run again.
+    A stopped entry of the same boot from the day before, written before an earlier 6 h
+    correction, is kept a week: the step since its write is 6 h, but that step came before
+    the slot, and taken, 02:00 ran again 1.5 h after it had."""
+    boot = this_boot()
+
+    def ran_ahead(state: StateFile) -> None:
+        ran = JobResult(job="backup", database="clock_probe", started_at=at(2),
+                        scheduled_for=at(2))
+        state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=ran)
+    update_state(tmp_path, ran_ahead)
+    _entry_on(tmp_path, "old", at(2.5), boot.since_boot - 1800, boot, stopped=True)
+    _entry_on(tmp_path, "older", at(10, day=-1), boot.since_boot - 21.5 * 3600, boot,
+              stopped=True)
+
+    started = daemon(DAILY, at(1.5))
+
+    assert started.next_runs()["backup"] == at(2, day=1)
 
 
 def test_a_restart_on_another_boot_still_takes_the_step_as_a_lower_bound(
