@@ -9,13 +9,14 @@ the step is under three hours; no job repeats a slot for a step of a few seconds
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers.boot import this_boot
+from helpers.boot import boot_in_time_namespace, earlier, this_boot
 from helpers.notifiers import RecordingNotifier
 
 from backupd.daemon.clock import BootReading, ClockStep, ClockWatch
@@ -63,13 +64,15 @@ def heard() -> RecordingNotifier:
 
 @pytest.fixture
 def daemon(tmp_path: Path, heard: RecordingNotifier) -> Iterator[Callable[..., Daemon]]:
-    """``daemon(expression, now=None, grace=3600)``: a started daemon with one backup job,
+    """``daemon(expression, now=None, grace=3600, boot=None)``: a started daemon with one
+    backup job (``boot``: this boot's reading at the start, read there when None),
     whose results (a MISSED report) the state file records, as in the real daemon, and
     ``heard`` keeps."""
     made: list[Daemon] = []
 
     def make(expression: str, now: datetime | None = None, grace: int = 3600,
-             body: Callable[[JobContext, datetime | None], None] = _body) -> Daemon:
+             body: Callable[[JobContext, datetime | None], None] = _body,
+             boot: BootReading | None = None) -> Daemon:
         settings = Settings(_env_file=None, POSTGRES_DB="clock_probe",  # type: ignore[call-arg]
                             DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT="0",
                             BACKUP_ON_START="false",
@@ -79,7 +82,7 @@ def daemon(tmp_path: Path, heard: RecordingNotifier) -> Iterator[Callable[..., D
         state = DaemonState(tmp_path)
         started = Daemon(settings, [job], NotifierChain([state, heard]), state)
         made.append(started)
-        started.start(now)
+        started.start(now, boot)
         return started
 
     yield make
@@ -249,17 +252,16 @@ def test_a_restart_takes_the_step_from_the_last_heartbeat_too(
     assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)
 
 
-def _daily_ran_ahead_then_went_down(tmp_path: Path, boot_id: str, since_boot: float) -> None:
-    """Daily at 02:00, run on a clock 6 h ahead; its daemon stopped at 02:30 by that clock,
-    its since-boot clock then reading ``since_boot`` on boot ``boot_id``."""
+def _daily_ran_ahead_then_went_down(tmp_path: Path, boot: BootReading) -> None:
+    """Daily at 02:00, run on a clock ahead; its daemon stopped at 02:30 by that clock, its
+    boot then read ``boot``."""
     def change(state: StateFile) -> None:
         ran = JobResult(job="backup", database="clock_probe", started_at=at(2),
                         scheduled_for=at(2))
         state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=ran)
         state.daemons["old"] = DaemonRecord.model_validate(
             {"instance": "old", "host": "h", "pid": 1, "started_at": at(1),
-             "updated_at": at(2.5), "stopped_at": at(2.5),
-             "boot_id": boot_id, "since_boot": since_boot})
+             "updated_at": at(2.5), "stopped_at": at(2.5), **dataclasses.asdict(boot)})
     update_state(tmp_path, change)
 
 
@@ -269,22 +271,21 @@ def test_a_restart_on_the_same_boot_measures_the_step_exactly(
     file's clock readings alone say 2 h back at least, under 3 h, so 02:00 waited for the
     next day (30 h after the last backup). On the same boot the since-boot clock shows the
     4 h down: a step of 6 h, a correction, and 02:00 runs today by the corrected clock."""
-    boot = this_boot()
-    _daily_ran_ahead_then_went_down(tmp_path, boot.boot_id, boot.since_boot - 4 * 3600)
+    _daily_ran_ahead_then_went_down(tmp_path, earlier(this_boot(), 4 * 3600))
 
     started = daemon(DAILY, at(0.5))
 
     assert started.next_runs()["backup"] == at(2)
 
 
-def _entry_on(tmp_path: Path, name: str, wall: datetime, since_boot: float,
-              boot: BootReading, *, stopped: bool = False) -> None:
-    """Another daemon's entry on boot ``boot``: its last write read ``wall``, its since-boot
-    clock ``since_boot``."""
+def _entry_on(tmp_path: Path, name: str, wall: datetime, boot: BootReading, *,
+              stopped: bool = False) -> None:
+    """Another daemon's entry: its last write read ``wall``, and its boot then ``boot``."""
     def change(state: StateFile) -> None:
-        state.daemons[name] = DaemonRecord(
-            instance=name, host="h", pid=2, started_at=wall - H(1), updated_at=wall,
-            stopped_at=wall if stopped else None, boot_id=boot.boot_id, since_boot=since_boot)
+        state.daemons[name] = DaemonRecord.model_validate(
+            {"instance": name, "host": "h", "pid": 2, "started_at": wall - H(1),
+             "updated_at": wall, "stopped_at": wall if stopped else None,
+             **dataclasses.asdict(boot)})
     update_state(tmp_path, change)
 
 
@@ -296,9 +297,8 @@ def test_a_replica_heartbeat_after_the_correction_does_not_hide_the_step(
     measured from it alone, 02:00 waited for the next day. The step since the dead daemon's
     last write is still 6 h."""
     boot = this_boot()
-    _daily_ran_ahead_then_went_down(tmp_path, boot.boot_id, boot.since_boot - 4 * 3600)
-    _entry_on(tmp_path, "replica", at(0.5) - timedelta(seconds=10), boot.since_boot - 10,
-              boot)
+    _daily_ran_ahead_then_went_down(tmp_path, earlier(boot, 4 * 3600))
+    _entry_on(tmp_path, "replica", at(0.5) - timedelta(seconds=10), earlier(boot, 10))
 
     started = daemon(DAILY, at(0.5))
 
@@ -319,11 +319,55 @@ def test_an_entry_older_than_the_slot_does_not_lend_its_step(
                         scheduled_for=at(2))
         state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=ran)
     update_state(tmp_path, ran_ahead)
-    _entry_on(tmp_path, "old", at(2.5), boot.since_boot - 1800, boot, stopped=True)
-    _entry_on(tmp_path, "older", at(10, day=-1), boot.since_boot - 21.5 * 3600, boot,
-              stopped=True)
+    _entry_on(tmp_path, "old", at(2.5), earlier(boot, 1800), stopped=True)
+    _entry_on(tmp_path, "older", at(10, day=-1), earlier(boot, 21.5 * 3600), stopped=True)
 
     started = daemon(DAILY, at(1.5))
+
+    assert started.next_runs()["backup"] == at(2, day=1)
+
+
+def test_a_restart_in_a_time_namespace_does_not_take_its_offset_for_time_down(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """Daily at 02:00, run on a clock 2.5 h ahead; its daemon stopped at 02:30 and was down
+    30 min while the clock was corrected to 00:30: a step of 2.5 h, not again. The restart
+    runs in a time namespace (unshare --time, CRIU, some container runtimes) whose
+    since-boot clock is 1,000,000 s ahead of the host's: the boot id is the host's, and
+    /proc/uptime is shifted with that clock, so they agree. Compared as they read, the
+    restart took 11.6 days for the time down, so a step that large, a correction, and ran
+    02:00 again."""
+    host = this_boot()
+    _daily_ran_ahead_then_went_down(tmp_path, earlier(host, 1800))
+    inside = boot_in_time_namespace(1_000_000)
+    assert inside.boot_id == host.boot_id  # what made the readings look comparable
+
+    started = daemon(DAILY, at(0.5), boot=inside)
+
+    assert started.next_runs()["backup"] == at(2, day=1)
+
+
+def test_a_restart_in_a_time_namespace_still_measures_the_step_exactly(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """The same-boot case (a 6 h correction while down 4 h: 02:00 runs today), restarted in
+    a time namespace 1,000,000 s ahead: each reading notes its namespace's offset, and the
+    two compare on the host's since-boot clock. (Taken for not comparable, the lower bound
+    of 2 h would make 02:00 wait for the next day.)"""
+    _daily_ran_ahead_then_went_down(tmp_path, earlier(this_boot(), 4 * 3600))
+
+    started = daemon(DAILY, at(0.5), boot=boot_in_time_namespace(1_000_000))
+
+    assert started.next_runs()["backup"] == at(2)
+
+
+def test_an_entry_without_its_namespace_offset_gives_only_the_lower_bound(
+        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """The same-boot case, but the entry holds no time namespace offset (an older version
+    wrote it, or a kernel before 5.6): its since-boot clock may be any namespace's, so the
+    step is the lower bound (2 h: not again), as from another boot."""
+    unknown = dataclasses.replace(earlier(this_boot(), 4 * 3600), boottime_offset=None)
+    _daily_ran_ahead_then_went_down(tmp_path, unknown)
+
+    started = daemon(DAILY, at(0.5))
 
     assert started.next_runs()["backup"] == at(2, day=1)
 
@@ -333,7 +377,8 @@ def test_a_restart_on_another_boot_still_takes_the_step_as_a_lower_bound(
     """As above, but the reading is of another boot: it says nothing of the real time passed
     since, and the step is the lower bound the clock readings give (2 h: not again)."""
     since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-    _daily_ran_ahead_then_went_down(tmp_path, "another boot", since_boot - 4 * 3600)
+    _daily_ran_ahead_then_went_down(tmp_path,
+                                    BootReading("another boot", since_boot - 4 * 3600, 0.0))
 
     started = daemon(DAILY, at(0.5))
 

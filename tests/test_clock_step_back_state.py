@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from helpers.boot import this_boot
+from helpers.boot import run_in_time_namespace, this_boot
 from helpers.faketime import clock_at
 
 from backupd.daemon.health import evaluate, read_daemon_state
@@ -157,3 +157,21 @@ def test_an_entry_holds_the_since_boot_clock_only_when_it_is_the_kernels(
     assert here.boot_id == before.boot_id
     assert here.since_boot is not None and before.since_boot <= here.since_boot <= after.since_boot
     assert (faked.boot_id, faked.since_boot) == (None, None)
+
+
+def test_an_entry_written_in_a_time_namespace_notes_its_offset(tmp_path: Path) -> None:
+    """In a time namespace (unshare --time, CRIU, some container runtimes) the since-boot
+    clock, and /proc/uptime with it, read the host's plus the namespace's offset, under the
+    host's boot id. The entry notes that offset, so that a restart in another namespace (or
+    none) compares the two on the host's clock rather than taking the offset for time."""
+    before = this_boot()
+    run_in_time_namespace(1_000_000, "import sys, pathlib; from backupd.daemon.state import "
+                          "DaemonState; DaemonState(pathlib.Path(sys.argv[1])).persist()",
+                          str(tmp_path))
+    after = this_boot()
+
+    (entry,) = read_state(tmp_path).daemons.values()
+    assert entry.boot_id == before.boot_id
+    assert entry.boottime_offset == 1_000_000
+    assert entry.since_boot is not None
+    assert before.since_boot <= entry.since_boot - 1_000_000 <= after.since_boot

@@ -8,8 +8,9 @@ clock 12 h ahead that runs 02:00 and is corrected 10 h later reads 00:00, a step
 that such a guess takes for 2 h (docs/reliability.md, T12).
 
 A restart has no monotonic reading of its own from before: the state file keeps, beside each
-heartbeat's wall clock, this boot's id and its since-boot clock (:class:`BootReading`), so a
-restart on the same boot measures the step exactly too (:func:`step_back_since`).
+heartbeat's wall clock, this boot's id and its since-boot clock (:class:`BootReading`, with
+its time namespace's offset), so a restart on the same boot measures the step exactly too
+(:func:`step_back_since`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 UPTIME_FILE = Path("/proc/uptime")
+# This process's time namespace's offsets (Linux 5.6+): lines "<clock> <seconds> <nanoseconds>".
+TIMENS_OFFSETS_FILE = Path("/proc/self/timens_offsets")
 # CLOCK_BOOTTIME and /proc/uptime are one kernel clock: read a moment apart, the file at
 # 10 ms resolution, they agree far closer than this, unless the clock call is faked.
 _UPTIME_AGREES = 5.0
@@ -66,6 +69,17 @@ class BootReading:
 
     boot_id: str
     since_boot: float  # CLOCK_BOOTTIME, seconds: unlike CLOCK_MONOTONIC it counts suspend
+    # In a time namespace (unshare --time, CRIU, some container runtimes) CLOCK_BOOTTIME and
+    # /proc/uptime both read the host's plus this offset, under the host's boot id: readings
+    # of two namespaces compare only less their offsets. None: not known (a kernel before
+    # 5.6, a write by an older version), and then the reading compares with none.
+    boottime_offset: float | None
+
+    def on_host_clock(self) -> float | None:
+        """The since-boot clock as the host's reads it, when the offset is known."""
+        if self.boottime_offset is None:
+            return None
+        return self.since_boot - self.boottime_offset
 
 
 def read_boot() -> BootReading | None:
@@ -85,14 +99,30 @@ def read_boot() -> BootReading | None:
     since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
     if not boot_id or abs(since_boot - uptime) > _UPTIME_AGREES:
         return None
-    return BootReading(boot_id, since_boot)
+    return BootReading(boot_id, since_boot, _boottime_offset())
+
+
+def _boottime_offset() -> float | None:
+    """This process's time namespace's offset of CLOCK_BOOTTIME, seconds (0 outside one).
+    Its offset, not its identity (the inode of /proc/self/ns/time), tells readings apart:
+    the kernel gives a new namespace the number of one gone, whatever its offset."""
+    try:
+        for line in TIMENS_OFFSETS_FILE.read_text().splitlines():
+            clock, *value = line.split()
+            if clock == "boottime" and len(value) == 2:
+                return int(value[0]) + int(value[1]) / 1e9
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def step_back_since(wall: datetime, then: BootReading, now: datetime,
                     current: BootReading) -> timedelta | None:
     """How far the wall clock was stepped back between a reading (``wall`` with ``then``) and
-    now: the wall clock's move less the real time passed. None across a reboot: the
-    since-boot clock started again, and the time the host was off is not known."""
-    if then.boot_id != current.boot_id or current.since_boot < then.since_boot:
+    now: the wall clock's move less the real time passed. None across a reboot (the
+    since-boot clock started again, and the time the host was off is not known), or when
+    either reading's time namespace offset is not known."""
+    since, until = then.on_host_clock(), current.on_host_clock()
+    if then.boot_id != current.boot_id or since is None or until is None or until < since:
         return None
-    return (wall - now) + timedelta(seconds=current.since_boot - then.since_boot)
+    return (wall - now) + timedelta(seconds=until - since)

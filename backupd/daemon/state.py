@@ -10,6 +10,7 @@ entry in ``daemons``, and per-job records keep the newest result of whichever da
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import socket
@@ -83,15 +84,17 @@ class DaemonRecord(_Model):
     # forgetting the entry counts from here instead.
     seen_ahead_at: UtcDateTime | None = None
     # This boot and its since-boot clock when `updated_at` was read (None from an older
-    # version, or when that clock is not the kernel's): a restart on the same boot measures
-    # a step back since this write exactly, not only as the lower bound the stamps give.
+    # version, or when that clock is not the kernel's), with its time namespace's offset:
+    # a restart on the same boot measures a step back since this write exactly, not only
+    # as the lower bound the stamps give (clock.BootReading).
     boot_id: str | None = None
     since_boot: float | None = None
+    boottime_offset: float | None = None
 
     def boot(self) -> BootReading | None:
         if self.boot_id is None or self.since_boot is None:
             return None
-        return BootReading(self.boot_id, self.since_boot)
+        return BootReading(self.boot_id, self.since_boot, self.boottime_offset)
 
     def alive(self, now: datetime) -> bool:
         # A heartbeat ahead of the clock was written before it was stepped back (it had been
@@ -339,8 +342,7 @@ class DaemonState:
         state.daemons[self.instance] = DaemonRecord(
             instance=self.instance, host=self.host, pid=self.pid, started_at=self.started_at,
             updated_at=now, stopped_at=now if stopped else None, next_runs=next_runs,
-            running=self.running_jobs(), boot_id=boot.boot_id if boot else None,
-            since_boot=boot.since_boot if boot else None,
+            running=self.running_jobs(), **(dataclasses.asdict(boot) if boot else {}),
         )
         for key, daemon in list(state.daemons.items()):
             last = daemon.stopped_at or daemon.updated_at
