@@ -16,6 +16,7 @@ import pytest
 from helpers.age import AgeKeys, make_age_keys
 from helpers.backups import seed_small_db, take_backup
 from helpers.cli import BackupdProcess, kill_group, server_env, start_backupd, stop_backupd
+from helpers.clock_daemon import clock_daemon, clock_heard  # noqa: F401  (the clock-step tests')
 from helpers.cluster import DEFAULT_CLUSTER_PASSWORD, PrivateCluster
 from helpers.faults import small_fs  # noqa: F401  (a fixture: defined there, used everywhere)
 from helpers.http_receiver import HttpReceiver

@@ -9,20 +9,18 @@ the step is under three hours; no job repeats a slot for a step of a few seconds
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers.boot import boot_in_time_namespace, earlier, this_boot
+from helpers.clock_daemon import DAILY, HOURLY, H, at
 from helpers.notifiers import RecordingNotifier
 
-from backupd.daemon.clock import BootReading, ClockStep, ClockWatch
-from backupd.daemon.cron import parse_cron
+from backupd.daemon.clock import ClockStep, ClockWatch
 from backupd.daemon.health import read_daemon_state
-from backupd.daemon.scheduler import Daemon, JobSpec, ScheduledJob
+from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import (
     DaemonRecord,
     DaemonState,
@@ -33,61 +31,9 @@ from backupd.daemon.state import (
     remember,
     update_state,
 )
-from backupd.job import JobContext
-from backupd.notify.base import NotifierChain
 from backupd.result import JobResult, Status
-from backupd.settings import Settings
 
-# Tomorrow at midnight: every clock reading below is after the real now.
-DAY = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0,
-                                                      microsecond=0)
-HOURLY, DAILY = "0 * * * *", "0 2 * * *"
 HEARTBEAT = timedelta(seconds=30)
-
-
-def H(hours: float) -> timedelta:  # reads as the unit: H(2)
-    return timedelta(hours=hours)
-
-
-def at(hours: float, day: int = 0) -> datetime:
-    return DAY + timedelta(days=day, hours=hours)
-
-
-def _body(ctx: JobContext, slot: datetime | None) -> None:
-    raise AssertionError("no run is due while the test runs")
-
-
-@pytest.fixture
-def heard() -> RecordingNotifier:
-    return RecordingNotifier()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, heard: RecordingNotifier) -> Iterator[Callable[..., Daemon]]:
-    """``daemon(expression, now=None, grace=3600, boot=None)``: a started daemon with one
-    backup job (``boot``: this boot's reading at the start, read there when None),
-    whose results (a MISSED report) the state file records, as in the real daemon, and
-    ``heard`` keeps."""
-    made: list[Daemon] = []
-
-    def make(expression: str, now: datetime | None = None, grace: int = 3600,
-             body: Callable[[JobContext, datetime | None], None] = _body,
-             boot: BootReading | None = None) -> Daemon:
-        settings = Settings(_env_file=None, POSTGRES_DB="clock_probe",  # type: ignore[call-arg]
-                            DB_BACKUP_DIR=str(tmp_path), HEALTH_PORT="0",
-                            BACKUP_ON_START="false",
-                            SCHEDULE_MISFIRE_GRACE_SECONDS=str(grace))
-        job = ScheduledJob(JobSpec("backup", "backup_schedule", body),
-                           parse_cron(expression, "BACKUP_SCHEDULE", UTC))
-        state = DaemonState(tmp_path)
-        started = Daemon(settings, [job], NotifierChain([state, heard]), state)
-        made.append(started)
-        started.start(now, boot)
-        return started
-
-    yield make
-    for started in made:
-        assert started.shutdown(5)
 
 
 def planned(daemon: Daemon, when: datetime) -> None:
@@ -117,9 +63,9 @@ def stepped(now: datetime, back: timedelta) -> ClockStep:
 ], ids=["hourly-goes-on", "daily-not-again", "daily-after-a-correction", "seconds-step",
         "daily-step-larger-than-the-slot-lead"])
 def test_after_a_step_back_the_next_run_goes_by_the_clock(
-        daemon: Callable[..., Daemon], expression: str, before: datetime, now: datetime,
+        clock_daemon: Callable[..., Daemon], expression: str, before: datetime, now: datetime,
         back: timedelta, expected: datetime) -> None:
-    started = daemon(expression)
+    started = clock_daemon(expression)
     planned(started, before)
 
     started.follow_clock(stepped(now, back))
@@ -128,11 +74,11 @@ def test_after_a_step_back_the_next_run_goes_by_the_clock(
 
 
 def test_a_slot_come_due_between_the_step_and_the_heartbeat_is_not_dropped(
-        daemon: Callable[..., Daemon]) -> None:
+        clock_daemon: Callable[..., Daemon]) -> None:
     """Hourly, stepped back from 10:30 to 08:59:45; APScheduler still holds 11:00, so
     nothing fires at 09:00. The heartbeat at 09:00:10 re-times the job to 09:00, now past:
     it runs within the misfire grace, or is reported MISSED, not skipped for 10:00."""
-    started = daemon(HOURLY)
+    started = clock_daemon(HOURLY)
     planned(started, at(11))
 
     started.follow_clock(stepped(at(9) + timedelta(seconds=10), H(1.5)))
@@ -164,7 +110,7 @@ def test_a_monotonic_clock_stepped_with_the_wall_clock_still_shows_the_step() ->
 
 
 def test_a_restart_after_a_step_back_judges_slots_by_the_new_clock(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """The state file says the 10:00 slot was dealt with; the clock now reads 08:30, 1.5 h
     back at least. An hourly job goes by the new clock: its 08:00 slot came due with
     nothing on this clock saying it ran, so it is caught up (within the grace), not hidden
@@ -173,25 +119,25 @@ def test_a_restart_after_a_step_back_judges_slots_by_the_new_clock(
         state.jobs["backup"] = JobRecord(last_slot=at(10))
     update_state(tmp_path, change)
 
-    started = daemon(HOURLY, at(8.5))
+    started = clock_daemon(HOURLY, at(8.5))
 
     assert started.next_runs()["backup"] == at(8.5)
 
 
 def test_a_restart_after_a_step_back_does_not_run_a_fixed_time_slot_again(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     def change(state: StateFile) -> None:
         state.jobs["backup"] = JobRecord(last_slot=at(2))
     update_state(tmp_path, change)
 
-    started = daemon(DAILY, at(0.5))
+    started = clock_daemon(DAILY, at(0.5))
 
     assert started.next_runs()["backup"] == at(2, day=1)
     assert read_state(tmp_path).jobs["backup"].last_slot == at(2)
 
 
 def test_a_restart_takes_the_step_from_the_last_run_start_not_only_the_slot(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """The 02:00 slot was dealt with at 04:00 by the clock (a run started late); it now
     reads 00:30. The slot is 1.5 h ahead, but the clock went back at least 3.5 h: a
     correction, so 02:00 runs today."""
@@ -201,7 +147,7 @@ def test_a_restart_takes_the_step_from_the_last_run_start_not_only_the_slot(
         state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=late)
     update_state(tmp_path, change)
 
-    started = daemon(DAILY, at(0.5))
+    started = clock_daemon(DAILY, at(0.5))
 
     assert started.next_runs()["backup"] == at(2)
 
@@ -220,173 +166,41 @@ def _ran_ahead_then_went_down(tmp_path: Path, last_heartbeat: datetime) -> None:
 
 
 def test_a_restart_after_a_step_back_catches_up_a_slot_missed_while_down(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """Back at 09:50 after the clock was corrected: the 09:00 slot passed while down. The
     10:00 slot, dealt with before the step, does not cover it: it runs (within grace)."""
     _ran_ahead_then_went_down(tmp_path, at(10))
 
-    started = daemon(HOURLY, at(9) + timedelta(minutes=50))
+    started = clock_daemon(HOURLY, at(9) + timedelta(minutes=50))
 
     assert started.next_runs()["backup"] == at(9) + timedelta(minutes=50)
 
 
 def test_a_restart_after_a_step_back_reports_a_slot_missed_beyond_grace(
-        daemon: Callable[..., Daemon], heard: RecordingNotifier, tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], clock_heard: RecordingNotifier,
+        tmp_path: Path) -> None:
     _ran_ahead_then_went_down(tmp_path, at(10))
 
-    daemon(HOURLY, at(9) + timedelta(minutes=50), grace=600)
+    clock_daemon(HOURLY, at(9) + timedelta(minutes=50), grace=600)
 
-    assert [(r.status, r.scheduled_for) for r in heard.results] == [(Status.MISSED, at(9))]
+    assert [(r.status, r.scheduled_for) for r in clock_heard.results] == [(Status.MISSED, at(9))]
     assert read_state(tmp_path).jobs["backup"].last_slot == at(9)
 
 
 def test_a_restart_takes_the_step_from_the_last_heartbeat_too(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """Back at 09:58: the 10:00 slot is only 2 min ahead, but the previous daemon's last
     heartbeat read 10:10, so the clock went back at least 12 min: not an NTP wobble. The
     09:00 slot runs, rather than nothing until 11:00 (3 h without an hourly backup)."""
     _ran_ahead_then_went_down(tmp_path, at(10) + timedelta(minutes=10))
 
-    started = daemon(HOURLY, at(9) + timedelta(minutes=58))
+    started = clock_daemon(HOURLY, at(9) + timedelta(minutes=58))
 
     assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)
 
 
-def _daily_ran_ahead_then_went_down(tmp_path: Path, boot: BootReading) -> None:
-    """Daily at 02:00, run on a clock ahead; its daemon stopped at 02:30 by that clock, its
-    boot then read ``boot``."""
-    def change(state: StateFile) -> None:
-        ran = JobResult(job="backup", database="clock_probe", started_at=at(2),
-                        scheduled_for=at(2))
-        state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=ran)
-        state.daemons["old"] = DaemonRecord.model_validate(
-            {"instance": "old", "host": "h", "pid": 1, "started_at": at(1),
-             "updated_at": at(2.5), "stopped_at": at(2.5), **dataclasses.asdict(boot)})
-    update_state(tmp_path, change)
-
-
-def test_a_restart_on_the_same_boot_measures_the_step_exactly(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """The daemon was down 4 h, and meanwhile the clock was corrected: it reads 00:30. The
-    file's clock readings alone say 2 h back at least, under 3 h, so 02:00 waited for the
-    next day (30 h after the last backup). On the same boot the since-boot clock shows the
-    4 h down: a step of 6 h, a correction, and 02:00 runs today by the corrected clock."""
-    _daily_ran_ahead_then_went_down(tmp_path, earlier(this_boot(), 4 * 3600))
-
-    started = daemon(DAILY, at(0.5))
-
-    assert started.next_runs()["backup"] == at(2)
-
-
-def _entry_on(tmp_path: Path, name: str, wall: datetime, boot: BootReading, *,
-              stopped: bool = False) -> None:
-    """Another daemon's entry: its last write read ``wall``, and its boot then ``boot``."""
-    def change(state: StateFile) -> None:
-        state.daemons[name] = DaemonRecord.model_validate(
-            {"instance": name, "host": "h", "pid": 2, "started_at": wall - H(1),
-             "updated_at": wall, "stopped_at": wall if stopped else None,
-             **dataclasses.asdict(boot)})
-    update_state(tmp_path, change)
-
-
-def test_a_replica_heartbeat_after_the_correction_does_not_hide_the_step(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """As the same-boot case, but another daemon on this host sharing the state file (a
-    replica, another configuration's) wrote a heartbeat 10 s before the restart, on the
-    corrected clock. Its entry is this boot's newest: the step since it is nothing, and
-    measured from it alone, 02:00 waited for the next day. The step since the dead daemon's
-    last write is still 6 h."""
-    boot = this_boot()
-    _daily_ran_ahead_then_went_down(tmp_path, earlier(boot, 4 * 3600))
-    _entry_on(tmp_path, "replica", at(0.5) - timedelta(seconds=10), earlier(boot, 10))
-
-    started = daemon(DAILY, at(0.5))
-
-    assert started.next_runs()["backup"] == at(2)
-
-
-def test_an_entry_older_than_the_slot_does_not_lend_its_step(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """Daily at 02:00, run on a clock 1.5 h ahead; its daemon stopped at 02:30 by it and was
-    down 30 min while the clock was corrected: a step of 1.5 h, so 02:00 is not run again.
-    A stopped entry of the same boot from the day before, written before an earlier 6 h
-    correction, is kept a week: the step since its write is 6 h, but that step came before
-    the slot, and taken, 02:00 ran again 1.5 h after it had."""
-    boot = this_boot()
-
-    def ran_ahead(state: StateFile) -> None:
-        ran = JobResult(job="backup", database="clock_probe", started_at=at(2),
-                        scheduled_for=at(2))
-        state.jobs["backup"] = JobRecord(last_slot=at(2), last_result=ran)
-    update_state(tmp_path, ran_ahead)
-    _entry_on(tmp_path, "old", at(2.5), earlier(boot, 1800), stopped=True)
-    _entry_on(tmp_path, "older", at(10, day=-1), earlier(boot, 21.5 * 3600), stopped=True)
-
-    started = daemon(DAILY, at(1.5))
-
-    assert started.next_runs()["backup"] == at(2, day=1)
-
-
-def test_a_restart_in_a_time_namespace_does_not_take_its_offset_for_time_down(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """Daily at 02:00, run on a clock 2.5 h ahead; its daemon stopped at 02:30 and was down
-    30 min while the clock was corrected to 00:30: a step of 2.5 h, not again. The restart
-    runs in a time namespace (unshare --time, CRIU, some container runtimes) whose
-    since-boot clock is 1,000,000 s ahead of the host's: the boot id is the host's, and
-    /proc/uptime is shifted with that clock, so they agree. Compared as they read, the
-    restart took 11.6 days for the time down, so a step that large, a correction, and ran
-    02:00 again."""
-    host = this_boot()
-    _daily_ran_ahead_then_went_down(tmp_path, earlier(host, 1800))
-    inside = boot_in_time_namespace(1_000_000)
-    assert inside.boot_id == host.boot_id  # what made the readings look comparable
-
-    started = daemon(DAILY, at(0.5), boot=inside)
-
-    assert started.next_runs()["backup"] == at(2, day=1)
-
-
-def test_a_restart_in_a_time_namespace_still_measures_the_step_exactly(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """The same-boot case (a 6 h correction while down 4 h: 02:00 runs today), restarted in
-    a time namespace 1,000,000 s ahead: each reading notes its namespace's offset, and the
-    two compare on the host's since-boot clock. (Taken for not comparable, the lower bound
-    of 2 h would make 02:00 wait for the next day.)"""
-    _daily_ran_ahead_then_went_down(tmp_path, earlier(this_boot(), 4 * 3600))
-
-    started = daemon(DAILY, at(0.5), boot=boot_in_time_namespace(1_000_000))
-
-    assert started.next_runs()["backup"] == at(2)
-
-
-def test_an_entry_without_its_namespace_offset_gives_only_the_lower_bound(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """The same-boot case, but the entry holds no time namespace offset (an older version
-    wrote it, or a kernel before 5.6): its since-boot clock may be any namespace's, so the
-    step is the lower bound (2 h: not again), as from another boot."""
-    unknown = dataclasses.replace(earlier(this_boot(), 4 * 3600), boottime_offset=None)
-    _daily_ran_ahead_then_went_down(tmp_path, unknown)
-
-    started = daemon(DAILY, at(0.5))
-
-    assert started.next_runs()["backup"] == at(2, day=1)
-
-
-def test_a_restart_on_another_boot_still_takes_the_step_as_a_lower_bound(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    """As above, but the reading is of another boot: it says nothing of the real time passed
-    since, and the step is the lower bound the clock readings give (2 h: not again)."""
-    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-    _daily_ran_ahead_then_went_down(tmp_path,
-                                    BootReading("another boot", since_boot - 4 * 3600, 0.0))
-
-    started = daemon(DAILY, at(0.5))
-
-    assert started.next_runs()["backup"] == at(2, day=1)
-
-
 def test_another_daemons_write_does_not_shrink_the_step_a_restart_measures(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """As above, but another daemon sharing the state file (a replica, another
     configuration's daemon) wrote its entry between the step and the restart. The dead
     daemon's 10:10 heartbeat is the step's evidence: rewritten to that writer's now, the
@@ -394,7 +208,7 @@ def test_another_daemons_write_does_not_shrink_the_step_a_restart_measures(
     _ran_ahead_then_went_down(tmp_path, at(10) + timedelta(minutes=10))
     DaemonState(tmp_path).persist()
 
-    started = daemon(HOURLY, at(9) + timedelta(minutes=58))
+    started = clock_daemon(HOURLY, at(9) + timedelta(minutes=58))
 
     assert started.next_runs()["backup"] == at(9) + timedelta(minutes=58)
 
@@ -446,13 +260,13 @@ def test_a_replica_result_a_little_ahead_still_counts_as_newer(tmp_path: Path) -
 
 
 def test_a_heartbeat_held_up_does_not_take_slots_already_fired_for_due(
-        daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """The heartbeat was held up 2 h (the state file's lock on NFS). Meanwhile the hourly job
     went on firing, the last time just now (10:00 on a clock 2 h ahead), and then the clock
     was stepped back 2 h: it reads 08:00:30. The previous heartbeat, 2 h of real time ago,
     is 06:00:30 by the new clock, but the 07:00 and 08:00 slots by it passed while the job
     was firing (as 09:00 and 10:00): from the last run on, the next slot is 09:00."""
-    started = daemon(HOURLY, body=lambda ctx, slot: None)
+    started = clock_daemon(HOURLY, body=lambda ctx, slot: None)
     planned(started, at(11))
     started._fire("backup")  # what APScheduler calls at a slot: the run just now
     planned(started, at(11))
