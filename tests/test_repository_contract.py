@@ -213,3 +213,21 @@ def test_jobs_work_on_the_repositories_they_are_given(env: dict[str, str], backu
 
 def _discard(_: object) -> None:
     return None
+
+
+class _PrunedWhileListed(LocalRepository):
+    """A prune (the real ``delete``) that lands between scan's listing and its reads of each
+    listed backup: the interleaving of a health probe or a scrape beside retention."""
+
+    def load_manifest(self, name: str) -> tuple[Manifest | None, str | None]:
+        self.delete(name)
+        return super().load_manifest(name)
+
+
+def test_a_backup_pruned_while_it_is_listed_is_left_out_not_an_error(tmp_path: Path) -> None:
+    directory = tmp_path / "repo"
+    directory.mkdir(mode=0o700)
+    manifest, source = artifact(tmp_path)
+    LocalRepository(directory).put(manifest, source)
+
+    assert _PrunedWhileListed(directory).scan(DATABASE) == []

@@ -199,7 +199,11 @@ class LocalRepository:
         for parsed, item in self._backup_files(
                 lambda parsed: parsed.database == database and parsed.kind == kind):
             manifest, problem = self.load_manifest(item.name)
-            entries.append(BackupEntry(parsed, item.stat().st_size, manifest, problem))
+            try:
+                size = item.stat().st_size
+            except FileNotFoundError:
+                continue  # deleted since it was listed (retention beside a health probe)
+            entries.append(BackupEntry(parsed, size, manifest, problem))
         return sort_newest_first(entries)
 
     def _backup_files(self, wanted: Callable[[ParsedName], bool]
