@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from backupd.cli.app import app, bootstrap, execute, fail, finish, paused_progress
+from backupd.cli.signals import interrupting
+from backupd.errors import Cancelled
 from backupd.outcomes import ClusterRestoreOutcome, DrillOutcome
 
 
@@ -85,19 +87,25 @@ def restore(
 
 
 def _confirm_cluster(what: str) -> bool:
-    with paused_progress():
-        typer.echo(f"This restores {what}.", err=True)
-        answer: str = typer.prompt("Type 'restore' to continue", err=True, default="",
-                                   show_default=False)
-    return answer == "restore"
+    return _ask(f"This restores {what}.", "Type 'restore' to continue") == "restore"
 
 
 def _confirm_by_typing(target: str) -> bool:
-    with paused_progress():
-        typer.echo(f"This restores into database {target!r}.", err=True)
-        answer: str = typer.prompt("Type the database name to continue", err=True, default="",
-                                   show_default=False)
-    return answer == target
+    return _ask(f"This restores into database {target!r}.",
+                "Type the database name to continue") == target
+
+
+def _ask(what: str, question: str) -> str:
+    """A restore's confirmation. Asked before anything is changed, so Ctrl-C, Ctrl-D or a
+    stopping signal there cancels the job at once, saying that nothing was."""
+    with paused_progress(), interrupting() as interruption:
+        try:
+            typer.echo(what, err=True)
+            answer: str = typer.prompt(question, err=True, default="", show_default=False)
+        except (typer.Abort, KeyboardInterrupt):
+            raise Cancelled(f"restore: {interruption.describe()} at the confirmation "
+                            "prompt; nothing was changed") from None
+    return answer
 
 
 @app.command()

@@ -19,6 +19,9 @@ from . import leakcheck
 from .cli import build_env
 
 COLUMNS, ROWS = 200, 50
+# Typed as an answer: the terminal's interrupt character. The line discipline turns it into
+# SIGINT to the foreground process group, as Ctrl-C at a person's terminal does.
+CTRL_C = "\x03"
 ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
@@ -26,7 +29,7 @@ def run_in_terminal(args: list[str], env: dict[str, str], *,
                     answers: dict[str, str] | None = None,
                     timeout: float = 180) -> tuple[int, str]:
     """(exit code, the terminal's transcript). ``answers``: a prompt's text -> the line typed
-    once it has appeared."""
+    once it has appeared (``CTRL_C``: that key alone, no line)."""
     pending = dict(answers or {})
     main, child_side = pty.openpty()
     fcntl.ioctl(child_side, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
@@ -34,7 +37,8 @@ def run_in_terminal(args: list[str], env: dict[str, str], *,
     proc = subprocess.Popen(
         [sys.executable, "-m", "backupd", *args],
         env=build_env({"TERM": "xterm-256color", "COLUMNS": str(COLUMNS), **env}),
-        stdin=child_side, stdout=child_side, stderr=child_side, start_new_session=True)
+        stdin=child_side, stdout=child_side, stderr=child_side, start_new_session=True,
+        preexec_fn=_take_as_controlling_terminal)
     os.close(child_side)
     received = bytearray()
     deadline = time.monotonic() + timeout
@@ -51,12 +55,14 @@ def run_in_terminal(args: list[str], env: dict[str, str], *,
                 received += data
                 for prompt in list(pending):
                     if prompt.encode() in plain(received).encode():
-                        os.write(main, pending.pop(prompt).encode() + b"\n")
+                        typed = pending.pop(prompt)
+                        os.write(main, typed.encode() + (b"" if typed == CTRL_C else b"\n"))
             elif proc.poll() is not None:
                 break
         else:
             proc.kill()
-            raise TimeoutError(f"backupd {' '.join(args)} still running after {timeout}s")
+            raise TimeoutError(f"backupd {' '.join(args)} still running after {timeout}s; "
+                               f"the terminal shows: {plain(received)[-2000:]}")
         code = proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
@@ -65,6 +71,12 @@ def run_in_terminal(args: list[str], env: dict[str, str], *,
     text = received.decode(errors="replace")
     leakcheck.record_output(f"backupd {' '.join(args)} (terminal)", text)
     return code, text
+
+
+def _take_as_controlling_terminal() -> None:
+    # In the child, after setsid: without a controlling terminal the interrupt character
+    # signals nobody, where a person's Ctrl-C interrupts the command.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def plain(transcript: bytes | bytearray | str) -> str:
