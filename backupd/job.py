@@ -140,6 +140,10 @@ def run_job(
     except Exception as exc:  # an unforeseen bug is still a reported failure, never silence
         get_logger(job=job).exception("unexpected error")
         result.finish(Status.FAILED, redact(f"internal error: {type(exc).__name__}: {exc}"))
+    except KeyboardInterrupt:
+        # Ctrl-C where a one-off command lets it through (at a question, cli.signals): the
+        # stages' cleanup ran as it passed; the job ends cancelled and reported like any.
+        result.finish(Status.CANCELLED, "interrupted (Ctrl-C)")
     finally:
         token.release()
     lost = STDERR_LOSS.news()

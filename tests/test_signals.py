@@ -1,16 +1,23 @@
-"""Ctrl-C at a restore's confirmation prompt aborts at once, with nothing changed, and the
-job's 'cancelled' result delivered to every notifier.
+"""A one-off command stopped by a signal (``docker stop``, ``timeout``, a closed terminal,
+Ctrl-C) ends like a cancelled daemon job: children stopped, nothing half-done left behind, a
+'cancelled' result delivered to every notifier, exit code 1. Ctrl-C at a restore's
+confirmation prompt still aborts at once, with nothing changed.
 
 Real backupd subprocesses, a real PostgreSQL, a local webhook receiver."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.backups import take_backup
+from helpers.backups import path_with, take_backup
+from helpers.cli import BackupdProcess, stop_backupd
+from helpers.faults import SlowDump, dump_partials, partial_files, wait_until
 from helpers.http_receiver import HttpReceiver
 from helpers.pg import (
     ServerAddress,
@@ -20,13 +27,62 @@ from helpers.pg import (
     psql,
     unique_db_name,
 )
+from helpers.procs import processes_with_env
+from helpers.slow_restore import PAUSE_QUERY, pausing_psql
 from helpers.terminal import CTRL_C, plain, run_in_terminal
 
+from backupd.naming import RUN_RESERVATION
+
+SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 PROMPT = "Type the database name to continue"
 
 
 def _results(receiver: HttpReceiver) -> list[dict[str, Any]]:
     return [request.payload for request in receiver.requests]
+
+
+def _stopped(proc: BackupdProcess, sig: int) -> int:
+    began = time.monotonic()
+    code = stop_backupd(proc, sig=sig, timeout=30, reap_group=False)
+    assert time.monotonic() - began < 20, "the cancel took too long"
+    return code
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_signalled_one_off_backup_is_cancelled_reported_and_cleaned_up(
+    fixture_db: str, backup_dir: Path, tmp_path: Path, http_receiver: HttpReceiver,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess], sig: int,
+) -> None:
+    env = backupd_env(fixture_db, WEBHOOK_URL=http_receiver.url, DB_BACKUP_GLOBALS="off")
+    # ~100 KiB/s: the dump is still running when the signal comes.
+    env["PATH"] = SlowDump(tmp_path / "shim", chunk=4096, delay=0.04).path()
+    proc = backupd_daemon(["backup", "--no-prune"], env)
+    wait_until(lambda: dump_partials(backup_dir), 30, "the dump to start")
+    time.sleep(1)
+
+    code = _stopped(proc, sig)
+
+    said = proc.read_stdout() + proc.read_stderr()
+    assert code == 1, said
+    assert f"cancelled by {signal.Signals(sig).name}" in said, said
+    assert "Traceback" not in said and "internal error" not in said, said
+    results = _results(http_receiver)
+    assert results, "no result reached the webhook"
+    assert {r["status"] for r in results} == {"cancelled"}, results
+    assert any(r["job"] == "backup" and r["database"] == fixture_db for r in results), results
+    assert partial_files(backup_dir) == []
+    assert [p.name for p in backup_dir.iterdir() if p.name.startswith(RUN_RESERVATION)] == []
+    wait_until(lambda: not processes_with_env("PGDATABASE", fixture_db), 10,
+               "pg_dump to be gone")
+
+
+def _paused_restores(server: ServerAddress, prefix: str) -> int:
+    with connect(server) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, %s) "
+            "AND query LIKE %s", (prefix, f"{PAUSE_QUERY}%")).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _databases_named(server: ServerAddress, prefix: str) -> list[str]:
@@ -46,6 +102,49 @@ def live_target(pg_server: ServerAddress) -> Iterator[str]:
     finally:
         for left in _databases_named(pg_server, name):
             drop_database(pg_server, left)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT],
+                         ids=lambda s: signal.Signals(s).name)
+def test_a_signalled_one_off_restore_drops_its_scratch_and_leaves_the_target(
+    pg_server: ServerAddress, fixture_db: str, live_target: str, tmp_path: Path,
+    http_receiver: HttpReceiver, backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess], sig: int,
+) -> None:
+    env = backupd_env(fixture_db, WEBHOOK_URL=http_receiver.url, DB_BACKUP_GLOBALS="off")
+    backup = take_backup(env)
+    http_receiver.requests.clear()
+    pid_file = tmp_path / "psql.pid"
+    slow = {**env, "PATH": path_with(pausing_psql(tmp_path / "shim", pid_file,
+                                                  pause_seconds=120))}
+    proc = backupd_daemon(["restore", "--yes", "--replace", "--target-db", live_target,
+                           backup.name], slow)
+    wait_until(lambda: _paused_restores(pg_server, live_target) == 1 or proc.poll() is not None,
+               60, "the restore to be loading")
+    assert proc.poll() is None, proc.read_stderr()
+
+    code = _stopped(proc, sig)
+
+    said = proc.read_stdout() + proc.read_stderr()
+    assert code == 1, said
+    assert "Traceback" not in said and "internal error" not in said, said
+    [result] = _results(http_receiver)
+    assert (result["job"], result["status"]) == ("restore", "cancelled"), result
+    assert f"cancelled by {signal.Signals(sig).name}" in result["error"], result
+    # The scratch database is gone, the target is the one it was, no renamed copy of it.
+    wait_until(lambda: _databases_named(pg_server, live_target) == [live_target], 30,
+               "the scratch database to be dropped")
+    assert psql(pg_server, live_target, "SELECT marker FROM kept").strip() == "live data"
+    shim = int(pid_file.read_text())
+    wait_until(lambda: not _alive(shim), 10, "psql to be stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_ctrl_c_at_the_restore_prompt_aborts_at_once_with_nothing_changed(

@@ -40,8 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         say_on_stderr(f"backupd: error: {redact(str(exc))}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt, EOFError):
-        say_on_stderr("backupd: aborted; nothing was changed")
-        return 1
+        # A job cancels on Ctrl-C and reports it (cli.signals): this is Ctrl-C before the
+        # job began, or after its result was reported.
+        code = job_exit_code()
+        if code is None:
+            say_on_stderr("backupd: aborted; nothing was changed")
+            return 1
+        say_on_stderr("backupd: aborted after the job ended; its result was reported")
+        return code
     except StdoutError as exc:
         return _output_failed(exc, 0)
     except Exception as exc:

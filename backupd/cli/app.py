@@ -2,8 +2,8 @@
 the edge (``bootstrap``), running one job through the notifier chain (``execute``), and the
 one-line error with exit 2 for bad usage (``fail``).
 
-Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration (one line
-on stderr naming the setting or argument).
+Exit codes: 0 success, 1 the job failed or was cancelled (a signal: cli.signals), 2 bad usage
+or configuration (one line on stderr naming the setting or argument).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from backupd.cancel import CancelToken
+from backupd.cli.signals import cancelled_by_signals
 from backupd.daemon.state import ResultRecorder
 from backupd.errors import ConfigError
 from backupd.job import JobContext, run_job
@@ -33,8 +34,9 @@ app = typer.Typer(
     "restores; restore drills; with WAL_ARCHIVE=on, base backups, continuous WAL archiving "
     "and point-in-time recovery. `backupd run` is the daemon; every other command is a one-off."
     "\n\nSettings come from environment variables (and ./.env); see docs/configuration.md. "
-    "Exit codes: 0 success, 1 the job failed (or a command's output could not be written), "
-    "2 bad usage or configuration.",
+    "Exit codes: 0 success, 1 the job failed or was cancelled (SIGTERM, SIGHUP or Ctrl-C "
+    "cancel a one-off command's job: children stopped, nothing half-done left, the result "
+    "reported) or a command's output could not be written, 2 bad usage or configuration.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -135,14 +137,17 @@ def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) ->
     # (--log-format json) machines get the structured "job finished" record as well.
     chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
                         recorder=ResultRecorder(settings.backup_dir), metrics=False)
-    if not progress_wanted():
-        result = run_job(job, settings, body, chain)
-    else:
-        from backupd.cli import progress_display  # rich, only on a terminal
-
-        cancel = CancelToken()  # the job's own token is its child: its progress is nested here
-        with progress_display.shown(cancel.progress, job, forced=_progress_choice[0] is True):
+    cancel = CancelToken()  # the job's own token is its child: its progress is nested here
+    # SIGTERM, SIGHUP and Ctrl-C cancel it, as the daemon's shutdown does (cli.signals).
+    with cancelled_by_signals(cancel):
+        if not progress_wanted():
             result = run_job(job, settings, body, chain, cancel)
+        else:
+            from backupd.cli import progress_display  # rich, only on a terminal
+
+            with progress_display.shown(cancel.progress, job,
+                                        forced=_progress_choice[0] is True):
+                result = run_job(job, settings, body, chain, cancel)
     _job_result.append(result)
     return result
 

@@ -1,17 +1,28 @@
-"""Signals while a one-off command asks a person something (a restore's confirmation):
-Ctrl-C (SIGINT), SIGTERM and SIGHUP interrupt the question at once. A prompt waits in
-``input()``, which only an exception ends.
+"""Signals while a one-off command runs its job: SIGTERM (``docker stop``, ``timeout``, a
+Kubernetes deadline), SIGHUP (the terminal closed) and SIGINT (Ctrl-C) cancel the job
+cooperatively, as the daemon's shutdown does (backupd.commands.run): children stopped,
+temporary files and scratch databases removed, and a 'cancelled' result that reaches every
+notifier. Left at their defaults, the first two killed backupd at once, with no cleanup and
+no result; Ctrl-C's KeyboardInterrupt bypassed the result.
+
+While a person is asked something (a restore's confirmation), the same signals interrupt
+the question at once instead: a prompt waits in ``input()``, which a handler that only
+cancels the token would not end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+
+from backupd.cancel import CancelToken
+from backupd.log import get_logger
 
 STOPPING = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], Any]
@@ -24,6 +35,44 @@ def _in_main_thread() -> bool:
 
 def reason(signum: int) -> str:
     return f"cancelled by {signal.Signals(signum).name}"
+
+
+@contextlib.contextmanager
+def cancelled_by_signals(token: CancelToken) -> Iterator[None]:
+    """For the block (a job): a stopping signal cancels ``token``; the handlers in place
+    before are put back after."""
+    if not _in_main_thread():
+        yield
+        return
+    # The handler runs in the main thread, between any two of the job's bytecodes: it may
+    # not take the token's lock, which the interrupted code may hold (a deadlock). It only
+    # writes the signal's number to a pipe; a thread of its own reads it and cancels.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(OSError):  # a full pipe: a cancel is already on its way
+            os.write(write_end, bytes([signum]))
+
+    def watch() -> None:
+        try:
+            while data := os.read(read_end, 64):  # b"": the job is over, the pipe closed
+                if not token.cancelled:
+                    get_logger().warning("signal received; cancelling the job",
+                                         signal=signal.Signals(data[0]).name)
+                token.cancel(reason(data[0]))  # a second signal: already cancelling
+        finally:
+            os.close(read_end)
+
+    watcher = threading.Thread(target=watch, name="signal-cancel", daemon=True)
+    watcher.start()
+    previous = {sig: signal.signal(sig, handler) for sig in STOPPING}
+    try:
+        yield
+    finally:
+        _put_back(previous)
+        os.close(write_end)
+        watcher.join()
 
 
 def _put_back(previous: Mapping[signal.Signals, Handler | int | None]) -> None:
