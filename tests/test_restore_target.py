@@ -242,7 +242,8 @@ def test_a_locale_the_maintenance_database_cannot_hold_fails_naming_the_database
     maintenance database's sessions speak UTF8 (ALTER DATABASE postgres SET client_encoding),
     restoring a UTF8 database of ICU locale 'de-日本': the server cannot take 日 into LATIN1,
     and the failure says it was creating the database (restore_target's as_text texts: this
-    one can show). Nothing is left."""
+    one can show), and why: the maintenance database's encoding lacks 日 (it said the name
+    was not UTF-8, and to rename it). Nothing is left."""
     with PrivateCluster("icu-locale-pw", encoding="LATIN1") as cluster:
         cluster.start()
         psql(cluster.address, "postgres", "CREATE DATABASE u8 ENCODING 'UTF8' "
@@ -264,5 +265,8 @@ def test_a_locale_the_maintenance_database_cannot_hold_fails_naming_the_database
         assert "internal error" not in said and "Traceback" not in said, said
         [failed] = jobs_finished(proc.stderr, "restore", "failed")
         assert "for creating database 'app_copy__restoring_" in failed["error"], failed
-        assert 'has no equivalent in encoding "LATIN1"' in failed["error"], failed
+        assert "ICU locale 'de-日本'" in failed["error"], failed
+        assert ("database 'postgres' (the session it is sent on) is LATIN1, which cannot "
+                "hold its character '日'") in failed["error"], failed
+        assert "not UTF-8" not in failed["error"], failed
         assert drop_databases_named(cluster.address, "app_copy") == []

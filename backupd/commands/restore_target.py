@@ -19,6 +19,7 @@ from backupd.job import JobContext
 from backupd.postgres import user_objects
 from backupd.postgres.connection import as_text, connect, describe_pg_error, lock_key
 from backupd.postgres.databases import apply_properties, drop_with_subscriptions
+from backupd.postgres.not_held import Sent
 from backupd.settings import Settings
 
 MAINTENANCE_DB = "postgres"
@@ -85,7 +86,9 @@ def lock_target(ctx: JobContext, admin: Connection, target: str) -> None:
         raise JobFailed(f"another backupd is restoring into {target!r} right now; wait for it "
                         "to finish; nothing was changed")
     prefix = derived_name(target, RESTORING + "0" * 15)[:-15]
-    with as_text(admin):
+    # The first statement of a restore to send the target's name (and names made from it).
+    sent = Sent("database name", target, "choose a --target-db that database can hold")
+    with as_text(admin, f"the restore into {target!r}", sending=(sent,)):
         leftovers = [str(name) for (name,) in admin.execute(
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
             "AND shobj_description(oid, 'pg_database') = %s",

@@ -10,7 +10,7 @@ import contextlib
 import os
 import socket
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
@@ -21,6 +21,7 @@ from backupd.errors import ConfigError, JobFailed, JobSkipped
 from backupd.pipeline.clients import note_server_major
 from backupd.pipeline.config import APPLICATION_NAME
 from backupd.pipeline.supervisor import tool_version
+from backupd.postgres.not_held import NotHeld, Sent, not_held_failure
 from backupd.postgres.not_text import NOT_TEXT_ERRORS, Catalogs, not_text_failure
 from backupd.settings import Settings
 
@@ -206,12 +207,20 @@ def advisory_lock(settings: Settings, purpose: str = "dump", *,
 
 @contextmanager
 def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: ignore[type-arg]
-            catalogs: Catalogs = "both") -> Iterator[None]:
+            catalogs: Catalogs = "both", sending: Sequence[Sent] = ()) -> Iterator[None]:
     """On a SQL_ASCII session (a connection to a SQL_ASCII database) psycopg hands back bytes,
     not str, since it cannot know their encoding: names would be recorded as "b'app'" (and a
     name that is not ASCII cannot be sent as a parameter). The session reads as UTF8 for the
     while (the server converts nothing from SQL_ASCII, and refuses bytes that are not UTF-8),
     then gets its own client_encoding back.
+
+    Any other session whose client encoding is not UTF8 (a LATIN1 database's, by default)
+    speaks UTF8 for the while too, unless its server is SQL_ASCII: psycopg would encode what
+    it sends in that encoding and fail on a character it lacks before the server, which
+    converts, could take it. A character the database's encoding lacks too is then the
+    server's refusal (22P05), and either becomes :class:`~backupd.postgres.not_held.NotHeld`,
+    naming which of ``sending`` (the texts the block sends) holds it and the encoding that
+    cannot, not a name to rename.
 
     A name that is not UTF-8 stops a read on any session, not only a SQL_ASCII one: on a UTF8
     cluster with a SQL_ASCII database, that database's sessions may name a database or role
@@ -219,13 +228,18 @@ def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: 
     Either refusal becomes :class:`~backupd.postgres.not_text.NameNotText` naming the name
     that is not UTF-8 and ``reading``, what needed it (e.g. "the drill's comparison"); the
     name is looked for in ``catalogs``, those the read touches."""
-    switched = conn.info.parameter_status("client_encoding") == "SQL_ASCII"
+    client = conn.info.parameter_status("client_encoding")
+    # A SQL_ASCII server converts nothing: its other client encodings stay as they are.
+    switched = client is not None and client != "UTF8" and (
+        client == "SQL_ASCII" or conn.info.parameter_status("server_encoding") != "SQL_ASCII")
     if switched:
         conn.execute("SET client_encoding = 'UTF8'")
     refused: Exception | None = None
+    not_held: NotHeld | None = None
     try:
         yield
-    except NOT_TEXT_ERRORS as exc:
+    except (*NOT_TEXT_ERRORS, UnicodeEncodeError) as exc:
+        not_held = not_held_failure(conn, exc, reading, sending)
         refused = exc
     finally:
         # The server refused to send bytes that are not UTF-8 as UTF-8. Another error is
@@ -234,7 +248,9 @@ def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: 
                 and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR):
             conn.rollback()
         if switched:
-            conn.execute("SET client_encoding = 'SQL_ASCII'")
+            conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(client)))
+    if not_held is not None:
+        raise not_held from None
     if refused is not None:
         # Looked up as bytes, whatever the session's encoding (once a SQL_ASCII one is back).
         raise not_text_failure(conn, reading, refused, catalogs) from None

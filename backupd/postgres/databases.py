@@ -34,6 +34,7 @@ from backupd.postgres.connection import (
     drop_database,
     server_major,
 )
+from backupd.postgres.not_held import Sent
 from backupd.postgres.not_text import NOT_TEXT_ERRORS, raw_cursor, shown, unnamed_database
 from backupd.postgres.tablespaces import name_codec
 from backupd.settings import Settings
@@ -241,10 +242,30 @@ def create_like(conn: Connection, name: str, properties: DatabaseProperties | No
                 sql.Literal(properties.provider_locale)))
     if connection_limit is not None:
         options.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(connection_limit)))
-    # as_text: "café" cannot be sent as SQL_ASCII, which psycopg takes for ASCII.
-    with as_text(conn, f"creating database {name!r}", "server"):
+    # as_text: "café" cannot be sent as SQL_ASCII, which psycopg takes for ASCII; 日 of a
+    # locale or a tablespace cannot be held by a LATIN1 maintenance database (not_held).
+    with as_text(conn, f"creating database {name!r}", "server", _sent(name, properties,
+                                                                       tablespace)):
         conn.execute(sql.SQL("CREATE DATABASE {} {}").format(
             sql.Identifier(name), sql.SQL(" ").join(options)))
+
+
+def _sent(name: str, properties: DatabaseProperties | None,
+          tablespace: str | None) -> list[Sent]:
+    """What CREATE DATABASE sends that the session's encoding may not hold."""
+    sent = [Sent("database name", name)]
+    if tablespace is not None:
+        sent.append(Sent("tablespace", tablespace,
+                         "rename the tablespace to a name that database can hold (ALTER "
+                         "TABLESPACE … RENAME TO …: the restore then uses the default "
+                         "tablespace, and says so)"))
+    if properties is not None:
+        sent += [Sent("LC_COLLATE", properties.collate), Sent("LC_CTYPE", properties.ctype)]
+        if properties.provider_locale:
+            provider = properties.locale_provider
+            sent.append(Sent("ICU locale" if provider == "icu" else f"{provider} locale",
+                             properties.provider_locale))
+    return sent
 
 
 def _set_clause(setting: RoleSetting) -> sql.Composed:
