@@ -74,6 +74,11 @@ class Manifest(BaseModel):
     # then), so that restoring `*` brings back that set, not also a database dropped long
     # ago whose old backup is still kept. None in manifests of older backups.
     run_databases: list[str] | None = None
+    # The globals only: True when the run was of every database (POSTGRES_DB='*'), False for
+    # a list or one database. Only a run of '*''s list decides which databases a restore of
+    # '*' brings back: a list configuration sharing the backups writes globals too. None in
+    # manifests of older backups (their newest globals decide, whichever run wrote them).
+    run_of_every: bool | None = None
     # The globals only: True when the run of '*' looked into template1 and found nothing of
     # its own (so took no dump of it: its older dumps are no longer judged by health and
     # metrics), False when it dumped it (it held objects, or was taken as any database);

@@ -174,11 +174,12 @@ def test_an_incomplete_newest_run_restores_each_database_newest_complete_state(
     newest_run = back_up(source.address, "appdb", directory)
     newer_appdb = max(p.name for p in directory.glob("appdb_*.sql.gz"))
     # A run of `*` records every database it set out to back up, otherdb's failure included,
-    # and newdb's, created since the run before and failed in its first run: never backed up.
+    # and newdb's, created since the run before and failed in its first run: never backed up;
+    # and that it was of `*` (a list's run does not decide which databases `*` restores).
     newest_globals = max(directory.glob("globals_*.sql.gz"), key=lambda p: p.name)
     manifest = read_manifest(newest_globals)
-    assert manifest["run_databases"] == ["appdb"]
-    write_manifest(newest_globals, {**manifest,
+    assert manifest["run_databases"] == ["appdb"] and manifest["run_of_every"] is False
+    write_manifest(newest_globals, {**manifest, "run_of_every": True,
                                     "run_databases": ["appdb", "newdb", "otherdb", "postgres"]})
     with PrivateCluster("target3-pw") as target:
         target.start()

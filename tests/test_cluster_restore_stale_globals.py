@@ -110,24 +110,91 @@ def test_a_dump_of_another_run_in_the_globals_run_second_is_restored(
     assert STALE in line and "same second" in line, line
 
 
-def test_a_database_only_in_a_run_of_every_database_after_a_list_run_is_restored(
-        private_cluster: ClusterFactory, tmp_path: Path) -> None:
-    """A list configuration with the globals on and a '*' one with them off share the
-    directory; the list's run is the newest with globals, the '*' run comes after it."""
-    directory = tmp_path / "backups"
-    source = private_cluster("source-pw")
+def three_databases(source: PrivateCluster) -> None:
+    """keptdb (row 1), otherdb (row 2) and thirddb (row 3) on ``source``."""
     for name, value in (("keptdb", 1), ("otherdb", 2), ("thirddb", 3)):
         psql(source.address, "postgres", f"CREATE DATABASE {name};")
         psql(source.address, name, f"CREATE TABLE t (x int); INSERT INTO t VALUES ({value});")
+
+
+def assert_three_came_back(target: PrivateCluster, said: str) -> None:
+    for name, value in (("keptdb", 1), ("otherdb", 2), ("thirddb", 3)):
+        assert rows_of(target, name, "t") == [(value,)], said
+
+
+def test_a_database_only_in_a_run_of_every_database_after_a_list_run_is_restored(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """A list configuration with the globals on and a '*' one with them off share the
+    directory; the list's run has the newest globals, the '*' run comes after it. A list's
+    globals do not decide for '*', and no run of '*' wrote globals: every database comes
+    back, and thirddb, in the newest run of '*', is warned of by neither rule."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    three_databases(source)
     list_run = back_up(source.address, "keptdb,otherdb", directory)
     every_run = back_up_without_globals(source.address, "*", directory)
     assert every_run > list_run
     target = private_cluster("target-pw")
     proc = restore_latest(target.address, directory)
     said = proc.stdout + proc.stderr
-    for name, value in (("keptdb", 1), ("otherdb", 2), ("thirddb", 3)):
-        assert rows_of(target, name, "t") == [(value,)], said
+    assert_three_came_back(target, said)
     warnings = warnings_of(proc)
-    [line] = naming("thirddb", warnings)
-    assert STALE in line and list_run in line and every_run in line, line
-    assert naming("keptdb", warnings) == naming("otherdb", warnings) == [], warnings
+    assert [naming(name, warnings) for name in ("keptdb", "otherdb", "thirddb")] == [
+        [], [], []], warnings
+
+
+def test_a_list_run_s_newer_globals_do_not_decide_for_every_database(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """A '*' configuration and a list one, both with the globals on, share the directory;
+    the list's run is the newest. Its globals record a run of a list, so the newest globals
+    of a run of '*' decide: thirddb, which only '*' backs up, is live and comes back. The
+    roles still come from the newest globals (the list's: roles are cluster-wide). Globals
+    written before a run recorded whether it was of '*' keep the old rule: the newest
+    decide, and thirddb is left out, said in one line."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    three_databases(source)
+    every_run = back_up(source.address, "*", directory)
+    list_run = back_up(source.address, "keptdb,otherdb", directory)
+    assert list_run > every_run
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, directory)
+    said = proc.stdout + proc.stderr
+    assert_three_came_back(target, said)
+    # thirddb and postgres are in the newest run of '*': nothing to warn of, the list's run
+    # after it did not leave them out by being incomplete.
+    assert warnings_of(proc) == [], said
+    assert f"globals restored from globals_{list_run}" in said, said
+    # The same backups as an older version wrote them: no globals says whether it was '*'.
+    for globals_file in directory.glob("globals_*.sql.gz"):
+        manifest = read_manifest(globals_file)
+        manifest.pop("run_of_every", None)
+        write_manifest(globals_file, manifest)
+    older = private_cluster("older-pw")
+    proc = restore_latest(older.address, directory)
+    said = proc.stdout + proc.stderr
+    assert rows_of(older, "keptdb", "t") == [(1,)], said
+    [left_out] = [line for line in said.splitlines() if "not restoring" in line]
+    assert "thirddb" in left_out and "not in the newest backup run" in left_out, said
+    with connect(older.address, "postgres") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'thirddb'"
+                            ).fetchone() == (0,)
+
+
+def test_a_list_run_s_globals_after_a_run_of_every_database_without_do_not_decide(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """A run of '*' with the globals off, then a list's run with them on: the list's
+    globals are the only ones, and do not decide for '*': every database with a backup
+    comes back, none warned of (all are in the newest run of '*')."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    three_databases(source)
+    every_run = back_up_without_globals(source.address, "*", directory)
+    list_run = back_up(source.address, "keptdb,otherdb", directory)
+    assert list_run > every_run
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, directory)
+    said = proc.stdout + proc.stderr
+    assert_three_came_back(target, said)
+    assert warnings_of(proc) == [], said
+

@@ -86,7 +86,8 @@ def run(ctx: JobContext, *, apply_retention: bool = True,
             ctx.cancel.raise_if_cancelled()
             facts.globals = globals_backup.backup_globals(
                 ctx, conn, started, rid, offsite=offsite, apply_retention=apply_retention,
-                not_before=not_before, databases=databases, template1_empty=template.empty)
+                not_before=not_before, databases=databases, template1_empty=template.empty,
+                run_of_every=settings.database_selection.every)
     _conclude(ctx, facts, frozenset(resolved.unnamed))
 
 

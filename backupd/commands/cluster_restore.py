@@ -139,7 +139,9 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                 maintenance_connection(ctx.settings) as conn:
             outcome.globals = restore_globals(ctx, conn, path, globals_entry)
     for entry in plan:
-        outcome.databases.append(_restore_one(ctx, repository, entry, newest_run,
+        # One in the newest run of '*' is not an incomplete run's when a list's run is newer.
+        incomplete_unless = None if entry.database in chosen.current else newest_run
+        outcome.databases.append(_restore_one(ctx, repository, entry, incomplete_unless,
                                               chosen.notes.get(entry.database),
                                               replace=replace, without=without))
     outcome.total_seconds = time.monotonic() - started

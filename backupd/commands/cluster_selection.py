@@ -1,8 +1,9 @@
 """Which databases a whole-system restore of POSTGRES_DB='*' brings back (``restore
---latest``, commands.cluster_restore): the newest verified globals manifest's run list
-decides, with template1's own rule (storage.template1_runs); without such a list
-(DB_BACKUP_GLOBALS=off) every database with a verified backup, each not in the newest run
-of '*' warned of. Apart from the restore itself to keep each module readable."""
+--latest``, commands.cluster_restore): the run list of the newest verified globals of a run
+of '*' (or recording no kind of run: older backups) decides, with template1's own rule
+(storage.template1_runs); without such a list (DB_BACKUP_GLOBALS=off, or only a list's
+globals) every database with a verified backup, each not in the newest run of '*' warned
+of. Apart from the restore itself to keep each module readable."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class Chosen:
 
     names: list[str]
     notes: dict[str, str] = field(default_factory=dict)
+    # Those backed up in the newest run of '*' or later when a list's run is newer still:
+    # not in the newest run because that list does not name them, so no "incomplete" note.
+    current: frozenset[str] = frozenset()
 
 
 def choose_databases(ctx: JobContext, repository: Repository, database: str | None,
@@ -38,7 +42,11 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     if not chosen.every:
         return Chosen(list(chosen.names))
     names = chosen.choose(repository.databases())
-    newest = newest_verified(globals_entries)
+    # A list configuration sharing the backups (POSTGRES_DB=a,b, globals on) writes globals
+    # too: its list is not '*''s, and would leave out a live database only '*' backs up.
+    # Its globals still restore the roles (cluster_restore._globals): roles are cluster-wide.
+    newest = newest_verified(e for e in globals_entries
+                             if e.manifest is None or e.manifest.run_of_every is not False)
     manifest = newest.manifest if newest is not None else None
     run = manifest.run_databases if manifest is not None else None
     # What the newest run that looked did with template1, from its dumps' manifests: the
@@ -77,7 +85,31 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     if not names:
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
-    return Chosen(names, notes)
+    return Chosen(names, notes, _current(names, newest, globals_entries, listed))
+
+
+def _current(names: list[str], decided_by: BackupEntry | None,
+             globals_entries: list[BackupEntry],
+             listed: Callable[[str], list[BackupEntry]]) -> frozenset[str]:
+    """Of ``names``, those whose newest verified backup is of the newest run of '*' (the
+    deciding globals' run, or the newest that recorded template1's look) or later, when the
+    newest globals are a list's run: that run, newer, names only its list. Empty when the
+    newest globals are not a list's (cluster_restore's "incomplete" rule as before)."""
+    top = newest_verified(globals_entries)
+    if top is None or top.manifest is None or top.manifest.run_of_every is not False:
+        return frozenset()
+    runs = []
+    if decided_by is not None and decided_by.manifest is not None \
+            and decided_by.manifest.run_of_every and decided_by.manifest.run_id:
+        runs.append(decided_by.manifest.run_id)
+    look = template1_in_newest_run(names, listed, globals_entries)
+    if look is not None:
+        runs.append(look.run_id)
+    if not runs:
+        return frozenset()
+    every_run = max(runs)
+    return frozenset(name for name in names if (entry := newest_verified(listed(name)))
+                     is not None and _run_of(entry) >= every_run)
 
 
 def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: BackupEntry,
@@ -117,6 +149,13 @@ def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: Bac
         notes[name] = (f"not in the newest globals backup's run {globals_run}, but backed up "
                        f"in {which} {rid}; taking its newest verified backup {entry.name}")
     return notes
+
+
+def _run_of(entry: BackupEntry) -> str:
+    """The run id ``entry`` records, or with none (older backups) its own time as one."""
+    manifest = entry.manifest
+    return (manifest.run_id if manifest is not None and manifest.run_id
+            else run_id_at(entry.parsed.taken_at))
 
 
 def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list[str],

@@ -52,13 +52,16 @@ def backup_globals(ctx: JobContext, conn: Connection, started: datetime, run_id:
                    offsite: Repository | None, apply_retention: bool,
                    not_before: datetime | None = None,
                    databases: list[str] | None = None,
-                   template1_empty: bool | None = None) -> GlobalsBackup:
+                   template1_empty: bool | None = None,
+                   run_of_every: bool | None = None) -> GlobalsBackup:
     """Take, verify, replicate and retain the globals of this run (``databases``: the ones
-    it backs up, and ``template1_empty``, recorded in the manifest); never raises for a
-    failure of the globals themselves (the run reports it), only for a cancel."""
+    it backs up, ``template1_empty`` and ``run_of_every``, recorded in the manifest); never
+    raises for a failure of the globals themselves (the run reports it), only for a
+    cancel."""
     outcome = GlobalsBackup()
     try:
-        _take(ctx, conn, started, run_id, outcome, not_before, databases, template1_empty)
+        _take(ctx, conn, started, run_id, outcome, not_before, databases, template1_empty,
+              run_of_every)
     except JobSkipped as exc:
         outcome.skipped, outcome.error = True, str(exc)
         return outcome
@@ -82,7 +85,8 @@ def backup_globals(ctx: JobContext, conn: Connection, started: datetime, run_id:
 
 def _take(ctx: JobContext, conn: Connection, started: datetime, run_id: str,
           outcome: GlobalsBackup, not_before: datetime | None,
-          databases: list[str] | None, template1_empty: bool | None) -> None:
+          databases: list[str] | None, template1_empty: bool | None,
+          run_of_every: bool | None) -> None:
     settings, store = ctx.settings, ctx.store
     if not_before is not None:
         _skip_if_slot_taken(store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND), not_before)
@@ -124,7 +128,7 @@ def _take(ctx: JobContext, conn: Connection, started: datetime, run_id: str,
         raw_bytes=dumped.raw_bytes, stored_bytes=dumped.stored_bytes, sha256=dumped.sha256,
         encrypted=bool(recipients), age_recipients=recipients,
         gzip_members=dumped.gzip_members, run_id=run_id, role_passwords=outcome.role_passwords,
-        run_databases=databases, template1_empty=template1_empty)
+        run_databases=databases, template1_empty=template1_empty, run_of_every=run_of_every)
     store.commit(manifest)
     outcome.name = name
     report = verify_file(store.directory / name, parsed, manifest, identities=identities,
