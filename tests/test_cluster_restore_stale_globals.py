@@ -198,3 +198,38 @@ def test_a_list_run_s_globals_after_a_run_of_every_database_without_do_not_decid
     assert_three_came_back(target, said)
     assert warnings_of(proc) == [], said
 
+
+def test_a_database_whose_dump_after_the_globals_failed_verification_is_restored(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """newdb's only dump after the newest globals' run (a list's, written before runs
+    recorded whether they were of '*', so it decides) failed verification: its manifest
+    still shows newdb was live after that list was made, so its older verified backup is
+    restored, and the one warning says the newest failed verification."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    psql(source.address, "postgres", "CREATE DATABASE keptdb; CREATE DATABASE newdb;")
+    psql(source.address, "keptdb", "CREATE TABLE k (x int); INSERT INTO k VALUES (1);")
+    psql(source.address, "newdb", "CREATE TABLE n (x int); INSERT INTO n VALUES (7), (8);")
+    back_up_without_globals(source.address, "*", directory)
+    [verified_dump] = [p.name for p in directory.glob("newdb_*.sql.gz")]
+    globals_run = back_up(source.address, "keptdb", directory)
+    [globals_file] = directory.glob("globals_*.sql.gz")
+    manifest = read_manifest(globals_file)
+    manifest.pop("run_of_every", None)
+    write_manifest(globals_file, manifest)
+    psql(source.address, "newdb", "INSERT INTO n VALUES (9);")
+    later_run = back_up_without_globals(source.address, "*", directory)
+    assert later_run > globals_run
+    failed = max(directory.glob("newdb_*.sql.gz"), key=lambda p: p.name)
+    assert failed.name != verified_dump
+    write_manifest(failed, {**read_manifest(failed), "verified": False,
+                            "verify_error": "checksum mismatch"})
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, directory)
+    said = proc.stdout + proc.stderr
+    assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
+    assert rows_of(target, "keptdb", "k") == [(1,)], said
+    [line] = naming("newdb", warnings_of(proc))
+    assert STALE in line and globals_run in line and later_run in line, line
+    assert failed.name in line and "did not pass verification" in line, line
+    assert verified_dump in line and "--database" in line, line

@@ -116,9 +116,11 @@ def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: Bac
                      recorded_run: str | None, candidates: list[str],
                      listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
     """Of ``candidates`` (not on the run list of ``globals_entry``, the newest verified
-    globals), those whose newest verified backup is of a later run: live after that list
-    was made (DB_BACKUP_GLOBALS turned off since, or another configuration sharing the
-    backups, a list, took those globals), so restored, one warning each; their notes.
+    globals deciding), those with a backup of a later run: live after that list was made
+    (DB_BACKUP_GLOBALS turned off since, or another configuration sharing the backups took
+    those globals), so restored from their newest verified backup, one warning each; their
+    notes. Any backup's manifest shows that, one that failed verification too: the newest
+    being bad does not make the database dropped.
 
     Run ids count whole seconds (none recorded: the backup's own time, never earlier than
     its run's start). One equal to the globals' is another run started in that second: the
@@ -128,26 +130,34 @@ def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: Bac
     globals_run = recorded_run or run_id_at(globals_entry.parsed.taken_at)
     notes: dict[str, str] = {}
     for name in candidates:
-        entry = newest_verified(listed(name))
+        entries = listed(name)
+        entry = newest_verified(entries)
         if entry is None:
             continue  # no verified backup to restore: left out with the others
-        manifest = entry.manifest
-        rid = (manifest.run_id if manifest is not None and manifest.run_id
-               else run_id_at(entry.parsed.taken_at))
+        # A date in the future is no evidence of when the database was there.
+        newest = max((e for e in entries if e.manifest is not None and not e.from_the_future()),
+                     key=_run_of, default=entry)
+        rid = _run_of(newest)
         if rid < globals_run:
             continue
         which = ("a later run" if rid > globals_run
                  else "another run started in the same second")
+        restored = (", so it is restored" if newest is entry else
+                    " and did not pass verification, so its older verified backup, "
+                    f"{entry.name}, is restored")
         ctx.warn(f"POSTGRES_DB='*': {name} is not in the newest globals backup's run "
                  f"({globals_entry.name}, run {globals_run}), but its newest backup, "
-                 f"{entry.name}, is from {which} (run {rid}), so it is restored: those "
+                 f"{newest.name}, is from {which} (run {rid}){restored}: those "
                  "globals' list of databases is older than that backup (DB_BACKUP_GLOBALS "
                  "was turned off since, or another configuration sharing the backups took "
                  f"them) and does not decide for {name}; if {name} was dropped since, drop "
                  "it again after this restore, or restore the other databases one by one "
                  f"with --database NAME, or delete its backups from {repository.description}")
+        failed = ("" if newest is entry else
+                  f" (its newest, {newest.name}, did not pass verification)")
         notes[name] = (f"not in the newest globals backup's run {globals_run}, but backed up "
-                       f"in {which} {rid}; taking its newest verified backup {entry.name}")
+                       f"in {which} {rid}{failed}; taking its newest verified backup "
+                       f"{entry.name}")
     return notes
 
 
