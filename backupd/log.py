@@ -222,6 +222,11 @@ def _private_opener(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
+def shown_utc(moment: datetime) -> str:
+    """``moment`` as every message, log file and page shows a time: UTC, to the second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 class JobLogFile:
     """Appends timestamped human-readable lines to a job kind's file in DB_BACKUP_DIR."""
 
@@ -231,7 +236,7 @@ class JobLogFile:
         self.path = directory / JOB_LOG_FILES.get(job, f"{job}_log.txt")
 
     def write(self, message: str) -> None:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        stamp = shown_utc(datetime.now(UTC))
         # One line per entry, whatever the message holds (database names may hold newlines).
         line = f"[{stamp}] " + redact(message).replace("\r", "\\r").replace("\n", "\\n") + "\n"
         try:

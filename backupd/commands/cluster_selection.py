@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from backupd.errors import JobFailed
 from backupd.job import JobContext
+from backupd.log import shown_utc
 from backupd.naming import TIMESTAMP_FORMAT
 from backupd.naming import run_id as run_id_at
 from backupd.postgres.databases import TEMPLATE_DATABASE
@@ -195,7 +196,7 @@ def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list
             continue
         ctx.warn(f"POSTGRES_DB='*': {name} has no backup from the newest run of every "
                  f"database, {_run_time(newest.run_id)} (run {newest.run_id}); its newest "
-                 f"backup, {entry.name}, is of {_shown(entry.parsed.taken_at)}, and is "
+                 f"backup, {entry.name}, is of {shown_utc(entry.parsed.taken_at)}, and is "
                  "restored all the same (no globals manifest records which databases "
                  "that run took; its dump may also have failed, or another "
                  f"configuration sharing the backups left it out); if {name} was dropped "
@@ -211,13 +212,9 @@ def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list
 
 def _run_time(run_id: str) -> str:
     try:
-        return _shown(datetime.strptime(run_id, TIMESTAMP_FORMAT).replace(tzinfo=UTC))
+        return shown_utc(datetime.strptime(run_id, TIMESTAMP_FORMAT).replace(tzinfo=UTC))
     except ValueError:
         return run_id  # a later version's id: shown as it is
-
-
-def _shown(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _template1_left_out(run: str, *, empty: bool) -> str:

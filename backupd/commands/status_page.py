@@ -22,7 +22,7 @@ from backupd.commands.status_model import (
     collect,
 )
 from backupd.daemon.history import RunRecord
-from backupd.log import redact
+from backupd.log import redact, shown_utc
 from backupd.result import human_bytes, human_duration
 from backupd.settings import Settings
 
@@ -82,7 +82,7 @@ def _e(value: object) -> str:
 
 
 def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "-" if moment is None else shown_utc(moment)
 
 
 def _seconds(value: float) -> str:

@@ -33,7 +33,7 @@ from backupd.daemon.cron import CronSchedule, parse_cron, parse_zone
 from backupd.daemon.restart_step import step_since_slot
 from backupd.daemon.state import DaemonState
 from backupd.job import JobContext, run_job, skipped_result
-from backupd.log import get_logger
+from backupd.log import get_logger, shown_utc
 from backupd.naming import BASE_DATABASE, BASE_KIND
 from backupd.notify.base import NotifierChain
 from backupd.result import JobResult, Status
@@ -175,10 +175,10 @@ class Daemon:
                 before = job.schedule.previous_at_or_before(due - _SECOND)
                 self.state.supersede_slot(name, ahead, before or due - _SECOND)
             if now - due <= grace:
-                run_now[name] = f"catching up the run due at {_fmt(due)}, missed while down"
+                run_now[name] = f"catching up the run due at {shown_utc(due)}, missed while down"
             else:
                 self._report(name, due, Status.MISSED,
-                             f"the run due at {_fmt(due)} was missed while backupd was not "
+                             f"the run due at {shown_utc(due)} was missed while backupd was not "
                              f"running, more than SCHEDULE_MISFIRE_GRACE_SECONDS "
                              f"({self.settings.misfire_grace_seconds}s) ago; skipped")
         if ("basebackup" in self.jobs and "basebackup" not in run_now
@@ -301,14 +301,14 @@ class Daemon:
             due = event.scheduled_run_time
             late = (datetime.now(UTC) - due).total_seconds()
             self._report_async(name, due, Status.MISSED,
-                               f"the run due at {_fmt(due)} started {late:.0f}s late, more than "
-                               f"SCHEDULE_MISFIRE_GRACE_SECONDS "
+                               f"the run due at {shown_utc(due)} started {late:.0f}s late, "
+                               f"more than SCHEDULE_MISFIRE_GRACE_SECONDS "
                                f"({self.settings.misfire_grace_seconds}s); skipped")
         elif event.code == EVENT_JOB_MAX_INSTANCES:
             assert isinstance(event, JobSubmissionEvent)
             due = max(event.scheduled_run_times)
             self._report_async(name, due, Status.SKIPPED,
-                               f"the run due at {_fmt(due)} was skipped: the previous {name} "
+                               f"the run due at {shown_utc(due)} was skipped: the previous {name} "
                                "run was still in progress")
         else:  # EVENT_JOB_ERROR: _fire itself failed (run_job never raises)
             self.log.error("job wrapper failed", job=name,
@@ -362,7 +362,3 @@ def not_again(schedule: CronSchedule, back: timedelta) -> bool:
     its slots by the clock as it reads (an hourly one goes on hourly), unless the step is
     only as large as clocks may disagree (an NTP step of seconds repeats nothing)."""
     return back < (REPEAT_WINDOW if schedule.fixed_time else CLOCK_TOLERANCE)
-
-
-def _fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
