@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import back_up, back_up_without_globals, read_manifest, write_manifest
+from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import jobs_finished
 from helpers.pg import connect, psql
@@ -233,3 +234,27 @@ def test_a_database_whose_dump_after_the_globals_failed_verification_is_restored
     assert STALE in line and globals_run in line and later_run in line, line
     assert failed.name in line and "did not pass verification" in line, line
     assert verified_dump in line and "--database" in line, line
+
+
+def test_a_database_live_after_the_globals_with_no_verified_backup_stops_the_restore(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """newdb's only dump, after the globals' run, failed verification: newdb was live then,
+    and cannot be brought back. Said as "no longer in the cluster" and left out, a whole-
+    system restore would report success without it; it fails before any change instead,
+    naming newdb, as for any database of '*' with no verified backup."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    globals_then_newdb_without(source, directory)
+    [only_dump] = directory.glob("newdb_*.sql.gz")
+    write_manifest(only_dump, {**read_manifest(only_dump), "verified": False,
+                               "verify_error": "checksum mismatch"})
+    target = private_cluster("target-pw")
+    proc = run_backupd(["restore", "--latest", "--yes"],
+                       server_env(target.address, "*", directory), timeout=300)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "no verified backup of 'newdb'" in said and "nothing was changed" in said, said
+    assert "no longer in the cluster" not in said, said
+    with connect(target.address, "postgres") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname IN "
+                            "('keptdb', 'newdb')").fetchone() == (0,)

@@ -133,13 +133,20 @@ def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: Bac
     for name in candidates:
         entries = listed(name)
         entry = newest_verified(entries)
-        if entry is None:
-            continue  # no verified backup to restore: left out with the others
         # A date in the future is no evidence of when the database was there.
         newest = max((e for e in entries if e.manifest is not None and not e.from_the_future()),
                      key=_run_of, default=entry)
+        if newest is None:
+            continue
         rid = _run_of(newest)
         if rid < globals_run:
+            continue
+        if entry is None:
+            # Live after that list was made, and nothing to bring it back from: chosen, so
+            # the restore stops before any change naming it (cluster_restore), rather than
+            # succeed without it.
+            notes[name] = (f"backed up in run {rid}, after the newest globals backup's run "
+                           f"{globals_run}, but no backup of it passed verification")
             continue
         which = ("a later run" if rid > globals_run
                  else "another run started in the same second")
