@@ -82,6 +82,30 @@ def encode_database(database: str) -> str:
     return "".join(out)
 
 
+# The one way argv and the environment bring a byte that is not UTF-8 (a Latin-1 terminal's
+# "café", b"caf\xe9"): Python decodes them with surrogateescape, each such byte a lone
+# surrogate U+DC80-U+DCFF, which no UTF-8 encode takes.
+_ESCAPED_BYTES = range(0xDC80, 0xDD00)
+NOT_UTF8_FIX = ("give it in UTF-8, not in another encoding such as Latin-1 (set by the "
+                "terminal, script or file it came from)")
+
+
+def not_utf8(name: str, fix: str = NOT_UTF8_FIX) -> str | None:
+    """Why ``name``, given on the command line or in a setting, cannot be used: it holds
+    bytes that are not UTF-8 (``'caf\\xe9' is not UTF-8; ...``). None when it is text.
+    Checked before any other check of a name: every one of them encodes it (a length in
+    bytes, a connection string, a file name), which failed as an internal error."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return None
+    shown = "".join(f"\\x{ord(char) - 0xDC00:02x}" if ord(char) in _ESCAPED_BYTES
+                    else repr(char)[1:-1] for char in name)
+    return f"'{shown}' is not UTF-8; {fix}"
+
+
 def decode_database(encoded: str) -> str:
     raw = bytearray()
     index = 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_backupd
+from helpers.cli import NOT_UTF8, NOT_UTF8_SHOWN, run_backupd
 from helpers.leakcheck import SECRET_PASSWORD
 from helpers.logs import human_lines
 
@@ -132,6 +132,22 @@ SETTINGS_CASES = [
          "BASEBACKUP_CHECKPOINT"),
     Case("basebackup-schedule-minute-61", ["run"], {"BASEBACKUP_SCHEDULE": "61 * * * *"},
          "BASEBACKUP_SCHEDULE"),
+    # Names in bytes that are not UTF-8 (NOT_UTF8): said as such, not a codec's message, nor
+    # an internal error where the name was first encoded.
+    Case("database-not-utf8", ["list"], {"POSTGRES_DB": NOT_UTF8},
+         f"POSTGRES_DB: {NOT_UTF8_SHOWN} is not UTF-8"),
+    Case("database-list-not-utf8", ["backup"], {"POSTGRES_DB": f"app,{NOT_UTF8}"},
+         f"POSTGRES_DB: {NOT_UTF8_SHOWN} is not UTF-8"),
+    Case("exclude-not-utf8", ["backup"], {"POSTGRES_DB": "*", "DB_BACKUP_EXCLUDE": NOT_UTF8},
+         f"DB_BACKUP_EXCLUDE: {NOT_UTF8_SHOWN} is not UTF-8"),
+    Case("user-not-utf8", ["backup"], {"POSTGRES_USER": NOT_UTF8},
+         f"POSTGRES_USER: {NOT_UTF8_SHOWN} is not UTF-8"),
+    Case("drill-user-not-utf8", ["drill"],
+         {"DRILL_POSTGRES_HOST": "127.0.0.1", "DRILL_POSTGRES_PORT": "2",
+          "DRILL_POSTGRES_USER": NOT_UTF8},
+         f"DRILL_POSTGRES_USER: {NOT_UTF8_SHOWN} is not UTF-8"),
+    Case("drill-database-not-utf8", ["drill"], {"DRILL_DATABASE": NOT_UTF8},
+         f"DRILL_DATABASE: {NOT_UTF8_SHOWN} is not UTF-8"),
 ]
 
 COMMAND_CASES = [
@@ -158,6 +174,11 @@ COMMAND_CASES = [
          names="--database"),
     Case("restore-database-without-backups",
          ["restore", "--latest", "--database", "nosuch", "--yes"], names="--database"),
+    Case("restore-database-not-utf8", ["restore", "--latest", "--database", NOT_UTF8, "--yes"],
+         names=f"--database: {NOT_UTF8_SHOWN} is not UTF-8"),
+    *(Case(f"{command}-name-not-utf8", [command, f"{NOT_UTF8}_20200101_000000.sql.gz", *more],
+           names="NAME: 'caf\\xe9_20200101_000000.sql.gz' is not UTF-8")
+      for command, more in (("restore", ["--yes"]), ("verify", []), ("drill", []))),
 ]
 
 

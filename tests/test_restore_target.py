@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import take_backup
-from helpers.cli import EnvFactory, one_error_line, run_backupd, server_env
+from helpers.cli import (
+    NOT_UTF8,
+    NOT_UTF8_SHOWN,
+    EnvFactory,
+    one_error_line,
+    run_backupd,
+    server_env,
+)
 from helpers.cluster import PrivateCluster
 from helpers.logs import jobs_finished
 from helpers.pg import ServerAddress, connect, drop_database, fingerprint, pg_binary, psql
@@ -44,6 +51,27 @@ def test_empty_target_db_is_bad_input_not_postgres_db(
     assert "--target-db" in one_error_line(proc.stderr)
     assert kept == []
     assert fingerprint(pg_server, small_db) == live
+
+
+def test_a_target_db_not_in_utf8_is_bad_input_naming_it(
+    pg_server: ServerAddress, small_db: str, backupd_env: EnvFactory,
+) -> None:
+    # A Latin-1 terminal's "café" (b"caf\xe9"): the length check encoded it, an internal error.
+    env = backupd_env(small_db)
+    backup = take_backup(env)
+    live = fingerprint(pg_server, small_db)
+
+    proc = run_backupd(["restore", backup.name, "--target-db", NOT_UTF8, "--yes"], env)
+
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert line.startswith(f"backupd: error: --target-db: {NOT_UTF8_SHOWN} is not UTF-8"), line
+    assert "UTF-8" in line.split("is not UTF-8", 1)[1], line  # and how to give it
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert fingerprint(pg_server, small_db) == live
+    assert psql(pg_server, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE "
+                "'caf%' AND (datname LIKE '%restoring%' OR datname LIKE '%before_restore%')"
+                ).strip() == "0"
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from backupd.daemon.state import ResultRecorder
 from backupd.errors import ConfigError
 from backupd.job import JobContext, run_job
 from backupd.log import configure_logging, logs_are_json, redact, say_on_stderr
+from backupd.naming import NOT_UTF8_FIX, not_utf8
 from backupd.notify import build_chain
 from backupd.result import JobResult
 from backupd.settings import Settings, load_settings
@@ -47,6 +48,19 @@ app = typer.Typer(
 def fail(message: str, code: int = 2) -> NoReturn:
     say_on_stderr(f"backupd: error: {redact(message)}")
     raise typer.Exit(code)
+
+
+# NAME is a file backupd wrote, which is always UTF-8: only a mistyped one is not.
+NAME_NOT_UTF8_FIX = "backupd's file names are UTF-8: give it as `backupd list` shows it"
+
+
+def check_utf8(argument: str, *values: str | None, fix: str = NOT_UTF8_FIX) -> None:
+    """Exit 2 naming ``argument`` when one of ``values`` is not UTF-8 (naming.not_utf8):
+    checked at the edge, before anything encodes it (a length check, a connection)."""
+    for value in values:
+        problem = None if value is None else not_utf8(value, fix)
+        if problem is not None:
+            fail(f"{argument}: {problem}")
 
 
 class LogFormat(StrEnum):

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import PurePath
 from typing import Annotated
 
 import typer
 
-from backupd.cli.app import app, bootstrap, discard, execute, fail, finish
+from backupd.cli.app import (
+    NAME_NOT_UTF8_FIX,
+    app,
+    bootstrap,
+    check_utf8,
+    discard,
+    execute,
+    fail,
+    finish,
+)
 from backupd.errors import BackupdError
 from backupd.outcomes import ContinuityOutcome, PruneOutcome, VerifyOutcome
 
@@ -52,6 +62,7 @@ def verify(
     every file against PostgreSQL's backup_manifest). --wal: the WAL archive's continuity."""
     from backupd.commands import verify as verify_cmd
 
+    check_utf8("NAME", *(PurePath(name).name for name in names or []), fix=NAME_NOT_UTF8_FIX)
     settings = bootstrap()
     if wal:
         from backupd.commands import wal_verify

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import sys
+from pathlib import PurePath
 from typing import Annotated
 
 import typer
 
-from backupd.cli.app import app, bootstrap, execute, fail, finish, paused_progress
+from backupd.cli.app import (
+    NAME_NOT_UTF8_FIX,
+    app,
+    bootstrap,
+    check_utf8,
+    execute,
+    fail,
+    finish,
+    paused_progress,
+)
 from backupd.cli.signals import interrupting
 from backupd.errors import Cancelled
 from backupd.outcomes import ClusterRestoreOutcome, DrillOutcome
@@ -59,6 +69,9 @@ def restore(
         fail("NAME and --latest: give one of them, not both")
     if not name and not latest:
         fail("NAME: give a backup file name or --latest; see `backupd list`")
+    check_utf8("NAME", name and PurePath(name).name, fix=NAME_NOT_UTF8_FIX)
+    check_utf8("--target-db", target_db)
+    check_utf8("--database", database)
     if not yes and not sys.stdin.isatty():
         fail("--yes: no terminal to confirm on; pass --yes to restore without asking")
     from backupd.commands import cluster_restore
@@ -129,6 +142,7 @@ def drill(
     either part does."""
     from backupd.commands import drill as drill_cmd
 
+    check_utf8("NAME", name and PurePath(name).name, fix=NAME_NOT_UTF8_FIX)
     settings = bootstrap()
     result = execute("drill", settings, lambda ctx: drill_cmd.run(ctx, name, from_s3=from_s3))
     outcome = result.outcome

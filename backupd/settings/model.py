@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backupd.errors import ConfigError
+from backupd.naming import not_utf8
 from backupd.secret_files import read_setting_file
 from backupd.settings.basebackup import BaseBackupSettings
 from backupd.settings.notify import NotifySettings
@@ -159,6 +160,9 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
         if value.strip() == EVERY_DATABASE:
             return EVERY_DATABASE
         if "," not in value:
+            problem = not_utf8(value)
+            if problem is not None:
+                raise ValueError(problem)
             if not value or len(value.encode()) > 63 or "\x00" in value:
                 raise ValueError("must be 1 to 63 bytes with no NUL character")
             return value
@@ -166,6 +170,15 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
         if EVERY_DATABASE in names:
             raise ValueError("'*' (every database) cannot be part of a list; set "
                              "POSTGRES_DB='*' alone and DB_BACKUP_EXCLUDE for exceptions")
+        return value
+
+    @field_validator("postgres_user", "drill_postgres_user", "drill_database")
+    @classmethod
+    def _name_is_utf8(cls, value: str | None) -> str | None:
+        # Sent to PostgreSQL (a connection string, a CREATE DATABASE), which encodes it.
+        problem = None if value is None else not_utf8(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("backup_exclude")

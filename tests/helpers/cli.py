@@ -18,6 +18,13 @@ from typing import IO, Any
 from . import leakcheck
 from .pg import ServerAddress
 
+# A name as argv or the environment brings bytes that are not UTF-8 (a Latin-1 terminal's
+# "café"): Python decodes them with surrogateescape, so b"caf\xe9" arrives as "caf\udce9", and
+# subprocess encodes it back to the same bytes for the child.
+NOT_UTF8 = b"caf\xe9".decode("utf-8", "surrogateescape")
+# How backupd shows it in its one error line.
+NOT_UTF8_SHOWN = "'caf\\xe9'"
+
 # The ``backupd_env`` fixture's type: keyword settings in, a child's environment out.
 EnvFactory = Callable[..., dict[str, str]]
 
