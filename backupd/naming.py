@@ -228,8 +228,8 @@ class ParsedName:
 def parse_backup_name(name: str) -> ParsedName | None:
     """Parse a backup file name (a dump, the globals, a base backup); ``None`` for anything
     that is not one of ours."""
-    if "/" in name:
-        return None
+    if "/" in name or not_utf8(name) is not None:
+        return None  # backupd never writes a name that is not UTF-8
     wal_match = _WAL_RE.fullmatch(name)
     if wal_match is not None:
         return ParsedName(name=name, database=WAL_DATABASE, encoded_database=wal_match["wal"],

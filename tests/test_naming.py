@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers.cli import NOT_UTF8, run_backupd
 
 from backupd.naming import (
     backup_name,
@@ -91,10 +92,26 @@ def test_distinct_databases_never_share_a_name() -> None:
         "db_20240305_010203.sql.gz\n",
         "db_20240305_010203.dump.age\n",
         "db\n_20240305_010203.sql.gz\n",
+        # Bytes that are not UTF-8 (b"caf\xe9", as os.listdir gives them): backupd writes
+        # none, and decoding the name crashed (`list` with such a file in DB_BACKUP_DIR).
+        f"{NOT_UTF8}_20240305_010203.sql.gz",
     ],
 )
 def test_foreign_names_are_not_backups(name: str) -> None:
     assert parse_backup_name(name) is None
+
+
+def test_list_leaves_out_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    # Someone's file in DB_BACKUP_DIR, named in Latin-1: `list` was an internal error.
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    (backups / f"{NOT_UTF8}_20240305_010203.sql.gz").write_bytes(b"x")
+    env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1", "POSTGRES_DB": "db",
+           "DB_BACKUP_DIR": str(backups)}
+    proc = run_backupd(["list"], env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "no backups", proc.stdout
+    assert "internal error" not in proc.stderr, proc.stderr
 
 
 def test_suffixes_and_helpers() -> None:
