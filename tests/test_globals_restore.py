@@ -25,6 +25,7 @@ from backupd.naming import GLOBALS_KIND, globals_name, parse_backup_name
 from backupd.pipeline.sqlcheck import CLUSTER_FOOTER, CLUSTER_HEADER, FOOTER, HEADER, HeadTail
 from backupd.postgres.globals import apply_globals
 from backupd.postgres.globals_sql import Kind, classify, split_statements
+from backupd.postgres.not_held import NotHeld
 from backupd.result import JobResult
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry
@@ -262,3 +263,32 @@ def test_a_role_whose_attributes_cannot_be_set_is_not_created(target: PrivateClu
     assert "boss" not in on_server and on_server["worker"][1] is True  # worker can log in
     # Never sent to be refused: the server logs a failed statement whole, password included.
     assert "boss pw" not in target.log_file.read_text()
+
+
+
+def test_a_superuser_role_a_latin1_session_cannot_hold_is_said_as_such() -> None:
+    """A CREATEROLE restorer asks whether a SUPERUSER role exists before leaving it out. On a
+    LATIN1 session psycopg encoded the name as Latin-1: a role '日本' was an internal error
+    (UnicodeEncodeError). Now, as every statement sending a name, through as_text: one line
+    naming the role name, the character and the encoding (not_held), nothing applied, and
+    the session back to its own encoding. (A SQL_ASCII session does not provoke it: psycopg
+    sends a str parameter as UTF-8 there, so 'rôle' was looked up all the same.)"""
+    with PrivateCluster("latin1-pw", encoding="LATIN1") as cluster:
+        cluster.start()
+        with connect(cluster.address) as conn:
+            conn.execute("CREATE ROLE restorer LOGIN CREATEROLE PASSWORD 'restorer pw'")
+        restorer = ServerAddress(cluster.address.host, cluster.port, "restorer", "restorer pw")
+        script = ("CREATE ROLE worker;\nALTER ROLE worker WITH NOSUPERUSER INHERIT "
+                  "NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS;\n"
+                  'CREATE ROLE "日本";\nALTER ROLE "日本" WITH SUPERUSER INHERIT NOCREATEROLE '
+                  "NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS PASSWORD 'x pw';\n").encode()
+        with connect(restorer) as conn:
+            with pytest.raises(NotHeld) as raised:
+                apply_globals(conn, script)
+            encoding = conn.info.parameter_status("client_encoding")
+            assert conn.execute("SELECT 1").fetchone() == (1,)  # the session still works
+        said = str(raised.value)
+        assert said.startswith("cannot send the role name '日本' for "), said
+        assert "LATIN1" in said and "'日' (U+65E5)" in said, said
+        assert encoding == "LATIN1"
+        assert "worker" not in roles(cluster.address)  # rolled back with the rest

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from backupd.postgres.connection import describe_pg_error, is_superuser
+from backupd.postgres.connection import as_text, describe_pg_error, is_superuser
 from backupd.postgres.globals_sql import (
     GRANTED_BY,
     Kind,
@@ -44,6 +44,7 @@ from backupd.postgres.globals_sql import (
     quote_identifier,
     split_statements,
 )
+from backupd.postgres.not_held import Sent
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
 
@@ -202,8 +203,14 @@ def _create_role(conn: Connection, create: Statement, attributes: Statement | No
 
 
 def _exists(conn: Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
-                        (name,)).fetchone() is not None
+    # The one statement here that sends a name as text, not as the file's bytes: through
+    # as_text, so a session that cannot hold it (a LATIN1 one lacks 日) says so (NotHeld)
+    # instead of psycopg's UnicodeEncodeError. Its own savepoint: a refusal must not leave
+    # the roles' transaction aborted while as_text puts the client encoding back.
+    sent = Sent("role name", name)
+    with as_text(conn, f"the restore of role {name!r}", "globals", (sent,)), conn.transaction():
+        return conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
+                            (name,)).fetchone() is not None
 
 
 def _run_together(conn: Connection, texts: list[bytes]) -> psycopg.Error | None:
