@@ -13,9 +13,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from helpers.boot import boot_in_time_namespace, earlier, this_boot
 from helpers.clock_daemon import DAILY, H, at
 
+from backupd.daemon import clock
 from backupd.daemon.clock import BootReading
 from backupd.daemon.scheduler import Daemon
 from backupd.daemon.state import DaemonRecord, JobRecord, StateFile, update_state
@@ -132,8 +134,8 @@ def test_a_restart_in_a_time_namespace_still_measures_the_step_exactly(
 def test_an_entry_without_its_namespace_offset_gives_only_the_lower_bound(
         clock_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """The same-boot case, but the entry holds no time namespace offset (an older version
-    wrote it, or a kernel before 5.6): its since-boot clock may be any namespace's, so the
-    step is the lower bound (2 h: not again), as from another boot."""
+    wrote it, or its namespace's offsets could not be read): its since-boot clock may be any
+    namespace's, so the step is the lower bound (2 h: not again), as from another boot."""
     unknown = dataclasses.replace(earlier(this_boot(), 4 * 3600), boottime_offset=None)
     _daily_ran_ahead_then_went_down(tmp_path, unknown)
 
@@ -149,6 +151,50 @@ def test_a_restart_on_another_boot_still_takes_the_step_as_a_lower_bound(
     since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
     _daily_ran_ahead_then_went_down(tmp_path,
                                     BootReading("another boot", since_boot - 4 * 3600, 0.0))
+
+    started = clock_daemon(DAILY, at(0.5))
+
+    assert started.next_runs()["backup"] == at(2, day=1)
+
+
+def _kernel_without(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *,
+                    time_namespaces: bool) -> None:
+    """This process as on a kernel before 5.6, which has no /proc/self/timens_offsets: the
+    paths backupd reads stand in for that kernel's /proc (a missing file), and
+    ``time_namespaces`` keeps the real /proc/self/ns/time (one namespace is there, its
+    offsets unreadable) or points at a missing one too (no time namespaces at all)."""
+    monkeypatch.setattr(clock, "TIMENS_OFFSETS_FILE", tmp_path / "no-timens_offsets")
+    if not time_namespaces:
+        monkeypatch.setattr(clock, "TIME_NAMESPACE_FILE", tmp_path / "no-ns-time")
+    elif not clock.TIME_NAMESPACE_FILE.is_symlink():
+        pytest.skip("this kernel has no /proc/self/ns/time to keep")
+
+
+def test_a_kernel_without_time_namespaces_measures_the_step_exactly(
+        clock_daemon: Callable[..., Daemon], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Linux 5.6 there are no time namespaces: the offset is 0, not unknown, so a
+    restart on the same boot measures the 6 h step there too (the lower bound, 2 h, made
+    02:00 wait for the next day)."""
+    _kernel_without(monkeypatch, tmp_path, time_namespaces=False)
+    boot = this_boot()
+    assert boot.boottime_offset == 0.0
+    _daily_ran_ahead_then_went_down(tmp_path, earlier(boot, 4 * 3600))
+
+    started = clock_daemon(DAILY, at(0.5))
+
+    assert started.next_runs()["backup"] == at(2)
+
+
+def test_a_time_namespace_whose_offsets_cannot_be_read_is_not_taken_for_none(
+        clock_daemon: Callable[..., Daemon], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc/self/ns/time is there but its offsets cannot be read: the process may be in a
+    namespace of any offset, so it stays unknown and the step is the lower bound."""
+    _kernel_without(monkeypatch, tmp_path, time_namespaces=True)
+    boot = this_boot()
+    assert boot.boottime_offset is None
+    _daily_ran_ahead_then_went_down(tmp_path, earlier(boot, 4 * 3600))
 
     started = clock_daemon(DAILY, at(0.5))
 

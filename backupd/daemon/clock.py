@@ -24,6 +24,8 @@ BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 UPTIME_FILE = Path("/proc/uptime")
 # This process's time namespace's offsets (Linux 5.6+): lines "<clock> <seconds> <nanoseconds>".
 TIMENS_OFFSETS_FILE = Path("/proc/self/timens_offsets")
+# This process's time namespace itself: there on every kernel that has time namespaces.
+TIME_NAMESPACE_FILE = Path("/proc/self/ns/time")
 # CLOCK_BOOTTIME and /proc/uptime are one kernel clock: read a moment apart, the file at
 # 10 ms resolution, they agree far closer than this, unless the clock call is faked.
 _UPTIME_AGREES = 5.0
@@ -71,8 +73,9 @@ class BootReading:
     since_boot: float  # CLOCK_BOOTTIME, seconds: unlike CLOCK_MONOTONIC it counts suspend
     # In a time namespace (unshare --time, CRIU, some container runtimes) CLOCK_BOOTTIME and
     # /proc/uptime both read the host's plus this offset, under the host's boot id: readings
-    # of two namespaces compare only less their offsets. None: not known (a kernel before
-    # 5.6, a write by an older version), and then the reading compares with none.
+    # of two namespaces compare only less their offsets (0 on a kernel before 5.6, which has
+    # none). None: not known (a namespace whose offsets cannot be read, a write by an older
+    # version), and then the reading compares with none.
     boottime_offset: float | None
 
     def on_host_clock(self) -> float | None:
@@ -111,7 +114,22 @@ def _boottime_offset() -> float | None:
             clock, *value = line.split()
             if clock == "boottime" and len(value) == 2:
                 return int(value[0]) + int(value[1]) / 1e9
+    except FileNotFoundError:
+        return _without_time_namespaces()
     except (OSError, ValueError):
+        pass
+    return None
+
+
+def _without_time_namespaces() -> float | None:
+    # No offsets file: a kernel before 5.6, which has no time namespaces, so every process's
+    # since-boot clock is the host's (offset 0), unless its namespace is there all the same
+    # (its offsets hidden from us): then any offset is possible.
+    try:
+        TIME_NAMESPACE_FILE.lstat()
+    except FileNotFoundError:
+        return 0.0
+    except OSError:
         pass
     return None
 
