@@ -16,7 +16,7 @@ from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import jobs_finished, log_events
 from helpers.pg import connect, psql
-from helpers.template1 import restore_latest
+from helpers.template1 import restore_onto_new
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +68,7 @@ def test_a_database_dropped_since_is_restored_and_warned_of_with_the_globals_off
     backup_run(env)
     assert list(directory.glob("globals_*")) == []
     newest_run = read_manifest(max(directory.glob("keptdb_*.sql.gz")))["run_id"]
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     # Nothing is left out: the rule telling a dropped database from a live one can be wrong.
     assert {"keptdb", "olddb"} <= databases_of(target), said
     with connect(target.address, "keptdb") as conn:
@@ -107,9 +105,7 @@ def test_no_database_is_warned_of_when_none_was_dropped_with_the_globals_off(
     newest_kept = max(directory.glob("keptdb_*.sql.gz"), key=lambda p: p.name)
     write_manifest(newest_kept, {**read_manifest(newest_kept), "verified": False,
                                  "verify_error": "checksum mismatch"})
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert {"keptdb", "olddb"} <= databases_of(target), said
     with connect(target.address, "keptdb") as conn:
         assert conn.execute("SELECT count(*) FROM k").fetchone() == (1,)

@@ -16,7 +16,7 @@ from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.logs import jobs_finished
 from helpers.pg import connect, psql
-from helpers.template1 import restore_latest
+from helpers.template1 import restore_latest, restore_onto_new
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +60,7 @@ def test_a_database_created_after_the_globals_were_turned_off_is_restored(
     directory = tmp_path / "backups"
     source = private_cluster("source-pw")
     globals_run, later_run = globals_then_newdb_without(source, directory)
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
     assert rows_of(target, "keptdb", "k") == [(1,), (2,)], said
     warnings = warnings_of(proc)
@@ -83,9 +81,7 @@ def test_one_backed_up_after_the_globals_and_dropped_since_gets_one_warning(
     globals_then_newdb_without(source, directory)
     psql(source.address, "postgres", "DROP DATABASE newdb;")
     back_up_without_globals(source.address, "*", directory)
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
     [line] = naming("newdb", warnings_of(proc))
     assert STALE in line and "dropped since" in line, line
@@ -103,9 +99,7 @@ def test_a_dump_of_another_run_in_the_globals_run_second_is_restored(
     globals_run, _later_run = globals_then_newdb_without(source, directory)
     [newdb_dump] = directory.glob("newdb_*.sql.gz")
     write_manifest(newdb_dump, {**read_manifest(newdb_dump), "run_id": globals_run})
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
     [line] = naming("newdb", warnings_of(proc))
     assert STALE in line and "same second" in line, line
@@ -135,9 +129,7 @@ def test_a_database_only_in_a_run_of_every_database_after_a_list_run_is_restored
     list_run = back_up(source.address, "keptdb,otherdb", directory)
     every_run = back_up_without_globals(source.address, "*", directory)
     assert every_run > list_run
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert_three_came_back(target, said)
     warnings = warnings_of(proc)
     assert [naming(name, warnings) for name in ("keptdb", "otherdb", "thirddb")] == [
@@ -158,9 +150,7 @@ def test_a_list_run_s_newer_globals_do_not_decide_for_every_database(
     every_run = back_up(source.address, "*", directory)
     list_run = back_up(source.address, "keptdb,otherdb", directory)
     assert list_run > every_run
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert_three_came_back(target, said)
     # thirddb and postgres are in the newest run of '*': nothing to warn of, the list's run
     # after it did not leave them out by being incomplete.
@@ -193,9 +183,7 @@ def test_a_list_run_s_globals_after_a_run_of_every_database_without_do_not_decid
     every_run = back_up_without_globals(source.address, "*", directory)
     list_run = back_up(source.address, "keptdb,otherdb", directory)
     assert list_run > every_run
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert_three_came_back(target, said)
     assert warnings_of(proc) == [], said
 
@@ -225,9 +213,7 @@ def test_a_database_whose_dump_after_the_globals_failed_verification_is_restored
     assert failed.name != verified_dump
     write_manifest(failed, {**read_manifest(failed), "verified": False,
                             "verify_error": "checksum mismatch"})
-    target = private_cluster("target-pw")
-    proc = restore_latest(target.address, directory)
-    said = proc.stdout + proc.stderr
+    target, proc, said = restore_onto_new(private_cluster, directory)
     assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
     assert rows_of(target, "keptdb", "k") == [(1,)], said
     [line] = naming("newdb", warnings_of(proc))

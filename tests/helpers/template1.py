@@ -4,7 +4,7 @@ a schema, a function), and how the tests read it back from a server's database."
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,6 +102,15 @@ def objects_in(server: ServerAddress, database: str = "template1") -> UserObject
     """What backupd finds ``database`` holds of its own."""
     with connect(server, database) as conn:
         return read_user_objects(conn)
+
+
+def restore_onto_new(private_cluster: Callable[..., PrivateCluster], backups: Path
+                     ) -> tuple[PrivateCluster, subprocess.CompletedProcess[str], str]:
+    """A new private cluster (the new server of a disaster recovery), the whole-system
+    ``restore_latest`` of ``backups`` onto it, and all it said (stdout and stderr)."""
+    target = private_cluster("target-pw")
+    proc = restore_latest(target.address, backups)
+    return target, proc, proc.stdout + proc.stderr
 
 
 def restore_latest(server: ServerAddress, backups: Path, *options: str,
