@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 from helpers.backups import path_with, take_backup
 from helpers.cli import BackupdProcess, stop_backupd
-from helpers.faults import SlowDump, dump_partials, partial_files, wait_until
+from helpers.faults import (
+    SlowDump,
+    StubbornDump,
+    dump_partials,
+    partial_files,
+    wait_until,
+)
 from helpers.http_receiver import HttpReceiver
 from helpers.pg import (
     ServerAddress,
@@ -32,6 +38,7 @@ from helpers.slow_restore import PAUSE_QUERY, pausing_psql
 from helpers.terminal import CTRL_C, plain, run_in_terminal
 
 from backupd.naming import RUN_RESERVATION
+from backupd.pipeline.supervisor import STOP_GRACE_SECONDS
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 PROMPT = "Type the database name to continue"
@@ -170,3 +177,42 @@ def test_ctrl_c_at_the_restore_prompt_aborts_at_once_with_nothing_changed(
     assert "nothing was changed" in result["error"], result
     assert _databases_named(pg_server, live_target) == [live_target]
     assert psql(pg_server, live_target, "SELECT marker FROM kept").strip() == "live data"
+
+
+def _stubborn_backup(
+    fixture_db: str, tmp_path: Path, http_receiver: HttpReceiver,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> BackupdProcess:
+    """A one-off backup whose pg_dump is passing its output on, deaf to SIGTERM."""
+    env = backupd_env(fixture_db, WEBHOOK_URL=http_receiver.url, DB_BACKUP_GLOBALS="off")
+    shim = StubbornDump(tmp_path / "shim")
+    env["PATH"] = shim.path()
+    proc = backupd_daemon(["backup", "--no-prune"], env)
+    wait_until(lambda: shim.writing.exists() or proc.poll() is not None, 60,
+               "the shim to pass the dump on")
+    assert proc.poll() is None, proc.read_stderr()
+    return proc
+
+
+def test_a_one_off_whose_pg_dump_ignores_sigterm_ends_after_the_stop_grace(
+    fixture_db: str, backup_dir: Path, tmp_path: Path, http_receiver: HttpReceiver,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    proc = _stubborn_backup(fixture_db, tmp_path, http_receiver, backupd_env, backupd_daemon)
+
+    began = time.monotonic()
+    code = stop_backupd(proc, sig=signal.SIGTERM, timeout=STOP_GRACE_SECONDS + 20,
+                        reap_group=False)
+    took = time.monotonic() - began
+
+    said = proc.read_stdout() + proc.read_stderr()
+    assert took < STOP_GRACE_SECONDS + 8, f"took {took:.1f} s"
+    assert code == 1, said
+    assert "cancelled by SIGTERM" in said, said
+    assert "Traceback" not in said and "internal error" not in said, said
+    assert {r["status"] for r in _results(http_receiver)} == {"cancelled"}
+    assert partial_files(backup_dir) == []
+    wait_until(lambda: not processes_with_env("PGDATABASE", fixture_db), 10,
+               "pg_dump to be gone")

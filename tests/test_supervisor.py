@@ -18,6 +18,7 @@ import pytest
 from helpers.faults import wait_until
 
 from backupd.cancel import CancelToken
+from backupd.pipeline import supervisor
 from backupd.pipeline.reaper import REAPER
 from backupd.pipeline.supervisor import Child, error_line
 
@@ -75,6 +76,25 @@ def test_cancel_stops_the_whole_process_group(tmp_path: Path) -> None:
         code = child.wait(30)
     assert code == -signal.SIGTERM
     wait_until(lambda: not alive(grandchild), 10, "the grandchild to be stopped")
+
+
+def test_a_cancelled_child_deaf_to_sigterm_is_killed_after_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel may not wait on a child that ignores SIGTERM: its group gets SIGKILL after
+    STOP_GRACE_SECONDS (shortened here), grandchildren too."""
+    monkeypatch.setattr(supervisor, "STOP_GRACE_SECONDS", 1.0)
+    cancel = CancelToken()
+    script = "trap '' TERM; " + _spawner_script(tmp_path)
+    with Child(["sh", "-c", script], cancel=cancel) as child:
+        _, grandchild = _pids(tmp_path)
+        began = time.monotonic()
+        cancel.cancel()
+        assert child.has_exited(15), "the child outlived its cancel"
+        assert time.monotonic() - began >= 1.0, "killed before its grace was over"
+        code = child.wait()
+    assert code == -signal.SIGKILL
+    wait_until(lambda: not alive(grandchild), 10, "the grandchild to be killed")
 
 
 def test_leaving_the_block_by_an_exception_kills_the_group(tmp_path: Path) -> None:

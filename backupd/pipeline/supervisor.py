@@ -17,7 +17,9 @@ Every child
     however we die, the pipe reaches end of file and the reaper SIGKILLs every group still
     registered: grandchildren (pg_restore's parallel workers, a wrapper's real tool) go too;
 
-* has its whole group stopped (SIGTERM) when the job's CancelToken fires;
+* has its whole group stopped (SIGTERM) when the job's CancelToken fires, and killed
+  (SIGKILL) ``STOP_GRACE_SECONDS`` later if it is still there: a child deaf to SIGTERM (a
+  wedged tool, a wrapper that traps it) cannot hold a cancelled job;
 * keeps the tail of its stderr, and ``error_line`` is the one rule for the line a failure
   quotes: the server's ``ERROR:``/``FATAL:`` line, never its ``DETAIL:``/``HINT:``.
 """
@@ -191,6 +193,7 @@ class Child:
         self._lock = threading.Lock()
         self._reaped = False
         self._unwatch: Callable[[], None] = lambda: None
+        self._killer: threading.Timer | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     # starting
@@ -269,8 +272,17 @@ class Child:
                 os.killpg(self.process.pid, sig)
 
     def terminate(self) -> None:
-        """SIGTERM to the whole process group (what a cancelled job does)."""
+        """SIGTERM to the whole process group (what a cancelled job does), SIGKILL after
+        ``STOP_GRACE_SECONDS`` unless it is reaped by then. Whoever waits for the child then
+        sees it end either way: a pipe it held reaches end of file, ``wait`` returns."""
         self._signal_group(signal.SIGTERM)
+        with self._lock:
+            if self.process is None or self._reaped or self._killer is not None:
+                return
+            # A timer, not a wait here: this runs in whatever thread cancelled the token.
+            self._killer = threading.Timer(STOP_GRACE_SECONDS, self.kill)
+            self._killer.daemon = True
+            self._killer.start()
 
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
@@ -297,6 +309,8 @@ class Child:
         with self._lock:
             code = self.process.wait()
             self._reaped = True
+            if self._killer is not None:
+                self._killer.cancel()
         for thread in self._threads:
             thread.join(5)
         return code

@@ -76,6 +76,58 @@ class SlowDump:
         return f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
 
 
+_STUBBORN_PG_DUMP = '''#!{python}
+"""pg_dump shim deaf to SIGTERM (a wedged tool, a wrapper that traps it): the real pg_dump
+dumps into a temporary file first (it would obey SIGTERM itself), then the shim ignores
+SIGTERM, touches {writing} and passes the dump on slowly, then holds its output open for
+{linger} s more (however small the dump)."""
+import os, pathlib, signal, subprocess, sys, tempfile, time
+real = {real!r}
+if any(a in ("--version", "-V") for a in sys.argv[1:]):
+    os.execv(real, [real, *sys.argv[1:]])
+with tempfile.TemporaryFile() as held:
+    code = subprocess.call([real, *sys.argv[1:]], stdout=held)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pathlib.Path({writing!r}).touch()
+    held.seek(0)
+    out = sys.stdout.buffer
+    while chunk := held.read({chunk}):
+        out.write(chunk)
+        out.flush()
+        time.sleep({delay})
+    time.sleep({linger})
+sys.exit(code)
+'''
+
+def _shim(directory: Path, text: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "pg_dump"
+    shim.write_text(text)
+    shim.chmod(0o755)
+
+
+def _path_with(directory: Path) -> str:
+    return f"{directory}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+
+class StubbornDump:
+    """A PATH directory whose pg_dump ignores SIGTERM once it passes its output on (about
+    ``chunk / delay`` bytes a second, then ``linger`` seconds of nothing before its end):
+    only SIGKILL ends it sooner. ``writing`` exists from then."""
+
+    def __init__(self, directory: Path, chunk: int = 4096, delay: float = 0.05,
+                 linger: float = 300) -> None:
+        self.bin_dir = directory
+        self.writing = directory / "writing"
+        _shim(directory, _STUBBORN_PG_DUMP.format(
+            python=sys.executable, real=pg_binary("pg_dump"), writing=str(self.writing),
+            chunk=chunk, delay=delay, linger=linger))
+
+    def path(self) -> str:
+        """PATH for backupd with this shim first."""
+        return _path_with(self.bin_dir)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
