@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from backupd.cancel import CancelToken
+from backupd.cancel import SHUTDOWN, CancelToken
 from backupd.errors import BackupdError, Cancelled, ConfigError, JobSkipped, Stopped
 from backupd.log import STDERR_LOSS, JobLogFile, get_logger, redact
 from backupd.notify.base import NotifierChain
@@ -163,6 +163,14 @@ def _body_or_verdict(body: JobBody, context: JobContext) -> None:
             stopped = Stopped(token.reason)
             stopped.stderr_tail = getattr(exc, "stderr_tail", None)
             raise stopped from exc
+        if token.cancelled and not isinstance(exc, BackupdError):
+            # A cancel (a shutdown, a signal) stopped the job where it was: a connection it
+            # severed, a child it stopped, made the stage fail with whatever it hit; that is
+            # how the job ended, not why. A verdict of our own (a failure that names what
+            # to do, a skip) is kept: it may have come first, and says more.
+            get_logger(job=context.result.job).info(
+                "the cancel interrupted the job", error=f"{type(exc).__name__}: {exc}")
+            raise Cancelled(token.reason or SHUTDOWN) from exc
         raise
 
 

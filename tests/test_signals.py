@@ -19,6 +19,7 @@ from helpers.backups import path_with, take_backup
 from helpers.cli import BackupdProcess, stop_backupd
 from helpers.faults import (
     SlowDump,
+    SlowVersionDump,
     StubbornDump,
     dump_partials,
     partial_files,
@@ -37,8 +38,14 @@ from helpers.procs import processes_with_env
 from helpers.slow_restore import PAUSE_QUERY, pausing_psql
 from helpers.terminal import CTRL_C, plain, run_in_terminal
 
+from backupd.cancel import CancelToken
+from backupd.commands import backup as backup_cmd
+from backupd.job import run_job
 from backupd.naming import RUN_RESERVATION
+from backupd.notify.base import NotifierChain
 from backupd.pipeline.supervisor import STOP_GRACE_SECONDS
+from backupd.result import Status
+from backupd.settings import load_settings
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 PROMPT = "Type the database name to continue"
@@ -216,3 +223,41 @@ def test_a_one_off_whose_pg_dump_ignores_sigterm_ends_after_the_stop_grace(
     assert partial_files(backup_dir) == []
     wait_until(lambda: not processes_with_env("PGDATABASE", fixture_db), 10,
                "pg_dump to be gone")
+
+
+def test_a_signal_while_a_backup_prepares_is_a_cancel_not_a_failure(
+    small_db: str, tmp_path: Path, http_receiver: HttpReceiver,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    """Before pg_dump starts, the job holds a connection (lock, properties, tablespaces) that
+    the cancel severs; the query that then fails is the cancel's doing, not a failure."""
+    env = backupd_env(small_db, WEBHOOK_URL=http_receiver.url, DB_BACKUP_GLOBALS="off")
+    shim = SlowVersionDump(tmp_path / "shim", delay=3)
+    env["PATH"] = shim.path()
+    proc = backupd_daemon(["backup", "--no-prune"], env)
+    wait_until(lambda: shim.asked.exists() or proc.poll() is not None, 30,
+               "pg_dump --version to be asked")
+    assert proc.poll() is None, proc.read_stderr()
+
+    code = _stopped(proc, signal.SIGTERM)
+
+    said = proc.read_stdout() + proc.read_stderr()
+    assert code == 1, said
+    assert "cancelled by SIGTERM" in said, said
+    assert "Traceback" not in said and "internal error" not in said, said
+    [result] = _results(http_receiver)
+    assert (result["status"], result["error"]) == ("cancelled", "cancelled by SIGTERM"), result
+
+
+def test_a_backup_cancelled_before_it_dumps_is_cancelled_not_failed(
+    env: dict[str, str],
+) -> None:
+    cancel = CancelToken()
+    cancel.cancel("cancelled by SIGTERM")
+    result = run_job("backup", load_settings(**env),
+                     lambda ctx: backup_cmd.run(ctx, apply_retention=False),
+                     NotifierChain([]), cancel)
+    assert result.status is Status.CANCELLED, result.summary()
+    assert result.error == "cancelled by SIGTERM", result.summary()
+    assert result.exit_code == 1

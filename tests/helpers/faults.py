@@ -99,6 +99,16 @@ with tempfile.TemporaryFile() as held:
 sys.exit(code)
 '''
 
+_SLOW_VERSION_PG_DUMP = '''#!/bin/sh
+# pg_dump shim: `--version` answers after {delay} s (touching {asked} first); the rest runs
+# the real pg_dump.
+case "$1" in
+    --version|-V) touch '{asked}'; sleep {delay} ;;
+esac
+exec '{real}' "$@"
+'''
+
+
 def _shim(directory: Path, text: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     shim = directory / "pg_dump"
@@ -122,6 +132,21 @@ class StubbornDump:
         _shim(directory, _STUBBORN_PG_DUMP.format(
             python=sys.executable, real=pg_binary("pg_dump"), writing=str(self.writing),
             chunk=chunk, delay=delay, linger=linger))
+
+    def path(self) -> str:
+        """PATH for backupd with this shim first."""
+        return _path_with(self.bin_dir)
+
+
+class SlowVersionDump:
+    """A PATH directory whose pg_dump takes ``delay`` seconds to answer ``--version``: a job
+    holds still in the check of pg_dump against the server. ``asked`` exists once asked."""
+
+    def __init__(self, directory: Path, delay: float = 3.0) -> None:
+        self.bin_dir = directory
+        self.asked = directory / "asked"
+        _shim(directory, _SLOW_VERSION_PG_DUMP.format(
+            real=pg_binary("pg_dump"), asked=str(self.asked), delay=delay))
 
     def path(self) -> str:
         """PATH for backupd with this shim first."""
