@@ -225,6 +225,54 @@ def test_a_one_off_whose_pg_dump_ignores_sigterm_ends_after_the_stop_grace(
                "pg_dump to be gone")
 
 
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT],
+                         ids=lambda s: signal.Signals(s).name)
+def test_a_second_signal_ends_a_cancelling_one_off_at_once(
+    fixture_db: str, tmp_path: Path, http_receiver: HttpReceiver,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess], second: int,
+) -> None:
+    proc = _stubborn_backup(fixture_db, tmp_path, http_receiver, backupd_env, backupd_daemon)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert proc.poll() is None, "the first signal should have left the cancel running"
+
+    began = time.monotonic()
+    code = stop_backupd(proc, sig=second, timeout=30, reap_group=False)
+    took = time.monotonic() - began
+
+    said = proc.read_stderr()
+    # Well inside the stop grace: the exit is the second signal's doing, not the SIGKILL's.
+    assert took < STOP_GRACE_SECONDS / 2, f"took {took:.1f} s"
+    assert code == -second, said  # killed by it, as a shell expects (130, 143)
+    assert f"second signal ({signal.Signals(second).name})" in said, said
+    wait_until(lambda: not processes_with_env("PGDATABASE", fixture_db), 10,
+               "pg_dump to be killed (the reaper)")
+
+
+def test_a_repeated_sighup_still_cancels_and_cleans_up(
+    fixture_db: str, backup_dir: Path, tmp_path: Path, http_receiver: HttpReceiver,
+    backupd_env: Callable[..., dict[str, str]],
+    backupd_daemon: Callable[..., BackupdProcess],
+) -> None:
+    """A closed terminal's hangup often comes twice (the kernel's, then the shell's): unlike
+    a second SIGTERM or Ctrl-C, it must not give up the cleanup. (A pg_dump deaf to SIGTERM
+    keeps the cancel going long enough for the second one.)"""
+    proc = _stubborn_backup(fixture_db, tmp_path, http_receiver, backupd_env, backupd_daemon)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert proc.poll() is None, "the cancel ended before the second hangup"
+
+    code = stop_backupd(proc, sig=signal.SIGHUP, timeout=STOP_GRACE_SECONDS + 20,
+                        reap_group=False)
+
+    said = proc.read_stdout() + proc.read_stderr()
+    assert code == 1, said
+    assert "second signal" not in said, said
+    assert {r["status"] for r in _results(http_receiver)} == {"cancelled"}
+    assert partial_files(backup_dir) == []
+
+
 def test_a_signal_while_a_backup_prepares_is_a_cancel_not_a_failure(
     small_db: str, tmp_path: Path, http_receiver: HttpReceiver,
     backupd_env: Callable[..., dict[str, str]],

@@ -5,6 +5,11 @@ temporary files and scratch databases removed, and a 'cancelled' result that rea
 notifier. Left at their defaults, the first two killed backupd at once, with no cleanup and
 no result; Ctrl-C's KeyboardInterrupt bypassed the result.
 
+A second SIGTERM or SIGINT while the job cancels ends backupd at once, by that signal
+(exit 143, 130): whoever sends it will not wait. The children die with it (PDEATHSIG, the
+reaper: backupd.pipeline.reaper); nothing is reported. A second SIGHUP does not: a closed
+terminal's hangup commonly comes twice (the kernel's, then the shell's), with nobody there.
+
 While a person is asked something (a restore's confirmation), the same signals interrupt
 the question at once instead: a prompt waits in ``input()``, which a handler that only
 cancels the token would not end.
@@ -19,13 +24,16 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from backupd.cancel import CancelToken
 from backupd.log import get_logger
 
 STOPPING = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+# Those of STOPPING that, a second time while the job cancels, end backupd at once.
+FORCING = (signal.SIGTERM, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], Any]
+Handlers = Mapping[signal.Signals, Handler | int | None]
 
 
 def _in_main_thread() -> bool:
@@ -39,8 +47,8 @@ def reason(signum: int) -> str:
 
 @contextlib.contextmanager
 def cancelled_by_signals(token: CancelToken) -> Iterator[None]:
-    """For the block (a job): a stopping signal cancels ``token``; the handlers in place
-    before are put back after."""
+    """For the block (a job): a stopping signal cancels ``token``, a second SIGTERM or SIGINT
+    ends backupd at once; the handlers in place before are put back after."""
     if not _in_main_thread():
         yield
         return
@@ -49,8 +57,13 @@ def cancelled_by_signals(token: CancelToken) -> Iterator[None]:
     # writes the signal's number to a pipe; a thread of its own reads it and cancels.
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
+    cancelling = False
 
     def handler(signum: int, _frame: FrameType | None) -> None:
+        nonlocal cancelling
+        if cancelling and signum in FORCING:
+            _exit_now(signum)
+        cancelling = True
         with contextlib.suppress(OSError):  # a full pipe: a cancel is already on its way
             os.write(write_end, bytes([signum]))
 
@@ -75,7 +88,21 @@ def cancelled_by_signals(token: CancelToken) -> Iterator[None]:
         watcher.join()
 
 
-def _put_back(previous: Mapping[signal.Signals, Handler | int | None]) -> None:
+def _exit_now(signum: int) -> NoReturn:
+    """Die of ``signum`` now, as a process without a handler would: a shell then reports
+    128 + its number. The children die with us (PDEATHSIG, the reaper's pipe reaching end of
+    file), so none is left running."""
+    name = signal.Signals(signum).name
+    with contextlib.suppress(OSError):  # os.write: the interrupted code may be in a print
+        os.write(2, f"backupd: second signal ({name}) while the job was cancelling: exiting "
+                    "at once; its children are killed, no result is reported, and temporary "
+                    "files are left for the daemon's next start-up to remove\n".encode())
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # only if the signal did not end us (it is not blocked here)
+
+
+def _put_back(previous: Handlers) -> None:
     for sig, before in previous.items():
         # None: a handler set outside Python, which cannot be put back; the default then.
         signal.signal(sig, signal.SIG_DFL if before is None else before)
