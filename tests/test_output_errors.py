@@ -10,10 +10,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
-from helpers.cli import build_env, run_backupd
+from helpers.cli import build_env, command_probe, run_backupd, run_probe
 
 FULL_DISK = "backupd: error: cannot write to standard output: No space left on device"
 
@@ -21,24 +21,6 @@ FULL_DISK = "backupd: error: cannot write to standard output: No space left on d
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {"DB_BACKUP_DIR": str(tmp_path / "backups")}
-
-
-def command_probe(body: str) -> str:
-    """A script that registers one command running ``body`` and runs the console script's
-    entry point on it, as `backupd probe` would run."""
-    return ("import atexit, errno, os, sys\n"
-            "from backupd.cli import app, run\n"
-            "from backupd.cli.app import bootstrap, execute, finish\n"
-            "@app.command()\n"
-            "def probe() -> None:\n"
-            + "".join(f"    {line}\n" for line in body.splitlines())
-            + "sys.argv = ['backupd', 'probe']\n"
-            "run()\n")
-
-
-def run_probe(body: str, env: dict[str, str], **popen: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", command_probe(body)], env=build_env(env),
-                          text=True, timeout=60, check=False, **popen)
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from helpers.backups import path_with, take_backup
-from helpers.cli import BackupdProcess, stop_backupd
+from helpers.cli import BackupdProcess, run_probe, stop_backupd
 from helpers.faults import (
     SlowDump,
     SlowVersionDump,
@@ -309,3 +309,35 @@ def test_a_backup_cancelled_before_it_dumps_is_cancelled_not_failed(
     assert result.status is Status.CANCELLED, result.summary()
     assert result.error == "cancelled by SIGTERM", result.summary()
     assert result.exit_code == 1
+
+
+# Probes: a command of the test's own, run by the console script's entry point, signals
+# itself at a chosen moment (a person's Ctrl-C cannot be timed that well).
+
+def _probe_env(tmp_path: Path) -> dict[str, str]:
+    return {"DB_BACKUP_DIR": str(tmp_path / "backups"), "POSTGRES_DB": "db"}
+
+
+def test_ctrl_c_before_the_job_says_nothing_was_changed(tmp_path: Path) -> None:
+    proc = run_probe("os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n"
+                     "finish(execute('prune', bootstrap(), lambda ctx: None))",
+                     _probe_env(tmp_path), capture_output=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == ["backupd: aborted; nothing was changed"], proc.stderr
+    assert not (tmp_path / "backups").exists()  # no job ran
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_signal_after_the_job_changes_nothing(tmp_path: Path, sig: int) -> None:
+    """The job's result stands: its lines and summary are all printed, its exit code kept."""
+    proc = run_probe("result = execute('prune', bootstrap(), lambda ctx: None)\n"
+                     f"os.kill(os.getpid(), {int(sig)})\n"
+                     "print('printed after the signal')\n"
+                     "finish(result)", _probe_env(tmp_path), capture_output=True)
+    name = signal.Signals(sig).name
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "printed after the signal", proc.stdout
+    assert lines[1].startswith("prune success"), proc.stdout
+    assert proc.stderr.splitlines()[-1] == (
+        f"backupd: {name} came after the job ended; ignored, its result stands"), proc.stderr

@@ -19,14 +19,30 @@ from backupd import quick_exit
 from backupd.cli import archive, dumps, recovery, restores, service  # noqa: F401  -- registers the commands
 from backupd.cli.app import app, job_exit_code
 from backupd.cli.output import StdoutError, guard_stdout, report
+from backupd.cli.signals import for_the_command
 from backupd.errors import BackupdError
 from backupd.log import redact, say_on_stderr
 
 __all__ = ["app", "main", "run"]
 
 
+# What typer's command runner returns for a KeyboardInterrupt (Ctrl-C) it caught during the
+# command, as click's convention 128 + SIGINT; no command of ours exits with it.
+_INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; click's multi-line usage errors become one line and exit 2."""
+    """Entry point; click's multi-line usage errors become one line and exit 2. Once a job
+    ran, SIGTERM, SIGHUP and Ctrl-C no longer stop the command (cli.signals): its result
+    was reported, and its output and exit code stand."""
+    with for_the_command() as late:
+        code = _command(argv)
+    if late.signum is not None:
+        say_on_stderr(f"backupd: {late.describe()}")
+    return code
+
+
+def _command(argv: list[str] | None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
     except NoArgsIsHelpError as exc:
@@ -40,14 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         say_on_stderr(f"backupd: error: {redact(str(exc))}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt, EOFError):
-        # A job cancels on Ctrl-C and reports it (cli.signals): this is Ctrl-C before the
-        # job began, or after its result was reported.
-        code = job_exit_code()
-        if code is None:
-            say_on_stderr("backupd: aborted; nothing was changed")
-            return 1
-        say_on_stderr("backupd: aborted after the job ended; its result was reported")
-        return code
+        return _aborted()
     except StdoutError as exc:
         return _output_failed(exc, 0)
     except Exception as exc:
@@ -55,7 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(code, int):
             return code
         raise
+    if result == _INTERRUPTED:
+        # typer turns a KeyboardInterrupt during the command into this code (typer.core),
+        # so the except above only sees one raised outside the command (parsing).
+        return _aborted()
     return result if isinstance(result, int) else 0
+
+
+def _aborted() -> int:
+    """Ctrl-C (or Ctrl-D at a prompt) that stopped the command. A job cancels on Ctrl-C and
+    reports it (cli.signals): this one came before the job began, or after it ended where
+    the command does not hold the signals (``main``'s do)."""
+    code = job_exit_code()
+    if code is None:
+        say_on_stderr("backupd: aborted; nothing was changed")
+        return 1
+    say_on_stderr("backupd: aborted after the job ended; its result was reported")
+    return code
 
 
 def _output_failed(exc: StdoutError, code: int) -> int:

@@ -162,7 +162,9 @@ def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) ->
             with progress_display.shown(cancel.progress, job,
                                         forced=_progress_choice[0] is True):
                 result = run_job(job, settings, body, chain, cancel)
-    _job_result.append(result)
+        # Recorded before the handlers change: whatever happens from here on, the command
+        # knows its job ran and its exit code.
+        _job_result.append(result)
     return result
 
 

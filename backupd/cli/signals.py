@@ -10,6 +10,9 @@ A second SIGTERM or SIGINT while the job cancels ends backupd at once, by that s
 reaper: backupd.pipeline.reaper); nothing is reported. A second SIGHUP does not: a closed
 terminal's hangup commonly comes twice (the kernel's, then the shell's), with nobody there.
 
+Within ``for_the_command`` (``main``), once the job has ended, the signals are only noted
+until the command ends: its result was reported, and its summary and exit code stand.
+
 While a person is asked something (a restore's confirmation), the same signals interrupt
 the question at once instead: a prompt waits in ``input()``, which a handler that only
 cancels the token would not end.
@@ -22,7 +25,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -45,10 +48,47 @@ def reason(signum: int) -> str:
     return f"cancelled by {signal.Signals(signum).name}"
 
 
+@dataclass
+class LateSignal:
+    """The first stopping signal that came after the command's job ended (None: none)."""
+
+    signum: int | None = None
+    # The handlers in place before the first job's; put back when the command ends.
+    previous: Handlers | None = field(default=None, repr=False)
+
+    def note(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def describe(self) -> str:
+        assert self.signum is not None
+        return (f"{signal.Signals(self.signum).name} came after the job ended; ignored, its "
+                "result stands")
+
+
+_commands: list[LateSignal] = []
+
+
+@contextlib.contextmanager
+def for_the_command() -> Iterator[LateSignal]:
+    """For a whole command (``main``): once a job ran, a stopping signal no longer stops
+    anything until the block ends (the summary is printed, the job's exit code kept), and is
+    noted in what this yields. The handlers in place before are put back after."""
+    late = LateSignal()
+    _commands.append(late)
+    try:
+        yield late
+    finally:
+        _commands.remove(late)
+        if late.previous is not None:
+            _put_back(late.previous)
+
+
 @contextlib.contextmanager
 def cancelled_by_signals(token: CancelToken) -> Iterator[None]:
     """For the block (a job): a stopping signal cancels ``token``, a second SIGTERM or SIGINT
-    ends backupd at once; the handlers in place before are put back after."""
+    ends backupd at once. After it, within ``for_the_command`` the signals are only noted;
+    else the handlers in place before are put back."""
     if not _in_main_thread():
         yield
         return
@@ -83,7 +123,15 @@ def cancelled_by_signals(token: CancelToken) -> Iterator[None]:
     try:
         yield
     finally:
-        _put_back(previous)
+        # Handlers that no longer write to the pipe first: its number may be reused once closed.
+        command = _commands[-1] if _commands else None
+        if command is None:
+            _put_back(previous)
+        else:
+            if command.previous is None:  # a second job's "previous" is the noting handler
+                command.previous = previous
+            for sig in STOPPING:
+                signal.signal(sig, command.note)
         os.close(write_end)
         watcher.join()
 

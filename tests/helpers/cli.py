@@ -231,6 +231,25 @@ def start_backupd(
     return proc
 
 
+def command_probe(body: str) -> str:
+    """A script that registers one command running ``body`` and runs the console script's
+    entry point on it, as `backupd probe` would run."""
+    return ("import atexit, errno, os, signal, sys, time\n"
+            "from backupd.cli import app, run\n"
+            "from backupd.cli.app import bootstrap, execute, finish\n"
+            "@app.command()\n"
+            "def probe() -> None:\n"
+            + "".join(f"    {line}\n" for line in body.splitlines())
+            + "sys.argv = ['backupd', 'probe']\n"
+            "run()\n")
+
+
+def run_probe(body: str, env: dict[str, str], **popen: Any) -> subprocess.CompletedProcess[str]:
+    """``command_probe(body)`` run to its end, in the environment ``build_env(env)``."""
+    return subprocess.run([sys.executable, "-c", command_probe(body)], env=build_env(env),
+                          text=True, timeout=60, check=False, **popen)
+
+
 def stop_backupd(
     proc: subprocess.Popen[str],
     *,
