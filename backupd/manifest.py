@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 
 from backupd.database_properties import DatabaseProperties
 
@@ -22,10 +22,19 @@ TEMPLATE1_DUMPED = "dumped"
 TEMPLATE1_EMPTY = "empty"
 TEMPLATE1_FAILED = "failed"
 
+# A manifest is rewritten by every version that records something in it (a verify verdict,
+# an upload, a drill): what a later version added must survive this one's rewrite (dropped,
+# a field such as run_of_every, which decides what a restore of `*` brings back, would be
+# undone by an older version's verify). Kept as read, written back after the known fields,
+# never read nor published (list --json, the webhook and status have their own models).
+_KEEPS_UNKNOWN = ConfigDict(extra="allow")
+
 
 class WalRecord(BaseModel):
     """What a WAL artifact (kind "wal", backupd.archive.walstore) holds: one of PostgreSQL's
     WAL files, whose raw bytes have ``raw_sha256`` (checked on every fetch)."""
+
+    model_config = _KEEPS_UNKNOWN
 
     wal_file: str  # PostgreSQL's name: a segment, a segment's .partial, a timeline's .history
     timeline: int
@@ -38,6 +47,8 @@ class WalRecord(BaseModel):
 class BaseBackupFacts(BaseModel):
     """What a base backup (kind "base") is, read from its own tar stream as it was taken:
     PostgreSQL's backup_label, backup_manifest and pg_control (backupd.archive)."""
+
+    model_config = _KEEPS_UNKNOWN
 
     system_identifier: int
     timeline: int  # the timeline at the stop LSN (the one recovery starts on)
@@ -55,7 +66,10 @@ class BaseBackupFacts(BaseModel):
 
 class Manifest(BaseModel):
     """One artifact: its kind, database, times, stored file (size, SHA-256) and what has
-    been proven about it. New fields always have defaults, so every older manifest loads."""
+    been proven about it. New fields always have defaults, so every older manifest loads;
+    fields this version does not know are kept as they are, so a later one's survive."""
+
+    model_config = _KEEPS_UNKNOWN
 
     manifest_version: int = MANIFEST_VERSION
     # What the artifact is (docs/architecture.md): "dump" is a pg_dump of one database,
