@@ -244,13 +244,23 @@ def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: 
     finally:
         # The server refused to send bytes that are not UTF-8 as UTF-8. Another error is
         # the caller's to handle, on a session left as it was unless it must be switched back.
-        if ((switched or refused is not None)
-                and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR):
+        failed = conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        # A caller's transaction block that failed is the caller's to roll back: psycopg
+        # forbids it here (its ProgrammingError would hide the real error) and the server
+        # takes no SET in it; that rollback reverts this block's SET with the rest.
+        callers = failed and in_transaction_block(conn)
+        if failed and (switched or refused is not None) and not callers:
             conn.rollback()
-        if switched:
+        if switched and not callers:
             conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(client)))
     if not_held is not None:
         raise not_held from None
     if refused is not None:
         # Looked up as bytes, whatever the session's encoding (once a SQL_ASCII one is back).
         raise not_text_failure(conn, reading, refused, catalogs) from None
+
+
+def in_transaction_block(conn: psycopg.Connection[tuple]) -> bool:  # type: ignore[type-arg]
+    """Whether ``conn`` is inside a ``with conn.transaction():`` block. psycopg has no public
+    way to ask: its own count is private, hence pyproject's upper bound on psycopg."""
+    return conn._num_transactions > 0
