@@ -10,6 +10,7 @@ import pytest
 from helpers.pg import ServerAddress, connect
 
 from backupd.postgres.connection import as_text
+from backupd.postgres.not_held import Sent
 
 
 def client_encoding(conn: psycopg.Connection[tuple[object, ...]]) -> object:
@@ -31,3 +32,15 @@ def test_an_error_inside_a_callers_transaction_stands(
         assert client_encoding(conn) == "LATIN1"
         assert conn.info.encoding == "iso8859-1"
 
+
+def test_a_lone_surrogate_on_a_utf8_session_is_not_said_to_be_a_character_it_lacks(
+        pg_server: ServerAddress, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGCLIENTENCODING", raising=False)
+    name = "caf\udce9"  # b"caf\xe9" decoded with surrogateescape
+    with connect(pg_server) as conn:
+        assert client_encoding(conn) == "UTF8"
+        with pytest.raises(UnicodeEncodeError) as raised, \
+                as_text(conn, "the test", sending=[Sent("database name", name)]):
+            conn.execute("SELECT %s::text", (name,))
+        assert raised.value.object[raised.value.start] == "\udce9"
+        assert client_encoding(conn) == "UTF8"  # the session is usable

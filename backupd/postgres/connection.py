@@ -240,6 +240,8 @@ def as_text(conn: psycopg.Connection[tuple], reading: str = "backupd",  # type: 
         yield
     except (*NOT_TEXT_ERRORS, UnicodeEncodeError) as exc:
         not_held = not_held_failure(conn, exc, reading, sending)
+        if not_held is None and isinstance(exc, UnicodeEncodeError):
+            raise  # no character the session lacks (a lone surrogate): the error as it is
         refused = exc
     finally:
         # The server refused to send bytes that are not UTF-8 as UTF-8. Another error is

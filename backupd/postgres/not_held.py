@@ -11,6 +11,7 @@ character and the encoding that lacks it, and the way out: send it through a UTF
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import re
 from collections.abc import Sequence
@@ -59,6 +60,22 @@ def _lacks(value: str, codec: str | None) -> str | None:
     return None
 
 
+def _lacked_by_session(exc: UnicodeEncodeError, encoding: str) -> bool:
+    """Whether ``exc`` is the session's client encoding lacking a character. Not on a UTF8
+    session, which holds every character, nor for a lone surrogate (how surrogateescape
+    decodes bytes that are not UTF-8), which no encoding holds: neither is a character to
+    send elsewhere, and unsetting PGCLIENTENCODING would not help. Nor an encoding other
+    than the session's (not psycopg's encoding of what the block sends)."""
+    codec = _codec(encoding)
+    if encoding == "UTF8" or codec is None:
+        return False
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in exc.object[exc.start:exc.end]):
+        return False
+    with contextlib.suppress(LookupError):
+        return codecs.lookup(exc.encoding).name == codecs.lookup(codec).name
+    return False
+
+
 def _refused_character(exc: psycopg.Error, server_encoding: str) -> str | None:
     """The character the server said it could not convert into ``server_encoding`` (None:
     its message says otherwise, or is in another language)."""
@@ -77,10 +94,12 @@ def not_held_failure(conn: Connection, exc: BaseException, reading: str,
     if isinstance(exc, UnicodeEncodeError):
         # psycopg encodes in the client encoding, which may lack what the server holds.
         encoding = conn.info.parameter_status("client_encoding") or "?"
+        character: str | None = exc.object[exc.start]
+        if not _lacked_by_session(exc, encoding):
+            return None
         holder = f"the session's client encoding is {encoding}"
         way_out = ("let the session speak UTF8: unset PGCLIENTENCODING, or RESET "
                    "client_encoding for the role or database that sets it")
-        character: str | None = exc.object[exc.start]
     elif isinstance(exc, psycopg.errors.UntranslatableCharacter):
         encoding = conn.info.parameter_status("server_encoding") or "?"
         character = _refused_character(exc, encoding)
