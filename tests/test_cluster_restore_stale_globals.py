@@ -6,17 +6,15 @@ warning saying why. Private clusters: a whole-system restore needs a new server.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers.backups import back_up, back_up_without_globals, read_manifest, write_manifest
-from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
-from helpers.logs import jobs_finished
 from helpers.pg import connect, psql
 from helpers.template1 import restore_latest, restore_onto_new
+from helpers.whole_restore import naming, restore_refused, rows_of, warnings_of
 
 pytestmark = pytest.mark.slow
 
@@ -24,21 +22,6 @@ ClusterFactory = Callable[..., PrivateCluster]
 
 # What the warning says of a database the newest globals' run does not list, backed up later.
 STALE = "is not in the newest globals backup's run"
-
-
-def warnings_of(proc: subprocess.CompletedProcess[str]) -> list[str]:
-    """The restore's warnings, as the job's result (every notifier) has them."""
-    [result] = jobs_finished(proc.stderr, job="restore")
-    return [str(w) for w in result["warnings"]]
-
-
-def naming(database: str, lines: list[str]) -> list[str]:
-    return [line for line in lines if database in line]
-
-
-def rows_of(cluster: PrivateCluster, database: str, table: str) -> list[tuple[int, ...]]:
-    with connect(cluster.address, database) as conn:
-        return [tuple(r) for r in conn.execute(f"SELECT x FROM {table} ORDER BY x")]
 
 
 def globals_then_newdb_without(source: PrivateCluster, directory: Path) -> tuple[str, str]:
@@ -234,11 +217,7 @@ def test_a_database_live_after_the_globals_with_no_verified_backup_stops_the_res
     [only_dump] = directory.glob("newdb_*.sql.gz")
     write_manifest(only_dump, {**read_manifest(only_dump), "verified": False,
                                "verify_error": "checksum mismatch"})
-    target = private_cluster("target-pw")
-    proc = run_backupd(["restore", "--latest", "--yes"],
-                       server_env(target.address, "*", directory), timeout=300)
-    said = proc.stdout + proc.stderr
-    assert proc.returncode == 1, said
+    target, said = restore_refused(private_cluster, directory)
     assert "no verified backup of 'newdb'" in said and "nothing was changed" in said, said
     assert "no longer in the cluster" not in said, said
     with connect(target.address, "postgres") as conn:
