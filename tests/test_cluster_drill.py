@@ -328,3 +328,21 @@ def test_a_drill_warns_when_template1_holds_objects_the_run_has_no_backup_of(
     assert result.exit_code == 0, result.summary()
     [warning] = [w for w in result.warnings if "template1" in w]
     assert "extension citext" in warning and "no backup of template1" in warning
+
+
+def test_a_live_database_without_a_verified_backup_fails_a_drill_of_every_database(
+        clusters: Clusters, tmp_path: Path) -> None:
+    """The drill agrees with the whole-system restore of '*': that restores every database
+    with a verified backup and stops on one without; a live database it would not bring
+    back (here: second, whose only backup failed verification) fails the drill, named."""
+    every = clusters.env(POSTGRES_DB="*", DB_BACKUP_DIR=str(tmp_path / "every"))
+    taken = run_here("backup", every, lambda ctx: backup_run.run(ctx, apply_retention=False))
+    assert taken.ok, taken.summary()
+    [second_dump] = (tmp_path / "every").glob("second_*.sql.gz")
+    refresh_manifest(second_dump, verified=False, verify_error="checksum mismatch")
+
+    result = run_here("drill", every, lambda ctx: drill_cmd.run(ctx))
+
+    assert result.exit_code == 1, result.summary()
+    assert "database 'second' has no verified backup" in (result.error or ""), result.error
+    assert server_contents(clusters.drill) == EMPTY_SERVER
