@@ -117,8 +117,14 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
         selection.warn_future(ctx, entries)
         entry = newest_verified(entries)
         if entry is None:
-            raise JobFailed(f"no verified backup of {name!r} in {repository.description}; "
-                            f"{selection.list_hint(repository)}; nothing was changed")
+            # Only future-dated ones (a clock behind, here or where they were taken): no
+            # verified time, so stopped like any other database without one, not left out.
+            future = ("; its verified backups are all dated in the future: set this "
+                      "host's clock right and restore again"
+                      if any(e.verified for e in entries) else "")
+            raise JobFailed(f"no verified backup of {name!r} in {repository.description}"
+                            f"{future}; {selection.list_hint(repository)}; nothing was "
+                            "changed")
         without.check(entry)
         plan.append(entry)
     runs = [e.manifest.run_id for e in plan if e.manifest is not None and e.manifest.run_id]

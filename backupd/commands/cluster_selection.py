@@ -1,9 +1,13 @@
 """Which databases a whole-system restore of POSTGRES_DB='*' brings back (``restore
---latest``, commands.cluster_restore): the run list of the newest verified globals of a run
-of '*' (or recording no kind of run: older backups) decides, with template1's own rule
-(storage.template1_runs); without such a list (DB_BACKUP_GLOBALS=off, or only a list's
-globals) every database with a verified backup, each not in the newest run of '*' warned
-of. Apart from the restore itself to keep each module readable."""
+--latest``, commands.cluster_restore): every database with a backup in the repository (but
+DB_BACKUP_EXCLUDE's), template1 by its own rule (storage.template1_runs). Leaving out a live
+database loses it, restoring a dropped one loses nothing: every rule that left databases
+out by a run's list was found to leave out live ones (another configuration sharing the
+backups, clock skew, future-dated backups, an older version's globals). Which databases
+LOOK dropped (not on the newest run of '*''s globals list; with the globals off, not in the
+newest run of '*') only decides a warning naming each. A database on that list with no
+backup at all stops the restore before any change. Apart from the restore itself to keep
+each module readable."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from datetime import UTC, datetime
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.log import shown_utc
+from backupd.manifest import Manifest
 from backupd.naming import TIMESTAMP_FORMAT
 from backupd.naming import run_id as run_id_at
 from backupd.postgres.databases import TEMPLATE_DATABASE
@@ -23,9 +28,9 @@ from backupd.storage.template1_runs import template1_in_newest_run
 
 @dataclass(frozen=True)
 class Chosen:
-    """The databases to restore (``names``) and, for each already warned of by name because
-    no run list vouches for it, what its restore notes instead (``notes``): the newest run
-    was not incomplete for it, so saying so would be a second, wrong reason."""
+    """The databases to restore (``names``) and, for each already warned of by name as
+    looking dropped, what its restore notes instead (``notes``): the newest run was not
+    incomplete for it, so saying so would be a second, wrong reason."""
 
     names: list[str]
     notes: dict[str, str] = field(default_factory=dict)
@@ -44,7 +49,7 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
         return Chosen(list(chosen.names))
     names = chosen.choose(repository.databases())
     # A list configuration sharing the backups (POSTGRES_DB=a,b, globals on) writes globals
-    # too: its list is not '*''s, and would leave out a live database only '*' backs up.
+    # too: its list is not '*''s, so not what a database looking dropped is judged by.
     # Its globals still restore the roles (cluster_restore._globals): roles are cluster-wide.
     newest = newest_verified(e for e in globals_entries
                              if e.manifest is None or e.manifest.run_of_every is not False)
@@ -52,32 +57,18 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     run = manifest.run_databases if manifest is not None else None
     # What the newest run that looked did with template1, from its dumps' manifests: the
     # globals (run_databases) may be off, or from an older run. None: no run said; the
-    # globals' run decides, as for any database.
+    # globals' run decides, as it always did for template1 (R16).
     said = (template1_in_newest_run(names, listed, globals_entries)
             if TEMPLATE_DATABASE in names else None)
-    decided = {TEMPLATE_DATABASE} if said is not None else set()
     notes: dict[str, str] = {}
     if newest is not None and manifest is not None and run is not None:
-        # The databases of the newest run: one dropped since has old backups still kept
-        # (DB_BACKUP_KEEP_MIN), but is not part of the cluster to bring back. Unless it was
-        # backed up after that run: then the list is older than the database's own backup
-        # and does not decide for it. template1 keeps its own rule.
-        notes = _backed_up_after(ctx, repository, newest, manifest.run_id, sorted(
-            set(names) - set(run) - decided - {TEMPLATE_DATABASE}), listed)
-        left_out = sorted(set(names) - set(run) - decided - set(notes))
-        never = sorted(set(chosen.choose(run)) - set(names))
-        names = [name for name in names if name in run or name in decided or name in notes]
-        if TEMPLATE_DATABASE in left_out:
-            left_out.remove(TEMPLATE_DATABASE)
+        _stop_if_never_backed_up(ctx, repository, newest, chosen.choose(run), names)
+        if said is None and TEMPLATE_DATABASE in names and TEMPLATE_DATABASE not in run:
+            names.remove(TEMPLATE_DATABASE)
             ctx.say(_template1_left_out(manifest.run_id or newest.name,
                                         empty=manifest.template1_empty is True))
-        if left_out:
-            ctx.say(f"POSTGRES_DB='*': not restoring {', '.join(left_out)}: not in the newest "
-                    f"backup run ({newest.name}), so no longer in the cluster; restore one "
-                    "with --database NAME")
-        if never:
-            ctx.warn(f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run "
-                     f"({newest.name}) but never backed up: not restored")
+        notes = _warn_not_on_list(ctx, repository, newest, manifest, sorted(
+            set(names) - set(run) - {TEMPLATE_DATABASE}), listed)
     if said is not None and not said.took and TEMPLATE_DATABASE in names:
         names.remove(TEMPLATE_DATABASE)
         ctx.say(_template1_left_out(said.run_id, empty=said.empty))
@@ -87,6 +78,28 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
     return Chosen(names, notes, _current(names, newest, globals_entries, listed))
+
+
+def _stop_if_never_backed_up(ctx: JobContext, repository: Repository, newest: BackupEntry,
+                             listed_by_run: list[str], names: list[str]) -> None:
+    """A database the newest run of '*' set out to back up with no backup at all (its dump
+    failed before writing anything, or it was dropped during that run): live then, and
+    nothing brings it back, so the restore stops before any change, naming it, rather than
+    report success without it. template1 keeps its own rule: a warning, the server's own
+    template1 staying."""
+    never = sorted(set(listed_by_run) - set(names))
+    if TEMPLATE_DATABASE in never:
+        never.remove(TEMPLATE_DATABASE)
+        ctx.warn(f"POSTGRES_DB='*': template1 in the newest backup run ({newest.name}) but "
+                 "never backed up: not restored")
+    if never:
+        raise JobFailed(
+            f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run of every database "
+            f"({newest.name}) but with no backup in {repository.description} (its dump failed "
+            "before writing anything, or it was dropped during that run): a whole-system "
+            "restore would not bring it back; nothing was changed; take a backup of it if "
+            "its server is still there, or restore the other databases one by one with "
+            "--database NAME")
 
 
 def _current(names: list[str], decided_by: BackupEntry | None,
@@ -113,40 +126,50 @@ def _current(names: list[str], decided_by: BackupEntry | None,
                      is not None and _run_of(entry) >= every_run)
 
 
-def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: BackupEntry,
-                     recorded_run: str | None, candidates: list[str],
-                     listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
-    """Of ``candidates`` (not on the run list of ``globals_entry``, the newest verified
-    globals deciding), those with a backup of a later run: live after that list was made
-    (DB_BACKUP_GLOBALS turned off since, or another configuration sharing the backups took
-    those globals), so restored from their newest verified backup, one warning each; their
-    notes. Any backup's manifest shows that, one that failed verification too: the newest
-    being bad does not make the database dropped.
+def _warn_not_on_list(ctx: JobContext, repository: Repository, globals_entry: BackupEntry,
+                      manifest: Manifest, candidates: list[str],
+                      listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
+    """Warn of each of ``candidates`` (not on the run list of ``globals_entry``, the newest
+    verified globals of a run of '*'), restored all the same; their notes. One backed up in
+    a later run (any backup's manifest shows that, one that failed verification too) was
+    live after that list was made (DB_BACKUP_GLOBALS turned off since, or another
+    configuration took those globals); one not looks dropped, but may be live too (another
+    configuration sharing the backups takes it, or the machines' clocks disagree: run ids
+    are wall-clock seconds). One with no verified backup is not warned of: the restore stops
+    naming it (cluster_restore).
 
     Run ids count whole seconds (none recorded: the backup's own time, never earlier than
     its run's start). One equal to the globals' is another run started in that second: the
-    globals' run dumps only databases it lists. Which of the two made its list first is
-    not recorded, so it is restored too: leaving out a live database loses it, restoring
-    a dropped one loses nothing."""
-    globals_run = recorded_run or run_id_at(globals_entry.parsed.taken_at)
+    globals' run dumps only databases it lists."""
+    globals_run = manifest.run_id or run_id_at(globals_entry.parsed.taken_at)
+    older = ("" if manifest.run_of_every is not None else
+             "; those globals were written by an older backupd, which does not record whether "
+             "its run was of every database or of a list")
     notes: dict[str, str] = {}
     for name in candidates:
         entries = listed(name)
         entry = newest_verified(entries)
+        if entry is None:
+            continue
         # A date in the future is no evidence of when the database was there.
         newest = max((e for e in entries if e.manifest is not None and not e.from_the_future()),
                      key=_run_of, default=entry)
-        if newest is None:
-            continue
         rid = _run_of(newest)
+        failed = ("" if newest is entry else
+                  f" (its newest, {newest.name}, did not pass verification)")
         if rid < globals_run:
-            continue
-        if entry is None:
-            # Live after that list was made, and nothing to bring it back from: chosen, so
-            # the restore stops before any change naming it (cluster_restore), rather than
-            # succeed without it.
-            notes[name] = (f"backed up in run {rid}, after the newest globals backup's run "
-                           f"{globals_run}, but no backup of it passed verification")
+            ctx.warn(f"POSTGRES_DB='*': {name} looks dropped: it is not in the newest backup "
+                     f"run of every database ({globals_entry.name}, run {globals_run}){older}, "
+                     f"and its newest backup, {newest.name}, is of "
+                     f"{shown_utc(newest.parsed.taken_at)}, before that run; it is restored "
+                     f"all the same from {entry.name} (another configuration sharing the "
+                     "backups may take it, or the machines' clocks disagree); if "
+                     f"{name} was dropped, drop it again after this restore, or restore the "
+                     "other databases one by one with --database NAME, or delete its backups "
+                     f"from {repository.description}")
+            notes[name] = (f"not in the newest run of every database {globals_run}, so it "
+                           f"looks dropped{failed}; taking its newest verified backup "
+                           f"{entry.name}")
             continue
         which = ("a later run" if rid > globals_run
                  else "another run started in the same second")
@@ -158,11 +181,9 @@ def _backed_up_after(ctx: JobContext, repository: Repository, globals_entry: Bac
                  f"{newest.name}, is from {which} (run {rid}){restored}: those "
                  "globals' list of databases is older than that backup (DB_BACKUP_GLOBALS "
                  "was turned off since, or another configuration sharing the backups took "
-                 f"them) and does not decide for {name}; if {name} was dropped since, drop "
+                 f"them){older}; if {name} was dropped since, drop "
                  "it again after this restore, or restore the other databases one by one "
                  f"with --database NAME, or delete its backups from {repository.description}")
-        failed = ("" if newest is entry else
-                  f" (its newest, {newest.name}, did not pass verification)")
         notes[name] = (f"not in the newest globals backup's run {globals_run}, but backed up "
                        f"in {which} {rid}{failed}; taking its newest verified backup "
                        f"{entry.name}")

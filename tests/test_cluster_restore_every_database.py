@@ -1,0 +1,95 @@
+"""restore --latest of POSTGRES_DB='*' restores every database with a backup (but this
+configuration's DB_BACKUP_EXCLUDE): a database that looks dropped (not on the newest run of
+'*''s list) is restored all the same, with one warning; one that cannot be restored (no
+verified backup, only future-dated ones, or none at all though the newest run set out to
+take it) stops the restore before any change, naming it. Each test is a review finding
+where the rule of the newest run's list left a live database out with exit 0. Private
+clusters: a whole-system restore needs a new server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from helpers.backups import back_up
+from helpers.cluster import PrivateCluster
+from helpers.faketime import clock_at
+from helpers.pg import psql
+from helpers.template1 import restore_onto_new
+from helpers.whole_restore import databases_on, naming, restore_refused, rows_of, warnings_of
+
+pytestmark = pytest.mark.slow
+
+ClusterFactory = Callable[..., PrivateCluster]
+
+
+def keptdb_and(source: PrivateCluster, other: str) -> None:
+    """keptdb (row 1) and ``other`` (rows 7, 8) on ``source``."""
+    psql(source.address, "postgres", f"CREATE DATABASE keptdb; CREATE DATABASE {other};")
+    psql(source.address, "keptdb", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    psql(source.address, other, "CREATE TABLE t (x int); INSERT INTO t VALUES (7), (8);")
+
+
+def test_a_database_another_configuration_backs_up_is_restored_with_a_warning(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """Review finding (1): configuration B (POSTGRES_DB=big) and A ('*', DB_BACKUP_EXCLUDE=
+    big, globals on) share the directory, A's run the newer. big is not on A's list, and
+    was left out as "no longer in the cluster", exit 0; it is live, and comes back now,
+    with one warning naming it and what to do were it dropped."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    keptdb_and(source, "big")
+    back_up(source.address, "big", directory)
+    every_run = back_up(source.address, "*", directory, DB_BACKUP_EXCLUDE="big")
+    target, proc, said = restore_onto_new(private_cluster, directory)
+    assert rows_of(target, "big", "t") == [(7,), (8,)], said
+    assert rows_of(target, "keptdb", "t") == [(1,)], said
+    [line] = naming("big", warnings_of(proc))
+    assert "big looks dropped" in line and every_run in line, line
+    [big_dump] = directory.glob("big_*.sql.gz")
+    assert big_dump.name in line and "drop it again" in line, line
+    assert "--database NAME" in line and "delete its backups" in line, line
+    assert "no longer in the cluster" not in said, said
+
+
+def test_a_database_with_only_future_dated_backups_stops_the_restore(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """Review finding (3): futuredb's only backup was taken by a machine whose clock is two
+    days ahead (or: this DR host's is behind). No backup of it has a time that can be
+    true, so none counts as verified-newest; it was left out with exit 0. The restore now
+    stops before any change, naming it and the clock (chosen over restoring the future-
+    dated backup: every other choice of the newest backup refuses one, and a clock that
+    wrong misjudges the other databases' newest too)."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    keptdb_and(source, "futuredb")
+    back_up(source.address, "*", directory, DB_BACKUP_EXCLUDE="futuredb")
+    back_up(source.address, "futuredb", directory,
+            **clock_at(datetime.now(UTC) + timedelta(days=2)))
+    target, said = restore_refused(private_cluster, directory)
+    assert "no verified backup of 'futuredb'" in said, said
+    assert "dated in the future" in said and "nothing was changed" in said, said
+    assert not {"keptdb", "futuredb"} & databases_on(target), said
+
+
+def test_a_database_of_the_newest_run_without_any_backup_stops_the_restore(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """Review finding (5): gonedb is on the newest run of '*''s list, but its dump failed
+    before writing anything (here: its files removed, what such a run leaves). It was
+    "never backed up: not restored" with exit 0; the restore now stops before any change,
+    naming it and saying why."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    keptdb_and(source, "gonedb")
+    back_up(source.address, "*", directory)
+    removed = [path for path in directory.glob("gonedb_*") if path.is_file()]
+    assert removed
+    for path in removed:
+        path.unlink()
+    target, said = restore_refused(private_cluster, directory)
+    assert "gonedb in the newest backup run of every database" in said, said
+    assert "no backup in" in said and "dump failed before writing anything" in said, said
+    assert "nothing was changed" in said, said
+    assert not {"keptdb", "gonedb"} & databases_on(target), said
