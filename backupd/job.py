@@ -6,7 +6,10 @@ The CLI and the daemon both run jobs through :func:`run_job`, so a one-off
 
 from __future__ import annotations
 
+import errno
+import sys
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -163,15 +166,32 @@ def _body_or_verdict(body: JobBody, context: JobContext) -> None:
             stopped = Stopped(token.reason)
             stopped.stderr_tail = getattr(exc, "stderr_tail", None)
             raise stopped from exc
-        if token.cancelled and not isinstance(exc, BackupdError):
+        if token.cancelled and _a_cancel_causes(exc):
             # A cancel (a shutdown, a signal) stopped the job where it was: a connection it
             # severed, a child it stopped, made the stage fail with whatever it hit; that is
-            # how the job ended, not why. A verdict of our own (a failure that names what
-            # to do, a skip) is kept: it may have come first, and says more.
-            get_logger(job=context.result.job).info(
-                "the cancel interrupted the job", error=f"{type(exc).__name__}: {exc}")
+            # how the job ended, not why. Logged with its traceback all the same: the same
+            # types also come from real faults that the cancel happened to overtake.
+            get_logger(job=context.result.job).warning(
+                "the cancel interrupted the job", error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc)
             raise Cancelled(token.reason or SHUTDOWN) from exc
         raise
+
+
+def _a_cancel_causes(exc: Exception) -> bool:
+    """Whether ``exc`` is of a kind a cancel makes a stage raise. By kind, not by moment: an
+    exception does not say when it was raised, and a bug raised before the cancel may still
+    be unwinding (a slow cleanup) when the token is cancelled. A cancel acts only by
+    severing a connection (psycopg), stopping a child (a broken pipe; its exit is our own
+    verdict) and cancelling an S3 transfer. A verdict of our own (BackupdError: a failure
+    that names what to do, a skip) is kept: it may have come first, and says more."""
+    if isinstance(exc, BrokenPipeError | ConnectionError | CancelledError):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+        return True
+    # psycopg is imported only by the jobs that connect: if it is not, exc is not its.
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def skipped_result(job: str, settings: Settings, status: Status, reason: str) -> JobResult:

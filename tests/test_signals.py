@@ -293,7 +293,8 @@ def test_a_signal_while_a_backup_prepares_is_a_cancel_not_a_failure(
     said = proc.read_stdout() + proc.read_stderr()
     assert code == 1, said
     assert "cancelled by SIGTERM" in said, said
-    assert "Traceback" not in said and "internal error" not in said, said
+    # What the stage hit is logged with its traceback (a warning), never as a failure.
+    assert "internal error" not in said and "unexpected error" not in said, said
     [result] = _results(http_receiver)
     assert (result["status"], result["error"]) == ("cancelled", "cancelled by SIGTERM"), result
 
