@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from helpers.backups import path_with, take_backup
-from helpers.cli import BackupdProcess, run_probe, stop_backupd
+from helpers.cli import BackupdProcess, run_patched, run_probe, stop_backupd
 from helpers.faults import (
     SlowDump,
     SlowVersionDump,
@@ -26,6 +26,7 @@ from helpers.faults import (
     wait_until,
 )
 from helpers.http_receiver import HttpReceiver
+from helpers.logs import human_lines
 from helpers.pg import (
     ServerAddress,
     connect,
@@ -320,12 +321,27 @@ def _probe_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_ctrl_c_before_the_job_says_nothing_was_changed(tmp_path: Path) -> None:
-    proc = run_probe("os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n"
-                     "finish(execute('prune', bootstrap(), lambda ctx: None))",
+    proc = run_probe("settings = bootstrap()\nos.kill(os.getpid(), signal.SIGINT)\n"
+                     "time.sleep(30)\nfinish(execute('prune', settings, lambda ctx: None))",
                      _probe_env(tmp_path), capture_output=True)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines() == ["backupd: aborted; nothing was changed"], proc.stderr
     assert not (tmp_path / "backups").exists()  # no job ran
+
+
+def test_ctrl_c_while_the_daemon_starts_says_interrupted_not_nothing_was_changed(
+        tmp_path: Path) -> None:
+    """The daemon runs no job through execute: a Ctrl-C in its start-up, before its own
+    handlers, may come after it changed things (its directory made here), or days in."""
+    prelude = ("import backupd.commands.run as daemon\n"
+               "def interrupted(_settings: object) -> None:\n"
+               "    os.kill(os.getpid(), signal.SIGINT)\n"
+               "    time.sleep(30)\n"
+               "daemon._check_server = interrupted  # the start-up step after store.prepare")
+    proc = run_patched(prelude, ["run"], _probe_env(tmp_path), capture_output=True)
+    assert proc.returncode == 130, proc.stderr
+    assert human_lines(proc.stderr) == ["backupd: interrupted"], proc.stderr
+    assert (tmp_path / "backups").is_dir()  # start-up had begun: not "nothing was changed"
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)

@@ -17,7 +17,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from backupd import quick_exit
 from backupd.cli import archive, dumps, recovery, restores, service  # noqa: F401  -- registers the commands
-from backupd.cli.app import app, job_exit_code
+from backupd.cli.app import app, job_exit_code, job_not_started
 from backupd.cli.output import StdoutError, guard_stdout, report
 from backupd.cli.signals import for_the_command
 from backupd.errors import BackupdError
@@ -74,13 +74,18 @@ def _command(argv: list[str] | None) -> int:
 def _aborted() -> int:
     """Ctrl-C (or Ctrl-D at a prompt) that stopped the command. A job cancels on Ctrl-C and
     reports it (cli.signals): this one came before the job began, or after it ended where
-    the command does not hold the signals (``main``'s do)."""
+    the command does not hold the signals (``main``'s do), or in a command that runs no job
+    (the daemon outside its own handlers: its start-up, its last state write)."""
     code = job_exit_code()
-    if code is None:
+    if code is not None:
+        say_on_stderr("backupd: aborted after the job ended; its result was reported")
+        return code
+    if job_not_started():
         say_on_stderr("backupd: aborted; nothing was changed")
         return 1
-    say_on_stderr("backupd: aborted after the job ended; its result was reported")
-    return code
+    # Nothing says what the command had done by then: a daemon may have run for days.
+    say_on_stderr("backupd: interrupted")
+    return _INTERRUPTED
 
 
 def _output_failed(exc: StdoutError, code: int) -> int:

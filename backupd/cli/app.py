@@ -114,8 +114,11 @@ def paused_progress() -> contextlib.AbstractContextManager[None]:
     return progress_display.paused()
 
 
-def bootstrap(*, daemon: bool = False) -> Settings:
-    """Settings and logging for every command; a bad setting ends here with exit 2."""
+def bootstrap(*, daemon: bool = False, runs_job: bool = True) -> Settings:
+    """Settings and logging for every command; a bad setting ends here with exit 2.
+    ``runs_job``: the command runs its work as a job (``execute``), so until the job starts
+    it has changed nothing (False: the daemon, read-only commands)."""
+    _job_ahead[:] = [runs_job and not daemon]
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -146,11 +149,22 @@ def job_exit_code() -> int | None:
     return _job_result[-1].exit_code if _job_result else None
 
 
+# Whether the command runs a job through execute and has not started it yet (bootstrap,
+# execute): only then may an interruption say that nothing was changed.
+_job_ahead: list[bool] = [False]
+
+
+def job_not_started() -> bool:
+    """The command runs its work as a job, which has not started yet."""
+    return _job_ahead[0]
+
+
 def execute(job: str, settings: Settings, body: Callable[[JobContext], None]) -> JobResult:
     # The CLI's own summary (or error) line reports the result; with JSON logs
     # (--log-format json) machines get the structured "job finished" record as well.
     chain = build_chain(settings, log_results=logs_are_json(settings.log_format),
                         recorder=ResultRecorder(settings.backup_dir), metrics=False)
+    _job_ahead[:] = [False]  # from here on, the job's result says what was done
     cancel = CancelToken()  # the job's own token is its child: its progress is nested here
     # SIGTERM, SIGHUP and Ctrl-C cancel it, as the daemon's shutdown does (cli.signals).
     with cancelled_by_signals(cancel):

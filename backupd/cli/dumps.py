@@ -115,7 +115,7 @@ def list_backups(
     from backupd.commands import listing, selection
     from backupd.job import repositories_for
 
-    settings = bootstrap()
+    settings = bootstrap(runs_job=False)
     try:
         repository = repositories_for(settings).choose(remote, "--remote")
         local = repositories_for(settings).local

@@ -34,7 +34,7 @@ def status(
     the WAL archive's streaming and lag and the newest verified base backup."""
     from backupd.commands import status as status_cmd
 
-    settings = bootstrap()
+    settings = bootstrap(runs_job=False)
     raise typer.Exit(status_cmd.run(settings, as_json=as_json))
 
 
@@ -49,7 +49,7 @@ def health(
     """
     from backupd.commands import health as health_cmd
 
-    settings = bootstrap()
+    settings = bootstrap(runs_job=False)
     raise typer.Exit(health_cmd.run(settings, as_json=as_json))
 
 

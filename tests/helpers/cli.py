@@ -244,6 +244,18 @@ def command_probe(body: str) -> str:
             "run()\n")
 
 
+def run_patched(prelude: str, argv: list[str], env: dict[str, str],
+                **popen: Any) -> subprocess.CompletedProcess[str]:
+    """A real command (``backupd *argv``) run by the console script's entry point, after
+    ``prelude`` (which may patch a step of it: a timing injection), in ``build_env(env)``."""
+    script = ("import os, signal, sys, time\n" + prelude + "\n"
+              "from backupd.cli import run\n"
+              f"sys.argv = {['backupd', *argv]!r}\n"
+              "run()\n")
+    return subprocess.run([sys.executable, "-c", script], env=build_env(env),
+                          text=True, timeout=60, check=False, **popen)
+
+
 def run_probe(body: str, env: dict[str, str], **popen: Any) -> subprocess.CompletedProcess[str]:
     """``command_probe(body)`` run to its end, in the environment ``build_env(env)``."""
     return subprocess.run([sys.executable, "-c", command_probe(body)], env=build_env(env),
