@@ -141,10 +141,15 @@ def _exit_now(signum: int) -> NoReturn:
     128 + its number. The children die with us (PDEATHSIG, the reaper's pipe reaching end of
     file), so none is left running."""
     name = signal.Signals(signum).name
+    # Says what stays behind and what removes it: nothing here cleans up any more.
     with contextlib.suppress(OSError):  # os.write: the interrupted code may be in a print
         os.write(2, f"backupd: second signal ({name}) while the job was cancelling: exiting "
-                    "at once; its children are killed, no result is reported, and temporary "
-                    "files are left for the daemon's next start-up to remove\n".encode())
+                    "at once; its children are killed and no result is reported; its "
+                    "temporary files stay until the daemon's next start-up removes them (a "
+                    "mark's or PITR drill's scratch directory: also its next run); a "
+                    "restore's scratch database "
+                    "stays in PostgreSQL until the next restore into the same database "
+                    "drops it (a drill's: the next drill), or drop it by hand\n".encode())
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     os._exit(128 + signum)  # only if the signal did not end us (it is not blocked here)
