@@ -25,7 +25,7 @@ TEMPLATE1_FAILED = "failed"
 # A manifest is rewritten by every version that records something in it (a verify verdict,
 # an upload, a drill): what a later version added must survive this one's rewrite (dropped,
 # a field such as run_of_every, which decides what a restore of `*` brings back, would be
-# undone by an older version's verify). Kept as read, written back after the known fields,
+# undone by an older version's verify). Kept as parsed, written back after the known fields,
 # never read nor published (list --json, the webhook and status have their own models).
 _KEEPS_UNKNOWN = ConfigDict(extra="allow")
 
@@ -66,8 +66,12 @@ class BaseBackupFacts(BaseModel):
 
 class Manifest(BaseModel):
     """One artifact: its kind, database, times, stored file (size, SHA-256) and what has
-    been proven about it. New fields always have defaults, so every older manifest loads;
-    fields this version does not know are kept as they are, so a later one's survive."""
+    been proven about it. New fields always have defaults, so every older manifest loads.
+    Fields this version does not know, here and in ``wal`` and ``base_backup``, are kept so
+    a later version's survive a rewrite: as parsed, not as written (JSON values as Python
+    reads them, so a number past a float's range such as 1e400 comes back null, 1.10 as
+    1.1), after the known fields. Not those inside ``database_properties``, read as this
+    version knows them: a rewrite drops them."""
 
     model_config = _KEEPS_UNKNOWN
 
