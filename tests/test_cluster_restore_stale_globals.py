@@ -2,7 +2,9 @@
 a database's newest backup: the globals were turned off since (DB_BACKUP_GLOBALS=off), or
 another configuration sharing the backups (a list) took them. That run's list does not decide
 for a database backed up later: it was live after that run, so it is restored, with one
-warning saying why. Private clusters: a whole-system restore needs a new server."""
+warning saying why. Once a run of '*' is newer than the list's (the globals turned off
+since), that run decides the warnings instead, as with the globals off. Private clusters: a
+whole-system restore needs a new server."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from helpers.backups import back_up, back_up_without_globals, read_manifest, wri
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
 from helpers.template1 import restore_latest, restore_onto_new
-from helpers.whole_restore import naming, restore_refused, rows_of, warnings_of
+from helpers.whole_restore import databases_on, naming, restore_refused, rows_of, warnings_of
 
 pytestmark = pytest.mark.slow
 
@@ -42,25 +44,23 @@ def globals_then_newdb_without(source: PrivateCluster, directory: Path) -> tuple
 
 def test_a_database_created_after_the_globals_were_turned_off_is_restored(
         private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """newdb is in the newest run of '*', newer than the globals' list: that run decides,
+    and newdb, in it, is warned of by no rule."""
     directory = tmp_path / "backups"
     source = private_cluster("source-pw")
-    globals_run, later_run = globals_then_newdb_without(source, directory)
+    globals_then_newdb_without(source, directory)
     target, proc, said = restore_onto_new(private_cluster, directory)
     assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
     assert rows_of(target, "keptdb", "k") == [(1,), (2,)], said
     warnings = warnings_of(proc)
-    # One accurate line for newdb: why the globals' run did not decide for it.
-    [line] = naming("newdb", warnings)
-    assert STALE in line and globals_run in line and later_run in line, line
-    assert "later run" in line and "--database" in line, line
-    assert naming("keptdb", warnings) == [], warnings
+    assert naming("newdb", warnings) == naming("keptdb", warnings) == [], warnings
 
 
 def test_one_backed_up_after_the_globals_and_dropped_since_gets_one_warning(
         private_cluster: ClusterFactory, tmp_path: Path) -> None:
-    """newdb is in no run after its own, so not in the newest: restored all the same (it
-    was live after the globals' run), with the one warning, not also one calling the
-    newest run incomplete."""
+    """newdb is in no run after its own, so not in the newest run of '*' (which decides,
+    newer than the globals' list): restored all the same, with the one warning, not also
+    one calling the newest run incomplete."""
     directory = tmp_path / "backups"
     source = private_cluster("source-pw")
     globals_then_newdb_without(source, directory)
@@ -69,7 +69,7 @@ def test_one_backed_up_after_the_globals_and_dropped_since_gets_one_warning(
     target, proc, said = restore_onto_new(private_cluster, directory)
     assert rows_of(target, "newdb", "n") == [(7,), (8,)], said
     [line] = naming("newdb", warnings_of(proc))
-    assert STALE in line and "dropped since" in line, line
+    assert NOT_IN_NEWEST in line and "dropped since" in line, line
     assert "incomplete" not in said, said
 
 
@@ -78,10 +78,16 @@ def test_a_dump_of_another_run_in_the_globals_run_second_is_restored(
     """Run ids count whole seconds: a dump recording the globals' run id, of a database that
     run does not list, is of another run (an older version's, or another machine's into
     the same bucket) started in that second, maybe after the list was made: not provably
-    older, so restored."""
+    older, so restored. Here a list's run (POSTGRES_DB=newdb, globals off) took it: the
+    globals' run stays the newest of '*', so its list decides."""
     directory = tmp_path / "backups"
     source = private_cluster("source-pw")
-    globals_run, _later_run = globals_then_newdb_without(source, directory)
+    psql(source.address, "postgres", "CREATE DATABASE keptdb;")
+    psql(source.address, "keptdb", "CREATE TABLE k (x int); INSERT INTO k VALUES (1);")
+    globals_run = back_up(source.address, "*", directory)
+    psql(source.address, "postgres", "CREATE DATABASE newdb;")
+    psql(source.address, "newdb", "CREATE TABLE n (x int); INSERT INTO n VALUES (7), (8);")
+    back_up_without_globals(source.address, "newdb", directory)
     [newdb_dump] = directory.glob("newdb_*.sql.gz")
     write_manifest(newdb_dump, {**read_manifest(newdb_dump), "run_id": globals_run})
     target, proc, said = restore_onto_new(private_cluster, directory)
@@ -180,9 +186,11 @@ def test_a_list_run_s_globals_after_a_run_of_every_database_without_do_not_decid
 def test_a_database_whose_dump_after_the_globals_failed_verification_is_restored(
         private_cluster: ClusterFactory, tmp_path: Path) -> None:
     """newdb's only dump after the newest globals' run (a list's, written before runs
-    recorded whether they were of '*', so it decides) failed verification: its manifest
-    still shows newdb was live after that list was made, so its older verified backup is
-    restored, and the one warning says the newest failed verification."""
+    recorded whether they were of '*', so it decides: the run of '*' is older) failed
+    verification: its manifest still shows newdb was live after that list was made, so its
+    older verified backup is restored, and the one warning says the newest failed
+    verification. That dump is a list's run's (POSTGRES_DB=keptdb,newdb): a run of '*'
+    after the globals' would decide instead."""
     directory = tmp_path / "backups"
     source = private_cluster("source-pw")
     psql(source.address, "postgres", "CREATE DATABASE keptdb; CREATE DATABASE newdb;")
@@ -196,7 +204,7 @@ def test_a_database_whose_dump_after_the_globals_failed_verification_is_restored
     manifest.pop("run_of_every", None)
     write_manifest(globals_file, manifest)
     psql(source.address, "newdb", "INSERT INTO n VALUES (9);")
-    later_run = back_up_without_globals(source.address, "*", directory)
+    later_run = back_up_without_globals(source.address, "keptdb,newdb", directory)
     assert later_run > globals_run
     failed = max(directory.glob("newdb_*.sql.gz"), key=lambda p: p.name)
     assert failed.name != verified_dump
@@ -229,3 +237,55 @@ def test_a_database_live_after_the_globals_with_no_verified_backup_stops_the_res
     with connect(target.address, "postgres") as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname IN "
                             "('keptdb', 'newdb')").fetchone() == (0,)
+
+
+# What the globals-off rule says of a database with no backup from the newest run of '*'.
+NOT_IN_NEWEST = "has no backup from the newest run of every database"
+
+
+def olddb_dropped_after_the_globals_were_turned_off(source: PrivateCluster,
+                                                     directory: Path) -> str:
+    """keptdb and olddb (rows 7, 8) in a run of '*' with the globals on (its list names
+    olddb); olddb dropped; a run of '*' with the globals off. The later run's id."""
+    psql(source.address, "postgres", "CREATE DATABASE keptdb; CREATE DATABASE olddb;")
+    psql(source.address, "keptdb", "CREATE TABLE k (x int); INSERT INTO k VALUES (1);")
+    psql(source.address, "olddb", "CREATE TABLE n (x int); INSERT INTO n VALUES (7), (8);")
+    globals_run = back_up(source.address, "*", directory)
+    psql(source.address, "postgres", "DROP DATABASE olddb;")
+    later_run = back_up_without_globals(source.address, "*", directory)
+    assert later_run > globals_run
+    return later_run
+
+
+def test_a_database_dropped_after_the_globals_were_turned_off_looks_dropped(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """The old globals' list names olddb, but a run of '*' after it (globals off) did not
+    take it: that newer run decides the warning, so olddb is restored with the one warning
+    that it may have been dropped, not called the victim of an incomplete run."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    later_run = olddb_dropped_after_the_globals_were_turned_off(source, directory)
+    target, proc, said = restore_onto_new(private_cluster, directory)
+    assert rows_of(target, "olddb", "n") == [(7,), (8,)], said
+    assert rows_of(target, "keptdb", "k") == [(1,)], said
+    [line] = naming("olddb", warnings_of(proc))
+    assert NOT_IN_NEWEST in line and later_run in line and "dropped since" in line, line
+    assert "incomplete" not in said, said
+
+
+def test_deleting_the_backups_of_one_dropped_after_the_globals_were_turned_off(
+        private_cluster: ClusterFactory, tmp_path: Path) -> None:
+    """The docs' advice for a dropped database: delete its backups. The old globals' list
+    still names olddb, but a newer run of '*' did not take it: the restore brings back the
+    others and succeeds, rather than stop for good (the globals, off, never replace that
+    list)."""
+    directory = tmp_path / "backups"
+    source = private_cluster("source-pw")
+    olddb_dropped_after_the_globals_were_turned_off(source, directory)
+    removed = [path for path in directory.glob("olddb_*") if path.is_file()]
+    assert removed
+    for path in removed:
+        path.unlink()
+    target, _proc, said = restore_onto_new(private_cluster, directory)
+    assert rows_of(target, "keptdb", "k") == [(1,)], said
+    assert "olddb" not in databases_on(target), said

@@ -4,10 +4,10 @@ DB_BACKUP_EXCLUDE's), template1 by its own rule (storage.template1_runs). Leavin
 database loses it, restoring a dropped one loses nothing: every rule that left databases
 out by a run's list was found to leave out live ones (another configuration sharing the
 backups, clock skew, future-dated backups, an older version's globals). Which databases
-LOOK dropped (not on the newest run of '*''s globals list; with the globals off, not in the
-newest run of '*') only decides a warning naming each. A database on that list with no
-backup at all stops the restore before any change. Apart from the restore itself to keep
-each module readable."""
+LOOK dropped (not on the newest run of '*''s globals list, while that run is the newest of
+'*'; with the globals off or turned off since, not in the newest run of '*') only decides a
+warning naming each. A database on that list with no backup at all stops the restore before
+any change. Apart from the restore itself to keep each module readable."""
 
 from __future__ import annotations
 
@@ -55,11 +55,19 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
                              if e.manifest is None or e.manifest.run_of_every is not False)
     manifest = newest.manifest if newest is not None else None
     run = manifest.run_databases if manifest is not None else None
+    # The newest run of '*' the dumps' manifests know (every run of '*' records template1's
+    # look, unless DB_BACKUP_EXCLUDE leaves template1 out), globals on or off.
+    look = template1_in_newest_run(names, listed, globals_entries)
+    if newest is not None and manifest is not None and look is not None and \
+            look.run_id > (manifest.run_id or run_id_at(newest.parsed.taken_at)):
+        # A run of '*' after the list's (DB_BACKUP_GLOBALS turned off since): the old list
+        # would call a database dropped since incomplete, and stop every restore for good
+        # once its backups are deleted. The globals-off rule judges by that newer run.
+        run = None
     # What the newest run that looked did with template1, from its dumps' manifests: the
     # globals (run_databases) may be off, or from an older run. None: no run said; the
     # globals' run decides, as it always did for template1 (R16).
-    said = (template1_in_newest_run(names, listed, globals_entries)
-            if TEMPLATE_DATABASE in names else None)
+    said = look if TEMPLATE_DATABASE in names else None
     notes: dict[str, str] = {}
     if newest is not None and manifest is not None and run is not None:
         _stop_if_never_backed_up(ctx, repository, newest, chosen.choose(run), names)
@@ -200,8 +208,9 @@ def _run_of(entry: BackupEntry) -> str:
 def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list[str],
                             globals_entries: list[BackupEntry],
                             listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
-    """No globals manifest lists the newest run's databases (DB_BACKUP_GLOBALS=off), so all
-    of ``names`` are restored: leaving one out by a guess lost live databases (an interrupted
+    """No globals manifest lists the newest run's databases (DB_BACKUP_GLOBALS=off, or off
+    since: a run of '*' newer than the newest list), so all of ``names`` are restored:
+    leaving one out by a guess lost live databases (an interrupted
     run, another configuration sharing the repository, DB_BACKUP_EXCLUDE, a rollback; the
     reverted 53f8786 and 3fbb1db). Each without a dump in the newest run of '*' (the newest
     that recorded template1's look: every run of '*' does, except one whose DB_BACKUP_EXCLUDE
