@@ -17,7 +17,7 @@ from helpers.backups import back_up
 from helpers.cluster import PrivateCluster
 from helpers.faketime import clock_at
 from helpers.pg import psql
-from helpers.template1 import restore_onto_new
+from helpers.template1 import restore_latest, restore_onto_new
 from helpers.whole_restore import databases_on, naming, restore_refused, rows_of, warnings_of
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,22 @@ def test_a_database_with_only_future_dated_backups_stops_the_restore(
     target, said = restore_refused(private_cluster, directory)
     assert "no verified backup of 'futuredb'" in said, said
     assert "dated in the future" in said and "nothing was changed" in said, said
+    # Not in the newest run of '*' (its DB_BACKUP_EXCLUDE left it out): said to look dropped.
+    assert "futuredb looks dropped" in said, said
     assert not {"keptdb", "futuredb"} & databases_on(target), said
+    assert_the_way_through(target, said, "futuredb", "set this host's clock right", directory)
+
+
+def assert_the_way_through(target: PrivateCluster, said: str, stopped: str, other: str,
+                           directory: Path) -> None:
+    """The stop says first (before ``other``) the one command restoring every database
+    but ``stopped``; run as said, it restores keptdb onto ``target``."""
+    command = f"`DB_BACKUP_EXCLUDE={stopped} backupd restore --latest`"
+    assert command in said, said
+    assert said.index(command) < said.index(other), said
+    proc = restore_latest(target.address, directory, DB_BACKUP_EXCLUDE=stopped)
+    assert rows_of(target, "keptdb", "t") == [(1,)], proc.stdout + proc.stderr
+    assert stopped not in databases_on(target), proc.stdout + proc.stderr
 
 
 def test_a_database_of_the_newest_run_without_any_backup_stops_the_restore(
@@ -92,4 +107,6 @@ def test_a_database_of_the_newest_run_without_any_backup_stops_the_restore(
     assert "gonedb in the newest backup run of every database" in said, said
     assert "no backup in" in said and "dump failed before writing anything" in said, said
     assert "nothing was changed" in said, said
+    assert "looks dropped" not in said, said  # on the newest run's list: it was live
     assert not {"keptdb", "gonedb"} & databases_on(target), said
+    assert_the_way_through(target, said, "gonedb", "take a backup of it", directory)

@@ -233,6 +233,10 @@ def test_a_database_live_after_the_globals_with_no_verified_backup_stops_the_res
                                "verify_error": "checksum mismatch"})
     target, said = restore_refused(private_cluster, directory)
     assert "no verified backup of 'newdb'" in said and "nothing was changed" in said, said
+    # In the newest run of '*': not said to look dropped; the others in one command first.
+    assert "looks dropped" not in said, said
+    way_through = "`DB_BACKUP_EXCLUDE=newdb backupd restore --latest`"
+    assert way_through in said and said.index(way_through) < said.index("see `backupd"), said
     assert "no longer in the cluster" not in said, said
     with connect(target.address, "postgres") as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname IN "

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from backupd.commands import restore, selection
-from backupd.commands.cluster_selection import choose_databases
+from backupd.commands.cluster_selection import Chosen, choose_databases, way_through
 from backupd.commands.restore import identities_for, restore_file
 from backupd.commands.restore_options import EVERYTHING, Without
 from backupd.commands.restore_target import MAINTENANCE_DB, check_targets
@@ -117,14 +117,9 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
         selection.warn_future(ctx, entries)
         entry = newest_verified(entries)
         if entry is None:
-            # Only future-dated ones (a clock behind, here or where they were taken): no
-            # verified time, so stopped like any other database without one, not left out.
-            future = ("; its verified backups are all dated in the future: set this "
-                      "host's clock right and restore again"
-                      if any(e.verified for e in entries) else "")
-            raise JobFailed(f"no verified backup of {name!r} in {repository.description}"
-                            f"{future}; {selection.list_hint(repository)}; nothing was "
-                            "changed")
+            every = database is None and ctx.settings.database_selection.every
+            raise JobFailed(_no_verified(ctx, repository, name, entries, chosen, [
+                n for n in names if newest_verified(listed(n)) is None] if every else None))
         without.check(entry)
         plan.append(entry)
     runs = [e.manifest.run_id for e in plan if e.manifest is not None and e.manifest.run_id]
@@ -159,6 +154,30 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
         reasons = "; ".join(f"{d.database}: {d.error}" for d in outcome.databases if not d.ok)
         raise JobFailed(f"restore of {len(outcome.failed)} of {len(plan)} database(s) "
                         f"failed ({reasons})")
+
+
+def _no_verified(ctx: JobContext, repository: Repository, name: str,
+                 entries: list[BackupEntry], chosen: Chosen, missing: list[str] | None) -> str:
+    """Why the restore stops for ``name``, with no verified backup. ``missing``: with '*',
+    every database without one, which the one command that restores the others leaves
+    out (cluster_selection.way_through); its name in chosen.dropped: it looks dropped."""
+    # Only future-dated ones (a clock behind, here or where they were taken): no verified
+    # time, so stopped like any other database without one, not left out.
+    future = any(e.verified for e in entries)
+    dated = "; its verified backups are all dated in the future" if future else ""
+    clock = "set this host's clock right and restore again"
+    hint = selection.list_hint(repository)
+    if missing is None:
+        return (f"no verified backup of {name!r} in {repository.description}{dated}"
+                f"{': ' + clock if future else ''}; {hint}; nothing was changed")
+    others = [repr(n) for n in missing if n != name]
+    nor = f" (nor of {', '.join(others)})" if others else ""
+    run = chosen.dropped.get(name)
+    dropped = (f"; {name} looks dropped: it is not in the newest backup run of every "
+               f"database ({run})" if run is not None else "")
+    return (f"no verified backup of {name!r}{nor} in {repository.description}{dated}"
+            f"{dropped}; nothing was changed; {way_through(ctx, repository, missing)}; or "
+            f"{clock + ', or ' if future else ''}{hint} for its backups")
 
 
 def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:

@@ -11,10 +11,12 @@ any change. Apart from the restore itself to keep each module readable."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from backupd.commands.selection import is_local
 from backupd.errors import JobFailed
 from backupd.job import JobContext
 from backupd.log import shown_utc
@@ -37,6 +39,9 @@ class Chosen:
     # Those backed up in the newest run of '*' or later when a list's run is newer still:
     # not in the newest run because that list does not name them, so no "incomplete" note.
     current: frozenset[str] = frozenset()
+    # Of those with no verified backup (the restore stops naming them), each that looks
+    # dropped and the newest run of '*' it is not in: the stop says so.
+    dropped: dict[str, str] = field(default_factory=dict)
 
 
 def choose_databases(ctx: JobContext, repository: Repository, database: str | None,
@@ -69,8 +74,12 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     # globals' run decides, as it always did for template1 (R16).
     said = look if TEMPLATE_DATABASE in names else None
     notes: dict[str, str] = {}
+    dropped: dict[str, str] = {}
     if newest is not None and manifest is not None and run is not None:
         _stop_if_never_backed_up(ctx, repository, newest, chosen.choose(run), names)
+        globals_run = manifest.run_id or run_id_at(newest.parsed.taken_at)
+        dropped = _unverified_dropped(names, run, globals_run,
+                                      f"{newest.name}, run {globals_run}", listed)
         if said is None and TEMPLATE_DATABASE in names and TEMPLATE_DATABASE not in run:
             names.remove(TEMPLATE_DATABASE)
             ctx.say(_template1_left_out(manifest.run_id or newest.name,
@@ -82,10 +91,12 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
         ctx.say(_template1_left_out(said.run_id, empty=said.empty))
     if run is None:
         notes = _warn_not_in_newest_run(ctx, repository, names, globals_entries, listed)
+        dropped = ({} if look is None else _unverified_dropped(
+            names, [], look.run_id, f"{_run_time(look.run_id)}, run {look.run_id}", listed))
     if not names:
         raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
                         f"{repository.description}; nothing was changed")
-    return Chosen(names, notes, _current(names, newest, globals_entries, listed))
+    return Chosen(names, notes, _current(names, newest, globals_entries, listed), dropped)
 
 
 def _stop_if_never_backed_up(ctx: JobContext, repository: Repository, newest: BackupEntry,
@@ -101,13 +112,41 @@ def _stop_if_never_backed_up(ctx: JobContext, repository: Repository, newest: Ba
         ctx.warn(f"POSTGRES_DB='*': template1 in the newest backup run ({newest.name}) but "
                  "never backed up: not restored")
     if never:
+        # The way through first: the other databases back in one command.
         raise JobFailed(
             f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run of every database "
             f"({newest.name}) but with no backup in {repository.description} (its dump failed "
             "before writing anything, or it was dropped during that run): a whole-system "
-            "restore would not bring it back; nothing was changed; take a backup of it if "
-            "its server is still there, or restore the other databases one by one with "
+            "restore would not bring it back; nothing was changed; "
+            f"{way_through(ctx, repository, never)}; or, if its server is still there, take "
+            "a backup of it and restore again; or restore the others one by one with "
             "--database NAME")
+
+
+def way_through(ctx: JobContext, repository: Repository, stopped: list[str]) -> str:
+    """The one command that restores every database of '*' but ``stopped`` (those this
+    restore stopped for), as chosen.choose leaves DB_BACKUP_EXCLUDE's out: at 3 a.m. the
+    operator needs the others back first, not a fix for the one that cannot be."""
+    exclude = ",".join(sorted(set(ctx.settings.database_selection.exclude) | set(stopped)))
+    s3 = "" if is_local(repository) else " --from-s3"
+    return (f"to restore every other database in one command: `DB_BACKUP_EXCLUDE="
+            f"{shlex.quote(exclude)} backupd restore --latest{s3}` (with this restore's "
+            "other options)")
+
+
+def _unverified_dropped(names: list[str], run: list[str], run_id: str, which: str,
+                        listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
+    """Of ``names``, each with no verified backup that looks dropped: not on ``run`` (the
+    deciding list; empty with the globals off) and no backup from run ``run_id`` or later
+    (one dated in the future is no evidence); ``which`` describes that run."""
+    dropped: dict[str, str] = {}
+    for name in names:
+        entries = listed(name)
+        if name == TEMPLATE_DATABASE or name in run or newest_verified(entries) is not None:
+            continue
+        if max((_run_of(e) for e in entries if not e.from_the_future()), default="") < run_id:
+            dropped[name] = which
+    return dropped
 
 
 def _current(names: list[str], decided_by: BackupEntry | None,
