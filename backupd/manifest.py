@@ -89,13 +89,16 @@ class Manifest(BaseModel):
     # role that is not a superuser cannot read them: pg_dumpall --no-role-passwords).
     role_passwords: bool | None = None
     # The globals only: every database the run set out to back up (POSTGRES_DB as resolved
-    # then), so that restoring `*` brings back that set, not also a database dropped long
-    # ago whose old backup is still kept. None in manifests of older backups.
+    # then). Restoring `*` brings back every database with a backup whatever the list: it
+    # decides only which are warned of as looking dropped, and the stop for one on it with
+    # no backup at all, while its run is the newest of `*` (commands.cluster_selection).
+    # None in manifests of older backups.
     run_databases: list[str] | None = None
     # The globals only: True when the run was of every database (POSTGRES_DB='*'), False for
-    # a list or one database. Only a run of '*''s list decides which databases a restore of
-    # '*' brings back: a list configuration sharing the backups writes globals too. None in
-    # manifests of older backups (their newest globals decide, whichever run wrote them).
+    # a list or one database. Only a run of '*''s list decides a restore of '*''s warnings
+    # and its no-backup stop: a list configuration sharing the backups writes globals too.
+    # None in manifests of older backups (their newest globals decide, whichever run wrote
+    # them, and the warning says they may be a list's).
     run_of_every: bool | None = None
     # The globals only: True when the run of '*' looked into template1 and found nothing of
     # its own (so took no dump of it: its older dumps are no longer judged by health and

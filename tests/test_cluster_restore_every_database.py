@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from helpers.backups import back_up
+from helpers.cli import run_backupd, server_env
 from helpers.cluster import PrivateCluster
 from helpers.faketime import clock_at
-from helpers.pg import psql
+from helpers.pg import LOCAL, psql
 from helpers.template1 import restore_latest, restore_onto_new
 from helpers.whole_restore import databases_on, naming, restore_refused, rows_of, warnings_of
 
@@ -110,3 +111,13 @@ def test_a_database_of_the_newest_run_without_any_backup_stops_the_restore(
     assert "looks dropped" not in said, said  # on the newest run's list: it was live
     assert not {"keptdb", "gonedb"} & databases_on(target), said
     assert_the_way_through(target, said, "gonedb", "take a backup of it", directory)
+
+
+def test_restore_help_says_every_database_with_a_backup_is_restored(tmp_path: Path) -> None:
+    """`restore --help` described the removed rule ("`*`: those of the newest backup run")."""
+    proc = run_backupd(["restore", "--help"], server_env(
+        LOCAL, "*", tmp_path / "backups"))
+    shown = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "`*`: every database with a backup but DB_BACKUP_EXCLUDE's" in shown, shown
+    assert "looks dropped" in shown and "those of the newest backup run" not in shown, shown

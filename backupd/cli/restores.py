@@ -30,7 +30,9 @@ def restore(
     latest: Annotated[bool, typer.Option("--latest", help=(
         "Restore the newest verified backups. Onto a new server this is the whole "
         "disaster recovery: the roles (globals) first, existing ones kept; then every "
-        "database POSTGRES_DB names (`*`: those of the newest backup run), each from its newest "
+        "database POSTGRES_DB names (`*`: every database with a backup but DB_BACKUP_EXCLUDE's; "
+        "one that looks dropped, not in the newest backup run of `*`, is restored and warned "
+        "of), each from its newest "
         "verified backup (an incomplete newest run is said so), and template1 when the run "
         "took it, into the server's template1 only while that holds nothing of its own and "
         "can be swapped out; "
