@@ -175,25 +175,12 @@ class ManifestError(ValueError):
     """A manifest that exists but cannot be trusted (not JSON, wrong schema)."""
 
 
-# Bytes a manifest may have; a bigger one is a problem, not read. A manifest is parsed whole,
-# unknown fields and all (_KEEPS_UNKNOWN): a hostile one of 30 MiB held ~1.1 GiB. The biggest
-# backupd writes (100k tables with PostgreSQL's longest names, the gzip members of a 1 TiB
-# dump: tests/test_manifest_size.py) is ~20 MiB.
-MANIFEST_MAX_BYTES = 32 * 1024 * 1024
-
-
-def manifest_too_large(size: int) -> str:
-    return f"manifest too large: {size} bytes, more than {MANIFEST_MAX_BYTES}"
-
-
 def manifest_for(name: str, data: bytes) -> tuple[Manifest | None, str | None]:
     """(manifest, None) when ``data`` is a valid manifest of backup ``name``, else (None, why).
 
     Every store reads manifests through this: a manifest that is not JSON, has the wrong
     shape, or describes another file is a problem to report, never a manifest to trust.
     """
-    if len(data) > MANIFEST_MAX_BYTES:
-        return None, manifest_too_large(len(data))
     try:
         manifest = parse_manifest(data)
     except ManifestError as exc:

@@ -22,7 +22,7 @@ from typing import BinaryIO
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, JobFailed
 from backupd.log import get_logger
-from backupd.manifest import MANIFEST_MAX_BYTES, Manifest, manifest_for, manifest_too_large
+from backupd.manifest import Manifest, manifest_for
 from backupd.naming import (
     DUMP_KIND,
     GLOBALS_DATABASE,
@@ -259,12 +259,7 @@ class LocalRepository:
         if path.is_symlink():
             return None, "manifest is a symbolic link"
         try:
-            with path.open("rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                if size > MANIFEST_MAX_BYTES:  # not read at all
-                    return None, manifest_too_large(size)
-                # One byte over: a file that grew since is still refused (manifest_for).
-                data = file.read(MANIFEST_MAX_BYTES + 1)
+            data = path.read_bytes()
         except FileNotFoundError:
             return None, None
         except OSError as exc:

@@ -27,7 +27,7 @@ from s3transfer.subscribers import BaseSubscriber
 from backupd.cancel import CancelToken
 from backupd.errors import ConfigError, OffsiteError
 from backupd.log import redact
-from backupd.manifest import MANIFEST_MAX_BYTES, Manifest, manifest_for, manifest_too_large
+from backupd.manifest import Manifest, manifest_for
 from backupd.naming import (
     DUMP_KIND,
     MANIFEST_SUFFIX,
@@ -225,11 +225,7 @@ class S3Repository:
                 if _is_missing(exc):
                     return None, None
                 raise
-            size = response.get("ContentLength")
-            with contextlib.closing(response["Body"]) as body:
-                if isinstance(size, int) and size > MANIFEST_MAX_BYTES:  # not downloaded
-                    return None, manifest_too_large(size)
-                data = body.read(MANIFEST_MAX_BYTES + 1)  # one byte over at most: manifest_for
+            data = response["Body"].read()
         return manifest_for(name, data)
 
     def write_manifest(self, manifest: Manifest) -> None:
