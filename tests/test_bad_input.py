@@ -176,6 +176,8 @@ COMMAND_CASES = [
          ["restore", "--latest", "--database", "nosuch", "--yes"], names="--database"),
     Case("restore-database-not-utf8", ["restore", "--latest", "--database", NOT_UTF8, "--yes"],
          names=f"--database: {NOT_UTF8_SHOWN} is not UTF-8"),
+    Case("restore-skip-not-utf8", ["restore", "--latest", "--skip", NOT_UTF8, "--yes"],
+         {"POSTGRES_DB": "*"}, f"--skip: {NOT_UTF8_SHOWN} is not UTF-8"),
     *(Case(f"{command}-name-not-utf8", [command, f"{NOT_UTF8}_20200101_000000.sql.gz", *more],
            names="NAME: 'caf\\xe9_20200101_000000.sql.gz' is not UTF-8")
       for command, more in (("restore", ["--yes"]), ("verify", []), ("drill", []))),

@@ -16,7 +16,15 @@ from helpers.backups import back_up, back_up_without_globals, read_manifest, wri
 from helpers.cluster import PrivateCluster
 from helpers.pg import connect, psql
 from helpers.template1 import restore_latest, restore_onto_new
-from helpers.whole_restore import databases_on, naming, restore_refused, rows_of, warnings_of
+from helpers.whole_restore import (
+    databases_on,
+    naming,
+    restore_refused,
+    rows_of,
+    run_as_printed,
+    the_way_through,
+    warnings_of,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -235,12 +243,16 @@ def test_a_database_live_after_the_globals_with_no_verified_backup_stops_the_res
     assert "no verified backup of 'newdb'" in said and "nothing was changed" in said, said
     # In the newest run of '*': not said to look dropped; the others in one command first.
     assert "looks dropped" not in said, said
-    way_through = "`DB_BACKUP_EXCLUDE=newdb backupd restore --latest`"
-    assert way_through in said and said.index(way_through) < said.index("see `backupd"), said
+    way_through = the_way_through(said)
+    assert way_through == "backupd restore --latest --skip newdb", said
+    assert said.index(way_through) < said.index("see `backupd"), said
     assert "no longer in the cluster" not in said, said
     with connect(target.address, "postgres") as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname IN "
                             "('keptdb', 'newdb')").fetchone() == (0,)
+    proc = run_as_printed(target, directory, way_through)
+    assert rows_of(target, "keptdb", "k") == [(1,), (2,)], proc.stdout + proc.stderr
+    assert "newdb" not in databases_on(target), proc.stdout + proc.stderr
 
 
 # What the globals-off rule says of a database with no backup from the newest run of '*'.

@@ -43,6 +43,11 @@ def restore(
     database: Annotated[str | None, typer.Option(
         "--database", help="With --latest: just this database (one with a backup, see "
         "`backupd list`), with the roles.")] = None,
+    skip: Annotated[list[str] | None, typer.Option(
+        "--skip", metavar="NAME", help="With --latest and POSTGRES_DB `*`: leave this "
+        "database out (one name per --skip, taken whole: commas and spaces are part of it; "
+        "one with no backup is refused). A restore that stops for databases it cannot "
+        "bring back prints the one command with a --skip for each.")] = None,
     from_s3: Annotated[bool, typer.Option(
         "--from-s3", help="Take the backups from S3 (DB_BACKUP_S3_BUCKET) alone: downloaded "
         "into DB_BACKUP_DIR, verified against their manifests, restored, then removed.")]
@@ -74,6 +79,7 @@ def restore(
     check_utf8("NAME", name and PurePath(name).name, fix=NAME_NOT_UTF8_FIX)
     check_utf8("--target-db", target_db)
     check_utf8("--database", database)
+    check_utf8("--skip", *(skip or []))
     if not yes and not sys.stdin.isatty():
         fail("--yes: no terminal to confirm on; pass --yes to restore without asking")
     from backupd.commands import cluster_restore
@@ -84,7 +90,8 @@ def restore(
         ctx, name, latest=latest, target_db=target_db, database=database, replace=replace,
         from_s3=from_s3, without=Without(owner=no_owner, privileges=no_privileges),
         confirm_database=None if yes else _confirm_by_typing,
-        confirm_cluster=None if yes else _confirm_cluster))
+        confirm_cluster=None if yes else _confirm_cluster,
+        skip=tuple(dict.fromkeys(skip or []))))
     outcome = result.outcome
     if isinstance(outcome, ClusterRestoreOutcome):
         if outcome.globals is not None:

@@ -17,7 +17,12 @@ from pathlib import Path
 import psycopg
 
 from backupd.commands import restore, selection
-from backupd.commands.cluster_selection import Chosen, choose_databases, way_through
+from backupd.commands.cluster_selection import (
+    Chosen,
+    choose_databases,
+    never_backed_up_said,
+    way_through,
+)
 from backupd.commands.restore import identities_for, restore_file
 from backupd.commands.restore_options import EVERYTHING, Without
 from backupd.commands.restore_target import MAINTENANCE_DB, check_targets
@@ -85,12 +90,14 @@ def restore_globals(ctx: JobContext, conn: Connection, path: Path,
 def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool = False,
                 confirm: Callable[[str], bool] | None = None, from_s3: bool = False,
                 without: Without = EVERYTHING,
-                globals_entries: list[BackupEntry] | None = None) -> None:
+                globals_entries: list[BackupEntry] | None = None,
+                skip: tuple[str, ...] = ()) -> None:
     """``restore --latest``: the newest verified globals, then each database POSTGRES_DB
     names (``*``: every database with a backup in the repository; ``database``: just that
     one) from its newest verified backup. A database that fails does not stop the others;
     the restore fails naming each. With ``without`` (--no-owner/--no-privileges) no role
-    is created. ``globals_entries``: the repository's globals, when the caller listed them."""
+    is created. ``globals_entries``: the repository's globals, when the caller listed them.
+    ``skip``: databases of '*' left out, as asked (--skip)."""
     started = time.monotonic()
     repository = ctx.repos.choose(from_s3, "--from-s3")
     if globals_entries is None:
@@ -103,9 +110,11 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
             listings[name] = repository.list_backups(name)
         return listings[name]
 
-    chosen = choose_databases(ctx, repository, database, globals_entries, listed)
+    chosen = choose_databases(ctx, repository, database, globals_entries, listed, skip)
     names = chosen.names
+    every = database is None and ctx.settings.database_selection.every
     plan = []
+    unverified: list[str] = []
     for name in names:
         entries = listed(name)
         if database is not None and not entries:
@@ -116,12 +125,17 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                 f"{selection.list_hint(repository)}")
         selection.warn_future(ctx, entries)
         entry = newest_verified(entries)
+        if entry is None and every:
+            unverified.append(name)  # stopped for below, with every other kind at once
+            continue
         if entry is None:
-            every = database is None and ctx.settings.database_selection.every
-            raise JobFailed(_no_verified(ctx, repository, name, entries, chosen, [
-                n for n in names if newest_verified(listed(n)) is None] if every else None))
+            raise JobFailed(_no_verified(repository, name, entries, chosen, None))
         without.check(entry)
         plan.append(entry)
+    if unverified or chosen.never:
+        raise JobFailed(_no_verified(repository, unverified[0] if unverified else None,
+                                     listed(unverified[0]) if unverified else [], chosen,
+                                     unverified))
     runs = [e.manifest.run_id for e in plan if e.manifest is not None and e.manifest.run_id]
     newest_run = max(runs) if runs else None
     globals_entry = None if without.any else _globals(ctx, repository, globals_entries,
@@ -156,11 +170,13 @@ def run_cluster(ctx: JobContext, *, database: str | None = None, replace: bool =
                         f"failed ({reasons})")
 
 
-def _no_verified(ctx: JobContext, repository: Repository, name: str,
-                 entries: list[BackupEntry], chosen: Chosen, missing: list[str] | None) -> str:
-    """Why the restore stops for ``name``, with no verified backup. ``missing``: with '*',
-    every database without one, which the one command that restores the others leaves
-    out (cluster_selection.way_through); its name in chosen.dropped: it looks dropped."""
+def _no_verified(repository: Repository, name: str | None, entries: list[BackupEntry],
+                 chosen: Chosen, missing: list[str] | None) -> str:
+    """Why the restore stops for ``name``, with no verified backup (``entries``), and for
+    chosen.never, with no backup at all (``name`` None: those alone). ``missing``: with
+    '*', every database without a verified backup, which the one command that restores
+    the others leaves out with chosen.never (cluster_selection.way_through), so that
+    command does not stop again; ``name`` in chosen.dropped: it looks dropped."""
     # Only future-dated ones (a clock behind, here or where they were taken): no verified
     # time, so stopped like any other database without one, not left out.
     future = any(e.verified for e in entries)
@@ -170,14 +186,24 @@ def _no_verified(ctx: JobContext, repository: Repository, name: str,
     if missing is None:
         return (f"no verified backup of {name!r} in {repository.description}{dated}"
                 f"{': ' + clock if future else ''}; {hint}; nothing was changed")
-    others = [repr(n) for n in missing if n != name]
-    nor = f" (nor of {', '.join(others)})" if others else ""
-    run = chosen.dropped.get(name)
-    dropped = (f"; {name} looks dropped: it is not in the newest backup run of every "
-               f"database ({run})" if run is not None else "")
-    return (f"no verified backup of {name!r}{nor} in {repository.description}{dated}"
-            f"{dropped}; nothing was changed; {way_through(ctx, repository, missing)}; or "
-            f"{clock + ', or ' if future else ''}{hint} for its backups")
+    stops = [never_backed_up_said(repository, chosen)] if chosen.never else []
+    ways = []
+    if name is not None:
+        others = [repr(n) for n in missing if n != name]
+        nor = f" (nor of {', '.join(others)})" if others else ""
+        run = chosen.dropped.get(name)
+        dropped = (f"; {name} looks dropped: it is not in the newest backup run of every "
+                   f"database ({run})" if run is not None else "")
+        stops.append(f"no verified backup of {name!r}{nor} in {repository.description}"
+                     f"{dated}{dropped}")
+        ways.append(f"{clock + ', or ' if future else ''}{hint} for its backups")
+    if chosen.never:
+        ways.append("if its server is still there, take a backup of it and restore again; "
+                    "or restore the others one by one with --database NAME")
+    # The way through first: the other databases back in one command.
+    return (f"{'; '.join(stops)}; nothing was changed; "
+            f"{way_through(repository, chosen, [*chosen.never, *missing])}; or "
+            f"{'; or '.join(ways)}")
 
 
 def _check_targets(ctx: JobContext, names: list[str], *, replace: bool) -> None:
@@ -258,12 +284,18 @@ def _restore_one(ctx: JobContext, repository: Repository, entry: BackupEntry,
 def run(ctx: JobContext, name: str | None, *, latest: bool, target_db: str | None,
         database: str | None, replace: bool, from_s3: bool, without: Without,
         confirm_database: Callable[[str], bool] | None,
-        confirm_cluster: Callable[[str], bool] | None) -> None:
+        confirm_cluster: Callable[[str], bool] | None, skip: tuple[str, ...] = ()) -> None:
     """``backupd restore``: a named backup, --latest into --target-db, or --latest
     --replace of the one POSTGRES_DB is one database as it always was (commands.restore, no
     roles); --latest otherwise restores the cluster: the globals, then every database
     POSTGRES_DB names (or --database), whenever POSTGRES_DB names several, --database is
-    given, or the repository holds globals."""
+    given, or the repository holds globals. ``skip`` (--skip): databases the whole-system
+    restore of '*' leaves out."""
+    if skip and (not latest or target_db is not None or database is not None
+                 or not ctx.settings.database_selection.every):
+        raise ConfigError("--skip: leaves databases out of the whole-system restore of "
+                          "POSTGRES_DB='*' (restore --latest, without --database, "
+                          "--target-db or NAME); nothing was changed")
     if database is not None and (name or target_db):
         raise ConfigError("--database: restores the newest backup of that database with its "
                           "roles; it goes with --latest, not with NAME or --target-db")
@@ -289,4 +321,4 @@ def run(ctx: JobContext, name: str | None, *, latest: bool, target_db: str | Non
                     confirm=confirm_database, from_s3=from_s3, without=without)
         return
     run_cluster(ctx, database=database, replace=replace, confirm=confirm_cluster,
-                from_s3=from_s3, without=without, globals_entries=listed)
+                from_s3=from_s3, without=without, globals_entries=listed, skip=skip)

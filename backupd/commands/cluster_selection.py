@@ -7,17 +7,18 @@ backups, clock skew, future-dated backups, an older version's globals). Which da
 LOOK dropped (not on the newest run of '*''s globals list, while that run is the newest of
 '*'; with the globals off or turned off since, not in the newest run of '*') only decides a
 warning naming each. A database on that list with no backup at all stops the restore before
-any change. Apart from the restore itself to keep each module readable."""
+any change (with those with no verified backup: one stop, cluster_restore), unless --skip
+names it. Apart from the restore itself to keep each module readable."""
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from backupd.commands.selection import is_local
-from backupd.errors import JobFailed
+from backupd.errors import ConfigError, JobFailed
 from backupd.job import JobContext
 from backupd.log import shown_utc
 from backupd.manifest import Manifest
@@ -42,17 +43,26 @@ class Chosen:
     # Of those with no verified backup (the restore stops naming them), each that looks
     # dropped and the newest run of '*' it is not in: the stop says so.
     dropped: dict[str, str] = field(default_factory=dict)
+    # On the newest run of '*''s list with no backup at all, and those globals' name: the
+    # restore stops for them with those with no verified backup, in one stop naming all
+    # (a second stop after the printed command was run would be no way through).
+    never: list[str] = field(default_factory=list)
+    never_run: str = ""
+    # --skip: left out as asked; the printed command keeps them.
+    skipped: tuple[str, ...] = ()
 
 
 def choose_databases(ctx: JobContext, repository: Repository, database: str | None,
                      globals_entries: list[BackupEntry],
-                     listed: Callable[[str], list[BackupEntry]]) -> Chosen:
+                     listed: Callable[[str], list[BackupEntry]],
+                     skip: tuple[str, ...] = ()) -> Chosen:
     if database is not None:
         return Chosen([database])
     chosen = ctx.settings.database_selection
     if not chosen.every:
         return Chosen(list(chosen.names))
-    names = chosen.choose(repository.databases())
+    everything = repository.databases()
+    names = chosen.choose(everything)
     # A list configuration sharing the backups (POSTGRES_DB=a,b, globals on) writes globals
     # too: its list is not '*''s, so not what a database looking dropped is judged by.
     # Its globals still restore the roles (cluster_restore._globals): roles are cluster-wide.
@@ -75,8 +85,17 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     said = look if TEMPLATE_DATABASE in names else None
     notes: dict[str, str] = {}
     dropped: dict[str, str] = {}
+    listed_by_run = (chosen.choose(run) if newest is not None and manifest is not None
+                     and run is not None else [])
+    _check_skip(repository, skip, set(everything) | set(listed_by_run))
+    if skip:
+        # After template1's look was judged by every database's dumps: leaving one out of
+        # the restore does not change what the runs did.
+        names = [name for name in names if name not in skip]
+        ctx.warn("not restored, as asked: " + skip_options(skip))
+    never: list[str] = []
     if newest is not None and manifest is not None and run is not None:
-        _stop_if_never_backed_up(ctx, repository, newest, chosen.choose(run), names)
+        never = _never_backed_up(ctx, newest, listed_by_run, [*names, *skip])
         globals_run = manifest.run_id or run_id_at(newest.parsed.taken_at)
         dropped = _unverified_dropped(names, run, globals_run,
                                       f"{newest.name}, run {globals_run}", listed)
@@ -93,16 +112,29 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
         notes = _warn_not_in_newest_run(ctx, repository, names, globals_entries, listed)
         dropped = ({} if look is None else _unverified_dropped(
             names, [], look.run_id, f"{_run_time(look.run_id)}, run {look.run_id}", listed))
-    if not names:
-        raise JobFailed(f"POSTGRES_DB='*': no database has a backup in "
+    if not names and not never:
+        left = " but those --skip names" if skip else ""
+        raise JobFailed(f"POSTGRES_DB='*': no database{left} has a backup in "
                         f"{repository.description}; nothing was changed")
-    return Chosen(names, notes, _current(names, newest, globals_entries, listed), dropped)
+    return Chosen(names, notes, _current(names, newest, globals_entries, listed), dropped,
+                  never, newest.name if newest is not None else "", skip)
 
 
-def _stop_if_never_backed_up(ctx: JobContext, repository: Repository, newest: BackupEntry,
-                             listed_by_run: list[str], names: list[str]) -> None:
-    """A database the newest run of '*' set out to back up with no backup at all (its dump
-    failed before writing anything, or it was dropped during that run): live then, and
+def _check_skip(repository: Repository, skip: tuple[str, ...], known: set[str]) -> None:
+    """A --skip name with no backup and not on the newest run's list is a typo: ignored, the
+    restore would take what was meant to be left out, or stop again."""
+    for name in skip:
+        if name not in known:
+            raise ConfigError(
+                f"--skip: no backup of {name!r} in {repository.description}, nor is it in the "
+                "newest backup run of every database; give the name as `backupd list` shows "
+                "it; nothing was changed")
+
+
+def _never_backed_up(ctx: JobContext, newest: BackupEntry, listed_by_run: list[str],
+                     names: list[str]) -> list[str]:
+    """Each database the newest run of '*' set out to back up with no backup at all (its
+    dump failed before writing anything, or it was dropped during that run): live then, and
     nothing brings it back, so the restore stops before any change, naming it, rather than
     report success without it. template1 keeps its own rule: a warning, the server's own
     template1 staying."""
@@ -111,27 +143,35 @@ def _stop_if_never_backed_up(ctx: JobContext, repository: Repository, newest: Ba
         never.remove(TEMPLATE_DATABASE)
         ctx.warn(f"POSTGRES_DB='*': template1 in the newest backup run ({newest.name}) but "
                  "never backed up: not restored")
-    if never:
-        # The way through first: the other databases back in one command.
-        raise JobFailed(
-            f"POSTGRES_DB='*': {', '.join(never)} in the newest backup run of every database "
-            f"({newest.name}) but with no backup in {repository.description} (its dump failed "
-            "before writing anything, or it was dropped during that run): a whole-system "
-            "restore would not bring it back; nothing was changed; "
-            f"{way_through(ctx, repository, never)}; or, if its server is still there, take "
-            "a backup of it and restore again; or restore the others one by one with "
-            "--database NAME")
+    return never
 
 
-def way_through(ctx: JobContext, repository: Repository, stopped: list[str]) -> str:
+def never_backed_up_said(repository: Repository, chosen: Chosen) -> str:
+    """Why the restore stops for chosen.never (empty when there are none)."""
+    if not chosen.never:
+        return ""
+    return (f"POSTGRES_DB='*': {', '.join(chosen.never)} in the newest backup run of every "
+            f"database ({chosen.never_run}) but with no backup in {repository.description} "
+            "(its dump failed before writing anything, or it was dropped during that run): a "
+            "whole-system restore would not bring it back")
+
+
+def skip_options(names: Iterable[str]) -> str:
+    """``--skip NAME`` for each of ``names``, quoted for a shell: one name per option,
+    since a name may hold a comma or edge spaces (DB_BACKUP_EXCLUDE's list cannot)."""
+    return " ".join(f"--skip {shlex.quote(name)}" for name in names)
+
+
+def way_through(repository: Repository, chosen: Chosen, stopped: list[str]) -> str:
     """The one command that restores every database of '*' but ``stopped`` (those this
-    restore stopped for), as chosen.choose leaves DB_BACKUP_EXCLUDE's out: at 3 a.m. the
-    operator needs the others back first, not a fix for the one that cannot be."""
-    exclude = ",".join(sorted(set(ctx.settings.database_selection.exclude) | set(stopped)))
+    restore stopped for, of every kind at once) and those already skipped: at 3 a.m. the
+    operator needs the others back first, not a fix for the one that cannot be. Options,
+    not DB_BACKUP_EXCLUDE: a host's variable never reaches the compose container, which
+    takes its settings from the env_file alone."""
     s3 = "" if is_local(repository) else " --from-s3"
-    return (f"to restore every other database in one command: `DB_BACKUP_EXCLUDE="
-            f"{shlex.quote(exclude)} backupd restore --latest{s3}` (with this restore's "
-            "other options)")
+    skip = skip_options(sorted(set(chosen.skipped) | set(stopped)))
+    return (f"to restore every other database in one command: `backupd restore --latest{s3} "
+            f"{skip}` (with this restore's other options)")
 
 
 def _unverified_dropped(names: list[str], run: list[str], run_id: str, which: str,

@@ -3,6 +3,7 @@ warnings as the job's result has them (every notifier's), and a new server's row
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +44,22 @@ def restore_refused(private_cluster: Callable[..., PrivateCluster], backups: Pat
     said = proc.stdout + proc.stderr
     assert proc.returncode == 1, said
     return target, said
+
+
+def the_way_through(said: str) -> str:
+    """The one command a stopped whole-system restore prints to restore the others, as
+    printed (between backticks)."""
+    start = said.index("`backupd restore --latest")
+    return said[start + 1:said.index("`", start + 1)]
+
+
+def run_as_printed(target: PrivateCluster, backups: Path, command: str
+                   ) -> subprocess.CompletedProcess[str]:
+    """``command`` (a printed ``backupd restore ...``) split as a shell would, run onto
+    ``target`` with --yes; it must succeed."""
+    argv = shlex.split(command)
+    assert argv[0] == "backupd", command
+    proc = run_backupd([*argv[1:], "--yes"], server_env(target.address, "*", backups),
+                       timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
