@@ -66,6 +66,7 @@ def test_an_error_the_cancel_caused_is_cancelled_and_its_traceback_logged_as_a_w
 
     assert result.status is Status.CANCELLED, result.summary()
     assert result.error == "cancelled by SIGTERM", result.summary()
+    assert result.exit_code == 1
     [logged] = [event for event in log_events(capsys.readouterr().err)
                 if event.get("event") == "the cancel interrupted the job"]
     assert logged["level"] == "warning", logged

@@ -39,14 +39,8 @@ from helpers.procs import processes_with_env
 from helpers.slow_restore import PAUSE_QUERY, pausing_psql
 from helpers.terminal import CTRL_C, plain, run_in_terminal
 
-from backupd.cancel import CancelToken
-from backupd.commands import backup as backup_cmd
-from backupd.job import run_job
 from backupd.naming import RUN_RESERVATION
-from backupd.notify.base import NotifierChain
 from backupd.pipeline.supervisor import STOP_GRACE_SECONDS
-from backupd.result import Status
-from backupd.settings import load_settings
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 PROMPT = "Type the database name to continue"
@@ -299,22 +293,6 @@ def test_a_signal_while_a_backup_prepares_is_a_cancel_not_a_failure(
     [result] = _results(http_receiver)
     assert (result["status"], result["error"]) == ("cancelled", "cancelled by SIGTERM"), result
 
-
-def test_a_backup_cancelled_before_it_dumps_is_cancelled_not_failed(
-    env: dict[str, str],
-) -> None:
-    cancel = CancelToken()
-    cancel.cancel("cancelled by SIGTERM")
-    result = run_job("backup", load_settings(**env),
-                     lambda ctx: backup_cmd.run(ctx, apply_retention=False),
-                     NotifierChain([]), cancel)
-    assert result.status is Status.CANCELLED, result.summary()
-    assert result.error == "cancelled by SIGTERM", result.summary()
-    assert result.exit_code == 1
-
-
-# Probes: a command of the test's own, run by the console script's entry point, signals
-# itself at a chosen moment (a person's Ctrl-C cannot be timed that well).
 
 def _probe_env(tmp_path: Path) -> dict[str, str]:
     return {"DB_BACKUP_DIR": str(tmp_path / "backups"), "POSTGRES_DB": "db"}
