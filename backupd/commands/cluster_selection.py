@@ -26,7 +26,7 @@ from backupd.naming import TIMESTAMP_FORMAT
 from backupd.naming import run_id as run_id_at
 from backupd.postgres.databases import TEMPLATE_DATABASE
 from backupd.storage.base import BackupEntry, Repository, newest_verified
-from backupd.storage.template1_runs import template1_in_newest_run
+from backupd.storage.template1_runs import Template1InRun, template1_in_newest_run
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     # look, unless DB_BACKUP_EXCLUDE leaves template1 out), globals on or off.
     look = template1_in_newest_run(names, listed, globals_entries)
     if newest is not None and manifest is not None and look is not None and \
-            look.run_id > (manifest.run_id or run_id_at(newest.parsed.taken_at)):
+            look.run_id > _run_of(newest):
         # A run of '*' after the list's (DB_BACKUP_GLOBALS turned off since): the old list
         # would call a database dropped since incomplete, and stop every restore for good
         # once its backups are deleted. The globals-off rule judges by that newer run.
@@ -96,7 +96,7 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     never: list[str] = []
     if newest is not None and manifest is not None and run is not None:
         never = _never_backed_up(ctx, newest, listed_by_run, [*names, *skip])
-        globals_run = manifest.run_id or run_id_at(newest.parsed.taken_at)
+        globals_run = _run_of(newest)
         dropped = _unverified_dropped(names, run, globals_run,
                                       f"{newest.name}, run {globals_run}", listed)
         if said is None and TEMPLATE_DATABASE in names and TEMPLATE_DATABASE not in run:
@@ -109,14 +109,14 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
         names.remove(TEMPLATE_DATABASE)
         ctx.say(_template1_left_out(said.run_id, empty=said.empty))
     if run is None:
-        notes = _warn_not_in_newest_run(ctx, repository, names, globals_entries, listed)
+        notes = _warn_not_in_newest_run(ctx, repository, names, look, listed)
         dropped = ({} if look is None else _unverified_dropped(
             names, [], look.run_id, f"{_run_time(look.run_id)}, run {look.run_id}", listed))
     if not names and not never:
         left = " but those --skip names" if skip else ""
         raise JobFailed(f"POSTGRES_DB='*': no database{left} has a backup in "
                         f"{repository.description}; nothing was changed")
-    return Chosen(names, notes, _current(names, newest, globals_entries, listed), dropped,
+    return Chosen(names, notes, _current(names, newest, look, globals_entries, listed), dropped,
                   never, newest.name if newest is not None else "", skip)
 
 
@@ -189,7 +189,7 @@ def _unverified_dropped(names: list[str], run: list[str], run_id: str, which: st
     return dropped
 
 
-def _current(names: list[str], decided_by: BackupEntry | None,
+def _current(names: list[str], decided_by: BackupEntry | None, look: Template1InRun | None,
              globals_entries: list[BackupEntry],
              listed: Callable[[str], list[BackupEntry]]) -> frozenset[str]:
     """Of ``names``, those whose newest verified backup is of the newest run of '*' (the
@@ -203,7 +203,6 @@ def _current(names: list[str], decided_by: BackupEntry | None,
     if decided_by is not None and decided_by.manifest is not None \
             and decided_by.manifest.run_of_every and decided_by.manifest.run_id:
         runs.append(decided_by.manifest.run_id)
-    look = template1_in_newest_run(names, listed, globals_entries)
     if look is not None:
         runs.append(look.run_id)
     if not runs:
@@ -228,7 +227,7 @@ def _warn_not_on_list(ctx: JobContext, repository: Repository, globals_entry: Ba
     Run ids count whole seconds (none recorded: the backup's own time, never earlier than
     its run's start). One equal to the globals' is another run started in that second: the
     globals' run dumps only databases it lists."""
-    globals_run = manifest.run_id or run_id_at(globals_entry.parsed.taken_at)
+    globals_run = _run_of(globals_entry)
     older = ("" if manifest.run_of_every is not None else
              "; those globals were written by an older backupd, which does not record whether "
              "its run was of every database or of a list")
@@ -285,7 +284,7 @@ def _run_of(entry: BackupEntry) -> str:
 
 
 def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list[str],
-                            globals_entries: list[BackupEntry],
+                            newest: Template1InRun | None,
                             listed: Callable[[str], list[BackupEntry]]) -> dict[str, str]:
     """No globals manifest lists the newest run's databases (DB_BACKUP_GLOBALS=off, or off
     since: a run of '*' newer than the newest list), so all of ``names`` are restored:
@@ -296,8 +295,7 @@ def _warn_not_in_newest_run(ctx: JobContext, repository: Repository, names: list
     leaves template1 out, so with only such runs none) is said instead, one warning each: it
     may have been dropped since. A dump of that run that failed verification still shows
     the database was there; a dump that failed before writing anything does not. Returns
-    the notes of those warned of."""
-    newest = template1_in_newest_run(names, listed, globals_entries)
+    the notes of those warned of. ``newest``: that run, as choose_databases found it."""
     notes: dict[str, str] = {}
     if newest is None:
         return notes  # no run of '*' recorded a look: nothing to compare with
