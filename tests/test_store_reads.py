@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 class EveryDatabase:
     env: dict[str, str]
     manifest: Path  # of the postgres database's dump: one a run of '*' always takes
+    globals_manifest: Path  # of the run's globals: judging template1 reads it too
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,10 @@ def every_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EveryDa
         directory = tmp_path_factory.mktemp("store-reads") / "backups"
         back_up(cluster.address, "*", directory, HEALTH_PORT="0")
         [dump] = directory.glob("postgres_*.sql.gz")
+        [cluster_globals] = directory.glob("globals_*.sql.gz")
         yield EveryDatabase(server_env(cluster.address, "*", directory, HEALTH_PORT="0",
-                                       DB_BACKUP_GLOBALS="on"), manifest_path(dump))
+                                       DB_BACKUP_GLOBALS="on"), manifest_path(dump),
+                            manifest_path(cluster_globals))
 
 
 def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -52,18 +55,22 @@ def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def test_a_health_probe_reads_each_manifest_once(every_database: EveryDatabase) -> None:
-    with OpenCounter(every_database.manifest) as opens:
+    with OpenCounter(every_database.manifest) as opens, \
+            OpenCounter(every_database.globals_manifest) as globals_opens:
         proc = run_backupd(["health"], every_database.env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert opens.count() == 1
+        assert globals_opens.count() == 1
 
 
 def test_a_metrics_scrape_reads_each_manifest_once(
         every_database: EveryDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _settings(every_database.env, monkeypatch)
-    with OpenCounter(every_database.manifest) as opens:
+    with OpenCounter(every_database.manifest) as opens, \
+            OpenCounter(every_database.globals_manifest) as globals_opens:
         families = list(store_metrics(settings, datetime.now(UTC), legacy_aliases=False))
         assert opens.count() == 1
+        assert globals_opens.count() == 1
     assert {sample.labels["database"] for family in families
             if family.name == "backupd_newest_verified_backup_age_seconds"
             for sample in family.samples} == {"postgres", "template1"}

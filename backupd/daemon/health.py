@@ -32,7 +32,7 @@ from backupd.storage.base import (
     newest_drilled,
     newest_verified,
 )
-from backupd.storage.local import LocalStore, WatchedDumps
+from backupd.storage.local import LocalStore
 
 # The daemon refreshes `updated_at` every HEARTBEAT_SECONDS; silent for longer than the
 # daemon's own STALE_AFTER, it is gone (the same rule `backupd status` applies).
@@ -187,26 +187,19 @@ def _check_wal(settings: Settings, status: WalStatus | None, now: datetime,
     report.reasons.extend(status.problems(settings.wal_max_lag_seconds, now))
 
 
-def watched_databases(settings: Settings, store: LocalStore) -> WatchedDumps:
-    """The databases health and metrics look at, with their backups: those listed in
-    POSTGRES_DB; for `*` (the server is not asked here), every database with a backup in
-    DB_BACKUP_DIR but the excluded, so a database dropped from the server shows until its
-    backups are removed; template1 only while the newest run took it
-    (LocalStore.watched_dumps)."""
-    return store.watched_dumps(settings.database_selection)
-
-
 def _check_each_database(settings: Settings, store: LocalStore, max_age: timedelta,
                          now: datetime, report: HealthReport) -> list[BackupEntry]:
     """One set of checks per database (and the globals); every dump entry, for the drill
     check."""
     facts, reasons = report.facts, report.reasons
     facts.databases = []
-    watched = [(name, entries, repr(name))
-               for name, entries in watched_databases(settings, store).backups.items()]
+    # For `*` (the server is not asked here): every database with a backup but the
+    # excluded, so one dropped from the server shows until its backups are removed.
+    found = store.watched_dumps(settings.database_selection,
+                                with_globals=settings.globals_enabled)
+    watched = [(name, entries, repr(name)) for name, entries in found.backups.items()]
     if settings.globals_enabled:
-        watched.append((GLOBALS_DATABASE, store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND),
-                        "the cluster's globals"))
+        watched.append((GLOBALS_DATABASE, found.globals, "the cluster's globals"))
     if settings.database_selection.every and len(watched) == (1 if settings.globals_enabled
                                                               else 0):
         reasons.append(f"no verified backup of any database (POSTGRES_DB='*') in "

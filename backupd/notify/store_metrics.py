@@ -17,7 +17,7 @@ from functools import cached_property
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from backupd.naming import BASE_DATABASE, BASE_KIND, GLOBALS_DATABASE, GLOBALS_KIND
+from backupd.naming import BASE_DATABASE, BASE_KIND
 from backupd.settings import Settings
 from backupd.storage.base import BackupEntry, latest_upload, newest_drilled, newest_verified
 from backupd.storage.local import LocalStore
@@ -158,11 +158,12 @@ def store_metrics(settings: Settings, now: datetime, *, legacy_aliases: bool) ->
     """Every store gauge, one series per database; raises OSError when the directory cannot
     be listed (the caller reports that)."""
     store = LocalStore(settings.backup_dir)
-    snapshots = {name: StoreSnapshot(settings, entries, now) for name, entries
-                 in store.watched_dumps(settings.database_selection).backups.items()}
-    globals_snapshot = StoreSnapshot(
-        settings, store.list_backups(GLOBALS_DATABASE, GLOBALS_KIND), now) \
-        if settings.globals_enabled else None
+    found = store.watched_dumps(settings.database_selection,
+                                with_globals=settings.globals_enabled)
+    snapshots = {name: StoreSnapshot(settings, entries, now)
+                 for name, entries in found.backups.items()}
+    globals_snapshot = (StoreSnapshot(settings, found.globals, now)
+                        if settings.globals_enabled else None)
     for gauge in STORE_GAUGES:
         names = [gauge.name] + ([LEGACY_ALIASES[gauge.name]]
                                 if legacy_aliases and gauge.name in LEGACY_ALIASES else [])

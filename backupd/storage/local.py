@@ -55,9 +55,11 @@ READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
 @dataclass(frozen=True)
 class WatchedDumps:
     """LocalRepository.watched_dumps: each watched database (in order) -> its committed
-    dumps, newest first, as listed to choose them."""
+    dumps, newest first, as listed to choose them; and the globals' backups, listed once
+    when asked for or when judging template1 read them (else empty)."""
 
     backups: dict[str, list[BackupEntry]]
+    globals: list[BackupEntry]
 
 
 class ManifestNotWritten(JobFailed):
@@ -234,22 +236,26 @@ class LocalRepository:
     def databases(self) -> list[str]:
         return self.dump_databases()
 
-    def watched_dumps(self, selection: DatabaseSelection) -> WatchedDumps:
+    def watched_dumps(self, selection: DatabaseSelection, *,
+                      with_globals: bool = False) -> WatchedDumps:
         """The databases health, metrics and the schedule's cover judge, without asking the
         server, with their backups: the listed ones; for ``*``, those with dumps here but
         the excluded, and template1 only while the newest run took it: a run that found it
         holding nothing took no dump of it, and its older dumps, kept by retention, are no
         longer due (what every run of ``*`` says in its manifests: storage.template1_runs).
         A failed look proves nothing: still judged. Each database listed once: judging
-        template1 reads them all, and the callers judge what was read."""
+        template1 reads them all, and the callers judge what was read; the globals too
+        (``with_globals``: health and metrics judge them when DB_BACKUP_GLOBALS is on)."""
         backups = {name: self.list_backups(name)
                    for name in selection.watched(self.dump_databases())}
-        if selection.every and TEMPLATE_DATABASE in backups:
-            said = template1_in_newest_run(backups, backups.__getitem__,
-                                           self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND))
+        judge_template1 = selection.every and TEMPLATE_DATABASE in backups
+        cluster_globals = (self.list_backups(GLOBALS_DATABASE, GLOBALS_KIND)
+                           if with_globals or judge_template1 else [])
+        if judge_template1:
+            said = template1_in_newest_run(backups, backups.__getitem__, cluster_globals)
             if said is not None and said.empty:
                 del backups[TEMPLATE_DATABASE]
-        return WatchedDumps(backups)
+        return WatchedDumps(backups, cluster_globals)
 
     def list_backups(self, database: str, kind: str = DUMP_KIND) -> list[BackupEntry]:
         return self.scan(database, kind)  # every file here is complete (renamed into place)
