@@ -73,13 +73,9 @@ def _command(argv: list[str] | None) -> int:
 
 def _aborted() -> int:
     """Ctrl-C (or Ctrl-D at a prompt) that stopped the command. A job cancels on Ctrl-C and
-    reports it (cli.signals): this one came before the job began, or after it ended where
-    the command does not hold the signals (``main``'s do), or in a command that runs no job
-    (the daemon outside its own handlers: its start-up, its last state write)."""
-    code = job_exit_code()
-    if code is not None:
-        say_on_stderr("backupd: aborted after the job ended; its result was reported")
-        return code
+    reports it, and after it ``main`` only notes signals (cli.signals): this one came before
+    the job began, or in a command that runs no job (the daemon outside its own handlers:
+    its start-up, its last state write)."""
     if job_not_started():
         say_on_stderr("backupd: aborted; nothing was changed")
         return 1
