@@ -42,9 +42,13 @@ class NotHeld(JobFailed):
     """A text sent on a session whose encoding cannot hold one of its characters."""
 
 
-def _codec(encoding: str | None) -> str | None:
-    with contextlib.suppress(psycopg.NotSupportedError, AttributeError):
-        return pg2pyenc((encoding or "").encode())
+def py_codec(encoding: str | None) -> str | None:
+    """Python's codec for the PostgreSQL ``encoding`` (None: none, or no encoding). The one
+    use of psycopg's private encoding map (pyproject's psycopg bound)."""
+    if encoding is None:
+        return None
+    with contextlib.suppress(psycopg.NotSupportedError):
+        return pg2pyenc(encoding.encode())
     return None
 
 
@@ -66,7 +70,7 @@ def _lacked_by_session(exc: UnicodeEncodeError, encoding: str) -> bool:
     decodes bytes that are not UTF-8), which no encoding holds: neither is a character to
     send elsewhere, and unsetting PGCLIENTENCODING would not help. Nor an encoding other
     than the session's (not psycopg's encoding of what the block sends)."""
-    codec = _codec(encoding)
+    codec = py_codec(encoding)
     if encoding == "UTF8" or codec is None:
         return False
     if any(0xD800 <= ord(c) <= 0xDFFF for c in exc.object[exc.start:exc.end]):
@@ -80,7 +84,7 @@ def _refused_character(exc: psycopg.Error, server_encoding: str) -> str | None:
     """The character the server said it could not convert into ``server_encoding`` (None:
     its message says otherwise, or is in another language)."""
     found = _UNTRANSLATABLE.search(exc.diag.message_primary or str(exc))
-    codec = _codec(found.group(2)) if found else None
+    codec = py_codec(found.group(2)) if found else None
     if found is None or codec is None or found.group(3) != server_encoding:
         return None
     raw = bytes(int(byte, 16) for byte in found.group(1).split())
@@ -103,7 +107,7 @@ def not_held_failure(conn: Connection, exc: BaseException, reading: str,
     elif isinstance(exc, psycopg.errors.UntranslatableCharacter):
         encoding = conn.info.parameter_status("server_encoding") or "?"
         character = _refused_character(exc, encoding)
-        codec = _codec(encoding)
+        codec = py_codec(encoding)
         if character is None and not any(_lacks(sent.value, codec) for sent in sending):
             return None  # not said of what was sent: not_text's to say
         database = conn.info.dbname
@@ -113,7 +117,7 @@ def not_held_failure(conn: Connection, exc: BaseException, reading: str,
                    "a UTF-8 or C locale)")
     else:
         return None
-    codec = _codec(encoding)
+    codec = py_codec(encoding)
     sent = next((s for s in sending if (character in s.value if character
                                         else _lacks(s.value, codec))), None)
     if sent is not None:

@@ -30,18 +30,17 @@ dropped either.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg._encodings import pg2pyenc
 
 from backupd.database_properties import DatabaseProperties
 from backupd.postgres.connection import as_text
 from backupd.postgres.globals_sql import quote_identifier
+from backupd.postgres.not_held import py_codec
 from backupd.postgres.not_text import raw_cursor
 
 Connection = psycopg.Connection[tuple]  # type: ignore[type-arg]
@@ -136,11 +135,7 @@ def _names(conn: Connection, query: str, params: tuple[Any, ...] | None = None,
 def name_codec(encoding: str | None) -> str:
     """The Python codec names in the PostgreSQL ``encoding`` are read with: UTF-8 for
     SQL_ASCII (which has none), for an encoding Python lacks, and for None."""
-    codec = "utf-8"
-    if encoding is not None and encoding != "SQL_ASCII":
-        with contextlib.suppress(psycopg.NotSupportedError):
-            codec = pg2pyenc(encoding.encode())
-    return codec
+    return (py_codec(encoding) if encoding != "SQL_ASCII" else None) or "utf-8"
 
 
 def server_tablespaces(conn: Connection, encoding: str | None = None) -> ServerTablespaces:
