@@ -106,6 +106,13 @@ def not_utf8(name: str, fix: str = NOT_UTF8_FIX) -> str | None:
     return f"'{shown}' is not UTF-8; {fix}"
 
 
+def require_utf8(name: str) -> None:
+    """A settings validator's check (pydantic turns the ValueError into the setting's one
+    line): ``name`` is text, else ValueError saying why (not_utf8)."""
+    problem = not_utf8(name)
+    if problem is not None:
+        raise ValueError(problem)
+
 def decode_database(encoded: str) -> str:
     raw = bytearray()
     index = 0

@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backupd.errors import ConfigError
-from backupd.naming import not_utf8
+from backupd.naming import require_utf8
 from backupd.secret_files import read_setting_file
 from backupd.settings.basebackup import BaseBackupSettings
 from backupd.settings.notify import NotifySettings
@@ -160,9 +160,7 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
         if value.strip() == EVERY_DATABASE:
             return EVERY_DATABASE
         if "," not in value:
-            problem = not_utf8(value)
-            if problem is not None:
-                raise ValueError(problem)
+            require_utf8(value)
             if not value or len(value.encode()) > 63 or "\x00" in value:
                 raise ValueError("must be 1 to 63 bytes with no NUL character")
             return value
@@ -176,9 +174,8 @@ class Settings(BaseSettings, WalSettings, BaseBackupSettings, StatusPageSettings
     @classmethod
     def _name_is_utf8(cls, value: str | None) -> str | None:
         # Sent to PostgreSQL (a connection string, a CREATE DATABASE), which encodes it.
-        problem = None if value is None else not_utf8(value)
-        if problem is not None:
-            raise ValueError(problem)
+        if value is not None:
+            require_utf8(value)
         return value
 
     @field_validator("backup_exclude")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from backupd.naming import not_utf8
+from backupd.naming import require_utf8
 
 # POSTGRES_DB='*': every connectable, non-template database on the server.
 EVERY_DATABASE = "*"
@@ -60,9 +60,7 @@ def check_database_list(value: str) -> list[str]:
         if not name:
             raise ValueError(f"element {position} of the comma-separated list is empty; "
                              "remove the extra comma")
-        problem = not_utf8(name)
-        if problem is not None:
-            raise ValueError(problem)
+        require_utf8(name)
         if len(name.encode()) > 63 or "\x00" in name:
             raise ValueError(f"{name[:70]!r}: a database name must be 1 to 63 bytes "
                              "with no NUL character")
