@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from helpers.backups import back_up, read_manifest, write_manifest
 from helpers.cli import one_error_line, run_backupd, server_env
-from helpers.cluster import PrivateCluster
+from helpers.cluster import PrivateCluster, databases_on
 from helpers.faketime import clock_at
 from helpers.pg import LOCAL, psql
 from helpers.template1 import restore_onto_new
 from helpers.whole_restore import (
-    databases_on,
     naming,
     restore_refused,
     rows_of,

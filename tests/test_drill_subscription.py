@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers.backups import take_backup
 from helpers.cli import run_backupd, server_env
-from helpers.cluster import PrivateCluster
+from helpers.cluster import PrivateCluster, databases_on
 from helpers.logs import jobs_finished
 from helpers.pg import connect, psql
 
@@ -38,11 +38,6 @@ def job_result(stderr: str) -> dict[str, Any]:
     return dict(results[-1])
 
 
-def databases(cluster: PrivateCluster) -> set[str]:
-    with connect(cluster.address) as conn:
-        return {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
-
-
 def test_drills_of_a_database_with_a_subscription_keep_passing(
         cluster: PrivateCluster, tmp_path: Path) -> None:
     env = server_env(cluster.address, "subs", tmp_path / "b")
@@ -52,7 +47,7 @@ def test_drills_of_a_database_with_a_subscription_keep_passing(
         proc = run_backupd(["drill"], env)
         assert proc.returncode == 0, f"drill {attempt}: {proc.stderr}"
         assert job_result(proc.stderr)["warnings"] == [], proc.stderr
-        assert "subs_drill" not in databases(cluster)
+        assert "subs_drill" not in databases_on(cluster)
     # The live database's subscription is untouched.
     with connect(cluster.address) as conn:
         rows = conn.execute("SELECT s.subname, s.subslotname FROM pg_subscription s "

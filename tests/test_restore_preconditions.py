@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from helpers.backups import take_backup
 from helpers.cli import run_backupd, server_env
-from helpers.cluster import PrivateCluster
+from helpers.cluster import PrivateCluster, databases_on
 from helpers.pg import ServerAddress, connect, psql
 
 
@@ -38,11 +38,6 @@ def app(cluster: PrivateCluster) -> Iterator[str]:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def databases(cluster: PrivateCluster) -> set[str]:
-    with connect(cluster.address) as conn:
-        return {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
-
-
 def assert_refused_cleanly(proc_stderr: str, cluster: PrivateCluster, before: set[str],
                            *words: str) -> None:
     assert "Traceback" not in proc_stderr and "internal error" not in proc_stderr, proc_stderr
@@ -51,14 +46,14 @@ def assert_refused_cleanly(proc_stderr: str, cluster: PrivateCluster, before: se
     for word in words:
         assert word in line, line
     assert "nothing was changed" in line
-    assert databases(cluster) == before  # no `…__restoring_…` copy left
+    assert databases_on(cluster) == before  # no `…__restoring_…` copy left
 
 
 def test_prepared_transaction_in_the_target_is_reported_first(
         cluster: PrivateCluster, app: str, tmp_path: Path) -> None:
     env = server_env(cluster.address, app, tmp_path / "b")
     backup = take_backup(env)
-    before = databases(cluster)
+    before = databases_on(cluster)
     with psycopg.connect(cluster.address.conninfo(app), autocommit=True) as holder:
         holder.execute("BEGIN")
         holder.execute("INSERT INTO t VALUES (3)")
@@ -87,7 +82,7 @@ def test_createdb_role_that_may_not_rename_the_target_is_reported_first(
     psql(cluster.address, app, "ALTER TABLE t OWNER TO restorer")
     env = server_env(as_restorer(cluster), app, tmp_path / "b")
     backup = take_backup(env)
-    before = databases(cluster)
+    before = databases_on(cluster)
 
     proc = run_backupd(["restore", backup.name, "--replace", "--yes"], env)
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from .pg import ServerAddress, pg_binary
+from .pg import ServerAddress, connect, pg_binary
 from .ports import free_port
 
 __all__ = ["DEFAULT_CLUSTER_PASSWORD", "PrivateCluster", "free_port"]
@@ -206,3 +206,9 @@ class PrivateCluster:
             [self._binary("pg_ctl"), "status", "-D", str(self.data_dir)], check=False
         )
         return rc == 0
+
+
+def databases_on(cluster: PrivateCluster) -> set[str]:
+    """The names of every database on ``cluster``."""
+    with connect(cluster.address) as conn:
+        return {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}

@@ -29,11 +29,6 @@ def rows_of(cluster: PrivateCluster, database: str, table: str) -> list[tuple[in
         return [tuple(r) for r in conn.execute(f"SELECT x FROM {table} ORDER BY x")]
 
 
-def databases_on(cluster: PrivateCluster) -> set[str]:
-    with connect(cluster.address) as conn:
-        return {str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")}
-
-
 def restore_refused(private_cluster: Callable[..., PrivateCluster], backups: Path
                     ) -> tuple[PrivateCluster, str]:
     """A new private cluster and the whole-system restore of ``backups`` onto it, which must
