@@ -194,11 +194,13 @@ def test_skip_goes_only_with_every_database_and_latest(tmp_path: Path) -> None:
     """--skip leaves databases out of the whole-system restore of '*'; with a list, one
     database or a NAME there is nothing it could mean: exit 2 before anything is read."""
     for args, database in ((["--latest"], "app,billing"), (["some.sql.gz"], "*"),
-                           (["--latest", "--database", "app"], "*")):
+                           (["--latest", "--database", "app"], "*"),
+                           (["--latest", "--target-db", "x"], "*")):
         proc = run_backupd(["restore", *args, "--skip", "x", "--yes"],
                            server_env(LOCAL, database, tmp_path / "backups"))
         assert proc.returncode == 2, proc.stdout + proc.stderr
-        assert "--skip:" in one_error_line(proc.stderr), proc.stderr
+        assert "--skip: leaves databases out of the whole-system restore" in one_error_line(
+            proc.stderr), proc.stderr
 
 
 def test_restore_help_says_every_database_with_a_backup_is_restored(tmp_path: Path) -> None:

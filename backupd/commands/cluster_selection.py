@@ -85,8 +85,7 @@ def choose_databases(ctx: JobContext, repository: Repository, database: str | No
     said = look if TEMPLATE_DATABASE in names else None
     notes: dict[str, str] = {}
     dropped: dict[str, str] = {}
-    listed_by_run = (chosen.choose(run) if newest is not None and manifest is not None
-                     and run is not None else [])
+    listed_by_run = chosen.choose(run) if run is not None else []
     _check_skip(repository, skip, set(everything) | set(listed_by_run))
     if skip:
         # After template1's look was judged by every database's dumps: leaving one out of
@@ -147,9 +146,7 @@ def _never_backed_up(ctx: JobContext, newest: BackupEntry, listed_by_run: list[s
 
 
 def never_backed_up_said(repository: Repository, chosen: Chosen) -> str:
-    """Why the restore stops for chosen.never (empty when there are none)."""
-    if not chosen.never:
-        return ""
+    """Why the restore stops for chosen.never (the caller asks only when there are some)."""
     return (f"POSTGRES_DB='*': {', '.join(chosen.never)} in the newest backup run of every "
             f"database ({chosen.never_run}) but with no backup in {repository.description} "
             "(its dump failed before writing anything, or it was dropped during that run): a "
